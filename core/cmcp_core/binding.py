@@ -1,0 +1,45 @@
+"""The 64-byte REPORT_DATA binding that ties an enclave's key and bundle to its evidence.
+
+``REPORT_DATA = SHA-512(JCS({domain, public_key, bundle_hash, catalog_hash,
+enforcement_mode, nonce}))``. SHA-512 fills the field exactly; JCS makes the preimage
+unambiguous; the domain tag keeps the hash from meaning anything outside cMCP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from cmcp_core.digest import b64url, jcs
+
+BINDING_DOMAIN = "cmcp-enclave-binding-v1"
+NONCE_MIN_BYTES = 16
+NONCE_MAX_BYTES = 64
+
+
+@dataclass(frozen=True)
+class Binding:
+    public_key: bytes  # raw 32-byte Ed25519 public key
+    bundle_hash: str
+    catalog_hash: str
+    enforcement_mode: str
+    nonce: bytes
+
+    def preimage(self) -> bytes:
+        return jcs({
+            "domain": BINDING_DOMAIN,
+            "public_key": b64url(self.public_key),
+            "bundle_hash": self.bundle_hash,
+            "catalog_hash": self.catalog_hash,
+            "enforcement_mode": self.enforcement_mode,
+            "nonce": self.nonce.hex(),
+        })
+
+    def report_data(self) -> bytes:
+        return hashlib.sha512(self.preimage()).digest()
+
+
+def check_nonce(nonce: bytes) -> None:
+    """A verifier's nonce must be fresh randomness of a sane size."""
+    if not NONCE_MIN_BYTES <= len(nonce) <= NONCE_MAX_BYTES:
+        raise ValueError(f"nonce must be {NONCE_MIN_BYTES}..{NONCE_MAX_BYTES} bytes, got {len(nonce)}")

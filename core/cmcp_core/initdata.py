@@ -1,0 +1,216 @@
+"""Kata *initdata*: the TOML document the hardware measures, and how its digest is placed.
+
+The operator renders it, Kata hashes the **exact bytes** with the declared algorithm, and
+the hardware records the digest: TDX ``MRCONFIGID`` (48 bytes: sha256 zero-padded, sha384
+exact) or SNP ``HOST_DATA`` (32 bytes: sha256 exact, sha384/sha512 truncated). The
+annotation carries base64 of gzip of the TOML. Rendering is deterministic, so the operator,
+the enclave and a verifier all compute the same digest from the same inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from cmcp_core.digest import jcs
+
+ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
+INITDATA_VERSION = "0.1.0"
+ALGORITHMS = ("sha256", "sha384", "sha512")
+CMCP_KEY = "cmcp.json"
+POLICY_KEY = "policy.rego"
+MAX_INITDATA_BYTES = 256 * 1024
+TDX_MRCONFIGID_LEN = 48
+SNP_HOST_DATA_LEN = 32
+
+
+class InitdataError(ValueError):
+    """Initdata that does not parse, or whose fields are not what cMCP needs."""
+
+
+@dataclass(frozen=True)
+class CmcpEntry:
+    """What the cMCP entry of initdata pins; the enclave refuses to serve anything else."""
+
+    bundle_hash: str
+    catalog_hash: str
+    enforcement_mode: str
+    route: str  # "<namespace>/<McpRoute name>"
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "bundle_hash": self.bundle_hash,
+            "catalog_hash": self.catalog_hash,
+            "enforcement_mode": self.enforcement_mode,
+            "route": self.route,
+        }
+
+
+def agent_policy(image: str, command: list[str]) -> str:
+    """A restrictive Kata agent policy: only our image and command, no exec, no re-policy."""
+    pinned_args = json.dumps(command)
+    return f"""package agent_policy
+
+import future.keywords.if
+
+default AddARPNeighborsRequest := true
+default AddSwapRequest := false
+default CloseStdinRequest := false
+default CopyFileRequest := true
+default CreateContainerRequest := false
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default ExecProcessRequest := false
+default GetMetricsRequest := true
+default GetOOMEventRequest := true
+default GuestDetailsRequest := true
+default ListInterfacesRequest := true
+default ListRoutesRequest := true
+default MemHotplugByProbeRequest := false
+default OnlineCPUMemRequest := true
+default PauseContainerRequest := false
+default PullImageRequest := true
+default ReadStreamRequest := true
+default RemoveContainerRequest := true
+default RemoveStaleVirtiofsShareMountsRequest := true
+default ReseedRandomDevRequest := false
+default ResumeContainerRequest := false
+default SetGuestDateTimeRequest := false
+default SetPolicyRequest := false
+default SignalProcessRequest := true
+default StartContainerRequest := true
+default StartTracingRequest := false
+default StatsContainerRequest := true
+default StopTracingRequest := false
+default TtyWinResizeRequest := false
+default UpdateContainerRequest := false
+default UpdateEphemeralMountsRequest := false
+default UpdateInterfaceRequest := true
+default UpdateRoutesRequest := true
+default WaitProcessRequest := true
+default WriteStreamRequest := false
+
+pinned_image := "{image}"
+pinned_args := {pinned_args}
+
+CreateContainerRequest if {{
+    input.OCI.Annotations["io.kubernetes.cri.container-type"] == "sandbox"
+}}
+
+CreateContainerRequest if {{
+    input.OCI.Annotations["io.kubernetes.cri.image-name"] == pinned_image
+    input.OCI.Process.Args == pinned_args
+    input.OCI.Process.Terminal == false
+}}
+"""
+
+
+def _literal(value: str, key: str) -> str:
+    if "'''" in value:
+        raise InitdataError(f"initdata value for {key} cannot contain three single quotes")
+    return f"'''\n{value}'''" if value.endswith("\n") else f"'''\n{value}\n'''"
+
+
+def render(entry: CmcpEntry, *, image: str, command: list[str], algorithm: str = "sha384") -> bytes:
+    """Render the initdata TOML bytes. Same inputs, same bytes, same measurement."""
+    if algorithm not in ALGORITHMS:
+        raise InitdataError(f"unsupported initdata algorithm {algorithm!r}")
+    cmcp = jcs(entry.to_json()).decode("utf-8")
+    lines = [
+        f'version = "{INITDATA_VERSION}"',
+        f'algorithm = "{algorithm}"',
+        "",
+        "[data]",
+        f'"{CMCP_KEY}" = {_literal(cmcp, CMCP_KEY)}',
+        f'"{POLICY_KEY}" = {_literal(agent_policy(image, command), POLICY_KEY)}',
+    ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def digest(toml_bytes: bytes) -> bytes:
+    """Hash the exact bytes with the algorithm the document declares."""
+    return hashlib.new(parse(toml_bytes).algorithm, toml_bytes).digest()
+
+
+def tdx_mrconfigid(toml_bytes: bytes) -> bytes:
+    doc = parse(toml_bytes)
+    raw = hashlib.new(doc.algorithm, toml_bytes).digest()
+    if len(raw) > TDX_MRCONFIGID_LEN:
+        raise InitdataError(f"{doc.algorithm} does not fit TDX MRCONFIGID (48 bytes)")
+    return raw.ljust(TDX_MRCONFIGID_LEN, b"\x00")
+
+
+def snp_host_data(toml_bytes: bytes) -> bytes:
+    return digest(toml_bytes)[:SNP_HOST_DATA_LEN]
+
+
+def expected_measurement(toml_bytes: bytes, platform: str) -> bytes:
+    """The value the platform's measured config field must hold for these initdata bytes."""
+    if platform in ("tdx", "simulated"):
+        return tdx_mrconfigid(toml_bytes)
+    if platform == "snp":
+        return snp_host_data(toml_bytes)
+    raise InitdataError(f"no initdata measurement rule for platform {platform!r}")
+
+
+@dataclass(frozen=True)
+class Initdata:
+    version: str
+    algorithm: str
+    data: dict[str, str]
+
+    @property
+    def cmcp(self) -> CmcpEntry:
+        raw = self.data.get(CMCP_KEY)
+        if raw is None:
+            raise InitdataError(f"initdata has no {CMCP_KEY} entry")
+        try:
+            doc: Any = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InitdataError(f"{CMCP_KEY} is not JSON: {exc.msg}") from exc
+        if not isinstance(doc, dict):
+            raise InitdataError(f"{CMCP_KEY} must be a JSON object")
+        fields = ("bundle_hash", "catalog_hash", "enforcement_mode", "route")
+        missing = [f for f in fields if not isinstance(doc.get(f), str)]
+        if missing:
+            raise InitdataError(f"{CMCP_KEY} lacks string field(s): {', '.join(missing)}")
+        return CmcpEntry(**{f: doc[f] for f in fields})
+
+
+def parse(toml_bytes: bytes) -> Initdata:
+    if len(toml_bytes) > MAX_INITDATA_BYTES:
+        raise InitdataError(f"initdata is {len(toml_bytes)} bytes, over {MAX_INITDATA_BYTES}")
+    try:
+        doc = tomllib.loads(toml_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InitdataError(f"initdata is not valid TOML: {exc}") from exc
+    version, algorithm, data = doc.get("version"), doc.get("algorithm"), doc.get("data")
+    if version != INITDATA_VERSION:
+        raise InitdataError(f"initdata version must be {INITDATA_VERSION!r}, got {version!r}")
+    if algorithm not in ALGORITHMS:
+        raise InitdataError(f"initdata algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise InitdataError("initdata [data] must be a table of strings")
+    return Initdata(version=version, algorithm=algorithm, data=dict(data))
+
+
+def encode_annotation(toml_bytes: bytes) -> str:
+    """base64(gzip(toml)), with a zero mtime so the annotation is reproducible."""
+    return base64.b64encode(gzip.compress(toml_bytes, mtime=0)).decode("ascii")
+
+
+def decode_annotation(value: str) -> bytes:
+    try:
+        packed = base64.b64decode(value, validate=True)
+        raw = gzip.decompress(packed)
+    except (binascii.Error, OSError, EOFError, ValueError) as exc:
+        raise InitdataError(f"initdata annotation is not base64 of gzip: {exc}") from exc
+    if len(raw) > MAX_INITDATA_BYTES:
+        raise InitdataError("initdata annotation expands past the size limit")
+    return raw

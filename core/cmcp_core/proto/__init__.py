@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for ``enclave.proto``; regenerate with ``python -m cmcp_core.proto.generate``."""

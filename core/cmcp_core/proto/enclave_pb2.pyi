@@ -1,0 +1,153 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AttestRequest(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class AttestResponse(_message.Message):
+    __slots__ = ("platform", "evidence", "aux", "initdata", "public_key_jwk", "bundle_hash", "catalog_hash", "enforcement_mode", "report_data")
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    AUX_FIELD_NUMBER: _ClassVar[int]
+    INITDATA_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_JWK_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_HASH_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_HASH_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_MODE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_DATA_FIELD_NUMBER: _ClassVar[int]
+    platform: str
+    evidence: bytes
+    aux: bytes
+    initdata: bytes
+    public_key_jwk: str
+    bundle_hash: str
+    catalog_hash: str
+    enforcement_mode: str
+    report_data: bytes
+    def __init__(self, platform: _Optional[str] = ..., evidence: _Optional[bytes] = ..., aux: _Optional[bytes] = ..., initdata: _Optional[bytes] = ..., public_key_jwk: _Optional[str] = ..., bundle_hash: _Optional[str] = ..., catalog_hash: _Optional[str] = ..., enforcement_mode: _Optional[str] = ..., report_data: _Optional[bytes] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    call_id: str
+    principal: str
+    method: str
+    tool: str
+    arguments_json: bytes
+    arguments_digest: str
+    audience: str
+    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("decision_json", "signature", "permit")
+    DECISION_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PERMIT_FIELD_NUMBER: _ClassVar[int]
+    decision_json: bytes
+    signature: bytes
+    permit: str
+    def __init__(self, decision_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., permit: _Optional[str] = ...) -> None: ...
+
+class CompleteRequest(_message.Message):
+    __slots__ = ("session_id", "call_id", "response_digest", "response_bytes", "error_code", "is_error")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    IS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    call_id: str
+    response_digest: str
+    response_bytes: int
+    error_code: str
+    is_error: bool
+    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., response_digest: _Optional[str] = ..., response_bytes: _Optional[int] = ..., error_code: _Optional[str] = ..., is_error: _Optional[bool] = ...) -> None: ...
+
+class CompleteResponse(_message.Message):
+    __slots__ = ("entry_hash",)
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    entry_hash: str
+    def __init__(self, entry_hash: _Optional[str] = ...) -> None: ...
+
+class ListToolsRequest(_message.Message):
+    __slots__ = ("session_id", "principal")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    principal: str
+    def __init__(self, session_id: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+
+class ListToolsResponse(_message.Message):
+    __slots__ = ("tools", "catalog_json")
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_JSON_FIELD_NUMBER: _ClassVar[int]
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    catalog_json: bytes
+    def __init__(self, tools: _Optional[_Iterable[str]] = ..., catalog_json: _Optional[bytes] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ("trust_record_json", "chain_tip", "entries")
+    TRUST_RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_TIP_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    trust_record_json: bytes
+    chain_tip: str
+    entries: int
+    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ...) -> None: ...
+
+class ExportAuditRequest(_message.Message):
+    __slots__ = ("session_id", "from_seq")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    from_seq: int
+    def __init__(self, session_id: _Optional[str] = ..., from_seq: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("entry_json",)
+    ENTRY_JSON_FIELD_NUMBER: _ClassVar[int]
+    entry_json: bytes
+    def __init__(self, entry_json: _Optional[bytes] = ...) -> None: ...
+
+class ResetSessionRequest(_message.Message):
+    __slots__ = ("session_id", "actor", "reason", "operator_signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    actor: str
+    reason: str
+    operator_signature: bytes
+    def __init__(self, session_id: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., operator_signature: _Optional[bytes] = ...) -> None: ...
+
+class ResetSessionResponse(_message.Message):
+    __slots__ = ("entry_hash",)
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    entry_hash: str
+    def __init__(self, entry_hash: _Optional[str] = ...) -> None: ...
