@@ -42,9 +42,11 @@ class CmcpEntry:
     catalog_hash: str
     enforcement_mode: str
     route: str  # "<namespace>/<McpRoute name>"
+    audience: str  # the upstream identity permits are minted for; measured so a host cannot retarget
 
     def to_json(self) -> dict[str, str]:
         return {
+            "audience": self.audience,
             "bundle_hash": self.bundle_hash,
             "catalog_hash": self.catalog_hash,
             "enforcement_mode": self.enforcement_mode,
@@ -176,7 +178,7 @@ class Initdata:
             raise InitdataError(f"{CMCP_KEY} is not JSON: {exc.msg}") from exc
         if not isinstance(doc, dict):
             raise InitdataError(f"{CMCP_KEY} must be a JSON object")
-        fields = ("bundle_hash", "catalog_hash", "enforcement_mode", "route")
+        fields = ("audience", "bundle_hash", "catalog_hash", "enforcement_mode", "route")
         missing = [f for f in fields if not isinstance(doc.get(f), str)]
         if missing:
             raise InitdataError(f"{CMCP_KEY} lacks string field(s): {', '.join(missing)}")

@@ -1,0 +1,1 @@
+"""``cmcpctl``: the command line for bundles, audit exports, verification, demo and conformance."""

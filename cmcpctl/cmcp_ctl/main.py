@@ -1,0 +1,51 @@
+"""Entry point of ``cmcpctl``. Each command group lives in its own module with ``register()``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Command groups, in the order ``--help`` lists them. Each module defines
+# ``register(subparsers: argparse._SubParsersAction) -> None`` and sets ``func`` on its parsers;
+# ``func(args) -> int`` returns the exit code (0 ok, 1 failed check, 2 usage).
+COMMAND_MODULES: tuple[str, ...] = (
+    "cmcp_ctl.bundle_cmd",
+)
+
+DESCRIPTION = """cmcpctl controls and verifies cMCP for Kubernetes.
+
+Basic commands:
+  bundle       Hash and validate policy bundles
+  audit        Verify exported audit chains offline
+  verify       Appraise attestation evidence, Trust Records and audit chains
+  demo         Run the local end-to-end demo on the simulated TEE
+  conformance  Run the conformance suite against a deployment
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmcpctl", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Use \"cmcpctl <command> --help\" for more information about a given command.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
