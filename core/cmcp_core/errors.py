@@ -46,6 +46,46 @@ class Code(StrEnum):
     BUNDLE_HASH_MISMATCH = "BUNDLE_HASH_MISMATCH"
     BUNDLE_INVALID = "BUNDLE_INVALID"
     TEE_PROVIDER_FAILED = "TEE_PROVIDER_FAILED"
+    # verifier (evidence, bindings, Trust Records)
+    EVIDENCE_MALFORMED = "EVIDENCE_MALFORMED"
+    EVIDENCE_UNSUPPORTED = "EVIDENCE_UNSUPPORTED"
+    EVIDENCE_BAD_SIGNATURE = "EVIDENCE_BAD_SIGNATURE"
+    EVIDENCE_CHAIN_INVALID = "EVIDENCE_CHAIN_INVALID"
+    COLLATERAL_INVALID = "COLLATERAL_INVALID"
+    COLLATERAL_EXPIRED = "COLLATERAL_EXPIRED"
+    TCB_STATUS_REJECTED = "TCB_STATUS_REJECTED"
+    TCB_MISMATCH = "TCB_MISMATCH"
+    DEBUG_ENABLED = "DEBUG_ENABLED"
+    SIMULATED_NOT_ALLOWED = "SIMULATED_NOT_ALLOWED"
+    BINDING_NONCE_MISMATCH = "BINDING_NONCE_MISMATCH"
+    BINDING_KEY_MISMATCH = "BINDING_KEY_MISMATCH"
+    BINDING_BUNDLE_MISMATCH = "BINDING_BUNDLE_MISMATCH"
+    BINDING_CATALOG_MISMATCH = "BINDING_CATALOG_MISMATCH"
+    BINDING_MODE_MISMATCH = "BINDING_MODE_MISMATCH"
+    BINDING_REPORT_DATA_MISMATCH = "BINDING_REPORT_DATA_MISMATCH"
+    ATTESTED_BUNDLE_UNEXPECTED = "ATTESTED_BUNDLE_UNEXPECTED"
+    REFERENCE_VALUE_MISMATCH = "REFERENCE_VALUE_MISMATCH"
+    VERIFY_INPUT_INVALID = "VERIFY_INPUT_INVALID"
+    VERIFY_INTERNAL_ERROR = "VERIFY_INTERNAL_ERROR"
+    RECORD_INVALID = "RECORD_INVALID"
+    RECORD_STALE = "RECORD_STALE"
+    RECORD_KEY_MISMATCH = "RECORD_KEY_MISMATCH"
+    RECORD_BUNDLE_MISMATCH = "RECORD_BUNDLE_MISMATCH"
+    RECORD_TRANSCRIPT_MISMATCH = "RECORD_TRANSCRIPT_MISMATCH"
+    EVIDENCE_REJECTED = "EVIDENCE_REJECTED"
+    # enclave decisions and audit chain (issue 2)
+    AUDIENCE_MISMATCH = "AUDIENCE_MISMATCH"
+    ARGS_DIGEST_MISMATCH = "ARGS_DIGEST_MISMATCH"
+    ARGS_INVALID = "ARGS_INVALID"
+    SESSION_PRINCIPAL_MISMATCH = "SESSION_PRINCIPAL_MISMATCH"
+    SESSION_UNKNOWN = "SESSION_UNKNOWN"
+    RESET_UNAUTHORIZED = "RESET_UNAUTHORIZED"
+    AUDIT_MALFORMED = "AUDIT_MALFORMED"
+    AUDIT_SEQ_GAP = "AUDIT_SEQ_GAP"
+    AUDIT_CHAIN_BROKEN = "AUDIT_CHAIN_BROKEN"
+    AUDIT_ENTRY_EDITED = "AUDIT_ENTRY_EDITED"
+    AUDIT_BAD_SIGNATURE = "AUDIT_BAD_SIGNATURE"
+    AUDIT_TRUNCATED = "AUDIT_TRUNCATED"
 
 
 @dataclass(frozen=True)
@@ -87,6 +127,44 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.BUNDLE_HASH_MISMATCH: CodeInfo(-32003, 503, "The bundle is not the one initdata names."),
     Code.BUNDLE_INVALID: CodeInfo(-32003, 503, "The bundle does not load or validate."),
     Code.TEE_PROVIDER_FAILED: CodeInfo(-32003, 503, "The TEE could not produce evidence."),
+    Code.EVIDENCE_MALFORMED: CodeInfo(-32003, 502, "Attestation evidence does not parse."),
+    Code.EVIDENCE_UNSUPPORTED: CodeInfo(-32003, 502, "Evidence version or TEE type is not supported."),
+    Code.EVIDENCE_BAD_SIGNATURE: CodeInfo(-32003, 502, "The evidence signature does not verify."),
+    Code.EVIDENCE_CHAIN_INVALID: CodeInfo(-32003, 502, "The evidence's cert chain misses a pinned root."),
+    Code.COLLATERAL_INVALID: CodeInfo(-32003, 502, "Collateral is missing, malformed or untrusted."),
+    Code.COLLATERAL_EXPIRED: CodeInfo(-32003, 502, "Collateral or a certificate has expired."),
+    Code.TCB_STATUS_REJECTED: CodeInfo(-32003, 502, "The TCB status is not accepted by policy."),
+    Code.TCB_MISMATCH: CodeInfo(-32003, 502, "The signing key's TCB/chip id differs."),
+    Code.DEBUG_ENABLED: CodeInfo(-32003, 502, "The TEE runs with debug enabled."),
+    Code.SIMULATED_NOT_ALLOWED: CodeInfo(-32003, 502, "Simulated (software-only) evidence was not allowed."),
+    Code.BINDING_NONCE_MISMATCH: CodeInfo(-32003, 502, "The evidence is bound to another nonce."),
+    Code.BINDING_KEY_MISMATCH: CodeInfo(-32003, 502, "The evidence is bound to another enclave key."),
+    Code.BINDING_BUNDLE_MISMATCH: CodeInfo(-32003, 502, "The evidence is bound to another bundle hash."),
+    Code.BINDING_CATALOG_MISMATCH: CodeInfo(-32003, 502, "The evidence is bound to another catalog hash."),
+    Code.BINDING_MODE_MISMATCH: CodeInfo(-32003, 502, "The evidence is bound to another enforcement mode."),
+    Code.BINDING_REPORT_DATA_MISMATCH: CodeInfo(-32003, 502, "REPORT_DATA does not bind the claimed values."),
+    Code.ATTESTED_BUNDLE_UNEXPECTED: CodeInfo(-32003, 502, "The attested bundle is not the expected one."),
+    Code.REFERENCE_VALUE_MISMATCH: CodeInfo(-32003, 502, "A measurement differs from its reference value."),
+    Code.VERIFY_INPUT_INVALID: CodeInfo(-32003, 400, "The verifier was given unusable input."),
+    Code.VERIFY_INTERNAL_ERROR: CodeInfo(-32003, 500, "The verifier failed unexpectedly; failed closed."),
+    Code.RECORD_INVALID: CodeInfo(-32003, 502, "The Trust Record fails schema or signature."),
+    Code.RECORD_STALE: CodeInfo(-32003, 502, "The Trust Record is outside the freshness window."),
+    Code.RECORD_KEY_MISMATCH: CodeInfo(-32003, 502, "The Trust Record's cnf.jwk is not the attested key."),
+    Code.RECORD_BUNDLE_MISMATCH: CodeInfo(-32003, 502, "The Trust Record names another bundle hash."),
+    Code.RECORD_TRANSCRIPT_MISMATCH: CodeInfo(-32003, 502, "Transcript hash is not the audit chain tip."),
+    Code.EVIDENCE_REJECTED: CodeInfo(-32003, 502, "The evidence failed verification."),
+    Code.AUDIENCE_MISMATCH: CodeInfo(-32000, 403, "The call's upstream is not the measured audience."),
+    Code.ARGS_DIGEST_MISMATCH: CodeInfo(-32602, 400, "arguments_digest is not the digest of the arguments."),
+    Code.ARGS_INVALID: CodeInfo(-32602, 400, "The arguments are not a JSON object Cedar can take."),
+    Code.SESSION_PRINCIPAL_MISMATCH: CodeInfo(-32000, 403, "The session belongs to another principal."),
+    Code.SESSION_UNKNOWN: CodeInfo(-32004, 404, "The enclave holds no such session."),
+    Code.RESET_UNAUTHORIZED: CodeInfo(-32001, 403, "The session reset is not signed by an operator key."),
+    Code.AUDIT_MALFORMED: CodeInfo(-32003, 400, "An audit entry is not a well-formed entry."),
+    Code.AUDIT_SEQ_GAP: CodeInfo(-32003, 409, "Audit sequence numbers skip or repeat (deletion/reorder)."),
+    Code.AUDIT_CHAIN_BROKEN: CodeInfo(-32003, 409, "An audit entry does not link to its predecessor."),
+    Code.AUDIT_ENTRY_EDITED: CodeInfo(-32003, 409, "An audit entry's hash does not match its content."),
+    Code.AUDIT_BAD_SIGNATURE: CodeInfo(-32003, 409, "An audit entry's signature does not verify."),
+    Code.AUDIT_TRUNCATED: CodeInfo(-32003, 409, "The audit chain does not end at the expected tip."),
 }
 
 

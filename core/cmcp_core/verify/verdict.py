@@ -1,0 +1,115 @@
+"""The verifier's result model and appraisal policy.
+
+A :class:`Verdict` keeps two answers apart on purpose: ``passed``/``code`` is the strict
+outcome (the first failing check, with a stable code from :mod:`cmcp_core.errors`), and
+``assurance`` says what kind of root vouched for the evidence (``hardware``,
+``software-only`` or ``none`` when nothing was authenticated). "Software-only but
+consistent" and "signature failed" can therefore never be confused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cmcp_core.errors import CmcpError, Code
+
+Assurance = Literal["hardware", "software-only", "none"]
+OK = "OK"
+DEFAULT_TCB_STATUSES: frozenset[str] = frozenset({"UpToDate"})
+
+
+class VerifyFailure(CmcpError):
+    """Raised inside the verifier for a failed check; the public entry points turn it into a Verdict."""
+
+
+@dataclass(frozen=True)
+class AppraisalPolicy:
+    """What an appraiser accepts beyond "the signatures verify".
+
+    ``accepted_tcb_statuses`` applies to TDX (dcap-qvl's status strings); the chart may widen
+    it, e.g. with ``SWHardeningNeeded``. Reference values are optional; when given, they must
+    match exactly. ``pccs_url`` is used only when no collateral is passed (network needed).
+    """
+
+    accepted_tcb_statuses: frozenset[str] = DEFAULT_TCB_STATUSES
+    rejected_advisories: frozenset[str] = frozenset()
+    allow_simulated: bool = False
+    allow_debug: bool = False
+    accepted_platforms: frozenset[str] = frozenset({"tdx", "snp", "simulated"})
+    mrtd: bytes | None = None
+    rtmrs: Mapping[int, bytes] = field(default_factory=dict)
+    snp_measurement: bytes | None = None
+    snp_min_tcb: Mapping[str, int] = field(default_factory=dict)  # e.g. {"snp": 0x18, "microcode": 0xdb}
+    pccs_url: str | None = None
+    simulator_keys: frozenset[bytes] | None = None  # pin simulator attestation keys (x||y) if set
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> AppraisalPolicy:
+        """Build from a JSON/YAML mapping (chart values); hex strings for byte values."""
+
+        def hexb(v: Any) -> bytes | None:
+            return bytes.fromhex(v) if isinstance(v, str) else None
+
+        return cls(
+            accepted_tcb_statuses=frozenset(doc.get("acceptedTcbStatuses", DEFAULT_TCB_STATUSES)),
+            rejected_advisories=frozenset(doc.get("rejectedAdvisories", ())),
+            allow_simulated=bool(doc.get("allowSimulated", False)),
+            allow_debug=bool(doc.get("allowDebug", False)),
+            accepted_platforms=frozenset(doc.get("acceptedPlatforms", ("tdx", "snp", "simulated"))),
+            mrtd=hexb(doc.get("mrtd")),
+            rtmrs={int(k): bytes.fromhex(v) for k, v in dict(doc.get("rtmrs", {})).items()},
+            snp_measurement=hexb(doc.get("snpMeasurement")),
+            snp_min_tcb={str(k): int(v) for k, v in dict(doc.get("snpMinTcb", {})).items()},
+            pccs_url=doc.get("pccsUrl"),
+            simulator_keys=(
+                frozenset(bytes.fromhex(k) for k in doc["simulatorKeys"])
+                if doc.get("simulatorKeys")
+                else None
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    code: str
+    message: str
+    assurance: Assurance
+    platform: str
+    public_key_jwk: dict[str, str] | None = None
+    key_thumbprint: str | None = None
+    bundle_hash: str | None = None
+    catalog_hash: str | None = None
+    mode: str | None = None
+    tcb_status: str | None = None
+    advisories: tuple[str, ...] = ()
+    measurements: dict[str, str] = field(default_factory=dict)
+    checks: tuple[str, ...] = ()  # checks that passed, in order
+
+    @property
+    def ok(self) -> bool:
+        return self.passed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "code": self.code,
+            "message": self.message,
+            "assurance": self.assurance,
+            "platform": self.platform,
+            "public_key_jwk": self.public_key_jwk,
+            "key_thumbprint": self.key_thumbprint,
+            "bundle_hash": self.bundle_hash,
+            "catalog_hash": self.catalog_hash,
+            "enforcement_mode": self.mode,
+            "tcb_status": self.tcb_status,
+            "advisories": list(self.advisories),
+            "measurements": dict(self.measurements),
+            "checks": list(self.checks),
+        }
+
+
+def fail(code: Code, message: str) -> VerifyFailure:
+    return VerifyFailure(code, message)
