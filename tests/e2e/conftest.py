@@ -1,0 +1,162 @@
+"""Session fixtures for the e2e suite: one real control plane per pytest session.
+
+``cluster`` starts the local plane (cluster.LocalCluster) once, or, when
+``CMCP_E2E_KUBECONFIG`` names a kubeconfig, uses that cluster as is (e.g. kind) and the
+node-agent-specific tests (marked ``node_agent``) skip. ``namespace`` gives every test its
+own namespace, deleted afterwards, so tests do not see each other's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+import yaml
+
+from .binaries import ensure_client_tools
+from .cluster import LocalCluster, run_tool
+from .kube import Kube
+
+_STARTUP: dict[str, float] = {}
+
+
+@dataclass
+class E2ECluster:
+    """What a test needs from the cluster under test, local or real."""
+
+    kubeconfig: Path
+    kube: Kube
+    kubectl_bin: Path
+    helm_bin: Path
+    local: LocalCluster | None = None
+    _ca_file: Path | None = field(default=None, repr=False)
+
+    @property
+    def is_local(self) -> bool:
+        return self.local is not None
+
+    @property
+    def server(self) -> str:
+        return self.kube.server
+
+    @property
+    def ca_file(self) -> Path:
+        """The apiserver CA as a file (for clients that act as a ServiceAccount)."""
+        if self.local is not None:
+            return self.local.ca_file
+        if self._ca_file is None:
+            import base64
+            import tempfile
+
+            doc = yaml.safe_load(self.kubeconfig.read_text())
+            ctx = next(c for c in doc["contexts"] if c["name"] == doc["current-context"])["context"]
+            cl = next(c for c in doc["clusters"] if c["name"] == ctx["cluster"])["cluster"]
+            if "certificate-authority" in cl:
+                self._ca_file = Path(cl["certificate-authority"])
+            else:
+                fd, name = tempfile.mkstemp(suffix=".crt")
+                os.write(fd, base64.b64decode(cl["certificate-authority-data"]))
+                os.close(fd)
+                self._ca_file = Path(name)
+        return self._ca_file
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_tool(self.kubectl_bin, self.kubeconfig, args, check=check, input=input)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_tool(self.helm_bin, self.kubeconfig, args, check=check)
+
+    def diagnostics(self) -> str:
+        """Last lines of the control-plane logs (local) for a failure message."""
+        if self.local is None:
+            return ""
+        return self.local.log_tail(
+            "kube-scheduler", "kube-controller-manager", "node-agent", "kube-apiserver"
+        )
+
+    def node_names(self, **labels: str) -> set[str]:
+        sel = ",".join(f"{k}={v}" for k, v in labels.items())
+        items = (
+            self.kube.get("/api/v1/nodes", labelSelector=sel)["items"]
+            if sel
+            else self.kube.get("/api/v1/nodes")["items"]
+        )
+        return {n["metadata"]["name"] for n in items}
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[E2ECluster]:
+    """The cluster under test; the local one is stopped at session end, on failure and on SIGTERM."""
+    kubectl, helm = ensure_client_tools()
+    external = os.environ.get("CMCP_E2E_KUBECONFIG")
+    if external:
+        kube = Kube.from_kubeconfig(external)
+        yield E2ECluster(Path(external), kube, kubectl, helm)
+        kube.close()
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind so finalisers stop every process
+    local = LocalCluster()
+    try:
+        local.start()
+        _STARTUP["cold_start_seconds"] = local.startup_seconds or 0.0
+        kube = Kube.from_kubeconfig(local.kubeconfig)
+        try:
+            yield E2ECluster(local.kubeconfig, kube, kubectl, helm, local)
+        finally:
+            kube.close()
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def namespace(cluster: E2ECluster) -> Iterator[str]:
+    """A fresh namespace for one test; deleted (not awaited) afterwards."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.kube.create(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    cluster.kube.wait_for(
+        f"default ServiceAccount in {name}",
+        lambda: cluster.kube.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        timeout=60,
+    )
+    yield name
+    cluster.kube.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def local_cluster(cluster: E2ECluster) -> E2ECluster:
+    """The cluster, only when it is the local plane with the node agent; otherwise skip."""
+    if not cluster.is_local:
+        pytest.skip("needs the local node agent (CMCP_E2E_KUBECONFIG targets a real cluster)")
+    return cluster
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).parent == here or here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if "cold_start_seconds" in _STARTUP:
+        terminalreporter.write_line(
+            f"cmcp e2e: local control plane usable after {_STARTUP['cold_start_seconds']:.1f}s "
+            "(cold start, cached binaries)"
+        )
