@@ -1,0 +1,130 @@
+"""Gateway configuration: listeners, identity sources, limits and routes (YAML or JSON).
+
+Example::
+
+    listen: 127.0.0.1:8080
+    metrics_listen: 127.0.0.1:9464      # separate listener: metrics never share the agent port
+    trust_record_dir: /var/lib/cmcp/records   # optional: each closed session's signed Trust Record
+    allow_simulated: true                # accept software-only (simulated) enclave evidence
+    auth: {tokens_file: tokens.yaml}     # or tokens_dir: /var/run/secrets/cmcp-agents
+    tls: {cert: gw.pem, key: gw.key, client_ca: ca.pem, client_cert: optional}
+    limits: {max_body_bytes: 1048576, max_depth: 32, max_string: 65536, max_concurrent_per_agent: 32}
+    routes:
+      - name: demo                       # served at /mcp/demo (and /mcp when it is the only route)
+        upstream: http://127.0.0.1:9001/mcp
+        audience: demo-upstream
+        enclaves: [127.0.0.1:50051]      # static endpoints (local demo) ...
+        kubernetes: {namespace: cmcp, name: demo}   # ... or the operator's McpRoute status
+        expected_bundle_hashes: [sha256:...]
+        open: false                      # true: no agent credential needed (principal "anonymous")
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1024 * 1024
+    max_depth: int = 32
+    max_string: int = 64 * 1024
+    max_concurrent_per_agent: int = 64
+    decide_timeout_seconds: float = 2.0
+    upstream_timeout_seconds: float = 30.0
+    session_idle_seconds: float = 900.0
+    max_sessions: int = 10_000
+
+
+@dataclass(frozen=True)
+class KubeSource:
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    upstream: str
+    audience: str
+    enclaves: tuple[str, ...] = ()
+    kubernetes: KubeSource | None = None
+    expected_bundle_hashes: frozenset[str] | None = None
+    open: bool = False
+
+    @property
+    def path(self) -> str:
+        return f"/mcp/{self.name}"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str
+    key: str
+    client_ca: str | None = None
+    client_cert: str = "none"  # none | optional | required
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    routes: tuple[RouteConfig, ...]
+    listen: str = "127.0.0.1:8080"
+    metrics_listen: str | None = None
+    allow_simulated: bool = False
+    tokens_file: str | None = None
+    tokens_dir: str | None = None
+    tls: TlsConfig | None = None
+    limits: Limits = field(default_factory=Limits)
+    attest_refresh_seconds: float = 30.0
+    trust_record_dir: str | None = None  # write each closed session's Trust Record here
+
+
+def _route(raw: dict[str, Any]) -> RouteConfig:
+    kube = raw.get("kubernetes")
+    hashes = raw.get("expected_bundle_hashes")
+    return RouteConfig(
+        name=str(raw["name"]),
+        upstream=str(raw["upstream"]),
+        audience=str(raw["audience"]),
+        enclaves=tuple(str(e) for e in raw.get("enclaves", ())),
+        kubernetes=KubeSource(**kube) if kube else None,
+        expected_bundle_hashes=frozenset(hashes) if hashes else None,
+        open=bool(raw.get("open", False)),
+    )
+
+
+def parse(raw: dict[str, Any]) -> GatewayConfig:
+    """Build a config from a decoded document; ``KeyError``/``TypeError`` on a malformed one."""
+    auth = raw.get("auth") or {}
+    tls = raw.get("tls")
+    routes = tuple(_route(r) for r in raw.get("routes", ()))
+    if not routes:
+        raise ValueError("config names no routes")
+    names = [r.name for r in routes]
+    if len(set(names)) != len(names):
+        raise ValueError("route names must be unique")
+    return GatewayConfig(
+        routes=routes,
+        listen=str(raw.get("listen", "127.0.0.1:8080")),
+        metrics_listen=raw.get("metrics_listen"),
+        allow_simulated=bool(raw.get("allow_simulated", False)),
+        tokens_file=auth.get("tokens_file"),
+        tokens_dir=auth.get("tokens_dir"),
+        tls=TlsConfig(**tls) if tls else None,
+        limits=Limits(**(raw.get("limits") or {})),
+        attest_refresh_seconds=float(raw.get("attest_refresh_seconds", 30.0)),
+        trust_record_dir=raw.get("trust_record_dir"),
+    )
+
+
+def load(path: str | Path) -> GatewayConfig:
+    text = Path(path).read_text(encoding="utf-8")
+    raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping")
+    return parse(raw)

@@ -1,0 +1,69 @@
+"""``cmcp-gateway --config gateway.yaml [--listen HOST:PORT]``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ssl
+
+import uvicorn
+from prometheus_client import start_http_server
+from starlette.types import ASGIApp
+
+from cmcp_gateway.app import build
+from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
+from cmcp_gateway.config import GatewayConfig, load
+from cmcp_guard import logs
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def _tokens(config: GatewayConfig) -> TokenStore | None:
+    if config.tokens_file:
+        return TokenStore.from_file(config.tokens_file)
+    if config.tokens_dir:
+        return TokenStore.from_dir(config.tokens_dir)
+    return None
+
+
+def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn with our h11 protocol (peer certificates reach the app) and optional (m)TLS."""
+    host, _, port = config.listen.rpartition(":")
+    tls = config.tls
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=int(port),
+        log_level=log_level,
+        http=PeerCertHttpToolsProtocol,
+        lifespan="on",
+        access_log=False,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
+        ssl_ca_certs=tls.client_ca if tls else None,
+        ssl_cert_reqs=_CERT_REQS[tls.client_cert] if tls else ssl.CERT_NONE,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cmcp-gateway", description="cMCP gateway (MCP streamable HTTP)")
+    parser.add_argument("--config", required=True, help="YAML/JSON gateway config")
+    parser.add_argument("--listen", help="override the config's HOST:PORT")
+    parser.add_argument("--metrics-listen", help="override the config's metrics HOST:PORT")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    config = load(args.config)
+    if args.listen:
+        config = dataclasses.replace(config, listen=args.listen)
+    if args.metrics_listen:
+        config = dataclasses.replace(config, metrics_listen=args.metrics_listen)
+    logs.setup(args.log_level)
+    if config.metrics_listen:
+        mhost, _, mport = config.metrics_listen.rpartition(":")
+        start_http_server(int(mport), addr=mhost)
+    _, app = build(config, _tokens(config))
+    uvicorn.Server(uvicorn_config(config, app)).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Raw MCP streamable-HTTP client from the gateway to one upstream, on pooled keep-alive HTTP/1.1.
+
+Raw JSON-RPC instead of the SDK's ``ClientSession``: the gateway relays results verbatim (no
+model round trip that could drop fields), and :mod:`cmcp_gateway.http1` keeps per-call cost
+low (measured: httpx was most of the gateway's own CPU per call). The era is negotiated once:
+``server/discover`` (2026-07-28, stateless, one POST per call) else the ``initialize``
+handshake with an ``Mcp-Session-Id`` (re-established when it expires). A ``tools/call`` is
+never retried here (only :mod:`~cmcp_gateway.http1`'s resend on a keep-alive connection that
+was already closed, which the single-use permit makes harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import orjson
+from mcp.shared.inbound import encode_header_value
+
+from cmcp_core.errors import CmcpError, Code
+from cmcp_gateway.http1 import Http1Client, HttpError, HttpResponse
+
+MODERN = "2026-07-28"
+LEGACY = "2025-11-25"
+CLIENT_INFO = {"name": "cmcp-gateway", "version": "0.1.0"}
+_MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
+}
+_BASE_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def _parse_sse(body: bytes, request_id: int) -> Any:
+    """The JSON-RPC response for ``request_id`` inside an SSE body (notifications are skipped)."""
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+        if not data:
+            continue
+        message = orjson.loads(data)
+        if isinstance(message, dict) and message.get("id") == request_id:
+            return message
+    raise ValueError("SSE stream ended without the response")
+
+
+class UpstreamClient:
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.http = Http1Client(url)
+        self.timeout = timeout
+        self.mode: str | None = None
+        self.session_id: str | None = None
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def _post(self, message: dict[str, Any], headers: dict[str, str]) -> HttpResponse:
+        try:
+            return await self.http.post(orjson.dumps(message), headers, self.timeout)
+        except HttpError as exc:
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream unreachable: {exc}") from exc
+
+    async def _negotiate(self) -> None:
+        async with self._lock:
+            if self.mode is not None:
+                return
+            rid = next(self._ids)
+            resp = await self._post(
+                {"jsonrpc": "2.0", "id": rid, "method": "server/discover", "params": {"_meta": _MODERN_META}},
+                {**_BASE_HEADERS, "mcp-protocol-version": MODERN, "mcp-method": "server/discover"},
+            )
+            try:
+                result = self._decode(resp, rid).get("result") or {}
+            except (CmcpError, ValueError):
+                result = {}
+            if isinstance(result, dict) and MODERN in (result.get("supportedVersions") or ()):
+                self.mode = MODERN
+                return
+            rid = next(self._ids)
+            resp = await self._post(
+                {
+                    "jsonrpc": "2.0",
+                    "id": rid,
+                    "method": "initialize",
+                    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": CLIENT_INFO},
+                },
+                dict(_BASE_HEADERS),
+            )
+            message = self._decode(resp, rid)
+            if "result" not in message:
+                raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "upstream refused initialize")
+            session_id = resp.headers.get("mcp-session-id")
+            headers = {**_BASE_HEADERS, "mcp-protocol-version": LEGACY}
+            if session_id:
+                headers["mcp-session-id"] = session_id
+            await self._post({"jsonrpc": "2.0", "method": "notifications/initialized"}, headers)
+            self.session_id, self.mode = session_id, LEGACY
+
+    def _decode(self, resp: HttpResponse, request_id: int) -> dict[str, Any]:
+        """The JSON-RPC message in ``resp``; a guard's coded 403 is returned as the error it is."""
+        ctype = resp.headers.get("content-type", "")
+        try:
+            if ctype.startswith("text/event-stream"):
+                message = _parse_sse(resp.content, request_id)
+            elif ctype.startswith("application/json"):
+                message = orjson.loads(resp.content)
+            else:
+                raise ValueError(f"unexpected content type {ctype!r}")
+        except ValueError as exc:
+            raise CmcpError(
+                Code.UPSTREAM_UNAVAILABLE,
+                f"upstream answered HTTP {resp.status} without a JSON-RPC message",
+            ) from exc
+        if not isinstance(message, dict) or ("result" not in message and "error" not in message):
+            raise CmcpError(
+                Code.UPSTREAM_UNAVAILABLE, "upstream answered with something else than a response"
+            )
+        return message
+
+    def _headers(self, method: str, params: dict[str, Any]) -> dict[str, str]:
+        headers = dict(_BASE_HEADERS)
+        if self.mode == MODERN:
+            headers["mcp-protocol-version"] = MODERN
+            headers["mcp-method"] = method
+            if method == "tools/call":
+                headers["mcp-name"] = encode_header_value(str(params.get("name", "")))
+        else:
+            headers["mcp-protocol-version"] = LEGACY
+            if self.session_id:
+                headers["mcp-session-id"] = self.session_id
+        return headers
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        extra_headers: dict[str, str] | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> dict[str, Any]:
+        """Send one request; return the upstream's JSON-RPC response message (result or error)."""
+        if self.mode is None:
+            await self._negotiate()
+        if self.mode == MODERN:
+            params = {**params, "_meta": {**(params.get("_meta") or {}), **_MODERN_META}}
+        rid = next(self._ids)
+        headers = self._headers(method, params)
+        if extra_headers:
+            headers.update(extra_headers)
+        resp = await self._post({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}, headers)
+        if resp.status == 404 and self.mode == LEGACY:
+            self.mode = self.session_id = None  # the upstream dropped our session: handshake again next time
+            if idempotent:
+                return await self.request(method, params, extra_headers)
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "upstream session expired")
+        if resp.status >= 500:
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream answered HTTP {resp.status}")
+        return self._decode(resp, rid)

@@ -1,0 +1,186 @@
+"""ASGI middleware: refuse any ``tools/call`` without a valid permit before the app sees it.
+
+The body the wrapped app receives for a checked call is the guard's own re-serialisation of
+what it verified, so no JSON parser difference (duplicate keys, odd escapes) can make the app
+run other arguments than the permit names. Everything that is not ``tools/call`` passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cmcp_core.errors import REGISTRY, CmcpError, Code
+from cmcp_core.permit import PERMIT_HEADER
+from cmcp_guard.check import TOOLS_CALL, PermitChecker, tool_call_target
+from cmcp_guard.metrics import ADMITTED, REJECTIONS
+from cmcp_guard.trust import TrustStore
+
+log = logging.getLogger("cmcp.guard")
+_PERMIT_HEADER = PERMIT_HEADER.lower().encode("latin-1")
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+
+
+def error_body(code: Code, detail: str, request_id: Any = None) -> bytes:
+    """JSON-RPC error document carrying the registered code (what the gateway relays)."""
+    info = REGISTRY[code]
+    return orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "error": {"code": info.jsonrpc, "message": detail, "data": {"error_code": str(code)}},
+        }
+    )
+
+
+async def send_error(send: Send, code: Code, detail: str, request_id: Any = None) -> None:
+    body = error_body(code, detail, request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": REGISTRY[code].http,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise CmcpError(Code.MCP_INVALID_REQUEST, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise CmcpError(Code.BODY_TOO_LARGE, f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class Rejection(CmcpError):
+    """A refused call, with the JSON-RPC id to answer it under."""
+
+    def __init__(self, code: Code, detail: str, request_id: str | int | None) -> None:
+        super().__init__(code, detail)
+        self.request_id = request_id
+
+
+class Guard:
+    """The permit gate; shared by :class:`GuardMiddleware` and the reverse proxy."""
+
+    def __init__(
+        self,
+        checker: PermitChecker,
+        trust: TrustStore | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.checker = checker
+        self.trust = trust
+        self.max_body = max_body
+        self.clock = clock
+
+    async def inspect(self, scope: Scope, body: bytes) -> bytes:
+        """Return the body to pass on, or raise :class:`Rejection` with the code and request id."""
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise Rejection(Code.MCP_PARSE_FAILURE, "body is not JSON", None) from None
+        request_id = doc.get("id") if isinstance(doc, dict) else None
+        try:
+            return await self._inspect(scope, body, doc)
+        except CmcpError as exc:
+            raise Rejection(
+                exc.code, exc.detail, request_id if isinstance(request_id, str | int) else None
+            ) from exc
+
+    async def _inspect(self, scope: Scope, body: bytes, doc: Any) -> bytes:
+        if isinstance(doc, list):
+            if any(isinstance(m, dict) and m.get("method") == TOOLS_CALL for m in doc):
+                raise CmcpError(Code.MCP_INVALID_REQUEST, "tools/call inside a batch is refused")
+            return body
+        if not isinstance(doc, dict) or doc.get("method") != TOOLS_CALL:
+            return body
+        tool, arguments = tool_call_target(doc.get("params"))
+        token = header(scope, _PERMIT_HEADER)
+        try:
+            permit = self.checker.check(token, tool, arguments, now=self.clock())
+        except CmcpError as exc:
+            if exc.code is not Code.PERMIT_UNTRUSTED_KEY or self.trust is None:
+                raise
+            if not await self.trust.refresh_for_unknown_key():
+                raise
+            permit = self.checker.check(token, tool, arguments, now=self.clock())
+        ADMITTED.inc()
+        log.info(
+            "permit admitted",
+            extra={"call_id": permit.cid, "session_id": permit.sid, "tool": tool, "kid": permit.kid},
+        )
+        return orjson.dumps(doc)
+
+
+class GuardMiddleware:
+    """Wrap any ASGI MCP app (e.g. ``MCPServer.streamable_http_app()``)."""
+
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        trust = self.guard.trust
+
+        async def wrapped() -> Message:
+            message = await receive()
+            if trust is not None and message["type"] == "lifespan.startup":
+                await trust.start()
+            elif trust is not None and message["type"] == "lifespan.shutdown":
+                await trust.stop()
+            return message
+
+        await self.app(scope, wrapped, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(receive, self.guard.max_body)
+            new_body = await self.guard.inspect(scope, body)
+        except CmcpError as exc:
+            REJECTIONS.labels(code=str(exc.code)).inc()
+            log.warning("call refused", extra={"code": str(exc.code), "detail": exc.detail})
+            await send_error(send, exc.code, exc.detail, getattr(exc, "request_id", None))
+            return
+        if new_body is not body:
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+            headers.append((b"content-length", str(len(new_body)).encode()))
+            scope = {**scope, "headers": headers}
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": new_body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,256 @@
+"""In-process gateway + guarded upstream on loopback, for gateway/guard tests and the bench.
+
+API:
+  * ``async with run_gateway(config, tokens) as gw:`` — uvicorn on a free port; ``gw.url``
+    (route ``/mcp``), ``gw.gateway`` (the :class:`cmcp_gateway.app.Gateway`).
+  * ``async with run_stack(enclaves, audience=..., tokens={"tok-alice": "alice"}) as stack:`` —
+    guard (attesting ``enclaves`` itself) + upstream (``tests.helpers.upstream``) + gateway;
+    ``stack.url``, ``stack.upstream`` (``.url``, ``.counter``), ``stack.gateway``, ``stack.guard``.
+  * ``agent(url, token=None, mode="auto") -> mcp.Client`` with the bearer token set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx2
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from cmcp_core.digest import json_digest
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_gateway.app import Gateway, build
+from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
+from cmcp_gateway.config import GatewayConfig, Limits, RouteConfig
+from cmcp_guard.main import build_guard
+from cmcp_guard.middleware import Guard
+from tests.helpers.upstream import RunningUpstream, free_port, run_upstream
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    gateway: Gateway
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: Any, port: int = 0, config: uvicorn.Config | None = None
+) -> AsyncIterator[uvicorn.Server]:
+    """Run an ASGI app under uvicorn in this loop until the block exits (``config`` overrides)."""
+    config = config or uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        http=PeerCertHttpToolsProtocol,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during start-up")
+        await asyncio.sleep(0.01)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(config: GatewayConfig, tokens: TokenStore | None) -> AsyncIterator[RunningGateway]:
+    gateway, app = build(config, tokens)
+    port = free_port()
+    async with serve(app, port):
+        yield RunningGateway(url=f"http://127.0.0.1:{port}/mcp", gateway=gateway)
+
+
+@dataclass
+class Stack:
+    url: str
+    gateway: Gateway
+    upstream: RunningUpstream
+    guard: Guard | None
+
+
+def make_guard(
+    enclaves: Sequence[str],
+    audience: str,
+    *,
+    allow_simulated: bool = True,
+    expected_bundle_hashes: frozenset[str] | None = None,
+) -> Guard:
+    return build_guard(
+        audience,
+        list(enclaves),
+        allow_simulated=allow_simulated,
+        expected_bundle_hashes=expected_bundle_hashes,
+        refresh_seconds=3600.0,
+    )
+
+
+@contextlib.asynccontextmanager
+async def run_stack(
+    enclaves: Sequence[str],
+    *,
+    audience: str,
+    tokens: dict[str, str] | None = None,
+    guard: bool = True,
+    limits: Limits | None = None,
+    open_route: bool = False,
+    allow_simulated: bool = True,
+    guard_enclaves: Sequence[str] | None = None,
+    refresh_seconds: float = 3600.0,
+    upstream_sse: bool = False,
+) -> AsyncIterator[Stack]:
+    the_guard = (
+        make_guard(guard_enclaves if guard_enclaves is not None else enclaves, audience) if guard else None
+    )
+    async with run_upstream(the_guard, json_response=not upstream_sse) as upstream:
+        route = RouteConfig(
+            name="test", upstream=upstream.url, audience=audience, enclaves=tuple(enclaves), open=open_route
+        )
+        config = GatewayConfig(
+            routes=(route,),
+            allow_simulated=allow_simulated,
+            limits=limits or Limits(decide_timeout_seconds=15.0),
+            attest_refresh_seconds=refresh_seconds,
+        )
+        store = TokenStore(tokens if tokens is not None else {"tok-alice": "alice", "tok-bob": "bob"})
+        async with run_gateway(config, store) as gw:
+            yield Stack(url=gw.url, gateway=gw.gateway, upstream=upstream, guard=the_guard)
+
+
+def agent(url: str, token: str | None = "tok-alice", mode: str = "auto", **kwargs: Any) -> Client:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0))
+    return Client(streamable_http_client(url, http_client=http), mode=mode, **kwargs)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "RunningGateway",
+    "Stack",
+    "agent",
+    "dataclasses",
+    "make_guard",
+    "run_gateway",
+    "run_stack",
+    "serve",
+]
+
+
+# --- enclave processes and test-built enclave servicers ---------------------------------------
+
+AUDIENCE = "urn:cmcp:test-upstream"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+PERMIT_TOOL = "payments.transfer"
+PERMIT_ARGS = {"amount": 100, "currency": "EUR", "to": "acct-1"}
+
+
+async def get_permit(
+    address: str, tool: str = PERMIT_TOOL, arguments: dict[str, Any] | None = None, audience: str = AUDIENCE
+) -> str:
+    """What a hostile host can do: ask the enclave for a decision on a call it is allowed to make."""
+    arguments = PERMIT_ARGS if arguments is None else arguments
+    async with grpc.aio.insecure_channel(address) as channel:
+        resp = await enclave_pb2_grpc.EnclaveStub(channel).Decide(
+            enclave_pb2.DecideRequest(
+                session_id=uuid.uuid4().hex,
+                call_id=uuid.uuid4().hex,
+                principal="alice",
+                method="tools/call",
+                tool=tool,
+                arguments_json=json.dumps(arguments).encode(),
+                arguments_digest=json_digest(arguments),
+                audience=audience,
+            )
+        )
+    assert resp.permit, "the enclave must allow the baseline call"
+    return str(resp.permit)
+
+
+class MitmEnclave:
+    """A test-built gRPC Enclave servicer in front of a real enclave: the hostile host.
+
+    It relays ``Attest`` (so attestation of the real enclave still verifies) and everything
+    else, except what ``tamper`` says: ``"slow"`` (Decide sleeps ``delay`` seconds),
+    ``"bad-signature"`` (one signature bit flipped), ``"other-call"`` (answers with the first
+    decision it ever relayed, validly signed but for another call), ``"no-permit"`` (strips the
+    permit from an allow). ``decide_seen`` is set when a Decide arrives.
+    """
+
+    def __init__(self, target: str, tamper: str | None = None, delay: float = 30.0) -> None:
+        self.target = target
+        self.tamper = tamper
+        self.delay = delay
+        self.decide_seen = asyncio.Event()
+        self.first_decision: Any = None
+        self.server: Any = None
+        self.address = ""
+
+    async def start(self) -> MitmEnclave:
+        import grpc
+
+        from cmcp_core.proto import enclave_pb2_grpc
+
+        channel = grpc.aio.insecure_channel(self.target)
+        stub = enclave_pb2_grpc.EnclaveStub(channel)
+        outer = self
+
+        class Servicer(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
+            async def Attest(self, request: Any, context: Any) -> Any:
+                return await stub.Attest(request)
+
+            async def Decide(self, request: Any, context: Any) -> Any:
+                outer.decide_seen.set()
+                if outer.tamper == "slow":
+                    await asyncio.sleep(outer.delay)
+                resp = await stub.Decide(request)
+                if outer.first_decision is None:
+                    outer.first_decision = resp
+                if outer.tamper == "bad-signature":
+                    sig = bytearray(resp.signature)
+                    sig[0] ^= 1
+                    resp.signature = bytes(sig)
+                elif outer.tamper == "other-call":
+                    return outer.first_decision
+                elif outer.tamper == "no-permit":
+                    resp.permit = ""
+                return resp
+
+            async def Complete(self, request: Any, context: Any) -> Any:
+                return await stub.Complete(request)
+
+            async def ListTools(self, request: Any, context: Any) -> Any:
+                return await stub.ListTools(request)
+
+            async def CloseSession(self, request: Any, context: Any) -> Any:
+                return await stub.CloseSession(request)
+
+        self.server = grpc.aio.server()
+        enclave_pb2_grpc.add_EnclaveServicer_to_server(Servicer(), self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        self.address = f"127.0.0.1:{port}"
+        self._channel = channel
+        return self
+
+    async def stop(self) -> None:
+        await self.server.stop(0)
+        await self._channel.close()
