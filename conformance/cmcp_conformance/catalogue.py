@@ -1,0 +1,243 @@
+"""The conformance catalogue: every requirement ID, its level, and what it demands.
+
+IDs are stable and never reused: a withdrawn requirement keeps its row with
+``withdrawn=True`` so an old report can still be read. ``conformance/README.md`` is the
+human form of this table and a unit test keeps the two in step (same IDs, same levels).
+The suite marks each test with ``@pytest.mark.conformance("<ID>")``; the runner reports
+per ID, and a MUST that fails (or has no test) makes ``cmcpctl conformance`` exit non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Level(StrEnum):
+    MUST = "MUST"
+    SHOULD = "SHOULD"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    id: str
+    level: Level
+    title: str
+    checks: str  # what the suite does to attack the property, in one or two sentences
+    withdrawn: bool = False
+
+
+_M, _S = Level.MUST, Level.SHOULD
+
+REQUIREMENTS: tuple[Requirement, ...] = (
+    # --- attestation -------------------------------------------------------------------
+    Requirement(
+        "ATTEST-001",
+        _M,
+        "Evidence binds key, bundle, catalog, mode and nonce",
+        "Attest with a fresh nonce; recompute REPORT_DATA from the enclave's public key, "
+        "bundle hash, catalog hash, mode and our nonce and require the quote to carry "
+        "exactly it; the same evidence must fail binding against another key or bundle.",
+    ),
+    Requirement(
+        "ATTEST-002",
+        _M,
+        "Evidence is fresh: the verifier's nonce is required",
+        "Two Attest calls with different nonces give different REPORT_DATA; evidence for "
+        "one nonce fails appraisal against another; a too-short nonce is refused.",
+    ),
+    Requirement(
+        "ATTEST-003",
+        _M,
+        "Simulated evidence is trusted only when explicitly allowed",
+        "The verifier rejects simulated evidence by default (SIMULATED_NOT_ALLOWED) and "
+        "accepts it only when allowed, labelled software-only; hardware targets must "
+        "not present simulated evidence.",
+    ),
+    Requirement(
+        "ATTEST-004",
+        _M,
+        "Tampered evidence is rejected",
+        "Flip single bytes in the signed part of the quote (REPORTDATA, MRCONFIGID, "
+        "header) and require appraisal to fail with a coded error.",
+    ),
+    Requirement(
+        "ATTEST-005",
+        _M,
+        "The key that signs decisions is the attested key",
+        "A signed decision returned to the agent (deny error data) must verify with the "
+        "key bound in fresh evidence, and its kid must be that key's thumbprint.",
+    ),
+    # --- policy ------------------------------------------------------------------------
+    Requirement(
+        "POLICY-001",
+        _M,
+        "A tool outside the measured catalog is refused, never forwarded",
+        "tools/call of an unknown tool gives -32000 with data.error_code "
+        "TOOL_NOT_IN_CATALOG, and the upstream's call counter does not move.",
+    ),
+    Requirement(
+        "POLICY-002",
+        _M,
+        "A Cedar deny is a coded JSON-RPC error; an allow is forwarded",
+        "A forbidden call gives -32000 / POLICY_DENY with call_id and the signed "
+        "decision and never reaches the upstream; an allowed call returns the "
+        "upstream's structured result with isError preserved.",
+    ),
+    Requirement(
+        "POLICY-003",
+        _M,
+        "Session state from the measured catalog drives policy",
+        "After reading a PHI-labelled tool, an external send in the same session is "
+        "denied, while the same send in a fresh session is allowed.",
+    ),
+    Requirement(
+        "POLICY-004",
+        _M,
+        "Advisory mode forwards and records advisory_deny",
+        "On an advisory route a call Cedar denies is forwarded, marked would_have_denied, "
+        "and the enclave's signed decision records advisory_deny.",
+    ),
+    Requirement(
+        "POLICY-005",
+        _M,
+        "An invalid bundle never serves",
+        "An enclave given a bundle whose policy fails schema validation (initdata naming that "
+        "very bundle) refuses to start with BUNDLE_INVALID, while the valid bundle starts (local). "
+        "On a cluster (--kubeconfig, --route) the same bundle submitted as a PolicyBundle is "
+        "rejected at admission naming the file, or marked Valid=False; the valid one is accepted.",
+    ),
+    # --- audit -------------------------------------------------------------------------
+    Requirement(
+        "AUDIT-001",
+        _M,
+        "Every call is audited, allowed or denied",
+        "Make allowed, denied and not-in-catalog calls; the exported chain holds one "
+        "signed decision entry per call with the matching call id and outcome.",
+    ),
+    Requirement(
+        "AUDIT-002",
+        _M,
+        "The chain starts at genesis and ends at the Trust Record's tip",
+        "The first entry links to 'genesis', each links to its predecessor, and the "
+        "last hash equals the Trust Record's tool_transcript.hash.",
+    ),
+    Requirement(
+        "AUDIT-003",
+        _M,
+        "Every decision entry is signed by the attested enclave key",
+        "Each entry's kid is the attested key's thumbprint and its signature verifies; "
+        "the chain does not verify under any other key.",
+    ),
+    Requirement(
+        "AUDIT-004",
+        _S,
+        "Outcomes are recorded, arguments are digested",
+        "For an allowed call the chain records a completion whose response digest "
+        "matches the result; argument values do not appear in clear in the export.",
+    ),
+    Requirement(
+        "AUDIT-005",
+        _M,
+        "Exports verify offline with cmcpctl",
+        "`cmcpctl audit verify` exits 0 on the exported chain and non-zero on a host-edited copy.",
+    ),
+    # --- failure handling ----------------------------------------------------------------
+    Requirement(
+        "FAIL-001",
+        _M,
+        "Enclave unavailable fails closed",
+        "With the enclave stopped, tools/call gives TEE_UNAVAILABLE (or SESSION_LOST) "
+        "and the upstream counter does not move; after a restart the old session ends with "
+        "an explicit error instead of moving silently to an enclave without its state.",
+    ),
+    Requirement(
+        "FAIL-002",
+        _M,
+        "A parse error is coded and the session survives",
+        "A non-JSON body gives -32700 with MCP_PARSE_FAILURE and a payload hash; the "
+        "same MCP session then completes a normal call.",
+    ),
+    Requirement(
+        "FAIL-003",
+        _M,
+        "Bad requests get coded errors, never a forward",
+        "Unauthenticated, unknown-method and oversized requests get their coded errors "
+        "and the upstream counter does not move.",
+    ),
+    # --- Trust Records -------------------------------------------------------------------
+    Requirement(
+        "TRACE-001",
+        _M,
+        "Closing a session yields a Trust Record that verifies",
+        "agentrust_trace.verify_record accepts the record with the attested key pinned, "
+        "and rejects it with another key pinned or after any field is edited.",
+    ),
+    Requirement(
+        "TRACE-002",
+        _M,
+        "The Trust Record states the measured facts",
+        "policy.bundle_hash is the measured hash, cnf.jwk is the attested key, "
+        "runtime.platform matches the evidence (software-only when simulated).",
+    ),
+    Requirement(
+        "TRACE-003",
+        _M,
+        "Non-ASCII tool names survive end to end",
+        "A session calling a tool with a non-ASCII name yields a chain and a record that "
+        "verify, naming the tool exactly.",
+    ),
+    # --- the enclave architecture (DESIGN.md section 7) ----------------------------------
+    Requirement(
+        "POLICY-TEE-001",
+        _M,
+        "Cedar runs in the enclave",
+        "The gateway holds no policy and no authorising key: with the enclave unreachable "
+        "every call fails closed, and a decision not signed by an attested enclave key "
+        "is refused (the guard rejects a permit from an unattested key).",
+    ),
+    Requirement(
+        "POLICY-TEE-002",
+        _M,
+        "The bundle is measured",
+        "The evidence's measured field equals the digest of the initdata naming the "
+        "bundle_hash; a one-byte change to any policy changes the hash and the enclave "
+        "refuses to serve it under the old initdata.",
+    ),
+    Requirement(
+        "POLICY-TEE-003",
+        _M,
+        "Trust Records name the measured bundle for the enclave's life",
+        "policy.bundle_hash in every record equals the hash measured at load and bound "
+        "in the evidence, across sessions and re-attestation.",
+    ),
+    Requirement(
+        "POLICY-TEE-004",
+        _M,
+        "enforce cannot be bypassed by the host",
+        "Straight at the guarded upstream: no permit, a forged permit, a replayed one, "
+        "one for other arguments, another upstream, an expired one, one signed by an "
+        "unattested key — all rejected; the tool never runs.",
+    ),
+    Requirement(
+        "POLICY-TEE-005",
+        _M,
+        "Audit integrity",
+        "The exported chain verifies offline; deleting, reordering or editing any entry "
+        "is detected; decision signatures verify back to a key bound in the evidence.",
+    ),
+)
+
+BY_ID: dict[str, Requirement] = {r.id: r for r in REQUIREMENTS}
+
+
+def get(requirement_id: str) -> Requirement:
+    """Look up an ID; ``KeyError`` names the unknown ID so a typo in a marker is loud."""
+    try:
+        return BY_ID[requirement_id]
+    except KeyError:
+        raise KeyError(f"unknown conformance ID {requirement_id!r}") from None
+
+
+def active() -> tuple[Requirement, ...]:
+    return tuple(r for r in REQUIREMENTS if not r.withdrawn)

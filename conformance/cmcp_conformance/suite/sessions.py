@@ -1,0 +1,102 @@
+"""A recorded agent session: calls through the gateway, then the auditor's view of it.
+
+Several IDs (AUDIT, TRACE, POLICY-TEE-003/005) look at the same artefacts — the exported audit
+chain and the Trust Record of a session whose calls the suite made itself — so they share this
+driver. The export goes through :meth:`Target.export_audit`, i.e. through whatever storage the
+host provides; that is the untrusted path the checks are about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmcp_conformance.agent import CallOutcome, agent
+from cmcp_conformance.target import Target
+
+
+@dataclass
+class RecordedSession:
+    session_id: str
+    calls: list[tuple[str, dict[str, Any], CallOutcome]] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def decision_entries(self) -> list[dict[str, Any]]:
+        return [e for e in self.entries if e.get("kind") == "decision"]
+
+
+def run_session(
+    target: Target,
+    calls: list[tuple[str, dict[str, Any]]],
+    *,
+    url: str | None = None,
+    address: str | None = None,
+) -> RecordedSession:
+    """Make ``calls`` in one MCP session, close it at the enclave, export its audit chain."""
+
+    async def scenario() -> RecordedSession:
+        async with agent(target, url) as a:
+            recorded = RecordedSession(session_id="")
+            for tool, arguments in calls:
+                recorded.calls.append((tool, arguments, await a.call(tool, arguments)))
+            recorded.session_id = a.session_id
+            return recorded
+
+    recorded = asyncio.run(scenario())
+    _await_completions(target, recorded, address)
+    recorded.record = target.close_session(recorded.session_id, address=address)
+    recorded.entries = target.export_audit(recorded.session_id, address=address)
+    return recorded
+
+
+def _await_completions(
+    target: Target, recorded: RecordedSession, address: str | None, timeout: float = 10.0
+) -> None:
+    """The gateway reports an allowed call's outcome just after answering the agent; wait for
+    those reports to land before closing, so the chain is complete rather than racing the close."""
+    expected = sum(1 for _, _, outcome in recorded.calls if outcome.ok)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = target.export_audit(recorded.session_id, address=address)
+        if sum(1 for e in entries if e.get("kind") == "complete") >= expected:
+            return
+        time.sleep(0.1)
+
+
+def standard_calls(target: Target, marker: str = "conformance") -> list[tuple[str, dict[str, Any]]]:
+    """An allowed call, a Cedar deny, and a call outside the catalog."""
+    prof = target.profile
+    return [
+        (prof.allowed_tool, {"text": marker}),
+        (prof.denied_tool, {"text": "all"}),
+        (prof.uncatalogued_tool, {"text": "x"}),
+    ]
+
+
+FAIL_CLOSED = ("TEE_UNAVAILABLE", "SESSION_LOST")
+RECOVERY_SECONDS = 30.0
+
+
+def wait_until_serving(target: Target, deadline_s: float = RECOVERY_SECONDS) -> None:
+    """After a restart the gateway and guard must re-attest the new key before calls go through."""
+    deadline = time.monotonic() + deadline_s
+    last = ""
+
+    async def attempt() -> bool:
+        nonlocal last
+        async with agent(target) as a:
+            out = await a.call(target.profile.allowed_tool, {"text": "recovered?"})
+            last = out.describe()
+            return out.ok
+
+    while time.monotonic() < deadline:
+        try:
+            if asyncio.run(attempt()):
+                return
+        except Exception as exc:  # a gateway still reconnecting may drop the connection
+            last = repr(exc)
+        time.sleep(0.5)
+    raise AssertionError(f"deployment did not recover after the enclave restarted: {last}")

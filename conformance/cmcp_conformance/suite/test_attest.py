@@ -1,0 +1,169 @@
+"""ATTEST-001..005: the evidence binds what it must, is fresh, is not forgeable, and names the
+key that actually signs decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cmcp_conformance.agent import agent
+from cmcp_conformance.suite.conftest import Attested, appraisal_policy, attest, need_enclave
+from cmcp_conformance.target import Target
+from cmcp_core.binding import Binding
+from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
+from cmcp_core.decision import verify_decision
+from cmcp_core.errors import CmcpError
+from cmcp_core.evidence.tdx import parse_quote
+from cmcp_core.verify import AppraisalPolicy, appraise_response
+
+TDX_LIKE = ("tdx", "simulated")
+
+
+def _report_data_in_evidence(att: Attested) -> bytes:
+    if att.response.platform not in TDX_LIKE:
+        pytest.skip(
+            f"independent REPORTDATA extraction is implemented for TDX-layout evidence, "
+            f"not {att.response.platform}"
+        )
+    return parse_quote(bytes(att.response.evidence)).body.report_data
+
+
+@pytest.mark.conformance("ATTEST-001")
+def test_report_data_binds_key_bundle_catalog_mode_and_nonce(target: Target, attested: Attested) -> None:
+    resp = attested.response
+    expected = Binding(
+        public_bytes(attested.key), resp.bundle_hash, resp.catalog_hash, resp.enforcement_mode, attested.nonce
+    ).report_data()
+    assert _report_data_in_evidence(attested) == expected, (
+        "REPORTDATA in the quote is not SHA-512(JCS(domain, key, bundle, catalog, mode, our nonce))"
+    )
+    if target.expected_bundle_hash:
+        assert resp.bundle_hash == target.expected_bundle_hash
+
+
+@pytest.mark.conformance("ATTEST-001")
+def test_evidence_does_not_vouch_for_another_key_or_bundle(target: Target, attested: Attested) -> None:
+    resp, policy = attested.response, appraisal_policy(target)
+    other = public_jwk(Ed25519PrivateKey.generate().public_key())
+    wrong_key = appraise_response(resp, attested.nonce, policy, expected_public_key_jwk=other)
+    assert not wrong_key.passed, "evidence appraised as binding a key it does not bind"
+    wrong_bundle = appraise_response(resp, attested.nonce, policy, expected_bundle_hash="sha256:" + "ab" * 32)
+    assert not wrong_bundle.passed, "evidence appraised as binding a bundle it does not bind"
+    # the enclave's own claim swapped for another key must not survive either
+    resp.public_key_jwk = json.dumps(other)
+    swapped = appraise_response(resp, attested.nonce, policy)
+    assert not swapped.passed, "evidence accepted with a substituted public key"
+
+
+@pytest.mark.conformance("ATTEST-002")
+def test_each_nonce_gets_its_own_evidence(target: Target) -> None:
+    first, second = attest(target), attest(target)
+    assert first.nonce != second.nonce
+    assert bytes(first.response.report_data) != bytes(second.response.report_data), (
+        "two nonces produced the same REPORT_DATA: evidence is not fresh"
+    )
+    replayed = appraise_response(first.response, second.nonce, appraisal_policy(target))
+    assert not replayed.passed, "evidence for one nonce appraised under another (replayable evidence)"
+
+
+@pytest.mark.conformance("ATTEST-002")
+def test_unusable_nonce_is_refused(target: Target) -> None:
+    need_enclave(target)
+    for nonce in (b"", b"short"):
+        try:
+            resp = target.attest(nonce)
+        except grpc.RpcError as exc:
+            assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), (
+                f"nonce of {len(nonce)} bytes: unexpected status {exc.code()}"
+            )
+            continue
+        verdict = appraise_response(resp, nonce, appraisal_policy(target))
+        assert not verdict.passed, f"evidence for a {len(nonce)}-byte nonce was produced and accepted"
+
+
+@pytest.mark.conformance("ATTEST-003")
+def test_simulated_evidence_needs_explicit_consent(target: Target, attested: Attested) -> None:
+    strict = appraise_response(attested.response, attested.nonce, AppraisalPolicy(allow_simulated=False))
+    if attested.response.platform == "simulated":
+        assert target.allow_simulated, "the target presents simulated evidence but was not declared simulated"
+        assert not strict.passed and strict.code == "SIMULATED_NOT_ALLOWED", (
+            f"simulated evidence passed a strict verifier: {strict.code}"
+        )
+        assert attested.verdict.assurance == "software-only", (
+            f"simulated evidence reported as {attested.verdict.assurance!r}"
+        )
+    else:
+        assert strict.passed and strict.assurance == "hardware", (
+            f"{attested.response.platform} evidence: {strict.code} / {strict.assurance}"
+        )
+
+
+@pytest.mark.conformance("ATTEST-004")
+def test_flipped_bytes_in_evidence_are_rejected(target: Target, attested: Attested) -> None:
+    evidence = bytes(attested.response.evidence)
+    report_data = bytes(attested.response.report_data) or _report_data_in_evidence(attested)
+    offsets = {"header": 8, "report_data": evidence.find(report_data)}
+    if attested.response.platform in TDX_LIKE:
+        quote = parse_quote(evidence)
+        offsets["mrconfigid"] = evidence.find(quote.body.mrconfigid)
+        offsets["mrtd"] = evidence.find(quote.body.mrtd)
+        offsets["signed-region-end"] = len(quote.signed_bytes) - 1
+    offsets.update({f"random-{i}": secrets.randbelow(len(evidence)) for i in range(4)})
+    policy = appraisal_policy(target)
+    for name, offset in offsets.items():
+        assert offset >= 0, f"could not locate {name} in the evidence"
+        tampered = bytearray(evidence)
+        tampered[offset] ^= 0x01
+        attested.response.evidence = bytes(tampered)
+        verdict = appraise_response(attested.response, attested.nonce, policy)
+        assert not verdict.passed, f"evidence with byte {offset} ({name}) flipped still appraised"
+    attested.response.evidence = evidence
+    assert appraise_response(attested.response, attested.nonce, policy).passed
+
+
+@pytest.mark.conformance("ATTEST-005")
+def test_decisions_are_signed_by_the_attested_key(target: Target, attested: Attested) -> None:
+    async def scenario() -> tuple[bytes, bytes, str]:
+        async with agent(target) as a:
+            out = await a.call(target.profile.denied_tool, {"text": "x"})
+            assert not out.ok, f"forbidden tool was allowed: {out.describe()}"
+            doc, sig = out.signed_decision()
+            return doc, sig, a.session_id
+
+    doc, sig, session_id = asyncio.run(scenario())
+    decision = verify_decision(
+        doc,
+        sig,
+        attested.key,
+        expected={
+            "tool": target.profile.denied_tool,
+            "session_id": session_id,
+            "bundle_hash": attested.response.bundle_hash,
+        },
+    )
+    assert decision["kid"] == attested.kid
+    with pytest.raises(CmcpError):
+        verify_decision(doc, sig, Ed25519PrivateKey.generate().public_key())
+
+
+@pytest.mark.conformance("ATTEST-005")
+def test_route_status_matches_fresh_evidence(target: Target) -> None:
+    if target.route_status is None:
+        pytest.skip("no McpRoute status to compare (local target or no --route)")
+    status = target.route_status.get("status") or {}
+    pods = [p for p in status.get("pods") or [] if p.get("attested")]
+    assert pods, "the route status lists no attested enclave"
+    for pod in pods:
+        assert pod.get("reportedBundleHash") == status.get("bundleHash"), (
+            f"pod {pod.get('pod')} is attested with another bundle than the route expects"
+        )
+    if target.enclave_address:
+        att = attest(target)
+        listed = {p.get("keyThumbprint") for p in pods}
+        assert att.kid in listed, "the enclave's fresh key is not the one the operator attested"
+        assert thumbprint(att.key) == att.verdict.key_thumbprint

@@ -1,0 +1,149 @@
+"""What the suite tests: a *target* is a set of endpoints plus the powers the tester has over them.
+
+The suite never assumes it started the deployment. It talks to the gateway route as an agent
+would, and uses further access only when the target offers it:
+
+* ``enclave_address`` — gRPC access to the enclave (Attest, CloseSession, ExportAudit), the
+  access an auditor or the operator has; without it, evidence/record tests skip;
+* ``upstream_url`` / ``upstream_counter_url`` — the guarded upstream, reachable directly (the
+  position of a compromised host) and its tool-execution counter; without them, "never
+  forwarded" and bypass tests skip;
+* ``powers`` — local-only abilities (stop the enclave, launch an enclave on a chosen bundle);
+  a remote target has none, and the tests that need them skip with a reason.
+
+Test code builds alternative targets (for example a weakened gateway in front of the real
+enclave) simply by constructing a :class:`Target` with other endpoints, or by subclassing it to
+change how the audit export reaches the tester (a host that edits it in transit).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+import httpx
+
+from cmcp_conformance.cluster import ClusterAccess
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+
+GRPC_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """Outcome of trying to start an enclave: ``served`` is True if it ever answered Attest."""
+
+    served: bool
+    returncode: int | None
+    output: str
+
+
+class Powers(Protocol):
+    """Abilities only a local (or specially equipped) target grants the tester."""
+
+    def stop_enclave(self) -> None:
+        """Stop the enforce route's enclave (the gateway stays up)."""
+
+    def start_enclave(self) -> None:
+        """Start it again with its original bundle and initdata, and wait until it serves."""
+
+    def launch_enclave(
+        self, bundle_dir: Path, initdata: bytes, *, measured: bytes | None = None, timeout: float = 20.0
+    ) -> LaunchResult:
+        """Start a throw-away enclave on ``bundle_dir`` under ``initdata`` and report whether it served;
+        ``measured`` (default ``initdata``) is what the hardware recorded for the launch."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The tool names the suite relies on; the conformance bundle defines them (see ``bundle``)."""
+
+    allowed_tool: str = "echo"
+    denied_tool: str = "delete_records"
+    uncatalogued_tool: str = "shadow_tool"  # implemented by the upstream, absent from the catalog
+    phi_tool: str = "read_patient_record"
+    external_tool: str = "send_external_email"
+    non_ascii_tool: str = "données_lire"
+
+
+@dataclass
+class Target:
+    """Endpoints of one deployment under test. Optional fields switch groups of tests on."""
+
+    name: str
+    mcp_url: str
+    token: str | None = None
+    advisory_mcp_url: str | None = None
+    enclave_address: str | None = None
+    advisory_enclave_address: str | None = None
+    upstream_url: str | None = None
+    upstream_audience: str | None = None
+    upstream_counter_url: str | None = None
+    allow_simulated: bool = False
+    expected_bundle_hash: str | None = None
+    bundle_dir: Path | None = None
+    powers: Powers | None = None
+    route_status: dict[str, Any] | None = None
+    cluster: ClusterAccess | None = None
+    profile: Profile = field(default_factory=Profile)
+    notes: list[str] = field(default_factory=list)
+
+    # --- agent-side HTTP ---------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    # --- upstream counter ----------------------------------------------------------------
+    def upstream_calls(self) -> int | None:
+        """Tool executions the upstream has performed so far, or None when unobservable."""
+        if not self.upstream_counter_url:
+            return None
+        resp = httpx.get(self.upstream_counter_url, timeout=10.0)
+        resp.raise_for_status()
+        return int(resp.json()["total"])
+
+    # --- enclave access (auditor / operator position) ------------------------------------
+    def _stub(self, address: str | None = None) -> tuple[grpc.Channel, enclave_pb2_grpc.EnclaveStub]:
+        addr = address or self.enclave_address
+        if not addr:
+            raise RuntimeError("target offers no enclave access")
+        channel = grpc.insecure_channel(addr)
+        return channel, enclave_pb2_grpc.EnclaveStub(channel)
+
+    def attest(self, nonce: bytes, *, address: str | None = None) -> Any:
+        """``AttestResponse`` for ``nonce`` straight from the enclave."""
+        channel, stub = self._stub(address)
+        with channel:
+            return stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=GRPC_TIMEOUT_SECONDS)
+
+    def export_audit(self, session_id: str, *, address: str | None = None) -> list[dict[str, Any]]:
+        """The session's audit entries as the host hands them to an auditor (untrusted storage)."""
+        channel, stub = self._stub(address)
+        with channel:
+            stream: Iterator[Any] = stub.ExportAudit(
+                enclave_pb2.ExportAuditRequest(session_id=session_id, from_seq=0),
+                timeout=GRPC_TIMEOUT_SECONDS,
+            )
+            return [json.loads(item.entry_json) for item in stream]
+
+    def close_session(self, session_id: str, *, address: str | None = None) -> dict[str, Any]:
+        """Close a session at the enclave and return its Trust Record (JSON object)."""
+        channel, stub = self._stub(address)
+        with channel:
+            resp = stub.CloseSession(
+                enclave_pb2.CloseSessionRequest(session_id=session_id, reason="conformance"),
+                timeout=GRPC_TIMEOUT_SECONDS,
+            )
+        record: dict[str, Any] = json.loads(resp.trust_record_json)
+        return record
+
+    def describe(self) -> str:
+        parts = [f"gateway={self.mcp_url}"]
+        if self.enclave_address:
+            parts.append(f"enclave={self.enclave_address}")
+        if self.upstream_url:
+            parts.append(f"upstream={self.upstream_url}")
+        return f"{self.name}: " + ", ".join(parts)

@@ -1,0 +1,396 @@
+"""The suite catches broken properties: run POLICY-TEE IDs against deliberately weakened components.
+
+Every weakening lives here, in test code — the product has no bypass switch. Each scenario keeps
+the rest of the local deployment real (enclave processes on the simulated TEE, the guard, the
+``mcp`` SDK upstream, the gateway) and swaps exactly one component, then asserts that the IDs
+whose property it breaks FAIL. A baseline run first shows the same IDs PASS on the intact
+deployment, so each FAIL is caused by the weakening and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import socket
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cmcp_conformance import runner
+from cmcp_conformance.local import AUDIENCE, LocalDeployment, LocalPowers, local_deployment
+from cmcp_conformance.plugin import Outcome
+from cmcp_conformance.target import Target
+from cmcp_core import permit as permits
+from cmcp_core.audit import entry_hash
+from cmcp_core.errors import CmcpError, Code
+from cmcp_guard.check import PermitChecker, args_digest
+from cmcp_guard.main import build_guard
+from cmcp_guard.proxy import build_proxy
+from cmcp_guard.replay import ReplayCache
+
+POLICY_TEE = ["POLICY-TEE-001", "POLICY-TEE-002", "POLICY-TEE-003", "POLICY-TEE-004", "POLICY-TEE-005"]
+
+
+# ------------------------------------------------------------------------------------------
+# plumbing
+# ------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Serve an ASGI app on 127.0.0.1 from a background thread; yields its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "in-thread server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def outcomes(report: runner.Report) -> dict[str, Outcome]:
+    return {r.requirement.id: r.outcome for r in report.results}
+
+
+def reasons(report: runner.Report) -> str:
+    return "\n".join(report.lines())
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
+    with local_deployment(tmp_path_factory.mktemp("weakened-base")) as d:
+        yield d
+
+
+# ------------------------------------------------------------------------------------------
+# the intact deployment passes
+# ------------------------------------------------------------------------------------------
+
+
+def test_baseline_policy_tee_ids_pass_on_the_intact_deployment(deployment: LocalDeployment) -> None:
+    report = runner.run(deployment.target(), ids=POLICY_TEE)
+    assert all(o is Outcome.PASS for o in outcomes(report).values()), reasons(report)
+
+
+# ------------------------------------------------------------------------------------------
+# weakened gateway: forwards tools/call without asking the enclave
+# ------------------------------------------------------------------------------------------
+
+
+def forwarding_gateway(upstream_mcp_url: str) -> Starlette:
+    """Speaks enough MCP for the SDK client, and forwards every call straight to ``upstream``."""
+    state: dict[str, Any] = {}
+
+    async def upstream(method: str, params: dict[str, Any], request_id: Any) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
+            if "sid" not in state:
+                init = await http.post(
+                    upstream_mcp_url,
+                    headers=headers,
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 0,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2025-06-18",
+                            "capabilities": {},
+                            "clientInfo": {"name": "weak-gateway", "version": "0"},
+                        },
+                    },
+                )
+                state["sid"] = init.headers["mcp-session-id"]
+                await http.post(
+                    upstream_mcp_url,
+                    headers={**headers, "mcp-session-id": state["sid"]},
+                    json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                )
+            resp = await http.post(
+                upstream_mcp_url,
+                headers={**headers, "mcp-session-id": state["sid"]},
+                json={"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
+            )
+            doc: dict[str, Any] = resp.json()
+            return doc
+
+    async def handle(request: Request) -> Response:
+        if request.method != "POST":
+            return Response(status_code=405)
+        doc = json.loads(await request.body())
+        if "id" not in doc:
+            return Response(status_code=202)
+        if doc["method"] == "initialize":
+            return JSONResponse(
+                {
+                    "jsonrpc": "2.0",
+                    "id": doc["id"],
+                    "result": {
+                        "protocolVersion": doc["params"].get("protocolVersion", "2025-06-18"),
+                        "capabilities": {"tools": {}},
+                        "serverInfo": {"name": "weak", "version": "0"},
+                    },
+                },
+                headers={"mcp-session-id": "weak-session"},
+            )
+        return JSONResponse(await upstream(doc["method"], doc.get("params") or {}, doc["id"]))
+
+    return Starlette(routes=[Route("/mcp/enforce", handle, methods=["GET", "POST", "DELETE"])])
+
+
+def test_gateway_that_skips_the_enclave_fails_policy_tee_001(deployment: LocalDeployment) -> None:
+    # It forwards to the guarded upstream: the guard still stops every call, but the suite sees that
+    # the gateway neither fails closed (TEE_UNAVAILABLE) nor answers with enclave-signed denies.
+    with serve_in_thread(forwarding_gateway(deployment.upstream_url)) as base:
+        target = dataclasses.replace(deployment.target(), mcp_url=f"{base}/mcp/enforce")
+        report = runner.run(target, ids=["POLICY-TEE-001"])
+    assert outcomes(report)["POLICY-TEE-001"] is Outcome.FAIL, reasons(report)
+
+
+def test_gateway_that_skips_enclave_and_guard_fails_the_policy_ids(deployment: LocalDeployment) -> None:
+    # The same gateway wired to the unguarded server behind the guard: denied and uncatalogued tools run.
+    with serve_in_thread(forwarding_gateway(f"{deployment.raw_upstream_base}/mcp")) as base:
+        target = dataclasses.replace(deployment.target(), mcp_url=f"{base}/mcp/enforce")
+        report = runner.run(target, ids=["POLICY-001", "POLICY-002", "POLICY-TEE-001"])
+    got = outcomes(report)
+    assert got == {"POLICY-001": Outcome.FAIL, "POLICY-002": Outcome.FAIL, "POLICY-TEE-001": Outcome.FAIL}, (
+        reasons(report)
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# weakened guards
+# ------------------------------------------------------------------------------------------
+
+
+class ForgetfulReplayCache(ReplayCache):
+    """Remembers nothing: every nonce looks fresh."""
+
+    def use(self, nonce: str, exp: int, now: float | None = None) -> None:
+        return None
+
+
+class SignatureBlindChecker(PermitChecker):
+    """Checks the permit's bindings but not who signed it."""
+
+    def check(
+        self, token: str | None, tool: str, arguments: Mapping[str, Any], now: float | None = None
+    ) -> permits.Permit:
+        if not token:
+            raise CmcpError(Code.PERMIT_MISSING, "no permit")
+        permit, _, _ = permits.decode(token)
+        if permit.aud != self.audience or permit.tool != tool or permit.args != args_digest(arguments):
+            raise CmcpError(Code.PERMIT_ARGS_MISMATCH, "binding mismatch")
+        if permit.exp + permits.CLOCK_SKEW_SECONDS < (now or time.time()):
+            raise CmcpError(Code.PERMIT_EXPIRED, "expired")
+        self.replay.use(permit.nonce, permit.exp, now=now)
+        return permit
+
+
+def _guard_for(deployment: LocalDeployment) -> Any:
+    handles = list(deployment.enclaves.values())
+    return build_guard(
+        AUDIENCE,
+        [h.address for h in handles],
+        allow_simulated=True,
+        expected_bundle_hashes=frozenset(str(h.ready["bundle_hash"]) for h in handles),
+    )
+
+
+def test_guard_without_replay_cache_fails_policy_tee_004(deployment: LocalDeployment) -> None:
+    guard = _guard_for(deployment)
+    guard.checker.replay = ForgetfulReplayCache()
+    with serve_in_thread(build_proxy(deployment.raw_upstream_base, guard)) as base:
+        target = dataclasses.replace(deployment.target(), upstream_url=f"{base}/mcp")
+        report = runner.run(target, ids=["POLICY-TEE-004"])
+    result = next(r for r in report.results if r.requirement.id == "POLICY-TEE-004")
+    assert result.outcome is Outcome.FAIL, reasons(report)
+    assert "replayed" in result.reason.lower(), result.reason
+
+
+def test_guard_that_ignores_signatures_fails_policy_tee_001_and_004(deployment: LocalDeployment) -> None:
+    guard = _guard_for(deployment)
+    guard.checker = SignatureBlindChecker(audience=AUDIENCE, keys=guard.trust.keys)
+    with serve_in_thread(build_proxy(deployment.raw_upstream_base, guard)) as base:
+        target = dataclasses.replace(deployment.target(), upstream_url=f"{base}/mcp")
+        report = runner.run(target, ids=["POLICY-TEE-001", "POLICY-TEE-004"])
+    got = outcomes(report)
+    assert got == {"POLICY-TEE-001": Outcome.FAIL, "POLICY-TEE-004": Outcome.FAIL}, reasons(report)
+
+
+# ------------------------------------------------------------------------------------------
+# weakened enclaves (real cmcp-enclave processes with one behaviour patched at start-up)
+# ------------------------------------------------------------------------------------------
+
+IGNORES_INITDATA = """
+    # An enclave that trusts the bundle it was handed: it reports the hash initdata names
+    # instead of re-hashing the files, so a changed bundle serves under the old initdata.
+    from pathlib import Path
+    from cmcp_core import initdata
+    from cmcp_core.bundle import Bundle
+    from cmcp_enclave import core
+
+    _load = core.load_bundle
+
+    def lying_load(root):
+        real = _load(root)
+        claimed = initdata.parse(Path(ARGS["--initdata"]).read_bytes()).cmcp.bundle_hash
+
+        class Claimed(Bundle):
+            @property
+            def bundle_hash(self):
+                return claimed
+
+        return Claimed(manifest=real.manifest, policies=real.policies, schema=real.schema,
+                       catalog=real.catalog)
+
+    core.load_bundle = lying_load
+"""
+
+RECORDS_OTHER_BUNDLE = """
+    # An enclave whose Trust Records name a bundle other than the one it measured and attests.
+    from cmcp_enclave import core
+
+    _build = core.build_record
+
+    def other_bundle(key, **fields):
+        fields["bundle_hash"] = "sha256:" + "5" * 64
+        return _build(key, **fields)
+
+    core.build_record = other_bundle
+"""
+
+SIGNS_WITH_UNATTESTED_KEY = """
+    # An enclave that attests one key but signs decisions, permits and audit entries with another.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cmcp_core.crypto import thumbprint
+    from cmcp_enclave import core
+
+    _init = core.Enclave.__init__
+
+    def init(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        self._key = Ed25519PrivateKey.generate()  # evidence still binds self.public_key
+        self.kid = thumbprint(self._key.public_key())
+
+    core.Enclave.__init__ = init
+"""
+
+
+def write_weak_enclave(directory: Path, patch: str) -> Path:
+    script = directory / f"weak_enclave_{abs(hash(patch))}.py"
+    script.write_text(
+        "import sys\n"
+        "ARGS = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+        + textwrap.dedent(patch)
+        + "\nfrom cmcp_enclave.main import main\nsys.exit(main(sys.argv[1:]))\n",
+        encoding="utf-8",
+    )
+    return script
+
+
+class WeakEnclaveDeployment(LocalDeployment):
+    """A local deployment whose enclave processes run a patched ``cmcp-enclave``."""
+
+    script: Path | None = None
+
+    def enclave_argv(self, bundle_dir: Path, initdata_path: Path, listen: str, ready: Path) -> list[str]:
+        argv = super().enclave_argv(bundle_dir, initdata_path, listen, ready)
+        assert self.script is not None
+        return [sys.executable, str(self.script), *argv[1:]]
+
+
+def test_enclave_that_ignores_initdata_fails_policy_tee_002(
+    deployment: LocalDeployment, tmp_path: Path
+) -> None:
+    weak = WeakEnclaveDeployment(workdir=tmp_path)
+    weak.script = write_weak_enclave(tmp_path, IGNORES_INITDATA)
+    try:
+        target = dataclasses.replace(deployment.target(), powers=LocalPowers(weak))
+        report = runner.run(target, ids=["POLICY-TEE-002"])
+    finally:
+        weak.close()
+    result = next(r for r in report.results if r.requirement.id == "POLICY-TEE-002")
+    assert result.outcome is Outcome.FAIL, reasons(report)
+    assert "served a bundle" in result.reason, result.reason
+
+
+def test_enclave_recording_another_bundle_fails_policy_tee_003(tmp_path: Path) -> None:
+    weak = WeakEnclaveDeployment(workdir=tmp_path)
+    weak.script = write_weak_enclave(tmp_path, RECORDS_OTHER_BUNDLE)
+    try:
+        weak.start()
+        report = runner.run(weak.target(), ids=["POLICY-TEE-003", "TRACE-002"])
+    finally:
+        weak.close()
+    assert outcomes(report) == {"POLICY-TEE-003": Outcome.FAIL, "TRACE-002": Outcome.FAIL}, reasons(report)
+
+
+# ------------------------------------------------------------------------------------------
+# host-edited audit export
+# ------------------------------------------------------------------------------------------
+
+
+def edit_entry(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turn the first denied decision into an allow and recompute its hash, as a careful host would."""
+    edited = json.loads(json.dumps(entries))
+    for entry in edited:
+        if entry["kind"] == "decision" and entry["data"]["effective"] == "deny":
+            entry["data"]["effective"] = "allow"
+            entry["hash"] = entry_hash(entry)
+            return edited
+    raise AssertionError("no denied decision in the export to edit")
+
+
+@dataclasses.dataclass
+class EditingHostTarget(Target):
+    """The audit export reaches the auditor through host storage that rewrites a deny into an allow."""
+
+    def export_audit(self, session_id: str, *, address: str | None = None) -> list[dict[str, Any]]:
+        entries = super().export_audit(session_id, address=address)
+        return edit_entry(entries)
+
+
+def test_host_edited_audit_export_fails_policy_tee_005(deployment: LocalDeployment) -> None:
+    base = deployment.target()
+    target = EditingHostTarget(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    report = runner.run(target, ids=["POLICY-TEE-005", "AUDIT-002"])
+    assert outcomes(report) == {"POLICY-TEE-005": Outcome.FAIL, "AUDIT-002": Outcome.FAIL}, reasons(report)
+
+
+def test_enclave_signing_with_an_unattested_key_fails_policy_tee_001(tmp_path: Path) -> None:
+    weak = WeakEnclaveDeployment(workdir=tmp_path)
+    weak.script = write_weak_enclave(tmp_path, SIGNS_WITH_UNATTESTED_KEY)
+    try:
+        weak.start()
+        report = runner.run(weak.target(), ids=["ATTEST-005", "POLICY-TEE-001", "POLICY-TEE-005"])
+    finally:
+        weak.close()
+    expected = {"ATTEST-005": Outcome.FAIL, "POLICY-TEE-001": Outcome.FAIL, "POLICY-TEE-005": Outcome.FAIL}
+    assert outcomes(report) == expected, reasons(report)
