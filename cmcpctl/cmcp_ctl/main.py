@@ -12,6 +12,10 @@ from collections.abc import Sequence
 # ``func(args) -> int`` returns the exit code (0 ok, 1 failed check, 2 usage).
 COMMAND_MODULES: tuple[str, ...] = (
     "cmcp_ctl.bundle_cmd",
+    "cmcp_ctl.audit_cmd",
+    "cmcp_ctl.conformance_cmd",
+    "cmcp_ctl.verify_cmd",
+    "cmcp_ctl.demo_cmd",
 )
 
 DESCRIPTION = """cmcpctl controls and verifies cMCP for Kubernetes.

@@ -1,0 +1,465 @@
+"""The enclave's trusted state machine: start-up checks, sessions, decisions, audit, records.
+
+Transport-free so tests and the in-process benchmark drive exactly what the gRPC server runs.
+Problems with the *request* (malformed, unknown session, wrong digest) raise
+:class:`RequestError` and never yield a decision; problems with the *call* (tool outside the
+catalog, Cedar deny or error, wrong audience) yield a signed deny that is audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from cmcp_core import initdata as initdata_mod
+from cmcp_core import permit as permit_mod
+from cmcp_core.audit import GENESIS, decision_entry, entry_bytes, make_entry, reset_payload
+from cmcp_core.binding import Binding, check_nonce
+from cmcp_core.bundle import Bundle, BundleError, load_bundle, verify_signature
+from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
+from cmcp_core.decision import DECISION_VERSION, sign_decision
+from cmcp_core.digest import canonical, tagged_sha256
+from cmcp_core.errors import CmcpError, Code
+from cmcp_core.trust_record import build_record
+from cmcp_core.validation import validate_bundle
+from cmcp_enclave.engine import CedarEngine, SessionView, action_name
+from cmcp_enclave.tee import Report, TeeProvider
+
+MAX_ID_LEN = 256
+MAX_ARGS_BYTES = 256 * 1024
+MAX_PENDING = 32  # allowed calls awaiting Complete, per session
+# Reasons a Cedar-level deny may be softened in advisory/silent mode; everything else
+# (tool outside the catalog, wrong audience, unusable arguments) is refused in every mode.
+ADVISORY_SOFTENED = frozenset({Code.POLICY_DENY, Code.POLICY_EVAL_ERROR})
+
+
+class RequestError(CmcpError):
+    """A request the enclave will not decide on; the server maps it to a gRPC status."""
+
+
+@dataclass
+class Limits:
+    permit_ttl: int = 60
+    idle_timeout: float = 900.0
+    max_sessions: int = 10_000
+    audit_ring: int = 256  # entries kept per session for ExportAudit
+    closed_kept: int = 1024  # closed sessions whose record/audit stay exportable
+    audit_budget_bytes: int = 256 * 1024 * 1024  # all rings together, live and closed
+
+
+@dataclass(slots=True)
+class Session:
+    """Per-session state; small on purpose (memory bounded under many sessions).
+
+    Sets are frozensets replaced on change (the empty one is shared), ``pending`` is created on
+    first use, and audit entries are kept as their canonical bytes in a bounded ring.
+    """
+
+    session_id: str
+    principal: str
+    last_used: float
+    seq: int = 0
+    tip: str = GENESIS
+    max_rank: int = 0
+    call_count: int = 0
+    tags: frozenset[str] = frozenset()
+    tools_called: frozenset[str] = frozenset()
+    previous_tool: str = ""
+    pending: dict[str, str] | None = None  # call_id -> tool, awaiting Complete
+    audit: list[bytes] = field(default_factory=list)  # canonical entries, seq audit_first..
+    audit_first: int = 0
+
+
+@dataclass(frozen=True)
+class DecideResult:
+    decision_json: bytes
+    signature: bytes
+    permit: str
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    record: dict[str, Any]
+    tip: str
+    entries: int
+    audit: list[bytes]
+    first_seq: int
+
+
+class Enclave:
+    """One measured bundle, one key, many sessions."""
+
+    def __init__(self, *, bundle: Bundle, initdata_bytes: bytes, provider: TeeProvider,
+                 startup_report: Report, limits: Limits | None = None,
+                 operator_keys: list[Ed25519PublicKey] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 on_audit: Callable[[dict[str, Any]], None] | None = None):
+        self.bundle = bundle
+        self.initdata_bytes = initdata_bytes
+        self.initdata = initdata_mod.parse(initdata_bytes)
+        self.entry = self.initdata.cmcp
+        self.provider = provider
+        self.startup_report = startup_report
+        self.limits = limits or Limits()
+        self.operator_keys = operator_keys or []
+        self.clock = clock
+        self.on_audit = on_audit
+        self.engine = CedarEngine(bundle)
+        self.bundle_hash = bundle.bundle_hash
+        self.catalog_hash = bundle.catalog_hash
+        self.mode = bundle.enforcement_mode
+        self._key = Ed25519PrivateKey.generate()  # generated last, after every check passed
+        self.public_key = self._key.public_key()
+        self.kid = thumbprint(self.public_key)
+        self.public_jwk = public_jwk(self.public_key)
+        self.sessions: dict[str, Session] = {}
+        self.closed: OrderedDict[str, ClosedSession] = OrderedDict()
+        self.audit_entries_total = 0
+        self.audit_bytes = 0  # bytes held in all audit rings
+
+    # ---- attestation ---------------------------------------------------------------------
+
+    def binding(self, nonce: bytes) -> Binding:
+        return Binding(public_bytes(self.public_key), self.bundle_hash, self.catalog_hash,
+                       self.mode, nonce)
+
+    def attest(self, nonce: bytes) -> tuple[Report, bytes]:
+        """Fresh evidence whose REPORT_DATA binds key, bundle, catalog, mode and ``nonce``."""
+        try:
+            check_nonce(nonce)
+        except ValueError as exc:
+            raise RequestError(Code.VERIFY_INPUT_INVALID, str(exc)) from exc
+        report_data = self.binding(nonce).report_data()
+        return self.provider.report(report_data), report_data
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    def _session(self, session_id: str, principal: str, *, create: bool) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            if session_id in self.closed:
+                raise RequestError(Code.SESSION_CLOSED, f"session {session_id!r} is closed")
+            if not create:
+                raise RequestError(Code.SESSION_UNKNOWN, f"no session {session_id!r}")
+            if len(self.sessions) >= self.limits.max_sessions:
+                self.expire_idle()
+                if len(self.sessions) >= self.limits.max_sessions:
+                    raise RequestError(Code.SESSION_LIMIT,
+                                       f"enclave holds its maximum of {self.limits.max_sessions} sessions")
+            session = Session(session_id=session_id, principal=principal, last_used=self.clock())
+            self.sessions[session_id] = session
+            self._append(session, "open", {"principal": principal})
+        elif principal and session.principal != principal:
+            raise RequestError(Code.SESSION_PRINCIPAL_MISMATCH,
+                               f"session {session_id!r} belongs to another principal")
+        session.last_used = self.clock()
+        return session
+
+    def _view(self, session: Session) -> SessionView:
+        return SessionView(session_id=session.session_id,
+                           max_sensitivity=self.engine.levels[session.max_rank],
+                           max_rank=session.max_rank, tags=session.tags,
+                           call_count=session.call_count, tools_called=session.tools_called,
+                           previous_tool=session.previous_tool)
+
+    def _append(self, session: Session, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        entry = make_entry(self._key, session_id=session.session_id, seq=session.seq,
+                           prev=session.tip, kind=kind, data=data, kid=self.kid,
+                           ts_ms=int(self.clock() * 1000))
+        self._store(session, entry, entry_bytes(entry))
+        return entry
+
+    def _store(self, session: Session, entry: dict[str, Any], raw: bytes) -> None:
+        session.seq += 1
+        session.tip = entry["hash"]
+        ring = self.limits.audit_ring
+        if ring > 0:
+            session.audit.append(raw)
+            self.audit_bytes += len(raw)
+            if len(session.audit) > ring:
+                self._drop_oldest(session)
+            if self.audit_bytes > self.limits.audit_budget_bytes:
+                self._enforce_budget(session)
+        else:
+            session.audit_first = session.seq
+        self.audit_entries_total += 1
+        if self.on_audit is not None:
+            self.on_audit(entry)
+
+    def _drop_oldest(self, session: Session) -> None:
+        self.audit_bytes -= len(session.audit.pop(0))
+        session.audit_first += 1
+
+    def _enforce_budget(self, session: Session) -> None:
+        """Memory stays bounded: forget closed sessions' rings first, then this ring's oldest."""
+        while self.audit_bytes > self.limits.audit_budget_bytes and self.closed:
+            _, done = self.closed.popitem(last=False)
+            self.audit_bytes -= sum(len(raw) for raw in done.audit)
+        while self.audit_bytes > self.limits.audit_budget_bytes and len(session.audit) > 1:
+            self._drop_oldest(session)
+
+    # ---- decisions -----------------------------------------------------------------------
+
+    def decide(self, *, session_id: str, call_id: str, principal: str, method: str, tool: str,
+               arguments_json: bytes, arguments_digest: str, audience: str) -> DecideResult:
+        _check_id("session_id", session_id)
+        _check_id("call_id", call_id)
+        _check_id("principal", principal)
+        _check_id("method", method)
+        _check_id("tool", tool)
+        if len(arguments_json) > MAX_ARGS_BYTES:
+            raise RequestError(Code.ARGS_INVALID, f"arguments exceed {MAX_ARGS_BYTES} bytes")
+        try:
+            arguments: Any = json.loads(arguments_json) if arguments_json else {}
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise RequestError(Code.ARGS_INVALID, "arguments_json is not JSON") from exc
+        if not isinstance(arguments, dict):
+            raise RequestError(Code.ARGS_INVALID, "arguments must be a JSON object")
+        try:
+            digest = tagged_sha256(canonical(arguments))  # == json_digest, fast path
+        except Exception as exc:  # rfc8785 refuses NaN, huge ints, deep nesting
+            raise RequestError(Code.ARGS_INVALID, f"arguments have no canonical form: {exc}") from exc
+        if digest != arguments_digest:
+            raise RequestError(Code.ARGS_DIGEST_MISMATCH,
+                               "arguments_digest is not sha256 of the JCS arguments")
+        session = self._session(session_id, principal, create=True)
+        if session.pending and call_id in session.pending:
+            raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call_id!r} already decided")
+
+        reason: Code | None = None
+        policy_ids: list[str] = []
+        errors: list[dict[str, str]] = []
+        if audience != self.entry.audience:
+            reason = Code.AUDIENCE_MISMATCH
+        elif tool not in self.engine.catalog:
+            reason = Code.TOOL_NOT_IN_CATALOG
+        else:
+            try:
+                result = self.engine.evaluate(method, principal, tool, arguments, self._view(session))
+            except CmcpError as exc:
+                reason = exc.code
+                errors = [{"policy_id": "", "message": exc.detail}]
+            else:
+                policy_ids, errors = result.policy_ids, result.errors
+                if errors:
+                    reason = Code.POLICY_EVAL_ERROR
+                elif not result.allowed:
+                    reason = Code.POLICY_DENY
+        decision = "allow" if reason is None else "deny"
+        advisory = reason in ADVISORY_SOFTENED and self.mode in ("advisory", "silent")
+        effective = "allow" if decision == "allow" or advisory else "deny"
+        document = {
+            "v": DECISION_VERSION, "decision": decision, "effective": effective,
+            "advisory_deny": advisory, "mode": self.mode,
+            "reason_code": reason.value if reason else None,
+            "policy_ids": policy_ids, "errors": errors,
+            "session_id": session_id, "call_id": call_id, "principal": principal,
+            "method": method, "tool": tool, "args_digest": arguments_digest,
+            "audience": audience, "bundle_hash": self.bundle_hash, "seq": session.seq,
+            "prev": session.tip, "kid": self.kid, "ts": int(self.clock() * 1000),
+        }
+        decision_json, signature = sign_decision(self._key, document)
+        entry, raw = decision_entry(decision_json, signature, document)
+        self._store(session, entry, raw)
+        token = ""
+        if effective == "allow":
+            if action_name(method) == "call_tool":
+                self._record_call(session, tool)
+                token = permit_mod.mint(self._key, session_id=session_id, call_id=call_id, tool=tool,
+                                        args_digest=arguments_digest, audience=audience,
+                                        bundle_hash=self.bundle_hash,
+                                        ttl_seconds=self.limits.permit_ttl, now=self.clock(),
+                                        kid=self.kid)
+            if session.pending is None:
+                session.pending = {}
+            session.pending[call_id] = tool
+            if len(session.pending) > MAX_PENDING:  # bounded: the oldest outcome is never reported
+                del session.pending[next(iter(session.pending))]
+        return DecideResult(decision_json, signature, token, document)
+
+    def _record_call(self, session: Session, tool: str) -> None:
+        """Monotone taint from the *measured* catalog only, applied when a call is let through."""
+        _, rank = self.engine.tool_rank(tool)
+        session.max_rank = max(session.max_rank, rank)
+        tags = self.engine.tool_tags(tool)
+        if not tags <= session.tags:
+            session.tags = session.tags | tags
+        if tool not in session.tools_called:
+            session.tools_called = session.tools_called | {tool}
+        session.previous_tool = tool
+        session.call_count += 1
+
+    def complete(self, *, session_id: str, call_id: str, response_digest: str, response_bytes: int,
+                 error_code: str, is_error: bool) -> str:
+        session = self._session(session_id, "", create=False)
+        tool = session.pending.pop(call_id, None) if session.pending else None
+        if tool is None:
+            raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call_id!r} has no allowed decision")
+        if len(response_digest) > MAX_ID_LEN or len(error_code) > MAX_ID_LEN or response_bytes < 0:
+            raise RequestError(Code.MCP_INVALID_REQUEST, "outcome fields out of range")
+        entry = self._append(session, "complete", {
+            "call_id": call_id, "tool": tool, "response_digest": response_digest,
+            "response_bytes": response_bytes, "error_code": error_code or None, "is_error": is_error})
+        return str(entry["hash"])
+
+    def list_tools(self, *, session_id: str, principal: str) -> list[str]:
+        _check_id("session_id", session_id)
+        _check_id("principal", principal)
+        session = self._session(session_id, principal, create=True)
+        tools = sorted(self.engine.catalog)
+        if self.engine.model == "phase1":
+            return tools  # the origin gateway filtered by catalog only
+        results = self.engine.evaluate_many("list_tools", principal, tools, self._view(session))
+        return [t for t, r in zip(tools, results, strict=True) if r.allowed]
+
+    def reset(self, *, session_id: str, actor: str, reason: str, signature: bytes) -> str:
+        """Operator reset of taint state: signed by a configured operator key, itself audited."""
+        session = self._session(session_id, "", create=False)
+        payload = reset_payload(session_id=session_id, actor=actor, reason=reason, seq=session.seq)
+        if not any(_verifies(k, signature, payload) for k in self.operator_keys):
+            raise RequestError(Code.RESET_UNAUTHORIZED, "reset is not signed by an operator key")
+        entry = self._append(session, "reset", {
+            "actor": actor, "reason": reason, "cleared": {
+                "max_sensitivity": self.engine.levels[session.max_rank], "tags": sorted(session.tags),
+                "call_count": session.call_count}})
+        session.max_rank, session.call_count, session.previous_tool = 0, 0, ""
+        session.tags = session.tools_called = frozenset()
+        return str(entry["hash"])
+
+    def close(self, session_id: str, reason: str = "closed") -> ClosedSession:
+        _check_id("session_id", session_id)
+        done = self.closed.get(session_id)
+        if done is not None:
+            return done
+        session = self._session(session_id, "", create=False)
+        self._append(session, "close", {"reason": reason[:MAX_ID_LEN], "call_count": session.call_count})
+        record = build_record(
+            self._key, platform=self.startup_report.platform, initdata_bytes=self.initdata_bytes,
+            initdata_algorithm=self.initdata.algorithm, bundle_hash=self.bundle_hash,
+            catalog_hash=self.catalog_hash, enforcement_mode=self.mode,
+            bundle_version=str(self.bundle.manifest.get("version", "")) or None,
+            chain_tip=session.tip, call_count=session.call_count, route=self.entry.route,
+            session_id=session_id, data_class=self.engine.levels[session.max_rank],
+            iat=int(self.clock()))
+        done = ClosedSession(record=record, tip=session.tip, entries=session.seq, audit=session.audit,
+                             first_seq=session.audit_first)
+        del self.sessions[session_id]
+        self.closed[session_id] = done
+        while len(self.closed) > self.limits.closed_kept:
+            _, old = self.closed.popitem(last=False)
+            self.audit_bytes -= sum(len(raw) for raw in old.audit)
+        return done
+
+    def expire_idle(self) -> list[str]:
+        """Close sessions idle past the timeout (their records stay retrievable)."""
+        cutoff = self.clock() - self.limits.idle_timeout
+        idle = [sid for sid, s in self.sessions.items() if s.last_used < cutoff]
+        for sid in idle:
+            self.close(sid, "idle-timeout")
+        return idle
+
+    def export_audit_raw(self, session_id: str, from_seq: int) -> list[bytes]:
+        """Canonical entry bytes from ``from_seq`` on, as kept in the session's ring."""
+        _check_id("session_id", session_id)
+        live = self.sessions.get(session_id)
+        if live is not None:
+            ring, first = live.audit, live.audit_first
+        else:
+            done = self.closed.get(session_id)
+            if done is None:
+                raise RequestError(Code.SESSION_UNKNOWN, f"no session {session_id!r}")
+            ring, first = done.audit, done.first_seq
+        if from_seq < first:
+            raise RequestError(Code.AUDIT_TRUNCATED,
+                               f"entries before seq {first} left the ring; export earlier")
+        return ring[max(0, from_seq - first):]
+
+    def export_audit(self, session_id: str, from_seq: int) -> Iterator[dict[str, Any]]:
+        return iter([json.loads(raw) for raw in self.export_audit_raw(session_id, from_seq)])
+
+
+def _verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        key.verify(signature, payload)
+    except InvalidSignature:
+        return False
+    return True
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value or len(value) > MAX_ID_LEN or _CONTROL.search(value):
+        raise RequestError(Code.MCP_INVALID_REQUEST,
+                           f"{name} must be 1..{MAX_ID_LEN} characters without control characters")
+
+
+# ---- start-up --------------------------------------------------------------------------------
+
+
+class StartupError(CmcpError):
+    """A refusal to start; the process exits 3 with this code."""
+
+
+def start(*, bundle_dir: str | Path, initdata_path: str | Path, provider: TeeProvider,
+          limits: Limits | None = None, operator_keys: list[Ed25519PublicKey] | None = None,
+          bundle_signers: list[Ed25519PublicKey] | None = None,
+          on_audit: Callable[[dict[str, Any]], None] | None = None) -> Enclave:
+    """DESIGN section 4, in order: initdata vs fresh report, bundle re-hash, validate, key.
+
+    ``bundle_signers``: when given, the manifest must carry a signature by one of them (the
+    keys come from the pod command line, which the initdata agent policy pins).
+    """
+    try:
+        raw = Path(initdata_path).read_bytes()
+        parsed = initdata_mod.parse(raw)
+        entry = parsed.cmcp
+    except (OSError, initdata_mod.InitdataError) as exc:
+        raise StartupError(Code.INITDATA_MISMATCH, f"initdata unusable: {exc}") from exc
+    probe = hashlib.sha512(b"cmcp-startup-probe\x00" + secrets.token_bytes(32)).digest()
+    try:
+        report = provider.report(probe)
+    except CmcpError as exc:
+        raise StartupError(Code.TEE_PROVIDER_FAILED, exc.detail) from exc
+    if report.report_data != probe:
+        raise StartupError(Code.TEE_PROVIDER_FAILED, "the report does not carry the REPORT_DATA asked for")
+    try:
+        expected = initdata_mod.expected_measurement(raw, report.measurement_platform)
+    except initdata_mod.InitdataError as exc:
+        raise StartupError(Code.INITDATA_MISMATCH, str(exc)) from exc
+    if not secrets.compare_digest(report.measured_config, expected):
+        raise StartupError(Code.INITDATA_MISMATCH,
+                           "initdata digest does not equal the measured config field of a fresh report")
+    try:
+        bundle = load_bundle(bundle_dir)
+    except BundleError as exc:
+        raise StartupError(Code.BUNDLE_INVALID, str(exc)) from exc
+    for name, have, want in (("bundle_hash", bundle.bundle_hash, entry.bundle_hash),
+                             ("catalog_hash", bundle.catalog_hash, entry.catalog_hash),
+                             ("enforcement_mode", bundle.enforcement_mode, entry.enforcement_mode)):
+        if have != want:
+            raise StartupError(Code.BUNDLE_HASH_MISMATCH, f"{name} is {have}, initdata measured {want}")
+    if bundle_signers and not verify_signature(bundle, bundle_signers):
+        raise StartupError(Code.BUNDLE_INVALID, "bundle signature does not verify with a trusted signer")
+    issues = validate_bundle(bundle)
+    if issues:
+        raise StartupError(Code.BUNDLE_INVALID, "; ".join(str(i) for i in issues[:5]))
+    try:
+        return Enclave(bundle=bundle, initdata_bytes=raw, provider=provider, startup_report=report,
+                       limits=limits, operator_keys=operator_keys, on_audit=on_audit)
+    except CmcpError as exc:
+        raise StartupError(exc.code, exc.detail) from exc

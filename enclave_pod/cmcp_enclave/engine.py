@@ -1,0 +1,254 @@
+"""Cedar evaluation for one measured bundle, with pre-parsed PolicySet and Entities.
+
+Two request models, chosen by the manifest's ``request_model``:
+
+* ``native`` (default): principal ``cMCP::Agent::"<agent>"``, action ``cMCP::Action::"<method>"``
+  (``call_tool``, ``list_tools``...), resource ``cMCP::Tool::"<tool>"`` carrying catalog
+  attributes, context = ``arguments`` plus session state (``max_sensitivity``, ``max_rank``,
+  ``tags``, ``call_count``, ``tools_called``, ``previous_tool``).
+* ``phase1``: the origin gateway's shapes, ``cMCP::Principal{session_id, workflow_id}``,
+  ``cMCP::Resource{tool_name}``, action ``call_tool`` with context
+  ``{session_max_sensitivity, workflow_id}``.
+
+Policies are validated against the bundle schema at load (:mod:`cmcp_core.validation`); at
+request time the enclave builds every entity and context itself, so requests are evaluated
+without re-validating against the schema (faster, and arguments may carry keys the schema does
+not name). Any evaluation error denies and names the policy, because Cedar skips an erroring
+policy and a ``forbid`` that errors would otherwise let a broad ``permit`` through.
+
+Scope index: a policy whose scope pins the resource (``resource == Tool::"x"``, ``is``) or the
+action can only apply to that tool / action; Cedar checks the scope before the condition, so
+such a policy is never satisfied and never errors for other requests. The engine therefore
+evaluates each (action, tool) against the subset of policies whose scope admits it, built once
+on first use (same policy ids, so decisions name policies exactly as the full set would).
+Anything the index does not understand is kept, so the subset is never smaller than sound.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cedarpy
+
+from cmcp_core.bundle import Bundle
+from cmcp_core.errors import CmcpError, Code
+from cmcp_core.validation import combined_policy_text, policy_labels, request_model, sensitivity_levels
+
+NAMESPACE = "cMCP"
+METHOD_ACTIONS = {
+    "tools/call": "call_tool", "tools/list": "list_tools", "resources/read": "read_resource",
+    "resources/list": "list_resources", "prompts/get": "get_prompt", "prompts/list": "list_prompts",
+}
+MAX_ARG_DEPTH = 32
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+_RESERVED_KEYS = frozenset({"__entity", "__extn", "__expr"})
+_ERROR_POLICY = re.compile(r"policy `([^`]+)`")
+MAX_INDEXED_SETS = 4096
+
+
+def _admits(scope: Any, entity_type: str, entity_id: str) -> bool:
+    """Could a policy with this scope constraint match ``entity_type::entity_id``?
+
+    Exact for ``All``, ``==``, ``is`` and ``in`` over entities without parents (tools and actions
+    carry none at request time); any other shape is kept (``True``) to stay sound.
+    """
+    if not isinstance(scope, dict):
+        return True
+    op = scope.get("op")
+    if op == "All":
+        return True
+    if op in ("==", "in") and isinstance(scope.get("entity"), dict):
+        ent = scope["entity"]
+        return bool(ent.get("type") == entity_type and ent.get("id") == entity_id)
+    if op == "in" and isinstance(scope.get("entities"), list):
+        return any(isinstance(e, dict) and e.get("type") == entity_type and e.get("id") == entity_id
+                   for e in scope["entities"])
+    if op == "is" and "in" not in scope:
+        return bool(scope.get("entity_type") == entity_type)
+    return True
+
+
+def action_name(method: str) -> str:
+    """MCP method (``tools/call``) or action name (``call_tool``) to the Cedar action id."""
+    return METHOD_ACTIONS.get(method, method)
+
+
+def cedar_value(value: Any, depth: int = 0) -> Any:
+    """Arguments as Cedar JSON: nulls dropped, floats and huge ints as strings, lists as sets.
+
+    Cedar's JSON reads objects keyed ``__entity`` / ``__extn`` as entity references or
+    extension values; arguments come from the agent, so such keys are refused, never passed.
+    """
+    if depth > MAX_ARG_DEPTH:
+        raise CmcpError(Code.ARGS_INVALID, f"arguments nest deeper than {MAX_ARG_DEPTH}")
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value if I64_MIN <= value <= I64_MAX else str(value)
+    if isinstance(value, float):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return [cedar_value(v, depth + 1) for v in value if v is not None]
+    if isinstance(value, dict):
+        bad = _RESERVED_KEYS.intersection(value)
+        if bad:
+            raise CmcpError(Code.ARGS_INVALID, f"argument key {sorted(bad)[0]!r} is reserved")
+        return {str(k): cedar_value(v, depth + 1) for k, v in value.items() if v is not None}
+    raise CmcpError(Code.ARGS_INVALID, f"unsupported argument type {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """The session facts a request model may show Cedar (a snapshot, never the live object)."""
+
+    session_id: str
+    max_sensitivity: str
+    max_rank: int
+    tags: frozenset[str]
+    call_count: int
+    tools_called: frozenset[str]
+    previous_tool: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    allowed: bool
+    policy_ids: list[str]  # determining policies, as "file#name"
+    errors: list[dict[str, str]]  # [{"policy_id", "message"}]
+
+
+class CedarEngine:
+    """Everything parsed once per bundle; :meth:`evaluate` is the per-call hot path."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.model = request_model(bundle)
+        self.levels = sensitivity_levels(bundle)
+        self.ranks = {label: rank for rank, label in enumerate(self.levels)}
+        self.catalog = bundle.catalog_by_tool()
+        self.labels = policy_labels(bundle)
+        self._tags = {name: self._compute_tags(name) for name in self.catalog}
+        try:
+            text = combined_policy_text(bundle)
+            self.policies = cedarpy.PolicySet.from_str(text)
+            self._est: dict[str, Any] = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]
+            self.entities = cedarpy.Entities.from_json_str(json.dumps(self._tool_entities()))
+        except (ValueError, KeyError) as exc:
+            raise CmcpError(Code.BUNDLE_INVALID, f"bundle does not load into Cedar: {exc}") from exc
+        self._resource_type = f"{NAMESPACE}::Resource" if self.model == "phase1" else f"{NAMESPACE}::Tool"
+        self._indexed: dict[tuple[str, str], Any] = {}
+
+    def policies_for(self, action: str, tool: str) -> Any:
+        """The pre-parsed subset of policies whose scope admits ``action`` on ``tool``."""
+        key = (action, tool)
+        found = self._indexed.get(key)
+        if found is None:
+            subset = {pid: pol for pid, pol in self._est.items()
+                      if _admits(pol.get("action"), f"{NAMESPACE}::Action", action)
+                      and _admits(pol.get("resource"), self._resource_type, tool)}
+            found = cedarpy.PolicySet.from_json_str(json.dumps(
+                {"staticPolicies": subset, "templates": {}, "templateLinks": []}))
+            if len(self._indexed) < MAX_INDEXED_SETS:
+                self._indexed[key] = found
+        return found
+
+    def tool_rank(self, tool: str) -> tuple[str, int]:
+        entry = self.catalog[tool]
+        label = str(entry.get("sensitivity_level", self.levels[0]))
+        return label, self.ranks.get(label, len(self.levels) - 1)  # unknown label: treat as highest
+
+    def tool_tags(self, tool: str) -> frozenset[str]:
+        """Taint tags a call to ``tool`` adds: its ``tags`` plus its compliance domain."""
+        return self._tags[tool]
+
+    def _compute_tags(self, tool: str) -> frozenset[str]:
+        entry = self.catalog[tool]
+        tags = {str(t).lower() for t in entry.get("tags", []) if isinstance(t, str)}
+        domain = entry.get("compliance_domain")
+        if isinstance(domain, str) and domain:
+            tags.add(domain.lower())
+        return frozenset(tags)
+
+    def _tool_entities(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name, entry in self.catalog.items():
+            if self.model == "phase1":
+                out.append({"uid": {"type": f"{NAMESPACE}::Resource", "id": name},
+                            "attrs": {"tool_name": name}, "parents": []})
+                continue
+            label, rank = self.tool_rank(name)
+            out.append({
+                "uid": {"type": f"{NAMESPACE}::Tool", "id": name},
+                "attrs": {
+                    "name": name,
+                    "server": str(entry.get("server", "")),
+                    "sensitivity": label,
+                    "sensitivity_rank": rank,
+                    "compliance_domain": str(entry.get("compliance_domain", "")),
+                    "destination": str(entry.get("destination", "internal")),
+                    "tags": sorted(self.tool_tags(name)),
+                },
+                "parents": [],
+            })
+        return out
+
+    def _request(self, method: str, principal: str, tool: str, arguments: Mapping[str, Any],
+                 session: SessionView) -> dict[str, Any]:
+        action = {"type": f"{NAMESPACE}::Action", "id": action_name(method)}
+        if self.model == "phase1":
+            return {
+                "principal": {"type": f"{NAMESPACE}::Principal", "id": session.session_id},
+                "action": action,
+                "resource": {"type": f"{NAMESPACE}::Resource", "id": tool},
+                "context": {"session_max_sensitivity": session.max_sensitivity,
+                            "workflow_id": principal},
+            }
+        return {
+            "principal": {"type": f"{NAMESPACE}::Agent", "id": principal},
+            "action": action,
+            "resource": {"type": f"{NAMESPACE}::Tool", "id": tool},
+            "context": {
+                "arguments": cedar_value(dict(arguments)),
+                "max_sensitivity": session.max_sensitivity,
+                "max_rank": session.max_rank,
+                "tags": sorted(session.tags),
+                "call_count": session.call_count,
+                "tools_called": sorted(session.tools_called),
+                "previous_tool": session.previous_tool,
+            },
+        }
+
+    def _entities_for(self, principal: str, session: SessionView) -> Any:
+        if self.model != "phase1":
+            return self.entities
+        delta = [{"uid": {"type": f"{NAMESPACE}::Principal", "id": session.session_id},
+                  "attrs": {"session_id": session.session_id, "workflow_id": principal},
+                  "parents": []}]
+        return self.entities.with_added_json_str(json.dumps(delta))
+
+    def evaluate(self, method: str, principal: str, tool: str, arguments: Mapping[str, Any],
+                 session: SessionView) -> Evaluation:
+        request = self._request(method, principal, tool, arguments, session)
+        result = cedarpy.is_authorized(request, self.policies_for(action_name(method), tool),
+                                       self._entities_for(principal, session))
+        return self._evaluation(result)
+
+    def evaluate_many(self, method: str, principal: str, tools: list[str],
+                      session: SessionView) -> list[Evaluation]:
+        requests = [self._request(method, principal, t, {}, session) for t in tools]
+        results = cedarpy.is_authorized_batch(requests, self.policies,
+                                              self._entities_for(principal, session))
+        return [self._evaluation(r) for r in results]
+
+    def _evaluation(self, result: cedarpy.AuthzResult) -> Evaluation:
+        errors = []
+        for message in result.diagnostics.errors:
+            match = _ERROR_POLICY.search(message)
+            pid = self.labels.get(match.group(1), match.group(1)) if match else ""
+            errors.append({"policy_id": pid, "message": message})
+        policy_ids = [self.labels.get(p, p) for p in result.diagnostics.reasons]
+        return Evaluation(allowed=result.allowed and not errors, policy_ids=policy_ids, errors=errors)

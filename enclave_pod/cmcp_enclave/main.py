@@ -1,0 +1,147 @@
+"""``cmcp-enclave``: start-up checks (DESIGN section 4), then the gRPC server.
+
+Exit codes: 0 clean stop, 2 usage, 3 refused to start (one JSON line on stderr naming the
+code: INITDATA_MISMATCH, BUNDLE_HASH_MISMATCH, BUNDLE_INVALID, TEE_PROVIDER_FAILED).
+``--ready-file`` receives a JSON document (address, port, key id, public JWK, hashes) once the
+server listens, written atomically so a launcher polling for it never reads half a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cmcp_core.crypto import key_from_jwk
+from cmcp_core.errors import CmcpError, Code
+from cmcp_enclave.core import Enclave, Limits, StartupError, start
+from cmcp_enclave.log import log
+from cmcp_enclave.metrics import Metrics
+from cmcp_enclave.server import _on_audit, expiry_loop, serve
+from cmcp_enclave.tee import make_provider
+
+EXIT_REFUSED = 3
+TEES = ("simulated", "tdx", "snp", "coco-aa")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="cmcp-enclave", description="cMCP enclave pod")
+    p.add_argument("--bundle", default=env("CMCP_BUNDLE"), help="bundle directory (env CMCP_BUNDLE)")
+    p.add_argument("--initdata", default=env("CMCP_INITDATA"),
+                   help="initdata TOML the pod was launched with (env CMCP_INITDATA)")
+    p.add_argument("--tee", default=env("CMCP_TEE"), choices=TEES, help="TEE provider (env CMCP_TEE)")
+    p.add_argument("--listen", default=env("CMCP_LISTEN", "127.0.0.1:50051"),
+                   help="gRPC HOST:PORT (env CMCP_LISTEN); port 0 picks a free one")
+    p.add_argument("--metrics-listen", default=env("CMCP_METRICS_LISTEN"), help="Prometheus HOST:PORT")
+    p.add_argument("--permit-ttl", type=int, default=60, help="permit lifetime in seconds")
+    p.add_argument("--idle-timeout", type=float, default=900.0, help="close sessions idle this long")
+    p.add_argument("--max-sessions", type=int, default=10_000)
+    p.add_argument("--audit-ring", type=int, default=256, help="audit entries kept per session")
+    p.add_argument("--audit-budget-mb", type=int, default=256,
+                   help="memory for all audit rings together; closed sessions are forgotten first")
+    p.add_argument("--ready-file", default=env("CMCP_READY_FILE"))
+    p.add_argument("--tsm-root", default=env("CMCP_TSM_ROOT"), help="configfs-tsm report directory")
+    p.add_argument("--aa-url", default=env("CMCP_AA_URL"), help="attestation agent base URL")
+    p.add_argument("--operator-key", action="append", default=[],
+                   help="JWK (file or JSON) of an operator key allowed to reset sessions")
+    p.add_argument("--bundle-signer", action="append", default=[],
+                   help="JWK (file or JSON) of a trusted bundle signer; if given, the bundle must be signed")
+    return p
+
+
+def _refuse(code: Code, detail: str) -> int:
+    sys.stderr.write(json.dumps({"level": "error", "component": "cmcp-enclave", "event": "refused",
+                                 "error": code.value, "detail": detail}, ensure_ascii=False) + "\n")
+    sys.stderr.flush()
+    return EXIT_REFUSED
+
+
+def _jwk_keys(values: list[str]) -> list[Ed25519PublicKey]:
+    keys = []
+    for value in values:
+        text = Path(value).read_text() if not value.lstrip().startswith("{") else value
+        keys.append(key_from_jwk(json.loads(text)))
+    return keys
+
+
+def _write_ready(path: str, doc: dict[str, object]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    Path(tmp).write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> int:
+    server, port = await serve(enclave, args.listen, metrics)
+    host = args.listen.rsplit(":", 1)[0]
+    address = f"{host}:{port}"
+    if args.metrics_listen:
+        from prometheus_client import start_http_server
+
+        m_host, m_port = args.metrics_listen.rsplit(":", 1)
+        start_http_server(int(m_port), addr=m_host, registry=metrics.registry)
+    log("serving", address=address, kid=enclave.kid, bundle_hash=enclave.bundle_hash,
+        mode=enclave.mode, platform=enclave.startup_report.platform)
+    if args.ready_file:
+        _write_ready(args.ready_file, {
+            "address": address, "port": port, "pid": os.getpid(), "kid": enclave.kid,
+            "public_key_jwk": enclave.public_jwk, "bundle_hash": enclave.bundle_hash,
+            "catalog_hash": enclave.catalog_hash, "enforcement_mode": enclave.mode,
+            "platform": enclave.startup_report.platform})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    interval = max(0.5, min(30.0, args.idle_timeout / 4))
+    expiry = asyncio.create_task(expiry_loop(enclave, metrics, interval))
+    await stop.wait()
+    expiry.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await expiry
+    await server.stop(grace=2.0)
+    log("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    missing = [n for n in ("bundle", "initdata", "tee") if not getattr(args, n)]
+    if missing:
+        sys.stderr.write(f"cmcp-enclave: missing --{', --'.join(missing)}\n")
+        return 2
+    metrics = Metrics()
+    try:
+        operator_keys = _jwk_keys(args.operator_key)
+        signers = _jwk_keys(args.bundle_signer)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"cmcp-enclave: bad --operator-key/--bundle-signer: {exc}\n")
+        return 2
+    try:
+        provider = make_provider(args.tee, tsm_root=args.tsm_root, aa_url=args.aa_url)
+        enclave = start(bundle_dir=args.bundle, initdata_path=args.initdata, provider=provider,
+                        limits=Limits(permit_ttl=args.permit_ttl, idle_timeout=args.idle_timeout,
+                                      max_sessions=args.max_sessions, audit_ring=args.audit_ring,
+                                      audit_budget_bytes=args.audit_budget_mb * 1024 * 1024),
+                        operator_keys=operator_keys, bundle_signers=signers, on_audit=_on_audit(metrics))
+    except StartupError as exc:
+        return _refuse(exc.code, exc.detail)
+    except CmcpError as exc:
+        return _refuse(Code.TEE_PROVIDER_FAILED if exc.code == Code.TEE_PROVIDER_FAILED else exc.code,
+                       exc.detail)
+    try:
+        return asyncio.run(_run(enclave, metrics, args))
+    except OSError as exc:
+        log("listen-failed", level="error", detail=str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

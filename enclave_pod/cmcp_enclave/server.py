@@ -1,0 +1,180 @@
+"""gRPC front of the enclave (``cmcp.enclave.v1.Enclave`` + standard health), on grpc.aio.
+
+A request the enclave will not decide on gets a gRPC error whose details start with the
+registered code (``"ARGS_DIGEST_MISMATCH: ..."``) and whose trailing metadata carries
+``cmcp-error-code``; it never gets a decision. Message sizes are capped on both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from cmcp_core.digest import jcs
+from cmcp_core.errors import CmcpError, Code
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_enclave.core import Enclave, RequestError
+from cmcp_enclave.metrics import Metrics
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+SERVICE_NAME = "cmcp.enclave.v1.Enclave"
+ERROR_METADATA_KEY = "cmcp-error-code"
+
+_STATUS = {
+    Code.MCP_INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.ARGS_INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.ARGS_DIGEST_MISMATCH: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.VERIFY_INPUT_INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.SESSION_UNKNOWN: grpc.StatusCode.NOT_FOUND,
+    Code.SESSION_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.SESSION_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.SESSION_PRINCIPAL_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
+    Code.RESET_UNAUTHORIZED: grpc.StatusCode.PERMISSION_DENIED,
+    Code.AUDIT_TRUNCATED: grpc.StatusCode.OUT_OF_RANGE,
+    Code.TEE_PROVIDER_FAILED: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def attest_response(enclave: Enclave, nonce: bytes) -> Any:
+    """The ``AttestResponse`` for ``nonce``: fresh evidence plus what it claims to bind."""
+    report, report_data = enclave.attest(nonce)
+    return enclave_pb2.AttestResponse(
+        platform=report.platform, evidence=report.evidence, aux=report.aux,
+        initdata=enclave.initdata_bytes, public_key_jwk=json.dumps(enclave.public_jwk),
+        bundle_hash=enclave.bundle_hash, catalog_hash=enclave.catalog_hash,
+        enforcement_mode=enclave.mode, report_data=report_data)
+
+
+class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
+    def __init__(self, enclave: Enclave, metrics: Metrics):
+        self.enclave = enclave
+        self.metrics = metrics
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, rpc: str, exc: CmcpError) -> None:
+        self.metrics.request_errors.labels(rpc, exc.code.value).inc()
+        context.set_trailing_metadata(((ERROR_METADATA_KEY, exc.code.value),))
+        await context.abort(_STATUS.get(exc.code, grpc.StatusCode.INVALID_ARGUMENT),
+                            f"{exc.code.value}: {exc.detail}")
+
+    async def Attest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            response = attest_response(self.enclave, bytes(request.nonce))
+        except CmcpError as exc:
+            self.metrics.attest_requests.labels("refused").inc()
+            await self._refuse(context, "Attest", exc)
+            raise  # unreachable: abort raises
+        self.metrics.attest_requests.labels("ok").inc()
+        return response
+
+    async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            result = self.enclave.decide(
+                session_id=request.session_id, call_id=request.call_id, principal=request.principal,
+                method=request.method, tool=request.tool, arguments_json=bytes(request.arguments_json),
+                arguments_digest=request.arguments_digest, audience=request.audience)
+        except RequestError as exc:
+            await self._refuse(context, "Decide", exc)
+            raise
+        doc = result.document
+        self.metrics.decisions.labels(doc["decision"], doc["effective"], doc["mode"]).inc()
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        self._gauges()
+        return enclave_pb2.DecideResponse(decision_json=result.decision_json, signature=result.signature,
+                                          permit=result.permit)
+
+    async def Complete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            entry_hash = self.enclave.complete(
+                session_id=request.session_id, call_id=request.call_id,
+                response_digest=request.response_digest, response_bytes=request.response_bytes,
+                error_code=request.error_code, is_error=request.is_error)
+        except RequestError as exc:
+            await self._refuse(context, "Complete", exc)
+            raise
+        self._gauges()
+        return enclave_pb2.CompleteResponse(entry_hash=entry_hash)
+
+    async def ListTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            tools = self.enclave.list_tools(session_id=request.session_id, principal=request.principal)
+        except RequestError as exc:
+            await self._refuse(context, "ListTools", exc)
+            raise
+        catalog = self.enclave.engine.catalog
+        self._gauges()
+        return enclave_pb2.ListToolsResponse(tools=tools, catalog_json=jcs([catalog[t] for t in tools]))
+
+    async def CloseSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            done = self.enclave.close(request.session_id, request.reason or "closed")
+        except RequestError as exc:
+            await self._refuse(context, "CloseSession", exc)
+            raise
+        self.metrics.sessions_closed.labels("request").inc()
+        self._gauges()
+        return enclave_pb2.CloseSessionResponse(trust_record_json=jcs(done.record), chain_tip=done.tip,
+                                                entries=done.entries)
+
+    async def ExportAudit(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            entries = self.enclave.export_audit_raw(request.session_id, int(request.from_seq))
+        except RequestError as exc:
+            await self._refuse(context, "ExportAudit", exc)
+            raise
+        for raw in entries:
+            yield enclave_pb2.AuditEntry(entry_json=raw)
+
+    async def ResetSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            entry_hash = self.enclave.reset(session_id=request.session_id, actor=request.actor,
+                                            reason=request.reason,
+                                            signature=bytes(request.operator_signature))
+        except RequestError as exc:
+            await self._refuse(context, "ResetSession", exc)
+            raise
+        self._gauges()
+        return enclave_pb2.ResetSessionResponse(entry_hash=entry_hash)
+
+    def _gauges(self) -> None:
+        self.metrics.active_sessions.set(len(self.enclave.sessions))
+
+
+def _on_audit(metrics: Metrics) -> Any:
+    def hook(_entry: dict[str, Any]) -> None:
+        metrics.audit_entries.inc()
+    return hook
+
+
+async def serve(enclave: Enclave, listen: str, metrics: Metrics) -> tuple[grpc.aio.Server, int]:
+    """Bind and start; returns the server and the bound port (``:0`` picks a free one)."""
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    server = grpc.aio.server(options=options)
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveService(enclave, metrics), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    return server, port
+
+
+async def expiry_loop(enclave: Enclave, metrics: Metrics, interval: float) -> None:
+    """Close idle sessions periodically; records of expired sessions stay exportable."""
+    while True:
+        await asyncio.sleep(interval)
+        expired = enclave.expire_idle()
+        if expired:
+            metrics.sessions_closed.labels("idle").inc(len(expired))
+            metrics.active_sessions.set(len(enclave.sessions))
