@@ -1,0 +1,138 @@
+"""Decide whether one enclave pod may receive traffic.
+
+The verifier library (:mod:`cmcp_core.verify`) appraises the evidence: signature chain,
+TCB, the measured initdata digest and the REPORT_DATA binding of key, hashes and our nonce.
+On top of that the operator checks what only it knows: the initdata the enclave reports is
+byte for byte the initdata the operator rendered into *that pod's* annotation, and that
+initdata is one of the route's accepted revisions (the current bundle, or the previous one
+while a rollout is in progress). Anything else — including a missing verifier — is a refusal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cmcp_core.crypto import key_from_jwk, thumbprint
+from cmcp_core.initdata import InitdataError, parse
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The fields of an ``AttestResponse`` (kept proto-free so logic is testable)."""
+
+    platform: str
+    evidence: bytes
+    aux: bytes
+    initdata: bytes
+    public_key_jwk: str
+    bundle_hash: str
+    catalog_hash: str
+    enforcement_mode: str
+    report_data: bytes
+
+
+@dataclass(frozen=True)
+class AppraisalSettings:
+    allowed_tee: tuple[str, ...]
+    acceptable_tcb: tuple[str, ...]
+    allow_simulated: bool
+
+
+@dataclass(frozen=True)
+class VerdictView:
+    """The subset of the verifier's Verdict the operator needs."""
+
+    ok: bool
+    code: str
+    message: str
+    assurance: str = ""
+
+
+class VerifierFn(Protocol):
+    def __call__(self, ev: Evidence, *, nonce: bytes, settings: AppraisalSettings,
+                 expected_bundle_hash: str) -> VerdictView: ...
+
+
+@dataclass(frozen=True)
+class PodVerdict:
+    attested: bool
+    reason: str  # CamelCase, for the pod condition and status.pods[].reason
+    message: str
+    platform: str = ""
+    bundle_hash: str = ""
+    initdata_digest: str = ""
+    thumbprint: str = ""
+    public_jwk: dict[str, str] = field(default_factory=dict)
+    assurance: str = ""
+
+
+def camel(code: str) -> str:
+    """POLICY_DENY -> PolicyDeny: condition reasons are CamelCase by API convention."""
+    return "".join(part.capitalize() for part in code.lower().split("_") if part)
+
+
+def initdata_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def allowed_tee(tee: str, *, simulate_tee: bool, allow_simulated: bool) -> tuple[str, ...]:
+    """Evidence platforms acceptable for a route's ``spec.tee``."""
+    platforms = {"tdx": ("tdx",), "snp": ("snp",), "any": ("tdx", "snp", "coco-aa"),
+                 "simulated": ("simulated",)}[tee]
+    if allow_simulated and (simulate_tee or tee == "simulated"):
+        platforms = (*platforms, "simulated")
+    return tuple(dict.fromkeys(platforms))
+
+
+def appraise_pod(ev: Evidence, *, nonce: bytes, pod_initdata: bytes | None, route: str,
+                 accepted: Mapping[str, str], settings: AppraisalSettings,
+                 verifier: VerifierFn | None) -> PodVerdict:
+    """``accepted`` maps initdata digest -> bundle hash for the revisions allowed to serve."""
+    def fail(reason: str, message: str, **extra: Any) -> PodVerdict:
+        return PodVerdict(False, reason, message, platform=ev.platform, bundle_hash=ev.bundle_hash,
+                          initdata_digest=initdata_digest(ev.initdata), **extra)
+
+    if pod_initdata is None:
+        return fail("InitdataAnnotationMissing", "pod has no decodable initdata annotation")
+    if ev.initdata != pod_initdata:
+        return fail("InitdataMismatch", "enclave reports initdata other than the pod's annotation")
+    try:
+        entry = parse(ev.initdata).cmcp
+    except InitdataError as exc:
+        return fail("InitdataInvalid", str(exc))
+    if entry.route != route:
+        return fail("RouteMismatch", f"initdata is for route {entry.route!r}, not {route!r}")
+    digest = initdata_digest(ev.initdata)
+    if digest not in accepted:
+        if entry.bundle_hash not in accepted.values():
+            return fail("BundleHashMismatch",
+                        f"initdata pins {entry.bundle_hash}, route expects {sorted(set(accepted.values()))}")
+        return fail("InitdataUnexpected", "initdata differs from what the operator renders for this route")
+    expected_hash = accepted[digest]
+    if ev.bundle_hash != expected_hash or entry.bundle_hash != expected_hash:
+        return fail("BundleHashMismatch", f"enclave claims {ev.bundle_hash}, initdata pins "
+                                          f"{entry.bundle_hash}, expected {expected_hash}")
+    try:
+        jwk = json.loads(ev.public_key_jwk)
+        key = key_from_jwk(jwk)
+    except (ValueError, TypeError) as exc:
+        return fail("KeyInvalid", f"enclave public key: {exc}")
+    if verifier is None:
+        return fail("VerifierUnavailable", "no evidence verifier is installed; refusing to trust")
+    try:
+        verdict = verifier(ev, nonce=nonce, settings=settings, expected_bundle_hash=expected_hash)
+    except Exception as exc:  # the verifier crashing is a refusal, never an accept
+        return fail("VerifierError", f"{type(exc).__name__}: {exc}")
+    if not verdict.ok:
+        return fail(camel(verdict.code) or "EvidenceRejected", verdict.message)
+    return PodVerdict(True, "Attested", f"evidence verified ({verdict.assurance or 'ok'})",
+                      platform=ev.platform, bundle_hash=expected_hash, initdata_digest=digest,
+                      thumbprint=thumbprint(key), public_jwk={k: str(v) for k, v in jwk.items()},
+                      assurance=verdict.assurance)
+
+
+VerifierLoader = Callable[[], VerifierFn | None]

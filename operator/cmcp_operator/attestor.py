@@ -1,0 +1,38 @@
+"""Ask one enclave for fresh evidence: a 32-byte nonce of our choosing, one gRPC call.
+
+The channel is plaintext on purpose: nothing in the answer is trusted until the evidence
+binds the key and hashes to our nonce, which the verifier checks.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import grpc
+
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_operator.appraise import Evidence
+from cmcp_operator.constants import ENCLAVE_PORT
+
+NONCE_BYTES = 32
+
+
+class EnclaveUnreachable(Exception):
+    """The pod did not answer Attest (not started yet, crashed, or network)."""
+
+
+async def fetch_evidence(address: str, *, deadline: float,
+                         port: int = ENCLAVE_PORT) -> tuple[bytes, Evidence]:
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = enclave_pb2_grpc.EnclaveStub(channel)
+        try:
+            resp = await stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise EnclaveUnreachable(f"{exc.code().name}: {exc.details()}") from exc
+    return nonce, Evidence(
+        platform=resp.platform, evidence=resp.evidence, aux=resp.aux, initdata=resp.initdata,
+        public_key_jwk=resp.public_key_jwk, bundle_hash=resp.bundle_hash,
+        catalog_hash=resp.catalog_hash, enforcement_mode=resp.enforcement_mode,
+        report_data=resp.report_data)

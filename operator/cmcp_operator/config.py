@@ -1,0 +1,39 @@
+"""Operator settings from the command line; one frozen object shared by every handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cmcp_operator import __version__
+
+DEFAULT_IMAGE = f"ghcr.io/cmcp-k8s/cmcp-enclave:{__version__}"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty + all_namespaces -> cluster-wide
+    all_namespaces: bool = False
+    allow_simulated: bool = False
+    # Test/dev only: start enclaves with the simulated TEE provider even on TDX/SNP nodes
+    # (the node agent of our harness measures initdata in software).
+    simulate_tee: bool = False
+    reattest_interval: float = 30.0
+    attest_timeout: float = 5.0
+    enclave_image: str = DEFAULT_IMAGE
+    runtime_classes: dict[str, str] = field(default_factory=lambda: {
+        "tdx": "kata-qemu-tdx", "snp": "kata-qemu-snp", "any": "kata-cc", "simulated": ""})
+    initdata_algorithm: str = "sha384"
+    acceptable_tcb: tuple[str, ...] = ("UpToDate", "SWHardeningNeeded")
+    webhook_port: int | None = None
+    webhook_host: str | None = None
+    webhook_listen: str = "0.0.0.0"  # noqa: S104 - the apiserver must reach us
+    webhook_cert_dir: str | None = None  # tls.crt/tls.key/ca.crt supplied (e.g. by the chart)
+    webhook_service: str | None = None  # "namespace/name[:port]": clientConfig.service instead of url
+    metrics_port: int | None = None
+    peering: str | None = None  # Kopf peering name; None -> standalone (single replica)
+    priority: int = 0  # Kopf peering priority: the highest live replica is the active one
+    liveness_endpoint: str | None = None
+    verbose: bool = False
+
+    def runtime_class(self, tee: str, override: str | None) -> str | None:
+        return override or self.runtime_classes.get(tee) or None

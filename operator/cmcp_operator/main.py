@@ -1,0 +1,105 @@
+"""``cmcp-operator``: parse flags, register handlers, run Kopf."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import threading
+from collections.abc import Sequence
+
+import kopf
+
+from cmcp_operator.config import DEFAULT_IMAGE, OperatorConfig
+from cmcp_operator.handlers import register
+
+
+def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
+    p = argparse.ArgumentParser(prog="cmcp-operator", description=__doc__)
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[],
+                       help="watch this namespace (repeatable; globs allowed)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
+    p.add_argument("--allow-simulated", action="store_true",
+                   help="accept simulated (software-only) evidence and tee: simulated routes")
+    p.add_argument("--simulate-tee", action="store_true",
+                   help="dev/test: enclaves use --tee simulated on TDX/SNP nodes (needs --allow-simulated)")
+    p.add_argument("--reattest-interval", type=float, default=30.0, metavar="S")
+    p.add_argument("--attest-timeout", type=float, default=5.0, metavar="S")
+    p.add_argument("--enclave-image", default=DEFAULT_IMAGE)
+    p.add_argument("--runtime-class-tdx", default="kata-qemu-tdx")
+    p.add_argument("--runtime-class-snp", default="kata-qemu-snp")
+    p.add_argument("--runtime-class-any", default="kata-cc")
+    p.add_argument("--runtime-class-simulated", default="",
+                   help="runtime class for tee: simulated routes (default: none)")
+    p.add_argument("--initdata-algorithm", default="sha384", choices=["sha256", "sha384", "sha512"])
+    p.add_argument("--acceptable-tcb", default="UpToDate,SWHardeningNeeded",
+                   help="comma-separated TDX TCB statuses to accept")
+    p.add_argument("--webhook-port", type=int, default=None, help="serve the admission webhook on this port")
+    p.add_argument("--webhook-host", default=None,
+                   help="host name/IP the apiserver uses to reach the webhook (URL mode)")
+    p.add_argument("--webhook-listen", default="0.0.0.0")  # noqa: S104
+    p.add_argument("--webhook-cert-dir", default=None,
+                   help="directory with tls.crt, tls.key (and ca.crt); default: mint a CA at start")
+    p.add_argument("--webhook-service", default=None, metavar="NS/NAME[:PORT]",
+                   help="advertise the webhook as this Service (in-cluster) instead of a URL")
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--peering", default=None, metavar="NAME",
+                   help="leader election via Kopf peering object NAME (needs crds/kopf-peering.yaml)")
+    p.add_argument("--priority", type=int, default=None,
+                   help="peering priority; default: random, so replicas never tie (a tie freezes all)")
+    p.add_argument("--liveness", default=None, metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--verbose", "-v", action="store_true")
+    a = p.parse_args(argv)
+    if a.simulate_tee and not a.allow_simulated:
+        p.error("--simulate-tee needs --allow-simulated (simulated evidence must be accepted explicitly)")
+    if not a.namespace and not a.all_namespaces:
+        p.error("give --namespace NS (repeatable) or --all-namespaces")
+    return OperatorConfig(
+        namespaces=tuple(a.namespace), all_namespaces=a.all_namespaces,
+        allow_simulated=a.allow_simulated, simulate_tee=a.simulate_tee,
+        reattest_interval=a.reattest_interval, attest_timeout=a.attest_timeout,
+        enclave_image=a.enclave_image,
+        runtime_classes={"tdx": a.runtime_class_tdx, "snp": a.runtime_class_snp, "any": a.runtime_class_any,
+                         "simulated": a.runtime_class_simulated},
+        initdata_algorithm=a.initdata_algorithm,
+        acceptable_tcb=tuple(s for s in a.acceptable_tcb.split(",") if s),
+        webhook_port=a.webhook_port, webhook_host=a.webhook_host, webhook_listen=a.webhook_listen,
+        webhook_cert_dir=a.webhook_cert_dir, webhook_service=a.webhook_service,
+        metrics_port=a.metrics_port, peering=a.peering,
+        priority=a.priority if a.priority is not None else secrets.randbelow(2**31),
+        liveness_endpoint=a.liveness, verbose=a.verbose,
+    )
+
+
+async def run_operator(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Event | None = None,
+                       ready_flag: asyncio.Event | threading.Event | None = None) -> None:
+    """Run Kopf in the current event loop (tests may run it in a thread)."""
+    registry = kopf.OperatorRegistry()
+    register(registry, config)
+    await kopf.operator(
+        registry=registry,
+        clusterwide=config.all_namespaces,
+        namespaces=list(config.namespaces),
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        priority=config.priority,
+        liveness_endpoint=config.liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        memo=kopf.Memo(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.verbose:  # one INFO line per pod event is noise; our own loggers say what matters
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    asyncio.run(run_operator(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Route status from what the operator observed: counts, conditions, the pods[] list the
+gateway reads, and when a rollout is complete. Pure, so every rule here has a unit test."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cmcp_operator.appraise import PodVerdict
+from cmcp_operator.bundles import short_hash
+from cmcp_operator.conditions import Condition
+from cmcp_operator.constants import COND_ATTESTED, COND_DEGRADED, COND_READY, COND_ROLLOUT
+
+
+@dataclass(frozen=True)
+class Target:
+    bundle_hash: str
+    initdata_digest: str
+
+
+@dataclass(frozen=True)
+class PodView:
+    """One pod carrying the route label, as the operator last saw it."""
+
+    name: str
+    uid: str
+    node: str
+    address: str
+    phase: str
+    terminating: bool
+    owned: bool  # created by our Deployment's ReplicaSet
+    verdict: PodVerdict | None
+    last_attested: str = ""
+
+
+def accepted_revisions(target: Target | None, previous: Target | None) -> dict[str, str]:
+    """initdata digest -> bundle hash of every revision allowed to serve right now."""
+    accepted: dict[str, str] = {}
+    if previous is not None:
+        accepted[previous.initdata_digest] = previous.bundle_hash
+    if target is not None:
+        accepted[target.initdata_digest] = target.bundle_hash
+    return accepted
+
+
+def next_previous(old_target: Target | None, old_previous: Target | None,
+                  new_target: Target) -> Target | None:
+    """On a revision change, keep the last revision that may still be serving.
+
+    If a rollout was already in progress its ``previous`` is the one actually serving, so
+    it stays; otherwise the old target becomes ``previous``.
+    """
+    if old_target is None or old_target == new_target:
+        return old_previous
+    return old_previous if old_previous is not None else old_target
+
+
+def pod_entry(pod: PodView, target: Target | None) -> dict[str, Any]:
+    v = pod.verdict
+    entry: dict[str, Any] = {"pod": pod.name, "uid": pod.uid, "node": pod.node, "address": pod.address,
+                             "attested": bool(v and v.attested)}
+    if pod.terminating:
+        entry.update(attested=False, reason="PodTerminating", message="pod is being deleted")
+        return entry
+    if v is None:
+        entry.update(reason="Pending" if pod.phase != "Running" or not pod.address else "AttestationPending",
+                     message=f"pod phase {pod.phase}")
+        return entry
+    entry.update(platform=v.platform, reportedBundleHash=v.bundle_hash, reason=v.reason,
+                 message=v.message[:512],
+                 current=bool(target and v.initdata_digest == target.initdata_digest))
+    if not pod.owned:
+        entry["message"] = ("not created by this route's Deployment; " + entry["message"])[:512]
+    if pod.last_attested:
+        entry["lastAttested"] = pod.last_attested
+    if v.attested:
+        entry.update(keyThumbprint=v.thumbprint, publicKeyJwk=dict(v.public_jwk), assurance=v.assurance)
+    return entry
+
+
+@dataclass(frozen=True)
+class RouteSummary:
+    status: dict[str, Any]
+    conditions: list[Condition]
+    previous: Target | None
+    pending: bool  # something is still settling: poll fast
+
+
+def summarise(*, desired: int, min_attested: int | None, target: Target | None, previous: Target | None,
+              pods: list[PodView], ready_pods: int, bundle_problem: str | None,
+              mode: str = "", catalog_hash: str = "") -> RouteSummary:
+    entries = [pod_entry(p, target) for p in sorted(pods, key=lambda p: p.name)]
+    live = [e for e in entries if e.get("reason") != "PodTerminating"]
+    attested = [e for e in live if e["attested"]]
+    current = [e for e in attested if e.get("current")]
+    waiting = ("Pending", "AttestationPending")
+    rejected = [e for e in live if not e["attested"] and e.get("reason") not in waiting]
+    n_current = len(current)
+    floor = desired if min_attested is None else min_attested
+    if previous is not None and target is not None and n_current >= desired:
+        previous = None  # rollout complete: the old revision may no longer serve
+    rollout = previous is not None or any(
+        p.owned and not p.terminating and p.verdict is not None and target is not None
+        and p.verdict.initdata_digest != target.initdata_digest for p in pods)
+
+    conds: list[Condition] = []
+    names = ", ".join(f"{e['pod']} ({e.get('reason')})" for e in rejected[:5])
+    if target is None:
+        conds.append(Condition(COND_ATTESTED, False, "NoExpectedBundle", bundle_problem or "no bundle yet"))
+    elif n_current >= desired:
+        conds.append(Condition(COND_ATTESTED, True, "AllAttested",
+                               f"{n_current}/{desired} pods attested at {short_hash(target.bundle_hash)}"
+                               + (f"; rejected: {names}" if names else "")))
+    else:
+        conds.append(Condition(COND_ATTESTED, False, "PodsRejected" if rejected else "AttestationIncomplete",
+                               f"{n_current}/{desired} pods attested at {short_hash(target.bundle_hash)}"
+                               + (f"; rejected: {names}" if names else "")))
+    serving = len(attested)
+    degraded = serving < floor or (target is not None and desired > 0 and serving == 0)
+    if degraded:
+        conds.append(Condition(COND_DEGRADED, True, "InsufficientAttestedPods",
+                               f"{serving} attested pods serving, want at least {floor}"))
+    else:
+        conds.append(Condition(COND_DEGRADED, False, "Healthy", f"{serving} attested pods serving"))
+    if rollout and target is not None:
+        conds.append(Condition(COND_ROLLOUT, True, "RollingOut",
+                               f"{n_current}/{desired} at {short_hash(target.bundle_hash)}"
+                               + (f", previous {short_hash(previous.bundle_hash)} still serving"
+                                  if previous else "")))
+    else:
+        conds.append(Condition(COND_ROLLOUT, False, "Complete", "no rollout in progress"))
+    if bundle_problem:
+        conds.append(Condition(COND_READY, False, "BundleNotReady", bundle_problem))
+    elif target is None:
+        conds.append(Condition(COND_READY, False, "NoExpectedBundle", "waiting for the PolicyBundle"))
+    elif n_current >= max(1, floor) and ready_pods >= max(1, floor) and not rollout:
+        conds.append(Condition(COND_READY, True, "Attested", f"{n_current} attested enclaves serve "
+                                                               f"{short_hash(target.bundle_hash)}"))
+    elif n_current >= max(1, floor) and not rollout:
+        conds.append(Condition(COND_READY, False, "WaitingForPodReady",
+                               f"{n_current} attested, {ready_pods} Ready (kubelet has not caught up)"))
+    elif rollout:
+        conds.append(Condition(COND_READY, False, "RolloutInProgress",
+                               f"{n_current}/{desired} attested at the new hash"))
+    else:
+        conds.append(Condition(COND_READY, False, "NotEnoughAttested",
+                               f"{n_current}/{max(1, floor)} attested"))
+
+    status: dict[str, Any] = {
+        "replicas": len(live),
+        "attestedReplicas": n_current,
+        "readyReplicas": ready_pods,
+        "updatedReplicas": len([e for e in live if e.get("current")]),
+        "attestedSummary": f"{n_current}/{desired}",
+        "pods": entries[:256],
+    }
+    if target is not None:
+        status.update(bundleHash=target.bundle_hash, bundleHashShort=short_hash(target.bundle_hash),
+                      initdataDigest=target.initdata_digest)
+    if mode:
+        status["enforcementMode"] = mode
+    if catalog_hash:
+        status["catalogHash"] = catalog_hash
+    status["previous"] = ({"bundleHash": previous.bundle_hash, "initdataDigest": previous.initdata_digest}
+                          if previous else None)
+    # Poll fast only while our own pods settle; a rejected stranger is re-checked on the slow clock.
+    owned_live = [p for p in pods if p.owned and not p.terminating]
+    pending = rollout or len(owned_live) != desired or any(
+        p.verdict is None or not p.verdict.attested for p in owned_live)
+    return RouteSummary(status=status, conditions=conds, previous=previous, pending=pending)
+
+
+def target_from(status: Mapping[str, Any] | None) -> Target | None:
+    if status and status.get("bundleHash") and status.get("initdataDigest"):
+        return Target(str(status["bundleHash"]), str(status["initdataDigest"]))
+    return None
+
+
+def previous_from(status: Mapping[str, Any] | None) -> Target | None:
+    prev = (status or {}).get("previous")
+    if isinstance(prev, dict) and prev.get("bundleHash") and prev.get("initdataDigest"):
+        return Target(str(prev["bundleHash"]), str(prev["initdataDigest"]))
+    return None

@@ -1,0 +1,312 @@
+"""The McpRoute control loop: one Kopf daemon per route is its only status writer.
+
+Each pass: render the revision the PolicyBundle asks for, converge the Deployment and
+Service (server-side apply), attest the pods that need it, gate them through the readiness
+condition, and write status. Pod changes and route/bundle updates wake the loop; otherwise
+it re-attests every ``reattest_interval`` seconds. State that must survive a restart
+(expected and previous revision) lives in status; the in-memory cache only saves calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kopf
+
+from cmcp_core.digest import json_digest
+from cmcp_core.initdata import ANNOTATION, InitdataError, decode_annotation
+from cmcp_operator import metrics, workloads
+from cmcp_operator.appraise import AppraisalSettings, PodVerdict, VerifierFn, allowed_tee, appraise_pod
+from cmcp_operator.attestor import EnclaveUnreachable, fetch_evidence
+from cmcp_operator.bundles import key_to_path
+from cmcp_operator.conditions import get_condition, merge_conditions, now_rfc3339, transitions
+from cmcp_operator.config import OperatorConfig
+from cmcp_operator.constants import ATTESTED_CONDITION, COND_VALID
+from cmcp_operator.kube import Kube
+from cmcp_operator.route_status import (
+    PodView,
+    Target,
+    accepted_revisions,
+    next_previous,
+    previous_from,
+    summarise,
+    target_from,
+)
+
+log = logging.getLogger("cmcp_operator.routes")
+FAST_POLL = 1.0
+DEBOUNCE = 0.2
+MAX_CONCURRENT_ATTEST = 8
+
+
+@dataclass
+class PodState:
+    fingerprint: tuple[Any, ...]
+    accepted_key: tuple[str, ...]
+    verdict: PodVerdict
+    checked_at: float  # monotonic
+    at: str  # RFC 3339, for status.lastAttested
+    failures: int = 0
+
+
+def pod_fingerprint(pod: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What, when changed, makes earlier evidence about this pod stale."""
+    meta, status = pod.get("metadata", {}), pod.get("status", {})
+    containers = tuple((c.get("name"), c.get("restartCount"), c.get("containerID"), bool(c.get("started")))
+                       for c in status.get("containerStatuses") or [])
+    return (meta.get("uid"), status.get("podIP"), status.get("phase"),
+            (meta.get("annotations") or {}).get(ANNOTATION), containers)
+
+
+def _owned(pod: Mapping[str, Any], deployment: str) -> bool:
+    return any(ref.get("kind") == "ReplicaSet" and str(ref.get("name", "")).startswith(deployment + "-")
+               for ref in pod.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    cond = get_condition(pod.get("status", {}).get("conditions"), "Ready")
+    return bool(cond and cond.get("status") == "True")
+
+
+class RouteController:
+    def __init__(self, kube: Kube, config: OperatorConfig, verifier: VerifierFn | None) -> None:
+        self.kube = kube
+        self.config = config
+        self.verifier = verifier
+        self.wakers: dict[tuple[str, str], asyncio.Event] = {}
+        self.pods: dict[str, PodState] = {}  # by pod uid
+        self.applied: dict[tuple[str, str], tuple[str, float]] = {}  # rendered digest, when
+        self.sem = asyncio.Semaphore(MAX_CONCURRENT_ATTEST)
+        self.bundle_of: dict[tuple[str, str], str] = {}  # route -> PolicyBundle name it uses
+
+    # --- wake-ups --------------------------------------------------------------------
+    def wake(self, namespace: str, name: str) -> None:
+        self.wakers.setdefault((namespace, name), asyncio.Event()).set()
+
+    def wake_bundle_users(self, namespace: str, bundle: str) -> None:
+        for (ns, route), ref in list(self.bundle_of.items()):
+            if ns == namespace and ref == bundle:
+                self.wake(ns, route)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.wakers.pop((namespace, name), None)
+        self.bundle_of.pop((namespace, name), None)
+        self.applied.pop((namespace, name), None)
+        metrics.forget_route(f"{namespace}/{name}")
+
+    def forget_pod(self, uid: str) -> None:
+        self.pods.pop(uid, None)
+
+    async def run(self, namespace: str, name: str, stopped: kopf.DaemonStopped) -> None:
+        """Daemon body: reconcile, then sleep until woken or the next re-attestation."""
+        event = self.wakers.setdefault((namespace, name), asyncio.Event())
+        while not stopped:
+            event.clear()
+            try:
+                delay = await self.step(namespace, name)
+                metrics.RECONCILES.labels("McpRoute", "ok").inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.RECONCILES.labels("McpRoute", "error").inc()
+                log.exception("reconcile of McpRoute %s/%s failed; retrying", namespace, name)
+                delay = 2.0
+            woken = asyncio.ensure_future(event.wait())
+            stopping = asyncio.ensure_future(stopped.wait())
+            try:
+                await asyncio.wait({woken, stopping}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                stopping.cancel()
+            if event.is_set() and not stopped:
+                await asyncio.sleep(DEBOUNCE)  # coalesce a burst of pod events into one pass
+
+    # --- one pass ----------------------------------------------------------------------
+    async def step(self, namespace: str, name: str) -> float:
+        route = await self.kube.get_route(namespace, name)
+        if route is None or route["metadata"].get("deletionTimestamp"):
+            return self.config.reattest_interval
+        spec: dict[str, Any] = route.get("spec", {})
+        status: dict[str, Any] = dict(route.get("status") or {})
+        generation = int(route["metadata"].get("generation", 0))
+        old_target, old_previous = target_from(status), previous_from(status)
+        target, previous = old_target, old_previous
+
+        bundle_name = str(spec.get("policyBundleRef", {}).get("name", ""))
+        self.bundle_of[(namespace, name)] = bundle_name
+        bundle = await self.kube.get_bundle(namespace, bundle_name)
+        problem = self._bundle_problem(bundle, bundle_name)
+        mode = str(status.get("enforcementMode", ""))
+        catalog = str(status.get("catalogHash", ""))
+        if problem is None and bundle is not None:
+            bstatus = bundle["status"]
+            files = await self.kube.get_configmap_data(namespace, str(bstatus["configMapName"]))
+            if files is None:
+                problem = f"bundle ConfigMap {bstatus['configMapName']} is missing"
+            else:
+                rev = workloads.revision(namespace, name, spec, bstatus, [key_to_path(k) for k in files],
+                                         self.config)
+                target = Target(rev.bundle_hash, rev.initdata_digest)
+                previous = next_previous(old_target, old_previous, target)
+                mode, catalog = rev.enforcement_mode, rev.catalog_hash
+                await self._converge(route, spec, rev)
+
+        accepted = accepted_revisions(target, previous)
+        pods = await self.kube.list_route_pods(namespace, name)
+        views = await self._attest_all(namespace, name, spec, pods, accepted)
+        summary = summarise(
+            desired=int(spec.get("replicas", 2)), min_attested=spec.get("minAttested"),
+            target=target, previous=previous, pods=views,
+            ready_pods=sum(1 for p in pods if _pod_ready(p) and not p["metadata"].get("deletionTimestamp")),
+            bundle_problem=problem, mode=mode, catalog_hash=catalog)
+        new_status = dict(summary.status)
+        new_status["observedGeneration"] = generation
+        new_status["serviceName"] = workloads.workload_name(name)
+        new_status["deploymentName"] = workloads.workload_name(name)
+        new_status["conditions"] = merge_conditions(status.get("conditions"), summary.conditions,
+                                                    generation=generation)
+        if summary.previous is None and previous is not None:
+            kopf.event(_body(route), type="Normal", reason="RolloutComplete",
+                      message=f"all replicas attested at {target.bundle_hash if target else '?'}")
+        if target != old_target and target is not None:
+            kopf.event(_body(route), type="Normal", reason="RolloutStarted",
+                      message=f"expected bundle {target.bundle_hash} (initdata {target.initdata_digest})")
+        for cond in transitions(status.get("conditions"), new_status["conditions"]):
+            bad = (cond["type"] == "Degraded") == (cond["status"] == "True")
+            kopf.event(_body(route), type="Warning" if bad else "Normal",
+                       reason=f"{cond['type']}{cond['status']}",
+                       message=f"{cond.get('reason')}: {cond.get('message')}")
+        metrics.ATTESTED_PODS.labels(f"{namespace}/{name}").set(summary.status["attestedReplicas"])
+        if _differs(status, new_status):
+            await self.kube.patch_route_status(namespace, name, new_status)
+        return FAST_POLL if summary.pending else self.config.reattest_interval
+
+    def _bundle_problem(self, bundle: Mapping[str, Any] | None, name: str) -> str | None:
+        if bundle is None:
+            return f"PolicyBundle {name!r} not found"
+        bstatus = bundle.get("status") or {}
+        valid = get_condition(bstatus.get("conditions"), COND_VALID)
+        if not valid or valid.get("status") != "True":
+            return f"PolicyBundle {name!r} is not valid: {(valid or {}).get('message', 'not reconciled yet')}"
+        if not bstatus.get("bundleHash") or not bstatus.get("configMapName"):
+            return f"PolicyBundle {name!r} has no bundle hash yet"
+        deleting = bool(bundle["metadata"].get("deletionTimestamp"))  # deletion bumps generation
+        if bstatus.get("observedGeneration") != bundle["metadata"].get("generation") and not deleting:
+            return f"PolicyBundle {name!r} has changes the operator has not reconciled yet"
+        return None
+
+    async def _converge(self, route: Mapping[str, Any], spec: Mapping[str, Any],
+                        rev: workloads.Revision) -> None:
+        ns, name = route["metadata"]["namespace"], route["metadata"]["name"]
+        owner = workloads.owner_reference(route)
+        dep = workloads.deployment(ns, name, spec, rev, self.config, owner)
+        svc = workloads.service(ns, name, spec, owner)
+        rendered = json_digest([dep, svc])
+        last = self.applied.get((ns, name))
+        if last and last[0] == rendered and time.monotonic() - last[1] < self.config.reattest_interval:
+            return
+        await self.kube.apply(svc)
+        await self.kube.apply(dep)
+        if not last or last[0] != rendered:
+            log.info("applied Deployment/Service for %s/%s at %s", ns, name, rev.bundle_hash)
+        self.applied[(ns, name)] = (rendered, time.monotonic())
+
+    # --- attestation ------------------------------------------------------------------
+    async def _attest_all(self, namespace: str, name: str, spec: Mapping[str, Any],
+                          pods: list[dict[str, Any]], accepted: dict[str, str]) -> list[PodView]:
+        tee = str(spec.get("tee", "tdx"))
+        settings = AppraisalSettings(
+            allowed_tee=allowed_tee(tee, simulate_tee=self.config.simulate_tee,
+                                    allow_simulated=self.config.allow_simulated),
+            acceptable_tcb=self.config.acceptable_tcb, allow_simulated=self.config.allow_simulated)
+        deploy = workloads.workload_name(name)
+        return list(await asyncio.gather(*(
+            self._attest_one(namespace, name, pod, accepted, settings, _owned(pod, deploy)) for pod in pods)))
+
+    def _due(self, uid: str, fingerprint: tuple[Any, ...], key: tuple[str, ...]) -> bool:
+        state = self.pods.get(uid)
+        if state is None or state.fingerprint != fingerprint or state.accepted_key != key:
+            return True
+        age = time.monotonic() - state.checked_at
+        if state.verdict.attested:
+            return bool(age >= self.config.reattest_interval)
+        backoff = min(self.config.reattest_interval, 0.5 * 2 ** min(state.failures, 8))
+        return bool(age >= backoff)
+
+    async def _attest_one(self, namespace: str, route: str, pod: dict[str, Any], accepted: dict[str, str],
+                          settings: AppraisalSettings, owned: bool) -> PodView:
+        meta, pstatus = pod["metadata"], pod.get("status", {})
+        uid, pname = str(meta["uid"]), str(meta["name"])
+        address = str(pstatus.get("podIP") or "")
+        view = PodView(name=pname, uid=uid, node=str(pod.get("spec", {}).get("nodeName") or ""),
+                       address=address, phase=str(pstatus.get("phase", "")),
+                       terminating=bool(meta.get("deletionTimestamp")), owned=owned, verdict=None)
+        if view.terminating or view.phase != "Running" or not address:
+            self.pods.pop(uid, None)
+            return view
+        fingerprint = pod_fingerprint(pod)
+        key = tuple(f"{d}={h}" for d, h in sorted(accepted.items()))
+        if self._due(uid, fingerprint, key):
+            async with self.sem:
+                verdict = await self._appraise(namespace, route, pod, address, accepted, settings)
+            old = self.pods.get(uid)
+            failures = 0 if verdict.attested else (old.failures + 1 if old and old.fingerprint == fingerprint
+                                                   else 1)
+            self.pods[uid] = PodState(fingerprint, key, verdict, time.monotonic(), now_rfc3339(), failures)
+            before = (old.verdict.attested, old.verdict.reason) if old else None
+            if before != (verdict.attested, verdict.reason):
+                level = "Normal" if verdict.attested else "Warning"
+                reason = "PodAttested" if verdict.attested else "AttestationFailed"
+                kopf.event(_body({"apiVersion": "v1", "kind": "Pod", **pod}), type=level, reason=reason,
+                           message=f"{verdict.reason}: {verdict.message}")
+                log.info("pod %s/%s: %s (%s)", namespace, pname, verdict.reason, verdict.message)
+        state = self.pods[uid]
+        await self._gate(namespace, pod, state.verdict)
+        return PodView(name=view.name, uid=uid, node=view.node, address=address, phase=view.phase,
+                       terminating=False, owned=owned, verdict=state.verdict, last_attested=state.at)
+
+    async def _appraise(self, namespace: str, route: str, pod: Mapping[str, Any], address: str,
+                        accepted: dict[str, str], settings: AppraisalSettings) -> PodVerdict:
+        started = time.monotonic()
+        try:
+            raw = (pod["metadata"].get("annotations") or {}).get(ANNOTATION)
+            try:
+                pod_initdata = decode_annotation(raw) if raw else None
+            except InitdataError:
+                pod_initdata = None
+            try:
+                nonce, evidence = await fetch_evidence(address, deadline=self.config.attest_timeout)
+            except EnclaveUnreachable as exc:
+                verdict = PodVerdict(False, "EnclaveUnreachable", str(exc)[:300])
+            else:
+                verdict = appraise_pod(evidence, nonce=nonce, pod_initdata=pod_initdata,
+                                       route=f"{namespace}/{route}", accepted=accepted,
+                                       settings=settings, verifier=self.verifier)
+        except Exception as exc:  # never let one pod break the loop; it just is not attested
+            log.exception("attestation of %s failed unexpectedly", pod["metadata"]["name"])
+            verdict = PodVerdict(False, "AttestationError", f"{type(exc).__name__}: {exc}"[:300])
+        metrics.ATTEST_SECONDS.observe(time.monotonic() - started)
+        metrics.ATTESTATIONS.labels("attested" if verdict.attested else verdict.reason).inc()
+        return verdict
+
+    async def _gate(self, namespace: str, pod: Mapping[str, Any], verdict: PodVerdict) -> None:
+        """Patch the readiness-gate condition only when it changes (no status churn)."""
+        current = get_condition(pod.get("status", {}).get("conditions"), ATTESTED_CONDITION)
+        want = "True" if verdict.attested else "False"
+        if current and current.get("status") == want and current.get("reason") == verdict.reason:
+            return
+        await self.kube.set_attested_condition(namespace, str(pod["metadata"]["name"]), verdict.attested,
+                                               verdict.reason, verdict.message, now_rfc3339())
+
+
+def _differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(old.get(k) != v for k, v in new.items())
+
+
+def _body(obj: Mapping[str, Any]) -> kopf.Body:
+    return kopf.Body(cast(kopf.RawBody, obj))

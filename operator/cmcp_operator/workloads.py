@@ -1,0 +1,215 @@
+"""What the operator renders for a McpRoute: initdata, the enclave Deployment and the Service.
+
+Pure functions of (route, bundle status, config) so the rollout is deterministic: the same
+inputs give the same pod template, the same initdata bytes and so the same measurement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cmcp_core.initdata import ANNOTATION, CmcpEntry, encode_annotation, render
+from cmcp_operator.bundles import volume_items
+from cmcp_operator.config import OperatorConfig
+from cmcp_operator.constants import (
+    ATTESTED_CONDITION,
+    BUNDLE_HASH_ANNOTATION,
+    BUNDLE_HASH_LABEL,
+    BUNDLE_MOUNT,
+    COMPONENT_ENCLAVE,
+    COMPONENT_LABEL,
+    ENCLAVE_PORT,
+    INITDATA_DIGEST_ANNOTATION,
+    INITDATA_DIR,
+    INITDATA_PATH,
+    KATA_SNP,
+    KATA_TDX,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    METRICS_PORT,
+    NFD_SNP,
+    NFD_TDX,
+    ROUTE_LABEL,
+)
+
+TEE_PROVIDER = {"tdx": "tdx", "snp": "snp", "any": "coco-aa", "simulated": "simulated"}
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One measured configuration of a route: what its pods must attest to."""
+
+    bundle_hash: str
+    catalog_hash: str
+    enforcement_mode: str
+    configmap: str
+    files: tuple[str, ...]  # bundle paths, for the volume items
+    initdata: bytes
+    command: tuple[str, ...]
+    image: str
+
+    @property
+    def initdata_digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.initdata).hexdigest()
+
+
+def workload_name(route: str) -> str:
+    return f"cmcp-{route}"[:63].rstrip("-")
+
+
+def audience(spec: Mapping[str, Any], namespace: str) -> str:
+    """The upstream identity measured into initdata; permits are minted for it only."""
+    if spec.get("audience"):
+        return str(spec["audience"])
+    upstream = spec.get("upstream") or {}
+    if upstream.get("url"):
+        return str(upstream["url"])
+    svc = upstream.get("service") or {}
+    ns = svc.get("namespace") or namespace
+    return f"{svc.get('scheme', 'http')}://{svc['name']}.{ns}.svc:{svc['port']}{svc.get('path', '/mcp')}"
+
+
+def enclave_command(tee: str, config: OperatorConfig) -> list[str]:
+    """The exact argv the measured agent policy pins. No ``$(POD_IP)`` here: the kubelet would
+    expand it, so the OCI args would no longer equal the pinned ones; the listen addresses come
+    from the environment instead (see :func:`enclave_env`)."""
+    provider = "simulated" if config.simulate_tee else TEE_PROVIDER[tee]
+    return ["cmcp-enclave", "--bundle", BUNDLE_MOUNT, "--initdata", INITDATA_PATH, "--tee", provider]
+
+
+def enclave_env() -> list[dict[str, Any]]:
+    """POD_IP from the downward API, then the listen addresses built from it (order matters)."""
+    return [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "CMCP_LISTEN", "value": f"$(POD_IP):{ENCLAVE_PORT}"},
+            {"name": "CMCP_METRICS_LISTEN", "value": f"$(POD_IP):{METRICS_PORT}"}]
+
+
+def revision(namespace: str, name: str, spec: Mapping[str, Any], bundle_status: Mapping[str, Any],
+             files: list[str], config: OperatorConfig) -> Revision:
+    """Render the initdata for the bundle the PolicyBundle currently carries."""
+    tee = str(spec.get("tee", "tdx"))
+    image = str(spec.get("image") or config.enclave_image)
+    command = enclave_command(tee, config)
+    entry = CmcpEntry(
+        bundle_hash=str(bundle_status["bundleHash"]),
+        catalog_hash=str(bundle_status["catalogHash"]),
+        enforcement_mode=str(bundle_status.get("enforcementMode", "enforce")),
+        route=f"{namespace}/{name}",
+        audience=audience(spec, namespace),
+    )
+    toml = render(entry, image=image, command=command, algorithm=config.initdata_algorithm)
+    return Revision(bundle_hash=entry.bundle_hash, catalog_hash=entry.catalog_hash,
+                    enforcement_mode=entry.enforcement_mode,
+                    configmap=str(bundle_status["configMapName"]), files=tuple(sorted(files)),
+                    initdata=toml, command=tuple(command), image=image)
+
+
+def node_affinity(tee: str) -> dict[str, Any] | None:
+    """NFD or kata-deploy labels: either marks a node able to run that TEE."""
+    def term(label: str) -> dict[str, Any]:
+        return {"matchExpressions": [{"key": label, "operator": "In", "values": ["true"]}]}
+
+    labels = {"tdx": [NFD_TDX, KATA_TDX], "snp": [NFD_SNP, KATA_SNP],
+              "any": [NFD_TDX, KATA_TDX, NFD_SNP, KATA_SNP]}.get(tee)
+    if not labels:
+        return None
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [term(label) for label in labels]}}}
+
+
+def selector_labels(route: str) -> dict[str, str]:
+    return {ROUTE_LABEL: route, COMPONENT_LABEL: COMPONENT_ENCLAVE}
+
+
+def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision,
+               config: OperatorConfig, owner: dict[str, Any]) -> dict[str, Any]:
+    """The enclave Deployment. maxUnavailable 0 + the readiness gate = old pods serve until
+    new ones are attested; the Deployment controller cannot outrun the operator."""
+    tee = str(spec.get("tee", "tdx"))
+    labels = {**selector_labels(name), MANAGED_BY_LABEL: MANAGED_BY,
+              BUNDLE_HASH_LABEL: rev.bundle_hash.partition(":")[2][:16]}
+    pod_spec: dict[str, Any] = {
+        "readinessGates": [{"conditionType": ATTESTED_CONDITION}],
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [{
+            "name": "enclave",
+            "image": rev.image,
+            "command": [rev.command[0]],
+            "args": list(rev.command[1:]),
+            "env": enclave_env(),
+            "ports": [{"name": "grpc", "containerPort": ENCLAVE_PORT, "protocol": "TCP"},
+                      {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+            "volumeMounts": [{"name": "bundle", "mountPath": BUNDLE_MOUNT, "readOnly": True},
+                             {"name": "initdata", "mountPath": INITDATA_DIR}],
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        }],
+        "volumes": [{"name": "bundle", "configMap": {
+            "name": rev.configmap, "items": volume_items(dict.fromkeys(rev.files, ""))}},
+            # In-guest tmpfs where the guest places the launch initdata (the e2e node agent
+            # writes the decoded annotation there); the root filesystem stays read-only.
+            {"name": "initdata", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
+    }
+    runtime = config.runtime_class(tee, spec.get("runtimeClassName"))
+    if runtime:
+        pod_spec["runtimeClassName"] = runtime
+    affinity = node_affinity(tee)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if spec.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
+    if spec.get("tolerations"):
+        pod_spec["tolerations"] = list(spec["tolerations"])
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": workload_name(name), "namespace": namespace,
+                     "labels": {**selector_labels(name), MANAGED_BY_LABEL: MANAGED_BY},
+                     "ownerReferences": [owner]},
+        "spec": {
+            "replicas": int(spec.get("replicas", 2)),
+            "selector": {"matchLabels": selector_labels(name)},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "100%"}},
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        ANNOTATION: encode_annotation(rev.initdata),
+                        BUNDLE_HASH_ANNOTATION: rev.bundle_hash,
+                        INITDATA_DIGEST_ANNOTATION: rev.initdata_digest,
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(namespace: str, name: str, spec: Mapping[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """Selects enclave pods; only Ready (= attested) ones become endpoints."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": workload_name(name), "namespace": namespace,
+                     "labels": {**selector_labels(name), MANAGED_BY_LABEL: MANAGED_BY},
+                     "ownerReferences": [owner]},
+        "spec": {
+            "selector": selector_labels(name),
+            "publishNotReadyAddresses": False,
+            "sessionAffinity": str(spec.get("sessionAffinity", "None")),
+            "ports": [{"name": "grpc", "port": ENCLAVE_PORT, "targetPort": "grpc", "protocol": "TCP",
+                       "appProtocol": "grpc"}],
+        },
+    }
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {"apiVersion": str(body["apiVersion"]), "kind": str(body["kind"]), "name": str(meta["name"]),
+            "uid": str(meta["uid"]), "controller": True, "blockOwnerDeletion": True}

@@ -1,0 +1,608 @@
+"""The operator on a real control plane: admission, attestation-gated routing, rollout, restart.
+
+Runs ``cmcp-operator`` as its own process (so it can be SIGKILLed mid-rollout) against the
+local cluster from tests/e2e (real apiserver, scheduler, controller-manager; the node agent
+runs the enclave pods and measures each pod's own initdata annotation in its simulated TEE).
+The tests run in file order and share one namespace: each builds on the state the previous
+one left, like an operator's life.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from cmcp_core.bundle import load_bundle, read_bundle_files
+from cmcp_core.initdata import (
+    ANNOTATION,
+    CmcpEntry,
+    decode_annotation,
+    encode_annotation,
+    parse,
+    render,
+    tdx_mrconfigid,
+)
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_operator import rbac
+from cmcp_operator.bundles import path_to_key, verify_history
+from cmcp_operator.config import OperatorConfig
+from cmcp_operator.render_bundle import bundle_manifest, dump
+from cmcp_operator.workloads import enclave_command
+
+from .cluster import free_port
+from .kube import Kube, KubeError
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+NS = f"cmcp-op-{uuid.uuid4().hex[:6]}"
+ROUTE, BUNDLE = "echo", "minimal"
+SVC = f"cmcp-{ROUTE}"
+GROUP_PATH = f"/apis/cmcp.dev/v1alpha1/namespaces/{NS}"
+TDX_LABEL = "intel.feature.node.kubernetes.io/tdx"
+IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"
+WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def kube(cluster: Any) -> Kube:
+    """Needs the local plane: the node agent's simulated TEE measures each pod's initdata."""
+    if not cluster.is_local:
+        pytest.skip("needs the local node agent (enclave images and the simulated TEE)")
+    return cluster.kube  # type: ignore[no-any-return]
+
+
+class OperatorProcess:
+    """``cmcp-operator`` as a child process; ``kill()`` is SIGKILL (no graceful cleanup)."""
+
+    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+        self.kubeconfig, self.log_dir = kubeconfig, log_dir
+        self.webhook_port, self.metrics_port = free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
+        argv = [str(Path(sys.executable).with_name("cmcp-operator")), "--namespace", NS,
+                "--allow-simulated", "--simulate-tee", "--reattest-interval", "5",
+                "--enclave-image", IMAGE,
+                "--webhook-port", str(self.webhook_port), "--webhook-host", "127.0.0.1",
+                "--webhook-listen", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.log_dir / f"operator-{self.starts}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    for crd in sorted((REPO / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "-f", str(crd))
+    for crd in ("policybundles.cmcp.dev", "mcproutes.cmcp.dev"):
+        kube.wait_for(f"CRD {crd} established", lambda c=crd: any(
+            x["type"] == "Established" and x["status"] == "True"
+            for x in (kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{c}")
+                      .get("status") or {}).get("conditions") or []))
+    kube.create("/api/v1/namespaces", {"metadata": {"name": NS}})
+    # Least privilege for real: the operator runs as a ServiceAccount bound to exactly the
+    # ClusterRole that cmcp_operator.rbac prints (what the chart installs).
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = _service_account_kubeconfig(cluster, kube, workdir)
+    op = OperatorProcess(kubeconfig, workdir)
+    op.start()
+    # The webhook is registered once the operator is up: an invalid bundle is then refused.
+    kube.wait_for("admission webhook registered", lambda: _webhook_ready(kube), timeout=60,
+                  on_timeout=op.log_tail)
+    yield op
+    op.stop()
+    # The pod gate is a persistent webhook (fail closed while the operator is down); remove it
+    # so later tests in the session do not meet a webhook whose server is gone.
+    kube.delete(f"{WEBHOOKS}/cmcp-operator.cmcp.dev")
+    kube.delete("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/cmcp-operator.cmcp.dev")
+    kube.delete(f"/api/v1/namespaces/{NS}")
+    kube.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/cmcp-operator-{NS}")
+    kube.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/cmcp-operator-{NS}")
+
+
+def _service_account_kubeconfig(cluster: Any, kube: Kube, workdir: Path) -> Path:
+    role = rbac.cluster_role(f"cmcp-operator-{NS}")
+    kube.create(f"/api/v1/namespaces/{NS}/serviceaccounts", {"metadata": {"name": "cmcp-operator"}})
+    kube.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
+    kube.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+        "metadata": {"name": role["metadata"]["name"]},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": role["metadata"]["name"]},
+        "subjects": [{"kind": "ServiceAccount", "name": "cmcp-operator", "namespace": NS}]})
+    token = cluster.kubectl("create", "token", "cmcp-operator", "-n", NS, "--duration", "3h").stdout.strip()
+    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "sa",
+           "clusters": [{"name": "c", "cluster": {"server": cluster.server,
+                                                   "certificate-authority": str(cluster.ca_file)}}],
+           "users": [{"name": "sa", "user": {"token": token}}],
+           "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}]}
+    path = workdir / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _webhook_ready(kube: Kube) -> bool:
+    try:
+        cfg = kube.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/"
+                       "cmcp-operator.cmcp.dev")
+    except KubeError:
+        return False
+    return len(cfg.get("webhooks") or []) >= 3
+
+
+# ------------------------------------------------------------------------------ helpers
+def route(kube: Kube) -> dict[str, Any]:
+    return dict(kube.get(f"{GROUP_PATH}/mcproutes/{ROUTE}"))
+
+
+def cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
+
+
+def enclave_pods(kube: Kube) -> list[dict[str, Any]]:
+    items = kube.get(f"/api/v1/namespaces/{NS}/pods", labelSelector=f"cmcp.dev/route={ROUTE}")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def _ready(eps: dict[str, Any]) -> set[str]:
+    return {addr for ep in eps.get("endpoints") or [] if ep.get("conditions", {}).get("ready")
+            for addr in ep["addresses"]}
+
+
+def ready_addresses(kube: Kube) -> set[str]:
+    slices = kube.get(f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices",
+                      labelSelector=f"kubernetes.io/service-name={SVC}")["items"]
+    return set().union(*(_ready(s) for s in slices)) if slices else set()
+
+
+def pod_bundle_hash(pod: dict[str, Any]) -> str:
+    raw = (pod["metadata"].get("annotations") or {}).get(ANNOTATION)
+    return parse(decode_annotation(raw)).cmcp.bundle_hash if raw else ""
+
+
+def route_ready_at(kube: Kube, bundle_hash: str, replicas: int = 2) -> dict[str, Any] | None:
+    r = route(kube)
+    st = r.get("status", {})
+    ok = (cond(r, "Ready").get("status") == "True" and st.get("bundleHash") == bundle_hash
+          and st.get("attestedReplicas") == replicas and cond(r, "Ready").get("observedGeneration")
+          == r["metadata"]["generation"])
+    return r if ok else None
+
+
+def apply_bundle(cluster: Any, directory: Path, extra_policy: str | None = None, check: bool = True,
+                 name: str = BUNDLE) -> subprocess.CompletedProcess[str]:
+    doc = bundle_manifest(directory, name, NS)
+    if extra_policy is not None:
+        doc["spec"]["files"]["policies/extra.cedar"] = extra_policy
+    return cluster.kubectl("apply", "-f", "-", input=dump(doc), check=check)
+
+
+def bundle_hash_of(directory: Path, extra_policy: str | None = None) -> str:
+    files = read_bundle_files(directory)
+    if extra_policy is not None:
+        files["policies/extra.cedar"] = extra_policy
+    from cmcp_core.bundle import bundle_from_files
+
+    return bundle_from_files(files).bundle_hash
+
+
+def extra(n: int) -> str:
+    return (f'@id("rollout-{n}")\nforbid (principal, action, resource)'
+            f' when {{ resource.name == "never-{n}" }};\n')
+
+
+@dataclass
+class EndpointWatcher:
+    """Watches the route's EndpointSlices; after every change, checks each newly ready address:
+    its pod must carry cmcp.dev/attested=True and measure a bundle hash we allow right now."""
+
+    kube: Kube
+    allowed: set[str]
+    violations: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    events: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> EndpointWatcher:
+        self.seen = ready_addresses(self.kube)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        """A real watch: every EndpointSlice change is one event, checked as it arrives."""
+        path = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
+        by_slice: dict[str, set[str]] = {}
+        while not self._stop.is_set():
+            listing = self.kube.get(path, labelSelector=f"kubernetes.io/service-name={SVC}")
+            by_slice = {s["metadata"]["name"]: _ready(s) for s in listing["items"]}
+            self._observe(set().union(*by_slice.values()) if by_slice else set())
+            params = {"watch": "true", "labelSelector": f"kubernetes.io/service-name={SVC}",
+                      "resourceVersion": listing["metadata"]["resourceVersion"], "timeoutSeconds": "5"}
+            with self.kube.http.stream("GET", path, params=params, timeout=None) as resp:
+                for line in resp.iter_lines():
+                    if self._stop.is_set() or not line:
+                        break
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        break
+                    name = event["object"]["metadata"]["name"]
+                    if event["type"] == "DELETED":
+                        by_slice.pop(name, None)
+                    else:
+                        by_slice[name] = _ready(event["object"])
+                    self._observe(set().union(*by_slice.values()) if by_slice else set())
+
+    def _observe(self, current: set[str]) -> None:
+        self.events += 1
+        added = current - self.seen
+        if added:
+            pods = {p.get("status", {}).get("podIP"): p for p in
+                    self.kube.get(f"/api/v1/namespaces/{NS}/pods")["items"]}
+            for addr in added:
+                self._check(addr, pods.get(addr))
+        self.seen = current
+
+    def _check(self, addr: str, pod: dict[str, Any] | None) -> None:
+        if pod is None:
+            self.violations.append(f"{addr}: endpoint without a pod")
+            return
+        gate = next((c for c in pod["status"].get("conditions", []) if c["type"] == "cmcp.dev/attested"), {})
+        bundle_hash = pod_bundle_hash(pod)
+        name = pod["metadata"]["name"]
+        if gate.get("status") != "True":
+            self.violations.append(f"{name} ({addr}) in endpoints without cmcp.dev/attested=True: {gate}")
+        if bundle_hash not in self.allowed:
+            self.violations.append(
+                f"{name} ({addr}) in endpoints with bundle {bundle_hash}, allowed {self.allowed}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+
+
+def attest_directly(address: str) -> enclave_pb2.AttestResponse:
+    with grpc.insecure_channel(f"{address}:50051") as channel:
+        return enclave_pb2_grpc.EnclaveStub(channel).Attest(
+            enclave_pb2.AttestRequest(nonce=secrets.token_bytes(32)), timeout=10)
+
+
+# ------------------------------------------------------------------------------ tests
+def test_invalid_bundle_rejected_naming_file_and_policy(cluster: Any, operator: OperatorProcess) -> None:
+    bad = ('@id("reads-missing-attr")\nforbid (principal, action, resource)'
+           ' when { resource.nonexistent == 1 };\n')
+    proc = apply_bundle(cluster, EXAMPLES / "minimal", extra_policy=bad, check=False, name="invalid")
+    assert proc.returncode != 0
+    assert "policies/extra.cedar" in proc.stderr and "reads-missing-attr" in proc.stderr, proc.stderr
+    assert "nonexistent" in proc.stderr
+
+
+def test_route_needs_an_existing_bundle(cluster: Any, operator: OperatorProcess) -> None:
+    doc = {"apiVersion": "cmcp.dev/v1alpha1", "kind": "McpRoute",
+           "metadata": {"name": "orphan", "namespace": NS},
+           "spec": {"upstream": {"url": "http://up/mcp"}, "policyBundleRef": {"name": "no-such-bundle"}}}
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0 and "no-such-bundle" in proc.stderr and "not found" in proc.stderr
+    # Structural schema: bounded replicas, enum tee (CEL rules run only on a schema-valid object).
+    doc["spec"].update(replicas=1000, tee="sgx")
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0 and "spec.replicas" in proc.stderr and "spec.tee" in proc.stderr, proc.stderr
+    # CEL: exactly one upstream form.
+    doc["spec"].update(replicas=1, tee="tdx",
+                       upstream={"url": "http://up/mcp", "service": {"name": "up", "port": 80}})
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0, proc.stderr
+    assert "exactly one of upstream.url and upstream.service" in proc.stderr, proc.stderr
+
+
+def test_pod_wearing_route_label_without_gate_is_refused(kube: Kube, operator: OperatorProcess) -> None:
+    pod = {"metadata": {"name": "gateless", "labels": {"cmcp.dev/route": ROUTE}},
+           "spec": {"containers": [{"name": "c", "image": IMAGE}]}}
+    with pytest.raises(KubeError) as info:
+        kube.create(f"/api/v1/namespaces/{NS}/pods", pod)
+    assert info.value.status in (400, 403, 422) and "readinessGate" in info.value.body
+
+
+def test_tdx_route_gets_attested_pods_with_exact_initdata(cluster: Any, kube: Kube,
+                                                          operator: OperatorProcess) -> None:
+    apply_bundle(cluster, EXAMPLES / "minimal")
+    expected_hash = load_bundle(EXAMPLES / "minimal").bundle_hash
+    doc = {"apiVersion": "cmcp.dev/v1alpha1", "kind": "McpRoute",
+           "metadata": {"name": ROUTE, "namespace": NS},
+           "spec": {"upstream": {"url": "http://echo-upstream.example/mcp"},
+                    "policyBundleRef": {"name": BUNDLE}, "replicas": 2, "tee": "tdx"}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    r = kube.wait_for("route Ready", lambda: route_ready_at(kube, expected_hash), timeout=180,
+                      on_timeout=operator.log_tail)
+    bundle = load_bundle(EXAMPLES / "minimal")
+    cfg = OperatorConfig(simulate_tee=True, allow_simulated=True, enclave_image=IMAGE)
+    want = render(CmcpEntry(bundle.bundle_hash, bundle.catalog_hash, bundle.enforcement_mode,
+                            f"{NS}/{ROUTE}", "http://echo-upstream.example/mcp"),
+                  image=IMAGE, command=enclave_command("tdx", cfg))
+    pods = enclave_pods(kube)
+    assert len(pods) == 2
+    nodes = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
+    for pod in pods:
+        assert nodes[pod["spec"]["nodeName"]]["metadata"]["labels"].get(TDX_LABEL) == "true"
+        assert pod["spec"]["runtimeClassName"] == "kata-qemu-tdx"
+        assert decode_annotation(pod["metadata"]["annotations"][ANNOTATION]) == want
+        # The enclave reports the bytes it launched with, and the (simulated) TEE measured them.
+        resp = attest_directly(pod["status"]["podIP"])
+        assert resp.initdata == want and resp.bundle_hash == expected_hash
+        assert tdx_mrconfigid(want).hex() in resp.evidence.hex()
+    addresses = {p["status"]["podIP"] for p in pods}
+    kube.wait_for("both pods in the EndpointSlice", lambda: ready_addresses(kube) == addresses, timeout=60)
+    entries = {e["pod"]: e for e in r["status"]["pods"]}
+    for pod in pods:
+        e = entries[pod["metadata"]["name"]]
+        assert e["attested"] and e["keyThumbprint"] and e["publicKeyJwk"]["crv"] == "Ed25519"
+        assert e["reportedBundleHash"] == expected_hash and e["address"] == pod["status"]["podIP"]
+    table = cluster.kubectl("get", "mcproutes", "-n", NS).stdout
+    line = next(x for x in table.splitlines() if x.startswith(ROUTE))
+    assert expected_hash[:19] in line and "enforce" in line and "2/2" in line and "True" in line, table
+    pbs = cluster.kubectl("get", "pb", "-n", NS).stdout
+    assert expected_hash[:19] in pbs
+    pb = kube.get(f"{GROUP_PATH}/policybundles/{BUNDLE}")
+    # No second copy of the bundle in an annotation (Kopf's diff-base): objects stay small.
+    assert not [k for k in pb["metadata"].get("annotations", {}) if k.startswith("cmcp.dev/")]
+
+
+def _rogue_pod(name: str, initdata: bytes, configmap: str, files: dict[str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name,
+                     "labels": {"cmcp.dev/route": ROUTE, "app.kubernetes.io/component": "enclave"},
+                     "annotations": {ANNOTATION: encode_annotation(initdata)}},
+        "spec": {
+            "readinessGates": [{"conditionType": "cmcp.dev/attested"}],
+            "nodeSelector": {TDX_LABEL: "true"},
+            "containers": [{
+                "name": "enclave", "image": IMAGE,
+                "command": ["cmcp-enclave"],
+                "args": ["--bundle", "/etc/cmcp/bundle", "--initdata", "/run/cmcp/initdata.toml", "--tee",
+                         "simulated", "--listen", "$(POD_IP):50051"],
+                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "volumeMounts": [{"name": "bundle", "mountPath": "/etc/cmcp/bundle"},
+                                 {"name": "initdata", "mountPath": "/run/cmcp"}],
+            }],
+            "volumes": [{"name": "bundle", "configMap": {"name": configmap, "items": [
+                {"key": path_to_key(p), "path": p} for p in sorted(files)]}},
+                {"name": "initdata", "emptyDir": {}}],
+        },
+    }
+
+
+def test_rogue_pods_never_become_ready(kube: Kube, operator: OperatorProcess) -> None:
+    """Same labels and readiness gate as ours; one runs another bundle, one forges the audience."""
+    current = route(kube)["status"]["bundleHash"]
+    other_dir = EXAMPLES / "realistic"
+    other = load_bundle(other_dir)
+    files = read_bundle_files(other_dir)
+    kube.create(f"/api/v1/namespaces/{NS}/configmaps", {
+        "metadata": {"name": "rogue-bundle"}, "data": {path_to_key(p): t for p, t in files.items()}})
+    cmd = ["cmcp-enclave"]
+    other_initdata = render(CmcpEntry(other.bundle_hash, other.catalog_hash, other.enforcement_mode,
+                                      f"{NS}/{ROUTE}", "http://echo-upstream.example/mcp"),
+                            image=IMAGE, command=cmd)
+    ours = load_bundle(EXAMPLES / "minimal")
+    forged = render(CmcpEntry(ours.bundle_hash, ours.catalog_hash, ours.enforcement_mode, f"{NS}/{ROUTE}",
+                              "http://attacker.example/mcp"), image=IMAGE, command=cmd)
+    kube.create(f"/api/v1/namespaces/{NS}/configmaps", {"metadata": {"name": "ours-copy"}, "data": {
+        path_to_key(p): t for p, t in read_bundle_files(EXAMPLES / "minimal").items()}})
+    watcher = EndpointWatcher(kube, allowed={current}).start()
+    try:
+        kube.create(f"/api/v1/namespaces/{NS}/pods",
+                    _rogue_pod("rogue-other-bundle", other_initdata, "rogue-bundle", files))
+        kube.create(f"/api/v1/namespaces/{NS}/pods", _rogue_pod(
+            "rogue-forged-audience", forged, "ours-copy", read_bundle_files(EXAMPLES / "minimal")))
+
+        def named() -> dict[str, dict[str, Any]] | None:
+            entries = {e["pod"]: e for e in route(kube).get("status", {}).get("pods", [])}
+            rogues = {k: v for k, v in entries.items() if k.startswith("rogue-") and v.get("platform")}
+            return rogues if len(rogues) == 2 else None
+
+        rogues = kube.wait_for("route status names both rogue pods", named, timeout=120,
+                               on_timeout=operator.log_tail)
+        assert rogues["rogue-other-bundle"]["reason"] == "BundleHashMismatch"
+        assert rogues["rogue-other-bundle"]["reportedBundleHash"] == other.bundle_hash
+        assert rogues["rogue-forged-audience"]["reason"] == "InitdataUnexpected"
+        assert not any(e["attested"] for e in rogues.values())
+        time.sleep(6)  # a re-attestation period later, still out
+        for name in rogues:
+            pod = kube.get(f"/api/v1/namespaces/{NS}/pods/{name}")
+            ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+            assert ready["status"] == "False"
+            assert pod["status"]["podIP"] not in ready_addresses(kube)
+        assert route(kube)["status"]["attestedReplicas"] == 2
+        assert cond(route(kube), "Ready")["status"] == "True"
+        events = kube.get(f"/api/v1/namespaces/{NS}/events",
+                          fieldSelector="involvedObject.name=rogue-other-bundle")["items"]
+        assert any(e["reason"] == "AttestationFailed" and e["type"] == "Warning"
+                   and e["involvedObject"].get("kind") == "Pod"
+                   and "BundleHashMismatch" in e["message"] for e in events), events
+    finally:
+        watcher.stop()
+        for name in ("rogue-other-bundle", "rogue-forged-audience"):
+            kube.delete(f"/api/v1/namespaces/{NS}/pods/{name}", gracePeriodSeconds=0)
+    assert not watcher.violations, watcher.violations
+    assert watcher.events >= 1  # the watch ran (a rogue never changes the slice)
+
+
+def test_policy_edit_rolls_out_without_unattested_endpoints(cluster: Any, kube: Kube,
+                                                            operator: OperatorProcess) -> None:
+    old = route(kube)["status"]["bundleHash"]
+    new = bundle_hash_of(EXAMPLES / "minimal", extra(1))
+    watcher = EndpointWatcher(kube, allowed={old, new}).start()
+    try:
+        apply_bundle(cluster, EXAMPLES / "minimal", extra(1))
+        # Once the rollout has started, only new-hash pods may be *added*.
+        kube.wait_for("rollout started", lambda: route(kube)["status"].get("bundleHash") == new, timeout=60)
+        watcher.allowed = {new}
+        kube.wait_for("route Ready at the new hash", lambda: route_ready_at(kube, new), timeout=240,
+                      on_timeout=operator.log_tail)
+        kube.wait_for("old pods gone", lambda: all(pod_bundle_hash(p) == new for p in enclave_pods(kube)),
+                      timeout=120)
+        kube.wait_for("endpoints = new pods", lambda: ready_addresses(kube) == {
+            p["status"]["podIP"] for p in enclave_pods(kube)} and len(ready_addresses(kube)) == 2, timeout=60)
+    finally:
+        watcher.stop()
+    assert not watcher.violations, watcher.violations
+    r = route(kube)
+    assert r["status"].get("previous") is None
+    assert cond(r, "RolloutInProgress")["status"] == "False"
+    pb = kube.get(f"{GROUP_PATH}/policybundles/{BUNDLE}")
+    assert [h["bundleHash"] for h in pb["status"]["history"]][-2:] == [old, new]
+    assert verify_history(pb["status"]["history"], pb["status"]["historyHead"])
+    events = kube.get(f"/api/v1/namespaces/{NS}/events",
+                      fieldSelector=f"involvedObject.name={ROUTE}")["items"]
+    assert {"RolloutStarted", "RolloutComplete"} <= {e["reason"] for e in events}
+
+
+def test_operator_killed_mid_rollout_converges(cluster: Any, kube: Kube, operator: OperatorProcess) -> None:
+    old = route(kube)["status"]["bundleHash"]
+    new = bundle_hash_of(EXAMPLES / "minimal", extra(2))
+    watcher = EndpointWatcher(kube, allowed={old, new}).start()
+    try:
+        apply_bundle(cluster, EXAMPLES / "minimal", extra(2))
+        kube.wait_for("new pods created", lambda: any(pod_bundle_hash(p) == new for p in enclave_pods(kube)),
+                      timeout=60, on_timeout=operator.log_tail)
+        watcher.allowed = {new}
+        operator.kill()
+        time.sleep(3)  # nothing attests new pods while the operator is down
+        assert all(pod_bundle_hash(p) == old for p in enclave_pods(kube)
+                   if p["status"].get("podIP") in ready_addresses(kube))
+        operator.start()
+        kube.wait_for("route Ready at the new hash after restart", lambda: route_ready_at(kube, new),
+                      timeout=240, on_timeout=operator.log_tail)
+        kube.wait_for("old pods gone", lambda: all(pod_bundle_hash(p) == new for p in enclave_pods(kube))
+                      and len(enclave_pods(kube)) == 2, timeout=120)
+    finally:
+        watcher.stop()
+    assert not watcher.violations, watcher.violations
+
+    def only_new() -> dict[str, Any] | None:
+        r = route(kube)
+        return r if {e.get("reportedBundleHash") for e in r["status"]["pods"]} == {new} else None
+
+    r = kube.wait_for("status lists only new-hash pods", only_new, timeout=60)
+    assert cond(r, "Degraded")["status"] == "False" and r["status"].get("previous") is None
+
+
+def test_deleted_pod_leaves_endpoints_and_route_degrades_until_replaced(kube: Kube,
+                                                                        operator: OperatorProcess) -> None:
+    current = route(kube)["status"]["bundleHash"]
+    victim = enclave_pods(kube)[0]
+    ip = victim["status"]["podIP"]
+    kube.delete(f"/api/v1/namespaces/{NS}/pods/{victim['metadata']['name']}")
+    degraded = kube.wait_for("route Degraded", lambda: cond(route(kube), "Degraded").get("status") == "True",
+                             timeout=30, interval=0.1)
+    assert degraded
+    kube.wait_for("victim out of endpoints", lambda: ip not in ready_addresses(kube), timeout=30)
+    r = kube.wait_for("replacement attested", lambda: route_ready_at(kube, current), timeout=180,
+                      on_timeout=operator.log_tail)
+    assert cond(r, "Degraded")["status"] == "False"
+    kube.wait_for("replacement in endpoints", lambda: len(ready_addresses(kube)) == 2, timeout=30)
+    assert victim["metadata"]["name"] not in {e["pod"] for e in r["status"]["pods"]}
+
+
+def test_metrics_exposed(operator: OperatorProcess) -> None:
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    assert 'cmcp_operator_attestations_total{result="attested"}' in text
+    assert f'cmcp_operator_attested_pods{{route="{NS}/{ROUTE}"}} 2.0' in text
+    assert "cmcp_operator_attestation_duration_seconds_count" in text
+
+
+def test_configmap_sourced_bundle_tracks_its_configmap(cluster: Any, kube: Kube,
+                                                       operator: OperatorProcess) -> None:
+    files = read_bundle_files(EXAMPLES / "minimal")
+    doc = {"apiVersion": "cmcp.dev/v1alpha1", "kind": "PolicyBundle",
+           "metadata": {"name": "from-cm", "namespace": NS}, "spec": {"configMapRef": {"name": "src"}}}
+    refused = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert refused.returncode != 0 and "ConfigMap 'src' not found" in refused.stderr, refused.stderr
+    kube.create(f"/api/v1/namespaces/{NS}/configmaps", {
+        "metadata": {"name": "src"}, "data": {path_to_key(p): t for p, t in files.items()}})
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    first = load_bundle(EXAMPLES / "minimal").bundle_hash
+
+    def hash_is(value: str) -> bool:
+        pb = kube.get(f"{GROUP_PATH}/policybundles/from-cm")
+        return pb.get("status", {}).get("bundleHash") == value and cond(pb, "Valid").get("status") == "True"
+
+    kube.wait_for("bundle hashed from its ConfigMap", lambda: hash_is(first), timeout=60)
+    # The ConfigMap changes without the PolicyBundle changing: the periodic reconcile notices.
+    kube.patch(f"/api/v1/namespaces/{NS}/configmaps/src", {"data": {"policies__extra.cedar": extra(9)}})
+    edited = bundle_hash_of(EXAMPLES / "minimal", extra(9))
+    kube.wait_for("new hash from the edited ConfigMap", lambda: hash_is(edited), timeout=60,
+                  on_timeout=operator.log_tail)
+    kube.delete(f"{GROUP_PATH}/policybundles/from-cm")
+
+
+def test_bundle_in_use_is_protected_then_cleaned_up(kube: Kube, operator: OperatorProcess) -> None:
+    kube.delete(f"{GROUP_PATH}/policybundles/{BUNDLE}")
+    time.sleep(3)
+    pb = kube.get(f"{GROUP_PATH}/policybundles/{BUNDLE}")  # still there: McpRoute echo uses it
+    assert pb["metadata"].get("deletionTimestamp")
+    assert "cmcp.dev/bundle-in-use" in pb["metadata"]["finalizers"]
+    events = kube.get(f"/api/v1/namespaces/{NS}/events",
+                      fieldSelector=f"involvedObject.name={BUNDLE}")["items"]
+    assert any(e["reason"] == "BundleInUse" and ROUTE in e["message"] for e in events), events
+    r = route(kube)
+    assert cond(r, "Ready")["status"] == "True", r["status"]["conditions"]
+    kube.delete(f"{GROUP_PATH}/mcproutes/{ROUTE}")
+    kube.wait_for("route and bundle gone", lambda: not kube.get(f"{GROUP_PATH}/mcproutes")["items"]
+                  and not [b for b in kube.get(f"{GROUP_PATH}/policybundles")["items"]
+                           if b["metadata"]["name"] == BUNDLE], timeout=90, on_timeout=operator.log_tail)
+    kube.wait_for("enclave Deployment garbage-collected", lambda: not kube.get(
+        f"/apis/apps/v1/namespaces/{NS}/deployments")["items"], timeout=60)
+
+
+def test_graceful_stop_keeps_only_the_pod_gate(kube: Kube, operator: OperatorProcess) -> None:
+    """Runs last: after a clean exit the bundle/route webhooks are gone, the pod gate stays."""
+    operator.stop()
+    cfg = kube.get(f"{WEBHOOKS}/cmcp-operator.cmcp.dev")
+    names = {w["name"].split(".")[0] for w in cfg.get("webhooks") or []}
+    assert names == {"validate-enclave-pod"}, names
+    pod = {"metadata": {"name": "gateless-while-down", "labels": {"cmcp.dev/route": ROUTE}},
+           "spec": {"containers": [{"name": "c", "image": IMAGE}]}}
+    with pytest.raises(KubeError):  # the webhook's server is gone: Fail policy refuses
+        kube.create(f"/api/v1/namespaces/{NS}/pods", pod)

@@ -1,0 +1,120 @@
+"""Pod appraisal with real simulated evidence and the real cmcp_core verifier: the operator
+accepts only the initdata it rendered into that pod, for an accepted revision, bound to our nonce."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cmcp_core.binding import Binding
+from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
+from cmcp_core.evidence.simulated import SimulatedQuoteSigner
+from cmcp_core.initdata import CmcpEntry, parse, render, tdx_mrconfigid
+from cmcp_operator.appraise import (
+    AppraisalSettings,
+    Evidence,
+    allowed_tee,
+    appraise_pod,
+    camel,
+    initdata_digest,
+)
+from cmcp_operator.verifier import core_verifier
+
+H1, H2 = "sha256:" + "11" * 32, "sha256:" + "22" * 32
+CAT = "sha256:" + "33" * 32
+SETTINGS = AppraisalSettings(allowed_tee=("tdx", "simulated"), acceptable_tcb=("UpToDate",),
+                             allow_simulated=True)
+
+
+def initdata(bundle_hash: str, route: str = "ns/r") -> bytes:
+    return render(CmcpEntry(bundle_hash, CAT, "enforce", route, "http://up/mcp"), image="img",
+                  command=["cmcp-enclave"])
+
+
+def evidence(toml: bytes, nonce: bytes, *, claim: str | None = None,
+             measured: bytes | None = None) -> Evidence:
+    entry = parse(toml).cmcp
+    key = Ed25519PrivateKey.generate().public_key()
+    bundle_hash = claim or entry.bundle_hash
+    rd = Binding(public_bytes(key), bundle_hash, entry.catalog_hash, entry.enforcement_mode,
+                 nonce).report_data()
+    quote = SimulatedQuoteSigner().quote(rd, tdx_mrconfigid(measured if measured is not None else toml))
+    return Evidence("simulated", quote, b"", toml, json.dumps(public_jwk(key)), bundle_hash,
+                    entry.catalog_hash, entry.enforcement_mode, rd)
+
+
+def appraise(ev: Evidence, nonce: bytes, pod_initdata: bytes | None, accepted: dict[str, str],
+             settings: AppraisalSettings = SETTINGS):  # type: ignore[no-untyped-def]
+    return appraise_pod(ev, nonce=nonce, pod_initdata=pod_initdata, route="ns/r", accepted=accepted,
+                        settings=settings, verifier=core_verifier())
+
+
+def test_good_pod_is_attested_with_key_thumbprint() -> None:
+    toml, nonce = initdata(H1), secrets.token_bytes(32)
+    ev = evidence(toml, nonce)
+    v = appraise(ev, nonce, toml, {initdata_digest(toml): H1})
+    assert v.attested, v
+    assert v.reason == "Attested" and v.bundle_hash == H1
+    from cmcp_core.crypto import key_from_jwk
+
+    assert v.thumbprint == thumbprint(key_from_jwk(json.loads(ev.public_key_jwk)))
+
+
+def test_other_bundle_hash_is_rejected_by_name() -> None:
+    rogue, nonce = initdata(H2), secrets.token_bytes(32)
+    v = appraise(evidence(rogue, nonce), nonce, rogue, {initdata_digest(initdata(H1)): H1})
+    assert not v.attested and v.reason == "BundleHashMismatch"
+
+
+def test_enclave_must_report_the_pods_own_annotation() -> None:
+    ours, nonce = initdata(H1), secrets.token_bytes(32)
+    ev = evidence(ours, nonce)
+    v = appraise(ev, nonce, initdata(H1, route="ns/other"), {initdata_digest(ours): H1})
+    assert not v.attested and v.reason == "InitdataMismatch"
+    assert appraise(ev, nonce, None, {initdata_digest(ours): H1}).reason == "InitdataAnnotationMissing"
+
+
+def test_forged_initdata_fails_measurement() -> None:
+    """Claims our initdata but the TEE measured something else."""
+    ours, nonce = initdata(H1), secrets.token_bytes(32)
+    ev = evidence(ours, nonce, measured=initdata(H2))
+    v = appraise(ev, nonce, ours, {initdata_digest(ours): H1})
+    assert not v.attested and v.reason == camel("INITDATA_MISMATCH")
+
+
+def test_stale_nonce_fails_binding() -> None:
+    ours = initdata(H1)
+    ev = evidence(ours, secrets.token_bytes(32))
+    v = appraise(ev, secrets.token_bytes(32), ours, {initdata_digest(ours): H1})
+    assert not v.attested and v.reason.startswith("Binding")
+
+
+def test_simulated_refused_unless_allowed_and_missing_verifier_fails_closed() -> None:
+    ours, nonce = initdata(H1), secrets.token_bytes(32)
+    ev = evidence(ours, nonce)
+    strict = AppraisalSettings(allowed_tee=("tdx",), acceptable_tcb=("UpToDate",), allow_simulated=False)
+    assert not appraise(ev, nonce, ours, {initdata_digest(ours): H1}, strict).attested
+    v = appraise_pod(ev, nonce=nonce, pod_initdata=ours, route="ns/r", accepted={initdata_digest(ours): H1},
+                     settings=SETTINGS, verifier=None)
+    assert not v.attested and v.reason == "VerifierUnavailable"
+
+
+def test_previous_revision_accepted_only_when_listed() -> None:
+    old, new, nonce = initdata(H1), initdata(H2), secrets.token_bytes(32)
+    ev = evidence(old, nonce)
+    both = {initdata_digest(old): H1, initdata_digest(new): H2}
+    assert appraise(ev, nonce, old, both).attested
+    assert not appraise(ev, nonce, old, {initdata_digest(new): H2}).attested
+
+
+@pytest.mark.parametrize(("tee", "simulate", "allow", "expected"), [
+    ("tdx", False, False, ("tdx",)),
+    ("tdx", True, True, ("tdx", "simulated")),
+    ("tdx", True, False, ("tdx",)),
+    ("simulated", False, True, ("simulated",)),
+])
+def test_allowed_tee(tee: str, simulate: bool, allow: bool, expected: tuple[str, ...]) -> None:
+    assert allowed_tee(tee, simulate_tee=simulate, allow_simulated=allow) == expected

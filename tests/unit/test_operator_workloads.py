@@ -1,0 +1,99 @@
+"""What the operator renders for a route: exact initdata, readiness gate, placement."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmcp_core.initdata import ANNOTATION, CmcpEntry, decode_annotation, parse, render
+from cmcp_operator.config import OperatorConfig
+from cmcp_operator.constants import ATTESTED_CONDITION, KATA_TDX, NFD_SNP, NFD_TDX, ROUTE_LABEL
+from cmcp_operator.workloads import audience, deployment, revision, service
+
+BSTATUS = {"bundleHash": "sha256:" + "ab" * 32, "catalogHash": "sha256:" + "cd" * 32,
+           "enforcementMode": "enforce", "configMapName": "cmcp-bundle-b-abababab"}
+OWNER = {"apiVersion": "cmcp.dev/v1alpha1", "kind": "McpRoute", "name": "r", "uid": "u", "controller": True}
+
+
+def spec(**kw: object) -> dict[str, object]:
+    return {"upstream": {"url": "http://up.example/mcp"}, "policyBundleRef": {"name": "b"},
+            "replicas": 2, "tee": "tdx", **kw}
+
+
+def test_initdata_annotation_is_exactly_the_rendered_toml() -> None:
+    cfg = OperatorConfig(enclave_image="reg/cmcp-enclave:1")
+    rev = revision("ns", "r", spec(), BSTATUS, ["policies/a.cedar", "manifest.json"], cfg)
+    dep = deployment("ns", "r", spec(), rev, cfg, OWNER)
+    annotation = dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION]
+    expected = render(CmcpEntry(BSTATUS["bundleHash"], BSTATUS["catalogHash"], "enforce", "ns/r",
+                                "http://up.example/mcp"),
+                      image="reg/cmcp-enclave:1", command=list(rev.command), algorithm="sha384")
+    assert decode_annotation(annotation) == expected == rev.initdata
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert [container["command"][0], *container["args"]] == list(rev.command)
+    assert "--tee" in rev.command and rev.command[rev.command.index("--tee") + 1] == "tdx"
+    assert parse(rev.initdata).cmcp.route == "ns/r"
+
+
+def test_same_inputs_same_bytes_and_bundle_change_changes_them() -> None:
+    cfg = OperatorConfig()
+    a = revision("ns", "r", spec(), BSTATUS, [], cfg)
+    assert a.initdata == revision("ns", "r", spec(), BSTATUS, [], cfg).initdata
+    other = {**BSTATUS, "bundleHash": "sha256:" + "ef" * 32}
+    assert revision("ns", "r", spec(), other, [], cfg).initdata_digest != a.initdata_digest
+
+
+def test_readiness_gate_rollout_strategy_and_volume() -> None:
+    cfg = OperatorConfig()
+    rev = revision("ns", "r", spec(), BSTATUS, ["policies/a.cedar"], cfg)
+    dep = deployment("ns", "r", spec(), rev, cfg, OWNER)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["readinessGates"] == [{"conditionType": ATTESTED_CONDITION}]
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    vol = pod["volumes"][0]["configMap"]
+    assert vol["name"] == BSTATUS["configMapName"]
+    assert vol["items"] == [{"key": "policies__a.cedar", "path": "policies/a.cedar"}]
+    assert dep["spec"]["selector"]["matchLabels"][ROUTE_LABEL] == "r"
+    env = pod["containers"][0]["env"]
+    assert env[0]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert {"name": "CMCP_LISTEN", "value": "$(POD_IP):50051"} in env[1:]
+    # what the agent policy pins must be what actually runs: nothing the kubelet would expand
+    assert not any("$(" in word for word in rev.command)
+
+
+@pytest.mark.parametrize(("tee", "runtime", "labels"), [
+    ("tdx", "kata-qemu-tdx", {NFD_TDX, KATA_TDX}),
+    ("snp", "kata-qemu-snp", {NFD_SNP}),
+    ("simulated", None, set()),
+])
+def test_runtime_class_and_node_affinity(tee: str, runtime: str | None, labels: set[str]) -> None:
+    cfg = OperatorConfig(allow_simulated=True)
+    rev = revision("ns", "r", spec(tee=tee), BSTATUS, [], cfg)
+    pod = deployment("ns", "r", spec(tee=tee), rev, cfg, OWNER)["spec"]["template"]["spec"]
+    assert pod.get("runtimeClassName") == runtime
+    terms = (pod.get("affinity") or {}).get("nodeAffinity", {}) \
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+    keys = {t["matchExpressions"][0]["key"] for t in terms}
+    assert labels <= keys
+    if tee == "tdx":
+        assert NFD_SNP not in keys
+
+
+def test_runtime_class_override_and_simulate_tee() -> None:
+    cfg = OperatorConfig(allow_simulated=True, simulate_tee=True,
+                         runtime_classes={"tdx": "custom-tdx", "snp": "s", "any": "a", "simulated": ""})
+    rev = revision("ns", "r", spec(), BSTATUS, [], cfg)
+    assert rev.command[rev.command.index("--tee") + 1] == "simulated"
+    pod = deployment("ns", "r", spec(), rev, cfg, OWNER)["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "custom-tdx"
+    pod2 = deployment("ns", "r", spec(runtimeClassName="mine"), rev, cfg, OWNER)["spec"]["template"]["spec"]
+    assert pod2["runtimeClassName"] == "mine"
+
+
+def test_audience_forms_and_service() -> None:
+    assert audience(spec(), "ns") == "http://up.example/mcp"
+    svc_spec = spec(upstream={"service": {"name": "up", "port": 8080}})
+    assert audience(svc_spec, "ns") == "http://up.ns.svc:8080/mcp"
+    assert audience(spec(audience="urn:x"), "ns") == "urn:x"
+    svc = service("ns", "r", spec(), OWNER)
+    assert svc["spec"]["publishNotReadyAddresses"] is False
+    assert svc["spec"]["selector"] == {ROUTE_LABEL: "r", "app.kubernetes.io/component": "enclave"}
