@@ -26,10 +26,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "INFO") -> None:
+    """Send every ``cmcp.*`` logger (gateway, guard, enclave) to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    for name in ("cmcp.gateway", "cmcp.guard"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level)
-        logger.propagate = False
+    logger = logging.getLogger("cmcp")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False

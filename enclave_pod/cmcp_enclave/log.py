@@ -1,15 +1,13 @@
-"""Structured JSON logs on stderr. Never pass secrets, arguments or permits here."""
+"""The enclave's structured log events. Never pass secrets, arguments or permits here."""
 
 from __future__ import annotations
 
-import json
-import sys
-import time
+import logging
 from typing import Any
+
+_logger = logging.getLogger("cmcp.enclave")
 
 
 def log(event: str, level: str = "info", **fields: Any) -> None:
-    record = {"ts": round(time.time(), 3), "level": level, "component": "cmcp-enclave",
-              "event": event, **fields}
-    sys.stderr.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    sys.stderr.flush()
+    """One JSON line on stderr (via :mod:`cmcp_core.logs`) with ``event`` and ``fields``."""
+    _logger.log(logging.getLevelName(level.upper()), event, extra={"event": event, **fields})

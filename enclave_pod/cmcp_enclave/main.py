@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cmcp_core import logs
 from cmcp_core.crypto import key_from_jwk
 from cmcp_core.errors import CmcpError, Code
 from cmcp_enclave.core import Enclave, Limits, StartupError, start
@@ -113,6 +114,7 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.setup()
     missing = [n for n in ("bundle", "initdata", "tee") if not getattr(args, n)]
     if missing:
         sys.stderr.write(f"cmcp-enclave: missing --{', --'.join(missing)}\n")

@@ -28,10 +28,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cmcp_core.attestation import AttestPolicy
 from cmcp_core.digest import b64url, canonical, tagged_sha256
 from cmcp_core.errors import REGISTRY, CmcpError, Code
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_core.proto import enclave_pb2
+from cmcp_core.tool_call import args_digest, tool_call_target
 from cmcp_gateway import jsonrpc
 from cmcp_gateway.auth import PEER_CERT_STATE, TokenStore, authenticate
 from cmcp_gateway.config import GatewayConfig, RouteConfig
@@ -39,8 +41,6 @@ from cmcp_gateway.enclaves import Decision, EnclavePool, Pin, Refresher
 from cmcp_gateway.limits import ConcurrencyLimiter, check_shape
 from cmcp_gateway.metrics import DECISION_SECONDS, REQUEST_SECONDS, REQUESTS, UPSTREAM_SECONDS
 from cmcp_gateway.upstream import MODERN, UpstreamClient
-from cmcp_guard.attest import AttestPolicy
-from cmcp_guard.check import args_digest, tool_call_target
 
 log = logging.getLogger("cmcp.gateway")
 SERVER_INFO = {"name": "cmcp-gateway", "version": "0.1.0"}

@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 
+from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_guard.attest import AttestedEnclave, AttestPolicy, attest
 
 log = logging.getLogger("cmcp.gateway")
 ERROR_METADATA_KEY = "cmcp-error-code"  # trailing metadata the enclave's gRPC server sets on a refusal

@@ -10,10 +10,10 @@ import uvicorn
 from prometheus_client import start_http_server
 from starlette.types import ASGIApp
 
+from cmcp_core import logs
 from cmcp_gateway.app import build
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
 from cmcp_gateway.config import GatewayConfig, load
-from cmcp_guard import logs
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 

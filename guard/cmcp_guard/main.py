@@ -7,8 +7,8 @@ import argparse
 import uvicorn
 from prometheus_client import start_http_server
 
-from cmcp_guard import logs
-from cmcp_guard.attest import AttestPolicy
+from cmcp_core import logs
+from cmcp_core.attestation import AttestPolicy
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.middleware import Guard
 from cmcp_guard.proxy import build_proxy

@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cmcp_core.errors import REGISTRY, CmcpError, Code
 from cmcp_core.permit import PERMIT_HEADER
-from cmcp_guard.check import TOOLS_CALL, PermitChecker, tool_call_target
+from cmcp_core.tool_call import TOOLS_CALL, tool_call_target
+from cmcp_guard.check import PermitChecker
 from cmcp_guard.metrics import ADMITTED, REJECTIONS
 from cmcp_guard.trust import TrustStore
 

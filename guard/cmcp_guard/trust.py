@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.errors import CmcpError
 from cmcp_core.proto import enclave_pb2_grpc
-from cmcp_guard.attest import AttestedEnclave, AttestPolicy, attest
 
 log = logging.getLogger("cmcp.guard")
 

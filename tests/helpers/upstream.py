@@ -223,7 +223,7 @@ async def run_upstream(
 def _guard_from_args(args: argparse.Namespace) -> Any:
     if not args.guard_audience:
         return None
-    from cmcp_guard.attest import AttestPolicy
+    from cmcp_core.attestation import AttestPolicy
     from cmcp_guard.check import PermitChecker
     from cmcp_guard.middleware import Guard
     from cmcp_guard.trust import TrustStore

@@ -36,7 +36,8 @@ from cmcp_conformance.target import Target
 from cmcp_core import permit as permits
 from cmcp_core.audit import entry_hash
 from cmcp_core.errors import CmcpError, Code
-from cmcp_guard.check import PermitChecker, args_digest
+from cmcp_core.tool_call import args_digest
+from cmcp_guard.check import PermitChecker
 from cmcp_guard.main import build_guard
 from cmcp_guard.proxy import build_proxy
 from cmcp_guard.replay import ReplayCache
