@@ -64,7 +64,9 @@ class TsmEmulator:
     def _run(self) -> None:
         while not self.stop.wait(0.005):
             for entry in self.root.iterdir():
-                if (entry / "inblob").exists() and not (entry / "outblob").exists():
+                inblob = entry / "inblob"
+                # the enclave's write may still be in flight: answer only a complete 64-byte inblob
+                if inblob.exists() and inblob.stat().st_size == 64 and not (entry / "outblob").exists():
                     self._answer(entry)
 
 
