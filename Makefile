@@ -1,5 +1,5 @@
 # Two entry points: `make demo` (the main job) and `make test` (every check CI runs).
-.PHONY: setup demo test lint unit e2e conformance bench-quick bench k8s-binaries clean
+.PHONY: setup demo demo-cluster test lint unit e2e conformance bench-quick bench k8s-binaries clean
 
 VENV := .venv/bin
 
@@ -8,6 +8,17 @@ setup:
 
 demo: setup
 	$(VENV)/cmcpctl demo --out demo-out
+
+# The same story on the local control plane (tests/e2e harness): helm install + kubectl apply.
+# The cluster is stopped afterwards (also after a failure or Ctrl-C); the demo's exit code is kept.
+demo-cluster: k8s-binaries
+	@$(VENV)/python -m tests.e2e.cluster up || exit 1; \
+	trap '$(VENV)/python -m tests.e2e.cluster down' EXIT; trap 'exit 130' INT TERM; \
+	tools="$$($(VENV)/python -m tests.e2e.binaries)"; \
+	$(VENV)/cmcpctl demo --cluster --out demo-cluster-out \
+	  --kubeconfig "$$($(VENV)/python -m tests.e2e.cluster kubeconfig)" \
+	  --helm "$$(echo "$$tools" | sed -n 's/^helm=//p')" \
+	  --kubectl "$$(echo "$$tools" | sed -n 's/^kubectl=//p')"
 
 k8s-binaries: setup
 	$(VENV)/python -m tests.e2e.binaries
@@ -37,4 +48,4 @@ test: setup k8s-binaries lint
 	$(MAKE) --no-print-directory bench-quick
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-out .cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-out demo-cluster-out .cache

@@ -114,11 +114,15 @@ def test_demo_fails_when_an_expected_outcome_does_not_happen(tmp_path: Path) -> 
     assert "partner mail after PHI" in proc.stdout and "next:" in proc.stdout
 
 
-def test_cluster_flag_says_what_is_missing() -> None:
+def test_cluster_flag_without_a_kubeconfig_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--cluster` never falls back to ~/.kube/config: no kubeconfig is a usage error with a next step.
+    (The cluster run itself: tests/e2e/test_demo_cluster.py.)"""
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None)
+    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None, kubeconfig=None)
     assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
-    assert "--cluster" in stream.getvalue() and "Next:" in stream.getvalue()
+    assert "no kubeconfig" in stream.getvalue()
+    assert "next: run `make demo-cluster`" in stream.getvalue() and "--kubeconfig" in stream.getvalue()
 
 
 def test_missing_bundle_is_a_usage_error(tmp_path: Path) -> None:

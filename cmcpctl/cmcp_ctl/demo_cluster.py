@@ -1,0 +1,865 @@
+"""``cmcpctl demo --cluster``: the demo's story on a Kubernetes cluster, with helm and kubectl.
+
+The same eight steps and checks as ``cmcpctl demo`` (shared with :mod:`cmcp_ctl.demo_cmd`:
+:func:`~cmcp_ctl.demo_cmd.tell_story`, :func:`~cmcp_ctl.demo_cmd.auditor_commands`), but every
+component is deployed the way a platform team would:
+
+1. ``helm upgrade --install`` of ``charts/cmcp`` with the ``ci/simulated-values.yaml`` profile
+   (operator only: the gateway needs a route to serve);
+2. ``kubectl apply`` of a ``PolicyBundle`` rendered from ``examples/realistic`` by the operator's
+   own renderer (:func:`cmcp_operator.render_bundle.bundle_manifest`) and of an ``McpRoute``
+   (``tee: simulated``); the operator starts the enclave pod and attests it, and the demo waits
+   for ``status.pods[].attested``;
+3. a guarded upstream pod: the demo's ``mcp`` SDK server (:mod:`cmcp_ctl.demo_upstream`), the
+   ``cmcp-guard`` proxy in front of it (it attests the route's enclave itself) and the host's
+   wiretap (:mod:`cmcp_ctl.demo_tap`) between gateway and guard. All three run from the
+   ``cmcp-guard`` image, which ships the whole ``cmcp-k8s`` distribution (``guard/Dockerfile``);
+4. ``helm upgrade`` adds the gateway for the route;
+5. the story through the gateway with the official ``mcp`` client, the host's direct attempts,
+   the Trust Record, audit export and fresh evidence from the enclave (gRPC), verified like the
+   local demo; then ``helm uninstall`` (unless ``--keep``).
+
+Reachability: the demo process talks to the gateway, the upstream pod and the enclave at their
+**pod IPs**, as the e2e harness's tests do. That holds on the local control plane of
+``make demo-cluster`` (the host is on the pod network) and on clusters whose pod network is
+routable from where the demo runs; elsewhere the demo stops with that explanation (no
+``kubectl port-forward`` fallback). It never reads the default kubeconfig silently: pass
+``--kubeconfig`` or set ``KUBECONFIG``.
+
+Exit code: 0 only if every expected outcome happened; 1 if any did not; 2 when the cluster, the
+tools or the installation were not usable (the message says what to do next).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import yaml
+
+from cmcp_ctl import demo_cmd
+from cmcp_ctl.demo_cmd import AGENT, AUDIENCE, ROUTE, Console, DemoFailure, Run
+
+T = TypeVar("T")
+
+RELEASE = "cmcp-demo"  # contains the chart name, so objects are cmcp-demo-operator, cmcp-demo-gateway
+DEFAULT_NAMESPACE = "cmcp-demo"
+BUNDLE_NAME = "demo-realistic"
+UPSTREAM_POD = "cmcp-demo-upstream"
+TOKENS_SECRET = "cmcp-gateway-tokens"  # noqa: S105 - a Secret's name; the chart's default gateway.auth.existingSecret
+WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"  # fixed by the operator: one release per cluster
+GROUP = "cmcp.dev"
+MCP_PORT, GUARD_PORT, TAP_PORT = 9001, 8443, 8000  # upstream pod's containers (bound to the pod IP)
+GATEWAY_PORT = 8080  # the chart's gateway.port default
+WAIT = 180.0  # seconds for each slow step (pods start, enclave attested, rollout)
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--cluster`` options, registered on ``cmcpctl demo``'s parser by :mod:`demo_cmd`."""
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="with --cluster: the cluster's kubeconfig (default: $KUBECONFIG; never ~/.kube/config silently)",
+    )
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=DEFAULT_NAMESPACE,
+        help="with --cluster: namespace of the release, bundle, route and upstream "
+        f"(default {DEFAULT_NAMESPACE})",
+    )
+    parser.add_argument("--helm", metavar="PATH", help="with --cluster: helm binary (default: helm on PATH)")
+    parser.add_argument(
+        "--kubectl", metavar="PATH", help="with --cluster: kubectl binary (default: kubectl on PATH)"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="with --cluster: leave the release, bundle, route and upstream installed afterwards",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# helm and kubectl
+# --------------------------------------------------------------------------------------------
+
+
+class ToolError(RuntimeError):
+    """A helm/kubectl command failed; the message holds the command line and its stderr."""
+
+
+@dataclass
+class Tools:
+    """helm and kubectl against one kubeconfig (passed by flag, so the user's env is irrelevant)."""
+
+    kubectl_bin: str
+    helm_bin: str
+    kubeconfig: Path
+    log: Path | None = None  # every command and its output, for the "next:" hints
+
+    def _run(
+        self, argv: list[str], *, input: str | None, check: bool, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        try:
+            proc = subprocess.run(
+                argv, input=input, capture_output=True, text=True, env=env, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ToolError(f"`{' '.join(argv[:4])} …` did not finish in {timeout:.0f}s") from exc
+        if self.log is not None:
+            with self.log.open("a", encoding="utf-8") as fh:
+                fh.write(
+                    f"$ {' '.join(argv)}\n[exit {proc.returncode}]\n{proc.stdout[-2000:]}{proc.stderr}\n"
+                )
+        if check and proc.returncode != 0:
+            shown = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv[:6]))
+            raise ToolError(f"`{shown} …` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            [self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            check=check,
+            timeout=timeout,
+        )
+
+    def helm(
+        self, *args: str, check: bool = True, timeout: float = 300.0
+    ) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            [self.helm_bin, "--kubeconfig", str(self.kubeconfig), *args],
+            input=None,
+            check=check,
+            timeout=timeout,
+        )
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """The object as JSON, or None when it does not exist."""
+        args = ["get", kind, name, "-o", "json", "--ignore-not-found"]
+        if namespace:
+            args += ["-n", namespace]
+        out = self.kubectl(*args).stdout.strip()
+        return json.loads(out) if out else None
+
+    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(
+            self.kubectl("get", kind, "-n", namespace, "-l", selector, "-o", "json").stdout
+        )["items"]
+        return [i for i in items if not i["metadata"].get("deletionTimestamp")]
+
+    def apply(self, doc: dict[str, Any], saved: Path) -> None:
+        """``kubectl apply -f FILE``; the manifest is kept in the output folder for the reader."""
+        saved.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        self.kubectl("apply", "-f", str(saved))
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, hint: str) -> T:
+    """Poll ``probe`` (kubectl calls: about a second apart) until it returns something."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        try:
+            found = probe()
+            if found is not None and found is not False:
+                return found
+        except ToolError as exc:  # transient apiserver/webhook errors while things start
+            last = f" (last error: {exc})"
+        if time.monotonic() > deadline:
+            raise DemoFailure(f"timed out after {timeout:.0f}s waiting for {what}{last}", hint)
+        time.sleep(1.0)
+
+
+def _condition(obj: dict[str, Any], ctype: str) -> str:
+    return next(
+        (str(c.get("status")) for c in obj.get("status", {}).get("conditions", []) if c.get("type") == ctype),
+        "",
+    )
+
+
+def _source_root() -> Path:
+    """The source tree this package runs from (editable install): charts/ and examples/ live there."""
+    return demo_cmd.default_bundle_dir().parents[1]
+
+
+# --------------------------------------------------------------------------------------------
+# What gets deployed
+# --------------------------------------------------------------------------------------------
+
+
+def install_values(replicas: int = 1) -> dict[str, Any]:
+    """On top of the simulated profile: no gateway yet (it needs the route), one replica."""
+    return {"gateway": {"replicas": replicas, "routes": []}}
+
+
+def gateway_values(namespace: str, upstream: str) -> dict[str, Any]:
+    """The ``helm upgrade`` that adds the gateway: route ``demo`` -> the wiretap -> the guard."""
+    return {
+        "gateway": {
+            "replicas": 1,
+            "routes": [
+                {
+                    "name": ROUTE,
+                    "mcpRoute": {"name": ROUTE, "namespace": namespace},
+                    "upstream": upstream,
+                    "audience": AUDIENCE,
+                }
+            ],
+        }
+    }
+
+
+def mcp_route(namespace: str) -> dict[str, Any]:
+    """One simulated-TEE enclave for the bundle; the permit audience the guard will check.
+
+    ``upstream.url`` names where the upstream would sit behind a Service; the operator only
+    derives the default audience from it, and ``audience`` is set explicitly (it is measured into
+    the enclave's initdata, and guard and gateway are given the same string)."""
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "McpRoute",
+        "metadata": {"name": ROUTE, "namespace": namespace},
+        "spec": {
+            "policyBundleRef": {"name": BUNDLE_NAME},
+            "upstream": {"url": f"http://{UPSTREAM_POD}.{namespace}.svc:{TAP_PORT}/mcp"},
+            "audience": AUDIENCE,
+            "tee": "simulated",
+            "replicas": 1,
+        },
+    }
+
+
+def upstream_pod(namespace: str, image: str, enclave: str, bundle_hash: str) -> dict[str, Any]:
+    """The guarded upstream: mcp server, cmcp-guard in front, the host's wiretap in front of that.
+
+    One pod, three containers from the ``cmcp-guard`` image (it carries the whole distribution,
+    so ``python -m cmcp_ctl.demo_upstream`` runs there too). The mcp server listens on loopback
+    only: nothing outside the pod reaches it except through the guard (and the SDK's DNS-rebinding
+    protection, on for a loopback server, accepts the guard's ``Host: 127.0.0.1``). Guard and
+    wiretap bind the pod IP. Its ``GET /calls`` counter is read through the guard, which relays
+    that request without a permit (it runs no tool)."""
+    env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    hardened = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+    def container(name: str, command: list[str], port: int, loopback: bool = False) -> dict[str, Any]:
+        # a kubelet's tcpSocket probe dials the pod IP: a loopback listener is probed from inside
+        connect = f"import socket; socket.create_connection(('127.0.0.1', {port}), 2)"
+        probe: dict[str, Any] = (
+            {"exec": {"command": ["python", "-c", connect]}} if loopback else {"tcpSocket": {"port": port}}
+        )
+        return {
+            "name": name,
+            "image": image,
+            "command": command,
+            "env": env,
+            "ports": [{"name": name, "containerPort": port}],
+            "readinessProbe": {**probe, "periodSeconds": 1},
+            "securityContext": hardened,
+        }
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": UPSTREAM_POD,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": UPSTREAM_POD, "app.kubernetes.io/part-of": "cmcp-demo"},
+        },
+        "spec": {
+            "automountServiceAccountToken": False,  # the upstream needs no cluster access
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                container(
+                    "mcp",
+                    ["python", "-m", "cmcp_ctl.demo_upstream", "--listen", f"127.0.0.1:{MCP_PORT}"],
+                    MCP_PORT,
+                    loopback=True,
+                ),
+                container(
+                    "guard",
+                    [
+                        "cmcp-guard",
+                        "--listen",
+                        f"$(POD_IP):{GUARD_PORT}",
+                        "--upstream",
+                        f"http://127.0.0.1:{MCP_PORT}",
+                        "--audience",
+                        AUDIENCE,
+                        "--enclave",
+                        enclave,
+                        "--allow-simulated",
+                        "--expected-bundle-hash",
+                        bundle_hash,
+                        "--refresh-seconds",
+                        "5",
+                    ],
+                    GUARD_PORT,
+                ),
+                container(
+                    "tap",
+                    [
+                        "python",
+                        "-m",
+                        "cmcp_ctl.demo_tap",
+                        "--listen",
+                        f"$(POD_IP):{TAP_PORT}",
+                        "--forward",
+                        f"http://$(POD_IP):{GUARD_PORT}",
+                    ],
+                    TAP_PORT,
+                ),
+            ],
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """Everything resolved from the command line before anything touches the cluster."""
+
+    tools: Tools
+    namespace: str
+    chart: Path
+    profile: Path
+    bundle_dir: Path
+    keep: bool
+
+
+@dataclass
+class ClusterDemo:
+    """One installation's life: install, tell the story, uninstall (also after a failure)."""
+
+    console: Console
+    settings: Settings
+    out: Path
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    created_namespace: bool = False
+    installed: bool = False
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tools(self) -> Tools:
+        return self.settings.tools
+
+    @property
+    def ns(self) -> str:
+        return self.settings.namespace
+
+    def hint(self, extra: str = "") -> str:
+        """The next action after a failed step: where the cluster-side evidence is."""
+        return (
+            (extra + "; " if extra else "")
+            + f"see {demo_cmd._rel(self.out / 'run' / 'cluster-state.txt')} and "
+            f"`kubectl -n {self.ns} get pods,mcproutes,policybundles -o wide`; re-run with --keep to inspect"
+        )
+
+    def run(self) -> Run:
+        """Sections 1-4; the cluster is cleaned up before this returns or raises (unless --keep)."""
+        from cmcp_conformance.target import Target
+        from cmcp_core.bundle import load_bundle
+
+        run = Run(out=self.out)
+        console = self.console
+        bundle_dir = self.settings.bundle_dir
+        console.heading("1. Install cMCP on the cluster (helm install + kubectl apply)")
+        with console.progress(f"cluster reachable ({self.tools.kubeconfig})"):
+            self._preflight()
+        try:
+            loaded = load_bundle(bundle_dir)
+        except Exception as exc:  # a broken bundle must read as a bundle problem, not a traceback
+            raise DemoFailure(
+                f"cannot load the bundle: {exc}",
+                f"run `cmcpctl bundle validate {demo_cmd._rel(bundle_dir)}` and fix what it reports",
+            ) from exc
+        run.bundle_hash = loaded.bundle_hash
+        try:
+            self._install()
+            enclave = self._apply_bundle_and_route(run.bundle_hash)
+            self._start_upstream(enclave, run.bundle_hash)
+            gateway = self._add_gateway()
+            pod_ip = self.endpoints["upstream"]
+            target = Target(
+                name="cluster",
+                mcp_url=f"{gateway}/mcp/{ROUTE}",
+                token=self.token,
+                enclave_address=enclave,
+                upstream_url=f"http://{pod_ip}:{GUARD_PORT}/mcp",
+                upstream_audience=AUDIENCE,
+                upstream_counter_url=f"http://{pod_ip}:{GUARD_PORT}/calls",
+                allow_simulated=True,
+                expected_bundle_hash=run.bundle_hash,
+                bundle_dir=bundle_dir,
+            )
+            console.table(
+                ["component", "address", "note"],
+                [
+                    ["operator", f"{RELEASE}-operator ({self.ns})", "attested the enclave (McpRoute status)"],
+                    ["enclave pod", enclave, f"bundle {run.bundle_hash[:23]}…, tee simulated"],
+                    [
+                        "guarded upstream",
+                        str(target.upstream_url),
+                        f"pod {UPSTREAM_POD}: mcp + cmcp-guard + wiretap",
+                    ],
+                    ["gateway route", target.mcp_url, f"agent token in Secret {TOKENS_SECRET}"],
+                ],
+            )
+            demo_cmd.tell_story(console, run, target, str(target.upstream_url), f"http://{pod_ip}:{TAP_PORT}")
+        except BaseException:
+            self._save_state()
+            raise
+        finally:
+            if self.settings.keep:
+                console.line(f"  --keep: release {RELEASE} in namespace {self.ns} left installed")
+                console.line(
+                    f"  remove it with: helm uninstall {RELEASE} -n {self.ns} "
+                    "(after deleting the route and bundle)"
+                )
+            else:
+                with console.progress(f"helm uninstall {RELEASE} (route and bundle deleted first)"):
+                    problems = self._teardown()
+                run.checks.append(
+                    (
+                        "cleanup: route, bundle, upstream, release removed",
+                        not problems,
+                        "; ".join(problems) or "ok",
+                    )
+                )
+        demo_cmd.auditor_commands(console, run)
+        return run
+
+    # --- section 1 steps ----------------------------------------------------------------
+
+    def _preflight(self) -> None:
+        """The cluster answers, the CRDs can be installed, and no other cMCP release is there."""
+        try:
+            self.tools.kubectl("get", "--raw", "/readyz", timeout=30)
+        except ToolError as exc:
+            raise DemoFailure(
+                f"the cluster does not answer: {exc}",
+                "check the kubeconfig (`kubectl --kubeconfig PATH get nodes`), or run `make demo-cluster` "
+                "to start the local control plane",
+            ) from exc
+        hook = self.tools.get("validatingwebhookconfiguration", WEBHOOK_CONFIG)
+        if hook is None:
+            return
+        meta = hook["metadata"]
+        annotations = meta.get("annotations") or {}
+        owner = (
+            annotations.get("meta.helm.sh/release-name"),
+            annotations.get("meta.helm.sh/release-namespace"),
+        )
+        if (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != "Helm":
+            raise DemoFailure(
+                f"the webhook configuration {WEBHOOK_CONFIG} exists but no Helm release owns it "
+                "(an operator ran outside Helm)",
+                f"delete it: `kubectl delete validatingwebhookconfiguration,mutatingwebhookconfiguration "
+                f"{WEBHOOK_CONFIG}`, then run the demo again",
+            )
+        if owner != (RELEASE, self.ns):
+            raise DemoFailure(
+                f"another cMCP release is installed ({owner[0]} in namespace {owner[1]}); the operator's "
+                "webhook allows one release per cluster",
+                f"uninstall it (`helm uninstall {owner[0]} -n {owner[1]}`) or use another cluster",
+            )
+
+    def _install(self) -> None:
+        console, tools = self.console, self.tools
+        run_dir = self.out / "run"
+        with console.progress(f"namespace {self.ns} and the agent's token Secret {TOKENS_SECRET}"):
+            self.created_namespace = tools.get("namespace", self.ns) is None
+            tools.apply(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.ns}},
+                run_dir / "namespace.yaml",
+            )
+            # kubectl apply from stdin: the token never lands in the output folder
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": TOKENS_SECRET, "namespace": self.ns},
+                "stringData": {AGENT: self.token},
+            }
+            tools.kubectl("apply", "-f", "-", input=json.dumps(secret))
+        values = run_dir / "values-install.yaml"
+        values.write_text(yaml.safe_dump(install_values()), encoding="utf-8")
+        chart, profile = self.settings.chart, self.settings.profile
+        with console.progress(f"helm upgrade --install {RELEASE} {demo_cmd._rel(chart)} -f {profile.name}"):
+            self.installed = True  # from here on, teardown uninstalls (even a half-done install)
+            tools.helm(
+                "upgrade",
+                "--install",
+                RELEASE,
+                str(chart),
+                "-n",
+                self.ns,
+                "-f",
+                str(profile),
+                "-f",
+                str(values),
+            )
+        with console.progress("operator available and serving its admission webhook"):
+            wait_for(
+                "the operator Deployment to be available",
+                lambda: self._available(f"{RELEASE}-operator"),
+                WAIT,
+                self.hint("the operator pod must start (image, ServiceAccount, RBAC)"),
+            )
+            wait_for(
+                f"the operator to fill the webhook configuration {WEBHOOK_CONFIG}",
+                lambda: (self.tools.get("validatingwebhookconfiguration", WEBHOOK_CONFIG) or {}).get(
+                    "webhooks"
+                ),
+                WAIT,
+                self.hint("the operator's log says why its webhook server did not start"),
+            )
+
+    def _apply_bundle_and_route(self, bundle_hash: str) -> str:
+        """Apply both objects; return the attested enclave's gRPC address (``IP:PORT``)."""
+        from cmcp_operator.render_bundle import bundle_manifest
+
+        console, tools, run_dir = self.console, self.tools, self.out / "run"
+        manifest = bundle_manifest(self.settings.bundle_dir, BUNDLE_NAME, self.ns)
+        with console.progress(
+            f"kubectl apply PolicyBundle {BUNDLE_NAME} ({demo_cmd._rel(self.settings.bundle_dir)})"
+        ):
+            # the webhook answers a moment after the configuration is filled: retry until admitted
+            def admitted() -> bool:
+                tools.apply(manifest, run_dir / "policybundle.yaml")
+                return True
+
+            wait_for(
+                "the PolicyBundle to be admitted",
+                admitted,
+                60,
+                self.hint("the admission webhook rejected the bundle or did not answer"),
+            )
+            bundle = wait_for(
+                "the PolicyBundle to be Ready",
+                lambda: self._ready("policybundle", BUNDLE_NAME),
+                WAIT,
+                self.hint("the PolicyBundle's status conditions say why"),
+            )
+        reported = bundle.get("status", {}).get("bundleHash")
+        if reported != bundle_hash:
+            raise DemoFailure(
+                f"the cluster computed bundle hash {reported}, the local files hash to {bundle_hash}",
+                self.hint("apply the bundle again; the operator and cmcpctl must be the same version"),
+            )
+        with console.progress(f"kubectl apply McpRoute {ROUTE} (tee: simulated); enclave pod attested"):
+            tools.apply(mcp_route(self.ns), run_dir / "mcproute.yaml")
+
+            def attested() -> dict[str, Any] | None:
+                route = self._ready("mcproute", ROUTE)
+                pods = [p for p in (route or {}).get("status", {}).get("pods", []) if p.get("attested")]
+                return pods[0] if pods and pods[0].get("address") else None
+
+            entry = wait_for(
+                "the McpRoute to be Ready with an attested enclave",
+                attested,
+                WAIT,
+                self.hint("status.pods[].reason of the McpRoute names the step that failed"),
+            )
+        if entry.get("reportedBundleHash") != bundle_hash:
+            raise DemoFailure(
+                f"the enclave reports bundle {entry.get('reportedBundleHash')}, expected {bundle_hash}",
+                self.hint(),
+            )
+        address = str(entry["address"])
+        return address if ":" in address else f"{address}:50051"
+
+    def _start_upstream(self, enclave: str, bundle_hash: str) -> None:
+        image = self._guard_image()
+        with self.console.progress(f"kubectl apply Pod {UPSTREAM_POD} (mcp server + cmcp-guard + wiretap)"):
+            self.tools.apply(
+                upstream_pod(self.ns, image, enclave, bundle_hash), self.out / "run" / "upstream-pod.yaml"
+            )
+            pod = wait_for(
+                f"the pod {UPSTREAM_POD} to be Ready",
+                lambda: self._pod_ready(self.tools.get("pod", UPSTREAM_POD, self.ns)),
+                WAIT,
+                self.hint(f"image {image} must run cmcp-guard and ship cmcp_ctl (guard/Dockerfile)"),
+            )
+        self.endpoints["upstream"] = str(pod["status"]["podIP"])
+
+    def _add_gateway(self) -> str:
+        """``helm upgrade`` with the route; return the gateway pod's base URL."""
+        upstream = f"http://{self.endpoints['upstream']}:{TAP_PORT}/mcp"
+        values = self.out / "run" / "values-gateway.yaml"
+        values.write_text(yaml.safe_dump(gateway_values(self.ns, upstream)), encoding="utf-8")
+        chart, profile = self.settings.chart, self.settings.profile
+        install = self.out / "run" / "values-install.yaml"
+        with self.console.progress(f"helm upgrade {RELEASE}: the gateway for route {ROUTE}"):
+            self.tools.helm(
+                "upgrade",
+                RELEASE,
+                str(chart),
+                "-n",
+                self.ns,
+                "-f",
+                str(profile),
+                "-f",
+                str(install),
+                "-f",
+                str(values),
+            )
+            wait_for(
+                "the gateway Deployment to be available",
+                lambda: self._available(f"{RELEASE}-gateway"),
+                WAIT,
+                self.hint("the gateway pod's log says why it is not Ready"),
+            )
+            pod = wait_for(
+                "a Ready gateway pod",
+                lambda: next(
+                    (
+                        p
+                        for p in self.tools.list(
+                            "pods",
+                            self.ns,
+                            f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=gateway",
+                        )
+                        if self._pod_ready(p)
+                    ),
+                    None,
+                ),
+                WAIT,
+                self.hint(),
+            )
+        ip = str(pod["status"]["podIP"])
+        try:
+            with socket.create_connection((ip, GATEWAY_PORT), timeout=3):
+                pass
+        except OSError as exc:
+            raise DemoFailure(
+                f"this machine cannot reach the gateway pod at {ip}:{GATEWAY_PORT} ({exc})",
+                "the demo calls pods at their pod IPs: run it where the pod network is routable "
+                "(the local control plane of `make demo-cluster` is)",
+            ) from exc
+        self.endpoints["gateway"] = f"http://{ip}:{GATEWAY_PORT}"
+        return self.endpoints["gateway"]
+
+    def _guard_image(self) -> str:
+        """The ``cmcp-guard`` image of the chart's registry and appVersion (same build as the rest)."""
+        chart = yaml.safe_load((self.settings.chart / "Chart.yaml").read_text(encoding="utf-8"))
+        values = yaml.safe_load((self.settings.chart / "values.yaml").read_text(encoding="utf-8"))
+        registry = str(values.get("imageRegistry") or "").rstrip("/")
+        name = f"{registry}/cmcp-guard" if registry else "cmcp-guard"
+        return f"{name}:{chart['appVersion']}"
+
+    # --- probes -------------------------------------------------------------------------
+
+    def _available(self, deployment: str) -> dict[str, Any] | None:
+        d = self.tools.get("deployment", deployment, self.ns)
+        if d is None:
+            return None
+        st, want = d.get("status", {}), d["spec"].get("replicas", 1)
+        done = (
+            st.get("observedGeneration") == d["metadata"]["generation"]
+            and st.get("availableReplicas") == want
+            and st.get("updatedReplicas") == want
+            and st.get("replicas") == want
+        )
+        return d if done else None
+
+    def _ready(self, kind: str, name: str) -> dict[str, Any] | None:
+        obj = self.tools.get(f"{kind}.{GROUP}", name, self.ns)
+        return obj if obj is not None and _condition(obj, "Ready") == "True" else None
+
+    @staticmethod
+    def _pod_ready(pod: dict[str, Any] | None) -> dict[str, Any] | None:
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return None
+        return pod if _condition(pod, "Ready") == "True" and pod.get("status", {}).get("podIP") else None
+
+    # --- cleanup and diagnostics ----------------------------------------------------------
+
+    def _save_state(self) -> None:
+        """What the cluster looked like when something failed (best effort: it may be unreachable)."""
+        path = self.out / "run" / "cluster-state.txt"
+        parts = []
+        for args in (
+            ("get", "pods,deployments", "-n", self.ns, "-o", "wide"),
+            ("get", f"mcproutes.{GROUP},policybundles.{GROUP}", "-n", self.ns, "-o", "yaml"),
+            ("get", "events", "-n", self.ns, "--sort-by=.lastTimestamp"),
+        ):
+            with contextlib.suppress(ToolError):
+                proc = self.tools.kubectl(*args, check=False, timeout=30)
+                parts.append(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+        with contextlib.suppress(OSError):
+            path.write_text("\n".join(parts), encoding="utf-8")
+
+    def _teardown(self) -> list[str]:
+        """Routes and bundles first (the operator's finalizers need the operator), then the release.
+
+        Every command runs even if one fails (a half-installed release must still go); the failures
+        are returned, become a failed check, and say what to remove by hand."""
+        tools, ns = self.tools, self.ns
+        problems: list[str] = []
+
+        def step(*args: str, timeout: float = 150.0, helm: bool = False) -> None:
+            try:
+                (tools.helm(*args, timeout=timeout) if helm else tools.kubectl(*args, timeout=timeout))
+            except ToolError as exc:
+                problems.append(str(exc))
+
+        step("delete", f"mcproute.{GROUP}", ROUTE, "-n", ns, "--ignore-not-found", "--timeout=120s")
+        step("delete", f"policybundle.{GROUP}", BUNDLE_NAME, "-n", ns, "--ignore-not-found", "--timeout=120s")
+        step("delete", "pod", UPSTREAM_POD, "-n", ns, "--ignore-not-found", "--timeout=60s")
+        if self.installed:
+            step(
+                "uninstall", RELEASE, "-n", ns, "--ignore-not-found", "--wait", "--timeout", "120s", helm=True
+            )
+        step("delete", "secret", TOKENS_SECRET, "-n", ns, "--ignore-not-found")
+        if self.created_namespace:
+            step("delete", "namespace", ns, "--ignore-not-found", "--wait=false")
+        for text in problems:
+            self.console.line(f"  {self.console.fail_mark} cleanup: {text}")
+        if problems:
+            self.console.line(
+                f"  next: run `helm uninstall {RELEASE} -n {ns}` and `kubectl delete namespace {ns}` by hand"
+            )
+        return problems
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """Kubeconfig, binaries, chart and bundle, or a :class:`DemoFailure` naming what to do."""
+    kubeconfig = getattr(args, "kubeconfig", None) or os.environ.get("KUBECONFIG")
+    if not kubeconfig:
+        raise DemoFailure(
+            "no kubeconfig: --cluster needs a cluster to install into",
+            "run `make demo-cluster` (starts the local control plane and passes its kubeconfig), "
+            "or pass --kubeconfig PATH (or set KUBECONFIG)",
+        )
+    if not Path(kubeconfig).is_file():
+        raise DemoFailure(
+            f"the kubeconfig {kubeconfig} does not exist", "pass --kubeconfig PATH of an existing file"
+        )
+    found: dict[str, str] = {}
+    for name in ("helm", "kubectl"):
+        given = getattr(args, name, None)
+        path = given or shutil.which(name)
+        if not path or not (Path(path).is_file() and os.access(path, os.X_OK)):
+            raise DemoFailure(
+                f"no {name} binary" + (f" at {given}" if given else " on PATH"),
+                f"install {name} or pass --{name} PATH (`make demo-cluster` uses the cached one)",
+            )
+        found[name] = str(path)
+    root = _source_root()
+    chart = root / "charts" / "cmcp"
+    profile = chart / "ci" / "simulated-values.yaml"
+    if not (chart / "Chart.yaml").is_file() or not profile.is_file():
+        raise DemoFailure(
+            f"no chart at {chart}", "run from a checkout of the repository (`pip install -e .`)"
+        )
+    bundle_arg = getattr(args, "bundle", None)
+    bundle_dir = Path(bundle_arg).resolve() if bundle_arg else demo_cmd.default_bundle_dir()
+    if not (bundle_dir / "manifest.json").is_file():
+        raise DemoFailure(f"no policy bundle at {bundle_dir}", "pass --bundle DIR (e.g. examples/realistic)")
+    return Settings(
+        tools=Tools(found["kubectl"], found["helm"], Path(kubeconfig).resolve()),
+        namespace=str(getattr(args, "namespace", None) or DEFAULT_NAMESPACE),
+        chart=chart,
+        profile=profile,
+        bundle_dir=bundle_dir,
+        keep=bool(getattr(args, "keep", False)),
+    )
+
+
+def _explain_failures(console: Console, run: Run, namespace: str) -> None:
+    """Which expected outcome did not happen, and where the cluster keeps the evidence."""
+    console.line()
+    console.line(f"{console.fail_mark} Some expected outcomes did not happen:")
+    for s in run.steps:
+        if not s.passed:
+            got = s.error or f"{s.actual_code or 'allowed'}, upstream ran: {s.executed}"
+            console.line(
+                f"  - step '{s.title}': expected {s.expect_code or 'allowed'} "
+                f"(upstream ran: {s.expect_executed}), got {got}."
+            )
+    for name, ok, detail in run.checks:
+        if not ok:
+            console.line(f"  - {name}: {detail}")
+    console.line(
+        f"  next: re-run with --keep and read the gateway, guard and enclave pods' logs in namespace "
+        f"{namespace}; re-check the rule with `cmcpctl bundle validate examples/realistic`."
+    )
+
+
+def run_cluster(args: argparse.Namespace, console: Console) -> int:
+    """Entry point for ``cmcpctl demo --cluster``; returns the exit code."""
+    import grpc
+
+    try:
+        settings = resolve_settings(args)
+    except DemoFailure as exc:
+        console.line(f"{console.fail_mark} {exc}")
+        console.line(f"  next: {exc.hint}")
+        return 2
+    started = time.monotonic()
+    out = demo_cmd.prepare_out(getattr(args, "out", None))
+    settings.tools.log = out / "run" / "kubectl-helm.log"
+    console.line("cMCP demo on Kubernetes: the chart's operator attests an enclave pod (simulated TEE);")
+    console.line("the gateway only relays; the upstream's guard runs nothing without the enclave's permit.")
+    console.line(f"Output folder: {demo_cmd._rel(out)}   (commands run: {demo_cmd._rel(settings.tools.log)})")
+    demo = ClusterDemo(console, settings, out)
+    try:
+        run = demo.run()
+    except DemoFailure as exc:
+        console.line()
+        console.line(f"{console.fail_mark} {exc}")
+        console.line(f"  next: {exc.hint}")
+        return 2
+    except (ToolError, httpx.HTTPError, grpc.RpcError, OSError, RuntimeError) as exc:
+        console.line()
+        console.line(f"{console.fail_mark} the demo stopped: {type(exc).__name__}: {exc}")
+        console.line(f"  next: {demo.hint()}")
+        return 1
+    elapsed = time.monotonic() - started
+    console.line()
+    if run.passed:
+        console.line(
+            f"{console.ok_mark} All {len(run.steps)} steps and {len(run.checks)} checks came out as expected "
+            f"on the cluster ({elapsed:.0f}s)."
+        )
+        console.line(f"  Trust Record: {demo_cmd._rel(run.files['record'])}")
+        console.line(f"  Audit export: {demo_cmd._rel(run.files['audit'])}")
+        console.line("  Verify them again any time with the commands in section 4 (docs/verification.md).")
+        return 0
+    _explain_failures(console, run, settings.namespace)
+    return 1
+
+
+__all__: list[str] = ["add_cluster_arguments", "run_cluster"]
