@@ -163,25 +163,12 @@ def _deployment_class() -> type[Any]:
         bundle_dir: Path
         tap_base: str = ""
 
-        def enclave_argv(self, bundle_dir: Path, initdata_path: Path, listen: str, ready: Path) -> list[str]:
-            argv: list[str] = super().enclave_argv(bundle_dir, initdata_path, listen, ready)
-            if "--permit-ttl" in argv:
-                argv[argv.index("--permit-ttl") + 1] = str(DEMO_PERMIT_TTL)
-            return argv
-
         def upstream_argv(self) -> list[str]:
             return [sys.executable, "-m", "cmcp_ctl.demo_upstream", "--listen", "127.0.0.1:0"]
 
         def start_enclave(self) -> None:
-            initdata = local.render_initdata(self.bundle_dir, route=f"demo/{ROUTE}", audience=AUDIENCE)
+            initdata = local.render_initdata(self.bundle_dir, route=f"demo/{ROUTE}", audience=self.audience)
             self.start_enclave_on(ROUTE, self.bundle_dir, initdata)
-
-        def guard_argv(
-            self, listen: str, upstream_base: str, enclaves: list[str], hashes: list[str]
-        ) -> list[str]:
-            argv: list[str] = super().guard_argv(listen, upstream_base, enclaves, hashes)
-            argv[argv.index("--audience") + 1] = AUDIENCE
-            return argv
 
         def start_tap(self) -> str:
             """The host's wiretap between gateway and guard (see :mod:`cmcp_ctl.demo_tap`)."""
@@ -195,23 +182,11 @@ def _deployment_class() -> type[Any]:
                 "--forward",
                 guard_base,
             ]
-            proc = self.spawn("wiretap", argv)
-
-            def ready_line() -> str | None:
-                for line in proc.output(100_000).splitlines():
-                    if line.startswith("READY "):
-                        return line.split(" ", 1)[1].strip()
-                return None
-
-            self.tap_base = str(self._wait_for(proc, ready_line, "READY"))
+            self.tap_base = self.wait_ready_line(self.spawn("wiretap", argv))
             return self.tap_base
 
         def gateway_config(self, port: int) -> dict[str, Any]:
             config: dict[str, Any] = super().gateway_config(port)
-            tokens = Path(config["auth"]["tokens_file"])
-            tokens.write_text(json.dumps({self.token: AGENT}))  # YAML is a superset of JSON
-            for route in config["routes"]:
-                route["audience"] = AUDIENCE
             if self.tap_base:  # the gateway forwards through the wiretap; the guard is behind it
                 for route in config["routes"]:
                     route["upstream"] = f"{self.tap_base}/mcp"
@@ -397,52 +372,6 @@ async def drive_agent(target: Any, steps: list[Step], counter: Counter) -> str:
         return str(session.session_id)
 
 
-class DirectUpstream:
-    """The upstream reached straight, bypassing the gateway: the compromised host's position.
-
-    Raw JSON-RPC over HTTP because the host is not an agent: it wants to attach (or omit) a
-    permit header by hand, which is exactly what the guard is there to judge.
-    """
-
-    def __init__(self, url: str) -> None:
-        from cmcp_conformance.agent import post_jsonrpc
-
-        self.url = url
-        self._post = post_jsonrpc
-        init = post_jsonrpc(
-            url,
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "compromised-host", "version": "1"},
-                },
-            },
-        )
-        init.raise_for_status()
-        self.session_id = init.headers.get("mcp-session-id")
-        post_jsonrpc(
-            url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session_id=self.session_id
-        )
-        self._ids = itertools.count(10)
-
-    def call(self, tool: str, arguments: dict[str, Any], permit: str | None) -> Any:
-        from cmcp_conformance.agent import rpc_error
-        from cmcp_core.permit import PERMIT_HEADER
-
-        headers = {PERMIT_HEADER: permit} if permit else {}
-        body = {
-            "jsonrpc": "2.0",
-            "id": next(self._ids),
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments},
-        }
-        return rpc_error(self._post(self.url, body, headers=headers, session_id=self.session_id))
-
-
 def host_steps(
     upstream_url: str, tap_base: str, counter: Counter, denied: tuple[int, Step], replay_of: tuple[int, Step]
 ) -> list[Step]:
@@ -467,7 +396,9 @@ def host_steps(
         "guard single-use nonce",
     )
     replay_of_step = replay_step
-    direct = DirectUpstream(upstream_url)
+    from cmcp_conformance.agent import DirectUpstream
+
+    direct = DirectUpstream(upstream_url, client_name="compromised-host")
 
     captured = httpx.get(f"{tap_base}/_tap/permits", timeout=10.0).json()
     token = next(
@@ -676,8 +607,6 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
     Whatever happens after the first process started (a failure, Ctrl-C), every process is
     stopped before this returns or raises: a demo must not leave servers behind.
     """
-    from google.protobuf import json_format
-
     from cmcp_conformance.local import LaunchError
     from cmcp_conformance.target import Target
     from cmcp_core.bundle import load_bundle
@@ -702,7 +631,9 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
             )
         run.bundle_hash = loaded.bundle_hash
 
-    deployment = _deployment_class()(workdir=workdir)
+    deployment = _deployment_class()(
+        workdir=workdir, audience=AUDIENCE, agent=AGENT, permit_ttl=DEMO_PERMIT_TTL
+    )
     deployment.bundle_dir = bundle_dir
     try:
         stage = "enclave"
@@ -751,55 +682,76 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
             ],
         )
 
-        console.heading("2. One agent session through the gateway (official mcp client), then the host")
-        counter = Counter(str(target.upstream_counter_url))
-        steps = agent_steps()
-        with console.progress(f"agent session: {len(steps)} tools/call"):
-            run.session_id = asyncio.run(drive_agent(target, steps, counter))
-        # the host's two attempts: the exfiltration the taint rule just denied, sent straight to
-        # the upstream, and the PHI read's genuine permit (copied off the wire) used a second time
-        denied = next((i, s) for i, s in enumerate(steps, 1) if s.why == "no-external-send-after-phi")
-        replay_of = next((i, s) for i, s in enumerate(steps, 1) if s.tool == "ehr.read_patient_record")
-        with console.progress("host bypasses the gateway: 2 direct calls to the upstream"):
-            steps += host_steps(deployment.upstream_url, deployment.tap_base, counter, denied, replay_of)
-        run.steps = steps
-        _print_steps(console, steps)
-
-        console.heading("3. Close the session, collect and verify the evidence")
-        with console.progress("DELETE the MCP session at the gateway (enclave closes it)"):
-            run.close_status = httpx.delete(
-                target.mcp_url,
-                headers={**target.auth_headers(), "mcp-session-id": run.session_id},
-                timeout=10.0,
-            ).status_code
-        run.checks.append(
-            ("session closed (HTTP DELETE)", run.close_status == 200, f"HTTP {run.close_status}")
-        )
-        with console.progress("Trust Record, audit export and fresh evidence from the enclave"):
-            run.record = target.close_session(run.session_id)  # idempotent: returns the stored record
-            run.entries = target.export_audit(run.session_id)
-            nonce = secrets.token_bytes(32)
-            response = target.attest(nonce)
-            run.nonce_hex = nonce.hex()
-            run.attest_json = json_format.MessageToJson(response)
-            run.key_jwk = json.loads(response.public_key_jwk)
-        stem = run.session_id
-        run.files = {
-            "record": _write_json(out / f"{stem}.trust-record.json", run.record),
-            "audit": _write_json(out / f"{stem}.audit.json", run.entries),
-            "attest": out / "enclave.attest.json",
-            "key": _write_json(out / "enclave-key.jwk.json", run.key_jwk),
-        }
-        run.files["attest"].write_text(run.attest_json + "\n", encoding="utf-8")
-        run.files["nonce"] = out / "enclave.nonce.hex"  # the nonce that AttestResponse answers
-        run.files["nonce"].write_text(run.nonce_hex + "\n", encoding="utf-8")
-        with console.progress("verifying with the verifier library"):
-            verify_run(run, response, nonce)
-        _print_audit(console, run.entries)
+        tell_story(console, run, target, deployment.upstream_url, deployment.tap_base)
     finally:
         with console.progress("stopping the processes"):
             deployment.close()
 
+    auditor_commands(console, run)
+    return run
+
+
+# The story on any deployment: shared by run_local and `--cluster` (cmcp_ctl.demo_cluster)
+
+
+def tell_story(console: Console, run: Run, target: Any, upstream_url: str, tap_base: str) -> None:
+    """Sections 2 and 3: the agent session, the host's two direct attempts, then the evidence.
+
+    Why a function of its own: the local launcher and ``cmcpctl demo --cluster`` must tell exactly
+    the same story and check exactly the same outcomes; only how the parts are deployed differs.
+    ``target`` is a :class:`cmcp_conformance.target.Target` (gateway route, agent token, enclave
+    address, upstream counter); ``upstream_url`` is the guarded upstream the host calls directly and
+    ``tap_base`` the wiretap whose captured permits it replays. Files go to ``run.out``.
+    """
+    from google.protobuf import json_format
+
+    console.heading("2. One agent session through the gateway (official mcp client), then the host")
+    counter = Counter(str(target.upstream_counter_url))
+    steps = agent_steps()
+    with console.progress(f"agent session: {len(steps)} tools/call"):
+        run.session_id = asyncio.run(drive_agent(target, steps, counter))
+    # the host's two attempts: the exfiltration the taint rule just denied, sent straight to
+    # the upstream, and the PHI read's genuine permit (copied off the wire) used a second time
+    denied = next((i, s) for i, s in enumerate(steps, 1) if s.why == "no-external-send-after-phi")
+    replay_of = next((i, s) for i, s in enumerate(steps, 1) if s.tool == "ehr.read_patient_record")
+    with console.progress("host bypasses the gateway: 2 direct calls to the upstream"):
+        steps += host_steps(upstream_url, tap_base, counter, denied, replay_of)
+    run.steps = steps
+    _print_steps(console, steps)
+
+    console.heading("3. Close the session, collect and verify the evidence")
+    with console.progress("DELETE the MCP session at the gateway (enclave closes it)"):
+        run.close_status = httpx.delete(
+            target.mcp_url,
+            headers={**target.auth_headers(), "mcp-session-id": run.session_id},
+            timeout=10.0,
+        ).status_code
+    run.checks.append(("session closed (HTTP DELETE)", run.close_status == 200, f"HTTP {run.close_status}"))
+    with console.progress("Trust Record, audit export and fresh evidence from the enclave"):
+        run.record = target.close_session(run.session_id)  # idempotent: returns the stored record
+        run.entries = target.export_audit(run.session_id)
+        nonce = secrets.token_bytes(32)
+        response = target.attest(nonce)
+        run.nonce_hex = nonce.hex()
+        run.attest_json = json_format.MessageToJson(response)
+        run.key_jwk = json.loads(response.public_key_jwk)
+    stem = run.session_id
+    run.files = {
+        "record": _write_json(run.out / f"{stem}.trust-record.json", run.record),
+        "audit": _write_json(run.out / f"{stem}.audit.json", run.entries),
+        "attest": run.out / "enclave.attest.json",
+        "key": _write_json(run.out / "enclave-key.jwk.json", run.key_jwk),
+    }
+    run.files["attest"].write_text(run.attest_json + "\n", encoding="utf-8")
+    run.files["nonce"] = run.out / "enclave.nonce.hex"  # the nonce that AttestResponse answers
+    run.files["nonce"].write_text(run.nonce_hex + "\n", encoding="utf-8")
+    with console.progress("verifying with the verifier library"):
+        verify_run(run, response, nonce)
+    _print_audit(console, run.entries)
+
+
+def auditor_commands(console: Console, run: Run) -> None:
+    """Section 4: run the printed ``cmcpctl verify`` commands on the files written; the checks table."""
     console.heading("4. The auditor's commands (run now on the files written)")
     for argv in verify_commands(run):
         shown = "cmcpctl " + " ".join(_quote(_shown(a)) for a in argv)
@@ -813,7 +765,6 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
         ["check", "result", "detail"],
         [[name, console.ok_mark if ok else console.fail_mark, detail] for name, ok, detail in run.checks],
     )
-    return run
 
 
 def _shown(arg: str) -> str:
@@ -901,27 +852,13 @@ def _explain_failures(console: Console, run: Run) -> None:
             )
 
 
-def _cluster_unavailable(console: Console) -> int:
-    """``--cluster`` needs a product-side launcher for the local control plane (not there yet)."""
-    for text in (
-        f"{console.fail_mark} cmcpctl demo --cluster is not available in this build.",
-        "  What is missing: a launcher for the local Kubernetes control plane that product code can",
-        "  use. The control plane (kube-apiserver & co. built from k8s.io/kubernetes), the node agent",
-        "  that runs pods as local processes, and the helm install + kubectl apply story exist only",
-        "  in the e2e test harness (tests/e2e), and product code must not import tests.",
-        "  Next: run that story with `make e2e` (the chart install, PolicyBundle/McpRoute apply,",
-        "  attestation and MCP calls are tests/e2e/test_chart_install.py; see tests/e2e/README.md),",
-        "  or run `cmcpctl demo` without --cluster for the same story as local processes.",
-    ):
-        console.line(text)
-    return 2
-
-
 def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:
     """Entry point for ``cmcpctl demo``; returns the exit code."""
     console = console or Console()
-    if args.cluster:
-        return _cluster_unavailable(console)
+    if args.cluster:  # the same story on a Kubernetes cluster: helm install + kubectl apply
+        from cmcp_ctl.demo_cluster import run_cluster
+
+        return run_cluster(args, console)
     bundle_dir = Path(args.bundle).resolve() if args.bundle else default_bundle_dir()
     if not (bundle_dir / "manifest.json").is_file():
         console.line(f"{console.fail_mark} no policy bundle at {bundle_dir}")
@@ -978,8 +915,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--cluster",
         action="store_true",
-        help="run the story on the local Kubernetes control plane (helm install + kubectl apply)",
+        help="run the story on a Kubernetes cluster (helm install + kubectl apply); `make demo-cluster` "
+        "starts the local control plane for it",
     )
+    from cmcp_ctl.demo_cluster import add_cluster_arguments
+
+    add_cluster_arguments(parser)
     parser.add_argument("--bundle", metavar="DIR", help="policy bundle (default: examples/realistic)")
     parser.set_defaults(func=run_demo)
 

@@ -15,20 +15,18 @@ prints ``READY <base url>`` once serving.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cmcp_conformance.upstream import free_port
+from cmcp_conformance.serving import run_until_stopped
 from cmcp_core.permit import PERMIT_HEADER
 
 CAPTURE_PATH = "/_tap/permits"
@@ -97,25 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 picks a free one)")
     parser.add_argument("--forward", required=True, help="base URL to relay to, e.g. http://127.0.0.1:9001")
     args = parser.parse_args(argv)
-    host, _, port_text = args.listen.rpartition(":")
-    port = int(port_text) or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(args.forward), host=host, port=port, log_level="warning", lifespan="on")
-    )
-
-    async def serve() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-                return
-            await asyncio.sleep(0.02)
-        print(f"READY http://{host}:{port}", flush=True)
-        await task
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    return 0
+    return run_until_stopped(build_app(args.forward), args.listen, path="")
 
 
 if __name__ == "__main__":

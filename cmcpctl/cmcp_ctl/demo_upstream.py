@@ -20,16 +20,13 @@ proxy, which is the only address the gateway is given.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import sys
 
-import uvicorn
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel
 from starlette.types import ASGIApp
 
-from cmcp_conformance.upstream import CallCounter, WithCounter, free_port
+from cmcp_conformance.serving import CallCounter, counted_app, run_until_stopped
 
 UNCATALOGUED_TOOL = "crm.export_all_customers"
 
@@ -168,8 +165,7 @@ def build_server() -> tuple[MCPServer, CallCounter]:
 def build_app() -> tuple[ASGIApp, CallCounter]:
     """The streamable-HTTP MCP app with ``GET /calls`` beside it."""
     server, counter = build_server()
-    app: ASGIApp = server.streamable_http_app(json_response=True)
-    return WithCounter(app, counter), counter
+    return counted_app(server, counter), counter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,24 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     # launcher starts with --no-guard; this server never wraps itself in a guard.
     parser.add_argument("--no-guard", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    host, _, port_text = args.listen.rpartition(":")
-    port = int(port_text) or free_port()
     app, _ = build_app()
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-
-    async def serve() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-                return
-            await asyncio.sleep(0.02)
-        print(f"READY http://{host}:{port}/mcp", flush=True)
-        await task
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    return 0
+    return run_until_stopped(app, args.listen)
 
 
 if __name__ == "__main__":

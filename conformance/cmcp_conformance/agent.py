@@ -8,6 +8,7 @@ credential, a direct call to the upstream carrying a hand-made permit).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from mcp.shared.exceptions import MCPError
 
 from cmcp_conformance.target import Target
 from cmcp_core.digest import b64url_decode
+from cmcp_core.permit import PERMIT_HEADER
 
 SESSION_HEADER = "mcp-session-id"
 PROTOCOL_VERSION = "2025-06-18"
@@ -146,3 +148,57 @@ def rpc_error(response: httpx.Response) -> CallOutcome:
     if isinstance(doc, dict) and isinstance(doc.get("result"), dict):
         return CallOutcome(result=doc["result"])
     return CallOutcome(message=f"HTTP {response.status_code}: unexpected body {text[:200]!r}")
+
+
+def initialize_request(client_name: str, request_id: int = 1) -> dict[str, Any]:
+    """A raw MCP ``initialize`` request naming ``client_name`` (protocol :data:`PROTOCOL_VERSION`)."""
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": client_name, "version": "1"},
+        },
+    }
+
+
+def open_raw_session(url: str, client_name: str, *, headers: dict[str, str] | None = None) -> str | None:
+    """``initialize`` then ``notifications/initialized`` over raw JSON-RPC; the Mcp-Session-Id.
+
+    For the callers that are deliberately not an SDK agent (the suite's malformed-request checks,
+    a host reaching the upstream straight). A refused ``initialize`` raises
+    :class:`httpx.HTTPStatusError` carrying the status and the start of the body."""
+    init = post_jsonrpc(url, initialize_request(client_name), headers=headers)
+    if init.status_code != 200:
+        message = f"{url} initialize: HTTP {init.status_code} {init.text[:200]}"
+        raise httpx.HTTPStatusError(message, request=init.request, response=init)
+    session_id: str | None = init.headers.get(SESSION_HEADER)
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    post_jsonrpc(url, initialized, headers=headers, session_id=session_id)
+    return session_id
+
+
+class DirectUpstream:
+    """A guarded upstream reached straight (not through the gateway), with hand-picked permits.
+
+    The compromised host's position: it is not an agent, it attaches (or omits) a permit header
+    by hand, which is exactly what the guard is there to judge. The suite and the demo both play
+    it, so both use this class."""
+
+    def __init__(self, url: str, *, client_name: str = "host") -> None:
+        self.url = url
+        self.session_id = open_raw_session(url, client_name)
+        self._ids = itertools.count(10)
+
+    def call(self, tool: str, arguments: dict[str, Any], permit: str | None) -> CallOutcome:
+        """One ``tools/call``; ``permit`` None sends no permit header at all."""
+        headers = {PERMIT_HEADER: permit} if permit is not None else {}
+        body = {
+            "jsonrpc": "2.0",
+            "id": next(self._ids),
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        }
+        return rpc_error(post_jsonrpc(self.url, body, headers=headers, session_id=self.session_id))

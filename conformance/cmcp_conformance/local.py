@@ -31,9 +31,10 @@ import httpx
 import yaml
 
 from cmcp_conformance import bundle as conformance_bundle
+from cmcp_conformance.serving import free_port, ready_url
 from cmcp_conformance.target import LaunchResult, Profile, Target
 from cmcp_core import initdata
-from cmcp_core.bundle import load_bundle
+from cmcp_enclave.simulated import launcher_env
 
 AUDIENCE = "conformance-upstream"
 AGENT = "conformance-agent"
@@ -57,21 +58,10 @@ def _bin(name: str) -> str:
 
 
 def render_initdata(bundle_dir: Path, *, route: str, audience: str = AUDIENCE) -> bytes:
-    """Initdata naming the bundle's hashes and mode, as the operator renders it."""
-    loaded = load_bundle(bundle_dir)
-    entry = initdata.CmcpEntry(
-        bundle_hash=loaded.bundle_hash,
-        catalog_hash=loaded.catalog_hash,
-        enforcement_mode=loaded.enforcement_mode,
-        route=route,
-        audience=audience,
+    """Initdata naming the bundle's hashes and mode (the product renderer, conformance image)."""
+    return initdata.render_for_bundle(
+        bundle_dir, route=route, audience=audience, image=ENCLAVE_IMAGE, command=ENCLAVE_COMMAND
     )
-    return initdata.render(entry, image=ENCLAVE_IMAGE, command=ENCLAVE_COMMAND)
-
-
-def simulator_env(initdata_bytes: bytes) -> dict[str, str]:
-    """What the simulated "hardware" measured: MRCONFIGID of these exact bytes."""
-    return {"CMCP_SIM_MRCONFIGID": initdata.tdx_mrconfigid(initdata_bytes).hex()}
 
 
 @dataclass
@@ -119,6 +109,12 @@ class LocalDeployment:
     workdir: Path
     profile: Profile = field(default_factory=Profile)
     token: str = "conformance-token-0123456789abcdef"
+    # Who the deployment is for: the guard's and routes' permit audience (also measured into the
+    # initdata :meth:`start` renders), the principal the gateway maps ``token`` to, and how long
+    # the enclave's permits live. The suite keeps the defaults; the demo passes its own.
+    audience: str = AUDIENCE
+    agent: str = AGENT
+    permit_ttl: int = PERMIT_TTL
     procs: list[Proc] = field(default_factory=list)
     enclaves: dict[str, EnclaveHandle] = field(default_factory=dict)
     upstream_url: str = ""
@@ -138,7 +134,11 @@ class LocalDeployment:
         self.procs.append(proc)
         return proc
 
-    def _wait_for(self, proc: Proc, check: Any, what: str, timeout: float = START_TIMEOUT) -> Any:
+    def wait_for(self, proc: Proc, check: Any, what: str, timeout: float = START_TIMEOUT) -> Any:
+        """Poll ``check`` until it returns something truthy (returned); fail if ``proc`` dies first.
+
+        The :class:`LaunchError` carries the tail of the process's output, which is usually
+        the only clue to why a component did not come up."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = check()
@@ -166,7 +166,7 @@ class LocalDeployment:
             "--ready-file",
             str(ready),
             "--permit-ttl",
-            str(PERMIT_TTL),
+            str(self.permit_ttl),
         ]
 
     def _enclave_proc(
@@ -180,7 +180,7 @@ class LocalDeployment:
         proc = self.spawn(
             f"{name}-{self._launch_count}",
             self.enclave_argv(bundle_dir, initdata_path, listen, ready),
-            env=simulator_env(initdata_bytes if measured is None else measured),
+            env=launcher_env(initdata_bytes if measured is None else measured),
         )
         return proc, initdata_path, ready
 
@@ -195,7 +195,7 @@ class LocalDeployment:
             doc: dict[str, Any] = json.loads(ready.read_text())
             return doc
 
-        doc = self._wait_for(proc, read_ready, "its ready file")
+        doc = self.wait_for(proc, read_ready, "its ready file")
         handle = EnclaveHandle(proc, str(doc["address"]), bundle_dir, initdata_path, doc)
         self.enclaves[name] = handle
         return handle
@@ -246,7 +246,7 @@ class LocalDeployment:
             "--upstream",
             upstream_base,
             "--audience",
-            AUDIENCE,
+            self.audience,
             "--allow-simulated",
             "--refresh-seconds",
             "5",
@@ -265,21 +265,18 @@ class LocalDeployment:
                 return False
             return True
 
-        self._wait_for(proc, answering, f"HTTP at {url}")
+        self.wait_for(proc, answering, f"HTTP at {url}")
+
+    def wait_ready_line(self, proc: Proc) -> str:
+        """The URL a helper process announces with ``READY <url>`` (see
+        :func:`cmcp_conformance.serving.run_until_stopped`), once it has printed it."""
+        url: str = self.wait_for(proc, lambda: ready_url(proc.output(100_000)), "READY")
+        return url
 
     def start_upstream(self) -> str:
         """Start the upstream, then the guard in front of it; return the guarded MCP URL."""
-        from cmcp_conformance.upstream import free_port
-
         proc = self.spawn("upstream", self.upstream_argv())
-
-        def ready_line() -> str | None:
-            for line in proc.output(100_000).splitlines():
-                if line.startswith("READY "):
-                    return line.split(" ", 1)[1].strip()
-            return None
-
-        raw_url: str = self._wait_for(proc, ready_line, "READY")
+        raw_url = self.wait_ready_line(proc)
         self.raw_upstream_base = raw_url.rsplit("/mcp", 1)[0]
         handles = list(self.enclaves.values())
         port = free_port()
@@ -303,13 +300,13 @@ class LocalDeployment:
                 {
                     "name": name,
                     "upstream": self.upstream_url,
-                    "audience": AUDIENCE,
+                    "audience": self.audience,
                     "enclaves": [handle.address],
                     "expected_bundle_hashes": [handle.ready["bundle_hash"]],
                 }
             )
         tokens = self.workdir / "tokens.yaml"
-        tokens.write_text(yaml.safe_dump({self.token: AGENT}))
+        tokens.write_text(yaml.safe_dump({self.token: self.agent}))
         return {
             "listen": f"127.0.0.1:{port}",
             "allow_simulated": True,
@@ -323,8 +320,6 @@ class LocalDeployment:
         return [_bin("cmcp-gateway"), "--config", str(config_path)]
 
     def start_gateway(self) -> str:
-        from cmcp_conformance.upstream import free_port
-
         port = free_port()
         config_path = self.workdir / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(self.gateway_config(port), allow_unicode=True))
@@ -338,7 +333,8 @@ class LocalDeployment:
     def start(self) -> None:
         for name, mode in (("enforce", "enforce"), ("advisory", "advisory")):
             bundle_dir = conformance_bundle.write(self.workdir / f"bundle-{name}", self.profile, mode=mode)
-            self.start_enclave_on(name, bundle_dir, render_initdata(bundle_dir, route=f"conformance/{name}"))
+            initdata_bytes = render_initdata(bundle_dir, route=f"conformance/{name}", audience=self.audience)
+            self.start_enclave_on(name, bundle_dir, initdata_bytes)
         self.start_upstream()
         self.start_gateway()
 
@@ -358,7 +354,7 @@ class LocalDeployment:
             enclave_address=enforce.address,
             advisory_enclave_address=advisory.address if advisory else None,
             upstream_url=self.upstream_url,
-            upstream_audience=AUDIENCE,
+            upstream_audience=self.audience,
             upstream_counter_url=f"{self.raw_upstream_base}/calls",
             allow_simulated=True,
             expected_bundle_hash=str(enforce.ready["bundle_hash"]),

@@ -14,19 +14,14 @@ reaching an *unprotected* server; the conformance target always runs it guarded.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
-import contextlib
-import socket
 import sys
 from typing import Any
 
-import uvicorn
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
+from cmcp_conformance.serving import CallCounter, counted_app, run_until_stopped
 from cmcp_conformance.target import Profile
 
 
@@ -43,10 +38,6 @@ class PatientRecord(BaseModel):
 class Sent(BaseModel):
     to: str
     accepted: bool
-
-
-class CallCounter(collections.Counter[str]):
-    """Tool executions by tool name; ``total()`` is the sum (``collections.Counter.total``)."""
 
 
 def build_server(profile: Profile | None = None) -> tuple[MCPServer, CallCounter]:
@@ -93,21 +84,6 @@ def build_server(profile: Profile | None = None) -> tuple[MCPServer, CallCounter
     return server, counter
 
 
-class WithCounter:
-    """Serves ``GET /calls`` beside the (guarded) MCP app."""
-
-    def __init__(self, app: ASGIApp, counter: CallCounter) -> None:
-        self.app = app
-        self.counter = counter
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/calls":
-            response = JSONResponse({"total": self.counter.total(), "by_tool": dict(self.counter)})
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def build_guard(
     audience: str,
     enclaves: list[str],
@@ -128,19 +104,9 @@ def build_guard(
 
 
 def build_app(guard: Any = None, profile: Profile | None = None) -> tuple[ASGIApp, CallCounter]:
+    """The conformance tools' app (behind ``guard`` when given) and the counter they increment."""
     server, counter = build_server(profile)
-    app: ASGIApp = server.streamable_http_app(json_response=True)
-    if guard is not None:
-        from cmcp_guard.middleware import GuardMiddleware
-
-        app = GuardMiddleware(app, guard)
-    return WithCounter(app, counter), counter
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return counted_app(server, counter, guard), counter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.no_guard and not (args.audience and args.enclave):
         parser.error("a guarded upstream needs --audience and --enclave")
-    host, _, port_text = args.listen.rpartition(":")
-    port = int(port_text) or free_port()
     hashes = frozenset(args.expected_bundle_hash) or None
     guard = (
         None
@@ -165,21 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     app, _ = build_app(guard)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-
-    async def serve() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-                return
-            await asyncio.sleep(0.02)
-        print(f"READY http://{host}:{port}/mcp", flush=True)
-        await task
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    return 0
+    return run_until_stopped(app, args.listen)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ import hashlib
 import json
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from cmcp_core.bundle import load_bundle
 from cmcp_core.digest import jcs
 
 ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
@@ -133,6 +135,33 @@ def render(entry: CmcpEntry, *, image: str, command: list[str], algorithm: str =
         f'"{POLICY_KEY}" = {_literal(agent_policy(image, command), POLICY_KEY)}',
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def render_for_bundle(
+    bundle_dir: Path | str,
+    *,
+    route: str,
+    audience: str,
+    image: str,
+    command: list[str],
+    algorithm: str = "sha384",
+) -> bytes:
+    """Initdata pinning the bundle in ``bundle_dir`` (its hashes and mode) to ``route``/``audience``.
+
+    The launchers that have the bundle on disk (the local conformance target, the demo, the test
+    and benchmark helpers) all render through this one function, so what they hand an enclave is
+    exactly what the enclave recomputes from the same files. The operator renders from the hashes
+    a PolicyBundle's status carries (it has no bundle directory) and builds its
+    :class:`CmcpEntry` directly; both end in :func:`render`."""
+    bundle = load_bundle(bundle_dir)
+    entry = CmcpEntry(
+        bundle_hash=bundle.bundle_hash,
+        catalog_hash=bundle.catalog_hash,
+        enforcement_mode=bundle.enforcement_mode,
+        route=route,
+        audience=audience,
+    )
+    return render(entry, image=image, command=command, algorithm=algorithm)
 
 
 def digest(toml_bytes: bytes) -> bytes:

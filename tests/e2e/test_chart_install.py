@@ -270,10 +270,7 @@ def serve_upstream(argv: list[str]) -> None:
     (That helper builds its app for 127.0.0.1, where the SDK's DNS-rebinding protection refuses
     any other Host header with 421; here the gateway pod calls the host's pod-network address.)
     ``python -c 'from tests.e2e.test_chart_install import serve_upstream as s; s(ARGS)'``."""
-    import asyncio
-
-    import uvicorn
-
+    from cmcp_conformance.serving import WithCounter, run_until_stopped
     from cmcp_guard.middleware import GuardMiddleware
     from tests.helpers import upstream as helper
 
@@ -284,26 +281,11 @@ def serve_upstream(argv: list[str]) -> None:
     parser.add_argument("--allow-simulated", action="store_true")
     parser.add_argument("--expected-bundle-hash", action="append", default=[])
     args = parser.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
-
-    async def serve() -> None:
-        server, counter = helper.build_server()
-        app = GuardMiddleware(
-            server.streamable_http_app(json_response=True, host=host), helper._guard_from_args(args)
-        )
-        config = uvicorn.Config(
-            helper._WithCounter(app, counter), host=host, port=int(port), log_level="warning", lifespan="on"
-        )
-        uv = uvicorn.Server(config)
-        task = asyncio.create_task(uv.serve())
-        while not uv.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        print(f"READY http://{args.listen}/mcp", flush=True)
-        await task
-
-    asyncio.run(serve())
+    host = args.listen.rpartition(":")[0]
+    server, counter = helper.build_server()
+    mcp_app = server.streamable_http_app(json_response=True, host=host)
+    guarded = GuardMiddleware(mcp_app, helper._guard_from_args(args))
+    run_until_stopped(WithCounter(guarded, counter), args.listen)
 
 
 def test_operator_runs_under_the_chart_service_account(install: Install) -> None:

@@ -35,7 +35,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core import initdata
-from cmcp_core.bundle import load_bundle
 from cmcp_core.crypto import key_from_jwk
 from cmcp_enclave.simulated import launcher_env
 
@@ -47,10 +46,9 @@ COMMAND = ["cmcp-enclave"]
 
 def render_initdata(bundle_dir: str | Path, *, audience: str = DEFAULT_AUDIENCE,
                     route: str = DEFAULT_ROUTE, algorithm: str = "sha384") -> bytes:
-    bundle = load_bundle(bundle_dir)
-    entry = initdata.CmcpEntry(bundle_hash=bundle.bundle_hash, catalog_hash=bundle.catalog_hash,
-                               enforcement_mode=bundle.enforcement_mode, route=route, audience=audience)
-    return initdata.render(entry, image=IMAGE, command=COMMAND, algorithm=algorithm)
+    """The product renderer (:func:`cmcp_core.initdata.render_for_bundle`) with the tests' defaults."""
+    return initdata.render_for_bundle(bundle_dir, route=route, audience=audience, image=IMAGE,
+                                      command=COMMAND, algorithm=algorithm)
 
 
 class EnclaveRefused(RuntimeError):

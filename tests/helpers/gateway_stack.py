@@ -26,6 +26,7 @@ import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from cmcp_conformance.serving import server_config, serving
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_gateway.app import Gateway, build
@@ -47,27 +48,11 @@ async def serve(
     app: Any, port: int = 0, config: uvicorn.Config | None = None
 ) -> AsyncIterator[uvicorn.Server]:
     """Run an ASGI app under uvicorn in this loop until the block exits (``config`` overrides)."""
-    config = config or uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        http=PeerCertHttpToolsProtocol,
-        access_log=False,
+    config = config or server_config(
+        app, "127.0.0.1", port, http=PeerCertHttpToolsProtocol, access_log=False
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("server exited during start-up")
-        await asyncio.sleep(0.01)
-    try:
+    async with serving(config) as server:
         yield server
-    finally:
-        server.should_exit = True
-        await task
 
 
 @contextlib.asynccontextmanager

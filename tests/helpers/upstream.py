@@ -7,10 +7,14 @@ API:
     ``payments.transfer`` (structured receipt), ``crm.lookup_customer``,
     ``ehr.read_patient_record`` (structured), ``deals.read_pipeline`` (text + image parts),
     ``email.send_external``, ``slack.post_internal``, ``web.search``, ``résumé.parse``.
-    ``CallCounter`` counts tool executions by name (``counter.total``, ``counter[name]``).
+    ``CallCounter`` counts tool executions by name (``counter.total()``, ``counter[name]``).
   * ``build_app(guard=None, json_response=True)`` -> ``(asgi_app, counter)``; ``guard`` is a
     ``cmcp_guard.middleware.Guard`` wrapping the app. ``GET /calls`` returns the counter as
     JSON (``{"total": n, "by_tool": {...}}``) and is never guarded (it runs no tool).
+    The counter, ``GET /calls``, the guard wiring, ``free_port`` and the READY process main are
+    the product's (:mod:`cmcp_conformance.serving`); only the tools are the tests' own. They
+    stay separate from the demo's realistic tools on purpose: the gateway tests need shapes the
+    demo has no reason to return (a text + image mixed result, ``status: "sent"``, bare dicts).
   * ``async with run_upstream(guard=None) as up:`` — in-process uvicorn on 127.0.0.1, free
     port; ``up.url`` (MCP endpoint ``.../mcp``), ``up.counter``.
   * Process: ``python -m tests.helpers.upstream --listen 127.0.0.1:9001 [--guard-audience AUD
@@ -21,10 +25,7 @@ API:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import contextlib
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,22 +34,34 @@ from typing import Any
 import uvicorn
 from mcp.server.mcpserver import Image, MCPServer
 from pydantic import BaseModel
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
+
+from cmcp_conformance.serving import (
+    CallCounter,
+    WithCounter,
+    counted_app,
+    free_port,
+    run_until_stopped,
+    server_config,
+    serving,
+)
+
+__all__ = [
+    "PNG_1X1",
+    "CallCounter",
+    "RunningUpstream",
+    "WithCounter",
+    "build_app",
+    "build_server",
+    "free_port",
+    "run_upstream",
+]
 
 # 1x1 transparent PNG: a real non-text content part.
 PNG_1X1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000005a0001e0a2db40000000049454e44ae426082"
 )
-
-
-class CallCounter(collections.Counter[str]):
-    @property
-    def total(self) -> int:
-        return sum(self.values())
 
 
 class Sum(BaseModel):
@@ -158,39 +171,9 @@ def build_server() -> tuple[MCPServer, CallCounter]:
     return server, counter
 
 
-class _WithCounter:
-    """Serves ``GET /calls`` beside the MCP app (outside any guard: it runs no tool)."""
-
-    def __init__(self, app: ASGIApp, counter: CallCounter) -> None:
-        self.app = app
-        self.counter = counter
-
-        async def calls(_: Request) -> JSONResponse:
-            return JSONResponse({"total": counter.total, "by_tool": dict(counter)})
-
-        self.route = Route("/calls", calls)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/calls":
-            await self.route.handle(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def build_app(guard: Any = None, *, json_response: bool = True) -> tuple[ASGIApp, CallCounter]:
-    from cmcp_guard.middleware import GuardMiddleware
-
     server, counter = build_server()
-    app: ASGIApp = server.streamable_http_app(json_response=json_response)
-    if guard is not None:
-        app = GuardMiddleware(app, guard)
-    return _WithCounter(app, counter), counter
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return counted_app(server, counter, guard, json_response=json_response), counter
 
 
 @dataclass
@@ -206,33 +189,23 @@ async def run_upstream(
 ) -> AsyncIterator[RunningUpstream]:
     app, counter = build_app(guard, json_response=json_response)
     port = port or free_port()
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
+    async with serving(server_config(app, host, port)) as server:
         yield RunningUpstream(url=f"http://{host}:{port}/mcp", counter=counter, server=server)
-    finally:
-        server.should_exit = True
-        await task
 
 
 def _guard_from_args(args: argparse.Namespace) -> Any:
+    """The product guard for ``--guard-*`` options (None without ``--guard-audience``)."""
     if not args.guard_audience:
         return None
-    from cmcp_core.attestation import AttestPolicy
-    from cmcp_guard.check import PermitChecker
-    from cmcp_guard.middleware import Guard
-    from cmcp_guard.trust import TrustStore
+    from cmcp_guard.main import build_guard
 
     bundles = frozenset(args.expected_bundle_hash) if args.expected_bundle_hash else None
-    trust = TrustStore(
-        args.guard_enclave, AttestPolicy(allow_simulated=args.allow_simulated, expected_bundle_hashes=bundles)
+    return build_guard(
+        args.guard_audience,
+        args.guard_enclave,
+        allow_simulated=args.allow_simulated,
+        expected_bundle_hashes=bundles,
     )
-    return Guard(PermitChecker(audience=args.guard_audience, keys=trust.keys, allowed_bundles=bundles), trust)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,18 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expected-bundle-hash", action="append", default=[])
     parser.add_argument("--sse", action="store_true", help="answer in SSE instead of JSON")
     args = parser.parse_args(argv)
-    host, _, port_text = args.listen.rpartition(":")
-    port = int(port_text) or free_port()
-
-    async def serve() -> None:
-        guard = _guard_from_args(args)
-        async with run_upstream(guard, json_response=not args.sse, port=port, host=host) as up:
-            print(f"READY {up.url}", flush=True)
-            await asyncio.Event().wait()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    sys.exit(0)
+    app, _ = build_app(_guard_from_args(args), json_response=not args.sse)
+    sys.exit(run_until_stopped(app, args.listen))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,9 @@ MODES = ["auto", "legacy"]
 
 
 @pytest.fixture(scope="module")
-def enforce(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
-    with start_enclave(
-        ROOT / "examples/realistic", tmp_path_factory.mktemp("enf"), audience=AUDIENCE
-    ) as proc:
-        yield proc
+def enforce(enclave: EnclaveProcess) -> EnclaveProcess:
+    """The enforce-mode enclave (the shared realistic one, see ``conftest.py``)."""
+    return enclave
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +81,7 @@ async def test_denied_call_is_coded_signed_and_never_forwarded(enforce: EnclaveP
         doc = json.loads(document)
         assert doc["effective"] == "deny" and doc["call_id"] == data["call_id"]
         assert "policies/arguments.cedar#transfer-limit" in doc["policy_ids"]
-        assert stack.upstream.counter.total == 0
+        assert stack.upstream.counter.total() == 0
 
 
 async def test_tool_outside_catalog(enforce: EnclaveProcess) -> None:
@@ -91,7 +89,7 @@ async def test_tool_outside_catalog(enforce: EnclaveProcess) -> None:
         with pytest.raises(MCPError) as denied:
             await client.call_tool("add", {"a": 1, "b": 2})
         assert denied.value.error.data["error_code"] == "TOOL_NOT_IN_CATALOG"
-        assert stack.upstream.counter.total == 0
+        assert stack.upstream.counter.total() == 0
 
 
 async def test_tools_list_shows_only_allowed_tools_with_upstream_definitions(enforce: EnclaveProcess) -> None:
@@ -182,7 +180,7 @@ async def test_raw_http_semantics(enforce: EnclaveProcess) -> None:
                 stack.url, json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=session
             )
             assert gone.status_code == 404
-        assert stack.upstream.counter.total == 0
+        assert stack.upstream.counter.total() == 0
 
 
 async def test_open_route_uses_anonymous_principal(enforce: EnclaveProcess) -> None:
@@ -207,4 +205,4 @@ async def test_idle_sessions_are_closed_at_the_enclave(enforce: EnclaveProcess, 
             verify_record(record, public_jwk(enforce.public_key))
             with pytest.raises(MCPError):  # the reaped session is gone (404 -> session terminated)
                 await client.call_tool("web.search", {"query": "q"})
-        assert stack.upstream.counter.total == 1
+        assert stack.upstream.counter.total() == 1

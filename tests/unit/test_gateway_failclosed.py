@@ -54,7 +54,7 @@ async def test_enclave_killed_mid_session(tmp_path: Path, mode: str) -> None:
             agent(stack.url, mode=mode) as client,
         ):
             await client.call_tool("web.search", OK_ARGS)
-            assert stack.upstream.counter.total == 1
+            assert stack.upstream.counter.total() == 1
             doomed.stop()
             with pytest.raises(MCPError) as first:
                 await client.call_tool("web.search", OK_ARGS)
@@ -67,7 +67,7 @@ async def test_enclave_killed_mid_session(tmp_path: Path, mode: str) -> None:
                 with pytest.raises(MCPError) as third:
                     await client.call_tool("web.search", OK_ARGS)
                 assert code_of(third) == "TEE_UNAVAILABLE"
-            assert stack.upstream.counter.total == 1
+            assert stack.upstream.counter.total() == 1
 
 
 async def test_session_is_not_moved_to_another_enclave(tmp_path: Path) -> None:
@@ -88,11 +88,11 @@ async def test_session_is_not_moved_to_another_enclave(tmp_path: Path) -> None:
                 with pytest.raises(MCPError) as lost:
                     await client.call_tool("web.search", OK_ARGS)
                 assert code_of(lost) == "SESSION_LOST"
-            assert stack.upstream.counter.total == 1
+            assert stack.upstream.counter.total() == 1
             # a new session lands on the survivor and works
             async with agent(stack.url, mode="legacy") as fresh:
                 await fresh.call_tool("web.search", OK_ARGS)
-            assert stack.upstream.counter.total == 2
+            assert stack.upstream.counter.total() == 2
 
 
 @pytest.mark.parametrize("mitm", ["slow"], indirect=True)
@@ -108,7 +108,7 @@ async def test_enclave_slower_than_the_deadline(mitm: MitmEnclave, enclave: Encl
             await client.call_tool("web.search", OK_ARGS)
         assert code_of(slow) == "TEE_UNAVAILABLE"
         assert mitm.decide_seen.is_set()
-        assert stack.upstream.counter.total == 0
+        assert stack.upstream.counter.total() == 0
 
 
 @pytest.mark.parametrize("mitm", ["bad-signature", "no-permit"], indirect=True)
@@ -119,7 +119,7 @@ async def test_enclave_answer_that_does_not_verify(mitm: MitmEnclave, enclave: E
                 with pytest.raises(MCPError) as bad:
                     await client.call_tool("web.search", OK_ARGS)
                 assert code_of(bad) == "DECISION_UNVERIFIED"
-        assert stack.upstream.counter.total == 0
+        assert stack.upstream.counter.total() == 0
 
 
 @pytest.mark.parametrize("mitm", ["other-call"], indirect=True)
@@ -131,7 +131,7 @@ async def test_replayed_decision_for_another_call(mitm: MitmEnclave, enclave: En
             with pytest.raises(MCPError) as replay:
                 await client.call_tool("payments.transfer", {"amount": 50_000, "currency": "EUR", "to": "x"})
             assert code_of(replay) == "DECISION_UNVERIFIED"
-        assert stack.upstream.counter.total == 1
+        assert stack.upstream.counter.total() == 1
         assert stack.upstream.counter["payments.transfer"] == 0
 
 
@@ -141,7 +141,7 @@ async def test_no_enclave_at_all() -> None:
         with pytest.raises(MCPError) as none:
             await client.call_tool("web.search", OK_ARGS)
         assert code_of(none) == "TEE_UNAVAILABLE"
-        assert stack.upstream.counter.total == 0
+        assert stack.upstream.counter.total() == 0
 
 
 async def test_upstream_down(enclave: EnclaveProcess) -> None:
@@ -183,7 +183,7 @@ async def test_too_many_concurrent_per_agent(mitm: MitmEnclave, enclave: Enclave
             )
             assert bob.status_code == 200  # the limit is per agent
             first.cancel()
-        assert stack.upstream.counter.total == 0
+        assert stack.upstream.counter.total() == 0
 
 
 async def test_limits_each_have_their_code(enclave: EnclaveProcess) -> None:
@@ -220,4 +220,4 @@ async def test_limits_each_have_their_code(enclave: EnclaveProcess) -> None:
 
             chunked = await http.post(stack.url, content=chunks(), headers=ALICE)
             assert chunked.json()["error"]["data"]["error_code"] == "BODY_TOO_LARGE"
-        assert stack.upstream.counter.total == 0
+        assert stack.upstream.counter.total() == 0

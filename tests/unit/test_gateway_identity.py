@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -28,11 +27,9 @@ from cmcp_gateway.auth import ANONYMOUS, TokenStore, authenticate, identity_from
 from cmcp_gateway.config import GatewayConfig, Limits, RouteConfig, TlsConfig, load
 from cmcp_gateway.k8s import endpoints_from_status
 from cmcp_gateway.main import uvicorn_config
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
+from tests.helpers.enclave_proc import EnclaveProcess
 from tests.helpers.gateway_stack import AUDIENCE, make_guard, serve
 from tests.helpers.upstream import free_port, run_upstream
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_token_file_yaml_and_json(tmp_path: Path) -> None:
@@ -136,14 +133,6 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) 
     return str(cert_path), str(key_path)
 
 
-@pytest.fixture(scope="module")
-def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
-    with start_enclave(
-        ROOT / "examples/realistic", tmp_path_factory.mktemp("enc"), audience=AUDIENCE
-    ) as proc:
-        yield proc
-
-
 async def test_mtls_client_certificate_is_the_principal(tmp_path: Path, enclave: EnclaveProcess) -> None:
     ca, ca_key = _cert("test-ca", None, None, ca=True)
     server, server_key = _cert("gateway", ca_key, ca.subject, ca=False, san="127.0.0.1")
@@ -180,4 +169,4 @@ async def test_mtls_client_certificate_is_the_principal(tmp_path: Path, enclave:
             async with anonymous:
                 resp = await anonymous.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
                 assert resp.status_code == 401
-        assert upstream.counter.total == 1
+        assert upstream.counter.total() == 1

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from cmcp_core.permit import PERMIT_HEADER
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
+from tests.helpers.enclave_proc import EnclaveProcess
 from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, agent, get_permit
 from tests.helpers.gateway_stack import PERMIT_ARGS as ALLOWED
 from tests.helpers.gateway_stack import PERMIT_TOOL as TOOL
@@ -23,14 +22,6 @@ from tests.helpers.upstream import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "correct-horse-battery-staple-4711"
-
-
-@pytest.fixture(scope="module")
-def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
-    with start_enclave(
-        ROOT / "examples/realistic", tmp_path_factory.mktemp("enc"), audience=AUDIENCE
-    ) as proc:
-        yield proc
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,6 @@ from tests.helpers.upstream import RunningUpstream, run_upstream
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {"amount": 100, "currency": "EUR", "to": "acct-1"}
 TOOL = "payments.transfer"
-
-
-@pytest.fixture(scope="module")
-def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
-    with start_enclave(
-        ROOT / "examples/realistic", tmp_path_factory.mktemp("enc"), audience=AUDIENCE
-    ) as proc:
-        yield proc
 
 
 @pytest.fixture
@@ -87,18 +79,18 @@ async def test_valid_permit_runs_the_tool_once(upstream: RunningUpstream, enclav
     resp = await call(upstream.url, TOOL, ALLOWED, await get_permit(enclave.address))
     assert resp.status_code == 200, resp.text
     assert resp.json()["result"]["structuredContent"]["status"] == "sent"
-    assert upstream.counter.total == 1
+    assert upstream.counter.total() == 1
 
 
 async def test_no_permit(upstream: RunningUpstream) -> None:
     refused(await call(upstream.url, TOOL, ALLOWED), "PERMIT_MISSING")
-    assert upstream.counter.total == 0
+    assert upstream.counter.total() == 0
 
 
 async def test_garbage_permit(upstream: RunningUpstream) -> None:
     for token in ("v1.abc", "v2.a.b", "v1.!!!.???", "x" * 5000):
         refused(await call(upstream.url, TOOL, ALLOWED, token), "PERMIT_MALFORMED")
-    assert upstream.counter.total == 0
+    assert upstream.counter.total() == 0
 
 
 async def test_forged_permit_own_key(upstream: RunningUpstream) -> None:
@@ -114,7 +106,7 @@ async def test_forged_permit_own_key(upstream: RunningUpstream) -> None:
         ttl_seconds=60,
     )
     refused(await call(upstream.url, TOOL, ALLOWED, token), "PERMIT_UNTRUSTED_KEY")
-    assert upstream.counter.total == 0
+    assert upstream.counter.total() == 0
 
 
 async def test_tampered_permit_payload(upstream: RunningUpstream, enclave: EnclaveProcess) -> None:
@@ -126,14 +118,14 @@ async def test_tampered_permit_payload(upstream: RunningUpstream, enclave: Encla
 
     forged = f"v1.{b64url(jcs(evil))}.{b64url(sig)}"
     refused(await call(upstream.url, TOOL, {**ALLOWED, "amount": 99999}, forged), "PERMIT_BAD_SIGNATURE")
-    assert upstream.counter.total == 0
+    assert upstream.counter.total() == 0
 
 
 async def test_replayed_permit(upstream: RunningUpstream, enclave: EnclaveProcess) -> None:
     token = await get_permit(enclave.address)
     assert (await call(upstream.url, TOOL, ALLOWED, token)).status_code == 200
     refused(await call(upstream.url, TOOL, ALLOWED, token), "PERMIT_REPLAYED")
-    assert upstream.counter.total == 1
+    assert upstream.counter.total() == 1
 
 
 async def test_permit_for_other_arguments(upstream: RunningUpstream, enclave: EnclaveProcess) -> None:
@@ -142,7 +134,7 @@ async def test_permit_for_other_arguments(upstream: RunningUpstream, enclave: En
     # Semantically equal arguments in another key order are the same call (JCS digest).
     reordered = dict(reversed(list(ALLOWED.items())))
     assert (await call(upstream.url, TOOL, reordered, token)).status_code == 200
-    assert upstream.counter.total == 1
+    assert upstream.counter.total() == 1
 
 
 async def test_duplicate_keys_cannot_smuggle_arguments(
@@ -157,13 +149,13 @@ async def test_duplicate_keys_cannot_smuggle_arguments(
         + b',"arguments":{"amount":100,"currency":"EUR","to":"acct-1","amount":50000}}}'
     )
     refused(await call(upstream.url, TOOL, {}, token, raw=raw), "PERMIT_ARGS_MISMATCH")
-    assert upstream.counter.total == 0
+    assert upstream.counter.total() == 0
 
 
 async def test_permit_for_other_tool(upstream: RunningUpstream, enclave: EnclaveProcess) -> None:
     token = await get_permit(enclave.address)
     refused(await call(upstream.url, "email.send_external", ALLOWED, token), "PERMIT_TOOL_MISMATCH")
-    assert upstream.counter.total == 0
+    assert upstream.counter.total() == 0
 
 
 async def test_permit_for_other_audience(enclave: EnclaveProcess) -> None:
@@ -172,14 +164,14 @@ async def test_permit_for_other_audience(enclave: EnclaveProcess) -> None:
     # B's guard trusts only enclaves measured for B: this enclave's key is not even trusted ...
     async with run_upstream(build_guard("urn:cmcp:other", [enclave.address], allow_simulated=True)) as other:
         refused(await call(other.url, TOOL, ALLOWED, token), "PERMIT_UNTRUSTED_KEY")
-        assert other.counter.total == 0
+        assert other.counter.total() == 0
     # ... and with that check off, the permit's own audience binding still refuses it.
     guard = build_guard("urn:cmcp:other", [enclave.address], allow_simulated=True)
     assert guard.trust is not None
     guard.trust.policy = type(guard.trust.policy)(allow_simulated=True)
     async with run_upstream(guard) as other:
         refused(await call(other.url, TOOL, ALLOWED, token), "PERMIT_AUDIENCE_MISMATCH")
-        assert other.counter.total == 0
+        assert other.counter.total() == 0
 
 
 async def test_expired_permit(enclave: EnclaveProcess) -> None:
@@ -187,7 +179,7 @@ async def test_expired_permit(enclave: EnclaveProcess) -> None:
     guard.clock = lambda: time.time() + 3600  # the permit was minted an hour "ago"
     async with run_upstream(guard) as up:
         refused(await call(up.url, TOOL, ALLOWED, await get_permit(enclave.address)), "PERMIT_EXPIRED")
-        assert up.counter.total == 0
+        assert up.counter.total() == 0
 
 
 async def test_key_whose_evidence_does_not_verify(enclave: EnclaveProcess) -> None:
@@ -225,7 +217,7 @@ async def test_key_whose_evidence_does_not_verify(enclave: EnclaveProcess) -> No
                 ttl_seconds=60,
             )
             refused(await call(up.url, TOOL, ALLOWED, token), "PERMIT_UNTRUSTED_KEY")
-            assert up.counter.total == 0
+            assert up.counter.total() == 0
     finally:
         await server.stop(0)
 
@@ -236,7 +228,7 @@ async def test_simulated_evidence_needs_explicit_consent(enclave: EnclaveProcess
         assert guard.trust is not None
         assert guard.trust.failures[enclave.address].code.value == "SIMULATED_NOT_ALLOWED"
         refused(await call(up.url, TOOL, ALLOWED, await get_permit(enclave.address)), "PERMIT_UNTRUSTED_KEY")
-        assert up.counter.total == 0
+        assert up.counter.total() == 0
 
 
 async def test_unexpected_bundle_is_not_trusted(enclave: EnclaveProcess) -> None:
@@ -248,7 +240,7 @@ async def test_unexpected_bundle_is_not_trusted(enclave: EnclaveProcess) -> None
     )
     async with run_upstream(guard) as up:
         refused(await call(up.url, TOOL, ALLOWED, await get_permit(enclave.address)), "PERMIT_UNTRUSTED_KEY")
-        assert up.counter.total == 0
+        assert up.counter.total() == 0
 
 
 async def test_batches_and_garbage_never_reach_a_tool(
@@ -260,7 +252,7 @@ async def test_batches_and_garbage_never_reach_a_tool(
     ).encode()
     refused(await call(upstream.url, TOOL, {}, token, raw=batch), "MCP_INVALID_REQUEST")
     refused(await call(upstream.url, TOOL, {}, token, raw=b"{not json"), "MCP_PARSE_FAILURE")
-    assert upstream.counter.total == 0
+    assert upstream.counter.total() == 0
 
 
 async def test_other_methods_pass_without_permit(upstream: RunningUpstream) -> None:
@@ -299,7 +291,7 @@ async def test_restarted_enclave_key_is_learned_by_reattestation(tmp_path: Path)
             refused(
                 await call(up.url, TOOL, ALLOWED, await get_permit(first.address)), "PERMIT_UNTRUSTED_KEY"
             )
-            assert up.counter.total == 1
+            assert up.counter.total() == 1
 
 
 _ = asyncio

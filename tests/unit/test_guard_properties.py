@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import string
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,19 +18,10 @@ from cmcp_core import permit as permits
 from cmcp_core.errors import CmcpError
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.replay import ReplayCache
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
+from tests.helpers.enclave_proc import EnclaveProcess
 from tests.helpers.gateway_stack import AUDIENCE, PERMIT_ARGS, PERMIT_TOOL, get_permit
 
-ROOT = Path(__file__).resolve().parents[2]
 B64 = string.ascii_letters + string.digits + "-_."
-
-
-@pytest.fixture(scope="module")
-def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
-    with start_enclave(
-        ROOT / "examples/realistic", tmp_path_factory.mktemp("enc"), audience=AUDIENCE
-    ) as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")

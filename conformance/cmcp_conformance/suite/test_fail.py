@@ -9,37 +9,16 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from cmcp_conformance.agent import post_jsonrpc, rpc_error
+from cmcp_conformance.agent import open_raw_session, post_jsonrpc, rpc_error
 from cmcp_conformance.suite.conftest import need_powers
 from cmcp_conformance.suite.sessions import FAIL_CLOSED, wait_until_serving
 from cmcp_conformance.target import Target
 
 
 def _initialize(target: Target, url: str | None = None) -> str:
-    resp = post_jsonrpc(
-        url or target.mcp_url,
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "cmcp-conformance", "version": "1"},
-            },
-        },
-        headers=target.auth_headers(),
-    )
-    assert resp.status_code == 200, f"initialize: HTTP {resp.status_code} {resp.text[:200]}"
-    session_id = resp.headers.get("mcp-session-id")
+    session_id = open_raw_session(url or target.mcp_url, "cmcp-conformance", headers=target.auth_headers())
     assert session_id, "gateway assigned no Mcp-Session-Id"
-    post_jsonrpc(
-        url or target.mcp_url,
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        headers=target.auth_headers(),
-        session_id=session_id,
-    )
-    return str(session_id)
+    return session_id
 
 
 def _call(

@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_conformance import bundle as conformance_bundle
-from cmcp_conformance.agent import CallOutcome, agent, post_jsonrpc, rpc_error
+from cmcp_conformance.agent import CallOutcome, DirectUpstream, agent
 from cmcp_conformance.local import render_initdata
 from cmcp_conformance.suite.conftest import Attested, attest, need_powers, need_upstream
 from cmcp_conformance.suite.sessions import FAIL_CLOSED, run_session, standard_calls, wait_until_serving
@@ -36,7 +36,6 @@ from cmcp_core.bundle import bundle_from_files, load_bundle
 from cmcp_core.decision import verify_decision
 from cmcp_core.digest import b64url, b64url_decode, json_digest
 from cmcp_core.evidence.tdx import parse_quote
-from cmcp_core.permit import PERMIT_HEADER
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.validation import validate_bundle
 
@@ -66,48 +65,6 @@ def host_decide(
             timeout=10,
         )
     return json.loads(resp.decision_json), resp.permit
-
-
-class DirectUpstream:
-    """The guarded upstream, reached straight (not through the gateway), with hand-picked permits."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        init = post_jsonrpc(
-            url,
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "host", "version": "1"},
-                },
-            },
-        )
-        assert init.status_code == 200, f"upstream initialize: HTTP {init.status_code} {init.text[:200]}"
-        self.session_id = init.headers.get("mcp-session-id")
-        post_jsonrpc(
-            url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session_id=self.session_id
-        )
-        self._next = 10
-
-    def call(self, tool: str, arguments: dict[str, Any], permit: str | None) -> CallOutcome:
-        self._next += 1
-        headers = {PERMIT_HEADER: permit} if permit is not None else {}
-        resp = post_jsonrpc(
-            self.url,
-            {
-                "jsonrpc": "2.0",
-                "id": self._next,
-                "method": "tools/call",
-                "params": {"name": tool, "arguments": arguments},
-            },
-            headers=headers,
-            session_id=self.session_id,
-        )
-        return rpc_error(resp)
 
 
 def _tamper(token: str, **changes: Any) -> str:
