@@ -1,0 +1,1 @@
+"""cMCP benchmark harness: ``python -m bench run [--quick]``."""

@@ -1,0 +1,178 @@
+"""Process helpers for the harness: free ports, start/stop servers, RSS.
+
+Every process the harness starts is tracked by its own PID and stopped by that
+PID (never by name).  Servers bind 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.common import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until 127.0.0.1:``port`` accepts TCP connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout:.0f}s")
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``url`` answers any HTTP status below 500."""
+    deadline = time.monotonic() + timeout
+    last: str = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            r = httpx.get(url, timeout=1.0)
+            if r.status_code < 500:
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s ({last})")
+
+
+@dataclass
+class Proc:
+    """A child process started by the harness, with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def rss_bytes(self) -> int:
+        """Resident set size of this process (not children), from /proc."""
+        return rss_of(self.pid)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(signal.SIGINT)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.kill()
+            self.popen.wait(timeout=5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def rss_of(pid: int) -> int:
+    """VmRSS of ``pid`` in bytes (0 when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time consumed so far by ``pid`` (0.0 when the process is gone)."""
+    if pid == os.getpid():
+        t = os.times()
+        return t.user + t.system
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            rest = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(rest[11]) + int(rest[12])) / _CLK_TCK
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    *,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path | None = None,
+    port: int | None = None,
+) -> Proc:
+    """Start ``argv`` with stdout+stderr to ``log_dir/name.log`` (``env`` values of None unset)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    full_env = dict(os.environ)
+    # Make the repo importable as `bench` for `python -m bench.*` children.
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p
+    )
+    for key, value in (env or {}).items():  # None unsets
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    fh = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
+    popen = subprocess.Popen(
+        list(argv), stdout=fh, stderr=subprocess.STDOUT, env=full_env,
+        cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL,
+    )
+    fh.close()
+    return Proc(name=name, popen=popen, log_path=log_path, port=port)
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@contextlib.contextmanager
+def running(procs: list[Proc]) -> Iterator[list[Proc]]:
+    """Stop every process in ``procs`` (in reverse order) on exit."""
+    try:
+        yield procs
+    finally:
+        for p in reversed(procs):
+            p.stop()
