@@ -49,7 +49,13 @@ def register(subparsers: Any) -> None:
         "--write-bundle",
         type=Path,
         metavar="DIR",
-        help="write the conformance bundle (enforce mode) to DIR and exit",
+        help="write the conformance bundle to DIR and exit",
+    )
+    p.add_argument(
+        "--bundle-mode",
+        choices=("enforce", "advisory"),
+        default="enforce",
+        help="with --write-bundle: the measured enforcement mode (advisory: for --advisory-url's route)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also show pytest's own output")
     p.set_defaults(func=run)
@@ -105,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.write_bundle:
         from cmcp_conformance import bundle
 
-        bundle.write(args.write_bundle)
-        print(f"conformance bundle written to {args.write_bundle}")
+        bundle.write(args.write_bundle, mode=args.bundle_mode)
+        print(f"conformance bundle ({args.bundle_mode}) written to {args.write_bundle}")
         return 0
     if not args.target:
         print("cmcpctl conformance: --target local|<gateway route URL> is required", file=sys.stderr)

@@ -41,7 +41,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -244,7 +244,18 @@ def mcp_route(namespace: str) -> dict[str, Any]:
     }
 
 
-def upstream_pod(namespace: str, image: str, enclave: str, bundle_hash: str) -> dict[str, Any]:
+def upstream_pod(
+    namespace: str,
+    image: str,
+    enclave: str,
+    bundle_hash: str,
+    *,
+    name: str = UPSTREAM_POD,
+    server_module: str = "cmcp_ctl.demo_upstream",
+    server_args: Sequence[str] = (),
+    more_enclaves: Sequence[tuple[str, str]] = (),
+    wiretap: bool = True,
+) -> dict[str, Any]:
     """The guarded upstream: mcp server, cmcp-guard in front, the host's wiretap in front of that.
 
     One pod, three containers from the ``cmcp-guard`` image (it carries the whole distribution,
@@ -252,7 +263,11 @@ def upstream_pod(namespace: str, image: str, enclave: str, bundle_hash: str) -> 
     only: nothing outside the pod reaches it except through the guard (and the SDK's DNS-rebinding
     protection, on for a loopback server, accepts the guard's ``Host: 127.0.0.1``). Guard and
     wiretap bind the pod IP. Its ``GET /calls`` counter is read through the guard, which relays
-    that request without a permit (it runs no tool)."""
+    that request without a permit (it runs no tool).
+
+    Other users (the conformance e2e test) pass another ``server_module`` (run as ``python -m
+    MODULE --listen 127.0.0.1:PORT [server_args]``), further ``(enclave, bundle hash)`` pairs the
+    guard accepts permits from (e.g. an advisory route's enclave), and ``wiretap=False``."""
     env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     hardened = {
         "allowPrivilegeEscalation": False,
@@ -277,13 +292,59 @@ def upstream_pod(namespace: str, image: str, enclave: str, bundle_hash: str) -> 
             "securityContext": hardened,
         }
 
+    trusted = [
+        arg
+        for address, digest in [(enclave, bundle_hash), *more_enclaves]
+        for arg in ("--enclave", address, "--expected-bundle-hash", digest)
+    ]
+    containers = [
+        container(
+            "mcp",
+            ["python", "-m", server_module, "--listen", f"127.0.0.1:{MCP_PORT}", *server_args],
+            MCP_PORT,
+            loopback=True,
+        ),
+        container(
+            "guard",
+            [
+                "cmcp-guard",
+                "--listen",
+                f"$(POD_IP):{GUARD_PORT}",
+                "--upstream",
+                f"http://127.0.0.1:{MCP_PORT}",
+                "--audience",
+                AUDIENCE,
+                *trusted,
+                "--allow-simulated",
+                "--refresh-seconds",
+                "5",
+            ],
+            GUARD_PORT,
+        ),
+    ]
+    if wiretap:
+        containers.append(
+            container(
+                "tap",
+                [
+                    "python",
+                    "-m",
+                    "cmcp_ctl.demo_tap",
+                    "--listen",
+                    f"$(POD_IP):{TAP_PORT}",
+                    "--forward",
+                    f"http://$(POD_IP):{GUARD_PORT}",
+                ],
+                TAP_PORT,
+            )
+        )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": UPSTREAM_POD,
+            "name": name,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": UPSTREAM_POD, "app.kubernetes.io/part-of": "cmcp-demo"},
+            "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "cmcp-demo"},
         },
         "spec": {
             "automountServiceAccountToken": False,  # the upstream needs no cluster access
@@ -292,47 +353,7 @@ def upstream_pod(namespace: str, image: str, enclave: str, bundle_hash: str) -> 
                 "runAsUser": 65532,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "containers": [
-                container(
-                    "mcp",
-                    ["python", "-m", "cmcp_ctl.demo_upstream", "--listen", f"127.0.0.1:{MCP_PORT}"],
-                    MCP_PORT,
-                    loopback=True,
-                ),
-                container(
-                    "guard",
-                    [
-                        "cmcp-guard",
-                        "--listen",
-                        f"$(POD_IP):{GUARD_PORT}",
-                        "--upstream",
-                        f"http://127.0.0.1:{MCP_PORT}",
-                        "--audience",
-                        AUDIENCE,
-                        "--enclave",
-                        enclave,
-                        "--allow-simulated",
-                        "--expected-bundle-hash",
-                        bundle_hash,
-                        "--refresh-seconds",
-                        "5",
-                    ],
-                    GUARD_PORT,
-                ),
-                container(
-                    "tap",
-                    [
-                        "python",
-                        "-m",
-                        "cmcp_ctl.demo_tap",
-                        "--listen",
-                        f"$(POD_IP):{TAP_PORT}",
-                        "--forward",
-                        f"http://$(POD_IP):{GUARD_PORT}",
-                    ],
-                    TAP_PORT,
-                ),
-            ],
+            "containers": containers,
         },
     }
 
@@ -365,6 +386,7 @@ class ClusterDemo:
     created_namespace: bool = False
     installed: bool = False
     endpoints: dict[str, str] = field(default_factory=dict)
+    release: str = RELEASE  # the conformance e2e test installs under another name
 
     @property
     def tools(self) -> Tools:
@@ -422,7 +444,11 @@ class ClusterDemo:
             console.table(
                 ["component", "address", "note"],
                 [
-                    ["operator", f"{RELEASE}-operator ({self.ns})", "attested the enclave (McpRoute status)"],
+                    [
+                        "operator",
+                        f"{self.release}-operator ({self.ns})",
+                        "attested the enclave (McpRoute status)",
+                    ],
                     ["enclave pod", enclave, f"bundle {run.bundle_hash[:23]}…, tee simulated"],
                     [
                         "guarded upstream",
@@ -438,13 +464,13 @@ class ClusterDemo:
             raise
         finally:
             if self.settings.keep:
-                console.line(f"  --keep: release {RELEASE} in namespace {self.ns} left installed")
+                console.line(f"  --keep: release {self.release} in namespace {self.ns} left installed")
                 console.line(
-                    f"  remove it with: helm uninstall {RELEASE} -n {self.ns} "
+                    f"  remove it with: helm uninstall {self.release} -n {self.ns} "
                     "(after deleting the route and bundle)"
                 )
             else:
-                with console.progress(f"helm uninstall {RELEASE} (route and bundle deleted first)"):
+                with console.progress(f"helm uninstall {self.release} (route and bundle deleted first)"):
                     problems = self._teardown()
                 run.checks.append(
                     (
@@ -484,7 +510,7 @@ class ClusterDemo:
                 f"delete it: `kubectl delete validatingwebhookconfiguration,mutatingwebhookconfiguration "
                 f"{WEBHOOK_CONFIG}`, then run the demo again",
             )
-        if owner != (RELEASE, self.ns):
+        if owner != (self.release, self.ns):
             raise DemoFailure(
                 f"another cMCP release is installed ({owner[0]} in namespace {owner[1]}); the operator's "
                 "webhook allows one release per cluster",
@@ -511,12 +537,14 @@ class ClusterDemo:
         values = run_dir / "values-install.yaml"
         values.write_text(yaml.safe_dump(install_values()), encoding="utf-8")
         chart, profile = self.settings.chart, self.settings.profile
-        with console.progress(f"helm upgrade --install {RELEASE} {demo_cmd._rel(chart)} -f {profile.name}"):
+        with console.progress(
+            f"helm upgrade --install {self.release} {demo_cmd._rel(chart)} -f {profile.name}"
+        ):
             self.installed = True  # from here on, teardown uninstalls (even a half-done install)
             tools.helm(
                 "upgrade",
                 "--install",
-                RELEASE,
+                self.release,
                 str(chart),
                 "-n",
                 self.ns,
@@ -528,7 +556,7 @@ class ClusterDemo:
         with console.progress("operator available and serving its admission webhook"):
             wait_for(
                 "the operator Deployment to be available",
-                lambda: self._available(f"{RELEASE}-operator"),
+                lambda: self._available(f"{self.release}-operator"),
                 WAIT,
                 self.hint("the operator pod must start (image, ServiceAccount, RBAC)"),
             )
@@ -541,18 +569,32 @@ class ClusterDemo:
                 self.hint("the operator's log says why its webhook server did not start"),
             )
 
-    def _apply_bundle_and_route(self, bundle_hash: str) -> str:
-        """Apply both objects; return the attested enclave's gRPC address (``IP:PORT``)."""
+    def _apply_bundle_and_route(
+        self,
+        bundle_hash: str,
+        *,
+        bundle_dir: Path | None = None,
+        bundle_name: str = BUNDLE_NAME,
+        route: dict[str, Any] | None = None,
+    ) -> str:
+        """Apply both objects; return the attested enclave's gRPC address (``IP:PORT``).
+
+        Defaults: the demo's bundle and route; the conformance e2e test passes its own."""
         from cmcp_operator.render_bundle import bundle_manifest
 
         console, tools, run_dir = self.console, self.tools, self.out / "run"
-        manifest = bundle_manifest(self.settings.bundle_dir, BUNDLE_NAME, self.ns)
-        with console.progress(
-            f"kubectl apply PolicyBundle {BUNDLE_NAME} ({demo_cmd._rel(self.settings.bundle_dir)})"
-        ):
+        bundle_dir = bundle_dir or self.settings.bundle_dir
+        route = route or mcp_route(self.ns)
+        route_name = str(route["metadata"]["name"])
+        bundle_file = (
+            "policybundle.yaml" if bundle_name == BUNDLE_NAME else f"policybundle-{bundle_name}.yaml"
+        )
+        route_file = "mcproute.yaml" if route_name == ROUTE else f"mcproute-{route_name}.yaml"
+        manifest = bundle_manifest(bundle_dir, bundle_name, self.ns)
+        with console.progress(f"kubectl apply PolicyBundle {bundle_name} ({demo_cmd._rel(bundle_dir)})"):
             # the webhook answers a moment after the configuration is filled: retry until admitted
             def admitted() -> bool:
-                tools.apply(manifest, run_dir / "policybundle.yaml")
+                tools.apply(manifest, run_dir / bundle_file)
                 return True
 
             wait_for(
@@ -563,7 +605,7 @@ class ClusterDemo:
             )
             bundle = wait_for(
                 "the PolicyBundle to be Ready",
-                lambda: self._ready("policybundle", BUNDLE_NAME),
+                lambda: self._ready("policybundle", bundle_name),
                 WAIT,
                 self.hint("the PolicyBundle's status conditions say why"),
             )
@@ -573,12 +615,12 @@ class ClusterDemo:
                 f"the cluster computed bundle hash {reported}, the local files hash to {bundle_hash}",
                 self.hint("apply the bundle again; the operator and cmcpctl must be the same version"),
             )
-        with console.progress(f"kubectl apply McpRoute {ROUTE} (tee: simulated); enclave pod attested"):
-            tools.apply(mcp_route(self.ns), run_dir / "mcproute.yaml")
+        with console.progress(f"kubectl apply McpRoute {route_name} (tee: simulated); enclave pod attested"):
+            tools.apply(route, run_dir / route_file)
 
             def attested() -> dict[str, Any] | None:
-                route = self._ready("mcproute", ROUTE)
-                pods = [p for p in (route or {}).get("status", {}).get("pods", []) if p.get("attested")]
+                found = self._ready("mcproute", route_name)
+                pods = [p for p in (found or {}).get("status", {}).get("pods", []) if p.get("attested")]
                 return pods[0] if pods and pods[0].get("address") else None
 
             entry = wait_for(
@@ -595,31 +637,44 @@ class ClusterDemo:
         address = str(entry["address"])
         return address if ":" in address else f"{address}:50051"
 
-    def _start_upstream(self, enclave: str, bundle_hash: str) -> None:
+    def _start_upstream(
+        self, enclave: str, bundle_hash: str, *, pod_doc: dict[str, Any] | None = None
+    ) -> None:
+        """Run the demo's upstream pod (or ``pod_doc``, an :func:`upstream_pod` of the caller's)."""
         image = self._guard_image()
-        with self.console.progress(f"kubectl apply Pod {UPSTREAM_POD} (mcp server + cmcp-guard + wiretap)"):
-            self.tools.apply(
-                upstream_pod(self.ns, image, enclave, bundle_hash), self.out / "run" / "upstream-pod.yaml"
-            )
+        doc = pod_doc or upstream_pod(self.ns, image, enclave, bundle_hash)
+        name = str(doc["metadata"]["name"])
+        parts = " + ".join(
+            {"mcp": "mcp server", "guard": "cmcp-guard", "tap": "wiretap"}.get(c["name"], c["name"])
+            for c in doc["spec"]["containers"]
+        )
+        with self.console.progress(f"kubectl apply Pod {name} ({parts})"):
+            self.tools.apply(doc, self.out / "run" / "upstream-pod.yaml")
             pod = wait_for(
-                f"the pod {UPSTREAM_POD} to be Ready",
-                lambda: self._pod_ready(self.tools.get("pod", UPSTREAM_POD, self.ns)),
+                f"the pod {name} to be Ready",
+                lambda: self._pod_ready(self.tools.get("pod", name, self.ns)),
                 WAIT,
                 self.hint(f"image {image} must run cmcp-guard and ship cmcp_ctl (guard/Dockerfile)"),
             )
         self.endpoints["upstream"] = str(pod["status"]["podIP"])
 
-    def _add_gateway(self) -> str:
-        """``helm upgrade`` with the route; return the gateway pod's base URL."""
+    def _add_gateway(self, routes: list[dict[str, Any]] | None = None) -> str:
+        """``helm upgrade`` with the route (or the caller's ``gateway.routes``); return the
+        gateway pod's base URL."""
         upstream = f"http://{self.endpoints['upstream']}:{TAP_PORT}/mcp"
+        if routes is None:
+            routes = gateway_values(self.ns, upstream)["gateway"]["routes"]
+        doc = {"gateway": {"replicas": 1, "routes": routes}}
+        names = ", ".join(str(r["name"]) for r in routes)
         values = self.out / "run" / "values-gateway.yaml"
-        values.write_text(yaml.safe_dump(gateway_values(self.ns, upstream)), encoding="utf-8")
+        values.write_text(yaml.safe_dump(doc), encoding="utf-8")
         chart, profile = self.settings.chart, self.settings.profile
         install = self.out / "run" / "values-install.yaml"
-        with self.console.progress(f"helm upgrade {RELEASE}: the gateway for route {ROUTE}"):
+        label = "route" if len(routes) == 1 else "routes"
+        with self.console.progress(f"helm upgrade {self.release}: the gateway for {label} {names}"):
             self.tools.helm(
                 "upgrade",
-                RELEASE,
+                self.release,
                 str(chart),
                 "-n",
                 self.ns,
@@ -632,7 +687,7 @@ class ClusterDemo:
             )
             wait_for(
                 "the gateway Deployment to be available",
-                lambda: self._available(f"{RELEASE}-gateway"),
+                lambda: self._available(f"{self.release}-gateway"),
                 WAIT,
                 self.hint("the gateway pod's log says why it is not Ready"),
             )
@@ -644,7 +699,7 @@ class ClusterDemo:
                         for p in self.tools.list(
                             "pods",
                             self.ns,
-                            f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=gateway",
+                            f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=gateway",
                         )
                         if self._pod_ready(p)
                     ),
@@ -735,7 +790,15 @@ class ClusterDemo:
         step("delete", "pod", UPSTREAM_POD, "-n", ns, "--ignore-not-found", "--timeout=60s")
         if self.installed:
             step(
-                "uninstall", RELEASE, "-n", ns, "--ignore-not-found", "--wait", "--timeout", "120s", helm=True
+                "uninstall",
+                self.release,
+                "-n",
+                ns,
+                "--ignore-not-found",
+                "--wait",
+                "--timeout",
+                "120s",
+                helm=True,
             )
         step("delete", "secret", TOKENS_SECRET, "-n", ns, "--ignore-not-found")
         if self.created_namespace:
@@ -744,7 +807,8 @@ class ClusterDemo:
             self.console.line(f"  {self.console.fail_mark} cleanup: {text}")
         if problems:
             self.console.line(
-                f"  next: run `helm uninstall {RELEASE} -n {ns}` and `kubectl delete namespace {ns}` by hand"
+                f"  next: run `helm uninstall {self.release} -n {ns}` and "
+                f"`kubectl delete namespace {ns}` by hand"
             )
         return problems
 

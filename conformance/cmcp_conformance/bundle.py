@@ -2,7 +2,8 @@
 
 The suite needs known facts — which tool Cedar allows, which it forbids, which tool carries
 PHI and which sends data out, a non-ASCII tool name — so the route under test must serve
-this bundle (``cmcpctl conformance bundle --out DIR`` writes it for a cluster). It is
+this bundle (``cmcpctl conformance --write-bundle DIR [--bundle-mode advisory]`` writes it for a
+cluster). It is
 generated from code, not shipped as data files, so an installed wheel always has it.
 """
 

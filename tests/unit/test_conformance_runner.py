@@ -212,6 +212,11 @@ def test_cli_list_and_write_bundle(tmp_path: Path) -> None:
     assert [line.split()[0] for line in listed.stdout.splitlines()] == [r.id for r in catalogue.REQUIREMENTS]
     out = cmcpctl("--write-bundle", str(tmp_path / "bundle"))
     assert out.returncode == 0 and validate_bundle(load_bundle(tmp_path / "bundle")) == []
+    out = cmcpctl("--write-bundle", str(tmp_path / "advisory"), "--bundle-mode", "advisory")
+    advisory = load_bundle(tmp_path / "advisory")
+    assert out.returncode == 0 and validate_bundle(advisory) == []
+    assert advisory.enforcement_mode == "advisory"
+    assert advisory.bundle_hash != load_bundle(tmp_path / "bundle").bundle_hash
 
 
 def test_cli_against_an_absent_gateway_fails_musts_and_never_passes(tmp_path: Path) -> None:

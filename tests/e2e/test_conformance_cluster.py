@@ -1,0 +1,320 @@
+"""`cmcpctl conformance` against the chart installed on the real control plane (issue 8).
+
+The acceptance item: "CI runs the suite ... in the e2e job, against the chart installed on the
+real control plane; every MUST passes". The fixture installs charts/cmcp with helm (the
+simulated-TEE profile) through cmcpctl's own cluster installer (cmcp_ctl.demo_cluster, under
+another release name and namespace), then:
+
+* applies two PolicyBundles holding the conformance bundle (`cmcpctl conformance
+  --write-bundle`): enforce mode, and the same policies measured in advisory mode;
+* applies an McpRoute for each (tee: simulated); the operator starts and attests the enclave pods;
+* runs the conformance upstream (`python -m cmcp_conformance.upstream`, an official `mcp` SDK
+  server with its call counter) behind `cmcp-guard` as one pod, the way the demo runs its
+  upstream; the guard attests both routes' enclaves itself;
+* adds the gateway with `helm upgrade`, one gateway route per McpRoute, both to that guard;
+
+and runs `cmcpctl conformance --target <gateway URL> --kubeconfig --route ...` as a user would
+(a subprocess). Every MUST must PASS; a SKIP is accepted only for the IDs listed in
+LOCAL_ONLY, whose every check needs a power only the local target has (stopping the enclave
+process). A new SKIP, or one with another reason, fails the test.
+
+One cMCP release per cluster (the operator's webhook configuration has a fixed name): like
+test_demo_cluster.py, the fixture waits until no other release owns it, and always uninstalls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cmcp_conformance import catalogue
+from cmcp_core.bundle import load_bundle
+from cmcp_ctl import demo_cluster, demo_cmd
+from cmcp_ctl.demo_cmd import AUDIENCE, Console
+
+from .conftest import E2ECluster
+from .test_demo_cluster import _webhook_owner
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+ROOT = Path(__file__).resolve().parents[2]
+CMCPCTL = Path(sys.executable).with_name("cmcpctl")
+RELEASE = "cmcp-conformance"  # contains the chart name: objects are cmcp-conformance-operator, -gateway
+NS = f"cmcp-conformance-{uuid.uuid4().hex[:6]}"
+ENFORCE, ADVISORY = "conformance", "conformance-advisory"  # bundle, McpRoute and gateway route names
+UPSTREAM_POD = "cmcp-conformance-upstream"
+
+# IDs allowed to SKIP on the cluster, each with the reason it must give: every check behind
+# them needs a local-only power (the cluster target grants none).
+LOCAL_ONLY = {
+    "FAIL-001": "needs local powers (stop the enclave); not available on a remote target",
+}
+# Every individual check (suite test) allowed to skip, and the power it names. The other checks
+# of POLICY-005, POLICY-TEE-001 and POLICY-TEE-002 run on the cluster, so those IDs must PASS.
+_POWER = "needs local powers ({}); not available on a remote target"
+LOCAL_ONLY_CHECKS = {
+    "test_enclave_down_fails_closed": _POWER.format("stop the enclave"),  # FAIL-001
+    "test_invalid_bundle_never_serves": _POWER.format("launch an enclave on a chosen bundle"),  # POLICY-005
+    "test_enclave_unreachable_every_call_fails_closed": _POWER.format("stop the enclave"),  # POLICY-TEE-001
+    "test_enclave_refuses_a_changed_bundle_under_the_old_initdata": _POWER.format(
+        "launch an enclave on a chosen bundle"
+    ),  # POLICY-TEE-002
+    "test_enclave_refuses_initdata_other_than_the_measured": _POWER.format(
+        "launch an enclave under a chosen measurement"
+    ),  # POLICY-TEE-002
+}
+
+LINE = re.compile(r"^(PASS|FAIL|SKIP) +(\S+) +(MUST|SHOULD) +(.*?) -- (.*)$")
+
+
+@dataclass
+class ConformanceRun:
+    proc: subprocess.CompletedProcess[str]
+    junit: Path
+    enclave: str
+    advisory_enclave: str
+    log: Path
+    cleanup_problems: list[str] = field(default_factory=list)
+
+    def context(self) -> str:
+        log = self.log.read_text()[-4000:] if self.log.exists() else ""
+        return self.proc.stdout[-8000:] + "\n--- stderr\n" + self.proc.stderr[-4000:] + "\n--- log\n" + log
+
+
+def _route(name: str) -> dict[str, Any]:
+    """An McpRoute for the bundle of the same name; the permit audience the guard checks."""
+    return {
+        "apiVersion": f"{demo_cluster.GROUP}/v1alpha1",
+        "kind": "McpRoute",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "policyBundleRef": {"name": name},
+            "upstream": {"url": f"http://{UPSTREAM_POD}.{NS}.svc:{demo_cluster.GUARD_PORT}/mcp"},
+            "audience": AUDIENCE,
+            "tee": "simulated",
+            "replicas": 1,
+        },
+    }
+
+
+def _delete_ours(demo: demo_cluster.ClusterDemo) -> list[str]:
+    """Our routes, bundles and pod, before the installer's teardown uninstalls the release
+    (the operator's finalizers need the operator)."""
+    problems = []
+    for kind, name in (
+        (f"mcproute.{demo_cluster.GROUP}", ENFORCE),
+        (f"mcproute.{demo_cluster.GROUP}", ADVISORY),
+        (f"policybundle.{demo_cluster.GROUP}", ENFORCE),
+        (f"policybundle.{demo_cluster.GROUP}", ADVISORY),
+        ("pod", UPSTREAM_POD),
+    ):
+        try:
+            demo.tools.kubectl("delete", kind, name, "-n", NS, "--ignore-not-found", "--timeout=120s")
+        except demo_cluster.ToolError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+@pytest.fixture(scope="module")
+def conformance_run(
+    cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ConformanceRun]:
+    if not cluster.is_local:
+        pytest.skip("needs the local node agent to run the chart's pods (no images for a real cluster)")
+    cluster.kube.wait_for(
+        "no other cMCP release in the cluster (one per cluster)",
+        lambda: _webhook_owner(cluster) is None,
+        timeout=300,
+        on_timeout=lambda: f"still installed: {_webhook_owner(cluster)}",
+    )
+    work = tmp_path_factory.mktemp("conformance-cluster")
+    # the bundles exactly as a user gets them: `cmcpctl conformance --write-bundle DIR`
+    enforce_dir, advisory_dir = work / "bundle-enforce", work / "bundle-advisory"
+    for directory, mode in ((enforce_dir, "enforce"), (advisory_dir, "advisory")):
+        subprocess.run(
+            [str(CMCPCTL), "conformance", "--write-bundle", str(directory), "--bundle-mode", mode],
+            check=True,
+            capture_output=True,
+        )
+    enforce_hash = load_bundle(enforce_dir).bundle_hash
+    advisory_hash = load_bundle(advisory_dir).bundle_hash
+    assert enforce_hash != advisory_hash  # the mode is measured
+
+    settings = demo_cluster.resolve_settings(
+        argparse.Namespace(
+            kubeconfig=str(cluster.kubeconfig),
+            namespace=NS,
+            helm=str(cluster.helm_bin),
+            kubectl=str(cluster.kubectl_bin),
+            bundle=str(enforce_dir),
+            keep=False,
+        )
+    )
+    out = demo_cmd.prepare_out(str(work / "out"))
+    settings.tools.log = out / "run" / "kubectl-helm.log"
+    console_log = (out / "run" / "install.txt").open("w", encoding="utf-8")
+    demo = demo_cluster.ClusterDemo(Console(console_log), settings, out, release=RELEASE)
+    run: ConformanceRun | None = None
+    try:
+        demo._preflight()
+        demo._install()
+        enclave = demo._apply_bundle_and_route(
+            enforce_hash, bundle_dir=enforce_dir, bundle_name=ENFORCE, route=_route(ENFORCE)
+        )
+        advisory_enclave = demo._apply_bundle_and_route(
+            advisory_hash, bundle_dir=advisory_dir, bundle_name=ADVISORY, route=_route(ADVISORY)
+        )
+        pod = demo_cluster.upstream_pod(
+            NS,
+            demo._guard_image(),
+            enclave,
+            enforce_hash,
+            name=UPSTREAM_POD,
+            server_module="cmcp_conformance.upstream",
+            server_args=["--no-guard"],  # the guard is the pod's cmcp-guard container
+            more_enclaves=[(advisory_enclave, advisory_hash)],
+            wiretap=False,
+        )
+        demo._start_upstream(enclave, enforce_hash, pod_doc=pod)
+        guard = f"http://{demo.endpoints['upstream']}:{demo_cluster.GUARD_PORT}"
+        gateway = demo._add_gateway(
+            routes=[
+                {
+                    "name": name,
+                    "mcpRoute": {"name": name, "namespace": NS},
+                    "upstream": f"{guard}/mcp",
+                    "audience": AUDIENCE,
+                }
+                for name in (ENFORCE, ADVISORY)
+            ]
+        )
+        junit = work / "conformance.xml"
+        proc = subprocess.run(
+            [
+                str(CMCPCTL),
+                "conformance",
+                "--target",
+                f"{gateway}/mcp/{ENFORCE}",
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "--route",
+                f"{NS}/{ENFORCE}",
+                "--token",
+                demo.token,
+                "--advisory-url",
+                f"{gateway}/mcp/{ADVISORY}",
+                "--advisory-enclave",
+                advisory_enclave,
+                "--upstream",
+                f"{guard}/mcp",
+                "--upstream-counter",
+                f"{guard}/calls",
+                "--allow-simulated",
+                "--junit",
+                str(junit),
+            ],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=900,
+            cwd=ROOT,
+        )
+        run = ConformanceRun(proc, junit, enclave, advisory_enclave, settings.tools.log)
+        if proc.returncode != 0:
+            demo._save_state()
+    except BaseException:
+        demo._save_state()
+        raise
+    finally:
+        problems = _delete_ours(demo)
+        problems += demo._teardown()
+        console_log.close()
+        if run is not None:
+            run.cleanup_problems = problems
+    assert run is not None
+    yield run
+
+
+def _results(text: str) -> dict[str, tuple[str, str, str]]:
+    """ID -> (outcome, level, reason) from the per-ID lines; each ID printed exactly once."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for line in text.splitlines():
+        m = LINE.match(line)
+        if m:
+            outcome, rid, level, _title, reason = m.groups()
+            assert rid not in found, f"{rid} printed twice"
+            found[rid] = (outcome, level, reason)
+    return found
+
+
+def test_every_must_passes_on_the_cluster(conformance_run: ConformanceRun) -> None:
+    proc = conformance_run.proc
+    print(proc.stdout)  # the per-ID report, shown with -rP
+    assert proc.returncode == 0, conformance_run.context()
+    # the runner read the McpRoute status and tested the enclave pod the operator attested
+    assert f"enclave={conformance_run.enclave}" in proc.stdout.splitlines()[0], proc.stdout[:500]
+    results = _results(proc.stdout)
+    assert set(results) == {req.id for req in catalogue.active()}, conformance_run.context()
+    for req in catalogue.active():
+        outcome, level, reason = results[req.id]
+        assert level == req.level.value
+        if req.id in LOCAL_ONLY:
+            assert (outcome, reason) == ("SKIP", LOCAL_ONLY[req.id]), (req.id, outcome, reason)
+        else:
+            # SHOULDs too: on this deployment nothing excuses them
+            assert outcome == "PASS", (req.id, outcome, reason, conformance_run.context())
+    passed = len(results) - len(LOCAL_ONLY)
+    assert f"conformance: {passed} passed, 0 failed, {len(LOCAL_ONLY)} skipped" in proc.stdout
+
+
+def test_only_local_power_checks_skipped(conformance_run: ConformanceRun) -> None:
+    """Check by check (the JUnit report): every skip is one of LOCAL_ONLY_CHECKS with its reason,
+    so the advisory route, the upstream, its counter and the cluster probes all really ran."""
+    assert conformance_run.junit.is_file(), conformance_run.context()
+    skipped: dict[str, str] = {}
+    ran: set[str] = set()
+    for case in ET.parse(conformance_run.junit).getroot().iter("testcase"):
+        name = str(case.get("name"))
+        skip = case.find("skipped")
+        if skip is None:
+            ran.add(name)
+        else:
+            skipped[name] = str(skip.get("message", ""))
+    assert skipped == LOCAL_ONLY_CHECKS
+    # the checks that need what only the cluster deployment gives: advisory route and enclave,
+    # McpRoute status, PolicyBundle admission, direct upstream access and its counter
+    for name in (
+        "test_advisory_mode_forwards_and_marks_the_result",
+        "test_advisory_mode_records_advisory_deny_in_the_chain",
+        "test_route_status_matches_fresh_evidence",
+        "test_cluster_refuses_an_invalid_policy_bundle",
+        "test_call_without_permit_or_for_a_denied_call_never_runs",
+        "test_uncatalogued_tool_never_runs",
+        "test_expired_permit_is_rejected",
+    ):
+        assert name in ran, name
+
+
+def test_junit_report_names_every_id(conformance_run: ConformanceRun) -> None:
+    assert conformance_run.junit.is_file(), conformance_run.context()
+    root = ET.parse(conformance_run.junit).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    assert [s.get("name") for s in suites] == ["cmcp-conformance"]
+    failures = sum(int(s.get("failures", "0")) + int(s.get("errors", "0")) for s in suites)
+    assert failures == 0, conformance_run.context()
+
+
+def test_cleanup_removed_everything(conformance_run: ConformanceRun, cluster: E2ECluster) -> None:
+    assert conformance_run.cleanup_problems == []
+    assert RELEASE not in cluster.helm("list", "-A", "-q").stdout.split()
+    assert _webhook_owner(cluster) is None  # the next release can install
