@@ -10,6 +10,8 @@ if ! command -v "$PY" >/dev/null 2>&1; then need_apt+=(python3 python3-venv pyth
 if command -v "$PY" >/dev/null 2>&1 && ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need_apt+=(python3-venv)
 fi
+# the e2e control plane gives pods addresses in a private network namespace (ip netns, veth)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_apt[*]} with apt-get" >&2
