@@ -16,12 +16,12 @@ it carries this document and this signature (:func:`cmcp_core.audit.decision_ent
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cmcp_core.crypto import DECISION_CONTEXT, public_bytes, thumbprint, verify_payload
+from cmcp_core.crypto import DECISION_CONTEXT, public_bytes, sign, thumbprint, verify_payload
 from cmcp_core.digest import canonical
 from cmcp_core.errors import CmcpError, Code
 
@@ -54,7 +54,7 @@ def sign_decision(key: Ed25519PrivateKey, document: dict[str, Any]) -> tuple[byt
     if missing:
         raise ValueError(f"decision lacks {sorted(missing)}")
     body = canonical(document)  # byte-identical to JCS, see cmcp_core.digest.canonical
-    return body, key.sign(DECISION_CONTEXT + body)
+    return body, sign(key, DECISION_CONTEXT + body)
 
 
 def verify_decision(decision_json: bytes, signature: bytes, public_key: Ed25519PublicKey, *,
@@ -69,7 +69,7 @@ def verify_decision(decision_json: bytes, signature: bytes, public_key: Ed25519P
     if not verify_payload(public_key, DECISION_CONTEXT, decision_json, signature):
         raise CmcpError(Code.DECISION_UNVERIFIED, "decision signature does not verify")
     try:
-        doc: Any = json.loads(decision_json)
+        doc: Any = orjson.loads(decision_json)  # stricter than json; anything odd fails below anyway
     except (ValueError, UnicodeDecodeError) as exc:
         raise CmcpError(Code.DECISION_UNVERIFIED, f"decision is not JSON: {exc}") from exc
     if not isinstance(doc, dict) or canonical(doc) != decision_json:  # fast JCS, byte-identical

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any
 
+import orjson
 import rfc8785
 
 
@@ -58,7 +58,7 @@ _JCS_SAFE_INT = 2**53 - 1
 
 
 def _plain_json(value: Any) -> bool:
-    """True when ``json.dumps(sort_keys)`` gives exactly the RFC 8785 bytes for ``value``.
+    """True when a sorted-keys C encoder (orjson, json) gives exactly the RFC 8785 bytes for ``value``.
 
     That holds for strings, booleans, null, safe-range integers, lists and objects whose keys
     sort the same by code point as by UTF-16 code unit (all keys below U+D800). Python's json
@@ -79,7 +79,9 @@ def _plain_json(value: Any) -> bool:
             for key, sub in item.items():
                 if type(key) is not str or not (key.isascii() or max(key) < "\ud800"):
                     return False
-                stack.append(sub)
+                sub_kind = type(sub)
+                if sub_kind is not str and sub_kind is not bool and sub is not None:
+                    stack.append(sub)  # scalars are settled here: most values are strings
             continue
         if kind is list:
             stack.extend(item)
@@ -89,16 +91,19 @@ def _plain_json(value: Any) -> bool:
 
 
 def canonical(value: Any) -> bytes:
-    """RFC 8785 bytes, fast: the C json encoder when provably identical, else :func:`jcs`.
+    """RFC 8785 bytes, fast: orjson when provably identical, else :func:`jcs`.
 
     For hot paths (the enclave signs and hashes on every decision; ``rfc8785`` is pure Python
-    and dominated its latency). ``tests/unit/test_audit_canonical.py`` holds it byte-identical
-    to :func:`jcs` with a property test.
+    and dominated its latency). For values :func:`_plain_json` admits, orjson with sorted keys
+    writes exactly the JCS bytes: UTF-8 output, the same escapes as Python's ``json`` (see
+    :func:`_plain_json`), keys below U+D800 sort the same by UTF-8 bytes as by UTF-16 units.
+    It refuses lone surrogates and nesting deeper than 254 (``TypeError``): those go to
+    :func:`jcs`, which refuses or produces the same bytes. ``tests/unit/test_audit_canonical.py``
+    holds it byte-identical to :func:`jcs` with a property test.
     """
     if _plain_json(value):
         try:
-            return json.dumps(value, ensure_ascii=False, sort_keys=True,
-                              separators=(",", ":")).encode("utf-8")
-        except UnicodeEncodeError:
-            pass  # lone surrogates: let rfc8785 refuse them
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            pass  # lone surrogates, very deep nesting: let rfc8785 decide
     return jcs(value)

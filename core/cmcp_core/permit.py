@@ -8,16 +8,16 @@ Verification here is stateless; the guard adds the replay cache.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cmcp_core.crypto import PERMIT_CONTEXT, thumbprint, verify_payload
+from cmcp_core.crypto import PERMIT_CONTEXT, sign, thumbprint, verify_payload
 from cmcp_core.digest import b64url, b64url_decode, canonical
 from cmcp_core.errors import CmcpError, Code
 
@@ -50,7 +50,7 @@ def mint(key: Ed25519PrivateKey, *, session_id: str, call_id: str, tool: str, ar
                     iat=issued, exp=issued + ttl_seconds, bh=bundle_hash,
                     nonce=secrets.token_hex(16), kid=kid if kid is not None else thumbprint(key.public_key()))
     body = canonical(permit.__dict__)  # same bytes as jcs(asdict(permit)), without the slow path
-    sig = key.sign(PERMIT_CONTEXT + body)
+    sig = sign(key, PERMIT_CONTEXT + body)
     return f"{TOKEN_PREFIX}.{b64url(body)}.{b64url(sig)}"
 
 
@@ -65,11 +65,11 @@ def decode(token: str) -> tuple[Permit, bytes, bytes]:
         raise CmcpError(Code.PERMIT_MALFORMED, "permit must be v1.<payload>.<signature>")
     try:
         body, sig = b64url_decode(parts[1]), b64url_decode(parts[2])
-        doc: Any = json.loads(body)
+        doc: Any = orjson.loads(body)
         permit = Permit(**doc) if isinstance(doc, dict) else None
     except (ValueError, TypeError) as exc:
         raise CmcpError(Code.PERMIT_MALFORMED, f"permit payload unreadable: {exc}") from exc
-    if permit is None or not all(isinstance(v, str) for k, v in asdict(permit).items()
+    if permit is None or not all(isinstance(v, str) for k, v in permit.__dict__.items()
                                  if k not in ("iat", "exp")):
         raise CmcpError(Code.PERMIT_MALFORMED, "permit fields have the wrong types")
     if not isinstance(permit.iat, int) or not isinstance(permit.exp, int):

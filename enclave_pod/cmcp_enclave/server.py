@@ -73,8 +73,24 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.attest_requests.labels("ok").inc()
         return response
 
+    def _piggybacked(self, completes: Any) -> int:
+        """Outcomes riding on a Decide / CloseSession: each handled as its own Complete.
+
+        A refused one is counted under ``Complete`` and skipped; it never fails the carrier.
+        Returns how many were handled (the carrier's response says so: ``completes_handled``).
+        """
+        for c in completes:
+            try:
+                self.enclave.complete(
+                    session_id=c.session_id, call_id=c.call_id, response_digest=c.response_digest,
+                    response_bytes=c.response_bytes, error_code=c.error_code, is_error=c.is_error)
+            except RequestError as exc:
+                self.metrics.request_errors.labels("Complete", exc.code.value).inc()
+        return len(completes)
+
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
+        handled = self._piggybacked(request.completes) if request.completes else 0
         try:
             result = self.enclave.decide(
                 session_id=request.session_id, call_id=request.call_id, principal=request.principal,
@@ -88,7 +104,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._gauges()
         return enclave_pb2.DecideResponse(decision_json=result.decision_json, signature=result.signature,
-                                          permit=result.permit)
+                                          permit=result.permit, completes_handled=handled)
 
     async def Complete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -113,6 +129,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         return enclave_pb2.ListToolsResponse(tools=tools, catalog_json=jcs([catalog[t] for t in tools]))
 
     async def CloseSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        handled = self._piggybacked(request.completes) if request.completes else 0
         try:
             done = self.enclave.close(request.session_id, request.reason or "closed")
         except RequestError as exc:
@@ -121,7 +138,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.sessions_closed.labels("request").inc()
         self._gauges()
         return enclave_pb2.CloseSessionResponse(trust_record_json=jcs(done.record), chain_tip=done.tip,
-                                                entries=done.entries)
+                                                entries=done.entries, completes_handled=handled)
 
     async def ExportAudit(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:

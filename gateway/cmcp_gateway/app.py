@@ -29,10 +29,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cmcp_core.attestation import AttestPolicy
-from cmcp_core.digest import b64url, canonical, tagged_sha256
+from cmcp_core.digest import b64url, tagged_sha256
 from cmcp_core.errors import REGISTRY, CmcpError, Code
 from cmcp_core.permit import PERMIT_HEADER
-from cmcp_core.proto import enclave_pb2
 from cmcp_core.tool_call import args_digest, tool_call_target
 from cmcp_gateway import jsonrpc
 from cmcp_gateway.auth import PEER_CERT_STATE, TokenStore, authenticate
@@ -90,7 +89,6 @@ class Gateway:
         self.implicit: dict[tuple[str, str], str] = {}
         self.routes: dict[str, RouteRuntime] = {}
         self.refresher = Refresher(config.attest_refresh_seconds)
-        self._background: set[asyncio.Task[None]] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -122,8 +120,6 @@ class Gateway:
 
     async def shutdown(self) -> None:
         await self.refresher.stop()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
         for runtime in self.routes.values():
             await runtime.pool.close()
         for runtime in self.routes.values():
@@ -178,9 +174,7 @@ class Gateway:
     async def _close(self, runtime: RouteRuntime, session: Session, reason: str) -> dict[str, Any] | None:
         """Close at the enclave; returns the session's signed Trust Record summary (None on failure)."""
         self._forget(session)
-        if self._background:  # outcomes first, so the Trust Record covers every call
-            await asyncio.gather(*list(self._background), return_exceptions=True)
-        try:
+        try:  # close_session carries the queued outcomes first: the Trust Record covers every call
             resp = await runtime.pool.close_session(session.pin, session.id, reason)
         except CmcpError as exc:
             log.warning("session close failed", extra={"session_id": session.id, "code": str(exc.code)})
@@ -498,34 +492,12 @@ class Gateway:
     def _complete_later(
         self, runtime: RouteRuntime, session: Session, call_id: str, result: Any, error_code: str
     ) -> None:
-        """Report the outcome after answering: the decision is already in the chain."""
+        """Report the outcome after answering: the decision is already in the chain.
 
-        async def complete() -> None:
-            code, digest, size = error_code, "", 0
-            if result is not None:
-                try:
-                    size, digest = len(orjson.dumps(result)), tagged_sha256(canonical(result))
-                except (TypeError, ValueError) as exc:  # a result JCS cannot express: report, don't drop
-                    code = f"unhashable-result:{type(exc).__name__}"
-            request = enclave_pb2.CompleteRequest(
-                session_id=session.id,
-                call_id=call_id,
-                response_digest=digest,
-                response_bytes=size,
-                error_code=code,
-                is_error=bool(result.get("isError")) if isinstance(result, dict) else False,
-            )
-            try:
-                await runtime.pool.complete(session.pin, request)
-            except CmcpError as exc:
-                log.warning(
-                    "complete failed",
-                    extra={"call_id": call_id, "session_id": session.id, "code": str(exc.code)},
-                )
-
-        task = asyncio.get_running_loop().create_task(complete())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        Queued at the pool; it rides on the next Decide or the CloseSession to that enclave
+        (or goes alone shortly after), see :mod:`cmcp_gateway.enclaves`.
+        """
+        runtime.pool.report(session.pin, session.id, call_id, result, error_code)
 
 
 _SESSION_GONE = frozenset({Code.SESSION_LOST, Code.SESSION_UNKNOWN, Code.SESSION_CLOSED})

@@ -4,6 +4,15 @@ A session is pinned to ``(address, key id)`` of the enclave chosen by rendezvous
 the endpoints attested at that moment. Only the pinned enclave holds the session's state, so
 if it stops answering, stops attesting, or comes back with another key, the session's calls get
 ``SESSION_LOST`` — they are never silently moved.
+
+Outcomes (``Complete``) are queued per endpoint and ride on the next ``Decide`` or
+``CloseSession`` to that enclave (``completes`` field), which records them before deciding or
+closing and says how many it handled (``completes_handled``); an outcome nothing carries within
+``OUTCOME_FLUSH_SECONDS`` goes as its own ``Complete``. An enclave that does not acknowledge
+carried outcomes (one that predates the field) gets them again as ``Complete`` calls and is
+not given any more to carry. ``close_session`` first waits for in-flight flushes, then carries
+the rest (or, to an enclave not yet known to carry, sends them first), so the session's Trust
+Record covers every outcome reported before it; ``close`` flushes all.
 """
 
 from __future__ import annotations
@@ -16,15 +25,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import orjson
 
 from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.decision import verify_decision
+from cmcp_core.digest import canonical, tagged_sha256
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 
 log = logging.getLogger("cmcp.gateway")
 ERROR_METADATA_KEY = "cmcp-error-code"  # trailing metadata the enclave's gRPC server sets on a refusal
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
+OUTCOME_FLUSH_SECONDS = 0.02  # an outcome no Decide carried by then is sent on its own
+MAX_CARRIED = 64  # outcomes one Decide / CloseSession carries at most
+
+# (session_id, call_id, result or None, error code): an outcome before its digest is computed
+RawOutcome = tuple[str, str, Any, str]
+
+
+def outcome_request(session_id: str, call_id: str, result: Any, error_code: str) -> Any:
+    """The ``CompleteRequest`` for an upstream result (or a failure code when ``result`` is None)."""
+    code, digest, size = error_code, "", 0
+    if result is not None:
+        try:
+            size, digest = len(orjson.dumps(result)), tagged_sha256(canonical(result))
+        except (TypeError, ValueError) as exc:  # a result JCS cannot express: report, don't drop
+            code = f"unhashable-result:{type(exc).__name__}"
+    return enclave_pb2.CompleteRequest(
+        session_id=session_id,
+        call_id=call_id,
+        response_digest=digest,
+        response_bytes=size,
+        error_code=code,
+        is_error=bool(result.get("isError")) if isinstance(result, dict) else False,
+    )
 
 
 @dataclass
@@ -35,6 +69,12 @@ class Endpoint:
     attested: AttestedEnclave | None = None
     error: CmcpError | None = None
     reattest: asyncio.Task[None] | None = field(default=None, repr=False)
+    raw: list[RawOutcome] = field(default_factory=list, repr=False)  # digests not computed yet
+    outcomes: list[Any] = field(default_factory=list, repr=False)  # CompleteRequests to carry
+    prepare_armed: bool = field(default=False, repr=False)
+    flush_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    flushing: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    carries: bool | None = field(default=None, repr=False)  # acknowledged carried outcomes?
 
 
 @dataclass(frozen=True)
@@ -60,6 +100,13 @@ def _enclave_code(exc: grpc.aio.AioRpcError) -> Code | None:
             except ValueError:
                 return None
     return None
+
+
+def _outcome_lost(request: Any, code: Code) -> None:
+    log.warning(
+        "complete failed",
+        extra={"call_id": request.call_id, "session_id": request.session_id, "code": str(code)},
+    )
 
 
 def _score(session_id: str, kid: str) -> bytes:
@@ -90,6 +137,11 @@ class EnclavePool:
         endpoint = self.endpoints.pop(address)
         if endpoint.reattest is not None:
             endpoint.reattest.cancel()
+        if endpoint.flush_timer is not None:
+            endpoint.flush_timer.cancel()
+        await self._settle(endpoint)
+        for request in self._take(endpoint, None):  # the enclave left the route: its sessions ended
+            _outcome_lost(request, Code.SESSION_LOST)
         await endpoint.channel.close()
 
     async def _attest(self, endpoint: Endpoint) -> None:
@@ -140,12 +192,14 @@ class EnclavePool:
         return endpoint, attested
 
     # --- calls ----------------------------------------------------------------------------
-    async def _rpc(self, endpoint: Endpoint, name: str, request: Any) -> Any:
+    async def _rpc(self, endpoint: Endpoint, name: str, request: Any, *, suspect: bool = True) -> Any:
+        """One call; ``suspect=False`` (background outcome flushes) leaves the endpoint's state to
+        the agent-facing calls, which then fail with their own code."""
         timeout = self.decide_timeout
         try:
             return await getattr(endpoint.stub, name)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _UNREACHABLE:
+            if suspect and exc.code() in _UNREACHABLE:
                 self._suspect(endpoint)
             refused = _enclave_code(exc)
             if refused is not None:  # the enclave refused with a registered code: relay it (still closed)
@@ -153,6 +207,97 @@ class EnclavePool:
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise CmcpError(Code.TEE_UNAVAILABLE, f"enclave {name} exceeded {timeout}s") from exc
             raise CmcpError(Code.TEE_UNAVAILABLE, f"enclave {name} failed: {exc.code().name}") from exc
+
+    # --- outcomes -------------------------------------------------------------------------
+    def report(self, pin: Pin, session_id: str, call_id: str, result: Any, error_code: str) -> None:
+        """Queue an allowed call's outcome for the pinned enclave (cheap: digests come later)."""
+        endpoint = self.endpoints.get(pin.address)
+        if endpoint is None:
+            log.warning(
+                "complete failed",
+                extra={"call_id": call_id, "session_id": session_id, "code": str(Code.SESSION_LOST)},
+            )
+            return
+        endpoint.raw.append((session_id, call_id, result, error_code))
+        if not endpoint.prepare_armed:
+            endpoint.prepare_armed = True
+            asyncio.get_running_loop().call_soon(self._prepare, endpoint)
+
+    def _prepare(self, endpoint: Endpoint) -> None:
+        """Compute queued outcomes' digests (after the answer went out) and arm the flush timer."""
+        endpoint.prepare_armed = False
+        if endpoint.raw:
+            raw, endpoint.raw = endpoint.raw, []
+            endpoint.outcomes.extend(outcome_request(*r) for r in raw)
+        if endpoint.outcomes and endpoint.flush_timer is None:
+            endpoint.flush_timer = asyncio.get_running_loop().call_later(
+                OUTCOME_FLUSH_SECONDS, self._start_flush, endpoint
+            )
+
+    def _take(self, endpoint: Endpoint, limit: int | None = MAX_CARRIED) -> list[Any]:
+        """Remove up to ``limit`` queued outcomes (oldest first) for a carrier to take along."""
+        self._prepare(endpoint)
+        if limit is None or len(endpoint.outcomes) <= limit:
+            taken, endpoint.outcomes = endpoint.outcomes, []
+        else:
+            taken, endpoint.outcomes = endpoint.outcomes[:limit], endpoint.outcomes[limit:]
+        if not endpoint.outcomes and endpoint.flush_timer is not None:
+            endpoint.flush_timer.cancel()
+            endpoint.flush_timer = None
+        return taken
+
+    def _requeue(self, endpoint: Endpoint, taken: list[Any]) -> None:
+        """The carrier may not have arrived: send these again (the enclave refuses duplicates)."""
+        if taken:
+            endpoint.outcomes[:0] = taken
+            self._prepare(endpoint)
+
+    def _start_flush(self, endpoint: Endpoint) -> None:
+        """Send what is queued now, each outcome as its own Complete (timer, close, shutdown)."""
+        if endpoint.flush_timer is not None:
+            endpoint.flush_timer.cancel()
+            endpoint.flush_timer = None
+        taken = self._take(endpoint, None)
+        if taken:
+            task = asyncio.get_running_loop().create_task(self._send_outcomes(endpoint, taken))
+            endpoint.flushing.add(task)
+            task.add_done_callback(endpoint.flushing.discard)
+
+    async def _send_outcomes(self, endpoint: Endpoint, outcomes: list[Any]) -> None:
+        """Each as its own Complete, concurrently (bounded by one timeout, as the old per-call tasks)."""
+
+        async def one(request: Any) -> None:
+            try:
+                if self.endpoints.get(endpoint.address) is not endpoint:
+                    raise CmcpError(Code.SESSION_LOST, "the enclave holding this session is gone")
+                await self._rpc(endpoint, "Complete", request, suspect=False)
+            except CmcpError as exc:
+                _outcome_lost(request, exc.code)
+
+        await asyncio.gather(*(one(r) for r in outcomes))
+
+    def _acknowledged(self, endpoint: Endpoint, carried: list[Any], handled: int) -> None:
+        """Did the enclave handle what rode along? If not (it predates ``completes``), resend alone."""
+        if not carried:
+            return
+        if handled == len(carried):
+            endpoint.carries = True
+            return
+        endpoint.carries = False
+        log.warning("enclave does not take carried outcomes; sending them as Complete calls",
+                    extra={"route": self.route_name, "endpoint": endpoint.address})
+        self._requeue(endpoint, carried)
+
+    async def _settle(self, endpoint: Endpoint) -> None:
+        """Wait for this endpoint's in-flight outcome flushes."""
+        while endpoint.flushing:
+            await asyncio.gather(*list(endpoint.flushing), return_exceptions=True)
+
+    async def flush(self) -> None:
+        """Send every queued outcome now and wait for all of them (shutdown)."""
+        for endpoint in list(self.endpoints.values()):
+            self._start_flush(endpoint)
+            await self._settle(endpoint)
 
     async def decide(
         self,
@@ -179,7 +324,16 @@ class EnclavePool:
             arguments_digest=args_digest,
             audience=audience,
         )
-        resp = await self._rpc(endpoint, "Decide", request)
+        carried = self._take(endpoint) if endpoint.carries is not False else []
+        if carried:
+            request.completes.extend(carried)
+        try:
+            resp = await self._rpc(endpoint, "Decide", request)
+        except CmcpError as exc:
+            if exc.code is Code.TEE_UNAVAILABLE:  # not known to have arrived
+                self._requeue(endpoint, carried)
+            raise
+        self._acknowledged(endpoint, carried, resp.completes_handled)
         document = verify_decision(
             resp.decision_json,
             resp.signature,
@@ -213,14 +367,29 @@ class EnclavePool:
         return list(resp.tools)
 
     async def close_session(self, pin: Pin, session_id: str, reason: str) -> Any:
+        """Close at the enclave, after every outcome queued so far is recorded (carried along)."""
         endpoint, _ = self.resolve(pin)
-        return await self._rpc(
-            endpoint,
-            "CloseSession",
-            enclave_pb2.CloseSessionRequest(session_id=session_id, reason=reason),
-        )
+        if endpoint.carries is not True:  # not known to take them along: send them first
+            self._start_flush(endpoint)
+        await self._settle(endpoint)
+        endpoint, _ = self.resolve(pin)
+        request = enclave_pb2.CloseSessionRequest(session_id=session_id, reason=reason)
+        carried = self._take(endpoint, None) if endpoint.carries is True else []
+        if carried:
+            request.completes.extend(carried)
+        try:
+            resp = await self._rpc(endpoint, "CloseSession", request)
+        except CmcpError as exc:
+            if exc.code is Code.TEE_UNAVAILABLE:
+                self._requeue(endpoint, carried)
+            raise
+        if carried and resp.completes_handled != len(carried):  # cannot happen once acknowledged
+            for lost in carried:
+                _outcome_lost(lost, Code.SESSION_CLOSED)
+        return resp
 
     async def close(self) -> None:
+        await self.flush()
         for address in list(self.endpoints):
             await self._drop(address)
 

@@ -1,8 +1,8 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -35,7 +35,7 @@ class AttestResponse(_message.Message):
     def __init__(self, platform: _Optional[str] = ..., evidence: _Optional[bytes] = ..., aux: _Optional[bytes] = ..., initdata: _Optional[bytes] = ..., public_key_jwk: _Optional[str] = ..., bundle_hash: _Optional[str] = ..., catalog_hash: _Optional[str] = ..., enforcement_mode: _Optional[str] = ..., report_data: _Optional[bytes] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience")
+    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience", "completes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class DecideRequest(_message.Message):
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     call_id: str
     principal: str
@@ -52,17 +53,20 @@ class DecideRequest(_message.Message):
     arguments_json: bytes
     arguments_digest: str
     audience: str
-    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ...) -> None: ...
+    completes: _containers.RepeatedCompositeFieldContainer[CompleteRequest]
+    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_json", "signature", "permit")
+    __slots__ = ("decision_json", "signature", "permit", "completes_handled")
     DECISION_JSON_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     PERMIT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETES_HANDLED_FIELD_NUMBER: _ClassVar[int]
     decision_json: bytes
     signature: bytes
     permit: str
-    def __init__(self, decision_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., permit: _Optional[str] = ...) -> None: ...
+    completes_handled: int
+    def __init__(self, decision_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., permit: _Optional[str] = ..., completes_handled: _Optional[int] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
     __slots__ = ("session_id", "call_id", "response_digest", "response_bytes", "error_code", "is_error")
@@ -103,22 +107,26 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[str]] = ..., catalog_json: _Optional[bytes] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
-    __slots__ = ("session_id", "reason")
+    __slots__ = ("session_id", "reason", "completes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    COMPLETES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     reason: str
-    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    completes: _containers.RepeatedCompositeFieldContainer[CompleteRequest]
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
 
 class CloseSessionResponse(_message.Message):
-    __slots__ = ("trust_record_json", "chain_tip", "entries")
+    __slots__ = ("trust_record_json", "chain_tip", "entries", "completes_handled")
     TRUST_RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
     CHAIN_TIP_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    COMPLETES_HANDLED_FIELD_NUMBER: _ClassVar[int]
     trust_record_json: bytes
     chain_tip: str
     entries: int
-    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ...) -> None: ...
+    completes_handled: int
+    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ..., completes_handled: _Optional[int] = ...) -> None: ...
 
 class ExportAuditRequest(_message.Message):
     __slots__ = ("session_id", "from_seq")
