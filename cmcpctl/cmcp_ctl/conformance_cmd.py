@@ -29,6 +29,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--kubeconfig", help="kubeconfig used to read the McpRoute status (cluster target)")
     p.add_argument("--route", help="NAMESPACE/NAME of the McpRoute behind --target")
+    p.add_argument(
+        "--allow-disruption",
+        action="store_true",
+        help="with --route: let the fail-closed checks stop the route's enclave by scaling the "
+        "McpRoute to 0 replicas (its scale subresource) and restore the count afterwards; "
+        "the route serves nobody meanwhile",
+    )
     p.add_argument("--token", help="agent bearer token for the gateway")
     p.add_argument("--advisory-url", help="MCP URL of a route serving the advisory conformance bundle")
     p.add_argument(
@@ -70,6 +77,8 @@ def _remote_target(args: argparse.Namespace) -> Any:
     enclave = args.enclave
     audience = args.audience
     notes: list[str] = []
+    if args.allow_disruption and not args.route:
+        raise ValueError("--allow-disruption needs --route (and --kubeconfig) to scale the McpRoute")
     if args.route:
         access = cluster.ClusterAccess(args.kubeconfig, cluster.RouteRef.parse(args.route))
         route = cluster.read_route(args.kubeconfig, access.route)
@@ -80,7 +89,7 @@ def _remote_target(args: argparse.Namespace) -> Any:
                 notes.append("route status lists no attested enclave address")
         audience = audience or cluster.route_audience(route)
     status = (route or {}).get("status") or {}
-    return Target(
+    target = Target(
         name="cluster",
         mcp_url=args.target,
         token=args.token,
@@ -96,6 +105,17 @@ def _remote_target(args: argparse.Namespace) -> Any:
         cluster=access,
         notes=notes,
     )
+    if access is not None and args.allow_disruption:
+        follow = args.enclave is None  # a restarted enclave is a new pod: follow the route status
+
+        def restored(new_route: dict[str, Any]) -> None:
+            target.route_status = new_route
+            if follow:
+                target.enclave_address = cluster.attested_addresses(new_route)[0]
+
+        target.outage = cluster.RouteOutage(access, on_restored=restored)
+        notes.append(f"--allow-disruption: fail-closed checks scale McpRoute {args.route} to 0 and back")
+    return target
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"cmcpctl conformance: {exc}", file=sys.stderr)
                 return 2
+            from cmcp_conformance.cluster import RouteOutage
+
+            if isinstance(target.outage, RouteOutage):  # whatever happens, the route gets its replicas back
+                stack.callback(target.outage.restore)
         print(f"# target {target.describe()}", flush=True)
         for note in target.notes:
             print(f"# note: {note}")

@@ -4,11 +4,16 @@ The status names the expected ``bundleHash`` and, per enclave pod, its address, 
 state and key thumbprint. The suite uses the address (when it is reachable from where the suite
 runs) for the auditor-side checks, and it checks the status against fresh evidence: a pod the
 operator lists as attested must prove, to *our* nonce, the key and bundle the status claims.
+
+With ``--allow-disruption`` the target also gets :class:`RouteOutage`, the power to stop the
+route's enclave (scale the McpRoute to 0) and bring it back, for the fail-closed checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,3 +139,121 @@ def probe_bundle(
 ) -> BundleProbe:
     """Submit a PolicyBundle in the route's namespace, see how the cluster treats it, delete it."""
     return asyncio.run(_probe_bundle(access, name, files, wait))
+
+
+# --------------------------------------------------------------------------------------------
+# the opt-in "stop the enclave" power (--allow-disruption)
+# --------------------------------------------------------------------------------------------
+
+OUTAGE_TIMEOUT = 180.0  # scale down until no pod is left / scale up until attested again
+POLL_SECONDS = 1.0
+
+
+class OutageError(RuntimeError):
+    """The route did not reach the state the outage power waited for."""
+
+
+async def _scale(access: ClusterAccess, replicas: int | None) -> int:
+    """``spec.replicas`` through the McpRoute's scale subresource; with ``replicas``, set it.
+    Returns the value it had before."""
+    from kubernetes_asyncio import client, config
+
+    ref = access.route
+    api_client = await config.new_client_from_config(config_file=access.kubeconfig)
+    async with api_client:
+        api = client.CustomObjectsApi(api_client)
+        scale = await api.get_namespaced_custom_object_scale(GROUP, VERSION, ref.namespace, PLURAL, ref.name)
+        before = int((scale.get("spec") or {}).get("replicas") or 0)
+        if replicas is not None:
+            await api.patch_namespaced_custom_object_scale(
+                GROUP,
+                VERSION,
+                ref.namespace,
+                PLURAL,
+                ref.name,
+                # a JSON patch (the client sends a list as one); "add" also works when the Scale
+                # omits replicas because it is 0
+                [{"op": "add", "path": "/spec/replicas", "value": replicas}],
+            )
+    return before
+
+
+def _wait_route(
+    access: ClusterAccess, done: Callable[[dict[str, Any]], bool], what: str, timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    route = read_route(access.kubeconfig, access.route)
+    while not done(route):
+        if time.monotonic() > deadline:
+            pods = (route.get("status") or {}).get("pods") or []
+            seen = [(p.get("pod"), p.get("attested"), p.get("reason")) for p in pods]
+            raise OutageError(
+                f"McpRoute {access.route.namespace}/{access.route.name}: {what} "
+                f"not reached within {timeout:.0f}s (status pods: {seen})"
+            )
+        time.sleep(POLL_SECONDS)
+        route = read_route(access.kubeconfig, access.route)
+    return route
+
+
+def no_enclave_pods(route: dict[str, Any]) -> bool:
+    """The route's status lists no pod at all: none attested, and none still terminating (a
+    terminating pod is listed unattested while its enclave may still be answering)."""
+    return not ((route.get("status") or {}).get("pods") or [])
+
+
+class RouteOutage:
+    """Stop and restart the enforce route's enclave on a cluster, through the Kubernetes API.
+
+    ``stop_enclave`` scales the McpRoute to 0 replicas through its scale subresource (the
+    operator scales its Deployment down, so the enclave pods and their keys are gone) and waits
+    until the route's status lists no pod; ``start_enclave`` restores the replica count it found
+    and waits until that many pods are attested again, then hands their addresses to
+    ``on_restored`` (a restarted enclave is a new pod: new address, new key). It disrupts the
+    route for everyone using it, so the CLI grants it only with ``--allow-disruption``.
+    ``restore`` (idempotent) puts the replica count back if a stop is still in force."""
+
+    def __init__(
+        self,
+        access: ClusterAccess,
+        *,
+        on_restored: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float = OUTAGE_TIMEOUT,
+    ) -> None:
+        self.access = access
+        self.on_restored = on_restored
+        self.timeout = timeout
+        self.saved_replicas: int | None = None  # set while the route is scaled down by us
+
+    def stop_enclave(self) -> None:
+        if self.saved_replicas is not None:
+            raise OutageError("the enclave is already stopped")
+        before = asyncio.run(_scale(self.access, None))
+        if before < 1:
+            raise OutageError(f"McpRoute {self.access.route.name} has {before} replicas: nothing to stop")
+        self.saved_replicas = before
+        try:
+            asyncio.run(_scale(self.access, 0))
+            _wait_route(self.access, no_enclave_pods, "no enclave pod left", self.timeout)
+        except BaseException:
+            self.start_enclave()  # never leave the route scaled down
+            raise
+
+    def start_enclave(self) -> None:
+        replicas = self.saved_replicas
+        if replicas is None:
+            raise OutageError("the enclave is not stopped")
+        asyncio.run(_scale(self.access, replicas))
+        self.saved_replicas = None
+        route = _wait_route(
+            self.access,
+            lambda r: len(attested_addresses(r)) >= replicas,
+            f"{replicas} attested enclave pod(s)",
+            self.timeout,
+        )
+        if self.on_restored is not None:
+            self.on_restored(route)
+
+    def restore(self) -> None:
+        if self.saved_replicas is not None:
+            self.start_enclave()

@@ -9,7 +9,9 @@ would, and uses further access only when the target offers it:
   position of a compromised host) and its tool-execution counter; without them, "never
   forwarded" and bypass tests skip;
 * ``powers`` — local-only abilities (stop the enclave, launch an enclave on a chosen bundle);
-  a remote target has none, and the tests that need them skip with a reason.
+  a remote target has none, and the tests that need them skip with a reason;
+* ``outage`` — only the power to stop the enforce route's enclave and start it again; a
+  cluster target run with ``--allow-disruption`` has it (it scales the McpRoute to 0 and back).
 
 Test code builds alternative targets (for example a weakened gateway in front of the real
 enclave) simply by constructing a :class:`Target` with other endpoints, or by subclassing it to
@@ -42,14 +44,18 @@ class LaunchResult:
     output: str
 
 
-class Powers(Protocol):
-    """Abilities only a local (or specially equipped) target grants the tester."""
+class Outage(Protocol):
+    """The power to take the enforce route's enclave away and bring it back."""
 
     def stop_enclave(self) -> None:
         """Stop the enforce route's enclave (the gateway stays up)."""
 
     def start_enclave(self) -> None:
         """Start it again with its original bundle and initdata, and wait until it serves."""
+
+
+class Powers(Outage, Protocol):
+    """Abilities only a local (or specially equipped) target grants the tester."""
 
     def launch_enclave(
         self, bundle_dir: Path, initdata: bytes, *, measured: bytes | None = None, timeout: float = 20.0
@@ -87,6 +93,7 @@ class Target:
     expected_bundle_hash: str | None = None
     bundle_dir: Path | None = None
     powers: Powers | None = None
+    outage: Outage | None = None  # stop/start the enclave without the other powers (cluster)
     route_status: dict[str, Any] | None = None
     cluster: ClusterAccess | None = None
     profile: Profile = field(default_factory=Profile)

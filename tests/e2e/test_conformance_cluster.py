@@ -13,10 +13,13 @@ another release name and namespace), then:
   upstream; the guard attests both routes' enclaves itself;
 * adds the gateway with `helm upgrade`, one gateway route per McpRoute, both to that guard;
 
-and runs `cmcpctl conformance --target <gateway URL> --kubeconfig --route ...` as a user would
-(a subprocess). Every MUST must PASS; a SKIP is accepted only for the IDs listed in
-LOCAL_ONLY, whose every check needs a power only the local target has (stopping the enclave
-process). A new SKIP, or one with another reason, fails the test.
+and runs `cmcpctl conformance --target <gateway URL> --kubeconfig --route ... --allow-disruption`
+as a user would (a subprocess). With --allow-disruption the fail-closed checks (FAIL-001 and
+POLICY-TEE-001's enclave-down check) stop the enclave for real: the runner scales the McpRoute
+to 0 through its scale subresource, waits until the status lists no pod, runs the checks and
+scales it back. Every ID must PASS; a check may SKIP only if it is listed in LOCAL_ONLY_CHECKS
+(launching an enclave on a chosen bundle or measurement, a local power) with that reason. A new
+SKIP, or one with another reason, fails the test.
 
 One cMCP release per cluster (the operator's webhook configuration has a fixed name): like
 test_demo_cluster.py, the fixture waits until no other release owns it, and always uninstalls.
@@ -25,6 +28,7 @@ test_demo_cluster.py, the fixture waits until no other release owns it, and alwa
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -54,18 +58,12 @@ NS = f"cmcp-conformance-{uuid.uuid4().hex[:6]}"
 ENFORCE, ADVISORY = "conformance", "conformance-advisory"  # bundle, McpRoute and gateway route names
 UPSTREAM_POD = "cmcp-conformance-upstream"
 
-# IDs allowed to SKIP on the cluster, each with the reason it must give: every check behind
-# them needs a local-only power (the cluster target grants none).
-LOCAL_ONLY = {
-    "FAIL-001": "needs local powers (stop the enclave); not available on a remote target",
-}
-# Every individual check (suite test) allowed to skip, and the power it names. The other checks
-# of POLICY-005, POLICY-TEE-001 and POLICY-TEE-002 run on the cluster, so those IDs must PASS.
+# No ID may SKIP on the cluster: FAIL-001's only check stops the enclave, which
+# --allow-disruption grants there. Every individual check (suite test) allowed to skip, and the
+# power it names; the other checks of POLICY-005 and POLICY-TEE-002 run, so those IDs PASS.
 _POWER = "needs local powers ({}); not available on a remote target"
 LOCAL_ONLY_CHECKS = {
-    "test_enclave_down_fails_closed": _POWER.format("stop the enclave"),  # FAIL-001
     "test_invalid_bundle_never_serves": _POWER.format("launch an enclave on a chosen bundle"),  # POLICY-005
-    "test_enclave_unreachable_every_call_fails_closed": _POWER.format("stop the enclave"),  # POLICY-TEE-001
     "test_enclave_refuses_a_changed_bundle_under_the_old_initdata": _POWER.format(
         "launch an enclave on a chosen bundle"
     ),  # POLICY-TEE-002
@@ -84,6 +82,8 @@ class ConformanceRun:
     enclave: str
     advisory_enclave: str
     log: Path
+    route_before: dict[str, Any]  # the enforce McpRoute before the run
+    route_after: dict[str, Any]  # ... and once it is over (scaled back?)
     cleanup_problems: list[str] = field(default_factory=list)
 
     def context(self) -> str:
@@ -105,6 +105,12 @@ def _route(name: str) -> dict[str, Any]:
             "replicas": 1,
         },
     }
+
+
+def _read_route(cluster: E2ECluster) -> dict[str, Any]:
+    out = cluster.kubectl("get", f"mcproute.{demo_cluster.GROUP}", ENFORCE, "-n", NS, "-o", "json")
+    route: dict[str, Any] = json.loads(out.stdout)
+    return route
 
 
 def _delete_ours(demo: demo_cluster.ClusterDemo) -> list[str]:
@@ -199,6 +205,7 @@ def conformance_run(
             ]
         )
         junit = work / "conformance.xml"
+        route_before = _read_route(cluster)
         proc = subprocess.run(
             [
                 str(CMCPCTL),
@@ -220,6 +227,7 @@ def conformance_run(
                 "--upstream-counter",
                 f"{guard}/calls",
                 "--allow-simulated",
+                "--allow-disruption",
                 "--junit",
                 str(junit),
             ],
@@ -229,7 +237,10 @@ def conformance_run(
             timeout=900,
             cwd=ROOT,
         )
-        run = ConformanceRun(proc, junit, enclave, advisory_enclave, settings.tools.log)
+        route_after = _read_route(cluster)
+        run = ConformanceRun(
+            proc, junit, enclave, advisory_enclave, settings.tools.log, route_before, route_after
+        )
         if proc.returncode != 0:
             demo._save_state()
     except BaseException:
@@ -268,13 +279,9 @@ def test_every_must_passes_on_the_cluster(conformance_run: ConformanceRun) -> No
     for req in catalogue.active():
         outcome, level, reason = results[req.id]
         assert level == req.level.value
-        if req.id in LOCAL_ONLY:
-            assert (outcome, reason) == ("SKIP", LOCAL_ONLY[req.id]), (req.id, outcome, reason)
-        else:
-            # SHOULDs too: on this deployment nothing excuses them
-            assert outcome == "PASS", (req.id, outcome, reason, conformance_run.context())
-    passed = len(results) - len(LOCAL_ONLY)
-    assert f"conformance: {passed} passed, 0 failed, {len(LOCAL_ONLY)} skipped" in proc.stdout
+        # SHOULDs too: on this deployment nothing excuses them
+        assert outcome == "PASS", (req.id, outcome, reason, conformance_run.context())
+    assert f"conformance: {len(results)} passed, 0 failed, 0 skipped" in proc.stdout
 
 
 def test_only_local_power_checks_skipped(conformance_run: ConformanceRun) -> None:
@@ -292,8 +299,11 @@ def test_only_local_power_checks_skipped(conformance_run: ConformanceRun) -> Non
             skipped[name] = str(skip.get("message", ""))
     assert skipped == LOCAL_ONLY_CHECKS
     # the checks that need what only the cluster deployment gives: advisory route and enclave,
-    # McpRoute status, PolicyBundle admission, direct upstream access and its counter
+    # McpRoute status, PolicyBundle admission, direct upstream access and its counter, and the
+    # enclave outage (--allow-disruption)
     for name in (
+        "test_enclave_down_fails_closed",
+        "test_enclave_unreachable_every_call_fails_closed",
         "test_advisory_mode_forwards_and_marks_the_result",
         "test_advisory_mode_records_advisory_deny_in_the_chain",
         "test_route_status_matches_fresh_evidence",
@@ -303,6 +313,26 @@ def test_only_local_power_checks_skipped(conformance_run: ConformanceRun) -> Non
         "test_expired_permit_is_rejected",
     ):
         assert name in ran, name
+
+
+def test_disruption_was_real_and_undone(conformance_run: ConformanceRun) -> None:
+    """The outage checks scaled the route to 0 (the enclave pod was replaced) and back to its
+    replica count, attested again."""
+    assert "--allow-disruption: fail-closed checks scale McpRoute" in conformance_run.proc.stdout
+    before, after = conformance_run.route_before, conformance_run.route_after
+    assert after["spec"]["replicas"] == before["spec"]["replicas"] == 1
+    old = [p for p in before["status"]["pods"] if p.get("attested")]
+    new = [p for p in after["status"]["pods"] if p.get("attested")]
+    assert len(old) == len(new) == 1, (before["status"], after["status"])
+    # a new pod (scaling to 0 deleted the one the run started with), serving the same bundle
+    assert new[0]["uid"] != old[0]["uid"], (old, new)
+    assert new[0]["reportedBundleHash"] == after["status"]["bundleHash"] == before["status"]["bundleHash"]
+    # The upstream pod's cmcp-guard attests a fixed --enclave address (this cluster has no DNS and
+    # no kube-proxy, so no Service name to give it); it trusts the new pod's key only because the
+    # node agent hands the freed pod IP (the lowest free one) to the replacement. If that stops
+    # holding, FAIL-001's recovery fails first; this says why.
+    hosts = {str(address).rsplit(":", 1)[0] for address in (old[0]["address"], new[0]["address"])}
+    assert hosts == {conformance_run.enclave.rsplit(":", 1)[0]}, (old, new)
 
 
 def test_junit_report_names_every_id(conformance_run: ConformanceRun) -> None:

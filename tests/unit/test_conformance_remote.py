@@ -69,6 +69,8 @@ def test_remote_target_runs_what_it_can_and_skips_local_powers(deployment: Local
     assert set(results) == set(ids), out.stdout + out.stderr
     assert results["POLICY-005"] == "SKIP" and results["FAIL-001"] == "SKIP", out.stdout
     assert "not available on a remote target" in out.stdout
+    # stopping the enclave is offered on a cluster, by opt-in: the skip says how
+    assert "pass --allow-disruption" in next(line for line in lines if " FAIL-001 " in line)
     for rid in ("ATTEST-001", "POLICY-001", "POLICY-004", "POLICY-TEE-002", "POLICY-TEE-004"):
         assert results[rid] == "PASS", out.stdout + out.stderr
     assert "POLICY-TEE-002" in next(line for line in lines if "POLICY-TEE-002" in line)

@@ -204,6 +204,9 @@ def test_cli_usage_errors_exit_2() -> None:
     assert cmcpctl().returncode == 2
     assert cmcpctl("--target", "ftp://nowhere").returncode == 2
     assert cmcpctl("--target", "local", "--id", "POLICY-999").returncode == 2
+    # the outage power scales an McpRoute: without one to scale it is a usage error
+    no_route = cmcpctl("--target", "http://127.0.0.1:9/mcp/x", "--allow-disruption")
+    assert no_route.returncode == 2 and "--allow-disruption needs --route" in no_route.stderr
 
 
 def test_cli_list_and_write_bundle(tmp_path: Path) -> None:

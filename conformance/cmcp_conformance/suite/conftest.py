@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import Outage, Target
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_response
 
@@ -62,6 +62,21 @@ def need_powers(target: Target, what: str) -> Any:
     if target.powers is None:
         pytest.skip(f"needs local powers ({what}); not available on a remote target")
     return target.powers
+
+
+DISRUPTION_SKIP = (
+    "needs the power to stop the enclave, which disrupts the route: on a cluster target pass "
+    "--allow-disruption (with --kubeconfig and --route) to let the suite scale the McpRoute to 0 and back"
+)
+
+
+def need_outage(target: Target) -> Outage:
+    """Stop/start the enforce route's enclave: the local powers, or a cluster target's opt-in outage."""
+    if target.powers is not None:
+        return target.powers
+    if target.outage is None:
+        pytest.skip(DISRUPTION_SKIP)
+    return target.outage
 
 
 def appraisal_policy(target: Target) -> AppraisalPolicy:

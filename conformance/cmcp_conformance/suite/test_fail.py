@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from cmcp_conformance.agent import open_raw_session, post_jsonrpc, rpc_error
-from cmcp_conformance.suite.conftest import need_powers
+from cmcp_conformance.suite.conftest import need_outage
 from cmcp_conformance.suite.sessions import FAIL_CLOSED, wait_until_serving
 from cmcp_conformance.target import Target
 
@@ -45,7 +45,7 @@ def _call(
 
 @pytest.mark.conformance("FAIL-001")
 def test_enclave_down_fails_closed(target: Target, counter: Callable[[], int]) -> None:
-    powers = need_powers(target, "stop the enclave")
+    powers = need_outage(target)
     session_id = _initialize(target)
     warm = rpc_error(_call(target, session_id, target.profile.allowed_tool, {"text": "before"}))
     assert warm.ok, f"control call before the outage failed: {warm.describe()}"

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.agent import CallOutcome, DirectUpstream, agent
 from cmcp_conformance.local import render_initdata
-from cmcp_conformance.suite.conftest import Attested, attest, need_powers, need_upstream
+from cmcp_conformance.suite.conftest import Attested, attest, need_outage, need_powers, need_upstream
 from cmcp_conformance.suite.sessions import FAIL_CLOSED, run_session, standard_calls, wait_until_serving
 from cmcp_conformance.target import Target
 from cmcp_core import initdata as initdata_mod
@@ -117,7 +117,7 @@ def test_every_deny_is_an_enclave_signed_decision_for_that_call(target: Target, 
 
 @pytest.mark.conformance("POLICY-TEE-001")
 def test_enclave_unreachable_every_call_fails_closed(target: Target, counter: Callable[[], int]) -> None:
-    powers = need_powers(target, "stop the enclave")
+    powers = need_outage(target)
     prof = target.profile
     before = counter()
     powers.stop_enclave()
