@@ -11,9 +11,11 @@ component is deployed the way a platform team would:
    (``tee: simulated``); the operator starts the enclave pod and attests it, and the demo waits
    for ``status.pods[].attested``;
 3. a guarded upstream pod: the demo's ``mcp`` SDK server (:mod:`cmcp_ctl.demo_upstream`), the
-   ``cmcp-guard`` proxy in front of it (it attests the route's enclave itself) and the host's
-   wiretap (:mod:`cmcp_ctl.demo_tap`) between gateway and guard. All three run from the
-   ``cmcp-guard`` image, which ships the whole ``cmcp-k8s`` distribution (``guard/Dockerfile``);
+   ``cmcp-guard`` proxy in front of it (``--route``: it follows the route's ``status.pods[]``
+   addresses under its own ServiceAccount, allowed to ``get`` that McpRoute only, and attests
+   each enclave itself) and the host's wiretap (:mod:`cmcp_ctl.demo_tap`) between gateway and
+   guard. All three run from the ``cmcp-guard`` image, which ships the whole ``cmcp-k8s``
+   distribution (``guard/Dockerfile``);
 4. ``helm upgrade`` adds the gateway for the route;
 5. the story through the gateway with the official ``mcp`` client, the host's direct attempts,
    the Trust Record, audit export and fresh evidence from the enclave (gRPC), verified like the
@@ -58,6 +60,8 @@ RELEASE = "cmcp-demo"  # contains the chart name, so objects are cmcp-demo-opera
 DEFAULT_NAMESPACE = "cmcp-demo"
 BUNDLE_NAME = "demo-realistic"
 UPSTREAM_POD = "cmcp-demo-upstream"
+GUARD_SA = "cmcp-demo-guard"  # the upstream pod's identity: get on the followed McpRoutes only
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKENS_SECRET = "cmcp-gateway-tokens"  # noqa: S105 - a Secret's name; the chart's default gateway.auth.existingSecret
 WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"  # fixed by the operator: one release per cluster
 GROUP = "cmcp.dev"
@@ -244,6 +248,62 @@ def mcp_route(namespace: str) -> dict[str, Any]:
     }
 
 
+def guard_rbac(namespace: str, routes: Sequence[str], name: str = GUARD_SA) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding for a guard following ``routes`` (``--route``).
+
+    ``get`` on exactly those McpRoutes: the guard reads their ``status.pods[]`` addresses and
+    nothing else (it attests every address itself; the status's keys are never trusted)."""
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "cmcp-demo"}
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta,
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["mcproutes"],
+                    "resourceNames": sorted(set(routes)),
+                    "verbs": ["get"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]
+
+
+def _token_volume() -> dict[str, Any]:
+    """The ServiceAccount token, CA and namespace, as ``kube-api-access`` would project them,
+    but mounted into the guard container only: the mcp server and wiretap get no credential."""
+    return {
+        "name": "guard-api-access",
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {
+                    "downwardAPI": {
+                        "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                    }
+                },
+            ]
+        },
+    }
+
+
 def upstream_pod(
     namespace: str,
     image: str,
@@ -255,6 +315,8 @@ def upstream_pod(
     server_args: Sequence[str] = (),
     more_enclaves: Sequence[tuple[str, str]] = (),
     wiretap: bool = True,
+    route: str | None = None,
+    service_account: str = GUARD_SA,
 ) -> dict[str, Any]:
     """The guarded upstream: mcp server, cmcp-guard in front, the host's wiretap in front of that.
 
@@ -267,7 +329,12 @@ def upstream_pod(
 
     Other users (the conformance e2e test) pass another ``server_module`` (run as ``python -m
     MODULE --listen 127.0.0.1:PORT [server_args]``), further ``(enclave, bundle hash)`` pairs the
-    guard accepts permits from (e.g. an advisory route's enclave), and ``wiretap=False``."""
+    guard accepts permits from (e.g. an advisory route's enclave), and ``wiretap=False``.
+
+    ``route`` (an McpRoute name in ``namespace``): the guard follows that route's pod addresses
+    (``--route``, so a replaced enclave pod is attested and trusted without a restart) instead
+    of the fixed ``enclave`` address; the pod then runs as ``service_account`` (see
+    :func:`guard_rbac`), its token mounted into the guard container only."""
     env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     hardened = {
         "allowPrivilegeEscalation": False,
@@ -292,11 +359,12 @@ def upstream_pod(
             "securityContext": hardened,
         }
 
+    fixed = list(more_enclaves) if route is not None else [(enclave, bundle_hash), *more_enclaves]
     trusted = [
-        arg
-        for address, digest in [(enclave, bundle_hash), *more_enclaves]
-        for arg in ("--enclave", address, "--expected-bundle-hash", digest)
+        arg for address, digest in fixed for arg in ("--enclave", address, "--expected-bundle-hash", digest)
     ]
+    if route is not None:
+        trusted += ["--route", f"{namespace}/{route}", "--expected-bundle-hash", bundle_hash]
     containers = [
         container(
             "mcp",
@@ -322,6 +390,8 @@ def upstream_pod(
             GUARD_PORT,
         ),
     ]
+    if route is not None:
+        containers[1]["volumeMounts"] = [{"name": "guard-api-access", "mountPath": SA_DIR, "readOnly": True}]
     if wiretap:
         containers.append(
             container(
@@ -338,6 +408,18 @@ def upstream_pod(
                 TAP_PORT,
             )
         )
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # mcp server and wiretap need no cluster access
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": containers,
+    }
+    if route is not None:
+        spec["serviceAccountName"] = service_account
+        spec["volumes"] = [_token_volume()]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -346,15 +428,7 @@ def upstream_pod(
             "namespace": namespace,
             "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "cmcp-demo"},
         },
-        "spec": {
-            "automountServiceAccountToken": False,  # the upstream needs no cluster access
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 65532,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": containers,
-        },
+        "spec": spec,
     }
 
 
@@ -638,11 +712,23 @@ class ClusterDemo:
         return address if ":" in address else f"{address}:50051"
 
     def _start_upstream(
-        self, enclave: str, bundle_hash: str, *, pod_doc: dict[str, Any] | None = None
+        self,
+        enclave: str,
+        bundle_hash: str,
+        *,
+        pod_doc: dict[str, Any] | None = None,
+        guard_routes: Sequence[str] = (ROUTE,),
     ) -> None:
-        """Run the demo's upstream pod (or ``pod_doc``, an :func:`upstream_pod` of the caller's)."""
+        """Run the demo's upstream pod (or ``pod_doc``, an :func:`upstream_pod` of the caller's),
+        after the guard's identity allowed to read ``guard_routes`` (none: no identity)."""
         image = self._guard_image()
-        doc = pod_doc or upstream_pod(self.ns, image, enclave, bundle_hash)
+        doc = pod_doc or upstream_pod(self.ns, image, enclave, bundle_hash, route=ROUTE)
+        if guard_routes:
+            names = ", ".join(guard_routes)
+            with self.console.progress(f"kubectl apply ServiceAccount {GUARD_SA} (get McpRoute {names})"):
+                for obj in guard_rbac(self.ns, guard_routes):
+                    kind = str(obj["kind"]).lower()
+                    self.tools.apply(obj, self.out / "run" / f"guard-{kind}.yaml")
         name = str(doc["metadata"]["name"])
         parts = " + ".join(
             {"mcp": "mcp server", "guard": "cmcp-guard", "tap": "wiretap"}.get(c["name"], c["name"])
@@ -788,6 +874,7 @@ class ClusterDemo:
         step("delete", f"mcproute.{GROUP}", ROUTE, "-n", ns, "--ignore-not-found", "--timeout=120s")
         step("delete", f"policybundle.{GROUP}", BUNDLE_NAME, "-n", ns, "--ignore-not-found", "--timeout=120s")
         step("delete", "pod", UPSTREAM_POD, "-n", ns, "--ignore-not-found", "--timeout=60s")
+        step("delete", "rolebinding,role,serviceaccount", GUARD_SA, "-n", ns, "--ignore-not-found")
         if self.installed:
             step(
                 "uninstall",

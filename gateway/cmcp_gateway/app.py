@@ -103,7 +103,7 @@ class Gateway:
             )
             self.routes[route.path] = runtime
             if route.kubernetes is not None:
-                from cmcp_gateway.k8s import McpRouteSource
+                from cmcp_core.route_status import McpRouteSource
 
                 source = McpRouteSource(route.kubernetes)
                 await pool.set_endpoints(await source.endpoints())

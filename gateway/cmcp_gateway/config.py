@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from cmcp_core.route_status import RouteRef
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -42,18 +44,12 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class KubeSource:
-    namespace: str
-    name: str
-
-
-@dataclass(frozen=True)
 class RouteConfig:
     name: str
     upstream: str
     audience: str
     enclaves: tuple[str, ...] = ()
-    kubernetes: KubeSource | None = None
+    kubernetes: RouteRef | None = None
     expected_bundle_hashes: frozenset[str] | None = None
     open: bool = False
 
@@ -92,7 +88,7 @@ def _route(raw: dict[str, Any]) -> RouteConfig:
         upstream=str(raw["upstream"]),
         audience=str(raw["audience"]),
         enclaves=tuple(str(e) for e in raw.get("enclaves", ())),
-        kubernetes=KubeSource(**kube) if kube else None,
+        kubernetes=RouteRef(**kube) if kube else None,
         expected_bundle_hashes=frozenset(hashes) if hashes else None,
         open=bool(raw.get("open", False)),
     )

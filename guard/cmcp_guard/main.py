@@ -1,4 +1,4 @@
-"""``cmcp-guard --listen HOST:PORT --upstream URL --audience AUD --enclave HOST:PORT ...``."""
+"""``cmcp-guard --upstream URL --audience AUD (--enclave HOST:PORT ... | --route NS/NAME) ...``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from prometheus_client import start_http_server
 
 from cmcp_core import logs
 from cmcp_core.attestation import AttestPolicy
+from cmcp_core.permit import CLOCK_SKEW_SECONDS
+from cmcp_core.route_status import McpRouteSource, RouteRef
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.middleware import Guard
 from cmcp_guard.proxy import build_proxy
-from cmcp_guard.trust import TrustStore
+from cmcp_guard.trust import DEFAULT_GRACE_SECONDS, DEFAULT_PERMIT_TTL_SECONDS, AddressSource, TrustStore
 
 
 def build_guard(
@@ -22,17 +24,32 @@ def build_guard(
     allow_simulated: bool = False,
     expected_bundle_hashes: frozenset[str] | None = None,
     refresh_seconds: float = 30.0,
+    source: AddressSource | None = None,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
 ) -> Guard:
-    """The gate the middleware and the proxy share: keys only from our own attestation."""
+    """The gate the middleware and the proxy share: keys only from our own attestation.
+
+    ``source`` (e.g. ``McpRouteSource(route).endpoints``) adds addresses to attest on every
+    refresh; it never supplies keys.
+    """
     trust = TrustStore(
         enclaves,
         AttestPolicy(
             allow_simulated=allow_simulated, expected_bundle_hashes=expected_bundle_hashes, audience=audience
         ),
+        source=source,
         refresh_seconds=refresh_seconds,
+        grace_seconds=grace_seconds,
     )
     checker = PermitChecker(audience=audience, keys=trust.keys, allowed_bundles=expected_bundle_hashes)
     return Guard(checker, trust)
+
+
+def _route(text: str) -> RouteRef:
+    try:
+        return RouteRef.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,20 +57,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8090")
     parser.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:9001")
     parser.add_argument("--audience", required=True, help="this upstream's permit audience")
-    parser.add_argument("--enclave", action="append", required=True, help="enclave HOST:PORT to attest")
+    parser.add_argument("--enclave", action="append", default=[], help="enclave HOST:PORT to attest")
+    parser.add_argument(
+        "--route", type=_route, help="NAMESPACE/NAME of an McpRoute whose status.pods[] addresses to attest"
+    )
+    parser.add_argument("--kubeconfig", help="for --route: kubeconfig path (default $KUBECONFIG, in-cluster)")
     parser.add_argument("--allow-simulated", action="store_true", help="accept software-only evidence")
     parser.add_argument("--expected-bundle-hash", action="append", default=[])
-    parser.add_argument("--refresh-seconds", type=float, default=30.0)
+    parser.add_argument("--refresh-seconds", type=float, default=10.0, help="re-list and re-attest interval")
+    parser.add_argument(
+        "--permit-ttl-seconds",
+        type=int,
+        default=DEFAULT_PERMIT_TTL_SECONDS,
+        help="the enclaves' --permit-ttl: how long a pod that left the route keeps its key",
+    )
     parser.add_argument("--metrics-listen", help="HOST:PORT for /metrics")
     args = parser.parse_args(argv)
+    if not args.enclave and args.route is None:
+        parser.error("give --enclave HOST:PORT and/or --route NAMESPACE/NAME")
+    if args.kubeconfig and args.route is None:
+        parser.error("--kubeconfig only applies to --route")
     logs.setup()
     hashes = frozenset(args.expected_bundle_hash) or None
+    source = McpRouteSource(args.route, args.kubeconfig).endpoints if args.route is not None else None
     guard = build_guard(
         args.audience,
         args.enclave,
         allow_simulated=args.allow_simulated,
         expected_bundle_hashes=hashes,
         refresh_seconds=args.refresh_seconds,
+        source=source,
+        grace_seconds=float(args.permit_ttl_seconds + CLOCK_SKEW_SECONDS),
     )
     if args.metrics_listen:
         mhost, _, mport = args.metrics_listen.rpartition(":")

@@ -1,8 +1,18 @@
 """The guard's own set of trusted enclave keys, learned only from evidence it appraised.
 
-Keys of enclaves that stop attesting drop out at the next refresh. An unknown key id triggers
-at most one on-demand refresh per ``min_refresh_seconds`` (an enclave that restarted has a new
-key), so random key ids cannot turn the guard into an attestation amplifier.
+Addresses come from two places: the fixed ``--enclave`` list and, optionally, an address
+source (the operator's ``McpRoute`` status, :mod:`cmcp_core.route_status`) polled on every
+refresh, so a pod the operator replaces is attested as soon as it is listed. Either way an
+address is only a place to ask: a key is trusted only after *this* process attested it with
+its own nonce and policy. The source's keys are never read.
+
+Every refresh re-attests every listed address; a listed enclave that stops attesting drops out
+at once (fail closed). An enclave the source *stops listing* (rollout, scale-down) keeps its
+last self-appraised key for ``grace_seconds`` (default: the enclave's permit TTL plus the
+verifier's clock skew), so permits it signed just before leaving still verify; then the key
+is gone. An unknown key id triggers at most one on-demand refresh per ``min_refresh_seconds``
+(an enclave that restarted has a new key), so random key ids cannot turn the guard into an
+attestation (or API-server) amplifier.
 """
 
 from __future__ import annotations
@@ -10,16 +20,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
-from cmcp_core.errors import CmcpError
+from cmcp_core.errors import CmcpError, Code
+from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.proto import enclave_pb2_grpc
 
 log = logging.getLogger("cmcp.guard")
+
+AddressSource = Callable[[], Awaitable[Sequence[str]]]
+"""Where to look for enclaves (e.g. ``McpRouteSource(...).endpoints``); raises when it cannot tell."""
+
+DEFAULT_PERMIT_TTL_SECONDS = 60  # cmcp-enclave --permit-ttl default
+DEFAULT_GRACE_SECONDS = float(DEFAULT_PERMIT_TTL_SECONDS + CLOCK_SKEW_SECONDS)
+MAX_SOURCE_ADDRESSES = 256  # a runaway status cannot make one refresh dial thousands of pods
 
 
 class TrustStore:
@@ -28,37 +46,79 @@ class TrustStore:
         endpoints: Sequence[str],
         policy: AttestPolicy,
         *,
+        source: AddressSource | None = None,
         refresh_seconds: float = 30.0,
         min_refresh_seconds: float = 1.0,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoints = list(endpoints)
         self.policy = policy
+        self.source = source
         self.refresh_seconds = refresh_seconds
         self.min_refresh_seconds = min_refresh_seconds
+        self.grace_seconds = grace_seconds
+        self.clock = clock
         self._keys: dict[str, Ed25519PublicKey] = {}
         self.enclaves: dict[str, AttestedEnclave] = {}
         self.failures: dict[str, CmcpError] = {}
-        self._last_refresh = 0.0
+        # addresses the source listed last time it answered (kept when it fails: no new trust
+        # comes from a failed read, and known enclaves are still re-attested every round)
+        self.source_addresses: list[str] = []
+        # source-listed enclaves that left the listing: last self-appraised record + deadline
+        self.departed: dict[str, tuple[AttestedEnclave, float]] = {}
+        self._next_expiry = float("inf")
+        self._last_refresh = float("-inf")
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def keys(self) -> Mapping[str, Ed25519PublicKey]:
+        """The trusted keys now; a departed enclave's key stops counting at its deadline exactly."""
+        if self.clock() >= self._next_expiry:
+            self._rebuild_keys()
         return self._keys
 
+    def _rebuild_keys(self) -> None:
+        now = self.clock()
+        self.departed = {a: (e, d) for a, (e, d) in self.departed.items() if d > now}
+        keys = {e.kid: e.key for e, _ in self.departed.values()}
+        keys.update({e.kid: e.key for e in self.enclaves.values()})
+        self._keys = keys
+        self._next_expiry = min((d for _, d in self.departed.values()), default=float("inf"))
+
     async def _attest_one(self, address: str) -> AttestedEnclave | CmcpError:
-        async with grpc.aio.insecure_channel(address) as channel:
-            try:
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
                 return await attest(enclave_pb2_grpc.EnclaveStub(channel), address, self.policy)
-            except CmcpError as exc:
-                return exc
+        except CmcpError as exc:
+            return exc
+        except Exception as exc:  # e.g. an unparsable address from the source: that one only fails
+            return CmcpError(Code.TEE_UNAVAILABLE, f"{address}: cannot attest: {exc}")
+
+    async def _read_source(self) -> None:
+        if self.source is None:
+            return
+        try:
+            listed = list(dict.fromkeys(await self.source()))
+        except Exception as exc:  # API down or forbidden: keep the last listing, add nothing
+            log.warning("enclave address source failed", extra={"detail": f"{type(exc).__name__}: {exc}"})
+            return
+        if len(listed) > MAX_SOURCE_ADDRESSES:
+            log.warning("address source listed too many enclaves", extra={"detail": str(len(listed))})
+            listed = listed[:MAX_SOURCE_ADDRESSES]
+        self.source_addresses = listed
 
     async def refresh(self) -> None:
-        """Re-attest every endpoint; the key set becomes exactly the ones that verified now."""
+        """Re-read the source, re-attest every listed address; trust exactly what verified now
+        (plus departed source enclaves still inside their grace period)."""
         async with self._lock:
-            results = await asyncio.gather(*(self._attest_one(a) for a in self.endpoints))
+            previously_listed = set(self.source_addresses)
+            await self._read_source()
+            addresses = list(dict.fromkeys([*self.endpoints, *self.source_addresses]))
+            results = await asyncio.gather(*(self._attest_one(a) for a in addresses))
             enclaves: dict[str, AttestedEnclave] = {}
             failures: dict[str, CmcpError] = {}
-            for address, result in zip(self.endpoints, results, strict=True):
+            for address, result in zip(addresses, results, strict=True):
                 if isinstance(result, CmcpError):
                     failures[address] = result
                     log.warning(
@@ -67,13 +127,22 @@ class TrustStore:
                     )
                 else:
                     enclaves[address] = result
-            self.enclaves, self.failures = enclaves, failures
-            self._keys = {e.kid: e.key for e in enclaves.values()}
-            self._last_refresh = time.monotonic()
+            now = self.clock()
+            listed = set(addresses)
+            departed = {a: v for a, v in self.departed.items() if a not in listed}
+            for address, enclave in self.enclaves.items():
+                # only a pod the source stopped listing gets a grace period; an endpoint taken
+                # out of the fixed list is dropped at once
+                if address in previously_listed and address not in listed and self.grace_seconds > 0:
+                    departed[address] = (enclave, now + self.grace_seconds)
+                    log.info("enclave left the route", extra={"endpoint": address, "kid": enclave.kid})
+            self.enclaves, self.failures, self.departed = enclaves, failures, departed
+            self._rebuild_keys()
+            self._last_refresh = self.clock()
 
     async def refresh_for_unknown_key(self) -> bool:
         """On-demand refresh, rate-limited; True if it ran."""
-        if time.monotonic() - self._last_refresh < self.min_refresh_seconds:
+        if self.clock() - self._last_refresh < self.min_refresh_seconds:
             return False
         await self.refresh()
         return True

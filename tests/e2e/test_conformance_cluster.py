@@ -190,8 +190,9 @@ def conformance_run(
             server_args=["--no-guard"],  # the guard is the pod's cmcp-guard container
             more_enclaves=[(advisory_enclave, advisory_hash)],
             wiretap=False,
+            route=ENFORCE,  # the guard follows the enforce route's pods; the advisory one is fixed
         )
-        demo._start_upstream(enclave, enforce_hash, pod_doc=pod)
+        demo._start_upstream(enclave, enforce_hash, pod_doc=pod, guard_routes=[ENFORCE])
         guard = f"http://{demo.endpoints['upstream']}:{demo_cluster.GUARD_PORT}"
         gateway = demo._add_gateway(
             routes=[
@@ -327,10 +328,9 @@ def test_disruption_was_real_and_undone(conformance_run: ConformanceRun) -> None
     # a new pod (scaling to 0 deleted the one the run started with), serving the same bundle
     assert new[0]["uid"] != old[0]["uid"], (old, new)
     assert new[0]["reportedBundleHash"] == after["status"]["bundleHash"] == before["status"]["bundleHash"]
-    # The upstream pod's cmcp-guard attests a fixed --enclave address (this cluster has no DNS and
-    # no kube-proxy, so no Service name to give it); it trusts the new pod's key only because the
-    # node agent hands the freed pod IP (the lowest free one) to the replacement. If that stops
-    # holding, FAIL-001's recovery fails first; this says why.
+    # The upstream pod's cmcp-guard follows the enforce route (--route), so FAIL-001's recovery
+    # no longer depends on the replacement getting the freed pod IP; the node agent still hands
+    # it the lowest free one, which the advisory route's fixed --enclave address relies on.
     hosts = {str(address).rsplit(":", 1)[0] for address in (old[0]["address"], new[0]["address"])}
     assert hosts == {conformance_run.enclave.rsplit(":", 1)[0]}, (old, new)
 

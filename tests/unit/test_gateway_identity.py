@@ -22,10 +22,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from cmcp_core.errors import CmcpError
+from cmcp_core.route_status import endpoints_from_status
 from cmcp_gateway.app import build
 from cmcp_gateway.auth import ANONYMOUS, TokenStore, authenticate, identity_from_cert
 from cmcp_gateway.config import GatewayConfig, Limits, RouteConfig, TlsConfig, load
-from cmcp_gateway.k8s import endpoints_from_status
 from cmcp_gateway.main import uvicorn_config
 from tests.helpers.enclave_proc import EnclaveProcess
 from tests.helpers.gateway_stack import AUDIENCE, make_guard, serve
