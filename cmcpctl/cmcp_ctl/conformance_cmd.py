@@ -19,7 +19,7 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "conformance",
-        help="run the conformance suite against a deployment",
+        help="Run the conformance suite against a deployment",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

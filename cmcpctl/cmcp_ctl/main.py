@@ -20,22 +20,27 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 DESCRIPTION = """cmcpctl controls and verifies cMCP for Kubernetes.
 
-Basic commands:
+Policy commands:
   bundle       Hash and validate policy bundles
-  audit        Verify exported audit chains offline
+
+Verification commands:
   verify       Appraise attestation evidence, Trust Records and audit chains
-  demo         Run the local end-to-end demo on the simulated TEE
+  audit        Verify exported audit chains offline
+
+Deployment commands:
+  demo         Run the end-to-end demo (local processes, or --cluster)
   conformance  Run the conformance suite against a deployment
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cmcpctl", description=DESCRIPTION,
+        prog="cmcpctl", description=DESCRIPTION, usage="cmcpctl [-h] <command> [flags]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Use \"cmcpctl <command> --help\" for more information about a given command.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    # the command list is DESCRIPTION's, grouped as kubectl does; argparse's own list is hidden
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", help=argparse.SUPPRESS)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
