@@ -124,6 +124,12 @@ def selector_labels(route: str) -> dict[str, str]:
     return {ROUTE_LABEL: route, COMPONENT_LABEL: COMPONENT_ENCLAVE}
 
 
+ENCLAVE_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
+
+
 def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision,
                config: OperatorConfig, owner: dict[str, Any]) -> dict[str, Any]:
     """The enclave Deployment. maxUnavailable 0 + the readiness gate = old pods serve until
@@ -135,6 +141,8 @@ def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision
         "readinessGates": [{"conditionType": ATTESTED_CONDITION}],
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        # Pod Security "restricted": the enclave image runs as a numeric non-root USER.
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "enclave",
             "image": rev.image,
@@ -147,6 +155,8 @@ def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision
                              {"name": "initdata", "mountPath": INITDATA_DIR}],
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+            # Kata sizes the guest VM from the limits; requests let the scheduler place replicas.
+            "resources": ENCLAVE_RESOURCES,
         }],
         "volumes": [{"name": "bundle", "configMap": {
             "name": rev.configmap, "items": volume_items(dict.fromkeys(rev.files, ""))}},

@@ -60,6 +60,19 @@ def test_readiness_gate_rollout_strategy_and_volume() -> None:
     assert not any("$(" in word for word in rev.command)
 
 
+def test_enclave_pods_meet_the_restricted_pod_security_profile() -> None:
+    cfg = OperatorConfig()
+    rev = revision("ns", "r", spec(), BSTATUS, [], cfg)
+    pod = deployment("ns", "r", spec(), rev, cfg, OWNER)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
 @pytest.mark.parametrize(("tee", "runtime", "labels"), [
     ("tdx", "kata-qemu-tdx", {NFD_TDX, KATA_TDX}),
     ("snp", "kata-qemu-snp", {NFD_SNP}),
