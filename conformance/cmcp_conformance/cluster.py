@@ -17,23 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-GROUP = "cmcp.dev"
-VERSION = "v1alpha1"
-PLURAL = "mcproutes"
-DEFAULT_ENCLAVE_PORT = 50051
-
-
-@dataclass(frozen=True)
-class RouteRef:
-    namespace: str
-    name: str
-
-    @classmethod
-    def parse(cls, text: str) -> RouteRef:
-        namespace, sep, name = text.partition("/")
-        if not sep or not namespace or not name:
-            raise ValueError(f"route must be NAMESPACE/NAME, got {text!r}")
-        return cls(namespace, name)
+from cmcp_core.route_status import DEFAULT_PORT as DEFAULT_ENCLAVE_PORT
+from cmcp_core.route_status import GROUP, PLURAL, VERSION, RouteRef
 
 
 async def _read(kubeconfig: str | None, ref: RouteRef) -> dict[str, Any]:
