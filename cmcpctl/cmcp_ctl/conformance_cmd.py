@@ -71,6 +71,7 @@ def register(subparsers: Any) -> None:
 def _remote_target(args: argparse.Namespace) -> Any:
     from cmcp_conformance import cluster
     from cmcp_conformance.target import Target
+    from cmcp_core.route_status import RouteRef
 
     route: dict[str, Any] | None = None
     access: cluster.ClusterAccess | None = None
@@ -80,7 +81,7 @@ def _remote_target(args: argparse.Namespace) -> Any:
     if args.allow_disruption and not args.route:
         raise ValueError("--allow-disruption needs --route (and --kubeconfig) to scale the McpRoute")
     if args.route:
-        access = cluster.ClusterAccess(args.kubeconfig, cluster.RouteRef.parse(args.route))
+        access = cluster.ClusterAccess(args.kubeconfig, RouteRef.parse(args.route))
         route = cluster.read_route(args.kubeconfig, access.route)
         if enclave is None:
             addresses = cluster.attested_addresses(route)
