@@ -989,25 +989,10 @@ def run_cluster(args: argparse.Namespace, console: Console) -> int:
     try:
         run = demo.run()
     except DemoFailure as exc:
-        console.line()
-        console.line(f"{console.fail_mark} {exc}")
-        console.line(f"  next: {exc.hint}")
-        return 2
+        return demo_cmd.report_stop(console, str(exc), exc.hint, exit_code=2)
     except (ToolError, httpx.HTTPError, grpc.RpcError, OSError, RuntimeError) as exc:
-        console.line()
-        console.line(f"{console.fail_mark} the demo stopped: {type(exc).__name__}: {exc}")
-        console.line(f"  next: {demo.hint()}")
-        return 1
-    elapsed = time.monotonic() - started
-    console.line()
-    if run.passed:
-        console.line(
-            f"{console.ok_mark} All {len(run.steps)} steps and {len(run.checks)} checks came out as expected "
-            f"on the cluster ({elapsed:.0f}s)."
-        )
-        console.line(f"  Trust Record: {demo_cmd._rel(run.files['record'])}")
-        console.line(f"  Audit export: {demo_cmd._rel(run.files['audit'])}")
-        console.line("  Verify them again any time with the commands in section 4 (docs/verification.md).")
+        return demo_cmd.report_stop(console, f"the demo stopped: {type(exc).__name__}: {exc}", demo.hint())
+    if demo_cmd.report_success(console, run, time.monotonic() - started, where="on the cluster "):
         return 0
     _explain_failures(console, run, settings.namespace)
     return 1

@@ -872,29 +872,38 @@ def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:
     try:
         run = run_local(console, out, bundle_dir)
     except DemoFailure as exc:
-        console.line()
-        console.line(f"{console.fail_mark} {exc}")
-        console.line(f"  next: {exc.hint}")
-        return 2
+        return report_stop(console, str(exc), exc.hint, exit_code=2)
     except (httpx.HTTPError, OSError, RuntimeError) as exc:
-        console.line()
-        console.line(f"{console.fail_mark} the demo stopped: {type(exc).__name__}: {exc}")
-        console.line(f"  next: read the component logs in {_rel(out / 'run')}/ and run `cmcpctl demo` again")
-        return 1
-    elapsed = time.monotonic() - started
-    console.line()
-    if run.passed:
-        passed = sum(s.passed for s in run.steps)
-        console.line(
-            f"{console.ok_mark} All {passed} steps and {len(run.checks)} checks came out as expected "
-            f"({elapsed:.0f}s)."
-        )
-        console.line(f"  Trust Record: {_rel(run.files['record'])}")
-        console.line(f"  Audit export: {_rel(run.files['audit'])}")
-        console.line("  Verify them again any time with the commands in section 4 (docs/verification.md).")
+        return report_stop(console, f"the demo stopped: {type(exc).__name__}: {exc}",
+                           f"read the component logs in {_rel(out / 'run')}/ and run `cmcpctl demo` again")
+    if report_success(console, run, time.monotonic() - started):
         return 0
     _explain_failures(console, run)
     return 1
+
+
+def report_stop(console: Console, message: str, hint: str, *, exit_code: int = 1) -> int:
+    """The demo could not finish: say what stopped it and the next action; return the exit code."""
+    console.line()
+    console.line(f"{console.fail_mark} {message}")
+    console.line(f"  next: {hint}")
+    return exit_code
+
+
+def report_success(console: Console, run: Run, elapsed: float, where: str = "") -> bool:
+    """Print the closing summary when every step and check passed; False (nothing printed
+    beyond a blank line) otherwise, so the caller explains the failures its own way."""
+    console.line()
+    if not run.passed:
+        return False
+    console.line(
+        f"{console.ok_mark} All {len(run.steps)} steps and {len(run.checks)} checks came out as expected "
+        f"{where}({elapsed:.0f}s)."
+    )
+    console.line(f"  Trust Record: {_rel(run.files['record'])}")
+    console.line(f"  Audit export: {_rel(run.files['audit'])}")
+    console.line("  Verify them again any time with the commands in section 4 (docs/verification.md).")
+    return True
 
 
 def register(subparsers: Any) -> None:
