@@ -88,23 +88,40 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
                 self.metrics.request_errors.labels("Complete", exc.code.value).inc()
         return len(completes)
 
-    async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _decide(self, request: Any) -> Any:
+        """One decision (carried outcomes first); ``RequestError`` when the enclave refuses."""
         started = time.perf_counter()
         handled = self._piggybacked(request.completes) if request.completes else 0
-        try:
-            result = self.enclave.decide(
-                session_id=request.session_id, call_id=request.call_id, principal=request.principal,
-                method=request.method, tool=request.tool, arguments_json=bytes(request.arguments_json),
-                arguments_digest=request.arguments_digest, audience=request.audience)
-        except RequestError as exc:
-            await self._refuse(context, "Decide", exc)
-            raise
+        result = self.enclave.decide(
+            session_id=request.session_id, call_id=request.call_id, principal=request.principal,
+            method=request.method, tool=request.tool, arguments_json=bytes(request.arguments_json),
+            arguments_digest=request.arguments_digest, audience=request.audience)
         doc = result.document
         self.metrics.decisions.labels(doc["decision"], doc["effective"], doc["mode"]).inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._gauges()
         return enclave_pb2.DecideResponse(decision_json=result.decision_json, signature=result.signature,
                                           permit=result.permit, completes_handled=handled)
+
+    async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return self._decide(request)
+        except RequestError as exc:
+            await self._refuse(context, "Decide", exc)
+            raise
+
+    async def DecideStream(self, requests: AsyncIterator[Any],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """Decide, message by message, in arrival order; a refusal is a reply, not the stream's end."""
+        async for request in requests:
+            try:
+                response = self._decide(request)
+            except RequestError as exc:
+                self.metrics.request_errors.labels("DecideStream", exc.code.value).inc()
+                yield enclave_pb2.DecideReply(call_id=request.call_id, error_code=exc.code.value,
+                                              error_detail=exc.detail)
+                continue
+            yield enclave_pb2.DecideReply(call_id=request.call_id, response=response)
 
     async def Complete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:

@@ -18,6 +18,7 @@ Record covers every outcome reported before it; ``close`` flushes all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from cmcp_core.decision import verify_decision
 from cmcp_core.digest import canonical, tagged_sha256
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
 
 log = logging.getLogger("cmcp.gateway")
 ERROR_METADATA_KEY = "cmcp-error-code"  # trailing metadata the enclave's gRPC server sets on a refusal
@@ -66,6 +68,7 @@ class Endpoint:
     address: str
     channel: Any
     stub: enclave_pb2_grpc.EnclaveStub
+    decisions: DecisionStream = field(init=False, repr=False)
     attested: AttestedEnclave | None = None
     error: CmcpError | None = None
     reattest: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -130,7 +133,11 @@ class EnclavePool:
         fresh = [a for a in wanted if a not in self.endpoints]
         for address in fresh:
             channel = grpc.aio.insecure_channel(address)
-            self.endpoints[address] = Endpoint(address, channel, enclave_pb2_grpc.EnclaveStub(channel))
+            endpoint = Endpoint(address, channel, enclave_pb2_grpc.EnclaveStub(channel))
+            endpoint.decisions = DecisionStream(
+                endpoint.stub, functools.partial(self._suspect, endpoint), self.decide_timeout
+            )
+            self.endpoints[address] = endpoint
         await asyncio.gather(*(self._attest(self.endpoints[a]) for a in fresh))
 
     async def _drop(self, address: str) -> None:
@@ -142,6 +149,7 @@ class EnclavePool:
         await self._settle(endpoint)
         for request in self._take(endpoint, None):  # the enclave left the route: its sessions ended
             _outcome_lost(request, Code.SESSION_LOST)
+        await endpoint.decisions.close()
         await endpoint.channel.close()
 
     async def _attest(self, endpoint: Endpoint) -> None:
@@ -328,7 +336,10 @@ class EnclavePool:
         if carried:
             request.completes.extend(carried)
         try:
-            resp = await self._rpc(endpoint, "Decide", request)
+            if request.ByteSize() > STREAM_MESSAGE_MAX:
+                resp = await self._rpc(endpoint, "Decide", request)
+            else:
+                resp = await endpoint.decisions.decide(request)
         except CmcpError as exc:
             if exc.code is Code.TEE_UNAVAILABLE:  # not known to have arrived
                 self._requeue(endpoint, carried)

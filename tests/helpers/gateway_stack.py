@@ -192,32 +192,48 @@ class MitmEnclave:
     async def start(self) -> MitmEnclave:
         import grpc
 
-        from cmcp_core.proto import enclave_pb2_grpc
+        from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 
         channel = grpc.aio.insecure_channel(self.target)
         stub = enclave_pb2_grpc.EnclaveStub(channel)
         outer = self
+
+        async def relay(request: Any) -> Any:
+            outer.decide_seen.set()
+            if outer.tamper == "slow":
+                await asyncio.sleep(outer.delay)
+            resp = await stub.Decide(request)
+            if outer.first_decision is None:
+                outer.first_decision = resp
+            if outer.tamper == "bad-signature":
+                sig = bytearray(resp.signature)
+                sig[0] ^= 1
+                resp.signature = bytes(sig)
+            elif outer.tamper == "other-call":
+                return outer.first_decision
+            elif outer.tamper == "no-permit":
+                resp.permit = ""
+            return resp
 
         class Servicer(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             async def Attest(self, request: Any, context: Any) -> Any:
                 return await stub.Attest(request)
 
             async def Decide(self, request: Any, context: Any) -> Any:
-                outer.decide_seen.set()
-                if outer.tamper == "slow":
-                    await asyncio.sleep(outer.delay)
-                resp = await stub.Decide(request)
-                if outer.first_decision is None:
-                    outer.first_decision = resp
-                if outer.tamper == "bad-signature":
-                    sig = bytearray(resp.signature)
-                    sig[0] ^= 1
-                    resp.signature = bytes(sig)
-                elif outer.tamper == "other-call":
-                    return outer.first_decision
-                elif outer.tamper == "no-permit":
-                    resp.permit = ""
-                return resp
+                return await relay(request)
+
+            async def DecideStream(self, requests: Any, context: Any) -> Any:
+                # Relayed one at a time, in order, as the real enclave decides them; the
+                # slow tamper then stalls the stream like an enclave that stops answering.
+                async for request in requests:
+                    try:
+                        response = await relay(request)
+                    except grpc.aio.AioRpcError as exc:  # a refusal: as the enclave's reply
+                        code = dict(exc.trailing_metadata() or ()).get("cmcp-error-code", "")
+                        yield enclave_pb2.DecideReply(call_id=request.call_id, error_code=code,
+                                                      error_detail=exc.details() or "")
+                        continue
+                    yield enclave_pb2.DecideReply(call_id=request.call_id, response=response)
 
             async def Complete(self, request: Any, context: Any) -> Any:
                 return await stub.Complete(request)

@@ -68,6 +68,18 @@ class DecideResponse(_message.Message):
     completes_handled: int
     def __init__(self, decision_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., permit: _Optional[str] = ..., completes_handled: _Optional[int] = ...) -> None: ...
 
+class DecideReply(_message.Message):
+    __slots__ = ("call_id", "response", "error_code", "error_detail")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    response: DecideResponse
+    error_code: str
+    error_detail: str
+    def __init__(self, call_id: _Optional[str] = ..., response: _Optional[_Union[DecideResponse, _Mapping]] = ..., error_code: _Optional[str] = ..., error_detail: _Optional[str] = ...) -> None: ...
+
 class CompleteRequest(_message.Message):
     __slots__ = ("session_id", "call_id", "response_digest", "response_bytes", "error_code", "is_error")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

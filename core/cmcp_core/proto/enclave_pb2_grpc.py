@@ -44,6 +44,11 @@ class EnclaveStub:
                 request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideRequest.SerializeToString,
                 response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.DecideStream = channel.stream_stream(
+                '/cmcp.enclave.v1.Enclave/DecideStream',
+                request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideRequest.SerializeToString,
+                response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideReply.FromString,
+                _registered_method=True)
         self.Complete = channel.unary_unary(
                 '/cmcp.enclave.v1.Enclave/Complete',
                 request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.CompleteRequest.SerializeToString,
@@ -83,6 +88,17 @@ class EnclaveServicer:
 
     def Decide(self, request, context):
         """One admission-style decision for one MCP request; allow carries a permit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideStream(self, request_iterator, context):
+        """The same decisions over one long-lived stream per gateway connection: a stream message
+        costs a fraction of a unary call (no per-call HTTP/2 stream, headers or status), which is
+        most of the gateway's added latency. Requests are decided in arrival order; each reply
+        names its call_id. A refused request gets a reply with error_code, never a decision, and
+        the stream goes on; only a transport failure ends it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +151,11 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideRequest.FromString,
                     response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideResponse.SerializeToString,
+            ),
+            'DecideStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecideStream,
+                    request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideRequest.FromString,
+                    response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideReply.SerializeToString,
             ),
             'Complete': grpc.unary_unary_rpc_method_handler(
                     servicer.Complete,
@@ -216,6 +237,33 @@ class Enclave:
             '/cmcp.enclave.v1.Enclave/Decide',
             cmcp__core_dot_proto_dot_enclave__pb2.DecideRequest.SerializeToString,
             cmcp__core_dot_proto_dot_enclave__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cmcp.enclave.v1.Enclave/DecideStream',
+            cmcp__core_dot_proto_dot_enclave__pb2.DecideRequest.SerializeToString,
+            cmcp__core_dot_proto_dot_enclave__pb2.DecideReply.FromString,
             options,
             channel_credentials,
             insecure,
