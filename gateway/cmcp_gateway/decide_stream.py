@@ -7,21 +7,22 @@ opened on first use and reopened after it breaks; replies are matched on ``call_
 
 Fail-closed: no reply within the deadline, or a stream that breaks while calls wait, is
 ``TEE_UNAVAILABLE`` for each waiting call; a refusal reply relays the enclave's registered code.
-Requests are handed to a writer (gRPC's request iterator), so a caller that gives up mid-write
-never cancels the stream under the other callers.
+Callers write in turn (one write in flight per gRPC call). A write still blocked at the deadline
+means the enclave stopped reading: gRPC then cancels the stream, which fails the other waiting
+calls too, as it should. (A request iterator fed by a queue would isolate callers from that but
+costs about 0.1 ms per message in task switches, measured.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from cmcp_core.errors import CmcpError, Code
 
-_END = None  # queued to end the request stream
 # Larger requests go as unary calls: a message the enclave refuses for size ends the whole
 # stream (RESOURCE_EXHAUSTED), and must not take the other callers' decisions with it.
 STREAM_MESSAGE_MAX = 512 * 1024
@@ -33,22 +34,25 @@ class DecisionStream:
         self._deadline = deadline  # seconds a decision may take, from hand-over to reply
         self._on_broken = on_broken  # the endpoint's owner distrusts it and re-attests
         self._call: Any = None
-        self._queue: asyncio.Queue[Any] | None = None
+        self._writing = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[Any]] = {}
 
     async def decide(self, request: Any) -> Any:
         """The enclave's ``DecideResponse`` for ``request``, or a coded ``CmcpError``."""
-        queue = self._open()
+        call = self._open()
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         call_id = request.call_id
         self._waiting[call_id] = reply
         try:
-            queue.put_nowait(request)
             async with asyncio.timeout(self._deadline):
+                async with self._writing:
+                    await call.write(request)
                 answer = await reply
         except TimeoutError:
             raise CmcpError(Code.TEE_UNAVAILABLE, f"enclave Decide exceeded {self._deadline}s") from None
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:  # the stream is gone
+            raise CmcpError(Code.TEE_UNAVAILABLE, f"enclave decision stream broke: {exc}") from None
         finally:
             if self._waiting.get(call_id) is reply:
                 del self._waiting[call_id]
@@ -60,12 +64,11 @@ class DecisionStream:
             raise CmcpError(code, f"enclave refused Decide: {answer.error_detail}")
         return answer.response
 
-    def _open(self) -> asyncio.Queue[Any]:
-        if self._call is None or self._queue is None:
-            self._queue = asyncio.Queue()
-            self._call = self._stub.DecideStream(_drain(self._queue))
+    def _open(self) -> Any:
+        if self._call is None:
+            self._call = self._stub.DecideStream()
             self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
-        return self._queue
+        return self._call
 
     async def _read(self, call: Any) -> None:
         failure = "the enclave ended the stream"
@@ -84,7 +87,7 @@ class DecisionStream:
         # No await from here on: waiters registered so far belong to this stream, later ones
         # to the next one.
         if self._call is call:
-            self._call = self._queue = None
+            self._call = None
             self._on_broken()
         error = CmcpError(Code.TEE_UNAVAILABLE, f"enclave decision stream broke: {failure}")
         for waiter in self._waiting.values():
@@ -92,17 +95,11 @@ class DecisionStream:
                 waiter.set_exception(error)
 
     async def close(self) -> None:
-        call, queue, reader = self._call, self._queue, self._reader
-        self._call = self._queue = self._reader = None
-        if queue is not None:
-            queue.put_nowait(_END)
+        call, reader = self._call, self._reader
+        self._call = self._reader = None
         if call is not None:
             call.cancel()
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-
-async def _drain(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
-    while (request := await queue.get()) is not _END:
-        yield request

@@ -1,0 +1,170 @@
+"""The transport floor: what the gateway's hops cost on this machine with no work in them.
+
+The same shape as ``bench/gateway.py`` with every piece of product logic removed: a *null
+gateway* (uvicorn + a bare ASGI callable, the gateway's stack) takes the agent's POST, makes
+one round trip on a gRPC bidirectional stream to an *echo enclave* (grpc.aio, the enclave's
+stack; it answers each message with itself) and forwards the body with the gateway's own
+pooled HTTP/1.1 client to the same unguarded ``mcp`` SDK upstream the direct target is.
+No authentication, JSON parsing, Cedar, signing, verification or guard.
+
+Whatever this overhead is, the real gateway cannot go below it on this machine; the gap
+between the two is what the product's own work costs. Numbers are reported, never asserted.
+
+    python -m bench.floor [--calls 2000] [--out bench/results/floor.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway import HEADERS, sequential, start_upstream, summary, wait_http  # noqa: E402
+from tests.helpers.upstream import free_port  # noqa: E402
+
+ECHO_METHOD = "/cmcp.bench.Floor/Echo"
+
+
+def _same(raw: bytes) -> bytes:
+    return raw
+
+
+async def serve_echo(port: int) -> None:
+    import grpc
+
+    async def echo(requests: Any, _context: Any) -> Any:
+        async for message in requests:
+            yield message
+
+    handler = grpc.method_handlers_generic_handler(
+        "cmcp.bench.Floor", {"Echo": grpc.stream_stream_rpc_method_handler(echo, _same, _same)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("READY", flush=True)
+    await server.wait_for_termination()
+
+
+def serve_null_gateway(port: int, echo_port: int, upstream: str) -> None:
+    import grpc
+    import uvicorn
+
+    from cmcp_gateway.http1 import Http1Client
+
+    state: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
+                state["stream"] = channel.stream_stream(ECHO_METHOD, _same, _same)()
+                state["lock"] = asyncio.Lock()
+                state["upstream"] = Http1Client(upstream)
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        async with state["lock"]:  # one message in flight: the benchmark is sequential
+            await state["stream"].write(body)
+            await state["stream"].read()
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.startswith(b"mcp-")}
+        headers.update({"content-type": "application/json", "accept": "application/json, text/event-stream"})
+        response = await state["upstream"].post(body, headers, 30.0)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": response.content})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
+                access_log=False, lifespan="on")
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        up_port, echo_port, gw_port = free_port(), free_port(), free_port()
+        upstream = start_upstream(up_port, None, work / "upstream.log")
+        procs.append(upstream)
+        echo = subprocess.Popen([sys.executable, "-m", "bench.floor", "--role", "echo", "--port",
+                                 str(echo_port)], cwd=ROOT, stdout=subprocess.PIPE)
+        procs.append(echo)
+        assert echo.stdout is not None
+        if not echo.stdout.readline().startswith(b"READY"):
+            raise RuntimeError("echo enclave did not start")
+        direct_url = f"http://127.0.0.1:{up_port}/mcp"
+        gateway = subprocess.Popen([sys.executable, "-m", "bench.floor", "--role", "gateway", "--port",
+                                    str(gw_port), "--echo-port", str(echo_port), "--upstream", direct_url],
+                                   cwd=ROOT)
+        procs.append(gateway)
+        gw_url = f"http://127.0.0.1:{gw_port}/mcp"
+        wait_http(gw_url)
+
+        async def measure() -> tuple[list[float], list[float]]:
+            direct: list[float] = []
+            through: list[float] = []
+            rounds = 4  # interleaved, so drift on a shared machine hits both alike
+            for _ in range(rounds):
+                direct += await sequential(direct_url, HEADERS, args.calls // rounds, args.warmup // rounds)
+                through += await sequential(gw_url, HEADERS, args.calls // rounds, args.warmup // rounds)
+            return direct, through
+
+        direct, through = asyncio.run(measure())
+        d, g = summary(direct), summary(through)
+        return {
+            "benchmark": "floor",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "setup": "null gateway (uvicorn + bare ASGI, one gRPC stream round trip to an echo "
+            "server, pooled HTTP/1.1 forward) vs direct, same unguarded mcp SDK upstream",
+            "direct": d,
+            "null_gateway": g,
+            "floor_overhead_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
+            "floor_overhead_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
+        }
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--out", default=str(ROOT / "bench/results/floor.json"))
+    parser.add_argument("--role", choices=("bench", "echo", "gateway"), default="bench",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "echo":
+        asyncio.run(serve_echo(args.port))
+        return
+    if args.role == "gateway":
+        serve_null_gateway(args.port, args.echo_port, args.upstream)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args, Path(tmp))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
