@@ -80,6 +80,18 @@ class Session:
     audit_first: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the upstream returned for an allowed call, as the gateway reports it."""
+
+    session_id: str
+    call_id: str
+    response_digest: str
+    response_bytes: int
+    error_code: str
+    is_error: bool
+
+
 @dataclass(frozen=True)
 class DecideResult:
     decision_json: bytes
@@ -127,6 +139,8 @@ class Enclave:
         self.closed: OrderedDict[str, ClosedSession] = OrderedDict()
         self.audit_entries_total = 0
         self.audit_bytes = 0  # bytes held in all audit rings
+        self._later: list[Outcome] = []  # outcomes to record before anything else (settle)
+        self.on_refused_outcome: Callable[[Code], None] | None = None
 
     # ---- attestation ---------------------------------------------------------------------
 
@@ -213,6 +227,8 @@ class Enclave:
 
     def decide(self, *, session_id: str, call_id: str, principal: str, method: str, tool: str,
                arguments_json: bytes, arguments_digest: str, audience: str) -> DecideResult:
+        if self._later:
+            self.settle()
         _check_id("session_id", session_id)
         _check_id("call_id", call_id)
         _check_id("principal", principal)
@@ -302,18 +318,48 @@ class Enclave:
 
     def complete(self, *, session_id: str, call_id: str, response_digest: str, response_bytes: int,
                  error_code: str, is_error: bool) -> str:
-        session = self._session(session_id, "", create=False)
+        if self._later:
+            self.settle()
+        return self._complete(Outcome(session_id, call_id, response_digest, response_bytes, error_code,
+                                      is_error))
+
+    def complete_later(self, outcomes: list[Outcome]) -> None:
+        """Queue outcomes to record right after the current answer is out (the stream's hot path).
+
+        Every other entry point settles the queue first, so nothing that reads or extends a
+        chain ever sees it without them; a refused one goes to ``on_refused_outcome``.
+        """
+        self._later.extend(outcomes)
+
+    def settle(self) -> None:
+        """Record the queued outcomes, in order."""
+        while self._later:
+            queued, self._later = self._later, []
+            for outcome in queued:
+                try:
+                    self._complete(outcome)
+                except RequestError as exc:
+                    if self.on_refused_outcome is not None:
+                        self.on_refused_outcome(exc.code)
+
+    def _complete(self, outcome: Outcome) -> str:
+        session = self._session(outcome.session_id, "", create=False)
+        call_id = outcome.call_id
         tool = session.pending.pop(call_id, None) if session.pending else None
         if tool is None:
             raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call_id!r} has no allowed decision")
-        if len(response_digest) > MAX_ID_LEN or len(error_code) > MAX_ID_LEN or response_bytes < 0:
+        if (len(outcome.response_digest) > MAX_ID_LEN or len(outcome.error_code) > MAX_ID_LEN
+                or outcome.response_bytes < 0):
             raise RequestError(Code.MCP_INVALID_REQUEST, "outcome fields out of range")
         entry = self._append(session, "complete", {
-            "call_id": call_id, "tool": tool, "response_digest": response_digest,
-            "response_bytes": response_bytes, "error_code": error_code or None, "is_error": is_error})
+            "call_id": call_id, "tool": tool, "response_digest": outcome.response_digest,
+            "response_bytes": outcome.response_bytes, "error_code": outcome.error_code or None,
+            "is_error": outcome.is_error})
         return str(entry["hash"])
 
     def list_tools(self, *, session_id: str, principal: str) -> list[str]:
+        if self._later:
+            self.settle()
         _check_id("session_id", session_id)
         _check_id("principal", principal)
         session = self._session(session_id, principal, create=True)
@@ -325,6 +371,8 @@ class Enclave:
 
     def reset(self, *, session_id: str, actor: str, reason: str, signature: bytes) -> str:
         """Operator reset of taint state: signed by a configured operator key, itself audited."""
+        if self._later:
+            self.settle()
         session = self._session(session_id, "", create=False)
         payload = reset_payload(session_id=session_id, actor=actor, reason=reason, seq=session.seq)
         if not any(_verifies(k, signature, payload) for k in self.operator_keys):
@@ -338,6 +386,8 @@ class Enclave:
         return str(entry["hash"])
 
     def close(self, session_id: str, reason: str = "closed") -> ClosedSession:
+        if self._later:
+            self.settle()
         _check_id("session_id", session_id)
         done = self.closed.get(session_id)
         if done is not None:
@@ -363,6 +413,8 @@ class Enclave:
 
     def expire_idle(self) -> list[str]:
         """Close sessions idle past the timeout (their records stay retrievable)."""
+        if self._later:
+            self.settle()
         cutoff = self.clock() - self.limits.idle_timeout
         idle = [sid for sid, s in self.sessions.items() if s.last_used < cutoff]
         for sid in idle:
@@ -371,6 +423,8 @@ class Enclave:
 
     def export_audit_raw(self, session_id: str, from_seq: int) -> list[bytes]:
         """Canonical entry bytes from ``from_seq`` on, as kept in the session's ring."""
+        if self._later:
+            self.settle()
         _check_id("session_id", session_id)
         live = self.sessions.get(session_id)
         if live is not None:

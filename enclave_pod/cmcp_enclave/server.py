@@ -20,7 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from cmcp_core.digest import jcs
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_enclave.core import Enclave, RequestError
+from cmcp_enclave.core import Enclave, Outcome, RequestError
 from cmcp_enclave.metrics import Metrics
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -56,6 +56,10 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
     def __init__(self, enclave: Enclave, metrics: Metrics):
         self.enclave = enclave
         self.metrics = metrics
+        enclave.on_refused_outcome = self._outcome_refused
+
+    def _outcome_refused(self, code: Code) -> None:
+        self.metrics.request_errors.labels("Complete", code.value).inc()
 
     async def _refuse(self, context: grpc.aio.ServicerContext, rpc: str, exc: CmcpError) -> None:
         self.metrics.request_errors.labels(rpc, exc.code.value).inc()
@@ -73,25 +77,18 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.attest_requests.labels("ok").inc()
         return response
 
-    def _piggybacked(self, completes: Any) -> int:
-        """Outcomes riding on a Decide / CloseSession: each handled as its own Complete.
-
-        A refused one is counted under ``Complete`` and skipped; it never fails the carrier.
-        Returns how many were handled (the carrier's response says so: ``completes_handled``).
-        """
-        for c in completes:
-            try:
-                self.enclave.complete(
-                    session_id=c.session_id, call_id=c.call_id, response_digest=c.response_digest,
-                    response_bytes=c.response_bytes, error_code=c.error_code, is_error=c.is_error)
-            except RequestError as exc:
-                self.metrics.request_errors.labels("Complete", exc.code.value).inc()
+    def _carry(self, completes: Any) -> int:
+        """Queue outcomes riding on a Decide / CloseSession; the enclave records them (as Complete
+        calls would be) before it handles anything else. A refused one is counted under
+        ``Complete`` and skipped; it never fails the carrier. Returns how many were taken."""
+        self.enclave.complete_later([
+            Outcome(c.session_id, c.call_id, c.response_digest, c.response_bytes, c.error_code, c.is_error)
+            for c in completes])
         return len(completes)
 
     def _decide(self, request: Any) -> Any:
-        """One decision (carried outcomes first); ``RequestError`` when the enclave refuses."""
+        """One decision; ``RequestError`` when the enclave refuses."""
         started = time.perf_counter()
-        handled = self._piggybacked(request.completes) if request.completes else 0
         result = self.enclave.decide(
             session_id=request.session_id, call_id=request.call_id, principal=request.principal,
             method=request.method, tool=request.tool, arguments_json=bytes(request.arguments_json),
@@ -101,27 +98,43 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._gauges()
         return enclave_pb2.DecideResponse(decision_json=result.decision_json, signature=result.signature,
-                                          permit=result.permit, completes_handled=handled)
+                                          permit=result.permit)
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        handled = self._carry(request.completes) if request.completes else 0  # recorded first
         try:
-            return self._decide(request)
+            response = self._decide(request)
         except RequestError as exc:
             await self._refuse(context, "Decide", exc)
             raise
+        response.completes_handled = handled
+        return response
 
     async def DecideStream(self, requests: AsyncIterator[Any],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """Decide, message by message, in arrival order; a refusal is a reply, not the stream's end."""
-        async for request in requests:
-            try:
-                response = self._decide(request)
-            except RequestError as exc:
-                self.metrics.request_errors.labels("DecideStream", exc.code.value).inc()
-                yield enclave_pb2.DecideReply(call_id=request.call_id, error_code=exc.code.value,
-                                              error_detail=exc.detail)
-                continue
-            yield enclave_pb2.DecideReply(call_id=request.call_id, response=response)
+        """Decide, message by message, in arrival order; a refusal is a reply, not the stream's end.
+
+        Carried outcomes are recorded right after the reply is sent (off the gateway's critical
+        path): before this stream's next message and before any other call reads the chain.
+        """
+        try:
+            async for request in requests:
+                try:
+                    response = self._decide(request)
+                except RequestError as exc:
+                    self.metrics.request_errors.labels("DecideStream", exc.code.value).inc()
+                    reply = enclave_pb2.DecideReply(call_id=request.call_id, error_code=exc.code.value,
+                                                    error_detail=exc.detail)
+                else:
+                    reply = enclave_pb2.DecideReply(call_id=request.call_id, response=response)
+                if request.completes:  # queued now, recorded once the reply is out
+                    handled = self._carry(request.completes)
+                    if reply.HasField("response"):
+                        reply.response.completes_handled = handled
+                yield reply
+                self.enclave.settle()
+        finally:
+            self.enclave.settle()
 
     async def Complete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -146,7 +159,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         return enclave_pb2.ListToolsResponse(tools=tools, catalog_json=jcs([catalog[t] for t in tools]))
 
     async def CloseSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        handled = self._piggybacked(request.completes) if request.completes else 0
+        handled = self._carry(request.completes) if request.completes else 0  # recorded first
         try:
             done = self.enclave.close(request.session_id, request.reason or "closed")
         except RequestError as exc:

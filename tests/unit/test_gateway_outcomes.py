@@ -1,5 +1,8 @@
 """Outcomes (Complete) ride on the next Decide / CloseSession, or go alone after a short delay.
 
+On the decision stream a carried outcome is recorded right after its carrier's reply is sent;
+on the unary Decide and CloseSession, before the carrier is handled.
+
 The audit guarantee is unchanged: every reported outcome lands in the session's chain, before
 the close when the session is closed, and a refused carried outcome never fails its carrier.
 """
@@ -67,8 +70,10 @@ async def test_outcome_rides_on_the_next_decide(served: tuple[Enclave, EnclavePo
     await asyncio.sleep(0)
     assert _kinds(enclave, session_id) == ["open", "decision"]
     await _decide(pool, pin, session_id)
-    assert _kinds(enclave, session_id) == ["open", "decision", "complete", "decision"]
-    done = list(enclave.export_audit(session_id, 0))[2]["data"]
+    # recorded right after the carrier's reply went out (off the critical path), before anything
+    # else reads the chain
+    assert _kinds(enclave, session_id) == ["open", "decision", "decision", "complete"]
+    done = list(enclave.export_audit(session_id, 0))[3]["data"]
     assert done["call_id"] == first and done["response_digest"] == json_digest(RESULT)
 
 
@@ -116,7 +121,7 @@ async def test_enclave_that_ignores_carried_outcomes_gets_them_alone(
         served: tuple[Enclave, EnclavePool], monkeypatch: pytest.MonkeyPatch) -> None:
     """An enclave predating ``completes`` drops the field and acknowledges nothing: the gateway
     resends those outcomes as Complete calls, stops carrying, and a close still covers them."""
-    monkeypatch.setattr(EnclaveService, "_piggybacked", lambda self, completes: 0)
+    monkeypatch.setattr(EnclaveService, "_carry", lambda self, completes: 0)
     monkeypatch.setattr(enclaves, "OUTCOME_FLUSH_SECONDS", 60.0)
     enclave, pool = served
     session_id = uuid.uuid4().hex

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.audit import reset_payload, verify_chain
 from cmcp_core.errors import Code
-from cmcp_enclave.core import Enclave, Limits, RequestError
+from cmcp_enclave.core import Enclave, Limits, Outcome, RequestError
 from tests.helpers.enclave_proc import inprocess_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES, decide
 
@@ -178,3 +178,20 @@ def test_audit_memory_budget_forgets_closed_sessions_first(tmp_path: Path) -> No
     assert err.value.code == Code.AUDIT_TRUNCATED
     entries = list(enc.export_audit("busy", first))
     assert verify_chain(entries, enc.public_key, start_prev=entries[0]["prev"], start_seq=first).ok
+
+
+def test_queued_outcomes_are_recorded_before_anything_reads_or_extends_the_chain(enc: Enclave) -> None:
+    """DecideStream queues carried outcomes to record after its reply; no entry point may see the
+    enclave without them (here: a close right behind the queue), and a refused one is reported."""
+    first = decide(enc, "web.search", {"query": "x"}, session="q")
+    refused: list[Code] = []
+    enc.on_refused_outcome = refused.append
+    enc.complete_later([
+        Outcome("q", first.document["call_id"], "sha256:" + "a" * 64, 10, "", False),
+        Outcome("q", "never-decided", "sha256:" + "b" * 64, 10, "", False),
+    ])
+    done = enc.close("q", "done")
+    kinds = [e["kind"] for e in enc.export_audit("q", 0)]
+    assert kinds == ["open", "decision", "complete", "close"]
+    assert refused == [Code.MCP_INVALID_REQUEST]
+    assert verify_chain(list(enc.export_audit("q", 0)), enc.public_key, expected_tip=done.tip).ok
