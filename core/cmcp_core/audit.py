@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cmcp_core.crypto import AUDIT_CONTEXT, DECISION_CONTEXT, thumbprint, verify_payload
+from cmcp_core.crypto import AUDIT_CONTEXT, DECISION_CONTEXT, sign, thumbprint, verify_payload
 from cmcp_core.digest import b64url, b64url_decode, canonical, jcs
 from cmcp_core.errors import Code
 
@@ -58,7 +58,7 @@ def make_entry(key: Ed25519PrivateKey, *, session_id: str, seq: int, prev: str, 
         "kind": kind, "data": data, "prev": prev,
         "kid": kid if kid is not None else thumbprint(key.public_key()),
     }
-    entry["sig"] = b64url(key.sign(AUDIT_CONTEXT + _signed_part(entry)))
+    entry["sig"] = b64url(sign(key, AUDIT_CONTEXT + _signed_part(entry)))
     entry["hash"] = entry_hash(entry)
     return entry
 
