@@ -285,7 +285,8 @@ def components(plan: Plan, work: Path) -> dict[str, Any]:
 
     ``bench/verify.py`` (appraisal time per evidence type) always; ``bench/gateway.py`` (the
     gateway's own stateless-protocol overhead check, a different load generator than ours)
-    in full runs.  Their outputs go to the work dir and are embedded here, so a dev run of
+    and ``bench/floor.py`` (the same hops with no product work: the machine's floor) in full
+    runs.  Their outputs go to the work dir and are embedded here, so a dev run of
     the harness never overwrites their committed result files.
     """
     out: dict[str, Any] = {}
@@ -297,6 +298,8 @@ def components(plan: Plan, work: Path) -> dict[str, Any]:
     if not quick and (Path(__file__).parent / "gateway.py").exists():
         jobs.append(("gateway", [*procs.python_module("bench.gateway"), "--calls", "1000", "--warmup", "100",
                                  "--tp-calls", "2000", "--out", str(work / "gateway.json")]))
+        jobs.append(("floor", [*procs.python_module("bench.floor"), "--calls", "1000", "--warmup", "100",
+                               "--out", str(work / "floor.json")]))
     if not jobs:
         raise Skip("bench/verify.py and bench/gateway.py are not present")
     for name, argv in jobs:
