@@ -27,7 +27,11 @@ def _tokens(config: GatewayConfig) -> TokenStore | None:
 
 
 def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warning") -> uvicorn.Config:
-    """uvicorn with our h11 protocol (peer certificates reach the app) and optional (m)TLS."""
+    """uvicorn with our httptools protocol (peer certificates reach the app) and optional (m)TLS.
+
+    ``proxy_headers=False``: the gateway never reads the client address, so uvicorn's
+    X-Forwarded-* middleware would only add a layer to every request.
+    """
     host, _, port = config.listen.rpartition(":")
     tls = config.tls
     return uvicorn.Config(
@@ -38,6 +42,7 @@ def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warnin
         http=PeerCertHttpToolsProtocol,
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
         ssl_ca_certs=tls.client_ca if tls else None,
