@@ -56,7 +56,8 @@ async def serve_echo(port: int) -> None:
     await server.wait_for_termination()
 
 
-def serve_null_gateway(port: int, echo_port: int, upstream: str) -> None:
+def serve_null_gateway(port: int, echo_port: int | None, upstream: str) -> None:
+    """``echo_port`` None: the HTTP hop alone, no gRPC round trip."""
     import grpc
     import uvicorn
 
@@ -67,8 +68,9 @@ def serve_null_gateway(port: int, echo_port: int, upstream: str) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
-                channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
-                state["stream"] = channel.stream_stream(ECHO_METHOD, _same, _same)()
+                if echo_port is not None:
+                    channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
+                    state["stream"] = channel.stream_stream(ECHO_METHOD, _same, _same)()
                 state["lock"] = asyncio.Lock()
                 state["upstream"] = Http1Client(upstream)
                 await send({"type": "lifespan.startup.complete"})
@@ -81,9 +83,10 @@ def serve_null_gateway(port: int, echo_port: int, upstream: str) -> None:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        async with state["lock"]:  # one message in flight: the benchmark is sequential
-            await state["stream"].write(body)
-            await state["stream"].read()
+        if "stream" in state:
+            async with state["lock"]:  # one message in flight: the benchmark is sequential
+                await state["stream"].write(body)
+                await state["stream"].read()
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.startswith(b"mcp-")}
         headers.update({"content-type": "application/json", "accept": "application/json, text/event-stream"})
         response = await state["upstream"].post(body, headers, 30.0)
@@ -98,7 +101,7 @@ def serve_null_gateway(port: int, echo_port: int, upstream: str) -> None:
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        up_port, echo_port, gw_port = free_port(), free_port(), free_port()
+        up_port, echo_port = free_port(), free_port()
         upstream = start_upstream(up_port, None, work / "upstream.log")
         procs.append(upstream)
         echo = subprocess.Popen([sys.executable, "-m", "bench.floor", "--role", "echo", "--port",
@@ -108,34 +111,39 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if not echo.stdout.readline().startswith(b"READY"):
             raise RuntimeError("echo enclave did not start")
         direct_url = f"http://127.0.0.1:{up_port}/mcp"
-        gateway = subprocess.Popen([sys.executable, "-m", "bench.floor", "--role", "gateway", "--port",
-                                    str(gw_port), "--echo-port", str(echo_port), "--upstream", direct_url],
-                                   cwd=ROOT)
-        procs.append(gateway)
-        gw_url = f"http://127.0.0.1:{gw_port}/mcp"
-        wait_http(gw_url)
+        urls: dict[str, str] = {}
+        for name, extra in (("http_hop", []), ("http_hop_and_grpc", ["--echo-port", str(echo_port)])):
+            port = free_port()
+            procs.append(subprocess.Popen([sys.executable, "-m", "bench.floor", "--role", "gateway", "--port",
+                                           str(port), "--upstream", direct_url, *extra], cwd=ROOT))
+            urls[name] = f"http://127.0.0.1:{port}/mcp"
+            wait_http(urls[name])
 
-        async def measure() -> tuple[list[float], list[float]]:
-            direct: list[float] = []
-            through: list[float] = []
-            rounds = 4  # interleaved, so drift on a shared machine hits both alike
+        async def measure() -> dict[str, list[float]]:
+            samples: dict[str, list[float]] = {"direct": [], **{name: [] for name in urls}}
+            rounds = 4  # interleaved, so drift on a shared machine hits all alike
+            calls, warmup = args.calls // rounds, args.warmup // rounds
             for _ in range(rounds):
-                direct += await sequential(direct_url, HEADERS, args.calls // rounds, args.warmup // rounds)
-                through += await sequential(gw_url, HEADERS, args.calls // rounds, args.warmup // rounds)
-            return direct, through
+                for name, url in (("direct", direct_url), *urls.items()):
+                    samples[name] += await sequential(url, HEADERS, calls, warmup)
+            return samples
 
-        direct, through = asyncio.run(measure())
-        d, g = summary(direct), summary(through)
-        return {
+        samples = asyncio.run(measure())
+        d = summary(samples["direct"])
+        result: dict[str, Any] = {
             "benchmark": "floor",
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "setup": "null gateway (uvicorn + bare ASGI, one gRPC stream round trip to an echo "
-            "server, pooled HTTP/1.1 forward) vs direct, same unguarded mcp SDK upstream",
+            "setup": "null gateway (uvicorn + bare ASGI, pooled HTTP/1.1 forward; with and without one "
+            "gRPC stream round trip to an echo server) vs direct, same unguarded mcp SDK upstream",
             "direct": d,
-            "null_gateway": g,
-            "floor_overhead_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
-            "floor_overhead_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
         }
+        for name in urls:
+            g = summary(samples[name])
+            result[name] = {**g, "overhead_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
+                            "overhead_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3)}
+        result["floor_overhead_p50_ms"] = result["http_hop_and_grpc"]["overhead_p50_ms"]
+        result["floor_overhead_p99_ms"] = result["http_hop_and_grpc"]["overhead_p99_ms"]
+        return result
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -150,7 +158,7 @@ def main() -> None:
     parser.add_argument("--role", choices=("bench", "echo", "gateway"), default="bench",
                         help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--echo-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-port", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "echo":
