@@ -24,6 +24,9 @@ from cmcp_enclave.core import Enclave, Outcome, RequestError
 from cmcp_enclave.metrics import Metrics
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+# Gateways keep a DecideStream open and ping it every 30 s even when idle (keepalive); accept
+# pings that often, or gRPC would count them as abuse and end the stream with GOAWAY.
+MIN_PING_INTERVAL_MS = 10_000
 SERVICE_NAME = "cmcp.enclave.v1.Enclave"
 ERROR_METADATA_KEY = "cmcp-error-code"
 
@@ -203,7 +206,9 @@ def _on_audit(metrics: Metrics) -> Any:
 async def serve(enclave: Enclave, listen: str, metrics: Metrics) -> tuple[grpc.aio.Server, int]:
     """Bind and start; returns the server and the bound port (``:0`` picks a free one)."""
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+               ("grpc.keepalive_permit_without_calls", 1)]
     server = grpc.aio.server(options=options)
     enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveService(enclave, metrics), server)
     health = HealthServicer()

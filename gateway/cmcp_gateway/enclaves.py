@@ -38,6 +38,11 @@ from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
 log = logging.getLogger("cmcp.gateway")
 ERROR_METADATA_KEY = "cmcp-error-code"  # trailing metadata the enclave's gRPC server sets on a refusal
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
+# The decision stream is long-lived and often idle: HTTP/2 keepalive pings (also without data
+# frames) find a peer that vanished without a reset within ~40 s instead of TCP's minutes. The
+# enclave accepts pings this often (cmcp_enclave.server.MIN_PING_INTERVAL_MS), so it never
+# answers them with GOAWAY "too_many_pings".
+KEEPALIVE_MS = 30_000
 OUTCOME_FLUSH_SECONDS = 0.02  # an outcome no Decide carried by then is sent on its own
 MAX_CARRIED = 64  # outcomes one Decide / CloseSession carries at most
 
@@ -112,6 +117,14 @@ def _outcome_lost(request: Any, code: Code) -> None:
     )
 
 
+def _channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),  # an idle stream still gets pinged
+    ]
+
+
 def _score(session_id: str, kid: str) -> bytes:
     return hashlib.blake2b(f"{session_id}\x00{kid}".encode(), digest_size=16).digest()
 
@@ -132,7 +145,7 @@ class EnclavePool:
                 await self._drop(address)
         fresh = [a for a in wanted if a not in self.endpoints]
         for address in fresh:
-            channel = grpc.aio.insecure_channel(address)
+            channel = grpc.aio.insecure_channel(address, options=_channel_options())
             endpoint = Endpoint(address, channel, enclave_pb2_grpc.EnclaveStub(channel))
             endpoint.decisions = DecisionStream(
                 endpoint.stub, functools.partial(self._suspect, endpoint), self.decide_timeout

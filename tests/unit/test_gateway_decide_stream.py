@@ -157,3 +157,39 @@ async def test_an_oversized_request_goes_unary_and_leaves_the_stream_alone(
         assert (await decide("small again")).permit
     finally:
         await pool.close()
+
+
+async def test_an_idle_stream_survives_keepalive_pings(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway pings its idle stream; the enclave must accept that, not end it (GOAWAY
+    too_many_pings would fail the next calls and mark the enclave unattested)."""
+    from cmcp_enclave import server as enclave_server
+    from cmcp_gateway import enclaves
+
+    monkeypatch.setattr(enclaves, "KEEPALIVE_MS", 200)  # gRPC then pings about once a second
+    monkeypatch.setattr(enclave_server, "MIN_PING_INTERVAL_MS", 100)
+    enclave = inprocess_enclave(BUNDLE, tmp_path)
+    server, port = await serve(enclave, "127.0.0.1:0", Metrics())
+    pool = EnclavePool("keepalive", AttestPolicy(allow_simulated=True), 5.0)
+    address = f"127.0.0.1:{port}"
+    await pool.set_endpoints([address])
+    try:
+        session_id = uuid.uuid4().hex
+        pin = pool.pick(session_id)
+        args = {"text": "hi"}
+
+        async def decide() -> Any:
+            return await pool.decide(
+                pin, session_id=session_id, call_id=uuid.uuid4().hex, principal="agent",
+                method="tools/call", tool="echo", arguments_json=json.dumps(args).encode(),
+                args_digest=json_digest(args), audience=DEFAULT_AUDIENCE)
+
+        assert (await decide()).permit
+        stream = pool.endpoints[address].decisions
+        call = stream._call
+        await asyncio.sleep(6.0)  # pings about once a second: past the default strike limit
+        assert stream._call is call and pool.endpoints[address].attested is not None
+        assert (await decide()).permit
+    finally:
+        await pool.close()
+        await server.stop(0)
