@@ -8,6 +8,7 @@ catalog, Cedar deny or error, wrong audience) yield a signed deny that is audite
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -45,6 +46,21 @@ ADVISORY_SOFTENED = frozenset({Code.POLICY_DENY, Code.POLICY_EVAL_ERROR})
 
 class RequestError(CmcpError):
     """A request the enclave will not decide on; the server maps it to a gRPC status."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _settled(method: Callable[Concatenate[Enclave, P], R]) -> Callable[Concatenate[Enclave, P], R]:
+    """Record queued outcomes first (:meth:`Enclave.complete_later`): no entry point may read or
+    extend a chain without them."""
+    @functools.wraps(method)
+    def entry(self: Enclave, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._later:
+            self.settle()
+        return method(self, *args, **kwargs)
+    return entry
 
 
 @dataclass
@@ -225,10 +241,9 @@ class Enclave:
 
     # ---- decisions -----------------------------------------------------------------------
 
+    @_settled
     def decide(self, *, session_id: str, call_id: str, principal: str, method: str, tool: str,
                arguments_json: bytes, arguments_digest: str, audience: str) -> DecideResult:
-        if self._later:
-            self.settle()
         _check_id("session_id", session_id)
         _check_id("call_id", call_id)
         _check_id("principal", principal)
@@ -316,10 +331,9 @@ class Enclave:
         session.previous_tool = tool
         session.call_count += 1
 
+    @_settled
     def complete(self, *, session_id: str, call_id: str, response_digest: str, response_bytes: int,
                  error_code: str, is_error: bool) -> str:
-        if self._later:
-            self.settle()
         return self._complete(Outcome(session_id, call_id, response_digest, response_bytes, error_code,
                                       is_error))
 
@@ -357,9 +371,8 @@ class Enclave:
             "is_error": outcome.is_error})
         return str(entry["hash"])
 
+    @_settled
     def list_tools(self, *, session_id: str, principal: str) -> list[str]:
-        if self._later:
-            self.settle()
         _check_id("session_id", session_id)
         _check_id("principal", principal)
         session = self._session(session_id, principal, create=True)
@@ -369,10 +382,9 @@ class Enclave:
         results = self.engine.evaluate_many("list_tools", principal, tools, self._view(session))
         return [t for t, r in zip(tools, results, strict=True) if r.allowed]
 
+    @_settled
     def reset(self, *, session_id: str, actor: str, reason: str, signature: bytes) -> str:
         """Operator reset of taint state: signed by a configured operator key, itself audited."""
-        if self._later:
-            self.settle()
         session = self._session(session_id, "", create=False)
         payload = reset_payload(session_id=session_id, actor=actor, reason=reason, seq=session.seq)
         if not any(_verifies(k, signature, payload) for k in self.operator_keys):
@@ -385,9 +397,8 @@ class Enclave:
         session.tags = session.tools_called = frozenset()
         return str(entry["hash"])
 
+    @_settled
     def close(self, session_id: str, reason: str = "closed") -> ClosedSession:
-        if self._later:
-            self.settle()
         _check_id("session_id", session_id)
         done = self.closed.get(session_id)
         if done is not None:
@@ -411,20 +422,18 @@ class Enclave:
             self.audit_bytes -= sum(len(raw) for raw in old.audit)
         return done
 
+    @_settled
     def expire_idle(self) -> list[str]:
         """Close sessions idle past the timeout (their records stay retrievable)."""
-        if self._later:
-            self.settle()
         cutoff = self.clock() - self.limits.idle_timeout
         idle = [sid for sid, s in self.sessions.items() if s.last_used < cutoff]
         for sid in idle:
             self.close(sid, "idle-timeout")
         return idle
 
+    @_settled
     def export_audit_raw(self, session_id: str, from_seq: int) -> list[bytes]:
         """Canonical entry bytes from ``from_seq`` on, as kept in the session's ring."""
-        if self._later:
-            self.settle()
         _check_id("session_id", session_id)
         live = self.sessions.get(session_id)
         if live is not None:
