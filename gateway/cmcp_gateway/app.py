@@ -33,6 +33,7 @@ import orjson
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cmcp_core.asgi import ClientGone, read_body
 from cmcp_core.attestation import AttestPolicy
 from cmcp_core.digest import b64url, tagged_sha256
 from cmcp_core.errors import REGISTRY, CmcpError, Code
@@ -87,10 +88,6 @@ class HttpRequest:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
         peer = scope.get("state", {}).get(PEER_CERT_STATE)
         return cls(scope["method"], scope["path"], headers, peer, receive)
-
-
-class ClientGone(Exception):
-    """The client disconnected before its body was complete: there is no one left to answer."""
 
 
 class Outcome(Exception):
@@ -319,31 +316,13 @@ class Gateway:
         # MCP clients ignore the body; raw clients and auditors get the session's Trust Record.
         return Response(orjson.dumps(closed) if closed else b"", media_type=jsonrpc.JSON)
 
-    async def _read_body(self, request: HttpRequest) -> bytes:
-        limit = self.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise CmcpError(Code.BODY_TOO_LARGE, f"body exceeds {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk: bytes = message.get("body", b"")
-            more = message.get("more_body", False)
-            size += len(chunk)
-            if size > limit:
-                raise CmcpError(Code.BODY_TOO_LARGE, f"body exceeds {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _post(self, request: HttpRequest) -> Response:
         runtime = self._runtime(request.path)
         agent = self._agent(request, runtime)
         with self.limiter.slot(agent):
-            body = await self._read_body(request)
+            body = await read_body(
+                request.receive, self.limits.max_body_bytes, request.headers.get("content-length")
+            )
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:

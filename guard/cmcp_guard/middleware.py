@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cmcp_core.asgi import ClientGone, read_body
 from cmcp_core.errors import REGISTRY, CmcpError, Code
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_core.tool_call import TOOLS_CALL, tool_call_target
@@ -49,22 +50,6 @@ async def send_error(send: Send, code: Code, detail: str, request_id: Any = None
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise CmcpError(Code.MCP_INVALID_REQUEST, "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise CmcpError(Code.BODY_TOO_LARGE, f"body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -164,8 +149,10 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            body = await read_body(receive, self.guard.max_body)
+            body = await read_body(receive, self.guard.max_body, header(scope, b"content-length"))
             new_body = await self.guard.inspect(scope, body)
+        except ClientGone:
+            return  # nobody is left to answer, and the app never saw the call
         except CmcpError as exc:
             REJECTIONS.labels(code=str(exc.code)).inc()
             log.warning("call refused", extra={"code": str(exc.code), "detail": exc.detail})

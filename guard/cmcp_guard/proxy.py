@@ -55,7 +55,8 @@ def build_proxy(upstream: str, guard: Guard, timeout: float = 60.0) -> ASGIApp:
     async def relay(request: Request) -> Response:
         url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
-        body = await request.body()
+        # only a POST has a body in MCP, read by the guard under its limit; others relay none
+        body = await request.body() if request.method == "POST" else None
         client = state["http"]
         try:
             upstream_request = client.build_request(request.method, url, headers=headers, content=body)
@@ -75,7 +76,8 @@ def build_proxy(upstream: str, guard: Guard, timeout: float = 60.0) -> ASGIApp:
         )
 
     app = Starlette(
-        routes=[Route("/{path:path}", relay, methods=["GET", "POST", "DELETE", "PUT", "PATCH"])],
+        # MCP streamable HTTP uses exactly these methods
+        routes=[Route("/{path:path}", relay, methods=["GET", "POST", "DELETE"])],
         lifespan=lifespan,
     )
     return GuardMiddleware(app, guard)

@@ -1,0 +1,70 @@
+"""The guard's front door at the ASGI level: a body over the limit is refused before it is read
+(declared) or as it streams, and a client that leaves mid-body gets nothing while the wrapped
+app never sees the call. Shares ``cmcp_core.asgi.read_body`` with the gateway."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cmcp_guard.check import PermitChecker
+from cmcp_guard.middleware import Guard, GuardMiddleware
+
+
+class App:
+    """The wrapped MCP app; it must never be reached in these tests."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+
+
+def guarded(limit: int) -> tuple[GuardMiddleware, App]:
+    app = App()
+    checker = PermitChecker(audience="urn:cmcp:test", keys=dict)  # no key: nothing could pass
+    return GuardMiddleware(app, Guard(checker, max_body=limit)), app
+
+
+def scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": "/mcp", "headers": headers}
+
+
+async def drive(mw: GuardMiddleware, headers: list[tuple[bytes, bytes]],
+                messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    inbox = iter(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(inbox)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await mw(scope(headers), receive, send)
+    return sent
+
+
+async def test_declared_length_over_the_limit_is_refused_unread() -> None:
+    mw, app = guarded(limit=100)
+    sent = await drive(mw, [(b"content-length", b"101")], [])  # receive() is never called
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == "BODY_TOO_LARGE"
+    assert app.calls == 0
+
+
+async def test_streamed_body_over_the_limit_is_refused() -> None:
+    mw, app = guarded(limit=100)
+    chunks = [{"type": "http.request", "body": b"x" * 60, "more_body": True},
+              {"type": "http.request", "body": b"x" * 60, "more_body": False}]
+    sent = await drive(mw, [], chunks)
+    assert sent[0]["status"] == 413 and app.calls == 0
+
+
+async def test_client_gone_mid_body_gets_nothing_and_reaches_nothing() -> None:
+    mw, app = guarded(limit=100)
+    messages = [{"type": "http.request", "body": b'{"jsonrpc":', "more_body": True},
+                {"type": "http.disconnect"}]
+    assert await drive(mw, [], messages) == []
+    assert app.calls == 0
