@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_json  # noqa: E402
 from bench.gateway import HEADERS, sequential, start_upstream, summary, wait_http  # noqa: E402
 from tests.helpers.upstream import free_port  # noqa: E402
 
@@ -169,8 +170,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args, Path(tmp))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(Path(args.out), result)
     print(json.dumps(result, indent=2))
 
 

@@ -30,6 +30,7 @@ import yaml
 
 from bench import procs
 from bench.upstream import TOOL_DESCRIPTION, TOOL_NAME
+from cmcp_core.native_schema import native_schema
 
 AUDIENCE = "urn:cmcp:bench-upstream"
 ROUTE = "bench"
@@ -39,33 +40,7 @@ ALLOW_ALL = """// Allow-all, the same policy text as the origin's examples/minim
 permit (principal, action, resource);
 """
 
-SCHEMA = """namespace cMCP {
-  entity Agent;
-  entity Tool = {
-    name: String,
-    server: String,
-    sensitivity: String,
-    sensitivity_rank: Long,
-    compliance_domain: String,
-    destination: String,
-    tags: Set<String>,
-  };
-  type Arguments = {
-    seq?: Long,
-  };
-  type Context = {
-    arguments: Arguments,
-    max_sensitivity: String,
-    max_rank: Long,
-    tags: Set<String>,
-    call_count: Long,
-    tools_called: Set<String>,
-    previous_tool: String,
-  };
-  action call_tool appliesTo { principal: Agent, resource: Tool, context: Context };
-  action list_tools appliesTo { principal: Agent, resource: Tool, context: Context };
-}
-"""
+SCHEMA = native_schema({"seq": "Long"})
 
 
 def write_bundle(root: Path, tool_def: dict[str, Any] | None = None) -> Path:

@@ -14,39 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from cmcp_conformance.target import Profile
+from cmcp_core.native_schema import native_schema
 
-SCHEMA = """// Native request model: principal = agent, action = MCP method, resource = catalogued tool.
-namespace cMCP {
-  entity Agent;
-  entity Tool = {
-    name: String,
-    server: String,
-    sensitivity: String,
-    sensitivity_rank: Long,
-    compliance_domain: String,
-    destination: String,
-    tags: Set<String>,
-  };
-  type Arguments = {
-    text?: String,
-    patient_id?: String,
-    to?: String,
-    body?: String,
-    query?: String,
-  };
-  type Context = {
-    arguments: Arguments,
-    max_sensitivity: String,
-    max_rank: Long,
-    tags: Set<String>,
-    call_count: Long,
-    tools_called: Set<String>,
-    previous_tool: String,
-  };
-  action call_tool appliesTo { principal: Agent, resource: Tool, context: Context };
-  action list_tools appliesTo { principal: Agent, resource: Tool, context: Context };
-}
-"""
+SCHEMA = native_schema(
+    {name: "String" for name in ("text", "patient_id", "to", "body", "query")},
+    "Native request model: principal = agent, action = MCP method, resource = catalogued tool.",
+)
 
 
 def _policies(profile: Profile) -> dict[str, str]:
