@@ -217,8 +217,7 @@ def conformance_run(
                 str(cluster.kubeconfig),
                 "--route",
                 f"{NS}/{ENFORCE}",
-                "--token",
-                demo.token,
+                f"--token={demo.token}",  # one word: a generated token may start with "-"
                 "--advisory-url",
                 f"{gateway}/mcp/{ADVISORY}",
                 "--advisory-enclave",

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cmcp_conformance.local import LocalDeployment, local_deployment
+from cmcp_ctl.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^(PASS|FAIL|SKIP) +([A-Z-]+-\d{3}) +(MUST|SHOULD) +.+ -- .+$")
@@ -47,8 +48,7 @@ def test_remote_target_runs_what_it_can_and_skips_local_powers(deployment: Local
         "conformance",
         "--target",
         t.mcp_url,
-        "--token",
-        str(t.token),
+        f"--token={t.token}",  # one word: a token may start with "-"
         "--enclave",
         str(t.enclave_address),
         "--upstream",
@@ -77,3 +77,9 @@ def test_remote_target_runs_what_it_can_and_skips_local_powers(deployment: Local
     assert "checks ran; skipped" in next(line for line in lines if " POLICY-TEE-002 " in line)
     assert lines[-1] == "conformance: 5 passed, 0 failed, 2 skipped"
     assert out.returncode == 0
+
+
+def test_generated_token_starting_with_dash_is_one_argument() -> None:
+    """A random token can begin with "-"; passed as ``--token=VALUE`` argparse keeps it whole."""
+    args = build_parser().parse_args(["conformance", "--target", "http://x/mcp/r", "--token=-Zq3_dash"])
+    assert args.token == "-Zq3_dash"
