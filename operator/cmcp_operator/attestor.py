@@ -7,18 +7,25 @@ binds the key and hashes to our nonce, which the verifier checks.
 from __future__ import annotations
 
 import secrets
+from typing import Protocol
 
 import grpc
 
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_operator.appraise import Evidence
 from cmcp_operator.constants import ENCLAVE_PORT
+from cmcp_operator.pod_appraisal import Evidence
 
 NONCE_BYTES = 32
 
 
 class EnclaveUnreachable(Exception):
     """The pod did not answer Attest (not started yet, crashed, or network)."""
+
+
+class EvidenceFetcher(Protocol):
+    """What the route controller calls for evidence: :func:`fetch_evidence`, or a test's fake."""
+
+    async def __call__(self, address: str, *, deadline: float) -> tuple[bytes, Evidence]: ...
 
 
 async def fetch_evidence(address: str, *, deadline: float,

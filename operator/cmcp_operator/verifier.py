@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cmcp_core.verify import AppraisalPolicy, appraise_attestation
-from cmcp_operator.appraise import AppraisalSettings, Evidence, VerdictView, VerifierFn
+from cmcp_operator.pod_appraisal import AppraisalSettings, Evidence, VerdictView, VerifierFn
 
 
 def core_verifier(pccs_url: str | None = None) -> VerifierFn:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from cmcp_operator.appraise import PodVerdict
 from cmcp_operator.conditions import Condition, merge_conditions, transitions
-from cmcp_operator.route_status import (
+from cmcp_operator.pod_appraisal import PodVerdict
+from cmcp_operator.route_summary import (
     PodView,
-    Target,
+    RouteTarget,
     accepted_revisions,
     next_previous,
     summarise,
 )
 
-OLD = Target("sha256:" + "01" * 32, "sha256:" + "a1" * 32)
-NEW = Target("sha256:" + "02" * 32, "sha256:" + "a2" * 32)
+OLD = RouteTarget("sha256:" + "01" * 32, "sha256:" + "a1" * 32)
+NEW = RouteTarget("sha256:" + "02" * 32, "sha256:" + "a2" * 32)
 
 
-def pod(name: str, rev: Target | None, *, ok: bool = True, owned: bool = True, reason: str = "Attested",
+def pod(name: str, rev: RouteTarget | None, *, ok: bool = True, owned: bool = True, reason: str = "Attested",
         terminating: bool = False, phase: str = "Running") -> PodView:
     verdict = None if rev is None else PodVerdict(
         ok, reason if not ok else "Attested", "m", platform="simulated", bundle_hash=rev.bundle_hash,
@@ -29,7 +29,7 @@ def conds(summary) -> dict[str, tuple[bool | None, str]]:  # type: ignore[no-unt
     return {c.type: (c.status, c.reason) for c in summary.conditions}
 
 
-def run(pods: list[PodView], *, previous: Target | None = None, desired: int = 2,
+def run(pods: list[PodView], *, previous: RouteTarget | None = None, desired: int = 2,
         problem: str | None = None, ready: int | None = None):  # type: ignore[no-untyped-def]
     ready_pods = sum(1 for p in pods if p.verdict and p.verdict.attested) if ready is None else ready
     return summarise(desired=desired, min_attested=None, target=NEW, previous=previous, pods=pods,
@@ -89,7 +89,7 @@ def test_bundle_problem_blocks_ready() -> None:
 def test_next_previous_and_accepted() -> None:
     assert next_previous(None, None, NEW) is None
     assert next_previous(OLD, None, NEW) == OLD
-    third = Target("sha256:03", "sha256:a3")
+    third = RouteTarget("sha256:03", "sha256:a3")
     assert next_previous(NEW, OLD, third) == OLD  # a rollout in progress keeps the serving revision
     assert next_previous(NEW, OLD, NEW) == OLD
     assert accepted_revisions(NEW, OLD) == {NEW.initdata_digest: NEW.bundle_hash,
@@ -107,7 +107,7 @@ def test_conditions_keep_transition_time_and_generation() -> None:
 
 
 def test_route_admission_rules() -> None:
-    from cmcp_operator.handlers import route_admission_problem
+    from cmcp_operator.route_controller import route_admission_problem
 
     spec = {"tee": "simulated", "policyBundleRef": {"name": "b"}}
     assert "allow-simulated" in str(route_admission_problem(spec, namespace="ns", bundle_exists=True,

@@ -14,23 +14,24 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from cmcp_core.digest import json_digest
 from cmcp_core.initdata import ANNOTATION, InitdataError, decode_annotation
 from cmcp_operator import metrics, workloads
-from cmcp_operator.appraise import AppraisalSettings, PodVerdict, VerifierFn, allowed_tee, appraise_pod
-from cmcp_operator.attestor import EnclaveUnreachable, fetch_evidence
+from cmcp_operator.attestor import EnclaveUnreachable, EvidenceFetcher, fetch_evidence
 from cmcp_operator.bundles import key_to_path
 from cmcp_operator.conditions import get_condition, merge_conditions, now_rfc3339, transitions
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import ATTESTED_CONDITION, COND_VALID
+from cmcp_operator.events import EventRecorder, KopfEvents
 from cmcp_operator.kube import Kube
-from cmcp_operator.route_status import (
+from cmcp_operator.pod_appraisal import AppraisalSettings, PodVerdict, VerifierFn, allowed_tee, appraise_pod
+from cmcp_operator.route_summary import (
     PodView,
-    Target,
+    RouteTarget,
     accepted_revisions,
     next_previous,
     previous_from,
@@ -73,16 +74,42 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
     return bool(cond and cond.get("status") == "True")
 
 
+def route_admission_problem(spec: Mapping[str, Any], *, namespace: str, bundle_exists: bool,
+                            allow_simulated: bool) -> str | None:
+    """Why an McpRoute must not be admitted, or None."""
+    if spec.get("tee") == "simulated" and not allow_simulated:
+        return "tee: simulated is refused: the operator runs without --allow-simulated"
+    if not bundle_exists:
+        ref = spec.get("policyBundleRef", {}).get("name", "")
+        return f"policyBundleRef: PolicyBundle {ref!r} not found in namespace {namespace!r}"
+    return None
+
+
 class RouteController:
-    def __init__(self, kube: Kube, config: OperatorConfig, verifier: VerifierFn | None) -> None:
+    """Owns every McpRoute's status; ``step`` is one pass, ``run`` the daemon around it.
+
+    ``fetch`` and ``events`` default to the real gRPC call and Kopf's Events; tests pass fakes.
+    """
+
+    def __init__(self, kube: Kube, config: OperatorConfig, verifier: VerifierFn | None,
+                 events: EventRecorder | None = None, fetch: EvidenceFetcher = fetch_evidence) -> None:
         self.kube = kube
         self.config = config
         self.verifier = verifier
+        self.events: EventRecorder = events if events is not None else KopfEvents()
+        self.fetch = fetch
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.pods: dict[str, PodState] = {}  # by pod uid
         self.applied: dict[tuple[str, str], tuple[str, float]] = {}  # rendered digest, when
         self.sem = asyncio.Semaphore(MAX_CONCURRENT_ATTEST)
         self.bundle_of: dict[tuple[str, str], str] = {}  # route -> PolicyBundle name it uses
+
+    async def admission(self, spec: Mapping[str, Any], namespace: str) -> str | None:
+        """Why the webhook must refuse this McpRoute spec, or None."""
+        ref = str(spec.get("policyBundleRef", {}).get("name", ""))
+        exists = await self.kube.get_bundle(namespace, ref) is not None
+        return route_admission_problem(spec, namespace=namespace, bundle_exists=exists,
+                                       allow_simulated=self.config.allow_simulated)
 
     # --- wake-ups --------------------------------------------------------------------
     def wake(self, namespace: str, name: str) -> None:
@@ -151,7 +178,7 @@ class RouteController:
             else:
                 rev = workloads.revision(namespace, name, spec, bstatus, [key_to_path(k) for k in files],
                                          self.config)
-                target = Target(rev.bundle_hash, rev.initdata_digest)
+                target = RouteTarget(rev.bundle_hash, rev.initdata_digest)
                 previous = next_previous(old_target, old_previous, target)
                 mode, catalog = rev.enforcement_mode, rev.catalog_hash
                 await self._converge(route, spec, rev)
@@ -171,16 +198,17 @@ class RouteController:
         new_status["conditions"] = merge_conditions(status.get("conditions"), summary.conditions,
                                                     generation=generation)
         if summary.previous is None and previous is not None:
-            kopf.event(_body(route), type="Normal", reason="RolloutComplete",
-                      message=f"all replicas attested at {target.bundle_hash if target else '?'}")
+            self.events.event(route, type="Normal", reason="RolloutComplete",
+                              message=f"all replicas attested at {target.bundle_hash if target else '?'}")
         if target != old_target and target is not None:
-            kopf.event(_body(route), type="Normal", reason="RolloutStarted",
-                      message=f"expected bundle {target.bundle_hash} (initdata {target.initdata_digest})")
+            self.events.event(route, type="Normal", reason="RolloutStarted",
+                              message=f"expected bundle {target.bundle_hash} "
+                                      f"(initdata {target.initdata_digest})")
         for cond in transitions(status.get("conditions"), new_status["conditions"]):
             bad = (cond["type"] == "Degraded") == (cond["status"] == "True")
-            kopf.event(_body(route), type="Warning" if bad else "Normal",
-                       reason=f"{cond['type']}{cond['status']}",
-                       message=f"{cond.get('reason')}: {cond.get('message')}")
+            self.events.event(route, type="Warning" if bad else "Normal",
+                              reason=f"{cond['type']}{cond['status']}",
+                              message=f"{cond.get('reason')}: {cond.get('message')}")
         metrics.ATTESTED_PODS.labels(f"{namespace}/{name}").set(summary.status["attestedReplicas"])
         if _differs(status, new_status):
             await self.kube.patch_route_status(namespace, name, new_status)
@@ -262,8 +290,8 @@ class RouteController:
             if before != (verdict.attested, verdict.reason):
                 level = "Normal" if verdict.attested else "Warning"
                 reason = "PodAttested" if verdict.attested else "AttestationFailed"
-                kopf.event(_body({"apiVersion": "v1", "kind": "Pod", **pod}), type=level, reason=reason,
-                           message=f"{verdict.reason}: {verdict.message}")
+                self.events.event({"apiVersion": "v1", "kind": "Pod", **pod}, type=level, reason=reason,
+                                  message=f"{verdict.reason}: {verdict.message}")
                 log.info("pod %s/%s: %s (%s)", namespace, pname, verdict.reason, verdict.message)
         state = self.pods[uid]
         await self._gate(namespace, pod, state.verdict)
@@ -280,7 +308,7 @@ class RouteController:
             except InitdataError:
                 pod_initdata = None
             try:
-                nonce, evidence = await fetch_evidence(address, deadline=self.config.attest_timeout)
+                nonce, evidence = await self.fetch(address, deadline=self.config.attest_timeout)
             except EnclaveUnreachable as exc:
                 verdict = PodVerdict(False, "EnclaveUnreachable", str(exc)[:300])
             else:
@@ -306,7 +334,3 @@ class RouteController:
 
 def _differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(old.get(k) != v for k, v in new.items())
-
-
-def _body(obj: Mapping[str, Any]) -> kopf.Body:
-    return kopf.Body(cast(kopf.RawBody, obj))

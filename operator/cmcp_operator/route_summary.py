@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cmcp_operator.appraise import PodVerdict
 from cmcp_operator.bundles import short_hash
 from cmcp_operator.conditions import Condition
 from cmcp_operator.constants import COND_ATTESTED, COND_DEGRADED, COND_READY, COND_ROLLOUT
+from cmcp_operator.pod_appraisal import PodVerdict
 
 
 @dataclass(frozen=True)
-class Target:
+class RouteTarget:
     bundle_hash: str
     initdata_digest: str
 
@@ -34,7 +34,7 @@ class PodView:
     last_attested: str = ""
 
 
-def accepted_revisions(target: Target | None, previous: Target | None) -> dict[str, str]:
+def accepted_revisions(target: RouteTarget | None, previous: RouteTarget | None) -> dict[str, str]:
     """initdata digest -> bundle hash of every revision allowed to serve right now."""
     accepted: dict[str, str] = {}
     if previous is not None:
@@ -44,8 +44,8 @@ def accepted_revisions(target: Target | None, previous: Target | None) -> dict[s
     return accepted
 
 
-def next_previous(old_target: Target | None, old_previous: Target | None,
-                  new_target: Target) -> Target | None:
+def next_previous(old_target: RouteTarget | None, old_previous: RouteTarget | None,
+                  new_target: RouteTarget) -> RouteTarget | None:
     """On a revision change, keep the last revision that may still be serving.
 
     If a rollout was already in progress its ``previous`` is the one actually serving, so
@@ -56,7 +56,7 @@ def next_previous(old_target: Target | None, old_previous: Target | None,
     return old_previous if old_previous is not None else old_target
 
 
-def pod_entry(pod: PodView, target: Target | None) -> dict[str, Any]:
+def pod_entry(pod: PodView, target: RouteTarget | None) -> dict[str, Any]:
     v = pod.verdict
     entry: dict[str, Any] = {"pod": pod.name, "uid": pod.uid, "node": pod.node, "address": pod.address,
                              "attested": bool(v and v.attested)}
@@ -83,12 +83,12 @@ def pod_entry(pod: PodView, target: Target | None) -> dict[str, Any]:
 class RouteSummary:
     status: dict[str, Any]
     conditions: list[Condition]
-    previous: Target | None
+    previous: RouteTarget | None
     pending: bool  # something is still settling: poll fast
 
 
-def summarise(*, desired: int, min_attested: int | None, target: Target | None, previous: Target | None,
-              pods: list[PodView], ready_pods: int, bundle_problem: str | None,
+def summarise(*, desired: int, min_attested: int | None, target: RouteTarget | None,
+              previous: RouteTarget | None, pods: list[PodView], ready_pods: int, bundle_problem: str | None,
               mode: str = "", catalog_hash: str = "") -> RouteSummary:
     entries = [pod_entry(p, target) for p in sorted(pods, key=lambda p: p.name)]
     live = [e for e in entries if e.get("reason") != "PodTerminating"]
@@ -171,14 +171,14 @@ def summarise(*, desired: int, min_attested: int | None, target: Target | None, 
     return RouteSummary(status=status, conditions=conds, previous=previous, pending=pending)
 
 
-def target_from(status: Mapping[str, Any] | None) -> Target | None:
+def target_from(status: Mapping[str, Any] | None) -> RouteTarget | None:
     if status and status.get("bundleHash") and status.get("initdataDigest"):
-        return Target(str(status["bundleHash"]), str(status["initdataDigest"]))
+        return RouteTarget(str(status["bundleHash"]), str(status["initdataDigest"]))
     return None
 
 
-def previous_from(status: Mapping[str, Any] | None) -> Target | None:
+def previous_from(status: Mapping[str, Any] | None) -> RouteTarget | None:
     prev = (status or {}).get("previous")
     if isinstance(prev, dict) and prev.get("bundleHash") and prev.get("initdataDigest"):
-        return Target(str(prev["bundleHash"]), str(prev["initdataDigest"]))
+        return RouteTarget(str(prev["bundleHash"]), str(prev["initdataDigest"]))
     return None

@@ -13,7 +13,7 @@ from cmcp_core.binding import Binding
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.initdata import CmcpEntry, parse, render, tdx_mrconfigid
-from cmcp_operator.appraise import (
+from cmcp_operator.pod_appraisal import (
     AppraisalSettings,
     Evidence,
     allowed_tee,
