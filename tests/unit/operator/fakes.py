@@ -10,7 +10,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmcp_operator.constants import BUNDLE_LABEL, BUNDLE_PLURAL, ROUTE_LABEL, ROUTE_PLURAL
+from cmcp_operator.constants import ATTESTED_CONDITION, BUNDLE_LABEL, BUNDLE_PLURAL, ROUTE_LABEL, ROUTE_PLURAL
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -116,6 +116,10 @@ class FakeKube:
     async def set_attested_condition(self, namespace: str, pod: str, status: bool, reason: str,
                                      message: str, now: str) -> None:
         self.calls.append(("set_attested_condition", namespace, pod, status, reason))
+        conds = self.pods[(namespace, pod)].setdefault("status", {}).setdefault("conditions", [])
+        conds[:] = [c for c in conds if c.get("type") != ATTESTED_CONDITION]  # strategic merge by type
+        conds.append({"type": ATTESTED_CONDITION, "status": "True" if status else "False", "reason": reason,
+                      "message": message[:1024], "lastTransitionTime": now, "lastProbeTime": now})
 
 
 @dataclass
