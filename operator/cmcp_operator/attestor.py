@@ -11,9 +11,9 @@ from typing import Protocol
 
 import grpc
 
+from cmcp_core.attestation import Evidence
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_operator.constants import ENCLAVE_PORT
-from cmcp_operator.pod_appraisal import Evidence
 
 NONCE_BYTES = 32
 
@@ -38,8 +38,4 @@ async def fetch_evidence(address: str, *, deadline: float,
             resp = await stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=deadline)
         except grpc.aio.AioRpcError as exc:
             raise EnclaveUnreachable(f"{exc.code().name}: {exc.details()}") from exc
-    return nonce, Evidence(
-        platform=resp.platform, evidence=resp.evidence, aux=resp.aux, initdata=resp.initdata,
-        public_key_jwk=resp.public_key_jwk, bundle_hash=resp.bundle_hash,
-        catalog_hash=resp.catalog_hash, enforcement_mode=resp.enforcement_mode,
-        report_data=resp.report_data)
+    return nonce, Evidence.from_response(resp)

@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from cmcp_core.attestation import Appraisal
 from cmcp_core.digest import json_digest
 from cmcp_core.initdata import ANNOTATION, InitdataError, decode_annotation
 from cmcp_operator import metrics, workloads
@@ -28,7 +29,7 @@ from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import ATTESTED_CONDITION, COND_VALID
 from cmcp_operator.events import EventRecorder, KopfEvents
 from cmcp_operator.kube import Kube
-from cmcp_operator.pod_appraisal import AppraisalSettings, PodVerdict, VerifierFn, allowed_tee, appraise_pod
+from cmcp_operator.pod_appraisal import AppraisalSettings, VerifierFn, allowed_tee, appraise_pod
 from cmcp_operator.route_summary import (
     PodView,
     RouteTarget,
@@ -49,7 +50,7 @@ MAX_CONCURRENT_ATTEST = 8
 class PodState:
     fingerprint: tuple[Any, ...]
     accepted_key: tuple[str, ...]
-    verdict: PodVerdict
+    verdict: Appraisal
     checked_at: float  # monotonic
     at: str  # RFC 3339, for status.lastAttested
     failures: int = 0
@@ -299,7 +300,7 @@ class RouteController:
                        terminating=False, owned=owned, verdict=state.verdict, last_attested=state.at)
 
     async def _appraise(self, namespace: str, route: str, pod: Mapping[str, Any], address: str,
-                        accepted: dict[str, str], settings: AppraisalSettings) -> PodVerdict:
+                        accepted: dict[str, str], settings: AppraisalSettings) -> Appraisal:
         started = time.monotonic()
         try:
             raw = (pod["metadata"].get("annotations") or {}).get(ANNOTATION)
@@ -310,19 +311,19 @@ class RouteController:
             try:
                 nonce, evidence = await self.fetch(address, deadline=self.config.attest_timeout)
             except EnclaveUnreachable as exc:
-                verdict = PodVerdict(False, "EnclaveUnreachable", str(exc)[:300])
+                verdict = Appraisal(False, "EnclaveUnreachable", str(exc)[:300])
             else:
                 verdict = appraise_pod(evidence, nonce=nonce, pod_initdata=pod_initdata,
                                        route=f"{namespace}/{route}", accepted=accepted,
                                        settings=settings, verifier=self.verifier)
         except Exception as exc:  # never let one pod break the loop; it just is not attested
             log.exception("attestation of %s failed unexpectedly", pod["metadata"]["name"])
-            verdict = PodVerdict(False, "AttestationError", f"{type(exc).__name__}: {exc}"[:300])
+            verdict = Appraisal(False, "AttestationError", f"{type(exc).__name__}: {exc}"[:300])
         metrics.ATTEST_SECONDS.observe(time.monotonic() - started)
         metrics.ATTESTATIONS.labels("attested" if verdict.attested else verdict.reason).inc()
         return verdict
 
-    async def _gate(self, namespace: str, pod: Mapping[str, Any], verdict: PodVerdict) -> None:
+    async def _gate(self, namespace: str, pod: Mapping[str, Any], verdict: Appraisal) -> None:
         """Patch the readiness-gate condition only when it changes (no status churn)."""
         current = get_condition(pod.get("status", {}).get("conditions"), ATTESTED_CONDITION)
         want = "True" if verdict.attested else "False"

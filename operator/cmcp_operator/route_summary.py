@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cmcp_core.attestation import Appraisal
 from cmcp_operator.bundles import short_hash
 from cmcp_operator.conditions import Condition
 from cmcp_operator.constants import COND_ATTESTED, COND_DEGRADED, COND_READY, COND_ROLLOUT
-from cmcp_operator.pod_appraisal import PodVerdict
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class PodView:
     phase: str
     terminating: bool
     owned: bool  # created by our Deployment's ReplicaSet
-    verdict: PodVerdict | None
+    verdict: Appraisal | None
     last_attested: str = ""
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cmcp_core.attestation import Evidence
 from cmcp_core.binding import Binding
 from cmcp_core.bundle import read_bundle_files
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
@@ -28,7 +29,7 @@ from cmcp_core.initdata import (
 from cmcp_operator.bundle_controller import BundleController
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import BUNDLE_PLURAL, ROUTE_LABEL, ROUTE_PLURAL
-from cmcp_operator.pod_appraisal import Evidence, initdata_digest
+from cmcp_operator.pod_appraisal import initdata_digest
 from cmcp_operator.route_controller import FAST_POLL, RouteController
 from cmcp_operator.verifier import core_verifier
 from tests.unit.operator.fakes import FakeEvents, FakeKube

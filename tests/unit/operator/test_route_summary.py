@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from cmcp_core.attestation import Appraisal
 from cmcp_operator.conditions import Condition, merge_conditions, transitions
-from cmcp_operator.pod_appraisal import PodVerdict
 from cmcp_operator.route_summary import (
     PodView,
     RouteTarget,
@@ -18,7 +18,7 @@ NEW = RouteTarget("sha256:" + "02" * 32, "sha256:" + "a2" * 32)
 
 def pod(name: str, rev: RouteTarget | None, *, ok: bool = True, owned: bool = True, reason: str = "Attested",
         terminating: bool = False, phase: str = "Running") -> PodView:
-    verdict = None if rev is None else PodVerdict(
+    verdict = None if rev is None else Appraisal(
         ok, reason if not ok else "Attested", "m", platform="simulated", bundle_hash=rev.bundle_hash,
         initdata_digest=rev.initdata_digest, thumbprint="kid-" + name if ok else "",
         public_jwk={"kty": "OKP", "crv": "Ed25519", "x": "x"} if ok else {})
