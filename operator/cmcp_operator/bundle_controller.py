@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from cmcp_core.route_status import short_hash
 from cmcp_operator import bundles, metrics
 from cmcp_operator.conditions import Condition, merge_conditions, now_rfc3339, transitions
 from cmcp_operator.constants import BUNDLE_FINALIZER, BUNDLE_PLURAL, COND_READY, COND_VALID, GROUP, VERSION
@@ -97,7 +98,7 @@ class BundleController:
             history, head, length = bundles.extend_history(status, bundle.bundle_hash, self.clock(),
                                                            int(spec.get("historyLimit", 10)))
             new.update(
-                bundleHash=bundle.bundle_hash, bundleHashShort=bundles.short_hash(bundle.bundle_hash),
+                bundleHash=bundle.bundle_hash, bundleHashShort=short_hash(bundle.bundle_hash),
                 catalogHash=bundle.catalog_hash, enforcementMode=bundle.enforcement_mode,
                 policyCount=len(bundle.policies), fileCount=len(analysis.files),
                 configMapName=cm["metadata"]["name"],

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kopf
@@ -21,6 +21,7 @@ import kopf
 from cmcp_core.attestation import Appraisal
 from cmcp_core.digest import json_digest
 from cmcp_core.initdata import ANNOTATION, InitdataError, decode_annotation
+from cmcp_core.route_status import RouteStatus, RouteTarget
 from cmcp_operator import metrics, workloads
 from cmcp_operator.attestor import EnclaveUnreachable, EvidenceFetcher, fetch_evidence
 from cmcp_operator.bundles import key_to_path
@@ -30,15 +31,7 @@ from cmcp_operator.constants import ATTESTED_CONDITION, COND_VALID
 from cmcp_operator.events import EventRecorder, KopfEvents
 from cmcp_operator.kube import Kube
 from cmcp_operator.pod_appraisal import AppraisalSettings, VerifierFn, allowed_tee, appraise_pod
-from cmcp_operator.route_summary import (
-    PodView,
-    RouteTarget,
-    accepted_revisions,
-    next_previous,
-    previous_from,
-    summarise,
-    target_from,
-)
+from cmcp_operator.route_summary import PodView, accepted_revisions, next_previous, summarise
 
 log = logging.getLogger("cmcp_operator.routes")
 FAST_POLL = 1.0
@@ -161,16 +154,16 @@ class RouteController:
             return self.config.reattest_interval
         spec: dict[str, Any] = route.get("spec", {})
         status: dict[str, Any] = dict(route.get("status") or {})
+        old = RouteStatus.from_status(status)
         generation = int(route["metadata"].get("generation", 0))
-        old_target, old_previous = target_from(status), previous_from(status)
+        old_target, old_previous = old.target, old.previous
         target, previous = old_target, old_previous
 
         bundle_name = str(spec.get("policyBundleRef", {}).get("name", ""))
         self.bundle_of[(namespace, name)] = bundle_name
         bundle = await self.kube.get_bundle(namespace, bundle_name)
         problem = self._bundle_problem(bundle, bundle_name)
-        mode = str(status.get("enforcementMode", ""))
-        catalog = str(status.get("catalogHash", ""))
+        mode, catalog = old.enforcement_mode, old.catalog_hash
         if problem is None and bundle is not None:
             bstatus = bundle["status"]
             files = await self.kube.get_configmap_data(namespace, str(bstatus["configMapName"]))
@@ -192,12 +185,12 @@ class RouteController:
             target=target, previous=previous, pods=views,
             ready_pods=sum(1 for p in pods if _pod_ready(p) and not p["metadata"].get("deletionTimestamp")),
             bundle_problem=problem, mode=mode, catalog_hash=catalog)
-        new_status = dict(summary.status)
-        new_status["observedGeneration"] = generation
-        new_status["serviceName"] = workloads.workload_name(name)
-        new_status["deploymentName"] = workloads.workload_name(name)
-        new_status["conditions"] = merge_conditions(status.get("conditions"), summary.conditions,
-                                                    generation=generation)
+        old_conditions = list(old.conditions or [])
+        workload = workloads.workload_name(name)
+        merged = merge_conditions(old_conditions, summary.conditions, generation=generation)
+        new = replace(summary.route_status, observed_generation=generation, service_name=workload,
+                      deployment_name=workload, conditions=tuple(merged))
+        new_status = new.to_status()
         if summary.previous is None and previous is not None:
             self.events.event(route, type="Normal", reason="RolloutComplete",
                               message=f"all replicas attested at {target.bundle_hash if target else '?'}")
@@ -205,12 +198,12 @@ class RouteController:
             self.events.event(route, type="Normal", reason="RolloutStarted",
                               message=f"expected bundle {target.bundle_hash} "
                                       f"(initdata {target.initdata_digest})")
-        for cond in transitions(status.get("conditions"), new_status["conditions"]):
+        for cond in transitions(old_conditions, new_status["conditions"]):
             bad = (cond["type"] == "Degraded") == (cond["status"] == "True")
             self.events.event(route, type="Warning" if bad else "Normal",
                               reason=f"{cond['type']}{cond['status']}",
                               message=f"{cond.get('reason')}: {cond.get('message')}")
-        metrics.ATTESTED_PODS.labels(f"{namespace}/{name}").set(summary.status["attestedReplicas"])
+        metrics.ATTESTED_PODS.labels(f"{namespace}/{name}").set(new.attested_replicas)
         if _differs(status, new_status):
             await self.kube.patch_route_status(namespace, name, new_status)
         return FAST_POLL if summary.pending else self.config.reattest_interval

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from cmcp_core.bundle import load_bundle, read_bundle_files
+from cmcp_core.route_status import short_hash
 from cmcp_operator import bundles
 from cmcp_operator.bundle_controller import BundleController, needs_reconcile
 from cmcp_operator.constants import BUNDLE_FINALIZER, BUNDLE_PLURAL, ROUTE_PLURAL
@@ -84,7 +85,7 @@ async def test_new_bundle_is_published_and_status_is_exact(controller: BundleCon
     policy_count = len(load_bundle(EXAMPLE).policies)
     assert status == {
         "observedGeneration": 1,
-        "bundleHash": expected_hash, "bundleHashShort": bundles.short_hash(expected_hash),
+        "bundleHash": expected_hash, "bundleHashShort": short_hash(expected_hash),
         "catalogHash": load_bundle(EXAMPLE).catalog_hash, "enforcementMode": "enforce",
         "policyCount": policy_count, "fileCount": len(files), "configMapName": cm_name,
         "signature": {"state": "Unsigned", "signer": ""}, "validationErrors": [],

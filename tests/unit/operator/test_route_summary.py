@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cmcp_core.attestation import Appraisal
+from cmcp_core.route_status import RouteStatus, endpoints_from_status
 from cmcp_operator.conditions import Condition, merge_conditions, transitions
 from cmcp_operator.route_summary import (
     PodView,
@@ -116,3 +117,22 @@ def test_route_admission_rules() -> None:
     missing = route_admission_problem({"tee": "tdx", "policyBundleRef": {"name": "b"}}, namespace="ns",
                                       bundle_exists=False, allow_simulated=False)
     assert missing is not None and "'b' not found" in missing
+
+
+def test_status_the_operator_writes_reads_back_through_the_contract() -> None:
+    """What the gateway and guard parse (cmcp_core.route_status) is exactly what was written."""
+    rogue = pod("rogue", OLD, ok=False, owned=False, reason="BundleHashMismatch")
+    s = run([pod("o1", OLD), pod("n1", NEW), pod("n2", NEW, terminating=True),
+             pod("p", None, phase="Pending"), rogue], previous=OLD)
+    doc = s.status
+    parsed = RouteStatus.from_status(doc)
+    assert parsed == s.route_status and parsed.to_status() == doc
+    assert (parsed.target, parsed.previous) == (NEW, OLD)
+    assert endpoints_from_status(doc) == ["127.0.0.9:50051", "127.0.0.9:50051"]  # o1 and n1 only
+
+
+def test_hostile_status_reads_as_nothing_attested() -> None:
+    for doc in (None, [], "x", {"pods": "x"}, {"pods": [1, None, {"attested": "true", "address": "h"}]},
+                {"pods": [{"attested": True, "address": 7}], "previous": {"bundleHash": 1}}):
+        parsed = RouteStatus.from_status(doc)
+        assert parsed.attested_endpoints() == [] and parsed.previous is None
