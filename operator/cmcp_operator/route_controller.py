@@ -33,7 +33,7 @@ from cmcp_operator.kube import Kube
 from cmcp_operator.pod_appraisal import AppraisalSettings, VerifierFn, allowed_tee, appraise_pod
 from cmcp_operator.route_summary import PodView, accepted_revisions, next_previous, summarise
 
-log = logging.getLogger("cmcp_operator.routes")
+log = logging.getLogger("cmcp_operator.routes")  # name predates the module; kept for log filters
 FAST_POLL = 1.0
 DEBOUNCE = 0.2
 MAX_CONCURRENT_ATTEST = 8
