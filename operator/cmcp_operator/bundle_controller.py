@@ -75,6 +75,12 @@ class BundleController:
             return
         await self.kube.remove_finalizer(BUNDLE_PLURAL, namespace, name, finalizers, BUNDLE_FINALIZER)
 
+    async def route_gone(self, namespace: str, bundle_name: str) -> None:
+        """A route using ``bundle_name`` was deleted: release the bundle if it waited for that."""
+        bundle = await self.kube.get_bundle(namespace, bundle_name)
+        if bundle is not None:
+            await self.protect(bundle)
+
     async def reconcile(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Compute and patch the status for the current spec; returns the patched status."""
         meta, spec = body["metadata"], dict(body.get("spec") or {})

@@ -129,10 +129,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig,
         and release the bundle if it was waiting for its last route to go."""
         rt = runtime(memo)
         rt.routes.forget(_ns(namespace), name)
-        ref = str(spec.get("policyBundleRef", {}).get("name", ""))
-        bundle = await rt.kube.get_bundle(_ns(namespace), ref)
-        if bundle is not None:
-            await rt.bundles.protect(bundle)
+        await rt.bundles.route_gone(_ns(namespace), str(spec.get("policyBundleRef", {}).get("name", "")))
 
     # --- enclave pods (and anything else wearing the route label) -----------------------
     @on.event("", "v1", "pods", labels={ROUTE_LABEL: kopf.PRESENT}, registry=registry)

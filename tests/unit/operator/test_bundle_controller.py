@@ -198,8 +198,10 @@ async def test_deleted_bundle_waits_for_its_routes(controller: BundleController,
                               "deletion waits for McpRoute(s) r1")]
 
     del kube.custom[(ROUTE_PLURAL, NS, "r1")]
-    await controller.protect(deleting)
+    await controller.route_gone(NS, "b")  # what the McpRoute delete handler calls
     assert kube.calls == [("remove_finalizer", BUNDLE_PLURAL, NS, "b", [BUNDLE_FINALIZER], BUNDLE_FINALIZER)]
+    await controller.route_gone(NS, "no-such-bundle")
+    assert len(kube.calls) == 1
 
 
 async def test_admission_refuses_invalid_and_warns_unsigned(controller: BundleController, kube: FakeKube,
