@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from cmcp_core.attestation import AttestedEnclave
 from cmcp_core.errors import CmcpError, Code
 
 
@@ -22,11 +22,21 @@ class Pin:
     kid: str
 
 
+class Candidate(Protocol):
+    """An attested enclave as pinning sees it (``cmcp_core.attestation.AttestedEnclave``)."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def kid(self) -> str: ...
+
+
 def _score(session_id: str, kid: str) -> bytes:
     return hashlib.blake2b(f"{session_id}\x00{kid}".encode(), digest_size=16).digest()
 
 
-def pick(session_id: str, candidates: Iterable[AttestedEnclave], route_name: str) -> Pin:
+def pick(session_id: str, candidates: Iterable[Candidate], route_name: str) -> Pin:
     """The enclave with the highest score for this session; ``TEE_UNAVAILABLE`` if none is attested."""
     attested = list(candidates)
     if not attested:
