@@ -38,9 +38,13 @@ fi
 if [ "$(.venv/bin/uv --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
   .venv/bin/python -m pip install -q "uv==$UV_VERSION"
 fi
-# --frozen: install exactly what uv.lock says (never re-resolve); --inexact: leave pip and the
-# venv's seed packages alone. UV_PYTHON_DOWNLOADS=never: use the venv's interpreter, fetch none.
-UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never \
-  .venv/bin/uv sync -q --frozen --inexact --all-packages --extra dev --extra bench --python .venv/bin/python
+# --locked: install exactly what uv.lock says, and stop if a pyproject.toml changed without it
+# (a dependency added but not locked); --inexact: leave pip and the venv's seed packages alone.
+# UV_PYTHON_DOWNLOADS=never: use the venv's interpreter, fetch none.
+if ! UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never \
+  .venv/bin/uv sync -q --locked --inexact --all-packages --extra dev --extra bench --python .venv/bin/python; then
+  echo "setup: uv.lock does not match the pyproject.toml files: run .venv/bin/uv lock, commit uv.lock" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python --version))" >&2
