@@ -16,7 +16,7 @@ from cmcp_core.digest import json_digest
 from cmcp_enclave.core import Enclave, RequestError
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
-from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES
 
 _ENCLAVE: list[Enclave] = []

@@ -25,7 +25,7 @@ from cmcp_enclave.core import StartupError, start
 from cmcp_enclave.server import attest_response
 from cmcp_enclave.simulated import ENV_MRCONFIGID, launcher_env
 from cmcp_enclave.tee import ConfigfsTsmProvider, Report, SimulatedProvider, make_provider
-from tests.helpers.enclave_proc import (
+from cmcp_devkit.enclave import (
     COMMAND,
     IMAGE,
     EnclaveRefused,

@@ -24,7 +24,7 @@ from cmcp_gateway.app import Gateway, build
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_gateway.metrics import REQUESTS
 from tests.helpers.gateway_stack import serve
-from tests.helpers.upstream import free_port
+from cmcp_devkit.ports import free_port
 
 LIMIT = 64
 

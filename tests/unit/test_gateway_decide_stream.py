@@ -24,7 +24,7 @@ from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
 from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
 from cmcp_gateway.enclave_pool import EnclavePool
-from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from tests.helpers.gateway_stack import MitmEnclave
 
 BUNDLE = Path(__file__).resolve().parents[2] / "examples" / "minimal"
