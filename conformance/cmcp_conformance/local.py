@@ -76,12 +76,6 @@ class LocalDeployment(LocalStack):
         self.start_upstream()
         self.start_gateway()
 
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        self.procs.clear()
-
     def target(self) -> Target:
         enforce, advisory = self.enclaves["enforce"], self.enclaves.get("advisory")
         return Target(

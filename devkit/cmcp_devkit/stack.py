@@ -13,6 +13,7 @@ not start (:meth:`LocalStack.start_guard`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -299,3 +300,10 @@ class LocalStack:
         self._wait_http(proc, f"{base}/")
         self.gateway_url = base
         return base
+
+    def close(self) -> None:
+        """Stop every process this stack started, newest first (each by its own PID)."""
+        for proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        self.procs.clear()
