@@ -248,8 +248,11 @@ class LocalStack:
         self.raw_upstream_base = raw_url.rsplit("/mcp", 1)[0]
         return self.start_guard(self.raw_upstream_base)
 
-    def start_guard(self, upstream_base: str) -> str:
-        """The guard in front of ``upstream_base`` (attesting this stack's enclaves); its MCP URL."""
+    def start_guard(self, upstream_base: str, mcp_path: str = "/mcp") -> str:
+        """The guard in front of ``upstream_base`` (attesting this stack's enclaves); its MCP URL.
+
+        The guard is a reverse proxy that keeps the request path, so its MCP URL ends in the
+        upstream's own ``mcp_path``."""
         handles = list(self.enclaves.values())
         port = free_port()
         guard = self.spawn(
@@ -262,7 +265,7 @@ class LocalStack:
             ),
         )
         self._wait_http(guard, f"http://127.0.0.1:{port}/calls")
-        self.upstream_url = f"http://127.0.0.1:{port}/mcp"
+        self.upstream_url = f"http://127.0.0.1:{port}{mcp_path}"
         return self.upstream_url
 
     def gateway_config(self, port: int) -> dict[str, Any]:
