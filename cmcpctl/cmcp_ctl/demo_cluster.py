@@ -48,11 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import httpx
 import yaml
 
-from cmcp_conformance.target import Target
 from cmcp_core.bundle import load_bundle
 from cmcp_ctl import demo_story
 from cmcp_ctl.demo_story import AGENT, AUDIENCE, ROUTE, Console, DemoFailure, Run
@@ -484,6 +482,10 @@ class ClusterDemo:
 
     def run(self) -> Run:
         """Sections 1-4; the cluster is cleaned up before this returns or raises (unless --keep)."""
+        # grpc and protobuf (under Target) load here, not at start-up: every cmcpctl command
+        # imports this module (``demo --cluster``'s flags) and would pay for them.
+        from cmcp_conformance.target import Target
+
         run = Run(out=self.out)
         console = self.console
         bundle_dir = self.settings.bundle_dir
@@ -970,6 +972,8 @@ def _explain_failures(console: Console, run: Run, namespace: str) -> None:
 
 def run_cluster(args: argparse.Namespace, console: Console) -> int:
     """Entry point for ``cmcpctl demo --cluster``; returns the exit code."""
+    import grpc  # at run time only, for the reason in ClusterDemo.run
+
     try:
         settings = resolve_settings(args)
     except DemoFailure as exc:

@@ -34,7 +34,6 @@ from typing import Any
 
 import httpx
 
-from cmcp_conformance.target import Target
 from cmcp_core.bundle import load_bundle
 from cmcp_core.validation import validate_bundle
 from cmcp_ctl.demo_cluster import add_cluster_arguments, run_cluster
@@ -103,6 +102,10 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
     Whatever happens after the first process started (a failure, Ctrl-C), every process is
     stopped before this returns or raises: a demo must not leave servers behind.
     """
+
+    # grpc and protobuf (under Target) load here, not at start-up: every cmcpctl command imports
+    # this module to register ``demo`` and would pay for them.
+    from cmcp_conformance.target import Target
 
     run = Run(out=out)
     workdir = out / "run"

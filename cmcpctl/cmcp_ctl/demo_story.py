@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-from google.protobuf import json_format
 
-from cmcp_conformance.agent import DirectUpstream, agent
 from cmcp_core.crypto import key_from_jwk
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError
@@ -304,6 +302,9 @@ def _result_detail(result: dict[str, Any] | None) -> str:
 
 async def drive_agent(target: Any, steps: list[Step], counter: Counter) -> str:
     """Run the agent's steps in one MCP session (official SDK client); return the session id."""
+    # The mcp SDK client is imported when the story is told, not at start-up: every cmcpctl
+    # command imports this module (through ``demo``'s registration) and would pay for it.
+    from cmcp_conformance.agent import agent
 
     async with agent(target) as session:
         for step in steps:
@@ -326,6 +327,8 @@ def host_steps(
     upstream_url: str, tap_base: str, counter: Counter, denied: tuple[int, Step], replay_of: tuple[int, Step]
 ) -> list[Step]:
     """The host bypasses the gateway: the denied call with no permit, then a copied permit again."""
+    from cmcp_conformance.agent import DirectUpstream  # the mcp SDK client: see drive_agent
+
     (denied_no, denied_step), (replay_no, replay_step) = denied, replay_of
     no_permit = Step(
         f"step {denied_no} sent directly",
@@ -557,6 +560,8 @@ def tell_story(console: Console, run: Run, target: Any, upstream_url: str, tap_b
     address, upstream counter); ``upstream_url`` is the guarded upstream the host calls directly and
     ``tap_base`` the wiretap whose captured permits it replays. Files go to ``run.out``.
     """
+    from google.protobuf import json_format  # protobuf: at run time only (see drive_agent)
+
 
     console.heading("2. One agent session through the gateway (official mcp client), then the host")
     counter = Counter(str(target.upstream_counter_url))

@@ -22,6 +22,19 @@ import httpx
 
 from cmcp_devkit.ports import free_port, wait_port
 
+# A helper server announces itself with ``READY <url> [note]`` on stdout once its socket is bound
+# (:func:`cmcp_devkit.serving.run_until_stopped`); launchers wait for that line. It lives here, on
+# the launcher's side, so launching does not import the server stack (uvicorn, starlette).
+READY_PREFIX = "READY "
+
+
+def ready_url(output: str) -> str | None:
+    """The URL of the first ``READY <url>`` line in a helper process's output, if it printed one."""
+    for line in output.splitlines():
+        if line.startswith(READY_PREFIX):
+            return line.split()[1]
+    return None
+
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until ``url`` answers any HTTP status below 500."""
@@ -173,12 +186,14 @@ def running(procs: list[Proc]) -> Iterator[list[Proc]]:
 
 
 __all__ = [
+    "READY_PREFIX",
     "Proc",
     "console_script",
     "cpu_seconds",
     "cpu_snapshot",
     "free_port",
     "python_module",
+    "ready_url",
     "rss_of",
     "running",
     "start",

@@ -10,7 +10,7 @@ the machinery around it is the same and lives here once:
   middleware, with ``GET /calls`` beside it;
 * :func:`parse_listen`, :func:`server_config` (free ports come from :mod:`cmcp_devkit.ports`);
 * :func:`serving` (in-process, for tests) and :func:`run_until_stopped` (a process ``main`` that
-  prints ``READY <url>`` once serving, the line launchers wait for).
+  prints ``READY <url>`` once serving, the line launchers wait for: :func:`cmcp_devkit.procs.ready_url`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cmcp_devkit.ports import free_port
+from cmcp_devkit.procs import READY_PREFIX
 
-if TYPE_CHECKING:  # launchers import this module for ready_url; they never build a server
+if TYPE_CHECKING:  # only the type: building a server is the caller's business
     from mcp.server.mcpserver import MCPServer
 
-READY_PREFIX = "READY "
 
 
 class CallCounter(collections.Counter[str]):
@@ -125,11 +125,3 @@ def run_until_stopped(
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
     return 0
-
-
-def ready_url(output: str) -> str | None:
-    """The URL of the first ``READY <url>`` line in a helper process's output, if it printed one."""
-    for line in output.splitlines():
-        if line.startswith(READY_PREFIX):
-            return line.split()[1]
-    return None

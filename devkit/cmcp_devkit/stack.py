@@ -30,8 +30,7 @@ import httpx
 import yaml
 
 from cmcp_devkit.ports import free_port
-from cmcp_devkit.procs import console_script
-from cmcp_devkit.serving import ready_url
+from cmcp_devkit.procs import console_script, ready_url
 from cmcp_enclave.simulated import launcher_env
 
 AUDIENCE = "urn:cmcp:dev-upstream"
