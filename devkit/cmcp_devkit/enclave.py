@@ -35,14 +35,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core import initdata
 from cmcp_core.crypto import key_from_jwk
-from cmcp_devkit.initdata import DEFAULT_AUDIENCE, DEFAULT_ROUTE, render_initdata
+from cmcp_devkit.initdata import DEFAULT_AUDIENCE, DEFAULT_ROUTE, ENCLAVE_COMMAND, TEST_IMAGE, render_initdata
 from cmcp_enclave.core import start
 from cmcp_enclave.simulated import launcher_env
 from cmcp_enclave.tee import SimulatedProvider
 
+# What the tests' initdata names (tests that render initdata by hand use the same values).
+IMAGE = TEST_IMAGE
+COMMAND = list(ENCLAVE_COMMAND)
+
 __all__ = [
+    "COMMAND",
     "DEFAULT_AUDIENCE",
     "DEFAULT_ROUTE",
+    "IMAGE",
     "EnclaveProcess",
     "EnclaveRefused",
     "inprocess_enclave",

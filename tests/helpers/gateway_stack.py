@@ -27,10 +27,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_core.digest import json_digest
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.serving import server_config, serving
 from cmcp_devkit.upstream import RunningUpstream, run_upstream
-from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_gateway.app import Gateway, build
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig

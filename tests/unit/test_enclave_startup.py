@@ -21,10 +21,6 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify.appraise import appraise_response
 from cmcp_core.verify.verdict import AppraisalPolicy
-from cmcp_enclave.core import StartupError, start
-from cmcp_enclave.server import attest_response
-from cmcp_enclave.simulated import ENV_MRCONFIGID, launcher_env
-from cmcp_enclave.tee import ConfigfsTsmProvider, Report, SimulatedProvider, make_provider
 from cmcp_devkit.enclave import (
     COMMAND,
     IMAGE,
@@ -33,6 +29,10 @@ from cmcp_devkit.enclave import (
     render_initdata,
     start_enclave,
 )
+from cmcp_enclave.core import StartupError, start
+from cmcp_enclave.server import attest_response
+from cmcp_enclave.simulated import ENV_MRCONFIGID, launcher_env
+from cmcp_enclave.tee import ConfigfsTsmProvider, Report, SimulatedProvider, make_provider
 from tests.unit.test_cedar_decisions import EXAMPLES
 
 SIMULATED = AppraisalPolicy(allow_simulated=True)

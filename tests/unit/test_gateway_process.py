@@ -15,10 +15,10 @@ from mcp.shared.exceptions import MCPError
 
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_devkit.enclave import EnclaveProcess
+from cmcp_devkit.ports import free_port
 from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, agent, get_permit
 from tests.helpers.gateway_stack import PERMIT_ARGS as ALLOWED
 from tests.helpers.gateway_stack import PERMIT_TOOL as TOOL
-from cmcp_devkit.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "correct-horse-battery-staple-4711"
