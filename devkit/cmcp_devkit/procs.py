@@ -56,13 +56,18 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
 
 @dataclass
 class Proc:
-    """A child process started by the harness, with its log file."""
+    """A child process with its stdout and stderr in one log file.
+
+    ``stop_signal``: how :meth:`stop` asks it to end before killing it (the benchmarks interrupt
+    their servers; the local stack terminates its components, as a process manager would)."""
 
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
     port: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    stop_signal: int = signal.SIGINT
+    stop_timeout: float = 10.0
 
     @property
     def pid(self) -> int:
@@ -75,17 +80,25 @@ class Proc:
         """Resident set size of this process (not children), from /proc."""
         return rss_of(self.pid)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         if self.popen.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            self.popen.send_signal(signal.SIGINT)
+            self.popen.send_signal(self.stop_signal)
         try:
-            self.popen.wait(timeout=timeout)
+            self.popen.wait(timeout=self.stop_timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.kill()
             self.popen.wait(timeout=5)
+
+    def output(self, limit: int = 4000) -> str:
+        """The last ``limit`` characters of its log (the clue to why it did not come up)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-limit:]
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import yaml
 
 from cmcp_devkit.ports import free_port
-from cmcp_devkit.procs import console_script, ready_url
+from cmcp_devkit.procs import Proc, console_script, ready_url, start
 from cmcp_enclave.simulated import launcher_env
 
 AUDIENCE = "urn:cmcp:dev-upstream"
@@ -49,35 +47,6 @@ def _bin(name: str) -> str:
         return console_script(name)
     except FileNotFoundError as exc:
         raise LaunchError(str(exc)) from exc
-
-
-@dataclass
-class Proc:
-    """One child process with its output captured to a file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-
-    def output(self, limit: int = 4000) -> str:
-        if not self.log_file.closed:
-            self.log_file.flush()
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return text[-limit:]
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout)
-        self.log_file.close()
 
 
 @dataclass
@@ -110,13 +79,10 @@ class LocalStack:
 
     # --- process plumbing ------------------------------------------------------------------
     def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Proc:
-        log_path = self.workdir / f"{name}.log"
-        log_file = log_path.open("wb")
-        full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        popen = subprocess.Popen(
-            list(argv), stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=self.workdir
-        )
-        proc = Proc(name, popen, log_path, log_file)
+        """Start ``argv`` in the work folder, its output in ``NAME.log``; :meth:`close` stops it."""
+        proc = start(name, argv, self.workdir, env={**(env or {}), "PYTHONUNBUFFERED": "1"},
+                     cwd=self.workdir)
+        proc.stop_signal, proc.stop_timeout = signal.SIGTERM, 5.0
         self.procs.append(proc)
         return proc
 
