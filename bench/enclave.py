@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, machine_description, summarize, utc_now, write_json
 from cmcp_core.digest import json_digest
-from cmcp_enclave.core import Enclave, Limits
+from cmcp_enclave.enclave import Enclave, Limits
 from cmcp_enclave.engine import SessionView
 
 ROOT = Path(__file__).resolve().parent.parent

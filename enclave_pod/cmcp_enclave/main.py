@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cmcp_core import logs
 from cmcp_core.crypto import key_from_jwk
 from cmcp_core.errors import CmcpError, Code
-from cmcp_enclave.core import Enclave, Limits, StartupError, start
+from cmcp_enclave.enclave import Enclave, Limits, StartupError, start
 from cmcp_enclave.log import log
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import _on_audit, expiry_loop, serve

@@ -20,7 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from cmcp_core.digest import jcs
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_enclave.core import Enclave, Outcome, RequestError
+from cmcp_enclave.enclave import Enclave, Outcome, RequestError
 from cmcp_enclave.metrics import Metrics
 
 MAX_MESSAGE_BYTES = 1024 * 1024

@@ -255,7 +255,7 @@ IGNORES_INITDATA = """
     from pathlib import Path
     from cmcp_core import initdata
     from cmcp_core.bundle import Bundle
-    from cmcp_enclave import core
+    from cmcp_enclave import enclave as core
 
     _load = core.load_bundle
 
@@ -276,7 +276,7 @@ IGNORES_INITDATA = """
 
 RECORDS_OTHER_BUNDLE = """
     # An enclave whose Trust Records name a bundle other than the one it measured and attests.
-    from cmcp_enclave import core
+    from cmcp_enclave import enclave as core
 
     _build = core.build_record
 
@@ -291,7 +291,7 @@ SIGNS_WITH_UNATTESTED_KEY = """
     # An enclave that attests one key but signs decisions, permits and audit entries with another.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cmcp_core.crypto import thumbprint
-    from cmcp_enclave import core
+    from cmcp_enclave import enclave as core
 
     _init = core.Enclave.__init__
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.audit import reset_payload, verify_chain
 from cmcp_core.errors import Code
-from cmcp_enclave.core import Enclave, Limits, Outcome, RequestError
+from cmcp_enclave.enclave import Enclave, Limits, Outcome, RequestError
 from tests.helpers.enclave_proc import inprocess_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES, decide
 
