@@ -159,11 +159,11 @@ def start_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str 
 def inprocess_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str = DEFAULT_AUDIENCE,
                       route: str = DEFAULT_ROUTE, limits: Any = None,
                       operator_keys: list[Ed25519PublicKey] | None = None) -> Any:
-    """The same start-up path as the process (``cmcp_enclave.enclave.start``), in this process.
+    """The same start-up path as the process (``cmcp_enclave.startup.start``), in this process.
 
     Returns a ``cmcp_enclave.enclave.Enclave`` on the simulated TEE with an honest launcher.
     """
-    from cmcp_enclave.enclave import start
+    from cmcp_enclave.startup import start
     from cmcp_enclave.tee import SimulatedProvider
 
     data = render_initdata(bundle_dir, audience=audience, route=route)

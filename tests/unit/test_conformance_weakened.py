@@ -255,9 +255,9 @@ IGNORES_INITDATA = """
     from pathlib import Path
     from cmcp_core import initdata
     from cmcp_core.bundle import Bundle
-    from cmcp_enclave import enclave as core
+    from cmcp_enclave import startup
 
-    _load = core.load_bundle
+    _load = startup.load_bundle
 
     def lying_load(root):
         real = _load(root)
@@ -271,36 +271,36 @@ IGNORES_INITDATA = """
         return Claimed(manifest=real.manifest, policies=real.policies, schema=real.schema,
                        catalog=real.catalog)
 
-    core.load_bundle = lying_load
+    startup.load_bundle = lying_load
 """
 
 RECORDS_OTHER_BUNDLE = """
     # An enclave whose Trust Records name a bundle other than the one it measured and attests.
-    from cmcp_enclave import enclave as core
+    from cmcp_enclave import enclave
 
-    _build = core.build_record
+    _build = enclave.build_record
 
     def other_bundle(key, **fields):
         fields["bundle_hash"] = "sha256:" + "5" * 64
         return _build(key, **fields)
 
-    core.build_record = other_bundle
+    enclave.build_record = other_bundle
 """
 
 SIGNS_WITH_UNATTESTED_KEY = """
     # An enclave that attests one key but signs decisions, permits and audit entries with another.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cmcp_core.crypto import thumbprint
-    from cmcp_enclave import enclave as core
+    from cmcp_enclave import enclave
 
-    _init = core.Enclave.__init__
+    _init = enclave.Enclave.__init__
 
     def init(self, *args, **kwargs):
         _init(self, *args, **kwargs)
         self._key = Ed25519PrivateKey.generate()  # evidence still binds self.public_key
         self.kid = thumbprint(self._key.public_key())
 
-    core.Enclave.__init__ = init
+    enclave.Enclave.__init__ = init
 """
 
 
