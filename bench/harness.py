@@ -332,7 +332,7 @@ def operator_figure(plan: Plan) -> dict[str, Any]:
 
 
 def targets_table(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """DESIGN section 9 / issue 9 acceptance targets, with measured values and margins."""
+    """The performance acceptance targets (docs/benchmarks.md "Targets"), measured, with margins."""
     rows: list[dict[str, Any]] = []
     ov = results.get("overhead", {}).get("ours")
     if ov:

@@ -1,4 +1,4 @@
-"""Cedar decisions through the enclave core: allow, deny, error-as-deny, argument rules,
+"""Cedar decisions through the `Enclave`: allow, deny, error-as-deny, argument rules,
 advisory and silent modes, catalog and audience refusal, the phase1 compatibility model."""
 
 from __future__ import annotations

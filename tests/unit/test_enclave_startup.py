@@ -1,4 +1,4 @@
-"""Start-up order and refusals (DESIGN section 4), and the evidence binding as a verifier sees it.
+"""Start-up order and refusals (docs/enclave.md, "Start-up"), and the evidence binding as a verifier sees it.
 
 Each mismatch must stop the enclave with its code; the simulated quote must carry the
 initdata digest in MRCONFIGID and the binding in REPORT_DATA, so that a wrong nonce, key,

@@ -1,4 +1,4 @@
-"""Trust Records and audit exports from the real enclave core, verified offline (library + CLI)."""
+"""Trust Records and audit exports from the real `Enclave`, verified offline (library + CLI)."""
 
 from __future__ import annotations
 

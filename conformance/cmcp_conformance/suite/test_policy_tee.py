@@ -1,4 +1,4 @@
-"""POLICY-TEE-001..005 exactly as DESIGN.md section 7 defines them.
+"""POLICY-TEE-001..005 exactly as the catalogue (conformance/README.md) defines them.
 
 Several checks take the position of a compromised host: it can call the enclave's gRPC API
 (Decide, to obtain genuine permits), reach the guarded upstream directly, relaunch enclaves and
