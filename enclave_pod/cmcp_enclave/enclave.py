@@ -63,7 +63,7 @@ def _settled(method: Callable[Concatenate[Enclave, P], R]) -> Callable[Concatena
 
 
 @dataclass(frozen=True, slots=True)
-class CallOutcome:
+class UpstreamOutcome:
     """What the upstream returned for an allowed call, as the gateway reports it (Complete)."""
 
     session_id: str
@@ -112,7 +112,7 @@ class Enclave:
         self.closed: OrderedDict[str, ClosedSession] = OrderedDict()
         self.audit_entries_total = 0
         self.audit_bytes = 0  # bytes held in all audit rings
-        self._later: list[CallOutcome] = []  # outcomes to record before anything else (settle)
+        self._later: list[UpstreamOutcome] = []  # outcomes to record before anything else (settle)
         self.on_refused_outcome: Callable[[Code], None] | None = None
 
     # ---- attestation ---------------------------------------------------------------------
@@ -291,10 +291,10 @@ class Enclave:
     @_settled
     def complete(self, *, session_id: str, call_id: str, response_digest: str, response_bytes: int,
                  error_code: str, is_error: bool) -> str:
-        return self._complete(CallOutcome(session_id, call_id, response_digest, response_bytes,
-                                          error_code, is_error))
+        return self._complete(UpstreamOutcome(session_id, call_id, response_digest, response_bytes,
+                                              error_code, is_error))
 
-    def complete_later(self, outcomes: list[CallOutcome]) -> None:
+    def complete_later(self, outcomes: list[UpstreamOutcome]) -> None:
         """Queue outcomes to record right after the current answer is out (the stream's hot path).
 
         Every other entry point settles the queue first, so nothing that reads or extends a
@@ -313,7 +313,7 @@ class Enclave:
                     if self.on_refused_outcome is not None:
                         self.on_refused_outcome(exc.code)
 
-    def _complete(self, outcome: CallOutcome) -> str:
+    def _complete(self, outcome: UpstreamOutcome) -> str:
         session = self._session(outcome.session_id, "", create=False)
         call_id = outcome.call_id
         tool = session.pending.pop(call_id, None) if session.pending else None

@@ -20,7 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from cmcp_core.digest import jcs
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_enclave.enclave import CallOutcome, Enclave, RequestError
+from cmcp_enclave.enclave import Enclave, RequestError, UpstreamOutcome
 from cmcp_enclave.metrics import Metrics
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -85,8 +85,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         calls would be) before it handles anything else. A refused one is counted under
         ``Complete`` and skipped; it never fails the carrier. Returns how many were taken."""
         self.enclave.complete_later([
-            CallOutcome(c.session_id, c.call_id, c.response_digest, c.response_bytes, c.error_code,
-                        c.is_error)
+            UpstreamOutcome(c.session_id, c.call_id, c.response_digest, c.response_bytes,
+                            c.error_code, c.is_error)
             for c in completes])
         return len(completes)
 

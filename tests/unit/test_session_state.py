@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.audit import reset_payload, verify_chain
 from cmcp_core.errors import Code
-from cmcp_enclave.enclave import CallOutcome, Enclave, RequestError
+from cmcp_enclave.enclave import Enclave, RequestError, UpstreamOutcome
 from cmcp_enclave.sessions import EnclaveLimits
 from tests.helpers.enclave_proc import inprocess_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES, decide
@@ -188,8 +188,8 @@ def test_queued_outcomes_are_recorded_before_anything_reads_or_extends_the_chain
     refused: list[Code] = []
     enc.on_refused_outcome = refused.append
     enc.complete_later([
-        CallOutcome("q", first.document["call_id"], "sha256:" + "a" * 64, 10, "", False),
-        CallOutcome("q", "never-decided", "sha256:" + "b" * 64, 10, "", False),
+        UpstreamOutcome("q", first.document["call_id"], "sha256:" + "a" * 64, 10, "", False),
+        UpstreamOutcome("q", "never-decided", "sha256:" + "b" * 64, 10, "", False),
     ])
     done = enc.close("q", "done")
     kinds = [e["kind"] for e in enc.export_audit("q", 0)]
