@@ -480,7 +480,7 @@ class ClusterDemo:
 
     def run(self) -> Run:
         """Sections 1-4; the cluster is cleaned up before this returns or raises (unless --keep)."""
-        from cmcp_conformance.target import Target
+        from cmcp_conformance.target import TargetDeployment
         from cmcp_core.bundle import load_bundle
 
         run = Run(out=self.out)
@@ -503,7 +503,7 @@ class ClusterDemo:
             self._start_upstream(enclave, run.bundle_hash)
             gateway = self._add_gateway()
             pod_ip = self.endpoints["upstream"]
-            target = Target(
+            target = TargetDeployment(
                 name="cluster",
                 mcp_url=f"{gateway}/mcp/{ROUTE}",
                 token=self.token,

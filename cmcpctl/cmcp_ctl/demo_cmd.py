@@ -608,7 +608,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
     stopped before this returns or raises: a demo must not leave servers behind.
     """
     from cmcp_conformance.local import LaunchError
-    from cmcp_conformance.target import Target
+    from cmcp_conformance.target import TargetDeployment
     from cmcp_core.bundle import load_bundle
     from cmcp_core.validation import validate_bundle
 
@@ -657,7 +657,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
                 "`pip install -e .` if a console script is missing",
             ) from exc
         handle = deployment.enclaves[ROUTE]
-        target = Target(
+        target = TargetDeployment(
             name="demo",
             mcp_url=f"{deployment.gateway_url}/mcp/{ROUTE}",
             token=deployment.token,
@@ -699,7 +699,7 @@ def tell_story(console: Console, run: Run, target: Any, upstream_url: str, tap_b
 
     Why a function of its own: the local launcher and ``cmcpctl demo --cluster`` must tell exactly
     the same story and check exactly the same outcomes; only how the parts are deployed differs.
-    ``target`` is a :class:`cmcp_conformance.target.Target` (gateway route, agent token, enclave
+    ``target`` is a :class:`cmcp_conformance.target.TargetDeployment` (gateway route, agent token, enclave
     address, upstream counter); ``upstream_url`` is the guarded upstream the host calls directly and
     ``tap_base`` the wiretap whose captured permits it replays. Files go to ``run.out``.
     """

@@ -32,7 +32,7 @@ import yaml
 
 from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.serving import free_port, ready_url
-from cmcp_conformance.target import LaunchResult, Profile, Target
+from cmcp_conformance.target import LaunchResult, Profile, TargetDeployment
 from cmcp_core import initdata
 from cmcp_enclave.simulated import launcher_env
 
@@ -344,9 +344,9 @@ class LocalDeployment:
                 proc.stop()
         self.procs.clear()
 
-    def target(self) -> Target:
+    def target(self) -> TargetDeployment:
         enforce, advisory = self.enclaves["enforce"], self.enclaves.get("advisory")
-        return Target(
+        return TargetDeployment(
             name="local",
             mcp_url=f"{self.gateway_url}/mcp/enforce",
             token=self.token,

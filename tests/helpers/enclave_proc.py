@@ -14,7 +14,7 @@ API:
     ``.audience``, ``.bundle_hash``, ``.stderr_text()``; ``.stop()`` (returns the exit code);
     usable as a context manager.
   * ``inprocess_enclave(bundle_dir, workdir, *, audience=..., route=..., limits=None,
-    operator_keys=None) -> cmcp_enclave.core.Enclave`` — same start-up path in this process
+    operator_keys=None) -> cmcp_enclave.enclave.Enclave`` — same start-up path in this process
     (simulated TEE, honest launcher); drive it with ``.decide(...)``, ``.close(...)``,
     ``.export_audit(...)``, or serve it with ``cmcp_enclave.server.serve(enclave, "127.0.0.1:0",
     Metrics())``.
@@ -159,11 +159,11 @@ def start_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str 
 def inprocess_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str = DEFAULT_AUDIENCE,
                       route: str = DEFAULT_ROUTE, limits: Any = None,
                       operator_keys: list[Ed25519PublicKey] | None = None) -> Any:
-    """The same start-up path as the process (``cmcp_enclave.core.start``), in this process.
+    """The same start-up path as the process (``cmcp_enclave.startup.start``), in this process.
 
-    Returns a ``cmcp_enclave.core.Enclave`` on the simulated TEE with an honest launcher.
+    Returns a ``cmcp_enclave.enclave.Enclave`` on the simulated TEE with an honest launcher.
     """
-    from cmcp_enclave.core import start
+    from cmcp_enclave.startup import start
     from cmcp_enclave.tee import SimulatedProvider
 
     data = render_initdata(bundle_dir, audience=audience, route=route)

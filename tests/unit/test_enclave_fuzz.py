@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmcp_core.digest import json_digest
-from cmcp_enclave.core import Enclave, RequestError
+from cmcp_enclave.enclave import Enclave, RequestError
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
 from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave

@@ -1,4 +1,4 @@
-"""Start-up order and refusals (DESIGN section 4), and the evidence binding as a verifier sees it.
+"""Start-up order and refusals (docs/enclave.md, "Start-up"), and the evidence binding as a verifier sees it.
 
 Each mismatch must stop the enclave with its code; the simulated quote must carry the
 initdata digest in MRCONFIGID and the binding in REPORT_DATA, so that a wrong nonce, key,
@@ -21,9 +21,9 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify.appraise import appraise_response
 from cmcp_core.verify.verdict import AppraisalPolicy
-from cmcp_enclave.core import StartupError, start
 from cmcp_enclave.server import attest_response
 from cmcp_enclave.simulated import ENV_MRCONFIGID, launcher_env
+from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import ConfigfsTsmProvider, Report, SimulatedProvider, make_provider
 from tests.helpers.enclave_proc import (
     COMMAND,
