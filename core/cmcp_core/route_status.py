@@ -22,9 +22,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-GROUP = "cmcp.dev"
-VERSION = "v1alpha1"
-PLURAL = "mcproutes"
+from cmcp_core.crd import GROUP as GROUP
+from cmcp_core.crd import ROUTE_PLURAL as PLURAL
+from cmcp_core.crd import VERSION as VERSION
+
 DEFAULT_PORT = 50051
 
 

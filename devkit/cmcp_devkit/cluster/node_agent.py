@@ -1,6 +1,6 @@
 """The e2e node agent: plays the kubelet for fake Nodes and runs their pods as local processes.
 
-    python -m tests.e2e.node_agent <config.json>      (started by cluster.LocalCluster)
+    python -m cmcp_devkit.cluster.node_agent <config.json>      (started by control_plane.LocalCluster)
 
 Why: no container runtime runs on these machines, yet the operator's attestation gate,
 EndpointSlices and RBAC need pods that really run, really listen and are reported the way
@@ -11,7 +11,7 @@ Rules this agent implements (documented in tests/e2e/README.md):
 
 * Images: a repository ending in ``cmcp-enclave``/``cmcp-gateway``/``cmcp-guard``/
   ``cmcp-operator`` runs that console script from this venv; ``cmcp-test/http-echo`` runs
-  ``tests.e2e.http_echo``; anything else fails the pod (``ErrImagePull``). ``command``
+  ``cmcp_devkit.cluster.http_echo``; anything else fails the pod (``ErrImagePull``). ``command``
   overrides the entry point (``command[0]`` looked up in the venv's bin dir, then PATH).
 * Filesystem: every pod has a root dir; each volume is materialised under
   ``<root>/volumes/<name>`` and a volumeMount ``/a/b`` becomes the symlink ``<root>/a/b``.
@@ -44,11 +44,16 @@ import signal
 import ssl
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cmcp_core import initdata
 
 from .podnet import enter_netns, set_pdeathsig
 
@@ -75,8 +80,6 @@ def spawn(coro: Any, name: str = "") -> asyncio.Task[Any]:
         if not t.cancelled() and t.exception() is not None:
             exc = t.exception()
             log(f"task {t.get_name()} crashed: {exc!r}")
-            import traceback
-
             traceback.print_exception(exc)
 
     task.add_done_callback(done)
@@ -401,7 +404,7 @@ class PodWorker:
         last = repo.rsplit("/", 1)[-1]
         entry: list[str] | None
         if repo == TEST_IMAGE or repo.endswith("/" + TEST_IMAGE):
-            entry = [self.agent.python, "-m", "tests.e2e.http_echo"]
+            entry = [self.agent.python, "-m", "cmcp_devkit.cluster.http_echo"]
         elif last in KNOWN_IMAGES:
             entry = [str(Path(self.agent.bin_dir) / last)]
         else:
@@ -453,8 +456,6 @@ class PodWorker:
         value = (self.pod["metadata"].get("annotations") or {}).get(INITDATA_ANNOTATION)
         if value is None:
             return
-        from cmcp_core import initdata
-
         try:
             raw = initdata.decode_annotation(value)
             mrconfigid = initdata.tdx_mrconfigid(raw)
@@ -861,9 +862,6 @@ class PodWorker:
         return False
 
     async def _grpc_probe(self, c: ContainerRun, spec: Obj, deadline: float) -> bool:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         async with grpc.aio.insecure_channel(f"{self.ip}:{int(spec['port'])}") as ch:
             try:
                 resp = await health_pb2_grpc.HealthStub(ch).Check(
@@ -1292,7 +1290,9 @@ class NodeAgent:
         self.boot_id = os.urandom(8).hex()
         self.used_slots: set[int] = set()
         self.nodes = [Node(self, n) for n in cfg["nodes"]]
-        self.probe_http = httpx.AsyncClient(verify=False, limits=httpx.Limits(max_keepalive_connections=0))
+        # as a kubelet does: HTTPS probes do not verify the pod's certificate
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        self.probe_http = httpx.AsyncClient(verify=False, limits=no_keepalive)  # noqa: S501
 
     def alloc_slot(self) -> int:
         for slot in range(0, 240):
@@ -1349,7 +1349,7 @@ async def amain(cfg: Obj) -> int:
 
 def main() -> int:
     if len(sys.argv) != 2:
-        print("usage: python -m tests.e2e.node_agent <config.json>", file=sys.stderr)
+        print("usage: python -m cmcp_devkit.cluster.node_agent <config.json>", file=sys.stderr)
         return 2
     cfg = json.loads(Path(sys.argv[1]).read_text())
     Path(cfg["pods_dir"]).mkdir(parents=True, exist_ok=True)
