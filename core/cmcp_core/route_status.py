@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcp_core.crd import GROUP as GROUP
-from cmcp_core.crd import ROUTE_PLURAL as PLURAL
+from cmcp_core.crd import ROUTE_PLURAL
 from cmcp_core.crd import VERSION as VERSION
 
+PLURAL = ROUTE_PLURAL
 DEFAULT_PORT = 50051
 
 

@@ -1,8 +1,8 @@
 """The operator on a real control plane: admission, attestation-gated routing, rollout, restart.
 
 Runs ``cmcp-operator`` as its own process (so it can be SIGKILLed mid-rollout) against the
-local cluster from tests/e2e (real apiserver, scheduler, controller-manager; the node agent
-runs the enclave pods and measures each pod's own initdata annotation in its simulated TEE).
+dev kit's local cluster, ``cmcp_devkit.cluster`` (real apiserver, scheduler, controller-manager;
+the node agent runs the enclave pods and measures each pod's own initdata annotation in its simulated TEE).
 The tests run in file order and share one namespace: each builds on the state the previous
 one left, like an operator's life.
 """

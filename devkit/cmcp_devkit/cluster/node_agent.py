@@ -7,7 +7,7 @@ EndpointSlices and RBAC need pods that really run, really listen and are reporte
 a kubelet reports them. Each node talks to the apiserver with its own client certificate
 (``system:node:<name>``), so the Node authorizer and NodeRestriction admission apply.
 
-Rules this agent implements (documented in tests/e2e/README.md):
+Rules this agent implements (documented in README.md beside this module):
 
 * Images: a repository ending in ``cmcp-enclave``/``cmcp-gateway``/``cmcp-guard``/
   ``cmcp-operator`` runs that console script from this venv; ``cmcp-test/http-echo`` runs
