@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import ssl
 import sys
 import time
 import traceback
@@ -55,6 +54,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cmcp_core import initdata
 
+from .kube import AsyncKube, KubeError
 from .podnet import enter_netns, set_pdeathsig
 
 Obj = dict[str, Any]
@@ -96,42 +96,6 @@ def now_micro() -> str:
 
 def log(msg: str) -> None:
     print(f"{dt.datetime.now(dt.UTC).strftime('%H:%M:%S.%f')[:-3]} {msg}", flush=True)
-
-
-class ApiError(RuntimeError):
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {path} -> {status}: {body[:300]}")
-        self.status = status
-
-
-class Api:
-    """Async REST client for one identity (a node or the admin)."""
-
-    def __init__(self, server: str, ca: str, cert: str, key: str) -> None:
-        ctx = ssl.create_default_context(cafile=ca)
-        ctx.load_cert_chain(cert, key)
-        self.http = httpx.AsyncClient(base_url=server, verify=ctx, timeout=httpx.Timeout(30.0))
-
-    async def req(
-        self, method: str, path: str, body: Any = None, ctype: str | None = None, **params: Any
-    ) -> Any:
-        headers = {"Content-Type": ctype} if ctype else {}
-        resp = await self.http.request(method, path, json=body, params=params or None, headers=headers)
-        if resp.status_code >= 300:
-            raise ApiError(method, path, resp.status_code, resp.text)
-        return resp.json() if resp.content else None
-
-    async def watch(self, path: str, **params: Any) -> Any:
-        """Yield watch events (dicts) until the server closes the stream."""
-        params = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "240"}
-        async with self.http.stream(
-            "GET", path, params=params, timeout=httpx.Timeout(30.0, read=300.0)
-        ) as resp:
-            if resp.status_code >= 300:
-                raise ApiError("WATCH", path, resp.status_code, (await resp.aread()).decode(errors="replace"))
-            async for line in resp.aiter_lines():
-                if line.strip():
-                    yield json.loads(line)
 
 
 # ------------------------------------------------------------------ $(VAR) expansion & paths
@@ -533,7 +497,7 @@ class PodWorker:
             try:
                 obj = await self.node.api.req("GET", f"/api/v1/namespaces/{self.ns}/{kind}/{name}")
                 break
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status == 404 and optional:
                     return {}
                 if exc.status in (403, 404) and not self.terminating:
@@ -637,7 +601,7 @@ class PodWorker:
                     "POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", body
                 )
                 break
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status in (403, 404) and not self.terminating:
                     await self._still_waiting(started, f"token for serviceaccount {sa}: HTTP {exc.status}")
                     continue
@@ -658,7 +622,7 @@ class PodWorker:
                 tr = await self.node.api.req(
                     "POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", body
                 )
-            except (ApiError, httpx.HTTPError) as exc:
+            except (KubeError, httpx.HTTPError) as exc:
                 log(f"{self.key}: token refresh failed: {exc!r}")
                 ttl = 10.0
                 continue
@@ -908,7 +872,7 @@ class PodWorker:
                 try:
                     await self.node.api.req("DELETE", path, body)
                     break
-                except ApiError as exc:
+                except KubeError as exc:
                     if exc.status in (404, 409):
                         break
                     await asyncio.sleep(0.5)
@@ -1032,7 +996,7 @@ class PodWorker:
             self.dirty.clear()
             try:
                 await self._flush_status()
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status == 404:
                     return
                 log(f"{self.key}: status patch failed: {exc}")
@@ -1073,7 +1037,7 @@ class Node:
             "pods": cfg.get("pods", "110"),
             "ephemeral-storage": "100Gi",
         }
-        self.api = Api(agent.server, agent.ca, cfg["cert"], cfg["key"])
+        self.api = AsyncKube(agent.server, agent.ca, cfg["cert"], cfg["key"])
         self.pods: dict[str, PodWorker] = {}
 
     def _conditions(self) -> list[Obj]:
@@ -1137,7 +1101,7 @@ class Node:
         }
         try:
             await self.api.req("POST", "/api/v1/nodes", body)
-        except ApiError as exc:
+        except KubeError as exc:
             if exc.status != 409:
                 raise
         # Feature labels are NodeRestriction-protected (*.kubernetes.io): NFD sets them, not the kubelet.
@@ -1163,7 +1127,7 @@ class Node:
             await asyncio.sleep(10)
             try:
                 await self.patch_status()
-            except (ApiError, httpx.HTTPError) as exc:
+            except (KubeError, httpx.HTTPError) as exc:
                 log(f"node {self.name}: status heartbeat failed: {exc!r}")
 
     async def lease_loop(self) -> None:
@@ -1173,7 +1137,7 @@ class Node:
             try:
                 try:
                     await self.api.req("PATCH", path, {"spec": spec}, "application/merge-patch+json")
-                except ApiError as exc:
+                except KubeError as exc:
                     if exc.status != 404:
                         raise
                     node = await self.api.req("GET", f"/api/v1/nodes/{self.name}")
@@ -1198,7 +1162,7 @@ class Node:
                             "spec": spec,
                         },
                     )
-            except (ApiError, httpx.HTTPError) as exc:
+            except (KubeError, httpx.HTTPError) as exc:
                 log(f"node {self.name}: lease renew failed: {exc!r}")
             await asyncio.sleep(10)
 
@@ -1218,7 +1182,7 @@ class Node:
 
     async def _delete_finished(self, pod: Obj) -> None:
         meta = pod["metadata"]
-        with contextlib.suppress(ApiError, httpx.HTTPError):
+        with contextlib.suppress(KubeError, httpx.HTTPError):
             await self.api.req(
                 "DELETE",
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
@@ -1244,7 +1208,7 @@ class Node:
                     ):
                         kind, obj = ev["type"], ev["object"]
                         if kind == "ERROR":
-                            raise ApiError(
+                            raise KubeError(
                                 "WATCH", "/api/v1/pods", int(obj.get("code", 500)), obj.get("message", "")
                             )
                         rv = obj["metadata"]["resourceVersion"]
@@ -1258,7 +1222,7 @@ class Node:
                         self.handle(obj)
             except asyncio.CancelledError:
                 raise
-            except (ApiError, httpx.HTTPError, json.JSONDecodeError) as exc:
+            except (KubeError, httpx.HTTPError, json.JSONDecodeError) as exc:
                 log(f"node {self.name}: pod watch restarts after: {exc!r}")
                 await asyncio.sleep(1)
 
@@ -1274,7 +1238,7 @@ class NodeAgent:
     def __init__(self, cfg: Obj) -> None:
         self.server: str = cfg["server"]
         self.ca: str = cfg["ca"]
-        self.admin = Api(self.server, self.ca, cfg["admin"]["cert"], cfg["admin"]["key"])
+        self.admin = AsyncKube(self.server, self.ca, cfg["admin"]["cert"], cfg["admin"]["key"])
         net = cfg["network"]
         self.netns_path: str | None = net.get("netns_path")
         self.pod_prefix: str = net["pod_prefix"]
@@ -1318,7 +1282,7 @@ class NodeAgent:
             }
             try:
                 await self.admin.req("POST", "/apis/node.k8s.io/v1/runtimeclasses", body)
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status != 409:
                     raise
 
