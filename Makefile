@@ -26,6 +26,7 @@ k8s-binaries: setup
 lint: setup
 	$(VENV)/ruff check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports  # the layers: [tool.importlinter] in pyproject.toml
 
 unit: setup
 	$(VENV)/pytest tests/unit -q

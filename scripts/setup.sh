@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv and installs cMCP with its dev and bench extras from pyproject.toml.
+# Creates .venv and installs every cMCP distribution of the workspace (editable, so tests see
+# source edits) with the dev and bench extras, pinned by uv.lock. Needs only python3 with venv:
+# uv itself is bootstrapped into .venv with pip at the version the lock also holds.
 # Idempotent: a warm machine re-runs in seconds. Used by `make demo`, `make test` and CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,13 +28,23 @@ if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; t
   exit 1
 fi
 
+UV_VERSION=0.13.9  # keep equal to the "uv==" pin of the dev extra in pyproject.toml
 stamp=.venv/.cmcp-setup-stamp
-want=$(sha256sum pyproject.toml | cut -c1-16)
+want=$( (sha256sum pyproject.toml ./*/pyproject.toml uv.lock; echo "uv $UV_VERSION") | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,bench]"
+if [ "$(.venv/bin/uv --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+  .venv/bin/python -m pip install -q "uv==$UV_VERSION"
+fi
+# --locked: install exactly what uv.lock says, and stop if a pyproject.toml changed without it
+# (a dependency added but not locked); --inexact: leave pip and the venv's seed packages alone.
+# UV_PYTHON_DOWNLOADS=never: use the venv's interpreter, fetch none.
+if ! UV_PROJECT_ENVIRONMENT=.venv UV_PYTHON_DOWNLOADS=never \
+  .venv/bin/uv sync -q --locked --inexact --all-packages --extra dev --extra bench --python .venv/bin/python; then
+  echo "setup: uv.lock does not match the pyproject.toml files: run .venv/bin/uv lock, commit uv.lock" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python --version))" >&2

@@ -6,9 +6,12 @@ Content-Length first, else while it streams) and stop answering a client that we
 
 from __future__ import annotations
 
-from starlette.types import Receive
+from typing import TYPE_CHECKING
 
 from cmcp_core.errors import CmcpError, Code
+
+if TYPE_CHECKING:  # a type only: cmcp-core depends on no HTTP server framework
+    from starlette.types import Receive
 
 
 class ClientGone(Exception):

@@ -1,16 +1,23 @@
-"""Attest an enclave endpoint ourselves: our nonce, the verifier library's appraisal, its key.
+"""The attestation contract shared by operator, gateway and guard, and the attest call.
 
-Both the guard and the gateway trust an enclave key only through this function, never through
+:class:`Evidence` is an enclave's answer to ``Attest`` (proto-free); :class:`Appraisal` is what
+an appraiser concluded about it, the one result type all three components use. Per platform,
+evidence, verification and provider stay side by side in :mod:`cmcp_core.evidence` and
+:mod:`cmcp_core.verify`; this module only carries their result.
+
+Both the guard and the gateway trust an enclave key only through :func:`attest`, never through
 a key list handed over by someone else: fresh evidence bound to a nonce we chose, appraised
 against our own policy (simulated TEEs only when explicitly allowed, expected bundle hashes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -23,6 +30,68 @@ from cmcp_core.verify import AppraisalPolicy, appraise_response
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """The fields of an ``AttestResponse``, proto-free so appraisal logic is testable.
+
+    Field names match the proto's, so :func:`cmcp_core.verify.appraise_response` takes either.
+    """
+
+    platform: str
+    evidence: bytes
+    aux: bytes
+    initdata: bytes
+    public_key_jwk: str
+    bundle_hash: str
+    catalog_hash: str
+    enforcement_mode: str
+    report_data: bytes
+
+    @classmethod
+    def from_response(cls, resp: Any) -> Evidence:
+        return cls(platform=resp.platform, evidence=resp.evidence, aux=resp.aux, initdata=resp.initdata,
+                   public_key_jwk=resp.public_key_jwk, bundle_hash=resp.bundle_hash,
+                   catalog_hash=resp.catalog_hash, enforcement_mode=resp.enforcement_mode,
+                   report_data=resp.report_data)
+
+    @property
+    def initdata_digest(self) -> str:
+        """The measured configuration, as the operator pins it in route status."""
+        return sha256_tagged(self.initdata)
+
+    @property
+    def evidence_digest(self) -> str:
+        return sha256_tagged(self.evidence)
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    """One enclave's appraised attestation: the verdict and, when it passed, the key it vouches for.
+
+    ``reason`` is CamelCase (``Attested``, ``BundleHashMismatch``, ...): it becomes pod condition
+    reasons and ``status.pods[].reason``. Fields other than the verdict are what the evidence
+    claimed, filled in as far as appraisal got.
+    """
+
+    attested: bool
+    reason: str
+    message: str
+    platform: str = ""
+    bundle_hash: str = ""
+    initdata_digest: str = ""  # the measured configuration
+    thumbprint: str = ""  # RFC 7638 thumbprint of the enclave key, when attested
+    public_jwk: dict[str, str] = field(default_factory=dict)
+    assurance: str = ""  # hardware / software-only / none (cmcp_core.verify.verdict)
+    catalog_hash: str = ""
+    enforcement_mode: str = ""
+    evidence_digest: str = ""
+    appraised_at: float = 0.0  # wall clock, seconds
+
+
+def sha256_tagged(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
 class AttestPolicy:
     allow_simulated: bool = False
     expected_bundle_hashes: frozenset[str] | None = None  # None: any bundle the evidence proves
@@ -32,15 +101,39 @@ class AttestPolicy:
 
 @dataclass(frozen=True)
 class AttestedEnclave:
+    """An endpoint whose key we verified ourselves: the live key beside its :class:`Appraisal`."""
+
     address: str
-    kid: str
     key: Ed25519PublicKey
-    bundle_hash: str
-    catalog_hash: str
-    enforcement_mode: str
-    platform: str
-    assurance: str
-    attested_at: float
+    appraisal: Appraisal
+
+    @property
+    def kid(self) -> str:
+        return self.appraisal.thumbprint
+
+    @property
+    def bundle_hash(self) -> str:
+        return self.appraisal.bundle_hash
+
+    @property
+    def catalog_hash(self) -> str:
+        return self.appraisal.catalog_hash
+
+    @property
+    def enforcement_mode(self) -> str:
+        return self.appraisal.enforcement_mode
+
+    @property
+    def platform(self) -> str:
+        return self.appraisal.platform
+
+    @property
+    def assurance(self) -> str:
+        return self.appraisal.assurance
+
+    @property
+    def attested_at(self) -> float:
+        return self.appraisal.appraised_at
 
 
 def _measured_audience(initdata: bytes) -> str:
@@ -65,7 +158,8 @@ async def attest(stub: enclave_pb2_grpc.EnclaveStub, address: str, policy: Attes
             code = Code.VERIFY_INTERNAL_ERROR
         raise CmcpError(code, f"{address}: evidence rejected: {verdict.message}")
     try:
-        key = key_from_jwk(json.loads(resp.public_key_jwk))
+        jwk = json.loads(resp.public_key_jwk)
+        key = key_from_jwk(jwk)
     except ValueError as exc:
         raise CmcpError(Code.EVIDENCE_MALFORMED, f"{address}: bad public key JWK: {exc}") from exc
     kid = thumbprint(key)
@@ -75,14 +169,10 @@ async def attest(stub: enclave_pb2_grpc.EnclaveStub, address: str, policy: Attes
         raise CmcpError(Code.ATTESTED_BUNDLE_UNEXPECTED, f"{address}: bundle {resp.bundle_hash} not expected")
     if policy.audience is not None and _measured_audience(bytes(resp.initdata)) != policy.audience:
         raise CmcpError(Code.REFERENCE_VALUE_MISMATCH, f"{address}: enclave is measured for another audience")
-    return AttestedEnclave(
-        address=address,
-        kid=kid,
-        key=key,
-        bundle_hash=resp.bundle_hash,
-        catalog_hash=resp.catalog_hash,
-        enforcement_mode=resp.enforcement_mode,
-        platform=resp.platform,
-        assurance=verdict.assurance,
-        attested_at=time.time(),
-    )
+    evidence = Evidence.from_response(resp)
+    return AttestedEnclave(address=address, key=key, appraisal=Appraisal(
+        attested=True, reason="Attested", message=verdict.message, platform=evidence.platform,
+        bundle_hash=evidence.bundle_hash, initdata_digest=evidence.initdata_digest, thumbprint=kid,
+        public_jwk={k: str(v) for k, v in jwk.items()}, assurance=verdict.assurance,
+        catalog_hash=evidence.catalog_hash, enforcement_mode=evidence.enforcement_mode,
+        evidence_digest=evidence.evidence_digest, appraised_at=time.time()))

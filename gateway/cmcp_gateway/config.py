@@ -32,7 +32,7 @@ from cmcp_core.route_status import RouteRef
 
 
 @dataclass(frozen=True)
-class Limits:
+class GatewayLimits:
     max_body_bytes: int = 1024 * 1024
     max_depth: int = 32
     max_string: int = 64 * 1024
@@ -75,7 +75,7 @@ class GatewayConfig:
     tokens_file: str | None = None
     tokens_dir: str | None = None
     tls: TlsConfig | None = None
-    limits: Limits = field(default_factory=Limits)
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
     attest_refresh_seconds: float = 30.0
     trust_record_dir: str | None = None  # write each closed session's Trust Record here
 
@@ -112,7 +112,7 @@ def parse(raw: dict[str, Any]) -> GatewayConfig:
         tokens_file=auth.get("tokens_file"),
         tokens_dir=auth.get("tokens_dir"),
         tls=TlsConfig(**tls) if tls else None,
-        limits=Limits(**(raw.get("limits") or {})),
+        limits=GatewayLimits(**(raw.get("limits") or {})),
         attest_refresh_seconds=float(raw.get("attest_refresh_seconds", 30.0)),
         trust_record_dir=raw.get("trust_record_dir"),
     )

@@ -1,16 +1,16 @@
 """Decisions over one long-lived ``DecideStream`` per enclave endpoint.
 
-A unary gRPC call in Python costs about 0.3 ms more round trip (and CPU on both sides) than a
-message on an open stream: per call it sets up an HTTP/2 stream, headers and a status. That was
-most of the gateway's added latency, so ``Decide`` travels as stream messages. The stream is
-opened on first use and reopened after it breaks; replies are matched on ``call_id``.
+A unary gRPC call sets up an HTTP/2 stream, headers and a status per call, which costs more
+round trip and CPU on both sides than a message on an open stream, so ``Decide`` travels as
+stream messages (why: docs/adr/0003-decide-stream.md). The stream is opened on first use and
+reopened after it breaks; replies are matched on ``call_id``.
 
 Fail-closed: no reply within the deadline, or a stream that breaks while calls wait, is
 ``TEE_UNAVAILABLE`` for each waiting call; a refusal reply relays the enclave's registered code.
 Callers write in turn (one write in flight per gRPC call). A write still blocked at the deadline
 means the enclave stopped reading: gRPC then cancels the stream, which fails the other waiting
 calls too, as it should. (A request iterator fed by a queue would isolate callers from that but
-costs about 0.1 ms per message in task switches, measured.)
+costs task switches on every message; see the ADR.)
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """A minimal pooled HTTP/1.1 client for the gateway's hot path to the upstream.
 
-Why not httpx: measured on the benchmark box, an httpx POST costs the gateway 1-3 ms of CPU
-per call, most of the gateway's own overhead; this client does the one exchange the gateway
-needs (request with a body, response with Content-Length, chunked or close-delimited body) on
-keep-alive connections in a few hundred microseconds. Anything it cannot parse is an error
-(the caller maps it to ``UPSTREAM_UNAVAILABLE``), never a guess.
+It does the one exchange the gateway needs (request with a body, response with
+Content-Length, chunked or close-delimited body) on keep-alive connections, and nothing more.
+Anything it cannot parse is an error (the caller maps it to ``UPSTREAM_UNAVAILABLE``), never a
+guess. Why not httpx: docs/adr/0002-pooled-http11-upstream-client.md.
 
 A request is retried once on a fresh connection only when a *reused* idle connection turns out
 to be closed before a single response byte arrived (the usual keep-alive race). Even if the

@@ -1,41 +1,24 @@
-"""JSON-RPC 2.0 response bodies with registered error codes, and the gateway's HTTP response."""
+"""JSON-RPC 2.0 response bodies with registered error codes, and the failure that carries one."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.types import Send
 
 from cmcp_core.errors import REGISTRY, Code
+from cmcp_gateway.transport import Response
 
 JSON = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    """One complete HTTP answer: the gateway never streams, so a status and one body suffice.
+class FailedRequest(Exception):
+    """A request that failed with its answer already built: ``response``, counted under ``code``."""
 
-    Sent as ``http.response.start`` (``headers`` first, then content-length and content-type,
-    the order Starlette's ``Response`` used) and a single ``http.response.body``. Header names
-    in ``headers`` must be lower-case, as ASGI requires.
-    """
-
-    body: bytes = b""
-    status: int = 200
-    media_type: str | None = None
-    headers: Mapping[str, str] | None = None
-
-    async def send(self, send: Send) -> None:
-        extra = self.headers or {}
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-        raw.append((b"content-length", str(len(self.body)).encode("latin-1")))
-        if self.media_type is not None:
-            raw.append((b"content-type", self.media_type.encode("latin-1")))
-        await send({"type": "http.response.start", "status": self.status, "headers": raw})
-        await send({"type": "http.response.body", "body": self.body})
+    def __init__(self, response: Response, code: str) -> None:
+        super().__init__(code)
+        self.response = response
+        self.code = code
 
 
 def result_body(request_id: Any, result: Any) -> bytes:

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from cmcp_core.errors import CmcpError, Code
-from cmcp_gateway.config import Limits
+from cmcp_gateway.config import GatewayLimits
 
 
-def check_shape(body: bytes, doc: Any, limits: Limits) -> None:
+def check_shape(body: bytes, doc: Any, limits: GatewayLimits) -> None:
     """Raise ``JSON_TOO_DEEP`` / ``STRING_TOO_LONG`` for a parsed document that breaks the limits."""
     check_depth = body.count(b"[") + body.count(b"{") > limits.max_depth
     check_strings = len(body) > limits.max_string

@@ -2,7 +2,7 @@
 
 Raw JSON-RPC instead of the SDK's ``ClientSession``: the gateway relays results verbatim (no
 model round trip that could drop fields), and :mod:`cmcp_gateway.http1` keeps per-call cost
-low (measured: httpx was most of the gateway's own CPU per call). The era is negotiated once:
+low (docs/adr/0002-pooled-http11-upstream-client.md). The era is negotiated once:
 ``server/discover`` (2026-07-28, stateless, one POST per call) else the ``initialize``
 handshake with an ``Mcp-Session-Id`` (re-established when it expires). A ``tools/call`` is
 never retried here (only :mod:`~cmcp_gateway.http1`'s resend on a keep-alive connection that

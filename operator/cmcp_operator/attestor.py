@@ -7,11 +7,12 @@ binds the key and hashes to our nonce, which the verifier checks.
 from __future__ import annotations
 
 import secrets
+from typing import Protocol
 
 import grpc
 
+from cmcp_core.attestation import Evidence
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_operator.appraise import Evidence
 from cmcp_operator.constants import ENCLAVE_PORT
 
 NONCE_BYTES = 32
@@ -19,6 +20,12 @@ NONCE_BYTES = 32
 
 class EnclaveUnreachable(Exception):
     """The pod did not answer Attest (not started yet, crashed, or network)."""
+
+
+class EvidenceFetcher(Protocol):
+    """What the route controller calls for evidence: :func:`fetch_evidence`, or a test's fake."""
+
+    async def __call__(self, address: str, *, deadline: float) -> tuple[bytes, Evidence]: ...
 
 
 async def fetch_evidence(address: str, *, deadline: float,
@@ -31,8 +38,4 @@ async def fetch_evidence(address: str, *, deadline: float,
             resp = await stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=deadline)
         except grpc.aio.AioRpcError as exc:
             raise EnclaveUnreachable(f"{exc.code().name}: {exc.details()}") from exc
-    return nonce, Evidence(
-        platform=resp.platform, evidence=resp.evidence, aux=resp.aux, initdata=resp.initdata,
-        public_key_jwk=resp.public_key_jwk, bundle_hash=resp.bundle_hash,
-        catalog_hash=resp.catalog_hash, enforcement_mode=resp.enforcement_mode,
-        report_data=resp.report_data)
+    return nonce, Evidence.from_response(resp)

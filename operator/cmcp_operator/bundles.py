@@ -158,12 +158,6 @@ def analyse(spec: Mapping[str, Any], configmap_data: Mapping[str, str] | None = 
     return analysis
 
 
-def short_hash(tagged: str, length: int = 12) -> str:
-    """sha256:0f30eae7f468 — what printer columns show."""
-    algo, _, hexpart = tagged.partition(":")
-    return f"{algo}:{hexpart[:length]}" if hexpart else tagged
-
-
 def configmap_name(bundle_name: str, bundle_hash: str) -> str:
     """Content-addressed, so a rollout never changes what an old pod mounts."""
     digest = bundle_hash.partition(":")[2][:10]

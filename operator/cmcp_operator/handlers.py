@@ -1,4 +1,6 @@
-"""Kopf registrations. Handlers stay thin: logic lives in bundles / routes / workloads.
+"""Kopf registrations, and nothing else: each handler unpacks Kopf's arguments and calls
+:mod:`cmcp_operator.bundle_controller` or :mod:`cmcp_operator.route_controller`, where the
+reconcile logic lives (and is unit-tested without Kopf).
 
 All handlers are idempotent (re-running one converges to the same state) and use the
 operator-wide :class:`Runtime` from Kopf's memo.
@@ -7,23 +9,17 @@ operator-wide :class:`Runtime` from Kopf's memo.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from kubernetes_asyncio.client.exceptions import ApiException
 
-from cmcp_operator import bundles, metrics, webhook
-from cmcp_operator.appraise import VerifierFn
-from cmcp_operator.conditions import Condition, merge_conditions, now_rfc3339, transitions
+from cmcp_operator import metrics, webhook
+from cmcp_operator.bundle_controller import BundleController, needs_reconcile
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import (
     ATTESTED_CONDITION,
-    BUNDLE_FINALIZER,
     BUNDLE_PLURAL,
-    COND_READY,
-    COND_VALID,
     FINALIZER,
     GROUP,
     ROUTE_LABEL,
@@ -31,17 +27,16 @@ from cmcp_operator.constants import (
     VERSION,
 )
 from cmcp_operator.kube import Kube, load_client
-from cmcp_operator.routes import RouteController
+from cmcp_operator.pod_appraisal import VerifierFn
+from cmcp_operator.route_controller import RouteController
 from cmcp_operator.verifier import load_verifier
-
-log = logging.getLogger("cmcp_operator")
-KEEP_CONFIGMAPS = 3  # bundle revisions whose ConfigMap survives (old pods may restart)
 
 
 @dataclass
 class Runtime:
     config: OperatorConfig
     kube: Kube
+    bundles: BundleController
     routes: RouteController
 
 
@@ -79,7 +74,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig,
             metrics.serve(config.metrics_port)
         kube = Kube(await load_client())
         chosen = verifier if verifier is not None else load_verifier()
-        memo.runtime = Runtime(config, kube, RouteController(kube, config, chosen))
+        memo.runtime = Runtime(config, kube, BundleController(kube), RouteController(kube, config, chosen))
 
     @on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -103,17 +98,17 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig,
         rt = getattr(memo, "runtime", None)
         if rt is None:
             return
-        await protect_bundle(rt, body)
-        if _bundle_needs_reconcile(body):
-            await reconcile_bundle(rt, body)
+        await rt.bundles.protect(body)
+        if needs_reconcile(body):
+            await rt.bundles.reconcile(body)
         rt.routes.wake_bundle_users(_ns(namespace), name)
 
     @kopf.timer(GROUP, VERSION, BUNDLE_PLURAL, registry=registry, interval=config.reattest_interval)
     async def bundle_poll(body: kopf.Body, memo: Any, **_: Any) -> None:
         """Retries a failed reconcile, and follows a referenced ConfigMap, which can change
         without the PolicyBundle changing."""
-        if body.get("spec", {}).get("configMapRef") or _bundle_needs_reconcile(body):
-            await reconcile_bundle(runtime(memo), body)
+        if body.get("spec", {}).get("configMapRef") or needs_reconcile(body):
+            await runtime(memo).bundles.reconcile(body)
 
     # --- McpRoute ---------------------------------------------------------------------
     @kopf.daemon(GROUP, VERSION, ROUTE_PLURAL, registry=registry, cancellation_timeout=5.0)
@@ -134,10 +129,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig,
         and release the bundle if it was waiting for its last route to go."""
         rt = runtime(memo)
         rt.routes.forget(_ns(namespace), name)
-        ref = str(spec.get("policyBundleRef", {}).get("name", ""))
-        bundle = await rt.kube.get_bundle(_ns(namespace), ref)
-        if bundle is not None:
-            await protect_bundle(rt, kopf.Body(bundle))  # type: ignore[arg-type]
+        await rt.bundles.route_gone(_ns(namespace), str(spec.get("policyBundleRef", {}).get("name", "")))
 
     # --- enclave pods (and anything else wearing the route label) -----------------------
     @on.event("", "v1", "pods", labels={ROUTE_LABEL: kopf.PRESENT}, registry=registry)
@@ -164,17 +156,10 @@ def _register_admission(registry: kopf.OperatorRegistry, config: OperatorConfig)
                            warnings: list[str], **kwargs: Any) -> None:
         if _unchanged_or_deleting(kwargs.get("old"), body):
             return
-        data = None
-        ref = spec.get("configMapRef")
-        if ref:
-            data = await runtime(memo).kube.get_configmap_data(_ns(namespace), str(ref["name"]))
-            if data is None:
-                raise kopf.AdmissionError(f"configMapRef: ConfigMap {ref['name']!r} not found", code=422)
-        analysis = bundles.analyse(dict(spec), data)
-        if not analysis.valid:
-            raise kopf.AdmissionError(f"invalid PolicyBundle: {analysis.summary(8)}", code=422)
-        if spec.get("trustedSigners") and analysis.signature_state == "Unsigned":
-            warnings.append("bundle is unsigned although trustedSigners are set")
+        problem, found = await runtime(memo).bundles.admission(spec, _ns(namespace))
+        if problem:
+            raise kopf.AdmissionError(problem, code=422)
+        warnings.extend(found)
 
     @on.validate(GROUP, VERSION, ROUTE_PLURAL, id="validate-mcproute",
                  operations=["CREATE", "UPDATE"], registry=registry)
@@ -182,10 +167,7 @@ def _register_admission(registry: kopf.OperatorRegistry, config: OperatorConfig)
                           **kwargs: Any) -> None:
         if _unchanged_or_deleting(kwargs.get("old"), body):
             return
-        ref = str(spec.get("policyBundleRef", {}).get("name", ""))
-        exists = await runtime(memo).kube.get_bundle(_ns(namespace), ref) is not None
-        problem = route_admission_problem(spec, namespace=_ns(namespace), bundle_exists=exists,
-                                          allow_simulated=config.allow_simulated)
+        problem = await runtime(memo).routes.admission(spec, _ns(namespace))
         if problem:
             raise kopf.AdmissionError(problem, code=422)
 
@@ -201,17 +183,6 @@ def _register_admission(registry: kopf.OperatorRegistry, config: OperatorConfig)
                 f"pods labelled {ROUTE_LABEL} must list readinessGate {ATTESTED_CONDITION}", code=403)
 
 
-def route_admission_problem(spec: Mapping[str, Any], *, namespace: str, bundle_exists: bool,
-                            allow_simulated: bool) -> str | None:
-    """Why an McpRoute must not be admitted, or None."""
-    if spec.get("tee") == "simulated" and not allow_simulated:
-        return "tee: simulated is refused: the operator runs without --allow-simulated"
-    if not bundle_exists:
-        ref = spec.get("policyBundleRef", {}).get("name", "")
-        return f"policyBundleRef: PolicyBundle {ref!r} not found in namespace {namespace!r}"
-    return None
-
-
 def _ns(namespace: str | None) -> str:
     if not namespace:
         raise kopf.PermanentError("cMCP resources are namespaced")
@@ -223,103 +194,3 @@ def _unchanged_or_deleting(old: kopf.Body | None, new: kopf.Body) -> bool:
     if new.get("metadata", {}).get("deletionTimestamp"):
         return True
     return old is not None and old.get("spec") == new.get("spec")
-
-
-async def protect_bundle(rt: Runtime, body: kopf.Body) -> None:
-    """pvc-protection for bundles: our finalizer stays while an McpRoute still uses it."""
-    meta = body["metadata"]
-    namespace, name = str(meta["namespace"]), str(meta["name"])
-    finalizers = list(meta.get("finalizers") or [])
-    if not meta.get("deletionTimestamp"):
-        if BUNDLE_FINALIZER not in finalizers:
-            await rt.kube.add_finalizer(BUNDLE_PLURAL, namespace, name, finalizers, BUNDLE_FINALIZER)
-        return
-    if BUNDLE_FINALIZER not in finalizers:
-        return
-    users = sorted(r["metadata"]["name"] for r in await rt.kube.list_routes(namespace)
-                   if r.get("spec", {}).get("policyBundleRef", {}).get("name") == name
-                   and not r["metadata"].get("deletionTimestamp"))
-    if users:
-        kopf.event(body, type="Warning", reason="BundleInUse",
-                   message=f"deletion waits for McpRoute(s) {', '.join(users)}")
-        return
-    await rt.kube.remove_finalizer(BUNDLE_PLURAL, namespace, name, finalizers, BUNDLE_FINALIZER)
-
-
-def _bundle_needs_reconcile(body: kopf.Body) -> bool:
-    meta = body.get("metadata", {})
-    if meta.get("deletionTimestamp"):
-        return False
-    return bool((body.get("status") or {}).get("observedGeneration") != meta.get("generation"))
-
-
-async def reconcile_bundle(rt: Runtime, body: kopf.Body) -> None:
-    meta, spec = body["metadata"], dict(body.get("spec") or {})
-    status: dict[str, Any] = dict(body.get("status") or {})
-    namespace, name, generation = meta["namespace"], meta["name"], int(meta.get("generation", 0))
-    data = None
-    problem: Condition | None = None
-    ref = spec.get("configMapRef")
-    if ref:
-        data = await rt.kube.get_configmap_data(namespace, str(ref["name"]))
-        if data is None:
-            problem = Condition(COND_VALID, False, "ConfigMapNotFound",
-                                f"ConfigMap {ref['name']!r} not found")
-    analysis = bundles.analyse(spec, data)
-    new: dict[str, Any] = {"observedGeneration": generation}
-    if problem is None and analysis.valid and analysis.bundle is not None:
-        bundle = analysis.bundle
-        cm = bundles.configmap_body(name, namespace, analysis, _owner(body))
-        if await rt.kube.create_configmap_if_absent(cm):
-            log.info("created bundle ConfigMap %s/%s", namespace, cm["metadata"]["name"])
-        history, head, length = bundles.extend_history(status, bundle.bundle_hash, now_rfc3339(),
-                                                       int(spec.get("historyLimit", 10)))
-        new.update(
-            bundleHash=bundle.bundle_hash, bundleHashShort=bundles.short_hash(bundle.bundle_hash),
-            catalogHash=bundle.catalog_hash, enforcementMode=bundle.enforcement_mode,
-            policyCount=len(bundle.policies), fileCount=len(analysis.files),
-            configMapName=cm["metadata"]["name"],
-            signature={"state": analysis.signature_state, "signer": analysis.signer},
-            validationErrors=[], history=history, historyHead=head, historyLength=length)
-        conds = [Condition(COND_VALID, True, "Validated",
-                           f"{len(bundle.policies)} policies validate against the schema"),
-                 Condition(COND_READY, True, "Published", f"bundle {bundle.bundle_hash} is in ConfigMap "
-                                                          f"{cm['metadata']['name']}")]
-        if status.get("bundleHash") != bundle.bundle_hash:
-            kopf.event(body, type="Normal", reason="BundleHashChanged",
-                      message=f"{status.get('bundleHash', 'none')} -> {bundle.bundle_hash}")
-        await _collect_configmaps(rt, namespace, name, {h["bundleHash"] for h in history[-KEEP_CONFIGMAPS:]})
-    else:
-        # Keep the last good hash and ConfigMap: routes keep serving it until a valid edit.
-        issues = [i.to_status() for i in analysis.issues[:50]]
-        message = problem.message if problem else analysis.summary()
-        new.update(validationErrors=issues)
-        conds = [problem or Condition(COND_VALID, False, "ValidationFailed", message),
-                 Condition(COND_READY, False, "Invalid", "the current spec cannot serve; "
-                                                         "routes keep the last valid bundle")]
-        kopf.warn(body, reason="InvalidBundle", message=message[:1000])
-    new["conditions"] = merge_conditions(status.get("conditions"), conds, generation=generation)
-    for cond in transitions(status.get("conditions"), new["conditions"]):
-        if cond["type"] == COND_VALID:
-            log.info("PolicyBundle %s/%s Valid=%s", namespace, name, cond["status"])
-    try:
-        await rt.kube.patch_status(BUNDLE_PLURAL, namespace, name, new)
-    except ApiException:
-        metrics.RECONCILES.labels("PolicyBundle", "error").inc()
-        raise
-    metrics.RECONCILES.labels("PolicyBundle", "ok").inc()
-
-
-async def _collect_configmaps(rt: Runtime, namespace: str, name: str, keep: set[str]) -> None:
-    """Delete bundle ConfigMaps of revisions that fell out of the last few history entries."""
-    try:
-        for cm in await rt.kube.list_bundle_configmaps(namespace, name):
-            if cm["metadata"].get("annotations", {}).get("cmcp.dev/bundle-hash") not in keep:
-                await rt.kube.delete_configmap(namespace, cm["metadata"]["name"])
-    except ApiException as exc:  # garbage collection is best effort
-        log.warning("could not collect old bundle ConfigMaps: %s", exc.reason)
-
-
-def _owner(body: kopf.Body) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PolicyBundle", "name": body["metadata"]["name"],
-            "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}

@@ -31,7 +31,7 @@ from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_gateway.app import Gateway, build
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
-from cmcp_gateway.config import GatewayConfig, Limits, RouteConfig
+from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_guard.main import build_guard
 from cmcp_guard.middleware import Guard
 from tests.helpers.upstream import RunningUpstream, free_port, run_upstream
@@ -94,7 +94,7 @@ async def run_stack(
     audience: str,
     tokens: dict[str, str] | None = None,
     guard: bool = True,
-    limits: Limits | None = None,
+    limits: GatewayLimits | None = None,
     open_route: bool = False,
     allow_simulated: bool = True,
     guard_enclaves: Sequence[str] | None = None,
@@ -111,7 +111,7 @@ async def run_stack(
         config = GatewayConfig(
             routes=(route,),
             allow_simulated=allow_simulated,
-            limits=limits or Limits(decide_timeout_seconds=15.0),
+            limits=limits or GatewayLimits(decide_timeout_seconds=15.0),
             attest_refresh_seconds=refresh_seconds,
         )
         store = TokenStore(tokens if tokens is not None else {"tok-alice": "alice", "tok-bob": "bob"})

@@ -17,6 +17,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
 from contextlib import redirect_stdout
 from functools import cache
 from pathlib import Path
@@ -591,8 +593,8 @@ def test_dockerfile_is_multistage_pinned_and_non_root(component: str) -> None:
     assert re.search(r"^USER 65532:65532$", final, re.M)
     assert not re.search(r"apt-get install|gcc|build-essential", final)
     assert f'ENTRYPOINT ["{IMAGE_SCRIPTS[component]}"]' in final
-    scripts = re.findall(r"^(cmcp-[\w-]+) = ", (ROOT / "pyproject.toml").read_text(), re.M)
-    assert IMAGE_SCRIPTS[component] in scripts
+    project = tomllib.loads((ROOT / component / "pyproject.toml").read_text())["project"]
+    assert IMAGE_SCRIPTS[component] in project["scripts"]
 
 
 def test_dockerfiles_pass_hadolint() -> None:
@@ -604,24 +606,46 @@ def test_dockerfiles_pass_hadolint() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_dockerfile_build_context_builds_the_project(tmp_path: Path) -> None:
-    """What the build stage COPYs is enough to build the distribution with every console script
-    (a new top-level package folder missing from the COPY lines fails here, not in a registry)."""
+# What no image may carry: the enclave is the component the design trusts (issue 14).
+IMAGE_FORBIDDEN = {"cmcp-enclave": {"kubernetes-asyncio", "kopf", "starlette", "uvicorn", "mcp"}}
+
+
+@pytest.mark.parametrize("component", sorted(IMAGE_SCRIPTS))
+def test_dockerfile_build_context_builds_the_component(component: str, tmp_path: Path) -> None:
+    """What the build stage COPYs is enough to export the image's pinned requirements from the lock
+    and to build its distribution with its console script (a missing COPY fails here, not in a
+    registry); the image holds cmcp-core and its own distribution, no other workspace member."""
     pytest.importorskip("setuptools")
-    text = (ROOT / "operator" / "Dockerfile").read_text()
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    if not Path(uv).exists():
+        pytest.skip("uv not installed (scripts/setup.sh installs it)")
+    text = (ROOT / component / "Dockerfile").read_text()
+    ctx = tmp_path / "ctx"
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
         *sources, _dest = line.split()
         for src in sources:
             path = ROOT / src
-            target = tmp_path / "ctx" / src
+            target = ctx / src
             if path.is_dir():
-                shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+                shutil.copytree(path, target, ignore=skip)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
-    for component in IMAGE_SCRIPTS:  # all four Dockerfiles copy the same context
-        other = re.findall(r"^COPY (?!--from).+$", (ROOT / component / "Dockerfile").read_text(), re.M)
-        assert other == re.findall(r"^COPY (?!--from).+$", text, re.M), component
+    dist = IMAGE_SCRIPTS[component]
+    (export,) = re.findall(r"uv export (.+?) -o requirements\.txt", text)
+    assert f"--package {dist}" in export and "--frozen" in export
+    proc = subprocess.run(
+        [uv, "export", *export.split()], cwd=ctx, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    pinned = re.findall(r"^([A-Za-z0-9][\w.-]*)==\S+ ", proc.stdout, re.M)
+    assert pinned and "--hash=sha256:" in proc.stdout
+    names = {name.lower().replace("_", "-") for name in pinned}
+    assert not {n for n in names if n.startswith("cmcp")}, "workspace members are installed from source"
+    assert not names & IMAGE_FORBIDDEN.get(dist, set())
+    installs = re.findall(r"pip install --no-deps --no-compile (.+?) \\$", text, re.M)
+    assert installs == [f"./core ./{component}"]
     proc = subprocess.run(
         [
             sys.executable,
@@ -633,18 +657,16 @@ def test_dockerfile_build_context_builds_the_project(tmp_path: Path) -> None:
             "-q",
             "-w",
             str(tmp_path / "out"),
-            str(tmp_path / "ctx"),
+            str(ctx / "core"),
+            str(ctx / component),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    import zipfile
-
-    (wheel,) = (tmp_path / "out").glob("*.whl")
+    (wheel,) = (tmp_path / "out").glob(f"{dist.replace('-', '_')}-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         entry_points = next(n for n in zf.namelist() if n.endswith("entry_points.txt"))
         scripts = zf.read(entry_points).decode()
-    for script in IMAGE_SCRIPTS.values():
-        assert f"{script} = " in scripts
+    assert f"{dist} = " in scripts

@@ -21,7 +21,7 @@ from uvicorn.lifespan.on import LifespanOn
 
 from cmcp_core.route_status import RouteRef
 from cmcp_gateway.app import Gateway, build
-from cmcp_gateway.config import GatewayConfig, Limits, RouteConfig
+from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_gateway.metrics import REQUESTS
 from tests.helpers.gateway_stack import serve
 from tests.helpers.upstream import free_port
@@ -32,7 +32,9 @@ LIMIT = 64
 def _config(**route: Any) -> GatewayConfig:
     fields: dict[str, Any] = {"name": "t", "upstream": "http://127.0.0.1:9/mcp", "audience": "a"}
     fields["open"] = True  # no credential needed: these requests never reach a decision
-    return GatewayConfig(routes=(RouteConfig(**{**fields, **route}),), limits=Limits(max_body_bytes=LIMIT))
+    return GatewayConfig(
+        routes=(RouteConfig(**{**fields, **route}),), limits=GatewayLimits(max_body_bytes=LIMIT)
+    )
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from cmcp_enclave.core import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
 from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
-from cmcp_gateway.enclaves import EnclavePool
+from cmcp_gateway.enclave_pool import EnclavePool
 from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave
 from tests.helpers.gateway_stack import MitmEnclave
 
@@ -164,9 +164,9 @@ async def test_an_idle_stream_survives_keepalive_pings(tmp_path: Path,
     """The gateway pings its idle stream; the enclave must accept that, not end it (GOAWAY
     too_many_pings would fail the next calls and mark the enclave unattested)."""
     from cmcp_enclave import server as enclave_server
-    from cmcp_gateway import enclaves
+    from cmcp_gateway import enclave_rpc
 
-    monkeypatch.setattr(enclaves, "KEEPALIVE_MS", 200)  # gRPC then pings about once a second
+    monkeypatch.setattr(enclave_rpc, "KEEPALIVE_MS", 200)  # gRPC then pings about once a second
     monkeypatch.setattr(enclave_server, "MIN_PING_INTERVAL_MS", 100)
     enclave = inprocess_enclave(BUNDLE, tmp_path)
     server, port = await serve(enclave, "127.0.0.1:0", Metrics())

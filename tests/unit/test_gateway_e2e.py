@@ -8,7 +8,6 @@ Both eras the mcp 2.x client negotiates are exercised: ``mode="auto"`` ends on 2
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 
 from cmcp_core.crypto import DECISION_CONTEXT, public_jwk, verify_payload
 from cmcp_core.digest import b64url_decode
-from cmcp_gateway.config import Limits
+from cmcp_gateway.config import GatewayLimits
 from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
 from tests.helpers.gateway_stack import AUDIENCE, agent, run_stack
 from tests.helpers.upstream import PNG_1X1
@@ -193,9 +192,9 @@ async def test_open_route_uses_anonymous_principal(enforce: EnclaveProcess) -> N
 
 
 async def test_idle_sessions_are_closed_at_the_enclave(enforce: EnclaveProcess, tmp_path: Path) -> None:
-    limits = Limits(session_idle_seconds=0.0, decide_timeout_seconds=15.0)
+    limits = GatewayLimits(session_idle_seconds=0.0, decide_timeout_seconds=15.0)
     async with run_stack([enforce.address], audience=AUDIENCE, limits=limits) as stack:
-        stack.gateway.config = dataclasses.replace(stack.gateway.config, trust_record_dir=str(tmp_path))
+        stack.gateway.sessions.trust_record_dir = str(tmp_path)
         async with agent(stack.url, mode="legacy") as client:
             await client.call_tool("web.search", {"query": "q"})
             (session_id,) = stack.gateway.sessions

@@ -16,7 +16,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from cmcp_gateway.auth import TokenStore
-from cmcp_gateway.config import GatewayConfig, Limits, RouteConfig
+from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
 from tests.helpers.gateway_stack import AUDIENCE, MitmEnclave, agent, run_gateway, run_stack
 from tests.helpers.upstream import free_port
@@ -98,7 +98,7 @@ async def test_session_is_not_moved_to_another_enclave(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mitm", ["slow"], indirect=True)
 async def test_enclave_slower_than_the_deadline(mitm: MitmEnclave, enclave: EnclaveProcess) -> None:
-    limits = Limits(decide_timeout_seconds=0.3)
+    limits = GatewayLimits(decide_timeout_seconds=0.3)
     async with (
         run_stack(
             [mitm.address], audience=AUDIENCE, guard_enclaves=[enclave.address], limits=limits
@@ -161,7 +161,7 @@ async def test_upstream_down(enclave: EnclaveProcess) -> None:
 
 @pytest.mark.parametrize("mitm", ["slow"], indirect=True)
 async def test_too_many_concurrent_per_agent(mitm: MitmEnclave, enclave: EnclaveProcess) -> None:
-    limits = Limits(max_concurrent_per_agent=1, decide_timeout_seconds=5.0)
+    limits = GatewayLimits(max_concurrent_per_agent=1, decide_timeout_seconds=5.0)
     async with run_stack(
         [mitm.address], audience=AUDIENCE, guard_enclaves=[enclave.address], limits=limits
     ) as stack:
@@ -188,7 +188,7 @@ async def test_too_many_concurrent_per_agent(mitm: MitmEnclave, enclave: Enclave
 
 
 async def test_limits_each_have_their_code(enclave: EnclaveProcess) -> None:
-    limits = Limits(max_body_bytes=4096, max_depth=8, max_string=256)
+    limits = GatewayLimits(max_body_bytes=4096, max_depth=8, max_string=256)
     async with run_stack([enclave.address], audience=AUDIENCE, limits=limits) as stack:
 
         def call(arguments: object) -> bytes:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cmcp_gateway.config import Limits
+from cmcp_gateway.config import GatewayLimits
 from tests.helpers.enclave_proc import start_enclave
 from tests.helpers.gateway_stack import AUDIENCE, Stack, run_stack
 
@@ -40,7 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         async def main() -> None:
             box["stop"] = asyncio.Event()
-            limits = Limits(max_body_bytes=64 * 1024, max_depth=16, max_string=4096)
+            limits = GatewayLimits(max_body_bytes=64 * 1024, max_depth=16, max_string=4096)
             async with run_stack([enc.address], audience=AUDIENCE, limits=limits) as s:
                 box["stack"] = s
                 box["loop"] = asyncio.get_running_loop()

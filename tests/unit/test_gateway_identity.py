@@ -25,7 +25,7 @@ from cmcp_core.errors import CmcpError
 from cmcp_core.route_status import endpoints_from_status
 from cmcp_gateway.app import build
 from cmcp_gateway.auth import ANONYMOUS, TokenStore, authenticate, identity_from_cert
-from cmcp_gateway.config import GatewayConfig, Limits, RouteConfig, TlsConfig, load
+from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig, TlsConfig, load
 from cmcp_gateway.main import uvicorn_config
 from tests.helpers.enclave_proc import EnclaveProcess
 from tests.helpers.gateway_stack import AUDIENCE, make_guard, serve
@@ -147,7 +147,7 @@ async def test_mtls_client_certificate_is_the_principal(tmp_path: Path, enclave:
             routes=(route,),
             listen=f"127.0.0.1:{port}",
             allow_simulated=True,
-            limits=Limits(decide_timeout_seconds=15.0),
+            limits=GatewayLimits(decide_timeout_seconds=15.0),
             tls=TlsConfig(cert=server_cert, key=server_keyfile, client_ca=ca_path, client_cert="optional"),
         )
         gateway, app = build(config, TokenStore({"tok-alice": "alice"}))

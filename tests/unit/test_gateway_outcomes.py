@@ -23,8 +23,9 @@ from cmcp_core.digest import json_digest
 from cmcp_enclave.core import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import EnclaveService, serve
-from cmcp_gateway import enclaves
-from cmcp_gateway.enclaves import EnclavePool, Pin
+from cmcp_gateway import outcomes
+from cmcp_gateway.enclave_pool import EnclavePool
+from cmcp_gateway.pinning import Pin
 from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave
 
 BUNDLE = Path(__file__).resolve().parents[2] / "examples" / "minimal"
@@ -61,7 +62,7 @@ def _kinds(enclave: Enclave, session_id: str) -> list[str]:
 
 async def test_outcome_rides_on_the_next_decide(served: tuple[Enclave, EnclavePool],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(enclaves, "OUTCOME_FLUSH_SECONDS", 60.0)  # only a carrier can deliver it
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)  # only a carrier can deliver it
     enclave, pool = served
     session_id = uuid.uuid4().hex
     pin = pool.pick(session_id)
@@ -79,7 +80,7 @@ async def test_outcome_rides_on_the_next_decide(served: tuple[Enclave, EnclavePo
 
 async def test_close_carries_pending_outcomes_first(served: tuple[Enclave, EnclavePool],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(enclaves, "OUTCOME_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
     enclave, pool = served
     session_id = uuid.uuid4().hex
     pin = pool.pick(session_id)
@@ -99,7 +100,7 @@ async def test_uncarried_outcome_goes_alone(served: tuple[Enclave, EnclavePool])
     call_id = await _decide(pool, pin, session_id)
     pool.report(pin, session_id, call_id, RESULT, "")
     for _ in range(200):
-        await asyncio.sleep(enclaves.OUTCOME_FLUSH_SECONDS)
+        await asyncio.sleep(outcomes.OUTCOME_FLUSH_SECONDS)
         if _kinds(enclave, session_id)[-1] == "complete":
             break
     assert _kinds(enclave, session_id) == ["open", "decision", "complete"]
@@ -107,7 +108,7 @@ async def test_uncarried_outcome_goes_alone(served: tuple[Enclave, EnclavePool])
 
 async def test_refused_carried_outcome_does_not_fail_the_decide(served: tuple[Enclave, EnclavePool],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(enclaves, "OUTCOME_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
     enclave, pool = served
     session_id = uuid.uuid4().hex
     pin = pool.pick(session_id)
@@ -122,7 +123,7 @@ async def test_enclave_that_ignores_carried_outcomes_gets_them_alone(
     """An enclave predating ``completes`` drops the field and acknowledges nothing: the gateway
     resends those outcomes as Complete calls, stops carrying, and a close still covers them."""
     monkeypatch.setattr(EnclaveService, "_carry", lambda self, completes: 0)
-    monkeypatch.setattr(enclaves, "OUTCOME_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
     enclave, pool = served
     session_id = uuid.uuid4().hex
     pin = pool.pick(session_id)
@@ -130,7 +131,7 @@ async def test_enclave_that_ignores_carried_outcomes_gets_them_alone(
     pool.report(pin, session_id, first, RESULT, "")
     second = await _decide(pool, pin, session_id)  # carried, ignored, not acknowledged
     endpoint = pool.endpoints[pin.address]
-    assert endpoint.carries is False and len(endpoint.outcomes) == 1
+    assert endpoint.outcomes.carries is False and len(endpoint.outcomes.ready) == 1
     pool.report(pin, session_id, second, RESULT, "")
     await pool.close_session(pin, session_id, "done")  # sends both alone first, then closes
     assert _kinds(enclave, session_id) == ["open", "decision", "decision", "complete", "complete", "close"]

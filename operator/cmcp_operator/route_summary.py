@@ -1,22 +1,22 @@
 """Route status from what the operator observed: counts, conditions, the pods[] list the
-gateway reads, and when a rollout is complete. Pure, so every rule here has a unit test."""
+gateway reads, and when a rollout is complete. Pure, so every rule here has a unit test.
+
+The result is a :class:`cmcp_core.route_status.RouteStatus`, the typed status the gateway
+and guard read back; this module decides its values, never its keys.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from cmcp_operator.appraise import PodVerdict
-from cmcp_operator.bundles import short_hash
+from cmcp_core.attestation import Appraisal
+from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget, short_hash
 from cmcp_operator.conditions import Condition
 from cmcp_operator.constants import COND_ATTESTED, COND_DEGRADED, COND_READY, COND_ROLLOUT
 
-
-@dataclass(frozen=True)
-class Target:
-    bundle_hash: str
-    initdata_digest: str
+__all__ = ["PodView", "RouteSummary", "RouteTarget", "accepted_revisions", "next_previous", "pod_status",
+           "summarise"]
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,11 @@ class PodView:
     phase: str
     terminating: bool
     owned: bool  # created by our Deployment's ReplicaSet
-    verdict: PodVerdict | None
+    verdict: Appraisal | None
     last_attested: str = ""
 
 
-def accepted_revisions(target: Target | None, previous: Target | None) -> dict[str, str]:
+def accepted_revisions(target: RouteTarget | None, previous: RouteTarget | None) -> dict[str, str]:
     """initdata digest -> bundle hash of every revision allowed to serve right now."""
     accepted: dict[str, str] = {}
     if previous is not None:
@@ -44,8 +44,8 @@ def accepted_revisions(target: Target | None, previous: Target | None) -> dict[s
     return accepted
 
 
-def next_previous(old_target: Target | None, old_previous: Target | None,
-                  new_target: Target) -> Target | None:
+def next_previous(old_target: RouteTarget | None, old_previous: RouteTarget | None,
+                  new_target: RouteTarget) -> RouteTarget | None:
     """On a revision change, keep the last revision that may still be serving.
 
     If a rollout was already in progress its ``previous`` is the one actually serving, so
@@ -56,46 +56,49 @@ def next_previous(old_target: Target | None, old_previous: Target | None,
     return old_previous if old_previous is not None else old_target
 
 
-def pod_entry(pod: PodView, target: Target | None) -> dict[str, Any]:
+def pod_status(pod: PodView, target: RouteTarget | None) -> PodStatus:
+    """The ``status.pods[]`` entry for one pod: why it is (not) serving, and its key if attested."""
     v = pod.verdict
-    entry: dict[str, Any] = {"pod": pod.name, "uid": pod.uid, "node": pod.node, "address": pod.address,
-                             "attested": bool(v and v.attested)}
+    base = PodStatus(pod=pod.name, uid=pod.uid, node=pod.node, address=pod.address, attested=False)
     if pod.terminating:
-        entry.update(attested=False, reason="PodTerminating", message="pod is being deleted")
-        return entry
+        return replace(base, reason="PodTerminating", message="pod is being deleted")
     if v is None:
-        entry.update(reason="Pending" if pod.phase != "Running" or not pod.address else "AttestationPending",
-                     message=f"pod phase {pod.phase}")
-        return entry
-    entry.update(platform=v.platform, reportedBundleHash=v.bundle_hash, reason=v.reason,
-                 message=v.message[:512],
-                 current=bool(target and v.initdata_digest == target.initdata_digest))
+        waiting = "Pending" if pod.phase != "Running" or not pod.address else "AttestationPending"
+        return replace(base, reason=waiting, message=f"pod phase {pod.phase}")
+    message = v.message[:512]
     if not pod.owned:
-        entry["message"] = ("not created by this route's Deployment; " + entry["message"])[:512]
-    if pod.last_attested:
-        entry["lastAttested"] = pod.last_attested
+        message = ("not created by this route's Deployment; " + message)[:512]
+    entry = replace(base, attested=v.attested, platform=v.platform, reported_bundle_hash=v.bundle_hash,
+                    reason=v.reason, message=message,
+                    current=bool(target and v.initdata_digest == target.initdata_digest),
+                    last_attested=pod.last_attested or None)
     if v.attested:
-        entry.update(keyThumbprint=v.thumbprint, publicKeyJwk=dict(v.public_jwk), assurance=v.assurance)
+        entry = replace(entry, key_thumbprint=v.thumbprint, public_key_jwk=dict(v.public_jwk),
+                        assurance=v.assurance)
     return entry
 
 
 @dataclass(frozen=True)
 class RouteSummary:
-    status: dict[str, Any]
+    route_status: RouteStatus  # without observedGeneration, names and conditions (the loop adds them)
     conditions: list[Condition]
-    previous: Target | None
+    previous: RouteTarget | None
     pending: bool  # something is still settling: poll fast
 
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.route_status.to_status()
 
-def summarise(*, desired: int, min_attested: int | None, target: Target | None, previous: Target | None,
-              pods: list[PodView], ready_pods: int, bundle_problem: str | None,
+
+def summarise(*, desired: int, min_attested: int | None, target: RouteTarget | None,
+              previous: RouteTarget | None, pods: list[PodView], ready_pods: int, bundle_problem: str | None,
               mode: str = "", catalog_hash: str = "") -> RouteSummary:
-    entries = [pod_entry(p, target) for p in sorted(pods, key=lambda p: p.name)]
-    live = [e for e in entries if e.get("reason") != "PodTerminating"]
-    attested = [e for e in live if e["attested"]]
-    current = [e for e in attested if e.get("current")]
+    entries = [pod_status(p, target) for p in sorted(pods, key=lambda p: p.name)]
+    live = [e for e in entries if e.reason != "PodTerminating"]
+    attested = [e for e in live if e.attested]
+    current = [e for e in attested if e.current]
     waiting = ("Pending", "AttestationPending")
-    rejected = [e for e in live if not e["attested"] and e.get("reason") not in waiting]
+    rejected = [e for e in live if not e.attested and e.reason not in waiting]
     n_current = len(current)
     floor = desired if min_attested is None else min_attested
     if previous is not None and target is not None and n_current >= desired:
@@ -105,7 +108,7 @@ def summarise(*, desired: int, min_attested: int | None, target: Target | None, 
         and p.verdict.initdata_digest != target.initdata_digest for p in pods)
 
     conds: list[Condition] = []
-    names = ", ".join(f"{e['pod']} ({e.get('reason')})" for e in rejected[:5])
+    names = ", ".join(f"{e.pod} ({e.reason})" for e in rejected[:5])
     if target is None:
         conds.append(Condition(COND_ATTESTED, False, "NoExpectedBundle", bundle_problem or "no bundle yet"))
     elif n_current >= desired:
@@ -147,38 +150,14 @@ def summarise(*, desired: int, min_attested: int | None, target: Target | None, 
         conds.append(Condition(COND_READY, False, "NotEnoughAttested",
                                f"{n_current}/{max(1, floor)} attested"))
 
-    status: dict[str, Any] = {
-        "replicas": len(live),
-        "attestedReplicas": n_current,
-        "readyReplicas": ready_pods,
-        "updatedReplicas": len([e for e in live if e.get("current")]),
-        "attestedSummary": f"{n_current}/{desired}",
-        "pods": entries[:256],
-    }
-    if target is not None:
-        status.update(bundleHash=target.bundle_hash, bundleHashShort=short_hash(target.bundle_hash),
-                      initdataDigest=target.initdata_digest)
-    if mode:
-        status["enforcementMode"] = mode
-    if catalog_hash:
-        status["catalogHash"] = catalog_hash
-    status["previous"] = ({"bundleHash": previous.bundle_hash, "initdataDigest": previous.initdata_digest}
-                          if previous else None)
+    status = RouteStatus(
+        replicas=len(live), attested_replicas=n_current, ready_replicas=ready_pods,
+        updated_replicas=len([e for e in live if e.current]), attested_summary=f"{n_current}/{desired}",
+        pods=tuple(entries[:256]), target=target, enforcement_mode=mode, catalog_hash=catalog_hash,
+        previous=previous)
     # Poll fast only while our own pods settle; a rejected stranger is re-checked on the slow clock.
     owned_live = [p for p in pods if p.owned and not p.terminating]
     pending = rollout or len(owned_live) != desired or any(
         p.verdict is None or not p.verdict.attested for p in owned_live)
-    return RouteSummary(status=status, conditions=conds, previous=previous, pending=pending)
+    return RouteSummary(route_status=status, conditions=conds, previous=previous, pending=pending)
 
-
-def target_from(status: Mapping[str, Any] | None) -> Target | None:
-    if status and status.get("bundleHash") and status.get("initdataDigest"):
-        return Target(str(status["bundleHash"]), str(status["initdataDigest"]))
-    return None
-
-
-def previous_from(status: Mapping[str, Any] | None) -> Target | None:
-    prev = (status or {}).get("previous")
-    if isinstance(prev, dict) and prev.get("bundleHash") and prev.get("initdataDigest"):
-        return Target(str(prev["bundleHash"]), str(prev["initdataDigest"]))
-    return None

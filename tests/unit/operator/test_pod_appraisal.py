@@ -9,13 +9,13 @@ import secrets
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cmcp_core.attestation import Evidence
 from cmcp_core.binding import Binding
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.initdata import CmcpEntry, parse, render, tdx_mrconfigid
-from cmcp_operator.appraise import (
+from cmcp_operator.pod_appraisal import (
     AppraisalSettings,
-    Evidence,
     allowed_tee,
     appraise_pod,
     camel,

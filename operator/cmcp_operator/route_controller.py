@@ -13,32 +13,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import Any
 
 import kopf
 
+from cmcp_core.attestation import Appraisal
 from cmcp_core.digest import json_digest
 from cmcp_core.initdata import ANNOTATION, InitdataError, decode_annotation
+from cmcp_core.route_status import RouteStatus, RouteTarget
 from cmcp_operator import metrics, workloads
-from cmcp_operator.appraise import AppraisalSettings, PodVerdict, VerifierFn, allowed_tee, appraise_pod
-from cmcp_operator.attestor import EnclaveUnreachable, fetch_evidence
+from cmcp_operator.attestor import EnclaveUnreachable, EvidenceFetcher, fetch_evidence
 from cmcp_operator.bundles import key_to_path
 from cmcp_operator.conditions import get_condition, merge_conditions, now_rfc3339, transitions
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import ATTESTED_CONDITION, COND_VALID
+from cmcp_operator.events import EventRecorder, KopfEvents
 from cmcp_operator.kube import Kube
-from cmcp_operator.route_status import (
-    PodView,
-    Target,
-    accepted_revisions,
-    next_previous,
-    previous_from,
-    summarise,
-    target_from,
-)
+from cmcp_operator.pod_appraisal import AppraisalSettings, VerifierFn, allowed_tee, appraise_pod
+from cmcp_operator.route_summary import PodView, accepted_revisions, next_previous, summarise
 
-log = logging.getLogger("cmcp_operator.routes")
+log = logging.getLogger("cmcp_operator.routes")  # name predates the module; kept for log filters
 FAST_POLL = 1.0
 DEBOUNCE = 0.2
 MAX_CONCURRENT_ATTEST = 8
@@ -48,7 +43,7 @@ MAX_CONCURRENT_ATTEST = 8
 class PodState:
     fingerprint: tuple[Any, ...]
     accepted_key: tuple[str, ...]
-    verdict: PodVerdict
+    verdict: Appraisal
     checked_at: float  # monotonic
     at: str  # RFC 3339, for status.lastAttested
     failures: int = 0
@@ -73,16 +68,42 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
     return bool(cond and cond.get("status") == "True")
 
 
+def route_admission_problem(spec: Mapping[str, Any], *, namespace: str, bundle_exists: bool,
+                            allow_simulated: bool) -> str | None:
+    """Why an McpRoute must not be admitted, or None."""
+    if spec.get("tee") == "simulated" and not allow_simulated:
+        return "tee: simulated is refused: the operator runs without --allow-simulated"
+    if not bundle_exists:
+        ref = spec.get("policyBundleRef", {}).get("name", "")
+        return f"policyBundleRef: PolicyBundle {ref!r} not found in namespace {namespace!r}"
+    return None
+
+
 class RouteController:
-    def __init__(self, kube: Kube, config: OperatorConfig, verifier: VerifierFn | None) -> None:
+    """Owns every McpRoute's status; ``step`` is one pass, ``run`` the daemon around it.
+
+    ``fetch`` and ``events`` default to the real gRPC call and Kopf's Events; tests pass fakes.
+    """
+
+    def __init__(self, kube: Kube, config: OperatorConfig, verifier: VerifierFn | None,
+                 events: EventRecorder | None = None, fetch: EvidenceFetcher = fetch_evidence) -> None:
         self.kube = kube
         self.config = config
         self.verifier = verifier
+        self.events: EventRecorder = events if events is not None else KopfEvents()
+        self.fetch = fetch
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.pods: dict[str, PodState] = {}  # by pod uid
         self.applied: dict[tuple[str, str], tuple[str, float]] = {}  # rendered digest, when
         self.sem = asyncio.Semaphore(MAX_CONCURRENT_ATTEST)
         self.bundle_of: dict[tuple[str, str], str] = {}  # route -> PolicyBundle name it uses
+
+    async def admission(self, spec: Mapping[str, Any], namespace: str) -> str | None:
+        """Why the webhook must refuse this McpRoute spec, or None."""
+        ref = str(spec.get("policyBundleRef", {}).get("name", ""))
+        exists = await self.kube.get_bundle(namespace, ref) is not None
+        return route_admission_problem(spec, namespace=namespace, bundle_exists=exists,
+                                       allow_simulated=self.config.allow_simulated)
 
     # --- wake-ups --------------------------------------------------------------------
     def wake(self, namespace: str, name: str) -> None:
@@ -133,16 +154,16 @@ class RouteController:
             return self.config.reattest_interval
         spec: dict[str, Any] = route.get("spec", {})
         status: dict[str, Any] = dict(route.get("status") or {})
+        old = RouteStatus.from_status(status)
         generation = int(route["metadata"].get("generation", 0))
-        old_target, old_previous = target_from(status), previous_from(status)
+        old_target, old_previous = old.target, old.previous
         target, previous = old_target, old_previous
 
         bundle_name = str(spec.get("policyBundleRef", {}).get("name", ""))
         self.bundle_of[(namespace, name)] = bundle_name
         bundle = await self.kube.get_bundle(namespace, bundle_name)
         problem = self._bundle_problem(bundle, bundle_name)
-        mode = str(status.get("enforcementMode", ""))
-        catalog = str(status.get("catalogHash", ""))
+        mode, catalog = old.enforcement_mode, old.catalog_hash
         if problem is None and bundle is not None:
             bstatus = bundle["status"]
             files = await self.kube.get_configmap_data(namespace, str(bstatus["configMapName"]))
@@ -151,7 +172,7 @@ class RouteController:
             else:
                 rev = workloads.revision(namespace, name, spec, bstatus, [key_to_path(k) for k in files],
                                          self.config)
-                target = Target(rev.bundle_hash, rev.initdata_digest)
+                target = RouteTarget(rev.bundle_hash, rev.initdata_digest)
                 previous = next_previous(old_target, old_previous, target)
                 mode, catalog = rev.enforcement_mode, rev.catalog_hash
                 await self._converge(route, spec, rev)
@@ -164,24 +185,25 @@ class RouteController:
             target=target, previous=previous, pods=views,
             ready_pods=sum(1 for p in pods if _pod_ready(p) and not p["metadata"].get("deletionTimestamp")),
             bundle_problem=problem, mode=mode, catalog_hash=catalog)
-        new_status = dict(summary.status)
-        new_status["observedGeneration"] = generation
-        new_status["serviceName"] = workloads.workload_name(name)
-        new_status["deploymentName"] = workloads.workload_name(name)
-        new_status["conditions"] = merge_conditions(status.get("conditions"), summary.conditions,
-                                                    generation=generation)
+        old_conditions = list(old.conditions or [])
+        workload = workloads.workload_name(name)
+        merged = merge_conditions(old_conditions, summary.conditions, generation=generation)
+        new = replace(summary.route_status, observed_generation=generation, service_name=workload,
+                      deployment_name=workload, conditions=tuple(merged))
+        new_status = new.to_status()
         if summary.previous is None and previous is not None:
-            kopf.event(_body(route), type="Normal", reason="RolloutComplete",
-                      message=f"all replicas attested at {target.bundle_hash if target else '?'}")
+            self.events.event(route, type="Normal", reason="RolloutComplete",
+                              message=f"all replicas attested at {target.bundle_hash if target else '?'}")
         if target != old_target and target is not None:
-            kopf.event(_body(route), type="Normal", reason="RolloutStarted",
-                      message=f"expected bundle {target.bundle_hash} (initdata {target.initdata_digest})")
-        for cond in transitions(status.get("conditions"), new_status["conditions"]):
+            self.events.event(route, type="Normal", reason="RolloutStarted",
+                              message=f"expected bundle {target.bundle_hash} "
+                                      f"(initdata {target.initdata_digest})")
+        for cond in transitions(old_conditions, new_status["conditions"]):
             bad = (cond["type"] == "Degraded") == (cond["status"] == "True")
-            kopf.event(_body(route), type="Warning" if bad else "Normal",
-                       reason=f"{cond['type']}{cond['status']}",
-                       message=f"{cond.get('reason')}: {cond.get('message')}")
-        metrics.ATTESTED_PODS.labels(f"{namespace}/{name}").set(summary.status["attestedReplicas"])
+            self.events.event(route, type="Warning" if bad else "Normal",
+                              reason=f"{cond['type']}{cond['status']}",
+                              message=f"{cond.get('reason')}: {cond.get('message')}")
+        metrics.ATTESTED_PODS.labels(f"{namespace}/{name}").set(new.attested_replicas)
         if _differs(status, new_status):
             await self.kube.patch_route_status(namespace, name, new_status)
         return FAST_POLL if summary.pending else self.config.reattest_interval
@@ -262,8 +284,8 @@ class RouteController:
             if before != (verdict.attested, verdict.reason):
                 level = "Normal" if verdict.attested else "Warning"
                 reason = "PodAttested" if verdict.attested else "AttestationFailed"
-                kopf.event(_body({"apiVersion": "v1", "kind": "Pod", **pod}), type=level, reason=reason,
-                           message=f"{verdict.reason}: {verdict.message}")
+                self.events.event({"apiVersion": "v1", "kind": "Pod", **pod}, type=level, reason=reason,
+                                  message=f"{verdict.reason}: {verdict.message}")
                 log.info("pod %s/%s: %s (%s)", namespace, pname, verdict.reason, verdict.message)
         state = self.pods[uid]
         await self._gate(namespace, pod, state.verdict)
@@ -271,7 +293,7 @@ class RouteController:
                        terminating=False, owned=owned, verdict=state.verdict, last_attested=state.at)
 
     async def _appraise(self, namespace: str, route: str, pod: Mapping[str, Any], address: str,
-                        accepted: dict[str, str], settings: AppraisalSettings) -> PodVerdict:
+                        accepted: dict[str, str], settings: AppraisalSettings) -> Appraisal:
         started = time.monotonic()
         try:
             raw = (pod["metadata"].get("annotations") or {}).get(ANNOTATION)
@@ -280,21 +302,21 @@ class RouteController:
             except InitdataError:
                 pod_initdata = None
             try:
-                nonce, evidence = await fetch_evidence(address, deadline=self.config.attest_timeout)
+                nonce, evidence = await self.fetch(address, deadline=self.config.attest_timeout)
             except EnclaveUnreachable as exc:
-                verdict = PodVerdict(False, "EnclaveUnreachable", str(exc)[:300])
+                verdict = Appraisal(False, "EnclaveUnreachable", str(exc)[:300])
             else:
                 verdict = appraise_pod(evidence, nonce=nonce, pod_initdata=pod_initdata,
                                        route=f"{namespace}/{route}", accepted=accepted,
                                        settings=settings, verifier=self.verifier)
         except Exception as exc:  # never let one pod break the loop; it just is not attested
             log.exception("attestation of %s failed unexpectedly", pod["metadata"]["name"])
-            verdict = PodVerdict(False, "AttestationError", f"{type(exc).__name__}: {exc}"[:300])
+            verdict = Appraisal(False, "AttestationError", f"{type(exc).__name__}: {exc}"[:300])
         metrics.ATTEST_SECONDS.observe(time.monotonic() - started)
         metrics.ATTESTATIONS.labels("attested" if verdict.attested else verdict.reason).inc()
         return verdict
 
-    async def _gate(self, namespace: str, pod: Mapping[str, Any], verdict: PodVerdict) -> None:
+    async def _gate(self, namespace: str, pod: Mapping[str, Any], verdict: Appraisal) -> None:
         """Patch the readiness-gate condition only when it changes (no status churn)."""
         current = get_condition(pod.get("status", {}).get("conditions"), ATTESTED_CONDITION)
         want = "True" if verdict.attested else "False"
@@ -306,7 +328,3 @@ class RouteController:
 
 def _differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(old.get(k) != v for k, v in new.items())
-
-
-def _body(obj: Mapping[str, Any]) -> kopf.Body:
-    return kopf.Body(cast(kopf.RawBody, obj))

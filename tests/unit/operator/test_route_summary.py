@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from cmcp_operator.appraise import PodVerdict
+from cmcp_core.attestation import Appraisal
+from cmcp_core.route_status import RouteStatus, endpoints_from_status
 from cmcp_operator.conditions import Condition, merge_conditions, transitions
-from cmcp_operator.route_status import (
+from cmcp_operator.route_summary import (
     PodView,
-    Target,
+    RouteTarget,
     accepted_revisions,
     next_previous,
     summarise,
 )
 
-OLD = Target("sha256:" + "01" * 32, "sha256:" + "a1" * 32)
-NEW = Target("sha256:" + "02" * 32, "sha256:" + "a2" * 32)
+OLD = RouteTarget("sha256:" + "01" * 32, "sha256:" + "a1" * 32)
+NEW = RouteTarget("sha256:" + "02" * 32, "sha256:" + "a2" * 32)
 
 
-def pod(name: str, rev: Target | None, *, ok: bool = True, owned: bool = True, reason: str = "Attested",
+def pod(name: str, rev: RouteTarget | None, *, ok: bool = True, owned: bool = True, reason: str = "Attested",
         terminating: bool = False, phase: str = "Running") -> PodView:
-    verdict = None if rev is None else PodVerdict(
+    verdict = None if rev is None else Appraisal(
         ok, reason if not ok else "Attested", "m", platform="simulated", bundle_hash=rev.bundle_hash,
         initdata_digest=rev.initdata_digest, thumbprint="kid-" + name if ok else "",
         public_jwk={"kty": "OKP", "crv": "Ed25519", "x": "x"} if ok else {})
@@ -29,7 +30,7 @@ def conds(summary) -> dict[str, tuple[bool | None, str]]:  # type: ignore[no-unt
     return {c.type: (c.status, c.reason) for c in summary.conditions}
 
 
-def run(pods: list[PodView], *, previous: Target | None = None, desired: int = 2,
+def run(pods: list[PodView], *, previous: RouteTarget | None = None, desired: int = 2,
         problem: str | None = None, ready: int | None = None):  # type: ignore[no-untyped-def]
     ready_pods = sum(1 for p in pods if p.verdict and p.verdict.attested) if ready is None else ready
     return summarise(desired=desired, min_attested=None, target=NEW, previous=previous, pods=pods,
@@ -89,7 +90,7 @@ def test_bundle_problem_blocks_ready() -> None:
 def test_next_previous_and_accepted() -> None:
     assert next_previous(None, None, NEW) is None
     assert next_previous(OLD, None, NEW) == OLD
-    third = Target("sha256:03", "sha256:a3")
+    third = RouteTarget("sha256:03", "sha256:a3")
     assert next_previous(NEW, OLD, third) == OLD  # a rollout in progress keeps the serving revision
     assert next_previous(NEW, OLD, NEW) == OLD
     assert accepted_revisions(NEW, OLD) == {NEW.initdata_digest: NEW.bundle_hash,
@@ -107,7 +108,7 @@ def test_conditions_keep_transition_time_and_generation() -> None:
 
 
 def test_route_admission_rules() -> None:
-    from cmcp_operator.handlers import route_admission_problem
+    from cmcp_operator.route_controller import route_admission_problem
 
     spec = {"tee": "simulated", "policyBundleRef": {"name": "b"}}
     assert "allow-simulated" in str(route_admission_problem(spec, namespace="ns", bundle_exists=True,
@@ -116,3 +117,22 @@ def test_route_admission_rules() -> None:
     missing = route_admission_problem({"tee": "tdx", "policyBundleRef": {"name": "b"}}, namespace="ns",
                                       bundle_exists=False, allow_simulated=False)
     assert missing is not None and "'b' not found" in missing
+
+
+def test_status_the_operator_writes_reads_back_through_the_contract() -> None:
+    """What the gateway and guard parse (cmcp_core.route_status) is exactly what was written."""
+    rogue = pod("rogue", OLD, ok=False, owned=False, reason="BundleHashMismatch")
+    s = run([pod("o1", OLD), pod("n1", NEW), pod("n2", NEW, terminating=True),
+             pod("p", None, phase="Pending"), rogue], previous=OLD)
+    doc = s.status
+    parsed = RouteStatus.from_status(doc)
+    assert parsed == s.route_status and parsed.to_status() == doc
+    assert (parsed.target, parsed.previous) == (NEW, OLD)
+    assert endpoints_from_status(doc) == ["127.0.0.9:50051", "127.0.0.9:50051"]  # o1 and n1 only
+
+
+def test_hostile_status_reads_as_nothing_attested() -> None:
+    for doc in (None, [], "x", {"pods": "x"}, {"pods": [1, None, {"attested": "true", "address": "h"}]},
+                {"pods": [{"attested": True, "address": 7}], "previous": {"bundleHash": 1}}):
+        parsed = RouteStatus.from_status(doc)
+        assert parsed.attested_endpoints() == [] and parsed.previous is None

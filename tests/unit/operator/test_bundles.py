@@ -14,7 +14,7 @@ from cmcp_core.digest import b64url
 from cmcp_operator import bundles
 from cmcp_operator.render_bundle import bundle_manifest, dump
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minimal"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "minimal"
 
 
 @pytest.fixture

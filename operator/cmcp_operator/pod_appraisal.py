@@ -10,29 +10,16 @@ while a rollout is in progress). Anything else — including a missing verifier 
 
 from __future__ import annotations
 
-import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
+from cmcp_core.attestation import Appraisal, Evidence, sha256_tagged
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.initdata import InitdataError, parse
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """The fields of an ``AttestResponse`` (kept proto-free so logic is testable)."""
-
-    platform: str
-    evidence: bytes
-    aux: bytes
-    initdata: bytes
-    public_key_jwk: str
-    bundle_hash: str
-    catalog_hash: str
-    enforcement_mode: str
-    report_data: bytes
+from cmcp_core.verify import Verdict
 
 
 @dataclass(frozen=True)
@@ -42,32 +29,11 @@ class AppraisalSettings:
     allow_simulated: bool
 
 
-@dataclass(frozen=True)
-class VerdictView:
-    """The subset of the verifier's Verdict the operator needs."""
-
-    ok: bool
-    code: str
-    message: str
-    assurance: str = ""
-
-
 class VerifierFn(Protocol):
+    """The evidence check (:func:`cmcp_operator.verifier.core_verifier`, or a test's)."""
+
     def __call__(self, ev: Evidence, *, nonce: bytes, settings: AppraisalSettings,
-                 expected_bundle_hash: str) -> VerdictView: ...
-
-
-@dataclass(frozen=True)
-class PodVerdict:
-    attested: bool
-    reason: str  # CamelCase, for the pod condition and status.pods[].reason
-    message: str
-    platform: str = ""
-    bundle_hash: str = ""
-    initdata_digest: str = ""
-    thumbprint: str = ""
-    public_jwk: dict[str, str] = field(default_factory=dict)
-    assurance: str = ""
+                 expected_bundle_hash: str) -> Verdict: ...
 
 
 def camel(code: str) -> str:
@@ -76,7 +42,7 @@ def camel(code: str) -> str:
 
 
 def initdata_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return sha256_tagged(data)
 
 
 def allowed_tee(tee: str, *, simulate_tee: bool, allow_simulated: bool) -> tuple[str, ...]:
@@ -90,11 +56,13 @@ def allowed_tee(tee: str, *, simulate_tee: bool, allow_simulated: bool) -> tuple
 
 def appraise_pod(ev: Evidence, *, nonce: bytes, pod_initdata: bytes | None, route: str,
                  accepted: Mapping[str, str], settings: AppraisalSettings,
-                 verifier: VerifierFn | None) -> PodVerdict:
+                 verifier: VerifierFn | None) -> Appraisal:
     """``accepted`` maps initdata digest -> bundle hash for the revisions allowed to serve."""
-    def fail(reason: str, message: str, **extra: Any) -> PodVerdict:
-        return PodVerdict(False, reason, message, platform=ev.platform, bundle_hash=ev.bundle_hash,
-                          initdata_digest=initdata_digest(ev.initdata), **extra)
+    def fail(reason: str, message: str) -> Appraisal:
+        return Appraisal(False, reason, message, platform=ev.platform, bundle_hash=ev.bundle_hash,
+                         initdata_digest=ev.initdata_digest, catalog_hash=ev.catalog_hash,
+                         enforcement_mode=ev.enforcement_mode, evidence_digest=ev.evidence_digest,
+                         appraised_at=time.time())
 
     if pod_initdata is None:
         return fail("InitdataAnnotationMissing", "pod has no decodable initdata annotation")
@@ -106,7 +74,7 @@ def appraise_pod(ev: Evidence, *, nonce: bytes, pod_initdata: bytes | None, rout
         return fail("InitdataInvalid", str(exc))
     if entry.route != route:
         return fail("RouteMismatch", f"initdata is for route {entry.route!r}, not {route!r}")
-    digest = initdata_digest(ev.initdata)
+    digest = ev.initdata_digest
     if digest not in accepted:
         if entry.bundle_hash not in accepted.values():
             return fail("BundleHashMismatch",
@@ -129,10 +97,12 @@ def appraise_pod(ev: Evidence, *, nonce: bytes, pod_initdata: bytes | None, rout
         return fail("VerifierError", f"{type(exc).__name__}: {exc}")
     if not verdict.ok:
         return fail(camel(verdict.code) or "EvidenceRejected", verdict.message)
-    return PodVerdict(True, "Attested", f"evidence verified ({verdict.assurance or 'ok'})",
-                      platform=ev.platform, bundle_hash=expected_hash, initdata_digest=digest,
-                      thumbprint=thumbprint(key), public_jwk={k: str(v) for k, v in jwk.items()},
-                      assurance=verdict.assurance)
+    return Appraisal(True, "Attested", f"evidence verified ({verdict.assurance or 'ok'})",
+                     platform=ev.platform, bundle_hash=expected_hash, initdata_digest=digest,
+                     thumbprint=thumbprint(key), public_jwk={k: str(v) for k, v in jwk.items()},
+                     assurance=verdict.assurance, catalog_hash=ev.catalog_hash,
+                     enforcement_mode=ev.enforcement_mode, evidence_digest=ev.evidence_digest,
+                     appraised_at=time.time())
 
 
 VerifierLoader = Callable[[], VerifierFn | None]

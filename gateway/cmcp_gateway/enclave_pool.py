@@ -1,0 +1,280 @@
+"""A route's enclave endpoints: membership, attestation by the gateway itself, and the calls.
+
+Endpoints come and go with :meth:`EnclavePool.set_endpoints`; each is attested before use and
+re-attested on :meth:`~EnclavePool.refresh` (with a fresh nonce) or as soon as it stops
+answering. Sessions are pinned by :mod:`cmcp_gateway.pinning`; outcomes ride along as
+:mod:`cmcp_gateway.outcomes` describes. ``close_session`` first waits for in-flight outcome
+flushes, then carries the rest (or, to an enclave not yet known to carry, sends them first),
+so the session's Trust Record covers every outcome reported before it; ``close`` flushes all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
+from cmcp_core.decision import verify_decision
+from cmcp_core.errors import CmcpError, Code
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_gateway import enclave_rpc, pinning
+from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
+from cmcp_gateway.outcomes import OutcomeQueue, outcome_lost
+from cmcp_gateway.pinning import Pin
+
+log = logging.getLogger("cmcp.gateway")
+
+
+@dataclass
+class Endpoint:
+    address: str
+    channel: Any
+    stub: enclave_pb2_grpc.EnclaveStub
+    decisions: DecisionStream = field(init=False, repr=False)
+    outcomes: OutcomeQueue = field(init=False, repr=False)
+    attested: AttestedEnclave | None = None
+    error: CmcpError | None = None
+    reattest: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Decision:
+    document: dict[str, Any]
+    decision_json: bytes
+    signature: bytes
+    permit: str
+
+
+class EnclavePool:
+    def __init__(self, route_name: str, policy: AttestPolicy, decide_timeout: float) -> None:
+        self.route_name = route_name
+        self.policy = policy
+        self.decide_timeout = decide_timeout
+        self.endpoints: dict[str, Endpoint] = {}
+
+    # --- membership and attestation -------------------------------------------------------
+    async def set_endpoints(self, addresses: Iterable[str]) -> None:
+        """Make the endpoint set exactly ``addresses``; new ones are attested before use."""
+        wanted = list(dict.fromkeys(addresses))
+        for address in list(self.endpoints):
+            if address not in wanted:
+                await self._drop(address)
+        fresh = [a for a in wanted if a not in self.endpoints]
+        for address in fresh:
+            channel = enclave_rpc.open_channel(address)
+            endpoint = Endpoint(address, channel, enclave_pb2_grpc.EnclaveStub(channel))
+            endpoint.decisions = DecisionStream(
+                endpoint.stub, functools.partial(self._suspect, endpoint), self.decide_timeout
+            )
+            endpoint.outcomes = OutcomeQueue(
+                functools.partial(self._send_alone, endpoint), self.route_name, address
+            )
+            self.endpoints[address] = endpoint
+        await asyncio.gather(*(self._attest(self.endpoints[a]) for a in fresh))
+
+    async def _drop(self, address: str) -> None:
+        endpoint = self.endpoints.pop(address)
+        if endpoint.reattest is not None:
+            endpoint.reattest.cancel()
+        await endpoint.outcomes.abandon()
+        await endpoint.decisions.close()
+        await endpoint.channel.close()
+
+    async def _attest(self, endpoint: Endpoint) -> None:
+        try:
+            endpoint.attested, endpoint.error = (
+                await attest(endpoint.stub, endpoint.address, self.policy),
+                None,
+            )
+        except CmcpError as exc:
+            endpoint.attested, endpoint.error = None, exc
+            log.warning(
+                "enclave attestation failed",
+                extra={
+                    "route": self.route_name,
+                    "endpoint": endpoint.address,
+                    "code": str(exc.code),
+                    "detail": exc.detail,
+                },
+            )
+
+    async def refresh(self) -> None:
+        """Re-attest every endpoint with a fresh nonce."""
+        await asyncio.gather(*(self._attest(e) for e in list(self.endpoints.values())))
+
+    def _suspect(self, endpoint: Endpoint) -> None:
+        """The enclave stopped answering: distrust it now, re-attest in the background."""
+        endpoint.attested = None
+        endpoint.error = CmcpError(Code.TEE_UNAVAILABLE, "enclave stopped answering")
+        if endpoint.reattest is None or endpoint.reattest.done():
+            endpoint.reattest = asyncio.get_running_loop().create_task(self._attest(endpoint))
+
+    def attested(self) -> list[Endpoint]:
+        return [e for e in self.endpoints.values() if e.attested is not None]
+
+    # --- session pinning ------------------------------------------------------------------
+    def pick(self, session_id: str) -> Pin:
+        candidates = (e.attested for e in self.endpoints.values() if e.attested is not None)
+        return pinning.pick(session_id, candidates, self.route_name)
+
+    def resolve(self, pin: Pin) -> tuple[Endpoint, AttestedEnclave]:
+        endpoint = self.endpoints.get(pin.address)
+        attested = endpoint.attested if endpoint is not None else None
+        if endpoint is None or attested is None or attested.kid != pin.kid:
+            raise pinning.session_lost()
+        return endpoint, attested
+
+    # --- calls ----------------------------------------------------------------------------
+    async def _rpc(self, endpoint: Endpoint, name: str, request: Any) -> Any:
+        """One unary call; an enclave that does not answer is suspected (see :meth:`_suspect`)."""
+        return await enclave_rpc.unary(
+            endpoint.stub, name, request, self.decide_timeout, functools.partial(self._suspect, endpoint)
+        )
+
+    async def _send_alone(self, endpoint: Endpoint, request: Any) -> None:
+        """One outcome as its own Complete. A failure here leaves the endpoint's state to the
+        agent-facing calls, which then fail with their own code."""
+        if self.endpoints.get(endpoint.address) is not endpoint:
+            raise pinning.session_lost()
+        await enclave_rpc.unary(endpoint.stub, "Complete", request, self.decide_timeout, None)
+
+    def report(self, pin: Pin, session_id: str, call_id: str, result: Any, error_code: str) -> None:
+        """Queue an allowed call's outcome for the pinned enclave (cheap: digests come later)."""
+        endpoint = self.endpoints.get(pin.address)
+        if endpoint is None:
+            outcome_lost(session_id, call_id, Code.SESSION_LOST)
+            return
+        endpoint.outcomes.report(session_id, call_id, result, error_code)
+
+    async def flush(self) -> None:
+        """Send every queued outcome now and wait for all of them (shutdown)."""
+        for endpoint in list(self.endpoints.values()):
+            endpoint.outcomes.flush_now()
+            await endpoint.outcomes.settle()
+
+    async def decide(
+        self,
+        pin: Pin,
+        *,
+        session_id: str,
+        call_id: str,
+        principal: str,
+        method: str,
+        tool: str,
+        arguments_json: bytes,
+        args_digest: str,
+        audience: str,
+    ) -> Decision:
+        """Ask the pinned enclave and verify its signed answer echoes exactly this call."""
+        endpoint, attested = self.resolve(pin)
+        request = enclave_pb2.DecideRequest(
+            session_id=session_id,
+            call_id=call_id,
+            principal=principal,
+            method=method,
+            tool=tool,
+            arguments_json=arguments_json,
+            arguments_digest=args_digest,
+            audience=audience,
+        )
+        queue = endpoint.outcomes
+        carried = queue.take() if queue.carries is not False else []
+        if carried:
+            request.completes.extend(carried)
+        try:
+            if request.ByteSize() > STREAM_MESSAGE_MAX:
+                resp = await self._rpc(endpoint, "Decide", request)
+            else:
+                resp = await endpoint.decisions.decide(request)
+        except CmcpError as exc:
+            if exc.code is Code.TEE_UNAVAILABLE:  # not known to have arrived
+                queue.requeue(carried)
+            raise
+        queue.acknowledged(carried, resp.completes_handled)
+        document = verify_decision(
+            resp.decision_json,
+            resp.signature,
+            attested.key,
+            expected={
+                "session_id": session_id,
+                "call_id": call_id,
+                "principal": principal,
+                "method": method,
+                "tool": tool,
+                "args_digest": args_digest,
+                "audience": audience,
+                "bundle_hash": attested.bundle_hash,
+            },
+        )
+        if document["effective"] == "allow" and not resp.permit:
+            raise CmcpError(Code.DECISION_UNVERIFIED, "an allow without a permit")
+        return Decision(document, bytes(resp.decision_json), bytes(resp.signature), resp.permit)
+
+    async def complete(self, pin: Pin, request: Any) -> None:
+        endpoint, _ = self.resolve(pin)
+        await self._rpc(endpoint, "Complete", request)
+
+    async def list_tools(self, pin: Pin, session_id: str, principal: str) -> list[str]:
+        endpoint, _ = self.resolve(pin)
+        resp = await self._rpc(
+            endpoint,
+            "ListTools",
+            enclave_pb2.ListToolsRequest(session_id=session_id, principal=principal),
+        )
+        return list(resp.tools)
+
+    async def close_session(self, pin: Pin, session_id: str, reason: str) -> Any:
+        """Close at the enclave, after every outcome queued so far is recorded (carried along)."""
+        endpoint, _ = self.resolve(pin)
+        if endpoint.outcomes.carries is not True:  # not known to take them along: send them first
+            endpoint.outcomes.flush_now()
+        await endpoint.outcomes.settle()
+        endpoint, _ = self.resolve(pin)
+        queue = endpoint.outcomes
+        request = enclave_pb2.CloseSessionRequest(session_id=session_id, reason=reason)
+        carried = queue.take(None) if queue.carries is True else []
+        if carried:
+            request.completes.extend(carried)
+        try:
+            resp = await self._rpc(endpoint, "CloseSession", request)
+        except CmcpError as exc:
+            if exc.code is Code.TEE_UNAVAILABLE:
+                queue.requeue(carried)
+            raise
+        queue.closed_without(carried, resp.completes_handled)
+        return resp
+
+    async def close(self) -> None:
+        await self.flush()
+        for address in list(self.endpoints):
+            await self._drop(address)
+
+
+class Refresher:
+    """Periodic jobs: re-attestation, endpoint discovery and idle-session reaping."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.jobs: list[Callable[[], Awaitable[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            for job in self.jobs:
+                try:
+                    await job()
+                except Exception:
+                    log.exception("enclave refresh failed")
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._task = None

@@ -1,0 +1,156 @@
+"""The calls the enclave gates: ``tools/list`` filtered by it, and the ``tools/call`` pipeline.
+
+Per ``tools/call``: the session's pinned, attested enclave ``Decide`` -> verify the signed
+decision echoes this exact call (in :meth:`EnclavePool.decide`) -> forward ``name`` +
+``arguments`` with the permit -> relay the upstream's result verbatim -> report the outcome
+(queued, after the answer). Every failure on the decision path answers a coded JSON-RPC error
+and forwards nothing; per-call outcomes travel as JSON-RPC errors with HTTP 200.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from cmcp_core.digest import b64url
+from cmcp_core.errors import CmcpError, Code
+from cmcp_core.permit import PERMIT_HEADER
+from cmcp_core.tool_call import args_digest, tool_call_target
+from cmcp_gateway import jsonrpc
+from cmcp_gateway.enclave_pool import Decision
+from cmcp_gateway.jsonrpc import FailedRequest
+from cmcp_gateway.metrics import DECISION_SECONDS, UPSTREAM_SECONDS
+from cmcp_gateway.routes import RouteRuntime
+from cmcp_gateway.sessions import McpSession
+from cmcp_gateway.transport import Response
+
+log = logging.getLogger("cmcp.gateway")
+
+
+async def list_tools(runtime: RouteRuntime, session: McpSession) -> dict[str, Any]:
+    """The upstream's tools, only those the enclave lets this session's agent see."""
+    allowed = set(await runtime.pool.list_tools(session.pin, session.id, session.agent))
+    tools = await runtime.upstream_tools()
+    return {"tools": [t for t in tools if isinstance(t, dict) and t.get("name") in allowed]}
+
+
+async def call_tool(
+    runtime: RouteRuntime, session: McpSession, request_id: str | int, params: dict[str, Any]
+) -> Any:
+    """The upstream's result for an allowed call; ``FailedRequest`` for a denied or refused one."""
+    tool, arguments = tool_call_target(params)
+    digest = args_digest(arguments)
+    call_id = uuid.uuid4().hex
+    route = runtime.config
+    started = time.perf_counter()
+    decision = await runtime.pool.decide(
+        session.pin,
+        session_id=session.id,
+        call_id=call_id,
+        principal=session.agent,
+        method="tools/call",
+        tool=tool,
+        arguments_json=orjson.dumps(arguments),
+        args_digest=digest,
+        audience=route.audience,
+    )
+    DECISION_SECONDS.observe(time.perf_counter() - started)
+    doc = decision.document
+    ids = {"call_id": call_id, "session_id": session.id}
+    if doc["effective"] != "allow":
+        code = _decision_code(doc)
+        log.info(
+            "call denied",
+            extra={**ids, "agent": session.agent, "tool": tool, "args_digest": digest, "code": str(code)},
+        )
+        raise FailedRequest(
+            Response(
+                jsonrpc.error_body(
+                    request_id,
+                    code,
+                    f"denied by policy: {doc['reason_code']}",
+                    {**ids, "decision": _signed(decision)},
+                    rpc_code=-32000,
+                ),
+                media_type=jsonrpc.JSON,
+            ),
+            str(code),
+        )
+    advisory = doc["decision"] == "deny"
+    upstream_started = time.perf_counter()
+    try:
+        message = await runtime.upstream.request(
+            "tools/call", {"name": tool, "arguments": arguments}, {PERMIT_HEADER: decision.permit}
+        )
+    except CmcpError as exc:
+        _report_later(runtime, session, call_id, None, str(exc.code))
+        raise
+    UPSTREAM_SECONDS.observe(time.perf_counter() - upstream_started)
+    if "error" in message:
+        raw_error = message["error"]
+        error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+        raw_data = error.get("data")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+        # A guard refusal carries our registered code; any other error is the tool server's own.
+        upstream_code = str(data.get("error_code") or f"jsonrpc:{error.get('code')}")
+        _report_later(runtime, session, call_id, None, upstream_code)
+        log.warning("upstream refused call", extra={**ids, "tool": tool, "code": upstream_code})
+        body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {**error, "data": {**data, **ids}}})
+        raise FailedRequest(Response(body, media_type=jsonrpc.JSON), upstream_code)
+    result = message.get("result")
+    _report_later(runtime, session, call_id, result, "")
+    if advisory and isinstance(result, dict):
+        raw_meta = result.get("_meta")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+        result["_meta"] = {
+            **meta,
+            "cmcp": {
+                "would_have_denied": True,
+                "reason_code": doc["reason_code"],
+                "mode": doc["mode"],
+                "call_id": call_id,
+            },
+        }
+    if not (advisory and doc["mode"] == "silent"):
+        log.info(
+            "call forwarded",
+            extra={
+                **ids,
+                "agent": session.agent,
+                "tool": tool,
+                "args_digest": digest,
+                "would_have_denied": advisory,
+            },
+        )
+    return result
+
+
+def _report_later(
+    runtime: RouteRuntime, session: McpSession, call_id: str, result: Any, error_code: str
+) -> None:
+    """Report the outcome after answering: the decision is already in the chain.
+
+    Queued at the pool; it rides on the next Decide or the CloseSession to that enclave
+    (or goes alone shortly after), see :mod:`cmcp_gateway.outcomes`.
+    """
+    runtime.pool.report(session.pin, session.id, call_id, result, error_code)
+
+
+def _decision_code(doc: dict[str, Any]) -> Code:
+    try:
+        return Code(doc["reason_code"])
+    except ValueError:
+        return Code.POLICY_DENY
+
+
+def _signed(decision: Decision) -> dict[str, str]:
+    """The enclave's decision as signed bytes, so the agent (or an auditor) can re-verify it."""
+    return {
+        "document": decision.decision_json.decode(),
+        "signature": b64url(decision.signature),
+        "kid": str(decision.document["kid"]),
+    }

@@ -1,0 +1,225 @@
+"""MCP over streamable HTTP, one request at a time: identity, limits, JSON-RPC, method dispatch.
+
+Front-door rejections (credential, limits, parse, unknown session) answer at the HTTP status
+the registry gives their code; per-call outcomes travel as JSON-RPC errors with HTTP 200. The
+handshake (``initialize``, or 2026-07-28's ``server/discover``) and ``ping`` are answered
+here; ``tools/list`` and ``tools/call`` go to :mod:`cmcp_gateway.pipeline`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+
+from cmcp_core.errors import REGISTRY, CmcpError, Code
+from cmcp_gateway import jsonrpc, pipeline
+from cmcp_gateway.auth import TokenStore, authenticate
+from cmcp_gateway.config import GatewayLimits
+from cmcp_gateway.jsonrpc import FailedRequest
+from cmcp_gateway.limits import ConcurrencyLimiter, check_shape
+from cmcp_gateway.metrics import REQUEST_SECONDS, REQUESTS
+from cmcp_gateway.routes import RouteRuntime, route_for
+from cmcp_gateway.sessions import McpSession, SessionTable
+from cmcp_gateway.transport import HttpRequest, Response
+from cmcp_gateway.upstream import MODERN
+
+log = logging.getLogger("cmcp.gateway")
+SERVER_INFO = {"name": "cmcp-gateway", "version": "0.1.0"}
+CAPABILITIES = {"tools": {"listChanged": False}}
+SESSION_HEADER = "mcp-session-id"
+
+
+def _payload_hash(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+class McpHandler:
+    """Answers one HTTP request on a route's MCP endpoint (the :class:`~transport.AsgiFront` handler)."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, RouteRuntime],
+        sessions: SessionTable,
+        tokens: TokenStore | None,
+        limits: GatewayLimits,
+        limiter: ConcurrencyLimiter,
+    ) -> None:
+        self.routes = routes  # filled at start-up
+        self.sessions = sessions
+        self.tokens = tokens
+        self.limits = limits
+        self.limiter = limiter
+
+    async def handle(self, request: HttpRequest) -> Response:
+        started = time.perf_counter()
+        try:
+            if request.method == "GET":
+                # No server-initiated stream is offered; the spec's answer for that is 405.
+                response = _GET_NOT_OFFERED
+                code = "get_not_offered"
+            else:
+                response = await (
+                    self._delete(request) if request.method == "DELETE" else self._post(request)
+                )
+                code = "ok"
+        except FailedRequest as failed:
+            response, code = failed.response, failed.code
+        except CmcpError as exc:  # front-door errors before a JSON-RPC id is known
+            response, code = jsonrpc.error_response(None, exc.code, exc.detail), str(exc.code)
+        REQUESTS.labels(code=code).inc()
+        REQUEST_SECONDS.observe(time.perf_counter() - started)
+        return response
+
+    def _agent(self, request: HttpRequest, runtime: RouteRuntime) -> str:
+        return authenticate(request.headers, request.peer_cert, self.tokens, runtime.config.open)
+
+    def _stateful_session(self, request: HttpRequest, runtime: RouteRuntime, agent: str) -> McpSession | None:
+        session_id = request.headers.get(SESSION_HEADER)
+        if session_id is None:
+            return None
+        session = self.sessions.find(session_id)
+        if session is None or session.agent != agent or session.route != runtime.config.name:
+            # Per the spec an unknown session is 404; another agent's session is indistinguishable.
+            raise FailedRequest(
+                jsonrpc.error_response(None, Code.SESSION_CLOSED, "unknown or closed session", status=404),
+                str(Code.SESSION_CLOSED),
+            )
+        session.last_used = time.monotonic()
+        return session
+
+    async def _delete(self, request: HttpRequest) -> Response:
+        runtime = route_for(self.routes, request.path)
+        agent = self._agent(request, runtime)
+        session = self._stateful_session(request, runtime, agent)
+        if session is None:
+            return jsonrpc.error_response(None, Code.MCP_INVALID_REQUEST, "DELETE needs Mcp-Session-Id")
+        closed = await self.sessions.close(runtime, session, "client closed")
+        # MCP clients ignore the body; raw clients and auditors get the session's Trust Record.
+        return Response(orjson.dumps(closed) if closed else b"", media_type=jsonrpc.JSON)
+
+    async def _post(self, request: HttpRequest) -> Response:
+        runtime = route_for(self.routes, request.path)
+        agent = self._agent(request, runtime)
+        with self.limiter.slot(agent):
+            body = await request.body(self.limits.max_body_bytes)
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise FailedRequest(
+                    jsonrpc.error_response(
+                        None, Code.MCP_PARSE_FAILURE, "Parse error", {"payload_hash": _payload_hash(body)}
+                    ),
+                    str(Code.MCP_PARSE_FAILURE),
+                ) from None
+            check_shape(body, doc, self.limits)
+            if (
+                not isinstance(doc, dict)
+                or doc.get("jsonrpc") != "2.0"
+                or not isinstance(doc.get("method"), str)
+            ):
+                raise CmcpError(Code.MCP_INVALID_REQUEST, "expected one JSON-RPC 2.0 request object")
+            request_id = doc.get("id")
+            if "id" not in doc:
+                return Response(status=202)  # notifications (initialized, cancelled): nothing to do
+            if not (isinstance(request_id, str | int) and not isinstance(request_id, bool)):
+                raise CmcpError(Code.MCP_INVALID_REQUEST, "id must be a string or an integer")
+            params = doc.get("params")
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise CmcpError(Code.MCP_INVALID_REQUEST, "params must be an object")
+            try:
+                return await self._dispatch(request, runtime, agent, doc["method"], request_id, params)
+            except CmcpError as exc:
+                raise FailedRequest(
+                    Response(
+                        jsonrpc.error_body(request_id, exc.code, exc.detail),
+                        media_type=jsonrpc.JSON,
+                        status=200 if exc.code not in _FRONT_DOOR else REGISTRY[exc.code].http,
+                    ),
+                    str(exc.code),
+                ) from exc
+
+    async def _dispatch(
+        self,
+        request: HttpRequest,
+        runtime: RouteRuntime,
+        agent: str,
+        method: str,
+        request_id: str | int,
+        params: dict[str, Any],
+    ) -> Response:
+        modern = request.headers.get("mcp-protocol-version") == MODERN
+        if method == "initialize":
+            opened = self.sessions.open(runtime, agent, stateful=True)
+            asked = params.get("protocolVersion")
+            version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+            result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
+            log.info(
+                "session opened",
+                extra={
+                    "session_id": opened.id,
+                    "agent": agent,
+                    "route": opened.route,
+                    "enclave": opened.pin.address,
+                },
+            )
+            return self._ok(request_id, result, opened)
+        if method == "server/discover":
+            return self._ok(
+                request_id,
+                {
+                    "supportedVersions": [MODERN],
+                    "capabilities": CAPABILITIES,
+                    "resultType": "complete",
+                    "ttlMs": 0,
+                    "cacheScope": "private",
+                    "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
+                },
+                None,
+            )
+        stateful = self._stateful_session(request, runtime, agent)
+        if method == "ping":
+            return self._ok(request_id, {}, stateful)
+        if method not in ("tools/list", "tools/call"):
+            raise CmcpError(Code.METHOD_NOT_FOUND, f"method {method!r} is not offered by this gateway")
+        session = stateful if stateful is not None else self.sessions.implicit(runtime, agent)
+        session.last_used = time.monotonic()
+        try:
+            if method == "tools/list":
+                result = await pipeline.list_tools(runtime, session)
+            else:
+                result = await pipeline.call_tool(runtime, session, request_id, params)
+        except CmcpError as exc:
+            if exc.code in _SESSION_GONE and not session.stateful:
+                self.sessions.forget(session)  # the next stateless request starts a fresh implicit session
+            raise
+        if modern and isinstance(result, dict):
+            result.setdefault("resultType", "complete")
+            if method == "tools/list":  # 2026-07-28 cacheable result: per-agent, never shared
+                result.update(cacheScope="private", ttlMs=0)
+        return self._ok(request_id, result, session)
+
+    def _ok(self, request_id: str | int, result: Any, session: McpSession | None) -> Response:
+        headers = {SESSION_HEADER: session.id} if session is not None and session.stateful else None
+        return Response(jsonrpc.result_body(request_id, result), media_type=jsonrpc.JSON, headers=headers)
+
+
+_GET_NOT_OFFERED = Response(status=405, headers={"allow": "POST, DELETE"})
+_SESSION_GONE = frozenset({Code.SESSION_LOST, Code.SESSION_UNKNOWN, Code.SESSION_CLOSED})
+_FRONT_DOOR = frozenset(
+    {
+        Code.MCP_INVALID_REQUEST,
+        Code.JSON_TOO_DEEP,
+        Code.STRING_TOO_LONG,
+        Code.BODY_TOO_LARGE,
+        Code.UNAUTHENTICATED,
+        Code.TOO_MANY_CONCURRENT,
+    }
+)

@@ -1,0 +1,120 @@
+"""The gateway's MCP session table: open, look up, forget, close at the enclave, reap when idle.
+
+A stateful session is opened by ``initialize`` and named by ``Mcp-Session-Id``; stateless
+requests (2026-07-28 clients, or no ``Mcp-Session-Id``) share one implicit session per agent
+and route. Each session is pinned to one enclave, which holds its audit chain; closing it
+there returns the session's signed Trust Record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cmcp_core.digest import tagged_sha256
+from cmcp_core.errors import CmcpError, Code
+from cmcp_gateway.pinning import Pin
+from cmcp_gateway.routes import RouteRuntime
+
+log = logging.getLogger("cmcp.gateway")
+
+
+@dataclass
+class McpSession:
+    id: str
+    agent: str
+    route: str
+    pin: Pin
+    stateful: bool
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class SessionTable(Mapping[str, McpSession]):
+    """Open sessions by id (a read-only mapping; changed only through the methods)."""
+
+    def __init__(self, max_sessions: int, idle_seconds: float, trust_record_dir: str | None) -> None:
+        self.max_sessions = max_sessions
+        self.idle_seconds = idle_seconds
+        self.trust_record_dir = trust_record_dir  # untrusted storage is fine: the record is signed
+        self._by_id: dict[str, McpSession] = {}
+        self._implicit: dict[tuple[str, str], str] = {}  # (route, agent) -> session id
+
+    def __getitem__(self, session_id: str) -> McpSession:
+        return self._by_id[session_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def find(self, session_id: str | None) -> McpSession | None:
+        """The open session named ``session_id``, if any (a plain dict lookup: the hot path)."""
+        return self._by_id.get(session_id) if session_id else None
+
+    def open(self, runtime: RouteRuntime, agent: str, stateful: bool) -> McpSession:
+        if len(self._by_id) >= self.max_sessions:
+            raise CmcpError(Code.SESSION_LIMIT, "the gateway holds its maximum of sessions")
+        session_id = uuid.uuid4().hex
+        session = McpSession(session_id, agent, runtime.config.name, runtime.pool.pick(session_id), stateful)
+        self._by_id[session_id] = session
+        return session
+
+    def implicit(self, runtime: RouteRuntime, agent: str) -> McpSession:
+        """Stateless requests (2026-07-28 clients, or no Mcp-Session-Id) share one per-agent session."""
+        key = (runtime.config.name, agent)
+        session = self.find(self._implicit.get(key))
+        if session is None:
+            session = self.open(runtime, agent, stateful=False)
+            self._implicit[key] = session.id
+        return session
+
+    def forget(self, session: McpSession) -> None:
+        self._by_id.pop(session.id, None)
+        key = (session.route, session.agent)
+        if self._implicit.get(key) == session.id:
+            del self._implicit[key]
+
+    async def close(self, runtime: RouteRuntime, session: McpSession, reason: str) -> dict[str, Any] | None:
+        """Close at the enclave; returns the session's signed Trust Record summary (None on failure)."""
+        self.forget(session)
+        try:  # close_session carries the queued outcomes first: the Trust Record covers every call
+            resp = await runtime.pool.close_session(session.pin, session.id, reason)
+        except CmcpError as exc:
+            log.warning("session close failed", extra={"session_id": session.id, "code": str(exc.code)})
+            return None
+        record = bytes(resp.trust_record_json)
+        if self.trust_record_dir:
+            path = Path(self.trust_record_dir, f"{session.id}.json")
+            await asyncio.to_thread(path.write_bytes, record)
+        log.info(
+            "session closed",
+            extra={
+                "session_id": session.id,
+                "chain_tip": resp.chain_tip,
+                "entries": resp.entries,
+                "reason": reason,
+                "trust_record_digest": tagged_sha256(record),
+            },
+        )
+        return {
+            "session_id": session.id,
+            "chain_tip": resp.chain_tip,
+            "entries": resp.entries,
+            "trust_record": orjson.loads(record) if record else None,
+        }
+
+    async def reap_idle(self, routes: Iterable[RouteRuntime]) -> None:
+        """Close every session unused for ``idle_seconds``."""
+        horizon = time.monotonic() - self.idle_seconds
+        by_name = {r.config.name: r for r in routes}
+        for session in [s for s in self._by_id.values() if s.last_used < horizon]:
+            await self.close(by_name[session.route], session, "idle")

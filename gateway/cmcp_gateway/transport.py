@@ -1,0 +1,136 @@
+"""The gateway's HTTP front, a bare ASGI 3 app: exact-path routing, lifespan, headers, body, answers.
+
+It knows HTTP and nothing of MCP: a request on a served path with an offered method goes to
+one handler, which returns one complete :class:`Response` (the gateway never streams). It
+runs on uvicorn (httptools) like any ASGI 3 app. Why not Starlette:
+docs/adr/0001-bare-asgi-front.md.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.types import Receive, Scope, Send
+
+from cmcp_core.asgi import ClientGone, read_body
+from cmcp_gateway.auth import PEER_CERT_STATE
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One complete HTTP answer: the gateway never streams, so a status and one body suffice.
+
+    Sent as ``http.response.start`` (``headers`` first, then content-length and content-type,
+    the order Starlette's ``Response`` used) and a single ``http.response.body``. Header names
+    in ``headers`` must be lower-case, as ASGI requires.
+    """
+
+    body: bytes = b""
+    status: int = 200
+    media_type: str | None = None
+    headers: Mapping[str, str] | None = None
+
+    async def send(self, send: Send) -> None:
+        extra = self.headers or {}
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        raw.append((b"content-length", str(len(self.body)).encode("latin-1")))
+        if self.media_type is not None:
+            raw.append((b"content-type", self.media_type.encode("latin-1")))
+        await send({"type": "http.response.start", "status": self.status, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    """What the gateway reads from an ASGI HTTP scope, and the channel its body arrives on."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names; the first of repeated headers wins
+    peer_cert: dict[str, Any] | None  # put there by auth.PeerCertHttpToolsProtocol (mTLS)
+    receive: Receive
+
+    @classmethod
+    def from_scope(cls, scope: Scope, receive: Receive) -> HttpRequest:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+        peer = scope.get("state", {}).get(PEER_CERT_STATE)
+        return cls(scope["method"], scope["path"], headers, peer, receive)
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body (``BODY_TOO_LARGE`` past ``limit``); ``ClientGone`` if the client left."""
+        return await read_body(self.receive, limit, self.headers.get("content-length"))
+
+
+Handler = Callable[[HttpRequest], Awaitable[Response]]
+
+
+class Lifespan(Protocol):
+    """What runs before the first request is served and after the last."""
+
+    async def startup(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class AsgiFront:
+    """ASGI 3: HTTP requests by exact path, and the server's lifespan."""
+
+    def __init__(self, paths: Iterable[str], handle: Handler, lifespan: Lifespan) -> None:
+        self._paths = frozenset(paths)
+        self._handle = handle
+        self._lifespan = lifespan
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._run_lifespan(receive, send)
+        else:  # websocket: nothing is offered (what Starlette's router answered too)
+            await send({"type": "websocket.close", "code": 1000, "reason": ""})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Exact path, then method (as Starlette's router did); a client gone mid-body gets nothing."""
+        if scope["path"] not in self._paths:
+            response = _NOT_FOUND
+        elif scope["method"] not in _METHODS:
+            response = _METHOD_NOT_ALLOWED
+        else:
+            try:
+                response = await self._handle(HttpRequest.from_scope(scope, receive))
+            except ClientGone:
+                return
+        await response.send(send)
+
+    async def _run_lifespan(self, receive: Receive, send: Send) -> None:
+        """Start before serving, stop after (ASGI lifespan).
+
+        A failure is reported as ``*.failed`` with the traceback (uvicorn logs it and exits), not
+        raised. A failed start-up is not shut down, as under Starlette's lifespan context.
+        """
+        await receive()  # lifespan.startup
+        try:
+            await self._lifespan.startup()
+        except Exception:
+            await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await self._lifespan.shutdown()
+        except Exception:
+            await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+_METHODS = frozenset({"GET", "POST", "DELETE"})
+# The bodies Starlette answered. Unlike its router: no 307 from /mcp/ to /mcp (404), HEAD is 405
+# (Starlette passed it on to the handler as if a POST) and allow names only what is served.
+_NOT_FOUND = Response(b"Not Found", 404, "text/plain; charset=utf-8")
+_METHOD_NOT_ALLOWED = Response(
+    b"Method Not Allowed", 405, "text/plain; charset=utf-8", {"allow": "POST, DELETE"}
+)
