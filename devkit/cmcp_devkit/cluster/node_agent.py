@@ -50,7 +50,6 @@ from typing import Any
 
 import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cmcp_core import initdata
 
@@ -826,6 +825,10 @@ class PodWorker:
         return False
 
     async def _grpc_probe(self, c: ContainerRun, spec: Obj, deadline: float) -> bool:
+        # grpcio-health-checking comes with cmcp-enclave, not with the dev kit's own dependencies:
+        # only a pod with a gRPC probe (an enclave pod, so cmcp-enclave is installed) needs it.
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
         async with grpc.aio.insecure_channel(f"{self.ip}:{int(spec['port'])}") as ch:
             try:
                 resp = await health_pb2_grpc.HealthStub(ch).Check(
