@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
+from cmcp_core.crd import GROUP
 from cmcp_ctl import demo_cmd
 from cmcp_ctl.demo_cmd import AGENT, AUDIENCE, ROUTE, Console, DemoFailure, Run
 
@@ -64,7 +65,6 @@ GUARD_SA = "cmcp-demo-guard"  # the upstream pod's identity: get on the followed
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKENS_SECRET = "cmcp-gateway-tokens"  # noqa: S105 - a Secret's name; the chart's default gateway.auth.existingSecret
 WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"  # fixed by the operator: one release per cluster
-GROUP = "cmcp.dev"
 MCP_PORT, GUARD_PORT, TAP_PORT = 9001, 8443, 8000  # upstream pod's containers (bound to the pod IP)
 GATEWAY_PORT = 8080  # the chart's gateway.port default
 WAIT = 180.0  # seconds for each slow step (pods start, enclave attested, rollout)

@@ -28,9 +28,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-GROUP = "cmcp.dev"
-VERSION = "v1alpha1"
-PLURAL = "mcproutes"
+from cmcp_core.crd import GROUP as GROUP
+from cmcp_core.crd import ROUTE_PLURAL
+from cmcp_core.crd import VERSION as VERSION
+
+PLURAL = ROUTE_PLURAL
 DEFAULT_PORT = 50051
 
 
