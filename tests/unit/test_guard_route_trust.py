@@ -15,7 +15,8 @@ from aiohttp import web
 
 from cmcp_core.attestation import AttestPolicy
 from cmcp_core.permit import PERMIT_HEADER
-from cmcp_core.route_status import McpRouteSource, RouteRef, _load_configuration, endpoints_from_status
+from cmcp_core.route_source import McpRouteSource, _load_configuration
+from cmcp_core.route_status import RouteRef, endpoints_from_status
 from cmcp_guard.main import build_guard, main
 from cmcp_guard.trust import TrustStore
 from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
