@@ -9,19 +9,19 @@ setup:
 demo: setup
 	$(VENV)/cmcpctl demo --out demo-out
 
-# The same story on the local control plane (tests/e2e harness): helm install + kubectl apply.
+# The same story on the dev kit's local control plane (cmcp_devkit.cluster): helm install + kubectl apply.
 # The cluster is stopped afterwards (also after a failure or Ctrl-C); the demo's exit code is kept.
 demo-cluster: k8s-binaries
-	@$(VENV)/python -m tests.e2e.cluster up || exit 1; \
-	trap '$(VENV)/python -m tests.e2e.cluster down' EXIT; trap 'exit 130' INT TERM; \
-	tools="$$($(VENV)/python -m tests.e2e.binaries)"; \
+	@$(VENV)/python -m cmcp_devkit.cluster up || exit 1; \
+	trap '$(VENV)/python -m cmcp_devkit.cluster down' EXIT; trap 'exit 130' INT TERM; \
+	tools="$$($(VENV)/python -m cmcp_devkit.cluster.binaries)"; \
 	$(VENV)/cmcpctl demo --cluster --out demo-cluster-out \
-	  --kubeconfig "$$($(VENV)/python -m tests.e2e.cluster kubeconfig)" \
+	  --kubeconfig "$$($(VENV)/python -m cmcp_devkit.cluster kubeconfig)" \
 	  --helm "$$(echo "$$tools" | sed -n 's/^helm=//p')" \
 	  --kubectl "$$(echo "$$tools" | sed -n 's/^kubectl=//p')"
 
 k8s-binaries: setup
-	$(VENV)/python -m tests.e2e.binaries
+	$(VENV)/python -m cmcp_devkit.cluster.binaries
 
 lint: setup
 	$(VENV)/ruff check .

@@ -34,8 +34,9 @@ from bench.common import RESULTS_DIR, machine_description, summarize, utc_now, w
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_devkit.enclave import inprocess_enclave, start_enclave
-from cmcp_enclave.core import Enclave, Limits
+from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.engine import SessionView
+from cmcp_enclave.sessions import EnclaveLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "examples" / "realistic"
@@ -69,7 +70,7 @@ def make_bundle(dest: Path, policies: int, style: str = "scoped") -> Path:
     return dest
 
 
-def _inprocess(bundle: Path, work: Path, limits: Limits | None = None) -> Enclave:
+def _inprocess(bundle: Path, work: Path, limits: EnclaveLimits | None = None) -> Enclave:
     return inprocess_enclave(bundle, work, audience=AUDIENCE, limits=limits)
 
 
@@ -154,8 +155,8 @@ def bench_memory(bundle: Path, work: Path, sessions: int) -> dict[str, Any]:
     out: dict[str, Any] = {"sessions": sessions}
     tool, args = CALLS[0]
     raw, digest = json.dumps(args).encode(), json_digest(args)
-    for label, ring in (("state_only", 0), ("with_audit_ring", Limits().audit_ring)):
-        enc = _inprocess(bundle, work / label, Limits(max_sessions=sessions + 1, audit_ring=ring))
+    for label, ring in (("state_only", 0), ("with_audit_ring", EnclaveLimits().audit_ring)):
+        enc = _inprocess(bundle, work / label, EnclaveLimits(max_sessions=sessions + 1, audit_ring=ring))
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
         for i in range(sessions):

@@ -162,7 +162,7 @@ def overhead(seq: dict[str, loadgen.Samples]) -> dict[str, Any]:
     return out
 
 
-def timed_cpu(target: loadgen.Target, run: Coroutine[Any, Any, loadgen.Samples]) -> loadgen.Samples:
+def timed_cpu(target: loadgen.LoadTarget, run: Coroutine[Any, Any, loadgen.Samples]) -> loadgen.Samples:
     """Run ``run`` and record the CPU time each serving process and the load generator used."""
     pids = {**target.pids, "load generator": os.getpid()}
     before = procs.cpu_snapshot(pids)
@@ -178,7 +178,7 @@ def cpu_per_call(s: loadgen.Samples) -> dict[str, float]:
     return {k: v * 1000.0 / n for k, v in s.cpu_s.items()} if n else {}
 
 
-def run_sequential(targets: dict[str, loadgen.Target], plan: Plan,
+def run_sequential(targets: dict[str, loadgen.LoadTarget], plan: Plan,
                    metrics_url: str | None = None) -> tuple[dict[str, loadgen.Samples], dict[str, Any]]:
     """Interleaved sequential rounds; also our gateway's own timing histograms over its rounds."""
     seq = {name: loadgen.Samples() for name in targets}
@@ -203,7 +203,7 @@ def run_sequential(targets: dict[str, loadgen.Target], plan: Plan,
     return seq, gw
 
 
-def run_throughput(targets: dict[str, loadgen.Target], plan: Plan) -> dict[str, Any]:
+def run_throughput(targets: dict[str, loadgen.LoadTarget], plan: Plan) -> dict[str, Any]:
     per: dict[str, dict[int, list[loadgen.Samples]]] = {n: {c: [] for c in plan.thr_clients} for n in targets}
     for rnd in range(plan.thr_rounds):
         for c in plan.thr_clients:
@@ -335,7 +335,7 @@ def operator_figure(plan: Plan) -> dict[str, Any]:
 
 
 def targets_table(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """DESIGN section 9 / issue 9 acceptance targets, with measured values and margins."""
+    """The performance acceptance targets (docs/benchmarks.md "Targets"), measured, with margins."""
     rows: list[dict[str, Any]] = []
     ov = results.get("overhead", {}).get("ours")
     if ov:
@@ -418,7 +418,7 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
     work = Path(tempfile.mkdtemp(prefix="cmcp-bench-"))
     log_dir = work / "logs"
     running: list[Any] = []
-    targets: dict[str, loadgen.Target] = {}
+    targets: dict[str, loadgen.LoadTarget] = {}
     stack: ours.OursStack | None = None
     tool_def: dict[str, Any] | None = None
     paths_info: dict[str, Any] = {}
@@ -438,7 +438,7 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             running.append(up)
             procs.wait_port(up_port, timeout=60, proc=up.popen)
             up_url = f"http://127.0.0.1:{up_port}/mcp"
-            targets["direct"] = loadgen.Target("direct", up_url, pids={"upstream": up.pid})
+            targets["direct"] = loadgen.LoadTarget("direct", up_url, pids={"upstream": up.pid})
             tool_def = origin.advertised_tool(up_url)
             paths_info["direct"] = {"url": up_url, "what": "mcp SDK upstream, no gateway",
                                     "upstream": up.log_tail(1), "tool": tool_def}
@@ -463,7 +463,7 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
                 og = origin.start_gateway(vdir, origin_dir, targets["direct"].url, log_dir,
                                           name=f"{key}-gateway")
                 running.append(og)
-                targets[key] = loadgen.Target(key, f"http://127.0.0.1:{og.port}/mcp", style="origin",
+                targets[key] = loadgen.LoadTarget(key, f"http://127.0.0.1:{og.port}/mcp", style="origin",
                                               pids={"gateway": og.pid, "upstream": up.pid})
                 paths_info[key] = {"url": targets[key].url, "state": state, "state_dir": str(origin_dir),
                                    "what": f"{origin.ORIGIN_PACKAGE} {origin.ORIGIN_VERSION} "
@@ -476,7 +476,7 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             if reason is not None:
                 raise Skip(f"our gateway/enclave are not runnable yet ({reason})")
             stack = ours.start_stack(work / "ours", log_dir, tool_def=tool_def)
-            targets["ours"] = loadgen.Target("ours", stack.url, pids=stack.pids())
+            targets["ours"] = loadgen.LoadTarget("ours", stack.url, pids=stack.pids())
             paths_info["ours"] = {"url": stack.url, "pids": stack.pids(), "bundle_hash": stack.bundle_hash,
                                   "what": "cmcp-gateway -> cmcp-enclave (simulated TDX) ; "
                                           "upstream + cmcp guard middleware"}
@@ -584,7 +584,7 @@ def run_memory(plan: Plan, work: Path, log_dir: Path, tool_def: dict[str, Any] |
         stack = ours.start_stack(mem_work, log_dir, tool_def=tool_def,
                                  enclave_args=("--max-sessions", str(cap)),
                                  gateway_limits={"max_sessions": cap})
-        target = loadgen.Target("ours", stack.url)
+        target = loadgen.LoadTarget("ours", stack.url)
         # warm the path (imports, connections, caches) before the first reading
         asyncio.run(loadgen.run_sequential(target, 20, 0))
         pids = {"gateway": stack.gateway.pid, "enclave": int(stack.enclave.process.pid)}

@@ -46,7 +46,7 @@ CALLS_PER_SESSION = 10
 
 
 @dataclass
-class Target:
+class LoadTarget:
     """One path under test."""
 
     name: str
@@ -141,7 +141,7 @@ def _parse_body(resp: httpx.Response) -> dict[str, Any]:
 class Agent:
     """One simulated agent: its own connection, its own session rotation."""
 
-    def __init__(self, target: Target, gate: OriginGate | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, target: LoadTarget, gate: OriginGate | None = None, timeout: float = 30.0) -> None:
         self.target = target
         self.gate = gate
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -333,7 +333,7 @@ async def _one_call(agent: Agent, seq: int, samples: Samples | None) -> None:
         await gate.release(agent, samples)
 
 
-async def run_sequential(target: Target, calls: int, warmup: int) -> Samples:
+async def run_sequential(target: LoadTarget, calls: int, warmup: int) -> Samples:
     """One agent, one call at a time: ``warmup`` unrecorded calls then ``calls`` recorded."""
     agent = Agent(target, target.gate())
     samples = Samples()
@@ -359,7 +359,7 @@ async def run_sequential(target: Target, calls: int, warmup: int) -> Samples:
     return samples
 
 
-async def run_concurrent(target: Target, clients: int, duration_s: float, warmup_s: float) -> Samples:
+async def run_concurrent(target: LoadTarget, clients: int, duration_s: float, warmup_s: float) -> Samples:
     """``clients`` agents in a closed loop for ``warmup_s`` (unrecorded) then ``duration_s``.
 
     Throughput = calls completed inside the measured window / window length.

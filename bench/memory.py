@@ -25,7 +25,7 @@ from bench import loadgen
 from cmcp_devkit import procs
 
 
-async def open_sessions(target: loadgen.Target, count: int, workers: int = 8) -> dict[str, Any]:
+async def open_sessions(target: loadgen.LoadTarget, count: int, workers: int = 8) -> dict[str, Any]:
     """Open ``count`` sessions (initialise + one call each) and leave them open."""
     agents = [loadgen.Agent(target) for _ in range(max(1, min(workers, count)))]
     errors: list[str] = []
@@ -60,7 +60,7 @@ async def open_sessions(target: loadgen.Target, count: int, workers: int = 8) ->
             "seconds": time.perf_counter() - t0}
 
 
-def measure(target: loadgen.Target, pids: dict[str, int], points: Sequence[int],
+def measure(target: loadgen.LoadTarget, pids: dict[str, int], points: Sequence[int],
             log: Callable[[str], None] = print, settle_s: float = 1.0) -> dict[str, Any]:
     """RSS of each pid at each cumulative open-session count in ``points`` (ascending)."""
     rows: list[dict[str, Any]] = []

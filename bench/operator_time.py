@@ -1,6 +1,6 @@
 """Operator figure: time from ``kubectl apply`` of an ``McpRoute`` to attested and routed.
 
-Runs on the project's local control plane (``tests/e2e/cluster.py``: real etcd,
+Runs on the project's local control plane (``cmcp_devkit.cluster``: real etcd,
 kube-apiserver, controller-manager and scheduler; the node agent runs enclave
 pods as local processes with the simulated TEE measuring each pod's own
 initdata annotation) with ``cmcp-operator`` as its own process.
@@ -33,12 +33,14 @@ from typing import Any
 import yaml
 
 from bench.common import REPO_ROOT, Skip
+from cmcp_core.crd import API_PATH
+from cmcp_devkit.cluster.control_plane import LocalCluster, free_port
+from cmcp_devkit.cluster.kube import Kube, KubeError
 from cmcp_operator.render_bundle import bundle_manifest, dump
 
 NS = "cmcp-bench"
 BUNDLE = "bench-minimal"
 IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"
-GROUP = "/apis/cmcp.dev/v1alpha1"
 
 
 def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -67,11 +69,6 @@ def _no_pods(kube: Any, route: str) -> bool:
 
 
 def run(replicas: list[int], quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    try:  # TODO(issue 14): the control-plane harness moves to cmcp_devkit.cluster (another change)
-        from tests.e2e.cluster import LocalCluster, free_port
-        from tests.e2e.kube import Kube, KubeError
-    except ImportError as exc:
-        raise Skip(f"tests/e2e control-plane harness not importable: {exc}") from exc
     op_bin = Path(sys.executable).with_name("cmcp-operator")
     if not op_bin.exists():
         raise Skip("cmcp-operator is not installed in this environment")
@@ -120,7 +117,7 @@ def run(replicas: list[int], quick: bool = False, log: Callable[[str], None] = p
         kube.wait_for("operator webhook", webhook_ready, timeout=90, on_timeout=op_tail)
         bundle_dir = REPO_ROOT / "examples" / "minimal"
         cluster.kubectl("apply", "-f", "-", input=dump(bundle_manifest(bundle_dir, BUNDLE, NS)))
-        bundle_path = f"{GROUP}/namespaces/{NS}/policybundles/{BUNDLE}"
+        bundle_path = f"{API_PATH}/namespaces/{NS}/policybundles/{BUNDLE}"
         kube.wait_for("bundle valid", lambda: _cond(kube.get(bundle_path), "Valid").get("status") == "True",
                       timeout=60, on_timeout=op_tail)
 
@@ -139,7 +136,7 @@ def run(replicas: list[int], quick: bool = False, log: Callable[[str], None] = p
             while time.monotonic() < deadline and (attested_at is None or routed_at is None):
                 now = time.monotonic()
                 try:
-                    r = kube.get(f"{GROUP}/namespaces/{NS}/mcproutes/{name}")
+                    r = kube.get(f"{API_PATH}/namespaces/{NS}/mcproutes/{name}")
                     ready = _cond(r, "Ready")
                     if attested_at is None and ready.get("status") == "True" and \
                             (r.get("status") or {}).get("attestedReplicas") == n and \
@@ -159,7 +156,7 @@ def run(replicas: list[int], quick: bool = False, log: Callable[[str], None] = p
             }
             rows.append(row)
             log(f"   {n:>2} replicas: attested {row['attested_s']} s, routed {row['routed_s']} s")
-            kube.delete(f"{GROUP}/namespaces/{NS}/mcproutes/{name}")
+            kube.delete(f"{API_PATH}/namespaces/{NS}/mcproutes/{name}")
             kube.wait_for("route pods gone", functools.partial(_no_pods, kube, name), timeout=120)
     finally:
         if op is not None and op.poll() is None:
@@ -170,7 +167,7 @@ def run(replicas: list[int], quick: bool = False, log: Callable[[str], None] = p
                 op.kill()
         kube.close()
         cluster.stop()
-    out["note"] = ("local control plane (tests/e2e), simulated TDX nodes; 'seconds' = kubectl apply of the "
-                   "McpRoute until both attestedReplicas == replicas (Ready) and that many ready "
-                   "EndpointSlice addresses; cluster start-up excluded")
+    out["note"] = ("local control plane (cmcp_devkit.cluster), simulated TDX nodes; 'seconds' = kubectl "
+                   "apply of the McpRoute until both attestedReplicas == replicas (Ready) and that many "
+                   "ready EndpointSlice addresses; cluster start-up excluded")
     return out

@@ -9,9 +9,9 @@ Topology (all 127.0.0.1)::
 * The bundle is generated: native request model, ``enforce`` mode, one allow-all
   ``permit (principal, action, resource);`` (the same policy text as the origin's
   minimal bundle) and a catalog with the benchmark tool.
-* The enclave is started with ``tests/helpers/enclave_proc.py`` (the launcher
+* The enclave is started with :mod:`cmcp_devkit.enclave` (the launcher
   measures the initdata into the simulated MRCONFIGID, as an honest node does).
-* The guarded upstream is a second ``bench.upstream`` process with
+* The guarded upstream is a second :mod:`cmcp_devkit.upstream` (``bench`` profile) process with
   ``--guard-audience``; the guard attests the enclave itself.
 * The gateway gets a one-route config (``open: true`` route, so no agent token,
   like the origin in dev mode; ``allow_simulated: true``).

@@ -118,7 +118,7 @@ def run(work: Path, log_dir: Path, *, tool_def: dict[str, Any] | None, seconds: 
     stack = ours.start_stack(work, log_dir, tool_def=tool_def, gateway_argv_prefix=prefix("gateway"),
                              enclave_argv_prefix=prefix("enclave"))
     try:
-        target = loadgen.Target("ours", stack.url)
+        target = loadgen.LoadTarget("ours", stack.url)
         s = asyncio.run(loadgen.run_concurrent(target, clients, seconds, 1.0))
         log(f"   profiled load: {s.calls / s.wall_s if s.wall_s else 0:.1f} calls/s (profilers on), "
             f"errors {s.errors}")

@@ -634,7 +634,7 @@ def render_markdown(res: dict[str, Any], plots: dict[str, str], img_rel: str) ->
             add("")
 
     tg = res.get("targets", [])
-    add("## Targets (DESIGN section 9 / issue 9), this run")
+    add("## Targets (the performance acceptance targets; each row names its limit), this run")
     add("")
     if tg:
         add("| target | measured | met | margin |")

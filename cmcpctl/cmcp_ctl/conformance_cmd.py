@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
 
 def _remote_target(args: argparse.Namespace) -> Any:
     from cmcp_conformance import cluster
-    from cmcp_conformance.target import Target
+    from cmcp_conformance.target import TargetDeployment
     from cmcp_core.route_status import RouteRef
 
     route: dict[str, Any] | None = None
@@ -90,7 +90,7 @@ def _remote_target(args: argparse.Namespace) -> Any:
                 notes.append("route status lists no attested enclave address")
         audience = audience or cluster.route_audience(route)
     status = (route or {}).get("status") or {}
-    target = Target(
+    target = TargetDeployment(
         name="cluster",
         mcp_url=args.target,
         token=args.token,

@@ -10,7 +10,7 @@ component is deployed the way a platform team would:
    own renderer (:func:`cmcp_operator.render_bundle.bundle_manifest`) and of an ``McpRoute``
    (``tee: simulated``); the operator starts the enclave pod and attests it, and the demo waits
    for ``status.pods[].attested``;
-3. a guarded upstream pod: the demo's ``mcp`` SDK server (:mod:`cmcp_ctl.demo_upstream`), the
+3. a guarded upstream pod: the dev kit's ``mcp`` SDK server (:mod:`cmcp_devkit.upstream`, ``demo`` profile), the
    ``cmcp-guard`` proxy in front of it (``--route``: it follows the route's ``status.pods[]``
    addresses under its own ServiceAccount, allowed to ``get`` that McpRoute only, and attests
    each enclave itself) and the host's wiretap (:mod:`cmcp_ctl.demo_tap`) between gateway and
@@ -52,6 +52,7 @@ import httpx
 import yaml
 
 from cmcp_core.bundle import load_bundle
+from cmcp_core.crd import GROUP
 from cmcp_ctl import demo_story
 from cmcp_ctl.demo_story import AGENT, AUDIENCE, ROUTE, Console, DemoFailure, Run
 from cmcp_operator.render_bundle import bundle_manifest
@@ -66,7 +67,6 @@ GUARD_SA = "cmcp-demo-guard"  # the upstream pod's identity: get on the followed
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKENS_SECRET = "cmcp-gateway-tokens"  # noqa: S105 - a Secret's name; the chart's default gateway.auth.existingSecret
 WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"  # fixed by the operator: one release per cluster
-GROUP = "cmcp.dev"
 MCP_PORT, GUARD_PORT, TAP_PORT = 9001, 8443, 8000  # upstream pod's containers (bound to the pod IP)
 GATEWAY_PORT = 8080  # the chart's gateway.port default
 WAIT = 180.0  # seconds for each slow step (pods start, enclave attested, rollout)
@@ -313,8 +313,8 @@ def upstream_pod(
     bundle_hash: str,
     *,
     name: str = UPSTREAM_POD,
-    server_module: str = "cmcp_ctl.demo_upstream",
-    server_args: Sequence[str] = (),
+    server_module: str = "cmcp_devkit.upstream",
+    server_args: Sequence[str] = ("--profile", "demo"),
     more_enclaves: Sequence[tuple[str, str]] = (),
     wiretap: bool = True,
     route: str | None = None,
@@ -323,7 +323,7 @@ def upstream_pod(
     """The guarded upstream: mcp server, cmcp-guard in front, the host's wiretap in front of that.
 
     One pod, three containers from the ``cmcp-guard`` image (it carries the whole distribution,
-    so ``python -m cmcp_ctl.demo_upstream`` runs there too). The mcp server listens on loopback
+    so ``python -m cmcp_devkit.upstream`` runs there too). The mcp server listens on loopback
     only: nothing outside the pod reaches it except through the guard (and the SDK's DNS-rebinding
     protection, on for a loopback server, accepts the guard's ``Host: 127.0.0.1``). Guard and
     wiretap bind the pod IP. Its ``GET /calls`` counter is read through the guard, which relays
@@ -482,9 +482,9 @@ class ClusterDemo:
 
     def run(self) -> Run:
         """Sections 1-4; the cluster is cleaned up before this returns or raises (unless --keep)."""
-        # grpc and protobuf (under Target) load here, not at start-up: every cmcpctl command
-        # imports this module (``demo --cluster``'s flags) and would pay for them.
-        from cmcp_conformance.target import Target
+        # grpc and protobuf (under TargetDeployment) load here, not at start-up: every cmcpctl
+        # command imports this module (``demo --cluster``'s flags) and would pay for them.
+        from cmcp_conformance.target import TargetDeployment
 
         run = Run(out=self.out)
         console = self.console
@@ -506,7 +506,7 @@ class ClusterDemo:
             self._start_upstream(enclave, run.bundle_hash)
             gateway = self._add_gateway()
             pod_ip = self.endpoints["upstream"]
-            target = Target(
+            target = TargetDeployment(
                 name="cluster",
                 mcp_url=f"{gateway}/mcp/{ROUTE}",
                 token=self.token,
@@ -741,7 +741,7 @@ class ClusterDemo:
                 f"the pod {name} to be Ready",
                 lambda: self._pod_ready(self.tools.get("pod", name, self.ns)),
                 WAIT,
-                self.hint(f"image {image} must run cmcp-guard and ship cmcp_ctl (guard/Dockerfile)"),
+                self.hint(f"image {image} must run cmcp-guard and ship cmcp_devkit (guard/Dockerfile)"),
             )
         self.endpoints["upstream"] = str(pod["status"]["podIP"])
 

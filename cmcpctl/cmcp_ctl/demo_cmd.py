@@ -103,9 +103,9 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
     stopped before this returns or raises: a demo must not leave servers behind.
     """
 
-    # grpc and protobuf (under Target) load here, not at start-up: every cmcpctl command imports
-    # this module to register ``demo`` and would pay for them.
-    from cmcp_conformance.target import Target
+    # grpc and protobuf (under TargetDeployment) load here, not at start-up: every cmcpctl command
+    # imports this module to register ``demo`` and would pay for them.
+    from cmcp_conformance.target import TargetDeployment
 
     run = Run(out=out)
     workdir = out / "run"
@@ -151,7 +151,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
                 "`pip install -e .` if a console script is missing",
             ) from exc
         handle = deployment.enclaves[ROUTE]
-        target = Target(
+        target = TargetDeployment(
             name="demo",
             mcp_url=f"{deployment.gateway_url}/mcp/{ROUTE}",
             token=deployment.token,

@@ -556,7 +556,7 @@ def tell_story(console: Console, run: Run, target: Any, upstream_url: str, tap_b
 
     Why a function of its own: the local launcher and ``cmcpctl demo --cluster`` must tell exactly
     the same story and check exactly the same outcomes; only how the parts are deployed differs.
-    ``target`` is a :class:`cmcp_conformance.target.Target` (gateway route, agent token, enclave
+    ``target`` is a :class:`cmcp_conformance.target.TargetDeployment` (gateway route, agent token, enclave
     address, upstream counter); ``upstream_url`` is the guarded upstream the host calls directly and
     ``tap_base`` the wiretap whose captured permits it replays. Files go to ``run.out``.
     """

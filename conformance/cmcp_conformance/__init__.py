@@ -1,4 +1,5 @@
-"""cMCP conformance suite: per-ID checks of a deployment against DESIGN.md section 7.
+"""cMCP conformance suite: per-ID checks of a deployment against the catalogue in
+conformance/README.md (the IDs in :mod:`cmcp_conformance.catalogue`).
 
 Entry points: :func:`cmcp_conformance.runner.run` (programmatic) and ``cmcpctl conformance``.
 """

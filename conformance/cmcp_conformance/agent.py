@@ -20,7 +20,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 from cmcp_core.digest import b64url_decode
 from cmcp_core.permit import PERMIT_HEADER
 
@@ -88,7 +88,9 @@ class Agent:
 
 
 @contextlib.asynccontextmanager
-async def agent(target: Target, url: str | None = None, *, token: str | None = None) -> AsyncIterator[Agent]:
+async def agent(
+    target: TargetDeployment, url: str | None = None, *, token: str | None = None
+) -> AsyncIterator[Agent]:
     """An initialised SDK session on ``url`` (default: the enforce route). The session is left open
     at the gateway on exit, so the suite can close it at the enclave and collect the Trust Record."""
     captured: dict[str, str] = {}

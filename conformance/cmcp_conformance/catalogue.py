@@ -187,7 +187,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "A session calling a tool with a non-ASCII name yields a chain and a record that "
         "verify, naming the tool exactly.",
     ),
-    # --- the enclave architecture (DESIGN.md section 7) ----------------------------------
+    # --- the enclave architecture --------------------------------------------------------
     Requirement(
         "POLICY-TEE-001",
         _M,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmcp_conformance import bundle as conformance_bundle
-from cmcp_conformance.target import LaunchResult, Profile, Target
+from cmcp_conformance.target import LaunchResult, Profile, TargetDeployment
 from cmcp_devkit.initdata import render_initdata as devkit_render_initdata
 from cmcp_devkit.stack import LaunchError, LocalStack
 
@@ -76,9 +76,9 @@ class LocalDeployment(LocalStack):
         self.start_upstream()
         self.start_gateway()
 
-    def target(self) -> Target:
+    def target(self) -> TargetDeployment:
         enforce, advisory = self.enclaves["enforce"], self.enclaves.get("advisory")
-        return Target(
+        return TargetDeployment(
             name="local",
             mcp_url=f"{self.gateway_url}/mcp/enforce",
             token=self.token,

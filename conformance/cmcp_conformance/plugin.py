@@ -17,12 +17,14 @@ from enum import StrEnum
 import pytest
 
 from cmcp_conformance import catalogue
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 
 MARKER = "conformance"
 
 
-class Outcome(StrEnum):
+class CheckResult(StrEnum):
+    """The result of one conformance test, and of a requirement ID over its tests."""
+
     PASS = "PASS"
     FAIL = "FAIL"
     SKIP = "SKIP"
@@ -31,7 +33,7 @@ class Outcome(StrEnum):
 @dataclass
 class TestResult:
     nodeid: str
-    outcome: Outcome
+    outcome: CheckResult
     reason: str = ""
 
 
@@ -41,21 +43,21 @@ class IdResult:
     tests: list[TestResult] = field(default_factory=list)
 
     @property
-    def outcome(self) -> Outcome:
+    def outcome(self) -> CheckResult:
         outcomes = {t.outcome for t in self.tests}
-        if not self.tests or Outcome.FAIL in outcomes:
-            return Outcome.FAIL
-        return Outcome.PASS if Outcome.PASS in outcomes else Outcome.SKIP
+        if not self.tests or CheckResult.FAIL in outcomes:
+            return CheckResult.FAIL
+        return CheckResult.PASS if CheckResult.PASS in outcomes else CheckResult.SKIP
 
     @property
     def reason(self) -> str:
         if not self.tests:
             return "no test collected for this ID"
-        failed = [t for t in self.tests if t.outcome is Outcome.FAIL]
+        failed = [t for t in self.tests if t.outcome is CheckResult.FAIL]
         if failed:
             return f"{_short(failed[0].nodeid)}: {failed[0].reason}"
-        skipped = [t for t in self.tests if t.outcome is Outcome.SKIP]
-        if self.outcome is Outcome.SKIP:
+        skipped = [t for t in self.tests if t.outcome is CheckResult.SKIP]
+        if self.outcome is CheckResult.SKIP:
             return skipped[0].reason
         if skipped:
             return (
@@ -86,7 +88,7 @@ def _reason(report: pytest.TestReport) -> str:
 class ConformancePlugin:
     """Registered with ``pytest.main(plugins=[...])`` by the runner; holds the target and results."""
 
-    def __init__(self, target: Target, selected: Iterable[str] | None = None) -> None:
+    def __init__(self, target: TargetDeployment, selected: Iterable[str] | None = None) -> None:
         self._target = target
         wanted = list(selected) if selected is not None else [r.id for r in catalogue.active()]
         for rid in wanted:
@@ -104,7 +106,7 @@ class ConformancePlugin:
         target = self._target
 
         @pytest.fixture(scope="session", name="target")
-        def target_fixture() -> Target:
+        def target_fixture() -> TargetDeployment:
             """The deployment under test."""
             return target
 
@@ -156,19 +158,23 @@ class ConformancePlugin:
         if report.failed:
             result = TestResult(
                 report.nodeid,
-                Outcome.FAIL,
+                CheckResult.FAIL,
                 f"{report.when}: {_reason(report)}" if report.when != "call" else _reason(report),
             )
         elif report.skipped:
-            result = TestResult(report.nodeid, Outcome.SKIP, _reason(report))
+            result = TestResult(report.nodeid, CheckResult.SKIP, _reason(report))
         elif report.when == "call":
-            result = TestResult(report.nodeid, Outcome.PASS)
+            result = TestResult(report.nodeid, CheckResult.PASS)
         else:
             return
         # the first failure of a test wins (a teardown error after a failed call keeps the call's reason)
-        if previous is not None and previous.outcome is Outcome.FAIL:
+        if previous is not None and previous.outcome is CheckResult.FAIL:
             return
-        if previous is not None and result.outcome is Outcome.PASS and previous.outcome is Outcome.SKIP:
+        if (
+            previous is not None
+            and result.outcome is CheckResult.PASS
+            and previous.outcome is CheckResult.SKIP
+        ):
             return
         self._recorded[report.nodeid] = result
 

@@ -1,4 +1,4 @@
-"""Run the suite programmatically against a :class:`~cmcp_conformance.target.Target`.
+"""Run the suite programmatically against a :class:`~cmcp_conformance.target.TargetDeployment`.
 
 The suite is a set of ordinary pytest modules shipped inside the package
 (``cmcp_conformance/suite``); the runner invokes pytest in-process with the
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from cmcp_conformance import catalogue
-from cmcp_conformance.plugin import ConformancePlugin, IdResult, Outcome
-from cmcp_conformance.target import Target
+from cmcp_conformance.plugin import CheckResult, ConformancePlugin, IdResult
+from cmcp_conformance.target import TargetDeployment
 
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
 
@@ -31,10 +31,10 @@ class Report:
     collection_errors: list[str] = field(default_factory=list)
     pytest_exit: int = 0
 
-    def count(self, outcome: Outcome) -> int:
+    def count(self, outcome: CheckResult) -> int:
         return sum(1 for r in self.results if r.outcome is outcome)
 
-    def outcome_of(self, requirement_id: str) -> Outcome:
+    def outcome_of(self, requirement_id: str) -> CheckResult:
         for result in self.results:
             if result.requirement.id == requirement_id:
                 return result.outcome
@@ -45,7 +45,7 @@ class Report:
         return [
             r
             for r in self.results
-            if r.outcome is Outcome.FAIL and r.requirement.level is catalogue.Level.MUST
+            if r.outcome is CheckResult.FAIL and r.requirement.level is catalogue.Level.MUST
         ]
 
     @property
@@ -63,8 +63,8 @@ class Report:
             )
         out.extend(f"ERROR suite: {err}" for err in self.collection_errors)
         out.append(
-            f"conformance: {self.count(Outcome.PASS)} passed, {self.count(Outcome.FAIL)} failed, "
-            f"{self.count(Outcome.SKIP)} skipped"
+            f"conformance: {self.count(CheckResult.PASS)} passed, {self.count(CheckResult.FAIL)} failed, "
+            f"{self.count(CheckResult.SKIP)} skipped"
         )
         return out
 
@@ -85,7 +85,7 @@ def pytest_args(*, junit: Path | None = None, verbose: bool = False, extra: Sequ
 
 
 def run(
-    target: Target,
+    target: TargetDeployment,
     *,
     ids: Iterable[str] | None = None,
     junit: Path | None = None,
@@ -107,7 +107,9 @@ def run(
 
 def collect(ids: Iterable[str] | None = None) -> dict[str, list[str]]:
     """Which tests stand behind each ID (nothing runs); used to keep catalogue and suite in step."""
-    plugin = ConformancePlugin(Target(name="collect-only", mcp_url="http://127.0.0.1:9/unused"), ids)
+    plugin = ConformancePlugin(
+        TargetDeployment(name="collect-only", mcp_url="http://127.0.0.1:9/unused"), ids
+    )
     pytest.main(pytest_args(extra=["--collect-only"]), plugins=[plugin, plugin.fixtures()])
     found: dict[str, list[str]] = {rid: [] for rid in plugin.results}
     for nodeid, rid in plugin.item_ids.items():

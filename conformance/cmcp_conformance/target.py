@@ -14,8 +14,8 @@ would, and uses further access only when the target offers it:
   cluster target run with ``--allow-disruption`` has it (it scales the McpRoute to 0 and back).
 
 Test code builds alternative targets (for example a weakened gateway in front of the real
-enclave) simply by constructing a :class:`Target` with other endpoints, or by subclassing it to
-change how the audit export reaches the tester (a host that edits it in transit).
+enclave) simply by constructing a :class:`TargetDeployment` with other endpoints, or by
+subclassing it to change how the audit export reaches the tester (a host that edits it in transit).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ GRPC_TIMEOUT_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class LaunchResult:
-    """Outcome of trying to start an enclave: ``served`` is True if it ever answered Attest."""
+    """What came of trying to start an enclave: ``served`` is True if it ever answered Attest."""
 
     served: bool
     returncode: int | None
@@ -77,7 +77,7 @@ class Profile:
 
 
 @dataclass
-class Target:
+class TargetDeployment:
     """Endpoints of one deployment under test. Optional fields switch groups of tests on."""
 
     name: str

@@ -1,7 +1,7 @@
 """Policy bundles: loading, ``bundle_hash``, ``catalog_hash`` and the optional signature.
 
-The hash algorithm is the origin cMCP's (DESIGN.md section 5) so that users migrating keep
-their pinned hashes; the origin minimal bundle must hash to the origin tool's value.
+The hash algorithm is the origin cMCP's (docs/policy-authoring.md, "Hashes") so that users
+migrating keep their pinned hashes; the origin minimal bundle must hash to the origin tool's value.
 Validation of the Cedar text against the schema lives in :mod:`cmcp_core.validation`.
 """
 

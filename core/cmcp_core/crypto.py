@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cmcp_core.digest import b64url, b64url_decode, jcs
 
 _sodium: Any
-try:  # libsodium: the same RFC 8032 signatures as OpenSSL, about 2x faster to make and check
+try:  # libsodium: the same RFC 8032 signatures as OpenSSL, faster to make and check; signing and
+    # verifying sit on every call's path (profiles in docs/benchmarks.md)
     from nacl import bindings as _nacl_bindings
     from nacl.exceptions import CryptoError as _SodiumError
 

@@ -1,36 +1,29 @@
-"""The ``McpRoute`` status contract, and the enclave endpoint source that reads it.
+"""The ``McpRoute`` status contract.
 
 :class:`RouteStatus` / :class:`PodStatus` are the typed status the operator writes
 (``to_status``) and the gateway and guard read (``from_status``); this module is the only
-place that knows the status dict's keys.
-
-The endpoint source (kubernetes_asyncio) is shared by the gateway and the upstream guard.
-Both take only *addresses* from here: each attests every endpoint itself (its own nonce, its
-own policy) before trusting a key, so a wrong or hostile status can deny service but never
-make a key trusted. The status's ``keyThumbprint`` / ``publicKeyJwk`` are deliberately never
-used by them.
+place that knows the status dict's keys. Reading it from the apiserver is
+:mod:`cmcp_core.route_source` (the ``kubernetes`` extra), so this contract costs no
+Kubernetes client.
 
 Endpoints: ``status.pods[]`` entries (:class:`PodStatus`) with ``address`` ("ip" or
 "ip:port", port default 50051), skipped unless ``attested`` is true (the operator has not
 appraised it yet, or it failed; attesting it ourselves would only cost a round trip to an
 enclave that is not serving).
 
-Cluster credentials: an explicit kubeconfig path, else ``$KUBECONFIG`` (as kubectl does; a
-``:``-separated list is merged), else the pod's in-cluster ServiceAccount, else
-``~/.kube/config``. The reader needs ``get`` on ``mcproutes.cmcp.dev`` in the route's
-namespace, nothing more.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-GROUP = "cmcp.dev"
-VERSION = "v1alpha1"
-PLURAL = "mcproutes"
+from cmcp_core.crd import GROUP as GROUP
+from cmcp_core.crd import ROUTE_PLURAL
+from cmcp_core.crd import VERSION as VERSION
+
+PLURAL = ROUTE_PLURAL
 DEFAULT_PORT = 50051
 
 
@@ -219,49 +212,3 @@ def _count(value: Any) -> int:
 def endpoints_from_status(status: Any) -> list[str]:
     """The ``HOST:PORT`` of every pod entry the operator marked attested, in status order."""
     return RouteStatus.from_status(status).attested_endpoints()
-
-
-async def _load_configuration(kubeconfig: str | None) -> Any:
-    """A fresh client configuration per read, so rotated ServiceAccount tokens are picked up.
-
-    Loaded into a private ``Configuration`` (never the process-wide default), so two sources
-    with different credentials in one process cannot interfere.
-    """
-    from kubernetes_asyncio import client, config
-
-    configuration = client.Configuration()
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path:
-        await config.load_kube_config(config_file=path, client_configuration=configuration)
-        return configuration
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        await config.load_kube_config(client_configuration=configuration)
-    return configuration
-
-
-async def read_route_endpoints(
-    route: RouteRef, kubeconfig: str | None = None, group: str = GROUP
-) -> list[str]:
-    """One ``get`` of the ``McpRoute``; its attested pod addresses. Raises on any API error."""
-    from kubernetes_asyncio import client
-
-    configuration = await _load_configuration(kubeconfig)
-    async with client.ApiClient(configuration=configuration) as api:
-        obj = await client.CustomObjectsApi(api).get_namespaced_custom_object(
-            group, VERSION, route.namespace, PLURAL, route.name
-        )
-    return endpoints_from_status(obj.get("status") if isinstance(obj, dict) else None)
-
-
-class McpRouteSource:
-    """A bound :func:`read_route_endpoints`: the zero-argument address source callers poll."""
-
-    def __init__(self, route: RouteRef, kubeconfig: str | None = None, group: str = GROUP) -> None:
-        self.route = route
-        self.kubeconfig = kubeconfig
-        self.group = group
-
-    async def endpoints(self) -> list[str]:
-        return await read_route_endpoints(self.route, self.kubeconfig, self.group)

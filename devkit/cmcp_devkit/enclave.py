@@ -13,7 +13,7 @@ API:
     ``.audience``, ``.bundle_hash``, ``.stderr_text()``; ``.stop()`` (returns the exit code);
     usable as a context manager.
   * ``inprocess_enclave(bundle_dir, workdir, *, audience=..., route=..., limits=None,
-    operator_keys=None) -> cmcp_enclave.core.Enclave`` — same start-up path in this process
+    operator_keys=None) -> cmcp_enclave.enclave.Enclave`` — same start-up path in this process
     (simulated TEE, honest launcher); drive it with ``.decide(...)``, ``.close(...)``,
     ``.export_audit(...)``, or serve it with ``cmcp_enclave.server.serve(enclave, "127.0.0.1:0",
     Metrics())``.
@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cmcp_core import initdata
 from cmcp_core.crypto import key_from_jwk
 from cmcp_devkit.initdata import DEFAULT_AUDIENCE, DEFAULT_ROUTE, ENCLAVE_COMMAND, TEST_IMAGE, render_initdata
-from cmcp_enclave.core import start
 from cmcp_enclave.simulated import launcher_env
+from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
 
 # What the tests' initdata names (tests that render initdata by hand use the same values).
@@ -165,9 +165,9 @@ def start_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str 
 def inprocess_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str = DEFAULT_AUDIENCE,
                       route: str = DEFAULT_ROUTE, limits: Any = None,
                       operator_keys: list[Ed25519PublicKey] | None = None) -> Any:
-    """The same start-up path as the process (``cmcp_enclave.core.start``), in this process.
+    """The same start-up path as the process (``cmcp_enclave.startup.start``), in this process.
 
-    Returns a ``cmcp_enclave.core.Enclave`` on the simulated TEE with an honest launcher.
+    Returns a ``cmcp_enclave.enclave.Enclave`` on the simulated TEE with an honest launcher.
     """
     data = render_initdata(bundle_dir, audience=audience, route=route)
     path = Path(workdir) / f"initdata-{time.monotonic_ns()}.toml"

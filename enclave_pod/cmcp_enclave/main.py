@@ -1,4 +1,4 @@
-"""``cmcp-enclave``: start-up checks (DESIGN section 4), then the gRPC server.
+"""``cmcp-enclave``: start-up checks (docs/enclave.md, "Start-up"), then the gRPC server.
 
 Exit codes: 0 clean stop, 2 usage, 3 refused to start (one JSON line on stderr naming the
 code: INITDATA_MISMATCH, BUNDLE_HASH_MISMATCH, BUNDLE_INVALID, TEE_PROVIDER_FAILED).
@@ -19,14 +19,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client import start_http_server
 
 from cmcp_core import logs
 from cmcp_core.crypto import key_from_jwk
 from cmcp_core.errors import CmcpError, Code
-from cmcp_enclave.core import Enclave, Limits, StartupError, start
+from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.log import log
 from cmcp_enclave.metrics import Metrics
-from cmcp_enclave.server import _on_audit, expiry_loop, serve
+from cmcp_enclave.server import audit_counter, expiry_loop, serve
+from cmcp_enclave.sessions import EnclaveLimits
+from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import make_provider
 
 EXIT_REFUSED = 3
@@ -85,8 +88,6 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
     host = args.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
     if args.metrics_listen:
-        from prometheus_client import start_http_server
-
         m_host, m_port = args.metrics_listen.rsplit(":", 1)
         start_http_server(int(m_port), addr=m_host, registry=metrics.registry)
     log("serving", address=address, kid=enclave.kid, bundle_hash=enclave.bundle_hash,
@@ -128,11 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         provider = make_provider(args.tee, tsm_root=args.tsm_root, aa_url=args.aa_url)
+        limits = EnclaveLimits(permit_ttl=args.permit_ttl, idle_timeout=args.idle_timeout,
+                               max_sessions=args.max_sessions, audit_ring=args.audit_ring,
+                               audit_budget_bytes=args.audit_budget_mb * 1024 * 1024)
         enclave = start(bundle_dir=args.bundle, initdata_path=args.initdata, provider=provider,
-                        limits=Limits(permit_ttl=args.permit_ttl, idle_timeout=args.idle_timeout,
-                                      max_sessions=args.max_sessions, audit_ring=args.audit_ring,
-                                      audit_budget_bytes=args.audit_budget_mb * 1024 * 1024),
-                        operator_keys=operator_keys, bundle_signers=signers, on_audit=_on_audit(metrics))
+                        limits=limits, operator_keys=operator_keys, bundle_signers=signers,
+                        on_audit=audit_counter(metrics))
     except StartupError as exc:
         return _refuse(exc.code, exc.detail)
     except CmcpError as exc:

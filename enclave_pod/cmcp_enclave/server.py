@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -20,7 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from cmcp_core.digest import jcs
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_enclave.core import Enclave, Outcome, RequestError
+from cmcp_enclave.enclave import Enclave, RequestError, UpstreamOutcome
 from cmcp_enclave.metrics import Metrics
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -85,7 +85,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         calls would be) before it handles anything else. A refused one is counted under
         ``Complete`` and skipped; it never fails the carrier. Returns how many were taken."""
         self.enclave.complete_later([
-            Outcome(c.session_id, c.call_id, c.response_digest, c.response_bytes, c.error_code, c.is_error)
+            UpstreamOutcome(c.session_id, c.call_id, c.response_digest, c.response_bytes,
+                            c.error_code, c.is_error)
             for c in completes])
         return len(completes)
 
@@ -197,7 +198,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.active_sessions.set(len(self.enclave.sessions))
 
 
-def _on_audit(metrics: Metrics) -> Any:
+def audit_counter(metrics: Metrics) -> Callable[[dict[str, Any]], None]:
+    """The enclave's ``on_audit`` hook: counts entries, never sees their content."""
     def hook(_entry: dict[str, Any]) -> None:
         metrics.audit_entries.inc()
     return hook

@@ -13,7 +13,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cmcp_core.attestation import AttestPolicy
-from cmcp_core.route_status import McpRouteSource
+from cmcp_core.route_source import McpRouteSource
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayConfig
 from cmcp_gateway.enclave_pool import EnclavePool, Refresher

@@ -10,7 +10,8 @@ from prometheus_client import start_http_server
 from cmcp_core import logs
 from cmcp_core.attestation import AttestPolicy
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
-from cmcp_core.route_status import McpRouteSource, RouteRef
+from cmcp_core.route_source import McpRouteSource
+from cmcp_core.route_status import RouteRef
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.middleware import Guard
 from cmcp_guard.proxy import build_proxy

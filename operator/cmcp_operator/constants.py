@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-GROUP = "cmcp.dev"
+from cmcp_core.crd import GROUP as GROUP
+
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 BUNDLE_PLURAL = "policybundles"

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from .binaries import ensure_client_tools
-from .cluster import LocalCluster, run_tool
-from .kube import Kube
+from cmcp_devkit.cluster.binaries import ensure_client_tools
+from cmcp_devkit.cluster.control_plane import LocalCluster, run_tool
+from cmcp_devkit.cluster.kube import Kube
 
 _STARTUP: dict[str, float] = {}
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cmcp_devkit.cluster.kube import KubeError
+
 from .conftest import E2ECluster
-from .kube import KubeError
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cmcp"

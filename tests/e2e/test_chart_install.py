@@ -35,12 +35,13 @@ import yaml
 from mcp.shared.exceptions import MCPError
 
 from cmcp_core.bundle import load_bundle
+from cmcp_core.crd import API_PATH
+from cmcp_devkit.cluster.control_plane import free_port
+from cmcp_devkit.cluster.kube import Kube, KubeError
 from cmcp_operator.render_bundle import bundle_manifest
 from tests.helpers.gateway_stack import agent
 
-from .cluster import free_port
 from .conftest import E2ECluster
-from .kube import Kube, KubeError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -58,7 +59,6 @@ WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"
 TOKEN = "tok-alice"  # agent "alice"
 TRANSFER = {"amount": 100, "currency": "EUR", "to": "acct-1"}
 KUBECONFIG_MOUNT = "/etc/cmcp/kubeconfig"
-GROUP = "/apis/cmcp.dev/v1alpha1"
 
 
 @dataclass
@@ -255,8 +255,8 @@ def install(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> It
         if os.environ.get("CMCP_E2E_KEEP_STATE") is None:
             # Best effort if a test failed half-way; the last test does this and asserts on it.
             for path in (
-                f"{GROUP}/namespaces/{APP}/mcproutes/{ROUTE}",
-                f"{GROUP}/namespaces/{APP}/policybundles/{BUNDLE}",
+                f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}",
+                f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}",
             ):
                 kube.delete(path)
             cluster.helm("uninstall", REL, "-n", NS, "--wait", "--timeout", "120s", check=False)
@@ -340,13 +340,13 @@ def test_bundle_and_route_get_attested(install: Install) -> None:
     kube.wait_for(
         "the PolicyBundle to be Ready",
         lambda: (
-            _cond(kube.get(f"{GROUP}/namespaces/{APP}/policybundles/{BUNDLE}"), "Ready").get("status")
+            _cond(kube.get(f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}"), "Ready").get("status")
             == "True"
         ),
         timeout=60,
         on_timeout=install.diag,
     )
-    assert kube.get(f"{GROUP}/namespaces/{APP}/policybundles/{BUNDLE}")["status"]["bundleHash"] == expected
+    assert kube.get(f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}")["status"]["bundleHash"] == expected
     route = {
         "apiVersion": "cmcp.dev/v1alpha1",
         "kind": "McpRoute",
@@ -366,7 +366,7 @@ def test_bundle_and_route_get_attested(install: Install) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(route))
 
     def attested() -> dict[str, Any] | None:
-        r = kube.get(f"{GROUP}/namespaces/{APP}/mcproutes/{ROUTE}")
+        r = kube.get(f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}")
         pods = [p for p in r.get("status", {}).get("pods", []) if p.get("attested")]
         return r if _cond(r, "Ready").get("status") == "True" and pods else None
 
@@ -595,7 +595,7 @@ def test_operator_rbac_is_minimal(install: Install) -> None:
             with pytest.raises(KubeError) as forbidden:
                 as_operator.get(path)
             assert forbidden.value.status == 403
-        assert as_operator.get(f"{GROUP}/namespaces/{APP}/mcproutes/{ROUTE}")["metadata"]["name"] == ROUTE
+        assert as_operator.get(f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}")["metadata"]["name"] == ROUTE
     finally:
         as_operator.close()
 
@@ -620,14 +620,14 @@ def test_uninstall_leaves_only_the_crds(install: Install) -> None:
     kube, cluster = install.kube, install.cluster
     # Users delete their routes and bundles first (the operator's finalizers clean up owned objects).
     for path in (
-        f"{GROUP}/namespaces/{APP}/mcproutes/{ROUTE}",
-        f"{GROUP}/namespaces/{APP}/policybundles/{BUNDLE}",
+        f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}",
+        f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}",
     ):
         kube.delete(path)
 
     def gone() -> bool:
         try:
-            kube.get(f"{GROUP}/namespaces/{APP}/policybundles/{BUNDLE}")
+            kube.get(f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}")
         except KubeError as exc:
             return exc.status == 404
         return False

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .node_agent import PodWorker, expand, image_repo, resolve_field, rewrite_paths
+from cmcp_devkit.cluster.node_agent import PodWorker, expand, image_repo, resolve_field, rewrite_paths
 
 
 @pytest.mark.parametrize(

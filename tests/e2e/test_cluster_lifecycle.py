@@ -7,9 +7,10 @@ import subprocess
 
 import pytest
 
-from .cluster import LocalCluster, NodeSpec
+from cmcp_devkit.cluster.control_plane import LocalCluster, NodeSpec
+from cmcp_devkit.cluster.kube import Kube
+
 from .conftest import E2ECluster
-from .kube import Kube
 from .workloads import echo_pod, is_ready, wait_pod
 
 

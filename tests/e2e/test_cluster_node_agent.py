@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 
 from cmcp_core import initdata
+from cmcp_devkit.cluster.kube import Kube
 
 from .conftest import E2ECluster
-from .kube import Kube
 from .workloads import ECHO_IMAGE, echo_container, echo_pod, is_ready, wait_pod
 
 INITDATA_TOML = (

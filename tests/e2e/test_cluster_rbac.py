@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cmcp_devkit.cluster.kube import Kube, KubeError
+
 from .conftest import E2ECluster
-from .kube import Kube, KubeError
 
 
 def _token(kube: Kube, ns: str, sa: str) -> str:

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from cmcp_devkit.cluster.kube import KubeError
+
 from .conftest import E2ECluster
-from .kube import KubeError
 from .workloads import TDX_LABEL, condition, echo_pod, wait_pod
 
 

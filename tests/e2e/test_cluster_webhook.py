@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from cmcp_devkit.cluster.kube import KubeError
+from cmcp_devkit.cluster.pki import ClusterPKI
+
 from .conftest import E2ECluster
-from .kube import KubeError
-from .pki import ClusterPKI
 from .workloads import echo_container, echo_pod, is_ready, ready_endpoint_ips, service, wait_pod
 
 

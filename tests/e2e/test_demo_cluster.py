@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from cmcp_core.verify import verify_audit_export
+from cmcp_devkit.cluster.kube import KubeError
 
 from .conftest import E2ECluster
-from .kube import KubeError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

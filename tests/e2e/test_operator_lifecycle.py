@@ -1,8 +1,8 @@
 """The operator on a real control plane: admission, attestation-gated routing, rollout, restart.
 
 Runs ``cmcp-operator`` as its own process (so it can be SIGKILLed mid-rollout) against the
-local cluster from tests/e2e (real apiserver, scheduler, controller-manager; the node agent
-runs the enclave pods and measures each pod's own initdata annotation in its simulated TEE).
+dev kit's local cluster, ``cmcp_devkit.cluster`` (real apiserver, scheduler, controller-manager;
+the node agent runs the enclave pods and measures each pod's own initdata annotation in its simulated TEE).
 The tests run in file order and share one namespace: each builds on the state the previous
 one left, like an operator's life.
 """
@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from cmcp_core.bundle import load_bundle, read_bundle_files
+from cmcp_core.crd import API_PATH
 from cmcp_core.initdata import (
     ANNOTATION,
     CmcpEntry,
@@ -38,14 +39,13 @@ from cmcp_core.initdata import (
     tdx_mrconfigid,
 )
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_devkit.cluster.control_plane import free_port
+from cmcp_devkit.cluster.kube import Kube, KubeError
 from cmcp_operator import rbac
 from cmcp_operator.bundles import path_to_key, verify_history
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.render_bundle import bundle_manifest, dump
 from cmcp_operator.workloads import enclave_command
-
-from .cluster import free_port
-from .kube import Kube, KubeError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -54,7 +54,7 @@ EXAMPLES = REPO / "examples"
 NS = f"cmcp-op-{uuid.uuid4().hex[:6]}"
 ROUTE, BUNDLE = "echo", "minimal"
 SVC = f"cmcp-{ROUTE}"
-GROUP_PATH = f"/apis/cmcp.dev/v1alpha1/namespaces/{NS}"
+GROUP_PATH = f"{API_PATH}/namespaces/{NS}"
 TDX_LABEL = "intel.feature.node.kubernetes.io/tdx"
 IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"

@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
+from cmcp_core.crd import API_PATH
+from cmcp_devkit.cluster.kube import Kube
 from cmcp_operator.render_bundle import bundle_manifest, dump
-
-from .kube import Kube
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 NS = f"cmcp-peer-{uuid.uuid4().hex[:6]}"
-GROUP_PATH = f"/apis/cmcp.dev/v1alpha1/namespaces/{NS}"
+GROUP_PATH = f"{API_PATH}/namespaces/{NS}"
 
 
 class Replica:
@@ -70,7 +70,7 @@ def kube(cluster: Any) -> Iterator[Kube]:
 def _served(kube: Kube) -> bool:
     try:
         kube.get("/apis/kopf.dev/v1/kopfpeerings")
-        kube.get("/apis/cmcp.dev/v1alpha1/mcproutes")
+        kube.get(f"{API_PATH}/mcproutes")
     except Exception:
         return False
     return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .kube import Kube
+from cmcp_devkit.cluster.kube import Kube
 
 ECHO_IMAGE = "registry.cmcp.test/cmcp-test/http-echo:e2e"
 TDX_LABEL = "intel.feature.node.kubernetes.io/tdx"

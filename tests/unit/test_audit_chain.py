@@ -16,7 +16,7 @@ from cmcp_core.crypto import public_jwk
 from cmcp_core.errors import Code
 from cmcp_ctl.main import main as cmcpctl
 from cmcp_devkit.enclave import inprocess_enclave
-from cmcp_enclave.core import Enclave
+from cmcp_enclave.enclave import Enclave
 from tests.unit.test_cedar_decisions import EXAMPLES, decide
 
 

@@ -1,4 +1,4 @@
-"""Cedar decisions through the enclave core: allow, deny, error-as-deny, argument rules,
+"""Cedar decisions through the `Enclave`: allow, deny, error-as-deny, argument rules,
 advisory and silent modes, catalog and audience refusal, the phase1 compatibility model."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
-from cmcp_enclave.core import DecideResult, Enclave, RequestError
+from cmcp_enclave.enclave import DecideResult, Enclave, RequestError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

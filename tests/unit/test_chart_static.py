@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.binaries import ensure_client_tools
+from cmcp_devkit.cluster.binaries import ensure_client_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cmcp"

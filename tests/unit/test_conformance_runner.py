@@ -18,8 +18,8 @@ import pytest
 
 from cmcp_conformance import catalogue, runner
 from cmcp_conformance.bundle import write as write_bundle
-from cmcp_conformance.plugin import ConformancePlugin, Outcome
-from cmcp_conformance.target import Target
+from cmcp_conformance.plugin import CheckResult, ConformancePlugin
+from cmcp_conformance.target import TargetDeployment
 from cmcp_core.bundle import load_bundle
 from cmcp_core.validation import validate_bundle
 
@@ -72,7 +72,7 @@ def test_setup_error(target, missing_fixture):
 def run_synthetic(tmp_path: Path, source: str, ids: list[str]) -> ConformancePlugin:
     # a fresh module name per run: pytest would otherwise reuse an earlier run's module
     (tmp_path / f"test_synthetic_{uuid.uuid4().hex}.py").write_text(textwrap.dedent(source))
-    plugin = ConformancePlugin(Target(name="synthetic", mcp_url="http://127.0.0.1:9/"), ids)
+    plugin = ConformancePlugin(TargetDeployment(name="synthetic", mcp_url="http://127.0.0.1:9/"), ids)
     pytest.main(
         [
             str(tmp_path),
@@ -97,13 +97,13 @@ def test_outcomes_fold_per_id(tmp_path: Path) -> None:
     ids = ["ATTEST-001", "ATTEST-002", "ATTEST-003", "ATTEST-004", "ATTEST-005", "AUDIT-004", "POLICY-001"]
     plugin = run_synthetic(tmp_path, SYNTHETIC, ids)
     got = {rid: (r.outcome, r.reason) for rid, r in plugin.results.items()}
-    assert got["ATTEST-001"][0] is Outcome.PASS
-    assert got["ATTEST-002"][0] is Outcome.FAIL and "the property is broken" in got["ATTEST-002"][1]
-    assert got["ATTEST-003"] == (Outcome.SKIP, "needs an enclave")
-    assert got["ATTEST-004"][0] is Outcome.PASS and "1/2 checks ran" in got["ATTEST-004"][1]
-    assert got["ATTEST-005"] == (Outcome.FAIL, "no test collected for this ID")  # nothing behind it
-    assert got["AUDIT-004"][0] is Outcome.FAIL and "teardown" in got["AUDIT-004"][1]
-    assert got["POLICY-001"][0] is Outcome.FAIL and "setup" in got["POLICY-001"][1]
+    assert got["ATTEST-001"][0] is CheckResult.PASS
+    assert got["ATTEST-002"][0] is CheckResult.FAIL and "the property is broken" in got["ATTEST-002"][1]
+    assert got["ATTEST-003"] == (CheckResult.SKIP, "needs an enclave")
+    assert got["ATTEST-004"][0] is CheckResult.PASS and "1/2 checks ran" in got["ATTEST-004"][1]
+    assert got["ATTEST-005"] == (CheckResult.FAIL, "no test collected for this ID")  # nothing behind it
+    assert got["AUDIT-004"][0] is CheckResult.FAIL and "teardown" in got["AUDIT-004"][1]
+    assert got["POLICY-001"][0] is CheckResult.FAIL and "setup" in got["POLICY-001"][1]
 
 
 def test_unmarked_or_unknown_tests_are_suite_errors(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_unmarked_or_unknown_tests_are_suite_errors(tmp_path: Path) -> None:
 
 def test_unknown_selected_id_is_refused() -> None:
     with pytest.raises(KeyError, match="POLICY-999"):
-        ConformancePlugin(Target(name="x", mcp_url="http://x/"), ["POLICY-999"])
+        ConformancePlugin(TargetDeployment(name="x", mcp_url="http://x/"), ["POLICY-999"])
 
 
 def test_report_lines_and_must_semantics(tmp_path: Path) -> None:

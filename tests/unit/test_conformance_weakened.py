@@ -31,8 +31,8 @@ from starlette.routing import Route
 
 from cmcp_conformance import runner
 from cmcp_conformance.local import AUDIENCE, LocalDeployment, LocalPowers, local_deployment
-from cmcp_conformance.plugin import Outcome
-from cmcp_conformance.target import Target
+from cmcp_conformance.plugin import CheckResult
+from cmcp_conformance.target import TargetDeployment
 from cmcp_core import permit as permits
 from cmcp_core.audit import entry_hash
 from cmcp_core.errors import CmcpError, Code
@@ -76,7 +76,7 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         thread.join(10)
 
 
-def outcomes(report: runner.Report) -> dict[str, Outcome]:
+def outcomes(report: runner.Report) -> dict[str, CheckResult]:
     return {r.requirement.id: r.outcome for r in report.results}
 
 
@@ -97,7 +97,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
 
 def test_baseline_policy_tee_ids_pass_on_the_intact_deployment(deployment: LocalDeployment) -> None:
     report = runner.run(deployment.target(), ids=POLICY_TEE)
-    assert all(o is Outcome.PASS for o in outcomes(report).values()), reasons(report)
+    assert all(o is CheckResult.PASS for o in outcomes(report).values()), reasons(report)
 
 
 # ------------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_gateway_that_skips_the_enclave_fails_policy_tee_001(deployment: LocalDe
     with serve_in_thread(forwarding_gateway(deployment.upstream_url)) as base:
         target = dataclasses.replace(deployment.target(), mcp_url=f"{base}/mcp/enforce")
         report = runner.run(target, ids=["POLICY-TEE-001"])
-    assert outcomes(report)["POLICY-TEE-001"] is Outcome.FAIL, reasons(report)
+    assert outcomes(report)["POLICY-TEE-001"] is CheckResult.FAIL, reasons(report)
 
 
 def test_gateway_that_skips_enclave_and_guard_fails_the_policy_ids(deployment: LocalDeployment) -> None:
@@ -180,9 +180,11 @@ def test_gateway_that_skips_enclave_and_guard_fails_the_policy_ids(deployment: L
         target = dataclasses.replace(deployment.target(), mcp_url=f"{base}/mcp/enforce")
         report = runner.run(target, ids=["POLICY-001", "POLICY-002", "POLICY-TEE-001"])
     got = outcomes(report)
-    assert got == {"POLICY-001": Outcome.FAIL, "POLICY-002": Outcome.FAIL, "POLICY-TEE-001": Outcome.FAIL}, (
-        reasons(report)
-    )
+    assert got == {
+        "POLICY-001": CheckResult.FAIL,
+        "POLICY-002": CheckResult.FAIL,
+        "POLICY-TEE-001": CheckResult.FAIL,
+    }, reasons(report)
 
 
 # ------------------------------------------------------------------------------------------
@@ -231,7 +233,7 @@ def test_guard_without_replay_cache_fails_policy_tee_004(deployment: LocalDeploy
         target = dataclasses.replace(deployment.target(), upstream_url=f"{base}/mcp")
         report = runner.run(target, ids=["POLICY-TEE-004"])
     result = next(r for r in report.results if r.requirement.id == "POLICY-TEE-004")
-    assert result.outcome is Outcome.FAIL, reasons(report)
+    assert result.outcome is CheckResult.FAIL, reasons(report)
     assert "replayed" in result.reason.lower(), result.reason
 
 
@@ -242,7 +244,7 @@ def test_guard_that_ignores_signatures_fails_policy_tee_001_and_004(deployment: 
         target = dataclasses.replace(deployment.target(), upstream_url=f"{base}/mcp")
         report = runner.run(target, ids=["POLICY-TEE-001", "POLICY-TEE-004"])
     got = outcomes(report)
-    assert got == {"POLICY-TEE-001": Outcome.FAIL, "POLICY-TEE-004": Outcome.FAIL}, reasons(report)
+    assert got == {"POLICY-TEE-001": CheckResult.FAIL, "POLICY-TEE-004": CheckResult.FAIL}, reasons(report)
 
 
 # ------------------------------------------------------------------------------------------
@@ -255,9 +257,9 @@ IGNORES_INITDATA = """
     from pathlib import Path
     from cmcp_core import initdata
     from cmcp_core.bundle import Bundle
-    from cmcp_enclave import core
+    from cmcp_enclave import startup
 
-    _load = core.load_bundle
+    _load = startup.load_bundle
 
     def lying_load(root):
         real = _load(root)
@@ -271,36 +273,36 @@ IGNORES_INITDATA = """
         return Claimed(manifest=real.manifest, policies=real.policies, schema=real.schema,
                        catalog=real.catalog)
 
-    core.load_bundle = lying_load
+    startup.load_bundle = lying_load
 """
 
 RECORDS_OTHER_BUNDLE = """
     # An enclave whose Trust Records name a bundle other than the one it measured and attests.
-    from cmcp_enclave import core
+    from cmcp_enclave import enclave
 
-    _build = core.build_record
+    _build = enclave.build_record
 
     def other_bundle(key, **fields):
         fields["bundle_hash"] = "sha256:" + "5" * 64
         return _build(key, **fields)
 
-    core.build_record = other_bundle
+    enclave.build_record = other_bundle
 """
 
 SIGNS_WITH_UNATTESTED_KEY = """
     # An enclave that attests one key but signs decisions, permits and audit entries with another.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cmcp_core.crypto import thumbprint
-    from cmcp_enclave import core
+    from cmcp_enclave import enclave
 
-    _init = core.Enclave.__init__
+    _init = enclave.Enclave.__init__
 
     def init(self, *args, **kwargs):
         _init(self, *args, **kwargs)
         self._key = Ed25519PrivateKey.generate()  # evidence still binds self.public_key
         self.kid = thumbprint(self._key.public_key())
 
-    core.Enclave.__init__ = init
+    enclave.Enclave.__init__ = init
 """
 
 
@@ -338,7 +340,7 @@ def test_enclave_that_ignores_initdata_fails_policy_tee_002(
     finally:
         weak.close()
     result = next(r for r in report.results if r.requirement.id == "POLICY-TEE-002")
-    assert result.outcome is Outcome.FAIL, reasons(report)
+    assert result.outcome is CheckResult.FAIL, reasons(report)
     assert "served a bundle" in result.reason, result.reason
 
 
@@ -350,7 +352,9 @@ def test_enclave_recording_another_bundle_fails_policy_tee_003(tmp_path: Path) -
         report = runner.run(weak.target(), ids=["POLICY-TEE-003", "TRACE-002"])
     finally:
         weak.close()
-    assert outcomes(report) == {"POLICY-TEE-003": Outcome.FAIL, "TRACE-002": Outcome.FAIL}, reasons(report)
+    assert outcomes(report) == {"POLICY-TEE-003": CheckResult.FAIL, "TRACE-002": CheckResult.FAIL}, reasons(
+        report
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -370,7 +374,7 @@ def edit_entry(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclasses.dataclass
-class EditingHostTarget(Target):
+class EditingHostTarget(TargetDeployment):
     """The audit export reaches the auditor through host storage that rewrites a deny into an allow."""
 
     def export_audit(self, session_id: str, *, address: str | None = None) -> list[dict[str, Any]]:
@@ -382,7 +386,9 @@ def test_host_edited_audit_export_fails_policy_tee_005(deployment: LocalDeployme
     base = deployment.target()
     target = EditingHostTarget(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
     report = runner.run(target, ids=["POLICY-TEE-005", "AUDIT-002"])
-    assert outcomes(report) == {"POLICY-TEE-005": Outcome.FAIL, "AUDIT-002": Outcome.FAIL}, reasons(report)
+    assert outcomes(report) == {"POLICY-TEE-005": CheckResult.FAIL, "AUDIT-002": CheckResult.FAIL}, reasons(
+        report
+    )
 
 
 def test_enclave_signing_with_an_unattested_key_fails_policy_tee_001(tmp_path: Path) -> None:
@@ -393,5 +399,9 @@ def test_enclave_signing_with_an_unattested_key_fails_policy_tee_001(tmp_path: P
         report = runner.run(weak.target(), ids=["ATTEST-005", "POLICY-TEE-001", "POLICY-TEE-005"])
     finally:
         weak.close()
-    expected = {"ATTEST-005": Outcome.FAIL, "POLICY-TEE-001": Outcome.FAIL, "POLICY-TEE-005": Outcome.FAIL}
+    expected = {
+        "ATTEST-005": CheckResult.FAIL,
+        "POLICY-TEE-001": CheckResult.FAIL,
+        "POLICY-TEE-005": CheckResult.FAIL,
+    }
     assert outcomes(report) == expected, reasons(report)

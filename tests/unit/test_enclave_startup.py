@@ -1,4 +1,4 @@
-"""Start-up order and refusals (DESIGN section 4), and the evidence binding as a verifier sees it.
+"""Start-up order and refusals (docs/enclave.md, "Start-up"), and the evidence binding as a verifier sees it.
 
 Each mismatch must stop the enclave with its code; the simulated quote must carry the
 initdata digest in MRCONFIGID and the binding in REPORT_DATA, so that a wrong nonce, key,
@@ -29,9 +29,9 @@ from cmcp_devkit.enclave import (
     render_initdata,
     start_enclave,
 )
-from cmcp_enclave.core import StartupError, start
 from cmcp_enclave.server import attest_response
 from cmcp_enclave.simulated import ENV_MRCONFIGID, launcher_env
+from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import ConfigfsTsmProvider, Report, SimulatedProvider, make_provider
 from tests.unit.test_cedar_decisions import EXAMPLES
 

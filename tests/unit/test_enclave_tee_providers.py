@@ -21,7 +21,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.snp import parse_report
 from cmcp_devkit.enclave import render_initdata
-from cmcp_enclave.core import StartupError, start
+from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import CocoAaProvider, ConfigfsTsmProvider
 from tests.unit.test_cedar_decisions import EXAMPLES
 

@@ -21,7 +21,7 @@ from cmcp_core.attestation import AttestPolicy
 from cmcp_core.audit import verify_chain
 from cmcp_core.digest import json_digest
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
-from cmcp_enclave.core import Enclave
+from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import EnclaveService, serve
 from cmcp_gateway import outcomes

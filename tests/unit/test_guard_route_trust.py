@@ -15,7 +15,8 @@ from aiohttp import web
 
 from cmcp_core.attestation import AttestPolicy
 from cmcp_core.permit import PERMIT_HEADER
-from cmcp_core.route_status import McpRouteSource, RouteRef, _load_configuration, endpoints_from_status
+from cmcp_core.route_source import McpRouteSource, _load_configuration
+from cmcp_core.route_status import RouteRef, endpoints_from_status
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
 from cmcp_devkit.upstream import free_port, run_upstream
 from cmcp_guard.main import build_guard, main

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cmcp_core.audit import reset_payload, verify_chain
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import inprocess_enclave
-from cmcp_enclave.core import Enclave, Limits, Outcome, RequestError
+from cmcp_enclave.enclave import Enclave, RequestError, UpstreamOutcome
+from cmcp_enclave.sessions import EnclaveLimits
 from tests.unit.test_cedar_decisions import EXAMPLES, decide
 
 
@@ -74,7 +75,7 @@ def test_session_is_pinned_to_its_principal(enc: Enclave) -> None:
 
 
 def test_idle_sessions_expire_and_closed_sessions_refuse_decisions(tmp_path: Path) -> None:
-    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, limits=Limits(idle_timeout=60))
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, limits=EnclaveLimits(idle_timeout=60))
     clock = FakeClock()
     enc.clock = clock
     decide(enc, "web.search", {"query": "x"}, session="old")
@@ -93,7 +94,7 @@ def test_idle_sessions_expire_and_closed_sessions_refuse_decisions(tmp_path: Pat
 
 
 def test_max_sessions_is_enforced(tmp_path: Path) -> None:
-    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, limits=Limits(max_sessions=2))
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, limits=EnclaveLimits(max_sessions=2))
     decide(enc, "web.search", {"query": "x"}, session="a")
     decide(enc, "web.search", {"query": "x"}, session="b")
     with pytest.raises(RequestError) as err:
@@ -104,7 +105,7 @@ def test_max_sessions_is_enforced(tmp_path: Path) -> None:
 
 
 def test_audit_ring_is_bounded_and_says_so(tmp_path: Path) -> None:
-    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, limits=Limits(audit_ring=4))
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, limits=EnclaveLimits(audit_ring=4))
     for _ in range(6):
         decide(enc, "web.search", {"query": "x"}, session="s")
     entries = list(enc.export_audit("s", 3))
@@ -162,7 +163,7 @@ def test_session_memory_is_small(enc: Enclave) -> None:
 
 def test_audit_memory_budget_forgets_closed_sessions_first(tmp_path: Path) -> None:
     enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path,
-                            limits=Limits(audit_ring=100, audit_budget_bytes=40_000))
+                            limits=EnclaveLimits(audit_ring=100, audit_budget_bytes=40_000))
     decide(enc, "web.search", {"query": "x"}, session="old")
     enc.close("old")
     assert "old" in enc.closed
@@ -187,8 +188,8 @@ def test_queued_outcomes_are_recorded_before_anything_reads_or_extends_the_chain
     refused: list[Code] = []
     enc.on_refused_outcome = refused.append
     enc.complete_later([
-        Outcome("q", first.document["call_id"], "sha256:" + "a" * 64, 10, "", False),
-        Outcome("q", "never-decided", "sha256:" + "b" * 64, 10, "", False),
+        UpstreamOutcome("q", first.document["call_id"], "sha256:" + "a" * 64, 10, "", False),
+        UpstreamOutcome("q", "never-decided", "sha256:" + "b" * 64, 10, "", False),
     ])
     done = enc.close("q", "done")
     kinds = [e["kind"] for e in enc.export_audit("q", 0)]

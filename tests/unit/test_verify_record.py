@@ -1,4 +1,4 @@
-"""Trust Records and audit exports from the real enclave core, verified offline (library + CLI)."""
+"""Trust Records and audit exports from the real `Enclave`, verified offline (library + CLI)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from cmcp_core.proto import enclave_pb2
 from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_attestation
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_ctl.main import main as cmcpctl
-from cmcp_enclave.core import Enclave, start
+from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
 
 BUNDLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "minimal"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cmcp_conformance.target import Outage, Target
+from cmcp_conformance.target import Outage, TargetDeployment
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_response
 
@@ -35,30 +35,30 @@ class Attested:
         return thumbprint(self.key)
 
 
-def need_enclave(target: Target) -> str:
+def need_enclave(target: TargetDeployment) -> str:
     if not target.enclave_address:
         pytest.skip("target offers no enclave gRPC access (pass --enclave or --route with reachable pods)")
     return target.enclave_address
 
 
-def need_counter(target: Target) -> None:
+def need_counter(target: TargetDeployment) -> None:
     if not target.upstream_counter_url:
         pytest.skip("target exposes no upstream call counter (pass --upstream-counter)")
 
 
-def need_upstream(target: Target) -> tuple[str, str]:
+def need_upstream(target: TargetDeployment) -> tuple[str, str]:
     if not target.upstream_url or not target.upstream_audience:
         pytest.skip("target offers no direct access to the guarded upstream (pass --upstream, --audience)")
     return target.upstream_url, target.upstream_audience
 
 
-def need_advisory(target: Target) -> str:
+def need_advisory(target: TargetDeployment) -> str:
     if not target.advisory_mcp_url:
         pytest.skip("target has no advisory route (pass --advisory-url)")
     return target.advisory_mcp_url
 
 
-def need_powers(target: Target, what: str) -> Any:
+def need_powers(target: TargetDeployment, what: str) -> Any:
     if target.powers is None:
         pytest.skip(f"needs local powers ({what}); not available on a remote target")
     return target.powers
@@ -70,7 +70,7 @@ DISRUPTION_SKIP = (
 )
 
 
-def need_outage(target: Target) -> Outage:
+def need_outage(target: TargetDeployment) -> Outage:
     """Stop/start the enforce route's enclave: the local powers, or a cluster target's opt-in outage."""
     if target.powers is not None:
         return target.powers
@@ -79,12 +79,12 @@ def need_outage(target: Target) -> Outage:
     return target.outage
 
 
-def appraisal_policy(target: Target) -> AppraisalPolicy:
+def appraisal_policy(target: TargetDeployment) -> AppraisalPolicy:
     return AppraisalPolicy(allow_simulated=target.allow_simulated)
 
 
 def attest(
-    target: Target, address: str | None = None, *, expected_bundle_hash: str | None = None
+    target: TargetDeployment, address: str | None = None, *, expected_bundle_hash: str | None = None
 ) -> Attested:
     """Attest with a fresh nonce and require the product verifier to pass it.
 
@@ -101,13 +101,13 @@ def attest(
 
 
 @pytest.fixture
-def attested(target: Target) -> Attested:
+def attested(target: TargetDeployment) -> Attested:
     """The enforce route's enclave, freshly attested (per test: a restarted enclave has a new key)."""
     return attest(target)
 
 
 @pytest.fixture
-def counter(target: Target) -> Any:
+def counter(target: TargetDeployment) -> Any:
     """``counter()`` returns the upstream's tool-execution count; skips when unobservable."""
     need_counter(target)
 

@@ -2,7 +2,7 @@
 
 Several IDs (AUDIT, TRACE, POLICY-TEE-003/005) look at the same artefacts — the exported audit
 chain and the Trust Record of a session whose calls the suite made itself — so they share this
-driver. The export goes through :meth:`Target.export_audit`, i.e. through whatever storage the
+driver. The export goes through :meth:`TargetDeployment.export_audit`, i.e. through whatever storage the
 host provides; that is the untrusted path the checks are about.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmcp_conformance.agent import CallOutcome, agent
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 
 
 @dataclass
@@ -29,7 +29,7 @@ class RecordedSession:
 
 
 def run_session(
-    target: Target,
+    target: TargetDeployment,
     calls: list[tuple[str, dict[str, Any]]],
     *,
     url: str | None = None,
@@ -53,7 +53,7 @@ def run_session(
 
 
 def _await_completions(
-    target: Target, recorded: RecordedSession, address: str | None, timeout: float = 10.0
+    target: TargetDeployment, recorded: RecordedSession, address: str | None, timeout: float = 10.0
 ) -> None:
     """The gateway reports an allowed call's outcome just after answering the agent; wait for
     those reports to land before closing, so the chain is complete rather than racing the close."""
@@ -66,7 +66,7 @@ def _await_completions(
         time.sleep(0.1)
 
 
-def standard_calls(target: Target, marker: str = "conformance") -> list[tuple[str, dict[str, Any]]]:
+def standard_calls(target: TargetDeployment, marker: str = "conformance") -> list[tuple[str, dict[str, Any]]]:
     """An allowed call, a Cedar deny, and a call outside the catalog."""
     prof = target.profile
     return [
@@ -80,7 +80,7 @@ FAIL_CLOSED = ("TEE_UNAVAILABLE", "SESSION_LOST")
 RECOVERY_SECONDS = 30.0
 
 
-def wait_until_serving(target: Target, deadline_s: float = RECOVERY_SECONDS) -> None:
+def wait_until_serving(target: TargetDeployment, deadline_s: float = RECOVERY_SECONDS) -> None:
     """After a restart the gateway and guard must re-attest the new key before calls go through."""
     deadline = time.monotonic() + deadline_s
     last = ""

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_conformance.agent import agent
 from cmcp_conformance.suite.conftest import Attested, appraisal_policy, attest, need_enclave
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 from cmcp_core.binding import Binding
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import verify_decision
@@ -34,7 +34,9 @@ def _report_data_in_evidence(att: Attested) -> bytes:
 
 
 @pytest.mark.conformance("ATTEST-001")
-def test_report_data_binds_key_bundle_catalog_mode_and_nonce(target: Target, attested: Attested) -> None:
+def test_report_data_binds_key_bundle_catalog_mode_and_nonce(
+    target: TargetDeployment, attested: Attested
+) -> None:
     resp = attested.response
     expected = Binding(
         public_bytes(attested.key), resp.bundle_hash, resp.catalog_hash, resp.enforcement_mode, attested.nonce
@@ -47,7 +49,9 @@ def test_report_data_binds_key_bundle_catalog_mode_and_nonce(target: Target, att
 
 
 @pytest.mark.conformance("ATTEST-001")
-def test_evidence_does_not_vouch_for_another_key_or_bundle(target: Target, attested: Attested) -> None:
+def test_evidence_does_not_vouch_for_another_key_or_bundle(
+    target: TargetDeployment, attested: Attested
+) -> None:
     resp, policy = attested.response, appraisal_policy(target)
     other = public_jwk(Ed25519PrivateKey.generate().public_key())
     wrong_key = appraise_response(resp, attested.nonce, policy, expected_public_key_jwk=other)
@@ -61,7 +65,7 @@ def test_evidence_does_not_vouch_for_another_key_or_bundle(target: Target, attes
 
 
 @pytest.mark.conformance("ATTEST-002")
-def test_each_nonce_gets_its_own_evidence(target: Target) -> None:
+def test_each_nonce_gets_its_own_evidence(target: TargetDeployment) -> None:
     first, second = attest(target), attest(target)
     assert first.nonce != second.nonce
     assert bytes(first.response.report_data) != bytes(second.response.report_data), (
@@ -72,7 +76,7 @@ def test_each_nonce_gets_its_own_evidence(target: Target) -> None:
 
 
 @pytest.mark.conformance("ATTEST-002")
-def test_unusable_nonce_is_refused(target: Target) -> None:
+def test_unusable_nonce_is_refused(target: TargetDeployment) -> None:
     need_enclave(target)
     for nonce in (b"", b"short"):
         try:
@@ -87,7 +91,7 @@ def test_unusable_nonce_is_refused(target: Target) -> None:
 
 
 @pytest.mark.conformance("ATTEST-003")
-def test_simulated_evidence_needs_explicit_consent(target: Target, attested: Attested) -> None:
+def test_simulated_evidence_needs_explicit_consent(target: TargetDeployment, attested: Attested) -> None:
     strict = appraise_response(attested.response, attested.nonce, AppraisalPolicy(allow_simulated=False))
     if attested.response.platform == "simulated":
         assert target.allow_simulated, "the target presents simulated evidence but was not declared simulated"
@@ -104,7 +108,7 @@ def test_simulated_evidence_needs_explicit_consent(target: Target, attested: Att
 
 
 @pytest.mark.conformance("ATTEST-004")
-def test_flipped_bytes_in_evidence_are_rejected(target: Target, attested: Attested) -> None:
+def test_flipped_bytes_in_evidence_are_rejected(target: TargetDeployment, attested: Attested) -> None:
     evidence = bytes(attested.response.evidence)
     report_data = bytes(attested.response.report_data) or _report_data_in_evidence(attested)
     offsets = {"header": 8, "report_data": evidence.find(report_data)}
@@ -127,7 +131,7 @@ def test_flipped_bytes_in_evidence_are_rejected(target: Target, attested: Attest
 
 
 @pytest.mark.conformance("ATTEST-005")
-def test_decisions_are_signed_by_the_attested_key(target: Target, attested: Attested) -> None:
+def test_decisions_are_signed_by_the_attested_key(target: TargetDeployment, attested: Attested) -> None:
     async def scenario() -> tuple[bytes, bytes, str]:
         async with agent(target) as a:
             out = await a.call(target.profile.denied_tool, {"text": "x"})
@@ -152,7 +156,7 @@ def test_decisions_are_signed_by_the_attested_key(target: Target, attested: Atte
 
 
 @pytest.mark.conformance("ATTEST-005")
-def test_route_status_matches_fresh_evidence(target: Target) -> None:
+def test_route_status_matches_fresh_evidence(target: TargetDeployment) -> None:
     if target.route_status is None:
         pytest.skip("no McpRoute status to compare (local target or no --route)")
     status = target.route_status.get("status") or {}

@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_conformance.suite.conftest import Attested, need_enclave
 from cmcp_conformance.suite.sessions import run_session, standard_calls
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 from cmcp_core.audit import GENESIS, verify_chain
 from cmcp_core.crypto import public_jwk
 from cmcp_core.digest import json_digest
 
 
 @pytest.mark.conformance("AUDIT-001")
-def test_every_call_has_a_decision_entry(target: Target, attested: Attested) -> None:
+def test_every_call_has_a_decision_entry(target: TargetDeployment, attested: Attested) -> None:
     calls = standard_calls(target)
     session = run_session(target, calls)
     decisions = session.decision_entries()
@@ -40,7 +40,7 @@ def test_every_call_has_a_decision_entry(target: Target, attested: Attested) -> 
 
 
 @pytest.mark.conformance("AUDIT-002")
-def test_chain_runs_from_genesis_to_the_record_tip(target: Target, attested: Attested) -> None:
+def test_chain_runs_from_genesis_to_the_record_tip(target: TargetDeployment, attested: Attested) -> None:
     session = run_session(target, standard_calls(target))
     entries = session.entries
     assert entries and entries[0]["seq"] == 0 and entries[0]["prev"] == GENESIS, (
@@ -53,7 +53,7 @@ def test_chain_runs_from_genesis_to_the_record_tip(target: Target, attested: Att
 
 
 @pytest.mark.conformance("AUDIT-003")
-def test_entries_are_signed_by_the_attested_key_only(target: Target, attested: Attested) -> None:
+def test_entries_are_signed_by_the_attested_key_only(target: TargetDeployment, attested: Attested) -> None:
     session = run_session(target, standard_calls(target))
     assert session.decision_entries(), "no decision entries to check"
     assert all(e["kid"] == attested.kid for e in session.entries), "an entry names another key"
@@ -63,7 +63,7 @@ def test_entries_are_signed_by_the_attested_key_only(target: Target, attested: A
 
 
 @pytest.mark.conformance("AUDIT-004")
-def test_outcomes_recorded_and_arguments_only_digested(target: Target, attested: Attested) -> None:
+def test_outcomes_recorded_and_arguments_only_digested(target: TargetDeployment, attested: Attested) -> None:
     canary = "canary-" + secrets.token_hex(8)
     session = run_session(target, [(target.profile.allowed_tool, {"text": canary})])
     _, _, outcome = session.calls[0]
@@ -85,7 +85,7 @@ def _cmcpctl() -> list[str]:
 
 @pytest.mark.conformance("AUDIT-005")
 def test_cmcpctl_audit_verify_accepts_export_and_rejects_edit(
-    target: Target, attested: Attested, tmp_path: Path
+    target: TargetDeployment, attested: Attested, tmp_path: Path
 ) -> None:
     need_enclave(target)
     session = run_session(target, standard_calls(target))

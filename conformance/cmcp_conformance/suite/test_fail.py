@@ -12,17 +12,17 @@ import pytest
 from cmcp_conformance.agent import open_raw_session, post_jsonrpc, rpc_error
 from cmcp_conformance.suite.conftest import need_outage
 from cmcp_conformance.suite.sessions import FAIL_CLOSED, wait_until_serving
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 
 
-def _initialize(target: Target, url: str | None = None) -> str:
+def _initialize(target: TargetDeployment, url: str | None = None) -> str:
     session_id = open_raw_session(url or target.mcp_url, "cmcp-conformance", headers=target.auth_headers())
     assert session_id, "gateway assigned no Mcp-Session-Id"
     return session_id
 
 
 def _call(
-    target: Target,
+    target: TargetDeployment,
     session_id: str | None,
     tool: str,
     arguments: dict[str, object],
@@ -44,7 +44,7 @@ def _call(
 
 
 @pytest.mark.conformance("FAIL-001")
-def test_enclave_down_fails_closed(target: Target, counter: Callable[[], int]) -> None:
+def test_enclave_down_fails_closed(target: TargetDeployment, counter: Callable[[], int]) -> None:
     powers = need_outage(target)
     session_id = _initialize(target)
     warm = rpc_error(_call(target, session_id, target.profile.allowed_tool, {"text": "before"}))
@@ -70,7 +70,7 @@ def test_enclave_down_fails_closed(target: Target, counter: Callable[[], int]) -
 
 
 @pytest.mark.conformance("FAIL-002")
-def test_parse_error_is_coded_and_session_survives(target: Target) -> None:
+def test_parse_error_is_coded_and_session_survives(target: TargetDeployment) -> None:
     session_id = _initialize(target)
     body = b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {'
     resp = post_jsonrpc(target.mcp_url, body, headers=target.auth_headers(), session_id=session_id)
@@ -84,7 +84,9 @@ def test_parse_error_is_coded_and_session_survives(target: Target) -> None:
 
 
 @pytest.mark.conformance("FAIL-003")
-def test_bad_requests_are_coded_and_never_forwarded(target: Target, counter: Callable[[], int]) -> None:
+def test_bad_requests_are_coded_and_never_forwarded(
+    target: TargetDeployment, counter: Callable[[], int]
+) -> None:
     before = counter()
     anonymous = _call(target, None, target.profile.allowed_tool, {"text": "who?"}, headers={})
     out = rpc_error(anonymous)

@@ -17,7 +17,7 @@ from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.agent import CallOutcome, agent
 from cmcp_conformance.local import render_initdata
 from cmcp_conformance.suite.conftest import Attested, attest, need_advisory, need_powers
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 from cmcp_core.audit import verify_chain
 from cmcp_core.decision import verify_decision
 
@@ -25,7 +25,7 @@ DENY_RPC = -32000
 
 
 @pytest.mark.conformance("POLICY-001")
-def test_uncatalogued_tool_is_refused_with_its_code(target: Target) -> None:
+def test_uncatalogued_tool_is_refused_with_its_code(target: TargetDeployment) -> None:
     async def scenario() -> None:
         async with agent(target) as a:
             out = await a.call(target.profile.uncatalogued_tool, {"text": "x"})
@@ -35,7 +35,7 @@ def test_uncatalogued_tool_is_refused_with_its_code(target: Target) -> None:
 
 
 @pytest.mark.conformance("POLICY-001")
-def test_uncatalogued_tool_never_runs(target: Target, counter: Callable[[], int]) -> None:
+def test_uncatalogued_tool_never_runs(target: TargetDeployment, counter: Callable[[], int]) -> None:
     async def scenario() -> None:
         async with agent(target) as a:
             before = counter()
@@ -50,7 +50,7 @@ def test_uncatalogued_tool_never_runs(target: Target, counter: Callable[[], int]
 
 @pytest.mark.conformance("POLICY-002")
 def test_cedar_deny_is_coded_signed_and_not_forwarded(
-    target: Target, attested: Attested, counter: Callable[[], int]
+    target: TargetDeployment, attested: Attested, counter: Callable[[], int]
 ) -> None:
     async def scenario() -> None:
         async with agent(target) as a:
@@ -75,7 +75,7 @@ def test_cedar_deny_is_coded_signed_and_not_forwarded(
 
 
 @pytest.mark.conformance("POLICY-003")
-def test_phi_taint_blocks_external_send_in_the_same_session_only(target: Target) -> None:
+def test_phi_taint_blocks_external_send_in_the_same_session_only(target: TargetDeployment) -> None:
     prof = target.profile
 
     async def scenario() -> None:
@@ -93,7 +93,9 @@ def test_phi_taint_blocks_external_send_in_the_same_session_only(target: Target)
     asyncio.run(scenario())
 
 
-def _advisory_call(target: Target, url: str, counter: Callable[[], int] | None) -> tuple[str, CallOutcome]:
+def _advisory_call(
+    target: TargetDeployment, url: str, counter: Callable[[], int] | None
+) -> tuple[str, CallOutcome]:
     async def scenario() -> tuple[str, CallOutcome]:
         async with agent(target, url) as a:
             before = counter() if counter else 0
@@ -108,7 +110,9 @@ def _advisory_call(target: Target, url: str, counter: Callable[[], int] | None) 
 
 
 @pytest.mark.conformance("POLICY-004")
-def test_advisory_mode_forwards_and_marks_the_result(target: Target, counter: Callable[[], int]) -> None:
+def test_advisory_mode_forwards_and_marks_the_result(
+    target: TargetDeployment, counter: Callable[[], int]
+) -> None:
     _, out = _advisory_call(target, need_advisory(target), counter)
     assert out.ok, f"advisory route refused a policy deny: {out.describe()}"
     meta = ((out.result or {}).get("_meta") or {}).get("cmcp") or {}
@@ -116,7 +120,7 @@ def test_advisory_mode_forwards_and_marks_the_result(target: Target, counter: Ca
 
 
 @pytest.mark.conformance("POLICY-004")
-def test_advisory_mode_records_advisory_deny_in_the_chain(target: Target) -> None:
+def test_advisory_mode_records_advisory_deny_in_the_chain(target: TargetDeployment) -> None:
     url = need_advisory(target)
     if not target.advisory_enclave_address:
         pytest.skip("no gRPC access to the advisory enclave (pass --advisory-enclave)")
@@ -150,7 +154,7 @@ def _break_policy(bundle_dir: Path) -> Path:
 
 
 @pytest.mark.conformance("POLICY-005")
-def test_invalid_bundle_never_serves(target: Target) -> None:
+def test_invalid_bundle_never_serves(target: TargetDeployment) -> None:
     powers = need_powers(target, "launch an enclave on a chosen bundle")
     assert target.bundle_dir is not None
     good = powers.launch_enclave(
@@ -174,7 +178,7 @@ BROKEN_POLICY = (
 
 
 @pytest.mark.conformance("POLICY-005")
-def test_cluster_refuses_an_invalid_policy_bundle(target: Target) -> None:
+def test_cluster_refuses_an_invalid_policy_bundle(target: TargetDeployment) -> None:
     """On a cluster: the admission webhook rejects the bundle naming the file, or the operator marks
     it Valid=False; either way it can never be measured into an enclave. The valid bundle is the control."""
     if target.cluster is None:

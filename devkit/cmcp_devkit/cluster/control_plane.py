@@ -1,6 +1,6 @@
-"""A real, local Kubernetes control plane for the e2e tests, plus the CLI that drives it.
+"""A real, local Kubernetes control plane for the e2e tests, the demo and the benchmarks, plus its CLI.
 
-    python -m tests.e2e.cluster up | down | kubeconfig | status
+    python -m cmcp_devkit.cluster up | down | kubeconfig | status
 
 Why real: the operator's job is talking to Kubernetes; resourceVersion conflicts, status
 subresources, CRD validation, webhooks, RBAC, readiness gates and EndpointSlices only behave
@@ -35,12 +35,12 @@ from typing import Any
 
 import httpx
 
-from .binaries import Binaries, cache_root, ensure_all
+from .binaries import Binaries, cache_root, ensure_all, ensure_kubectl_helm
 from .kube import Kube, ssl_context
 from .pki import ClusterPKI, kubeconfig_yaml
 from .podnet import PodNetwork, set_pdeathsig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 TDX_LABELS = {
     "feature.node.kubernetes.io/cpu-security.tdx.enabled": "true",
@@ -302,9 +302,8 @@ class LocalCluster:
         }
         cfg_path = self.state_dir / "node-agent.json"
         cfg_path.write_text(json.dumps(agent_cfg, indent=2))
-        self._spawn(
-            "node-agent", [sys.executable, "-m", "tests.e2e.node_agent", str(cfg_path)], cwd=REPO_ROOT
-        )
+        agent_argv = [sys.executable, "-m", "cmcp_devkit.cluster.node_agent", str(cfg_path)]
+        self._spawn("node-agent", agent_argv, cwd=REPO_ROOT)
 
         kube = Kube.from_kubeconfig(self.kubeconfig)
         try:
@@ -312,7 +311,8 @@ class LocalCluster:
                 url = f"https://127.0.0.1:{port}/healthz"  # self-signed serving cert on loopback
 
                 def healthy(u: str = url) -> bool:
-                    return httpx.get(u, verify=False, timeout=5).status_code == 200
+                    # self-signed serving certs of this run's own components: only liveness is asked
+                    return httpx.get(u, verify=False, timeout=5).status_code == 200  # noqa: S501
 
                 self._wait(f"{name} /healthz", healthy, 90, logs=(name,))
             self._wait(
@@ -543,7 +543,7 @@ def cmd_up() -> int:
     t0 = time.monotonic()
     with (state_dir / "supervisor.log").open("ab") as log:
         sup = subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e.cluster", "_serve", str(state_dir)],
+            [sys.executable, "-m", "cmcp_devkit.cluster", "_serve", str(state_dir)],
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -604,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     info = _read_run()
     if cmd == "kubeconfig":
         if not info:
-            print("no cluster up (run: python -m tests.e2e.cluster up)", file=sys.stderr)
+            print("no cluster up (run: python -m cmcp_devkit.cluster up)", file=sys.stderr)
             return 1
         print(info["kubeconfig"])
         return 0
@@ -613,8 +613,6 @@ def main(argv: list[str] | None = None) -> int:
             print("down")
             return 1
         print(f"up (supervisor pid {info['pid']}); KUBECONFIG={info['kubeconfig']}")
-        from .binaries import ensure_kubectl_helm
-
         kubectl, _ = ensure_kubectl_helm()
         proc = run_tool(
             kubectl,
@@ -624,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(proc.stdout or proc.stderr)
         return 0
-    print("usage: python -m tests.e2e.cluster up|down|kubeconfig|status", file=sys.stderr)
+    print("usage: python -m cmcp_devkit.cluster up|down|kubeconfig|status", file=sys.stderr)
     return 2
 
 

@@ -1,6 +1,7 @@
-"""The enclave's trusted state machine: start-up checks, sessions, decisions, audit, records.
+"""The enclave's trusted state machine: decisions, outcomes, audit chains and Trust Records.
 
-Transport-free so tests and the in-process benchmark drive exactly what the gRPC server runs.
+Transport-free so tests and the in-process benchmark drive exactly what the gRPC server runs;
+start-up checks are in :mod:`cmcp_enclave.startup`, per-session state in :mod:`cmcp_enclave.sessions`.
 Problems with the *request* (malformed, unknown session, wrong digest) raise
 :class:`RequestError` and never yield a decision; problems with the *call* (tool outside the
 catalog, Cedar deny or error, wrong audience) yield a signed deny that is audited.
@@ -9,31 +10,29 @@ catalog, Cedar deny or error, wrong audience) yield a signed deny that is audite
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cmcp_core import initdata as initdata_mod
 from cmcp_core import permit as permit_mod
-from cmcp_core.audit import GENESIS, decision_entry, entry_bytes, make_entry, reset_payload
+from cmcp_core.audit import decision_entry, entry_bytes, make_entry, reset_payload
 from cmcp_core.binding import Binding, check_nonce
-from cmcp_core.bundle import Bundle, BundleError, load_bundle, verify_signature
+from cmcp_core.bundle import Bundle
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import DECISION_VERSION, sign_decision
 from cmcp_core.digest import canonical, tagged_sha256
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.trust_record import build_record
-from cmcp_core.validation import validate_bundle
 from cmcp_enclave.engine import CedarEngine, SessionView, action_name
+from cmcp_enclave.sessions import ClosedSession, EnclaveLimits, PolicySession
 from cmcp_enclave.tee import Report, TeeProvider
 
 MAX_ID_LEN = 256
@@ -63,42 +62,9 @@ def _settled(method: Callable[Concatenate[Enclave, P], R]) -> Callable[Concatena
     return entry
 
 
-@dataclass
-class Limits:
-    permit_ttl: int = 60
-    idle_timeout: float = 900.0
-    max_sessions: int = 10_000
-    audit_ring: int = 256  # entries kept per session for ExportAudit
-    closed_kept: int = 1024  # closed sessions whose record/audit stay exportable
-    audit_budget_bytes: int = 256 * 1024 * 1024  # all rings together, live and closed
-
-
-@dataclass(slots=True)
-class Session:
-    """Per-session state; small on purpose (memory bounded under many sessions).
-
-    Sets are frozensets replaced on change (the empty one is shared), ``pending`` is created on
-    first use, and audit entries are kept as their canonical bytes in a bounded ring.
-    """
-
-    session_id: str
-    principal: str
-    last_used: float
-    seq: int = 0
-    tip: str = GENESIS
-    max_rank: int = 0
-    call_count: int = 0
-    tags: frozenset[str] = frozenset()
-    tools_called: frozenset[str] = frozenset()
-    previous_tool: str = ""
-    pending: dict[str, str] | None = None  # call_id -> tool, awaiting Complete
-    audit: list[bytes] = field(default_factory=list)  # canonical entries, seq audit_first..
-    audit_first: int = 0
-
-
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the upstream returned for an allowed call, as the gateway reports it."""
+class UpstreamOutcome:
+    """What the upstream returned for an allowed call, as the gateway reports it (Complete)."""
 
     session_id: str
     call_id: str
@@ -116,20 +82,11 @@ class DecideResult:
     document: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class ClosedSession:
-    record: dict[str, Any]
-    tip: str
-    entries: int
-    audit: list[bytes]
-    first_seq: int
-
-
 class Enclave:
     """One measured bundle, one key, many sessions."""
 
     def __init__(self, *, bundle: Bundle, initdata_bytes: bytes, provider: TeeProvider,
-                 startup_report: Report, limits: Limits | None = None,
+                 startup_report: Report, limits: EnclaveLimits | None = None,
                  operator_keys: list[Ed25519PublicKey] | None = None,
                  clock: Callable[[], float] = time.time,
                  on_audit: Callable[[dict[str, Any]], None] | None = None):
@@ -139,7 +96,7 @@ class Enclave:
         self.entry = self.initdata.cmcp
         self.provider = provider
         self.startup_report = startup_report
-        self.limits = limits or Limits()
+        self.limits = limits or EnclaveLimits()
         self.operator_keys = operator_keys or []
         self.clock = clock
         self.on_audit = on_audit
@@ -151,11 +108,11 @@ class Enclave:
         self.public_key = self._key.public_key()
         self.kid = thumbprint(self.public_key)
         self.public_jwk = public_jwk(self.public_key)
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, PolicySession] = {}
         self.closed: OrderedDict[str, ClosedSession] = OrderedDict()
         self.audit_entries_total = 0
         self.audit_bytes = 0  # bytes held in all audit rings
-        self._later: list[Outcome] = []  # outcomes to record before anything else (settle)
+        self._later: list[UpstreamOutcome] = []  # outcomes to record before anything else (settle)
         self.on_refused_outcome: Callable[[Code], None] | None = None
 
     # ---- attestation ---------------------------------------------------------------------
@@ -175,7 +132,7 @@ class Enclave:
 
     # ---- sessions ------------------------------------------------------------------------
 
-    def _session(self, session_id: str, principal: str, *, create: bool) -> Session:
+    def _session(self, session_id: str, principal: str, *, create: bool) -> PolicySession:
         session = self.sessions.get(session_id)
         if session is None:
             if session_id in self.closed:
@@ -187,7 +144,7 @@ class Enclave:
                 if len(self.sessions) >= self.limits.max_sessions:
                     raise RequestError(Code.SESSION_LIMIT,
                                        f"enclave holds its maximum of {self.limits.max_sessions} sessions")
-            session = Session(session_id=session_id, principal=principal, last_used=self.clock())
+            session = PolicySession(session_id=session_id, principal=principal, last_used=self.clock())
             self.sessions[session_id] = session
             self._append(session, "open", {"principal": principal})
         elif principal and session.principal != principal:
@@ -196,21 +153,21 @@ class Enclave:
         session.last_used = self.clock()
         return session
 
-    def _view(self, session: Session) -> SessionView:
+    def _view(self, session: PolicySession) -> SessionView:
         return SessionView(session_id=session.session_id,
                            max_sensitivity=self.engine.levels[session.max_rank],
                            max_rank=session.max_rank, tags=session.tags,
                            call_count=session.call_count, tools_called=session.tools_called,
                            previous_tool=session.previous_tool)
 
-    def _append(self, session: Session, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    def _append(self, session: PolicySession, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         entry = make_entry(self._key, session_id=session.session_id, seq=session.seq,
                            prev=session.tip, kind=kind, data=data, kid=self.kid,
                            ts_ms=int(self.clock() * 1000))
         self._store(session, entry, entry_bytes(entry))
         return entry
 
-    def _store(self, session: Session, entry: dict[str, Any], raw: bytes) -> None:
+    def _store(self, session: PolicySession, entry: dict[str, Any], raw: bytes) -> None:
         session.seq += 1
         session.tip = entry["hash"]
         ring = self.limits.audit_ring
@@ -227,11 +184,11 @@ class Enclave:
         if self.on_audit is not None:
             self.on_audit(entry)
 
-    def _drop_oldest(self, session: Session) -> None:
+    def _drop_oldest(self, session: PolicySession) -> None:
         self.audit_bytes -= len(session.audit.pop(0))
         session.audit_first += 1
 
-    def _enforce_budget(self, session: Session) -> None:
+    def _enforce_budget(self, session: PolicySession) -> None:
         """Memory stays bounded: forget closed sessions' rings first, then this ring's oldest."""
         while self.audit_bytes > self.limits.audit_budget_bytes and self.closed:
             _, done = self.closed.popitem(last=False)
@@ -319,7 +276,7 @@ class Enclave:
                 del session.pending[next(iter(session.pending))]
         return DecideResult(decision_json, signature, token, document)
 
-    def _record_call(self, session: Session, tool: str) -> None:
+    def _record_call(self, session: PolicySession, tool: str) -> None:
         """Monotone taint from the *measured* catalog only, applied when a call is let through."""
         _, rank = self.engine.tool_rank(tool)
         session.max_rank = max(session.max_rank, rank)
@@ -334,10 +291,10 @@ class Enclave:
     @_settled
     def complete(self, *, session_id: str, call_id: str, response_digest: str, response_bytes: int,
                  error_code: str, is_error: bool) -> str:
-        return self._complete(Outcome(session_id, call_id, response_digest, response_bytes, error_code,
-                                      is_error))
+        return self._complete(UpstreamOutcome(session_id, call_id, response_digest, response_bytes,
+                                              error_code, is_error))
 
-    def complete_later(self, outcomes: list[Outcome]) -> None:
+    def complete_later(self, outcomes: list[UpstreamOutcome]) -> None:
         """Queue outcomes to record right after the current answer is out (the stream's hot path).
 
         Every other entry point settles the queue first, so nothing that reads or extends a
@@ -356,7 +313,7 @@ class Enclave:
                     if self.on_refused_outcome is not None:
                         self.on_refused_outcome(exc.code)
 
-    def _complete(self, outcome: Outcome) -> str:
+    def _complete(self, outcome: UpstreamOutcome) -> str:
         session = self._session(outcome.session_id, "", create=False)
         call_id = outcome.call_id
         tool = session.pending.pop(call_id, None) if session.pending else None
@@ -453,8 +410,6 @@ class Enclave:
 
 
 def _verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
-
     try:
         key.verify(signature, payload)
     except InvalidSignature:
@@ -469,60 +424,3 @@ def _check_id(name: str, value: str) -> None:
     if not value or len(value) > MAX_ID_LEN or _CONTROL.search(value):
         raise RequestError(Code.MCP_INVALID_REQUEST,
                            f"{name} must be 1..{MAX_ID_LEN} characters without control characters")
-
-
-# ---- start-up --------------------------------------------------------------------------------
-
-
-class StartupError(CmcpError):
-    """A refusal to start; the process exits 3 with this code."""
-
-
-def start(*, bundle_dir: str | Path, initdata_path: str | Path, provider: TeeProvider,
-          limits: Limits | None = None, operator_keys: list[Ed25519PublicKey] | None = None,
-          bundle_signers: list[Ed25519PublicKey] | None = None,
-          on_audit: Callable[[dict[str, Any]], None] | None = None) -> Enclave:
-    """DESIGN section 4, in order: initdata vs fresh report, bundle re-hash, validate, key.
-
-    ``bundle_signers``: when given, the manifest must carry a signature by one of them (the
-    keys come from the pod command line, which the initdata agent policy pins).
-    """
-    try:
-        raw = Path(initdata_path).read_bytes()
-        parsed = initdata_mod.parse(raw)
-        entry = parsed.cmcp
-    except (OSError, initdata_mod.InitdataError) as exc:
-        raise StartupError(Code.INITDATA_MISMATCH, f"initdata unusable: {exc}") from exc
-    probe = hashlib.sha512(b"cmcp-startup-probe\x00" + secrets.token_bytes(32)).digest()
-    try:
-        report = provider.report(probe)
-    except CmcpError as exc:
-        raise StartupError(Code.TEE_PROVIDER_FAILED, exc.detail) from exc
-    if report.report_data != probe:
-        raise StartupError(Code.TEE_PROVIDER_FAILED, "the report does not carry the REPORT_DATA asked for")
-    try:
-        expected = initdata_mod.expected_measurement(raw, report.measurement_platform)
-    except initdata_mod.InitdataError as exc:
-        raise StartupError(Code.INITDATA_MISMATCH, str(exc)) from exc
-    if not secrets.compare_digest(report.measured_config, expected):
-        raise StartupError(Code.INITDATA_MISMATCH,
-                           "initdata digest does not equal the measured config field of a fresh report")
-    try:
-        bundle = load_bundle(bundle_dir)
-    except BundleError as exc:
-        raise StartupError(Code.BUNDLE_INVALID, str(exc)) from exc
-    for name, have, want in (("bundle_hash", bundle.bundle_hash, entry.bundle_hash),
-                             ("catalog_hash", bundle.catalog_hash, entry.catalog_hash),
-                             ("enforcement_mode", bundle.enforcement_mode, entry.enforcement_mode)):
-        if have != want:
-            raise StartupError(Code.BUNDLE_HASH_MISMATCH, f"{name} is {have}, initdata measured {want}")
-    if bundle_signers and not verify_signature(bundle, bundle_signers):
-        raise StartupError(Code.BUNDLE_INVALID, "bundle signature does not verify with a trusted signer")
-    issues = validate_bundle(bundle)
-    if issues:
-        raise StartupError(Code.BUNDLE_INVALID, "; ".join(str(i) for i in issues[:5]))
-    try:
-        return Enclave(bundle=bundle, initdata_bytes=raw, provider=provider, startup_report=report,
-                       limits=limits, operator_keys=operator_keys, on_audit=on_audit)
-    except CmcpError as exc:
-        raise StartupError(exc.code, exc.detail) from exc

@@ -1,0 +1,65 @@
+"""Reads an ``McpRoute``'s attested enclave endpoints from the apiserver (gateway and guard).
+
+Both callers take only *addresses* from here: each attests every endpoint itself (its own
+nonce, its own policy) before trusting a key, so a wrong or hostile status can deny service but
+never make a key trusted. The status's ``keyThumbprint`` / ``publicKeyJwk`` are deliberately
+never used.
+
+Cluster credentials: an explicit kubeconfig path, else ``$KUBECONFIG`` (as kubectl does; a
+``:``-separated list is merged), else the pod's in-cluster ServiceAccount, else
+``~/.kube/config``. The reader needs ``get`` on ``mcproutes.cmcp.dev`` in the route's
+namespace, nothing more.
+
+Needs the ``cmcp-core[kubernetes]`` extra; the enclave never imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kubernetes_asyncio import client, config
+
+from cmcp_core.route_status import GROUP, PLURAL, VERSION, RouteRef, endpoints_from_status
+
+
+async def _load_configuration(kubeconfig: str | None) -> Any:
+    """A fresh client configuration per read, so rotated ServiceAccount tokens are picked up.
+
+    Loaded into a private ``Configuration`` (never the process-wide default), so two sources
+    with different credentials in one process cannot interfere.
+    """
+    configuration = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        await config.load_kube_config(config_file=path, client_configuration=configuration)
+        return configuration
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+async def read_route_endpoints(
+    route: RouteRef, kubeconfig: str | None = None, group: str = GROUP
+) -> list[str]:
+    """One ``get`` of the ``McpRoute``; its attested pod addresses. Raises on any API error."""
+    configuration = await _load_configuration(kubeconfig)
+    async with client.ApiClient(configuration=configuration) as api:
+        obj = await client.CustomObjectsApi(api).get_namespaced_custom_object(
+            group, VERSION, route.namespace, PLURAL, route.name
+        )
+    return endpoints_from_status(obj.get("status") if isinstance(obj, dict) else None)
+
+
+class McpRouteSource:
+    """A bound :func:`read_route_endpoints`: the zero-argument address source callers poll."""
+
+    def __init__(self, route: RouteRef, kubeconfig: str | None = None, group: str = GROUP) -> None:
+        self.route = route
+        self.kubeconfig = kubeconfig
+        self.group = group
+
+    async def endpoints(self) -> list[str]:
+        return await read_route_endpoints(self.route, self.kubeconfig, self.group)

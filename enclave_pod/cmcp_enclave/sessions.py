@@ -1,0 +1,59 @@
+"""What the enclave keeps per policy session, and the limits that bound it.
+
+Kept apart from :class:`cmcp_enclave.enclave.Enclave` so the memory model (what one session
+costs, what survives its close) reads in one place. The gateway has its own MCP session table;
+these are the enclave's policy sessions: taint state, pending calls and the audit ring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmcp_core.audit import GENESIS
+
+
+@dataclass
+class EnclaveLimits:
+    """Bounds on the enclave's memory and permits; the command line sets them (``cmcp-enclave --help``)."""
+
+    permit_ttl: int = 60
+    idle_timeout: float = 900.0
+    max_sessions: int = 10_000
+    audit_ring: int = 256  # entries kept per session for ExportAudit
+    closed_kept: int = 1024  # closed sessions whose record/audit stay exportable
+    audit_budget_bytes: int = 256 * 1024 * 1024  # all rings together, live and closed
+
+
+@dataclass(slots=True)
+class PolicySession:
+    """Per-session state; small on purpose (memory bounded under many sessions).
+
+    Sets are frozensets replaced on change (the empty one is shared), ``pending`` is created on
+    first use, and audit entries are kept as their canonical bytes in a bounded ring.
+    """
+
+    session_id: str
+    principal: str
+    last_used: float
+    seq: int = 0
+    tip: str = GENESIS
+    max_rank: int = 0
+    call_count: int = 0
+    tags: frozenset[str] = frozenset()
+    tools_called: frozenset[str] = frozenset()
+    previous_tool: str = ""
+    pending: dict[str, str] | None = None  # call_id -> tool, awaiting Complete
+    audit: list[bytes] = field(default_factory=list)  # canonical entries, seq audit_first..
+    audit_first: int = 0
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    """What stays of a session after Close: its Trust Record and audit ring, still exportable."""
+
+    record: dict[str, Any]
+    tip: str
+    entries: int
+    audit: list[bytes]
+    first_seq: int
