@@ -187,7 +187,8 @@ def conformance_run(
             enforce_hash,
             name=UPSTREAM_POD,
             server_module="cmcp_devkit.upstream",
-            server_args=["--profile", "conformance"],  # unguarded: the guard is the pod's cmcp-guard container
+            # unguarded: the guard is the pod's cmcp-guard container
+            server_args=["--profile", "conformance"],
             more_enclaves=[(advisory_enclave, advisory_hash)],
             wiretap=False,
             route=ENFORCE,  # the guard follows the enforce route's pods; the advisory one is fixed
