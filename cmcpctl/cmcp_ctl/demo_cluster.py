@@ -13,9 +13,9 @@ component is deployed the way a platform team would:
 3. a guarded upstream pod: the dev kit's ``mcp`` SDK server (:mod:`cmcp_devkit.upstream`,
    ``demo`` profile), the ``cmcp-guard`` proxy in front of it (``--route``: it follows the
    route's ``status.pods[]`` addresses under its own ServiceAccount, allowed to ``get`` that
-   McpRoute only, and attests each enclave itself) and the host's wiretap (:mod:`cmcp_ctl.demo_tap`) between gateway and
-   guard. All three run from the ``cmcp-guard`` image, which ships the whole ``cmcp-k8s``
-   distribution (``guard/Dockerfile``);
+   McpRoute only, and attests each enclave itself) and the host's wiretap
+   (:mod:`cmcp_ctl.demo_tap`) between gateway and guard. All three run from the ``cmcp-guard``
+   image, which ships the whole ``cmcp-k8s`` distribution (``guard/Dockerfile``);
 4. ``helm upgrade`` adds the gateway for the route;
 5. the story through the gateway with the official ``mcp`` client, the host's direct attempts,
    the Trust Record, audit export and fresh evidence from the enclave (gRPC), verified like the
