@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "run":
+        # Only ``run`` needs the harness (it loads every component and the load generator);
+        # ``report`` must start without it.
         from bench import harness
 
         plan = harness.QUICK if args.quick else harness.FULL
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         # section failed): numbers are never judged here.
         return 1 if any(k in failed for k in ("setup:upstream", "sequential")) else 0
     if args.cmd == "report":
-        from bench import report
+        from bench import report  # only ``report`` needs it (see above)
 
         res = read_json(args.results)
         docs = (res.get("mode") == "full") if args.docs is None else args.docs

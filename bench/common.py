@@ -22,6 +22,14 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
+
+class Skip(Exception):
+    """A section of the run that cannot be measured here; the reason goes into the results.
+
+    It lives here, not in the harness, so a section module (e.g. :mod:`bench.operator_time`) can
+    raise it without importing the harness that imports it."""
+
+
 #: Packages whose versions go into every result file.
 TRACKED_PACKAGES: tuple[str, ...] = (
     "cmcp-k8s",

@@ -28,8 +28,12 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench.common import RESULTS_DIR, machine_description, summarize, utc_now, write_json
 from cmcp_core.digest import json_digest
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_devkit.enclave import inprocess_enclave, start_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.engine import SessionView
 from cmcp_enclave.sessions import EnclaveLimits
@@ -67,8 +71,6 @@ def make_bundle(dest: Path, policies: int, style: str = "scoped") -> Path:
 
 
 def _inprocess(bundle: Path, work: Path, limits: EnclaveLimits | None = None) -> Enclave:
-    from tests.helpers.enclave_proc import inprocess_enclave
-
     return inprocess_enclave(bundle, work, audience=AUDIENCE, limits=limits)
 
 
@@ -110,10 +112,6 @@ def bench_cedar_only(enc: Enclave, iterations: int) -> dict[str, Any]:
 
 
 async def _grpc_run(address: str, iterations: int, concurrency: int) -> dict[str, Any]:
-    import grpc
-
-    from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-
     prepared = [(tool, json.dumps(args).encode(), json_digest(args)) for tool, args in CALLS]
     samples: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
@@ -143,8 +141,6 @@ async def _grpc_run(address: str, iterations: int, concurrency: int) -> dict[str
 
 
 def bench_grpc(bundle: Path, work: Path, iterations: int) -> dict[str, Any]:
-    from tests.helpers.enclave_proc import start_enclave
-
     proc = start_enclave(bundle, work, audience=AUDIENCE, extra_args=["--max-sessions", "100000"],
                          timeout=120)
     try:

@@ -25,12 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+import uvicorn
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_json  # noqa: E402
 from bench.gateway import HEADERS, sequential, start_upstream, summary, wait_http  # noqa: E402
-from tests.helpers.upstream import free_port  # noqa: E402
+from cmcp_devkit.ports import free_port  # noqa: E402
+from cmcp_gateway.http1 import Http1Client  # noqa: E402
 
 ECHO_METHOD = "/cmcp.bench.Floor/Echo"
 
@@ -40,8 +44,6 @@ def _same(raw: bytes) -> bytes:
 
 
 async def serve_echo(port: int) -> None:
-    import grpc
-
     async def echo(requests: Any, _context: Any) -> Any:
         async for message in requests:
             yield message
@@ -59,11 +61,6 @@ async def serve_echo(port: int) -> None:
 
 def serve_null_gateway(port: int, echo_port: int | None, upstream: str) -> None:
     """``echo_port`` None: the HTTP hop alone, no gRPC round trip."""
-    import grpc
-    import uvicorn
-
-    from cmcp_gateway.http1 import Http1Client
-
     state: dict[str, Any] = {}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -1,7 +1,8 @@
 """Gateway + enclave overhead over a direct upstream call, and throughput at 16 concurrent clients.
 
 Everything runs as real processes on loopback: the enclave (simulated TEE, examples/minimal),
-the guarded upstream and an unguarded twin (``tests.helpers.upstream``), and ``cmcp-gateway``.
+the guarded upstream and an unguarded twin (:mod:`cmcp_devkit.upstream`, ``test`` profile), and
+``cmcp-gateway``.
 The load generator speaks raw stateless MCP (2026-07-28) JSON-RPC over one pooled httpx client
 per worker, identical for both targets, so the difference is what the gateway path adds:
 auth, limits, Decide over gRPC + signature check, the permit check in the guard, Complete.
@@ -29,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_json  # noqa: E402
-from tests.helpers.enclave_proc import start_enclave  # noqa: E402
-from tests.helpers.upstream import free_port  # noqa: E402
+from cmcp_devkit.enclave import start_enclave  # noqa: E402
+from cmcp_devkit.ports import free_port  # noqa: E402
 
 AUDIENCE = "urn:cmcp:bench-upstream"
 TOKEN = "bench-token"
@@ -59,7 +60,7 @@ def body(i: int) -> bytes:
 
 
 def start_upstream(port: int, guard_enclave: str | None, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "tests.helpers.upstream", "--listen", f"127.0.0.1:{port}"]
+    cmd = [sys.executable, "-m", "cmcp_devkit.upstream", "--listen", f"127.0.0.1:{port}"]
     if guard_enclave:
         cmd += ["--guard-audience", AUDIENCE, "--guard-enclave", guard_enclave, "--allow-simulated"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("wb"))

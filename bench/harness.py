@@ -26,6 +26,8 @@ import importlib.util
 import os
 import random
 import shutil
+import sqlite3
+import statistics
 import tempfile
 import time
 import traceback
@@ -34,8 +36,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, memory, origin, ours, procs
-from bench.common import RESULTS_DIR, machine_description, read_json, summarize, utc_now, write_json
+from bench import loadgen, memory, operator_time, origin, ours, profile_gateway, report
+from bench.common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    Skip,
+    machine_description,
+    read_json,
+    summarize,
+    utc_now,
+    write_json,
+)
+from cmcp_devkit import procs
 
 PATHS = ("direct", "ours", "origin", "origin-tmpfs")
 ORIGINS = ("origin", "origin-tmpfs")
@@ -100,10 +112,6 @@ class Sections:
             entry["seconds"] = round(time.perf_counter() - t0, 2)
 
 
-class Skip(Exception):
-    pass
-
-
 class _NoLoad(Exception):
     """No section of this run needs the servers."""
 
@@ -124,8 +132,6 @@ def _sample_block(s: loadgen.Samples) -> dict[str, Any]:
 
 def bootstrap_median_diff(a: list[float], b: list[float], reps: int = 400, seed: int = 9) -> list[float]:
     """95 % bootstrap interval of median(a) - median(b)."""
-    import statistics
-
     rng = random.Random(seed)
     diffs = []
     for _ in range(reps):
@@ -245,7 +251,7 @@ def enclave_decision(plan: Plan, work: Path) -> dict[str, Any]:
         "--grpc-sizes", "" if quick else "20,1000",
         "--sessions", "500" if quick else "10000",
         "--out", str(out))
-    proc = procs.start("bench-enclave", argv, work / "logs")
+    proc = procs.start("bench-enclave", argv, work / "logs", pythonpath=[REPO_ROOT])
     rc = proc.popen.wait(timeout=900)
     if rc != 0 or not out.exists():
         raise RuntimeError(f"bench.enclave exited {rc}: {proc.log_tail(15)}")
@@ -303,7 +309,7 @@ def components(plan: Plan, work: Path) -> dict[str, Any]:
     if not jobs:
         raise Skip("bench/verify.py and bench/gateway.py are not present")
     for name, argv in jobs:
-        proc = procs.start(f"bench-{name}", argv, work / "logs")
+        proc = procs.start(f"bench-{name}", argv, work / "logs", pythonpath=[REPO_ROOT])
         try:
             rc = proc.popen.wait(timeout=600)
         except Exception:
@@ -322,12 +328,9 @@ def components(plan: Plan, work: Path) -> dict[str, Any]:
 def operator_figure(plan: Plan) -> dict[str, Any]:
     if not plan.operator_replicas:
         raise Skip("full runs only (starts a local control plane; the e2e suite covers the operator in CI)")
-    try:
-        mod = importlib.import_module("bench.operator_time")
-    except ImportError as exc:
-        raise Skip(f"operator timing not wired: {exc}") from exc
-    result: dict[str, Any] = mod.run(replicas=list(plan.operator_replicas), quick=plan.mode == "quick",
-                                     log=log)
+    result: dict[str, Any] = operator_time.run(
+        replicas=list(plan.operator_replicas), quick=plan.mode == "quick", log=log
+    )
     return result
 
 
@@ -380,9 +383,6 @@ SECTION_NAMES = ("latency", "throughput", "profile", "enclave", "components", "m
 
 def commit_probe_ms(directory: Path, n: int = 30) -> dict[str, float]:
     """SQLite commit latency in ``directory`` (p50/max ms): the origin fsyncs its audit DB per call."""
-    import sqlite3
-    import statistics
-
     path = directory / "commit-probe.db"
     con = sqlite3.connect(path)
     try:
@@ -432,8 +432,9 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             raise _NoLoad
         with sections.run("setup:upstream"):
             up_port = procs.free_port()
-            up = procs.start("upstream", procs.python_module("bench.upstream", "--port", str(up_port)),
-                             log_dir, port=up_port)
+            up = procs.start("upstream", procs.python_module(
+                "cmcp_devkit.upstream", "--profile", "bench", "--listen", f"127.0.0.1:{up_port}"),
+                log_dir, port=up_port)
             running.append(up)
             procs.wait_port(up_port, timeout=60, proc=up.popen)
             up_url = f"http://127.0.0.1:{up_port}/mcp"
@@ -519,8 +520,6 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             with sections.run("profile"):
                 if stack is None:
                     raise Skip("our gateway is not runnable")
-                from bench import profile_gateway
-
                 results["profile"] = profile_gateway.run(
                     work / "profile", log_dir, tool_def=tool_def,
                     seconds=plan.profile_seconds, out_dir=out_dir, log=log)
@@ -564,8 +563,6 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
     stem = plan.mode if only is None else f"{plan.mode}-only-{'+'.join(sorted(only))}"
     json_path = write_json(out_dir / f"{stem}.json", results)
     log(f"results: {json_path}")
-    from bench import report
-
     docs = (plan.mode == "full" and only is None) if write_docs is None else write_docs
     md = report.write(results, docs=docs, stem=stem)
     log(f"report: {md}")

@@ -37,7 +37,8 @@ from typing import Any, Literal
 
 import httpx
 
-from bench.upstream import PAYLOAD_BYTES, TOOL_NAME
+from cmcp_devkit.upstream import BENCH_TOOL as TOOL_NAME
+from cmcp_devkit.upstream import PAYLOAD_BYTES
 
 SessionStyle = Literal["mcp", "origin"]
 PROTOCOL_VERSION = "2025-11-25"

@@ -21,7 +21,8 @@ from typing import Any
 
 import httpx
 
-from bench import loadgen, procs
+from bench import loadgen
+from cmcp_devkit import procs
 
 
 async def open_sessions(target: loadgen.LoadTarget, count: int, workers: int = 8) -> dict[str, Any]:

@@ -32,8 +32,11 @@ from typing import Any
 
 import yaml
 
-from bench.common import REPO_ROOT
+from bench.common import REPO_ROOT, Skip
 from cmcp_core.crd import API_PATH
+from cmcp_devkit.cluster.control_plane import LocalCluster, free_port
+from cmcp_devkit.cluster.kube import Kube, KubeError
+from cmcp_operator.render_bundle import bundle_manifest, dump
 
 NS = "cmcp-bench"
 BUNDLE = "bench-minimal"
@@ -66,19 +69,8 @@ def _no_pods(kube: Any, route: str) -> bool:
 
 
 def run(replicas: list[int], quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    try:
-        from cmcp_devkit.cluster.control_plane import LocalCluster, free_port
-        from cmcp_devkit.cluster.kube import Kube, KubeError
-    except ImportError as exc:
-        from bench.harness import Skip
-
-        raise Skip(f"the dev kit's control-plane harness is not importable: {exc}") from exc
-    from cmcp_operator.render_bundle import bundle_manifest, dump
-
     op_bin = Path(sys.executable).with_name("cmcp-operator")
     if not op_bin.exists():
-        from bench.harness import Skip
-
         raise Skip("cmcp-operator is not installed in this environment")
 
     t0 = time.monotonic()

@@ -29,9 +29,9 @@ from typing import Any
 
 import httpx
 
-from bench import procs
 from bench.common import REPO_ROOT
-from bench.upstream import TOOL_NAME
+from cmcp_devkit import procs
+from cmcp_devkit.upstream import BENCH_TOOL as TOOL_NAME
 
 ORIGIN_PACKAGE = "cmcp-runtime"
 ORIGIN_VERSION = "0.7.1"

@@ -9,9 +9,9 @@ Topology (all 127.0.0.1)::
 * The bundle is generated: native request model, ``enforce`` mode, one allow-all
   ``permit (principal, action, resource);`` (the same policy text as the origin's
   minimal bundle) and a catalog with the benchmark tool.
-* The enclave is started with ``tests/helpers/enclave_proc.py`` (the launcher
+* The enclave is started with :mod:`cmcp_devkit.enclave` (the launcher
   measures the initdata into the simulated MRCONFIGID, as an honest node does).
-* The guarded upstream is a second ``bench.upstream`` process with
+* The guarded upstream is a second :mod:`cmcp_devkit.upstream` (``bench`` profile) process with
   ``--guard-audience``; the guard attests the enclave itself.
 * The gateway gets a one-route config (``open: true`` route, so no agent token,
   like the origin in dev mode; ``allow_simulated: true``).
@@ -21,16 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from bench import procs
-from bench.upstream import TOOL_DESCRIPTION, TOOL_NAME
+from cmcp_core.digest import jcs as _jcs
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.native_schema import native_schema
+from cmcp_devkit import procs
+from cmcp_devkit.enclave import EnclaveProcess, EnclaveRefused, render_initdata, start_enclave
+from cmcp_devkit.upstream import BENCH_TOOL as TOOL_NAME
+from cmcp_devkit.upstream import BENCH_TOOL_DESCRIPTION as TOOL_DESCRIPTION
+from cmcp_enclave.simulated import launcher_env
 
 AUDIENCE = "urn:cmcp:bench-upstream"
 ROUTE = "bench"
@@ -45,9 +55,6 @@ SCHEMA = native_schema({"seq": "Long"})
 
 def write_bundle(root: Path, tool_def: dict[str, Any] | None = None) -> Path:
     """An allow-all bundle in our format for the benchmark tool."""
-    from cmcp_core.digest import jcs as _jcs
-    from cmcp_core.digest import tagged_sha256
-
     root.mkdir(parents=True, exist_ok=True)
     (root / "policies").mkdir(exist_ok=True)
     (root / "policies" / "allow-all.cedar").write_text(ALLOW_ALL, encoding="utf-8")
@@ -68,7 +75,7 @@ def write_bundle(root: Path, tool_def: dict[str, Any] | None = None) -> Path:
 
 @dataclass
 class OursStack:
-    enclave: Any  # tests.helpers.enclave_proc.EnclaveProcess
+    enclave: Any  # cmcp_devkit.enclave.EnclaveProcess
     upstream: procs.Proc
     gateway: procs.Proc
     url: str
@@ -89,10 +96,9 @@ class OursStack:
 
 def gateway_available() -> str | None:
     """None if our gateway/enclave can be started, else the reason they cannot."""
-    try:
+    try:  # importing the entry points is the probe, so these stay here
         import cmcp_enclave.main  # noqa: F401
         import cmcp_gateway.main  # noqa: F401
-        import tests.helpers.enclave_proc  # noqa: F401
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -100,18 +106,11 @@ def gateway_available() -> str | None:
 
 def _start_enclave_prefixed(bundle: Path, workdir: Path, prefix: list[str], extra_args: tuple[str, ...],
                             timeout: float = 90.0) -> Any:
-    """``tests.helpers.enclave_proc.start_enclave`` with a command prefix (e.g. a profiler).
+    """``cmcp_devkit.enclave.start_enclave`` with a command prefix (e.g. a profiler).
 
     Same initdata, same simulated measurement (``launcher_env``), same ready-file protocol;
     only the interpreter command differs.
     """
-    import os
-    import subprocess
-    import time
-
-    from cmcp_enclave.simulated import launcher_env
-    from tests.helpers.enclave_proc import EnclaveProcess, EnclaveRefused, render_initdata
-
     workdir.mkdir(parents=True, exist_ok=True)
     data = render_initdata(bundle, audience=AUDIENCE, route=f"bench/{ROUTE}")
     init_path, ready_path, err_path = (workdir / "initdata.toml", workdir / "ready.json",
@@ -138,8 +137,6 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
                 enclave_args: tuple[str, ...] = (), gateway_limits: dict[str, Any] | None = None,
                 gateway_argv_prefix: list[str] | None = None,
                 enclave_argv_prefix: list[str] | None = None) -> OursStack:
-    from tests.helpers.enclave_proc import start_enclave
-
     bundle = write_bundle(workdir / "bundle", tool_def)
     if enclave_argv_prefix:
         enclave = _start_enclave_prefixed(bundle, workdir / "enclave", enclave_argv_prefix, enclave_args)
@@ -149,7 +146,8 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
     try:
         up_port = procs.free_port()
         up = procs.start("ours-upstream", procs.python_module(
-            "bench.upstream", "--port", str(up_port), "--guard-audience", AUDIENCE,
+            "cmcp_devkit.upstream", "--profile", "bench", "--listen", f"127.0.0.1:{up_port}",
+            "--guard-audience", AUDIENCE,
             "--guard-enclave", enclave.address, "--allow-simulated",
             "--expected-bundle-hash", enclave.bundle_hash), log_dir, port=up_port)
         procs.wait_port(up_port, timeout=60, proc=up.popen)
@@ -191,9 +189,6 @@ def scrape(metrics_url: str | None) -> dict[str, tuple[float, float]]:
     """``{histogram: (sum_seconds, count)}`` for the gateway's timing histograms ({} if unavailable)."""
     if not metrics_url:
         return {}
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
     try:
         text = httpx.get(metrics_url, timeout=5).text
     except httpx.HTTPError:

@@ -15,9 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pyinstrument.renderers import ConsoleRenderer, HTMLRenderer
+from pyinstrument.session import Session
 
 from bench import loadgen, ours
 
@@ -39,8 +43,6 @@ def _package(path: str) -> str:
 
 def _by_package(session: Any) -> dict[str, Any]:
     """Self time per package inside the event loop (start-up imports excluded)."""
-    from collections import Counter
-
     root = session.root_frame()
     serving: list[Any] = []
 
@@ -94,9 +96,6 @@ def _by_package(session: Any) -> dict[str, Any]:
 
 
 def _render(session_path: Path, out_dir: Path, name: str) -> dict[str, Any]:
-    from pyinstrument.renderers import ConsoleRenderer, HTMLRenderer
-    from pyinstrument.session import Session
-
     session = Session.load(str(session_path))
     out_dir.mkdir(parents=True, exist_ok=True)
     tree = ConsoleRenderer(unicode=False, color=False, show_all=False,

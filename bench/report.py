@@ -42,6 +42,8 @@ def _mib(b: Any) -> str:
 
 # ----------------------------------------------------------------------------------------- plots
 def _plots(res: dict[str, Any], img_dir: Path, prefix: str) -> dict[str, str]:
+    # matplotlib is slow to import and needed only when charts are drawn; the backend must be
+    # chosen before pyplot is imported, hence the order.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cmcp_conformance import cluster
+from cmcp_conformance.cluster import RouteOutage
+from cmcp_core.route_status import RouteRef
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -69,9 +73,9 @@ def register(subparsers: Any) -> None:
 
 
 def _remote_target(args: argparse.Namespace) -> Any:
-    from cmcp_conformance import cluster
+    # grpc and protobuf (under TargetDeployment) load when a target is built, not at start-up:
+    # every cmcpctl command imports this module to register ``conformance``.
     from cmcp_conformance.target import TargetDeployment
-    from cmcp_core.route_status import RouteRef
 
     route: dict[str, Any] | None = None
     access: cluster.ClusterAccess | None = None
@@ -121,6 +125,7 @@ def _remote_target(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        # pytest and the suite: only ``conformance`` needs them, and only when it runs
         from cmcp_conformance import catalogue, runner
     except ImportError as exc:  # pytest is needed at run time
         print(f"cmcpctl conformance: cannot load the suite ({exc}); install pytest", file=sys.stderr)
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{req.id:<15} {req.level.value:<6} {req.title}")
         return 0
     if args.write_bundle:
-        from cmcp_conformance import bundle
+        from cmcp_conformance import bundle  # imports the target module (grpc): see _remote_target
 
         bundle.write(args.write_bundle, mode=args.bundle_mode)
         print(f"conformance bundle ({args.bundle_mode}) written to {args.write_bundle}")
@@ -152,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with contextlib.ExitStack() as stack:
         if args.target == "local":
-            from cmcp_conformance.local import LaunchError, local_deployment
+            from cmcp_conformance.local import LaunchError, local_deployment  # grpc: see _remote_target
 
             if args.workdir:
                 args.workdir.mkdir(parents=True, exist_ok=True)
@@ -168,8 +173,6 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"cmcpctl conformance: {exc}", file=sys.stderr)
                 return 2
-            from cmcp_conformance.cluster import RouteOutage
-
             if isinstance(target.outage, RouteOutage):  # whatever happens, the route gets its replicas back
                 stack.callback(target.outage.restore)
         print(f"# target {target.describe()}", flush=True)

@@ -1,7 +1,7 @@
 """``cmcpctl demo --cluster``: the demo's story on a Kubernetes cluster, with helm and kubectl.
 
-The same eight steps and checks as ``cmcpctl demo`` (shared with :mod:`cmcp_ctl.demo_cmd`:
-:func:`~cmcp_ctl.demo_cmd.tell_story`, :func:`~cmcp_ctl.demo_cmd.auditor_commands`), but every
+The same eight steps and checks as ``cmcpctl demo`` (shared through :mod:`cmcp_ctl.demo_story`:
+:func:`~cmcp_ctl.demo_story.tell_story`, :func:`~cmcp_ctl.demo_story.auditor_commands`), but every
 component is deployed the way a platform team would:
 
 1. ``helm upgrade --install`` of ``charts/cmcp`` with the ``ci/simulated-values.yaml`` profile
@@ -10,12 +10,12 @@ component is deployed the way a platform team would:
    own renderer (:func:`cmcp_operator.render_bundle.bundle_manifest`) and of an ``McpRoute``
    (``tee: simulated``); the operator starts the enclave pod and attests it, and the demo waits
    for ``status.pods[].attested``;
-3. a guarded upstream pod: the demo's ``mcp`` SDK server (:mod:`cmcp_ctl.demo_upstream`), the
-   ``cmcp-guard`` proxy in front of it (``--route``: it follows the route's ``status.pods[]``
-   addresses under its own ServiceAccount, allowed to ``get`` that McpRoute only, and attests
-   each enclave itself) and the host's wiretap (:mod:`cmcp_ctl.demo_tap`) between gateway and
-   guard. All three run from the ``cmcp-guard`` image, which ships the whole ``cmcp-k8s``
-   distribution (``guard/Dockerfile``);
+3. a guarded upstream pod: the dev kit's ``mcp`` SDK server (:mod:`cmcp_devkit.upstream`,
+   ``demo`` profile), the ``cmcp-guard`` proxy in front of it (``--route``: it follows the
+   route's ``status.pods[]`` addresses under its own ServiceAccount, allowed to ``get`` that
+   McpRoute only, and attests each enclave itself) and the host's wiretap
+   (:mod:`cmcp_ctl.demo_tap`) between gateway and guard. All three run from the ``cmcp-guard``
+   image, which ships the whole ``cmcp-k8s`` distribution (``guard/Dockerfile``);
 4. ``helm upgrade`` adds the gateway for the route;
 5. the story through the gateway with the official ``mcp`` client, the host's direct attempts,
    the Trust Record, audit export and fresh evidence from the enclave (gRPC), verified like the
@@ -51,9 +51,11 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
+from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import GROUP
-from cmcp_ctl import demo_cmd
-from cmcp_ctl.demo_cmd import AGENT, AUDIENCE, ROUTE, Console, DemoFailure, Run
+from cmcp_ctl import demo_story
+from cmcp_ctl.demo_story import AGENT, AUDIENCE, ROUTE, Console, DemoFailure, Run
+from cmcp_operator.render_bundle import bundle_manifest
 
 T = TypeVar("T")
 
@@ -71,7 +73,7 @@ WAIT = 180.0  # seconds for each slow step (pods start, enclave attested, rollou
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--cluster`` options, registered on ``cmcpctl demo``'s parser by :mod:`demo_cmd`."""
+    """The ``--cluster`` options, registered on ``cmcpctl demo``'s parser by :mod:`cmcp_ctl.demo_cmd`."""
     parser.add_argument(
         "--kubeconfig",
         metavar="PATH",
@@ -198,7 +200,7 @@ def _condition(obj: dict[str, Any], ctype: str) -> str:
 
 def _source_root() -> Path:
     """The source tree this package runs from (editable install): charts/ and examples/ live there."""
-    return demo_cmd.default_bundle_dir().parents[1]
+    return demo_story.default_bundle_dir().parents[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,8 +313,8 @@ def upstream_pod(
     bundle_hash: str,
     *,
     name: str = UPSTREAM_POD,
-    server_module: str = "cmcp_ctl.demo_upstream",
-    server_args: Sequence[str] = (),
+    server_module: str = "cmcp_devkit.upstream",
+    server_args: Sequence[str] = ("--profile", "demo"),
     more_enclaves: Sequence[tuple[str, str]] = (),
     wiretap: bool = True,
     route: str | None = None,
@@ -321,7 +323,7 @@ def upstream_pod(
     """The guarded upstream: mcp server, cmcp-guard in front, the host's wiretap in front of that.
 
     One pod, three containers from the ``cmcp-guard`` image (it carries the whole distribution,
-    so ``python -m cmcp_ctl.demo_upstream`` runs there too). The mcp server listens on loopback
+    so ``python -m cmcp_devkit.upstream`` runs there too). The mcp server listens on loopback
     only: nothing outside the pod reaches it except through the guard (and the SDK's DNS-rebinding
     protection, on for a loopback server, accepts the guard's ``Host: 127.0.0.1``). Guard and
     wiretap bind the pod IP. Its ``GET /calls`` counter is read through the guard, which relays
@@ -474,14 +476,15 @@ class ClusterDemo:
         """The next action after a failed step: where the cluster-side evidence is."""
         return (
             (extra + "; " if extra else "")
-            + f"see {demo_cmd._rel(self.out / 'run' / 'cluster-state.txt')} and "
+            + f"see {demo_story._rel(self.out / 'run' / 'cluster-state.txt')} and "
             f"`kubectl -n {self.ns} get pods,mcproutes,policybundles -o wide`; re-run with --keep to inspect"
         )
 
     def run(self) -> Run:
         """Sections 1-4; the cluster is cleaned up before this returns or raises (unless --keep)."""
+        # grpc and protobuf (under TargetDeployment) load here, not at start-up: every cmcpctl
+        # command imports this module (``demo --cluster``'s flags) and would pay for them.
         from cmcp_conformance.target import TargetDeployment
-        from cmcp_core.bundle import load_bundle
 
         run = Run(out=self.out)
         console = self.console
@@ -494,7 +497,7 @@ class ClusterDemo:
         except Exception as exc:  # a broken bundle must read as a bundle problem, not a traceback
             raise DemoFailure(
                 f"cannot load the bundle: {exc}",
-                f"run `cmcpctl bundle validate {demo_cmd._rel(bundle_dir)}` and fix what it reports",
+                f"run `cmcpctl bundle validate {demo_story._rel(bundle_dir)}` and fix what it reports",
             ) from exc
         run.bundle_hash = loaded.bundle_hash
         try:
@@ -532,7 +535,7 @@ class ClusterDemo:
                     ["gateway route", target.mcp_url, f"agent token in Secret {TOKENS_SECRET}"],
                 ],
             )
-            demo_cmd.tell_story(console, run, target, str(target.upstream_url), f"http://{pod_ip}:{TAP_PORT}")
+            demo_story.tell_story(console, run, target, str(target.upstream_url), f"http://{pod_ip}:{TAP_PORT}")
         except BaseException:
             self._save_state()
             raise
@@ -553,7 +556,7 @@ class ClusterDemo:
                         "; ".join(problems) or "ok",
                     )
                 )
-        demo_cmd.auditor_commands(console, run)
+        demo_story.auditor_commands(console, run)
         return run
 
     # --- section 1 steps ----------------------------------------------------------------
@@ -612,7 +615,7 @@ class ClusterDemo:
         values.write_text(yaml.safe_dump(install_values()), encoding="utf-8")
         chart, profile = self.settings.chart, self.settings.profile
         with console.progress(
-            f"helm upgrade --install {self.release} {demo_cmd._rel(chart)} -f {profile.name}"
+            f"helm upgrade --install {self.release} {demo_story._rel(chart)} -f {profile.name}"
         ):
             self.installed = True  # from here on, teardown uninstalls (even a half-done install)
             tools.helm(
@@ -654,8 +657,6 @@ class ClusterDemo:
         """Apply both objects; return the attested enclave's gRPC address (``IP:PORT``).
 
         Defaults: the demo's bundle and route; the conformance e2e test passes its own."""
-        from cmcp_operator.render_bundle import bundle_manifest
-
         console, tools, run_dir = self.console, self.tools, self.out / "run"
         bundle_dir = bundle_dir or self.settings.bundle_dir
         route = route or mcp_route(self.ns)
@@ -665,7 +666,7 @@ class ClusterDemo:
         )
         route_file = "mcproute.yaml" if route_name == ROUTE else f"mcproute-{route_name}.yaml"
         manifest = bundle_manifest(bundle_dir, bundle_name, self.ns)
-        with console.progress(f"kubectl apply PolicyBundle {bundle_name} ({demo_cmd._rel(bundle_dir)})"):
+        with console.progress(f"kubectl apply PolicyBundle {bundle_name} ({demo_story._rel(bundle_dir)})"):
             # the webhook answers a moment after the configuration is filled: retry until admitted
             def admitted() -> bool:
                 tools.apply(manifest, run_dir / bundle_file)
@@ -740,7 +741,7 @@ class ClusterDemo:
                 f"the pod {name} to be Ready",
                 lambda: self._pod_ready(self.tools.get("pod", name, self.ns)),
                 WAIT,
-                self.hint(f"image {image} must run cmcp-guard and ship cmcp_ctl (guard/Dockerfile)"),
+                self.hint(f"image {image} must run cmcp-guard and ship cmcp_devkit (guard/Dockerfile)"),
             )
         self.endpoints["upstream"] = str(pod["status"]["podIP"])
 
@@ -936,7 +937,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             f"no chart at {chart}", "run from a checkout of the repository (`pip install -e .`)"
         )
     bundle_arg = getattr(args, "bundle", None)
-    bundle_dir = Path(bundle_arg).resolve() if bundle_arg else demo_cmd.default_bundle_dir()
+    bundle_dir = Path(bundle_arg).resolve() if bundle_arg else demo_story.default_bundle_dir()
     if not (bundle_dir / "manifest.json").is_file():
         raise DemoFailure(f"no policy bundle at {bundle_dir}", "pass --bundle DIR (e.g. examples/realistic)")
     return Settings(
@@ -971,7 +972,7 @@ def _explain_failures(console: Console, run: Run, namespace: str) -> None:
 
 def run_cluster(args: argparse.Namespace, console: Console) -> int:
     """Entry point for ``cmcpctl demo --cluster``; returns the exit code."""
-    import grpc
+    import grpc  # at run time only, for the reason in ClusterDemo.run
 
     try:
         settings = resolve_settings(args)
@@ -980,19 +981,20 @@ def run_cluster(args: argparse.Namespace, console: Console) -> int:
         console.line(f"  next: {exc.hint}")
         return 2
     started = time.monotonic()
-    out = demo_cmd.prepare_out(getattr(args, "out", None))
+    out = demo_story.prepare_out(getattr(args, "out", None))
     settings.tools.log = out / "run" / "kubectl-helm.log"
     console.line("cMCP demo on Kubernetes: the chart's operator attests an enclave pod (simulated TEE);")
     console.line("the gateway only relays; the upstream's guard runs nothing without the enclave's permit.")
-    console.line(f"Output folder: {demo_cmd._rel(out)}   (commands run: {demo_cmd._rel(settings.tools.log)})")
+    commands_log = demo_story._rel(settings.tools.log)
+    console.line(f"Output folder: {demo_story._rel(out)}   (commands run: {commands_log})")
     demo = ClusterDemo(console, settings, out)
     try:
         run = demo.run()
     except DemoFailure as exc:
-        return demo_cmd.report_stop(console, str(exc), exc.hint, exit_code=2)
+        return demo_story.report_stop(console, str(exc), exc.hint, exit_code=2)
     except (ToolError, httpx.HTTPError, grpc.RpcError, OSError, RuntimeError) as exc:
-        return demo_cmd.report_stop(console, f"the demo stopped: {type(exc).__name__}: {exc}", demo.hint())
-    if demo_cmd.report_success(console, run, time.monotonic() - started, where="on the cluster "):
+        return demo_story.report_stop(console, f"the demo stopped: {type(exc).__name__}: {exc}", demo.hint())
+    if demo_story.report_success(console, run, time.monotonic() - started, where="on the cluster "):
         return 0
     _explain_failures(console, run, settings.namespace)
     return 1

@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cmcp_conformance.serving import run_until_stopped
 from cmcp_core.permit import PERMIT_HEADER
+from cmcp_devkit.serving import run_until_stopped
 
 CAPTURE_PATH = "/_tap/permits"
 # Headers that describe one hop, not the message: never copied across the relay.

@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cmcp_ctl.conformance_cmd",
     "cmcp_ctl.verify_cmd",
     "cmcp_ctl.demo_cmd",
+    "cmcp_ctl.dev_cmd",
 )
 
 DESCRIPTION = """cmcpctl controls and verifies cMCP for Kubernetes.
@@ -30,6 +31,9 @@ Verification commands:
 Deployment commands:
   demo         Run the end-to-end demo (local processes, or --cluster)
   conformance  Run the conformance suite against a deployment
+
+Development commands:
+  dev          Run cMCP locally against your own MCP server (dev up)
 """
 
 

@@ -104,6 +104,8 @@ def _run(func: Any) -> Any:
 
 def _load_response(path: str) -> Any:
     """An ``AttestResponse`` in protobuf's JSON mapping (bytes fields as base64)."""
+    # protobuf and the generated messages load only for ``verify evidence``, not at start-up:
+    # every cmcpctl command imports this module to register ``verify``.
     from google.protobuf import json_format
 
     from cmcp_core.proto import enclave_pb2

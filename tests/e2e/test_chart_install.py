@@ -265,14 +265,14 @@ def install(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def serve_upstream(argv: list[str]) -> None:
-    """Run tests.helpers.upstream's `mcp` server + cMCP guard on a non-loopback address.
+    """Run cmcp_devkit.upstream's `mcp` server + cMCP guard on a non-loopback address.
 
     (That helper builds its app for 127.0.0.1, where the SDK's DNS-rebinding protection refuses
     any other Host header with 421; here the gateway pod calls the host's pod-network address.)
     ``python -c 'from tests.e2e.test_chart_install import serve_upstream as s; s(ARGS)'``."""
-    from cmcp_conformance.serving import WithCounter, run_until_stopped
+    from cmcp_devkit import upstream as helper
+    from cmcp_devkit.serving import WithCounter, run_until_stopped
     from cmcp_guard.middleware import GuardMiddleware
-    from tests.helpers import upstream as helper
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", required=True)

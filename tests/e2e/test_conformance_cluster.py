@@ -8,7 +8,7 @@ another release name and namespace), then:
 * applies two PolicyBundles holding the conformance bundle (`cmcpctl conformance
   --write-bundle`): enforce mode, and the same policies measured in advisory mode;
 * applies an McpRoute for each (tee: simulated); the operator starts and attests the enclave pods;
-* runs the conformance upstream (`python -m cmcp_conformance.upstream`, an official `mcp` SDK
+* runs the conformance upstream (`python -m cmcp_devkit.upstream --profile conformance`, an official `mcp` SDK
   server with its call counter) behind `cmcp-guard` as one pod, the way the demo runs its
   upstream; the guard attests both routes' enclaves itself;
 * adds the gateway with `helm upgrade`, one gateway route per McpRoute, both to that guard;
@@ -186,8 +186,9 @@ def conformance_run(
             enclave,
             enforce_hash,
             name=UPSTREAM_POD,
-            server_module="cmcp_conformance.upstream",
-            server_args=["--no-guard"],  # the guard is the pod's cmcp-guard container
+            server_module="cmcp_devkit.upstream",
+            # unguarded: the guard is the pod's cmcp-guard container
+            server_args=["--profile", "conformance"],
             more_enclaves=[(advisory_enclave, advisory_hash)],
             wiretap=False,
             route=ENFORCE,  # the guard follows the enforce route's pods; the advisory one is fixed

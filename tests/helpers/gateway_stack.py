@@ -4,7 +4,7 @@ API:
   * ``async with run_gateway(config, tokens) as gw:`` — uvicorn on a free port; ``gw.url``
     (route ``/mcp``), ``gw.gateway`` (the :class:`cmcp_gateway.app.Gateway`).
   * ``async with run_stack(enclaves, audience=..., tokens={"tok-alice": "alice"}) as stack:`` —
-    guard (attesting ``enclaves`` itself) + upstream (``tests.helpers.upstream``) + gateway;
+    guard (attesting ``enclaves`` itself) + upstream (:mod:`cmcp_devkit.upstream`) + gateway;
     ``stack.url``, ``stack.upstream`` (``.url``, ``.counter``), ``stack.gateway``, ``stack.guard``.
   * ``agent(url, token=None, mode="auto") -> mcp.Client`` with the bearer token set.
 """
@@ -26,15 +26,16 @@ import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from cmcp_conformance.serving import server_config, serving
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_devkit.ports import free_port
+from cmcp_devkit.serving import server_config, serving
+from cmcp_devkit.upstream import RunningUpstream, run_upstream
 from cmcp_gateway.app import Gateway, build
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_guard.main import build_guard
 from cmcp_guard.middleware import Guard
-from tests.helpers.upstream import RunningUpstream, free_port, run_upstream
 
 
 @dataclass
@@ -190,10 +191,6 @@ class MitmEnclave:
         self.address = ""
 
     async def start(self) -> MitmEnclave:
-        import grpc
-
-        from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-
         channel = grpc.aio.insecure_channel(self.target)
         stub = enclave_pb2_grpc.EnclaveStub(channel)
         outer = self

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
+from cmcp_devkit.enclave import EnclaveProcess, start_enclave
 from tests.helpers.gateway_stack import AUDIENCE
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ from cmcp_core.audit import GENESIS, entry_hash, make_entry, verify_chain
 from cmcp_core.crypto import public_jwk
 from cmcp_core.errors import Code
 from cmcp_ctl.main import main as cmcpctl
+from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_proc import inprocess_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES, decide
 
 

@@ -15,8 +15,8 @@ from cmcp_core import permit
 from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave.enclave import DecideResult, Enclave, RequestError
-from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmcp_core.digest import json_digest
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave.enclave import Enclave, RequestError
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
-from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES
 
 _ENCLAVE: list[Enclave] = []

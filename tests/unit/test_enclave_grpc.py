@@ -15,10 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import ERROR_METADATA_KEY, MAX_MESSAGE_BYTES, SERVICE_NAME, serve
-from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES
 
 

@@ -21,7 +21,7 @@ from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify.appraise import appraise_response
 from cmcp_core.verify.verdict import AppraisalPolicy
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
+from cmcp_devkit.enclave import EnclaveProcess, start_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES
 
 

@@ -21,11 +21,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify.appraise import appraise_response
 from cmcp_core.verify.verdict import AppraisalPolicy
-from cmcp_enclave.server import attest_response
-from cmcp_enclave.simulated import ENV_MRCONFIGID, launcher_env
-from cmcp_enclave.startup import StartupError, start
-from cmcp_enclave.tee import ConfigfsTsmProvider, Report, SimulatedProvider, make_provider
-from tests.helpers.enclave_proc import (
+from cmcp_devkit.enclave import (
     COMMAND,
     IMAGE,
     EnclaveRefused,
@@ -33,6 +29,10 @@ from tests.helpers.enclave_proc import (
     render_initdata,
     start_enclave,
 )
+from cmcp_enclave.server import attest_response
+from cmcp_enclave.simulated import ENV_MRCONFIGID, launcher_env
+from cmcp_enclave.startup import StartupError, start
+from cmcp_enclave.tee import ConfigfsTsmProvider, Report, SimulatedProvider, make_provider
 from tests.unit.test_cedar_decisions import EXAMPLES
 
 SIMULATED = AppraisalPolicy(allow_simulated=True)

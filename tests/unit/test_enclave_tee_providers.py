@@ -20,9 +20,9 @@ from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.snp import parse_report
+from cmcp_devkit.enclave import render_initdata
 from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import CocoAaProvider, ConfigfsTsmProvider
-from tests.helpers.enclave_proc import render_initdata
 from tests.unit.test_cedar_decisions import EXAMPLES
 
 # A real SNP report (Azure, Milan) from ../shared/fixtures; the emulator patches REPORT_DATA and

@@ -20,11 +20,11 @@ import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
 from cmcp_core.route_status import RouteRef
+from cmcp_devkit.ports import free_port
 from cmcp_gateway.app import Gateway, build
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_gateway.metrics import REQUESTS
 from tests.helpers.gateway_stack import serve
-from tests.helpers.upstream import free_port
 
 LIMIT = 64
 

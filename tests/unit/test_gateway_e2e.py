@@ -19,10 +19,10 @@ from mcp.shared.exceptions import MCPError
 
 from cmcp_core.crypto import DECISION_CONTEXT, public_jwk, verify_payload
 from cmcp_core.digest import b64url_decode
+from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.upstream import PNG_1X1
 from cmcp_gateway.config import GatewayLimits
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
 from tests.helpers.gateway_stack import AUDIENCE, agent, run_stack
-from tests.helpers.upstream import PNG_1X1
 
 ROOT = Path(__file__).resolve().parents[2]
 TRANSFER = {"amount": 100, "currency": "EUR", "to": "acct-1"}

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.ports import free_port
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
 from tests.helpers.gateway_stack import AUDIENCE, MitmEnclave, agent, run_gateway, run_stack
-from tests.helpers.upstream import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "examples/realistic"

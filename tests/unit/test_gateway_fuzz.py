@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from cmcp_devkit.enclave import start_enclave
 from cmcp_gateway.config import GatewayLimits
-from tests.helpers.enclave_proc import start_enclave
 from tests.helpers.gateway_stack import AUDIENCE, Stack, run_stack
 
 ROOT = Path(__file__).resolve().parents[2]

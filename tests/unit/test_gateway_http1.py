@@ -131,7 +131,7 @@ async def test_garbage_is_an_error(
 async def test_nothing_listening_and_timeout(
     make: Callable[..., asyncio.Future[tuple[Http1Client, list[bytes]]]],
 ) -> None:
-    from tests.helpers.upstream import free_port
+    from cmcp_devkit.ports import free_port
 
     with pytest.raises(HttpError):
         await Http1Client(f"http://127.0.0.1:{free_port()}/").post(b"{}", {}, 5)

@@ -23,13 +23,13 @@ from mcp.shared.exceptions import MCPError
 
 from cmcp_core.errors import CmcpError
 from cmcp_core.route_status import endpoints_from_status
+from cmcp_devkit.enclave import EnclaveProcess
+from cmcp_devkit.upstream import free_port, run_upstream
 from cmcp_gateway.app import build
 from cmcp_gateway.auth import ANONYMOUS, TokenStore, authenticate, identity_from_cert
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig, TlsConfig, load
 from cmcp_gateway.main import uvicorn_config
-from tests.helpers.enclave_proc import EnclaveProcess
 from tests.helpers.gateway_stack import AUDIENCE, make_guard, serve
-from tests.helpers.upstream import free_port, run_upstream
 
 
 def test_token_file_yaml_and_json(tmp_path: Path) -> None:

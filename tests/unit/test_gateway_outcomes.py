@@ -20,13 +20,13 @@ import pytest
 from cmcp_core.attestation import AttestPolicy
 from cmcp_core.audit import verify_chain
 from cmcp_core.digest import json_digest
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import EnclaveService, serve
 from cmcp_gateway import outcomes
 from cmcp_gateway.enclave_pool import EnclavePool
 from cmcp_gateway.pinning import Pin
-from tests.helpers.enclave_proc import DEFAULT_AUDIENCE, inprocess_enclave
 
 BUNDLE = Path(__file__).resolve().parents[2] / "examples" / "minimal"
 ARGS = {"text": "hi"}

@@ -14,11 +14,11 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from cmcp_core.permit import PERMIT_HEADER
-from tests.helpers.enclave_proc import EnclaveProcess
+from cmcp_devkit.enclave import EnclaveProcess
+from cmcp_devkit.ports import free_port
 from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, agent, get_permit
 from tests.helpers.gateway_stack import PERMIT_ARGS as ALLOWED
 from tests.helpers.gateway_stack import PERMIT_TOOL as TOOL
-from tests.helpers.upstream import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "correct-horse-battery-staple-4711"
@@ -34,7 +34,7 @@ def upstream_proc(port: int, log: Path, guard_enclave: str | None = None) -> sub
         if guard_enclave
         else []
     )
-    proc = spawn(["-m", "tests.helpers.upstream", "--listen", f"127.0.0.1:{port}", *extra], log)
+    proc = spawn(["-m", "cmcp_devkit.upstream", "--listen", f"127.0.0.1:{port}", *extra], log)
     assert proc.stdout is not None and proc.stdout.readline().startswith(b"READY")
     return proc
 

@@ -24,10 +24,10 @@ from cmcp_core import permit as permits
 from cmcp_core.crypto import public_jwk
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2_grpc
+from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.upstream import RunningUpstream, run_upstream
 from cmcp_guard.main import build_guard
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
 from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, get_permit
-from tests.helpers.upstream import RunningUpstream, run_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {"amount": 100, "currency": "EUR", "to": "acct-1"}

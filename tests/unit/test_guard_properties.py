@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from cmcp_core import permit as permits
 from cmcp_core.errors import CmcpError
+from cmcp_devkit.enclave import EnclaveProcess
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.replay import ReplayCache
-from tests.helpers.enclave_proc import EnclaveProcess
 from tests.helpers.gateway_stack import AUDIENCE, PERMIT_ARGS, PERMIT_TOOL, get_permit
 
 B64 = string.ascii_letters + string.digits + "-_."

@@ -17,11 +17,11 @@ from cmcp_core.attestation import AttestPolicy
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_core.route_source import McpRouteSource, _load_configuration
 from cmcp_core.route_status import RouteRef, endpoints_from_status
+from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.upstream import free_port, run_upstream
 from cmcp_guard.main import build_guard, main
 from cmcp_guard.trust import TrustStore
-from tests.helpers.enclave_proc import EnclaveProcess, start_enclave
 from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, PERMIT_ARGS, PERMIT_TOOL, get_permit
-from tests.helpers.upstream import free_port, run_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "examples/realistic"

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cmcp_core.crypto import public_bytes, public_jwk
 from cmcp_core.digest import b64url, jcs
 from cmcp_core.trust_record import record_report_data
+from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_proc import inprocess_enclave
 from tests.unit.test_cedar_decisions import EXAMPLES, decide
 
 

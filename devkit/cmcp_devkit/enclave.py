@@ -1,8 +1,7 @@
-"""Start real ``cmcp-enclave`` processes on the simulated TEE for tests, demos and benchmarks.
+"""Start ``cmcp-enclave`` on the simulated TEE (a process, or in this process) for tests and benchmarks.
 
 API:
-  * ``render_initdata(bundle_dir, *, audience="urn:cmcp:test-upstream", route="default/test",
-    algorithm="sha384") -> bytes`` — Kata initdata naming the bundle's measured hashes and mode.
+  * ``render_initdata`` — re-exported from :mod:`cmcp_devkit.initdata` (the tests' defaults).
   * ``start_enclave(bundle_dir, workdir, *, audience=..., route=..., initdata_bytes=None,
     measured_initdata=None, tee="simulated", extra_args=(), env=None, timeout=30.0)
     -> EnclaveProcess`` — writes the initdata under ``workdir``, launches the process with
@@ -36,19 +35,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core import initdata
 from cmcp_core.crypto import key_from_jwk
+from cmcp_devkit.initdata import DEFAULT_AUDIENCE, DEFAULT_ROUTE, ENCLAVE_COMMAND, TEST_IMAGE, render_initdata
 from cmcp_enclave.simulated import launcher_env
+from cmcp_enclave.startup import start
+from cmcp_enclave.tee import SimulatedProvider
 
-DEFAULT_AUDIENCE = "urn:cmcp:test-upstream"
-DEFAULT_ROUTE = "default/test"
-IMAGE = "ghcr.io/cmcp/enclave:dev"
-COMMAND = ["cmcp-enclave"]
+# What the tests' initdata names (tests that render initdata by hand use the same values).
+IMAGE = TEST_IMAGE
+COMMAND = list(ENCLAVE_COMMAND)
 
-
-def render_initdata(bundle_dir: str | Path, *, audience: str = DEFAULT_AUDIENCE,
-                    route: str = DEFAULT_ROUTE, algorithm: str = "sha384") -> bytes:
-    """The product renderer (:func:`cmcp_core.initdata.render_for_bundle`) with the tests' defaults."""
-    return initdata.render_for_bundle(bundle_dir, route=route, audience=audience, image=IMAGE,
-                                      command=COMMAND, algorithm=algorithm)
+__all__ = [
+    "COMMAND",
+    "DEFAULT_AUDIENCE",
+    "DEFAULT_ROUTE",
+    "IMAGE",
+    "EnclaveProcess",
+    "EnclaveRefused",
+    "inprocess_enclave",
+    "render_initdata",
+    "start_enclave",
+]
 
 
 class EnclaveRefused(RuntimeError):
@@ -163,9 +169,6 @@ def inprocess_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: 
 
     Returns a ``cmcp_enclave.enclave.Enclave`` on the simulated TEE with an honest launcher.
     """
-    from cmcp_enclave.startup import start
-    from cmcp_enclave.tee import SimulatedProvider
-
     data = render_initdata(bundle_dir, audience=audience, route=route)
     path = Path(workdir) / f"initdata-{time.monotonic_ns()}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,16 @@
-"""Process helpers for the harness: free ports, start/stop servers, RSS.
+"""Launching local processes: start a console script or module with its log, wait until it is ready, stop it.
 
-Every process the harness starts is tracked by its own PID and stopped by that
-PID (never by name).  Servers bind 127.0.0.1 only.
+Every process is tracked by its own PID and stopped by that PID (never by name); servers bind
+127.0.0.1 only. The benchmarks, the demo, the conformance launcher and ``cmcpctl dev up`` share
+it (with RSS and CPU readings the benchmarks need).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,27 +20,20 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import REPO_ROOT
+from cmcp_devkit.ports import free_port, wait_port
+
+# A helper server announces itself with ``READY <url> [note]`` on stdout once its socket is bound
+# (:func:`cmcp_devkit.serving.run_until_stopped`); launchers wait for that line. It lives here, on
+# the launcher's side, so launching does not import the server stack (uvicorn, starlette).
+READY_PREFIX = "READY "
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until 127.0.0.1:``port`` accepts TCP connections."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open within {timeout:.0f}s")
+def ready_url(output: str) -> str | None:
+    """The URL of the first ``READY <url>`` line in a helper process's output, if it printed one."""
+    for line in output.splitlines():
+        if line.startswith(READY_PREFIX):
+            return line.split()[1]
+    return None
 
 
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -62,13 +56,18 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
 
 @dataclass
 class Proc:
-    """A child process started by the harness, with its log file."""
+    """A child process with its stdout and stderr in one log file.
+
+    ``stop_signal``: how :meth:`stop` asks it to end before killing it (the benchmarks interrupt
+    their servers; the local stack terminates its components, as a process manager would)."""
 
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
     port: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    stop_signal: int = signal.SIGINT
+    stop_timeout: float = 10.0
 
     @property
     def pid(self) -> int:
@@ -81,17 +80,25 @@ class Proc:
         """Resident set size of this process (not children), from /proc."""
         return rss_of(self.pid)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         if self.popen.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            self.popen.send_signal(signal.SIGINT)
+            self.popen.send_signal(self.stop_signal)
         try:
-            self.popen.wait(timeout=timeout)
+            self.popen.wait(timeout=self.stop_timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.kill()
             self.popen.wait(timeout=5)
+
+    def output(self, limit: int = 4000) -> str:
+        """The last ``limit`` characters of its log (the clue to why it did not come up)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-limit:]
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -141,15 +148,19 @@ def start(
     env: Mapping[str, str | None] | None = None,
     cwd: Path | None = None,
     port: int | None = None,
+    pythonpath: Sequence[str | Path] = (),
 ) -> Proc:
-    """Start ``argv`` with stdout+stderr to ``log_dir/name.log`` (``env`` values of None unset)."""
+    """Start ``argv`` with stdout+stderr to ``log_dir/name.log`` (``env`` values of None unset).
+
+    ``pythonpath`` is prepended to the child's ``PYTHONPATH`` (the benchmarks' ``python -m bench.*``
+    children need the repository root)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     full_env = dict(os.environ)
-    # Make the repo importable as `bench` for `python -m bench.*` children.
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p
-    )
+    if pythonpath:
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (*map(str, pythonpath), full_env.get("PYTHONPATH", "")) if p
+        )
     for key, value in (env or {}).items():  # None unsets
         if value is None:
             full_env.pop(key, None)
@@ -164,6 +175,15 @@ def start(
     return Proc(name=name, popen=popen, log_path=log_path, port=port)
 
 
+def console_script(name: str) -> str:
+    """The console script ``name`` next to this interpreter (a venv), else whatever PATH finds."""
+    candidate = Path(sys.executable).with_name(name)
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"console script {name!r} not found; is its distribution installed?")
+    return found
+
+
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
@@ -176,3 +196,20 @@ def running(procs: list[Proc]) -> Iterator[list[Proc]]:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+__all__ = [
+    "READY_PREFIX",
+    "Proc",
+    "console_script",
+    "cpu_seconds",
+    "cpu_snapshot",
+    "free_port",
+    "python_module",
+    "ready_url",
+    "rss_of",
+    "running",
+    "start",
+    "wait_http",
+    "wait_port",
+]

@@ -1,18 +1,16 @@
 """What every small ``mcp`` upstream (and helper HTTP process) of the project shares.
 
-The conformance upstream, the demo's realistic upstream, the demo's wiretap and the gateway
-tests' upstream differ only in their tools (or, for the wiretap, in the app). The machinery
-around the tools is the same and lives here once, in product code, so the test helpers and the
-demo import it rather than carrying copies:
+The dev kit's upstream (every tool profile) and the demo's wiretap differ only in their app;
+the machinery around it is the same and lives here once:
 
 * :class:`CallCounter` and :class:`WithCounter`: every tool execution is counted and served at
   ``GET /calls`` *outside* any guard (reading it runs no tool), which is how the suite, the demo
   and the tests prove that a refused call never executed;
 * :func:`counted_app`: an SDK server's streamable-HTTP app, optionally behind the product guard
   middleware, with ``GET /calls`` beside it;
-* :func:`free_port`, :func:`parse_listen`, :func:`server_config`;
+* :func:`parse_listen`, :func:`server_config` (free ports come from :mod:`cmcp_devkit.ports`);
 * :func:`serving` (in-process, for tests) and :func:`run_until_stopped` (a process ``main`` that
-  prints ``READY <url>`` once serving, the line launchers wait for).
+  prints ``READY <url>`` once serving, the line launchers wait for: :func:`cmcp_devkit.procs.ready_url`).
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +25,12 @@ import uvicorn
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-if TYPE_CHECKING:  # the launcher (local.py) imports this module; it never builds a server itself
+from cmcp_devkit.ports import free_port
+from cmcp_devkit.procs import READY_PREFIX
+
+if TYPE_CHECKING:  # only the type: building a server is the caller's business
     from mcp.server.mcpserver import MCPServer
 
-READY_PREFIX = "READY "
 
 
 class CallCounter(collections.Counter[str]):
@@ -57,25 +56,19 @@ class WithCounter:
 
 
 def counted_app(
-    server: MCPServer, counter: CallCounter, guard: Any = None, *, json_response: bool = True
+    server: MCPServer, counter: CallCounter, guard: Any = None, *, json_response: bool = True,
+    **app_options: Any,
 ) -> ASGIApp:
     """``server``'s streamable-HTTP app, behind ``guard`` (a ``cmcp_guard`` Guard) when given.
 
     The guard middleware is imported only when a guard is given, so an unguarded upstream does
-    not pull in the guard's attestation stack."""
-    app: ASGIApp = server.streamable_http_app(json_response=json_response)
+    not pull in the guard's attestation stack. ``app_options`` go to the SDK's app (session caps)."""
+    app: ASGIApp = server.streamable_http_app(json_response=json_response, **app_options)
     if guard is not None:
         from cmcp_guard.middleware import GuardMiddleware
 
         app = GuardMiddleware(app, guard)
     return WithCounter(app, counter)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the launchers pass it on)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -113,27 +106,22 @@ async def serving(config: uvicorn.Config) -> AsyncIterator[uvicorn.Server]:
         await task
 
 
-def run_until_stopped(app: ASGIApp, listen: str, *, path: str = "/mcp") -> int:
+def run_until_stopped(
+    app: ASGIApp, listen: str, *, path: str = "/mcp", note: str = "", **server_options: Any
+) -> int:
     """A helper process's ``main``: serve ``app`` on ``listen`` and print ``READY http://HOST:PORT<path>``.
 
     The READY line goes to stdout only once the socket is bound, so a launcher that reads it can
-    connect at once; SIGINT/SIGTERM end the process normally (exit status 0)."""
+    connect at once; SIGINT/SIGTERM end the process normally (exit status 0). ``note`` follows the
+    URL on the same line (the benchmarks record which upstream served them)."""
     host, port = parse_listen(listen)
-    server = uvicorn.Server(server_config(app, host, port))
+    server = uvicorn.Server(server_config(app, host, port, **server_options))
 
     async def serve() -> None:
         task = await _start(server)
-        print(f"{READY_PREFIX}http://{host}:{port}{path}", flush=True)
+        print(f"{READY_PREFIX}http://{host}:{port}{path}" + (f" {note}" if note else ""), flush=True)
         await task
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
     return 0
-
-
-def ready_url(output: str) -> str | None:
-    """The URL of the first ``READY <url>`` line in a helper process's output, if it printed one."""
-    for line in output.splitlines():
-        if line.startswith(READY_PREFIX):
-            return line.split(" ", 1)[1].strip()
-    return None
