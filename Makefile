@@ -1,5 +1,5 @@
 # Two entry points: `make demo` (the main job) and `make test` (every check CI runs).
-.PHONY: setup demo demo-cluster test lint unit e2e conformance bench-quick bench k8s-binaries clean
+.PHONY: setup demo demo-cluster test lint unit integration e2e conformance bench-quick bench k8s-binaries clean
 
 VENV := .venv/bin
 
@@ -30,6 +30,9 @@ lint: setup
 
 unit: setup
 	$(VENV)/pytest tests/unit -q
+
+integration: setup
+	$(VENV)/pytest tests/integration -q
 
 e2e: k8s-binaries
 	$(VENV)/pytest tests/e2e -q -m e2e

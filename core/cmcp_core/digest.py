@@ -98,7 +98,7 @@ def canonical(value: Any) -> bytes:
     writes exactly the JCS bytes: UTF-8 output, the same escapes as Python's ``json`` (see
     :func:`_plain_json`), keys below U+D800 sort the same by UTF-8 bytes as by UTF-16 units.
     It refuses lone surrogates and nesting deeper than 254 (``TypeError``): those go to
-    :func:`jcs`, which refuses or produces the same bytes. ``tests/unit/test_audit_canonical.py``
+    :func:`jcs`, which refuses or produces the same bytes. ``tests/unit/cmcp_core/test_digest_canonical.py``
     holds it byte-identical to :func:`jcs` with a property test.
     """
     if _plain_json(value):

@@ -28,9 +28,9 @@ from mcp.shared.exceptions import MCPError
 
 from cmcp_devkit.ports import free_port
 from tests.helpers.gateway_stack import agent
+from tests.paths import EXAMPLES
 
-ROOT = Path(__file__).resolve().parents[2]
-BUNDLE = ROOT / "examples" / "realistic"
+BUNDLE = EXAMPLES / "realistic"
 ALLOWED = {"amount": 100, "currency": "EUR", "to": "acct-1"}
 DENIED = {"amount": 50_000, "currency": "EUR", "to": "acct-1"}  # over the bundle's transfer limit
 READY_TIMEOUT = 120.0

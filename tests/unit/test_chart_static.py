@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from cmcp_devkit.cluster.binaries import ensure_client_tools
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cmcp"
 PROFILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 RELEASE, NAMESPACE = "rel", "cmcp-system"

@@ -45,8 +45,9 @@ import pytest
 import yaml
 
 from cmcp_ctl.main import build_parser
+from tests.paths import ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = ROOT
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SCRIPTS = ("cmcp-enclave", "cmcp-gateway", "cmcp-guard", "cmcp-operator")
 PREFIXES = ("cmcpctl", "make", "python -m", "kubectl", "helm", *SCRIPTS)

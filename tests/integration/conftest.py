@@ -1,1 +1,0 @@
-"""Fixtures for the integration tests (none shared yet)."""

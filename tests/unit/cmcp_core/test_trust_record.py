@@ -1,0 +1,80 @@
+"""Trust Records at CloseSession: agentrust_trace.verify_record accepts them with the enclave
+key pinned (also for non-ASCII tool and session names) and rejects tampering or other keys."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentrust_trace import verify_record
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cmcp_core.crypto import public_bytes, public_jwk
+from cmcp_core.digest import b64url, jcs
+from cmcp_core.trust_record import record_report_data
+from cmcp_devkit.enclave import inprocess_enclave
+from cmcp_enclave.enclave import Enclave
+from tests.helpers.enclave_calls import decide
+from tests.paths import EXAMPLES
+
+
+@pytest.fixture
+def closed(tmp_path: Path) -> tuple[Enclave, dict[str, Any]]:
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
+    decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="sitzung-ü-1")
+    decide(enc, "résumé.parse", {"body": "Zoë Ñuñez — 日本"}, session="sitzung-ü-1")
+    decide(enc, "email.send_external", {"to": "x@partner.example"}, session="sitzung-ü-1")  # denied
+    return enc, enc.close("sitzung-ü-1").record
+
+
+def test_verify_record_accepts_with_pinned_key(closed: tuple[Enclave, dict[str, Any]]) -> None:
+    enc, record = closed
+    result = verify_record(record, enc.public_key)
+    assert result is not None
+    assert verify_record(record, public_jwk(enc.public_key)) is not None
+
+
+def test_record_claims_measured_values(closed: tuple[Enclave, dict[str, Any]]) -> None:
+    enc, record = closed
+    assert record["policy"]["bundle_hash"] == enc.bundle_hash == enc.entry.bundle_hash
+    assert record["policy"]["enforcement_mode"] == "enforce"
+    assert record["runtime"]["platform"] == "software-only"
+    assert record["appraisal"]["status"] == "none"
+    assert record["cnf"]["jwk"] == public_jwk(enc.public_key)
+    assert record["tool_transcript"] == {"hash": enc.closed["sitzung-ü-1"].tip, "call_count": 2}
+    assert record["data_class"] == "restricted"
+    expected = record_report_data(public_bytes(enc.public_key), enc.bundle_hash, enc.catalog_hash,
+                                  enc.mode, record["tool_transcript"]["hash"])
+    assert record["runtime"]["nonce"] == b64url(expected) and len(expected) == 64
+
+
+def test_record_survives_jcs_round_trip_with_non_ascii(closed: tuple[Enclave, dict[str, Any]]) -> None:
+    import json
+
+    enc, record = closed
+    assert verify_record(json.loads(jcs(record)), enc.public_key) is not None
+    # the transcript hash covers the non-ASCII tool name as raw UTF-8 (JCS), not \u escapes
+    entries = list(enc.export_audit("sitzung-ü-1", 0))
+    assert "résumé.parse".encode() in jcs(entries[2])
+    assert entries[-1]["hash"] == record["tool_transcript"]["hash"]
+
+
+def test_other_key_and_tampering_are_rejected(closed: tuple[Enclave, dict[str, Any]]) -> None:
+    enc, record = closed
+    with pytest.raises((InvalidSignature, ValueError)):
+        verify_record(record, Ed25519PrivateKey.generate().public_key())
+    for path, value in ((("policy", "bundle_hash"), "sha256:" + "0" * 64),
+                        (("tool_transcript", "hash"), "sha256:" + "1" * 64),
+                        (("runtime", "platform"), "intel-tdx")):
+        forged = copy.deepcopy(record)
+        forged[path[0]][path[1]] = value
+        with pytest.raises((InvalidSignature, ValueError)):
+            verify_record(forged, enc.public_key)
+
+
+def test_closing_twice_returns_the_same_record(closed: tuple[Enclave, dict[str, Any]]) -> None:
+    enc, record = closed
+    assert enc.close("sitzung-ü-1").record == record

@@ -1,0 +1,251 @@
+"""Trust Records and audit exports from the real `Enclave`, verified offline (library + CLI)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf import json_format
+
+from cmcp_core import initdata
+from cmcp_core.bundle import load_bundle
+from cmcp_core.crypto import public_jwk
+from cmcp_core.digest import json_digest
+from cmcp_core.errors import Code
+from cmcp_core.proto import enclave_pb2
+from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_attestation
+from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
+from cmcp_ctl.main import main as cmcpctl
+from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.startup import start
+from cmcp_enclave.tee import SimulatedProvider
+from tests.paths import EXAMPLES
+
+BUNDLE_DIR = EXAMPLES / "minimal"
+
+
+@dataclass
+class Closed:
+    enclave: Enclave
+    record: dict[str, Any]
+    audit: list[dict[str, Any]]
+    verdict: Verdict
+    response: enclave_pb2.AttestResponse
+    nonce: bytes
+
+
+@pytest.fixture(scope="module")
+def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
+    """A simulated enclave attested by the verifier, one allowed call, then session close."""
+    bundle = load_bundle(BUNDLE_DIR)
+    entry = initdata.CmcpEntry(
+        bundle.bundle_hash, bundle.catalog_hash, bundle.enforcement_mode, "team/route", "http://upstream"
+    )
+    toml = initdata.render(entry, image="img", command=["cmcp-enclave"])
+    path = tmp_path_factory.mktemp("enclave") / "initdata.toml"
+    path.write_bytes(toml)
+    enc = start(
+        bundle_dir=BUNDLE_DIR,
+        initdata_path=path,
+        provider=SimulatedProvider(initdata.tdx_mrconfigid(toml).hex()),
+    )
+    nonce = os.urandom(32)
+    report, report_data = enc.attest(nonce)
+    verdict = appraise_attestation(
+        report.platform,
+        report.evidence,
+        aux=report.aux,
+        initdata=enc.initdata_bytes,
+        public_key_jwk=enc.public_jwk,
+        bundle_hash=enc.bundle_hash,
+        catalog_hash=enc.catalog_hash,
+        enforcement_mode=enc.mode,
+        nonce=nonce,
+        claimed_report_data=report_data,
+        expected_bundle_hash=bundle.bundle_hash,
+        policy=AppraisalPolicy(allow_simulated=True),
+    )
+    assert verdict.passed, verdict.message
+    args = {"text": "héllo"}
+    enc.decide(
+        session_id="s1",
+        call_id="c1",
+        principal="agent",
+        method="tools/call",
+        tool="echo",
+        arguments_json=json.dumps(args).encode(),
+        arguments_digest=json_digest(args),
+        audience="http://upstream",
+    )
+    done = enc.close("s1")
+    response = enclave_pb2.AttestResponse(
+        platform=report.platform,
+        evidence=report.evidence,
+        aux=report.aux,
+        initdata=enc.initdata_bytes,
+        public_key_jwk=json.dumps(enc.public_jwk),
+        bundle_hash=enc.bundle_hash,
+        catalog_hash=enc.catalog_hash,
+        enforcement_mode=enc.mode,
+        report_data=report_data,
+    )
+    return Closed(enc, done.record, list(enc.export_audit("s1", 0)), verdict, response, nonce)
+
+
+def _leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path
+
+
+def _edit(record: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+    out = copy.deepcopy(record)
+    node: Any = out
+    for p in path[:-1]:
+        node = node[p]
+    old = node[path[-1]]
+    if isinstance(old, bool):
+        node[path[-1]] = not old
+    elif isinstance(old, int):
+        node[path[-1]] = old + 1
+    elif isinstance(old, str):
+        node[path[-1]] = old + "x" if not old else old[:-1] + ("A" if old[-1] != "A" else "B")
+    else:
+        node[path[-1]] = "edited"
+    return out
+
+
+def _verify(c: Closed, record: dict[str, Any] | None = None, **kw: Any) -> Verdict:
+    kw.setdefault("key", c.enclave.public_jwk)
+    kw.setdefault("now", record["iat"] if record else c.record["iat"])
+    return verify_trust_record(record if record is not None else c.record, **kw)
+
+
+def test_record_from_the_enclave_verifies(closed: Closed) -> None:
+    v = _verify(
+        closed,
+        verdict=closed.verdict,
+        audit_entries=closed.audit,
+        pinned_bundle_hash=closed.verdict.bundle_hash,
+    )
+    assert v.passed, v.message
+    assert v.checks == (
+        "trace-verify-record",
+        "cnf-key",
+        "measured-bundle",
+        "runtime-nonce",
+        "audit-chain-tip",
+    )
+    assert v.assurance == "software-only" and v.platform == "software-only"
+
+
+def test_every_field_edit_is_rejected(closed: Closed) -> None:
+    paths = list(_leaves(closed.record))
+    assert len(paths) > 15
+    for path in paths:
+        v = _verify(closed, _edit(closed.record, path))
+        assert not v.passed, f"edit of {path} was accepted"
+
+
+def test_key_pinning_and_freshness(closed: Closed) -> None:
+    other = public_jwk(Ed25519PrivateKey.generate().public_key())
+    assert _verify(closed, key=other).code == Code.RECORD_INVALID
+    assert _verify(closed, now=closed.record["iat"] + 2 * 86400).code == Code.RECORD_STALE
+    assert _verify(closed, now=closed.record["iat"] + 2 * 86400, max_age_seconds=None).passed
+    assert _verify(closed, now=closed.record["iat"] - 3600).code == Code.RECORD_STALE
+    assert verify_trust_record(closed.record).code == Code.VERIFY_INPUT_INVALID
+
+
+def test_record_must_match_the_attested_enclave(closed: Closed) -> None:
+    v = dataclasses.replace(closed.verdict, bundle_hash="sha256:" + "00" * 32)
+    assert _verify(closed, verdict=v).code == Code.RECORD_BUNDLE_MISMATCH
+    other = public_jwk(Ed25519PrivateKey.generate().public_key())
+    v = dataclasses.replace(closed.verdict, public_key_jwk=other)
+    assert _verify(closed, verdict=v).code == Code.RECORD_KEY_MISMATCH
+    v = dataclasses.replace(closed.verdict, catalog_hash="sha256:" + "11" * 32)
+    assert _verify(closed, verdict=v).code == Code.RECORD_INVALID  # runtime.nonce binds the catalog
+    v = dataclasses.replace(closed.verdict, platform="tdx")
+    assert _verify(closed, verdict=v).code == Code.RECORD_INVALID  # software-only record, TDX evidence
+    failed = dataclasses.replace(closed.verdict, passed=False, code="EVIDENCE_BAD_SIGNATURE")
+    assert not _verify(closed, verdict=failed).passed
+    assert _verify(closed, pinned_bundle_hash="sha256:" + "22" * 32).code == Code.RECORD_BUNDLE_MISMATCH
+
+
+def test_audit_export_against_the_record(closed: Closed) -> None:
+    assert _verify(closed, audit_entries=closed.audit[:-1]).code == Code.RECORD_TRANSCRIPT_MISMATCH
+    edited = copy.deepcopy(closed.audit)
+    edited[1]["data"]["tool"] = "other"
+    assert _verify(closed, audit_entries=edited).code == Code.AUDIT_ENTRY_EDITED
+    swapped = [closed.audit[0], closed.audit[2], closed.audit[1]]
+    assert not _verify(closed, audit_entries=swapped).passed
+    assert verify_audit_export(
+        closed.audit, closed.enclave.public_jwk, closed.record["tool_transcript"]["hash"]
+    ).passed
+    assert not verify_audit_export(closed.audit[1:], closed.enclave.public_jwk).passed
+
+
+def test_audit_export_formats() -> None:
+    entries = [{"seq": 0}, {"seq": 1}]
+    assert load_audit_export(json.dumps(entries).encode()) == entries
+    assert load_audit_export(json.dumps({"entries": entries}).encode()) == entries
+    assert load_audit_export(b"\n".join(json.dumps(e).encode() for e in entries)) == entries
+
+
+def _write(tmp: Path, name: str, doc: Any) -> str:
+    p = tmp / name
+    p.write_text(json.dumps(doc, ensure_ascii=False))
+    return str(p)
+
+
+def test_cli_record_and_audit(closed: Closed, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = json.dumps(closed.enclave.public_jwk)
+    rec = _write(tmp_path, "record.json", closed.record)
+    audit = _write(tmp_path, "audit.json", closed.audit)
+    now = str(closed.record["iat"])
+    assert cmcpctl(["verify", "record", rec, "--key", key, "--audit", audit, "--now", now, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] and out["code"] == "OK"
+    for path in _leaves(closed.record):  # every field edit, through the CLI
+        bad = _write(tmp_path, "bad.json", _edit(closed.record, path))
+        assert cmcpctl(["verify", "record", bad, "--key", key, "--now", now]) == 1
+    assert (
+        cmcpctl(["verify", "audit", audit, "--key", key, "--tip", closed.record["tool_transcript"]["hash"]])
+        == 0
+    )
+    assert cmcpctl(["verify", "audit", audit, "--key", key, "--tip", "sha256:" + "0" * 64]) == 1
+    assert cmcpctl(["verify", "record", str(tmp_path / "missing.json"), "--key", key]) == 2
+    assert cmcpctl(["verify", "record", rec, "--key", "{not json"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        cmcpctl(["verify", "record"])
+    assert exit_.value.code == 2
+
+
+def test_cli_record_against_the_attest_response(
+    closed: Closed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = _write(tmp_path, "record.json", closed.record)
+    resp = tmp_path / "attest.json"
+    resp.write_text(json_format.MessageToJson(closed.response))
+    now = str(closed.record["iat"])
+    base = ["verify", "record", rec, "--response", str(resp), "--now", now, "--json"]
+    assert cmcpctl([*base, "--nonce", closed.nonce.hex(), "--allow-simulated"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] and "runtime-nonce" in out["checks"] and out["assurance"] == "software-only"
+    assert cmcpctl([*base, "--nonce", closed.nonce.hex()]) == 1  # simulated evidence not allowed
+    assert json.loads(capsys.readouterr().out)["code"] == "SIMULATED_NOT_ALLOWED"
+    assert cmcpctl([*base, "--nonce", os.urandom(32).hex(), "--allow-simulated"]) == 1  # other nonce
+    assert cmcpctl(base) == 2
+    assert cmcpctl(["verify", "record", rec]) == 2  # neither a key nor a response

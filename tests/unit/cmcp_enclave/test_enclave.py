@@ -1,0 +1,200 @@
+"""Cedar decisions through the `Enclave`: allow, deny, error-as-deny, argument rules,
+advisory and silent modes, catalog and audience refusal, the phase1 compatibility model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cmcp_core import permit
+from cmcp_core.decision import verify_decision
+from cmcp_core.digest import json_digest
+from cmcp_core.errors import CmcpError, Code
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
+from cmcp_enclave.enclave import Enclave, RequestError
+from tests.helpers.enclave_calls import decide
+from tests.paths import EXAMPLES, ROOT
+
+
+@pytest.fixture
+def realistic(tmp_path: Path) -> Enclave:
+    return inprocess_enclave(EXAMPLES / "realistic", tmp_path)
+
+
+def test_allow_is_signed_and_carries_a_valid_permit(realistic: Enclave) -> None:
+    res = decide(realistic, "crm.lookup_customer", {"customer_id": "c-42"})
+    doc = verify_decision(res.decision_json, res.signature, realistic.public_key,
+                          expected={"tool": "crm.lookup_customer", "audience": DEFAULT_AUDIENCE})
+    assert (doc["decision"], doc["effective"], doc["reason_code"]) == ("allow", "allow", None)
+    assert doc["policy_ids"] == ["policies/base.cedar#allow-catalogued"]
+    p = permit.verify(res.permit, trusted_keys={realistic.kid: realistic.public_key},
+                      audience=DEFAULT_AUDIENCE, tool="crm.lookup_customer",
+                      args_digest=json_digest({"customer_id": "c-42"}),
+                      allowed_bundles=frozenset({realistic.bundle_hash}))
+    assert p.sid == "s1" and p.bh == realistic.bundle_hash
+
+
+def test_decision_signature_does_not_verify_when_edited(realistic: Enclave) -> None:
+    res = decide(realistic, "web.search", {"query": "x"})
+    forged = res.decision_json.replace(b'"decision":"allow"', b'"decision":"deny"')
+    with pytest.raises(CmcpError) as err:
+        verify_decision(forged, res.signature, realistic.public_key)
+    assert err.value.code == Code.DECISION_UNVERIFIED
+    with pytest.raises(CmcpError):
+        verify_decision(res.decision_json, res.signature, realistic.public_key,
+                        expected={"call_id": "another-call"})
+
+
+def test_deny_names_the_forbid_and_has_no_permit(realistic: Enclave) -> None:
+    res = decide(realistic, "payments.transfer", {"amount": 50_000, "currency": "EUR"})
+    assert res.document["decision"] == "deny" and res.document["effective"] == "deny"
+    assert res.document["reason_code"] == "POLICY_DENY"
+    assert res.document["policy_ids"] == ["policies/arguments.cedar#transfer-limit"]
+    assert res.permit == ""
+
+
+def test_argument_aware_rules(realistic: Enclave) -> None:
+    assert decide(realistic, "payments.transfer", {"amount": 10_000}).document["decision"] == "allow"
+    assert decide(realistic, "payments.transfer", {"amount": 10_001}).document["decision"] == "deny"
+    assert decide(realistic, "email.send_external", {"to": "bob@partner.example"},
+                  session="m").document["decision"] == "allow"
+    denied = decide(realistic, "email.send_external", {"to": "bob@evil.example"}, session="m2")
+    assert denied.document["policy_ids"] == ["policies/arguments.cedar#external-mail-partner-only"]
+    assert decide(realistic, "crm.lookup_customer", {"customer_id": "*"}).document["decision"] == "deny"
+    assert decide(realistic, "crm.lookup_customer", {}).document["decision"] == "deny"
+
+
+def test_forbid_whose_condition_errors_is_a_deny_naming_it(realistic: Enclave) -> None:
+    # "amount" as a string: `> 10000` errors at run time; Cedar skips the erroring forbid and
+    # the broad permit would allow. The enclave must deny and name the policy.
+    res = decide(realistic, "payments.transfer", {"amount": "a lot"})
+    doc = res.document
+    assert (doc["decision"], doc["reason_code"]) == ("deny", "POLICY_EVAL_ERROR")
+    assert [e["policy_id"] for e in doc["errors"]] == ["policies/arguments.cedar#transfer-limit"]
+    assert res.permit == ""
+
+
+def test_tool_outside_catalog_is_refused(realistic: Enclave) -> None:
+    res = decide(realistic, "shell.exec", {"cmd": "rm -rf /"})
+    assert res.document["reason_code"] == "TOOL_NOT_IN_CATALOG" and res.document["effective"] == "deny"
+
+
+def test_wrong_audience_is_refused(realistic: Enclave) -> None:
+    res = decide(realistic, "web.search", {"query": "x"}, audience="urn:other-upstream")
+    assert res.document["reason_code"] == "AUDIENCE_MISMATCH" and res.permit == ""
+
+
+def test_arguments_that_smuggle_cedar_entities_are_refused(realistic: Enclave) -> None:
+    res = decide(realistic, "payments.transfer",
+                 {"amount": {"__entity": {"type": "cMCP::Agent", "id": "admin"}}})
+    assert res.document["reason_code"] == "ARGS_INVALID" and res.document["effective"] == "deny"
+
+
+def test_floats_and_nulls_do_not_break_evaluation(realistic: Enclave) -> None:
+    res = decide(realistic, "web.search", {"query": "x", "limit": 2.5, "page": None, "tags": [1, 1.5]})
+    assert res.document["decision"] == "allow"
+
+
+def test_digest_mismatch_and_malformed_arguments_get_no_decision(realistic: Enclave) -> None:
+    args = {"query": "x"}
+    with pytest.raises(RequestError) as err:
+        realistic.decide(session_id="s", call_id="c", principal="a", method="tools/call", tool="web.search",
+                         arguments_json=json.dumps(args).encode(),
+                         arguments_digest=json_digest({"query": "y"}), audience=DEFAULT_AUDIENCE)
+    assert err.value.code == Code.ARGS_DIGEST_MISMATCH
+    for raw in (b"{not json", b"[1,2]", b'"str"'):
+        with pytest.raises(RequestError) as err:
+            realistic.decide(session_id="s", call_id="c", principal="a", method="tools/call",
+                             tool="web.search", arguments_json=raw, arguments_digest="sha256:00",
+                             audience=DEFAULT_AUDIENCE)
+        assert err.value.code == Code.ARGS_INVALID
+    with pytest.raises(RequestError):
+        realistic.decide(session_id="", call_id="c", principal="a", method="tools/call", tool="t",
+                         arguments_json=b"{}", arguments_digest=json_digest({}), audience=DEFAULT_AUDIENCE)
+    assert realistic.audit_entries_total == 0  # nothing decided, nothing audited
+
+
+@pytest.mark.parametrize("mode", ["advisory", "silent"])
+def test_advisory_and_silent_forward_and_record_advisory_deny(tmp_path: Path, mode: str) -> None:
+    bundle = tmp_path / "b"
+    shutil.copytree(EXAMPLES / "advisory", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["enforcement_mode"] = mode
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    enc = inprocess_enclave(bundle, tmp_path)
+    assert decide(enc, "ehr.read_patient_record", {"patient_id": "p"}).document["decision"] == "allow"
+    res = decide(enc, "email.send_external", {"to": "x@y.example"})
+    doc = res.document
+    assert (doc["decision"], doc["effective"], doc["advisory_deny"], doc["mode"]) == \
+        ("deny", "allow", True, mode)
+    assert doc["policy_ids"] == ["policies/trial.cedar#trial-no-external-send-after-phi"]
+    assert res.permit  # forwarded, so the guard needs a permit
+    entries = list(enc.export_audit("s1", 0))
+    assert entries[-1]["data"]["advisory_deny"] is True
+    # a tool outside the catalog is refused even in advisory mode
+    off = decide(enc, "shell.exec")
+    assert (off.document["effective"], off.document["advisory_deny"]) == ("deny", False)
+
+
+def test_phase1_model_reads_origin_shapes(tmp_path: Path) -> None:
+    enc = inprocess_enclave(ROOT / "tests" / "data" / "bundles" / "phase1-catalog", tmp_path)
+    assert enc.engine.model == "phase1"
+    assert decide(enc, "export_report").document["decision"] == "allow"
+    assert decide(enc, "read_ledger").document["decision"] == "allow"
+    res = decide(enc, "export_report")  # session_max_sensitivity is now "restricted"
+    assert res.document["policy_ids"] == ["policies.cedar#no-export-after-restricted"]
+    assert decide(enc, "not_catalogued").document["reason_code"] == "TOOL_NOT_IN_CATALOG"
+
+
+def test_origin_minimal_bundle_serves_and_catalog_is_the_allowlist(tmp_path: Path) -> None:
+    enc = inprocess_enclave(ROOT / "tests" / "data" / "bundles" / "origin-minimal", tmp_path)
+    assert enc.bundle_hash == "sha256:0f30eae7f46868c8250b1b78be3bfd0cd25b247c0c110271ebd599e7aa5a0e74"
+    assert decide(enc, "anything").document["reason_code"] == "TOOL_NOT_IN_CATALOG"
+
+
+def test_list_tools_is_filtered_by_cedar(tmp_path: Path) -> None:
+    bundle = tmp_path / "b"
+    shutil.copytree(EXAMPLES / "realistic", bundle)
+    (bundle / "policies" / "hide.cedar").write_text(
+        '@id("hide-payments")\nforbid (principal, action == cMCP::Action::"list_tools", resource)\n'
+        'when { resource.name == "payments.transfer" };\n')
+    enc = inprocess_enclave(bundle, tmp_path)
+    tools = enc.list_tools(session_id="s", principal="a")
+    assert "payments.transfer" not in tools and "web.search" in tools and "résumé.parse" in tools
+
+
+def test_scope_index_gives_the_same_answers_as_the_full_policy_set(tmp_path: Path) -> None:
+    """The per-(action, tool) subsets must decide exactly like the whole set, ids included."""
+    import cedarpy
+
+    from cmcp_enclave.engine import SessionView
+
+    bundle = tmp_path / "b"
+    shutil.copytree(EXAMPLES / "realistic", bundle)
+    rules = []
+    for i, tool in enumerate(["web.search", "payments.transfer", "résumé.parse", "crm.lookup_customer"]):
+        rules.append(f'@id("scoped-{i}")\nforbid (principal, action == cMCP::Action::"call_tool", '
+                     f'resource == cMCP::Tool::"{tool}") when {{ context.arguments has amount && '
+                     f"context.arguments.amount > {i * 100} }};\n")
+        rules.append(f'@id("in-{i}")\nforbid (principal, action in [cMCP::Action::"list_tools"], '
+                     f'resource in cMCP::Tool::"{tool}") when {{ context.call_count > {i} }};\n')
+    rules.append('@id("is-tool")\nforbid (principal, action, resource is cMCP::Tool) '
+                 'when { context.arguments has amount && context.arguments.amount == 7 };\n')
+    (bundle / "policies" / "scoped.cedar").write_text("".join(rules))
+    enc = inprocess_enclave(bundle, tmp_path)
+    engine = enc.engine
+    assert len(engine.policies_for("call_tool", "web.search")) < len(engine.policies)
+    for tool in sorted(engine.catalog):
+        for method in ("tools/call", "list_tools"):
+            for args in ({}, {"amount": 7}, {"amount": 150}, {"amount": 1000}, {"amount": "x"}):
+                for count in (0, 3):
+                    view = SessionView("s", "public", 0, frozenset({"phi"}), count, frozenset(), "")
+                    fast = engine.evaluate(method, "agent", tool, args, view)
+                    request = engine._request(method, "agent", tool, args, view)
+                    raw = cedarpy.is_authorized(request, engine.policies, engine.entities)
+                    full = engine._evaluation(raw)
+                    assert (fast.allowed, sorted(fast.policy_ids), fast.errors) == \
+                        (full.allowed, sorted(full.policy_ids), full.errors), (tool, method, args)

@@ -1,0 +1,180 @@
+"""The gRPC surface on a real grpc.aio server: size limits, malformed requests get gRPC errors
+(never decisions), health, signed decisions and permits over the wire, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cmcp_core.decision import verify_decision
+from cmcp_core.digest import json_digest
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
+from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.metrics import Metrics
+from cmcp_enclave.server import ERROR_METADATA_KEY, MAX_MESSAGE_BYTES, SERVICE_NAME, serve
+from tests.paths import EXAMPLES
+
+
+class Live:
+    def __init__(self, enclave: Enclave, stub: enclave_pb2_grpc.EnclaveStub, channel: grpc.aio.Channel,
+                 metrics: Metrics):
+        self.enclave, self.stub, self.channel, self.metrics = enclave, stub, channel, metrics
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[Live]:
+    enclave = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
+    metrics = Metrics()
+    server, port = await serve(enclave, "127.0.0.1:0", metrics)
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 * MAX_MESSAGE_BYTES)])
+    try:
+        yield Live(enclave, enclave_pb2_grpc.EnclaveStub(channel), channel, metrics)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+def _req(tool_name: str, args: dict[str, object], **over: object) -> enclave_pb2.DecideRequest:
+    fields: dict[str, object] = {
+        "session_id": "s", "call_id": f"c-{os.urandom(4).hex()}", "principal": "agent",
+        "method": "tools/call",
+        "tool": tool_name, "arguments_json": json.dumps(args).encode(), "arguments_digest": json_digest(args),
+        "audience": DEFAULT_AUDIENCE}
+    fields.update(over)
+    return enclave_pb2.DecideRequest(**fields)
+
+
+async def test_health_serving(live: Live) -> None:
+    health = health_pb2_grpc.HealthStub(live.channel)
+    for service in ("", SERVICE_NAME):
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_decide_over_grpc_is_signed(live: Live) -> None:
+    resp = await live.stub.Decide(_req("web.search", {"query": "q"}))
+    doc = verify_decision(resp.decision_json, resp.signature, live.enclave.public_key)
+    assert doc["effective"] == "allow" and resp.permit.startswith("v1.")
+    denied = await live.stub.Decide(_req("shell.exec", {}))
+    assert json.loads(denied.decision_json)["reason_code"] == "TOOL_NOT_IN_CATALOG" and not denied.permit
+
+
+@pytest.mark.parametrize("bad", [
+    {"arguments_digest": "sha256:" + "0" * 64},
+    {"arguments_json": b"{oops", "arguments_digest": "x"},
+    {"session_id": ""},
+    {"tool": "t" * 10_000},
+    {"principal": "evil\nagent"},
+])
+async def test_malformed_requests_get_grpc_errors_not_decisions(live: Live, bad: dict[str, object]) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.Decide(_req("web.search", {"query": "q"}, **bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    codes = dict(err.value.trailing_metadata() or ())
+    assert codes.get(ERROR_METADATA_KEY) in ("ARGS_DIGEST_MISMATCH", "ARGS_INVALID", "MCP_INVALID_REQUEST")
+    assert live.enclave.audit_entries_total == 0
+
+
+async def test_oversized_message_is_rejected_by_grpc(live: Live) -> None:
+    big = {"body": "x" * (MAX_MESSAGE_BYTES + 10)}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.Decide(_req("slack.post_internal", big))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert live.enclave.audit_entries_total == 0
+
+
+async def test_attest_close_export_over_grpc(live: Live) -> None:
+    resp = await live.stub.Attest(enclave_pb2.AttestRequest(nonce=os.urandom(32)))
+    assert resp.platform == "simulated" and len(resp.report_data) == 64
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.Attest(enclave_pb2.AttestRequest(nonce=b"x"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await live.stub.Decide(_req("web.search", {"query": "q"}))
+    closed = await live.stub.CloseSession(enclave_pb2.CloseSessionRequest(session_id="s"))
+    assert closed.entries == 3
+    assert json.loads(closed.trust_record_json)["tool_transcript"]["hash"] == closed.chain_tip
+    entries = [json.loads(e.entry_json) async for e in
+               live.stub.ExportAudit(enclave_pb2.ExportAuditRequest(session_id="s", from_seq=1))]
+    assert [e["seq"] for e in entries] == [1, 2]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.Decide(_req("web.search", {"query": "q"}))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.CloseSession(enclave_pb2.CloseSessionRequest(session_id="never"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_metrics_count_decisions(live: Live) -> None:
+    from prometheus_client import generate_latest
+
+    await live.stub.Decide(_req("web.search", {"query": "q"}))
+    await live.stub.Decide(_req("shell.exec", {}))
+    text = generate_latest(live.metrics.registry).decode()
+    assert 'cmcp_enclave_decisions_total{decision="allow",effective="allow",mode="enforce"} 1.0' in text
+    assert 'cmcp_enclave_decisions_total{decision="deny",effective="deny",mode="enforce"} 1.0' in text
+    assert "cmcp_enclave_decision_seconds_count 2.0" in text
+    assert "cmcp_enclave_active_sessions 1.0" in text
+
+
+async def test_expiry_loop_closes_idle_sessions(live: Live) -> None:
+    import asyncio
+
+    from cmcp_enclave.server import expiry_loop
+
+    await live.stub.Decide(_req("web.search", {"query": "q"}))
+    live.enclave.limits.idle_timeout = 60
+    now = live.enclave.clock() + 3600  # an hour later: the session is idle
+    live.enclave.clock = lambda: now
+    task = asyncio.create_task(expiry_loop(live.enclave, live.metrics, 0.01))
+    try:
+        for _ in range(500):  # bounded wait for the effect, not a timing assertion
+            if not live.enclave.sessions:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert not live.enclave.sessions and "s" in live.enclave.closed
+    from prometheus_client import generate_latest
+
+    text = generate_latest(live.metrics.registry).decode()
+    assert 'cmcp_enclave_sessions_closed_total{reason="idle"} 1.0' in text
+
+
+async def test_reset_and_list_tools_over_grpc(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cmcp_core.audit import reset_payload
+
+    operator = Ed25519PrivateKey.generate()
+    enclave = inprocess_enclave(EXAMPLES / "realistic", tmp_path, operator_keys=[operator.public_key()])
+    server, port = await serve(enclave, "127.0.0.1:0", Metrics())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            await stub.Decide(_req("ehr.read_patient_record", {"patient_id": "p"}))
+            listed = await stub.ListTools(enclave_pb2.ListToolsRequest(session_id="s", principal="agent"))
+            assert "email.send_external" in listed.tools
+            assert {e["tool_name"] for e in json.loads(listed.catalog_json)} == set(listed.tools)
+            seq = enclave.sessions["s"].seq
+            payload = reset_payload(session_id="s", actor="op", reason="r", seq=seq)
+            bad = Ed25519PrivateKey.generate().sign(payload)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ResetSession(enclave_pb2.ResetSessionRequest(
+                    session_id="s", actor="op", reason="r", operator_signature=bad))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            good = operator.sign(payload)
+            resp = await stub.ResetSession(enclave_pb2.ResetSessionRequest(
+                session_id="s", actor="op", reason="r", operator_signature=good))
+            assert resp.entry_hash == enclave.sessions["s"].tip
+            after = await stub.Decide(_req("email.send_external", {"to": "a@partner.example"}))
+            assert json.loads(after.decision_json)["effective"] == "allow"  # taint cleared by the reset
+    finally:
+        await server.stop(None)

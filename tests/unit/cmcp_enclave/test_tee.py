@@ -1,0 +1,194 @@
+"""TEE providers on their real code paths: configfs-tsm (TDX and SNP) against an emulated
+configfs directory, the CoCo attestation agent over real HTTP, and start-up through each."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from cmcp_core import initdata
+from cmcp_core.digest import json_digest
+from cmcp_core.errors import CmcpError, Code
+from cmcp_core.evidence.simulated import SimulatedQuoteSigner
+from cmcp_core.evidence.snp import parse_report
+from cmcp_devkit.enclave import render_initdata
+from cmcp_enclave.startup import StartupError, start
+from cmcp_enclave.tee import CocoAaProvider, ConfigfsTsmProvider
+from tests.paths import DATA, EXAMPLES
+
+# A real SNP report (Azure, Milan) from ../shared/fixtures; the emulator patches REPORT_DATA and
+# HOST_DATA into it. Its signature then no longer verifies, which the enclave never checks on
+# its own report (the verifier does).
+SNP_REPORT = (DATA / "snp" / "azure_snp_report.bin").read_bytes()
+
+
+@dataclass
+class TsmEmulator:
+    """Plays the kernel: answers every configfs-tsm entry that received an inblob."""
+
+    root: Path
+    platform: str  # tdx | snp
+    measured: bytes  # MRCONFIGID (48) or HOST_DATA (32)
+    provider_name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        self.signer = SimulatedQuoteSigner()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _answer(self, entry: Path) -> None:
+        inblob = (entry / "inblob").read_bytes()
+        if self.platform == "tdx":
+            out = self.signer.quote(inblob, self.measured)
+            aux = b""
+        else:
+            out = bytearray(SNP_REPORT)
+            out[0x50:0x90] = inblob
+            out[0xC0:0xE0] = self.measured
+            out, aux = bytes(out), b"certificate-table"
+        name = self.provider_name or {"tdx": "tdx_guest", "snp": "sev_guest"}[self.platform]
+        for fname, data in (("provider", name.encode() + b"\n"), ("auxblob", aux), ("outblob", out)):
+            tmp = entry / f".{fname}.tmp"
+            tmp.write_bytes(data)
+            tmp.rename(entry / fname)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.005):
+            for entry in self.root.iterdir():
+                inblob = entry / "inblob"
+                # the enclave's write may still be in flight: answer only a complete 64-byte inblob
+                if inblob.exists() and inblob.stat().st_size == 64 and not (entry / "outblob").exists():
+                    self._answer(entry)
+
+
+@pytest.fixture
+def tsm(tmp_path: Path) -> Iterator[TsmEmulator]:
+    root = tmp_path / "tsm"
+    root.mkdir()
+    emulators: list[TsmEmulator] = []
+
+    def make(platform: str, measured: bytes, provider_name: str | None = None) -> TsmEmulator:
+        emu = TsmEmulator(root, platform, measured, provider_name)
+        emu.thread.start()
+        emulators.append(emu)
+        return emu
+
+    yield make  # type: ignore[misc]
+    for emu in emulators:
+        emu.stop.set()
+        emu.thread.join()
+
+
+def test_tdx_over_configfs_tsm_starts_and_binds(tsm: object, tmp_path: Path) -> None:
+    data = render_initdata(EXAMPLES / "realistic")
+    emu = tsm("tdx", initdata.tdx_mrconfigid(data))  # type: ignore[operator]
+    (tmp_path / "i.toml").write_bytes(data)
+    enc = start(bundle_dir=EXAMPLES / "realistic", initdata_path=tmp_path / "i.toml",
+                provider=ConfigfsTsmProvider("tdx", str(emu.root)))
+    nonce = os.urandom(32)
+    report, report_data = enc.attest(nonce)
+    assert report.platform == "tdx" and report.report_data == enc.binding(nonce).report_data() == report_data
+    enc.decide(session_id="s", call_id="c", principal="a", method="tools/call", tool="web.search",
+               arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
+    assert enc.close("s").record["runtime"]["platform"] == "intel-tdx"
+
+
+def test_snp_over_configfs_tsm_checks_host_data(tsm: object, tmp_path: Path) -> None:
+    data = render_initdata(EXAMPLES / "realistic")
+    emu = tsm("snp", initdata.snp_host_data(data))  # type: ignore[operator]
+    (tmp_path / "i.toml").write_bytes(data)
+    enc = start(bundle_dir=EXAMPLES / "realistic", initdata_path=tmp_path / "i.toml",
+                provider=ConfigfsTsmProvider("snp", str(emu.root)))
+    report, report_data = enc.attest(os.urandom(32))
+    parsed = parse_report(report.evidence)
+    assert parsed.host_data == initdata.snp_host_data(data) and parsed.report_data == report_data
+    assert report.aux == b"certificate-table"
+    enc.decide(session_id="s", call_id="c", principal="a", method="tools/call", tool="web.search",
+               arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
+    assert enc.close("s").record["runtime"]["platform"] == "amd-sev-snp"
+
+
+def test_snp_host_data_mismatch_refuses(tsm: object, tmp_path: Path) -> None:
+    data = render_initdata(EXAMPLES / "realistic")
+    other = render_initdata(EXAMPLES / "realistic", audience="x")
+    emu = tsm("snp", initdata.snp_host_data(other))  # type: ignore[operator]
+    (tmp_path / "i.toml").write_bytes(data)
+    with pytest.raises(StartupError) as err:
+        start(bundle_dir=EXAMPLES / "realistic", initdata_path=tmp_path / "i.toml",
+              provider=ConfigfsTsmProvider("snp", str(emu.root)))
+    assert err.value.code == Code.INITDATA_MISMATCH
+
+
+def test_wrong_tsm_provider_is_refused(tsm: object) -> None:
+    emu = tsm("tdx", bytes(48), provider_name="sev_guest")  # type: ignore[operator]
+    with pytest.raises(CmcpError) as err:
+        ConfigfsTsmProvider("tdx", str(emu.root)).report(bytes(64))
+    assert err.value.code == Code.TEE_PROVIDER_FAILED and "sev_guest" in err.value.detail
+
+
+class _AaHandler(BaseHTTPRequestHandler):
+    signer = SimulatedQuoteSigner()
+    measured = bytes(48)
+    broken = False
+    stale = False
+
+    def do_GET(self) -> None:  # http.server API name
+        url = urlparse(self.path)
+        if url.path != "/aa/evidence":
+            self.send_error(404)
+            return
+        # like the AA's TDX attester: the runtime_data string's bytes, zero-padded to 64
+        runtime_data = b"" if self.stale else parse_qs(url.query)["runtime_data"][0].encode()
+        quote = self.signer.quote(runtime_data.ljust(64, b"\x00"), self.measured)
+        doc = {"quote": base64.b64encode(quote).decode()}
+        body = b"not json" if self.broken else json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_coco_attestation_agent_over_http(tmp_path: Path) -> None:
+    data = render_initdata(EXAMPLES / "minimal")
+    handler = type("H", (_AaHandler,), {"measured": initdata.tdx_mrconfigid(data)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        (tmp_path / "i.toml").write_bytes(data)
+        enc = start(bundle_dir=EXAMPLES / "minimal", initdata_path=tmp_path / "i.toml",
+                    provider=CocoAaProvider(url))
+        report, report_data = enc.attest(os.urandom(16))
+        assert report.platform == "coco-aa" and report.report_data == report_data
+        from cmcp_core.evidence.tdx import parse_quote
+        from cmcp_enclave.tee import aa_report_data
+
+        quote = parse_quote(base64.b64decode(json.loads(report.evidence)["quote"]))
+        assert quote.body.report_data == aa_report_data(report_data)
+        handler.stale = True  # an agent replaying a report made for other runtime data
+        with pytest.raises(CmcpError) as err:
+            enc.attest(os.urandom(16))
+        assert err.value.code == Code.TEE_PROVIDER_FAILED and "runtime data" in err.value.detail
+        handler.stale = False
+        handler.broken = True
+        with pytest.raises(CmcpError) as err:
+            enc.attest(os.urandom(16))
+        assert err.value.code == Code.TEE_PROVIDER_FAILED
+    finally:
+        server.shutdown()
+        thread.join()
+    with pytest.raises(CmcpError):  # agent gone: fail closed
+        CocoAaProvider(url, timeout_s=1).report(bytes(64))

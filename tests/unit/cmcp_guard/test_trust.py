@@ -1,0 +1,254 @@
+"""The guard follows a route's enclave addresses (``--route``) and still trusts only its own appraisal.
+
+The address source is injected (a plain async function over a list the test edits), standing in
+for the thin ``McpRoute`` reader; the enclaves are real ``cmcp-enclave`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+
+from cmcp_core.attestation import AttestPolicy
+from cmcp_core.permit import PERMIT_HEADER
+from cmcp_core.route_source import McpRouteSource, _load_configuration
+from cmcp_core.route_status import RouteRef, endpoints_from_status
+from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.upstream import free_port, run_upstream
+from cmcp_guard.main import build_guard, main
+from cmcp_guard.trust import TrustStore
+from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, PERMIT_ARGS, PERMIT_TOOL, get_permit
+from tests.paths import ROOT
+
+BUNDLE = ROOT / "examples/realistic"
+POLICY = AttestPolicy(allow_simulated=True, audience=AUDIENCE)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeRoute:
+    """What the McpRoute status lists right now; ``fail`` makes the read raise (API down)."""
+
+    def __init__(self) -> None:
+        self.addresses: list[str] = []
+        self.fail = False
+        self.reads = 0
+
+    async def __call__(self) -> list[str]:
+        self.reads += 1
+        if self.fail:
+            raise ConnectionError("api server unreachable")
+        return list(self.addresses)
+
+
+def store(route: FakeRoute, clock: FakeClock, grace: float = 65.0) -> TrustStore:
+    return TrustStore([], POLICY, source=route, grace_seconds=grace, clock=clock, min_refresh_seconds=0.0)
+
+
+async def test_listed_address_is_attested_then_trusted(enclave: EnclaveProcess) -> None:
+    route, clock = FakeRoute(), FakeClock()
+    trust = store(route, clock)
+    await trust.refresh()
+    assert dict(trust.keys()) == {}
+    route.addresses = [enclave.address]
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}
+    assert trust.enclaves[enclave.address].kid == enclave.kid
+
+
+async def test_failed_evidence_is_not_trusted(enclave: EnclaveProcess, tmp_path: Path) -> None:
+    """Listed is not trusted: another audience's enclave, a dead port and garbage all stay out,
+    without costing the good enclave listed next to them its trust."""
+    route, clock = FakeRoute(), FakeClock()
+    trust = store(route, clock)
+    with start_enclave(BUNDLE, tmp_path / "other", audience="urn:cmcp:other-upstream") as other:
+        route.addresses = [other.address, f"127.0.0.1:{free_port()}", "not an address", enclave.address]
+        await trust.refresh()
+        assert set(trust.keys()) == {enclave.kid}
+        assert other.kid not in set(trust.keys())
+        assert trust.failures[other.address].code.value == "REFERENCE_VALUE_MISMATCH"
+        assert trust.failures["not an address"].code.value == "TEE_UNAVAILABLE"
+    # simulated evidence without --allow-simulated: nothing the route lists is trusted
+    strict = TrustStore([], AttestPolicy(audience=AUDIENCE), source=route, clock=clock)
+    route.addresses = [enclave.address]
+    await strict.refresh()
+    assert dict(strict.keys()) == {}
+    assert enclave.address in strict.failures
+
+
+async def test_unlisted_address_is_dropped_after_grace(enclave: EnclaveProcess) -> None:
+    route, clock = FakeRoute(), FakeClock()
+    trust = store(route, clock, grace=65.0)
+    route.addresses = [enclave.address]
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}
+    route.addresses = []
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}, "in-flight permits of a departed pod still verify"
+    assert enclave.address in trust.departed
+    clock.now += 64.0
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}, "a refresh does not restart the grace period"
+    clock.now += 1.0
+    assert dict(trust.keys()) == {}, "the key expires at the deadline, not at the next refresh"
+    await trust.refresh()
+    assert dict(trust.keys()) == {} and trust.departed == {}
+
+
+async def test_relisted_address_is_re_attested_not_grandfathered(enclave: EnclaveProcess) -> None:
+    """A departed pod that reappears gets fresh evidence; failing it ends its grace at once."""
+    route, clock = FakeRoute(), FakeClock()
+    trust = store(route, clock)
+    route.addresses = [enclave.address]
+    await trust.refresh()
+    route.addresses = []
+    await trust.refresh()
+    trust.policy = AttestPolicy(allow_simulated=True, audience="urn:cmcp:someone-else")
+    route.addresses = [enclave.address]
+    await trust.refresh()
+    assert dict(trust.keys()) == {} and trust.departed == {}
+
+
+async def test_source_failure_keeps_listing_and_adds_nothing(enclave: EnclaveProcess) -> None:
+    route, clock = FakeRoute(), FakeClock()
+    trust = store(route, clock)
+    route.addresses = [enclave.address]
+    await trust.refresh()
+    route.fail = True
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}, "an API outage must not become an enclave outage"
+    assert trust.source_addresses == [enclave.address]
+    # the kept listing is still re-attested every round: fixed trust, not a cached key
+    trust.policy = AttestPolicy(allow_simulated=True, audience="urn:cmcp:someone-else")
+    await trust.refresh()
+    assert dict(trust.keys()) == {}
+
+
+async def test_static_endpoint_removed_is_dropped_at_once(enclave: EnclaveProcess) -> None:
+    clock = FakeClock()
+    trust = TrustStore([enclave.address], POLICY, source=FakeRoute(), clock=clock)
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}
+    trust.endpoints = []
+    await trust.refresh()
+    assert dict(trust.keys()) == {} and trust.departed == {}
+
+
+async def test_guard_admits_a_replacement_pod_it_learns_from_the_route(
+    enclave: EnclaveProcess, tmp_path: Path
+) -> None:
+    """The outage this fixes: a pod the guard never heard of at start-up signs a permit."""
+    route = FakeRoute()
+    route.addresses = [enclave.address]
+    guard = build_guard(AUDIENCE, [], allow_simulated=True, source=route, refresh_seconds=3600.0)
+    async with run_upstream(guard) as up:
+        assert guard.trust is not None
+        guard.trust.min_refresh_seconds = 0.0
+        with start_enclave(BUNDLE, tmp_path / "new", audience=AUDIENCE) as new:
+            route.addresses = [new.address]  # the operator replaced the pod
+            body = json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": PERMIT_TOOL, "arguments": PERMIT_ARGS, "_meta": MODERN_META},
+                }
+            ).encode()
+            headers = {
+                "accept": "application/json, text/event-stream",
+                "content-type": "application/json",
+                "mcp-protocol-version": "2026-07-28",
+                "mcp-method": "tools/call",
+                "mcp-name": PERMIT_TOOL,
+                PERMIT_HEADER: await get_permit(new.address),
+            }
+            async with httpx.AsyncClient() as client:
+                resp = await client.post(up.url, content=body, headers=headers)
+            assert resp.status_code == 200, resp.text
+            assert new.kid in set(guard.trust.keys())
+            assert enclave.address in guard.trust.departed  # the old pod: grace, then gone
+        assert up.counter.total() == 1
+
+
+def test_status_supplies_addresses_only() -> None:
+    """Keys published in the status are never read: only attested entries' addresses come out."""
+    status = {
+        "pods": [
+            {"address": "10.0.0.1", "attested": True, "keyThumbprint": "x", "publicKeyJwk": {"kty": "OKP"}},
+            {"address": "10.0.0.2", "attested": False},
+        ]
+    }
+    assert endpoints_from_status(status) == ["10.0.0.1:50051"]
+    assert RouteRef.parse("cmcp/demo") == RouteRef("cmcp", "demo")
+    for bad in ("demo", "/demo", "cmcp/", "a/b/c"):
+        with pytest.raises(ValueError):
+            RouteRef.parse(bad)
+
+
+async def test_kubeconfig_env_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://kube.example:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    assert (await _load_configuration(None)).host == "https://kube.example:6443"
+    other = tmp_path / "explicit"
+    other.write_text(json.dumps({**doc, "clusters": [{"name": "c", "cluster": {"server": "https://b:1"}}]}))
+    assert (await _load_configuration(str(other))).host == "https://b:1"
+
+
+def test_cli_needs_an_address_source() -> None:
+    with pytest.raises(SystemExit):
+        main(["--upstream", "http://127.0.0.1:1", "--audience", AUDIENCE])
+    with pytest.raises(SystemExit):
+        main(["--upstream", "http://127.0.0.1:1", "--audience", AUDIENCE, "--route", "no-slash"])
+
+
+async def test_route_reader_gets_the_status_addresses(tmp_path: Path) -> None:
+    """The thin reader against a stand-in API server: one authenticated ``get``, addresses out."""
+    seen: list[str] = []
+
+    async def get_route(request: web.Request) -> web.Response:
+        route = f"{request.match_info['ns']}/{request.match_info['name']}"
+        seen.append(f"{route} {request.headers['authorization']}")
+        status = {"pods": [{"address": "10.1.2.3", "attested": True, "publicKeyJwk": {"kty": "OKP"}}]}
+        return web.json_response({"apiVersion": "cmcp.dev/v1alpha1", "kind": "McpRoute", "status": status})
+
+    app = web.Application()
+    app.router.add_get("/apis/cmcp.dev/v1alpha1/namespaces/{ns}/mcproutes/{name}", get_route)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "u", "user": {"token": "guard-token"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+        path = tmp_path / "kubeconfig"
+        path.write_text(json.dumps(doc))
+        source = McpRouteSource(RouteRef("cmcp", "demo"), kubeconfig=str(path))
+        assert await source.endpoints() == ["10.1.2.3:50051"]
+        assert seen == ["cmcp/demo Bearer guard-token"]
+    finally:
+        await runner.cleanup()
