@@ -138,7 +138,7 @@ def test_weakened_suffix_rule_on_free_text_sends_the_attack(tmp_path: Path) -> N
     end = current.index("};", start) + 3
     rules.write_text(current[:start] + SUFFIX_RULE + current[end:])
     weak = inprocess_enclave(bundle, tmp_path / "state")
-    for to in (ATTACK, "bob@partner.example.evil@partner.example", "exfil@attacker.test\nbob@partner.example"):
+    for to in (ATTACK, "exfil@attacker.test\nbob@partner.example", "exfil@attacker.test;bob@partner.example"):
         doc = decide(weak, "email.send_external", {"to": to, "body": "secret"}).document
         assert (doc["decision"], doc["effective"]) == ("allow", "allow"), to
 
