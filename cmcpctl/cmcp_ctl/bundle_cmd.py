@@ -1,4 +1,10 @@
-"""``cmcpctl bundle hash|validate DIR``: the same hash and validation the enclave applies at load."""
+"""``cmcpctl bundle hash|validate DIR``: the same hash and validation the enclave applies at load.
+
+``validate`` also warns about policies that are valid but easy to walk around (``like`` patterns
+starting with ``*`` over arguments, :mod:`cmcp_core.policy_lint`). A warning never blocks the
+enclave, so by default it goes to stderr and the exit code stays 0; ``--strict`` (for CI) makes
+any warning fail the command like an error.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 
 from cmcp_core.bundle import BundleError, load_bundle, verify_signature
 from cmcp_core.crypto import key_from_jwk
+from cmcp_core.policy_lint import lint_bundle
 from cmcp_core.validation import validate_bundle
 
 
@@ -23,6 +30,8 @@ def register(subparsers: Any) -> None:
     val_p = sub.add_parser("validate", help="Validate every policy against the schema")
     val_p.add_argument("dir")
     val_p.add_argument("--json", action="store_true", help="machine-readable output")
+    val_p.add_argument("--strict", action="store_true",
+                       help="treat warnings (e.g. `like \"*...\"` over arguments) as errors: exit 1")
     val_p.add_argument("--signer-key", action="append", default=[],
                        help="trusted signer JWK (JSON or file); the manifest signature must verify")
     val_p.set_defaults(func=_validate)
@@ -59,19 +68,30 @@ def _validate(args: argparse.Namespace) -> int:
         if not verify_signature(bundle, keys):
             issues.append({"file": "manifest.json", "policy_id": "",
                            "message": "signature missing or not by a trusted signer"})
-    _report(issues, args.json, bundle.bundle_hash)
-    return 1 if issues else 0
+    warnings = [w.to_json() for w in lint_bundle(bundle)]
+    failed = bool(issues) or (args.strict and bool(warnings))
+    _report(issues, args.json, bundle.bundle_hash, warnings, valid=not failed)
+    return 1 if failed else 0
 
 
-def _report(issues: list[dict[str, str]], as_json: bool, bundle_hash: str | None = None) -> None:
+def _report(issues: list[dict[str, str]], as_json: bool, bundle_hash: str | None = None,
+            warnings: list[dict[str, str]] | None = None, *, valid: bool | None = None) -> None:
+    warnings = warnings or []
+    valid = not issues if valid is None else valid
     if as_json:
-        print(json.dumps({"valid": not issues, "bundle_hash": bundle_hash, "errors": issues},
-                         ensure_ascii=False))
+        print(json.dumps({"valid": valid, "bundle_hash": bundle_hash, "errors": issues,
+                          "warnings": warnings}, ensure_ascii=False))
         return
     for issue in issues:
-        where = issue["file"] or "<bundle>"
-        if issue["policy_id"]:
-            where += f" [{issue['policy_id']}]"
-        print(f"{where}: {issue['message']}", file=sys.stderr)
-    if not issues:
+        print(f"{_where(issue)}: {issue['message']}", file=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {_where(warning)}: {warning['message']}", file=sys.stderr)
+    if valid:
         print(f"valid {bundle_hash}")
+
+
+def _where(issue: dict[str, str]) -> str:
+    where = issue["file"] or "<bundle>"
+    if issue["policy_id"]:
+        where += f" [{issue['policy_id']}]"
+    return where

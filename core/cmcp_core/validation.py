@@ -67,7 +67,7 @@ def request_model(bundle: Bundle) -> str:
     return "phase1" if "session_max_sensitivity" in bundle.schema else "native"
 
 
-def _policy_names(text: str) -> list[str]:
+def policy_names(text: str) -> list[str]:
     """Names of the policies in one file, in Cedar's positional order."""
     pset = cedarpy.PolicySet.from_str(text)
     count = len(pset)
@@ -90,7 +90,7 @@ def policy_labels(bundle: Bundle) -> dict[str, str]:
     labels: dict[str, str] = {}
     offset = 0
     for path, text in bundle.policies.items():
-        names = _policy_names(text)
+        names = policy_names(text)
         for index, name in enumerate(names):
             labels[f"policy{offset + index}"] = f"{path}#{name}"
         offset += len(names)
@@ -116,7 +116,7 @@ def validate_bundle(bundle: Bundle) -> list[ValidationIssue]:
         issues.append(ValidationIssue("", "", "bundle has no .cedar policy files"))
     for path, text in bundle.policies.items():
         try:
-            names = _policy_names(text)
+            names = policy_names(text)
         except ValueError as exc:
             issues.append(ValidationIssue(path, "", f"parse error: {exc}"))
             continue
@@ -136,7 +136,7 @@ def validate_bundle(bundle: Bundle) -> list[ValidationIssue]:
     ids: dict[str, str] = {}
     for path, text in bundle.policies.items():
         try:
-            names = _policy_names(text)
+            names = policy_names(text)
         except ValueError:
             continue
         for name in names:

@@ -172,10 +172,11 @@ def _test_tools(server: MCPServer, counter: CallCounter) -> None:
         return [f"deal {deal_id}: stage 3", Image(data=PNG_1X1, format="png")]
 
     @server.tool(name="email.send_external")
-    def send_external(to: str, subject: str = "", body: str = "") -> str:
-        """Send mail outside the organisation."""
+    def send_external(to: list[str], subject: str = "", body: str = "") -> str:
+        """Send mail outside the organisation; ``to`` is one exact address per element, as the
+        catalog of examples/realistic declares it (so policies compare addresses, not substrings)."""
         counter["email.send_external"] += 1
-        return f"sent to {to}"
+        return f"sent to {', '.join(to)}"
 
     @server.tool(name="slack.post_internal")
     def post_internal(channel: str, body: str = "") -> str:
@@ -227,7 +228,7 @@ class Deal(BaseModel):
 
 
 class Delivery(BaseModel):
-    to: str
+    to: list[str]
     subject: str
     accepted: bool
 
@@ -297,7 +298,7 @@ def _demo_tools(server: MCPServer, counter: CallCounter) -> None:
         return Deal(deal_id=deal_id, target="Initech plc", stage="due diligence", announce_after="2027-01-15")
 
     @server.tool(name="email.send_external")
-    def send_external(to: str, subject: str = "", body: str = "") -> Delivery:
+    def send_external(to: list[str], subject: str = "", body: str = "") -> Delivery:
         """Send e-mail outside the organisation (the demo only pretends to)."""
         counter["email.send_external"] += 1
         return Delivery(to=to, subject=subject, accepted=True)

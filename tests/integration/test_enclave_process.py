@@ -54,7 +54,7 @@ def test_session_over_grpc_with_record_and_audit(enclave: EnclaveProcess) -> Non
         stub.Complete(enclave_pb2.CompleteRequest(session_id="sess-ä", call_id="1",
                                                   response_digest=json_digest({"ok": True}),
                                                   response_bytes=12))
-        denied = call("2", "email.send_external", {"to": "a@partner.example"})
+        denied = call("2", "email.send_external", {"to": ["bob@partner.example"]})
         assert denied["reason_code"] == "POLICY_DENY"
         assert call("3", "résumé.parse", {"body": "Zoë"})["effective"] == "allow"
         tools = stub.ListTools(enclave_pb2.ListToolsRequest(session_id="sess-ä", principal="agent://billing"))

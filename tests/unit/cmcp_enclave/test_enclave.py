@@ -4,6 +4,7 @@ advisory and silent modes, catalog and audience refusal, the phase1 compatibilit
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -59,12 +60,87 @@ def test_deny_names_the_forbid_and_has_no_permit(realistic: Enclave) -> None:
 def test_argument_aware_rules(realistic: Enclave) -> None:
     assert decide(realistic, "payments.transfer", {"amount": 10_000}).document["decision"] == "allow"
     assert decide(realistic, "payments.transfer", {"amount": 10_001}).document["decision"] == "deny"
-    assert decide(realistic, "email.send_external", {"to": "bob@partner.example"},
+    assert decide(realistic, "email.send_external", {"to": ["bob@partner.example"]},
                   session="m").document["decision"] == "allow"
-    denied = decide(realistic, "email.send_external", {"to": "bob@evil.example"}, session="m2")
-    assert denied.document["policy_ids"] == ["policies/arguments.cedar#external-mail-partner-only"]
+    denied = decide(realistic, "email.send_external", {"to": ["bob@evil.example"]}, session="m2")
+    assert denied.document["policy_ids"] == [PARTNER_ONLY]
     assert decide(realistic, "crm.lookup_customer", {"customer_id": "*"}).document["decision"] == "deny"
     assert decide(realistic, "crm.lookup_customer", {}).document["decision"] == "deny"
+
+
+PARTNER_ONLY = "policies/arguments.cedar#external-mail-partner-only"
+ATTACK = "exfil@attacker.test, bob@partner.example"
+# Recipient lists an attacker sends to walk around a partner-only rule; each must be refused.
+WALK_AROUNDS = [
+    [ATTACK],
+    ["bob@partner.example.attacker.test"],
+    ["bob@partner.example", "exfil@attacker.test"],
+    ["exfil@attacker.test", "bob@partner.example", "dr.who@partner.example"],
+    ["BOB@partner.example"],
+    ["bob@PARTNER.EXAMPLE"],
+    [" bob@partner.example"],
+    ["bob@partner.example "],
+    ["bob@partner.example\n"],
+    ["exfil@attacker.test\nbob@partner.example"],
+    ["bob@partner.example\u0000"],
+    ["exfil@attacker.test;bob@partner.example"],
+    [],
+]
+
+
+@pytest.mark.parametrize("recipients", WALK_AROUNDS, ids=repr)
+def test_partner_only_mail_refuses_every_walk_around(realistic: Enclave, recipients: list[str]) -> None:
+    res = decide(realistic, "email.send_external", {"to": recipients, "body": "secret"})
+    doc = res.document
+    assert (doc["decision"], doc["effective"], doc["reason_code"]) == ("deny", "deny", "POLICY_DENY")
+    assert doc["policy_ids"] == [PARTNER_ONLY] and res.permit == ""
+
+
+@pytest.mark.parametrize("recipients", [["bob@partner.example"],
+                                        ["dr.who@partner.example", "bob@partner.example"]])
+def test_partner_only_mail_lets_the_partners_through(realistic: Enclave, recipients: list[str]) -> None:
+    """The walk-arounds above are refused for their content, not because the rule refuses all mail."""
+    assert decide(realistic, "email.send_external", {"to": recipients}).document["effective"] == "allow"
+
+
+@pytest.mark.parametrize("to", [ATTACK, "bob@partner.example", {"bob@partner.example": True}])
+def test_recipients_as_free_text_are_an_error_and_an_error_denies(realistic: Enclave, to: object) -> None:
+    """The old argument shape (one string) cannot be compared as a set: Cedar errors, the enclave denies."""
+    doc = decide(realistic, "email.send_external", {"to": to}).document
+    assert (doc["decision"], doc["reason_code"]) == ("deny", "POLICY_EVAL_ERROR")
+    assert [e["policy_id"] for e in doc["errors"]] == [PARTNER_ONLY]
+
+
+def test_missing_recipients_are_denied(realistic: Enclave) -> None:
+    doc = decide(realistic, "email.send_external", {"body": "secret"}).document
+    assert (doc["reason_code"], doc["policy_ids"]) == ("POLICY_DENY", [PARTNER_ONLY])
+
+
+SUFFIX_RULE = """@id("external-mail-partner-only")
+forbid (principal, action == cMCP::Action::"call_tool", resource)
+when {
+  resource.name == "email.send_external" &&
+  !(context.arguments has to && context.arguments.to like "*@partner.example")
+};
+"""
+
+
+def test_weakened_suffix_rule_on_free_text_sends_the_attack(tmp_path: Path) -> None:
+    """The rule the example used to ship: `like "*@partner.example"` over a string admits the
+    attack, so the walk-around tests above fail against it (they would have caught the hole)."""
+    bundle = tmp_path / "old"
+    shutil.copytree(EXAMPLES / "realistic", bundle)
+    schema = bundle / "schema.cedarschema"
+    schema.write_text(re.sub(r"to\?: Set<String>,", "to?: String,", schema.read_text()))
+    rules = bundle / "policies" / "arguments.cedar"
+    current = rules.read_text()
+    start = current.index('@id("external-mail-partner-only")')
+    end = current.index("};", start) + 3
+    rules.write_text(current[:start] + SUFFIX_RULE + current[end:])
+    weak = inprocess_enclave(bundle, tmp_path / "state")
+    for to in (ATTACK, "exfil@attacker.test\nbob@partner.example", "exfil@attacker.test;bob@partner.example"):
+        doc = decide(weak, "email.send_external", {"to": to, "body": "secret"}).document
+        assert (doc["decision"], doc["effective"]) == ("allow", "allow"), to
 
 
 def test_forbid_whose_condition_errors_is_a_deny_naming_it(realistic: Enclave) -> None:

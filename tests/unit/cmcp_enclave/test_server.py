@@ -174,7 +174,7 @@ async def test_reset_and_list_tools_over_grpc(tmp_path: Path) -> None:
             resp = await stub.ResetSession(enclave_pb2.ResetSessionRequest(
                 session_id="s", actor="op", reason="r", operator_signature=good))
             assert resp.entry_hash == enclave.sessions["s"].tip
-            after = await stub.Decide(_req("email.send_external", {"to": "a@partner.example"}))
+            after = await stub.Decide(_req("email.send_external", {"to": ["bob@partner.example"]}))
             assert json.loads(after.decision_json)["effective"] == "allow"  # taint cleared by the reset
     finally:
         await server.stop(None)

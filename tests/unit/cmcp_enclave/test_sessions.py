@@ -37,14 +37,14 @@ def test_taint_after_phi_blocks_external_send_in_that_session_only(enc: Enclave)
     phi = decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="t")
     assert phi.document["decision"] == "allow"
     # a later call in the same session to an external tool is denied by the taint rule...
-    res = decide(enc, "email.send_external", {"to": "a@partner.example"}, session="t")
+    res = decide(enc, "email.send_external", {"to": ["bob@partner.example"]}, session="t")
     assert res.document["policy_ids"] == ["policies/taint.cedar#no-external-send-after-phi"]
     # ...and several calls later still (taint is monotone)
     decide(enc, "slack.post_internal", {"channel": "c"}, session="t")
-    assert decide(enc, "email.send_external", {"to": "a@partner.example"},
+    assert decide(enc, "email.send_external", {"to": ["bob@partner.example"]},
                   session="t").document["decision"] == "deny"
     # another session is unaffected
-    assert decide(enc, "email.send_external", {"to": "a@partner.example"},
+    assert decide(enc, "email.send_external", {"to": ["bob@partner.example"]},
                   session="clean").document["decision"] == "allow"
 
 
@@ -64,7 +64,7 @@ def test_sensitivity_rises_monotonically_from_the_catalog(enc: Enclave) -> None:
 def test_denied_calls_do_not_taint(enc: Enclave) -> None:
     decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="s", audience="urn:wrong")
     assert enc.sessions["s"].tags == set() and enc.sessions["s"].call_count == 0
-    assert decide(enc, "email.send_external", {"to": "a@partner.example"},
+    assert decide(enc, "email.send_external", {"to": ["bob@partner.example"]},
                   session="s").document["decision"] == "allow"
 
 
@@ -130,7 +130,7 @@ def test_reset_needs_an_operator_signature_and_is_audited(tmp_path: Path) -> Non
     good = operator.sign(reset_payload(session_id="s", actor="op", reason="r", seq=seq))
     enc.reset(session_id="s", actor="op", reason="r", signature=good)
     assert enc.sessions["s"].tags == set()
-    assert decide(enc, "email.send_external", {"to": "a@partner.example"},
+    assert decide(enc, "email.send_external", {"to": ["bob@partner.example"]},
                   session="s").document["decision"] == "allow"
     with pytest.raises(RequestError):  # replay of the same signed reset: seq moved on
         enc.reset(session_id="s", actor="op", reason="r", signature=good)
