@@ -22,6 +22,7 @@ from cmcp_core.route_status import GROUP, PLURAL, VERSION, RouteRef
 
 
 async def _read(kubeconfig: str | None, ref: RouteRef) -> dict[str, Any]:
+    # only the cluster target reads the apiserver: other runs skip kubernetes_asyncio's import cost
     from kubernetes_asyncio import client, config
 
     api_client = await config.new_client_from_config(config_file=kubeconfig)
@@ -85,6 +86,7 @@ class BundleProbe:
 
 
 async def _probe_bundle(access: ClusterAccess, name: str, files: dict[str, str], wait: float) -> BundleProbe:
+    # only the cluster target reads the apiserver: other runs skip kubernetes_asyncio's import cost
     from kubernetes_asyncio import client, config
     from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -141,6 +143,7 @@ class OutageError(RuntimeError):
 async def _scale(access: ClusterAccess, replicas: int | None) -> int:
     """``spec.replicas`` through the McpRoute's scale subresource; with ``replicas``, set it.
     Returns the value it had before."""
+    # only the cluster target reads the apiserver: other runs skip kubernetes_asyncio's import cost
     from kubernetes_asyncio import client, config
 
     ref = access.route

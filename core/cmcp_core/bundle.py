@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cmcp_core.digest import jcs, sha256_hex, tagged_sha256
+from cmcp_core.digest import b64url_decode, jcs, sha256_hex, tagged_sha256
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_FILE = "schema.cedarschema"
@@ -115,7 +115,6 @@ def signing_payload(bundle_hash: str) -> bytes:
 
 def verify_signature(bundle: Bundle, signer_keys: list[Ed25519PublicKey]) -> bool:
     """True when the manifest's ``signature`` (base64url Ed25519) verifies with any key."""
-    from cmcp_core.digest import b64url_decode
 
     if bundle.signature is None:
         return False

@@ -26,6 +26,7 @@ from agentrust_trace import TRACE_PROFILE_V0_2, TrustRecord, sign_record, valida
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.binding import Binding
+from cmcp_core.crypto import public_bytes
 from cmcp_core.digest import b64url
 
 PLATFORMS = {"tdx": "intel-tdx", "snp": "amd-sev-snp", "simulated": "software-only",
@@ -60,7 +61,6 @@ def build_record(key: Ed25519PrivateKey, *, platform: str, initdata_bytes: bytes
                  call_count: int, route: str, session_id: str, data_class: str,
                  iat: int | None = None) -> dict[str, Any]:
     """Assemble, schema-check and sign one record; returns the signed JSON object."""
-    from cmcp_core.crypto import public_bytes
 
     report_data = record_report_data(public_bytes(key.public_key()), bundle_hash, catalog_hash,
                                      enforcement_mode, chain_tip)

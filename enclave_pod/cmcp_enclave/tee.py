@@ -27,8 +27,11 @@ from typing import Protocol
 
 import httpx
 
+from cmcp_core.digest import b64url
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence import EvidenceError
+from cmcp_core.evidence.simulated import SimulatedQuoteSigner
+from cmcp_core.evidence.snp import parse_report
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_enclave.simulated import ENV_MRCONFIGID
 
@@ -74,7 +77,6 @@ class SimulatedProvider:
     name = "simulated"
 
     def __init__(self, mrconfigid_hex: str | None = None):
-        from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 
         raw_hex = mrconfigid_hex if mrconfigid_hex is not None else os.environ.get(ENV_MRCONFIGID)
         if not raw_hex:
@@ -136,7 +138,6 @@ class ConfigfsTsmProvider:
                 entry.rmdir()
         if self.name == "tdx":
             return _tdx_report("tdx", outblob, aux)
-        from cmcp_core.evidence.snp import parse_report
 
         try:
             snp = parse_report(outblob)
@@ -168,7 +169,6 @@ def aa_runtime_data(report_data: bytes) -> str:
     The AA places the ``runtime_data`` string's bytes (at most 64) zero-padded into the hardware
     REPORT_DATA, so the full binding does not fit; its digest does (43 ASCII bytes).
     """
-    from cmcp_core.digest import b64url
 
     return b64url(hashlib.sha256(report_data).digest())
 

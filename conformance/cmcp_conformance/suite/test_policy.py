@@ -15,6 +15,7 @@ import pytest
 
 from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.agent import CallOutcome, agent
+from cmcp_conformance.cluster import probe_bundle
 from cmcp_conformance.local import render_initdata
 from cmcp_conformance.suite.conftest import Attested, attest, need_advisory, need_powers
 from cmcp_conformance.target import TargetDeployment
@@ -183,7 +184,6 @@ def test_cluster_refuses_an_invalid_policy_bundle(target: TargetDeployment) -> N
     it Valid=False; either way it can never be measured into an enclave. The valid bundle is the control."""
     if target.cluster is None:
         pytest.skip("needs cluster access (--kubeconfig and --route)")
-    from cmcp_conformance.cluster import probe_bundle
 
     tag = uuid.uuid4().hex[:8]
     files = conformance_bundle.files(target.profile)

@@ -31,8 +31,8 @@ from cmcp_conformance.suite.sessions import FAIL_CLOSED, run_session, standard_c
 from cmcp_conformance.target import TargetDeployment
 from cmcp_core import initdata as initdata_mod
 from cmcp_core import permit as permits
-from cmcp_core.audit import verify_chain
-from cmcp_core.bundle import bundle_from_files, load_bundle
+from cmcp_core.audit import entry_hash, verify_chain
+from cmcp_core.bundle import bundle_from_files, load_bundle, read_bundle_files
 from cmcp_core.decision import verify_decision
 from cmcp_core.digest import b64url, b64url_decode, json_digest
 from cmcp_core.evidence.tdx import parse_quote
@@ -243,7 +243,6 @@ def _harmless_offset(text: bytes) -> int:
 
 
 def _read(root: Path) -> dict[str, str]:
-    from cmcp_core.bundle import read_bundle_files
 
     return read_bundle_files(root)
 
@@ -467,7 +466,6 @@ def test_audit_chain_verifies_and_every_tamper_is_detected(
         rejected([*entries[:index], *entries[index + 1 :]], f"deleting entry {index}")
     rejected([entries[0], entries[2], entries[1], *entries[3:]], "swapping entries 1 and 2")
     rejected(entries[:-1], "cutting off the last entry")
-    from cmcp_core.audit import entry_hash
 
     for index in range(len(entries)):
         edited = copy.deepcopy(entries)
