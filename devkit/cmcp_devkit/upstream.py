@@ -401,7 +401,9 @@ def build_server(
     """The MCP server of ``profile`` and the counter its tools increment (one count per execution)."""
     if profile not in _SERVER_NAMES:
         raise ValueError(f"unknown upstream profile {profile!r}; one of {', '.join(PROFILES)}")
-    server = MCPServer(_SERVER_NAMES[profile])
+    # WARNING, not the SDK's default INFO: at INFO the SDK configures root logging (through rich
+    # when installed) and logs every request, which the benchmarks would measure as our overhead.
+    server = MCPServer(_SERVER_NAMES[profile], log_level="WARNING")
     counter = CallCounter()
     adders: dict[str, Callable[[], None]] = {
         "test": lambda: _test_tools(server, counter),
