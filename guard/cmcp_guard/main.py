@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sqlite3
 
 import uvicorn
@@ -19,6 +20,8 @@ from cmcp_guard.middleware import Guard
 from cmcp_guard.proxy import build_proxy
 from cmcp_guard.spent import MEMORY, SpentPermits, open_spent_store
 from cmcp_guard.trust import DEFAULT_GRACE_SECONDS, DEFAULT_PERMIT_TTL_SECONDS, AddressSource, TrustStore
+
+log = logging.getLogger("cmcp.guard")
 
 
 def build_guard(
@@ -111,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError, sqlite3.Error) as exc:
         parser.error(f"--spent-store: {exc}")
     logs.setup()
+    if args.spent_store == MEMORY:
+        log.warning("spent permits are kept in this process only: replicas and restarts can replay a permit")
     hashes = frozenset(args.expected_bundle_hash) or None
     source = McpRouteSource(args.route, args.kubeconfig).endpoints if args.route is not None else None
     guard = build_guard(
