@@ -41,6 +41,9 @@ class Code(StrEnum):
     PERMIT_TOOL_MISMATCH = "PERMIT_TOOL_MISMATCH"
     PERMIT_AUDIENCE_MISMATCH = "PERMIT_AUDIENCE_MISMATCH"
     PERMIT_BUNDLE_MISMATCH = "PERMIT_BUNDLE_MISMATCH"
+    PERMIT_NOT_YET_VALID = "PERMIT_NOT_YET_VALID"
+    PERMIT_LIFETIME_TOO_LONG = "PERMIT_LIFETIME_TOO_LONG"
+    SPENT_STORE_UNAVAILABLE = "SPENT_STORE_UNAVAILABLE"
     # enclave start-up
     INITDATA_MISMATCH = "INITDATA_MISMATCH"
     BUNDLE_HASH_MISMATCH = "BUNDLE_HASH_MISMATCH"
@@ -123,6 +126,9 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.PERMIT_TOOL_MISMATCH: CodeInfo(-32010, 403, "The permit is for another tool."),
     Code.PERMIT_AUDIENCE_MISMATCH: CodeInfo(-32010, 403, "The permit is for another upstream."),
     Code.PERMIT_BUNDLE_MISMATCH: CodeInfo(-32010, 403, "The permit names a bundle not allowed."),
+    Code.PERMIT_NOT_YET_VALID: CodeInfo(-32010, 403, "The permit was issued in the guard's future."),
+    Code.PERMIT_LIFETIME_TOO_LONG: CodeInfo(-32010, 403, "The permit lives longer than the guard allows."),
+    Code.SPENT_STORE_UNAVAILABLE: CodeInfo(-32010, 503, "The spent-permit store is unreachable."),
     Code.INITDATA_MISMATCH: CodeInfo(-32003, 503, "Initdata does not match the measurement."),
     Code.BUNDLE_HASH_MISMATCH: CodeInfo(-32003, 503, "The bundle is not the one initdata names."),
     Code.BUNDLE_INVALID: CodeInfo(-32003, 503, "The bundle does not load or validate."),

@@ -6,6 +6,7 @@ gateway, so both ends bind exactly the same pair.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,11 +15,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cmcp_core import permit as permits
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.tool_call import args_digest
+from cmcp_guard.lifetime import LifetimePolicy
 from cmcp_guard.replay import ReplayCache
+from cmcp_guard.spent import SpentPermits
 
 
 class PermitChecker:
-    """Stateless permit verification plus the single-use nonce cache, for one audience."""
+    """Permit verification, lifetime on the guard's clock, and spending the nonce, for one audience."""
 
     def __init__(
         self,
@@ -26,17 +29,20 @@ class PermitChecker:
         audience: str,
         keys: Callable[[], Mapping[str, Ed25519PublicKey]],
         allowed_bundles: frozenset[str] | None = None,
-        replay: ReplayCache | None = None,
+        replay: SpentPermits | None = None,
+        lifetime: LifetimePolicy | None = None,
     ) -> None:
         self.audience = audience
         self._keys = keys
         self.allowed_bundles = allowed_bundles
-        self.replay = replay or ReplayCache()
+        self.lifetime = lifetime or LifetimePolicy()
+        self.replay: SpentPermits = replay if replay is not None else ReplayCache()
 
     def check(
         self, token: str | None, tool: str, arguments: Mapping[str, Any], now: float | None = None
     ) -> permits.Permit:
-        """Raise a coded ``CmcpError`` unless ``token`` authorises exactly this call, once."""
+        """Raise a coded ``CmcpError`` unless ``token`` authorises exactly this call, once, now."""
+        current = time.time() if now is None else now
         if not token:
             raise CmcpError(Code.PERMIT_MISSING, "tools/call without an enclave permit")
         permit = permits.verify(
@@ -46,7 +52,8 @@ class PermitChecker:
             tool=tool,
             args_digest=args_digest(arguments),
             allowed_bundles=self.allowed_bundles,
-            now=now,
+            now=current,
         )
-        self.replay.use(permit.nonce, permit.exp, now=now)  # only a fully valid permit spends its nonce
+        self.lifetime.check(permit, current)
+        self.replay.use(permit.nonce, permit.exp, now=current)  # only a fully valid permit spends its nonce
         return permit

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sqlite3
 
 import uvicorn
 from prometheus_client import start_http_server
@@ -13,9 +15,13 @@ from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.route_source import McpRouteSource
 from cmcp_core.route_status import RouteRef
 from cmcp_guard.check import PermitChecker
+from cmcp_guard.lifetime import DEFAULT_CLOCK_SKEW_SECONDS, LifetimePolicy
 from cmcp_guard.middleware import Guard
 from cmcp_guard.proxy import build_proxy
+from cmcp_guard.spent import MEMORY, SpentPermits, open_spent_store
 from cmcp_guard.trust import DEFAULT_GRACE_SECONDS, DEFAULT_PERMIT_TTL_SECONDS, AddressSource, TrustStore
+
+log = logging.getLogger("cmcp.guard")
 
 
 def build_guard(
@@ -27,11 +33,14 @@ def build_guard(
     refresh_seconds: float = 30.0,
     source: AddressSource | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    spent: SpentPermits | None = None,
+    lifetime: LifetimePolicy | None = None,
 ) -> Guard:
     """The gate the middleware and the proxy share: keys only from our own attestation.
 
     ``source`` (e.g. ``McpRouteSource(route).endpoints``) adds addresses to attest on every
-    refresh; it never supplies keys.
+    refresh; it never supplies keys. ``spent`` defaults to this process's memory: replicas and
+    restarts need a shared store (``open_spent_store("sqlite:PATH", ...)``).
     """
     trust = TrustStore(
         enclaves,
@@ -42,7 +51,13 @@ def build_guard(
         refresh_seconds=refresh_seconds,
         grace_seconds=grace_seconds,
     )
-    checker = PermitChecker(audience=audience, keys=trust.keys, allowed_bundles=expected_bundle_hashes)
+    checker = PermitChecker(
+        audience=audience,
+        keys=trust.keys,
+        allowed_bundles=expected_bundle_hashes,
+        replay=spent,
+        lifetime=lifetime,
+    )
     return Guard(checker, trust)
 
 
@@ -70,7 +85,20 @@ def main(argv: list[str] | None = None) -> None:
         "--permit-ttl-seconds",
         type=int,
         default=DEFAULT_PERMIT_TTL_SECONDS,
-        help="the enclaves' --permit-ttl: how long a pod that left the route keeps its key",
+        help="the enclaves' --permit-ttl: the longest permit lifetime (exp - iat) accepted, "
+        "and how long a pod that left the route keeps its key",
+    )
+    parser.add_argument(
+        "--clock-skew-seconds",
+        type=int,
+        default=DEFAULT_CLOCK_SKEW_SECONDS,
+        help="how far a permit's iat may be from this guard's own clock (the host sets the enclave's)",
+    )
+    parser.add_argument(
+        "--spent-store",
+        default=MEMORY,
+        help="where spent permit nonces live: 'memory' (this process only, forgotten on restart) or "
+        "'sqlite:PATH' (a file on a local volume every replica on the node shares; survives restarts)",
     )
     parser.add_argument("--metrics-listen", help="HOST:PORT for /metrics")
     args = parser.parse_args(argv)
@@ -78,7 +106,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --enclave HOST:PORT and/or --route NAMESPACE/NAME")
     if args.kubeconfig and args.route is None:
         parser.error("--kubeconfig only applies to --route")
+    if args.permit_ttl_seconds <= 0 or args.clock_skew_seconds < 0:
+        parser.error("--permit-ttl-seconds must be positive and --clock-skew-seconds not negative")
+    lifetime = LifetimePolicy(max_ttl=args.permit_ttl_seconds, skew=args.clock_skew_seconds)
+    try:
+        spent = open_spent_store(args.spent_store, lifetime.retention_seconds)
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        parser.error(f"--spent-store: {exc}")
     logs.setup()
+    if args.spent_store == MEMORY:
+        log.warning("spent permits are kept in this process only: replicas and restarts can replay a permit")
     hashes = frozenset(args.expected_bundle_hash) or None
     source = McpRouteSource(args.route, args.kubeconfig).endpoints if args.route is not None else None
     guard = build_guard(
@@ -89,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         refresh_seconds=args.refresh_seconds,
         source=source,
         grace_seconds=float(args.permit_ttl_seconds + CLOCK_SKEW_SECONDS),
+        spent=spent,
+        lifetime=lifetime,
     )
     if args.metrics_listen:
         mhost, _, mport = args.metrics_listen.rpartition(":")

@@ -1,4 +1,6 @@
-"""Single-use permit nonces: a bounded cache whose entries live exactly as long as the permit.
+"""The in-memory spent-permit store: one process only, forgotten on restart (dev and tests).
+
+A bounded cache whose entries live exactly as long as the permit.
 
 A nonce only needs remembering until its permit expires (an expired permit is refused on its
 own), so memory is bounded by the permit rate times the TTL, and a hard cap fails closed.
@@ -16,16 +18,17 @@ from cmcp_core.permit import CLOCK_SKEW_SECONDS
 class ReplayCache:
     """Remembers every nonce seen until its expiry; ``use`` raises on a second sighting."""
 
-    def __init__(self, max_entries: int = 1_000_000) -> None:
+    def __init__(self, max_entries: int = 1_000_000, retention_seconds: int = CLOCK_SKEW_SECONDS) -> None:
         self._seen: dict[str, int] = {}
         self._expiry: list[tuple[int, str]] = []
         self._max = max_entries
+        self._retention = retention_seconds
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def _evict(self, now: float) -> None:
-        horizon = now - CLOCK_SKEW_SECONDS
+        horizon = now - self._retention
         while self._expiry and self._expiry[0][0] < horizon:
             exp, nonce = heapq.heappop(self._expiry)
             if self._seen.get(nonce) == exp:

@@ -5,10 +5,17 @@ app never sees the call. Shares ``cmcp_core.asgi.read_body`` with the gateway.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cmcp_core import permit as permits
+from cmcp_core.crypto import thumbprint
+from cmcp_core.tool_call import args_digest
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.middleware import Guard, GuardMiddleware
+from cmcp_guard.spent_sqlite import SqliteSpentPermits
 
 
 class App:
@@ -67,4 +74,31 @@ async def test_client_gone_mid_body_gets_nothing_and_reaches_nothing() -> None:
     messages = [{"type": "http.request", "body": b'{"jsonrpc":', "more_body": True},
                 {"type": "http.disconnect"}]
     assert await drive(mw, [], messages) == []
+    assert app.calls == 0
+
+
+async def test_a_store_that_cannot_record_the_nonce_denies_with_503(tmp_path: Path) -> None:
+    """Fail closed: a valid permit whose nonce cannot be recorded never reaches the app."""
+    key = Ed25519PrivateKey.generate()
+    arguments = {"q": "x"}
+    permit = permits.mint(
+        key, session_id="s", call_id="c", tool="t", args_digest=args_digest(arguments),
+        audience="urn:cmcp:test", bundle_hash="sha256:" + "0" * 64, ttl_seconds=60,
+    )  # fmt: skip
+    store = SqliteSpentPermits(tmp_path / "spent.db", retention_seconds=30)
+    store.close()  # the store is gone
+    checker = PermitChecker(
+        audience="urn:cmcp:test", keys=lambda: {thumbprint(key.public_key()): key.public_key()}, replay=store
+    )
+    app = App()
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": arguments}}
+    ).encode()
+    sent = await drive(
+        GuardMiddleware(app, Guard(checker)),
+        [(permits.PERMIT_HEADER.lower().encode(), permit.encode())],
+        [{"type": "http.request", "body": body, "more_body": False}],
+    )
+    assert sent[0]["status"] == 503
+    assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == "SPENT_STORE_UNAVAILABLE"
     assert app.calls == 0
