@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 from cmcp_core.initdata import ANNOTATION, CmcpEntry, decode_annotation, parse, render
+from cmcp_core.launch_policy import LaunchPolicyError
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import ATTESTED_CONDITION, KATA_TDX, NFD_SNP, NFD_TDX, ROUTE_LABEL
-from cmcp_operator.workloads import audience, deployment, revision, service
+from cmcp_operator.workloads import audience, deployment, launch_spec, revision, service
+
+IMAGE = "reg/cmcp-enclave@sha256:" + "12" * 32
 
 BSTATUS = {"bundleHash": "sha256:" + "ab" * 32, "catalogHash": "sha256:" + "cd" * 32,
            "enforcementMode": "enforce", "configMapName": "cmcp-bundle-b-abababab"}
@@ -20,13 +23,13 @@ def spec(**kw: object) -> dict[str, object]:
 
 
 def test_initdata_annotation_is_exactly_the_rendered_toml() -> None:
-    cfg = OperatorConfig(enclave_image="reg/cmcp-enclave:1")
+    cfg = OperatorConfig(enclave_image=IMAGE)
     rev = revision("ns", "r", spec(), BSTATUS, ["policies/a.cedar", "manifest.json"], cfg)
     dep = deployment("ns", "r", spec(), rev, cfg, OWNER)
     annotation = dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION]
     expected = render(CmcpEntry(BSTATUS["bundleHash"], BSTATUS["catalogHash"], "enforce", "ns/r",
                                 "http://up.example/mcp"),
-                      image="reg/cmcp-enclave:1", command=list(rev.command), algorithm="sha384")
+                      launch=launch_spec("ns", IMAGE, list(rev.command)), algorithm="sha384")
     assert decode_annotation(annotation) == expected == rev.initdata
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert [container["command"][0], *container["args"]] == list(rev.command)
@@ -110,3 +113,10 @@ def test_audience_forms_and_service() -> None:
     svc = service("ns", "r", spec(), OWNER)
     assert svc["spec"]["publishNotReadyAddresses"] is False
     assert svc["spec"]["selector"] == {ROUTE_LABEL: "r", "app.kubernetes.io/component": "enclave"}
+
+
+@pytest.mark.parametrize("image", ["reg/cmcp-enclave:1", "reg/cmcp-enclave@sha256:" + "AB" * 32,
+                                   'x@sha256:' + "0" * 64 + '"\nExecProcessRequest := true'])
+def test_operator_refuses_an_enclave_image_that_is_not_a_digest(image: str) -> None:
+    with pytest.raises(LaunchPolicyError, match="sha256"):
+        revision("ns", "r", spec(image=image), BSTATUS, [], OperatorConfig())
