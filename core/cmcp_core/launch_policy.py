@@ -15,15 +15,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*@sha256:[0-9a-f]{64}$")
-IMAGE_DIGEST_PATTERN = IMAGE_DIGEST_RE.pattern
+# <registry[:port]>/<path>@sha256:<64 hex>, lowercase, no tag; the CRD and chart schema carry it too.
+_COMPONENT = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
+IMAGE_DIGEST_PATTERN = rf"^{_COMPONENT}(?::[0-9]+)?(?:/{_COMPONENT})*@sha256:[0-9a-f]{{64}}$"
+IMAGE_DIGEST_RE = re.compile(IMAGE_DIGEST_PATTERN)
 SHARED_CONTAINERS = "/run/kata-containers/shared/containers/"
 PAUSE_IMAGE = "registry.k8s.io/pause@sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097"
 PAUSE_ARGS = ("/pause",)
 # The mounts containerd and the kubelet add to every container; the OCI type is pinned with them.
 RUNTIME_MOUNTS: tuple[tuple[str, str], ...] = (
     ("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/mqueue", "mqueue"),
-    ("/sys", "sysfs"), ("/sys/fs/cgroup", "cgroup"), ("/dev/shm", "bind"), ("/etc/hosts", "bind"),
+    ("/sys", "sysfs"), ("/sys/fs/cgroup", "cgroup"), ("/etc/hosts", "bind"),
+    ("/dev/shm", "bind"),  # noqa: S108 - a mount destination in the guest, not a temp file
     ("/etc/hostname", "bind"), ("/etc/resolv.conf", "bind"), ("/dev/termination-log", "bind"),
 )
 NAMESPACES = ("ipc", "uts", "mount")
@@ -35,7 +38,7 @@ class LaunchPolicyError(ValueError):
 
 def require_digest(image: str) -> str:
     """The operator and its webhook pin images by digest only: a tag can be re-pointed by a registry."""
-    if not IMAGE_DIGEST_RE.match(image):
+    if not IMAGE_DIGEST_RE.fullmatch(image):  # fullmatch: `$` alone would let a trailing newline in
         raise LaunchPolicyError(f"enclave image must be <name>@sha256:<64 lowercase hex>, got {image!r}")
     return image
 
@@ -236,9 +239,19 @@ pinned_mount(m) if {
     some x in expected.mounts
     m.destination == x.destination
     m.type_ == x.type
+    source_ok(m)
+    readonly_ok(m, x)
+}
+
+# Kernel filesystems have no source path; every bind comes from the guest's own shared tree.
+source_ok(m) if {
+    m.type_ != "bind"
+}
+
+source_ok(m) if {
+    m.type_ == "bind"
     startswith(m.source, "/run/kata-containers/")
     not contains(m.source, "..")
-    readonly_ok(m, x)
 }
 
 readonly_ok(m, x) if {
