@@ -21,7 +21,7 @@ import kopf
 from cmcp_core.attestation import Appraisal
 from cmcp_core.digest import json_digest
 from cmcp_core.initdata import ANNOTATION, InitdataError, decode_annotation
-from cmcp_core.launch_policy import IMAGE_DIGEST_RE
+from cmcp_core.launch_policy import IMAGE_DIGEST_RE, LaunchPolicyError
 from cmcp_core.route_status import RouteStatus, RouteTarget
 from cmcp_operator import metrics, workloads
 from cmcp_operator.attestor import EnclaveUnreachable, EvidenceFetcher, fetch_evidence
@@ -175,12 +175,16 @@ class RouteController:
             if files is None:
                 problem = f"bundle ConfigMap {bstatus['configMapName']} is missing"
             else:
-                rev = workloads.revision(namespace, name, spec, bstatus, [key_to_path(k) for k in files],
-                                         self.config)
-                target = RouteTarget(rev.bundle_hash, rev.initdata_digest)
-                previous = next_previous(old_target, old_previous, target)
-                mode, catalog = rev.enforcement_mode, rev.catalog_hash
-                await self._converge(route, spec, rev)
+                try:
+                    rev = workloads.revision(namespace, name, spec, bstatus,
+                                             [key_to_path(k) for k in files], self.config)
+                except LaunchPolicyError as exc:  # an image by tag: deploy nothing, say why
+                    problem = str(exc)
+                else:
+                    target = RouteTarget(rev.bundle_hash, rev.initdata_digest)
+                    previous = next_previous(old_target, old_previous, target)
+                    mode, catalog = rev.enforcement_mode, rev.catalog_hash
+                    await self._converge(route, spec, rev)
 
         accepted = accepted_revisions(target, previous)
         pods = await self.kube.list_route_pods(namespace, name)

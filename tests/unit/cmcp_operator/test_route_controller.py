@@ -255,6 +255,18 @@ async def test_admission_refuses_an_image_that_is_not_a_digest(controller: Route
     assert await controller.admission({**SPEC, "image": "reg/e@sha256:" + "0" * 64}, NS) is None
 
 
+async def test_a_route_whose_image_is_a_tag_deploys_nothing(controller: RouteController,
+                                                             kube: FakeKube) -> None:
+    """Past the webhook (e.g. created while it was down), a tag still never reaches a pod."""
+    await publish_bundle(kube)
+    route = kube.custom[(ROUTE_PLURAL, NS, ROUTE)]
+    route["spec"] = {**SPEC, "image": "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"}
+    kube.calls.clear()
+    await controller.step(NS, ROUTE)
+    assert kube.writes("apply") == []
+    assert "sha256" in str(route_status(kube)["conditions"])
+
+
 async def test_weakened_admission_would_admit_the_hostile_image(controller: RouteController, kube: FakeKube,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Weakened component: with the digest check gone the same hostile string is admitted."""
