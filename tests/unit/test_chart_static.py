@@ -137,7 +137,7 @@ def test_images_map_to_console_scripts() -> None:
     docs = render()
     op = container(one(docs, "Deployment", "operator"))
     assert op["image"] == "ghcr.io/cmcp-k8s/cmcp-operator:0.1.0"
-    assert "--enclave-image=ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0" in op["args"]
+    assert "--enclave-image=ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64 in op["args"]
     digest = "sha256:" + "ab" * 32
     docs = render(
         "simulated-values.yaml", (f"gateway.image.digest={digest}", "imageRegistry=reg.local:5000/x")
@@ -173,6 +173,8 @@ NONSENSE = {
     "missing operator image": ("operator.image.repository=", "/operator/image/repository"),
     "operator image removed": ("json:operator.image=null", "/operator"),
     "missing enclave image": ("json:enclave.image.repository=null", "/enclave/image"),
+    "enclave image by tag": ("enclave.image.tag=0.1.0", "/enclave/image"),
+    "enclave image without digest": ("enclave.image.digest=", "/enclave/image/digest"),
     "bad digest": ("gateway.image.digest=sha256:xyz", "/gateway/image/digest"),
     "revoked TCB accepted": (
         'json:attestation.acceptedTcbStatuses=["Revoked"]',
@@ -389,7 +391,7 @@ def test_operator_args_are_accepted_by_the_operator(profile: str | None) -> None
     assert cfg.webhook_listen == "198.18.0.10" and cfg.webhook_port == 9443
     assert cfg.webhook_service == f"{NAMESPACE}/{RELEASE}-cmcp-webhook:443"
     assert cfg.liveness_endpoint == "http://198.18.0.10:8080/healthz"
-    assert cfg.enclave_image.endswith("/cmcp-enclave:0.1.0") or "/cmcp-enclave@sha256:" in cfg.enclave_image
+    assert "/cmcp-enclave@sha256:" in cfg.enclave_image
 
 
 def test_webhook_service_routes_to_the_operator_webhook_port() -> None:
