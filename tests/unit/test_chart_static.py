@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN
 from cmcp_devkit.cluster.binaries import ensure_client_tools
 from tests.paths import ROOT
 
@@ -519,6 +520,13 @@ def test_tee_admission_policy_allows_the_profile_types(profile: str | None, allo
     vap = one(render(profile), "ValidatingAdmissionPolicy")
     assert vap["spec"]["failurePolicy"] == "Fail"
     assert json.loads(vap["spec"]["variables"][0]["expression"]) == allowed
+
+
+def test_admission_policy_refuses_an_image_by_tag() -> None:
+    """The apiserver's own check carries the operator's digest pattern, byte for byte."""
+    vap = one(render(), "ValidatingAdmissionPolicy")
+    image_rule = next(v for v in vap["spec"]["validations"] if "object.spec.image" in v["expression"])
+    assert f".matches('{IMAGE_DIGEST_PATTERN}')" in image_rule["expression"]
 
 
 def test_monitoring_objects_only_when_enabled() -> None:
