@@ -102,8 +102,19 @@ IMAGE_ENV: tuple[EnvRule, ...] = (
     EnvRule("PYTHON_SHA256", pattern="[0-9a-f]{64}"),
 )
 IP_PATTERN = "[0-9a-fA-F.:]+"
-# Runtime-supplied values: the pod name as hostname, the pod IP from the downward API.
-RUNTIME_ENV: tuple[EnvRule, ...] = (EnvRule("HOSTNAME", pattern="[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?"),)
+# Runtime-supplied values: the pod name as hostname, and the API server's service variables the
+# kubelet injects even with enableServiceLinks off (values are cluster addresses, names fixed).
+RUNTIME_ENV: tuple[EnvRule, ...] = (
+    EnvRule("HOSTNAME", pattern="[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?"),
+    EnvRule("KUBERNETES_SERVICE_HOST", pattern=IP_PATTERN),
+    EnvRule("KUBERNETES_SERVICE_PORT", pattern="[0-9]{1,5}"),
+    EnvRule("KUBERNETES_SERVICE_PORT_HTTPS", pattern="[0-9]{1,5}"),
+    EnvRule("KUBERNETES_PORT", pattern=f"tcp://{IP_PATTERN}:[0-9]{{1,5}}"),
+    EnvRule("KUBERNETES_PORT_443_TCP", pattern=f"tcp://{IP_PATTERN}:443"),
+    EnvRule("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+    EnvRule("KUBERNETES_PORT_443_TCP_PORT", "443"),
+    EnvRule("KUBERNETES_PORT_443_TCP_ADDR", pattern=IP_PATTERN),
+)
 
 
 def launch_env() -> tuple[EnvRule, ...]:

@@ -35,6 +35,11 @@ ROUTE_SPEC = {"upstream": {"url": "http://up.example/mcp"}, "policyBundleRef": {
 IMAGE_ENV = [f"PATH={IMAGE_PATH}", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8",
              "GPG_KEY=A035C8C19219BA821ECEA86B64E628F8D684696D", "PYTHON_VERSION=3.11.11",
              "PYTHON_SHA256=" + "9a" * 32]
+# What the kubelet adds: the hostname and the API server's service (even with enableServiceLinks off).
+KUBELET_ENV = ["HOSTNAME=cmcp-r-7d9f8-abcde", "KUBERNETES_SERVICE_HOST=10.96.0.1",
+               "KUBERNETES_SERVICE_PORT=443", "KUBERNETES_SERVICE_PORT_HTTPS=443", "KUBERNETES_PORT=tcp://10.96.0.1:443",
+               "KUBERNETES_PORT_443_TCP=tcp://10.96.0.1:443", "KUBERNETES_PORT_443_TCP_PROTO=tcp",
+               "KUBERNETES_PORT_443_TCP_PORT=443", "KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1"]
 CID = "c" * 64
 
 
@@ -54,7 +59,7 @@ def genpolicy_inputs() -> dict[str, dict[str, Any]]:
     """What containerd + the Kata shim send the agent for the operator's pod, request by request."""
     pod, _ = operator_pod()
     container = pod["spec"]["containers"][0]
-    env = [*IMAGE_ENV, "HOSTNAME=cmcp-r-7d9f8-abcde"]
+    env = [*IMAGE_ENV, *KUBELET_ENV]
     for var in container["env"]:
         value = POD_IP if "valueFrom" in var else expand(var["value"])
         env.append(f"{var['name']}={value}")
@@ -211,6 +216,8 @@ ATTACKS: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("PYTHONPATH", env_set("PYTHONPATH", "/run/cmcp"), "enclave", "    env_exact\n"),
     ("PATH changed", env_set("PATH", "/run/cmcp:" + IMAGE_PATH), "enclave", "    env_exact\n"),
     ("extra CMCP_* env", env_set("CMCP_ALLOW_SIMULATED", "1"), "enclave", "    env_exact\n"),
+    ("kubelet variable abused", env_set("KUBERNETES_SERVICE_HOST", "10.0.0.1\nimport os"), "enclave",
+     "    env_exact\n"),
     ("extra mount", extra_mount(f"{SHARED_CONTAINERS}{CID}-x-evil", "/opt/cmcp/lib/python3.11/x"),
      "enclave", "    mounts_exact\n"),
     ("hostPath mount", extra_mount("/host/etc", "/etc/cmcp/extra"), "enclave", "    mounts_exact\n"),
