@@ -194,7 +194,8 @@ enclave_container if {
     input.OCI.Process.Cwd == expected.cwd
     input.OCI.Process.User.UID == expected.uid
     input.OCI.Process.User.GID == expected.gid
-    count(object.get(input.OCI.Process.User, "AdditionalGids", [])) <= 1
+    every g in object.get(input.OCI.Process.User, "AdditionalGids", []) { g == expected.gid }
+    input.OCI.Root.Readonly == true
     input.OCI.Process.NoNewPrivileges == true
     no_capabilities
     no_hooks

@@ -84,6 +84,8 @@ def genpolicy_inputs() -> dict[str, dict[str, Any]]:
                         "Capabilities": {"Bounding": [], "Effective": [], "Inheritable": [],
                                          "Permitted": [], "Ambient": []},
                         "NoNewPrivileges": not container["securityContext"]["allowPrivilegeEscalation"]},
+            "Root": {"Path": "/run/kata-containers/" + CID + "/rootfs",
+                     "Readonly": container["securityContext"]["readOnlyRootFilesystem"]},
             "Mounts": mounts,
             "Linux": {"Namespaces": [{"Type": "ipc", "Path": ""}, {"Type": "uts", "Path": ""},
                                      {"Type": "mount", "Path": ""}]},
@@ -206,6 +208,14 @@ def run_as_root(inputs: dict[str, Any]) -> None:
     inputs["enclave"]["OCI"]["Process"]["User"]["UID"] = 0
 
 
+def root_group(inputs: dict[str, Any]) -> None:
+    inputs["enclave"]["OCI"]["Process"]["User"]["AdditionalGids"] = [65532, 0]
+
+
+def writable_root(inputs: dict[str, Any]) -> None:
+    inputs["enclave"]["OCI"]["Root"]["Readonly"] = False
+
+
 def other_args(inputs: dict[str, Any]) -> None:
     inputs["enclave"]["OCI"]["Process"]["Args"].extend(["--tee", "simulated"])
 
@@ -229,6 +239,9 @@ ATTACKS: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("OCI hook", oci_hook, "enclave", "    no_hooks\n    env_exact"),
     ("host network namespace", host_network_namespace, "enclave", "    namespaces_exact\n"),
     ("root user", run_as_root, "enclave", "    input.OCI.Process.User.UID == expected.uid\n"),
+    ("root group", root_group, "enclave",
+     '    every g in object.get(input.OCI.Process.User, "AdditionalGids", []) { g == expected.gid }\n'),
+    ("writable root filesystem", writable_root, "enclave", "    input.OCI.Root.Readonly == true\n"),
     ("other args", other_args, "enclave", "    input.OCI.Process.Args == expected.args\n"),
     ("CopyFile traversal", copy_traversal, "copy", "    path_clean(input.path)\n    not is_symlink\n"),
     ("CopyFile absolute symlink", copy_symlink_out, "copy_link", "    target[0] != 47\n"),
