@@ -40,7 +40,7 @@ from cmcp_operator.render_bundle import bundle_manifest, dump
 
 NS = "cmcp-bench"
 BUNDLE = "bench-minimal"
-IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"
+IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64  # by digest: the operator refuses a tag
 
 
 def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:

@@ -244,7 +244,19 @@ ATTESTATION = obj(
     ],
 )
 
-ENCLAVE = obj({"image": image(with_pull_policy=False)}, required=["image"])
+def enclave_image() -> dict[str, Any]:
+    """By digest only: the operator pins the enclave image in the measured launch policy and
+    refuses a tag (a registry can re-point a tag after the policy is measured)."""
+    props = image(with_pull_policy=False)["properties"]
+    return obj(
+        {"repository": props["repository"],
+         "digest": string("sha256 digest of the enclave image (required; no tags).", pattern=DIGEST)},
+        required=["repository", "digest"],
+        description="Enclave image, pinned by digest.",
+    )
+
+
+ENCLAVE = obj({"image": enclave_image()}, required=["image"])
 
 INGRESS = obj(
     {

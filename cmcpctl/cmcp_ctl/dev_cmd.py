@@ -36,7 +36,7 @@ from cmcp_devkit.stack import LaunchError, LocalStack
 DEFAULT_ROUTE = "dev"
 DEFAULT_AUDIENCE = "urn:cmcp:dev-upstream"
 DEFAULT_PRINCIPAL = "dev-agent"
-DEV_ENCLAVE_IMAGE = "ghcr.io/cmcp/enclave:dev"
+DEV_ENCLAVE_IMAGE = "ghcr.io/cmcp/enclave@sha256:" + "0" * 64  # by digest, like every enclave image
 DEFAULT_PERMIT_TTL = 60
 _ROUTE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 

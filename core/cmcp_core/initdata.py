@@ -15,12 +15,14 @@ import gzip
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cmcp_core import launch_policy
 from cmcp_core.bundle import load_bundle
 from cmcp_core.digest import jcs
+from cmcp_core.launch_policy import LaunchSpec
 
 ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
 INITDATA_VERSION = "0.1.0"
@@ -45,10 +47,12 @@ class CmcpEntry:
     enforcement_mode: str
     route: str  # "<namespace>/<McpRoute name>"
     audience: str  # the upstream identity permits are minted for; measured so a host cannot retarget
+    launch_policy_digest: str = ""  # sha256 of policy.rego; render() fills it in
 
     def to_json(self) -> dict[str, str]:
         return {
             "audience": self.audience,
+            "launch_policy_digest": self.launch_policy_digest,
             "bundle_hash": self.bundle_hash,
             "catalog_hash": self.catalog_hash,
             "enforcement_mode": self.enforcement_mode,
@@ -57,62 +61,10 @@ class CmcpEntry:
 
 
 def agent_policy(image: str, command: list[str]) -> str:
-    """A restrictive Kata agent policy: only our image and command, no exec, no re-policy."""
-    pinned_args = json.dumps(command)
-    return f"""package agent_policy
+    """The launch policy for a spec that only names image and argv (local launchers, tests).
 
-import future.keywords.if
-
-default AddARPNeighborsRequest := true
-default AddSwapRequest := false
-default CloseStdinRequest := false
-default CopyFileRequest := true
-default CreateContainerRequest := false
-default CreateSandboxRequest := true
-default DestroySandboxRequest := true
-default ExecProcessRequest := false
-default GetMetricsRequest := true
-default GetOOMEventRequest := true
-default GuestDetailsRequest := true
-default ListInterfacesRequest := true
-default ListRoutesRequest := true
-default MemHotplugByProbeRequest := false
-default OnlineCPUMemRequest := true
-default PauseContainerRequest := false
-default PullImageRequest := true
-default ReadStreamRequest := true
-default RemoveContainerRequest := true
-default RemoveStaleVirtiofsShareMountsRequest := true
-default ReseedRandomDevRequest := false
-default ResumeContainerRequest := false
-default SetGuestDateTimeRequest := false
-default SetPolicyRequest := false
-default SignalProcessRequest := true
-default StartContainerRequest := true
-default StartTracingRequest := false
-default StatsContainerRequest := true
-default StopTracingRequest := false
-default TtyWinResizeRequest := false
-default UpdateContainerRequest := false
-default UpdateEphemeralMountsRequest := false
-default UpdateInterfaceRequest := true
-default UpdateRoutesRequest := true
-default WaitProcessRequest := true
-default WriteStreamRequest := false
-
-pinned_image := "{image}"
-pinned_args := {pinned_args}
-
-CreateContainerRequest if {{
-    input.OCI.Annotations["io.kubernetes.cri.container-type"] == "sandbox"
-}}
-
-CreateContainerRequest if {{
-    input.OCI.Annotations["io.kubernetes.cri.image-name"] == pinned_image
-    input.OCI.Process.Args == pinned_args
-    input.OCI.Process.Terminal == false
-}}
-"""
+    The operator renders from its full pod spec instead (:class:`LaunchSpec`)."""
+    return launch_policy.render(LaunchSpec(image=image, args=tuple(command), env=()))
 
 
 def _literal(value: str, key: str) -> str:
@@ -121,10 +73,17 @@ def _literal(value: str, key: str) -> str:
     return f"'''\n{value}'''" if value.endswith("\n") else f"'''\n{value}\n'''"
 
 
-def render(entry: CmcpEntry, *, image: str, command: list[str], algorithm: str = "sha384") -> bytes:
-    """Render the initdata TOML bytes. Same inputs, same bytes, same measurement."""
+def render(entry: CmcpEntry, *, image: str = "", command: list[str] | None = None,
+           algorithm: str = "sha384", launch: LaunchSpec | None = None) -> bytes:
+    """Render the initdata TOML bytes. Same inputs, same bytes, same measurement.
+
+    ``launch`` (the operator's full pod spec) wins over ``image``/``command``. The launch policy's
+    digest is written into the cMCP entry so a relying party can compare it by name."""
     if algorithm not in ALGORITHMS:
         raise InitdataError(f"unsupported initdata algorithm {algorithm!r}")
+    spec = launch or LaunchSpec(image=image, args=tuple(command or ()), env=())
+    policy = launch_policy.render(spec)
+    entry = replace(entry, launch_policy_digest=launch_policy.digest(policy))
     cmcp = jcs(entry.to_json()).decode("utf-8")
     lines = [
         f'version = "{INITDATA_VERSION}"',
@@ -132,7 +91,7 @@ def render(entry: CmcpEntry, *, image: str, command: list[str], algorithm: str =
         "",
         "[data]",
         f'"{CMCP_KEY}" = {_literal(cmcp, CMCP_KEY)}',
-        f'"{POLICY_KEY}" = {_literal(agent_policy(image, command), POLICY_KEY)}',
+        f'"{POLICY_KEY}" = {_literal(policy, POLICY_KEY)}',
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")
 
@@ -211,7 +170,10 @@ class Initdata:
         missing = [f for f in fields if not isinstance(doc.get(f), str)]
         if missing:
             raise InitdataError(f"{CMCP_KEY} lacks string field(s): {', '.join(missing)}")
-        return CmcpEntry(**{f: doc[f] for f in fields})
+        digest_field = doc.get("launch_policy_digest", "")
+        if not isinstance(digest_field, str):
+            raise InitdataError(f"{CMCP_KEY} launch_policy_digest must be a string")
+        return CmcpEntry(**{f: doc[f] for f in fields}, launch_policy_digest=digest_field)
 
 
 def parse(toml_bytes: bytes) -> Initdata:

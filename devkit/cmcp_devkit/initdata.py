@@ -14,7 +14,7 @@ from cmcp_core import initdata
 
 DEFAULT_AUDIENCE = "urn:cmcp:test-upstream"
 DEFAULT_ROUTE = "default/test"
-TEST_IMAGE = "ghcr.io/cmcp/enclave:dev"
+TEST_IMAGE = "ghcr.io/cmcp/enclave@sha256:" + "0" * 64  # by digest, like every enclave image
 ENCLAVE_COMMAND = ("cmcp-enclave",)
 
 

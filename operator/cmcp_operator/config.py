@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cmcp_operator import __version__
-
-DEFAULT_IMAGE = f"ghcr.io/cmcp-k8s/cmcp-enclave:{__version__}"
+# By digest only (the launch policy pins it). The all-zero digest names no image: a deployment
+# that does not set --enclave-image fails at pull rather than running an unpinned tag.
+DEFAULT_IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import kopf
 
+from cmcp_core.launch_policy import IMAGE_DIGEST_RE
 from cmcp_operator.config import DEFAULT_IMAGE, OperatorConfig
 from cmcp_operator.handlers import register
 
@@ -56,6 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
         p.error("--simulate-tee needs --allow-simulated (simulated evidence must be accepted explicitly)")
     if not a.namespace and not a.all_namespaces:
         p.error("give --namespace NS (repeatable) or --all-namespaces")
+    if not IMAGE_DIGEST_RE.fullmatch(a.enclave_image):
+        p.error(f"--enclave-image {a.enclave_image!r} must be pinned by digest (<name>@sha256:<64 hex>): "
+                "the measured launch policy pins it")
     return OperatorConfig(
         namespaces=tuple(a.namespace), all_namespaces=a.all_namespaces,
         allow_simulated=a.allow_simulated, simulate_tee=a.simulate_tee,

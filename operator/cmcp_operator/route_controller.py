@@ -21,6 +21,7 @@ import kopf
 from cmcp_core.attestation import Appraisal
 from cmcp_core.digest import json_digest
 from cmcp_core.initdata import ANNOTATION, InitdataError, decode_annotation
+from cmcp_core.launch_policy import IMAGE_DIGEST_RE, LaunchPolicyError
 from cmcp_core.route_status import RouteStatus, RouteTarget
 from cmcp_operator import metrics, workloads
 from cmcp_operator.attestor import EnclaveUnreachable, EvidenceFetcher, fetch_evidence
@@ -73,6 +74,10 @@ def route_admission_problem(spec: Mapping[str, Any], *, namespace: str, bundle_e
     """Why an McpRoute must not be admitted, or None."""
     if spec.get("tee") == "simulated" and not allow_simulated:
         return "tee: simulated is refused: the operator runs without --allow-simulated"
+    image = spec.get("image")
+    if image is not None and not IMAGE_DIGEST_RE.fullmatch(str(image)):
+        return (f"image: {str(image)[:80]!r} is refused: the enclave image must be pinned by digest "
+                "(<name>@sha256:<64 lowercase hex>), a tag can be re-pointed after the policy is measured")
     if not bundle_exists:
         ref = spec.get("policyBundleRef", {}).get("name", "")
         return f"policyBundleRef: PolicyBundle {ref!r} not found in namespace {namespace!r}"
@@ -170,12 +175,16 @@ class RouteController:
             if files is None:
                 problem = f"bundle ConfigMap {bstatus['configMapName']} is missing"
             else:
-                rev = workloads.revision(namespace, name, spec, bstatus, [key_to_path(k) for k in files],
-                                         self.config)
-                target = RouteTarget(rev.bundle_hash, rev.initdata_digest)
-                previous = next_previous(old_target, old_previous, target)
-                mode, catalog = rev.enforcement_mode, rev.catalog_hash
-                await self._converge(route, spec, rev)
+                try:
+                    rev = workloads.revision(namespace, name, spec, bstatus,
+                                             [key_to_path(k) for k in files], self.config)
+                except LaunchPolicyError as exc:  # an image by tag: deploy nothing, say why
+                    problem = str(exc)
+                else:
+                    target = RouteTarget(rev.bundle_hash, rev.initdata_digest)
+                    previous = next_previous(old_target, old_previous, target)
+                    mode, catalog = rev.enforcement_mode, rev.catalog_hash
+                    await self._converge(route, spec, rev)
 
         accepted = accepted_revisions(target, previous)
         pods = await self.kube.list_route_pods(namespace, name)

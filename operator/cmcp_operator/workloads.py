@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcp_core.initdata import ANNOTATION, CmcpEntry, encode_annotation, render
+from cmcp_core.launch_policy import EnvRule, LaunchSpec, require_digest
 from cmcp_operator.bundles import volume_items
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import (
@@ -35,6 +36,7 @@ from cmcp_operator.constants import (
     ROUTE_LABEL,
 )
 
+ENCLAVE_CONTAINER = "enclave"
 TEE_PROVIDER = {"tdx": "tdx", "snp": "snp", "any": "coco-aa", "simulated": "simulated"}
 
 
@@ -87,6 +89,49 @@ def enclave_env() -> list[dict[str, Any]]:
             {"name": "CMCP_METRICS_LISTEN", "value": f"$(POD_IP):{METRICS_PORT}"}]
 
 
+# What the enclave image itself puts in the environment (enclave_pod/Dockerfile and its python base),
+# pinned so the launch policy can demand every variable and nothing added.
+IMAGE_PATH = "/opt/cmcp/bin:/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+IMAGE_ENV: tuple[EnvRule, ...] = (
+    EnvRule("PATH", IMAGE_PATH),
+    EnvRule("PYTHONDONTWRITEBYTECODE", "1"),
+    EnvRule("PYTHONUNBUFFERED", "1"),
+    EnvRule("LANG", "C.UTF-8"),
+    EnvRule("GPG_KEY", pattern="[0-9A-F]{40}"),
+    EnvRule("PYTHON_VERSION", pattern="[0-9]+\\.[0-9]+\\.[0-9]+"),
+    EnvRule("PYTHON_SHA256", pattern="[0-9a-f]{64}"),
+)
+IP_PATTERN = "[0-9a-fA-F.:]+"
+# Runtime-supplied values: the pod name as hostname, and the API server's service variables the
+# kubelet injects even with enableServiceLinks off (values are cluster addresses, names fixed).
+RUNTIME_ENV: tuple[EnvRule, ...] = (
+    EnvRule("HOSTNAME", pattern="[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?"),
+    EnvRule("KUBERNETES_SERVICE_HOST", pattern=IP_PATTERN),
+    EnvRule("KUBERNETES_SERVICE_PORT", pattern="[0-9]{1,5}"),
+    EnvRule("KUBERNETES_SERVICE_PORT_HTTPS", pattern="[0-9]{1,5}"),
+    EnvRule("KUBERNETES_PORT", pattern=f"tcp://{IP_PATTERN}:[0-9]{{1,5}}"),
+    EnvRule("KUBERNETES_PORT_443_TCP", pattern=f"tcp://{IP_PATTERN}:443"),
+    EnvRule("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+    EnvRule("KUBERNETES_PORT_443_TCP_PORT", "443"),
+    EnvRule("KUBERNETES_PORT_443_TCP_ADDR", pattern=IP_PATTERN),
+)
+
+
+def launch_env() -> tuple[EnvRule, ...]:
+    """Every variable the enclave container gets: image, runtime, and :func:`enclave_env` expanded."""
+    pod = (EnvRule("POD_IP", pattern=IP_PATTERN),
+           EnvRule("CMCP_LISTEN", pattern=f"{IP_PATTERN}:{ENCLAVE_PORT}"),
+           EnvRule("CMCP_METRICS_LISTEN", pattern=f"{IP_PATTERN}:{METRICS_PORT}"))
+    return IMAGE_ENV + RUNTIME_ENV + pod
+
+
+def launch_spec(namespace: str, image: str, command: list[str]) -> LaunchSpec:
+    """The launch policy's view of the pod :func:`deployment` creates: keep the two in step."""
+    return LaunchSpec(image=require_digest(image), args=tuple(command), env=launch_env(),
+                      container_name=ENCLAVE_CONTAINER, namespace=namespace,
+                      mounts=((BUNDLE_MOUNT, True), (INITDATA_DIR, False)))
+
+
 def revision(namespace: str, name: str, spec: Mapping[str, Any], bundle_status: Mapping[str, Any],
              files: list[str], config: OperatorConfig) -> Revision:
     """Render the initdata for the bundle the PolicyBundle currently carries."""
@@ -100,7 +145,7 @@ def revision(namespace: str, name: str, spec: Mapping[str, Any], bundle_status: 
         route=f"{namespace}/{name}",
         audience=audience(spec, namespace),
     )
-    toml = render(entry, image=image, command=command, algorithm=config.initdata_algorithm)
+    toml = render(entry, launch=launch_spec(namespace, image, command), algorithm=config.initdata_algorithm)
     return Revision(bundle_hash=entry.bundle_hash, catalog_hash=entry.catalog_hash,
                     enforcement_mode=entry.enforcement_mode,
                     configmap=str(bundle_status["configMapName"]), files=tuple(sorted(files)),
@@ -144,7 +189,7 @@ def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision
         # Pod Security "restricted": the enclave image runs as a numeric non-root USER.
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
-            "name": "enclave",
+            "name": ENCLAVE_CONTAINER,
             "image": rev.image,
             "command": [rev.command[0]],
             "args": list(rev.command[1:]),

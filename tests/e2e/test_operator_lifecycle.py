@@ -56,7 +56,7 @@ ROUTE, BUNDLE = "echo", "minimal"
 SVC = f"cmcp-{ROUTE}"
 GROUP_PATH = f"{API_PATH}/namespaces/{NS}"
 TDX_LABEL = "intel.feature.node.kubernetes.io/tdx"
-IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"
+IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64  # by digest: the operator refuses a tag
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 
 

@@ -34,7 +34,7 @@ class Replica:
         argv = [str(Path(sys.executable).with_name("cmcp-operator")), "--namespace", NS,
                 "--allow-simulated", "--simulate-tee", "--reattest-interval", "5",
                 "--peering", "cmcp", "--priority", str(priority),
-                "--enclave-image", "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"]
+                "--enclave-image", "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64]
         self.log = log
         self.proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                      env={**os.environ, "KUBECONFIG": str(kubeconfig)},

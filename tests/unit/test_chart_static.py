@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN
 from cmcp_devkit.cluster.binaries import ensure_client_tools
 from tests.paths import ROOT
 
@@ -137,7 +138,7 @@ def test_images_map_to_console_scripts() -> None:
     docs = render()
     op = container(one(docs, "Deployment", "operator"))
     assert op["image"] == "ghcr.io/cmcp-k8s/cmcp-operator:0.1.0"
-    assert "--enclave-image=ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0" in op["args"]
+    assert "--enclave-image=ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64 in op["args"]
     digest = "sha256:" + "ab" * 32
     docs = render(
         "simulated-values.yaml", (f"gateway.image.digest={digest}", "imageRegistry=reg.local:5000/x")
@@ -173,6 +174,8 @@ NONSENSE = {
     "missing operator image": ("operator.image.repository=", "/operator/image/repository"),
     "operator image removed": ("json:operator.image=null", "/operator"),
     "missing enclave image": ("json:enclave.image.repository=null", "/enclave/image"),
+    "enclave image by tag": ("enclave.image.tag=0.1.0", "/enclave/image"),
+    "enclave image without digest": ("enclave.image.digest=", "/enclave/image/digest"),
     "bad digest": ("gateway.image.digest=sha256:xyz", "/gateway/image/digest"),
     "revoked TCB accepted": (
         'json:attestation.acceptedTcbStatuses=["Revoked"]',
@@ -389,7 +392,7 @@ def test_operator_args_are_accepted_by_the_operator(profile: str | None) -> None
     assert cfg.webhook_listen == "198.18.0.10" and cfg.webhook_port == 9443
     assert cfg.webhook_service == f"{NAMESPACE}/{RELEASE}-cmcp-webhook:443"
     assert cfg.liveness_endpoint == "http://198.18.0.10:8080/healthz"
-    assert cfg.enclave_image.endswith("/cmcp-enclave:0.1.0") or "/cmcp-enclave@sha256:" in cfg.enclave_image
+    assert "/cmcp-enclave@sha256:" in cfg.enclave_image
 
 
 def test_webhook_service_routes_to_the_operator_webhook_port() -> None:
@@ -517,6 +520,13 @@ def test_tee_admission_policy_allows_the_profile_types(profile: str | None, allo
     vap = one(render(profile), "ValidatingAdmissionPolicy")
     assert vap["spec"]["failurePolicy"] == "Fail"
     assert json.loads(vap["spec"]["variables"][0]["expression"]) == allowed
+
+
+def test_admission_policy_refuses_an_image_by_tag() -> None:
+    """The apiserver's own check carries the operator's digest pattern, byte for byte."""
+    vap = one(render(), "ValidatingAdmissionPolicy")
+    image_rule = next(v for v in vap["spec"]["validations"] if "object.spec.image" in v["expression"])
+    assert f".matches('{IMAGE_DIGEST_PATTERN}')" in image_rule["expression"]
 
 
 def test_monitoring_objects_only_when_enabled() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import hashlib
 
@@ -27,7 +28,8 @@ def test_render_is_byte_stable_and_round_trips() -> None:
     parsed = initdata.parse(first)
     assert parsed.version == "0.1.0"
     assert parsed.algorithm == "sha384"
-    assert parsed.cmcp == ENTRY
+    policy_digest = "sha256:" + hashlib.sha256(parsed.data["policy.rego"].encode()).hexdigest()
+    assert parsed.cmcp == dataclasses.replace(ENTRY, launch_policy_digest=policy_digest)
     assert "default SetPolicyRequest := false" in parsed.data["policy.rego"]
     assert "default ExecProcessRequest := false" in parsed.data["policy.rego"]
     assert IMAGE in parsed.data["policy.rego"]

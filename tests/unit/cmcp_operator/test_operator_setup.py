@@ -27,6 +27,13 @@ def test_cli_requires_scope_and_explicit_simulation() -> None:
     assert parse_args(["-A"]).all_namespaces
 
 
+def test_cli_refuses_an_enclave_image_by_tag() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["-A", "--enclave-image", "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"])
+    pinned = "r/e@sha256:" + "1" * 64
+    assert parse_args(["-A", "--enclave-image", pinned]).enclave_image == pinned
+
+
 def test_minted_serving_certificate_chains_to_its_ca(tmp_path: Path) -> None:
     ca, cert, key = mint_certificates(tmp_path, ["op.ns.svc", "127.0.0.1"])
     leaf = x509.load_pem_x509_certificate(cert.read_bytes())

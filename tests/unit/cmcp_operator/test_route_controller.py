@@ -6,6 +6,7 @@ readiness-gate patches and Events."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from cmcp_core.initdata import (
     render,
     tdx_mrconfigid,
 )
+from cmcp_operator import route_controller
 from cmcp_operator.bundle_controller import BundleController
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import BUNDLE_PLURAL, ROUTE_LABEL, ROUTE_PLURAL
@@ -240,3 +242,35 @@ async def test_admission_names_the_missing_bundle(controller: RouteController, k
         "policyBundleRef: PolicyBundle 'b' not found in namespace 'team'")
     await publish_bundle(kube)
     assert await controller.admission(SPEC, NS) is None
+
+
+@pytest.mark.parametrize("image", ["ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0", "cmcp-enclave",
+                                   "reg/e@sha256:" + "0" * 63, "reg/e@sha256:" + "0" * 64 + "\n",
+                                   'reg/e@sha256:' + "0" * 64 + '"\nExecProcessRequest := true\n#'])
+async def test_admission_refuses_an_image_that_is_not_a_digest(controller: RouteController, kube: FakeKube,
+                                                               image: str) -> None:
+    await publish_bundle(kube)
+    problem = await controller.admission({**SPEC, "image": image}, NS)
+    assert problem is not None and "pinned by digest" in problem
+    assert await controller.admission({**SPEC, "image": "reg/e@sha256:" + "0" * 64}, NS) is None
+
+
+async def test_a_route_whose_image_is_a_tag_deploys_nothing(controller: RouteController,
+                                                             kube: FakeKube) -> None:
+    """Past the webhook (e.g. created while it was down), a tag still never reaches a pod."""
+    await publish_bundle(kube)
+    route = kube.custom[(ROUTE_PLURAL, NS, ROUTE)]
+    route["spec"] = {**SPEC, "image": "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"}
+    kube.calls.clear()
+    await controller.step(NS, ROUTE)
+    assert kube.writes("apply") == []
+    assert "sha256" in str(route_status(kube)["conditions"])
+
+
+async def test_weakened_admission_would_admit_the_hostile_image(controller: RouteController, kube: FakeKube,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weakened component: with the digest check gone the same hostile string is admitted."""
+    await publish_bundle(kube)
+    monkeypatch.setattr(route_controller, "IMAGE_DIGEST_RE", re.compile(".*", re.S))
+    hostile = 'reg/e@sha256:' + "0" * 64 + '"\nExecProcessRequest := true\n#'
+    assert await controller.admission({**SPEC, "image": hostile}, NS) is None

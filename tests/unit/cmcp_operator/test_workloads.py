@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import yaml
 
 from cmcp_core.initdata import ANNOTATION, CmcpEntry, decode_annotation, parse, render
+from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN, LaunchPolicyError
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import ATTESTED_CONDITION, KATA_TDX, NFD_SNP, NFD_TDX, ROUTE_LABEL
-from cmcp_operator.workloads import audience, deployment, revision, service
+from cmcp_operator.workloads import audience, deployment, launch_spec, revision, service
+from tests.paths import ROOT
+
+IMAGE = "reg/cmcp-enclave@sha256:" + "12" * 32
 
 BSTATUS = {"bundleHash": "sha256:" + "ab" * 32, "catalogHash": "sha256:" + "cd" * 32,
            "enforcementMode": "enforce", "configMapName": "cmcp-bundle-b-abababab"}
@@ -20,13 +27,13 @@ def spec(**kw: object) -> dict[str, object]:
 
 
 def test_initdata_annotation_is_exactly_the_rendered_toml() -> None:
-    cfg = OperatorConfig(enclave_image="reg/cmcp-enclave:1")
+    cfg = OperatorConfig(enclave_image=IMAGE)
     rev = revision("ns", "r", spec(), BSTATUS, ["policies/a.cedar", "manifest.json"], cfg)
     dep = deployment("ns", "r", spec(), rev, cfg, OWNER)
     annotation = dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION]
     expected = render(CmcpEntry(BSTATUS["bundleHash"], BSTATUS["catalogHash"], "enforce", "ns/r",
                                 "http://up.example/mcp"),
-                      image="reg/cmcp-enclave:1", command=list(rev.command), algorithm="sha384")
+                      launch=launch_spec("ns", IMAGE, list(rev.command)), algorithm="sha384")
     assert decode_annotation(annotation) == expected == rev.initdata
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert [container["command"][0], *container["args"]] == list(rev.command)
@@ -110,3 +117,27 @@ def test_audience_forms_and_service() -> None:
     svc = service("ns", "r", spec(), OWNER)
     assert svc["spec"]["publishNotReadyAddresses"] is False
     assert svc["spec"]["selector"] == {ROUTE_LABEL: "r", "app.kubernetes.io/component": "enclave"}
+
+
+@pytest.mark.parametrize("image", ["reg/cmcp-enclave:1", "reg/cmcp-enclave@sha256:" + "AB" * 32,
+                                   'x@sha256:' + "0" * 64 + '"\nExecProcessRequest := true'])
+def test_operator_refuses_an_enclave_image_that_is_not_a_digest(image: str) -> None:
+    with pytest.raises(LaunchPolicyError, match="sha256"):
+        revision("ns", "r", spec(image=image), BSTATUS, [], OperatorConfig())
+
+
+def crd_image_pattern() -> str:
+    crd = yaml.safe_load((ROOT / "crds" / "mcproutes.cmcp.dev.yaml").read_text())
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    return str(props["image"]["pattern"])
+
+
+def test_crd_refuses_a_tag_and_a_hostile_image_string() -> None:
+    """The apiserver (Go regexp: ``$`` is the end of text) refuses what the operator would refuse."""
+    pattern = crd_image_pattern()
+    assert pattern == IMAGE_DIGEST_PATTERN
+    go_like = re.compile(pattern.removesuffix("$") + r"\Z")
+    assert go_like.search("ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "ab" * 32)
+    hostile = 'x@sha256:' + "0" * 64 + '"\nExecProcessRequest := true'
+    for bad in ("ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0", hostile):
+        assert not go_like.search(bad), bad
