@@ -45,7 +45,7 @@ from cmcp_operator import rbac
 from cmcp_operator.bundles import path_to_key, verify_history
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.render_bundle import bundle_manifest, dump
-from cmcp_operator.workloads import enclave_command
+from cmcp_operator.workloads import enclave_command, launch_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -357,7 +357,7 @@ def test_tdx_route_gets_attested_pods_with_exact_initdata(cluster: Any, kube: Ku
     cfg = OperatorConfig(simulate_tee=True, allow_simulated=True, enclave_image=IMAGE)
     want = render(CmcpEntry(bundle.bundle_hash, bundle.catalog_hash, bundle.enforcement_mode,
                             f"{NS}/{ROUTE}", "http://echo-upstream.example/mcp"),
-                  image=IMAGE, command=enclave_command("tdx", cfg))
+                  launch=launch_spec(NS, IMAGE, enclave_command("tdx", cfg)))
     pods = enclave_pods(kube)
     assert len(pods) == 2
     nodes = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
