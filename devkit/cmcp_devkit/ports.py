@@ -6,12 +6,22 @@ import socket
 import subprocess
 import time
 
+_handed_out: set[int] = set()
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the launchers pass it on)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago and that this process never handed out.
+
+    The kernel may give the same ephemeral port to two ``bind(0)`` calls in a row; callers that
+    ask for two ports before either is bound (a webhook and a metrics port) then collide with
+    ``Address already in use``. Remembering what was handed out rules that out."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

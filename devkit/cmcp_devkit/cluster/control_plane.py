@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from cmcp_devkit.ports import free_port
 
 from .binaries import Binaries, cache_root, ensure_all, ensure_kubectl_helm
 from .kube import Kube, ssl_context
@@ -75,12 +76,6 @@ def default_nodes() -> list[NodeSpec]:
         NodeSpec("snp-node-1", dict(SNP_LABELS), "snp"),
         NodeSpec("plain-node-1", {}, "none"),
     ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class ClusterStartError(RuntimeError):
