@@ -68,6 +68,9 @@ class Code(StrEnum):
     BINDING_REPORT_DATA_MISMATCH = "BINDING_REPORT_DATA_MISMATCH"
     ATTESTED_BUNDLE_UNEXPECTED = "ATTESTED_BUNDLE_UNEXPECTED"
     REFERENCE_VALUE_MISMATCH = "REFERENCE_VALUE_MISMATCH"
+    REFERENCE_VALUES_MISSING = "REFERENCE_VALUES_MISSING"
+    RELEASE_MANIFEST_INVALID = "RELEASE_MANIFEST_INVALID"
+    INITDATA_UNEXPECTED = "INITDATA_UNEXPECTED"
     VERIFY_INPUT_INVALID = "VERIFY_INPUT_INVALID"
     VERIFY_INTERNAL_ERROR = "VERIFY_INTERNAL_ERROR"
     RECORD_INVALID = "RECORD_INVALID"
@@ -151,6 +154,11 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.BINDING_REPORT_DATA_MISMATCH: CodeInfo(-32003, 502, "REPORT_DATA does not bind the claimed values."),
     Code.ATTESTED_BUNDLE_UNEXPECTED: CodeInfo(-32003, 502, "The attested bundle is not the expected one."),
     Code.REFERENCE_VALUE_MISMATCH: CodeInfo(-32003, 502, "A measurement differs from its reference value."),
+    Code.REFERENCE_VALUES_MISSING: CodeInfo(-32003, 502, "No signed release manifest is configured."),
+    Code.RELEASE_MANIFEST_INVALID: CodeInfo(
+        -32003, 502, "A release manifest is malformed or not signed by a trusted key."),
+    Code.INITDATA_UNEXPECTED: CodeInfo(
+        -32003, 502, "The measured initdata is not what this relying party expects."),
     Code.VERIFY_INPUT_INVALID: CodeInfo(-32003, 400, "The verifier was given unusable input."),
     Code.VERIFY_INTERNAL_ERROR: CodeInfo(-32003, 500, "The verifier failed unexpectedly; failed closed."),
     Code.RECORD_INVALID: CodeInfo(-32003, 502, "The Trust Record fails schema or signature."),

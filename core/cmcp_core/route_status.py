@@ -200,6 +200,12 @@ class RouteStatus:
         """The ``HOST:PORT`` of every pod the operator marked attested, in status order."""
         return [p.endpoint for p in self.pods if p.attested and p.address]
 
+    def pinned_initdata(self) -> frozenset[str]:
+        """The measured configurations the route may serve now: its target and, mid-rollout, the
+        previous one. Empty while the operator has rendered nothing, so a follower pins nothing
+        and trusts no enclave."""
+        return frozenset(t.initdata_digest for t in (self.target, self.previous) if t is not None)
+
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None

@@ -10,9 +10,11 @@ reaps idle sessions.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cmcp_core.attestation import AttestPolicy
+from cmcp_core.attestation import AttestPolicy, Expected
 from cmcp_core.route_source import McpRouteSource
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayConfig
@@ -41,10 +43,13 @@ class Gateway:
 
     async def startup(self) -> None:
         for route in self.config.routes:
-            policy = AttestPolicy(
-                allow_simulated=self.config.allow_simulated,
-                expected_bundle_hashes=route.expected_bundle_hashes,
+            expected = Expected(
+                bundle_hashes=route.expected_bundle_hashes,
+                route=str(route.kubernetes) if route.kubernetes is not None else None,
+                audience=route.audience,
+                modes=route.enforcement_modes,
             )
+            policy = AttestPolicy(appraisal=self.config.appraisal, expected=expected)
             pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds)
             runtime = RouteRuntime(
                 route, pool, UpstreamClient(route.upstream, self.limits.upstream_timeout_seconds)
@@ -52,11 +57,15 @@ class Gateway:
             self.routes[route.path] = runtime
             if route.kubernetes is not None:
                 source = McpRouteSource(route.kubernetes)
-                await pool.set_endpoints(await source.endpoints())
 
                 async def discover(pool: EnclavePool = pool, source: McpRouteSource = source) -> None:
-                    await pool.set_endpoints(await source.endpoints())
+                    """Follow the route: its attested pods, pinned to its target/previous initdata."""
+                    status = await source.read()
+                    expected = replace(pool.policy.expected, initdata_digests=status.pinned_initdata())
+                    pool.policy = replace(pool.policy, expected=expected)
+                    await pool.set_endpoints(status.attested_endpoints())
 
+                await discover()
                 self.refresher.jobs.append(discover)
             else:
                 await pool.set_endpoints(route.enclaves)

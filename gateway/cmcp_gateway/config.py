@@ -5,7 +5,9 @@ Example::
     listen: 127.0.0.1:8080
     metrics_listen: 127.0.0.1:9464      # separate listener: metrics never share the agent port
     trust_record_dir: /var/lib/cmcp/records   # optional: each closed session's signed Trust Record
+    release: {manifests: [enclave-release.json], keys: [release-key.pem]}   # required
     allow_simulated: true                # accept software-only (simulated) enclave evidence
+    tdx_collateral_dir: /var/cache/cmcp/tdx   # optional; pccs_url: https://pccs.example/...
     auth: {tokens_file: tokens.yaml}     # or tokens_dir: /var/run/secrets/cmcp-agents
     tls: {cert: gw.pem, key: gw.key, client_ca: ca.pem, client_cert: optional}
     limits: {max_body_bytes: 1048576, max_depth: 32, max_string: 65536, max_concurrent_per_agent: 32}
@@ -15,7 +17,8 @@ Example::
         audience: demo-upstream
         enclaves: [127.0.0.1:50051]      # static endpoints (local demo) ...
         kubernetes: {namespace: cmcp, name: demo}   # ... or the operator's McpRoute status
-        expected_bundle_hashes: [sha256:...]
+        expected_bundle_hashes: [sha256:...]   # required unless `kubernetes` is followed
+        enforcement_modes: [enforce]     # the default; add advisory only for an advisory route
         open: false                      # true: no agent credential needed (principal "anonymous")
 """
 
@@ -28,7 +31,10 @@ from typing import Any
 
 import yaml
 
+from cmcp_core import appraisal_options
+from cmcp_core.attestation import ENFORCE_ONLY
 from cmcp_core.route_status import RouteRef
+from cmcp_core.verify import AppraisalPolicy
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,8 @@ class RouteConfig:
     audience: str
     enclaves: tuple[str, ...] = ()
     kubernetes: RouteRef | None = None
-    expected_bundle_hashes: frozenset[str] | None = None
+    expected_bundle_hashes: frozenset[str] = frozenset()
+    enforcement_modes: frozenset[str] = ENFORCE_ONLY
     open: bool = False
 
     @property
@@ -69,9 +76,9 @@ class TlsConfig:
 @dataclass(frozen=True)
 class GatewayConfig:
     routes: tuple[RouteConfig, ...]
+    appraisal: AppraisalPolicy
     listen: str = "127.0.0.1:8080"
     metrics_listen: str | None = None
-    allow_simulated: bool = False
     tokens_file: str | None = None
     tokens_dir: str | None = None
     tls: TlsConfig | None = None
@@ -82,20 +89,26 @@ class GatewayConfig:
 
 def _route(raw: dict[str, Any]) -> RouteConfig:
     kube = raw.get("kubernetes")
-    hashes = raw.get("expected_bundle_hashes")
-    return RouteConfig(
+    route = RouteConfig(
         name=str(raw["name"]),
         upstream=str(raw["upstream"]),
         audience=str(raw["audience"]),
         enclaves=tuple(str(e) for e in raw.get("enclaves", ())),
         kubernetes=RouteRef(**kube) if kube else None,
-        expected_bundle_hashes=frozenset(hashes) if hashes else None,
+        expected_bundle_hashes=frozenset(str(h) for h in raw.get("expected_bundle_hashes") or ()),
+        enforcement_modes=frozenset(str(m) for m in raw.get("enforcement_modes") or ENFORCE_ONLY),
         open=bool(raw.get("open", False)),
     )
+    if not route.expected_bundle_hashes and route.kubernetes is None:
+        raise ValueError(f"route {route.name!r} pins nothing: give expected_bundle_hashes or kubernetes")
+    if not route.enforcement_modes <= {"enforce", "advisory"}:
+        raise ValueError(f"route {route.name!r}: enforcement_modes may be enforce and advisory")
+    return route
 
 
 def parse(raw: dict[str, Any]) -> GatewayConfig:
-    """Build a config from a decoded document; ``KeyError``/``TypeError`` on a malformed one."""
+    """Build a config from a decoded document; ``KeyError``/``TypeError`` on a malformed one,
+    ``CmcpError`` when the release manifests are missing or do not verify."""
     auth = raw.get("auth") or {}
     tls = raw.get("tls")
     routes = tuple(_route(r) for r in raw.get("routes", ()))
@@ -108,7 +121,7 @@ def parse(raw: dict[str, Any]) -> GatewayConfig:
         routes=routes,
         listen=str(raw.get("listen", "127.0.0.1:8080")),
         metrics_listen=raw.get("metrics_listen"),
-        allow_simulated=bool(raw.get("allow_simulated", False)),
+        appraisal=appraisal_options.from_mapping(raw),
         tokens_file=auth.get("tokens_file"),
         tokens_dir=auth.get("tokens_dir"),
         tls=TlsConfig(**tls) if tls else None,

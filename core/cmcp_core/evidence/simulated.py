@@ -42,6 +42,12 @@ SIMULATED_QE_VENDOR_ID = b"CMCP-SIMULATED-1"
 SIMULATED_CERT_TYPE = 0x8001
 SIMULATED_CERT_LABEL = b"cmcp-simulated-tee-v1"
 SIMULATED_MRTD = hashlib.sha384(b"cmcp-simulated-td-v1").digest()
+# The genuine simulated guest's boot chain (firmware, kernel, initrd); RTMR3 stays zero.
+SIMULATED_RTMRS: tuple[bytes, bytes, bytes] = (
+    hashlib.sha384(b"cmcp-simulated-rtmr0-v1").digest(),
+    hashlib.sha384(b"cmcp-simulated-rtmr1-v1").digest(),
+    hashlib.sha384(b"cmcp-simulated-rtmr2-v1").digest(),
+)
 _ZERO48 = bytes(48)
 
 

@@ -52,6 +52,7 @@ import grpc
 import httpx
 
 from cmcp_core import initdata
+from cmcp_enclave.simulated import launcher_env
 
 from .kube import AsyncKube, KubeError
 from .podnet import enter_netns, set_pdeathsig
@@ -421,7 +422,7 @@ class PodWorker:
             return
         try:
             raw = initdata.decode_annotation(value)
-            mrconfigid = initdata.tdx_mrconfigid(raw)
+            initdata.tdx_mrconfigid(raw)  # refuses initdata Kata could not measure into MRCONFIGID
             host_data = initdata.snp_host_data(raw)
         except Exception as exc:  # Kata would refuse to create the sandbox
             raise _PodFailure("InitdataInvalid", f"{INITDATA_ANNOTATION}: {exc}") from exc
@@ -431,7 +432,7 @@ class PodWorker:
         self.base_env.update(
             {
                 "CMCP_INITDATA": str(path),
-                "CMCP_SIM_MRCONFIGID": mrconfigid.hex(),
+                **launcher_env(raw),  # MRCONFIGID and the genuine simulated guest's MRTD/RTMRs
                 "CMCP_SIM_HOST_DATA": host_data.hex(),
             }
         )
