@@ -42,7 +42,9 @@ async def _load_configuration(kubeconfig: str | None) -> Any:
     return configuration
 
 
-async def read_route_status(route: RouteRef, kubeconfig: str | None = None, group: str = GROUP) -> RouteStatus:
+async def read_route_status(
+    route: RouteRef, kubeconfig: str | None = None, group: str = GROUP
+) -> RouteStatus:
     """One ``get`` of the ``McpRoute``; its status, typed. Raises on any API error."""
     configuration = await _load_configuration(kubeconfig)
     async with client.ApiClient(configuration=configuration) as api:

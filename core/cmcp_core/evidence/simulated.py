@@ -76,7 +76,7 @@ class SimulatedQuoteSigner:
         mrconfigid: bytes,
         *,
         mrtd: bytes = SIMULATED_MRTD,
-        rtmrs: tuple[bytes, bytes, bytes, bytes] = (_ZERO48, _ZERO48, _ZERO48, _ZERO48),
+        rtmrs: tuple[bytes, bytes, bytes, bytes] = (*SIMULATED_RTMRS, _ZERO48),
     ) -> bytes:
         """Return a TDX v4 quote whose body carries ``report_data`` (64) and ``mrconfigid`` (48)."""
         if len(report_data) != 64:

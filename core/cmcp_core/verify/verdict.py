@@ -9,7 +9,6 @@ consistent" and "signature failed" can therefore never be confused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,25 +43,6 @@ class AppraisalPolicy:
     collateral_dir: str | None = None
     pccs_url: str | None = None
     simulator_keys: frozenset[bytes] | None = None  # pin simulator attestation keys (x||y) if set
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> AppraisalPolicy:
-        """Build from a JSON/YAML mapping (chart values); hex strings for byte values."""
-
-        return cls(
-            accepted_tcb_statuses=frozenset(doc.get("acceptedTcbStatuses", DEFAULT_TCB_STATUSES)),
-            rejected_advisories=frozenset(doc.get("rejectedAdvisories", ())),
-            allow_simulated=bool(doc.get("allowSimulated", False)),
-            allow_debug=bool(doc.get("allowDebug", False)),
-            accepted_platforms=frozenset(doc.get("acceptedPlatforms", ("tdx", "snp", "simulated"))),
-            collateral_dir=doc.get("collateralDir"),
-            pccs_url=doc.get("pccsUrl"),
-            simulator_keys=(
-                frozenset(bytes.fromhex(k) for k in doc["simulatorKeys"])
-                if doc.get("simulatorKeys")
-                else None
-            ),
-        )
 
 
 @dataclass(frozen=True)
