@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from dataclasses import replace
 
+import psycopg
 import uvicorn
 from prometheus_client import start_http_server
 
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--spent-store",
         default=MEMORY,
-        help="where spent permit nonces live: 'memory' (this process only, forgotten on restart) or "
-        "'sqlite:PATH' (a file on a local volume every replica on the node shares; survives restarts)",
+        help="where spent permit nonces live: 'memory' (this process only, forgotten on restart), "
+        "'sqlite:PATH' (a file on a local volume every replica on the node shares; survives restarts) or "
+        "'postgresql://USER@HOST/DB' (one database every replica on every node shares)",
     )
     parser.add_argument("--metrics-listen", help="HOST:PORT for /metrics")
     args = parser.parse_args(argv)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     lifetime = LifetimePolicy(max_ttl=args.permit_ttl_seconds, skew=args.clock_skew_seconds)
     try:
         spent = open_spent_store(args.spent_store, lifetime.retention_seconds)
-    except (ValueError, OSError, sqlite3.Error) as exc:
+    except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
         parser.error(f"--spent-store: {exc}")
     logs.setup()
     if args.spent_store == MEMORY:
