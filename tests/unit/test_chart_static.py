@@ -10,6 +10,7 @@ The server-side checks (`kubectl apply --dry-run=server`, install, RBAC) are in 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 import json
@@ -28,7 +29,9 @@ from typing import Any
 import pytest
 import yaml
 
+from cmcp_core import appraisal_options
 from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN
+from cmcp_devkit.cluster import chart_release
 from cmcp_devkit.cluster.binaries import ensure_client_tools
 from cmcp_devkit.release import DevRelease, write_dev_release
 from tests.paths import ROOT
@@ -340,6 +343,32 @@ def test_release_and_collateral_reach_the_operator_and_gateway() -> None:
     default = one(render(), "Deployment", "operator")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "tdx-collateral", "emptyDir": {"sizeLimit": "64Mi"}} in default
     assert not [a for a in container(one(render(), "Deployment", "operator"))["args"] if "pccs" in a]
+
+
+@pytest.mark.parametrize("helm_release", [RELEASE, "cmcp", "demo-cmcp-x"])
+def test_guard_pods_beside_the_chart_read_its_release_configmap(helm_release: str, tmp_path: Path) -> None:
+    """cmcp_devkit.cluster.chart_release (used for guard pods next to an install) names the chart's
+    ConfigMap and files exactly, and the guard's appraisal options accept the flags once the files
+    are there (cmcp-guard parses them with the same add_arguments/from_args)."""
+
+    values = tmp_path / "release-values.yaml"
+    values.write_text(yaml.safe_dump(chart_release.chart_values(dev_release())))
+    proc = helm("template", helm_release, str(CHART), "-n", NAMESPACE, "-f", str(values))
+    assert proc.returncode == 0, proc.stderr
+    cm = one([d for d in yaml.safe_load_all(proc.stdout) if d], "ConfigMap", "release")
+    mount = chart_release.guard_mount(helm_release)
+    assert mount.volume["configMap"]["name"] == cm["metadata"]["name"]
+    files = {a.split("=", 1)[1].removeprefix(chart_release.MOUNT_PATH + "/") for a in mount.args}
+    assert files == set(cm["data"])
+    root = tmp_path / "etc" / "cmcp" / "release"
+    root.mkdir(parents=True)
+    for name, text in cm["data"].items():
+        (root / name).write_text(text)
+    args = [a.replace(chart_release.MOUNT_PATH, str(root)) for a in mount.args]
+    parser = argparse.ArgumentParser()
+    appraisal_options.add_arguments(parser)
+    policy = appraisal_options.from_args(parser.parse_args(args), parser)
+    assert [r.signer for r in policy.releases] == [dev_release().release.signer]
 
 
 def test_schema_accepts_sensible_overrides() -> None:
