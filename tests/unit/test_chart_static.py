@@ -11,6 +11,7 @@ The server-side checks (`kubectl apply --dry-run=server`, install, RBAC) are in 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import io
 import json
@@ -59,7 +60,9 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
 @cache
 def dev_release() -> DevRelease:
     """One signed dev release per run: the chart refuses to render without a manifest and key."""
-    return write_dev_release(Path(tempfile.mkdtemp(prefix="cmcp-chart-release-")))
+    directory = tempfile.mkdtemp(prefix="cmcp-chart-release-")
+    atexit.register(shutil.rmtree, directory, True)
+    return write_dev_release(Path(directory))
 
 
 def release_args() -> list[str]:
