@@ -23,8 +23,9 @@ Rules this agent implements (documented in README.md beside this module):
   processes must bind it. ``KUBERNETES_SERVICE_HOST/PORT`` point at the apiserver.
 * Simulated TEE: a pod with the Kata initdata annotation gets the exact decoded TOML at
   ``<root>/run/cmcp/initdata.toml`` (``CMCP_INITDATA``), ``CMCP_SIM_MRCONFIGID`` (TDX
-  MRCONFIGID of those bytes, hex) and ``CMCP_SIM_HOST_DATA`` (SNP HOST_DATA, hex), and
-  ``CMCP_SIM_PLATFORM`` = the node's TEE (tdx, snp or none).
+  MRCONFIGID of those bytes, hex), ``CMCP_SIM_HOST_DATA`` (SNP HOST_DATA, hex), the genuine
+  simulated guest's ``CMCP_SIM_MRTD``/``CMCP_SIM_RTMR0..2``, and ``CMCP_SIM_PLATFORM`` = the
+  node's TEE (tdx, snp or none).
 * Status: phase, container statuses, Initialized / ContainersReady / Ready conditions,
   where Ready also requires every readinessGate condition to be True. Patched with a
   strategic merge patch keyed by condition type, so conditions owned by others survive.

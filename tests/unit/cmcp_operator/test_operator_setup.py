@@ -10,28 +10,59 @@ import pytest
 import yaml
 from cryptography import x509
 
+from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator import rbac
 from cmcp_operator.main import parse_args
 from cmcp_operator.webhook import mint_certificates
 
 
-def test_cli_requires_scope_and_explicit_simulation() -> None:
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
+    return write_dev_release(tmp_path_factory.mktemp("release"))
+
+
+def test_cli_requires_scope_and_explicit_simulation(release: DevRelease) -> None:
     with pytest.raises(SystemExit):
-        parse_args([])
+        parse_args(release.argv())
     with pytest.raises(SystemExit):
-        parse_args(["-n", "a", "--simulate-tee"])
+        parse_args(["-n", "a", "--simulate-tee", *release.argv()])
     cfg = parse_args(["-n", "a", "-n", "b", "--allow-simulated", "--simulate-tee", "--runtime-class-tdx", "x",
-                      "--reattest-interval", "7", "--priority", "5"])
+                      "--reattest-interval", "7", "--priority", "5", *release.argv()])
     assert cfg.namespaces == ("a", "b") and cfg.simulate_tee and cfg.reattest_interval == 7
     assert cfg.runtime_class("tdx", None) == "x" and cfg.priority == 5
-    assert parse_args(["-A"]).all_namespaces
+    assert cfg.allow_simulated and cfg.appraisal.releases == (release.release,)
+    assert parse_args(["-A", *release.argv()]).all_namespaces
 
 
-def test_cli_refuses_an_enclave_image_by_tag() -> None:
+def test_cli_takes_the_appraisal_settings(release: DevRelease, tmp_path: Path) -> None:
+    cfg = parse_args(["-A", *release.argv(), "--acceptable-tcb", "UpToDate", "--tdx-collateral-dir",
+                      str(tmp_path), "--pccs-url", "https://pccs.example/"])
+    policy = cfg.appraisal
+    assert policy.accepted_tcb_statuses == frozenset({"UpToDate"}) and not policy.allow_simulated
+    assert (policy.collateral_dir, policy.pccs_url) == (str(tmp_path), "https://pccs.example/")
+    assert parse_args(["-A", *release.argv()]).appraisal.accepted_tcb_statuses == frozenset(
+        {"UpToDate", "SWHardeningNeeded"})
+
+
+def test_cli_refuses_to_start_without_a_verified_release(release: DevRelease, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """No manifest, or one signed by another key, is a usage error (exit 2) naming its code."""
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["-A"])
+    assert exit_.value.code == 2 and "REFERENCE_VALUES_MISSING" in capsys.readouterr().err
+    stranger = write_dev_release(tmp_path, name="stranger")
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["-A", "--release-manifest", str(release.manifest), "--release-key", str(stranger.key)])
+    assert exit_.value.code == 2 and "RELEASE_MANIFEST_INVALID" in capsys.readouterr().err
+    # The same manifest with the key that signed it starts.
+    assert parse_args(["-A", *release.argv()]).appraisal.releases
+
+
+def test_cli_refuses_an_enclave_image_by_tag(release: DevRelease) -> None:
     with pytest.raises(SystemExit):
-        parse_args(["-A", "--enclave-image", "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0"])
+        parse_args(["-A", "--enclave-image", "ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0", *release.argv()])
     pinned = "r/e@sha256:" + "1" * 64
-    assert parse_args(["-A", "--enclave-image", pinned]).enclave_image == pinned
+    assert parse_args(["-A", "--enclave-image", pinned, *release.argv()]).enclave_image == pinned
 
 
 def test_minted_serving_certificate_chains_to_its_ca(tmp_path: Path) -> None:
