@@ -10,8 +10,6 @@ reaps idle sessions.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cmcp_core.attestation import AttestPolicy, Expected
@@ -59,11 +57,7 @@ class Gateway:
                 source = McpRouteSource(route.kubernetes)
 
                 async def discover(pool: EnclavePool = pool, source: McpRouteSource = source) -> None:
-                    """Follow the route: its attested pods, pinned to its target/previous initdata."""
-                    status = await source.read()
-                    expected = replace(pool.policy.expected, initdata_digests=status.pinned_initdata())
-                    pool.policy = replace(pool.policy, expected=expected)
-                    await pool.set_endpoints(status.attested_endpoints())
+                    await pool.follow(await source.read())
 
                 await discover()
                 self.refresher.jobs.append(discover)
