@@ -126,9 +126,6 @@ class Expected:
         if self.bundle_hashes and entry.bundle_hash not in self.bundle_hashes:
             raise CmcpError(Code.ATTESTED_BUNDLE_UNEXPECTED,
                             f"{address}: bundle {entry.bundle_hash} not expected")
-        if self.initdata_digests and initdata_digest not in self.initdata_digests:
-            raise CmcpError(Code.INITDATA_UNEXPECTED,
-                            f"{address}: initdata {initdata_digest} is not the route's target or previous")
         if self.audience is not None and entry.audience != self.audience:
             raise CmcpError(Code.REFERENCE_VALUE_MISMATCH,
                             f"{address}: enclave is measured for another audience")
@@ -139,6 +136,10 @@ class Expected:
             raise CmcpError(Code.INITDATA_UNEXPECTED,
                             f"{address}: enclave runs in {entry.enforcement_mode!r} mode, "
                             f"expected {' or '.join(sorted(self.modes))}")
+        # last: the named checks above say what is wrong; this one catches every other byte
+        if self.initdata_digests and initdata_digest not in self.initdata_digests:
+            raise CmcpError(Code.INITDATA_UNEXPECTED,
+                            f"{address}: initdata {initdata_digest} is not the route's target or previous")
 
 
 @dataclass(frozen=True)
