@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cmcp_ctl.audit_cmd",
     "cmcp_ctl.conformance_cmd",
     "cmcp_ctl.verify_cmd",
+    "cmcp_ctl.release_cmd",
     "cmcp_ctl.demo_cmd",
     "cmcp_ctl.dev_cmd",
 )
@@ -27,6 +28,7 @@ Policy commands:
 Verification commands:
   verify       Appraise attestation evidence, Trust Records and audit chains
   audit        Verify exported audit chains offline
+  release      Sign and verify enclave release manifests
 
 Deployment commands:
   demo         Run the end-to-end demo (local processes, or --cluster)
