@@ -6,7 +6,12 @@ values are read off the evidence itself; a test that changes one value shows the
 
 from __future__ import annotations
 
-from cmcp_core import launch_policy
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cmcp_core import launch_policy, release
 from cmcp_core.evidence.snp import TcbVersion, parse_report
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify.reference import SNP_TCB_FIELDS, ReleaseReference, SnpReference, TdxReference
@@ -35,3 +40,17 @@ def release_of(platform: str, evidence: bytes, image: str = TEST_IMAGE) -> Relea
     if platform == "tdx":
         return ReleaseReference("fixture", image, rules, tdx=tdx_reference_of(evidence))
     return ReleaseReference("fixture", image, rules, simulated=tdx_reference_of(evidence))
+
+
+def release_argv(directory: Path, *releases: ReleaseReference) -> list[str]:
+    """Sign each release with one fresh key, write them under ``directory``; the relying-party flags."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pub = directory / "release-key.pub.pem"
+    pub.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    argv = ["--release-key", str(pub)]
+    for index, ref in enumerate(releases):
+        manifest = directory / f"release-{index}.json"
+        manifest.write_bytes(release.sign(ref, key))
+        argv += ["--release-manifest", str(manifest)]
+    return argv

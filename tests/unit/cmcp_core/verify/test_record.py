@@ -25,10 +25,11 @@ from cmcp_core.verify import Verdict, appraise_attestation
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_ctl.main import main as cmcpctl
 from cmcp_devkit.initdata import TEST_IMAGE
-from cmcp_devkit.release import dev_appraisal
+from cmcp_devkit.release import dev_appraisal, dev_release
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
+from tests.helpers.releases import release_argv
 from tests.paths import EXAMPLES
 
 BUNDLE_DIR = EXAMPLES / "minimal"
@@ -242,7 +243,8 @@ def test_cli_record_against_the_attest_response(
     resp = tmp_path / "attest.json"
     resp.write_text(json_format.MessageToJson(closed.response))
     now = str(closed.record["iat"])
-    base = ["verify", "record", rec, "--response", str(resp), "--now", now, "--json"]
+    base = ["verify", "record", rec, "--response", str(resp), "--now", now, "--json",
+            *release_argv(tmp_path / "release", dev_release())]
     assert cmcpctl([*base, "--nonce", closed.nonce.hex(), "--allow-simulated"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["passed"] and "runtime-nonce" in out["checks"] and out["assurance"] == "software-only"
