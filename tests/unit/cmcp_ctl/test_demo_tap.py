@@ -100,7 +100,7 @@ async def test_relays_mcp_and_records_permits_with_their_calls(wire: Wire) -> No
     assert wire.counter["echo"] == 2
 
 
-async def test_relay_keeps_status_and_query_and_drops_hop_headers(wire: Wire) -> None:
+async def test_relay_keeps_status_path_and_query(wire: Wire) -> None:
     async with httpx.AsyncClient(timeout=10.0) as client:
         counted = await client.get(f"{wire.tap}/calls?x=1", headers={"connection": "keep-alive"})
         direct = await client.get(f"{wire.upstream}/calls?x=1")
