@@ -7,13 +7,21 @@ import base64
 import ipaddress
 import socket
 import ssl
+import tempfile
 from pathlib import Path
 
 import kopf
+import pytest
 from cryptography import x509
 
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.webhook import ServiceWebhookServer, build_server, mint_certificates
+
+
+@pytest.fixture(autouse=True)
+def _private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_server mints into a fresh temporary directory: keep those under this test's tmp_path."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def _free_port() -> int:
