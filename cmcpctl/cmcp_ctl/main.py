@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Use \"cmcpctl <command> --help\" for more information about a given command.",
     )
     # the command list is DESCRIPTION's, grouped as kubectl does; argparse's own list is hidden
-    subparsers = parser.add_subparsers(dest="command", metavar="<command>", help=argparse.SUPPRESS)
+    # prog: a group's usage line reads "cmcpctl audit ...", not the root's custom usage + "audit"
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", help=argparse.SUPPRESS,
+                                       prog="cmcpctl")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser

@@ -19,7 +19,9 @@ def core_verifier() -> VerifierFn:
         # The operator's policy carries the verified releases: the guest must match one of them
         # (launch measurements, TCB, image and launch-policy digests), and its initdata must be
         # byte for byte the document the operator rendered for the pod.
-        policy = replace(settings.policy, accepted_platforms=frozenset(settings.allowed_tee))
+        # The route may only narrow the operator's platforms, never widen them.
+        platforms = settings.policy.accepted_platforms & frozenset(settings.allowed_tee)
+        policy = replace(settings.policy, accepted_platforms=platforms)
         return appraise_response(ev, nonce, policy, expected_bundle_hash=expected_bundle_hash,
                                  expected_initdata=expected_initdata)
 

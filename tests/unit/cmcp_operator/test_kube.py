@@ -120,13 +120,13 @@ async def test_every_request_is_covered_by_the_rbac_list(kube: Any) -> None:
     assert all(r.released for r in kube.transport.responses)  # no connection leaks
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Kube.apply accepts a ConfigMap (server-side apply = PATCH configmaps) but rbac.RULES grants "
-    "configmaps only get/list/create/delete: a cluster would refuse it with 403 "
-    "(unused today: bundle ConfigMaps are created, never applied)"))
-async def test_applying_a_configmap_is_covered_by_the_rbac_list(kube: Any) -> None:
-    await kube.apply({"kind": "ConfigMap", "metadata": {"namespace": "ns", "name": "x"}})
-    assert allowed_by_rbac(kube.transport.sent[-1])
+async def test_applying_a_configmap_is_refused_not_sent(kube: Any) -> None:
+    """RBAC grants no patch on ConfigMaps (least privilege): apply refuses the kind before any
+    request, rather than send one a cluster would answer with 403."""
+    before = len(kube.transport.sent)
+    with pytest.raises(ValueError, match="cannot apply ConfigMap"):
+        await kube.apply({"kind": "ConfigMap", "metadata": {"namespace": "ns", "name": "x"}})
+    assert len(kube.transport.sent) == before
 
 
 async def test_status_is_a_merge_patch_on_the_subresource(kube: Any) -> None:

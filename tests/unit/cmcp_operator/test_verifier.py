@@ -54,9 +54,6 @@ def test_route_allowing_simulated_does_not_override_the_operator() -> None:
     assert not verdict.ok and verdict.code == "SIMULATED_NOT_ALLOWED"
 
 
-@pytest.mark.xfail(strict=True, reason="core_verifier replaces policy.accepted_platforms with the route's "
-                   "allowed_tee instead of intersecting them: a route can widen an operator policy that "
-                   "narrowed its platforms (AppraisalSettings says 'narrowed')")
 def test_route_platforms_never_widen_the_operators_platforms() -> None:
     ours, nonce = initdata(H1), secrets.token_bytes(32)
     narrowed = dataclasses.replace(dev_appraisal(), accepted_platforms=frozenset({"tdx"}))
