@@ -17,6 +17,7 @@ class Code(StrEnum):
     POLICY_EVAL_ERROR = "POLICY_EVAL_ERROR"
     SESSION_CLOSED = "SESSION_CLOSED"
     SESSION_LIMIT = "SESSION_LIMIT"
+    PRINCIPAL_STATE_FULL = "PRINCIPAL_STATE_FULL"
     # gateway front door
     MCP_PARSE_FAILURE = "MCP_PARSE_FAILURE"
     MCP_INVALID_REQUEST = "MCP_INVALID_REQUEST"
@@ -107,6 +108,8 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.POLICY_EVAL_ERROR: CodeInfo(-32000, 403, "A policy errored during evaluation; denied."),
     Code.SESSION_CLOSED: CodeInfo(-32000, 409, "The session was closed or expired."),
     Code.SESSION_LIMIT: CodeInfo(-32000, 429, "The enclave holds its maximum of sessions."),
+    Code.PRINCIPAL_STATE_FULL: CodeInfo(
+        -32000, 429, "The enclave's principal table is full of active principals."),
     Code.MCP_PARSE_FAILURE: CodeInfo(-32700, 400, "The body is not valid JSON."),
     Code.MCP_INVALID_REQUEST: CodeInfo(-32600, 400, "The body is not a JSON-RPC 2.0 request."),
     Code.METHOD_NOT_FOUND: CodeInfo(-32601, 404, "The MCP method is not supported."),

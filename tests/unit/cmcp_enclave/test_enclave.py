@@ -246,7 +246,7 @@ def test_scope_index_gives_the_same_answers_as_the_full_policy_set(tmp_path: Pat
     """The per-(action, tool) subsets must decide exactly like the whole set, ids included."""
     import cedarpy
 
-    from cmcp_enclave.engine import SessionView
+    from cmcp_enclave.engine import SessionView, StateFacts
 
     bundle = tmp_path / "b"
     shutil.copytree(EXAMPLES / "realistic", bundle)
@@ -267,7 +267,8 @@ def test_scope_index_gives_the_same_answers_as_the_full_policy_set(tmp_path: Pat
         for method in ("tools/call", "list_tools"):
             for args in ({}, {"amount": 7}, {"amount": 150}, {"amount": 1000}, {"amount": "x"}):
                 for count in (0, 3):
-                    view = SessionView("s", "public", 0, frozenset({"phi"}), count, frozenset(), "")
+                    facts = StateFacts("public", 0, frozenset({"phi"}), count, frozenset(), "")
+                    view = SessionView("s", principal=facts, session=facts)
                     fast = engine.evaluate(method, "agent", tool, args, view)
                     request = engine._request(method, "agent", tool, args, view)
                     raw = cedarpy.is_authorized(request, engine.policies, engine.entities)
