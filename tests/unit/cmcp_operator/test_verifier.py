@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
-import pytest
-
 from cmcp_devkit.release import dev_appraisal
 from cmcp_operator.pod_appraisal import AppraisalSettings
 from cmcp_operator.verifier import core_verifier, load_verifier
