@@ -32,7 +32,8 @@ class Gateway:
         self.limits = config.limits
         self.limiter = ConcurrencyLimiter(config.limits.max_concurrent_per_agent)
         self.sessions = SessionTable(
-            config.limits.max_sessions, config.limits.session_idle_seconds, config.trust_record_dir
+            config.limits.max_sessions, config.limits.session_idle_seconds, config.trust_record_dir,
+            config.limits.max_sessions_per_agent,
         )
         self.routes: dict[str, RouteRuntime] = {}  # by path, filled at start-up
         self.refresher = Refresher(config.attest_refresh_seconds)

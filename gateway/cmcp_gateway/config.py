@@ -10,7 +10,8 @@ Example::
     tdx_collateral_dir: /var/cache/cmcp/tdx   # optional; pccs_url: https://pccs.example/...
     auth: {tokens_file: tokens.yaml}     # or tokens_dir: /var/run/secrets/cmcp-agents
     tls: {cert: gw.pem, key: gw.key, client_ca: ca.pem, client_cert: optional}
-    limits: {max_body_bytes: 1048576, max_depth: 32, max_string: 65536, max_concurrent_per_agent: 32}
+    limits: {max_body_bytes: 1048576, max_depth: 32, max_string: 65536, max_concurrent_per_agent: 32,
+             max_sessions: 10000, max_sessions_per_agent: 256}
     routes:
       - name: demo                       # served at /mcp/demo (and /mcp when it is the only route)
         upstream: http://127.0.0.1:9001/mcp
@@ -47,6 +48,7 @@ class GatewayLimits:
     upstream_timeout_seconds: float = 30.0
     session_idle_seconds: float = 900.0
     max_sessions: int = 10_000
+    max_sessions_per_agent: int = 256  # one agent's flood of initialize cannot fill the table
 
 
 @dataclass(frozen=True)
