@@ -3,11 +3,12 @@
 The demo is run as a subprocess, exactly as ``make demo`` runs it, so the console script, the
 process launcher and the files on disk are all the real ones. A second run on a weakened bundle
 (the taint rule removed) must exit 1 and say which step went wrong and what to do next.
+Argument handling and the step rule, which start no process, are unit tests:
+``tests/unit/cmcp_ctl/test_demo_cmd.py`` and ``test_demo_story.py``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from cmcp_ctl import demo_cmd
 from cmcp_ctl.main import main as cmcpctl_main
 from tests.paths import ROOT
 
@@ -113,45 +113,3 @@ def test_demo_fails_when_an_expected_outcome_does_not_happen(tmp_path: Path) -> 
     assert proc.returncode == 1, proc.stdout[-4000:]
     assert "Some expected outcomes did not happen" in proc.stdout
     assert "partner mail after PHI" in proc.stdout and "next:" in proc.stdout
-
-
-def test_cluster_flag_without_a_kubeconfig_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--cluster` never falls back to ~/.kube/config: no kubeconfig is a usage error with a next step.
-    (The cluster run itself: tests/e2e/test_demo_cluster.py.)"""
-    monkeypatch.delenv("KUBECONFIG", raising=False)
-    stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None, kubeconfig=None)
-    assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
-    assert "no kubeconfig" in stream.getvalue()
-    assert "next: run `make demo-cluster`" in stream.getvalue() and "--kubeconfig" in stream.getvalue()
-
-
-def test_missing_bundle_is_a_usage_error(tmp_path: Path) -> None:
-    stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(tmp_path / "none"))
-    assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
-    assert "next:" in stream.getvalue()
-
-
-def test_invalid_bundle_stops_before_starting_anything(tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    shutil.copytree(REPO / "examples" / "realistic", bundle)
-    (bundle / "policies" / "oops.cedar").write_text(
-        "forbid (principal, action, resource) when { context.nope == 1 };\n", encoding="utf-8"
-    )
-    stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(bundle))
-    assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
-    assert "validation error" in stream.getvalue()
-    assert "next: run `cmcpctl bundle validate" in stream.getvalue()
-    assert not list((tmp_path / "o" / "run").glob("*.log")), "a component started on an invalid bundle"
-
-
-def test_step_passes_only_on_exact_code_and_execution() -> None:
-    step = demo_cmd.Step("t", "agent", "x", {}, "POLICY_DENY", False, "rule")
-    step.actual_code, step.executed = "POLICY_DENY", False
-    assert step.passed
-    step.executed = True  # denied yet executed: the worst outcome, never a pass
-    assert not step.passed
-    step.executed, step.actual_code = False, None
-    assert not step.passed
