@@ -13,8 +13,8 @@ def _crd(plural: str) -> dict:
 
 
 def test_api_version_and_path_are_built_from_group_and_version() -> None:
-    assert crd.API_VERSION == f"{crd.GROUP}/{crd.VERSION}"
-    assert crd.API_PATH == f"/apis/{crd.API_VERSION}"
+    assert f"{crd.GROUP}/{crd.VERSION}" == crd.API_VERSION
+    assert f"/apis/{crd.API_VERSION}" == crd.API_PATH
 
 
 def test_each_plural_matches_its_crd_file() -> None:
