@@ -104,3 +104,18 @@ def test_endpoints_are_the_attested_pods_with_a_default_port() -> None:
     ]}
     assert endpoints_from_status(doc) == [f"10.0.0.1:{DEFAULT_PORT}", "10.0.0.2:7000"]
     assert endpoints_from_status(None) == []
+
+
+def test_status_supplies_addresses_only() -> None:
+    """Keys published in the status are never read: only attested entries' addresses come out."""
+    status = {
+        "pods": [
+            {"address": "10.0.0.1", "attested": True, "keyThumbprint": "x", "publicKeyJwk": {"kty": "OKP"}},
+            {"address": "10.0.0.2", "attested": False},
+        ]
+    }
+    assert endpoints_from_status(status) == ["10.0.0.1:50051"]
+    assert RouteRef.parse("cmcp/demo") == RouteRef("cmcp", "demo")
+    for bad in ("demo", "/demo", "cmcp/", "a/b/c"):
+        with pytest.raises(ValueError):
+            RouteRef.parse(bad)
