@@ -191,7 +191,8 @@ class RouteStatus:
             enforcement_mode=_text(doc.get("enforcementMode")) or "",
             catalog_hash=_text(doc.get("catalogHash")) or "",
             previous=RouteTarget.from_status(doc.get("previous")),
-            observed_generation=generation if isinstance(generation, int) else None,
+            observed_generation=generation if isinstance(generation, int) and not isinstance(generation, bool)
+            else None,
             service_name=_text(doc.get("serviceName")), deployment_name=_text(doc.get("deploymentName")),
             conditions=(tuple(dict(c) for c in conditions if isinstance(c, Mapping))
                         if isinstance(conditions, list) else None))

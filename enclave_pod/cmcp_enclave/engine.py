@@ -148,9 +148,9 @@ class CedarEngine:
         self.levels = sensitivity_levels(bundle)
         self.ranks = {label: rank for rank, label in enumerate(self.levels)}
         self.catalog = bundle.catalog_by_tool()
-        self.labels = policy_labels(bundle)
         self._tags = {name: self._compute_tags(name) for name in self.catalog}
         try:
+            self.labels = policy_labels(bundle)
             text = combined_policy_text(bundle)
             self.policies = cedarpy.PolicySet.from_str(text)
             self._est: dict[str, Any] = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp import web
 
 from cmcp_core.attestation import AttestPolicy, Expected, sha256_tagged
 from cmcp_core.permit import PERMIT_HEADER
-from cmcp_core.route_source import McpRouteSource, _load_configuration
-from cmcp_core.route_status import PodStatus, RouteRef, RouteStatus, RouteTarget, endpoints_from_status
+from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget
 from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
 from cmcp_devkit.release import dev_appraisal, write_dev_release
 from cmcp_devkit.upstream import free_port, run_upstream
@@ -196,39 +194,6 @@ async def test_guard_admits_a_replacement_pod_it_learns_from_the_route(
         assert up.counter.total() == 1
 
 
-def test_status_supplies_addresses_only() -> None:
-    """Keys published in the status are never read: only attested entries' addresses come out."""
-    status = {
-        "pods": [
-            {"address": "10.0.0.1", "attested": True, "keyThumbprint": "x", "publicKeyJwk": {"kty": "OKP"}},
-            {"address": "10.0.0.2", "attested": False},
-        ]
-    }
-    assert endpoints_from_status(status) == ["10.0.0.1:50051"]
-    assert RouteRef.parse("cmcp/demo") == RouteRef("cmcp", "demo")
-    for bad in ("demo", "/demo", "cmcp/", "a/b/c"):
-        with pytest.raises(ValueError):
-            RouteRef.parse(bad)
-
-
-async def test_kubeconfig_env_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": "https://kube.example:6443"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps(doc))
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    assert (await _load_configuration(None)).host == "https://kube.example:6443"
-    other = tmp_path / "explicit"
-    other.write_text(json.dumps({**doc, "clusters": [{"name": "c", "cluster": {"server": "https://b:1"}}]}))
-    assert (await _load_configuration(str(other))).host == "https://b:1"
-
-
 def test_cli_needs_an_address_source() -> None:
     with pytest.raises(SystemExit):
         main(["--upstream", "http://127.0.0.1:1", "--audience", AUDIENCE])
@@ -273,37 +238,3 @@ async def test_a_followed_route_pins_its_initdata(enclave: EnclaveProcess) -> No
     await trust.refresh()
     assert enclave.address in trust.failures and enclave.kid not in {
         e.kid for e in trust.enclaves.values()}
-
-
-async def test_route_reader_gets_the_status_addresses(tmp_path: Path) -> None:
-    """The thin reader against a stand-in API server: one authenticated ``get``, addresses out."""
-    seen: list[str] = []
-
-    async def get_route(request: web.Request) -> web.Response:
-        route = f"{request.match_info['ns']}/{request.match_info['name']}"
-        seen.append(f"{route} {request.headers['authorization']}")
-        status = {"pods": [{"address": "10.1.2.3", "attested": True, "publicKeyJwk": {"kty": "OKP"}}]}
-        return web.json_response({"apiVersion": "cmcp.dev/v1alpha1", "kind": "McpRoute", "status": status})
-
-    app = web.Application()
-    app.router.add_get("/apis/cmcp.dev/v1alpha1/namespaces/{ns}/mcproutes/{name}", get_route)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-            "users": [{"name": "u", "user": {"token": "guard-token"}}],
-            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "x",
-        }
-        path = tmp_path / "kubeconfig"
-        path.write_text(json.dumps(doc))
-        source = McpRouteSource(RouteRef("cmcp", "demo"), kubeconfig=str(path))
-        assert (await source.read()).attested_endpoints() == ["10.1.2.3:50051"]
-        assert seen == ["cmcp/demo Bearer guard-token"]
-    finally:
-        await runner.cleanup()
