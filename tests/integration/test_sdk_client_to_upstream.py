@@ -41,12 +41,18 @@ def advisory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProces
         yield proc
 
 
+READER = {"tok-reader": "mnpi-reader"}
+
+
 @pytest.mark.parametrize(("mode", "sse"), [("auto", False), ("legacy", False), ("auto", True)])
 async def test_allowed_call_keeps_structure(enforce: EnclaveProcess, mode: str, sse: bool) -> None:
-    """``sse``: the upstream answers in text/event-stream (chunked); the gateway still relays it."""
+    """``sse``: the upstream answers in text/event-stream (chunked); the gateway still relays it.
+
+    Its own principal: reading the deal pipeline taints the agent (MNPI) for the bundle's window,
+    across sessions, and the module's other tests must not inherit that."""
     async with (
-        run_stack([enforce], audience=AUDIENCE, upstream_sse=sse) as stack,
-        agent(stack.url, mode=mode) as client,
+        run_stack([enforce], audience=AUDIENCE, upstream_sse=sse, tokens=READER) as stack,
+        agent(stack.url, token="tok-reader", mode=mode) as client,
     ):
         result = await client.call_tool("payments.transfer", TRANSFER)
         assert result.is_error is False
