@@ -15,8 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cmcp_core import launch_policy, release
+from cmcp_core.evidence.snp import TcbVersion, parse_report
+from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify import AppraisalPolicy
-from cmcp_core.verify.reference import ReleaseReference, TdxReference
+from cmcp_core.verify.reference import SNP_TCB_FIELDS, ReleaseReference, SnpReference, TdxReference
+from cmcp_core.verify.snp import decode_snp_evidence
 from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_enclave.simulated import SimulatedGuest
 
@@ -69,3 +72,36 @@ def write_dev_release(directory: Path, image: str = TEST_IMAGE, name: str = "dev
     public.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     signed = release.verify(manifest.read_bytes(), [release.load_release_key(public.read_bytes())])
     return DevRelease(manifest=manifest, key=public, release=replace(ref, signer=signed.signer))
+
+
+def release_of(platform: str, evidence: bytes, image: str = TEST_IMAGE) -> ReleaseReference:
+    """A release whose ``platform`` values are read off this evidence: what a vendor's manifest
+    for that guest would say. For the real TEE fixtures (guests we did not build) in tests and
+    benchmarks; a deployment takes its values from the guest's build, never from its evidence."""
+    rules = launch_policy.rules_digest()
+    if platform == "snp":
+        report = parse_report(decode_snp_evidence(evidence).report)
+        tcb = TcbVersion.decode(report.reported_tcb)
+        snp = SnpReference(measurement=report.measurement, policy=report.policy, vmpl=report.vmpl,
+                           min_tcb={name: int(getattr(tcb, name)) for name in SNP_TCB_FIELDS})
+        return ReleaseReference("fixture", image, rules, snp=snp)
+    body = parse_quote(evidence).body
+    tdx = TdxReference(mrtd=body.mrtd, rtmrs=(body.rtmrs[0], body.rtmrs[1], body.rtmrs[2]),
+                       min_tee_tcb_svn=body.tee_tcb_svn, td_attributes=body.td_attributes)
+    if platform == "tdx":
+        return ReleaseReference("fixture", image, rules, tdx=tdx)
+    return ReleaseReference("fixture", image, rules, simulated=tdx)
+
+
+def release_argv(directory: Path, *releases: ReleaseReference) -> list[str]:
+    """Sign each release with one fresh key under ``directory``; the relying-party flags."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pub = directory / "release-key.pub.pem"
+    pub.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    argv = ["--release-key", str(pub)]
+    for index, ref in enumerate(releases):
+        manifest = directory / f"release-{index}.json"
+        manifest.write_bytes(release.sign(ref, key))
+        argv += ["--release-manifest", str(manifest)]
+    return argv

@@ -17,8 +17,7 @@ from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.proto import enclave_pb2
 from cmcp_ctl.main import main as cmcpctl
 from cmcp_devkit.initdata import TEST_IMAGE
-from cmcp_devkit.release import dev_release
-from tests.helpers.releases import release_argv, release_of
+from cmcp_devkit.release import dev_release, release_argv, release_of
 from tests.paths import DATA
 
 TDX = [

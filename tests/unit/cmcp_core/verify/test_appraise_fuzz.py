@@ -18,8 +18,7 @@ from cmcp_core.errors import Code
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_attestation, appraise_evidence
 from cmcp_devkit.initdata import TEST_IMAGE
-from cmcp_devkit.release import dev_release
-from tests.helpers.releases import release_of
+from cmcp_devkit.release import dev_release, release_of
 from tests.paths import DATA
 
 QUOTE = (DATA / "tdx" / "tdx_quote").read_bytes()

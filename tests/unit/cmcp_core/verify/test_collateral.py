@@ -23,7 +23,7 @@ from cmcp_core.appraisal_options import appraisal_policy
 from cmcp_core.errors import Code
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify import AppraisalPolicy, appraise_evidence, collateral
-from tests.helpers.releases import release_of
+from cmcp_devkit.release import release_of
 from tests.paths import DATA
 
 QUOTE = (DATA / "tdx" / "tdx_quote").read_bytes()

@@ -25,11 +25,10 @@ from cmcp_core.verify import Verdict, appraise_attestation
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_ctl.main import main as cmcpctl
 from cmcp_devkit.initdata import TEST_IMAGE
-from cmcp_devkit.release import dev_appraisal, dev_release
+from cmcp_devkit.release import dev_appraisal, dev_release, release_argv
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
-from tests.helpers.releases import release_argv
 from tests.paths import EXAMPLES
 
 BUNDLE_DIR = EXAMPLES / "minimal"

@@ -35,7 +35,7 @@ from cmcp_core.verify.snp import (
     verify_snp_report,
 )
 from cmcp_core.verify.verdict import VerifyFailure
-from tests.helpers.releases import release_of
+from cmcp_devkit.release import release_of
 from tests.paths import DATA as TEST_DATA
 
 DATA = TEST_DATA / "snp-azure"

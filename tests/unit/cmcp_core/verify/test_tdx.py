@@ -18,7 +18,7 @@ from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_evidence
 from cmcp_core.verify.reference import TdxReference
 from cmcp_core.verify.tdx import classify_dcap_error
-from tests.helpers.releases import release_of
+from cmcp_devkit.release import release_of
 from tests.paths import DATA as TEST_DATA
 
 DATA = TEST_DATA / "tdx"
