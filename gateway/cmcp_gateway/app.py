@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cmcp_core.attestation import AttestPolicy, Expected
+from cmcp_core.attestation import AttestPolicy
 from cmcp_core.route_source import McpRouteSource
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayConfig
@@ -42,13 +42,7 @@ class Gateway:
 
     async def startup(self) -> None:
         for route in self.config.routes:
-            expected = Expected(
-                bundle_hashes=route.expected_bundle_hashes,
-                route=str(route.kubernetes) if route.kubernetes is not None else None,
-                audience=route.audience,
-                modes=route.enforcement_modes,
-            )
-            policy = AttestPolicy(appraisal=self.config.appraisal, expected=expected)
+            policy = AttestPolicy(appraisal=self.config.appraisal, expected=route.expected())
             pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds)
             runtime = RouteRuntime(
                 route, pool, UpstreamClient(route.upstream, self.limits.upstream_timeout_seconds)

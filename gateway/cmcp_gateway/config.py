@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from cmcp_core import appraisal_options
-from cmcp_core.attestation import ENFORCE_ONLY
+from cmcp_core.attestation import ENFORCE_ONLY, Expected
 from cmcp_core.route_status import RouteRef
 from cmcp_core.verify import AppraisalPolicy
 
@@ -65,6 +65,17 @@ class RouteConfig:
     @property
     def path(self) -> str:
         return f"/mcp/{self.name}"
+
+    def expected(self) -> Expected:
+        """What this route's enclaves must be measured for: its pinned bundles (a followed route
+        adds its status initdata digests at run time), its audience, its modes and, when followed,
+        its ``namespace/name``."""
+        return Expected(
+            bundle_hashes=self.expected_bundle_hashes,
+            route=str(self.kubernetes) if self.kubernetes is not None else None,
+            audience=self.audience,
+            modes=self.enforcement_modes,
+        )
 
 
 @dataclass(frozen=True)

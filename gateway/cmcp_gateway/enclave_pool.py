@@ -130,7 +130,14 @@ class EnclavePool:
 
     # --- session pinning ------------------------------------------------------------------
     def pick(self, session_id: str) -> Pin:
-        candidates = (e.attested for e in self.endpoints.values() if e.attested is not None)
+        """``TEE_UNAVAILABLE`` without an attested enclave, naming the codes the others were
+        refused with (``REFERENCE_VALUE_MISMATCH``, ``INITDATA_UNEXPECTED``, ...) but not their
+        addresses: the agent learns why the route is closed, not the cluster's layout."""
+        candidates = [e.attested for e in self.endpoints.values() if e.attested is not None]
+        if not candidates:
+            refusals = sorted({str(e.error.code) for e in self.endpoints.values() if e.error is not None})
+            why = f" (refused: {', '.join(refusals)})" if refusals else ""
+            raise CmcpError(Code.TEE_UNAVAILABLE, f"route {self.route_name}: no attested enclave{why}")
         return pinning.pick(session_id, candidates, self.route_name)
 
     def resolve(self, pin: Pin) -> tuple[Endpoint, AttestedEnclave]:

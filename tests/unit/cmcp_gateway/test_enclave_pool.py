@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from cmcp_core.attestation import Expected, sha256_tagged
-from cmcp_core.errors import Code
+from cmcp_core.errors import CmcpError, Code
 from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget
 from cmcp_core.verify import appraise
 from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
@@ -77,6 +77,10 @@ async def test_a_forged_guest_is_never_trusted(
     pinned = Expected(bundle_hashes=frozenset({forged.bundle_hash}), audience=AUDIENCE)
     pool = await _pool(pools, [forged.address], pinned)
     assert _refusal(pool, forged.address) is Code.REFERENCE_VALUE_MISMATCH and not pool.attested()
+    with pytest.raises(CmcpError) as closed:  # what the agent is told: why, not where
+        pool.pick("session")
+    assert closed.value.code is Code.TEE_UNAVAILABLE and "REFERENCE_VALUE_MISMATCH" in closed.value.detail
+    assert forged.address not in closed.value.detail
     # weakened: without the release comparison the same guest is trusted and would decide calls
     monkeypatch.setattr(appraise, "match_release", lambda *_args: dev_release())
     await pool.refresh()
