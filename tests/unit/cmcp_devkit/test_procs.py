@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,7 @@ def test_stop_sends_the_stop_signal_first(tmp_path: Path) -> None:
     proc.stop_signal = signal.SIGTERM
     while "armed" not in proc.output():
         assert proc.alive(), proc.output()
+        time.sleep(0.02)
     proc.stop()
     assert proc.popen.returncode == 7
 
@@ -86,6 +88,7 @@ def test_stop_kills_a_process_that_ignores_the_signal(tmp_path: Path) -> None:
     proc = start("stubborn", _py(code), tmp_path)
     while "armed" not in proc.output():
         assert proc.alive(), proc.output()
+        time.sleep(0.02)
     proc.stop(timeout=0.2)
     assert proc.popen.returncode == -signal.SIGKILL
     proc.stop()  # a second stop of an ended process is a no-op
