@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -68,37 +69,110 @@ def _worker(agent: NodeAgent, **spec: Any) -> PodWorker:
 
 
 # --- $(VAR) expansion and paths ----------------------------------------------------------------
-@pytest.mark.parametrize(("value", "expected"), [
-    ("$(A)/$(B)", "1/two"),
-    ("$$(A)", "$(A)"),           # $$ escapes
-    ("$(MISSING)", "$(MISSING)"),  # unknown refs are kept
-    ("$(A", "$(A"),              # unterminated
-    ("cost $5 $", "cost $5 $"),
-    ("", ""),
-])
-def test_expand_follows_the_kubelet(value: str, expected: str) -> None:
-    assert expand(value, {"A": "1", "B": "two"}) == expected
+# (the first tests here moved from tests/e2e/test_cluster_agent_rules.py: they need no cluster)
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("$(A)", "1"),
+        ("x$(A)y$(B)z", "x1y/two/z"),
+        ("$$(A)", "$(A)"),  # escaped
+        ("$(MISSING)", "$(MISSING)"),  # unknown refs stay
+        ("$(A", "$(A"),  # unterminated
+        ("cost: $5", "cost: $5"),
+        ("$$$(A)", "$1"),
+        ("", ""),
+        ("cost $5 $", "cost $5 $"),  # a trailing $ stays
+    ],
+)
+def test_expand_follows_kubelet_semantics(value: str, expected: str) -> None:
+    assert expand(value, {"A": "1", "B": "/two/"}) == expected
 
 
-def test_rewrite_paths_at_the_start_or_after_equals_only() -> None:
+def test_rewrite_paths_maps_mount_prefixes_only_at_start_or_after_equals() -> None:
+    mounts = [("/etc/cmcp/bundle", "/r/etc/cmcp/bundle"), ("/etc/cmcp", "/r/etc/cmcp")]
+    assert rewrite_paths("/etc/cmcp/bundle", mounts) == "/r/etc/cmcp/bundle"
+    assert rewrite_paths("/etc/cmcp/bundle/a.cedar", mounts) == "/r/etc/cmcp/bundle/a.cedar"
+    assert rewrite_paths("--bundle=/etc/cmcp/bundle", mounts) == "--bundle=/r/etc/cmcp/bundle"
+    assert rewrite_paths("/etc/cmcp/other", mounts) == "/r/etc/cmcp/other"
+    assert rewrite_paths("/etc/cmcpx", mounts) == "/etc/cmcpx"  # not a path prefix
+    assert rewrite_paths("see /etc/cmcp", mounts) == "see /etc/cmcp"  # mid-string: untouched
+
+
+@pytest.mark.parametrize(
+    ("image", "repo"),
+    [
+        ("ghcr.io/acme/cmcp-enclave:0.1.0", "ghcr.io/acme/cmcp-enclave"),
+        ("localhost:5000/cmcp-gateway@sha256:abc", "localhost:5000/cmcp-gateway"),
+        ("cmcp-test/http-echo", "cmcp-test/http-echo"),
+        ("nginx:1.27", "nginx"),
+        ("cmcp-gateway", "cmcp-gateway"),
+        ("ghcr.io/cmcp/enclave@sha256:" + "0" * 64, "ghcr.io/cmcp/enclave"),
+        ("localhost:5000/cmcp-guard:dev", "localhost:5000/cmcp-guard"),  # a registry port is not a tag
+    ],
+)
+def test_image_repo_strips_tag_and_digest(image: str, repo: str) -> None:
+    assert image_repo(image) == repo
+
+
+def test_resolve_field_reads_downward_api_paths() -> None:
+    pod = {
+        "metadata": {
+            "name": "p",
+            "namespace": "n",
+            "uid": "u",
+            "labels": {"b": "2", "a": "1"},
+            "annotations": {},
+        },
+        "spec": {"nodeName": "tdx-node-1"},
+        "status": {"podIP": "198.18.1.10", "podIPs": [{"ip": "198.18.1.10"}]},
+    }
+    assert resolve_field(pod, "metadata.labels['a']") == "1"
+    assert resolve_field(pod, "metadata.labels") == 'a="1"\nb="2"\n'
+    assert resolve_field(pod, "spec.nodeName") == "tdx-node-1"
+    assert resolve_field(pod, "status.podIPs") == "198.18.1.10"
+    with pytest.raises(ValueError):
+        resolve_field(pod, "spec.containers")
+
+
+async def test_grpc_probe_reads_the_health_status() -> None:
+    """SERVING -> success; NOT_SERVING, an unknown service or no server -> failure."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await servicer.set("cmcp.Enclave", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    worker = SimpleNamespace(ip="127.0.0.1")  # _grpc_probe only needs the pod IP
+    try:
+        probe = PodWorker._grpc_probe
+        assert await probe(worker, None, {"port": port}, 5.0) is True  # type: ignore[arg-type]
+        assert await probe(worker, None, {"port": port, "service": "cmcp.Enclave"}, 5.0) is False  # type: ignore[arg-type]
+        assert await probe(worker, None, {"port": port, "service": "nope"}, 5.0) is False  # type: ignore[arg-type]
+    finally:
+        await server.stop(None)
+    assert await PodWorker._grpc_probe(worker, None, {"port": port}, 1.0) is False  # type: ignore[arg-type]
+
+
+def test_rewrite_paths_ignores_a_trailing_slash_and_maps_one_mount() -> None:
     mounts = [("/etc/cmcp/", "/pods/p/volumes/cfg"), ("/data", "/pods/p/volumes/data")]
     assert rewrite_paths("/etc/cmcp/x.yaml", mounts) == "/pods/p/volumes/cfg/x.yaml"
-    assert rewrite_paths("--config=/etc/cmcp/x.yaml", mounts) == "--config=/pods/p/volumes/cfg/x.yaml"
-    assert rewrite_paths("/etc/cmcp", mounts) == "/pods/p/volumes/cfg"
+    assert rewrite_paths("--config=/etc/cmcp", mounts) == "--config=/pods/p/volumes/cfg"
     assert rewrite_paths("/etc/cmcpx/y", mounts) == "/etc/cmcpx/y"  # a prefix, not the mount
     assert rewrite_paths("x/etc/cmcp/y", mounts) == "x/etc/cmcp/y"
     assert rewrite_paths("/data/a", mounts) == "/pods/p/volumes/data/a"
 
 
 # --- downward API --------------------------------------------------------------------------------
-def test_resolve_field_covers_the_downward_api() -> None:
+def test_resolve_field_names_ips_and_missing_labels() -> None:
     assert resolve_field(POD, "metadata.name") == "p1"
     assert resolve_field(POD, "metadata.namespace") == "ns1"
-    assert resolve_field(POD, "spec.nodeName") == "tdx-node-1"
-    assert resolve_field(POD, "status.podIPs") == "198.18.1.10,fd00::a"
-    assert resolve_field(POD, "metadata.labels['a']") == "1"
+    assert resolve_field(POD, "status.podIPs") == "198.18.1.10,fd00::a"  # every IP, comma-separated
+    assert resolve_field(POD, "status.hostIP") == "198.19.1.1"
     assert resolve_field(POD, "metadata.labels['nope']") == ""
-    assert resolve_field(POD, "metadata.labels") == 'a="1"\nb="2"\n'  # sorted, one per line
     with pytest.raises(ValueError, match=r"unsupported fieldRef spec\.hostNetwork"):
         resolve_field(POD, "spec.hostNetwork")
 
@@ -109,16 +183,6 @@ def test_resolve_resource_prefers_the_container_then_the_node() -> None:
     assert resolve_resource(container, {"resource": "limits.memory"}, alloc) == "64Mi"
     assert resolve_resource(container, {"resource": "limits.cpu"}, alloc) == "8"
     assert resolve_resource(None, {"resource": "requests.ephemeral-storage"}, alloc) == "0"
-
-
-@pytest.mark.parametrize(("image", "repo"), [
-    ("cmcp-gateway", "cmcp-gateway"),
-    ("ghcr.io/cmcp/cmcp-gateway:1.2", "ghcr.io/cmcp/cmcp-gateway"),
-    ("ghcr.io/cmcp/enclave@sha256:" + "0" * 64, "ghcr.io/cmcp/enclave"),
-    ("localhost:5000/cmcp-guard:dev", "localhost:5000/cmcp-guard"),  # a registry port is not a tag
-])
-def test_image_repo(image: str, repo: str) -> None:
-    assert image_repo(image) == repo
 
 
 def test_container_status_json(tmp_path: Path) -> None:
