@@ -31,9 +31,11 @@ def test_wait_port_returns_once_a_listener_accepts() -> None:
 
 
 def test_wait_port_times_out_on_a_closed_port() -> None:
-    port = free_port()  # bound a moment ago, nobody listens now
-    with pytest.raises(TimeoutError, match=f"port {port} did not open"):
-        wait_port(port, timeout=0.3)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:  # bound, never listening
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with pytest.raises(TimeoutError, match=f"port {port} did not open"):
+            wait_port(port, timeout=0.3)
 
 
 def test_wait_port_fails_early_when_the_process_exits() -> None:

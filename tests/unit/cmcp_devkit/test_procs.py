@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -129,9 +130,11 @@ def test_wait_http_fails_early_when_the_process_exits(tmp_path: Path) -> None:
 
 
 def test_wait_http_times_out_naming_the_last_error() -> None:
-    url = f"http://127.0.0.1:{free_port()}/"
-    with pytest.raises(TimeoutError, match="did not answer"):
-        wait_http(url, timeout=0.3)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:  # bound, never listening
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}/"
+        with pytest.raises(TimeoutError, match=r"did not answer within 0s \(ConnectError"):
+            wait_http(url, timeout=0.3)
 
 
 def test_wait_http_returns_on_a_4xx_answer(tmp_path: Path) -> None:
