@@ -68,32 +68,40 @@ class PostgresServer:
 
 
 def start_postgres(log_dir: Path) -> PostgresServer:
-    """initdb (trust auth on loopback only) and start ``postgres`` on a free port."""
+    """initdb (trust auth on loopback only) and start ``postgres`` on a free port; a failed start
+    leaves no process and no data directory behind."""
     binaries, user = bin_dir(), _service_user()
     data_dir = Path(tempfile.mkdtemp(prefix="cmcp-pg-"))
-    group = None
-    if user is not None:
-        entry = pwd.getpwnam(user)
-        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
-        group = entry.pw_gid
-    subprocess.run(
-        [str(binaries / "initdb"), "-D", str(data_dir / "data"), "-U", DATABASE_USER,
-         "--auth=trust", "--no-sync", "-E", "UTF8"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user, group=group,
-    )
-    port = free_port()
-    proc = start(
-        "postgres",
-        [str(binaries / "postgres"), "-D", str(data_dir / "data"), "-p", str(port),
-         "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data_dir}",
-         "-c", "fsync=off"],  # test clusters only: durability is PostgreSQL's, not under test here
-        log_dir,
-        port=port,
-        user=user,
-    )
-    proc.stop_signal, proc.stop_timeout = signal.SIGINT, 10.0  # SIGINT: "fast" shutdown, clients or not
-    wait_port(port, timeout=60.0, proc=proc.popen)
-    _wait_accepting(binaries, port, proc)
+    proc: Proc | None = None
+    try:
+        group = None
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+            group = entry.pw_gid
+        subprocess.run(
+            [str(binaries / "initdb"), "-D", str(data_dir / "data"), "-U", DATABASE_USER,
+             "--auth=trust", "--no-sync", "-E", "UTF8"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user, group=group,
+        )
+        port = free_port()
+        proc = start(
+            "postgres",
+            [str(binaries / "postgres"), "-D", str(data_dir / "data"), "-p", str(port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data_dir}",
+             "-c", "fsync=off"],  # test clusters only: durability is PostgreSQL's, not under test here
+            log_dir,
+            port=port,
+            user=user,
+        )
+        proc.stop_signal, proc.stop_timeout = signal.SIGINT, 10.0  # "fast" shutdown, clients or not
+        wait_port(port, timeout=60.0, proc=proc.popen)
+        _wait_accepting(binaries, port, proc)
+    except BaseException:
+        if proc is not None:
+            proc.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
     return PostgresServer(proc=proc, data_dir=data_dir, port=port)
 
 

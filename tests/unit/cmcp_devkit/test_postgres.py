@@ -52,8 +52,6 @@ def test_missing_binaries_fail_with_a_clear_error(monkeypatch: pytest.MonkeyPatc
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="start_postgres leaves its mkdtemp data dir behind when initdb "
-                                       "(or the server) fails to start: nothing removes it")
 def test_a_failed_start_leaves_no_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("PG_BIN", str(tmp_path / "nowhere"))
