@@ -36,6 +36,7 @@ import httpx
 
 from cmcp_core.bundle import load_bundle
 from cmcp_core.validation import validate_bundle
+from cmcp_core.verify import AppraisalPolicy
 from cmcp_ctl.demo_cluster import add_cluster_arguments, run_cluster
 from cmcp_ctl.demo_story import (
     AGENT,
@@ -151,6 +152,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
                 "`pip install -e .` if a console script is missing",
             ) from exc
         handle = deployment.enclaves[ROUTE]
+        run.release_argv = deployment.release.argv()
         target = TargetDeployment(
             name="demo",
             mcp_url=f"{deployment.gateway_url}/mcp/{ROUTE}",
@@ -160,6 +162,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
             upstream_audience=AUDIENCE,
             upstream_counter_url=f"{deployment.raw_upstream_base}/calls",
             allow_simulated=True,
+            appraisal=AppraisalPolicy(releases=(deployment.release.release,)),
             expected_bundle_hash=str(handle.ready["bundle_hash"]),
             bundle_dir=bundle_dir,
         )
