@@ -544,7 +544,7 @@ class ClusterDemo:
                 f"run `cmcpctl bundle validate {demo_story._rel(bundle_dir)}` and fix what it reports",
             ) from exc
         run.bundle_hash = loaded.bundle_hash
-        run.release_argv = self.enclave_release.argv()
+        run.release_argv = demo_story.publish_release(self.out, self.enclave_release)
         try:
             self._install()
             enclave = self._apply_bundle_and_route(run.bundle_hash)

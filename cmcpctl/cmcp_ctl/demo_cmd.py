@@ -53,6 +53,7 @@ from cmcp_ctl.demo_story import (
     auditor_commands,
     default_bundle_dir,
     prepare_out,
+    publish_release,
     report_stop,
     report_success,
     tell_story,
@@ -152,7 +153,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
                 "`pip install -e .` if a console script is missing",
             ) from exc
         handle = deployment.enclaves[ROUTE]
-        run.release_argv = deployment.release.argv()
+        run.release_argv = publish_release(out, deployment.release)
         target = TargetDeployment(
             name="demo",
             mcp_url=f"{deployment.gateway_url}/mcp/{ROUTE}",

@@ -32,6 +32,7 @@ from cmcp_core.errors import CmcpError
 from cmcp_core.verify import AppraisalPolicy, appraise_response, verify_audit_export, verify_trust_record
 from cmcp_ctl.main import main as cmcpctl_main
 from cmcp_devkit.initdata import TEST_IMAGE
+from cmcp_devkit.release import DevRelease
 
 # --------------------------------------------------------------------------------------------
 # Output: tables, a spinner for slow steps, and failures that say what to do next
@@ -544,6 +545,18 @@ def prepare_out(out_arg: str | None) -> Path:
     shutil.rmtree(out / "run", ignore_errors=True)
     (out / "run").mkdir()
     return out.resolve()
+
+
+RELEASE_FILES = ("enclave-release.json", "enclave-release.pub.pem")
+
+
+def publish_release(out: Path, release: DevRelease) -> list[str]:
+    """Copy the deployment's signed release manifest and key next to the evidence (the auditor
+    appraises against the same release as the gateway and guard); their ``cmcpctl verify`` flags."""
+    manifest, key = (out / name for name in RELEASE_FILES)
+    shutil.copyfile(release.manifest, manifest)
+    shutil.copyfile(release.key, key)
+    return ["--release-manifest", str(manifest), "--release-key", str(key)]
 
 
 def _rel(path: Path) -> str:
