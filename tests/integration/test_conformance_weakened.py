@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from cmcp_conformance.plugin import CheckResult
 from cmcp_conformance.target import TargetDeployment
 from cmcp_core import launch_policy
 from cmcp_core import permit as permits
+from cmcp_core.attestation import Expected
 from cmcp_core.audit import entry_hash
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.tool_call import args_digest
@@ -225,8 +227,9 @@ def _guard_for(deployment: LocalDeployment) -> Any:
     return build_guard(
         AUDIENCE,
         [h.address for h in handles],
-        allow_simulated=True,
-        expected_bundle_hashes=frozenset(str(h.ready["bundle_hash"]) for h in handles),
+        appraisal=replace(deployment.target().appraisal, allow_simulated=True),
+        expected=Expected(bundle_hashes=frozenset(str(h.ready["bundle_hash"]) for h in handles),
+                          modes=frozenset(deployment.modes())),
     )
 
 
