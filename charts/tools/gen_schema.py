@@ -356,6 +356,12 @@ ROUTE = obj(
         "upstream": string("Upstream URL.", pattern=r"^https?://[^\s]+$"),
         "audience": string("Permit audience (the McpRoute's).", minLength=1),
         "expectedBundleHashes": {"type": "array", "items": {"type": "string", "pattern": DIGEST}},
+        "expectedCatalogHashes": {"type": "array", "items": {"type": "string", "pattern": DIGEST}},
+        "enforcementModes": {
+            "type": "array", "minItems": 1, "uniqueItems": True,
+            "items": {"type": "string", "enum": ["enforce", "advisory"]},
+            "description": "Modes the route's enclaves may run in (default [enforce]).",
+        },
         "open": {"type": "boolean"},
     },
     required=["name", "mcpRoute", "upstream", "audience"],
@@ -379,6 +385,7 @@ GATEWAY = obj(
                 "upstreamTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0},
                 "sessionIdleSeconds": {"type": "number", "exclusiveMinimum": 0},
                 "maxSessions": {"type": "integer", "minimum": 1},
+                "maxSessionsPerAgent": {"type": "integer", "minimum": 1},
             }
         ),
         "attestRefreshSeconds": {"type": "number", "minimum": 1},

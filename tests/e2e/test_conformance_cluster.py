@@ -203,8 +203,9 @@ def conformance_run(
                     "mcpRoute": {"name": name, "namespace": NS},
                     "upstream": f"{guard}/mcp",
                     "audience": AUDIENCE,
+                    "enforcementModes": [mode],
                 }
-                for name in (ENFORCE, ADVISORY)
+                for name, mode in ((ENFORCE, "enforce"), (ADVISORY, "advisory"))
             ]
         )
         junit = work / "conformance.xml"

@@ -183,10 +183,12 @@ because they carry $(POD_IP).
 {{- $r := dict "name" .name "upstream" .upstream "audience" .audience "open" (default false .open) -}}
 {{- $_ := set $r "kubernetes" (dict "namespace" (default $.Release.Namespace .mcpRoute.namespace) "name" .mcpRoute.name) -}}
 {{- with .expectedBundleHashes }}{{ $_ := set $r "expected_bundle_hashes" . }}{{ end -}}
+{{- with .expectedCatalogHashes }}{{ $_ := set $r "expected_catalog_hashes" . }}{{ end -}}
+{{- with .enforcementModes }}{{ $_ := set $r "enforcement_modes" . }}{{ end -}}
 {{- $routes = append $routes $r -}}
 {{- end -}}
 {{- $l := $gw.limits -}}
-{{- $limits := dict "max_body_bytes" $l.maxBodyBytes "max_depth" $l.maxDepth "max_string" $l.maxString "max_concurrent_per_agent" $l.maxConcurrentPerAgent "decide_timeout_seconds" $l.decideTimeoutSeconds "upstream_timeout_seconds" $l.upstreamTimeoutSeconds "session_idle_seconds" $l.sessionIdleSeconds "max_sessions" $l.maxSessions -}}
+{{- $limits := dict "max_body_bytes" $l.maxBodyBytes "max_depth" $l.maxDepth "max_string" $l.maxString "max_concurrent_per_agent" $l.maxConcurrentPerAgent "decide_timeout_seconds" $l.decideTimeoutSeconds "upstream_timeout_seconds" $l.upstreamTimeoutSeconds "session_idle_seconds" $l.sessionIdleSeconds "max_sessions" $l.maxSessions "max_sessions_per_agent" $l.maxSessionsPerAgent -}}
 {{- /* tokens_dir is relative to the container's workingDir "/" (set in the Deployment), so it also
 resolves for a process whose filesystem is rooted elsewhere (the e2e node agent). */ -}}
 {{- $cfg := dict "listen" (printf "0.0.0.0:%v" $gw.port) "allow_simulated" .Values.attestation.allowSimulated "auth" (dict "tokens_dir" "etc/cmcp/gateway-auth") "limits" $limits "attest_refresh_seconds" $gw.attestRefreshSeconds "routes" $routes -}}
