@@ -101,14 +101,16 @@ def sha256_tagged(data: bytes) -> str:
 class Expected:
     """What a relying party expects an enclave's measured initdata to name.
 
-    ``bundle_hashes`` come from configuration; ``initdata_digests`` from the route a component
+    ``bundle_hashes`` (and ``catalog_hashes``: the bundle hash leaves the catalog out, as the
+    origin's does) come from configuration; ``initdata_digests`` from the route a component
     follows (the operator's ``status.target``/``previous``, so every measured byte is compared,
-    launch policy included). One of the two must pin something. ``route`` and ``audience``, when
-    set, must be named exactly; ``modes`` defaults to enforce only, so an advisory-mode enclave's
-    permit never opens an enforce-mode upstream.
+    launch policy and catalog included). Bundle hashes or initdata digests must pin something.
+    ``route`` and ``audience``, when set, must be named exactly; ``modes`` defaults to enforce
+    only, so an advisory-mode enclave's permit never opens an enforce-mode upstream.
     """
 
     bundle_hashes: frozenset[str] = frozenset()
+    catalog_hashes: frozenset[str] = frozenset()
     initdata_digests: frozenset[str] = frozenset()
     route: str | None = None
     audience: str | None = None
@@ -126,6 +128,9 @@ class Expected:
         if self.bundle_hashes and entry.bundle_hash not in self.bundle_hashes:
             raise CmcpError(Code.ATTESTED_BUNDLE_UNEXPECTED,
                             f"{address}: bundle {entry.bundle_hash} not expected")
+        if self.catalog_hashes and entry.catalog_hash not in self.catalog_hashes:
+            raise CmcpError(Code.INITDATA_UNEXPECTED,
+                            f"{address}: catalog {entry.catalog_hash} not expected")
         if self.audience is not None and entry.audience != self.audience:
             raise CmcpError(Code.REFERENCE_VALUE_MISMATCH,
                             f"{address}: enclave is measured for another audience")

@@ -198,6 +198,8 @@ class LocalStack:
             argv += ["--enclave", address]
         for bundle_hash in hashes:
             argv += ["--expected-bundle-hash", bundle_hash]
+        for catalog_hash in sorted({str(h.ready["catalog_hash"]) for h in self.enclaves.values()}):
+            argv += ["--expected-catalog-hash", catalog_hash]
         for mode in self.modes():
             argv += ["--expected-mode", mode]
         return argv
@@ -259,6 +261,7 @@ class LocalStack:
                     "audience": self.audience,
                     "enclaves": [handle.address],
                     "expected_bundle_hashes": [handle.ready["bundle_hash"]],
+                    "expected_catalog_hashes": [handle.ready["catalog_hash"]],
                     "enforcement_modes": [handle.ready["enforcement_mode"]],
                 }
             )

@@ -19,6 +19,7 @@ Example::
         enclaves: [127.0.0.1:50051]      # static endpoints (local demo) ...
         kubernetes: {namespace: cmcp, name: demo}   # ... or the operator's McpRoute status
         expected_bundle_hashes: [sha256:...]   # required unless `kubernetes` is followed
+        expected_catalog_hashes: [sha256:...]  # the bundle hash leaves the catalog out: pin it too
         enforcement_modes: [enforce]     # the default; add advisory only for an advisory route
         open: false                      # true: no agent credential needed (principal "anonymous")
 """
@@ -59,6 +60,7 @@ class RouteConfig:
     enclaves: tuple[str, ...] = ()
     kubernetes: RouteRef | None = None
     expected_bundle_hashes: frozenset[str] = frozenset()
+    expected_catalog_hashes: frozenset[str] = frozenset()
     enforcement_modes: frozenset[str] = ENFORCE_ONLY
     open: bool = False
 
@@ -72,6 +74,7 @@ class RouteConfig:
         its ``namespace/name``."""
         return Expected(
             bundle_hashes=self.expected_bundle_hashes,
+            catalog_hashes=self.expected_catalog_hashes,
             route=str(self.kubernetes) if self.kubernetes is not None else None,
             audience=self.audience,
             modes=self.enforcement_modes,
@@ -109,6 +112,7 @@ def _route(raw: dict[str, Any]) -> RouteConfig:
         enclaves=tuple(str(e) for e in raw.get("enclaves", ())),
         kubernetes=RouteRef(**kube) if kube else None,
         expected_bundle_hashes=frozenset(str(h) for h in raw.get("expected_bundle_hashes") or ()),
+        expected_catalog_hashes=frozenset(str(h) for h in raw.get("expected_catalog_hashes") or ()),
         enforcement_modes=frozenset(str(m) for m in raw.get("enforcement_modes") or ENFORCE_ONLY),
         open=bool(raw.get("open", False)),
     )

@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kubeconfig", help="for --route: kubeconfig path (default $KUBECONFIG, in-cluster)")
     parser.add_argument("--expected-bundle-hash", action="append", default=[],
                         help="bundle hash an enclave must be measured with (repeatable; or --route)")
+    parser.add_argument("--expected-catalog-hash", action="append", default=[],
+                        help="catalog hash an enclave must be measured with (repeatable; "
+                        "`cmcpctl bundle hash --catalog`): the bundle hash leaves the catalog out")
     parser.add_argument("--expected-mode", action="append", choices=["enforce", "advisory"],
                         help="enforcement mode an enclave may run in (repeatable; default: enforce only)")
     appraisal_options.add_arguments(parser)
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("spent permits are kept in this process only: replicas and restarts can replay a permit")
     expected = Expected(
         bundle_hashes=frozenset(args.expected_bundle_hash),
+        catalog_hashes=frozenset(args.expected_catalog_hash),
         route=str(args.route) if args.route is not None else None,
         modes=frozenset(args.expected_mode) if args.expected_mode else ENFORCE_ONLY,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -53,6 +54,8 @@ async def test_an_honest_enclave_is_attested(enclave: EnclaveProcess) -> None:
     assert attested.kid == enclave.kid and attested.assurance == "software-only"
     by_digest = Expected(initdata_digests=frozenset({attested.appraisal.initdata_digest}))
     assert (await _attest(enclave.address, by_digest)).kid == enclave.kid
+    with_catalog = replace(pinned, catalog_hashes=frozenset({attested.catalog_hash}))
+    assert (await _attest(enclave.address, with_catalog)).kid == enclave.kid
 
 
 async def test_pinning_nothing_trusts_nothing(enclave: EnclaveProcess) -> None:
@@ -64,6 +67,7 @@ async def test_pinning_nothing_trusts_nothing(enclave: EnclaveProcess) -> None:
     ("change", "code"),
     [
         ({"bundle_hashes": frozenset({"sha256:" + "0" * 64})}, Code.ATTESTED_BUNDLE_UNEXPECTED),
+        ({"catalog_hashes": frozenset({"sha256:" + "0" * 64})}, Code.INITDATA_UNEXPECTED),
         ({"initdata_digests": frozenset({"sha256:" + "0" * 64})}, Code.INITDATA_UNEXPECTED),
         ({"route": "other/route"}, Code.INITDATA_UNEXPECTED),
         ({"audience": "urn:cmcp:another-upstream"}, Code.REFERENCE_VALUE_MISMATCH),
