@@ -5,7 +5,9 @@ Addresses come from two places: the fixed ``--enclave`` list and, optionally, a 
 a pod the operator replaces is attested as soon as it is listed. Either way an address is only
 a place to ask: a key is trusted only after *this* process attested it with its own nonce and
 policy. From the source the guard also takes the route's target and previous initdata digests
-and pins them (every measured byte must be one of them); the source's keys are never read.
+and pins the route's pods to them (every measured byte must be one of them); fixed
+``--enclave`` addresses keep the pins they were configured with. The source's keys are never
+read.
 
 Every refresh re-attests every listed address; a listed enclave that stops attesting drops out
 at once (fail closed). An enclave the source *stops listing* (rollout, scale-down) keeps its
@@ -69,6 +71,7 @@ class TrustStore:
         # addresses the source listed last time it answered (kept when it fails: no new trust
         # comes from a failed read, and known enclaves are still re-attested every round)
         self.source_addresses: list[str] = []
+        self.route_pins: frozenset[str] = frozenset()  # the route's target/previous initdata digests
         # source-listed enclaves that left the listing: last self-appraised record + deadline
         self.departed: dict[str, tuple[AttestedEnclave, float]] = {}
         self._next_expiry = float("inf")
@@ -90,10 +93,17 @@ class TrustStore:
         self._keys = keys
         self._next_expiry = min((d for _, d in self.departed.values()), default=float("inf"))
 
+    def policy_for(self, address: str) -> AttestPolicy:
+        """A pod the route lists is pinned to the route's initdata; a fixed endpoint to what was
+        configured for it (a fixed address the route also lists must satisfy the route too)."""
+        if address not in self.source_addresses:
+            return self.policy
+        return replace(self.policy, expected=replace(self.policy.expected, initdata_digests=self.route_pins))
+
     async def _attest_one(self, address: str) -> AttestedEnclave | CmcpError:
         try:
             async with grpc.aio.insecure_channel(address) as channel:
-                return await attest(enclave_pb2_grpc.EnclaveStub(channel), address, self.policy)
+                return await attest(enclave_pb2_grpc.EnclaveStub(channel), address, self.policy_for(address))
         except CmcpError as exc:
             return exc
         except Exception as exc:  # e.g. an unparsable address from the source: that one only fails
@@ -108,8 +118,7 @@ class TrustStore:
             log.warning("enclave address source failed", extra={"detail": f"{type(exc).__name__}: {exc}"})
             return
         listed = list(dict.fromkeys(status.attested_endpoints()))
-        expected = replace(self.policy.expected, initdata_digests=status.pinned_initdata())
-        self.policy = replace(self.policy, expected=expected)
+        self.route_pins = status.pinned_initdata()
         if len(listed) > MAX_SOURCE_ADDRESSES:
             log.warning("address source listed too many enclaves", extra={"detail": str(len(listed))})
             listed = listed[:MAX_SOURCE_ADDRESSES]

@@ -29,6 +29,12 @@ GENUINE = sha256_tagged(render_initdata(BUNDLE, audience=AUDIENCE))  # what the 
 POLICY = AttestPolicy(appraisal=dev_appraisal(), expected=Expected(audience=AUDIENCE))
 
 
+def pinned_to(enclave: EnclaveProcess) -> AttestPolicy:
+    """What a guard configured with ``--expected-bundle-hash`` for this enclave appraises with."""
+    return AttestPolicy(appraisal=dev_appraisal(),
+                        expected=Expected(bundle_hashes=frozenset({enclave.bundle_hash}), audience=AUDIENCE))
+
+
 def policy_for(audience: str) -> AttestPolicy:
     return AttestPolicy(appraisal=dev_appraisal(), expected=Expected(audience=audience))
 
@@ -149,7 +155,7 @@ async def test_source_failure_keeps_listing_and_adds_nothing(enclave: EnclavePro
 
 async def test_static_endpoint_removed_is_dropped_at_once(enclave: EnclaveProcess) -> None:
     clock = FakeClock()
-    trust = TrustStore([enclave.address], POLICY, source=FakeRoute(), clock=clock)
+    trust = TrustStore([enclave.address], pinned_to(enclave), source=FakeRoute(), clock=clock)
     await trust.refresh()
     assert set(trust.keys()) == {enclave.kid}
     trust.endpoints = []
@@ -238,3 +244,17 @@ async def test_a_followed_route_pins_its_initdata(enclave: EnclaveProcess) -> No
     await trust.refresh()
     assert enclave.address in trust.failures and enclave.kid not in {
         e.kid for e in trust.enclaves.values()}
+
+
+async def test_fixed_endpoints_keep_their_own_pins_beside_a_followed_route(enclave: EnclaveProcess) -> None:
+    """A guard in front of two routes' enclaves (one followed, one fixed): the route's initdata
+    pins only the pods it lists; the fixed endpoint is held to the bundle configured for it."""
+    route, clock = FakeRoute(), FakeClock()
+    route.targets = ["sha256:" + "0" * 64]  # the followed route serves some other revision
+    trust = TrustStore([enclave.address], pinned_to(enclave), source=route, clock=clock,
+                       min_refresh_seconds=0.0)
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}  # fixed: its bundle is the configured one
+    route.addresses = [enclave.address]  # now the route lists it too: the route's pins apply
+    await trust.refresh()
+    assert dict(trust.keys()) == {} and trust.failures[enclave.address].code.value == "INITDATA_UNEXPECTED"
