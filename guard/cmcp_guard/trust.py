@@ -96,9 +96,11 @@ class TrustStore:
     def policy_for(self, address: str) -> AttestPolicy:
         """A pod the route lists is pinned to the route's initdata; a fixed endpoint to what was
         configured for it (a fixed address the route also lists must satisfy the route too)."""
-        if address not in self.source_addresses:
-            return self.policy
-        return replace(self.policy, expected=replace(self.policy.expected, initdata_digests=self.route_pins))
+        expected = self.policy.expected
+        if address in self.source_addresses:
+            return replace(self.policy, expected=replace(expected, initdata_digests=self.route_pins))
+        # a fixed endpoint may serve another route (e.g. that route's advisory twin): its own pins
+        return replace(self.policy, expected=replace(expected, route=None, initdata_digests=frozenset()))
 
     async def _attest_one(self, address: str) -> AttestedEnclave | CmcpError:
         try:

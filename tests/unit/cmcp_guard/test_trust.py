@@ -251,8 +251,9 @@ async def test_fixed_endpoints_keep_their_own_pins_beside_a_followed_route(encla
     pins only the pods it lists; the fixed endpoint is held to the bundle configured for it."""
     route, clock = FakeRoute(), FakeClock()
     route.targets = ["sha256:" + "0" * 64]  # the followed route serves some other revision
-    trust = TrustStore([enclave.address], pinned_to(enclave), source=route, clock=clock,
-                       min_refresh_seconds=0.0)
+    following = pinned_to(enclave)  # --route cmcp/followed: its name is the route pods' business
+    following = replace(following, expected=replace(following.expected, route="cmcp/followed"))
+    trust = TrustStore([enclave.address], following, source=route, clock=clock, min_refresh_seconds=0.0)
     await trust.refresh()
     assert set(trust.keys()) == {enclave.kid}  # fixed: its bundle is the configured one
     route.addresses = [enclave.address]  # now the route lists it too: the route's pins apply
