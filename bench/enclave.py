@@ -35,7 +35,7 @@ from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_devkit.enclave import inprocess_enclave, start_enclave
 from cmcp_enclave.enclave import Enclave
-from cmcp_enclave.engine import SessionView
+from cmcp_enclave.engine import SessionView, StateFacts
 from cmcp_enclave.sessions import EnclaveLimits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,8 @@ def bench_inprocess(enc: Enclave, iterations: int) -> dict[str, Any]:
 
 
 def bench_cedar_only(enc: Enclave, iterations: int) -> dict[str, Any]:
-    view = SessionView("s", "public", 0, frozenset(), 0, frozenset(), "")
+    facts = StateFacts("public", 0, frozenset(), 0, frozenset(), "")
+    view = SessionView("s", principal=facts, session=facts)
     samples = []
     for i in range(iterations):
         tool, args = CALLS[i % len(CALLS)]

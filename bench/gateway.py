@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_json  # noqa: E402
-from cmcp_devkit.enclave import start_enclave  # noqa: E402
+from cmcp_devkit.enclave import EnclaveProcess, start_enclave  # noqa: E402
 from cmcp_devkit.ports import free_port  # noqa: E402
+from cmcp_devkit.release import DevRelease, write_dev_release  # noqa: E402
 
 AUDIENCE = "urn:cmcp:bench-upstream"
 TOKEN = "bench-token"
@@ -59,10 +60,13 @@ def body(i: int) -> bytes:
     ).encode()
 
 
-def start_upstream(port: int, guard_enclave: str | None, log: Path) -> subprocess.Popen[bytes]:
+def start_upstream(
+    port: int, guard_enclave: EnclaveProcess | None, log: Path, release: DevRelease | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "cmcp_devkit.upstream", "--listen", f"127.0.0.1:{port}"]
-    if guard_enclave:
-        cmd += ["--guard-audience", AUDIENCE, "--guard-enclave", guard_enclave, "--allow-simulated"]
+    if guard_enclave is not None and release is not None:
+        cmd += ["--guard-audience", AUDIENCE, "--guard-enclave", guard_enclave.address, "--allow-simulated",
+                "--expected-bundle-hash", guard_enclave.bundle_hash, *release.argv()]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("wb"))
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
@@ -148,7 +152,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         enclave = start_enclave(ROOT / "examples/minimal", work / "enclave", audience=AUDIENCE)
         procs.append(enclave)
         guarded_port, direct_port, gw_port = free_port(), free_port(), free_port()
-        guarded = start_upstream(guarded_port, enclave.address, work / "guarded.log")
+        release = write_dev_release(work / "release")
+        guarded = start_upstream(guarded_port, enclave, work / "guarded.log", release)
         direct_up = start_upstream(direct_port, None, work / "direct.log")
         procs += [guarded, direct_up]
         (work / "tokens.yaml").write_text(f"{TOKEN}: bench-agent\n")
@@ -157,6 +162,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 {
                     "listen": f"127.0.0.1:{gw_port}",
                     "allow_simulated": True,
+                    "release": release.config(),
                     "auth": {"tokens_file": str(work / "tokens.yaml")},
                     "limits": {"max_concurrent_per_agent": 1024},
                     "routes": [
@@ -165,6 +171,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                             "upstream": f"http://127.0.0.1:{guarded_port}/mcp",
                             "audience": AUDIENCE,
                             "enclaves": [enclave.address],
+                            "expected_bundle_hashes": [enclave.bundle_hash],
                         }
                     ],
                 }

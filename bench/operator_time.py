@@ -36,6 +36,7 @@ from bench.common import REPO_ROOT, Skip
 from cmcp_core.crd import API_PATH
 from cmcp_devkit.cluster.control_plane import LocalCluster, free_port
 from cmcp_devkit.cluster.kube import Kube, KubeError
+from cmcp_devkit.release import write_dev_release
 from cmcp_operator.render_bundle import bundle_manifest, dump
 
 NS = "cmcp-bench"
@@ -94,12 +95,15 @@ def run(replicas: list[int], quick: bool = False, log: Callable[[str], None] = p
         kube.create("/api/v1/namespaces", {"metadata": {"name": NS}})
         log_path = cluster.state_dir / "logs" / "bench-operator.log"
         webhook_port, metrics_port = free_port(), free_port()
+        # The operator refuses to start without a signed release manifest: the dev kit's, for the
+        # genuine simulated guest the node agent launches and this image.
+        release = write_dev_release(cluster.state_dir / "bench-release", image=IMAGE)
         with open(log_path, "wb") as fh:
             op = subprocess.Popen(
                 [str(op_bin), "--namespace", NS, "--allow-simulated", "--simulate-tee",
                  "--reattest-interval", "30", "--enclave-image", IMAGE, "--webhook-port", str(webhook_port),
                  "--webhook-host", "127.0.0.1", "--webhook-listen", "127.0.0.1",
-                 "--metrics-port", str(metrics_port)],
+                 "--metrics-port", str(metrics_port), *release.argv()],
                 stdout=fh, stderr=subprocess.STDOUT,
                 env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}, start_new_session=True)
 

@@ -38,6 +38,7 @@ from cmcp_core.digest import tagged_sha256
 from cmcp_core.native_schema import native_schema
 from cmcp_devkit import procs
 from cmcp_devkit.enclave import EnclaveProcess, EnclaveRefused, render_initdata, start_enclave
+from cmcp_devkit.release import write_dev_release
 from cmcp_devkit.upstream import BENCH_TOOL as TOOL_NAME
 from cmcp_devkit.upstream import BENCH_TOOL_DESCRIPTION as TOOL_DESCRIPTION
 from cmcp_enclave.simulated import launcher_env
@@ -144,12 +145,13 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
         enclave = start_enclave(bundle, workdir / "enclave", audience=AUDIENCE, route=f"bench/{ROUTE}",
                                 extra_args=enclave_args, timeout=60)
     try:
+        release = write_dev_release(workdir / "release")
         up_port = procs.free_port()
         up = procs.start("ours-upstream", procs.python_module(
             "cmcp_devkit.upstream", "--profile", "bench", "--listen", f"127.0.0.1:{up_port}",
             "--guard-audience", AUDIENCE,
             "--guard-enclave", enclave.address, "--allow-simulated",
-            "--expected-bundle-hash", enclave.bundle_hash), log_dir, port=up_port)
+            "--expected-bundle-hash", enclave.bundle_hash, *release.argv()), log_dir, port=up_port)
         procs.wait_port(up_port, timeout=60, proc=up.popen)
     except Exception:
         enclave.stop()
@@ -160,6 +162,7 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
         "listen": f"127.0.0.1:{gw_port}",
         "metrics_listen": f"127.0.0.1:{metrics_port}",
         "allow_simulated": True,
+        "release": release.config(),
         "limits": gateway_limits or {},
         "routes": [{"name": ROUTE, "upstream": f"http://127.0.0.1:{up_port}/mcp", "audience": AUDIENCE,
                     "enclaves": [enclave.address], "expected_bundle_hashes": [enclave.bundle_hash],

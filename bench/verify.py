@@ -34,6 +34,8 @@ from cmcp_core.binding import Binding
 from cmcp_core.crypto import public_bytes, public_jwk
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_attestation, appraise_evidence
+from cmcp_devkit.initdata import TEST_IMAGE
+from cmcp_devkit.release import dev_release, release_of
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
@@ -72,15 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     key = Ed25519PrivateKey.generate().public_key()
     nonce = os.urandom(32)
     entry = initdata.CmcpEntry("sha256:" + "ab" * 32, "sha256:" + "cd" * 32, "enforce", "b/r", "http://up")
-    toml = initdata.render(entry, image="img", command=["cmcp-enclave"])
+    toml = initdata.render(entry, image=TEST_IMAGE, command=["cmcp-enclave"])
     rd = Binding(public_bytes(key), entry.bundle_hash, entry.catalog_hash, "enforce", nonce).report_data()
     sim = SimulatedQuoteSigner().quote(rd, initdata.tdx_mrconfigid(toml))
-    allow_sim = AppraisalPolicy(allow_simulated=True)
+    # a signed release for each guest, as every relying party is configured (the release check is
+    # part of what is measured)
+    releases = (release_of("tdx", quote), release_of("snp", snp), dev_release())
+    allow_sim = AppraisalPolicy(allow_simulated=True, releases=releases)
+    hardware = AppraisalPolicy(releases=releases)
 
     cases: dict[str, Callable[[], Verdict]] = {
-        "tdx": lambda: appraise_evidence("tdx", quote, collateral=coll, now=tdx_now),
-        "tdx_collateral_json": lambda: appraise_evidence("tdx", quote, collateral=coll_json, now=tdx_now),
-        "snp": lambda: appraise_evidence("snp", snp, now=snp_now),
+        "tdx": lambda: appraise_evidence("tdx", quote, collateral=coll, now=tdx_now, policy=hardware),
+        "tdx_collateral_json": lambda: appraise_evidence("tdx", quote, collateral=coll_json, now=tdx_now,
+                                                         policy=hardware),
+        "snp": lambda: appraise_evidence("snp", snp, now=snp_now, policy=hardware),
         "simulated_full": lambda: appraise_attestation(
             "simulated",
             sim,

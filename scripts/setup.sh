@@ -14,6 +14,9 @@ if command -v "$PY" >/dev/null 2>&1 && ! "$PY" -c 'import venv, ensurepip' >/dev
 fi
 # the e2e control plane gives pods addresses in a private network namespace (ip netns, veth)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# tests start private PostgreSQL clusters from Debian's server package (cmcp_devkit.postgres)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
+  || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_apt[*]} with apt-get" >&2

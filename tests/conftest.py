@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.postgres import PostgresServer, postgres
 from tests.helpers.gateway_stack import AUDIENCE
 from tests.paths import ROOT
 
@@ -21,3 +22,12 @@ def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess
     bundle = ROOT / "examples/realistic"
     with start_enclave(bundle, tmp_path_factory.mktemp("enc"), audience=AUDIENCE) as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL cluster for the whole run (Debian's server, private, on loopback).
+
+    Tests that share it keep to their own tables or rows; one that must stop a server starts its own."""
+    with postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server

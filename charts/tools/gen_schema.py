@@ -258,6 +258,52 @@ def enclave_image() -> dict[str, Any]:
 
 ENCLAVE = obj({"image": enclave_image()}, required=["image"])
 
+def named_texts(desc: str, marker: str) -> dict[str, Any]:
+    """name -> file text; the names become ConfigMap keys and file names, so DNS labels."""
+    return {"type": "object", "description": desc, "propertyNames": {"pattern": DNS_LABEL, "maxLength": 63},
+            "additionalProperties": {"type": "string", "minLength": 1, "pattern": marker}}
+
+
+# Signed enclave release manifests and the keys that sign them. Required (the chart fails to render
+# without one of each), but checked in the template, where the message can say what to do.
+RELEASE = obj(
+    {
+        "manifests": named_texts("Release manifests (DSSE JSON text) by name.", r"payloadType"),
+        "keys": named_texts("Release signing public keys (PEM) by name.", r"-----BEGIN PUBLIC KEY-----"),
+    },
+    required=["manifests", "keys"],
+    description="Signed enclave release manifests: the reference values every guest must match.",
+)
+
+
+def one_volume(kind: str, source: dict[str, Any]) -> dict[str, Any]:
+    return obj({kind: source}, required=[kind])
+
+
+TDX = obj(
+    {
+        "pccsUrl": string("PCCS base URL for TDX collateral (empty: cache only).",
+                          pattern=r"^(https://[^\s]+)?$"),
+        "collateralDir": {
+            "description": "Volume of the TDX collateral cache: {} (an emptyDir), an emptyDir, "
+                           "an existing PVC or a hostPath.",
+            "oneOf": [
+                {"type": "object", "maxProperties": 0},
+                one_volume("emptyDir", {"type": "object"}),
+                one_volume("persistentVolumeClaim", obj(
+                    {"claimName": string("PVC name.", pattern=DNS_SUBDOMAIN),
+                     "readOnly": {"type": "boolean"}},
+                    required=["claimName"])),
+                one_volume("hostPath", obj(
+                    {"path": string("Node path.", pattern="^/"),
+                     "type": {"enum": ["", "Directory", "DirectoryOrCreate"]}},
+                    required=["path"])),
+            ],
+        },
+    },
+    required=["collateralDir"],
+)
+
 INGRESS = obj(
     {
         "enabled": {"type": "boolean"},
@@ -310,6 +356,12 @@ ROUTE = obj(
         "upstream": string("Upstream URL.", pattern=r"^https?://[^\s]+$"),
         "audience": string("Permit audience (the McpRoute's).", minLength=1),
         "expectedBundleHashes": {"type": "array", "items": {"type": "string", "pattern": DIGEST}},
+        "expectedCatalogHashes": {"type": "array", "items": {"type": "string", "pattern": DIGEST}},
+        "enforcementModes": {
+            "type": "array", "minItems": 1, "uniqueItems": True,
+            "items": {"type": "string", "enum": ["enforce", "advisory"]},
+            "description": "Modes the route's enclaves may run in (default [enforce]).",
+        },
         "open": {"type": "boolean"},
     },
     required=["name", "mcpRoute", "upstream", "audience"],
@@ -333,6 +385,7 @@ GATEWAY = obj(
                 "upstreamTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0},
                 "sessionIdleSeconds": {"type": "number", "exclusiveMinimum": 0},
                 "maxSessions": {"type": "integer", "minimum": 1},
+                "maxSessionsPerAgent": {"type": "integer", "minimum": 1},
             }
         ),
         "attestRefreshSeconds": {"type": "number", "minimum": 1},
@@ -383,6 +436,8 @@ SCHEMA: dict[str, Any] = {
             ),
             "operator": OPERATOR,
             "attestation": ATTESTATION,
+            "release": RELEASE,
+            "tdx": TDX,
             "enclave": ENCLAVE,
             "gateway": GATEWAY,
             "networkPolicy": obj(
@@ -402,7 +457,7 @@ SCHEMA: dict[str, Any] = {
             # Helm adds "global" for subcharts/parents; accept it.
             "global": {"type": "object"},
         },
-        required=["operator", "attestation", "enclave", "gateway"],
+        required=["operator", "attestation", "release", "tdx", "enclave", "gateway"],
     ),
 }
 

@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
     verify = sub.add_parser("verify", help="Verify hash chain and signatures of an audit export")
     verify.add_argument("file", help="JSON lines or JSON array of entries; '-' for stdin")
     verify.add_argument("--key", required=True, help="enclave public JWK, as JSON or a file path")
-    verify.add_argument("--expected-tip", help="chain tip the Trust Record names (detects a cut tail)")
+    verify.add_argument("--expected-tip",
+                        help="chain tip the Trust Record names (detects a cut tail); one session per export")
     verify.add_argument("--from-seq", type=int, default=0,
                         help="first seq of a partial export; its first entry's prev is then trusted")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
@@ -52,13 +53,18 @@ def _verify(args: argparse.Namespace) -> int:
     for entry in entries:
         sid = entry.get("session_id") if isinstance(entry, dict) else None
         sessions.setdefault(str(sid), []).append(entry)
+    if args.expected_tip and len(sessions) != 1:
+        # a tip names one session's chain: checking none of them would let a cut tail pass
+        print(f"error: --expected-tip needs an export of one session; this one holds {len(sessions)}",
+              file=sys.stderr)
+        return 2
     results = {}
     for sid, chain in sessions.items():
         start_prev = GENESIS
         if args.from_seq and chain and isinstance(chain[0], dict):
             start_prev = str(chain[0].get("prev"))
         results[sid] = verify_chain(chain, key, start_prev=start_prev, start_seq=args.from_seq,
-                                    expected_tip=args.expected_tip if len(sessions) == 1 else None)
+                                    expected_tip=args.expected_tip)
     ok = bool(results) and all(r.ok for r in results.values())
     if args.json:
         print(json.dumps({"ok": ok, "sessions": {s: r.to_json() for s, r in results.items()}},

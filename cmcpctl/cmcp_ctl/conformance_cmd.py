@@ -4,7 +4,8 @@ Output: one line per catalogue ID (``PASS`` / ``FAIL`` / ``SKIP`` with a reason)
 ``conformance: N passed, M failed, K skipped``. Exit 0 when no MUST failed, 1 when one did,
 2 on a usage error. ``--target local`` starts the whole system as local processes on the
 simulated TEE; ``--target URL`` tests a deployed gateway route (the route must serve the
-conformance bundle, written by ``--write-bundle DIR``).
+conformance bundle, written by ``--write-bundle DIR``) and appraises its enclaves against the
+signed release manifests given with ``--release-manifest``/``--release-key``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from cmcp_conformance import cluster
 from cmcp_conformance.cluster import RouteOutage
+from cmcp_core import appraisal_options
+from cmcp_core.errors import CmcpError
 from cmcp_core.route_status import RouteRef
 
 
@@ -49,9 +52,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--upstream", help="the guarded upstream's MCP URL, reachable directly (bypass tests)")
     p.add_argument("--upstream-counter", help="URL returning the upstream's tool-call counter as JSON")
     p.add_argument("--audience", help="permit audience of the upstream (default: from the route)")
-    p.add_argument(
-        "--allow-simulated", action="store_true", help="accept software-only (simulated TEE) evidence"
-    )
+    # how the suite appraises a remote target's evidence, spelt as for every relying party: the
+    # signed release manifests it trusts (required for a URL target), collateral, simulated consent
+    appraisal_options.add_arguments(p)
     p.add_argument("--id", action="append", dest="ids", metavar="ID", help="run only this ID (repeatable)")
     p.add_argument("--junit", type=Path, help="write a JUnit XML report to FILE")
     p.add_argument("--workdir", type=Path, help="local target: keep process logs in this directory")
@@ -94,6 +97,13 @@ def _remote_target(args: argparse.Namespace) -> Any:
                 notes.append("route status lists no attested enclave address")
         audience = audience or cluster.route_audience(route)
     status = (route or {}).get("status") or {}
+    try:
+        appraisal = appraisal_options.appraisal_policy(
+            release_manifests=args.release_manifest, release_keys=args.release_key,
+            allow_simulated=args.allow_simulated, collateral_dir=args.tdx_collateral_dir,
+            pccs_url=args.pccs_url)
+    except CmcpError as exc:
+        raise ValueError(f"{exc.code.value}: {exc.detail}") from exc
     target = TargetDeployment(
         name="cluster",
         mcp_url=args.target,
@@ -105,6 +115,7 @@ def _remote_target(args: argparse.Namespace) -> Any:
         upstream_audience=audience,
         upstream_counter_url=args.upstream_counter,
         allow_simulated=args.allow_simulated,
+        appraisal=appraisal,
         expected_bundle_hash=status.get("bundleHash"),
         route_status=route,
         cluster=access,

@@ -53,8 +53,11 @@ import yaml
 
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import GROUP
+from cmcp_core.verify import AppraisalPolicy
 from cmcp_ctl import demo_story
 from cmcp_ctl.demo_story import AGENT, AUDIENCE, ROUTE, Console, DemoFailure, Run
+from cmcp_devkit.cluster import chart_release
+from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.render_bundle import bundle_manifest
 
 T = TypeVar("T")
@@ -208,9 +211,20 @@ def _source_root() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def install_values(replicas: int = 1) -> dict[str, Any]:
-    """On top of the simulated profile: no gateway yet (it needs the route), one replica."""
-    return {"gateway": {"replicas": replicas, "routes": []}}
+def install_values(release: DevRelease, replicas: int = 1) -> dict[str, Any]:
+    """On top of the simulated profile: the signed release the operator and gateway trust, no
+    gateway yet (it needs the route), one replica."""
+    return {**chart_release.chart_values(release), "gateway": {"replicas": replicas, "routes": []}}
+
+
+def enclave_image(chart: Path, profile: Path) -> str:
+    """The enclave image (by digest) the chart makes the operator run, as the release must name it."""
+    values = yaml.safe_load((chart / "values.yaml").read_text(encoding="utf-8"))
+    override = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+    registry = str(override.get("imageRegistry", values.get("imageRegistry")) or "").rstrip("/")
+    image = {**values["enclave"]["image"], **(override.get("enclave", {}).get("image") or {})}
+    name = f"{registry}/{image['repository']}" if registry else str(image["repository"])
+    return f"{name}@{image['digest']}"
 
 
 def gateway_values(namespace: str, upstream: str) -> dict[str, Any]:
@@ -319,6 +333,7 @@ def upstream_pod(
     wiretap: bool = True,
     route: str | None = None,
     service_account: str = GUARD_SA,
+    modes: Sequence[str] = ("enforce",),
 ) -> dict[str, Any]:
     """The guarded upstream: mcp server, cmcp-guard in front, the host's wiretap in front of that.
 
@@ -336,7 +351,11 @@ def upstream_pod(
     ``route`` (an McpRoute name in ``namespace``): the guard follows that route's pod addresses
     (``--route``, so a replaced enclave pod is attested and trusted without a restart) instead
     of the fixed ``enclave`` address; the pod then runs as ``service_account`` (see
-    :func:`guard_rbac`), its token mounted into the guard container only."""
+    :func:`guard_rbac`), its token mounted into the guard container only. ``modes``: the
+    enforcement modes of the enclaves the guard accepts permits from (``--expected-mode``).
+
+    The guard trusts the chart's signed releases: :meth:`ClusterDemo._start_upstream` mounts the
+    chart's release ConfigMap into it (:func:`mount_release`)."""
     env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     hardened = {
         "allowPrivilegeEscalation": False,
@@ -367,6 +386,7 @@ def upstream_pod(
     ]
     if route is not None:
         trusted += ["--route", f"{namespace}/{route}", "--expected-bundle-hash", bundle_hash]
+    trusted += [arg for mode in modes for arg in ("--expected-mode", mode)]
     containers = [
         container(
             "mcp",
@@ -434,6 +454,20 @@ def upstream_pod(
     }
 
 
+def mount_release(pod: dict[str, Any], helm_release: str) -> dict[str, Any]:
+    """``pod`` with the chart's release ConfigMap mounted into its ``guard`` container, whose
+    ``--release-manifest``/``--release-key`` flags name the files: the guard trusts exactly the
+    releases the operator and gateway trust."""
+    mount = chart_release.guard_mount(helm_release)
+    spec = pod["spec"]
+    spec["volumes"] = [*spec.get("volumes", []), mount.volume]
+    for container in spec["containers"]:
+        if container["name"] == "guard":
+            container["volumeMounts"] = [*container.get("volumeMounts", []), mount.volume_mount]
+            container["command"] = [*container["command"], *mount.args]
+    return pod
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -463,10 +497,20 @@ class ClusterDemo:
     installed: bool = False
     endpoints: dict[str, str] = field(default_factory=dict)
     release: str = RELEASE  # the conformance e2e test installs under another name
+    _enclave_release: DevRelease | None = None
 
     @property
     def tools(self) -> Tools:
         return self.settings.tools
+
+    @property
+    def enclave_release(self) -> DevRelease:
+        """The signed dev release (the genuine simulated guest, the chart's enclave image) the
+        operator, gateway, guard and the auditor's commands trust; written on first use."""
+        if self._enclave_release is None:
+            image = enclave_image(self.settings.chart, self.settings.profile)
+            self._enclave_release = write_dev_release(self.out / "run" / "release", image=image)
+        return self._enclave_release
 
     @property
     def ns(self) -> str:
@@ -500,6 +544,7 @@ class ClusterDemo:
                 f"run `cmcpctl bundle validate {demo_story._rel(bundle_dir)}` and fix what it reports",
             ) from exc
         run.bundle_hash = loaded.bundle_hash
+        run.release_argv = demo_story.publish_release(self.out, self.enclave_release)
         try:
             self._install()
             enclave = self._apply_bundle_and_route(run.bundle_hash)
@@ -515,6 +560,7 @@ class ClusterDemo:
                 upstream_audience=AUDIENCE,
                 upstream_counter_url=f"http://{pod_ip}:{GUARD_PORT}/calls",
                 allow_simulated=True,
+                appraisal=AppraisalPolicy(releases=(self.enclave_release.release,)),
                 expected_bundle_hash=run.bundle_hash,
                 bundle_dir=bundle_dir,
             )
@@ -612,7 +658,7 @@ class ClusterDemo:
             }
             tools.kubectl("apply", "-f", "-", input=json.dumps(secret))
         values = run_dir / "values-install.yaml"
-        values.write_text(yaml.safe_dump(install_values()), encoding="utf-8")
+        values.write_text(yaml.safe_dump(install_values(self.enclave_release)), encoding="utf-8")
         chart, profile = self.settings.chart, self.settings.profile
         with console.progress(
             f"helm upgrade --install {self.release} {demo_story._rel(chart)} -f {profile.name}"
@@ -723,7 +769,8 @@ class ClusterDemo:
         """Run the demo's upstream pod (or ``pod_doc``, an :func:`upstream_pod` of the caller's),
         after the guard's identity allowed to read ``guard_routes`` (none: no identity)."""
         image = self._guard_image()
-        doc = pod_doc or upstream_pod(self.ns, image, enclave, bundle_hash, route=ROUTE)
+        doc = mount_release(pod_doc or upstream_pod(self.ns, image, enclave, bundle_hash, route=ROUTE),
+                            self.release)
         if guard_routes:
             names = ", ".join(guard_routes)
             with self.console.progress(f"kubectl apply ServiceAccount {GUARD_SA} (get McpRoute {names})"):

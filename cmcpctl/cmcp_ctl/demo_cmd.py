@@ -36,6 +36,7 @@ import httpx
 
 from cmcp_core.bundle import load_bundle
 from cmcp_core.validation import validate_bundle
+from cmcp_core.verify import AppraisalPolicy
 from cmcp_ctl.demo_cluster import add_cluster_arguments, run_cluster
 from cmcp_ctl.demo_story import (
     AGENT,
@@ -52,6 +53,7 @@ from cmcp_ctl.demo_story import (
     auditor_commands,
     default_bundle_dir,
     prepare_out,
+    publish_release,
     report_stop,
     report_success,
     tell_story,
@@ -151,6 +153,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
                 "`pip install -e .` if a console script is missing",
             ) from exc
         handle = deployment.enclaves[ROUTE]
+        run.release_argv = publish_release(out, deployment.release)
         target = TargetDeployment(
             name="demo",
             mcp_url=f"{deployment.gateway_url}/mcp/{ROUTE}",
@@ -160,6 +163,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
             upstream_audience=AUDIENCE,
             upstream_counter_url=f"{deployment.raw_upstream_base}/calls",
             allow_simulated=True,
+            appraisal=AppraisalPolicy(releases=(deployment.release.release,)),
             expected_bundle_hash=str(handle.ready["bundle_hash"]),
             bundle_dir=bundle_dir,
         )

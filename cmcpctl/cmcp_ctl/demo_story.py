@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,6 +31,8 @@ from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError
 from cmcp_core.verify import AppraisalPolicy, appraise_response, verify_audit_export, verify_trust_record
 from cmcp_ctl.main import main as cmcpctl_main
+from cmcp_devkit.initdata import TEST_IMAGE
+from cmcp_devkit.release import DevRelease
 
 # --------------------------------------------------------------------------------------------
 # Output: tables, a spinner for slow steps, and failures that say what to do next
@@ -129,8 +131,8 @@ class DemoFailure(Exception):
 ROUTE = "demo"
 AGENT = "demo-agent"
 AUDIENCE = "demo-upstream"
-# The demo renders initdata as the conformance launcher always has (same image reference).
-DEMO_ENCLAVE_IMAGE = "ghcr.io/cmcp/enclave:conformance"
+# The demo renders initdata as the conformance launcher does (same image, by digest).
+DEMO_ENCLAVE_IMAGE = TEST_IMAGE  # by digest: the image the deployment's signed release names
 DEMO_PERMIT_TTL = 30  # long enough that the replay step meets the replay check, not expiry
 
 
@@ -254,6 +256,9 @@ class Run:
     bundle_hash: str = ""
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, detail)
     files: dict[str, Path] = field(default_factory=dict)
+    # --release-manifest/--release-key of the signed release the deployment trusts: the auditor
+    # appraises the enclave against the same release as the gateway and guard
+    release_argv: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -407,6 +412,7 @@ def verify_commands(run: Run) -> list[list[str]]:
             run.bundle_hash,
             "--audit",
             str(files["audit"]),
+            *run.release_argv,
         ],
         [
             "verify",
@@ -420,14 +426,14 @@ def verify_commands(run: Run) -> list[list[str]]:
     ]
 
 
-def verify_run(run: Run, attest_response: Any, nonce: bytes) -> None:
-    """Appraise the evidence and verify record and chain with the library; record each check."""
+def verify_run(run: Run, attest_response: Any, nonce: bytes, policy: AppraisalPolicy) -> None:
+    """Appraise the evidence (against ``policy``'s signed releases) and verify record and chain
+    with the library; record each check."""
 
-    policy = AppraisalPolicy(allow_simulated=True)
     evidence = appraise_response(attest_response, nonce, policy, expected_bundle_hash=run.bundle_hash)
     run.checks.append(
         (
-            "evidence appraised: binding + initdata",
+            "evidence appraised: release, binding + initdata",
             evidence.passed,
             f"{evidence.code} [{evidence.platform}, {evidence.assurance}]",
         )
@@ -541,6 +547,18 @@ def prepare_out(out_arg: str | None) -> Path:
     return out.resolve()
 
 
+RELEASE_FILES = ("enclave-release.json", "enclave-release.pub.pem")
+
+
+def publish_release(out: Path, release: DevRelease) -> list[str]:
+    """Copy the deployment's signed release manifest and key next to the evidence (the auditor
+    appraises against the same release as the gateway and guard); their ``cmcpctl verify`` flags."""
+    manifest, key = (out / name for name in RELEASE_FILES)
+    shutil.copyfile(release.manifest, manifest)
+    shutil.copyfile(release.key, key)
+    return ["--release-manifest", str(manifest), "--release-key", str(key)]
+
+
 def _rel(path: Path) -> str:
     """Paths relative to the working directory when possible: shorter, copy-pasteable commands."""
     with contextlib.suppress(ValueError):
@@ -604,7 +622,7 @@ def tell_story(console: Console, run: Run, target: Any, upstream_url: str, tap_b
     run.files["nonce"] = run.out / "enclave.nonce.hex"  # the nonce that AttestResponse answers
     run.files["nonce"].write_text(run.nonce_hex + "\n", encoding="utf-8")
     with console.progress("verifying with the verifier library"):
-        verify_run(run, response, nonce)
+        verify_run(run, response, nonce, replace(target.appraisal, allow_simulated=target.allow_simulated))
     _print_audit(console, run.entries)
 
 

@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cmcp_ctl.audit_cmd",
     "cmcp_ctl.conformance_cmd",
     "cmcp_ctl.verify_cmd",
+    "cmcp_ctl.release_cmd",
     "cmcp_ctl.demo_cmd",
     "cmcp_ctl.dev_cmd",
 )
@@ -27,6 +28,7 @@ Policy commands:
 Verification commands:
   verify       Appraise attestation evidence, Trust Records and audit chains
   audit        Verify exported audit chains offline
+  release      Sign and verify enclave release manifests
 
 Deployment commands:
   demo         Run the end-to-end demo (local processes, or --cluster)
@@ -44,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Use \"cmcpctl <command> --help\" for more information about a given command.",
     )
     # the command list is DESCRIPTION's, grouped as kubectl does; argparse's own list is hidden
-    subparsers = parser.add_subparsers(dest="command", metavar="<command>", help=argparse.SUPPRESS)
+    # prog: a group's usage line reads "cmcpctl audit ...", not the root's custom usage + "audit"
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", help=argparse.SUPPRESS,
+                                       prog="cmcpctl")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser

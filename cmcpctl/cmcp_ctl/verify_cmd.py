@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cmcp_core import appraisal_options
+from cmcp_core.errors import CmcpError
 from cmcp_core.verify.appraise import appraise_attestation, appraise_evidence, appraise_response
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_core.verify.verdict import DEFAULT_TCB_STATUSES, AppraisalPolicy, Verdict, VerifyFailure
@@ -64,21 +67,16 @@ def _now(value: str | None) -> int | None:
 
 
 def _policy(args: argparse.Namespace) -> AppraisalPolicy:
-    rtmrs: dict[int, bytes] = {}
-    for item in args.rtmr or []:
-        index, _, value = item.partition("=")
-        if not index.isdigit() or not value:
-            raise UsageError("--rtmr takes N=HEX")
-        rtmrs[int(index)] = _hex(value, "--rtmr") or b""
-    return AppraisalPolicy(
-        accepted_tcb_statuses=frozenset(args.accept_tcb_status or DEFAULT_TCB_STATUSES),
-        allow_simulated=args.allow_simulated,
-        allow_debug=args.allow_debug,
-        mrtd=_hex(args.mrtd, "--mrtd"),
-        rtmrs=rtmrs,
-        snp_measurement=_hex(args.snp_measurement, "--snp-measurement"),
-        pccs_url=args.pccs_url,
-    )
+    """The relying parties' appraisal: a signed release manifest is required here too."""
+    try:
+        policy = appraisal_options.appraisal_policy(
+            release_manifests=args.release_manifest, release_keys=args.release_key,
+            allow_simulated=args.allow_simulated, collateral_dir=args.tdx_collateral_dir,
+            pccs_url=args.pccs_url, accepted_tcb_statuses=args.accept_tcb_status or DEFAULT_TCB_STATUSES,
+        )
+    except CmcpError as exc:
+        raise UsageError(f"{exc.code.value}: {exc.detail}") from exc
+    return replace(policy, allow_debug=args.allow_debug)
 
 
 def _emit(verdict: Verdict, as_json: bool) -> int:
@@ -225,7 +223,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-simulated", action="store_true", help="accept software-only simulated evidence")
+    appraisal_options.add_arguments(p)
     p.add_argument(
         "--accept-tcb-status",
         action="append",
@@ -234,12 +232,6 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--allow-debug", action="store_true", help="accept debug-enabled TEEs (never in production)"
-    )
-    p.add_argument("--mrtd", help="reference MRTD (hex)")
-    p.add_argument("--rtmr", action="append", metavar="N=HEX", help="reference RTMR value (repeatable)")
-    p.add_argument("--snp-measurement", help="reference SNP MEASUREMENT (hex)")
-    p.add_argument(
-        "--pccs-url", help="fetch TDX collateral from this PCCS when --collateral is absent (network)"
     )
 
 

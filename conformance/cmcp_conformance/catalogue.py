@@ -68,6 +68,14 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "A signed decision returned to the agent (deny error data) must verify with the "
         "key bound in fresh evidence, and its kid must be that key's thumbprint.",
     ),
+    Requirement(
+        "ATTEST-006",
+        _M,
+        "A forged guest is refused",
+        "Boot an enclave on the genuine bundle and initdata as another guest (other launch "
+        "measurements); its evidence must fail appraisal against the target's signed releases "
+        "with REFERENCE_VALUE_MISMATCH.",
+    ),
     # --- policy ------------------------------------------------------------------------
     Requirement(
         "POLICY-001",
@@ -225,6 +233,15 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "Audit integrity",
         "The exported chain verifies offline; deleting, reordering or editing any entry "
         "is detected; decision signatures verify back to a key bound in the evidence.",
+    ),
+    Requirement(
+        "POLICY-TEE-006",
+        _M,
+        "The launch policy refuses injection",
+        "Evaluate the attested initdata's launch policy with regorus: the pod it pins is admitted; "
+        "added env (LD_PRELOAD, PYTHONPATH, PATH, CMCP_*), a host mount, another container, a "
+        "capability, a sandbox-labelled image, CopyFile traversal or symlink escape, guest hooks, "
+        "kernel modules and exec are refused.",
     ),
 )
 

@@ -10,21 +10,31 @@ the powers (stop, restart, throw-away launches) a local deployment grants.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.target import LaunchResult, Profile, TargetDeployment
+from cmcp_core.verify import AppraisalPolicy
+from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_devkit.initdata import render_initdata as devkit_render_initdata
 from cmcp_devkit.stack import LaunchError, LocalStack
+from cmcp_enclave.simulated import SimulatedGuest, launcher_env
 
 AUDIENCE = "conformance-upstream"
 AGENT = "conformance-agent"
-ENCLAVE_IMAGE = "ghcr.io/cmcp/enclave:conformance"
+ENCLAVE_IMAGE = TEST_IMAGE  # by digest, the image the stack's signed dev release names
 PERMIT_TTL = 5  # short, so the suite can watch a genuine permit expire
+# A host's own initrd under the genuine firmware and kernel: only RTMR2 differs from the release.
+_GENUINE = SimulatedGuest()
+FORGED_GUEST = SimulatedGuest(rtmrs=(_GENUINE.rtmrs[0], _GENUINE.rtmrs[1],
+                                     hashlib.sha384(b"cmcp-conformance-forged-initrd").digest()))
 
 __all__ = ["AUDIENCE", "LaunchError", "LocalDeployment", "LocalPowers", "local_deployment", "render_initdata"]
 
@@ -67,6 +77,26 @@ class LocalDeployment(LocalStack):
         self.procs.remove(proc)
         return LaunchResult(served=served, returncode=returncode, output=proc.output())
 
+    @contextlib.contextmanager
+    def forged_enclave(self, guest: SimulatedGuest = FORGED_GUEST) -> Iterator[str]:
+        """The enforce enclave's genuine bundle and initdata, launched as ``guest``; its address."""
+        genuine = self.enclaves["enforce"]
+        self._launch_count += 1
+        name = f"forged-{self._launch_count}"
+        ready = self.workdir / f"{name}.ready.json"
+        argv = self.enclave_argv(genuine.bundle_dir, genuine.initdata_path, "127.0.0.1:0", ready)
+        proc = self.spawn(name, argv, env=launcher_env(genuine.initdata_path.read_bytes(), guest))
+
+        def read_ready() -> dict[str, Any] | None:
+            return dict(json.loads(ready.read_text())) if ready.exists() else None
+
+        try:
+            doc = self.wait_for(proc, read_ready, "its ready file")
+            yield str(doc["address"])
+        finally:
+            proc.stop()
+            self.procs.remove(proc)
+
     # --- whole deployment ------------------------------------------------------------------
     def start(self) -> None:
         for name, mode in (("enforce", "enforce"), ("advisory", "advisory")):
@@ -89,6 +119,7 @@ class LocalDeployment(LocalStack):
             upstream_audience=self.audience,
             upstream_counter_url=f"{self.raw_upstream_base}/calls",
             allow_simulated=True,
+            appraisal=AppraisalPolicy(releases=(self.release.release,)),
             expected_bundle_hash=str(enforce.ready["bundle_hash"]),
             bundle_dir=enforce.bundle_dir,
             powers=LocalPowers(self),
@@ -112,6 +143,9 @@ class LocalPowers:
         self, bundle_dir: Path, initdata: bytes, *, measured: bytes | None = None, timeout: float = 20.0
     ) -> LaunchResult:
         return self.deployment.launch_enclave(bundle_dir, initdata, measured=measured, timeout=timeout)
+
+    def forged_enclave(self) -> contextlib.AbstractContextManager[str]:
+        return self.deployment.forged_enclave()
 
 
 @contextlib.contextmanager

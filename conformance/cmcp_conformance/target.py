@@ -10,6 +10,9 @@ would, and uses further access only when the target offers it:
   forwarded" and bypass tests skip;
 * ``powers`` — local-only abilities (stop the enclave, launch an enclave on a chosen bundle);
   a remote target has none, and the tests that need them skip with a reason;
+* ``appraisal`` — how the tester appraises the target's evidence: the signed releases it trusts
+  (``--release-manifest``/``--release-key``) and TDX collateral; like every relying party the
+  suite refuses a guest matching no release;
 * ``outage`` — only the power to stop the enforce route's enclave and start it again; a
   cluster target run with ``--allow-disruption`` has it (it scales the McpRoute to 0 and back).
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +35,7 @@ import httpx
 
 from cmcp_conformance.cluster import ClusterAccess
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_core.verify import AppraisalPolicy
 
 GRPC_TIMEOUT_SECONDS = 10.0
 
@@ -63,6 +68,10 @@ class Powers(Outage, Protocol):
         """Start a throw-away enclave on ``bundle_dir`` under ``initdata`` and report whether it served;
         ``measured`` (default ``initdata``) is what the hardware recorded for the launch."""
 
+    def forged_enclave(self) -> AbstractContextManager[str]:
+        """While open, an enclave on the enforce route's genuine bundle and initdata, booted by a
+        host with another guest (other launch measurements); yields its gRPC address."""
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -90,6 +99,7 @@ class TargetDeployment:
     upstream_audience: str | None = None
     upstream_counter_url: str | None = None
     allow_simulated: bool = False
+    appraisal: AppraisalPolicy = field(default_factory=AppraisalPolicy)  # releases the tester trusts
     expected_bundle_hash: str | None = None
     bundle_dir: Path | None = None
     powers: Powers | None = None

@@ -7,7 +7,10 @@ evidence, verification and provider stay side by side in :mod:`cmcp_core.evidenc
 
 Both the guard and the gateway trust an enclave key only through :func:`attest`, never through
 a key list handed over by someone else: fresh evidence bound to a nonce we chose, appraised
-against our own policy (simulated TEEs only when explicitly allowed, expected bundle hashes).
+against our own policy (a signed release's reference values, simulated TEEs only when explicitly
+allowed) and then compared with what *we* expect the measured initdata to name
+(:class:`Expected`). Pinning is not optional: an :class:`Expected` that pins no bundle and no
+initdata refuses every enclave.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cmcp_core import initdata as initdata_mod
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.initdata import CmcpEntry
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy, appraise_response
+
+ENFORCE_ONLY = frozenset({"enforce"})
 
 
 @dataclass(frozen=True)
@@ -92,10 +98,59 @@ def sha256_tagged(data: bytes) -> str:
 
 
 @dataclass(frozen=True)
+class Expected:
+    """What a relying party expects an enclave's measured initdata to name.
+
+    ``bundle_hashes`` (and ``catalog_hashes``: the bundle hash leaves the catalog out, as the
+    origin's does) come from configuration; ``initdata_digests`` from the route a component
+    follows (the operator's ``status.target``/``previous``, so every measured byte is compared,
+    launch policy and catalog included). Bundle hashes or initdata digests must pin something.
+    ``route`` and ``audience``, when set, must be named exactly; ``modes`` defaults to enforce
+    only, so an advisory-mode enclave's permit never opens an enforce-mode upstream.
+    """
+
+    bundle_hashes: frozenset[str] = frozenset()
+    catalog_hashes: frozenset[str] = frozenset()
+    initdata_digests: frozenset[str] = frozenset()
+    route: str | None = None
+    audience: str | None = None
+    modes: frozenset[str] = ENFORCE_ONLY
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.bundle_hashes or self.initdata_digests)
+
+    def check(self, address: str, entry: CmcpEntry, initdata_digest: str) -> None:
+        """A coded error naming the first field that is not what we expect."""
+        if not self.pinned:
+            raise CmcpError(Code.ATTESTED_BUNDLE_UNEXPECTED,
+                            f"{address}: nothing is pinned (no expected bundle hash, no route to follow)")
+        if self.bundle_hashes and entry.bundle_hash not in self.bundle_hashes:
+            raise CmcpError(Code.ATTESTED_BUNDLE_UNEXPECTED,
+                            f"{address}: bundle {entry.bundle_hash} not expected")
+        if self.catalog_hashes and entry.catalog_hash not in self.catalog_hashes:
+            raise CmcpError(Code.INITDATA_UNEXPECTED,
+                            f"{address}: catalog {entry.catalog_hash} not expected")
+        if self.audience is not None and entry.audience != self.audience:
+            raise CmcpError(Code.REFERENCE_VALUE_MISMATCH,
+                            f"{address}: enclave is measured for another audience")
+        if self.route is not None and entry.route != self.route:
+            raise CmcpError(Code.INITDATA_UNEXPECTED,
+                            f"{address}: enclave is measured for route {entry.route!r}")
+        if entry.enforcement_mode not in self.modes:
+            raise CmcpError(Code.INITDATA_UNEXPECTED,
+                            f"{address}: enclave runs in {entry.enforcement_mode!r} mode, "
+                            f"expected {' or '.join(sorted(self.modes))}")
+        # last: the named checks above say what is wrong; this one catches every other byte
+        if self.initdata_digests and initdata_digest not in self.initdata_digests:
+            raise CmcpError(Code.INITDATA_UNEXPECTED,
+                            f"{address}: initdata {initdata_digest} is not the route's target or previous")
+
+
+@dataclass(frozen=True)
 class AttestPolicy:
-    allow_simulated: bool = False
-    expected_bundle_hashes: frozenset[str] | None = None  # None: any bundle the evidence proves
-    audience: str | None = None  # when set, the measured initdata must name this permit audience
+    appraisal: AppraisalPolicy
+    expected: Expected
     timeout_seconds: float = 5.0
 
 
@@ -136,9 +191,9 @@ class AttestedEnclave:
         return self.appraisal.appraised_at
 
 
-def _measured_audience(initdata: bytes) -> str:
+def _measured_entry(initdata: bytes) -> CmcpEntry:
     try:
-        return initdata_mod.parse(initdata).cmcp.audience
+        return initdata_mod.parse(initdata).cmcp
     except Exception as exc:  # the verifier already accepted it; anything odd here is still a refusal
         raise CmcpError(Code.EVIDENCE_MALFORMED, f"initdata has no readable cMCP entry: {exc}") from exc
 
@@ -150,7 +205,7 @@ async def attest(stub: enclave_pb2_grpc.EnclaveStub, address: str, policy: Attes
         resp = await stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=policy.timeout_seconds)
     except grpc.aio.AioRpcError as exc:
         raise CmcpError(Code.TEE_UNAVAILABLE, f"{address}: Attest failed: {exc.code().name}") from exc
-    verdict = appraise_response(resp, nonce, AppraisalPolicy(allow_simulated=policy.allow_simulated))
+    verdict = appraise_response(resp, nonce, policy.appraisal)
     if not verdict.passed:
         try:
             code = Code(verdict.code)
@@ -165,11 +220,8 @@ async def attest(stub: enclave_pb2_grpc.EnclaveStub, address: str, policy: Attes
     kid = thumbprint(key)
     if verdict.key_thumbprint != kid:
         raise CmcpError(Code.BINDING_KEY_MISMATCH, f"{address}: appraised key differs from the JWK")
-    if policy.expected_bundle_hashes is not None and resp.bundle_hash not in policy.expected_bundle_hashes:
-        raise CmcpError(Code.ATTESTED_BUNDLE_UNEXPECTED, f"{address}: bundle {resp.bundle_hash} not expected")
-    if policy.audience is not None and _measured_audience(bytes(resp.initdata)) != policy.audience:
-        raise CmcpError(Code.REFERENCE_VALUE_MISMATCH, f"{address}: enclave is measured for another audience")
     evidence = Evidence.from_response(resp)
+    policy.expected.check(address, _measured_entry(evidence.initdata), evidence.initdata_digest)
     return AttestedEnclave(address=address, key=key, appraisal=Appraisal(
         attested=True, reason="Attested", message=verdict.message, platform=evidence.platform,
         bundle_hash=evidence.bundle_hash, initdata_digest=evidence.initdata_digest, thumbprint=kid,

@@ -17,6 +17,7 @@ class Code(StrEnum):
     POLICY_EVAL_ERROR = "POLICY_EVAL_ERROR"
     SESSION_CLOSED = "SESSION_CLOSED"
     SESSION_LIMIT = "SESSION_LIMIT"
+    PRINCIPAL_STATE_FULL = "PRINCIPAL_STATE_FULL"
     # gateway front door
     MCP_PARSE_FAILURE = "MCP_PARSE_FAILURE"
     MCP_INVALID_REQUEST = "MCP_INVALID_REQUEST"
@@ -68,6 +69,9 @@ class Code(StrEnum):
     BINDING_REPORT_DATA_MISMATCH = "BINDING_REPORT_DATA_MISMATCH"
     ATTESTED_BUNDLE_UNEXPECTED = "ATTESTED_BUNDLE_UNEXPECTED"
     REFERENCE_VALUE_MISMATCH = "REFERENCE_VALUE_MISMATCH"
+    REFERENCE_VALUES_MISSING = "REFERENCE_VALUES_MISSING"
+    RELEASE_MANIFEST_INVALID = "RELEASE_MANIFEST_INVALID"
+    INITDATA_UNEXPECTED = "INITDATA_UNEXPECTED"
     VERIFY_INPUT_INVALID = "VERIFY_INPUT_INVALID"
     VERIFY_INTERNAL_ERROR = "VERIFY_INTERNAL_ERROR"
     RECORD_INVALID = "RECORD_INVALID"
@@ -104,6 +108,8 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.POLICY_EVAL_ERROR: CodeInfo(-32000, 403, "A policy errored during evaluation; denied."),
     Code.SESSION_CLOSED: CodeInfo(-32000, 409, "The session was closed or expired."),
     Code.SESSION_LIMIT: CodeInfo(-32000, 429, "The enclave holds its maximum of sessions."),
+    Code.PRINCIPAL_STATE_FULL: CodeInfo(
+        -32000, 429, "The enclave's principal table is full of active principals."),
     Code.MCP_PARSE_FAILURE: CodeInfo(-32700, 400, "The body is not valid JSON."),
     Code.MCP_INVALID_REQUEST: CodeInfo(-32600, 400, "The body is not a JSON-RPC 2.0 request."),
     Code.METHOD_NOT_FOUND: CodeInfo(-32601, 404, "The MCP method is not supported."),
@@ -151,6 +157,11 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.BINDING_REPORT_DATA_MISMATCH: CodeInfo(-32003, 502, "REPORT_DATA does not bind the claimed values."),
     Code.ATTESTED_BUNDLE_UNEXPECTED: CodeInfo(-32003, 502, "The attested bundle is not the expected one."),
     Code.REFERENCE_VALUE_MISMATCH: CodeInfo(-32003, 502, "A measurement differs from its reference value."),
+    Code.REFERENCE_VALUES_MISSING: CodeInfo(-32003, 502, "No signed release manifest is configured."),
+    Code.RELEASE_MANIFEST_INVALID: CodeInfo(
+        -32003, 502, "A release manifest is malformed or not signed by a trusted key."),
+    Code.INITDATA_UNEXPECTED: CodeInfo(
+        -32003, 502, "The measured initdata is not what this relying party expects."),
     Code.VERIFY_INPUT_INVALID: CodeInfo(-32003, 400, "The verifier was given unusable input."),
     Code.VERIFY_INTERNAL_ERROR: CodeInfo(-32003, 500, "The verifier failed unexpectedly; failed closed."),
     Code.RECORD_INVALID: CodeInfo(-32003, 502, "The Trust Record fails schema or signature."),

@@ -48,10 +48,12 @@ class CmcpEntry:
     route: str  # "<namespace>/<McpRoute name>"
     audience: str  # the upstream identity permits are minted for; measured so a host cannot retarget
     launch_policy_digest: str = ""  # sha256 of policy.rego; render() fills it in
+    image: str = ""  # the enclave image by digest the launch policy admits; render() fills it in
 
     def to_json(self) -> dict[str, str]:
         return {
             "audience": self.audience,
+            "image": self.image,
             "launch_policy_digest": self.launch_policy_digest,
             "bundle_hash": self.bundle_hash,
             "catalog_hash": self.catalog_hash,
@@ -78,12 +80,12 @@ def render(entry: CmcpEntry, *, image: str = "", command: list[str] | None = Non
     """Render the initdata TOML bytes. Same inputs, same bytes, same measurement.
 
     ``launch`` (the operator's full pod spec) wins over ``image``/``command``. The launch policy's
-    digest is written into the cMCP entry so a relying party can compare it by name."""
+    digest and the image are written into the cMCP entry so a relying party compares them by name."""
     if algorithm not in ALGORITHMS:
         raise InitdataError(f"unsupported initdata algorithm {algorithm!r}")
     spec = launch or LaunchSpec(image=image, args=tuple(command or ()), env=())
     policy = launch_policy.render(spec)
-    entry = replace(entry, launch_policy_digest=launch_policy.digest(policy))
+    entry = replace(entry, launch_policy_digest=launch_policy.digest(policy), image=spec.image)
     cmcp = jcs(entry.to_json()).decode("utf-8")
     lines = [
         f'version = "{INITDATA_VERSION}"',
@@ -166,14 +168,12 @@ class Initdata:
             raise InitdataError(f"{CMCP_KEY} is not JSON: {exc.msg}") from exc
         if not isinstance(doc, dict):
             raise InitdataError(f"{CMCP_KEY} must be a JSON object")
-        fields = ("audience", "bundle_hash", "catalog_hash", "enforcement_mode", "route")
+        fields = ("audience", "bundle_hash", "catalog_hash", "enforcement_mode", "route", "image",
+                  "launch_policy_digest")
         missing = [f for f in fields if not isinstance(doc.get(f), str)]
         if missing:
             raise InitdataError(f"{CMCP_KEY} lacks string field(s): {', '.join(missing)}")
-        digest_field = doc.get("launch_policy_digest", "")
-        if not isinstance(digest_field, str):
-            raise InitdataError(f"{CMCP_KEY} launch_policy_digest must be a string")
-        return CmcpEntry(**{f: doc[f] for f in fields}, launch_policy_digest=digest_field)
+        return CmcpEntry(**{f: doc[f] for f in fields})
 
 
 def parse(toml_bytes: bytes) -> Initdata:

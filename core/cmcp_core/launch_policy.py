@@ -338,3 +338,28 @@ def render(spec: LaunchSpec) -> str:
 def digest(policy: str) -> str:
     """What relying parties compare: ``sha256:<hex>`` of the exact policy text in initdata."""
     return "sha256:" + hashlib.sha256(policy.encode("utf-8")).hexdigest()
+
+
+def rules_digest() -> str:
+    """What a release manifest pins: the rules are fixed per release, the data differs per pod."""
+    return digest(RULES)
+
+
+_DATA_PREFIX = "\nexpected := "
+
+
+def split(policy: str) -> tuple[str, dict[str, Any]]:
+    """The rules and the ``expected`` data of a policy :func:`render` produced, or an error.
+
+    Only the exact shape ``render`` writes is accepted, so a policy with extra rules after the
+    data, or data that is not one JSON object, never reads as a release's policy."""
+    rules, sep, tail = policy.rpartition(_DATA_PREFIX)
+    if not sep or not tail.endswith("\n"):
+        raise LaunchPolicyError("policy does not end in one `expected := <JSON>` line")
+    try:
+        data = json.loads(tail[:-1])
+    except json.JSONDecodeError as exc:
+        raise LaunchPolicyError(f"policy data is not JSON: {exc.msg}") from exc
+    if not isinstance(data, dict) or "\n" in tail[:-1]:
+        raise LaunchPolicyError("policy data must be one JSON object on one line")
+    return rules, data

@@ -1,9 +1,10 @@
-"""Reads an ``McpRoute``'s attested enclave endpoints from the apiserver (gateway and guard).
+"""Reads an ``McpRoute``'s status from the apiserver for the gateway and the guard.
 
-Both callers take only *addresses* from here: each attests every endpoint itself (its own
-nonce, its own policy) before trusting a key, so a wrong or hostile status can deny service but
-never make a key trusted. The status's ``keyThumbprint`` / ``publicKeyJwk`` are deliberately
-never used.
+Both callers take only *addresses* and the route's pinned initdata digests from here: each
+attests every endpoint itself (its own nonce, its own release manifests, its own route,
+audience and mode) before trusting a key, so a wrong or hostile status can deny service but
+never make a key trusted that fails those checks. The status's ``keyThumbprint`` /
+``publicKeyJwk`` are deliberately never used.
 
 Cluster credentials: an explicit kubeconfig path, else ``$KUBECONFIG`` (as kubectl does; a
 ``:``-separated list is merged), else the pod's in-cluster ServiceAccount, else
@@ -20,7 +21,7 @@ from typing import Any
 
 from kubernetes_asyncio import client, config
 
-from cmcp_core.route_status import GROUP, PLURAL, VERSION, RouteRef, endpoints_from_status
+from cmcp_core.route_status import GROUP, PLURAL, VERSION, RouteRef, RouteStatus
 
 
 async def _load_configuration(kubeconfig: str | None) -> Any:
@@ -41,25 +42,25 @@ async def _load_configuration(kubeconfig: str | None) -> Any:
     return configuration
 
 
-async def read_route_endpoints(
+async def read_route_status(
     route: RouteRef, kubeconfig: str | None = None, group: str = GROUP
-) -> list[str]:
-    """One ``get`` of the ``McpRoute``; its attested pod addresses. Raises on any API error."""
+) -> RouteStatus:
+    """One ``get`` of the ``McpRoute``; its status, typed. Raises on any API error."""
     configuration = await _load_configuration(kubeconfig)
     async with client.ApiClient(configuration=configuration) as api:
         obj = await client.CustomObjectsApi(api).get_namespaced_custom_object(
             group, VERSION, route.namespace, PLURAL, route.name
         )
-    return endpoints_from_status(obj.get("status") if isinstance(obj, dict) else None)
+    return RouteStatus.from_status(obj.get("status") if isinstance(obj, dict) else None)
 
 
 class McpRouteSource:
-    """A bound :func:`read_route_endpoints`: the zero-argument address source callers poll."""
+    """A bound :func:`read_route_status`: the zero-argument source callers poll."""
 
     def __init__(self, route: RouteRef, kubeconfig: str | None = None, group: str = GROUP) -> None:
         self.route = route
         self.kubeconfig = kubeconfig
         self.group = group
 
-    async def endpoints(self) -> list[str]:
-        return await read_route_endpoints(self.route, self.kubeconfig, self.group)
+    async def read(self) -> RouteStatus:
+        return await read_route_status(self.route, self.kubeconfig, self.group)

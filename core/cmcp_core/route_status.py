@@ -191,7 +191,8 @@ class RouteStatus:
             enforcement_mode=_text(doc.get("enforcementMode")) or "",
             catalog_hash=_text(doc.get("catalogHash")) or "",
             previous=RouteTarget.from_status(doc.get("previous")),
-            observed_generation=generation if isinstance(generation, int) else None,
+            observed_generation=generation if isinstance(generation, int) and not isinstance(generation, bool)
+            else None,
             service_name=_text(doc.get("serviceName")), deployment_name=_text(doc.get("deploymentName")),
             conditions=(tuple(dict(c) for c in conditions if isinstance(c, Mapping))
                         if isinstance(conditions, list) else None))
@@ -199,6 +200,12 @@ class RouteStatus:
     def attested_endpoints(self) -> list[str]:
         """The ``HOST:PORT`` of every pod the operator marked attested, in status order."""
         return [p.endpoint for p in self.pods if p.attested and p.address]
+
+    def pinned_initdata(self) -> frozenset[str]:
+        """The measured configurations the route may serve now: its target and, mid-rollout, the
+        previous one. Empty while the operator has rendered nothing, so a follower pins nothing
+        and trusts no enclave."""
+        return frozenset(t.initdata_digest for t in (self.target, self.previous) if t is not None)
 
 
 def _text(value: Any) -> str | None:

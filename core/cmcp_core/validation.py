@@ -55,6 +55,19 @@ def sensitivity_levels(bundle: Bundle) -> tuple[str, ...]:
     return DEFAULT_SENSITIVITY_LEVELS
 
 
+DEFAULT_STATE_WINDOW_SECONDS = 24 * 3600
+MAX_STATE_WINDOW_SECONDS = 31 * 24 * 3600
+
+
+def state_window_seconds(bundle: Bundle) -> int:
+    """How long a principal's taint, sensitivity and call budget last: the manifest's
+    ``state_window_seconds`` (1 s to 31 days), else 24 h. Anything else is a validation issue."""
+    value = bundle.manifest.get("state_window_seconds", DEFAULT_STATE_WINDOW_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STATE_WINDOW_SECONDS:
+        return DEFAULT_STATE_WINDOW_SECONDS
+    return value
+
+
 def request_model(bundle: Bundle) -> str:
     """``native`` or ``phase1``: the manifest's ``request_model`` when present; otherwise
     ``phase1`` when the schema has the origin gateway's context (``session_max_sensitivity``).
@@ -144,6 +157,10 @@ def validate_bundle(bundle: Bundle) -> list[ValidationIssue]:
                 issues.append(ValidationIssue(path, name, f"@id also used in {ids[name]}"))
             ids.setdefault(name, path)
     issues.extend(_catalog_issues(bundle))
+    window = bundle.manifest.get("state_window_seconds", DEFAULT_STATE_WINDOW_SECONDS)
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_STATE_WINDOW_SECONDS:
+        issues.append(ValidationIssue("manifest.json", "", "state_window_seconds must be an integer "
+                                      f"from 1 to {MAX_STATE_WINDOW_SECONDS} (31 days), got {window!r}"))
     model = request_model(bundle)
     if model not in ("native", "phase1"):
         issues.append(ValidationIssue("manifest.json", "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -149,8 +150,11 @@ def start(
     cwd: Path | None = None,
     port: int | None = None,
     pythonpath: Sequence[str | Path] = (),
+    user: str | None = None,
 ) -> Proc:
     """Start ``argv`` with stdout+stderr to ``log_dir/name.log`` (``env`` values of None unset).
+
+    ``user``: run as that system user and its group (a server that refuses root, when we are root).
 
     ``pythonpath`` is prepended to the child's ``PYTHONPATH`` (the benchmarks' ``python -m bench.*``
     children need the repository root)."""
@@ -169,10 +173,14 @@ def start(
     fh = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
     popen = subprocess.Popen(
         list(argv), stdout=fh, stderr=subprocess.STDOUT, env=full_env,
-        cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL,
+        cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL, user=user, group=_group_of(user),
     )
     fh.close()
     return Proc(name=name, popen=popen, log_path=log_path, port=port)
+
+
+def _group_of(user: str | None) -> int | None:
+    return None if user is None else pwd.getpwnam(user).pw_gid
 
 
 def console_script(name: str) -> str:

@@ -29,6 +29,7 @@ import yaml
 
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.procs import Proc, console_script, ready_url, start
+from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_enclave.simulated import launcher_env
 
 AUDIENCE = "urn:cmcp:dev-upstream"
@@ -76,6 +77,14 @@ class LocalStack:
     raw_upstream_base: str = ""
     gateway_url: str = ""
     _launch_count: int = 0
+    _release: DevRelease | None = None
+
+    @property
+    def release(self) -> DevRelease:
+        """The signed dev release the stack's relying parties trust (written on first use)."""
+        if self._release is None:
+            self._release = write_dev_release(self.workdir)
+        return self._release
 
     # --- process plumbing ------------------------------------------------------------------
     def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Proc:
@@ -181,6 +190,7 @@ class LocalStack:
             "--audience",
             self.audience,
             "--allow-simulated",
+            *self.release.argv(),
             "--refresh-seconds",
             "5",
         ]
@@ -188,7 +198,15 @@ class LocalStack:
             argv += ["--enclave", address]
         for bundle_hash in hashes:
             argv += ["--expected-bundle-hash", bundle_hash]
+        for catalog_hash in sorted({str(h.ready["catalog_hash"]) for h in self.enclaves.values()}):
+            argv += ["--expected-catalog-hash", catalog_hash]
+        for mode in self.modes():
+            argv += ["--expected-mode", mode]
         return argv
+
+    def modes(self) -> list[str]:
+        """The enforcement modes this stack's enclaves run in: its guard is for all of them."""
+        return sorted({str(h.ready["enforcement_mode"]) for h in self.enclaves.values()} or {"enforce"})
 
     def _wait_http(self, proc: Proc, url: str) -> None:
         def answering() -> bool:
@@ -243,6 +261,8 @@ class LocalStack:
                     "audience": self.audience,
                     "enclaves": [handle.address],
                     "expected_bundle_hashes": [handle.ready["bundle_hash"]],
+                    "expected_catalog_hashes": [handle.ready["catalog_hash"]],
+                    "enforcement_modes": [handle.ready["enforcement_mode"]],
                 }
             )
         tokens = self.workdir / "tokens.yaml"
@@ -250,6 +270,7 @@ class LocalStack:
         return {
             "listen": f"127.0.0.1:{port}",
             "allow_simulated": True,
+            "release": self.release.config(),
             "auth": {"tokens_file": str(tokens)},
             "routes": routes,
             "limits": {"max_body_bytes": 256 * 1024, "decide_timeout_seconds": 2.0},

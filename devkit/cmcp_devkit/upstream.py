@@ -38,6 +38,8 @@ from mcp.server.mcpserver import Image, MCPServer
 from pydantic import BaseModel
 from starlette.types import ASGIApp
 
+from cmcp_core import appraisal_options
+from cmcp_core.attestation import Expected
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.serving import (
     CallCounter,
@@ -444,8 +446,8 @@ async def run_upstream(
         yield RunningUpstream(url=f"http://{host}:{port}/mcp", counter=counter, server=server)
 
 
-def _guard_from_args(args: argparse.Namespace) -> Any:
-    """The product guard for ``--guard-*`` options (None without ``--guard-audience``).
+def _guard_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    """The product guard for ``--guard-*`` and appraisal options (None without ``--guard-audience``).
 
     Imported here, not at module top: an unguarded upstream (the common case) then does not load
     the guard's attestation stack."""
@@ -453,7 +455,8 @@ def _guard_from_args(args: argparse.Namespace) -> Any:
         return None
     from cmcp_guard.main import build_guard
 
-    bundles = frozenset(args.expected_bundle_hash) if args.expected_bundle_hash else None
+    if not args.expected_bundle_hash:
+        parser.error("--guard-audience needs --expected-bundle-hash: pinning is mandatory")
     options: dict[str, Any] = {}
     refresh = getattr(args, "guard_refresh_seconds", None)  # callers with their own parser omit it
     if refresh is not None:
@@ -461,8 +464,8 @@ def _guard_from_args(args: argparse.Namespace) -> Any:
     return build_guard(
         args.guard_audience,
         args.guard_enclave,
-        allow_simulated=args.allow_simulated,
-        expected_bundle_hashes=bundles,
+        appraisal=appraisal_options.from_args(args, parser),
+        expected=Expected(bundle_hashes=frozenset(args.expected_bundle_hash)),
         **options,
     )
 
@@ -473,12 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 picks a free one)")
     parser.add_argument("--guard-audience", help="enable the cmcp guard for this audience")
     parser.add_argument("--guard-enclave", action="append", default=[], help="HOST:PORT to attest")
-    parser.add_argument("--allow-simulated", action="store_true")
     parser.add_argument("--expected-bundle-hash", action="append", default=[])
+    appraisal_options.add_arguments(parser)
     parser.add_argument("--guard-refresh-seconds", type=float, default=None)
     parser.add_argument("--sse", action="store_true", help="answer in SSE instead of JSON")
     args = parser.parse_args(argv)
-    app, _ = build_app(_guard_from_args(args), profile=args.profile, json_response=not args.sse)
+    app, _ = build_app(_guard_from_args(args, parser), profile=args.profile, json_response=not args.sse)
     quiet: dict[str, Any] = {"access_log": False} if args.profile == "bench" else {}
     note = args.profile + ("+guard" if args.guard_audience else "")
     return run_until_stopped(app, args.listen, note=note, **quiet)

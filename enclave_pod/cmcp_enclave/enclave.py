@@ -31,7 +31,9 @@ from cmcp_core.decision import DECISION_VERSION, sign_decision
 from cmcp_core.digest import canonical, tagged_sha256
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.trust_record import build_record
-from cmcp_enclave.engine import CedarEngine, SessionView, action_name
+from cmcp_core.validation import state_window_seconds
+from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts, action_name
+from cmcp_enclave.principals import PrincipalState, PrincipalTable
 from cmcp_enclave.sessions import ClosedSession, EnclaveLimits, PolicySession
 from cmcp_enclave.tee import Report, TeeProvider
 
@@ -109,6 +111,7 @@ class Enclave:
         self.kid = thumbprint(self.public_key)
         self.public_jwk = public_jwk(self.public_key)
         self.sessions: dict[str, PolicySession] = {}
+        self.principals = PrincipalTable(state_window_seconds(bundle), self.limits.max_principals)
         self.closed: OrderedDict[str, ClosedSession] = OrderedDict()
         self.audit_entries_total = 0
         self.audit_bytes = 0  # bytes held in all audit rings
@@ -153,12 +156,26 @@ class Enclave:
         session.last_used = self.clock()
         return session
 
-    def _view(self, session: PolicySession) -> SessionView:
-        return SessionView(session_id=session.session_id,
-                           max_sensitivity=self.engine.levels[session.max_rank],
-                           max_rank=session.max_rank, tags=session.tags,
-                           call_count=session.call_count, tools_called=session.tools_called,
-                           previous_tool=session.previous_tool)
+    def _view(self, session: PolicySession, principal: PrincipalState) -> SessionView:
+        """What Cedar sees: the principal's windowed state (no new session sheds it), and this
+        session's own. The principal's includes every call of this session still in the window."""
+        levels, now = self.engine.levels, self.clock()
+        held = principal.view(now, self.principals.window)
+        return SessionView(
+            session_id=session.session_id,
+            principal=StateFacts(max_sensitivity=levels[held.max_rank], max_rank=held.max_rank,
+                                 tags=held.tags, call_count=held.call_count,
+                                 tools_called=held.tools_called, previous_tool=held.previous_tool),
+            session=StateFacts(max_sensitivity=levels[session.max_rank], max_rank=session.max_rank,
+                               tags=session.tags, call_count=session.call_count,
+                               tools_called=session.tools_called, previous_tool=session.previous_tool),
+        )
+
+    def _principal(self, principal: str) -> PrincipalState:
+        try:
+            return self.principals.get(principal, self.clock())
+        except CmcpError as exc:
+            raise RequestError(exc.code, exc.detail) from exc
 
     def _append(self, session: PolicySession, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         entry = make_entry(self._key, session_id=session.session_id, seq=session.seq,
@@ -221,6 +238,7 @@ class Enclave:
         if digest != arguments_digest:
             raise RequestError(Code.ARGS_DIGEST_MISMATCH,
                                "arguments_digest is not sha256 of the JCS arguments")
+        held = self._principal(principal)
         session = self._session(session_id, principal, create=True)
         if session.pending and call_id in session.pending:
             raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call_id!r} already decided")
@@ -234,7 +252,8 @@ class Enclave:
             reason = Code.TOOL_NOT_IN_CATALOG
         else:
             try:
-                result = self.engine.evaluate(method, principal, tool, arguments, self._view(session))
+                view = self._view(session, held)
+                result = self.engine.evaluate(method, principal, tool, arguments, view)
             except CmcpError as exc:
                 reason = exc.code
                 errors = [{"policy_id": "", "message": exc.detail}]
@@ -263,7 +282,7 @@ class Enclave:
         token = ""
         if effective == "allow":
             if action_name(method) == "call_tool":
-                self._record_call(session, tool)
+                self._record_call(session, held, tool)
                 token = permit_mod.mint(self._key, session_id=session_id, call_id=call_id, tool=tool,
                                         args_digest=arguments_digest, audience=audience,
                                         bundle_hash=self.bundle_hash,
@@ -276,11 +295,13 @@ class Enclave:
                 del session.pending[next(iter(session.pending))]
         return DecideResult(decision_json, signature, token, document)
 
-    def _record_call(self, session: PolicySession, tool: str) -> None:
-        """Monotone taint from the *measured* catalog only, applied when a call is let through."""
+    def _record_call(self, session: PolicySession, principal: PrincipalState, tool: str) -> None:
+        """Taint from the *measured* catalog only, applied when a call is let through: monotone for
+        the session, held for the bundle's window for the principal."""
         _, rank = self.engine.tool_rank(tool)
-        session.max_rank = max(session.max_rank, rank)
         tags = self.engine.tool_tags(tool)
+        principal.record(tool, rank, tags, self.clock(), self.principals.window)
+        session.max_rank = max(session.max_rank, rank)
         if not tags <= session.tags:
             session.tags = session.tags | tags
         if tool not in session.tools_called:
@@ -336,22 +357,29 @@ class Enclave:
         tools = sorted(self.engine.catalog)
         if self.engine.model == "phase1":
             return tools  # the origin gateway filtered by catalog only
-        results = self.engine.evaluate_many("list_tools", principal, tools, self._view(session))
+        view = self._view(session, self._principal(principal))
+        results = self.engine.evaluate_many("list_tools", principal, tools, view)
         return [t for t, r in zip(tools, results, strict=True) if r.allowed]
 
     @_settled
     def reset(self, *, session_id: str, actor: str, reason: str, signature: bytes) -> str:
-        """Operator reset of taint state: signed by a configured operator key, itself audited."""
+        """Operator reset of taint state, the session's and its principal's (every session of that
+        principal sees it): signed by a configured operator key, itself audited."""
         session = self._session(session_id, "", create=False)
         payload = reset_payload(session_id=session_id, actor=actor, reason=reason, seq=session.seq)
         if not any(_verifies(k, signature, payload) for k in self.operator_keys):
             raise RequestError(Code.RESET_UNAUTHORIZED, "reset is not signed by an operator key")
+        held = self._principal(session.principal).view(self.clock(), self.principals.window)
         entry = self._append(session, "reset", {
             "actor": actor, "reason": reason, "cleared": {
                 "max_sensitivity": self.engine.levels[session.max_rank], "tags": sorted(session.tags),
-                "call_count": session.call_count}})
+                "call_count": session.call_count},
+            "principal_cleared": {
+                "principal": session.principal, "max_sensitivity": self.engine.levels[held.max_rank],
+                "tags": sorted(held.tags), "call_count": held.call_count}})
         session.max_rank, session.call_count, session.previous_tool = 0, 0, ""
         session.tags = session.tools_called = frozenset()
+        self.principals.reset(session.principal)
         return str(entry["hash"])
 
     @_settled

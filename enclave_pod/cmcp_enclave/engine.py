@@ -4,11 +4,14 @@ Two request models, chosen by the manifest's ``request_model``:
 
 * ``native`` (default): principal ``cMCP::Agent::"<agent>"``, action ``cMCP::Action::"<method>"``
   (``call_tool``, ``list_tools``...), resource ``cMCP::Tool::"<tool>"`` carrying catalog
-  attributes, context = ``arguments`` plus session state (``max_sensitivity``, ``max_rank``,
-  ``tags``, ``call_count``, ``tools_called``, ``previous_tool``).
+  attributes, context = ``arguments`` plus the *principal's* state within the bundle's window
+  (``max_sensitivity``, ``max_rank``, ``tags``, ``call_count``, ``tools_called``,
+  ``previous_tool``: what no new session sheds) and ``session``, the same facts for this
+  session alone.
 * ``phase1``: the origin gateway's shapes, ``cMCP::Principal{session_id, workflow_id}``,
   ``cMCP::Resource{tool_name}``, action ``call_tool`` with context
-  ``{session_max_sensitivity, workflow_id}``.
+  ``{session_max_sensitivity, workflow_id}``; ``session_max_sensitivity`` is the principal's,
+  so an origin policy's taint rule cannot be shed with a new session either.
 
 Policies are validated against the bundle schema at load (:mod:`cmcp_core.validation`); at
 request time the enclave builds every entity and context itself, so requests are evaluated
@@ -104,16 +107,29 @@ def cedar_value(value: Any, depth: int = 0) -> Any:
 
 
 @dataclass(frozen=True)
-class SessionView:
-    """The session facts a request model may show Cedar (a snapshot, never the live object)."""
+class StateFacts:
+    """Taint, sensitivity and budget facts, of a principal (windowed) or of one session."""
 
-    session_id: str
     max_sensitivity: str
     max_rank: int
     tags: frozenset[str]
     call_count: int
     tools_called: frozenset[str]
     previous_tool: str
+
+    def to_context(self) -> dict[str, Any]:
+        return {"max_sensitivity": self.max_sensitivity, "max_rank": self.max_rank,
+                "tags": sorted(self.tags), "call_count": self.call_count,
+                "tools_called": sorted(self.tools_called), "previous_tool": self.previous_tool}
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What a request model may show Cedar (a snapshot, never the live objects)."""
+
+    session_id: str
+    principal: StateFacts
+    session: StateFacts
 
 
 @dataclass(frozen=True)
@@ -132,9 +148,9 @@ class CedarEngine:
         self.levels = sensitivity_levels(bundle)
         self.ranks = {label: rank for rank, label in enumerate(self.levels)}
         self.catalog = bundle.catalog_by_tool()
-        self.labels = policy_labels(bundle)
         self._tags = {name: self._compute_tags(name) for name in self.catalog}
         try:
+            self.labels = policy_labels(bundle)
             text = combined_policy_text(bundle)
             self.policies = cedarpy.PolicySet.from_str(text)
             self._est: dict[str, Any] = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]
@@ -206,7 +222,7 @@ class CedarEngine:
                 "principal": {"type": f"{NAMESPACE}::Principal", "id": session.session_id},
                 "action": action,
                 "resource": {"type": f"{NAMESPACE}::Resource", "id": tool},
-                "context": {"session_max_sensitivity": session.max_sensitivity,
+                "context": {"session_max_sensitivity": session.principal.max_sensitivity,
                             "workflow_id": principal},
             }
         return {
@@ -215,12 +231,8 @@ class CedarEngine:
             "resource": {"type": f"{NAMESPACE}::Tool", "id": tool},
             "context": {
                 "arguments": cedar_value(dict(arguments)),
-                "max_sensitivity": session.max_sensitivity,
-                "max_rank": session.max_rank,
-                "tags": sorted(session.tags),
-                "call_count": session.call_count,
-                "tools_called": sorted(session.tools_called),
-                "previous_tool": session.previous_tool,
+                **session.principal.to_context(),
+                "session": session.session.to_context(),
             },
         }
 

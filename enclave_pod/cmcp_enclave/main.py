@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--permit-ttl", type=int, default=60, help="permit lifetime in seconds")
     p.add_argument("--idle-timeout", type=float, default=900.0, help="close sessions idle this long")
     p.add_argument("--max-sessions", type=int, default=10_000)
+    p.add_argument("--max-principals", type=int, default=100_000,
+                   help="principals whose windowed taint and budgets are held (full: new ones refused)")
     p.add_argument("--audit-ring", type=int, default=256, help="audit entries kept per session")
     p.add_argument("--audit-budget-mb", type=int, default=256,
                    help="memory for all audit rings together; closed sessions are forgotten first")
@@ -130,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         provider = make_provider(args.tee, tsm_root=args.tsm_root, aa_url=args.aa_url)
         limits = EnclaveLimits(permit_ttl=args.permit_ttl, idle_timeout=args.idle_timeout,
-                               max_sessions=args.max_sessions, audit_ring=args.audit_ring,
+                               max_sessions=args.max_sessions, max_principals=args.max_principals,
+                               audit_ring=args.audit_ring,
                                audit_budget_bytes=args.audit_budget_mb * 1024 * 1024)
         enclave = start(bundle_dir=args.bundle, initdata_path=args.initdata, provider=provider,
                         limits=limits, operator_keys=operator_keys, bundle_signers=signers,

@@ -2,7 +2,9 @@
 
 Kept apart from :class:`cmcp_enclave.enclave.Enclave` so the memory model (what one session
 costs, what survives its close) reads in one place. The gateway has its own MCP session table;
-these are the enclave's policy sessions: taint state, pending calls and the audit ring.
+these are the enclave's policy sessions: their own taint state (Cedar's ``context.session``),
+pending calls and the audit ring. What a policy relies on across sessions lives with the
+principal (:mod:`cmcp_enclave.principals`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class EnclaveLimits:
     permit_ttl: int = 60
     idle_timeout: float = 900.0
     max_sessions: int = 10_000
+    max_principals: int = 100_000  # principals with windowed state (cmcp_enclave.principals)
     audit_ring: int = 256  # entries kept per session for ExportAudit
     closed_kept: int = 1024  # closed sessions whose record/audit stay exportable
     audit_budget_bytes: int = 256 * 1024 * 1024  # all rings together, live and closed

@@ -5,8 +5,9 @@ the *measured config field* decoded from that very report (TDX ``MRCONFIGID`` / 
 ``HOST_DATA``), so the start-up check always compares initdata against a fresh report rather
 than against anything the host could have cached.
 
-* ``simulated``: TDX v4 quote signed by an in-memory simulator key; the measured register comes
-  from the launcher (``CMCP_SIM_MRCONFIGID``), see :mod:`cmcp_enclave.simulated`.
+* ``simulated``: TDX v4 quote signed by an in-memory simulator key; the measured registers come
+  from the launcher (``CMCP_SIM_MRCONFIGID``, ``CMCP_SIM_MRTD``, ``CMCP_SIM_RTMR0-2``), see
+  :mod:`cmcp_enclave.simulated`.
 * ``tdx`` / ``snp``: Linux configfs-tsm at a configurable root (tests point it at a directory
   served by an emulator).
 * ``coco-aa``: the CoCo attestation agent's HTTP evidence endpoint (TDX evidence form).
@@ -33,7 +34,7 @@ from cmcp_core.evidence import EvidenceError
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.snp import parse_report
 from cmcp_core.evidence.tdx import parse_quote
-from cmcp_enclave.simulated import ENV_MRCONFIGID
+from cmcp_enclave.simulated import ENV_MRCONFIGID, SimulatedGuest, guest_from_env, register
 
 REPORT_DATA_LEN = 64
 DEFAULT_TSM_ROOT = "/sys/kernel/config/tsm/report"
@@ -76,23 +77,22 @@ class SimulatedProvider:
 
     name = "simulated"
 
-    def __init__(self, mrconfigid_hex: str | None = None):
-
-        raw_hex = mrconfigid_hex if mrconfigid_hex is not None else os.environ.get(ENV_MRCONFIGID)
-        if not raw_hex:
-            raise _fail(f"simulated TEE needs {ENV_MRCONFIGID} from its launcher")
+    def __init__(self, mrconfigid_hex: str | None = None, guest: SimulatedGuest | None = None):
+        """Registers from the launcher's environment, or (in-process callers) given directly."""
+        env = dict(os.environ)
+        if mrconfigid_hex is not None:
+            env[ENV_MRCONFIGID] = mrconfigid_hex
         try:
-            value = bytes.fromhex(raw_hex)
+            self._mrconfigid = register(env, ENV_MRCONFIGID)
+            self._guest = guest or (SimulatedGuest() if mrconfigid_hex is not None else guest_from_env(env))
         except ValueError as exc:
-            raise _fail(f"{ENV_MRCONFIGID} is not hex") from exc
-        if len(value) != 48:
-            raise _fail(f"{ENV_MRCONFIGID} must be 48 bytes")
-        self._mrconfigid = value
+            raise _fail(str(exc)) from exc
         self._signer = SimulatedQuoteSigner()
 
     def report(self, report_data: bytes) -> Report:
         _check_report_data(report_data)
-        raw = self._signer.quote(report_data, self._mrconfigid)
+        raw = self._signer.quote(report_data, self._mrconfigid, mrtd=self._guest.mrtd,
+                                 rtmrs=(*self._guest.rtmrs, bytes(48)))
         return _tdx_report("simulated", raw, b"")
 
 

@@ -32,7 +32,8 @@ class Gateway:
         self.limits = config.limits
         self.limiter = ConcurrencyLimiter(config.limits.max_concurrent_per_agent)
         self.sessions = SessionTable(
-            config.limits.max_sessions, config.limits.session_idle_seconds, config.trust_record_dir
+            config.limits.max_sessions, config.limits.session_idle_seconds, config.trust_record_dir,
+            config.limits.max_sessions_per_agent,
         )
         self.routes: dict[str, RouteRuntime] = {}  # by path, filled at start-up
         self.refresher = Refresher(config.attest_refresh_seconds)
@@ -41,10 +42,7 @@ class Gateway:
 
     async def startup(self) -> None:
         for route in self.config.routes:
-            policy = AttestPolicy(
-                allow_simulated=self.config.allow_simulated,
-                expected_bundle_hashes=route.expected_bundle_hashes,
-            )
+            policy = AttestPolicy(appraisal=self.config.appraisal, expected=route.expected())
             pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds)
             runtime = RouteRuntime(
                 route, pool, UpstreamClient(route.upstream, self.limits.upstream_timeout_seconds)
@@ -52,11 +50,11 @@ class Gateway:
             self.routes[route.path] = runtime
             if route.kubernetes is not None:
                 source = McpRouteSource(route.kubernetes)
-                await pool.set_endpoints(await source.endpoints())
 
                 async def discover(pool: EnclavePool = pool, source: McpRouteSource = source) -> None:
-                    await pool.set_endpoints(await source.endpoints())
+                    await pool.follow(await source.read())
 
+                await discover()
                 self.refresher.jobs.append(discover)
             else:
                 await pool.set_endpoints(route.enclaves)

@@ -5,17 +5,22 @@ Example::
     listen: 127.0.0.1:8080
     metrics_listen: 127.0.0.1:9464      # separate listener: metrics never share the agent port
     trust_record_dir: /var/lib/cmcp/records   # optional: each closed session's signed Trust Record
+    release: {manifests: [enclave-release.json], keys: [release-key.pem]}   # required
     allow_simulated: true                # accept software-only (simulated) enclave evidence
+    tdx_collateral_dir: /var/cache/cmcp/tdx   # optional; pccs_url: https://pccs.example/...
     auth: {tokens_file: tokens.yaml}     # or tokens_dir: /var/run/secrets/cmcp-agents
     tls: {cert: gw.pem, key: gw.key, client_ca: ca.pem, client_cert: optional}
-    limits: {max_body_bytes: 1048576, max_depth: 32, max_string: 65536, max_concurrent_per_agent: 32}
+    limits: {max_body_bytes: 1048576, max_depth: 32, max_string: 65536, max_concurrent_per_agent: 32,
+             max_sessions: 10000, max_sessions_per_agent: 256}
     routes:
       - name: demo                       # served at /mcp/demo (and /mcp when it is the only route)
         upstream: http://127.0.0.1:9001/mcp
         audience: demo-upstream
         enclaves: [127.0.0.1:50051]      # static endpoints (local demo) ...
         kubernetes: {namespace: cmcp, name: demo}   # ... or the operator's McpRoute status
-        expected_bundle_hashes: [sha256:...]
+        expected_bundle_hashes: [sha256:...]   # required unless `kubernetes` is followed
+        expected_catalog_hashes: [sha256:...]  # the bundle hash leaves the catalog out: pin it too
+        enforcement_modes: [enforce]     # the default; add advisory only for an advisory route
         open: false                      # true: no agent credential needed (principal "anonymous")
 """
 
@@ -28,7 +33,10 @@ from typing import Any
 
 import yaml
 
+from cmcp_core import appraisal_options
+from cmcp_core.attestation import ENFORCE_ONLY, Expected
 from cmcp_core.route_status import RouteRef
+from cmcp_core.verify import AppraisalPolicy
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class GatewayLimits:
     upstream_timeout_seconds: float = 30.0
     session_idle_seconds: float = 900.0
     max_sessions: int = 10_000
+    max_sessions_per_agent: int = 256  # one agent's flood of initialize cannot fill the table
 
 
 @dataclass(frozen=True)
@@ -50,12 +59,26 @@ class RouteConfig:
     audience: str
     enclaves: tuple[str, ...] = ()
     kubernetes: RouteRef | None = None
-    expected_bundle_hashes: frozenset[str] | None = None
+    expected_bundle_hashes: frozenset[str] = frozenset()
+    expected_catalog_hashes: frozenset[str] = frozenset()
+    enforcement_modes: frozenset[str] = ENFORCE_ONLY
     open: bool = False
 
     @property
     def path(self) -> str:
         return f"/mcp/{self.name}"
+
+    def expected(self) -> Expected:
+        """What this route's enclaves must be measured for: its pinned bundles (a followed route
+        adds its status initdata digests at run time), its audience, its modes and, when followed,
+        its ``namespace/name``."""
+        return Expected(
+            bundle_hashes=self.expected_bundle_hashes,
+            catalog_hashes=self.expected_catalog_hashes,
+            route=str(self.kubernetes) if self.kubernetes is not None else None,
+            audience=self.audience,
+            modes=self.enforcement_modes,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,9 +92,9 @@ class TlsConfig:
 @dataclass(frozen=True)
 class GatewayConfig:
     routes: tuple[RouteConfig, ...]
+    appraisal: AppraisalPolicy
     listen: str = "127.0.0.1:8080"
     metrics_listen: str | None = None
-    allow_simulated: bool = False
     tokens_file: str | None = None
     tokens_dir: str | None = None
     tls: TlsConfig | None = None
@@ -82,20 +105,27 @@ class GatewayConfig:
 
 def _route(raw: dict[str, Any]) -> RouteConfig:
     kube = raw.get("kubernetes")
-    hashes = raw.get("expected_bundle_hashes")
-    return RouteConfig(
+    route = RouteConfig(
         name=str(raw["name"]),
         upstream=str(raw["upstream"]),
         audience=str(raw["audience"]),
         enclaves=tuple(str(e) for e in raw.get("enclaves", ())),
         kubernetes=RouteRef(**kube) if kube else None,
-        expected_bundle_hashes=frozenset(hashes) if hashes else None,
+        expected_bundle_hashes=frozenset(str(h) for h in raw.get("expected_bundle_hashes") or ()),
+        expected_catalog_hashes=frozenset(str(h) for h in raw.get("expected_catalog_hashes") or ()),
+        enforcement_modes=frozenset(str(m) for m in raw.get("enforcement_modes") or ENFORCE_ONLY),
         open=bool(raw.get("open", False)),
     )
+    if not route.expected_bundle_hashes and route.kubernetes is None:
+        raise ValueError(f"route {route.name!r} pins nothing: give expected_bundle_hashes or kubernetes")
+    if not route.enforcement_modes <= {"enforce", "advisory"}:
+        raise ValueError(f"route {route.name!r}: enforcement_modes may be enforce and advisory")
+    return route
 
 
 def parse(raw: dict[str, Any]) -> GatewayConfig:
-    """Build a config from a decoded document; ``KeyError``/``TypeError`` on a malformed one."""
+    """Build a config from a decoded document; ``KeyError``/``TypeError`` on a malformed one,
+    ``CmcpError`` when the release manifests are missing or do not verify."""
     auth = raw.get("auth") or {}
     tls = raw.get("tls")
     routes = tuple(_route(r) for r in raw.get("routes", ()))
@@ -108,7 +138,7 @@ def parse(raw: dict[str, Any]) -> GatewayConfig:
         routes=routes,
         listen=str(raw.get("listen", "127.0.0.1:8080")),
         metrics_listen=raw.get("metrics_listen"),
-        allow_simulated=bool(raw.get("allow_simulated", False)),
+        appraisal=appraisal_options.from_mapping(raw),
         tokens_file=auth.get("tokens_file"),
         tokens_dir=auth.get("tokens_dir"),
         tls=TlsConfig(**tls) if tls else None,

@@ -14,13 +14,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_core.route_status import RouteStatus
 from cmcp_gateway import enclave_rpc, pinning
 from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
 from cmcp_gateway.outcomes import OutcomeQueue, outcome_lost
@@ -76,6 +77,17 @@ class EnclavePool:
             self.endpoints[address] = endpoint
         await asyncio.gather(*(self._attest(self.endpoints[a]) for a in fresh))
 
+    async def follow(self, status: RouteStatus) -> None:
+        """Track an ``McpRoute``: its attested pods, pinned to the initdata of its target and, mid
+        rollout, previous revision. Every endpoint is re-appraised against the new pins, so a pod
+        of a revision the route left stops serving at once."""
+        expected = replace(self.policy.expected, initdata_digests=status.pinned_initdata())
+        changed = expected != self.policy.expected
+        self.policy = replace(self.policy, expected=expected)
+        await self.set_endpoints(status.attested_endpoints())
+        if changed:
+            await self.refresh()
+
     async def _drop(self, address: str) -> None:
         endpoint = self.endpoints.pop(address)
         if endpoint.reattest is not None:
@@ -118,7 +130,14 @@ class EnclavePool:
 
     # --- session pinning ------------------------------------------------------------------
     def pick(self, session_id: str) -> Pin:
-        candidates = (e.attested for e in self.endpoints.values() if e.attested is not None)
+        """``TEE_UNAVAILABLE`` without an attested enclave, naming the codes the others were
+        refused with (``REFERENCE_VALUE_MISMATCH``, ``INITDATA_UNEXPECTED``, ...) but not their
+        addresses: the agent learns why the route is closed, not the cluster's layout."""
+        candidates = [e.attested for e in self.endpoints.values() if e.attested is not None]
+        if not candidates:
+            refusals = sorted({str(e.error.code) for e in self.endpoints.values() if e.error is not None})
+            why = f" (refused: {', '.join(refusals)})" if refusals else ""
+            raise CmcpError(Code.TEE_UNAVAILABLE, f"route {self.route_name}: no attested enclave{why}")
         return pinning.pick(session_id, candidates, self.route_name)
 
     def resolve(self, pin: Pin) -> tuple[Endpoint, AttestedEnclave]:

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 from starlette.types import ASGIApp
 
 from cmcp_core import logs
+from cmcp_core.errors import CmcpError
 from cmcp_gateway.app import build
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
 from cmcp_gateway.config import GatewayConfig, load
@@ -57,7 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-listen", help="override the config's metrics HOST:PORT")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    config = load(args.config)
+    try:
+        config = load(args.config)
+    except CmcpError as exc:  # no release manifest, or one that does not verify: refuse to start
+        parser.error(f"{args.config}: {exc.code.value}: {exc.detail}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        parser.error(f"{args.config}: {exc}")
     if args.listen:
         config = dataclasses.replace(config, listen=args.listen)
     if args.metrics_listen:

@@ -38,14 +38,20 @@ class McpSession:
 
 
 class SessionTable(Mapping[str, McpSession]):
-    """Open sessions by id (a read-only mapping; changed only through the methods)."""
+    """Open sessions by id (a read-only mapping; changed only through the methods).
 
-    def __init__(self, max_sessions: int, idle_seconds: float, trust_record_dir: str | None) -> None:
+    Bounded twice: in total, and per agent, so one agent's flood of ``initialize`` runs into its
+    own limit long before it can lock every other agent out of the table."""
+
+    def __init__(self, max_sessions: int, idle_seconds: float, trust_record_dir: str | None,
+                 max_sessions_per_agent: int | None = None) -> None:
         self.max_sessions = max_sessions
+        self.max_sessions_per_agent = max_sessions_per_agent or max_sessions
         self.idle_seconds = idle_seconds
         self.trust_record_dir = trust_record_dir  # untrusted storage is fine: the record is signed
         self._by_id: dict[str, McpSession] = {}
         self._implicit: dict[tuple[str, str], str] = {}  # (route, agent) -> session id
+        self._per_agent: dict[str, int] = {}
 
     def __getitem__(self, session_id: str) -> McpSession:
         return self._by_id[session_id]
@@ -61,11 +67,16 @@ class SessionTable(Mapping[str, McpSession]):
         return self._by_id.get(session_id) if session_id else None
 
     def open(self, runtime: RouteRuntime, agent: str, stateful: bool) -> McpSession:
+        held = self._per_agent.get(agent, 0)
+        if held >= self.max_sessions_per_agent:
+            raise CmcpError(Code.SESSION_LIMIT,
+                            f"this agent holds its maximum of {self.max_sessions_per_agent} sessions")
         if len(self._by_id) >= self.max_sessions:
             raise CmcpError(Code.SESSION_LIMIT, "the gateway holds its maximum of sessions")
         session_id = uuid.uuid4().hex
         session = McpSession(session_id, agent, runtime.config.name, runtime.pool.pick(session_id), stateful)
         self._by_id[session_id] = session
+        self._per_agent[agent] = held + 1
         return session
 
     def implicit(self, runtime: RouteRuntime, agent: str) -> McpSession:
@@ -78,7 +89,12 @@ class SessionTable(Mapping[str, McpSession]):
         return session
 
     def forget(self, session: McpSession) -> None:
-        self._by_id.pop(session.id, None)
+        if self._by_id.pop(session.id, None) is not None:
+            left = self._per_agent.get(session.agent, 1) - 1
+            if left > 0:
+                self._per_agent[session.agent] = left
+            else:
+                self._per_agent.pop(session.agent, None)
         key = (session.route, session.agent)
         if self._implicit.get(key) == session.id:
             del self._implicit[key]

@@ -1,25 +1,29 @@
-"""``cmcp-guard --upstream URL --audience AUD (--enclave HOST:PORT ... | --route NS/NAME) ...``."""
+"""``cmcp-guard --upstream URL --audience AUD (--enclave HOST:PORT ... | --route NS/NAME)
+--release-manifest PATH --release-key PATH [--expected-bundle-hash H ...]``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sqlite3
+from dataclasses import replace
 
+import psycopg
 import uvicorn
 from prometheus_client import start_http_server
 
-from cmcp_core import logs
-from cmcp_core.attestation import AttestPolicy
+from cmcp_core import appraisal_options, logs
+from cmcp_core.attestation import ENFORCE_ONLY, AttestPolicy, Expected
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.route_source import McpRouteSource
 from cmcp_core.route_status import RouteRef
+from cmcp_core.verify import AppraisalPolicy
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.lifetime import DEFAULT_CLOCK_SKEW_SECONDS, LifetimePolicy
 from cmcp_guard.middleware import Guard
 from cmcp_guard.proxy import build_proxy
 from cmcp_guard.spent import MEMORY, SpentPermits, open_spent_store
-from cmcp_guard.trust import DEFAULT_GRACE_SECONDS, DEFAULT_PERMIT_TTL_SECONDS, AddressSource, TrustStore
+from cmcp_guard.trust import DEFAULT_GRACE_SECONDS, DEFAULT_PERMIT_TTL_SECONDS, RouteReader, TrustStore
 
 log = logging.getLogger("cmcp.guard")
 
@@ -28,25 +32,26 @@ def build_guard(
     audience: str,
     enclaves: list[str],
     *,
-    allow_simulated: bool = False,
-    expected_bundle_hashes: frozenset[str] | None = None,
+    appraisal: AppraisalPolicy,
+    expected: Expected,
     refresh_seconds: float = 30.0,
-    source: AddressSource | None = None,
+    source: RouteReader | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     spent: SpentPermits | None = None,
     lifetime: LifetimePolicy | None = None,
 ) -> Guard:
     """The gate the middleware and the proxy share: keys only from our own attestation.
 
-    ``source`` (e.g. ``McpRouteSource(route).endpoints``) adds addresses to attest on every
-    refresh; it never supplies keys. ``spent`` defaults to this process's memory: replicas and
+    ``source`` (e.g. ``McpRouteSource(route).read``) adds addresses to attest on every refresh and
+    pins the route's initdata; it never supplies keys. ``expected`` must pin a bundle or follow a
+    route, and its audience is forced to ours. ``spent`` defaults to this process's memory: replicas and
     restarts need a shared store (``open_spent_store("sqlite:PATH", ...)``).
     """
+    if not expected.bundle_hashes and source is None:
+        raise ValueError("pinning is mandatory: give expected bundle hashes or a route to follow")
     trust = TrustStore(
         enclaves,
-        AttestPolicy(
-            allow_simulated=allow_simulated, expected_bundle_hashes=expected_bundle_hashes, audience=audience
-        ),
+        AttestPolicy(appraisal=appraisal, expected=replace(expected, audience=audience)),
         source=source,
         refresh_seconds=refresh_seconds,
         grace_seconds=grace_seconds,
@@ -54,7 +59,7 @@ def build_guard(
     checker = PermitChecker(
         audience=audience,
         keys=trust.keys,
-        allowed_bundles=expected_bundle_hashes,
+        allowed_bundles=expected.bundle_hashes or None,
         replay=spent,
         lifetime=lifetime,
     )
@@ -78,8 +83,14 @@ def main(argv: list[str] | None = None) -> None:
         "--route", type=_route, help="NAMESPACE/NAME of an McpRoute whose status.pods[] addresses to attest"
     )
     parser.add_argument("--kubeconfig", help="for --route: kubeconfig path (default $KUBECONFIG, in-cluster)")
-    parser.add_argument("--allow-simulated", action="store_true", help="accept software-only evidence")
-    parser.add_argument("--expected-bundle-hash", action="append", default=[])
+    parser.add_argument("--expected-bundle-hash", action="append", default=[],
+                        help="bundle hash an enclave must be measured with (repeatable; or --route)")
+    parser.add_argument("--expected-catalog-hash", action="append", default=[],
+                        help="catalog hash an enclave must be measured with (repeatable; "
+                        "`cmcpctl bundle hash --catalog`): the bundle hash leaves the catalog out")
+    parser.add_argument("--expected-mode", action="append", choices=["enforce", "advisory"],
+                        help="enforcement mode an enclave may run in (repeatable; default: enforce only)")
+    appraisal_options.add_arguments(parser)
     parser.add_argument("--refresh-seconds", type=float, default=10.0, help="re-list and re-attest interval")
     parser.add_argument(
         "--permit-ttl-seconds",
@@ -97,13 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--spent-store",
         default=MEMORY,
-        help="where spent permit nonces live: 'memory' (this process only, forgotten on restart) or "
-        "'sqlite:PATH' (a file on a local volume every replica on the node shares; survives restarts)",
+        help="where spent permit nonces live: 'memory' (this process only, forgotten on restart), "
+        "'sqlite:PATH' (a file on a local volume every replica on the node shares; survives restarts) or "
+        "'postgresql://USER@HOST/DB' (one database every replica on every node shares)",
     )
     parser.add_argument("--metrics-listen", help="HOST:PORT for /metrics")
     args = parser.parse_args(argv)
     if not args.enclave and args.route is None:
         parser.error("give --enclave HOST:PORT and/or --route NAMESPACE/NAME")
+    if not args.expected_bundle_hash and args.route is None:
+        parser.error("pinning is mandatory: give --expected-bundle-hash and/or --route NAMESPACE/NAME")
+    appraisal = appraisal_options.from_args(args, parser)
     if args.kubeconfig and args.route is None:
         parser.error("--kubeconfig only applies to --route")
     if args.permit_ttl_seconds <= 0 or args.clock_skew_seconds < 0:
@@ -111,18 +126,23 @@ def main(argv: list[str] | None = None) -> None:
     lifetime = LifetimePolicy(max_ttl=args.permit_ttl_seconds, skew=args.clock_skew_seconds)
     try:
         spent = open_spent_store(args.spent_store, lifetime.retention_seconds)
-    except (ValueError, OSError, sqlite3.Error) as exc:
+    except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
         parser.error(f"--spent-store: {exc}")
     logs.setup()
     if args.spent_store == MEMORY:
         log.warning("spent permits are kept in this process only: replicas and restarts can replay a permit")
-    hashes = frozenset(args.expected_bundle_hash) or None
-    source = McpRouteSource(args.route, args.kubeconfig).endpoints if args.route is not None else None
+    expected = Expected(
+        bundle_hashes=frozenset(args.expected_bundle_hash),
+        catalog_hashes=frozenset(args.expected_catalog_hash),
+        route=str(args.route) if args.route is not None else None,
+        modes=frozenset(args.expected_mode) if args.expected_mode else ENFORCE_ONLY,
+    )
+    source = McpRouteSource(args.route, args.kubeconfig).read if args.route is not None else None
     guard = build_guard(
         args.audience,
         args.enclave,
-        allow_simulated=args.allow_simulated,
-        expected_bundle_hashes=hashes,
+        appraisal=appraisal,
+        expected=expected,
         refresh_seconds=args.refresh_seconds,
         source=source,
         grace_seconds=float(args.permit_ttl_seconds + CLOCK_SKEW_SECONDS),

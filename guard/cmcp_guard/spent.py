@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Protocol
 
 from cmcp_guard.replay import ReplayCache
+from cmcp_guard.spent_postgres import PostgresSpentPermits
 from cmcp_guard.spent_sqlite import SqliteSpentPermits
 
 MEMORY = "memory"
 SQLITE_PREFIX = "sqlite:"
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
 class SpentPermits(Protocol):
@@ -23,9 +25,12 @@ class SpentPermits(Protocol):
 
 
 def open_spent_store(spec: str, retention_seconds: int) -> SpentPermits:
-    """``memory`` or ``sqlite:PATH``; ``ValueError`` for anything else."""
+    """``memory``, ``sqlite:PATH`` or a ``postgresql://`` URI; ``ValueError`` for anything else
+    (``OSError``/``psycopg.Error`` when the store cannot be opened)."""
     if spec == MEMORY:
         return ReplayCache(retention_seconds=retention_seconds)
     if spec.startswith(SQLITE_PREFIX) and len(spec) > len(SQLITE_PREFIX):
         return SqliteSpentPermits(Path(spec[len(SQLITE_PREFIX) :]), retention_seconds=retention_seconds)
-    raise ValueError(f"--spent-store must be 'memory' or 'sqlite:PATH', not {spec!r}")
+    if spec.startswith(POSTGRES_PREFIXES):
+        return PostgresSpentPermits(spec, retention_seconds=retention_seconds)
+    raise ValueError(f"--spent-store must be 'memory', 'sqlite:PATH' or 'postgresql://...', not {spec!r}")

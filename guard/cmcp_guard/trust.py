@@ -1,10 +1,13 @@
 """The guard's own set of trusted enclave keys, learned only from evidence it appraised.
 
-Addresses come from two places: the fixed ``--enclave`` list and, optionally, an address
-source (the operator's ``McpRoute`` status, :mod:`cmcp_core.route_status`) polled on every
-refresh, so a pod the operator replaces is attested as soon as it is listed. Either way an
-address is only a place to ask: a key is trusted only after *this* process attested it with
-its own nonce and policy. The source's keys are never read.
+Addresses come from two places: the fixed ``--enclave`` list and, optionally, a route source
+(the operator's ``McpRoute`` status, :mod:`cmcp_core.route_status`) polled on every refresh, so
+a pod the operator replaces is attested as soon as it is listed. Either way an address is only
+a place to ask: a key is trusted only after *this* process attested it with its own nonce and
+policy. From the source the guard also takes the route's target and previous initdata digests
+and pins the route's pods to them (every measured byte must be one of them); fixed
+``--enclave`` addresses keep the pins they were configured with. The source's keys are never
+read.
 
 Every refresh re-attests every listed address; a listed enclave that stops attesting drops out
 at once (fail closed). An enclave the source *stops listing* (rollout, scale-down) keeps its
@@ -21,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -29,11 +33,13 @@ from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.proto import enclave_pb2_grpc
+from cmcp_core.route_status import RouteStatus
 
 log = logging.getLogger("cmcp.guard")
 
-AddressSource = Callable[[], Awaitable[Sequence[str]]]
-"""Where to look for enclaves (e.g. ``McpRouteSource(...).endpoints``); raises when it cannot tell."""
+RouteReader = Callable[[], Awaitable[RouteStatus]]
+"""Where to look for enclaves and their pinned initdata (e.g. ``McpRouteSource(...).read``); raises
+when it cannot tell."""
 
 DEFAULT_PERMIT_TTL_SECONDS = 60  # cmcp-enclave --permit-ttl default
 DEFAULT_GRACE_SECONDS = float(DEFAULT_PERMIT_TTL_SECONDS + CLOCK_SKEW_SECONDS)
@@ -46,7 +52,7 @@ class TrustStore:
         endpoints: Sequence[str],
         policy: AttestPolicy,
         *,
-        source: AddressSource | None = None,
+        source: RouteReader | None = None,
         refresh_seconds: float = 30.0,
         min_refresh_seconds: float = 1.0,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
@@ -65,6 +71,7 @@ class TrustStore:
         # addresses the source listed last time it answered (kept when it fails: no new trust
         # comes from a failed read, and known enclaves are still re-attested every round)
         self.source_addresses: list[str] = []
+        self.route_pins: frozenset[str] = frozenset()  # the route's target/previous initdata digests
         # source-listed enclaves that left the listing: last self-appraised record + deadline
         self.departed: dict[str, tuple[AttestedEnclave, float]] = {}
         self._next_expiry = float("inf")
@@ -86,10 +93,19 @@ class TrustStore:
         self._keys = keys
         self._next_expiry = min((d for _, d in self.departed.values()), default=float("inf"))
 
+    def policy_for(self, address: str) -> AttestPolicy:
+        """A pod the route lists is pinned to the route's initdata; a fixed endpoint to what was
+        configured for it (a fixed address the route also lists must satisfy the route too)."""
+        expected = self.policy.expected
+        if address in self.source_addresses:
+            return replace(self.policy, expected=replace(expected, initdata_digests=self.route_pins))
+        # a fixed endpoint may serve another route (e.g. that route's advisory twin): its own pins
+        return replace(self.policy, expected=replace(expected, route=None, initdata_digests=frozenset()))
+
     async def _attest_one(self, address: str) -> AttestedEnclave | CmcpError:
         try:
             async with grpc.aio.insecure_channel(address) as channel:
-                return await attest(enclave_pb2_grpc.EnclaveStub(channel), address, self.policy)
+                return await attest(enclave_pb2_grpc.EnclaveStub(channel), address, self.policy_for(address))
         except CmcpError as exc:
             return exc
         except Exception as exc:  # e.g. an unparsable address from the source: that one only fails
@@ -99,10 +115,12 @@ class TrustStore:
         if self.source is None:
             return
         try:
-            listed = list(dict.fromkeys(await self.source()))
+            status = await self.source()
         except Exception as exc:  # API down or forbidden: keep the last listing, add nothing
             log.warning("enclave address source failed", extra={"detail": f"{type(exc).__name__}: {exc}"})
             return
+        listed = list(dict.fromkeys(status.attested_endpoints()))
+        self.route_pins = status.pinned_initdata()
         if len(listed) > MAX_SOURCE_ADDRESSES:
             log.warning("address source listed too many enclaves", extra={"detail": str(len(listed))})
             listed = listed[:MAX_SOURCE_ADDRESSES]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cmcp_core.verify import AppraisalPolicy
+
 # By digest only (the launch policy pins it). The all-zero digest names no image: a deployment
 # that does not set --enclave-image fails at pull rather than running an unpinned tag.
 DEFAULT_IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64
@@ -13,7 +15,9 @@ DEFAULT_IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty + all_namespaces -> cluster-wide
     all_namespaces: bool = False
-    allow_simulated: bool = False
+    # Built by cmcp_core.appraisal_options from --release-manifest/--release-key/...; the default
+    # has no release, so every guest is refused (REFERENCE_VALUES_MISSING) until one is configured.
+    appraisal: AppraisalPolicy = field(default_factory=AppraisalPolicy)
     # Test/dev only: start enclaves with the simulated TEE provider even on TDX/SNP nodes
     # (the node agent of our harness measures initdata in software).
     simulate_tee: bool = False
@@ -23,7 +27,6 @@ class OperatorConfig:
     runtime_classes: dict[str, str] = field(default_factory=lambda: {
         "tdx": "kata-qemu-tdx", "snp": "kata-qemu-snp", "any": "kata-cc", "simulated": ""})
     initdata_algorithm: str = "sha384"
-    acceptable_tcb: tuple[str, ...] = ("UpToDate", "SWHardeningNeeded")
     webhook_port: int | None = None
     webhook_host: str | None = None
     webhook_listen: str = "0.0.0.0"  # noqa: S104 - the apiserver must reach us
@@ -34,6 +37,11 @@ class OperatorConfig:
     priority: int = 0  # Kopf peering priority: the highest live replica is the active one
     liveness_endpoint: str | None = None
     verbose: bool = False
+
+    @property
+    def allow_simulated(self) -> bool:
+        """Simulated evidence and ``tee: simulated`` routes are accepted (development only)."""
+        return self.appraisal.allow_simulated
 
     def runtime_class(self, tee: str, override: str | None) -> str | None:
         return override or self.runtime_classes.get(tee) or None

@@ -117,7 +117,10 @@ class Kube:
 
     # --- owned objects ---------------------------------------------------------------
     async def apply(self, obj: dict[str, Any]) -> None:
-        """Server-side apply with our field manager: create or converge, never clobber others."""
+        """Server-side apply with our field manager: create or converge, never clobber others.
+
+        Only the kinds RBAC lets us patch (Deployments, Services); bundle ConfigMaps are immutable
+        and created once (:meth:`create_configmap_if_absent`)."""
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         kwargs: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
                                   "_content_type": APPLY, "_preload_content": False}
@@ -125,8 +128,6 @@ class Kube:
             await _json(self.apps.patch_namespaced_deployment(name, ns, obj, **kwargs))
         elif kind == "Service":
             await _json(self.core.patch_namespaced_service(name, ns, obj, **kwargs))
-        elif kind == "ConfigMap":
-            await _json(self.core.patch_namespaced_config_map(name, ns, obj, **kwargs))
         else:
             raise ValueError(f"cannot apply {kind}")
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import kopf
 
+from cmcp_core import appraisal_options
 from cmcp_core.launch_policy import IMAGE_DIGEST_RE
 from cmcp_operator.config import DEFAULT_IMAGE, OperatorConfig
 from cmcp_operator.handlers import register
@@ -22,8 +23,7 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     scope.add_argument("--namespace", "-n", action="append", default=[],
                        help="watch this namespace (repeatable; globs allowed)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
-    p.add_argument("--allow-simulated", action="store_true",
-                   help="accept simulated (software-only) evidence and tee: simulated routes")
+    appraisal_options.add_arguments(p)  # --release-manifest/--release-key/--allow-simulated/...
     p.add_argument("--simulate-tee", action="store_true",
                    help="dev/test: enclaves use --tee simulated on TDX/SNP nodes (needs --allow-simulated)")
     p.add_argument("--reattest-interval", type=float, default=30.0, metavar="S")
@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
                    help="runtime class for tee: simulated routes (default: none)")
     p.add_argument("--initdata-algorithm", default="sha384", choices=["sha256", "sha384", "sha512"])
     p.add_argument("--acceptable-tcb", default="UpToDate,SWHardeningNeeded",
-                   help="comma-separated TDX TCB statuses to accept")
+                   help="comma-separated TDX TCB statuses to accept (accepted_tcb_statuses)")
     p.add_argument("--webhook-port", type=int, default=None, help="serve the admission webhook on this port")
     p.add_argument("--webhook-host", default=None,
                    help="host name/IP the apiserver uses to reach the webhook (URL mode)")
@@ -60,15 +60,17 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     if not IMAGE_DIGEST_RE.fullmatch(a.enclave_image):
         p.error(f"--enclave-image {a.enclave_image!r} must be pinned by digest (<name>@sha256:<64 hex>): "
                 "the measured launch policy pins it")
+    # Last: a missing or forged release manifest is a usage error (exit 2) naming its code.
+    appraisal = appraisal_options.from_args(
+        a, p, accepted_tcb_statuses=tuple(s for s in a.acceptable_tcb.split(",") if s))
     return OperatorConfig(
         namespaces=tuple(a.namespace), all_namespaces=a.all_namespaces,
-        allow_simulated=a.allow_simulated, simulate_tee=a.simulate_tee,
+        appraisal=appraisal, simulate_tee=a.simulate_tee,
         reattest_interval=a.reattest_interval, attest_timeout=a.attest_timeout,
         enclave_image=a.enclave_image,
         runtime_classes={"tdx": a.runtime_class_tdx, "snp": a.runtime_class_snp, "any": a.runtime_class_any,
                          "simulated": a.runtime_class_simulated},
         initdata_algorithm=a.initdata_algorithm,
-        acceptable_tcb=tuple(s for s in a.acceptable_tcb.split(",") if s),
         webhook_port=a.webhook_port, webhook_host=a.webhook_host, webhook_listen=a.webhook_listen,
         webhook_cert_dir=a.webhook_cert_dir, webhook_service=a.webhook_service,
         metrics_port=a.metrics_port, peering=a.peering,

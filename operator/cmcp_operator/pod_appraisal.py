@@ -19,21 +19,23 @@ from typing import Protocol
 from cmcp_core.attestation import Appraisal, Evidence, sha256_tagged
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.initdata import InitdataError, parse
-from cmcp_core.verify import Verdict
+from cmcp_core.verify import AppraisalPolicy, Verdict
 
 
 @dataclass(frozen=True)
 class AppraisalSettings:
+    """What one route's pods are appraised with: the operator's policy (its verified releases,
+    TCB statuses, simulated or not) narrowed to the platforms the route's ``spec.tee`` allows."""
+
     allowed_tee: tuple[str, ...]
-    acceptable_tcb: tuple[str, ...]
-    allow_simulated: bool
+    policy: AppraisalPolicy
 
 
 class VerifierFn(Protocol):
     """The evidence check (:func:`cmcp_operator.verifier.core_verifier`, or a test's)."""
 
     def __call__(self, ev: Evidence, *, nonce: bytes, settings: AppraisalSettings,
-                 expected_bundle_hash: str) -> Verdict: ...
+                 expected_bundle_hash: str, expected_initdata: bytes) -> Verdict: ...
 
 
 def camel(code: str) -> str:
@@ -92,7 +94,8 @@ def appraise_pod(ev: Evidence, *, nonce: bytes, pod_initdata: bytes | None, rout
     if verifier is None:
         return fail("VerifierUnavailable", "no evidence verifier is installed; refusing to trust")
     try:
-        verdict = verifier(ev, nonce=nonce, settings=settings, expected_bundle_hash=expected_hash)
+        verdict = verifier(ev, nonce=nonce, settings=settings, expected_bundle_hash=expected_hash,
+                           expected_initdata=pod_initdata)
     except Exception as exc:  # the verifier crashing is a refusal, never an accept
         return fail("VerifierError", f"{type(exc).__name__}: {exc}")
     if not verdict.ok:

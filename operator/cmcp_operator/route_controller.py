@@ -254,7 +254,7 @@ class RouteController:
         settings = AppraisalSettings(
             allowed_tee=allowed_tee(tee, simulate_tee=self.config.simulate_tee,
                                     allow_simulated=self.config.allow_simulated),
-            acceptable_tcb=self.config.acceptable_tcb, allow_simulated=self.config.allow_simulated)
+            policy=self.config.appraisal)
         deploy = workloads.workload_name(name)
         return list(await asyncio.gather(*(
             self._attest_one(namespace, name, pod, accepted, settings, _owned(pod, deploy)) for pod in pods)))

@@ -24,6 +24,8 @@ import yaml
 from cmcp_devkit.cluster.binaries import ensure_client_tools
 from cmcp_devkit.cluster.control_plane import LocalCluster, run_tool
 from cmcp_devkit.cluster.kube import Kube
+from cmcp_devkit.release import DevRelease, write_dev_release
+from cmcp_operator.config import DEFAULT_IMAGE
 
 _STARTUP: dict[str, float] = {}
 
@@ -121,6 +123,20 @@ def cluster() -> Iterator[E2ECluster]:
             kube.close()
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def dev_release(tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
+    """The signed dev release every relying party in the suite is configured with: the genuine
+    simulated guest (what the node agent's launcher boots) and the operator's enclave image (the
+    chart's default too). Without it the operator, gateway and guard refuse to start."""
+    return write_dev_release(tmp_path_factory.mktemp("release"), image=DEFAULT_IMAGE)
+
+
+def release_values(release: DevRelease) -> list[str]:
+    """helm flags putting ``release`` into the chart's ``release.manifests``/``release.keys``."""
+    return ["--set-file", f"release.manifests.dev={release.manifest}",
+            "--set-file", f"release.keys.dev={release.key}"]
 
 
 @pytest.fixture

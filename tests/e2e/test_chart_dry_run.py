@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from cmcp_devkit.cluster.kube import KubeError
+from cmcp_devkit.release import DevRelease
 
-from .conftest import E2ECluster
+from .conftest import E2ECluster, release_values
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "cmcp"
@@ -91,16 +92,18 @@ def prepared(cluster: E2ECluster) -> Iterator[E2ECluster]:
         kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def _render(cluster: E2ECluster, profile: str | None) -> str:
-    args = ["template", "rel", str(CHART), "-n", "cmcp-system", "--include-crds"]
+def _render(cluster: E2ECluster, profile: str | None, release: DevRelease) -> str:
+    args = ["template", "rel", str(CHART), "-n", "cmcp-system", "--include-crds", *release_values(release)]
     if profile:
         args += ["-f", str(CHART / "ci" / profile)]
     return cluster.helm(*args).stdout
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=[p or "default" for p in PROFILES])
-def test_rendered_chart_is_accepted_by_the_apiserver(prepared: E2ECluster, profile: str | None) -> None:
-    manifest = _render(prepared, profile)
+def test_rendered_chart_is_accepted_by_the_apiserver(
+    prepared: E2ECluster, profile: str | None, dev_release: DevRelease
+) -> None:
+    manifest = _render(prepared, profile, dev_release)
     docs = [d for d in yaml.safe_load_all(manifest) if d]
     kinds = {d["kind"] for d in docs}
     assert {
@@ -128,9 +131,9 @@ def test_rendered_chart_is_accepted_by_the_apiserver(prepared: E2ECluster, profi
     assert len(accepted) == len(docs), proc.stdout
 
 
-def test_apiserver_rejects_a_broken_rendering(prepared: E2ECluster) -> None:
+def test_apiserver_rejects_a_broken_rendering(prepared: E2ECluster, dev_release: DevRelease) -> None:
     """The control for the test above: the same pipe fails on an object the apiserver refuses."""
-    docs = [d for d in yaml.safe_load_all(_render(prepared, "simulated-values.yaml")) if d]
+    docs = [d for d in yaml.safe_load_all(_render(prepared, "simulated-values.yaml", dev_release)) if d]
     vap = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
     vap["spec"]["validations"][0]["expression"] = "object.spec.tee in variables.nope"  # no such variable
     proc = prepared.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(vap), check=False)
@@ -138,7 +141,7 @@ def test_apiserver_rejects_a_broken_rendering(prepared: E2ECluster) -> None:
     assert "variables.nope" in proc.stderr or "undefined" in proc.stderr.lower(), proc.stderr
 
 
-def test_helm_install_dry_run_against_the_server(prepared: E2ECluster) -> None:
+def test_helm_install_dry_run_against_the_server(prepared: E2ECluster, dev_release: DevRelease) -> None:
     """helm's own server-side dry run (it also checks kubeVersion and the CRD kinds it must map)."""
     try:
         out = prepared.helm(
@@ -148,6 +151,7 @@ def test_helm_install_dry_run_against_the_server(prepared: E2ECluster) -> None:
             "-n",
             "cmcp-system",
             "--dry-run=server",
+            *release_values(dev_release),
             "-f",
             str(CHART / "ci" / "tdx-only-values.yaml"),
         ).stdout

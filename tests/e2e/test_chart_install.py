@@ -34,14 +34,16 @@ import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
 
+from cmcp_core import appraisal_options
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import API_PATH
 from cmcp_devkit.cluster.control_plane import free_port
 from cmcp_devkit.cluster.kube import Kube, KubeError
+from cmcp_devkit.release import DevRelease
 from cmcp_operator.render_bundle import bundle_manifest
 from tests.helpers.gateway_stack import agent
 
-from .conftest import E2ECluster
+from .conftest import E2ECluster, release_values
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -66,6 +68,7 @@ class Install:
     cluster: E2ECluster
     values: list[Path]
     upstream_url: str
+    release: DevRelease
     upstream: subprocess.Popen[bytes] | None = None
     extra_sets: list[str] = field(default_factory=list)
 
@@ -74,7 +77,7 @@ class Install:
         return self.cluster.kube
 
     def helm_args(self, *sets: str) -> list[str]:
-        args = ["-n", NS]
+        args = ["-n", NS, *release_values(self.release)]
         for v in self.values:
             args += ["-f", str(v)]
         for s in [*self.extra_sets, *sets]:
@@ -195,7 +198,9 @@ def _clear_foreign_webhook_configs(kube: Kube) -> None:
 
 
 @pytest.fixture(scope="module")
-def install(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
+def install(
+    cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory, dev_release: DevRelease
+) -> Iterator[Install]:
     if not cluster.is_local:
         pytest.skip("needs the local node agent to run the chart's pods (no images for a real cluster)")
     kube = cluster.kube
@@ -237,7 +242,7 @@ def install(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> It
     harness.write_text(yaml.safe_dump(_harness_values()))
     host = cluster.local.net.host_ip  # reachable from the pod network, like a Service outside the cluster
     upstream_url = f"http://{host}:{free_port(host)}/mcp"
-    inst = Install(cluster, [PROFILE, harness], upstream_url)
+    inst = Install(cluster, [PROFILE, harness], upstream_url, dev_release)
     try:
         cluster.helm("install", REL, str(CHART), *inst.helm_args())
         kube.wait_for(
@@ -278,13 +283,13 @@ def serve_upstream(argv: list[str]) -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--guard-audience", required=True)
     parser.add_argument("--guard-enclave", action="append", default=[])
-    parser.add_argument("--allow-simulated", action="store_true")
     parser.add_argument("--expected-bundle-hash", action="append", default=[])
+    appraisal_options.add_arguments(parser)  # --release-manifest/--release-key/--allow-simulated
     args = parser.parse_args(argv)
     host = args.listen.rpartition(":")[0]
     server, counter = helper.build_server()
     mcp_app = server.streamable_http_app(json_response=True, host=host)
-    guarded = GuardMiddleware(mcp_app, helper._guard_from_args(args))
+    guarded = GuardMiddleware(mcp_app, helper._guard_from_args(args, parser))
     run_until_stopped(WithCounter(guarded, counter), args.listen)
 
 
@@ -392,6 +397,7 @@ def test_bundle_and_route_get_attested(install: Install) -> None:
             "--guard-enclave",
             enclave,
             "--allow-simulated",
+            *install.release.argv(),
             "--expected-bundle-hash",
             expected,
         ],

@@ -350,4 +350,4 @@ def test_grpc_and_startup_probes(local_cluster: E2ECluster, namespace: str) -> N
         kube, ns, "serving", "to be Ready via the gRPC health probe", is_ready, diag=local_cluster.diagnostics
     )
     assert ready["status"]["containerStatuses"][0]["started"] is True
-    # NOT_SERVING -> unready is covered without a cluster in test_cluster_agent_rules.py.
+    # NOT_SERVING -> unready: without a cluster, in tests/unit/cmcp_devkit/cluster/test_node_agent.py.

@@ -192,6 +192,7 @@ def conformance_run(
             more_enclaves=[(advisory_enclave, advisory_hash)],
             wiretap=False,
             route=ENFORCE,  # the guard follows the enforce route's pods; the advisory one is fixed
+            modes=("enforce", "advisory"),
         )
         demo._start_upstream(enclave, enforce_hash, pod_doc=pod, guard_routes=[ENFORCE])
         guard = f"http://{demo.endpoints['upstream']}:{demo_cluster.GUARD_PORT}"
@@ -202,8 +203,9 @@ def conformance_run(
                     "mcpRoute": {"name": name, "namespace": NS},
                     "upstream": f"{guard}/mcp",
                     "audience": AUDIENCE,
+                    "enforcementModes": [mode],
                 }
-                for name in (ENFORCE, ADVISORY)
+                for name, mode in ((ENFORCE, "enforce"), (ADVISORY, "advisory"))
             ]
         )
         junit = work / "conformance.xml"
@@ -228,6 +230,7 @@ def conformance_run(
                 "--upstream-counter",
                 f"{guard}/calls",
                 "--allow-simulated",
+                *demo.enclave_release.argv(),  # the release the chart's operator and gateway trust
                 "--allow-disruption",
                 "--junit",
                 str(junit),

@@ -39,8 +39,11 @@ from cmcp_core.initdata import (
     tdx_mrconfigid,
 )
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_core.verify import AppraisalPolicy
 from cmcp_devkit.cluster.control_plane import free_port
 from cmcp_devkit.cluster.kube import Kube, KubeError
+from cmcp_devkit.release import DevRelease
+from cmcp_enclave.simulated import SimulatedGuest, launcher_env
 from cmcp_operator import rbac
 from cmcp_operator.bundles import path_to_key, verify_history
 from cmcp_operator.config import OperatorConfig
@@ -72,8 +75,8 @@ def kube(cluster: Any) -> Kube:
 class OperatorProcess:
     """``cmcp-operator`` as a child process; ``kill()`` is SIGKILL (no graceful cleanup)."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
-        self.kubeconfig, self.log_dir = kubeconfig, log_dir
+    def __init__(self, kubeconfig: Path, log_dir: Path, release: DevRelease) -> None:
+        self.kubeconfig, self.log_dir, self.release = kubeconfig, log_dir, release
         self.webhook_port, self.metrics_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -83,7 +86,7 @@ class OperatorProcess:
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         argv = [str(Path(sys.executable).with_name("cmcp-operator")), "--namespace", NS,
                 "--allow-simulated", "--simulate-tee", "--reattest-interval", "5",
-                "--enclave-image", IMAGE,
+                "--enclave-image", IMAGE, *self.release.argv(),
                 "--webhook-port", str(self.webhook_port), "--webhook-host", "127.0.0.1",
                 "--webhook-listen", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -109,7 +112,8 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory,
+             dev_release: DevRelease) -> Iterator[OperatorProcess]:
     for crd in sorted((REPO / "crds").glob("*.yaml")):
         cluster.kubectl("apply", "-f", str(crd))
     for crd in ("policybundles.cmcp.dev", "mcproutes.cmcp.dev"):
@@ -122,7 +126,7 @@ def operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory)
     # ClusterRole that cmcp_operator.rbac prints (what the chart installs).
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = _service_account_kubeconfig(cluster, kube, workdir)
-    op = OperatorProcess(kubeconfig, workdir)
+    op = OperatorProcess(kubeconfig, workdir, dev_release)
     op.start()
     # The webhook is registered once the operator is up: an invalid bundle is then refused.
     kube.wait_for("admission webhook registered", lambda: _webhook_ready(kube), timeout=60,
@@ -354,7 +358,8 @@ def test_tdx_route_gets_attested_pods_with_exact_initdata(cluster: Any, kube: Ku
     r = kube.wait_for("route Ready", lambda: route_ready_at(kube, expected_hash), timeout=180,
                       on_timeout=operator.log_tail)
     bundle = load_bundle(EXAMPLES / "minimal")
-    cfg = OperatorConfig(simulate_tee=True, allow_simulated=True, enclave_image=IMAGE)
+    cfg = OperatorConfig(simulate_tee=True, appraisal=AppraisalPolicy(allow_simulated=True),
+                         enclave_image=IMAGE)
     want = render(CmcpEntry(bundle.bundle_hash, bundle.catalog_hash, bundle.enforcement_mode,
                             f"{NS}/{ROUTE}", "http://echo-upstream.example/mcp"),
                   launch=launch_spec(NS, IMAGE, enclave_command("tdx", cfg)))
@@ -386,7 +391,9 @@ def test_tdx_route_gets_attested_pods_with_exact_initdata(cluster: Any, kube: Ku
     assert not [k for k in pb["metadata"].get("annotations", {}) if k.startswith("cmcp.dev/")]
 
 
-def _rogue_pod(name: str, initdata: bytes, configmap: str, files: dict[str, str]) -> dict[str, Any]:
+def _rogue_pod(name: str, initdata: bytes, configmap: str, files: dict[str, str],
+               launcher: dict[str, str] | None = None) -> dict[str, Any]:
+    """``launcher`` overrides what the node's launcher passes the simulated TEE (another guest)."""
     return {
         "metadata": {"name": name,
                      "labels": {"cmcp.dev/route": ROUTE, "app.kubernetes.io/component": "enclave"},
@@ -399,7 +406,8 @@ def _rogue_pod(name: str, initdata: bytes, configmap: str, files: dict[str, str]
                 "command": ["cmcp-enclave"],
                 "args": ["--bundle", "/etc/cmcp/bundle", "--initdata", "/run/cmcp/initdata.toml", "--tee",
                          "simulated", "--listen", "$(POD_IP):50051"],
-                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        *({"name": k, "value": v} for k, v in (launcher or {}).items())],
                 "volumeMounts": [{"name": "bundle", "mountPath": "/etc/cmcp/bundle"},
                                  {"name": "initdata", "mountPath": "/run/cmcp"}],
             }],
@@ -411,7 +419,8 @@ def _rogue_pod(name: str, initdata: bytes, configmap: str, files: dict[str, str]
 
 
 def test_rogue_pods_never_become_ready(kube: Kube, operator: OperatorProcess) -> None:
-    """Same labels and readiness gate as ours; one runs another bundle, one forges the audience."""
+    """Same labels and readiness gate as ours; one runs another bundle, one forges the audience,
+    one is a forged guest: the operator's exact initdata and bundle, booted with another RTMR2."""
     current = route(kube)["status"]["bundleHash"]
     other_dir = EXAMPLES / "realistic"
     other = load_bundle(other_dir)
@@ -433,17 +442,26 @@ def test_rogue_pods_never_become_ready(kube: Kube, operator: OperatorProcess) ->
                     _rogue_pod("rogue-other-bundle", other_initdata, "rogue-bundle", files))
         kube.create(f"/api/v1/namespaces/{NS}/pods", _rogue_pod(
             "rogue-forged-audience", forged, "ours-copy", read_bundle_files(EXAMPLES / "minimal")))
+        ours_pod = next(p for p in enclave_pods(kube) if not p["metadata"]["name"].startswith("rogue-"))
+        genuine = decode_annotation(ours_pod["metadata"]["annotations"][ANNOTATION])
+        forged_guest = SimulatedGuest(rtmrs=(*SimulatedGuest().rtmrs[:2], b"\x66" * 48))
+        kube.create(f"/api/v1/namespaces/{NS}/pods", _rogue_pod(
+            "rogue-forged-guest", genuine, "ours-copy", read_bundle_files(EXAMPLES / "minimal"),
+            launcher=launcher_env(genuine, forged_guest)))
 
         def named() -> dict[str, dict[str, Any]] | None:
             entries = {e["pod"]: e for e in route(kube).get("status", {}).get("pods", [])}
             rogues = {k: v for k, v in entries.items() if k.startswith("rogue-") and v.get("platform")}
-            return rogues if len(rogues) == 2 else None
+            return rogues if len(rogues) == 3 else None
 
         rogues = kube.wait_for("route status names both rogue pods", named, timeout=120,
                                on_timeout=operator.log_tail)
         assert rogues["rogue-other-bundle"]["reason"] == "BundleHashMismatch"
         assert rogues["rogue-other-bundle"]["reportedBundleHash"] == other.bundle_hash
         assert rogues["rogue-forged-audience"]["reason"] == "InitdataUnexpected"
+        # The forged guest passes every initdata check; only the release's RTMR2 refuses it.
+        assert rogues["rogue-forged-guest"]["reason"] == "ReferenceValueMismatch"
+        assert "RTMR2" in rogues["rogue-forged-guest"]["message"]
         assert not any(e["attested"] for e in rogues.values())
         time.sleep(6)  # a re-attestation period later, still out
         for name in rogues:
@@ -460,7 +478,7 @@ def test_rogue_pods_never_become_ready(kube: Kube, operator: OperatorProcess) ->
                    and "BundleHashMismatch" in e["message"] for e in events), events
     finally:
         watcher.stop()
-        for name in ("rogue-other-bundle", "rogue-forged-audience"):
+        for name in ("rogue-other-bundle", "rogue-forged-audience", "rogue-forged-guest"):
             kube.delete(f"/api/v1/namespaces/{NS}/pods/{name}", gracePeriodSeconds=0)
     assert not watcher.violations, watcher.violations
     assert watcher.events >= 1  # the watch ran (a rogue never changes the slice)

@@ -20,6 +20,7 @@ import pytest
 
 from cmcp_core.crd import API_PATH
 from cmcp_devkit.cluster.kube import Kube
+from cmcp_devkit.release import DevRelease
 from cmcp_operator.render_bundle import bundle_manifest, dump
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -30,11 +31,11 @@ GROUP_PATH = f"{API_PATH}/namespaces/{NS}"
 
 
 class Replica:
-    def __init__(self, kubeconfig: Path, log: Path, priority: int) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, priority: int, release: DevRelease) -> None:
         argv = [str(Path(sys.executable).with_name("cmcp-operator")), "--namespace", NS,
                 "--allow-simulated", "--simulate-tee", "--reattest-interval", "5",
                 "--peering", "cmcp", "--priority", str(priority),
-                "--enclave-image", "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64]
+                "--enclave-image", "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64, *release.argv()]
         self.log = log
         self.proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                      env={**os.environ, "KUBECONFIG": str(kubeconfig)},
@@ -87,16 +88,16 @@ def _ready_with(kube: Kube, replicas: int) -> bool:
             and conds["Ready"].get("observedGeneration") == r["metadata"]["generation"])
 
 
-def test_only_the_leader_acts_and_the_standby_takes_over(cluster: Any, kube: Kube,
-                                                         tmp_path: Path) -> None:
+def test_only_the_leader_acts_and_the_standby_takes_over(cluster: Any, kube: Kube, tmp_path: Path,
+                                                         dev_release: DevRelease) -> None:
     peering = f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings/cmcp"
 
     def peers(n: int) -> bool:
         return len(kube.get(peering).get("status") or {}) == n
 
-    leader = Replica(Path(cluster.kubeconfig), tmp_path / "leader.log", priority=200)
+    leader = Replica(Path(cluster.kubeconfig), tmp_path / "leader.log", priority=200, release=dev_release)
     kube.wait_for("leader registered", lambda: peers(1), timeout=60)
-    standby = Replica(Path(cluster.kubeconfig), tmp_path / "standby.log", priority=100)
+    standby = Replica(Path(cluster.kubeconfig), tmp_path / "standby.log", priority=100, release=dev_release)
     try:
         kube.wait_for("standby registered", lambda: peers(2), timeout=60)
         manifest = bundle_manifest(REPO / "examples" / "minimal", "minimal", NS)

@@ -6,6 +6,9 @@ API:
   * ``async with run_stack(enclaves, audience=..., tokens={"tok-alice": "alice"}) as stack:`` —
     guard (attesting ``enclaves`` itself) + upstream (:mod:`cmcp_devkit.upstream`) + gateway;
     ``stack.url``, ``stack.upstream`` (``.url``, ``.counter``), ``stack.gateway``, ``stack.guard``.
+    Both relying parties trust the dev kit's signed development release and pin the bundles and
+    modes of the ``EnclaveProcess`` entries; a bare address (a proxy, a dead port) needs
+    ``bundle_hashes``.
   * ``agent(url, token=None, mode="auto") -> mcp.Client`` with the bearer token set.
 """
 
@@ -26,9 +29,12 @@ import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from cmcp_core.attestation import ENFORCE_ONLY, AttestPolicy, Expected
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_devkit.enclave import EnclaveProcess
 from cmcp_devkit.ports import free_port
+from cmcp_devkit.release import dev_appraisal
 from cmcp_devkit.serving import server_config, serving
 from cmcp_devkit.upstream import RunningUpstream, run_upstream
 from cmcp_gateway.app import Gateway, build
@@ -72,46 +78,62 @@ class Stack:
     guard: Guard | None
 
 
-def make_guard(
-    enclaves: Sequence[str],
-    audience: str,
-    *,
-    allow_simulated: bool = True,
-    expected_bundle_hashes: frozenset[str] | None = None,
-) -> Guard:
-    return build_guard(
-        audience,
-        list(enclaves),
-        allow_simulated=allow_simulated,
-        expected_bundle_hashes=expected_bundle_hashes,
-        refresh_seconds=3600.0,
-    )
+Endpoint = EnclaveProcess | str
+
+
+def addresses(enclaves: Sequence[Endpoint]) -> list[str]:
+    return [e.address if isinstance(e, EnclaveProcess) else e for e in enclaves]
+
+
+def pins(enclaves: Sequence[Endpoint], bundle_hashes: Sequence[str] = ()) -> Expected:
+    """What the test's relying parties expect: the enclaves' own bundles and modes, plus any given."""
+    procs = [e for e in enclaves if isinstance(e, EnclaveProcess)]
+    hashes = frozenset(bundle_hashes) | {p.bundle_hash for p in procs}
+    if not hashes:
+        raise ValueError("pinning is mandatory: pass EnclaveProcess entries or bundle_hashes")
+    modes = frozenset(str(p.ready["enforcement_mode"]) for p in procs) or ENFORCE_ONLY
+    return Expected(bundle_hashes=hashes, modes=modes)
+
+
+def attest_policy(*bundle_hashes: str) -> AttestPolicy:
+    """What a gateway pool pinned to these bundles appraises with (the dev release trusted)."""
+    return AttestPolicy(appraisal=dev_appraisal(), expected=Expected(bundle_hashes=frozenset(bundle_hashes)))
+
+
+def make_guard(enclaves: Sequence[Endpoint], audience: str, *, bundle_hashes: Sequence[str] = ()) -> Guard:
+    return build_guard(audience, addresses(enclaves), appraisal=dev_appraisal(),
+                       expected=pins(enclaves, bundle_hashes), refresh_seconds=3600.0)
+
+
+def gateway_config(route: RouteConfig, **settings: Any) -> GatewayConfig:
+    """A config whose appraisal trusts the dev kit's development release."""
+    return GatewayConfig(routes=(route,), appraisal=dev_appraisal(), **settings)
 
 
 @contextlib.asynccontextmanager
 async def run_stack(
-    enclaves: Sequence[str],
+    enclaves: Sequence[Endpoint],
     *,
     audience: str,
     tokens: dict[str, str] | None = None,
     guard: bool = True,
     limits: GatewayLimits | None = None,
     open_route: bool = False,
-    allow_simulated: bool = True,
-    guard_enclaves: Sequence[str] | None = None,
+    guard_enclaves: Sequence[Endpoint] | None = None,
+    bundle_hashes: Sequence[str] = (),
     refresh_seconds: float = 3600.0,
     upstream_sse: bool = False,
 ) -> AsyncIterator[Stack]:
-    the_guard = (
-        make_guard(guard_enclaves if guard_enclaves is not None else enclaves, audience) if guard else None
-    )
+    guarded = guard_enclaves if guard_enclaves is not None else enclaves
+    expected = pins([*enclaves, *guarded], bundle_hashes)
+    the_guard = make_guard(guarded, audience, bundle_hashes=sorted(expected.bundle_hashes)) if guard else None
     async with run_upstream(the_guard, json_response=not upstream_sse) as upstream:
         route = RouteConfig(
-            name="test", upstream=upstream.url, audience=audience, enclaves=tuple(enclaves), open=open_route
+            name="test", upstream=upstream.url, audience=audience, enclaves=tuple(addresses(enclaves)),
+            expected_bundle_hashes=expected.bundle_hashes, enforcement_modes=expected.modes, open=open_route,
         )
-        config = GatewayConfig(
-            routes=(route,),
-            allow_simulated=allow_simulated,
+        config = gateway_config(
+            route,
             limits=limits or GatewayLimits(decide_timeout_seconds=15.0),
             attest_refresh_seconds=refresh_seconds,
         )
@@ -129,9 +151,13 @@ def agent(url: str, token: str | None = "tok-alice", mode: str = "auto", **kwarg
 __all__ = [
     "RunningGateway",
     "Stack",
+    "addresses",
     "agent",
+    "attest_policy",
     "dataclasses",
+    "gateway_config",
     "make_guard",
+    "pins",
     "run_gateway",
     "run_stack",
     "serve",

@@ -17,6 +17,7 @@ import pytest
 
 from cmcp_conformance.local import LocalDeployment, local_deployment
 from cmcp_ctl.main import build_parser
+from cmcp_devkit.release import write_dev_release
 from tests.paths import ROOT
 
 LINE = re.compile(r"^(PASS|FAIL|SKIP) +([A-Z-]+-\d{3}) +(MUST|SHOULD) +.+ -- .+$")
@@ -33,12 +34,14 @@ def test_remote_target_runs_what_it_can_and_skips_local_powers(deployment: Local
     assert t.upstream_url and t.upstream_counter_url and t.advisory_mcp_url and t.upstream_audience
     ids = [
         "ATTEST-001",
+        "ATTEST-006",
         "POLICY-001",
         "POLICY-004",
         "POLICY-005",
         "FAIL-001",
         "POLICY-TEE-002",
         "POLICY-TEE-004",
+        "POLICY-TEE-006",
     ]
     argv = [
         sys.executable,
@@ -59,6 +62,7 @@ def test_remote_target_runs_what_it_can_and_skips_local_powers(deployment: Local
         "--advisory-url",
         t.advisory_mcp_url,
         "--allow-simulated",
+        *deployment.release.argv(),
     ]
     for rid in ids:
         argv += ["--id", rid]
@@ -70,11 +74,13 @@ def test_remote_target_runs_what_it_can_and_skips_local_powers(deployment: Local
     assert "not available on a remote target" in out.stdout
     # stopping the enclave is offered on a cluster, by opt-in: the skip says how
     assert "pass --allow-disruption" in next(line for line in lines if " FAIL-001 " in line)
-    for rid in ("ATTEST-001", "POLICY-001", "POLICY-004", "POLICY-TEE-002", "POLICY-TEE-004"):
+    # ATTEST-006 without powers: the suite plays the host and signs a forged simulated guest's quote
+    for rid in ("ATTEST-001", "ATTEST-006", "POLICY-001", "POLICY-004", "POLICY-TEE-002", "POLICY-TEE-004",
+                "POLICY-TEE-006"):
         assert results[rid] == "PASS", out.stdout + out.stderr
     assert "POLICY-TEE-002" in next(line for line in lines if "POLICY-TEE-002" in line)
     assert "checks ran; skipped" in next(line for line in lines if " POLICY-TEE-002 " in line)
-    assert lines[-1] == "conformance: 5 passed, 0 failed, 2 skipped"
+    assert lines[-1] == "conformance: 7 passed, 0 failed, 2 skipped"
     assert out.returncode == 0
 
 
@@ -82,3 +88,16 @@ def test_generated_token_starting_with_dash_is_one_argument() -> None:
     """A random token can begin with "-"; passed as ``--token=VALUE`` argparse keeps it whole."""
     args = build_parser().parse_args(["conformance", "--target", "http://x/mcp/r", "--token=-Zq3_dash"])
     assert args.token == "-Zq3_dash"
+
+
+def test_remote_target_needs_a_signed_release(deployment: LocalDeployment) -> None:
+    """No manifest, or one the given key did not sign: a usage error naming the code, no run."""
+    t = deployment.target()
+    base = [sys.executable, "-m", "cmcp_ctl.main", "conformance", "--target", t.mcp_url, "--allow-simulated",
+            "--id", "ATTEST-001"]
+    out = subprocess.run(base, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "REFERENCE_VALUES_MISSING" in out.stderr, out.stdout + out.stderr
+    other = write_dev_release(deployment.workdir / "other-release", name="other")
+    foreign = ["--release-manifest", str(deployment.release.manifest), "--release-key", str(other.key)]
+    out = subprocess.run([*base, *foreign], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "RELEASE_MANIFEST_INVALID" in out.stderr, out.stdout + out.stderr

@@ -1,4 +1,5 @@
-"""The suite catches broken properties: run POLICY-TEE IDs against deliberately weakened components.
+"""The suite catches broken properties: run POLICY-TEE (and ATTEST-006) IDs against deliberately
+weakened components.
 
 Every weakening lives here, in test code — the product has no bypass switch. Each scenario keeps
 the rest of the local deployment real (enclave processes on the simulated TEE, the guard, the
@@ -18,6 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +35,20 @@ from cmcp_conformance import runner
 from cmcp_conformance.local import AUDIENCE, LocalDeployment, LocalPowers, local_deployment
 from cmcp_conformance.plugin import CheckResult
 from cmcp_conformance.target import TargetDeployment
+from cmcp_core import launch_policy
 from cmcp_core import permit as permits
+from cmcp_core.attestation import Expected
 from cmcp_core.audit import entry_hash
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.tool_call import args_digest
+from cmcp_core.verify import appraise as appraise_module
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.main import build_guard
 from cmcp_guard.proxy import build_proxy
 from cmcp_guard.replay import ReplayCache
 
 POLICY_TEE = ["POLICY-TEE-001", "POLICY-TEE-002", "POLICY-TEE-003", "POLICY-TEE-004", "POLICY-TEE-005"]
+RELEASE_IDS = ["ATTEST-006", "POLICY-TEE-006"]  # a forged guest; the measured launch policy
 
 
 # ------------------------------------------------------------------------------------------
@@ -96,7 +102,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
 
 
 def test_baseline_policy_tee_ids_pass_on_the_intact_deployment(deployment: LocalDeployment) -> None:
-    report = runner.run(deployment.target(), ids=POLICY_TEE)
+    report = runner.run(deployment.target(), ids=[*POLICY_TEE, *RELEASE_IDS])
     assert all(o is CheckResult.PASS for o in outcomes(report).values()), reasons(report)
 
 
@@ -221,8 +227,9 @@ def _guard_for(deployment: LocalDeployment) -> Any:
     return build_guard(
         AUDIENCE,
         [h.address for h in handles],
-        allow_simulated=True,
-        expected_bundle_hashes=frozenset(str(h.ready["bundle_hash"]) for h in handles),
+        appraisal=replace(deployment.target().appraisal, allow_simulated=True),
+        expected=Expected(bundle_hashes=frozenset(str(h.ready["bundle_hash"]) for h in handles),
+                          modes=frozenset(deployment.modes())),
     )
 
 
@@ -405,3 +412,55 @@ def test_enclave_signing_with_an_unattested_key_fails_policy_tee_001(tmp_path: P
         "POLICY-TEE-005": CheckResult.FAIL,
     }
     assert outcomes(report) == expected, reasons(report)
+
+
+# ------------------------------------------------------------------------------------------
+# weakened appraisal: launch measurements not compared with the signed release
+# ------------------------------------------------------------------------------------------
+
+
+def test_appraisal_without_the_release_check_fails_attest_006(
+    deployment: LocalDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verifier the suite (and every relying party) uses, with match_release reduced to
+    "some release is configured": the forged guest's evidence then appraises."""
+
+    def any_release(platform: str, launch: Any, entry: Any, doc: Any, releases: Any) -> Any:
+        return releases[0]
+
+    monkeypatch.setattr(appraise_module, "match_release", any_release)
+    report = runner.run(deployment.target(), ids=["ATTEST-006"])
+    assert outcomes(report) == {"ATTEST-006": CheckResult.FAIL}, reasons(report)
+
+
+# ------------------------------------------------------------------------------------------
+# weakened launch policy: one rule dropped, signed into the release like any other
+# ------------------------------------------------------------------------------------------
+
+ENV_PINNED = "    env_exact\n"
+COPY_RULE = """CopyFileRequest if {
+    startswith(input.path, expected.shared_containers)
+    path_clean(input.path)
+    not is_symlink
+}"""
+WEAK_RULES = {
+    "env not pinned": launch_policy.RULES.replace(ENV_PINNED, ""),
+    "CopyFile path unchecked": launch_policy.RULES.replace(COPY_RULE, "CopyFileRequest if { true }"),
+}
+
+
+@pytest.mark.parametrize("weakening", sorted(WEAK_RULES))
+def test_launch_policy_with_a_rule_dropped_fails_policy_tee_006(
+    weakening: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release whose launch policy lacks one check: the stack renders it into every initdata and
+    signs its rules into the release, so attestation passes and only POLICY-TEE-006 can notice."""
+    weak_rules = WEAK_RULES[weakening]
+    assert weak_rules != launch_policy.RULES, f"{weakening}: the rule to drop was not found"
+    monkeypatch.setattr(launch_policy, "RULES", weak_rules)
+    with local_deployment(tmp_path) as weak:
+        assert weak.release.release.launch_policy_rules == launch_policy.digest(weak_rules)
+        report = runner.run(weak.target(), ids=["ATTEST-001", "POLICY-TEE-006"])
+    got = outcomes(report)
+    assert got == {"ATTEST-001": CheckResult.PASS, "POLICY-TEE-006": CheckResult.FAIL}, reasons(report)
+    assert ("env LD_PRELOAD" if weakening == "env not pinned" else "CopyFile traversal") in reasons(report)

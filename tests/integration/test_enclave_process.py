@@ -20,8 +20,8 @@ from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify.appraise import appraise_response
-from cmcp_core.verify.verdict import AppraisalPolicy
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.release import dev_appraisal
 from tests.paths import EXAMPLES
 
 
@@ -37,7 +37,7 @@ def test_session_over_grpc_with_record_and_audit(enclave: EnclaveProcess) -> Non
         stub = enclave_pb2_grpc.EnclaveStub(channel)
         nonce = os.urandom(32)
         verdict = appraise_response(stub.Attest(enclave_pb2.AttestRequest(nonce=nonce)), nonce,
-                                    AppraisalPolicy(allow_simulated=True),
+                                    dev_appraisal(),
                                     expected_initdata=enclave.initdata)
         assert verdict.passed, verdict.message
         assert verdict.public_key_jwk is not None

@@ -18,8 +18,8 @@ from mcp.shared.exceptions import MCPError
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
 from cmcp_devkit.ports import free_port
 from cmcp_gateway.auth import TokenStore
-from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
-from tests.helpers.gateway_stack import AUDIENCE, MitmEnclave, agent, run_gateway, run_stack
+from cmcp_gateway.config import GatewayLimits, RouteConfig
+from tests.helpers.gateway_stack import AUDIENCE, MitmEnclave, agent, gateway_config, run_gateway, run_stack
 from tests.paths import ROOT
 
 BUNDLE = ROOT / "examples/realistic"
@@ -50,7 +50,7 @@ def code_of(exc: pytest.ExceptionInfo[MCPError]) -> str:
 async def test_enclave_killed_mid_session(tmp_path: Path, mode: str) -> None:
     with start_enclave(BUNDLE, tmp_path, audience=AUDIENCE) as doomed:
         async with (
-            run_stack([doomed.address], audience=AUDIENCE) as stack,
+            run_stack([doomed], audience=AUDIENCE) as stack,
             agent(stack.url, mode=mode) as client,
         ):
             await client.call_tool("web.search", OK_ARGS)
@@ -77,7 +77,7 @@ async def test_session_is_not_moved_to_another_enclave(tmp_path: Path) -> None:
         start_enclave(BUNDLE, tmp_path / "b", audience=AUDIENCE) as two,
     ):
         procs = {one.address: one, two.address: two}
-        async with run_stack(list(procs), audience=AUDIENCE) as stack:
+        async with run_stack(list(procs.values()), audience=AUDIENCE) as stack:
             pool = next(iter(stack.gateway.routes.values())).pool
             async with agent(stack.url, mode="legacy") as client:
                 await client.call_tool("web.search", OK_ARGS)
@@ -101,7 +101,7 @@ async def test_enclave_slower_than_the_deadline(mitm: MitmEnclave, enclave: Encl
     limits = GatewayLimits(decide_timeout_seconds=0.3)
     async with (
         run_stack(
-            [mitm.address], audience=AUDIENCE, guard_enclaves=[enclave.address], limits=limits
+            [mitm.address], audience=AUDIENCE, guard_enclaves=[enclave], limits=limits
         ) as stack,
         agent(stack.url) as client,
     ):
@@ -114,7 +114,7 @@ async def test_enclave_slower_than_the_deadline(mitm: MitmEnclave, enclave: Encl
 
 @pytest.mark.parametrize("mitm", ["bad-signature", "no-permit"], indirect=True)
 async def test_enclave_answer_that_does_not_verify(mitm: MitmEnclave, enclave: EnclaveProcess) -> None:
-    async with run_stack([mitm.address], audience=AUDIENCE, guard_enclaves=[enclave.address]) as stack:
+    async with run_stack([mitm.address], audience=AUDIENCE, guard_enclaves=[enclave]) as stack:
         async with agent(stack.url) as client:
             for _ in range(2):
                 with pytest.raises(MCPError) as bad:
@@ -126,7 +126,7 @@ async def test_enclave_answer_that_does_not_verify(mitm: MitmEnclave, enclave: E
 @pytest.mark.parametrize("mitm", ["other-call"], indirect=True)
 async def test_replayed_decision_for_another_call(mitm: MitmEnclave, enclave: EnclaveProcess) -> None:
     """A genuinely signed allow, replayed for a different call, is refused."""
-    async with run_stack([mitm.address], audience=AUDIENCE, guard_enclaves=[enclave.address]) as stack:
+    async with run_stack([mitm.address], audience=AUDIENCE, guard_enclaves=[enclave]) as stack:
         async with agent(stack.url) as client:
             await client.call_tool("web.search", OK_ARGS)  # the decision the host will replay
             with pytest.raises(MCPError) as replay:
@@ -138,7 +138,11 @@ async def test_replayed_decision_for_another_call(mitm: MitmEnclave, enclave: En
 
 async def test_no_enclave_at_all() -> None:
     dead = f"127.0.0.1:{free_port()}"
-    async with run_stack([dead], audience=AUDIENCE) as stack, agent(stack.url) as client:
+    pinned = ["sha256:" + "0" * 64]  # nothing answers there; what is pinned does not matter
+    async with (
+        run_stack([dead], audience=AUDIENCE, bundle_hashes=pinned) as stack,
+        agent(stack.url) as client,
+    ):
         with pytest.raises(MCPError) as none:
             await client.call_tool("web.search", OK_ARGS)
         assert code_of(none) == "TEE_UNAVAILABLE"
@@ -151,8 +155,9 @@ async def test_upstream_down(enclave: EnclaveProcess) -> None:
         upstream=f"http://127.0.0.1:{free_port()}/mcp",
         audience=AUDIENCE,
         enclaves=(enclave.address,),
+        expected_bundle_hashes=frozenset({enclave.bundle_hash}),
     )
-    config = GatewayConfig(routes=(route,), allow_simulated=True)
+    config = gateway_config(route)
     async with run_gateway(config, TokenStore({"tok-alice": "alice"})) as gw, agent(gw.url) as client:
         with pytest.raises(MCPError) as down:
             await client.call_tool("web.search", OK_ARGS)
@@ -163,7 +168,7 @@ async def test_upstream_down(enclave: EnclaveProcess) -> None:
 async def test_too_many_concurrent_per_agent(mitm: MitmEnclave, enclave: EnclaveProcess) -> None:
     limits = GatewayLimits(max_concurrent_per_agent=1, decide_timeout_seconds=5.0)
     async with run_stack(
-        [mitm.address], audience=AUDIENCE, guard_enclaves=[enclave.address], limits=limits
+        [mitm.address], audience=AUDIENCE, guard_enclaves=[enclave], limits=limits
     ) as stack:
         body = {
             "jsonrpc": "2.0",
@@ -189,7 +194,7 @@ async def test_too_many_concurrent_per_agent(mitm: MitmEnclave, enclave: Enclave
 
 async def test_limits_each_have_their_code(enclave: EnclaveProcess) -> None:
     limits = GatewayLimits(max_body_bytes=4096, max_depth=8, max_string=256)
-    async with run_stack([enclave.address], audience=AUDIENCE, limits=limits) as stack:
+    async with run_stack([enclave], audience=AUDIENCE, limits=limits) as stack:
 
         def call(arguments: object) -> bytes:
             return json.dumps(

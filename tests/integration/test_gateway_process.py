@@ -16,6 +16,7 @@ from mcp.shared.exceptions import MCPError
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_devkit.enclave import EnclaveProcess
 from cmcp_devkit.ports import free_port
+from cmcp_devkit.release import DevRelease, write_dev_release
 from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, agent, get_permit
 from tests.helpers.gateway_stack import PERMIT_ARGS as ALLOWED
 from tests.helpers.gateway_stack import PERMIT_TOOL as TOOL
@@ -28,12 +29,14 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("wb"))
 
 
-def upstream_proc(port: int, log: Path, guard_enclave: str | None = None) -> subprocess.Popen[bytes]:
-    extra = (
-        ["--guard-audience", AUDIENCE, "--guard-enclave", guard_enclave, "--allow-simulated"]
-        if guard_enclave
-        else []
-    )
+def upstream_proc(
+    port: int, log: Path, guard_enclave: EnclaveProcess | None = None, release: DevRelease | None = None
+) -> subprocess.Popen[bytes]:
+    extra = []
+    if guard_enclave is not None:
+        assert release is not None
+        extra = ["--guard-audience", AUDIENCE, "--guard-enclave", guard_enclave.address, "--allow-simulated",
+                 "--expected-bundle-hash", guard_enclave.bundle_hash, *release.argv()]
     proc = spawn(["-m", "cmcp_devkit.upstream", "--listen", f"127.0.0.1:{port}", *extra], log)
     assert proc.stdout is not None and proc.stdout.readline().startswith(b"READY")
     return proc
@@ -66,7 +69,8 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
 
 async def test_gateway_process_metrics_and_logs(tmp_path: Path, enclave: EnclaveProcess) -> None:
     up_port, gw_port, metrics_port = free_port(), free_port(), free_port()
-    upstream = upstream_proc(up_port, tmp_path / "up.log", enclave.address)
+    release = write_dev_release(tmp_path)
+    upstream = upstream_proc(up_port, tmp_path / "up.log", enclave, release)
     secrets_dir = tmp_path / "agents"
     secrets_dir.mkdir()
     (secrets_dir / "alice").write_text("tok-alice")
@@ -76,6 +80,7 @@ async def test_gateway_process_metrics_and_logs(tmp_path: Path, enclave: Enclave
                 "listen": f"127.0.0.1:{gw_port}",
                 "metrics_listen": f"127.0.0.1:{metrics_port}",
                 "allow_simulated": True,
+                "release": release.config(),
                 "auth": {"tokens_dir": str(secrets_dir)},
                 "limits": {"decide_timeout_seconds": 15},
                 "routes": [
@@ -84,6 +89,7 @@ async def test_gateway_process_metrics_and_logs(tmp_path: Path, enclave: Enclave
                         "upstream": f"http://127.0.0.1:{up_port}/mcp",
                         "audience": AUDIENCE,
                         "enclaves": [enclave.address],
+                        "expected_bundle_hashes": [enclave.bundle_hash],
                     }
                 ],
             }
@@ -138,7 +144,10 @@ async def test_guard_reverse_proxy_process(tmp_path: Path, enclave: EnclaveProce
             AUDIENCE,
             "--enclave",
             enclave.address,
+            "--expected-bundle-hash",
+            enclave.bundle_hash,
             "--allow-simulated",
+            *write_dev_release(tmp_path).argv(),
             "--metrics-listen",
             f"127.0.0.1:{metrics_port}",
         ],
@@ -176,3 +185,27 @@ async def test_guard_reverse_proxy_process(tmp_path: Path, enclave: EnclaveProce
         assert 'cmcp_guard_rejections_total{code="PERMIT_REPLAYED"} 1.0' in metrics
     finally:
         stop(guard, upstream)
+
+
+def _gateway_refuses(config: dict[str, object], tmp_path: Path) -> str:
+    path = tmp_path / "gw.json"
+    path.write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, "-m", "cmcp_gateway.main", "--config", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    return done.stderr
+
+
+def test_gateway_refuses_to_start_unpinned_or_without_a_release(tmp_path: Path) -> None:
+    """No "accept any attested enclave": a route must pin a bundle or follow an McpRoute, and a
+    gateway without a signed release manifest judges no guest at all."""
+    release = write_dev_release(tmp_path / "dev")
+    route = {"name": "r", "upstream": "http://127.0.0.1:9/mcp", "audience": AUDIENCE,
+             "enclaves": ["127.0.0.1:1"]}
+    unpinned = _gateway_refuses({"release": release.config(), "routes": [route]}, tmp_path)
+    assert "pins nothing" in unpinned
+    pinned = {**route, "expected_bundle_hashes": ["sha256:" + "ab" * 32]}
+    assert "REFERENCE_VALUES_MISSING" in _gateway_refuses({"routes": [pinned]}, tmp_path)
+    other = write_dev_release(tmp_path / "other")
+    forged = {"manifests": [str(other.manifest)], "keys": [str(release.key)]}
+    assert "RELEASE_MANIFEST_INVALID" in _gateway_refuses({"release": forged, "routes": [pinned]}, tmp_path)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ from cmcp_core import permit as permits
 from cmcp_core.crypto import public_jwk
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2_grpc
-from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_core.verify import appraise
+from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
+from cmcp_devkit.release import dev_appraisal, dev_release
 from cmcp_devkit.upstream import RunningUpstream, run_upstream
+from cmcp_enclave.simulated import SimulatedGuest, launcher_env
 from cmcp_guard.main import build_guard
-from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, get_permit
+from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, get_permit, make_guard, pins
 from tests.paths import ROOT
 
 ALLOWED = {"amount": 100, "currency": "EUR", "to": "acct-1"}
@@ -36,7 +40,7 @@ TOOL = "payments.transfer"
 
 @pytest.fixture
 async def upstream(enclave: EnclaveProcess) -> AsyncIterator[RunningUpstream]:
-    guard = build_guard(AUDIENCE, [enclave.address], allow_simulated=True)
+    guard = make_guard([enclave], AUDIENCE)
     async with run_upstream(guard) as up:
         yield up
 
@@ -162,20 +166,21 @@ async def test_permit_for_other_audience(enclave: EnclaveProcess) -> None:
     """Upstream B with its own guard: A's permit is no good there."""
     token = await get_permit(enclave.address)
     # B's guard trusts only enclaves measured for B: this enclave's key is not even trusted ...
-    async with run_upstream(build_guard("urn:cmcp:other", [enclave.address], allow_simulated=True)) as other:
+    async with run_upstream(make_guard([enclave], "urn:cmcp:other")) as other:
         refused(await call(other.url, TOOL, ALLOWED, token), "PERMIT_UNTRUSTED_KEY")
         assert other.counter.total() == 0
     # ... and with that check off, the permit's own audience binding still refuses it.
-    guard = build_guard("urn:cmcp:other", [enclave.address], allow_simulated=True)
+    guard = make_guard([enclave], "urn:cmcp:other")
     assert guard.trust is not None
-    guard.trust.policy = type(guard.trust.policy)(allow_simulated=True)
+    policy = guard.trust.policy
+    guard.trust.policy = replace(policy, expected=replace(policy.expected, audience=None))
     async with run_upstream(guard) as other:
         refused(await call(other.url, TOOL, ALLOWED, token), "PERMIT_AUDIENCE_MISMATCH")
         assert other.counter.total() == 0
 
 
 async def test_expired_permit(enclave: EnclaveProcess) -> None:
-    guard = build_guard(AUDIENCE, [enclave.address], allow_simulated=True)
+    guard = make_guard([enclave], AUDIENCE)
     guard.clock = lambda: time.time() + 3600  # the permit was minted an hour "ago"
     async with run_upstream(guard) as up:
         refused(await call(up.url, TOOL, ALLOWED, await get_permit(enclave.address)), "PERMIT_EXPIRED")
@@ -201,7 +206,7 @@ async def test_key_whose_evidence_does_not_verify(enclave: EnclaveProcess) -> No
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        guard = build_guard(AUDIENCE, [enclave.address, f"127.0.0.1:{port}"], allow_simulated=True)
+        guard = make_guard([enclave, f"127.0.0.1:{port}"], AUDIENCE)
         async with run_upstream(guard) as up:
             assert guard.trust is not None
             failure = guard.trust.failures[f"127.0.0.1:{port}"]
@@ -223,7 +228,8 @@ async def test_key_whose_evidence_does_not_verify(enclave: EnclaveProcess) -> No
 
 
 async def test_simulated_evidence_needs_explicit_consent(enclave: EnclaveProcess) -> None:
-    guard = build_guard(AUDIENCE, [enclave.address], allow_simulated=False)
+    strict = replace(dev_appraisal(), allow_simulated=False)
+    guard = build_guard(AUDIENCE, [enclave.address], appraisal=strict, expected=pins([enclave]))
     async with run_upstream(guard) as up:
         assert guard.trust is not None
         assert guard.trust.failures[enclave.address].code.value == "SIMULATED_NOT_ALLOWED"
@@ -232,12 +238,7 @@ async def test_simulated_evidence_needs_explicit_consent(enclave: EnclaveProcess
 
 
 async def test_unexpected_bundle_is_not_trusted(enclave: EnclaveProcess) -> None:
-    guard = build_guard(
-        AUDIENCE,
-        [enclave.address],
-        allow_simulated=True,
-        expected_bundle_hashes=frozenset({"sha256:" + "0" * 64}),
-    )
+    guard = make_guard([enclave.address], AUDIENCE, bundle_hashes=["sha256:" + "0" * 64])
     async with run_upstream(guard) as up:
         refused(await call(up.url, TOOL, ALLOWED, await get_permit(enclave.address)), "PERMIT_UNTRUSTED_KEY")
         assert up.counter.total() == 0
@@ -276,7 +277,7 @@ async def test_other_methods_pass_without_permit(upstream: RunningUpstream) -> N
 async def test_restarted_enclave_key_is_learned_by_reattestation(tmp_path: Path) -> None:
     """An unknown key id triggers one (rate-limited) re-attestation, so a restart is picked up."""
     with start_enclave(ROOT / "examples/realistic", tmp_path / "a", audience=AUDIENCE) as first:
-        guard = build_guard(AUDIENCE, [first.address], allow_simulated=True)
+        guard = make_guard([first], AUDIENCE)
         async with run_upstream(guard) as up:
             assert guard.trust is not None
             guard.trust.min_refresh_seconds = 0.0
@@ -295,3 +296,64 @@ async def test_restarted_enclave_key_is_learned_by_reattestation(tmp_path: Path)
 
 
 _ = asyncio
+
+
+@pytest.fixture(scope="module")
+def forged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
+    """The genuine bundle and initdata on a guest booted with another kernel (RTMR1): the host's
+    own software reading the genuine configuration."""
+    bundle = ROOT / "examples/realistic"
+    data = render_initdata(bundle, audience=AUDIENCE)
+    guest = SimulatedGuest(rtmrs=(SimulatedGuest().rtmrs[0], b"\x13" * 48, SimulatedGuest().rtmrs[2]))
+    with start_enclave(bundle, tmp_path_factory.mktemp("forged"), initdata_bytes=data,
+                       env=launcher_env(data, guest)) as proc:
+        yield proc
+
+
+async def test_a_forged_guests_permit_never_runs_the_tool(
+    forged: EnclaveProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guard pinned to the genuine bundle refuses the forged guest's permit: the tool does not
+    run. Weakened (no release comparison), the very same permit runs it."""
+    guard = make_guard([forged], AUDIENCE)
+    async with run_upstream(guard) as up:
+        assert guard.trust is not None
+        assert guard.trust.failures[forged.address].code.value == "REFERENCE_VALUE_MISMATCH"
+        refused(await call(up.url, TOOL, ALLOWED, await get_permit(forged.address)), "PERMIT_UNTRUSTED_KEY")
+        assert up.counter.total() == 0
+    monkeypatch.setattr(appraise, "match_release", lambda *_args: dev_release())
+    weakened = make_guard([forged], AUDIENCE)
+    async with run_upstream(weakened) as up:
+        resp = await call(up.url, TOOL, ALLOWED, await get_permit(forged.address))
+        assert resp.status_code == 200, resp.text
+        assert up.counter.total() == 1
+
+
+@pytest.fixture(scope="module")
+def advisory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
+    with start_enclave(ROOT / "examples/advisory", tmp_path_factory.mktemp("adv"), audience=AUDIENCE) as proc:
+        yield proc
+
+
+SEARCH, QUERY = "web.search", {"query": "q"}
+
+
+async def advisory_permit(advisory: EnclaveProcess) -> str:
+    return await get_permit(advisory.address, tool=SEARCH, arguments=QUERY)
+
+
+async def test_an_advisory_enclaves_permit_is_refused_by_an_enforce_guard(advisory: EnclaveProcess) -> None:
+    """An advisory-mode enclave lets denied calls through with a permit; a guard in front of an
+    enforce upstream (the default) does not trust its key, whatever bundle it pins."""
+    own_mode = pins([advisory])
+    assert own_mode.modes == {"advisory"}  # the test helper pins the enclave's own mode ...
+    enforce_only = replace(own_mode, modes=frozenset({"enforce"}))  # ... a deployed guard's default does not
+    guard = build_guard(AUDIENCE, [advisory.address], appraisal=dev_appraisal(), expected=enforce_only)
+    async with run_upstream(guard) as up:
+        assert guard.trust is not None
+        assert guard.trust.failures[advisory.address].code.value == "INITDATA_UNEXPECTED"
+        refused(await call(up.url, SEARCH, QUERY, await advisory_permit(advisory)), "PERMIT_UNTRUSTED_KEY")
+        assert up.counter.total() == 0
+    opted_in = make_guard([advisory], AUDIENCE)  # --expected-mode advisory, explicitly
+    async with run_upstream(opted_in) as up:
+        assert (await call(up.url, SEARCH, QUERY, await advisory_permit(advisory))).status_code == 200

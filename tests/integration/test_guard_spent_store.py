@@ -22,7 +22,9 @@ import pytest
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_devkit.enclave import EnclaveProcess
 from cmcp_devkit.ports import free_port
+from cmcp_devkit.postgres import PostgresServer
 from cmcp_devkit.procs import wait_http
+from cmcp_devkit.release import write_dev_release
 from cmcp_devkit.upstream import RunningUpstream, run_upstream
 from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, PERMIT_ARGS, PERMIT_TOOL, get_permit
 from tests.paths import ROOT
@@ -62,7 +64,8 @@ def guard_process(upstream: RunningUpstream, enclave: EnclaveProcess, store: str
             "--upstream", base,
             "--audience", AUDIENCE,
             "--enclave", enclave.address,
-            "--allow-simulated",
+            "--expected-bundle-hash", enclave.bundle_hash,
+            "--allow-simulated", *write_dev_release(log.parent / f"release-{port}").argv(),
             "--spent-store", store,
         ],
         cwd=ROOT,
@@ -91,10 +94,17 @@ def error_code(resp: httpx.Response) -> str:
     return str(resp.json()["error"]["data"]["error_code"])
 
 
-async def test_same_permit_at_two_replicas_sharing_sqlite_runs_once(
-    tmp_path: Path, upstream: RunningUpstream, enclave: EnclaveProcess
+def shared_store(kind: str, tmp_path: Path, postgres: PostgresServer) -> str:
+    """A store every replica reaches: a SQLite file on one node, or PostgreSQL for every node."""
+    return f"sqlite:{tmp_path / 'spent.db'}" if kind == "sqlite" else postgres.dsn
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_same_permit_at_two_replicas_sharing_a_store_runs_once(
+    tmp_path: Path, upstream: RunningUpstream, enclave: EnclaveProcess, kind: str,
+    postgres_server: PostgresServer,
 ) -> None:
-    store = f"sqlite:{tmp_path / 'spent.db'}"
+    store = shared_store(kind, tmp_path, postgres_server)
     with (
         guard_process(upstream, enclave, store, tmp_path / "a.log") as a,
         guard_process(upstream, enclave, store, tmp_path / "b.log") as b,
@@ -124,12 +134,16 @@ async def test_weakened_per_process_memory_stores_run_the_replayed_permit_twice(
     assert upstream.counter.total() == 2
 
 
-@pytest.mark.parametrize(("store", "replay_refused"), [("sqlite", True), ("memory", False)])
+@pytest.mark.parametrize(
+    ("store", "replay_refused"), [("sqlite", True), ("postgresql", True), ("memory", False)]
+)
 async def test_a_guard_restart_between_two_uses(
-    tmp_path: Path, upstream: RunningUpstream, enclave: EnclaveProcess, store: str, replay_refused: bool
+    tmp_path: Path, upstream: RunningUpstream, enclave: EnclaveProcess, store: str, replay_refused: bool,
+    postgres_server: PostgresServer,
 ) -> None:
-    """With SQLite the restarted guard refuses; the weakened memory store forgets and runs it again."""
-    spec = f"sqlite:{tmp_path / 'spent.db'}" if store == "sqlite" else "memory"
+    """With a durable store the restarted guard refuses; the weakened memory store forgets and runs
+    it again."""
+    spec = "memory" if store == "memory" else shared_store(store, tmp_path, postgres_server)
     permit = await get_permit(enclave.address)
     with guard_process(upstream, enclave, spec, tmp_path / "before.log") as before:
         assert (await spend(await ready(before), permit)).status_code == 200

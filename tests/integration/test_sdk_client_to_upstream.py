@@ -41,12 +41,18 @@ def advisory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProces
         yield proc
 
 
+READER = {"tok-reader": "mnpi-reader"}
+
+
 @pytest.mark.parametrize(("mode", "sse"), [("auto", False), ("legacy", False), ("auto", True)])
 async def test_allowed_call_keeps_structure(enforce: EnclaveProcess, mode: str, sse: bool) -> None:
-    """``sse``: the upstream answers in text/event-stream (chunked); the gateway still relays it."""
+    """``sse``: the upstream answers in text/event-stream (chunked); the gateway still relays it.
+
+    Its own principal: reading the deal pipeline taints the agent (MNPI) for the bundle's window,
+    across sessions, and the module's other tests must not inherit that."""
     async with (
-        run_stack([enforce.address], audience=AUDIENCE, upstream_sse=sse) as stack,
-        agent(stack.url, mode=mode) as client,
+        run_stack([enforce], audience=AUDIENCE, upstream_sse=sse, tokens=READER) as stack,
+        agent(stack.url, token="tok-reader", mode=mode) as client,
     ):
         result = await client.call_tool("payments.transfer", TRANSFER)
         assert result.is_error is False
@@ -63,7 +69,7 @@ async def test_allowed_call_keeps_structure(enforce: EnclaveProcess, mode: str, 
 @pytest.mark.parametrize("mode", MODES)
 async def test_denied_call_is_coded_signed_and_never_forwarded(enforce: EnclaveProcess, mode: str) -> None:
     async with (
-        run_stack([enforce.address], audience=AUDIENCE) as stack,
+        run_stack([enforce], audience=AUDIENCE) as stack,
         agent(stack.url, mode=mode) as client,
     ):
         with pytest.raises(MCPError) as denied:
@@ -84,7 +90,7 @@ async def test_denied_call_is_coded_signed_and_never_forwarded(enforce: EnclaveP
 
 
 async def test_tool_outside_catalog(enforce: EnclaveProcess) -> None:
-    async with run_stack([enforce.address], audience=AUDIENCE) as stack, agent(stack.url) as client:
+    async with run_stack([enforce], audience=AUDIENCE) as stack, agent(stack.url) as client:
         with pytest.raises(MCPError) as denied:
             await client.call_tool("add", {"a": 1, "b": 2})
         assert denied.value.error.data["error_code"] == "TOOL_NOT_IN_CATALOG"
@@ -92,7 +98,7 @@ async def test_tool_outside_catalog(enforce: EnclaveProcess) -> None:
 
 
 async def test_tools_list_shows_only_allowed_tools_with_upstream_definitions(enforce: EnclaveProcess) -> None:
-    async with run_stack([enforce.address], audience=AUDIENCE) as stack, agent(stack.url) as client:
+    async with run_stack([enforce], audience=AUDIENCE) as stack, agent(stack.url) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert "payments.transfer" in tools and "add" not in tools and "echo" not in tools
         assert tools["payments.transfer"].output_schema is not None  # the upstream's own definition
@@ -101,7 +107,7 @@ async def test_tools_list_shows_only_allowed_tools_with_upstream_definitions(enf
 @pytest.mark.parametrize("mode", MODES)
 async def test_advisory_forwards_and_marks(advisory: EnclaveProcess, mode: str) -> None:
     async with (
-        run_stack([advisory.address], audience=AUDIENCE) as stack,
+        run_stack([advisory], audience=AUDIENCE) as stack,
         agent(stack.url, mode=mode) as client,
     ):
         await client.call_tool("ehr.read_patient_record", {"patient_id": "p-1"})  # taints the session (phi)
@@ -112,7 +118,7 @@ async def test_advisory_forwards_and_marks(advisory: EnclaveProcess, mode: str) 
 
 
 async def test_legacy_session_lifecycle(enforce: EnclaveProcess) -> None:
-    async with run_stack([enforce.address], audience=AUDIENCE) as stack:
+    async with run_stack([enforce], audience=AUDIENCE) as stack:
         async with agent(stack.url, mode="legacy") as client:
             await client.call_tool("web.search", {"query": "q"})
             assert len(stack.gateway.sessions) == 1
@@ -122,7 +128,7 @@ async def test_legacy_session_lifecycle(enforce: EnclaveProcess) -> None:
 
 async def test_raw_http_semantics(enforce: EnclaveProcess) -> None:
     """GET 405, unknown / foreign session 404, missing credential 401, parse error survives."""
-    async with run_stack([enforce.address], audience=AUDIENCE) as stack:
+    async with run_stack([enforce], audience=AUDIENCE) as stack:
         alice = {"authorization": "Bearer tok-alice", "accept": "application/json, text/event-stream"}
         bob = {**alice, "authorization": "Bearer tok-bob"}
         init = {
@@ -184,7 +190,7 @@ async def test_raw_http_semantics(enforce: EnclaveProcess) -> None:
 
 async def test_open_route_uses_anonymous_principal(enforce: EnclaveProcess) -> None:
     async with (
-        run_stack([enforce.address], audience=AUDIENCE, open_route=True) as stack,
+        run_stack([enforce], audience=AUDIENCE, open_route=True) as stack,
         agent(stack.url, token=None) as client,
     ):
         result = await client.call_tool("web.search", {"query": "q"})
@@ -193,7 +199,7 @@ async def test_open_route_uses_anonymous_principal(enforce: EnclaveProcess) -> N
 
 async def test_idle_sessions_are_closed_at_the_enclave(enforce: EnclaveProcess, tmp_path: Path) -> None:
     limits = GatewayLimits(session_idle_seconds=0.0, decide_timeout_seconds=15.0)
-    async with run_stack([enforce.address], audience=AUDIENCE, limits=limits) as stack:
+    async with run_stack([enforce], audience=AUDIENCE, limits=limits) as stack:
         stack.gateway.sessions.trust_record_dir = str(tmp_path)
         async with agent(stack.url, mode="legacy") as client:
             await client.call_tool("web.search", {"query": "q"})

@@ -10,6 +10,8 @@ The server-side checks (`kubectl apply --dry-run=server`, install, RBAC) are in 
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import dataclasses
 import io
 import json
@@ -17,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
 from contextlib import redirect_stdout
@@ -27,8 +30,11 @@ from typing import Any
 import pytest
 import yaml
 
+from cmcp_core import appraisal_options
 from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN
+from cmcp_devkit.cluster import chart_release
 from cmcp_devkit.cluster.binaries import ensure_client_tools
+from cmcp_devkit.release import DevRelease, write_dev_release
 from tests.paths import ROOT
 
 CHART = ROOT / "charts" / "cmcp"
@@ -51,8 +57,27 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm_bin(), *args], capture_output=True, text=True, timeout=120)
 
 
-def values_args(profile: str | None, sets: tuple[str, ...] = ()) -> list[str]:
-    out = ["-f", str(CHART / "ci" / profile)] if profile else []
+@cache
+def dev_release() -> DevRelease:
+    """One signed dev release per run: the chart refuses to render without a manifest and key."""
+    directory = tempfile.mkdtemp(prefix="cmcp-chart-release-")
+    atexit.register(shutil.rmtree, directory, True)
+    return write_dev_release(Path(directory))
+
+
+def release_args() -> list[str]:
+    rel = dev_release()
+    return [
+        "--set-file",
+        f"release.manifests.dev={rel.manifest}",
+        "--set-file",
+        f"release.keys.dev={rel.key}",
+    ]
+
+
+def values_args(profile: str | None, sets: tuple[str, ...] = (), *, release: bool = True) -> list[str]:
+    out = release_args() if release else []
+    out += ["-f", str(CHART / "ci" / profile)] if profile else []
     for s in sets:
         out += ["--set-json" if s.startswith("json:") else "--set", s.removeprefix("json:")]
     return out
@@ -83,6 +108,24 @@ def container(deploy: dict[str, Any]) -> dict[str, Any]:
 
 def with_pod_ip(args: list[str], ip: str = "198.18.0.10") -> list[str]:
     return [a.replace("$(POD_IP)", ip) for a in args]
+
+
+def pod_root(docs: list[dict[str, Any]], root: Path) -> Path:
+    """Materialise the release ConfigMap at ROOT/etc/cmcp/release, as the kubelet (or the e2e node
+    agent, which roots each pod's files in a directory) would."""
+    cm = one(docs, "ConfigMap", "release")
+    target = root / "etc" / "cmcp" / "release"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in cm["data"].items():
+        (target / name).write_text(text)
+    return root
+
+
+def rooted(args: list[str], root: Path) -> list[str]:
+    """Container paths in flags (after ``=``) mapped under ``root``."""
+    return [
+        re.sub(r"=/(etc/cmcp/release|var/cache/cmcp)/", lambda m: f"={root}/{m.group(1)}/", a) for a in args
+    ]
 
 
 # ----------------------------------------------------------------------------- lint / render
@@ -161,7 +204,7 @@ def test_common_labels_and_pull_secrets_reach_every_object() -> None:
 def test_default_values_do_not_deploy_a_gateway_without_routes() -> None:
     docs = render()
     assert not find(docs, "Deployment", "gateway")
-    notes = helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client")
+    notes = helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client", *release_args())
     assert notes.returncode == 0, notes.stderr
     assert "not deployed yet: list your routes under gateway.routes" in notes.stdout
 
@@ -207,6 +250,13 @@ NONSENSE = {
         "/gateway/routes/0",
     ),
     "bad watch scope": ("operator.watchScope=everything", "/operator/watchScope"),
+    "release name not a DNS label": ("release.keys.Bad_Name=-----BEGIN PUBLIC KEY-----", ""),
+    "key that is not PEM": ("release.keys.k=hello", "/release/keys/k"),
+    "plain-http PCCS": ("tdx.pccsUrl=http://pccs.example/", "/tdx/pccsUrl"),
+    "collateral volume of another kind": (
+        'json:tdx.collateralDir={"configMap":{"name":"x"}}',
+        "/tdx/collateralDir",
+    ),
 }
 
 
@@ -217,6 +267,111 @@ def test_schema_rejects_nonsense(case: str) -> None:
     assert proc.returncode != 0, f"{case}: accepted\n{proc.stdout[:500]}"
     assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
     assert f"at '{path}'" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("missing", ["manifests", "keys"])
+def test_chart_refuses_to_render_without_a_release(missing: str) -> None:
+    """No manifest (or no key to verify it) would install an operator and gateway that refuse every
+    enclave: the chart says what to do instead of rendering."""
+    rel = dev_release()
+    present = {"manifests": f"release.manifests.dev={rel.manifest}", "keys": f"release.keys.dev={rel.key}"}
+    others = [a for k, v in present.items() if k != missing for a in ("--set-file", v)]
+    proc = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *others)
+    assert proc.returncode != 0
+    assert f"release.{missing} is required" in proc.stderr and "cmcpctl release manifest" in proc.stderr
+    # The control: both given, it renders.
+    assert helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *release_args()).returncode == 0
+
+
+def test_chart_refuses_a_manifest_that_is_not_a_signed_envelope() -> None:
+    rel = dev_release()
+    # A key where the manifest belongs: the schema's envelope check names it.
+    proc = helm(
+        "template",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--set-file",
+        f"release.manifests.dev={rel.key}",
+        "--set-file",
+        f"release.keys.dev={rel.key}",
+    )
+    assert proc.returncode != 0 and "at '/release/manifests/dev'" in proc.stderr
+    # JSON that merely mentions payloadType: the template's parse check.
+    proc = helm(
+        "template",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--set",
+        "release.manifests.dev=payloadType",
+        "--set-file",
+        f"release.keys.dev={rel.key}",
+    )
+    assert proc.returncode != 0 and "is not a signed release manifest" in proc.stderr
+
+
+def test_release_and_collateral_reach_the_operator_and_gateway() -> None:
+    pvc = 'json:tdx.collateralDir={"persistentVolumeClaim":{"claimName":"tdx-cache"}}'
+    docs = render("simulated-values.yaml", (pvc, "tdx.pccsUrl=https://pccs.example/sgx/certification/v4/"))
+    cm = one(docs, "ConfigMap", "release")
+    rel = dev_release()
+    assert cm["data"] == {"manifest-dev.json": rel.manifest.read_text(), "key-dev.pem": rel.key.read_text()}
+    op, gw = one(docs, "Deployment", "operator"), one(docs, "Deployment", "gateway")
+    assert {
+        "--release-manifest=/etc/cmcp/release/manifest-dev.json",
+        "--release-key=/etc/cmcp/release/key-dev.pem",
+        "--tdx-collateral-dir=/var/cache/cmcp/tdx-collateral",
+        "--pccs-url=https://pccs.example/sgx/certification/v4/",
+    } <= set(container(op)["args"])
+    gw_cfg = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
+    assert gw_cfg["pccs_url"] == "https://pccs.example/sgx/certification/v4/"
+    assert gw_cfg["release"] == {
+        "manifests": ["etc/cmcp/release/manifest-dev.json"],
+        "keys": ["etc/cmcp/release/key-dev.pem"],
+    }
+    for deploy in (op, gw):
+        pod = deploy["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in pod["volumes"]}
+        assert vols["tdx-collateral"] == {
+            "name": "tdx-collateral",
+            "persistentVolumeClaim": {"claimName": "tdx-cache"},
+        }
+        assert vols["release"]["configMap"]["name"] == cm["metadata"]["name"]
+        mounts = {m["name"]: m for m in container(deploy)["volumeMounts"]}
+        assert mounts["release"]["readOnly"] is True
+        assert deploy["spec"]["template"]["metadata"]["annotations"]["checksum/release"]
+    default = one(render(), "Deployment", "operator")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tdx-collateral", "emptyDir": {"sizeLimit": "64Mi"}} in default
+    assert not [a for a in container(one(render(), "Deployment", "operator"))["args"] if "pccs" in a]
+
+
+@pytest.mark.parametrize("helm_release", [RELEASE, "cmcp", "demo-cmcp-x"])
+def test_guard_pods_beside_the_chart_read_its_release_configmap(helm_release: str, tmp_path: Path) -> None:
+    """cmcp_devkit.cluster.chart_release (used for guard pods next to an install) names the chart's
+    ConfigMap and files exactly, and the guard's appraisal options accept the flags once the files
+    are there (cmcp-guard parses them with the same add_arguments/from_args)."""
+
+    values = tmp_path / "release-values.yaml"
+    values.write_text(yaml.safe_dump(chart_release.chart_values(dev_release())))
+    proc = helm("template", helm_release, str(CHART), "-n", NAMESPACE, "-f", str(values))
+    assert proc.returncode == 0, proc.stderr
+    cm = one([d for d in yaml.safe_load_all(proc.stdout) if d], "ConfigMap", "release")
+    mount = chart_release.guard_mount(helm_release)
+    assert mount.volume["configMap"]["name"] == cm["metadata"]["name"]
+    files = {a.split("=", 1)[1].removeprefix(chart_release.MOUNT_PATH + "/") for a in mount.args}
+    assert files == set(cm["data"])
+    root = tmp_path / "etc" / "cmcp" / "release"
+    root.mkdir(parents=True)
+    for name, text in cm["data"].items():
+        (root / name).write_text(text)
+    args = [a.replace(chart_release.MOUNT_PATH, str(root)) for a in mount.args]
+    parser = argparse.ArgumentParser()
+    appraisal_options.add_arguments(parser)
+    policy = appraisal_options.from_args(parser.parse_args(args), parser)
+    assert [r.signer for r in policy.releases] == [dev_release().release.signer]
 
 
 def test_schema_accepts_sensible_overrides() -> None:
@@ -375,18 +530,22 @@ def test_gateway_rbac_reads_only_its_routes() -> None:
 
 # ----------------------------------------------------------------------------- contracts
 @pytest.mark.parametrize("profile", [None, *PROFILES])
-def test_operator_args_are_accepted_by_the_operator(profile: str | None) -> None:
+def test_operator_args_are_accepted_by_the_operator(profile: str | None, tmp_path: Path) -> None:
     from cmcp_operator.main import parse_args
 
     docs = render(profile)
     args = container(one(docs, "Deployment", "operator"))["args"]
-    cfg = parse_args(with_pod_ip(args))
+    root = pod_root(docs, tmp_path)
+    cfg = parse_args(rooted(with_pod_ip(args), root))
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     prof = yaml.safe_load((CHART / "ci" / profile).read_text()) if profile else {}
     att = {**values["attestation"], **prof.get("attestation", {})}
     assert cfg.allow_simulated is att["allowSimulated"]
     assert cfg.simulate_tee is att["simulateTee"]
-    assert list(cfg.acceptable_tcb) == att["acceptedTcbStatuses"]
+    assert cfg.appraisal.accepted_tcb_statuses == frozenset(att["acceptedTcbStatuses"])
+    # The chart's release manifest, verified with the chart's key, is the operator's reference.
+    assert [r.signer for r in cfg.appraisal.releases] == [dev_release().release.signer]
+    assert cfg.appraisal.collateral_dir == f"{root}/var/cache/cmcp/tdx-collateral"
     assert cfg.reattest_interval == att["reattestIntervalSeconds"]
     assert cfg.runtime_classes == att["runtimeClasses"]
     assert cfg.webhook_listen == "198.18.0.10" and cfg.webhook_port == 9443
@@ -415,12 +574,14 @@ def test_webhook_configuration_is_the_one_the_operator_manages() -> None:
     assert not find(render(None, ("operator.webhook.enabled=false",)), "ValidatingWebhookConfiguration")
 
 
-def test_secret_supplied_webhook_certificate_is_mounted() -> None:
+def test_secret_supplied_webhook_certificate_is_mounted(tmp_path: Path) -> None:
     from cmcp_operator.main import parse_args
 
-    op = one(render("namespaced-values.yaml"), "Deployment", "operator")
+    docs = render("namespaced-values.yaml")
+    op = one(docs, "Deployment", "operator")
     c = container(op)
-    assert parse_args(with_pod_ip(c["args"])).webhook_cert_dir == "/etc/cmcp/webhook-tls"
+    args = rooted(with_pod_ip(c["args"]), pod_root(docs, tmp_path))
+    assert parse_args(args).webhook_cert_dir == "/etc/cmcp/webhook-tls"
     vols = {v["name"]: v for v in op["spec"]["template"]["spec"]["volumes"]}
     assert vols["webhook-tls"]["secret"]["secretName"] == "cmcp-webhook-tls"
     assert {"name": "webhook-tls", "mountPath": "/etc/cmcp/webhook-tls", "readOnly": True} in c[
@@ -429,19 +590,24 @@ def test_secret_supplied_webhook_certificate_is_mounted() -> None:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_gateway_config_is_accepted_by_the_gateway(profile: str) -> None:
+def test_gateway_config_is_accepted_by_the_gateway(
+    profile: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cmcp_gateway.config import parse
 
     docs = render(profile)
     cm = one(docs, "ConfigMap", "gateway")
+    monkeypatch.chdir(pod_root(docs, tmp_path))  # the container's workingDir "/"
     cfg = parse(json.loads(cm["data"]["gateway.json"]))
+    assert [r.signer for r in cfg.appraisal.releases] == [dev_release().release.signer]
+    assert cfg.appraisal.collateral_dir == "var/cache/cmcp/tdx-collateral"
     prof = yaml.safe_load((CHART / "ci" / profile).read_text())
     assert [r.name for r in cfg.routes] == [r["name"] for r in prof["gateway"]["routes"]]
     for r, want in zip(cfg.routes, prof["gateway"]["routes"], strict=True):
         assert r.kubernetes is not None and r.kubernetes.name == want["mcpRoute"]["name"]
         assert r.kubernetes.namespace == want["mcpRoute"].get("namespace", NAMESPACE)
         assert r.upstream == want["upstream"] and r.audience == want["audience"]
-    assert cfg.allow_simulated is prof.get("attestation", {}).get("allowSimulated", False)
+    assert cfg.appraisal.allow_simulated is prof.get("attestation", {}).get("allowSimulated", False)
     # Relative to the container's workingDir "/": the Secret's mount.
     assert cfg.tokens_dir == "etc/cmcp/gateway-auth"
     assert dataclasses.asdict(cfg.limits)["max_body_bytes"] == 1048576
@@ -457,6 +623,11 @@ def test_gateway_config_is_accepted_by_the_gateway(profile: str) -> None:
         and vols["config"]["configMap"]["name"] == cm["metadata"]["name"]
     )
     assert mounts["auth"] == "/etc/cmcp/gateway-auth"
+    assert (
+        mounts["release"] == "/etc/cmcp/release"
+        and mounts["tdx-collateral"] == "/var/cache/cmcp/tdx-collateral"
+    )
+    assert vols["release"]["configMap"]["name"] == one(docs, "ConfigMap", "release")["metadata"]["name"]
     assert vols["auth"]["secret"]["secretName"] == "cmcp-gateway-tokens"
 
 
@@ -571,6 +742,7 @@ def test_notes_explain_first_bundle_route_and_attestation() -> None:
         "-n",
         NAMESPACE,
         "--dry-run=client",
+        *release_args(),
         "-f",
         str(CHART / "ci" / "simulated-values.yaml"),
     )
@@ -585,6 +757,8 @@ def test_notes_explain_first_bundle_route_and_attestation() -> None:
         "WARNING: attestation.allowSimulated=true",
         "kubectl delete crd policybundles.cmcp.dev",
         "tee: simulated",
+        "1 signed release manifest(s) (dev)",
+        "TDX collateral: cache at /var/cache/cmcp/tdx-collateral",
     ):
         assert needle in notes, needle
 

@@ -183,12 +183,109 @@ because they carry $(POD_IP).
 {{- $r := dict "name" .name "upstream" .upstream "audience" .audience "open" (default false .open) -}}
 {{- $_ := set $r "kubernetes" (dict "namespace" (default $.Release.Namespace .mcpRoute.namespace) "name" .mcpRoute.name) -}}
 {{- with .expectedBundleHashes }}{{ $_ := set $r "expected_bundle_hashes" . }}{{ end -}}
+{{- with .expectedCatalogHashes }}{{ $_ := set $r "expected_catalog_hashes" . }}{{ end -}}
+{{- with .enforcementModes }}{{ $_ := set $r "enforcement_modes" . }}{{ end -}}
 {{- $routes = append $routes $r -}}
 {{- end -}}
 {{- $l := $gw.limits -}}
-{{- $limits := dict "max_body_bytes" $l.maxBodyBytes "max_depth" $l.maxDepth "max_string" $l.maxString "max_concurrent_per_agent" $l.maxConcurrentPerAgent "decide_timeout_seconds" $l.decideTimeoutSeconds "upstream_timeout_seconds" $l.upstreamTimeoutSeconds "session_idle_seconds" $l.sessionIdleSeconds "max_sessions" $l.maxSessions -}}
+{{- $limits := dict "max_body_bytes" $l.maxBodyBytes "max_depth" $l.maxDepth "max_string" $l.maxString "max_concurrent_per_agent" $l.maxConcurrentPerAgent "decide_timeout_seconds" $l.decideTimeoutSeconds "upstream_timeout_seconds" $l.upstreamTimeoutSeconds "session_idle_seconds" $l.sessionIdleSeconds "max_sessions" $l.maxSessions "max_sessions_per_agent" $l.maxSessionsPerAgent -}}
 {{- /* tokens_dir is relative to the container's workingDir "/" (set in the Deployment), so it also
 resolves for a process whose filesystem is rooted elsewhere (the e2e node agent). */ -}}
 {{- $cfg := dict "listen" (printf "0.0.0.0:%v" $gw.port) "allow_simulated" .Values.attestation.allowSimulated "auth" (dict "tokens_dir" "etc/cmcp/gateway-auth") "limits" $limits "attest_refresh_seconds" $gw.attestRefreshSeconds "routes" $routes -}}
+{{- $cfg = merge $cfg (include "cmcp.appraisal.gatewayConfig" . | fromJson) -}}
 {{- toPrettyJson $cfg }}
+{{- end }}
+
+{{/*
+Signed enclave release manifests (values `release`) and the TDX collateral cache (values `tdx`):
+the appraisal settings the operator and the gateway share. Without a verified manifest both
+refuse every guest, so the chart refuses to render rather than install components that can
+attest nothing.
+*/}}
+{{- define "cmcp.release.fullname" -}}
+{{- printf "%s-release" (include "cmcp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- define "cmcp.release.mountPath" -}}/etc/cmcp/release{{- end }}
+{{- define "cmcp.tdx.collateralPath" -}}/var/cache/cmcp/tdx-collateral{{- end }}
+
+{{- define "cmcp.release.check" -}}
+{{- $how := "create and sign one with `cmcpctl release manifest`, then pass --set-file release.manifests.<name>=<manifest.json> --set-file release.keys.<name>=<key.pub.pem>" -}}
+{{- if not .Values.release.manifests -}}
+{{- fail (printf "release.manifests is required: at least one signed enclave release manifest (REFERENCE_VALUES_MISSING otherwise: every enclave is refused); %s" $how) -}}
+{{- end -}}
+{{- if not .Values.release.keys -}}
+{{- fail (printf "release.keys is required: the public key that signed the release manifests; %s" $how) -}}
+{{- end -}}
+{{- range $name, $text := .Values.release.manifests -}}
+{{- $doc := fromJson $text -}}
+{{- if not (and (hasKey $doc "payloadType") (hasKey $doc "signatures")) -}}
+{{- fail (printf "release.manifests.%s is not a signed release manifest (a DSSE JSON envelope from `cmcpctl release manifest`)" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* ConfigMap keys (= file names under the mount path), in a stable order. */}}
+{{- define "cmcp.release.files" -}}
+{{- $manifests := list -}}
+{{- range $name, $_ := .Values.release.manifests }}{{ $manifests = append $manifests (printf "manifest-%s.json" $name) }}{{ end -}}
+{{- $keys := list -}}
+{{- range $name, $_ := .Values.release.keys }}{{ $keys = append $keys (printf "key-%s.pem" $name) }}{{ end -}}
+{{- toJson (dict "manifests" $manifests "keys" $keys) -}}
+{{- end }}
+
+{{/* cmcp-operator (and cmcp-guard) flags: --release-manifest/--release-key/--tdx-collateral-dir/--pccs-url. */}}
+{{- define "cmcp.appraisal.args" -}}
+{{- $files := include "cmcp.release.files" . | fromJson -}}
+{{- $dir := include "cmcp.release.mountPath" . -}}
+{{- range $files.manifests }}
+- --release-manifest={{ $dir }}/{{ . }}
+{{- end }}
+{{- range $files.keys }}
+- --release-key={{ $dir }}/{{ . }}
+{{- end }}
+- --tdx-collateral-dir={{ include "cmcp.tdx.collateralPath" . }}
+{{- with .Values.tdx.pccsUrl }}
+- --pccs-url={{ . }}
+{{- end }}
+{{- end }}
+
+{{/* The same settings as gateway config keys. Paths are relative to the container's workingDir
+"/" (like tokens_dir), so they also resolve under the e2e node agent's per-pod root. */}}
+{{- define "cmcp.appraisal.gatewayConfig" -}}
+{{- $files := include "cmcp.release.files" . | fromJson -}}
+{{- $dir := include "cmcp.release.mountPath" . | trimPrefix "/" -}}
+{{- $manifests := list -}}
+{{- range $files.manifests }}{{ $manifests = append $manifests (printf "%s/%s" $dir .) }}{{ end -}}
+{{- $keys := list -}}
+{{- range $files.keys }}{{ $keys = append $keys (printf "%s/%s" $dir .) }}{{ end -}}
+{{- $cfg := dict "release" (dict "manifests" $manifests "keys" $keys) "tdx_collateral_dir" (include "cmcp.tdx.collateralPath" . | trimPrefix "/") -}}
+{{- with .Values.tdx.pccsUrl }}{{ $_ := set $cfg "pccs_url" . }}{{ end -}}
+{{- toJson $cfg -}}
+{{- end }}
+
+{{/* Roll the pods when a manifest or key changes (the files are read at start). */}}
+{{- define "cmcp.release.checksum" -}}
+{{- toJson (dict "release" .Values.release "tdx" .Values.tdx) | sha256sum -}}
+{{- end }}
+
+{{- define "cmcp.appraisal.volumeMounts" -}}
+- name: release
+  mountPath: {{ include "cmcp.release.mountPath" . }}
+  readOnly: true
+- name: tdx-collateral
+  mountPath: {{ include "cmcp.tdx.collateralPath" . }}
+{{- end }}
+
+{{- define "cmcp.appraisal.volumes" -}}
+- name: release
+  configMap:
+    name: {{ include "cmcp.release.fullname" . }}
+    defaultMode: 0444
+- name: tdx-collateral
+  {{- with .Values.tdx.collateralDir }}
+  {{- toYaml . | nindent 2 }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: 64Mi
+  {{- end }}
 {{- end }}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -80,7 +80,8 @@ def need_outage(target: TargetDeployment) -> Outage:
 
 
 def appraisal_policy(target: TargetDeployment) -> AppraisalPolicy:
-    return AppraisalPolicy(allow_simulated=target.allow_simulated)
+    """The target's appraisal (its signed releases) with simulated evidence as the target declares."""
+    return replace(target.appraisal, allow_simulated=target.allow_simulated)
 
 
 def attest(

@@ -1,25 +1,30 @@
-"""ATTEST-001..005: the evidence binds what it must, is fresh, is not forgeable, and names the
-key that actually signs decisions."""
+"""ATTEST-001..006: the evidence binds what it must, is fresh, is not forgeable, names the key
+that actually signs decisions, and a guest that is not a signed release is refused."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import secrets
+from dataclasses import replace
+from typing import Any
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_conformance.agent import agent
+from cmcp_conformance.local import FORGED_GUEST
 from cmcp_conformance.suite.conftest import Attested, appraisal_policy, attest, need_enclave
 from cmcp_conformance.target import TargetDeployment
 from cmcp_core.binding import Binding
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError
+from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.tdx import parse_quote
-from cmcp_core.verify import AppraisalPolicy, appraise_response
+from cmcp_core.verify import appraise_response
 
 TDX_LIKE = ("tdx", "simulated")
 
@@ -92,7 +97,8 @@ def test_unusable_nonce_is_refused(target: TargetDeployment) -> None:
 
 @pytest.mark.conformance("ATTEST-003")
 def test_simulated_evidence_needs_explicit_consent(target: TargetDeployment, attested: Attested) -> None:
-    strict = appraise_response(attested.response, attested.nonce, AppraisalPolicy(allow_simulated=False))
+    strict_policy = replace(appraisal_policy(target), allow_simulated=False)
+    strict = appraise_response(attested.response, attested.nonce, strict_policy)
     if attested.response.platform == "simulated":
         assert target.allow_simulated, "the target presents simulated evidence but was not declared simulated"
         assert not strict.passed and strict.code == "SIMULATED_NOT_ALLOWED", (
@@ -171,3 +177,36 @@ def test_route_status_matches_fresh_evidence(target: TargetDeployment) -> None:
         listed = {p.get("keyThumbprint") for p in pods}
         assert att.kid in listed, "the enclave's fresh key is not the one the operator attested"
         assert thumbprint(att.key) == att.verdict.key_thumbprint
+
+
+def _forged_guest_evidence(target: TargetDeployment, attested: Attested) -> tuple[Any, bytes]:
+    """Fresh evidence from a guest the host booted itself, with the genuine bundle and initdata.
+
+    With local powers a real enclave process is launched as :data:`FORGED_GUEST`; on a remote
+    simulated target the suite is that host and signs the simulated quote itself; hardware evidence
+    from another guest cannot be made without the target's own hosts."""
+    if target.powers is not None:
+        with target.powers.forged_enclave() as address:
+            nonce = secrets.token_bytes(32)
+            return target.attest(nonce, address=address), nonce
+    if attested.response.platform != "simulated":
+        pytest.skip("needs local powers (boot an enclave as another guest) on a hardware target")
+    response = copy.deepcopy(attested.response)
+    quote = parse_quote(bytes(response.evidence))
+    response.evidence = SimulatedQuoteSigner().quote(
+        quote.body.report_data, quote.body.mrconfigid, mrtd=FORGED_GUEST.mrtd,
+        rtmrs=(*FORGED_GUEST.rtmrs, bytes(48)))
+    return response, attested.nonce
+
+
+@pytest.mark.conformance("ATTEST-006")
+def test_forged_guest_is_refused(target: TargetDeployment, attested: Attested) -> None:
+    """A host boots its own guest (another initrd) with the genuine bundle and initdata."""
+    forged, nonce = _forged_guest_evidence(target, attested)
+    assert bytes(forged.initdata) == bytes(attested.response.initdata), (
+        "the forged guest must carry the genuine initdata, or the test proves nothing"
+    )
+    verdict = appraise_response(forged, nonce, appraisal_policy(target),
+                                expected_bundle_hash=target.expected_bundle_hash)
+    assert not verdict.passed, "a guest whose launch measurements match no signed release appraised"
+    assert verdict.code == "REFERENCE_VALUE_MISMATCH", f"refused for another reason: {verdict.code}"

@@ -42,6 +42,12 @@ SIMULATED_QE_VENDOR_ID = b"CMCP-SIMULATED-1"
 SIMULATED_CERT_TYPE = 0x8001
 SIMULATED_CERT_LABEL = b"cmcp-simulated-tee-v1"
 SIMULATED_MRTD = hashlib.sha384(b"cmcp-simulated-td-v1").digest()
+# The genuine simulated guest's boot chain (firmware, kernel, initrd); RTMR3 stays zero.
+SIMULATED_RTMRS: tuple[bytes, bytes, bytes] = (
+    hashlib.sha384(b"cmcp-simulated-rtmr0-v1").digest(),
+    hashlib.sha384(b"cmcp-simulated-rtmr1-v1").digest(),
+    hashlib.sha384(b"cmcp-simulated-rtmr2-v1").digest(),
+)
 _ZERO48 = bytes(48)
 
 
@@ -70,7 +76,7 @@ class SimulatedQuoteSigner:
         mrconfigid: bytes,
         *,
         mrtd: bytes = SIMULATED_MRTD,
-        rtmrs: tuple[bytes, bytes, bytes, bytes] = (_ZERO48, _ZERO48, _ZERO48, _ZERO48),
+        rtmrs: tuple[bytes, bytes, bytes, bytes] = (*SIMULATED_RTMRS, _ZERO48),
     ) -> bytes:
         """Return a TDX v4 quote whose body carries ``report_data`` (64) and ``mrconfigid`` (48)."""
         if len(report_data) != 64:

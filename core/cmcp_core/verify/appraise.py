@@ -7,10 +7,12 @@ of checks (the first failure is reported):
 1. inputs (platform, nonce size, JWK) -> ``VERIFY_INPUT_INVALID``;
 2. evidence authenticity (TDX: dcap-qvl + TCB policy; SNP: VCEK/VLEK chain to the pinned
    ARK + TCB extensions; simulated: only when allowed, simulator signature);
-3. debug flags, reference values (MRTD/RTMRs/MEASUREMENT);
+3. debug flags;
 4. the measured config field (MRCONFIGID/HOST_DATA) against the initdata digest;
-5. claimed bundle/catalog/mode against the measured initdata, then the expected bundle;
-6. REPORT_DATA against the binding of key, bundle, catalog, mode and nonce.
+5. the launch measurements, TCB and attributes, and the image and launch-policy rules the
+   initdata pins, against a verified release manifest (:mod:`cmcp_core.verify.reference`);
+6. claimed bundle/catalog/mode against the measured initdata, then the expected bundle;
+7. REPORT_DATA against the binding of key, bundle, catalog, mode and nonce.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from cmcp_core.crypto import key_from_jwk, public_bytes, public_jwk, thumbprint
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.simulated import verify_simulated_quote
 from cmcp_core.evidence.tdx import TdxQuote
+from cmcp_core.initdata import parse as parse_initdata
 from cmcp_core.verify.bindings import check_claims, check_initdata, check_report_data
+from cmcp_core.verify.reference import SNP_TCB_FIELDS, SnpLaunch, TdxLaunch, match_release
 from cmcp_core.verify.snp import azure_report_data, decode_snp_evidence, verify_snp_report
 from cmcp_core.verify.tdx import verify_tdx_quote
 from cmcp_core.verify.verdict import OK, AppraisalPolicy, Assurance, Verdict, VerifyFailure
@@ -77,20 +81,26 @@ def _tdx_measurements(q: TdxQuote) -> dict[str, str]:
     return out
 
 
-def _check_tdx_refs(q: TdxQuote, policy: AppraisalPolicy) -> None:
-    if policy.mrtd is not None and not hmac.compare_digest(policy.mrtd, q.body.mrtd):
-        raise VerifyFailure(Code.REFERENCE_VALUE_MISMATCH, "MRTD differs from the reference value")
-    for index, ref in policy.rtmrs.items():
-        if not 0 <= index <= 3 or not hmac.compare_digest(ref, q.body.rtmrs[index]):
-            raise VerifyFailure(Code.REFERENCE_VALUE_MISMATCH, f"RTMR{index} differs from its reference")
+def _tdx_launch(q: TdxQuote, policy: AppraisalPolicy) -> TdxLaunch:
     if q.body.debug and not policy.allow_debug:
         raise VerifyFailure(Code.DEBUG_ENABLED, "TD attributes have DEBUG set")
+    b = q.body
+    return TdxLaunch(mrtd=b.mrtd, rtmrs=b.rtmrs, tee_tcb_svn=b.tee_tcb_svn, td_attributes=b.td_attributes)
+
+
+@dataclass(frozen=True)
+class _Authentic:
+    """What authenticated evidence says: the bound report data, the config field, the launch."""
+
+    report_data: bytes
+    measured_config: bytes
+    launch: TdxLaunch | SnpLaunch
 
 
 def _authenticate(
     st: _State, evidence: bytes, aux: bytes, collateral: Any, now: int, policy: AppraisalPolicy
-) -> tuple[bytes, bytes]:
-    """Verify the evidence; return (report data as bound, measured config field)."""
+) -> _Authentic:
+    """Verify the evidence's signatures and debug flags; nothing about what it runs yet."""
     if st.platform == "simulated":
         if not policy.allow_simulated:
             raise VerifyFailure(
@@ -100,16 +110,15 @@ def _authenticate(
         st.assurance = "software-only"
         st.checks.append("simulator-signature")
         st.measurements = _tdx_measurements(q)
-        _check_tdx_refs(q, policy)
-        return q.body.report_data, q.body.mrconfigid
+        return _Authentic(q.body.report_data, q.body.mrconfigid, _tdx_launch(q, policy))
     if st.platform == "tdx":
         tdx = verify_tdx_quote(evidence, collateral, now, policy)
         st.assurance = "hardware"
         st.tcb_status, st.advisories = tdx.tcb_status, tdx.advisories
         st.checks += ["dcap-qvl", "tcb-status"]
         st.measurements = _tdx_measurements(tdx.quote)
-        _check_tdx_refs(tdx.quote, policy)
-        return tdx.quote.body.report_data, tdx.quote.body.mrconfigid
+        body = tdx.quote.body
+        return _Authentic(body.report_data, body.mrconfigid, _tdx_launch(tdx.quote, policy))
     ev = decode_snp_evidence(evidence)
     chain = aux or ev.chain or (collateral if isinstance(collateral, bytes) else None)
     if not chain:
@@ -129,15 +138,15 @@ def _authenticate(
         "product": snp.product,
         "signing_key": snp.signing_key,
     }
-    if policy.snp_measurement is not None and not hmac.compare_digest(policy.snp_measurement, r.measurement):
-        raise VerifyFailure(Code.REFERENCE_VALUE_MISMATCH, "MEASUREMENT differs from the reference value")
     if r.policy_debug and not policy.allow_debug:
         raise VerifyFailure(Code.DEBUG_ENABLED, "SNP guest policy has DEBUG set")
     report_data = r.report_data
     if ev.runtime_data is not None:
         report_data = azure_report_data(r, ev.runtime_data)
         st.checks.append("azure-runtime-data")
-    return report_data, r.host_data
+    tcb = {name: int(getattr(snp.tcb, name)) for name in SNP_TCB_FIELDS}
+    launch = SnpLaunch(measurement=r.measurement, policy=r.policy, tcb=tcb, vmpl=r.vmpl)
+    return _Authentic(report_data, r.host_data, launch)
 
 
 def appraise_attestation(
@@ -189,11 +198,12 @@ def appraise_attestation(
         ):
             if not isinstance(value, str):
                 raise VerifyFailure(Code.VERIFY_INPUT_INVALID, f"{name} must be a string")
-        report_data, measured = _authenticate(
-            st, bytes(evidence), bytes(aux or b""), collateral, _now(now), policy
-        )
-        entry = check_initdata(bytes(initdata), st.platform, measured)
+        authentic = _authenticate(st, bytes(evidence), bytes(aux or b""), collateral, _now(now), policy)
+        entry = check_initdata(bytes(initdata), st.platform, authentic.measured_config)
         st.checks.append("initdata-measurement")
+        release = match_release(st.platform, authentic.launch, entry, parse_initdata(bytes(initdata)),
+                                policy.releases)
+        st.checks.append(f"release:{release.version}")
         check_claims(
             entry,
             bundle_hash=bundle_hash,
@@ -203,7 +213,7 @@ def appraise_attestation(
         )
         st.checks.append("claims")
         check_report_data(
-            report_data,
+            authentic.report_data,
             public_key=public_bytes(key),
             bundle_hash=bundle_hash,
             catalog_hash=catalog_hash,
@@ -343,7 +353,9 @@ def appraise_evidence(
             raise VerifyFailure(Code.EVIDENCE_UNSUPPORTED, f"platform {platform!r} is not accepted")
         if not isinstance(evidence, bytes | bytearray):
             raise VerifyFailure(Code.VERIFY_INPUT_INVALID, "evidence must be bytes")
-        _authenticate(st, bytes(evidence), bytes(aux or b""), collateral, _now(now), policy)
+        authentic = _authenticate(st, bytes(evidence), bytes(aux or b""), collateral, _now(now), policy)
+        release = match_release(st.platform, authentic.launch, None, None, policy.releases)
+        st.checks.append(f"release:{release.version}")
     except CmcpError as exc:
         return _verdict(st, False, exc.code.value, exc.detail, None, None, None, None, None)
     except Exception as exc:

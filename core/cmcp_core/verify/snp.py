@@ -270,9 +270,6 @@ def _verify_snp(report: SnpReport, chain_blob: bytes, now: int, policy: Appraisa
         raise VerifyFailure(Code.EVIDENCE_BAD_SIGNATURE, "report signature does not verify (VCEK)") from exc
     tcb = TcbVersion.decode(report.reported_tcb, turin=product == "turin")
     _check_tcb_extensions(leaf, tcb, report, product, is_vlek)
-    for name, minimum in policy.snp_min_tcb.items():
-        if getattr(tcb, name, None) is None or int(getattr(tcb, name)) < minimum:
-            raise VerifyFailure(Code.TCB_STATUS_REJECTED, f"reported TCB {name} below minimum {minimum}")
     return SnpAppraisal(report=report, product=product, signing_key="vlek" if is_vlek else "vcek", tcb=tcb)
 
 

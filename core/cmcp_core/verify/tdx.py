@@ -8,7 +8,6 @@ to ``EVIDENCE_REJECTED``; nothing is ever treated as a pass).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import warnings
@@ -23,9 +22,9 @@ from cmcp_core.errors import Code
 from cmcp_core.evidence import EvidenceError
 from cmcp_core.evidence.simulated import is_simulated
 from cmcp_core.evidence.tdx import INTEL_QE_VENDOR_ID, TdxQuote, parse_quote
+from cmcp_core.verify.collateral import MAX_COLLATERAL_BYTES, serving_collateral
 from cmcp_core.verify.verdict import AppraisalPolicy, VerifyFailure
 
-MAX_COLLATERAL_BYTES = 1024 * 1024
 # SHA-256 of the DER of "Intel SGX Root CA" (valid to 2049-12-31): the root dcap-qvl 0.7 embeds.
 INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 
@@ -96,14 +95,6 @@ def load_collateral(collateral: Any) -> Any:
         raise VerifyFailure(Code.COLLATERAL_INVALID, f"collateral does not load: {exc}") from exc
 
 
-def fetch_collateral(pccs_url: str, raw_quote: bytes) -> Any:
-    """Fetch collateral from a PCCS (network). Only used when the caller opts in with a URL."""
-    try:
-        return asyncio.run(dcap_qvl.get_collateral(pccs_url, raw_quote))
-    except Exception as exc:
-        raise VerifyFailure(Code.COLLATERAL_INVALID, f"PCCS fetch from {pccs_url} failed: {exc}") from exc
-
-
 def _find(doc: Any, key: str) -> str:
     """Find ``key`` at any depth (TD10 and TD15 nest the report differently)."""
     if isinstance(doc, dict):
@@ -151,25 +142,34 @@ def _check_canonical_pck_chain(quote: TdxQuote) -> None:
         raise VerifyFailure(Code.EVIDENCE_CHAIN_INVALID, "PCK chain does not end in Intel's SGX Root CA")
 
 
+def _dcap_verify(quote: TdxQuote, collateral: Any, now: int) -> Any:
+    try:
+        return dcap_qvl.verify(quote.raw, collateral, int(now))
+    except Exception as exc:
+        message = str(exc)
+        raise VerifyFailure(classify_dcap_error(message), f"dcap-qvl: {message}") from exc
+
+
 def verify_tdx_quote(raw: bytes, collateral: Any, now: int, policy: AppraisalPolicy) -> TdxAppraisal:
-    """Parse, verify with dcap-qvl at ``now``, and apply the TCB-status policy."""
+    """Parse, verify with dcap-qvl at ``now``, and apply the TCB-status policy. Without
+    ``collateral`` the serving path's cache directory and PCCS supply it
+    (:mod:`cmcp_core.verify.collateral`)."""
     quote = parse_quote(raw)  # EvidenceError on malformed input, before any native code runs
     if is_simulated(quote):
         raise EvidenceError(Code.EVIDENCE_UNSUPPORTED, "quote is from the cMCP simulator, not an Intel QE")
     if quote.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         raise EvidenceError(Code.EVIDENCE_UNSUPPORTED, "quote QE vendor id is not Intel's")
     _check_canonical_pck_chain(quote)
-    if collateral is None:
-        if not policy.pccs_url:
-            raise VerifyFailure(Code.COLLATERAL_INVALID, "no collateral supplied and no PCCS URL configured")
-        coll = fetch_collateral(policy.pccs_url, quote.raw)
+    if collateral is not None:
+        report = _dcap_verify(quote, load_collateral(collateral), now)
     else:
-        coll = load_collateral(collateral)
-    try:
-        report = dcap_qvl.verify(quote.raw, coll, int(now))
-    except Exception as exc:
-        message = str(exc)
-        raise VerifyFailure(classify_dcap_error(message), f"dcap-qvl: {message}") from exc
+        try:
+            report = _dcap_verify(quote, load_collateral(serving_collateral(quote, policy)), now)
+        except VerifyFailure as exc:
+            if exc.code is not Code.COLLATERAL_EXPIRED or not policy.pccs_url:
+                raise
+            fresh = serving_collateral(quote, policy, refetch=True)
+            report = _dcap_verify(quote, load_collateral(fresh), now)
     _check_same_body(quote, report)
     status = str(report.status)
     advisories = tuple(str(a) for a in report.advisory_ids)

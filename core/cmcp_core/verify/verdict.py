@@ -9,11 +9,11 @@ consistent" and "signature failed" can therefore never be confused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.verify.reference import ReleaseReference
 
 Assurance = Literal["hardware", "software-only", "none"]
 OK = "OK"
@@ -29,8 +29,9 @@ class AppraisalPolicy:
     """What an appraiser accepts beyond "the signatures verify".
 
     ``accepted_tcb_statuses`` applies to TDX (dcap-qvl's status strings); the chart may widen
-    it, e.g. with ``SWHardeningNeeded``. Reference values are optional; when given, they must
-    match exactly. ``pccs_url`` is used only when no collateral is passed (network needed).
+    it, e.g. with ``SWHardeningNeeded``. ``releases`` are the verified release manifests' reference
+    values: a guest must match one, and with none configured every guest is refused. TDX
+    collateral, when the caller passes none, comes from ``collateral_dir`` and then ``pccs_url``.
     """
 
     accepted_tcb_statuses: frozenset[str] = DEFAULT_TCB_STATUSES
@@ -38,37 +39,10 @@ class AppraisalPolicy:
     allow_simulated: bool = False
     allow_debug: bool = False
     accepted_platforms: frozenset[str] = frozenset({"tdx", "snp", "simulated"})
-    mrtd: bytes | None = None
-    rtmrs: Mapping[int, bytes] = field(default_factory=dict)
-    snp_measurement: bytes | None = None
-    snp_min_tcb: Mapping[str, int] = field(default_factory=dict)  # e.g. {"snp": 0x18, "microcode": 0xdb}
+    releases: tuple[ReleaseReference, ...] = ()
+    collateral_dir: str | None = None
     pccs_url: str | None = None
     simulator_keys: frozenset[bytes] | None = None  # pin simulator attestation keys (x||y) if set
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> AppraisalPolicy:
-        """Build from a JSON/YAML mapping (chart values); hex strings for byte values."""
-
-        def hexb(v: Any) -> bytes | None:
-            return bytes.fromhex(v) if isinstance(v, str) else None
-
-        return cls(
-            accepted_tcb_statuses=frozenset(doc.get("acceptedTcbStatuses", DEFAULT_TCB_STATUSES)),
-            rejected_advisories=frozenset(doc.get("rejectedAdvisories", ())),
-            allow_simulated=bool(doc.get("allowSimulated", False)),
-            allow_debug=bool(doc.get("allowDebug", False)),
-            accepted_platforms=frozenset(doc.get("acceptedPlatforms", ("tdx", "snp", "simulated"))),
-            mrtd=hexb(doc.get("mrtd")),
-            rtmrs={int(k): bytes.fromhex(v) for k, v in dict(doc.get("rtmrs", {})).items()},
-            snp_measurement=hexb(doc.get("snpMeasurement")),
-            snp_min_tcb={str(k): int(v) for k, v in dict(doc.get("snpMinTcb", {})).items()},
-            pccs_url=doc.get("pccsUrl"),
-            simulator_keys=(
-                frozenset(bytes.fromhex(k) for k in doc["simulatorKeys"])
-                if doc.get("simulatorKeys")
-                else None
-            ),
-        )
 
 
 @dataclass(frozen=True)

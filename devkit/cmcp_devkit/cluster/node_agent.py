@@ -23,8 +23,9 @@ Rules this agent implements (documented in README.md beside this module):
   processes must bind it. ``KUBERNETES_SERVICE_HOST/PORT`` point at the apiserver.
 * Simulated TEE: a pod with the Kata initdata annotation gets the exact decoded TOML at
   ``<root>/run/cmcp/initdata.toml`` (``CMCP_INITDATA``), ``CMCP_SIM_MRCONFIGID`` (TDX
-  MRCONFIGID of those bytes, hex) and ``CMCP_SIM_HOST_DATA`` (SNP HOST_DATA, hex), and
-  ``CMCP_SIM_PLATFORM`` = the node's TEE (tdx, snp or none).
+  MRCONFIGID of those bytes, hex), ``CMCP_SIM_HOST_DATA`` (SNP HOST_DATA, hex), the genuine
+  simulated guest's ``CMCP_SIM_MRTD``/``CMCP_SIM_RTMR0..2``, and ``CMCP_SIM_PLATFORM`` = the
+  node's TEE (tdx, snp or none).
 * Status: phase, container statuses, Initialized / ContainersReady / Ready conditions,
   where Ready also requires every readinessGate condition to be True. Patched with a
   strategic merge patch keyed by condition type, so conditions owned by others survive.
@@ -52,6 +53,7 @@ import grpc
 import httpx
 
 from cmcp_core import initdata
+from cmcp_enclave.simulated import launcher_env
 
 from .kube import AsyncKube, KubeError
 from .podnet import enter_netns, set_pdeathsig
@@ -421,7 +423,7 @@ class PodWorker:
             return
         try:
             raw = initdata.decode_annotation(value)
-            mrconfigid = initdata.tdx_mrconfigid(raw)
+            initdata.tdx_mrconfigid(raw)  # refuses initdata Kata could not measure into MRCONFIGID
             host_data = initdata.snp_host_data(raw)
         except Exception as exc:  # Kata would refuse to create the sandbox
             raise _PodFailure("InitdataInvalid", f"{INITDATA_ANNOTATION}: {exc}") from exc
@@ -431,7 +433,7 @@ class PodWorker:
         self.base_env.update(
             {
                 "CMCP_INITDATA": str(path),
-                "CMCP_SIM_MRCONFIGID": mrconfigid.hex(),
+                **launcher_env(raw),  # MRCONFIGID and the genuine simulated guest's MRTD/RTMRs
                 "CMCP_SIM_HOST_DATA": host_data.hex(),
             }
         )

@@ -31,12 +31,12 @@ def test_ids_are_unique_and_well_formed() -> None:
     expected = {
         f"{group}-{n:03d}"
         for group, count in (
-            ("ATTEST", 5),
+            ("ATTEST", 6),
             ("POLICY", 5),
             ("AUDIT", 5),
             ("FAIL", 3),
             ("TRACE", 3),
-            ("POLICY-TEE", 5),
+            ("POLICY-TEE", 6),
         )
         for n in range(1, count + 1)
     }

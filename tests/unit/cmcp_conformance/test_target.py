@@ -18,8 +18,9 @@ import pytest
 from cmcp_conformance.target import Profile, TargetDeployment
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_core.verify import AppraisalPolicy, appraise_response
+from cmcp_core.verify import appraise_response
 from cmcp_devkit.enclave import EnclaveProcess
+from cmcp_devkit.release import dev_appraisal
 from cmcp_devkit.upstream import run_upstream
 from tests.helpers.gateway_stack import AUDIENCE
 
@@ -86,7 +87,7 @@ def test_attest_answers_for_this_nonce(enclave: EnclaveProcess) -> None:
     target = _target(enclave_address=enclave.address)
     nonce = os.urandom(32)
     response = target.attest(nonce)
-    policy = AppraisalPolicy(allow_simulated=True)
+    policy = dev_appraisal()  # the signed dev release the dev kit's enclaves are
     verdict = appraise_response(response, nonce, policy, expected_bundle_hash=enclave.bundle_hash)
     assert verdict.passed, verdict.message
     assert not appraise_response(response, os.urandom(32), policy).passed, "evidence for another nonce"

@@ -29,7 +29,7 @@ def test_render_is_byte_stable_and_round_trips() -> None:
     assert parsed.version == "0.1.0"
     assert parsed.algorithm == "sha384"
     policy_digest = "sha256:" + hashlib.sha256(parsed.data["policy.rego"].encode()).hexdigest()
-    assert parsed.cmcp == dataclasses.replace(ENTRY, launch_policy_digest=policy_digest)
+    assert parsed.cmcp == dataclasses.replace(ENTRY, launch_policy_digest=policy_digest, image=IMAGE)
     assert "default SetPolicyRequest := false" in parsed.data["policy.rego"]
     assert "default ExecProcessRequest := false" in parsed.data["policy.rego"]
     assert IMAGE in parsed.data["policy.rego"]

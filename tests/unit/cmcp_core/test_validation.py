@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cmcp_core.bundle import BundleError, load_bundle
-from cmcp_core.validation import request_model, validate_bundle
+from cmcp_core.validation import request_model, state_window_seconds, validate_bundle
 from cmcp_ctl.main import main as cmcpctl
 from tests.paths import EXAMPLES, ROOT
 
@@ -156,3 +156,19 @@ def test_schema_without_the_cmcp_namespace(bundle_dir: Path) -> None:
     issues = _issues(bundle_dir)
     assert [(f, p) for f, p, _ in issues] == [("schema.cedarschema", "")]
     assert "namespace cMCP" in issues[0][2]
+
+
+@pytest.mark.parametrize("window", [0, -5, 31 * 24 * 3600 + 1, "86400", True, 1.5])
+def test_a_bad_state_window_is_reported(bundle_dir: Path, window: object) -> None:
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["state_window_seconds"] = window
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert any("state_window_seconds" in message for _, _, message in _issues(bundle_dir))
+
+
+def test_the_state_window_defaults_to_a_day_and_takes_the_manifests_value(bundle_dir: Path) -> None:
+    assert state_window_seconds(load_bundle(bundle_dir)) == 86400
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["state_window_seconds"] = 3600
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert state_window_seconds(load_bundle(bundle_dir)) == 3600 and not _issues(bundle_dir)

@@ -110,9 +110,8 @@ def test_several_sessions_are_verified_each_on_its_own(
     assert sessions["one"]["ok"] is True and sessions["two"]["ok"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="--expected-tip is silently ignored when the export holds several "
-                   "sessions: a cut tail then verifies (exit 0) instead of failing or being a usage error")
 def test_expected_tip_is_not_silently_dropped_for_several_sessions(tmp_path: Path) -> None:
+    """A tip names one chain: with several sessions the command refuses rather than check none."""
     enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
     for session in ("one", "two"):
         decide(enc, "web.search", {"query": session}, session=session)

@@ -17,6 +17,7 @@ from cmcp_core.validation import validate_bundle
 from cmcp_ctl import conformance_cmd
 from cmcp_ctl.main import build_parser
 from cmcp_ctl.main import main as cmcpctl_main
+from cmcp_devkit.release import DevRelease, write_dev_release
 from tests.paths import ROOT
 
 SUMMARY = re.compile(r"^conformance: (\d+) passed, (\d+) failed, (\d+) skipped$")
@@ -63,6 +64,7 @@ def test_cli_against_an_absent_gateway_fails_musts_and_never_passes(tmp_path: Pa
         *[a for i in ids for a in ("--id", i)],
         "--junit",
         str(junit),
+        *write_dev_release(tmp_path).argv(),
     )
     lines = out.stdout.strip().splitlines()
     assert out.returncode == 1, out.stdout + out.stderr
@@ -117,8 +119,14 @@ def test_write_bundle_in_process_names_mode_and_folder(
     assert load_bundle(tmp_path / "b").enforcement_mode == "advisory"
 
 
-def test_remote_target_carries_every_endpoint_flag() -> None:
+@pytest.fixture
+def signed(tmp_path: Path) -> DevRelease:
+    return write_dev_release(tmp_path)
+
+
+def test_remote_target_carries_every_endpoint_flag(signed: DevRelease) -> None:
     target = conformance_cmd._remote_target(_args(
+        *signed.argv(),
         "--target", "https://gw.example/mcp/conf", "--token=-tok", "--enclave", "10.0.0.1:50051",
         "--advisory-url", "https://gw.example/mcp/adv", "--advisory-enclave", "10.0.0.2:50051",
         "--upstream", "http://up.example/mcp", "--upstream-counter", "http://up.example/calls",
@@ -133,10 +141,20 @@ def test_remote_target_carries_every_endpoint_flag() -> None:
     # no --route: no cluster access, no outage power, no route status or expected hash
     assert target.cluster is None and target.outage is None and target.powers is None
     assert target.route_status is None and target.expected_bundle_hash is None and target.notes == []
+    assert target.appraisal.releases == (signed.release,), "the suite appraises against the given release"
 
 
-def test_remote_target_defaults_grant_nothing() -> None:
-    target = conformance_cmd._remote_target(_args("--target", "http://127.0.0.1:9/mcp/x"))
+def test_remote_target_needs_a_signed_release(signed: DevRelease, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="REFERENCE_VALUES_MISSING"):
+        conformance_cmd._remote_target(_args("--target", "http://127.0.0.1:9/mcp/x"))
+    other = write_dev_release(tmp_path / "other")
+    foreign = ["--release-manifest", str(signed.manifest), "--release-key", str(other.key)]
+    with pytest.raises(ValueError, match="RELEASE_MANIFEST_INVALID"):
+        conformance_cmd._remote_target(_args("--target", "http://127.0.0.1:9/mcp/x", *foreign))
+
+
+def test_remote_target_defaults_grant_nothing(signed: DevRelease) -> None:
+    target = conformance_cmd._remote_target(_args("--target", "http://127.0.0.1:9/mcp/x", *signed.argv()))
     assert target.token is None and target.auth_headers() == {}
     assert target.enclave_address is None and target.upstream_url is None
     assert target.allow_simulated is False, "software-only evidence must be opted into"

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from cmcp_core import release
 from cmcp_core.crd import GROUP
 from cmcp_ctl import demo_cluster
 from cmcp_ctl.demo_cluster import (
@@ -28,20 +29,27 @@ from cmcp_ctl.demo_cluster import (
     DemoFailure,
     ToolError,
     Tools,
+    enclave_image,
     guard_rbac,
+    install_values,
     mcp_route,
+    mount_release,
     upstream_pod,
     wait_for,
 )
 from cmcp_ctl.demo_story import Console, Run, Step
+from cmcp_devkit.cluster import chart_release
+from cmcp_devkit.release import write_dev_release
+from cmcp_operator.config import DEFAULT_IMAGE
 from tests.paths import EXAMPLES, ROOT
 
 HASH = "sha256:" + "b" * 64
 
 
-def test_install_values_defer_the_gateway_until_there_is_a_route() -> None:
-    assert demo_cluster.install_values() == {"gateway": {"replicas": 1, "routes": []}}
-    assert demo_cluster.install_values(2)["gateway"]["replicas"] == 2
+def test_install_values_defer_the_gateway_until_there_is_a_route(tmp_path: Path) -> None:
+    dev = write_dev_release(tmp_path, image=DEFAULT_IMAGE)
+    assert demo_cluster.install_values(dev)["gateway"] == {"replicas": 1, "routes": []}
+    assert demo_cluster.install_values(dev, 2)["gateway"]["replicas"] == 2
 
 
 def test_gateway_values_route_the_demo_through_the_given_upstream() -> None:
@@ -273,3 +281,39 @@ def test_tools_run_kubectl_with_the_kubeconfig_and_log_every_command(tmp_path: P
     assert unchecked.returncode != 0
     logged = log.read_text()
     assert logged.count("$ ") == 3 and "[exit 0]" in logged and logged.count("[exit 1]") == 2
+
+
+# --- the signed release: the chart, the guard and the auditor trust one ---------------------
+
+CHART = ROOT / "charts" / "cmcp"
+
+
+def test_release_names_the_enclave_image_the_chart_runs(tmp_path: Path) -> None:
+    assert enclave_image(CHART, CHART / "ci" / "simulated-values.yaml") == DEFAULT_IMAGE
+    profile = tmp_path / "profile.yaml"
+    digest = "sha256:" + "1" * 64
+    profile.write_text(f"imageRegistry: registry.local:5000\nenclave:\n  image:\n    digest: {digest}\n")
+    assert enclave_image(CHART, profile) == f"registry.local:5000/cmcp-enclave@{digest}"
+
+
+def test_install_values_carry_the_signed_release(tmp_path: Path) -> None:
+    dev = write_dev_release(tmp_path, image=DEFAULT_IMAGE)
+    values = install_values(dev)
+    manifest = values["release"]["manifests"][chart_release.DEFAULT_NAME].encode()
+    key = release.load_release_key(values["release"]["keys"][chart_release.DEFAULT_NAME].encode())
+    assert release.verify(manifest, [key]).image == DEFAULT_IMAGE
+    assert values["gateway"] == {"replicas": 1, "routes": []}
+
+
+def test_guard_reads_the_charts_release_and_pins_modes() -> None:
+    pod = upstream_pod("ns", "img", "10.0.0.1:50051", "sha256:" + "ab" * 32, route="demo",
+                       modes=("enforce", "advisory"))
+    pod = mount_release(pod, "cmcp-demo")
+    guard = next(c for c in pod["spec"]["containers"] if c["name"] == "guard")
+    mount = chart_release.guard_mount("cmcp-demo")
+    assert guard["command"][-2:] == mount.args
+    assert mount.volume_mount in guard["volumeMounts"] and mount.volume in pod["spec"]["volumes"]
+    flags = guard["command"]
+    assert [flags[i + 1] for i, f in enumerate(flags) if f == "--expected-mode"] == ["enforce", "advisory"]
+    others = [c for c in pod["spec"]["containers"] if c["name"] != "guard"]
+    assert all("--release-manifest" not in " ".join(c["command"]) for c in others)

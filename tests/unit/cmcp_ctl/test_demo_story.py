@@ -22,6 +22,7 @@ from cmcp_core.proto import enclave_pb2
 from cmcp_ctl import demo_story
 from cmcp_ctl.demo_story import Console, Run, Step
 from cmcp_devkit.enclave import inprocess_enclave
+from cmcp_devkit.release import dev_appraisal
 from cmcp_enclave.enclave import Enclave
 from tests.helpers.enclave_calls import decide
 from tests.paths import EXAMPLES
@@ -112,10 +113,10 @@ def test_the_demo_bundle_decides_what_the_agent_steps_expect(session: Session) -
 def test_verify_run_passes_every_check_on_an_honest_run(session: Session, tmp_path: Path) -> None:
     run = Run(out=tmp_path, steps=session.run.steps, record=session.run.record,
               entries=session.run.entries, key_jwk=session.run.key_jwk, bundle_hash=session.run.bundle_hash)
-    demo_story.verify_run(run, session.response, session.nonce)
+    demo_story.verify_run(run, session.response, session.nonce, dev_appraisal())
     names = [name for name, _, _ in run.checks]
     assert names == [
-        "evidence appraised: binding + initdata",
+        "evidence appraised: release, binding + initdata",
         "Trust Record: key from evidence, bundle pinned",
         "every deny signed by the attested key",
         "audit chain verifies, tip = record's hash",
@@ -141,9 +142,9 @@ def test_verify_run_fails_what_was_tampered(session: Session, tmp_path: Path) ->
     del entries[2]  # a decision dropped from the export
     run = Run(out=tmp_path, steps=steps, record=session.run.record, entries=entries,
               key_jwk=session.run.key_jwk, bundle_hash=session.run.bundle_hash)
-    demo_story.verify_run(run, session.response, session.nonce)
+    demo_story.verify_run(run, session.response, session.nonce, dev_appraisal())
     result = {name: ok for name, ok, _ in run.checks}
-    assert result["evidence appraised: binding + initdata"] is True
+    assert result["evidence appraised: release, binding + initdata"] is True
     assert result["every deny signed by the attested key"] is False
     assert result["audit chain verifies, tip = record's hash"] is False
     assert result["audit: one decision per call, same effect"] is False
@@ -152,9 +153,9 @@ def test_verify_run_fails_what_was_tampered(session: Session, tmp_path: Path) ->
 def test_verify_run_fails_evidence_for_another_nonce(session: Session, tmp_path: Path) -> None:
     run = Run(out=tmp_path, steps=session.run.steps, record=session.run.record,
               entries=session.run.entries, key_jwk=session.run.key_jwk, bundle_hash=session.run.bundle_hash)
-    demo_story.verify_run(run, session.response, os.urandom(32))
+    demo_story.verify_run(run, session.response, os.urandom(32), dev_appraisal())
     result = {name: ok for name, ok, _ in run.checks}
-    assert result["evidence appraised: binding + initdata"] is False
+    assert result["evidence appraised: release, binding + initdata"] is False
     assert result["every deny signed by the attested key"] is False, "no attested key: no deny verifies"
 
 

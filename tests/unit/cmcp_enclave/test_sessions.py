@@ -1,5 +1,6 @@
 """Session state inside the enclave: taint across calls, monotone sensitivity from the
-measured catalog, call history, idle expiry, session bound, principal pinning, audited reset."""
+measured catalog, call history, idle expiry, session bound, principal pinning, audited reset.
+What a new session cannot shed (the principal's state) is in ``test_principals``."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def enc(tmp_path: Path) -> Enclave:
     return inprocess_enclave(EXAMPLES / "realistic", tmp_path)
 
 
-def test_taint_after_phi_blocks_external_send_in_that_session_only(enc: Enclave) -> None:
-    assert decide(enc, "web.search", {"query": "x"}, session="clean").document["decision"] == "allow"
+def test_taint_after_phi_blocks_external_send_in_that_session(enc: Enclave) -> None:
+    assert decide(enc, "web.search", {"query": "x"}, session="clean", principal="bob").document[
+        "decision"] == "allow"
     phi = decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="t")
     assert phi.document["decision"] == "allow"
     # a later call in the same session to an external tool is denied by the taint rule...
@@ -43,9 +45,9 @@ def test_taint_after_phi_blocks_external_send_in_that_session_only(enc: Enclave)
     decide(enc, "slack.post_internal", {"channel": "c"}, session="t")
     assert decide(enc, "email.send_external", {"to": ["bob@partner.example"]},
                   session="t").document["decision"] == "deny"
-    # another session is unaffected
+    # another principal is unaffected
     assert decide(enc, "email.send_external", {"to": ["bob@partner.example"]},
-                  session="clean").document["decision"] == "allow"
+                  session="clean", principal="bob").document["decision"] == "allow"
 
 
 def test_sensitivity_rises_monotonically_from_the_catalog(enc: Enclave) -> None:

@@ -20,7 +20,6 @@ from cmcp_core.crypto import public_jwk
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify.appraise import appraise_response
-from cmcp_core.verify.verdict import AppraisalPolicy
 from cmcp_devkit.enclave import (
     COMMAND,
     IMAGE,
@@ -29,13 +28,14 @@ from cmcp_devkit.enclave import (
     render_initdata,
     start_enclave,
 )
+from cmcp_devkit.release import dev_appraisal
 from cmcp_enclave.server import attest_response
 from cmcp_enclave.simulated import ENV_MRCONFIGID, launcher_env
 from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import ConfigfsTsmProvider, Report, SimulatedProvider, make_provider
 from tests.paths import EXAMPLES
 
-SIMULATED = AppraisalPolicy(allow_simulated=True)
+SIMULATED = dev_appraisal()
 
 
 def _start(bundle: Path, data: bytes, tmp_path: Path, measured: bytes | None = None) -> object:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,12 +25,13 @@ from mcp.shared.exceptions import MCPError
 from cmcp_core.errors import CmcpError
 from cmcp_core.route_status import endpoints_from_status
 from cmcp_devkit.enclave import EnclaveProcess
+from cmcp_devkit.release import write_dev_release
 from cmcp_devkit.upstream import free_port, run_upstream
 from cmcp_gateway.app import build
 from cmcp_gateway.auth import ANONYMOUS, TokenStore, authenticate, identity_from_cert
-from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig, TlsConfig, load
+from cmcp_gateway.config import GatewayLimits, RouteConfig, TlsConfig, load
 from cmcp_gateway.main import uvicorn_config
-from tests.helpers.gateway_stack import AUDIENCE, make_guard, serve
+from tests.helpers.gateway_stack import AUDIENCE, gateway_config, make_guard, serve
 
 
 def test_token_file_yaml_and_json(tmp_path: Path) -> None:
@@ -76,7 +78,9 @@ def test_identity_prefers_san_over_cn() -> None:
 def test_config_and_route_status(tmp_path: Path) -> None:
     (tmp_path / "gw.yaml").write_text(
         "allow_simulated: true\nlimits: {max_depth: 9}\nroutes:\n"
-        "  - {name: demo, upstream: 'http://u/mcp', audience: a, enclaves: ['127.0.0.1:1']}\n"
+        "  - {name: demo, upstream: 'http://u/mcp', audience: a, enclaves: ['127.0.0.1:1'],\n"
+        "     expected_bundle_hashes: ['sha256:" + "ab" * 32 + "']}\n"
+        + yaml.safe_dump({"release": write_dev_release(tmp_path).config()})
     )
     config = load(tmp_path / "gw.yaml")
     assert config.limits.max_depth == 9 and config.routes[0].path == "/mcp/demo"
@@ -141,12 +145,12 @@ async def test_mtls_client_certificate_is_the_principal(tmp_path: Path, enclave:
     server_cert, server_keyfile = _write(tmp_path / "server", server, server_key)
     client_cert, client_keyfile = _write(tmp_path / "client", client, client_key)
     port = free_port()
-    async with run_upstream(make_guard([enclave.address], AUDIENCE)) as upstream:
-        route = RouteConfig(name="t", upstream=upstream.url, audience=AUDIENCE, enclaves=(enclave.address,))
-        config = GatewayConfig(
-            routes=(route,),
+    async with run_upstream(make_guard([enclave], AUDIENCE)) as upstream:
+        route = RouteConfig(name="t", upstream=upstream.url, audience=AUDIENCE, enclaves=(enclave.address,),
+                            expected_bundle_hashes=frozenset({enclave.bundle_hash}))
+        config = gateway_config(
+            route,
             listen=f"127.0.0.1:{port}",
-            allow_simulated=True,
             limits=GatewayLimits(decide_timeout_seconds=15.0),
             tls=TlsConfig(cert=server_cert, key=server_keyfile, client_ca=ca_path, client_cert="optional"),
         )

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from cmcp_core.attestation import AttestPolicy
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
@@ -25,7 +24,7 @@ from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
 from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
 from cmcp_gateway.enclave_pool import EnclavePool
-from tests.helpers.gateway_stack import MitmEnclave
+from tests.helpers.gateway_stack import MitmEnclave, attest_policy
 from tests.paths import EXAMPLES
 
 BUNDLE = EXAMPLES / "minimal"
@@ -133,8 +132,8 @@ async def test_a_broken_stream_fails_every_waiting_call_and_reopens(live: tuple[
 
 async def test_an_oversized_request_goes_unary_and_leaves_the_stream_alone(
         live: tuple[Enclave, str]) -> None:
-    _, address = live
-    pool = EnclavePool("stream", AttestPolicy(allow_simulated=True), 5.0)
+    enclave, address = live
+    pool = EnclavePool("stream", attest_policy(enclave.bundle_hash), 5.0)
     await pool.set_endpoints([address])
     try:
         session_id = uuid.uuid4().hex
@@ -171,7 +170,7 @@ async def test_an_idle_stream_survives_keepalive_pings(tmp_path: Path,
     monkeypatch.setattr(enclave_server, "MIN_PING_INTERVAL_MS", 100)
     enclave = inprocess_enclave(BUNDLE, tmp_path)
     server, port = await serve(enclave, "127.0.0.1:0", Metrics())
-    pool = EnclavePool("keepalive", AttestPolicy(allow_simulated=True), 5.0)
+    pool = EnclavePool("keepalive", attest_policy(enclave.bundle_hash), 5.0)
     address = f"127.0.0.1:{port}"
     await pool.set_endpoints([address])
     try:

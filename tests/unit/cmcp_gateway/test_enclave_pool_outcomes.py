@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from cmcp_core.attestation import AttestPolicy
 from cmcp_core.audit import verify_chain
 from cmcp_core.digest import json_digest
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
@@ -27,6 +26,7 @@ from cmcp_enclave.server import EnclaveService, serve
 from cmcp_gateway import outcomes
 from cmcp_gateway.enclave_pool import EnclavePool
 from cmcp_gateway.pinning import Pin
+from tests.helpers.gateway_stack import attest_policy
 from tests.paths import EXAMPLES
 
 BUNDLE = EXAMPLES / "minimal"
@@ -38,7 +38,7 @@ RESULT = {"content": [{"type": "text", "text": "hi"}], "isError": False}
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Enclave, EnclavePool]]:
     enclave = inprocess_enclave(BUNDLE, tmp_path)
     server, port = await serve(enclave, "127.0.0.1:0", Metrics())
-    pool = EnclavePool("outcomes", AttestPolicy(allow_simulated=True), 5.0)
+    pool = EnclavePool("outcomes", attest_policy(enclave.bundle_hash), 5.0)
     await pool.set_endpoints([f"127.0.0.1:{port}"])
     try:
         yield enclave, pool

@@ -40,7 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         async def main() -> None:
             box["stop"] = asyncio.Event()
             limits = GatewayLimits(max_body_bytes=64 * 1024, max_depth=16, max_string=4096)
-            async with run_stack([enc.address], audience=AUDIENCE, limits=limits) as s:
+            async with run_stack([enc], audience=AUDIENCE, limits=limits) as s:
                 box["stack"] = s
                 box["loop"] = asyncio.get_running_loop()
                 ready.set()

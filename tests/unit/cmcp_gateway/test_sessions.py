@@ -60,3 +60,29 @@ async def test_idle_sessions_are_closed_and_their_records_kept(tmp_path: Path) -
     await table.reap_idle([route])
     assert table == {} and route.pool.closed == [(session.id, "idle")]  # type: ignore[attr-defined]
     assert json.loads((tmp_path / f"{session.id}.json").read_text()) == {"session": session.id}
+
+
+def test_one_agents_flood_of_sessions_leaves_room_for_the_others() -> None:
+    """The attacker is an agent with a valid token opening sessions as fast as it can: it hits
+    its own limit, and every other agent still opens sessions."""
+    table, route = SessionTable(100, 60.0, None, max_sessions_per_agent=10), _route()
+    opened = 0
+    with pytest.raises(CmcpError) as raised:
+        for _ in range(1_000):
+            table.open(route, "mallory", stateful=True)
+            opened += 1
+    assert raised.value.code is Code.SESSION_LIMIT and "this agent" in raised.value.detail
+    assert opened == 10
+    assert table.open(route, "alice", stateful=True).agent == "alice"
+    mallory = next(s for s in table.values() if s.agent == "mallory")
+    table.forget(mallory)  # a closed session frees its agent's slot
+    assert table.open(route, "mallory", stateful=True).agent == "mallory"
+
+
+def test_weakened_global_only_limit_lets_one_agent_lock_everyone_out() -> None:
+    """Without the per-agent bound (the table's own total as the agent limit) the flood wins."""
+    table, route = SessionTable(10, 60.0, None), _route()
+    for _ in range(10):
+        table.open(route, "mallory", stateful=True)
+    with pytest.raises(CmcpError):
+        table.open(route, "alice", stateful=True)

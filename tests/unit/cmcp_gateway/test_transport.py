@@ -24,17 +24,16 @@ from cmcp_devkit.ports import free_port
 from cmcp_gateway.app import Gateway, build
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_gateway.metrics import REQUESTS
-from tests.helpers.gateway_stack import serve
+from tests.helpers.gateway_stack import gateway_config, serve
 
 LIMIT = 64
 
 
 def _config(**route: Any) -> GatewayConfig:
-    fields: dict[str, Any] = {"name": "t", "upstream": "http://127.0.0.1:9/mcp", "audience": "a"}
+    fields: dict[str, Any] = {"name": "t", "upstream": "http://127.0.0.1:9/mcp", "audience": "a",
+                              "expected_bundle_hashes": frozenset({"sha256:" + "ab" * 32})}
     fields["open"] = True  # no credential needed: these requests never reach a decision
-    return GatewayConfig(
-        routes=(RouteConfig(**{**fields, **route}),), limits=GatewayLimits(max_body_bytes=LIMIT)
-    )
+    return gateway_config(RouteConfig(**{**fields, **route}), limits=GatewayLimits(max_body_bytes=LIMIT))
 
 
 @pytest.fixture

@@ -1,23 +1,23 @@
 """The guard follows a route's enclave addresses (``--route``) and still trusts only its own appraisal.
 
-The address source is injected (a plain async function over a list the test edits), standing in
-for the thin ``McpRoute`` reader; the enclaves are real ``cmcp-enclave`` processes.
+The route source is injected (an async function over a list the test edits, returning the typed
+status the thin ``McpRoute`` reader returns); the enclaves are real ``cmcp-enclave`` processes.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp import web
 
-from cmcp_core.attestation import AttestPolicy
+from cmcp_core.attestation import AttestPolicy, Expected, sha256_tagged
 from cmcp_core.permit import PERMIT_HEADER
-from cmcp_core.route_source import McpRouteSource, _load_configuration
-from cmcp_core.route_status import RouteRef, endpoints_from_status
-from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget
+from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
+from cmcp_devkit.release import dev_appraisal, write_dev_release
 from cmcp_devkit.upstream import free_port, run_upstream
 from cmcp_guard.main import build_guard, main
 from cmcp_guard.trust import TrustStore
@@ -25,7 +25,18 @@ from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, PERMIT_ARGS, PERM
 from tests.paths import ROOT
 
 BUNDLE = ROOT / "examples/realistic"
-POLICY = AttestPolicy(allow_simulated=True, audience=AUDIENCE)
+GENUINE = sha256_tagged(render_initdata(BUNDLE, audience=AUDIENCE))  # what the route's target pins
+POLICY = AttestPolicy(appraisal=dev_appraisal(), expected=Expected(audience=AUDIENCE))
+
+
+def pinned_to(enclave: EnclaveProcess) -> AttestPolicy:
+    """What a guard configured with ``--expected-bundle-hash`` for this enclave appraises with."""
+    return AttestPolicy(appraisal=dev_appraisal(),
+                        expected=Expected(bundle_hashes=frozenset({enclave.bundle_hash}), audience=AUDIENCE))
+
+
+def policy_for(audience: str) -> AttestPolicy:
+    return AttestPolicy(appraisal=dev_appraisal(), expected=Expected(audience=audience))
 
 
 class FakeClock:
@@ -37,18 +48,24 @@ class FakeClock:
 
 
 class FakeRoute:
-    """What the McpRoute status lists right now; ``fail`` makes the read raise (API down)."""
+    """What the McpRoute status says right now: attested pod addresses and the target's initdata
+    digest (default: the genuine initdata of these tests' enclaves); ``fail`` makes the read raise."""
 
     def __init__(self) -> None:
         self.addresses: list[str] = []
+        self.targets: list[str] = [GENUINE]
         self.fail = False
         self.reads = 0
 
-    async def __call__(self) -> list[str]:
+    async def __call__(self) -> RouteStatus:
         self.reads += 1
         if self.fail:
             raise ConnectionError("api server unreachable")
-        return list(self.addresses)
+        pods = tuple(PodStatus(pod=f"p{i}", uid="u", node="n", address=a, attested=True)
+                     for i, a in enumerate(self.addresses))
+        revisions = [RouteTarget("sha256:" + "ab" * 32, digest) for digest in self.targets]
+        return RouteStatus(pods=pods, target=revisions[0] if revisions else None,
+                           previous=revisions[1] if len(revisions) > 1 else None)
 
 
 def store(route: FakeRoute, clock: FakeClock, grace: float = 65.0) -> TrustStore:
@@ -77,9 +94,11 @@ async def test_failed_evidence_is_not_trusted(enclave: EnclaveProcess, tmp_path:
         assert set(trust.keys()) == {enclave.kid}
         assert other.kid not in set(trust.keys())
         assert trust.failures[other.address].code.value == "REFERENCE_VALUE_MISMATCH"
-        assert trust.failures["not an address"].code.value == "TEE_UNAVAILABLE"
+        assert trust.failures["not an address:50051"].code.value == "TEE_UNAVAILABLE"  # status default port
     # simulated evidence without --allow-simulated: nothing the route lists is trusted
-    strict = TrustStore([], AttestPolicy(audience=AUDIENCE), source=route, clock=clock)
+    strict_appraisal = replace(dev_appraisal(), allow_simulated=False)
+    strict = TrustStore([], AttestPolicy(appraisal=strict_appraisal, expected=Expected(audience=AUDIENCE)),
+                        source=route, clock=clock)
     route.addresses = [enclave.address]
     await strict.refresh()
     assert dict(strict.keys()) == {}
@@ -113,7 +132,7 @@ async def test_relisted_address_is_re_attested_not_grandfathered(enclave: Enclav
     await trust.refresh()
     route.addresses = []
     await trust.refresh()
-    trust.policy = AttestPolicy(allow_simulated=True, audience="urn:cmcp:someone-else")
+    trust.policy = policy_for("urn:cmcp:someone-else")
     route.addresses = [enclave.address]
     await trust.refresh()
     assert dict(trust.keys()) == {} and trust.departed == {}
@@ -129,14 +148,14 @@ async def test_source_failure_keeps_listing_and_adds_nothing(enclave: EnclavePro
     assert set(trust.keys()) == {enclave.kid}, "an API outage must not become an enclave outage"
     assert trust.source_addresses == [enclave.address]
     # the kept listing is still re-attested every round: fixed trust, not a cached key
-    trust.policy = AttestPolicy(allow_simulated=True, audience="urn:cmcp:someone-else")
+    trust.policy = policy_for("urn:cmcp:someone-else")
     await trust.refresh()
     assert dict(trust.keys()) == {}
 
 
 async def test_static_endpoint_removed_is_dropped_at_once(enclave: EnclaveProcess) -> None:
     clock = FakeClock()
-    trust = TrustStore([enclave.address], POLICY, source=FakeRoute(), clock=clock)
+    trust = TrustStore([enclave.address], pinned_to(enclave), source=FakeRoute(), clock=clock)
     await trust.refresh()
     assert set(trust.keys()) == {enclave.kid}
     trust.endpoints = []
@@ -150,7 +169,8 @@ async def test_guard_admits_a_replacement_pod_it_learns_from_the_route(
     """The outage this fixes: a pod the guard never heard of at start-up signs a permit."""
     route = FakeRoute()
     route.addresses = [enclave.address]
-    guard = build_guard(AUDIENCE, [], allow_simulated=True, source=route, refresh_seconds=3600.0)
+    guard = build_guard(AUDIENCE, [], appraisal=dev_appraisal(), expected=Expected(), source=route,
+                        refresh_seconds=3600.0)
     async with run_upstream(guard) as up:
         assert guard.trust is not None
         guard.trust.min_refresh_seconds = 0.0
@@ -180,39 +200,6 @@ async def test_guard_admits_a_replacement_pod_it_learns_from_the_route(
         assert up.counter.total() == 1
 
 
-def test_status_supplies_addresses_only() -> None:
-    """Keys published in the status are never read: only attested entries' addresses come out."""
-    status = {
-        "pods": [
-            {"address": "10.0.0.1", "attested": True, "keyThumbprint": "x", "publicKeyJwk": {"kty": "OKP"}},
-            {"address": "10.0.0.2", "attested": False},
-        ]
-    }
-    assert endpoints_from_status(status) == ["10.0.0.1:50051"]
-    assert RouteRef.parse("cmcp/demo") == RouteRef("cmcp", "demo")
-    for bad in ("demo", "/demo", "cmcp/", "a/b/c"):
-        with pytest.raises(ValueError):
-            RouteRef.parse(bad)
-
-
-async def test_kubeconfig_env_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": "https://kube.example:6443"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps(doc))
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    assert (await _load_configuration(None)).host == "https://kube.example:6443"
-    other = tmp_path / "explicit"
-    other.write_text(json.dumps({**doc, "clusters": [{"name": "c", "cluster": {"server": "https://b:1"}}]}))
-    assert (await _load_configuration(str(other))).host == "https://b:1"
-
-
 def test_cli_needs_an_address_source() -> None:
     with pytest.raises(SystemExit):
         main(["--upstream", "http://127.0.0.1:1", "--audience", AUDIENCE])
@@ -220,35 +207,55 @@ def test_cli_needs_an_address_source() -> None:
         main(["--upstream", "http://127.0.0.1:1", "--audience", AUDIENCE, "--route", "no-slash"])
 
 
-async def test_route_reader_gets_the_status_addresses(tmp_path: Path) -> None:
-    """The thin reader against a stand-in API server: one authenticated ``get``, addresses out."""
-    seen: list[str] = []
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--upstream", "http://127.0.0.1:1", "--audience", AUDIENCE, "--enclave", "127.0.0.1:1", *argv])
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
 
-    async def get_route(request: web.Request) -> web.Response:
-        route = f"{request.match_info['ns']}/{request.match_info['name']}"
-        seen.append(f"{route} {request.headers['authorization']}")
-        status = {"pods": [{"address": "10.1.2.3", "attested": True, "publicKeyJwk": {"kty": "OKP"}}]}
-        return web.json_response({"apiVersion": "cmcp.dev/v1alpha1", "kind": "McpRoute", "status": status})
 
-    app = web.Application()
-    app.router.add_get("/apis/cmcp.dev/v1alpha1/namespaces/{ns}/mcproutes/{name}", get_route)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-            "users": [{"name": "u", "user": {"token": "guard-token"}}],
-            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "x",
-        }
-        path = tmp_path / "kubeconfig"
-        path.write_text(json.dumps(doc))
-        source = McpRouteSource(RouteRef("cmcp", "demo"), kubeconfig=str(path))
-        assert await source.endpoints() == ["10.1.2.3:50051"]
-        assert seen == ["cmcp/demo Bearer guard-token"]
-    finally:
-        await runner.cleanup()
+def test_an_unpinned_guard_refuses_to_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No "accept any attested enclave": a bundle to expect or a route to follow, and a signed
+    release to judge the guest by, or the guard does not start."""
+    release = write_dev_release(tmp_path / "ours")
+    assert "pinning is mandatory" in _cli_error(release.argv(), capsys)
+    pinned = ["--expected-bundle-hash", "sha256:" + "ab" * 32]
+    assert "REFERENCE_VALUES_MISSING" in _cli_error(pinned, capsys)
+    theirs = write_dev_release(tmp_path / "theirs")
+    forged = ["--release-manifest", str(theirs.manifest), "--release-key", str(release.key)]
+    assert "RELEASE_MANIFEST_INVALID" in _cli_error([*pinned, *forged], capsys)
+    with pytest.raises(ValueError, match="pinning is mandatory"):
+        build_guard(AUDIENCE, ["127.0.0.1:1"], appraisal=dev_appraisal(), expected=Expected())
+
+
+async def test_a_followed_route_pins_its_initdata(enclave: EnclaveProcess) -> None:
+    """A pod whose measured initdata is not the route's target or previous is not trusted, and a
+    route with nothing rendered yet trusts no pod at all."""
+    route, clock = FakeRoute(), FakeClock()
+    trust = store(route, clock)
+    route.addresses, route.targets = [enclave.address], ["sha256:" + "0" * 64]
+    await trust.refresh()
+    assert dict(trust.keys()) == {}
+    assert trust.failures[enclave.address].code.value == "INITDATA_UNEXPECTED"
+    route.targets = ["sha256:" + "0" * 64, GENUINE]  # mid-rollout, ours is the previous revision
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}
+    route.targets = []
+    await trust.refresh()
+    assert enclave.address in trust.failures and enclave.kid not in {
+        e.kid for e in trust.enclaves.values()}
+
+
+async def test_fixed_endpoints_keep_their_own_pins_beside_a_followed_route(enclave: EnclaveProcess) -> None:
+    """A guard in front of two routes' enclaves (one followed, one fixed): the route's initdata
+    pins only the pods it lists; the fixed endpoint is held to the bundle configured for it."""
+    route, clock = FakeRoute(), FakeClock()
+    route.targets = ["sha256:" + "0" * 64]  # the followed route serves some other revision
+    following = pinned_to(enclave)  # --route cmcp/followed: its name is the route pods' business
+    following = replace(following, expected=replace(following.expected, route="cmcp/followed"))
+    trust = TrustStore([enclave.address], following, source=route, clock=clock, min_refresh_seconds=0.0)
+    await trust.refresh()
+    assert set(trust.keys()) == {enclave.kid}  # fixed: its bundle is the configured one
+    route.addresses = [enclave.address]  # now the route lists it too: the route's pins apply
+    await trust.refresh()
+    assert dict(trust.keys()) == {} and trust.failures[enclave.address].code.value == "INITDATA_UNEXPECTED"

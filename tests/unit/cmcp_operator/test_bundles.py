@@ -10,7 +10,6 @@ from cmcp_core.bundle import load_bundle, read_bundle_files, signing_payload
 from cmcp_core.crypto import public_bytes
 from cmcp_core.digest import b64url
 from cmcp_operator import bundles
-from cmcp_operator.render_bundle import bundle_manifest, dump
 from tests.paths import EXAMPLES
 
 EXAMPLE = EXAMPLES / "minimal"
@@ -109,11 +108,3 @@ def test_history_chain_extends_once_and_detects_tampering() -> None:
     forged = [dict(e) for e in state["history"]]  # type: ignore[union-attr]
     forged[1]["bundleHash"] = "sha256:ee"
     assert not bundles.verify_history(forged, str(state["historyHead"]))
-
-
-def test_render_bundle_manifest_roundtrips(files: dict[str, str]) -> None:
-    import yaml
-
-    doc = yaml.safe_load(dump(bundle_manifest(EXAMPLE, "minimal", "demo")))
-    assert doc["kind"] == "PolicyBundle" and doc["metadata"] == {"name": "minimal", "namespace": "demo"}
-    assert doc["spec"]["files"] == files

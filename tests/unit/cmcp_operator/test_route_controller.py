@@ -26,6 +26,10 @@ from cmcp_core.initdata import (
     render,
     tdx_mrconfigid,
 )
+from cmcp_core.verify import appraise as core_appraise
+from cmcp_devkit.initdata import TEST_IMAGE
+from cmcp_devkit.release import dev_appraisal, dev_release
+from cmcp_enclave.simulated import SimulatedGuest
 from cmcp_operator import route_controller
 from cmcp_operator.bundle_controller import BundleController
 from cmcp_operator.config import OperatorConfig
@@ -38,19 +42,22 @@ from tests.unit.cmcp_operator.fakes import FakeEvents, FakeKube
 
 EXAMPLE = EXAMPLES / "minimal"
 NS, ROUTE, DEPLOY = "team", "r", "cmcp-r"
-CONFIG = OperatorConfig(namespaces=(NS,), allow_simulated=True, reattest_interval=30.0)
+CONFIG = OperatorConfig(namespaces=(NS,), appraisal=dev_appraisal(), enclave_image=TEST_IMAGE,
+                        reattest_interval=30.0)
 SPEC = {"policyBundleRef": {"name": "b"}, "tee": "simulated", "replicas": 1,
         "upstream": {"url": "http://up.team.svc:8080/mcp"}}
 
 
 class SimulatedEnclaves:
     """Answers Attest for any address like an honest simulated enclave would, for the initdata
-    the pod at that address carries; ``fetched`` records the addresses asked."""
+    the pod at that address carries, in ``guest`` (the genuine simulated guest unless a test
+    swaps in a forged one); ``fetched`` records the addresses asked."""
 
     def __init__(self, kube: FakeKube) -> None:
         self.kube = kube
         self.fetched: list[str] = []
         self.key = Ed25519PrivateKey.generate().public_key()
+        self.guest = SimulatedGuest()
 
     async def __call__(self, address: str, *, deadline: float) -> tuple[bytes, Evidence]:
         self.fetched.append(address)
@@ -60,7 +67,8 @@ class SimulatedEnclaves:
         nonce = b"n" * 32
         rd = Binding(public_bytes(self.key), entry.bundle_hash, entry.catalog_hash, entry.enforcement_mode,
                      nonce).report_data()
-        quote = SimulatedQuoteSigner().quote(rd, tdx_mrconfigid(toml))
+        quote = SimulatedQuoteSigner().quote(rd, tdx_mrconfigid(toml), mrtd=self.guest.mrtd,
+                                             rtmrs=(*self.guest.rtmrs, b"\0" * 48))
         return nonce, Evidence("simulated", quote, b"", toml, json.dumps(public_jwk(self.key)),
                                entry.bundle_hash, entry.catalog_hash, entry.enforcement_mode, rd)
 
@@ -211,12 +219,36 @@ async def test_attested_pod_is_gated_in_and_published(
     assert enclaves.fetched == ["10.0.0.5"] and kube.calls == []
 
 
+async def test_a_forged_guest_is_never_routed(controller: RouteController, kube: FakeKube,
+                                              enclaves: SimulatedEnclaves,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pod carries the operator's own initdata, but its launcher booted another guest (RTMR2):
+    the readiness gate stays False and status.pods says why, so no relying party routes to it."""
+    await publish_bundle(kube)
+    await controller.step(NS, ROUTE)
+    pod = start_pod(kube)
+    enclaves.guest = SimulatedGuest(rtmrs=(*SimulatedGuest().rtmrs[:2], b"\x66" * 48))
+    kube.calls.clear()
+    assert await controller.step(NS, ROUTE) == FAST_POLL
+    assert kube.writes("set_attested_condition") == [("set_attested_condition", NS, pod["metadata"]["name"],
+                                                      False, "ReferenceValueMismatch")]
+    entry = route_status(kube)["pods"][0]
+    assert entry["attested"] is False and entry["reason"] == "ReferenceValueMismatch"
+    assert "RTMR2" in entry["message"] and "keyThumbprint" not in entry
+    assert route_status(kube)["attestedReplicas"] == 0
+    # Weakened: with the release comparison gone the same forged guest is attested and routed.
+    monkeypatch.setattr(core_appraise, "match_release", lambda *_args: dev_release())
+    controller.pods.clear()
+    await controller.step(NS, ROUTE)
+    assert route_status(kube)["pods"][0]["attested"] is True
+
+
 async def test_pod_with_foreign_initdata_is_rejected_by_name(controller: RouteController, kube: FakeKube,
                                                              events: FakeEvents) -> None:
     await publish_bundle(kube)
     await controller.step(NS, ROUTE)
     rogue = render(CmcpEntry("sha256:" + "ee" * 32, "sha256:" + "cc" * 32, "enforce", f"{NS}/{ROUTE}",
-                             SPEC["upstream"]["url"]), image="img", command=["cmcp-enclave"])  # type: ignore[index]
+                             SPEC["upstream"]["url"]), image=TEST_IMAGE, command=["cmcp-enclave"])  # type: ignore[index]
     pod = start_pod(kube, annotation=encode_annotation(rogue))
     kube.calls.clear()
     assert await controller.step(NS, ROUTE) == FAST_POLL

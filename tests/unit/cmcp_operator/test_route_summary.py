@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from cmcp_core.attestation import Appraisal
 from cmcp_core.route_status import RouteStatus, endpoints_from_status
-from cmcp_operator.conditions import Condition, merge_conditions, transitions
 from cmcp_operator.route_summary import (
     PodView,
     RouteTarget,
@@ -95,16 +94,6 @@ def test_next_previous_and_accepted() -> None:
     assert next_previous(NEW, OLD, NEW) == OLD
     assert accepted_revisions(NEW, OLD) == {NEW.initdata_digest: NEW.bundle_hash,
                                             OLD.initdata_digest: OLD.bundle_hash}
-
-
-def test_conditions_keep_transition_time_and_generation() -> None:
-    first = merge_conditions(None, [Condition("Ready", False, "Waiting")], generation=1, now="T1")
-    again = merge_conditions(first, [Condition("Ready", False, "Still")], generation=2, now="T2")
-    assert again[0]["lastTransitionTime"] == "T1" and again[0]["observedGeneration"] == 2
-    flipped = merge_conditions(again, [Condition("Ready", True, "Attested")], generation=2, now="T3")
-    assert flipped[0]["lastTransitionTime"] == "T3" and flipped[0]["status"] == "True"
-    assert [c["type"] for c in transitions(again, flipped)] == ["Ready"]
-    assert transitions(flipped, flipped) == []
 
 
 def test_route_admission_rules() -> None:

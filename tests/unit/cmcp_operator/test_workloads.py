@@ -9,6 +9,7 @@ import yaml
 
 from cmcp_core.initdata import ANNOTATION, CmcpEntry, decode_annotation, parse, render
 from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN, LaunchPolicyError
+from cmcp_core.verify import AppraisalPolicy
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import ATTESTED_CONDITION, KATA_TDX, NFD_SNP, NFD_TDX, ROUTE_LABEL
 from cmcp_operator.workloads import audience, deployment, launch_spec, revision, service
@@ -86,7 +87,7 @@ def test_enclave_pods_meet_the_restricted_pod_security_profile() -> None:
     ("simulated", None, set()),
 ])
 def test_runtime_class_and_node_affinity(tee: str, runtime: str | None, labels: set[str]) -> None:
-    cfg = OperatorConfig(allow_simulated=True)
+    cfg = OperatorConfig(appraisal=AppraisalPolicy(allow_simulated=True))
     rev = revision("ns", "r", spec(tee=tee), BSTATUS, [], cfg)
     pod = deployment("ns", "r", spec(tee=tee), rev, cfg, OWNER)["spec"]["template"]["spec"]
     assert pod.get("runtimeClassName") == runtime
@@ -99,7 +100,7 @@ def test_runtime_class_and_node_affinity(tee: str, runtime: str | None, labels: 
 
 
 def test_runtime_class_override_and_simulate_tee() -> None:
-    cfg = OperatorConfig(allow_simulated=True, simulate_tee=True,
+    cfg = OperatorConfig(appraisal=AppraisalPolicy(allow_simulated=True), simulate_tee=True,
                          runtime_classes={"tdx": "custom-tdx", "snp": "s", "any": "a", "simulated": ""})
     rev = revision("ns", "r", spec(), BSTATUS, [], cfg)
     assert rev.command[rev.command.index("--tee") + 1] == "simulated"

@@ -17,6 +17,8 @@ from cmcp_core.crypto import public_bytes, public_jwk
 from cmcp_core.errors import Code
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_attestation, appraise_evidence
+from cmcp_devkit.initdata import TEST_IMAGE
+from cmcp_devkit.release import dev_release, release_of
 from tests.paths import DATA
 
 QUOTE = (DATA / "tdx" / "tdx_quote").read_bytes()
@@ -31,11 +33,13 @@ CODES = {c.value for c in Code}
 KEY = Ed25519PrivateKey.generate().public_key()
 NONCE = os.urandom(32)
 ENTRY = initdata.CmcpEntry("sha256:" + "ab" * 32, "sha256:" + "cd" * 32, "enforce", "t/r", "http://up")
-INITDATA = initdata.render(ENTRY, image="img", command=["cmcp-enclave"])
+INITDATA = initdata.render(ENTRY, image=TEST_IMAGE, command=["cmcp-enclave"])
 SIGNER = SimulatedQuoteSigner()
 RD = Binding(public_bytes(KEY), ENTRY.bundle_hash, ENTRY.catalog_hash, "enforce", NONCE).report_data()
 SIM_QUOTE = SIGNER.quote(RD, initdata.tdx_mrconfigid(INITDATA))
-ALLOW_SIM = AppraisalPolicy(allow_simulated=True)
+# Releases for every guest here, so a fuzzed input can only fail on what the fuzz changed.
+FIXTURES = AppraisalPolicy(releases=(release_of("tdx", QUOTE), release_of("snp", SNP_JSON)))
+ALLOW_SIM = AppraisalPolicy(allow_simulated=True, releases=(*FIXTURES.releases, dev_release()))
 
 
 def _appraise(platform: str, evidence: bytes, aux: bytes = b"") -> Verdict:
@@ -82,14 +86,14 @@ def test_flipped_simulated_quote_never_passes(pos: int, xor: int) -> None:
 def test_flipped_intel_quote_never_passes(pos: int, xor: int) -> None:
     raw = bytearray(QUOTE)
     raw[pos] ^= xor
-    assert _failed(appraise_evidence("tdx", bytes(raw), collateral=COLLATERAL, now=PINNED))
+    assert _failed(appraise_evidence("tdx", bytes(raw), collateral=COLLATERAL, policy=FIXTURES, now=PINNED))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=0, max_value=len(QUOTE) - 71), st.binary(max_size=64))
 def test_truncated_or_extended_intel_quote_never_passes(cut: int, tail: bytes) -> None:
     raw = QUOTE[:cut] + tail
-    assert _failed(appraise_evidence("tdx", raw, collateral=COLLATERAL, now=PINNED))
+    assert _failed(appraise_evidence("tdx", raw, collateral=COLLATERAL, policy=FIXTURES, now=PINNED))
 
 
 @settings(max_examples=200, deadline=None)
@@ -99,19 +103,19 @@ def test_flipped_snp_report_never_passes(pos: int, xor: int) -> None:
     raw = bytearray(SNP_REPORT)
     raw[pos] ^= xor
     doc["snp_report"] = base64.b64encode(bytes(raw)).decode()
-    assert _failed(appraise_evidence("snp", json.dumps(doc).encode(), now=SNP_NOW))
+    assert _failed(appraise_evidence("snp", json.dumps(doc).encode(), policy=FIXTURES, now=SNP_NOW))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=2000))
 def test_random_snp_json_and_chains_never_pass(blob: bytes) -> None:
-    assert _failed(appraise_evidence("snp", SNP_REPORT, aux=blob, now=SNP_NOW))
-    assert _failed(appraise_evidence("snp", b"{" + blob, now=SNP_NOW))
+    assert _failed(appraise_evidence("snp", SNP_REPORT, aux=blob, policy=FIXTURES, now=SNP_NOW))
+    assert _failed(appraise_evidence("snp", b"{" + blob, policy=FIXTURES, now=SNP_NOW))
 
 
 def test_baselines_for_the_real_fixtures() -> None:
-    assert appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED).passed
-    assert appraise_evidence("snp", SNP_JSON, now=SNP_NOW).passed
+    assert appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, policy=FIXTURES, now=PINNED).passed
+    assert appraise_evidence("snp", SNP_JSON, policy=FIXTURES, now=SNP_NOW).passed
 
 
 _ANY = st.one_of(

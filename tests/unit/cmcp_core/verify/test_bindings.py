@@ -6,6 +6,7 @@ must pass (so the failures are caused by the change, not by a broken setup).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,17 +25,19 @@ from cmcp_core.proto import enclave_pb2
 from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_attestation, appraise_response
 from cmcp_core.verify.bindings import check_initdata
 from cmcp_core.verify.verdict import VerifyFailure
+from cmcp_devkit.release import dev_appraisal, dev_release
 
 BUNDLE = "sha256:" + "ab" * 32
 CATALOG = "sha256:" + "cd" * 32
-ALLOW_SIM = AppraisalPolicy(allow_simulated=True)
+IMAGE = "registry.example/cmcp-enclave@sha256:" + "0" * 64
+ALLOW_SIM = dev_appraisal(IMAGE)
 
 
 def _initdata(algorithm: str = "sha384", bundle: str = BUNDLE) -> bytes:
     entry = initdata.CmcpEntry(bundle, CATALOG, "enforce", "team/route", "https://upstream.example")
     return initdata.render(
         entry,
-        image="registry.example/cmcp-enclave@sha256:" + "0" * 64,
+        image=IMAGE,
         command=["cmcp-enclave"],
         algorithm=algorithm,
     )
@@ -197,16 +200,24 @@ def test_snp_host_data_truncation(algorithm: str) -> None:
             check_initdata(raw, "snp", full)  # the untruncated digest is not HOST_DATA
 
 
-def test_reference_values_on_simulated(sim: Sim) -> None:
+def test_a_guest_with_other_launch_measurements_is_refused(sim: Sim) -> None:
+    """The genuine initdata on another firmware (MRTD): only the release comparison can tell."""
     mrtd = os.urandom(48)
     q = sim.signer.quote(
         Binding(public_bytes(sim.key.public_key()), BUNDLE, CATALOG, "enforce", sim.nonce).report_data(),
         initdata.tdx_mrconfigid(sim.initdata),
         mrtd=mrtd,
     )
-    assert sim.appraise(q, policy=AppraisalPolicy(allow_simulated=True, mrtd=mrtd)).passed
-    v = sim.appraise(q, policy=AppraisalPolicy(allow_simulated=True, mrtd=bytes(48)))
-    assert not v.passed and v.code == Code.REFERENCE_VALUE_MISMATCH
+    v = sim.appraise(q)
+    assert not v.passed and v.code == Code.REFERENCE_VALUE_MISMATCH and "MRTD" in v.message
+    forged = dataclasses.replace(dev_release(IMAGE).simulated, mrtd=mrtd)  # type: ignore[arg-type]
+    release = dataclasses.replace(dev_release(IMAGE), simulated=forged)
+    assert sim.appraise(q, policy=AppraisalPolicy(allow_simulated=True, releases=(release,))).passed
+
+
+def test_no_release_refuses_even_an_honest_guest(sim: Sim) -> None:
+    v = sim.appraise(sim.quote(), policy=AppraisalPolicy(allow_simulated=True))
+    assert not v.passed and v.code == Code.REFERENCE_VALUES_MISSING
 
 
 @pytest.mark.parametrize(

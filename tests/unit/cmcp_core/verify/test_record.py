@@ -21,9 +21,11 @@ from cmcp_core.crypto import public_jwk
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import Code
 from cmcp_core.proto import enclave_pb2
-from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_attestation
+from cmcp_core.verify import Verdict, appraise_attestation
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_ctl.main import main as cmcpctl
+from cmcp_devkit.initdata import TEST_IMAGE
+from cmcp_devkit.release import dev_appraisal, dev_release, release_argv
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
@@ -49,7 +51,7 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
     entry = initdata.CmcpEntry(
         bundle.bundle_hash, bundle.catalog_hash, bundle.enforcement_mode, "team/route", "http://upstream"
     )
-    toml = initdata.render(entry, image="img", command=["cmcp-enclave"])
+    toml = initdata.render(entry, image=TEST_IMAGE, command=["cmcp-enclave"])
     path = tmp_path_factory.mktemp("enclave") / "initdata.toml"
     path.write_bytes(toml)
     enc = start(
@@ -71,7 +73,7 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
         nonce=nonce,
         claimed_report_data=report_data,
         expected_bundle_hash=bundle.bundle_hash,
-        policy=AppraisalPolicy(allow_simulated=True),
+        policy=dev_appraisal(),
     )
     assert verdict.passed, verdict.message
     args = {"text": "héllo"}
@@ -240,7 +242,8 @@ def test_cli_record_against_the_attest_response(
     resp = tmp_path / "attest.json"
     resp.write_text(json_format.MessageToJson(closed.response))
     now = str(closed.record["iat"])
-    base = ["verify", "record", rec, "--response", str(resp), "--now", now, "--json"]
+    base = ["verify", "record", rec, "--response", str(resp), "--now", now, "--json",
+            *release_argv(tmp_path / "release", dev_release())]
     assert cmcpctl([*base, "--nonce", closed.nonce.hex(), "--allow-simulated"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["passed"] and "runtime-nonce" in out["checks"] and out["assurance"] == "software-only"

@@ -35,6 +35,7 @@ from cmcp_core.verify.snp import (
     verify_snp_report,
 )
 from cmcp_core.verify.verdict import VerifyFailure
+from cmcp_devkit.release import release_of
 from tests.paths import DATA as TEST_DATA
 
 DATA = TEST_DATA / "snp-azure"
@@ -47,7 +48,8 @@ with warnings.catch_warnings():
     CERTS = x509.load_pem_x509_certificates(CHAIN)
 DERS = [c.public_bytes(Encoding.DER) for c in CERTS]
 NOW = int(datetime(2026, 8, 1, tzinfo=UTC).timestamp())  # inside the VCEK's validity
-POLICY = AppraisalPolicy()
+RELEASE = release_of("snp", EVIDENCE_BYTES)
+POLICY = AppraisalPolicy(releases=(RELEASE,))
 
 # Documented in docs/verification.md; genuine AMD roots (source: google/go-sev-guest verify/trust).
 FINGERPRINTS = {
@@ -75,7 +77,7 @@ def test_azure_report_verifies_to_genuine_ark_milan() -> None:
     assert a.product == "milan" and a.signing_key == "vcek"
     assert (a.tcb.bootloader, a.tcb.snp, a.tcb.microcode) == (4, 0x18, 0xDB)
     assert CERTS[2] == pinned_ark("milan")  # the fixture's root is the pinned one
-    v = appraise_evidence("snp", EVIDENCE_BYTES, now=NOW)
+    v = appraise_evidence("snp", EVIDENCE_BYTES, now=NOW, policy=POLICY)
     assert v.passed and v.assurance == "hardware" and "azure-runtime-data" in v.checks
 
 
@@ -179,11 +181,26 @@ def test_tcb_extensions_must_match_reported_tcb_and_chip_id() -> None:
     _check_tcb_extensions(CERTS[0], tcb, other_chip, "milan", True)  # a VLEK carries no hwID
 
 
-def test_min_tcb_policy() -> None:
-    with pytest.raises(VerifyFailure) as err:
-        verify_snp_report(EV.report, CHAIN, NOW, AppraisalPolicy(snp_min_tcb={"microcode": 0xDC}))
-    assert err.value.code is Code.TCB_STATUS_REJECTED
-    verify_snp_report(EV.report, CHAIN, NOW, AppraisalPolicy(snp_min_tcb={"snp": 0x18}))
+def _with_snp(**changes: object) -> AppraisalPolicy:
+    snp = dataclasses.replace(RELEASE.snp, **changes)  # type: ignore[arg-type]
+    return AppraisalPolicy(releases=(dataclasses.replace(RELEASE, snp=snp),))
+
+
+def test_a_genuine_amd_report_of_another_guest_is_refused() -> None:
+    """Real AMD evidence, but a measurement, policy, VMPL or TCB other than the release's."""
+    assert RELEASE.snp is not None
+    cases = {
+        "MEASUREMENT": (_with_snp(measurement=bytes(48)), Code.REFERENCE_VALUE_MISMATCH),
+        "guest policy": (_with_snp(policy=RELEASE.snp.policy ^ 1 << 19), Code.REFERENCE_VALUE_MISMATCH),
+        "VMPL": (_with_snp(vmpl=RELEASE.snp.vmpl + 1), Code.REFERENCE_VALUE_MISMATCH),
+        "microcode": (_with_snp(min_tcb={**RELEASE.snp.min_tcb, "microcode": 0xDC}), Code.TCB_MISMATCH),
+        "no release": (AppraisalPolicy(), Code.REFERENCE_VALUES_MISSING),
+    }
+    for what, (policy, code) in cases.items():
+        v = appraise_evidence("snp", EVIDENCE_BYTES, now=NOW, policy=policy)
+        assert not v.passed and v.code == code, (what, v.message)
+    assert (RELEASE.snp.min_tcb["snp"], RELEASE.snp.min_tcb["microcode"]) == (0x18, 0xDB)
+    assert appraise_evidence("snp", EVIDENCE_BYTES, now=NOW, policy=_with_snp(min_tcb={"snp": 0x18})).passed
 
 
 def test_azure_paravisor_binding_form() -> None:
@@ -198,11 +215,11 @@ def test_azure_paravisor_binding_form() -> None:
     assert err.value.code is Code.BINDING_REPORT_DATA_MISMATCH
     doc = json.loads(EVIDENCE_BYTES)
     doc["runtime_data"] = base64.b64encode(tampered).decode()
-    v = appraise_evidence("snp", json.dumps(doc).encode(), now=NOW)
+    v = appraise_evidence("snp", json.dumps(doc).encode(), now=NOW, policy=POLICY)
     assert not v.passed and v.code == Code.BINDING_REPORT_DATA_MISMATCH
 
 
 def test_bare_report_needs_a_chain() -> None:
-    assert appraise_evidence("snp", EV.report, now=NOW).code == Code.COLLATERAL_INVALID
-    assert appraise_evidence("snp", EV.report, aux=CHAIN, now=NOW).passed
-    assert appraise_evidence("snp", b"{not json", now=NOW).code == Code.EVIDENCE_MALFORMED
+    assert appraise_evidence("snp", EV.report, now=NOW, policy=POLICY).code == Code.COLLATERAL_INVALID
+    assert appraise_evidence("snp", EV.report, aux=CHAIN, now=NOW, policy=POLICY).passed
+    assert appraise_evidence("snp", b"{not json", now=NOW, policy=POLICY).code == Code.EVIDENCE_MALFORMED

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dcap_qvl
 import pytest
@@ -13,8 +15,10 @@ import pytest
 from cmcp_core.errors import Code
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.tdx import parse_quote
-from cmcp_core.verify import AppraisalPolicy, appraise_evidence
+from cmcp_core.verify import AppraisalPolicy, Verdict, appraise_evidence
+from cmcp_core.verify.reference import TdxReference
 from cmcp_core.verify.tdx import classify_dcap_error
+from cmcp_devkit.release import release_of
 from tests.paths import DATA as TEST_DATA
 
 DATA = TEST_DATA / "tdx"
@@ -23,10 +27,17 @@ COLLATERAL = (DATA / "tdx_quote_collateral.json").read_text()
 _ISSUE = json.loads(json.loads(COLLATERAL)["tcb_info"])["issueDate"]
 PINNED = datetime.fromisoformat(_ISSUE.replace("Z", "+00:00")) + timedelta(hours=1)
 SIGNED_LEN = len(parse_quote(QUOTE).signed_bytes)
+RELEASE = release_of("tdx", QUOTE)
+POLICY = AppraisalPolicy(releases=(RELEASE,))
+
+
+def appraise(evidence: bytes = QUOTE, *, collateral: Any = COLLATERAL, now: Any = PINNED,
+             policy: AppraisalPolicy = POLICY) -> Verdict:
+    return appraise_evidence("tdx", evidence, collateral=collateral, now=now, policy=policy)
 
 
 def test_up_to_date_at_pinned_time() -> None:
-    v = appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED)
+    v = appraise()
     assert v.passed and v.code == "OK", v.message
     assert v.assurance == "hardware" and v.tcb_status == "UpToDate" and v.advisories == ()
     assert v.measurements["mrtd"].startswith("91eb2b44")
@@ -34,14 +45,14 @@ def test_up_to_date_at_pinned_time() -> None:
 
 def test_collateral_object_and_bytes_forms() -> None:
     obj = dcap_qvl.QuoteCollateralV3.from_json(COLLATERAL)
-    assert appraise_evidence("tdx", QUOTE, collateral=obj, now=PINNED).passed
-    assert appraise_evidence("tdx", QUOTE, collateral=COLLATERAL.encode(), now=int(PINNED.timestamp())).passed
+    assert appraise(collateral=obj).passed
+    assert appraise(collateral=COLLATERAL.encode(), now=int(PINNED.timestamp())).passed
 
 
 def test_today_is_a_coded_expiry_not_a_crash() -> None:
-    v = appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=int(time.time()))
+    v = appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=int(time.time()), policy=POLICY)
     assert not v.passed and v.code == Code.COLLATERAL_EXPIRED
-    before = appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED - timedelta(days=2))
+    before = appraise(now=PINNED - timedelta(days=2))
     assert not before.passed and before.code == Code.COLLATERAL_EXPIRED
 
 
@@ -51,7 +62,7 @@ def test_twenty_random_flips_in_the_signed_region_fail() -> None:
     for pos in positions:
         raw = bytearray(QUOTE)
         raw[pos] ^= rng.randrange(1, 256)
-        v = appraise_evidence("tdx", bytes(raw), collateral=COLLATERAL, now=PINNED)
+        v = appraise(bytes(raw))
         assert not v.passed, f"flip at {pos} passed"
         assert v.code in {c.value for c in Code}
 
@@ -62,43 +73,60 @@ def test_twenty_random_flips_in_the_signed_region_fail() -> None:
 def test_flips_in_signature_key_and_qe_report_fail(pos: int) -> None:
     raw = bytearray(QUOTE)
     raw[pos] ^= 0x01
-    v = appraise_evidence("tdx", bytes(raw), collateral=COLLATERAL, now=PINNED)
+    v = appraise(bytes(raw))
     assert not v.passed
 
 
 def test_status_policy_is_applied() -> None:
-    strict = AppraisalPolicy(accepted_tcb_statuses=frozenset({"OutOfDate"}))
-    v = appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED, policy=strict)
+    strict = AppraisalPolicy(accepted_tcb_statuses=frozenset({"OutOfDate"}), releases=(RELEASE,))
+    v = appraise(policy=strict)
     assert not v.passed and v.code == Code.TCB_STATUS_REJECTED and v.tcb_status is None
 
 
-def test_reference_values() -> None:
-    q = parse_quote(QUOTE)
-    good = AppraisalPolicy(mrtd=q.body.mrtd, rtmrs={0: q.body.rtmrs[0], 3: bytes(48)})
-    assert appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED, policy=good).passed
-    for bad in (AppraisalPolicy(mrtd=bytes(48)), AppraisalPolicy(rtmrs={1: bytes(48)})):
-        v = appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED, policy=bad)
-        assert not v.passed and v.code == Code.REFERENCE_VALUE_MISMATCH
+def _with_tdx(**changes: object) -> AppraisalPolicy:
+    assert RELEASE.tdx is not None
+    tdx = dataclasses.replace(RELEASE.tdx, **changes)  # type: ignore[arg-type]
+    return AppraisalPolicy(releases=(dataclasses.replace(RELEASE, tdx=tdx),))
+
+
+def test_a_genuine_intel_quote_of_another_guest_is_refused() -> None:
+    """Real Intel evidence, but firmware, boot chain, TCB or attributes other than the release's."""
+    ref = RELEASE.tdx
+    assert isinstance(ref, TdxReference)
+    svn_above = bytes([ref.min_tee_tcb_svn[0] + 1]) + ref.min_tee_tcb_svn[1:]
+    cases = {
+        "MRTD": (_with_tdx(mrtd=bytes(48)), Code.REFERENCE_VALUE_MISMATCH),
+        "RTMR1": (_with_tdx(rtmrs=(ref.rtmrs[0], bytes(48), ref.rtmrs[2])), Code.REFERENCE_VALUE_MISMATCH),
+        "TEE_TCB_SVN": (_with_tdx(min_tee_tcb_svn=svn_above), Code.TCB_MISMATCH),
+        "TD attributes": (_with_tdx(td_attributes=b"\x01" + bytes(7)), Code.REFERENCE_VALUE_MISMATCH),
+        "no tdx values": (AppraisalPolicy(releases=(dataclasses.replace(RELEASE, tdx=None),)),
+                          Code.REFERENCE_VALUE_MISMATCH),
+        "no release": (AppraisalPolicy(), Code.REFERENCE_VALUES_MISSING),
+    }
+    for what, (policy, code) in cases.items():
+        v = appraise(policy=policy)
+        assert not v.passed and v.code == code, (what, v.message)
+    assert appraise().checks[-1] == "release:fixture"
 
 
 def test_missing_or_garbage_collateral() -> None:
-    assert appraise_evidence("tdx", QUOTE, now=PINNED).code == Code.COLLATERAL_INVALID
-    assert appraise_evidence("tdx", QUOTE, collateral="{}", now=PINNED).code == Code.COLLATERAL_INVALID
-    assert appraise_evidence("tdx", QUOTE, collateral=b"\xff\x00", now=PINNED).code == Code.COLLATERAL_INVALID
+    assert appraise(collateral=None).code == Code.COLLATERAL_INVALID
+    assert appraise(collateral="{}").code == Code.COLLATERAL_INVALID
+    assert appraise(collateral=b"\xff\x00").code == Code.COLLATERAL_INVALID
     tampered = json.loads(COLLATERAL)
     tampered["tcb_info"] = tampered["tcb_info"].replace('"UpToDate"', '"UpToDatE"', 1)
-    v = appraise_evidence("tdx", QUOTE, collateral=json.dumps(tampered), now=PINNED)
+    v = appraise(collateral=json.dumps(tampered))
     assert not v.passed and v.code == Code.COLLATERAL_INVALID
     resigned = json.loads(COLLATERAL)  # a valid status edit: the TCB info signature must catch it
     resigned["tcb_info"] = resigned["tcb_info"].replace('"OutOfDate"', '"UpToDate"', 1)
     assert resigned["tcb_info"] != json.loads(COLLATERAL)["tcb_info"]
-    v = appraise_evidence("tdx", QUOTE, collateral=json.dumps(resigned), now=PINNED)
+    v = appraise(collateral=json.dumps(resigned))
     assert not v.passed and v.code == Code.COLLATERAL_INVALID, v.message
 
 
 def test_simulated_quote_is_never_hardware() -> None:
     sim = SimulatedQuoteSigner().quote(bytes(64), bytes(48))
-    v = appraise_evidence("tdx", sim, collateral=COLLATERAL, now=PINNED)
+    v = appraise(sim)
     assert not v.passed and v.code == Code.EVIDENCE_UNSUPPORTED and v.assurance == "none"
 
 
@@ -119,24 +147,6 @@ def test_dcap_error_classification() -> None:
 
 
 def test_now_accepts_datetime_and_seconds() -> None:
-    a = appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED.astimezone(UTC))
-    b = appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED.timestamp())
+    a = appraise(now=PINNED.astimezone(UTC))
+    b = appraise(now=PINNED.timestamp())
     assert a.passed and b.passed
-
-
-def test_policy_from_chart_values() -> None:
-    q = parse_quote(QUOTE)
-    policy = AppraisalPolicy.from_json(
-        {
-            "acceptedTcbStatuses": ["UpToDate", "SWHardeningNeeded"],
-            "allowSimulated": True,
-            "mrtd": q.body.mrtd.hex(),
-            "rtmrs": {"0": q.body.rtmrs[0].hex()},
-            "snpMinTcb": {"snp": 24},
-            "simulatorKeys": ["ab" * 64],
-        }
-    )
-    assert policy.accepted_tcb_statuses == {"UpToDate", "SWHardeningNeeded"} and policy.allow_simulated
-    assert policy.rtmrs == {0: q.body.rtmrs[0]} and policy.simulator_keys == {bytes.fromhex("ab" * 64)}
-    assert appraise_evidence("tdx", QUOTE, collateral=COLLATERAL, now=PINNED, policy=policy).passed
-    assert AppraisalPolicy.from_json({}) == AppraisalPolicy()

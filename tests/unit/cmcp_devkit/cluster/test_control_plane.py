@@ -1,0 +1,163 @@
+"""cmcp_devkit.cluster.control_plane: the pure parts of the local cluster's launcher and its CLI.
+
+Starting the control plane is what ``tests/e2e`` does; no unit test starts one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cmcp_devkit.cluster import control_plane
+from cmcp_devkit.cluster.control_plane import (
+    RUNTIME_CLASSES,
+    SNP_LABELS,
+    TDX_LABELS,
+    LocalCluster,
+    default_nodes,
+    main,
+    run_tool,
+)
+
+
+@pytest.fixture
+def run_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "run" / "current.json"
+    monkeypatch.setattr(control_plane, "RUN_FILE", path)
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_default_nodes_cover_every_tee_and_match_the_runtime_classes() -> None:
+    nodes = default_nodes()
+    assert len({n.name for n in nodes}) == len(nodes)
+    assert {n.tee for n in nodes} == {"tdx", "snp", "none"}
+    for node in nodes:
+        expected = {"tdx": TDX_LABELS, "snp": SNP_LABELS, "none": {}}[node.tee]
+        assert node.labels == expected
+        schedulable = [rc for rc, sel in RUNTIME_CLASSES.items() if sel.items() <= node.labels.items()]
+        assert len(schedulable) == (0 if node.tee == "none" else 1)
+    nodes[0].labels["x"] = "y"
+    assert "x" not in TDX_LABELS  # each node has its own copy of the labels
+
+
+def test_unknown_command_prints_usage(run_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    assert "usage: python -m cmcp_devkit.cluster up|down|kubeconfig|status" in capsys.readouterr().err
+
+
+def test_kubeconfig_and_status_without_a_cluster(run_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["kubeconfig"]) == 1
+    assert "no cluster up" in capsys.readouterr().err
+    assert main(["status"]) == 1
+    assert capsys.readouterr().out.strip() == "down"
+    assert main([]) == 1  # status is the default
+
+
+def test_kubeconfig_prints_the_running_clusters_path(run_file: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run_file.parent.mkdir(parents=True)
+    run_file.write_text(json.dumps({"pid": os.getpid(), "kubeconfig": "/state/admin.kubeconfig"}))
+    assert main(["kubeconfig"]) == 0
+    assert capsys.readouterr().out.strip() == "/state/admin.kubeconfig"
+
+
+def test_status_of_a_cluster_whose_supervisor_died(run_file: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    run_file.parent.mkdir(parents=True)
+    run_file.write_text(json.dumps({"pid": _dead_pid(), "kubeconfig": "/k"}))
+    assert main(["status"]) == 1
+    assert capsys.readouterr().out.strip() == "down"
+
+
+def test_a_corrupt_run_file_reads_as_no_cluster(run_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_file.parent.mkdir(parents=True)
+    run_file.write_text("{not json")
+    assert main(["kubeconfig"]) == 1
+
+
+def test_run_tool_passes_kubeconfig_and_raises_with_stderr(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMCP_E2E_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HELM_CACHE_HOME", raising=False)
+    script = 'echo "$KUBECONFIG $HELM_CACHE_HOME $1"; echo oops >&2; exit "$2"'
+    ok = run_tool(Path("/bin/sh"), tmp_path / "kc", ["-c", script, "sh", "arg", "0"])
+    assert ok.stdout.split() == [str(tmp_path / "kc"), str(tmp_path / "cache" / "helm" / "cache"), "arg"]
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        run_tool(Path("/bin/sh"), None, ["-c", script, "sh", "x", "3"])
+    assert info.value.returncode == 3 and "oops" in info.value.stderr
+    assert run_tool(Path("/bin/sh"), None, ["-c", script, "sh", "x", "3"], check=False).returncode == 3
+
+
+def test_sweep_removes_only_state_of_dead_owners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, alive, keep, foreign = (tmp_path / f"cmcp-e2e-{n}" for n in ("dead", "alive", "keep", "foreign"))
+    for d in (dead, alive, keep, foreign):
+        d.mkdir()
+    (dead / "owner.pid").write_text(str(_dead_pid()))
+    (alive / "owner.pid").write_text(str(os.getpid()))
+    (keep / "owner.pid").write_text(str(_dead_pid()))
+    control_plane._sweep_stale_state(keep)
+    assert not dead.exists()
+    assert alive.exists() and keep.exists() and foreign.exists()  # no owner file: not ours to judge
+
+
+def test_terminate_group_ends_the_whole_process_group(tmp_path: Path) -> None:
+    code = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    out = tmp_path / "out"
+    with open(out, "wb") as fh:
+        popen = subprocess.Popen([sys.executable, "-c", code], stdout=fh, start_new_session=True)
+    while not out.read_text().strip():
+        assert popen.poll() is None
+        time.sleep(0.01)
+    child = int(out.read_text())
+    control_plane._terminate_group(popen, grace=5.0)
+    assert popen.returncode is not None
+    assert _gone_or_zombie(child)  # the component's own child went with the group
+
+
+def _gone_or_zombie(pid: int, timeout: float = 30.0) -> bool:
+    """Orphans are reaped by init, so a killed one is briefly a zombie: either counts as ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        if state in {"Z", "X"}:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_local_cluster_before_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    cluster = LocalCluster(nodes=[], state_dir=state)
+    assert (state / "owner.pid").read_text() == str(os.getpid())
+    assert cluster.kubeconfig == state / "admin.kubeconfig" and cluster.logs.is_dir()
+    (cluster.logs / "etcd.log").write_text("".join(f"line {i}\n" for i in range(40)))
+    tail = cluster.log_tail("etcd", "apiserver", lines=2)
+    assert tail == "--- etcd ---\nline 38\nline 39\n--- apiserver ---\n(no log)"
+    cluster.stop()
+    cluster.stop()  # idempotent
+    assert state.exists()  # a state dir the caller gave is the caller's
+
+    monkeypatch.delenv("CMCP_E2E_KEEP_STATE", raising=False)
+    own = LocalCluster(nodes=[])
+    assert own.state_dir.name.startswith("cmcp-e2e-")
+    own.stop()
+    assert not own.state_dir.exists()  # its own temporary state goes

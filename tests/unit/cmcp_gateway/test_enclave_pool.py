@@ -1,0 +1,137 @@
+"""Which enclaves a gateway route trusts: a signed release's guest, pinned bundle, mode and audience,
+and, when it follows an ``McpRoute``, exactly the initdata of the route's target or previous revision.
+
+The attacker is the host or a route author: a guest booted with other firmware but the genuine
+initdata, an advisory-mode enclave offered to an enforce route, an enclave measured for another
+upstream, a pod of a revision the route has left. Each is refused with its code; the forged
+guest's weakened-component row shows the release comparison is what refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import pytest
+
+from cmcp_core.attestation import Expected, sha256_tagged
+from cmcp_core.errors import CmcpError, Code
+from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget
+from cmcp_core.verify import appraise
+from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
+from cmcp_devkit.release import dev_release
+from cmcp_enclave.simulated import SimulatedGuest, launcher_env
+from cmcp_gateway.enclave_pool import EnclavePool
+from tests.helpers.gateway_stack import AUDIENCE, attest_policy
+from tests.paths import EXAMPLES
+
+OTHER_DIGEST = "sha256:" + "0" * 64
+
+
+@pytest.fixture(scope="module")
+def forged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
+    """The genuine bundle and initdata on a guest whose launcher measured another firmware (MRTD)."""
+    bundle = EXAMPLES / "realistic"
+    data = render_initdata(bundle, audience=AUDIENCE)
+    with start_enclave(bundle, tmp_path_factory.mktemp("forged"), initdata_bytes=data,
+                       env=launcher_env(data, SimulatedGuest(mrtd=b"\x42" * 48))) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def advisory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
+    with start_enclave(EXAMPLES / "advisory", tmp_path_factory.mktemp("adv"), audience=AUDIENCE) as proc:
+        yield proc
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[list[EnclavePool]]:
+    made: list[EnclavePool] = []
+    yield made
+    for pool in made:
+        await pool.close()
+
+
+async def _pool(pools: list[EnclavePool], addresses: list[str], expected: Expected) -> EnclavePool:
+    pool = EnclavePool("r", replace(attest_policy(), expected=expected), 5.0)
+    pools.append(pool)
+    await pool.set_endpoints(addresses)
+    return pool
+
+
+def _refusal(pool: EnclavePool, address: str) -> Code:
+    endpoint = pool.endpoints[address]
+    assert endpoint.attested is None and endpoint.error is not None
+    return endpoint.error.code
+
+
+async def test_the_honest_enclave_is_trusted(enclave: EnclaveProcess, pools: list[EnclavePool]) -> None:
+    pool = await _pool(pools, [enclave.address],
+                       Expected(bundle_hashes=frozenset({enclave.bundle_hash}), audience=AUDIENCE))
+    assert [e.address for e in pool.attested()] == [enclave.address]
+
+
+async def test_a_forged_guest_is_never_trusted(
+    forged: EnclaveProcess, pools: list[EnclavePool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pinned = Expected(bundle_hashes=frozenset({forged.bundle_hash}), audience=AUDIENCE)
+    pool = await _pool(pools, [forged.address], pinned)
+    assert _refusal(pool, forged.address) is Code.REFERENCE_VALUE_MISMATCH and not pool.attested()
+    with pytest.raises(CmcpError) as closed:  # what the agent is told: why, not where
+        pool.pick("session")
+    assert closed.value.code is Code.TEE_UNAVAILABLE and "REFERENCE_VALUE_MISMATCH" in closed.value.detail
+    assert forged.address not in closed.value.detail
+    # weakened: without the release comparison the same guest is trusted and would decide calls
+    monkeypatch.setattr(appraise, "match_release", lambda *_args: dev_release())
+    await pool.refresh()
+    assert [e.address for e in pool.attested()] == [forged.address]
+
+
+async def test_an_advisory_enclave_is_refused_by_an_enforce_route(
+    advisory: EnclaveProcess, pools: list[EnclavePool]
+) -> None:
+    pinned = Expected(bundle_hashes=frozenset({advisory.bundle_hash}))
+    pool = await _pool(pools, [advisory.address], pinned)
+    assert _refusal(pool, advisory.address) is Code.INITDATA_UNEXPECTED
+    opted_in = await _pool(pools, [advisory.address], replace(pinned, modes=frozenset({"advisory"})))
+    assert opted_in.attested()
+
+
+async def test_an_enclave_measured_for_another_upstream_is_refused(
+    enclave: EnclaveProcess, pools: list[EnclavePool]
+) -> None:
+    pinned = Expected(bundle_hashes=frozenset({enclave.bundle_hash}), audience="urn:cmcp:another-upstream")
+    pool = await _pool(pools, [enclave.address], pinned)
+    assert _refusal(pool, enclave.address) is Code.REFERENCE_VALUE_MISMATCH
+
+
+def enclave_initdata_digest(enclave: EnclaveProcess) -> str:
+    return sha256_tagged(enclave.initdata)
+
+
+def _status(address: str, *targets: str) -> RouteStatus:
+    revisions = [RouteTarget("sha256:" + "ab" * 32, digest) for digest in targets]
+    return RouteStatus(pods=(PodStatus(pod="p", uid="u", node="n", address=address, attested=True),),
+                       target=revisions[0] if revisions else None,
+                       previous=revisions[1] if len(revisions) > 1 else None)
+
+
+async def test_a_followed_route_pins_its_target_and_previous_initdata(
+    enclave: EnclaveProcess, pools: list[EnclavePool]
+) -> None:
+    """Every measured byte (launch policy included) must be the route's target or previous revision."""
+    pool = await _pool(pools, [], Expected())
+    digest = enclave_initdata_digest(enclave)
+    await pool.follow(_status(enclave.address, OTHER_DIGEST))
+    assert _refusal(pool, enclave.address) is Code.INITDATA_UNEXPECTED
+    await pool.follow(_status(enclave.address, OTHER_DIGEST, digest))  # mid-rollout: previous is ours
+    assert [e.address for e in pool.attested()] == [enclave.address]
+    await pool.follow(_status(enclave.address, digest))
+    assert pool.attested()
+    await pool.follow(_status(enclave.address))  # the operator has rendered nothing: trust nothing
+    assert _refusal(pool, enclave.address) is Code.ATTESTED_BUNDLE_UNEXPECTED
+
+
+def test_the_forged_guest_got_the_genuine_initdata(forged: EnclaveProcess, enclave: EnclaveProcess) -> None:
+    """So the refusal above comes from the launch measurements alone."""
+    assert forged.initdata == enclave.initdata

@@ -1,0 +1,97 @@
+"""The gated call path against a real enclave and the SDK upstream behind its guard.
+
+An allowed call is relayed verbatim; a denied one answers a coded error carrying the enclave's
+signed decision and forwards nothing; an upstream refusal is relayed with its own code. Each
+outcome is queued for the enclave, which the session's audit chain then records.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from cmcp_core.decision import verify_decision
+from cmcp_devkit.enclave import EnclaveProcess
+from cmcp_devkit.upstream import RunningUpstream, run_upstream
+from cmcp_gateway import pipeline
+from cmcp_gateway.config import RouteConfig
+from cmcp_gateway.enclave_pool import EnclavePool
+from cmcp_gateway.jsonrpc import FailedRequest
+from cmcp_gateway.routes import RouteRuntime
+from cmcp_gateway.sessions import McpSession, SessionTable
+from cmcp_gateway.upstream import UpstreamClient
+from tests.helpers.gateway_stack import AUDIENCE, attest_policy, make_guard
+
+TRANSFER = {"amount": 100, "currency": "EUR", "to": "acct-1"}
+
+
+@dataclass
+class Wired:
+    runtime: RouteRuntime
+    session: McpSession
+    upstream: RunningUpstream
+
+
+async def _wired(enclave: EnclaveProcess, guard_bundles: list[str]) -> AsyncIterator[Wired]:
+    async with run_upstream(make_guard([enclave.address], AUDIENCE, bundle_hashes=guard_bundles)) as up:
+        pool = EnclavePool("t", attest_policy(enclave.bundle_hash), 10.0)
+        await pool.set_endpoints([enclave.address])
+        route = RouteConfig(name="t", upstream=up.url, audience=AUDIENCE, enclaves=(enclave.address,),
+                            expected_bundle_hashes=frozenset({enclave.bundle_hash}))
+        runtime = RouteRuntime(route, pool, UpstreamClient(up.url, 10.0))
+        session = SessionTable(10, 60.0, None).open(runtime, "pipeline-agent", stateful=True)
+        try:
+            yield Wired(runtime, session, up)
+        finally:
+            await runtime.upstream.aclose()
+            await pool.close()
+
+
+@pytest.fixture
+async def wired(enclave: EnclaveProcess) -> AsyncIterator[Wired]:
+    async for w in _wired(enclave, [enclave.bundle_hash]):
+        yield w
+
+
+async def test_an_allowed_call_is_relayed_verbatim(wired: Wired) -> None:
+    result = await pipeline.call_tool(wired.runtime, wired.session, 1, {"name": "payments.transfer",
+                                                                        "arguments": TRANSFER})
+    assert result["structuredContent"] == {**TRANSFER, "status": "sent"}
+    assert wired.upstream.counter["payments.transfer"] == 1
+
+
+async def test_a_denied_call_carries_the_signed_decision_and_forwards_nothing(
+    wired: Wired, enclave: EnclaveProcess
+) -> None:
+    over_limit = {**TRANSFER, "amount": 50_000}
+    with pytest.raises(FailedRequest) as denied:
+        await pipeline.call_tool(wired.runtime, wired.session, 2, {"name": "payments.transfer",
+                                                                   "arguments": over_limit})
+    assert denied.value.code == "POLICY_DENY"
+    error = json.loads(denied.value.response.body)["error"]
+    signed = error["data"]["decision"]
+    padded = signed["signature"] + "=" * (-len(signed["signature"]) % 4)
+    doc = verify_decision(signed["document"].encode(), base64.urlsafe_b64decode(padded), enclave.public_key)
+    assert doc["decision"] == "deny" and doc["call_id"] == error["data"]["call_id"]
+    assert wired.upstream.counter.total() == 0
+
+
+async def test_an_upstream_refusal_is_relayed_with_its_code(enclave: EnclaveProcess) -> None:
+    """The guard in front of this upstream pins another bundle, so it refuses the genuine permit."""
+    async for w in _wired(enclave, ["sha256:" + "0" * 64]):
+        with pytest.raises(FailedRequest) as refused:
+            call = {"name": "payments.transfer", "arguments": TRANSFER}
+            await pipeline.call_tool(w.runtime, w.session, 3, call)
+        assert refused.value.code == "PERMIT_UNTRUSTED_KEY"
+        assert w.upstream.counter.total() == 0
+
+
+async def test_tools_list_is_filtered_by_the_enclave(wired: Wired) -> None:
+    listed = await pipeline.list_tools(wired.runtime, wired.session)
+    names = {t["name"] for t in listed["tools"]}
+    assert "web.search" in names
+    assert not names & {"add", "echo", "fail"}  # the upstream has them; the measured catalog does not
