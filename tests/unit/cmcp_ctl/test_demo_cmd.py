@@ -76,10 +76,11 @@ def test_a_bundle_folder_without_a_manifest_is_a_usage_error(tmp_path: Path) -> 
 
 
 def _handle(address: str, bundle_hash: str) -> EnclaveHandle:
-    # gateway_config reads only the address and the ready file's bundle hash and mode
+    # gateway_config reads only the address and the ready file's bundle and catalog hashes and mode
     return EnclaveHandle(proc=None, address=address, bundle_dir=Path("b"),  # type: ignore[arg-type]
                          initdata_path=Path("i"),
-                         ready={"bundle_hash": bundle_hash, "enforcement_mode": "enforce"})
+                         ready={"bundle_hash": bundle_hash, "catalog_hash": "sha256:" + "c" * 64,
+                                "enforcement_mode": "enforce"})
 
 
 def test_gateway_forwards_through_the_wiretap_once_it_runs(tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ def test_enclave_start_restart_and_gateway_config(tmp_path: Path) -> None:
         assert route == {
             "name": "enforce", "upstream": "http://127.0.0.1:9/mcp", "audience": "urn:cmcp:stack-test",
             "enclaves": [handle.address], "expected_bundle_hashes": [handle.ready["bundle_hash"]],
+            "expected_catalog_hashes": [handle.ready["catalog_hash"]],
             "enforcement_modes": [handle.ready["enforcement_mode"]],
         }
         tokens = yaml.safe_load(Path(config["auth"]["tokens_file"]).read_text())
