@@ -32,7 +32,6 @@ from cmcp_core.crypto import key_from_jwk, public_bytes, public_jwk, thumbprint
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.simulated import verify_simulated_quote
 from cmcp_core.evidence.tdx import TdxQuote
-from cmcp_core.initdata import parse as parse_initdata
 from cmcp_core.verify.bindings import check_claims, check_initdata, check_report_data
 from cmcp_core.verify.reference import SNP_TCB_FIELDS, SnpLaunch, TdxLaunch, match_release
 from cmcp_core.verify.snp import azure_report_data, decode_snp_evidence, verify_snp_report
@@ -199,10 +198,10 @@ def appraise_attestation(
             if not isinstance(value, str):
                 raise VerifyFailure(Code.VERIFY_INPUT_INVALID, f"{name} must be a string")
         authentic = _authenticate(st, bytes(evidence), bytes(aux or b""), collateral, _now(now), policy)
-        entry = check_initdata(bytes(initdata), st.platform, authentic.measured_config)
+        doc = check_initdata(bytes(initdata), st.platform, authentic.measured_config)
+        entry = doc.cmcp
         st.checks.append("initdata-measurement")
-        release = match_release(st.platform, authentic.launch, entry, parse_initdata(bytes(initdata)),
-                                policy.releases)
+        release = match_release(st.platform, authentic.launch, doc, policy.releases)
         st.checks.append(f"release:{release.version}")
         check_claims(
             entry,
@@ -354,7 +353,7 @@ def appraise_evidence(
         if not isinstance(evidence, bytes | bytearray):
             raise VerifyFailure(Code.VERIFY_INPUT_INVALID, "evidence must be bytes")
         authentic = _authenticate(st, bytes(evidence), bytes(aux or b""), collateral, _now(now), policy)
-        release = match_release(st.platform, authentic.launch, None, None, policy.releases)
+        release = match_release(st.platform, authentic.launch, None, policy.releases)
         st.checks.append(f"release:{release.version}")
     except CmcpError as exc:
         return _verdict(st, False, exc.code.value, exc.detail, None, None, None, None, None)

@@ -18,11 +18,13 @@ from cmcp_core.errors import Code
 from cmcp_core.verify.verdict import VerifyFailure
 
 
-def check_initdata(initdata: bytes, platform: str, measured: bytes) -> initdata_mod.CmcpEntry:
-    """MRCONFIGID / HOST_DATA must equal the digest of these exact initdata bytes."""
+def check_initdata(initdata: bytes, platform: str, measured: bytes) -> initdata_mod.Initdata:
+    """MRCONFIGID / HOST_DATA must equal the digest of these exact initdata bytes; the parsed
+    document (its cMCP entry already checked) for the checks that follow."""
     try:
         expected = initdata_mod.expected_measurement(initdata, platform)
-        entry = initdata_mod.parse(initdata).cmcp
+        doc = initdata_mod.parse(initdata)
+        doc.cmcp  # noqa: B018 - raises InitdataError for an unusable cMCP entry
     except initdata_mod.InitdataError as exc:
         raise VerifyFailure(Code.INITDATA_MISMATCH, f"initdata is unusable: {exc}") from exc
     if not hmac.compare_digest(expected, measured):
@@ -31,7 +33,7 @@ def check_initdata(initdata: bytes, platform: str, measured: bytes) -> initdata_
             Code.INITDATA_MISMATCH,
             f"{field} {measured.hex()} is not the {platform} digest of the initdata ({expected.hex()})",
         )
-    return entry
+    return doc
 
 
 def check_claims(

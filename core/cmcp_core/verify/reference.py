@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from cmcp_core import launch_policy
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.initdata import CmcpEntry, Initdata
+from cmcp_core.initdata import POLICY_KEY, Initdata
 
 TDX_RTMRS = 3  # RTMR0-2: firmware, kernel + command line, initrd; RTMR3 is extended at run time
 SNP_TCB_FIELDS = ("bootloader", "tee", "snp", "microcode")
@@ -114,12 +114,13 @@ def _check_launch(platform: str, ref: TdxReference | SnpReference, got: TdxLaunc
         raise _mismatch(f"the release's {platform} values do not fit this evidence")
 
 
-def _check_pins(release: ReleaseReference, entry: CmcpEntry, doc: Initdata) -> None:
+def _check_pins(release: ReleaseReference, doc: Initdata) -> None:
     """The initdata must pin the release's image, under the release's launch-policy rules."""
+    entry = doc.cmcp
     if entry.image != release.image:
         raise _mismatch(f"initdata pins image {entry.image!r}, "
                         f"release {release.version} is {release.image!r}")
-    policy = doc.data.get("policy.rego", "")
+    policy = doc.data.get(POLICY_KEY, "")
     try:
         rules, expected = launch_policy.split(policy)
     except launch_policy.LaunchPolicyError as exc:
@@ -135,13 +136,12 @@ def _check_pins(release: ReleaseReference, entry: CmcpEntry, doc: Initdata) -> N
 def match_release(
     platform: str,
     launch: TdxLaunch | SnpLaunch,
-    entry: CmcpEntry | None,
     doc: Initdata | None,
     releases: Sequence[ReleaseReference],
 ) -> ReleaseReference:
     """The release this guest is, or a coded failure naming why the closest one was refused.
 
-    ``entry``/``doc`` are the measured initdata; ``None`` for bare evidence, when only the launch
+    ``doc`` is the measured initdata; ``None`` for bare evidence, when only the launch
     values can be compared (an auditor's "genuine TEE running release X", never "running bundle Y").
     """
     if not releases:
@@ -154,8 +154,8 @@ def match_release(
     for release, ref in candidates:
         try:
             _check_launch(platform, ref, launch)
-            if entry is not None and doc is not None:
-                _check_pins(release, entry, doc)
+            if doc is not None:
+                _check_pins(release, doc)
         except CmcpError as exc:
             first = first or exc
             continue

@@ -187,7 +187,7 @@ def test_tdx_sha256_is_zero_padded_and_sha384_exact() -> None:
 def test_snp_host_data_truncation(algorithm: str) -> None:
     raw = _initdata(algorithm)
     full = hashlib.new(algorithm, raw).digest()
-    assert check_initdata(raw, "snp", full[:32]).bundle_hash == BUNDLE
+    assert check_initdata(raw, "snp", full[:32]).cmcp.bundle_hash == BUNDLE
     wrongs = [full[:31] + bytes([full[31] ^ 1]), bytes(32)]
     if algorithm != "sha256":
         wrongs.append(full[-32:])  # truncation keeps the leading bytes, not the trailing ones

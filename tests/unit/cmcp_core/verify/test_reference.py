@@ -30,7 +30,7 @@ OTHER_IMAGE = "ghcr.io/attacker/enclave@sha256:" + "e" * 64
 
 def _match(data: bytes, releases: tuple[ReleaseReference, ...] = (dev_release(),)) -> ReleaseReference:
     doc = initdata.parse(data)
-    return match_release("simulated", GENUINE, doc.cmcp, doc, releases)
+    return match_release("simulated", GENUINE, doc, releases)
 
 
 def _refused(data: bytes, code: Code = Code.REFERENCE_VALUE_MISMATCH) -> str:
