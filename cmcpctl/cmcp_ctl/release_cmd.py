@@ -23,10 +23,7 @@ from cmcp_core import launch_policy, release
 from cmcp_core.errors import CmcpError
 from cmcp_core.evidence.simulated import SIMULATED_MRTD, SIMULATED_RTMRS
 from cmcp_core.verify.reference import SNP_TCB_FIELDS, ReleaseReference, SnpReference, TdxReference
-
-
-class UsageError(Exception):
-    """Bad flags or unreadable input: exit 2."""
+from cmcp_ctl.usage import UsageError, exit_2_on_usage_error
 
 
 def _hex(value: str, name: str, size: int) -> bytes:
@@ -141,14 +138,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _run(func: Any) -> Any:
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except UsageError as exc:
-            print(f"cmcpctl release: {exc}", file=sys.stderr)
-            return 2
-
-    return wrapper
+    return exit_2_on_usage_error("release", func)
 
 
 def register(subparsers: Any) -> None:

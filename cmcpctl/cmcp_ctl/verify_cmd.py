@@ -19,12 +19,10 @@ from cmcp_core.errors import CmcpError
 from cmcp_core.verify.appraise import appraise_attestation, appraise_evidence, appraise_response
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_core.verify.verdict import DEFAULT_TCB_STATUSES, AppraisalPolicy, Verdict, VerifyFailure
+from cmcp_ctl.usage import UsageError, exit_2_on_usage_error
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 
-
-class UsageError(Exception):
-    """Bad flags or unreadable input: exit 2, not a verification failure."""
 
 
 def _read(path: str) -> bytes:
@@ -90,14 +88,7 @@ def _emit(verdict: Verdict, as_json: bool) -> int:
 
 
 def _run(func: Any) -> Any:
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except UsageError as exc:
-            print(f"cmcpctl verify: {exc}", file=sys.stderr)
-            return 2
-
-    return wrapper
+    return exit_2_on_usage_error("verify", func)
 
 
 def _load_response(path: str) -> Any:
