@@ -583,7 +583,7 @@ def run_memory(plan: Plan, work: Path, log_dir: Path, tool_def: dict[str, Any] |
     try:
         stack = ours.start_stack(mem_work, log_dir, tool_def=tool_def,
                                  enclave_args=("--max-sessions", str(cap)),
-                                 gateway_limits={"max_sessions": cap})
+                                 gateway_limits={"max_sessions": cap, "max_sessions_per_agent": cap})
         target = loadgen.LoadTarget("ours", stack.url)
         # warm the path (imports, connections, caches) before the first reading
         asyncio.run(loadgen.run_sequential(target, 20, 0))
