@@ -32,6 +32,7 @@ from cmcp_enclave.workers import DecisionWorkers
 INLINE_ARGUMENT_BYTES = 4096  # decided on the loop at or below this size (docs/adr/0010-fair-decisions.md)
 MAX_WAITING_PER_PRINCIPAL = 64
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+MAX_DEFAULT_WORKERS = 4  # ~45 MiB each (docs/adr/0010-fair-decisions.md): fits the pod's 1 GiB limit
 
 
 @dataclass
@@ -44,9 +45,10 @@ class _Turn:
 
 def default_workers(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     """The CPUs this process may use: its CPU affinity, capped by the pod's CPU limit (cgroup v2
-    ``cpu.max``), which affinity does not show: a pod limited to 2 CPUs on a 64-CPU node must
-    not start 64 workers, each with its own copy of the bundle."""
-    cpus = len(os.sched_getaffinity(0))
+    ``cpu.max``), which affinity does not show, and by ``MAX_DEFAULT_WORKERS``: a pod on a
+    64-CPU node must not start 64 workers, each with its own copy of the bundle, inside the
+    enclave pod's memory limit (``--decision-workers`` says otherwise)."""
+    cpus = min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
     try:
         quota, period = cpu_max.read_text().split()[:2]
     except (OSError, ValueError):

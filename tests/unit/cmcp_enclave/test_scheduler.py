@@ -24,7 +24,7 @@ from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave import scheduler as scheduler_mod
 from cmcp_enclave.enclave import DecideResult, Enclave
 from cmcp_enclave.judging import RequestError
-from cmcp_enclave.scheduler import DecisionScheduler, default_workers
+from cmcp_enclave.scheduler import MAX_DEFAULT_WORKERS, DecisionScheduler, default_workers
 from tests.helpers.held_cedar import BIG_ARGUMENTS as BIG
 from tests.helpers.held_cedar import HELD_TOOL, HeldCedar, held
 from tests.paths import EXAMPLES
@@ -182,7 +182,7 @@ async def test_refused_requests_are_refused_on_the_pool_path_too(enclave: Enclav
     ("max 100000\n", None), ("100000 100000\n", 1), ("150000 100000\n", 2), ("1 100000\n", 1),
     ("garbage\n", None), ("", None)])
 def test_workers_follow_the_pods_cpu_limit(tmp_path: Path, cpu_max: str, expected: int | None) -> None:
-    cpus = len(os.sched_getaffinity(0))
+    cpus = min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
     path = tmp_path / "cpu.max"
     path.write_text(cpu_max)
     assert default_workers(path) == (min(expected, cpus) if expected else cpus)
