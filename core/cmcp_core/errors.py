@@ -87,6 +87,7 @@ class Code(StrEnum):
     ARGS_TOO_LARGE = "ARGS_TOO_LARGE"
     PRINCIPAL_BUSY = "PRINCIPAL_BUSY"
     DECISION_WORKER_FAILED = "DECISION_WORKER_FAILED"
+    GATEWAY_UNAUTHENTICATED = "GATEWAY_UNAUTHENTICATED"
     SESSION_PRINCIPAL_MISMATCH = "SESSION_PRINCIPAL_MISMATCH"
     SESSION_UNKNOWN = "SESSION_UNKNOWN"
     RESET_UNAUTHORIZED = "RESET_UNAUTHORIZED"
@@ -179,6 +180,7 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.ARGS_TOO_LARGE: CodeInfo(-32602, 413, "The arguments exceed the bundle's bound for this tool."),
     Code.PRINCIPAL_BUSY: CodeInfo(-32000, 429, "Too many of this principal's decisions wait in the enclave."),
     Code.DECISION_WORKER_FAILED: CodeInfo(-32603, 503, "A decision worker failed; nothing was decided."),
+    Code.GATEWAY_UNAUTHENTICATED: CodeInfo(-32001, 403, "The caller is not a gateway the initdata names."),
     Code.SESSION_PRINCIPAL_MISMATCH: CodeInfo(-32000, 403, "The session belongs to another principal."),
     Code.SESSION_UNKNOWN: CodeInfo(-32004, 404, "The enclave holds no such session."),
     Code.RESET_UNAUTHORIZED: CodeInfo(-32001, 403, "The session reset is not signed by an operator key."),
