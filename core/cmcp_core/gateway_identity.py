@@ -16,9 +16,12 @@ proof is made when it opens, over no request bytes: every message on it is the g
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
+import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -90,3 +93,57 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path}: the gateway key must be Ed25519")
     return key
+
+
+class _Prover:
+    """Adds the gateway's proof to the call details (see :func:`proving`)."""
+
+    def __init__(self, key: Ed25519PrivateKey, enclave_kid: Callable[[], str | None],
+                 clock: Callable[[], float]) -> None:
+        self.key, self.enclave_kid, self.clock = key, enclave_kid, clock
+
+    def details(self, details: Any, request: bytes) -> Any:
+        kid = self.enclave_kid()
+        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+        if kid is None:  # not attested yet: only Attest is called then, and it needs no proof
+            return details
+        proof = make_proof(self.key, rpc=method.rsplit("/", 1)[-1], enclave_kid=kid, request=request,
+                           now=self.clock())
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), (METADATA_KEY, proof))
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                          details.wait_for_ready)
+
+
+class _ProvingUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, prover: _Prover) -> None:
+        self.prover = prover
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        signed = self.prover.details(details, request.SerializeToString(deterministic=True))
+        return await continuation(signed, request)
+
+
+class _ProvingUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, prover: _Prover) -> None:
+        self.prover = prover
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        signed = self.prover.details(details, request.SerializeToString(deterministic=True))
+        return await continuation(signed, request)
+
+
+class _ProvingStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, prover: _Prover) -> None:
+        self.prover = prover
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self.prover.details(details, b""), requests)
+
+
+def proving(key: Ed25519PrivateKey, enclave_kid: Callable[[], str | None],
+            clock: Callable[[], float] = time.time) -> list[Any]:
+    """Client interceptors that sign every call to the enclave whose key id ``enclave_kid()``
+    returns (the attested one; ``None`` before attestation). One per call shape: a channel
+    files each interceptor under the first shape it implements."""
+    prover = _Prover(key, enclave_kid, clock)
+    return [_ProvingUnaryUnary(prover), _ProvingUnaryStream(prover), _ProvingStreamStream(prover)]

@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ def render_for_bundle(
     image: str,
     command: list[str],
     algorithm: str = "sha384",
+    gateway_keys: Sequence[str] = (),
 ) -> bytes:
     """Initdata pinning the bundle in ``bundle_dir`` (its hashes and mode) to ``route``/``audience``.
 
@@ -127,6 +129,7 @@ def render_for_bundle(
         enforcement_mode=bundle.enforcement_mode,
         route=route,
         audience=audience,
+        gateway_keys=tuple(gateway_keys),
     )
     return render(entry, image=image, command=command, algorithm=algorithm)
 

@@ -99,7 +99,11 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
         m_host, m_port = args.metrics_listen.rsplit(":", 1)
         start_http_server(int(m_port), addr=m_host, registry=metrics.registry)
     log("serving", address=address, kid=enclave.kid, bundle_hash=enclave.bundle_hash,
-        mode=enclave.mode, platform=enclave.startup_report.platform)
+        mode=enclave.mode, platform=enclave.startup_report.platform,
+        gateway_keys=len(enclave.entry.gateway_keys))
+    if not enclave.entry.gateway_keys:
+        log("no gateway key in the initdata: state-changing calls are taken from any caller "
+            "(a development set-up; the operator always pins one)", level="warning")
     if args.ready_file:
         _write_ready(args.ready_file, {
             "address": address, "port": port, "pid": os.getpid(), "kid": enclave.kid,

@@ -19,7 +19,9 @@ from grpc_health.v1._async import HealthServicer
 
 from cmcp_core.digest import jcs
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.gateway_identity import trusted_keys
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_enclave import gateway_auth
 from cmcp_enclave.enclave import Enclave, UpstreamOutcome
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.metrics import Metrics
@@ -250,7 +252,10 @@ async def serve(enclave: Enclave, listen: str, metrics: Metrics,
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                ("grpc.keepalive_permit_without_calls", 1)]
-    server = grpc.aio.server(options=options)
+    refused = metrics.request_errors
+    server = grpc.aio.server(options=options, interceptors=gateway_auth.interceptors(
+        trusted_keys(enclave.entry.gateway_keys), enclave.kid,
+        on_refused=lambda rpc: refused.labels(rpc, Code.GATEWAY_UNAUTHENTICATED.value).inc()))
     enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveService(enclave, metrics, scheduler), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
