@@ -13,7 +13,9 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cmcp_core.attestation import AttestPolicy
+from cmcp_core.audit_store import open_audit_store
 from cmcp_core.route_source import McpRouteSource
+from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayConfig
 from cmcp_gateway.enclave_pool import EnclavePool, Refresher
@@ -36,6 +38,7 @@ class Gateway:
             config.limits.max_sessions_per_agent,
         )
         self.routes: dict[str, RouteRuntime] = {}  # by path, filled at start-up
+        self.audit = AuditWriter(open_audit_store(config.audit_store))  # every answer's entries, first
         self.refresher = Refresher(config.attest_refresh_seconds)
         self.mcp = McpHandler(self.routes, self.sessions, tokens, self.limits, self.limiter)
         self.front = AsgiFront(served_paths(config), self.mcp.handle, self)
@@ -43,7 +46,7 @@ class Gateway:
     async def startup(self) -> None:
         for route in self.config.routes:
             policy = AttestPolicy(appraisal=self.config.appraisal, expected=route.expected())
-            pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds)
+            pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds, self.audit)
             runtime = RouteRuntime(
                 route, pool, UpstreamClient(route.upstream, self.limits.upstream_timeout_seconds)
             )
@@ -68,6 +71,8 @@ class Gateway:
             await runtime.pool.close()
         for runtime in self.routes.values():
             await runtime.upstream.aclose()
+        await self.audit.flush()
+        self.audit.store.close()
 
     async def reap_idle(self) -> None:
         await self.sessions.reap_idle(self.routes.values())

@@ -5,6 +5,9 @@ Example::
     listen: 127.0.0.1:8080
     metrics_listen: 127.0.0.1:9464      # separate listener: metrics never share the agent port
     trust_record_dir: /var/lib/cmcp/records   # optional: each closed session's signed Trust Record
+    state_dir: /var/lib/cmcp-gateway     # default ~/.local/state/cmcp-gateway (or $XDG_STATE_HOME)
+    audit: {store: "sqlite:/var/lib/cmcp-gateway/audit.sqlite"}   # default sqlite:<state_dir>/audit.sqlite;
+                                         # several replicas: postgresql://... (one store they share)
     release: {manifests: [enclave-release.json], keys: [release-key.pem]}   # required
     allow_simulated: true                # accept software-only (simulated) enclave evidence
     tdx_collateral_dir: /var/cache/cmcp/tdx   # optional; pccs_url: https://pccs.example/...
@@ -27,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +105,28 @@ class GatewayConfig:
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     attest_refresh_seconds: float = 30.0
     trust_record_dir: str | None = None  # write each closed session's Trust Record here
+    audit_store: str = ""  # sqlite:PATH | postgresql://... (cmcp_core.audit_store); parse() fills the default
+
+
+AUDIT_FILE = "audit.sqlite"
+
+
+def default_state_dir() -> Path:
+    """Where the gateway keeps local state unless ``state_dir`` says: the XDG state directory."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cmcp-gateway"
+
+
+def _audit_store(raw: dict[str, Any]) -> str:
+    """``audit.store``, or SQLite under ``state_dir``: every answer's entries go somewhere durable."""
+    audit = raw.get("audit") or {}
+    if not isinstance(audit, dict):
+        raise ValueError("audit must be a mapping, e.g. {store: 'sqlite:/var/lib/cmcp-gateway/audit.sqlite'}")
+    store = audit.get("store")
+    if store:
+        return str(store)
+    state_dir = Path(str(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
+    return f"sqlite:{state_dir / AUDIT_FILE}"
 
 
 def _route(raw: dict[str, Any]) -> RouteConfig:
@@ -145,6 +171,7 @@ def parse(raw: dict[str, Any]) -> GatewayConfig:
         limits=GatewayLimits(**(raw.get("limits") or {})),
         attest_refresh_seconds=float(raw.get("attest_refresh_seconds", 30.0)),
         trust_record_dir=raw.get("trust_record_dir"),
+        audit_store=_audit_store(raw),
     )
 
 

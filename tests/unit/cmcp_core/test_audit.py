@@ -16,7 +16,7 @@ from cmcp_core.audit import GENESIS, entry_hash, make_entry, verify_chain
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide
+from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
 
@@ -26,8 +26,8 @@ def chain(tmp_path: Path) -> tuple[Enclave, list[dict[str, Any]]]:
     decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="s")
     decide(enc, "email.send_external", {"to": ["bob@partner.example"]}, session="s")
     decide(enc, "résumé.parse", {"body": "Zoë"}, session="s")
-    enc.close("s")
-    return enc, list(enc.export_audit("s", 0))
+    enc.close(known(enc, "s"))
+    return enc, exported(enc, "s")
 
 
 def test_exported_chain_verifies_from_genesis(chain: tuple[Enclave, list[dict[str, Any]]]) -> None:
@@ -117,7 +117,7 @@ def test_decision_entries_carry_the_decision_signature_the_gateway_saw(tmp_path:
 
     enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
     res = decide(enc, "web.search", {"query": "q"}, session="g")
-    entry = list(enc.export_audit("g", 0))[1]
+    entry = exported(enc, "g")[1]
     assert entry["kind"] == "decision" and entry["sig"] == b64url(res.signature)
     assert jcs(entry["data"]) == res.decision_json
     verify_decision(jcs(entry["data"]), res.signature, enc.public_key)

@@ -18,7 +18,7 @@ from cmcp_core.crypto import public_jwk
 from cmcp_ctl.main import main as cmcpctl
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide
+from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
 Chain = tuple[Enclave, list[dict[str, Any]]]
@@ -30,8 +30,8 @@ def chain(tmp_path: Path) -> Chain:
     decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="s")
     decide(enc, "email.send_external", {"to": ["bob@partner.example"]}, session="s")
     decide(enc, "résumé.parse", {"body": "Zoë"}, session="s")
-    enc.close("s")
-    return enc, list(enc.export_audit("s", 0))
+    enc.close(known(enc, "s"))
+    return enc, exported(enc, "s")
 
 
 def _jsonl(path: Path, entries: list[dict[str, Any]]) -> str:
@@ -94,7 +94,7 @@ def test_several_sessions_are_verified_each_on_its_own(
     for session in ("one", "two"):
         decide(enc, "web.search", {"query": session}, session=session)
         enc.close(session)
-    one, two = list(enc.export_audit("one", 0)), list(enc.export_audit("two", 0))
+    one, two = exported(enc, "one"), exported(enc, "two")
     mixed = [e for pair in zip(one, two, strict=True) for e in pair]  # interleaved, as a log would be
     path = _jsonl(tmp_path / "mixed.jsonl", mixed)
     assert cmcpctl(["audit", "verify", path, "--key", _key(enc)]) == 0
@@ -116,7 +116,7 @@ def test_expected_tip_is_not_silently_dropped_for_several_sessions(tmp_path: Pat
     for session in ("one", "two"):
         decide(enc, "web.search", {"query": session}, session=session)
         enc.close(session)
-    one, two = list(enc.export_audit("one", 0)), list(enc.export_audit("two", 0))
+    one, two = exported(enc, "one"), exported(enc, "two")
     path = _jsonl(tmp_path / "cut.jsonl", one + two[:-1])  # "two" lost its closing entry
     tip = enc.closed["two"].tip
     assert cmcpctl(["audit", "verify", path, "--key", _key(enc), "--expected-tip", tip]) != 0
