@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
         "--enclave", help="enclave gRPC HOST:PORT (default: first attested pod in the route status)"
     )
     p.add_argument("--advisory-enclave", help="gRPC HOST:PORT of the advisory route's enclave")
-    p.add_argument("--audit-store", help="the gateway's audit store, sqlite:PATH or postgresql://... (audit checks)")
+    p.add_argument("--audit-store", help="the gateway's audit store: sqlite:PATH or postgresql://...")
     p.add_argument("--upstream", help="the guarded upstream's MCP URL, reachable directly (bypass tests)")
     p.add_argument("--upstream-counter", help="URL returning the upstream's tool-call counter as JSON")
     p.add_argument("--audience", help="permit audience of the upstream (default: from the route)")

@@ -5,7 +5,7 @@ Example::
     listen: 127.0.0.1:8080
     metrics_listen: 127.0.0.1:9464      # separate listener: metrics never share the agent port
     trust_record_dir: /var/lib/cmcp/records   # optional: each closed session's signed Trust Record
-    state_dir: /var/lib/cmcp-gateway     # default ~/.local/state/cmcp-gateway (or $XDG_STATE_HOME)
+    state_dir: /var/lib/cmcp-gateway     # default ~/.local/state/cmcp-gateway
     audit: {store: "sqlite:/var/lib/cmcp-gateway/audit.sqlite"}   # default sqlite:<state_dir>/audit.sqlite;
                                          # several replicas: postgresql://... (one store they share)
     release: {manifests: [enclave-release.json], keys: [release-key.pem]}   # required
@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,9 +111,8 @@ AUDIT_FILE = "audit.sqlite"
 
 
 def default_state_dir() -> Path:
-    """Where the gateway keeps local state unless ``state_dir`` says: the XDG state directory."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "cmcp-gateway"
+    """Where the gateway keeps local state unless ``state_dir`` says (the chart always says)."""
+    return Path.home() / ".local" / "state" / "cmcp-gateway"
 
 
 def _audit_store(raw: dict[str, Any]) -> str:

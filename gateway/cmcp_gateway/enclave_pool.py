@@ -10,7 +10,7 @@ so the session's Trust Record covers every outcome reported before it; ``close``
 Audit: every answer's ``audit_entries`` are written to the audit store (:mod:`cmcp_gateway.audit_writer`)
 before the answer is used: a session id before it is handed out, a permit before it is used. Outcomes
 the enclave records after a stream reply leave with its next answer; if none comes within
-``OUTCOME_FLUSH_SECONDS`` the pool asks for them (``DrainAudit``), and ``refresh`` drains every
+``AUDIT_DRAIN_SECONDS`` the pool asks for them (``DrainAudit``), and ``refresh`` drains every
 enclave (idle closes).
 """
 
@@ -37,6 +37,7 @@ from cmcp_gateway.pinning import Pin
 
 log = logging.getLogger("cmcp.gateway")
 MAX_DRAINS = 64  # DrainAudit answers one drain takes at most (the rest wait for the next)
+AUDIT_DRAIN_SECONDS = OUTCOME_FLUSH_SECONDS  # entries owed after a stream reply are asked for after this
 
 
 @dataclass
@@ -172,7 +173,7 @@ class EnclavePool:
         endpoint.audit_owed = owed
         if owed and endpoint.drain_timer is None:
             endpoint.drain_timer = asyncio.get_running_loop().call_later(
-                OUTCOME_FLUSH_SECONDS, self._drain_if_owed, endpoint)
+                AUDIT_DRAIN_SECONDS, self._drain_if_owed, endpoint)
         if resp.audit_entries:
             await self.audit.record(resp.audit_entries)
 

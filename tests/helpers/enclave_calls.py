@@ -20,7 +20,8 @@ from cmcp_enclave.enclave import DecideResult, Enclave
 
 _calls = itertools.count()
 _names: weakref.WeakKeyDictionary[Enclave, dict[str, str]] = weakref.WeakKeyDictionary()
-_stores: weakref.WeakKeyDictionary[Enclave, dict[str, dict[int, dict[str, Any]]]] = weakref.WeakKeyDictionary()
+_Chains = dict[str, dict[int, dict[str, Any]]]  # chain id -> seq -> entry
+_stores: weakref.WeakKeyDictionary[Enclave, _Chains] = weakref.WeakKeyDictionary()
 
 
 def sid(enc: Enclave, name: str, principal: str = "agent-a") -> str:

@@ -22,7 +22,7 @@ from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
 from cmcp_devkit.release import dev_release
 from cmcp_enclave.simulated import SimulatedGuest, launcher_env
 from cmcp_gateway.enclave_pool import EnclavePool
-from tests.helpers.gateway_stack import AUDIENCE, attest_policy
+from tests.helpers.gateway_stack import AUDIENCE, attest_policy, audit_writer
 from tests.paths import EXAMPLES
 
 OTHER_DIGEST = "sha256:" + "0" * 64
@@ -53,7 +53,7 @@ async def pools() -> AsyncIterator[list[EnclavePool]]:
 
 
 async def _pool(pools: list[EnclavePool], addresses: list[str], expected: Expected) -> EnclavePool:
-    pool = EnclavePool("r", replace(attest_policy(), expected=expected), 5.0)
+    pool = EnclavePool("r", replace(attest_policy(), expected=expected), 5.0, audit_writer())
     pools.append(pool)
     await pool.set_endpoints(addresses)
     return pool
