@@ -6,7 +6,7 @@ an enclave ledger, ``ledger:<kid>``) and carry the entry's hash and canonical by
 entry the store already holds is a no-op, so a gateway may resend; a *different* entry for a key
 already held is ``AUDIT_FORK``. Any storage failure is ``AUDIT_STORE_UNAVAILABLE``: the caller
 fails closed. The store is untrusted: entries are signed and chained, and ``cmcpctl audit
-verify`` finds deletion, editing, withheld sessions and forks (:mod:`cmcp_core.audit_verify`).
+verify`` finds deletion, editing, withheld sessions and forks (:mod:`cmcp_core.audit_store_verify`).
 
 Backends: ``sqlite:PATH`` (WAL; one node) and ``postgresql://...`` (several gateway replicas),
 one module each (:mod:`cmcp_core.audit_store_sqlite`, :mod:`cmcp_core.audit_store_postgres`).

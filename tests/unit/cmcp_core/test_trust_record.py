@@ -44,7 +44,7 @@ def test_record_claims_measured_values(closed: tuple[Enclave, dict[str, Any]]) -
     assert record["runtime"]["platform"] == "software-only"
     assert record["appraisal"]["status"] == "none"
     assert record["cnf"]["jwk"] == public_jwk(enc.public_key)
-    assert record["tool_transcript"] == {"hash": enc.closed["sitzung-ü-1"].tip, "call_count": 2}
+    assert record["tool_transcript"] == {"hash": enc.closed[known(enc, "sitzung-ü-1")].tip, "call_count": 2}
     assert record["data_class"] == "restricted"
     expected = record_report_data(public_bytes(enc.public_key), enc.bundle_hash, enc.catalog_hash,
                                   enc.mode, record["tool_transcript"]["hash"])

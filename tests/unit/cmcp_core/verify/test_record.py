@@ -29,7 +29,7 @@ from cmcp_devkit.release import dev_appraisal, dev_release, release_argv
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
-from tests.helpers.enclave_calls import exported, known
+from tests.helpers.enclave_calls import exported, known, sid
 from tests.paths import EXAMPLES
 
 BUNDLE_DIR = EXAMPLES / "minimal"
@@ -79,7 +79,7 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
     assert verdict.passed, verdict.message
     args = {"text": "héllo"}
     enc.decide(
-        session_id="s1",
+        session_id=sid(enc, "s1", "agent"),
         call_id="c1",
         principal="agent",
         method="tools/call",
