@@ -7,7 +7,8 @@ Example::
     trust_record_dir: /var/lib/cmcp/records   # optional: each closed session's signed Trust Record
     state_dir: /var/lib/cmcp-gateway     # default ~/.local/state/cmcp-gateway
     audit: {store: "sqlite:/var/lib/cmcp-gateway/audit.sqlite"}   # default sqlite:<state_dir>/audit.sqlite;
-                                         # several replicas: postgresql://... (one store they share)
+                                         # several replicas: postgresql://... (one store they share),
+                                         # or {store_from_env: VAR}: the DSN from the environment
     release: {manifests: [enclave-release.json], keys: [release-key.pem]}   # required
     allow_simulated: true                # accept software-only (simulated) enclave evidence
     tdx_collateral_dir: /var/cache/cmcp/tdx   # optional; pccs_url: https://pccs.example/...
@@ -30,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,11 @@ def _audit_store(raw: dict[str, Any]) -> str:
     store = audit.get("store")
     if store:
         return str(store)
+    if audit.get("store_from_env"):  # a DSN with a password: from a Secret, never in the config file
+        name = str(audit["store_from_env"])
+        if not os.environ.get(name):
+            raise ValueError(f"audit.store_from_env names {name}, which is not set")
+        return os.environ[name]
     state_dir = Path(str(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
     return f"sqlite:{state_dir / AUDIT_FILE}"
 

@@ -71,3 +71,12 @@ def test_the_audit_store_defaults_to_sqlite_under_the_state_dir(tmp_path: Path) 
     assert parse({**_doc(tmp_path, pinned), "audit": {"store": dsn}}).audit_store == dsn
     with pytest.raises(ValueError):
         parse({**_doc(tmp_path, pinned), "audit": "sqlite:/x"})
+
+
+def test_the_audit_dsn_may_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned = {**STATIC, "expected_bundle_hashes": ["sha256:b"]}
+    doc = {**_doc(tmp_path, pinned), "audit": {"store_from_env": "TEST_AUDIT_DSN"}}
+    with pytest.raises(ValueError, match="not set"):
+        parse(doc)
+    monkeypatch.setenv("TEST_AUDIT_DSN", "postgresql://gw:secret@db/cmcp")
+    assert parse(doc).audit_store == "postgresql://gw:secret@db/cmcp"
