@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentrust_trace import verify_record
+from agentrust_trace import TrustRecord, verify_record
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.crypto import public_bytes, public_jwk
 from cmcp_core.digest import b64url, jcs
-from cmcp_core.trust_record import record_report_data
+from cmcp_core.trust_record import LEDGER_REL, record_ledger, record_report_data
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from tests.helpers.enclave_calls import decide, exported, known
@@ -78,3 +78,14 @@ def test_other_key_and_tampering_are_rejected(closed: tuple[Enclave, dict[str, A
 def test_closing_twice_returns_the_same_record(closed: tuple[Enclave, dict[str, Any]]) -> None:
     enc, record = closed
     assert enc.close(known(enc, "sitzung-ü-1")).record == record
+
+
+def test_record_references_the_ledger_it_was_closed_in(closed: tuple[Enclave, dict[str, Any]]) -> None:
+    enc, record = closed
+    assert record_ledger(record) == (enc.ledger_id, enc.ledger_seq, enc.ledger_tip)
+    ledger = exported(enc, enc.ledger_id)
+    assert ledger[-1]["kind"] == "close" and ledger[-1]["hash"] == enc.ledger_tip
+    assert ledger[-1]["data"]["tip"] == record["tool_transcript"]["hash"]
+    TrustRecord.model_validate(record)  # references is the schema's place for it
+    assert record_ledger({**record, "references": []}) is None
+    assert record_ledger({**record, "references": [{"rel": LEDGER_REL, "id": "no-count"}]}) is None

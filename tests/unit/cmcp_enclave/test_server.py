@@ -12,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cmcp_core import session_id as session_ids
 from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
@@ -191,3 +192,31 @@ async def test_reset_and_list_tools_over_grpc(tmp_path: Path) -> None:
             assert json.loads(after.decision_json)["effective"] == "allow"  # taint cleared by the reset
     finally:
         await server.stop(None)
+
+
+async def test_open_session_mints_an_owned_id_and_carries_its_entries(live: Live) -> None:
+    opened = await live.stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="agent"))
+    assert session_ids.owned_by(opened.session_id, live.enclave.kid)
+    entries = [json.loads(raw) for raw in opened.audit_entries]
+    assert [(e["session_id"], e["kind"]) for e in entries] == [
+        (live.enclave.ledger_id, "open"), (opened.session_id, "open")]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=""))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_decision_answer_carries_its_own_entry_and_drain_the_rest(live: Live) -> None:
+    resp = await live.stub.Decide(_req("web.search", {"query": "q"}))
+    assert json.loads(resp.audit_entries[-1])["data"] == json.loads(resp.decision_json)
+    assert len(live.enclave.outbox) == 0
+    live.enclave.close(_SESSION["id"])  # e.g. the idle expiry: no answer carries these
+    drained = await live.stub.DrainAudit(enclave_pb2.DrainAuditRequest())
+    assert [json.loads(raw)["kind"] for raw in drained.audit_entries] == ["close", "close"]
+    assert not (await live.stub.DrainAudit(enclave_pb2.DrainAuditRequest())).audit_entries
+
+
+async def test_an_id_the_enclave_did_not_mint_is_unknown_over_grpc(live: Live) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.Decide(_req("web.search", {"query": "q"}, session_id="chosen-by-the-caller"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert dict(err.value.trailing_metadata() or ())[ERROR_METADATA_KEY] == "SESSION_UNKNOWN"
