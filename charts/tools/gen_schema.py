@@ -373,11 +373,12 @@ AUDIT = obj(
         "store": {"enum": ["sqlite", "postgresql"]},
         "sqlite": obj(
             {
+                "volume": {"enum": ["persistentVolumeClaim", "emptyDir"]},
                 "size": string("Size of the claim the chart creates.", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$"),
                 "storageClassName": string("StorageClass (empty: the cluster default)."),
                 "existingClaim": string("Existing claim to use instead.", pattern=rf"({DNS_SUBDOMAIN})|^$"),
             },
-            required=["size"],
+            required=["volume", "size"],
         ),
         "postgresql": obj(
             {

@@ -858,7 +858,7 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
 
 
 def test_the_gateway_audit_store_defaults_to_sqlite_on_a_claim() -> None:
-    docs = render("simulated-values.yaml")
+    docs = render("tdx-only-values.yaml")
     claim = one(docs, "PersistentVolumeClaim", "gateway-audit")
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -891,3 +891,14 @@ def test_the_gateway_audit_store_on_postgresql_takes_its_dsn_from_a_secret() -> 
 def test_an_audit_store_that_cannot_hold_the_trail_is_refused(sets: tuple[str, ...]) -> None:
     proc = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *values_args("simulated-values.yaml", sets))
     assert proc.returncode != 0 and "audit" in proc.stderr
+
+
+
+def test_a_cluster_without_storage_may_keep_the_trail_in_the_pod() -> None:
+    """The simulated (development) profile: no claim, an emptyDir, the same SQLite path."""
+    docs = render("simulated-values.yaml")
+    assert not find(docs, "PersistentVolumeClaim")
+    pod = one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["audit"] == {"name": "audit", "emptyDir": {}}
+    config = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
+    assert config["audit"]["store"].startswith("sqlite:/var/lib/cmcp-gateway/")
