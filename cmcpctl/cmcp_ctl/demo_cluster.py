@@ -110,6 +110,13 @@ class ToolError(RuntimeError):
     """A helm/kubectl command failed; the message holds the command line and its stderr."""
 
 
+def local_gateway_audit_store(kubeconfig: Path, namespace: str = "*", release: str = "*") -> str | None:
+    """The chart gateway's SQLite audit store, read as an auditor would, when this machine holds
+    it: the dev kit's control plane (state next to its kubeconfig) runs pods from ``pods/``."""
+    found = sorted((kubeconfig.parent / "pods").glob(f"{namespace}_{release}-gateway-*/{AUDIT_FILE_IN_POD}"))
+    return f"sqlite:{found[-1]}" if found else None
+
+
 @dataclass
 class Tools:
     """helm and kubectl against one kubeconfig (passed by flag, so the user's env is irrelevant)."""
@@ -795,11 +802,7 @@ class ClusterDemo:
         self.endpoints["upstream"] = str(pod["status"]["podIP"])
 
     def _gateway_audit_store(self) -> str | None:
-        """The gateway's SQLite audit store, read as an auditor would, when this machine holds it:
-        the dev kit's control plane (state next to its kubeconfig) runs pods from ``pods/``."""
-        pods = self.tools.kubeconfig.parent / "pods"
-        found = sorted(pods.glob(f"{self.ns}_{self.release}-gateway-*/{AUDIT_FILE_IN_POD}"))
-        return f"sqlite:{found[-1]}" if found else None
+        return local_gateway_audit_store(self.tools.kubeconfig, self.ns, self.release)
 
     def _add_gateway(self, routes: list[dict[str, Any]] | None = None) -> str:
         """``helm upgrade`` with the route (or the caller's ``gateway.routes``); return the
