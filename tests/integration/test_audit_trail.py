@@ -1,5 +1,5 @@
 """The audit trail leaves the enclave: real processes (enclave, guard, upstream, gateway) with
-the gateway's SQLite audit store.
+the gateway's audit store on SQLite and on PostgreSQL.
 
 Killing the enclave mid-session (SIGKILL: no shutdown, no close) loses nothing that was
 answered: every decision, and every outcome of a call that ran, is in the store and verifies
@@ -13,12 +13,14 @@ Before issue 16 these entries lived only in the enclave's ring and died with it.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from cmcp_conformance import bundle as conformance_bundle
@@ -28,14 +30,17 @@ from cmcp_core.audit_store import chain_entries, open_audit_store
 from cmcp_core.crypto import key_from_jwk, public_jwk
 from cmcp_ctl.main import main as cmcpctl
 from cmcp_devkit.initdata import render_initdata
+from cmcp_devkit.postgres import PostgresServer
 from cmcp_devkit.stack import LocalStack
 
 CALLS = 12
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    running = LocalStack(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalStack]:
+    """The local stack with the gateway's store on a SQLite file, or on the real PostgreSQL."""
+    store = "" if request.param == "sqlite" else _own_database(request.getfixturevalue("postgres_server"))
+    running = LocalStack(tmp_path, audit_store=store)
     try:
         bundle_dir = conformance_bundle.write(tmp_path / "bundle", Profile())
         initdata = render_initdata(bundle_dir, route="audit/enforce", audience=running.audience)
@@ -45,6 +50,15 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
         yield running
     finally:
         running.close()
+
+
+def _own_database(server: PostgresServer) -> str:
+    """A database of this test's own on the shared server: the whole-store verify below must see
+    only this stack's chains, not other tests' deliberately forged rows."""
+    name = f"audit_{secrets.token_hex(6)}"
+    with psycopg.connect(server.dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return server.dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _rpc(http: httpx.Client, url: str, method: str, params: dict[str, Any], session: str | None,
