@@ -284,8 +284,7 @@ class EnclavePool:
         queue.acknowledged(carried, resp.completes_handled)
         # Carried on the stream, outcomes are recorded after this reply: their entries follow.
         await self._recorded(endpoint, resp, owed=streamed and bool(resp.completes_handled))
-        if not any(raw.startswith(b'{"data":' + resp.decision_json) for raw in resp.audit_entries):
-            raise CmcpError(Code.DECISION_UNVERIFIED, "the answer does not carry the decision's audit entry")
+        _check_carried(resp)
         document = verify_decision(
             resp.decision_json,
             resp.signature,
@@ -345,6 +344,13 @@ class EnclavePool:
         await self.drain()
         for address in list(self.endpoints):
             await self._drop(address)
+
+
+def _check_carried(resp: Any) -> None:
+    """The decision's own audit entry must have come (and been stored) with it: a host that
+    strips entries from answers would otherwise get permits used with no durable trace."""
+    if not any(raw.startswith(b'{"data":' + resp.decision_json) for raw in resp.audit_entries):
+        raise CmcpError(Code.DECISION_UNVERIFIED, "the answer does not carry the decision's audit entry")
 
 
 class Refresher:

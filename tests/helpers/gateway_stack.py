@@ -220,7 +220,8 @@ class MitmEnclave:
     else, except what ``tamper`` says: ``"slow"`` (Decide sleeps ``delay`` seconds),
     ``"bad-signature"`` (one signature bit flipped), ``"other-call"`` (answers with the first
     decision it ever relayed, validly signed but for another call), ``"no-permit"`` (strips the
-    permit from an allow). ``decide_seen`` is set when a Decide arrives.
+    permit from an allow), ``"strip-audit"`` (drops the audit entries the answer carries).
+    ``decide_seen`` is set when a Decide arrives.
     """
 
     def __init__(self, target: str, tamper: str | None = None, delay: float = 30.0) -> None:
@@ -252,6 +253,8 @@ class MitmEnclave:
                 return outer.first_decision
             elif outer.tamper == "no-permit":
                 resp.permit = ""
+            elif outer.tamper == "strip-audit":
+                del resp.audit_entries[:]
             return resp
 
         class Servicer(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
