@@ -220,7 +220,8 @@ class MitmEnclave:
     else, except what ``tamper`` says: ``"slow"`` (Decide sleeps ``delay`` seconds),
     ``"bad-signature"`` (one signature bit flipped), ``"other-call"`` (answers with the first
     decision it ever relayed, validly signed but for another call), ``"no-permit"`` (strips the
-    permit from an allow), ``"strip-audit"`` (drops the audit entries the answer carries).
+    permit from an allow), ``"strip-audit"`` (drops the audit entries the answer carries),
+    ``"foreign-id"`` (OpenSession answers an id whose owner part names another enclave).
     ``decide_seen`` is set when a Decide arrives.
     """
 
@@ -262,7 +263,10 @@ class MitmEnclave:
                 return await stub.Attest(request)
 
             async def OpenSession(self, request: Any, context: Any) -> Any:
-                return await stub.OpenSession(request)
+                resp = await stub.OpenSession(request)
+                if outer.tamper == "foreign-id":  # an id another enclave would own
+                    resp.session_id = "A" * 16 + resp.session_id[16:]
+                return resp
 
             async def DrainAudit(self, request: Any, context: Any) -> Any:
                 return await stub.DrainAudit(request)
