@@ -114,6 +114,7 @@ class LocalDeployment(LocalStack):
             token=self.token,
             advisory_mcp_url=f"{self.gateway_url}/mcp/advisory" if advisory else None,
             enclave_address=enforce.address,
+            audit_store=self.audit_store,
             advisory_enclave_address=advisory.address if advisory else None,
             upstream_url=self.upstream_url,
             upstream_audience=self.audience,

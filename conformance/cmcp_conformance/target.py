@@ -3,7 +3,7 @@
 The suite never assumes it started the deployment. It talks to the gateway route as an agent
 would, and uses further access only when the target offers it:
 
-* ``enclave_address`` — gRPC access to the enclave (Attest, CloseSession, ExportAudit), the
+* ``enclave_address`` — gRPC access to the enclave (Attest, CloseSession), the
   access an auditor or the operator has; without it, evidence/record tests skip;
 * ``upstream_url`` / ``upstream_counter_url`` — the guarded upstream, reachable directly (the
   position of a compromised host) and its tool-execution counter; without them, "never
@@ -24,7 +24,6 @@ subclassing it to change how the audit export reaches the tester (a host that ed
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import grpc
 import httpx
 
 from cmcp_conformance.cluster import ClusterAccess
+from cmcp_core.audit_store import chain_entries, open_audit_store, rows_of
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy
 
@@ -94,6 +94,7 @@ class TargetDeployment:
     token: str | None = None
     advisory_mcp_url: str | None = None
     enclave_address: str | None = None
+    audit_store: str | None = None  # the gateway's audit store (sqlite:PATH | postgresql://...)
     advisory_enclave_address: str | None = None
     upstream_url: str | None = None
     upstream_audience: str | None = None
@@ -137,14 +138,16 @@ class TargetDeployment:
             return stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=GRPC_TIMEOUT_SECONDS)
 
     def export_audit(self, session_id: str, *, address: str | None = None) -> list[dict[str, Any]]:
-        """The session's audit entries as the host hands them to an auditor (untrusted storage)."""
-        channel, stub = self._stub(address)
-        with channel:
-            stream: Iterator[Any] = stub.ExportAudit(
-                enclave_pb2.ExportAuditRequest(session_id=session_id, from_seq=0),
-                timeout=GRPC_TIMEOUT_SECONDS,
-            )
-            return [json.loads(item.entry_json) for item in stream]
+        """The session's audit entries as the deployment's audit store hands them to an auditor
+        (untrusted storage). ``address`` names the enclave (its ledger), kept for the callers'
+        symmetry: the store is one for all of them."""
+        if not self.audit_store:
+            raise RuntimeError("target offers no audit store")
+        store = open_audit_store(self.audit_store)
+        try:
+            return [json.loads(raw) for raw in chain_entries(store, session_id)]
+        finally:
+            store.close()
 
     def close_session(self, session_id: str, *, address: str | None = None) -> dict[str, Any]:
         """Close a session at the enclave and return its Trust Record (JSON object)."""
@@ -154,6 +157,12 @@ class TargetDeployment:
                 enclave_pb2.CloseSessionRequest(session_id=session_id, reason="conformance"),
                 timeout=GRPC_TIMEOUT_SECONDS,
             )
+        if self.audit_store and resp.audit_entries:  # the close entries came to us: keep the trail whole
+            store = open_audit_store(self.audit_store)
+            try:
+                store.append(rows_of(list(resp.audit_entries)))
+            finally:
+                store.close()
         record: dict[str, Any] = json.loads(resp.trust_record_json)
         return record
 

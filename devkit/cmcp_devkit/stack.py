@@ -76,8 +76,14 @@ class LocalStack:
     upstream_url: str = ""
     raw_upstream_base: str = ""
     gateway_url: str = ""
+    # The gateway's audit store (every enclave answer's entries); default a SQLite file in workdir.
+    audit_store: str = ""
     _launch_count: int = 0
     _release: DevRelease | None = None
+
+    def __post_init__(self) -> None:
+        if not self.audit_store:
+            self.audit_store = f"sqlite:{self.workdir / 'audit.sqlite'}"
 
     @property
     def release(self) -> DevRelease:
@@ -273,6 +279,7 @@ class LocalStack:
             "release": self.release.config(),
             "auth": {"tokens_file": str(tokens)},
             "routes": routes,
+            "audit": {"store": self.audit_store},
             "limits": {"max_body_bytes": 256 * 1024, "decide_timeout_seconds": 2.0},
             "attest_refresh_seconds": 2.0,
         }

@@ -157,7 +157,7 @@ class McpHandler:
     ) -> Response:
         modern = request.headers.get("mcp-protocol-version") == MODERN
         if method == "initialize":
-            opened = self.sessions.open(runtime, agent, stateful=True)
+            opened = await self.sessions.open(runtime, agent, stateful=True)
             asked = params.get("protocolVersion")
             version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
             result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
@@ -189,7 +189,7 @@ class McpHandler:
             return self._ok(request_id, {}, stateful)
         if method not in ("tools/list", "tools/call"):
             raise CmcpError(Code.METHOD_NOT_FOUND, f"method {method!r} is not offered by this gateway")
-        session = stateful if stateful is not None else self.sessions.implicit(runtime, agent)
+        session = stateful if stateful is not None else await self.sessions.implicit(runtime, agent)
         session.last_used = time.monotonic()
         try:
             if method == "tools/list":
