@@ -1,39 +1,32 @@
-"""The session table: the session limit, one implicit session per agent and route, idle reaping."""
+"""The session table: the session limit, one implicit session per agent and route, idle reaping,
+the principal's enclave for every new session, and adoption of sessions another replica opened."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.session_id import mint
+from cmcp_gateway import pinning
 from cmcp_gateway.config import RouteConfig
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
 from cmcp_gateway.sessions import SessionTable
+from tests.helpers.session_pool import ENCLAVES, FakePool
 
 
-class FakePool:
-    """Pins every session to one enclave; closing returns a tiny Trust Record."""
-
-    def __init__(self) -> None:
-        self.closed: list[tuple[str, str]] = []
-
-    def pick(self, session_id: str) -> Pin:
-        return Pin("127.0.0.1:50051", "kid")
-
-    async def close_session(self, pin: Pin, session_id: str, reason: str) -> Any:
-        self.closed.append((session_id, reason))
-        record = json.dumps({"session": session_id}).encode()
-        return SimpleNamespace(trust_record_json=record, chain_tip="tip", entries=2)
-
-
-def _route(name: str = "demo") -> RouteRuntime:
+def _route(name: str = "demo", pool: FakePool | None = None) -> RouteRuntime:
     config = RouteConfig(name=name, upstream="http://127.0.0.1:9/mcp", audience="a")
-    return RouteRuntime(config, FakePool(), upstream=None)  # type: ignore[arg-type]
+    return RouteRuntime(config, pool or FakePool(), upstream=None)  # type: ignore[arg-type]
+
+
+def _pool(route: RouteRuntime) -> FakePool:
+    pool = route.pool
+    assert isinstance(pool, FakePool)
+    return pool
 
 
 def test_the_table_refuses_past_its_limit() -> None:
@@ -86,3 +79,110 @@ def test_weakened_global_only_limit_lets_one_agent_lock_everyone_out() -> None:
         table.open(route, "mallory", stateful=True)
     with pytest.raises(CmcpError):
         table.open(route, "alice", stateful=True)
+
+
+# --- one enclave per principal ------------------------------------------------------------
+
+
+def test_every_session_of_a_principal_lands_on_its_enclave_and_its_id_says_which() -> None:
+    """Many sessions, implicit or not, on several replicas: one enclave per principal, so no new
+    session, connection or replica starts the principal's state anywhere else."""
+    route = _route(pool=FakePool(ENCLAVES))
+    replicas = [SessionTable(100, 60.0, None), SessionTable(100, 60.0, None)]
+    pins = {t.open(route, "alice", stateful=True).pin for t in replicas for _ in range(20)}
+    pins |= {t.implicit(route, "alice").pin for t in replicas}
+    assert pins == {pinning.pick("alice", ENCLAVES, "demo")}
+    for session in replicas[0].values():
+        assert pinning.owner(session.id, "bob", ENCLAVES) == session.pin  # the id names its enclave
+
+
+def test_weakened_pinning_by_session_id_spreads_one_principal_over_enclaves() -> None:
+    """The weakening this guards against: the old key (the session id) scatters one agent's
+    sessions, so a new session would start clean on another enclave."""
+    pins = {pinning.pick(mint(ENCLAVES[0].kid), ENCLAVES, "demo") for _ in range(40)}
+    assert len(pins) > 1
+
+
+# --- adoption: a session this replica never saw --------------------------------------------
+
+
+async def test_a_session_opened_on_another_replica_is_adopted_at_its_enclave() -> None:
+    pool = FakePool(ENCLAVES)
+    route, here, there = _route(pool=pool), SessionTable(10, 60.0, None), SessionTable(10, 60.0, None)
+    opened = pool.opened(there.open(route, "alice", stateful=True))
+    adopted = await here.adopt(route, opened.id, "alice")
+    assert (adopted.id, adopted.agent, adopted.pin) == (opened.id, "alice", opened.pin) and adopted.stateful
+    assert here.find(opened.id) is adopted and pool.asked == [(opened.pin, opened.id)]
+
+
+@pytest.mark.parametrize(
+    ("who", "closed", "code"),
+    [("mallory", False, Code.SESSION_PRINCIPAL_MISMATCH), ("alice", True, Code.SESSION_CLOSED)],
+)
+async def test_the_enclave_judges_an_adoption(who: str, closed: bool, code: Code) -> None:
+    """Mallory learnt Alice's session id: the id alone is not enough, the enclave says whose it is."""
+    pool = FakePool(ENCLAVES)
+    route, here, there = _route(pool=pool), SessionTable(10, 60.0, None), SessionTable(10, 60.0, None)
+    opened = pool.opened(there.open(route, "alice", stateful=True))
+    if closed:
+        await there.close(route, opened, "client closed")
+    with pytest.raises(CmcpError) as raised:
+        await here.adopt(route, opened.id, who)
+    assert raised.value.code is code and here == {}
+
+
+async def test_an_id_no_enclave_minted_is_unknown() -> None:
+    pool = FakePool(ENCLAVES)
+    route, table = _route(pool=pool), SessionTable(10, 60.0, None)
+    for forged in (mint(ENCLAVES[1].kid), "0" * 32):
+        with pytest.raises(CmcpError) as raised:
+            await table.adopt(route, forged, "alice")
+        assert raised.value.code is Code.SESSION_UNKNOWN
+    assert table == {}
+
+
+async def test_a_session_whose_enclave_is_gone_is_lost_and_no_other_enclave_is_asked() -> None:
+    pool = FakePool(ENCLAVES)
+    route, here, there = _route(pool=pool), SessionTable(10, 60.0, None), SessionTable(10, 60.0, None)
+    opened = pool.opened(there.open(route, "alice", stateful=True))
+    pool.enclaves.remove(opened.pin)
+    with pytest.raises(CmcpError) as raised:
+        await here.adopt(route, opened.id, "alice")
+    assert raised.value.code is Code.SESSION_LOST and pool.asked == [] and here == {}
+
+
+async def test_weakened_adoption_on_the_id_alone_gives_mallory_alices_session() -> None:
+    """Without the enclave's judgement (the probe monkeypatched away) Mallory's adoption succeeds:
+    the tests above would catch a gateway that trusts the id."""
+    pool = FakePool(ENCLAVES)
+    route, here, there = _route(pool=pool), SessionTable(10, 60.0, None), SessionTable(10, 60.0, None)
+    opened = pool.opened(there.open(route, "alice", stateful=True))
+
+    async def trusting(pin: Pin, session_id: str, principal: str) -> list[str]:
+        return []
+
+    pool.list_tools = trusting  # type: ignore[method-assign]
+    assert (await here.adopt(route, opened.id, "mallory")).agent == "mallory"
+
+
+async def test_adopted_sessions_count_against_the_agents_limit() -> None:
+    pool = FakePool(ENCLAVES)
+    route = _route(pool=pool)
+    here, there = SessionTable(100, 60.0, None, max_sessions_per_agent=2), SessionTable(100, 60.0, None)
+    ids = [pool.opened(there.open(route, "mallory", stateful=True)).id for _ in range(3)]
+    await here.adopt(route, ids[0], "mallory")
+    here.open(route, "mallory", stateful=True)
+    with pytest.raises(CmcpError) as raised:
+        await here.adopt(route, ids[1], "mallory")
+    assert raised.value.code is Code.SESSION_LIMIT and ids[1] not in here
+    alice = pool.opened(there.open(route, "alice", stateful=True))
+    assert (await here.adopt(route, alice.id, "alice")).agent == "alice"  # others unaffected
+
+
+async def test_a_session_adopted_twice_has_one_entry() -> None:
+    pool = FakePool(ENCLAVES)
+    route, here, there = _route(pool=pool), SessionTable(10, 60.0, None), SessionTable(10, 60.0, None)
+    opened = pool.opened(there.open(route, "alice", stateful=True))
+    first = await here.adopt(route, opened.id, "alice")
+    second = await here.adopt(route, opened.id, "alice")
+    assert first is second and len(here) == 1
