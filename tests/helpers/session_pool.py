@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.session_id import mint
 from cmcp_gateway import pinning
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.sessions import McpSession
@@ -55,6 +56,12 @@ class FakePool:
         self.closed.append((session_id, reason))
         record = json.dumps({"session": session_id}).encode()
         return SimpleNamespace(trust_record_json=record, chain_tip="tip", entries=2)
+
+    async def open_session(self, pin: Pin, principal: str) -> str:
+        """OpenSession: the enclave mints the id and holds the session from then on."""
+        session_id = mint(pin.kid)
+        self.held[session_id] = (pin, principal)
+        return session_id
 
     def opened(self, session: McpSession) -> McpSession:
         """The enclave now holds ``session`` (a real one does from OpenSession or the first call)."""
