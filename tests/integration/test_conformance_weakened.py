@@ -1,5 +1,5 @@
-"""The suite catches broken properties: run POLICY-TEE (and ATTEST-006) IDs against deliberately
-weakened components.
+"""The suite catches broken properties: run POLICY-TEE (and ATTEST-006, REPLICA-001) IDs against
+deliberately weakened components.
 
 Every weakening lives here, in test code — the product has no bypass switch. Each scenario keeps
 the rest of the local deployment real (enclave processes on the simulated TEE, the guard, the
@@ -191,6 +191,53 @@ def test_gateway_that_skips_enclave_and_guard_fails_the_policy_ids(deployment: L
         "POLICY-002": CheckResult.FAIL,
         "POLICY-TEE-001": CheckResult.FAIL,
     }, reasons(report)
+
+
+# ------------------------------------------------------------------------------------------
+# weakened gateway replica: a session it never saw is unknown (the gateway before issue 16)
+# ------------------------------------------------------------------------------------------
+
+NO_ADOPTION = """
+from cmcp_core.errors import CmcpError, Code
+from cmcp_gateway.main import main
+from cmcp_gateway.sessions import SessionTable
+async def refuse(self, runtime, session_id, agent):
+    raise CmcpError(Code.SESSION_UNKNOWN, "never seen on this replica")
+SessionTable.adopt = refuse
+main()
+"""
+
+
+@contextlib.contextmanager
+def weak_replica(deployment: LocalDeployment, code: str) -> Iterator[str]:
+    """Another gateway process on the deployment's enclaves, running ``code``; its base URL."""
+    port = _free_port()
+    config = deployment.workdir / "weak-replica.yaml"
+    config.write_text(json.dumps(deployment.gateway_config(port)))
+    proc = deployment.spawn("weak-replica", [sys.executable, "-c", code, "--config", str(config)])
+
+    def answering() -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    try:
+        deployment.wait_for(proc, answering, "HTTP")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+        deployment.procs.remove(proc)
+
+
+def test_replica_without_adoption_fails_replica_001(deployment: LocalDeployment) -> None:
+    intact = runner.run(deployment.target(), ids=["REPLICA-001"])
+    assert outcomes(intact)["REPLICA-001"] is CheckResult.PASS, reasons(intact)
+    with weak_replica(deployment, NO_ADOPTION) as base:
+        target = dataclasses.replace(deployment.target(), replica_mcp_url=f"{base}/mcp/enforce")
+        report = runner.run(target, ids=["REPLICA-001"])
+    assert outcomes(report)["REPLICA-001"] is CheckResult.FAIL, reasons(report)
 
 
 # ------------------------------------------------------------------------------------------
