@@ -9,13 +9,22 @@ principal for the bundle's window and the suite's main agent must stay clean for
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import httpx
 import pytest
 
-from cmcp_conformance.agent import CallOutcome, agent, open_raw_session, post_jsonrpc, rpc_error
+from cmcp_conformance.agent import (
+    SESSION_HEADER,
+    CallOutcome,
+    agent,
+    initialize_request,
+    post_jsonrpc,
+    rpc_error,
+)
 from cmcp_conformance.suite.conftest import need_replica
+from cmcp_conformance.suite.sessions import wait_until_serving
 from cmcp_conformance.target import TargetDeployment
 
 MAIL: dict[str, Any] = {"to": "a@example.org", "body": "hi"}
@@ -33,9 +42,12 @@ def _call(url: str, token: str, tool: str, arguments: dict[str, Any], session_id
 def test_any_replica_serves_any_session_and_sheds_nothing(target: TargetDeployment) -> None:
     replica, token = need_replica(target)
     prof = target.profile
-    session_id = open_raw_session(target.mcp_url, "cmcp-conformance-replica",
-                                  headers={"Authorization": f"Bearer {token}"})
-    assert session_id, "gateway assigned no Mcp-Session-Id"
+    for url in (target.mcp_url, replica):  # both serving (an earlier check may have restarted the enclave)
+        wait_until_serving(dataclasses.replace(target, mcp_url=url))
+    init = post_jsonrpc(target.mcp_url, initialize_request("cmcp-conformance-replica"),
+                        headers={"Authorization": f"Bearer {token}"})
+    session_id = init.headers.get(SESSION_HEADER)
+    assert session_id, f"gateway assigned no Mcp-Session-Id: HTTP {init.status_code} {init.text[:300]}"
 
     read = _call(target.mcp_url, token, prof.phi_tool, {"patient_id": "p-1"}, session_id)
     assert read.ok, f"PHI read refused: {read.describe()}"
