@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.session_id import owner_prefix
+from cmcp_core.session_id import owned_by, owner_prefix
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,12 @@ def owner(session_id: str, principal: str, candidates: Iterable[Candidate]) -> P
     prefix) the principal's rendezvous choice. ``SESSION_LOST`` when that enclave is not attested
     now: the session is never looked for anywhere else."""
     attested = list(candidates)
-    prefix = owner_prefix(session_id)
-    if prefix is None:
+    if owner_prefix(session_id) is None:
         if not attested:
             raise session_lost()
         return pick(principal, attested, "")
-    named = [a for a in attested if a.kid.startswith(prefix)]
-    if len(named) != 1:
+    named = [a for a in attested if owned_by(session_id, a.kid)]
+    if len(named) != 1:  # gone (or, beyond belief, two keys sharing 96 bits): never guess
         raise session_lost()
     return Pin(named[0].address, named[0].kid)
 
