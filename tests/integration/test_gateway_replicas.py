@@ -410,11 +410,12 @@ async def test_weakened_limit_without_a_per_agent_bound_lets_the_flood_lock_othe
 # --- an enclave of the pair killed ------------------------------------------------------------
 
 
-async def poll_until_lost(client: Client) -> list[str]:
-    """The tainted call, repeated until the session is reported lost; every outcome on the way."""
+async def poll_until_settled(client: Client) -> list[str]:
+    """The tainted call, repeated while the replica still finds the killed enclave merely
+    unreachable (``TEE_UNAVAILABLE``, until it stops offering it); every outcome on the way."""
     seen: list[str] = []
     async with asyncio.timeout(LOST_DEADLINE):
-        while not seen or seen[-1] not in ("SESSION_LOST", "allowed"):
+        while not seen or seen[-1] == "TEE_UNAVAILABLE":
             seen.append(await outcome(client, MAIL))
     return seen
 
@@ -430,16 +431,18 @@ async def test_a_killed_enclave_loses_its_principals_sessions_never_starts_clean
             assert prefix is not None
             (owner,) = [n for n, h in stack.enclaves.items() if str(h.ready["kid"]).startswith(prefix)]
             stack.kill(stack.enclaves[owner].proc)
-            on_a = await poll_until_lost(client)
+            on_a = await poll_until_settled(client)
             balancer.to(stack.gateway_urls["b"])  # b never saw the session: it adopts, finds the owner gone
-            on_b = await poll_until_lost(client)
+            on_b = await poll_until_settled(client)
             assert on_a[-1] == on_b[-1] == "SESSION_LOST", (on_a, on_b)
-            assert set(on_a + on_b) <= {"TEE_UNAVAILABLE", "SESSION_LOST"}
             assert stack.executed(MAIL[0]) == 0
             # The weakening: a replica that moves the session to the principal's surviving enclave.
+            # It answers something else than SESSION_LOST, which the assertion above catches: a
+            # clean start there (the mail runs) where the enclave adopts any id, else its 404.
             balancer.to(stack.replica("moved", "moved"))
-            assert "allowed" in await poll_until_lost(client)  # a clean start: the test above catches it
-            assert stack.executed(MAIL[0]) == 1
+            moved = await poll_until_settled(client)
+            assert moved[-1] != "SESSION_LOST", moved
+            assert stack.executed(MAIL[0]) == (1 if moved[-1] == "allowed" else 0)
         # The route still serves other principals on the surviving enclave.
         async with agent(Balancer(stack.gateway_urls["b"]), "pair", "leo") as other:
             assert await outcome(other, SAFE) == "allowed"
