@@ -151,6 +151,81 @@ def bench_grpc(bundle: Path, work: Path, iterations: int) -> dict[str, Any]:
         proc.stop()
 
 
+HEAVY_ARGUMENTS = {"query": "q", "items": [{"k": "v" * 50, "n": n} for n in range(3000)]}  # ~200 KiB
+LIGHT_CALL = ("crm.lookup_customer", {"customer_id": "c-1"})
+
+
+async def _fairness_run(address: str, iterations: int, heavy_in_flight: int) -> dict[str, Any]:
+    """A light agent's sequential decisions over ONE DecideStream (as a gateway multiplexes its
+    agents), while a heavy agent keeps ``heavy_in_flight`` calls with ~200 KiB arguments on it."""
+    light_raw, light_digest = json.dumps(LIGHT_CALL[1]).encode(), json_digest(LIGHT_CALL[1])
+    heavy_raw, heavy_digest = json.dumps(HEAVY_ARGUMENTS).encode(), json_digest(HEAVY_ARGUMENTS)
+    outgoing: asyncio.Queue[Any] = asyncio.Queue()
+    waiting: dict[str, asyncio.Future[Any]] = {}
+    light: list[float] = []
+    heavy: list[float] = []
+    done = asyncio.Event()
+
+    async def requests() -> Any:
+        while (request := await outgoing.get()) is not None:
+            yield request
+
+    async def ask(principal: str, n: int, tool: str, raw: bytes, digest: str) -> float:
+        call_id = f"{principal}-{heavy_in_flight}-{n}"
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiting[call_id] = reply
+        t0 = time.perf_counter_ns()
+        outgoing.put_nowait(enclave_pb2.DecideRequest(
+            session_id=f"{principal}-{heavy_in_flight}-{n // 100}", call_id=call_id, principal=principal,
+            method="tools/call", tool=tool, arguments_json=raw, arguments_digest=digest,
+            audience=AUDIENCE))
+        answer = await reply
+        if answer.error_code:
+            raise RuntimeError(f"{call_id}: {answer.error_code} {answer.error_detail}")
+        return (time.perf_counter_ns() - t0) / 1000.0
+
+    async def heavy_agent(lane: int) -> None:
+        n = 0
+        while not done.is_set():
+            heavy.append(await ask(f"heavy{lane}", n, "web.search", heavy_raw, heavy_digest))
+            n += 1
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stream = enclave_pb2_grpc.EnclaveStub(channel).DecideStream(requests())
+
+        async def receive() -> None:
+            async for reply in stream:
+                waiting.pop(reply.call_id).set_result(reply)
+
+        loop = asyncio.get_running_loop()
+        receiver = loop.create_task(receive())
+        heavies = [loop.create_task(heavy_agent(lane)) for lane in range(heavy_in_flight)]
+        for n in range(iterations + 20):
+            took = await ask("light", n, LIGHT_CALL[0], light_raw, light_digest)
+            if n >= 20:
+                light.append(took)
+        done.set()
+        await asyncio.gather(*heavies)
+        outgoing.put_nowait(None)
+        await receiver
+    return {"heavy_in_flight": heavy_in_flight, "light": summarize(light, "us"),
+            "heavy": summarize(heavy, "us") if heavy else None}
+
+
+def bench_fairness(bundle: Path, work: Path, iterations: int) -> dict[str, Any]:
+    """How much a heavy agent slows a light one on the same enclave (the light agent's p50 alone
+    and beside 2 heavy calls always in flight); the target is at most 2x."""
+    proc = start_enclave(bundle, work, audience=AUDIENCE, extra_args=["--max-sessions", "100000"],
+                         timeout=120)
+    try:
+        alone = asyncio.run(_fairness_run(proc.address, iterations, 0))
+        beside = asyncio.run(_fairness_run(proc.address, iterations, 2))
+    finally:
+        proc.stop()
+    return {"heavy_argument_bytes": len(json.dumps(HEAVY_ARGUMENTS)), "alone": alone, "beside_heavy": beside,
+            "light_p50_ratio": beside["light"]["p50"] / alone["light"]["p50"]}
+
+
 def bench_memory(bundle: Path, work: Path, sessions: int) -> dict[str, Any]:
     """Bytes per session: state only (audit ring 0) and with the default ring holding its 2 entries."""
     out: dict[str, Any] = {"sessions": sessions}
@@ -181,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--condition-max", type=int, default=1000,
                    help="largest size run in the condition style (10,000 unindexed rules take ~100 ms each)")
     p.add_argument("--sessions", type=int, default=10_000)
+    p.add_argument("--fairness-iterations", type=int, default=300)
     p.add_argument("--out", default=str(RESULTS_DIR / "enclave.json"))
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -219,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"{g['sequential']['latency']['p99']:.0f} us "
                       f"{g['sequential']['decisions_per_s']:.0f}/s;"
                       f" 8 concurrent {g['concurrent_8']['decisions_per_s']:.0f}/s", flush=True)
+        result["fairness"] = bench_fairness(make_bundle(work / "bundle-fair", 20), work / "fair",
+                                            args.fairness_iterations)
+        f = result["fairness"]
+        print(f"fairness: light p50 {f['alone']['light']['p50']:.0f} us alone, "
+              f"{f['beside_heavy']['light']['p50']:.0f} us beside a heavy agent "
+              f"({f['light_p50_ratio']:.2f}x)", flush=True)
         result["memory"] = bench_memory(make_bundle(work / "bundle-mem", 20), work / "mem", args.sessions)
         print(f"memory: {result['memory']}", flush=True)
     result["finished"] = utc_now()

@@ -250,6 +250,7 @@ def enclave_decision(plan: Plan, work: Path) -> dict[str, Any]:
         "--iterations", "300" if quick else "3000",
         "--grpc-sizes", "" if quick else "20,1000",
         "--sessions", "500" if quick else "10000",
+        "--fairness-iterations", "100" if quick else "1000",
         "--out", str(out))
     proc = procs.start("bench-enclave", argv, work / "logs", pythonpath=[REPO_ROOT])
     rc = proc.popen.wait(timeout=900)
@@ -274,7 +275,7 @@ def enclave_decision(plan: Plan, work: Path) -> dict[str, Any]:
             row["grpc_8conc_per_s"] = grpc.get("concurrent_8", {}).get("decisions_per_s")
         rows.append(row)
     rows.sort(key=lambda r: (str(r["style"]), int(r["policies"])))
-    return {"rows": rows, "memory_tracemalloc": data.get("memory"),
+    return {"rows": rows, "memory_tracemalloc": data.get("memory"), "fairness": data.get("fairness"),
             "decision_definition": data.get("decision_definition"),
             "note": "From `python -m bench.enclave` (in-process; grpc_* columns over gRPC): "
                     f"{data.get('decision_definition')}. Requested sizes "
@@ -360,6 +361,11 @@ def targets_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         if n == 1000:
             rows.append({"target": f"enclave decision p50 <= 1 ms at 1,000 policies ({style})",
                          "measured_us": p50_us, "limit_us": 1000.0, "met": p50_us <= 1000.0})
+    fair = enc.get("fairness") if isinstance(enc, dict) else None
+    if isinstance(fair, dict) and fair.get("light_p50_ratio") is not None:
+        rows.append({"target": "a heavy agent raises a light agent's decision p50 by at most 2x",
+                     "measured_ratio": fair["light_p50_ratio"], "limit_ratio": 2.0,
+                     "met": fair["light_p50_ratio"] <= 2.0})
     mem = results.get("memory") or {}
     per = mem.get("bytes_per_session", {}) if isinstance(mem, dict) else {}
     tm = (enc.get("memory_tracemalloc") or {}) if isinstance(enc, dict) else {}
@@ -583,14 +589,18 @@ def run_memory(plan: Plan, work: Path, log_dir: Path, tool_def: dict[str, Any] |
     try:
         stack = ours.start_stack(mem_work, log_dir, tool_def=tool_def,
                                  enclave_args=("--max-sessions", str(cap)),
-                                 gateway_limits={"max_sessions": cap})
+                                 gateway_limits={"max_sessions": cap, "max_sessions_per_agent": cap})
         target = loadgen.LoadTarget("ours", stack.url)
         # warm the path (imports, connections, caches) before the first reading
         asyncio.run(loadgen.run_sequential(target, 20, 0))
-        pids = {"gateway": stack.gateway.pid, "enclave": int(stack.enclave.process.pid)}
+        enclave_pid = int(stack.enclave.process.pid)
+        pids: dict[str, int | list[int]] = {"gateway": stack.gateway.pid, "enclave": enclave_pid,
+                                            "enclave workers": procs.descendants(enclave_pid)}
         res = memory.measure(target, pids, plan.memory_points, log=log)
         res["note"] = ("sessions opened through the gateway (initialize + one tools/call each), "
-                       "never closed; VmRSS; per-session = slope between the last two points")
+                       "never closed; VmRSS; 'enclave workers' = the enclave's decision worker "
+                       "processes, their fork server and resource tracker, summed (pages they share "
+                       "are counted in each); per-session = slope between the last two points")
         return res
     finally:
         if stack is not None:

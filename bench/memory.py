@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -60,11 +60,16 @@ async def open_sessions(target: loadgen.LoadTarget, count: int, workers: int = 8
             "seconds": time.perf_counter() - t0}
 
 
-def measure(target: loadgen.LoadTarget, pids: dict[str, int], points: Sequence[int],
+def _rss(pids: int | Sequence[int]) -> int:
+    return sum(procs.rss_of(pid) for pid in ([pids] if isinstance(pids, int) else pids))
+
+
+def measure(target: loadgen.LoadTarget, pids: Mapping[str, int | Sequence[int]], points: Sequence[int],
             log: Callable[[str], None] = print, settle_s: float = 1.0) -> dict[str, Any]:
-    """RSS of each pid at each cumulative open-session count in ``points`` (ascending)."""
+    """RSS of each component (one pid, or several summed) at each cumulative open-session count
+    in ``points`` (ascending)."""
     rows: list[dict[str, Any]] = []
-    base = {name: procs.rss_of(pid) for name, pid in pids.items()}
+    base = {name: _rss(pid) for name, pid in pids.items()}
     open_now = 0
     for point in points:
         need = point - open_now
@@ -73,7 +78,7 @@ def measure(target: loadgen.LoadTarget, pids: dict[str, int], points: Sequence[i
             info = asyncio.run(open_sessions(target, need))
             open_now += int(info["opened"])
         time.sleep(settle_s)
-        rss = {name: procs.rss_of(pid) for name, pid in pids.items()}
+        rss = {name: _rss(pid) for name, pid in pids.items()}
         rows.append({"sessions": open_now, "target_sessions": point, "rss_bytes": rss,
                      "open_seconds": info["seconds"], "open_errors": info["errors"],
                      "error_examples": info.get("error_examples", [])})

@@ -505,6 +505,26 @@ def render_markdown(res: dict[str, Any], plots: dict[str, str], img_rel: str) ->
         if enc.get("note"):
             add(str(enc["note"]))
             add("")
+        fair = enc.get("fairness")
+        if isinstance(fair, dict):
+            alone, beside = fair["alone"], fair["beside_heavy"]
+            add("### One agent's heavy calls beside another's light ones")
+            add("")
+            add("| light agent | n | p50 us | p99 us | heavy agent's calls p50 ms |")
+            add("|---|---|---|---|---|")
+            add(f"| alone | {alone['light']['n']} | {_f(alone['light']['p50'], 0)} | "
+                f"{_f(alone['light']['p99'], 0)} | — |")
+            heavy = beside.get("heavy") or {}
+            light = beside["light"]
+            add(f"| beside {beside['heavy_in_flight']} heavy calls always in flight | {light['n']} | "
+                f"{_f(light['p50'], 0)} | {_f(light['p99'], 0)} | {_f((heavy.get('p50') or 0) / 1000, 1)} |")
+            add("")
+            add(f"Both agents' decisions share one `DecideStream` to a real enclave process, as a gateway "
+                f"multiplexes its agents; each heavy call carries {fair['heavy_argument_bytes']:,} bytes of "
+                f"arguments. The light agent's p50 rises {_f(fair['light_p50_ratio'], 2)}x (target: at most "
+                "2x): heavy calls are judged in the enclave's decision worker processes, one at a time per "
+                "principal (docs/adr/0010-fair-decisions.md).")
+            add("")
         if "enclave" in plots:
             add(f"![enclave decision]({img_rel}/{plots['enclave']})")
             add("")

@@ -84,6 +84,10 @@ class Code(StrEnum):
     AUDIENCE_MISMATCH = "AUDIENCE_MISMATCH"
     ARGS_DIGEST_MISMATCH = "ARGS_DIGEST_MISMATCH"
     ARGS_INVALID = "ARGS_INVALID"
+    ARGS_TOO_LARGE = "ARGS_TOO_LARGE"
+    PRINCIPAL_BUSY = "PRINCIPAL_BUSY"
+    DECISION_WORKER_FAILED = "DECISION_WORKER_FAILED"
+    GATEWAY_UNAUTHENTICATED = "GATEWAY_UNAUTHENTICATED"
     SESSION_PRINCIPAL_MISMATCH = "SESSION_PRINCIPAL_MISMATCH"
     SESSION_UNKNOWN = "SESSION_UNKNOWN"
     RESET_UNAUTHORIZED = "RESET_UNAUTHORIZED"
@@ -173,6 +177,10 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.AUDIENCE_MISMATCH: CodeInfo(-32000, 403, "The call's upstream is not the measured audience."),
     Code.ARGS_DIGEST_MISMATCH: CodeInfo(-32602, 400, "arguments_digest is not the digest of the arguments."),
     Code.ARGS_INVALID: CodeInfo(-32602, 400, "The arguments are not a JSON object Cedar can take."),
+    Code.ARGS_TOO_LARGE: CodeInfo(-32602, 413, "The arguments exceed the bundle's bound for this tool."),
+    Code.PRINCIPAL_BUSY: CodeInfo(-32000, 429, "Too many of this principal's decisions wait in the enclave."),
+    Code.DECISION_WORKER_FAILED: CodeInfo(-32603, 503, "A decision worker failed; nothing was decided."),
+    Code.GATEWAY_UNAUTHENTICATED: CodeInfo(-32001, 403, "The caller is not a gateway the initdata names."),
     Code.SESSION_PRINCIPAL_MISMATCH: CodeInfo(-32000, 403, "The session belongs to another principal."),
     Code.SESSION_UNKNOWN: CodeInfo(-32004, 404, "The enclave holds no such session."),
     Code.RESET_UNAUTHORIZED: CodeInfo(-32001, 403, "The session reset is not signed by an operator key."),

@@ -15,11 +15,12 @@ import gzip
 import hashlib
 import json
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cmcp_core import launch_policy
+from cmcp_core import gateway_identity, launch_policy
 from cmcp_core.bundle import load_bundle
 from cmcp_core.digest import jcs
 from cmcp_core.launch_policy import LaunchSpec
@@ -49,9 +50,12 @@ class CmcpEntry:
     audience: str  # the upstream identity permits are minted for; measured so a host cannot retarget
     launch_policy_digest: str = ""  # sha256 of policy.rego; render() fills it in
     image: str = ""  # the enclave image by digest the launch policy admits; render() fills it in
+    # Gateways the enclave takes state-changing calls from (cmcp_core.gateway_identity): raw
+    # Ed25519 public keys, base64url. Left out of the document when empty (older initdata).
+    gateway_keys: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, str]:
-        return {
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
             "audience": self.audience,
             "image": self.image,
             "launch_policy_digest": self.launch_policy_digest,
@@ -60,6 +64,9 @@ class CmcpEntry:
             "enforcement_mode": self.enforcement_mode,
             "route": self.route,
         }
+        if self.gateway_keys:
+            doc["gateway_keys"] = list(self.gateway_keys)
+        return doc
 
 
 def agent_policy(image: str, command: list[str]) -> str:
@@ -106,6 +113,7 @@ def render_for_bundle(
     image: str,
     command: list[str],
     algorithm: str = "sha384",
+    gateway_keys: Sequence[str] = (),
 ) -> bytes:
     """Initdata pinning the bundle in ``bundle_dir`` (its hashes and mode) to ``route``/``audience``.
 
@@ -121,6 +129,7 @@ def render_for_bundle(
         enforcement_mode=bundle.enforcement_mode,
         route=route,
         audience=audience,
+        gateway_keys=tuple(gateway_keys),
     )
     return render(entry, image=image, command=command, algorithm=algorithm)
 
@@ -173,7 +182,14 @@ class Initdata:
         missing = [f for f in fields if not isinstance(doc.get(f), str)]
         if missing:
             raise InitdataError(f"{CMCP_KEY} lacks string field(s): {', '.join(missing)}")
-        return CmcpEntry(**{f: doc[f] for f in fields})
+        keys = doc.get("gateway_keys", [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise InitdataError(f"{CMCP_KEY} gateway_keys must be a list of strings")
+        try:
+            gateway_identity.trusted_keys(keys)
+        except ValueError as exc:
+            raise InitdataError(f"{CMCP_KEY} gateway_keys: not an Ed25519 public key ({exc})") from exc
+        return CmcpEntry(**{f: doc[f] for f in fields}, gateway_keys=tuple(keys))
 
 
 def parse(toml_bytes: bytes) -> Initdata:

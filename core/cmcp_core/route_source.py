@@ -11,15 +11,16 @@ Cluster credentials: an explicit kubeconfig path, else ``$KUBECONFIG`` (as kubec
 ``~/.kube/config``. The reader needs ``get`` on ``mcproutes.cmcp.dev`` in the route's
 namespace, nothing more.
 
-Needs the ``cmcp-core[kubernetes]`` extra; the enclave never imports this module.
+Needs the ``cmcp-core[kubernetes]`` extra; the enclave never imports this module. The client
+library is imported on the first read, not with this module: it adds tens of MiB of resident
+memory (docs/benchmarks.md, "Memory with open sessions") that a gateway or guard with fixed
+endpoints should not pay.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
-
-from kubernetes_asyncio import client, config
 
 from cmcp_core.route_status import GROUP, PLURAL, VERSION, RouteRef, RouteStatus
 
@@ -30,6 +31,8 @@ async def _load_configuration(kubeconfig: str | None) -> Any:
     Loaded into a private ``Configuration`` (never the process-wide default), so two sources
     with different credentials in one process cannot interfere.
     """
+    from kubernetes_asyncio import client, config  # lazy: see the module docstring
+
     configuration = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path:
@@ -46,6 +49,8 @@ async def read_route_status(
     route: RouteRef, kubeconfig: str | None = None, group: str = GROUP
 ) -> RouteStatus:
     """One ``get`` of the ``McpRoute``; its status, typed. Raises on any API error."""
+    from kubernetes_asyncio import client  # lazy: see the module docstring
+
     configuration = await _load_configuration(kubeconfig)
     async with client.ApiClient(configuration=configuration) as api:
         obj = await client.CustomObjectsApi(api).get_namespaced_custom_object(

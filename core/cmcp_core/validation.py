@@ -13,6 +13,7 @@ the combined policy set the engine evaluates, so decisions and validation errors
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ def sensitivity_levels(bundle: Bundle) -> tuple[str, ...]:
     return DEFAULT_SENSITIVITY_LEVELS
 
 
+MAX_ARGUMENT_BYTES = 256 * 1024  # the enclave's ceiling; a tool may declare less, never more
 DEFAULT_STATE_WINDOW_SECONDS = 24 * 3600
 MAX_STATE_WINDOW_SECONDS = 31 * 24 * 3600
 
@@ -65,6 +67,16 @@ def state_window_seconds(bundle: Bundle) -> int:
     value = bundle.manifest.get("state_window_seconds", DEFAULT_STATE_WINDOW_SECONDS)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STATE_WINDOW_SECONDS:
         return DEFAULT_STATE_WINDOW_SECONDS
+    return value
+
+
+def argument_limit(entry: Mapping[str, Any]) -> int:
+    """How many bytes of JSON arguments a call to this catalog entry may carry: its
+    ``max_argument_bytes`` (2 to 256 KiB), else the ceiling. A bound per tool keeps one agent's
+    huge arguments from costing every other agent Cedar time. Anything else is a validation issue."""
+    value = entry.get("max_argument_bytes", MAX_ARGUMENT_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_ARGUMENT_BYTES:
+        return MAX_ARGUMENT_BYTES
     return value
 
 
@@ -178,6 +190,11 @@ def _catalog_issues(bundle: Bundle) -> list[ValidationIssue]:
                 CATALOG_FILE, "",
                 f"tool {entry.get('tool_name')!r}: sensitivity_level {label!r} is not one of "
                 f"{', '.join(levels)}"))
+        bound = entry.get("max_argument_bytes", MAX_ARGUMENT_BYTES)
+        if isinstance(bound, bool) or not isinstance(bound, int) or not 2 <= bound <= MAX_ARGUMENT_BYTES:
+            issues.append(ValidationIssue(
+                CATALOG_FILE, "", f"tool {entry.get('tool_name')!r}: max_argument_bytes must be an "
+                f"integer from 2 to {MAX_ARGUMENT_BYTES}, got {bound!r}"))
         tags = entry.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             issues.append(ValidationIssue(CATALOG_FILE, "",

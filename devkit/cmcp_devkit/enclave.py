@@ -164,12 +164,13 @@ def start_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str 
 
 def inprocess_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str = DEFAULT_AUDIENCE,
                       route: str = DEFAULT_ROUTE, limits: Any = None,
-                      operator_keys: list[Ed25519PublicKey] | None = None) -> Any:
+                      operator_keys: list[Ed25519PublicKey] | None = None,
+                      gateway_keys: Sequence[str] = ()) -> Any:
     """The same start-up path as the process (``cmcp_enclave.startup.start``), in this process.
 
     Returns a ``cmcp_enclave.enclave.Enclave`` on the simulated TEE with an honest launcher.
     """
-    data = render_initdata(bundle_dir, audience=audience, route=route)
+    data = render_initdata(bundle_dir, audience=audience, route=route, gateway_keys=gateway_keys)
     path = Path(workdir) / f"initdata-{time.monotonic_ns()}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

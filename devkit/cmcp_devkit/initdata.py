@@ -20,7 +20,9 @@ ENCLAVE_COMMAND = ("cmcp-enclave",)
 
 def render_initdata(bundle_dir: str | Path, *, audience: str = DEFAULT_AUDIENCE, route: str = DEFAULT_ROUTE,
                     algorithm: str = "sha384", image: str = TEST_IMAGE,
-                    command: Sequence[str] = ENCLAVE_COMMAND) -> bytes:
-    """Initdata naming the bundle's measured hashes and mode, for ``route`` and ``audience``."""
+                    command: Sequence[str] = ENCLAVE_COMMAND, gateway_keys: Sequence[str] = ()) -> bytes:
+    """Initdata naming the bundle's measured hashes and mode, for ``route`` and ``audience``, and
+    the gateways (``cmcp_core.gateway_identity.initdata_value``) it takes state-changing calls from."""
     return initdata.render_for_bundle(bundle_dir, route=route, audience=audience, image=image,
-                                      command=list(command), algorithm=algorithm)
+                                      command=list(command), algorithm=algorithm,
+                                      gateway_keys=gateway_keys)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -28,25 +27,20 @@ from cmcp_core.binding import Binding, check_nonce
 from cmcp_core.bundle import Bundle
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import DECISION_VERSION, sign_decision
-from cmcp_core.digest import canonical, tagged_sha256
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.trust_record import build_record
 from cmcp_core.validation import state_window_seconds
+from cmcp_enclave import judging
 from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts, action_name
+from cmcp_enclave.judging import MAX_ID_LEN, Call, RequestError, Verdict, check_id
 from cmcp_enclave.principals import PrincipalState, PrincipalTable
 from cmcp_enclave.sessions import ClosedSession, EnclaveLimits, PolicySession
 from cmcp_enclave.tee import Report, TeeProvider
 
-MAX_ID_LEN = 256
-MAX_ARGS_BYTES = 256 * 1024
 MAX_PENDING = 32  # allowed calls awaiting Complete, per session
 # Reasons a Cedar-level deny may be softened in advisory/silent mode; everything else
 # (tool outside the catalog, wrong audience, unusable arguments) is refused in every mode.
 ADVISORY_SOFTENED = frozenset({Code.POLICY_DENY, Code.POLICY_EVAL_ERROR})
-
-
-class RequestError(CmcpError):
-    """A request the enclave will not decide on; the server maps it to a gRPC status."""
 
 
 P = ParamSpec("P")
@@ -214,55 +208,45 @@ class Enclave:
             self._drop_oldest(session)
 
     # ---- decisions -----------------------------------------------------------------------
+    # A decision is admit (stateless checks) -> prepare (state read) -> judge (Cedar) -> commit
+    # (state change, signature, chain). admit and judge touch no enclave state, so a scheduler may
+    # run them off the event loop (cmcp_enclave.scheduler); prepare and commit must run where every
+    # other entry point runs, and no other decision of the same principal may commit in between.
 
     @_settled
     def decide(self, *, session_id: str, call_id: str, principal: str, method: str, tool: str,
                arguments_json: bytes, arguments_digest: str, audience: str) -> DecideResult:
-        _check_id("session_id", session_id)
-        _check_id("call_id", call_id)
-        _check_id("principal", principal)
-        _check_id("method", method)
-        _check_id("tool", tool)
-        if len(arguments_json) > MAX_ARGS_BYTES:
-            raise RequestError(Code.ARGS_INVALID, f"arguments exceed {MAX_ARGS_BYTES} bytes")
-        try:
-            arguments: Any = json.loads(arguments_json) if arguments_json else {}
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise RequestError(Code.ARGS_INVALID, "arguments_json is not JSON") from exc
-        if not isinstance(arguments, dict):
-            raise RequestError(Code.ARGS_INVALID, "arguments must be a JSON object")
-        try:
-            digest = tagged_sha256(canonical(arguments))  # == json_digest, fast path
-        except Exception as exc:  # rfc8785 refuses NaN, huge ints, deep nesting
-            raise RequestError(Code.ARGS_INVALID, f"arguments have no canonical form: {exc}") from exc
-        if digest != arguments_digest:
-            raise RequestError(Code.ARGS_DIGEST_MISMATCH,
-                               "arguments_digest is not sha256 of the JCS arguments")
+        call, arguments = judging.admit(
+            self.engine, session_id=session_id, call_id=call_id, principal=principal, method=method,
+            tool=tool, arguments_json=arguments_json, arguments_digest=arguments_digest,
+            audience=audience)
+        view = self.prepare(session_id=session_id, principal=principal, call_id=call_id)
+        return self.commit(call, judging.judge(self.engine, self.entry.audience, call, arguments, view))
+
+    @_settled
+    def prepare(self, *, session_id: str, principal: str, call_id: str) -> SessionView:
+        """The state Cedar sees for this call; a session not opened yet has none of its own."""
         held = self._principal(principal)
-        session = self._session(session_id, principal, create=True)
+        session = self.sessions.get(session_id)
+        if session is None:
+            if session_id in self.closed:
+                raise RequestError(Code.SESSION_CLOSED, f"session {session_id!r} is closed")
+            session = PolicySession(session_id=session_id, principal=principal, last_used=self.clock())
+        elif session.principal != principal:
+            raise RequestError(Code.SESSION_PRINCIPAL_MISMATCH,
+                               f"session {session_id!r} belongs to another principal")
         if session.pending and call_id in session.pending:
             raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call_id!r} already decided")
+        return self._view(session, held)
 
-        reason: Code | None = None
-        policy_ids: list[str] = []
-        errors: list[dict[str, str]] = []
-        if audience != self.entry.audience:
-            reason = Code.AUDIENCE_MISMATCH
-        elif tool not in self.engine.catalog:
-            reason = Code.TOOL_NOT_IN_CATALOG
-        else:
-            try:
-                view = self._view(session, held)
-                result = self.engine.evaluate(method, principal, tool, arguments, view)
-            except CmcpError as exc:
-                reason = exc.code
-                errors = [{"policy_id": "", "message": exc.detail}]
-            else:
-                policy_ids, errors = result.policy_ids, result.errors
-                if errors:
-                    reason = Code.POLICY_EVAL_ERROR
-                elif not result.allowed:
-                    reason = Code.POLICY_DENY
+    @_settled
+    def commit(self, call: Call, verdict: Verdict) -> DecideResult:
+        """Sign the decision, chain it, and on allow record the call and mint its permit."""
+        held = self._principal(call.principal)
+        session = self._session(call.session_id, call.principal, create=True)
+        if session.pending and call.call_id in session.pending:
+            raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call.call_id!r} already decided")
+        reason = verdict.reason
         decision = "allow" if reason is None else "deny"
         advisory = reason in ADVISORY_SOFTENED and self.mode in ("advisory", "silent")
         effective = "allow" if decision == "allow" or advisory else "deny"
@@ -270,10 +254,10 @@ class Enclave:
             "v": DECISION_VERSION, "decision": decision, "effective": effective,
             "advisory_deny": advisory, "mode": self.mode,
             "reason_code": reason.value if reason else None,
-            "policy_ids": policy_ids, "errors": errors,
-            "session_id": session_id, "call_id": call_id, "principal": principal,
-            "method": method, "tool": tool, "args_digest": arguments_digest,
-            "audience": audience, "bundle_hash": self.bundle_hash, "seq": session.seq,
+            "policy_ids": list(verdict.policy_ids), "errors": list(verdict.errors),
+            "session_id": call.session_id, "call_id": call.call_id, "principal": call.principal,
+            "method": call.method, "tool": call.tool, "args_digest": call.arguments_digest,
+            "audience": call.audience, "bundle_hash": self.bundle_hash, "seq": session.seq,
             "prev": session.tip, "kid": self.kid, "ts": int(self.clock() * 1000),
         }
         decision_json, signature = sign_decision(self._key, document)
@@ -281,16 +265,16 @@ class Enclave:
         self._store(session, entry, raw)
         token = ""
         if effective == "allow":
-            if action_name(method) == "call_tool":
-                self._record_call(session, held, tool)
-                token = permit_mod.mint(self._key, session_id=session_id, call_id=call_id, tool=tool,
-                                        args_digest=arguments_digest, audience=audience,
-                                        bundle_hash=self.bundle_hash,
+            if action_name(call.method) == "call_tool":
+                self._record_call(session, held, call.tool)
+                token = permit_mod.mint(self._key, session_id=call.session_id, call_id=call.call_id,
+                                        tool=call.tool, args_digest=call.arguments_digest,
+                                        audience=call.audience, bundle_hash=self.bundle_hash,
                                         ttl_seconds=self.limits.permit_ttl, now=self.clock(),
                                         kid=self.kid)
             if session.pending is None:
                 session.pending = {}
-            session.pending[call_id] = tool
+            session.pending[call.call_id] = call.tool
             if len(session.pending) > MAX_PENDING:  # bounded: the oldest outcome is never reported
                 del session.pending[next(iter(session.pending))]
         return DecideResult(decision_json, signature, token, document)
@@ -351,8 +335,8 @@ class Enclave:
 
     @_settled
     def list_tools(self, *, session_id: str, principal: str) -> list[str]:
-        _check_id("session_id", session_id)
-        _check_id("principal", principal)
+        check_id("session_id", session_id)
+        check_id("principal", principal)
         session = self._session(session_id, principal, create=True)
         tools = sorted(self.engine.catalog)
         if self.engine.model == "phase1":
@@ -384,7 +368,7 @@ class Enclave:
 
     @_settled
     def close(self, session_id: str, reason: str = "closed") -> ClosedSession:
-        _check_id("session_id", session_id)
+        check_id("session_id", session_id)
         done = self.closed.get(session_id)
         if done is not None:
             return done
@@ -419,7 +403,7 @@ class Enclave:
     @_settled
     def export_audit_raw(self, session_id: str, from_seq: int) -> list[bytes]:
         """Canonical entry bytes from ``from_seq`` on, as kept in the session's ring."""
-        _check_id("session_id", session_id)
+        check_id("session_id", session_id)
         live = self.sessions.get(session_id)
         if live is not None:
             ring, first = live.audit, live.audit_first
@@ -443,12 +427,3 @@ def _verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _check_id(name: str, value: str) -> None:
-    if not value or len(value) > MAX_ID_LEN or _CONTROL.search(value):
-        raise RequestError(Code.MCP_INVALID_REQUEST,
-                           f"{name} must be 1..{MAX_ID_LEN} characters without control characters")

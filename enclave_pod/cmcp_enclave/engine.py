@@ -41,7 +41,14 @@ import orjson
 
 from cmcp_core.bundle import Bundle
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.validation import combined_policy_text, policy_labels, request_model, sensitivity_levels
+from cmcp_core.validation import (
+    MAX_ARGUMENT_BYTES,
+    argument_limit,
+    combined_policy_text,
+    policy_labels,
+    request_model,
+    sensitivity_levels,
+)
 
 NAMESPACE = "cMCP"
 METHOD_ACTIONS = {
@@ -149,6 +156,7 @@ class CedarEngine:
         self.ranks = {label: rank for rank, label in enumerate(self.levels)}
         self.catalog = bundle.catalog_by_tool()
         self._tags = {name: self._compute_tags(name) for name in self.catalog}
+        self._argument_limits = {name: argument_limit(entry) for name, entry in self.catalog.items()}
         try:
             self.labels = policy_labels(bundle)
             text = combined_policy_text(bundle)
@@ -178,6 +186,11 @@ class CedarEngine:
         entry = self.catalog[tool]
         label = str(entry.get("sensitivity_level", self.levels[0]))
         return label, self.ranks.get(label, len(self.levels) - 1)  # unknown label: treat as highest
+
+    def argument_limit(self, tool: str) -> int:
+        """The bundle's bound on ``tool``'s JSON arguments (the ceiling for a tool outside the
+        catalog, which is denied anyway, signed and audited)."""
+        return self._argument_limits.get(tool, MAX_ARGUMENT_BYTES)
 
     def tool_tags(self, tool: str) -> frozenset[str]:
         """Taint tags a call to ``tool`` adds: its ``tags`` plus its compliance domain."""

@@ -27,6 +27,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.log import log
 from cmcp_enclave.metrics import Metrics
+from cmcp_enclave.scheduler import DecisionScheduler
 from cmcp_enclave.server import audit_counter, expiry_loop, serve
 from cmcp_enclave.sessions import EnclaveLimits
 from cmcp_enclave.startup import StartupError, start
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=10_000)
     p.add_argument("--max-principals", type=int, default=100_000,
                    help="principals whose windowed taint and budgets are held (full: new ones refused)")
+    p.add_argument("--decision-workers", type=int, default=None,
+                   help="worker processes deciding calls whose arguments are not small "
+                        "(default: the CPUs this process may use)")
     p.add_argument("--audit-ring", type=int, default=256, help="audit entries kept per session")
     p.add_argument("--audit-budget-mb", type=int, default=256,
                    help="memory for all audit rings together; closed sessions are forgotten first")
@@ -86,14 +90,20 @@ def _write_ready(path: str, doc: dict[str, object]) -> None:
 
 
 async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> int:
-    server, port = await serve(enclave, args.listen, metrics)
+    scheduler = DecisionScheduler(enclave, workers=args.decision_workers)
+    await scheduler.start()  # workers load the bundle before the enclave reports ready
+    server, port = await serve(enclave, args.listen, metrics, scheduler)
     host = args.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
     if args.metrics_listen:
         m_host, m_port = args.metrics_listen.rsplit(":", 1)
         start_http_server(int(m_port), addr=m_host, registry=metrics.registry)
     log("serving", address=address, kid=enclave.kid, bundle_hash=enclave.bundle_hash,
-        mode=enclave.mode, platform=enclave.startup_report.platform)
+        mode=enclave.mode, platform=enclave.startup_report.platform,
+        gateway_keys=len(enclave.entry.gateway_keys))
+    if not enclave.entry.gateway_keys:
+        log("no gateway key in the initdata: state-changing calls are taken from any caller "
+            "(a development set-up; the operator always pins one)", level="warning")
     if args.ready_file:
         _write_ready(args.ready_file, {
             "address": address, "port": port, "pid": os.getpid(), "kid": enclave.kid,

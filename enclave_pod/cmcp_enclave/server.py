@@ -19,14 +19,19 @@ from grpc_health.v1._async import HealthServicer
 
 from cmcp_core.digest import jcs
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.gateway_identity import trusted_keys
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_enclave.enclave import Enclave, RequestError, UpstreamOutcome
+from cmcp_enclave import gateway_auth
+from cmcp_enclave.enclave import Enclave, UpstreamOutcome
+from cmcp_enclave.judging import RequestError
 from cmcp_enclave.metrics import Metrics
+from cmcp_enclave.scheduler import DecisionScheduler
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 # Gateways keep a DecideStream open and ping it every 30 s even when idle (keepalive); accept
 # pings that often, or gRPC would count them as abuse and end the stream with GOAWAY.
 MIN_PING_INTERVAL_MS = 10_000
+MAX_IN_FLIGHT_PER_STREAM = 256  # a gateway connection's decisions in progress at once
 SERVICE_NAME = "cmcp.enclave.v1.Enclave"
 ERROR_METADATA_KEY = "cmcp-error-code"
 
@@ -38,6 +43,9 @@ _STATUS = {
     Code.SESSION_UNKNOWN: grpc.StatusCode.NOT_FOUND,
     Code.SESSION_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
     Code.SESSION_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.PRINCIPAL_BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.DECISION_WORKER_FAILED: grpc.StatusCode.INTERNAL,  # not UNAVAILABLE: the enclave itself answers
+    Code.ARGS_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
     Code.SESSION_PRINCIPAL_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
     Code.RESET_UNAUTHORIZED: grpc.StatusCode.PERMISSION_DENIED,
     Code.AUDIT_TRUNCATED: grpc.StatusCode.OUT_OF_RANGE,
@@ -56,9 +64,10 @@ def attest_response(enclave: Enclave, nonce: bytes) -> Any:
 
 
 class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
-    def __init__(self, enclave: Enclave, metrics: Metrics):
+    def __init__(self, enclave: Enclave, metrics: Metrics, scheduler: DecisionScheduler | None = None):
         self.enclave = enclave
         self.metrics = metrics
+        self.scheduler = scheduler or DecisionScheduler(enclave)
         enclave.on_refused_outcome = self._outcome_refused
 
     def _outcome_refused(self, code: Code) -> None:
@@ -90,10 +99,10 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             for c in completes])
         return len(completes)
 
-    def _decide(self, request: Any) -> Any:
-        """One decision; ``RequestError`` when the enclave refuses."""
+    async def _decide(self, request: Any) -> Any:
+        """One decision, scheduled fairly; ``RequestError`` when the enclave refuses."""
         started = time.perf_counter()
-        result = self.enclave.decide(
+        result = await self.scheduler.decide(
             session_id=request.session_id, call_id=request.call_id, principal=request.principal,
             method=request.method, tool=request.tool, arguments_json=bytes(request.arguments_json),
             arguments_digest=request.arguments_digest, audience=request.audience)
@@ -107,37 +116,67 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         handled = self._carry(request.completes) if request.completes else 0  # recorded first
         try:
-            response = self._decide(request)
+            response = await self._decide(request)
         except RequestError as exc:
             await self._refuse(context, "Decide", exc)
             raise
         response.completes_handled = handled
         return response
 
-    async def DecideStream(self, requests: AsyncIterator[Any],
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """Decide, message by message, in arrival order; a refusal is a reply, not the stream's end.
+    async def _reply(self, request: Any) -> Any:
+        """A stream message's reply: the decision, or the refusal's code (the stream goes on)."""
+        try:
+            response = await self._decide(request)
+        except RequestError as exc:
+            self.metrics.request_errors.labels("DecideStream", exc.code.value).inc()
+            reply = enclave_pb2.DecideReply(call_id=request.call_id, error_code=exc.code.value,
+                                            error_detail=exc.detail)
+        else:
+            reply = enclave_pb2.DecideReply(call_id=request.call_id, response=response)
+        if request.completes:  # queued now, recorded once the reply is out
+            handled = self._carry(request.completes)
+            if reply.HasField("response"):
+                reply.response.completes_handled = handled
+        return reply
 
-        Carried outcomes are recorded right after the reply is sent (off the gateway's critical
-        path): before this stream's next message and before any other call reads the chain.
+    async def DecideStream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        """Decide each message as it arrives: a call that is quick to decide (small arguments, its
+        principal idle) is decided and answered right away; any other waits for its principal's
+        turn or a decision worker in a task of its own, so a slow decision of one principal does
+        not hold up another's (:mod:`cmcp_enclave.scheduler` keeps each principal's in order).
+        Replies go out as decisions finish, each naming its call_id; a refusal is a reply, not
+        the stream's end. Carried outcomes are recorded right after their reply is sent (off the
+        gateway's critical path), before any other call reads the chain.
         """
+        writing = asyncio.Lock()
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
+        answering: set[asyncio.Task[None]] = set()
+
+        async def send(reply: Any) -> None:
+            async with writing:
+                await context.write(reply)
+            self.enclave.settle()
+
+        async def answer(request: Any) -> None:
+            try:
+                await send(await self._reply(request))
+            finally:
+                slots.release()
+
         try:
             async for request in requests:
-                try:
-                    response = self._decide(request)
-                except RequestError as exc:
-                    self.metrics.request_errors.labels("DecideStream", exc.code.value).inc()
-                    reply = enclave_pb2.DecideReply(call_id=request.call_id, error_code=exc.code.value,
-                                                    error_detail=exc.detail)
-                else:
-                    reply = enclave_pb2.DecideReply(call_id=request.call_id, response=response)
-                if request.completes:  # queued now, recorded once the reply is out
-                    handled = self._carry(request.completes)
-                    if reply.HasField("response"):
-                        reply.response.completes_handled = handled
-                yield reply
-                self.enclave.settle()
+                if self.scheduler.decides_at_once(request.principal, len(request.arguments_json)):
+                    await send(await self._reply(request))
+                    continue
+                await slots.acquire()
+                task = asyncio.get_running_loop().create_task(answer(request))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+            if answering:
+                await asyncio.gather(*answering)
         finally:
+            for task in list(answering):
+                task.cancel()
             self.enclave.settle()
 
     async def Complete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -205,14 +244,19 @@ def audit_counter(metrics: Metrics) -> Callable[[dict[str, Any]], None]:
     return hook
 
 
-async def serve(enclave: Enclave, listen: str, metrics: Metrics) -> tuple[grpc.aio.Server, int]:
-    """Bind and start; returns the server and the bound port (``:0`` picks a free one)."""
+async def serve(enclave: Enclave, listen: str, metrics: Metrics,
+                scheduler: DecisionScheduler | None = None) -> tuple[grpc.aio.Server, int]:
+    """Bind and start; returns the server and the bound port (``:0`` picks a free one).
+    Decisions go through ``scheduler`` (default: a worker per CPU this process may use)."""
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                ("grpc.keepalive_permit_without_calls", 1)]
-    server = grpc.aio.server(options=options)
-    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveService(enclave, metrics), server)
+    refused = metrics.request_errors
+    server = grpc.aio.server(options=options, interceptors=gateway_auth.interceptors(
+        trusted_keys(enclave.entry.gateway_keys), enclave.kid,
+        on_refused=lambda rpc: refused.labels(rpc, Code.GATEWAY_UNAUTHENTICATED.value).inc()))
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveService(enclave, metrics, scheduler), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_insecure_port(listen)

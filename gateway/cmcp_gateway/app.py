@@ -10,8 +10,11 @@ reaps idle sessions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cmcp_core import gateway_identity
 from cmcp_core.attestation import AttestPolicy
 from cmcp_core.route_source import McpRouteSource
 from cmcp_gateway.auth import TokenStore
@@ -37,13 +40,16 @@ class Gateway:
         )
         self.routes: dict[str, RouteRuntime] = {}  # by path, filled at start-up
         self.refresher = Refresher(config.attest_refresh_seconds)
+        # the key the enclaves' initdata pins; read once at start, a bad file stops the gateway
+        self.identity = (gateway_identity.load_private_key(Path(config.identity_key_file))
+                         if config.identity_key_file else None)
         self.mcp = McpHandler(self.routes, self.sessions, tokens, self.limits, self.limiter)
         self.front = AsgiFront(served_paths(config), self.mcp.handle, self)
 
     async def startup(self) -> None:
         for route in self.config.routes:
             policy = AttestPolicy(appraisal=self.config.appraisal, expected=route.expected())
-            pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds)
+            pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds, self.identity)
             runtime = RouteRuntime(
                 route, pool, UpstreamClient(route.upstream, self.limits.upstream_timeout_seconds)
             )

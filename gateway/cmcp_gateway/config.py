@@ -5,6 +5,7 @@ Example::
     listen: 127.0.0.1:8080
     metrics_listen: 127.0.0.1:9464      # separate listener: metrics never share the agent port
     trust_record_dir: /var/lib/cmcp/records   # optional: each closed session's signed Trust Record
+    identity: {key_file: gateway-key.pem}   # Ed25519 key the enclaves' initdata pins (gateway_keys)
     release: {manifests: [enclave-release.json], keys: [release-key.pem]}   # required
     allow_simulated: true                # accept software-only (simulated) enclave evidence
     tdx_collateral_dir: /var/cache/cmcp/tdx   # optional; pccs_url: https://pccs.example/...
@@ -101,6 +102,7 @@ class GatewayConfig:
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     attest_refresh_seconds: float = 30.0
     trust_record_dir: str | None = None  # write each closed session's Trust Record here
+    identity_key_file: str | None = None  # signs every call to an enclave (cmcp_core.gateway_identity)
 
 
 def _route(raw: dict[str, Any]) -> RouteConfig:
@@ -145,6 +147,7 @@ def parse(raw: dict[str, Any]) -> GatewayConfig:
         limits=GatewayLimits(**(raw.get("limits") or {})),
         attest_refresh_seconds=float(raw.get("attest_refresh_seconds", 30.0)),
         trust_record_dir=raw.get("trust_record_dir"),
+        identity_key_file=(raw.get("identity") or {}).get("key_file"),
     )
 
 

@@ -17,6 +17,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cmcp_core import gateway_identity
 from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError, Code
@@ -51,11 +54,17 @@ class Decision:
 
 
 class EnclavePool:
-    def __init__(self, route_name: str, policy: AttestPolicy, decide_timeout: float) -> None:
+    def __init__(self, route_name: str, policy: AttestPolicy, decide_timeout: float,
+                 identity: Ed25519PrivateKey | None = None) -> None:
         self.route_name = route_name
         self.policy = policy
         self.decide_timeout = decide_timeout
+        self.identity = identity  # signs every call to an attested enclave (cmcp_core.gateway_identity)
         self.endpoints: dict[str, Endpoint] = {}
+
+    def _attested_kid(self, address: str) -> str | None:
+        endpoint = self.endpoints.get(address)
+        return endpoint.attested.kid if endpoint is not None and endpoint.attested is not None else None
 
     # --- membership and attestation -------------------------------------------------------
     async def set_endpoints(self, addresses: Iterable[str]) -> None:
@@ -66,7 +75,9 @@ class EnclavePool:
                 await self._drop(address)
         fresh = [a for a in wanted if a not in self.endpoints]
         for address in fresh:
-            channel = enclave_rpc.open_channel(address)
+            proofs = (gateway_identity.proving(self.identity, functools.partial(self._attested_kid, address))
+                      if self.identity is not None else None)
+            channel = enclave_rpc.open_channel(address, proofs)
             endpoint = Endpoint(address, channel, enclave_pb2_grpc.EnclaveStub(channel))
             endpoint.decisions = DecisionStream(
                 endpoint.stub, functools.partial(self._suspect, endpoint), self.decide_timeout

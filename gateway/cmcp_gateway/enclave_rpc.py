@@ -7,7 +7,7 @@ long-lived stream instead (:mod:`cmcp_gateway.decide_stream`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -23,9 +23,10 @@ UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
 KEEPALIVE_MS = 30_000
 
 
-def open_channel(address: str) -> Any:
+def open_channel(address: str, interceptors: Sequence[Any] | None = None) -> Any:
     return grpc.aio.insecure_channel(
         address,
+        interceptors=interceptors,
         options=[
             ("grpc.keepalive_time_ms", KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", 10_000),

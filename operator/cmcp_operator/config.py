@@ -27,6 +27,7 @@ class OperatorConfig:
     runtime_classes: dict[str, str] = field(default_factory=lambda: {
         "tdx": "kata-qemu-tdx", "snp": "kata-qemu-snp", "any": "kata-cc", "simulated": ""})
     initdata_algorithm: str = "sha384"
+    gateway_keys: tuple[str, ...] = ()  # pinned into every initdata (cmcp_core.gateway_identity)
     webhook_port: int | None = None
     webhook_host: str | None = None
     webhook_listen: str = "0.0.0.0"  # noqa: S104 - the apiserver must reach us

@@ -8,10 +8,11 @@ import logging
 import secrets
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import kopf
 
-from cmcp_core import appraisal_options
+from cmcp_core import appraisal_options, gateway_identity
 from cmcp_core.launch_policy import IMAGE_DIGEST_RE
 from cmcp_operator.config import DEFAULT_IMAGE, OperatorConfig
 from cmcp_operator.handlers import register
@@ -35,6 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     p.add_argument("--runtime-class-simulated", default="",
                    help="runtime class for tee: simulated routes (default: none)")
     p.add_argument("--initdata-algorithm", default="sha384", choices=["sha256", "sha384", "sha512"])
+    p.add_argument("--gateway-key-file", action="append", default=[], metavar="PEM",
+                   help="a gateway's Ed25519 key (PEM); its public half goes into every enclave's "
+                        "initdata, and enclaves take state-changing calls from no other caller (repeatable)")
     p.add_argument("--acceptable-tcb", default="UpToDate,SWHardeningNeeded",
                    help="comma-separated TDX TCB statuses to accept (accepted_tcb_statuses)")
     p.add_argument("--webhook-port", type=int, default=None, help="serve the admission webhook on this port")
@@ -60,6 +64,11 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     if not IMAGE_DIGEST_RE.fullmatch(a.enclave_image):
         p.error(f"--enclave-image {a.enclave_image!r} must be pinned by digest (<name>@sha256:<64 hex>): "
                 "the measured launch policy pins it")
+    try:
+        gateway_keys = tuple(gateway_identity.initdata_value(gateway_identity.load_private_key(Path(f)))
+                             for f in a.gateway_key_file)
+    except (OSError, ValueError) as exc:
+        p.error(f"--gateway-key-file: {exc}")
     # Last: a missing or forged release manifest is a usage error (exit 2) naming its code.
     appraisal = appraisal_options.from_args(
         a, p, accepted_tcb_statuses=tuple(s for s in a.acceptable_tcb.split(",") if s))
@@ -70,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
         enclave_image=a.enclave_image,
         runtime_classes={"tdx": a.runtime_class_tdx, "snp": a.runtime_class_snp, "any": a.runtime_class_any,
                          "simulated": a.runtime_class_simulated},
-        initdata_algorithm=a.initdata_algorithm,
+        initdata_algorithm=a.initdata_algorithm, gateway_keys=gateway_keys,
         webhook_port=a.webhook_port, webhook_host=a.webhook_host, webhook_listen=a.webhook_listen,
         webhook_cert_dir=a.webhook_cert_dir, webhook_service=a.webhook_service,
         metrics_port=a.metrics_port, peering=a.peering,

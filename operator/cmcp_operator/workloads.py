@@ -144,6 +144,7 @@ def revision(namespace: str, name: str, spec: Mapping[str, Any], bundle_status: 
         enforcement_mode=str(bundle_status.get("enforcementMode", "enforce")),
         route=f"{namespace}/{name}",
         audience=audience(spec, namespace),
+        gateway_keys=config.gateway_keys,
     )
     toml = render(entry, launch=launch_spec(namespace, image, command), algorithm=config.initdata_algorithm)
     return Revision(bundle_hash=entry.bundle_hash, catalog_hash=entry.catalog_hash,

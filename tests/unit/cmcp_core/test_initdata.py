@@ -6,11 +6,23 @@ import base64
 import dataclasses
 import gzip
 import hashlib
+import json
+from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core import initdata
-from cmcp_core.initdata import CmcpEntry, InitdataError
+from cmcp_core.gateway_identity import initdata_value
+from cmcp_core.initdata import (
+    CMCP_KEY,
+    INITDATA_VERSION,
+    CmcpEntry,
+    Initdata,
+    InitdataError,
+    digest,
+    parse,
+)
 
 ENTRY = CmcpEntry(bundle_hash="sha256:" + "a" * 64, catalog_hash="sha256:" + "b" * 64,
                   enforcement_mode="enforce", route="team-a/crm", audience="http://crm.team-a:8080/mcp")
@@ -96,3 +108,21 @@ def test_cmcp_entry_must_be_complete() -> None:
 def test_values_that_would_break_the_literal_string_are_refused() -> None:
     with pytest.raises(InitdataError, match="three single quotes"):
         initdata.render(ENTRY, image="evil'''image", command=COMMAND)
+
+
+def test_gateway_keys_are_measured_when_named_and_absent_otherwise() -> None:
+    key = initdata_value(Ed25519PrivateKey.generate())
+    plain_bytes = render()
+    keyed_bytes = render(entry=replace(ENTRY, gateway_keys=(key,)))
+    assert b"gateway_keys" not in plain_bytes and parse(plain_bytes).cmcp.gateway_keys == ()
+    assert parse(keyed_bytes).cmcp.gateway_keys == (key,)
+    assert digest(plain_bytes) != digest(keyed_bytes)  # a host cannot add or swap a gateway unseen
+
+
+@pytest.mark.parametrize("keys", ["one", [1], ["not-a-key"]])
+def test_gateway_keys_that_are_not_ed25519_keys_are_refused(keys: object) -> None:
+    entry = ENTRY.to_json()
+    entry.update(image="img", launch_policy_digest="sha256:" + "d" * 64, gateway_keys=keys)
+    doc = Initdata(version=INITDATA_VERSION, algorithm="sha384", data={CMCP_KEY: json.dumps(entry)})
+    with pytest.raises(InitdataError, match="gateway_keys"):
+        _ = doc.cmcp

@@ -7,6 +7,8 @@ handling are real. (Moved from tests/unit/cmcp_guard/test_trust.py, plus error p
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +134,11 @@ async def test_group_is_configurable(api_server: tuple[str, dict[str, Any]], tmp
     reply["body"] = {"status": {"pods": [{"address": "10.9.9.9:1", "attested": True}]}}
     source = McpRouteSource(RouteRef("ns", "r"), _kubeconfig(tmp_path, server), group="other.dev")
     assert (await source.read()).attested_endpoints() == ["10.9.9.9:1"]
+
+
+def test_the_kubernetes_client_is_loaded_only_when_a_route_is_read() -> None:
+    """A gateway or guard with fixed endpoints never pays the client library's memory."""
+    probe = ("import sys, cmcp_core.route_source, cmcp_gateway.app, cmcp_guard.main; "
+             "print('kubernetes_asyncio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

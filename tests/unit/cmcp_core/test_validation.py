@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from cmcp_core.bundle import BundleError, load_bundle
-from cmcp_core.validation import request_model, state_window_seconds, validate_bundle
+from cmcp_core.validation import (
+    MAX_ARGUMENT_BYTES,
+    argument_limit,
+    request_model,
+    state_window_seconds,
+    validate_bundle,
+)
 from cmcp_ctl.main import main as cmcpctl
 from tests.paths import EXAMPLES, ROOT
 
@@ -172,3 +178,17 @@ def test_the_state_window_defaults_to_a_day_and_takes_the_manifests_value(bundle
     manifest["state_window_seconds"] = 3600
     (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
     assert state_window_seconds(load_bundle(bundle_dir)) == 3600 and not _issues(bundle_dir)
+
+
+@pytest.mark.parametrize("bound", [0, 1, 256 * 1024 + 1, "4096", True, 2.5])
+def test_a_bad_argument_bound_is_reported(bundle_dir: Path, bound: object) -> None:
+    catalog = json.loads((bundle_dir / "catalog.json").read_text())
+    catalog[0]["max_argument_bytes"] = bound
+    (bundle_dir / "catalog.json").write_text(json.dumps(catalog))
+    assert any("max_argument_bytes" in message for _, _, message in _issues(bundle_dir))
+
+
+def test_the_argument_bound_defaults_to_the_ceiling_and_takes_the_catalogs_value() -> None:
+    assert argument_limit({"tool_name": "t"}) == MAX_ARGUMENT_BYTES == 256 * 1024
+    assert argument_limit({"tool_name": "t", "max_argument_bytes": 512}) == 512
+    assert argument_limit({"tool_name": "t", "max_argument_bytes": "512"}) == MAX_ARGUMENT_BYTES

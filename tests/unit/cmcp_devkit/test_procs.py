@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from cmcp_devkit.procs import (
     console_script,
     cpu_seconds,
     cpu_snapshot,
+    descendants,
     python_module,
     ready_url,
     rss_of,
@@ -145,3 +147,18 @@ def test_wait_http_returns_on_a_4xx_answer(tmp_path: Path) -> None:
     proc = start("http", _py(code), tmp_path, cwd=tmp_path, port=port)
     with running([proc]):
         wait_http(f"http://127.0.0.1:{port}/no-such-file", timeout=30.0, proc=proc.popen)  # 404 < 500
+
+
+def test_descendants_finds_children_and_grandchildren() -> None:
+    outer = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+                              "print(p.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert outer.stdout is not None
+        grandchild = int(outer.stdout.readline())
+        assert set(descendants(os.getpid())) >= {outer.pid, grandchild}
+        assert descendants(outer.pid) == [grandchild]
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+        outer.kill()
+        outer.wait()

@@ -15,7 +15,8 @@ from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
-from cmcp_enclave.enclave import Enclave, RequestError
+from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.judging import RequestError
 from tests.helpers.enclave_calls import decide
 from tests.paths import EXAMPLES, ROOT
 
@@ -240,3 +241,21 @@ def test_list_tools_is_filtered_by_cedar(tmp_path: Path) -> None:
     enc = inprocess_enclave(bundle, tmp_path)
     tools = enc.list_tools(session_id="s", principal="a")
     assert "payments.transfer" not in tools and "web.search" in tools and "résumé.parse" in tools
+
+
+def test_arguments_over_the_tools_bound_are_refused_before_they_are_parsed(tmp_path: Path) -> None:
+    """A tool's ``max_argument_bytes`` in the catalog bounds what one call may make Cedar chew on."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(EXAMPLES / "realistic", bundle)
+    catalog = json.loads((bundle / "catalog.json").read_text())
+    for entry in catalog:
+        if entry["tool_name"] == "web.search":
+            entry["max_argument_bytes"] = 64
+    (bundle / "catalog.json").write_text(json.dumps(catalog))
+    enclave = inprocess_enclave(bundle, tmp_path / "work")
+    fits, too_big = {"query": "x" * 40}, {"query": "x" * 60}
+    assert decide(enclave, "web.search", fits).document["effective"] == "allow"
+    with pytest.raises(RequestError) as err:
+        decide(enclave, "web.search", too_big)
+    assert err.value.code is Code.ARGS_TOO_LARGE
+    assert decide(enclave, "crm.lookup_customer", {"customer_id": "c" * 100}).document["effective"] == "allow"

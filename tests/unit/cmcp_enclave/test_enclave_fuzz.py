@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from cmcp_core.digest import json_digest
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
-from cmcp_enclave.enclave import Enclave, RequestError
+from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.judging import RequestError
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
 from tests.paths import EXAMPLES

@@ -18,7 +18,8 @@ from cmcp_core.audit import reset_payload
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave import principals as principals_mod
-from cmcp_enclave.enclave import Enclave, RequestError
+from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.judging import RequestError
 from cmcp_enclave.principals import PrincipalTable
 from cmcp_enclave.sessions import EnclaveLimits
 from tests.helpers.enclave_calls import decide

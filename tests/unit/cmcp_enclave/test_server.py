@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -18,25 +19,31 @@ from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
-from cmcp_enclave.server import ERROR_METADATA_KEY, MAX_MESSAGE_BYTES, SERVICE_NAME, serve
+from cmcp_enclave.scheduler import DecisionScheduler
+from cmcp_enclave.server import ERROR_METADATA_KEY, MAX_MESSAGE_BYTES, SERVICE_NAME, expiry_loop, serve
+from tests.helpers.held_cedar import BIG_ARGUMENTS, HELD_TOOL, HeldCedar, held
 from tests.paths import EXAMPLES
+
+__all__ = ["held"]  # the fixture
 
 
 class Live:
     def __init__(self, enclave: Enclave, stub: enclave_pb2_grpc.EnclaveStub, channel: grpc.aio.Channel,
-                 metrics: Metrics):
+                 metrics: Metrics, scheduler: DecisionScheduler):
         self.enclave, self.stub, self.channel, self.metrics = enclave, stub, channel, metrics
+        self.scheduler = scheduler
 
 
 @pytest.fixture
 async def live(tmp_path: Path) -> AsyncIterator[Live]:
     enclave = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
     metrics = Metrics()
-    server, port = await serve(enclave, "127.0.0.1:0", metrics)
+    scheduler = DecisionScheduler(enclave, workers=2, processes=False)
+    server, port = await serve(enclave, "127.0.0.1:0", metrics, scheduler)
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 * MAX_MESSAGE_BYTES)])
     try:
-        yield Live(enclave, enclave_pb2_grpc.EnclaveStub(channel), channel, metrics)
+        yield Live(enclave, enclave_pb2_grpc.EnclaveStub(channel), channel, metrics, scheduler)
     finally:
         await channel.close()
         await server.stop(None)
@@ -125,10 +132,6 @@ async def test_metrics_count_decisions(live: Live) -> None:
 
 
 async def test_expiry_loop_closes_idle_sessions(live: Live) -> None:
-    import asyncio
-
-    from cmcp_enclave.server import expiry_loop
-
     await live.stub.Decide(_req("web.search", {"query": "q"}))
     live.enclave.limits.idle_timeout = 60
     now = live.enclave.clock() + 3600  # an hour later: the session is idle
@@ -178,3 +181,38 @@ async def test_reset_and_list_tools_over_grpc(tmp_path: Path) -> None:
             assert json.loads(after.decision_json)["effective"] == "allow"  # taint cleared by the reset
     finally:
         await server.stop(None)
+
+
+async def _stream_order(live: Live, gate: HeldCedar) -> list[str]:
+    """Over ONE DecideStream: a heavy call (held in Cedar) first, then another agent's light call."""
+    outgoing: asyncio.Queue[enclave_pb2.DecideRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[enclave_pb2.DecideRequest]:
+        while (request := await outgoing.get()) is not None:
+            yield request
+
+    gate.release_soon()
+    order: list[str] = []
+    call = live.stub.DecideStream(requests())
+    outgoing.put_nowait(_req(HELD_TOOL, BIG_ARGUMENTS, call_id="heavy", principal="heavy-agent",
+                             session_id="s-heavy"))
+    outgoing.put_nowait(_req("crm.lookup_customer", {"customer_id": "c"}, call_id="light",
+                             principal="light-agent", session_id="s-light"))
+    async for reply in call:
+        order.append(reply.call_id)
+        assert reply.HasField("response"), reply.error_code
+        gate.released.set()
+        if len(order) == 2:
+            outgoing.put_nowait(None)
+    return order
+
+
+async def test_a_stream_answers_a_light_call_while_a_heavy_one_is_decided(live: Live,
+                                                                         held: HeldCedar) -> None:
+    assert await _stream_order(live, held) == ["light", "heavy"]
+
+
+async def test_weakened_stream_in_arrival_order_holds_the_light_call(
+        live: Live, held: HeldCedar, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live.scheduler, "inline_bytes", 10**9)  # every decision on the loop
+    assert await _stream_order(live, held) == ["heavy", "light"]

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cmcp_core.audit import reset_payload, verify_chain
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import inprocess_enclave
-from cmcp_enclave.enclave import Enclave, RequestError, UpstreamOutcome
+from cmcp_enclave.enclave import Enclave, UpstreamOutcome
+from cmcp_enclave.judging import RequestError
 from cmcp_enclave.sessions import EnclaveLimits
 from tests.helpers.enclave_calls import decide
 from tests.paths import EXAMPLES

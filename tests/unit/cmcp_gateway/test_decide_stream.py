@@ -152,7 +152,7 @@ async def test_an_oversized_request_goes_unary_and_leaves_the_stream_alone(
         assert call is not None
         with pytest.raises(CmcpError) as big:
             await decide("x" * (STREAM_MESSAGE_MAX + 1))
-        assert big.value.code is Code.ARGS_INVALID  # the enclave's own refusal, over a unary call
+        assert big.value.code is Code.ARGS_TOO_LARGE  # the enclave's own refusal, over a unary call
         assert endpoint.decisions._call is call and endpoint.attested is not None
         assert (await decide("small again")).permit
     finally:

@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from cmcp_core.gateway_identity import initdata_value
 from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.config import DEFAULT_IMAGE, OperatorConfig
 from cmcp_operator.main import main, parse_args
@@ -124,3 +128,18 @@ def test_main_stops_on_a_usage_error_before_starting(capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit) as exit_:
         main(["-A"])
     assert exit_.value.code == 2 and "REFERENCE_VALUES_MISSING" in capsys.readouterr().err
+
+
+def test_cli_takes_gateway_keys_and_refuses_a_key_that_is_not_ed25519(release: DevRelease,
+                                                                       tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    pem = tmp_path / "gateway.pem"
+    pem.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    cfg = parse_args(["-A", "--gateway-key-file", str(pem), *release.argv()])
+    assert cfg.gateway_keys == (initdata_value(key),)
+    rsa = tmp_path / "rsa.pem"
+    rsa_key = generate_private_key(65537, 2048)
+    rsa.write_bytes(rsa_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    for bad in (rsa, tmp_path / "absent.pem"):
+        with pytest.raises(SystemExit):
+            parse_args(["-A", "--gateway-key-file", str(bad), *release.argv()])

@@ -6,7 +6,9 @@ import re
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cmcp_core.gateway_identity import initdata_value
 from cmcp_core.initdata import ANNOTATION, CmcpEntry, decode_annotation, parse, render
 from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN, LaunchPolicyError
 from cmcp_core.verify import AppraisalPolicy
@@ -142,3 +144,12 @@ def test_crd_refuses_a_tag_and_a_hostile_image_string() -> None:
     hostile = 'x@sha256:' + "0" * 64 + '"\nExecProcessRequest := true'
     for bad in ("ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0", hostile):
         assert not go_like.search(bad), bad
+
+
+def test_the_gateway_keys_the_operator_holds_are_pinned_in_every_initdata() -> None:
+    """Without them an enclave takes state-changing calls from any caller that reaches its port."""
+    keys = (initdata_value(Ed25519PrivateKey.generate()),)
+    pinned = revision("ns", "r", spec(), BSTATUS, [], OperatorConfig(enclave_image=IMAGE, gateway_keys=keys))
+    unpinned = revision("ns", "r", spec(), BSTATUS, [], OperatorConfig(enclave_image=IMAGE))
+    assert parse(pinned.initdata).cmcp.gateway_keys == keys
+    assert parse(unpinned.initdata).cmcp.gateway_keys == ()

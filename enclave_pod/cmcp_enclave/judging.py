@@ -1,0 +1,99 @@
+"""The stateless half of a decision: checking a request and asking Cedar.
+
+Nothing here reads or writes enclave state, so it may run anywhere the measured bundle is
+loaded: inline on the event loop, or in a decision worker (:mod:`cmcp_enclave.workers`). The
+state half (what Cedar sees, the signed document, the chain) stays in
+:class:`cmcp_enclave.enclave.Enclave`. Problems with the *request* raise :class:`RequestError`
+and never yield a decision; problems with the *call* are a :class:`Verdict` that the enclave
+signs and audits as a deny.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmcp_core.digest import canonical, tagged_sha256
+from cmcp_core.errors import CmcpError, Code
+from cmcp_enclave.engine import CedarEngine, SessionView
+
+MAX_ID_LEN = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class RequestError(CmcpError):
+    """A request the enclave will not decide on; the server maps it to a gRPC status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A decision request that passed :func:`admit`: what the signed decision names."""
+
+    session_id: str
+    call_id: str
+    principal: str
+    method: str
+    tool: str
+    arguments_digest: str
+    audience: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What :func:`judge` found: no reason is an allow."""
+
+    reason: Code | None
+    policy_ids: list[str] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+def check_id(name: str, value: str) -> None:
+    if not value or len(value) > MAX_ID_LEN or _CONTROL.search(value):
+        raise RequestError(Code.MCP_INVALID_REQUEST,
+                           f"{name} must be 1..{MAX_ID_LEN} characters without control characters")
+
+
+def admit(engine: CedarEngine, *, session_id: str, call_id: str, principal: str, method: str,
+          tool: str, arguments_json: bytes, arguments_digest: str,
+          audience: str) -> tuple[Call, dict[str, Any]]:
+    """The checks that need no state: ids, the tool's argument bound, JSON, the digest."""
+    check_id("session_id", session_id)
+    check_id("call_id", call_id)
+    check_id("principal", principal)
+    check_id("method", method)
+    check_id("tool", tool)
+    limit = engine.argument_limit(tool)
+    if len(arguments_json) > limit:
+        raise RequestError(Code.ARGS_TOO_LARGE,
+                           f"arguments of {tool!r} exceed the bundle's bound of {limit} bytes")
+    try:
+        arguments: Any = json.loads(arguments_json) if arguments_json else {}
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(Code.ARGS_INVALID, "arguments_json is not JSON") from exc
+    if not isinstance(arguments, dict):
+        raise RequestError(Code.ARGS_INVALID, "arguments must be a JSON object")
+    try:
+        digest = tagged_sha256(canonical(arguments))  # == json_digest, fast path
+    except Exception as exc:  # rfc8785 refuses NaN, huge ints, deep nesting
+        raise RequestError(Code.ARGS_INVALID, f"arguments have no canonical form: {exc}") from exc
+    if digest != arguments_digest:
+        raise RequestError(Code.ARGS_DIGEST_MISMATCH, "arguments_digest is not sha256 of the JCS arguments")
+    return Call(session_id, call_id, principal, method, tool, arguments_digest, audience), arguments
+
+
+def judge(engine: CedarEngine, audience: str, call: Call, arguments: dict[str, Any],
+          view: SessionView) -> Verdict:
+    """Audience (the measured one), catalog, then Cedar on ``view``."""
+    if call.audience != audience:
+        return Verdict(Code.AUDIENCE_MISMATCH)
+    if call.tool not in engine.catalog:
+        return Verdict(Code.TOOL_NOT_IN_CATALOG)
+    try:
+        result = engine.evaluate(call.method, call.principal, call.tool, arguments, view)
+    except CmcpError as exc:
+        return Verdict(exc.code, errors=[{"policy_id": "", "message": exc.detail}])
+    if result.errors:
+        return Verdict(Code.POLICY_EVAL_ERROR, result.policy_ids, result.errors)
+    return Verdict(None if result.allowed else Code.POLICY_DENY, result.policy_ids, result.errors)
