@@ -315,15 +315,13 @@ IGNORES_INITDATA = """
 
     _load = startup.load_bundle
 
+    class Claimed(Bundle):  # module level: the enclave's decision workers unpickle it
+        @property
+        def bundle_hash(self):
+            return initdata.parse(Path(ARGS["--initdata"]).read_bytes()).cmcp.bundle_hash
+
     def lying_load(root):
         real = _load(root)
-        claimed = initdata.parse(Path(ARGS["--initdata"]).read_bytes()).cmcp.bundle_hash
-
-        class Claimed(Bundle):
-            @property
-            def bundle_hash(self):
-                return claimed
-
         return Claimed(manifest=real.manifest, policies=real.policies, schema=real.schema,
                        catalog=real.catalog)
 
@@ -366,7 +364,9 @@ def write_weak_enclave(directory: Path, patch: str) -> Path:
         "import sys\n"
         "ARGS = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
         + textwrap.dedent(patch)
-        + "\nfrom cmcp_enclave.main import main\nsys.exit(main(sys.argv[1:]))\n",
+        # guarded: the enclave's decision workers (forkserver) import this script as their main
+        + "\nfrom cmcp_enclave.main import main\n"
+        + "if __name__ == '__main__':\n    sys.exit(main(sys.argv[1:]))\n",
         encoding="utf-8",
     )
     return script
