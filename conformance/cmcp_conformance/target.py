@@ -14,7 +14,10 @@ would, and uses further access only when the target offers it:
   (``--release-manifest``/``--release-key``) and TDX collateral; like every relying party the
   suite refuses a guest matching no release;
 * ``outage`` — only the power to stop the enforce route's enclave and start it again; a
-  cluster target run with ``--allow-disruption`` has it (it scales the McpRoute to 0 and back).
+  cluster target run with ``--allow-disruption`` has it (it scales the McpRoute to 0 and back);
+* ``replica_mcp_url`` / ``replica_token`` — the enforce route on a second gateway replica, and a
+  second agent whose policy state the replica check may taint (the main agent stays clean for
+  the other checks); without them, REPLICA-001 skips.
 
 Test code builds alternative targets (for example a weakened gateway in front of the real
 enclave) simply by constructing a :class:`TargetDeployment` with other endpoints, or by
@@ -93,6 +96,8 @@ class TargetDeployment:
     mcp_url: str
     token: str | None = None
     advisory_mcp_url: str | None = None
+    replica_mcp_url: str | None = None  # the enforce route on another gateway replica
+    replica_token: str | None = None  # a second agent, for the replica check only
     enclave_address: str | None = None
     audit_store: str | None = None  # the gateway's audit store (sqlite:PATH | postgresql://...)
     advisory_enclave_address: str | None = None

@@ -4,7 +4,9 @@ A stateful session is opened by ``initialize`` and named by ``Mcp-Session-Id``; 
 requests (2026-07-28 clients, or no ``Mcp-Session-Id``) share one implicit session per agent
 and route. The enclave mints every session id (``OpenSession``; its owner is in the id, see
 :mod:`cmcp_core.session_id`) and holds the session's chain tip; closing it there returns the
-session's signed Trust Record.
+session's signed Trust Record. The table is a cache, not the truth: a session this replica
+never saw (opened on another replica, or before a restart) is adopted on first use, and the
+enclave that holds it judges whether it exists and is this agent's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import orjson
 
 from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import CmcpError, Code
+from cmcp_gateway import pinning
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
 
@@ -72,17 +75,12 @@ class SessionTable(Mapping[str, McpSession]):
         """A new session at the enclave that owns ``agent`` (rendezvous on the principal), under
         the id that enclave minted. The slot is taken before the enclave is asked, so a flood of
         concurrent opens cannot overshoot the limits."""
-        held = self._per_agent.get(agent, 0)
-        if held >= self.max_sessions_per_agent:
-            raise CmcpError(Code.SESSION_LIMIT,
-                            f"this agent holds its maximum of {self.max_sessions_per_agent} sessions")
-        if len(self._by_id) + len(self._opening_slots) >= self.max_sessions:
-            raise CmcpError(Code.SESSION_LIMIT, "the gateway holds its maximum of sessions")
-        self._per_agent[agent] = held + 1
+        self._check_room(agent)
+        self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
         slot = object()
         self._opening_slots.add(slot)
         try:
-            pin = runtime.pool.pick(agent)
+            pin = runtime.pool.pick(agent)  # the principal's enclave: every replica picks the same
             session_id = await runtime.pool.open_session(pin, agent)
         except BaseException:
             self._release(agent)
@@ -92,6 +90,38 @@ class SessionTable(Mapping[str, McpSession]):
         session = McpSession(session_id, agent, runtime.config.name, pin, stateful)
         self._by_id[session_id] = session
         return session
+
+    async def adopt(self, runtime: RouteRuntime, session_id: str, agent: str) -> McpSession:
+        """A session this replica never saw, for the agent of this request.
+
+        The id only says where to look (:func:`pinning.owner`; ``SESSION_LOST`` if that enclave
+        is not attested any more). Whether the session exists, is open and belongs to ``agent``
+        is the enclave's answer to a ``ListTools`` for it (``SESSION_UNKNOWN``,
+        ``SESSION_CLOSED``, ``SESSION_PRINCIPAL_MISMATCH`` otherwise): the id alone is never
+        trusted. Adopted sessions count against the same per-agent and total limits."""
+        self._check_room(agent)
+        candidates = [e.attested for e in runtime.pool.attested() if e.attested is not None]
+        pin = pinning.owner(session_id, agent, candidates)
+        await runtime.pool.list_tools(pin, session_id, agent)
+        known = self._by_id.get(session_id)
+        if known is not None:  # adopted meanwhile by a concurrent request: one entry per session
+            if known.agent != agent:
+                raise CmcpError(Code.SESSION_PRINCIPAL_MISMATCH, "the session belongs to another agent")
+            return known
+        self._check_room(agent)
+        session = McpSession(session_id, agent, runtime.config.name, pin, stateful=True)
+        self._by_id[session_id] = session
+        self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
+        log.info("session adopted", extra={"session_id": session_id, "agent": agent,
+                                           "route": session.route, "enclave": pin.address})
+        return session
+
+    def _check_room(self, agent: str) -> None:
+        if self._per_agent.get(agent, 0) >= self.max_sessions_per_agent:
+            raise CmcpError(Code.SESSION_LIMIT,
+                            f"this agent holds its maximum of {self.max_sessions_per_agent} sessions")
+        if len(self._by_id) + len(self._opening_slots) >= self.max_sessions:
+            raise CmcpError(Code.SESSION_LIMIT, "the gateway holds its maximum of sessions")
 
     async def implicit(self, runtime: RouteRuntime, agent: str) -> McpSession:
         """Stateless requests (2026-07-28 clients, or no Mcp-Session-Id) share one per-agent
