@@ -28,7 +28,10 @@ from typing import Any
 
 import httpx
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from cmcp_core import gateway_identity
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.procs import Proc, console_script, ready_url, start
 from cmcp_devkit.release import DevRelease, write_dev_release
@@ -91,10 +94,27 @@ class LocalStack:
     gateway_urls: dict[str, str] = field(default_factory=dict)
     _launch_count: int = 0
     _release: DevRelease | None = None
+    _gateway_key: Ed25519PrivateKey | None = None
 
     def __post_init__(self) -> None:
         if not self.audit_store:
             self.audit_store = f"sqlite:{self.workdir / 'audit.sqlite'}"
+
+    @property
+    def gateway_key_file(self) -> Path:
+        """The gateways' identity (Ed25519, PEM; written on first use): every gateway replica of
+        the stack signs its enclave calls with it."""
+        path = self.workdir / "gateway-key.pem"
+        if self._gateway_key is None:
+            self._gateway_key = key = Ed25519PrivateKey.generate()
+            path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        return path
+
+    @property
+    def gateway_keys(self) -> list[str]:
+        """What an enclave's initdata pins (``render_initdata(..., gateway_keys=stack.gateway_keys)``)
+        so that it takes state-changing calls from this stack's gateways only."""
+        return [gateway_identity.initdata_value(gateway_identity.load_private_key(self.gateway_key_file))]
 
     @property
     def release(self) -> DevRelease:
@@ -299,6 +319,7 @@ class LocalStack:
             "auth": {"tokens_file": str(tokens)},
             "routes": routes,
             "audit": {"store": self.audit_store},
+            "identity": {"key_file": str(self.gateway_key_file)},
             "limits": {"max_body_bytes": 256 * 1024, "decide_timeout_seconds": 2.0, **self.gateway_limits},
             "attest_refresh_seconds": 2.0,
         }

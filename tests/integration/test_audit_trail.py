@@ -43,7 +43,8 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalStack
     running = LocalStack(tmp_path, audit_store=store)
     try:
         bundle_dir = conformance_bundle.write(tmp_path / "bundle", Profile())
-        initdata = render_initdata(bundle_dir, route="audit/enforce", audience=running.audience)
+        initdata = render_initdata(bundle_dir, route="audit/enforce", audience=running.audience,
+                                   gateway_keys=running.gateway_keys)
         running.start_enclave_on("enforce", bundle_dir, initdata)
         running.start_upstream()
         running.start_gateway()
