@@ -600,7 +600,7 @@ def test_gateway_config_is_accepted_by_the_gateway(
     monkeypatch.chdir(pod_root(docs, tmp_path))  # the container's workingDir "/"
     monkeypatch.setenv("CMCP_AUDIT_STORE", "postgresql://gw@db/cmcp")  # the DSN of postgresql profiles
     cfg = parse(json.loads(cm["data"]["gateway.json"]))
-    assert cfg.audit_store.startswith(("sqlite:/var/lib/cmcp-gateway/", "postgresql://"))
+    assert cfg.audit_store.startswith(("sqlite:var/lib/cmcp-gateway/", "postgresql://"))  # from workdir "/"
     assert [r.signer for r in cfg.appraisal.releases] == [dev_release().release.signer]
     assert cfg.appraisal.collateral_dir == "var/cache/cmcp/tdx-collateral"
     prof = yaml.safe_load((CHART / "ci" / profile).read_text())
@@ -869,7 +869,8 @@ def test_the_gateway_audit_store_defaults_to_sqlite_on_a_claim() -> None:
     assert volumes["audit"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     config = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
-    assert config["audit"] == {"store": f"sqlite:{mounts['audit']}/audit.sqlite"}
+    # the mount, relative to the container's workingDir "/" (so the e2e node agent keeps it per pod)
+    assert config["audit"] == {"store": f"sqlite:{mounts['audit'].lstrip('/')}/audit.sqlite"}
 
 
 def test_the_gateway_audit_store_on_postgresql_takes_its_dsn_from_a_secret() -> None:
@@ -901,4 +902,4 @@ def test_a_cluster_without_storage_may_keep_the_trail_in_the_pod() -> None:
     pod = one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
     assert {v["name"]: v for v in pod["volumes"]}["audit"] == {"name": "audit", "emptyDir": {}}
     config = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
-    assert config["audit"]["store"].startswith("sqlite:/var/lib/cmcp-gateway/")
+    assert config["audit"]["store"].startswith("sqlite:var/lib/cmcp-gateway/")

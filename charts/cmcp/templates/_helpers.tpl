@@ -312,6 +312,8 @@ than one replica needs PostgreSQL: the chart refuses to render that combination.
 {{- if gt (int .Values.gateway.replicas) 1 -}}
 {{- fail "gateway.audit.store sqlite keeps the audit trail on one volume: with gateway.replicas > 1 set gateway.audit.store=postgresql (and gateway.audit.postgresql.existingSecret)" -}}
 {{- end -}}
-{{- toJson (dict "store" (printf "sqlite:%s/audit.sqlite" (include "cmcp.gateway.stateDir" .))) -}}
+{{- /* relative to the container's workingDir "/" (like tokens_dir), so it also resolves under the
+e2e node agent's per-pod root instead of the host's /var/lib */ -}}
+{{- toJson (dict "store" (printf "sqlite:%s/audit.sqlite" (include "cmcp.gateway.stateDir" . | trimPrefix "/"))) -}}
 {{- end -}}
 {{- end }}
