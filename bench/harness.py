@@ -48,8 +48,10 @@ from bench.common import (
     write_json,
 )
 from cmcp_devkit import procs
+from cmcp_devkit.postgres import PostgresServer, start_postgres
 
-PATHS = ("direct", "ours", "origin", "origin-tmpfs")
+PATHS = ("direct", "ours", "ours-postgres", "origin", "origin-tmpfs")
+OURS = ("ours", "ours-postgres")  # the audit trail on SQLite (the default) and on PostgreSQL
 ORIGINS = ("origin", "origin-tmpfs")
 
 
@@ -148,7 +150,7 @@ def overhead(seq: dict[str, loadgen.Samples]) -> dict[str, Any]:
     if "direct" not in seq or not seq["direct"].call_ms:
         return out
     d = summarize(seq["direct"].call_ms)
-    for name in ("ours", *ORIGINS):
+    for name in (*OURS, *ORIGINS):
         if name not in seq or not seq[name].call_ms:
             continue
         s = summarize(seq[name].call_ms)
@@ -426,6 +428,8 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
     running: list[Any] = []
     targets: dict[str, loadgen.LoadTarget] = {}
     stack: ours.OursStack | None = None
+    pg_stack: ours.OursStack | None = None
+    pg_server: PostgresServer | None = None
     tool_def: dict[str, Any] | None = None
     paths_info: dict[str, Any] = {}
     cleanup: list[Path] = []
@@ -490,6 +494,19 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             s = asyncio.run(loadgen.run_sequential(targets["ours"], 3, 2))
             if s.errors:
                 raise RuntimeError(f"our path fails its smoke calls: {s.error_examples}")
+        if plan.mode == "full":
+            with sections.run("setup:ours-postgres"):  # several gateway replicas share one store
+                pg_server = start_postgres(log_dir)
+                pg_stack = ours.start_stack(work / "ours-postgres", log_dir, tool_def=tool_def,
+                                            audit_store=pg_server.dsn, name="ours-postgres")
+                targets["ours-postgres"] = loadgen.LoadTarget("ours-postgres", pg_stack.url,
+                                                              pids=pg_stack.pids())
+                paths_info["ours-postgres"] = {"url": pg_stack.url, "pids": pg_stack.pids(),
+                                               "what": "as ours, the gateway's audit trail on PostgreSQL "
+                                                       f"({pg_server.dsn.rsplit('@', 1)[-1]})"}
+                s = asyncio.run(loadgen.run_sequential(targets["ours-postgres"], 3, 2))
+                if s.errors:
+                    raise RuntimeError(f"our PostgreSQL path fails its smoke calls: {s.error_examples}")
 
         ordered = {n: targets[n] for n in PATHS if n in targets}
         # Clean per-path smoke before measuring anything.
@@ -534,6 +551,10 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
     finally:
         if stack is not None:
             stack.stop()
+        if pg_stack is not None:
+            pg_stack.stop()
+        if pg_server is not None:
+            pg_server.stop()
         for p in reversed(running):
             p.stop()
         for d in cleanup:

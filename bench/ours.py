@@ -137,7 +137,10 @@ def _start_enclave_prefixed(bundle: Path, workdir: Path, prefix: list[str], extr
 def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None = None,
                 enclave_args: tuple[str, ...] = (), gateway_limits: dict[str, Any] | None = None,
                 gateway_argv_prefix: list[str] | None = None,
-                enclave_argv_prefix: list[str] | None = None) -> OursStack:
+                enclave_argv_prefix: list[str] | None = None, audit_store: str | None = None,
+                name: str = "ours") -> OursStack:
+    """Enclave, guarded upstream and gateway; the gateway's audit trail on ``audit_store``
+    (default: a SQLite file in ``workdir``, the product's default)."""
     bundle = write_bundle(workdir / "bundle", tool_def)
     if enclave_argv_prefix:
         enclave = _start_enclave_prefixed(bundle, workdir / "enclave", enclave_argv_prefix, enclave_args)
@@ -147,7 +150,7 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
     try:
         release = write_dev_release(workdir / "release")
         up_port = procs.free_port()
-        up = procs.start("ours-upstream", procs.python_module(
+        up = procs.start(f"{name}-upstream", procs.python_module(
             "cmcp_devkit.upstream", "--profile", "bench", "--listen", f"127.0.0.1:{up_port}",
             "--guard-audience", AUDIENCE,
             "--guard-enclave", enclave.address, "--allow-simulated",
@@ -164,6 +167,7 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
         "allow_simulated": True,
         "release": release.config(),
         "limits": gateway_limits or {},
+        "audit": {"store": audit_store or f"sqlite:{workdir / 'audit.sqlite'}"},
         "routes": [{"name": ROUTE, "upstream": f"http://127.0.0.1:{up_port}/mcp", "audience": AUDIENCE,
                     "enclaves": [enclave.address], "expected_bundle_hashes": [enclave.bundle_hash],
                     "open": True}],
@@ -171,7 +175,7 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
     cfg_path = workdir / "gateway.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     argv = [*(gateway_argv_prefix or [sys.executable]), "-m", "cmcp_gateway.main", "--config", str(cfg_path)]
-    gw = procs.start("ours-gateway", argv, log_dir, port=gw_port)
+    gw = procs.start(f"{name}-gateway", argv, log_dir, port=gw_port)
     try:
         procs.wait_port(gw_port, timeout=60, proc=gw.popen)
     except Exception as exc:

@@ -375,6 +375,36 @@ ROUTE = obj(
     required=["name", "mcpRoute", "upstream", "audience"],
 )
 
+# The gateway's audit store: SQLite on a claim (one replica), or PostgreSQL whose DSN is a Secret's.
+AUDIT = obj(
+    {
+        "store": {"enum": ["sqlite", "postgresql"]},
+        "sqlite": obj(
+            {
+                "volume": {"enum": ["persistentVolumeClaim", "emptyDir"]},
+                "size": string("Size of the claim the chart creates.", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$"),
+                "storageClassName": string("StorageClass (empty: the cluster default)."),
+                "existingClaim": string("Existing claim to use instead.", pattern=rf"({DNS_SUBDOMAIN})|^$"),
+            },
+            required=["volume", "size"],
+        ),
+        "postgresql": obj(
+            {
+                "existingSecret": string("Secret holding the DSN.", pattern=rf"({DNS_SUBDOMAIN})|^$"),
+                "secretKey": string("Key of the DSN in the Secret.", minLength=1),
+            },
+            required=["secretKey"],
+        ),
+    },
+    required=["store", "sqlite", "postgresql"],
+    allOf=[
+        {
+            "if": {"properties": {"store": {"const": "postgresql"}}},
+            "then": {"properties": {"postgresql": {"properties": {"existingSecret": {"minLength": 1}}}}},
+        }
+    ],
+)
+
 GATEWAY = obj(
     {
         "enabled": {"type": "boolean"},
@@ -397,6 +427,7 @@ GATEWAY = obj(
             }
         ),
         "attestRefreshSeconds": {"type": "number", "minimum": 1},
+        "audit": AUDIT,
         "auth": obj(
             {"existingSecret": string("Secret with agent tokens.", pattern=DNS_SUBDOMAIN)},
             required=["existingSecret"],
@@ -418,7 +449,8 @@ GATEWAY = obj(
         "metrics": obj({"port": port("Metrics port.")}, required=["port"]),
         **workload_common(),
     },
-    required=["enabled", "image", "replicas", "port", "auth", "service", "metrics", "serviceAccount"],
+    required=["enabled", "image", "replicas", "port", "audit", "auth", "service", "metrics",
+              "serviceAccount"],
 )
 
 MONITOR = obj(

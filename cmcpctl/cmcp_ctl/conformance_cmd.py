@@ -21,6 +21,7 @@ from cmcp_conformance.cluster import RouteOutage
 from cmcp_core import appraisal_options
 from cmcp_core.errors import CmcpError
 from cmcp_core.route_status import RouteRef
+from cmcp_ctl.demo_cluster import local_gateway_audit_store
 
 
 def register(subparsers: Any) -> None:
@@ -49,6 +50,7 @@ def register(subparsers: Any) -> None:
         "--enclave", help="enclave gRPC HOST:PORT (default: first attested pod in the route status)"
     )
     p.add_argument("--advisory-enclave", help="gRPC HOST:PORT of the advisory route's enclave")
+    p.add_argument("--audit-store", help="the gateway's audit store: sqlite:PATH or postgresql://...")
     p.add_argument("--upstream", help="the guarded upstream's MCP URL, reachable directly (bypass tests)")
     p.add_argument("--upstream-counter", help="URL returning the upstream's tool-call counter as JSON")
     p.add_argument("--audience", help="permit audience of the upstream (default: from the route)")
@@ -111,6 +113,8 @@ def _remote_target(args: argparse.Namespace) -> Any:
         advisory_mcp_url=args.advisory_url,
         advisory_enclave_address=args.advisory_enclave,
         enclave_address=enclave,
+        audit_store=args.audit_store or (local_gateway_audit_store(Path(args.kubeconfig))
+                                         if args.kubeconfig else None),
         upstream_url=args.upstream,
         upstream_audience=audience,
         upstream_counter_url=args.upstream_counter,

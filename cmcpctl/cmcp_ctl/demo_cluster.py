@@ -72,6 +72,7 @@ TOKENS_SECRET = "cmcp-gateway-tokens"  # noqa: S105 - a Secret's name; the chart
 WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"  # fixed by the operator: one release per cluster
 MCP_PORT, GUARD_PORT, TAP_PORT = 9001, 8443, 8000  # upstream pod's containers (bound to the pod IP)
 GATEWAY_PORT = 8080  # the chart's gateway.port default
+AUDIT_FILE_IN_POD = "var/lib/cmcp-gateway/audit.sqlite"  # the chart's gateway state dir + audit.sqlite
 WAIT = 180.0  # seconds for each slow step (pods start, enclave attested, rollout)
 
 
@@ -107,6 +108,13 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 
 class ToolError(RuntimeError):
     """A helm/kubectl command failed; the message holds the command line and its stderr."""
+
+
+def local_gateway_audit_store(kubeconfig: Path, namespace: str = "*", release: str = "*") -> str | None:
+    """The chart gateway's SQLite audit store, read as an auditor would, when this machine holds
+    it: the dev kit's control plane (state next to its kubeconfig) runs pods from ``pods/``."""
+    found = sorted((kubeconfig.parent / "pods").glob(f"{namespace}_{release}-gateway-*/{AUDIT_FILE_IN_POD}"))
+    return f"sqlite:{found[-1]}" if found else None
 
 
 @dataclass
@@ -563,6 +571,7 @@ class ClusterDemo:
                 appraisal=AppraisalPolicy(releases=(self.enclave_release.release,)),
                 expected_bundle_hash=run.bundle_hash,
                 bundle_dir=bundle_dir,
+                audit_store=self._gateway_audit_store(),
             )
             console.table(
                 ["component", "address", "note"],
@@ -791,6 +800,9 @@ class ClusterDemo:
                 self.hint(f"image {image} must run cmcp-guard and ship cmcp_devkit (guard/Dockerfile)"),
             )
         self.endpoints["upstream"] = str(pod["status"]["podIP"])
+
+    def _gateway_audit_store(self) -> str | None:
+        return local_gateway_audit_store(self.tools.kubeconfig, self.ns, self.release)
 
     def _add_gateway(self, routes: list[dict[str, Any]] | None = None) -> str:
         """``helm upgrade`` with the route (or the caller's ``gateway.routes``); return the

@@ -159,6 +159,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
             mcp_url=f"{deployment.gateway_url}/mcp/{ROUTE}",
             token=deployment.token,
             enclave_address=handle.address,
+            audit_store=deployment.audit_store,
             upstream_url=deployment.upstream_url,
             upstream_audience=AUDIENCE,
             upstream_counter_url=f"{deployment.raw_upstream_base}/calls",

@@ -173,6 +173,15 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "Unauthenticated, unknown-method and oversized requests get their coded errors "
         "and the upstream counter does not move.",
     ),
+    # --- gateway replicas ---------------------------------------------------------------
+    Requirement(
+        "REPLICA-001",
+        _M,
+        "Any gateway replica serves any session and sheds nothing",
+        "A session opened and tainted (PHI read) on one replica continues on another, where the "
+        "external send stays denied, as in a new session and a stateless request there; another "
+        "agent presenting the session id there gets 404; a DELETE there closes it everywhere.",
+    ),
     # --- Trust Records -------------------------------------------------------------------
     Requirement(
         "TRACE-001",

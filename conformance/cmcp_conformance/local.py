@@ -1,7 +1,8 @@
 """The ``local`` target: the dev kit's local stack deployed for the conformance suite.
 
 Two routes are deployed: ``enforce`` and ``advisory`` (the same policies, measured in advisory
-mode, hence a different bundle hash), behind the dev kit's ``conformance`` upstream profile. The
+mode, hence a different bundle hash), behind the dev kit's ``conformance`` upstream profile,
+served by two gateway replicas (the second one for REPLICA-001). The
 process launching itself is :class:`cmcp_devkit.stack.LocalStack`; this module adds the suite's
 bundles, its short permit lifetime, the :class:`~cmcp_conformance.target.Target` description and
 the powers (stop, restart, throw-away launches) a local deployment grants.
@@ -29,6 +30,9 @@ from cmcp_enclave.simulated import SimulatedGuest, launcher_env
 
 AUDIENCE = "conformance-upstream"
 AGENT = "conformance-agent"
+REPLICA_AGENT = "conformance-replica-agent"  # REPLICA-001 taints this one, never AGENT
+REPLICA_TOKEN = "conformance-replica-token-0123456789ab"
+REPLICA = "replica"  # the second gateway process's name
 ENCLAVE_IMAGE = TEST_IMAGE  # by digest, the image the stack's signed dev release names
 PERMIT_TTL = 5  # short, so the suite can watch a genuine permit expire
 # A host's own initrd under the genuine firmware and kernel: only RTMR2 differs from the release.
@@ -54,6 +58,7 @@ class LocalDeployment(LocalStack):
     agent: str = AGENT
     permit_ttl: int = PERMIT_TTL
     upstream_profile: str = "conformance"
+    tokens: dict[str, str] = field(default_factory=lambda: {REPLICA_TOKEN: REPLICA_AGENT})
 
     def launch_enclave(
         self, bundle_dir: Path, initdata_bytes: bytes, *, measured: bytes | None = None, timeout: float = 20.0
@@ -105,15 +110,20 @@ class LocalDeployment(LocalStack):
             self.start_enclave_on(name, bundle_dir, initdata_bytes)
         self.start_upstream()
         self.start_gateway()
+        self.start_gateway(REPLICA)  # a second replica on the same enclaves (REPLICA-001)
 
     def target(self) -> TargetDeployment:
         enforce, advisory = self.enclaves["enforce"], self.enclaves.get("advisory")
+        replica = self.gateway_urls.get(REPLICA)
         return TargetDeployment(
             name="local",
             mcp_url=f"{self.gateway_url}/mcp/enforce",
             token=self.token,
             advisory_mcp_url=f"{self.gateway_url}/mcp/advisory" if advisory else None,
+            replica_mcp_url=f"{replica}/mcp/enforce" if replica else None,
+            replica_token=REPLICA_TOKEN if replica else None,
             enclave_address=enforce.address,
+            audit_store=self.audit_store,
             advisory_enclave_address=advisory.address if advisory else None,
             upstream_url=self.upstream_url,
             upstream_audience=self.audience,

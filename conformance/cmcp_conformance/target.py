@@ -3,7 +3,7 @@
 The suite never assumes it started the deployment. It talks to the gateway route as an agent
 would, and uses further access only when the target offers it:
 
-* ``enclave_address`` — gRPC access to the enclave (Attest, CloseSession, ExportAudit), the
+* ``enclave_address`` — gRPC access to the enclave (Attest, CloseSession), the
   access an auditor or the operator has; without it, evidence/record tests skip;
 * ``upstream_url`` / ``upstream_counter_url`` — the guarded upstream, reachable directly (the
   position of a compromised host) and its tool-execution counter; without them, "never
@@ -14,7 +14,10 @@ would, and uses further access only when the target offers it:
   (``--release-manifest``/``--release-key``) and TDX collateral; like every relying party the
   suite refuses a guest matching no release;
 * ``outage`` — only the power to stop the enforce route's enclave and start it again; a
-  cluster target run with ``--allow-disruption`` has it (it scales the McpRoute to 0 and back).
+  cluster target run with ``--allow-disruption`` has it (it scales the McpRoute to 0 and back);
+* ``replica_mcp_url`` / ``replica_token`` — the enforce route on a second gateway replica, and a
+  second agent whose policy state the replica check may taint (the main agent stays clean for
+  the other checks); without them, REPLICA-001 skips.
 
 Test code builds alternative targets (for example a weakened gateway in front of the real
 enclave) simply by constructing a :class:`TargetDeployment` with other endpoints, or by
@@ -24,7 +27,6 @@ subclassing it to change how the audit export reaches the tester (a host that ed
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ import grpc
 import httpx
 
 from cmcp_conformance.cluster import ClusterAccess
+from cmcp_core.audit_store import chain_entries, open_audit_store, rows_of
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy
 
@@ -93,7 +96,10 @@ class TargetDeployment:
     mcp_url: str
     token: str | None = None
     advisory_mcp_url: str | None = None
+    replica_mcp_url: str | None = None  # the enforce route on another gateway replica
+    replica_token: str | None = None  # a second agent, for the replica check only
     enclave_address: str | None = None
+    audit_store: str | None = None  # the gateway's audit store (sqlite:PATH | postgresql://...)
     advisory_enclave_address: str | None = None
     upstream_url: str | None = None
     upstream_audience: str | None = None
@@ -137,14 +143,16 @@ class TargetDeployment:
             return stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=GRPC_TIMEOUT_SECONDS)
 
     def export_audit(self, session_id: str, *, address: str | None = None) -> list[dict[str, Any]]:
-        """The session's audit entries as the host hands them to an auditor (untrusted storage)."""
-        channel, stub = self._stub(address)
-        with channel:
-            stream: Iterator[Any] = stub.ExportAudit(
-                enclave_pb2.ExportAuditRequest(session_id=session_id, from_seq=0),
-                timeout=GRPC_TIMEOUT_SECONDS,
-            )
-            return [json.loads(item.entry_json) for item in stream]
+        """The session's audit entries as the deployment's audit store hands them to an auditor
+        (untrusted storage). ``address`` names the enclave (its ledger), kept for the callers'
+        symmetry: the store is one for all of them."""
+        if not self.audit_store:
+            raise RuntimeError("target offers no audit store")
+        store = open_audit_store(self.audit_store)
+        try:
+            return [json.loads(raw) for raw in chain_entries(store, session_id)]
+        finally:
+            store.close()
 
     def close_session(self, session_id: str, *, address: str | None = None) -> dict[str, Any]:
         """Close a session at the enclave and return its Trust Record (JSON object)."""
@@ -154,6 +162,12 @@ class TargetDeployment:
                 enclave_pb2.CloseSessionRequest(session_id=session_id, reason="conformance"),
                 timeout=GRPC_TIMEOUT_SECONDS,
             )
+        if self.audit_store and resp.audit_entries:  # the close entries came to us: keep the trail whole
+            store = open_audit_store(self.audit_store)
+            try:
+                store.append(rows_of(list(resp.audit_entries)))
+            finally:
+                store.close()
         record: dict[str, Any] = json.loads(resp.trust_record_json)
         return record
 

@@ -33,8 +33,16 @@ from cmcp_core.errors import Code
 
 GENESIS = "genesis"
 ENTRY_VERSION = 1
+LEDGER_PREFIX = "ledger:"  # the chain id of an enclave's ledger of session opens and closes
 KINDS = ("open", "decision", "complete", "reset", "close")
 _FIELDS = frozenset({"v", "session_id", "seq", "ts", "kind", "data", "prev", "kid", "sig", "hash"})
+
+
+def ledger_id(kid: str) -> str:
+    """The chain id of the ledger of the enclave with key id ``kid``: its own chain, ``open`` and
+    ``close`` entries naming each session it opened and closed (a close names the session's tip
+    and entry count), so a verifier finds a session the store withholds or holds twice."""
+    return LEDGER_PREFIX + kid
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
@@ -85,7 +93,7 @@ def decision_entry(decision_json: bytes, signature: bytes,
 
 
 def entry_bytes(entry: Mapping[str, Any]) -> bytes:
-    """Canonical bytes of a full entry (what ExportAudit streams)."""
+    """Canonical bytes of a full entry (what every enclave answer carries in ``audit_entries``)."""
     return canonical(dict(entry))
 
 

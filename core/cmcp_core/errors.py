@@ -97,6 +97,10 @@ class Code(StrEnum):
     AUDIT_ENTRY_EDITED = "AUDIT_ENTRY_EDITED"
     AUDIT_BAD_SIGNATURE = "AUDIT_BAD_SIGNATURE"
     AUDIT_TRUNCATED = "AUDIT_TRUNCATED"
+    AUDIT_STORE_UNAVAILABLE = "AUDIT_STORE_UNAVAILABLE"
+    AUDIT_FORK = "AUDIT_FORK"
+    AUDIT_WITHHELD = "AUDIT_WITHHELD"
+    AUDIT_OUTBOX_FULL = "AUDIT_OUTBOX_FULL"
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,10 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.AUDIT_ENTRY_EDITED: CodeInfo(-32003, 409, "An audit entry's hash does not match its content."),
     Code.AUDIT_BAD_SIGNATURE: CodeInfo(-32003, 409, "An audit entry's signature does not verify."),
     Code.AUDIT_TRUNCATED: CodeInfo(-32003, 409, "The audit chain does not end at the expected tip."),
+    Code.AUDIT_STORE_UNAVAILABLE: CodeInfo(-32010, 503, "The audit store cannot record the entries."),
+    Code.AUDIT_FORK: CodeInfo(-32003, 409, "Two different audit entries claim one place in a chain."),
+    Code.AUDIT_WITHHELD: CodeInfo(-32003, 409, "The ledger names a session the audit store lacks."),
+    Code.AUDIT_OUTBOX_FULL: CodeInfo(-32010, 503, "Audit entries wait to leave the enclave; no new session."),
 }
 
 

@@ -12,7 +12,11 @@ enclave key pinned accepts them. Field choices (see docs/policy-authoring.md):
   verifier holding the attested key and hashes recomputes it from the record alone
   (:func:`record_report_data`);
 * ``tool_transcript.hash``: the audit chain tip, ``call_count``: allowed tool calls;
-* ``cnf.jwk``: the enclave key; ``appraisal.status``: ``none`` (self-issued).
+* ``cnf.jwk``: the enclave key; ``appraisal.status``: ``none`` (self-issued);
+* ``references``: one ``rel`` ``cmcp-session-ledger`` entry naming the enclave's ledger chain
+  (``id`` ``ledger:<kid>#<count>``, ``digest`` the ledger tip right after this session's close),
+  so a verifier holding the store checks that the ledger it reads is the one the record commits
+  to, and that no session is withheld or forked (``cmcpctl audit verify``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ PLATFORMS = {"tdx": "intel-tdx", "snp": "amd-sev-snp", "simulated": "software-on
              "coco-aa": "intel-tdx"}
 SUBJECT_DOMAIN = "cmcp.local"
 SELF_VERIFIER = "urn:cmcp:self-issued"  # appraisal.verifier must be a URI
+LEDGER_REL = "cmcp-session-ledger"
+LEDGER_RESOLVER = "urn:cmcp:audit-store"  # the party that keeps the ledger: the deployment's audit store
 
 
 def record_nonce(chain_tip: str) -> bytes:
@@ -51,6 +57,20 @@ def runtime_measurement(initdata_bytes: bytes, algorithm: str) -> str:
     return "sha384:" + hashlib.sha384(initdata_bytes).hexdigest()
 
 
+def ledger_reference(ledger_id: str, count: int, tip: str) -> dict[str, str]:
+    return {"rel": LEDGER_REL, "id": f"{ledger_id}#{count}", "resolver": LEDGER_RESOLVER, "digest": tip}
+
+
+def record_ledger(record: dict[str, Any]) -> tuple[str, int, str] | None:
+    """``(ledger chain id, entry count, tip)`` a record commits to, or ``None`` if it names none."""
+    for ref in record.get("references") or ():
+        if isinstance(ref, dict) and ref.get("rel") == LEDGER_REL:
+            chain, _, count = str(ref.get("id", "")).rpartition("#")
+            if chain and count.isdigit():
+                return chain, int(count), str(ref.get("digest", ""))
+    return None
+
+
 def subject_for(route: str, session_id: str) -> str:
     return f"spiffe://{SUBJECT_DOMAIN}/route/{quote(route, safe='')}/session/{quote(session_id, safe='')}"
 
@@ -59,7 +79,7 @@ def build_record(key: Ed25519PrivateKey, *, platform: str, initdata_bytes: bytes
                  initdata_algorithm: str, bundle_hash: str, catalog_hash: str,
                  enforcement_mode: str, bundle_version: str | None, chain_tip: str,
                  call_count: int, route: str, session_id: str, data_class: str,
-                 iat: int | None = None) -> dict[str, Any]:
+                 ledger: tuple[str, int, str] | None = None, iat: int | None = None) -> dict[str, Any]:
     """Assemble, schema-check and sign one record; returns the signed JSON object."""
 
     report_data = record_report_data(public_bytes(key.public_key()), bundle_hash, catalog_hash,
@@ -85,6 +105,8 @@ def build_record(key: Ed25519PrivateKey, *, platform: str, initdata_bytes: bytes
         "appraisal": {"status": "none", "verifier": SELF_VERIFIER},
         "cnf": {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": ""}},  # replaced by sign_record
     }
+    if ledger is not None:
+        record["references"] = [ledger_reference(*ledger)]
     signed = sign_record(record, key)
     TrustRecord.model_validate(signed)  # model and JSON schema checks before it leaves the enclave
     validate_json(signed)

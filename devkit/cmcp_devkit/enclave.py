@@ -14,8 +14,9 @@ API:
     usable as a context manager.
   * ``inprocess_enclave(bundle_dir, workdir, *, audience=..., route=..., limits=None,
     operator_keys=None) -> cmcp_enclave.enclave.Enclave`` — same start-up path in this process
-    (simulated TEE, honest launcher); drive it with ``.decide(...)``, ``.close(...)``,
-    ``.export_audit(...)``, or serve it with ``cmcp_enclave.server.serve(enclave, "127.0.0.1:0",
+    (simulated TEE, honest launcher); drive it with ``.open_session(principal)`` (the enclave
+    mints the id), ``.decide(...)``, ``.close(...)`` and ``.take_audit()`` (the entries an answer
+    would carry), or serve it with ``cmcp_enclave.server.serve(enclave, "127.0.0.1:0",
     Metrics())``.
 """
 

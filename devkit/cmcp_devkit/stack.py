@@ -8,7 +8,9 @@ Components are started by their console scripts (``cmcp-enclave``, ``cmcp-guard`
 ``cmcp-gateway``) and the dev kit's upstream; each launcher is a method so a user (the demo, the
 conformance target, test code substituting a deliberately weakened component) can change one
 part while keeping the rest real. ``cmcpctl dev up`` puts the guard in front of a server it did
-not start (:meth:`LocalStack.start_guard`).
+not start (:meth:`LocalStack.start_guard`). Several gateway replicas on the same enclaves
+(:meth:`LocalStack.start_gateway` with another name) and routes served by several enclaves
+(``pools``) model a deployment with replicas; :meth:`LocalStack.kill` crashes one (SIGKILL).
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from typing import Any
 
 import httpx
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from cmcp_core import gateway_identity
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.procs import Proc, console_script, ready_url, start
 from cmcp_devkit.release import DevRelease, write_dev_release
@@ -71,13 +76,45 @@ class LocalStack:
     audience: str = AUDIENCE
     agent: str = AGENT
     permit_ttl: int = PERMIT_TTL
+    # More agents the gateways know (token -> agent id), beside ``token`` -> ``agent``.
+    tokens: dict[str, str] = field(default_factory=dict)
+    # Routes served by several enclaves: route name -> enclave names. An enclave named in no
+    # pool serves a route of its own, named after it.
+    pools: dict[str, list[str]] = field(default_factory=dict)
+    gateway_limits: dict[str, Any] = field(default_factory=dict)  # over the stack's defaults
     procs: list[Proc] = field(default_factory=list)
     enclaves: dict[str, EnclaveHandle] = field(default_factory=dict)
     upstream_url: str = ""
     raw_upstream_base: str = ""
     gateway_url: str = ""
+    # The gateway's audit store (every enclave answer's entries); default a SQLite file in workdir.
+    # Gateway replicas share it: one store, as with PostgreSQL in a deployment.
+    audit_store: str = ""
+    gateways: dict[str, Proc] = field(default_factory=dict)  # gateway replicas by name
+    gateway_urls: dict[str, str] = field(default_factory=dict)
     _launch_count: int = 0
     _release: DevRelease | None = None
+    _gateway_key: Ed25519PrivateKey | None = None
+
+    def __post_init__(self) -> None:
+        if not self.audit_store:
+            self.audit_store = f"sqlite:{self.workdir / 'audit.sqlite'}"
+
+    @property
+    def gateway_key_file(self) -> Path:
+        """The gateways' identity (Ed25519, PEM; written on first use): every gateway replica of
+        the stack signs its enclave calls with it."""
+        path = self.workdir / "gateway-key.pem"
+        if self._gateway_key is None:
+            self._gateway_key = key = Ed25519PrivateKey.generate()
+            path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        return path
+
+    @property
+    def gateway_keys(self) -> list[str]:
+        """What an enclave's initdata pins (``render_initdata(..., gateway_keys=stack.gateway_keys)``)
+        so that it takes state-changing calls from this stack's gateways only."""
+        return [gateway_identity.initdata_value(gateway_identity.load_private_key(self.gateway_key_file))]
 
     @property
     def release(self) -> DevRelease:
@@ -251,44 +288,63 @@ class LocalStack:
         self.upstream_url = f"http://127.0.0.1:{port}{mcp_path}"
         return self.upstream_url
 
+    def route_enclaves(self) -> dict[str, list[EnclaveHandle]]:
+        """Each route the gateways serve and the enclaves behind it (see ``pools``)."""
+        pooled = {name for names in self.pools.values() for name in names}
+        routes = {name: [handle] for name, handle in self.enclaves.items() if name not in pooled}
+        for route, names in self.pools.items():
+            routes[route] = [self.enclaves[name] for name in names]
+        return routes
+
     def gateway_config(self, port: int) -> dict[str, Any]:
         routes = []
-        for name, handle in self.enclaves.items():
+        for name, handles in self.route_enclaves().items():
             routes.append(
                 {
                     "name": name,
                     "upstream": self.upstream_url,
                     "audience": self.audience,
-                    "enclaves": [handle.address],
-                    "expected_bundle_hashes": [handle.ready["bundle_hash"]],
-                    "expected_catalog_hashes": [handle.ready["catalog_hash"]],
-                    "enforcement_modes": [handle.ready["enforcement_mode"]],
+                    "enclaves": [h.address for h in handles],
+                    "expected_bundle_hashes": sorted({str(h.ready["bundle_hash"]) for h in handles}),
+                    "expected_catalog_hashes": sorted({str(h.ready["catalog_hash"]) for h in handles}),
+                    "enforcement_modes": sorted({str(h.ready["enforcement_mode"]) for h in handles}),
                 }
             )
         tokens = self.workdir / "tokens.yaml"
-        tokens.write_text(yaml.safe_dump({self.token: self.agent}))
+        tokens.write_text(yaml.safe_dump({self.token: self.agent, **self.tokens}))
         return {
             "listen": f"127.0.0.1:{port}",
             "allow_simulated": True,
             "release": self.release.config(),
             "auth": {"tokens_file": str(tokens)},
             "routes": routes,
-            "limits": {"max_body_bytes": 256 * 1024, "decide_timeout_seconds": 2.0},
+            "audit": {"store": self.audit_store},
+            "identity": {"key_file": str(self.gateway_key_file)},
+            "limits": {"max_body_bytes": 256 * 1024, "decide_timeout_seconds": 2.0, **self.gateway_limits},
             "attest_refresh_seconds": 2.0,
         }
 
     def gateway_argv(self, config_path: Path) -> list[str]:
         return [_bin("cmcp-gateway"), "--config", str(config_path)]
 
-    def start_gateway(self) -> str:
+    def start_gateway(self, name: str = "gateway") -> str:
+        """Start a gateway; its base URL. Another ``name`` starts one more replica: the same routes,
+        enclaves and tokens on its own port (``gateway_urls[name]``), sharing nothing else."""
         port = free_port()
-        config_path = self.workdir / "gateway.yaml"
+        config_path = self.workdir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(self.gateway_config(port), allow_unicode=True))
-        proc = self.spawn("gateway", self.gateway_argv(config_path))
+        proc = self.spawn(name, self.gateway_argv(config_path))
         base = f"http://127.0.0.1:{port}"
         self._wait_http(proc, f"{base}/")
-        self.gateway_url = base
+        self.gateways[name], self.gateway_urls[name] = proc, base
+        if name == "gateway":
+            self.gateway_url = base
         return base
+
+    def kill(self, proc: Proc) -> None:
+        """SIGKILL, as a crash or an evicted pod: no shutdown, nothing flushed."""
+        proc.popen.kill()
+        proc.popen.wait(timeout=10)
 
     def close(self) -> None:
         """Stop every process this stack started, newest first (each by its own PID)."""

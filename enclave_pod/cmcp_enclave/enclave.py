@@ -1,7 +1,12 @@
-"""The enclave's trusted state machine: decisions, outcomes, audit chains and Trust Records.
+"""The enclave's trusted state machine: sessions, decisions, outcomes, audit chains and Trust Records.
 
 Transport-free so tests and the in-process benchmark drive exactly what the gRPC server runs;
 start-up checks are in :mod:`cmcp_enclave.startup`, per-session state in :mod:`cmcp_enclave.sessions`.
+The enclave mints every session id (:meth:`Enclave.open_session`) and refuses any other, so an
+id is never used twice. Audit entries are not kept: each leaves in the next answer
+(:mod:`cmcp_enclave.outbox`); the enclave holds only chain tips and counters, per session and
+for its ledger, one chain of every session open and close (``ledger:<kid>``), which a verifier
+uses to find a session the store lacks (withheld) or holds twice (forked).
 Problems with the *request* (malformed, unknown session, wrong digest) raise
 :class:`RequestError` and never yield a decision; problems with the *call* (tool outside the
 catalog, Cedar deny or error, wrong audience) yield a signed deny that is audited.
@@ -10,10 +15,9 @@ catalog, Cedar deny or error, wrong audience) yield a signed deny that is audite
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -22,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cmcp_core import initdata as initdata_mod
 from cmcp_core import permit as permit_mod
-from cmcp_core.audit import decision_entry, entry_bytes, make_entry, reset_payload
+from cmcp_core import session_id as session_ids
+from cmcp_core.audit import GENESIS, decision_entry, entry_bytes, ledger_id, make_entry, reset_payload
 from cmcp_core.binding import Binding, check_nonce
 from cmcp_core.bundle import Bundle
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
@@ -33,6 +38,7 @@ from cmcp_core.validation import state_window_seconds
 from cmcp_enclave import judging
 from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts, action_name
 from cmcp_enclave.judging import MAX_ID_LEN, Call, RequestError, Verdict, check_id
+from cmcp_enclave.outbox import AuditOutbox
 from cmcp_enclave.principals import PrincipalState, PrincipalTable
 from cmcp_enclave.sessions import ClosedSession, EnclaveLimits, PolicySession
 from cmcp_enclave.tee import Report, TeeProvider
@@ -108,7 +114,10 @@ class Enclave:
         self.principals = PrincipalTable(state_window_seconds(bundle), self.limits.max_principals)
         self.closed: OrderedDict[str, ClosedSession] = OrderedDict()
         self.audit_entries_total = 0
-        self.audit_bytes = 0  # bytes held in all audit rings
+        self.outbox = AuditOutbox(self.limits.outbox_bytes)
+        self.ledger_id = ledger_id(self.kid)
+        self.ledger_seq = 0  # entries in the ledger chain (session opens and closes)
+        self.ledger_tip = GENESIS
         self._later: list[UpstreamOutcome] = []  # outcomes to record before anything else (settle)
         self.on_refused_outcome: Callable[[Code], None] | None = None
 
@@ -129,22 +138,45 @@ class Enclave:
 
     # ---- sessions ------------------------------------------------------------------------
 
-    def _session(self, session_id: str, principal: str, *, create: bool) -> PolicySession:
+    @_settled
+    def open_session(self, principal: str) -> str:
+        """Open a session for ``principal`` under a fresh id this enclave mints (never reused)."""
+        check_id("principal", principal)
+        if self.outbox.full:
+            raise RequestError(Code.AUDIT_OUTBOX_FULL,
+                               "audit entries wait to leave the enclave; drain them first")
+        if len(self.sessions) >= self.limits.max_sessions:
+            self.expire_idle()
+            if len(self.sessions) >= self.limits.max_sessions:
+                raise RequestError(Code.SESSION_LIMIT,
+                                   f"enclave holds its maximum of {self.limits.max_sessions} sessions")
+        self._principal(principal)  # PRINCIPAL_STATE_FULL before anything is recorded
+        session_id = session_ids.mint(self.kid)
+        while session_id in self.sessions or session_id in self.closed:  # 2^-128, but never twice
+            session_id = session_ids.mint(self.kid)
+        session = PolicySession(session_id=session_id, principal=principal, last_used=self.clock())
+        self.sessions[session_id] = session
+        self._ledger("open", {"session_id": session_id, "principal": principal})
+        self._append(session, "open", {"principal": principal})
+        return session_id
+
+    def _ledger(self, kind: str, data: dict[str, Any]) -> None:
+        """One entry in the enclave's own chain of session opens and closes."""
+        entry = make_entry(self._key, session_id=self.ledger_id, seq=self.ledger_seq, prev=self.ledger_tip,
+                           kind=kind, data=data, kid=self.kid, ts_ms=int(self.clock() * 1000))
+        self.ledger_seq += 1
+        self.ledger_tip = entry["hash"]
+        self._emit(entry, entry_bytes(entry))
+
+    def _session(self, session_id: str, principal: str) -> PolicySession:
+        """A live session this enclave minted: ``SESSION_CLOSED`` while a closed one is
+        remembered, ``SESSION_UNKNOWN`` for any other id (never created on the fly)."""
         session = self.sessions.get(session_id)
         if session is None:
             if session_id in self.closed:
                 raise RequestError(Code.SESSION_CLOSED, f"session {session_id!r} is closed")
-            if not create:
-                raise RequestError(Code.SESSION_UNKNOWN, f"no session {session_id!r}")
-            if len(self.sessions) >= self.limits.max_sessions:
-                self.expire_idle()
-                if len(self.sessions) >= self.limits.max_sessions:
-                    raise RequestError(Code.SESSION_LIMIT,
-                                       f"enclave holds its maximum of {self.limits.max_sessions} sessions")
-            session = PolicySession(session_id=session_id, principal=principal, last_used=self.clock())
-            self.sessions[session_id] = session
-            self._append(session, "open", {"principal": principal})
-        elif principal and session.principal != principal:
+            raise RequestError(Code.SESSION_UNKNOWN, f"no session {session_id!r} in this enclave")
+        if principal and session.principal != principal:
             raise RequestError(Code.SESSION_PRINCIPAL_MISMATCH,
                                f"session {session_id!r} belongs to another principal")
         session.last_used = self.clock()
@@ -181,31 +213,22 @@ class Enclave:
     def _store(self, session: PolicySession, entry: dict[str, Any], raw: bytes) -> None:
         session.seq += 1
         session.tip = entry["hash"]
-        ring = self.limits.audit_ring
-        if ring > 0:
-            session.audit.append(raw)
-            self.audit_bytes += len(raw)
-            if len(session.audit) > ring:
-                self._drop_oldest(session)
-            if self.audit_bytes > self.limits.audit_budget_bytes:
-                self._enforce_budget(session)
-        else:
-            session.audit_first = session.seq
+        self._emit(entry, raw)
+
+    def _emit(self, entry: dict[str, Any], raw: bytes) -> None:
+        """The entry leaves with the next answer; the enclave keeps only the tip."""
+        self.outbox.put(raw)
         self.audit_entries_total += 1
         if self.on_audit is not None:
             self.on_audit(entry)
 
-    def _drop_oldest(self, session: PolicySession) -> None:
-        self.audit_bytes -= len(session.audit.pop(0))
-        session.audit_first += 1
+    def audit_mark(self) -> int:
+        """A mark for :meth:`take_audit`: entries queued after it are the current call's own."""
+        return self.outbox.appended
 
-    def _enforce_budget(self, session: PolicySession) -> None:
-        """Memory stays bounded: forget closed sessions' rings first, then this ring's oldest."""
-        while self.audit_bytes > self.limits.audit_budget_bytes and self.closed:
-            _, done = self.closed.popitem(last=False)
-            self.audit_bytes -= sum(len(raw) for raw in done.audit)
-        while self.audit_bytes > self.limits.audit_budget_bytes and len(session.audit) > 1:
-            self._drop_oldest(session)
+    def take_audit(self, since: int | None = None) -> list[bytes]:
+        """The entries the next answer carries (see :mod:`cmcp_enclave.outbox`)."""
+        return self.outbox.take(since)
 
     # ---- decisions -----------------------------------------------------------------------
     # A decision is admit (stateless checks) -> prepare (state read) -> judge (Cedar) -> commit
@@ -227,14 +250,7 @@ class Enclave:
     def prepare(self, *, session_id: str, principal: str, call_id: str) -> SessionView:
         """The state Cedar sees for this call; a session not opened yet has none of its own."""
         held = self._principal(principal)
-        session = self.sessions.get(session_id)
-        if session is None:
-            if session_id in self.closed:
-                raise RequestError(Code.SESSION_CLOSED, f"session {session_id!r} is closed")
-            session = PolicySession(session_id=session_id, principal=principal, last_used=self.clock())
-        elif session.principal != principal:
-            raise RequestError(Code.SESSION_PRINCIPAL_MISMATCH,
-                               f"session {session_id!r} belongs to another principal")
+        session = self._session(session_id, principal)
         if session.pending and call_id in session.pending:
             raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call_id!r} already decided")
         return self._view(session, held)
@@ -243,7 +259,7 @@ class Enclave:
     def commit(self, call: Call, verdict: Verdict) -> DecideResult:
         """Sign the decision, chain it, and on allow record the call and mint its permit."""
         held = self._principal(call.principal)
-        session = self._session(call.session_id, call.principal, create=True)
+        session = self._session(call.session_id, call.principal)
         if session.pending and call.call_id in session.pending:
             raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call.call_id!r} already decided")
         reason = verdict.reason
@@ -319,7 +335,7 @@ class Enclave:
                         self.on_refused_outcome(exc.code)
 
     def _complete(self, outcome: UpstreamOutcome) -> str:
-        session = self._session(outcome.session_id, "", create=False)
+        session = self._session(outcome.session_id, "")
         call_id = outcome.call_id
         tool = session.pending.pop(call_id, None) if session.pending else None
         if tool is None:
@@ -337,7 +353,7 @@ class Enclave:
     def list_tools(self, *, session_id: str, principal: str) -> list[str]:
         check_id("session_id", session_id)
         check_id("principal", principal)
-        session = self._session(session_id, principal, create=True)
+        session = self._session(session_id, principal)
         tools = sorted(self.engine.catalog)
         if self.engine.model == "phase1":
             return tools  # the origin gateway filtered by catalog only
@@ -349,7 +365,7 @@ class Enclave:
     def reset(self, *, session_id: str, actor: str, reason: str, signature: bytes) -> str:
         """Operator reset of taint state, the session's and its principal's (every session of that
         principal sees it): signed by a configured operator key, itself audited."""
-        session = self._session(session_id, "", create=False)
+        session = self._session(session_id, "")
         payload = reset_payload(session_id=session_id, actor=actor, reason=reason, seq=session.seq)
         if not any(_verifies(k, signature, payload) for k in self.operator_keys):
             raise RequestError(Code.RESET_UNAUTHORIZED, "reset is not signed by an operator key")
@@ -372,8 +388,9 @@ class Enclave:
         done = self.closed.get(session_id)
         if done is not None:
             return done
-        session = self._session(session_id, "", create=False)
+        session = self._session(session_id, "")
         self._append(session, "close", {"reason": reason[:MAX_ID_LEN], "call_count": session.call_count})
+        self._ledger("close", {"session_id": session_id, "tip": session.tip, "entries": session.seq})
         record = build_record(
             self._key, platform=self.startup_report.platform, initdata_bytes=self.initdata_bytes,
             initdata_algorithm=self.initdata.algorithm, bundle_hash=self.bundle_hash,
@@ -381,14 +398,12 @@ class Enclave:
             bundle_version=str(self.bundle.manifest.get("version", "")) or None,
             chain_tip=session.tip, call_count=session.call_count, route=self.entry.route,
             session_id=session_id, data_class=self.engine.levels[session.max_rank],
-            iat=int(self.clock()))
-        done = ClosedSession(record=record, tip=session.tip, entries=session.seq, audit=session.audit,
-                             first_seq=session.audit_first)
+            ledger=(self.ledger_id, self.ledger_seq, self.ledger_tip), iat=int(self.clock()))
+        done = ClosedSession(record=record, tip=session.tip, entries=session.seq)
         del self.sessions[session_id]
         self.closed[session_id] = done
         while len(self.closed) > self.limits.closed_kept:
-            _, old = self.closed.popitem(last=False)
-            self.audit_bytes -= sum(len(raw) for raw in old.audit)
+            self.closed.popitem(last=False)
         return done
 
     @_settled
@@ -396,29 +411,13 @@ class Enclave:
         """Close sessions idle past the timeout (their records stay retrievable)."""
         cutoff = self.clock() - self.limits.idle_timeout
         idle = [sid for sid, s in self.sessions.items() if s.last_used < cutoff]
+        closed = []
         for sid in idle:
+            if self.outbox.full:  # the rest wait until the entries so far have left
+                break
             self.close(sid, "idle-timeout")
-        return idle
-
-    @_settled
-    def export_audit_raw(self, session_id: str, from_seq: int) -> list[bytes]:
-        """Canonical entry bytes from ``from_seq`` on, as kept in the session's ring."""
-        check_id("session_id", session_id)
-        live = self.sessions.get(session_id)
-        if live is not None:
-            ring, first = live.audit, live.audit_first
-        else:
-            done = self.closed.get(session_id)
-            if done is None:
-                raise RequestError(Code.SESSION_UNKNOWN, f"no session {session_id!r}")
-            ring, first = done.audit, done.first_seq
-        if from_seq < first:
-            raise RequestError(Code.AUDIT_TRUNCATED,
-                               f"entries before seq {first} left the ring; export earlier")
-        return ring[max(0, from_seq - first):]
-
-    def export_audit(self, session_id: str, from_seq: int) -> Iterator[dict[str, Any]]:
-        return iter([json.loads(raw) for raw in self.export_audit_raw(session_id, from_seq)])
+            closed.append(sid)
+        return closed
 
 
 def _verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:

@@ -55,9 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decision-workers", type=int, default=None,
                    help="worker processes deciding calls whose arguments are not small "
                         "(default: the CPUs this process may use)")
-    p.add_argument("--audit-ring", type=int, default=256, help="audit entries kept per session")
-    p.add_argument("--audit-budget-mb", type=int, default=256,
-                   help="memory for all audit rings together; closed sessions are forgotten first")
+    p.add_argument("--outbox-mb", type=int, default=64,
+                   help="memory for signed audit entries no answer carried yet (full: no new session)")
     p.add_argument("--ready-file", default=env("CMCP_READY_FILE"))
     p.add_argument("--tsm-root", default=env("CMCP_TSM_ROOT"), help="configfs-tsm report directory")
     p.add_argument("--aa-url", default=env("CMCP_AA_URL"), help="attestation agent base URL")
@@ -143,8 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         provider = make_provider(args.tee, tsm_root=args.tsm_root, aa_url=args.aa_url)
         limits = EnclaveLimits(permit_ttl=args.permit_ttl, idle_timeout=args.idle_timeout,
                                max_sessions=args.max_sessions, max_principals=args.max_principals,
-                               audit_ring=args.audit_ring,
-                               audit_budget_bytes=args.audit_budget_mb * 1024 * 1024)
+                               outbox_bytes=args.outbox_mb * 1024 * 1024)
         enclave = start(bundle_dir=args.bundle, initdata_path=args.initdata, provider=provider,
                         limits=limits, operator_keys=operator_keys, bundle_signers=signers,
                         on_audit=audit_counter(metrics))

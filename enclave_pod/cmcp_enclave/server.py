@@ -3,6 +3,8 @@
 A request the enclave will not decide on gets a gRPC error whose details start with the
 registered code (``"ARGS_DIGEST_MISMATCH: ..."``) and whose trailing metadata carries
 ``cmcp-error-code``; it never gets a decision. Message sizes are capped on both directions.
+Every answer carries the audit entries produced since the last one (``audit_entries``), its own
+call's always included: the enclave keeps none (:mod:`cmcp_enclave.outbox`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ _STATUS = {
     Code.ARGS_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
     Code.SESSION_PRINCIPAL_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
     Code.RESET_UNAUTHORIZED: grpc.StatusCode.PERMISSION_DENIED,
-    Code.AUDIT_TRUNCATED: grpc.StatusCode.OUT_OF_RANGE,
+    Code.AUDIT_OUTBOX_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.PRINCIPAL_STATE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Code.TEE_PROVIDER_FAILED: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -89,6 +92,20 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.attest_requests.labels("ok").inc()
         return response
 
+    async def OpenSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        mark = self.enclave.audit_mark()
+        try:
+            session_id = self.enclave.open_session(request.principal)
+        except RequestError as exc:
+            await self._refuse(context, "OpenSession", exc)
+            raise
+        self._gauges()
+        return enclave_pb2.OpenSessionResponse(session_id=session_id,
+                                               audit_entries=self.enclave.take_audit(mark))
+
+    async def DrainAudit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return enclave_pb2.DrainAuditResponse(audit_entries=self.enclave.take_audit())
+
     def _carry(self, completes: Any) -> int:
         """Queue outcomes riding on a Decide / CloseSession; the enclave records them (as Complete
         calls would be) before it handles anything else. A refused one is counted under
@@ -100,8 +117,11 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         return len(completes)
 
     async def _decide(self, request: Any) -> Any:
-        """One decision, scheduled fairly; ``RequestError`` when the enclave refuses."""
+        """One decision, scheduled fairly, with the audit entries to carry; ``RequestError`` when
+        the enclave refuses. The entries are taken right after the decision commits, with no
+        await in between, so they include this decision's own."""
         started = time.perf_counter()
+        mark = self.enclave.audit_mark()
         result = await self.scheduler.decide(
             session_id=request.session_id, call_id=request.call_id, principal=request.principal,
             method=request.method, tool=request.tool, arguments_json=bytes(request.arguments_json),
@@ -111,7 +131,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._gauges()
         return enclave_pb2.DecideResponse(decision_json=result.decision_json, signature=result.signature,
-                                          permit=result.permit)
+                                          permit=result.permit, audit_entries=self.enclave.take_audit(mark))
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         handled = self._carry(request.completes) if request.completes else 0  # recorded first
@@ -180,6 +200,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             self.enclave.settle()
 
     async def Complete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        mark = self.enclave.audit_mark()
         try:
             entry_hash = self.enclave.complete(
                 session_id=request.session_id, call_id=request.call_id,
@@ -189,7 +210,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             await self._refuse(context, "Complete", exc)
             raise
         self._gauges()
-        return enclave_pb2.CompleteResponse(entry_hash=entry_hash)
+        return enclave_pb2.CompleteResponse(entry_hash=entry_hash,
+                                            audit_entries=self.enclave.take_audit(mark))
 
     async def ListTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -202,6 +224,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         return enclave_pb2.ListToolsResponse(tools=tools, catalog_json=jcs([catalog[t] for t in tools]))
 
     async def CloseSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        mark = self.enclave.audit_mark()
         handled = self._carry(request.completes) if request.completes else 0  # recorded first
         try:
             done = self.enclave.close(request.session_id, request.reason or "closed")
@@ -211,18 +234,11 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.sessions_closed.labels("request").inc()
         self._gauges()
         return enclave_pb2.CloseSessionResponse(trust_record_json=jcs(done.record), chain_tip=done.tip,
-                                                entries=done.entries, completes_handled=handled)
-
-    async def ExportAudit(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            entries = self.enclave.export_audit_raw(request.session_id, int(request.from_seq))
-        except RequestError as exc:
-            await self._refuse(context, "ExportAudit", exc)
-            raise
-        for raw in entries:
-            yield enclave_pb2.AuditEntry(entry_json=raw)
+                                                entries=done.entries, completes_handled=handled,
+                                                audit_entries=self.enclave.take_audit(mark))
 
     async def ResetSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        mark = self.enclave.audit_mark()
         try:
             entry_hash = self.enclave.reset(session_id=request.session_id, actor=request.actor,
                                             reason=request.reason,
@@ -231,7 +247,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             await self._refuse(context, "ResetSession", exc)
             raise
         self._gauges()
-        return enclave_pb2.ResetSessionResponse(entry_hash=entry_hash)
+        return enclave_pb2.ResetSessionResponse(entry_hash=entry_hash,
+                                                audit_entries=self.enclave.take_audit(mark))
 
     def _gauges(self) -> None:
         self.metrics.active_sessions.set(len(self.enclave.sessions))
@@ -269,7 +286,7 @@ async def serve(enclave: Enclave, listen: str, metrics: Metrics,
 
 
 async def expiry_loop(enclave: Enclave, metrics: Metrics, interval: float) -> None:
-    """Close idle sessions periodically; records of expired sessions stay exportable."""
+    """Close idle sessions periodically; their close entries leave with the next answer or drain."""
     while True:
         await asyncio.sleep(interval)
         expired = enclave.expire_idle()

@@ -3,13 +3,14 @@
 Kept apart from :class:`cmcp_enclave.enclave.Enclave` so the memory model (what one session
 costs, what survives its close) reads in one place. The gateway has its own MCP session table;
 these are the enclave's policy sessions: their own taint state (Cedar's ``context.session``),
-pending calls and the audit ring. What a policy relies on across sessions lives with the
-principal (:mod:`cmcp_enclave.principals`).
+pending calls and the tip of their audit chain. The entries themselves leave the enclave in
+its answers (:mod:`cmcp_enclave.outbox`) and live in the gateway's audit store; what a policy
+relies on across sessions lives with the principal (:mod:`cmcp_enclave.principals`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cmcp_core.audit import GENESIS
@@ -23,17 +24,17 @@ class EnclaveLimits:
     idle_timeout: float = 900.0
     max_sessions: int = 10_000
     max_principals: int = 100_000  # principals with windowed state (cmcp_enclave.principals)
-    audit_ring: int = 256  # entries kept per session for ExportAudit
-    closed_kept: int = 1024  # closed sessions whose record/audit stay exportable
-    audit_budget_bytes: int = 256 * 1024 * 1024  # all rings together, live and closed
+    closed_kept: int = 1024  # closed sessions whose Trust Record is still returned (then SESSION_UNKNOWN)
+    outbox_bytes: int = 64 * 1024 * 1024  # audit entries no answer carried yet (cmcp_enclave.outbox)
 
 
 @dataclass(slots=True)
 class PolicySession:
-    """Per-session state; small on purpose (memory bounded under many sessions).
+    """Per-session state; small on purpose (memory bounded under many sessions: no entries,
+    only the chain's tip and counter).
 
-    Sets are frozensets replaced on change (the empty one is shared), ``pending`` is created on
-    first use, and audit entries are kept as their canonical bytes in a bounded ring.
+    Sets are frozensets replaced on change (the empty one is shared) and ``pending`` is created
+    on first use.
     """
 
     session_id: str
@@ -47,16 +48,12 @@ class PolicySession:
     tools_called: frozenset[str] = frozenset()
     previous_tool: str = ""
     pending: dict[str, str] | None = None  # call_id -> tool, awaiting Complete
-    audit: list[bytes] = field(default_factory=list)  # canonical entries, seq audit_first..
-    audit_first: int = 0
 
 
 @dataclass(frozen=True)
 class ClosedSession:
-    """What stays of a session after Close: its Trust Record and audit ring, still exportable."""
+    """What stays of a session after Close, for a while: its Trust Record (Close is idempotent)."""
 
     record: dict[str, Any]
     tip: str
     entries: int
-    audit: list[bytes]
-    first_seq: int

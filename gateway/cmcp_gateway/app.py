@@ -16,7 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cmcp_core import gateway_identity
 from cmcp_core.attestation import AttestPolicy
+from cmcp_core.audit_store import open_audit_store
 from cmcp_core.route_source import McpRouteSource
+from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayConfig
 from cmcp_gateway.enclave_pool import EnclavePool, Refresher
@@ -39,6 +41,7 @@ class Gateway:
             config.limits.max_sessions_per_agent,
         )
         self.routes: dict[str, RouteRuntime] = {}  # by path, filled at start-up
+        self.audit = AuditWriter(open_audit_store(config.audit_store))  # every answer's entries, first
         self.refresher = Refresher(config.attest_refresh_seconds)
         # the key the enclaves' initdata pins; read once at start, a bad file stops the gateway
         self.identity = (gateway_identity.load_private_key(Path(config.identity_key_file))
@@ -49,7 +52,8 @@ class Gateway:
     async def startup(self) -> None:
         for route in self.config.routes:
             policy = AttestPolicy(appraisal=self.config.appraisal, expected=route.expected())
-            pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds, self.identity)
+            pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds, self.audit,
+                               identity=self.identity)
             runtime = RouteRuntime(
                 route, pool, UpstreamClient(route.upstream, self.limits.upstream_timeout_seconds)
             )
@@ -74,6 +78,8 @@ class Gateway:
             await runtime.pool.close()
         for runtime in self.routes.values():
             await runtime.upstream.aclose()
+        await self.audit.flush()
+        self.audit.store.close()
 
     async def reap_idle(self) -> None:
         await self.sessions.reap_idle(self.routes.values())

@@ -6,6 +6,10 @@ Example::
     metrics_listen: 127.0.0.1:9464      # separate listener: metrics never share the agent port
     trust_record_dir: /var/lib/cmcp/records   # optional: each closed session's signed Trust Record
     identity: {key_file: gateway-key.pem}   # Ed25519 key the enclaves' initdata pins (gateway_keys)
+    state_dir: /var/lib/cmcp-gateway     # default ~/.local/state/cmcp-gateway
+    audit: {store: "sqlite:/var/lib/cmcp-gateway/audit.sqlite"}   # default sqlite:<state_dir>/audit.sqlite;
+                                         # several replicas: postgresql://... (one store they share),
+                                         # or {store_from_env: VAR}: the DSN from the environment
     release: {manifests: [enclave-release.json], keys: [release-key.pem]}   # required
     allow_simulated: true                # accept software-only (simulated) enclave evidence
     tdx_collateral_dir: /var/cache/cmcp/tdx   # optional; pccs_url: https://pccs.example/...
@@ -28,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +108,32 @@ class GatewayConfig:
     attest_refresh_seconds: float = 30.0
     trust_record_dir: str | None = None  # write each closed session's Trust Record here
     identity_key_file: str | None = None  # signs every call to an enclave (cmcp_core.gateway_identity)
+    audit_store: str = ""  # sqlite:PATH | postgresql://... (cmcp_core.audit_store); parse() fills the default
+
+
+AUDIT_FILE = "audit.sqlite"
+
+
+def default_state_dir() -> Path:
+    """Where the gateway keeps local state unless ``state_dir`` says (the chart always says)."""
+    return Path.home() / ".local" / "state" / "cmcp-gateway"
+
+
+def _audit_store(raw: dict[str, Any]) -> str:
+    """``audit.store``, or SQLite under ``state_dir``: every answer's entries go somewhere durable."""
+    audit = raw.get("audit") or {}
+    if not isinstance(audit, dict):
+        raise ValueError("audit must be a mapping, e.g. {store: 'sqlite:/var/lib/cmcp-gateway/audit.sqlite'}")
+    store = audit.get("store")
+    if store:
+        return str(store)
+    if audit.get("store_from_env"):  # a DSN with a password: from a Secret, never in the config file
+        name = str(audit["store_from_env"])
+        if not os.environ.get(name):
+            raise ValueError(f"audit.store_from_env names {name}, which is not set")
+        return os.environ[name]
+    state_dir = Path(str(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
+    return f"sqlite:{state_dir / AUDIT_FILE}"
 
 
 def _route(raw: dict[str, Any]) -> RouteConfig:
@@ -148,6 +179,7 @@ def parse(raw: dict[str, Any]) -> GatewayConfig:
         attest_refresh_seconds=float(raw.get("attest_refresh_seconds", 30.0)),
         trust_record_dir=raw.get("trust_record_dir"),
         identity_key_file=(raw.get("identity") or {}).get("key_file"),
+        audit_store=_audit_store(raw),
     )
 
 

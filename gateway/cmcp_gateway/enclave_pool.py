@@ -6,6 +6,12 @@ answering. Sessions are pinned by :mod:`cmcp_gateway.pinning`; outcomes ride alo
 :mod:`cmcp_gateway.outcomes` describes. ``close_session`` first waits for in-flight outcome
 flushes, then carries the rest (or, to an enclave not yet known to carry, sends them first),
 so the session's Trust Record covers every outcome reported before it; ``close`` flushes all.
+
+Audit: every answer's ``audit_entries`` are written to the audit store (:mod:`cmcp_gateway.audit_writer`)
+before the answer is used: a session id before it is handed out, a permit before it is used. Outcomes
+the enclave records after a stream reply leave with its next answer; if none comes within
+``AUDIT_DRAIN_SECONDS`` the pool asks for them (``DrainAudit``), and ``refresh`` drains every
+enclave (idle closes).
 """
 
 from __future__ import annotations
@@ -20,17 +26,21 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core import gateway_identity
+from cmcp_core import session_id as session_ids
 from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.route_status import RouteStatus
 from cmcp_gateway import enclave_rpc, pinning
+from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
-from cmcp_gateway.outcomes import OutcomeQueue, outcome_lost
+from cmcp_gateway.outcomes import OUTCOME_FLUSH_SECONDS, OutcomeQueue, outcome_lost
 from cmcp_gateway.pinning import Pin
 
 log = logging.getLogger("cmcp.gateway")
+MAX_DRAINS = 64  # DrainAudit answers one drain takes at most (the rest wait for the next)
+AUDIT_DRAIN_SECONDS = OUTCOME_FLUSH_SECONDS  # entries owed after a stream reply are asked for after this
 
 
 @dataclass
@@ -43,6 +53,8 @@ class Endpoint:
     attested: AttestedEnclave | None = None
     error: CmcpError | None = None
     reattest: asyncio.Task[None] | None = field(default=None, repr=False)
+    audit_owed: bool = False  # outcomes were recorded after the last answer: their entries wait there
+    drain_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -55,12 +67,14 @@ class Decision:
 
 class EnclavePool:
     def __init__(self, route_name: str, policy: AttestPolicy, decide_timeout: float,
-                 identity: Ed25519PrivateKey | None = None) -> None:
+                 audit: AuditWriter, *, identity: Ed25519PrivateKey | None = None) -> None:
         self.route_name = route_name
         self.policy = policy
         self.decide_timeout = decide_timeout
+        self.audit = audit
         self.identity = identity  # signs every call to an attested enclave (cmcp_core.gateway_identity)
         self.endpoints: dict[str, Endpoint] = {}
+        self._draining: set[asyncio.Task[None]] = set()
 
     def _attested_kid(self, address: str) -> str | None:
         endpoint = self.endpoints.get(address)
@@ -103,6 +117,8 @@ class EnclavePool:
         endpoint = self.endpoints.pop(address)
         if endpoint.reattest is not None:
             endpoint.reattest.cancel()
+        if endpoint.drain_timer is not None:
+            endpoint.drain_timer.cancel()
         await endpoint.outcomes.abandon()
         await endpoint.decisions.close()
         await endpoint.channel.close()
@@ -126,8 +142,11 @@ class EnclavePool:
             )
 
     async def refresh(self) -> None:
-        """Re-attest every endpoint with a fresh nonce."""
+        """Re-attest every endpoint with a fresh nonce, and take the audit entries no answer
+        carried (idle closes)."""
         await asyncio.gather(*(self._attest(e) for e in list(self.endpoints.values())))
+        await asyncio.gather(*(self._drain(e) for e in self.attested()), return_exceptions=True)
+        await self.audit.flush()
 
     def _suspect(self, endpoint: Endpoint) -> None:
         """The enclave stopped answering: distrust it now, re-attest in the background."""
@@ -158,7 +177,53 @@ class EnclavePool:
             raise pinning.session_lost()
         return endpoint, attested
 
+    # --- audit --------------------------------------------------------------------------
+    async def _recorded(self, endpoint: Endpoint, resp: Any, *, owed: bool = False) -> None:
+        """Store an answer's entries before anything uses it (fail closed)."""
+        endpoint.audit_owed = owed
+        if owed and endpoint.drain_timer is None:
+            endpoint.drain_timer = asyncio.get_running_loop().call_later(
+                AUDIT_DRAIN_SECONDS, self._drain_if_owed, endpoint)
+        if resp.audit_entries:
+            await self.audit.record(resp.audit_entries)
+
+    def _drain_if_owed(self, endpoint: Endpoint) -> None:
+        endpoint.drain_timer = None
+        if endpoint.audit_owed and self.endpoints.get(endpoint.address) is endpoint:
+            task = asyncio.get_running_loop().create_task(self._drain(endpoint))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
+    async def _drain(self, endpoint: Endpoint) -> None:
+        """Ask the enclave for the entries no answer carried, and store them."""
+        try:
+            for _ in range(MAX_DRAINS):  # each answer is bounded; a long backlog takes several
+                resp = await enclave_rpc.unary(endpoint.stub, "DrainAudit", enclave_pb2.DrainAuditRequest(),
+                                               self.decide_timeout, None)
+                await self._recorded(endpoint, resp)
+                if not resp.audit_entries:
+                    break
+        except CmcpError as exc:
+            log.warning("audit drain failed", extra={"route": self.route_name, "endpoint": endpoint.address,
+                                                     "code": str(exc.code)})
+
+    async def drain(self) -> None:
+        """Take every attested enclave's waiting entries now, and wait for drains under way."""
+        await asyncio.gather(*(self._drain(e) for e in self.attested()))
+        while self._draining:
+            await asyncio.gather(*list(self._draining), return_exceptions=True)
+
     # --- calls ----------------------------------------------------------------------------
+    async def open_session(self, pin: Pin, agent: str) -> str:
+        """A session opened for ``agent`` at the pinned enclave, under the id it minted; its
+        ``open`` entries are stored before the id is handed out."""
+        endpoint, attested = self.resolve(pin)
+        resp = await self._rpc(endpoint, "OpenSession", enclave_pb2.OpenSessionRequest(principal=agent))
+        await self._recorded(endpoint, resp)
+        if not session_ids.owned_by(resp.session_id, attested.kid):
+            raise CmcpError(Code.DECISION_UNVERIFIED, "the enclave answered a session id it does not own")
+        return str(resp.session_id)
+
     async def _rpc(self, endpoint: Endpoint, name: str, request: Any) -> Any:
         """One unary call; an enclave that does not answer is suspected (see :meth:`_suspect`)."""
         return await enclave_rpc.unary(
@@ -170,7 +235,8 @@ class EnclavePool:
         agent-facing calls, which then fail with their own code."""
         if self.endpoints.get(endpoint.address) is not endpoint:
             raise pinning.session_lost()
-        await enclave_rpc.unary(endpoint.stub, "Complete", request, self.decide_timeout, None)
+        resp = await enclave_rpc.unary(endpoint.stub, "Complete", request, self.decide_timeout, None)
+        await self._recorded(endpoint, resp)
 
     def report(self, pin: Pin, session_id: str, call_id: str, result: Any, error_code: str) -> None:
         """Queue an allowed call's outcome for the pinned enclave (cheap: digests come later)."""
@@ -215,8 +281,9 @@ class EnclavePool:
         carried = queue.take() if queue.carries is not False else []
         if carried:
             request.completes.extend(carried)
+        streamed = request.ByteSize() <= STREAM_MESSAGE_MAX
         try:
-            if request.ByteSize() > STREAM_MESSAGE_MAX:
+            if not streamed:
                 resp = await self._rpc(endpoint, "Decide", request)
             else:
                 resp = await endpoint.decisions.decide(request)
@@ -225,6 +292,9 @@ class EnclavePool:
                 queue.requeue(carried)
             raise
         queue.acknowledged(carried, resp.completes_handled)
+        # Carried on the stream, outcomes are recorded after this reply: their entries follow.
+        await self._recorded(endpoint, resp, owed=streamed and bool(resp.completes_handled))
+        _check_carried(resp)
         document = verify_decision(
             resp.decision_json,
             resp.signature,
@@ -246,7 +316,7 @@ class EnclavePool:
 
     async def complete(self, pin: Pin, request: Any) -> None:
         endpoint, _ = self.resolve(pin)
-        await self._rpc(endpoint, "Complete", request)
+        await self._recorded(endpoint, await self._rpc(endpoint, "Complete", request))
 
     async def list_tools(self, pin: Pin, session_id: str, principal: str) -> list[str]:
         endpoint, _ = self.resolve(pin)
@@ -276,12 +346,21 @@ class EnclavePool:
                 queue.requeue(carried)
             raise
         queue.closed_without(carried, resp.completes_handled)
+        await self._recorded(endpoint, resp)
         return resp
 
     async def close(self) -> None:
         await self.flush()
+        await self.drain()
         for address in list(self.endpoints):
             await self._drop(address)
+
+
+def _check_carried(resp: Any) -> None:
+    """The decision's own audit entry must have come (and been stored) with it: a host that
+    strips entries from answers would otherwise get permits used with no durable trace."""
+    if not any(raw.startswith(b'{"data":' + resp.decision_json) for raw in resp.audit_entries):
+        raise CmcpError(Code.DECISION_UNVERIFIED, "the answer does not carry the decision's audit entry")
 
 
 class Refresher:

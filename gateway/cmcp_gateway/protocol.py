@@ -79,24 +79,33 @@ class McpHandler:
     def _agent(self, request: HttpRequest, runtime: RouteRuntime) -> str:
         return authenticate(request.headers, request.peer_cert, self.tokens, runtime.config.open)
 
-    def _stateful_session(self, request: HttpRequest, runtime: RouteRuntime, agent: str) -> McpSession | None:
+    async def _stateful_session(
+        self, request: HttpRequest, runtime: RouteRuntime, agent: str
+    ) -> McpSession | None:
+        """The request's ``Mcp-Session-Id`` session, adopted if this replica never saw it.
+
+        Per the spec an unknown session is 404. Another agent's session, a closed one and one
+        its enclave does not hold answer the same 404: they are indistinguishable to the agent."""
         session_id = request.headers.get(SESSION_HEADER)
         if session_id is None:
             return None
         session = self.sessions.find(session_id)
-        if session is None or session.agent != agent or session.route != runtime.config.name:
-            # Per the spec an unknown session is 404; another agent's session is indistinguishable.
-            raise FailedRequest(
-                jsonrpc.error_response(None, Code.SESSION_CLOSED, "unknown or closed session", status=404),
-                str(Code.SESSION_CLOSED),
-            )
+        if session is None:
+            try:
+                session = await self.sessions.adopt(runtime, session_id, agent)
+            except CmcpError as exc:
+                if exc.code in _NOT_ADOPTABLE:
+                    raise _unknown_session() from exc
+                raise
+        if session.agent != agent or session.route != runtime.config.name:
+            raise _unknown_session()
         session.last_used = time.monotonic()
         return session
 
     async def _delete(self, request: HttpRequest) -> Response:
         runtime = route_for(self.routes, request.path)
         agent = self._agent(request, runtime)
-        session = self._stateful_session(request, runtime, agent)
+        session = await self._stateful_session(request, runtime, agent)
         if session is None:
             return jsonrpc.error_response(None, Code.MCP_INVALID_REQUEST, "DELETE needs Mcp-Session-Id")
         closed = await self.sessions.close(runtime, session, "client closed")
@@ -157,7 +166,7 @@ class McpHandler:
     ) -> Response:
         modern = request.headers.get("mcp-protocol-version") == MODERN
         if method == "initialize":
-            opened = self.sessions.open(runtime, agent, stateful=True)
+            opened = await self.sessions.open(runtime, agent, stateful=True)
             asked = params.get("protocolVersion")
             version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
             result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
@@ -184,12 +193,12 @@ class McpHandler:
                 },
                 None,
             )
-        stateful = self._stateful_session(request, runtime, agent)
+        stateful = await self._stateful_session(request, runtime, agent)
         if method == "ping":
             return self._ok(request_id, {}, stateful)
         if method not in ("tools/list", "tools/call"):
             raise CmcpError(Code.METHOD_NOT_FOUND, f"method {method!r} is not offered by this gateway")
-        session = stateful if stateful is not None else self.sessions.implicit(runtime, agent)
+        session = stateful if stateful is not None else await self.sessions.implicit(runtime, agent)
         session.last_used = time.monotonic()
         try:
             if method == "tools/list":
@@ -199,6 +208,11 @@ class McpHandler:
         except CmcpError as exc:
             if exc.code in _SESSION_GONE and not session.stateful:
                 self.sessions.forget(session)  # the next stateless request starts a fresh implicit session
+            elif exc.code in _ENDED_AT_ENCLAVE:
+                # Closed through another replica (or expired at the enclave): this table's entry
+                # was stale. 404 as for any ended session, so the client opens a new one.
+                self.sessions.forget(session)
+                raise _unknown_session() from exc
             raise
         if modern and isinstance(result, dict):
             result.setdefault("resultType", "complete")
@@ -211,8 +225,20 @@ class McpHandler:
         return Response(jsonrpc.result_body(request_id, result), media_type=jsonrpc.JSON, headers=headers)
 
 
+def _unknown_session() -> FailedRequest:
+    return FailedRequest(
+        jsonrpc.error_response(None, Code.SESSION_CLOSED, "unknown or closed session", status=404),
+        str(Code.SESSION_CLOSED),
+    )
+
+
 _GET_NOT_OFFERED = Response(status=405, headers={"allow": "POST, DELETE"})
+# The enclave's answers that make an id nobody's session for this agent (404, as unknown).
+_NOT_ADOPTABLE = frozenset(
+    {Code.SESSION_UNKNOWN, Code.SESSION_CLOSED, Code.SESSION_PRINCIPAL_MISMATCH, Code.MCP_INVALID_REQUEST}
+)
 _SESSION_GONE = frozenset({Code.SESSION_LOST, Code.SESSION_UNKNOWN, Code.SESSION_CLOSED})
+_ENDED_AT_ENCLAVE = frozenset({Code.SESSION_UNKNOWN, Code.SESSION_CLOSED})
 _FRONT_DOOR = frozenset(
     {
         Code.MCP_INVALID_REQUEST,

@@ -2,8 +2,11 @@
 
 A stateful session is opened by ``initialize`` and named by ``Mcp-Session-Id``; stateless
 requests (2026-07-28 clients, or no ``Mcp-Session-Id``) share one implicit session per agent
-and route. Each session is pinned to one enclave, which holds its audit chain; closing it
-there returns the session's signed Trust Record.
+and route. The enclave mints every session id (``OpenSession``; its owner is in the id, see
+:mod:`cmcp_core.session_id`) and holds the session's chain tip; closing it there returns the
+session's signed Trust Record. The table is a cache, not the truth: a session this replica
+never saw (opened on another replica, or before a restart) is adopted on first use, and the
+enclave that holds it judges whether it exists and is this agent's.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ import orjson
 
 from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import CmcpError, Code
+from cmcp_gateway import pinning
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
 
@@ -51,7 +54,9 @@ class SessionTable(Mapping[str, McpSession]):
         self.trust_record_dir = trust_record_dir  # untrusted storage is fine: the record is signed
         self._by_id: dict[str, McpSession] = {}
         self._implicit: dict[tuple[str, str], str] = {}  # (route, agent) -> session id
+        self._opening: dict[tuple[str, str], asyncio.Future[McpSession]] = {}  # implicit ones under way
         self._per_agent: dict[str, int] = {}
+        self._opening_slots: set[object] = set()  # opens waiting for their enclave
 
     def __getitem__(self, session_id: str) -> McpSession:
         return self._by_id[session_id]
@@ -66,35 +71,95 @@ class SessionTable(Mapping[str, McpSession]):
         """The open session named ``session_id``, if any (a plain dict lookup: the hot path)."""
         return self._by_id.get(session_id) if session_id else None
 
-    def open(self, runtime: RouteRuntime, agent: str, stateful: bool) -> McpSession:
-        held = self._per_agent.get(agent, 0)
-        if held >= self.max_sessions_per_agent:
-            raise CmcpError(Code.SESSION_LIMIT,
-                            f"this agent holds its maximum of {self.max_sessions_per_agent} sessions")
-        if len(self._by_id) >= self.max_sessions:
-            raise CmcpError(Code.SESSION_LIMIT, "the gateway holds its maximum of sessions")
-        session_id = uuid.uuid4().hex
-        session = McpSession(session_id, agent, runtime.config.name, runtime.pool.pick(session_id), stateful)
+    async def open(self, runtime: RouteRuntime, agent: str, stateful: bool) -> McpSession:
+        """A new session at the enclave that owns ``agent`` (rendezvous on the principal), under
+        the id that enclave minted. The slot is taken before the enclave is asked, so a flood of
+        concurrent opens cannot overshoot the limits."""
+        self._check_room(agent)
+        self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
+        slot = object()
+        self._opening_slots.add(slot)
+        try:
+            pin = runtime.pool.pick(agent)  # the principal's enclave: every replica picks the same
+            session_id = await runtime.pool.open_session(pin, agent)
+        except BaseException:
+            self._release(agent)
+            raise
+        finally:
+            self._opening_slots.discard(slot)
+        session = McpSession(session_id, agent, runtime.config.name, pin, stateful)
         self._by_id[session_id] = session
-        self._per_agent[agent] = held + 1
         return session
 
-    def implicit(self, runtime: RouteRuntime, agent: str) -> McpSession:
-        """Stateless requests (2026-07-28 clients, or no Mcp-Session-Id) share one per-agent session."""
+    async def adopt(self, runtime: RouteRuntime, session_id: str, agent: str) -> McpSession:
+        """A session this replica never saw, for the agent of this request.
+
+        The id only says where to look (:func:`pinning.owner`; ``SESSION_LOST`` if that enclave
+        is not attested any more). Whether the session exists, is open and belongs to ``agent``
+        is the enclave's answer to a ``ListTools`` for it (``SESSION_UNKNOWN``,
+        ``SESSION_CLOSED``, ``SESSION_PRINCIPAL_MISMATCH`` otherwise): the id alone is never
+        trusted. Adopted sessions count against the same per-agent and total limits."""
+        self._check_room(agent)
+        candidates = [e.attested for e in runtime.pool.attested() if e.attested is not None]
+        pin = pinning.owner(session_id, agent, candidates)
+        await runtime.pool.list_tools(pin, session_id, agent)
+        known = self._by_id.get(session_id)
+        if known is not None:  # adopted meanwhile by a concurrent request: one entry per session
+            if known.agent != agent:
+                raise CmcpError(Code.SESSION_PRINCIPAL_MISMATCH, "the session belongs to another agent")
+            return known
+        self._check_room(agent)
+        session = McpSession(session_id, agent, runtime.config.name, pin, stateful=True)
+        self._by_id[session_id] = session
+        self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
+        log.info("session adopted", extra={"session_id": session_id, "agent": agent,
+                                           "route": session.route, "enclave": pin.address})
+        return session
+
+    def _check_room(self, agent: str) -> None:
+        if self._per_agent.get(agent, 0) >= self.max_sessions_per_agent:
+            raise CmcpError(Code.SESSION_LIMIT,
+                            f"this agent holds its maximum of {self.max_sessions_per_agent} sessions")
+        if len(self._by_id) + len(self._opening_slots) >= self.max_sessions:
+            raise CmcpError(Code.SESSION_LIMIT, "the gateway holds its maximum of sessions")
+
+    async def implicit(self, runtime: RouteRuntime, agent: str) -> McpSession:
+        """Stateless requests (2026-07-28 clients, or no Mcp-Session-Id) share one per-agent
+        session; concurrent first requests wait for the one open under way."""
         key = (runtime.config.name, agent)
         session = self.find(self._implicit.get(key))
-        if session is None:
-            session = self.open(runtime, agent, stateful=False)
-            self._implicit[key] = session.id
+        if session is not None:
+            return session
+        opening = self._opening.get(key)
+        if opening is not None:
+            return await asyncio.shield(opening)
+        future: asyncio.Future[McpSession] = asyncio.get_running_loop().create_future()
+        self._opening[key] = future
+        try:
+            session = await self.open(runtime, agent, stateful=False)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters get it, nobody else needs to
+            raise
+        finally:
+            del self._opening[key]
+        self._implicit[key] = session.id
+        future.set_result(session)
         return session
+
+    def _release(self, agent: str) -> None:
+        left = self._per_agent.get(agent, 1) - 1
+        if left > 0:
+            self._per_agent[agent] = left
+        else:
+            self._per_agent.pop(agent, None)
 
     def forget(self, session: McpSession) -> None:
         if self._by_id.pop(session.id, None) is not None:
-            left = self._per_agent.get(session.agent, 1) - 1
-            if left > 0:
-                self._per_agent[session.agent] = left
-            else:
-                self._per_agent.pop(session.agent, None)
+            self._release(session.agent)
         key = (session.route, session.agent)
         if self._implicit.get(key) == session.id:
             del self._implicit[key]

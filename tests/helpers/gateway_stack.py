@@ -18,9 +18,11 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,6 +32,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from cmcp_core.attestation import ENFORCE_ONLY, AttestPolicy, Expected
+from cmcp_core.audit_store import open_audit_store
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_devkit.enclave import EnclaveProcess
@@ -38,6 +41,7 @@ from cmcp_devkit.release import dev_appraisal
 from cmcp_devkit.serving import server_config, serving
 from cmcp_devkit.upstream import RunningUpstream, run_upstream
 from cmcp_gateway.app import Gateway, build
+from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_guard.main import build_guard
@@ -106,8 +110,17 @@ def make_guard(enclaves: Sequence[Endpoint], audience: str, *, bundle_hashes: Se
 
 
 def gateway_config(route: RouteConfig, **settings: Any) -> GatewayConfig:
-    """A config whose appraisal trusts the dev kit's development release."""
+    """A config whose appraisal trusts the dev kit's development release (its audit store a
+    fresh SQLite file unless ``audit_store`` is given)."""
+    fresh = Path(tempfile.mkdtemp(prefix="cmcp-audit-")) / "audit.sqlite"
+    settings.setdefault("audit_store", f"sqlite:{fresh}")
     return GatewayConfig(routes=(route,), appraisal=dev_appraisal(), **settings)
+
+
+def audit_writer(directory: Path | None = None) -> AuditWriter:
+    """A gateway audit writer on a fresh SQLite store in ``directory`` (for pools built by hand)."""
+    where = directory or Path(tempfile.mkdtemp(prefix="cmcp-audit-"))
+    return AuditWriter(open_audit_store(f"sqlite:{where / 'audit.sqlite'}"))
 
 
 @contextlib.asynccontextmanager
@@ -154,6 +167,7 @@ __all__ = [
     "addresses",
     "agent",
     "attest_policy",
+    "audit_writer",
     "dataclasses",
     "gateway_config",
     "make_guard",
@@ -181,9 +195,11 @@ async def get_permit(
     """What a hostile host can do: ask the enclave for a decision on a call it is allowed to make."""
     arguments = PERMIT_ARGS if arguments is None else arguments
     async with grpc.aio.insecure_channel(address) as channel:
-        resp = await enclave_pb2_grpc.EnclaveStub(channel).Decide(
+        stub = enclave_pb2_grpc.EnclaveStub(channel)
+        opened = await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="alice"))
+        resp = await stub.Decide(
             enclave_pb2.DecideRequest(
-                session_id=uuid.uuid4().hex,
+                session_id=opened.session_id,
                 call_id=uuid.uuid4().hex,
                 principal="alice",
                 method="tools/call",
@@ -204,7 +220,9 @@ class MitmEnclave:
     else, except what ``tamper`` says: ``"slow"`` (Decide sleeps ``delay`` seconds),
     ``"bad-signature"`` (one signature bit flipped), ``"other-call"`` (answers with the first
     decision it ever relayed, validly signed but for another call), ``"no-permit"`` (strips the
-    permit from an allow). ``decide_seen`` is set when a Decide arrives.
+    permit from an allow), ``"strip-audit"`` (drops the audit entries the answer carries),
+    ``"foreign-id"`` (OpenSession answers an id whose owner part names another enclave).
+    ``decide_seen`` is set when a Decide arrives.
     """
 
     def __init__(self, target: str, tamper: str | None = None, delay: float = 30.0) -> None:
@@ -236,11 +254,22 @@ class MitmEnclave:
                 return outer.first_decision
             elif outer.tamper == "no-permit":
                 resp.permit = ""
+            elif outer.tamper == "strip-audit":
+                del resp.audit_entries[:]
             return resp
 
         class Servicer(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             async def Attest(self, request: Any, context: Any) -> Any:
                 return await stub.Attest(request)
+
+            async def OpenSession(self, request: Any, context: Any) -> Any:
+                resp = await stub.OpenSession(request)
+                if outer.tamper == "foreign-id":  # an id another enclave would own
+                    resp.session_id = "A" * 16 + resp.session_id[16:]
+                return resp
+
+            async def DrainAudit(self, request: Any, context: Any) -> Any:
+                return await stub.DrainAudit(request)
 
             async def Decide(self, request: Any, context: Any) -> Any:
                 return await relay(request)

@@ -1,5 +1,5 @@
-"""The suite catches broken properties: run POLICY-TEE (and ATTEST-006) IDs against deliberately
-weakened components.
+"""The suite catches broken properties: run POLICY-TEE (and ATTEST-006, REPLICA-001) IDs against
+deliberately weakened components.
 
 Every weakening lives here, in test code — the product has no bypass switch. Each scenario keeps
 the rest of the local deployment real (enclave processes on the simulated TEE, the guard, the
@@ -194,6 +194,53 @@ def test_gateway_that_skips_enclave_and_guard_fails_the_policy_ids(deployment: L
 
 
 # ------------------------------------------------------------------------------------------
+# weakened gateway replica: a session it never saw is unknown (the gateway before issue 16)
+# ------------------------------------------------------------------------------------------
+
+NO_ADOPTION = """
+from cmcp_core.errors import CmcpError, Code
+from cmcp_gateway.main import main
+from cmcp_gateway.sessions import SessionTable
+async def refuse(self, runtime, session_id, agent):
+    raise CmcpError(Code.SESSION_UNKNOWN, "never seen on this replica")
+SessionTable.adopt = refuse
+main()
+"""
+
+
+@contextlib.contextmanager
+def weak_replica(deployment: LocalDeployment, code: str) -> Iterator[str]:
+    """Another gateway process on the deployment's enclaves, running ``code``; its base URL."""
+    port = _free_port()
+    config = deployment.workdir / "weak-replica.yaml"
+    config.write_text(json.dumps(deployment.gateway_config(port)))
+    proc = deployment.spawn("weak-replica", [sys.executable, "-c", code, "--config", str(config)])
+
+    def answering() -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    try:
+        deployment.wait_for(proc, answering, "HTTP")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+        deployment.procs.remove(proc)
+
+
+def test_replica_without_adoption_fails_replica_001(deployment: LocalDeployment) -> None:
+    intact = runner.run(deployment.target(), ids=["REPLICA-001"])
+    assert outcomes(intact)["REPLICA-001"] is CheckResult.PASS, reasons(intact)
+    with weak_replica(deployment, NO_ADOPTION) as base:
+        target = dataclasses.replace(deployment.target(), replica_mcp_url=f"{base}/mcp/enforce")
+        report = runner.run(target, ids=["REPLICA-001"])
+    assert outcomes(report)["REPLICA-001"] is CheckResult.FAIL, reasons(report)
+
+
+# ------------------------------------------------------------------------------------------
 # weakened guards
 # ------------------------------------------------------------------------------------------
 
@@ -268,15 +315,13 @@ IGNORES_INITDATA = """
 
     _load = startup.load_bundle
 
+    class Claimed(Bundle):  # module level: the enclave's decision workers unpickle it
+        @property
+        def bundle_hash(self):
+            return initdata.parse(Path(ARGS["--initdata"]).read_bytes()).cmcp.bundle_hash
+
     def lying_load(root):
         real = _load(root)
-        claimed = initdata.parse(Path(ARGS["--initdata"]).read_bytes()).cmcp.bundle_hash
-
-        class Claimed(Bundle):
-            @property
-            def bundle_hash(self):
-                return claimed
-
         return Claimed(manifest=real.manifest, policies=real.policies, schema=real.schema,
                        catalog=real.catalog)
 
@@ -319,7 +364,9 @@ def write_weak_enclave(directory: Path, patch: str) -> Path:
         "import sys\n"
         "ARGS = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
         + textwrap.dedent(patch)
-        + "\nfrom cmcp_enclave.main import main\nsys.exit(main(sys.argv[1:]))\n",
+        # guarded: the enclave's decision workers (forkserver) import this script as their main
+        + "\nfrom cmcp_enclave.main import main\n"
+        + "if __name__ == '__main__':\n    sys.exit(main(sys.argv[1:]))\n",
         encoding="utf-8",
     )
     return script

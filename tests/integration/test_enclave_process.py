@@ -43,36 +43,48 @@ def test_session_over_grpc_with_record_and_audit(enclave: EnclaveProcess) -> Non
         assert verdict.public_key_jwk is not None
         key = key_from_jwk(verdict.public_key_jwk)  # trust comes from the appraisal, not the ready file
 
+        carried: list[bytes] = []  # every answer's audit entries: what the gateway stores
+        opened = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="agent://billing"))
+        session = opened.session_id
+        carried.extend(opened.audit_entries)
+
         def call(call_id: str, tool: str, args: dict[str, object]) -> dict[str, object]:
             resp = stub.Decide(enclave_pb2.DecideRequest(
-                session_id="sess-ä", call_id=call_id, principal="agent://billing", method="tools/call",
+                session_id=session, call_id=call_id, principal="agent://billing", method="tools/call",
                 tool=tool, arguments_json=json.dumps(args).encode(), arguments_digest=json_digest(args),
                 audience=enclave.audience))
+            carried.extend(resp.audit_entries)
             return verify_decision(resp.decision_json, resp.signature, key, expected={"call_id": call_id})
 
         assert call("1", "ehr.read_patient_record", {"patient_id": "p-1"})["effective"] == "allow"
-        stub.Complete(enclave_pb2.CompleteRequest(session_id="sess-ä", call_id="1",
-                                                  response_digest=json_digest({"ok": True}),
-                                                  response_bytes=12))
+        done = stub.Complete(enclave_pb2.CompleteRequest(session_id=session, call_id="1",
+                                                         response_digest=json_digest({"ok": True}),
+                                                         response_bytes=12))
+        carried.extend(done.audit_entries)
         denied = call("2", "email.send_external", {"to": ["bob@partner.example"]})
         assert denied["reason_code"] == "POLICY_DENY"
         assert call("3", "résumé.parse", {"body": "Zoë"})["effective"] == "allow"
-        tools = stub.ListTools(enclave_pb2.ListToolsRequest(session_id="sess-ä", principal="agent://billing"))
+        tools = stub.ListTools(enclave_pb2.ListToolsRequest(session_id=session, principal="agent://billing"))
         assert "résumé.parse" in tools.tools
 
-        closed = stub.CloseSession(enclave_pb2.CloseSessionRequest(session_id="sess-ä", reason="done"))
+        closed = stub.CloseSession(enclave_pb2.CloseSessionRequest(session_id=session, reason="done"))
+        carried.extend(closed.audit_entries)
         record = json.loads(closed.trust_record_json)
         assert verify_record(record, key) is not None
         assert record["policy"]["bundle_hash"] == verdict.bundle_hash == enclave.bundle_hash
         assert record["runtime"]["platform"] == "software-only"
 
-        entries = [json.loads(e.entry_json) for e in
-                   stub.ExportAudit(enclave_pb2.ExportAuditRequest(session_id="sess-ä", from_seq=0))]
+        entries = [e for e in map(json.loads, carried) if e["session_id"] == session]
         result = verify_chain(entries, key, expected_tip=record["tool_transcript"]["hash"])
         assert result.ok, result.message
         assert result.count == closed.entries == 6  # open, 3 decisions, complete, close
         assert [e["kind"] for e in entries] == [
             "open", "decision", "complete", "decision", "decision", "close"]
+        ledger = [e for e in map(json.loads, carried) if e["session_id"].startswith("ledger:")]
+        assert [e["kind"] for e in ledger] == ["open", "close"] and verify_chain(ledger, key).ok
+        with pytest.raises(grpc.RpcError) as reused:  # a closed id is never decided on again
+            call("4", "résumé.parse", {"body": "Zoë"})
+        assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_metrics_listener_and_health(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from mcp.shared.exceptions import MCPError
 
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
 from cmcp_devkit.ports import free_port
+from cmcp_gateway import enclave_pool
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayLimits, RouteConfig
 from tests.helpers.gateway_stack import AUDIENCE, MitmEnclave, agent, gateway_config, run_gateway, run_stack
@@ -112,7 +113,7 @@ async def test_enclave_slower_than_the_deadline(mitm: MitmEnclave, enclave: Encl
         assert stack.upstream.counter.total() == 0
 
 
-@pytest.mark.parametrize("mitm", ["bad-signature", "no-permit"], indirect=True)
+@pytest.mark.parametrize("mitm", ["bad-signature", "no-permit", "strip-audit"], indirect=True)
 async def test_enclave_answer_that_does_not_verify(mitm: MitmEnclave, enclave: EnclaveProcess) -> None:
     async with run_stack([mitm.address], audience=AUDIENCE, guard_enclaves=[enclave]) as stack:
         async with agent(stack.url) as client:
@@ -121,6 +122,18 @@ async def test_enclave_answer_that_does_not_verify(mitm: MitmEnclave, enclave: E
                     await client.call_tool("web.search", OK_ARGS)
                 assert code_of(bad) == "DECISION_UNVERIFIED"
         assert stack.upstream.counter.total() == 0
+
+
+@pytest.mark.parametrize("mitm", ["strip-audit"], indirect=True)
+async def test_weakened_gateway_uses_a_permit_whose_decision_left_no_trace(
+        mitm: MitmEnclave, enclave: EnclaveProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above catches the hole: a gateway that does not insist on the decision's own
+    audit entry forwards a call the host kept out of the audit store."""
+    monkeypatch.setattr(enclave_pool, "_check_carried", lambda resp: None)
+    async with run_stack([mitm.address], audience=AUDIENCE, guard_enclaves=[enclave]) as stack:
+        async with agent(stack.url) as client:
+            await client.call_tool("web.search", OK_ARGS)
+        assert stack.upstream.counter.total() == 1
 
 
 @pytest.mark.parametrize("mitm", ["other-call"], indirect=True)

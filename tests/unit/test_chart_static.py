@@ -605,7 +605,9 @@ def test_gateway_config_is_accepted_by_the_gateway(
     docs = render(profile)
     cm = one(docs, "ConfigMap", "gateway")
     monkeypatch.chdir(pod_root(docs, tmp_path))  # the container's workingDir "/"
+    monkeypatch.setenv("CMCP_AUDIT_STORE", "postgresql://gw@db/cmcp")  # the DSN of postgresql profiles
     cfg = parse(json.loads(cm["data"]["gateway.json"]))
+    assert cfg.audit_store.startswith(("sqlite:var/lib/cmcp-gateway/", "postgresql://"))  # from workdir "/"
     assert [r.signer for r in cfg.appraisal.releases] == [dev_release().release.signer]
     assert cfg.appraisal.collateral_dir == "var/cache/cmcp/tdx-collateral"
     prof = yaml.safe_load((CHART / "ci" / profile).read_text())
@@ -722,9 +724,7 @@ def test_monitoring_objects_only_when_enabled() -> None:
 
 
 def test_pdbs_only_for_more_than_one_replica() -> None:
-    assert [p["metadata"]["name"] for p in find(render("tdx-only-values.yaml"), "PodDisruptionBudget")] == [
-        f"{RELEASE}-cmcp-gateway"
-    ]
+    assert not find(render("tdx-only-values.yaml"), "PodDisruptionBudget")  # one gateway (SQLite trail)
     pdbs = find(render("namespaced-values.yaml"), "PodDisruptionBudget")
     assert sorted(p["metadata"]["name"] for p in pdbs) == [
         f"{RELEASE}-cmcp-gateway",
@@ -891,3 +891,50 @@ def test_an_existing_gateway_identity_secret_is_used_and_none_is_generated() -> 
     gateway = one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in gateway["volumes"]}
     assert volumes["gateway-identity"]["secret"]["secretName"] == "my-gateway-key"
+
+def test_the_gateway_audit_store_defaults_to_sqlite_on_a_claim() -> None:
+    docs = render("tdx-only-values.yaml")
+    claim = one(docs, "PersistentVolumeClaim", "gateway-audit")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    gw = one(docs, "Deployment", "gateway")
+    assert gw["spec"]["strategy"] == {"type": "Recreate"}  # one RWO claim: never two pods on it
+    pod = gw["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["audit"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    config = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
+    # the mount, relative to the container's workingDir "/" (so the e2e node agent keeps it per pod)
+    assert config["audit"] == {"store": f"sqlite:{mounts['audit'].lstrip('/')}/audit.sqlite"}
+
+
+def test_the_gateway_audit_store_on_postgresql_takes_its_dsn_from_a_secret() -> None:
+    docs = render("namespaced-values.yaml")
+    assert not find(docs, "PersistentVolumeClaim")
+    gw = one(docs, "Deployment", "gateway")
+    env = {e["name"]: e for e in gw["spec"]["template"]["spec"]["containers"][0]["env"]}
+    config = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
+    variable = config["audit"]["store_from_env"]
+    assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "cmcp-audit-dsn", "key": "dsn"}
+    assert "postgresql://" not in json.dumps(config)  # the DSN (a password) never enters the ConfigMap
+
+
+@pytest.mark.parametrize("sets", [
+    ("gateway.replicas=2",),  # two replicas on one SQLite file: refused
+    ("gateway.audit.store=postgresql",),  # no Secret named
+    ("gateway.audit.store=mysql",),
+])
+def test_an_audit_store_that_cannot_hold_the_trail_is_refused(sets: tuple[str, ...]) -> None:
+    proc = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *values_args("simulated-values.yaml", sets))
+    assert proc.returncode != 0 and "audit" in proc.stderr
+
+
+
+def test_a_cluster_without_storage_may_keep_the_trail_in_the_pod() -> None:
+    """The simulated (development) profile: no claim, an emptyDir, the same SQLite path."""
+    docs = render("simulated-values.yaml")
+    assert not find(docs, "PersistentVolumeClaim")
+    pod = one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["audit"] == {"name": "audit", "emptyDir": {}}
+    config = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
+    assert config["audit"]["store"].startswith("sqlite:var/lib/cmcp-gateway/")

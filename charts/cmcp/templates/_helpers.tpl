@@ -193,6 +193,8 @@ because they carry $(POD_IP).
 resolves for a process whose filesystem is rooted elsewhere (the e2e node agent). */ -}}
 {{- $identity := dict "key_file" (include "cmcp.gatewayIdentity.keyFile" . | trimPrefix "/") -}}
 {{- $cfg := dict "listen" (printf "0.0.0.0:%v" $gw.port) "allow_simulated" .Values.attestation.allowSimulated "auth" (dict "tokens_dir" "etc/cmcp/gateway-auth") "identity" $identity "limits" $limits "attest_refresh_seconds" $gw.attestRefreshSeconds "routes" $routes -}}
+{{- $_ := set $cfg "state_dir" (include "cmcp.gateway.stateDir" .) -}}
+{{- $_ := set $cfg "audit" (include "cmcp.gateway.auditConfig" . | fromJson) -}}
 {{- $cfg = merge $cfg (include "cmcp.appraisal.gatewayConfig" . | fromJson) -}}
 {{- toPrettyJson $cfg }}
 {{- end }}
@@ -312,4 +314,27 @@ signs every enclave call with it) and the operator (which pins its public half i
   secret:
     secretName: {{ include "cmcp.gatewayIdentity.secretName" . }}
     defaultMode: 0440
+The gateway's audit store (values gateway.audit): SQLite on a PersistentVolumeClaim mounted at the
+state directory, or PostgreSQL whose DSN the gateway reads from an environment variable filled
+from a Secret (the DSN never enters the ConfigMap). SQLite keeps the trail on one volume, so more
+than one replica needs PostgreSQL: the chart refuses to render that combination.
+*/}}
+{{- define "cmcp.gateway.stateDir" -}}/var/lib/cmcp-gateway{{- end }}
+{{- define "cmcp.gateway.auditEnv" -}}CMCP_AUDIT_STORE{{- end }}
+{{- define "cmcp.gateway.auditClaim" -}}
+{{- default (printf "%s-audit" (include "cmcp.gateway.fullname" .)) .Values.gateway.audit.sqlite.existingClaim -}}
+{{- end }}
+{{- define "cmcp.gateway.auditConfig" -}}
+{{- $audit := .Values.gateway.audit -}}
+{{- if eq $audit.store "postgresql" -}}
+{{- $_ := required "gateway.audit.postgresql.existingSecret is required when gateway.audit.store is postgresql" $audit.postgresql.existingSecret -}}
+{{- toJson (dict "store_from_env" (include "cmcp.gateway.auditEnv" .)) -}}
+{{- else -}}
+{{- if gt (int .Values.gateway.replicas) 1 -}}
+{{- fail "gateway.audit.store sqlite keeps the audit trail on one volume: with gateway.replicas > 1 set gateway.audit.store=postgresql (and gateway.audit.postgresql.existingSecret)" -}}
+{{- end -}}
+{{- /* relative to the container's workingDir "/" (like tokens_dir), so it also resolves under the
+e2e node agent's per-pod root instead of the host's /var/lib */ -}}
+{{- toJson (dict "store" (printf "sqlite:%s/audit.sqlite" (include "cmcp.gateway.stateDir" . | trimPrefix "/"))) -}}
+{{- end -}}
 {{- end }}

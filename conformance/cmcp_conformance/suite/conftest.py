@@ -58,6 +58,13 @@ def need_advisory(target: TargetDeployment) -> str:
     return target.advisory_mcp_url
 
 
+def need_replica(target: TargetDeployment) -> tuple[str, str]:
+    """The enforce route on a second gateway replica, and the agent whose state the check may taint."""
+    if not target.replica_mcp_url or not target.replica_token:
+        pytest.skip("target names no second gateway replica and agent for it (the local target has both)")
+    return target.replica_mcp_url, target.replica_token
+
+
 def need_powers(target: TargetDeployment, what: str) -> Any:
     if target.powers is None:
         pytest.skip(f"needs local powers ({what}); not available on a remote target")

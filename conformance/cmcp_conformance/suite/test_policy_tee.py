@@ -44,6 +44,16 @@ from cmcp_core.validation import validate_bundle
 # --------------------------------------------------------------------------------------------
 
 
+def host_session(target: TargetDeployment) -> str:
+    """A session opened at the enclave directly, as a gateway (or a compromised host) would: the
+    enclave mints its id."""
+    assert target.enclave_address
+    with grpc.insecure_channel(target.enclave_address) as channel:
+        opened = enclave_pb2_grpc.EnclaveStub(channel).OpenSession(
+            enclave_pb2.OpenSessionRequest(principal="conformance-host"), timeout=10)
+    return str(opened.session_id)
+
+
 def host_decide(
     target: TargetDeployment,
     tool: str,
@@ -55,10 +65,12 @@ def host_decide(
     """Ask the enclave directly, as a compromised gateway could: ``(decision document, permit)``."""
     assert target.enclave_address
     raw = json.dumps(arguments).encode()
+    session_id = session_id or host_session(target)
     with grpc.insecure_channel(target.enclave_address) as channel:
-        resp = enclave_pb2_grpc.EnclaveStub(channel).Decide(
+        stub = enclave_pb2_grpc.EnclaveStub(channel)
+        resp = stub.Decide(
             enclave_pb2.DecideRequest(
-                session_id=session_id or "host-" + uuid.uuid4().hex,
+                session_id=session_id,
                 call_id=uuid.uuid4().hex,
                 principal="conformance-host",
                 method="tools/call",
@@ -302,7 +314,7 @@ def test_every_record_names_the_measured_bundle(target: TargetDeployment, attest
     assert attested.verdict.bundle_hash == measured
     records = [run_session(target, standard_calls(target, f"s{i}")).record for i in range(2)]
     # a host-driven session too: the record must not depend on who drove the session
-    session_id = "host-" + uuid.uuid4().hex
+    session_id = host_session(target)
     host_decide(
         target,
         target.profile.allowed_tool,

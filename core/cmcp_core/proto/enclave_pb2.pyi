@@ -34,6 +34,20 @@ class AttestResponse(_message.Message):
     report_data: bytes
     def __init__(self, platform: _Optional[str] = ..., evidence: _Optional[bytes] = ..., aux: _Optional[bytes] = ..., initdata: _Optional[bytes] = ..., public_key_jwk: _Optional[str] = ..., bundle_hash: _Optional[str] = ..., catalog_hash: _Optional[str] = ..., enforcement_mode: _Optional[str] = ..., report_data: _Optional[bytes] = ...) -> None: ...
 
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("principal",)
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    def __init__(self, principal: _Optional[str] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("session_id", "audit_entries")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, session_id: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class DecideRequest(_message.Message):
     __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience", "completes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -57,16 +71,18 @@ class DecideRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_json", "signature", "permit", "completes_handled")
+    __slots__ = ("decision_json", "signature", "permit", "completes_handled", "audit_entries")
     DECISION_JSON_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     PERMIT_FIELD_NUMBER: _ClassVar[int]
     COMPLETES_HANDLED_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     decision_json: bytes
     signature: bytes
     permit: str
     completes_handled: int
-    def __init__(self, decision_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., permit: _Optional[str] = ..., completes_handled: _Optional[int] = ...) -> None: ...
+    audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, decision_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., permit: _Optional[str] = ..., completes_handled: _Optional[int] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class DecideReply(_message.Message):
     __slots__ = ("call_id", "response", "error_code", "error_detail")
@@ -97,10 +113,12 @@ class CompleteRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., response_digest: _Optional[str] = ..., response_bytes: _Optional[int] = ..., error_code: _Optional[str] = ..., is_error: _Optional[bool] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("entry_hash",)
+    __slots__ = ("entry_hash", "audit_entries")
     ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entry_hash: str
-    def __init__(self, entry_hash: _Optional[str] = ...) -> None: ...
+    audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, entry_hash: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ListToolsRequest(_message.Message):
     __slots__ = ("session_id", "principal")
@@ -129,30 +147,28 @@ class CloseSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
 
 class CloseSessionResponse(_message.Message):
-    __slots__ = ("trust_record_json", "chain_tip", "entries", "completes_handled")
+    __slots__ = ("trust_record_json", "chain_tip", "entries", "completes_handled", "audit_entries")
     TRUST_RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
     CHAIN_TIP_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMPLETES_HANDLED_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     trust_record_json: bytes
     chain_tip: str
     entries: int
     completes_handled: int
-    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ..., completes_handled: _Optional[int] = ...) -> None: ...
+    audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ..., completes_handled: _Optional[int] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
-class ExportAuditRequest(_message.Message):
-    __slots__ = ("session_id", "from_seq")
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
-    session_id: str
-    from_seq: int
-    def __init__(self, session_id: _Optional[str] = ..., from_seq: _Optional[int] = ...) -> None: ...
+class DrainAuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
-class AuditEntry(_message.Message):
-    __slots__ = ("entry_json",)
-    ENTRY_JSON_FIELD_NUMBER: _ClassVar[int]
-    entry_json: bytes
-    def __init__(self, entry_json: _Optional[bytes] = ...) -> None: ...
+class DrainAuditResponse(_message.Message):
+    __slots__ = ("audit_entries",)
+    AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ResetSessionRequest(_message.Message):
     __slots__ = ("session_id", "actor", "reason", "operator_signature")
@@ -167,7 +183,9 @@ class ResetSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., operator_signature: _Optional[bytes] = ...) -> None: ...
 
 class ResetSessionResponse(_message.Message):
-    __slots__ = ("entry_hash",)
+    __slots__ = ("entry_hash", "audit_entries")
     ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entry_hash: str
-    def __init__(self, entry_hash: _Optional[str] = ...) -> None: ...
+    audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, entry_hash: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...

@@ -39,6 +39,11 @@ class EnclaveStub:
                 request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.AttestRequest.SerializeToString,
                 response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.AttestResponse.FromString,
                 _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/cmcp.enclave.v1.Enclave/OpenSession',
+                request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
         self.Decide = channel.unary_unary(
                 '/cmcp.enclave.v1.Enclave/Decide',
                 request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideRequest.SerializeToString,
@@ -64,10 +69,10 @@ class EnclaveStub:
                 request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
-        self.ExportAudit = channel.unary_stream(
-                '/cmcp.enclave.v1.Enclave/ExportAudit',
-                request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.ExportAuditRequest.SerializeToString,
-                response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.AuditEntry.FromString,
+        self.DrainAudit = channel.unary_unary(
+                '/cmcp.enclave.v1.Enclave/DrainAudit',
+                request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.DrainAuditRequest.SerializeToString,
+                response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.DrainAuditResponse.FromString,
                 _registered_method=True)
         self.ResetSession = channel.unary_unary(
                 '/cmcp.enclave.v1.Enclave/ResetSession',
@@ -81,6 +86,14 @@ class EnclaveServicer:
 
     def Attest(self, request, context):
         """Fresh evidence binding the enclave key, bundle hash, catalog hash, mode and the nonce.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSession(self, request, context):
+        """Opens a policy session for a principal; the enclave mints its id (cmcp_core.session_id), so
+        no id is ever chosen twice. Every other session call names an id this enclave minted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,8 +138,9 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ExportAudit(self, request, context):
-        """Streams a session's audit entries (storage outside is untrusted; entries are signed).
+    def DrainAudit(self, request, context):
+        """Hands over the audit entries no answer carried yet (outcomes recorded after a stream reply,
+        idle closes). The enclave keeps no audit ring: every entry leaves in some answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +160,11 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.Attest,
                     request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.AttestRequest.FromString,
                     response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.AttestResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionRequest.FromString,
+                    response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionResponse.SerializeToString,
             ),
             'Decide': grpc.unary_unary_rpc_method_handler(
                     servicer.Decide,
@@ -172,10 +191,10 @@ def add_EnclaveServicer_to_server(servicer, server):
                     request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.CloseSessionRequest.FromString,
                     response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.CloseSessionResponse.SerializeToString,
             ),
-            'ExportAudit': grpc.unary_stream_rpc_method_handler(
-                    servicer.ExportAudit,
-                    request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.ExportAuditRequest.FromString,
-                    response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.AuditEntry.SerializeToString,
+            'DrainAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainAudit,
+                    request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.DrainAuditRequest.FromString,
+                    response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.DrainAuditResponse.SerializeToString,
             ),
             'ResetSession': grpc.unary_unary_rpc_method_handler(
                     servicer.ResetSession,
@@ -210,6 +229,33 @@ class Enclave:
             '/cmcp.enclave.v1.Enclave/Attest',
             cmcp__core_dot_proto_dot_enclave__pb2.AttestRequest.SerializeToString,
             cmcp__core_dot_proto_dot_enclave__pb2.AttestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cmcp.enclave.v1.Enclave/OpenSession',
+            cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionRequest.SerializeToString,
+            cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -356,7 +402,7 @@ class Enclave:
             _registered_method=True)
 
     @staticmethod
-    def ExportAudit(request,
+    def DrainAudit(request,
             target,
             options=(),
             channel_credentials=None,
@@ -366,12 +412,12 @@ class Enclave:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
+        return grpc.experimental.unary_unary(
             request,
             target,
-            '/cmcp.enclave.v1.Enclave/ExportAudit',
-            cmcp__core_dot_proto_dot_enclave__pb2.ExportAuditRequest.SerializeToString,
-            cmcp__core_dot_proto_dot_enclave__pb2.AuditEntry.FromString,
+            '/cmcp.enclave.v1.Enclave/DrainAudit',
+            cmcp__core_dot_proto_dot_enclave__pb2.DrainAuditRequest.SerializeToString,
+            cmcp__core_dot_proto_dot_enclave__pb2.DrainAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

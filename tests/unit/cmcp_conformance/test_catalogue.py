@@ -27,7 +27,7 @@ def test_readme_lists_exactly_the_catalogue() -> None:
 def test_ids_are_unique_and_well_formed() -> None:
     ids = [r.id for r in catalogue.REQUIREMENTS]
     assert len(ids) == len(set(ids))
-    assert all(re.fullmatch(r"(ATTEST|POLICY|AUDIT|FAIL|TRACE|POLICY-TEE)-\d{3}", i) for i in ids)
+    assert all(re.fullmatch(r"(ATTEST|POLICY|AUDIT|FAIL|TRACE|POLICY-TEE|REPLICA)-\d{3}", i) for i in ids)
     expected = {
         f"{group}-{n:03d}"
         for group, count in (
@@ -37,6 +37,7 @@ def test_ids_are_unique_and_well_formed() -> None:
             ("FAIL", 3),
             ("TRACE", 3),
             ("POLICY-TEE", 6),
+            ("REPLICA", 1),
         )
         for n in range(1, count + 1)
     }

@@ -83,6 +83,19 @@ def test_target_without_an_advisory_route(tmp_path: Path, bundles: dict[str, Pat
     deployment.enclaves["enforce"] = _handle("127.0.0.1:5001", bundles["enforce"], "sha256:" + "e" * 64)
     target = deployment.target()
     assert target.advisory_mcp_url is None and target.advisory_enclave_address is None
+    assert target.replica_mcp_url is None and target.replica_token is None  # no second replica
+
+
+def test_target_names_the_second_replica_and_its_own_agent(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    """REPLICA-001 taints the replica agent's principal, so it must not be the suite's main agent."""
+    deployment = LocalDeployment(workdir=tmp_path)
+    deployment.enclaves["enforce"] = _handle("127.0.0.1:5001", bundles["enforce"], "sha256:" + "e" * 64)
+    deployment.gateway_urls[local.REPLICA] = "http://127.0.0.1:6003"
+    target = deployment.target()
+    assert target.replica_mcp_url == "http://127.0.0.1:6003/mcp/enforce"
+    assert target.replica_token == local.REPLICA_TOKEN and target.replica_token != target.token
+    assert deployment.tokens == {local.REPLICA_TOKEN: local.REPLICA_AGENT}
+    assert deployment.agent != local.REPLICA_AGENT
 
 
 def test_throw_away_launches_serve_only_under_the_measured_initdata(

@@ -10,12 +10,14 @@ import asyncio
 import json
 import os
 import uuid
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 
 from cmcp_conformance.target import Profile, TargetDeployment
+from cmcp_core.audit_store import AuditStore, open_audit_store, rows_of
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import appraise_response
@@ -56,11 +58,16 @@ def test_profile_names_are_distinct_and_one_is_not_ascii() -> None:
     assert _target().profile == p and _target().profile is not _target().profile
 
 
-@pytest.mark.parametrize("call", ["attest", "export_audit", "close_session"])
+@pytest.mark.parametrize("call", ["attest", "close_session"])
 def test_enclave_calls_without_an_address_refuse(call: str) -> None:
     argument: object = os.urandom(32) if call == "attest" else "s"
     with pytest.raises(RuntimeError, match="target offers no enclave access"):
         getattr(_target(), call)(argument)
+
+
+def test_an_export_without_an_audit_store_refuses() -> None:
+    with pytest.raises(RuntimeError, match="target offers no audit store"):
+        _target(enclave_address="127.0.0.1:9").export_audit("s")
 
 
 async def test_upstream_calls_reads_the_real_counter() -> None:
@@ -75,12 +82,22 @@ async def test_upstream_calls_reads_the_real_counter() -> None:
             await asyncio.to_thread(broken.upstream_calls)
 
 
-def _decide(address: str, session: str, tool: str, args: dict[str, object]) -> None:
+def _open(address: str, store: AuditStore) -> str:
+    """A session opened as the gateway opens one: its entries go to the audit store."""
     with grpc.insecure_channel(address) as channel:
-        enclave_pb2_grpc.EnclaveStub(channel).Decide(enclave_pb2.DecideRequest(
+        opened = enclave_pb2_grpc.EnclaveStub(channel).OpenSession(
+            enclave_pb2.OpenSessionRequest(principal="agent"), timeout=10.0)
+    store.append(rows_of(list(opened.audit_entries)))
+    return str(opened.session_id)
+
+
+def _decide(address: str, session: str, tool: str, args: dict[str, object], store: AuditStore) -> None:
+    with grpc.insecure_channel(address) as channel:
+        resp = enclave_pb2_grpc.EnclaveStub(channel).Decide(enclave_pb2.DecideRequest(
             session_id=session, call_id=f"c-{uuid.uuid4().hex}", principal="agent", method="tools/call",
             tool=tool, arguments_json=json.dumps(args).encode(), arguments_digest=json_digest(args),
             audience=AUDIENCE), timeout=10.0)
+    store.append(rows_of(list(resp.audit_entries)))
 
 
 def test_attest_answers_for_this_nonce(enclave: EnclaveProcess) -> None:
@@ -93,12 +110,15 @@ def test_attest_answers_for_this_nonce(enclave: EnclaveProcess) -> None:
     assert not appraise_response(response, os.urandom(32), policy).passed, "evidence for another nonce"
 
 
-def test_audit_export_and_trust_record_of_a_session(enclave: EnclaveProcess) -> None:
-    target = _target(enclave_address=enclave.address)
-    session = f"s-{uuid.uuid4().hex}"
-    _decide(enclave.address, session, "web.search", {"query": "q"})
-    _decide(enclave.address, session, "shell.exec", {})
-    record = target.close_session(session)
+def test_audit_export_and_trust_record_of_a_session(enclave: EnclaveProcess, tmp_path: Path) -> None:
+    spec = f"sqlite:{tmp_path / 'audit.sqlite'}"
+    target = _target(enclave_address=enclave.address, audit_store=spec)
+    store = open_audit_store(spec)
+    session = _open(enclave.address, store)
+    _decide(enclave.address, session, "web.search", {"query": "q"}, store)
+    _decide(enclave.address, session, "shell.exec", {}, store)
+    store.close()
+    record = target.close_session(session)  # the close entries come to the target: it stores them
     entries = target.export_audit(session)
     kinds = [e["kind"] for e in entries]
     assert kinds[0] == "open" and kinds[-1] == "close"

@@ -16,7 +16,7 @@ from cmcp_core.audit import GENESIS, entry_hash, make_entry, verify_chain
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide
+from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
 
@@ -26,23 +26,24 @@ def chain(tmp_path: Path) -> tuple[Enclave, list[dict[str, Any]]]:
     decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="s")
     decide(enc, "email.send_external", {"to": ["bob@partner.example"]}, session="s")
     decide(enc, "résumé.parse", {"body": "Zoë"}, session="s")
-    enc.close("s")
-    return enc, list(enc.export_audit("s", 0))
+    enc.close(known(enc, "s"))
+    return enc, exported(enc, "s")
 
 
 def test_exported_chain_verifies_from_genesis(chain: tuple[Enclave, list[dict[str, Any]]]) -> None:
     enc, entries = chain
     assert entries[0]["prev"] == GENESIS and entries[0]["kind"] == "open"
     assert [e["kind"] for e in entries] == ["open", "decision", "decision", "decision", "close"]
-    result = verify_chain(entries, enc.public_key, expected_tip=enc.closed["s"].tip)
-    assert result.ok and result.count == 5 and result.tip == enc.closed["s"].record["tool_transcript"]["hash"]
+    result = verify_chain(entries, enc.public_key, expected_tip=enc.closed[known(enc, "s")].tip)
+    record = enc.closed[known(enc, "s")].record
+    assert result.ok and result.count == 5 and result.tip == record["tool_transcript"]["hash"]
 
 
 @pytest.mark.parametrize("index", [0, 2, 4])
 def test_deleting_any_entry_is_detected(chain: tuple[Enclave, list[dict[str, Any]]], index: int) -> None:
     enc, entries = chain
     del entries[index]
-    result = verify_chain(entries, enc.public_key, expected_tip=enc.closed["s"].tip)
+    result = verify_chain(entries, enc.public_key, expected_tip=enc.closed[known(enc, "s")].tip)
     assert not result.ok
     assert result.code in (Code.AUDIT_SEQ_GAP, Code.AUDIT_TRUNCATED)
 
@@ -53,7 +54,7 @@ Chain = tuple[Enclave, list[dict[str, Any]]]
 def test_deleting_the_tail_is_caught_against_the_record_tip(chain: Chain) -> None:
     enc, entries = chain
     assert verify_chain(entries[:-1], enc.public_key).ok  # a chain prefix is self-consistent...
-    result = verify_chain(entries[:-1], enc.public_key, expected_tip=enc.closed["s"].tip)
+    result = verify_chain(entries[:-1], enc.public_key, expected_tip=enc.closed[known(enc, "s")].tip)
     assert (result.ok, result.code) == (False, Code.AUDIT_TRUNCATED)  # ...but not the recorded one
 
 
@@ -117,14 +118,15 @@ def test_decision_entries_carry_the_decision_signature_the_gateway_saw(tmp_path:
 
     enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
     res = decide(enc, "web.search", {"query": "q"}, session="g")
-    entry = list(enc.export_audit("g", 0))[1]
+    answer = enc.take_audit()  # what the Decide answer carries: the opens, then the decision
+    raw = answer[-1]
+    entry = json.loads(raw)
     assert entry["kind"] == "decision" and entry["sig"] == b64url(res.signature)
     assert jcs(entry["data"]) == res.decision_json
     verify_decision(jcs(entry["data"]), res.signature, enc.public_key)
-    # the raw export bytes are exactly the canonical form of the entry
-    raw = enc.export_audit_raw("g", 1)[0]
-    assert raw == jcs(entry) and verify_chain([json.loads(r) for r in enc.export_audit_raw("g", 0)],
-                                              enc.public_key).ok
+    # the bytes that leave the enclave are exactly the canonical form of the entry
+    chain = [json.loads(r) for r in answer if json.loads(r)["session_id"] == known(enc, "g")]
+    assert raw == jcs(entry) and verify_chain(chain, enc.public_key).ok
 
 
 def test_decision_entry_fields_must_match_the_signed_document(chain: Chain) -> None:

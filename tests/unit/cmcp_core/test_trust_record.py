@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentrust_trace import verify_record
+from agentrust_trace import TrustRecord, verify_record
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.crypto import public_bytes, public_jwk
 from cmcp_core.digest import b64url, jcs
-from cmcp_core.trust_record import record_report_data
+from cmcp_core.trust_record import LEDGER_REL, record_ledger, record_report_data
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide
+from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
 
@@ -27,7 +27,7 @@ def closed(tmp_path: Path) -> tuple[Enclave, dict[str, Any]]:
     decide(enc, "ehr.read_patient_record", {"patient_id": "p"}, session="sitzung-ü-1")
     decide(enc, "résumé.parse", {"body": "Zoë Ñuñez — 日本"}, session="sitzung-ü-1")
     decide(enc, "email.send_external", {"to": ["x@evil.example"]}, session="sitzung-ü-1")  # denied
-    return enc, enc.close("sitzung-ü-1").record
+    return enc, enc.close(known(enc, "sitzung-ü-1")).record
 
 
 def test_verify_record_accepts_with_pinned_key(closed: tuple[Enclave, dict[str, Any]]) -> None:
@@ -44,7 +44,7 @@ def test_record_claims_measured_values(closed: tuple[Enclave, dict[str, Any]]) -
     assert record["runtime"]["platform"] == "software-only"
     assert record["appraisal"]["status"] == "none"
     assert record["cnf"]["jwk"] == public_jwk(enc.public_key)
-    assert record["tool_transcript"] == {"hash": enc.closed["sitzung-ü-1"].tip, "call_count": 2}
+    assert record["tool_transcript"] == {"hash": enc.closed[known(enc, "sitzung-ü-1")].tip, "call_count": 2}
     assert record["data_class"] == "restricted"
     expected = record_report_data(public_bytes(enc.public_key), enc.bundle_hash, enc.catalog_hash,
                                   enc.mode, record["tool_transcript"]["hash"])
@@ -57,7 +57,7 @@ def test_record_survives_jcs_round_trip_with_non_ascii(closed: tuple[Enclave, di
     enc, record = closed
     assert verify_record(json.loads(jcs(record)), enc.public_key) is not None
     # the transcript hash covers the non-ASCII tool name as raw UTF-8 (JCS), not \u escapes
-    entries = list(enc.export_audit("sitzung-ü-1", 0))
+    entries = exported(enc, "sitzung-ü-1")
     assert "résumé.parse".encode() in jcs(entries[2])
     assert entries[-1]["hash"] == record["tool_transcript"]["hash"]
 
@@ -77,4 +77,15 @@ def test_other_key_and_tampering_are_rejected(closed: tuple[Enclave, dict[str, A
 
 def test_closing_twice_returns_the_same_record(closed: tuple[Enclave, dict[str, Any]]) -> None:
     enc, record = closed
-    assert enc.close("sitzung-ü-1").record == record
+    assert enc.close(known(enc, "sitzung-ü-1")).record == record
+
+
+def test_record_references_the_ledger_it_was_closed_in(closed: tuple[Enclave, dict[str, Any]]) -> None:
+    enc, record = closed
+    assert record_ledger(record) == (enc.ledger_id, enc.ledger_seq, enc.ledger_tip)
+    ledger = exported(enc, enc.ledger_id)
+    assert ledger[-1]["kind"] == "close" and ledger[-1]["hash"] == enc.ledger_tip
+    assert ledger[-1]["data"]["tip"] == record["tool_transcript"]["hash"]
+    TrustRecord.model_validate(record)  # references is the schema's place for it
+    assert record_ledger({**record, "references": []}) is None
+    assert record_ledger({**record, "references": [{"rel": LEDGER_REL, "id": "no-count"}]}) is None

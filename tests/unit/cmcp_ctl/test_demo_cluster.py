@@ -13,6 +13,7 @@ import io
 import shutil
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,10 +23,12 @@ from cmcp_core.crd import GROUP
 from cmcp_ctl import demo_cluster
 from cmcp_ctl.demo_cluster import (
     AUDIENCE,
+    AUDIT_FILE_IN_POD,
     GUARD_PORT,
     MCP_PORT,
     ROUTE,
     TAP_PORT,
+    ClusterDemo,
     DemoFailure,
     ToolError,
     Tools,
@@ -317,3 +320,18 @@ def test_guard_reads_the_charts_release_and_pins_modes() -> None:
     assert [flags[i + 1] for i, f in enumerate(flags) if f == "--expected-mode"] == ["enforce", "advisory"]
     others = [c for c in pod["spec"]["containers"] if c["name"] != "guard"]
     assert all("--release-manifest" not in " ".join(c["command"]) for c in others)
+
+
+def test_the_auditor_reads_the_gateway_store_the_local_control_plane_holds(tmp_path: Path) -> None:
+    """On the dev kit's control plane the gateway pod's files are on this machine: the demo's
+    audit export comes from the gateway's own SQLite store, as an auditor's would."""
+    demo = SimpleNamespace(tools=SimpleNamespace(kubeconfig=tmp_path / "admin.kubeconfig"), ns="demo-ns",
+                           release="cmcp-demo")
+    assert ClusterDemo._gateway_audit_store(demo) is None  # type: ignore[arg-type]
+    store = tmp_path / "pods" / "demo-ns_cmcp-demo-gateway-abc-123_0a1b2c3d" / AUDIT_FILE_IN_POD
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"")
+    other = tmp_path / "pods" / "other-ns_cmcp-demo-gateway-x_00000000" / AUDIT_FILE_IN_POD
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"")
+    assert ClusterDemo._gateway_audit_store(demo) == f"sqlite:{store}"  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from cmcp_ctl.demo_story import Console, Run, Step
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_devkit.release import dev_appraisal
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide
+from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
 
@@ -91,7 +91,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
         step.executed = False  # nothing runs in this test; "ran" checks then expect no outcomes
         if denied:
             step.signed_decision = (res.decision_json, res.signature)
-    done = enc.close("demo")
+    done = enc.close(known(enc, "demo"))
     nonce = os.urandom(32)
     report, report_data = enc.attest(nonce)
     response = enclave_pb2.AttestResponse(
@@ -100,7 +100,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
         catalog_hash=enc.catalog_hash, enforcement_mode=enc.mode, report_data=report_data,
     )
     run = Run(out=work, steps=steps, session_id="demo", record=done.record,
-              entries=list(enc.export_audit("demo", 0)), key_jwk=dict(enc.public_jwk),
+              entries=exported(enc, "demo"), key_jwk=dict(enc.public_jwk),
               bundle_hash=enc.bundle_hash)
     return Session(enc, steps, run, response, nonce)
 

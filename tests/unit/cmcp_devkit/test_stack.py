@@ -10,7 +10,7 @@ import yaml
 
 from cmcp_core.bundle import load_bundle
 from cmcp_devkit.initdata import render_initdata
-from cmcp_devkit.stack import AGENT, AUDIENCE, PERMIT_TTL, LaunchError, LocalStack, _bin
+from cmcp_devkit.stack import AGENT, AUDIENCE, PERMIT_TTL, EnclaveHandle, LaunchError, LocalStack, _bin
 from tests.paths import EXAMPLES
 
 BUNDLE = EXAMPLES / "realistic"
@@ -136,3 +136,32 @@ def test_defaults() -> None:
     stack = LocalStack(Path("/nonexistent"))
     assert (stack.audience, stack.agent, stack.upstream_profile) == (AUDIENCE, AGENT, "test")
     assert len(stack.token) >= 32 and stack.token != LocalStack(Path("/x")).token
+
+
+def test_pools_serve_one_route_from_several_enclaves_to_every_replica(tmp_path: Path) -> None:
+    """Replicas share routes, enclaves and tokens; a pool is one route over several enclaves."""
+    stack = LocalStack(tmp_path, agent="alice", tokens={"tok-bob": "bob"}, pools={"pair": ["one", "two"]},
+                       gateway_limits={"max_sessions_per_agent": 3})
+    for n, name in enumerate(("solo", "one", "two")):
+        ready = {"bundle_hash": f"h{n % 2}", "catalog_hash": "c", "enforcement_mode": "enforce"}
+        stack.enclaves[name] = EnclaveHandle(None, f"127.0.0.1:{n + 1}", BUNDLE, tmp_path, ready)  # type: ignore[arg-type]
+    config = stack.gateway_config(4242)
+    assert {r["name"]: r["enclaves"] for r in config["routes"]} == {
+        "solo": ["127.0.0.1:1"], "pair": ["127.0.0.1:2", "127.0.0.1:3"]}
+    pair = next(r for r in config["routes"] if r["name"] == "pair")
+    assert pair["expected_bundle_hashes"] == ["h0", "h1"] and pair["enforcement_modes"] == ["enforce"]
+    assert config["limits"]["max_sessions_per_agent"] == 3
+    assert config["limits"]["decide_timeout_seconds"] == 2.0
+    tokens = yaml.safe_load(Path(config["auth"]["tokens_file"]).read_text())
+    assert tokens == {stack.token: "alice", "tok-bob": "bob"}
+
+
+def test_kill_ends_a_process_without_asking(tmp_path: Path) -> None:
+    stack = LocalStack(tmp_path)
+    try:
+        code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+        proc = stack.spawn("stubborn", [sys.executable, "-c", code])
+        stack.kill(proc)
+        assert proc.popen.returncode == -9
+    finally:
+        stack.close()

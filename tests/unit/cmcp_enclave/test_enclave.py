@@ -17,7 +17,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.judging import RequestError
-from tests.helpers.enclave_calls import decide
+from tests.helpers.enclave_calls import decide, exported, known, sid
 from tests.paths import EXAMPLES, ROOT
 
 
@@ -36,7 +36,7 @@ def test_allow_is_signed_and_carries_a_valid_permit(realistic: Enclave) -> None:
                       audience=DEFAULT_AUDIENCE, tool="crm.lookup_customer",
                       args_digest=json_digest({"customer_id": "c-42"}),
                       allowed_bundles=frozenset({realistic.bundle_hash}))
-    assert p.sid == "s1" and p.bh == realistic.bundle_hash
+    assert p.sid == known(realistic, "s1") and p.bh == realistic.bundle_hash
 
 
 def test_decision_signature_does_not_verify_when_edited(realistic: Enclave) -> None:
@@ -209,7 +209,7 @@ def test_advisory_and_silent_forward_and_record_advisory_deny(tmp_path: Path, mo
         ("deny", "allow", True, mode)
     assert doc["policy_ids"] == ["policies/trial.cedar#trial-no-external-send-after-phi"]
     assert res.permit  # forwarded, so the guard needs a permit
-    entries = list(enc.export_audit("s1", 0))
+    entries = exported(enc, "s1")
     assert entries[-1]["data"]["advisory_deny"] is True
     # a tool outside the catalog is refused even in advisory mode
     off = decide(enc, "shell.exec")
@@ -239,7 +239,7 @@ def test_list_tools_is_filtered_by_cedar(tmp_path: Path) -> None:
         '@id("hide-payments")\nforbid (principal, action == cMCP::Action::"list_tools", resource)\n'
         'when { resource.name == "payments.transfer" };\n')
     enc = inprocess_enclave(bundle, tmp_path)
-    tools = enc.list_tools(session_id="s", principal="a")
+    tools = enc.list_tools(session_id=sid(enc, "s", "a"), principal="a")
     assert "payments.transfer" not in tools and "web.search" in tools and "résumé.parse" in tools
 
 

@@ -51,7 +51,11 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
         await server.stop(None)
 
 
-def _decide(session: str = "s1", principal: str = "agent") -> enclave_pb2.DecideRequest:
+async def _open(stub: enclave_pb2_grpc.EnclaveStub, principal: str = "agent") -> str:
+    return str((await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=principal))).session_id)
+
+
+def _decide(session: str, principal: str = "agent") -> enclave_pb2.DecideRequest:
     args = {"customer_id": "c-1"}
     return enclave_pb2.DecideRequest(
         session_id=session, call_id=f"c-{os.urandom(4).hex()}", principal=principal, method="tools/call",
@@ -69,8 +73,9 @@ async def _refused(call: Any) -> str:
 async def test_the_pinned_gateway_decides_and_closes(live: Live) -> None:
     async with live.channel(GATEWAY) as channel:
         stub = enclave_pb2_grpc.EnclaveStub(channel)
-        assert json.loads((await stub.Decide(_decide())).decision_json)["effective"] == "allow"
-        record = await stub.CloseSession(enclave_pb2.CloseSessionRequest(session_id="s1", reason="done"))
+        session = await _open(stub)
+        assert json.loads((await stub.Decide(_decide(session))).decision_json)["effective"] == "allow"
+        record = await stub.CloseSession(enclave_pb2.CloseSessionRequest(session_id=session, reason="done"))
         assert record.trust_record_json
 
 
@@ -84,43 +89,49 @@ async def test_anyone_may_attest(live: Live) -> None:
 @pytest.mark.parametrize("who", ["no proof", "stranger's key", "proof for another enclave"])
 async def test_a_stranger_cannot_close_anothers_session(live: Live, who: str) -> None:
     async with live.channel(GATEWAY) as gateway:
-        await enclave_pb2_grpc.EnclaveStub(gateway).Decide(_decide())
+        session = await _open(enclave_pb2_grpc.EnclaveStub(gateway))
     key, kid = {"no proof": (None, None), "stranger's key": (STRANGER, None),
                 "proof for another enclave": (GATEWAY, "another-enclave")}[who]
     async with live.channel(key, kid) as channel:
         close = enclave_pb2_grpc.EnclaveStub(channel).CloseSession(
-            enclave_pb2.CloseSessionRequest(session_id="s1", reason="stranger"))
+            enclave_pb2.CloseSessionRequest(session_id=session, reason="stranger"))
         assert await _refused(close) == "GATEWAY_UNAUTHENTICATED"
-    assert "s1" in live.enclave.sessions  # still open: the handler never ran
+    assert session in live.enclave.sessions  # still open: the handler never ran
 
 
 async def test_a_proof_for_one_request_does_not_carry_another(live: Live) -> None:
-    """A stranger who saw the gateway close session s2 replays that proof to close s1."""
-    seen = make_proof(GATEWAY, rpc="CloseSession", enclave_kid=live.enclave.kid,
-                      request=enclave_pb2.CloseSessionRequest(session_id="s2").SerializeToString(deterministic=True),
-                      now=live.enclave.clock())
+    """A stranger who saw the gateway close one session replays that proof to close another."""
     async with live.channel(GATEWAY) as gateway:
-        await enclave_pb2_grpc.EnclaveStub(gateway).Decide(_decide())
+        stub = enclave_pb2_grpc.EnclaveStub(gateway)
+        mine, theirs = await _open(stub), await _open(stub, "other-agent")
+    seen = make_proof(GATEWAY, rpc="CloseSession", enclave_kid=live.enclave.kid,
+                      request=enclave_pb2.CloseSessionRequest(session_id=mine).SerializeToString(
+                          deterministic=True),
+                      now=live.enclave.clock())
     async with live.channel(None) as channel:
         close = enclave_pb2_grpc.EnclaveStub(channel).CloseSession(
-            enclave_pb2.CloseSessionRequest(session_id="s1"), metadata=((METADATA_KEY, seen),))
+            enclave_pb2.CloseSessionRequest(session_id=theirs), metadata=((METADATA_KEY, seen),))
         assert await _refused(close) == "GATEWAY_UNAUTHENTICATED"
 
 
 async def test_a_stranger_cannot_open_a_decision_stream(live: Live) -> None:
+    async with live.channel(GATEWAY) as gateway:
+        session = await _open(enclave_pb2_grpc.EnclaveStub(gateway), "someone-else")
+    before = live.enclave.audit_entries_total
     async with live.channel(STRANGER) as channel:
         stream = enclave_pb2_grpc.EnclaveStub(channel).DecideStream()
-        await stream.write(_decide(principal="someone-else"))
+        await stream.write(_decide(session, principal="someone-else"))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stream.read()
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
-    assert live.enclave.audit_entries_total == 0
+    assert live.enclave.audit_entries_total == before  # nothing decided
 
 
 async def test_the_gateways_stream_decides(live: Live) -> None:
     async with live.channel(GATEWAY) as channel:
+        session = await _open(enclave_pb2_grpc.EnclaveStub(channel))
         stream = enclave_pb2_grpc.EnclaveStub(channel).DecideStream()
-        await stream.write(_decide())
+        await stream.write(_decide(session))
         reply = await stream.read()
         await stream.done_writing()
         assert json.loads(reply.response.decision_json)["effective"] == "allow"
@@ -135,10 +146,10 @@ async def test_weakened_enclave_without_the_check_lets_a_stranger_close_the_sess
     try:
         weak = Live(enclave, port)
         async with weak.channel(GATEWAY) as gateway:
-            await enclave_pb2_grpc.EnclaveStub(gateway).Decide(_decide())
+            session = await _open(enclave_pb2_grpc.EnclaveStub(gateway))
         async with weak.channel(STRANGER) as channel:
             await enclave_pb2_grpc.EnclaveStub(channel).CloseSession(
-                enclave_pb2.CloseSessionRequest(session_id="s1", reason="stranger"))
-        assert "s1" not in enclave.sessions  # the attack the interceptor stops
+                enclave_pb2.CloseSessionRequest(session_id=session, reason="stranger"))
+        assert session not in enclave.sessions  # the attack the interceptor stops
     finally:
         await server.stop(None)

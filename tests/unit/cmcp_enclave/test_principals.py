@@ -22,7 +22,7 @@ from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.principals import PrincipalTable
 from cmcp_enclave.sessions import EnclaveLimits
-from tests.helpers.enclave_calls import decide
+from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
 MAIL = {"to": ["bob@partner.example"]}
@@ -82,7 +82,7 @@ def test_the_session_record_still_sees_only_its_own_calls(tmp_path: Path) -> Non
     enc = _enclave(tmp_path)
     _read_phi(enc, "s1")
     decide(enc, "slack.post_internal", {"channel": "c"}, session="s2")
-    view = enc._view(enc.sessions["s2"], enc.principals.get("agent-a", enc.clock()))
+    view = enc._view(enc.sessions[known(enc, "s2")], enc.principals.get("agent-a", enc.clock()))
     assert view.principal.tags >= {"phi"} and view.principal.call_count == 2
     assert view.session.tags == enc.engine.tool_tags("slack.post_internal") and "phi" not in view.session.tags
     assert view.session.call_count == 1 and view.session.tools_called == {"slack.post_internal"}
@@ -127,10 +127,11 @@ def test_an_operator_reset_clears_the_principal_and_is_audited(tmp_path: Path) -
     enc = _enclave(tmp_path)
     enc.operator_keys = [key.public_key()]
     _read_phi(enc, "s1")
-    seq = enc.sessions["s1"].seq
-    payload = reset_payload(session_id="s1", actor="oncall", reason="false positive", seq=seq)
-    enc.reset(session_id="s1", actor="oncall", reason="false positive", signature=key.sign(payload))
-    entry = list(enc.export_audit("s1", 0))[-1]
+    seq = enc.sessions[known(enc, "s1")].seq
+    payload = reset_payload(session_id=known(enc, "s1"), actor="oncall", reason="false positive", seq=seq)
+    enc.reset(session_id=known(enc, "s1"), actor="oncall", reason="false positive",
+              signature=key.sign(payload))
+    entry = exported(enc, "s1")[-1]
     assert entry["kind"] == "reset" and entry["data"]["principal_cleared"]["principal"] == "agent-a"
     assert "phi" in entry["data"]["principal_cleared"]["tags"]
     assert decide(enc, "email.send_external", MAIL, session="s2").document["decision"] == "allow"

@@ -25,6 +25,7 @@ from cmcp_enclave import scheduler as scheduler_mod
 from cmcp_enclave.enclave import DecideResult, Enclave
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.scheduler import MAX_DEFAULT_WORKERS, DecisionScheduler, default_workers
+from tests.helpers.enclave_calls import sid
 from tests.helpers.held_cedar import BIG_ARGUMENTS as BIG
 from tests.helpers.held_cedar import HELD_TOOL, HeldCedar, held
 from tests.paths import EXAMPLES
@@ -39,7 +40,8 @@ def enclave(tmp_path: Path) -> Enclave:
 async def decide(scheduler: DecisionScheduler, principal: str, session: str, tool: str,
                  args: dict[str, Any], call_id: str) -> DecideResult:
     return await scheduler.decide(
-        session_id=session, call_id=call_id, principal=principal, method="tools/call", tool=tool,
+        session_id=sid(scheduler.enclave, session, principal), call_id=call_id, principal=principal,
+        method="tools/call", tool=tool,
         arguments_json=json.dumps(args).encode(), arguments_digest=json_digest(args),
         audience=DEFAULT_AUDIENCE)
 
@@ -157,7 +159,8 @@ async def test_the_worker_processes_decide_exactly_as_the_loop(tmp_path: Path) -
                      ("email.send_external", {"to": ["bob@partner.example"]}), ("nope", {})]
             for n, (tool, args) in enumerate(calls):
                 doc = (await decide(scheduler, "a", "s", tool, args, f"c{n}")).document
-                documents.append({k: v for k, v in doc.items() if k not in ("ts", "kid", "prev")})
+                varying = ("ts", "kid", "prev", "session_id")  # per enclave: its key, its minted ids
+                documents.append({k: v for k, v in doc.items() if k not in varying})
         finally:
             scheduler.close()
     half = len(documents) // 2
@@ -169,7 +172,8 @@ async def test_refused_requests_are_refused_on_the_pool_path_too(enclave: Enclav
     scheduler = DecisionScheduler(enclave, workers=1, processes=False, inline_bytes=0)
     try:
         with pytest.raises(RequestError) as bad:
-            await scheduler.decide(session_id="s", call_id="c", principal="a", method="tools/call",
+            await scheduler.decide(session_id=sid(enclave, "s", "a"), call_id="c", principal="a",
+                                   method="tools/call",
                                    tool="crm.lookup_customer", arguments_json=b'{"customer_id": "c"}',
                                    arguments_digest="sha256:" + "0" * 64, audience=DEFAULT_AUDIENCE)
         assert bad.value.code is Code.ARGS_DIGEST_MISMATCH

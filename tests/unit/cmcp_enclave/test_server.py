@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cmcp_core import session_id as session_ids
 from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
@@ -34,6 +35,15 @@ class Live:
         self.scheduler = scheduler
 
 
+_SESSION = {"id": ""}  # the session _req names: opened over gRPC by each test's enclave
+
+
+async def _open(stub: enclave_pb2_grpc.EnclaveStub, principal: str = "agent") -> str:
+    opened = await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=principal))
+    _SESSION["id"] = opened.session_id
+    return str(opened.session_id)
+
+
 @pytest.fixture
 async def live(tmp_path: Path) -> AsyncIterator[Live]:
     enclave = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
@@ -43,7 +53,9 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 * MAX_MESSAGE_BYTES)])
     try:
-        yield Live(enclave, enclave_pb2_grpc.EnclaveStub(channel), channel, metrics, scheduler)
+        stub = enclave_pb2_grpc.EnclaveStub(channel)
+        await _open(stub)
+        yield Live(enclave, stub, channel, metrics, scheduler)
     finally:
         await channel.close()
         await server.stop(None)
@@ -51,7 +63,7 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
 
 def _req(tool_name: str, args: dict[str, object], **over: object) -> enclave_pb2.DecideRequest:
     fields: dict[str, object] = {
-        "session_id": "s", "call_id": f"c-{os.urandom(4).hex()}", "principal": "agent",
+        "session_id": _SESSION["id"], "call_id": f"c-{os.urandom(4).hex()}", "principal": "agent",
         "method": "tools/call",
         "tool": tool_name, "arguments_json": json.dumps(args).encode(), "arguments_digest": json_digest(args),
         "audience": DEFAULT_AUDIENCE}
@@ -87,7 +99,7 @@ async def test_malformed_requests_get_grpc_errors_not_decisions(live: Live, bad:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     codes = dict(err.value.trailing_metadata() or ())
     assert codes.get(ERROR_METADATA_KEY) in ("ARGS_DIGEST_MISMATCH", "ARGS_INVALID", "MCP_INVALID_REQUEST")
-    assert live.enclave.audit_entries_total == 0
+    assert live.enclave.audit_entries_total == 2  # the session's and the ledger's open entries only
 
 
 async def test_oversized_message_is_rejected_by_grpc(live: Live) -> None:
@@ -95,7 +107,7 @@ async def test_oversized_message_is_rejected_by_grpc(live: Live) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await live.stub.Decide(_req("slack.post_internal", big))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert live.enclave.audit_entries_total == 0
+    assert live.enclave.audit_entries_total == 2  # the session's and the ledger's open entries only
 
 
 async def test_attest_close_export_over_grpc(live: Live) -> None:
@@ -105,12 +117,12 @@ async def test_attest_close_export_over_grpc(live: Live) -> None:
         await live.stub.Attest(enclave_pb2.AttestRequest(nonce=b"x"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     await live.stub.Decide(_req("web.search", {"query": "q"}))
-    closed = await live.stub.CloseSession(enclave_pb2.CloseSessionRequest(session_id="s"))
+    closed = await live.stub.CloseSession(enclave_pb2.CloseSessionRequest(session_id=_SESSION["id"]))
     assert closed.entries == 3
     assert json.loads(closed.trust_record_json)["tool_transcript"]["hash"] == closed.chain_tip
-    entries = [json.loads(e.entry_json) async for e in
-               live.stub.ExportAudit(enclave_pb2.ExportAuditRequest(session_id="s", from_seq=1))]
-    assert [e["seq"] for e in entries] == [1, 2]
+    entries = [json.loads(raw) for raw in closed.audit_entries]  # the close's own entries leave with it
+    assert [(e["session_id"], e["kind"]) for e in entries] == [
+        (_SESSION["id"], "close"), (live.enclave.ledger_id, "close")]
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await live.stub.Decide(_req("web.search", {"query": "q"}))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -144,7 +156,7 @@ async def test_expiry_loop_closes_idle_sessions(live: Live) -> None:
             await asyncio.sleep(0.01)
     finally:
         task.cancel()
-    assert not live.enclave.sessions and "s" in live.enclave.closed
+    assert not live.enclave.sessions and _SESSION["id"] in live.enclave.closed
     from prometheus_client import generate_latest
 
     text = generate_latest(live.metrics.registry).decode()
@@ -162,21 +174,23 @@ async def test_reset_and_list_tools_over_grpc(tmp_path: Path) -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = enclave_pb2_grpc.EnclaveStub(channel)
+            session = await _open(stub)
             await stub.Decide(_req("ehr.read_patient_record", {"patient_id": "p"}))
-            listed = await stub.ListTools(enclave_pb2.ListToolsRequest(session_id="s", principal="agent"))
+            listed = await stub.ListTools(enclave_pb2.ListToolsRequest(session_id=session, principal="agent"))
             assert "email.send_external" in listed.tools
             assert {e["tool_name"] for e in json.loads(listed.catalog_json)} == set(listed.tools)
-            seq = enclave.sessions["s"].seq
-            payload = reset_payload(session_id="s", actor="op", reason="r", seq=seq)
+            seq = enclave.sessions[session].seq
+            payload = reset_payload(session_id=session, actor="op", reason="r", seq=seq)
             bad = Ed25519PrivateKey.generate().sign(payload)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.ResetSession(enclave_pb2.ResetSessionRequest(
-                    session_id="s", actor="op", reason="r", operator_signature=bad))
+                    session_id=session, actor="op", reason="r", operator_signature=bad))
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             good = operator.sign(payload)
             resp = await stub.ResetSession(enclave_pb2.ResetSessionRequest(
-                session_id="s", actor="op", reason="r", operator_signature=good))
-            assert resp.entry_hash == enclave.sessions["s"].tip
+                session_id=session, actor="op", reason="r", operator_signature=good))
+            assert resp.entry_hash == enclave.sessions[session].tip
+            assert json.loads(resp.audit_entries[-1])["hash"] == resp.entry_hash
             after = await stub.Decide(_req("email.send_external", {"to": ["bob@partner.example"]}))
             assert json.loads(after.decision_json)["effective"] == "allow"  # taint cleared by the reset
     finally:
@@ -191,13 +205,15 @@ async def _stream_order(live: Live, gate: HeldCedar) -> list[str]:
         while (request := await outgoing.get()) is not None:
             yield request
 
+    heavy_session = live.enclave.open_session("heavy-agent")
+    light_session = live.enclave.open_session("light-agent")
     gate.release_soon()
     order: list[str] = []
     call = live.stub.DecideStream(requests())
     outgoing.put_nowait(_req(HELD_TOOL, BIG_ARGUMENTS, call_id="heavy", principal="heavy-agent",
-                             session_id="s-heavy"))
+                             session_id=heavy_session))
     outgoing.put_nowait(_req("crm.lookup_customer", {"customer_id": "c"}, call_id="light",
-                             principal="light-agent", session_id="s-light"))
+                             principal="light-agent", session_id=light_session))
     async for reply in call:
         order.append(reply.call_id)
         assert reply.HasField("response"), reply.error_code
@@ -216,3 +232,31 @@ async def test_weakened_stream_in_arrival_order_holds_the_light_call(
         live: Live, held: HeldCedar, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(live.scheduler, "inline_bytes", 10**9)  # every decision on the loop
     assert await _stream_order(live, held) == ["heavy", "light"]
+
+
+async def test_open_session_mints_an_owned_id_and_carries_its_entries(live: Live) -> None:
+    opened = await live.stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="agent"))
+    assert session_ids.owned_by(opened.session_id, live.enclave.kid)
+    entries = [json.loads(raw) for raw in opened.audit_entries]
+    assert [(e["session_id"], e["kind"]) for e in entries] == [
+        (live.enclave.ledger_id, "open"), (opened.session_id, "open")]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=""))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_decision_answer_carries_its_own_entry_and_drain_the_rest(live: Live) -> None:
+    resp = await live.stub.Decide(_req("web.search", {"query": "q"}))
+    assert json.loads(resp.audit_entries[-1])["data"] == json.loads(resp.decision_json)
+    assert len(live.enclave.outbox) == 0
+    live.enclave.close(_SESSION["id"])  # e.g. the idle expiry: no answer carries these
+    drained = await live.stub.DrainAudit(enclave_pb2.DrainAuditRequest())
+    assert [json.loads(raw)["kind"] for raw in drained.audit_entries] == ["close", "close"]
+    assert not (await live.stub.DrainAudit(enclave_pb2.DrainAuditRequest())).audit_entries
+
+
+async def test_an_id_the_enclave_did_not_mint_is_unknown_over_grpc(live: Live) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await live.stub.Decide(_req("web.search", {"query": "q"}, session_id="chosen-by-the-caller"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert dict(err.value.trailing_metadata() or ())[ERROR_METADATA_KEY] == "SESSION_UNKNOWN"

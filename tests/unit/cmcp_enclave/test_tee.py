@@ -97,9 +97,10 @@ def test_tdx_over_configfs_tsm_starts_and_binds(tsm: object, tmp_path: Path) -> 
     nonce = os.urandom(32)
     report, report_data = enc.attest(nonce)
     assert report.platform == "tdx" and report.report_data == enc.binding(nonce).report_data() == report_data
-    enc.decide(session_id="s", call_id="c", principal="a", method="tools/call", tool="web.search",
+    session = enc.open_session("a")
+    enc.decide(session_id=session, call_id="c", principal="a", method="tools/call", tool="web.search",
                arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
-    assert enc.close("s").record["runtime"]["platform"] == "intel-tdx"
+    assert enc.close(session).record["runtime"]["platform"] == "intel-tdx"
 
 
 def test_snp_over_configfs_tsm_checks_host_data(tsm: object, tmp_path: Path) -> None:
@@ -112,9 +113,10 @@ def test_snp_over_configfs_tsm_checks_host_data(tsm: object, tmp_path: Path) -> 
     parsed = parse_report(report.evidence)
     assert parsed.host_data == initdata.snp_host_data(data) and parsed.report_data == report_data
     assert report.aux == b"certificate-table"
-    enc.decide(session_id="s", call_id="c", principal="a", method="tools/call", tool="web.search",
+    session = enc.open_session("a")
+    enc.decide(session_id=session, call_id="c", principal="a", method="tools/call", tool="web.search",
                arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
-    assert enc.close("s").record["runtime"]["platform"] == "amd-sev-snp"
+    assert enc.close(session).record["runtime"]["platform"] == "amd-sev-snp"
 
 
 def test_snp_host_data_mismatch_refuses(tsm: object, tmp_path: Path) -> None:

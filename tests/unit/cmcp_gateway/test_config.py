@@ -13,7 +13,7 @@ import pytest
 
 from cmcp_core.errors import CmcpError, Code
 from cmcp_devkit.release import write_dev_release
-from cmcp_gateway.config import parse
+from cmcp_gateway.config import AUDIT_FILE, default_state_dir, parse
 
 STATIC = {"name": "demo", "upstream": "http://127.0.0.1:9/mcp", "audience": "a", "enclaves": ["127.0.0.1:1"]}
 
@@ -60,3 +60,23 @@ def test_a_manifest_not_signed_by_a_configured_key_is_refused(tmp_path: Path) ->
         with pytest.raises(CmcpError) as forged:
             parse({**doc, "release": {"manifests": manifests, "keys": keys}})
         assert forged.value.code is Code.RELEASE_MANIFEST_INVALID, keys
+
+
+def test_the_audit_store_defaults_to_sqlite_under_the_state_dir(tmp_path: Path) -> None:
+    pinned = {**STATIC, "expected_bundle_hashes": ["sha256:b"]}
+    assert parse(_doc(tmp_path, pinned)).audit_store == f"sqlite:{default_state_dir() / AUDIT_FILE}"
+    assert parse({**_doc(tmp_path, pinned), "state_dir": "/var/lib/gw"}).audit_store == \
+        "sqlite:/var/lib/gw/audit.sqlite"
+    dsn = "postgresql://gw@db:5432/cmcp"
+    assert parse({**_doc(tmp_path, pinned), "audit": {"store": dsn}}).audit_store == dsn
+    with pytest.raises(ValueError):
+        parse({**_doc(tmp_path, pinned), "audit": "sqlite:/x"})
+
+
+def test_the_audit_dsn_may_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned = {**STATIC, "expected_bundle_hashes": ["sha256:b"]}
+    doc = {**_doc(tmp_path, pinned), "audit": {"store_from_env": "TEST_AUDIT_DSN"}}
+    with pytest.raises(ValueError, match="not set"):
+        parse(doc)
+    monkeypatch.setenv("TEST_AUDIT_DSN", "postgresql://gw:secret@db/cmcp")
+    assert parse(doc).audit_store == "postgresql://gw:secret@db/cmcp"

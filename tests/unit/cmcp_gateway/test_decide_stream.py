@@ -24,7 +24,7 @@ from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
 from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
 from cmcp_gateway.enclave_pool import EnclavePool
-from tests.helpers.gateway_stack import MitmEnclave, attest_policy
+from tests.helpers.gateway_stack import MitmEnclave, attest_policy, audit_writer
 from tests.paths import EXAMPLES
 
 BUNDLE = EXAMPLES / "minimal"
@@ -60,11 +60,11 @@ class Broken:
 async def test_concurrent_decisions_each_get_their_own_reply(live: tuple[Enclave, str]) -> None:
     import grpc
 
-    _, address = live
+    enclave, address = live
     broken = Broken()
     async with grpc.aio.insecure_channel(address) as channel:
         stream = DecisionStream(enclave_pb2_grpc.EnclaveStub(channel), broken, DEADLINE)
-        asks = [request(uuid.uuid4().hex, text=f"t{i}") for i in range(40)]
+        asks = [request(enclave.open_session("agent"), text=f"t{i}") for i in range(40)]
         answers = await asyncio.gather(*(stream.decide(r) for r in asks))
         for ask, answer in zip(asks, answers, strict=True):
             doc = json.loads(answer.decision_json)
@@ -77,20 +77,20 @@ async def test_concurrent_decisions_each_get_their_own_reply(live: tuple[Enclave
 async def test_a_refusal_is_relayed_with_its_code_and_the_stream_goes_on(live: tuple[Enclave, str]) -> None:
     import grpc
 
-    _, address = live
+    enclave, address = live
     async with grpc.aio.insecure_channel(address) as channel:
         stream = DecisionStream(enclave_pb2_grpc.EnclaveStub(channel), Broken(), DEADLINE)
         with pytest.raises(CmcpError) as refused:
-            await stream.decide(request(uuid.uuid4().hex, digest="sha256:" + "0" * 64))
+            await stream.decide(request(enclave.open_session("agent"), digest="sha256:" + "0" * 64))
         assert refused.value.code is Code.ARGS_DIGEST_MISMATCH
         call = stream._call
-        answer = await stream.decide(request(uuid.uuid4().hex))
+        answer = await stream.decide(request(enclave.open_session("agent")))
         assert answer.permit and stream._call is call  # same stream, still deciding
         await stream.close()
 
 
 async def test_no_reply_within_the_deadline_is_tee_unavailable(live: tuple[Enclave, str]) -> None:
-    _, address = live
+    enclave, address = live
     mitm = await MitmEnclave(address, tamper="slow", delay=30.0).start()
     try:
         import grpc
@@ -98,7 +98,7 @@ async def test_no_reply_within_the_deadline_is_tee_unavailable(live: tuple[Encla
         async with grpc.aio.insecure_channel(mitm.address) as channel:
             stream = DecisionStream(enclave_pb2_grpc.EnclaveStub(channel), Broken(), 0.3)
             with pytest.raises(CmcpError) as late:
-                await stream.decide(request(uuid.uuid4().hex))
+                await stream.decide(request(enclave.open_session("agent")))
             assert late.value.code is Code.TEE_UNAVAILABLE and "exceeded" in late.value.detail
             assert stream._waiting == {}
             await stream.close()
@@ -107,14 +107,15 @@ async def test_no_reply_within_the_deadline_is_tee_unavailable(live: tuple[Encla
 
 
 async def test_a_broken_stream_fails_every_waiting_call_and_reopens(live: tuple[Enclave, str]) -> None:
-    _, address = live
+    enclave, address = live
     mitm = await MitmEnclave(address, tamper="slow", delay=30.0).start()
     broken = Broken()
     import grpc
 
     async with grpc.aio.insecure_channel(mitm.address) as channel:
         stream = DecisionStream(enclave_pb2_grpc.EnclaveStub(channel), broken, DEADLINE)
-        waiting = [asyncio.ensure_future(stream.decide(request(uuid.uuid4().hex))) for _ in range(3)]
+        waiting = [asyncio.ensure_future(stream.decide(request(enclave.open_session("agent"))))
+                   for _ in range(3)]
         await asyncio.wait_for(mitm.decide_seen.wait(), 5.0)
         await mitm.stop()  # the enclave's end goes away mid-decision
         for task in waiting:
@@ -126,18 +127,18 @@ async def test_a_broken_stream_fails_every_waiting_call_and_reopens(live: tuple[
     # The next decision opens a fresh stream (here to the real enclave directly).
     async with grpc.aio.insecure_channel(address) as channel:
         stream._stub = enclave_pb2_grpc.EnclaveStub(channel)
-        assert (await stream.decide(request(uuid.uuid4().hex))).permit
+        assert (await stream.decide(request(enclave.open_session("agent")))).permit
         await stream.close()
 
 
 async def test_an_oversized_request_goes_unary_and_leaves_the_stream_alone(
-        live: tuple[Enclave, str]) -> None:
+        live: tuple[Enclave, str], tmp_path: Path) -> None:
     enclave, address = live
-    pool = EnclavePool("stream", attest_policy(enclave.bundle_hash), 5.0)
+    pool = EnclavePool("stream", attest_policy(enclave.bundle_hash), 5.0, audit_writer(tmp_path))
     await pool.set_endpoints([address])
     try:
-        session_id = uuid.uuid4().hex
-        pin = pool.pick(session_id)
+        pin = pool.pick("agent")
+        session_id = await pool.open_session(pin, "agent")
         endpoint = pool.endpoints[address]
 
         async def decide(text: str) -> Any:
@@ -170,12 +171,12 @@ async def test_an_idle_stream_survives_keepalive_pings(tmp_path: Path,
     monkeypatch.setattr(enclave_server, "MIN_PING_INTERVAL_MS", 100)
     enclave = inprocess_enclave(BUNDLE, tmp_path)
     server, port = await serve(enclave, "127.0.0.1:0", Metrics())
-    pool = EnclavePool("keepalive", attest_policy(enclave.bundle_hash), 5.0)
+    pool = EnclavePool("keepalive", attest_policy(enclave.bundle_hash), 5.0, audit_writer(tmp_path))
     address = f"127.0.0.1:{port}"
     await pool.set_endpoints([address])
     try:
-        session_id = uuid.uuid4().hex
-        pin = pool.pick(session_id)
+        pin = pool.pick("agent")
+        session_id = await pool.open_session(pin, "agent")
         args = {"text": "hi"}
 
         async def decide() -> Any:

@@ -21,8 +21,9 @@ from cmcp_core.verify import appraise
 from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
 from cmcp_devkit.release import dev_release
 from cmcp_enclave.simulated import SimulatedGuest, launcher_env
+from cmcp_gateway import enclave_pool
 from cmcp_gateway.enclave_pool import EnclavePool
-from tests.helpers.gateway_stack import AUDIENCE, attest_policy
+from tests.helpers.gateway_stack import AUDIENCE, MitmEnclave, attest_policy, audit_writer
 from tests.paths import EXAMPLES
 
 OTHER_DIGEST = "sha256:" + "0" * 64
@@ -53,7 +54,7 @@ async def pools() -> AsyncIterator[list[EnclavePool]]:
 
 
 async def _pool(pools: list[EnclavePool], addresses: list[str], expected: Expected) -> EnclavePool:
-    pool = EnclavePool("r", replace(attest_policy(), expected=expected), 5.0)
+    pool = EnclavePool("r", replace(attest_policy(), expected=expected), 5.0, audit_writer())
     pools.append(pool)
     await pool.set_endpoints(addresses)
     return pool
@@ -135,3 +136,31 @@ async def test_a_followed_route_pins_its_target_and_previous_initdata(
 def test_the_forged_guest_got_the_genuine_initdata(forged: EnclaveProcess, enclave: EnclaveProcess) -> None:
     """So the refusal above comes from the launch measurements alone."""
     assert forged.initdata == enclave.initdata
+
+
+
+async def test_a_session_id_the_enclave_does_not_own_is_refused(
+        pools: list[EnclavePool], enclave: EnclaveProcess) -> None:
+    """A host in the middle answers OpenSession with an id naming another enclave (to steer the
+    session, or to collide with one there): the gateway refuses to hand it out."""
+    mitm = await MitmEnclave(enclave.address, tamper="foreign-id").start()
+    try:
+        pool = await _pool(pools, [mitm.address], Expected(bundle_hashes=frozenset({enclave.bundle_hash})))
+        with pytest.raises(CmcpError) as refused:
+            await pool.open_session(pool.pick("agent"), "agent")
+        assert refused.value.code is Code.DECISION_UNVERIFIED
+    finally:
+        await mitm.stop()
+
+
+async def test_weakened_pool_without_the_owner_check_hands_out_a_foreign_id(
+        pools: list[EnclavePool], enclave: EnclaveProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above catches the hole: without it the agent gets an id naming another enclave."""
+    monkeypatch.setattr(enclave_pool.session_ids, "owned_by", lambda session_id, kid: True)
+    mitm = await MitmEnclave(enclave.address, tamper="foreign-id").start()
+    try:
+        pool = await _pool(pools, [mitm.address], Expected(bundle_hashes=frozenset({enclave.bundle_hash})))
+        handed_out = await pool.open_session(pool.pick("agent"), "agent")
+        assert not handed_out.startswith(enclave.kid[:16])
+    finally:
+        await mitm.stop()

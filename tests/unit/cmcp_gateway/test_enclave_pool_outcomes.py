@@ -3,8 +3,10 @@
 On the decision stream a carried outcome is recorded right after its carrier's reply is sent;
 on the unary Decide and CloseSession, before the carrier is handled.
 
-The audit guarantee is unchanged: every reported outcome lands in the session's chain, before
-the close when the session is closed, and a refused carried outcome never fails its carrier.
+The audit guarantee: every reported outcome lands in the session's chain, before the close when
+the session is closed, and in the gateway's audit store (read here through the pool's writer):
+with the next answer, or asked for by ``DrainAudit`` when no answer follows. A refused carried
+outcome never fails its carrier.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from pathlib import Path
 import pytest
 
 from cmcp_core.audit import verify_chain
+from cmcp_core.audit_store import chain_entries
 from cmcp_core.digest import json_digest
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import EnclaveService, serve
-from cmcp_gateway import outcomes
+from cmcp_gateway import enclave_pool, outcomes
 from cmcp_gateway.enclave_pool import EnclavePool
 from cmcp_gateway.pinning import Pin
-from tests.helpers.gateway_stack import attest_policy
+from tests.helpers.gateway_stack import attest_policy, audit_writer
 from tests.paths import EXAMPLES
 
 BUNDLE = EXAMPLES / "minimal"
@@ -38,7 +41,7 @@ RESULT = {"content": [{"type": "text", "text": "hi"}], "isError": False}
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Enclave, EnclavePool]]:
     enclave = inprocess_enclave(BUNDLE, tmp_path)
     server, port = await serve(enclave, "127.0.0.1:0", Metrics())
-    pool = EnclavePool("outcomes", attest_policy(enclave.bundle_hash), 5.0)
+    pool = EnclavePool("outcomes", attest_policy(enclave.bundle_hash), 5.0, audit_writer(tmp_path))
     await pool.set_endpoints([f"127.0.0.1:{port}"])
     try:
         yield enclave, pool
@@ -57,66 +60,95 @@ async def _decide(pool: EnclavePool, pin: Pin, session_id: str) -> str:
     return call_id
 
 
-def _kinds(enclave: Enclave, session_id: str) -> list[str]:
-    return [e["kind"] for e in enclave.export_audit(session_id, 0)]
+def _stored(pool: EnclavePool, session_id: str) -> list[dict[str, object]]:
+    """The session's chain as the gateway's audit store holds it."""
+    return [json.loads(raw) for raw in chain_entries(pool.audit.store, session_id)]
+
+
+def _kinds(pool: EnclavePool, session_id: str) -> list[str]:
+    return [str(e["kind"]) for e in _stored(pool, session_id)]
+
+
+async def _open(pool: EnclavePool) -> tuple[Pin, str]:
+    pin = pool.pick("agent")
+    return pin, await pool.open_session(pin, "agent")
 
 
 async def test_outcome_rides_on_the_next_decide(served: tuple[Enclave, EnclavePool],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)  # only a carrier can deliver it
+    monkeypatch.setattr(enclave_pool, "AUDIT_DRAIN_SECONDS", 60.0)  # and only an answer brings its entry
     enclave, pool = served
-    session_id = uuid.uuid4().hex
-    pin = pool.pick(session_id)
+    pin, session_id = await _open(pool)
     first = await _decide(pool, pin, session_id)
     pool.report(pin, session_id, first, RESULT, "")
     await asyncio.sleep(0)
-    assert _kinds(enclave, session_id) == ["open", "decision"]
+    assert _kinds(pool, session_id) == ["open", "decision"]
     await _decide(pool, pin, session_id)
-    # recorded right after the carrier's reply went out (off the critical path), before anything
-    # else reads the chain
-    assert _kinds(enclave, session_id) == ["open", "decision", "decision", "complete"]
-    done = list(enclave.export_audit(session_id, 0))[3]["data"]
+    # recorded right after the carrier's reply went out (off the critical path): its entry waits
+    # in the enclave and leaves with the next answer
+    assert _kinds(pool, session_id) == ["open", "decision", "decision"]
+    assert enclave.sessions[session_id].seq == 4 and pool.endpoints[pin.address].audit_owed
+    await _decide(pool, pin, session_id)
+    assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete", "decision"]
+    done = _stored(pool, session_id)[3]["data"]
+    assert isinstance(done, dict)
     assert done["call_id"] == first and done["response_digest"] == json_digest(RESULT)
+
+
+async def test_an_outcome_no_answer_follows_is_drained_into_the_store(
+        served: tuple[Enclave, EnclavePool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last call of a session: its outcome rode on a decision, was recorded after the reply,
+    and nothing else comes. The pool asks for the owed entries (DrainAudit) shortly after."""
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
+    enclave, pool = served
+    pin, session_id = await _open(pool)
+    first = await _decide(pool, pin, session_id)
+    pool.report(pin, session_id, first, RESULT, "")
+    await asyncio.sleep(0)
+    await _decide(pool, pin, session_id)  # carries the outcome; its entry is owed
+    for _ in range(200):
+        if "complete" in _kinds(pool, session_id):
+            break
+        await asyncio.sleep(enclave_pool.AUDIT_DRAIN_SECONDS)
+    assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete"]
+    assert len(enclave.outbox) == 0 and not pool.endpoints[pin.address].audit_owed
 
 
 async def test_close_carries_pending_outcomes_first(served: tuple[Enclave, EnclavePool],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
     enclave, pool = served
-    session_id = uuid.uuid4().hex
-    pin = pool.pick(session_id)
+    pin, session_id = await _open(pool)
     call_id = await _decide(pool, pin, session_id)
     pool.report(pin, session_id, call_id, None, "UPSTREAM_UNAVAILABLE")
     closed = await pool.close_session(pin, session_id, "done")
-    assert _kinds(enclave, session_id) == ["open", "decision", "complete", "close"]
-    entries = list(enclave.export_audit(session_id, 0))
-    chain = verify_chain(entries, enclave.public_key, expected_tip=closed.chain_tip)
+    assert _kinds(pool, session_id) == ["open", "decision", "complete", "close"]
+    chain = verify_chain(_stored(pool, session_id), enclave.public_key, expected_tip=closed.chain_tip)
     assert chain.ok and chain.count == closed.entries == 4
 
 
 async def test_uncarried_outcome_goes_alone(served: tuple[Enclave, EnclavePool]) -> None:
-    enclave, pool = served
-    session_id = uuid.uuid4().hex
-    pin = pool.pick(session_id)
+    _, pool = served
+    pin, session_id = await _open(pool)
     call_id = await _decide(pool, pin, session_id)
     pool.report(pin, session_id, call_id, RESULT, "")
     for _ in range(200):
         await asyncio.sleep(outcomes.OUTCOME_FLUSH_SECONDS)
-        if _kinds(enclave, session_id)[-1] == "complete":
+        if _kinds(pool, session_id)[-1] == "complete":
             break
-    assert _kinds(enclave, session_id) == ["open", "decision", "complete"]
+    assert _kinds(pool, session_id) == ["open", "decision", "complete"]
 
 
 async def test_refused_carried_outcome_does_not_fail_the_decide(served: tuple[Enclave, EnclavePool],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
-    enclave, pool = served
-    session_id = uuid.uuid4().hex
-    pin = pool.pick(session_id)
+    _, pool = served
+    pin, session_id = await _open(pool)
     await _decide(pool, pin, session_id)
     pool.report(pin, session_id, "never-decided", RESULT, "")  # the enclave refuses this outcome
     await _decide(pool, pin, session_id)
-    assert _kinds(enclave, session_id) == ["open", "decision", "decision"]
+    assert _kinds(pool, session_id) == ["open", "decision", "decision"]
 
 
 async def test_enclave_that_ignores_carried_outcomes_gets_them_alone(
@@ -125,9 +157,8 @@ async def test_enclave_that_ignores_carried_outcomes_gets_them_alone(
     resends those outcomes as Complete calls, stops carrying, and a close still covers them."""
     monkeypatch.setattr(EnclaveService, "_carry", lambda self, completes: 0)
     monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
-    enclave, pool = served
-    session_id = uuid.uuid4().hex
-    pin = pool.pick(session_id)
+    _, pool = served
+    pin, session_id = await _open(pool)
     first = await _decide(pool, pin, session_id)
     pool.report(pin, session_id, first, RESULT, "")
     second = await _decide(pool, pin, session_id)  # carried, ignored, not acknowledged
@@ -135,4 +166,4 @@ async def test_enclave_that_ignores_carried_outcomes_gets_them_alone(
     assert endpoint.outcomes.carries is False and len(endpoint.outcomes.ready) == 1
     pool.report(pin, session_id, second, RESULT, "")
     await pool.close_session(pin, session_id, "done")  # sends both alone first, then closes
-    assert _kinds(enclave, session_id) == ["open", "decision", "decision", "complete", "complete", "close"]
+    assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete", "complete", "close"]

@@ -8,23 +8,27 @@ outcome is queued for the enclave, which the session's audit chain then records.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
+from cmcp_core.audit_store import chain_entries
 from cmcp_core.decision import verify_decision
+from cmcp_core.errors import CmcpError, Code
 from cmcp_devkit.enclave import EnclaveProcess
 from cmcp_devkit.upstream import RunningUpstream, run_upstream
 from cmcp_gateway import pipeline
+from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.config import RouteConfig
 from cmcp_gateway.enclave_pool import EnclavePool
 from cmcp_gateway.jsonrpc import FailedRequest
 from cmcp_gateway.routes import RouteRuntime
 from cmcp_gateway.sessions import McpSession, SessionTable
 from cmcp_gateway.upstream import UpstreamClient
-from tests.helpers.gateway_stack import AUDIENCE, attest_policy, make_guard
+from tests.helpers.gateway_stack import AUDIENCE, attest_policy, audit_writer, make_guard
 
 TRANSFER = {"amount": 100, "currency": "EUR", "to": "acct-1"}
 
@@ -38,12 +42,12 @@ class Wired:
 
 async def _wired(enclave: EnclaveProcess, guard_bundles: list[str]) -> AsyncIterator[Wired]:
     async with run_upstream(make_guard([enclave.address], AUDIENCE, bundle_hashes=guard_bundles)) as up:
-        pool = EnclavePool("t", attest_policy(enclave.bundle_hash), 10.0)
+        pool = EnclavePool("t", attest_policy(enclave.bundle_hash), 10.0, audit_writer())
         await pool.set_endpoints([enclave.address])
         route = RouteConfig(name="t", upstream=up.url, audience=AUDIENCE, enclaves=(enclave.address,),
                             expected_bundle_hashes=frozenset({enclave.bundle_hash}))
         runtime = RouteRuntime(route, pool, UpstreamClient(up.url, 10.0))
-        session = SessionTable(10, 60.0, None).open(runtime, "pipeline-agent", stateful=True)
+        session = await SessionTable(10, 60.0, None).open(runtime, "pipeline-agent", stateful=True)
         try:
             yield Wired(runtime, session, up)
         finally:
@@ -95,3 +99,48 @@ async def test_tools_list_is_filtered_by_the_enclave(wired: Wired) -> None:
     names = {t["name"] for t in listed["tools"]}
     assert "web.search" in names
     assert not names & {"add", "echo", "fail"}  # the upstream has them; the measured catalog does not
+
+
+class DownStore:
+    """An audit store that cannot write (disk full, database gone)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def append(self, rows: object) -> int:
+        self.calls += 1
+        raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, "disk full")
+
+
+async def test_a_call_whose_audit_entries_cannot_be_stored_is_not_forwarded(wired: Wired) -> None:
+    """Fail closed: the decision's entry must be durable before its permit is used."""
+    writer = wired.runtime.pool.audit
+    healthy, writer.store = writer.store, DownStore()  # type: ignore[assignment]
+    with pytest.raises(CmcpError) as refused:
+        await pipeline.call_tool(wired.runtime, wired.session, 3, {"name": "payments.transfer",
+                                                                   "arguments": TRANSFER})
+    assert refused.value.code is Code.AUDIT_STORE_UNAVAILABLE
+    assert wired.upstream.counter.total() == 0 and writer.backlog  # kept for the next write
+    writer.store = healthy
+    await pipeline.call_tool(wired.runtime, wired.session, 4,
+                             {"name": "payments.transfer", "arguments": TRANSFER})
+    stored = [json.loads(raw) for raw in chain_entries(healthy, wired.session.id)]
+    assert [e["kind"] for e in stored] == ["open", "decision", "decision"]  # the refused one too
+    assert not writer.backlog
+
+
+async def test_weakened_writer_that_swallows_store_errors_forwards_an_unrecorded_call(
+        wired: Wired, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above catches the hole: a gateway that ignores a failed write lets the call run
+    with no durable trace of its decision."""
+    writer = wired.runtime.pool.audit
+    writer.store = DownStore()  # type: ignore[assignment]
+
+    async def swallowing(entries: object) -> None:
+        with contextlib.suppress(CmcpError):
+            await AuditWriter.record(writer, entries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer, "record", swallowing)
+    await pipeline.call_tool(wired.runtime, wired.session, 5,
+                             {"name": "payments.transfer", "arguments": TRANSFER})
+    assert wired.upstream.counter["payments.transfer"] == 1  # forwarded, unrecorded

@@ -1,7 +1,9 @@
-"""The session table: the session limit, one implicit session per agent and route, idle reaping."""
+"""The session table: ids from the enclave, the session limit, one implicit session per agent and
+route, idle reaping."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,21 +11,35 @@ from typing import Any
 
 import pytest
 
+from cmcp_core import session_id as session_ids
 from cmcp_core.errors import CmcpError, Code
 from cmcp_gateway.config import RouteConfig
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
 from cmcp_gateway.sessions import SessionTable
 
+KID = "k" * 43
+
 
 class FakePool:
-    """Pins every session to one enclave; closing returns a tiny Trust Record."""
+    """Pins every session to one enclave, which mints its ids; closing returns a tiny Trust Record."""
 
     def __init__(self) -> None:
         self.closed: list[tuple[str, str]] = []
+        self.opened: list[str] = []
+        self.refuse: CmcpError | None = None
+        self.gate: asyncio.Event | None = None  # when set, opens wait for it
 
-    def pick(self, session_id: str) -> Pin:
-        return Pin("127.0.0.1:50051", "kid")
+    def pick(self, key: str) -> Pin:
+        return Pin("127.0.0.1:50051", KID)
+
+    async def open_session(self, pin: Pin, agent: str) -> str:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.refuse is not None:
+            raise self.refuse
+        self.opened.append(agent)
+        return session_ids.mint(pin.kid)
 
     async def close_session(self, pin: Pin, session_id: str, reason: str) -> Any:
         self.closed.append((session_id, reason))
@@ -36,53 +52,92 @@ def _route(name: str = "demo") -> RouteRuntime:
     return RouteRuntime(config, FakePool(), upstream=None)  # type: ignore[arg-type]
 
 
-def test_the_table_refuses_past_its_limit() -> None:
+async def test_the_table_refuses_past_its_limit() -> None:
     table, route = SessionTable(1, 60.0, None), _route()
-    table.open(route, "alice", stateful=True)
+    await table.open(route, "alice", stateful=True)
     with pytest.raises(CmcpError) as raised:
-        table.open(route, "alice", stateful=True)
+        await table.open(route, "alice", stateful=True)
     assert raised.value.code is Code.SESSION_LIMIT
 
 
-def test_stateless_requests_share_one_implicit_session_per_agent_and_route() -> None:
+async def test_stateless_requests_share_one_implicit_session_per_agent_and_route() -> None:
     table, demo, other = SessionTable(10, 60.0, None), _route("demo"), _route("other")
-    alice = table.implicit(demo, "alice")
-    assert table.implicit(demo, "alice") is alice and not alice.stateful
-    assert table.implicit(demo, "bob") is not alice
-    assert table.implicit(other, "alice") is not alice
+    alice = await table.implicit(demo, "alice")
+    assert await table.implicit(demo, "alice") is alice and not alice.stateful
+    assert await table.implicit(demo, "bob") is not alice
+    assert await table.implicit(other, "alice") is not alice
     table.forget(alice)
-    assert alice.id not in table and table.implicit(demo, "alice") is not alice
+    assert alice.id not in table and await table.implicit(demo, "alice") is not alice
 
 
 async def test_idle_sessions_are_closed_and_their_records_kept(tmp_path: Path) -> None:
     table, route = SessionTable(10, 0.0, str(tmp_path)), _route()
-    session = table.open(route, "alice", stateful=True)
+    session = await table.open(route, "alice", stateful=True)
     await table.reap_idle([route])
     assert table == {} and route.pool.closed == [(session.id, "idle")]  # type: ignore[attr-defined]
     assert json.loads((tmp_path / f"{session.id}.json").read_text()) == {"session": session.id}
 
 
-def test_one_agents_flood_of_sessions_leaves_room_for_the_others() -> None:
+async def test_one_agents_flood_of_sessions_leaves_room_for_the_others() -> None:
     """The attacker is an agent with a valid token opening sessions as fast as it can: it hits
     its own limit, and every other agent still opens sessions."""
     table, route = SessionTable(100, 60.0, None, max_sessions_per_agent=10), _route()
     opened = 0
     with pytest.raises(CmcpError) as raised:
         for _ in range(1_000):
-            table.open(route, "mallory", stateful=True)
+            await table.open(route, "mallory", stateful=True)
             opened += 1
     assert raised.value.code is Code.SESSION_LIMIT and "this agent" in raised.value.detail
     assert opened == 10
-    assert table.open(route, "alice", stateful=True).agent == "alice"
+    assert (await table.open(route, "alice", stateful=True)).agent == "alice"
     mallory = next(s for s in table.values() if s.agent == "mallory")
     table.forget(mallory)  # a closed session frees its agent's slot
-    assert table.open(route, "mallory", stateful=True).agent == "mallory"
+    assert (await table.open(route, "mallory", stateful=True)).agent == "mallory"
 
 
-def test_weakened_global_only_limit_lets_one_agent_lock_everyone_out() -> None:
+async def test_weakened_global_only_limit_lets_one_agent_lock_everyone_out() -> None:
     """Without the per-agent bound (the table's own total as the agent limit) the flood wins."""
     table, route = SessionTable(10, 60.0, None), _route()
     for _ in range(10):
-        table.open(route, "mallory", stateful=True)
+        await table.open(route, "mallory", stateful=True)
     with pytest.raises(CmcpError):
-        table.open(route, "alice", stateful=True)
+        await table.open(route, "alice", stateful=True)
+
+
+async def test_the_session_id_is_the_one_the_enclave_minted() -> None:
+    table, route = SessionTable(10, 60.0, None), _route()
+    session = await table.open(route, "alice", stateful=True)
+    assert session_ids.owned_by(session.id, KID) and route.pool.opened == ["alice"]  # type: ignore[attr-defined]
+    assert table.find(session.id) is session
+
+
+async def test_an_open_the_enclave_refuses_takes_no_slot() -> None:
+    table, route = SessionTable(10, 60.0, None, max_sessions_per_agent=1), _route()
+    route.pool.refuse = CmcpError(Code.AUDIT_STORE_UNAVAILABLE, "store down")  # type: ignore[attr-defined]
+    with pytest.raises(CmcpError) as raised:
+        await table.open(route, "alice", stateful=True)
+    assert raised.value.code is Code.AUDIT_STORE_UNAVAILABLE and len(table) == 0
+    route.pool.refuse = None  # type: ignore[attr-defined]
+    assert (await table.open(route, "alice", stateful=True)).agent == "alice"
+
+
+async def test_concurrent_opens_cannot_overshoot_the_agent_limit() -> None:
+    """The flood arrives at once: slots are taken before the enclave answers."""
+    table, route = SessionTable(100, 60.0, None, max_sessions_per_agent=3), _route()
+    route.pool.gate = asyncio.Event()  # type: ignore[attr-defined]
+    tasks = [asyncio.ensure_future(table.open(route, "mallory", stateful=True)) for _ in range(10)]
+    await asyncio.sleep(0)
+    route.pool.gate.set()  # type: ignore[attr-defined]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 3
+    assert all(r.code is Code.SESSION_LIMIT for r in results if isinstance(r, CmcpError))
+
+
+async def test_concurrent_stateless_requests_share_the_implicit_session_under_way() -> None:
+    table, route = SessionTable(10, 60.0, None), _route()
+    route.pool.gate = asyncio.Event()  # type: ignore[attr-defined]
+    tasks = [asyncio.ensure_future(table.implicit(route, "alice")) for _ in range(5)]
+    await asyncio.sleep(0)
+    route.pool.gate.set()  # type: ignore[attr-defined]
+    sessions = await asyncio.gather(*tasks)
+    assert len({s.id for s in sessions}) == 1 and route.pool.opened == ["alice"]  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from cmcp_devkit.release import dev_appraisal, dev_release, release_argv
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
+from tests.helpers.enclave_calls import exported, known, sid
 from tests.paths import EXAMPLES
 
 BUNDLE_DIR = EXAMPLES / "minimal"
@@ -78,7 +79,7 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
     assert verdict.passed, verdict.message
     args = {"text": "héllo"}
     enc.decide(
-        session_id="s1",
+        session_id=sid(enc, "s1", "agent"),
         call_id="c1",
         principal="agent",
         method="tools/call",
@@ -87,7 +88,7 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
         arguments_digest=json_digest(args),
         audience="http://upstream",
     )
-    done = enc.close("s1")
+    done = enc.close(known(enc, "s1"))
     response = enclave_pb2.AttestResponse(
         platform=report.platform,
         evidence=report.evidence,
@@ -99,7 +100,7 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
         enforcement_mode=enc.mode,
         report_data=report_data,
     )
-    return Closed(enc, done.record, list(enc.export_audit("s1", 0)), verdict, response, nonce)
+    return Closed(enc, done.record, exported(enc, "s1"), verdict, response, nonce)
 
 
 def _leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:

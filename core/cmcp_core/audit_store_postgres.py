@@ -1,0 +1,111 @@
+"""Audit entries in PostgreSQL: one store every gateway replica on every node shares.
+
+Same contract as :mod:`cmcp_core.audit_store_sqlite`: one transaction per answer's entries,
+``ON CONFLICT DO NOTHING`` keyed by ``(kid, chain, seq)``, a conflicting row compared by hash
+(``AUDIT_FORK``). Every database error is ``AUDIT_STORE_UNAVAILABLE``; a lost connection is
+re-opened on the next call, never papered over.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import psycopg
+
+from cmcp_core.audit_store_rows import ChainSummary, Row, principal_of
+from cmcp_core.errors import CmcpError, Code
+
+CONNECT_TIMEOUT_SECONDS = 5
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS cmcp_audit_entries (kid TEXT NOT NULL, chain TEXT NOT NULL,"
+    " seq BIGINT NOT NULL, hash TEXT NOT NULL, kind TEXT NOT NULL, ts BIGINT NOT NULL,"
+    " entry BYTEA NOT NULL, PRIMARY KEY (kid, chain, seq))"
+)
+
+
+class PostgresAuditStore:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        with self._lock:
+            try:
+                self._connection().execute(_SCHEMA)  # a bad DSN fails start-up, not the first call
+            except psycopg.Error as exc:
+                self._drop()
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
+
+    @property
+    def where(self) -> str:
+        """The DSN without its password, for error messages and logs."""
+        info = psycopg.conninfo.conninfo_to_dict(self._dsn)
+        return f"postgresql://{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # reconnect on the next call
+
+    def append(self, rows: Sequence[Row]) -> int:
+        if not rows:
+            return 0
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO cmcp_audit_entries (kid, chain, seq, hash, kind, ts, entry)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(r.kid, r.chain, r.seq, r.hash, r.kind, r.ts, r.entry) for r in rows])
+                    added = cur.rowcount
+                    if added != len(rows):
+                        self._check_held(cur, rows)
+            except psycopg.Error as exc:
+                self._drop()
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
+        return int(added)
+
+    @staticmethod
+    def _check_held(cur: psycopg.Cursor[tuple[object, ...]], rows: Sequence[Row]) -> None:
+        for row in rows:
+            cur.execute("SELECT hash FROM cmcp_audit_entries WHERE kid = %s AND chain = %s AND seq = %s",
+                        (row.kid, row.chain, row.seq))
+            held = cur.fetchone()
+            if held is not None and held[0] != row.hash:
+                raise CmcpError(Code.AUDIT_FORK,
+                                f"{row.chain} seq {row.seq}: the store holds {held[0]}, not {row.hash}")
+
+    def chains(self) -> list[ChainSummary]:
+        with self._lock:
+            try:
+                rows = self._connection().execute(
+                    "SELECT a.kid, a.chain, count(*), min(a.ts), max(a.ts),"
+                    " (SELECT o.entry FROM cmcp_audit_entries o WHERE o.kid = a.kid AND o.chain = a.chain"
+                    "  AND o.seq = 0 AND o.kind = 'open')"
+                    " FROM cmcp_audit_entries a GROUP BY a.kid, a.chain ORDER BY a.kid, a.chain").fetchall()
+            except psycopg.Error as exc:
+                self._drop()
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
+        return [ChainSummary(str(kid), str(chain), int(str(count)), int(str(first)), int(str(last)),
+                             principal_of(bytes(opened)) if isinstance(opened, bytes | memoryview) else None)
+                for kid, chain, count, first, last, opened in rows]
+
+    def entries(self, kid: str, chain: str) -> list[bytes]:
+        with self._lock:
+            try:
+                rows = self._connection().execute(
+                    "SELECT entry FROM cmcp_audit_entries WHERE kid = %s AND chain = %s ORDER BY seq",
+                    (kid, chain)).fetchall()
+            except psycopg.Error as exc:
+                self._drop()
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
+        return [bytes(entry) for (entry,) in rows]  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()

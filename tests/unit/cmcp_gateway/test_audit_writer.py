@@ -1,0 +1,65 @@
+"""The gateway's audit writer: stores every answer's entries, fails closed, keeps what it could
+not write and writes it first next time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from cmcp_core.audit_store import Row, open_audit_store
+from cmcp_core.errors import CmcpError, Code
+from cmcp_gateway.audit_writer import AuditWriter
+
+
+def _entry(seq: int, digest: str = "a") -> bytes:
+    return json.dumps({"kid": "k", "session_id": "s", "seq": seq, "hash": digest, "kind": "decision",
+                       "ts": seq, "data": {}}).encode()
+
+
+class Flaky:
+    """A store that is down until told otherwise."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.down = inner, True
+
+    def append(self, rows: Sequence[Row]) -> int:
+        if self.down:
+            raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, "down")
+        return self.inner.append(rows)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_entries_are_stored_and_a_failed_write_is_kept_for_the_next(tmp_path: Path) -> None:
+    real = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
+    flaky = Flaky(real)
+    writer = AuditWriter(flaky)  # type: ignore[arg-type]
+    with pytest.raises(CmcpError) as err:
+        await writer.record([_entry(0)])
+    assert err.value.code is Code.AUDIT_STORE_UNAVAILABLE and len(writer.backlog) == 1
+    flaky.down = False
+    await writer.record([_entry(1)])
+    assert writer.backlog == [] and writer.written == 2
+    assert [json.loads(e)["seq"] for e in real.entries("k", "s")] == [0, 1]
+    real.close()
+
+
+async def test_the_backlog_is_bounded_and_flush_never_raises(tmp_path: Path) -> None:
+    flaky = Flaky(None)
+    writer = AuditWriter(flaky, max_backlog=3)  # type: ignore[arg-type]
+    for seq in range(5):
+        with pytest.raises(CmcpError):
+            await writer.record([_entry(seq)])
+    assert [r.seq for r in writer.backlog] == [2, 3, 4]  # the oldest went (and were logged as lost)
+    await writer.flush()
+    assert len(writer.backlog) == 3
+
+
+async def test_a_fork_is_raised_and_not_retried(tmp_path: Path) -> None:
+    writer = AuditWriter(open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}"))
+    await writer.record([_entry(0)])
+    with pytest.raises(CmcpError) as err:
+        await writer.record([_entry(0, digest="b")])
+    assert err.value.code is Code.AUDIT_FORK and writer.backlog == []
+    writer.store.close()

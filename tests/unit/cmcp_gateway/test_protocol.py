@@ -1,0 +1,164 @@
+"""The MCP handler with replicas: any replica serves any session, the enclave judges every adoption,
+an ended session is 404 everywhere, and limits and protocol versions hold for adopted sessions.
+
+Two handlers with their own session tables play two gateway replicas in front of one fake pool
+whose enclaves hold sessions as real ones do (``tests.helpers.session_pool``). The real
+processes are in ``tests/integration/test_gateway_replicas.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from cmcp_core.session_id import mint
+from cmcp_gateway.auth import TokenStore
+from cmcp_gateway.config import GatewayLimits, RouteConfig
+from cmcp_gateway.limits import ConcurrencyLimiter
+from cmcp_gateway.pinning import Pin
+from cmcp_gateway.protocol import SESSION_HEADER, McpHandler
+from cmcp_gateway.routes import RouteRuntime
+from cmcp_gateway.sessions import SessionTable
+from cmcp_gateway.transport import HttpRequest, Response
+from tests.helpers.session_pool import ENCLAVES, FakePool
+
+TOKENS = TokenStore({"tok-alice": "alice", "tok-mallory": "mallory"})
+TOOLS = [{"name": "echo", "inputSchema": {"type": "object"}}]
+PATH = "/mcp/demo"
+
+
+def _replica(pool: FakePool, **limits: Any) -> McpHandler:
+    config = RouteConfig(name="demo", upstream="http://127.0.0.1:9/mcp", audience="a")
+    # The upstream's tool list, cached far into the future: these tests never reach an upstream.
+    runtime = RouteRuntime(config, pool, upstream=None, tools=(time.monotonic() + 1e6, TOOLS))  # type: ignore[arg-type]
+    gateway_limits = GatewayLimits(**limits)
+    table = SessionTable(gateway_limits.max_sessions, 60.0, None, gateway_limits.max_sessions_per_agent)
+    return McpHandler({PATH: runtime}, table, TOKENS, gateway_limits, ConcurrencyLimiter(8))
+
+
+async def _send(handler: McpHandler, method: str = "tools/list", *, token: str = "tok-alice",
+                session: str | None = None, http: str = "POST", version: str | None = None) -> Response:
+    request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {}}
+    body = orjson.dumps(request) if http == "POST" else b""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    if session is not None:
+        headers[SESSION_HEADER] = session
+    if version is not None:
+        headers["mcp-protocol-version"] = version
+    return await handler.handle(HttpRequest(http, PATH, headers, None, receive))
+
+
+def _json(response: Response) -> dict[str, Any]:
+    doc: dict[str, Any] = orjson.loads(response.body)
+    return doc
+
+
+async def _open(handler: McpHandler, pool: FakePool, token: str = "tok-alice") -> str:
+    """``initialize`` on ``handler``; the enclave now holds the session (as after OpenSession)."""
+    response = await _send(handler, "initialize", token=token)
+    session_id = (response.headers or {})[SESSION_HEADER]
+    pool.opened(handler.sessions[session_id])
+    return session_id
+
+
+async def test_a_session_opened_on_one_replica_is_served_by_another() -> None:
+    pool = FakePool(ENCLAVES)
+    a, b = _replica(pool), _replica(pool)
+    session_id = await _open(a, pool)
+    response = await _send(b, session=session_id)
+    assert response.status == 200 and _json(response)["result"]["tools"] == TOOLS
+    assert (response.headers or {})[SESSION_HEADER] == session_id
+    assert b.sessions[session_id].pin == a.sessions[session_id].pin  # the same enclave
+    assert (await _send(b, "ping", session=session_id)).status == 200
+
+
+@pytest.mark.parametrize("forged", ["stolen", "minted-elsewhere", "no-owner"])
+async def test_an_id_that_is_not_this_agents_session_is_404_on_every_replica(forged: str) -> None:
+    """Mallory presents Alice's id (learnt somehow), or ids no enclave minted, to a replica that
+    never saw them: 404 exactly as for an unknown session; nothing is adopted."""
+    pool = FakePool(ENCLAVES)
+    a, b = _replica(pool), _replica(pool)
+    alices = await _open(a, pool)
+    session_id = {"stolen": alices, "minted-elsewhere": mint(ENCLAVES[2].kid), "no-owner": "f" * 32}[forged]
+    for replica in (a, b):
+        response = await _send(replica, session=session_id, token="tok-mallory")
+        assert response.status == 404, response.body
+        assert _json(response)["error"]["data"]["error_code"] == "SESSION_CLOSED"
+    assert b.sessions.find(session_id) is None
+
+
+async def test_mallory_cannot_close_alices_session_through_another_replica() -> None:
+    pool = FakePool(ENCLAVES)
+    a, b = _replica(pool), _replica(pool)
+    alices = await _open(a, pool)
+    assert (await _send(b, http="DELETE", session=alices, token="tok-mallory")).status == 404
+    assert pool.closed == []
+    assert (await _send(a, session=alices)).status == 200
+
+
+async def test_weakened_adoption_on_the_id_alone_lets_mallory_close_alices_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway that trusts the id (the enclave's judgement monkeypatched away): Mallory's
+    DELETE through another replica closes Alice's session. The test above catches this."""
+    pool = FakePool(ENCLAVES)
+    a, b = _replica(pool), _replica(pool)
+    alices = await _open(a, pool)
+
+    async def trusting(pin: Pin, session_id: str, principal: str) -> list[str]:
+        return []
+
+    monkeypatch.setattr(pool, "list_tools", trusting)
+    assert (await _send(b, http="DELETE", session=alices, token="tok-mallory")).status == 200
+    assert [sid for sid, _ in pool.closed] == [alices]
+
+
+async def test_delete_on_another_replica_closes_at_the_enclave_and_ends_the_session_everywhere() -> None:
+    pool = FakePool(ENCLAVES)
+    a, b = _replica(pool), _replica(pool)
+    session_id = await _open(a, pool)
+    assert (await _send(a, session=session_id)).status == 200  # cached on a
+    closed = await _send(b, http="DELETE", session=session_id)
+    assert closed.status == 200 and _json(closed)["session_id"] == session_id
+    assert pool.closed == [(session_id, "client closed")]
+    # a still caches it: the enclave's SESSION_CLOSED turns into the spec's 404 and a forgets it
+    stale = await _send(a, session=session_id)
+    assert stale.status == 404 and session_id not in a.sessions
+    assert (await _send(b, session=session_id)).status == 404
+
+
+async def test_a_session_whose_enclave_is_gone_is_lost_on_the_other_replica() -> None:
+    pool = FakePool(ENCLAVES)
+    a, b = _replica(pool), _replica(pool)
+    session_id = await _open(a, pool)
+    pool.enclaves.remove(a.sessions[session_id].pin)
+    response = await _send(b, session=session_id)
+    assert _json(response)["error"]["data"]["error_code"] == "SESSION_LOST"
+    assert pool.asked == []  # no other enclave was asked to take it
+
+
+async def test_adopted_sessions_count_against_the_agents_limit() -> None:
+    pool = FakePool(ENCLAVES)
+    a, b = _replica(pool), _replica(pool, max_sessions_per_agent=1)
+    first, second = await _open(a, pool), await _open(a, pool)
+    assert (await _send(b, session=first)).status == 200
+    limited = await _send(b, session=second)
+    assert _json(limited)["error"]["data"]["error_code"] == "SESSION_LIMIT"
+    assert second not in b.sessions
+
+
+async def test_the_protocol_version_header_is_honoured_on_an_adopted_session() -> None:
+    pool = FakePool(ENCLAVES)
+    a, b = _replica(pool), _replica(pool)
+    session_id = await _open(a, pool)
+    modern = _json(await _send(b, session=session_id, version="2026-07-28"))["result"]
+    assert modern["cacheScope"] == "private" and modern["resultType"] == "complete"
+    legacy = _json(await _send(b, session=session_id, version="2025-06-18"))["result"]
+    assert "cacheScope" not in legacy and legacy["tools"] == TOOLS
