@@ -50,8 +50,10 @@ from bench.common import (
 from cmcp_devkit import procs
 from cmcp_devkit.postgres import PostgresServer, start_postgres
 
-PATHS = ("direct", "ours", "ours-postgres", "origin", "origin-tmpfs")
-OURS = ("ours", "ours-postgres")  # the audit trail on SQLite (the default) and on PostgreSQL
+PATHS = ("direct", "ours", "ours-tmpfs", "ours-postgres", "origin", "origin-tmpfs")
+# Our audit trail on SQLite on disk (the default), on SQLite on tmpfs (the fsync cost apart, as
+# origin-tmpfs does for the origin) and on PostgreSQL (several replicas).
+OURS = ("ours", "ours-tmpfs", "ours-postgres")
 ORIGINS = ("origin", "origin-tmpfs")
 
 
@@ -429,6 +431,7 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
     targets: dict[str, loadgen.LoadTarget] = {}
     stack: ours.OursStack | None = None
     pg_stack: ours.OursStack | None = None
+    tmpfs_stack: ours.OursStack | None = None
     pg_server: PostgresServer | None = None
     tool_def: dict[str, Any] | None = None
     paths_info: dict[str, Any] = {}
@@ -495,6 +498,16 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             if s.errors:
                 raise RuntimeError(f"our path fails its smoke calls: {s.error_examples}")
         if plan.mode == "full":
+            with sections.run("setup:ours-tmpfs"):
+                shm = Path(tempfile.mkdtemp(prefix="cmcp-bench-ours-", dir="/dev/shm"))
+                cleanup.append(shm)
+                tmpfs_stack = ours.start_stack(work / "ours-tmpfs", log_dir, tool_def=tool_def,
+                                               audit_store=f"sqlite:{shm / 'audit.sqlite'}",
+                                               name="ours-tmpfs")
+                targets["ours-tmpfs"] = loadgen.LoadTarget("ours-tmpfs", tmpfs_stack.url,
+                                                           pids=tmpfs_stack.pids())
+                paths_info["ours-tmpfs"] = {"url": tmpfs_stack.url, "pids": tmpfs_stack.pids(),
+                                            "what": "as ours, the gateway's SQLite audit trail on /dev/shm"}
             with sections.run("setup:ours-postgres"):  # several gateway replicas share one store
                 pg_server = start_postgres(log_dir)
                 pg_stack = ours.start_stack(work / "ours-postgres", log_dir, tool_def=tool_def,
@@ -553,6 +566,8 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             stack.stop()
         if pg_stack is not None:
             pg_stack.stop()
+        if tmpfs_stack is not None:
+            tmpfs_stack.stop()
         if pg_server is not None:
             pg_server.stop()
         for p in reversed(running):

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import select
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -28,10 +32,31 @@ _engine: CedarEngine | None = None
 _audience = ""
 
 
-def _load(bundle: Bundle, audience: str) -> None:
-    """A worker's start: its own engine for the measured bundle."""
+def _load(bundle: Bundle, audience: str, enclave_pid: int) -> None:
+    """A worker's start: its own engine for the measured bundle, and a watch on the enclave."""
     global _engine, _audience
     _engine, _audience = CedarEngine(bundle), audience
+    threading.Thread(target=_exit_with, args=(enclave_pid,), name="cmcp-enclave-watch", daemon=True).start()
+
+
+def _exit_with(enclave_pid: int) -> None:
+    """End this worker when the enclave process ends, however it ends.
+
+    A pool's workers wait on a queue whose write end they hold themselves, and they hold the
+    fork server's liveness pipe: if the enclave is killed (SIGKILL, OOM) nobody would ever tell
+    them to stop, and they, the fork server and its resource tracker would outlive it. A pidfd
+    becomes readable when that process exits."""
+    try:
+        watched = os.pidfd_open(enclave_pid)
+    except (OSError, AttributeError):  # not Linux 5.3+: poll for the pid instead
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(enclave_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+    select.select([watched], [], [])
+    os._exit(0)
 
 
 def admit_and_judge(engine: CedarEngine, audience: str, fields: dict[str, Any],
@@ -73,7 +98,7 @@ class DecisionWorkers:
         # the fork server imports this module (Cedar, the engine) once; workers share those pages
         context.set_forkserver_preload([__name__])
         return ProcessPoolExecutor(self.count, mp_context=context, initializer=_load,
-                                   initargs=(self.engine.bundle, self.audience))
+                                   initargs=(self.engine.bundle, self.audience, os.getpid()))
 
     async def start(self) -> None:
         """Start every worker now, not on the first heavy call (loading the bundle takes a while)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from cmcp_core.bundle import load_bundle
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import Code
+from cmcp_devkit.enclave import start_enclave
+from cmcp_devkit.procs import descendants
 from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.workers import DecisionWorkers
@@ -80,3 +83,25 @@ async def test_a_dead_worker_refuses_its_request_and_fresh_workers_take_the_next
         assert verdict.reason is None
     finally:
         workers.close()
+
+
+def test_a_killed_enclave_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """SIGKILL the enclave process: its fork server, workers and resource tracker end too, and
+    release their semaphores (before the pidfd watch they lived on, one set per killed enclave)."""
+    enclave = start_enclave(EXAMPLES / "realistic", tmp_path, timeout=60)
+    below = descendants(enclave.process.pid)
+    assert len(below) >= 3, below  # resource tracker, fork server, at least one worker
+    enclave.process.kill()
+    enclave.process.wait()
+    deadline = time.monotonic() + 15.0
+    while any(_alive(pid) for pid in below):
+        assert time.monotonic() < deadline, [pid for pid in below if _alive(pid)]
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"  # a zombie has ended
