@@ -314,6 +314,9 @@ signs every enclave call with it) and the operator (which pins its public half i
   secret:
     secretName: {{ include "cmcp.gatewayIdentity.secretName" . }}
     defaultMode: 0440
+{{- end }}
+
+{{/*
 The gateway's audit store (values gateway.audit): SQLite on a PersistentVolumeClaim mounted at the
 state directory, or PostgreSQL whose DSN the gateway reads from an environment variable filled
 from a Secret (the DSN never enters the ConfigMap). SQLite keeps the trail on one volume, so more
