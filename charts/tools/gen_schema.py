@@ -276,6 +276,14 @@ RELEASE = obj(
 )
 
 
+# The gateway's Ed25519 key, pinned by the operator in every enclave's initdata.
+GATEWAY_IDENTITY = obj(
+    {"existingSecret": string("Secret with gateway-key.pem (PKCS#8 PEM); empty: generated at install, kept.",
+                              pattern=rf"^({DNS_SUBDOMAIN[1:-1]})?$")},
+    description="The gateway's identity towards the enclaves.",
+)
+
+
 def one_volume(kind: str, source: dict[str, Any]) -> dict[str, Any]:
     return obj({kind: source}, required=[kind])
 
@@ -469,6 +477,7 @@ SCHEMA: dict[str, Any] = {
             "operator": OPERATOR,
             "attestation": ATTESTATION,
             "release": RELEASE,
+            "gatewayIdentity": GATEWAY_IDENTITY,
             "tdx": TDX,
             "enclave": ENCLAVE,
             "gateway": GATEWAY,

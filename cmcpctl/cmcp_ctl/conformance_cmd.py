@@ -18,7 +18,7 @@ from typing import Any
 
 from cmcp_conformance import cluster
 from cmcp_conformance.cluster import RouteOutage
-from cmcp_core import appraisal_options
+from cmcp_core import appraisal_options, gateway_identity
 from cmcp_core.errors import CmcpError
 from cmcp_core.route_status import RouteRef
 from cmcp_ctl.demo_cluster import local_gateway_audit_store
@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--advisory-enclave", help="gRPC HOST:PORT of the advisory route's enclave")
     p.add_argument("--audit-store", help="the gateway's audit store: sqlite:PATH or postgresql://...")
+    p.add_argument("--gateway-key", metavar="PEM",
+                   help="the gateway's identity key (the chart's gateway identity Secret): the checks "
+                        "that play a compromised gateway call the enclave with it")
     p.add_argument("--upstream", help="the guarded upstream's MCP URL, reachable directly (bypass tests)")
     p.add_argument("--upstream-counter", help="URL returning the upstream's tool-call counter as JSON")
     p.add_argument("--audience", help="permit audience of the upstream (default: from the route)")
@@ -115,6 +118,7 @@ def _remote_target(args: argparse.Namespace) -> Any:
         enclave_address=enclave,
         audit_store=args.audit_store or (local_gateway_audit_store(Path(args.kubeconfig))
                                          if args.kubeconfig else None),
+        gateway_key=gateway_identity.load_private_key(Path(args.gateway_key)) if args.gateway_key else None,
         upstream_url=args.upstream,
         upstream_audience=audience,
         upstream_counter_url=args.upstream_counter,

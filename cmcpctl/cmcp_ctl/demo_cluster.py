@@ -35,6 +35,7 @@ tools or the installation were not usable (the message says what to do next).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -50,6 +51,8 @@ from typing import Any, TypeVar
 
 import httpx
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import GROUP
@@ -572,6 +575,7 @@ class ClusterDemo:
                 expected_bundle_hash=run.bundle_hash,
                 bundle_dir=bundle_dir,
                 audit_store=self._gateway_audit_store(),
+                gateway_key=self._gateway_key(),
             )
             console.table(
                 ["component", "address", "note"],
@@ -803,6 +807,16 @@ class ClusterDemo:
 
     def _gateway_audit_store(self) -> str | None:
         return local_gateway_audit_store(self.tools.kubeconfig, self.ns, self.release)
+
+    def _gateway_key(self) -> Ed25519PrivateKey:
+        """The chart's gateway identity (its Secret): the demo's auditor asks the enclave for the
+        session's Trust Record as the gateway may, since no other caller is taken."""
+        raw = self.tools.kubectl("get", "secret", f"{self.release}-gateway-identity", "-n", self.ns,
+                                 "-o", "jsonpath={.data.gateway-key\\.pem}").stdout
+        key = load_pem_private_key(base64.b64decode(raw.strip()), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ToolError("the chart's gateway identity Secret holds no Ed25519 key")
+        return key
 
     def _add_gateway(self, routes: list[dict[str, Any]] | None = None) -> str:
         """``helm upgrade`` with the route (or the caller's ``gateway.routes``); return the

@@ -15,13 +15,14 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.target import LaunchResult, Profile, TargetDeployment
+from cmcp_core.gateway_identity import load_private_key
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_devkit.initdata import render_initdata as devkit_render_initdata
@@ -43,9 +44,12 @@ FORGED_GUEST = SimulatedGuest(rtmrs=(_GENUINE.rtmrs[0], _GENUINE.rtmrs[1],
 __all__ = ["AUDIENCE", "LaunchError", "LocalDeployment", "LocalPowers", "local_deployment", "render_initdata"]
 
 
-def render_initdata(bundle_dir: Path, *, route: str, audience: str = AUDIENCE) -> bytes:
-    """Initdata naming the bundle's hashes and mode (the product renderer, conformance image)."""
-    return devkit_render_initdata(bundle_dir, route=route, audience=audience, image=ENCLAVE_IMAGE)
+def render_initdata(bundle_dir: Path, *, route: str, audience: str = AUDIENCE,
+                    gateway_keys: Sequence[str] = ()) -> bytes:
+    """Initdata naming the bundle's hashes and mode (the product renderer, conformance image)
+    and the gateways the enclave takes state-changing calls from."""
+    return devkit_render_initdata(bundle_dir, route=route, audience=audience, image=ENCLAVE_IMAGE,
+                                  gateway_keys=gateway_keys)
 
 
 @dataclass
@@ -106,7 +110,8 @@ class LocalDeployment(LocalStack):
     def start(self) -> None:
         for name, mode in (("enforce", "enforce"), ("advisory", "advisory")):
             bundle_dir = conformance_bundle.write(self.workdir / f"bundle-{name}", self.profile, mode=mode)
-            initdata_bytes = render_initdata(bundle_dir, route=f"conformance/{name}", audience=self.audience)
+            initdata_bytes = render_initdata(bundle_dir, route=f"conformance/{name}", audience=self.audience,
+                                             gateway_keys=self.gateway_keys)
             self.start_enclave_on(name, bundle_dir, initdata_bytes)
         self.start_upstream()
         self.start_gateway()
@@ -123,6 +128,7 @@ class LocalDeployment(LocalStack):
             replica_mcp_url=f"{replica}/mcp/enforce" if replica else None,
             replica_token=REPLICA_TOKEN if replica else None,
             enclave_address=enforce.address,
+            gateway_key=load_private_key(self.gateway_key_file),
             audit_store=self.audit_store,
             advisory_enclave_address=advisory.address if advisory else None,
             upstream_url=self.upstream_url,

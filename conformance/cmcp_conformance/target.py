@@ -27,6 +27,7 @@ subclassing it to change how the audit export reaches the tester (a host that ed
 from __future__ import annotations
 
 import json
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,12 @@ from typing import Any, Protocol
 
 import grpc
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_conformance.cluster import ClusterAccess
+from cmcp_core import gateway_identity
 from cmcp_core.audit_store import chain_entries, open_audit_store, rows_of
+from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy
 
@@ -99,6 +103,9 @@ class TargetDeployment:
     replica_mcp_url: str | None = None  # the enforce route on another gateway replica
     replica_token: str | None = None  # a second agent, for the replica check only
     enclave_address: str | None = None
+    # The gateway's identity key, when the tester may play the gateway (or a compromised one):
+    # enclaves take state-changing calls only with its proof (cmcp_core.gateway_identity).
+    gateway_key: Ed25519PrivateKey | None = None
     audit_store: str | None = None  # the gateway's audit store (sqlite:PATH | postgresql://...)
     advisory_enclave_address: str | None = None
     upstream_url: str | None = None
@@ -129,11 +136,22 @@ class TargetDeployment:
         return int(resp.json()["total"])
 
     # --- enclave access (auditor / operator position) ------------------------------------
-    def _stub(self, address: str | None = None) -> tuple[grpc.Channel, enclave_pb2_grpc.EnclaveStub]:
+    def enclave_channel(self, address: str | None = None) -> grpc.Channel:
+        """A channel to the enclave; with :attr:`gateway_key`, every call carries the gateway's
+        proof for that enclave (its key id from a fresh ``Attest``)."""
         addr = address or self.enclave_address
         if not addr:
             raise RuntimeError("target offers no enclave access")
         channel = grpc.insecure_channel(addr)
+        if self.gateway_key is None:
+            return channel
+        attested = enclave_pb2_grpc.EnclaveStub(channel).Attest(
+            enclave_pb2.AttestRequest(nonce=os.urandom(32)), timeout=GRPC_TIMEOUT_SECONDS)
+        kid = thumbprint(key_from_jwk(json.loads(attested.public_key_jwk)))
+        return gateway_identity.proving_channel(channel, self.gateway_key, lambda: kid)
+
+    def _stub(self, address: str | None = None) -> tuple[grpc.Channel, enclave_pb2_grpc.EnclaveStub]:
+        channel = self.enclave_channel(address)
         return channel, enclave_pb2_grpc.EnclaveStub(channel)
 
     def attest(self, nonce: bytes, *, address: str | None = None) -> Any:

@@ -15,6 +15,7 @@ proof is made when it opens, over no request bytes: every message on it is the g
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -147,3 +148,47 @@ def proving(key: Ed25519PrivateKey, enclave_kid: Callable[[], str | None],
     files each interceptor under the first shape it implements."""
     prover = _Prover(key, enclave_kid, clock)
     return [_ProvingUnaryUnary(prover), _ProvingUnaryStream(prover), _ProvingStreamStream(prover)]
+
+
+class _SyncCallDetails(
+    collections.namedtuple("_SyncCallDetails",
+                           ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    """Call details for a blocking channel's interceptors (grpc gives no public constructor)."""
+
+
+class _SyncProving(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+                   grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """The proof for blocking channels (``grpc.intercept_channel``), as :func:`proving` for aio."""
+
+    def __init__(self, prover: _Prover) -> None:
+        self.prover = prover
+
+    def _signed(self, details: Any, request: bytes) -> Any:
+        kid = self.prover.enclave_kid()
+        if kid is None:
+            return details
+        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+        proof = make_proof(self.prover.key, rpc=method.rsplit("/", 1)[-1], enclave_kid=kid, request=request,
+                           now=self.prover.clock())
+        metadata = [*(details.metadata or ()), (METADATA_KEY, proof)]
+        return _SyncCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                getattr(details, "wait_for_ready", None),
+                                getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._signed(details, request.SerializeToString(deterministic=True)), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._signed(details, request.SerializeToString(deterministic=True)), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._signed(details, b""), requests)
+
+
+def proving_channel(channel: grpc.Channel, key: Ed25519PrivateKey, enclave_kid: Callable[[], str | None],
+                    clock: Callable[[], float] = time.time) -> grpc.Channel:
+    """A blocking channel whose calls carry this gateway key's proof (auditors and test tools
+    that play the gateway)."""
+    return grpc.intercept_channel(channel, _SyncProving(_Prover(key, enclave_kid, clock)))

@@ -28,6 +28,7 @@ test_demo_cluster.py, the fixture waits until no other release owns it, and alwa
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 import subprocess
@@ -215,6 +216,11 @@ def conformance_run(
             ]
         )
         junit = work / "conformance.xml"
+        # the chart's gateway identity: the checks that play a compromised gateway need its key
+        key_b64 = cluster.kubectl("get", "secret", f"{RELEASE}-gateway-identity", "-n", NS, "-o",
+                                  "jsonpath={.data.gateway-key\\.pem}").stdout
+        gateway_key = work / "gateway-key.pem"
+        gateway_key.write_bytes(base64.b64decode(key_b64.strip()))
         route_before = _read_route(cluster)
         proc = subprocess.run(
             [
@@ -227,6 +233,8 @@ def conformance_run(
                 "--route",
                 f"{NS}/{ENFORCE}",
                 f"--token={demo.token}",  # one word: a generated token may start with "-"
+                "--gateway-key",
+                str(gateway_key),
                 "--advisory-url",
                 f"{gateway}/mcp/{ADVISORY}",
                 "--advisory-enclave",

@@ -53,6 +53,8 @@ def test_remote_target_runs_what_it_can_and_skips_local_powers(deployment: Local
         f"--token={t.token}",  # one word: a token may start with "-"
         "--enclave",
         str(t.enclave_address),
+        "--gateway-key",  # the checks that play a compromised gateway hold its key
+        str(deployment.gateway_key_file),
         "--upstream",
         t.upstream_url,
         "--upstream-counter",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import dataclasses
 import io
 import json
@@ -111,20 +112,26 @@ def with_pod_ip(args: list[str], ip: str = "198.18.0.10") -> list[str]:
 
 
 def pod_root(docs: list[dict[str, Any]], root: Path) -> Path:
-    """Materialise the release ConfigMap at ROOT/etc/cmcp/release, as the kubelet (or the e2e node
-    agent, which roots each pod's files in a directory) would."""
+    """Materialise the release ConfigMap at ROOT/etc/cmcp/release and the gateway identity Secret
+    at ROOT/etc/cmcp/gateway-identity, as the kubelet (or the e2e node agent, which roots each
+    pod's files in a directory) would."""
     cm = one(docs, "ConfigMap", "release")
     target = root / "etc" / "cmcp" / "release"
     target.mkdir(parents=True, exist_ok=True)
     for name, text in cm["data"].items():
         (target / name).write_text(text)
+    identity = root / "etc" / "cmcp" / "gateway-identity"
+    identity.mkdir(parents=True, exist_ok=True)
+    for name, value in one(docs, "Secret", "gateway-identity")["data"].items():
+        (identity / name).write_bytes(base64.b64decode(value))
     return root
 
 
 def rooted(args: list[str], root: Path) -> list[str]:
     """Container paths in flags (after ``=``) mapped under ``root``."""
     return [
-        re.sub(r"=/(etc/cmcp/release|var/cache/cmcp)/", lambda m: f"={root}/{m.group(1)}/", a) for a in args
+        re.sub(r"=/(etc/cmcp/release|etc/cmcp/gateway-identity|var/cache/cmcp)/",
+               lambda m: f"={root}/{m.group(1)}/", a) for a in args
     ]
 
 
@@ -856,6 +863,34 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
     assert f"{dist} = " in scripts
 
 
+def test_the_gateway_identity_is_one_key_the_gateway_signs_with_and_the_operator_pins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator pins the public half of exactly the key the gateway signs enclave calls with."""
+    from cmcp_core.gateway_identity import initdata_value, load_private_key
+    from cmcp_gateway.config import parse
+    from cmcp_operator.main import parse_args
+
+    docs = render("simulated-values.yaml")
+    root = pod_root(docs, tmp_path)
+    operator = parse_args(rooted(with_pod_ip(container(one(docs, "Deployment", "operator"))["args"]), root))
+    monkeypatch.chdir(root)
+    gateway = parse(json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"]))
+    assert gateway.identity_key_file is not None
+    assert operator.gateway_keys == (initdata_value(load_private_key(root / gateway.identity_key_file)),)
+    for part in ("gateway", "operator"):
+        deploy = one(docs, "Deployment", part)
+        volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["gateway-identity"]["secret"]["secretName"] == f"{RELEASE}-cmcp-gateway-identity"
+        assert {"name": "gateway-identity", "mountPath": "/etc/cmcp/gateway-identity",
+                "readOnly": True} in container(deploy)["volumeMounts"]
+
+
+def test_an_existing_gateway_identity_secret_is_used_and_none_is_generated() -> None:
+    docs = render("simulated-values.yaml", ("gatewayIdentity.existingSecret=my-gateway-key",))
+    assert not find(docs, "Secret", "gateway-identity")
+    gateway = one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in gateway["volumes"]}
+    assert volumes["gateway-identity"]["secret"]["secretName"] == "my-gateway-key"
 
 def test_the_gateway_audit_store_defaults_to_sqlite_on_a_claim() -> None:
     docs = render("tdx-only-values.yaml")

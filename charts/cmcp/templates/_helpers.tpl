@@ -191,7 +191,8 @@ because they carry $(POD_IP).
 {{- $limits := dict "max_body_bytes" $l.maxBodyBytes "max_depth" $l.maxDepth "max_string" $l.maxString "max_concurrent_per_agent" $l.maxConcurrentPerAgent "decide_timeout_seconds" $l.decideTimeoutSeconds "upstream_timeout_seconds" $l.upstreamTimeoutSeconds "session_idle_seconds" $l.sessionIdleSeconds "max_sessions" $l.maxSessions "max_sessions_per_agent" $l.maxSessionsPerAgent -}}
 {{- /* tokens_dir is relative to the container's workingDir "/" (set in the Deployment), so it also
 resolves for a process whose filesystem is rooted elsewhere (the e2e node agent). */ -}}
-{{- $cfg := dict "listen" (printf "0.0.0.0:%v" $gw.port) "allow_simulated" .Values.attestation.allowSimulated "auth" (dict "tokens_dir" "etc/cmcp/gateway-auth") "limits" $limits "attest_refresh_seconds" $gw.attestRefreshSeconds "routes" $routes -}}
+{{- $identity := dict "key_file" (include "cmcp.gatewayIdentity.keyFile" . | trimPrefix "/") -}}
+{{- $cfg := dict "listen" (printf "0.0.0.0:%v" $gw.port) "allow_simulated" .Values.attestation.allowSimulated "auth" (dict "tokens_dir" "etc/cmcp/gateway-auth") "identity" $identity "limits" $limits "attest_refresh_seconds" $gw.attestRefreshSeconds "routes" $routes -}}
 {{- $_ := set $cfg "state_dir" (include "cmcp.gateway.stateDir" .) -}}
 {{- $_ := set $cfg "audit" (include "cmcp.gateway.auditConfig" . | fromJson) -}}
 {{- $cfg = merge $cfg (include "cmcp.appraisal.gatewayConfig" . | fromJson) -}}
@@ -290,6 +291,29 @@ attest nothing.
   emptyDir:
     sizeLimit: 64Mi
   {{- end }}
+{{- end }}
+
+{{/*
+The gateway's identity key (values `gatewayIdentity`): a Secret mounted into the gateway (which
+signs every enclave call with it) and the operator (which pins its public half in initdata).
+*/}}
+{{- define "cmcp.gatewayIdentity.secretName" -}}
+{{- .Values.gatewayIdentity.existingSecret | default (printf "%s-gateway-identity" (include "cmcp.fullname" .) | trunc 63 | trimSuffix "-") -}}
+{{- end }}
+{{- define "cmcp.gatewayIdentity.mountPath" -}}/etc/cmcp/gateway-identity{{- end }}
+{{- define "cmcp.gatewayIdentity.keyFile" -}}{{ include "cmcp.gatewayIdentity.mountPath" . }}/gateway-key.pem{{- end }}
+
+{{- define "cmcp.gatewayIdentity.volumeMount" -}}
+- name: gateway-identity
+  mountPath: {{ include "cmcp.gatewayIdentity.mountPath" . }}
+  readOnly: true
+{{- end }}
+
+{{- define "cmcp.gatewayIdentity.volume" -}}
+- name: gateway-identity
+  secret:
+    secretName: {{ include "cmcp.gatewayIdentity.secretName" . }}
+    defaultMode: 0440
 {{- end }}
 
 {{/*

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -48,7 +47,7 @@ def host_session(target: TargetDeployment) -> str:
     """A session opened at the enclave directly, as a gateway (or a compromised host) would: the
     enclave mints its id."""
     assert target.enclave_address
-    with grpc.insecure_channel(target.enclave_address) as channel:
+    with target.enclave_channel() as channel:
         opened = enclave_pb2_grpc.EnclaveStub(channel).OpenSession(
             enclave_pb2.OpenSessionRequest(principal="conformance-host"), timeout=10)
     return str(opened.session_id)
@@ -66,7 +65,7 @@ def host_decide(
     assert target.enclave_address
     raw = json.dumps(arguments).encode()
     session_id = session_id or host_session(target)
-    with grpc.insecure_channel(target.enclave_address) as channel:
+    with target.enclave_channel() as channel:
         stub = enclave_pb2_grpc.EnclaveStub(channel)
         resp = stub.Decide(
             enclave_pb2.DecideRequest(

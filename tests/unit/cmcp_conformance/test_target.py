@@ -15,16 +15,19 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_conformance.target import Profile, TargetDeployment
 from cmcp_core.audit_store import AuditStore, open_audit_store, rows_of
 from cmcp_core.digest import json_digest
+from cmcp_core.gateway_identity import initdata_value
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import appraise_response
-from cmcp_devkit.enclave import EnclaveProcess
+from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
 from cmcp_devkit.release import dev_appraisal
 from cmcp_devkit.upstream import run_upstream
 from tests.helpers.gateway_stack import AUDIENCE
+from tests.paths import EXAMPLES
 
 
 def _target(**fields: object) -> TargetDeployment:
@@ -135,3 +138,23 @@ def test_an_explicit_address_overrides_the_targets(enclave: EnclaveProcess) -> N
     assert response.bundle_hash == enclave.bundle_hash
     with pytest.raises(grpc.RpcError):
         target.attest(os.urandom(32))
+
+
+def test_with_the_gateway_key_the_tester_may_do_what_the_gateway_does(tmp_path: Path) -> None:
+    """An enclave pinning a gateway key closes a session for a tester holding that key, and
+    refuses the same tester without it (the tester plays the gateway, or a compromised one)."""
+    key = Ed25519PrivateKey.generate()
+    with start_enclave(EXAMPLES / "realistic", tmp_path, audience=AUDIENCE,
+                       initdata_bytes=render_initdata(EXAMPLES / "realistic", audience=AUDIENCE,
+                                                      gateway_keys=[initdata_value(key)])) as enclave:
+        keyless = _target(enclave_address=enclave.address)
+        keyed = _target(enclave_address=enclave.address, gateway_key=key)
+        with keyless.enclave_channel() as channel, pytest.raises(grpc.RpcError) as refused:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a"))
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        with keyed.enclave_channel() as channel:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            opened = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a"))
+        record = keyed.close_session(opened.session_id)
+        assert record["eat_profile"]
