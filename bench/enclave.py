@@ -183,17 +183,29 @@ async def _fairness_run(address: str, iterations: int, heavy_in_flight: int) -> 
     heavy: list[float] = []
     done = asyncio.Event()
 
+    sessions: dict[tuple[str, int], str] = {}
+    stub: Any = None
+
     async def requests() -> Any:
         while (request := await outgoing.get()) is not None:
             yield request
 
+    async def session_of(principal: str, n: int) -> str:
+        """A fresh enclave-minted session every 100 calls (opened before the timed call)."""
+        key = (principal, n // 100)
+        if key not in sessions:
+            opened = await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=principal))
+            sessions[key] = opened.session_id
+        return sessions[key]
+
     async def ask(principal: str, n: int, tool: str, raw: bytes, digest: str) -> float:
         call_id = f"{principal}-{heavy_in_flight}-{n}"
+        session_id = await session_of(principal, n)
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         waiting[call_id] = reply
         t0 = time.perf_counter_ns()
         outgoing.put_nowait(enclave_pb2.DecideRequest(
-            session_id=f"{principal}-{heavy_in_flight}-{n // 100}", call_id=call_id, principal=principal,
+            session_id=session_id, call_id=call_id, principal=principal,
             method="tools/call", tool=tool, arguments_json=raw, arguments_digest=digest,
             audience=AUDIENCE))
         answer = await reply
@@ -208,7 +220,8 @@ async def _fairness_run(address: str, iterations: int, heavy_in_flight: int) -> 
             n += 1
 
     async with grpc.aio.insecure_channel(address) as channel:
-        stream = enclave_pb2_grpc.EnclaveStub(channel).DecideStream(requests())
+        stub = enclave_pb2_grpc.EnclaveStub(channel)
+        stream = stub.DecideStream(requests())
 
         async def receive() -> None:
             async for reply in stream:

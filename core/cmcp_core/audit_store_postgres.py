@@ -15,8 +15,8 @@ import psycopg
 
 from cmcp_core.audit_store_rows import ChainSummary, Row, principal_of
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.postgres import PostgresConnection
 
-CONNECT_TIMEOUT_SECONDS = 5
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS cmcp_audit_entries (kid TEXT NOT NULL, chain TEXT NOT NULL,"
     " seq BIGINT NOT NULL, hash TEXT NOT NULL, kind TEXT NOT NULL, ts BIGINT NOT NULL,"
@@ -26,37 +26,25 @@ _SCHEMA = (
 
 class PostgresAuditStore:
     def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
+        self._db = PostgresConnection(dsn)
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         with self._lock:
             try:
-                self._connection().execute(_SCHEMA)  # a bad DSN fails start-up, not the first call
+                self._db.get().execute(_SCHEMA)  # a bad DSN fails start-up, not the first call
             except psycopg.Error as exc:
-                self._drop()
+                self._db.drop()
                 raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
 
     @property
     def where(self) -> str:
-        """The DSN without its password, for error messages and logs."""
-        info = psycopg.conninfo.conninfo_to_dict(self._dsn)
-        return f"postgresql://{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
-
-    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
-        return self._conn
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # reconnect on the next call
+        return self._db.where
 
     def append(self, rows: Sequence[Row]) -> int:
         if not rows:
             return 0
         with self._lock:
             try:
-                conn = self._connection()
+                conn = self._db.get()
                 with conn.transaction(), conn.cursor() as cur:
                     cur.executemany(
                         "INSERT INTO cmcp_audit_entries (kid, chain, seq, hash, kind, ts, entry)"
@@ -66,7 +54,7 @@ class PostgresAuditStore:
                     if added != len(rows):
                         self._check_held(cur, rows)
             except psycopg.Error as exc:
-                self._drop()
+                self._db.drop()
                 raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
         return int(added)
 
@@ -83,13 +71,13 @@ class PostgresAuditStore:
     def chains(self) -> list[ChainSummary]:
         with self._lock:
             try:
-                rows = self._connection().execute(
+                rows = self._db.get().execute(
                     "SELECT a.kid, a.chain, count(*), min(a.ts), max(a.ts),"
                     " (SELECT o.entry FROM cmcp_audit_entries o WHERE o.kid = a.kid AND o.chain = a.chain"
                     "  AND o.seq = 0 AND o.kind = 'open')"
                     " FROM cmcp_audit_entries a GROUP BY a.kid, a.chain ORDER BY a.kid, a.chain").fetchall()
             except psycopg.Error as exc:
-                self._drop()
+                self._db.drop()
                 raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
         return [ChainSummary(str(kid), str(chain), int(str(count)), int(str(first)), int(str(last)),
                              principal_of(bytes(opened)) if isinstance(opened, bytes | memoryview) else None)
@@ -98,14 +86,14 @@ class PostgresAuditStore:
     def entries(self, kid: str, chain: str) -> list[bytes]:
         with self._lock:
             try:
-                rows = self._connection().execute(
+                rows = self._db.get().execute(
                     "SELECT entry FROM cmcp_audit_entries WHERE kid = %s AND chain = %s ORDER BY seq",
                     (kid, chain)).fetchall()
             except psycopg.Error as exc:
-                self._drop()
+                self._db.drop()
                 raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
         return [bytes(entry) for (entry,) in rows]  # type: ignore[call-overload]
 
     def close(self) -> None:
         with self._lock:
-            self._drop()
+            self._db.drop()

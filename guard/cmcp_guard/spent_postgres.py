@@ -16,9 +16,9 @@ import psycopg
 from psycopg import errors
 
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.postgres import PostgresConnection
 
 PURGE_INTERVAL_SECONDS = 60.0
-CONNECT_TIMEOUT_SECONDS = 5
 _SCHEMA = "CREATE TABLE IF NOT EXISTS cmcp_spent_permits (nonce TEXT PRIMARY KEY, expires BIGINT NOT NULL)"
 
 
@@ -26,31 +26,23 @@ class PostgresSpentPermits:
     """A ``SpentPermits`` on a PostgreSQL database; rows are dropped after ``exp + retention``."""
 
     def __init__(self, dsn: str, *, retention_seconds: int) -> None:
-        self._dsn = dsn
+        self._db = PostgresConnection(dsn)
         self._retention = retention_seconds
         self._lock = threading.Lock()
         self._next_purge = 0.0
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         with self._lock:
-            self._connection().execute(_SCHEMA)  # fails start-up, not the first call, on a bad DSN
+            self._db.get().execute(_SCHEMA)  # fails start-up, not the first call, on a bad DSN
 
     @property
     def where(self) -> str:
-        """The DSN without its password, for error messages and logs."""
-        info = psycopg.conninfo.conninfo_to_dict(self._dsn)
-        return f"postgresql://{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
-
-    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
-        return self._conn
+        return self._db.where
 
     def use(self, nonce: str, exp: int, now: float | None = None) -> None:
         """Spend ``nonce``; ``PERMIT_REPLAYED`` if any replica did, ``SPENT_STORE_UNAVAILABLE`` on error."""
         current = time.time() if now is None else now
         with self._lock:
             try:
-                conn = self._connection()
+                conn = self._db.get()
                 if current >= self._next_purge:
                     conn.execute("DELETE FROM cmcp_spent_permits WHERE expires < %s", (int(current),))
                     self._next_purge = current + PURGE_INTERVAL_SECONDS
@@ -59,17 +51,15 @@ class PostgresSpentPermits:
             except errors.UniqueViolation:
                 raise CmcpError(Code.PERMIT_REPLAYED, "permit nonce already used") from None
             except psycopg.Error as exc:
-                if self._conn is not None:
-                    self._conn.close()  # reconnect on the next call
+                self._db.drop()  # reconnect on the next call
                 raise CmcpError(Code.SPENT_STORE_UNAVAILABLE,
                                 f"spent-permit store {self.where}: {exc}") from exc
 
     def __len__(self) -> int:
         with self._lock:
-            row = self._connection().execute("SELECT count(*) FROM cmcp_spent_permits").fetchone()
+            row = self._db.get().execute("SELECT count(*) FROM cmcp_spent_permits").fetchone()
         return int(row[0]) if row else 0  # type: ignore[call-overload]
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
+            self._db.drop()
