@@ -89,8 +89,9 @@ def _write_ready(path: str, doc: dict[str, object]) -> None:
 
 
 async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> int:
+    # Workers start with the first large call, not here: most routes never need them, and
+    # twenty enclaves starting theirs at once on a small node slowed their attestation 3x.
     scheduler = DecisionScheduler(enclave, workers=args.decision_workers)
-    await scheduler.start()  # workers load the bundle before the enclave reports ready
     server, port = await serve(enclave, args.listen, metrics, scheduler)
     host = args.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
@@ -120,6 +121,7 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
     with contextlib.suppress(asyncio.CancelledError):
         await expiry
     await server.stop(grace=2.0)
+    scheduler.close()
     log("stopped")
     return 0
 

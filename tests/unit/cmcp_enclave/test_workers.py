@@ -9,11 +9,13 @@ import signal
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cmcp_core.bundle import load_bundle
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import Code
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_devkit.enclave import start_enclave
 from cmcp_devkit.procs import descendants
 from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts
@@ -89,6 +91,14 @@ def test_a_killed_enclave_leaves_no_worker_behind(tmp_path: Path) -> None:
     """SIGKILL the enclave process: its fork server, workers and resource tracker end too, and
     release their semaphores (before the pidfd watch they lived on, one set per killed enclave)."""
     enclave = start_enclave(EXAMPLES / "realistic", tmp_path, timeout=60)
+    with grpc.insecure_channel(enclave.address) as channel:  # a large call starts the workers
+        stub = enclave_pb2_grpc.EnclaveStub(channel)
+        session = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a")).session_id
+        big = {"patient_id": "p", "note": "x" * 8192}
+        stub.Decide(enclave_pb2.DecideRequest(
+            session_id=session, call_id="c", principal="a", method="tools/call",
+            tool="ehr.read_patient_record", arguments_json=json.dumps(big).encode(),
+            arguments_digest=json_digest(big), audience=enclave.audience))
     below = descendants(enclave.process.pid)
     assert len(below) >= 3, below  # resource tracker, fork server, at least one worker
     enclave.process.kill()
