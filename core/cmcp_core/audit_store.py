@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from cmcp_core.audit_store_postgres import PostgresAuditStore
 from cmcp_core.audit_store_rows import ChainSummary, Row, principal_of, row_of, rows_of
 from cmcp_core.audit_store_sqlite import SqliteAuditStore
 from cmcp_core.errors import CmcpError, Code
@@ -55,6 +54,9 @@ def open_audit_store(spec: str) -> AuditStore:
     if spec.startswith(SQLITE_PREFIX) and len(spec) > len(SQLITE_PREFIX):
         return SqliteAuditStore(Path(spec[len(SQLITE_PREFIX):]))
     if spec.startswith(POSTGRES_PREFIXES):
+        # loaded for a PostgreSQL store only: psycopg costs ~10 MiB of RSS a SQLite gateway never needs
+        from cmcp_core.audit_store_postgres import PostgresAuditStore
+
         return PostgresAuditStore(spec)
     raise ValueError(f"audit store must be 'sqlite:PATH' or 'postgresql://...', not {spec!r}")
 

@@ -8,12 +8,12 @@ import logging
 import sqlite3
 from dataclasses import replace
 
-import psycopg
 import uvicorn
 from prometheus_client import start_http_server
 
 from cmcp_core import appraisal_options, logs
 from cmcp_core.attestation import ENFORCE_ONLY, AttestPolicy, Expected
+from cmcp_core.errors import CmcpError
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.route_source import McpRouteSource
 from cmcp_core.route_status import RouteRef
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     lifetime = LifetimePolicy(max_ttl=args.permit_ttl_seconds, skew=args.clock_skew_seconds)
     try:
         spent = open_spent_store(args.spent_store, lifetime.retention_seconds)
-    except (ValueError, OSError, sqlite3.Error, psycopg.Error) as exc:
+    except (ValueError, OSError, sqlite3.Error, CmcpError) as exc:
         parser.error(f"--spent-store: {exc}")
     logs.setup()
     if args.spent_store == MEMORY:

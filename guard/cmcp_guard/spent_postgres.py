@@ -31,7 +31,12 @@ class PostgresSpentPermits:
         self._lock = threading.Lock()
         self._next_purge = 0.0
         with self._lock:
-            self._db.get().execute(_SCHEMA)  # fails start-up, not the first call, on a bad DSN
+            try:
+                self._db.get().execute(_SCHEMA)  # fails start-up, not the first call, on a bad DSN
+            except psycopg.Error as exc:
+                self._db.drop()
+                raise CmcpError(Code.SPENT_STORE_UNAVAILABLE,
+                                f"spent-permit store {self.where}: {exc}") from exc
 
     @property
     def where(self) -> str:

@@ -136,9 +136,9 @@ async def test_group_is_configurable(api_server: tuple[str, dict[str, Any]], tmp
     assert (await source.read()).attested_endpoints() == ["10.9.9.9:1"]
 
 
-def test_the_kubernetes_client_is_loaded_only_when_a_route_is_read() -> None:
-    """A gateway or guard with fixed endpoints never pays the client library's memory."""
-    probe = ("import sys, cmcp_core.route_source, cmcp_gateway.app, cmcp_guard.main; "
-             "print('kubernetes_asyncio' in sys.modules)")
+def test_the_kubernetes_client_and_psycopg_are_loaded_only_when_needed() -> None:
+    """A gateway or guard with fixed endpoints and SQLite stores never pays those libraries' memory."""
+    probe = ("import sys, cmcp_core.route_source, cmcp_gateway.main, cmcp_guard.main; "
+             "print('kubernetes_asyncio' in sys.modules, 'psycopg' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"

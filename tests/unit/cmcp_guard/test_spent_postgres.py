@@ -87,5 +87,6 @@ def test_an_unreachable_store_refuses_start_up_and_then_every_call(tmp_path: Pat
         with pytest.raises(CmcpError) as err:
             store.use(_nonce(), NOW + 60, now=NOW)
         assert err.value.code is Code.SPENT_STORE_UNAVAILABLE and "postgresql://127.0.0.1" in err.value.detail
-    with pytest.raises(psycopg.OperationalError):
+    with pytest.raises(CmcpError) as refused:  # at start-up too, with the code and without the password
         PostgresSpentPermits(server.dsn, retention_seconds=90)
+    assert refused.value.code is Code.SPENT_STORE_UNAVAILABLE
