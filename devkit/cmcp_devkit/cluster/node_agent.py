@@ -849,11 +849,6 @@ class PodWorker:
             os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), grace)
-            # The container's other processes (an enclave's decision workers, fork server and
-            # resource tracker) end with its main one; give them a moment, as the end of a real
-            # container's PID namespace would, so they release what they hold on this host's
-            # shared /dev/shm instead of being killed holding it.
-            await asyncio.wait_for(_group_gone(proc.pid), 2.0)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
@@ -1332,15 +1327,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-async def _group_gone(pgid: int) -> None:
-    """Return once no process is left in process group ``pgid``."""
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:  # a member we may not signal: count it as still there
-            pass
-        await asyncio.sleep(0.05)

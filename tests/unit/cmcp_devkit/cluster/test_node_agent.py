@@ -6,7 +6,6 @@ executable, the pod status it reports, and its IP pool."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -310,16 +309,3 @@ def test_main_without_a_config_prints_usage() -> None:
                           text=True, timeout=60, check=False, env={**os.environ})
     assert proc.returncode == 2
     assert "usage: python -m cmcp_devkit.cluster.node_agent <config.json>" in proc.stderr
-
-
-async def test_a_stopped_containers_other_processes_are_waited_for() -> None:
-    """``_group_gone`` returns once the group's last process (here a child outliving its parent by
-    a moment, as an enclave's resource tracker does) has ended, and not before."""
-    leader = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import subprocess, sys; subprocess.Popen("
-        "[sys.executable, '-c', 'import time; time.sleep(3)'])", start_new_session=True)
-    await leader.wait()
-    os.killpg(leader.pid, 0)  # the child is still there (3 s): the group is not gone yet
-    await asyncio.wait_for(node_agent._group_gone(leader.pid), 10.0)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(leader.pid, 0)
