@@ -103,13 +103,21 @@ class _Prover:
                  clock: Callable[[], float]) -> None:
         self.key, self.enclave_kid, self.clock = key, enclave_kid, clock
 
-    def details(self, details: Any, request: bytes) -> Any:
+    def proof(self, details: Any, request: bytes) -> str | None:
+        """The proof for this call; ``None`` before attestation (only Attest is called then, and it
+        needs none). Shared by the aio and the blocking interceptors."""
         kid = self.enclave_kid()
+        if kid is None:
+            return None
         method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
-        if kid is None:  # not attested yet: only Attest is called then, and it needs no proof
+        return make_proof(self.key, rpc=method.rsplit("/", 1)[-1], enclave_kid=kid, request=request,
+                          now=self.clock())
+
+    def details(self, details: Any, request: bytes) -> Any:
+        """``details`` for an aio channel, with the proof added."""
+        proof = self.proof(details, request)
+        if proof is None:
             return details
-        proof = make_proof(self.key, rpc=method.rsplit("/", 1)[-1], enclave_kid=kid, request=request,
-                           now=self.clock())
         metadata = grpc.aio.Metadata(*(details.metadata or ()), (METADATA_KEY, proof))
         return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
                                           details.wait_for_ready)
@@ -166,12 +174,9 @@ class _SyncProving(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         self.prover = prover
 
     def _signed(self, details: Any, request: bytes) -> Any:
-        kid = self.prover.enclave_kid()
-        if kid is None:
+        proof = self.prover.proof(details, request)
+        if proof is None:
             return details
-        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
-        proof = make_proof(self.prover.key, rpc=method.rsplit("/", 1)[-1], enclave_kid=kid, request=request,
-                           now=self.prover.clock())
         metadata = [*(details.metadata or ()), (METADATA_KEY, proof)]
         return _SyncCallDetails(details.method, details.timeout, metadata, details.credentials,
                                 getattr(details, "wait_for_ready", None),
