@@ -95,9 +95,9 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement(
         "POLICY-003",
         _M,
-        "Session state from the measured catalog drives policy",
-        "After reading a PHI-labelled tool, an external send in the same session is "
-        "denied, while the same send in a fresh session is allowed.",
+        "State from the measured catalog drives policy",
+        "An external send by an agent the suite has not tainted yet is allowed; after a "
+        "PHI-labelled read, the same send is denied.",
     ),
     Requirement(
         "POLICY-004",
@@ -150,6 +150,14 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "Exports verify offline with cmcpctl",
         "`cmcpctl audit verify` exits 0 on the exported chain and non-zero on a host-edited copy.",
     ),
+    Requirement(
+        "AUDIT-006",
+        _M,
+        "The audit store holds every entry; a withheld session is reported",
+        "Each call's decision entry is in the store when the call returns and every outcome "
+        "follows; the ledger and the session verify from the store, and a copy without the "
+        "session is reported AUDIT_WITHHELD.",
+    ),
     # --- failure handling ----------------------------------------------------------------
     Requirement(
         "FAIL-001",
@@ -181,6 +189,14 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "A session opened and tainted (PHI read) on one replica continues on another, where the "
         "external send stays denied, as in a new session and a stateless request there; another "
         "agent presenting the session id there gets 404; a DELETE there closes it everywhere.",
+    ),
+    # --- principal state ----------------------------------------------------------------
+    Requirement(
+        "STATE-001",
+        _M,
+        "No new session, connection or stateless request sheds a principal's state",
+        "After a PHI read in one session, an external send in a new session on a new connection "
+        "and in a stateless request is still denied (POLICY_DENY).",
     ),
     # --- Trust Records -------------------------------------------------------------------
     Requirement(

@@ -341,6 +341,21 @@ RECORDS_OTHER_BUNDLE = """
     enclave.build_record = other_bundle
 """
 
+SESSION_SCOPED_STATE = """
+    # The enclave before issue 16: Cedar sees only the session's own state, so a new session,
+    # connection or stateless request starts the principal clean.
+    import dataclasses
+    from cmcp_enclave import enclave
+
+    _view = enclave.Enclave._view
+
+    def session_only(self, session, principal):
+        view = _view(self, session, principal)
+        return dataclasses.replace(view, principal=view.session)
+
+    enclave.Enclave._view = session_only
+"""
+
 SIGNS_WITH_UNATTESTED_KEY = """
     # An enclave that attests one key but signs decisions, permits and audit entries with another.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -409,6 +424,45 @@ def test_enclave_recording_another_bundle_fails_policy_tee_003(tmp_path: Path) -
     assert outcomes(report) == {"POLICY-TEE-003": CheckResult.FAIL, "TRACE-002": CheckResult.FAIL}, reasons(
         report
     )
+
+
+def test_enclave_with_session_scoped_state_fails_state_001(tmp_path: Path) -> None:
+    weak = WeakEnclaveDeployment(workdir=tmp_path)
+    weak.script = write_weak_enclave(tmp_path, SESSION_SCOPED_STATE)
+    try:
+        weak.start()
+        report = runner.run(weak.target(), ids=["POLICY-003", "STATE-001"])
+    finally:
+        weak.close()
+    # Same-session taint still holds (POLICY-003); only what a new session sheds is caught.
+    expected = {"POLICY-003": CheckResult.PASS, "STATE-001": CheckResult.FAIL}
+    assert outcomes(report) == expected, reasons(report)
+
+
+# ------------------------------------------------------------------------------------------
+# weakened gateway audit writer: outcomes never reach the store
+# ------------------------------------------------------------------------------------------
+
+DROPS_OUTCOMES = """
+import json
+from cmcp_gateway import audit_writer
+from cmcp_gateway.main import main
+_record = audit_writer.AuditWriter.record
+async def record(self, entries):
+    await _record(self, [e for e in entries if json.loads(e)["kind"] != "complete"])
+audit_writer.AuditWriter.record = record
+main()
+"""
+
+
+def test_gateway_that_drops_outcomes_fails_audit_006(deployment: LocalDeployment) -> None:
+    intact = runner.run(deployment.target(), ids=["AUDIT-006"])
+    assert outcomes(intact)["AUDIT-006"] is CheckResult.PASS, reasons(intact)
+    with weak_replica(deployment, DROPS_OUTCOMES) as base:
+        target = dataclasses.replace(deployment.target(), mcp_url=f"{base}/mcp/enforce")
+        report = runner.run(target, ids=["AUDIT-006"])
+    result = next(r for r in report.results if r.requirement.id == "AUDIT-006")
+    assert result.outcome is CheckResult.FAIL and "outcomes" in result.reason, reasons(report)
 
 
 # ------------------------------------------------------------------------------------------

@@ -65,6 +65,13 @@ def need_replica(target: TargetDeployment) -> tuple[str, str]:
     return target.replica_mcp_url, target.replica_token
 
 
+def need_store(target: TargetDeployment) -> str:
+    """The deployment's audit store, as the auditor reads it (``sqlite:PATH`` or ``postgresql://...``)."""
+    if not target.audit_store:
+        pytest.skip("target names no audit store (pass --audit-store)")
+    return target.audit_store
+
+
 def need_powers(target: TargetDeployment, what: str) -> Any:
     if target.powers is None:
         pytest.skip(f"needs local powers ({what}); not available on a remote target")

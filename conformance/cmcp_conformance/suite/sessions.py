@@ -46,23 +46,23 @@ def run_session(
             return recorded
 
     recorded = asyncio.run(scenario())
-    _await_completions(target, recorded, address)
+    await_completions(target, recorded.session_id, sum(1 for _, _, out in recorded.calls if out.ok), address)
     recorded.record = target.close_session(recorded.session_id, address=address)
     recorded.entries = target.export_audit(recorded.session_id, address=address)
     return recorded
 
 
-def _await_completions(
-    target: TargetDeployment, recorded: RecordedSession, address: str | None, timeout: float = 10.0
-) -> None:
-    """The gateway reports an allowed call's outcome just after answering the agent; wait for
-    those reports to land before closing, so the chain is complete rather than racing the close."""
-    expected = sum(1 for _, _, outcome in recorded.calls if outcome.ok)
+def await_completions(
+    target: TargetDeployment, session_id: str, expected: int, address: str | None = None,
+    timeout: float = 10.0,
+) -> list[dict[str, Any]]:
+    """The gateway reports an allowed call's outcome just after answering the agent; wait until
+    ``expected`` outcomes are stored (so a close does not race them) and return the chain."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entries = target.export_audit(recorded.session_id, address=address)
-        if sum(1 for e in entries if e.get("kind") == "complete") >= expected:
-            return
+    while True:
+        entries = target.export_audit(session_id, address=address)
+        if sum(1 for e in entries if e.get("kind") == "complete") >= expected or time.monotonic() > deadline:
+            return entries
         time.sleep(0.1)
 
 

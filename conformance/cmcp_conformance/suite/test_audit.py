@@ -1,8 +1,10 @@
-"""AUDIT-001..005: every call lands in a signed, genesis-rooted chain that an auditor can verify
-offline with the attested key, and whose tip the Trust Record commits to."""
+"""AUDIT-001..006: every call lands in a signed, genesis-rooted chain that an auditor can verify
+offline with the attested key, and whose tip the Trust Record commits to; the deployment's audit
+store holds every entry, and a session withheld from it is reported."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import secrets
@@ -13,12 +15,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cmcp_conformance.suite.conftest import Attested, need_enclave
-from cmcp_conformance.suite.sessions import run_session, standard_calls
+from cmcp_conformance.agent import agent
+from cmcp_conformance.suite.conftest import Attested, need_enclave, need_store
+from cmcp_conformance.suite.sessions import await_completions, run_session, standard_calls
 from cmcp_conformance.target import TargetDeployment
-from cmcp_core.audit import GENESIS, verify_chain
+from cmcp_core.audit import GENESIS, ledger_id, verify_chain
+from cmcp_core.audit_store import AuditStore, open_audit_store, rows_of
+from cmcp_core.audit_store_verify import Finding, verify_store
 from cmcp_core.crypto import public_jwk
 from cmcp_core.digest import json_digest
+from cmcp_core.errors import Code
 
 
 @pytest.mark.conformance("AUDIT-001")
@@ -114,3 +120,65 @@ def test_cmcpctl_audit_verify_accepts_export_and_rejects_edit(
     assert ok.returncode == 0, f"cmcpctl audit verify rejected a genuine export: {ok.stdout}{ok.stderr}"
     bad = verify(edited)
     assert bad.returncode == 1, f"cmcpctl audit verify did not reject an edited export (rc {bad.returncode})"
+
+
+def _findings(store: AuditStore, attested: Attested) -> dict[str, Finding]:
+    """The auditor's verdict on every chain of the attested enclave in ``store``, by chain."""
+    return {f.chain: f for f in verify_store(store, {attested.kid: attested.key}) if f.kid == attested.kid}
+
+
+def _copy_without(source: str, kid: str, withheld: str, path: Path) -> AuditStore:
+    """A copy of one enclave's part of the store, as a host would hand it over minus one session."""
+    store, copy = open_audit_store(source), open_audit_store(f"sqlite:{path}")
+    try:
+        for summary in store.chains():
+            if summary.kid == kid and summary.chain != withheld:
+                copy.append(rows_of(store.entries(kid, summary.chain)))
+    finally:
+        store.close()
+    return copy
+
+
+@pytest.mark.conformance("AUDIT-006")
+def test_the_store_holds_every_entry_and_a_withheld_session_is_reported(
+    target: TargetDeployment, attested: Attested, tmp_path: Path
+) -> None:
+    source = need_store(target)
+    prof = target.profile
+    calls = [(prof.allowed_tool, {"text": f"trail-{n}"}) for n in range(3)]
+    calls.append((prof.denied_tool, {"text": "x"}))
+
+    async def scenario() -> str:
+        async with agent(target) as a:
+            for made, (tool, arguments) in enumerate(calls, start=1):
+                await a.call(tool, arguments)
+                decided = [e for e in target.export_audit(a.session_id) if e["kind"] == "decision"]
+                assert len(decided) == made, (
+                    f"after call {made} the store holds {len(decided)} decision entries: a call went on "
+                    "before its decision was stored"
+                )
+            return a.session_id
+
+    session_id = asyncio.run(scenario())
+    allowed = sum(1 for tool, _ in calls if tool == prof.allowed_tool)
+    entries = await_completions(target, session_id, allowed)
+    outcomes = [e for e in entries if e["kind"] == "complete"]
+    assert len(outcomes) == allowed, f"{allowed} calls ran, the store holds {len(outcomes)} outcomes"
+
+    store = open_audit_store(source)
+    try:
+        verdict = _findings(store, attested)
+    finally:
+        store.close()
+    for chain in (ledger_id(attested.kid), session_id):
+        found = verdict.get(chain)
+        assert found is not None and found.ok, f"the store's {chain} does not verify: {found}"
+
+    copy = _copy_without(source, attested.kid, session_id, tmp_path / "withheld.sqlite")
+    try:
+        withheld = _findings(copy, attested).get(session_id)
+    finally:
+        copy.close()
+    assert withheld is not None and withheld.code is Code.AUDIT_WITHHELD, (
+        f"a store without session {session_id} was not reported as withholding it: {withheld}"
+    )

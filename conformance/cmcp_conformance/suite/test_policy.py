@@ -76,7 +76,7 @@ def test_cedar_deny_is_coded_signed_and_not_forwarded(
 
 
 @pytest.mark.conformance("POLICY-003")
-def test_phi_taint_blocks_external_send_in_the_same_session_only(target: TargetDeployment) -> None:
+def test_phi_taint_blocks_a_later_external_send(target: TargetDeployment) -> None:
     prof = target.profile
 
     async def scenario() -> None:

@@ -27,17 +27,18 @@ def test_readme_lists_exactly_the_catalogue() -> None:
 def test_ids_are_unique_and_well_formed() -> None:
     ids = [r.id for r in catalogue.REQUIREMENTS]
     assert len(ids) == len(set(ids))
-    assert all(re.fullmatch(r"(ATTEST|POLICY|AUDIT|FAIL|TRACE|POLICY-TEE|REPLICA)-\d{3}", i) for i in ids)
+    assert all(re.fullmatch(r"(ATTEST|POLICY|AUDIT|FAIL|TRACE|POLICY-TEE|REPLICA|STATE)-\d{3}", i) for i in ids)
     expected = {
         f"{group}-{n:03d}"
         for group, count in (
             ("ATTEST", 6),
             ("POLICY", 5),
-            ("AUDIT", 5),
+            ("AUDIT", 6),
             ("FAIL", 3),
             ("TRACE", 3),
             ("POLICY-TEE", 6),
             ("REPLICA", 1),
+            ("STATE", 1),
         )
         for n in range(1, count + 1)
     }
