@@ -50,6 +50,7 @@ def host_session(target: TargetDeployment) -> str:
     with target.enclave_channel() as channel:
         opened = enclave_pb2_grpc.EnclaveStub(channel).OpenSession(
             enclave_pb2.OpenSessionRequest(principal="conformance-host"), timeout=10)
+    target.keep_trail(opened.audit_entries)
     return str(opened.session_id)
 
 
@@ -80,6 +81,7 @@ def host_decide(
             ),
             timeout=10,
         )
+    target.keep_trail(resp.audit_entries)
     return json.loads(resp.decision_json), resp.permit
 
 
