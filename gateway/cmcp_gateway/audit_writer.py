@@ -4,8 +4,15 @@ Each enclave answer carries the signed entries it produced (``audit_entries``); 
 writes them to the audit store (:mod:`cmcp_core.audit_store`) before it uses a permit, answers
 the agent or hands out a session id. If it cannot, the call fails closed with
 ``AUDIT_STORE_UNAVAILABLE`` and the entries are kept (bounded, ``MAX_BACKLOG``) and written
-first on the next call, so a store outage stops traffic but loses nothing while this process
-lives. Writes run in a worker thread: the store's I/O never blocks the event loop.
+first on the next write, so a store outage stops traffic but loses nothing while this process
+lives.
+
+Writes run in a worker thread, so the store's I/O never blocks the event loop, and they start
+the moment they are submitted (:meth:`AuditWriter.submit`): the caller can check the answer's
+signature while the store commits. One write is in flight at a time; answers that arrive
+meanwhile share the next transaction (group commit), so concurrent calls pay one commit between
+them instead of one each. If the store refuses a shared write as a fork, each answer is written
+alone, so only the forked one fails.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cmcp_core.audit_store import AuditStore, Row, rows_of
 from cmcp_core.errors import CmcpError, Code
@@ -21,29 +29,91 @@ log = logging.getLogger("cmcp.gateway")
 MAX_BACKLOG = 100_000  # entries kept for a retry while the store is down
 
 
+@dataclass
+class _Part:
+    """One answer's rows and the future its caller awaits (none for the kept backlog)."""
+
+    rows: list[Row]
+    done: asyncio.Future[None] | None = None
+    error: CmcpError | None = field(default=None, repr=False)
+
+
 class AuditWriter:
     def __init__(self, store: AuditStore, max_backlog: int = MAX_BACKLOG) -> None:
         self.store = store
         self.max_backlog = max_backlog
         self.backlog: list[Row] = []
         self.written = 0  # rows the store took (new ones)
+        self._waiting: list[_Part] = []
+        self._busy = False
+
+    def submit(self, entries: Sequence[bytes]) -> asyncio.Future[None]:
+        """Start storing ``entries`` now; the future is done once they are durable, or fails with
+        a coded ``CmcpError``. Malformed entries fail here, before anything is written."""
+        loop = asyncio.get_running_loop()
+        part = _Part(rows_of(entries), loop.create_future())
+        self._waiting.append(part)
+        if not self._busy:
+            self._start(loop)
+        assert part.done is not None
+        return part.done
 
     async def record(self, entries: Sequence[bytes]) -> None:
         """Store ``entries`` (and any kept from a failed write); a coded ``CmcpError`` when not."""
-        rows = rows_of(entries)
-        if self.backlog:
-            rows, self.backlog = self.backlog + rows, []
-        if not rows:
-            return
+        await self.submit(entries)
+
+    async def flush(self) -> None:
+        """Write what a failed call kept (shutdown, periodic job); errors are logged, not raised."""
         try:
-            self.written += await asyncio.to_thread(self.store.append, rows)
+            await self.record(())
         except CmcpError as exc:
-            if exc.code is Code.AUDIT_STORE_UNAVAILABLE:
-                self._keep(rows)
-            else:  # AUDIT_FORK: never retried, never dropped silently
-                log.error("audit entries refused by the store", extra={"code": str(exc.code),
-                                                                       "detail": exc.detail})
-            raise
+            log.error("audit backlog not written",
+                      extra={"code": str(exc.code), "entries": len(self.backlog)})
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        parts, self._waiting = self._waiting, []
+        if self.backlog:
+            parts.insert(0, _Part(self.backlog))
+            self.backlog = []
+        if not any(p.rows for p in parts):
+            self._settle(parts)
+            return
+        self._busy = True
+        job = loop.run_in_executor(None, self._write, parts)
+        job.add_done_callback(lambda finished: self._finished(loop, parts, finished))
+
+    def _write(self, parts: list[_Part]) -> None:
+        """In the writer thread: one transaction for every part; on a fork, each part alone."""
+        try:
+            self.written += self.store.append([row for part in parts for row in part.rows])
+            return
+        except CmcpError as exc:
+            if exc.code is not Code.AUDIT_FORK or len(parts) == 1:
+                for part in parts:
+                    part.error = exc
+                return
+        for part in parts:
+            try:
+                self.written += self.store.append(part.rows)
+            except CmcpError as exc:
+                part.error = exc
+
+    def _finished(self, loop: asyncio.AbstractEventLoop, parts: list[_Part],
+                  finished: asyncio.Future[None]) -> None:
+        self._busy = False
+        unexpected = finished.exception()
+        if unexpected is not None:  # not a store error: a bug, still failed closed
+            log.error("audit write failed", exc_info=unexpected)
+            for part in parts:
+                part.error = CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit write failed: {unexpected!r}")
+        self._keep([row for part in parts if _unavailable(part) for row in part.rows])
+        for part in parts:
+            if part.error is not None and not _unavailable(part):  # AUDIT_FORK: never retried, never silent
+                log.error("audit entries refused by the store",
+                          extra={"code": str(part.error.code), "detail": part.error.detail})
+        self._settle(parts)
+        if self._waiting:
+            self._start(loop)
 
     def _keep(self, rows: list[Row]) -> None:
         self.backlog = rows + self.backlog
@@ -53,10 +123,16 @@ class AuditWriter:
             log.error("audit entries lost: the store is down and the backlog is full",
                       extra={"code": str(Code.AUDIT_STORE_UNAVAILABLE), "entries": lost})
 
-    async def flush(self) -> None:
-        """Write what a failed call kept (shutdown, periodic job); errors are logged, not raised."""
-        try:
-            await self.record(())
-        except CmcpError as exc:
-            log.error("audit backlog not written",
-                      extra={"code": str(exc.code), "entries": len(self.backlog)})
+    @staticmethod
+    def _settle(parts: list[_Part]) -> None:
+        for part in parts:
+            if part.done is None or part.done.done():  # the backlog, or a caller that gave up
+                continue
+            if part.error is None:
+                part.done.set_result(None)
+            else:
+                part.done.set_exception(part.error)
+
+
+def _unavailable(part: _Part) -> bool:
+    return part.error is not None and part.error.code is Code.AUDIT_STORE_UNAVAILABLE

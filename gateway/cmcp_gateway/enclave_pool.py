@@ -17,6 +17,7 @@ enclave (idle closes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -180,12 +181,15 @@ class EnclavePool:
     # --- audit --------------------------------------------------------------------------
     async def _recorded(self, endpoint: Endpoint, resp: Any, *, owed: bool = False) -> None:
         """Store an answer's entries before anything uses it (fail closed)."""
+        await self._store(endpoint, resp, owed=owed)
+
+    def _store(self, endpoint: Endpoint, resp: Any, *, owed: bool = False) -> asyncio.Future[None]:
+        """Start storing an answer's entries; the caller awaits the future before it acts."""
         endpoint.audit_owed = owed
         if owed and endpoint.drain_timer is None:
             endpoint.drain_timer = asyncio.get_running_loop().call_later(
                 AUDIT_DRAIN_SECONDS, self._drain_if_owed, endpoint)
-        if resp.audit_entries:
-            await self.audit.record(resp.audit_entries)
+        return self.audit.submit(resp.audit_entries)
 
     def _drain_if_owed(self, endpoint: Endpoint) -> None:
         endpoint.drain_timer = None
@@ -293,13 +297,9 @@ class EnclavePool:
             raise
         queue.acknowledged(carried, resp.completes_handled)
         # Carried on the stream, outcomes are recorded after this reply: their entries follow.
-        await self._recorded(endpoint, resp, owed=streamed and bool(resp.completes_handled))
-        _check_carried(resp)
-        document = verify_decision(
-            resp.decision_json,
-            resp.signature,
-            attested.key,
-            expected={
+        stored = self._store(endpoint, resp, owed=streamed and bool(resp.completes_handled))
+        try:  # the signature is checked while the store commits; nothing is used before both
+            document = _verified(resp, attested, expected={
                 "session_id": session_id,
                 "call_id": call_id,
                 "principal": principal,
@@ -308,10 +308,12 @@ class EnclavePool:
                 "args_digest": args_digest,
                 "audience": audience,
                 "bundle_hash": attested.bundle_hash,
-            },
-        )
-        if document["effective"] == "allow" and not resp.permit:
-            raise CmcpError(Code.DECISION_UNVERIFIED, "an allow without a permit")
+            })
+        except Exception:
+            with contextlib.suppress(CmcpError):  # the writer logs its own failure; this one is the cause
+                await stored
+            raise
+        await stored
         return Decision(document, bytes(resp.decision_json), bytes(resp.signature), resp.permit)
 
     async def complete(self, pin: Pin, request: Any) -> None:
@@ -354,6 +356,15 @@ class EnclavePool:
         await self.drain()
         for address in list(self.endpoints):
             await self._drop(address)
+
+
+def _verified(resp: Any, attested: AttestedEnclave, expected: dict[str, str]) -> dict[str, Any]:
+    """The signed decision, checked to echo exactly this call and to have come with its entry."""
+    _check_carried(resp)
+    document = verify_decision(resp.decision_json, resp.signature, attested.key, expected=expected)
+    if document["effective"] == "allow" and not resp.permit:
+        raise CmcpError(Code.DECISION_UNVERIFIED, "an allow without a permit")
+    return document
 
 
 def _check_carried(resp: Any) -> None:

@@ -447,10 +447,10 @@ DROPS_OUTCOMES = """
 import json
 from cmcp_gateway import audit_writer
 from cmcp_gateway.main import main
-_record = audit_writer.AuditWriter.record
-async def record(self, entries):
-    await _record(self, [e for e in entries if json.loads(e)["kind"] != "complete"])
-audit_writer.AuditWriter.record = record
+_submit = audit_writer.AuditWriter.submit
+def submit(self, entries):
+    return _submit(self, [e for e in entries if json.loads(e)["kind"] != "complete"])
+audit_writer.AuditWriter.submit = submit
 main()
 """
 

@@ -3,9 +3,12 @@ not write and writes it first next time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +66,70 @@ async def test_a_fork_is_raised_and_not_retried(tmp_path: Path) -> None:
         await writer.record([_entry(0, digest="b")])
     assert err.value.code is Code.AUDIT_FORK and writer.backlog == []
     writer.store.close()
+
+
+class Counting:
+    """A real store that counts its transactions, and holds the first one until released."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.transactions = inner, []  # type: ignore[var-annotated]
+        self.release = threading.Event()
+
+    def append(self, rows: Sequence[Row]) -> int:
+        self.release.wait(10)
+        self.transactions.append([r.seq for r in rows])
+        return self.inner.append(rows)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_answers_that_arrive_during_a_write_share_the_next_transaction(tmp_path: Path) -> None:
+    """Group commit: three callers, two transactions (the one in flight and one for the rest)."""
+    store = Counting(open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}"))
+    writer = AuditWriter(store)  # type: ignore[arg-type]
+    first = writer.submit([_entry(0)])  # starts at once, held in the store
+    later = [writer.submit([_entry(1)]), writer.submit([_entry(2), _entry(3)])]
+    store.release.set()
+    await asyncio.gather(first, *later)
+    assert store.transactions == [[0], [1, 2, 3]] and writer.written == 4
+
+
+async def test_a_fork_in_a_shared_write_fails_only_its_own_caller(tmp_path: Path) -> None:
+    real = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
+    writer = AuditWriter(real)
+    await writer.record([_entry(0)])
+    store = Counting(real)
+    writer.store = store  # type: ignore[assignment]
+    held = writer.submit([_entry(1)])
+    honest, forked = writer.submit([_entry(2)]), writer.submit([_entry(0, digest="b")])
+    store.release.set()
+    await held
+    results = await asyncio.gather(honest, forked, return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], CmcpError) and results[1].code is Code.AUDIT_FORK
+    assert [json.loads(e)["seq"] for e in real.entries("k", "s")] == [0, 1, 2]
+    real.close()
+
+
+async def test_weakened_writer_without_per_caller_retry_fails_an_honest_caller(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test above bites: written as one transaction only, the honest call fails with the fork."""
+    real = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
+    writer = AuditWriter(real)
+    await writer.record([_entry(0)])
+
+    def all_or_nothing(parts: list[Any]) -> None:
+        try:
+            writer.written += writer.store.append([row for part in parts for row in part.rows])
+        except CmcpError as exc:
+            for part in parts:
+                part.error = exc
+
+    monkeypatch.setattr(writer, "_write", all_or_nothing)
+    store = Counting(real)
+    writer.store = store  # type: ignore[assignment]
+    held = writer.submit([_entry(1)])
+    honest, forked = writer.submit([_entry(2)]), writer.submit([_entry(0, digest="b")])
+    store.release.set()
+    await held
+    results = await asyncio.gather(honest, forked, return_exceptions=True)
+    assert isinstance(results[0], CmcpError) and results[0].code is Code.AUDIT_FORK
+    real.close()

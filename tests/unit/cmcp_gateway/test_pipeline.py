@@ -7,10 +7,10 @@ outcome is queued for the enclave, which the session's audit chain then records.
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -136,11 +136,13 @@ async def test_weakened_writer_that_swallows_store_errors_forwards_an_unrecorded
     writer = wired.runtime.pool.audit
     writer.store = DownStore()  # type: ignore[assignment]
 
-    async def swallowing(entries: object) -> None:
-        with contextlib.suppress(CmcpError):
-            await AuditWriter.record(writer, entries)  # type: ignore[arg-type]
+    def swallowing(entries: Sequence[bytes]) -> asyncio.Future[None]:
+        failing = AuditWriter.submit(writer, entries)
+        swallowed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failing.add_done_callback(lambda done: (done.exception(), swallowed.set_result(None)))
+        return swallowed
 
-    monkeypatch.setattr(writer, "record", swallowing)
+    monkeypatch.setattr(writer, "submit", swallowing)
     await pipeline.call_tool(wired.runtime, wired.session, 5,
                              {"name": "payments.transfer", "arguments": TRANSFER})
     assert wired.upstream.counter["payments.transfer"] == 1  # forwarded, unrecorded
