@@ -270,51 +270,52 @@ class EnclavePool:
         audience: str,
     ) -> Decision:
         """Ask the pinned enclave and verify its signed answer echoes exactly this call."""
-        endpoint, attested = self.resolve(pin)
-        request = enclave_pb2.DecideRequest(
-            session_id=session_id,
-            call_id=call_id,
-            principal=principal,
-            method=method,
-            tool=tool,
-            arguments_json=arguments_json,
-            arguments_digest=args_digest,
-            audience=audience,
-        )
-        queue = endpoint.outcomes
-        carried = queue.take() if queue.carries is not False else []
-        if carried:
-            request.completes.extend(carried)
-        streamed = request.ByteSize() <= STREAM_MESSAGE_MAX
-        try:
-            if not streamed:
-                resp = await self._rpc(endpoint, "Decide", request)
-            else:
-                resp = await endpoint.decisions.decide(request)
-        except CmcpError as exc:
-            if exc.code is Code.TEE_UNAVAILABLE:  # not known to have arrived
-                queue.requeue(carried)
-            raise
-        queue.acknowledged(carried, resp.completes_handled)
-        # Carried on the stream, outcomes are recorded after this reply: their entries follow.
-        stored = self._store(endpoint, resp, owed=streamed and bool(resp.completes_handled))
-        try:  # the signature is checked while the store commits; nothing is used before both
-            document = _verified(resp, attested, expected={
-                "session_id": session_id,
-                "call_id": call_id,
-                "principal": principal,
-                "method": method,
-                "tool": tool,
-                "args_digest": args_digest,
-                "audience": audience,
-                "bundle_hash": attested.bundle_hash,
-            })
-        except Exception:
-            with contextlib.suppress(CmcpError):  # the writer logs its own failure; this one is the cause
-                await stored
-            raise
-        await stored
-        return Decision(document, bytes(resp.decision_json), bytes(resp.signature), resp.permit)
+        with self.audit.call():  # from the request until its entries are stored
+            endpoint, attested = self.resolve(pin)
+            request = enclave_pb2.DecideRequest(
+                session_id=session_id,
+                call_id=call_id,
+                principal=principal,
+                method=method,
+                tool=tool,
+                arguments_json=arguments_json,
+                arguments_digest=args_digest,
+                audience=audience,
+            )
+            queue = endpoint.outcomes
+            carried = queue.take() if queue.carries is not False else []
+            if carried:
+                request.completes.extend(carried)
+            streamed = request.ByteSize() <= STREAM_MESSAGE_MAX
+            try:
+                if not streamed:
+                    resp = await self._rpc(endpoint, "Decide", request)
+                else:
+                    resp = await endpoint.decisions.decide(request)
+            except CmcpError as exc:
+                if exc.code is Code.TEE_UNAVAILABLE:  # not known to have arrived
+                    queue.requeue(carried)
+                raise
+            queue.acknowledged(carried, resp.completes_handled)
+            # Carried on the stream, outcomes are recorded after this reply: their entries follow.
+            stored = self._store(endpoint, resp, owed=streamed and bool(resp.completes_handled))
+            try:  # the signature is checked while the store commits; nothing is used before both
+                document = _verified(resp, attested, expected={
+                    "session_id": session_id,
+                    "call_id": call_id,
+                    "principal": principal,
+                    "method": method,
+                    "tool": tool,
+                    "args_digest": args_digest,
+                    "audience": audience,
+                    "bundle_hash": attested.bundle_hash,
+                })
+            except Exception:
+                with contextlib.suppress(CmcpError):  # the writer logs its own failure; this one is the cause
+                    await stored
+                raise
+            await stored
+            return Decision(document, bytes(resp.decision_json), bytes(resp.signature), resp.permit)
 
     async def complete(self, pin: Pin, request: Any) -> None:
         endpoint, _ = self.resolve(pin)

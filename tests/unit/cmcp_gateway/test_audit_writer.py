@@ -133,3 +133,17 @@ async def test_weakened_writer_without_per_caller_retry_fails_an_honest_caller(
     results = await asyncio.gather(honest, forked, return_exceptions=True)
     assert isinstance(results[0], CmcpError) and results[0].code is Code.AUDIT_FORK
     real.close()
+
+
+async def test_the_only_call_in_flight_writes_inline_and_two_hand_off_to_the_thread(tmp_path: Path) -> None:
+    """Inline only when nothing else waits on the event loop; the entries are durable either way."""
+    writer = AuditWriter(open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}"))
+    with writer.call():
+        alone = writer.submit([_entry(0)])
+        assert alone.done() and alone.exception() is None  # committed before submit returned
+        with writer.call():
+            shared = writer.submit([_entry(1)])
+            assert not shared.done()  # in the writer thread: the other call's work goes on
+            await shared
+    assert [json.loads(e)["seq"] for e in writer.store.entries("k", "s")] == [0, 1]
+    writer.store.close()
