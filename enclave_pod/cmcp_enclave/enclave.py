@@ -316,9 +316,9 @@ class Enclave:
                                               error_code, is_error))
 
     def complete_later(self, outcomes: list[UpstreamOutcome]) -> None:
-        """Queue outcomes to record right after the current answer is out (the stream's hot path).
+        """Queue carried outcomes; the next entry point records them before it runs.
 
-        Every other entry point settles the queue first, so nothing that reads or extends a
+        Every entry point settles the queue first, so nothing that reads or extends a
         chain ever sees it without them; a refused one goes to ``on_refused_outcome``.
         """
         self._later.extend(outcomes)

@@ -144,20 +144,18 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         return response
 
     async def _reply(self, request: Any) -> Any:
-        """A stream message's reply: the decision, or the refusal's code (the stream goes on)."""
+        """A stream message's reply: the decision, or the refusal's code (the stream goes on).
+        Carried outcomes are recorded before the decision, so their entries travel (and are
+        stored) with it: no decision runs ahead of an earlier call's outcome."""
+        handled = self._carry(request.completes) if request.completes else 0
         try:
             response = await self._decide(request)
         except RequestError as exc:
             self.metrics.request_errors.labels("DecideStream", exc.code.value).inc()
-            reply = enclave_pb2.DecideReply(call_id=request.call_id, error_code=exc.code.value,
-                                            error_detail=exc.detail)
-        else:
-            reply = enclave_pb2.DecideReply(call_id=request.call_id, response=response)
-        if request.completes:  # queued now, recorded once the reply is out
-            handled = self._carry(request.completes)
-            if reply.HasField("response"):
-                reply.response.completes_handled = handled
-        return reply
+            return enclave_pb2.DecideReply(call_id=request.call_id, error_code=exc.code.value,
+                                           error_detail=exc.detail)
+        response.completes_handled = handled
+        return enclave_pb2.DecideReply(call_id=request.call_id, response=response)
 
     async def DecideStream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
         """Decide each message as it arrives: a call that is quick to decide (small arguments, its
@@ -165,8 +163,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         turn or a decision worker in a task of its own, so a slow decision of one principal does
         not hold up another's (:mod:`cmcp_enclave.scheduler` keeps each principal's in order).
         Replies go out as decisions finish, each naming its call_id; a refusal is a reply, not
-        the stream's end. Carried outcomes are recorded right after their reply is sent (off the
-        gateway's critical path), before any other call reads the chain.
+        the stream's end. Carried outcomes are recorded before the decision that carries them
+        (:meth:`_reply`).
         """
         writing = asyncio.Lock()
         slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)

@@ -8,10 +8,10 @@ flushes, then carries the rest (or, to an enclave not yet known to carry, sends 
 so the session's Trust Record covers every outcome reported before it; ``close`` flushes all.
 
 Audit: every answer's ``audit_entries`` are written to the audit store (:mod:`cmcp_gateway.audit_writer`)
-before the answer is used: a session id before it is handed out, a permit before it is used. Outcomes
-the enclave records after a stream reply leave with its next answer; if none comes within
-``AUDIT_DRAIN_SECONDS`` the pool asks for them (``DrainAudit``), and ``refresh`` drains every
-enclave (idle closes).
+before the answer is used: a session id before it is handed out, a permit before it is used. Carried
+outcomes are recorded before the decision that carries them, so their entries come with it; what
+the enclave records on its own (idle closes) leaves with its next answer, and ``refresh`` drains
+every enclave (``DrainAudit``).
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ from cmcp_core.route_status import RouteStatus
 from cmcp_gateway import enclave_rpc, pinning
 from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
-from cmcp_gateway.outcomes import OUTCOME_FLUSH_SECONDS, OutcomeQueue, outcome_lost
+from cmcp_gateway.outcomes import OutcomeQueue, outcome_lost
 from cmcp_gateway.pinning import Pin
 
 log = logging.getLogger("cmcp.gateway")
 MAX_DRAINS = 64  # DrainAudit answers one drain takes at most (the rest wait for the next)
-AUDIT_DRAIN_SECONDS = OUTCOME_FLUSH_SECONDS  # entries owed after a stream reply are asked for after this
 
 
 @dataclass
@@ -54,8 +53,6 @@ class Endpoint:
     attested: AttestedEnclave | None = None
     error: CmcpError | None = None
     reattest: asyncio.Task[None] | None = field(default=None, repr=False)
-    audit_owed: bool = False  # outcomes were recorded after the last answer: their entries wait there
-    drain_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -118,8 +115,6 @@ class EnclavePool:
         endpoint = self.endpoints.pop(address)
         if endpoint.reattest is not None:
             endpoint.reattest.cancel()
-        if endpoint.drain_timer is not None:
-            endpoint.drain_timer.cancel()
         await endpoint.outcomes.abandon()
         await endpoint.decisions.close()
         await endpoint.channel.close()
@@ -179,24 +174,9 @@ class EnclavePool:
         return endpoint, attested
 
     # --- audit --------------------------------------------------------------------------
-    async def _recorded(self, endpoint: Endpoint, resp: Any, *, owed: bool = False) -> None:
+    async def _recorded(self, resp: Any) -> None:
         """Store an answer's entries before anything uses it (fail closed)."""
-        await self._store(endpoint, resp, owed=owed)
-
-    def _store(self, endpoint: Endpoint, resp: Any, *, owed: bool = False) -> asyncio.Future[None]:
-        """Start storing an answer's entries; the caller awaits the future before it acts."""
-        endpoint.audit_owed = owed
-        if owed and endpoint.drain_timer is None:
-            endpoint.drain_timer = asyncio.get_running_loop().call_later(
-                AUDIT_DRAIN_SECONDS, self._drain_if_owed, endpoint)
-        return self.audit.submit(resp.audit_entries)
-
-    def _drain_if_owed(self, endpoint: Endpoint) -> None:
-        endpoint.drain_timer = None
-        if endpoint.audit_owed and self.endpoints.get(endpoint.address) is endpoint:
-            task = asyncio.get_running_loop().create_task(self._drain(endpoint))
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+        await self.audit.submit(resp.audit_entries)
 
     async def _drain(self, endpoint: Endpoint) -> None:
         """Ask the enclave for the entries no answer carried, and store them."""
@@ -204,7 +184,7 @@ class EnclavePool:
             for _ in range(MAX_DRAINS):  # each answer is bounded; a long backlog takes several
                 resp = await enclave_rpc.unary(endpoint.stub, "DrainAudit", enclave_pb2.DrainAuditRequest(),
                                                self.decide_timeout, None)
-                await self._recorded(endpoint, resp)
+                await self._recorded(resp)
                 if not resp.audit_entries:
                     break
         except CmcpError as exc:
@@ -223,7 +203,7 @@ class EnclavePool:
         ``open`` entries are stored before the id is handed out."""
         endpoint, attested = self.resolve(pin)
         resp = await self._rpc(endpoint, "OpenSession", enclave_pb2.OpenSessionRequest(principal=agent))
-        await self._recorded(endpoint, resp)
+        await self._recorded(resp)
         if not session_ids.owned_by(resp.session_id, attested.kid):
             raise CmcpError(Code.DECISION_UNVERIFIED, "the enclave answered a session id it does not own")
         return str(resp.session_id)
@@ -240,7 +220,7 @@ class EnclavePool:
         if self.endpoints.get(endpoint.address) is not endpoint:
             raise pinning.session_lost()
         resp = await enclave_rpc.unary(endpoint.stub, "Complete", request, self.decide_timeout, None)
-        await self._recorded(endpoint, resp)
+        await self._recorded(resp)
 
     def report(self, pin: Pin, session_id: str, call_id: str, result: Any, error_code: str) -> None:
         """Queue an allowed call's outcome for the pinned enclave (cheap: digests come later)."""
@@ -297,8 +277,7 @@ class EnclavePool:
                     queue.requeue(carried)
                 raise
             queue.acknowledged(carried, resp.completes_handled)
-            # Carried on the stream, outcomes are recorded after this reply: their entries follow.
-            stored = self._store(endpoint, resp, owed=streamed and bool(resp.completes_handled))
+            stored = self.audit.submit(resp.audit_entries)  # the carried outcomes' entries too
             try:  # the signature is checked while the store commits; nothing is used before both
                 document = _verified(resp, attested, expected={
                     "session_id": session_id,
@@ -319,7 +298,7 @@ class EnclavePool:
 
     async def complete(self, pin: Pin, request: Any) -> None:
         endpoint, _ = self.resolve(pin)
-        await self._recorded(endpoint, await self._rpc(endpoint, "Complete", request))
+        await self._recorded(await self._rpc(endpoint, "Complete", request))
 
     async def list_tools(self, pin: Pin, session_id: str, principal: str) -> list[str]:
         endpoint, _ = self.resolve(pin)
@@ -349,7 +328,7 @@ class EnclavePool:
                 queue.requeue(carried)
             raise
         queue.closed_without(carried, resp.completes_handled)
-        await self._recorded(endpoint, resp)
+        await self._recorded(resp)
         return resp
 
     async def close(self) -> None:

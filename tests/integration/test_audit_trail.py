@@ -4,9 +4,9 @@ the gateway's audit store on SQLite and on PostgreSQL.
 Killing the enclave mid-session (SIGKILL: no shutdown, no close) loses nothing that was
 answered: every decision, and every outcome of a call that ran, is in the store and verifies
 from genesis, with the enclave's ledger. What the last call's outcome needs: the gateway sends an
-outcome nothing carries as its own ``Complete`` (``OUTCOME_FLUSH_SECONDS``), and asks for entries
-an enclave recorded after a stream reply (``DrainAudit``, ``AUDIT_DRAIN_SECONDS``); the test
-waits for those before the kill (it polls the store; it never sleeps a guessed time).
+outcome nothing carries as its own ``Complete`` (``OUTCOME_FLUSH_SECONDS``); carried outcomes are
+recorded before the decision that carries them and stored with it. The test waits for the last
+outcome before the kill (it polls the store; it never sleeps a guessed time).
 Before issue 16 these entries lived only in the enclave's ring and died with it.
 """
 

@@ -1,12 +1,12 @@
 """Outcomes (Complete) ride on the next Decide / CloseSession, or go alone after a short delay.
 
-On the decision stream a carried outcome is recorded right after its carrier's reply is sent;
-on the unary Decide and CloseSession, before the carrier is handled.
+A carried outcome is recorded before its carrier is handled (stream and unary alike), so its
+entry comes back with the carrier's answer and is stored before that decision's permit is used:
+no decision of a principal runs ahead of the outcome of its earlier call.
 
 The audit guarantee: every reported outcome lands in the session's chain, before the close when
-the session is closed, and in the gateway's audit store (read here through the pool's writer):
-with the next answer, or asked for by ``DrainAudit`` when no answer follows. A refused carried
-outcome never fails its carrier.
+the session is closed, and in the gateway's audit store (read here through the pool's writer).
+A refused carried outcome never fails its carrier.
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cmcp_core.audit import verify_chain
 from cmcp_core.audit_store import chain_entries
 from cmcp_core.digest import json_digest
+from cmcp_core.proto import enclave_pb2
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
-from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.enclave import Enclave, UpstreamOutcome
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import EnclaveService, serve
-from cmcp_gateway import enclave_pool, outcomes
+from cmcp_gateway import outcomes
 from cmcp_gateway.enclave_pool import EnclavePool
 from cmcp_gateway.pinning import Pin
 from tests.helpers.gateway_stack import attest_policy, audit_writer
@@ -74,45 +76,46 @@ async def _open(pool: EnclavePool) -> tuple[Pin, str]:
     return pin, await pool.open_session(pin, "agent")
 
 
-async def test_outcome_rides_on_the_next_decide(served: tuple[Enclave, EnclavePool],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_outcome_rides_on_the_next_decide_and_is_stored_before_its_permit(
+        served: tuple[Enclave, EnclavePool], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)  # only a carrier can deliver it
-    monkeypatch.setattr(enclave_pool, "AUDIT_DRAIN_SECONDS", 60.0)  # and only an answer brings its entry
-    enclave, pool = served
+    _, pool = served
     pin, session_id = await _open(pool)
     first = await _decide(pool, pin, session_id)
     pool.report(pin, session_id, first, RESULT, "")
     await asyncio.sleep(0)
     assert _kinds(pool, session_id) == ["open", "decision"]
-    await _decide(pool, pin, session_id)
-    # recorded right after the carrier's reply went out (off the critical path): its entry waits
-    # in the enclave and leaves with the next answer
-    assert _kinds(pool, session_id) == ["open", "decision", "decision"]
-    assert enclave.sessions[session_id].seq == 4 and pool.endpoints[pin.address].audit_owed
-    await _decide(pool, pin, session_id)
-    assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete", "decision"]
-    done = _stored(pool, session_id)[3]["data"]
+    await _decide(pool, pin, session_id)  # returns once its permit may be used
+    assert _kinds(pool, session_id) == ["open", "decision", "complete", "decision"]
+    done = _stored(pool, session_id)[2]["data"]
     assert isinstance(done, dict)
     assert done["call_id"] == first and done["response_digest"] == json_digest(RESULT)
 
 
-async def test_an_outcome_no_answer_follows_is_drained_into_the_store(
+async def test_weakened_enclave_recording_after_its_reply_lets_a_decision_run_ahead(
         served: tuple[Enclave, EnclavePool], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The last call of a session: its outcome rode on a decision, was recorded after the reply,
-    and nothing else comes. The pool asks for the owed entries (DrainAudit) shortly after."""
+    """The test above bites: the stream as it was (outcomes recorded once the reply is out) hands
+    out the next permit while the earlier call's outcome is in no store."""
     monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
-    enclave, pool = served
+
+    async def reply_then_record(self: EnclaveService, request: Any) -> Any:
+        carried = request.completes
+        del request.completes[:]
+        reply = await EnclaveService._decide(self, request)
+        self.enclave.complete_later([UpstreamOutcome(c.session_id, c.call_id, c.response_digest,
+                                                     c.response_bytes, c.error_code, c.is_error)
+                                     for c in carried])
+        reply.completes_handled = len(carried)
+        return enclave_pb2.DecideReply(call_id=request.call_id, response=reply)
+
+    monkeypatch.setattr(EnclaveService, "_reply", reply_then_record)
+    _, pool = served
     pin, session_id = await _open(pool)
     first = await _decide(pool, pin, session_id)
     pool.report(pin, session_id, first, RESULT, "")
     await asyncio.sleep(0)
-    await _decide(pool, pin, session_id)  # carries the outcome; its entry is owed
-    for _ in range(200):
-        if "complete" in _kinds(pool, session_id):
-            break
-        await asyncio.sleep(enclave_pool.AUDIT_DRAIN_SECONDS)
-    assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete"]
-    assert len(enclave.outbox) == 0 and not pool.endpoints[pin.address].audit_owed
+    await _decide(pool, pin, session_id)
+    assert _kinds(pool, session_id) == ["open", "decision", "decision"]
 
 
 async def test_close_carries_pending_outcomes_first(served: tuple[Enclave, EnclavePool],
