@@ -92,19 +92,24 @@ async def test_answers_that_arrive_during_a_write_share_the_next_transaction(tmp
     assert store.transactions == [[0], [1, 2, 3]] and writer.written == 4
 
 
-async def test_a_fork_in_a_shared_write_fails_only_its_own_caller(tmp_path: Path) -> None:
-    real = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
-    writer = AuditWriter(real)
+async def _honest_and_forked_in_one_write(writer: AuditWriter) -> list[object]:
+    """An honest answer and a forked one arrive while a write is in flight, so they share the
+    next transaction; what each caller gets."""
     await writer.record([_entry(0)])
-    store = Counting(real)
+    store = Counting(writer.store)
     writer.store = store  # type: ignore[assignment]
     held = writer.submit([_entry(1)])
     honest, forked = writer.submit([_entry(2)]), writer.submit([_entry(0, digest="b")])
     store.release.set()
     await held
-    results = await asyncio.gather(honest, forked, return_exceptions=True)
-    assert results[0] is None
-    assert isinstance(results[1], CmcpError) and results[1].code is Code.AUDIT_FORK
+    return await asyncio.gather(honest, forked, return_exceptions=True)
+
+
+async def test_a_fork_in_a_shared_write_fails_only_its_own_caller(tmp_path: Path) -> None:
+    real = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
+    honest, forked = await _honest_and_forked_in_one_write(AuditWriter(real))
+    assert honest is None
+    assert isinstance(forked, CmcpError) and forked.code is Code.AUDIT_FORK
     assert [json.loads(e)["seq"] for e in real.entries("k", "s")] == [0, 1, 2]
     real.close()
 
@@ -114,7 +119,6 @@ async def test_weakened_writer_without_per_caller_retry_fails_an_honest_caller(
     """The test above bites: written as one transaction only, the honest call fails with the fork."""
     real = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
     writer = AuditWriter(real)
-    await writer.record([_entry(0)])
 
     def all_or_nothing(parts: list[Any]) -> None:
         try:
@@ -124,14 +128,8 @@ async def test_weakened_writer_without_per_caller_retry_fails_an_honest_caller(
                 part.error = exc
 
     monkeypatch.setattr(writer, "_write", all_or_nothing)
-    store = Counting(real)
-    writer.store = store  # type: ignore[assignment]
-    held = writer.submit([_entry(1)])
-    honest, forked = writer.submit([_entry(2)]), writer.submit([_entry(0, digest="b")])
-    store.release.set()
-    await held
-    results = await asyncio.gather(honest, forked, return_exceptions=True)
-    assert isinstance(results[0], CmcpError) and results[0].code is Code.AUDIT_FORK
+    honest, _ = await _honest_and_forked_in_one_write(writer)
+    assert isinstance(honest, CmcpError) and honest.code is Code.AUDIT_FORK
     real.close()
 
 
