@@ -424,6 +424,11 @@ GATEWAY = obj(
                 "sessionIdleSeconds": {"type": "number", "exclusiveMinimum": 0},
                 "maxSessions": {"type": "integer", "minimum": 1},
                 "maxSessionsPerAgent": {"type": "integer", "minimum": 1},
+                "maxHeaderBytes": {"type": "integer", "minimum": 1024},
+                "maxHeaders": {"type": "integer", "minimum": 8},
+                "headerTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0},
+                "bodyTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0},
+                "maxConnections": {"type": "integer", "minimum": 1},
             }
         ),
         "attestRefreshSeconds": {"type": "number", "minimum": 1},

@@ -27,6 +27,8 @@ class Code(StrEnum):
     JSON_TOO_DEEP = "JSON_TOO_DEEP"
     STRING_TOO_LONG = "STRING_TOO_LONG"
     TOO_MANY_CONCURRENT = "TOO_MANY_CONCURRENT"
+    HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     TEE_UNAVAILABLE = "TEE_UNAVAILABLE"
     DECISION_UNVERIFIED = "DECISION_UNVERIFIED"
     SESSION_LOST = "SESSION_LOST"
@@ -126,6 +128,8 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.JSON_TOO_DEEP: CodeInfo(-32600, 400, "The JSON nests deeper than the limit."),
     Code.STRING_TOO_LONG: CodeInfo(-32600, 400, "A JSON string exceeds the length limit."),
     Code.TOO_MANY_CONCURRENT: CodeInfo(-32002, 429, "Too many concurrent requests for this agent."),
+    Code.HEADERS_TOO_LARGE: CodeInfo(-32600, 431, "The request line and headers exceed the limit."),
+    Code.REQUEST_TIMEOUT: CodeInfo(-32600, 408, "The request's headers or body did not arrive in time."),
     Code.TEE_UNAVAILABLE: CodeInfo(-32003, 503, "No enclave answered; failed closed."),
     Code.DECISION_UNVERIFIED: CodeInfo(-32003, 502, "The enclave's signature did not verify."),
     Code.SESSION_LOST: CodeInfo(-32004, 410, "The enclave holding the session is gone."),

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.http_front import BoundedHttpToolsProtocol
 
 ANONYMOUS = "anonymous"
 PEER_CERT_STATE = "cmcp_peer_cert"
@@ -116,8 +116,9 @@ class PeerCertH11Protocol(_PeerCertMixin, H11Protocol):
         self._capture_peer_cert(transport)
 
 
-class PeerCertHttpToolsProtocol(_PeerCertMixin, HttpToolsProtocol):
-    """The httptools parser: several times cheaper per request than h11 (the gateway's hot path)."""
+class PeerCertHttpToolsProtocol(_PeerCertMixin, BoundedHttpToolsProtocol):
+    """The httptools parser: several times cheaper per request than h11 (the gateway's hot path),
+    within the front door's limits (:func:`cmcp_core.http_front.bounded`)."""
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)

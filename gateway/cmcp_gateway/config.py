@@ -16,7 +16,8 @@ Example::
     auth: {tokens_file: tokens.yaml}     # or tokens_dir: /var/run/secrets/cmcp-agents
     tls: {cert: gw.pem, key: gw.key, client_ca: ca.pem, client_cert: optional}
     limits: {max_body_bytes: 1048576, max_depth: 32, max_string: 65536, max_concurrent_per_agent: 32,
-             max_sessions: 10000, max_sessions_per_agent: 256}
+             max_sessions: 10000, max_sessions_per_agent: 256, max_header_bytes: 32768, max_headers: 100,
+             header_timeout_seconds: 10, body_timeout_seconds: 30, max_connections: 1000}
     routes:
       - name: demo                       # served at /mcp/demo (and /mcp when it is the only route)
         upstream: http://127.0.0.1:9001/mcp
@@ -41,6 +42,7 @@ import yaml
 
 from cmcp_core import appraisal_options
 from cmcp_core.attestation import ENFORCE_ONLY, Expected
+from cmcp_core.http_front import FrontDoorLimits
 from cmcp_core.route_status import RouteRef
 from cmcp_core.verify import AppraisalPolicy
 
@@ -56,6 +58,18 @@ class GatewayLimits:
     session_idle_seconds: float = 900.0
     max_sessions: int = 10_000
     max_sessions_per_agent: int = 256  # one agent's flood of initialize cannot fill the table
+    # the HTTP front door (cmcp_core.http_front)
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    max_connections: int = 1000
+
+    def front_door(self) -> FrontDoorLimits:
+        return FrontDoorLimits(max_header_bytes=self.max_header_bytes, max_headers=self.max_headers,
+                               header_timeout_seconds=self.header_timeout_seconds,
+                               body_timeout_seconds=self.body_timeout_seconds,
+                               max_connections=self.max_connections)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ from starlette.types import ASGIApp
 
 from cmcp_core import logs
 from cmcp_core.errors import CmcpError
+from cmcp_core.http_front import bounded
 from cmcp_gateway.app import build
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
 from cmcp_gateway.config import GatewayConfig, load
+from cmcp_gateway.metrics import FRONT_DOOR_REFUSALS
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
@@ -27,6 +29,10 @@ def _tokens(config: GatewayConfig) -> TokenStore | None:
     return None
 
 
+def _count_refusal(reason: str) -> None:
+    FRONT_DOOR_REFUSALS.labels(reason).inc()
+
+
 def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warning") -> uvicorn.Config:
     """uvicorn with our httptools protocol (peer certificates reach the app) and optional (m)TLS.
 
@@ -35,12 +41,14 @@ def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warnin
     """
     host, _, port = config.listen.rpartition(":")
     tls = config.tls
+    front = config.limits.front_door()
     return uvicorn.Config(
         app,
         host=host,
         port=int(port),
         log_level=log_level,
-        http=PeerCertHttpToolsProtocol,
+        http=bounded(PeerCertHttpToolsProtocol, front, _count_refusal),
+        limit_concurrency=front.max_connections,
         lifespan="on",
         access_log=False,
         proxy_headers=False,

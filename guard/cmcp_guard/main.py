@@ -14,12 +14,14 @@ from prometheus_client import start_http_server
 from cmcp_core import appraisal_options, logs
 from cmcp_core.attestation import ENFORCE_ONLY, AttestPolicy, Expected
 from cmcp_core.errors import CmcpError
+from cmcp_core.http_front import BoundedHttpToolsProtocol, FrontDoorLimits, bounded
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.route_source import McpRouteSource
 from cmcp_core.route_status import RouteRef
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.lifetime import DEFAULT_CLOCK_SKEW_SECONDS, LifetimePolicy
+from cmcp_guard.metrics import FRONT_DOOR_REFUSALS
 from cmcp_guard.middleware import Guard
 from cmcp_guard.proxy import build_proxy
 from cmcp_guard.spent import MEMORY, SpentPermits, open_spent_store
@@ -113,6 +115,16 @@ def main(argv: list[str] | None = None) -> None:
         "'postgresql://USER@HOST/DB' (one database every replica on every node shares)",
     )
     parser.add_argument("--metrics-listen", help="HOST:PORT for /metrics")
+    front = FrontDoorLimits()
+    parser.add_argument("--max-header-bytes", type=int, default=front.max_header_bytes,
+                        help="request line and headers, at most (431 HEADERS_TOO_LARGE beyond)")
+    parser.add_argument("--max-headers", type=int, default=front.max_headers, help="header fields, at most")
+    parser.add_argument("--header-timeout-seconds", type=float, default=front.header_timeout_seconds,
+                        help="from the connection (or request) start to the end of its headers (408 beyond)")
+    parser.add_argument("--body-timeout-seconds", type=float, default=front.body_timeout_seconds,
+                        help="from the end of the headers to the end of the body (408 beyond)")
+    parser.add_argument("--max-connections", type=int, default=front.max_connections,
+                        help="connections served at once (503 beyond)")
     args = parser.parse_args(argv)
     if not args.enclave and args.route is None:
         parser.error("give --enclave HOST:PORT and/or --route NAMESPACE/NAME")
@@ -153,9 +165,20 @@ def main(argv: list[str] | None = None) -> None:
         mhost, _, mport = args.metrics_listen.rpartition(":")
         start_http_server(int(mport), addr=mhost)
     host, _, port = args.listen.rpartition(":")
+    try:
+        front = FrontDoorLimits(args.max_header_bytes, args.max_headers, args.header_timeout_seconds,
+                                args.body_timeout_seconds, args.max_connections)
+    except ValueError as exc:
+        parser.error(str(exc))
     uvicorn.run(
-        build_proxy(args.upstream, guard), host=host, port=int(port), log_level="warning", access_log=False
+        build_proxy(args.upstream, guard), host=host, port=int(port), log_level="warning", access_log=False,
+        http=bounded(BoundedHttpToolsProtocol, front, _count_refusal),
+        limit_concurrency=front.max_connections,
     )
+
+
+def _count_refusal(reason: str) -> None:
+    FRONT_DOOR_REFUSALS.labels(reason).inc()
 
 
 if __name__ == "__main__":

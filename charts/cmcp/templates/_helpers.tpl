@@ -188,7 +188,7 @@ because they carry $(POD_IP).
 {{- $routes = append $routes $r -}}
 {{- end -}}
 {{- $l := $gw.limits -}}
-{{- $limits := dict "max_body_bytes" $l.maxBodyBytes "max_depth" $l.maxDepth "max_string" $l.maxString "max_concurrent_per_agent" $l.maxConcurrentPerAgent "decide_timeout_seconds" $l.decideTimeoutSeconds "upstream_timeout_seconds" $l.upstreamTimeoutSeconds "session_idle_seconds" $l.sessionIdleSeconds "max_sessions" $l.maxSessions "max_sessions_per_agent" $l.maxSessionsPerAgent -}}
+{{- $limits := dict "max_body_bytes" $l.maxBodyBytes "max_depth" $l.maxDepth "max_string" $l.maxString "max_concurrent_per_agent" $l.maxConcurrentPerAgent "decide_timeout_seconds" $l.decideTimeoutSeconds "upstream_timeout_seconds" $l.upstreamTimeoutSeconds "session_idle_seconds" $l.sessionIdleSeconds "max_sessions" $l.maxSessions "max_sessions_per_agent" $l.maxSessionsPerAgent "max_header_bytes" $l.maxHeaderBytes "max_headers" $l.maxHeaders "header_timeout_seconds" $l.headerTimeoutSeconds "body_timeout_seconds" $l.bodyTimeoutSeconds "max_connections" $l.maxConnections -}}
 {{- /* tokens_dir is relative to the container's workingDir "/" (set in the Deployment), so it also
 resolves for a process whose filesystem is rooted elsewhere (the e2e node agent). */ -}}
 {{- $identity := dict "key_file" (include "cmcp.gatewayIdentity.keyFile" . | trimPrefix "/") -}}
