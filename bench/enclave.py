@@ -33,7 +33,7 @@ import grpc
 from bench.common import RESULTS_DIR, machine_description, summarize, utc_now, write_json
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_devkit.enclave import inprocess_enclave, start_enclave
+from cmcp_devkit.enclave import NO_TRAIL, inprocess_enclave, start_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.engine import SessionView, StateFacts
 from cmcp_enclave.sessions import EnclaveLimits
@@ -78,7 +78,7 @@ def bench_inprocess(enc: Enclave, iterations: int) -> dict[str, Any]:
     prepared = [(tool, json.dumps(args).encode(), json_digest(args)) for tool, args in CALLS]
     samples: list[float] = []
     cpu = 0
-    slots = [enc.open_session(f"agent-{n}") for n in range(200)]  # the enclave mints the ids
+    slots = [enc.open_session(f"agent-{n}", trail=NO_TRAIL) for n in range(200)]  # the enclave mints the ids
     for i in range(iterations + 200):
         tool, raw, digest = prepared[i % len(prepared)]
         slot = i % 200
@@ -97,7 +97,7 @@ def bench_inprocess(enc: Enclave, iterations: int) -> dict[str, Any]:
             enc.close(session)
             enc.closed.clear()
             enc.principals.reset(f"agent-{slot}")  # the principal's budget too (bench only)
-            slots[slot] = enc.open_session(f"agent-{slot}")
+            slots[slot] = enc.open_session(f"agent-{slot}", trail=NO_TRAIL)
             enc.take_audit()
     total_s = sum(samples) / 1e6
     # CPU time the decision thread actually ran: on a shared, overloaded machine wall-clock
@@ -129,8 +129,9 @@ async def _grpc_run(address: str, iterations: int, concurrency: int) -> dict[str
         async def session_for(w: int, block: int) -> str:
             """One enclave-minted session per worker and 100 calls (principal per session)."""
             if (w, block) not in sessions:
-                opened = await stub.OpenSession(
-                    enclave_pb2.OpenSessionRequest(principal=f"agent-{concurrency}-{w}-{block}"))
+                first = enclave_pb2.OpenSessionRequest(principal=f"agent-{concurrency}-{w}-{block}",
+                                                       trail=NO_TRAIL)
+                opened = await stub.OpenSession(first)
                 sessions[(w, block)] = opened.session_id
             return sessions[(w, block)]
 
@@ -194,7 +195,8 @@ async def _fairness_run(address: str, iterations: int, heavy_in_flight: int) -> 
         """A fresh enclave-minted session every 100 calls (opened before the timed call)."""
         key = (principal, n // 100)
         if key not in sessions:
-            opened = await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=principal))
+            first = enclave_pb2.OpenSessionRequest(principal=principal, trail=NO_TRAIL)
+            opened = await stub.OpenSession(first)
             sessions[key] = opened.session_id
         return sessions[key]
 
@@ -267,7 +269,7 @@ def bench_memory(bundle: Path, work: Path, sessions: int) -> dict[str, Any]:
     before = tracemalloc.take_snapshot()
     for i in range(sessions):
         principal = f"agent-{i // 100}"  # under the bundle's per-principal call budget
-        session = enc.open_session(principal)
+        session = enc.open_session(principal, trail=NO_TRAIL)
         enc.decide(session_id=session, call_id="c", principal=principal, method="tools/call", tool=tool,
                    arguments_json=raw, arguments_digest=digest, audience=AUDIENCE)
         enc.take_audit()

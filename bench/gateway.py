@@ -161,6 +161,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             json.dumps(
                 {
                     "listen": f"127.0.0.1:{gw_port}",
+                    "state_dir": str(work / "state"),  # the audit store: this run's own
                     "allow_simulated": True,
                     "release": release.config(),
                     "auth": {"tokens_file": str(work / "tokens.yaml")},

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_conformance.cluster import ClusterAccess
 from cmcp_core import gateway_identity
-from cmcp_core.audit_store import chain_entries, open_audit_store, rows_of
+from cmcp_core.audit_store import chain_entries, open_audit_store, rows_of, trail_for
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy
@@ -184,6 +185,18 @@ class TargetDeployment:
         self.keep_trail(resp.audit_entries)
         record: dict[str, Any] = json.loads(resp.trust_record_json)
         return record
+
+    def principal_trail(self, principal: str) -> enclave_pb2.PrincipalTrail:
+        """What a gateway hands an enclave with the first session of ``principal`` there: its trail
+        from the deployment's audit store (empty without one)."""
+        if not self.audit_store or not self.expected_bundle_hash:
+            return enclave_pb2.PrincipalTrail()
+        store = open_audit_store(self.audit_store)
+        try:
+            return trail_for(store, principal, owner="", bundle_hash=self.expected_bundle_hash,
+                             now=time.time())
+        finally:
+            store.close()
 
     def keep_trail(self, entries: Sequence[bytes]) -> None:
         """Store the audit entries an enclave answer handed to the suite, as a gateway must: where

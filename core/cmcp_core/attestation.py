@@ -161,6 +161,8 @@ class AttestedEnclave:
     address: str
     key: Ed25519PublicKey
     appraisal: Appraisal
+    nonce: bytes = b""  # ours, and the enclave's answer to it (a serialized AttestResponse): kept in
+    response: bytes = b""  # the audit store, so a peer enclave can appraise this one's entries later
 
     @property
     def kid(self) -> str:
@@ -227,4 +229,5 @@ async def attest(stub: enclave_pb2_grpc.EnclaveStub, address: str, policy: Attes
         bundle_hash=evidence.bundle_hash, initdata_digest=evidence.initdata_digest, thumbprint=kid,
         public_jwk={k: str(v) for k, v in jwk.items()}, assurance=verdict.assurance,
         catalog_hash=evidence.catalog_hash, enforcement_mode=evidence.enforcement_mode,
-        evidence_digest=evidence.evidence_digest, appraised_at=time.time()))
+        evidence_digest=evidence.evidence_digest, appraised_at=time.time()),
+        nonce=nonce, response=resp.SerializeToString())

@@ -34,7 +34,7 @@ from cmcp_core.errors import Code
 GENESIS = "genesis"
 ENTRY_VERSION = 1
 LEDGER_PREFIX = "ledger:"  # the chain id of an enclave's ledger of session opens and closes
-KINDS = ("open", "decision", "complete", "reset", "close")
+KINDS = ("open", "decision", "complete", "reset", "close", "adopt")
 _FIELDS = frozenset({"v", "session_id", "seq", "ts", "kind", "data", "prev", "kid", "sig", "hash"})
 
 
@@ -104,6 +104,20 @@ def _signature_ok(entry: Mapping[str, Any], public_key: Ed25519PublicKey, sig: b
     if any(data.get(name) != entry[name] for name in DECISION_BOUND):
         return False  # entry fields the decision signature does not vouch for
     return verify_payload(public_key, DECISION_CONTEXT, jcs(dict(data)), sig)
+
+
+def verify_entry(entry: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
+    """One entry on its own: well-formed, unedited, signed by ``public_key`` (its place in a
+    chain is not checked: a principal's trail crosses sessions and enclaves)."""
+    if not isinstance(entry, Mapping) or set(entry) != _FIELDS or entry["kind"] not in KINDS \
+            or not isinstance(entry["data"], Mapping) or not isinstance(entry["sig"], str):
+        return False
+    try:
+        sig = b64url_decode(entry["sig"])
+    except ValueError:
+        return False
+    return entry_hash(entry) == entry["hash"] and entry["kid"] == thumbprint(public_key) \
+        and _signature_ok(entry, public_key, sig)
 
 
 @dataclass(frozen=True)

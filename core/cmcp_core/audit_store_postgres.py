@@ -9,7 +9,7 @@ re-opened on the next call, never papered over.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import psycopg
 
@@ -22,6 +22,10 @@ _SCHEMA = (
     " seq BIGINT NOT NULL, hash TEXT NOT NULL, kind TEXT NOT NULL, ts BIGINT NOT NULL,"
     " entry BYTEA NOT NULL, PRIMARY KEY (kid, chain, seq))"
 )
+_ATTESTATIONS = (
+    "CREATE TABLE IF NOT EXISTS cmcp_enclave_attestations (kid TEXT PRIMARY KEY, nonce BYTEA NOT NULL,"
+    " attestation BYTEA NOT NULL)"
+)
 
 
 class PostgresAuditStore:
@@ -30,7 +34,9 @@ class PostgresAuditStore:
         self._lock = threading.Lock()
         with self._lock:
             try:
-                self._db.get().execute(_SCHEMA)  # a bad DSN fails start-up, not the first call
+                conn = self._db.get()  # a bad DSN fails start-up, not the first call
+                conn.execute(_SCHEMA)
+                conn.execute(_ATTESTATIONS)
             except psycopg.Error as exc:
                 self._db.drop()
                 raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
@@ -93,6 +99,31 @@ class PostgresAuditStore:
                 self._db.drop()
                 raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
         return [bytes(entry) for (entry,) in rows]  # type: ignore[call-overload]
+
+    def put_attestation(self, kid: str, nonce: bytes, attestation: bytes) -> None:
+        with self._lock:
+            try:
+                self._db.get().execute(
+                    "INSERT INTO cmcp_enclave_attestations (kid, nonce, attestation) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING", (kid, nonce, attestation))
+            except psycopg.Error as exc:
+                self._db.drop()
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
+
+    def attestations(self, kids: Collection[str]) -> dict[str, tuple[bytes, bytes]]:
+        wanted = sorted(set(kids))
+        if not wanted:
+            return {}
+        with self._lock:
+            try:
+                rows = self._db.get().execute(
+                    "SELECT kid, nonce, attestation FROM cmcp_enclave_attestations WHERE kid = ANY(%s)",
+                    (wanted,)).fetchall()
+            except psycopg.Error as exc:
+                self._db.drop()
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.where}: {exc}") from exc
+        return {str(kid): (bytes(nonce), bytes(attestation))  # type: ignore[call-overload]
+                for kid, nonce, attestation in rows}
 
     def close(self) -> None:
         with self._lock:

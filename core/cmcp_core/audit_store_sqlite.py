@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from cmcp_core.audit_store_rows import ChainSummary, Row, principal_of
@@ -21,6 +21,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS audit_entries (kid TEXT NOT NULL, chain TEXT NOT NULL, seq INTEGER NOT NULL,"
     " hash TEXT NOT NULL, kind TEXT NOT NULL, ts INTEGER NOT NULL, entry BLOB NOT NULL,"
     " PRIMARY KEY (kid, chain, seq)) WITHOUT ROWID"
+)
+_ATTESTATIONS = (
+    "CREATE TABLE IF NOT EXISTS enclave_attestations (kid TEXT PRIMARY KEY, nonce BLOB NOT NULL,"
+    " attestation BLOB NOT NULL) WITHOUT ROWID"
 )
 
 
@@ -37,6 +41,7 @@ class SqliteAuditStore:
                 raise sqlite3.OperationalError(f"SQLite refused WAL mode ({mode}); a network filesystem?")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_ATTESTATIONS)
         except (OSError, sqlite3.Error) as exc:
             raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {path}: {exc}") from exc
 
@@ -93,6 +98,27 @@ class SqliteAuditStore:
             except sqlite3.Error as exc:
                 raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
         return [bytes(entry) for (entry,) in rows]
+
+    def put_attestation(self, kid: str, nonce: bytes, attestation: bytes) -> None:
+        with self._lock:
+            try:
+                self._db.execute("INSERT OR IGNORE INTO enclave_attestations (kid, nonce, attestation)"
+                                 " VALUES (?, ?, ?)", (kid, nonce, attestation))
+            except sqlite3.Error as exc:
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
+
+    def attestations(self, kids: Collection[str]) -> dict[str, tuple[bytes, bytes]]:
+        held: dict[str, tuple[bytes, bytes]] = {}
+        with self._lock:
+            try:
+                for kid in sorted(set(kids)):
+                    row = self._db.execute("SELECT nonce, attestation FROM enclave_attestations"
+                                           " WHERE kid = ?", (kid,)).fetchone()
+                    if row is not None:
+                        held[kid] = (bytes(row[0]), bytes(row[1]))
+            except sqlite3.Error as exc:
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
+        return held
 
     def close(self) -> None:
         with self._lock:

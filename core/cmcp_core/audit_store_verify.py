@@ -10,7 +10,10 @@ at close the session's tip and entry count. So, per enclave key:
 * every session the ledger opened must be in the store (else ``AUDIT_WITHHELD``) and verify; a
   closed one must end exactly at the tip, with the count, its ledger close names
   (``AUDIT_TRUNCATED``);
-* one session id under two enclave keys is ``AUDIT_FORK`` (ids are minted by one enclave).
+* one session id under two enclave keys is ``AUDIT_FORK`` (ids are minted by one enclave);
+* a ledger ``adopt`` (an enclave took a principal over from the trail a gateway handed it) that
+  names fewer allowed decisions than the store holds of that principal inside the window before
+  the takeover is ``AUDIT_PRINCIPAL_WITHHELD``: the trail was cut to shed the principal's taint.
 
 A cut ledger tail is only caught against a Trust Record's ledger reference
 (:func:`cmcp_core.trust_record.record_ledger`) or the enclave's live counter.
@@ -26,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core.audit import LEDGER_PREFIX, ledger_id, verify_chain
-from cmcp_core.audit_store import AuditStore
+from cmcp_core.audit_store import AuditStore, ChainSummary
 from cmcp_core.errors import Code
 
 
@@ -91,6 +94,38 @@ def verify_store(store: AuditStore, keys: Mapping[str, Ed25519PublicKey]) -> lis
                                     "no public key given for this enclave (--key)") for name in names)
             continue
         findings.extend(_verify_enclave(store, kid, key, names, kids_of))
+    findings.extend(_verify_takeovers(store, chains, keys))
+    return findings
+
+
+def _verify_takeovers(store: AuditStore, chains: list[ChainSummary],
+                      keys: Mapping[str, Ed25519PublicKey]) -> list[Finding]:
+    """Each ``adopt`` in a verified ledger against the principal's allowed decisions the store holds."""
+    adopts = [(summary.kid, entry) for summary in chains if summary.chain == ledger_id(summary.kid)
+              and summary.kid in keys
+              for entry in _entries(store, summary.kid, summary.chain) if entry.get("kind") == "adopt"]
+    if not adopts:
+        return []
+    principals = {str(entry["data"].get("principal", "")) for _, entry in adopts}
+    allowed: dict[str, list[int]] = {}  # principal -> ts of each allowed decision held
+    for summary in chains:
+        if summary.principal in principals and not summary.chain.startswith(LEDGER_PREFIX):
+            for entry in _entries(store, summary.kid, summary.chain):
+                data = entry.get("data") or {}
+                if entry.get("kind") == "decision" and data.get("effective") == "allow" \
+                        and data.get("method") == "tools/call" and data.get("principal") == summary.principal:
+                    allowed.setdefault(summary.principal, []).append(int(entry.get("ts", 0)))
+    findings = []
+    for kid, entry in adopts:
+        data, at = entry["data"], int(entry.get("ts", 0))
+        principal = str(data.get("principal", ""))
+        start = at - int(data.get("window_ms", 0))
+        held = sum(1 for ts in allowed.get(principal, ()) if start <= ts < at)
+        if held > int(data.get("entries", 0)):
+            message = (f"took {principal!r} over from {data.get('entries')} allowed decisions; the store "
+                       f"holds {held} inside the window before the takeover")
+            findings.append(Finding(kid, ledger_id(kid), 0, str(entry.get("hash", "")),
+                                    Code.AUDIT_PRINCIPAL_WITHHELD, message, "ledger"))
     return findings
 
 

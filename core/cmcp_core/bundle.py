@@ -24,6 +24,9 @@ CATALOG_FILE = "catalog.json"
 SIGNATURE_CONTEXT = b"cmcp-policy-bundle-v1|"
 ENFORCEMENT_MODES = ("enforce", "advisory", "silent")
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
+# How long a principal's taint, sensitivity and budgets last (manifest `state_window_seconds`).
+DEFAULT_STATE_WINDOW_SECONDS = 24 * 3600
+MAX_STATE_WINDOW_SECONDS = 31 * 24 * 3600
 
 
 class BundleError(ValueError):

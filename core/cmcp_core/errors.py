@@ -18,6 +18,8 @@ class Code(StrEnum):
     SESSION_CLOSED = "SESSION_CLOSED"
     SESSION_LIMIT = "SESSION_LIMIT"
     PRINCIPAL_STATE_FULL = "PRINCIPAL_STATE_FULL"
+    PRINCIPAL_NOT_HELD = "PRINCIPAL_NOT_HELD"
+    PRINCIPAL_TRAIL_INVALID = "PRINCIPAL_TRAIL_INVALID"
     # gateway front door
     MCP_PARSE_FAILURE = "MCP_PARSE_FAILURE"
     MCP_INVALID_REQUEST = "MCP_INVALID_REQUEST"
@@ -102,6 +104,7 @@ class Code(StrEnum):
     AUDIT_STORE_UNAVAILABLE = "AUDIT_STORE_UNAVAILABLE"
     AUDIT_FORK = "AUDIT_FORK"
     AUDIT_WITHHELD = "AUDIT_WITHHELD"
+    AUDIT_PRINCIPAL_WITHHELD = "AUDIT_PRINCIPAL_WITHHELD"
     AUDIT_OUTBOX_FULL = "AUDIT_OUTBOX_FULL"
 
 
@@ -120,6 +123,10 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.SESSION_LIMIT: CodeInfo(-32000, 429, "The enclave holds its maximum of sessions."),
     Code.PRINCIPAL_STATE_FULL: CodeInfo(
         -32000, 429, "The enclave's principal table is full of active principals."),
+    Code.PRINCIPAL_NOT_HELD: CodeInfo(
+        -32003, 503, "The enclave holds no state for this principal; the gateway hands over its trail."),
+    Code.PRINCIPAL_TRAIL_INVALID: CodeInfo(
+        -32000, 403, "The principal's trail does not verify or does not cover the window; refused."),
     Code.MCP_PARSE_FAILURE: CodeInfo(-32700, 400, "The body is not valid JSON."),
     Code.MCP_INVALID_REQUEST: CodeInfo(-32600, 400, "The body is not a JSON-RPC 2.0 request."),
     Code.METHOD_NOT_FOUND: CodeInfo(-32601, 404, "The MCP method is not supported."),
@@ -201,6 +208,8 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.AUDIT_STORE_UNAVAILABLE: CodeInfo(-32010, 503, "The audit store cannot record the entries."),
     Code.AUDIT_FORK: CodeInfo(-32003, 409, "Two different audit entries claim one place in a chain."),
     Code.AUDIT_WITHHELD: CodeInfo(-32003, 409, "The ledger names a session the audit store lacks."),
+    Code.AUDIT_PRINCIPAL_WITHHELD: CodeInfo(
+        -32003, 409, "An enclave took a principal over from a trail that lacked decisions the store holds."),
     Code.AUDIT_OUTBOX_FULL: CodeInfo(-32010, 503, "Audit entries wait to leave the enclave; no new session."),
 }
 

@@ -19,7 +19,13 @@ from typing import Any
 
 import cedarpy
 
-from cmcp_core.bundle import CATALOG_FILE, SCHEMA_FILE, Bundle
+from cmcp_core.bundle import (
+    CATALOG_FILE,
+    DEFAULT_STATE_WINDOW_SECONDS,
+    MAX_STATE_WINDOW_SECONDS,
+    SCHEMA_FILE,
+    Bundle,
+)
 
 DEFAULT_SENSITIVITY_LEVELS = ("public", "internal", "confidential", "restricted")
 
@@ -57,8 +63,6 @@ def sensitivity_levels(bundle: Bundle) -> tuple[str, ...]:
 
 
 MAX_ARGUMENT_BYTES = 256 * 1024  # the enclave's ceiling; a tool may declare less, never more
-DEFAULT_STATE_WINDOW_SECONDS = 24 * 3600
-MAX_STATE_WINDOW_SECONDS = 31 * 24 * 3600
 
 
 def state_window_seconds(bundle: Bundle) -> int:

@@ -14,8 +14,9 @@ API:
     usable as a context manager.
   * ``inprocess_enclave(bundle_dir, workdir, *, audience=..., route=..., limits=None,
     operator_keys=None) -> cmcp_enclave.enclave.Enclave`` — same start-up path in this process
-    (simulated TEE, honest launcher); drive it with ``.open_session(principal)`` (the enclave
-    mints the id), ``.decide(...)``, ``.close(...)`` and ``.take_audit()`` (the entries an answer
+    (simulated TEE, honest launcher); drive it with ``.open_session(principal, trail=NO_TRAIL)``
+    (the enclave mints the id; ``NO_TRAIL``: the first session of a principal the audit store
+    holds nothing of), ``.decide(...)``, ``.close(...)`` and ``.take_audit()`` (the entries an answer
     would carry), or serve it with ``cmcp_enclave.server.serve(enclave, "127.0.0.1:0",
     Metrics())``.
 """
@@ -36,10 +37,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core import initdata
 from cmcp_core.crypto import key_from_jwk
+from cmcp_core.proto import enclave_pb2
 from cmcp_devkit.initdata import DEFAULT_AUDIENCE, DEFAULT_ROUTE, ENCLAVE_COMMAND, TEST_IMAGE, render_initdata
 from cmcp_enclave.simulated import launcher_env
 from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
+
+# A principal's trail from an audit store that holds nothing of it: how an honest gateway opens
+# a new principal's first session (cmcp_enclave.handover).
+NO_TRAIL = enclave_pb2.PrincipalTrail()
 
 # What the tests' initdata names (tests that render initdata by hand use the same values).
 IMAGE = TEST_IMAGE

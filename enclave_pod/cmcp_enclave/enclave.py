@@ -35,7 +35,8 @@ from cmcp_core.decision import DECISION_VERSION, sign_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.trust_record import build_record
 from cmcp_core.validation import state_window_seconds
-from cmcp_enclave import judging
+from cmcp_core.verify.peer import appraise_peer
+from cmcp_enclave import handover, judging
 from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts, action_name
 from cmcp_enclave.judging import MAX_ID_LEN, Call, RequestError, Verdict, check_id
 from cmcp_enclave.outbox import AuditOutbox
@@ -119,6 +120,7 @@ class Enclave:
         self.ledger_seq = 0  # entries in the ledger chain (session opens and closes)
         self.ledger_tip = GENESIS
         self._later: list[UpstreamOutcome] = []  # outcomes to record before anything else (settle)
+        self._trusted: dict[str, Ed25519PublicKey] = {self.kid: self.public_key}  # trail signers
         self.on_refused_outcome: Callable[[Code], None] | None = None
 
     # ---- attestation ---------------------------------------------------------------------
@@ -139,8 +141,12 @@ class Enclave:
     # ---- sessions ------------------------------------------------------------------------
 
     @_settled
-    def open_session(self, principal: str) -> str:
-        """Open a session for ``principal`` under a fresh id this enclave mints (never reused)."""
+    def open_session(self, principal: str, trail: Any = None) -> str:
+        """Open a session for ``principal`` under a fresh id this enclave mints (never reused).
+
+        A principal the enclave does not hold is refused (``PRINCIPAL_NOT_HELD``) unless ``trail``
+        (a ``PrincipalTrail`` from the audit store) is given: it is taken over from that
+        (:mod:`cmcp_enclave.handover`), never started clean on its own."""
         check_id("principal", principal)
         if self.outbox.full:
             raise RequestError(Code.AUDIT_OUTBOX_FULL,
@@ -150,7 +156,13 @@ class Enclave:
             if len(self.sessions) >= self.limits.max_sessions:
                 raise RequestError(Code.SESSION_LIMIT,
                                    f"enclave holds its maximum of {self.limits.max_sessions} sessions")
-        self._principal(principal)  # PRINCIPAL_STATE_FULL before anything is recorded
+        if principal in self.principals:
+            self._principal(principal)
+        elif trail is None:
+            raise RequestError(Code.PRINCIPAL_NOT_HELD, f"this enclave holds no state for {principal!r}: "
+                               "open its first session with its trail from the audit store")
+        else:
+            self._take_over(principal, trail)  # PRINCIPAL_STATE_FULL before anything is recorded
         session_id = session_ids.mint(self.kid)
         while session_id in self.sessions or session_id in self.closed:  # 2^-128, but never twice
             session_id = session_ids.mint(self.kid)
@@ -159,6 +171,32 @@ class Enclave:
         self._ledger("open", {"session_id": session_id, "principal": principal})
         self._append(session, "open", {"principal": principal})
         return session_id
+
+    def _take_over(self, principal: str, trail: Any) -> None:
+        """Start ``principal`` from its verified trail, replayed at the times its calls were made,
+        and say in the ledger what it started from (the auditor's check on a withheld trail)."""
+        window_ms = int(self.principals.window * 1000)
+        try:
+            takeover = handover.read_trail(trail, principal=principal, bundle_hash=self.bundle_hash,
+                                           audience=self.entry.audience, keys=self._trusted,
+                                           peer_key=self._appraise_peer,
+                                           window_start_ms=int(self.clock() * 1000) - window_ms)
+        except CmcpError as exc:
+            raise RequestError(exc.code, exc.detail) from exc
+        state, window = self._principal(principal), self.principals.window
+        for call in takeover.calls:
+            if call.tool in self.engine.catalog:
+                _, rank = self.engine.tool_rank(call.tool)
+                state.record(call.tool, rank, self.engine.tool_tags(call.tool), call.at, window)
+        self._ledger("adopt", {"principal": principal, "since_ms": takeover.since_ms,
+                               "window_ms": window_ms, "entries": len(takeover.calls),
+                               "newest": takeover.newest})
+
+    def _appraise_peer(self, peer: Any) -> tuple[str, Ed25519PublicKey]:
+        """Another enclave's key, if its evidence shows this very guest (cmcp_core.verify.peer)."""
+        key = appraise_peer(self.startup_report.platform, self.startup_report.evidence,
+                            self.initdata_bytes, peer.attestation, peer.nonce)
+        return thumbprint(key), key
 
     def _ledger(self, kind: str, data: dict[str, Any]) -> None:
         """One entry in the enclave's own chain of session opens and closes."""

@@ -85,11 +85,19 @@ class PrincipalTable:
     def __len__(self) -> int:
         return len(self._states)
 
+    def __contains__(self, principal: object) -> bool:
+        return principal in self._states
+
     def get(self, principal: str, now: float) -> PrincipalState:
-        """The principal's state, created empty the first time; refused when the table is full."""
+        """The principal's state. Only a principal with an open session reaches here without
+        being held: one dropped because nothing of it was left in the window (``_drop_expired``),
+        so it comes back empty, as it was. A new principal enters through :meth:`start`."""
         state = self._states.get(principal)
-        if state is not None:
-            return state
+        return state if state is not None else self.start(principal, now)
+
+    def start(self, principal: str, now: float) -> PrincipalState:
+        """Room for a principal the enclave takes over (:mod:`cmcp_enclave.handover`); refused
+        when the table is full of active principals."""
         if len(self._states) >= self.max_principals:
             if now >= self._next_sweep:  # at most one full sweep a second: a flood cannot make each call O(n)
                 self._drop_expired(now)

@@ -95,7 +95,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
     async def OpenSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         mark = self.enclave.audit_mark()
         try:
-            session_id = self.enclave.open_session(request.principal)
+            session_id = self.enclave.open_session(
+                request.principal, trail=request.trail if request.HasField("trail") else None)
         except RequestError as exc:
             await self._refuse(context, "OpenSession", exc)
             raise

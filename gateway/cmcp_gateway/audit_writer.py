@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from cmcp_core.audit_store import AuditStore, Row, rows_of
+from cmcp_core.audit_store import AuditStore, Row, rows_of, trail_for
 from cmcp_core.audit_store_sqlite import SqliteAuditStore
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.proto import enclave_pb2
 
 log = logging.getLogger("cmcp.gateway")
 MAX_BACKLOG = 100_000  # entries kept for a retry while the store is down
@@ -51,6 +53,7 @@ class AuditWriter:
         self._waiting: list[_Part] = []
         self._busy = False
         self._calls = 0  # agent calls in flight (see call())
+        self._attested: set[str] = set()  # enclave keys whose attestation the store holds
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
@@ -76,6 +79,18 @@ class AuditWriter:
     async def record(self, entries: Sequence[bytes]) -> None:
         """Store ``entries`` (and any kept from a failed write); a coded ``CmcpError`` when not."""
         await self.submit(entries)
+
+    async def keep_attestation(self, kid: str, nonce: bytes, response: bytes) -> None:
+        """Keep an enclave's attestation once, before any of its entries: an enclave that later takes
+        one of its principals over appraises it from here."""
+        if kid not in self._attested:
+            await asyncio.to_thread(self.store.put_attestation, kid, nonce, response)
+            self._attested.add(kid)
+
+    async def trail(self, principal: str, *, owner: str, bundle_hash: str) -> enclave_pb2.PrincipalTrail:
+        """What the enclave ``owner`` needs to take ``principal`` over (:func:`trail_for`)."""
+        return await asyncio.to_thread(trail_for, self.store, principal, owner=owner, bundle_hash=bundle_hash,
+                                       now=time.time())
 
     async def flush(self) -> None:
         """Write what a failed call kept (shutdown, periodic job); errors are logged, not raised."""

@@ -121,10 +121,9 @@ class EnclavePool:
 
     async def _attest(self, endpoint: Endpoint) -> None:
         try:
-            endpoint.attested, endpoint.error = (
-                await attest(endpoint.stub, endpoint.address, self.policy),
-                None,
-            )
+            attested = await attest(endpoint.stub, endpoint.address, self.policy)
+            await self.audit.keep_attestation(attested.kid, attested.nonce, attested.response)
+            endpoint.attested, endpoint.error = attested, None
         except CmcpError as exc:
             endpoint.attested, endpoint.error = None, exc
             log.warning(
@@ -202,7 +201,15 @@ class EnclavePool:
         """A session opened for ``agent`` at the pinned enclave, under the id it minted; its
         ``open`` entries are stored before the id is handed out."""
         endpoint, attested = self.resolve(pin)
-        resp = await self._rpc(endpoint, "OpenSession", enclave_pb2.OpenSessionRequest(principal=agent))
+        try:
+            resp = await self._rpc(endpoint, "OpenSession", enclave_pb2.OpenSessionRequest(principal=agent))
+        except CmcpError as exc:
+            if exc.code is not Code.PRINCIPAL_NOT_HELD:
+                raise
+            # the principal moved here: its trail under this bundle, from the store
+            trail = await self.audit.trail(agent, owner=attested.kid, bundle_hash=attested.bundle_hash)
+            resp = await self._rpc(endpoint, "OpenSession",
+                                   enclave_pb2.OpenSessionRequest(principal=agent, trail=trail))
         await self._recorded(resp)
         if not session_ids.owned_by(resp.session_id, attested.kid):
             raise CmcpError(Code.DECISION_UNVERIFIED, "the enclave answered a session id it does not own")

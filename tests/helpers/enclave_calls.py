@@ -15,7 +15,8 @@ from typing import Any
 
 from cmcp_core import session_id as session_ids
 from cmcp_core.digest import json_digest
-from cmcp_devkit.enclave import DEFAULT_AUDIENCE
+from cmcp_core.proto import enclave_pb2
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL
 from cmcp_enclave.enclave import DecideResult, Enclave
 
 _calls = itertools.count()
@@ -30,7 +31,7 @@ def sid(enc: Enclave, name: str, principal: str = "agent-a") -> str:
         return name
     ids = _names.setdefault(enc, {})
     if name not in ids:
-        ids[name] = enc.open_session(principal)
+        ids[name] = enc.open_session(principal, trail=NO_TRAIL)
     return ids[name]
 
 
@@ -63,3 +64,12 @@ def exported(enc: Enclave, name: str) -> list[dict[str, Any]]:
     """One chain's entries, in seq order, as the audit store would return them."""
     chain = drained(enc).get(known(enc, name), {})
     return [chain[seq] for seq in sorted(chain)]
+
+
+def peer_attestation(enc: Enclave, nonce: bytes = bytes(32)) -> enclave_pb2.PeerAttestation:
+    """``enc``'s attestation as the gateway keeps it in the audit store for a later takeover."""
+    report, _ = enc.attest(nonce)
+    return enclave_pb2.PeerAttestation(nonce=nonce, attestation=enclave_pb2.AttestResponse(
+        platform=report.platform, evidence=report.evidence, aux=report.aux, initdata=enc.initdata_bytes,
+        public_key_jwk=json.dumps(enc.public_jwk), bundle_hash=enc.bundle_hash,
+        catalog_hash=enc.catalog_hash, enforcement_mode=enc.mode, report_data=report.report_data))

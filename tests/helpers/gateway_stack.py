@@ -35,7 +35,7 @@ from cmcp_core.attestation import ENFORCE_ONLY, AttestPolicy, Expected
 from cmcp_core.audit_store import open_audit_store
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_devkit.enclave import EnclaveProcess
+from cmcp_devkit.enclave import NO_TRAIL, EnclaveProcess
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.release import dev_appraisal
 from cmcp_devkit.serving import server_config, serving
@@ -196,7 +196,7 @@ async def get_permit(
     arguments = PERMIT_ARGS if arguments is None else arguments
     async with grpc.aio.insecure_channel(address) as channel:
         stub = enclave_pb2_grpc.EnclaveStub(channel)
-        opened = await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="alice"))
+        opened = await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="alice", trail=NO_TRAIL))
         resp = await stub.Decide(
             enclave_pb2.DecideRequest(
                 session_id=opened.session_id,
@@ -263,7 +263,11 @@ class MitmEnclave:
                 return await stub.Attest(request)
 
             async def OpenSession(self, request: Any, context: Any) -> Any:
-                resp = await stub.OpenSession(request)
+                try:
+                    resp = await stub.OpenSession(request)
+                except grpc.aio.AioRpcError as exc:  # a refusal (PRINCIPAL_NOT_HELD): relayed as is
+                    await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
+                    raise
                 if outer.tamper == "foreign-id":  # an id another enclave would own
                     resp.session_id = "A" * 16 + resp.session_id[16:]
                 return resp

@@ -20,7 +20,7 @@ from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify.appraise import appraise_response
-from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.enclave import NO_TRAIL, EnclaveProcess, start_enclave
 from cmcp_devkit.release import dev_appraisal
 from tests.paths import EXAMPLES
 
@@ -44,7 +44,7 @@ def test_session_over_grpc_with_record_and_audit(enclave: EnclaveProcess) -> Non
         key = key_from_jwk(verdict.public_key_jwk)  # trust comes from the appraisal, not the ready file
 
         carried: list[bytes] = []  # every answer's audit entries: what the gateway stores
-        opened = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="agent://billing"))
+        opened = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="agent://billing", trail=NO_TRAIL))
         session = opened.session_id
         carried.extend(opened.audit_entries)
 
@@ -81,7 +81,7 @@ def test_session_over_grpc_with_record_and_audit(enclave: EnclaveProcess) -> Non
         assert [e["kind"] for e in entries] == [
             "open", "decision", "complete", "decision", "decision", "close"]
         ledger = [e for e in map(json.loads, carried) if e["session_id"].startswith("ledger:")]
-        assert [e["kind"] for e in ledger] == ["open", "close"] and verify_chain(ledger, key).ok
+        assert [e["kind"] for e in ledger] == ["adopt", "open", "close"] and verify_chain(ledger, key).ok
         with pytest.raises(grpc.RpcError) as reused:  # a closed id is never decided on again
             call("4", "résumé.parse", {"body": "Zoë"})
         assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -79,6 +79,7 @@ async def test_gateway_process_metrics_and_logs(tmp_path: Path, enclave: Enclave
             {
                 "listen": f"127.0.0.1:{gw_port}",
                 "metrics_listen": f"127.0.0.1:{metrics_port}",
+                "state_dir": str(tmp_path / "state"),  # never the user's own audit store
                 "allow_simulated": True,
                 "release": release.config(),
                 "auth": {"tokens_dir": str(secrets_dir)},

@@ -38,6 +38,8 @@ from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.validation import validate_bundle
 
+HOST_PRINCIPAL = "conformance-host"
+
 # --------------------------------------------------------------------------------------------
 # helpers: the host's view
 # --------------------------------------------------------------------------------------------
@@ -48,8 +50,8 @@ def host_session(target: TargetDeployment) -> str:
     enclave mints its id."""
     assert target.enclave_address
     with target.enclave_channel() as channel:
-        opened = enclave_pb2_grpc.EnclaveStub(channel).OpenSession(
-            enclave_pb2.OpenSessionRequest(principal="conformance-host"), timeout=10)
+        opened = enclave_pb2_grpc.EnclaveStub(channel).OpenSession(enclave_pb2.OpenSessionRequest(
+            principal=HOST_PRINCIPAL, trail=target.principal_trail(HOST_PRINCIPAL)), timeout=10)
     target.keep_trail(opened.audit_entries)
     return str(opened.session_id)
 
@@ -72,7 +74,7 @@ def host_decide(
             enclave_pb2.DecideRequest(
                 session_id=session_id,
                 call_id=uuid.uuid4().hex,
-                principal="conformance-host",
+                principal=HOST_PRINCIPAL,
                 method="tools/call",
                 tool=tool,
                 arguments_json=raw,

@@ -35,10 +35,30 @@ class AttestResponse(_message.Message):
     def __init__(self, platform: _Optional[str] = ..., evidence: _Optional[bytes] = ..., aux: _Optional[bytes] = ..., initdata: _Optional[bytes] = ..., public_key_jwk: _Optional[str] = ..., bundle_hash: _Optional[str] = ..., catalog_hash: _Optional[str] = ..., enforcement_mode: _Optional[str] = ..., report_data: _Optional[bytes] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("principal",)
+    __slots__ = ("principal", "trail")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    TRAIL_FIELD_NUMBER: _ClassVar[int]
     principal: str
-    def __init__(self, principal: _Optional[str] = ...) -> None: ...
+    trail: PrincipalTrail
+    def __init__(self, principal: _Optional[str] = ..., trail: _Optional[_Union[PrincipalTrail, _Mapping]] = ...) -> None: ...
+
+class PrincipalTrail(_message.Message):
+    __slots__ = ("entries", "peers", "since_ms")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedScalarFieldContainer[bytes]
+    peers: _containers.RepeatedCompositeFieldContainer[PeerAttestation]
+    since_ms: int
+    def __init__(self, entries: _Optional[_Iterable[bytes]] = ..., peers: _Optional[_Iterable[_Union[PeerAttestation, _Mapping]]] = ..., since_ms: _Optional[int] = ...) -> None: ...
+
+class PeerAttestation(_message.Message):
+    __slots__ = ("nonce", "attestation")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    attestation: AttestResponse
+    def __init__(self, nonce: _Optional[bytes] = ..., attestation: _Optional[_Union[AttestResponse, _Mapping]] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session_id", "audit_entries")

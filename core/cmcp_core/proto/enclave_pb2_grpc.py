@@ -109,9 +109,10 @@ class EnclaveServicer:
     def DecideStream(self, request_iterator, context):
         """The same decisions over one long-lived stream per gateway connection: a stream message
         costs a fraction of a unary call (no per-call HTTP/2 stream, headers or status), which is
-        most of the gateway's added latency. Requests are decided in arrival order; each reply
-        names its call_id. A refused request gets a reply with error_code, never a decision, and
-        the stream goes on; only a transport failure ends it.
+        most of the gateway's added latency. Replies go out as decisions finish (one principal's
+        in its order; a heavy call of one principal does not hold up another's); each reply names
+        its call_id. A refused request gets a reply with error_code, never a decision, and the
+        stream goes on; only a transport failure ends it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

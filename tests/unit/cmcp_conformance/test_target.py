@@ -23,7 +23,7 @@ from cmcp_core.digest import json_digest
 from cmcp_core.gateway_identity import initdata_value
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import appraise_response
-from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
+from cmcp_devkit.enclave import NO_TRAIL, EnclaveProcess, render_initdata, start_enclave
 from cmcp_devkit.release import dev_appraisal
 from cmcp_devkit.upstream import run_upstream
 from tests.helpers.gateway_stack import AUDIENCE
@@ -89,7 +89,7 @@ def _open(address: str, store: AuditStore) -> str:
     """A session opened as the gateway opens one: its entries go to the audit store."""
     with grpc.insecure_channel(address) as channel:
         opened = enclave_pb2_grpc.EnclaveStub(channel).OpenSession(
-            enclave_pb2.OpenSessionRequest(principal="agent"), timeout=10.0)
+            enclave_pb2.OpenSessionRequest(principal="agent", trail=NO_TRAIL), timeout=10.0)
     store.append(rows_of(list(opened.audit_entries)))
     return str(opened.session_id)
 
@@ -151,10 +151,10 @@ def test_with_the_gateway_key_the_tester_may_do_what_the_gateway_does(tmp_path: 
         keyed = _target(enclave_address=enclave.address, gateway_key=key)
         with keyless.enclave_channel() as channel, pytest.raises(grpc.RpcError) as refused:
             stub = enclave_pb2_grpc.EnclaveStub(channel)
-            stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a"))
+            stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a", trail=NO_TRAIL))
         assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
         with keyed.enclave_channel() as channel:
             stub = enclave_pb2_grpc.EnclaveStub(channel)
-            opened = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a"))
+            opened = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a", trail=NO_TRAIL))
         record = keyed.close_session(opened.session_id)
         assert record["eat_profile"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cmcp_core.audit import verify_chain
-from cmcp_core.audit_store import AuditStore, chain_entries, open_audit_store, rows_of
+from cmcp_core.audit_store import AuditStore, chain_entries, open_audit_store, principal_trail, rows_of
 from cmcp_core.audit_store_postgres import PostgresAuditStore
 from cmcp_core.audit_store_sqlite import SqliteAuditStore
 from cmcp_core.errors import CmcpError, Code
@@ -77,7 +77,7 @@ def test_ten_thousand_decisions_in_one_session_lose_nothing(store: AuditStore, e
 def test_appending_the_same_entries_again_is_a_no_op(store: AuditStore, enc: Enclave) -> None:
     decide(enc, "web.search", {"query": "x"}, session="s")
     entries = _answer(enc)
-    assert store.append(rows_of(entries)) == len(entries) == 3
+    assert store.append(rows_of(entries)) == len(entries) == 4  # ledger adopt + open, session open, decision
     assert store.append(rows_of(entries)) == 0  # a gateway resending after a timeout
     assert len(chain_entries(store, sid(enc, "s"))) == 2
     [summary] = [c for c in store.chains() if c.chain == sid(enc, "s")]
@@ -132,9 +132,32 @@ def test_a_name_two_enclaves_chains_carry_is_a_fork(store: AuditStore, tmp_path:
     name = sid(one, "s")
     assert chain_entries(store, name)
     # another enclave's entry under the same session name (a forged or replayed chain)
-    copy = json.loads(entries[1])
+    copy = next(e for e in map(json.loads, entries) if e["session_id"] == name)
     copy["kid"] = two.kid
     store.append(rows_of([json.dumps(copy).encode()]))
     with pytest.raises(CmcpError) as err:
         chain_entries(store, name)
     assert err.value.code is Code.AUDIT_FORK
+
+
+def test_a_principals_trail_holds_every_allowed_decision_since_what_it_claims(store: AuditStore,
+                                                                              enc: Enclave) -> None:
+    """Capped, the trail moves its ``since_ms`` up instead of claiming a time it does not cover."""
+    who = f"trail-{enc.kid[:12]}"  # the PostgreSQL database is shared by every test
+    for n in range(5):
+        decide(enc, "web.search", {"query": str(n)}, session=f"t{n % 2}", principal=who)
+    store.append(rows_of(_answer(enc)))
+    allowed = sorted(int(json.loads(raw)["ts"]) for raw in (
+        e for c in store.chains() if c.principal == who for e in store.entries(c.kid, c.chain))
+        if json.loads(raw)["kind"] == "decision")
+    whole = principal_trail(store, who, 0, 10)
+    assert len(whole.entries) == 5 and whole.since_ms == 0 and whole.kids == {enc.kid}
+    capped = principal_trail(store, who, 0, 3)
+    kept = sorted(int(json.loads(raw)["ts"]) for raw in capped.entries)
+    assert capped.since_ms > 0 and len(kept) <= 3 and kept == [ts for ts in allowed if ts >= capped.since_ms]
+
+
+def test_an_enclaves_attestation_is_kept_once(store: AuditStore, enc: Enclave) -> None:
+    store.put_attestation(enc.kid, b"nonce-1", b"first")
+    store.put_attestation(enc.kid, b"nonce-2", b"second")  # a re-attestation: the first one stays
+    assert store.attestations([enc.kid, "never-seen"]) == {enc.kid: (b"nonce-1", b"first")}

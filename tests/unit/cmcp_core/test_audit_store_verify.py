@@ -1,4 +1,5 @@
-"""Whole-store verification: each chain, the ledger, withheld sessions and ledgers, missing keys.
+"""Whole-store verification: each chain, the ledger, withheld sessions and ledgers, missing keys,
+and a principal taken over from a trail a gateway cut short.
 
 The command around it, with the attacker's deletions and forks, is tested in
 tests/unit/cmcp_ctl/test_audit_cmd.py."""
@@ -6,13 +7,17 @@ tests/unit/cmcp_ctl/test_audit_cmd.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from cmcp_core.audit_store import AuditStore, open_audit_store, rows_of
+import pytest
+
+from cmcp_core import audit_store_verify as verify_mod
+from cmcp_core.audit_store import AuditStore, open_audit_store, rows_of, trail_for
 from cmcp_core.audit_store_verify import verify_store
 from cmcp_core.errors import Code
-from cmcp_devkit.enclave import inprocess_enclave
+from cmcp_devkit.enclave import NO_TRAIL, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide, known
+from tests.helpers.enclave_calls import decide, known, peer_attestation
 from tests.paths import EXAMPLES
 
 
@@ -33,7 +38,7 @@ def test_an_intact_store_verifies_with_states(tmp_path: Path) -> None:
     findings = {f.chain: f for f in verify_store(store, {enc.kid: enc.public_key})}
     assert all(f.ok for f in findings.values())
     assert findings[known(enc, "a")].state == "closed" and findings[known(enc, "a")].count == 3
-    assert findings[known(enc, "b")].state == "open" and findings[enc.ledger_id].count == 3
+    assert findings[known(enc, "b")].state == "open" and findings[enc.ledger_id].count == 4  # with an adopt
 
 
 def test_a_store_without_the_ledger_is_withheld(tmp_path: Path) -> None:
@@ -46,3 +51,42 @@ def test_chains_of_an_enclave_without_a_key_do_not_verify(tmp_path: Path) -> Non
     _, store = _trail(tmp_path)
     findings = verify_store(store, {})
     assert findings and all(f.code is Code.AUDIT_BAD_SIGNATURE for f in findings)
+
+
+# --- a takeover from a trail the gateway cut short ---------------------------------------------
+
+
+def _takeover(tmp_path: Path, *, withheld: bool) -> tuple[AuditStore, dict[str, Any]]:
+    """``old`` lets agent-a read PHI; ``new`` takes agent-a over from its whole trail, or from
+    none (a gateway that withholds it); both enclaves' entries in one store."""
+    old, new = (inprocess_enclave(EXAMPLES / "realistic", tmp_path / n) for n in ("old", "new"))
+    decide(old, "ehr.read_patient_record", {"patient_id": "p"}, session="phi")
+    store = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
+    while len(old.outbox):
+        store.append(rows_of(old.take_audit()))
+    seen = peer_attestation(old)
+    store.put_attestation(old.kid, seen.nonce, seen.attestation.SerializeToString())
+    whole = trail_for(store, "agent-a", owner=new.kid, bundle_hash=new.bundle_hash, now=new.clock())
+    trail = NO_TRAIL if withheld else whole
+    new.open_session("agent-a", trail=trail)
+    while len(new.outbox):
+        store.append(rows_of(new.take_audit()))
+    return store, {old.kid: old.public_key, new.kid: new.public_key}
+
+
+def test_a_takeover_from_a_cut_trail_is_reported(tmp_path: Path) -> None:
+    store, keys = _takeover(tmp_path, withheld=True)
+    codes = [f.code for f in verify_store(store, keys) if not f.ok]
+    assert codes == [Code.AUDIT_PRINCIPAL_WITHHELD]
+
+
+def test_a_takeover_from_the_whole_trail_verifies(tmp_path: Path) -> None:
+    store, keys = _takeover(tmp_path, withheld=False)
+    assert all(f.ok for f in verify_store(store, keys))
+
+
+def test_weakened_verifier_without_the_takeover_check_misses_the_cut_trail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, keys = _takeover(tmp_path, withheld=True)
+    monkeypatch.setattr(verify_mod, "_verify_takeovers", lambda store, chains, keys: [])
+    assert all(f.ok for f in verify_store(store, keys))

@@ -197,7 +197,7 @@ def test_list_and_export_read_the_store(tmp_path: Path, capsys: pytest.CaptureFi
     assert cmcpctl(["audit", "list", "--store", spec, "--json"]) == 0
     rows = {r["chain"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows[ids["closed"]]["principal"] == "alice" and rows[ids["open"]]["principal"] == "bob"
-    assert rows[ids["closed"]]["entries"] == 3 and rows[enc.ledger_id]["entries"] == 3
+    assert rows[ids["closed"]]["entries"] == 3 and rows[enc.ledger_id]["entries"] == 5  # 2 adopts
     out = tmp_path / "closed.jsonl"
     assert cmcpctl(["audit", "export", ids["closed"], "--store", spec, "--out", str(out)]) == 0
     assert cmcpctl(["audit", "verify", str(out), "--key", _key(enc),

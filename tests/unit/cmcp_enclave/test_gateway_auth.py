@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cmcp_core.digest import json_digest
 from cmcp_core.gateway_identity import METADATA_KEY, initdata_value, make_proof, proving
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
 from cmcp_enclave import gateway_auth
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
@@ -52,7 +52,8 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
 
 
 async def _open(stub: enclave_pb2_grpc.EnclaveStub, principal: str = "agent") -> str:
-    return str((await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=principal))).session_id)
+    first = enclave_pb2.OpenSessionRequest(principal=principal, trail=NO_TRAIL)
+    return str((await stub.OpenSession(first)).session_id)
 
 
 def _decide(session: str, principal: str = "agent") -> enclave_pb2.DecideRequest:

@@ -17,7 +17,7 @@ from cmcp_core import session_id as session_ids
 from cmcp_core.decision import verify_decision
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.scheduler import DecisionScheduler
@@ -39,7 +39,7 @@ _SESSION = {"id": ""}  # the session _req names: opened over gRPC by each test's
 
 
 async def _open(stub: enclave_pb2_grpc.EnclaveStub, principal: str = "agent") -> str:
-    opened = await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=principal))
+    opened = await stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=principal, trail=NO_TRAIL))
     _SESSION["id"] = opened.session_id
     return str(opened.session_id)
 
@@ -99,7 +99,7 @@ async def test_malformed_requests_get_grpc_errors_not_decisions(live: Live, bad:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     codes = dict(err.value.trailing_metadata() or ())
     assert codes.get(ERROR_METADATA_KEY) in ("ARGS_DIGEST_MISMATCH", "ARGS_INVALID", "MCP_INVALID_REQUEST")
-    assert live.enclave.audit_entries_total == 2  # the session's and the ledger's open entries only
+    assert live.enclave.audit_entries_total == 3  # the ledger's adopt and open, the session's open
 
 
 async def test_oversized_message_is_rejected_by_grpc(live: Live) -> None:
@@ -107,7 +107,7 @@ async def test_oversized_message_is_rejected_by_grpc(live: Live) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await live.stub.Decide(_req("slack.post_internal", big))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert live.enclave.audit_entries_total == 2  # the session's and the ledger's open entries only
+    assert live.enclave.audit_entries_total == 3  # the ledger's adopt and open, the session's open
 
 
 async def test_attest_close_export_over_grpc(live: Live) -> None:
@@ -205,8 +205,8 @@ async def _stream_order(live: Live, gate: HeldCedar) -> list[str]:
         while (request := await outgoing.get()) is not None:
             yield request
 
-    heavy_session = live.enclave.open_session("heavy-agent")
-    light_session = live.enclave.open_session("light-agent")
+    heavy_session = live.enclave.open_session("heavy-agent", trail=NO_TRAIL)
+    light_session = live.enclave.open_session("light-agent", trail=NO_TRAIL)
     gate.release_soon()
     order: list[str] = []
     call = live.stub.DecideStream(requests())
@@ -235,13 +235,13 @@ async def test_weakened_stream_in_arrival_order_holds_the_light_call(
 
 
 async def test_open_session_mints_an_owned_id_and_carries_its_entries(live: Live) -> None:
-    opened = await live.stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="agent"))
+    opened = await live.stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="agent", trail=NO_TRAIL))
     assert session_ids.owned_by(opened.session_id, live.enclave.kid)
     entries = [json.loads(raw) for raw in opened.audit_entries]
     assert [(e["session_id"], e["kind"]) for e in entries] == [
         (live.enclave.ledger_id, "open"), (opened.session_id, "open")]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await live.stub.OpenSession(enclave_pb2.OpenSessionRequest(principal=""))
+        await live.stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="", trail=NO_TRAIL))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -16,7 +16,7 @@ from cmcp_core.audit import reset_payload, verify_chain
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import Code
 from cmcp_core.trust_record import record_ledger
-from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
 from cmcp_enclave.enclave import Enclave, UpstreamOutcome
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.sessions import EnclaveLimits, PolicySession
@@ -179,14 +179,14 @@ def test_session_ids_are_minted_by_the_enclave_and_never_reused(tmp_path: Path) 
     with pytest.raises(RequestError) as err:
         enc.list_tools(session_id=chosen, principal="agent-a")
     assert err.value.code == Code.SESSION_UNKNOWN
-    first = enc.open_session("agent-a")
+    first = enc.open_session("agent-a", trail=NO_TRAIL)
     assert session_ids.owned_by(first, enc.kid)
     decide(enc, "web.search", {"query": "x"}, session=first)
     enc.close(first)
     with pytest.raises(RequestError) as err:
         decide(enc, "web.search", {"query": "x"}, session=first)
     assert err.value.code == Code.SESSION_CLOSED  # remembered
-    enc.close(enc.open_session("agent-a"))  # pushes `first` out of the closed_kept=1 memory
+    enc.close(enc.open_session("agent-a", trail=NO_TRAIL))  # pushes `first` out of the closed_kept=1 memory
     assert first not in enc.closed
     with pytest.raises(RequestError) as err:
         decide(enc, "web.search", {"query": "x"}, session=first)
@@ -211,7 +211,7 @@ def test_weakened_enclave_that_creates_named_sessions_lets_an_id_be_reused(
     monkeypatch.setattr(Enclave, "_session", creating)
     decide(enc, "web.search", {"query": "x"}, session="reused-id")
     one = enc.close("reused-id").record
-    enc.close(enc.open_session("agent-a"))
+    enc.close(enc.open_session("agent-a", trail=NO_TRAIL))
     decide(enc, "web.search", {"query": "y"}, session="reused-id")
     two = enc.close("reused-id").record
     assert one["subject"] == two["subject"] and one != two  # the fork the enclave must prevent
@@ -244,7 +244,7 @@ def test_memory_per_open_session_is_under_2_kib(tmp_path: Path) -> None:
         base = tracemalloc.get_traced_memory()[0]
         for i in range(sessions):
             principal = f"agent-{i // 100:04d}"  # 100 sessions per agent, under the bundle's call budget
-            session = enc.open_session(principal)
+            session = enc.open_session(principal, trail=NO_TRAIL)
             enc.decide(session_id=session, call_id=f"call-{i:08d}-{'x' * 20}", principal=principal,
                        method="tools/call", tool="web.search", arguments_json=b'{"query":"q"}',
                        arguments_digest=json_digest({"query": "q"}), audience=DEFAULT_AUDIENCE)
@@ -262,17 +262,17 @@ def test_a_full_outbox_opens_no_session_and_closes_no_idle_one(tmp_path: Path) -
                             limits=EnclaveLimits(outbox_bytes=1_500, idle_timeout=1))
     clock = FakeClock()
     enc.clock = clock
-    idle = enc.open_session("agent-a")
+    idle = enc.open_session("agent-a", trail=NO_TRAIL)
     decide(enc, "web.search", {"query": "x"}, session=idle)  # not drained: the outbox fills
     assert enc.outbox.full
     with pytest.raises(RequestError) as err:
-        enc.open_session("agent-a")
+        enc.open_session("agent-a", trail=NO_TRAIL)
     assert err.value.code == Code.AUDIT_OUTBOX_FULL
     clock.now += 10
     assert enc.expire_idle() == [] and idle in enc.sessions  # its close entry would not fit either
     drained(enc)
     assert enc.expire_idle() == [idle]
-    assert session_ids.owned_by(enc.open_session("agent-a"), enc.kid)
+    assert session_ids.owned_by(enc.open_session("agent-a", trail=NO_TRAIL), enc.kid)
 
 
 def test_the_ledger_chains_every_open_and_close(tmp_path: Path) -> None:
@@ -282,7 +282,10 @@ def test_the_ledger_chains_every_open_and_close(tmp_path: Path) -> None:
     done = enc.close(a)
     ledger = exported(enc, enc.ledger_id)
     assert verify_chain(ledger, enc.public_key, expected_tip=enc.ledger_tip).ok
-    assert [(e["kind"], e["data"]["session_id"]) for e in ledger] == [("open", a), ("open", b), ("close", a)]
-    assert ledger[1]["data"]["principal"] == "agent-b"
-    assert ledger[2]["data"]["tip"] == done.tip and ledger[2]["data"]["entries"] == done.entries == 3
-    assert record_ledger(done.record) == (enc.ledger_id, 3, ledger[2]["hash"])
+    # each principal's first session is preceded by what the enclave took it over from (nothing)
+    assert [(e["kind"], e["data"].get("session_id", e["data"].get("principal"))) for e in ledger] == [
+        ("adopt", "agent-a"), ("open", a), ("adopt", "agent-b"), ("open", b), ("close", a)]
+    assert ledger[0]["data"]["entries"] == 0 and ledger[0]["data"]["newest"] is None
+    assert ledger[3]["data"]["principal"] == "agent-b"
+    assert ledger[4]["data"]["tip"] == done.tip and ledger[4]["data"]["entries"] == done.entries == 3
+    assert record_ledger(done.record) == (enc.ledger_id, 5, ledger[4]["hash"])

@@ -20,7 +20,7 @@ from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.snp import parse_report
-from cmcp_devkit.enclave import render_initdata
+from cmcp_devkit.enclave import NO_TRAIL, render_initdata
 from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import CocoAaProvider, ConfigfsTsmProvider
 from tests.paths import DATA, EXAMPLES
@@ -97,7 +97,7 @@ def test_tdx_over_configfs_tsm_starts_and_binds(tsm: object, tmp_path: Path) -> 
     nonce = os.urandom(32)
     report, report_data = enc.attest(nonce)
     assert report.platform == "tdx" and report.report_data == enc.binding(nonce).report_data() == report_data
-    session = enc.open_session("a")
+    session = enc.open_session("a", trail=NO_TRAIL)
     enc.decide(session_id=session, call_id="c", principal="a", method="tools/call", tool="web.search",
                arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
     assert enc.close(session).record["runtime"]["platform"] == "intel-tdx"
@@ -113,7 +113,7 @@ def test_snp_over_configfs_tsm_checks_host_data(tsm: object, tmp_path: Path) -> 
     parsed = parse_report(report.evidence)
     assert parsed.host_data == initdata.snp_host_data(data) and parsed.report_data == report_data
     assert report.aux == b"certificate-table"
-    session = enc.open_session("a")
+    session = enc.open_session("a", trail=NO_TRAIL)
     enc.decide(session_id=session, call_id="c", principal="a", method="tools/call", tool="web.search",
                arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
     assert enc.close(session).record["runtime"]["platform"] == "amd-sev-snp"

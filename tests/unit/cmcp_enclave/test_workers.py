@@ -16,7 +16,7 @@ from cmcp_core.bundle import load_bundle
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_devkit.enclave import start_enclave
+from cmcp_devkit.enclave import NO_TRAIL, start_enclave
 from cmcp_devkit.procs import descendants
 from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts
 from cmcp_enclave.judging import RequestError
@@ -93,7 +93,7 @@ def test_a_killed_enclave_leaves_no_worker_behind(tmp_path: Path) -> None:
     enclave = start_enclave(EXAMPLES / "realistic", tmp_path, timeout=60)
     with grpc.insecure_channel(enclave.address) as channel:  # a large call starts the workers
         stub = enclave_pb2_grpc.EnclaveStub(channel)
-        session = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a")).session_id
+        session = stub.OpenSession(enclave_pb2.OpenSessionRequest(principal="a", trail=NO_TRAIL)).session_id
         big = {"patient_id": "p", "note": "x" * 8192}
         stub.Decide(enclave_pb2.DecideRequest(
             session_id=session, call_id="c", principal="a", method="tools/call",

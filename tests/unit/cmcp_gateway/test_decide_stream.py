@@ -18,7 +18,7 @@ import pytest
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
@@ -64,7 +64,7 @@ async def test_concurrent_decisions_each_get_their_own_reply(live: tuple[Enclave
     broken = Broken()
     async with grpc.aio.insecure_channel(address) as channel:
         stream = DecisionStream(enclave_pb2_grpc.EnclaveStub(channel), broken, DEADLINE)
-        asks = [request(enclave.open_session("agent"), text=f"t{i}") for i in range(40)]
+        asks = [request(enclave.open_session("agent", trail=NO_TRAIL), text=f"t{i}") for i in range(40)]
         answers = await asyncio.gather(*(stream.decide(r) for r in asks))
         for ask, answer in zip(asks, answers, strict=True):
             doc = json.loads(answer.decision_json)
@@ -81,10 +81,11 @@ async def test_a_refusal_is_relayed_with_its_code_and_the_stream_goes_on(live: t
     async with grpc.aio.insecure_channel(address) as channel:
         stream = DecisionStream(enclave_pb2_grpc.EnclaveStub(channel), Broken(), DEADLINE)
         with pytest.raises(CmcpError) as refused:
-            await stream.decide(request(enclave.open_session("agent"), digest="sha256:" + "0" * 64))
+            session_id = enclave.open_session("agent", trail=NO_TRAIL)
+            await stream.decide(request(session_id, digest="sha256:" + "0" * 64))
         assert refused.value.code is Code.ARGS_DIGEST_MISMATCH
         call = stream._call
-        answer = await stream.decide(request(enclave.open_session("agent")))
+        answer = await stream.decide(request(enclave.open_session("agent", trail=NO_TRAIL)))
         assert answer.permit and stream._call is call  # same stream, still deciding
         await stream.close()
 
@@ -98,7 +99,7 @@ async def test_no_reply_within_the_deadline_is_tee_unavailable(live: tuple[Encla
         async with grpc.aio.insecure_channel(mitm.address) as channel:
             stream = DecisionStream(enclave_pb2_grpc.EnclaveStub(channel), Broken(), 0.3)
             with pytest.raises(CmcpError) as late:
-                await stream.decide(request(enclave.open_session("agent")))
+                await stream.decide(request(enclave.open_session("agent", trail=NO_TRAIL)))
             assert late.value.code is Code.TEE_UNAVAILABLE and "exceeded" in late.value.detail
             assert stream._waiting == {}
             await stream.close()
@@ -114,8 +115,8 @@ async def test_a_broken_stream_fails_every_waiting_call_and_reopens(live: tuple[
 
     async with grpc.aio.insecure_channel(mitm.address) as channel:
         stream = DecisionStream(enclave_pb2_grpc.EnclaveStub(channel), broken, DEADLINE)
-        waiting = [asyncio.ensure_future(stream.decide(request(enclave.open_session("agent"))))
-                   for _ in range(3)]
+        sessions = [enclave.open_session("agent", trail=NO_TRAIL) for _ in range(3)]
+        waiting = [asyncio.ensure_future(stream.decide(request(session_id))) for session_id in sessions]
         await asyncio.wait_for(mitm.decide_seen.wait(), 5.0)
         await mitm.stop()  # the enclave's end goes away mid-decision
         for task in waiting:
@@ -127,7 +128,7 @@ async def test_a_broken_stream_fails_every_waiting_call_and_reopens(live: tuple[
     # The next decision opens a fresh stream (here to the real enclave directly).
     async with grpc.aio.insecure_channel(address) as channel:
         stream._stub = enclave_pb2_grpc.EnclaveStub(channel)
-        assert (await stream.decide(request(enclave.open_session("agent")))).permit
+        assert (await stream.decide(request(enclave.open_session("agent", trail=NO_TRAIL)))).permit
         await stream.close()
 
 
