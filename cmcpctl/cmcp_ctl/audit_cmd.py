@@ -5,7 +5,8 @@
 * ``export SESSION --store SPEC``: one chain as JSON lines (what ``verify FILE`` reads).
 * ``verify --store SPEC --key JWK...``: every chain and every enclave's ledger straight from the
   store; reports a session the ledger opened but the store lacks (``AUDIT_WITHHELD``), a chain cut
-  short of its ledger close (``AUDIT_TRUNCATED``) and one id under two enclaves (``AUDIT_FORK``).
+  short of its ledger close (``AUDIT_TRUNCATED``), one id under two enclaves (``AUDIT_FORK``) and
+  a principal taken over from a trail shorter than the store (``AUDIT_PRINCIPAL_WITHHELD``).
 * ``verify FILE --key JWK``: an export offline; FILE holds entries as JSON lines (``-`` reads
   stdin) or one JSON array; entries of several sessions are split by ``session_id``.
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cmcp_core.audit import GENESIS, entry_hash, make_entry, verify_chain
+from cmcp_core.audit import GENESIS, entry_hash, make_entry, verify_chain, verify_entry
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
@@ -137,3 +137,17 @@ def test_decision_entry_fields_must_match_the_signed_document(chain: Chain) -> N
         later["prev"] = "x"  # irrelevant: verification stops at the first bad entry
     result = verify_chain(entries, enc.public_key)
     assert (result.ok, result.code, result.index) == (False, Code.AUDIT_BAD_SIGNATURE, 1)
+
+
+def test_one_entry_verifies_on_its_own_and_any_edit_or_other_key_fails(
+        chain: tuple[Enclave, list[dict[str, Any]]]) -> None:
+    """What a takeover checks of each entry of a principal's trail (no chain around it)."""
+    enc, entries = chain
+    decision = next(e for e in entries if e["kind"] == "decision")
+    assert all(verify_entry(e, enc.public_key) for e in entries)
+    edited = copy.deepcopy(decision)
+    edited["data"]["tool"] = "web.search"
+    rehashed = {**edited, "hash": entry_hash(edited)}  # a careful forger fixes the hash too
+    assert not verify_entry(edited, enc.public_key) and not verify_entry(rehashed, enc.public_key)
+    assert not verify_entry(decision, Ed25519PrivateKey.generate().public_key())
+    assert not verify_entry({**decision, "extra": 1}, enc.public_key)
