@@ -122,3 +122,28 @@ def test_a_trail_that_does_not_verify_refuses_the_principal(tmp_path: Path, atta
         trail.entries[0] = b"{"
     assert _refused(new, trail) is Code.PRINCIPAL_TRAIL_INVALID
     assert WHO not in new.principals  # nothing was started
+
+
+def test_an_entry_sent_twice_is_replayed_once(tmp_path: Path) -> None:
+    """A trail that repeats an entry (a retried store read, or a gateway padding it) counts each
+    call once: the adopt names one entry and the principal holds one call, not two."""
+    old, new = (inprocess_enclave(EXAMPLES / "realistic", tmp_path / n) for n in ("old", "new"))
+    trail = _tainted_trail(old, tmp_path)
+    trail.entries.append(trail.entries[0])
+    assert _mail_on(new, trail) == "deny"
+    (adopted,) = [e for e in exported(new, new.ledger_id) if e["kind"] == "adopt"]
+    assert adopted["data"]["entries"] == 1
+    now = new.clock()  # the denied mail is not a call the principal made
+    assert new.principals.get(WHO, now).view(now, new.principals.window).call_count == 1
+
+
+def test_entries_older_than_the_window_are_not_replayed(tmp_path: Path) -> None:
+    """A decision that has left the bundle's window no longer binds the principal on the enclave
+    it held it, so a takeover after that starts without it (and the ledger says so)."""
+    old, new = (inprocess_enclave(EXAMPLES / "realistic", tmp_path / n) for n in ("old", "new"))
+    trail = _tainted_trail(old, tmp_path)
+    later = old.clock() + new.principals.window + 1
+    new.clock = lambda: later
+    assert _mail_on(new, trail) == "allow"
+    (adopted,) = [e for e in exported(new, new.ledger_id) if e["kind"] == "adopt"]
+    assert (adopted["data"]["entries"], adopted["data"]["newest"]) == (0, None)
