@@ -23,15 +23,14 @@ import httpx
 import psycopg
 import pytest
 
-from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.target import Profile
 from cmcp_core.audit import verify_chain
 from cmcp_core.audit_store import chain_entries, open_audit_store
 from cmcp_core.crypto import key_from_jwk, public_jwk
 from cmcp_ctl.main import main as cmcpctl
-from cmcp_devkit.initdata import render_initdata
 from cmcp_devkit.postgres import PostgresServer
 from cmcp_devkit.stack import LocalStack
+from tests.helpers.local_stack import serve_conformance_route
 
 CALLS = 12
 
@@ -42,13 +41,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalStack
     store = "" if request.param == "sqlite" else _own_database(request.getfixturevalue("postgres_server"))
     running = LocalStack(tmp_path, audit_store=store)
     try:
-        bundle_dir = conformance_bundle.write(tmp_path / "bundle", Profile())
-        initdata = render_initdata(bundle_dir, route="audit/enforce", audience=running.audience,
-                                   gateway_keys=running.gateway_keys)
-        running.start_enclave_on("enforce", bundle_dir, initdata)
-        running.start_upstream()
-        running.start_gateway()
-        yield running
+        yield serve_conformance_route(running, "audit/enforce")
     finally:
         running.close()
 

@@ -19,10 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from cmcp_conformance import bundle as conformance_bundle
-from cmcp_conformance.target import Profile
-from cmcp_devkit.initdata import render_initdata
 from cmcp_devkit.stack import LocalStack
+from tests.helpers.local_stack import serve_conformance_route
 
 ATTACKERS = 6
 HEADER_FLOOD = 40 * 1024 * 1024
@@ -37,13 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("front-door")
     running = LocalStack(workdir, gateway_limits={"header_timeout_seconds": HEADER_TIMEOUT})
     try:
-        bundle_dir = conformance_bundle.write(workdir / "bundle", Profile())
-        initdata = render_initdata(bundle_dir, route="front/enforce", audience=running.audience,
-                                   gateway_keys=running.gateway_keys)
-        running.start_enclave_on("enforce", bundle_dir, initdata)
-        running.start_upstream()
-        running.start_gateway()
-        yield running
+        yield serve_conformance_route(running, "front/enforce")
     finally:
         running.close()
 

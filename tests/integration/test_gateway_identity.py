@@ -18,22 +18,14 @@ import grpc
 import httpx
 import pytest
 
-from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.target import Profile
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_devkit.initdata import render_initdata
 from cmcp_devkit.stack import LocalStack
+from tests.helpers.local_stack import serve_conformance_route
 
 
 def _stack(tmp_path: Path, *, pinned: bool) -> LocalStack:
-    running = LocalStack(tmp_path)
-    bundle_dir = conformance_bundle.write(tmp_path / "bundle", Profile())
-    keys = running.gateway_keys if pinned else []
-    running.start_enclave_on("enforce", bundle_dir, render_initdata(
-        bundle_dir, route="identity/enforce", audience=running.audience, gateway_keys=keys))
-    running.start_upstream()
-    running.start_gateway()
-    return running
+    return serve_conformance_route(LocalStack(tmp_path), "identity/enforce", pinned=pinned)
 
 
 @pytest.fixture
