@@ -106,6 +106,14 @@ def _signature_ok(entry: Mapping[str, Any], public_key: Ed25519PublicKey, sig: b
     return verify_payload(public_key, DECISION_CONTEXT, jcs(dict(data)), sig)
 
 
+def allowed_call(entry: Mapping[str, Any]) -> bool:
+    """An allowed ``tools/call`` decision: what a principal's state (taint, budgets) is made of,
+    and so what a takeover replays and an auditor counts."""
+    data = entry.get("data")
+    return entry.get("kind") == "decision" and isinstance(data, Mapping) \
+        and data.get("effective") == "allow" and data.get("method") == "tools/call"
+
+
 def verify_entry(entry: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
     """One entry on its own: well-formed, unedited, signed by ``public_key`` (its place in a
     chain is not checked: a principal's trail crosses sessions and enclaves)."""

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import orjson
 
+from cmcp_core.audit import allowed_call
 from cmcp_core.audit_store_rows import ChainSummary, Row, principal_of, row_of, rows_of
 from cmcp_core.audit_store_sqlite import SqliteAuditStore
 from cmcp_core.bundle import MAX_STATE_WINDOW_SECONDS
@@ -107,11 +108,12 @@ class Trail:
 
 def principal_trail(store: AuditStore, principal: str, since_ms: int, limit: int,
                     bundle_hash: str | None = None) -> Trail:
-    """The allowed decisions of ``principal`` since ``since_ms`` (under ``bundle_hash`` only, when
-    given: another bundle's enclaves hold another state), at most ``limit`` (the newest); when more
-    are held, ``since_ms`` moves up to the oldest one kept, so the trail never claims to cover a
-    time it does not. Found through the sessions the principal opened (every chain's open entry
-    names it), so it reads every chain summary: a takeover is rare, a session open is not."""
+    """The allowed calls (:func:`~cmcp_core.audit.allowed_call`) of ``principal`` since
+    ``since_ms`` (under ``bundle_hash`` only, when given: another bundle's enclaves hold another
+    state), at most ``limit`` (the newest); when more are held, ``since_ms`` moves up to the oldest
+    one kept, so the trail never claims to cover a time it does not. Found through the sessions the
+    principal opened (every chain's open entry names it), so it reads every chain summary: a
+    takeover is rare, a session open is not."""
     found: list[tuple[int, str, bytes]] = []
     for summary in store.chains():
         if summary.principal != principal or summary.last_ts < since_ms:
@@ -119,9 +121,8 @@ def principal_trail(store: AuditStore, principal: str, since_ms: int, limit: int
         for raw in store.entries(summary.kid, summary.chain):
             entry = orjson.loads(raw)
             data = entry.get("data") or {}
-            if entry.get("kind") == "decision" and data.get("effective") == "allow" \
-                    and data.get("principal") == principal and int(entry.get("ts", 0)) >= since_ms \
-                    and bundle_hash in (None, data.get("bundle_hash")):
+            ours = data.get("principal") == principal and bundle_hash in (None, data.get("bundle_hash"))
+            if allowed_call(entry) and ours and int(entry.get("ts", 0)) >= since_ms:
                 found.append((int(entry["ts"]), summary.kid, raw))
     found.sort(key=lambda item: item[0], reverse=True)
     if len(found) > limit:

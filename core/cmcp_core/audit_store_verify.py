@@ -12,8 +12,9 @@ at close the session's tip and entry count. So, per enclave key:
   (``AUDIT_TRUNCATED``);
 * one session id under two enclave keys is ``AUDIT_FORK`` (ids are minted by one enclave);
 * a ledger ``adopt`` (an enclave took a principal over from the trail a gateway handed it) that
-  names fewer allowed decisions than the store holds of that principal inside the window before
-  the takeover is ``AUDIT_PRINCIPAL_WITHHELD``: the trail was cut to shed the principal's taint.
+  names fewer allowed calls than the store holds of that principal under the enclave's bundle and
+  audience inside the window before the takeover is ``AUDIT_PRINCIPAL_WITHHELD``: the trail was
+  cut to shed the principal's taint.
 
 A cut ledger tail is only caught against a Trust Record's ledger reference
 (:func:`cmcp_core.trust_record.record_ledger`) or the enclave's live counter.
@@ -28,7 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cmcp_core.audit import LEDGER_PREFIX, ledger_id, verify_chain
+from cmcp_core.audit import LEDGER_PREFIX, allowed_call, ledger_id, verify_chain
 from cmcp_core.audit_store import AuditStore, ChainSummary
 from cmcp_core.errors import Code
 
@@ -107,20 +108,20 @@ def _verify_takeovers(store: AuditStore, chains: list[ChainSummary],
     if not adopts:
         return []
     principals = {str(entry["data"].get("principal", "")) for _, entry in adopts}
-    allowed: dict[str, list[int]] = {}  # principal -> ts of each allowed decision held
+    allowed: dict[str, list[dict[str, Any]]] = {}  # principal -> its allowed calls held
     for summary in chains:
         if summary.principal in principals and not summary.chain.startswith(LEDGER_PREFIX):
-            for entry in _entries(store, summary.kid, summary.chain):
-                data = entry.get("data") or {}
-                if entry.get("kind") == "decision" and data.get("effective") == "allow" \
-                        and data.get("method") == "tools/call" and data.get("principal") == summary.principal:
-                    allowed.setdefault(summary.principal, []).append(int(entry.get("ts", 0)))
+            allowed.setdefault(summary.principal, []).extend(
+                e for e in _entries(store, summary.kid, summary.chain)
+                if allowed_call(e) and e["data"].get("principal") == summary.principal)
     findings = []
     for kid, entry in adopts:
         data, at = entry["data"], int(entry.get("ts", 0))
         principal = str(data.get("principal", ""))
         start = at - int(data.get("window_ms", 0))
-        held = sum(1 for ts in allowed.get(principal, ()) if start <= ts < at)
+        route = (data.get("bundle_hash"), data.get("audience"))  # the trail is this route's only
+        held = sum(1 for call in allowed.get(principal, ()) if start <= int(call.get("ts", 0)) < at
+                   and (call["data"].get("bundle_hash"), call["data"].get("audience")) == route)
         if held > int(data.get("entries", 0)):
             message = (f"took {principal!r} over from {data.get('entries')} allowed decisions; the store "
                        f"holds {held} inside the window before the takeover")

@@ -188,7 +188,8 @@ class Enclave:
             if call.tool in self.engine.catalog:
                 _, rank = self.engine.tool_rank(call.tool)
                 state.record(call.tool, rank, self.engine.tool_tags(call.tool), call.at, window)
-        self._ledger("adopt", {"principal": principal, "since_ms": takeover.since_ms,
+        self._ledger("adopt", {"principal": principal, "bundle_hash": self.bundle_hash,
+                               "audience": self.entry.audience, "since_ms": takeover.since_ms,
                                "window_ms": window_ms, "entries": len(takeover.calls),
                                "newest": takeover.newest})
 

@@ -22,12 +22,11 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cmcp_core.audit import verify_entry
+from cmcp_core.audit import allowed_call, verify_entry
 from cmcp_core.audit_store import TRAIL_LIMIT
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.errors import CmcpError, Code
 
-MAX_TRAIL_ENTRIES = TRAIL_LIMIT  # what one takeover replays at most (the gateway sends the newest)
 MAX_PEERS = 64
 
 
@@ -58,8 +57,8 @@ def read_trail(trail: Any, *, principal: str, bundle_hash: str, audience: str,
     Only decisions under this enclave's bundle and audience count (another route's enclaves hold
     another state); ``keys`` holds the keys already trusted (this enclave's, peers appraised
     before; appraised peers are added); ``peer_key`` appraises one ``PeerAttestation``."""
-    if len(trail.entries) > MAX_TRAIL_ENTRIES or len(trail.peers) > MAX_PEERS:
-        raise _invalid(f"a trail carries at most {MAX_TRAIL_ENTRIES} entries and {MAX_PEERS} peers")
+    if len(trail.entries) > TRAIL_LIMIT or len(trail.peers) > MAX_PEERS:
+        raise _invalid(f"a trail carries at most {TRAIL_LIMIT} entries and {MAX_PEERS} peers")
     if trail.since_ms > window_start_ms:
         raise _invalid("the trail does not reach back over the bundle's state window")
     for peer in trail.peers:
@@ -89,7 +88,7 @@ def read_trail(trail: Any, *, principal: str, bundle_hash: str, audience: str,
         if entry["kind"] != "decision" or data.get("principal") != principal:
             raise _invalid(f"trail entry {entry['hash']!r} is not a decision of this principal")
         ts = int(entry["ts"])
-        if data.get("effective") == "allow" and data.get("method") == "tools/call" and ts >= window_start_ms:
+        if allowed_call(entry) and ts >= window_start_ms:
             seen[entry["hash"]] = (ts, Call(str(data.get("tool", "")), ts / 1000.0))
     ordered = sorted(seen.items(), key=lambda item: (item[1][0], item[0]))
     return Takeover(calls=[call for _, (_, call) in ordered], newest=ordered[-1][0] if ordered else None,

@@ -6,6 +6,7 @@ tests/unit/cmcp_ctl/test_audit_cmd.py."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,29 @@ def test_chains_of_an_enclave_without_a_key_do_not_verify(tmp_path: Path) -> Non
 # --- a takeover from a trail the gateway cut short ---------------------------------------------
 
 
-def _takeover(tmp_path: Path, *, withheld: bool) -> tuple[AuditStore, dict[str, Any]]:
+def _takeover(tmp_path: Path, *, withheld: bool,
+              elsewhere: bool = False) -> tuple[AuditStore, dict[str, Any]]:
     """``old`` lets agent-a read PHI; ``new`` takes agent-a over from its whole trail, or from
-    none (a gateway that withholds it); both enclaves' entries in one store."""
+    none (a gateway that withholds it); both enclaves' entries in one store. ``elsewhere``: agent-a
+    also made a call on an enclave of another bundle (another route), which is in no trail here."""
     old, new = (inprocess_enclave(EXAMPLES / "realistic", tmp_path / n) for n in ("old", "new"))
     decide(old, "ehr.read_patient_record", {"patient_id": "p"}, session="phi")
     store = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
-    while len(old.outbox):
-        store.append(rows_of(old.take_audit()))
+    keys = {old.kid: old.public_key, new.kid: new.public_key}
+    enclaves = [old]
+    if elsewhere:
+        bundle = tmp_path / "other-bundle"
+        shutil.copytree(EXAMPLES / "realistic", bundle)
+        policy = bundle / "policies" / "taint.cedar"
+        policy.write_text(policy.read_text() + "\n// another route's bundle\n")
+        other = inprocess_enclave(bundle, tmp_path / "other")
+        assert other.bundle_hash != new.bundle_hash
+        decide(other, "web.search", {"query": "x"}, session="elsewhere")
+        enclaves.append(other)
+        keys[other.kid] = other.public_key
+    for enc in enclaves:
+        while len(enc.outbox):
+            store.append(rows_of(enc.take_audit()))
     seen = peer_attestation(old)
     store.put_attestation(old.kid, seen.nonce, seen.attestation.SerializeToString())
     whole = trail_for(store, "agent-a", owner=new.kid, bundle_hash=new.bundle_hash, now=new.clock())
@@ -71,7 +87,7 @@ def _takeover(tmp_path: Path, *, withheld: bool) -> tuple[AuditStore, dict[str, 
     new.open_session("agent-a", trail=trail)
     while len(new.outbox):
         store.append(rows_of(new.take_audit()))
-    return store, {old.kid: old.public_key, new.kid: new.public_key}
+    return store, keys
 
 
 def test_a_takeover_from_a_cut_trail_is_reported(tmp_path: Path) -> None:
@@ -83,6 +99,15 @@ def test_a_takeover_from_a_cut_trail_is_reported(tmp_path: Path) -> None:
 def test_a_takeover_from_the_whole_trail_verifies(tmp_path: Path) -> None:
     store, keys = _takeover(tmp_path, withheld=False)
     assert all(f.ok for f in verify_store(store, keys))
+
+
+def test_calls_on_another_routes_enclave_are_not_missing_from_a_takeovers_trail(tmp_path: Path) -> None:
+    """The trail is the route's own (its bundle and audience): the principal's calls elsewhere do
+    not make a whole takeover look withheld, and a cut one is still reported."""
+    store, keys = _takeover(tmp_path / "whole", withheld=False, elsewhere=True)
+    assert all(f.ok for f in verify_store(store, keys))
+    store, keys = _takeover(tmp_path / "cut", withheld=True, elsewhere=True)
+    assert [f.code for f in verify_store(store, keys) if not f.ok] == [Code.AUDIT_PRINCIPAL_WITHHELD]
 
 
 def test_weakened_verifier_without_the_takeover_check_misses_the_cut_trail(
