@@ -110,13 +110,15 @@ class AuditWriter:
             return
         self._busy = True
         if self._calls <= 1 and isinstance(self.store, SqliteAuditStore):
-            self._write(parts)
-            inline: asyncio.Future[None] = loop.create_future()
-            inline.set_result(None)
-            self._finished(loop, parts, inline)
+            try:
+                self._write(parts)
+            except Exception as exc:  # as the thread's job would end: settled, never left busy
+                self._finished(loop, parts, exc)
+            else:
+                self._finished(loop, parts, None)
             return
         job = loop.run_in_executor(None, self._write, parts)
-        job.add_done_callback(lambda finished: self._finished(loop, parts, finished))
+        job.add_done_callback(lambda finished: self._finished(loop, parts, finished.exception()))
 
     def _write(self, parts: list[_Part]) -> None:
         """In the writer thread: one transaction for every part; on a fork, each part alone."""
@@ -135,9 +137,8 @@ class AuditWriter:
                 part.error = exc
 
     def _finished(self, loop: asyncio.AbstractEventLoop, parts: list[_Part],
-                  finished: asyncio.Future[None]) -> None:
+                  unexpected: BaseException | None) -> None:
         self._busy = False
-        unexpected = finished.exception()
         if unexpected is not None:  # not a store error: a bug, still failed closed
             log.error("audit write failed", exc_info=unexpected)
             for part in parts:

@@ -72,7 +72,6 @@ class EnclavePool:
         self.audit = audit
         self.identity = identity  # signs every call to an attested enclave (cmcp_core.gateway_identity)
         self.endpoints: dict[str, Endpoint] = {}
-        self._draining: set[asyncio.Task[None]] = set()
 
     def _attested_kid(self, address: str) -> str | None:
         endpoint = self.endpoints.get(address)
@@ -191,10 +190,8 @@ class EnclavePool:
                                                      "code": str(exc.code)})
 
     async def drain(self) -> None:
-        """Take every attested enclave's waiting entries now, and wait for drains under way."""
+        """Take every attested enclave's waiting entries now."""
         await asyncio.gather(*(self._drain(e) for e in self.attested()))
-        while self._draining:
-            await asyncio.gather(*list(self._draining), return_exceptions=True)
 
     # --- calls ----------------------------------------------------------------------------
     async def open_session(self, pin: Pin, agent: str) -> str:

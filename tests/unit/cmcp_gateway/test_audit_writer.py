@@ -145,3 +145,20 @@ async def test_the_only_call_in_flight_writes_inline_and_two_hand_off_to_the_thr
             await shared
     assert [json.loads(e)["seq"] for e in writer.store.entries("k", "s")] == [0, 1]
     writer.store.close()
+
+
+async def test_an_inline_write_that_breaks_unexpectedly_fails_closed_and_the_next_one_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the write (not a store error) fails its caller with a code, as in the thread, and
+    leaves the writer free: the next answer is written."""
+    writer = AuditWriter(open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}"))
+    real = writer.store.append
+    monkeypatch.setattr(writer.store, "append", lambda rows: 1 // 0)
+    with writer.call():
+        with pytest.raises(CmcpError) as failed:
+            await writer.submit([_entry(0)])
+        assert failed.value.code is Code.AUDIT_STORE_UNAVAILABLE and writer.backlog
+        monkeypatch.setattr(writer.store, "append", real)
+        await writer.submit([_entry(1)])  # the kept entry goes first
+    assert [json.loads(e)["seq"] for e in writer.store.entries("k", "s")] == [0, 1]
+    writer.store.close()
