@@ -9,9 +9,10 @@ Every database error is ``AUDIT_STORE_UNAVAILABLE``.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from cmcp_core.audit_store_rows import ChainSummary, Row, principal_of
@@ -45,27 +46,33 @@ class SqliteAuditStore:
         except (OSError, sqlite3.Error) as exc:
             raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {path}: {exc}") from exc
 
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; any database error is ``AUDIT_STORE_UNAVAILABLE``."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
+
     def append(self, rows: Sequence[Row]) -> int:
         if not rows:
             return 0
-        with self._lock:
+        with self._using() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    before = self._db.total_changes
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO audit_entries (kid, chain, seq, hash, kind, ts, entry)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [(r.kid, r.chain, r.seq, r.hash, r.kind, r.ts, r.entry) for r in rows])
-                    added = self._db.total_changes - before
-                    if added != len(rows):
-                        self._check_held(rows)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
+                before = db.total_changes
+                db.executemany(
+                    "INSERT OR IGNORE INTO audit_entries (kid, chain, seq, hash, kind, ts, entry)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(r.kid, r.chain, r.seq, r.hash, r.kind, r.ts, r.entry) for r in rows])
+                added = db.total_changes - before
+                if added != len(rows):
+                    self._check_held(rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         return added
 
     def _check_held(self, rows: Sequence[Row]) -> None:
@@ -78,46 +85,34 @@ class SqliteAuditStore:
                                 f"{row.chain} seq {row.seq}: the store holds {held[0]}, not {row.hash}")
 
     def chains(self) -> list[ChainSummary]:
-        with self._lock:
-            try:
-                rows = self._db.execute(
-                    "SELECT a.kid, a.chain, count(*), min(a.ts), max(a.ts),"
-                    " (SELECT o.entry FROM audit_entries o WHERE o.kid = a.kid AND o.chain = a.chain"
-                    "  AND o.seq = 0 AND o.kind = 'open')"
-                    " FROM audit_entries a GROUP BY a.kid, a.chain ORDER BY a.kid, a.chain").fetchall()
-            except sqlite3.Error as exc:
-                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
+        with self._using() as db:
+            rows = db.execute(
+                "SELECT a.kid, a.chain, count(*), min(a.ts), max(a.ts),"
+                " (SELECT o.entry FROM audit_entries o WHERE o.kid = a.kid AND o.chain = a.chain"
+                "  AND o.seq = 0 AND o.kind = 'open')"
+                " FROM audit_entries a GROUP BY a.kid, a.chain ORDER BY a.kid, a.chain").fetchall()
         return [ChainSummary(kid, chain, count, first, last, principal_of(opened) if opened else None)
                 for kid, chain, count, first, last, opened in rows]
 
     def entries(self, kid: str, chain: str) -> list[bytes]:
-        with self._lock:
-            try:
-                rows = self._db.execute("SELECT entry FROM audit_entries WHERE kid = ? AND chain = ?"
-                                        " ORDER BY seq", (kid, chain)).fetchall()
-            except sqlite3.Error as exc:
-                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
+        with self._using() as db:
+            rows = db.execute("SELECT entry FROM audit_entries WHERE kid = ? AND chain = ? ORDER BY seq",
+                              (kid, chain)).fetchall()
         return [bytes(entry) for (entry,) in rows]
 
     def put_attestation(self, kid: str, nonce: bytes, attestation: bytes) -> None:
-        with self._lock:
-            try:
-                self._db.execute("INSERT OR IGNORE INTO enclave_attestations (kid, nonce, attestation)"
-                                 " VALUES (?, ?, ?)", (kid, nonce, attestation))
-            except sqlite3.Error as exc:
-                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
+        with self._using() as db:
+            db.execute("INSERT OR IGNORE INTO enclave_attestations (kid, nonce, attestation)"
+                       " VALUES (?, ?, ?)", (kid, nonce, attestation))
 
     def attestations(self, kids: Collection[str]) -> dict[str, tuple[bytes, bytes]]:
         held: dict[str, tuple[bytes, bytes]] = {}
-        with self._lock:
-            try:
-                for kid in sorted(set(kids)):
-                    row = self._db.execute("SELECT nonce, attestation FROM enclave_attestations"
-                                           " WHERE kid = ?", (kid,)).fetchone()
-                    if row is not None:
-                        held[kid] = (bytes(row[0]), bytes(row[1]))
-            except sqlite3.Error as exc:
-                raise CmcpError(Code.AUDIT_STORE_UNAVAILABLE, f"audit store {self.path}: {exc}") from exc
+        with self._using() as db:
+            for kid in sorted(set(kids)):
+                row = db.execute("SELECT nonce, attestation FROM enclave_attestations WHERE kid = ?",
+                                 (kid,)).fetchone()
+                if row is not None:
+                    held[kid] = (bytes(row[0]), bytes(row[1]))
         return held
 
     def close(self) -> None:
