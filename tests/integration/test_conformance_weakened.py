@@ -398,6 +398,17 @@ class WeakEnclaveDeployment(LocalDeployment):
         return [sys.executable, str(self.script), *argv[1:]]
 
 
+def run_on_weak_enclave(tmp_path: Path, patch: str, ids: list[str]) -> runner.Report:
+    """The suite's ``ids`` against a local deployment whose enclaves run with ``patch``."""
+    weak = WeakEnclaveDeployment(workdir=tmp_path)
+    weak.script = write_weak_enclave(tmp_path, patch)
+    try:
+        weak.start()
+        return runner.run(weak.target(), ids=ids)
+    finally:
+        weak.close()
+
+
 def test_enclave_that_ignores_initdata_fails_policy_tee_002(
     deployment: LocalDeployment, tmp_path: Path
 ) -> None:
@@ -414,26 +425,14 @@ def test_enclave_that_ignores_initdata_fails_policy_tee_002(
 
 
 def test_enclave_recording_another_bundle_fails_policy_tee_003(tmp_path: Path) -> None:
-    weak = WeakEnclaveDeployment(workdir=tmp_path)
-    weak.script = write_weak_enclave(tmp_path, RECORDS_OTHER_BUNDLE)
-    try:
-        weak.start()
-        report = runner.run(weak.target(), ids=["POLICY-TEE-003", "TRACE-002"])
-    finally:
-        weak.close()
+    report = run_on_weak_enclave(tmp_path, RECORDS_OTHER_BUNDLE, ["POLICY-TEE-003", "TRACE-002"])
     assert outcomes(report) == {"POLICY-TEE-003": CheckResult.FAIL, "TRACE-002": CheckResult.FAIL}, reasons(
         report
     )
 
 
 def test_enclave_with_session_scoped_state_fails_state_001(tmp_path: Path) -> None:
-    weak = WeakEnclaveDeployment(workdir=tmp_path)
-    weak.script = write_weak_enclave(tmp_path, SESSION_SCOPED_STATE)
-    try:
-        weak.start()
-        report = runner.run(weak.target(), ids=["POLICY-003", "STATE-001"])
-    finally:
-        weak.close()
+    report = run_on_weak_enclave(tmp_path, SESSION_SCOPED_STATE, ["POLICY-003", "STATE-001"])
     # Same-session taint still holds (POLICY-003); only what a new session sheds is caught.
     expected = {"POLICY-003": CheckResult.PASS, "STATE-001": CheckResult.FAIL}
     assert outcomes(report) == expected, reasons(report)
@@ -500,13 +499,8 @@ def test_host_edited_audit_export_fails_policy_tee_005(deployment: LocalDeployme
 
 
 def test_enclave_signing_with_an_unattested_key_fails_policy_tee_001(tmp_path: Path) -> None:
-    weak = WeakEnclaveDeployment(workdir=tmp_path)
-    weak.script = write_weak_enclave(tmp_path, SIGNS_WITH_UNATTESTED_KEY)
-    try:
-        weak.start()
-        report = runner.run(weak.target(), ids=["ATTEST-005", "POLICY-TEE-001", "POLICY-TEE-005"])
-    finally:
-        weak.close()
+    report = run_on_weak_enclave(tmp_path, SIGNS_WITH_UNATTESTED_KEY,
+                                 ["ATTEST-005", "POLICY-TEE-001", "POLICY-TEE-005"])
     expected = {
         "ATTEST-005": CheckResult.FAIL,
         "POLICY-TEE-001": CheckResult.FAIL,
