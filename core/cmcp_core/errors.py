@@ -106,6 +106,18 @@ class Code(StrEnum):
     AUDIT_WITHHELD = "AUDIT_WITHHELD"
     AUDIT_PRINCIPAL_WITHHELD = "AUDIT_PRINCIPAL_WITHHELD"
     AUDIT_OUTBOX_FULL = "AUDIT_OUTBOX_FULL"
+    # agent identity (access tokens verified in the enclave, cmcp_core.identity)
+    TOKEN_MISSING = "TOKEN_MISSING"
+    TOKEN_MALFORMED = "TOKEN_MALFORMED"
+    TOKEN_ISSUER_UNTRUSTED = "TOKEN_ISSUER_UNTRUSTED"
+    TOKEN_KEY_UNTRUSTED = "TOKEN_KEY_UNTRUSTED"
+    TOKEN_BAD_SIGNATURE = "TOKEN_BAD_SIGNATURE"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    TOKEN_NOT_YET_VALID = "TOKEN_NOT_YET_VALID"
+    TOKEN_AUDIENCE_MISMATCH = "TOKEN_AUDIENCE_MISMATCH"
+    TOKEN_CLAIMS_INVALID = "TOKEN_CLAIMS_INVALID"
+    IDENTITY_MISMATCH = "IDENTITY_MISMATCH"
+    INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,20 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.AUDIT_PRINCIPAL_WITHHELD: CodeInfo(
         -32003, 409, "An enclave took a principal over from a trail that lacked decisions the store holds."),
     Code.AUDIT_OUTBOX_FULL: CodeInfo(-32010, 503, "Audit entries wait to leave the enclave; no new session."),
+    Code.TOKEN_MISSING: CodeInfo(-32001, 401, "The route's bundle requires an access token; none was sent."),
+    Code.TOKEN_MALFORMED: CodeInfo(-32001, 401, "The access token is not a well-formed JWT."),
+    Code.TOKEN_ISSUER_UNTRUSTED: CodeInfo(-32001, 401, "The token's issuer is not one the bundle trusts."),
+    Code.TOKEN_KEY_UNTRUSTED: CodeInfo(-32001, 401, "The token's signing key is not one the bundle pins."),
+    Code.TOKEN_BAD_SIGNATURE: CodeInfo(
+        -32001, 401, "The token's signature does not verify or uses an algorithm not allowed."),
+    Code.TOKEN_EXPIRED: CodeInfo(-32001, 401, "The access token has expired."),
+    Code.TOKEN_NOT_YET_VALID: CodeInfo(-32001, 401, "The access token is not valid yet (nbf)."),
+    Code.TOKEN_AUDIENCE_MISMATCH: CodeInfo(
+        -32001, 401, "The token was not issued for this route (RFC 8707)."),
+    Code.TOKEN_CLAIMS_INVALID: CodeInfo(
+        -32001, 401, "The token lacks a claim the bundle maps or lives longer than it allows."),
+    Code.IDENTITY_MISMATCH: CodeInfo(-32001, 403, "The principal named is not the one the token proves."),
+    Code.INSUFFICIENT_SCOPE: CodeInfo(-32000, 403, "The token lacks a scope the tool requires."),
 }
 
 

@@ -16,7 +16,13 @@ def native_schema(arguments: Mapping[str, str], comment: str = "") -> str:
     head = f"// {comment}\n" if comment else ""
     args = "".join(f"    {name}?: {kind},\n" for name, kind in arguments.items())
     return head + f"""namespace cMCP {{
-  entity Agent;
+  entity Agent = {{  // set when the bundle trusts token issuers (manifest identity)
+    issuer?: String,
+    subject?: String,
+    client_id?: String,
+    groups?: Set<String>,
+    scopes?: Set<String>,
+  }};
   entity Tool = {{
     name: String,
     server: String,

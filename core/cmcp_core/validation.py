@@ -26,6 +26,7 @@ from cmcp_core.bundle import (
     SCHEMA_FILE,
     Bundle,
 )
+from cmcp_core.identity import IdentityConfigError, IdentityPolicy
 
 DEFAULT_SENSITIVITY_LEVELS = ("public", "internal", "confidential", "restricted")
 
@@ -181,6 +182,27 @@ def validate_bundle(bundle: Bundle) -> list[ValidationIssue]:
     if model not in ("native", "phase1"):
         issues.append(ValidationIssue("manifest.json", "",
                                       f"request_model must be native or phase1, got {model!r}"))
+    issues.extend(_identity_issues(bundle))
+    return issues
+
+
+def _identity_issues(bundle: Bundle) -> list[ValidationIssue]:
+    """The ``identity`` section loads, and a tool that requires scopes has tokens to carry them."""
+    try:
+        policy = IdentityPolicy.from_manifest(bundle.manifest)
+    except IdentityConfigError as exc:
+        return [ValidationIssue("manifest.json", "", str(exc))]
+    issues = []
+    for entry in bundle.catalog:
+        scopes = entry.get("required_scopes")
+        if scopes is None:
+            continue
+        if not isinstance(scopes, list) or not all(isinstance(s, str) and s and " " not in s for s in scopes):
+            issues.append(ValidationIssue(CATALOG_FILE, "", f"tool {entry.get('tool_name')!r}: "
+                                          "required_scopes must be a list of scope tokens"))
+        elif policy is None:
+            issues.append(ValidationIssue(CATALOG_FILE, "", f"tool {entry.get('tool_name')!r} requires "
+                                          "scopes, but the manifest trusts no token issuer (identity)"))
     return issues
 
 

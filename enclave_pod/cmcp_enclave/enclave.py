@@ -33,6 +33,7 @@ from cmcp_core.bundle import Bundle
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import DECISION_VERSION, sign_decision
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.identity import Identity, IdentityConfigError, IdentityPolicy
 from cmcp_core.trust_record import build_record
 from cmcp_core.validation import state_window_seconds
 from cmcp_core.verify.peer import appraise_peer
@@ -104,6 +105,10 @@ class Enclave:
         self.clock = clock
         self.on_audit = on_audit
         self.engine = CedarEngine(bundle)
+        try:
+            self.identity = IdentityPolicy.from_manifest(bundle.manifest)
+        except IdentityConfigError as exc:
+            raise CmcpError(Code.BUNDLE_INVALID, f"the manifest's identity section: {exc}") from exc
         self.bundle_hash = bundle.bundle_hash
         self.catalog_hash = bundle.catalog_hash
         self.mode = bundle.enforcement_mode
@@ -138,16 +143,40 @@ class Enclave:
         report_data = self.binding(nonce).report_data()
         return self.provider.report(report_data), report_data
 
+    # ---- identity ------------------------------------------------------------------------
+
+    def authenticate(self, access_token: str) -> Identity:
+        """What ``access_token`` proves, verified against the issuers the measured bundle trusts."""
+        if self.identity is None:
+            raise RequestError(Code.TOKEN_ISSUER_UNTRUSTED,
+                               "this route's bundle trusts no token issuer (no identity section)")
+        try:
+            return self.identity.verify(access_token, self.clock())
+        except CmcpError as exc:
+            raise RequestError(exc.code, exc.detail) from exc
+
+    def identify(self, principal: str, access_token: str) -> Identity | None:
+        """The identity behind ``principal``: its token must prove exactly that principal, so a
+        gateway cannot name another. ``None`` in development mode (the gateway's word is taken)."""
+        if self.identity is None:
+            return None
+        identity = self.authenticate(access_token)
+        if identity.principal != principal:
+            raise RequestError(Code.IDENTITY_MISMATCH,
+                               f"the token proves {identity.principal!r}, not {principal!r}")
+        return identity
+
     # ---- sessions ------------------------------------------------------------------------
 
     @_settled
-    def open_session(self, principal: str, trail: Any = None) -> str:
+    def open_session(self, principal: str, trail: Any = None, access_token: str = "") -> str:
         """Open a session for ``principal`` under a fresh id this enclave mints (never reused).
 
         A principal the enclave does not hold is refused (``PRINCIPAL_NOT_HELD``) unless ``trail``
         (a ``PrincipalTrail`` from the audit store) is given: it is taken over from that
         (:mod:`cmcp_enclave.handover`), never started clean on its own."""
         check_id("principal", principal)
+        self.identify(principal, access_token)
         if self.outbox.full:
             raise RequestError(Code.AUDIT_OUTBOX_FULL,
                                "audit entries wait to leave the enclave; drain them first")
@@ -221,7 +250,8 @@ class Enclave:
         session.last_used = self.clock()
         return session
 
-    def _view(self, session: PolicySession, principal: PrincipalState) -> SessionView:
+    def _view(self, session: PolicySession, principal: PrincipalState,
+              identity: Identity | None = None) -> SessionView:
         """What Cedar sees: the principal's windowed state (no new session sheds it), and this
         session's own. The principal's includes every call of this session still in the window."""
         levels, now = self.engine.levels, self.clock()
@@ -234,6 +264,7 @@ class Enclave:
             session=StateFacts(max_sensitivity=levels[session.max_rank], max_rank=session.max_rank,
                                tags=session.tags, call_count=session.call_count,
                                tools_called=session.tools_called, previous_tool=session.previous_tool),
+            identity=identity,
         )
 
     def _principal(self, principal: str) -> PrincipalState:
@@ -277,22 +308,26 @@ class Enclave:
 
     @_settled
     def decide(self, *, session_id: str, call_id: str, principal: str, method: str, tool: str,
-               arguments_json: bytes, arguments_digest: str, audience: str) -> DecideResult:
+               arguments_json: bytes, arguments_digest: str, audience: str,
+               access_token: str = "") -> DecideResult:
         call, arguments = judging.admit(
             self.engine, session_id=session_id, call_id=call_id, principal=principal, method=method,
             tool=tool, arguments_json=arguments_json, arguments_digest=arguments_digest,
             audience=audience)
-        view = self.prepare(session_id=session_id, principal=principal, call_id=call_id)
+        view = self.prepare(session_id=session_id, principal=principal, call_id=call_id,
+                            access_token=access_token)
         return self.commit(call, judging.judge(self.engine, self.entry.audience, call, arguments, view))
 
     @_settled
-    def prepare(self, *, session_id: str, principal: str, call_id: str) -> SessionView:
-        """The state Cedar sees for this call; a session not opened yet has none of its own."""
+    def prepare(self, *, session_id: str, principal: str, call_id: str,
+                access_token: str = "") -> SessionView:
+        """The state Cedar sees for this call, and who the token proves is calling."""
+        identity = self.identify(principal, access_token)
         held = self._principal(principal)
         session = self._session(session_id, principal)
         if session.pending and call_id in session.pending:
             raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call_id!r} already decided")
-        return self._view(session, held)
+        return self._view(session, held, identity)
 
     @_settled
     def commit(self, call: Call, verdict: Verdict) -> DecideResult:
@@ -389,14 +424,15 @@ class Enclave:
         return str(entry["hash"])
 
     @_settled
-    def list_tools(self, *, session_id: str, principal: str) -> list[str]:
+    def list_tools(self, *, session_id: str, principal: str, access_token: str = "") -> list[str]:
         check_id("session_id", session_id)
         check_id("principal", principal)
+        identity = self.identify(principal, access_token)
         session = self._session(session_id, principal)
         tools = sorted(self.engine.catalog)
         if self.engine.model == "phase1":
             return tools  # the origin gateway filtered by catalog only
-        view = self._view(session, self._principal(principal))
+        view = self._view(session, self._principal(principal), identity)
         results = self.engine.evaluate_many("list_tools", principal, tools, view)
         return [t for t, r in zip(tools, results, strict=True) if r.allowed]
 

@@ -41,6 +41,7 @@ import orjson
 
 from cmcp_core.bundle import Bundle
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.identity import Identity
 from cmcp_core.validation import (
     MAX_ARGUMENT_BYTES,
     argument_limit,
@@ -60,6 +61,7 @@ I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 _RESERVED_KEYS = frozenset({"__entity", "__extn", "__expr"})
 _ERROR_POLICY = re.compile(r"policy `([^`]+)`")
 MAX_INDEXED_SETS = 4096
+MAX_AGENT_ENTITIES = 1024  # principals' entity sets kept built (one per verified identity)
 
 
 def _admits(scope: Any, entity_type: str, entity_id: str) -> bool:
@@ -137,6 +139,7 @@ class SessionView:
     session_id: str
     principal: StateFacts
     session: StateFacts
+    identity: Identity | None = None  # what the agent's verified token proves (None: development mode)
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,9 @@ class CedarEngine:
             raise CmcpError(Code.BUNDLE_INVALID, f"bundle does not load into Cedar: {exc}") from exc
         self._resource_type = f"{NAMESPACE}::Resource" if self.model == "phase1" else f"{NAMESPACE}::Tool"
         self._indexed: dict[tuple[str, str], Any] = {}
+        self._agents: dict[Identity, Any] = {}
+        self._scopes = {name: frozenset(entry.get("required_scopes", ()))
+                        for name, entry in self.catalog.items()}
 
     def policies_for(self, action: str, tool: str) -> Any:
         """The pre-parsed subset of policies whose scope admits ``action`` on ``tool``."""
@@ -191,6 +197,10 @@ class CedarEngine:
         """The bundle's bound on ``tool``'s JSON arguments (the ceiling for a tool outside the
         catalog, which is denied anyway, signed and audited)."""
         return self._argument_limits.get(tool, MAX_ARGUMENT_BYTES)
+
+    def required_scopes(self, tool: str) -> frozenset[str]:
+        """The scopes an agent's token must carry to call ``tool`` (catalog ``required_scopes``)."""
+        return self._scopes.get(tool, frozenset())
 
     def tool_tags(self, tool: str) -> frozenset[str]:
         """Taint tags a call to ``tool`` adds: its ``tags`` plus its compliance domain."""
@@ -251,11 +261,24 @@ class CedarEngine:
 
     def _entities_for(self, principal: str, session: SessionView) -> Any:
         if self.model != "phase1":
-            return self.entities
+            return self.entities if session.identity is None else self._with_agent(session.identity)
         delta = [{"uid": {"type": f"{NAMESPACE}::Principal", "id": session.session_id},
                   "attrs": {"session_id": session.session_id, "workflow_id": principal},
                   "parents": []}]
         return self.entities.with_added_json_str(json.dumps(delta))
+
+    def _with_agent(self, identity: Identity) -> Any:
+        """The tools plus ``cMCP::Agent::"<principal>"`` carrying what its token proves (built once
+        per identity: a token's identity is the same object while it is cached)."""
+        found = self._agents.get(identity)
+        if found is None:
+            agent = [{"uid": {"type": f"{NAMESPACE}::Agent", "id": identity.principal},
+                      "attrs": identity.attributes(), "parents": []}]
+            found = self.entities.with_added_json_str(json.dumps(agent))
+            if len(self._agents) >= MAX_AGENT_ENTITIES:
+                self._agents.clear()
+            self._agents[identity] = found
+        return found
 
     def evaluate(self, method: str, principal: str, tool: str, arguments: Mapping[str, Any],
                  session: SessionView) -> Evaluation:

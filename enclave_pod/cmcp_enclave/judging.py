@@ -90,6 +90,13 @@ def judge(engine: CedarEngine, audience: str, call: Call, arguments: dict[str, A
         return Verdict(Code.AUDIENCE_MISMATCH)
     if call.tool not in engine.catalog:
         return Verdict(Code.TOOL_NOT_IN_CATALOG)
+    required = engine.required_scopes(call.tool)
+    if required:
+        missing = required - (view.identity.scopes if view.identity is not None else frozenset())
+        if missing:
+            return Verdict(Code.INSUFFICIENT_SCOPE, errors=[{
+                "policy_id": "", "message": "the token lacks a scope the tool requires",
+                "scope": " ".join(sorted(required))}])
     try:
         result = engine.evaluate(call.method, call.principal, call.tool, arguments, view)
     except CmcpError as exc:

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JWK (file or JSON) of an operator key allowed to reset sessions")
     p.add_argument("--bundle-signer", action="append", default=[],
                    help="JWK (file or JSON) of a trusted bundle signer; if given, the bundle must be signed")
+    p.add_argument("--issuer-jwks", action="append", default=[],
+                   help="JWK Set file (e.g. a cluster's /openid/v1/jwks) offering keys for issuers the "
+                        "bundle pins by thumbprint; keys it does not pin are ignored")
     return p
 
 
@@ -153,6 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CmcpError as exc:
         return _refuse(Code.TEE_PROVIDER_FAILED if exc.code == Code.TEE_PROVIDER_FAILED else exc.code,
                        exc.detail)
+    for path in args.issuer_jwks:
+        try:
+            offered = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"cmcp-enclave: bad --issuer-jwks {path}: {exc}\n")
+            return 2
+        usable = enclave.identity is not None and isinstance(offered, dict)
+        taken = enclave.identity.add_keys(offered) if usable and enclave.identity else []
+        log("issuer keys offered", file=path, pinned_keys_taken=len(taken))
     try:
         return asyncio.run(_run(enclave, metrics, args))
     except OSError as exc:

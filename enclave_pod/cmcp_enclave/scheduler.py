@@ -81,7 +81,8 @@ class DecisionScheduler:
         return turn.holders if turn is not None else 0
 
     async def decide(self, *, session_id: str, call_id: str, principal: str, method: str, tool: str,
-                     arguments_json: bytes, arguments_digest: str, audience: str) -> DecideResult:
+                     arguments_json: bytes, arguments_digest: str, audience: str,
+                     access_token: str = "") -> DecideResult:
         """The same decision :meth:`Enclave.decide` makes, scheduled fairly."""
         turn = self._turns.get(principal)
         if turn is None:
@@ -96,11 +97,13 @@ class DecisionScheduler:
                 if len(arguments_json) <= self.inline_bytes:
                     return enclave.decide(session_id=session_id, call_id=call_id, principal=principal,
                                           method=method, tool=tool, arguments_json=arguments_json,
-                                          arguments_digest=arguments_digest, audience=audience)
+                                          arguments_digest=arguments_digest, audience=audience,
+                                          access_token=access_token)
                 judging.check_id("session_id", session_id)
                 judging.check_id("principal", principal)
                 judging.check_id("call_id", call_id)
-                view = enclave.prepare(session_id=session_id, principal=principal, call_id=call_id)
+                view = enclave.prepare(session_id=session_id, principal=principal, call_id=call_id,
+                                       access_token=access_token)
                 call, verdict = await self.workers.admit_and_judge(
                     {"session_id": session_id, "call_id": call_id, "principal": principal,
                      "method": method, "tool": tool, "arguments_json": arguments_json,

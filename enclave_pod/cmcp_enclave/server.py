@@ -53,6 +53,8 @@ _STATUS = {
     Code.AUDIT_OUTBOX_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Code.PRINCIPAL_STATE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Code.TEE_PROVIDER_FAILED: grpc.StatusCode.UNAVAILABLE,
+    Code.IDENTITY_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
+    **{code: grpc.StatusCode.UNAUTHENTICATED for code in Code if code.value.startswith("TOKEN_")},
 }
 
 
@@ -96,13 +98,24 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         mark = self.enclave.audit_mark()
         try:
             session_id = self.enclave.open_session(
-                request.principal, trail=request.trail if request.HasField("trail") else None)
+                request.principal, trail=request.trail if request.HasField("trail") else None,
+                access_token=request.access_token)
         except RequestError as exc:
             await self._refuse(context, "OpenSession", exc)
             raise
         self._gauges()
         return enclave_pb2.OpenSessionResponse(session_id=session_id,
                                                audit_entries=self.enclave.take_audit(mark))
+
+    async def Authenticate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            identity = self.enclave.authenticate(request.access_token)
+        except RequestError as exc:
+            await self._refuse(context, "Authenticate", exc)
+            raise
+        return enclave_pb2.AuthenticateResponse(principal=identity.principal,
+                                                expires_at=int(identity.expires_at),
+                                                scopes=sorted(identity.scopes))
 
     async def DrainAudit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return enclave_pb2.DrainAuditResponse(audit_entries=self.enclave.take_audit())
@@ -126,7 +139,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         result = await self.scheduler.decide(
             session_id=request.session_id, call_id=request.call_id, principal=request.principal,
             method=request.method, tool=request.tool, arguments_json=bytes(request.arguments_json),
-            arguments_digest=request.arguments_digest, audience=request.audience)
+            arguments_digest=request.arguments_digest, audience=request.audience,
+            access_token=request.access_token)
         doc = result.document
         self.metrics.decisions.labels(doc["decision"], doc["effective"], doc["mode"]).inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
@@ -214,7 +228,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
 
     async def ListTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            tools = self.enclave.list_tools(session_id=request.session_id, principal=request.principal)
+            tools = self.enclave.list_tools(session_id=request.session_id, principal=request.principal,
+                                            access_token=request.access_token)
         except RequestError as exc:
             await self._refuse(context, "ListTools", exc)
             raise

@@ -349,8 +349,8 @@ SESSION_SCOPED_STATE = """
 
     _view = enclave.Enclave._view
 
-    def session_only(self, session, principal):
-        view = _view(self, session, principal)
+    def session_only(self, session, principal, identity=None):
+        view = _view(self, session, principal, identity)
         return dataclasses.replace(view, principal=view.session)
 
     enclave.Enclave._view = session_only

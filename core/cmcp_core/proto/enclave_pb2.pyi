@@ -35,12 +35,14 @@ class AttestResponse(_message.Message):
     def __init__(self, platform: _Optional[str] = ..., evidence: _Optional[bytes] = ..., aux: _Optional[bytes] = ..., initdata: _Optional[bytes] = ..., public_key_jwk: _Optional[str] = ..., bundle_hash: _Optional[str] = ..., catalog_hash: _Optional[str] = ..., enforcement_mode: _Optional[str] = ..., report_data: _Optional[bytes] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("principal", "trail")
+    __slots__ = ("principal", "access_token", "trail")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     TRAIL_FIELD_NUMBER: _ClassVar[int]
     principal: str
+    access_token: str
     trail: PrincipalTrail
-    def __init__(self, principal: _Optional[str] = ..., trail: _Optional[_Union[PrincipalTrail, _Mapping]] = ...) -> None: ...
+    def __init__(self, principal: _Optional[str] = ..., access_token: _Optional[str] = ..., trail: _Optional[_Union[PrincipalTrail, _Mapping]] = ...) -> None: ...
 
 class PrincipalTrail(_message.Message):
     __slots__ = ("entries", "peers", "since_ms")
@@ -60,6 +62,22 @@ class PeerAttestation(_message.Message):
     attestation: AttestResponse
     def __init__(self, nonce: _Optional[bytes] = ..., attestation: _Optional[_Union[AttestResponse, _Mapping]] = ...) -> None: ...
 
+class AuthenticateRequest(_message.Message):
+    __slots__ = ("access_token",)
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    access_token: str
+    def __init__(self, access_token: _Optional[str] = ...) -> None: ...
+
+class AuthenticateResponse(_message.Message):
+    __slots__ = ("principal", "expires_at", "scopes")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    expires_at: int
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, principal: _Optional[str] = ..., expires_at: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session_id", "audit_entries")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -69,7 +87,7 @@ class OpenSessionResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience", "completes")
+    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience", "completes", "access_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +97,7 @@ class DecideRequest(_message.Message):
     ARGUMENTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     COMPLETES_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     call_id: str
     principal: str
@@ -88,7 +107,8 @@ class DecideRequest(_message.Message):
     arguments_digest: str
     audience: str
     completes: _containers.RepeatedCompositeFieldContainer[CompleteRequest]
-    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
+    access_token: str
+    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ..., access_token: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
     __slots__ = ("decision_json", "signature", "permit", "completes_handled", "audit_entries")
@@ -141,12 +161,14 @@ class CompleteResponse(_message.Message):
     def __init__(self, entry_hash: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ListToolsRequest(_message.Message):
-    __slots__ = ("session_id", "principal")
+    __slots__ = ("session_id", "principal", "access_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     principal: str
-    def __init__(self, session_id: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+    access_token: str
+    def __init__(self, session_id: _Optional[str] = ..., principal: _Optional[str] = ..., access_token: _Optional[str] = ...) -> None: ...
 
 class ListToolsResponse(_message.Message):
     __slots__ = ("tools", "catalog_json")

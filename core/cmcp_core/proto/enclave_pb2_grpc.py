@@ -44,6 +44,11 @@ class EnclaveStub:
                 request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionRequest.SerializeToString,
                 response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionResponse.FromString,
                 _registered_method=True)
+        self.Authenticate = channel.unary_unary(
+                '/cmcp.enclave.v1.Enclave/Authenticate',
+                request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.AuthenticateResponse.FromString,
+                _registered_method=True)
         self.Decide = channel.unary_unary(
                 '/cmcp.enclave.v1.Enclave/Decide',
                 request_serializer=cmcp__core_dot_proto_dot_enclave__pb2.DecideRequest.SerializeToString,
@@ -94,6 +99,14 @@ class EnclaveServicer:
     def OpenSession(self, request, context):
         """Opens a policy session for a principal; the enclave mints its id (cmcp_core.session_id), so
         no id is ever chosen twice. Every other session call names an id this enclave minted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Authenticate(self, request, context):
+        """What an agent's access token proves, verified against the issuers the measured bundle trusts
+        (cmcp_core.identity). Changes no state; the gateway asks before it names a principal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +179,11 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.OpenSession,
                     request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionRequest.FromString,
                     response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'Authenticate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authenticate,
+                    request_deserializer=cmcp__core_dot_proto_dot_enclave__pb2.AuthenticateRequest.FromString,
+                    response_serializer=cmcp__core_dot_proto_dot_enclave__pb2.AuthenticateResponse.SerializeToString,
             ),
             'Decide': grpc.unary_unary_rpc_method_handler(
                     servicer.Decide,
@@ -257,6 +275,33 @@ class Enclave:
             '/cmcp.enclave.v1.Enclave/OpenSession',
             cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionRequest.SerializeToString,
             cmcp__core_dot_proto_dot_enclave__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Authenticate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cmcp.enclave.v1.Enclave/Authenticate',
+            cmcp__core_dot_proto_dot_enclave__pb2.AuthenticateRequest.SerializeToString,
+            cmcp__core_dot_proto_dot_enclave__pb2.AuthenticateResponse.FromString,
             options,
             channel_credentials,
             insecure,
