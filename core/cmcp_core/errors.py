@@ -118,6 +118,7 @@ class Code(StrEnum):
     TOKEN_CLAIMS_INVALID = "TOKEN_CLAIMS_INVALID"
     IDENTITY_MISMATCH = "IDENTITY_MISMATCH"
     INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
+    AGENT_TOKEN_FORWARDED = "AGENT_TOKEN_FORWARDED"
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,8 @@ REGISTRY: dict[Code, CodeInfo] = {
         -32001, 401, "The token lacks a claim the bundle maps or lives longer than it allows."),
     Code.IDENTITY_MISMATCH: CodeInfo(-32001, 403, "The principal named is not the one the token proves."),
     Code.INSUFFICIENT_SCOPE: CodeInfo(-32000, 403, "The token lacks a scope the tool requires."),
+    Code.AGENT_TOKEN_FORWARDED: CodeInfo(
+        -32010, 403, "The guard got a request with an Authorization header; tokens are never passed on."),
 }
 
 

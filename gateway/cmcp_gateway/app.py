@@ -24,7 +24,7 @@ from cmcp_gateway.config import GatewayConfig
 from cmcp_gateway.enclave_pool import EnclavePool, Refresher
 from cmcp_gateway.limits import ConcurrencyLimiter
 from cmcp_gateway.protocol import McpHandler
-from cmcp_gateway.routes import RouteRuntime, served_paths
+from cmcp_gateway.routes import RouteRuntime, metadata_paths, served_paths
 from cmcp_gateway.sessions import SessionTable
 from cmcp_gateway.transport import AsgiFront
 from cmcp_gateway.upstream import UpstreamClient
@@ -46,8 +46,9 @@ class Gateway:
         # the key the enclaves' initdata pins; read once at start, a bad file stops the gateway
         self.identity = (gateway_identity.load_private_key(Path(config.identity_key_file))
                          if config.identity_key_file else None)
-        self.mcp = McpHandler(self.routes, self.sessions, tokens, self.limits, self.limiter)
-        self.front = AsgiFront(served_paths(config), self.mcp.handle, self)
+        metadata = metadata_paths(config)
+        self.mcp = McpHandler(self.routes, self.sessions, tokens, self.limits, self.limiter, metadata)
+        self.front = AsgiFront([*served_paths(config), *metadata], self.mcp.handle, self)
 
     async def startup(self) -> None:
         for route in self.config.routes:

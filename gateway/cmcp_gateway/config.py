@@ -28,6 +28,10 @@ Example::
         expected_catalog_hashes: [sha256:...]  # the bundle hash leaves the catalog out: pin it too
         enforcement_modes: [enforce]     # the default; add advisory only for an advisory route
         open: false                      # true: no agent credential needed (principal "anonymous")
+        authorization:                   # OAuth 2.1 resource server (MCP authorization): agents send
+          resource: https://gw.example/mcp/demo   # JWT access tokens for this resource (RFC 8707),
+          authorization_servers: [https://issuer.example]   # which the enclave verifies against the
+          scopes_supported: [mail:send]  # bundle's identity section; advertised per RFC 9728
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -72,6 +77,54 @@ class GatewayLimits:
                                max_connections=self.max_connections)
 
 
+WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource"
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """A route as an OAuth 2.1 protected resource: what RFC 9728 metadata advertises. Tokens are
+    verified by the enclave against the measured bundle, never here; ``resource`` must be one of
+    the bundle's ``identity.audiences``."""
+
+    resource: str
+    authorization_servers: tuple[str, ...]
+    scopes_supported: tuple[str, ...] = ()
+
+    @property
+    def metadata_path(self) -> str:
+        """Where RFC 9728 puts the metadata: the well-known prefix before the resource's path."""
+        return WELL_KNOWN_RESOURCE + urlsplit(self.resource).path.rstrip("/")
+
+    @property
+    def metadata_url(self) -> str:
+        parts = urlsplit(self.resource)
+        return f"{parts.scheme}://{parts.netloc}{self.metadata_path}"
+
+    def metadata(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"resource": self.resource,
+                                    "authorization_servers": list(self.authorization_servers),
+                                    "bearer_methods_supported": ["header"]}
+        if self.scopes_supported:
+            document["scopes_supported"] = list(self.scopes_supported)
+        return document
+
+
+def _authorization(raw: Any, route: str) -> Authorization | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("resource"), str):
+        raise ValueError(f"route {route!r}: authorization needs a resource URI")
+    parts = urlsplit(raw["resource"])
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
+        raise ValueError(f"route {route!r}: authorization.resource must be an absolute http(s) URI "
+                         "without a fragment (RFC 8707)")
+    servers = raw.get("authorization_servers") or []
+    if not isinstance(servers, list) or not servers:
+        raise ValueError(f"route {route!r}: authorization.authorization_servers must list the issuers")
+    return Authorization(raw["resource"], tuple(str(s) for s in servers),
+                         tuple(str(s) for s in raw.get("scopes_supported") or ()))
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     name: str
@@ -83,6 +136,7 @@ class RouteConfig:
     expected_catalog_hashes: frozenset[str] = frozenset()
     enforcement_modes: frozenset[str] = ENFORCE_ONLY
     open: bool = False
+    authorization: Authorization | None = None  # agents present OAuth access tokens
 
     @property
     def path(self) -> str:
@@ -162,9 +216,12 @@ def _route(raw: dict[str, Any]) -> RouteConfig:
         expected_catalog_hashes=frozenset(str(h) for h in raw.get("expected_catalog_hashes") or ()),
         enforcement_modes=frozenset(str(m) for m in raw.get("enforcement_modes") or ENFORCE_ONLY),
         open=bool(raw.get("open", False)),
+        authorization=_authorization(raw.get("authorization"), str(raw["name"])),
     )
     if not route.expected_bundle_hashes and route.kubernetes is None:
         raise ValueError(f"route {route.name!r} pins nothing: give expected_bundle_hashes or kubernetes")
+    if route.open and route.authorization is not None:
+        raise ValueError(f"route {route.name!r} cannot be open and require access tokens")
     if not route.enforcement_modes <= {"enforce", "advisory"}:
         raise ValueError(f"route {route.name!r}: enforcement_modes may be enforce and advisory")
     return route

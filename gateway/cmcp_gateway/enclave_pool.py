@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -194,19 +195,29 @@ class EnclavePool:
         await asyncio.gather(*(self._drain(e) for e in self.attested()))
 
     # --- calls ----------------------------------------------------------------------------
-    async def open_session(self, pin: Pin, agent: str) -> str:
+    async def authenticate(self, access_token: str) -> tuple[str, float]:
+        """The principal ``access_token`` proves and its expiry, asked of an attested enclave of the
+        route (rendezvous on the token's digest); the enclave that decides checks it again."""
+        endpoint, _ = self.resolve(self.pick(hashlib.sha256(access_token.encode()).hexdigest()))
+        request = enclave_pb2.AuthenticateRequest(access_token=access_token)
+        resp = await self._rpc(endpoint, "Authenticate", request)
+        return resp.principal, float(resp.expires_at)
+
+    async def open_session(self, pin: Pin, agent: str, access_token: str = "") -> str:
         """A session opened for ``agent`` at the pinned enclave, under the id it minted; its
         ``open`` entries are stored before the id is handed out."""
         endpoint, attested = self.resolve(pin)
         try:
-            resp = await self._rpc(endpoint, "OpenSession", enclave_pb2.OpenSessionRequest(principal=agent))
+            resp = await self._rpc(endpoint, "OpenSession", enclave_pb2.OpenSessionRequest(
+                principal=agent, access_token=access_token))
         except CmcpError as exc:
             if exc.code is not Code.PRINCIPAL_NOT_HELD:
                 raise
             # the principal moved here: its trail under this bundle, from the store
             trail = await self.audit.trail(agent, owner=attested.kid, bundle_hash=attested.bundle_hash)
             resp = await self._rpc(endpoint, "OpenSession",
-                                   enclave_pb2.OpenSessionRequest(principal=agent, trail=trail))
+                                   enclave_pb2.OpenSessionRequest(principal=agent, trail=trail,
+                                                                  access_token=access_token))
         await self._recorded(resp)
         if not session_ids.owned_by(resp.session_id, attested.kid):
             raise CmcpError(Code.DECISION_UNVERIFIED, "the enclave answered a session id it does not own")
@@ -252,6 +263,7 @@ class EnclavePool:
         arguments_json: bytes,
         args_digest: str,
         audience: str,
+        access_token: str = "",
     ) -> Decision:
         """Ask the pinned enclave and verify its signed answer echoes exactly this call."""
         with self.audit.call():  # from the request until its entries are stored
@@ -265,6 +277,7 @@ class EnclavePool:
                 arguments_json=arguments_json,
                 arguments_digest=args_digest,
                 audience=audience,
+                access_token=access_token,
             )
             queue = endpoint.outcomes
             carried = queue.take() if queue.carries is not False else []
@@ -304,12 +317,16 @@ class EnclavePool:
         endpoint, _ = self.resolve(pin)
         await self._recorded(await self._rpc(endpoint, "Complete", request))
 
-    async def list_tools(self, pin: Pin, session_id: str, principal: str) -> list[str]:
+    async def list_tools(
+        self, pin: Pin, session_id: str, principal: str, access_token: str = ""
+    ) -> list[str]:
         endpoint, _ = self.resolve(pin)
         resp = await self._rpc(
             endpoint,
             "ListTools",
-            enclave_pb2.ListToolsRequest(session_id=session_id, principal=principal),
+            enclave_pb2.ListToolsRequest(
+                session_id=session_id, principal=principal, access_token=access_token
+            ),
         )
         return list(resp.tools)
 

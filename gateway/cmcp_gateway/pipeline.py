@@ -21,9 +21,11 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_core.tool_call import args_digest, tool_call_target
 from cmcp_gateway import jsonrpc
+from cmcp_gateway.config import RouteConfig
 from cmcp_gateway.enclave_pool import Decision
 from cmcp_gateway.jsonrpc import FailedRequest
 from cmcp_gateway.metrics import DECISION_SECONDS, UPSTREAM_SECONDS
+from cmcp_gateway.oauth import www_authenticate
 from cmcp_gateway.routes import RouteRuntime
 from cmcp_gateway.sessions import McpSession
 from cmcp_gateway.transport import Response
@@ -33,7 +35,7 @@ log = logging.getLogger("cmcp.gateway")
 
 async def list_tools(runtime: RouteRuntime, session: McpSession) -> dict[str, Any]:
     """The upstream's tools, only those the enclave lets this session's agent see."""
-    allowed = set(await runtime.pool.list_tools(session.pin, session.id, session.agent))
+    allowed = set(await runtime.pool.list_tools(session.pin, session.id, session.agent, session.access_token))
     tools = await runtime.upstream_tools()
     return {"tools": [t for t in tools if isinstance(t, dict) and t.get("name") in allowed]}
 
@@ -57,6 +59,7 @@ async def call_tool(
         arguments_json=orjson.dumps(arguments),
         args_digest=digest,
         audience=route.audience,
+        access_token=session.access_token,
     )
     DECISION_SECONDS.observe(time.perf_counter() - started)
     doc = decision.document
@@ -77,6 +80,7 @@ async def call_tool(
                     rpc_code=-32000,
                 ),
                 media_type=jsonrpc.JSON,
+                **_scope_challenge(route, doc, code),
             ),
             str(code),
         )
@@ -138,6 +142,17 @@ def _report_later(
     (or goes alone shortly after), see :mod:`cmcp_gateway.outcomes`.
     """
     runtime.pool.report(session.pin, session.id, call_id, result, error_code)
+
+
+def _scope_challenge(route: RouteConfig, doc: dict[str, Any], code: Code) -> dict[str, Any]:
+    """A deny for a scope the token lacks is ``403 insufficient_scope`` naming the scopes the
+    tool requires (the enclave's signed deny says which), so the client can step up."""
+    if code is not Code.INSUFFICIENT_SCOPE or route.authorization is None:
+        return {}
+    errors = doc.get("errors", ())
+    scope = next((str(e["scope"]) for e in errors if isinstance(e, dict) and "scope" in e), None)
+    challenge = www_authenticate(route.authorization, error="insufficient_scope", scope=scope)
+    return {"status": 403, "headers": {"www-authenticate": challenge}}
 
 
 def _decision_code(doc: dict[str, Any]) -> Code:

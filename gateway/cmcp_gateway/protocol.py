@@ -1,7 +1,9 @@
 """MCP over streamable HTTP, one request at a time: identity, limits, JSON-RPC, method dispatch.
 
 Front-door rejections (credential, limits, parse, unknown session) answer at the HTTP status
-the registry gives their code; per-call outcomes travel as JSON-RPC errors with HTTP 200. The
+the registry gives their code; per-call outcomes travel as JSON-RPC errors with HTTP 200. On a
+route with ``authorization`` the agent is who its access token proves (:mod:`cmcp_gateway.oauth`;
+``401`` with a challenge otherwise), and its RFC 9728 metadata is served on GET. The
 handshake (``initialize``, or 2026-07-28's ``server/discover``) and ``ping`` are answered
 here; ``tools/list`` and ``tools/call`` go to :mod:`cmcp_gateway.pipeline`.
 """
@@ -18,9 +20,9 @@ import orjson
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
 from cmcp_core.errors import REGISTRY, CmcpError, Code
-from cmcp_gateway import jsonrpc, pipeline
+from cmcp_gateway import jsonrpc, oauth, pipeline
 from cmcp_gateway.auth import TokenStore, authenticate
-from cmcp_gateway.config import GatewayLimits
+from cmcp_gateway.config import Authorization, GatewayLimits
 from cmcp_gateway.jsonrpc import FailedRequest
 from cmcp_gateway.limits import ConcurrencyLimiter, check_shape
 from cmcp_gateway.metrics import REQUEST_SECONDS, REQUESTS
@@ -49,8 +51,10 @@ class McpHandler:
         tokens: TokenStore | None,
         limits: GatewayLimits,
         limiter: ConcurrencyLimiter,
+        metadata: Mapping[str, Authorization] | None = None,
     ) -> None:
         self.routes = routes  # filled at start-up
+        self.metadata = metadata or {}  # RFC 9728 path -> the OAuth route it describes
         self.sessions = sessions
         self.tokens = tokens
         self.limits = limits
@@ -59,7 +63,10 @@ class McpHandler:
     async def handle(self, request: HttpRequest) -> Response:
         started = time.perf_counter()
         try:
-            if request.method == "GET":
+            if request.method == "GET" and request.path in self.metadata:
+                response = oauth.metadata_response(self.metadata[request.path])
+                code = "ok"
+            elif request.method == "GET" or request.path in self.metadata:
                 # No server-initiated stream is offered; the spec's answer for that is 405.
                 response = _GET_NOT_OFFERED
                 code = "get_not_offered"
@@ -76,11 +83,24 @@ class McpHandler:
         REQUEST_SECONDS.observe(time.perf_counter() - started)
         return response
 
-    def _agent(self, request: HttpRequest, runtime: RouteRuntime) -> str:
-        return authenticate(request.headers, request.peer_cert, self.tokens, runtime.config.open)
+    async def _caller(self, request: HttpRequest, runtime: RouteRuntime) -> tuple[str, str]:
+        """The agent (principal) and its access token ("" off OAuth routes). On an OAuth route
+        the principal is the one an enclave of the route says the token proves."""
+        auth = runtime.config.authorization
+        if auth is None:
+            return authenticate(request.headers, request.peer_cert, self.tokens, runtime.config.open), ""
+        try:
+            token = oauth.bearer_token(request.headers)
+            if token is None:
+                raise CmcpError(Code.UNAUTHENTICATED, "this route needs an OAuth access token")
+            return await runtime.principals.principal(token, runtime.pool.authenticate), token
+        except CmcpError as exc:
+            if exc.code in oauth.TOKEN_REFUSED:
+                raise oauth.refused(auth, exc) from exc
+            raise
 
     async def _stateful_session(
-        self, request: HttpRequest, runtime: RouteRuntime, agent: str
+        self, request: HttpRequest, runtime: RouteRuntime, agent: str, token: str = ""
     ) -> McpSession | None:
         """The request's ``Mcp-Session-Id`` session, adopted if this replica never saw it.
 
@@ -92,7 +112,7 @@ class McpHandler:
         session = self.sessions.find(session_id)
         if session is None:
             try:
-                session = await self.sessions.adopt(runtime, session_id, agent)
+                session = await self.sessions.adopt(runtime, session_id, agent, token)
             except CmcpError as exc:
                 if exc.code in _NOT_ADOPTABLE:
                     raise _unknown_session() from exc
@@ -100,12 +120,14 @@ class McpHandler:
         if session.agent != agent or session.route != runtime.config.name:
             raise _unknown_session()
         session.last_used = time.monotonic()
+        if token:
+            session.access_token = token
         return session
 
     async def _delete(self, request: HttpRequest) -> Response:
         runtime = route_for(self.routes, request.path)
-        agent = self._agent(request, runtime)
-        session = await self._stateful_session(request, runtime, agent)
+        agent, token = await self._caller(request, runtime)
+        session = await self._stateful_session(request, runtime, agent, token)
         if session is None:
             return jsonrpc.error_response(None, Code.MCP_INVALID_REQUEST, "DELETE needs Mcp-Session-Id")
         closed = await self.sessions.close(runtime, session, "client closed")
@@ -114,7 +136,7 @@ class McpHandler:
 
     async def _post(self, request: HttpRequest) -> Response:
         runtime = route_for(self.routes, request.path)
-        agent = self._agent(request, runtime)
+        agent, token = await self._caller(request, runtime)
         with self.limiter.slot(agent):
             body = await request.body(self.limits.max_body_bytes)
             try:
@@ -144,8 +166,12 @@ class McpHandler:
             if not isinstance(params, dict):
                 raise CmcpError(Code.MCP_INVALID_REQUEST, "params must be an object")
             try:
-                return await self._dispatch(request, runtime, agent, doc["method"], request_id, params)
+                return await self._dispatch(request, runtime, agent, token, doc["method"], request_id, params)
             except CmcpError as exc:
+                auth = runtime.config.authorization
+                if auth is not None and exc.code in oauth.TOKEN_REFUSED:  # e.g. expired since cached
+                    runtime.principals.forget(token)
+                    raise oauth.refused(auth, exc) from exc
                 raise FailedRequest(
                     Response(
                         jsonrpc.error_body(request_id, exc.code, exc.detail),
@@ -160,13 +186,14 @@ class McpHandler:
         request: HttpRequest,
         runtime: RouteRuntime,
         agent: str,
+        token: str,
         method: str,
         request_id: str | int,
         params: dict[str, Any],
     ) -> Response:
         modern = request.headers.get("mcp-protocol-version") == MODERN
         if method == "initialize":
-            opened = await self.sessions.open(runtime, agent, stateful=True)
+            opened = await self.sessions.open(runtime, agent, stateful=True, access_token=token)
             asked = params.get("protocolVersion")
             version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
             result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
@@ -193,13 +220,15 @@ class McpHandler:
                 },
                 None,
             )
-        stateful = await self._stateful_session(request, runtime, agent)
+        stateful = await self._stateful_session(request, runtime, agent, token)
         if method == "ping":
             return self._ok(request_id, {}, stateful)
         if method not in ("tools/list", "tools/call"):
             raise CmcpError(Code.METHOD_NOT_FOUND, f"method {method!r} is not offered by this gateway")
-        session = stateful if stateful is not None else await self.sessions.implicit(runtime, agent)
+        session = stateful if stateful is not None else await self.sessions.implicit(runtime, agent, token)
         session.last_used = time.monotonic()
+        if token:
+            session.access_token = token
         try:
             if method == "tools/list":
                 result = await pipeline.list_tools(runtime, session)

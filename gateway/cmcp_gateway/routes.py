@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cmcp_core.errors import CmcpError, Code
-from cmcp_gateway.config import GatewayConfig, RouteConfig
+from cmcp_gateway.config import Authorization, GatewayConfig, RouteConfig
 from cmcp_gateway.enclave_pool import EnclavePool
+from cmcp_gateway.oauth import TokenPrincipals
 from cmcp_gateway.upstream import UpstreamClient
 
 TOOLS_CACHE_SECONDS = 30.0
@@ -25,6 +26,7 @@ class RouteRuntime:
     pool: EnclavePool
     upstream: UpstreamClient
     tools: tuple[float, list[dict[str, Any]]] | None = None
+    principals: TokenPrincipals = field(default_factory=TokenPrincipals)  # what tokens proved here
 
     async def upstream_tools(self) -> list[dict[str, Any]]:
         """The upstream's ``tools/list``, cached for ``TOOLS_CACHE_SECONDS``."""
@@ -42,6 +44,11 @@ class RouteRuntime:
 def served_paths(config: GatewayConfig) -> list[str]:
     paths = [r.path for r in config.routes]
     return [*paths, SOLE_ROUTE_PATH] if len(paths) == 1 else paths
+
+
+def metadata_paths(config: GatewayConfig) -> dict[str, Authorization]:
+    """Each OAuth route's RFC 9728 metadata path."""
+    return {r.authorization.metadata_path: r.authorization for r in config.routes if r.authorization}
 
 
 def route_for(routes: Mapping[str, RouteRuntime], path: str) -> RouteRuntime:

@@ -38,6 +38,9 @@ class McpSession:
     pin: Pin
     stateful: bool
     last_used: float = field(default_factory=time.monotonic)
+    # the agent's latest access token the enclave proved for ``agent`` (OAuth routes); every
+    # call to the enclave carries one, and any of the agent's valid tokens proves the same principal
+    access_token: str = ""
 
 
 class SessionTable(Mapping[str, McpSession]):
@@ -71,7 +74,8 @@ class SessionTable(Mapping[str, McpSession]):
         """The open session named ``session_id``, if any (a plain dict lookup: the hot path)."""
         return self._by_id.get(session_id) if session_id else None
 
-    async def open(self, runtime: RouteRuntime, agent: str, stateful: bool) -> McpSession:
+    async def open(self, runtime: RouteRuntime, agent: str, stateful: bool,
+                   access_token: str = "") -> McpSession:
         """A new session at the enclave that owns ``agent`` (rendezvous on the principal), under
         the id that enclave minted. The slot is taken before the enclave is asked, so a flood of
         concurrent opens cannot overshoot the limits."""
@@ -81,17 +85,18 @@ class SessionTable(Mapping[str, McpSession]):
         self._opening_slots.add(slot)
         try:
             pin = runtime.pool.pick(agent)  # the principal's enclave: every replica picks the same
-            session_id = await runtime.pool.open_session(pin, agent)
+            session_id = await runtime.pool.open_session(pin, agent, access_token)
         except BaseException:
             self._release(agent)
             raise
         finally:
             self._opening_slots.discard(slot)
-        session = McpSession(session_id, agent, runtime.config.name, pin, stateful)
+        session = McpSession(session_id, agent, runtime.config.name, pin, stateful, access_token=access_token)
         self._by_id[session_id] = session
         return session
 
-    async def adopt(self, runtime: RouteRuntime, session_id: str, agent: str) -> McpSession:
+    async def adopt(self, runtime: RouteRuntime, session_id: str, agent: str,
+                    access_token: str = "") -> McpSession:
         """A session this replica never saw, for the agent of this request.
 
         The id only says where to look (:func:`pinning.owner`; ``SESSION_LOST`` if that enclave
@@ -102,14 +107,15 @@ class SessionTable(Mapping[str, McpSession]):
         self._check_room(agent)
         candidates = [e.attested for e in runtime.pool.attested() if e.attested is not None]
         pin = pinning.owner(session_id, agent, candidates)
-        await runtime.pool.list_tools(pin, session_id, agent)
+        await runtime.pool.list_tools(pin, session_id, agent, access_token)
         known = self._by_id.get(session_id)
         if known is not None:  # adopted meanwhile by a concurrent request: one entry per session
             if known.agent != agent:
                 raise CmcpError(Code.SESSION_PRINCIPAL_MISMATCH, "the session belongs to another agent")
             return known
         self._check_room(agent)
-        session = McpSession(session_id, agent, runtime.config.name, pin, stateful=True)
+        session = McpSession(session_id, agent, runtime.config.name, pin, stateful=True,
+                             access_token=access_token)
         self._by_id[session_id] = session
         self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
         log.info("session adopted", extra={"session_id": session_id, "agent": agent,
@@ -123,7 +129,7 @@ class SessionTable(Mapping[str, McpSession]):
         if len(self._by_id) + len(self._opening_slots) >= self.max_sessions:
             raise CmcpError(Code.SESSION_LIMIT, "the gateway holds its maximum of sessions")
 
-    async def implicit(self, runtime: RouteRuntime, agent: str) -> McpSession:
+    async def implicit(self, runtime: RouteRuntime, agent: str, access_token: str = "") -> McpSession:
         """Stateless requests (2026-07-28 clients, or no Mcp-Session-Id) share one per-agent
         session; concurrent first requests wait for the one open under way."""
         key = (runtime.config.name, agent)
@@ -136,7 +142,7 @@ class SessionTable(Mapping[str, McpSession]):
         future: asyncio.Future[McpSession] = asyncio.get_running_loop().create_future()
         self._opening[key] = future
         try:
-            session = await self.open(runtime, agent, stateful=False)
+            session = await self.open(runtime, agent, stateful=False, access_token=access_token)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 future.cancel()

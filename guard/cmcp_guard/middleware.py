@@ -2,7 +2,9 @@
 
 The body the wrapped app receives for a checked call is the guard's own re-serialisation of
 what it verified, so no JSON parser difference (duplicate keys, odd escapes) can make the app
-run other arguments than the permit names. Everything that is not ``tools/call`` passes.
+run other arguments than the permit names. Everything that is not ``tools/call`` passes, except a
+request that carries an ``Authorization`` header: the gateway never passes an agent's token on
+(MCP authorization forbids token passthrough), so one here was put there by someone else.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cmcp_guard.trust import TrustStore
 
 log = logging.getLogger("cmcp.guard")
 _PERMIT_HEADER = PERMIT_HEADER.lower().encode("latin-1")
+_AUTHORIZATION = b"authorization"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
 
@@ -144,6 +147,12 @@ class GuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
+            return
+        if scope["type"] == "http" and header(scope, _AUTHORIZATION) is not None:
+            REJECTIONS.labels(code=str(Code.AGENT_TOKEN_FORWARDED)).inc()
+            log.warning("call refused", extra={"code": str(Code.AGENT_TOKEN_FORWARDED)})
+            await send_error(send, Code.AGENT_TOKEN_FORWARDED,
+                             "an Authorization header reached the guard; agents' tokens stay at the gateway")
             return
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)

@@ -41,7 +41,7 @@ class FakePool:
     def attested(self) -> list[FakeEndpoint]:
         return [FakeEndpoint(p) for p in self.enclaves]
 
-    async def list_tools(self, pin: Pin, session_id: str, principal: str) -> list[str]:
+    async def list_tools(self, pin: Pin, session_id: str, principal: str, _token: str = "") -> list[str]:
         self.asked.append((pin, session_id))
         if session_id in {sid for sid, _ in self.closed}:
             raise CmcpError(Code.SESSION_CLOSED, "closed")
@@ -57,7 +57,7 @@ class FakePool:
         record = json.dumps({"session": session_id}).encode()
         return SimpleNamespace(trust_record_json=record, chain_tip="tip", entries=2)
 
-    async def open_session(self, pin: Pin, principal: str) -> str:
+    async def open_session(self, pin: Pin, principal: str, access_token: str = "") -> str:
         """OpenSession: the enclave mints the id and holds the session from then on."""
         session_id = mint(pin.kid)
         self.held[session_id] = (pin, principal)

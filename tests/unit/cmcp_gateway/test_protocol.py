@@ -112,7 +112,7 @@ async def test_weakened_adoption_on_the_id_alone_lets_mallory_close_alices_sessi
     a, b = _replica(pool), _replica(pool)
     alices = await _open(a, pool)
 
-    async def trusting(pin: Pin, session_id: str, principal: str) -> list[str]:
+    async def trusting(pin: Pin, session_id: str, principal: str, _token: str = "") -> list[str]:
         return []
 
     monkeypatch.setattr(pool, "list_tools", trusting)

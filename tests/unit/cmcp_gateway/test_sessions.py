@@ -33,7 +33,7 @@ class FakePool:
     def pick(self, key: str) -> Pin:
         return Pin("127.0.0.1:50051", KID)
 
-    async def open_session(self, pin: Pin, agent: str) -> str:
+    async def open_session(self, pin: Pin, agent: str, access_token: str = "") -> str:
         if self.gate is not None:
             await self.gate.wait()
         if self.refuse is not None:

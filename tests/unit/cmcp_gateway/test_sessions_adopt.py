@@ -119,7 +119,7 @@ async def test_weakened_adoption_on_the_id_alone_gives_mallory_alices_session() 
     route, here, there = _route(pool), SessionTable(10, 60.0, None), SessionTable(10, 60.0, None)
     opened = await _opened(there, route, "alice")
 
-    async def trusting(pin: Pin, session_id: str, principal: str) -> list[str]:
+    async def trusting(pin: Pin, session_id: str, principal: str, _token: str = "") -> list[str]:
         return []
 
     pool.list_tools = trusting  # type: ignore[method-assign]
