@@ -43,7 +43,7 @@ from cmcp_devkit.upstream import RunningUpstream, run_upstream
 from cmcp_gateway.app import Gateway, build
 from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
-from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
+from cmcp_gateway.config import Authorization, GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_guard.main import build_guard
 from cmcp_guard.middleware import Guard
 
@@ -136,6 +136,7 @@ async def run_stack(
     bundle_hashes: Sequence[str] = (),
     refresh_seconds: float = 3600.0,
     upstream_sse: bool = False,
+    authorization: Authorization | None = None,
 ) -> AsyncIterator[Stack]:
     guarded = guard_enclaves if guard_enclaves is not None else enclaves
     expected = pins([*enclaves, *guarded], bundle_hashes)
@@ -144,6 +145,7 @@ async def run_stack(
         route = RouteConfig(
             name="test", upstream=upstream.url, audience=audience, enclaves=tuple(addresses(enclaves)),
             expected_bundle_hashes=expected.bundle_hashes, enforcement_modes=expected.modes, open=open_route,
+            authorization=authorization,
         )
         config = gateway_config(
             route,
@@ -274,6 +276,13 @@ class MitmEnclave:
 
             async def DrainAudit(self, request: Any, context: Any) -> Any:
                 return await stub.DrainAudit(request)
+
+            async def Authenticate(self, request: Any, context: Any) -> Any:
+                try:
+                    return await stub.Authenticate(request)
+                except grpc.aio.AioRpcError as exc:  # a refused token: relayed as is
+                    await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
+                    raise
 
             async def Decide(self, request: Any, context: Any) -> Any:
                 return await relay(request)
