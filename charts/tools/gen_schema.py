@@ -371,6 +371,17 @@ ROUTE = obj(
             "description": "Modes the route's enclaves may run in (default [enforce]).",
         },
         "open": {"type": "boolean"},
+        "authorization": obj(
+            {
+                "resource": string("The route's resource URI (RFC 8707), one of the bundle's "
+                                   "identity.audiences.", pattern=r"^https?://[^\s#]+$"),
+                "authorizationServers": {"type": "array", "minItems": 1,
+                                         "items": string("Issuer URL.", pattern=r"^https?://[^\s]+$")},
+                "scopesSupported": {"type": "array", "items": string("Scope.", minLength=1)},
+            },
+            required=["resource", "authorizationServers"],
+            description="OAuth 2.1 protected resource (MCP authorization): tokens verified by the enclaves.",
+        ),
     },
     required=["name", "mcpRoute", "upstream", "audience"],
 )

@@ -204,7 +204,8 @@ def _audit_store(raw: dict[str, Any]) -> str:
     return f"sqlite:{state_dir / AUDIT_FILE}"
 
 
-def _route(raw: dict[str, Any]) -> RouteConfig:
+def parse_route(raw: dict[str, Any]) -> RouteConfig:
+    """One entry of ``routes``; ``ValueError`` (or ``KeyError``) on a malformed one."""
     kube = raw.get("kubernetes")
     route = RouteConfig(
         name=str(raw["name"]),
@@ -232,7 +233,7 @@ def parse(raw: dict[str, Any]) -> GatewayConfig:
     ``CmcpError`` when the release manifests are missing or do not verify."""
     auth = raw.get("auth") or {}
     tls = raw.get("tls")
-    routes = tuple(_route(r) for r in raw.get("routes", ()))
+    routes = tuple(parse_route(r) for r in raw.get("routes", ()))
     if not routes:
         raise ValueError("config names no routes")
     names = [r.name for r in routes]

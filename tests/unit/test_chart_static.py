@@ -36,6 +36,7 @@ from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN
 from cmcp_devkit.cluster import chart_release
 from cmcp_devkit.cluster.binaries import ensure_client_tools
 from cmcp_devkit.release import DevRelease, write_dev_release
+from cmcp_gateway.config import parse_route
 from tests.paths import ROOT
 
 CHART = ROOT / "charts" / "cmcp"
@@ -353,6 +354,22 @@ def test_release_and_collateral_reach_the_operator_and_gateway() -> None:
     default = one(render(), "Deployment", "operator")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "tdx-collateral", "emptyDir": {"sizeLimit": "64Mi"}} in default
     assert not [a for a in container(one(render(), "Deployment", "operator"))["args"] if "pccs" in a]
+
+
+def test_a_route_authorization_block_reaches_the_gateway_config_and_parses() -> None:
+    """values -> gateway.json -> cmcp_gateway.config: the RFC 9728 metadata the gateway will serve."""
+    route = {"name": "mail", "mcpRoute": {"name": "mail"}, "upstream": "http://guard/mcp", "audience": "a",
+             "authorization": {"resource": "https://gw.example/mcp/mail",
+                               "authorizationServers": ["https://kubernetes.default.svc.cluster.local"],
+                               "scopesSupported": ["mail:send"]}}
+    docs = render("simulated-values.yaml", (f"json:gateway.routes=[{json.dumps(route)}]",))
+    raw = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
+    parsed = parse_route(raw["routes"][0]).authorization
+    assert parsed is not None and parsed.metadata() == {
+        "resource": "https://gw.example/mcp/mail",
+        "authorization_servers": ["https://kubernetes.default.svc.cluster.local"],
+        "bearer_methods_supported": ["header"], "scopes_supported": ["mail:send"]}
+    assert parsed.metadata_path == "/.well-known/oauth-protected-resource/mcp/mail"
 
 
 @pytest.mark.parametrize("helm_release", [RELEASE, "cmcp", "demo-cmcp-x"])
