@@ -24,12 +24,13 @@ from mcp.shared.exceptions import MCPError
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_devkit.enclave import NO_TRAIL, EnclaveProcess, start_enclave
+from cmcp_devkit.issuer import RESOURCE, DevIssuer, identity_section
 from cmcp_gateway.config import Authorization
 from tests.helpers.gateway_stack import AUDIENCE, MitmEnclave, Stack, agent, run_stack
-from tests.helpers.issuer import RESOURCE, TestIssuer, identity_bundle, identity_section
+from tests.helpers.issuer import identity_bundle
 from tests.paths import EXAMPLES
 
-ISSUER = TestIssuer("https://issuer.example")
+ISSUER = DevIssuer("https://issuer.example")
 AUTHORIZATION = Authorization(RESOURCE, (ISSUER.issuer,), ("payments:write",))
 METADATA = "https://gateway.example/.well-known/oauth-protected-resource/routes/demo/mcp"
 TRANSFER = {"amount": 10, "currency": "EUR", "to": "acct-1"}
@@ -114,12 +115,12 @@ async def test_a_bad_token_gets_401_and_never_reaches_a_decision(
         stack: Stack, mitm: MitmEnclave, kind: str, code: str) -> None:
     now = time.time()
     token = {
-        "forged": TestIssuer(ISSUER.issuer).token("admin", header={"kid": ISSUER.thumbprint}),
-        "unpinned-key": TestIssuer(ISSUER.issuer).token("admin"),
+        "forged": DevIssuer(ISSUER.issuer).token("admin", header={"kid": ISSUER.thumbprint}),
+        "unpinned-key": DevIssuer(ISSUER.issuer).token("admin"),
         "alg-none": _unsigned({"iss": ISSUER.issuer, "sub": "admin", "aud": RESOURCE, "exp": int(now) + 600}),
         "expired": ISSUER.token("alice", now=now - 7200),
         "not-yet-valid": ISSUER.token("alice", now=now + 7200),
-        "wrong-issuer": TestIssuer("https://rogue.example").token("alice"),
+        "wrong-issuer": DevIssuer("https://rogue.example").token("alice"),
         "wrong-audience": ISSUER.token("alice", audience="https://other.example/mcp"),
         "not-a-jwt": "opaque-token-value",
     }[kind]

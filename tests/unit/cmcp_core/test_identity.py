@@ -13,12 +13,12 @@ from jwt.algorithms import OKPAlgorithm
 
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.identity import IdentityConfigError, IdentityPolicy, jwk_thumbprint
-from tests.helpers.issuer import RESOURCE, TestIssuer, identity_section
+from cmcp_devkit.issuer import RESOURCE, DevIssuer, identity_section
 
 NOW = 1_900_000_000.0
 
 
-def policy(*issuers: TestIssuer, **extra: object) -> IdentityPolicy:
+def policy(*issuers: DevIssuer, **extra: object) -> IdentityPolicy:
     found = IdentityPolicy.from_manifest({"identity": identity_section(*issuers, **extra)})
     assert found is not None
     return found
@@ -32,7 +32,7 @@ def refused(pol: IdentityPolicy, token: str, now: float = NOW) -> Code:
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
 def test_a_token_proves_its_subject_and_claims(alg: str) -> None:
-    issuer = TestIssuer(alg=alg)
+    issuer = DevIssuer(alg=alg)
     identity = policy(issuer).verify(
         issuer.token("agent-a", now=NOW, scope="mail:send files:read", groups=["ops"], client_id="cli"),
         NOW)
@@ -42,7 +42,7 @@ def test_a_token_proves_its_subject_and_claims(alg: str) -> None:
 
 
 def test_forgeries_and_misuse_each_have_their_code() -> None:
-    issuer, other = TestIssuer(), TestIssuer("https://other.example")
+    issuer, other = DevIssuer(), DevIssuer("https://other.example")
     pol = policy(issuer)
     good = issuer.token(now=NOW)
     head, _, signature = good.split(".")
@@ -74,7 +74,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _resign(other: TestIssuer, issuer: TestIssuer) -> str:
+def _resign(other: DevIssuer, issuer: DevIssuer) -> str:
     """A token naming ``issuer`` and its key id, signed with ``other``'s key."""
     claims = {"iss": issuer.issuer, "sub": "admin", "aud": RESOURCE, "iat": int(NOW), "exp": int(NOW) + 60}
     return jwt.encode(claims, other.private, algorithm="RS256", headers={"kid": issuer.thumbprint})
@@ -82,7 +82,7 @@ def _resign(other: TestIssuer, issuer: TestIssuer) -> str:
 
 def test_hmac_with_the_public_key_as_secret_is_refused() -> None:
     """Algorithm confusion: an HS256 token keyed with the issuer's public key bytes."""
-    issuer = TestIssuer()
+    issuer = DevIssuer()
     secret = json.dumps(issuer.public_jwk).encode()
     head = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": issuer.thumbprint}).encode())
     body = _b64(json.dumps({"iss": issuer.issuer, "sub": "admin", "aud": RESOURCE,
@@ -93,7 +93,7 @@ def test_hmac_with_the_public_key_as_secret_is_refused() -> None:
 
 
 def test_the_enclave_clock_decides_expiry_and_the_cache_keeps_to_it() -> None:
-    issuer = TestIssuer()
+    issuer = DevIssuer()
     pol = policy(issuer, leeway_seconds=0)
     token = issuer.token(now=NOW, lifetime=600)
     assert pol.verify(token, NOW).principal == "agent-a"
@@ -103,7 +103,7 @@ def test_the_enclave_clock_decides_expiry_and_the_cache_keeps_to_it() -> None:
 
 
 def test_pinned_keys_are_taken_only_when_their_thumbprint_is_pinned() -> None:
-    pinned, stranger = TestIssuer(), TestIssuer("https://issuer.example")
+    pinned, stranger = DevIssuer(), DevIssuer("https://issuer.example")
     pol = IdentityPolicy.from_manifest({"identity": {"audiences": [RESOURCE],
                                                      "issuers": [pinned.trust(pinned=True)]}})
     assert pol is not None
@@ -116,7 +116,7 @@ def test_pinned_keys_are_taken_only_when_their_thumbprint_is_pinned() -> None:
 
 
 def test_several_issuers_keep_their_principals_apart() -> None:
-    first, second = TestIssuer("https://one.example"), TestIssuer("https://two.example", alg="ES256")
+    first, second = DevIssuer("https://one.example"), DevIssuer("https://two.example", alg="ES256")
     pol = policy(first, second)
     assert pol.verify(first.token("alice", now=NOW), NOW).principal == "0:alice"
     assert pol.verify(second.token("alice", now=NOW), NOW).principal == "1:alice"
@@ -141,7 +141,7 @@ def test_an_unusable_identity_section_is_refused(section: dict[str, object], mes
 
 
 def test_a_private_key_is_never_trusted_inline() -> None:
-    issuer = TestIssuer(alg="EdDSA")
+    issuer = DevIssuer(alg="EdDSA")
     private = json.loads(OKPAlgorithm.to_jwk(issuer.private))
     with pytest.raises(IdentityConfigError, match="private"):
         IdentityPolicy.from_manifest({"identity": {"audiences": [RESOURCE], "issuers": [

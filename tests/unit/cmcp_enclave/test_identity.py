@@ -16,9 +16,10 @@ import pytest
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
+from cmcp_devkit.issuer import DevIssuer, identity_section
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.judging import RequestError
-from tests.helpers.issuer import TestIssuer, identity_bundle, identity_section
+from tests.helpers.issuer import identity_bundle
 from tests.paths import EXAMPLES
 
 NOW = 1_900_000_000.0
@@ -32,11 +33,11 @@ TRANSFER = {"amount": 10, "currency": "EUR", "to": "acct-1"}
 
 
 @pytest.fixture(scope="module")
-def issuer() -> TestIssuer:
-    return TestIssuer()
+def issuer() -> DevIssuer:
+    return DevIssuer()
 
 
-def _enclave(tmp_path: Path, issuer: TestIssuer) -> Enclave:
+def _enclave(tmp_path: Path, issuer: DevIssuer) -> Enclave:
     bundle = identity_bundle(EXAMPLES / "realistic", tmp_path / "bundle", identity_section(issuer),
                              required_scopes={"email.send_external": ["mail:send"]},
                              policies={"identity.cedar": FINANCE_ONLY})
@@ -61,7 +62,7 @@ def _code(call: object, *args: object, **kwargs: object) -> Code:
 
 
 def test_a_gateway_cannot_open_or_decide_for_a_principal_the_token_does_not_prove(
-        tmp_path: Path, issuer: TestIssuer) -> None:
+        tmp_path: Path, issuer: DevIssuer) -> None:
     enc = _enclave(tmp_path, issuer)
     alice, bob = issuer.token("alice", now=NOW), issuer.token("bob", now=NOW)
     assert _code(enc.open_session, "alice", trail=NO_TRAIL) is Code.TOKEN_MISSING
@@ -77,7 +78,7 @@ def test_a_gateway_cannot_open_or_decide_for_a_principal_the_token_does_not_prov
     assert _decide(enc, session, "alice", alice, "web.search", {"query": "q"})["decision"] == "allow"
 
 
-def test_an_expired_token_stops_deciding_even_from_the_cache(tmp_path: Path, issuer: TestIssuer) -> None:
+def test_an_expired_token_stops_deciding_even_from_the_cache(tmp_path: Path, issuer: DevIssuer) -> None:
     enc = _enclave(tmp_path, issuer)
     token = issuer.token("alice", now=NOW, lifetime=600)
     session = enc.open_session("alice", trail=NO_TRAIL, access_token=token)
@@ -86,7 +87,7 @@ def test_an_expired_token_stops_deciding_even_from_the_cache(tmp_path: Path, iss
     assert _code(_decide, enc, session, "alice", token, "web.search", {"query": "q"}) is Code.TOKEN_EXPIRED
 
 
-def test_cedar_sees_what_the_token_proves(tmp_path: Path, issuer: TestIssuer) -> None:
+def test_cedar_sees_what_the_token_proves(tmp_path: Path, issuer: DevIssuer) -> None:
     enc = _enclave(tmp_path, issuer)
     clerk = issuer.token("clerk", now=NOW, groups=["support"])
     treasurer = issuer.token("treasurer", now=NOW, groups=["finance"])
@@ -99,7 +100,7 @@ def test_cedar_sees_what_the_token_proves(tmp_path: Path, issuer: TestIssuer) ->
     assert rule not in decided["policy_ids"]
 
 
-def test_a_tool_that_requires_a_scope_is_denied_signed_without_it(tmp_path: Path, issuer: TestIssuer) -> None:
+def test_a_tool_that_requires_a_scope_is_denied_signed_without_it(tmp_path: Path, issuer: DevIssuer) -> None:
     enc = _enclave(tmp_path, issuer)
     mail = {"to": ["bob@partner.example"], "subject": "s", "body": "b"}
     plain = issuer.token("alice", now=NOW, scope="files:read")
@@ -114,10 +115,10 @@ def test_a_tool_that_requires_a_scope_is_denied_signed_without_it(tmp_path: Path
 
 
 def test_authenticate_names_the_principal_and_refuses_without_an_identity_section(
-        tmp_path: Path, issuer: TestIssuer) -> None:
+        tmp_path: Path, issuer: DevIssuer) -> None:
     enc = _enclave(tmp_path, issuer)
     assert enc.authenticate(issuer.token("alice", now=NOW)).principal == "alice"
-    assert _code(enc.authenticate, TestIssuer("https://rogue.example").token(now=NOW)) \
+    assert _code(enc.authenticate, DevIssuer("https://rogue.example").token(now=NOW)) \
         is Code.TOKEN_ISSUER_UNTRUSTED
     dev = inprocess_enclave(EXAMPLES / "realistic", tmp_path / "dev")
     assert _code(dev.authenticate, issuer.token(now=NOW)) is Code.TOKEN_ISSUER_UNTRUSTED
@@ -126,7 +127,7 @@ def test_authenticate_names_the_principal_and_refuses_without_an_identity_sectio
 
 
 def test_weakened_enclave_that_takes_the_gateways_word_lets_it_decide_as_anyone(
-        tmp_path: Path, issuer: TestIssuer, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The enclave before issue 17: the principal named is believed. The first test would fail."""
     monkeypatch.setattr(Enclave, "identify", lambda self, principal, token: None)
     enc = _enclave(tmp_path, issuer)
