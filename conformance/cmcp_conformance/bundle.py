@@ -93,8 +93,10 @@ def catalog(profile: Profile) -> list[dict[str, Any]]:
     ]
 
 
-def files(profile: Profile | None = None, *, mode: str = "enforce") -> dict[str, str]:
-    """The bundle as ``{relative path: text}``; ``mode`` is measured via the manifest."""
+def files(profile: Profile | None = None, *, mode: str = "enforce",
+          identity: dict[str, Any] | None = None) -> dict[str, str]:
+    """The bundle as ``{relative path: text}``; ``mode`` is measured via the manifest, and so is
+    ``identity``, the token issuers it trusts (cmcp_core.identity), when given."""
     prof = profile or Profile()
     manifest = {
         "version": "1.0.0",
@@ -103,6 +105,7 @@ def files(profile: Profile | None = None, *, mode: str = "enforce") -> dict[str,
         "commit_sha": "conformance-v1",
         "enforcement_mode": mode,
         "request_model": "native",
+        **({"identity": identity} if identity is not None else {}),
     }
     out = dict(_policies(prof))
     out["manifest.json"] = json.dumps(manifest, indent=2) + "\n"
@@ -111,9 +114,10 @@ def files(profile: Profile | None = None, *, mode: str = "enforce") -> dict[str,
     return out
 
 
-def write(directory: Path, profile: Profile | None = None, *, mode: str = "enforce") -> Path:
+def write(directory: Path, profile: Profile | None = None, *, mode: str = "enforce",
+          identity: dict[str, Any] | None = None) -> Path:
     """Write the bundle under ``directory`` (created) and return it."""
-    for rel, text in files(profile, mode=mode).items():
+    for rel, text in files(profile, mode=mode, identity=identity).items():
         path = directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

@@ -198,6 +198,30 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "After a PHI read in one session, an external send in a new session on a new connection "
         "and in a stateless request is still denied (POLICY_DENY).",
     ),
+    # --- agent identity ----------------------------------------------------------------
+    Requirement(
+        "IDENT-001",
+        _M,
+        "The enclave decides only for the principal the agent's token proves",
+        "Playing the gateway, open a session and ask a decision naming a principal with another "
+        "principal's valid token, and with no token: each is refused (IDENTITY_MISMATCH, "
+        "TOKEN_MISSING), never decided.",
+    ),
+    Requirement(
+        "IDENT-002",
+        _M,
+        "A missing or bad token gets 401 with a challenge, and nothing runs",
+        "No token, a tampered signature, alg none and an opaque token each get 401 with an RFC 6750 "
+        "challenge naming the route's RFC 9728 metadata (invalid_token for a bad one); the metadata "
+        "names the route's resource; the upstream runs nothing; a valid token is served.",
+    ),
+    Requirement(
+        "IDENT-003",
+        _M,
+        "No agent token reaches the upstream",
+        "A request carrying an Authorization header sent straight to the guarded upstream is refused "
+        "(AGENT_TOKEN_FORWARDED); the same request without it is served.",
+    ),
     # --- Trust Records -------------------------------------------------------------------
     Requirement(
         "TRACE-001",

@@ -1,7 +1,8 @@
 """The ``local`` target: the dev kit's local stack deployed for the conformance suite.
 
-Two routes are deployed: ``enforce`` and ``advisory`` (the same policies, measured in advisory
-mode, hence a different bundle hash), behind the dev kit's ``conformance`` upstream profile,
+Three routes are deployed: ``enforce`` and ``advisory`` (the same policies, measured in advisory
+mode, hence a different bundle hash) and ``identity`` (enforce, its agents present OAuth access
+tokens of a development issuer the bundle trusts), behind the dev kit's ``conformance`` upstream profile,
 served by two gateway replicas (the second one for REPLICA-001). The
 process launching itself is :class:`cmcp_devkit.stack.LocalStack`; this module adds the suite's
 bundles, its short permit lifetime, the :class:`~cmcp_conformance.target.Target` description and
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from cmcp_conformance import bundle as conformance_bundle
-from cmcp_conformance.target import LaunchResult, Profile, TargetDeployment
+from cmcp_conformance.target import IdentityAccess, LaunchResult, Profile, TargetDeployment
 from cmcp_core.gateway_identity import load_private_key
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_devkit.initdata import render_initdata as devkit_render_initdata
+from cmcp_devkit.issuer import DevIssuer, identity_section
 from cmcp_devkit.stack import LaunchError, LocalStack
 from cmcp_enclave.simulated import SimulatedGuest, launcher_env
 
@@ -34,6 +36,7 @@ AGENT = "conformance-agent"
 REPLICA_AGENT = "conformance-replica-agent"  # REPLICA-001 taints this one, never AGENT
 REPLICA_TOKEN = "conformance-replica-token-0123456789ab"
 REPLICA = "replica"  # the second gateway process's name
+IDENTITY_ROUTE = "identity"  # the route whose agents present OAuth access tokens
 ENCLAVE_IMAGE = TEST_IMAGE  # by digest, the image the stack's signed dev release names
 PERMIT_TTL = 5  # short, so the suite can watch a genuine permit expire
 # A host's own initrd under the genuine firmware and kernel: only RTMR2 differs from the release.
@@ -63,6 +66,7 @@ class LocalDeployment(LocalStack):
     permit_ttl: int = PERMIT_TTL
     upstream_profile: str = "conformance"
     tokens: dict[str, str] = field(default_factory=lambda: {REPLICA_TOKEN: REPLICA_AGENT})
+    issuer: DevIssuer = field(default_factory=lambda: DevIssuer("https://issuer.conformance.example"))
 
     def launch_enclave(
         self, bundle_dir: Path, initdata_bytes: bytes, *, measured: bytes | None = None, timeout: float = 20.0
@@ -107,12 +111,22 @@ class LocalDeployment(LocalStack):
             self.procs.remove(proc)
 
     # --- whole deployment ------------------------------------------------------------------
+    @property
+    def resource(self) -> str:
+        """The identity route's resource URI (RFC 8707): tokens name it, the bundle requires it."""
+        return f"https://conformance.example/mcp/{IDENTITY_ROUTE}"
+
     def start(self) -> None:
-        for name, mode in (("enforce", "enforce"), ("advisory", "advisory")):
-            bundle_dir = conformance_bundle.write(self.workdir / f"bundle-{name}", self.profile, mode=mode)
+        trusted = identity_section(self.issuer, audiences=(self.resource,))
+        for name, mode, identity in (("enforce", "enforce", None), ("advisory", "advisory", None),
+                                     (IDENTITY_ROUTE, "enforce", trusted)):
+            bundle_dir = conformance_bundle.write(self.workdir / f"bundle-{name}", self.profile, mode=mode,
+                                                  identity=identity)
             initdata_bytes = render_initdata(bundle_dir, route=f"conformance/{name}", audience=self.audience,
                                              gateway_keys=self.gateway_keys)
             self.start_enclave_on(name, bundle_dir, initdata_bytes)
+        self.authorizations[IDENTITY_ROUTE] = {"resource": self.resource,
+                                               "authorization_servers": [self.issuer.issuer]}
         self.start_upstream()
         self.start_gateway()
         self.start_gateway(REPLICA)  # a second replica on the same enclaves (REPLICA-001)
@@ -139,6 +153,11 @@ class LocalDeployment(LocalStack):
             expected_bundle_hash=str(enforce.ready["bundle_hash"]),
             bundle_dir=enforce.bundle_dir,
             powers=LocalPowers(self),
+            identity=IdentityAccess(
+                mcp_url=f"{self.gateway_url}/mcp/{IDENTITY_ROUTE}", resource=self.resource,
+                enclave_address=self.enclaves[IDENTITY_ROUTE].address,
+                token=lambda subject: self.issuer.token(subject, audience=self.resource),
+            ) if IDENTITY_ROUTE in self.enclaves else None,
             profile=self.profile,
         )
 

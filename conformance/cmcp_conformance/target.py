@@ -18,6 +18,8 @@ would, and uses further access only when the target offers it:
 * ``replica_mcp_url`` / ``replica_token`` — the enforce route on a second gateway replica, and a
   second agent whose policy state the replica check may taint (the main agent stays clean for
   the other checks); without them, REPLICA-001 skips.
+* ``identity`` — a route whose agents present OAuth access tokens, and a way to get a valid token
+  for a subject (:class:`IdentityAccess`); without it, the IDENT checks skip.
 
 Test code builds alternative targets (for example a weakened gateway in front of the real
 enclave) simply by constructing a :class:`TargetDeployment` with other endpoints, or by
@@ -29,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,16 @@ class Powers(Outage, Protocol):
 
 
 @dataclass(frozen=True)
+class IdentityAccess:
+    """A route whose bundle trusts a token issuer, and the tester's access to that issuer."""
+
+    mcp_url: str  # the route's MCP endpoint on the gateway
+    resource: str  # its resource URI (RFC 8707), the audience its tokens carry
+    enclave_address: str  # an enclave of that route (reached as the gateway, with gateway_key)
+    token: Callable[[str], str]  # subject -> a valid access token for ``resource``
+
+
+@dataclass(frozen=True)
 class Profile:
     """The tool names the suite relies on; the conformance bundle defines them (see ``bundle``)."""
 
@@ -118,6 +130,7 @@ class TargetDeployment:
     expected_bundle_hash: str | None = None
     bundle_dir: Path | None = None
     powers: Powers | None = None
+    identity: IdentityAccess | None = None
     outage: Outage | None = None  # stop/start the enclave without the other powers (cluster)
     route_status: dict[str, Any] | None = None
     cluster: ClusterAccess | None = None

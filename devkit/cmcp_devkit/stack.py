@@ -82,6 +82,9 @@ class LocalStack:
     # pool serves a route of its own, named after it.
     pools: dict[str, list[str]] = field(default_factory=dict)
     gateway_limits: dict[str, Any] = field(default_factory=dict)  # over the stack's defaults
+    # Routes whose agents present OAuth access tokens: route name -> the gateway config's
+    # ``authorization`` block (cmcp_gateway.config.Authorization)
+    authorizations: dict[str, dict[str, Any]] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
     enclaves: dict[str, EnclaveHandle] = field(default_factory=dict)
     upstream_url: str = ""
@@ -308,6 +311,7 @@ class LocalStack:
                     "expected_bundle_hashes": sorted({str(h.ready["bundle_hash"]) for h in handles}),
                     "expected_catalog_hashes": sorted({str(h.ready["catalog_hash"]) for h in handles}),
                     "enforcement_modes": sorted({str(h.ready["enforcement_mode"]) for h in handles}),
+                    **({"authorization": self.authorizations[name]} if name in self.authorizations else {}),
                 }
             )
         tokens = self.workdir / "tokens.yaml"

@@ -42,6 +42,7 @@ from cmcp_core.audit import entry_hash
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.tool_call import args_digest
 from cmcp_core.verify import appraise as appraise_module
+from cmcp_guard import middleware as guard_middleware
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.main import build_guard
 from cmcp_guard.proxy import build_proxy
@@ -49,6 +50,7 @@ from cmcp_guard.replay import ReplayCache
 
 POLICY_TEE = ["POLICY-TEE-001", "POLICY-TEE-002", "POLICY-TEE-003", "POLICY-TEE-004", "POLICY-TEE-005"]
 RELEASE_IDS = ["ATTEST-006", "POLICY-TEE-006"]  # a forged guest; the measured launch policy
+IDENT_IDS = ["IDENT-001", "IDENT-002", "IDENT-003"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
 
 
 def test_baseline_policy_tee_ids_pass_on_the_intact_deployment(deployment: LocalDeployment) -> None:
-    report = runner.run(deployment.target(), ids=[*POLICY_TEE, *RELEASE_IDS])
+    report = runner.run(deployment.target(), ids=[*POLICY_TEE, *RELEASE_IDS, *IDENT_IDS])
     assert all(o is CheckResult.PASS for o in outcomes(report).values()), reasons(report)
 
 
@@ -291,6 +293,16 @@ def test_guard_without_replay_cache_fails_policy_tee_004(deployment: LocalDeploy
     assert "replayed" in result.reason.lower(), result.reason
 
 
+def test_guard_that_lets_tokens_through_fails_ident_003(
+    deployment: LocalDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guard_middleware, "_AUTHORIZATION", b"x-not-looked-at")
+    with serve_in_thread(build_proxy(deployment.raw_upstream_base, _guard_for(deployment))) as base:
+        target = dataclasses.replace(deployment.target(), upstream_url=f"{base}/mcp")
+        report = runner.run(target, ids=["IDENT-003"])
+    assert outcomes(report) == {"IDENT-003": CheckResult.FAIL}, reasons(report)
+
+
 def test_guard_that_ignores_signatures_fails_policy_tee_001_and_004(deployment: LocalDeployment) -> None:
     guard = _guard_for(deployment)
     guard.checker = SignatureBlindChecker(audience=AUDIENCE, keys=guard.trust.keys)
@@ -354,6 +366,30 @@ SESSION_SCOPED_STATE = """
         return dataclasses.replace(view, principal=view.session)
 
     enclave.Enclave._view = session_only
+"""
+
+TAKES_THE_GATEWAYS_WORD = """
+    # The enclave before issue 17: whatever principal the gateway names is believed (tokens are
+    # still checked where the gateway asks, Authenticate).
+    from cmcp_enclave import enclave
+
+    enclave.Enclave.identify = lambda self, principal, access_token: None
+"""
+
+READS_TOKENS_UNVERIFIED = """
+    # An enclave that reads a token's claims without checking its signature.
+    import jwt
+    from cmcp_core import identity
+    from cmcp_core.errors import CmcpError, Code
+
+    def unverified(self, token, now):
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.exceptions.PyJWTError as exc:
+            raise CmcpError(Code.TOKEN_MALFORMED, str(exc)) from exc
+        return self._identity(claims, next(iter(self.issuers.values())))
+
+    identity.IdentityPolicy._verify = unverified
 """
 
 SIGNS_WITH_UNATTESTED_KEY = """
@@ -429,6 +465,19 @@ def test_enclave_recording_another_bundle_fails_policy_tee_003(tmp_path: Path) -
     assert outcomes(report) == {"POLICY-TEE-003": CheckResult.FAIL, "TRACE-002": CheckResult.FAIL}, reasons(
         report
     )
+
+
+def test_enclave_that_takes_the_gateways_word_fails_ident_001(tmp_path: Path) -> None:
+    report = run_on_weak_enclave(tmp_path, TAKES_THE_GATEWAYS_WORD, ["IDENT-001", "IDENT-002"])
+    # An agent's bad token is still refused where the gateway asks; a lying gateway is not.
+    expected = {"IDENT-001": CheckResult.FAIL, "IDENT-002": CheckResult.PASS}
+    assert outcomes(report) == expected, reasons(report)
+
+
+def test_enclave_that_reads_tokens_unverified_fails_ident_002(tmp_path: Path) -> None:
+    report = run_on_weak_enclave(tmp_path, READS_TOKENS_UNVERIFIED, ["IDENT-001", "IDENT-002"])
+    expected = {"IDENT-001": CheckResult.PASS, "IDENT-002": CheckResult.FAIL}
+    assert outcomes(report) == expected, reasons(report)
 
 
 def test_enclave_with_session_scoped_state_fails_state_001(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def test_readme_lists_exactly_the_catalogue() -> None:
 def test_ids_are_unique_and_well_formed() -> None:
     ids = [r.id for r in catalogue.REQUIREMENTS]
     assert len(ids) == len(set(ids))
-    groups = "ATTEST|POLICY|AUDIT|FAIL|TRACE|POLICY-TEE|REPLICA|STATE"
+    groups = "ATTEST|POLICY|AUDIT|FAIL|TRACE|POLICY-TEE|REPLICA|STATE|IDENT"
     assert all(re.fullmatch(rf"({groups})-\d{{3}}", i) for i in ids)
     expected = {
         f"{group}-{n:03d}"
@@ -40,6 +40,7 @@ def test_ids_are_unique_and_well_formed() -> None:
             ("POLICY-TEE", 6),
             ("REPLICA", 1),
             ("STATE", 1),
+            ("IDENT", 3),
         )
         for n in range(1, count + 1)
     }
