@@ -1,4 +1,5 @@
-"""``cmcpctl bundle hash|validate DIR``: the same hash and validation the enclave applies at load.
+"""``cmcpctl bundle hash|validate|trust-issuer DIR``: the same hash and validation the enclave
+applies at load, and the ``identity`` section that makes the enclave verify agents' tokens.
 
 ``validate`` also warns about policies that are valid but easy to walk around (``like`` patterns
 starting with ``*`` over arguments, :mod:`cmcp_core.policy_lint`). A warning never blocks the
@@ -14,8 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cmcp_core.bundle import BundleError, load_bundle, verify_signature
+import httpx
+
+from cmcp_core.bundle import MANIFEST_FILE, BundleError, load_bundle, verify_signature
 from cmcp_core.crypto import key_from_jwk
+from cmcp_core.identity import DEFAULT_ALGORITHMS, IdentityConfigError, IdentityPolicy, jwk_thumbprint
 from cmcp_core.policy_lint import lint_bundle
 from cmcp_core.validation import validate_bundle
 
@@ -35,6 +39,36 @@ def register(subparsers: Any) -> None:
     val_p.add_argument("--signer-key", action="append", default=[],
                        help="trusted signer JWK (JSON or file); the manifest signature must verify")
     val_p.set_defaults(func=_validate)
+    trust_p = sub.add_parser(
+        "trust-issuer", help="Make the bundle trust an OAuth / OIDC token issuer (manifest identity)",
+        description="Add (or replace) an issuer in the manifest's identity section, with its keys\n"
+                    "inline or pinned by thumbprint, and the resource URIs tokens must be issued for.\n"
+                    "The enclave then verifies every agent's access token against it (docs/identity.md).",
+        epilog="examples:\n"
+               "  # a cluster's ServiceAccount issuer\n"
+               "  kubectl get --raw /openid/v1/jwks > jwks.json\n"
+               "  cmcpctl bundle trust-issuer ./bundle --jwks jwks.json \\\n"
+               "      --issuer https://kubernetes.default.svc.cluster.local \\\n"
+               "      --audience https://gw.example/mcp/payments\n"
+               "  # any OIDC issuer, keys fetched from its discovery document\n"
+               "  cmcpctl bundle trust-issuer ./bundle --issuer https://login.example --discover \\\n"
+               "      --audience https://gw.example/mcp/payments --principal-prefix corp:",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    trust_p.add_argument("dir", metavar="DIR", help="the bundle directory (its manifest.json is rewritten)")
+    trust_p.add_argument("--issuer", required=True, help="the tokens' iss value")
+    keys = trust_p.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--jwks", metavar="FILE", help="the issuer's JWK Set, as a file")
+    keys.add_argument("--discover", action="store_true",
+                      help="fetch the JWK Set through <issuer>/.well-known/openid-configuration")
+    trust_p.add_argument("--audience", action="append", required=True, metavar="URI",
+                         help="a resource URI (RFC 8707) tokens must be issued for; repeatable")
+    trust_p.add_argument("--pin", action="store_true",
+                         help="pin the keys by RFC 7638 thumbprint instead of inlining them (the enclave "
+                              "then needs them with --issuer-jwks)")
+    trust_p.add_argument("--algorithm", action="append", metavar="ALG",
+                         help="an algorithm the issuer signs with (default RS256, ES256, EdDSA)")
+    trust_p.add_argument("--principal-prefix", default="", help="prefixed to the subject (several issuers)")
+    trust_p.set_defaults(func=_trust_issuer)
     parser.set_defaults(func=lambda _args: (parser.print_help(sys.stderr), 2)[1])
 
 
@@ -72,6 +106,46 @@ def _validate(args: argparse.Namespace) -> int:
     failed = bool(issues) or (args.strict and bool(warnings))
     _report(issues, args.json, bundle.bundle_hash, warnings, valid=not failed)
     return 1 if failed else 0
+
+
+def _trust_issuer(args: argparse.Namespace) -> int:
+    manifest_path = Path(args.dir) / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        jwks = _discovered_jwks(args.issuer) if args.discover else json.loads(Path(args.jwks).read_text())
+        entry = {"issuer": args.issuer, "algorithms": args.algorithm or list(DEFAULT_ALGORITHMS)}
+        keys = [k for k in jwks.get("keys", []) if isinstance(k, dict)]
+        entry |= ({"key_thumbprints": sorted(jwk_thumbprint(k) for k in keys)} if args.pin
+                  else {"jwks": {"keys": keys}})
+        if args.principal_prefix:
+            entry["principal_prefix"] = args.principal_prefix
+        section = dict(manifest.get("identity") or {})
+        section["audiences"] = sorted({*section.get("audiences", []), *args.audience})
+        others = [i for i in section.get("issuers", []) if i.get("issuer") != args.issuer]
+        section["issuers"] = [*others, entry]
+        updated = {**manifest, "identity": section}
+        IdentityPolicy.from_manifest(updated)  # refuse to write what the enclave would refuse
+    except (OSError, ValueError, httpx.HTTPError, IdentityConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    manifest_path.write_text(json.dumps(updated, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{args.issuer}: {len(keys)} key(s) {'pinned' if args.pin else 'inline'}; "
+          f"bundle_hash {load_bundle(args.dir).bundle_hash}")
+    return 0
+
+
+def _discovered_jwks(issuer: str) -> dict[str, Any]:
+    """The issuer's JWK Set through OIDC discovery; the document must name the same issuer."""
+    config = httpx.get(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=10.0)
+    config.raise_for_status()
+    document = config.json()
+    if document.get("issuer") != issuer or not isinstance(document.get("jwks_uri"), str):
+        raise ValueError(f"{issuer}: the discovery document names issuer {document.get('issuer')!r} "
+                         "or has no jwks_uri")
+    keys = httpx.get(document["jwks_uri"], timeout=10.0)
+    keys.raise_for_status()
+    found: dict[str, Any] = keys.json()
+    return found
 
 
 def _report(issues: list[dict[str, str]], as_json: bool, bundle_hash: str | None = None,

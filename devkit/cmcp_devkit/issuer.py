@@ -2,16 +2,21 @@
 
 :class:`DevIssuer` plays an OAuth 2.1 authorization server (or a cluster's ServiceAccount
 issuer) where none runs: it signs access tokens with its own RSA, EC or Ed25519 key (PyJWT) and
-publishes its JWK Set; :func:`identity_section` is the manifest ``identity`` section that trusts
-it (cmcp_core.identity). The local conformance target and the tests use it; nothing in a
-deployment does.
+publishes its JWK Set, also over HTTP with OIDC discovery (:func:`serving`);
+:func:`identity_section` is the manifest ``identity`` section that trusts it (cmcp_core.identity).
+The local conformance target and the tests use it; nothing in a deployment does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -69,3 +74,40 @@ def identity_section(*issuers: DevIssuer, audiences: tuple[str, ...] = (RESOURCE
     return {"audiences": list(audiences), **extra,
             "issuers": [i.trust(principal_prefix=f"{n}:" if prefixes else "")
                         for n, i in enumerate(issuers)]}
+
+
+@contextlib.contextmanager
+def serving(issuer: DevIssuer) -> Iterator[str]:
+    """OIDC discovery (``/.well-known/openid-configuration``) and the JWK Set (``/jwks``) over HTTP
+    at the issuer's own URL, which must be ``http://127.0.0.1:<free port>``; yields that URL."""
+    where = urlsplit(issuer.issuer)
+    if where.scheme != "http" or where.hostname != "127.0.0.1" or where.port is None:
+        raise ValueError(f"{issuer.issuer}: serve a development issuer at http://127.0.0.1:<port>")
+    documents = {"/.well-known/openid-configuration": {"issuer": issuer.issuer,
+                                                        "jwks_uri": f"{issuer.issuer}/jwks"},
+                 "/jwks": issuer.jwks()}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            document = documents.get(self.path)
+            if document is None:
+                self.send_error(404)
+                return
+            body = json.dumps(document).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", where.port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield issuer.issuer
+    finally:
+        server.shutdown()
+        server.server_close()

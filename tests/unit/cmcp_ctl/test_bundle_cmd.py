@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
+from cmcp_core.bundle import load_bundle
+from cmcp_core.identity import IdentityPolicy
+from cmcp_core.validation import validate_bundle
 from cmcp_ctl.main import main as cmcpctl
+from cmcp_devkit.issuer import DevIssuer, serving
+from cmcp_devkit.ports import free_port
 from tests.paths import EXAMPLES
 
 SUFFIX_RULE = """@id("mail-suffix")
@@ -68,3 +74,56 @@ def test_errors_still_fail_without_strict(suffix_bundle: Path, capsys: pytest.Ca
     assert cmcpctl(["bundle", "validate", str(suffix_bundle)]) == 1
     out, err = capsys.readouterr()
     assert out == "" and "policies/bad.cedar [bad]" in err and "warning: policies/suffix.cedar" in err
+
+
+def _copy(tmp_path: Path) -> Path:
+    bundle = tmp_path / "idb"
+    shutil.copytree(EXAMPLES / "realistic", bundle)
+    return bundle
+
+
+def test_trust_issuer_inlines_a_jwks_file_and_the_bundle_validates(tmp_path: Path) -> None:
+    issuer = DevIssuer("https://kubernetes.default.svc.cluster.local")
+    bundle, jwks = _copy(tmp_path), tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    before = load_bundle(bundle).bundle_hash
+    args = ["bundle", "trust-issuer", str(bundle), "--issuer", issuer.issuer, "--jwks", str(jwks),
+            "--audience", "https://gw.example/mcp/a", "--algorithm", "RS256"]
+    assert cmcpctl(args) == 0
+    loaded = load_bundle(bundle)
+    assert loaded.bundle_hash != before and not validate_bundle(loaded)
+    policy = IdentityPolicy.from_manifest(loaded.manifest)
+    assert policy is not None
+    token = issuer.token("system:serviceaccount:apps:agent", audience="https://gw.example/mcp/a")
+    assert policy.verify(token, time.time()).principal == "system:serviceaccount:apps:agent"
+    # again, with a second audience: the issuer is replaced, not listed twice
+    assert cmcpctl([*args[:-4], "--audience", "https://gw.example/mcp/b", "--pin"]) == 0
+    section = json.loads((bundle / "manifest.json").read_text())["identity"]
+    assert section["audiences"] == ["https://gw.example/mcp/a", "https://gw.example/mcp/b"]
+    assert [i["key_thumbprints"] for i in section["issuers"]] == [[issuer.thumbprint]]
+
+
+def test_trust_issuer_discovers_a_served_oidc_issuer(tmp_path: Path) -> None:
+    issuer = DevIssuer(f"http://127.0.0.1:{free_port()}", alg="ES256")
+    bundle = _copy(tmp_path)
+    with serving(issuer):
+        assert cmcpctl(["bundle", "trust-issuer", str(bundle), "--issuer", issuer.issuer, "--discover",
+                        "--audience", "https://gw.example/mcp/a"]) == 0
+        # discovery that names another issuer is refused, and nothing is written
+        before = (bundle / "manifest.json").read_text()
+        assert cmcpctl(["bundle", "trust-issuer", str(bundle), "--issuer", issuer.issuer + "/",
+                        "--discover", "--audience", "https://gw.example/mcp/a"]) == 1
+        assert (bundle / "manifest.json").read_text() == before
+    policy = IdentityPolicy.from_manifest(load_bundle(bundle).manifest)
+    assert policy is not None
+    token = issuer.token("bob", audience="https://gw.example/mcp/a")
+    assert policy.verify(token, time.time()).principal == "bob"
+
+
+def test_trust_issuer_refuses_keys_the_enclave_would_refuse(tmp_path: Path) -> None:
+    bundle, jwks = _copy(tmp_path), tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}))
+    before = (bundle / "manifest.json").read_text()
+    assert cmcpctl(["bundle", "trust-issuer", str(bundle), "--issuer", "https://i", "--jwks", str(jwks),
+                    "--audience", "https://gw.example/mcp/a"]) == 1
+    assert (bundle / "manifest.json").read_text() == before
