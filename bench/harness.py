@@ -294,7 +294,8 @@ def enclave_decision(plan: Plan, work: Path) -> dict[str, Any]:
 def components(plan: Plan, work: Path) -> dict[str, Any]:
     """Per-component figures from the other benchmark modules, run through their own CLIs.
 
-    ``bench/verify.py`` (appraisal time per evidence type) always; ``bench/gateway.py`` (the
+    ``bench/verify.py`` (appraisal time per evidence type) and ``bench/identity.py`` (access
+    token verification, uncached and cached) always; ``bench/gateway.py`` (the
     gateway's own stateless-protocol overhead check, a different load generator than ours)
     and ``bench/floor.py`` (the same hops with no product work: the machine's floor) in full
     runs.  Their outputs go to the work dir and are embedded here, so a dev run of
@@ -306,13 +307,17 @@ def components(plan: Plan, work: Path) -> dict[str, Any]:
     if importlib.util.find_spec("bench.verify") is not None:
         jobs.append(("verify", procs.python_module("bench.verify", "--iterations", "30" if quick else "300",
                                                    "--out", str(work / "verify.json"))))
+    if importlib.util.find_spec("bench.identity") is not None:
+        jobs.append(("identity", procs.python_module(
+            "bench.identity", "--iterations", "200" if quick else "2000",
+            "--cached-iterations", "2000" if quick else "20000", "--out", str(work / "identity.json"))))
     if not quick and (Path(__file__).parent / "gateway.py").exists():
         jobs.append(("gateway", [*procs.python_module("bench.gateway"), "--calls", "1000", "--warmup", "100",
                                  "--tp-calls", "2000", "--out", str(work / "gateway.json")]))
         jobs.append(("floor", [*procs.python_module("bench.floor"), "--calls", "1000", "--warmup", "100",
                                "--out", str(work / "floor.json")]))
     if not jobs:
-        raise Skip("bench/verify.py and bench/gateway.py are not present")
+        raise Skip("bench/verify.py, bench/identity.py and bench/gateway.py are not present")
     for name, argv in jobs:
         proc = procs.start(f"bench-{name}", argv, work / "logs", pythonpath=[REPO_ROOT])
         try:
