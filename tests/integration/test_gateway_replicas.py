@@ -67,12 +67,12 @@ SessionTable.adopt = refuse
     "trusting": _PRELUDE + """
 from cmcp_gateway.sessions import SessionTable
 adopt = SessionTable.adopt
-async def trusting(self, runtime, session_id, agent):
+async def trusting(self, runtime, session_id, agent, access_token=""):
     async def yes(*args):
         return []
     runtime.pool.list_tools = yes
     try:
-        return await adopt(self, runtime, session_id, agent)
+        return await adopt(self, runtime, session_id, agent, access_token)
     finally:
         del runtime.pool.list_tools
 SessionTable.adopt = trusting
