@@ -34,7 +34,7 @@ def _count_refusal(reason: str) -> None:
 
 
 def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warning") -> uvicorn.Config:
-    """uvicorn with our httptools protocol (peer certificates reach the app) and optional (m)TLS.
+    """uvicorn on uvloop with our httptools protocol (peer certificates reach the app) and optional (m)TLS.
 
     ``proxy_headers=False``: the gateway never reads the client address, so uvicorn's
     X-Forwarded-* middleware would only add a layer to every request.
@@ -46,6 +46,7 @@ def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warnin
         app,
         host=host,
         port=int(port),
+        loop="uvloop",  # docs/adr/0015-uvloop-gateway.md
         log_level=log_level,
         http=bounded(PeerCertHttpToolsProtocol, front, _count_refusal),
         limit_concurrency=front.max_connections,
