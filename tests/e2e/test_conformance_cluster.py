@@ -17,8 +17,9 @@ and runs `cmcpctl conformance --target <gateway URL> --kubeconfig --route ... --
 as a user would (a subprocess). With --allow-disruption the fail-closed checks (FAIL-001 and
 POLICY-TEE-001's enclave-down check) stop the enclave for real: the runner scales the McpRoute
 to 0 through its scale subresource, waits until the status lists no pod, runs the checks and
-scales it back. Every ID but REPLICA-001 must PASS; a check may SKIP only if it is listed in LOCAL_ONLY_CHECKS
-(launching an enclave on a chosen bundle or measurement, a local power) with that reason. A new
+scales it back. Every ID but REPLICA-001, IDENT-001 and IDENT-002 must PASS; a check may SKIP
+only if it is listed in LOCAL_ONLY_CHECKS (launching an enclave on a chosen bundle or
+measurement, a local power; a route that trusts a token issuer) with that reason. A new
 SKIP, or one with another reason, fails the test.
 
 One cMCP release per cluster (the operator's webhook configuration has a fixed name): like
@@ -65,11 +66,16 @@ UPSTREAM_POD = "cmcp-conformance-upstream"
 # allowed to skip, and the power it names; the other checks of POLICY-005 and POLICY-TEE-002
 # run, so those IDs PASS.
 _POWER = "needs local powers ({}); not available on a remote target"
-SKIPPED_IDS = {"REPLICA-001"}
+# IDENT-001/002 need a route whose bundle trusts a token issuer and a way to mint its tokens; the
+# cluster target does not deploy one (agent identity on the cluster: test_agent_identity_cluster.py).
+_NO_IDENTITY_ROUTE = "target has no route whose bundle trusts a token issuer (identity)"
+SKIPPED_IDS = {"REPLICA-001", "IDENT-001", "IDENT-002"}
 LOCAL_ONLY_CHECKS = {
     "test_any_replica_serves_any_session_and_sheds_nothing": (
         "target names no second gateway replica and agent for it (the local target has both)"
     ),  # REPLICA-001
+    "test_the_enclave_decides_only_for_the_principal_the_token_proves": _NO_IDENTITY_ROUTE,  # IDENT-001
+    "test_bad_tokens_get_401_with_a_challenge_and_run_nothing": _NO_IDENTITY_ROUTE,  # IDENT-002
     "test_invalid_bundle_never_serves": _POWER.format("launch an enclave on a chosen bundle"),  # POLICY-005
     "test_enclave_refuses_a_changed_bundle_under_the_old_initdata": _POWER.format(
         "launch an enclave on a chosen bundle"
