@@ -95,7 +95,7 @@ class Install:
         return "\n".join(parts)
 
 
-def _sa_kubeconfig(cluster: E2ECluster, sa: str) -> str:
+def _sa_kubeconfig(cluster: E2ECluster, sa: str, ns: str = NS) -> str:
     """A kubeconfig carrying a token of the chart's ServiceAccount ``sa`` and nothing else.
 
     Why not the pod's projected token file: the node agent materialises it under the pod's own
@@ -104,7 +104,7 @@ def _sa_kubeconfig(cluster: E2ECluster, sa: str) -> str:
     system:serviceaccount:<release namespace>:<sa>, so the chart's RBAC is what the apiserver
     enforces on every call the pod makes."""
     tr = cluster.kube.create(
-        f"/api/v1/namespaces/{NS}/serviceaccounts/{sa}/token",
+        f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
         {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
@@ -158,9 +158,11 @@ def _route_values(upstream_url: str) -> dict[str, Any]:
     }
 
 
-def _deployment_available(kube: Kube, name: str, generation_done: bool = True) -> dict[str, Any] | None:
+def _deployment_available(
+    kube: Kube, name: str, generation_done: bool = True, ns: str = NS
+) -> dict[str, Any] | None:
     try:
-        d = kube.get(f"/apis/apps/v1/namespaces/{NS}/deployments/{name}")
+        d = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
     except KubeError:
         return None
     st, want = d.get("status", {}), d["spec"]["replicas"]

@@ -1,0 +1,398 @@
+"""An agent pod authenticates with its projected ServiceAccount token, end to end (issue 17).
+
+On the real control plane: the chart installed (operator under its ServiceAccount), a
+PolicyBundle whose manifest trusts the cluster's own ServiceAccount issuer (its discovery and
+JWKS read from the apiserver, written in with ``cmcpctl bundle trust-issuer``), an McpRoute
+the operator attests, a guarded upstream, and a gateway route with an ``authorization`` block.
+Then a pod under ServiceAccount ``agent``, with a projected token for the route's resource,
+runs the official ``mcp`` client: the allowed call runs, the denied one is denied with the
+signed decision naming ``system:serviceaccount:<ns>:agent``, and a request without a token gets
+``401`` with a challenge. Local control plane only (its node agent runs our pods).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from cmcp_core.bundle import load_bundle
+from cmcp_core.crd import API_PATH
+from cmcp_ctl.main import main as cmcpctl
+from cmcp_devkit.cluster.control_plane import free_port
+from cmcp_devkit.cluster.kube import Kube, KubeError
+from cmcp_devkit.release import DevRelease
+from cmcp_operator.render_bundle import bundle_manifest
+
+from .conftest import E2ECluster, release_values
+from .test_chart_install import _cond, _deployment_available, _harness_values, _pods, _sa_kubeconfig
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "cmcp"
+PROFILE = CHART / "ci" / "simulated-values.yaml"
+SUFFIX = uuid.uuid4().hex[:6]
+REL = "cmcp"
+NS = f"cmcp-id-system-{SUFFIX}"
+APP = f"cmcp-id-apps-{SUFFIX}"
+BUNDLE, ROUTE, GATEWAY_ROUTE = "identity", "payments", "pay"
+RESOURCE = "https://gateway.cmcp.example/mcp/pay"  # the route's resource URI (RFC 8707)
+TRANSFER = {"amount": 100, "currency": "EUR", "to": "acct-1"}
+WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"
+
+# What the agent pod runs (the venv's python): its token file, the official client, one JSON line
+# per outcome on stdout, read back with `kubectl logs`.
+AGENT = textwrap.dedent("""
+    import asyncio, json, os, httpx, httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
+
+    URL = os.environ["GATEWAY_URL"]
+    TRANSFER = {"amount": 100, "currency": "EUR", "to": "acct-1"}
+
+    async def main():
+        token = open(os.environ["TOKEN_FILE"]).read().strip()
+        http = httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=30)
+        async with Client(streamable_http_client(URL, http_client=http)) as client:
+            allowed = await client.call_tool("payments.transfer", TRANSFER)
+            print(json.dumps({"call": "allowed", "is_error": allowed.is_error,
+                              "result": allowed.structured_content}), flush=True)
+            try:
+                await client.call_tool("payments.transfer", {**TRANSFER, "amount": 50000})
+                print(json.dumps({"call": "denied", "error_code": None}), flush=True)
+            except MCPError as exc:
+                print(json.dumps({"call": "denied", "error_code": exc.error.data["error_code"],
+                                  "decision": exc.error.data["decision"]}), flush=True)
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        anonymous = httpx.post(URL, json=ping, headers={"accept": "application/json, text/event-stream"})
+        print(json.dumps({"call": "anonymous", "status": anonymous.status_code,
+                          "challenge": anonymous.headers.get("www-authenticate")}), flush=True)
+
+    asyncio.run(main())
+""")
+
+
+def _pod_log(cluster: E2ECluster, ns: str, pod: str) -> str:
+    """The pod's container output, where the dev kit's node agent keeps it (it serves no
+    kubelet API, so `kubectl logs` has nothing to ask)."""
+    assert cluster.local is not None
+    return "".join(
+        p.read_text(errors="replace")
+        for p in sorted(cluster.local.state_dir.rglob(f"{ns}_{pod}*.logs/*.log"))
+    )
+
+
+def _diag(cluster: E2ECluster) -> str:
+    parts = [cluster.diagnostics()]
+    if cluster.local is not None:
+        for log in sorted(cluster.local.state_dir.rglob("*.logs/*.log")):
+            if f"{NS}_" in log.parent.name or f"{APP}_" in log.parent.name:
+                lines = log.read_text(errors="replace").splitlines()[-30:]
+                parts.append(f"--- {log.parent.name}/{log.name} ---\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def _installed(cluster: E2ECluster, tmp: Path, release: DevRelease) -> Iterator[list[str]]:
+    """The chart in NS (operator only, under its ServiceAccount, as test_chart_install does);
+    yields the helm value arguments; uninstalls and deletes both namespaces afterwards."""
+    kube = cluster.kube
+    for kind in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
+        path = f"/apis/admissionregistration.k8s.io/v1/{kind}/{WEBHOOK_CONFIG}"
+        with contextlib.suppress(KubeError):
+            if kube.get(path)["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") != "Helm":
+                kube.delete(path)
+    for ns in (NS, APP):
+        kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    kube.create(
+        f"/api/v1/namespaces/{NS}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "cmcp-gateway-tokens"},
+            "stringData": {"unused": uuid.uuid4().hex},
+        },
+    )
+    helm_owned = {
+        "labels": {"app.kubernetes.io/managed-by": "Helm"},
+        "annotations": {"meta.helm.sh/release-name": REL, "meta.helm.sh/release-namespace": NS},
+    }
+    for component in ("operator", "gateway"):
+        sa = f"{REL}-{component}"
+        kube.create(
+            f"/api/v1/namespaces/{NS}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, **helm_owned}},
+        )
+        kube.create(
+            f"/api/v1/namespaces/{NS}/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"e2e-kubeconfig-{component}"},
+                "stringData": {"config": _sa_kubeconfig(cluster, sa, NS)},
+            },
+        )
+    harness = tmp / "harness-values.yaml"
+    harness.write_text(yaml.safe_dump(_harness_values()))
+    args = ["-n", NS, *release_values(release), "-f", str(PROFILE), "-f", str(harness)]
+    try:
+        cluster.helm("install", REL, str(CHART), *args)
+        kube.wait_for(
+            "the operator Deployment",
+            lambda: _deployment_available(kube, f"{REL}-operator", ns=NS),
+            timeout=180,
+            on_timeout=lambda: _diag(cluster),
+        )
+        yield args
+    finally:
+        if os.environ.get("CMCP_E2E_KEEP_STATE") is None:
+            for path in (
+                f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}",
+                f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}",
+            ):
+                kube.delete(path)
+            cluster.helm("uninstall", REL, "-n", NS, "--wait", "--timeout", "120s", check=False)
+            for ns in (NS, APP):
+                kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def _trusting_bundle(kube: Kube, tmp: Path) -> Path:
+    """examples/realistic, trusting the cluster's ServiceAccount issuer (keys inline)."""
+    issuer = kube.get("/.well-known/openid-configuration")["issuer"]
+    jwks = tmp / "jwks.json"
+    jwks.write_text(json.dumps(kube.get("/openid/v1/jwks")))
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    for path in (ROOT / "examples" / "realistic").rglob("*"):
+        if path.is_file():
+            target = bundle / path.relative_to(ROOT / "examples" / "realistic")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    assert (
+        cmcpctl(
+            [
+                "bundle",
+                "trust-issuer",
+                str(bundle),
+                "--issuer",
+                issuer,
+                "--jwks",
+                str(jwks),
+                "--audience",
+                RESOURCE,
+            ]
+        )
+        == 0
+    )
+    return bundle
+
+
+def _start_upstream(
+    upstream_url: str, enclave: str, bundle_hash: str, release: DevRelease
+) -> subprocess.Popen[bytes]:
+    listen = upstream_url.removeprefix("http://").removesuffix("/mcp")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tests.e2e.test_chart_install import serve_upstream as s; s(sys.argv[1:])",
+            "--listen",
+            listen,
+            "--guard-audience",
+            upstream_url,
+            "--guard-enclave",
+            enclave,
+            "--allow-simulated",
+            *release.argv(),
+            "--expected-bundle-hash",
+            bundle_hash,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode(errors="replace")
+        lines.append(line)
+        if line.startswith("READY") or not line:
+            break
+    assert lines and lines[-1].startswith("READY"), "".join(lines)
+    return proc
+
+
+def _agent_pod(gateway_url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "agent", "namespace": APP},
+        "spec": {
+            "serviceAccountName": "agent",
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "agent",
+                    "image": "cmcp-test/http-echo",
+                    "command": ["python", "-c", AGENT],
+                    "env": [
+                        {"name": "GATEWAY_URL", "value": gateway_url},
+                        {"name": "TOKEN_FILE", "value": "/var/run/secrets/cmcp/token"},
+                    ],
+                    "volumeMounts": [
+                        {"name": "cmcp-token", "mountPath": "/var/run/secrets/cmcp", "readOnly": True}
+                    ],
+                }
+            ],
+            "volumes": [
+                {
+                    "name": "cmcp-token",
+                    "projected": {
+                        "sources": [
+                            {
+                                "serviceAccountToken": {
+                                    "audience": RESOURCE,
+                                    "expirationSeconds": 600,
+                                    "path": "token",
+                                }
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_an_agent_pod_authenticates_with_its_service_account_token(
+    cluster: E2ECluster, tmp_path: Path, dev_release: DevRelease
+) -> None:
+    if not cluster.is_local or cluster.local is None or cluster.local.net is None:
+        pytest.skip("needs the local node agent to run the chart's pods (no images for a real cluster)")
+    kube = cluster.kube
+    bundle = _trusting_bundle(kube, tmp_path)
+    expected = load_bundle(bundle).bundle_hash
+    host = cluster.local.net.host_ip
+    upstream_url = f"http://{host}:{free_port(host)}/mcp"
+    upstream: subprocess.Popen[bytes] | None = None
+    with _installed(cluster, tmp_path, dev_release) as helm_args:
+        try:
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(bundle_manifest(bundle, BUNDLE, APP)))
+            cluster.kubectl(
+                "apply",
+                "-f",
+                "-",
+                input=json.dumps(
+                    {
+                        "apiVersion": "cmcp.dev/v1alpha1",
+                        "kind": "McpRoute",
+                        "metadata": {"name": ROUTE, "namespace": APP},
+                        "spec": {
+                            "policyBundleRef": {"name": BUNDLE},
+                            "upstream": {"url": upstream_url},
+                            "tee": "simulated",
+                            "replicas": 1,
+                        },
+                    }
+                ),
+            )
+
+            def attested() -> dict[str, Any] | None:
+                r = kube.get(f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}")
+                pods = [p for p in r.get("status", {}).get("pods", []) if p.get("attested")]
+                return pods[0] if _cond(r, "Ready").get("status") == "True" and pods else None
+
+            pod = kube.wait_for(
+                "the McpRoute attested", attested, timeout=180, on_timeout=lambda: _diag(cluster)
+            )
+            assert pod["reportedBundleHash"] == expected
+            enclave = pod["address"] if ":" in pod["address"] else f"{pod['address']}:50051"
+            upstream = _start_upstream(upstream_url, enclave, expected, dev_release)
+
+            routes = tmp_path / "routes-values.yaml"
+            routes.write_text(
+                yaml.safe_dump(
+                    {
+                        "gateway": {
+                            "routes": [
+                                {
+                                    "name": GATEWAY_ROUTE,
+                                    "mcpRoute": {"name": ROUTE, "namespace": APP},
+                                    "upstream": upstream_url,
+                                    "audience": upstream_url,
+                                    "authorization": {
+                                        "resource": RESOURCE,
+                                        "authorizationServers": [
+                                            kube.get("/.well-known/openid-configuration")["issuer"]
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    }
+                )
+            )
+            cluster.helm("upgrade", REL, str(CHART), *helm_args, "-f", str(routes))
+            kube.wait_for(
+                "the gateway Deployment",
+                lambda: _deployment_available(kube, f"{REL}-gateway", ns=NS),
+                timeout=180,
+                on_timeout=lambda: _diag(cluster),
+            )
+            gateways = [
+                p
+                for p in _pods(kube, NS, "app.kubernetes.io/component=gateway")
+                if _cond(p, "Ready").get("status") == "True"
+            ]
+            gateway_url = f"http://{gateways[0]['status']['podIP']}:8080/mcp/{GATEWAY_ROUTE}"
+
+            kube.create(
+                f"/api/v1/namespaces/{APP}/serviceaccounts",
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "agent"}},
+            )
+            kube.create(f"/api/v1/namespaces/{APP}/pods", _agent_pod(gateway_url))
+
+            def finished() -> str | None:
+                phase = kube.get(f"/api/v1/namespaces/{APP}/pods/agent").get("status", {}).get("phase")
+                return phase if phase in ("Succeeded", "Failed") else None
+
+            phase = kube.wait_for(
+                "the agent pod to finish", finished, timeout=180, on_timeout=lambda: _diag(cluster)
+            )
+            logs = _pod_log(cluster, APP, "agent")
+            assert phase == "Succeeded", logs + _diag(cluster)
+            outcomes = {
+                o["call"]: o for o in (json.loads(line) for line in logs.splitlines() if line.startswith("{"))
+            }
+
+            assert outcomes["allowed"]["is_error"] is False, outcomes
+            assert outcomes["allowed"]["result"] == {**TRANSFER, "status": "sent"}
+            assert outcomes["denied"]["error_code"] == "POLICY_DENY", outcomes
+            decided = json.loads(outcomes["denied"]["decision"]["document"])
+            assert decided["principal"] == f"system:serviceaccount:{APP}:agent"
+            assert outcomes["anonymous"]["status"] == 401
+            assert outcomes["anonymous"]["challenge"].startswith(
+                'Bearer resource_metadata="https://gateway.cmcp.example/'
+            )
+            calls = upstream_url.removesuffix("/mcp") + "/calls"
+            assert httpx.get(calls, timeout=5).json()["by_tool"] == {"payments.transfer": 1}
+        finally:
+            if upstream is not None:
+                upstream.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    upstream.wait(10)
