@@ -48,6 +48,7 @@ class Code(StrEnum):
     PERMIT_BUNDLE_MISMATCH = "PERMIT_BUNDLE_MISMATCH"
     PERMIT_NOT_YET_VALID = "PERMIT_NOT_YET_VALID"
     PERMIT_LIFETIME_TOO_LONG = "PERMIT_LIFETIME_TOO_LONG"
+    PERMIT_METHOD_UNSUPPORTED = "PERMIT_METHOD_UNSUPPORTED"
     SPENT_STORE_UNAVAILABLE = "SPENT_STORE_UNAVAILABLE"
     # enclave start-up
     INITDATA_MISMATCH = "INITDATA_MISMATCH"
@@ -166,6 +167,8 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.PERMIT_BUNDLE_MISMATCH: CodeInfo(-32010, 403, "The permit names a bundle not allowed."),
     Code.PERMIT_NOT_YET_VALID: CodeInfo(-32010, 403, "The permit was issued in the guard's future."),
     Code.PERMIT_LIFETIME_TOO_LONG: CodeInfo(-32010, 403, "The permit lives longer than the guard allows."),
+    Code.PERMIT_METHOD_UNSUPPORTED: CodeInfo(
+        -32010, 403, "The guard admits this MCP method only with a permit it cannot check; refused."),
     Code.SPENT_STORE_UNAVAILABLE: CodeInfo(-32010, 503, "The spent-permit store is unreachable."),
     Code.INITDATA_MISMATCH: CodeInfo(-32003, 503, "Initdata does not match the measurement."),
     Code.BUNDLE_HASH_MISMATCH: CodeInfo(-32003, 503, "The bundle is not the one initdata names."),

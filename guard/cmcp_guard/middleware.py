@@ -1,10 +1,13 @@
-"""ASGI middleware: refuse any ``tools/call`` without a valid permit before the app sees it.
+"""ASGI middleware: refuse any MCP request without a valid permit before the app sees it.
 
-The body the wrapped app receives for a checked call is the guard's own re-serialisation of
-what it verified, so no JSON parser difference (duplicate keys, odd escapes) can make the app
-run other arguments than the permit names. Everything that is not ``tools/call`` passes, except a
-request that carries an ``Authorization`` header: the gateway never passes an agent's token on
-(MCP authorization forbids token passthrough), so one here was put there by someone else.
+Deny by default: a ``tools/call`` needs a permit, and the body the wrapped app receives for it
+is the guard's own re-serialisation of what it verified, so no JSON parser difference
+(duplicate keys, odd escapes) can make the app run other arguments than the permit names. Only
+the handshake and discovery methods in :data:`OPEN_METHODS` pass without one; any other method
+(``resources/read``, ``prompts/get``...: no permit exists for them yet), a JSON-RPC response, or
+a batch holding one is refused (``PERMIT_METHOD_UNSUPPORTED``). So is a request that carries an
+``Authorization`` header: the gateway never passes an agent's token on (MCP authorization
+forbids token passthrough), so one here was put there by someone else.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ from cmcp_guard.trust import TrustStore
 log = logging.getLogger("cmcp.guard")
 _PERMIT_HEADER = PERMIT_HEADER.lower().encode("latin-1")
 _AUTHORIZATION = b"authorization"
+# What passes without a permit: the handshake, liveness and tool discovery, which the gateway
+# itself sends (cmcp_gateway.upstream) and which disclose no tool's data.
+OPEN_METHODS = frozenset({
+    "initialize", "notifications/initialized", "notifications/cancelled", "ping", "server/discover",
+    "tools/list",
+})
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
 
@@ -103,8 +112,11 @@ class Guard:
         if isinstance(doc, list):
             if any(isinstance(m, dict) and m.get("method") == TOOLS_CALL for m in doc):
                 raise CmcpError(Code.MCP_INVALID_REQUEST, "tools/call inside a batch is refused")
+            for message in doc:
+                _open_method(message)
             return body
         if not isinstance(doc, dict) or doc.get("method") != TOOLS_CALL:
+            _open_method(doc)
             return body
         tool, arguments = tool_call_target(doc.get("params"))
         token = header(scope, _PERMIT_HEADER)
@@ -122,6 +134,15 @@ class Guard:
             extra={"call_id": permit.cid, "session_id": permit.sid, "tool": tool, "kid": permit.kid},
         )
         return orjson.dumps(doc)
+
+
+def _open_method(message: Any) -> None:
+    """A message that may pass without a permit, or ``PERMIT_METHOD_UNSUPPORTED``."""
+    method = message.get("method") if isinstance(message, dict) else None
+    if method not in OPEN_METHODS:
+        raise CmcpError(Code.PERMIT_METHOD_UNSUPPORTED,
+                        f"{method!r} needs a permit and the guard has no permit check for it; refused"
+                        if isinstance(method, str) else "a message without a method is refused")
 
 
 class GuardMiddleware:

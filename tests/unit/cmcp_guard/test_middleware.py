@@ -102,3 +102,40 @@ async def test_a_store_that_cannot_record_the_nonce_denies_with_503(tmp_path: Pa
     assert sent[0]["status"] == 503
     assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == "SPENT_STORE_UNAVAILABLE"
     assert app.calls == 0
+
+
+def _body(message: Any) -> list[dict[str, Any]]:
+    return [{"type": "http.request", "body": json.dumps(message).encode(), "more_body": False}]
+
+
+async def test_every_method_without_a_permit_check_is_refused_by_default() -> None:
+    """What the host would send around the gateway: resources and prompts carry the same data as
+    tools (it read PHI through the guard before), and no permit exists for them."""
+    for method in ("resources/read", "prompts/get", "resources/list", "completion/complete",
+                   "logging/setLevel", "sampling/createMessage", "anything/new"):
+        mw, app = guarded(limit=4096)
+        sent = await drive(mw, [], _body({"jsonrpc": "2.0", "id": 1, "method": method,
+                                          "params": {"uri": "ehr://patients/p-1"}}))
+        assert (sent[0]["status"], app.calls) == (403, 0), method
+        assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == "PERMIT_METHOD_UNSUPPORTED"
+    for odd in ({"jsonrpc": "2.0", "id": 1, "result": {}},  # a response, smuggled
+                [{"jsonrpc": "2.0", "method": "ping", "id": 1},
+                 {"jsonrpc": "2.0", "method": "resources/read", "id": 2, "params": {"uri": "x"}}]):
+        mw, app = guarded(limit=4096)
+        sent = await drive(mw, [], _body(odd))
+        assert (sent[0]["status"], app.calls) == (403, 0), odd
+
+
+async def test_the_handshake_and_discovery_pass_without_a_permit() -> None:
+    for method in ("initialize", "notifications/initialized", "ping", "server/discover", "tools/list"):
+        mw, app = guarded(limit=4096)
+        await drive(mw, [], _body({"jsonrpc": "2.0", "id": 1, "method": method, "params": {}}))
+        assert app.calls == 1, method
+
+
+async def test_a_request_carrying_an_agent_token_is_refused() -> None:
+    mw, app = guarded(limit=4096)
+    sent = await drive(mw, [(b"authorization", b"Bearer agent-token")],
+                       _body({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+    assert (sent[0]["status"], app.calls) == (403, 0)
+    assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == "AGENT_TOKEN_FORWARDED"
