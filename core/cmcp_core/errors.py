@@ -23,6 +23,7 @@ class Code(StrEnum):
     # gateway front door
     MCP_PARSE_FAILURE = "MCP_PARSE_FAILURE"
     MCP_INVALID_REQUEST = "MCP_INVALID_REQUEST"
+    HEADER_MISMATCH = "HEADER_MISMATCH"
     METHOD_NOT_FOUND = "METHOD_NOT_FOUND"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
@@ -143,6 +144,8 @@ REGISTRY: dict[Code, CodeInfo] = {
         -32000, 403, "The principal's trail does not verify or does not cover the window; refused."),
     Code.MCP_PARSE_FAILURE: CodeInfo(-32700, 400, "The body is not valid JSON."),
     Code.MCP_INVALID_REQUEST: CodeInfo(-32600, 400, "The body is not a JSON-RPC 2.0 request."),
+    Code.HEADER_MISMATCH: CodeInfo(
+        -32020, 400, "The Mcp-Method / Mcp-Name headers are missing or disagree with the body."),
     Code.METHOD_NOT_FOUND: CodeInfo(-32601, 404, "The MCP method is not supported."),
     Code.UNAUTHENTICATED: CodeInfo(-32001, 401, "No valid agent credential."),
     Code.BODY_TOO_LARGE: CodeInfo(-32600, 413, "The request body exceeds the limit."),

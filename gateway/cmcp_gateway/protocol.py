@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, decode_header_value
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
 from cmcp_core.errors import REGISTRY, CmcpError, Code
@@ -155,6 +156,7 @@ class McpHandler:
                 or not isinstance(doc.get("method"), str)
             ):
                 raise CmcpError(Code.MCP_INVALID_REQUEST, "expected one JSON-RPC 2.0 request object")
+            check_routing_headers(request.headers, doc)
             request_id = doc.get("id")
             if "id" not in doc:
                 return Response(status=202)  # notifications (initialized, cancelled): nothing to do
@@ -254,6 +256,26 @@ class McpHandler:
         return Response(jsonrpc.result_body(request_id, result), media_type=jsonrpc.JSON, headers=headers)
 
 
+def check_routing_headers(headers: Mapping[str, str], doc: dict[str, Any]) -> None:
+    """The routing headers must mirror the body (MCP 2026-07-28): a proxy or rate limiter in front
+    that routes or authorizes on ``Mcp-Method`` / ``Mcp-Name`` must never see one operation while
+    the gateway runs another. Required on 2026-07-28 requests; on older revisions a header that is
+    sent must still agree. ``HEADER_MISMATCH`` (400) otherwise."""
+    modern = headers.get("mcp-protocol-version") == MODERN
+    method = doc["method"]
+    sent_method = headers.get(MCP_METHOD_HEADER)
+    if (sent_method is not None or modern) and sent_method != method:
+        raise CmcpError(Code.HEADER_MISMATCH,
+                        f"the {MCP_METHOD_HEADER} header does not match the body's method")
+    name_key = NAME_BEARING_METHODS.get(method)
+    params = doc.get("params")
+    named = params.get(name_key) if name_key is not None and isinstance(params, dict) else None
+    sent_name = headers.get(MCP_NAME_HEADER)
+    if named is not None and (sent_name is not None or modern) and decode_header_value(sent_name) != named:
+        raise CmcpError(Code.HEADER_MISMATCH,
+                        f"the {MCP_NAME_HEADER} header does not match the body's {name_key!r}")
+
+
 def _unknown_session() -> FailedRequest:
     return FailedRequest(
         jsonrpc.error_response(None, Code.SESSION_CLOSED, "unknown or closed session", status=404),
@@ -271,6 +293,7 @@ _ENDED_AT_ENCLAVE = frozenset({Code.SESSION_UNKNOWN, Code.SESSION_CLOSED})
 _FRONT_DOOR = frozenset(
     {
         Code.MCP_INVALID_REQUEST,
+        Code.HEADER_MISMATCH,
         Code.JSON_TOO_DEEP,
         Code.STRING_TOO_LONG,
         Code.BODY_TOO_LARGE,

@@ -13,13 +13,14 @@ from typing import Any
 
 import orjson
 import pytest
+from mcp.shared.inbound import encode_header_value
 
 from cmcp_core.session_id import mint
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayLimits, RouteConfig
 from cmcp_gateway.limits import ConcurrencyLimiter
 from cmcp_gateway.pinning import Pin
-from cmcp_gateway.protocol import SESSION_HEADER, McpHandler
+from cmcp_gateway.protocol import SESSION_HEADER, McpHandler, check_routing_headers
 from cmcp_gateway.routes import RouteRuntime
 from cmcp_gateway.sessions import SessionTable
 from cmcp_gateway.transport import HttpRequest, Response
@@ -52,6 +53,8 @@ async def _send(handler: McpHandler, method: str = "tools/list", *, token: str =
         headers[SESSION_HEADER] = session
     if version is not None:
         headers["mcp-protocol-version"] = version
+    if version == "2026-07-28":  # a 2026-07-28 client mirrors the method in Mcp-Method
+        headers["mcp-method"] = method
     return await handler.handle(HttpRequest(http, PATH, headers, None, receive))
 
 
@@ -162,3 +165,34 @@ async def test_the_protocol_version_header_is_honoured_on_an_adopted_session() -
     assert modern["cacheScope"] == "private" and modern["resultType"] == "complete"
     legacy = _json(await _send(b, session=session_id, version="2025-06-18"))["result"]
     assert "cacheScope" not in legacy and legacy["tools"] == TOOLS
+
+
+@pytest.mark.parametrize("headers, body_name", [
+    ({"mcp-method": "tools/list"}, "echo"),  # says list, runs a call
+    ({"mcp-method": "tools/call", "mcp-name": "echo"}, "delete_records"),  # says one tool, runs another
+    ({"mcp-protocol-version": "2026-07-28"}, "echo"),  # 2026-07-28 without the routing headers
+    ({"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"}, "echo"),  # ... without Mcp-Name
+])
+async def test_routing_headers_that_disagree_with_the_body_get_400(
+    headers: dict[str, str], body_name: str
+) -> None:
+    handler = _replica(FakePool(ENCLAVES))
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                         "params": {"name": body_name, "arguments": {}}})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    sent = {"authorization": "Bearer tok-alice", "content-type": "application/json", **headers}
+    response = await handler.handle(HttpRequest("POST", PATH, sent, None, receive))
+    assert response.status == 400
+    assert _json(response)["error"]["code"] == -32020
+    assert _json(response)["error"]["data"]["error_code"] == "HEADER_MISMATCH"
+
+
+def test_routing_headers_that_agree_pass_and_older_revisions_may_omit_them() -> None:
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "données", "arguments": {}}}
+    check_routing_headers({}, call)
+    check_routing_headers({"mcp-method": "tools/call"}, call)
+    check_routing_headers({"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
+                           "mcp-name": encode_header_value("données")}, call)
