@@ -371,6 +371,11 @@ ROUTE = obj(
             "description": "Modes the route's enclaves may run in (default [enforce]).",
         },
         "open": {"type": "boolean"},
+        "allowedHosts": {"type": "array", "items": string("host, host:port or host:*", minLength=1),
+                         "description": "Host header values the route serves (DNS rebinding)."},
+        "allowedOrigins": {"type": "array", "items": string("Origin, e.g. https://app.example",
+                                                            pattern=r"^https?://[^\s/]+$"),
+                           "description": "Browser Origins the route serves; any other is refused."},
         "authorization": obj(
             {
                 "resource": string("The route's resource URI (RFC 8707), one of the bundle's "

@@ -24,6 +24,8 @@ class Code(StrEnum):
     MCP_PARSE_FAILURE = "MCP_PARSE_FAILURE"
     MCP_INVALID_REQUEST = "MCP_INVALID_REQUEST"
     HEADER_MISMATCH = "HEADER_MISMATCH"
+    HOST_NOT_ALLOWED = "HOST_NOT_ALLOWED"
+    ORIGIN_NOT_ALLOWED = "ORIGIN_NOT_ALLOWED"
     METHOD_NOT_FOUND = "METHOD_NOT_FOUND"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
@@ -144,6 +146,8 @@ REGISTRY: dict[Code, CodeInfo] = {
         -32000, 403, "The principal's trail does not verify or does not cover the window; refused."),
     Code.MCP_PARSE_FAILURE: CodeInfo(-32700, 400, "The body is not valid JSON."),
     Code.MCP_INVALID_REQUEST: CodeInfo(-32600, 400, "The body is not a JSON-RPC 2.0 request."),
+    Code.HOST_NOT_ALLOWED: CodeInfo(-32600, 421, "The Host header names no host this route serves."),
+    Code.ORIGIN_NOT_ALLOWED: CodeInfo(-32600, 403, "The Origin header names no origin this route serves."),
     Code.HEADER_MISMATCH: CodeInfo(
         -32020, 400, "The Mcp-Method / Mcp-Name headers are missing or disagree with the body."),
     Code.METHOD_NOT_FOUND: CodeInfo(-32601, 404, "The MCP method is not supported."),

@@ -23,7 +23,7 @@ from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayConfig
 from cmcp_gateway.enclave_pool import EnclavePool, Refresher
 from cmcp_gateway.limits import ConcurrencyLimiter
-from cmcp_gateway.protocol import McpHandler
+from cmcp_gateway.protocol import LOOPBACK_HOSTS, McpHandler
 from cmcp_gateway.routes import RouteRuntime, metadata_paths, served_paths
 from cmcp_gateway.sessions import SessionTable
 from cmcp_gateway.transport import AsgiFront
@@ -47,7 +47,10 @@ class Gateway:
         self.identity = (gateway_identity.load_private_key(Path(config.identity_key_file))
                          if config.identity_key_file else None)
         metadata = metadata_paths(config)
-        self.mcp = McpHandler(self.routes, self.sessions, tokens, self.limits, self.limiter, metadata)
+        listen_host = config.listen.rpartition(":")[0].strip("[]")
+        default_hosts = LOOPBACK_HOSTS if listen_host in ("127.0.0.1", "localhost", "::1") else ()
+        self.mcp = McpHandler(self.routes, self.sessions, tokens, self.limits, self.limiter, metadata,
+                              default_hosts)
         self.front = AsgiFront([*served_paths(config), *metadata], self.mcp.handle, self)
 
     async def startup(self) -> None:

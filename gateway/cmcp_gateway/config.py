@@ -32,6 +32,9 @@ Example::
           resource: https://gw.example/mcp/demo   # JWT access tokens for this resource (RFC 8707),
           authorization_servers: [https://issuer.example]   # which the enclave verifies against the
           scopes_supported: [mail:send]  # bundle's identity section; advertised per RFC 9728
+        allowed_hosts: [gw.example, "gw.example:*"]   # Host values served (DNS rebinding); default:
+                                         # loopback names when listening on loopback, else any
+        allowed_origins: [https://app.example]   # browser Origins served; any other Origin is 403
 """
 
 from __future__ import annotations
@@ -137,6 +140,8 @@ class RouteConfig:
     enforcement_modes: frozenset[str] = ENFORCE_ONLY
     open: bool = False
     authorization: Authorization | None = None  # agents present OAuth access tokens
+    allowed_hosts: tuple[str, ...] = ()  # Host header values served ("host", "host:port", "host:*")
+    allowed_origins: tuple[str, ...] = ()  # Origin header values served; a request without one passes
 
     @property
     def path(self) -> str:
@@ -218,6 +223,8 @@ def parse_route(raw: dict[str, Any]) -> RouteConfig:
         enforcement_modes=frozenset(str(m) for m in raw.get("enforcement_modes") or ENFORCE_ONLY),
         open=bool(raw.get("open", False)),
         authorization=_authorization(raw.get("authorization"), str(raw["name"])),
+        allowed_hosts=tuple(str(h).lower() for h in raw.get("allowed_hosts") or ()),
+        allowed_origins=tuple(str(o).lower().rstrip("/") for o in raw.get("allowed_origins") or ()),
     )
     if not route.expected_bundle_hashes and route.kubernetes is None:
         raise ValueError(f"route {route.name!r} pins nothing: give expected_bundle_hashes or kubernetes")

@@ -23,7 +23,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from cmcp_core.errors import REGISTRY, CmcpError, Code
 from cmcp_gateway import jsonrpc, oauth, pipeline
 from cmcp_gateway.auth import TokenStore, authenticate
-from cmcp_gateway.config import Authorization, GatewayLimits
+from cmcp_gateway.config import Authorization, GatewayLimits, RouteConfig
 from cmcp_gateway.jsonrpc import FailedRequest
 from cmcp_gateway.limits import ConcurrencyLimiter, check_shape
 from cmcp_gateway.metrics import REQUEST_SECONDS, REQUESTS
@@ -53,9 +53,11 @@ class McpHandler:
         limits: GatewayLimits,
         limiter: ConcurrencyLimiter,
         metadata: Mapping[str, Authorization] | None = None,
+        default_hosts: tuple[str, ...] = (),
     ) -> None:
         self.routes = routes  # filled at start-up
         self.metadata = metadata or {}  # RFC 9728 path -> the OAuth route it describes
+        self.default_hosts = default_hosts  # Host values served by a route that names none
         self.sessions = sessions
         self.tokens = tokens
         self.limits = limits
@@ -127,6 +129,7 @@ class McpHandler:
 
     async def _delete(self, request: HttpRequest) -> Response:
         runtime = route_for(self.routes, request.path)
+        check_host_and_origin(request.headers, runtime.config, self.default_hosts)
         agent, token = await self._caller(request, runtime)
         session = await self._stateful_session(request, runtime, agent, token)
         if session is None:
@@ -137,6 +140,7 @@ class McpHandler:
 
     async def _post(self, request: HttpRequest) -> Response:
         runtime = route_for(self.routes, request.path)
+        check_host_and_origin(request.headers, runtime.config, self.default_hosts)
         agent, token = await self._caller(request, runtime)
         with self.limiter.slot(agent):
             body = await request.body(self.limits.max_body_bytes)
@@ -256,6 +260,33 @@ class McpHandler:
         return Response(jsonrpc.result_body(request_id, result), media_type=jsonrpc.JSON, headers=headers)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+
+
+def check_host_and_origin(
+    headers: Mapping[str, str], route: RouteConfig, default_hosts: tuple[str, ...]
+) -> None:
+    """DNS rebinding (MCP transport security): a web page that gets a browser to call the gateway
+    under a name the attacker controls sends that name in ``Host`` and its own ``Origin``. The
+    route serves only its ``allowed_hosts`` (default: ``default_hosts``, the loopback names when the
+    gateway listens on loopback) and, from browsers, only its ``allowed_origins``."""
+    hosts = route.allowed_hosts or default_hosts
+    host = headers.get("host", "").lower()
+    if hosts and not _host_served(host, hosts):
+        raise CmcpError(Code.HOST_NOT_ALLOWED, f"this route does not serve Host {host!r}")
+    origin = headers.get("origin")
+    if origin is not None and origin.lower().rstrip("/") not in route.allowed_origins:
+        raise CmcpError(Code.ORIGIN_NOT_ALLOWED, f"this route does not serve Origin {origin!r}")
+
+
+def _host_served(host: str, allowed: tuple[str, ...]) -> bool:
+    """``host`` (``name`` or ``name:port``) against entries ``name``, ``name:port`` or ``name:*``."""
+    name, _, port = host.rpartition(":")
+    if not port.isdigit():
+        name = host
+    return any(name == entry[:-2] if entry.endswith(":*") else host == entry for entry in allowed)
+
+
 def check_routing_headers(headers: Mapping[str, str], doc: dict[str, Any]) -> None:
     """The routing headers must mirror the body (MCP 2026-07-28): a proxy or rate limiter in front
     that routes or authorizes on ``Mcp-Method`` / ``Mcp-Name`` must never see one operation while
@@ -294,6 +325,8 @@ _FRONT_DOOR = frozenset(
     {
         Code.MCP_INVALID_REQUEST,
         Code.HEADER_MISMATCH,
+        Code.HOST_NOT_ALLOWED,
+        Code.ORIGIN_NOT_ALLOWED,
         Code.JSON_TOO_DEEP,
         Code.STRING_TOO_LONG,
         Code.BODY_TOO_LARGE,

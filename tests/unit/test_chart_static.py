@@ -359,6 +359,7 @@ def test_release_and_collateral_reach_the_operator_and_gateway() -> None:
 def test_a_route_authorization_block_reaches_the_gateway_config_and_parses() -> None:
     """values -> gateway.json -> cmcp_gateway.config: the RFC 9728 metadata the gateway will serve."""
     route = {"name": "mail", "mcpRoute": {"name": "mail"}, "upstream": "http://guard/mcp", "audience": "a",
+             "allowedHosts": ["gw.example:*"], "allowedOrigins": ["https://app.example"],
              "authorization": {"resource": "https://gw.example/mcp/mail",
                                "authorizationServers": ["https://kubernetes.default.svc.cluster.local"],
                                "scopesSupported": ["mail:send"]}}
@@ -370,6 +371,8 @@ def test_a_route_authorization_block_reaches_the_gateway_config_and_parses() -> 
         "authorization_servers": ["https://kubernetes.default.svc.cluster.local"],
         "bearer_methods_supported": ["header"], "scopes_supported": ["mail:send"]}
     assert parsed.metadata_path == "/.well-known/oauth-protected-resource/mcp/mail"
+    route = parse_route(raw["routes"][0])
+    assert (route.allowed_hosts, route.allowed_origins) == (("gw.example:*",), ("https://app.example",))
 
 
 @pytest.mark.parametrize("helm_release", [RELEASE, "cmcp", "demo-cmcp-x"])

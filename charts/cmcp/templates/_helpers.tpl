@@ -185,6 +185,8 @@ because they carry $(POD_IP).
 {{- with .expectedBundleHashes }}{{ $_ := set $r "expected_bundle_hashes" . }}{{ end -}}
 {{- with .expectedCatalogHashes }}{{ $_ := set $r "expected_catalog_hashes" . }}{{ end -}}
 {{- with .enforcementModes }}{{ $_ := set $r "enforcement_modes" . }}{{ end -}}
+{{- with .allowedHosts }}{{ $_ := set $r "allowed_hosts" . }}{{ end -}}
+{{- with .allowedOrigins }}{{ $_ := set $r "allowed_origins" . }}{{ end -}}
 {{- with .authorization }}{{ $_ := set $r "authorization" (dict "resource" .resource "authorization_servers" .authorizationServers "scopes_supported" (default list .scopesSupported)) }}{{ end -}}
 {{- $routes = append $routes $r -}}
 {{- end -}}

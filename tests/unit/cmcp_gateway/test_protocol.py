@@ -15,12 +15,19 @@ import orjson
 import pytest
 from mcp.shared.inbound import encode_header_value
 
+from cmcp_core.errors import CmcpError, Code
 from cmcp_core.session_id import mint
 from cmcp_gateway.auth import TokenStore
 from cmcp_gateway.config import GatewayLimits, RouteConfig
 from cmcp_gateway.limits import ConcurrencyLimiter
 from cmcp_gateway.pinning import Pin
-from cmcp_gateway.protocol import SESSION_HEADER, McpHandler, check_routing_headers
+from cmcp_gateway.protocol import (
+    LOOPBACK_HOSTS,
+    SESSION_HEADER,
+    McpHandler,
+    check_host_and_origin,
+    check_routing_headers,
+)
 from cmcp_gateway.routes import RouteRuntime
 from cmcp_gateway.sessions import SessionTable
 from cmcp_gateway.transport import HttpRequest, Response
@@ -196,3 +203,47 @@ def test_routing_headers_that_agree_pass_and_older_revisions_may_omit_them() -> 
     check_routing_headers({"mcp-method": "tools/call"}, call)
     check_routing_headers({"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
                            "mcp-name": encode_header_value("données")}, call)
+
+
+def _route(**origins: Any) -> RouteConfig:
+    return RouteConfig(name="r", upstream="http://u", audience="a", **origins)
+
+
+@pytest.mark.parametrize("host, served", [
+    ("127.0.0.1:8080", True), ("localhost:9", True), ("[::1]:8080", True), ("localhost", True),
+    ("evil.example.com", False), ("evil.example.com:8080", False), ("127.0.0.1.evil.example:80", False),
+])
+def test_a_loopback_gateway_serves_only_loopback_names(host: str, served: bool) -> None:
+    """DNS rebinding: a page on evil.example.com whose name now resolves to 127.0.0.1."""
+    if served:
+        check_host_and_origin({"host": host}, _route(), LOOPBACK_HOSTS)
+        return
+    with pytest.raises(CmcpError) as caught:
+        check_host_and_origin({"host": host}, _route(), LOOPBACK_HOSTS)
+    assert caught.value.code is Code.HOST_NOT_ALLOWED
+
+
+def test_a_route_names_its_hosts_and_browser_origins() -> None:
+    route = _route(allowed_hosts=("gw.example", "gw.example:*"), allowed_origins=("https://app.example",))
+    check_host_and_origin({"host": "gw.example"}, route, LOOPBACK_HOSTS)
+    check_host_and_origin({"host": "gw.example:8443", "origin": "https://app.example"}, route, ())
+    for headers, code in (({"host": "127.0.0.1:80"}, Code.HOST_NOT_ALLOWED),
+                          ({"host": "gw.example", "origin": "https://evil.example"}, Code.ORIGIN_NOT_ALLOWED),
+                          ({"host": "gw.example", "origin": "null"}, Code.ORIGIN_NOT_ALLOWED)):
+        with pytest.raises(CmcpError) as caught:
+            check_host_and_origin(headers, route, ())
+        assert caught.value.code is code
+    check_host_and_origin({"host": "anything"}, _route(), ())  # no names given, not on loopback
+
+
+async def test_a_rebound_request_is_refused_before_anything_else() -> None:
+    handler = _replica(FakePool(ENCLAVES))
+    handler.default_hosts = LOOPBACK_HOSTS
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+                "more_body": False}
+
+    headers = {"authorization": "Bearer tok-alice", "host": "evil.example.com", "origin": "http://evil.example.com"}
+    response = await handler.handle(HttpRequest("POST", PATH, headers, None, receive))
+    assert response.status == 421 and _json(response)["error"]["data"]["error_code"] == "HOST_NOT_ALLOWED"
