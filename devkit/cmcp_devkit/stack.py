@@ -36,6 +36,7 @@ from cmcp_devkit.ports import free_port
 from cmcp_devkit.procs import Proc, console_script, ready_url, start
 from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_enclave.simulated import launcher_env
+from cmcp_gateway.protocol import LOOPBACK_HOSTS
 
 AUDIENCE = "urn:cmcp:dev-upstream"
 AGENT = "dev-agent"
@@ -85,6 +86,9 @@ class LocalStack:
     # Routes whose agents present OAuth access tokens: route name -> the gateway config's
     # ``authorization`` block (cmcp_gateway.config.Authorization)
     authorizations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Names agents reach the gateways by besides loopback (a Service name in front of replicas):
+    # every route serves them and the loopback names (its allowed_hosts, DNS rebinding)
+    allowed_hosts: tuple[str, ...] = ()
     procs: list[Proc] = field(default_factory=list)
     enclaves: dict[str, EnclaveHandle] = field(default_factory=dict)
     upstream_url: str = ""
@@ -312,6 +316,8 @@ class LocalStack:
                     "expected_catalog_hashes": sorted({str(h.ready["catalog_hash"]) for h in handles}),
                     "enforcement_modes": sorted({str(h.ready["enforcement_mode"]) for h in handles}),
                     **({"authorization": self.authorizations[name]} if name in self.authorizations else {}),
+                    **({"allowed_hosts": [*self.allowed_hosts, *LOOPBACK_HOSTS]}
+                       if self.allowed_hosts else {}),
                 }
             )
         tokens = self.workdir / "tokens.yaml"

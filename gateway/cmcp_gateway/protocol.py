@@ -269,10 +269,11 @@ def check_host_and_origin(
     """DNS rebinding (MCP transport security): a web page that gets a browser to call the gateway
     under a name the attacker controls sends that name in ``Host`` and its own ``Origin``. The
     route serves only its ``allowed_hosts`` (default: ``default_hosts``, the loopback names when the
-    gateway listens on loopback) and, from browsers, only its ``allowed_origins``."""
+    gateway listens on loopback) and, from browsers, only its ``allowed_origins``. A request with
+    no ``Host`` at all (HTTP/1.0) comes from no browser, and so from no rebound name."""
     hosts = route.allowed_hosts or default_hosts
-    host = headers.get("host", "").lower()
-    if hosts and not _host_served(host, hosts):
+    host = headers.get("host")
+    if hosts and host is not None and not _host_served(host.lower(), hosts):
         raise CmcpError(Code.HOST_NOT_ALLOWED, f"this route does not serve Host {host!r}")
     origin = headers.get("origin")
     if origin is not None and origin.lower().rstrip("/") not in route.allowed_origins:

@@ -37,7 +37,7 @@ from cmcp_devkit.release import DevRelease
 from cmcp_operator.render_bundle import bundle_manifest
 
 from .conftest import E2ECluster, release_values
-from .test_chart_install import _cond, _deployment_available, _harness_values, _pods, _sa_kubeconfig
+from .test_chart_install import _cond, _deployment_available, _harness_values, _pods, chart_service_accounts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -127,25 +127,7 @@ def _installed(cluster: E2ECluster, tmp: Path, release: DevRelease) -> Iterator[
             "stringData": {"unused": uuid.uuid4().hex},
         },
     )
-    helm_owned = {
-        "labels": {"app.kubernetes.io/managed-by": "Helm"},
-        "annotations": {"meta.helm.sh/release-name": REL, "meta.helm.sh/release-namespace": NS},
-    }
-    for component in ("operator", "gateway"):
-        sa = f"{REL}-{component}"
-        kube.create(
-            f"/api/v1/namespaces/{NS}/serviceaccounts",
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, **helm_owned}},
-        )
-        kube.create(
-            f"/api/v1/namespaces/{NS}/secrets",
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": f"e2e-kubeconfig-{component}"},
-                "stringData": {"config": _sa_kubeconfig(cluster, sa, NS)},
-            },
-        )
+    chart_service_accounts(cluster, NS)
     harness = tmp / "harness-values.yaml"
     harness.write_text(yaml.safe_dump(_harness_values()))
     args = ["-n", NS, *release_values(release), "-f", str(PROFILE), "-f", str(harness)]

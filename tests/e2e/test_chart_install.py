@@ -129,6 +129,31 @@ def _sa_kubeconfig(cluster: E2ECluster, sa: str, ns: str = NS) -> str:
     )
 
 
+def chart_service_accounts(cluster: E2ECluster, ns: str) -> None:
+    """The chart's operator and gateway ServiceAccounts in ``ns``, each with a kubeconfig Secret
+    carrying its token (see :func:`_sa_kubeconfig`). Created here only so a token can be minted
+    before the install, and marked so that helm adopts them into the release (and deletes them
+    with it)."""
+    helm_owned = {
+        "labels": {"app.kubernetes.io/managed-by": "Helm"},
+        "annotations": {"meta.helm.sh/release-name": REL, "meta.helm.sh/release-namespace": ns},
+    }
+    for component, sa in (("operator", OPERATOR_SA), ("gateway", GATEWAY_SA)):
+        cluster.kube.create(
+            f"/api/v1/namespaces/{ns}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, **helm_owned}},
+        )
+        cluster.kube.create(
+            f"/api/v1/namespaces/{ns}/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"e2e-kubeconfig-{component}"},
+                "stringData": {"config": _sa_kubeconfig(cluster, sa, ns)},
+            },
+        )
+
+
 def _harness_values() -> dict[str, Any]:
     """What the e2e harness adds to the simulated profile: the kubeconfigs above; no gateway yet
     (a later `helm upgrade` adds it once the route exists)."""
@@ -220,26 +245,7 @@ def install(
             "stringData": {"alice": TOKEN},
         },
     )
-    for component, sa in (("operator", OPERATOR_SA), ("gateway", GATEWAY_SA)):
-        # The ServiceAccounts are the chart's: created here only so a token can be minted before
-        # the install, and marked so that helm adopts them into the release (and deletes them with it).
-        helm_owned = {
-            "labels": {"app.kubernetes.io/managed-by": "Helm"},
-            "annotations": {"meta.helm.sh/release-name": REL, "meta.helm.sh/release-namespace": NS},
-        }
-        kube.create(
-            f"/api/v1/namespaces/{NS}/serviceaccounts",
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, **helm_owned}},
-        )
-        kube.create(
-            f"/api/v1/namespaces/{NS}/secrets",
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": f"e2e-kubeconfig-{component}"},
-                "stringData": {"config": _sa_kubeconfig(cluster, sa)},
-            },
-        )
+    chart_service_accounts(cluster, NS)
     harness = tmp / "harness-values.yaml"
     harness.write_text(yaml.safe_dump(_harness_values()))
     host = cluster.local.net.host_ip  # reachable from the pod network, like a Service outside the cluster

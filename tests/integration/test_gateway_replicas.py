@@ -32,6 +32,7 @@ from cmcp_devkit.initdata import render_initdata
 from cmcp_devkit.stack import LocalStack
 from tests.paths import EXAMPLES
 
+SERVICE_HOST = "gateway.service"  # the name the balancer answers to, as a Service's would
 BUNDLE = EXAMPLES / "realistic"
 PHI = ("ehr.read_patient_record", {"patient_id": "p-1"})  # allowed; taints the principal (phi)
 MAIL = ("email.send_external", {"to": ["bob@partner.example"], "body": "hi"})  # denied once tainted
@@ -116,7 +117,8 @@ class ReplicaStack(LocalStack):
 
 
 def launch(workdir: Path, enclaves: list[str], pools: dict[str, list[str]]) -> ReplicaStack:
-    stack = ReplicaStack(workdir, tokens={f"tok-{a}": a for a in AGENTS}, pools=pools)
+    stack = ReplicaStack(workdir, tokens={f"tok-{a}": a for a in AGENTS}, pools=pools,
+                         allowed_hosts=(SERVICE_HOST,))
     try:
         for name in enclaves:
             stack.start_enclave_on(name, BUNDLE, render_initdata(BUNDLE, audience=stack.audience))
@@ -161,7 +163,7 @@ class Balancer(httpx2.AsyncBaseTransport):
 def agent(balancer: Balancer, route: str, who: str, mode: str = "legacy") -> Client:
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer tok-{who}"}, timeout=httpx2.Timeout(30.0),
                               transport=balancer)
-    url = f"http://gateway.service/mcp/{route}"
+    url = f"http://{SERVICE_HOST}/mcp/{route}"
     return Client(streamable_http_client(url, http_client=http), mode=mode)  # type: ignore[arg-type]
 
 

@@ -55,7 +55,8 @@ async def test_the_front_serves_exactly_the_routes_paths(
     gateway, app = build(gateway_config(_route(enclave, open=True)))
     await gateway.startup()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        loopback = "http://127.0.0.1:8080"  # a gateway listening on loopback serves loopback names
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=loopback) as client:
             resp = await client.post(path, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
                                      headers={"accept": "application/json, text/event-stream"})
     finally:

@@ -234,6 +234,7 @@ def test_a_route_names_its_hosts_and_browser_origins() -> None:
             check_host_and_origin(headers, route, ())
         assert caught.value.code is code
     check_host_and_origin({"host": "anything"}, _route(), ())  # no names given, not on loopback
+    check_host_and_origin({}, _route(), LOOPBACK_HOSTS)  # no Host at all (HTTP/1.0): no browser sent it
 
 
 async def test_a_rebound_request_is_refused_before_anything_else() -> None:

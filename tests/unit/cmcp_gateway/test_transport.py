@@ -63,7 +63,8 @@ async def _raw(port: int, request: bytes) -> tuple[int, list[tuple[str, str]], b
 
 
 def _request(method: str, path: str = "/mcp", body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {len(body)}\r\n"
+    head = (f"{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n")
     return head.encode() + b"\r\n" + body
 
 
@@ -99,7 +100,7 @@ async def test_body_over_the_limit_is_413_declared_or_streamed(port: int) -> Non
     # No content-length: the limit is enforced while the chunks arrive.
     chunk = b"x" * LIMIT
     chunked = (
-        b"POST /mcp HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"POST /mcp HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n"
         + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2
         + b"0\r\n\r\n"
     )
@@ -112,7 +113,7 @@ async def test_disconnect_mid_body_answers_nothing_and_serving_goes_on(
 ) -> None:
     caplog.set_level(logging.ERROR)
     _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-length: 40\r\n\r\n{\"jsonrpc\":")
+    writer.write(b"POST /mcp HTTP/1.1\r\nhost: localhost\r\ncontent-length: 40\r\n\r\n{\"jsonrpc\":")
     await writer.drain()
     await asyncio.sleep(0.1)  # the gateway is now waiting for the rest of the body
     writer.close()
