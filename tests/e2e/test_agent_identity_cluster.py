@@ -31,8 +31,8 @@ import yaml
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import API_PATH
 from cmcp_ctl.main import main as cmcpctl
-from cmcp_devkit.cluster.control_plane import free_port
 from cmcp_devkit.cluster.kube import Kube, KubeError
+from cmcp_devkit.ports import free_port
 from cmcp_devkit.release import DevRelease
 from cmcp_operator.render_bundle import bundle_manifest
 
@@ -153,10 +153,15 @@ def _installed(cluster: E2ECluster, tmp: Path, release: DevRelease) -> Iterator[
 
 
 def _trusting_bundle(kube: Kube, tmp: Path) -> Path:
-    """examples/realistic, trusting the cluster's ServiceAccount issuer (keys inline)."""
+    """examples/realistic, trusting the cluster's ServiceAccount issuer: its keys inline, and only
+    the algorithms those keys declare (the apiserver sets ``alg`` on each; the dev kit's plane
+    signs with a P-256 key, so ES256 there, RS256 on most real clusters)."""
     issuer = kube.get("/.well-known/openid-configuration")["issuer"]
+    cluster_jwks = kube.get("/openid/v1/jwks")
+    algorithms = sorted({k["alg"] for k in cluster_jwks["keys"]})
+    assert algorithms, cluster_jwks
     jwks = tmp / "jwks.json"
-    jwks.write_text(json.dumps(kube.get("/openid/v1/jwks")))
+    jwks.write_text(json.dumps(cluster_jwks))
     bundle = tmp / "bundle"
     bundle.mkdir()
     for path in (ROOT / "examples" / "realistic").rglob("*"):
@@ -176,10 +181,16 @@ def _trusting_bundle(kube: Kube, tmp: Path) -> Path:
                 str(jwks),
                 "--audience",
                 RESOURCE,
+                *(arg for alg in algorithms for arg in ("--algorithm", alg)),
             ]
         )
         == 0
     )
+    # Exactly the section issue 17 documents (what tests/helpers/issuer.identity_bundle would write).
+    assert json.loads((bundle / "manifest.json").read_text())["identity"] == {
+        "audiences": [RESOURCE],
+        "issuers": [{"issuer": issuer, "jwks": {"keys": cluster_jwks["keys"]}, "algorithms": algorithms}],
+    }
     return bundle
 
 
@@ -341,6 +352,7 @@ def test_an_agent_pod_authenticates_with_its_service_account_token(
                 for p in _pods(kube, NS, "app.kubernetes.io/component=gateway")
                 if _cond(p, "Ready").get("status") == "True"
             ]
+            assert len(gateways) == 1, [p["metadata"]["name"] for p in gateways]
             gateway_url = f"http://{gateways[0]['status']['podIP']}:8080/mcp/{GATEWAY_ROUTE}"
 
             kube.create(
