@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cmcp_core.crypto import AUDIT_CONTEXT, DECISION_CONTEXT, sign, thumbprint, verify_payload
 from cmcp_core.digest import b64url, b64url_decode, canonical, jcs
 from cmcp_core.errors import Code
+from cmcp_core.mcp_target import STATEFUL_METHODS
 
 GENESIS = "genesis"
 ENTRY_VERSION = 1
@@ -107,11 +108,12 @@ def _signature_ok(entry: Mapping[str, Any], public_key: Ed25519PublicKey, sig: b
 
 
 def allowed_call(entry: Mapping[str, Any]) -> bool:
-    """An allowed ``tools/call`` decision: what a principal's state (taint, budgets) is made of,
-    and so what a takeover replays and an auditor counts."""
+    """An allowed decision of a :data:`~cmcp_core.mcp_target.STATEFUL_METHODS` request (a tool
+    call, a resource read, a prompt): what a principal's state (taint, budgets) is made of, and
+    so what a takeover replays and an auditor counts."""
     data = entry.get("data")
     return entry.get("kind") == "decision" and isinstance(data, Mapping) \
-        and data.get("effective") == "allow" and data.get("method") == "tools/call"
+        and data.get("effective") == "allow" and data.get("method") in STATEFUL_METHODS
 
 
 def verify_entry(entry: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:

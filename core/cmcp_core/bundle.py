@@ -8,6 +8,7 @@ Validation of the Cedar text against the schema lives in :mod:`cmcp_core.validat
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,12 @@ class Bundle:
         return compute_catalog_hash(self.catalog)
 
     def catalog_by_tool(self) -> dict[str, dict[str, Any]]:
-        return {str(entry["tool_name"]): entry for entry in self.catalog}
+        return self.catalog_of("tool")
+
+    def catalog_of(self, kind: str) -> dict[str, dict[str, Any]]:
+        """The catalog entries of one kind (``tool``, ``resource``, ``prompt``) by their name: the
+        tool name, the resource URI or URI template, the prompt name."""
+        return {name: entry for entry in self.catalog for k, name in (catalog_key(entry),) if k == kind}
 
     def to_files(self) -> dict[str, str]:
         """The bundle as a flat ``{relative path: text}`` map (ConfigMap / CR form)."""
@@ -108,8 +114,37 @@ def compute_bundle_hash(bundle: Bundle) -> str:
 
 
 def compute_catalog_hash(catalog: list[dict[str, Any]]) -> str:
-    ordered = sorted(catalog, key=lambda entry: str(entry.get("tool_name", "")))
+    # Tools first, by name (a tools-only catalog hashes as it always has), then the other kinds.
+    ordered = sorted(catalog, key=_hash_order)
     return tagged_sha256(jcs(ordered))
+
+
+def _hash_order(entry: dict[str, Any]) -> tuple[bool, str, str]:
+    kind, name = catalog_key(entry)
+    return kind != "tool", kind, name
+
+
+# What a catalog entry offers, by the key that names it: an MCP tool, a resource (one URI, or an
+# RFC 6570 level-1 template such as ``ehr://patients/{id}``) or a prompt.
+CATALOG_KEYS = {"tool_name": "tool", "resource_uri": "resource", "resource_template": "resource",
+                "prompt_name": "prompt"}
+
+
+_TEMPLATE = re.compile(r"[^{}]*(\{[A-Za-z0-9_]+\}[^{}]*)+")
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """A ``resource_template``'s URIs: each ``{name}`` stands for one non-empty path segment."""
+    parts = re.split(r"\{[A-Za-z0-9_]+\}", template)
+    return re.compile("[^/?#]+".join(re.escape(p) for p in parts))
+
+
+def catalog_key(entry: dict[str, Any]) -> tuple[str, str]:
+    """``(kind, name)`` of a catalog entry (``("", "")`` for one :func:`load` would refuse)."""
+    for key, kind in CATALOG_KEYS.items():
+        if key in entry:
+            return kind, str(entry[key])
+    return "", ""
 
 
 def signing_payload(bundle_hash: str) -> bytes:
@@ -181,17 +216,23 @@ def bundle_from_files(files: Mapping[str, str]) -> Bundle:
 def _check_catalog(catalog: Any) -> None:
     if not isinstance(catalog, list):
         raise BundleError("catalog must be a JSON array of tool entries", file=CATALOG_FILE)
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for index, entry in enumerate(catalog):
         where = f"entry {index}"
         if not isinstance(entry, dict):
             raise BundleError(f"{where} must be an object", file=CATALOG_FILE)
-        name = entry.get("tool_name")
+        keys = [k for k in CATALOG_KEYS if k in entry]
+        if len(keys) != 1:
+            raise BundleError(f"{where} needs exactly one of {', '.join(CATALOG_KEYS)}", file=CATALOG_FILE)
+        name = entry[keys[0]]
         if not isinstance(name, str) or not name:
-            raise BundleError(f"{where} needs a non-empty string tool_name", file=CATALOG_FILE)
-        if name in seen:
-            raise BundleError(f"duplicate tool_name '{name}'", file=CATALOG_FILE)
-        seen.add(name)
+            raise BundleError(f"{where} needs a non-empty string {keys[0]}", file=CATALOG_FILE)
+        if keys[0] == "resource_template" and not _TEMPLATE.fullmatch(name):
+            raise BundleError(f"{where}: resource_template {name!r} must be a URI with {{name}} "
+                              "variables (RFC 6570 level 1)", file=CATALOG_FILE)
+        if catalog_key(entry) in seen:
+            raise BundleError(f"duplicate {keys[0]} '{name}'", file=CATALOG_FILE)
+        seen.add(catalog_key(entry))
         for key in ("server", "sensitivity_level"):
             if key in entry and not isinstance(entry[key], str):
                 raise BundleError(f"{where} ('{name}'): {key} must be a string",

@@ -14,6 +14,9 @@ class Code(StrEnum):
     # decisions (enclave)
     POLICY_DENY = "POLICY_DENY"
     TOOL_NOT_IN_CATALOG = "TOOL_NOT_IN_CATALOG"
+    RESOURCE_NOT_IN_CATALOG = "RESOURCE_NOT_IN_CATALOG"
+    PROMPT_NOT_IN_CATALOG = "PROMPT_NOT_IN_CATALOG"
+    METHOD_NOT_IN_MODEL = "METHOD_NOT_IN_MODEL"
     POLICY_EVAL_ERROR = "POLICY_EVAL_ERROR"
     SESSION_CLOSED = "SESSION_CLOSED"
     SESSION_LIMIT = "SESSION_LIMIT"
@@ -47,6 +50,7 @@ class Code(StrEnum):
     PERMIT_REPLAYED = "PERMIT_REPLAYED"
     PERMIT_ARGS_MISMATCH = "PERMIT_ARGS_MISMATCH"
     PERMIT_TOOL_MISMATCH = "PERMIT_TOOL_MISMATCH"
+    PERMIT_METHOD_MISMATCH = "PERMIT_METHOD_MISMATCH"
     PERMIT_AUDIENCE_MISMATCH = "PERMIT_AUDIENCE_MISMATCH"
     PERMIT_BUNDLE_MISMATCH = "PERMIT_BUNDLE_MISMATCH"
     PERMIT_NOT_YET_VALID = "PERMIT_NOT_YET_VALID"
@@ -135,6 +139,9 @@ class CodeInfo:
 REGISTRY: dict[Code, CodeInfo] = {
     Code.POLICY_DENY: CodeInfo(-32000, 403, "A Cedar policy denied the call."),
     Code.TOOL_NOT_IN_CATALOG: CodeInfo(-32000, 403, "The tool is not in the measured catalog."),
+    Code.RESOURCE_NOT_IN_CATALOG: CodeInfo(-32000, 403, "The resource is not in the measured catalog."),
+    Code.PROMPT_NOT_IN_CATALOG: CodeInfo(-32000, 403, "The prompt is not in the measured catalog."),
+    Code.METHOD_NOT_IN_MODEL: CodeInfo(-32000, 403, "The bundle's request model decides no such method."),
     Code.POLICY_EVAL_ERROR: CodeInfo(-32000, 403, "A policy errored during evaluation; denied."),
     Code.SESSION_CLOSED: CodeInfo(-32000, 409, "The session was closed or expired."),
     Code.SESSION_LIMIT: CodeInfo(-32000, 429, "The enclave holds its maximum of sessions."),
@@ -170,12 +177,13 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.PERMIT_REPLAYED: CodeInfo(-32010, 403, "The permit was already used."),
     Code.PERMIT_ARGS_MISMATCH: CodeInfo(-32010, 403, "The permit is for other arguments."),
     Code.PERMIT_TOOL_MISMATCH: CodeInfo(-32010, 403, "The permit is for another tool."),
+    Code.PERMIT_METHOD_MISMATCH: CodeInfo(-32010, 403, "The permit is for another MCP method."),
     Code.PERMIT_AUDIENCE_MISMATCH: CodeInfo(-32010, 403, "The permit is for another upstream."),
     Code.PERMIT_BUNDLE_MISMATCH: CodeInfo(-32010, 403, "The permit names a bundle not allowed."),
     Code.PERMIT_NOT_YET_VALID: CodeInfo(-32010, 403, "The permit was issued in the guard's future."),
     Code.PERMIT_LIFETIME_TOO_LONG: CodeInfo(-32010, 403, "The permit lives longer than the guard allows."),
     Code.PERMIT_METHOD_UNSUPPORTED: CodeInfo(
-        -32010, 403, "The guard admits this MCP method only with a permit it cannot check; refused."),
+        -32010, 403, "The guard admits this MCP message neither with a permit nor without; refused."),
     Code.SPENT_STORE_UNAVAILABLE: CodeInfo(-32010, 503, "The spent-permit store is unreachable."),
     Code.INITDATA_MISMATCH: CodeInfo(-32003, 503, "Initdata does not match the measurement."),
     Code.BUNDLE_HASH_MISMATCH: CodeInfo(-32003, 503, "The bundle is not the one initdata names."),

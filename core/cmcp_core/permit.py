@@ -1,8 +1,10 @@
 """Permits: the enclave's single-use authorisation for one call, checked by the upstream guard.
 
 Token form: ``v1.<base64url(JCS payload)>.<base64url(Ed25519 signature)>``, signature over
-``PERMIT_CONTEXT || payload``. The payload binds session, call id, tool, argument digest,
-audience, expiry, bundle hash, a single-use nonce and the signing key's thumbprint.
+``PERMIT_CONTEXT || payload``. The payload binds session, call id, the MCP method and its target
+(``tool``: a tool name, resource URI or prompt name, :mod:`cmcp_core.mcp_target`), argument
+digest, audience, expiry, bundle hash, a single-use nonce and the signing key's thumbprint. A
+payload without ``method`` (minted before other methods were gated) is a ``tools/call`` one.
 Verification here is stateless; the guard adds the replay cache.
 """
 
@@ -20,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cmcp_core.crypto import PERMIT_CONTEXT, sign, thumbprint, verify_payload
 from cmcp_core.digest import b64url, b64url_decode, canonical
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.mcp_target import TOOLS_CALL
 
 PERMIT_HEADER = "X-Cmcp-Permit"
 TOKEN_PREFIX = "v1"  # noqa: S105 - a format tag, not a secret
@@ -39,16 +42,18 @@ class Permit:
     bh: str
     nonce: str
     kid: str
+    method: str = TOOLS_CALL
 
 
 def mint(key: Ed25519PrivateKey, *, session_id: str, call_id: str, tool: str, args_digest: str,
          audience: str, bundle_hash: str, ttl_seconds: int, now: float | None = None,
-         kid: str | None = None) -> str:
+         kid: str | None = None, method: str = TOOLS_CALL) -> str:
     """``kid`` may be passed by a caller that already holds the key's thumbprint (hot path)."""
     issued = int(now if now is not None else time.time())
     permit = Permit(sid=session_id, cid=call_id, tool=tool, args=args_digest, aud=audience,
                     iat=issued, exp=issued + ttl_seconds, bh=bundle_hash,
-                    nonce=secrets.token_hex(16), kid=kid if kid is not None else thumbprint(key.public_key()))
+                    nonce=secrets.token_hex(16), kid=kid if kid is not None else thumbprint(key.public_key()),
+                    method=method)
     body = canonical(permit.__dict__)  # same bytes as jcs(asdict(permit)), without the slow path
     sig = sign(key, PERMIT_CONTEXT + body)
     return f"{TOKEN_PREFIX}.{b64url(body)}.{b64url(sig)}"
@@ -79,7 +84,7 @@ def decode(token: str) -> tuple[Permit, bytes, bytes]:
 
 def verify(token: str, *, trusted_keys: Mapping[str, Ed25519PublicKey], audience: str,
            tool: str, args_digest: str, allowed_bundles: frozenset[str] | None = None,
-           now: float | None = None) -> Permit:
+           now: float | None = None, method: str = TOOLS_CALL) -> Permit:
     """Check signature, key, binding and expiry. Replay is the caller's (stateful) job."""
     permit, body, sig = decode(token)
     key = trusted_keys.get(permit.kid)
@@ -92,6 +97,8 @@ def verify(token: str, *, trusted_keys: Mapping[str, Ed25519PublicKey], audience
         raise CmcpError(Code.PERMIT_EXPIRED, f"permit expired at {permit.exp}")
     if permit.aud != audience:
         raise CmcpError(Code.PERMIT_AUDIENCE_MISMATCH, f"permit is for {permit.aud!r}")
+    if permit.method != method:
+        raise CmcpError(Code.PERMIT_METHOD_MISMATCH, f"permit is for {permit.method!r}, not {method!r}")
     if permit.tool != tool:
         raise CmcpError(Code.PERMIT_TOOL_MISMATCH, f"permit is for tool {permit.tool!r}")
     if permit.args != args_digest:

@@ -25,6 +25,7 @@ from cmcp_core.bundle import (
     MAX_STATE_WINDOW_SECONDS,
     SCHEMA_FILE,
     Bundle,
+    catalog_key,
 )
 from cmcp_core.identity import IdentityConfigError, IdentityPolicy
 
@@ -198,10 +199,10 @@ def _identity_issues(bundle: Bundle) -> list[ValidationIssue]:
         if scopes is None:
             continue
         if not isinstance(scopes, list) or not all(isinstance(s, str) and s and " " not in s for s in scopes):
-            issues.append(ValidationIssue(CATALOG_FILE, "", f"tool {entry.get('tool_name')!r}: "
+            issues.append(ValidationIssue(CATALOG_FILE, "", f"{_label(entry)}: "
                                           "required_scopes must be a list of scope tokens"))
         elif policy is None:
-            issues.append(ValidationIssue(CATALOG_FILE, "", f"tool {entry.get('tool_name')!r} requires "
+            issues.append(ValidationIssue(CATALOG_FILE, "", f"{_label(entry)} requires "
                                           "scopes, but the manifest trusts no token issuer (identity)"))
     return issues
 
@@ -214,15 +215,21 @@ def _catalog_issues(bundle: Bundle) -> list[ValidationIssue]:
         if label not in levels:
             issues.append(ValidationIssue(
                 CATALOG_FILE, "",
-                f"tool {entry.get('tool_name')!r}: sensitivity_level {label!r} is not one of "
+                f"{_label(entry)}: sensitivity_level {label!r} is not one of "
                 f"{', '.join(levels)}"))
         bound = entry.get("max_argument_bytes", MAX_ARGUMENT_BYTES)
         if isinstance(bound, bool) or not isinstance(bound, int) or not 2 <= bound <= MAX_ARGUMENT_BYTES:
             issues.append(ValidationIssue(
-                CATALOG_FILE, "", f"tool {entry.get('tool_name')!r}: max_argument_bytes must be an "
+                CATALOG_FILE, "", f"{_label(entry)}: max_argument_bytes must be an "
                 f"integer from 2 to {MAX_ARGUMENT_BYTES}, got {bound!r}"))
         tags = entry.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             issues.append(ValidationIssue(CATALOG_FILE, "",
-                                          f"tool {entry.get('tool_name')!r}: tags must be strings"))
+                                          f"{_label(entry)}: tags must be strings"))
     return issues
+
+
+def _label(entry: dict[str, Any]) -> str:
+    """How a message names a catalog entry: ``tool 'x'``, ``resource 'ehr://...'``..."""
+    kind, name = catalog_key(entry)
+    return f"{kind or 'entry'} {name!r}"

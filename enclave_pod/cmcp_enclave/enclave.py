@@ -14,6 +14,7 @@ catalog, Cedar deny or error, wrong audience) yield a signed deny that is audite
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections import OrderedDict
@@ -34,11 +35,12 @@ from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import DECISION_VERSION, sign_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.identity import Identity, IdentityConfigError, IdentityPolicy
+from cmcp_core.mcp_target import LIST_METHODS, STATEFUL_METHODS, TOOLS_CALL
 from cmcp_core.trust_record import build_record
 from cmcp_core.validation import state_window_seconds
 from cmcp_core.verify.peer import appraise_peer
 from cmcp_enclave import handover, judging
-from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts, action_name
+from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts
 from cmcp_enclave.judging import MAX_ID_LEN, Call, RequestError, Verdict, check_id
 from cmcp_enclave.outbox import AuditOutbox
 from cmcp_enclave.principals import PrincipalState, PrincipalTable
@@ -214,9 +216,15 @@ class Enclave:
             raise RequestError(exc.code, exc.detail) from exc
         state, window = self._principal(principal), self.principals.window
         for call in takeover.calls:
-            if call.tool in self.engine.catalog:
-                _, rank = self.engine.tool_rank(call.tool)
-                state.record(call.tool, rank, self.engine.tool_tags(call.tool), call.at, window)
+            if call.method == TOOLS_CALL:
+                if call.tool in self.engine.catalog:
+                    _, rank = self.engine.tool_rank(call.tool)
+                    state.record(call.tool, rank, self.engine.tool_tags(call.tool), call.at, window)
+                continue
+            with contextlib.suppress(CmcpError):  # an entry this bundle no longer has taints nothing
+                kind, name = self.engine.resolve(call.method, call.tool, {})
+                _, rank = self.engine.tool_rank(name, kind)
+                state.taint(rank, self.engine.tool_tags(name, kind), call.at, window)
         self._ledger("adopt", {"principal": principal, "bundle_hash": self.bundle_hash,
                                "audience": self.entry.audience, "since_ms": takeover.since_ms,
                                "window_ms": window_ms, "entries": len(takeover.calls),
@@ -355,19 +363,33 @@ class Enclave:
         self._store(session, entry, raw)
         token = ""
         if effective == "allow":
-            if action_name(call.method) == "call_tool":
+            if call.method == TOOLS_CALL:
                 self._record_call(session, held, call.tool)
-                token = permit_mod.mint(self._key, session_id=call.session_id, call_id=call.call_id,
-                                        tool=call.tool, args_digest=call.arguments_digest,
-                                        audience=call.audience, bundle_hash=self.bundle_hash,
-                                        ttl_seconds=self.limits.permit_ttl, now=self.clock(),
-                                        kid=self.kid)
+            elif call.method in STATEFUL_METHODS and verdict.entry is not None:
+                self._record_taint(session, held, verdict.entry)
+            token = permit_mod.mint(self._key, session_id=call.session_id, call_id=call.call_id,
+                                    tool=call.tool, args_digest=call.arguments_digest,
+                                    audience=call.audience, bundle_hash=self.bundle_hash,
+                                    ttl_seconds=self.limits.permit_ttl, now=self.clock(),
+                                    kid=self.kid, method=call.method)
             if session.pending is None:
                 session.pending = {}
             session.pending[call.call_id] = call.tool
             if len(session.pending) > MAX_PENDING:  # bounded: the oldest outcome is never reported
                 del session.pending[next(iter(session.pending))]
         return DecideResult(decision_json, signature, token, document)
+
+    def _record_taint(self, session: PolicySession, principal: PrincipalState,
+                      entry: tuple[str, str]) -> None:
+        """A resource read or a prompt let through taints like a tool call (from the *measured*
+        catalog entry it resolved to), without counting as a call."""
+        kind, name = entry
+        _, rank = self.engine.tool_rank(name, kind)
+        tags = self.engine.tool_tags(name, kind)
+        principal.taint(rank, tags, self.clock(), self.principals.window)
+        session.max_rank = max(session.max_rank, rank)
+        if not tags <= session.tags:
+            session.tags = session.tags | tags
 
     def _record_call(self, session: PolicySession, principal: PrincipalState, tool: str) -> None:
         """Taint from the *measured* catalog only, applied when a call is let through: monotone for
@@ -424,17 +446,23 @@ class Enclave:
         return str(entry["hash"])
 
     @_settled
-    def list_tools(self, *, session_id: str, principal: str, access_token: str = "") -> list[str]:
+    def list_tools(self, *, session_id: str, principal: str, access_token: str = "",
+                   method: str = "tools/list") -> list[str]:
+        """The catalog entries a list ``method`` may show this principal (tools, resources and
+        templates, or prompts), each decided by Cedar; an entry outside the catalog never shows."""
         check_id("session_id", session_id)
         check_id("principal", principal)
+        if method not in LIST_METHODS:
+            raise RequestError(Code.MCP_INVALID_REQUEST, f"{method!r} is not a list method")
         identity = self.identify(principal, access_token)
         session = self._session(session_id, principal)
-        tools = sorted(self.engine.catalog)
+        kind = LIST_METHODS[method][0]
+        names = sorted(name for k, name in self.engine.entries if k == kind)
         if self.engine.model == "phase1":
-            return tools  # the origin gateway filtered by catalog only
+            return names if method == "tools/list" else []  # the origin filtered by catalog only
         view = self._view(session, self._principal(principal), identity)
-        results = self.engine.evaluate_many("list_tools", principal, tools, view)
-        return [t for t, r in zip(tools, results, strict=True) if r.allowed]
+        results = self.engine.evaluate_many(method, principal, names, view, kind)
+        return [t for t, r in zip(names, results, strict=True) if r.allowed]
 
     @_settled
     def reset(self, *, session_id: str, actor: str, reason: str, signature: bytes) -> str:

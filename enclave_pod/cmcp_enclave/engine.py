@@ -3,15 +3,19 @@
 Two request models, chosen by the manifest's ``request_model``:
 
 * ``native`` (default): principal ``cMCP::Agent::"<agent>"``, action ``cMCP::Action::"<method>"``
-  (``call_tool``, ``list_tools``...), resource ``cMCP::Tool::"<tool>"`` carrying catalog
-  attributes, context = ``arguments`` plus the *principal's* state within the bundle's window
+  (:data:`METHOD_ACTIONS`: ``call_tool``, ``list_tools``, ``read_resource``, ``get_prompt``...),
+  resource the catalog entry the request acts on, carrying its catalog attributes:
+  ``cMCP::Tool::"<tool>"``, ``cMCP::Resource::"<uri or template>"`` (the requested URI in
+  ``context.uri``), ``cMCP::Prompt::"<name>"``, or ``cMCP::Server::"logging"`` for the
+  upstream's log level; context = ``arguments`` plus the *principal's* state within the bundle's window
   (``max_sensitivity``, ``max_rank``, ``tags``, ``call_count``, ``tools_called``,
   ``previous_tool``: what no new session sheds) and ``session``, the same facts for this
   session alone.
 * ``phase1``: the origin gateway's shapes, ``cMCP::Principal{session_id, workflow_id}``,
   ``cMCP::Resource{tool_name}``, action ``call_tool`` with context
   ``{session_max_sensitivity, workflow_id}``; ``session_max_sensitivity`` is the principal's,
-  so an origin policy's taint rule cannot be shed with a new session either.
+  so an origin policy's taint rule cannot be shed with a new session either. It decides tools
+  only: any other method is denied (``METHOD_NOT_IN_MODEL``).
 
 Policies are validated against the bundle schema at load (:mod:`cmcp_core.validation`); at
 request time the enclave builds every entity and context itself, so requests are evaluated
@@ -39,9 +43,10 @@ from typing import Any
 import cedarpy
 import orjson
 
-from cmcp_core.bundle import Bundle
+from cmcp_core.bundle import Bundle, catalog_key, template_pattern
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.identity import Identity
+from cmcp_core.mcp_target import LOGGING, METHOD_KINDS, PROMPT, RESOURCE, SERVER, TOOL, completion_ref
 from cmcp_core.validation import (
     MAX_ARGUMENT_BYTES,
     argument_limit,
@@ -53,9 +58,17 @@ from cmcp_core.validation import (
 
 NAMESPACE = "cMCP"
 METHOD_ACTIONS = {
-    "tools/call": "call_tool", "tools/list": "list_tools", "resources/read": "read_resource",
-    "resources/list": "list_resources", "prompts/get": "get_prompt", "prompts/list": "list_prompts",
+    "tools/call": "call_tool", "tools/list": "list_tools",
+    "resources/read": "read_resource", "resources/subscribe": "subscribe_resource",
+    "resources/unsubscribe": "unsubscribe_resource", "resources/list": "list_resources",
+    "resources/templates/list": "list_resources",
+    "prompts/get": "get_prompt", "prompts/list": "list_prompts",
+    "completion/complete": "complete", "logging/setLevel": "set_log_level",
 }
+ENTITY_TYPES = {TOOL: "Tool", RESOURCE: "Resource", PROMPT: "Prompt", SERVER: "Server"}
+_NOT_IN_CATALOG = {TOOL: Code.TOOL_NOT_IN_CATALOG, RESOURCE: Code.RESOURCE_NOT_IN_CATALOG,
+                   PROMPT: Code.PROMPT_NOT_IN_CATALOG}
+
 MAX_ARG_DEPTH = 32
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 _RESERVED_KEYS = frozenset({"__entity", "__extn", "__expr"})
@@ -158,72 +171,104 @@ class CedarEngine:
         self.levels = sensitivity_levels(bundle)
         self.ranks = {label: rank for rank, label in enumerate(self.levels)}
         self.catalog = bundle.catalog_by_tool()
-        self._tags = {name: self._compute_tags(name) for name in self.catalog}
+        # every catalog entry by (kind, name): what a decision's resource entity is made of
+        self.entries = {catalog_key(entry): entry for entry in bundle.catalog}
+        self._templates = [(template_pattern(name), name) for (kind, name), entry in self.entries.items()
+                           if kind == RESOURCE and "resource_template" in entry]
+        self._tags = {key: self._compute_tags(key) for key in self.entries}
         self._argument_limits = {name: argument_limit(entry) for name, entry in self.catalog.items()}
         try:
             self.labels = policy_labels(bundle)
             text = combined_policy_text(bundle)
             self.policies = cedarpy.PolicySet.from_str(text)
             self._est: dict[str, Any] = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]
-            self.entities = cedarpy.Entities.from_json_str(json.dumps(self._tool_entities()))
+            self.entities = cedarpy.Entities.from_json_str(json.dumps(self._catalog_entities()))
         except (ValueError, KeyError) as exc:
             raise CmcpError(Code.BUNDLE_INVALID, f"bundle does not load into Cedar: {exc}") from exc
-        self._resource_type = f"{NAMESPACE}::Resource" if self.model == "phase1" else f"{NAMESPACE}::Tool"
-        self._indexed: dict[tuple[str, str], Any] = {}
+        self._indexed: dict[tuple[str, str, str], Any] = {}
         self._agents: dict[Identity, Any] = {}
-        self._scopes = {name: frozenset(entry.get("required_scopes", ()))
-                        for name, entry in self.catalog.items()}
+        self._scopes = {key: frozenset(entry.get("required_scopes", ()))
+                        for key, entry in self.entries.items()}
 
-    def policies_for(self, action: str, tool: str) -> Any:
-        """The pre-parsed subset of policies whose scope admits ``action`` on ``tool``."""
-        key = (action, tool)
+    def entity_type(self, kind: str) -> str:
+        if self.model == "phase1":
+            return f"{NAMESPACE}::Resource"
+        return f"{NAMESPACE}::{ENTITY_TYPES[kind]}"
+
+    def policies_for(self, action: str, tool: str, kind: str = TOOL) -> Any:
+        """The pre-parsed subset of policies whose scope admits ``action`` on ``tool`` (of ``kind``)."""
+        key = (action, kind, tool)
         found = self._indexed.get(key)
         if found is None:
+            entity_type = self.entity_type(kind)
             subset = {pid: pol for pid, pol in self._est.items()
                       if _admits(pol.get("action"), f"{NAMESPACE}::Action", action)
-                      and _admits(pol.get("resource"), self._resource_type, tool)}
+                      and _admits(pol.get("resource"), entity_type, tool)}
             found = cedarpy.PolicySet.from_json_str(json.dumps(
                 {"staticPolicies": subset, "templates": {}, "templateLinks": []}))
             if len(self._indexed) < MAX_INDEXED_SETS:
                 self._indexed[key] = found
         return found
 
-    def tool_rank(self, tool: str) -> tuple[str, int]:
-        entry = self.catalog[tool]
+    def resolve(self, method: str, name: str, arguments: Mapping[str, Any]) -> tuple[str, str]:
+        """The catalog entry ``(kind, name)`` a request to ``method`` on ``name`` acts on: a
+        tool, a resource by its URI or the first template that matches it, a prompt, or the
+        server's logging. ``*_NOT_IN_CATALOG`` (the catalog is the allowlist) or
+        ``METHOD_NOT_IN_MODEL`` (``phase1`` decides tools only) as a ``CmcpError``."""
+        kind = METHOD_KINDS.get(method)
+        if method == "completion/complete":
+            kind, named = completion_ref(arguments.get("ref"))
+            if named != name:
+                raise CmcpError(Code.ARGS_INVALID, "the completion's ref names another target")
+        if kind is None or (kind != TOOL and self.model == "phase1"):
+            raise CmcpError(Code.METHOD_NOT_IN_MODEL,
+                            f"the {self.model} request model decides no {method!r} requests")
+        if kind == SERVER:
+            return SERVER, LOGGING
+        if (kind, name) in self.entries:
+            return kind, name
+        if kind == RESOURCE:
+            for pattern, template in self._templates:
+                if pattern.fullmatch(name):
+                    return RESOURCE, template
+        raise CmcpError(_NOT_IN_CATALOG[kind], f"{kind} {name!r} is not in the measured catalog")
+
+    def tool_rank(self, tool: str, kind: str = TOOL) -> tuple[str, int]:
+        """The sensitivity label and rank of a catalog entry (the lowest for the server's logging)."""
+        entry = self.entries.get((kind, tool), {})
         label = str(entry.get("sensitivity_level", self.levels[0]))
         return label, self.ranks.get(label, len(self.levels) - 1)  # unknown label: treat as highest
 
     def argument_limit(self, tool: str) -> int:
         """The bundle's bound on ``tool``'s JSON arguments (the ceiling for a tool outside the
-        catalog, which is denied anyway, signed and audited)."""
+        catalog, which is denied anyway, signed and audited, and for every other method)."""
         return self._argument_limits.get(tool, MAX_ARGUMENT_BYTES)
 
-    def required_scopes(self, tool: str) -> frozenset[str]:
-        """The scopes an agent's token must carry to call ``tool`` (catalog ``required_scopes``)."""
-        return self._scopes.get(tool, frozenset())
+    def required_scopes(self, tool: str, kind: str = TOOL) -> frozenset[str]:
+        """The scopes an agent's token must carry for this entry (catalog ``required_scopes``)."""
+        return self._scopes.get((kind, tool), frozenset())
 
-    def tool_tags(self, tool: str) -> frozenset[str]:
-        """Taint tags a call to ``tool`` adds: its ``tags`` plus its compliance domain."""
-        return self._tags[tool]
+    def tool_tags(self, tool: str, kind: str = TOOL) -> frozenset[str]:
+        """Taint tags a request to this entry adds: its ``tags`` plus its compliance domain."""
+        return self._tags.get((kind, tool), frozenset())
 
-    def _compute_tags(self, tool: str) -> frozenset[str]:
-        entry = self.catalog[tool]
+    def _compute_tags(self, key: tuple[str, str]) -> frozenset[str]:
+        entry = self.entries[key]
         tags = {str(t).lower() for t in entry.get("tags", []) if isinstance(t, str)}
         domain = entry.get("compliance_domain")
         if isinstance(domain, str) and domain:
             tags.add(domain.lower())
         return frozenset(tags)
 
-    def _tool_entities(self) -> list[dict[str, Any]]:
+    def _catalog_entities(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for name, entry in self.catalog.items():
-            if self.model == "phase1":
-                out.append({"uid": {"type": f"{NAMESPACE}::Resource", "id": name},
-                            "attrs": {"tool_name": name}, "parents": []})
-                continue
-            label, rank = self.tool_rank(name)
+        if self.model == "phase1":
+            return [{"uid": {"type": f"{NAMESPACE}::Resource", "id": name},
+                     "attrs": {"tool_name": name}, "parents": []} for name in self.catalog]
+        for (kind, name), entry in self.entries.items():
+            label, rank = self.tool_rank(name, kind)
             out.append({
-                "uid": {"type": f"{NAMESPACE}::Tool", "id": name},
+                "uid": {"type": self.entity_type(kind), "id": name},
                 "attrs": {
                     "name": name,
                     "server": str(entry.get("server", "")),
@@ -231,14 +276,17 @@ class CedarEngine:
                     "sensitivity_rank": rank,
                     "compliance_domain": str(entry.get("compliance_domain", "")),
                     "destination": str(entry.get("destination", "internal")),
-                    "tags": sorted(self.tool_tags(name)),
+                    "tags": sorted(self.tool_tags(name, kind)),
                 },
                 "parents": [],
             })
+        out.append({"uid": {"type": self.entity_type(SERVER), "id": LOGGING}, "attrs": {"name": LOGGING},
+                    "parents": []})
         return out
 
     def _request(self, method: str, principal: str, tool: str, arguments: Mapping[str, Any],
-                 session: SessionView) -> dict[str, Any]:
+                 session: SessionView, entry: tuple[str, str] | None = None) -> dict[str, Any]:
+        """``entry``: the catalog entry acted on (:meth:`resolve`); default the tool ``tool``."""
         action = {"type": f"{NAMESPACE}::Action", "id": action_name(method)}
         if self.model == "phase1":
             return {
@@ -248,15 +296,19 @@ class CedarEngine:
                 "context": {"session_max_sensitivity": session.principal.max_sensitivity,
                             "workflow_id": principal},
             }
+        kind, name = entry or (TOOL, tool)
+        context = {
+            "arguments": cedar_value(dict(arguments)),
+            **session.principal.to_context(),
+            "session": session.session.to_context(),
+        }
+        if kind == RESOURCE:
+            context["uri"] = tool  # the URI asked for; the entity may be a template that matched it
         return {
             "principal": {"type": f"{NAMESPACE}::Agent", "id": principal},
             "action": action,
-            "resource": {"type": f"{NAMESPACE}::Tool", "id": tool},
-            "context": {
-                "arguments": cedar_value(dict(arguments)),
-                **session.principal.to_context(),
-                "session": session.session.to_context(),
-            },
+            "resource": {"type": self.entity_type(kind), "id": name},
+            "context": context,
         }
 
     def _entities_for(self, principal: str, session: SessionView) -> Any:
@@ -281,19 +333,21 @@ class CedarEngine:
         return found
 
     def evaluate(self, method: str, principal: str, tool: str, arguments: Mapping[str, Any],
-                 session: SessionView) -> Evaluation:
-        request = self._request(method, principal, tool, arguments, session)
+                 session: SessionView, entry: tuple[str, str] | None = None) -> Evaluation:
+        request = self._request(method, principal, tool, arguments, session, entry)
+        kind, name = entry or (TOOL, tool)
         # cedarpy accepts the context as JSON text; orjson writes it faster than cedarpy's json.dumps
         # (a TypeError is not reachable with cedar_value output: then cedarpy serialises the dict)
         with contextlib.suppress(TypeError):
             request["context"] = orjson.dumps(request["context"]).decode()
-        result = cedarpy.is_authorized(request, self.policies_for(action_name(method), tool),
+        result = cedarpy.is_authorized(request, self.policies_for(action_name(method), name, kind),
                                        self._entities_for(principal, session))
         return self._evaluation(result)
 
     def evaluate_many(self, method: str, principal: str, tools: list[str],
-                      session: SessionView) -> list[Evaluation]:
-        requests = [self._request(method, principal, t, {}, session) for t in tools]
+                      session: SessionView, kind: str = TOOL) -> list[Evaluation]:
+        """One list action on many catalog entries of ``kind`` (a list result, filtered)."""
+        requests = [self._request(method, principal, t, {}, session, (kind, t)) for t in tools]
         results = cedarpy.is_authorized_batch(requests, self.policies,
                                               self._entities_for(principal, session))
         return [self._evaluation(r) for r in results]

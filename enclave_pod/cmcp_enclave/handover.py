@@ -26,16 +26,18 @@ from cmcp_core.audit import allowed_call, verify_entry
 from cmcp_core.audit_store import TRAIL_LIMIT
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.mcp_target import TOOLS_CALL
 
 MAX_PEERS = 64
 
 
 @dataclass(frozen=True)
 class Call:
-    """An allowed call of the trail, to replay: the tool and when (seconds)."""
+    """An allowed call of the trail, to replay: what it acted on and when (seconds)."""
 
-    tool: str
+    tool: str  # the decision's target: a tool name, resource URI or prompt name
     at: float
+    method: str = TOOLS_CALL
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ def read_trail(trail: Any, *, principal: str, bundle_hash: str, audience: str,
             raise _invalid(f"trail entry {entry['hash']!r} is not a decision of this principal")
         ts = int(entry["ts"])
         if allowed_call(entry) and ts >= window_start_ms:
-            seen[entry["hash"]] = (ts, Call(str(data.get("tool", "")), ts / 1000.0))
+            seen[entry["hash"]] = (ts, Call(str(data.get("tool", "")), ts / 1000.0,
+                                                 str(data.get("method", TOOLS_CALL))))
     ordered = sorted(seen.items(), key=lambda item: (item[1][0], item[0]))
     return Takeover(calls=[call for _, (_, call) in ordered], newest=ordered[-1][0] if ordered else None,
                     since_ms=int(trail.since_ms))

@@ -17,6 +17,8 @@ from typing import Any
 
 from cmcp_core.digest import canonical, tagged_sha256
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.mcp_target import TOOLS_CALL
+from cmcp_core.validation import MAX_ARGUMENT_BYTES
 from cmcp_enclave.engine import CedarEngine, SessionView
 
 MAX_ID_LEN = 256
@@ -42,11 +44,13 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What :func:`judge` found: no reason is an allow."""
+    """What :func:`judge` found: no reason is an allow. ``entry`` is the catalog entry
+    ``(kind, name)`` the request acts on, once resolved (its taint is what an allow records)."""
 
     reason: Code | None
     policy_ids: list[str] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
+    entry: tuple[str, str] | None = None
 
 
 def check_id(name: str, value: str) -> None:
@@ -64,7 +68,7 @@ def admit(engine: CedarEngine, *, session_id: str, call_id: str, principal: str,
     check_id("principal", principal)
     check_id("method", method)
     check_id("tool", tool)
-    limit = engine.argument_limit(tool)
+    limit = engine.argument_limit(tool) if method == TOOLS_CALL else MAX_ARGUMENT_BYTES
     if len(arguments_json) > limit:
         raise RequestError(Code.ARGS_TOO_LARGE,
                            f"arguments of {tool!r} exceed the bundle's bound of {limit} bytes")
@@ -88,19 +92,21 @@ def judge(engine: CedarEngine, audience: str, call: Call, arguments: dict[str, A
     """Audience (the measured one), catalog, then Cedar on ``view``."""
     if call.audience != audience:
         return Verdict(Code.AUDIENCE_MISMATCH)
-    if call.tool not in engine.catalog:
-        return Verdict(Code.TOOL_NOT_IN_CATALOG)
-    required = engine.required_scopes(call.tool)
+    try:
+        entry = engine.resolve(call.method, call.tool, arguments)
+    except CmcpError as exc:  # outside the catalog, or a method the request model does not decide
+        return Verdict(exc.code)
+    required = engine.required_scopes(entry[1], entry[0])
     if required:
         missing = required - (view.identity.scopes if view.identity is not None else frozenset())
         if missing:
             return Verdict(Code.INSUFFICIENT_SCOPE, errors=[{
-                "policy_id": "", "message": "the token lacks a scope the tool requires",
-                "scope": " ".join(sorted(required))}])
+                "policy_id": "", "message": f"the token lacks a scope the {entry[0]} requires",
+                "scope": " ".join(sorted(required))}], entry=entry)
     try:
-        result = engine.evaluate(call.method, call.principal, call.tool, arguments, view)
+        result = engine.evaluate(call.method, call.principal, call.tool, arguments, view, entry)
     except CmcpError as exc:
-        return Verdict(exc.code, errors=[{"policy_id": "", "message": exc.detail}])
+        return Verdict(exc.code, errors=[{"policy_id": "", "message": exc.detail}], entry=entry)
     if result.errors:
-        return Verdict(Code.POLICY_EVAL_ERROR, result.policy_ids, result.errors)
-    return Verdict(None if result.allowed else Code.POLICY_DENY, result.policy_ids, result.errors)
+        return Verdict(Code.POLICY_EVAL_ERROR, result.policy_ids, result.errors, entry)
+    return Verdict(None if result.allowed else Code.POLICY_DENY, result.policy_ids, result.errors, entry)

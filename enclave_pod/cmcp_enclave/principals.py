@@ -35,15 +35,22 @@ class PrincipalState:
     expires: float = 0.0  # when every fact above has expired
 
     def record(self, tool: str, rank: int, tags: frozenset[str], now: float, window: float) -> None:
+        """A tool call let through: its taint, and the call itself (budgets, sequence rules)."""
+        self.taint(rank, tags, now, window)
         until = now + window
-        for tag in tags:
-            self.tags[tag] = until
-        self.ranks[rank] = until
         self.tools[tool] = until
         self.previous_tool, self.previous_expires = tool, until
         index = int(now // (window / BUCKETS))
         self.buckets[index] = self.buckets.get(index, 0) + 1
         self.expires = until
+
+    def taint(self, rank: int, tags: frozenset[str], now: float, window: float) -> None:
+        """Data handed to the agent (a tool's result, a resource, a prompt): its sensitivity and tags."""
+        until = now + window
+        for tag in tags:
+            self.tags[tag] = until
+        self.ranks[rank] = until
+        self.expires = max(self.expires, until)
 
     def view(self, now: float, window: float) -> PrincipalView:
         """The facts still in the window; expired ones are forgotten here, so memory stays small."""

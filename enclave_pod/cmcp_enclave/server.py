@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from cmcp_core.digest import jcs
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.gateway_identity import trusted_keys
+from cmcp_core.mcp_target import LIST_METHODS
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_enclave import gateway_auth
 from cmcp_enclave.enclave import Enclave, UpstreamOutcome
@@ -228,14 +229,15 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
 
     async def ListTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            method = request.method or "tools/list"
             tools = self.enclave.list_tools(session_id=request.session_id, principal=request.principal,
-                                            access_token=request.access_token)
+                                            access_token=request.access_token, method=method)
         except RequestError as exc:
             await self._refuse(context, "ListTools", exc)
             raise
-        catalog = self.enclave.engine.catalog
+        entries, kind = self.enclave.engine.entries, LIST_METHODS[method][0]
         self._gauges()
-        return enclave_pb2.ListToolsResponse(tools=tools, catalog_json=jcs([catalog[t] for t in tools]))
+        return enclave_pb2.ListToolsResponse(tools=tools, catalog_json=jcs([entries[kind, t] for t in tools]))
 
     async def CloseSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         mark = self.enclave.audit_mark()

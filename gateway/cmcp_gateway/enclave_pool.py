@@ -318,14 +318,16 @@ class EnclavePool:
         await self._recorded(await self._rpc(endpoint, "Complete", request))
 
     async def list_tools(
-        self, pin: Pin, session_id: str, principal: str, access_token: str = ""
+        self, pin: Pin, session_id: str, principal: str, access_token: str = "",
+        method: str = "tools/list",
     ) -> list[str]:
+        """The names a list ``method`` may show this principal (tools, resources, prompts)."""
         endpoint, _ = self.resolve(pin)
         resp = await self._rpc(
             endpoint,
             "ListTools",
             enclave_pb2.ListToolsRequest(
-                session_id=session_id, principal=principal, access_token=access_token
+                session_id=session_id, principal=principal, access_token=access_token, method=method
             ),
         )
         return list(resp.tools)

@@ -1,10 +1,12 @@
-"""The calls the enclave gates: ``tools/list`` filtered by it, and the ``tools/call`` pipeline.
+"""The requests the enclave gates: list results filtered by it, and the pipeline of every
+gated method (``tools/call``, ``resources/read``, ``prompts/get``... :mod:`cmcp_core.mcp_target`).
 
-Per ``tools/call``: the session's pinned, attested enclave ``Decide`` -> verify the signed
-decision echoes this exact call (in :meth:`EnclavePool.decide`) -> forward ``name`` +
-``arguments`` with the permit -> relay the upstream's result verbatim -> report the outcome
-(queued, after the answer). Every failure on the decision path answers a coded JSON-RPC error
-and forwards nothing; per-call outcomes travel as JSON-RPC errors with HTTP 200.
+Per gated request: the session's pinned, attested enclave ``Decide`` -> verify the signed
+decision echoes this exact request (in :meth:`EnclavePool.decide`) -> forward exactly what the
+permit binds (plus the agent's ``_meta``) with the permit -> relay the upstream's result
+verbatim -> report the outcome (queued, after the answer). Every failure on the decision path
+answers a coded JSON-RPC error and forwards nothing; per-call outcomes travel as JSON-RPC errors
+with HTTP 200.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 
 import orjson
 
+from cmcp_core.bundle import template_pattern
 from cmcp_core.digest import b64url
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.mcp_target import LIST_METHODS, args_digest, call_target, forwarded_params
 from cmcp_core.permit import PERMIT_HEADER
-from cmcp_core.tool_call import args_digest, tool_call_target
 from cmcp_gateway import jsonrpc
 from cmcp_gateway.config import RouteConfig
 from cmcp_gateway.enclave_pool import Decision
@@ -40,11 +43,44 @@ async def list_tools(runtime: RouteRuntime, session: McpSession) -> dict[str, An
     return {"tools": [t for t in tools if isinstance(t, dict) and t.get("name") in allowed]}
 
 
-async def call_tool(
-    runtime: RouteRuntime, session: McpSession, request_id: str | int, params: dict[str, Any]
+async def list_items(
+    runtime: RouteRuntime, session: McpSession, request_id: str | int, method: str, params: dict[str, Any]
 ) -> Any:
-    """The upstream's result for an allowed call; ``FailedRequest`` for a denied or refused one."""
-    tool, arguments = tool_call_target(params)
+    """A page of the upstream's resources, resource templates or prompts, only the entries the
+    enclave lets this session's agent see (a resource also when a visible template matches it);
+    the rest of the upstream's result (``nextCursor``, ``_meta``) is relayed as it is."""
+    _, key, name_key = LIST_METHODS[method]
+    visible = await runtime.pool.list_tools(
+        session.pin, session.id, session.agent, session.access_token, method=method)
+    names = {n for n in visible if "{" not in n}  # a URI never holds a brace; a template does
+    templates = [template_pattern(n) for n in visible if "{" in n and method == "resources/list"]
+    message = await runtime.upstream.request(method, _list_params(params), idempotent=True)
+    if "error" in message:
+        raise _upstream_error(message, {"session_id": session.id}, request_id)
+    result = message.get("result")
+    items = result.get(key) if isinstance(result, dict) else None
+    if not isinstance(result, dict) or not isinstance(items, list):
+        raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream {method} returned no {key} list")
+
+    def shown(item: Any) -> bool:
+        named = item.get(name_key) if isinstance(item, dict) else None
+        return isinstance(named, str) and (named in names or any(p.fullmatch(named) for p in templates))
+
+    return {**result, key: [item for item in items if shown(item)]}
+
+
+def _list_params(params: dict[str, Any]) -> dict[str, Any]:
+    """What a list request may carry upstream: its page cursor and ``_meta``."""
+    return {k: params[k] for k in ("cursor", "_meta") if k in params}
+
+
+async def call(
+    runtime: RouteRuntime, session: McpSession, request_id: str | int, method: str, params: dict[str, Any]
+) -> Any:
+    """The upstream's result for an allowed request to a gated ``method``; ``FailedRequest`` for
+    a denied or refused one."""
+    target = call_target(method, params)
+    tool, arguments = target.name, target.arguments
     digest = args_digest(arguments)
     call_id = uuid.uuid4().hex
     route = runtime.config
@@ -54,7 +90,7 @@ async def call_tool(
         session_id=session.id,
         call_id=call_id,
         principal=session.agent,
-        method="tools/call",
+        method=method,
         tool=tool,
         arguments_json=orjson.dumps(arguments),
         args_digest=digest,
@@ -68,7 +104,8 @@ async def call_tool(
         code = _decision_code(doc)
         log.info(
             "call denied",
-            extra={**ids, "agent": session.agent, "tool": tool, "args_digest": digest, "code": str(code)},
+            extra={**ids, "agent": session.agent, "method": method, "tool": tool, "args_digest": digest,
+                   "code": str(code)},
         )
         raise FailedRequest(
             Response(
@@ -88,23 +125,18 @@ async def call_tool(
     upstream_started = time.perf_counter()
     try:
         message = await runtime.upstream.request(
-            "tools/call", {"name": tool, "arguments": arguments}, {PERMIT_HEADER: decision.permit}
+            method, forwarded_params(target, params), {PERMIT_HEADER: decision.permit}
         )
     except CmcpError as exc:
         _report_later(runtime, session, call_id, None, str(exc.code))
         raise
     UPSTREAM_SECONDS.observe(time.perf_counter() - upstream_started)
     if "error" in message:
-        raw_error = message["error"]
-        error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
-        raw_data = error.get("data")
-        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-        # A guard refusal carries our registered code; any other error is the tool server's own.
-        upstream_code = str(data.get("error_code") or f"jsonrpc:{error.get('code')}")
-        _report_later(runtime, session, call_id, None, upstream_code)
-        log.warning("upstream refused call", extra={**ids, "tool": tool, "code": upstream_code})
-        body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {**error, "data": {**data, **ids}}})
-        raise FailedRequest(Response(body, media_type=jsonrpc.JSON), upstream_code)
+        failed = _upstream_error(message, ids, request_id)
+        _report_later(runtime, session, call_id, None, failed.code)
+        log.warning("upstream refused call",
+                    extra={**ids, "method": method, "tool": tool, "code": failed.code})
+        raise failed
     result = message.get("result")
     _report_later(runtime, session, call_id, result, "")
     if advisory and isinstance(result, dict):
@@ -125,12 +157,27 @@ async def call_tool(
             extra={
                 **ids,
                 "agent": session.agent,
+                "method": method,
                 "tool": tool,
                 "args_digest": digest,
                 "would_have_denied": advisory,
             },
         )
     return result
+
+
+def _upstream_error(
+    message: dict[str, Any], ids: dict[str, str], request_id: str | int | None = None
+) -> FailedRequest:
+    """The upstream's JSON-RPC error, relayed with our ids; coded by the guard's registered code
+    when the guard refused (any other error is the server's own, ``jsonrpc:<code>``)."""
+    raw_error = message["error"]
+    error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+    raw_data = error.get("data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    upstream_code = str(data.get("error_code") or f"jsonrpc:{error.get('code')}")
+    body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {**error, "data": {**data, **ids}}})
+    return FailedRequest(Response(body, media_type=jsonrpc.JSON), upstream_code)
 
 
 def _report_later(

@@ -21,6 +21,7 @@ from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
 from cmcp_core.errors import REGISTRY, CmcpError, Code
+from cmcp_core.mcp_target import GATED_METHODS, LIST_METHODS
 from cmcp_gateway import jsonrpc, oauth, pipeline
 from cmcp_gateway.auth import TokenStore, authenticate
 from cmcp_gateway.config import Authorization, GatewayLimits, RouteConfig
@@ -34,7 +35,23 @@ from cmcp_gateway.upstream import MODERN
 
 log = logging.getLogger("cmcp.gateway")
 SERVER_INFO = {"name": "cmcp-gateway", "version": "0.1.0"}
-CAPABILITIES = {"tools": {"listChanged": False}}
+CAPABILITIES = {"tools": {"listChanged": False}}  # when the upstream cannot be asked
+
+
+def relayed_capabilities(upstream: Mapping[str, Any]) -> dict[str, Any]:
+    """What the gateway offers agents: the upstream's tools, resources, prompts, completion and
+    logging, each decided by the enclave. No list-change notifications: the gateway opens no
+    server-to-client stream."""
+    offered: dict[str, Any] = {"tools": {"listChanged": False}}
+    resources = upstream.get("resources")
+    if isinstance(resources, dict):
+        offered["resources"] = {"listChanged": False, "subscribe": bool(resources.get("subscribe"))}
+    if isinstance(upstream.get("prompts"), dict):
+        offered["prompts"] = {"listChanged": False}
+    for name in ("completions", "logging"):
+        if isinstance(upstream.get(name), dict):
+            offered[name] = {}
+    return offered
 SESSION_HEADER = "mcp-session-id"
 
 
@@ -202,7 +219,8 @@ class McpHandler:
             opened = await self.sessions.open(runtime, agent, stateful=True, access_token=token)
             asked = params.get("protocolVersion")
             version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-            result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
+            result = {"protocolVersion": version, "capabilities": await _capabilities(runtime),
+                      "serverInfo": SERVER_INFO}
             log.info(
                 "session opened",
                 extra={
@@ -218,7 +236,7 @@ class McpHandler:
                 request_id,
                 {
                     "supportedVersions": [MODERN],
-                    "capabilities": CAPABILITIES,
+                    "capabilities": await _capabilities(runtime),
                     "resultType": "complete",
                     "ttlMs": 0,
                     "cacheScope": "private",
@@ -229,7 +247,7 @@ class McpHandler:
         stateful = await self._stateful_session(request, runtime, agent, token)
         if method == "ping":
             return self._ok(request_id, {}, stateful)
-        if method not in ("tools/list", "tools/call"):
+        if method not in GATED_METHODS and method not in LIST_METHODS:
             raise CmcpError(Code.METHOD_NOT_FOUND, f"method {method!r} is not offered by this gateway")
         session = stateful if stateful is not None else await self.sessions.implicit(runtime, agent, token)
         session.last_used = time.monotonic()
@@ -238,8 +256,10 @@ class McpHandler:
         try:
             if method == "tools/list":
                 result = await pipeline.list_tools(runtime, session)
+            elif method in LIST_METHODS:
+                result = await pipeline.list_items(runtime, session, request_id, method, params)
             else:
-                result = await pipeline.call_tool(runtime, session, request_id, params)
+                result = await pipeline.call(runtime, session, request_id, method, params)
         except CmcpError as exc:
             if exc.code in _SESSION_GONE and not session.stateful:
                 self.sessions.forget(session)  # the next stateless request starts a fresh implicit session
@@ -251,13 +271,20 @@ class McpHandler:
             raise
         if modern and isinstance(result, dict):
             result.setdefault("resultType", "complete")
-            if method == "tools/list":  # 2026-07-28 cacheable result: per-agent, never shared
+            if method in LIST_METHODS:  # 2026-07-28 cacheable result: per-agent, never shared
                 result.update(cacheScope="private", ttlMs=0)
         return self._ok(request_id, result, session)
 
     def _ok(self, request_id: str | int, result: Any, session: McpSession | None) -> Response:
         headers = {SESSION_HEADER: session.id} if session is not None and session.stateful else None
         return Response(jsonrpc.result_body(request_id, result), media_type=jsonrpc.JSON, headers=headers)
+
+
+async def _capabilities(runtime: RouteRuntime) -> dict[str, Any]:
+    try:
+        return relayed_capabilities(await runtime.upstream.offered())
+    except CmcpError:  # the upstream is down: the handshake still works, calls fail closed later
+        return CAPABILITIES
 
 
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")

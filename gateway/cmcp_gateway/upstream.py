@@ -16,7 +16,7 @@ import itertools
 from typing import Any
 
 import orjson
-from mcp.shared.inbound import encode_header_value
+from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 
 from cmcp_core.errors import CmcpError, Code
 from cmcp_gateway.http1 import Http1Client, HttpError, HttpResponse
@@ -44,6 +44,11 @@ def _parse_sse(body: bytes, request_id: int) -> Any:
     raise ValueError("SSE stream ended without the response")
 
 
+def _capabilities(result: Any) -> dict[str, Any]:
+    found = result.get("capabilities") if isinstance(result, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
 class UpstreamClient:
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
@@ -51,6 +56,7 @@ class UpstreamClient:
         self.timeout = timeout
         self.mode: str | None = None
         self.session_id: str | None = None
+        self.capabilities: dict[str, Any] = {}  # what the upstream said it offers
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
 
@@ -74,6 +80,7 @@ class UpstreamClient:
             except (CmcpError, ValueError):
                 result = {}
             if isinstance(result, dict) and MODERN in (result.get("supportedVersions") or ()):
+                self.capabilities = _capabilities(result)
                 self.mode = MODERN
                 return
             rid = next(self._ids)
@@ -89,6 +96,7 @@ class UpstreamClient:
             message = self._decode(resp, rid)
             if "result" not in message:
                 raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "upstream refused initialize")
+            self.capabilities = _capabilities(message["result"])
             session_id = resp.headers.get("mcp-session-id")
             headers = {**_BASE_HEADERS, "mcp-protocol-version": LEGACY}
             if session_id:
@@ -122,13 +130,20 @@ class UpstreamClient:
         if self.mode == MODERN:
             headers["mcp-protocol-version"] = MODERN
             headers["mcp-method"] = method
-            if method == "tools/call":
-                headers["mcp-name"] = encode_header_value(str(params.get("name", "")))
+            name_key = NAME_BEARING_METHODS.get(method)
+            if name_key is not None and name_key in params:
+                headers["mcp-name"] = encode_header_value(str(params[name_key]))
         else:
             headers["mcp-protocol-version"] = LEGACY
             if self.session_id:
                 headers["mcp-session-id"] = self.session_id
         return headers
+
+    async def offered(self) -> dict[str, Any]:
+        """The upstream's server capabilities (negotiating first if not done yet)."""
+        if self.mode is None:
+            await self._negotiate()
+        return self.capabilities
 
     async def aclose(self) -> None:
         await self.http.aclose()

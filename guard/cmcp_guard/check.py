@@ -1,6 +1,6 @@
 """The permit check itself, shared by the ASGI middleware and the reverse proxy.
 
-The (tool, arguments) parsing and digest live in :mod:`cmcp_core.tool_call`, shared with the
+The (tool, arguments) parsing and digest live in :mod:`cmcp_core.mcp_target`, shared with the
 gateway, so both ends bind exactly the same pair.
 """
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core import permit as permits
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.tool_call import args_digest
+from cmcp_core.mcp_target import TOOLS_CALL, args_digest
 from cmcp_guard.lifetime import LifetimePolicy
 from cmcp_guard.replay import ReplayCache
 from cmcp_guard.spent import SpentPermits
@@ -39,12 +39,14 @@ class PermitChecker:
         self.replay: SpentPermits = replay if replay is not None else ReplayCache()
 
     def check(
-        self, token: str | None, tool: str, arguments: Mapping[str, Any], now: float | None = None
+        self, token: str | None, tool: str, arguments: Mapping[str, Any], now: float | None = None,
+        method: str = TOOLS_CALL,
     ) -> permits.Permit:
-        """Raise a coded ``CmcpError`` unless ``token`` authorises exactly this call, once, now."""
+        """Raise a coded ``CmcpError`` unless ``token`` authorises exactly this request (``method``
+        on ``tool``, the target's name, with these arguments), once, now."""
         current = time.time() if now is None else now
         if not token:
-            raise CmcpError(Code.PERMIT_MISSING, "tools/call without an enclave permit")
+            raise CmcpError(Code.PERMIT_MISSING, f"{method} without an enclave permit")
         permit = permits.verify(
             token,
             trusted_keys=self._keys(),
@@ -53,6 +55,7 @@ class PermitChecker:
             args_digest=args_digest(arguments),
             allowed_bundles=self.allowed_bundles,
             now=current,
+            method=method,
         )
         self.lifetime.check(permit, current)
         self.replay.use(permit.nonce, permit.exp, now=current)  # only a fully valid permit spends its nonce

@@ -1,11 +1,13 @@
 """ASGI middleware: refuse any MCP request without a valid permit before the app sees it.
 
-Deny by default: a ``tools/call`` needs a permit, and the body the wrapped app receives for it
-is the guard's own re-serialisation of what it verified, so no JSON parser difference
-(duplicate keys, odd escapes) can make the app run other arguments than the permit names. Only
-the handshake and discovery methods in :data:`OPEN_METHODS` pass without one; any other method
-(``resources/read``, ``prompts/get``...: no permit exists for them yet), a JSON-RPC response, or
-a batch holding one is refused (``PERMIT_METHOD_UNSUPPORTED``). So is a request that carries an
+Deny by default: every method the enclave decides (``tools/call``, ``resources/read``,
+``prompts/get``, ``completion/complete``, ``logging/setLevel``...: :data:`GATED_METHODS`) needs
+a permit for that method on that target, and the body the wrapped app receives for it is the
+guard's own re-serialisation of what it verified, so no JSON parser difference (duplicate keys,
+odd escapes) can make the app run other arguments than the permit names. Only the handshake and
+discovery methods in :data:`OPEN_METHODS` pass without one; any other message (a method nobody
+decides, a JSON-RPC response, a batch holding a gated request) is refused
+(``PERMIT_METHOD_UNSUPPORTED``). So is a request that carries an
 ``Authorization`` header: the gateway never passes an agent's token on (MCP authorization
 forbids token passthrough), so one here was put there by someone else.
 """
@@ -22,8 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cmcp_core.asgi import ClientGone, read_body
 from cmcp_core.errors import REGISTRY, CmcpError, Code
-from cmcp_core.permit import PERMIT_HEADER
-from cmcp_core.tool_call import TOOLS_CALL, tool_call_target
+from cmcp_core.mcp_target import GATED_METHODS, LIST_METHODS, Target, call_target
+from cmcp_core.permit import PERMIT_HEADER, Permit
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.metrics import ADMITTED, REJECTIONS
 from cmcp_guard.trust import TrustStore
@@ -31,11 +33,12 @@ from cmcp_guard.trust import TrustStore
 log = logging.getLogger("cmcp.guard")
 _PERMIT_HEADER = PERMIT_HEADER.lower().encode("latin-1")
 _AUTHORIZATION = b"authorization"
-# What passes without a permit: the handshake, liveness and tool discovery, which the gateway
-# itself sends (cmcp_gateway.upstream) and which disclose no tool's data.
+# What passes without a permit: the handshake, liveness and discovery, which the gateway itself
+# sends (cmcp_gateway.upstream) and filters per agent; they disclose names, no tool's or
+# resource's data.
 OPEN_METHODS = frozenset({
     "initialize", "notifications/initialized", "notifications/cancelled", "ping", "server/discover",
-    "tools/list",
+    *LIST_METHODS,
 })
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
@@ -110,30 +113,36 @@ class Guard:
 
     async def _inspect(self, scope: Scope, body: bytes, doc: Any) -> bytes:
         if isinstance(doc, list):
-            if any(isinstance(m, dict) and m.get("method") == TOOLS_CALL for m in doc):
-                raise CmcpError(Code.MCP_INVALID_REQUEST, "tools/call inside a batch is refused")
+            if any(isinstance(m, dict) and m.get("method") in GATED_METHODS for m in doc):
+                raise CmcpError(Code.MCP_INVALID_REQUEST, "a gated method inside a batch is refused")
             for message in doc:
                 _open_method(message)
             return body
-        if not isinstance(doc, dict) or doc.get("method") != TOOLS_CALL:
+        method = doc.get("method") if isinstance(doc, dict) else None
+        if method not in GATED_METHODS:
             _open_method(doc)
             return body
-        tool, arguments = tool_call_target(doc.get("params"))
+        target = call_target(method, doc.get("params"))
         token = header(scope, _PERMIT_HEADER)
         try:
-            permit = self.checker.check(token, tool, arguments, now=self.clock())
+            permit = self._check(token, target)
         except CmcpError as exc:
             if exc.code is not Code.PERMIT_UNTRUSTED_KEY or self.trust is None:
                 raise
             if not await self.trust.refresh_for_unknown_key():
                 raise
-            permit = self.checker.check(token, tool, arguments, now=self.clock())
+            permit = self._check(token, target)
         ADMITTED.inc()
         log.info(
             "permit admitted",
-            extra={"call_id": permit.cid, "session_id": permit.sid, "tool": tool, "kid": permit.kid},
+            extra={"call_id": permit.cid, "session_id": permit.sid, "method": method,
+                   "tool": target.name, "kid": permit.kid},
         )
         return orjson.dumps(doc)
+
+    def _check(self, token: str | None, target: Target) -> Permit:
+        return self.checker.check(token, target.name, target.arguments, now=self.clock(),
+                                  method=target.method)
 
 
 def _open_method(message: Any) -> None:

@@ -40,7 +40,7 @@ from cmcp_core import permit as permits
 from cmcp_core.attestation import Expected
 from cmcp_core.audit import entry_hash
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.tool_call import args_digest
+from cmcp_core.mcp_target import args_digest
 from cmcp_core.verify import appraise as appraise_module
 from cmcp_guard import middleware as guard_middleware
 from cmcp_guard.check import PermitChecker

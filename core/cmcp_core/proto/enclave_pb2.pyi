@@ -161,14 +161,16 @@ class CompleteResponse(_message.Message):
     def __init__(self, entry_hash: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ListToolsRequest(_message.Message):
-    __slots__ = ("session_id", "principal", "access_token")
+    __slots__ = ("session_id", "principal", "access_token", "method")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     principal: str
     access_token: str
-    def __init__(self, session_id: _Optional[str] = ..., principal: _Optional[str] = ..., access_token: _Optional[str] = ...) -> None: ...
+    method: str
+    def __init__(self, session_id: _Optional[str] = ..., principal: _Optional[str] = ..., access_token: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
 
 class ListToolsResponse(_message.Message):
     __slots__ = ("tools", "catalog_json")

@@ -139,7 +139,8 @@ class EnclaveServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTools(self, request, context):
-        """The tools this agent may see (tools/list), filtered by Cedar.
+        """The catalog entries this agent may see (tools/list, resources/list, resources/templates/list,
+        prompts/list), filtered by Cedar.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

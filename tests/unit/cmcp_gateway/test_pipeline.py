@@ -62,7 +62,7 @@ async def wired(enclave: EnclaveProcess) -> AsyncIterator[Wired]:
 
 
 async def test_an_allowed_call_is_relayed_verbatim(wired: Wired) -> None:
-    result = await pipeline.call_tool(wired.runtime, wired.session, 1, {"name": "payments.transfer",
+    result = await pipeline.call(wired.runtime, wired.session, 1, "tools/call", {"name": "payments.transfer",
                                                                         "arguments": TRANSFER})
     assert result["structuredContent"] == {**TRANSFER, "status": "sent"}
     assert wired.upstream.counter["payments.transfer"] == 1
@@ -73,7 +73,7 @@ async def test_a_denied_call_carries_the_signed_decision_and_forwards_nothing(
 ) -> None:
     over_limit = {**TRANSFER, "amount": 50_000}
     with pytest.raises(FailedRequest) as denied:
-        await pipeline.call_tool(wired.runtime, wired.session, 2, {"name": "payments.transfer",
+        await pipeline.call(wired.runtime, wired.session, 2, "tools/call", {"name": "payments.transfer",
                                                                    "arguments": over_limit})
     assert denied.value.code == "POLICY_DENY"
     error = json.loads(denied.value.response.body)["error"]
@@ -89,7 +89,7 @@ async def test_an_upstream_refusal_is_relayed_with_its_code(enclave: EnclaveProc
     async for w in _wired(enclave, ["sha256:" + "0" * 64]):
         with pytest.raises(FailedRequest) as refused:
             call = {"name": "payments.transfer", "arguments": TRANSFER}
-            await pipeline.call_tool(w.runtime, w.session, 3, call)
+            await pipeline.call(w.runtime, w.session, 3, "tools/call", call)
         assert refused.value.code == "PERMIT_UNTRUSTED_KEY"
         assert w.upstream.counter.total() == 0
 
@@ -117,12 +117,12 @@ async def test_a_call_whose_audit_entries_cannot_be_stored_is_not_forwarded(wire
     writer = wired.runtime.pool.audit
     healthy, writer.store = writer.store, DownStore()  # type: ignore[assignment]
     with pytest.raises(CmcpError) as refused:
-        await pipeline.call_tool(wired.runtime, wired.session, 3, {"name": "payments.transfer",
+        await pipeline.call(wired.runtime, wired.session, 3, "tools/call", {"name": "payments.transfer",
                                                                    "arguments": TRANSFER})
     assert refused.value.code is Code.AUDIT_STORE_UNAVAILABLE
     assert wired.upstream.counter.total() == 0 and writer.backlog  # kept for the next write
     writer.store = healthy
-    await pipeline.call_tool(wired.runtime, wired.session, 4,
+    await pipeline.call(wired.runtime, wired.session, 4, "tools/call",
                              {"name": "payments.transfer", "arguments": TRANSFER})
     stored = [json.loads(raw) for raw in chain_entries(healthy, wired.session.id)]
     assert [e["kind"] for e in stored] == ["open", "decision", "decision"]  # the refused one too
@@ -143,6 +143,6 @@ async def test_weakened_writer_that_swallows_store_errors_forwards_an_unrecorded
         return swallowed
 
     monkeypatch.setattr(writer, "submit", swallowing)
-    await pipeline.call_tool(wired.runtime, wired.session, 5,
+    await pipeline.call(wired.runtime, wired.session, 5, "tools/call",
                              {"name": "payments.transfer", "arguments": TRANSFER})
     assert wired.upstream.counter["payments.transfer"] == 1  # forwarded, unrecorded

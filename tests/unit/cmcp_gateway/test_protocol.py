@@ -38,10 +38,18 @@ TOOLS = [{"name": "echo", "inputSchema": {"type": "object"}}]
 PATH = "/mcp/demo"
 
 
+class _Unreachable:
+    """An upstream nobody can reach: the handshake falls back to offering tools only."""
+
+    async def offered(self) -> dict[str, Any]:
+        raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "no upstream in these tests")
+
+
 def _replica(pool: FakePool, **limits: Any) -> McpHandler:
     config = RouteConfig(name="demo", upstream="http://127.0.0.1:9/mcp", audience="a")
     # The upstream's tool list, cached far into the future: these tests never reach an upstream.
-    runtime = RouteRuntime(config, pool, upstream=None, tools=(time.monotonic() + 1e6, TOOLS))  # type: ignore[arg-type]
+    runtime = RouteRuntime(config, pool, upstream=_Unreachable(),  # type: ignore[arg-type]
+                           tools=(time.monotonic() + 1e6, TOOLS))
     gateway_limits = GatewayLimits(**limits)
     table = SessionTable(gateway_limits.max_sessions, 60.0, None, gateway_limits.max_sessions_per_agent)
     return McpHandler({PATH: runtime}, table, TOKENS, gateway_limits, ConcurrencyLimiter(8))

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cmcp_core import permit as permits
 from cmcp_core.crypto import thumbprint
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.mcp_target import args_digest
 from cmcp_core.permit import Permit
-from cmcp_core.tool_call import args_digest
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.lifetime import DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_MAX_TTL_SECONDS, LifetimePolicy
 

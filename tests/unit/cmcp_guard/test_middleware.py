@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core import permit as permits
 from cmcp_core.crypto import thumbprint
-from cmcp_core.tool_call import args_digest
+from cmcp_core.mcp_target import args_digest
+from cmcp_guard import middleware
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.middleware import Guard, GuardMiddleware
 from cmcp_guard.spent_sqlite import SqliteSpentPermits
@@ -108,14 +110,29 @@ def _body(message: Any) -> list[dict[str, Any]]:
     return [{"type": "http.request", "body": json.dumps(message).encode(), "more_body": False}]
 
 
-async def test_every_method_without_a_permit_check_is_refused_by_default() -> None:
+async def test_every_gated_method_without_a_permit_is_refused() -> None:
     """What the host would send around the gateway: resources and prompts carry the same data as
-    tools (it read PHI through the guard before), and no permit exists for them."""
-    for method in ("resources/read", "prompts/get", "resources/list", "completion/complete",
-                   "logging/setLevel", "sampling/createMessage", "anything/new"):
+    tools (it read PHI through the guard before), so each needs its permit like a tool call."""
+    requests = {
+        "resources/read": {"uri": "ehr://patients/p-1"},
+        "resources/subscribe": {"uri": "ehr://patients/p-1"},
+        "resources/unsubscribe": {"uri": "ehr://patients/p-1"},
+        "prompts/get": {"name": "summarise"},
+        "completion/complete": {"ref": {"type": "ref/prompt", "name": "summarise"},
+                                "argument": {"name": "a", "value": "b"}},
+        "logging/setLevel": {"level": "debug"},
+    }
+    for method, params in requests.items():
         mw, app = guarded(limit=4096)
-        sent = await drive(mw, [], _body({"jsonrpc": "2.0", "id": 1, "method": method,
-                                          "params": {"uri": "ehr://patients/p-1"}}))
+        sent = await drive(mw, [], _body({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        assert (sent[0]["status"], app.calls) == (403, 0), method
+        assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == "PERMIT_MISSING", method
+
+
+async def test_a_message_nobody_decides_is_refused_by_default() -> None:
+    for method in ("sampling/createMessage", "anything/new"):
+        mw, app = guarded(limit=4096)
+        sent = await drive(mw, [], _body({"jsonrpc": "2.0", "id": 1, "method": method, "params": {}}))
         assert (sent[0]["status"], app.calls) == (403, 0), method
         assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == "PERMIT_METHOD_UNSUPPORTED"
     for odd in ({"jsonrpc": "2.0", "id": 1, "result": {}},  # a response, smuggled
@@ -123,11 +140,86 @@ async def test_every_method_without_a_permit_check_is_refused_by_default() -> No
                  {"jsonrpc": "2.0", "method": "resources/read", "id": 2, "params": {"uri": "x"}}]):
         mw, app = guarded(limit=4096)
         sent = await drive(mw, [], _body(odd))
-        assert (sent[0]["status"], app.calls) == (403, 0), odd
+        assert sent[0]["status"] in (400, 403) and app.calls == 0, odd
+
+
+class Recorder(App):
+    """The wrapped app, recording the bodies it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await super().__call__(scope, receive, send)
+        self.bodies.append(json.loads((await receive())["body"]))
+
+
+def _permitting(method: str, name: str, arguments: dict[str, Any]) -> tuple[GuardMiddleware, Recorder, str]:
+    key = Ed25519PrivateKey.generate()
+    token = permits.mint(key, session_id="s", call_id="c", tool=name, args_digest=args_digest(arguments),
+                         audience="urn:cmcp:test", bundle_hash="sha256:" + "0" * 64, ttl_seconds=60,
+                         method=method)
+    keys = {thumbprint(key.public_key()): key.public_key()}
+    checker = PermitChecker(audience="urn:cmcp:test", keys=lambda: keys)
+    app = Recorder()
+    return GuardMiddleware(app, Guard(checker)), app, token
+
+
+def _with(token: str) -> list[tuple[bytes, bytes]]:
+    return [(permits.PERMIT_HEADER.lower().encode(), token.encode())]
+
+
+async def test_a_resource_read_with_its_permit_runs_once() -> None:
+    mw, app, token = _permitting("resources/read", "ehr://patients/p-1", {})
+    read = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "ehr://patients/p-1"}}
+    first = await drive(mw, _with(token), _body(read))
+    assert first == [] and app.calls == 1  # the app answered (this stand-in sends nothing)
+    assert app.bodies[0]["params"]["uri"] == "ehr://patients/p-1"
+    again = await drive(mw, _with(token), _body(read))
+    assert again[0]["status"] == 403 and app.calls == 1
+    assert json.loads(again[1]["body"])["error"]["data"]["error_code"] == "PERMIT_REPLAYED"
+
+
+async def test_a_permit_is_for_one_method_and_one_target() -> None:
+    """A prompt's permit is no tool call's, and a permit for one record reads no other."""
+    cases = [
+        ("prompts/get", "summarise", {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                      "params": {"name": "summarise", "arguments": {}}},
+         "PERMIT_METHOD_MISMATCH"),
+        ("resources/read", "ehr://patients/p-1", {"jsonrpc": "2.0", "id": 1, "method": "resources/read",
+                                                  "params": {"uri": "ehr://patients/p-2"}},
+         "PERMIT_TOOL_MISMATCH"),
+        ("prompts/get", "summarise", {"jsonrpc": "2.0", "id": 1, "method": "prompts/get",
+                                      "params": {"name": "summarise", "arguments": {"who": "all"}}},
+         "PERMIT_ARGS_MISMATCH"),
+    ]
+    for method, name, request, code in cases:
+        mw, app, token = _permitting(method, name, {})
+        sent = await drive(mw, _with(token), _body(request))
+        assert (sent[0]["status"], app.calls) == (403, 0), code
+        assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == code
+
+
+async def test_weakened_guard_that_checks_tool_calls_only_lets_a_resource_read_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hole the default closes: a guard that gates only tools/call and lets reads pass (as
+    one with resources open would) hands the record over; the real one does not."""
+    read = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "ehr://patients/p-1"}}
+    mw, app = guarded(limit=4096)
+    await drive(mw, [], _body(read))
+    assert app.calls == 0
+    monkeypatch.setattr(middleware, "GATED_METHODS", frozenset({"tools/call"}))
+    monkeypatch.setattr(middleware, "OPEN_METHODS", middleware.OPEN_METHODS | {"resources/read"})
+    mw, app = guarded(limit=4096)
+    await drive(mw, [], _body(read))
+    assert app.calls == 1
 
 
 async def test_the_handshake_and_discovery_pass_without_a_permit() -> None:
-    for method in ("initialize", "notifications/initialized", "ping", "server/discover", "tools/list"):
+    for method in ("initialize", "notifications/initialized", "ping", "server/discover", "tools/list",
+                   "resources/list", "resources/templates/list", "prompts/list"):
         mw, app = guarded(limit=4096)
         await drive(mw, [], _body({"jsonrpc": "2.0", "id": 1, "method": method, "params": {}}))
         assert app.calls == 1, method

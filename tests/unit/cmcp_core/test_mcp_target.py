@@ -1,4 +1,4 @@
-"""``cmcp_core.tool_call``: parsing a ``tools/call`` target and digesting its arguments."""
+"""``cmcp_core.mcp_target``: parsing a ``tools/call`` target and digesting its arguments."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.tool_call import TOOLS_CALL, args_digest, tool_call_target
+from cmcp_core.mcp_target import TOOLS_CALL, args_digest, tool_call_target
 
 
 def test_method_name() -> None:
