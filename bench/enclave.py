@@ -54,7 +54,7 @@ def make_bundle(dest: Path, policies: int, style: str = "scoped") -> Path:
     """Realistic example + generated forbids (never matching) up to ``policies`` in total."""
     shutil.copytree(BASE, dest)
     base_count = sum(p.read_text().count("@id(") for p in (dest / "policies").glob("*.cedar"))
-    tools = [e["tool_name"] for e in json.loads((dest / "catalog.json").read_text())]
+    tools = [e["tool_name"] for e in json.loads((dest / "catalog.json").read_text()) if "tool_name" in e]
     extra = max(0, policies - base_count)
     lines = []
     for i in range(extra):

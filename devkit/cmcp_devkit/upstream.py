@@ -2,7 +2,9 @@
 
 Each user needs different tools, so the server has *profiles* (``--profile``), not copies:
 
-* ``test`` — the gateway tests' shapes: ``echo(text)``, ``add(a, b)`` (structured
+* ``test`` — the gateway tests' shapes (and examples/realistic's resources ``ehr://patients/{id}``
+  and ``docs://handbook`` and prompt ``summarise_record``, plus the uncatalogued resource
+  ``ehr://export/all``): ``echo(text)``, ``add(a, b)`` (structured
   ``{"total": ...}``), ``image()`` (PNG part), ``fail(reason)`` (``isError``), ``search`` and the
   ``examples/`` catalog tools (``payments.transfer``, ``crm.lookup_customer``,
   ``ehr.read_patient_record``, ``deals.read_pipeline`` (text + image parts), ``email.send_external``,
@@ -35,6 +37,7 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import Image, MCPServer
+from mcp.types import Completion
 from pydantic import BaseModel
 from starlette.types import ASGIApp
 
@@ -194,6 +197,43 @@ def _test_tools(server: MCPServer, counter: CallCounter) -> None:
     def parse_resume(body: str) -> dict[str, int]:
         counter["résumé.parse"] += 1
         return {"words": len(body.split())}
+
+
+# Resources and a prompt named as in examples/realistic's catalog, plus one it does not name.
+PATIENT_TEMPLATE = "ehr://patients/{patient_id}"
+HANDBOOK = "docs://handbook"
+UNCATALOGUED_RESOURCE = "ehr://export/all"
+RECORD_PROMPT = "summarise_record"
+
+
+def _test_resources(server: MCPServer, counter: CallCounter) -> None:
+    """Reads count under the resource's URI (template) and prompts under their name, like tools."""
+
+    @server.resource(PATIENT_TEMPLATE, mime_type="application/json")
+    def patient(patient_id: str) -> str:
+        counter[PATIENT_TEMPLATE] += 1
+        return f'{{"patient_id": "{patient_id}", "diagnosis": "J45.909"}}'
+
+    @server.resource(HANDBOOK, mime_type="text/plain")
+    def handbook() -> str:
+        counter[HANDBOOK] += 1
+        return "Be kind. Lock your screen."
+
+    @server.resource(UNCATALOGUED_RESOURCE, mime_type="application/json")
+    def export_all() -> str:
+        counter[UNCATALOGUED_RESOURCE] += 1
+        return '[{"patient_id": "p-1"}, {"patient_id": "p-2"}]'
+
+    @server.prompt(name=RECORD_PROMPT)
+    def summarise_record(audience: str = "clinician") -> str:
+        counter[RECORD_PROMPT] += 1
+        return f"Summarise the record for a {audience}."
+
+    @server.completion()
+    async def complete(ref: Any, argument: Any, context: Any) -> Completion:
+        counter["completion/complete"] += 1
+        choices = {"audience": ["clinician", "auditor", "patient"], "patient_id": ["p-1", "p-17"]}
+        return Completion(values=[v for v in choices.get(argument.name, []) if v.startswith(argument.value)])
 
 
 def _bench_tools(server: MCPServer, counter: CallCounter) -> None:
@@ -408,7 +448,7 @@ def build_server(
     server = MCPServer(_SERVER_NAMES[profile], log_level="WARNING")
     counter = CallCounter()
     adders: dict[str, Callable[[], None]] = {
-        "test": lambda: _test_tools(server, counter),
+        "test": lambda: (_test_tools(server, counter), _test_resources(server, counter)),
         "bench": lambda: _bench_tools(server, counter),
         "demo": lambda: _demo_tools(server, counter),
         "conformance": lambda: _conformance_tools(server, counter, conformance_tools or ConformanceTools()),

@@ -52,8 +52,9 @@ async def list_items(
     _, key, name_key = LIST_METHODS[method]
     visible = await runtime.pool.list_tools(
         session.pin, session.id, session.agent, session.access_token, method=method)
-    names = {n for n in visible if "{" not in n}  # a URI never holds a brace; a template does
-    templates = [template_pattern(n) for n in visible if "{" in n and method == "resources/list"]
+    names = set(visible)
+    # A resource is shown when a visible template matches it (a URI never holds a brace; a template does)
+    templates = [template_pattern(n) for n in visible if "{" in n] if method == "resources/list" else []
     message = await runtime.upstream.request(method, _list_params(params), idempotent=True)
     if "error" in message:
         raise _upstream_error(message, {"session_id": session.id}, request_id)

@@ -192,9 +192,11 @@ PERMIT_ARGS = {"amount": 100, "currency": "EUR", "to": "acct-1"}
 
 
 async def get_permit(
-    address: str, tool: str = PERMIT_TOOL, arguments: dict[str, Any] | None = None, audience: str = AUDIENCE
+    address: str, tool: str = PERMIT_TOOL, arguments: dict[str, Any] | None = None, audience: str = AUDIENCE,
+    method: str = "tools/call",
 ) -> str:
-    """What a hostile host can do: ask the enclave for a decision on a call it is allowed to make."""
+    """What a hostile host can do: ask the enclave for a decision on a request it is allowed to make
+    (``tool``: the target, a tool name or a resource URI)."""
     arguments = PERMIT_ARGS if arguments is None else arguments
     async with grpc.aio.insecure_channel(address) as channel:
         stub = enclave_pb2_grpc.EnclaveStub(channel)
@@ -204,7 +206,7 @@ async def get_permit(
                 session_id=opened.session_id,
                 call_id=uuid.uuid4().hex,
                 principal="alice",
-                method="tools/call",
+                method=method,
                 tool=tool,
                 arguments_json=json.dumps(arguments).encode(),
                 arguments_digest=json_digest(arguments),

@@ -24,7 +24,7 @@ def identity_bundle(source: Path, target: Path, section: dict[str, Any], *,
     (target / "manifest.json").write_text(json.dumps({**manifest, "identity": section}, indent=2))
     catalog = json.loads((target / "catalog.json").read_text())
     for entry in catalog:
-        if required_scopes and entry["tool_name"] in required_scopes:
+        if required_scopes and entry.get("tool_name") in required_scopes:
             entry["required_scopes"] = required_scopes[entry["tool_name"]]
     (target / "catalog.json").write_text(json.dumps(catalog, indent=2, ensure_ascii=False))
     schema = target / "schema.cedarschema"

@@ -249,7 +249,7 @@ def test_arguments_over_the_tools_bound_are_refused_before_they_are_parsed(tmp_p
     shutil.copytree(EXAMPLES / "realistic", bundle)
     catalog = json.loads((bundle / "catalog.json").read_text())
     for entry in catalog:
-        if entry["tool_name"] == "web.search":
+        if entry.get("tool_name") == "web.search":
             entry["max_argument_bytes"] = 64
     (bundle / "catalog.json").write_text(json.dumps(catalog))
     enclave = inprocess_enclave(bundle, tmp_path / "work")
