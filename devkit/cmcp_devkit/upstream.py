@@ -229,11 +229,16 @@ def _test_resources(server: MCPServer, counter: CallCounter) -> None:
         counter[RECORD_PROMPT] += 1
         return f"Summarise the record for a {audience}."
 
-    @server.completion()
+    @server.completion()  # type: ignore[no-untyped-call, untyped-decorator]  # untyped in the SDK
     async def complete(ref: Any, argument: Any, context: Any) -> Completion:
         counter["completion/complete"] += 1
         choices = {"audience": ["clinician", "auditor", "patient"], "patient_id": ["p-1", "p-17"]}
         return Completion(values=[v for v in choices.get(argument.name, []) if v.startswith(argument.value)])
+
+
+def _test_profile(server: MCPServer, counter: CallCounter) -> None:
+    _test_tools(server, counter)
+    _test_resources(server, counter)
 
 
 def _bench_tools(server: MCPServer, counter: CallCounter) -> None:
@@ -448,7 +453,7 @@ def build_server(
     server = MCPServer(_SERVER_NAMES[profile], log_level="WARNING")
     counter = CallCounter()
     adders: dict[str, Callable[[], None]] = {
-        "test": lambda: (_test_tools(server, counter), _test_resources(server, counter)),
+        "test": lambda: _test_profile(server, counter),
         "bench": lambda: _bench_tools(server, counter),
         "demo": lambda: _demo_tools(server, counter),
         "conformance": lambda: _conformance_tools(server, counter, conformance_tools or ConformanceTools()),
