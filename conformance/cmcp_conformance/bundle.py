@@ -29,6 +29,11 @@ def _policies(profile: Profile) -> dict[str, str]:
             '@id("allow-catalogued")\n'
             'permit (principal, action in [cMCP::Action::"call_tool", cMCP::Action::"list_tools"], '
             "resource);\n"
+            "\n"
+            "// Catalogued resources and prompts too; nothing permits set_log_level.\n"
+            '@id("allow-catalogued-resources-and-prompts")\n'
+            'permit (principal, action in [cMCP::Action::"read_resource", cMCP::Action::"list_resources", '
+            'cMCP::Action::"get_prompt", cMCP::Action::"list_prompts"], resource);\n'
         ),
         "policies/forbid.cedar": (
             "// A destructive tool nobody may call.\n"
@@ -68,7 +73,7 @@ def _tool(
 
 
 def catalog(profile: Profile) -> list[dict[str, Any]]:
-    """Catalog entries; ``profile.uncatalogued_tool`` is deliberately absent."""
+    """Catalog entries; ``profile.uncatalogued_tool`` and ``.uncatalogued_resource`` are absent."""
     text = {"text": {"type": "string"}}
     return [
         _tool(profile.allowed_tool, "Echo the text back (structured)", properties=text),
@@ -90,6 +95,8 @@ def catalog(profile: Profile) -> list[dict[str, Any]]:
             properties={"to": {"type": "string"}, "body": {"type": "string"}},
         ),
         _tool(profile.non_ascii_tool, "Lire des données (non-ASCII tool name)", properties=text),
+        {"resource_uri": profile.resource, "server": "conformance-upstream", "sensitivity_level": "public"},
+        {"prompt_name": profile.prompt, "server": "conformance-upstream", "sensitivity_level": "public"},
     ]
 
 

@@ -222,6 +222,24 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "A request carrying an Authorization header sent straight to the guarded upstream is refused "
         "(AGENT_TOKEN_FORWARDED); the same request without it is served.",
     ),
+    # --- MCP methods ----------------------------------------------------------------------
+    Requirement(
+        "METHOD-001",
+        _M,
+        "Resources and prompts are decided by the enclave like tools",
+        "Through the gateway, resources/list and prompts/list show only catalogued entries; reading "
+        "an uncatalogued resource is denied with an enclave-signed decision "
+        "(RESOURCE_NOT_IN_CATALOG) and the upstream reads nothing; a catalogued resource and "
+        "prompt are served exactly once each.",
+    ),
+    Requirement(
+        "METHOD-002",
+        _M,
+        "Every gated method needs its own permit at the guard",
+        "Straight to the guarded upstream, resources/read, prompts/get, completion/complete and "
+        "logging/setLevel without a permit are refused (PERMIT_MISSING), and a resources/read "
+        "carrying a tool call's permit is refused (PERMIT_METHOD_MISMATCH); nothing runs.",
+    ),
     # --- Trust Records -------------------------------------------------------------------
     Requirement(
         "TRACE-001",

@@ -104,6 +104,9 @@ class Profile:
     phi_tool: str = "read_patient_record"
     external_tool: str = "send_external_email"
     non_ascii_tool: str = "données_lire"
+    resource: str = "conformance://notes/public"  # catalogued: readable
+    uncatalogued_resource: str = "conformance://notes/secret"  # served, absent from the catalog
+    prompt: str = "greeting"  # catalogued
 
 
 @dataclass

@@ -92,6 +92,9 @@ class ConformanceTools:
     phi_tool: str = "read_patient_record"
     external_tool: str = "send_external_email"
     non_ascii_tool: str = "données_lire"
+    resource: str = "conformance://notes/public"
+    uncatalogued_resource: str = "conformance://notes/secret"
+    prompt: str = "greeting"
 
 
 # --- the ``test`` profile (and ``bench``, which adds one tool) ---------------------------------
@@ -429,6 +432,22 @@ def _conformance_tools(server: MCPServer, counter: CallCounter, names: Conforman
         """A tool whose name is not ASCII."""
         counter[names.non_ascii_tool] += 1
         return Echoed(text=text, length=len(text))
+
+    @server.resource(names.resource, mime_type="text/plain")
+    def public_note() -> str:
+        counter[names.resource] += 1
+        return "a public note"
+
+    @server.resource(names.uncatalogued_resource, mime_type="text/plain")
+    def secret_note() -> str:
+        """Not in the catalog: must never be read through a conforming gateway."""
+        counter[names.uncatalogued_resource] += 1
+        return "a secret note"
+
+    @server.prompt(name=names.prompt)
+    def greeting(name: str = "agent") -> str:
+        counter[names.prompt] += 1
+        return f"Greet {name}."
 
 
 # --- one server, by profile -----------------------------------------------------------------------

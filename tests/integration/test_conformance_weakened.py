@@ -51,6 +51,7 @@ from cmcp_guard.replay import ReplayCache
 POLICY_TEE = ["POLICY-TEE-001", "POLICY-TEE-002", "POLICY-TEE-003", "POLICY-TEE-004", "POLICY-TEE-005"]
 RELEASE_IDS = ["ATTEST-006", "POLICY-TEE-006"]  # a forged guest; the measured launch policy
 IDENT_IDS = ["IDENT-001", "IDENT-002", "IDENT-003"]
+METHOD_IDS = ["METHOD-001", "METHOD-002"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
 
 
 def test_baseline_policy_tee_ids_pass_on_the_intact_deployment(deployment: LocalDeployment) -> None:
-    report = runner.run(deployment.target(), ids=[*POLICY_TEE, *RELEASE_IDS, *IDENT_IDS])
+    report = runner.run(deployment.target(), ids=[*POLICY_TEE, *RELEASE_IDS, *IDENT_IDS, *METHOD_IDS])
     assert all(o is CheckResult.PASS for o in outcomes(report).values()), reasons(report)
 
 
@@ -186,12 +187,13 @@ def test_gateway_that_skips_enclave_and_guard_fails_the_policy_ids(deployment: L
     # The same gateway wired to the unguarded server behind the guard: denied and uncatalogued tools run.
     with serve_in_thread(forwarding_gateway(f"{deployment.raw_upstream_base}/mcp")) as base:
         target = dataclasses.replace(deployment.target(), mcp_url=f"{base}/mcp/enforce")
-        report = runner.run(target, ids=["POLICY-001", "POLICY-002", "POLICY-TEE-001"])
+        report = runner.run(target, ids=["POLICY-001", "POLICY-002", "POLICY-TEE-001", "METHOD-001"])
     got = outcomes(report)
     assert got == {
         "POLICY-001": CheckResult.FAIL,
         "POLICY-002": CheckResult.FAIL,
         "POLICY-TEE-001": CheckResult.FAIL,
+        "METHOD-001": CheckResult.FAIL,  # it lists and reads the uncatalogued resource
     }, reasons(report)
 
 
@@ -291,6 +293,21 @@ def test_guard_without_replay_cache_fails_policy_tee_004(deployment: LocalDeploy
     result = next(r for r in report.results if r.requirement.id == "POLICY-TEE-004")
     assert result.outcome is CheckResult.FAIL, reasons(report)
     assert "replayed" in result.reason.lower(), result.reason
+
+
+def test_guard_that_gates_only_tool_calls_fails_method_002(
+    deployment: LocalDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard before every method was gated: it checked permits on tools/call and let the rest
+    through, so a host read resources and prompts with no permit at all."""
+    monkeypatch.setattr(guard_middleware, "GATED_METHODS", frozenset({"tools/call"}))
+    monkeypatch.setattr(guard_middleware, "_open_method", lambda message: None)
+    with serve_in_thread(build_proxy(deployment.raw_upstream_base, _guard_for(deployment))) as base:
+        target = dataclasses.replace(deployment.target(), upstream_url=f"{base}/mcp")
+        report = runner.run(target, ids=["METHOD-002", "POLICY-TEE-004"])
+    # Tool calls are still guarded (POLICY-TEE-004 passes); only the other methods leak.
+    expected = {"METHOD-002": CheckResult.FAIL, "POLICY-TEE-004": CheckResult.PASS}
+    assert outcomes(report) == expected, reasons(report)
 
 
 def test_guard_that_lets_tokens_through_fails_ident_003(
