@@ -9,7 +9,16 @@ import pytest
 
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.mcp_target import TOOLS_CALL, args_digest, tool_call_target
+from cmcp_core.mcp_target import (
+    GATED_METHODS,
+    LIST_METHODS,
+    TOOLS_CALL,
+    Target,
+    args_digest,
+    call_target,
+    forwarded_params,
+    tool_call_target,
+)
 
 
 def test_method_name() -> None:
@@ -48,3 +57,52 @@ def test_unrepresentable_numbers_are_refused(bad: Any) -> None:
     with pytest.raises(CmcpError) as info:
         args_digest({"n": bad})
     assert info.value.code is Code.MCP_INVALID_REQUEST
+
+
+META = {"progressToken": 7}
+REF = {"type": "ref/resource", "uri": "ehr://patients/{id}"}
+ARGUMENT = {"name": "id", "value": "p"}
+
+
+@pytest.mark.parametrize(("method", "params", "target", "forwarded"), [
+    ("tools/call", {"name": "t", "arguments": {"a": 1}, "_meta": META, "extra": "dropped"},
+     Target("tools/call", "tool", "t", {"a": 1}), {"name": "t", "arguments": {"a": 1}, "_meta": META}),
+    ("resources/read", {"uri": "ehr://patients/p-1", "_meta": META},
+     Target("resources/read", "resource", "ehr://patients/p-1", {}),
+     {"uri": "ehr://patients/p-1", "_meta": META}),
+    ("resources/subscribe", {"uri": "docs://x"}, Target("resources/subscribe", "resource", "docs://x", {}),
+     {"uri": "docs://x"}),
+    ("prompts/get", {"name": "p", "arguments": {"who": "me"}},
+     Target("prompts/get", "prompt", "p", {"who": "me"}), {"name": "p", "arguments": {"who": "me"}}),
+    ("prompts/get", {"name": "p"}, Target("prompts/get", "prompt", "p", {}), {"name": "p", "arguments": {}}),
+    ("completion/complete", {"ref": REF, "argument": ARGUMENT},
+     Target("completion/complete", "resource", "ehr://patients/{id}", {"ref": REF, "argument": ARGUMENT}),
+     {"ref": REF, "argument": ARGUMENT}),
+    ("logging/setLevel", {"level": "debug"}, Target("logging/setLevel", "server", "logging", {"level": "debug"}),
+     {"level": "debug"}),
+])
+def test_each_gated_method_has_one_target_and_forwards_only_what_its_permit_binds(
+    method: str, params: dict[str, Any], target: Target, forwarded: dict[str, Any]
+) -> None:
+    assert method in GATED_METHODS
+    assert call_target(method, params) == target
+    assert forwarded_params(target, params) == forwarded
+
+
+@pytest.mark.parametrize(("method", "params"), [
+    ("resources/read", {}), ("resources/read", {"uri": ""}), ("prompts/get", {"name": "p", "arguments": []}),
+    ("completion/complete", {"ref": {"type": "ref/tool", "name": "t"}, "argument": {}}),
+    ("completion/complete", {"ref": {"type": "ref/prompt", "name": "p"}}),
+    ("logging/setLevel", {"level": 3}), ("resources/read", "not an object"),
+])
+def test_malformed_gated_requests_are_invalid(method: str, params: Any) -> None:
+    with pytest.raises(CmcpError) as refused:
+        call_target(method, params)
+    assert refused.value.code is Code.MCP_INVALID_REQUEST
+
+
+def test_list_methods_are_not_gated_and_unknown_methods_have_no_target() -> None:
+    assert not GATED_METHODS & set(LIST_METHODS)
+    with pytest.raises(CmcpError) as refused:
+        call_target("sampling/createMessage", {})
+    assert refused.value.code is Code.METHOD_NOT_FOUND

@@ -56,6 +56,24 @@ def test_binding_mismatches_have_their_own_codes() -> None:
     expect(Code.PERMIT_ARGS_MISMATCH, token, args_digest=json_digest({"customer_id": "c-43"}))
     expect(Code.PERMIT_BUNDLE_MISMATCH, token, allowed_bundles=frozenset({"sha256:" + "2" * 64}))
     expect(Code.PERMIT_EXPIRED, token, now=NOW + 30 + permit.CLOCK_SKEW_SECONDS + 1)
+    expect(Code.PERMIT_METHOD_MISMATCH, token, method="prompts/get")
+
+
+def test_a_permit_names_its_method_and_one_minted_before_methods_were_gated_is_a_tool_call() -> None:
+    read = mint(method="resources/read", tool="ehr://patients/p-1")
+    assert check(read, method="resources/read", tool="ehr://patients/p-1").method == "resources/read"
+    expect(Code.PERMIT_METHOD_MISMATCH, read, tool="ehr://patients/p-1")  # presented as a tools/call
+    # A payload without "method" (an enclave before this field) verifies as tools/call only.
+    legacy = {"sid": "s1", "cid": "c1", "tool": "crm.lookup", "args": ARGS, "aud": "http://crm/mcp",
+              "iat": int(NOW), "exp": int(NOW) + 30, "bh": "sha256:" + "1" * 64, "nonce": "0" * 32,
+              "kid": thumbprint(KEY.public_key())}
+    from cmcp_core.crypto import PERMIT_CONTEXT, sign
+    from cmcp_core.digest import canonical
+
+    body = canonical(legacy)
+    token = f"v1.{b64url(body)}.{b64url(sign(KEY, PERMIT_CONTEXT + body))}"
+    assert check(token).method == "tools/call"
+    expect(Code.PERMIT_METHOD_MISMATCH, token, method="resources/read")
 
 
 def test_unattested_key_is_refused_even_with_a_valid_signature() -> None:
