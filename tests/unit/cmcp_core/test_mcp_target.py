@@ -78,8 +78,8 @@ ARGUMENT = {"name": "id", "value": "p"}
     ("completion/complete", {"ref": REF, "argument": ARGUMENT},
      Target("completion/complete", "resource", "ehr://patients/{id}", {"ref": REF, "argument": ARGUMENT}),
      {"ref": REF, "argument": ARGUMENT}),
-    ("logging/setLevel", {"level": "debug"}, Target("logging/setLevel", "server", "logging", {"level": "debug"}),
-     {"level": "debug"}),
+    ("logging/setLevel", {"level": "debug"},
+     Target("logging/setLevel", "server", "logging", {"level": "debug"}), {"level": "debug"}),
 ])
 def test_each_gated_method_has_one_target_and_forwards_only_what_its_permit_binds(
     method: str, params: dict[str, Any], target: Target, forwarded: dict[str, Any]
