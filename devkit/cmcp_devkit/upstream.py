@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from mcp.server.mcpserver import Image, MCPServer
+from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.types import Completion
 from pydantic import BaseModel
 from starlette.types import ASGIApp
@@ -195,6 +195,16 @@ def _test_tools(server: MCPServer, counter: CallCounter) -> None:
     def web_search(query: str) -> SearchResult:
         counter["web.search"] += 1
         return SearchResult(query=query, hits=[Hit(title=query, score=1.0)])
+
+    @server.tool()
+    async def progress(steps: int, ctx: Context) -> str:
+        """Report ``steps`` progress notifications and one log message, then answer (on an SSE
+        upstream they travel on the request's stream before the result)."""
+        counter["progress"] += 1
+        for step in range(1, steps + 1):
+            await ctx.report_progress(step, steps, f"step {step}")
+        await ctx.info(f"done after {steps} steps")
+        return f"{steps} steps"
 
     @server.tool(name="résumé.parse")
     def parse_resume(body: str) -> dict[str, int]:
@@ -370,6 +380,16 @@ def _demo_tools(server: MCPServer, counter: CallCounter) -> None:
         """Search the public web (canned results)."""
         counter["web.search"] += 1
         return WebResult(query=query, hits=[WebHit(title=query, url="https://example.org/")])
+
+    @server.tool()
+    async def progress(steps: int, ctx: Context) -> str:
+        """Report ``steps`` progress notifications and one log message, then answer (on an SSE
+        upstream they travel on the request's stream before the result)."""
+        counter["progress"] += 1
+        for step in range(1, steps + 1):
+            await ctx.report_progress(step, steps, f"step {step}")
+        await ctx.info(f"done after {steps} steps")
+        return f"{steps} steps"
 
     @server.tool(name="résumé.parse")
     def parse_resume(body: str) -> ParsedResume:

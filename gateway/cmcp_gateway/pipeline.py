@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 import orjson
+from mcp_types import LOG_LEVEL_META_KEY
 
 from cmcp_core.bundle import template_pattern
 from cmcp_core.digest import b64url
@@ -77,9 +78,10 @@ def _list_params(params: dict[str, Any]) -> dict[str, Any]:
 
 async def call(
     runtime: RouteRuntime, session: McpSession, request_id: str | int, method: str, params: dict[str, Any]
-) -> Any:
-    """The upstream's result for an allowed request to a gated ``method``; ``FailedRequest`` for
-    a denied or refused one."""
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The upstream's result for an allowed request to a gated ``method``, and the notifications
+    (progress, log messages) the upstream sent before it; ``FailedRequest`` for a denied or
+    refused one."""
     target = call_target(method, params)
     tool, arguments = target.name, target.arguments
     digest = args_digest(arguments)
@@ -123,15 +125,23 @@ async def call(
             str(code),
         )
     advisory = doc["decision"] == "deny"
+    if method == "logging/setLevel" and await runtime.upstream.per_request_logging():
+        # A 2026-07-28 upstream has no session level to set: the level the enclave allowed is
+        # carried on each of this session's requests instead (_with_log_level).
+        session.log_level = str(target.arguments["level"])
+        _report_later(runtime, session, call_id, {}, "")
+        return {}, []
     upstream_started = time.perf_counter()
     try:
-        message = await runtime.upstream.request(
-            method, forwarded_params(target, params), {PERMIT_HEADER: decision.permit}
-        )
+        forwarded = _with_log_level(forwarded_params(target, params), session)
+        reply = await runtime.upstream.exchange(method, forwarded, {PERMIT_HEADER: decision.permit})
     except CmcpError as exc:
         _report_later(runtime, session, call_id, None, str(exc.code))
         raise
     UPSTREAM_SECONDS.observe(time.perf_counter() - upstream_started)
+    message = reply.message
+    if method == "logging/setLevel" and "result" in message:
+        session.log_level = str(target.arguments["level"])
     if "error" in message:
         failed = _upstream_error(message, ids, request_id)
         _report_later(runtime, session, call_id, None, failed.code)
@@ -164,7 +174,19 @@ async def call(
                 "would_have_denied": advisory,
             },
         )
-    return result
+    return result, reply.notifications
+
+
+def _with_log_level(params: dict[str, Any], session: McpSession) -> dict[str, Any]:
+    """A handshake-era agent asks for log messages once, with ``logging/setLevel``; a 2026-07-28
+    upstream sends them only to requests that opt in through ``_meta``: carry the session's level
+    on each request the agent did not stamp itself."""
+    if not session.log_level:
+        return params
+    meta = params.get("_meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    meta.setdefault(LOG_LEVEL_META_KEY, session.log_level)
+    return {**params, "_meta": meta}
 
 
 def _upstream_error(

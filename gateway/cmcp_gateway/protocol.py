@@ -253,13 +253,14 @@ class McpHandler:
         session.last_used = time.monotonic()
         if token:
             session.access_token = token
+        notifications: list[dict[str, Any]] = []
         try:
             if method == "tools/list":
                 result = await pipeline.list_tools(runtime, session)
             elif method in LIST_METHODS:
                 result = await pipeline.list_items(runtime, session, request_id, method, params)
             else:
-                result = await pipeline.call(runtime, session, request_id, method, params)
+                result, notifications = await pipeline.call(runtime, session, request_id, method, params)
         except CmcpError as exc:
             if exc.code in _SESSION_GONE and not session.stateful:
                 self.sessions.forget(session)  # the next stateless request starts a fresh implicit session
@@ -273,11 +274,21 @@ class McpHandler:
             result.setdefault("resultType", "complete")
             if method in LIST_METHODS:  # 2026-07-28 cacheable result: per-agent, never shared
                 result.update(cacheScope="private", ttlMs=0)
+        if notifications and _accepts_sse(request.headers):
+            return self._ok_stream(request_id, result, session, notifications)
         return self._ok(request_id, result, session)
 
     def _ok(self, request_id: str | int, result: Any, session: McpSession | None) -> Response:
-        headers = {SESSION_HEADER: session.id} if session is not None and session.stateful else None
-        return Response(jsonrpc.result_body(request_id, result), media_type=jsonrpc.JSON, headers=headers)
+        return Response(jsonrpc.result_body(request_id, result), media_type=jsonrpc.JSON,
+                        headers=_session_header(session))
+
+    def _ok_stream(self, request_id: str | int, result: Any, session: McpSession | None,
+                   notifications: list[dict[str, Any]]) -> Response:
+        """The upstream's notifications (progress with the agent's token, log messages), then the
+        result, as one SSE body: relayed in order once the upstream's stream has ended."""
+        events = [*(orjson.dumps(n) for n in notifications), jsonrpc.result_body(request_id, result)]
+        body = b"".join(b"event: message\r\ndata: " + e + b"\r\n\r\n" for e in events)
+        return Response(body, media_type=SSE, headers=_session_header(session))
 
 
 async def _capabilities(runtime: RouteRuntime) -> dict[str, Any]:
@@ -285,6 +296,17 @@ async def _capabilities(runtime: RouteRuntime) -> dict[str, Any]:
         return relayed_capabilities(await runtime.upstream.offered())
     except CmcpError:  # the upstream is down: the handshake still works, calls fail closed later
         return CAPABILITIES
+
+
+SSE = "text/event-stream"
+
+
+def _accepts_sse(headers: Mapping[str, str]) -> bool:
+    return SSE in headers.get("accept", "")
+
+
+def _session_header(session: McpSession | None) -> dict[str, str] | None:
+    return {SESSION_HEADER: session.id} if session is not None and session.stateful else None
 
 
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")

@@ -41,6 +41,9 @@ class McpSession:
     # the agent's latest access token the enclave proved for ``agent`` (OAuth routes); every
     # call to the enclave carries one, and any of the agent's valid tokens proves the same principal
     access_token: str = ""
+    # the level this (handshake-era) session's agent set with an allowed ``logging/setLevel``;
+    # stamped as the per-request log opt-in on what the gateway forwards for it (2026-07-28)
+    log_level: str = ""
 
 
 class SessionTable(Mapping[str, McpSession]):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,15 +33,27 @@ _MODERN_META = {
 _BASE_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
-def _parse_sse(body: bytes, request_id: int) -> Any:
-    """The JSON-RPC response for ``request_id`` inside an SSE body (notifications are skipped)."""
+@dataclass(frozen=True)
+class Reply:
+    """The upstream's JSON-RPC response, and the notifications (progress, log messages) it sent
+    on the request's stream before it, in order."""
+
+    message: dict[str, Any]
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _parse_sse(body: bytes, request_id: int) -> tuple[Any, list[dict[str, Any]]]:
+    """The JSON-RPC response for ``request_id`` inside an SSE body, and the notifications before it."""
+    notifications: list[dict[str, Any]] = []
     for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
         data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
         if not data:
             continue
         message = orjson.loads(data)
         if isinstance(message, dict) and message.get("id") == request_id:
-            return message
+            return message, notifications
+        if isinstance(message, dict) and "id" not in message and isinstance(message.get("method"), str):
+            notifications.append(message)
     raise ValueError("SSE stream ended without the response")
 
 
@@ -105,11 +118,15 @@ class UpstreamClient:
             self.session_id, self.mode = session_id, LEGACY
 
     def _decode(self, resp: HttpResponse, request_id: int) -> dict[str, Any]:
+        return self._decode_reply(resp, request_id).message
+
+    def _decode_reply(self, resp: HttpResponse, request_id: int) -> Reply:
         """The JSON-RPC message in ``resp``; a guard's coded 403 is returned as the error it is."""
         ctype = resp.headers.get("content-type", "")
+        notifications: list[dict[str, Any]] = []
         try:
             if ctype.startswith("text/event-stream"):
-                message = _parse_sse(resp.content, request_id)
+                message, notifications = _parse_sse(resp.content, request_id)
             elif ctype.startswith("application/json"):
                 message = orjson.loads(resp.content)
             else:
@@ -123,7 +140,7 @@ class UpstreamClient:
             raise CmcpError(
                 Code.UPSTREAM_UNAVAILABLE, "upstream answered with something else than a response"
             )
-        return message
+        return Reply(message, notifications)
 
     def _headers(self, method: str, params: dict[str, Any]) -> dict[str, str]:
         headers = dict(_BASE_HEADERS)
@@ -145,6 +162,13 @@ class UpstreamClient:
             await self._negotiate()
         return self.capabilities
 
+    async def per_request_logging(self) -> bool:
+        """Whether the upstream takes its log level per request (2026-07-28 ``_meta``) rather than
+        from ``logging/setLevel`` on a session."""
+        if self.mode is None:
+            await self._negotiate()
+        return self.mode == MODERN
+
     async def aclose(self) -> None:
         await self.http.aclose()
 
@@ -157,6 +181,17 @@ class UpstreamClient:
         idempotent: bool = False,
     ) -> dict[str, Any]:
         """Send one request; return the upstream's JSON-RPC response message (result or error)."""
+        return (await self.exchange(method, params, extra_headers, idempotent=idempotent)).message
+
+    async def exchange(
+        self,
+        method: str,
+        params: dict[str, Any],
+        extra_headers: dict[str, str] | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> Reply:
+        """Send one request; return the upstream's response and the notifications before it."""
         if self.mode is None:
             await self._negotiate()
         if self.mode == MODERN:
@@ -169,8 +204,8 @@ class UpstreamClient:
         if resp.status == 404 and self.mode == LEGACY:
             self.mode = self.session_id = None  # the upstream dropped our session: handshake again next time
             if idempotent:
-                return await self.request(method, params, extra_headers)
+                return await self.exchange(method, params, extra_headers)
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "upstream session expired")
         if resp.status >= 500:
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream answered HTTP {resp.status}")
-        return self._decode(resp, rid)
+        return self._decode_reply(resp, rid)

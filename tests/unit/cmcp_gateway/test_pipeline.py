@@ -62,9 +62,10 @@ async def wired(enclave: EnclaveProcess) -> AsyncIterator[Wired]:
 
 
 async def test_an_allowed_call_is_relayed_verbatim(wired: Wired) -> None:
-    result = await pipeline.call(wired.runtime, wired.session, 1, "tools/call", {"name": "payments.transfer",
-                                                                        "arguments": TRANSFER})
+    call = {"name": "payments.transfer", "arguments": TRANSFER}
+    result, notifications = await pipeline.call(wired.runtime, wired.session, 1, "tools/call", call)
     assert result["structuredContent"] == {**TRANSFER, "status": "sent"}
+    assert notifications == []  # the tool sent none
     assert wired.upstream.counter["payments.transfer"] == 1
 
 
