@@ -169,7 +169,7 @@ async def test_raw_http_semantics(enforce: EnclaveProcess) -> None:
             )
             assert other.status_code == 404  # bob cannot use alice's session
             unknown = await http.post(
-                stack.url, json={"jsonrpc": "2.0", "id": 5, "method": "resources/list"}, headers=session
+                stack.url, json={"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage"}, headers=session
             )
             assert unknown.json()["error"]["code"] == -32601
             listed = await http.post(
