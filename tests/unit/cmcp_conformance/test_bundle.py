@@ -54,9 +54,13 @@ def test_write_returns_the_directory_with_exactly_those_files(tmp_path: Path) ->
 
 def test_catalog_follows_the_profile() -> None:
     profile = Profile(allowed_tool="ping", denied_tool="wipe", phi_tool="chart", external_tool="fax",
-                      non_ascii_tool="grüße", uncatalogued_tool="hidden")
-    entries = {e["tool_name"]: e for e in conformance_bundle.catalog(profile)}
+                      non_ascii_tool="grüße", uncatalogued_tool="hidden", resource="notes://a",
+                      uncatalogued_resource="notes://b", prompt="hello")
+    catalog = conformance_bundle.catalog(profile)
+    entries = {e["tool_name"]: e for e in catalog if "tool_name" in e}
     assert set(entries) == {"ping", "wipe", "chart", "fax", "grüße"}
+    assert [e.get("resource_uri") or e.get("prompt_name") for e in catalog if "tool_name" not in e] == [
+        "notes://a", "hello"]
     assert entries["chart"]["compliance_domain"] == "PHI" and entries["chart"]["sensitivity_level"] == (
         "restricted")
     assert entries["fax"]["destination"] == "external"

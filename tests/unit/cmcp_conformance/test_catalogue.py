@@ -27,7 +27,7 @@ def test_readme_lists_exactly_the_catalogue() -> None:
 def test_ids_are_unique_and_well_formed() -> None:
     ids = [r.id for r in catalogue.REQUIREMENTS]
     assert len(ids) == len(set(ids))
-    groups = "ATTEST|POLICY|AUDIT|FAIL|TRACE|POLICY-TEE|REPLICA|STATE|IDENT"
+    groups = "ATTEST|POLICY|AUDIT|FAIL|TRACE|POLICY-TEE|REPLICA|STATE|IDENT|METHOD"
     assert all(re.fullmatch(rf"({groups})-\d{{3}}", i) for i in ids)
     expected = {
         f"{group}-{n:03d}"
