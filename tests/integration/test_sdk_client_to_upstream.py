@@ -168,9 +168,8 @@ async def test_raw_http_semantics(enforce: EnclaveProcess) -> None:
                 headers={**bob, "mcp-session-id": sid},
             )
             assert other.status_code == 404  # bob cannot use alice's session
-            unknown = await http.post(
-                stack.url, json={"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage"}, headers=session
-            )
+            sampling = {"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage"}
+            unknown = await http.post(stack.url, json=sampling, headers=session)
             assert unknown.json()["error"]["code"] == -32601
             listed = await http.post(
                 stack.url, json={"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, headers=session
