@@ -1,5 +1,5 @@
 # Two entry points: `make demo` (the main job) and `make test` (every check CI runs).
-.PHONY: setup demo demo-cluster test lint unit integration e2e conformance bench-quick bench k8s-binaries clean
+.PHONY: setup demo demo-cluster test lint unit integration e2e conformance bench-quick bench k8s-binaries mcp-conformance-suite clean
 
 VENV := .venv/bin
 
@@ -23,6 +23,11 @@ demo-cluster: k8s-binaries
 k8s-binaries: setup
 	$(VENV)/python -m cmcp_devkit.cluster.binaries
 
+# The official MCP conformance suite and the Node 22 it needs, npm ci'd once from
+# devkit/cmcp_devkit/mcp_conformance/package-lock.json into ~/.cache/cmcp-mcp-conformance/.
+mcp-conformance-suite: setup
+	$(VENV)/python -m cmcp_devkit.mcp_conformance
+
 lint: setup
 	$(VENV)/ruff check .
 	$(VENV)/mypy
@@ -31,7 +36,7 @@ lint: setup
 unit: setup
 	$(VENV)/pytest tests/unit -q
 
-integration: setup
+integration: setup mcp-conformance-suite
 	$(VENV)/pytest tests/integration -q
 
 e2e: k8s-binaries
@@ -46,7 +51,7 @@ bench-quick: setup
 bench: setup
 	$(VENV)/python -m bench run
 
-test: setup k8s-binaries lint
+test: setup k8s-binaries mcp-conformance-suite lint
 	$(VENV)/pytest tests -q -ra
 	$(MAKE) --no-print-directory conformance
 	$(MAKE) --no-print-directory bench-quick

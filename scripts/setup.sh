@@ -14,6 +14,9 @@ if command -v "$PY" >/dev/null 2>&1 && ! "$PY" -c 'import venv, ensurepip' >/dev
 fi
 # the e2e control plane gives pods addresses in a private network namespace (ip netns, veth)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# the official MCP conformance suite is npm ci'd from the project's lockfile (cmcp_devkit.mcp_conformance);
+# any npm will do: the Node 22 the suite runs on comes from that lockfile
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # tests start private PostgreSQL clusters from Debian's server package (cmcp_devkit.postgres)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
   || need_apt+=(postgresql)
