@@ -542,15 +542,16 @@ RETRY_INTERVAL_MS = 100  # the SSE ``retry`` field: the polling scenario reconne
 
 
 def build_app(
-    *, host: str = "127.0.0.1", json_response: bool = False
+    *, host: str = "127.0.0.1", json_response: bool = False, guard: Any = None
 ) -> tuple[ASGIApp, CallCounter, EverythingState]:
-    """The streamable-HTTP app (``/mcp``, plus ``GET /calls``).
+    """The streamable-HTTP app (``/mcp``, plus ``GET /calls``), behind ``guard`` (a
+    ``cmcp_guard`` Guard) when given.
 
     ``host`` is where it is bound: on a loopback host the SDK turns on its DNS-rebinding
     protection (only loopback Host/Origin accepted)."""
     server, counter, state = build_server()
     app = counted_app(
-        server, counter, json_response=json_response, event_store=BoundedEventStore(),
+        server, counter, guard, json_response=json_response, event_store=BoundedEventStore(),
         retry_interval=RETRY_INTERVAL_MS, host=host,
     )
     return app, counter, state
@@ -566,10 +567,10 @@ class RunningEverything:
 
 @contextlib.asynccontextmanager
 async def run_everything(
-    *, host: str = "127.0.0.1", port: int | None = None, json_response: bool = False
+    *, host: str = "127.0.0.1", port: int | None = None, json_response: bool = False, guard: Any = None
 ) -> AsyncIterator[RunningEverything]:
     """The everything server in this event loop; ``up.url`` is its MCP endpoint."""
-    app, counter, state = build_app(host=host, json_response=json_response)
+    app, counter, state = build_app(host=host, json_response=json_response, guard=guard)
     port = port or free_port()
     async with serving(server_config(app, host, port)) as server:
         yield RunningEverything(url=f"http://{host}:{port}/mcp", counter=counter, state=state, server=server)

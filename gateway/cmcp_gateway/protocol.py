@@ -40,12 +40,11 @@ CAPABILITIES = {"tools": {"listChanged": False}}  # when the upstream cannot be 
 
 def relayed_capabilities(upstream: Mapping[str, Any]) -> dict[str, Any]:
     """What the gateway offers agents: the upstream's tools, resources, prompts, completion and
-    logging, each decided by the enclave. No list-change notifications: the gateway opens no
-    server-to-client stream."""
+    logging, each decided by the enclave. No list-change or resource-update notifications, and so
+    no subscriptions: the gateway opens no server-to-client stream to carry them."""
     offered: dict[str, Any] = {"tools": {"listChanged": False}}
-    resources = upstream.get("resources")
-    if isinstance(resources, dict):
-        offered["resources"] = {"listChanged": False, "subscribe": bool(resources.get("subscribe"))}
+    if isinstance(upstream.get("resources"), dict):
+        offered["resources"] = {"listChanged": False, "subscribe": False}
     if isinstance(upstream.get("prompts"), dict):
         offered["prompts"] = {"listChanged": False}
     for name in ("completions", "logging"):
@@ -318,15 +317,27 @@ def check_host_and_origin(
     """DNS rebinding (MCP transport security): a web page that gets a browser to call the gateway
     under a name the attacker controls sends that name in ``Host`` and its own ``Origin``. The
     route serves only its ``allowed_hosts`` (default: ``default_hosts``, the loopback names when the
-    gateway listens on loopback) and, from browsers, only its ``allowed_origins``. A request with
+    gateway listens on loopback) and, from browsers, only its ``allowed_origins`` (default: pages
+    served from ``default_hosts``; none when the gateway listens elsewhere). A request with
     no ``Host`` at all (HTTP/1.0) comes from no browser, and so from no rebound name."""
     hosts = route.allowed_hosts or default_hosts
     host = headers.get("host")
     if hosts and host is not None and not _host_served(host.lower(), hosts):
         raise CmcpError(Code.HOST_NOT_ALLOWED, f"this route does not serve Host {host!r}")
     origin = headers.get("origin")
-    if origin is not None and origin.lower().rstrip("/") not in route.allowed_origins:
+    if origin is not None and not _origin_served(origin.lower().rstrip("/"), route.allowed_origins,
+                                                 default_hosts):
         raise CmcpError(Code.ORIGIN_NOT_ALLOWED, f"this route does not serve Origin {origin!r}")
+
+
+def _origin_served(origin: str, allowed: tuple[str, ...], default_hosts: tuple[str, ...]) -> bool:
+    """``origin`` is listed; or the route lists none and it is a page served from one of
+    ``default_hosts`` (on a loopback gateway: a page on this machine, as the MCP SDK allows)."""
+    if allowed:
+        return origin in allowed
+    scheme, sep, authority = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and bool(default_hosts) \
+        and _host_served(authority, default_hosts)
 
 
 def _host_served(host: str, allowed: tuple[str, ...]) -> bool:

@@ -245,6 +245,25 @@ def test_a_route_names_its_hosts_and_browser_origins() -> None:
     check_host_and_origin({}, _route(), LOOPBACK_HOSTS)  # no Host at all (HTTP/1.0): no browser sent it
 
 
+@pytest.mark.parametrize("origin, served", [
+    ("http://localhost:3000", True), ("http://127.0.0.1:8080", True), ("https://[::1]:9", True),
+    ("http://localhost", True), ("http://evil.example.com", False),
+    ("http://localhost.evil.example:80", False), ("null", False), ("file://localhost", False),
+])
+def test_a_loopback_gateway_serves_pages_on_this_machine_only(origin: str, served: bool) -> None:
+    """No route origins named: on a loopback gateway a page on this machine may call it (as the
+    MCP SDK allows), a page elsewhere may not; off loopback, no browser page may."""
+    headers = {"host": "localhost:8080", "origin": origin}
+    if served:
+        check_host_and_origin(headers, _route(), LOOPBACK_HOSTS)
+    else:
+        with pytest.raises(CmcpError) as caught:
+            check_host_and_origin(headers, _route(), LOOPBACK_HOSTS)
+        assert caught.value.code is Code.ORIGIN_NOT_ALLOWED
+    with pytest.raises(CmcpError):
+        check_host_and_origin({"origin": origin}, _route(), ())
+
+
 async def test_a_rebound_request_is_refused_before_anything_else() -> None:
     handler = _replica(FakePool(ENCLAVES))
     handler.default_hosts = LOOPBACK_HOSTS
