@@ -381,16 +381,6 @@ def _demo_tools(server: MCPServer, counter: CallCounter) -> None:
         counter["web.search"] += 1
         return WebResult(query=query, hits=[WebHit(title=query, url="https://example.org/")])
 
-    @server.tool()
-    async def progress(steps: int, ctx: Context) -> str:
-        """Report ``steps`` progress notifications and one log message, then answer (on an SSE
-        upstream they travel on the request's stream before the result)."""
-        counter["progress"] += 1
-        for step in range(1, steps + 1):
-            await ctx.report_progress(step, steps, f"step {step}")
-        await ctx.info(f"done after {steps} steps")
-        return f"{steps} steps"
-
     @server.tool(name="résumé.parse")
     def parse_resume(body: str) -> ParsedResume:
         """Parse a résumé (a tool whose name is not ASCII)."""
