@@ -41,6 +41,8 @@ class Code(StrEnum):
     DECISION_UNVERIFIED = "DECISION_UNVERIFIED"
     SESSION_LOST = "SESSION_LOST"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_REQUEST_NOT_RELAYED = "UPSTREAM_REQUEST_NOT_RELAYED"
+    AGENT_GONE = "AGENT_GONE"
     # upstream guard
     PERMIT_MISSING = "PERMIT_MISSING"
     PERMIT_MALFORMED = "PERMIT_MALFORMED"
@@ -169,6 +171,9 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.DECISION_UNVERIFIED: CodeInfo(-32003, 502, "The enclave's signature did not verify."),
     Code.SESSION_LOST: CodeInfo(-32004, 410, "The enclave holding the session is gone."),
     Code.UPSTREAM_UNAVAILABLE: CodeInfo(-32005, 502, "The upstream MCP server did not answer."),
+    Code.UPSTREAM_REQUEST_NOT_RELAYED: CodeInfo(
+        -32005, 502, "The upstream asked the client something; the gateway does not relay that yet."),
+    Code.AGENT_GONE: CodeInfo(-32005, 499, "The agent left before the upstream's answer was relayed."),
     Code.PERMIT_MISSING: CodeInfo(-32010, 403, "The call carries no enclave permit."),
     Code.PERMIT_MALFORMED: CodeInfo(-32010, 403, "The permit is not a well-formed token."),
     Code.PERMIT_BAD_SIGNATURE: CodeInfo(-32010, 403, "The permit's signature does not verify."),

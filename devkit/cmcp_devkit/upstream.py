@@ -29,6 +29,7 @@ Process: ``python -m cmcp_devkit.upstream --profile P --listen 127.0.0.1:0 [--gu
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -206,11 +207,27 @@ def _test_tools(server: MCPServer, counter: CallCounter) -> None:
         await ctx.info(f"done after {steps} steps")
         return f"{steps} steps"
 
+    @server.tool()
+    async def hold(key: str, ctx: Context, wait_seconds: float = 10.0) -> str:
+        """Report one progress notification, then wait (up to ``wait_seconds``) for
+        :data:`RELEASES` ``[key]``: a caller that sets it on seeing the progress proves the
+        notification reached it while the call was still running (relayed as it came, not after
+        the result)."""
+        counter["hold"] += 1
+        await ctx.report_progress(1, 2, "holding")
+        released = RELEASES.setdefault(key, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(released.wait(), min(wait_seconds, 10.0))
+        return "released" if released.is_set() else "not released"
+
     @server.tool(name="résumé.parse")
     def parse_resume(body: str) -> dict[str, int]:
         counter["résumé.parse"] += 1
         return {"words": len(body.split())}
 
+
+# ``hold`` calls wait for their key here (in-process upstreams only; see the tool).
+RELEASES: dict[str, asyncio.Event] = {}
 
 # Resources and a prompt named as in examples/realistic's catalog, plus one it does not name.
 PATIENT_TEMPLATE = "ehr://patients/{patient_id}"

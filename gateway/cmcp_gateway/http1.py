@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -40,6 +41,66 @@ class _StaleConnection(HttpError):
     pass
 
 
+class HttpStream:
+    """A response whose body is read as it arrives. The connection goes back to the pool only
+    when the body was read to its end on a keep-alive connection; :meth:`aclose` otherwise
+    closes it (a half-read body cannot be reused)."""
+
+    def __init__(self, client: Http1Client, conn: _Conn, status: int, headers: dict[str, str],
+                 keep: bool, expires: float) -> None:
+        self.status = status
+        self.headers = headers
+        self._client = client
+        self._conn: _Conn | None = conn
+        self._keep = keep
+        self._expires = expires
+        self._done = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive (chunked, Content-Length or close-delimited), within
+        the exchange's deadline; ``HttpError`` when it is cut short, too large or too slow."""
+        assert self._conn is not None, "the stream is closed"
+        reader = self._conn[0]
+        try:
+            async with asyncio.timeout_at(self._expires):
+                async for chunk in self._body(reader):
+                    yield chunk
+        except TimeoutError as exc:
+            raise HttpError("the response body did not end in time") from exc
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError) as exc:
+            raise HttpError(f"malformed or truncated response: {exc}") from exc
+        self._done = True
+
+    async def _body(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        headers, total = self.headers, 0
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while (size := int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)) != 0:
+                total += size
+                if total > MAX_BODY_BYTES:
+                    raise HttpError("chunked body too large")
+                yield await reader.readexactly(size)
+                await reader.readexactly(2)
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                pass
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            if not 0 <= length <= MAX_BODY_BYTES:
+                raise HttpError("content-length out of range")
+            yield await reader.readexactly(length)
+        elif not (self.status in (204, 304) or 100 <= self.status < 200):
+            self._keep = False
+            while chunk := await reader.read(65536):
+                total += len(chunk)
+                if total > MAX_BODY_BYTES:
+                    raise HttpError("body too large")
+                yield chunk
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            self._client._release(self._conn, self._done and self._keep)
+            self._conn = None
+
+
 class Http1Client:
     def __init__(self, url: str, *, max_idle: int = 64, ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
@@ -56,29 +117,43 @@ class Http1Client:
     async def _connect(self) -> _Conn:
         return await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=MAX_HEADER_BYTES)
 
-    async def post(self, body: bytes, headers: dict[str, str], deadline: float) -> HttpResponse:
+    def _request_bytes(self, body: bytes, headers: dict[str, str]) -> bytes:
         head = [f"POST {self.path} HTTP/1.1", f"host: {self.authority}", f"content-length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items() if "\r" not in v and "\n" not in v]
         try:
-            request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+            return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         except UnicodeEncodeError as exc:
             raise HttpError("a header value is not latin-1") from exc
+
+    async def post(self, body: bytes, headers: dict[str, str], deadline: float) -> HttpResponse:
+        """One exchange, the whole response read within ``deadline`` seconds."""
+        stream = await self.open(body, headers, deadline)
         try:
-            async with asyncio.timeout(deadline):
+            content = b"".join([chunk async for chunk in stream.chunks()])
+        finally:
+            await stream.aclose()
+        return HttpResponse(stream.status, stream.headers, content)
+
+    async def open(self, body: bytes, headers: dict[str, str], deadline: float) -> HttpStream:
+        """Send the request and read the response head; the body is read as it arrives
+        (:meth:`HttpStream.chunks`), all of it within ``deadline`` seconds of now."""
+        request = self._request_bytes(body, headers)
+        expires = asyncio.get_running_loop().time() + deadline
+        try:
+            async with asyncio.timeout_at(expires):
                 reused = bool(self._idle)
                 conn = self._idle.pop() if reused else await self._connect()
                 try:
-                    return await self._exchange(conn, request, reused)
+                    return await self._start(conn, request, reused, expires)
                 except _StaleConnection:
-                    return await self._exchange(await self._connect(), request, False)
+                    return await self._start(await self._connect(), request, False, expires)
         except TimeoutError as exc:
             raise HttpError(f"no answer within {deadline}s") from exc
         except OSError as exc:
             raise HttpError(f"connection failed: {exc}") from exc
 
-    async def _exchange(self, conn: _Conn, request: bytes, reused: bool) -> HttpResponse:
+    async def _start(self, conn: _Conn, request: bytes, reused: bool, expires: float) -> HttpStream:
         reader, writer = conn
-        keep = False
         try:
             writer.write(request)
             await writer.drain()
@@ -88,19 +163,18 @@ class Http1Client:
                 if reused:
                     raise _StaleConnection("idle connection was closed") from exc
                 raise HttpError("connection closed before a response") from exc
-            response, keep = await self._read_response(reader, status_line)
-            return response
+            status, headers, keep = await self._read_head(reader, status_line)
+        except HttpError:
+            writer.close()
+            raise
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError) as exc:
+            writer.close()
             raise HttpError(f"malformed or truncated response: {exc}") from exc
-        finally:
-            if keep and len(self._idle) < self.max_idle:
-                self._idle.append(conn)
-            else:
-                writer.close()
+        return HttpStream(self, conn, status, headers, keep, expires)
 
-    async def _read_response(
+    async def _read_head(
         self, reader: asyncio.StreamReader, status_line: bytes
-    ) -> tuple[HttpResponse, bool]:
+    ) -> tuple[int, dict[str, str], bool]:
         version, _, rest = status_line.decode("latin-1").partition(" ")
         if not version.startswith("HTTP/1."):
             raise HttpError(f"not an HTTP/1.x response: {status_line[:40]!r}")
@@ -117,35 +191,13 @@ class Http1Client:
             key = name.strip().lower()
             headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            content = await self._read_chunked(reader)
-        elif "content-length" in headers:
-            length = int(headers["content-length"])
-            if not 0 <= length <= MAX_BODY_BYTES:
-                raise HttpError("content-length out of range")
-            content = await reader.readexactly(length)
-        elif status in (204, 304) or 100 <= status < 200:
-            content = b""
-        else:
-            content = await reader.read(MAX_BODY_BYTES)
-            keep = False
-        return HttpResponse(status, headers, content), keep
+        return status, headers, keep
 
-    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                    pass
-                return b"".join(chunks)
-            total += size
-            if total > MAX_BODY_BYTES:
-                raise HttpError("chunked body too large")
-            chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
+    def _release(self, conn: _Conn, reusable: bool) -> None:
+        if reusable and len(self._idle) < self.max_idle:
+            self._idle.append(conn)
+        else:
+            conn[1].close()
 
     async def aclose(self) -> None:
         while self._idle:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,6 +35,7 @@ from cmcp_gateway.oauth import www_authenticate
 from cmcp_gateway.routes import RouteRuntime
 from cmcp_gateway.sessions import McpSession
 from cmcp_gateway.transport import Response
+from cmcp_gateway.upstream import ReplyStream
 
 log = logging.getLogger("cmcp.gateway")
 
@@ -77,11 +80,12 @@ def _list_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def call(
-    runtime: RouteRuntime, session: McpSession, request_id: str | int, method: str, params: dict[str, Any]
-) -> tuple[Any, list[dict[str, Any]]]:
-    """The upstream's result for an allowed request to a gated ``method``, and the notifications
-    (progress, log messages) the upstream sent before it; ``FailedRequest`` for a denied or
-    refused one."""
+    runtime: RouteRuntime, session: McpSession, request_id: str | int, method: str, params: dict[str, Any],
+    *, streaming: bool = False, shape: Callable[[Any], Any] = lambda result: result,
+) -> Answer:
+    """The upstream's answer to an allowed request to a gated ``method``; ``FailedRequest`` for a
+    denied or refused one. With ``streaming`` (the agent takes SSE) an upstream that streams is
+    relayed as it writes (:attr:`Answer.events`); ``shape`` finishes a result for the agent."""
     target = call_target(method, params)
     tool, arguments = target.name, target.arguments
     digest = args_digest(arguments)
@@ -130,51 +134,116 @@ async def call(
         # carried on each of this session's requests instead (_with_log_level).
         session.log_level = str(target.arguments["level"])
         _report_later(runtime, session, call_id, {}, "")
-        return {}, []
+        return Answer(shape({}))
     upstream_started = time.perf_counter()
+
+    def finish(message: dict[str, Any]) -> Any:
+        """The upstream's response for the agent: outcome reported, advisory said, logged."""
+        UPSTREAM_SECONDS.observe(time.perf_counter() - upstream_started)
+        if method == "logging/setLevel" and "result" in message:
+            session.log_level = str(target.arguments["level"])
+        if "error" in message:
+            failed = _upstream_error(message, ids, request_id)
+            _report_later(runtime, session, call_id, None, failed.code)
+            log.warning("upstream refused call",
+                        extra={**ids, "method": method, "tool": tool, "code": failed.code})
+            raise failed
+        result = message.get("result")
+        _report_later(runtime, session, call_id, result, "")
+        if advisory and isinstance(result, dict):
+            raw_meta = result.get("_meta")
+            meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+            result["_meta"] = {
+                **meta,
+                "cmcp": {
+                    "would_have_denied": True,
+                    "reason_code": doc["reason_code"],
+                    "mode": doc["mode"],
+                    "call_id": call_id,
+                },
+            }
+        if not (advisory and doc["mode"] == "silent"):
+            log.info(
+                "call forwarded",
+                extra={
+                    **ids,
+                    "agent": session.agent,
+                    "method": method,
+                    "tool": tool,
+                    "args_digest": digest,
+                    "would_have_denied": advisory,
+                },
+            )
+        return shape(result)
+
     try:
         forwarded = _with_log_level(forwarded_params(target, params), session)
-        reply = await runtime.upstream.exchange(method, forwarded, {PERMIT_HEADER: decision.permit})
+        reply = await runtime.upstream.call(method, forwarded, {PERMIT_HEADER: decision.permit},
+                                            streaming=streaming)
     except CmcpError as exc:
         _report_later(runtime, session, call_id, None, str(exc.code))
         raise
-    UPSTREAM_SECONDS.observe(time.perf_counter() - upstream_started)
-    message = reply.message
-    if method == "logging/setLevel" and "result" in message:
-        session.log_level = str(target.arguments["level"])
-    if "error" in message:
-        failed = _upstream_error(message, ids, request_id)
-        _report_later(runtime, session, call_id, None, failed.code)
-        log.warning("upstream refused call",
-                    extra={**ids, "method": method, "tool": tool, "code": failed.code})
-        raise failed
-    result = message.get("result")
-    _report_later(runtime, session, call_id, result, "")
-    if advisory and isinstance(result, dict):
-        raw_meta = result.get("_meta")
-        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-        result["_meta"] = {
-            **meta,
-            "cmcp": {
-                "would_have_denied": True,
-                "reason_code": doc["reason_code"],
-                "mode": doc["mode"],
-                "call_id": call_id,
-            },
-        }
-    if not (advisory and doc["mode"] == "silent"):
-        log.info(
-            "call forwarded",
-            extra={
-                **ids,
-                "agent": session.agent,
-                "method": method,
-                "tool": tool,
-                "args_digest": digest,
-                "would_have_denied": advisory,
-            },
-        )
-    return result, reply.notifications
+    if isinstance(reply, ReplyStream):
+        return Answer(events=Relay(reply, finish, request_id, ids,
+                                   lambda code: _report_later(runtime, session, call_id, None, code)))
+    return Answer(finish(reply.message), reply.notifications)
+
+
+@dataclass
+class Answer:
+    """A gated request's answer: the upstream's (shaped) result and the notifications it sent
+    before it, or, when the upstream streams and the agent takes SSE, ``events``: each message
+    as an SSE event, as the upstream writes it, ending with the response."""
+
+    result: Any = None
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    events: Relay | None = None
+
+
+def sse_event(message: bytes) -> bytes:
+    return b"event: message\r\ndata: " + message + b"\r\n\r\n"
+
+
+class Relay:
+    """The upstream's stream to the agent's: notifications as they come, then the response (or
+    the coded error that ended the stream). :meth:`aclose` (the front calls it whatever happens)
+    closes the upstream's stream and, when the agent left before the response, reports
+    ``AGENT_GONE`` as the call's outcome."""
+
+    def __init__(self, reply: ReplyStream, finish: Callable[[dict[str, Any]], Any], request_id: str | int,
+                 ids: dict[str, str], report_failure: Callable[[str], None]) -> None:
+        self._reply = reply
+        self._finish = finish
+        self._request_id = request_id
+        self._ids = ids
+        self._report_failure = report_failure
+        self._answered = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for message in self._reply.messages():
+                if "id" not in message:
+                    yield sse_event(orjson.dumps(message))
+                    continue
+                self._answered = True
+                try:
+                    result = self._finish(message)
+                except FailedRequest as failed:
+                    yield sse_event(failed.response.body)
+                    return
+                yield sse_event(jsonrpc.result_body(self._request_id, result))
+                return
+        except CmcpError as exc:
+            self._answered = True
+            self._report_failure(str(exc.code))
+            log.warning("upstream stream failed", extra={**self._ids, "code": str(exc.code)})
+            yield sse_event(jsonrpc.error_body(self._request_id, exc.code, exc.detail, self._ids))
+
+    async def aclose(self) -> None:
+        if not self._answered:
+            self._answered = True
+            self._report_failure(str(Code.AGENT_GONE))
+        await self._reply.aclose()
 
 
 def _with_log_level(params: dict[str, Any], session: McpSession) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -253,13 +253,18 @@ class McpHandler:
         if token:
             session.access_token = token
         notifications: list[dict[str, Any]] = []
+        streaming = _accepts_sse(request.headers)
         try:
             if method == "tools/list":
                 result = await pipeline.list_tools(runtime, session)
             elif method in LIST_METHODS:
                 result = await pipeline.list_items(runtime, session, request_id, method, params)
             else:
-                result, notifications = await pipeline.call(runtime, session, request_id, method, params)
+                answer = await pipeline.call(runtime, session, request_id, method, params,
+                                             streaming=streaming, shape=_shaper(modern))
+                if answer.events is not None:
+                    return Response(stream=answer.events, media_type=SSE, headers=_session_header(session))
+                result, notifications = answer.result, answer.notifications
         except CmcpError as exc:
             if exc.code in _SESSION_GONE and not session.stateful:
                 self.sessions.forget(session)  # the next stateless request starts a fresh implicit session
@@ -269,11 +274,11 @@ class McpHandler:
                 self.sessions.forget(session)
                 raise _unknown_session() from exc
             raise
-        if modern and isinstance(result, dict):
+        if modern and isinstance(result, dict) and method in LIST_METHODS:
+            # a 2026-07-28 cacheable result: this agent's own, never shared
             result.setdefault("resultType", "complete")
-            if method in LIST_METHODS:  # 2026-07-28 cacheable result: per-agent, never shared
-                result.update(cacheScope="private", ttlMs=0)
-        if notifications and _accepts_sse(request.headers):
+            result.update(cacheScope="private", ttlMs=0)
+        if notifications and streaming:
             return self._ok_stream(request_id, result, session, notifications)
         return self._ok(request_id, result, session)
 
@@ -286,7 +291,7 @@ class McpHandler:
         """The upstream's notifications (progress with the agent's token, log messages), then the
         result, as one SSE body: relayed in order once the upstream's stream has ended."""
         events = [*(orjson.dumps(n) for n in notifications), jsonrpc.result_body(request_id, result)]
-        body = b"".join(b"event: message\r\ndata: " + e + b"\r\n\r\n" for e in events)
+        body = b"".join(pipeline.sse_event(e) for e in events)
         return Response(body, media_type=SSE, headers=_session_header(session))
 
 
@@ -298,6 +303,18 @@ async def _capabilities(runtime: RouteRuntime) -> dict[str, Any]:
 
 
 SSE = "text/event-stream"
+
+
+def _shaper(modern: bool) -> Callable[[Any], Any]:
+    """How a gated request's result is finished for the agent: 2026-07-28 results say they are
+    complete."""
+
+    def shape(result: Any) -> Any:
+        if modern and isinstance(result, dict):
+            result.setdefault("resultType", "complete")
+        return result
+
+    return shape
 
 
 def _accepts_sse(headers: Mapping[str, str]) -> bool:

@@ -1,7 +1,8 @@
 """The gateway's HTTP front, a bare ASGI 3 app: exact-path routing, lifespan, headers, body, answers.
 
 It knows HTTP and nothing of MCP: a request on a served path with an offered method goes to
-one handler, which returns one complete :class:`Response` (the gateway never streams). It
+one handler, which returns one :class:`Response`: a complete body, or a stream of chunks (the
+upstream's SSE answer, relayed as it arrives). It
 runs on uvicorn (httptools) like any ASGI 3 app. Why not Starlette:
 docs/adr/0001-bare-asgi-front.md.
 """
@@ -9,7 +10,7 @@ docs/adr/0001-bare-asgi-front.md.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,28 +20,48 @@ from cmcp_core.asgi import ClientGone, read_body
 from cmcp_gateway.auth import PEER_CERT_STATE
 
 
+class BodyStream(Protocol):
+    """Chunks of a streamed body; ``aclose`` is called once sending ends, however it ends."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
-    """One complete HTTP answer: the gateway never streams, so a status and one body suffice.
+    """One HTTP answer: a status and one body, or a ``stream`` of chunks sent as they come.
 
     Sent as ``http.response.start`` (``headers`` first, then content-length and content-type,
-    the order Starlette's ``Response`` used) and a single ``http.response.body``. Header names
-    in ``headers`` must be lower-case, as ASGI requires.
+    the order Starlette's ``Response`` used) and a single ``http.response.body``; a stream has no
+    content-length and one ``http.response.body`` per chunk. Header names in ``headers`` must be
+    lower-case, as ASGI requires.
     """
 
     body: bytes = b""
     status: int = 200
     media_type: str | None = None
     headers: Mapping[str, str] | None = None
+    stream: BodyStream | None = None
 
     async def send(self, send: Send) -> None:
         extra = self.headers or {}
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-        raw.append((b"content-length", str(len(self.body)).encode("latin-1")))
+        if self.stream is None:
+            raw.append((b"content-length", str(len(self.body)).encode("latin-1")))
         if self.media_type is not None:
             raw.append((b"content-type", self.media_type.encode("latin-1")))
-        await send({"type": "http.response.start", "status": self.status, "headers": raw})
-        await send({"type": "http.response.body", "body": self.body})
+        if self.stream is None:
+            await send({"type": "http.response.start", "status": self.status, "headers": raw})
+            await send({"type": "http.response.body", "body": self.body})
+            return
+        try:
+            await send({"type": "http.response.start", "status": self.status, "headers": raw})
+            async for chunk in self.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await self.stream.aclose()
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +21,10 @@ import orjson
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 
 from cmcp_core.errors import CmcpError, Code
-from cmcp_gateway.http1 import Http1Client, HttpError, HttpResponse
+from cmcp_gateway.http1 import Http1Client, HttpError, HttpResponse, HttpStream
 
 MODERN = "2026-07-28"
+SSE = "text/event-stream"
 LEGACY = "2025-11-25"
 CLIENT_INFO = {"name": "cmcp-gateway", "version": "0.1.0"}
 _MODERN_META = {
@@ -46,10 +48,9 @@ def _parse_sse(body: bytes, request_id: int) -> tuple[Any, list[dict[str, Any]]]
     """The JSON-RPC response for ``request_id`` inside an SSE body, and the notifications before it."""
     notifications: list[dict[str, Any]] = []
     for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
-        if not data:
+        message = _event_message(event)
+        if message is None:
             continue
-        message = orjson.loads(data)
         if isinstance(message, dict) and message.get("id") == request_id:
             return message, notifications
         if isinstance(message, dict) and "id" not in message and isinstance(message.get("method"), str):
@@ -192,6 +193,21 @@ class UpstreamClient:
         idempotent: bool = False,
     ) -> Reply:
         """Send one request; return the upstream's response and the notifications before it."""
+        answer = await self.call(method, params, extra_headers, idempotent=idempotent, streaming=False)
+        assert isinstance(answer, Reply)
+        return answer
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        extra_headers: dict[str, str] | None = None,
+        *,
+        idempotent: bool = False,
+        streaming: bool = True,
+    ) -> Reply | ReplyStream:
+        """Send one request. An upstream answering in SSE gives a :class:`ReplyStream` (read as the
+        upstream writes it) when ``streaming``; anything else is read whole into a :class:`Reply`."""
         if self.mode is None:
             await self._negotiate()
         if self.mode == MODERN:
@@ -200,12 +216,69 @@ class UpstreamClient:
         headers = self._headers(method, params)
         if extra_headers:
             headers.update(extra_headers)
-        resp = await self._post({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}, headers)
+        message = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+        try:
+            stream = await self.http.open(orjson.dumps(message), headers, self.timeout)
+        except HttpError as exc:
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream unreachable: {exc}") from exc
+        if streaming and stream.status < 300 and stream.headers.get("content-type", "").startswith(SSE):
+            return ReplyStream(stream, rid)
+        try:
+            content = b"".join([chunk async for chunk in stream.chunks()])
+        except HttpError as exc:
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream unreachable: {exc}") from exc
+        finally:
+            await stream.aclose()
+        resp = HttpResponse(stream.status, stream.headers, content)
         if resp.status == 404 and self.mode == LEGACY:
             self.mode = self.session_id = None  # the upstream dropped our session: handshake again next time
             if idempotent:
-                return await self.exchange(method, params, extra_headers)
+                return await self.call(method, params, extra_headers, streaming=streaming)
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "upstream session expired")
         if resp.status >= 500:
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream answered HTTP {resp.status}")
         return self._decode_reply(resp, rid)
+
+
+class ReplyStream:
+    """An upstream's SSE answer, message by message as it arrives: the notifications it sends on
+    the request's stream, then the response (:meth:`messages` ends with it). A request from the
+    upstream to the client cannot be relayed yet and ends the stream with
+    ``UPSTREAM_REQUEST_NOT_RELAYED``, rather than leaving the upstream waiting for an answer."""
+
+    def __init__(self, stream: HttpStream, request_id: int) -> None:
+        self._stream = stream
+        self._request_id = request_id
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        buffer = b""
+        try:
+            async for chunk in self._stream.chunks():
+                buffer += chunk.replace(b"\r\n", b"\n")
+                *events, buffer = buffer.split(b"\n\n")
+                for event in events:
+                    message = _event_message(event)
+                    if message is None or not isinstance(message, dict):
+                        continue
+                    if message.get("id") == self._request_id and ("result" in message or "error" in message):
+                        yield message
+                        return
+                    if "id" in message and isinstance(message.get("method"), str):
+                        raise CmcpError(Code.UPSTREAM_REQUEST_NOT_RELAYED,
+                                        f"the upstream sent {message['method']!r} to the client; "
+                                        "requests from the upstream are not relayed yet")
+                    if "id" not in message and isinstance(message.get("method"), str):
+                        yield message
+        except HttpError as exc:
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream stream broke: {exc}") from exc
+        except ValueError as exc:
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "upstream stream carried a non-JSON message") from exc
+        raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "upstream stream ended without the response")
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _event_message(event: bytes) -> Any:
+    data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+    return orjson.loads(data) if data else None

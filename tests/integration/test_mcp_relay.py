@@ -6,6 +6,7 @@ token, its log-level opt-in) relayed to the upstream. mcp SDK client -> gateway 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ import pytest
 
 from cmcp_core.native_schema import native_schema
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
+from cmcp_devkit.upstream import RELEASES
+from cmcp_gateway import pipeline
 from tests.helpers.gateway_stack import AUDIENCE, agent, run_stack
 from tests.paths import EXAMPLES
 
@@ -23,12 +26,13 @@ MODES = ["auto", "legacy"]
 
 @pytest.fixture(scope="module")
 def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
-    """examples/minimal with the test upstream's ``progress`` tool catalogued too, and agents
+    """examples/minimal with the test upstream's ``progress`` and ``hold`` tools catalogued, and agents
     allowed to set the upstream's log level (how a handshake-era agent asks for log messages)."""
     bundle = tmp_path_factory.mktemp("bundle") / "b"
     shutil.copytree(EXAMPLES / "minimal", bundle)
     catalog = json.loads((bundle / "catalog.json").read_text())
-    catalog.append({"tool_name": "progress", "server": "test", "sensitivity_level": "public"})
+    catalog += [{"tool_name": name, "server": "test", "sensitivity_level": "public"}
+                for name in ("progress", "hold")]
     (bundle / "catalog.json").write_text(json.dumps(catalog))
     (bundle / "policies" / "logging.cedar").write_text(
         '@id("agents-may-ask-for-logs")\n'
@@ -88,3 +92,47 @@ async def test_an_agent_that_does_not_accept_sse_gets_the_result_alone(enclave: 
             "notifications/progress", "notifications/progress", None]
         assert events[0]["params"]["progressToken"] == "p-1"  # the agent's own token, relayed
         assert events[-1]["id"] == 1 and events[-1]["result"]["content"][0]["text"] == "2 steps"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_progress_reaches_the_agent_while_the_call_still_runs(
+    enclave: EnclaveProcess, mode: str
+) -> None:
+    """The upstream's tool waits until the agent has seen its progress: a relay that held the
+    notifications back until the result would leave it waiting (and answer "not released")."""
+    key = f"relay-{mode}"
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        RELEASES.setdefault(key, asyncio.Event()).set()
+
+    async with (
+        run_stack([enclave], audience=AUDIENCE, upstream_sse=True) as stack,
+        agent(stack.url, mode=mode) as client,
+    ):
+        result = await client.call_tool("hold", {"key": key}, progress_callback=on_progress)
+        assert result.content[0].text == "released"  # type: ignore[union-attr]
+
+
+async def test_weakened_gateway_that_holds_notifications_back_is_caught(
+    enclave: EnclaveProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same check on a gateway that reads the upstream's whole stream before answering (as
+    this gateway did before): the tool never sees its progress acknowledged."""
+    original = pipeline.call
+
+    async def buffered(*args: Any, **kwargs: Any) -> Any:
+        return await original(*args, **{**kwargs, "streaming": False})
+
+    monkeypatch.setattr(pipeline, "call", buffered)
+    key = "relay-buffered"
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        RELEASES.setdefault(key, asyncio.Event()).set()
+
+    async with (
+        run_stack([enclave], audience=AUDIENCE, upstream_sse=True) as stack,
+        agent(stack.url) as client,
+    ):
+        result = await client.call_tool("hold", {"key": key, "wait_seconds": 1.0},
+                                        progress_callback=on_progress)
+        assert result.content[0].text == "not released"  # type: ignore[union-attr]

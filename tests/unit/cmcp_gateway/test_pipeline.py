@@ -63,9 +63,9 @@ async def wired(enclave: EnclaveProcess) -> AsyncIterator[Wired]:
 
 async def test_an_allowed_call_is_relayed_verbatim(wired: Wired) -> None:
     call = {"name": "payments.transfer", "arguments": TRANSFER}
-    result, notifications = await pipeline.call(wired.runtime, wired.session, 1, "tools/call", call)
-    assert result["structuredContent"] == {**TRANSFER, "status": "sent"}
-    assert notifications == []  # the tool sent none
+    answer = await pipeline.call(wired.runtime, wired.session, 1, "tools/call", call)
+    assert answer.result["structuredContent"] == {**TRANSFER, "status": "sent"}
+    assert answer.notifications == [] and answer.events is None  # the tool sent none; JSON upstream
     assert wired.upstream.counter["payments.transfer"] == 1
 
 
