@@ -133,10 +133,15 @@ CATALOG_KEYS = {"tool_name": "tool", "resource_uri": "resource", "resource_templ
 _TEMPLATE = re.compile(r"[^{}]*(\{[A-Za-z0-9_]+\}[^{}]*)+")
 
 
+# One template variable: a non-empty path segment that is not a dot-segment ("." or "..", also
+# percent-encoded), so a template never matches a URI that climbs out of where it points.
+_SEGMENT = r"(?!(?:\.|%2[eE]){1,2}(?:[/?#]|$))[^/?#]+"
+
+
 def template_pattern(template: str) -> re.Pattern[str]:
-    """A ``resource_template``'s URIs: each ``{name}`` stands for one non-empty path segment."""
+    """A ``resource_template``'s URIs: each ``{name}`` stands for one path segment (not ``..``)."""
     parts = re.split(r"\{[A-Za-z0-9_]+\}", template)
-    return re.compile("[^/?#]+".join(re.escape(p) for p in parts))
+    return re.compile(_SEGMENT.join(re.escape(p) for p in parts))
 
 
 def catalog_key(entry: dict[str, Any]) -> tuple[str, str]:

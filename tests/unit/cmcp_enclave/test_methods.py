@@ -51,6 +51,8 @@ def test_each_method_resolves_to_its_catalog_entry(engine: CedarEngine) -> None:
 @pytest.mark.parametrize(("method", "name", "arguments", "code"), [
     ("resources/read", "ehr://export/all", {}, Code.RESOURCE_NOT_IN_CATALOG),
     ("resources/read", "ehr://patients/p-1/notes", {}, Code.RESOURCE_NOT_IN_CATALOG),  # one segment only
+    ("resources/read", "ehr://patients/..", {}, Code.RESOURCE_NOT_IN_CATALOG),  # no climbing out
+    ("resources/read", "ehr://patients/%2E%2e", {}, Code.RESOURCE_NOT_IN_CATALOG),
     ("prompts/get", "exfiltrate", {}, Code.PROMPT_NOT_IN_CATALOG),
     ("tools/call", "summarise_record", {}, Code.TOOL_NOT_IN_CATALOG),  # a prompt is no tool
     ("completion/complete", "summarise_record",  # the ref names another target than the request
