@@ -8,12 +8,12 @@ Order of a run:
 2. sequential latency: the three paths interleaved in rounds (direct, ours,
    origin, direct, ...), so background noise lands on all of them alike;
 3. throughput at 1, 4 and 16 concurrent agents, paths interleaved per level;
-4. enclave decision latency at 20 .. 10,000 policies (``bench/enclave.py``);
-5. gateway and enclave RSS with 1, 1,000 and 10,000 open sessions (fresh stack);
-   (before 4, with the servers up) a streamed tool call (SSE upstream, 3 progress notifications)
-   beside the plain one, each through ours and directly (``streamed``);
-6. operator apply-to-routed time (local control plane), if its harness is there;
-7. (full runs) pyinstrument profile of our gateway under 16-agent load.
+4. a streamed tool call (an SSE upstream of its own, 3 progress notifications, then the result)
+   beside the plain one, each directly and through ours, interleaved in rounds (``streamed``);
+5. enclave decision latency at 20 .. 10,000 policies (``bench/enclave.py``);
+6. gateway and enclave RSS with 1, 1,000 and 10,000 open sessions (fresh stack);
+7. operator apply-to-routed time (local control plane), if its harness is there;
+8. (full runs) pyinstrument profile of our gateway under 16-agent load.
 
 Each section records ``ok`` / ``skipped`` / ``failed`` with the reason; a
 failure never hides the other figures.  Nothing asserts a threshold.
@@ -297,9 +297,11 @@ def streamed_figure(plan: Plan, work: Path, log_dir: Path,
                 f"as the plain `{loadgen.TOOL_NAME}`; a call is timed until its result has arrived and "
                 f"counts as an error unless exactly {BENCH_STREAM_PROGRESS} notifications for its token "
                 "came before it. Our gateway relays each notification to the agent's SSE stream as the "
-                "upstream writes it (docs/adr/0016), then the result. Each pair (direct, through ours) "
-                "has its own upstream process (JSON, SSE) and the plain rows are re-measured here, in "
-                "the same interleaved rounds as the streamed ones.",
+                "upstream writes it (docs/adr/0016), then the result. The streamed pair has its own "
+                "SSE upstream (direct) and its own stack of ours (same configuration, its guarded "
+                "upstream in SSE, its bundle cataloguing the streamed tool); the plain rows are "
+                "re-measured here on the latency section's paths, in the same interleaved rounds as "
+                "the streamed ones.",
     }
 
 

@@ -205,9 +205,9 @@ def _streamed_lines(res: dict[str, Any]) -> list[str]:
     lines = ["## Streamed tool call (upstream answers in SSE) vs plain", ""]
     fig = res.get("streamed")
     if not isinstance(fig, dict) or not fig.get("overhead"):
-        st = res.get("sections", {}).get("streamed", {})
-        return [*lines, f"Not measured in this run: {st.get('status', 'not run')} — "
-                        f"{st.get('reason', 'section not selected')}", ""]
+        st = res.get("sections", {}).get("streamed")
+        why = f"{st.get('status')} — {st.get('reason')}" if st else "not in this result file"
+        return [*lines, f"Not measured in this run: {why}", ""]
     n = fig.get("progress_notifications")
     paths = fig.get("paths", {})
     lines += ["| call | direct p50 ms | ours p50 ms | added p50 ms | added p50 95% CI (bootstrap) "
