@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
                        help="write docs/benchmarks.md (default: full runs only)")
     p_run.add_argument("--out", type=Path, default=RESULTS_DIR, help="result directory")
-    p_run.add_argument("--only", help="comma list of sections: latency,throughput,profile,enclave,memory,"
-                                      "operator (writes <mode>-only-<sections>.json, never docs/)")
+    p_run.add_argument("--only", help="comma list of sections: latency,throughput,streamed,profile,enclave,"
+                                      "components,memory,operator (writes <mode>-only-<sections>.json, "
+                                      "never docs/)")
     p_run.add_argument("--origin-state", choices=("disk", "tmpfs", "both"), default=None,
                        help="where the origin keeps its SQLite audit DB: disk (as shipped; it commits per "
                             "call, so fsync latency shows), tmpfs (/dev/shm: compute only), or both as two "

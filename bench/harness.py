@@ -8,10 +8,12 @@ Order of a run:
 2. sequential latency: the three paths interleaved in rounds (direct, ours,
    origin, direct, ...), so background noise lands on all of them alike;
 3. throughput at 1, 4 and 16 concurrent agents, paths interleaved per level;
-4. enclave decision latency at 20 .. 10,000 policies (``bench/enclave.py``);
-5. gateway and enclave RSS with 1, 1,000 and 10,000 open sessions (fresh stack);
-6. operator apply-to-routed time (local control plane), if its harness is there;
-7. (full runs) pyinstrument profile of our gateway under 16-agent load.
+4. a streamed tool call (an SSE upstream of its own, 3 progress notifications, then the result)
+   beside the plain one, each directly and through ours, interleaved in rounds (``streamed``);
+5. enclave decision latency at 20 .. 10,000 policies (``bench/enclave.py``);
+6. gateway and enclave RSS with 1, 1,000 and 10,000 open sessions (fresh stack);
+7. operator apply-to-routed time (local control plane), if its harness is there;
+8. (full runs) pyinstrument profile of our gateway under 16-agent load.
 
 Each section records ``ok`` / ``skipped`` / ``failed`` with the reason; a
 failure never hides the other figures.  Nothing asserts a threshold.
@@ -49,6 +51,7 @@ from bench.common import (
 )
 from cmcp_devkit import procs
 from cmcp_devkit.postgres import PostgresServer, start_postgres
+from cmcp_devkit.upstream import BENCH_STREAM_PROGRESS, BENCH_STREAM_TOOL
 
 PATHS = ("direct", "ours", "ours-tmpfs", "ours-postgres", "origin", "origin-tmpfs")
 # Our audit trail on SQLite on disk (the default), on SQLite on tmpfs (the fsync cost apart, as
@@ -146,18 +149,23 @@ def bootstrap_median_diff(a: list[float], b: list[float], reps: int = 400, seed:
     return [diffs[int(0.025 * reps)], diffs[int(0.975 * reps) - 1]]
 
 
+def added(path: list[float], base: list[float]) -> dict[str, Any]:
+    """Latency ``path`` adds over ``base`` per percentile, with the p50's 95 % bootstrap interval."""
+    s, d = summarize(path), summarize(base)
+    out: dict[str, Any] = {f"{p}_ms": s[p] - d[p] for p in ("p50", "p95", "p99", "mean")}
+    out["p50_ci95_ms"] = bootstrap_median_diff(path, base)
+    return out
+
+
 def overhead(seq: dict[str, loadgen.Samples]) -> dict[str, Any]:
     """Added latency of each path over direct, per percentile, plus origin/ours ratios."""
     out: dict[str, Any] = {}
     if "direct" not in seq or not seq["direct"].call_ms:
         return out
-    d = summarize(seq["direct"].call_ms)
     for name in (*OURS, *ORIGINS):
         if name not in seq or not seq[name].call_ms:
             continue
-        s = summarize(seq[name].call_ms)
-        out[name] = {f"{p}_ms": s[p] - d[p] for p in ("p50", "p95", "p99", "mean")}
-        out[name]["p50_ci95_ms"] = bootstrap_median_diff(seq[name].call_ms, seq["direct"].call_ms)
+        out[name] = added(seq[name].call_ms, seq["direct"].call_ms)
     for o in ORIGINS:
         if "ours" in out and o in out:
             out[f"{o}_over_ours"] = {
@@ -237,6 +245,64 @@ def run_throughput(targets: dict[str, loadgen.LoadTarget], plan: Plan) -> dict[s
                     ratio[str(ro["clients"])] = ro["calls_per_s"] / rg["calls_per_s"]
             out[f"ours_over_{o}"] = ratio
     return out
+
+
+def streamed_figure(plan: Plan, work: Path, log_dir: Path,
+                    plain: dict[str, loadgen.LoadTarget]) -> dict[str, Any]:
+    """A streamed tool call's added latency next to the plain one's, measured in the same rounds.
+
+    Plain: ``bench_echo`` on the JSON upstream, directly and through ``ours`` (the latency
+    section's targets). Streamed: ``bench_stream`` (3 progress notifications, then the same
+    payload) on an SSE upstream of its own, directly and through a stack of ours whose guarded
+    upstream answers in SSE and whose bundle catalogues ``bench_stream``. The four paths are
+    interleaved in the latency section's rounds, so background noise lands on all of them alike.
+    """
+    if "ours" not in plain:
+        raise Skip("our gateway is not runnable")
+    # The JSON upstream advertises the same tools as the SSE one (same profile).
+    stream_def = origin.advertised_tool(plain["direct"].url, BENCH_STREAM_TOOL)
+    up_port = procs.free_port()
+    up = procs.start("sse-upstream", procs.python_module(
+        "cmcp_devkit.upstream", "--profile", "bench", "--sse", "--listen", f"127.0.0.1:{up_port}"),
+        log_dir, port=up_port)
+    sse_stack: ours.OursStack | None = None
+    try:
+        procs.wait_port(up_port, timeout=60, proc=up.popen)
+        sse_stack = ours.start_stack(work / "ours-streamed", log_dir, tool_def=stream_def, sse=True,
+                                     name="ours-streamed")
+        targets = {
+            "direct": plain["direct"], "ours": plain["ours"],
+            "direct-streamed": loadgen.LoadTarget("direct-streamed", f"http://127.0.0.1:{up_port}/mcp",
+                                                  tool=BENCH_STREAM_TOOL, progress=BENCH_STREAM_PROGRESS,
+                                                  pids={"upstream": up.pid}),
+            "ours-streamed": loadgen.LoadTarget("ours-streamed", sse_stack.url, tool=BENCH_STREAM_TOOL,
+                                                progress=BENCH_STREAM_PROGRESS, pids=sse_stack.pids()),
+        }
+        for name in ("direct-streamed", "ours-streamed"):
+            smoke = asyncio.run(loadgen.run_sequential(targets[name], 3, 2))
+            if smoke.errors:
+                raise RuntimeError(f"{name} fails its smoke calls: {smoke.error_examples}")
+        seq, _ = run_sequential(targets, plan)
+    finally:
+        if sse_stack is not None:
+            sse_stack.stop()
+        up.stop()
+    return {
+        "progress_notifications": BENCH_STREAM_PROGRESS,
+        "paths": {n: _sample_block(s) for n, s in seq.items()},
+        "overhead": {"plain": added(seq["ours"].call_ms, seq["direct"].call_ms),
+                     "streamed": added(seq["ours-streamed"].call_ms, seq["direct-streamed"].call_ms)},
+        "note": f"streamed: `{BENCH_STREAM_TOOL}` answers in SSE with {BENCH_STREAM_PROGRESS} progress "
+                "notifications (the call carries `_meta.progressToken`), then the same 1 KiB payload "
+                f"as the plain `{loadgen.TOOL_NAME}`; a call is timed until its result has arrived and "
+                f"counts as an error unless exactly {BENCH_STREAM_PROGRESS} notifications for its token "
+                "came before it. Our gateway relays each notification to the agent's SSE stream as the "
+                "upstream writes it (docs/adr/0016), then the result. The streamed pair has its own "
+                "SSE upstream (direct) and its own stack of ours (same configuration, its guarded "
+                "upstream in SSE, its bundle cataloguing the streamed tool); the plain rows are "
+                "re-measured here on the latency section's paths, in the same interleaved rounds as "
+                "the streamed ones.",
+    }
 
 
 def enclave_decision(plan: Plan, work: Path) -> dict[str, Any]:
@@ -393,7 +459,8 @@ def targets_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-SECTION_NAMES = ("latency", "throughput", "profile", "enclave", "components", "memory", "operator")
+SECTION_NAMES = ("latency", "throughput", "streamed", "profile", "enclave", "components", "memory",
+                 "operator")
 
 
 def commit_probe_ms(directory: Path, n: int = 30) -> dict[str, float]:
@@ -446,7 +513,8 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
     if only is not None:
         results["only"] = sorted(only)
     try:
-        if not (want("latency") or want("throughput") or (plan.profile and want("profile"))):
+        if not (want("latency") or want("throughput") or want("streamed")
+                or (plan.profile and want("profile"))):
             raise _NoLoad
         with sections.run("setup:upstream"):
             up_port = procs.free_port()
@@ -463,7 +531,10 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
         if "direct" not in targets:
             raise RuntimeError("the upstream did not start; nothing to measure")
 
+        side_by_side = want("latency") or want("throughput")  # the sections that measure every path
         with sections.run("setup:origin") as sec:
+            if not side_by_side:
+                raise Skip("only the latency and throughput sections measure the origin")
             t0 = time.perf_counter()
             vdir = origin.ensure_installed(log=log)
             sec["install_seconds"] = round(time.perf_counter() - t0, 2)
@@ -502,7 +573,7 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             s = asyncio.run(loadgen.run_sequential(targets["ours"], 3, 2))
             if s.errors:
                 raise RuntimeError(f"our path fails its smoke calls: {s.error_examples}")
-        if plan.mode == "full":
+        if plan.mode == "full" and side_by_side:
             with sections.run("setup:ours-tmpfs"):
                 shm = Path(tempfile.mkdtemp(prefix="cmcp-bench-ours-", dir="/dev/shm"))
                 cleanup.append(shm)
@@ -550,12 +621,16 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             with sections.run("throughput"):
                 results["throughput"] = run_throughput(ordered, plan)
 
-        if stack is not None:
+        if stack is not None and side_by_side:
             with sections.run("gateway-rss-after-load"):
                 results["rss_after_load_bytes"] = {k: procs.rss_of(v) for k, v in stack.pids().items()}
         for p in running:
             if isinstance(p, procs.Proc) and p.name.endswith("-gateway") and p.name.startswith("origin"):
                 results.setdefault("rss_after_load_bytes", {})[p.name] = p.rss_bytes()
+
+        if want("streamed"):
+            with sections.run("streamed"):
+                results["streamed"] = streamed_figure(plan, work, log_dir, targets)
 
         if plan.profile and want("profile"):
             with sections.run("profile"):

@@ -6,6 +6,9 @@
   makes ``calls_per_session`` (10) ``tools/call`` requests, closes the session and
   opens a new one.  The origin gateway refuses a session's 11th call, so both
   systems rotate every 10 calls.
+* A target with ``progress`` > 0 (the streamed-call figure) sends ``_meta.progressToken`` on each
+  call and must get an SSE answer carrying exactly that many ``notifications/progress`` for its
+  token before the result; any other count is an error of that call.
 * Only the ``tools/call`` round trip is timed for latency (``perf_counter_ns``
   around send + full response read + parse check).  Session open/close are timed
   separately; they are inside the wall clock used for throughput.
@@ -54,6 +57,9 @@ class LoadTarget:
     style: SessionStyle = "mcp"
     headers: dict[str, str] = field(default_factory=dict)
     tool: str = TOOL_NAME
+    #: progress notifications each call must bring back: >0 sends ``_meta.progressToken`` and
+    #: requires an SSE answer with exactly that many for the token before the result (0: a plain call)
+    progress: int = 0
     calls_per_session: int = CALLS_PER_SESSION
     #: processes serving this path (component -> pid), for CPU-per-call accounting
     pids: dict[str, int] = field(default_factory=dict)
@@ -117,25 +123,62 @@ class Samples:
         self.wall_s += other.wall_s
 
 
-def _parse_body(resp: httpx.Response) -> dict[str, Any]:
+def sse_messages(text: str) -> list[Any]:
+    """The JSON messages of an SSE body, in order (an event's ``data:`` lines joined, as SSE says)."""
+    out: list[Any] = []
+    data: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif not line and data:
+            out.append(json.loads("\n".join(data)))
+            data = []
+    return out
+
+
+def split_sse(text: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The JSON-RPC response of an SSE body (its last result or error) and the notifications
+    (messages without an ``id``) sent before it."""
+    response: dict[str, Any] | None = None
+    notes: list[dict[str, Any]] = []
+    for obj in sse_messages(text):
+        if not isinstance(obj, dict):
+            continue
+        if "result" in obj or "error" in obj:
+            response = obj
+        elif "id" not in obj and response is None:
+            notes.append(obj)
+    return response, notes
+
+
+def count_progress(notes: list[dict[str, Any]], token: str | int) -> int:
+    """How many of ``notes`` are ``notifications/progress`` for ``token``."""
+    return sum(1 for n in notes if n.get("method") == "notifications/progress"
+               and isinstance(n.get("params"), dict) and n["params"].get("progressToken") == token)
+
+
+def _parse_answer(resp: httpx.Response) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The response and, for an SSE answer, the notifications before it."""
     ctype = resp.headers.get("content-type", "")
     if ctype.startswith("text/event-stream"):
-        last: dict[str, Any] | None = None
-        for line in resp.text.splitlines():
-            if line.startswith("data:"):
-                obj = json.loads(line[5:])
-                if isinstance(obj, dict) and ("result" in obj or "error" in obj):
-                    last = obj
+        try:
+            last, notes = split_sse(resp.text)
+        except ValueError as exc:
+            raise CallError(f"SSE event with non-JSON data (HTTP {resp.status_code}): {exc}") from exc
         if last is None:
             raise CallError(f"SSE response without a JSON-RPC result (HTTP {resp.status_code})")
-        return last
+        return last, notes
     try:
         body = json.loads(resp.content)
     except ValueError as exc:
         raise CallError(f"non-JSON response HTTP {resp.status_code}: {resp.text[:200]}") from exc
     if not isinstance(body, dict):
         raise CallError(f"unexpected JSON-RPC body: {str(body)[:200]}")
-    return body
+    return body, []
+
+
+def _parse_body(resp: httpx.Response) -> dict[str, Any]:
+    return _parse_answer(resp)[0]
 
 
 class Agent:
@@ -214,16 +257,23 @@ class Agent:
 
     async def call(self, seq: int) -> float:
         """One timed tools/call; returns latency in ms, raises CallError on any failure."""
-        body = ('{"jsonrpc":"2.0","id":' + str(self._next_id()) + ',"method":"tools/call","params":'
-                '{"name":"' + self.target.tool + '","arguments":{"seq":' + str(seq) + '}}}')
+        rid = self._next_id()
+        token = ',"_meta":{"progressToken":' + str(rid) + '}' if self.target.progress else ""
+        body = ('{"jsonrpc":"2.0","id":' + str(rid) + ',"method":"tools/call","params":'
+                '{"name":"' + self.target.tool + '","arguments":{"seq":' + str(seq) + '}' + token + '}}')
         headers = self._headers()
         t0 = time.perf_counter_ns()
         resp = await self.http.post(self.target.url, content=body, headers=headers)
-        parsed = _parse_body(resp)
+        parsed, notes = _parse_answer(resp)
         elapsed = (time.perf_counter_ns() - t0) / 1e6
         self.in_session += 1
         if "error" in parsed:
             raise CallError(f"HTTP {resp.status_code} error {json.dumps(parsed['error'])[:300]}")
+        if self.target.progress:
+            got = count_progress(notes, rid)
+            if got != self.target.progress:
+                ctype = resp.headers.get("content-type", "")
+                raise CallError(f"{got} progress notifications ({ctype}), expected {self.target.progress}")
         result = parsed.get("result")
         if not isinstance(result, dict) or result.get("isError"):
             raise CallError(f"bad result: {str(result)[:200]}")

@@ -55,7 +55,8 @@ SCHEMA = native_schema({"seq": "Long"})
 
 
 def write_bundle(root: Path, tool_def: dict[str, Any] | None = None) -> Path:
-    """An allow-all bundle in our format for the benchmark tool."""
+    """An allow-all bundle in our format cataloguing one tool: ``tool_def`` as the upstream advertises
+    it (its name, description and input schema), by default the benchmark tool ``bench_echo``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "policies").mkdir(exist_ok=True)
     (root / "policies" / "allow-all.cedar").write_text(ALLOW_ALL, encoding="utf-8")
@@ -65,9 +66,10 @@ def write_bundle(root: Path, tool_def: dict[str, Any] | None = None) -> Path:
                 "enforcement_mode": "enforce", "request_model": "native"}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     default_schema = {"type": "object", "properties": {"seq": {"type": "integer"}}}
-    approved = {"description": TOOL_DESCRIPTION,
+    approved = {"description": (tool_def or {}).get("description", TOOL_DESCRIPTION),
                 "inputSchema": (tool_def or {}).get("inputSchema", default_schema)}
-    entry = {"tool_name": TOOL_NAME, "server": "bench-upstream", "approved_definition": approved,
+    entry = {"tool_name": (tool_def or {}).get("name", TOOL_NAME), "server": "bench-upstream",
+             "approved_definition": approved,
              "definition_hash": tagged_sha256(_jcs(approved)), "sensitivity_level": "public",
              "compliance_domain": "", "destination": "internal"}
     (root / "catalog.json").write_text(json.dumps([entry], indent=2) + "\n", encoding="utf-8")
@@ -138,9 +140,10 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
                 enclave_args: tuple[str, ...] = (), gateway_limits: dict[str, Any] | None = None,
                 gateway_argv_prefix: list[str] | None = None,
                 enclave_argv_prefix: list[str] | None = None, audit_store: str | None = None,
-                name: str = "ours") -> OursStack:
+                name: str = "ours", sse: bool = False) -> OursStack:
     """Enclave, guarded upstream and gateway; the gateway's audit trail on ``audit_store``
-    (default: a SQLite file in ``workdir``, the product's default)."""
+    (default: a SQLite file in ``workdir``, the product's default); the guarded upstream answers
+    in SSE when ``sse``."""
     bundle = write_bundle(workdir / "bundle", tool_def)
     if enclave_argv_prefix:
         enclave = _start_enclave_prefixed(bundle, workdir / "enclave", enclave_argv_prefix, enclave_args)
@@ -154,7 +157,8 @@ def start_stack(workdir: Path, log_dir: Path, *, tool_def: dict[str, Any] | None
             "cmcp_devkit.upstream", "--profile", "bench", "--listen", f"127.0.0.1:{up_port}",
             "--guard-audience", AUDIENCE,
             "--guard-enclave", enclave.address, "--allow-simulated",
-            "--expected-bundle-hash", enclave.bundle_hash, *release.argv()), log_dir, port=up_port)
+            "--expected-bundle-hash", enclave.bundle_hash, *release.argv(), *(["--sse"] if sse else [])),
+            log_dir, port=up_port)
         procs.wait_port(up_port, timeout=60, proc=up.popen)
     except Exception:
         enclave.stop()

@@ -200,6 +200,38 @@ def _identity_lines(ident: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _streamed_lines(res: dict[str, Any]) -> list[str]:
+    """The streamed tool call's added latency next to the plain call's (``streamed`` section)."""
+    lines = ["## Streamed tool call (upstream answers in SSE) vs plain", ""]
+    fig = res.get("streamed")
+    if not isinstance(fig, dict) or not fig.get("overhead"):
+        st = res.get("sections", {}).get("streamed")
+        why = f"{st.get('status')} — {st.get('reason')}" if st else "not in this result file"
+        return [*lines, f"Not measured in this run: {why}", ""]
+    n = fig.get("progress_notifications")
+    paths = fig.get("paths", {})
+    lines += ["| call | direct p50 ms | ours p50 ms | added p50 ms | added p50 95% CI (bootstrap) "
+              "| direct p99 ms | ours p99 ms | added p99 ms | calls (direct / ours) "
+              "| errors (direct / ours) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, label, direct, through in (
+            ("plain", "plain (`bench_echo`, JSON answer)", "direct", "ours"),
+            ("streamed", f"streamed (`bench_stream`, SSE answer: {n} progress notifications, "
+                         "then the result)",
+             "direct-streamed", "ours-streamed")):
+        ov = fig["overhead"].get(kind)
+        d, o = paths.get(direct), paths.get(through)
+        if not ov or not d or not o:
+            continue
+        ci = ov.get("p50_ci95_ms") or [None, None]
+        lines.append(f"| {label} | {_f(d['latency_ms']['p50'])} | {_f(o['latency_ms']['p50'])} | "
+                     f"{_f(ov['p50_ms'])} | [{_f(ci[0])}, {_f(ci[1])}] | {_f(d['latency_ms']['p99'])} | "
+                     f"{_f(o['latency_ms']['p99'])} | {_f(ov['p99_ms'])} | {d['calls']} / {o['calls']} | "
+                     f"{_errs(d)} / {_errs(o)} |")
+    lines += ["", str(fig.get("note", "")), ""]
+    return lines
+
+
 # -------------------------------------------------------------------------------------- analysis
 def _throughput_analysis(thr: dict[str, Any], res: dict[str, Any]) -> str:
     """What bounds throughput, from the measured rates and CPU per call."""
@@ -486,6 +518,8 @@ def render_markdown(res: dict[str, Any], plots: dict[str, str], img_rel: str) ->
         if "latency" in plots:
             add(f"![sequential latency]({img_rel}/{plots['latency']})")
             add("")
+
+    lines.extend(_streamed_lines(res))
 
     thr = res.get("throughput")
     if thr and thr.get("paths"):

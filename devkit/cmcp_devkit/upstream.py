@@ -11,7 +11,9 @@ Each user needs different tools, so the server has *profiles* (``--profile``), n
   ``slack.post_internal``, ``web.search``, ``résumé.parse``) with bare-dict and mixed results the demo
   has no reason to return;
 * ``bench`` — ``test`` plus ``bench_echo`` (exactly :data:`PAYLOAD_BYTES` of ``x``: the origin
-  gateway scans responses for PII and would block a payload that matched one), with session caps
+  gateway scans responses for PII and would block a payload that matched one) and ``bench_stream``
+  (the same payload after :data:`BENCH_STREAM_PROGRESS` progress notifications, which travel on the
+  request's stream when started with ``--sse``: the streamed-call figure), with session caps
   raised for the memory figure (many sessions open at once);
 * ``demo`` — the tools of ``examples/realistic`` with realistic (fictitious) regulated data, plus
   ``crm.export_all_customers``, which the catalog does not name (it must never run through cMCP);
@@ -76,6 +78,9 @@ PNG_1X1 = bytes.fromhex(
 BENCH_TOOL = "bench_echo"
 BENCH_TOOL_DESCRIPTION = "Benchmark tool: returns 1 KiB of text."
 PAYLOAD_BYTES = 1024
+BENCH_STREAM_TOOL = "bench_stream"
+BENCH_STREAM_DESCRIPTION = "Benchmark tool: reports 3 progress notifications, then returns 1 KiB of text."
+BENCH_STREAM_PROGRESS = 3
 _PAYLOAD = "x" * PAYLOAD_BYTES
 # The memory figure holds many sessions open at once; the SDK's default cap is lower.
 BENCH_SESSION_LIMITS: dict[str, Any] = {"max_sessions": 50_000, "session_idle_timeout": 1800}
@@ -277,6 +282,13 @@ def _bench_tools(server: MCPServer, counter: CallCounter) -> None:
     @server.tool(name=BENCH_TOOL, description=BENCH_TOOL_DESCRIPTION)
     def bench_echo(seq: int = 0) -> str:
         return _PAYLOAD  # not counted: the benchmark's hot path measures the gateway, not the counter
+
+    @server.tool(name=BENCH_STREAM_TOOL, description=BENCH_STREAM_DESCRIPTION)
+    async def bench_stream(ctx: Context, seq: int = 0) -> str:
+        # Sent only when the call carries ``_meta.progressToken`` (the SDK drops them otherwise).
+        for step in range(1, BENCH_STREAM_PROGRESS + 1):
+            await ctx.report_progress(step, BENCH_STREAM_PROGRESS)
+        return _PAYLOAD  # not counted, as bench_echo
 
 
 # --- the ``demo`` profile -----------------------------------------------------------------------

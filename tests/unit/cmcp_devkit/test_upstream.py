@@ -8,6 +8,8 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from cmcp_devkit.upstream import (
+    BENCH_STREAM_PROGRESS,
+    BENCH_STREAM_TOOL,
     BENCH_TOOL,
     DEMO_UNCATALOGUED_TOOL,
     PAYLOAD_BYTES,
@@ -33,7 +35,7 @@ def test_unknown_profile_is_refused_naming_the_profiles() -> None:
 async def test_profiles_differ_in_their_tools() -> None:
     test, bench = await _tool_names("test"), await _tool_names("bench")
     assert {"echo", "add", "image", "fail", "payments.transfer"} <= test
-    assert bench == test | {BENCH_TOOL}
+    assert bench == test | {BENCH_TOOL, BENCH_STREAM_TOOL}
     demo = await _tool_names("demo")
     assert DEMO_UNCATALOGUED_TOOL in demo and DEMO_UNCATALOGUED_TOOL not in test
 
@@ -71,6 +73,20 @@ async def test_bench_tool_returns_the_fixed_payload() -> None:
     text = result.content[0]
     assert getattr(text, "text", None) == "x" * PAYLOAD_BYTES
     assert up.counter.total() == 0  # deliberately uncounted: the benchmarks measure the gateway
+
+
+async def test_bench_stream_reports_its_progress_then_returns_the_same_payload() -> None:
+    progress: list[tuple[float, float | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total))
+
+    async with (run_upstream(profile="bench", json_response=False) as up,
+                Client(up.url, mode="legacy") as agent):
+        result = await agent.call_tool(BENCH_STREAM_TOOL, {"seq": 1}, progress_callback=on_progress)
+    assert getattr(result.content[0], "text", None) == "x" * PAYLOAD_BYTES
+    assert progress == [(step, BENCH_STREAM_PROGRESS) for step in range(1, BENCH_STREAM_PROGRESS + 1)]
+    assert BENCH_STREAM_PROGRESS == 3 and up.counter.total() == 0
 
 
 async def test_an_unknown_tool_executes_nothing() -> None:
