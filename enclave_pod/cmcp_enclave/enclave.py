@@ -35,7 +35,7 @@ from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import DECISION_VERSION, sign_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.identity import Identity, IdentityConfigError, IdentityPolicy
-from cmcp_core.mcp_target import LIST_METHODS, STATEFUL_METHODS, TOOLS_CALL
+from cmcp_core.mcp_target import LIST_METHODS, STATEFUL_METHODS, TOOL, TOOLS_CALL
 from cmcp_core.trust_record import build_record
 from cmcp_core.validation import state_window_seconds
 from cmcp_core.verify.peer import appraise_peer
@@ -216,15 +216,14 @@ class Enclave:
             raise RequestError(exc.code, exc.detail) from exc
         state, window = self._principal(principal), self.principals.window
         for call in takeover.calls:
-            if call.method == TOOLS_CALL:
-                if call.tool in self.engine.catalog:
-                    _, rank = self.engine.tool_rank(call.tool)
-                    state.record(call.tool, rank, self.engine.tool_tags(call.tool), call.at, window)
-                continue
             with contextlib.suppress(CmcpError):  # an entry this bundle no longer has taints nothing
                 kind, name = self.engine.resolve(call.method, call.tool, {})
                 _, rank = self.engine.tool_rank(name, kind)
-                state.taint(rank, self.engine.tool_tags(name, kind), call.at, window)
+                tags = self.engine.tool_tags(name, kind)
+                if kind == TOOL:
+                    state.record(name, rank, tags, call.at, window)
+                else:
+                    state.taint(rank, tags, call.at, window)
         self._ledger("adopt", {"principal": principal, "bundle_hash": self.bundle_hash,
                                "audience": self.entry.audience, "since_ms": takeover.since_ms,
                                "window_ms": window_ms, "entries": len(takeover.calls),
@@ -387,9 +386,7 @@ class Enclave:
         _, rank = self.engine.tool_rank(name, kind)
         tags = self.engine.tool_tags(name, kind)
         principal.taint(rank, tags, self.clock(), self.principals.window)
-        session.max_rank = max(session.max_rank, rank)
-        if not tags <= session.tags:
-            session.tags = session.tags | tags
+        _taint_session(session, rank, tags)
 
     def _record_call(self, session: PolicySession, principal: PrincipalState, tool: str) -> None:
         """Taint from the *measured* catalog only, applied when a call is let through: monotone for
@@ -397,9 +394,7 @@ class Enclave:
         _, rank = self.engine.tool_rank(tool)
         tags = self.engine.tool_tags(tool)
         principal.record(tool, rank, tags, self.clock(), self.principals.window)
-        session.max_rank = max(session.max_rank, rank)
-        if not tags <= session.tags:
-            session.tags = session.tags | tags
+        _taint_session(session, rank, tags)
         if tool not in session.tools_called:
             session.tools_called = session.tools_called | {tool}
         session.previous_tool = tool
@@ -529,3 +524,10 @@ def _verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
+
+
+def _taint_session(session: PolicySession, rank: int, tags: frozenset[str]) -> None:
+    """Raise the session's sensitivity and add its tags (monotone within the session)."""
+    session.max_rank = max(session.max_rank, rank)
+    if not tags <= session.tags:
+        session.tags = session.tags | tags
