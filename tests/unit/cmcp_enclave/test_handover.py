@@ -21,6 +21,7 @@ from cmcp_core.audit_store import open_audit_store, rows_of, trail_for
 from cmcp_core.errors import Code
 from cmcp_core.proto import enclave_pb2
 from cmcp_devkit.enclave import NO_TRAIL, inprocess_enclave
+from cmcp_enclave import handover
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.judging import RequestError
 from tests.helpers.enclave_calls import decide, exported, peer_attestation
@@ -31,9 +32,11 @@ PHI = ("ehr.read_patient_record", {"patient_id": "p"})
 WHO = "agent-a"
 
 
-def _tainted_trail(enc: Enclave, tmp_path: Path) -> enclave_pb2.PrincipalTrail:
-    """``enc`` let the principal read PHI; its trail as a gateway builds it from the store."""
-    assert decide(enc, *PHI).document["decision"] == "allow"
+def _tainted_trail(enc: Enclave, tmp_path: Path, *, as_resource: bool = False) -> enclave_pb2.PrincipalTrail:
+    """``enc`` let the principal read PHI (with the tool, or the record as a resource); its trail
+    as a gateway builds it from the store."""
+    read = decide(enc, "ehr://patients/p", method="resources/read") if as_resource else decide(enc, *PHI)
+    assert read.document["decision"] == "allow"
     store = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
     while len(enc.outbox):
         store.append(rows_of(enc.take_audit()))
@@ -74,6 +77,18 @@ def test_a_peers_trail_carries_the_taint_to_the_enclave_that_takes_over(tmp_path
     (adopted,) = [e for e in exported(new, new.ledger_id) if e["kind"] == "adopt"]
     assert adopted["data"]["entries"] == 1
     assert adopted["data"]["newest"] == json.loads(trail.entries[0])["hash"]
+
+
+def test_a_record_read_as_a_resource_is_replayed_by_the_enclave_that_takes_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = (inprocess_enclave(EXAMPLES / "realistic", tmp_path / n) for n in ("old", "new"))
+    trail = _tainted_trail(old, tmp_path, as_resource=True)
+    assert len(trail.entries) == 1 and _mail_on(new, trail) == "deny"
+    # Weakened: a takeover that replays tool calls only (as before resources were decided) sheds it.
+    newer = inprocess_enclave(EXAMPLES / "realistic", tmp_path / "newer")
+    monkeypatch.setattr(handover, "allowed_call", lambda entry: entry["data"].get("method") == "tools/call"
+                        and entry["data"].get("effective") == "allow")
+    assert _mail_on(newer, trail) == "allow"
 
 
 def test_weakened_enclave_starting_unknown_principals_clean_sheds_the_taint(
