@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -56,8 +56,9 @@ class HttpStream:
         self._expires = expires
         self._done = False
 
-    async def read_all(self) -> bytes:
-        """The whole body (a Content-Length body, the usual JSON answer, in one read)."""
+    async def _read_all(self) -> bytes:
+        """The whole body (a Content-Length body, the usual JSON answer, in one read), under the
+        caller's timeout."""
         headers = self.headers
         if "content-length" not in headers or "chunked" in headers.get("transfer-encoding", "").lower():
             return b"".join([chunk async for chunk in self.chunks()])
@@ -66,13 +67,7 @@ class HttpStream:
         if not 0 <= length <= MAX_BODY_BYTES:
             raise HttpError("content-length out of range")
         try:
-            if self._expires == float("inf"):  # the caller's own deadline covers the read
-                content = await self._conn[0].readexactly(length)
-            else:
-                async with asyncio.timeout_at(self._expires):
-                    content = await self._conn[0].readexactly(length)
-        except TimeoutError as exc:
-            raise HttpError("the response body did not end in time") from exc
+            content = await self._conn[0].readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise HttpError(f"malformed or truncated response: {exc}") from exc
         self._done = True
@@ -148,30 +143,18 @@ class Http1Client:
             raise HttpError("a header value is not latin-1") from exc
 
     async def post(self, body: bytes, headers: dict[str, str], deadline: float) -> HttpResponse:
-        """One exchange, the whole response read within ``deadline`` seconds (the hot path: one
-        timeout, one read of a Content-Length body)."""
-        request = self._request_bytes(body, headers)
-        try:
-            async with asyncio.timeout(deadline):
-                reused = bool(self._idle)
-                conn = self._idle.pop() if reused else await self._connect()
-                try:
-                    stream = await self._start(conn, request, reused, expires=float("inf"))
-                except _StaleConnection:
-                    stream = await self._start(await self._connect(), request, False, expires=float("inf"))
-                try:
-                    content = await stream.read_all()
-                finally:
-                    await stream.aclose()
-        except TimeoutError as exc:
-            raise HttpError(f"no answer within {deadline}s") from exc
-        except OSError as exc:
-            raise HttpError(f"connection failed: {exc}") from exc
-        return HttpResponse(stream.status, stream.headers, content)
+        """One exchange, the whole response read within ``deadline`` seconds."""
+        answer = await self.exchange(body, headers, deadline)
+        assert isinstance(answer, HttpResponse)
+        return answer
 
-    async def open(self, body: bytes, headers: dict[str, str], deadline: float) -> HttpStream:
-        """Send the request and read the response head; the body is read as it arrives
-        (:meth:`HttpStream.chunks`), all of it within ``deadline`` seconds of now."""
+    async def exchange(
+        self, body: bytes, headers: dict[str, str], deadline: float,
+        *, stream_if: Callable[[int, Mapping[str, str]], bool] | None = None,
+    ) -> HttpResponse | HttpStream:
+        """Send the request and read the response head, all within ``deadline`` seconds. A response
+        ``stream_if`` picks comes back as an :class:`HttpStream` (its body read as it arrives, by
+        the same deadline); any other is read whole under the one timeout (the hot path)."""
         request = self._request_bytes(body, headers)
         expires = asyncio.get_running_loop().time() + deadline
         try:
@@ -179,13 +162,20 @@ class Http1Client:
                 reused = bool(self._idle)
                 conn = self._idle.pop() if reused else await self._connect()
                 try:
-                    return await self._start(conn, request, reused, expires)
+                    stream = await self._start(conn, request, reused, expires)
                 except _StaleConnection:
-                    return await self._start(await self._connect(), request, False, expires)
+                    stream = await self._start(await self._connect(), request, False, expires)
+                if stream_if is not None and stream_if(stream.status, stream.headers):
+                    return stream
+                try:
+                    content = await stream._read_all()
+                finally:
+                    await stream.aclose()
         except TimeoutError as exc:
             raise HttpError(f"no answer within {deadline}s") from exc
         except OSError as exc:
             raise HttpError(f"connection failed: {exc}") from exc
+        return HttpResponse(stream.status, stream.headers, content)
 
     async def _start(self, conn: _Conn, request: bytes, reused: bool, expires: float) -> HttpStream:
         reader, writer = conn

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -186,21 +186,20 @@ async def call(
     if isinstance(reply, ReplyStream):
         return Answer(events=Relay(reply, finish, request_id, ids,
                                    lambda code: _report_later(runtime, session, call_id, None, code)))
-    return Answer(finish(reply.message), reply.notifications)
+    return Answer(finish(reply))
 
 
 @dataclass
 class Answer:
-    """A gated request's answer: the upstream's (shaped) result and the notifications it sent
-    before it, or, when the upstream streams and the agent takes SSE, ``events``: each message
-    as an SSE event, as the upstream writes it, ending with the response."""
+    """A gated request's answer: the upstream's (shaped) result, or, when the upstream streams
+    and the agent takes SSE, ``events``: each message as an SSE event, as the upstream writes
+    it, ending with the response. (An agent that does not take SSE gets the result alone.)"""
 
     result: Any = None
-    notifications: list[dict[str, Any]] = field(default_factory=list)
     events: Relay | None = None
 
 
-def sse_event(message: bytes) -> bytes:
+def _sse_event(message: bytes) -> bytes:
     return b"event: message\r\ndata: " + message + b"\r\n\r\n"
 
 
@@ -223,21 +222,21 @@ class Relay:
         try:
             async for message in self._reply.messages():
                 if "id" not in message:
-                    yield sse_event(orjson.dumps(message))
+                    yield _sse_event(orjson.dumps(message))
                     continue
                 self._answered = True
                 try:
                     result = self._finish(message)
                 except FailedRequest as failed:
-                    yield sse_event(failed.response.body)
+                    yield _sse_event(failed.response.body)
                     return
-                yield sse_event(jsonrpc.result_body(self._request_id, result))
+                yield _sse_event(jsonrpc.result_body(self._request_id, result))
                 return
         except CmcpError as exc:
             self._answered = True
             self._report_failure(str(exc.code))
             log.warning("upstream stream failed", extra={**self._ids, "code": str(exc.code)})
-            yield sse_event(jsonrpc.error_body(self._request_id, exc.code, exc.detail, self._ids))
+            yield _sse_event(jsonrpc.error_body(self._request_id, exc.code, exc.detail, self._ids))
 
     async def aclose(self) -> None:
         if not self._answered:

@@ -31,11 +31,12 @@ from cmcp_gateway.metrics import REQUEST_SECONDS, REQUESTS
 from cmcp_gateway.routes import RouteRuntime, route_for
 from cmcp_gateway.sessions import McpSession, SessionTable
 from cmcp_gateway.transport import HttpRequest, Response
-from cmcp_gateway.upstream import MODERN
+from cmcp_gateway.upstream import MODERN, SSE
 
 log = logging.getLogger("cmcp.gateway")
 SERVER_INFO = {"name": "cmcp-gateway", "version": "0.1.0"}
 CAPABILITIES = {"tools": {"listChanged": False}}  # when the upstream cannot be asked
+SESSION_HEADER = "mcp-session-id"
 
 
 def relayed_capabilities(upstream: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,7 +52,6 @@ def relayed_capabilities(upstream: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(upstream.get(name), dict):
             offered[name] = {}
     return offered
-SESSION_HEADER = "mcp-session-id"
 
 
 def _payload_hash(body: bytes) -> str:
@@ -252,8 +252,6 @@ class McpHandler:
         session.last_used = time.monotonic()
         if token:
             session.access_token = token
-        notifications: list[dict[str, Any]] = []
-        streaming = _accepts_sse(request.headers)
         try:
             if method == "tools/list":
                 result = await pipeline.list_tools(runtime, session)
@@ -261,10 +259,10 @@ class McpHandler:
                 result = await pipeline.list_items(runtime, session, request_id, method, params)
             else:
                 answer = await pipeline.call(runtime, session, request_id, method, params,
-                                             streaming=streaming, shape=_shaper(modern))
+                                             streaming=_accepts_sse(request.headers), shape=_shaper(modern))
                 if answer.events is not None:
                     return Response(stream=answer.events, media_type=SSE, headers=_session_header(session))
-                result, notifications = answer.result, answer.notifications
+                result = answer.result
         except CmcpError as exc:
             if exc.code in _SESSION_GONE and not session.stateful:
                 self.sessions.forget(session)  # the next stateless request starts a fresh implicit session
@@ -278,21 +276,11 @@ class McpHandler:
             # a 2026-07-28 cacheable result: this agent's own, never shared
             result.setdefault("resultType", "complete")
             result.update(cacheScope="private", ttlMs=0)
-        if notifications and streaming:
-            return self._ok_stream(request_id, result, session, notifications)
         return self._ok(request_id, result, session)
 
     def _ok(self, request_id: str | int, result: Any, session: McpSession | None) -> Response:
         return Response(jsonrpc.result_body(request_id, result), media_type=jsonrpc.JSON,
                         headers=_session_header(session))
-
-    def _ok_stream(self, request_id: str | int, result: Any, session: McpSession | None,
-                   notifications: list[dict[str, Any]]) -> Response:
-        """The upstream's notifications (progress with the agent's token, log messages), then the
-        result, as one SSE body: relayed in order once the upstream's stream has ended."""
-        events = [*(orjson.dumps(n) for n in notifications), jsonrpc.result_body(request_id, result)]
-        body = b"".join(pipeline.sse_event(e) for e in events)
-        return Response(body, media_type=SSE, headers=_session_header(session))
 
 
 async def _capabilities(runtime: RouteRuntime) -> dict[str, Any]:
@@ -300,9 +288,6 @@ async def _capabilities(runtime: RouteRuntime) -> dict[str, Any]:
         return relayed_capabilities(await runtime.upstream.offered())
     except CmcpError:  # the upstream is down: the handshake still works, calls fail closed later
         return CAPABILITIES
-
-
-SSE = "text/event-stream"
 
 
 def _shaper(modern: bool) -> Callable[[Any], Any]:

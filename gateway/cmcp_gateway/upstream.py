@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -35,27 +34,26 @@ _MODERN_META = {
 _BASE_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
-@dataclass(frozen=True)
-class Reply:
-    """The upstream's JSON-RPC response, and the notifications (progress, log messages) it sent
-    on the request's stream before it, in order."""
-
-    message: dict[str, Any]
-    notifications: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _parse_sse(body: bytes, request_id: int) -> tuple[Any, list[dict[str, Any]]]:
-    """The JSON-RPC response for ``request_id`` inside an SSE body, and the notifications before it."""
-    notifications: list[dict[str, Any]] = []
+def _parse_sse(body: bytes, request_id: int) -> Any:
+    """The JSON-RPC response for ``request_id`` inside a whole SSE body (all else is skipped)."""
     for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
         message = _event_message(event)
-        if message is None:
-            continue
-        if isinstance(message, dict) and message.get("id") == request_id:
-            return message, notifications
-        if isinstance(message, dict) and "id" not in message and isinstance(message.get("method"), str):
-            notifications.append(message)
+        if _kind(message, request_id) == "response":
+            return message
     raise ValueError("SSE stream ended without the response")
+
+
+def _kind(message: Any, request_id: int) -> str | None:
+    """What one message on a request's SSE stream is: the ``response`` to ``request_id``, a
+    ``notification``, a ``request`` from the upstream to the client, or ``None`` (anything else,
+    such as another request's answer: skipped)."""
+    if not isinstance(message, dict):
+        return None
+    if message.get("id") == request_id and ("result" in message or "error" in message):
+        return "response"
+    if isinstance(message.get("method"), str):
+        return "request" if "id" in message else "notification"
+    return None
 
 
 def _capabilities(result: Any) -> dict[str, Any]:
@@ -119,15 +117,11 @@ class UpstreamClient:
             self.session_id, self.mode = session_id, LEGACY
 
     def _decode(self, resp: HttpResponse, request_id: int) -> dict[str, Any]:
-        return self._decode_reply(resp, request_id).message
-
-    def _decode_reply(self, resp: HttpResponse, request_id: int) -> Reply:
         """The JSON-RPC message in ``resp``; a guard's coded 403 is returned as the error it is."""
         ctype = resp.headers.get("content-type", "")
-        notifications: list[dict[str, Any]] = []
         try:
-            if ctype.startswith("text/event-stream"):
-                message, notifications = _parse_sse(resp.content, request_id)
+            if ctype.startswith(SSE):
+                message = _parse_sse(resp.content, request_id)
             elif ctype.startswith("application/json"):
                 message = orjson.loads(resp.content)
             else:
@@ -141,7 +135,7 @@ class UpstreamClient:
             raise CmcpError(
                 Code.UPSTREAM_UNAVAILABLE, "upstream answered with something else than a response"
             )
-        return Reply(message, notifications)
+        return message
 
     def _headers(self, method: str, params: dict[str, Any]) -> dict[str, str]:
         headers = dict(_BASE_HEADERS)
@@ -182,19 +176,8 @@ class UpstreamClient:
         idempotent: bool = False,
     ) -> dict[str, Any]:
         """Send one request; return the upstream's JSON-RPC response message (result or error)."""
-        return (await self.exchange(method, params, extra_headers, idempotent=idempotent)).message
-
-    async def exchange(
-        self,
-        method: str,
-        params: dict[str, Any],
-        extra_headers: dict[str, str] | None = None,
-        *,
-        idempotent: bool = False,
-    ) -> Reply:
-        """Send one request; return the upstream's response and the notifications before it."""
         answer = await self.call(method, params, extra_headers, idempotent=idempotent, streaming=False)
-        assert isinstance(answer, Reply)
+        assert not isinstance(answer, ReplyStream)
         return answer
 
     async def call(
@@ -205,9 +188,10 @@ class UpstreamClient:
         *,
         idempotent: bool = False,
         streaming: bool = True,
-    ) -> Reply | ReplyStream:
+    ) -> dict[str, Any] | ReplyStream:
         """Send one request. An upstream answering in SSE gives a :class:`ReplyStream` (read as the
-        upstream writes it) when ``streaming``; anything else is read whole into a :class:`Reply`."""
+        upstream writes it) when ``streaming``; otherwise its JSON-RPC response (result or error),
+        read whole."""
         if self.mode is None:
             await self._negotiate()
         if self.mode == MODERN:
@@ -217,19 +201,16 @@ class UpstreamClient:
         if extra_headers:
             headers.update(extra_headers)
         message = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+
+        def stream_if(status: int, head: Mapping[str, str]) -> bool:
+            return streaming and status < 300 and head.get("content-type", "").startswith(SSE)
+
         try:
-            stream = await self.http.open(orjson.dumps(message), headers, self.timeout)
+            resp = await self.http.exchange(orjson.dumps(message), headers, self.timeout, stream_if=stream_if)
         except HttpError as exc:
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream unreachable: {exc}") from exc
-        if streaming and stream.status < 300 and stream.headers.get("content-type", "").startswith(SSE):
-            return ReplyStream(stream, rid)
-        try:
-            content = b"".join([chunk async for chunk in stream.chunks()])
-        except HttpError as exc:
-            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream unreachable: {exc}") from exc
-        finally:
-            await stream.aclose()
-        resp = HttpResponse(stream.status, stream.headers, content)
+        if isinstance(resp, HttpStream):
+            return ReplyStream(resp, rid)
         if resp.status == 404 and self.mode == LEGACY:
             self.mode = self.session_id = None  # the upstream dropped our session: handshake again next time
             if idempotent:
@@ -237,7 +218,7 @@ class UpstreamClient:
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "upstream session expired")
         if resp.status >= 500:
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream answered HTTP {resp.status}")
-        return self._decode_reply(resp, rid)
+        return self._decode(resp, rid)
 
 
 class ReplyStream:
@@ -258,17 +239,15 @@ class ReplyStream:
                 *events, buffer = buffer.split(b"\n\n")
                 for event in events:
                     message = _event_message(event)
-                    if message is None or not isinstance(message, dict):
-                        continue
-                    if message.get("id") == self._request_id and ("result" in message or "error" in message):
-                        yield message
-                        return
-                    if "id" in message and isinstance(message.get("method"), str):
+                    kind = _kind(message, self._request_id)
+                    if kind == "request":
                         raise CmcpError(Code.UPSTREAM_REQUEST_NOT_RELAYED,
                                         f"the upstream sent {message['method']!r} to the client; "
                                         "requests from the upstream are not relayed yet")
-                    if "id" not in message and isinstance(message.get("method"), str):
+                    if kind is not None:
                         yield message
+                    if kind == "response":
+                        return
         except HttpError as exc:
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream stream broke: {exc}") from exc
         except ValueError as exc:

@@ -65,7 +65,7 @@ async def test_an_allowed_call_is_relayed_verbatim(wired: Wired) -> None:
     call = {"name": "payments.transfer", "arguments": TRANSFER}
     answer = await pipeline.call(wired.runtime, wired.session, 1, "tools/call", call)
     assert answer.result["structuredContent"] == {**TRANSFER, "status": "sent"}
-    assert answer.notifications == [] and answer.events is None  # the tool sent none; JSON upstream
+    assert answer.events is None  # a JSON upstream: nothing to stream
     assert wired.upstream.counter["payments.transfer"] == 1
 
 

@@ -35,11 +35,10 @@ async def test_an_unreachable_upstream_is_a_coded_failure() -> None:
         await client.aclose()
 
 
-def test_sse_bodies_yield_the_response_for_the_request_and_the_notifications_before_it() -> None:
+def test_sse_bodies_yield_the_response_for_the_request_only() -> None:
     body = (b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress"}\n\n'
             b'data: {"jsonrpc":"2.0","id":9,"result":{"other":1}}\n\n'  # another request's answer
             b'data: {"jsonrpc":"2.0","id":3,"result":{"ok":1}}\r\n\r\n')
-    assert _parse_sse(body, 3) == ({"jsonrpc": "2.0", "id": 3, "result": {"ok": 1}},
-                                   [{"jsonrpc": "2.0", "method": "notifications/progress"}])
+    assert _parse_sse(body, 3) == {"jsonrpc": "2.0", "id": 3, "result": {"ok": 1}}
     with pytest.raises(ValueError, match="without the response"):
         _parse_sse(body, 4)
