@@ -35,10 +35,6 @@ from cmcp_core.errors import CmcpError, Code
 TOOLS_CALL = "tools/call"
 TOOL, RESOURCE, PROMPT, SERVER = "tool", "resource", "prompt", "server"
 LOGGING = "logging"  # the one ``server`` target: the upstream's log level
-GATED_METHODS = frozenset({
-    TOOLS_CALL, "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get",
-    "completion/complete", "logging/setLevel",
-})
 # list method -> (kind of its items, the result key that holds them, the item key that names one)
 LIST_METHODS: Mapping[str, tuple[str, str, str]] = {
     "tools/list": (TOOL, "tools", "name"),
@@ -51,6 +47,7 @@ METHOD_KINDS: Mapping[str, str] = {
     TOOLS_CALL: TOOL, "resources/read": RESOURCE, "resources/subscribe": RESOURCE,
     "resources/unsubscribe": RESOURCE, "prompts/get": PROMPT, "logging/setLevel": SERVER,
 }
+GATED_METHODS = frozenset({*METHOD_KINDS, "completion/complete"})
 # gated methods whose allowed requests make up a principal's state (taint, budgets): they hand
 # the agent data. Subscriptions, completions and the log level carry none.
 STATEFUL_METHODS = frozenset({TOOLS_CALL, "resources/read", "prompts/get"})
@@ -75,7 +72,7 @@ def call_target(method: str, params: Any) -> Target:
     if method == TOOLS_CALL:
         name, arguments = tool_call_target(params)
         return Target(method, TOOL, name, arguments)
-    if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+    if METHOD_KINDS.get(method) == RESOURCE:
         return Target(method, RESOURCE, _string(params, "uri", method), {})
     if method == "prompts/get":
         given = params.get("arguments")
@@ -109,14 +106,12 @@ def completion_ref(ref: Any) -> tuple[str, str]:
 def forwarded_params(target: Target, params: Mapping[str, Any]) -> dict[str, Any]:
     """The params the gateway sends upstream for ``target``: exactly what the permit binds, plus
     the agent's ``_meta`` (progress token and the like)."""
-    if target.method == TOOLS_CALL:
+    if target.method in (TOOLS_CALL, "prompts/get"):
         out: dict[str, Any] = {"name": target.name, "arguments": target.arguments}
-    elif target.kind == SERVER or target.method == "completion/complete":
-        out = dict(target.arguments)
-    elif target.method == "prompts/get":
-        out = {"name": target.name, "arguments": target.arguments}
-    else:
+    elif target.kind == RESOURCE and target.method != "completion/complete":
         out = {"uri": target.name}
+    else:  # completion/complete, logging/setLevel: their arguments are their params
+        out = dict(target.arguments)
     meta = params.get("_meta")
     if isinstance(meta, dict):
         out["_meta"] = meta
