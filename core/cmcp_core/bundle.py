@@ -88,12 +88,8 @@ class Bundle:
         return compute_catalog_hash(self.catalog)
 
     def catalog_by_tool(self) -> dict[str, dict[str, Any]]:
-        return self.catalog_of("tool")
-
-    def catalog_of(self, kind: str) -> dict[str, dict[str, Any]]:
-        """The catalog entries of one kind (``tool``, ``resource``, ``prompt``) by their name: the
-        tool name, the resource URI or URI template, the prompt name."""
-        return {name: entry for entry in self.catalog for k, name in (catalog_key(entry),) if k == kind}
+        """The tool entries by tool name (resources and prompts left out)."""
+        return {str(entry["tool_name"]): entry for entry in self.catalog if "tool_name" in entry}
 
     def to_files(self) -> dict[str, str]:
         """The bundle as a flat ``{relative path: text}`` map (ConfigMap / CR form)."""
@@ -130,7 +126,8 @@ CATALOG_KEYS = {"tool_name": "tool", "resource_uri": "resource", "resource_templ
                 "prompt_name": "prompt"}
 
 
-_TEMPLATE = re.compile(r"[^{}]*(\{[A-Za-z0-9_]+\}[^{}]*)+")
+_VARIABLE = r"\{[A-Za-z0-9_]+\}"  # a level-1 template variable, {name}
+_TEMPLATE = re.compile(rf"[^{{}}]*({_VARIABLE}[^{{}}]*)+")
 
 
 # One template variable: a non-empty path segment that is not a dot-segment ("." or "..", also
@@ -140,7 +137,7 @@ _SEGMENT = r"(?!(?:\.|%2[eE]){1,2}(?:[/?#]|$))[^/?#]+"
 
 def template_pattern(template: str) -> re.Pattern[str]:
     """A ``resource_template``'s URIs: each ``{name}`` stands for one path segment (not ``..``)."""
-    parts = re.split(r"\{[A-Za-z0-9_]+\}", template)
+    parts = re.split(_VARIABLE, template)
     return re.compile(_SEGMENT.join(re.escape(p) for p in parts))
 
 
@@ -235,9 +232,10 @@ def _check_catalog(catalog: Any) -> None:
         if keys[0] == "resource_template" and not _TEMPLATE.fullmatch(name):
             raise BundleError(f"{where}: resource_template {name!r} must be a URI with {{name}} "
                               "variables (RFC 6570 level 1)", file=CATALOG_FILE)
-        if catalog_key(entry) in seen:
+        offered = catalog_key(entry)
+        if offered in seen:
             raise BundleError(f"duplicate {keys[0]} '{name}'", file=CATALOG_FILE)
-        seen.add(catalog_key(entry))
+        seen.add(offered)
         for key in ("server", "sensitivity_level"):
             if key in entry and not isinstance(entry[key], str):
                 raise BundleError(f"{where} ('{name}'): {key} must be a string",
