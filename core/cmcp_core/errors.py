@@ -17,6 +17,7 @@ class Code(StrEnum):
     RESOURCE_NOT_IN_CATALOG = "RESOURCE_NOT_IN_CATALOG"
     PROMPT_NOT_IN_CATALOG = "PROMPT_NOT_IN_CATALOG"
     METHOD_NOT_IN_MODEL = "METHOD_NOT_IN_MODEL"
+    INPUT_NOT_ASKED = "INPUT_NOT_ASKED"
     POLICY_EVAL_ERROR = "POLICY_EVAL_ERROR"
     SESSION_CLOSED = "SESSION_CLOSED"
     SESSION_LIMIT = "SESSION_LIMIT"
@@ -144,6 +145,8 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.RESOURCE_NOT_IN_CATALOG: CodeInfo(-32000, 403, "The resource is not in the measured catalog."),
     Code.PROMPT_NOT_IN_CATALOG: CodeInfo(-32000, 403, "The prompt is not in the measured catalog."),
     Code.METHOD_NOT_IN_MODEL: CodeInfo(-32000, 403, "The bundle's request model decides no such method."),
+    Code.INPUT_NOT_ASKED: CodeInfo(
+        -32000, 403, "The request answers an input request the enclave did not let reach the agent."),
     Code.POLICY_EVAL_ERROR: CodeInfo(-32000, 403, "A policy errored during evaluation; denied."),
     Code.SESSION_CLOSED: CodeInfo(-32000, 409, "The session was closed or expired."),
     Code.SESSION_LIMIT: CodeInfo(-32000, 429, "The enclave holds its maximum of sessions."),
@@ -172,7 +175,7 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.SESSION_LOST: CodeInfo(-32004, 410, "The enclave holding the session is gone."),
     Code.UPSTREAM_UNAVAILABLE: CodeInfo(-32005, 502, "The upstream MCP server did not answer."),
     Code.UPSTREAM_REQUEST_NOT_RELAYED: CodeInfo(
-        -32005, 502, "The upstream asked the client something; the gateway does not relay that yet."),
+        -32005, 502, "The upstream asked the client something the gateway cannot relay."),
     Code.AGENT_GONE: CodeInfo(-32005, 499, "The agent left before the upstream's answer was relayed."),
     Code.PERMIT_MISSING: CodeInfo(-32010, 403, "The call carries no enclave permit."),
     Code.PERMIT_MALFORMED: CodeInfo(-32010, 403, "The permit is not a well-formed token."),

@@ -21,6 +21,15 @@ completion/complete      prompt or   ``ref.name`` or      ``{"ref": ..., "argume
                          resource    ``ref.uri``          "context": ...}``
 logging/setLevel         server      ``logging``          ``{"level": ...}``
 =======================  ==========  ===================  ===================================
+
+Multi-round trips (2026-07-28): an upstream that needs the agent's input answers a
+``tools/call``, ``resources/read`` or ``prompts/get`` with an ``InputRequiredResult`` naming
+requests to the client (:data:`INPUT_METHODS`); the agent answers by repeating the request with
+``inputResponses`` and ``requestState``. Those two fields are the target's ``input``, and the
+permit's digest binds them with the arguments (:attr:`Target.digest`), so no answer reaches the
+upstream that the enclave did not decide. The enclave also decides each input request before the
+agent sees it: that decision's target is the asking request's, with the input request as its
+``input`` (:func:`ask_target`).
 """
 
 from __future__ import annotations
@@ -51,6 +60,11 @@ GATED_METHODS = frozenset({*METHOD_KINDS, "completion/complete"})
 # gated methods whose allowed requests make up a principal's state (taint, budgets): they hand
 # the agent data. Subscriptions, completions and the log level carry none.
 STATEFUL_METHODS = frozenset({TOOLS_CALL, "resources/read", "prompts/get"})
+# requests an upstream may put to the client inside an InputRequiredResult (2026-07-28)
+INPUT_METHODS = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
+# the fields of a repeated request that answer an InputRequiredResult (the SDK's MRTR carriers
+# are exactly the stateful methods)
+CONTINUATION_FIELDS = ("inputResponses", "requestState")
 _COMPLETION_REFS = {"ref/prompt": (PROMPT, "name"), "ref/resource": (RESOURCE, "uri")}
 
 
@@ -63,6 +77,18 @@ class Target:
     kind: str
     name: str
     arguments: dict[str, Any]
+    input: dict[str, Any] | None = None  # a continuation's answers, or an ask's input request
+
+    @property
+    def digest(self) -> str:
+        """What the permit's ``args_digest`` carries: the arguments' digest, or, with ``input``,
+        a digest of both under its own domain (so no arguments can pose as arguments + input)."""
+        if self.input is None:
+            return args_digest(self.arguments)
+        try:
+            return bound_digest(self.arguments, self.input)
+        except Exception as exc:  # rfc8785 raises its own types for NaN / out-of-range integers
+            raise CmcpError(Code.MCP_INVALID_REQUEST, f"input cannot be canonicalised: {exc}") from exc
 
 
 def call_target(method: str, params: Any) -> Target:
@@ -71,14 +97,16 @@ def call_target(method: str, params: Any) -> Target:
         raise CmcpError(Code.MCP_INVALID_REQUEST, f"{method} params must be an object")
     if method == TOOLS_CALL:
         name, arguments = tool_call_target(params)
-        return Target(method, TOOL, name, arguments)
+        return Target(method, TOOL, name, arguments, continuation(params))
+    if method == "resources/read":
+        return Target(method, RESOURCE, _string(params, "uri", method), {}, continuation(params))
     if METHOD_KINDS.get(method) == RESOURCE:
         return Target(method, RESOURCE, _string(params, "uri", method), {})
     if method == "prompts/get":
         given = params.get("arguments")
         if given is not None and not isinstance(given, dict):
             raise CmcpError(Code.MCP_INVALID_REQUEST, "prompts/get arguments must be an object")
-        return Target(method, PROMPT, _string(params, "name", method), given or {})
+        return Target(method, PROMPT, _string(params, "name", method), given or {}, continuation(params))
     if method == "completion/complete":
         kind, name = completion_ref(params.get("ref"))
         argument = params.get("argument")
@@ -91,6 +119,31 @@ def call_target(method: str, params: Any) -> Target:
     if method == "logging/setLevel":
         return Target(method, SERVER, LOGGING, {"level": _string(params, "level", method)})
     raise CmcpError(Code.METHOD_NOT_FOUND, f"{method!r} is not a method the enclave decides")
+
+
+def continuation(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``inputResponses`` / ``requestState`` a repeated request carries, or ``None``."""
+    found = {k: params[k] for k in CONTINUATION_FIELDS if params.get(k) is not None}
+    if not found:
+        return None
+    if not isinstance(found.get("inputResponses", {}), dict) or not isinstance(
+            found.get("requestState", ""), str):
+        raise CmcpError(Code.MCP_INVALID_REQUEST,
+                        "inputResponses must be an object and requestState a string")
+    return found
+
+
+def ask_target(asking: Target, key: str, request: Any) -> Target:
+    """The target the enclave decides before relaying one of ``asking``'s input requests
+    (``request``, under ``key`` in the upstream's ``inputRequests``) to the agent: the input
+    request's method, on what ``asking`` acts on, with the request as its ``input``."""
+    method = request.get("method") if isinstance(request, dict) else None
+    if method not in INPUT_METHODS:
+        raise CmcpError(Code.UPSTREAM_REQUEST_NOT_RELAYED,
+                        f"the upstream asked the client for {method!r}, which is not relayed")
+    params = request.get("params")
+    return Target(str(method), asking.kind, asking.name, asking.arguments,
+                  {"asking": asking.method, "key": key, "params": params if isinstance(params, dict) else {}})
 
 
 def completion_ref(ref: Any) -> tuple[str, str]:
@@ -112,10 +165,15 @@ def forwarded_params(target: Target, params: Mapping[str, Any]) -> dict[str, Any
         out = {"uri": target.name}
     else:  # completion/complete, logging/setLevel: their arguments are their params
         out = dict(target.arguments)
+    if target.input is not None:
+        out.update(target.input)
     meta = params.get("_meta")
     if isinstance(meta, dict):
         out["_meta"] = meta
     return out
+
+
+_INPUT_DOMAIN = b"cmcp-input-v1\0"
 
 
 def _string(params: Mapping[str, Any], key: str, method: str) -> str:
@@ -136,6 +194,11 @@ def tool_call_target(params: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(name, str) or not name or not isinstance(arguments, dict):
         raise CmcpError(Code.MCP_INVALID_REQUEST, "tools/call needs a string name and object arguments")
     return name, arguments
+
+
+def bound_digest(arguments: Mapping[str, Any], input: Mapping[str, Any]) -> str:
+    """Digest of arguments and a multi-round trip's input together, under a domain of its own."""
+    return tagged_sha256(_INPUT_DOMAIN + canonical({"arguments": dict(arguments), "input": dict(input)}))
 
 
 def args_digest(arguments: Mapping[str, Any]) -> str:

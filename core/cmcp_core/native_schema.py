@@ -56,11 +56,18 @@ def native_schema(arguments: Mapping[str, str], comment: str = "") -> str:
   type ResourceContext = {{
 {_STATE}    uri: String,  // the URI asked for (the resource entity may be a template it matched)
   }};
+  type InputContext = {{  // what the asking request saw (uri: when a resource read asks)
+{_STATE}    uri?: String,
+  }};
   action call_tool, list_tools appliesTo {{ principal: Agent, resource: Tool, context: Context }};
   action read_resource, subscribe_resource, unsubscribe_resource, list_resources
     appliesTo {{ principal: Agent, resource: Resource, context: ResourceContext }};
   action get_prompt, list_prompts appliesTo {{ principal: Agent, resource: Prompt, context: Context }};
   action complete appliesTo {{ principal: Agent, resource: [Prompt, Resource], context: Context }};
   action set_log_level appliesTo {{ principal: Agent, resource: Server, context: Context }};
+  // an upstream's request to the agent (sampling/createMessage, elicitation/create, roots/list)
+  // while it answers a request on the resource
+  action sample, elicit, list_roots
+    appliesTo {{ principal: Agent, resource: [Tool, Resource, Prompt], context: InputContext }};
 }}
 """

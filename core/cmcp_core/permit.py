@@ -35,7 +35,7 @@ class Permit:
     sid: str
     cid: str
     tool: str
-    args: str  # "sha256:<hex>" of the JCS arguments
+    args: str  # "sha256:<hex>" of the JCS arguments (with a multi-round trip's answers: Target.digest)
     aud: str
     iat: int
     exp: int

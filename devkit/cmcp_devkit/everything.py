@@ -47,12 +47,14 @@ import warnings
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from mcp.server import ServerRequestContext
+from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.mcpserver.resolve import Elicit, Resolve, Sample
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import (
@@ -60,6 +62,7 @@ from mcp.types import (
     CompleteRequestParams,
     CompleteResult,
     Completion,
+    CreateMessageResult,
     EmbeddedResource,
     EmptyResult,
     ImageContent,
@@ -283,6 +286,30 @@ class Sep1330Enums(BaseModel):
     )
 
 
+# The interactive tools ask through resolvers, so the SDK asks in the era the client speaks:
+# a standalone request on the call's stream (<= 2025-11-25) or an InputRequiredResult the
+# client answers by retrying the call (2026-07-28). Each body runs once, with the answer.
+def ask_llm(prompt: str) -> Sample:
+    return Sample([SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
+                  max_tokens=100)
+
+
+def ask_user(message: str) -> Elicit[UserResponse]:
+    return Elicit(message, UserResponse)
+
+
+def ask_defaults() -> Elicit[Sep1034Defaults]:
+    return Elicit("Please provide user information", Sep1034Defaults)
+
+
+def ask_enums() -> Elicit[Sep1330Enums]:
+    return Elicit("Please select values using different enum schema types", Sep1330Enums)
+
+
+def _elicited(answer: ElicitationResult[Any]) -> str:
+    return answer.data.model_dump_json() if isinstance(answer, AcceptedElicitation) else "{}"
+
+
 def _tools(server: MCPServer, counter: CallCounter) -> None:
     @server.tool()
     def test_simple_text() -> str:
@@ -362,42 +389,35 @@ def _tools(server: MCPServer, counter: CallCounter) -> None:
         raise RuntimeError("This tool intentionally returns an error for testing")
 
     @server.tool()
-    async def test_sampling(prompt: str, ctx: Context) -> str:
+    async def test_sampling(prompt: str, answer: Annotated[CreateMessageResult, Resolve(ask_llm)]) -> str:
         """Asks the client's LLM (sampling/createMessage) and returns its answer."""
         counter["test_sampling"] += 1
-        # related_request_id: the request rides this call's stream (the GET stream may not be open).
-        result = await ctx.session.create_message(
-            messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
-            max_tokens=100,
-            related_request_id=ctx.request_id,
-        )
-        text = result.content.text if result.content.type == "text" else "(no text)"
+        text = answer.content.text if answer.content.type == "text" else "(no text)"
         return f"LLM response: {text}"
 
     @server.tool()
-    async def test_elicitation(message: str, ctx: Context) -> str:
+    async def test_elicitation(
+        message: str, answer: Annotated[ElicitationResult[UserResponse], Resolve(ask_user)]
+    ) -> str:
         """Asks the user (elicitation/create) and returns the answer."""
         counter["test_elicitation"] += 1
-        result = await ctx.elicit(message=message, schema=UserResponse)
-        content = result.data.model_dump_json() if result.action == "accept" else "{}"
-        return f"User response: action={result.action}, content={content}"
+        return f"User response: action={answer.action}, content={_elicited(answer)}"
 
     @server.tool()
-    async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+    async def test_elicitation_sep1034_defaults(
+        answer: Annotated[ElicitationResult[Sep1034Defaults], Resolve(ask_defaults)],
+    ) -> str:
         """Elicitation whose schema has a default for every primitive type (SEP-1034)."""
         counter["test_elicitation_sep1034_defaults"] += 1
-        result = await ctx.elicit(message="Please provide user information", schema=Sep1034Defaults)
-        content = result.data.model_dump_json() if result.action == "accept" else "{}"
-        return f"Elicitation completed: action={result.action}, content={content}"
+        return f"Elicitation completed: action={answer.action}, content={_elicited(answer)}"
 
     @server.tool()
-    async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+    async def test_elicitation_sep1330_enums(
+        answer: Annotated[ElicitationResult[Sep1330Enums], Resolve(ask_enums)],
+    ) -> str:
         """Elicitation with the five enum schema shapes (SEP-1330)."""
         counter["test_elicitation_sep1330_enums"] += 1
-        message = "Please select values using different enum schema types"
-        result = await ctx.elicit(message=message, schema=Sep1330Enums)
-        content = result.data.model_dump_json() if result.action == "accept" else "{}"
-        return f"Elicitation completed: action={result.action}, content={content}"
+        return f"Elicitation completed: action={answer.action}, content={_elicited(answer)}"
 
     @server.tool(name=JSON_SCHEMA_2020_12_TOOL, description="Tool with JSON Schema 2020-12 features")
     def json_schema_tool(name: str = "", address: dict[str, str] | None = None) -> str:

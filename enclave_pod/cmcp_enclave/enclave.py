@@ -35,7 +35,7 @@ from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import DECISION_VERSION, sign_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.identity import Identity, IdentityConfigError, IdentityPolicy
-from cmcp_core.mcp_target import LIST_METHODS, STATEFUL_METHODS, TOOL, TOOLS_CALL
+from cmcp_core.mcp_target import INPUT_METHODS, LIST_METHODS, STATEFUL_METHODS, TOOL, TOOLS_CALL
 from cmcp_core.trust_record import build_record
 from cmcp_core.validation import state_window_seconds
 from cmcp_core.verify.peer import appraise_peer
@@ -316,11 +316,11 @@ class Enclave:
     @_settled
     def decide(self, *, session_id: str, call_id: str, principal: str, method: str, tool: str,
                arguments_json: bytes, arguments_digest: str, audience: str,
-               access_token: str = "") -> DecideResult:
+               access_token: str = "", input_json: bytes = b"") -> DecideResult:
         call, arguments = judging.admit(
             self.engine, session_id=session_id, call_id=call_id, principal=principal, method=method,
             tool=tool, arguments_json=arguments_json, arguments_digest=arguments_digest,
-            audience=audience)
+            audience=audience, input_json=input_json)
         view = self.prepare(session_id=session_id, principal=principal, call_id=call_id,
                             access_token=access_token)
         return self.commit(call, judging.judge(self.engine, self.entry.audience, call, arguments, view))
@@ -344,6 +344,8 @@ class Enclave:
         if session.pending and call.call_id in session.pending:
             raise RequestError(Code.MCP_INVALID_REQUEST, f"call_id {call.call_id!r} already decided")
         reason = verdict.reason
+        if reason is None and call.answered and not _was_asked(session, call):
+            reason = Code.INPUT_NOT_ASKED  # never softened: the answer would reach the upstream
         decision = "allow" if reason is None else "deny"
         advisory = reason in ADVISORY_SOFTENED and self.mode in ("advisory", "silent")
         effective = "allow" if decision == "allow" or advisory else "deny"
@@ -361,7 +363,12 @@ class Enclave:
         entry, raw = decision_entry(decision_json, signature, document)
         self._store(session, entry, raw)
         token = ""
-        if effective == "allow":
+        if effective == "allow" and call.method in INPUT_METHODS:
+            _ask(session, call)  # the agent may now answer it; nothing goes upstream on this decision
+        elif effective == "allow":
+            if call.answered and session.asked:
+                for key in call.answered:
+                    session.asked.pop((call.method, call.tool, key), None)
             if call.method == TOOLS_CALL:
                 self._record_call(session, held, call.tool)
             elif call.method in STATEFUL_METHODS and verdict.entry is not None:
@@ -531,3 +538,19 @@ def _taint_session(session: PolicySession, rank: int, tags: frozenset[str]) -> N
     session.max_rank = max(session.max_rank, rank)
     if not tags <= session.tags:
         session.tags = session.tags | tags
+
+
+def _ask(session: PolicySession, call: judging.Call) -> None:
+    """Remember that ``call``'s input request may reach the agent (bounded like pending calls)."""
+    assert call.input is not None
+    if session.asked is None:
+        session.asked = {}
+    session.asked[(call.asking, call.tool, str(call.input["key"]))] = None
+    if len(session.asked) > MAX_PENDING:
+        del session.asked[next(iter(session.asked))]
+
+
+def _was_asked(session: PolicySession, call: judging.Call) -> bool:
+    """Whether every input request a repeated request answers was let through in this session."""
+    asked = session.asked or {}
+    return all((call.method, call.tool, key) in asked for key in call.answered)

@@ -64,6 +64,8 @@ METHOD_ACTIONS = {
     "resources/templates/list": "list_resources",
     "prompts/get": "get_prompt", "prompts/list": "list_prompts",
     "completion/complete": "complete", "logging/setLevel": "set_log_level",
+    # an upstream's input request to the agent, on the tool, resource or prompt whose request asked
+    "sampling/createMessage": "sample", "elicitation/create": "elicit", "roots/list": "list_roots",
 }
 ENTITY_TYPES = {TOOL: "Tool", RESOURCE: "Resource", PROMPT: "Prompt", SERVER: "Server"}
 _NOT_IN_CATALOG = {TOOL: Code.TOOL_NOT_IN_CATALOG, RESOURCE: Code.RESOURCE_NOT_IN_CATALOG,

@@ -17,7 +17,13 @@ from typing import Any
 
 from cmcp_core.digest import canonical, tagged_sha256
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.mcp_target import TOOLS_CALL
+from cmcp_core.mcp_target import (
+    CONTINUATION_FIELDS,
+    INPUT_METHODS,
+    STATEFUL_METHODS,
+    TOOLS_CALL,
+    bound_digest,
+)
 from cmcp_core.validation import MAX_ARGUMENT_BYTES
 from cmcp_enclave.engine import CedarEngine, SessionView
 
@@ -40,6 +46,20 @@ class Call:
     tool: str
     arguments_digest: str
     audience: str
+    input: dict[str, Any] | None = None  # a multi-round trip's answers, or an ask's input request
+
+    @property
+    def asking(self) -> str:
+        """The method whose target this decision resolves: an ask's asking request's, else its own."""
+        return str(self.input["asking"]) if self.method in INPUT_METHODS and self.input else self.method
+
+    @property
+    def answered(self) -> frozenset[str]:
+        """The input requests (their keys) a repeated request answers."""
+        if not self.input or self.method in INPUT_METHODS:
+            return frozenset()
+        responses = self.input.get("inputResponses")
+        return frozenset(responses) if isinstance(responses, dict) else frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +81,9 @@ def check_id(name: str, value: str) -> None:
 
 def admit(engine: CedarEngine, *, session_id: str, call_id: str, principal: str, method: str,
           tool: str, arguments_json: bytes, arguments_digest: str,
-          audience: str) -> tuple[Call, dict[str, Any]]:
-    """The checks that need no state: ids, the tool's argument bound, JSON, the digest."""
+          audience: str, input_json: bytes = b"") -> tuple[Call, dict[str, Any]]:
+    """The checks that need no state: ids, the tool's argument bound, JSON, the digest (of the
+    arguments, and of the multi-round trip's ``input`` with them when there is one)."""
     check_id("session_id", session_id)
     check_id("call_id", call_id)
     check_id("principal", principal)
@@ -78,13 +99,41 @@ def admit(engine: CedarEngine, *, session_id: str, call_id: str, principal: str,
         raise RequestError(Code.ARGS_INVALID, "arguments_json is not JSON") from exc
     if not isinstance(arguments, dict):
         raise RequestError(Code.ARGS_INVALID, "arguments must be a JSON object")
+    given = _input(method, input_json) if input_json or method in INPUT_METHODS else None
     try:
-        digest = tagged_sha256(canonical(arguments))  # == json_digest, fast path
+        # == json_digest on the fast path
+        digest = tagged_sha256(canonical(arguments)) if given is None else bound_digest(arguments, given)
     except Exception as exc:  # rfc8785 refuses NaN, huge ints, deep nesting
         raise RequestError(Code.ARGS_INVALID, f"arguments have no canonical form: {exc}") from exc
     if digest != arguments_digest:
         raise RequestError(Code.ARGS_DIGEST_MISMATCH, "arguments_digest is not sha256 of the JCS arguments")
-    return Call(session_id, call_id, principal, method, tool, arguments_digest, audience), arguments
+    return Call(session_id, call_id, principal, method, tool, arguments_digest, audience, given), arguments
+
+
+def _input(method: str, input_json: bytes) -> dict[str, Any]:
+    """``input_json`` of a multi-round trip, checked for its shape: an ask names the stateful
+    request that asked, the input request's key and params; a repeated request carries only
+    ``inputResponses`` (an object) and ``requestState`` (a string)."""
+    if len(input_json) > MAX_ARGUMENT_BYTES:
+        raise RequestError(Code.ARGS_TOO_LARGE, f"input_json exceeds {MAX_ARGUMENT_BYTES} bytes")
+    try:
+        given: Any = json.loads(input_json) if input_json else None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(Code.ARGS_INVALID, "input_json is not JSON") from exc
+    if not isinstance(given, dict) or not given:
+        raise RequestError(Code.ARGS_INVALID, "input_json must be a non-empty JSON object")
+    if method in INPUT_METHODS:
+        if set(given) != {"asking", "key", "params"} or given["asking"] not in STATEFUL_METHODS \
+                or not isinstance(given["key"], str) or not given["key"] \
+                or not isinstance(given["params"], dict):
+            raise RequestError(Code.ARGS_INVALID,
+                               "an input request's input_json is {asking: a stateful method, key, params}")
+    elif method not in STATEFUL_METHODS or not set(given) <= set(CONTINUATION_FIELDS) \
+            or not isinstance(given.get("inputResponses", {}), dict) \
+            or not isinstance(given.get("requestState", ""), str):
+        raise RequestError(Code.ARGS_INVALID, f"{method} carries no input_json but inputResponses "
+                           "and requestState of a tools/call, resources/read or prompts/get")
+    return given
 
 
 def judge(engine: CedarEngine, audience: str, call: Call, arguments: dict[str, Any],
@@ -93,7 +142,7 @@ def judge(engine: CedarEngine, audience: str, call: Call, arguments: dict[str, A
     if call.audience != audience:
         return Verdict(Code.AUDIENCE_MISMATCH)
     try:
-        entry = engine.resolve(call.method, call.tool, arguments)
+        entry = engine.resolve(call.asking, call.tool, arguments)
     except CmcpError as exc:  # outside the catalog, or a method the request model does not decide
         return Verdict(exc.code)
     required = engine.required_scopes(entry[1], entry[0])

@@ -82,7 +82,7 @@ class DecisionScheduler:
 
     async def decide(self, *, session_id: str, call_id: str, principal: str, method: str, tool: str,
                      arguments_json: bytes, arguments_digest: str, audience: str,
-                     access_token: str = "") -> DecideResult:
+                     access_token: str = "", input_json: bytes = b"") -> DecideResult:
         """The same decision :meth:`Enclave.decide` makes, scheduled fairly."""
         turn = self._turns.get(principal)
         if turn is None:
@@ -94,11 +94,11 @@ class DecisionScheduler:
         try:
             async with turn.lock:
                 enclave = self.enclave
-                if len(arguments_json) <= self.inline_bytes:
+                if len(arguments_json) + len(input_json) <= self.inline_bytes:
                     return enclave.decide(session_id=session_id, call_id=call_id, principal=principal,
                                           method=method, tool=tool, arguments_json=arguments_json,
                                           arguments_digest=arguments_digest, audience=audience,
-                                          access_token=access_token)
+                                          access_token=access_token, input_json=input_json)
                 judging.check_id("session_id", session_id)
                 judging.check_id("principal", principal)
                 judging.check_id("call_id", call_id)
@@ -107,7 +107,8 @@ class DecisionScheduler:
                 call, verdict = await self.workers.admit_and_judge(
                     {"session_id": session_id, "call_id": call_id, "principal": principal,
                      "method": method, "tool": tool, "arguments_json": arguments_json,
-                     "arguments_digest": arguments_digest, "audience": audience}, view)
+                     "arguments_digest": arguments_digest, "audience": audience,
+                     "input_json": input_json}, view)
                 return enclave.commit(call, verdict)
         finally:
             turn.holders -= 1

@@ -141,7 +141,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             session_id=request.session_id, call_id=request.call_id, principal=request.principal,
             method=request.method, tool=request.tool, arguments_json=bytes(request.arguments_json),
             arguments_digest=request.arguments_digest, audience=request.audience,
-            access_token=request.access_token)
+            access_token=request.access_token, input_json=bytes(request.input_json))
         doc = result.document
         self.metrics.decisions.labels(doc["decision"], doc["effective"], doc["mode"]).inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
@@ -199,7 +199,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
 
         try:
             async for request in requests:
-                if self.scheduler.decides_at_once(request.principal, len(request.arguments_json)):
+                if self.scheduler.decides_at_once(request.principal,
+                                                  len(request.arguments_json) + len(request.input_json)):
                     await send(await self._reply(request))
                     continue
                 await slots.acquire()

@@ -48,6 +48,8 @@ class PolicySession:
     tools_called: frozenset[str] = frozenset()
     previous_tool: str = ""
     pending: dict[str, str] | None = None  # call_id -> tool, awaiting Complete
+    # input requests let through to the agent, not answered yet: (asking method, target, key)
+    asked: dict[tuple[str, str, str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from cmcp_core import session_id as session_ids
 from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.mcp_target import INPUT_METHODS
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.route_status import RouteStatus
 from cmcp_gateway import enclave_rpc, pinning
@@ -264,8 +265,10 @@ class EnclavePool:
         args_digest: str,
         audience: str,
         access_token: str = "",
+        input_json: bytes = b"",
     ) -> Decision:
-        """Ask the pinned enclave and verify its signed answer echoes exactly this call."""
+        """Ask the pinned enclave and verify its signed answer echoes exactly this call (its
+        ``args_digest`` binds ``input_json`` when there is one: a multi-round trip)."""
         with self.audit.call():  # from the request until its entries are stored
             endpoint, attested = self.resolve(pin)
             request = enclave_pb2.DecideRequest(
@@ -278,6 +281,7 @@ class EnclavePool:
                 arguments_digest=args_digest,
                 audience=audience,
                 access_token=access_token,
+                input_json=input_json,
             )
             queue = endpoint.outcomes
             carried = queue.take() if queue.carries is not False else []
@@ -365,8 +369,8 @@ def _verified(resp: Any, attested: AttestedEnclave, expected: dict[str, str]) ->
     """The signed decision, checked to echo exactly this call and to have come with its entry."""
     _check_carried(resp)
     document = verify_decision(resp.decision_json, resp.signature, attested.key, expected=expected)
-    if document["effective"] == "allow" and not resp.permit:
-        raise CmcpError(Code.DECISION_UNVERIFIED, "an allow without a permit")
+    if document["effective"] == "allow" and not resp.permit and document["method"] not in INPUT_METHODS:
+        raise CmcpError(Code.DECISION_UNVERIFIED, "an allow without a permit")  # (an ask needs none)
     return document
 
 

@@ -11,6 +11,8 @@ with HTTP 200.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -19,12 +21,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from mcp_types import LOG_LEVEL_META_KEY
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY
 
 from cmcp_core.bundle import template_pattern
 from cmcp_core.digest import b64url
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.mcp_target import LIST_METHODS, args_digest, call_target, forwarded_params
+from cmcp_core.mcp_target import (
+    LIST_METHODS,
+    STATEFUL_METHODS,
+    Target,
+    ask_target,
+    call_target,
+    forwarded_params,
+)
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_gateway import jsonrpc
 from cmcp_gateway.config import RouteConfig
@@ -79,55 +88,72 @@ def _list_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in ("cursor", "_meta") if k in params}
 
 
+INPUT_REQUIRED = "input_required"
+MAX_INPUT_ROUNDS = 8  # an upstream still asking after this many answers is cut off
+# what an agent can be asked that the gateway relays (each ask decided by the enclave)
+RELAYED_CLIENT_CAPABILITIES = ("sampling", "elicitation", "roots")
+
+
+def relayable_capabilities(declared: Any) -> dict[str, Any]:
+    """The part of an agent's declared client capabilities an upstream may use through us."""
+    if not isinstance(declared, dict):
+        return {}
+    return {k: declared[k] for k in RELAYED_CLIENT_CAPABILITIES if isinstance(declared.get(k), dict)}
+
+
 async def call(
     runtime: RouteRuntime, session: McpSession, request_id: str | int, method: str, params: dict[str, Any],
-    *, streaming: bool = False, shape: Callable[[Any], Any] = lambda result: result,
+    *, streaming: bool = False, modern: bool = False, shape: Callable[[Any], Any] = lambda result: result,
 ) -> Answer:
     """The upstream's answer to an allowed request to a gated ``method``; ``FailedRequest`` for a
     denied or refused one. With ``streaming`` (the agent takes SSE) an upstream that streams is
-    relayed as it writes (:attr:`Answer.events`); ``shape`` finishes a result for the agent."""
+    relayed as it writes (:attr:`Answer.events`); ``shape`` finishes a result for the agent.
+
+    An upstream that needs the agent's input (a 2026-07-28 ``InputRequiredResult``) has each of
+    its input requests decided by the enclave first. A 2026-07-28 agent (``modern``) then gets
+    the result as it is and repeats its request with the answers; a handshake-era agent is asked
+    each request on this call's stream, and the gateway repeats the request upstream with its
+    answers, under a new permit that binds them (:class:`Conversation`)."""
     target = call_target(method, params)
-    tool, arguments = target.name, target.arguments
-    digest = args_digest(arguments)
+    meta = params.get("_meta")
+    declared = meta.get(CLIENT_CAPABILITIES_META_KEY) if modern and isinstance(meta, dict) else None
+    capabilities = relayable_capabilities(declared if modern else session.client_capabilities)
+    answer = await _round(runtime, session, request_id, target, params, streaming, shape, capabilities)
+    if method not in STATEFUL_METHODS:
+        return answer
+    if answer.events is None and not _input_required(answer.result):
+        return answer
+    conversation = Conversation(runtime, session, request_id, target, params, answer, modern,
+                                lambda given: _round(runtime, session, request_id, given, params, streaming,
+                                                     shape, capabilities))
+    if answer.events is not None:
+        return Answer(events=conversation)
+    if modern:
+        await conversation.let_ask(answer.result)
+        return answer
+    if not streaming:
+        raise CmcpError(Code.UPSTREAM_REQUEST_NOT_RELAYED,
+                        "the upstream needs the agent's input, and the agent takes no SSE stream "
+                        "to be asked on")
+    return Answer(events=conversation)
+
+
+async def _round(
+    runtime: RouteRuntime, session: McpSession, request_id: str | int, target: Target, params: dict[str, Any],
+    streaming: bool, shape: Callable[[Any], Any], capabilities: dict[str, Any],
+) -> Answer:
+    """One decided, permitted request upstream and its answer (a multi-round trip has several)."""
+    method, tool = target.method, target.name
+    digest = target.digest
     call_id = uuid.uuid4().hex
     route = runtime.config
     started = time.perf_counter()
-    decision = await runtime.pool.decide(
-        session.pin,
-        session_id=session.id,
-        call_id=call_id,
-        principal=session.agent,
-        method=method,
-        tool=tool,
-        arguments_json=orjson.dumps(arguments),
-        args_digest=digest,
-        audience=route.audience,
-        access_token=session.access_token,
-    )
+    decision = await _decide(runtime, session, call_id, target, digest)
     DECISION_SECONDS.observe(time.perf_counter() - started)
     doc = decision.document
     ids = {"call_id": call_id, "session_id": session.id}
     if doc["effective"] != "allow":
-        code = _decision_code(doc)
-        log.info(
-            "call denied",
-            extra={**ids, "agent": session.agent, "method": method, "tool": tool, "args_digest": digest,
-                   "code": str(code)},
-        )
-        raise FailedRequest(
-            Response(
-                jsonrpc.error_body(
-                    request_id,
-                    code,
-                    f"denied by policy: {doc['reason_code']}",
-                    {**ids, "decision": _signed(decision)},
-                    rpc_code=-32000,
-                ),
-                media_type=jsonrpc.JSON,
-                **_scope_challenge(route, doc, code),
-            ),
-            str(code),
-        )
+        raise _denied(route, session, request_id, decision, ids, target, digest)
     advisory = doc["decision"] == "deny"
     if method == "logging/setLevel" and await runtime.upstream.per_request_logging():
         # A 2026-07-28 upstream has no session level to set: the level the enclave allowed is
@@ -179,14 +205,62 @@ async def call(
     try:
         forwarded = _with_log_level(forwarded_params(target, params), session)
         reply = await runtime.upstream.call(method, forwarded, {PERMIT_HEADER: decision.permit},
-                                            streaming=streaming)
+                                            streaming=streaming, client_capabilities=capabilities)
     except CmcpError as exc:
         _report_later(runtime, session, call_id, None, str(exc.code))
         raise
     if isinstance(reply, ReplyStream):
         return Answer(events=Relay(reply, finish, request_id, ids,
-                                   lambda code: _report_later(runtime, session, call_id, None, code)))
+                                   lambda code: _report_later(runtime, session, call_id, None, code),
+                                   hold_input=method in STATEFUL_METHODS))
     return Answer(finish(reply))
+
+
+async def _decide(runtime: RouteRuntime, session: McpSession, call_id: str, target: Target,
+                  digest: str) -> Decision:
+    return await runtime.pool.decide(
+        session.pin,
+        session_id=session.id,
+        call_id=call_id,
+        principal=session.agent,
+        method=target.method,
+        tool=target.name,
+        arguments_json=orjson.dumps(target.arguments),
+        args_digest=digest,
+        audience=runtime.config.audience,
+        access_token=session.access_token,
+        input_json=orjson.dumps(target.input) if target.input is not None else b"",
+    )
+
+
+def _denied(route: RouteConfig, session: McpSession, request_id: str | int, decision: Decision,
+            ids: dict[str, str], target: Target, digest: str) -> FailedRequest:
+    """The agent's answer to a request the enclave denied: the coded error with the signed deny."""
+    doc = decision.document
+    code = _decision_code(doc)
+    log.info(
+        "call denied",
+        extra={**ids, "agent": session.agent, "method": target.method, "tool": target.name,
+               "args_digest": digest, "code": str(code)},
+    )
+    return FailedRequest(
+        Response(
+            jsonrpc.error_body(
+                request_id,
+                code,
+                f"denied by policy: {doc['reason_code']}",
+                {**ids, "decision": _signed(decision)},
+                rpc_code=-32000,
+            ),
+            media_type=jsonrpc.JSON,
+            **_scope_challenge(route, doc, code),
+        ),
+        str(code),
+    )
+
+
+def _input_required(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED
 
 
 @dataclass
@@ -196,7 +270,7 @@ class Answer:
     it, ending with the response. (An agent that does not take SSE gets the result alone.)"""
 
     result: Any = None
-    events: Relay | None = None
+    events: Relay | Conversation | None = None
 
 
 def _sse_event(message: bytes) -> bytes:
@@ -210,13 +284,18 @@ class Relay:
     ``AGENT_GONE`` as the call's outcome."""
 
     def __init__(self, reply: ReplyStream, finish: Callable[[dict[str, Any]], Any], request_id: str | int,
-                 ids: dict[str, str], report_failure: Callable[[str], None]) -> None:
+                 ids: dict[str, str], report_failure: Callable[[str], None], *,
+                 hold_input: bool = False) -> None:
         self._reply = reply
         self._finish = finish
         self._request_id = request_id
         self._ids = ids
         self._report_failure = report_failure
         self._answered = False
+        self._hold_input = hold_input
+        # with ``hold_input``: an InputRequiredResult that ended the stream, kept from the agent
+        # for the :class:`Conversation` that decides and relays its input requests
+        self.input_required: dict[str, Any] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -229,6 +308,9 @@ class Relay:
                     result = self._finish(message)
                 except FailedRequest as failed:
                     yield _sse_event(failed.response.body)
+                    return
+                if self._hold_input and _input_required(result):
+                    self.input_required = result
                     return
                 yield _sse_event(jsonrpc.result_body(self._request_id, result))
                 return
@@ -243,6 +325,105 @@ class Relay:
             self._answered = True
             self._report_failure(str(Code.AGENT_GONE))
         await self._reply.aclose()
+
+
+class Conversation:
+    """A stateful request whose upstream may need the agent's input (MCP 2026-07-28 multi-round
+    trip), as the agent's SSE stream: the upstream's notifications, then, while its answer is an
+    ``InputRequiredResult``, each input request decided by the enclave and, for a handshake-era
+    agent, put to it on this stream as a JSON-RPC request whose answer it POSTs; the request is
+    then repeated upstream with the answers under a new permit binding them. A denied input
+    request ends the call with the signed deny and never reaches the agent."""
+
+    def __init__(self, runtime: RouteRuntime, session: McpSession, request_id: str | int, target: Target,
+                 params: dict[str, Any], first: Answer, modern: bool,
+                 next_round: Callable[[Target], Any]) -> None:
+        self._runtime = runtime
+        self._session = session
+        self._request_id = request_id
+        self._target = target
+        self._params = params
+        self._answer = first
+        self._modern = modern
+        self._next_round = next_round
+        self._asked: list[str] = []
+
+    async def let_ask(self, pending: dict[str, Any]) -> None:
+        """Have the enclave decide every input request of ``pending``; ``FailedRequest`` on a deny."""
+        requests = pending.get("inputRequests") or {}
+        if not isinstance(requests, dict):
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE, "the upstream's inputRequests is not an object")
+        for key, request in requests.items():
+            ask = ask_target(self._target, str(key), request)
+            call_id = uuid.uuid4().hex
+            digest = ask.digest
+            decision = await _decide(self._runtime, self._session, call_id, ask, digest)
+            if decision.document["effective"] != "allow":
+                raise _denied(self._runtime.config, self._session, self._request_id, decision,
+                              {"call_id": call_id, "session_id": self._session.id}, ask, digest)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            for _ in range(MAX_INPUT_ROUNDS):
+                answer = self._answer
+                if isinstance(answer.events, Relay):
+                    async for event in answer.events:
+                        yield event
+                    pending = answer.events.input_required
+                    if pending is None:
+                        return
+                elif _input_required(answer.result):
+                    pending = answer.result
+                else:
+                    yield _sse_event(jsonrpc.result_body(self._request_id, answer.result))
+                    return
+                await self.let_ask(pending)
+                if self._modern:  # it answers by repeating its request (call_target binds the answers)
+                    yield _sse_event(jsonrpc.result_body(self._request_id, pending))
+                    return
+                answers: dict[str, Any] = {}
+                async for event in self._ask_agent(pending, answers):
+                    yield event
+                given = {"inputResponses": answers}
+                if isinstance(pending.get("requestState"), str):
+                    given["requestState"] = pending["requestState"]
+                self._answer = await self._next_round(dataclasses.replace(self._target, input=given))
+            raise CmcpError(Code.UPSTREAM_UNAVAILABLE,
+                            f"the upstream still needs input after {MAX_INPUT_ROUNDS} rounds")
+        except FailedRequest as failed:
+            yield _sse_event(failed.response.body)
+        except CmcpError as exc:
+            log.warning("call ended", extra={"session_id": self._session.id, "code": str(exc.code)})
+            yield _sse_event(jsonrpc.error_body(self._request_id, exc.code, exc.detail,
+                                                {"session_id": self._session.id}))
+
+    async def _ask_agent(self, pending: dict[str, Any], answers: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Put each input request to the agent on this stream; fill ``answers`` as it replies."""
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        for key, request in (pending.get("inputRequests") or {}).items():
+            rpc_id = f"cmcp-input-{uuid.uuid4().hex}"
+            waiting[str(key)] = self._session.awaiting[rpc_id] = loop.create_future()
+            self._asked.append(rpc_id)
+            yield _sse_event(orjson.dumps({"jsonrpc": "2.0", "id": rpc_id, "method": request["method"],
+                                           "params": request.get("params") or {}}))
+        timeout = self._runtime.upstream.timeout
+        for key, future in waiting.items():
+            try:
+                reply = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise CmcpError(Code.AGENT_GONE, f"the agent did not answer the upstream's input request "
+                                f"within {timeout:g} s") from None
+            if not isinstance(reply.get("result"), dict):
+                raise CmcpError(Code.MCP_INVALID_REQUEST,
+                                "the agent answered the upstream's input request with an error")
+            answers[key] = reply["result"]
+
+    async def aclose(self) -> None:
+        for rpc_id in self._asked:
+            self._session.awaiting.pop(rpc_id, None)
+        if self._answer.events is not None:
+            await self._answer.events.aclose()
 
 
 def _with_log_level(params: dict[str, Any], session: McpSession) -> dict[str, Any]:

@@ -170,6 +170,8 @@ class McpHandler:
                     str(Code.MCP_PARSE_FAILURE),
                 ) from None
             check_shape(body, doc, self.limits)
+            if _is_response(doc):
+                return await self._answer(request, runtime, agent, token, doc)
             if (
                 not isinstance(doc, dict)
                 or doc.get("jsonrpc") != "2.0"
@@ -203,6 +205,18 @@ class McpHandler:
                     str(exc.code),
                 ) from exc
 
+    async def _answer(self, request: HttpRequest, runtime: RouteRuntime, agent: str, token: str,
+                      doc: dict[str, Any]) -> Response:
+        """An agent's answer to an input request the gateway put to it on a call's stream (its
+        session's; the call waiting for it carries it upstream under a new permit)."""
+        session = await self._stateful_session(request, runtime, agent, token)
+        waiting = session.awaiting.pop(str(doc["id"]), None) if session is not None else None
+        if waiting is None or waiting.done():
+            raise CmcpError(Code.MCP_INVALID_REQUEST,
+                            "this response answers no request the gateway is waiting on in this session")
+        waiting.set_result(doc)
+        return Response(status=202)
+
     async def _dispatch(
         self,
         request: HttpRequest,
@@ -216,6 +230,7 @@ class McpHandler:
         modern = request.headers.get("mcp-protocol-version") == MODERN
         if method == "initialize":
             opened = await self.sessions.open(runtime, agent, stateful=True, access_token=token)
+            opened.client_capabilities = pipeline.relayable_capabilities(params.get("capabilities"))
             asked = params.get("protocolVersion")
             version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
             result = {"protocolVersion": version, "capabilities": await _capabilities(runtime),
@@ -259,7 +274,8 @@ class McpHandler:
                 result = await pipeline.list_items(runtime, session, request_id, method, params)
             else:
                 answer = await pipeline.call(runtime, session, request_id, method, params,
-                                             streaming=_accepts_sse(request.headers), shape=_shaper(modern))
+                                             streaming=_accepts_sse(request.headers), modern=modern,
+                                             shape=_shaper(modern))
                 if answer.events is not None:
                     return Response(stream=answer.events, media_type=SSE, headers=_session_header(session))
                 result = answer.result
@@ -300,6 +316,12 @@ def _shaper(modern: bool) -> Callable[[Any], Any]:
         return result
 
     return shape
+
+
+def _is_response(doc: Any) -> bool:
+    """A JSON-RPC response (the agent answering an input request), not a request."""
+    return isinstance(doc, dict) and doc.get("jsonrpc") == "2.0" and "method" not in doc \
+        and isinstance(doc.get("id"), str) and ("result" in doc or "error" in doc)
 
 
 def _accepts_sse(headers: Mapping[str, str]) -> bool:

@@ -44,6 +44,12 @@ class McpSession:
     # the level this (handshake-era) session's agent set with an allowed ``logging/setLevel``;
     # stamped as the per-request log opt-in on what the gateway forwards for it (2026-07-28)
     log_level: str = ""
+    # what this (handshake-era) session's agent can be asked (sampling, elicitation, roots), as it
+    # declared in ``initialize``; told to a 2026-07-28 upstream with each request
+    client_capabilities: dict[str, Any] = field(default_factory=dict)
+    # input requests relayed to the agent on a call's stream, by the JSON-RPC id the gateway gave
+    # them: the agent's answer (a JSON-RPC response it POSTs) resolves the future
+    awaiting: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
 
 
 class SessionTable(Mapping[str, McpSession]):

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
+from mcp_types import CLIENT_CAPABILITIES_META_KEY
 
 from cmcp_core.errors import CmcpError, Code
 from cmcp_gateway.http1 import Http1Client, HttpError, HttpResponse, HttpStream
@@ -28,7 +29,7 @@ LEGACY = "2025-11-25"
 CLIENT_INFO = {"name": "cmcp-gateway", "version": "0.1.0"}
 _MODERN_META = {
     "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientCapabilities": {},
+    CLIENT_CAPABILITIES_META_KEY: {},  # per request: UpstreamClient.call
     "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
 }
 _BASE_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -188,14 +189,19 @@ class UpstreamClient:
         *,
         idempotent: bool = False,
         streaming: bool = True,
+        client_capabilities: dict[str, Any] | None = None,
     ) -> dict[str, Any] | ReplyStream:
         """Send one request. An upstream answering in SSE gives a :class:`ReplyStream` (read as the
         upstream writes it) when ``streaming``; otherwise its JSON-RPC response (result or error),
-        read whole."""
+        read whole. ``client_capabilities``: what the agent may be asked, told to a 2026-07-28
+        upstream (with none, it asks the agent nothing)."""
         if self.mode is None:
             await self._negotiate()
         if self.mode == MODERN:
-            params = {**params, "_meta": {**(params.get("_meta") or {}), **_MODERN_META}}
+            meta = {**(params.get("_meta") or {}), **_MODERN_META}
+            if client_capabilities:
+                meta[CLIENT_CAPABILITIES_META_KEY] = client_capabilities
+            params = {**params, "_meta": meta}
         rid = next(self._ids)
         headers = self._headers(method, params)
         if extra_headers:

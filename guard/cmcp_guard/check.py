@@ -40,10 +40,11 @@ class PermitChecker:
 
     def check(
         self, token: str | None, tool: str, arguments: Mapping[str, Any], now: float | None = None,
-        method: str = TOOLS_CALL,
+        method: str = TOOLS_CALL, digest: str | None = None,
     ) -> permits.Permit:
         """Raise a coded ``CmcpError`` unless ``token`` authorises exactly this request (``method``
-        on ``tool``, the target's name, with these arguments), once, now."""
+        on ``tool``, the target's name, with these arguments), once, now. ``digest`` is the
+        target's when it binds more than the arguments (a multi-round trip's answers)."""
         current = time.time() if now is None else now
         if not token:
             raise CmcpError(Code.PERMIT_MISSING, f"{method} without an enclave permit")
@@ -52,7 +53,7 @@ class PermitChecker:
             trusted_keys=self._keys(),
             audience=self.audience,
             tool=tool,
-            args_digest=args_digest(arguments),
+            args_digest=args_digest(arguments) if digest is None else digest,
             allowed_bundles=self.allowed_bundles,
             now=current,
             method=method,

@@ -142,7 +142,7 @@ class Guard:
 
     def _check(self, token: str | None, target: Target) -> Permit:
         return self.checker.check(token, target.name, target.arguments, now=self.clock(),
-                                  method=target.method)
+                                  method=target.method, digest=target.digest)
 
 
 def _open_method(message: Any) -> None:

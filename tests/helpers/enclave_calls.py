@@ -15,6 +15,7 @@ from typing import Any
 
 from cmcp_core import session_id as session_ids
 from cmcp_core.digest import json_digest
+from cmcp_core.mcp_target import bound_digest
 from cmcp_core.proto import enclave_pb2
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL
 from cmcp_enclave.enclave import DecideResult, Enclave
@@ -42,12 +43,14 @@ def known(enc: Enclave, name: str) -> str:
 
 def decide(enc: Enclave, tool: str, args: dict[str, Any] | None = None, *, session: str = "s1",
            principal: str = "agent-a", audience: str = DEFAULT_AUDIENCE,
-           method: str = "tools/call") -> DecideResult:
+           method: str = "tools/call", input: dict[str, Any] | None = None) -> DecideResult:
+    """``input``: a multi-round trip's (an ask's input request, or a repeated request's answers)."""
     args = args or {}
+    digest = json_digest(args) if input is None else bound_digest(args, input)
     return enc.decide(session_id=sid(enc, session, principal), call_id=f"c{next(_calls)}",
                       principal=principal, method=method, tool=tool,
-                      arguments_json=json.dumps(args).encode(), arguments_digest=json_digest(args),
-                      audience=audience)
+                      arguments_json=json.dumps(args).encode(), arguments_digest=digest,
+                      audience=audience, input_json=json.dumps(input).encode() if input is not None else b"")
 
 
 def drained(enc: Enclave) -> dict[str, dict[int, dict[str, Any]]]:

@@ -41,20 +41,15 @@ FORBID_RESOURCES = ('@id("no-resources")\nforbid (principal, action == cMCP::Act
                     "resource);\n")
 
 # Scenarios that differ through the gateway, and why (nothing else may). None is a policy's
-# doing: each needs a server-to-client stream during or after a call, which the gateway does not
-# relay yet (docs/gateway.md).
-_BACK_CHANNEL = ("the upstream's request to the client (sampling/elicitation) needs a back-channel the "
-                 "gateway does not relay yet; the upstream refuses the call (-32600)")
+# doing: each needs a server-to-client stream after a call, which the gateway does not open yet
+# (docs/gateway.md).
 _SUBSCRIPTIONS = ("resource updates need a server-to-client stream the gateway does not open; it offers "
                   "no subscriptions, and the 2026-07-28 upstream it speaks to has no resources/subscribe "
                   "(-32601)")
 NOT_RELAYED_YET: dict[str, dict[str, str]] = {
-    "2025-06-18": {"tools-call-sampling": _BACK_CHANNEL, "tools-call-elicitation": _BACK_CHANNEL,
-                   "resources-subscribe": _SUBSCRIPTIONS, "resources-unsubscribe": _SUBSCRIPTIONS},
+    version: {"resources-subscribe": _SUBSCRIPTIONS, "resources-unsubscribe": _SUBSCRIPTIONS}
+    for version in ("2025-06-18", "2025-11-25")
 }
-NOT_RELAYED_YET["2025-11-25"] = {**NOT_RELAYED_YET["2025-06-18"],
-                                 "elicitation-sep1034-defaults": _BACK_CHANNEL,
-                                 "elicitation-sep1330-enums": _BACK_CHANNEL}
 
 
 def everything_bundle(root: Path, *policies: str) -> Path:

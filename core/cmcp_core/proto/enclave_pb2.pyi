@@ -87,7 +87,7 @@ class OpenSessionResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience", "completes", "access_token")
+    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience", "completes", "access_token", "input_json")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class DecideRequest(_message.Message):
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     COMPLETES_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     call_id: str
     principal: str
@@ -108,7 +109,8 @@ class DecideRequest(_message.Message):
     audience: str
     completes: _containers.RepeatedCompositeFieldContainer[CompleteRequest]
     access_token: str
-    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ..., access_token: _Optional[str] = ...) -> None: ...
+    input_json: bytes
+    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ..., access_token: _Optional[str] = ..., input_json: _Optional[bytes] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
     __slots__ = ("decision_json", "signature", "permit", "completes_handled", "audit_entries")

@@ -15,6 +15,8 @@ from cmcp_core.mcp_target import (
     TOOLS_CALL,
     Target,
     args_digest,
+    ask_target,
+    bound_digest,
     call_target,
     forwarded_params,
     tool_call_target,
@@ -106,3 +108,43 @@ def test_list_methods_are_not_gated_and_unknown_methods_have_no_target() -> None
     with pytest.raises(CmcpError) as refused:
         call_target("sampling/createMessage", {})
     assert refused.value.code is Code.METHOD_NOT_FOUND
+
+
+ANSWERS = {"inputResponses": {"q1": {"action": "accept", "content": {"email": "a@example.com"}}},
+           "requestState": "opaque"}
+
+
+@pytest.mark.parametrize("method", ["tools/call", "prompts/get"])
+def test_a_repeated_request_binds_its_answers_and_forwards_them(method: str) -> None:
+    params = {"name": "t", "arguments": {"q": "x"}, **ANSWERS, "_meta": {"progressToken": 1}}
+    target = call_target(method, params)
+    assert target.input == ANSWERS
+    assert target.digest == bound_digest({"q": "x"}, ANSWERS) != args_digest({"q": "x"})
+    assert forwarded_params(target, params) == params  # nothing dropped, nothing the permit does not bind
+    other = call_target(method, {**params, "requestState": "another"})
+    assert other.digest != target.digest
+
+
+def test_arguments_cannot_pose_as_arguments_with_answers() -> None:
+    """Domain separation: a tool whose arguments look like ``{arguments, input}`` has another digest."""
+    posing = call_target("tools/call", {"name": "t",
+                                        "arguments": {"arguments": {"q": "x"}, "input": ANSWERS}})
+    real = call_target("tools/call", {"name": "t", "arguments": {"q": "x"}, **ANSWERS})
+    assert posing.digest != real.digest
+
+
+@pytest.mark.parametrize("bad", [{"inputResponses": []}, {"requestState": 5}])
+def test_malformed_answers_are_invalid(bad: dict[str, Any]) -> None:
+    with pytest.raises(CmcpError) as refused:
+        call_target("tools/call", {"name": "t", **bad})
+    assert refused.value.code is Code.MCP_INVALID_REQUEST
+
+
+def test_an_input_request_is_decided_on_what_its_asking_request_acts_on() -> None:
+    asking = call_target("resources/read", {"uri": "ehr://patients/p-1"})
+    ask = ask_target(asking, "q1", {"method": "elicitation/create", "params": {"message": "why?"}})
+    assert (ask.method, ask.kind, ask.name) == ("elicitation/create", "resource", "ehr://patients/p-1")
+    assert ask.input == {"asking": "resources/read", "key": "q1", "params": {"message": "why?"}}
+    with pytest.raises(CmcpError) as refused:
+        ask_target(asking, "q2", {"method": "tools/call", "params": {}})  # not a request to a client
+    assert refused.value.code is Code.UPSTREAM_REQUEST_NOT_RELAYED

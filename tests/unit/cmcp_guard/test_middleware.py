@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core import permit as permits
 from cmcp_core.crypto import thumbprint
-from cmcp_core.mcp_target import args_digest
+from cmcp_core.mcp_target import args_digest, call_target
 from cmcp_guard import middleware
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.middleware import Guard, GuardMiddleware
@@ -155,9 +155,11 @@ class Recorder(App):
         self.bodies.append(json.loads((await receive())["body"]))
 
 
-def _permitting(method: str, name: str, arguments: dict[str, Any]) -> tuple[GuardMiddleware, Recorder, str]:
+def _permitting(method: str, name: str, arguments: dict[str, Any],
+                digest: str | None = None) -> tuple[GuardMiddleware, Recorder, str]:
     key = Ed25519PrivateKey.generate()
-    token = permits.mint(key, session_id="s", call_id="c", tool=name, args_digest=args_digest(arguments),
+    digest = digest or args_digest(arguments)
+    token = permits.mint(key, session_id="s", call_id="c", tool=name, args_digest=digest,
                          audience="urn:cmcp:test", bundle_hash="sha256:" + "0" * 64, ttl_seconds=60,
                          method=method)
     keys = {thumbprint(key.public_key()): key.public_key()}
@@ -199,6 +201,45 @@ async def test_a_permit_is_for_one_method_and_one_target() -> None:
         sent = await drive(mw, _with(token), _body(request))
         assert (sent[0]["status"], app.calls) == (403, 0), code
         assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == code
+
+
+ANSWERS = {"inputResponses": {"q1": {"action": "accept", "content": {"email": "a@example.com"}}},
+           "requestState": "opaque"}
+
+
+def _repeated(answers: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "web.search", "arguments": {"q": "x"}, **answers}}
+
+
+async def test_the_answers_of_a_repeated_request_are_bound_by_its_permit() -> None:
+    """The enclave decided these answers (MCP 2026-07-28 inputResponses): the permit carries
+    them, and no other answers, nor these added to a permit for the plain call, get through."""
+    bound = call_target("tools/call", _repeated(ANSWERS)["params"]).digest
+    mw, app, token = _permitting("tools/call", "web.search", {"q": "x"}, digest=bound)
+    assert await drive(mw, _with(token), _body(_repeated(ANSWERS))) == [] and app.calls == 1
+    assert app.bodies[0]["params"]["inputResponses"] == ANSWERS["inputResponses"]
+    forged = {**ANSWERS, "inputResponses": {"q1": {"action": "accept", "content": {"email": "evil@x"}}}}
+    for permitted, sent_answers in ((bound, forged), (None, ANSWERS), (bound, {})):
+        mw, app, token = _permitting("tools/call", "web.search", {"q": "x"}, digest=permitted)
+        sent = await drive(mw, _with(token), _body(_repeated(sent_answers)))
+        assert (sent[0]["status"], app.calls) == (403, 0)
+        assert json.loads(sent[1]["body"])["error"]["data"]["error_code"] == "PERMIT_ARGS_MISMATCH"
+
+
+async def test_weakened_guard_that_binds_only_the_arguments_lets_forged_answers_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hole the bound digest closes: a guard that checks the arguments alone accepts the
+    permit of the plain call for a request carrying answers no one decided."""
+    mw, app, token = _permitting("tools/call", "web.search", {"q": "x"})
+    await drive(mw, _with(token), _body(_repeated(ANSWERS)))
+    assert app.calls == 0
+    monkeypatch.setattr(middleware.Guard, "_check", lambda self, token, target: self.checker.check(
+        token, target.name, target.arguments, method=target.method))
+    mw, app, token = _permitting("tools/call", "web.search", {"q": "x"})
+    await drive(mw, _with(token), _body(_repeated(ANSWERS)))
+    assert app.calls == 1
 
 
 async def test_weakened_guard_that_checks_tool_calls_only_lets_a_resource_read_through(
