@@ -236,9 +236,19 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "METHOD-002",
         _M,
         "Every gated method needs its own permit at the guard",
-        "Straight to the guarded upstream, resources/read, prompts/get, completion/complete and "
-        "logging/setLevel without a permit are refused (PERMIT_MISSING), and a resources/read "
-        "carrying a tool call's permit is refused (PERMIT_METHOD_MISMATCH); nothing runs.",
+        "Straight to the guarded upstream, resources/read, prompts/get, completion/complete, "
+        "logging/setLevel and subscriptions/listen without a permit are refused (PERMIT_MISSING), "
+        "and a resources/read carrying a tool call's permit is refused (PERMIT_METHOD_MISMATCH); "
+        "nothing runs.",
+    ),
+    Requirement(
+        "METHOD-003",
+        _M,
+        "An answer reaches the upstream only for a question the enclave let through",
+        "Through the gateway, a 2026-07-28 tools/call of an allowed tool carrying inputResponses "
+        "for a question nobody asked is denied with an enclave-signed decision (INPUT_NOT_ASKED) "
+        "and the upstream runs nothing; straight to the guarded upstream, the permit for the "
+        "plain call does not admit the same call carrying answers (PERMIT_ARGS_MISMATCH).",
     ),
     # --- Trust Records -------------------------------------------------------------------
     Requirement(

@@ -20,7 +20,14 @@ prompts/get              prompt      ``name``             ``arguments``
 completion/complete      prompt or   ``ref.name`` or      ``{"ref": ..., "argument": ...,
                          resource    ``ref.uri``          "context": ...}``
 logging/setLevel         server      ``logging``          ``{"level": ...}``
+subscriptions/listen     server      ``subscriptions``    ``{"notifications":
+                                                          {"resourceSubscriptions": [...]}}``
 =======================  ==========  ===================  ===================================
+
+``subscriptions/listen`` (2026-07-28) opens a stream of update notifications for the resources it
+names; the enclave decides ``subscribe_resource`` on each of them, and the permit binds the
+list (sorted, without repeats; the gateway relays no list-change notifications, so the other
+keys of the filter are not forwarded).
 
 Multi-round trips (2026-07-28): an upstream that needs the agent's input answers a
 ``tools/call``, ``resources/read`` or ``prompts/get`` with an ``InputRequiredResult`` naming
@@ -43,7 +50,10 @@ from cmcp_core.errors import CmcpError, Code
 
 TOOLS_CALL = "tools/call"
 TOOL, RESOURCE, PROMPT, SERVER = "tool", "resource", "prompt", "server"
-LOGGING = "logging"  # the one ``server`` target: the upstream's log level
+LOGGING = "logging"  # a ``server`` target: the upstream's log level
+LISTEN = "subscriptions/listen"
+SUBSCRIPTIONS = "subscriptions"  # the ``server`` target of a listen: the resources it follows
+MAX_SUBSCRIPTIONS = 256  # resources one listen stream may follow
 # list method -> (kind of its items, the result key that holds them, the item key that names one)
 LIST_METHODS: Mapping[str, tuple[str, str, str]] = {
     "tools/list": (TOOL, "tools", "name"),
@@ -55,6 +65,7 @@ LIST_METHODS: Mapping[str, tuple[str, str, str]] = {
 METHOD_KINDS: Mapping[str, str] = {
     TOOLS_CALL: TOOL, "resources/read": RESOURCE, "resources/subscribe": RESOURCE,
     "resources/unsubscribe": RESOURCE, "prompts/get": PROMPT, "logging/setLevel": SERVER,
+    LISTEN: SERVER,
 }
 GATED_METHODS = frozenset({*METHOD_KINDS, "completion/complete"})
 # gated methods whose allowed requests make up a principal's state (taint, budgets): they hand
@@ -118,6 +129,8 @@ def call_target(method: str, params: Any) -> Target:
         return Target(method, kind, name, arguments)
     if method == "logging/setLevel":
         return Target(method, SERVER, LOGGING, {"level": _string(params, "level", method)})
+    if method == LISTEN:
+        return Target(method, SERVER, SUBSCRIPTIONS, listen_arguments(params.get("notifications")))
     raise CmcpError(Code.METHOD_NOT_FOUND, f"{method!r} is not a method the enclave decides")
 
 
@@ -131,6 +144,19 @@ def continuation(params: Mapping[str, Any]) -> dict[str, Any] | None:
         raise CmcpError(Code.MCP_INVALID_REQUEST,
                         "inputResponses must be an object and requestState a string")
     return found
+
+
+def listen_arguments(notifications: Any) -> dict[str, Any]:
+    """What a listen stream is decided and permitted on: the resources it follows, sorted."""
+    if not isinstance(notifications, dict):
+        raise CmcpError(Code.MCP_INVALID_REQUEST, f"{LISTEN} needs a notifications object")
+    uris = notifications.get("resourceSubscriptions") or []
+    if not isinstance(uris, list) or not all(isinstance(u, str) and u for u in uris):
+        raise CmcpError(Code.MCP_INVALID_REQUEST, "resourceSubscriptions must be a list of URIs")
+    if len(uris) > MAX_SUBSCRIPTIONS:
+        raise CmcpError(Code.MCP_INVALID_REQUEST,
+                        f"a listen stream follows at most {MAX_SUBSCRIPTIONS} resources")
+    return {"notifications": {"resourceSubscriptions": sorted(set(uris))}}
 
 
 def ask_target(asking: Target, key: str, request: Any) -> Target:
@@ -163,7 +189,7 @@ def forwarded_params(target: Target, params: Mapping[str, Any]) -> dict[str, Any
         out: dict[str, Any] = {"name": target.name, "arguments": target.arguments}
     elif target.kind == RESOURCE and target.method != "completion/complete":
         out = {"uri": target.name}
-    else:  # completion/complete, logging/setLevel: their arguments are their params
+    else:  # completion/complete, logging/setLevel, subscriptions/listen: their arguments are their params
         out = dict(target.arguments)
     if target.input is not None:
         out.update(target.input)

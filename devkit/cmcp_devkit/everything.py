@@ -45,7 +45,7 @@ import json
 import sys
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -56,6 +56,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.server.mcpserver.resolve import Elicit, Resolve, Sample
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import (
     AudioContent,
@@ -98,6 +99,7 @@ __all__ = [
     "RESOURCE_TEMPLATES",
     "SENSITIVE_RESOURCES",
     "TOOLS",
+    "WATCHED",
     "BoundedEventStore",
     "EverythingState",
     "RunningEverything",
@@ -216,12 +218,40 @@ class BoundedEventStore(EventStore):
         return stream
 
 
+class ListenBus(InMemorySubscriptionBus):
+    """The SDK's in-process bus, counting the listen streams open on it (what tests check)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = 0
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(listener)
+        self.listening += 1
+        done = False
+
+        def once() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.listening -= 1
+            unsubscribe()
+
+        return once
+
+
 @dataclass
 class EverythingState:
-    """What the server remembers across requests: subscriptions and the last log level set."""
+    """What the server remembers across requests: subscriptions and the last log level set, and
+    the bus its 2026-07-28 ``subscriptions/listen`` streams hear resource updates on."""
 
     subscriptions: set[str] = field(default_factory=set)
     log_level: str | None = None
+    bus: ListenBus = field(default_factory=ListenBus)
+
+    async def touch(self, uri: str) -> None:
+        """Say ``uri`` changed: every listen stream subscribed to it gets ``resources/updated``."""
+        await self.bus.publish(ResourceUpdated(uri=uri))
 
 
 class UserResponse(BaseModel):
@@ -548,9 +578,10 @@ def _protocol_handlers(server: MCPServer, counter: CallCounter, state: Everythin
 
 def build_server() -> tuple[MCPServer, CallCounter, EverythingState]:
     """The everything server, the counter its tools, reads and prompts increment, and its state."""
-    server = MCPServer(SERVER_NAME, log_level="WARNING")  # WARNING: see cmcp_devkit.upstream
-    counter = CallCounter()
     state = EverythingState()
+    # WARNING: see cmcp_devkit.upstream
+    server = MCPServer(SERVER_NAME, log_level="WARNING", subscriptions=state.bus)
+    counter = CallCounter()
     _tools(server, counter)
     _resources(server, counter)
     _prompts(server, counter)

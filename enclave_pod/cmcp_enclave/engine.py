@@ -225,8 +225,10 @@ class CedarEngine:
         if kind is None or (kind != TOOL and self.model == "phase1"):
             raise CmcpError(Code.METHOD_NOT_IN_MODEL,
                             f"the {self.model} request model decides no {method!r} requests")
-        if kind == SERVER:
+        if kind == SERVER and name == LOGGING:
             return SERVER, LOGGING
+        if kind == SERVER:  # a listen stream is judged on each resource it follows
+            raise CmcpError(Code.METHOD_NOT_IN_MODEL, f"{method!r} on {name!r} has no catalog entry")
         if (kind, name) in self.entries:
             return kind, name
         if kind == RESOURCE:

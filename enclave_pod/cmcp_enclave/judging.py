@@ -20,14 +20,17 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.mcp_target import (
     CONTINUATION_FIELDS,
     INPUT_METHODS,
+    LISTEN,
     STATEFUL_METHODS,
     TOOLS_CALL,
     bound_digest,
+    listen_arguments,
 )
 from cmcp_core.validation import MAX_ARGUMENT_BYTES
 from cmcp_enclave.engine import CedarEngine, SessionView
 
 MAX_ID_LEN = 256
+SUBSCRIBE = "resources/subscribe"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -99,6 +102,14 @@ def admit(engine: CedarEngine, *, session_id: str, call_id: str, principal: str,
         raise RequestError(Code.ARGS_INVALID, "arguments_json is not JSON") from exc
     if not isinstance(arguments, dict):
         raise RequestError(Code.ARGS_INVALID, "arguments must be a JSON object")
+    if method == LISTEN:
+        try:
+            listened = listen_arguments(arguments.get("notifications"))
+        except CmcpError as exc:
+            raise RequestError(Code.ARGS_INVALID, exc.detail) from exc
+        if listened != arguments:
+            raise RequestError(Code.ARGS_INVALID,
+                               "a listen's arguments are its sorted resourceSubscriptions alone")
     given = _input(method, input_json) if input_json or method in INPUT_METHODS else None
     try:
         # == json_digest on the fast path
@@ -138,11 +149,25 @@ def _input(method: str, input_json: bytes) -> dict[str, Any]:
 
 def judge(engine: CedarEngine, audience: str, call: Call, arguments: dict[str, Any],
           view: SessionView) -> Verdict:
-    """Audience (the measured one), catalog, then Cedar on ``view``."""
+    """Audience (the measured one), catalog, then Cedar on ``view``. A listen stream is judged
+    as a subscription to each resource it follows: allowed only if every one is."""
     if call.audience != audience:
         return Verdict(Code.AUDIENCE_MISMATCH)
+    if call.method == LISTEN:
+        for uri in arguments["notifications"]["resourceSubscriptions"]:
+            verdict = _judge_one(engine, SUBSCRIBE, SUBSCRIBE, call.principal, uri, {}, view)
+            if verdict.reason is not None:
+                return verdict
+        return Verdict(None)
+    return _judge_one(engine, call.asking, call.method, call.principal, call.tool, arguments, view)
+
+
+def _judge_one(engine: CedarEngine, resolving: str, action: str, principal: str, name: str,
+               arguments: dict[str, Any], view: SessionView) -> Verdict:
+    """One target: the catalog entry ``resolving`` acts on, the scopes it needs, Cedar's
+    ``action`` on it."""
     try:
-        entry = engine.resolve(call.asking, call.tool, arguments)
+        entry = engine.resolve(resolving, name, arguments)
     except CmcpError as exc:  # outside the catalog, or a method the request model does not decide
         return Verdict(exc.code)
     required = engine.required_scopes(entry[1], entry[0])
@@ -153,7 +178,7 @@ def judge(engine: CedarEngine, audience: str, call: Call, arguments: dict[str, A
                 "policy_id": "", "message": f"the token lacks a scope the {entry[0]} requires",
                 "scope": " ".join(sorted(required))}], entry=entry)
     try:
-        result = engine.evaluate(call.method, call.principal, call.tool, arguments, view, entry)
+        result = engine.evaluate(action, principal, name, arguments, view, entry)
     except CmcpError as exc:
         return Verdict(exc.code, errors=[{"policy_id": "", "message": exc.detail}], entry=entry)
     if result.errors:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY
 
 from cmcp_core.bundle import template_pattern
@@ -28,6 +29,7 @@ from cmcp_core.digest import b64url
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.mcp_target import (
     LIST_METHODS,
+    LISTEN,
     STATEFUL_METHODS,
     Target,
     ask_target,
@@ -89,6 +91,10 @@ def _list_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 INPUT_REQUIRED = "input_required"
+FOLLOW_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
+LISTEN_SECONDS = 900.0  # a listen stream upstream lasts at most this long (then it is re-opened)
+KEEPALIVE_SECONDS = 15.0  # an idle GET stream sends a comment this often (finds agents gone)
+RELISTEN_SECONDS = 1.0  # the least time between two listens of one GET stream
 MAX_INPUT_ROUNDS = 8  # an upstream still asking after this many answers is cut off
 # what an agent can be asked that the gateway relays (each ask decided by the enclave)
 RELAYED_CLIENT_CAPABILITIES = ("sampling", "elicitation", "roots")
@@ -115,6 +121,8 @@ async def call(
     each request on this call's stream, and the gateway repeats the request upstream with its
     answers, under a new permit that binds them (:class:`Conversation`)."""
     target = call_target(method, params)
+    if method == LISTEN and not streaming:
+        raise CmcpError(Code.MCP_INVALID_REQUEST, f"{LISTEN} answers with a stream: accept text/event-stream")
     meta = params.get("_meta")
     declared = meta.get(CLIENT_CAPABILITIES_META_KEY) if modern and isinstance(meta, dict) else None
     capabilities = relayable_capabilities(declared if modern else session.client_capabilities)
@@ -155,10 +163,16 @@ async def _round(
     if doc["effective"] != "allow":
         raise _denied(route, session, request_id, decision, ids, target, digest)
     advisory = doc["decision"] == "deny"
-    if method == "logging/setLevel" and await runtime.upstream.per_request_logging():
+    if method == "logging/setLevel" and await runtime.upstream.is_modern():
         # A 2026-07-28 upstream has no session level to set: the level the enclave allowed is
         # carried on each of this session's requests instead (_with_log_level).
         session.log_level = str(target.arguments["level"])
+        _report_later(runtime, session, call_id, {}, "")
+        return Answer(shape({}))
+    if method in FOLLOW_METHODS and await runtime.upstream.is_modern():
+        # Nor has it resources/subscribe: the session keeps what its agent follows, and its GET
+        # stream hears the updates through subscriptions/listen (SessionEvents)
+        session.follow(target.name, method == "resources/subscribe")
         _report_later(runtime, session, call_id, {}, "")
         return Answer(shape({}))
     upstream_started = time.perf_counter()
@@ -205,14 +219,15 @@ async def _round(
     try:
         forwarded = _with_log_level(forwarded_params(target, params), session)
         reply = await runtime.upstream.call(method, forwarded, {PERMIT_HEADER: decision.permit},
-                                            streaming=streaming, client_capabilities=capabilities)
+                                            streaming=streaming, client_capabilities=capabilities,
+                                            lasting=LISTEN_SECONDS if method == LISTEN else None)
     except CmcpError as exc:
         _report_later(runtime, session, call_id, None, str(exc.code))
         raise
     if isinstance(reply, ReplyStream):
         return Answer(events=Relay(reply, finish, request_id, ids,
                                    lambda code: _report_later(runtime, session, call_id, None, code),
-                                   hold_input=method in STATEFUL_METHODS))
+                                   hold_input=method in STATEFUL_METHODS, listen=method == LISTEN))
     return Answer(finish(reply))
 
 
@@ -285,7 +300,7 @@ class Relay:
 
     def __init__(self, reply: ReplyStream, finish: Callable[[dict[str, Any]], Any], request_id: str | int,
                  ids: dict[str, str], report_failure: Callable[[str], None], *,
-                 hold_input: bool = False) -> None:
+                 hold_input: bool = False, listen: bool = False) -> None:
         self._reply = reply
         self._finish = finish
         self._request_id = request_id
@@ -293,6 +308,7 @@ class Relay:
         self._report_failure = report_failure
         self._answered = False
         self._hold_input = hold_input
+        self._listen = listen
         # with ``hold_input``: an InputRequiredResult that ended the stream, kept from the agent
         # for the :class:`Conversation` that decides and relays its input requests
         self.input_required: dict[str, Any] | None = None
@@ -301,6 +317,8 @@ class Relay:
         try:
             async for message in self._reply.messages():
                 if "id" not in message:
+                    if self._listen:
+                        _name_subscription(message.get("params"), self._request_id)
                     yield _sse_event(orjson.dumps(message))
                     continue
                 self._answered = True
@@ -312,6 +330,8 @@ class Relay:
                 if self._hold_input and _input_required(result):
                     self.input_required = result
                     return
+                if self._listen:
+                    _name_subscription(result, self._request_id)
                 yield _sse_event(jsonrpc.result_body(self._request_id, result))
                 return
         except CmcpError as exc:
@@ -424,6 +444,99 @@ class Conversation:
             self._session.awaiting.pop(rpc_id, None)
         if self._answer.events is not None:
             await self._answer.events.aclose()
+
+
+class SessionEvents:
+    """A handshake-era session's GET stream in front of a 2026-07-28 upstream: update
+    notifications for the resources its agent subscribed to, heard through a
+    ``subscriptions/listen`` stream that the enclave decides and the guard permits like any
+    request, opened again (and decided again) whenever the subscriptions change or it ends.
+    Only ``notifications/resources/updated`` reaches the agent here."""
+
+    def __init__(self, runtime: RouteRuntime, session: McpSession) -> None:
+        self._runtime = runtime
+        self._session = session
+        session.listening = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        session = self._session
+        while not session.ended:
+            session.subscriptions_changed.clear()
+            uris = sorted(session.subscriptions)
+            if uris:
+                async for event in self._listen(uris):
+                    yield event
+            if not await _changed_within(session, RELISTEN_SECONDS if uris else KEEPALIVE_SECONDS):
+                session.last_used = time.monotonic()  # an open GET stream keeps its session
+                yield b": keepalive\r\n\r\n"
+
+    async def _listen(self, uris: list[str]) -> AsyncIterator[bytes]:
+        """One listen stream upstream, until it ends or the subscriptions change."""
+        session = self._session
+        request = {"notifications": {"resourceSubscriptions": uris}}
+        try:
+            answer = await call(self._runtime, session, f"cmcp-listen-{uuid.uuid4().hex}", LISTEN, request,
+                                streaming=True)
+        except (FailedRequest, CmcpError) as exc:
+            code = exc.code if isinstance(exc, FailedRequest) else str(exc.code)
+            log.warning("listen refused", extra={"session_id": session.id, "code": code})
+            return
+        events = answer.events
+        if events is None:
+            return
+        changed = asyncio.ensure_future(session.subscriptions_changed.wait())
+        iterator = aiter(events)
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(iterator))
+                done, _ = await asyncio.wait({following, changed}, timeout=KEEPALIVE_SECONDS,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if following not in done:
+                    following.cancel()
+                    if changed in done:
+                        return
+                    session.last_used = time.monotonic()
+                    yield b": keepalive\r\n\r\n"
+                    continue
+                try:
+                    event = following.result()
+                except StopAsyncIteration:
+                    return
+                if _is_update(event):
+                    yield event
+        finally:
+            changed.cancel()
+            await events.aclose()
+
+    async def aclose(self) -> None:
+        self._session.listening = False
+
+
+async def _changed_within(session: McpSession, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(session.subscriptions_changed.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _is_update(event: bytes) -> bool:
+    """Whether one SSE event of a listen stream is a resource update (the rest is the stream's
+    own: its acknowledgement and its end)."""
+    _, _, data = event.partition(b"data: ")
+    try:
+        message = orjson.loads(data.strip())
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and message.get("method") == "notifications/resources/updated"
+
+
+def _name_subscription(holder: Any, request_id: str | int) -> None:
+    """A listen stream's frames name the agent's listen request as their subscription, not the
+    gateway's request upstream (the agent tells its streams apart by it)."""
+    meta = holder.get("_meta") if isinstance(holder, dict) else None
+    if isinstance(meta, dict) and SUBSCRIPTION_ID_META_KEY in meta:
+        holder["_meta"] = {**meta, SUBSCRIPTION_ID_META_KEY: request_id}
 
 
 def _with_log_level(params: dict[str, Any], session: McpSession) -> dict[str, Any]:

@@ -39,13 +39,16 @@ CAPABILITIES = {"tools": {"listChanged": False}}  # when the upstream cannot be 
 SESSION_HEADER = "mcp-session-id"
 
 
-def relayed_capabilities(upstream: Mapping[str, Any]) -> dict[str, Any]:
+def relayed_capabilities(upstream: Mapping[str, Any], modern: bool) -> dict[str, Any]:
     """What the gateway offers agents: the upstream's tools, resources, prompts, completion and
-    logging, each decided by the enclave. No list-change or resource-update notifications, and so
-    no subscriptions: the gateway opens no server-to-client stream to carry them."""
+    logging, each decided by the enclave. No list-change notifications (the lists are filtered
+    per agent); resource subscriptions when a 2026-07-28 upstream offers them (heard through
+    ``subscriptions/listen``, :class:`cmcp_gateway.pipeline.SessionEvents`)."""
     offered: dict[str, Any] = {"tools": {"listChanged": False}}
-    if isinstance(upstream.get("resources"), dict):
-        offered["resources"] = {"listChanged": False, "subscribe": False}
+    resources = upstream.get("resources")
+    if isinstance(resources, dict):
+        subscribe = modern and resources.get("subscribe") is True
+        offered["resources"] = {"listChanged": False, "subscribe": subscribe}
     if isinstance(upstream.get("prompts"), dict):
         offered["prompts"] = {"listChanged": False}
     for name in ("completions", "logging"):
@@ -85,8 +88,10 @@ class McpHandler:
             if request.method == "GET" and request.path in self.metadata:
                 response = oauth.metadata_response(self.metadata[request.path])
                 code = "ok"
-            elif request.method == "GET" or request.path in self.metadata:
-                # No server-initiated stream is offered; the spec's answer for that is 405.
+            elif request.method == "GET" and request.path not in self.metadata:
+                response = await self._get(request)
+                code = "ok" if response.stream is not None else "get_not_offered"
+            elif request.path in self.metadata:
                 response = _GET_NOT_OFFERED
                 code = "get_not_offered"
             else:
@@ -142,6 +147,21 @@ class McpHandler:
         if token:
             session.access_token = token
         return session
+
+    async def _get(self, request: HttpRequest) -> Response:
+        """A session's stream of resource updates, where there is one to offer: a handshake-era
+        session, an agent that takes SSE, a 2026-07-28 upstream; otherwise the spec's 405. One
+        per session (a second is 409)."""
+        runtime = route_for(self.routes, request.path)
+        check_host_and_origin(request.headers, runtime.config, self.default_hosts)
+        agent, token = await self._caller(request, runtime)
+        session = await self._stateful_session(request, runtime, agent, token)
+        if session is None or not _accepts_sse(request.headers) or not await runtime.upstream.is_modern():
+            return _GET_NOT_OFFERED
+        if session.listening:
+            return Response(status=409)
+        return Response(stream=pipeline.SessionEvents(runtime, session), media_type=SSE,
+                        headers=_session_header(session))
 
     async def _delete(self, request: HttpRequest) -> Response:
         runtime = route_for(self.routes, request.path)
@@ -301,7 +321,7 @@ class McpHandler:
 
 async def _capabilities(runtime: RouteRuntime) -> dict[str, Any]:
     try:
-        return relayed_capabilities(await runtime.upstream.offered())
+        return relayed_capabilities(await runtime.upstream.offered(), await runtime.upstream.is_modern())
     except CmcpError:  # the upstream is down: the handshake still works, calls fail closed later
         return CAPABILITIES
 

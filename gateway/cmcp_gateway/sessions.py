@@ -50,6 +50,24 @@ class McpSession:
     # input requests relayed to the agent on a call's stream, by the JSON-RPC id the gateway gave
     # them: the agent's answer (a JSON-RPC response it POSTs) resolves the future
     awaiting: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    # resources this (handshake-era) session's agent subscribed to, each decided by the enclave;
+    # in front of a 2026-07-28 upstream its GET stream follows them with subscriptions/listen
+    subscriptions: set[str] = field(default_factory=set)
+    subscriptions_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    listening: bool = False  # the session's GET stream is open
+    ended: bool = False  # closed or forgotten here: its GET stream ends
+
+    def end(self) -> None:
+        self.ended = True
+        self.subscriptions_changed.set()
+
+    def follow(self, uri: str, on: bool) -> None:
+        """Subscribe to (``on``) or unsubscribe from ``uri``; the GET stream re-listens."""
+        if on:
+            self.subscriptions.add(uri)
+        else:
+            self.subscriptions.discard(uri)
+        self.subscriptions_changed.set()
 
 
 class SessionTable(Mapping[str, McpSession]):
@@ -173,6 +191,7 @@ class SessionTable(Mapping[str, McpSession]):
             self._per_agent.pop(agent, None)
 
     def forget(self, session: McpSession) -> None:
+        session.end()
         if self._by_id.pop(session.id, None) is not None:
             self._release(session.agent)
         key = (session.route, session.agent)

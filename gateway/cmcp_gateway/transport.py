@@ -9,6 +9,8 @@ docs/adr/0001-bare-asgi-front.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -44,7 +46,8 @@ class Response:
     headers: Mapping[str, str] | None = None
     stream: BodyStream | None = None
 
-    async def send(self, send: Send) -> None:
+    async def send(self, send: Send, receive: Receive | None = None) -> None:
+        """Send it; a stream stops as soon as the client is gone, when ``receive`` says so."""
         extra = self.headers or {}
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
         if self.stream is None:
@@ -55,13 +58,38 @@ class Response:
             await send({"type": "http.response.start", "status": self.status, "headers": raw})
             await send({"type": "http.response.body", "body": self.body})
             return
+        stream = self.stream
         try:
             await send({"type": "http.response.start", "status": self.status, "headers": raw})
-            async for chunk in self.stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            if receive is None:
+                await _pump(stream, send)
+                return
+            pump = asyncio.ensure_future(_pump(stream, send))
+            gone = asyncio.ensure_future(_disconnected(receive))
+            try:
+                await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not pump.done():  # the client left mid-stream (an idle one, too)
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
+            if pump.done() and not pump.cancelled():
+                pump.result()
         finally:
-            await self.stream.aclose()
+            await stream.aclose()
+
+
+async def _pump(stream: BodyStream, send: Send) -> None:
+    async for chunk in stream:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client is gone (its request body was read before the answer began)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 @dataclass(slots=True)
@@ -124,7 +152,7 @@ class AsgiFront:
                 response = await self._handle(HttpRequest.from_scope(scope, receive))
             except ClientGone:
                 return
-        await response.send(send)
+        await response.send(send, receive)
 
     async def _run_lifespan(self, receive: Receive, send: Send) -> None:
         """Start before serving, stop after (ASGI lifespan).

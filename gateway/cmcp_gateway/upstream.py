@@ -158,9 +158,10 @@ class UpstreamClient:
             await self._negotiate()
         return self.capabilities
 
-    async def per_request_logging(self) -> bool:
-        """Whether the upstream takes its log level per request (2026-07-28 ``_meta``) rather than
-        from ``logging/setLevel`` on a session."""
+    async def is_modern(self) -> bool:
+        """Whether the upstream speaks 2026-07-28: it takes its log level per request (``_meta``)
+        rather than from ``logging/setLevel``, and follows resources with ``subscriptions/listen``
+        rather than ``resources/subscribe`` on a session."""
         if self.mode is None:
             await self._negotiate()
         return self.mode == MODERN
@@ -190,11 +191,13 @@ class UpstreamClient:
         idempotent: bool = False,
         streaming: bool = True,
         client_capabilities: dict[str, Any] | None = None,
+        lasting: float | None = None,
     ) -> dict[str, Any] | ReplyStream:
         """Send one request. An upstream answering in SSE gives a :class:`ReplyStream` (read as the
         upstream writes it) when ``streaming``; otherwise its JSON-RPC response (result or error),
         read whole. ``client_capabilities``: what the agent may be asked, told to a 2026-07-28
-        upstream (with none, it asks the agent nothing)."""
+        upstream (with none, it asks the agent nothing). ``lasting``: the whole exchange's
+        deadline in seconds, when it is not the client's (a listen stream lasts longer than a call)."""
         if self.mode is None:
             await self._negotiate()
         if self.mode == MODERN:
@@ -212,7 +215,8 @@ class UpstreamClient:
             return streaming and status < 300 and head.get("content-type", "").startswith(SSE)
 
         try:
-            resp = await self.http.exchange(orjson.dumps(message), headers, self.timeout, stream_if=stream_if)
+            resp = await self.http.exchange(orjson.dumps(message), headers, lasting or self.timeout,
+                                            stream_if=stream_if)
         except HttpError as exc:
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE, f"upstream unreachable: {exc}") from exc
         if isinstance(resp, HttpStream):

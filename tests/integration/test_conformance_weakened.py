@@ -51,7 +51,7 @@ from cmcp_guard.replay import ReplayCache
 POLICY_TEE = ["POLICY-TEE-001", "POLICY-TEE-002", "POLICY-TEE-003", "POLICY-TEE-004", "POLICY-TEE-005"]
 RELEASE_IDS = ["ATTEST-006", "POLICY-TEE-006"]  # a forged guest; the measured launch policy
 IDENT_IDS = ["IDENT-001", "IDENT-002", "IDENT-003"]
-METHOD_IDS = ["METHOD-001", "METHOD-002"]
+METHOD_IDS = ["METHOD-001", "METHOD-002", "METHOD-003"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -308,6 +308,20 @@ def test_guard_that_gates_only_tool_calls_fails_method_002(
     # Tool calls are still guarded (POLICY-TEE-004 passes); only the other methods leak.
     expected = {"METHOD-002": CheckResult.FAIL, "POLICY-TEE-004": CheckResult.PASS}
     assert outcomes(report) == expected, reasons(report)
+
+
+def test_guard_that_binds_only_the_arguments_fails_method_003(
+    deployment: LocalDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard before answers were bound: it checked the arguments' digest alone, so the host
+    used the plain call's permit to carry answers no question was asked for."""
+    monkeypatch.setattr(guard_middleware.Guard, "_check", lambda self, token, target: self.checker.check(
+        token, target.name, target.arguments, method=target.method))
+    with serve_in_thread(build_proxy(deployment.raw_upstream_base, _guard_for(deployment))) as base:
+        target = dataclasses.replace(deployment.target(), upstream_url=f"{base}/mcp")
+        report = runner.run(target, ids=["METHOD-003"])
+    assert outcomes(report) == {"METHOD-003": CheckResult.FAIL}, reasons(report)
+    assert "result" in reasons(report)  # the forged answers got past the guard and the call ran
 
 
 def test_guard_that_lets_tokens_through_fails_ident_003(

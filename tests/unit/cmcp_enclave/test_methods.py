@@ -21,6 +21,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.engine import CedarEngine
+from cmcp_enclave.judging import RequestError
 from tests.helpers.enclave_calls import decide, sid
 from tests.paths import EXAMPLES
 
@@ -131,3 +132,30 @@ def test_the_catalog_refuses_ambiguous_entries(tmp_path: Path, entry: dict[str, 
     (bundle / "catalog.json").write_text(json.dumps([entry]))
     with pytest.raises(BundleError, match=message):
         load_bundle(bundle)
+
+
+def _listen(*uris: str) -> dict[str, object]:
+    return {"notifications": {"resourceSubscriptions": list(uris)}}
+
+
+def test_a_listen_stream_is_a_subscription_to_each_resource_it_follows(enc: Enclave) -> None:
+    res = decide(enc, "subscriptions", _listen("docs://handbook", "ehr://patients/p-1"),
+                 method="subscriptions/listen")
+    assert res.document["effective"] == "allow"
+    assert permits.decode(res.permit)[0].method == "subscriptions/listen"
+    one_too_many = decide(enc, "subscriptions", _listen("docs://handbook", "ehr://export/all"),
+                          method="subscriptions/listen")  # the catalog does not offer the export
+    denied = one_too_many.document
+    assert (denied["effective"], denied["reason_code"]) == ("deny", "RESOURCE_NOT_IN_CATALOG")
+    assert one_too_many.permit == ""
+
+
+@pytest.mark.parametrize("arguments", [
+    _listen("ehr://patients/p-1", "docs://handbook"),  # not in the one form both ends bind
+    {"notifications": {"resourceSubscriptions": ["docs://handbook"], "toolsListChanged": True}},
+    {"notifications": {"resourceSubscriptions": "docs://handbook"}},
+])
+def test_a_listen_binds_only_its_sorted_resources(enc: Enclave, arguments: dict[str, object]) -> None:
+    with pytest.raises(RequestError) as refused:
+        decide(enc, "subscriptions", arguments, method="subscriptions/listen")
+    assert refused.value.code is Code.ARGS_INVALID

@@ -121,6 +121,7 @@ async def test_every_gated_method_without_a_permit_is_refused() -> None:
         "completion/complete": {"ref": {"type": "ref/prompt", "name": "summarise"},
                                 "argument": {"name": "a", "value": "b"}},
         "logging/setLevel": {"level": "debug"},
+        "subscriptions/listen": {"notifications": {"resourceSubscriptions": ["ehr://patients/p-1"]}},
     }
     for method, params in requests.items():
         mw, app = guarded(limit=4096)
