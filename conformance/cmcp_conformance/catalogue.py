@@ -245,7 +245,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "METHOD-003",
         _M,
         "An answer reaches the upstream only for a question the enclave let through",
-        "Through the gateway, a 2026-07-28 tools/call of an allowed tool carrying inputResponses "
+        "Through the gateway, a tools/call of an allowed tool carrying (2026-07-28) inputResponses "
         "for a question nobody asked is denied with an enclave-signed decision (INPUT_NOT_ASKED) "
         "and the upstream runs nothing; straight to the guarded upstream, the permit for the "
         "plain call does not admit the same call carrying answers (PERMIT_ARGS_MISMATCH).",

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from cmcp_conformance.agent import DirectUpstream, agent, post_jsonrpc, rpc_error
+from cmcp_conformance.agent import DirectUpstream, agent, open_raw_session, post_jsonrpc, rpc_error
 from cmcp_conformance.suite.conftest import Attested, need_upstream
 from cmcp_conformance.suite.test_policy_tee import host_decide
 from cmcp_conformance.target import TargetDeployment
@@ -94,7 +94,6 @@ def test_every_gated_method_needs_its_own_permit_at_the_guard(
     assert counter() == before, "the guarded upstream ran a gated method without its permit"
 
 
-MODERN = "2026-07-28"
 _FORGED = {"inputResponses": {"confirm": {"action": "accept", "content": {"approved": True}}}}
 
 
@@ -104,15 +103,11 @@ def test_an_answer_needs_a_question_the_enclave_let_through(
 ) -> None:
     prof = target.profile
     arguments = {"text": "x"}
-    meta = {"io.modelcontextprotocol/protocolVersion": MODERN,
-            "io.modelcontextprotocol/clientCapabilities": {},
-            "io.modelcontextprotocol/clientInfo": {"name": "method-003", "version": "1"}}
     body = {"jsonrpc": "2.0", "id": next(_ids), "method": "tools/call",
-            "params": {"name": prof.allowed_tool, "arguments": arguments, "_meta": meta, **_FORGED}}
-    headers = {**target.auth_headers(), "mcp-protocol-version": MODERN, "mcp-method": "tools/call",
-               "mcp-name": prof.allowed_tool}
+            "params": {"name": prof.allowed_tool, "arguments": arguments, **_FORGED}}
+    session_id = open_raw_session(target.mcp_url, "method-003", headers=target.auth_headers())
     before = counter()
-    out = rpc_error(post_jsonrpc(target.mcp_url, body, headers=headers))
+    out = rpc_error(post_jsonrpc(target.mcp_url, body, headers=target.auth_headers(), session_id=session_id))
     assert not out.ok and out.error_code == "INPUT_NOT_ASKED", out.describe()
     assert out.data is not None
     decision = verify_decision(str(out.data["decision"]["document"]).encode(),

@@ -41,7 +41,7 @@ def test_ids_are_unique_and_well_formed() -> None:
             ("REPLICA", 1),
             ("STATE", 1),
             ("IDENT", 3),
-            ("METHOD", 2),
+            ("METHOD", 3),
         )
         for n in range(1, count + 1)
     }
