@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY
 
 from cmcp_core.bundle import template_pattern
@@ -43,6 +42,7 @@ from cmcp_gateway.enclave_pool import Decision
 from cmcp_gateway.jsonrpc import FailedRequest
 from cmcp_gateway.metrics import DECISION_SECONDS, UPSTREAM_SECONDS
 from cmcp_gateway.oauth import www_authenticate
+from cmcp_gateway.relay import Relay, is_input_required, sse_event
 from cmcp_gateway.routes import RouteRuntime
 from cmcp_gateway.sessions import McpSession
 from cmcp_gateway.transport import Response
@@ -90,11 +90,8 @@ def _list_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in ("cursor", "_meta") if k in params}
 
 
-INPUT_REQUIRED = "input_required"
 FOLLOW_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 LISTEN_SECONDS = 900.0  # a listen stream upstream lasts at most this long (then it is re-opened)
-KEEPALIVE_SECONDS = 15.0  # an idle GET stream sends a comment this often (finds agents gone)
-RELISTEN_SECONDS = 1.0  # the least time between two listens of one GET stream
 MAX_INPUT_ROUNDS = 8  # an upstream still asking after this many answers is cut off
 # what an agent can be asked that the gateway relays (each ask decided by the enclave)
 RELAYED_CLIENT_CAPABILITIES = ("sampling", "elicitation", "roots")
@@ -129,9 +126,9 @@ async def call(
     answer = await _round(runtime, session, request_id, target, params, streaming, shape, capabilities)
     if method not in STATEFUL_METHODS:
         return answer
-    if answer.events is None and not _input_required(answer.result):
+    if answer.events is None and not is_input_required(answer.result):
         return answer
-    conversation = Conversation(runtime, session, request_id, target, params, answer, modern,
+    conversation = Conversation(runtime, session, request_id, target, answer, modern,
                                 lambda given: _round(runtime, session, request_id, given, params, streaming,
                                                      shape, capabilities))
     if answer.events is not None:
@@ -274,10 +271,6 @@ def _denied(route: RouteConfig, session: McpSession, request_id: str | int, deci
     )
 
 
-def _input_required(result: Any) -> bool:
-    return isinstance(result, dict) and result.get("resultType") == INPUT_REQUIRED
-
-
 @dataclass
 class Answer:
     """A gated request's answer: the upstream's (shaped) result, or, when the upstream streams
@@ -286,65 +279,6 @@ class Answer:
 
     result: Any = None
     events: Relay | Conversation | None = None
-
-
-def _sse_event(message: bytes) -> bytes:
-    return b"event: message\r\ndata: " + message + b"\r\n\r\n"
-
-
-class Relay:
-    """The upstream's stream to the agent's: notifications as they come, then the response (or
-    the coded error that ended the stream). :meth:`aclose` (the front calls it whatever happens)
-    closes the upstream's stream and, when the agent left before the response, reports
-    ``AGENT_GONE`` as the call's outcome."""
-
-    def __init__(self, reply: ReplyStream, finish: Callable[[dict[str, Any]], Any], request_id: str | int,
-                 ids: dict[str, str], report_failure: Callable[[str], None], *,
-                 hold_input: bool = False, listen: bool = False) -> None:
-        self._reply = reply
-        self._finish = finish
-        self._request_id = request_id
-        self._ids = ids
-        self._report_failure = report_failure
-        self._answered = False
-        self._hold_input = hold_input
-        self._listen = listen
-        # with ``hold_input``: an InputRequiredResult that ended the stream, kept from the agent
-        # for the :class:`Conversation` that decides and relays its input requests
-        self.input_required: dict[str, Any] | None = None
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for message in self._reply.messages():
-                if "id" not in message:
-                    if self._listen:
-                        _name_subscription(message.get("params"), self._request_id)
-                    yield _sse_event(orjson.dumps(message))
-                    continue
-                self._answered = True
-                try:
-                    result = self._finish(message)
-                except FailedRequest as failed:
-                    yield _sse_event(failed.response.body)
-                    return
-                if self._hold_input and _input_required(result):
-                    self.input_required = result
-                    return
-                if self._listen:
-                    _name_subscription(result, self._request_id)
-                yield _sse_event(jsonrpc.result_body(self._request_id, result))
-                return
-        except CmcpError as exc:
-            self._answered = True
-            self._report_failure(str(exc.code))
-            log.warning("upstream stream failed", extra={**self._ids, "code": str(exc.code)})
-            yield _sse_event(jsonrpc.error_body(self._request_id, exc.code, exc.detail, self._ids))
-
-    async def aclose(self) -> None:
-        if not self._answered:
-            self._answered = True
-            self._report_failure(str(Code.AGENT_GONE))
-        await self._reply.aclose()
 
 
 class Conversation:
@@ -356,13 +290,11 @@ class Conversation:
     request ends the call with the signed deny and never reaches the agent."""
 
     def __init__(self, runtime: RouteRuntime, session: McpSession, request_id: str | int, target: Target,
-                 params: dict[str, Any], first: Answer, modern: bool,
-                 next_round: Callable[[Target], Any]) -> None:
+                 first: Answer, modern: bool, next_round: Callable[[Target], Any]) -> None:
         self._runtime = runtime
         self._session = session
         self._request_id = request_id
         self._target = target
-        self._params = params
         self._answer = first
         self._modern = modern
         self._next_round = next_round
@@ -392,14 +324,14 @@ class Conversation:
                     pending = answer.events.input_required
                     if pending is None:
                         return
-                elif _input_required(answer.result):
+                elif is_input_required(answer.result):
                     pending = answer.result
                 else:
-                    yield _sse_event(jsonrpc.result_body(self._request_id, answer.result))
+                    yield sse_event(jsonrpc.result_body(self._request_id, answer.result))
                     return
                 await self.let_ask(pending)
                 if self._modern:  # it answers by repeating its request (call_target binds the answers)
-                    yield _sse_event(jsonrpc.result_body(self._request_id, pending))
+                    yield sse_event(jsonrpc.result_body(self._request_id, pending))
                     return
                 answers: dict[str, Any] = {}
                 async for event in self._ask_agent(pending, answers):
@@ -411,10 +343,10 @@ class Conversation:
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE,
                             f"the upstream still needs input after {MAX_INPUT_ROUNDS} rounds")
         except FailedRequest as failed:
-            yield _sse_event(failed.response.body)
+            yield sse_event(failed.response.body)
         except CmcpError as exc:
             log.warning("call ended", extra={"session_id": self._session.id, "code": str(exc.code)})
-            yield _sse_event(jsonrpc.error_body(self._request_id, exc.code, exc.detail,
+            yield sse_event(jsonrpc.error_body(self._request_id, exc.code, exc.detail,
                                                 {"session_id": self._session.id}))
 
     async def _ask_agent(self, pending: dict[str, Any], answers: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -425,7 +357,7 @@ class Conversation:
             rpc_id = f"cmcp-input-{uuid.uuid4().hex}"
             waiting[str(key)] = self._session.awaiting[rpc_id] = loop.create_future()
             self._asked.append(rpc_id)
-            yield _sse_event(orjson.dumps({"jsonrpc": "2.0", "id": rpc_id, "method": request["method"],
+            yield sse_event(orjson.dumps({"jsonrpc": "2.0", "id": rpc_id, "method": request["method"],
                                            "params": request.get("params") or {}}))
         timeout = self._runtime.upstream.timeout
         for key, future in waiting.items():
@@ -444,99 +376,6 @@ class Conversation:
             self._session.awaiting.pop(rpc_id, None)
         if self._answer.events is not None:
             await self._answer.events.aclose()
-
-
-class SessionEvents:
-    """A handshake-era session's GET stream in front of a 2026-07-28 upstream: update
-    notifications for the resources its agent subscribed to, heard through a
-    ``subscriptions/listen`` stream that the enclave decides and the guard permits like any
-    request, opened again (and decided again) whenever the subscriptions change or it ends.
-    Only ``notifications/resources/updated`` reaches the agent here."""
-
-    def __init__(self, runtime: RouteRuntime, session: McpSession) -> None:
-        self._runtime = runtime
-        self._session = session
-        session.listening = True
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        session = self._session
-        while not session.ended:
-            session.subscriptions_changed.clear()
-            uris = sorted(session.subscriptions)
-            if uris:
-                async for event in self._listen(uris):
-                    yield event
-            if not await _changed_within(session, RELISTEN_SECONDS if uris else KEEPALIVE_SECONDS):
-                session.last_used = time.monotonic()  # an open GET stream keeps its session
-                yield b": keepalive\r\n\r\n"
-
-    async def _listen(self, uris: list[str]) -> AsyncIterator[bytes]:
-        """One listen stream upstream, until it ends or the subscriptions change."""
-        session = self._session
-        request = {"notifications": {"resourceSubscriptions": uris}}
-        try:
-            answer = await call(self._runtime, session, f"cmcp-listen-{uuid.uuid4().hex}", LISTEN, request,
-                                streaming=True)
-        except (FailedRequest, CmcpError) as exc:
-            code = exc.code if isinstance(exc, FailedRequest) else str(exc.code)
-            log.warning("listen refused", extra={"session_id": session.id, "code": code})
-            return
-        events = answer.events
-        if events is None:
-            return
-        changed = asyncio.ensure_future(session.subscriptions_changed.wait())
-        iterator = aiter(events)
-        try:
-            while True:
-                following = asyncio.ensure_future(anext(iterator))
-                done, _ = await asyncio.wait({following, changed}, timeout=KEEPALIVE_SECONDS,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if following not in done:
-                    following.cancel()
-                    if changed in done:
-                        return
-                    session.last_used = time.monotonic()
-                    yield b": keepalive\r\n\r\n"
-                    continue
-                try:
-                    event = following.result()
-                except StopAsyncIteration:
-                    return
-                if _is_update(event):
-                    yield event
-        finally:
-            changed.cancel()
-            await events.aclose()
-
-    async def aclose(self) -> None:
-        self._session.listening = False
-
-
-async def _changed_within(session: McpSession, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(session.subscriptions_changed.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
-def _is_update(event: bytes) -> bool:
-    """Whether one SSE event of a listen stream is a resource update (the rest is the stream's
-    own: its acknowledgement and its end)."""
-    _, _, data = event.partition(b"data: ")
-    try:
-        message = orjson.loads(data.strip())
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(message, dict) and message.get("method") == "notifications/resources/updated"
-
-
-def _name_subscription(holder: Any, request_id: str | int) -> None:
-    """A listen stream's frames name the agent's listen request as their subscription, not the
-    gateway's request upstream (the agent tells its streams apart by it)."""
-    meta = holder.get("_meta") if isinstance(holder, dict) else None
-    if isinstance(meta, dict) and SUBSCRIPTION_ID_META_KEY in meta:
-        holder["_meta"] = {**meta, SUBSCRIPTION_ID_META_KEY: request_id}
 
 
 def _with_log_level(params: dict[str, Any], session: McpSession) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from cmcp_gateway.limits import ConcurrencyLimiter, check_shape
 from cmcp_gateway.metrics import REQUEST_SECONDS, REQUESTS
 from cmcp_gateway.routes import RouteRuntime, route_for
 from cmcp_gateway.sessions import McpSession, SessionTable
+from cmcp_gateway.subscriptions import SessionEvents
 from cmcp_gateway.transport import HttpRequest, Response
 from cmcp_gateway.upstream import MODERN, SSE
 
@@ -160,7 +161,7 @@ class McpHandler:
             return _GET_NOT_OFFERED
         if session.listening:
             return Response(status=409)
-        return Response(stream=pipeline.SessionEvents(runtime, session), media_type=SSE,
+        return Response(stream=SessionEvents(runtime, session), media_type=SSE,
                         headers=_session_header(session))
 
     async def _delete(self, request: HttpRequest) -> Response:

@@ -15,7 +15,7 @@ through (refused with ``INPUT_NOT_ASKED``, nothing runs).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,9 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CreateMessageResult, ElicitResult, TextContent
 
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
-from cmcp_devkit.everything import run_everything
 from cmcp_gateway import pipeline
-from cmcp_gateway.config import GatewayLimits, RouteConfig
-from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, agent, gateway_config, make_guard, run_gateway
-from tests.integration.test_mcp_conformance_gateway import ALLOW, everything_bundle
+from tests.helpers.everything_stack import ALLOW, everything_bundle, everything_stack
+from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, agent
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
@@ -55,17 +53,6 @@ def asking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]
 def no_questions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
     with _enclave(tmp_path_factory.mktemp("quiet"), ALLOW, FORBID_ASKING) as proc:
         yield proc
-
-
-@contextlib.asynccontextmanager
-async def stack(enclave: EnclaveProcess) -> AsyncIterator[tuple[str, Any]]:
-    async with run_everything(guard=make_guard([enclave], AUDIENCE)) as up:
-        pinned = frozenset({enclave.bundle_hash})
-        route = RouteConfig(name="everything", upstream=up.url, audience=AUDIENCE,
-                            enclaves=(enclave.address,), expected_bundle_hashes=pinned, open=True)
-        async with run_gateway(gateway_config(route, limits=GatewayLimits(decide_timeout_seconds=15.0)),
-                               None) as gw:
-            yield gw.url, up
 
 
 class Asked:
@@ -94,7 +81,7 @@ async def test_an_allowed_question_reaches_the_agent_and_its_answer_the_tool(
     asking: EnclaveProcess, mode: str
 ) -> None:
     asked = Asked()
-    async with stack(asking) as (url, up), _client(url, mode, asked) as client:
+    async with everything_stack(asking) as (url, up), _client(url, mode, asked) as client:
         elicited = await client.call_tool("test_elicitation", {"message": "Who are you?"})
         sampled = await client.call_tool("test_sampling", {"prompt": "What is six times seven?"})
     assert asked.questions == ["Who are you?", "What is six times seven?"]
@@ -108,7 +95,7 @@ async def test_a_question_the_policy_forbids_never_reaches_the_agent(
     no_questions: EnclaveProcess, mode: str
 ) -> None:
     asked = Asked()
-    async with stack(no_questions) as (url, up), _client(url, mode, asked) as client:
+    async with everything_stack(no_questions) as (url, up), _client(url, mode, asked) as client:
         with pytest.raises(MCPError) as refused:
             await client.call_tool("test_elicitation", {"message": "Your password?"})
         plain = await client.call_tool("test_simple_text", {})  # the session goes on
@@ -122,7 +109,7 @@ async def test_a_question_the_policy_forbids_never_reaches_the_agent(
 
 async def test_answers_to_a_question_never_asked_are_refused_and_nothing_runs(asking: EnclaveProcess) -> None:
     """A 2026-07-28 agent (or a gateway) that invents the answer the tool waits for."""
-    async with stack(asking) as (url, up), httpx.AsyncClient() as http:
+    async with everything_stack(asking) as (url, up), httpx.AsyncClient() as http:
         params = {"name": "test_elicitation", "arguments": {"message": "Who are you?"}, "_meta": MODERN_META,
                   "inputResponses": {"cmcp_devkit.everything:ask_user": {
                       "action": "accept", "content": {"username": "mallory", "email": "m@evil.example"}}}}
@@ -142,7 +129,7 @@ async def test_an_answer_posted_for_no_question_is_refused(asking: EnclaveProces
     hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
              "params": {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}},
                         "clientInfo": {"name": "t", "version": "1"}}}
-    async with stack(asking) as (url, up), httpx.AsyncClient() as http:
+    async with everything_stack(asking) as (url, up), httpx.AsyncClient() as http:
         opened = await http.post(url, json=hello, headers=headers)
         session = {**headers, "mcp-session-id": opened.headers["mcp-session-id"]}
         late = {"jsonrpc": "2.0", "id": "cmcp-input-0", "result": {}}
@@ -164,7 +151,7 @@ async def test_weakened_gateway_that_does_not_ask_the_enclave_shows_the_question
 
     monkeypatch.setattr(pipeline.Conversation, "let_ask", relay_unasked)
     asked = Asked()
-    async with stack(no_questions) as (url, up), _client(url, mode, asked) as client:
+    async with everything_stack(no_questions) as (url, up), _client(url, mode, asked) as client:
         with pytest.raises(MCPError) as refused:
             await client.call_tool("test_elicitation", {"message": "Your password?"})
     assert asked.questions == ["Your password?"]  # what the real gateway never shows

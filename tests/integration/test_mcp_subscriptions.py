@@ -15,8 +15,7 @@ resources than its permit names.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,15 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
-from cmcp_devkit.everything import PATIENT_RECORD, WATCHED, RunningEverything, run_everything
-from cmcp_gateway.config import GatewayLimits, RouteConfig
+from cmcp_devkit.everything import PATIENT_RECORD, WATCHED, run_everything
+from tests.helpers.everything_stack import ALLOW, FORBID_PHI, everything_bundle, everything_stack
 from tests.helpers.gateway_stack import (
     AUDIENCE,
     MODERN_META,
     agent,
-    gateway_config,
     get_permit,
     make_guard,
-    run_gateway,
 )
-from tests.integration.test_mcp_conformance_gateway import ALLOW, FORBID_PHI, everything_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 SSE_HEADERS = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
@@ -48,17 +44,6 @@ def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess
     with start_enclave(everything_bundle(root / "bundle", ALLOW, FORBID_PHI), root / "enc",
                        audience=AUDIENCE) as proc:
         yield proc
-
-
-@contextlib.asynccontextmanager
-async def stack(enclave: EnclaveProcess) -> AsyncIterator[tuple[str, RunningEverything]]:
-    async with run_everything(guard=make_guard([enclave], AUDIENCE)) as up:
-        pinned = frozenset({enclave.bundle_hash})
-        route = RouteConfig(name="everything", upstream=up.url, audience=AUDIENCE,
-                            enclaves=(enclave.address,), expected_bundle_hashes=pinned, open=True)
-        async with run_gateway(gateway_config(route, limits=GatewayLimits(decide_timeout_seconds=15.0)),
-                               None) as gw:
-            yield gw.url, up
 
 
 async def _until(check: Any, seconds: float = 10.0) -> None:
@@ -76,7 +61,7 @@ async def test_a_handshake_era_agent_hears_updates_of_what_it_subscribed_to(encl
         if getattr(message, "method", "") == "notifications/resources/updated" and uri is not None:
             heard.append(str(uri))
 
-    async with stack(enclave) as (url, up), agent(url, token=None, mode="legacy",
+    async with everything_stack(enclave) as (url, up), agent(url, token=None, mode="legacy",
                                                    message_handler=on_message) as client:
         await client.subscribe_resource(WATCHED)
         await _until(lambda: up.state.bus.listening == 1)  # the gateway listens upstream for it
@@ -91,7 +76,7 @@ async def test_a_handshake_era_agent_hears_updates_of_what_it_subscribed_to(encl
 
 async def test_a_2026_agent_listens_through_the_gateway(enclave: EnclaveProcess) -> None:
     async with (
-        stack(enclave) as (url, up),
+        everything_stack(enclave) as (url, up),
         agent(url, token=None) as client,
         client.listen(resource_subscriptions=[WATCHED]) as subscription,
     ):
@@ -105,7 +90,7 @@ async def test_a_2026_agent_listens_through_the_gateway(enclave: EnclaveProcess)
 async def test_subscribing_to_what_the_policy_keeps_from_the_agent_is_refused(
     enclave: EnclaveProcess, mode: str
 ) -> None:
-    async with stack(enclave) as (url, up), agent(url, token=None, mode=mode) as client:
+    async with everything_stack(enclave) as (url, up), agent(url, token=None, mode=mode) as client:
         with pytest.raises(MCPError) as refused:
             if mode == "legacy":
                 await client.subscribe_resource(PATIENT_RECORD)
@@ -124,7 +109,7 @@ async def test_the_get_stream_is_offered_once_per_session_and_only_to_sessions(
     hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
              "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                         "clientInfo": {"name": "t", "version": "1"}}}
-    async with stack(enclave) as (url, _), httpx.AsyncClient(timeout=10) as http:
+    async with everything_stack(enclave) as (url, _), httpx.AsyncClient(timeout=10) as http:
         assert (await http.get(url, headers=SSE_HEADERS)).status_code == 405  # no session
         opened = await http.post(url, json=hello, headers=SSE_HEADERS)
         session = {**SSE_HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}

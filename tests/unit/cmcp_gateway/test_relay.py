@@ -1,4 +1,4 @@
-"""Relaying an upstream's SSE answer as it arrives (``ReplyStream`` and ``pipeline.Relay``):
+"""Relaying an upstream's SSE answer as it arrives (``ReplyStream`` and ``relay.Relay``):
 notifications pass in order, the response ends the stream, and every way a stream can end
 badly ends with a coded answer and an outcome for the enclave, never with a silent hang."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from cmcp_core.errors import CmcpError, Code
 from cmcp_gateway.http1 import HttpError
-from cmcp_gateway.pipeline import Relay
+from cmcp_gateway.relay import Relay
 from cmcp_gateway.upstream import ReplyStream
 
 
