@@ -1,5 +1,5 @@
 # Two entry points: `make demo` (the main job) and `make test` (every check CI runs).
-.PHONY: setup demo demo-cluster test lint unit integration e2e conformance bench-quick bench k8s-binaries mcp-conformance-suite clean
+.PHONY: setup demo demo-cluster test lint unit integration e2e conformance bench-quick bench k8s-binaries mcp-conformance-suite images clean
 
 VENV := .venv/bin
 
@@ -27,6 +27,11 @@ k8s-binaries: setup
 # devkit/cmcp_devkit/mcp_conformance/package-lock.json into ~/.cache/cmcp-mcp-conformance/.
 mcp-conformance-suite: setup
 	$(VENV)/python -m cmcp_devkit.mcp_conformance
+
+# The four images from their Dockerfiles with buildah, reproducibly, as OCI archives in
+# .cache/images/ (with images.json: reference, digest, size); see cmcp_devkit.images.
+images: setup
+	$(VENV)/python -m cmcp_devkit.images
 
 lint: setup
 	$(VENV)/ruff check .

@@ -29,6 +29,17 @@ if ((${#need_apt[@]})); then
     exit 1
   fi
 fi
+# images (`make images`, tests/integration/test_images.py) are built with buildah on a base made by
+# mmdebstrap; installed where we can (root with apt-get), else those tests skip and `make images`
+# says what to install: `make demo` does not need them
+want_img=()
+command -v buildah >/dev/null 2>&1 || want_img+=(buildah)
+command -v mmdebstrap >/dev/null 2>&1 || want_img+=(mmdebstrap)
+if ((${#want_img[@]})) && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing ${want_img[*]} with apt-get (container images)" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want_img[@]}" >/dev/null; } \
+    || echo "setup: could not install ${want_img[*]}; the image tests will skip" >&2
+fi
 if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
   echo "setup: cMCP needs Python 3.11 or newer; $("$PY" --version) found. Set PYTHON=/path/to/python3.11" >&2
   exit 1

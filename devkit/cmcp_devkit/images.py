@@ -1,0 +1,183 @@
+"""Build the enclave, gateway, guard and operator images from their Dockerfiles, reproducibly.
+
+``python -m cmcp_devkit.images`` (``make images``) builds each with ``buildah`` (no Docker
+engine), on a Python base made from Debian's packages with ``mmdebstrap`` (no registry needs to
+be reachable; the Dockerfiles keep the public ``python:*-slim`` base as their default), and
+writes each image as an OCI archive beside ``images.json`` (name, reference, digest, size).
+
+Why reproducible: the release manifest pins the enclave image by digest, so the same sources must
+give the same digest. Every timestamp is the last commit's (``buildah build --timestamp``, which
+also sets the files' times), the base is built once per :data:`BASE_VERSION` with a fixed
+``SOURCE_DATE_EPOCH``, and no compiled bytecode (whose headers carry times) enters an image.
+
+Where a TLS-inspecting proxy stands between this machine and PyPI, its CA bundle (the system's)
+is mounted for the build's ``pip`` only (``PIP_CERT``); it never enters an image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = "0.1.0"  # the workspace's: every image carries it as its tag
+BASE_VERSION = "bookworm-1"  # bump to rebuild the base (suite, packages or options below)
+BASE_SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+BASE_EPOCH = 1700000000  # the base's SOURCE_DATE_EPOCH: fixed, so the base is the same every time
+BASE_REF = f"localhost/cmcp-base:{BASE_VERSION}"
+# image name -> its Dockerfile (build context: the repository root)
+DOCKERFILES = {
+    "enclave": "enclave_pod/Dockerfile",
+    "gateway": "gateway/Dockerfile",
+    "guard": "guard/Dockerfile",
+    "operator": "operator/Dockerfile",
+}
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+_MOUNTED_CA = "/etc/ssl/cmcp-build-ca.crt"
+
+
+class ImagesError(RuntimeError):
+    """An image could not be built; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Built:
+    name: str
+    reference: str
+    digest: str  # the OCI manifest's: what a registry shows and a release pins
+    size_bytes: int  # the archive's (compressed layers, config and manifest)
+    archive: str
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CMCP_IMAGES_CACHE", Path.home() / ".cache" / "cmcp-images"))
+
+
+def _log(message: str) -> None:
+    print(f"[cmcp images] {message}", file=sys.stderr, flush=True)
+
+
+def _run(*argv: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImagesError(f"{' '.join(argv[:3])} … failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def tools() -> None:
+    """``buildah`` and ``mmdebstrap`` are there, or say how to get them."""
+    missing = [tool for tool in ("buildah", "mmdebstrap") if shutil.which(tool) is None]
+    if missing:
+        raise ImagesError(f"{' and '.join(missing)} not found: `apt-get install buildah mmdebstrap` "
+                          "(scripts/setup.sh does, as root)")
+
+
+def source_epoch() -> int:
+    """The last commit's time: every timestamp in the images (the same commit, the same digests)."""
+    try:
+        return int(_run("git", "log", "-1", "--format=%ct", cwd=ROOT).strip())
+    except (ImagesError, ValueError):
+        return BASE_EPOCH  # not a git checkout (an sdist): still fixed
+
+
+def _has_image(reference: str) -> bool:
+    return subprocess.run(["buildah", "inspect", "--type", "image", reference],
+                          capture_output=True).returncode == 0
+
+
+def ensure_base() -> str:
+    """The Debian Python base in buildah's store (built once per :data:`BASE_VERSION`)."""
+    if _has_image(BASE_REF):
+        return BASE_REF
+    rootfs = cache_root() / f"base-{BASE_VERSION}.tar"
+    if not rootfs.is_file():
+        rootfs.parent.mkdir(parents=True, exist_ok=True)
+        _log(f"building the base rootfs with mmdebstrap ({BASE_SUITE}: {', '.join(BASE_PACKAGES)})")
+        partial = rootfs.with_suffix(".partial")
+        _run("env", f"SOURCE_DATE_EPOCH={BASE_EPOCH}", "mmdebstrap", "--quiet", "--variant=minbase",
+             f"--include={','.join(BASE_PACKAGES)}",
+             *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")),
+             BASE_SUITE, str(partial))
+        partial.rename(rootfs)
+    container = _run("buildah", "from", "scratch").strip()
+    try:
+        _run("buildah", "add", "--quiet", container, str(rootfs), "/")
+        _run("buildah", "config", "--env", "LANG=C.UTF-8", "--cmd", '["/usr/bin/python3"]', container)
+        _run("buildah", "commit", "--quiet", "--timestamp", str(BASE_EPOCH), container, BASE_REF)
+    finally:
+        subprocess.run(["buildah", "rm", container], capture_output=True)
+    return BASE_REF
+
+
+def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: str = VERSION) -> Built:
+    """One image from its Dockerfile, as an OCI archive in ``out_dir``."""
+    reference = f"localhost/cmcp-{name}:{tag}"
+    argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
+            "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
+            "-f", DOCKERFILES[name], "-t", reference]
+    if HOST_CA.is_file():
+        argv += ["--volume", f"{HOST_CA}:{_MOUNTED_CA}:ro", "--build-arg", f"PIP_CERT={_MOUNTED_CA}"]
+    started = time.monotonic()
+    _run(*argv, ".", cwd=ROOT)
+    archive = out_dir / f"cmcp-{name}.oci.tar"
+    archive.unlink(missing_ok=True)
+    _run("buildah", "push", "--quiet", reference, f"oci-archive:{archive}:{reference}")
+    built = Built(name, reference, archive_digest(archive), archive.stat().st_size, str(archive))
+    _log(f"{reference} {built.digest} ({built.size_bytes / 1e6:.1f} MB, {time.monotonic() - started:.0f} s)")
+    return built
+
+
+def archive_digest(archive: Path) -> str:
+    """The digest of the (only) manifest in an OCI archive."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        if member is None:
+            raise ImagesError(f"{archive} has no index.json")
+        index = json.load(member)
+    manifests = index.get("manifests") or []
+    if len(manifests) != 1:
+        raise ImagesError(f"{archive} holds {len(manifests)} manifests, expected one")
+    return str(manifests[0]["digest"])
+
+
+def build_all(out_dir: Path, names: list[str] | None = None) -> list[Built]:
+    tools()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = ensure_base()
+    epoch = source_epoch()
+    built = [build(name, out_dir, epoch=epoch, base=base) for name in (names or list(DOCKERFILES))]
+    (out_dir / "images.json").write_text(json.dumps([asdict(b) for b in built], indent=2) + "\n")
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cmcp_devkit.images", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"images to build (default: all of {', '.join(DOCKERFILES)})")
+    parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "images",
+                        help="where the OCI archives and images.json go (default: .cache/images)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(DOCKERFILES))
+    if unknown:
+        parser.error(f"no such image: {', '.join(unknown)} (choose from {', '.join(DOCKERFILES)})")
+    try:
+        built = build_all(args.out, args.names or None)
+    except ImagesError as exc:
+        print(f"images: {exc}", file=sys.stderr)
+        return 1
+    for image in built:
+        print(f"{image.reference}\t{image.digest}\t{image.size_bytes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

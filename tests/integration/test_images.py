@@ -1,0 +1,114 @@
+"""The images, built for real from the project's Dockerfiles (``cmcp_devkit.images``: buildah on a
+Debian base made by mmdebstrap), read back from their OCI archives.
+
+What must hold: the same sources give the same digest (the release manifest pins it); the
+enclave image carries the enclave, the shared core and their libraries and nothing of the
+gateway, guard or operator; every image runs its console script as user 65532 and carries no
+pip and no compiled bytecode (whose headers hold build times).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cmcp_devkit import images
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("buildah") is None or shutil.which("mmdebstrap") is None,
+    reason="building images needs root, buildah and mmdebstrap (scripts/setup.sh installs them as root)",
+)
+
+ENTRYPOINTS = {"enclave": "cmcp-enclave", "gateway": "cmcp-gateway", "guard": "cmcp-guard",
+               "operator": "cmcp-operator"}
+# what the trusted enclave image must never hold: the other components and their frameworks
+NOT_IN_THE_ENCLAVE = ("cmcp_gateway", "cmcp_guard", "cmcp_operator", "kopf", "kubernetes", "starlette",
+                      "uvicorn", "pip", "setuptools")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, images.Built]]:
+    out = tmp_path_factory.mktemp("images")
+    made = {b.name: b for b in images.build_all(out)}
+    yield made
+    for image in made.values():  # the base stays cached in buildah's store
+        subprocess.run(["buildah", "rmi", "-f", image.reference], capture_output=True)
+
+
+def _blob(archive: Path, digest: str) -> bytes:
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+        assert member is not None
+        return member.read()
+
+
+def _manifest(image: images.Built) -> dict[str, Any]:
+    return json.loads(_blob(Path(image.archive), image.digest))
+
+
+def _config(image: images.Built) -> dict[str, Any]:
+    return json.loads(_blob(Path(image.archive), _manifest(image)["config"]["digest"]))
+
+
+def _paths(image: images.Built) -> set[str]:
+    """Every path in the image's layers."""
+    found: set[str] = set()
+    for layer in _manifest(image)["layers"]:
+        raw = _blob(Path(image.archive), layer["digest"])
+        with tarfile.open(fileobj=_gunzipped(raw)) as tar:
+            found.update(tar.getnames())
+    return found
+
+
+def _gunzipped(raw: bytes) -> io.BytesIO:
+    return io.BytesIO(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+
+
+def _distributions(paths: set[str]) -> set[str]:
+    return {re.sub(r"-[^-]+\.dist-info$", "", Path(p).name).lower().replace("-", "_")
+            for p in paths if p.endswith(".dist-info") and "/site-packages/" in p}
+
+
+def test_the_same_sources_give_the_same_digest(built: dict[str, images.Built], tmp_path: Path) -> None:
+    again = images.build("enclave", tmp_path, epoch=images.source_epoch())
+    assert again.digest == built["enclave"].digest  # manifest, so config and every layer, the same
+    assert _manifest(again) == _manifest(built["enclave"])
+
+
+def test_the_manifest_lists_every_image(built: dict[str, images.Built]) -> None:
+    listed = json.loads((Path(built["enclave"].archive).parent / "images.json").read_text())
+    assert {i["name"]: i["digest"] for i in listed} == {n: b.digest for n, b in built.items()}
+    for image in built.values():
+        print(f"{image.reference}: {image.size_bytes / 1e6:.1f} MB compressed, {image.digest}")
+
+
+def test_the_enclave_image_holds_only_the_enclave_and_its_libraries(built: dict[str, images.Built]) -> None:
+    dists = _distributions(_paths(built["enclave"]))
+    assert {"cmcp_core", "cmcp_enclave", "cedarpy", "grpcio"} <= dists, sorted(dists)
+    assert not dists & set(NOT_IN_THE_ENCLAVE), sorted(dists & set(NOT_IN_THE_ENCLAVE))
+    gateway = _distributions(_paths(built["gateway"]))
+    assert {"cmcp_gateway", "uvicorn"} <= gateway and "cmcp_enclave" not in gateway
+
+
+@pytest.mark.parametrize("name", sorted(ENTRYPOINTS))
+def test_each_image_runs_its_console_script_as_65532_without_pip_or_bytecode(
+    built: dict[str, images.Built], name: str
+) -> None:
+    config = _config(built[name])["config"]
+    assert config["User"] == "65532:65532"
+    assert config["Entrypoint"] == [ENTRYPOINTS[name]]
+    paths = _paths(built[name])
+    assert f"opt/cmcp/bin/{ENTRYPOINTS[name]}" in paths
+    assert not any("/__pycache__/" in p or p.endswith(".pyc") for p in paths if p.startswith("opt/cmcp"))
+    assert not any(p.startswith("opt/cmcp/bin/pip") for p in paths)

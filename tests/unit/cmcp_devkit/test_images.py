@@ -1,0 +1,49 @@
+"""cmcp_devkit.images without building: reading an OCI archive's digest, refusing what it cannot
+pin, and the command line."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cmcp_devkit import images
+
+
+def _archive(path: Path, index: dict[str, object]) -> Path:
+    data = json.dumps(index).encode()
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("index.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_the_digest_is_the_one_manifests(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "a.tar", {"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "ab" * 32}]})
+    assert images.archive_digest(archive) == "sha256:" + "ab" * 32
+
+
+def test_an_archive_with_several_manifests_has_no_one_digest(tmp_path: Path) -> None:
+    manifest = {"digest": "sha256:" + "ab" * 32}
+    archive = _archive(tmp_path / "a.tar", {"manifests": [manifest, manifest]})
+    with pytest.raises(images.ImagesError, match="2 manifests"):
+        images.archive_digest(archive)
+
+
+def test_an_unknown_image_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        images.main(["enclave", "database"])
+    assert stopped.value.code == 2
+    assert "no such image: database" in capsys.readouterr().err
+
+
+def test_every_component_has_a_dockerfile() -> None:
+    for name, dockerfile in images.DOCKERFILES.items():
+        text = (images.ROOT / dockerfile).read_text()
+        assert "ARG PYTHON_IMAGE=python:3.11" in text, name  # the public base stays the default
+        assert "USER 65532:65532" in text, name
