@@ -4,7 +4,9 @@ Debian base made by mmdebstrap), read back from their OCI archives.
 What must hold: the same sources give the same digest (the release manifest pins it); the
 enclave image carries the enclave, the shared core and their libraries and nothing of the
 gateway, guard or operator; every image runs its console script as user 65532 and carries no
-pip and no compiled bytecode (whose headers hold build times).
+pip and no compiled bytecode (whose headers hold build times); and each console script starts
+inside its image (the guard's did not: its distribution lacked a library only the development
+venv happened to hold).
 """
 
 from __future__ import annotations
@@ -112,3 +114,17 @@ def test_each_image_runs_its_console_script_as_65532_without_pip_or_bytecode(
     assert f"opt/cmcp/bin/{ENTRYPOINTS[name]}" in paths
     assert not any("/__pycache__/" in p or p.endswith(".pyc") for p in paths if p.startswith("opt/cmcp"))
     assert not any(p.startswith("opt/cmcp/bin/pip") for p in paths)
+
+
+@pytest.mark.parametrize("name", sorted(ENTRYPOINTS))
+def test_each_console_script_starts_inside_its_image(built: dict[str, images.Built], name: str) -> None:
+    """Its imports resolve from the image alone: ``--help`` parses only after every module loaded."""
+    container = subprocess.run(["buildah", "from", "--quiet", f"oci-archive:{built[name].archive}"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        ran = subprocess.run(["buildah", "run", "--isolation", "chroot", "--user", "65532:65532", container,
+                              "--", ENTRYPOINTS[name], "--help"], capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["buildah", "rm", container], capture_output=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert f"usage: {ENTRYPOINTS[name]}" in ran.stdout
