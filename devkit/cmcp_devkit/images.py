@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"  # the workspace's: every image carries it as its tag
-BASE_VERSION = "bookworm-1"  # bump to rebuild the base (suite, packages or options below)
+BASE_VERSION = "bookworm-2"  # bump to rebuild the base (suite, packages or options below)
 BASE_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 BASE_EPOCH = 1700000000  # the base's SOURCE_DATE_EPOCH: fixed, so the base is the same every time
@@ -94,6 +94,16 @@ def _has_image(reference: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def mmdebstrap_argv(target: Path) -> list[str]:
+    """The base's root file system as a tarball. A tar keeps Debian's owners (root:shadow
+    ``/etc/shadow``, the setgid-shadow ``chage``): ``buildah add`` of a directory makes every file
+    root:root (a setgid-root ``chage`` in every image). No device nodes: the runtime makes /dev."""
+    return ["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", "--skip=output/dev",
+            f"--include={','.join(BASE_PACKAGES)}",
+            *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")),
+            BASE_SUITE, str(target)]
+
+
 def ensure_base() -> str:
     """The Debian Python base in buildah's store (built once per :data:`BASE_VERSION`)."""
     if _has_image(BASE_REF):
@@ -102,12 +112,9 @@ def ensure_base() -> str:
     if not rootfs.is_file():
         rootfs.parent.mkdir(parents=True, exist_ok=True)
         _log(f"building the base rootfs with mmdebstrap ({BASE_SUITE}: {', '.join(BASE_PACKAGES)})")
-        partial = rootfs.with_suffix(".partial")
-        _run("env", f"SOURCE_DATE_EPOCH={BASE_EPOCH}", "mmdebstrap", "--quiet", "--variant=minbase",
-             f"--include={','.join(BASE_PACKAGES)}",
-             *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")),
-             BASE_SUITE, str(partial))
-        partial.rename(rootfs)
+        partial = rootfs.with_name(f".{rootfs.name}.partial")
+        _run("env", f"SOURCE_DATE_EPOCH={BASE_EPOCH}", *mmdebstrap_argv(partial))
+        partial.replace(rootfs)
     container = _run("buildah", "from", "scratch").strip()
     try:
         _run("buildah", "add", "--quiet", container, str(rootfs), "/")
@@ -123,6 +130,7 @@ def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: st
     reference = f"localhost/cmcp-{name}:{tag}"
     argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
             "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
+            "--build-arg", f"SOURCE_DATE_EPOCH={epoch}",  # useradd's /etc/shadow date: not the build's day
             "-f", DOCKERFILES[name], "-t", reference]
     if HOST_CA.is_file():
         argv += ["--volume", f"{HOST_CA}:{_MOUNTED_CA}:ro", "--build-arg", f"PIP_CERT={_MOUNTED_CA}"]

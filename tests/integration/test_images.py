@@ -77,6 +77,19 @@ def _gunzipped(raw: bytes) -> io.BytesIO:
     return io.BytesIO(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
 
 
+def _entries(image: images.Built, *names: str) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
+    """The named paths as the image's layers leave them (a later layer's entry wins)."""
+    found: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
+    for layer in _manifest(image)["layers"]:
+        with tarfile.open(fileobj=_gunzipped(_blob(Path(image.archive), layer["digest"]))) as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if name in names:
+                    data = tar.extractfile(member) if member.isfile() else None
+                    found[name] = (member, data.read() if data else b"")
+    return found
+
+
 def _distributions(paths: set[str]) -> set[str]:
     return {re.sub(r"-[^-]+\.dist-info$", "", Path(p).name).lower().replace("-", "_")
             for p in paths if p.endswith(".dist-info") and "/site-packages/" in p}
@@ -128,3 +141,16 @@ def test_each_console_script_starts_inside_its_image(built: dict[str, images.Bui
         subprocess.run(["buildah", "rm", container], capture_output=True)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert f"usage: {ENTRYPOINTS[name]}" in ran.stdout
+
+
+def test_the_accounts_and_owners_are_debians_and_dated_by_the_commit(built: dict[str, images.Built]) -> None:
+    """/etc/shadow dates the account by the commit, not by the build's day (a build tomorrow gives the
+    same digest), and the base keeps Debian's owners: shadow's group, a setgid-shadow chage (a
+    directory added to the base made them root's: a setgid-root binary in every image)."""
+    entries = _entries(built["enclave"], "etc/shadow", "usr/bin/chage")
+    shadow, text = entries["etc/shadow"]
+    (account,) = [line for line in text.decode().splitlines() if line.startswith("cmcp:")]
+    assert int(account.split(":")[2]) == images.source_epoch() // 86400
+    chage, _ = entries["usr/bin/chage"]
+    assert shadow.gid == chage.gid == 42  # Debian's shadow group
+    assert chage.mode & 0o2000  # still setgid (to shadow)

@@ -855,7 +855,7 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
     names = {name.lower().replace("_", "-") for name in pinned}
     assert not {n for n in names if n.startswith("cmcp")}, "workspace members are installed from source"
     assert not names & IMAGE_FORBIDDEN.get(dist, set())
-    installs = re.findall(r"pip install --no-deps --no-compile (.+?) \\$", text, re.M)
+    installs = re.findall(r"pip (?:--python \S+ )?install --no-deps --no-compile (.+?)(?: \\)?$", text, re.M)
     assert installs == [f"./core ./{component}"]
     proc = subprocess.run(
         [

@@ -47,3 +47,18 @@ def test_every_component_has_a_dockerfile() -> None:
         text = (images.ROOT / dockerfile).read_text()
         assert "ARG PYTHON_IMAGE=python:3.11" in text, name  # the public base stays the default
         assert "USER 65532:65532" in text, name
+
+
+def test_the_base_is_a_tarball_without_device_nodes(tmp_path: Path) -> None:
+    """A tar keeps Debian's file owners (a directory added with buildah would not)."""
+    argv = images.mmdebstrap_argv(tmp_path / "base.tar")
+    assert argv[0] == "mmdebstrap" and "--format=tar" in argv and "--skip=output/dev" in argv
+    assert argv[-2:] == [images.BASE_SUITE, str(tmp_path / "base.tar")]
+
+
+def test_every_runtime_stage_takes_the_commit_time() -> None:
+    """useradd dates /etc/shadow by SOURCE_DATE_EPOCH, so the final stage must declare it."""
+    for name, dockerfile in images.DOCKERFILES.items():
+        text = (images.ROOT / dockerfile).read_text()
+        final = text[text.rindex("\nFROM "):]
+        assert "\nARG SOURCE_DATE_EPOCH\n" in final, name
