@@ -53,6 +53,12 @@ int main(void) {
 }
 """
 TIMINGS: dict[str, float] = {}
+# host-wide dirs the node's containerd and CNI write into (beside their own dirs)
+SHARED_DIRS = (Path("/run/containerd/s"), Path("/var/lib/cni/results"), Path("/var/log/containers"))
+
+
+def _shared_entries() -> set[Path]:
+    return {p for d in SHARED_DIRS if d.is_dir() for p in d.iterdir()}
 
 
 def _restricted_pod(name: str, image: str, **meta: Any) -> Obj:
@@ -93,7 +99,12 @@ def _container_id(pod: Obj) -> str:
 
 
 @pytest.fixture(scope="module")
-def real() -> Iterator[LocalCluster]:
+def before() -> set[Path]:
+    return _shared_entries()
+
+
+@pytest.fixture(scope="module")
+def real(before: set[Path]) -> Iterator[LocalCluster]:
     cluster = LocalCluster(nodes=[NodeSpec("plain-node-1")], real_node=True)
     try:
         cluster.start()
@@ -172,10 +183,12 @@ def test_imported_image_runs_and_kubectl_logs_reaches_the_kubelet(
     assert logs.strip() == "hello from uid 65532"
 
 
-def test_stop_leaves_nothing_on_the_host(real: LocalCluster) -> None:
-    assert host_leftovers(), "while running, the node shows on the host"
+def test_stop_leaves_nothing_on_the_host(real: LocalCluster, before: set[Path]) -> None:
+    running = host_leftovers()
+    assert any(x.startswith("shim socket") for x in running), running
     real.stop()
     assert host_leftovers() == []
+    assert _shared_entries() - before == set(), "no shim socket, CNI result or log link of the node is left"
     chains = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     assert "KUBE-FIREWALL" not in chains and "KUBE-KUBELET-CANARY" not in chains
     assert not list(Path("/sys/fs/cgroup").glob("*/kubepods"))
@@ -206,6 +219,7 @@ CRASHING_OWNER = textwrap.dedent(
 
 
 def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    before = _shared_entries()
     owner = subprocess.Popen(
         [sys.executable, "-c", CRASHING_OWNER, str(tmp_path / "state")],
         stdout=subprocess.PIPE,
@@ -229,3 +243,4 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     )
     assert down.returncode == 0, down.stderr
     assert host_leftovers() == []
+    assert _shared_entries() - before == set()

@@ -17,8 +17,9 @@ and before every start, so a crashed run's leftovers go) takes back:
   (IPv4 and IPv6) and the rules jumping to them;
 * sysctls the kubelet sets (``vm.overcommit_memory``, ``kernel.panic``, …): restored to the
   values recorded before it started;
-* the bridge ``cmcpnode0``, the CNI result cache ``/var/lib/cni/results/cmcp-e2e-node-*`` and the
-  ``/var/log/containers`` links into the node's pod logs;
+* the bridge ``cmcpnode0``, the node's entries in libcni's result cache ``/var/lib/cni/results``,
+  its shims' sockets in ``/run/containerd/s`` (a path containerd 1.6 fixes) and the
+  ``/var/log/containers`` links into the node's pod logs (each dir removed too once empty);
 * the node's dirs :data:`DATA_DIR` and :data:`RUN_DIR`.
 
 One real node per machine: kubepods cgroups and the kubelet's iptables chains are host-wide.
@@ -55,6 +56,7 @@ BRIDGE = "cmcpnode0"
 CNI_NETWORK = "cmcp-e2e-node"
 CNI_CACHE = Path("/var/lib/cni")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's fixed ContainerLogsDir
+SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 puts shim sockets here, whatever its state dir
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
 # What the kubelet's container manager writes (setupKernelTunables) when protectKernelDefaults is off.
@@ -362,8 +364,25 @@ def _log_links(paths: NodePaths) -> list[Path]:
     ]
 
 
-def _cni_results() -> list[Path]:
-    return sorted((CNI_CACHE / "results").glob(f"{CNI_NETWORK}-*"))
+def _cni_results(paths: NodePaths) -> list[Path]:
+    """libcni's cached results of the node's pods: its bridge network's, and the loopback ones
+    containerd adds (``cni-loopback-<sandbox>-lo``), recognised by their netns under the run dir."""
+    results = CNI_CACHE / "results"
+    if not results.is_dir():
+        return []
+    ours = str(paths.run) + "/"
+    return sorted(p for p in results.iterdir() if p.name.startswith(f"{CNI_NETWORK}-") or ours in _read(p))
+
+
+def _shim_sockets(paths: NodePaths) -> list[Path]:
+    """Sockets of the node's shims in :data:`SHIM_SOCKETS` (each task's bundle names its ``address``)."""
+    tasks = paths.run / "containerd" / "io.containerd.runtime.v2.task"
+    found = []
+    for address in tasks.glob("*/*/address"):
+        sock = Path(_read(address).strip().removeprefix("unix://"))
+        if sock.parent == SHIM_SOCKETS and sock.exists():
+            found.append(sock)
+    return sorted(found)
 
 
 def _bridge_exists() -> bool:
@@ -383,7 +402,8 @@ def host_leftovers(paths: NodePaths | None = None) -> list[str]:
     if _bridge_exists():
         out.append(f"bridge {BRIDGE}")
     out += [f"log link {p}" for p in _log_links(paths)]
-    out += [f"CNI result {p}" for p in _cni_results()]
+    out += [f"CNI result {p}" for p in _cni_results(paths)]
+    out += [f"shim socket {p}" for p in _shim_sockets(paths)]
     out += [f"dir {d}" for d in (paths.data, paths.run) if d.exists()]
     return out
 
@@ -461,9 +481,11 @@ def clean_host(paths: NodePaths | None = None) -> list[str]:
         _run(["ip", "link", "del", BRIDGE])
     for link in _log_links(paths):
         link.unlink(missing_ok=True)
-    for result in _cni_results():
+    for result in _cni_results(paths):
         result.unlink(missing_ok=True)
-    for d in (CNI_CACHE / "results", CNI_CACHE, CONTAINER_LOG_LINKS):
+    for sock in _shim_sockets(paths):  # (a killed shim leaves its socket)
+        sock.unlink(missing_ok=True)
+    for d in (CNI_CACHE / "results", CNI_CACHE, CONTAINER_LOG_LINKS, SHIM_SOCKETS, SHIM_SOCKETS.parent):
         with contextlib.suppress(OSError):
             d.rmdir()  # only when empty: other users of the host keep theirs
     # 6. sysctls back, then the node's dirs
