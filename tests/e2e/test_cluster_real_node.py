@@ -54,7 +54,12 @@ int main(void) {
 """
 TIMINGS: dict[str, float] = {}
 # host-wide dirs the node's containerd and CNI write into (beside their own dirs)
-SHARED_DIRS = (Path("/run/containerd/s"), Path("/var/lib/cni/results"), Path("/var/log/containers"))
+SHARED_DIRS = (
+    Path("/run/containerd/s"),
+    Path("/var/lib/cni/results"),
+    Path("/var/log/containers"),
+    Path("/var/lib/kubelet/device-plugins"),
+)
 
 
 def _shared_entries() -> set[Path]:

@@ -18,7 +18,8 @@ and before every start, so a crashed run's leftovers go) takes back:
 * sysctls the kubelet sets (``vm.overcommit_memory``, ``kernel.panic``, …): restored to the
   values recorded before it started;
 * the bridge ``cmcpnode0``, the node's entries in libcni's result cache ``/var/lib/cni/results``,
-  its shims' sockets in ``/run/containerd/s`` (a path containerd 1.6 fixes) and the
+  its shims' sockets in ``/run/containerd/s`` (a path containerd 1.6 fixes), the kubelet's
+  ``/var/lib/kubelet/device-plugins/kubelet.sock`` (a path it fixes despite ``--root-dir``) and the
   ``/var/log/containers`` links into the node's pod logs (each dir removed too once empty);
 * the node's dirs :data:`DATA_DIR` and :data:`RUN_DIR`.
 
@@ -56,6 +57,8 @@ BRIDGE = "cmcpnode0"
 CNI_NETWORK = "cmcp-e2e-node"
 CNI_CACHE = Path("/var/lib/cni")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's fixed ContainerLogsDir
+# the device-plugin registration socket ignores --root-dir (pluginapi.DevicePluginPath is fixed)
+DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
 SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 puts shim sockets here, whatever its state dir
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
@@ -404,6 +407,8 @@ def host_leftovers(paths: NodePaths | None = None) -> list[str]:
     out += [f"log link {p}" for p in _log_links(paths)]
     out += [f"CNI result {p}" for p in _cni_results(paths)]
     out += [f"shim socket {p}" for p in _shim_sockets(paths)]
+    if DEVICE_PLUGIN_SOCKET.exists():
+        out.append(f"kubelet socket {DEVICE_PLUGIN_SOCKET}")
     out += [f"dir {d}" for d in (paths.data, paths.run) if d.exists()]
     return out
 
@@ -483,9 +488,10 @@ def clean_host(paths: NodePaths | None = None) -> list[str]:
         link.unlink(missing_ok=True)
     for result in _cni_results(paths):
         result.unlink(missing_ok=True)
-    for sock in _shim_sockets(paths):  # (a killed shim leaves its socket)
+    for sock in [*_shim_sockets(paths), DEVICE_PLUGIN_SOCKET]:  # (a killed shim leaves its socket)
         sock.unlink(missing_ok=True)
-    for d in (CNI_CACHE / "results", CNI_CACHE, CONTAINER_LOG_LINKS, SHIM_SOCKETS, SHIM_SOCKETS.parent):
+    shared = (CNI_CACHE / "results", CNI_CACHE, CONTAINER_LOG_LINKS, SHIM_SOCKETS, SHIM_SOCKETS.parent)
+    for d in (*shared, DEVICE_PLUGIN_SOCKET.parent, DEVICE_PLUGIN_SOCKET.parent.parent):
         with contextlib.suppress(OSError):
             d.rmdir()  # only when empty: other users of the host keep theirs
     # 6. sysctls back, then the node's dirs
