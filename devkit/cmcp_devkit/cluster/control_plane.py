@@ -46,8 +46,9 @@ from .binaries import (
     ensure_kubelet,
     ensure_pause_image,
 )
+from .containerd import Ctr, CtrError
 from .kube import Kube, ssl_context
-from .node import RealNode, clean_if_abandoned
+from .node import NodePaths, RealNode, clean_if_abandoned, owner_pid
 from .pki import ClusterPKI, kubeconfig_yaml
 from .podnet import PodNetwork, set_pdeathsig
 
@@ -678,6 +679,23 @@ def _clean_real_node() -> None:
         print(f"removed what a real node left on the host: {len(found)} items", file=sys.stderr)
 
 
+USAGE = "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image ARCHIVE"
+
+
+def cmd_import_image(archive: Path) -> int:
+    """Import an OCI or docker image archive (e.g. built by buildah) into the real node's containerd."""
+    if owner_pid() is None:
+        print("no real node runs here (python -m cmcp_devkit.cluster up --real-node)", file=sys.stderr)
+        return 1
+    try:
+        Ctr(NodePaths().socket).import_archive(archive)
+    except CtrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported {archive} into the real node's containerd", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     cmd = args[0] if args else "status"
@@ -708,7 +726,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(proc.stdout or proc.stderr)
         return 0
-    print("usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status", file=sys.stderr)
+    if cmd == "import-image" and len(args) == 2:
+        return cmd_import_image(Path(args[1]))
+    print(USAGE, file=sys.stderr)
     return 2
 
 

@@ -44,6 +44,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,7 @@ KUBELET_SYSCTLS = (
 )
 REQUIRED_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
 MNT_DETACH = 2
+NODE_PROGRAMS = frozenset({"containerd", "kubelet", "containerd-shim-runc-v2"})
 
 
 class NodeError(RuntimeError):
@@ -275,17 +277,18 @@ def _read(path: Path) -> str:
 
 
 def _mentions(paths: NodePaths) -> list[int]:
-    """Pids (not ours) whose command line names the node's dirs: containerd, kubelet, shims."""
+    """Pids of the node's containerd, kubelet and shims: those programs, with the node's dirs in their
+    command line (a shim names the socket). Nothing else is touched, not even a ``tail -f`` of a log."""
     needles = (str(paths.data) + "/", str(paths.run) + "/")
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if any(n in cmdline for n in needles):
+        if os.path.basename(argv[0]) in NODE_PROGRAMS and any(n in a for a in argv for n in needles):
             pids.append(int(proc.name))
     return pids
 
@@ -419,10 +422,10 @@ def _kill(pids: set[int] | list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _until(pred: object, timeout: float) -> bool:
+def _until(pred: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        if callable(pred) and pred():
+        if pred():
             return True
         if time.monotonic() >= deadline:
             return False

@@ -54,7 +54,7 @@ def test_default_nodes_cover_every_tee_and_match_the_runtime_classes() -> None:
 
 def test_unknown_command_prints_usage(run_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["frobnicate"]) == 2
-    usage = "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status"
+    usage = "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image"
     assert usage in capsys.readouterr().err
 
 
@@ -192,3 +192,23 @@ def test_real_node_needs_the_netns_pod_network(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(control_plane.ClusterStartError, match="needs the netns pod network"):
         cluster.start()
     assert cluster.real_node is None
+
+
+def test_import_image_needs_a_running_real_node_and_reports_ctr_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(control_plane, "owner_pid", lambda: None)
+    assert main(["import-image", "/x.tar"]) == 1
+    assert "no real node runs here" in capsys.readouterr().err
+    imported: list[Path] = []
+    monkeypatch.setattr(control_plane, "owner_pid", lambda: 4242)
+    monkeypatch.setattr(control_plane.Ctr, "import_archive", lambda self, a: imported.append(a))
+    assert main(["import-image", "/x.tar"]) == 0
+    assert imported == [Path("/x.tar")]
+
+    def broken(self: object, a: Path) -> None:
+        raise control_plane.CtrError("ctr images import failed: no such file")
+
+    monkeypatch.setattr(control_plane.Ctr, "import_archive", broken)
+    assert main(["import-image", "/x.tar"]) == 1
+    assert "no such file" in capsys.readouterr().err
