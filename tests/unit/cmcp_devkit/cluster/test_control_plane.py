@@ -54,7 +54,8 @@ def test_default_nodes_cover_every_tee_and_match_the_runtime_classes() -> None:
 
 def test_unknown_command_prints_usage(run_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["frobnicate"]) == 2
-    assert "usage: python -m cmcp_devkit.cluster up|down|kubeconfig|status" in capsys.readouterr().err
+    usage = "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image"
+    assert usage in capsys.readouterr().err
 
 
 def test_kubeconfig_and_status_without_a_cluster(run_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,3 +162,53 @@ def test_local_cluster_before_start(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert own.state_dir.name.startswith("cmcp-e2e-")
     own.stop()
     assert not own.state_dir.exists()  # its own temporary state goes
+
+
+def test_real_node_flag_reaches_up_and_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(control_plane, "cmd_up", lambda real_node=False: calls.append(("up", real_node)) or 0)
+    monkeypatch.setattr(
+        control_plane, "cmd_serve", lambda d, real_node=False: calls.append((str(d), real_node)) or 0
+    )
+    main(["up"])
+    main(["up", "--real-node"])
+    main(["_serve", "/s", "--real-node"])
+    assert calls == [("up", False), ("up", True), ("/s", True)]
+
+
+def test_down_takes_back_an_abandoned_real_node_even_without_a_cluster(
+    run_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(control_plane.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(control_plane, "clean_if_abandoned", lambda: ["bridge cmcpnode0", "cgroup x"])
+    assert main(["down"]) == 0
+    assert "removed what a real node left on the host: 2 items" in capsys.readouterr().err
+
+
+def test_real_node_needs_the_netns_pod_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control_plane, "ensure_all", lambda: None)
+    monkeypatch.setattr(control_plane, "ensure_kubelet", lambda: Path("/kubelet"))
+    cluster = LocalCluster(nodes=[], state_dir=tmp_path / "s", pod_network="loopback", real_node=True)
+    with pytest.raises(control_plane.ClusterStartError, match="needs the netns pod network"):
+        cluster.start()
+    assert cluster.real_node is None
+
+
+def test_import_image_needs_a_running_real_node_and_reports_ctr_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(control_plane, "owner_pid", lambda: None)
+    assert main(["import-image", "/x.tar"]) == 1
+    assert "no real node runs here" in capsys.readouterr().err
+    imported: list[Path] = []
+    monkeypatch.setattr(control_plane, "owner_pid", lambda: 4242)
+    monkeypatch.setattr(control_plane.Ctr, "import_archive", lambda self, a: imported.append(a))
+    assert main(["import-image", "/x.tar"]) == 0
+    assert imported == [Path("/x.tar")]
+
+    def broken(self: object, a: Path) -> None:
+        raise control_plane.CtrError("ctr images import failed: no such file")
+
+    monkeypatch.setattr(control_plane.Ctr, "import_archive", broken)
+    assert main(["import-image", "/x.tar"]) == 1
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,597 @@
+"""A real node for the local cluster: a kubelet running pods through its own containerd and runc.
+
+Why: the node agent (``node_agent.py``) fakes the kubelet; images, users, read-only roots and the
+OCI spec a Kata shim would read only behave like production with the real kubelet (v1.35.4, from
+the same pinned module as the apiserver), containerd and runc. ``LocalCluster(real_node=True)``
+(``cluster up --real-node``) starts one beside the node-agent nodes.
+
+What it changes on the host, and what :func:`clean_host` (run by ``stop``, by ``cluster down``
+and before every start, so a crashed run's leftovers go) takes back:
+
+* processes: containerd, the kubelet, containerd-shim-runc-v2 and the containers (the shims
+  detach, so a crash leaves them running): killed via their cmdlines and the kubepods cgroups;
+* mounts under the node's dirs: the kubelet bind-mounts its root dir onto itself, volumes
+  (tmpfs), container rootfs overlays, sandbox /dev/shm, the pods' network namespaces;
+* cgroups ``/sys/fs/cgroup/<controller>/kubepods`` (removed depth-first, after their processes);
+* the kubelet's iptables chains ``KUBE-FIREWALL``, ``KUBE-KUBELET-CANARY``, ``KUBE-IPTABLES-HINT``
+  (IPv4 and IPv6) and the rules jumping to them;
+* sysctls the kubelet sets (``vm.overcommit_memory``, ``kernel.panic``, …): restored to the
+  values recorded before it started;
+* the bridge ``cmcpnode0``, the node's entries in libcni's result cache ``/var/lib/cni/results``,
+  its shims' sockets in ``/run/containerd/s`` (a path containerd 1.6 fixes), the kubelet's
+  ``/var/lib/kubelet/device-plugins/kubelet.sock`` (a path it fixes despite ``--root-dir``) and the
+  ``/var/log/containers`` links into the node's pod logs (each dir removed too once empty);
+* the node's dirs :data:`DATA_DIR` and :data:`RUN_DIR`.
+
+One real node per machine: kubepods cgroups and the kubelet's iptables chains are host-wide.
+``owner.pid`` in :data:`RUN_DIR` says who runs it; a second start fails with a clear message
+while that process lives.
+
+Network: the bridge holds the node IP ``198.19.N.65/26`` (N = the cluster's pod-network index,
+``podnet.py``), pods get ``198.19.N.66-126`` from host-local IPAM, their default route is the
+bridge, so they reach the apiserver on ``198.19.N.1``; the host forwards nothing, no NAT: no pod
+traffic leaves the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .containerd import ContainerdPaths, Ctr, containerd_config
+
+DATA_DIR = Path("/var/lib/cmcp-e2e-node")
+RUN_DIR = Path("/run/cmcp-e2e-node")
+BRIDGE = "cmcpnode0"
+CNI_NETWORK = "cmcp-e2e-node"
+CNI_CACHE = Path("/var/lib/cni")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's fixed ContainerLogsDir
+# the device-plugin registration socket ignores --root-dir (pluginapi.DevicePluginPath is fixed)
+DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
+SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 puts shim sockets here, whatever its state dir
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
+# What the kubelet's container manager writes (setupKernelTunables) when protectKernelDefaults is off.
+KUBELET_SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
+REQUIRED_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
+MNT_DETACH = 2
+NODE_PROGRAMS = frozenset({"containerd", "kubelet", "containerd-shim-runc-v2"})
+
+
+class NodeError(RuntimeError):
+    """The real node cannot run here or did not come up; the message says why."""
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Every file and directory of the real node, under one data dir and one run dir."""
+
+    data: Path = DATA_DIR
+    run: Path = RUN_DIR
+
+    @property
+    def owner(self) -> Path:
+        return self.run / "owner.pid"
+
+    @property
+    def socket(self) -> Path:
+        return self.run / "containerd.sock"
+
+    @property
+    def containerd_config(self) -> Path:
+        return self.data / "containerd.toml"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.data / "cni" / "net.d"
+
+    @property
+    def cni_state(self) -> Path:
+        return self.data / "cni" / "state"
+
+    @property
+    def kubelet_root(self) -> Path:
+        return self.data / "kubelet"
+
+    @property
+    def kubelet_config(self) -> Path:
+        return self.data / "kubelet-config.yaml"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.data / "kubelet.kubeconfig"
+
+    @property
+    def pod_logs(self) -> Path:
+        return self.data / "pod-logs"
+
+    @property
+    def sysctls(self) -> Path:
+        return self.data / "sysctls.json"
+
+    def containerd(self) -> ContainerdPaths:
+        return ContainerdPaths(
+            root=self.data / "containerd",
+            state=self.run / "containerd",
+            socket=self.socket,
+            cni_conf_dir=self.cni_conf_dir,
+        )
+
+
+@dataclass(frozen=True)
+class NodeNet:
+    """The real node's addresses inside the cluster's 198.19.N.0/24 (see the module doc)."""
+
+    index: int
+
+    @property
+    def subnet(self) -> str:
+        return f"198.19.{self.index}.64/26"
+
+    @property
+    def node_ip(self) -> str:
+        return f"198.19.{self.index}.65"
+
+    @property
+    def range_start(self) -> str:
+        return f"198.19.{self.index}.66"
+
+    @property
+    def range_end(self) -> str:
+        return f"198.19.{self.index}.126"
+
+
+# ------------------------------------------------------------------ configuration (pure)
+def cni_conflist(net: NodeNet, paths: NodePaths) -> str:
+    """Bridge + host-local IPAM; the bridge already holds the gateway (node) IP; no NAT, no portmap."""
+    doc = {
+        "cniVersion": "1.0.0",
+        "name": CNI_NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": False,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": str(paths.cni_state),
+                    "ranges": [
+                        [
+                            {
+                                "subnet": net.subnet,
+                                "rangeStart": net.range_start,
+                                "rangeEnd": net.range_end,
+                                "gateway": net.node_ip,
+                            }
+                        ]
+                    ],
+                    "routes": [{"dst": "0.0.0.0/0", "gw": net.node_ip}],
+                },
+            }
+        ],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def kubelet_config(net: NodeNet, paths: NodePaths, ca_file: Path) -> str:
+    """KubeletConfiguration for this kind of machine (cgroup v1, no systemd, swap, no DNS)."""
+    doc = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "failCgroupV1": False,  # 1.35 refuses cgroup v1 unless told
+        "cgroupDriver": "cgroupfs",
+        "failSwapOn": False,
+        "containerRuntimeEndpoint": f"unix://{paths.socket}",
+        "imageServiceEndpoint": f"unix://{paths.socket}",
+        "address": net.node_ip,  # the apiserver reaches the kubelet API (logs, exec) here
+        "port": 10250,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 10248,
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(ca_file)},  # the apiserver's kubelet client cert
+        },
+        "authorization": {"mode": "AlwaysAllow"},  # any client that got past x509 is the apiserver
+        "podLogsDir": str(paths.pod_logs),
+        "resolvConf": "",  # pods get no nameserver: nothing may leave the machine
+        "clusterDNS": [],
+        "serializeImagePulls": False,
+        "maxPods": 50,  # the /26 holds 61 pod IPs
+        "registerNode": True,
+        "rotateCertificates": False,
+        "serverTLSBootstrap": False,
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        "imageGCHighThresholdPercent": 98,
+        "imageGCLowThresholdPercent": 95,
+        "nodeStatusReportFrequency": "10s",
+        "syncFrequency": "10s",
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def kubelet_argv(kubelet: Path, name: str, net: NodeNet, paths: NodePaths) -> list[str]:
+    return [
+        str(kubelet),
+        f"--config={paths.kubelet_config}",
+        f"--kubeconfig={paths.kubeconfig}",
+        f"--root-dir={paths.kubelet_root}",
+        f"--cert-dir={paths.kubelet_root / 'pki'}",
+        f"--hostname-override={name}",
+        f"--node-ip={net.node_ip}",
+        "--v=1",
+    ]
+
+
+def containerd_argv(paths: NodePaths) -> list[str]:
+    return ["containerd", "--config", str(paths.containerd_config), "--log-level", "warn"]
+
+
+# ------------------------------------------------------------------ host state
+def missing_prerequisites() -> str | None:
+    """Why a real node cannot run on this machine, or None when it can."""
+    if os.geteuid() != 0:
+        return "the real node needs root (kubelet, containerd, cgroups, iptables, bridges)"
+    missing = [t for t in REQUIRED_TOOLS if not shutil.which(t)]
+    if not Path("/usr/lib/cni/bridge").exists():
+        missing.append("/usr/lib/cni/bridge")
+    if missing:
+        return (
+            f"missing {', '.join(missing)}: apt-get install containerd runc containernetworking-plugins "
+            "iptables conntrack (scripts/setup.sh does it as root)"
+        )
+    return None
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _mentions(paths: NodePaths) -> list[int]:
+    """Pids of the node's containerd, kubelet and shims: those programs, with the node's dirs in their
+    command line (a shim names the socket). Nothing else is touched, not even a ``tail -f`` of a log."""
+    needles = (str(paths.data) + "/", str(paths.run) + "/")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) in NODE_PROGRAMS and any(n in a for a in argv for n in needles):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _kubepods_cgroups() -> list[Path]:
+    """Every kubepods cgroup dir, deepest first (v1 controllers and the unified hierarchy)."""
+    tops = [*CGROUP_ROOT.glob("*/kubepods"), *CGROUP_ROOT.glob("kubepods")]
+    found: list[Path] = []
+    for top in tops:
+        if top.is_dir():
+            found += [Path(d) for d, _, _ in os.walk(top)]
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def _cgroup_pids(cgroups: list[Path]) -> set[int]:
+    pids: set[int] = set()
+    for cg in cgroups:
+        pids.update(int(x) for x in _read(cg / "cgroup.procs").split() if x.isdigit())
+    pids.discard(os.getpid())
+    return pids
+
+
+def _unescape_mount(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts_under(paths: NodePaths) -> list[str]:
+    """Mount points under the node's dirs, deepest first (from /proc/self/mountinfo)."""
+    roots = (str(paths.data), str(paths.run))
+    points = []
+    for line in _read(Path("/proc/self/mountinfo")).splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            point = _unescape_mount(fields[4])
+            if any(point == r or point.startswith(r + "/") for r in roots):
+                points.append(point)
+    return sorted(set(points), key=lambda p: p.count("/"), reverse=True)
+
+
+def _umount(point: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(point.encode(), MNT_DETACH)
+
+
+def _chain_rules(binary: str) -> list[tuple[str, list[str]]]:
+    """(table, ``-A ...`` rule words) of rules that jump to, or live in, the kubelet's chains."""
+    found = []
+    for table in ("filter", "nat", "mangle"):
+        proc = _run([binary, "-w", "-t", table, "-S"])
+        for line in proc.stdout.splitlines():
+            words = line.split()
+            if words[:1] == ["-A"] and any(c in words for c in KUBELET_CHAINS):
+                found.append((table, words))
+    return found
+
+
+def _chains(binary: str) -> list[tuple[str, str]]:
+    found = []
+    for table in ("filter", "nat", "mangle"):
+        proc = _run([binary, "-w", "-t", table, "-S"])
+        for line in proc.stdout.splitlines():
+            words = line.split()
+            if words[:1] == ["-N"] and len(words) > 1 and words[1] in KUBELET_CHAINS:
+                found.append((table, words[1]))
+    return found
+
+
+def _iptables_binaries() -> list[str]:
+    return [b for b in ("iptables", "ip6tables") if shutil.which(b)]
+
+
+def _log_links(paths: NodePaths) -> list[Path]:
+    if not CONTAINER_LOG_LINKS.is_dir():
+        return []
+    return [
+        p
+        for p in CONTAINER_LOG_LINKS.iterdir()
+        if p.is_symlink() and os.readlink(p).startswith(str(paths.pod_logs) + "/")
+    ]
+
+
+def _cni_results(paths: NodePaths) -> list[Path]:
+    """libcni's cached results of the node's pods: its bridge network's, and the loopback ones
+    containerd adds (``cni-loopback-<sandbox>-lo``), recognised by their netns under the run dir."""
+    results = CNI_CACHE / "results"
+    if not results.is_dir():
+        return []
+    ours = str(paths.run) + "/"
+    return sorted(p for p in results.iterdir() if p.name.startswith(f"{CNI_NETWORK}-") or ours in _read(p))
+
+
+def _shim_sockets(paths: NodePaths) -> list[Path]:
+    """Sockets of the node's shims in :data:`SHIM_SOCKETS` (each task's bundle names its ``address``)."""
+    tasks = paths.run / "containerd" / "io.containerd.runtime.v2.task"
+    found = []
+    for address in tasks.glob("*/*/address"):
+        sock = Path(_read(address).strip().removeprefix("unix://"))
+        if sock.parent == SHIM_SOCKETS and sock.exists():
+            found.append(sock)
+    return sorted(found)
+
+
+def _bridge_exists() -> bool:
+    return Path(f"/sys/class/net/{BRIDGE}").exists()
+
+
+def host_leftovers(paths: NodePaths | None = None) -> list[str]:
+    """What of a real node is on this host now (empty after :func:`clean_host`)."""
+    paths = paths or NodePaths()
+    out = [f"process {pid}" for pid in _mentions(paths)]
+    cgroups = _kubepods_cgroups()
+    out += [f"cgroup {cg}" for cg in cgroups]
+    out += [f"process {pid} in kubepods" for pid in sorted(_cgroup_pids(cgroups))]
+    out += [f"mount {m}" for m in _mounts_under(paths)]
+    for binary in _iptables_binaries():
+        out += [f"{binary} -t {t} chain {c}" for t, c in _chains(binary)]
+    if _bridge_exists():
+        out.append(f"bridge {BRIDGE}")
+    out += [f"log link {p}" for p in _log_links(paths)]
+    out += [f"CNI result {p}" for p in _cni_results(paths)]
+    out += [f"shim socket {p}" for p in _shim_sockets(paths)]
+    if DEVICE_PLUGIN_SOCKET.exists():
+        out.append(f"kubelet socket {DEVICE_PLUGIN_SOCKET}")
+    out += [f"dir {d}" for d in (paths.data, paths.run) if d.exists()]
+    return out
+
+
+def _kill(pids: set[int] | list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _until(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def record_sysctls(paths: NodePaths) -> None:
+    """Keep the host's values of the sysctls the kubelet will set (only if none are recorded yet)."""
+    if paths.sysctls.exists():
+        return
+    values = {k: _read(Path("/proc/sys") / k).strip() for k in KUBELET_SYSCTLS}
+    paths.sysctls.write_text(json.dumps({k: v for k, v in values.items() if v}) + "\n")
+
+
+def _restore_sysctls(paths: NodePaths) -> None:
+    try:
+        values: dict[str, str] = json.loads(paths.sysctls.read_text())
+    except (OSError, ValueError):
+        return
+    for key, value in values.items():
+        with contextlib.suppress(OSError):
+            target = Path("/proc/sys") / key
+            if target.read_text().strip() != value:
+                target.write_text(value)
+
+
+def clean_host(paths: NodePaths | None = None) -> list[str]:
+    """Remove every trace of a real node (see the module doc); idempotent. Returns what it found."""
+    paths = paths or NodePaths()
+    found = host_leftovers(paths)
+    # 1. processes: containerd, kubelet, shims by their cmdline; then everything in kubepods
+    _kill(_mentions(paths))
+    _until(lambda: not _mentions(paths), 10)
+    for _ in range(3):
+        pids = _cgroup_pids(_kubepods_cgroups())
+        if not pids:
+            break
+        _kill(pids)
+        _until(lambda: not _cgroup_pids(_kubepods_cgroups()), 5)
+    # 2. mounts (kubelet root self-bind, volumes, rootfs overlays, shm, netns), deepest first
+    for point in _mounts_under(paths):
+        _umount(point)
+    # 3. kubepods cgroups, children before parents (a cgroup just emptied may need a moment)
+    for _ in range(20):
+        for cg in _kubepods_cgroups():
+            with contextlib.suppress(OSError):
+                cg.rmdir()
+        if not _kubepods_cgroups():
+            break
+        time.sleep(0.1)
+    # 4. the kubelet's iptables chains: jumps first, then flush and delete each chain
+    for binary in _iptables_binaries():
+        for table, words in _chain_rules(binary):
+            if words[1] not in KUBELET_CHAINS:
+                _run([binary, "-w", "-t", table, "-D", *words[1:]])
+        for table, chain in _chains(binary):
+            _run([binary, "-w", "-t", table, "-F", chain])
+            _run([binary, "-w", "-t", table, "-X", chain])
+    # 5. network, log links, CNI result cache
+    if _bridge_exists():
+        _run(["ip", "link", "del", BRIDGE])
+    for link in _log_links(paths):
+        link.unlink(missing_ok=True)
+    for result in _cni_results(paths):
+        result.unlink(missing_ok=True)
+    for sock in [*_shim_sockets(paths), DEVICE_PLUGIN_SOCKET]:  # (a killed shim leaves its socket)
+        sock.unlink(missing_ok=True)
+    shared = (CNI_CACHE / "results", CNI_CACHE, CONTAINER_LOG_LINKS, SHIM_SOCKETS, SHIM_SOCKETS.parent)
+    for d in (*shared, DEVICE_PLUGIN_SOCKET.parent, DEVICE_PLUGIN_SOCKET.parent.parent):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only when empty: other users of the host keep theirs
+    # 6. sysctls back, then the node's dirs
+    _restore_sysctls(paths)
+    for d in (paths.data, paths.run):
+        shutil.rmtree(d, ignore_errors=True)
+    return found
+
+
+def owner_pid(paths: NodePaths | None = None) -> int | None:
+    """The live process that runs the real node, if any."""
+    paths = paths or NodePaths()
+    try:
+        pid = int(_read(paths.owner).strip())
+    except ValueError:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def clean_if_abandoned(paths: NodePaths | None = None) -> list[str]:
+    """:func:`clean_host` unless a live process still runs the node (for ``cluster down`` and starts)."""
+    paths = paths or NodePaths()
+    pid = owner_pid(paths)
+    if pid is not None and pid != os.getpid():
+        return []
+    return clean_host(paths)
+
+
+# ------------------------------------------------------------------ the node
+class RealNode:
+    """Prepares the host for one kubelet + containerd; the cluster spawns and waits for them.
+
+    Order: :meth:`prepare` (claims the machine, cleans leftovers, bridge, configs), spawn
+    ``containerd_argv()``, :meth:`containerd_ready`, :meth:`import_images`, spawn
+    ``kubelet_argv()``; at the end stop both processes and call :meth:`cleanup`.
+    """
+
+    def __init__(self, name: str, index: int, paths: NodePaths | None = None) -> None:
+        self.name = name
+        self.net = NodeNet(index)
+        self.paths = paths or NodePaths()
+        self.ctr = Ctr(self.paths.socket)
+        self._claimed = False
+
+    def prepare(self, ca_file: Path, kubeconfig: str, handlers: tuple[str, ...], sandbox_image: str) -> None:
+        why = missing_prerequisites()
+        if why:
+            raise NodeError(why)
+        pid = owner_pid(self.paths)
+        if pid is not None and pid != os.getpid():
+            raise NodeError(f"a real node already runs on this machine (owner pid {pid}); one per machine")
+        leftovers = clean_host(self.paths)
+        if leftovers:
+            print(f"[cmcp-e2e node] removed leftovers of an earlier run: {leftovers[:10]}", flush=True)
+        p = self.paths
+        for d in (p.run, p.data, p.cni_conf_dir, p.cni_state, p.kubelet_root, p.pod_logs):
+            d.mkdir(parents=True, exist_ok=True)
+        p.owner.write_text(str(os.getpid()))
+        self._claimed = True
+        record_sysctls(p)
+        for step in (
+            ["ip", "link", "add", BRIDGE, "type", "bridge"],
+            ["ip", "addr", "add", f"{self.net.node_ip}/26", "dev", BRIDGE],
+            ["ip", "link", "set", BRIDGE, "up"],
+        ):
+            proc = _run(step)
+            if proc.returncode != 0:
+                raise NodeError(f"{' '.join(step)}: {proc.stderr.strip()}")
+        p.containerd_config.write_text(containerd_config(p.containerd(), sandbox_image, handlers))
+        (p.cni_conf_dir / "10-cmcp-e2e-node.conflist").write_text(cni_conflist(self.net, p))
+        p.kubelet_config.write_text(kubelet_config(self.net, p, ca_file))
+        p.kubeconfig.write_text(kubeconfig)
+        p.kubeconfig.chmod(0o600)
+
+    def containerd_argv(self) -> list[str]:
+        return containerd_argv(self.paths)
+
+    def kubelet_argv(self, kubelet: Path) -> list[str]:
+        return kubelet_argv(kubelet, self.name, self.net, self.paths)
+
+    def containerd_ready(self) -> bool:
+        self.ctr.run("version", timeout=5)
+        return True
+
+    def import_images(self, archives: list[Path]) -> None:
+        for archive in archives:
+            self.ctr.import_archive(archive)
+
+    def cleanup(self) -> list[str]:
+        """After the kubelet and containerd stopped: :func:`clean_host` (only if this process claimed it)."""
+        if not self._claimed:
+            return []
+        self._claimed = False
+        return clean_host(self.paths)
