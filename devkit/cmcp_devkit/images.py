@@ -128,17 +128,23 @@ def ensure_base() -> str:
 def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: str = VERSION) -> Built:
     """One image from its Dockerfile, as an OCI archive in ``out_dir``."""
     reference = f"localhost/cmcp-{name}:{tag}"
+    # buildah's store is the machine's: a tag of this build's own, so builds running side by side
+    # (two checkouts, a test's clean-up) do not take each other's image; the archive names `reference`
+    local = f"{reference}-build{os.getpid()}"
     argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
             "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
             "--build-arg", f"SOURCE_DATE_EPOCH={epoch}",  # useradd's /etc/shadow date: not the build's day
-            "-f", DOCKERFILES[name], "-t", reference]
+            "-f", DOCKERFILES[name], "-t", local]
     if HOST_CA.is_file():
         argv += ["--volume", f"{HOST_CA}:{_MOUNTED_CA}:ro", "--build-arg", f"PIP_CERT={_MOUNTED_CA}"]
     started = time.monotonic()
     _run(*argv, ".", cwd=ROOT)
     archive = out_dir / f"cmcp-{name}.oci.tar"
     archive.unlink(missing_ok=True)
-    _run("buildah", "push", "--quiet", reference, f"oci-archive:{archive}:{reference}")
+    try:
+        _run("buildah", "push", "--quiet", local, f"oci-archive:{archive}:{reference}")
+    finally:
+        subprocess.run(["buildah", "rmi", local], capture_output=True)
     built = Built(name, reference, archive_digest(archive), archive.stat().st_size, str(archive))
     _log(f"{reference} {built.digest} ({built.size_bytes / 1e6:.1f} MB, {time.monotonic() - started:.0f} s)")
     return built
