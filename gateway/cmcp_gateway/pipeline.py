@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,6 +281,31 @@ class Answer:
     events: Relay | Conversation | None = None
 
 
+async def unbroken(work: Awaitable[Any]) -> Any:
+    """``work`` (a decision and what follows it) run to its end even if the stream awaiting it is
+    cancelled because its agent left: cut mid-way, a decision half-written to the enclave's
+    shared ``DecideStream`` makes gRPC cancel that stream, failing every other call on it. An
+    answer that arrives for nobody is closed."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_close_unread)
+        raise
+
+
+def _close_unread(task: asyncio.Future[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    answer = task.result()
+    if isinstance(answer, Answer) and answer.events is not None:
+        _closing.add(closing := asyncio.ensure_future(answer.events.aclose()))
+        closing.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Future[None]] = set()  # closes under way (a task is kept until it is done)
+
+
 class Conversation:
     """A stateful request whose upstream may need the agent's input (MCP 2026-07-28 multi-round
     trip), as the agent's SSE stream: the upstream's notifications, then, while its answer is an
@@ -329,7 +354,7 @@ class Conversation:
                 else:
                     yield sse_event(jsonrpc.result_body(self._request_id, answer.result))
                     return
-                await self.let_ask(pending)
+                await unbroken(self.let_ask(pending))
                 if self._modern:  # it answers by repeating its request (call_target binds the answers)
                     yield sse_event(jsonrpc.result_body(self._request_id, pending))
                     return
@@ -339,7 +364,8 @@ class Conversation:
                 given = {"inputResponses": answers}
                 if isinstance(pending.get("requestState"), str):
                     given["requestState"] = pending["requestState"]
-                self._answer = await self._next_round(dataclasses.replace(self._target, input=given))
+                repeated = dataclasses.replace(self._target, input=given)
+                self._answer = await unbroken(self._next_round(repeated))
             raise CmcpError(Code.UPSTREAM_UNAVAILABLE,
                             f"the upstream still needs input after {MAX_INPUT_ROUNDS} rounds")
         except FailedRequest as failed:

@@ -57,8 +57,8 @@ class SessionEvents:
         session = self._session
         request = {"notifications": {"resourceSubscriptions": uris}}
         try:
-            answer = await pipeline.call(self._runtime, session, f"cmcp-listen-{uuid.uuid4().hex}", LISTEN,
-                                         request, streaming=True)
+            answer = await pipeline.unbroken(pipeline.call(
+                self._runtime, session, f"cmcp-listen-{uuid.uuid4().hex}", LISTEN, request, streaming=True))
         except (FailedRequest, CmcpError) as exc:
             code = exc.code if isinstance(exc, FailedRequest) else str(exc.code)
             log.warning("listen refused", extra={"session_id": session.id, "code": code})

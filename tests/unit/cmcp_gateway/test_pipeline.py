@@ -12,6 +12,7 @@ import base64
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,34 @@ async def test_weakened_writer_that_swallows_store_errors_forwards_an_unrecorded
     await pipeline.call(wired.runtime, wired.session, 5, "tools/call",
                              {"name": "payments.transfer", "arguments": TRANSFER})
     assert wired.upstream.counter["payments.transfer"] == 1  # forwarded, unrecorded
+
+
+async def test_a_decision_is_not_cut_when_the_agent_leaves_the_stream_awaiting_it() -> None:
+    """The front cancels a stream whose agent left; the decision it was awaiting runs to its end
+    (cut mid-write, gRPC would cancel the enclave stream shared by every call), and an answer
+    that arrives for nobody is closed."""
+    written = asyncio.Event()
+    closed = asyncio.Event()
+
+    class Events:
+        def __aiter__(self) -> Any:
+            return self
+
+        async def __anext__(self) -> bytes:
+            raise StopAsyncIteration
+
+        async def aclose(self) -> None:
+            closed.set()
+
+    async def decide() -> pipeline.Answer:
+        await asyncio.sleep(0.05)  # the write to the enclave's stream
+        written.set()
+        return pipeline.Answer(events=Events())  # type: ignore[arg-type]
+
+    stream = asyncio.ensure_future(pipeline.unbroken(decide()))
+    await asyncio.sleep(0.01)
+    stream.cancel()  # the agent left
+    with pytest.raises(asyncio.CancelledError):
+        await stream
+    await asyncio.wait_for(written.wait(), 2)
+    await asyncio.wait_for(closed.wait(), 2)
