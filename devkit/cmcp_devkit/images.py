@@ -128,8 +128,8 @@ def ensure_base() -> str:
 def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: str = VERSION) -> Built:
     """One image from its Dockerfile, as an OCI archive in ``out_dir``."""
     reference = f"localhost/cmcp-{name}:{tag}"
-    # buildah's store is the machine's: a tag of this build's own, so builds running side by side
-    # (two checkouts, a test's clean-up) do not take each other's image; the archive names `reference`
+    # buildah's store is the machine's: the build and the archive's push use a tag of their own, so
+    # builds side by side (two checkouts, a test's clean-up) cannot swap images; `reference` is set after
     local = f"{reference}-build{os.getpid()}"
     argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
             "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
@@ -143,6 +143,7 @@ def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: st
     archive.unlink(missing_ok=True)
     try:
         _run("buildah", "push", "--quiet", local, f"oci-archive:{archive}:{reference}")
+        _run("buildah", "tag", local, reference)  # what `buildah push` to a registry starts from
     finally:
         subprocess.run(["buildah", "rmi", local], capture_output=True)
     built = Built(name, reference, archive_digest(archive), archive.stat().st_size, str(archive))

@@ -151,3 +151,12 @@ def test_the_accounts_and_owners_are_debians_and_dated_by_the_commit(built: dict
     chage, _ = entries["usr/bin/chage"]
     assert shadow.gid == chage.gid == 42  # Debian's shadow group
     assert chage.mode & 0o2000  # still setgid (to shadow)
+
+
+def test_the_members_wheels_were_built_with_the_locked_setuptools(built: dict[str, images.Built]) -> None:
+    lock = (images.ROOT / "uv.lock").read_text()
+    locked = re.search(r'^name = "setuptools"\nversion = "([^"]+)"$', lock, re.M)
+    assert locked is not None
+    wheel = "opt/cmcp/lib/python3.11/site-packages/cmcp_core-0.1.0.dist-info/WHEEL"
+    _, text = _entries(built["enclave"], wheel)[wheel]
+    assert f"Generator: setuptools ({locked.group(1)})" in text.decode()

@@ -62,3 +62,16 @@ def test_every_runtime_stage_takes_the_commit_time() -> None:
         text = (images.ROOT / dockerfile).read_text()
         final = text[text.rindex("\nFROM "):]
         assert "\nARG SOURCE_DATE_EPOCH\n" in final, name
+
+
+def test_the_members_wheels_are_built_with_the_locked_setuptools() -> None:
+    """Its version is written into the members' dist-info (WHEEL): PyPI's newest would move the digest."""
+    import re
+
+    lock = (images.ROOT / "uv.lock").read_text()
+    assert len(re.findall(r'^name = "setuptools"\nversion = "[^"]+"$', lock, re.M)) == 1
+    for name, dockerfile in images.DOCKERFILES.items():
+        text = (images.ROOT / dockerfile).read_text()
+        assert "uv.lock > build-constraints.txt" in text and "test -s build-constraints.txt" in text, name
+        pinned = r"PIP_CONSTRAINT=/src/build-constraints.txt \\\n +\S+ --python \S+ install --no-deps"
+        assert re.search(pinned, text), name
