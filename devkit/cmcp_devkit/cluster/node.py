@@ -24,8 +24,10 @@ and before every start, so a crashed run's leftovers go) takes back:
 * the node's dirs :data:`DATA_DIR` and :data:`RUN_DIR`.
 
 One real node per machine: kubepods cgroups and the kubelet's iptables chains are host-wide.
-``owner.pid`` in :data:`RUN_DIR` says who runs it; a second start fails with a clear message
-while that process lives.
+``owner.pid`` in :data:`RUN_DIR` says who runs it. A second start waits for the machine's node
+lock (:data:`NODE_LOCK`, an ``flock`` the kernel drops when its holder dies) for up to
+``CMCP_E2E_NODE_WAIT_SECONDS`` (default 0: fail at once with a clear message), so several
+engineers' test runs on one machine queue instead of failing.
 
 Network: the bridge holds the node IP ``198.19.N.65/26`` (N = the cluster's pod-network index,
 ``podnet.py``), pods get ``198.19.N.66-126`` from host-local IPAM, their default route is the
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -54,6 +57,7 @@ from .containerd import ContainerdPaths, Ctr, containerd_config
 
 DATA_DIR = Path("/var/lib/cmcp-e2e-node")
 RUN_DIR = Path("/run/cmcp-e2e-node")
+NODE_LOCK = Path("/run/cmcp-e2e-node.lock")  # beside RUN_DIR: clean_host removes RUN_DIR
 BRIDGE = "cmcpnode0"
 CNI_NETWORK = "cmcp-e2e-node"
 CNI_CACHE = Path("/var/lib/cni")
@@ -544,14 +548,38 @@ class RealNode:
         self.paths = paths or NodePaths()
         self.ctr = Ctr(self.paths.socket)
         self._claimed = False
+        self._lock_fd: int | None = None
+
+    def _lock_machine(self) -> None:
+        """Hold :data:`NODE_LOCK` for the node's life; wait ``CMCP_E2E_NODE_WAIT_SECONDS`` for it."""
+        wait = float(os.environ.get("CMCP_E2E_NODE_WAIT_SECONDS", "0") or 0)
+        fd = os.open(NODE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fd = fd
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    pid = owner_pid(self.paths)
+                    raise NodeError(
+                        f"a real node already runs on this machine (owner pid {pid}); one per machine "
+                        "(set CMCP_E2E_NODE_WAIT_SECONDS to wait for it)"
+                    ) from None
+                time.sleep(1.0)
+
+    def _unlock_machine(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the only descriptor releases the flock
+            self._lock_fd = None
 
     def prepare(self, ca_file: Path, kubeconfig: str, handlers: tuple[str, ...], sandbox_image: str) -> None:
         why = missing_prerequisites()
         if why:
             raise NodeError(why)
-        pid = owner_pid(self.paths)
-        if pid is not None and pid != os.getpid():
-            raise NodeError(f"a real node already runs on this machine (owner pid {pid}); one per machine")
+        self._lock_machine()
         leftovers = clean_host(self.paths)
         if leftovers:
             print(f"[cmcp-e2e node] removed leftovers of an earlier run: {leftovers[:10]}", flush=True)
@@ -592,6 +620,10 @@ class RealNode:
     def cleanup(self) -> list[str]:
         """After the kubelet and containerd stopped: :func:`clean_host` (only if this process claimed it)."""
         if not self._claimed:
+            self._unlock_machine()
             return []
         self._claimed = False
-        return clean_host(self.paths)
+        try:
+            return clean_host(self.paths)
+        finally:
+            self._unlock_machine()

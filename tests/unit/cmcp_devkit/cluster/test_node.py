@@ -17,6 +17,7 @@ from cmcp_devkit.cluster.node import (
     CNI_NETWORK,
     NodeNet,
     NodePaths,
+    RealNode,
     cni_conflist,
     kubelet_argv,
     kubelet_config,
@@ -105,3 +106,19 @@ def test_sysctls_are_recorded_once_and_restored(tmp_path: Path, monkeypatch: pyt
     node.record_sysctls(paths)  # a second start keeps the host's values, not the kubelet's
     node._restore_sysctls(paths)
     assert (proc_sys / "kernel/panic").read_text().strip() == "0"
+
+
+def test_a_second_real_node_waits_for_the_machine_lock_then_fails_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node, "NODE_LOCK", tmp_path / "node.lock")
+    monkeypatch.setenv("CMCP_E2E_NODE_WAIT_SECONDS", "1")
+    first, second = RealNode("a", 1, NodePaths(tmp_path / "a", tmp_path / "ra")), RealNode(
+        "b", 1, NodePaths(tmp_path / "b", tmp_path / "rb")
+    )
+    first._lock_machine()
+    with pytest.raises(node.NodeError, match="one per machine"):
+        second._lock_machine()
+    first.cleanup()  # not claimed: only the lock goes
+    second._lock_machine()  # the machine is free again
+    second._unlock_machine()
