@@ -133,7 +133,9 @@ def start_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str 
                   route: str = DEFAULT_ROUTE, initdata_bytes: bytes | None = None,
                   measured_initdata: bytes | None = None, tee: str = "simulated",
                   extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                  timeout: float = 30.0) -> EnclaveProcess:
+                  timeout: float = 30.0, launcher: Sequence[str] = ()) -> EnclaveProcess:
+    """``launcher`` prefixes the command (e.g. ``unshare --pid --fork --mount-proc``: the enclave
+    as a PID namespace's init, as in a container)."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     data = initdata_bytes if initdata_bytes is not None else render_initdata(
@@ -147,7 +149,7 @@ def start_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str 
     if tee == "simulated":
         child_env.update(launcher_env(measured_initdata if measured_initdata is not None else data))
     child_env.update(env or {})
-    cmd = [sys.executable, "-m", "cmcp_enclave.main", "--bundle", str(bundle_dir),
+    cmd = [*launcher, sys.executable, "-m", "cmcp_enclave.main", "--bundle", str(bundle_dir),
            "--initdata", str(init_path), "--tee", tee, "--listen", "127.0.0.1:0",
            "--ready-file", str(ready_path), *extra_args]
     with open(stderr_path, "wb") as err:

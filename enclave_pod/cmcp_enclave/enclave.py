@@ -129,6 +129,8 @@ class Enclave:
         self._later: list[UpstreamOutcome] = []  # outcomes to record before anything else (settle)
         self._trusted: dict[str, Ed25519PublicKey] = {self.kid: self.public_key}  # trail signers
         self.on_refused_outcome: Callable[[Code], None] | None = None
+        self.stopping = False  # set by stop_accepting(): no new session from then on
+        self.on_outbox_emptied: Callable[[], None] | None = None  # a stop waits for it (shutdown.py)
 
     # ---- attestation ---------------------------------------------------------------------
 
@@ -178,6 +180,8 @@ class Enclave:
         (a ``PrincipalTrail`` from the audit store) is given: it is taken over from that
         (:mod:`cmcp_enclave.handover`), never started clean on its own."""
         check_id("principal", principal)
+        if self.stopping:
+            raise RequestError(Code.TEE_UNAVAILABLE, "this enclave is stopping; open the session on another")
         self.identify(principal, access_token)
         if self.outbox.full:
             raise RequestError(Code.AUDIT_OUTBOX_FULL,
@@ -305,7 +309,10 @@ class Enclave:
 
     def take_audit(self, since: int | None = None) -> list[bytes]:
         """The entries the next answer carries (see :mod:`cmcp_enclave.outbox`)."""
-        return self.outbox.take(since)
+        taken = self.outbox.take(since)
+        if self.on_outbox_emptied is not None and not len(self.outbox):
+            self.on_outbox_emptied()
+        return taken
 
     # ---- decisions -----------------------------------------------------------------------
     # A decision is admit (stateless checks) -> prepare (state read) -> judge (Cedar) -> commit
@@ -510,6 +517,20 @@ class Enclave:
         while len(self.closed) > self.limits.closed_kept:
             self.closed.popitem(last=False)
         return done
+
+    def stop_accepting(self) -> None:
+        """Open no new session (shutdown): the gateway opens its next one on another enclave."""
+        self.stopping = True
+
+    @_settled
+    def close_all(self, reason: str = "shutdown") -> int:
+        """Close every open session (shutdown), each with its close entry and Trust Record; a later
+        ``CloseSession`` still returns the record while the process lives. Unlike idle closes this
+        does not wait for a full outbox: the process is ending, memory is not the concern."""
+        open_ids = list(self.sessions)
+        for session_id in open_ids:
+            self.close(session_id, reason)
+        return len(open_ids)
 
     @_settled
     def expire_idle(self) -> list[str]:

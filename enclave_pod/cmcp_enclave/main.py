@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,12 +23,14 @@ from prometheus_client import start_http_server
 from cmcp_core import logs
 from cmcp_core.crypto import key_from_jwk
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.stop_signals import GRACE_SECONDS, STOP_SIGNALS, exit_on_stop_signals
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.log import log
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.scheduler import DecisionScheduler
 from cmcp_enclave.server import audit_counter, expiry_loop, serve
 from cmcp_enclave.sessions import EnclaveLimits
+from cmcp_enclave.shutdown import shut_down
 from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import make_provider
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the CPUs this process may use)")
     p.add_argument("--outbox-mb", type=int, default=64,
                    help="memory for signed audit entries no answer carried yet (full: no new session)")
+    p.add_argument("--shutdown-grace", type=float, default=float(GRACE_SECONDS), metavar="S",
+                   help="on SIGTERM, wait at most this long for the gateway to take the audit entries "
+                        "of the sessions it closes (keep it below the pod's terminationGracePeriodSeconds)")
     p.add_argument("--ready-file", default=env("CMCP_READY_FILE"))
     p.add_argument("--tsm-root", default=env("CMCP_TSM_ROOT"), help="configfs-tsm report directory")
     p.add_argument("--aa-url", default=env("CMCP_AA_URL"), help="attestation agent base URL")
@@ -115,7 +119,7 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
             "platform": enclave.startup_report.platform})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     interval = max(0.5, min(30.0, args.idle_timeout / 4))
     expiry = asyncio.create_task(expiry_loop(enclave, metrics, interval))
@@ -123,13 +127,17 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
     expiry.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await expiry
-    await server.stop(grace=2.0)
+    stopped = await shut_down(enclave, server, grace=args.shutdown_grace)
     scheduler.close()
-    log("stopped")
+    metrics.sessions_closed.labels("shutdown").inc(stopped.sessions_closed)
+    log("stopped", sessions_closed=stopped.sessions_closed,
+        audit_entries_undelivered=stopped.audit_entries_undelivered,
+        level="warning" if stopped.audit_entries_undelivered else "info")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    exit_on_stop_signals()  # a stop during the start-up checks ends the process, also as PID 1
     args = build_parser().parse_args(argv)
     logs.setup()
     missing = [n for n in ("bundle", "initdata", "tee") if not getattr(args, n)]

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 from cmcp_core import logs
 from cmcp_core.errors import CmcpError
 from cmcp_core.http_front import bounded
+from cmcp_core.stop_signals import GRACE_SECONDS, exit_on_stop_signals
 from cmcp_gateway.app import build
 from cmcp_gateway.auth import PeerCertHttpToolsProtocol, TokenStore
 from cmcp_gateway.config import GatewayConfig, load
@@ -37,7 +38,10 @@ def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warnin
     """uvicorn on uvloop with our httptools protocol (peer certificates reach the app) and optional (m)TLS.
 
     ``proxy_headers=False``: the gateway never reads the client address, so uvicorn's
-    X-Forwarded-* middleware would only add a layer to every request.
+    X-Forwarded-* middleware would only add a layer to every request. On SIGTERM uvicorn stops
+    accepting, lets in-flight requests finish for at most ``GRACE_SECONDS`` (an agent's open GET
+    stream would otherwise hold the stop forever), then runs the app's shutdown, which sends the
+    queued outcomes and drains the enclaves' audit entries into the store.
     """
     host, _, port = config.listen.rpartition(":")
     tls = config.tls
@@ -51,6 +55,7 @@ def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warnin
         http=bounded(PeerCertHttpToolsProtocol, front, _count_refusal),
         limit_concurrency=front.max_connections,
         lifespan="on",
+        timeout_graceful_shutdown=GRACE_SECONDS,
         access_log=False,
         proxy_headers=False,
         ssl_certfile=tls.cert if tls else None,
@@ -61,6 +66,7 @@ def uvicorn_config(config: GatewayConfig, app: ASGIApp, log_level: str = "warnin
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_on_stop_signals()  # a stop during start-up ends the process, also as a container's PID 1
     parser = argparse.ArgumentParser(prog="cmcp-gateway", description="cMCP gateway (MCP streamable HTTP)")
     parser.add_argument("--config", required=True, help="YAML/JSON gateway config")
     parser.add_argument("--listen", help="override the config's HOST:PORT")

@@ -18,6 +18,7 @@ from cmcp_core.http_front import BoundedHttpToolsProtocol, FrontDoorLimits, boun
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.route_source import McpRouteSource
 from cmcp_core.route_status import RouteRef
+from cmcp_core.stop_signals import GRACE_SECONDS, exit_on_stop_signals
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.lifetime import DEFAULT_CLOCK_SKEW_SECONDS, LifetimePolicy
@@ -76,6 +77,7 @@ def _route(text: str) -> RouteRef:
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_on_stop_signals()  # a stop during start-up ends the process, also as a container's PID 1
     parser = argparse.ArgumentParser(prog="cmcp-guard", description="cMCP upstream guard (verifying proxy)")
     parser.add_argument("--listen", default="127.0.0.1:8090")
     parser.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:9001")
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         build_proxy(args.upstream, guard), host=host, port=int(port), log_level="warning", access_log=False,
         http=bounded(BoundedHttpToolsProtocol, front, _count_refusal),
         limit_concurrency=front.max_connections,
+        timeout_graceful_shutdown=GRACE_SECONDS,  # SIGTERM: in-flight requests finish, bounded
     )
 
 

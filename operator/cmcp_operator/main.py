@@ -14,6 +14,7 @@ import kopf
 
 from cmcp_core import appraisal_options, gateway_identity
 from cmcp_core.launch_policy import IMAGE_DIGEST_RE
+from cmcp_core.stop_signals import STOP_SIGNALS, exit_on_stop_signals
 from cmcp_operator.config import DEFAULT_IMAGE, OperatorConfig
 from cmcp_operator.handlers import register
 
@@ -107,13 +108,30 @@ async def run_operator(config: OperatorConfig, *, stop_flag: asyncio.Event | thr
     )
 
 
+async def run_until_stopped(config: OperatorConfig) -> None:
+    """Kopf until SIGTERM or SIGINT; then its cleanup handlers run and it returns.
+
+    Kopf installs its own handlers only once its tasks are spawned; a stop before that would
+    reach :func:`~cmcp_core.stop_signals.exit_on_stop_signals`'s, whose ``SystemExit`` inside the
+    event loop leaves asyncio cancelling Kopf's half-started tasks, which took until its API
+    retries gave up (about a minute with the apiserver away). The loop handlers set Kopf's own
+    stop flag instead, at any point of its start-up.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    await run_operator(config, stop_flag=stop)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    exit_on_stop_signals()  # a stop before the event loop runs ends the process, also as PID 1
     config = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not config.verbose:  # one INFO line per pod event is noise; our own loggers say what matters
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    asyncio.run(run_operator(config))
+    asyncio.run(run_until_stopped(config))
 
 
 if __name__ == "__main__":
