@@ -6,10 +6,9 @@ audience and mode) before trusting a key, so a wrong or hostile status can deny 
 never make a key trusted that fails those checks. The status's ``keyThumbprint`` /
 ``publicKeyJwk`` are deliberately never used.
 
-Cluster credentials: an explicit kubeconfig path, else ``$KUBECONFIG`` (as kubectl does; a
-``:``-separated list is merged), else the pod's in-cluster ServiceAccount, else
-``~/.kube/config``. The reader needs ``get`` on ``mcproutes.cmcp.dev`` in the route's
-namespace, nothing more.
+Cluster credentials: as every component finds them (:mod:`cmcp_core.kube_config`: an explicit
+kubeconfig, ``$KUBECONFIG``, the pod's in-cluster ServiceAccount, ``~/.kube/config``). The
+reader needs ``get`` on ``mcproutes.cmcp.dev`` in the route's namespace, nothing more.
 
 Needs the ``cmcp-core[kubernetes]`` extra; the enclave never imports this module. The client
 library is imported on the first read, not with this module: it adds tens of MiB of resident
@@ -19,30 +18,8 @@ endpoints should not pay.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
+from cmcp_core.kube_config import load_configuration
 from cmcp_core.route_status import GROUP, PLURAL, VERSION, RouteRef, RouteStatus
-
-
-async def _load_configuration(kubeconfig: str | None) -> Any:
-    """A fresh client configuration per read, so rotated ServiceAccount tokens are picked up.
-
-    Loaded into a private ``Configuration`` (never the process-wide default), so two sources
-    with different credentials in one process cannot interfere.
-    """
-    from kubernetes_asyncio import client, config  # lazy: see the module docstring
-
-    configuration = client.Configuration()
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path:
-        await config.load_kube_config(config_file=path, client_configuration=configuration)
-        return configuration
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        await config.load_kube_config(client_configuration=configuration)
-    return configuration
 
 
 async def read_route_status(
@@ -51,7 +28,7 @@ async def read_route_status(
     """One ``get`` of the ``McpRoute``; its status, typed. Raises on any API error."""
     from kubernetes_asyncio import client  # lazy: see the module docstring
 
-    configuration = await _load_configuration(kubeconfig)
+    configuration = await load_configuration(kubeconfig)
     async with client.ApiClient(configuration=configuration) as api:
         obj = await client.CustomObjectsApi(api).get_namespaced_custom_object(
             group, VERSION, route.namespace, PLURAL, route.name

@@ -26,7 +26,7 @@ from cmcp_operator.constants import (
     ROUTE_PLURAL,
     VERSION,
 )
-from cmcp_operator.kube import Kube, load_client
+from cmcp_operator.kube import Kube, connection_info, load_client
 from cmcp_operator.pod_appraisal import VerifierFn
 from cmcp_operator.route_controller import RouteController
 from cmcp_operator.verifier import load_verifier
@@ -78,8 +78,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig,
 
     @on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        """In-cluster service account first, then KUBECONFIG (explicit registries get no default)."""
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        """The same order as every other client (cmcp_core.kube_config): $KUBECONFIG if set, else
+        the pod's ServiceAccount, else ~/.kube/config (explicit registries get no default)."""
+        return connection_info(**kwargs)
 
     @on.cleanup(registry=registry)
     async def cleanup(memo: Any, **_: Any) -> None:

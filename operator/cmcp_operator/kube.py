@@ -3,12 +3,15 @@ for owned objects (idempotent, no read-modify-write races) and merge patches for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
-from kubernetes_asyncio import client, config
+import kopf
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from cmcp_core.kube_config import explicit_kubeconfig, in_cluster_server, load_configuration
 from cmcp_operator.constants import (
     ATTESTED_CONDITION,
     BUNDLE_PLURAL,
@@ -25,12 +28,25 @@ STRATEGIC = "application/strategic-merge-patch+json"
 
 
 async def load_client() -> client.ApiClient:
-    """In-cluster service account first, then KUBECONFIG / ~/.kube/config."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        await config.load_kube_config()
-    return client.ApiClient()
+    """$KUBECONFIG if set, else the pod's ServiceAccount, else ~/.kube/config (cmcp_core.kube_config)."""
+    return client.ApiClient(configuration=await load_configuration())
+
+
+def connection_info(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Kopf's credentials in the same order as :func:`load_client` (cmcp_core.kube_config).
+
+    Kopf's own defaults differ twice: it tries the ServiceAccount first even when ``$KUBECONFIG``
+    names another cluster, and it sends the ServiceAccount's token to
+    ``https://kubernetes.default.svc``, a name only cluster DNS resolves (the operator's watches
+    failed where none runs). The address is the one the kubelet gives every pod instead.
+    """
+    if explicit_kubeconfig():
+        return kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    if info is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    server = in_cluster_server()
+    return dataclasses.replace(info, server=server) if server else info
 
 
 async def _json(coro: Any) -> Any:

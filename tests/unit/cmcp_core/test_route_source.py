@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from cmcp_core.route_source import McpRouteSource, _load_configuration, read_route_status
+from cmcp_core.kube_config import load_configuration
+from cmcp_core.route_source import McpRouteSource, read_route_status
 from cmcp_core.route_status import RouteRef
 from cmcp_devkit.upstream import free_port
 
@@ -34,10 +35,10 @@ async def test_kubeconfig_env_is_honoured(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "kubeconfig"
     path.write_text(json.dumps(doc))
     monkeypatch.setenv("KUBECONFIG", str(path))
-    assert (await _load_configuration(None)).host == "https://kube.example:6443"
+    assert (await load_configuration(None)).host == "https://kube.example:6443"
     other = tmp_path / "explicit"
     other.write_text(json.dumps({**doc, "clusters": [{"name": "c", "cluster": {"server": "https://b:1"}}]}))
-    assert (await _load_configuration(str(other))).host == "https://b:1"
+    assert (await load_configuration(str(other))).host == "https://b:1"
 
 
 async def test_route_reader_gets_the_status_addresses(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,9 +18,11 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from cmcp_core.kube_config import SERVICE_ACCOUNT_DIR
 from cmcp_operator import rbac
 from cmcp_operator.constants import ATTESTED_CONDITION, BUNDLE_PLURAL, FIELD_MANAGER, GROUP, ROUTE_PLURAL
 from cmcp_operator.kube import APPLY, MERGE, STRATEGIC, Kube
+from tests.helpers.in_cluster import TOKEN, needs_mount_namespaces, run_in_pod, stand_in_apiserver
 
 VERBS = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}
 
@@ -223,3 +226,50 @@ async def test_other_errors_are_raised_not_swallowed(kube: Any, status: int) -> 
             await call()
         assert err.value.status == status
     assert all(r.released for r in kube.transport.responses)
+
+
+# ----------------------------------------------------------------------------- in-cluster configuration
+OPERATOR_IN_POD = """
+import asyncio, logging
+import kopf
+from cmcp_operator.kube import Kube, connection_info, load_client
+async def main():
+    kube = Kube(await load_client())
+    try:
+        print("route", await kube.get_route("cmcp", "r"))
+    finally:
+        await kube.close()
+asyncio.run(main())
+info = connection_info(logger=logging.getLogger("login"), settings=kopf.OperatorSettings())
+print("kopf", info.server, info.token, info.ca_path, info.default_namespace)
+"""
+
+
+@needs_mount_namespaces
+def test_in_a_pod_the_operator_and_kopf_use_the_service_account(tmp_path: Path) -> None:
+    """Its own client and Kopf's login both reach KUBERNETES_SERVICE_HOST/PORT with the token,
+    trusting only the ServiceAccount's CA (the stand-in's certificate is signed by it alone)."""
+    with stand_in_apiserver(tmp_path) as apiserver:
+        ran = run_in_pod(OPERATOR_IN_POD, apiserver, tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert apiserver.seen == [(f"/apis/{GROUP}/v1alpha1/namespaces/cmcp/{ROUTE_PLURAL}/r", f"Bearer {TOKEN}")]
+    kopf_line = next(line for line in ran.stdout.splitlines() if line.startswith("kopf "))
+    assert kopf_line.split() == ["kopf", f"https://127.0.0.1:{apiserver.port}", TOKEN,
+                                 f"{SERVICE_ACCOUNT_DIR}/ca.crt", "cmcp"]
+
+
+@needs_mount_namespaces
+def test_kopf_takes_the_kubeconfig_the_environment_names_even_in_a_pod(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://elsewhere.example:6443"}}],
+        "users": [{"name": "u", "user": {"token": "from-the-kubeconfig"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    login = ("import logging\nimport kopf\nfrom cmcp_operator.kube import connection_info\n"
+             "info = connection_info(logger=logging.getLogger('login'), settings=kopf.OperatorSettings())\n"
+             "print(info.server, info.token)\n")
+    with stand_in_apiserver(tmp_path) as apiserver:
+        ran = run_in_pod(login, apiserver, tmp_path, env={"KUBECONFIG": str(kubeconfig)})
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.split() == ["https://elsewhere.example:6443", "from-the-kubeconfig"]
