@@ -28,7 +28,7 @@ k8s-binaries: setup
 mcp-conformance-suite: setup
 	$(VENV)/python -m cmcp_devkit.mcp_conformance
 
-# The four images from their Dockerfiles with buildah, reproducibly, as OCI archives in
+# The four images from the one Dockerfile (COMPONENT=enclave|gateway|guard|operator) with buildah, reproducibly, as OCI archives in
 # .cache/images/ (with images.json: reference, digest, size); see cmcp_devkit.images.
 images: setup
 	$(VENV)/python -m cmcp_devkit.images

@@ -1,8 +1,9 @@
-"""Build the enclave, gateway, guard and operator images from their Dockerfiles, reproducibly.
+"""Build the enclave, gateway, guard and operator images from the one Dockerfile, reproducibly.
 
 ``python -m cmcp_devkit.images`` (``make images``) builds each with ``buildah`` (no Docker
-engine), on a Python base made from Debian's packages with ``mmdebstrap`` (no registry needs to
-be reachable; the Dockerfiles keep the public ``python:*-slim`` base as their default), and
+engine) from the repository's ``Dockerfile`` (build argument ``COMPONENT`` selects the image),
+on a Python base made from Debian's packages with ``mmdebstrap`` (no registry needs to be
+reachable; the Dockerfile keeps the public ``python:*-slim`` base as its default), and
 writes each image as an OCI archive beside ``images.json`` (name, reference, digest, size).
 
 Why reproducible: the release manifest pins the enclave image by digest, so the same sources must
@@ -34,12 +35,13 @@ BASE_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 BASE_EPOCH = 1700000000  # the base's SOURCE_DATE_EPOCH: fixed, so the base is the same every time
 BASE_REF = f"localhost/cmcp-base:{BASE_VERSION}"
-# image name -> its Dockerfile (build context: the repository root)
-DOCKERFILES = {
-    "enclave": "enclave_pod/Dockerfile",
-    "gateway": "gateway/Dockerfile",
-    "guard": "guard/Dockerfile",
-    "operator": "operator/Dockerfile",
+DOCKERFILE = "Dockerfile"  # every image's (build context: the repository root)
+# image name (the Dockerfile's COMPONENT) -> the folder of its distribution
+COMPONENTS = {
+    "enclave": "enclave_pod",
+    "gateway": "gateway",
+    "guard": "guard",
+    "operator": "operator",
 }
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 _MOUNTED_CA = "/etc/ssl/cmcp-build-ca.crt"
@@ -126,7 +128,7 @@ def ensure_base() -> str:
 
 
 def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: str = VERSION) -> Built:
-    """One image from its Dockerfile, as an OCI archive in ``out_dir``."""
+    """One image from the Dockerfile (``COMPONENT=name``), as an OCI archive in ``out_dir``."""
     reference = f"localhost/cmcp-{name}:{tag}"
     # buildah's store is the machine's: the build and the archive's push use a tag of their own, so
     # builds side by side (two checkouts, a test's clean-up) cannot swap images; `reference` is set after
@@ -134,7 +136,7 @@ def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: st
     argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
             "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
             "--build-arg", f"SOURCE_DATE_EPOCH={epoch}",  # useradd's /etc/shadow date: not the build's day
-            "-f", DOCKERFILES[name], "-t", local]
+            "--build-arg", f"COMPONENT={name}", "-f", DOCKERFILE, "-t", local]
     if HOST_CA.is_file():
         argv += ["--volume", f"{HOST_CA}:{_MOUNTED_CA}:ro", "--build-arg", f"PIP_CERT={_MOUNTED_CA}"]
     started = time.monotonic()
@@ -169,7 +171,7 @@ def build_all(out_dir: Path, names: list[str] | None = None) -> list[Built]:
     out_dir.mkdir(parents=True, exist_ok=True)
     base = ensure_base()
     epoch = source_epoch()
-    built = [build(name, out_dir, epoch=epoch, base=base) for name in (names or list(DOCKERFILES))]
+    built = [build(name, out_dir, epoch=epoch, base=base) for name in (names or list(COMPONENTS))]
     (out_dir / "images.json").write_text(json.dumps([asdict(b) for b in built], indent=2) + "\n")
     return built
 
@@ -177,13 +179,13 @@ def build_all(out_dir: Path, names: list[str] | None = None) -> list[Built]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmcp_devkit.images", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"images to build (default: all of {', '.join(DOCKERFILES)})")
+                        help=f"images to build (default: all of {', '.join(COMPONENTS)})")
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "images",
                         help="where the OCI archives and images.json go (default: .cache/images)")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.names) - set(DOCKERFILES))
+    unknown = sorted(set(args.names) - set(COMPONENTS))
     if unknown:
-        parser.error(f"no such image: {', '.join(unknown)} (choose from {', '.join(DOCKERFILES)})")
+        parser.error(f"no such image: {', '.join(unknown)} (choose from {', '.join(COMPONENTS)})")
     try:
         built = build_all(args.out, args.names or None)
     except ImagesError as exc:

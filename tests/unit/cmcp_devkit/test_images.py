@@ -42,11 +42,34 @@ def test_an_unknown_image_name_is_a_usage_error(capsys: pytest.CaptureFixture[st
     assert "no such image: database" in capsys.readouterr().err
 
 
-def test_every_component_has_a_dockerfile() -> None:
-    for name, dockerfile in images.DOCKERFILES.items():
-        text = (images.ROOT / dockerfile).read_text()
-        assert "ARG PYTHON_IMAGE=python:3.11" in text, name  # the public base stays the default
-        assert "USER 65532:65532" in text, name
+def test_one_dockerfile_has_a_stage_for_every_component() -> None:
+    text = (images.ROOT / images.DOCKERFILE).read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11" in text  # the public base stays the default
+    assert "USER 65532:65532" in text
+    for name, folder in images.COMPONENTS.items():
+        assert f"FROM runtime AS image-{name}\n" in text, name
+        assert f'ENTRYPOINT ["cmcp-{name}"]' in text, name
+        assert (images.ROOT / folder / "pyproject.toml").is_file(), folder
+        assert f"COPY {folder} ./{folder}\n" in text, folder
+
+
+def test_each_build_selects_its_component(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one Dockerfile, with COMPONENT set to the image's name (the public base is only a default)."""
+    ran: list[tuple[str, ...]] = []
+
+    def run(*argv: str, cwd: Path | None = None) -> str:
+        ran.append(argv)
+        if argv[:2] == ("buildah", "push"):
+            _archive(Path(argv[-1].split(":")[1]), {"manifests": [{"digest": "sha256:" + "cd" * 32}]})
+        return ""
+
+    monkeypatch.setattr(images, "_run", run)
+    monkeypatch.setattr(images.subprocess, "run", lambda *a, **k: None)
+    built = images.build("guard", tmp_path, epoch=1, base="localhost/base:1")
+    (build,) = [argv for argv in ran if argv[:2] == ("buildah", "build")]
+    assert "COMPONENT=guard" in build and "PYTHON_IMAGE=localhost/base:1" in build
+    assert build[build.index("-f") + 1] == "Dockerfile"
+    assert built.digest == "sha256:" + "cd" * 32
 
 
 def test_the_base_is_a_tarball_without_device_nodes(tmp_path: Path) -> None:
@@ -58,10 +81,9 @@ def test_the_base_is_a_tarball_without_device_nodes(tmp_path: Path) -> None:
 
 def test_every_runtime_stage_takes_the_commit_time() -> None:
     """useradd dates /etc/shadow by SOURCE_DATE_EPOCH, so the final stage must declare it."""
-    for name, dockerfile in images.DOCKERFILES.items():
-        text = (images.ROOT / dockerfile).read_text()
-        final = text[text.rindex("\nFROM "):]
-        assert "\nARG SOURCE_DATE_EPOCH\n" in final, name
+    text = (images.ROOT / images.DOCKERFILE).read_text()
+    runtime = text[text.index("AS runtime\n"):text.index("AS image-")]
+    assert "\nARG SOURCE_DATE_EPOCH\n" in runtime
 
 
 def test_the_members_wheels_are_built_with_the_locked_setuptools() -> None:
@@ -70,8 +92,7 @@ def test_the_members_wheels_are_built_with_the_locked_setuptools() -> None:
 
     lock = (images.ROOT / "uv.lock").read_text()
     assert len(re.findall(r'^name = "setuptools"\nversion = "[^"]+"$', lock, re.M)) == 1
-    for name, dockerfile in images.DOCKERFILES.items():
-        text = (images.ROOT / dockerfile).read_text()
-        assert "uv.lock > build-constraints.txt" in text and "test -s build-constraints.txt" in text, name
-        pinned = r"PIP_CONSTRAINT=/src/build-constraints.txt \\\n +\S+ --python \S+ install --no-deps"
-        assert re.search(pinned, text), name
+    text = (images.ROOT / images.DOCKERFILE).read_text()
+    assert "uv.lock > build-constraints.txt" in text and "test -s build-constraints.txt" in text
+    pinned = r"PIP_CONSTRAINT=/src/build-constraints.txt \\\n +\S+ --python \S+ install --no-deps"
+    assert re.search(pinned, text)

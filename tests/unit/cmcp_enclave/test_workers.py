@@ -115,3 +115,27 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"  # a zombie has ended
+
+
+def test_with_no_writable_temp_dir_the_fork_server_uses_the_runtimes_tmpfs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only root and no /tmp volume (the enclave's pod): /dev/shm, not DECISION_WORKER_FAILED."""
+    import tempfile
+
+    from cmcp_enclave.workers import RUNTIME_TMPFS, ensure_temp_dir
+
+    def none_usable() -> str:
+        raise FileNotFoundError("No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "gettempdir", none_usable)
+    assert ensure_temp_dir() == RUNTIME_TMPFS == tempfile.tempdir
+
+
+def test_a_usable_temp_dir_is_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import tempfile
+
+    from cmcp_enclave.workers import ensure_temp_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert ensure_temp_dir() == str(tmp_path)
