@@ -30,9 +30,11 @@ USER = 65532
 # it (tests/unit/test_chart_static.py checks the chart against this): everything else is read-only.
 WRITABLE: dict[str, tuple[str, ...]] = {
     "enclave": ("/run/cmcp",),  # the initdata emptyDir (workloads.INITDATA_DIR); no /tmp
-    "gateway": ("/tmp", "/var/lib/cmcp-gateway"),  # tmp emptyDir, the audit store's volume
+    # tmp emptyDir, the audit store's volume, the TDX collateral cache
+    "gateway": ("/tmp", "/var/lib/cmcp-gateway", "/var/cache/cmcp/tdx-collateral"),
     "guard": (),  # the chart does not run it; nothing is needed
-    "operator": ("/tmp",),  # tmp emptyDir (the webhook's minted certificates)
+    # tmp emptyDir (the webhook's minted certificates), the TDX collateral cache
+    "operator": ("/tmp", "/var/cache/cmcp/tdx-collateral"),
 }
 
 

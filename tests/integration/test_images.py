@@ -41,10 +41,14 @@ from tests.helpers.held_cedar import BIG_ARGUMENTS, HELD_TOOL
 from tests.helpers.oci_run import Container
 from tests.paths import EXAMPLES
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("buildah") is None or shutil.which("mmdebstrap") is None,
-    reason="building images needs root, buildah and mmdebstrap (scripts/setup.sh installs them as root)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("buildah") is None or shutil.which("mmdebstrap") is None,
+        reason="building images needs root, buildah and mmdebstrap (scripts/setup.sh installs them as root)",
+    ),
+    # the first test builds all four images (about 2.5 min alone, over 5 min on a busy machine)
+    pytest.mark.timeout(1800),
+]
 
 ENTRYPOINTS = {"enclave": "cmcp-enclave", "gateway": "cmcp-gateway", "guard": "cmcp-guard",
                "operator": "cmcp-operator"}

@@ -981,3 +981,22 @@ def test_a_cluster_without_storage_may_keep_the_trail_in_the_pod() -> None:
     assert {v["name"]: v for v in pod["volumes"]}["audit"] == {"name": "audit", "emptyDir": {}}
     config = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
     assert config["audit"]["store"].startswith("sqlite:var/lib/cmcp-gateway/")
+
+
+@pytest.mark.parametrize("name", ["gateway", "operator"])
+def test_the_chart_runs_each_image_as_its_user_read_only_with_what_it_writes(name: str) -> None:
+    """The securityContext and writable mounts the images were run with under runc
+    (tests/integration/test_images.py, tests/helpers/oci_run.WRITABLE) are the chart's."""
+    from tests.helpers.oci_run import USER, WRITABLE
+
+    deployment = one(render("simulated-values.yaml"), "Deployment", name)
+    pod = deployment["spec"]["template"]["spec"]
+    spec = container(deployment)
+    context = {**pod.get("securityContext", {}), **spec["securityContext"]}
+    assert context["readOnlyRootFilesystem"] is True and context["runAsNonRoot"] is True
+    assert context["runAsUser"] == context["runAsGroup"] == USER
+    assert context["capabilities"] == {"drop": ["ALL"]} and context["allowPrivilegeEscalation"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"] for m in spec["volumeMounts"] if not m.get("readOnly")
+                and ("emptyDir" in volumes[m["name"]] or "persistentVolumeClaim" in volumes[m["name"]])}
+    assert writable == set(WRITABLE[name])
