@@ -43,6 +43,7 @@ COMPONENTS = {
     "guard": "guard",
     "operator": "operator",
 }
+DOCKERFILES = dict.fromkeys(COMPONENTS, DOCKERFILE)  # image name -> the Dockerfile it is built from
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 _MOUNTED_CA = "/etc/ssl/cmcp-build-ca.crt"
 
@@ -136,7 +137,8 @@ def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: st
     argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
             "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
             "--build-arg", f"SOURCE_DATE_EPOCH={epoch}",  # useradd's /etc/shadow date: not the build's day
-            "--build-arg", f"COMPONENT={name}", "-f", DOCKERFILE, "-t", local]
+            "--build-arg", f"COMPONENT={name}",  # selects the image in the one Dockerfile
+            "-f", DOCKERFILES[name], "-t", local]
     if HOST_CA.is_file():
         argv += ["--volume", f"{HOST_CA}:{_MOUNTED_CA}:ro", "--build-arg", f"PIP_CERT={_MOUNTED_CA}"]
     started = time.monotonic()

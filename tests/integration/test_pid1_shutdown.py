@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -28,7 +29,7 @@ from cmcp_devkit.enclave import NO_TRAIL, EnclaveProcess, start_enclave
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.release import write_dev_release
 from tests.helpers.gateway_stack import AUDIENCE
-from tests.helpers.pid1 import PID1_LAUNCHER, init_of, needs_pid_namespaces, start_as_pid1
+from tests.helpers.pid1 import PID1_LAUNCHER, Pid1Process, init_of, needs_pid_namespaces, start_as_pid1
 from tests.paths import EXAMPLES, ROOT
 
 pytestmark = needs_pid_namespaces
@@ -124,7 +125,35 @@ def _wait_logged(needle: str, log: Path) -> None:
     raise AssertionError(f"never logged {needle!r}:\n{log.read_text()[-3000:]}")
 
 
-def test_the_gateway_as_pid1_stops_on_sigterm(tmp_path: Path, enclave: EnclaveProcess) -> None:
+def _answered_after_sigterm(proc: Pid1Process, port: int, path: str, headers: dict[str, str]) -> str:
+    """Half a request is in flight when SIGTERM arrives; the server stops accepting (a new
+    connection is refused), and the rest of the request still gets its answer before it exits 0."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "email.send_external", "arguments": {}}}).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in {
+        "Host": f"127.0.0.1:{port}", "Content-Type": "application/json", "Connection": "close",
+        "Accept": "application/json, text/event-stream", "Content-Length": str(len(body)), **headers}.items())
+    with socket.create_connection(("127.0.0.1", port), timeout=BOUND) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode() + body[:10])
+        os.kill(proc.host_pid, signal.SIGTERM)
+        for _ in range(1200):  # the stop has begun once the listener is closed
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) != 0:
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the server kept accepting after SIGTERM")
+        sock.sendall(body[10:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert proc.launcher.wait(timeout=BOUND) == 0
+    return answer.decode(errors="replace")
+
+
+def test_the_gateway_as_pid1_answers_what_is_in_flight_and_stops_on_sigterm(
+    tmp_path: Path, enclave: EnclaveProcess
+) -> None:
     port = free_port()
     config = tmp_path / "gw.json"
     config.write_text(json.dumps({
@@ -135,10 +164,13 @@ def test_the_gateway_as_pid1_stops_on_sigterm(tmp_path: Path, enclave: EnclavePr
     log = tmp_path / "gw.log"
     gateway = start_as_pid1([str(BIN / "cmcp-gateway"), "--config", str(config)], log=log, cwd=ROOT)
     _wait_listening(port, log)
-    assert gateway.stop(within=BOUND) == 0, log.read_text()[-3000:]
+    answer = _answered_after_sigterm(gateway, port, "/mcp/demo", {"MCP-Protocol-Version": "2025-06-18"})
+    assert answer.startswith("HTTP/1.1 ") and '"jsonrpc"' in answer, answer
 
 
-def test_the_guard_as_pid1_stops_on_sigterm(tmp_path: Path, enclave: EnclaveProcess) -> None:
+def test_the_guard_as_pid1_answers_what_is_in_flight_and_stops_on_sigterm(
+    tmp_path: Path, enclave: EnclaveProcess
+) -> None:
     port = free_port()
     log = tmp_path / "guard.log"
     guard = start_as_pid1([str(BIN / "cmcp-guard"), "--listen", f"127.0.0.1:{port}",
@@ -146,7 +178,9 @@ def test_the_guard_as_pid1_stops_on_sigterm(tmp_path: Path, enclave: EnclaveProc
                            "--enclave", enclave.address, "--expected-bundle-hash", enclave.bundle_hash,
                            "--allow-simulated", *write_dev_release(tmp_path).argv()], log=log, cwd=ROOT)
     _wait_listening(port, log)
-    assert guard.stop(within=BOUND) == 0, log.read_text()[-3000:]
+    answer = _answered_after_sigterm(guard, port, "/mcp", {
+        "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "email.send_external"})
+    assert answer.startswith("HTTP/1.1 403 ") and "PERMIT_MISSING" in answer, answer
 
 
 def _operator_argv(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
