@@ -172,6 +172,8 @@ class LocalStack:
             str(ready),
             "--permit-ttl",
             str(self.permit_ttl),
+            "--shutdown-grace",  # the stack stops its gateways too: nobody would drain
+            "0",
         ]
 
     def _enclave_proc(
