@@ -38,7 +38,7 @@ _WHY_NOT = missing_prerequisites() or (
 pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=_WHY_NOT or "")
 
 Obj = dict[str, Any]
-INITDATA = base64.b64encode(gzip.compress(b'version = "0.1.0"\nalgorithm = "sha384"\n')).decode()
+INITDATA = base64.b64encode(gzip.compress(b'version = "0.1.0"\nalgorithm = "sha384"\n[data]\n')).decode()
 ANNOTATIONS = {
     "io.katacontainers.config.hypervisor.cc_init_data": INITDATA,
     "example.com/not-for-kata": "stays out of the OCI spec",
