@@ -226,8 +226,8 @@ CRASHING_OWNER = textwrap.dedent(
 
 
 def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
-    """Also the NetworkPolicy engine's nftables table (when this host can run the engine): the
-    engine dies with its owner (PDEATHSIG) and leaves the table that drops the guarded traffic."""
+    """Also the NetworkPolicy engine's packet steering (when this host can run the engine): the engine
+    dies with its owner (PDEATHSIG) and leaves the chain that drops new pod connections."""
     before = _shared_entries()
     with_engine = netpol.missing_prerequisites() is None
     owner = subprocess.Popen(
@@ -246,7 +246,7 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     assert any("in kubepods" in x for x in left), f"the shim's containers outlive their owner: {left}"
     assert any(x.startswith("mount ") for x in left)
     if with_engine:
-        assert f"nftables table inet {netpol.NFT_TABLE}" in left, left
+        assert f"iptables -t mangle chain {netpol.STEERING_CHAIN}" in left, left
     # a cache root of its own: `down` must not stop a cluster someone else has `up` on this machine
     env = {**os.environ, "CMCP_E2E_CACHE": str(tmp_path / "cache")}
     down = subprocess.run(
@@ -255,5 +255,5 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     )
     assert down.returncode == 0, down.stderr
     assert host_leftovers() == []
-    assert not netpol.table_present()
+    assert not netpol.steering_present() and not netpol.table_present()
     assert _shared_entries() - before == set()

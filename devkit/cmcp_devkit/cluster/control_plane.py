@@ -442,8 +442,9 @@ class LocalCluster:
         finally:
             kube.close()
         started = time.monotonic()
+        netpol.install_steering(node.net.subnet)  # fail closed from here: no engine, no new pod connections
         self._spawn(NETWORK_POLICY_ENGINE, netpol.engine_argv(engine, kubeconfig, node.name))
-        self._wait("the NetworkPolicy engine's table and queue", netpol.engine_ready, 60,
+        self._wait("the NetworkPolicy engine on its queue", netpol.engine_ready, 60,
                    logs=(NETWORK_POLICY_ENGINE,))
         self.network_policy_ready_seconds = time.monotonic() - started
 

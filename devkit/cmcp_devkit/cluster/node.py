@@ -11,8 +11,9 @@ and before every start, so a crashed run's leftovers go) takes back:
 * processes: containerd, the kubelet, containerd-shim-runc-v2, the NetworkPolicy engine
   ``cmcp-netpol`` (``netpol.py``) and the containers (the shims detach, so a crash leaves them
   running): killed via their cmdlines and the kubepods cgroups;
-* the engine's nftables table ``inet cmcp-e2e-netpol`` with its nfqueue rules (a killed engine
-  leaves it, and it drops the guarded pods' new connections: fail closed until removed);
+* the engine's packet steering, the iptables chain ``mangle CMCP-NETPOL`` with its jump from
+  ``POSTROUTING``, and its nftables table ``inet cmcp-e2e-netpol`` where the kernel lets it write
+  one (a killed engine leaves them, and they drop new pod connections: fail closed until removed);
 * mounts under the node's dirs: the kubelet bind-mounts its root dir onto itself, volumes
   (tmpfs), container rootfs overlays, sandbox /dev/shm, the pods' network namespaces;
 * cgroups ``/sys/fs/cgroup/<controller>/kubepods`` (removed depth-first, after their processes);
@@ -498,8 +499,8 @@ def clean_host(paths: NodePaths | None = None) -> list[str]:
         for table, chain in _chains(binary):
             _run([binary, "-w", "-t", table, "-F", chain])
             _run([binary, "-w", "-t", table, "-X", chain])
-    # 4b. the NetworkPolicy engine's nftables table (its queue rules go with it); engine killed in 1.
-    netpol.remove_table()
+    # 4b. the NetworkPolicy engine's steering chain and table (the engine was killed in 1.)
+    netpol.remove_from_host()
     # 5. network, log links, CNI result cache
     if _bridge_exists():
         _run(["ip", "link", "del", BRIDGE])

@@ -5,7 +5,6 @@ role, its command line, and how readiness and the guarded pod set are read off t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -48,17 +47,21 @@ def test_queue_bound_reads_the_kernels_queue_table(tmp_path: Path, monkeypatch: 
     assert not netpol.queue_bound()
 
 
-def test_set_elements_reads_nft_json() -> None:
-    out = {"nftables": [
-        {"metainfo": {"version": "1.0.6"}},
-        {"set": {"family": "inet", "name": netpol.POD_SET, "elem": ["198.19.9.66", "198.19.9.67"]}},
-    ]}
-    assert netpol.set_elements(json.dumps(out)) == {"198.19.9.66", "198.19.9.67"}
-    assert netpol.set_elements(json.dumps({"nftables": [{"set": {"name": netpol.POD_SET}}]})) == set()
+def test_steering_skips_roots_sockets_and_established_flows_then_queues_the_pod_subnet() -> None:
+    rules = netpol.steering_rules("198.19.9.64/26")
+    assert rules[:2] == [
+        ["-m", "owner", "--uid-owner", "0", "-j", "RETURN"],
+        ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"],
+    ]
+    queue = ["-j", "NFQUEUE", "--queue-num", str(netpol.QUEUE_ID)]
+    assert rules[2:] == [["-s", "198.19.9.64/26", *queue], ["-d", "198.19.9.64/26", *queue]]
+    assert not any("--queue-bypass" in rule for rule in rules)  # no engine listening: dropped
 
 
 def test_prerequisites_name_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(netpol.shutil, "which", lambda name: None)
+    assert "apt-get install iptables" in (netpol.missing_prerequisites() or "")
+    monkeypatch.setattr(netpol.shutil, "which", lambda name: None if name == "nft" else f"/usr/sbin/{name}")
     assert "apt-get install nftables" in (netpol.missing_prerequisites() or "")
     monkeypatch.setattr(netpol.shutil, "which", lambda name: f"/usr/sbin/{name}")
     monkeypatch.setattr(netpol, "QUEUE_STATS", tmp_path / "none")
@@ -74,7 +77,7 @@ def test_prerequisites_name_what_is_missing(tmp_path: Path, monkeypatch: pytest.
     assert netpol.missing_prerequisites() is None
 
 
-def test_without_nft_there_is_no_table_to_report_or_remove(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_tools_there_is_nothing_to_report_or_remove(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(netpol.shutil, "which", lambda name: None)
     assert netpol.host_leftovers() == []
-    netpol.remove_table()  # nothing to do, no error
+    netpol.remove_from_host()  # nothing to do, no error
