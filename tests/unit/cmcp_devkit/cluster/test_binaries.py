@@ -168,3 +168,17 @@ def test_a_failed_netpol_build_is_an_error_and_leaves_no_stamp(cache: Path, tmp_
     with pytest.raises(BinariesError, match=r"go build cmcp-netpol failed:\n.*undefined: X"):
         binaries.ensure_netpol(str(go))
     assert not (cache / f"kube-network-policies-v{binaries.NETPOL_VERSION}-go1.26" / ".stamp").exists()
+
+
+def test_main_builds_the_netpol_engine_ahead_only_for_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(binaries, "ensure_all", lambda: Binaries(*(Path(f"/b/{i}") for i in range(6))))
+    monkeypatch.setattr(binaries, "ensure_netpol", lambda: Path("/c/cmcp-netpol"))
+    monkeypatch.setattr(binaries.os, "geteuid", lambda: 0)
+    assert binaries.main() == 0
+    assert "cmcp_netpol=/c/cmcp-netpol" in capsys.readouterr().out.splitlines()
+    monkeypatch.setattr(binaries.os, "geteuid", lambda: 1000)
+    assert binaries.main() == 0
+    out = capsys.readouterr().out
+    assert "helm=/b/5" in out.splitlines() and "cmcp_netpol" not in out
