@@ -15,6 +15,7 @@ gateway-labelled pod gets through. Weakened counterparts: with the enclave polic
 same outsider connection succeeds (so the refusal is the engine enforcing that policy, not a
 broken network); with the engine SIGKILLed the steering stays and even the gateway is refused
 (fail closed) until ``stop`` removes it.
+The engine's own certificate may list pods, namespaces and policies and nothing else.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import yaml
 from cmcp_devkit.cluster import netpol
 from cmcp_devkit.cluster.binaries import ensure_client_tools
 from cmcp_devkit.cluster.control_plane import NETWORK_POLICY_ENGINE, REAL_NODE_NAME, LocalCluster
-from cmcp_devkit.cluster.kube import Kube
+from cmcp_devkit.cluster.kube import Kube, KubeError
 from cmcp_devkit.cluster.node import host_leftovers, missing_prerequisites
 from cmcp_devkit.cluster.oci import ImageFile, write_image_archive
 from cmcp_devkit.release import write_dev_release
@@ -203,6 +204,29 @@ def test_weakened_without_the_enclave_policy_the_outsider_connects(net: Net) -> 
     finally:
         net.kube.create(path, net.policy)
     assert net.eventually(NAMESPACE, "outsider", GRPC_PORT, "timeout") == "timeout"
+
+
+def test_the_engines_identity_can_only_read_what_it_enforces(net: Net) -> None:
+    """The engine's own certificate: list pods, namespaces and policies; nothing else (a stolen
+    kubeconfig cannot read Secrets, change a policy or start a pod)."""
+    assert net.cluster.real_node is not None
+    engine = Kube.from_kubeconfig(net.cluster.real_node.paths.netpol_kubeconfig)
+    try:
+        for path in ("/api/v1/pods", "/api/v1/namespaces", "/apis/networking.k8s.io/v1/networkpolicies"):
+            assert "items" in engine.get(path)
+        policies = f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies"
+        refused = [
+            lambda: engine.get(f"/api/v1/namespaces/{NAMESPACE}/secrets"),
+            lambda: engine.get(f"{policies}/{net.policy['metadata']['name']}"),  # get is not list
+            lambda: engine.delete(f"{policies}/{net.policy['metadata']['name']}"),
+            lambda: engine.create(f"/api/v1/namespaces/{TENANT}/pods", _pod("x", {}, ["serve", "1"])),
+        ]
+        for attempt in refused:
+            with pytest.raises(KubeError) as err:
+                attempt()
+            assert err.value.status == 403
+    finally:
+        engine.close()
 
 
 def test_a_killed_engine_fails_closed_and_stop_removes_its_steering(net: Net) -> None:
