@@ -6,6 +6,10 @@
 // it; the real node runs the engine as a host process with its own client certificate, so this
 // main takes a kubeconfig, stops on SIGTERM or SIGINT and returns once the engine removed its
 // nftables table. Dev-kit only: the product itself is Python.
+//
+// On a kernel without nft_queue (CONFIG_NFT_QUEUE unset, as on this project's machines) the
+// engine's table cannot load and it logs so on every sync; the node then steers packets to its
+// queue with an iptables NFQUEUE chain (../netpol.py, docs/adr/0021).
 package main
 
 import (
