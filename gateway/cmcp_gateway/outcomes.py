@@ -105,7 +105,8 @@ class OutcomeQueue:
         """What the next ``Decide`` carries. Whatever it cannot carry (beyond ``MAX_CARRIED``, or
         everything for an enclave that carries none) goes alone now, and every outcome that went
         alone is stored before this returns: no decision runs ahead of an outcome reported before
-        it (the guarantee in docs/ARCHITECTURE.md, "The audit trail"; ADR 0021)."""
+        it (the guarantee in docs/ARCHITECTURE.md, "The audit trail"; ADR 0021). The wait is
+        bounded by each ``Complete``'s own deadline; one that fails is logged as lost."""
         carried = self.take() if self.carries is not False else []
         if self.ready:
             self.flush_now()
