@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import uvloop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import start_http_server
 
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         taken = enclave.identity.add_keys(offered) if usable and enclave.identity else []
         log("issuer keys offered", file=path, pinned_keys_taken=len(taken))
     try:
-        return asyncio.run(_run(enclave, metrics, args))
+        return uvloop.run(_run(enclave, metrics, args))  # docs/adr/0020-uvloop-everywhere.md
     except OSError as exc:
         log("listen-failed", level="error", detail=str(exc))
         return 1
