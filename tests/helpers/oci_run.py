@@ -29,7 +29,9 @@ USER = 65532
 # What each container may write, as the chart's pod templates and the operator's enclave pod give
 # it (tests/unit/test_chart_static.py checks the chart against this): everything else is read-only.
 WRITABLE: dict[str, tuple[str, ...]] = {
-    "enclave": ("/run/cmcp",),  # the initdata emptyDir (workloads.INITDATA_DIR); no /tmp
+    # none: its bundle and initdata volumes are read-only and there is no /tmp; only the
+    # runtime's /dev/shm (every container's) is writable (cmcp_enclave.workers.ensure_temp_dir)
+    "enclave": (),
     # tmp emptyDir, the audit store's volume, the TDX collateral cache
     "gateway": ("/tmp", "/var/lib/cmcp-gateway", "/var/cache/cmcp/tdx-collateral"),
     "guard": (),  # the chart does not run it; nothing is needed
