@@ -14,8 +14,8 @@ import kopf
 import pytest
 from cryptography import x509
 
-from cmcp_operator.config import OperatorConfig
 from cmcp_operator import webhook
+from cmcp_operator.config import OperatorConfig
 from cmcp_operator.webhook import ServiceWebhookServer, build_server, mint_certificates
 
 
