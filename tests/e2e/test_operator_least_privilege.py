@@ -81,6 +81,7 @@ GRANTS_INDEX = {id(g): i for i, g in enumerate(g for g in rbac.GRANTS if g.mode 
 DEFAULT_GRANTS = [g for g in rbac.GRANTS if g.mode in ("both", "namespaces") and g.feature != "peering"]
 PEERING_GRANTS = [g for g in rbac.GRANTS if g.mode == "namespaces" and g.feature == "peering"]
 PEERING = ("--set", "operator.peering.enabled=true")
+CLUSTER_MODE = ("--set", "operator.watchScope=cluster", *PEERING)  # the opt-in, ClusterKopfPeering
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,11 @@ class Release:
         return next((d["metadata"]["name"] for d in self.docs if d["kind"] == "KopfPeering"), "")
 
     def apply(self) -> None:
-        objs = [d for kind in (*RBAC_KINDS, "KopfPeering") for d in self.operator_objects(kind)]
+        objs = [
+            d
+            for kind in (*RBAC_KINDS, "KopfPeering", "ClusterKopfPeering")
+            for d in self.operator_objects(kind)
+        ]
         objs += [d for d in self.docs if d["kind"].endswith("WebhookConfiguration")]
         self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
         for path in WEBHOOK_PATHS:  # a previous run's entries: the new operator fills them in
@@ -339,9 +344,17 @@ def release_finalizers(kube: Kube, ns: str) -> None:
 def release(cluster: E2ECluster, crds: None, namespace: str, dev_release: DevRelease) -> Iterator[Release]:
     yield Release.render(cluster, namespace, dev_release)
     release_finalizers(cluster.kube, namespace)
-    for kind, plural in (("ClusterRoleBinding", "clusterrolebindings"), ("ClusterRole", "clusterroles")):
-        for d in [d for d in Release.render(cluster, namespace, dev_release).docs if d["kind"] == kind]:
-            cluster.kube.delete(f"/apis/rbac.authorization.k8s.io/v1/{plural}/{d['metadata']['name']}")
+    cluster_scoped = {
+        "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        "ClusterKopfPeering": "/apis/kopf.dev/v1/clusterkopfpeerings",
+    }
+    for d in Release.render(cluster, namespace, dev_release, *CLUSTER_MODE).docs:
+        if (
+            d["kind"] in cluster_scoped
+            and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"
+        ):
+            cluster.kube.delete(f"{cluster_scoped[d['kind']]}/{d['metadata']['name']}")
 
 
 def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -357,7 +370,7 @@ def test_chart_renders_each_default_grant_in_its_role(release: Release) -> None:
     assert sorted(map(key, rendered)) == sorted(key(g.rule) for g in DEFAULT_GRANTS)
 
 
-@pytest.mark.parametrize("values", [(), PEERING], ids=["default", "peering"])
+@pytest.mark.parametrize("values", [(), PEERING, CLUSTER_MODE], ids=["default", "peering", "cluster-mode"])
 def test_the_full_role_runs_the_whole_scenario(
     release: Release, values: tuple[str, ...], tmp_path: Path
 ) -> None:
