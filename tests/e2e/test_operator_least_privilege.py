@@ -232,7 +232,9 @@ class Release:
 class Operator:
     """``cmcp-operator`` as a process under the release's ServiceAccount token."""
 
-    def __init__(self, release: Release, workdir: Path, *, weaken: str | None = None) -> None:
+    def __init__(
+        self, release: Release, workdir: Path, *, weaken: str | None = None, kubeconfig: Path | None = None
+    ) -> None:
         self.log = workdir / "operator.log"
         cmd = [str(Path(sys.executable).with_name("cmcp-operator"))]
         if weaken:  # test code only: run main() after ``weaken`` (a statement) changed the operator
@@ -241,7 +243,7 @@ class Operator:
                 "-c",
                 f"import sys; {weaken}; from cmcp_operator.main import main; main(sys.argv[1:])",
             ]
-        env = {**os.environ, "KUBECONFIG": str(release.kubeconfig(workdir / "kubeconfig"))}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig or release.kubeconfig(workdir / "kubeconfig"))}
         self.proc = subprocess.Popen(
             [*cmd, *release.argv()],
             stdout=self.log.open("wb"),
@@ -465,6 +467,40 @@ def test_without_the_read_before_create_the_operator_needs_create(release: Relea
         )
     finally:
         op.stop()
+
+
+def test_run_by_hand_with_more_rights_the_operator_creates_missing_configurations(
+    release: Release, tmp_path: Path
+) -> None:
+    """Outside the chart (no configuration yet, a user allowed to create one: here the admin),
+    reading first falls back to Kopf's create, so a hand-run operator still registers its webhook."""
+    kube = release.cluster.kube
+    for path in WEBHOOK_PATHS:
+        kube.delete(path)
+    kube.wait_for("the configurations gone", lambda: not _exists(kube, WEBHOOK_PATHS[0]))
+    op = Operator(release, tmp_path, kubeconfig=release.cluster.kubeconfig)
+    try:
+        kube.wait_for(
+            "the operator to create and fill its configuration",
+            lambda: (
+                _exists(kube, WEBHOOK_PATHS[0]) and len(kube.get(WEBHOOK_PATHS[0]).get("webhooks") or []) >= 3
+            ),
+            timeout=120,
+            on_timeout=op.tail,
+        )
+        assert _exists(kube, WEBHOOK_PATHS[1])
+    finally:
+        op.stop()
+
+
+def _exists(kube: Kube, path: str) -> bool:
+    try:
+        kube.get(path)
+    except KubeError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def test_the_operator_token_is_refused_outside_its_role(release: Release, tmp_path: Path) -> None:
