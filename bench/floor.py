@@ -7,6 +7,11 @@ stack; it answers each message with itself) and forwards the body with the gatew
 pooled HTTP/1.1 client to the same unguarded ``mcp`` SDK upstream the direct target is.
 No authentication, JSON parsing, Cedar, signing, verification or guard.
 
+A third variant replaces the gRPC stream with what a lean decision hop would be (issue 21,
+docs/adr/0024-lean-decision-hop.md): 4-byte length-prefixed frames over one long-lived TCP
+connection, ``asyncio.Protocol`` on uvloop at both ends. It is the floor of that hop's parts,
+not the hop: no handshake, heartbeat, deadline or backpressure is in it.
+
 Whatever this overhead is, the real gateway cannot go below it on this machine; the gap
 between the two is what the product's own work costs. Numbers are reported, never asserted.
 
@@ -18,15 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import grpc
 import uvicorn
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,8 +67,70 @@ async def serve_echo(port: int) -> None:
     await server.wait_for_termination()
 
 
-def serve_null_gateway(port: int, echo_port: int | None, upstream: str) -> None:
-    """``echo_port`` None: the HTTP hop alone, no gRPC round trip."""
+FRAME = struct.Struct(">I")  # a frame's length, then the frame
+
+
+def _frames(buf: bytearray) -> list[bytes]:
+    """Take the complete frames off the front of ``buf`` (length prefix included)."""
+    out = []
+    while len(buf) >= FRAME.size:
+        (n,) = FRAME.unpack_from(buf)
+        if len(buf) < FRAME.size + n:
+            break
+        out.append(bytes(buf[: FRAME.size + n]))
+        del buf[: FRAME.size + n]
+    return out
+
+
+class _FrameEcho(asyncio.Protocol):
+    """Each frame back as it came: a framed enclave with no work in it."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        for frame in _frames(self.buf):
+            self.transport.write(frame)
+
+
+class _FrameClient(asyncio.Protocol):
+    """One long-lived connection; answers come in order, each completing the oldest question."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiting: deque[asyncio.Future[bytes]] = deque()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        for frame in _frames(self.buf):
+            self.waiting.popleft().set_result(frame[FRAME.size:])
+
+    def ask(self, body: bytes) -> asyncio.Future[bytes]:
+        answer = asyncio.get_running_loop().create_future()
+        self.waiting.append(answer)
+        self.transport.write(FRAME.pack(len(body)) + body)
+        return answer
+
+
+async def serve_frame_echo(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(_FrameEcho, "127.0.0.1", port)
+    print("READY", flush=True)
+    await server.serve_forever()
+
+
+def serve_null_gateway(port: int, echo_port: int | None, upstream: str,
+                       frame_port: int | None = None) -> None:
+    """``echo_port`` None: the HTTP hop alone, no gRPC round trip; ``frame_port``: a framed round
+    trip instead."""
     state: dict[str, Any] = {}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -69,6 +139,9 @@ def serve_null_gateway(port: int, echo_port: int | None, upstream: str) -> None:
                 if echo_port is not None:
                     channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
                     state["stream"] = channel.stream_stream(ECHO_METHOD, _same, _same)()
+                if frame_port is not None:
+                    _, state["frames"] = await asyncio.get_running_loop().create_connection(
+                        _FrameClient, "127.0.0.1", frame_port)
                 state["lock"] = asyncio.Lock()
                 state["upstream"] = Http1Client(upstream)
                 await send({"type": "lifespan.startup.complete"})
@@ -85,6 +158,8 @@ def serve_null_gateway(port: int, echo_port: int | None, upstream: str) -> None:
             async with state["lock"]:  # one message in flight: the benchmark is sequential
                 await state["stream"].write(body)
                 await state["stream"].read()
+        if "frames" in state:
+            await state["frames"].ask(body)
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.startswith(b"mcp-")}
         headers.update({"content-type": "application/json", "accept": "application/json, text/event-stream"})
         response = await state["upstream"].post(body, headers, 30.0)
@@ -92,14 +167,14 @@ def serve_null_gateway(port: int, echo_port: int | None, upstream: str) -> None:
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": response.content})
 
-    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
+    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", loop="uvloop", log_level="warning",
                 access_log=False, lifespan="on")
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        up_port, echo_port = free_port(), free_port()
+        up_port, echo_port, frame_port = free_port(), free_port(), free_port()
         upstream = start_upstream(up_port, None, work / "upstream.log")
         procs.append(upstream)
         echo = subprocess.Popen([sys.executable, "-m", "bench.floor", "--role", "echo", "--port",
@@ -108,9 +183,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         assert echo.stdout is not None
         if not echo.stdout.readline().startswith(b"READY"):
             raise RuntimeError("echo enclave did not start")
+        frame_echo = subprocess.Popen([sys.executable, "-m", "bench.floor", "--role", "frame-echo", "--port",
+                                       str(frame_port)], cwd=ROOT, stdout=subprocess.PIPE)
+        procs.append(frame_echo)
+        assert frame_echo.stdout is not None
+        if not frame_echo.stdout.readline().startswith(b"READY"):
+            raise RuntimeError("framed echo enclave did not start")
         direct_url = f"http://127.0.0.1:{up_port}/mcp"
         urls: dict[str, str] = {}
-        for name, extra in (("http_hop", []), ("http_hop_and_grpc", ["--echo-port", str(echo_port)])):
+        for name, extra in (("http_hop", []), ("http_hop_and_grpc", ["--echo-port", str(echo_port)]),
+                            ("http_hop_and_frames", ["--frame-port", str(frame_port)])):
             port = free_port()
             procs.append(subprocess.Popen([sys.executable, "-m", "bench.floor", "--role", "gateway", "--port",
                                            str(port), "--upstream", direct_url, *extra], cwd=ROOT))
@@ -132,7 +214,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "benchmark": "floor",
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "setup": "null gateway (uvicorn + bare ASGI, pooled HTTP/1.1 forward; with and without one "
-            "gRPC stream round trip to an echo server) vs direct, same unguarded mcp SDK upstream",
+            "gRPC stream round trip, or one length-prefixed frame round trip on a TCP connection, to an "
+            "echo server) vs direct, same unguarded mcp SDK upstream; the null gateway and the framed echo "
+            "on uvloop, the gRPC echo on the default loop (as the enclave was before ADR 0020)",
             "direct": d,
         }
         for name in urls:
@@ -141,6 +225,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                             "overhead_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3)}
         result["floor_overhead_p50_ms"] = result["http_hop_and_grpc"]["overhead_p50_ms"]
         result["floor_overhead_p99_ms"] = result["http_hop_and_grpc"]["overhead_p99_ms"]
+        result["lean_floor_overhead_p50_ms"] = result["http_hop_and_frames"]["overhead_p50_ms"]
+        result["lean_floor_overhead_p99_ms"] = result["http_hop_and_frames"]["overhead_p99_ms"]
         return result
     finally:
         for proc in reversed(procs):
@@ -153,17 +239,21 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--out", default=str(ROOT / "bench/results/floor.json"))
-    parser.add_argument("--role", choices=("bench", "echo", "gateway"), default="bench",
+    parser.add_argument("--role", choices=("bench", "echo", "frame-echo", "gateway"), default="bench",
                         help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--echo-port", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--frame-port", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "echo":
         asyncio.run(serve_echo(args.port))
         return
+    if args.role == "frame-echo":
+        uvloop.run(serve_frame_echo(args.port))
+        return
     if args.role == "gateway":
-        serve_null_gateway(args.port, args.echo_port, args.upstream)
+        serve_null_gateway(args.port, args.echo_port, args.upstream, args.frame_port)
         return
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args, Path(tmp))

@@ -675,6 +675,13 @@ def render_markdown(res: dict[str, Any], plots: dict[str, str], img_rel: str) ->
                 "overhead above is the product's own work (authentication, JSON-RPC checks, Cedar, "
                 "Ed25519 signing in the enclave and verification in the gateway and the guard, the audit "
                 "chain, the guard's replay cache).")
+            if floor.get("lean_floor_overhead_p50_ms") is not None:
+                add("")
+                add("The same with one length-prefixed frame round trip on a long-lived TCP connection "
+                    "(uvloop at both ends) in place of the gRPC stream, the parts of a lean decision hop "
+                    "(docs/adr/0024-lean-decision-hop.md): overhead p50 "
+                    f"{_f(floor.get('lean_floor_overhead_p50_ms'))} ms, "
+                    f"p99 {_f(floor.get('lean_floor_overhead_p99_ms'))} ms.")
             add("")
         ident = comp.get("identity")
         if isinstance(ident, dict):

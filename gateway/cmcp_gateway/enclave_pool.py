@@ -284,7 +284,7 @@ class EnclavePool:
                 input_json=input_json,
             )
             queue = endpoint.outcomes
-            carried = queue.take() if queue.carries is not False else []
+            carried = await queue.for_carrier()
             if carried:
                 request.completes.extend(carried)
             streamed = request.ByteSize() <= STREAM_MESSAGE_MAX

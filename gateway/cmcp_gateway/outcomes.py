@@ -101,6 +101,19 @@ class OutcomeQueue:
             self._flush_timer = None
         return taken
 
+    async def for_carrier(self) -> list[Any]:
+        """What the next ``Decide`` carries. Whatever it cannot carry (beyond ``MAX_CARRIED``, or
+        everything for an enclave that carries none) goes alone now, and every outcome that went
+        alone is stored before this returns: no decision runs ahead of an outcome reported before
+        it (the guarantee in docs/ARCHITECTURE.md, "The audit trail"; ADR 0023). The wait is
+        bounded by each ``Complete``'s own deadline; one that fails is logged as lost."""
+        carried = self.take() if self.carries is not False else []
+        if self.ready:
+            self.flush_now()
+        if self._flushing:  # only those in flight now: later ones hold later outcomes
+            await asyncio.gather(*list(self._flushing), return_exceptions=True)
+        return carried
+
     def requeue(self, taken: list[Any]) -> None:
         """The carrier may not have arrived: send these again (the enclave refuses duplicates)."""
         if taken:

@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     uvicorn.run(
         build_proxy(args.upstream, guard), host=host, port=int(port), log_level="warning", access_log=False,
+        loop="uvloop",  # docs/adr/0020-uvloop-everywhere.md
         http=bounded(BoundedHttpToolsProtocol, front, _count_refusal),
         limit_concurrency=front.max_connections,
     )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import kopf
+import uvloop
 
 from cmcp_core import appraisal_options, gateway_identity
 from cmcp_core.launch_policy import IMAGE_DIGEST_RE
@@ -30,7 +31,8 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
     appraisal_options.add_arguments(p)  # --release-manifest/--release-key/--allow-simulated/...
     p.add_argument("--simulate-tee", action="store_true",
-                   help="dev/test: enclaves use --tee simulated on TDX/SNP nodes (needs --allow-simulated)")
+                   help="dev/test stacks without a node stand-in: enclaves use --tee simulated on TDX/SNP "
+                        "nodes (needs --allow-simulated)")
     p.add_argument("--reattest-interval", type=float, default=30.0, metavar="S")
     p.add_argument("--attest-timeout", type=float, default=5.0, metavar="S")
     p.add_argument("--enclave-image", default=DEFAULT_IMAGE)
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not config.verbose:  # one INFO line per pod event is noise; our own loggers say what matters
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    asyncio.run(run_operator(config))
+    uvloop.run(run_operator(config))  # as kopf's own CLI does (docs/adr/0020-uvloop-everywhere.md)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from cmcp_devkit.cluster import netpol
 from cmcp_devkit.cluster.binaries import PAUSE_IMAGE
 from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, LocalCluster, NodeSpec
 from cmcp_devkit.cluster.kube import Kube
@@ -38,7 +39,7 @@ _WHY_NOT = missing_prerequisites() or (
 pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=_WHY_NOT or "")
 
 Obj = dict[str, Any]
-INITDATA = base64.b64encode(gzip.compress(b'version = "0.1.0"\nalgorithm = "sha384"\n')).decode()
+INITDATA = base64.b64encode(gzip.compress(b'version = "0.1.0"\nalgorithm = "sha384"\n[data]\n')).decode()
 ANNOTATIONS = {
     "io.katacontainers.config.hypervisor.cc_init_data": INITDATA,
     "example.com/not-for-kata": "stays out of the OCI spec",
@@ -156,6 +157,9 @@ def test_tdx_pod_runs_under_runc_as_65532_with_read_only_root(real: LocalCluster
     root_mount = next(line.split() for line in mountinfo if line.split()[4] == "/")
     assert "ro" in root_mount[5].split(","), root_mount
     assert "kubepods" in Path(f"/proc/{pid}/cgroup").read_text()
+    # the kata handler's hook gave the container (and only the TSM) the node's stand-in, at /sys/kernel
+    tsm = [line.split() for line in mountinfo if line.split()[4] == "/sys/kernel"]
+    assert tsm and tsm[0][3] == f"/{cid}" and " - fuse " in " ".join(tsm[0]), tsm
     # pod_annotations passes io.katacontainers.* (and only those) into the OCI spec
     annotations = spec["annotations"]
     assert annotations["io.katacontainers.config.hypervisor.cc_init_data"] == INITDATA
@@ -209,7 +213,8 @@ CRASHING_OWNER = textwrap.dedent(
     from cmcp_devkit.cluster.binaries import PAUSE_IMAGE
     from cmcp_devkit.cluster.control_plane import LocalCluster
     from cmcp_devkit.cluster.kube import Kube
-    c = LocalCluster(nodes=[], real_node=True, state_dir=__import__("pathlib").Path(sys.argv[1]))
+    c = LocalCluster(nodes=[], real_node=True, network_policy=sys.argv[2] == "1",
+                     state_dir=__import__("pathlib").Path(sys.argv[1]))
     c.start()
     k = Kube.from_kubeconfig(c.kubeconfig)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
@@ -224,9 +229,12 @@ CRASHING_OWNER = textwrap.dedent(
 
 
 def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    """Also the NetworkPolicy engine's packet steering (when this host can run the engine): the engine
+    dies with its owner (PDEATHSIG) and leaves the chain that drops new pod connections."""
     before = _shared_entries()
+    with_engine = netpol.missing_prerequisites() is None
     owner = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_OWNER, str(tmp_path / "state")],
+        [sys.executable, "-c", CRASHING_OWNER, str(tmp_path / "state"), "1" if with_engine else "0"],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -240,6 +248,9 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     left = host_leftovers()
     assert any("in kubepods" in x for x in left), f"the shim's containers outlive their owner: {left}"
     assert any(x.startswith("mount ") for x in left)
+    assert f"mount {NodePaths().tsm_mount}" in left  # the stand-in died with its owner: its FUSE mount stays
+    if with_engine:
+        assert f"iptables -t mangle chain {netpol.STEERING_CHAIN}" in left, left
     # a cache root of its own: `down` must not stop a cluster someone else has `up` on this machine
     env = {**os.environ, "CMCP_E2E_CACHE": str(tmp_path / "cache")}
     down = subprocess.run(
@@ -248,4 +259,5 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     )
     assert down.returncode == 0, down.stderr
     assert host_leftovers() == []
+    assert not netpol.steering_present() and not netpol.table_present()
     assert _shared_entries() - before == set()

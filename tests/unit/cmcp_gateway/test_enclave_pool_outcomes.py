@@ -170,3 +170,92 @@ async def test_enclave_that_ignores_carried_outcomes_gets_them_alone(
     pool.report(pin, session_id, second, RESULT, "")
     await pool.close_session(pin, session_id, "done")  # sends both alone first, then closes
     assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete", "complete", "close"]
+
+
+async def _carrier_not_waiting(self: outcomes.OutcomeQueue) -> list[Any]:
+    """A weakened queue: the Decide takes what it can carry and runs ahead of the rest."""
+    return self.take() if self.carries is not False else []
+
+
+def _hold_completes_until_the_next_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The enclave takes a Complete only once it has decided another call (or after a second):
+    an outcome that went alone is still on its way when the next decision is asked for."""
+    released = asyncio.Event()
+    asyncio.get_running_loop().call_later(1.0, released.set)
+    complete, reply = EnclaveService.Complete, EnclaveService._reply
+
+    async def held_complete(self: EnclaveService, request: Any, context: Any) -> Any:
+        await released.wait()
+        return await complete(self, request, context)
+
+    async def releasing_reply(self: EnclaveService, request: Any) -> Any:
+        try:
+            return await reply(self, request)
+        finally:
+            released.set()
+
+    monkeypatch.setattr(EnclaveService, "Complete", held_complete)
+    monkeypatch.setattr(EnclaveService, "_reply", releasing_reply)
+
+
+async def test_an_outcome_sent_alone_is_stored_before_the_next_decision(
+        served: tuple[Enclave, EnclavePool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: an outcome entry is durable before the next decision (here the flush timer sent
+    it as its own Complete just before the agent's next call)."""
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
+    _, pool = served
+    pin, session_id = await _open(pool)
+    first = await _decide(pool, pin, session_id)
+    _hold_completes_until_the_next_decision(monkeypatch)
+    pool.report(pin, session_id, first, RESULT, "")
+    pool.endpoints[pin.address].outcomes.flush_now()  # as the timer does: alone
+    await _decide(pool, pin, session_id)
+    assert _kinds(pool, session_id) == ["open", "decision", "complete", "decision"]
+
+
+async def test_weakened_pool_not_waiting_for_an_outcome_sent_alone_lets_a_decision_run_ahead(
+        served: tuple[Enclave, EnclavePool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test above bites: a pool that asks for the next decision while an outcome is still on
+    its way hands out a permit with that outcome in no store."""
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(outcomes.OutcomeQueue, "for_carrier", _carrier_not_waiting)
+    _, pool = served
+    pin, session_id = await _open(pool)
+    first = await _decide(pool, pin, session_id)
+    _hold_completes_until_the_next_decision(monkeypatch)
+    pool.report(pin, session_id, first, RESULT, "")
+    pool.endpoints[pin.address].outcomes.flush_now()
+    await _decide(pool, pin, session_id)
+    assert _kinds(pool, session_id) == ["open", "decision", "decision"]
+    await pool.endpoints[pin.address].outcomes.settle()
+    assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete"]
+
+
+async def test_outcomes_beyond_what_a_decide_carries_are_stored_before_it(
+        served: tuple[Enclave, EnclavePool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """More outcomes waiting than one Decide carries (``MAX_CARRIED``): the rest go alone and are
+    stored before that decision, not after it."""
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(outcomes.OutcomeQueue.take, "__defaults__", (1,))  # MAX_CARRIED = 1
+    _, pool = served
+    pin, session_id = await _open(pool)
+    first, second = await _decide(pool, pin, session_id), await _decide(pool, pin, session_id)
+    _hold_completes_until_the_next_decision(monkeypatch)
+    pool.report(pin, session_id, first, RESULT, "")
+    pool.report(pin, session_id, second, RESULT, "")
+    await _decide(pool, pin, session_id)
+    assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete", "complete", "decision"]
+
+
+async def test_weakened_pool_leaving_uncarried_outcomes_queued_lets_a_decision_run_ahead(
+        served: tuple[Enclave, EnclavePool], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outcomes, "OUTCOME_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(outcomes.OutcomeQueue.take, "__defaults__", (1,))  # MAX_CARRIED = 1
+    monkeypatch.setattr(outcomes.OutcomeQueue, "for_carrier", _carrier_not_waiting)
+    _, pool = served
+    pin, session_id = await _open(pool)
+    first, second = await _decide(pool, pin, session_id), await _decide(pool, pin, session_id)
+    pool.report(pin, session_id, first, RESULT, "")
+    pool.report(pin, session_id, second, RESULT, "")
+    await _decide(pool, pin, session_id)
+    assert _kinds(pool, session_id) == ["open", "decision", "decision", "complete", "decision"]

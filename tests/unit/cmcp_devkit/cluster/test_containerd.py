@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cmcp_devkit.cluster.containerd import ContainerdPaths, Ctr, CtrError, containerd_config
+from cmcp_devkit.cluster.containerd import ContainerdPaths, Ctr, CtrError, containerd_config, hooked_base_spec
 
 PATHS = ContainerdPaths(Path("/d/containerd"), Path("/r/containerd"), Path("/r/c.sock"), Path("/d/net.d"))
 
@@ -51,3 +51,20 @@ def test_ctr_names_socket_and_namespace_and_reports_failures(tmp_path: Path) -> 
         ctr.task_pid("zzz")
     first = (tmp_path / "ctr.calls").read_text().splitlines()[0]
     assert first == "--address /r/c.sock --namespace k8s.io tasks list"
+
+
+def test_kata_handlers_get_their_hooked_base_spec_and_runc_does_not() -> None:
+    specs = {"kata-qemu-tdx": Path("/d/tdx.json"), "kata-qemu-snp": Path("/d/snp.json")}
+    cfg = tomllib.loads(containerd_config(PATHS, "p", ("kata-qemu-tdx", "kata-qemu-snp"), specs))
+    runtimes = cfg["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    assert runtimes["kata-qemu-tdx"]["base_runtime_spec"] == "/d/tdx.json"
+    assert runtimes["kata-qemu-snp"]["base_runtime_spec"] == "/d/snp.json"
+    assert "base_runtime_spec" not in runtimes["runc"]
+
+
+def test_hooked_base_spec_adds_hooks_and_leaves_the_default_alone() -> None:
+    default = {"ociVersion": "1.0.2-dev", "hooks": {"poststop": [{"path": "/old"}]}}
+    spec = hooked_base_spec(default, {"createContainer": [{"path": "/h"}], "poststop": [{"path": "/p"}]})
+    assert spec["hooks"] == {"poststop": [{"path": "/old"}, {"path": "/p"}],
+                             "createContainer": [{"path": "/h"}]}
+    assert default["hooks"] == {"poststop": [{"path": "/old"}]}
