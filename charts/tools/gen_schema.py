@@ -148,7 +148,9 @@ OPERATOR = obj(
     {
         "image": image(),
         "replicas": replicas("Operator replicas (Kopf peering elects the active one)."),
-        "watchScope": {"enum": ["cluster", "namespaces"]},
+        "watchScope": {"enum": ["cluster", "namespaces"],
+                       "description": "namespaces (default): Roles in watchNamespaces only; cluster: opt-in, "
+                                      "one ClusterRole over every namespace"},
         "watchNamespaces": {
             "type": "array",
             "uniqueItems": True,

@@ -146,7 +146,7 @@ class BundleController:
         try:
             for cm in await self.kube.list_bundle_configmaps(namespace, name):
                 if cm["metadata"].get("annotations", {}).get("cmcp.dev/bundle-hash") not in keep:
-                    await self.kube.delete_configmap(namespace, cm["metadata"]["name"])
+                    await self.kube.delete_configmap(namespace, cm["metadata"]["name"], cm["metadata"]["uid"])
         except ApiException as exc:  # garbage collection is best effort
             log.warning("could not collect old bundle ConfigMaps: %s", exc.reason)
 

@@ -61,9 +61,14 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig,
         settings.posting.level = logging.WARNING  # Events from kopf's own logs: warnings only
         settings.watching.server_timeout = 270
         settings.batching.error_delays = [1, 2, 5, 10, 30]
+        # No CRD or namespace list/watch (cluster-wide reads RBAC cannot narrow): resources come
+        # from the discovery API at start (the chart installs the CRDs first) and --namespace
+        # names exact namespaces (main refuses globs).
+        settings.scanning.disabled = True
         if config.webhook_port is not None:
             settings.admission.server = webhook.build_server(config)
             settings.admission.managed = f"cmcp-operator.{GROUP}"
+            webhook.manage_existing_configuration()  # the chart's object: get/patch, no create
         if config.peering:
             settings.peering.name = config.peering
             settings.peering.mandatory = True

@@ -172,21 +172,16 @@ class Kube:
             namespace, label_selector=f"cmcp.dev/policy-bundle={bundle}", _preload_content=False))
         return list(doc.get("items", []))
 
-    async def delete_configmap(self, namespace: str, name: str) -> None:
+    async def delete_configmap(self, namespace: str, name: str, uid: str) -> None:
+        """Delete exactly the object we listed: RBAC cannot limit delete to our ConfigMaps (no
+        label selection), so the UID precondition makes a recreated namesake safe (409)."""
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
         try:
-            await _json(self.core.delete_namespaced_config_map(name, namespace, _preload_content=False))
+            await _json(self.core.delete_namespaced_config_map(name, namespace, body=options,
+                                                               _preload_content=False))
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):  # gone, or a namesake that is not ours
                 raise
-
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(await _json(self.apps.read_namespaced_deployment(name, namespace,
-                                                                         _preload_content=False)))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     # --- pods --------------------------------------------------------------------------
     async def list_route_pods(self, namespace: str, route: str) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Sequence
@@ -19,12 +20,15 @@ from cmcp_core.stop_signals import STOP_SIGNALS, exit_on_stop_signals
 from cmcp_operator.config import DEFAULT_IMAGE, OperatorConfig
 from cmcp_operator.handlers import register
 
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # an RFC 1123 label
+
 
 def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     p = argparse.ArgumentParser(prog="cmcp-operator", description=__doc__)
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[],
-                       help="watch this namespace (repeatable; globs allowed)")
+                       help="watch this namespace (repeatable; exact names: the operator's Roles are granted "
+                            "per namespace, and it never lists namespaces)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
     appraisal_options.add_arguments(p)  # --release-manifest/--release-key/--allow-simulated/...
     p.add_argument("--simulate-tee", action="store_true",
@@ -64,6 +68,10 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
         p.error("--simulate-tee needs --allow-simulated (simulated evidence must be accepted explicitly)")
     if not a.namespace and not a.all_namespaces:
         p.error("give --namespace NS (repeatable) or --all-namespaces")
+    patterns = [n for n in a.namespace if not NAMESPACE_NAME.fullmatch(n)]
+    if patterns:
+        p.error(f"--namespace takes exact namespace names, not {patterns}: the operator is granted "
+                "Roles in named namespaces and does not list namespaces (use --all-namespaces)")
     if not IMAGE_DIGEST_RE.fullmatch(a.enclave_image):
         p.error(f"--enclave-image {a.enclave_image!r} must be pinned by digest (<name>@sha256:<64 hex>): "
                 "the measured launch policy pins it")

@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+import kopf._core.engines.admission as kopf_admission
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kopf._cogs.clients import api as kopf_api
+from kopf._cogs.clients import creating as kopf_creating
+from kopf._cogs.clients import errors as kopf_errors
 
 from cmcp_operator.config import OperatorConfig
 
@@ -110,3 +114,35 @@ def build_server(config: OperatorConfig) -> kopf.WebhookServer:
         return ServiceWebhookServer(service_namespace=service[0], service_name=service[1],
                                     service_port=service[2], **common)
     return kopf.WebhookServer(**common)
+
+
+async def _read_before_create(*, settings: Any, resource: Any, namespace: Any = None, name: str | None = None,
+                              body: Any = None, logger: Any) -> Any:
+    """Kopf's managed admission POSTs its webhook configuration at every start (a 409 meaning
+    "exists"). RBAC cannot limit create by name, so that would take create on every webhook
+    configuration in the cluster. The chart creates ours; reading it first (get on its one
+    resourceName) means an installed operator never sends the create. Only when it is absent
+    (an operator run outside the chart) does Kopf's create follow, and RBAC decides."""
+    try:
+        return await kopf_api.get(resource.get_url(namespace=namespace, name=name), settings=settings,
+                                  logger=logger)
+    except kopf_errors.APINotFoundError:
+        return await kopf_creating.create_obj(settings=settings, resource=resource, namespace=namespace,
+                                              name=name, body=body, logger=logger)
+    except kopf_errors.APIForbiddenError as exc:
+        logger.error(f"cannot read the webhook configuration {name!r}: {exc}")
+        raise
+
+
+class _AdmissionClients:
+    """What Kopf's admission engine calls ``creating``: the same module, create replaced."""
+
+    create_obj = staticmethod(_read_before_create)
+
+
+def manage_existing_configuration() -> None:
+    """Make Kopf's managed admission read its configuration before creating it (idempotent).
+
+    Kopf 1.45 calls ``creating.create_obj`` from its admission engine and from nowhere else;
+    tests/unit/cmcp_operator/test_webhook.py fails if a Kopf upgrade changes that."""
+    kopf_admission.creating = _AdmissionClients  # type: ignore[assignment,attr-defined]

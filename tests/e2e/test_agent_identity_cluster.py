@@ -130,7 +130,8 @@ def _installed(cluster: E2ECluster, tmp: Path, release: DevRelease) -> Iterator[
     chart_service_accounts(cluster, NS)
     harness = tmp / "harness-values.yaml"
     harness.write_text(yaml.safe_dump(_harness_values()))
-    args = ["-n", NS, *release_values(release), "-f", str(PROFILE), "-f", str(harness)]
+    args = ["-n", NS, *release_values(release), "-f", str(PROFILE), "-f", str(harness),
+            "--set-json", f'operator.watchNamespaces=["{APP}"]']  # namespaced (default): a Role in APP
     try:
         cluster.helm("install", REL, str(CHART), *args)
         kube.wait_for(

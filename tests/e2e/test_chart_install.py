@@ -251,6 +251,7 @@ def install(
     host = cluster.local.net.host_ip  # reachable from the pod network, like a Service outside the cluster
     upstream_url = f"http://{host}:{free_port(host)}/mcp"
     inst = Install(cluster, [PROFILE, harness], upstream_url, dev_release)
+    inst.extra_sets.append(f'operator.watchNamespaces=["{APP}"]')  # namespaced (default): a Role in APP
     try:
         cluster.helm("install", REL, str(CHART), *inst.helm_args())
         kube.wait_for(
@@ -560,6 +561,12 @@ OPERATOR_FORBIDDEN = [
     ("update", "nodes", None),
     ("delete", "namespaces", None),
     ("create", "namespaces", None),
+    ("list", "namespaces", None),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None),
+    ("create", "deployments.apps", NS),  # namespaced mode: nothing outside the watched namespace
+    ("delete", "configmaps", NS),
+    ("create", "deployments.apps", "default"),
 ]
 OPERATOR_ALLOWED = [
     ("watch", "policybundles.cmcp.dev", APP),

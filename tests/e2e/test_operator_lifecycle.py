@@ -122,8 +122,14 @@ def operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory,
             for x in (kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{c}")
                       .get("status") or {}).get("conditions") or []))
     kube.create("/api/v1/namespaces", {"metadata": {"name": NS}})
+    # The webhook configurations the chart would create (the operator only reads and patches them).
+    for kind in rbac.WEBHOOK_KINDS:
+        kube.apply(f"/apis/admissionregistration.k8s.io/v1/{kind}/{rbac.WEBHOOK_CONFIGURATION}",
+                   {"apiVersion": "admissionregistration.k8s.io/v1",
+                    "kind": "ValidatingWebhookConfiguration" if kind.startswith("validating")
+                    else "MutatingWebhookConfiguration", "metadata": {"name": rbac.WEBHOOK_CONFIGURATION}})
     # Least privilege for real: the operator runs as a ServiceAccount bound to exactly the
-    # ClusterRole that cmcp_operator.rbac prints (what the chart installs).
+    # ClusterRole that cmcp_operator.rbac prints (the chart's watchScope: cluster).
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = _service_account_kubeconfig(cluster, kube, workdir)
     op = OperatorProcess(kubeconfig, workdir, dev_release)

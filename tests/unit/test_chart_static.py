@@ -463,7 +463,7 @@ def test_operator_rbac_rules_file_is_the_module_output() -> None:
 
     buf = io.StringIO()
     with redirect_stdout(buf):
-        rbac.main(["--rules"])
+        rbac.main([])
     assert (CHART / "files" / "operator-rbac-rules.yaml").read_text() == buf.getvalue(), (
         "run: make -C charts rbac"
     )
@@ -481,54 +481,104 @@ def _norm(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
     return out
 
 
-def test_cluster_scope_clusterrole_is_exactly_the_operator_rules() -> None:
-    from cmcp_operator import rbac
+def _operator_rbac(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    return {kind: [d for d in find(docs, kind, "operator") if d["metadata"]["labels"].get(
+        "app.kubernetes.io/component") == "operator"]
+        for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")}
 
-    docs = render()
-    roles = find(docs, "ClusterRole", "operator")
-    assert len(roles) == 1
-    assert roles[0]["rules"] == rbac.rules()
-    binding = one(docs, "ClusterRoleBinding", "operator")
+
+def _bound_to_operator_sa(binding: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     sa = one(docs, "ServiceAccount", "operator")
-    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
     ]
-    assert container(one(docs, "Deployment", "operator"))  # and the pod runs as that SA:
-    assert (
-        one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["serviceAccountName"]
-        == sa["metadata"]["name"]
-    )
-    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+    pod = one(docs, "Deployment", "operator")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
 
 
-def test_namespaced_scope_splits_the_same_rules() -> None:
-    """Namespaced rules are granted only inside the watched namespaces; nothing is added or lost."""
+def test_default_scope_is_namespaced_with_roles_in_the_release_namespace() -> None:
+    """Least privilege by default: a Role in the release namespace holds every namespaced grant;
+    the only cluster-wide grant is get/patch on the chart's own webhook configurations."""
+    from cmcp_operator import rbac
+
+    docs = render()
+    objs = _operator_rbac(docs)
+    assert [r["metadata"]["namespace"] for r in objs["Role"]] == [NAMESPACE]
+    assert _norm(objs["Role"][0]["rules"]) == _norm(rbac.rules(mode="namespaces", where="watched",
+                                                                  peering=False))
+    binding = one(objs["RoleBinding"], "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": objs["Role"][0]["metadata"]["name"]}
+    _bound_to_operator_sa(binding, docs)
+    (cluster_role,) = objs["ClusterRole"]
+    assert _norm(cluster_role["rules"]) == {
+        ("admissionregistration.k8s.io", kind, rbac.WEBHOOK_CONFIGURATION, verb)
+        for kind in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations")
+        for verb in ("get", "patch")
+    }
+    assert one(objs["ClusterRoleBinding"], "ClusterRoleBinding")["roleRef"]["name"] == \
+        cluster_role["metadata"]["name"]
+    args = container(one(docs, "Deployment", "operator"))["args"]
+    assert f"--namespace={NAMESPACE}" in args and "--all-namespaces" not in args
+
+
+def test_namespaced_scope_grants_roles_only_in_the_watched_namespaces() -> None:
+    """Nothing namespaced is granted cluster-wide; peering patch names the release's object."""
     from cmcp_operator import rbac
 
     docs = render("namespaced-values.yaml")
-    cluster = next(r for r in find(docs, "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
-    ns_role = one(docs, "ClusterRole", "operator-namespaced")
-    cluster_grants, ns_grants = _norm(cluster["rules"]), _norm(ns_role["rules"])
-    assert cluster_grants | ns_grants == _norm(rbac.rules())
-    assert not cluster_grants & ns_grants
-    assert {g[1] for g in cluster_grants} <= {
-        "validatingwebhookconfigurations",
-        "mutatingwebhookconfigurations",
-        "customresourcedefinitions",
-        "namespaces",
-        "clusterkopfpeerings",
-    }
-    bindings = [
-        b
-        for b in find(docs, "RoleBinding", "operator")
-        if b["roleRef"]["name"] == ns_role["metadata"]["name"]
-    ]
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    crbs = find(docs, "ClusterRoleBinding")
-    assert [b["roleRef"]["name"] for b in crbs] == [cluster["metadata"]["name"]]
+    objs = _operator_rbac(docs)
+    (peering,) = {d["metadata"]["name"] for d in find(docs, "KopfPeering")}
+    want = _norm(rbac.rules(mode="namespaces", where="watched", peering_name=peering))
+    assert {r["metadata"]["namespace"]: _norm(r["rules"]) for r in objs["Role"]} == {
+        "team-a": want, "team-b": want}
+    assert ("kopf.dev", "kopfpeerings", peering, "patch") in want
+    assert sorted(b["metadata"]["namespace"] for b in objs["RoleBinding"]) == ["team-a", "team-b"]
+    for b in objs["RoleBinding"]:
+        assert b["roleRef"]["kind"] == "Role"
+        _bound_to_operator_sa(b, docs)
+    (cluster_role,) = objs["ClusterRole"]
+    assert _norm(cluster_role["rules"]) == _norm(rbac.rules(mode="namespaces", where="cluster"))
+    assert all(name == rbac.WEBHOOK_CONFIGURATION for _, _, name, _ in _norm(cluster_role["rules"]))
     args = container(one(docs, "Deployment", "operator"))["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+def test_namespaced_scope_without_webhook_has_no_cluster_role() -> None:
+    docs = render(None, ("operator.webhook.enabled=false",))
+    objs = _operator_rbac(docs)
+    assert not objs["ClusterRole"] and not objs["ClusterRoleBinding"]
+    assert [r["metadata"]["namespace"] for r in objs["Role"]] == [NAMESPACE]
+
+
+def test_cluster_scope_is_an_opt_in_clusterrole_of_every_grant() -> None:
+    from cmcp_operator import rbac
+
+    docs = render(None, ("operator.watchScope=cluster", "operator.peering.enabled=true"))
+    objs = _operator_rbac(docs)
+    assert not objs["Role"] and not objs["RoleBinding"]
+    (cluster_role,) = objs["ClusterRole"]
+    peering = one(docs, "ClusterKopfPeering")["metadata"]["name"]
+    assert _norm(cluster_role["rules"]) == _norm(rbac.rules(mode="cluster", peering_name=peering))
+    binding = one(objs["ClusterRoleBinding"], "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    _bound_to_operator_sa(binding, docs)
+    args = container(one(docs, "Deployment", "operator"))["args"]
+    assert "--all-namespaces" in args and not [a for a in args if a.startswith("--namespace")]
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES])
+def test_no_operator_grant_is_a_wildcard_or_reaches_secrets(profile: str | None) -> None:
+    docs = render(profile)
+    cluster_mode = "--all-namespaces" in container(one(docs, "Deployment", "operator"))["args"]
+    for kind, items in _operator_rbac(docs).items():
+        for role in items if kind in ("ClusterRole", "Role") else []:
+            for group, resource, name, verb in _norm(role["rules"]):
+                assert "*" not in (group, resource, verb), role["metadata"]["name"]
+                assert resource not in ("secrets", "customresourcedefinitions", "namespaces", "nodes")
+                assert verb not in ("update", "deletecollection", "escalate", "bind", "impersonate")
+                if kind == "ClusterRole" and verb not in ("list", "watch") and not cluster_mode:
+                    assert name != "*", (resource, verb)  # cluster-wide writes name their object
 
 
 def test_gateway_rbac_reads_only_its_routes() -> None:

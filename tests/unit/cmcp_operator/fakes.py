@@ -92,6 +92,7 @@ class FakeKube:
             return False
         self.calls.append(("create_configmap", *key))
         self.configmaps[key] = copy.deepcopy(obj)
+        self.configmaps[key]["metadata"].setdefault("uid", f"uid-{key[0]}-{key[1]}")  # the apiserver's
         return True
 
     async def get_configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -102,12 +103,10 @@ class FakeKube:
         return [copy.deepcopy(cm) for (ns, _), cm in sorted(self.configmaps.items())
                 if ns == namespace and cm["metadata"].get("labels", {}).get(BUNDLE_LABEL) == bundle]
 
-    async def delete_configmap(self, namespace: str, name: str) -> None:
+    async def delete_configmap(self, namespace: str, name: str, uid: str) -> None:
         self.calls.append(("delete_configmap", namespace, name))
-        self.configmaps.pop((namespace, name), None)
-
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.applied.get(("Deployment", namespace, name)))
+        if (self.configmaps.get((namespace, name)) or {}).get("metadata", {}).get("uid") == uid:
+            self.configmaps.pop((namespace, name), None)  # the apiserver's UID precondition
 
     async def list_route_pods(self, namespace: str, route: str) -> list[dict[str, Any]]:
         return [copy.deepcopy(p) for (ns, _), p in sorted(self.pods.items())

@@ -109,15 +109,14 @@ async def call_everything(kube: Kube) -> None:
     await kube.create_configmap_if_absent({"metadata": {"namespace": "ns", "name": "c"}})
     await kube.get_configmap_data("ns", "c")
     await kube.list_bundle_configmaps("ns", "b")
-    await kube.delete_configmap("ns", "c")
-    await kube.get_deployment("ns", "d")
+    await kube.delete_configmap("ns", "c", "uid-1")
     await kube.list_route_pods("ns", "r")
     await kube.set_attested_condition("ns", "p", True, "Attested", "ok", "T")
 
 
 async def test_every_request_is_covered_by_the_rbac_list(kube: Any) -> None:
     await call_everything(kube)
-    assert len(kube.transport.sent) == 16  # one request per call
+    assert len(kube.transport.sent) == 15  # one request per call
     refused = [f"{s.method} {s.path}" for s in kube.transport.sent if not allowed_by_rbac(s)]
     assert refused == []
     assert all(r.released for r in kube.transport.responses)  # no connection leaks
@@ -191,8 +190,7 @@ async def test_absent_objects_read_as_none(kube: Any) -> None:
     kube.transport.status = 404
     assert await kube.get_bundle("ns", "b") is None
     assert await kube.get_configmap_data("ns", "c") is None
-    assert await kube.get_deployment("ns", "d") is None
-    await kube.delete_configmap("ns", "c")  # already gone: fine
+    await kube.delete_configmap("ns", "c", "uid-1")  # already gone: fine
     await kube.set_attested_condition("ns", "p", True, "Attested", "", "T")  # pod gone: nothing to gate
 
 
@@ -217,7 +215,7 @@ async def test_other_errors_are_raised_not_swallowed(kube: Any, status: int) -> 
     """Fail loud: a forbidden or failing apiserver never reads as 'absent' or 'done'."""
     kube.transport.status, kube.transport.reply = status, {"message": "no"}
     calls = (lambda: kube.get_route("ns", "r"), lambda: kube.get_configmap_data("ns", "c"),
-             lambda: kube.delete_configmap("ns", "c"), lambda: kube.get_deployment("ns", "d"),
+             lambda: kube.delete_configmap("ns", "c", "uid-1"),
              lambda: kube.create_configmap_if_absent({"metadata": {"namespace": "ns", "name": "c"}}),
              lambda: kube.add_finalizer(ROUTE_PLURAL, "ns", "r", [], "f"),
              lambda: kube.set_attested_condition("ns", "p", True, "Attested", "", "T"))

@@ -111,16 +111,27 @@ def test_defaults_match_the_config_defaults(release: DevRelease) -> None:
 
 
 def test_webhook_metrics_and_peering_flags_reach_the_config(release: DevRelease) -> None:
-    cfg = parse_args(["-n", "team-*", *release.argv(), "--webhook-port", "8443", "--webhook-host", "10.0.0.5",
+    cfg = parse_args(["-n", "team-a", *release.argv(), "--webhook-port", "8443", "--webhook-host", "10.0.0.5",
                       "--webhook-service", "sys/hook:9443", "--webhook-cert-dir", "/certs", "--metrics-port",
                       "9100", "--peering", "cmcp", "--liveness", "http://0.0.0.0:8080/healthz",
                       "--initdata-algorithm", "sha512", "--runtime-class-simulated", "sim", "-v"])
-    assert cfg.namespaces == ("team-*",) and not cfg.all_namespaces
+    assert cfg.namespaces == ("team-a",) and not cfg.all_namespaces
     assert (cfg.webhook_port, cfg.webhook_host, cfg.webhook_service, cfg.webhook_cert_dir) == (
         8443, "10.0.0.5", "sys/hook:9443", "/certs")
     assert (cfg.metrics_port, cfg.peering, cfg.liveness_endpoint) == (9100, "cmcp", "http://0.0.0.0:8080/healthz")
     assert cfg.initdata_algorithm == "sha512" and cfg.verbose
     assert cfg.runtime_class("simulated", None) == "sim"
+
+
+@pytest.mark.parametrize("pattern", ["team-*", "!kube-system", "a,b", "Team"])
+def test_namespace_patterns_are_refused(pattern: str, release: DevRelease,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Kopf would need to list namespaces to expand a glob (a cluster-wide read the operator is
+    not granted) and with scanning off would silently watch nothing: refuse instead."""
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["-n", pattern, *release.argv()])
+    assert exit_.value.code == 2
+    assert "--namespace takes exact namespace names" in capsys.readouterr().err
 
 
 def test_main_stops_on_a_usage_error_before_starting(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,7 @@ import kopf
 import pytest
 from cryptography import x509
 
+from cmcp_operator import webhook
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.webhook import ServiceWebhookServer, build_server, mint_certificates
 
@@ -111,3 +112,19 @@ def test_service_reference_without_port_defaults_to_443() -> None:
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     dns = set(names.get_values_for_type(x509.DNSName))
     assert {"hook.ns.svc", "hook.ns.svc.cluster.local", "hook.ns"} <= dns
+
+
+def test_kopf_admission_reads_the_configuration_before_any_create() -> None:
+    """The chart-owned configuration is read (get on its name), so an installed operator needs
+    no create on webhook configurations. Guards the Kopf call site a Kopf upgrade could move."""
+    import inspect
+
+    import kopf._core.engines.admission as kopf_admission
+    from kopf._cogs.clients import creating
+
+    assert "creating.create_obj(" in inspect.getsource(kopf_admission.configuration_manager)
+    original = creating.create_obj
+    webhook.manage_existing_configuration()
+    webhook.manage_existing_configuration()  # idempotent
+    assert kopf_admission.creating.create_obj is webhook._read_before_create  # type: ignore[attr-defined]
+    assert creating.create_obj is original  # nothing else in Kopf is changed
