@@ -17,6 +17,7 @@ is mounted for the build's ``pip`` only (``PIP_CERT``); it never enters an image
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,14 @@ DOCKERFILES = {
     "guard": "guard/Dockerfile",
     "operator": "operator/Dockerfile",
 }
+# images only the tests run (never shipped): built on request, e.g. by the e2e session
+TEST_DOCKERFILES = {
+    "test-http-echo": "devkit/cmcp_devkit/cluster/http_echo.Dockerfile",
+}
+ALL_DOCKERFILES = {**DOCKERFILES, **TEST_DOCKERFILES}
+# what the Dockerfiles copy from the build context: the inputs of :func:`ensure_images`' cache key
+CONTEXT_PATHS = ("pyproject.toml", "uv.lock", ".dockerignore", "core", "enclave_pod", "gateway", "guard",
+                 "operator", "devkit/cmcp_devkit/cluster/http_echo.py", *ALL_DOCKERFILES.values())
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 _MOUNTED_CA = "/etc/ssl/cmcp-build-ca.crt"
 
@@ -134,7 +143,7 @@ def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: st
     argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
             "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
             "--build-arg", f"SOURCE_DATE_EPOCH={epoch}",  # useradd's /etc/shadow date: not the build's day
-            "-f", DOCKERFILES[name], "-t", local]
+            "-f", ALL_DOCKERFILES[name], "-t", local]
     if HOST_CA.is_file():
         argv += ["--volume", f"{HOST_CA}:{_MOUNTED_CA}:ro", "--build-arg", f"PIP_CERT={_MOUNTED_CA}"]
     started = time.monotonic()
@@ -174,16 +183,50 @@ def build_all(out_dir: Path, names: list[str] | None = None) -> list[Built]:
     return built
 
 
+def inputs_key(names: list[str]) -> str:
+    """A digest of everything a build of ``names`` reads: the base's version, the images asked for and
+    the build context's files (tracked and untracked, not ignored). Equal keys, equal images."""
+    listed = _run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                  *CONTEXT_PATHS, cwd=ROOT)
+    digest = hashlib.sha256(f"{BASE_VERSION}\n{','.join(sorted(names))}\n".encode())
+    for rel in sorted(set(filter(None, listed.split("\0")))):
+        path = ROOT / rel
+        if path.suffix == ".pyc" or "__pycache__" in path.parts or not path.is_file():
+            continue
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def ensure_images(out_dir: Path, names: list[str]) -> dict[str, Built]:
+    """``names`` built into ``out_dir``, or the archives already there when nothing they are built from
+    changed (the e2e session's warm runs). Keyed by :func:`inputs_key`, not by the commit: a new commit
+    of unchanged sources reuses the images (their timestamps are the earlier commit's)."""
+    key = inputs_key(names)
+    record = out_dir / "inputs.json"  # beside build_all's images.json
+    try:
+        doc = json.loads(record.read_text())
+        if doc.get("inputs") == key:
+            cached = {b["name"]: Built(**b) for b in doc["images"]}
+            if set(cached) == set(names) and all(Path(b.archive).is_file() for b in cached.values()):
+                return cached
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    built = build_all(out_dir, names)
+    record.write_text(json.dumps({"inputs": key, "images": [asdict(b) for b in built]}, indent=2) + "\n")
+    return {b.name: b for b in built}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmcp_devkit.images", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"images to build (default: all of {', '.join(DOCKERFILES)})")
+                        help=f"images to build (default: all of {', '.join(DOCKERFILES)}; "
+                        f"test images: {', '.join(TEST_DOCKERFILES)})")
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "images",
                         help="where the OCI archives and images.json go (default: .cache/images)")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.names) - set(DOCKERFILES))
+    unknown = sorted(set(args.names) - set(ALL_DOCKERFILES))
     if unknown:
-        parser.error(f"no such image: {', '.join(unknown)} (choose from {', '.join(DOCKERFILES)})")
+        parser.error(f"no such image: {', '.join(unknown)} (choose from {', '.join(ALL_DOCKERFILES)})")
     try:
         built = build_all(args.out, args.names or None)
     except ImagesError as exc:

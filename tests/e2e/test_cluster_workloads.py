@@ -1,8 +1,11 @@
-"""Workloads end to end: scheduler binds, node agent runs, controllers and EndpointSlices follow readiness."""
+"""Workloads end to end: the scheduler binds, the real node's kubelet runs real containers from the
+http-echo image built in the run, controllers and EndpointSlices follow readiness."""
 
 from __future__ import annotations
 
 import httpx
+
+from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME
 
 from .conftest import E2ECluster
 from .workloads import echo_deployment, echo_pod, is_ready, pods, ready_endpoint_ips, service, wait_pod
@@ -12,7 +15,8 @@ def test_deployment_available_and_endpointslice_lists_exactly_ready_pods(
     local_cluster: E2ECluster, namespace: str
 ) -> None:
     kube, ns = local_cluster.kube, namespace
-    kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments", echo_deployment("echo", 3))
+    deployment = echo_deployment("echo", 3, **local_cluster.real_pods)
+    kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment)
     kube.create(f"/api/v1/namespaces/{ns}/services", service("echo", {"app": "echo"}))
 
     def available() -> bool:
@@ -27,9 +31,9 @@ def test_deployment_available_and_endpointslice_lists_exactly_ready_pods(
     )
     running = pods(kube, ns, "app=echo")
     assert len(running) == 3
-    all_nodes = local_cluster.node_names()
     for pod in running:
-        assert pod["spec"]["nodeName"] in all_nodes  # bound by the real scheduler
+        assert pod["spec"]["nodeName"] == REAL_NODE_NAME  # bound by the real scheduler, run by the kubelet
+        assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
         assert pod["status"]["phase"] == "Running"
         assert is_ready(pod)
         assert pod["status"]["containerStatuses"][0]["state"].get("running")
@@ -46,7 +50,7 @@ def test_deployment_available_and_endpointslice_lists_exactly_ready_pods(
     vip = victim["status"]["podIP"]
     assert httpx.get(f"http://{vip}:8080/", timeout=5).json()["pod"] == victim["metadata"]["name"]
 
-    # Fail one pod's readiness: its probe fails, the node agent reports Ready=False,
+    # Fail one pod's readiness: its probe fails, the kubelet reports Ready=False,
     # the EndpointSlice controller drops it; the others stay.
     assert httpx.post(f"http://{vip}:8080/fail-ready", timeout=5).json() == {"ready": False}
     wait_pod(
@@ -83,7 +87,7 @@ def test_deployment_available_and_endpointslice_lists_exactly_ready_pods(
 
 def test_deleted_pod_process_is_stopped_and_pod_removed(local_cluster: E2ECluster, namespace: str) -> None:
     kube, ns = local_cluster.kube, namespace
-    kube.create(f"/api/v1/namespaces/{ns}/pods", echo_pod("doomed"))
+    kube.create(f"/api/v1/namespaces/{ns}/pods", echo_pod("doomed", **local_cluster.real_pods))
     pod = wait_pod(kube, ns, "doomed", "to be Ready", is_ready, diag=local_cluster.diagnostics)
     ip = pod["status"]["podIP"]
     assert httpx.get(f"http://{ip}:8080/healthz", timeout=5).status_code == 200
@@ -97,7 +101,7 @@ def test_deleted_pod_process_is_stopped_and_pod_removed(local_cluster: E2ECluste
         return False
 
     kube.wait_for(
-        "the node agent to finish the deletion (grace 0 delete)",
+        "the kubelet to finish the deletion",
         gone,
         timeout=60,
         on_timeout=local_cluster.diagnostics,

@@ -70,6 +70,13 @@ RUNTIME_CLASSES = {
 # its containerd maps both handlers to runc.
 REAL_NODE_NAME = "real-node-1"
 REAL_NODE_LABELS = {**TDX_LABELS, **SNP_LABELS}
+# With ``real_node_tainted=True`` the real node registers with this taint, so only pods that tolerate it
+# and select it (REAL_NODE_PLACEMENT) land on it while node-agent nodes run everything else.
+REAL_NODE_TAINT = {"key": "cmcp.dev/real-node", "value": "true", "effect": "NoSchedule"}
+REAL_NODE_PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {"kubernetes.io/hostname": REAL_NODE_NAME},
+    "tolerations": [{"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+}
 
 
 @dataclass(frozen=True)
@@ -129,10 +136,14 @@ class LocalCluster:
         state_dir: Path | None = None,
         pod_network: str | None = None,
         real_node: bool = False,
+        real_node_tee: bool = True,
+        real_node_tainted: bool = False,
     ) -> None:
         self.nodes = nodes if nodes is not None else default_nodes()
         self.real_node: RealNode | None = None
         self._want_real_node = real_node
+        self._real_node_labels = dict(REAL_NODE_LABELS) if real_node_tee else {}  # NFD's TDX+SNP labels
+        self._real_node_taints = [REAL_NODE_TAINT] if real_node_tainted else []
         self.node_ready_seconds: float | None = None  # kubelet start -> every node Ready (real node only)
         self._kubelet_started = 0.0
         self._own_state_dir = state_dir is None
@@ -399,7 +410,7 @@ class LocalCluster:
         self._wait("containerd", node.containerd_ready, 30, logs=("containerd",))
         node.import_images([ensure_pause_image()])
         self._kubelet_started = time.monotonic()
-        self._spawn("kubelet", node.kubelet_argv(kubelet))
+        self._spawn("kubelet", node.kubelet_argv(kubelet, self._real_node_taints))
         kube = Kube.from_kubeconfig(self.kubeconfig)
         try:
             self._wait(
@@ -409,15 +420,17 @@ class LocalCluster:
                 logs=("kubelet", "containerd"),
             )
             # As Node Feature Discovery would: nodes may not set *.kubernetes.io labels themselves.
-            kube.patch(f"/api/v1/nodes/{node.name}", {"metadata": {"labels": REAL_NODE_LABELS}})
+            if self._real_node_labels:
+                kube.patch(f"/api/v1/nodes/{node.name}", {"metadata": {"labels": self._real_node_labels}})
         finally:
             kube.close()
 
-    def import_image(self, archive: Path) -> None:
-        """Import an OCI/docker image archive into the real node's containerd (pods then run it)."""
+    def import_image(self, archive: Path) -> list[str]:
+        """Import an OCI/docker image archive into the real node's containerd (pods then run it by its
+        name or by ``repo@sha256:<manifest digest>``); returns the references it can be run by."""
         if self.real_node is None:
             raise ClusterStartError("this cluster has no real node (LocalCluster(real_node=True))")
-        self.real_node.import_images([archive])
+        return self.real_node.ctr.import_archive(archive)
 
     def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
         log = self.logs / f"{name}.log"

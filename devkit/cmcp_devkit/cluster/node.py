@@ -236,7 +236,12 @@ def kubelet_config(net: NodeNet, paths: NodePaths, ca_file: Path) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def kubelet_argv(kubelet: Path, name: str, net: NodeNet, paths: NodePaths) -> list[str]:
+def kubelet_argv(
+    kubelet: Path, name: str, net: NodeNet, paths: NodePaths, taints: list[dict[str, str]] | None = None
+) -> list[str]:
+    taint_flag = [
+        "--register-with-taints=" + ",".join(f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in taints)
+    ] if taints else []
     return [
         str(kubelet),
         f"--config={paths.kubelet_config}",
@@ -245,6 +250,7 @@ def kubelet_argv(kubelet: Path, name: str, net: NodeNet, paths: NodePaths) -> li
         f"--cert-dir={paths.kubelet_root / 'pki'}",
         f"--hostname-override={name}",
         f"--node-ip={net.node_ip}",
+        *taint_flag,
         "--v=1",
     ]
 
@@ -606,8 +612,8 @@ class RealNode:
     def containerd_argv(self) -> list[str]:
         return containerd_argv(self.paths)
 
-    def kubelet_argv(self, kubelet: Path) -> list[str]:
-        return kubelet_argv(kubelet, self.name, self.net, self.paths)
+    def kubelet_argv(self, kubelet: Path, taints: list[dict[str, str]] | None = None) -> list[str]:
+        return kubelet_argv(kubelet, self.name, self.net, self.paths, taints)
 
     def containerd_ready(self) -> bool:
         self.ctr.run("version", timeout=5)

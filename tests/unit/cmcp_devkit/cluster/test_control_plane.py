@@ -202,11 +202,11 @@ def test_import_image_needs_a_running_real_node_and_reports_ctr_errors(
     assert "no real node runs here" in capsys.readouterr().err
     imported: list[Path] = []
     monkeypatch.setattr(control_plane, "owner_pid", lambda: 4242)
-    monkeypatch.setattr(control_plane.Ctr, "import_archive", lambda self, a: imported.append(a))
+    monkeypatch.setattr(control_plane.Ctr, "import_archive", lambda self, a: imported.append(a) or [])
     assert main(["import-image", "/x.tar"]) == 0
     assert imported == [Path("/x.tar")]
 
-    def broken(self: object, a: Path) -> None:
+    def broken(self: object, a: Path) -> list[str]:
         raise control_plane.CtrError("ctr images import failed: no such file")
 
     monkeypatch.setattr(control_plane.Ctr, "import_archive", broken)
