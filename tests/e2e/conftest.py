@@ -187,11 +187,17 @@ def local_cluster(cluster: E2ECluster) -> E2ECluster:
     return cluster
 
 
+# Tests that start (and stop) a real node of their own: one real node per machine, and the session
+# cluster holds it until the session ends, so they run before anything starts the session cluster.
+OWN_REAL_NODE = ("test_cluster_real_node.py",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if Path(str(item.fspath)).parent == here or here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: Path(str(item.fspath)).name not in OWN_REAL_NODE)  # stable: order kept
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

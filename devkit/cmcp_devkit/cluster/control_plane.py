@@ -42,13 +42,14 @@ from .binaries import (
     Binaries,
     cache_root,
     ensure_all,
+    ensure_kube_proxy,
     ensure_kubectl_helm,
     ensure_kubelet,
     ensure_pause_image,
 )
 from .containerd import Ctr, CtrError
 from .kube import Kube, ssl_context
-from .node import NodePaths, RealNode, clean_if_abandoned, owner_pid
+from .node import KUBE_PROXY_HEALTHZ, NodePaths, RealNode, clean_if_abandoned, owner_pid
 from .pki import ClusterPKI, kubeconfig_yaml
 from .podnet import PodNetwork, set_pdeathsig
 
@@ -178,6 +179,7 @@ class LocalCluster:
         _sweep_stale_state(self.state_dir)
         self.bins = bins = ensure_all()
         kubelet = ensure_kubelet() if self._want_real_node else None
+        kube_proxy = ensure_kube_proxy() if self._want_real_node else None
         self.net = net = PodNetwork.create(self._pod_network_mode)
         if self._want_real_node and net.mode != "netns":
             raise ClusterStartError("the real node needs the netns pod network (root, iproute2)")
@@ -340,8 +342,8 @@ class LocalCluster:
         cfg_path.write_text(json.dumps(agent_cfg, indent=2))
         agent_argv = [sys.executable, "-m", "cmcp_devkit.cluster.node_agent", str(cfg_path)]
         self._spawn("node-agent", agent_argv, cwd=REPO_ROOT)
-        if kubelet is not None:
-            self._start_real_node(pki, kubelet)
+        if kubelet is not None and kube_proxy is not None:
+            self._start_real_node(pki, kubelet, kube_proxy)
 
         kube = Kube.from_kubeconfig(self.kubeconfig)
         try:
@@ -395,22 +397,27 @@ class LocalCluster:
         finally:
             kube.close()
 
-    def _start_real_node(self, pki: ClusterPKI, kubelet: Path) -> None:
-        """containerd (pause image imported), then the kubelet; its feature labels once it registered."""
+    def _start_real_node(self, pki: ClusterPKI, kubelet: Path, kube_proxy: Path) -> None:
+        """containerd (pause image imported), then the kubelet and kube-proxy; the node's feature labels
+        once it registered."""
         assert self.net is not None
         node = self.real_node = RealNode(REAL_NODE_NAME, self.net.index)
         cert = pki.issue(f"node-{node.name}", f"system:node:{node.name}", organizations=("system:nodes",))
+        # the bootstrap policy binds system:node-proxier (Services, EndpointSlices, Nodes) to this user
+        proxy_cert = pki.issue("kube-proxy", "system:kube-proxy")
         node.prepare(
             pki.ca.cert,
             kubeconfig_yaml(self.server, pki.ca.cert, cert, f"system:node:{node.name}"),
             tuple(RUNTIME_CLASSES),
             PAUSE_IMAGE,
+            kubeconfig_yaml(self.server, pki.ca.cert, proxy_cert, "system:kube-proxy"),
         )
         self._spawn("containerd", node.containerd_argv())
         self._wait("containerd", node.containerd_ready, 30, logs=("containerd",))
         node.import_images([ensure_pause_image()])
         self._kubelet_started = time.monotonic()
         self._spawn("kubelet", node.kubelet_argv(kubelet, self._real_node_taints))
+        self._spawn("kube-proxy", node.kube_proxy_argv(kube_proxy))
         kube = Kube.from_kubeconfig(self.kubeconfig)
         try:
             self._wait(
@@ -422,6 +429,12 @@ class LocalCluster:
             # As Node Feature Discovery would: nodes may not set *.kubernetes.io labels themselves.
             if self._real_node_labels:
                 kube.patch(f"/api/v1/nodes/{node.name}", {"metadata": {"labels": self._real_node_labels}})
+            self._wait(
+                "kube-proxy /healthz (Service rules in place)",
+                lambda: httpx.get(KUBE_PROXY_HEALTHZ, timeout=2).status_code == 200,
+                90,
+                logs=("kube-proxy",),
+            )
         finally:
             kube.close()
 

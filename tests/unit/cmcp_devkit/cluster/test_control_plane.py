@@ -188,6 +188,7 @@ def test_down_takes_back_an_abandoned_real_node_even_without_a_cluster(
 def test_real_node_needs_the_netns_pod_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(control_plane, "ensure_all", lambda: None)
     monkeypatch.setattr(control_plane, "ensure_kubelet", lambda: Path("/kubelet"))
+    monkeypatch.setattr(control_plane, "ensure_kube_proxy", lambda: Path("/kube-proxy"))
     cluster = LocalCluster(nodes=[], state_dir=tmp_path / "s", pod_network="loopback", real_node=True)
     with pytest.raises(control_plane.ClusterStartError, match="needs the netns pod network"):
         cluster.start()
