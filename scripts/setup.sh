@@ -21,10 +21,12 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
   || need_apt+=(postgresql)
 # the e2e cluster's real node (cmcp_devkit.cluster.node, root only: a kubelet runs pods through its own
-# containerd, runc and the bridge/host-local CNI plugins, and needs iptables and conntrack on the host)
+# containerd, runc and the bridge/host-local CNI plugins, and needs iptables and conntrack on the host;
+# its confidential-node stand-in is a FUSE file system: libfuse3 from Debian's fuse3)
 if [ "$(id -u)" = 0 ]; then
   for p in containerd runc iptables conntrack; do command -v "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
   [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+  command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 fi
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

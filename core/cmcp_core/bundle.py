@@ -8,6 +8,7 @@ Validation of the Cedar text against the schema lives in :mod:`cmcp_core.validat
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -242,12 +243,30 @@ def _check_catalog(catalog: Any) -> None:
                                   file=CATALOG_FILE)
 
 
+def _bundle_paths(root: Path) -> list[Path]:
+    """Every file of the bundle's visible tree, following symlinked directories that stay inside
+    ``root`` (a kubelet's ConfigMap volume shows ``policies`` as a link into ``..data``) once each;
+    entries named ``..*`` (the kubelet's ``..data`` and ``..<timestamp>/`` copies) are not the bundle."""
+    real_root = root.resolve()
+    seen: set[Path] = set()
+    found: list[Path] = []
+    for current, dirs, names in os.walk(root, followlinks=True):
+        here = Path(current).resolve()
+        if here in seen or not here.is_relative_to(real_root):
+            dirs[:] = []
+            continue
+        seen.add(here)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".."))
+        found += [Path(current) / n for n in names if not n.startswith("..")]
+    return sorted(found)
+
+
 def read_bundle_files(root: Path) -> dict[str, str]:
     """Read the files a bundle directory contributes, keyed by POSIX relative path."""
     if not root.is_dir():
         raise BundleError(f"{root} is not a directory", code="BUNDLE_FILE_MISSING")
     files: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
+    for path in _bundle_paths(root):
         if not path.is_file():
             continue
         rel = path.relative_to(root).as_posix()

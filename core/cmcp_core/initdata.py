@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import tomllib
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,9 @@ ALGORITHMS = ("sha256", "sha384", "sha512")
 CMCP_KEY = "cmcp.json"
 POLICY_KEY = "policy.rego"
 MAX_INITDATA_BYTES = 256 * 1024
+# base64 of gzip of MAX_INITDATA_BYTES that do not compress, with room for the gzip framing
+MAX_ANNOTATION_CHARS = 4 * ((MAX_INITDATA_BYTES + 1024) // 3 + 1)
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib inflates exactly one gzip member
 TDX_MRCONFIGID_LEN = 48
 SNP_HOST_DATA_LEN = 32
 
@@ -214,12 +218,22 @@ def encode_annotation(toml_bytes: bytes) -> str:
     return base64.b64encode(gzip.compress(toml_bytes, mtime=0)).decode("ascii")
 
 
-def decode_annotation(value: str) -> bytes:
+def decode_annotation(value: str | bytes) -> bytes:
+    """The TOML bytes of a ``base64(gzip(toml))`` annotation, bounded before and while inflating.
+
+    A Kata runtime refuses a sandbox whose annotation does not decode; the bounds keep a
+    hostile annotation (a gzip bomb) from costing more than :data:`MAX_INITDATA_BYTES`.
+    """
+    if len(value) > MAX_ANNOTATION_CHARS:
+        raise InitdataError(f"initdata annotation is {len(value)} characters, over {MAX_ANNOTATION_CHARS}")
     try:
         packed = base64.b64decode(value, validate=True)
-        raw = gzip.decompress(packed)
-    except (binascii.Error, OSError, EOFError, ValueError) as exc:
+        inflater = zlib.decompressobj(wbits=GZIP_WBITS)
+        raw = inflater.decompress(packed, MAX_INITDATA_BYTES + 1)
+    except (binascii.Error, zlib.error, ValueError) as exc:
         raise InitdataError(f"initdata annotation is not base64 of gzip: {exc}") from exc
     if len(raw) > MAX_INITDATA_BYTES:
         raise InitdataError("initdata annotation expands past the size limit")
+    if not inflater.eof or inflater.unused_data:
+        raise InitdataError("initdata annotation is not base64 of gzip: not exactly one complete gzip member")
     return raw

@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="cmcp-enclave", description="cMCP enclave pod")
     p.add_argument("--bundle", default=env("CMCP_BUNDLE"), help="bundle directory (env CMCP_BUNDLE)")
-    p.add_argument("--initdata", default=env("CMCP_INITDATA"),
-                   help="initdata TOML the pod was launched with (env CMCP_INITDATA)")
+    # no env defaults here: a flag given on the command line (which the agent policy pins) must
+    # win over a variable a launcher set (see _initdata_source)
+    p.add_argument("--initdata", help="initdata TOML the pod was launched with (env CMCP_INITDATA)")
+    p.add_argument("--initdata-annotation",
+                   help="file holding the pod's cc_init_data annotation (base64 of gzip), e.g. a downward-"
+                        "API volume: how a Kata pod sees its initdata (env CMCP_INITDATA_ANNOTATION)")
     p.add_argument("--tee", default=env("CMCP_TEE"), choices=TEES, help="TEE provider (env CMCP_TEE)")
     p.add_argument("--listen", default=env("CMCP_LISTEN", "127.0.0.1:50051"),
                    help="gRPC HOST:PORT (env CMCP_LISTEN); port 0 picks a free one")
@@ -68,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JWK Set file (e.g. a cluster's /openid/v1/jwks) offering keys for issuers the "
                         "bundle pins by thumbprint; keys it does not pin are ignored")
     return p
+
+
+def _initdata_source(args: argparse.Namespace) -> None:
+    """Flags first; only when neither is given, ``CMCP_INITDATA`` then ``CMCP_INITDATA_ANNOTATION``."""
+    if args.initdata or args.initdata_annotation:
+        return
+    args.initdata = os.environ.get("CMCP_INITDATA") or None
+    if not args.initdata:
+        args.initdata_annotation = os.environ.get("CMCP_INITDATA_ANNOTATION") or None
 
 
 def _refuse(code: Code, detail: str) -> int:
@@ -132,9 +145,15 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup()
-    missing = [n for n in ("bundle", "initdata", "tee") if not getattr(args, n)]
+    _initdata_source(args)
+    missing = [n for n in ("bundle", "tee") if not getattr(args, n)]
+    if not args.initdata and not args.initdata_annotation:
+        missing.append("initdata (or --initdata-annotation)")
     if missing:
         sys.stderr.write(f"cmcp-enclave: missing --{', --'.join(missing)}\n")
+        return 2
+    if args.initdata and args.initdata_annotation:
+        sys.stderr.write("cmcp-enclave: give --initdata or --initdata-annotation, not both\n")
         return 2
     metrics = Metrics()
     try:
@@ -148,9 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits = EnclaveLimits(permit_ttl=args.permit_ttl, idle_timeout=args.idle_timeout,
                                max_sessions=args.max_sessions, max_principals=args.max_principals,
                                outbox_bytes=args.outbox_mb * 1024 * 1024)
-        enclave = start(bundle_dir=args.bundle, initdata_path=args.initdata, provider=provider,
-                        limits=limits, operator_keys=operator_keys, bundle_signers=signers,
-                        on_audit=audit_counter(metrics))
+        enclave = start(bundle_dir=args.bundle, initdata_path=args.initdata or args.initdata_annotation,
+                        provider=provider, limits=limits, operator_keys=operator_keys,
+                        bundle_signers=signers, on_audit=audit_counter(metrics),
+                        initdata_annotation=not args.initdata)
     except StartupError as exc:
         return _refuse(exc.code, exc.detail)
     except CmcpError as exc:

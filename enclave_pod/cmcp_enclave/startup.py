@@ -28,17 +28,32 @@ class StartupError(CmcpError):
     """A refusal to start; the process exits 3 with this code."""
 
 
+def read_initdata(path: str | Path, *, annotation: bool = False) -> bytes:
+    """The initdata TOML bytes: the file itself, or (``annotation``) decoded from a file holding
+    the pod's ``cc_init_data`` annotation value, as a downward-API volume presents it in a Kata
+    pod (its agent does not place the decoded document in the container). Bounded reads; the
+    bytes are then re-hashed against a fresh report, so nothing here is trusted."""
+    limit = (initdata_mod.MAX_ANNOTATION_CHARS if annotation else initdata_mod.MAX_INITDATA_BYTES) + 1
+    with Path(path).open("rb") as fh:
+        data = fh.read(limit)
+    if len(data) >= limit:
+        raise initdata_mod.InitdataError(f"{path} is over {limit - 1} bytes")
+    return initdata_mod.decode_annotation(data.strip()) if annotation else data
+
+
 def start(*, bundle_dir: str | Path, initdata_path: str | Path, provider: TeeProvider,
           limits: EnclaveLimits | None = None, operator_keys: list[Ed25519PublicKey] | None = None,
           bundle_signers: list[Ed25519PublicKey] | None = None,
-          on_audit: Callable[[dict[str, Any]], None] | None = None) -> Enclave:
+          on_audit: Callable[[dict[str, Any]], None] | None = None,
+          initdata_annotation: bool = False) -> Enclave:
     """Initdata vs a fresh report, bundle re-hash, signature, validation, then the key.
 
     ``bundle_signers``: when given, the manifest must carry a signature by one of them (the
     keys come from the pod command line, which the initdata agent policy pins).
+    ``initdata_annotation``: ``initdata_path`` holds the annotation value (:func:`read_initdata`).
     """
     try:
-        raw = Path(initdata_path).read_bytes()
+        raw = read_initdata(initdata_path, annotation=initdata_annotation)
         parsed = initdata_mod.parse(raw)
         entry = parsed.cmcp
     except (OSError, initdata_mod.InitdataError) as exc:

@@ -9,7 +9,9 @@ than against anything the host could have cached.
   from the launcher (``CMCP_SIM_MRCONFIGID``, ``CMCP_SIM_MRTD``, ``CMCP_SIM_RTMR0-2``), see
   :mod:`cmcp_enclave.simulated`.
 * ``tdx`` / ``snp``: Linux configfs-tsm at a configurable root (tests point it at a directory
-  served by an emulator).
+  served by an emulator). A quote carrying the simulator's markers (the dev kit's confidential-node
+  stand-in serves them at the same path) is labelled ``simulated`` rather than ``tdx``, so a
+  verifier appraises it as software-only evidence, never as hardware.
 * ``coco-aa``: the CoCo attestation agent's HTTP evidence endpoint (TDX evidence form).
 """
 
@@ -31,7 +33,7 @@ import httpx
 from cmcp_core.digest import b64url
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence import EvidenceError
-from cmcp_core.evidence.simulated import SimulatedQuoteSigner
+from cmcp_core.evidence.simulated import SimulatedQuoteSigner, is_simulated
 from cmcp_core.evidence.snp import parse_report
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_enclave.simulated import ENV_MRCONFIGID, SimulatedGuest, guest_from_env, register
@@ -101,6 +103,8 @@ def _tdx_report(platform: str, raw: bytes, aux: bytes) -> Report:
         quote = parse_quote(raw)
     except EvidenceError as exc:
         raise _fail(f"{platform} quote does not parse: {exc.detail}") from exc
+    if platform == "tdx" and is_simulated(quote):
+        platform = "simulated"  # the quote says what signed it; the label follows the quote
     return Report(platform=platform, evidence=raw, aux=aux, measured_config=quote.body.mrconfigid,
                   report_data=quote.body.report_data)
 

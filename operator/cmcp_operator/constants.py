@@ -33,8 +33,11 @@ FIELD_MANAGER = "cmcp-operator"
 ENCLAVE_PORT = 50051
 METRICS_PORT = 9090
 BUNDLE_MOUNT = "/etc/cmcp/bundle"
-INITDATA_DIR = "/run/cmcp"
-INITDATA_PATH = f"{INITDATA_DIR}/initdata.toml"
+# A downward-API volume of the pod's initdata annotation (a Kata agent does not place the decoded
+# document in the container): the enclave decodes it and re-hashes it against a fresh report.
+INITDATA_DIR = "/run/cmcp/initdata"
+INITDATA_FILE = "cc_init_data"
+INITDATA_PATH = f"{INITDATA_DIR}/{INITDATA_FILE}"
 
 # Node Feature Discovery and kata-deploy labels that mark confidential nodes.
 NFD_TDX = "feature.node.kubernetes.io/cpu-security.tdx.enabled"

@@ -47,11 +47,17 @@ def initdata_digest(data: bytes) -> str:
     return sha256_tagged(data)
 
 
-def allowed_tee(tee: str, *, simulate_tee: bool, allow_simulated: bool) -> tuple[str, ...]:
-    """Evidence platforms acceptable for a route's ``spec.tee``."""
+def allowed_tee(tee: str, *, allow_simulated: bool) -> tuple[str, ...]:
+    """Evidence platforms acceptable for a route's ``spec.tee``.
+
+    ``allow_simulated`` is the one switch for software-only evidence: with it, any route also
+    accepts ``simulated`` evidence, which a TDX node's stand-in (the dev kit's) serves at the
+    real TSM path exactly as the ``--simulate-tee`` provider does; without it, never."""
     platforms = {"tdx": ("tdx",), "snp": ("snp",), "any": ("tdx", "snp", "coco-aa"),
                  "simulated": ("simulated",)}[tee]
-    if allow_simulated and (simulate_tee or tee == "simulated"):
+    if tee == "simulated" and not allow_simulated:
+        return ()
+    if allow_simulated:
         platforms = (*platforms, "simulated")
     return tuple(dict.fromkeys(platforms))
 

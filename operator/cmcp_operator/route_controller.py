@@ -252,8 +252,7 @@ class RouteController:
                           pods: list[dict[str, Any]], accepted: dict[str, str]) -> list[PodView]:
         tee = str(spec.get("tee", "tdx"))
         settings = AppraisalSettings(
-            allowed_tee=allowed_tee(tee, simulate_tee=self.config.simulate_tee,
-                                    allow_simulated=self.config.allow_simulated),
+            allowed_tee=allowed_tee(tee, allow_simulated=self.config.allow_simulated),
             policy=self.config.appraisal)
         deploy = workloads.workload_name(name)
         return list(await asyncio.gather(*(

@@ -25,6 +25,7 @@ from cmcp_operator.constants import (
     ENCLAVE_PORT,
     INITDATA_DIGEST_ANNOTATION,
     INITDATA_DIR,
+    INITDATA_FILE,
     INITDATA_PATH,
     KATA_SNP,
     KATA_TDX,
@@ -77,9 +78,18 @@ def audience(spec: Mapping[str, Any], namespace: str) -> str:
 def enclave_command(tee: str, config: OperatorConfig) -> list[str]:
     """The exact argv the measured agent policy pins. No ``$(POD_IP)`` here: the kubelet would
     expand it, so the OCI args would no longer equal the pinned ones; the listen addresses come
-    from the environment instead (see :func:`enclave_env`)."""
+    from the environment instead (see :func:`enclave_env`). The initdata is the downward-API file
+    of the pod's annotation (:func:`initdata_volume`), decoded and re-hashed by the enclave."""
     provider = "simulated" if config.simulate_tee else TEE_PROVIDER[tee]
-    return ["cmcp-enclave", "--bundle", BUNDLE_MOUNT, "--initdata", INITDATA_PATH, "--tee", provider]
+    return ["cmcp-enclave", "--bundle", BUNDLE_MOUNT, "--initdata-annotation", INITDATA_PATH,
+            "--tee", provider]
+
+
+def initdata_volume() -> dict[str, Any]:
+    """The pod's own initdata annotation as a file, read-only: how a Kata guest sees its initdata.
+    The host writes it, so the enclave trusts it only after re-hashing it against a fresh report."""
+    return {"name": "initdata", "downwardAPI": {"items": [{
+        "path": INITDATA_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION}']"}}]}}
 
 
 def enclave_env() -> list[dict[str, Any]]:
@@ -129,7 +139,7 @@ def launch_spec(namespace: str, image: str, command: list[str]) -> LaunchSpec:
     """The launch policy's view of the pod :func:`deployment` creates: keep the two in step."""
     return LaunchSpec(image=require_digest(image), args=tuple(command), env=launch_env(),
                       container_name=ENCLAVE_CONTAINER, namespace=namespace,
-                      mounts=((BUNDLE_MOUNT, True), (INITDATA_DIR, False)))
+                      mounts=((BUNDLE_MOUNT, True), (INITDATA_DIR, True)))
 
 
 def revision(namespace: str, name: str, spec: Mapping[str, Any], bundle_status: Mapping[str, Any],
@@ -198,7 +208,7 @@ def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision
             "ports": [{"name": "grpc", "containerPort": ENCLAVE_PORT, "protocol": "TCP"},
                       {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
             "volumeMounts": [{"name": "bundle", "mountPath": BUNDLE_MOUNT, "readOnly": True},
-                             {"name": "initdata", "mountPath": INITDATA_DIR}],
+                             {"name": "initdata", "mountPath": INITDATA_DIR, "readOnly": True}],
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
             # Kata sizes the guest VM from the limits; requests let the scheduler place replicas.
@@ -206,9 +216,7 @@ def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision
         }],
         "volumes": [{"name": "bundle", "configMap": {
             "name": rev.configmap, "items": volume_items(dict.fromkeys(rev.files, ""))}},
-            # In-guest tmpfs where the guest places the launch initdata (the e2e node agent
-            # writes the decoded annotation there); the root filesystem stays read-only.
-            {"name": "initdata", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
+            initdata_volume()],
     }
     runtime = config.runtime_class(tee, spec.get("runtimeClassName"))
     if runtime:

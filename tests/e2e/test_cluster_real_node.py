@@ -44,7 +44,7 @@ _WHY_NOT = missing_prerequisites() or (
 pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=_WHY_NOT or "")
 
 Obj = dict[str, Any]
-INITDATA = base64.b64encode(gzip.compress(b'version = "0.1.0"\nalgorithm = "sha384"\n')).decode()
+INITDATA = base64.b64encode(gzip.compress(b'version = "0.1.0"\nalgorithm = "sha384"\n[data]\n')).decode()
 ANNOTATIONS = {
     "io.katacontainers.config.hypervisor.cc_init_data": INITDATA,
     "example.com/not-for-kata": "stays out of the OCI spec",
@@ -162,6 +162,9 @@ def test_tdx_pod_runs_under_runc_as_65532_with_read_only_root(real: LocalCluster
     root_mount = next(line.split() for line in mountinfo if line.split()[4] == "/")
     assert "ro" in root_mount[5].split(","), root_mount
     assert "kubepods" in Path(f"/proc/{pid}/cgroup").read_text()
+    # the kata handler's hook gave the container (and only the TSM) the node's stand-in, at /sys/kernel
+    tsm = [line.split() for line in mountinfo if line.split()[4] == "/sys/kernel"]
+    assert tsm and tsm[0][3] == f"/{cid}" and " - fuse " in " ".join(tsm[0]), tsm
     # pod_annotations passes io.katacontainers.* (and only those) into the OCI spec
     annotations = spec["annotations"]
     assert annotations["io.katacontainers.config.hypervisor.cc_init_data"] == INITDATA
@@ -250,6 +253,7 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     assert any("in kubepods" in x for x in left), f"the shim's containers outlive their owner: {left}"
     assert any(x.startswith("mount ") for x in left)
     assert "iptables -t nat chain KUBE-SERVICES" in left, "kube-proxy's rules outlive it"
+    assert f"mount {NodePaths().tsm_mount}" in left  # the stand-in died with its owner: its FUSE mount stays
     # a cache root of its own: `down` must not stop a cluster someone else has `up` on this machine
     env = {**os.environ, "CMCP_E2E_CACHE": str(tmp_path / "cache")}
     down = subprocess.run(

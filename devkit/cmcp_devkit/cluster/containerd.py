@@ -14,7 +14,9 @@ Settings this kind of machine needs (found by the real-kubelet probe):
 
 Every RuntimeClass handler (``kata-qemu-tdx``, ``kata-qemu-snp``) maps to runc and passes the
 pod's ``io.katacontainers.*`` annotations into the OCI spec (``pod_annotations``), where Kata's
-shim would read them: the pods run unchanged, only without a VM.
+shim would read them: the pods run unchanged, only without a VM. Each handler may have a base
+runtime spec (:func:`hooked_base_spec`: containerd's default spec plus OCI hooks), which is how
+the confidential-node stand-in's hook (``tsm_hook.py``) plays the hypervisor for that handler only.
 """
 
 from __future__ import annotations
@@ -45,8 +47,19 @@ def _q(value: object) -> str:
     return json.dumps(str(value))
 
 
-def containerd_config(paths: ContainerdPaths, sandbox_image: str, handlers: tuple[str, ...]) -> str:
-    """containerd 1.6 config (version 2) for the real node; ``handlers`` are RuntimeClass handlers."""
+def hooked_base_spec(default_spec: dict[str, Any], hooks: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``default_spec`` (``ctr oci spec``: what the CRI builds on) with ``hooks`` added per stage."""
+    spec: dict[str, Any] = json.loads(json.dumps(default_spec))
+    for stage, entries in hooks.items():
+        spec.setdefault("hooks", {}).setdefault(stage, []).extend(entries)
+    return spec
+
+
+def containerd_config(paths: ContainerdPaths, sandbox_image: str, handlers: tuple[str, ...],
+                      base_specs: dict[str, Path] | None = None) -> str:
+    """containerd 1.6 config (version 2) for the real node; ``handlers`` are RuntimeClass handlers,
+    ``base_specs`` their base runtime spec files (handlers without one get containerd's default)."""
+    base_specs = base_specs or {}
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     lines = [
         "version = 2",
@@ -81,6 +94,8 @@ def containerd_config(paths: ContainerdPaths, sandbox_image: str, handlers: tupl
         ]
         if name != "runc":
             lines.append(f"  pod_annotations = [{_q(KATA_ANNOTATIONS)}]")
+        if name in base_specs:
+            lines.append(f"  base_runtime_spec = {_q(base_specs[name])}")
         lines += [
             f"[{cri}.containerd.runtimes.{_q(name)}.options]",
             "  SystemdCgroup = false",
@@ -156,6 +171,11 @@ class Ctr:
 
     def images(self) -> set[str]:
         return set(self.run("images", "list", "--quiet").split())
+
+    def default_spec(self) -> dict[str, Any]:
+        """containerd's default OCI spec (``ctr oci spec``; no daemon needed), the base the CRI extends."""
+        spec: dict[str, Any] = json.loads(self.run("oci", "spec", timeout=30.0))
+        return spec
 
     def container_info(self, container_id: str) -> dict[str, Any]:
         """containerd's record of a container: ``Spec`` is the OCI runtime spec runc got."""

@@ -412,6 +412,9 @@ class LocalCluster:
             PAUSE_IMAGE,
             kubeconfig_yaml(self.server, pki.ca.cert, proxy_cert, "system:kube-proxy"),
         )
+        # the kata handlers' hook binds the stand-in into each container: it must serve first
+        self._spawn("tsm-standin", node.tsm_standin_argv())
+        self._wait("the TSM stand-in's FUSE mount", node.tsm_standin_ready, 30, logs=("tsm-standin",))
         self._spawn("containerd", node.containerd_argv())
         self._wait("containerd", node.containerd_ready, 30, logs=("containerd",))
         node.import_images([ensure_pause_image()])

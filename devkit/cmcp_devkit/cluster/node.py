@@ -8,10 +8,11 @@ the same pinned module as the apiserver), containerd and runc. ``LocalCluster(re
 What it changes on the host, and what :func:`clean_host` (run by ``stop``, by ``cluster down``
 and before every start, so a crashed run's leftovers go) takes back:
 
-* processes: containerd, the kubelet, containerd-shim-runc-v2 and the containers (the shims
-  detach, so a crash leaves them running): killed via their cmdlines and the kubepods cgroups;
+* processes: containerd, the kubelet, containerd-shim-runc-v2, the TSM stand-in and the containers
+  (the shims detach, so a crash leaves them running): killed via their cmdlines and the kubepods cgroups;
 * mounts under the node's dirs: the kubelet bind-mounts its root dir onto itself, volumes
-  (tmpfs), container rootfs overlays, sandbox /dev/shm, the pods' network namespaces;
+  (tmpfs), container rootfs overlays, sandbox /dev/shm, the pods' network namespaces, and the
+  TSM stand-in's FUSE mount (a dead daemon leaves it behind, answering ENOTCONN: detached);
 * cgroups ``/sys/fs/cgroup/<controller>/kubepods`` (removed depth-first, after their processes);
 * the kubelet's iptables chains ``KUBE-FIREWALL``, ``KUBE-KUBELET-CANARY``, ``KUBE-IPTABLES-HINT``
   (IPv4 and IPv6) and the rules jumping to them;
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import fcntl
 import json
 import os
@@ -47,14 +49,16 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from .containerd import ContainerdPaths, Ctr, containerd_config
+from .containerd import ContainerdPaths, Ctr, containerd_config, hooked_base_spec
 
 DATA_DIR = Path("/var/lib/cmcp-e2e-node")
 RUN_DIR = Path("/run/cmcp-e2e-node")
@@ -89,6 +93,12 @@ KUBELET_SYSCTLS = (
 REQUIRED_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
 MNT_DETACH = 2
 NODE_PROGRAMS = frozenset({"containerd", "kubelet", "kube-proxy", "containerd-shim-runc-v2"})
+# python -m programs of the node (by name: importing the stand-in loads libfuse, which only it needs)
+TSM_STANDIN_MODULE = "cmcp_devkit.cluster.tsm_standin"
+TSM_HOOK_MODULE = "cmcp_devkit.cluster.tsm_hook"
+NODE_MODULES = frozenset({TSM_STANDIN_MODULE})
+# RuntimeClass handler -> the TEE the confidential-node stand-in plays for it (tsm_hook.py)
+KATA_HANDLER_TEE = {"kata-qemu-tdx": "tdx", "kata-qemu-snp": "snp"}
 
 
 class NodeError(RuntimeError):
@@ -149,6 +159,23 @@ class NodePaths:
     @property
     def sysctls(self) -> Path:
         return self.data / "sysctls.json"
+
+    @property
+    def tsm_mount(self) -> Path:
+        """The TSM stand-in's FUSE mount (one per node; the hook binds a container's part of it)."""
+        return self.run / "tsm"
+
+    @property
+    def tsm_registry(self) -> Path:
+        """Per container: the initdata the hook decoded from its annotation, for the stand-in."""
+        return self.run / "tsm-registry"
+
+    @property
+    def tsm_hook_log(self) -> Path:
+        return self.data / "tsm-hook.log"
+
+    def base_spec(self, handler: str) -> Path:
+        return self.data / f"base-spec-{handler}.json"
 
     def containerd(self) -> ContainerdPaths:
         return ContainerdPaths(
@@ -319,6 +346,30 @@ def containerd_argv(paths: NodePaths) -> list[str]:
     return ["containerd", "--config", str(paths.containerd_config), "--log-level", "warn"]
 
 
+def _python_path() -> str:
+    """Where this process finds cmcp_core and cmcp_devkit: the hook and stand-in run the same code."""
+    import cmcp_core
+    import cmcp_devkit
+
+    dirs = [str(Path(m.__file__ or "").resolve().parents[1]) for m in (cmcp_core, cmcp_devkit)]
+    return os.pathsep.join(dict.fromkeys(dirs))
+
+
+def tsm_standin_argv(paths: NodePaths) -> list[str]:
+    return [sys.executable, "-m", TSM_STANDIN_MODULE, "--mount", str(paths.tsm_mount),
+            "--registry", str(paths.tsm_registry)]
+
+
+def tsm_hooks(paths: NodePaths, tee: str) -> dict[str, list[dict[str, Any]]]:
+    """The OCI hooks that play the hypervisor for one kata handler (see ``tsm_hook.py``)."""
+    def hook(stage: str) -> dict[str, Any]:
+        args = [sys.executable, "-m", TSM_HOOK_MODULE, stage, "--platform", tee, "--mount",
+                str(paths.tsm_mount), "--registry", str(paths.tsm_registry), "--log", str(paths.tsm_hook_log)]
+        return {"path": sys.executable, "args": args, "env": [f"PYTHONPATH={_python_path()}"], "timeout": 60}
+
+    return {"createContainer": [hook("createContainer")], "poststop": [hook("poststop")]}
+
+
 # ------------------------------------------------------------------ host state
 def missing_prerequisites() -> str | None:
     """Why a real node cannot run on this machine, or None when it can."""
@@ -327,10 +378,12 @@ def missing_prerequisites() -> str | None:
     missing = [t for t in REQUIRED_TOOLS if not shutil.which(t)]
     if not Path("/usr/lib/cni/bridge").exists():
         missing.append("/usr/lib/cni/bridge")
+    if not Path("/dev/fuse").exists() or not ctypes.util.find_library("fuse3"):
+        missing.append("/dev/fuse and libfuse3 (the TSM stand-in)")
     if missing:
         return (
             f"missing {', '.join(missing)}: apt-get install containerd runc containernetworking-plugins "
-            "iptables conntrack (scripts/setup.sh does it as root)"
+            "iptables conntrack fuse3 (scripts/setup.sh does it as root)"
         )
     return None
 
@@ -358,7 +411,8 @@ def _mentions(paths: NodePaths) -> list[int]:
             argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if os.path.basename(argv[0]) in NODE_PROGRAMS and any(n in a for a in argv for n in needles):
+        ours = os.path.basename(argv[0]) in NODE_PROGRAMS or any(a in NODE_MODULES for a in argv)
+        if ours and any(n in a for a in argv for n in needles):
             pids.append(int(proc.name))
     return pids
 
@@ -677,7 +731,14 @@ class RealNode:
             proc = _run(step)
             if proc.returncode != 0:
                 raise NodeError(f"{' '.join(step)}: {proc.stderr.strip()}")
-        p.containerd_config.write_text(containerd_config(p.containerd(), sandbox_image, handlers))
+        base_specs = {}
+        default_spec = self.ctr.default_spec()
+        for handler in handlers:
+            if handler in KATA_HANDLER_TEE:
+                spec = hooked_base_spec(default_spec, tsm_hooks(p, KATA_HANDLER_TEE[handler]))
+                p.base_spec(handler).write_text(json.dumps(spec, indent=2) + "\n")
+                base_specs[handler] = p.base_spec(handler)
+        p.containerd_config.write_text(containerd_config(p.containerd(), sandbox_image, handlers, base_specs))
         (p.cni_conf_dir / "10-cmcp-e2e-node.conflist").write_text(cni_conflist(self.net, p))
         p.kubelet_config.write_text(kubelet_config(self.net, p, ca_file))
         p.kubeconfig.write_text(kubeconfig)
@@ -703,6 +764,18 @@ class RealNode:
 
     def containerd_argv(self) -> list[str]:
         return containerd_argv(self.paths)
+
+    def tsm_standin_argv(self) -> list[str]:
+        return tsm_standin_argv(self.paths)
+
+    def tsm_standin_ready(self) -> bool:
+        """The stand-in's FUSE file system is mounted (containers may start: the hook binds it)."""
+        target = str(self.paths.tsm_mount)
+        for line in _read(Path("/proc/self/mountinfo")).splitlines():
+            fields = line.split()
+            if len(fields) > 4 and _unescape_mount(fields[4]) == target and " - fuse " in line:
+                return True
+        return False
 
     def kubelet_argv(self, kubelet: Path, taints: list[dict[str, str]] | None = None) -> list[str]:
         return kubelet_argv(kubelet, self.name, self.net, self.paths, taints)

@@ -32,6 +32,22 @@ def test_hash_is_stable_across_loads_and_copies(tmp_path: Path) -> None:
     assert load_bundle(copy).catalog_hash == load_bundle(REALISTIC).catalog_hash
 
 
+def test_a_kubelet_configmap_volume_loads_as_the_bundle_it_shows(tmp_path: Path) -> None:
+    """The kubelet's atomic writer keeps the files in ``..<timestamp>/`` behind ``..data`` and
+    shows them as symlinks: only the visible view counts, not the second copy."""
+    volume = tmp_path / "bundle"
+    stamp = volume / "..2026_12_05_19_14_44.1"
+    shutil.copytree(REALISTIC, stamp)
+    (volume / "..data").symlink_to(stamp.name)
+    for entry in sorted(REALISTIC.iterdir()):
+        (volume / entry.name).symlink_to(f"..data/{entry.name}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "extra.cedar").write_text("permit (principal, action, resource);\n")
+    (volume / "outside").symlink_to(elsewhere)  # a link out of the volume is not followed
+    assert load_bundle(volume).bundle_hash == load_bundle(REALISTIC).bundle_hash
+
+
 @pytest.mark.parametrize("newline", ["\r\n", "\r"])
 def test_crlf_and_cr_normalise_to_the_same_hash(tmp_path: Path, newline: str) -> None:
     copy = tmp_path / "b"

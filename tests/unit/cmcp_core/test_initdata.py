@@ -126,3 +126,21 @@ def test_gateway_keys_that_are_not_ed25519_keys_are_refused(keys: object) -> Non
     doc = Initdata(version=INITDATA_VERSION, algorithm="sha384", data={CMCP_KEY: json.dumps(entry)})
     with pytest.raises(InitdataError, match="gateway_keys"):
         _ = doc.cmcp
+
+
+def test_annotation_bomb_is_refused_without_inflating_it() -> None:
+    """A small annotation that inflates past the limit is refused after at most limit+1 bytes."""
+    bomb = base64.b64encode(gzip.compress(bytes(initdata.MAX_INITDATA_BYTES * 40), mtime=0)).decode()
+    assert len(bomb) < initdata.MAX_ANNOTATION_CHARS
+    with pytest.raises(InitdataError, match="expands past the size limit"):
+        initdata.decode_annotation(bomb)
+
+
+@pytest.mark.parametrize("bad", [
+    "A" * (initdata.MAX_ANNOTATION_CHARS + 4),  # over the encoded bound before any decoding
+    base64.b64encode(gzip.compress(b"x", mtime=0)[:-3]).decode(),  # truncated member
+    base64.b64encode(gzip.compress(b"x", mtime=0) + b"trailing").decode(),  # bytes after the member
+])
+def test_oversized_truncated_or_padded_annotation_is_refused(bad: str) -> None:
+    with pytest.raises(InitdataError, match="initdata annotation"):
+        initdata.decode_annotation(bad)

@@ -63,7 +63,27 @@ def test_unknown_tee_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_missing_required_inputs_exit_2_naming_them(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--tee", "simulated"]) == 2
-    assert "missing --bundle, --initdata" in capsys.readouterr().err
+    assert "missing --bundle, --initdata (or --initdata-annotation)" in capsys.readouterr().err
+
+
+def test_the_annotation_flag_wins_over_a_launchers_initdata_variable(
+    initdata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A launcher's CMCP_INITDATA (the node agent sets one) must not replace the pinned flag."""
+    monkeypatch.setenv("CMCP_INITDATA", str(initdata_file))
+    for name, value in launcher_env(initdata_file.read_bytes()).items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "cc_init_data").write_text("not base64!")
+    args = ["--bundle", str(BUNDLE), "--initdata-annotation", str(tmp_path / "cc_init_data"),
+            "--tee", "simulated"]
+    assert main(args) == EXIT_REFUSED
+    assert "not base64 of gzip" in capsys.readouterr().err
+
+
+def test_initdata_and_its_annotation_are_exclusive(initdata_file: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(initdata_file, "--initdata-annotation", str(initdata_file))) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,6 +74,37 @@ def test_initdata_that_does_not_parse(bundle: Path, tmp_path: Path) -> None:
     assert _refusal(bundle, b"version = 1\n[data\n", tmp_path, measured).code == Code.INITDATA_MISMATCH
 
 
+def _start_from_annotation(bundle: Path, value: str | bytes, measured: bytes, tmp_path: Path) -> object:
+    path = tmp_path / "cc_init_data"
+    path.write_bytes(value.encode() if isinstance(value, str) else value)
+    provider = SimulatedProvider(initdata.tdx_mrconfigid(measured).hex())
+    return start(bundle_dir=bundle, initdata_path=path, provider=provider, initdata_annotation=True)
+
+
+def test_annotation_file_is_decoded_and_rehashed(bundle: Path, tmp_path: Path) -> None:
+    """As in a Kata pod: the downward-API file holds base64(gzip(toml)); the decoded bytes are
+    the ones measured, and a file decoding to other initdata is refused."""
+    data = render_initdata(bundle)
+    enc = _start_from_annotation(bundle, initdata.encode_annotation(data) + "\n", data, tmp_path)
+    assert enc.initdata_bytes == data  # type: ignore[attr-defined]
+    other = render_initdata(bundle, audience="urn:attacker")
+    with pytest.raises(StartupError) as err:
+        _start_from_annotation(bundle, initdata.encode_annotation(other), data, tmp_path)
+    assert err.value.code == Code.INITDATA_MISMATCH and "measured config field" in err.value.detail
+
+
+@pytest.mark.parametrize("value, detail", [
+    ("not base64!", "not base64 of gzip"),
+    ("A" * (initdata.MAX_ANNOTATION_CHARS + 8), "over"),
+    (initdata.encode_annotation(b"plain = 'toml, no version'\n"), "version"),
+])
+def test_undecodable_annotation_file_is_a_coded_refusal(bundle: Path, tmp_path: Path, value: str,
+                                                         detail: str) -> None:
+    with pytest.raises(StartupError) as err:
+        _start_from_annotation(bundle, value, render_initdata(bundle), tmp_path)
+    assert err.value.code == Code.INITDATA_MISMATCH and detail in err.value.detail
+
+
 def test_one_byte_policy_change_under_old_initdata(bundle: Path, tmp_path: Path) -> None:
     data = render_initdata(bundle)
     policy = bundle / "policies" / "arguments.cedar"

@@ -18,8 +18,9 @@ import pytest
 from cmcp_core import initdata
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.evidence.simulated import SimulatedQuoteSigner
+from cmcp_core.evidence.simulated import SIMULATED_QE_VENDOR_ID, SimulatedQuoteSigner
 from cmcp_core.evidence.snp import parse_report
+from cmcp_core.evidence.tdx import parse_quote
 from cmcp_devkit.enclave import NO_TRAIL, render_initdata
 from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import CocoAaProvider, ConfigfsTsmProvider
@@ -29,6 +30,9 @@ from tests.paths import DATA, EXAMPLES
 # HOST_DATA into it. Its signature then no longer verifies, which the enclave never checks on
 # its own report (the verifier does).
 SNP_REPORT = (DATA / "snp" / "azure_snp_report.bin").read_bytes()
+# A real Intel TDX quote; the emulator patches MRCONFIGID and REPORT_DATA into its body the same way.
+TDX_QUOTE = (DATA / "tdx" / "tdx_quote").read_bytes()
+TDX_MRCONFIGID_AT, TDX_REPORT_DATA_AT = 48 + 184, 48 + 520  # header, then the TD report body
 
 
 @dataclass
@@ -39,6 +43,7 @@ class TsmEmulator:
     platform: str  # tdx | snp
     measured: bytes  # MRCONFIGID (48) or HOST_DATA (32)
     provider_name: str | None = None
+    simulator: bool = False  # TDX: sign with the simulator (its markers) instead of patching Intel's quote
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -47,9 +52,13 @@ class TsmEmulator:
 
     def _answer(self, entry: Path) -> None:
         inblob = (entry / "inblob").read_bytes()
-        if self.platform == "tdx":
-            out = self.signer.quote(inblob, self.measured)
-            aux = b""
+        if self.platform == "tdx" and self.simulator:
+            out, aux = self.signer.quote(inblob, self.measured), b""
+        elif self.platform == "tdx":
+            quote = bytearray(TDX_QUOTE)
+            quote[TDX_MRCONFIGID_AT:TDX_MRCONFIGID_AT + 48] = self.measured
+            quote[TDX_REPORT_DATA_AT:TDX_REPORT_DATA_AT + 64] = inblob
+            out, aux = bytes(quote), b""
         else:
             out = bytearray(SNP_REPORT)
             out[0x50:0x90] = inblob
@@ -76,8 +85,9 @@ def tsm(tmp_path: Path) -> Iterator[TsmEmulator]:
     root.mkdir()
     emulators: list[TsmEmulator] = []
 
-    def make(platform: str, measured: bytes, provider_name: str | None = None) -> TsmEmulator:
-        emu = TsmEmulator(root, platform, measured, provider_name)
+    def make(platform: str, measured: bytes, provider_name: str | None = None,
+             simulator: bool = False) -> TsmEmulator:
+        emu = TsmEmulator(root, platform, measured, provider_name, simulator)
         emu.thread.start()
         emulators.append(emu)
         return emu
@@ -101,6 +111,20 @@ def test_tdx_over_configfs_tsm_starts_and_binds(tsm: object, tmp_path: Path) -> 
     enc.decide(session_id=session, call_id="c", principal="a", method="tools/call", tool="web.search",
                arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
     assert enc.close(session).record["runtime"]["platform"] == "intel-tdx"
+
+
+def test_simulator_signed_quote_at_the_tsm_is_labelled_simulated(tsm: object, tmp_path: Path) -> None:
+    """The dev kit's node stand-in serves simulator quotes at the TSM path: the provider must not
+    pass them on as ``tdx`` (hardware) evidence, whatever device answered."""
+    data = render_initdata(EXAMPLES / "realistic")
+    emu = tsm("tdx", initdata.tdx_mrconfigid(data), simulator=True)  # type: ignore[operator]
+    (tmp_path / "i.toml").write_bytes(data)
+    enc = start(bundle_dir=EXAMPLES / "realistic", initdata_path=tmp_path / "i.toml",
+                provider=ConfigfsTsmProvider("tdx", str(emu.root)))
+    report, report_data = enc.attest(os.urandom(32))
+    assert enc.startup_report.platform == report.platform == "simulated"
+    assert report.report_data == report_data
+    assert parse_quote(report.evidence).header.qe_vendor_id == SIMULATED_QE_VENDOR_ID
 
 
 def test_snp_over_configfs_tsm_checks_host_data(tsm: object, tmp_path: Path) -> None:

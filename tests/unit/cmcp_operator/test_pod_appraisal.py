@@ -117,14 +117,16 @@ def test_previous_revision_accepted_only_when_listed() -> None:
     assert not appraise(ev, nonce, old, {initdata_digest(new): H2}).attested
 
 
-@pytest.mark.parametrize(("tee", "simulate", "allow", "expected"), [
-    ("tdx", False, False, ("tdx",)),
-    ("tdx", True, True, ("tdx", "simulated")),
-    ("tdx", True, False, ("tdx",)),
-    ("simulated", False, True, ("simulated",)),
+@pytest.mark.parametrize(("tee", "allow", "expected"), [
+    ("tdx", False, ("tdx",)),
+    ("tdx", True, ("tdx", "simulated")),  # a stand-in TDX node's quotes, or --simulate-tee
+    ("snp", False, ("snp",)),
+    ("any", False, ("tdx", "snp", "coco-aa")),
+    ("simulated", True, ("simulated",)),
+    ("simulated", False, ()),  # a simulated route without --allow-simulated admits nothing
 ])
-def test_allowed_tee(tee: str, simulate: bool, allow: bool, expected: tuple[str, ...]) -> None:
-    assert allowed_tee(tee, simulate_tee=simulate, allow_simulated=allow) == expected
+def test_allowed_tee(tee: str, allow: bool, expected: tuple[str, ...]) -> None:
+    assert allowed_tee(tee, allow_simulated=allow) == expected
 
 
 def test_a_forged_guest_is_not_attested(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,6 +70,21 @@ def test_readiness_gate_rollout_strategy_and_volume() -> None:
     assert not any("$(" in word for word in rev.command)
 
 
+def test_enclave_reads_its_initdata_from_the_annotation_as_in_a_kata_pod() -> None:
+    """No launcher writes the decoded initdata into the container: the pod's own annotation is a
+    read-only downward-API file, and the enclave is told to decode and re-hash it."""
+    cfg = OperatorConfig()
+    rev = revision("ns", "r", spec(), BSTATUS, [], cfg)
+    pod = deployment("ns", "r", spec(), rev, cfg, OWNER)["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["initdata"]
+    assert volume == {"name": "initdata", "downwardAPI": {"items": [{"path": "cc_init_data", "fieldRef": {
+        "fieldPath": f"metadata.annotations['{ANNOTATION}']"}}]}}
+    mount = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}["initdata"]
+    assert mount == {"name": "initdata", "mountPath": "/run/cmcp/initdata", "readOnly": True}
+    assert rev.command[rev.command.index("--initdata-annotation") + 1] == "/run/cmcp/initdata/cc_init_data"
+    assert "--initdata" not in rev.command and rev.command[-2:] == ("--tee", "tdx")
+
+
 def test_enclave_pods_meet_the_restricted_pod_security_profile() -> None:
     cfg = OperatorConfig()
     rev = revision("ns", "r", spec(), BSTATUS, [], cfg)

@@ -14,6 +14,7 @@ from cmcp_devkit.cluster.containerd import (
     archive_images,
     containerd_config,
     digest_reference,
+    hooked_base_spec,
 )
 from cmcp_devkit.cluster.oci import ImageFile, write_image_archive
 
@@ -84,3 +85,20 @@ def test_an_imported_archive_is_also_named_by_its_digest(tmp_path: Path) -> None
     calls = (tmp_path / "ctr.calls").read_text().splitlines()
     assert calls == [f"--address /r/c.sock --namespace k8s.io images import {archive}",
                      f"--address /r/c.sock --namespace k8s.io images tag --force {name} {by_digest}"]
+
+
+def test_kata_handlers_get_their_hooked_base_spec_and_runc_does_not() -> None:
+    specs = {"kata-qemu-tdx": Path("/d/tdx.json"), "kata-qemu-snp": Path("/d/snp.json")}
+    cfg = tomllib.loads(containerd_config(PATHS, "p", ("kata-qemu-tdx", "kata-qemu-snp"), specs))
+    runtimes = cfg["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    assert runtimes["kata-qemu-tdx"]["base_runtime_spec"] == "/d/tdx.json"
+    assert runtimes["kata-qemu-snp"]["base_runtime_spec"] == "/d/snp.json"
+    assert "base_runtime_spec" not in runtimes["runc"]
+
+
+def test_hooked_base_spec_adds_hooks_and_leaves_the_default_alone() -> None:
+    default = {"ociVersion": "1.0.2-dev", "hooks": {"poststop": [{"path": "/old"}]}}
+    spec = hooked_base_spec(default, {"createContainer": [{"path": "/h"}], "poststop": [{"path": "/p"}]})
+    assert spec["hooks"] == {"poststop": [{"path": "/old"}, {"path": "/p"}],
+                             "createContainer": [{"path": "/h"}]}
+    assert default["hooks"] == {"poststop": [{"path": "/old"}]}

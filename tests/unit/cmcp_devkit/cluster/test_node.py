@@ -44,6 +44,41 @@ def test_paths_stay_under_the_two_node_dirs() -> None:
         assert p.is_relative_to("/d")
     for p in (c.state, c.socket, PATHS.owner):
         assert p.is_relative_to("/r")
+    # the stand-in's FUSE mount sits under the run dir, so clean_host unmounts it (also when dead)
+    assert PATHS.tsm_mount.is_relative_to("/r") and PATHS.tsm_registry.is_relative_to("/r")
+    assert PATHS.base_spec("kata-qemu-tdx").is_relative_to("/d") and PATHS.tsm_hook_log.is_relative_to("/d")
+
+
+@pytest.mark.parametrize("tee", ["tdx", "snp"])
+def test_kata_hooks_run_this_python_on_the_nodes_stand_in(tee: str) -> None:
+    hooks = node.tsm_hooks(PATHS, tee)
+    assert set(hooks) == {"createContainer", "poststop"}
+    for stage, (hook,) in hooks.items():
+        assert hook["path"] == node.sys.executable and hook["args"][0] == hook["path"]
+        assert hook["args"][1:4] == ["-m", "cmcp_devkit.cluster.tsm_hook", stage]
+        args = hook["args"]
+        assert args[args.index("--platform") + 1] == tee
+        assert args[args.index("--mount") + 1] == str(PATHS.tsm_mount)
+        assert args[args.index("--registry") + 1] == str(PATHS.tsm_registry)
+        assert hook["env"][0].startswith("PYTHONPATH=") and hook["timeout"] > 0
+    assert node.tsm_standin_argv(PATHS)[1:3] == ["-m", node.TSM_STANDIN_MODULE]
+
+
+def test_a_dead_nodes_stand_in_is_among_the_processes_clean_host_kills(tmp_path: Path) -> None:
+    """By module name and the node's dirs in its command line: not any python process."""
+    paths = NodePaths(tmp_path / "d", tmp_path / "r")
+    proc = node.subprocess.Popen([node.sys.executable, "-c", "import time; time.sleep(60)",
+                                  node.TSM_STANDIN_MODULE, f"{paths.run}/tsm"])
+    other = node.subprocess.Popen([node.sys.executable, "-c", "import time; time.sleep(60)",
+                                   node.TSM_STANDIN_MODULE, "/elsewhere/tsm"])
+    try:
+        found = node._mentions(paths)
+        assert proc.pid in found and other.pid not in found
+    finally:
+        proc.kill()
+        other.kill()
+        proc.wait()
+        other.wait()
 
 
 def test_cni_is_a_bridge_without_nat_or_gateway_setup() -> None:

@@ -1,0 +1,248 @@
+"""The confidential-node stand-in: configfs-tsm for each kata container, served over FUSE.
+
+Why FUSE, and why here: on a TDX node the guest kernel answers configfs-tsm
+(``/sys/kernel/config/tsm/report``: ``mkdir`` an entry, write ``inblob``, read ``outblob``)
+synchronously, with a quote whose MRCONFIGID the hypervisor measured from the pod's initdata.
+A file system answers the same way — the quote is made while the enclave reads ``outblob`` — so
+the enclave image runs its production ``--tee tdx`` provider unchanged, and the only simulated
+things left are the device and its signer (quotes carry the simulator's markers, so a verifier
+accepts them only with ``allow_simulated``, as ``software-only``). A directory watched by a
+thread (the unit tests' emulator) would race the reader instead. The binding is ``mfusepy``
+(ctypes over the system's libfuse3: no compiler, maintained; ``pyfuse3`` needs libfuse3 headers
+and Cython at install).
+
+Layout under the mount point (one per node, started with it): ``/<container id>/config/tsm/report/``
+for each container the OCI hook (:mod:`.tsm_hook`) registered; the hook bind-mounts
+``/<container id>`` onto that container's ``/sys/kernel``, so a container reaches only its own
+tree. What is measured is the initdata the hook decoded from the pod's annotation — never a file
+the container holds (:meth:`TsmStandin.measured_initdata` is the one place that decides it).
+
+Only TDX is served: a ``snp`` registration gets no tree (``ENOENT``), so an enclave started with
+``--tee snp`` fails closed (TEE_PROVIDER_FAILED) until a simulated SNP report path exists in
+``cmcp_core``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import stat
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mfusepy as fuse
+
+from cmcp_core import initdata
+from cmcp_core.evidence.simulated import SimulatedQuoteSigner
+
+from .tsm_hook import registration
+
+REPORT_DIR = ("config", "tsm", "report")
+FUSE_EXIT_SIGNALLED = "8"  # libfuse3's fuse_main after SIGTERM/SIGINT: a normal stop here
+REPORT_DATA_LEN = 64
+PROVIDER = {"tdx": b"tdx_guest\n"}
+ENTRY_FILES = ("inblob", "outblob", "provider", "generation")
+
+
+@dataclass
+class _Entry:
+    """One report request (a ``mkdir`` under ``report/``), as configfs-tsm keeps it."""
+
+    inblob: bytes = b""
+    outblob: bytes = b""
+    generation: int = 0
+    created: float = field(default_factory=time.time)
+
+
+class TsmStandin(fuse.Operations):  # type: ignore[misc]
+    """configfs-tsm answers for registered containers; quotes from one simulator key per node."""
+
+    use_ns = True
+
+    def __init__(self, registry: Path, signer: SimulatedQuoteSigner | None = None) -> None:
+        self.registry = registry
+        self.signer = signer or SimulatedQuoteSigner()
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ what is measured
+    def measured_initdata(self, container_id: str, caller_pid: int) -> bytes:
+        """The initdata whose digest goes into MRCONFIGID: what the hook decoded from the pod's
+        annotation. ``caller_pid`` is unused here on purpose (a weakened stand-in in the tests
+        reads the caller's own file through it, and the attacker test must catch that)."""
+        found = registration(self.registry, container_id)
+        if found is None:
+            raise fuse.FuseOSError(errno.ENOENT)
+        return found[1]
+
+    def quote(self, container_id: str, caller_pid: int, report_data: bytes) -> bytes:
+        raw = self.measured_initdata(container_id, caller_pid)
+        try:
+            mrconfigid = initdata.tdx_mrconfigid(raw)
+        except initdata.InitdataError as exc:
+            raise fuse.FuseOSError(errno.EIO) from exc
+        # the genuine simulated guest's MRTD/RTMRs: the dev release manifest pins them
+        return self.signer.quote(report_data.ljust(REPORT_DATA_LEN, b"\x00"), mrconfigid)
+
+    # ------------------------------------------------------------ path handling
+    def _split(self, path: str) -> tuple[str, tuple[str, ...]]:
+        """(container id, the rest) for a path under the mount; ENOENT for unknown containers."""
+        parts = tuple(p for p in path.split("/") if p)
+        if not parts:
+            return "", ()
+        cid, rest = parts[0], parts[1:]
+        found = registration(self.registry, cid)
+        if found is None or found[0] not in PROVIDER:
+            raise fuse.FuseOSError(errno.ENOENT)
+        return cid, rest
+
+    def _entry(self, cid: str, rest: tuple[str, ...]) -> tuple[_Entry, str | None] | None:
+        """The report entry a path names (and the file in it), or None for the directories above."""
+        n = len(REPORT_DIR)
+        if rest[:n] != REPORT_DIR or len(rest) == n:
+            if REPORT_DIR[: len(rest)] == rest:
+                return None
+            raise fuse.FuseOSError(errno.ENOENT)
+        entry = self._entries.get((cid, rest[n]))
+        if entry is None or len(rest) > n + 2 or (len(rest) == n + 2 and rest[n + 1] not in ENTRY_FILES):
+            raise fuse.FuseOSError(errno.ENOENT)
+        return entry, rest[n + 1] if len(rest) == n + 2 else None
+
+    @staticmethod
+    def _dir(mode: int = 0o755) -> dict[str, Any]:
+        now = time.time_ns()
+        return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2, "st_uid": 0, "st_gid": 0,
+                "st_atime": now, "st_mtime": now, "st_ctime": now}
+
+    def _content(self, cid: str, entry: _Entry, name: str) -> bytes:
+        if name == "inblob":
+            return entry.inblob
+        if name == "provider":
+            return PROVIDER["tdx"]
+        if name == "generation":
+            return f"{entry.generation}\n".encode()
+        return entry.outblob
+
+    # ------------------------------------------------------------ FUSE operations
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        cid, rest = self._split(path)
+        if not cid:
+            return self._dir()
+        with self._lock:
+            found = self._entry(cid, rest)
+            if found is None:
+                # report/ is writable by the enclave's (non-root) user: see the ADR on the stand-in
+                return self._dir(0o777 if rest == REPORT_DIR else 0o755)
+            entry, name = found
+            if name is None:
+                return self._dir(0o777)
+            size = len(self._content(cid, entry, name))
+        mode = 0o666 if name == "inblob" else 0o444
+        st = self._dir()
+        st.update(st_mode=stat.S_IFREG | mode, st_nlink=1, st_size=size)
+        return st
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        cid, rest = self._split(path)
+        if not cid:
+            return [".", ".."]  # containers are not listed: each sees only its own tree
+        with self._lock:
+            found = self._entry(cid, rest)
+            if found is None:
+                if rest == REPORT_DIR:
+                    return [".", "..", *sorted(name for (c, name) in self._entries if c == cid)]
+                return [".", "..", REPORT_DIR[len(rest)]]
+            if found[1] is not None:
+                raise fuse.FuseOSError(errno.ENOTDIR)
+        return [".", "..", *ENTRY_FILES]
+
+    def mkdir(self, path: str, mode: int) -> int:
+        cid, rest = self._split(path)
+        if not cid or rest[:-1] != REPORT_DIR or len(rest) != len(REPORT_DIR) + 1:
+            raise fuse.FuseOSError(errno.EPERM)
+        with self._lock:
+            if (cid, rest[-1]) in self._entries:
+                raise fuse.FuseOSError(errno.EEXIST)
+            self._entries[(cid, rest[-1])] = _Entry()
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        cid, rest = self._split(path)
+        with self._lock:
+            found = self._entry(cid, rest) if cid else None
+            if found is None or found[1] is not None:
+                raise fuse.FuseOSError(errno.EPERM)
+            del self._entries[(cid, rest[-1])]
+        return 0
+
+    def open(self, path: str, flags: int) -> int:
+        self.getattr(path)
+        return 0
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        cid, rest = self._split(path)
+        with self._lock:
+            found = self._entry(cid, rest) if cid else None
+            if found is None or found[1] != "inblob":
+                raise fuse.FuseOSError(errno.EACCES)
+            found[0].inblob = found[0].inblob[:length]
+        return 0
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        """``inblob`` only, at most 64 bytes; the quote is made now, so ``outblob``'s size is
+        right when the reader stats it (a FUSE read stops at the size the kernel was told)."""
+        cid, rest = self._split(path)
+        caller_pid = fuse.fuse_get_context()[2]
+        with self._lock:
+            found = self._entry(cid, rest) if cid else None
+            if found is None or found[1] != "inblob":
+                raise fuse.FuseOSError(errno.EACCES)
+            entry = found[0]
+            blob = entry.inblob[:offset].ljust(offset, b"\x00") + bytes(data)
+            if len(blob) > REPORT_DATA_LEN:
+                raise fuse.FuseOSError(errno.EINVAL)
+            entry.inblob = blob
+            entry.outblob = self.quote(cid, caller_pid, blob)
+            entry.generation += 1
+        return len(data)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        cid, rest = self._split(path)
+        with self._lock:
+            found = self._entry(cid, rest) if cid else None
+            if found is None or found[1] is None:
+                raise fuse.FuseOSError(errno.EISDIR)
+            entry, name = found[0], found[1]
+            return self._content(cid, entry, name)[offset:offset + size]
+
+
+def serve(mount: Path, standin: TsmStandin) -> None:
+    """Mount and serve until unmounted or signalled (libfuse unmounts on SIGTERM/SIGINT)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    fuse.FUSE(standin, str(mount), foreground=True, allow_other=True, fsname="cmcp-tsm-standin",
+              attr_timeout=0, entry_timeout=0, negative_timeout=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cmcp-tsm-standin", description=__doc__)
+    p.add_argument("--mount", type=Path, required=True)
+    p.add_argument("--registry", type=Path, required=True)
+    args = p.parse_args(argv)
+    args.registry.mkdir(parents=True, exist_ok=True)
+    print(f"cmcp tsm stand-in: serving {args.mount} (registry {args.registry}, pid {os.getpid()})",
+          flush=True)
+    try:
+        serve(args.mount, TsmStandin(args.registry))
+    except RuntimeError as exc:
+        if str(exc) != FUSE_EXIT_SIGNALLED:
+            raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
