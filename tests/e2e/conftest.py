@@ -116,6 +116,27 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_BUILT: dict[str, image_builds.Built] = {}
+
+
+def _session_images() -> dict[str, image_builds.Built]:
+    """The images of this checkout, built (or found cached) once per session."""
+    if not _BUILT:
+        t0 = time.monotonic()
+        _BUILT.update(image_builds.ensure_images(E2E_IMAGES, list(image_builds.ALL_DOCKERFILES)))
+        _STARTUP["images_seconds"] = time.monotonic() - t0
+    return _BUILT
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the images before the first test, outside every test's timeout: a cold build takes
+    minutes on a busy 2-core machine (a warm session finds them cached at once)."""
+    if os.environ.get("CMCP_E2E_KUBECONFIG") or session.config.option.collectonly:
+        return
+    if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        _session_images()
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[E2ECluster]:
     """The cluster under test; the local one is stopped at session end, on failure and on SIGTERM."""
@@ -128,9 +149,7 @@ def cluster() -> Iterator[E2ECluster]:
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind so finalisers stop every process
-    t0 = time.monotonic()
-    built = image_builds.ensure_images(E2E_IMAGES, list(image_builds.ALL_DOCKERFILES))
-    _STARTUP["images_seconds"] = time.monotonic() - t0
+    built = _session_images()
     local = LocalCluster(real_node=True, real_node_tee=False, real_node_tainted=True)
     try:
         local.start()
