@@ -2,16 +2,18 @@
 
 The chart names the operator image by repository and digest (``imageRegistry=localhost``, the
 digest of the image built in this run and imported into the node's containerd, pull policy
-``IfNotPresent``); the operator gets no kubeconfig from the test: it finds the apiserver through
-in-cluster configuration (the ``kubernetes`` Service via kube-proxy, the projected token and CA at
-the standard service-account paths). The host's /proc shows the user and the read-only root the
-chart's ``securityContext`` asks for; ``kubectl logs`` reaches the kubelet.
+``IfNotPresent``); the operator gets no kubeconfig from the test, only in-cluster configuration (the
+``kubernetes`` Service via kube-proxy, the projected token and CA at the standard service-account
+paths). The host's /proc shows the user and the read-only root the chart's ``securityContext`` asks
+for; ``kubectl logs`` reaches the kubelet.
 
 Then a PolicyBundle and a ``tee: tdx`` McpRoute: the operator's enclave pod runs the enclave image
 (by digest) on the real node through the ``kata-qemu-tdx`` handler, whose OCI hook and TSM stand-in
 give it simulated TDX evidence of its initdata; the enclave runs its real ``tdx`` provider, the
 operator attests it (software-only evidence, accepted because the install allows simulated), and
-``kubectl logs`` of the enclave shows its start-up.
+``kubectl logs`` of the enclave shows its start-up. Expected to fail until in-cluster configuration is
+fixed in the product (see the marker): the real container shows that Kopf's service-account login
+talks to ``https://kubernetes.default.svc``, a name only cluster DNS resolves.
 
 The release is installed and uninstalled here, before or after the chart tests that still run on the
 node agent (one release per cluster: the webhook configuration's name is fixed).
@@ -158,6 +160,13 @@ def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="real-container fault: the operator's Kopf login (kopf.login_with_service_account) names "
+    "https://kubernetes.default.svc, which needs cluster DNS (ClientConnectorDNSError in its log); "
+    "branch pid1 (cmcp_core.kube_config) makes it use KUBERNETES_SERVICE_HOST/PORT. Strict: remove "
+    "this marker when that lands",
+)
 def test_a_tdx_route_gets_an_attested_enclave_on_the_real_node(
     local_cluster: E2ECluster, operator_pod: dict[str, Any]
 ) -> None:

@@ -216,3 +216,20 @@ def test_an_image_named_by_its_digest_runs_without_a_pull(local_cluster: E2EClus
     assert ready["spec"]["containers"][0]["image"] == by_digest
     # no registry is reachable here: Ready means the kubelet found the imported image under that name
     assert built.digest in ready["status"]["containerStatuses"][0]["imageID"]
+
+    # Without the digest name the import adds, the same reference is not found: the kubelet pulls
+    # and, with no registry, fails. (Put back afterwards for the rest of the session.)
+    assert local_cluster.local is not None and local_cluster.local.real_node is not None
+    ctr = local_cluster.local.real_node.ctr
+    ctr.run("images", "rm", by_digest)
+    try:
+        pod["metadata"]["name"] = "pinned-untagged"
+        kube.create(f"/api/v1/namespaces/{ns}/pods", pod)
+
+        def pull_failed(p: dict[str, Any]) -> bool:
+            waiting = ((p["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("waiting")
+            return bool(waiting and waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff"))
+
+        wait_pod(kube, ns, "pinned-untagged", "to fail its pull", pull_failed, diag=local_cluster.diagnostics)
+    finally:
+        ctr.run("images", "tag", "--force", built.reference, by_digest)
