@@ -22,9 +22,11 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/
   || need_apt+=(postgresql)
 # the e2e cluster's real node (cmcp_devkit.cluster.node, root only: a kubelet runs pods through its own
 # containerd, runc and the bridge/host-local CNI plugins, and needs iptables and conntrack on the host;
+# its NetworkPolicy engine's nftables table is inspected and removed with nft;
 # its confidential-node stand-in is a FUSE file system: libfuse3 from Debian's fuse3)
 if [ "$(id -u)" = 0 ]; then
   for p in containerd runc iptables conntrack; do command -v "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
+  command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
   [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
   command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 fi

@@ -341,7 +341,7 @@ class Conversation:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            for _ in range(MAX_INPUT_ROUNDS):
+            for rounds in range(MAX_INPUT_ROUNDS + 1):
                 answer = self._answer
                 if isinstance(answer.events, Relay):
                     async for event in answer.events:
@@ -354,6 +354,8 @@ class Conversation:
                 else:
                     yield sse_event(jsonrpc.result_body(self._request_id, answer.result))
                     return
+                if rounds == MAX_INPUT_ROUNDS:  # checked before asking: the last answer was read
+                    break
                 await unbroken(self.let_ask(pending))
                 if self._modern:  # it answers by repeating its request (call_target binds the answers)
                     yield sse_event(jsonrpc.result_body(self._request_id, pending))

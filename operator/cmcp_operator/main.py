@@ -26,7 +26,8 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
     appraisal_options.add_arguments(p)  # --release-manifest/--release-key/--allow-simulated/...
     p.add_argument("--simulate-tee", action="store_true",
-                   help="dev/test: enclaves use --tee simulated on TDX/SNP nodes (needs --allow-simulated)")
+                   help="dev/test stacks without a node stand-in: enclaves use --tee simulated on TDX/SNP "
+                        "nodes (needs --allow-simulated)")
     p.add_argument("--reattest-interval", type=float, default=30.0, metavar="S")
     p.add_argument("--attest-timeout", type=float, default=5.0, metavar="S")
     p.add_argument("--enclave-image", default=DEFAULT_IMAGE)

@@ -208,7 +208,11 @@ def local_cluster(cluster: E2ECluster) -> E2ECluster:
 
 # Tests that start (and stop) a real node of their own: one real node per machine, and the session
 # cluster holds it until the session ends, so they run before anything starts the session cluster.
-OWN_REAL_NODE = ("test_cluster_real_node.py", "test_tsm_standin_real_node.py")
+OWN_REAL_NODE = (
+    "test_cluster_real_node.py",
+    "test_tsm_standin_real_node.py",
+    "test_cluster_network_policy.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

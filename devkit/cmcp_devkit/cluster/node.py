@@ -8,8 +8,12 @@ the same pinned module as the apiserver), containerd and runc. ``LocalCluster(re
 What it changes on the host, and what :func:`clean_host` (run by ``stop``, by ``cluster down``
 and before every start, so a crashed run's leftovers go) takes back:
 
-* processes: containerd, the kubelet, containerd-shim-runc-v2, the TSM stand-in and the containers
-  (the shims detach, so a crash leaves them running): killed via their cmdlines and the kubepods cgroups;
+* processes: containerd, the kubelet, containerd-shim-runc-v2, the NetworkPolicy engine
+  ``cmcp-netpol`` (``netpol.py``), the TSM stand-in and the containers (the shims detach, so a
+  crash leaves them running): killed via their cmdlines and the kubepods cgroups;
+* the engine's packet steering, the iptables chain ``mangle CMCP-NETPOL`` with its jump from
+  ``POSTROUTING``, and its nftables table ``inet cmcp-e2e-netpol`` where the kernel lets it write
+  one (a killed engine leaves them, and they drop new pod connections: fail closed until removed);
 * mounts under the node's dirs: the kubelet bind-mounts its root dir onto itself, volumes
   (tmpfs), container rootfs overlays, sandbox /dev/shm, the pods' network namespaces, and the
   TSM stand-in's FUSE mount (a dead daemon leaves it behind, answering ENOTCONN: detached);
@@ -58,6 +62,8 @@ from typing import Any
 
 import yaml
 
+from . import netpol
+from .binaries import NETPOL_PROGRAM
 from .containerd import ContainerdPaths, Ctr, containerd_config, hooked_base_spec
 
 DATA_DIR = Path("/var/lib/cmcp-e2e-node")
@@ -92,7 +98,7 @@ KUBELET_SYSCTLS = (
 )
 REQUIRED_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
 MNT_DETACH = 2
-NODE_PROGRAMS = frozenset({"containerd", "kubelet", "kube-proxy", "containerd-shim-runc-v2"})
+NODE_PROGRAMS = frozenset({"containerd", "kubelet", "kube-proxy", "containerd-shim-runc-v2", NETPOL_PROGRAM})
 # python -m programs of the node (by name: importing the stand-in loads libfuse, which only it needs)
 TSM_STANDIN_MODULE = "cmcp_devkit.cluster.tsm_standin"
 TSM_HOOK_MODULE = "cmcp_devkit.cluster.tsm_hook"
@@ -151,6 +157,10 @@ class NodePaths:
     @property
     def kube_proxy_kubeconfig(self) -> Path:
         return self.data / "kube-proxy.kubeconfig"
+
+    @property
+    def netpol_kubeconfig(self) -> Path:
+        return self.data / "netpol.kubeconfig"
 
     @property
     def pod_logs(self) -> Path:
@@ -535,6 +545,7 @@ def host_leftovers(paths: NodePaths | None = None) -> list[str]:
     out += [f"mount {m}" for m in _mounts_under(paths)]
     for binary in _iptables_binaries():
         out += [f"{binary} -t {t} chain {c}" for t, c in _chains(binary)]
+    out += netpol.host_leftovers()
     if _bridge_exists():
         out.append(f"bridge {BRIDGE}")
     out += [f"log link {p}" for p in _log_links(paths)]
@@ -615,6 +626,8 @@ def clean_host(paths: NodePaths | None = None) -> list[str]:
             _run([binary, "-w", "-t", table, "-F", chain])
         for table, chain in chains:
             _run([binary, "-w", "-t", table, "-X", chain])
+    # 4b. the NetworkPolicy engine's steering chain and table (the engine was killed in 1.)
+    netpol.remove_from_host()
     # 5. network, log links, CNI result cache
     if _bridge_exists():
         _run(["ip", "link", "del", BRIDGE])

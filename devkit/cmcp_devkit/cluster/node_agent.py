@@ -414,7 +414,8 @@ class PodWorker:
             "KUBERNETES_PORT_443_TCP_PORT": port,
             "CMCP_POD_ROOT": str(self.root),
             "CMCP_SIM_PLATFORM": self.node.tee,
-            "PYTHONPATH": self.agent.repo_root,
+            # the agent's own import path too: pods run the code the harness runs (a worktree's)
+            "PYTHONPATH": os.pathsep.join(filter(None, (self.agent.repo_root, os.environ.get("PYTHONPATH")))),
         }
         return env
 

@@ -30,8 +30,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cmcp_core import initdata
-
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 MS_BIND = 4096
 # Where a guest's configfs lives: the stand-in's per-container tree holds config/tsm/report/.
@@ -69,6 +67,10 @@ def registration(registry: Path, container_id: str) -> tuple[str, bytes] | None:
 
 def measured_initdata(annotations: Mapping[str, str]) -> bytes | None:
     """The initdata bytes a Kata runtime would measure for these annotations (None: no initdata)."""
+    # imported here: cmcp_core.initdata costs ~0.7 s of imports (its key handling), which every
+    # sandbox and every poststop call (each a fresh process) would pay for nothing
+    from cmcp_core import initdata
+
     value = annotations.get(initdata.ANNOTATION)
     if value is None:
         return None

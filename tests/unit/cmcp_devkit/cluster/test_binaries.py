@@ -144,3 +144,45 @@ def test_a_cached_pause_image_is_used_without_compiling(cache: Path) -> None:
     archive.write_bytes(b"archive")
     assert binaries.ensure_pause_image("/nonexistent/go") == archive
     assert binaries.PAUSE_IMAGE.endswith(f":v{KUBE_VERSION}")
+
+
+def test_netpol_version_matches_its_go_module() -> None:
+    assert binaries._pinned_netpol_version() == binaries.NETPOL_VERSION
+
+
+def test_stamped_netpol_engine_is_not_rebuilt_and_a_missing_one_is_built_niced(
+    cache: Path, tmp_path: Path
+) -> None:
+    go = _script(
+        tmp_path / "go",
+        'case "$1" in env) echo go1.26.0;; build) while [ "$1" != -o ]; do shift; done; '
+        'printf built > "$2"; echo "$@" > "$2.args";; *) exit 9;; esac',
+    )
+    out = cache / f"kube-network-policies-v{binaries.NETPOL_VERSION}-go1.26"
+    engine = binaries.ensure_netpol(str(go))
+    assert engine == out / binaries.NETPOL_PROGRAM and engine.read_text() == "built"
+    assert '"netpol_version": "0.8.0"' in (out / ".stamp").read_text()
+    engine.write_text("kept")
+    assert binaries.ensure_netpol(str(go)).read_text() == "kept"
+
+
+def test_a_failed_netpol_build_is_an_error_and_leaves_no_stamp(cache: Path, tmp_path: Path) -> None:
+    go = _script(tmp_path / "go",
+                 'case "$1" in env) echo go1.26.0;; *) echo "undefined: X" >&2; exit 1;; esac')
+    with pytest.raises(BinariesError, match=r"go build cmcp-netpol failed:\n.*undefined: X"):
+        binaries.ensure_netpol(str(go))
+    assert not (cache / f"kube-network-policies-v{binaries.NETPOL_VERSION}-go1.26" / ".stamp").exists()
+
+
+def test_main_builds_the_netpol_engine_ahead_only_for_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(binaries, "ensure_all", lambda: Binaries(*(Path(f"/b/{i}") for i in range(6))))
+    monkeypatch.setattr(binaries, "ensure_netpol", lambda: Path("/c/cmcp-netpol"))
+    monkeypatch.setattr(binaries.os, "geteuid", lambda: 0)
+    assert binaries.main() == 0
+    assert "cmcp_netpol=/c/cmcp-netpol" in capsys.readouterr().out.splitlines()
+    monkeypatch.setattr(binaries.os, "geteuid", lambda: 1000)
+    assert binaries.main() == 0
+    out = capsys.readouterr().out
+    assert "helm=/b/5" in out.splitlines() and "cmcp_netpol" not in out

@@ -195,6 +195,21 @@ def test_real_node_needs_the_netns_pod_network(tmp_path: Path, monkeypatch: pyte
     assert cluster.real_node is None
 
 
+def test_network_policy_needs_the_real_node_and_a_host_that_can_steer_packets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="network_policy needs real_node"):
+        LocalCluster(nodes=[], state_dir=tmp_path / "a", network_policy=True)
+    monkeypatch.setattr(control_plane, "ensure_all", lambda: None)
+    monkeypatch.setattr(control_plane, "ensure_kubelet", lambda: Path("/kubelet"))
+    monkeypatch.setattr(control_plane, "ensure_netpol", lambda: Path("/cmcp-netpol"))
+    monkeypatch.setattr(control_plane.netpol, "missing_prerequisites", lambda: "no br_netfilter here")
+    cluster = LocalCluster(nodes=[], state_dir=tmp_path / "b", real_node=True, network_policy=True)
+    with pytest.raises(control_plane.ClusterStartError, match="no br_netfilter here"):
+        cluster.start()
+    assert cluster.real_node is None and cluster.procs == []
+
+
 def test_import_image_needs_a_running_real_node_and_reports_ctr_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -239,10 +239,14 @@ def test_an_unknown_image_fails_the_pod_like_an_image_pull(agent: NodeAgent) -> 
     assert info.value.reason == "ErrImagePull" and "nginx" in info.value.message
 
 
-def test_base_env_points_pods_at_the_apiserver_and_the_node_tee(agent: NodeAgent) -> None:
+def test_base_env_points_pods_at_the_apiserver_and_the_node_tee(agent: NodeAgent,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     env = _worker(agent)._base_env()
     assert env["KUBERNETES_SERVICE_HOST"] == "198.19.1.1" and env["KUBERNETES_SERVICE_PORT"] == "6443"
     assert env["CMCP_SIM_PLATFORM"] == "tdx" and env["PYTHONPATH"] == "/repo"
+    monkeypatch.setenv("PYTHONPATH", "/worktree/core")  # pods run the harness's code (a worktree's)
+    assert _worker(agent)._base_env()["PYTHONPATH"] == "/repo:/worktree/core"
     assert env["PATH"].split(":")[0] == agent.bin_dir
 
 
