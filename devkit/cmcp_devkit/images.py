@@ -18,6 +18,7 @@ is mounted for the build's ``pip`` only (``PIP_CERT``); it never enters an image
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +45,15 @@ COMPONENTS = {
     "operator": "operator",
 }
 DOCKERFILES = dict.fromkeys(COMPONENTS, DOCKERFILE)  # image name -> the Dockerfile it is built from
+# images only the tests run (never shipped): built on request, e.g. by the e2e session
+TEST_DOCKERFILES = {
+    "test-http-echo": "devkit/cmcp_devkit/cluster/http_echo.Dockerfile",
+}
+ALL_DOCKERFILES = {**DOCKERFILES, **TEST_DOCKERFILES}
+# what the Dockerfiles copy from the build context: the inputs of :func:`ensure_images`' cache key
+CONTEXT_PATHS = ("pyproject.toml", "uv.lock", ".dockerignore", "core", "enclave_pod", "gateway", "guard",
+                 "operator", "devkit/cmcp_devkit/cluster/http_echo.py",
+                 *sorted(set(ALL_DOCKERFILES.values())))
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 _MOUNTED_CA = "/etc/ssl/cmcp-build-ca.crt"
 
@@ -137,8 +147,8 @@ def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: st
     argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
             "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
             "--build-arg", f"SOURCE_DATE_EPOCH={epoch}",  # useradd's /etc/shadow date: not the build's day
-            "--build-arg", f"COMPONENT={name}",  # selects the image in the one Dockerfile
-            "-f", DOCKERFILES[name], "-t", local]
+            *(["--build-arg", f"COMPONENT={name}"] if name in COMPONENTS else []),  # selects the image
+            "-f", ALL_DOCKERFILES[name], "-t", local]
     if HOST_CA.is_file():
         argv += ["--volume", f"{HOST_CA}:{_MOUNTED_CA}:ro", "--build-arg", f"PIP_CERT={_MOUNTED_CA}"]
     started = time.monotonic()
@@ -178,16 +188,67 @@ def build_all(out_dir: Path, names: list[str] | None = None) -> list[Built]:
     return built
 
 
+def inputs_key(names: list[str]) -> str:
+    """A digest of everything a build of ``names`` reads: the base's version, the images asked for and
+    the build context's files (tracked and untracked, not ignored). Equal keys, equal images."""
+    listed = _run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                  *CONTEXT_PATHS, cwd=ROOT)
+    digest = hashlib.sha256(f"{BASE_VERSION}\n{','.join(sorted(names))}\n".encode())
+    for rel in sorted(set(filter(None, listed.split("\0")))):
+        path = ROOT / rel
+        if path.suffix == ".pyc" or "__pycache__" in path.parts or not path.is_file():
+            continue
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def ensure_images(cache: Path, names: list[str], *, keep: int = 2) -> dict[str, Built]:
+    """``names`` built into ``cache/<inputs key>``, or the archives already there when nothing they are
+    built from changed (warm e2e sessions, also from a fresh clone of the same sources). Keyed by
+    :func:`inputs_key`, not by the commit: a new commit of unchanged sources reuses the images (their
+    timestamps are the earlier commit's). Only the ``keep`` most recently used builds stay."""
+    key = inputs_key(names)
+    out_dir = cache / key[:16]
+    record = out_dir / "inputs.json"  # beside build_all's images.json
+    try:
+        doc = json.loads(record.read_text())
+        if doc.get("inputs") == key:
+            cached = {b["name"]: Built(**b) for b in doc["images"]}
+            if set(cached) == set(names) and all(Path(b.archive).is_file() for b in cached.values()):
+                record.touch()  # most recently used
+                return cached
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    built = build_all(out_dir, names)
+    record.write_text(json.dumps({"inputs": key, "images": [asdict(b) for b in built]}, indent=2) + "\n")
+    _prune(cache, keep)
+    return {b.name: b for b in built}
+
+
+def _prune(cache: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used builds under ``cache`` (each is ~0.5 GB)."""
+    def used(build_dir: Path) -> float:
+        try:
+            return (build_dir / "inputs.json").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    builds = sorted((d for d in cache.iterdir() if d.is_dir()), key=used, reverse=True)
+    for stale in builds[keep:]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmcp_devkit.images", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"images to build (default: all of {', '.join(COMPONENTS)})")
+                        help=f"images to build (default: all of {', '.join(DOCKERFILES)}; "
+                        f"test images: {', '.join(TEST_DOCKERFILES)})")
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "images",
                         help="where the OCI archives and images.json go (default: .cache/images)")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.names) - set(COMPONENTS))
+    unknown = sorted(set(args.names) - set(ALL_DOCKERFILES))
     if unknown:
-        parser.error(f"no such image: {', '.join(unknown)} (choose from {', '.join(COMPONENTS)})")
+        parser.error(f"no such image: {', '.join(unknown)} (choose from {', '.join(ALL_DOCKERFILES)})")
     try:
         built = build_all(args.out, args.names or None)
     except ImagesError as exc:

@@ -1,16 +1,22 @@
 """Session fixtures for the e2e suite: one real control plane per pytest session.
 
-``cluster`` starts the local plane (cluster.LocalCluster) once, or, when
-``CMCP_E2E_KUBECONFIG`` names a kubeconfig, uses that cluster as is (e.g. kind) and the
-node-agent-specific tests (marked ``node_agent``) skip. ``namespace`` gives every test its
-own namespace, deleted afterwards, so tests do not see each other's objects.
+``cluster`` starts the local plane (cluster.LocalCluster) once, with the real node (a kubelet,
+containerd and runc) beside the node agent's nodes. Images are built in the run
+(``cmcp_devkit.images``, cached while their sources are unchanged) and imported into the real node's
+containerd. The real node is tainted: a test's pods run there as real containers when it gives them
+``cluster.real_pods`` (toleration + node selector); the rest still run on the node agent until they
+move. When ``CMCP_E2E_KUBECONFIG`` names a
+kubeconfig, that cluster is used as is (e.g. kind) and the local-only tests skip. ``namespace``
+gives every test its own namespace, deleted afterwards, so tests do not see each other's objects.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,13 +27,16 @@ from typing import Any
 import pytest
 import yaml
 
+from cmcp_devkit import images as image_builds
 from cmcp_devkit.cluster.binaries import ensure_client_tools
-from cmcp_devkit.cluster.control_plane import LocalCluster, run_tool
+from cmcp_devkit.cluster.control_plane import REAL_NODE_PLACEMENT, LocalCluster, run_tool
 from cmcp_devkit.cluster.kube import Kube
 from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.config import DEFAULT_IMAGE
 
 _STARTUP: dict[str, float] = {}
+# the e2e session's image archives, one build per set of sources (a fresh clone of built sources reuses it)
+E2E_IMAGES = image_builds.cache_root() / "e2e"
 
 
 @dataclass
@@ -39,11 +48,18 @@ class E2ECluster:
     kubectl_bin: Path
     helm_bin: Path
     local: LocalCluster | None = None
+    # image name (enclave, gateway, guard, operator, test-http-echo) -> what the node holds
+    images: dict[str, image_builds.Built] = field(default_factory=dict)
     _ca_file: Path | None = field(default=None, repr=False)
 
     @property
     def is_local(self) -> bool:
         return self.local is not None
+
+    @property
+    def real_pods(self) -> dict[str, Any]:
+        """Pod spec fields that put a pod on the local plane's real node (none on another cluster)."""
+        return copy.deepcopy(REAL_NODE_PLACEMENT) if self.local is not None else {}
 
     @property
     def server(self) -> str:
@@ -83,7 +99,7 @@ class E2ECluster:
         if self.local is None:
             return ""
         return self.local.log_tail(
-            "kube-scheduler", "kube-controller-manager", "node-agent", "kube-apiserver"
+            "kube-scheduler", "kube-controller-manager", "kubelet", "node-agent", "kube-apiserver"
         )
 
     def node_names(self, **labels: str) -> set[str]:
@@ -100,6 +116,27 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_BUILT: dict[str, image_builds.Built] = {}
+
+
+def _session_images() -> dict[str, image_builds.Built]:
+    """The images of this checkout, built (or found cached) once per session."""
+    if not _BUILT:
+        t0 = time.monotonic()
+        _BUILT.update(image_builds.ensure_images(E2E_IMAGES, list(image_builds.ALL_DOCKERFILES)))
+        _STARTUP["images_seconds"] = time.monotonic() - t0
+    return _BUILT
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the images before the first test, outside every test's timeout: a cold build takes
+    minutes on a busy 2-core machine (a warm session finds them cached at once)."""
+    if os.environ.get("CMCP_E2E_KUBECONFIG") or session.config.option.collectonly:
+        return
+    if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        _session_images()
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[E2ECluster]:
     """The cluster under test; the local one is stopped at session end, on failure and on SIGTERM."""
@@ -112,13 +149,18 @@ def cluster() -> Iterator[E2ECluster]:
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind so finalisers stop every process
-    local = LocalCluster()
+    built = _session_images()
+    local = LocalCluster(real_node=True, real_node_tee=False, real_node_tainted=True)
     try:
         local.start()
         _STARTUP["cold_start_seconds"] = local.startup_seconds or 0.0
+        t0 = time.monotonic()
+        for image in built.values():
+            local.import_image(Path(image.archive))
+        _STARTUP["import_seconds"] = time.monotonic() - t0
         kube = Kube.from_kubeconfig(local.kubeconfig)
         try:
-            yield E2ECluster(local.kubeconfig, kube, kubectl, helm, local)
+            yield E2ECluster(local.kubeconfig, kube, kubectl, helm, local, built)
         finally:
             kube.close()
     finally:
@@ -157,10 +199,20 @@ def namespace(cluster: E2ECluster) -> Iterator[str]:
 
 @pytest.fixture
 def local_cluster(cluster: E2ECluster) -> E2ECluster:
-    """The cluster, only when it is the local plane with the node agent; otherwise skip."""
+    """The cluster, only when it is the local plane (real node, images built in the run, pod IPs
+    reachable from this process); otherwise skip."""
     if not cluster.is_local:
-        pytest.skip("needs the local node agent (CMCP_E2E_KUBECONFIG targets a real cluster)")
+        pytest.skip("needs the local plane (CMCP_E2E_KUBECONFIG targets a real cluster)")
     return cluster
+
+
+# Tests that start (and stop) a real node of their own: one real node per machine, and the session
+# cluster holds it until the session ends, so they run before anything starts the session cluster.
+OWN_REAL_NODE = (
+    "test_cluster_real_node.py",
+    "test_tsm_standin_real_node.py",
+    "test_cluster_network_policy.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -168,11 +220,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if Path(str(item.fspath)).parent == here or here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: Path(str(item.fspath)).name not in OWN_REAL_NODE)  # stable: order kept
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if "cold_start_seconds" in _STARTUP:
         terminalreporter.write_line(
-            f"cmcp e2e: local control plane usable after {_STARTUP['cold_start_seconds']:.1f}s "
-            "(cold start, cached binaries)"
+            f"cmcp e2e: images ready after {_STARTUP['images_seconds']:.1f}s (built or cached), local "
+            f"control plane with the real node usable after {_STARTUP['cold_start_seconds']:.1f}s "
+            f"(cached binaries), images imported in {_STARTUP.get('import_seconds', 0.0):.1f}s"
         )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME
+
 from .conftest import E2ECluster
-from .workloads import is_ready, pods
+from .workloads import ECHO_IMAGE, is_ready, pods
 
 CHART = Path(__file__).parent / "testdata" / "echo-chart"
 
@@ -28,7 +31,7 @@ def test_helm_lint_strict_and_template(cluster: E2ECluster) -> None:
     assert set(kinds) == {"Deployment", "Service"}
     spec = kinds["Deployment"]["spec"]["template"]["spec"]
     assert spec["runtimeClassName"] == "kata-qemu-tdx"
-    assert spec["containers"][0]["image"] == "registry.cmcp.test/cmcp-test/http-echo:e2e"
+    assert spec["containers"][0]["image"] == ECHO_IMAGE
 
 
 def test_helm_lint_strict_rejects_a_broken_chart(cluster: E2ECluster, tmp_path: Path) -> None:
@@ -42,7 +45,8 @@ def test_helm_lint_strict_rejects_a_broken_chart(cluster: E2ECluster, tmp_path: 
 
 def test_helm_install_runs_on_the_cluster(cluster: E2ECluster, namespace: str) -> None:
     if not cluster.is_local:
-        pytest.skip("the http-echo test image only exists on the local node agent")
+        pytest.skip("the http-echo test image is built and imported on the local plane only")
+    placement = cluster.real_pods  # real containers on the real node
     cluster.helm(
         "install",
         "r1",
@@ -51,6 +55,10 @@ def test_helm_install_runs_on_the_cluster(cluster: E2ECluster, namespace: str) -
         namespace,
         "--set",
         "replicaCount=2",
+        "--set-json",
+        f"nodeSelector={json.dumps(placement['nodeSelector'])}",
+        "--set-json",
+        f"tolerations={json.dumps(placement['tolerations'])}",
         "--wait",
         "--timeout",
         "120s",
@@ -58,7 +66,7 @@ def test_helm_install_runs_on_the_cluster(cluster: E2ECluster, namespace: str) -
 
     def all_ready() -> bool:
         ps = pods(cluster.kube, namespace, "app.kubernetes.io/instance=r1")
-        return len(ps) == 2 and all(is_ready(p) for p in ps)
+        return len(ps) == 2 and all(is_ready(p) and p["spec"]["nodeName"] == REAL_NODE_NAME for p in ps)
 
     cluster.kube.wait_for("the chart's pods to be Ready", all_ready, on_timeout=cluster.diagnostics)
     status = cluster.helm("status", "r1", "--namespace", namespace, "-o", "json").stdout

@@ -1,7 +1,8 @@
 """Readiness gates: a pod stays out of endpoints until another party sets its gate condition True.
 
 This is the mechanism the operator's attestation gate relies on, so it must hold with the
-real EndpointSlice controller and with the node agent merging (never replacing) conditions.
+real EndpointSlice controller and with the kubelet merging (never replacing) conditions, for a
+real container on the real node.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def test_readiness_gate_keeps_pod_out_of_endpoints_until_true(
 ) -> None:
     kube, ns = local_cluster.kube, namespace
     kube.create(f"/api/v1/namespaces/{ns}/services", service("gated", {"app": "gated"}))
-    kube.create(f"/api/v1/namespaces/{ns}/pods", echo_pod("gated", readinessGates=[{"conditionType": GATE}]))
+    gated = echo_pod("gated", readinessGates=[{"conditionType": GATE}], **local_cluster.real_pods)
+    kube.create(f"/api/v1/namespaces/{ns}/pods", gated)
 
     def containers_ready(p: dict[str, Any]) -> bool:
         cond = condition(p, "ContainersReady")

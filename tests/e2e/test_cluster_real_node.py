@@ -4,8 +4,8 @@ A pod of RuntimeClass ``kata-qemu-tdx`` lands on it (the only TDX-labelled node 
 under runc as uid 65532 with a read-only root, which the host sees in /proc; the pod's
 ``io.katacontainers.*`` annotation reaches the OCI spec (where Kata's shim would read it);
 an image imported from an OCI archive runs and ``kubectl logs`` reaches the kubelet. Stopping
-the cluster leaves nothing on the host, and a crashed run's leftovers (shims and containers
-keep running) are removed by ``cluster down``.
+the cluster leaves nothing on the host (kube-proxy's chains included), and a crashed run's leftovers
+(shims and containers keep running, kube-proxy's rules stay) are removed by ``cluster down``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from cmcp_devkit.cluster import netpol
 from cmcp_devkit.cluster.binaries import PAUSE_IMAGE
 from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, LocalCluster, NodeSpec
 from cmcp_devkit.cluster.kube import Kube
-from cmcp_devkit.cluster.node import BRIDGE, NodePaths, host_leftovers, missing_prerequisites
+from cmcp_devkit.cluster.node import (
+    BRIDGE,
+    FORWARD_GUARD,
+    NodePaths,
+    host_leftovers,
+    missing_prerequisites,
+)
 from cmcp_devkit.cluster.oci import ImageFile, write_image_archive
 
 from .workloads import wait_pod
@@ -195,11 +201,14 @@ def test_imported_image_runs_and_kubectl_logs_reaches_the_kubelet(
 def test_stop_leaves_nothing_on_the_host(real: LocalCluster, before: set[Path]) -> None:
     running = host_leftovers()
     assert any(x.startswith("shim socket") for x in running), running
+    # kube-proxy's Service chains and the bridge's FORWARD guard are there while the node runs
+    proxy_chains = {"iptables -t nat chain KUBE-SERVICES", f"iptables -t filter chain {FORWARD_GUARD}"}
+    assert proxy_chains <= set(running), running
     real.stop()
     assert host_leftovers() == []
     assert _shared_entries() - before == set(), "no shim socket, CNI result or log link of the node is left"
     chains = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
-    assert "KUBE-FIREWALL" not in chains and "KUBE-KUBELET-CANARY" not in chains
+    assert "KUBE-" not in chains and FORWARD_GUARD not in chains
     assert not list(Path("/sys/fs/cgroup").glob("*/kubepods"))
     assert not Path(f"/sys/class/net/{BRIDGE}").exists()
     paths = NodePaths()
@@ -248,6 +257,7 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     left = host_leftovers()
     assert any("in kubepods" in x for x in left), f"the shim's containers outlive their owner: {left}"
     assert any(x.startswith("mount ") for x in left)
+    assert "iptables -t nat chain KUBE-SERVICES" in left, "kube-proxy's rules outlive it"
     assert f"mount {NodePaths().tsm_mount}" in left  # the stand-in died with its owner: its FUSE mount stays
     if with_engine:
         assert f"iptables -t mangle chain {netpol.STEERING_CHAIN}" in left, left
@@ -261,3 +271,4 @@ def test_down_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     assert host_leftovers() == []
     assert not netpol.steering_present() and not netpol.table_present()
     assert _shared_entries() - before == set()
+    assert "KUBE-" not in subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout

@@ -48,7 +48,9 @@ def test_validating_webhook_served_by_a_pod_denies_and_allows(
     c["ports"] = [{"name": "http", "containerPort": 8443}]
     c["readinessProbe"]["httpGet"]["scheme"] = "HTTPS"
     c["volumeMounts"] = [{"name": "tls", "mountPath": "/etc/hook/tls", "readOnly": True}]
-    pod = echo_pod("hook", volumes=[{"name": "tls", "secret": {"secretName": "hook-tls"}}])
+    pod = echo_pod(
+        "hook", volumes=[{"name": "tls", "secret": {"secretName": "hook-tls"}}], **local_cluster.real_pods
+    )
     pod["spec"]["containers"] = [c]
     kube.create(f"/api/v1/namespaces/{ns}/pods", pod)
     svc = service("hook", {"app": "hook"})

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from cmcp_devkit.cluster.kube import Kube
+from cmcp_devkit.images import VERSION
 
-ECHO_IMAGE = "registry.cmcp.test/cmcp-test/http-echo:e2e"
+# built in the run from devkit/cmcp_devkit/cluster/http_echo.Dockerfile and imported into the node
+ECHO_IMAGE = f"localhost/cmcp-test-http-echo:{VERSION}"
 TDX_LABEL = "intel.feature.node.kubernetes.io/tdx"
 
 Obj = dict[str, Any]
@@ -44,7 +46,7 @@ def echo_pod(name: str, labels: dict[str, str] | None = None, **spec: Any) -> Ob
     }
 
 
-def echo_deployment(name: str, replicas: int) -> Obj:
+def echo_deployment(name: str, replicas: int, **spec: Any) -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -54,7 +56,7 @@ def echo_deployment(name: str, replicas: int) -> Obj:
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [echo_container()], "terminationGracePeriodSeconds": 5},
+                "spec": {"containers": [echo_container()], "terminationGracePeriodSeconds": 5, **spec},
             },
         },
     }

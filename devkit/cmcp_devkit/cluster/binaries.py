@@ -9,7 +9,7 @@ Layout under ``~/.cache/cmcp-e2e`` (``CMCP_E2E_CACHE`` overrides the root):
 * ``k8s-v<KUBE_VERSION>-go<major.minor>/`` kube-apiserver, kube-controller-manager,
   kube-scheduler and a ``.stamp`` written only after all three built;
 * ``kubelet-v<KUBE_VERSION>-go<major.minor>/`` the kubelet of the real node (``node.py``), same
-  module and flags, its own ``.stamp``;
+  module and flags, its own ``.stamp``; ``kube-proxy-v<KUBE_VERSION>-go<major.minor>/`` likewise;
 * ``kube-network-policies-v<NETPOL_VERSION>-go<major.minor>/cmcp-netpol`` the real node's
   NetworkPolicy engine (``netpol.py``): ``netpolbin/main.go`` over the pinned
   ``sigs.k8s.io/kube-network-policies`` module (its own go.mod: it needs client-go 0.32, the
@@ -180,19 +180,29 @@ def ensure_control_plane(go: str | None = None) -> dict[str, Path]:
     return paths
 
 
-def ensure_kubelet(go: str | None = None) -> Path:
-    """The kubelet of the real node, built from the same pinned module as the control plane."""
+def _ensure_node_binary(name: str, go: str | None) -> Path:
+    """One command of the real node, built from the same pinned module as the control plane."""
     _check_pin()
     go = go or find_go()
-    out_dir = cache_root() / f"kubelet-v{KUBE_VERSION}-go{go_version(go)}"
-    kubelet, stamp = out_dir / "kubelet", out_dir / ".stamp"
-    if stamp.exists() and kubelet.is_file():
-        return kubelet
+    out_dir = cache_root() / f"{name}-v{KUBE_VERSION}-go{go_version(go)}"
+    binary, stamp = out_dir / name, out_dir / ".stamp"
+    if stamp.exists() and binary.is_file():
+        return binary
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    _go_build(go, "kubelet", kubelet)
+    _go_build(go, name, binary)
     _write_stamp(stamp, go, adopted=False, seconds=time.monotonic() - start)
-    return kubelet
+    return binary
+
+
+def ensure_kubelet(go: str | None = None) -> Path:
+    """The kubelet of the real node."""
+    return _ensure_node_binary("kubelet", go)
+
+
+def ensure_kube_proxy(go: str | None = None) -> Path:
+    """kube-proxy of the real node (iptables mode): Service ClusterIPs for its pods."""
+    return _ensure_node_binary("kube-proxy", go)
 
 
 def _pinned_netpol_version() -> str:

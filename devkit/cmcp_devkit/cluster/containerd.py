@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,28 @@ def containerd_config(paths: ContainerdPaths, sandbox_image: str, handlers: tupl
     return "\n".join(lines)
 
 
+def archive_images(archive: Path) -> list[tuple[str, str]]:
+    """(name, manifest digest) of each named image in an OCI archive, as ``ctr images import`` names it
+    (the ``io.containerd.image.name`` annotation, else a full ``org.opencontainers.image.ref.name``)."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        index = json.load(member) if member is not None else {}
+    found = []
+    for manifest in index.get("manifests") or []:
+        notes = manifest.get("annotations") or {}
+        name = notes.get("io.containerd.image.name") or notes.get("org.opencontainers.image.ref.name", "")
+        if "/" in name:
+            found.append((name, str(manifest["digest"])))
+    return found
+
+
+def digest_reference(name: str, digest: str) -> str:
+    """``registry/repo:tag`` -> ``registry/repo@<digest>`` (a registry host's port is not a tag)."""
+    repo = name.split("@", 1)[0]
+    head, _, last = repo.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}@{digest}"
+
+
 class CtrError(RuntimeError):
     """A ``ctr`` call failed; the message carries its stderr."""
 
@@ -130,9 +153,21 @@ class Ctr:
             raise CtrError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         return proc.stdout
 
-    def import_archive(self, archive: Path) -> None:
-        """Import an OCI/docker image archive (built elsewhere) so pods on this node can run it."""
+    def import_archive(self, archive: Path) -> list[str]:
+        """Import an OCI image archive (built elsewhere) so pods on this node can run it; returns the
+        references pods can name it by.
+
+        Each named image is also recorded as ``repo@sha256:<manifest digest>``, as a pull by digest
+        would record it: the CRI resolves a pod's image only by the names containerd holds, and a user's
+        chart names our images by repository and digest (``imagePullPolicy: IfNotPresent`` then finds
+        it here and pulls nothing)."""
         self.run("images", "import", str(archive), timeout=300.0)
+        references = []
+        for name, digest in archive_images(archive):
+            by_digest = digest_reference(name, digest)
+            self.run("images", "tag", "--force", name, by_digest)
+            references += [name, by_digest]
+        return references
 
     def images(self) -> set[str]:
         return set(self.run("images", "list", "--quiet").split())

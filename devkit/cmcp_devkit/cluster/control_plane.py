@@ -44,6 +44,7 @@ from .binaries import (
     Binaries,
     cache_root,
     ensure_all,
+    ensure_kube_proxy,
     ensure_kubectl_helm,
     ensure_kubelet,
     ensure_netpol,
@@ -51,7 +52,7 @@ from .binaries import (
 )
 from .containerd import Ctr, CtrError
 from .kube import Kube, ssl_context
-from .node import NodePaths, RealNode, clean_if_abandoned, owner_pid
+from .node import KUBE_PROXY_HEALTHZ, NodePaths, RealNode, clean_if_abandoned, owner_pid
 from .pki import ClusterPKI, kubeconfig_yaml
 from .podnet import PodNetwork, set_pdeathsig
 
@@ -73,6 +74,13 @@ RUNTIME_CLASSES = {
 # its containerd maps both handlers to runc.
 REAL_NODE_NAME = "real-node-1"
 REAL_NODE_LABELS = {**TDX_LABELS, **SNP_LABELS}
+# With ``real_node_tainted=True`` the real node registers with this taint, so only pods that tolerate it
+# and select it (REAL_NODE_PLACEMENT) land on it while node-agent nodes run everything else.
+REAL_NODE_TAINT = {"key": "cmcp.dev/real-node", "value": "true", "effect": "NoSchedule"}
+REAL_NODE_PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {"kubernetes.io/hostname": REAL_NODE_NAME},
+    "tolerations": [{"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+}
 NETWORK_POLICY_ENGINE = "network-policy-engine"  # its process (and log) name in the cluster
 
 
@@ -133,6 +141,8 @@ class LocalCluster:
         state_dir: Path | None = None,
         pod_network: str | None = None,
         real_node: bool = False,
+        real_node_tee: bool = True,
+        real_node_tainted: bool = False,
         network_policy: bool = False,
     ) -> None:
         if network_policy and not real_node:
@@ -140,6 +150,8 @@ class LocalCluster:
         self.nodes = nodes if nodes is not None else default_nodes()
         self.real_node: RealNode | None = None
         self._want_real_node = real_node
+        self._real_node_labels = dict(REAL_NODE_LABELS) if real_node_tee else {}  # NFD's TDX+SNP labels
+        self._real_node_taints = [REAL_NODE_TAINT] if real_node_tainted else []
         self._want_network_policy = network_policy
         self.network_policy_ready_seconds: float | None = None  # engine spawn -> table + queue bound
         self.node_ready_seconds: float | None = None  # kubelet start -> every node Ready (real node only)
@@ -176,6 +188,7 @@ class LocalCluster:
         _sweep_stale_state(self.state_dir)
         self.bins = bins = ensure_all()
         kubelet = ensure_kubelet() if self._want_real_node else None
+        kube_proxy = ensure_kube_proxy() if self._want_real_node else None
         engine = ensure_netpol() if self._want_network_policy else None
         if engine is not None and (why := netpol.missing_prerequisites()):
             raise ClusterStartError(why)
@@ -341,8 +354,8 @@ class LocalCluster:
         cfg_path.write_text(json.dumps(agent_cfg, indent=2))
         agent_argv = [sys.executable, "-m", "cmcp_devkit.cluster.node_agent", str(cfg_path)]
         self._spawn("node-agent", agent_argv, cwd=REPO_ROOT)
-        if kubelet is not None:
-            self._start_real_node(pki, kubelet)
+        if kubelet is not None and kube_proxy is not None:
+            self._start_real_node(pki, kubelet, kube_proxy)
         if engine is not None:
             self._start_network_policy(pki, engine)
 
@@ -398,16 +411,20 @@ class LocalCluster:
         finally:
             kube.close()
 
-    def _start_real_node(self, pki: ClusterPKI, kubelet: Path) -> None:
-        """containerd (pause image imported), then the kubelet; its feature labels once it registered."""
+    def _start_real_node(self, pki: ClusterPKI, kubelet: Path, kube_proxy: Path) -> None:
+        """containerd (pause image imported), then the kubelet and kube-proxy; the node's feature labels
+        once it registered."""
         assert self.net is not None
         node = self.real_node = RealNode(REAL_NODE_NAME, self.net.index)
         cert = pki.issue(f"node-{node.name}", f"system:node:{node.name}", organizations=("system:nodes",))
+        # the bootstrap policy binds system:node-proxier (Services, EndpointSlices, Nodes) to this user
+        proxy_cert = pki.issue("kube-proxy", "system:kube-proxy")
         node.prepare(
             pki.ca.cert,
             kubeconfig_yaml(self.server, pki.ca.cert, cert, f"system:node:{node.name}"),
             tuple(RUNTIME_CLASSES),
             PAUSE_IMAGE,
+            kubeconfig_yaml(self.server, pki.ca.cert, proxy_cert, "system:kube-proxy"),
         )
         # the kata handlers' hook binds the stand-in into each container: it must serve first
         self._spawn("tsm-standin", node.tsm_standin_argv())
@@ -416,7 +433,8 @@ class LocalCluster:
         self._wait("containerd", node.containerd_ready, 30, logs=("containerd",))
         node.import_images([ensure_pause_image()])
         self._kubelet_started = time.monotonic()
-        self._spawn("kubelet", node.kubelet_argv(kubelet))
+        self._spawn("kubelet", node.kubelet_argv(kubelet, self._real_node_taints))
+        self._spawn("kube-proxy", node.kube_proxy_argv(kube_proxy))
         kube = Kube.from_kubeconfig(self.kubeconfig)
         try:
             self._wait(
@@ -426,7 +444,14 @@ class LocalCluster:
                 logs=("kubelet", "containerd"),
             )
             # As Node Feature Discovery would: nodes may not set *.kubernetes.io labels themselves.
-            kube.patch(f"/api/v1/nodes/{node.name}", {"metadata": {"labels": REAL_NODE_LABELS}})
+            if self._real_node_labels:
+                kube.patch(f"/api/v1/nodes/{node.name}", {"metadata": {"labels": self._real_node_labels}})
+            self._wait(
+                "kube-proxy /healthz (Service rules in place)",
+                lambda: httpx.get(KUBE_PROXY_HEALTHZ, timeout=2).status_code == 200,
+                90,
+                logs=("kube-proxy",),
+            )
         finally:
             kube.close()
 
@@ -451,11 +476,12 @@ class LocalCluster:
                    logs=(NETWORK_POLICY_ENGINE,))
         self.network_policy_ready_seconds = time.monotonic() - started
 
-    def import_image(self, archive: Path) -> None:
-        """Import an OCI/docker image archive into the real node's containerd (pods then run it)."""
+    def import_image(self, archive: Path) -> list[str]:
+        """Import an OCI/docker image archive into the real node's containerd (pods then run it by its
+        name or by ``repo@sha256:<manifest digest>``); returns the references it can be run by."""
         if self.real_node is None:
             raise ClusterStartError("this cluster has no real node (LocalCluster(real_node=True))")
-        self.real_node.import_images([archive])
+        return self.real_node.ctr.import_archive(archive)
 
     def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
         log = self.logs / f"{name}.log"

@@ -49,6 +49,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -77,7 +78,12 @@ DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
 SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 puts shim sockets here, whatever its state dir
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
-# What the kubelet's container manager writes (setupKernelTunables) when protectKernelDefaults is off.
+KUBE_CHAIN_PREFIX = "KUBE-"  # the kubelet's and kube-proxy's chains (KUBE-SERVICES, KUBE-SVC-*, ...)
+# the node's own FORWARD guard: pod traffic may be forwarded from the bridge only back into it
+FORWARD_GUARD = "CMCP-NODE-FORWARD"
+KUBE_PROXY_HEALTHZ = "http://127.0.0.1:10256/healthz"  # 200 once its rules are synced
+# What the kubelet's container manager writes (setupKernelTunables) when protectKernelDefaults is off,
+# and what kube-proxy may write (its config below asks it to leave conntrack and route_localnet alone).
 KUBELET_SYSCTLS = (
     "vm/overcommit_memory",
     "vm/panic_on_oom",
@@ -85,10 +91,14 @@ KUBELET_SYSCTLS = (
     "kernel/panic_on_oops",
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
+    "net/ipv4/conf/all/route_localnet",
+    "net/netfilter/nf_conntrack_max",
+    "net/netfilter/nf_conntrack_tcp_timeout_established",
+    "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
 )
 REQUIRED_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
 MNT_DETACH = 2
-NODE_PROGRAMS = frozenset({"containerd", "kubelet", "containerd-shim-runc-v2", NETPOL_PROGRAM})
+NODE_PROGRAMS = frozenset({"containerd", "kubelet", "kube-proxy", "containerd-shim-runc-v2", NETPOL_PROGRAM})
 # python -m programs of the node (by name: importing the stand-in loads libfuse, which only it needs)
 TSM_STANDIN_MODULE = "cmcp_devkit.cluster.tsm_standin"
 TSM_HOOK_MODULE = "cmcp_devkit.cluster.tsm_hook"
@@ -139,6 +149,14 @@ class NodePaths:
     @property
     def kubeconfig(self) -> Path:
         return self.data / "kubelet.kubeconfig"
+
+    @property
+    def kube_proxy_config(self) -> Path:
+        return self.data / "kube-proxy-config.yaml"
+
+    @property
+    def kube_proxy_kubeconfig(self) -> Path:
+        return self.data / "kube-proxy.kubeconfig"
 
     @property
     def netpol_kubeconfig(self) -> Path:
@@ -273,7 +291,12 @@ def kubelet_config(net: NodeNet, paths: NodePaths, ca_file: Path) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def kubelet_argv(kubelet: Path, name: str, net: NodeNet, paths: NodePaths) -> list[str]:
+def kubelet_argv(
+    kubelet: Path, name: str, net: NodeNet, paths: NodePaths, taints: list[dict[str, str]] | None = None
+) -> list[str]:
+    taint_flag = [
+        "--register-with-taints=" + ",".join(f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in taints)
+    ] if taints else []
     return [
         str(kubelet),
         f"--config={paths.kubelet_config}",
@@ -282,7 +305,50 @@ def kubelet_argv(kubelet: Path, name: str, net: NodeNet, paths: NodePaths) -> li
         f"--cert-dir={paths.kubelet_root / 'pki'}",
         f"--hostname-override={name}",
         f"--node-ip={net.node_ip}",
+        *taint_flag,
         "--v=1",
+    ]
+
+
+def kube_proxy_config(name: str, net: NodeNet, paths: NodePaths) -> str:
+    """KubeProxyConfiguration: iptables mode for the node's pods, touching no host-wide setting it can
+    leave alone (conntrack sizes and timeouts, route_localnet), listening on loopback only.
+
+    ``masqueradeAll``: a pod reaching a Service backed by a pod on the same bridge would get the reply
+    straight from that pod's IP (bridged, past the host's conntrack); masquerading makes it return
+    through the host, which undoes the DNAT, with no br_netfilter needed."""
+    doc = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        "clientConnection": {"kubeconfig": str(paths.kube_proxy_kubeconfig)},
+        "hostnameOverride": name,
+        "bindAddress": net.node_ip,
+        "healthzBindAddress": KUBE_PROXY_HEALTHZ.split("/")[2],
+        "metricsBindAddress": "127.0.0.1:10249",
+        "clusterCIDR": net.subnet,
+        "detectLocalMode": "ClusterCIDR",
+        "nodePortAddresses": [f"{net.node_ip}/32"],
+        "iptables": {"masqueradeAll": True, "localhostNodePorts": False, "syncPeriod": "30s",
+                     "minSyncPeriod": "0s"},
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s",
+                      "udpTimeout": "0s", "udpStreamTimeout": "0s"},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def kube_proxy_argv(kube_proxy: Path, paths: NodePaths) -> list[str]:
+    return [str(kube_proxy), f"--config={paths.kube_proxy_config}", "--v=1"]
+
+
+def forward_guard_rules() -> list[list[str]]:
+    """``iptables`` argument lists that let the bridge forward only into itself (Service traffic that
+    kube-proxy DNATs to a pod on the bridge) and drop the rest: no pod packet leaves the machine."""
+    return [
+        ["-N", FORWARD_GUARD],
+        ["-A", FORWARD_GUARD, "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"],
+        ["-A", FORWARD_GUARD, "-i", BRIDGE, "-j", "DROP"],
+        ["-I", "FORWARD", "1", "-j", FORWARD_GUARD],
     ]
 
 
@@ -401,14 +467,20 @@ def _umount(point: str) -> None:
     libc.umount2(point.encode(), MNT_DETACH)
 
 
+def node_chain(name: str) -> bool:
+    """A chain the node's kubelet, kube-proxy or set-up made (one real node per machine owns them)."""
+    return name.startswith(KUBE_CHAIN_PREFIX) or name == FORWARD_GUARD
+
+
 def _chain_rules(binary: str) -> list[tuple[str, list[str]]]:
-    """(table, ``-A ...`` rule words) of rules that jump to, or live in, the kubelet's chains."""
+    """(table, ``-A ...`` rule words) of rules in built-in chains that jump to the node's chains."""
     found = []
     for table in ("filter", "nat", "mangle"):
         proc = _run([binary, "-w", "-t", table, "-S"])
         for line in proc.stdout.splitlines():
-            words = line.split()
-            if words[:1] == ["-A"] and any(c in words for c in KUBELET_CHAINS):
+            words = shlex.split(line)  # kube-proxy's rules carry quoted comments: -D needs them whole
+            targets = [words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-j", "-g")]
+            if words[:1] == ["-A"] and not node_chain(words[1]) and any(node_chain(t) for t in targets):
                 found.append((table, words))
     return found
 
@@ -419,7 +491,7 @@ def _chains(binary: str) -> list[tuple[str, str]]:
         proc = _run([binary, "-w", "-t", table, "-S"])
         for line in proc.stdout.splitlines():
             words = line.split()
-            if words[:1] == ["-N"] and len(words) > 1 and words[1] in KUBELET_CHAINS:
+            if words[:1] == ["-N"] and len(words) > 1 and node_chain(words[1]):
                 found.append((table, words[1]))
     return found
 
@@ -545,13 +617,14 @@ def clean_host(paths: NodePaths | None = None) -> list[str]:
         if not _kubepods_cgroups():
             break
         time.sleep(0.1)
-    # 4. the kubelet's iptables chains: jumps first, then flush and delete each chain
+    # 4. the kubelet's, kube-proxy's and the guard's chains: jumps first, then flush all, then delete
     for binary in _iptables_binaries():
         for table, words in _chain_rules(binary):
-            if words[1] not in KUBELET_CHAINS:
-                _run([binary, "-w", "-t", table, "-D", *words[1:]])
-        for table, chain in _chains(binary):
+            _run([binary, "-w", "-t", table, "-D", *words[1:]])
+        chains = _chains(binary)
+        for table, chain in chains:
             _run([binary, "-w", "-t", table, "-F", chain])
+        for table, chain in chains:
             _run([binary, "-w", "-t", table, "-X", chain])
     # 4b. the NetworkPolicy engine's steering chain and table (the engine was killed in 1.)
     netpol.remove_from_host()
@@ -642,7 +715,14 @@ class RealNode:
             os.close(self._lock_fd)  # closing the only descriptor releases the flock
             self._lock_fd = None
 
-    def prepare(self, ca_file: Path, kubeconfig: str, handlers: tuple[str, ...], sandbox_image: str) -> None:
+    def prepare(
+        self,
+        ca_file: Path,
+        kubeconfig: str,
+        handlers: tuple[str, ...],
+        sandbox_image: str,
+        kube_proxy_kubeconfig: str | None = None,
+    ) -> None:
         why = missing_prerequisites()
         if why:
             raise NodeError(why)
@@ -676,6 +756,24 @@ class RealNode:
         p.kubelet_config.write_text(kubelet_config(self.net, p, ca_file))
         p.kubeconfig.write_text(kubeconfig)
         p.kubeconfig.chmod(0o600)
+        if kube_proxy_kubeconfig is not None:
+            self._prepare_service_network(kube_proxy_kubeconfig)
+
+    def _prepare_service_network(self, kube_proxy_kubeconfig: str) -> None:
+        """kube-proxy's files; the guard first, then forwarding on the bridge only (the host's
+        ``ip_forward`` stays as it is), so Service traffic DNATed to a pod on the bridge goes back in."""
+        p = self.paths
+        p.kube_proxy_config.write_text(kube_proxy_config(self.name, self.net, p))
+        p.kube_proxy_kubeconfig.write_text(kube_proxy_kubeconfig)
+        p.kube_proxy_kubeconfig.chmod(0o600)
+        for rule in forward_guard_rules():
+            proc = _run(["iptables", "-w", *rule])
+            if proc.returncode != 0:
+                raise NodeError(f"iptables {' '.join(rule)}: {proc.stderr.strip()}")
+        Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/forwarding").write_text("1\n")
+
+    def kube_proxy_argv(self, kube_proxy: Path) -> list[str]:
+        return kube_proxy_argv(kube_proxy, self.paths)
 
     def containerd_argv(self) -> list[str]:
         return containerd_argv(self.paths)
@@ -692,8 +790,8 @@ class RealNode:
                 return True
         return False
 
-    def kubelet_argv(self, kubelet: Path) -> list[str]:
-        return kubelet_argv(kubelet, self.name, self.net, self.paths)
+    def kubelet_argv(self, kubelet: Path, taints: list[dict[str, str]] | None = None) -> list[str]:
+        return kubelet_argv(kubelet, self.name, self.net, self.paths, taints)
 
     def containerd_ready(self) -> bool:
         self.ctr.run("version", timeout=5)

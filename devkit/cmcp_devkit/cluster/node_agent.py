@@ -62,6 +62,7 @@ Obj = dict[str, Any]
 
 KNOWN_IMAGES = ("cmcp-enclave", "cmcp-gateway", "cmcp-guard", "cmcp-operator")
 TEST_IMAGE = "cmcp-test/http-echo"
+BUILT_TEST_IMAGE = "cmcp-test-http-echo"  # the same server as a real image (cmcp_devkit.images)
 INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
 OUR_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
@@ -368,7 +369,7 @@ class PodWorker:
         repo = image_repo(image)
         last = repo.rsplit("/", 1)[-1]
         entry: list[str] | None
-        if repo == TEST_IMAGE or repo.endswith("/" + TEST_IMAGE):
+        if repo == TEST_IMAGE or repo.endswith("/" + TEST_IMAGE) or last == BUILT_TEST_IMAGE:
             entry = [self.agent.python, "-m", "cmcp_devkit.cluster.http_echo"]
         elif last in KNOWN_IMAGES:
             entry = [str(Path(self.agent.bin_dir) / last)]

@@ -96,3 +96,59 @@ def test_the_members_wheels_are_built_with_the_locked_setuptools() -> None:
     assert "uv.lock > build-constraints.txt" in text and "test -s build-constraints.txt" in text
     pinned = r"PIP_CONSTRAINT=/src/build-constraints.txt \\\n +\S+ --python \S+ install --no-deps"
     assert re.search(pinned, text)
+
+
+
+def _fake_build(out_dir: Path, names: list[str] | None = None) -> list[images.Built]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built = []
+    for name in names or []:
+        archive = out_dir / f"cmcp-{name}.oci.tar"
+        archive.write_bytes(b"x")
+        reference = f"localhost/cmcp-{name}:0.1.0"
+        built.append(images.Built(name, reference, "sha256:" + "ab" * 32, 1, str(archive)))
+    _fake_build.calls += 1  # type: ignore[attr-defined]
+    return built
+
+
+def test_ensure_images_builds_once_while_the_sources_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_build.calls = 0  # type: ignore[attr-defined]
+    monkeypatch.setattr(images, "build_all", _fake_build)
+    key = ["k1"]
+    monkeypatch.setattr(images, "inputs_key", lambda names: key[0])
+    names = ["enclave", "test-http-echo"]
+    first = images.ensure_images(tmp_path, names)
+    assert set(first) == {"enclave", "test-http-echo"}
+    assert images.ensure_images(tmp_path, names) == first
+    assert _fake_build.calls == 1  # type: ignore[attr-defined]
+    key[0] = "k2"  # a source changed
+    second = images.ensure_images(tmp_path, names)
+    assert _fake_build.calls == 2  # type: ignore[attr-defined]
+    Path(second["enclave"].archive).unlink()  # an archive went missing
+    images.ensure_images(tmp_path, names)
+    assert _fake_build.calls == 3  # type: ignore[attr-defined]
+
+
+def test_only_the_most_recently_used_builds_stay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "build_all", _fake_build)
+    key = ["k1"]
+    monkeypatch.setattr(images, "inputs_key", lambda names: key[0])
+    for k in ("k1", "k2", "k3"):
+        key[0] = k
+        images.ensure_images(tmp_path, ["enclave"], keep=2)
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["k2", "k3"]
+
+
+def test_the_inputs_key_follows_the_build_context_and_the_names() -> None:
+    key = images.inputs_key(["enclave"])
+    assert key == images.inputs_key(["enclave"])
+    assert key != images.inputs_key(["enclave", "guard"])
+
+
+def test_the_test_images_build_from_their_own_dockerfiles_and_never_ship() -> None:
+    assert not set(images.TEST_DOCKERFILES) & set(images.DOCKERFILES)
+    for dockerfile in images.TEST_DOCKERFILES.values():
+        assert (images.ROOT / dockerfile).is_file()
+        assert dockerfile in images.CONTEXT_PATHS

@@ -118,20 +118,24 @@ def test_install_exec_writes_an_executable_atomically(tmp_path: Path) -> None:
     assert not (tmp_path / ".tool.partial").exists()
 
 
-def test_stamped_kubelet_is_not_rebuilt_and_a_missing_one_is_built(cache: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["kubelet", "kube-proxy"])
+def test_a_stamped_node_binary_is_not_rebuilt_and_a_missing_one_is_built(
+    cache: Path, tmp_path: Path, name: str
+) -> None:
     # the fake go "builds" by writing its -o target
     go = _script(
         tmp_path / "go",
         'case "$1" in env) echo go1.26.0;; build) while [ "$1" != -o ]; do shift; done; '
         'printf built > "$2"; echo "$@" > "$2.args";; *) exit 9;; esac',
     )
-    out = cache / f"kubelet-v{KUBE_VERSION}-go1.26"
-    kubelet = binaries.ensure_kubelet(str(go))
-    assert kubelet == out / "kubelet" and kubelet.read_text() == "built"
-    assert "k8s.io/kubernetes/cmd/kubelet" in (out / ".kubelet.partial.args").read_text()
+    ensure = {"kubelet": binaries.ensure_kubelet, "kube-proxy": binaries.ensure_kube_proxy}[name]
+    out = cache / f"{name}-v{KUBE_VERSION}-go1.26"
+    binary = ensure(str(go))
+    assert binary == out / name and binary.read_text() == "built"
+    assert f"k8s.io/kubernetes/cmd/{name}" in (out / f".{name}.partial.args").read_text()
     assert '"adopted": false' in (out / ".stamp").read_text()
-    kubelet.write_text("kept")
-    assert binaries.ensure_kubelet(str(go)).read_text() == "kept"
+    binary.write_text("kept")
+    assert ensure(str(go)).read_text() == "kept"
 
 
 def test_a_cached_pause_image_is_used_without_compiling(cache: Path) -> None:

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from cmcp_devkit.cluster.containerd import ContainerdPaths, Ctr, CtrError, containerd_config, hooked_base_spec
+from cmcp_devkit.cluster.containerd import (
+    ContainerdPaths,
+    Ctr,
+    CtrError,
+    archive_images,
+    containerd_config,
+    digest_reference,
+    hooked_base_spec,
+)
+from cmcp_devkit.cluster.oci import ImageFile, write_image_archive
 
 PATHS = ContainerdPaths(Path("/d/containerd"), Path("/r/containerd"), Path("/r/c.sock"), Path("/d/net.d"))
 
@@ -51,6 +60,31 @@ def test_ctr_names_socket_and_namespace_and_reports_failures(tmp_path: Path) -> 
         ctr.task_pid("zzz")
     first = (tmp_path / "ctr.calls").read_text().splitlines()[0]
     assert first == "--address /r/c.sock --namespace k8s.io tasks list"
+
+
+def test_digest_reference_drops_the_tag_not_a_registry_port() -> None:
+    digest = "sha256:" + "ab" * 32
+    assert digest_reference("localhost/cmcp-enclave:0.1.0", digest) == f"localhost/cmcp-enclave@{digest}"
+    with_port = "reg.example:5000/team/cmcp-guard"
+    assert digest_reference(with_port, digest) == f"{with_port}@{digest}"
+    assert digest_reference(f"localhost/x@{'cd' * 32}", digest) == f"localhost/x@{digest}"
+
+
+def test_an_imported_archive_is_also_named_by_its_digest(tmp_path: Path) -> None:
+    """The CRI finds a pod's ``repo@sha256:`` image only under a name containerd holds: import tags it."""
+    archive = write_image_archive(tmp_path / "echo.tar", "localhost/cmcp-test-http-echo:0.1.0",
+                                  [ImageFile("/hello", b"hi")], entrypoint=["/hello"])
+    [(name, digest)] = archive_images(archive)
+    assert name == "localhost/cmcp-test-http-echo:0.1.0" and digest.startswith("sha256:")
+    fake = tmp_path / "ctr"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$0.calls"\n')
+    fake.chmod(0o755)
+    refs = Ctr(Path("/r/c.sock"), binary=str(fake)).import_archive(archive)
+    by_digest = f"localhost/cmcp-test-http-echo@{digest}"
+    assert refs == [name, by_digest]
+    calls = (tmp_path / "ctr.calls").read_text().splitlines()
+    assert calls == [f"--address /r/c.sock --namespace k8s.io images import {archive}",
+                     f"--address /r/c.sock --namespace k8s.io images tag --force {name} {by_digest}"]
 
 
 def test_kata_handlers_get_their_hooked_base_spec_and_runc_does_not() -> None:

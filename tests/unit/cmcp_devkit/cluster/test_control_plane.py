@@ -188,6 +188,7 @@ def test_down_takes_back_an_abandoned_real_node_even_without_a_cluster(
 def test_real_node_needs_the_netns_pod_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(control_plane, "ensure_all", lambda: None)
     monkeypatch.setattr(control_plane, "ensure_kubelet", lambda: Path("/kubelet"))
+    monkeypatch.setattr(control_plane, "ensure_kube_proxy", lambda: Path("/kube-proxy"))
     cluster = LocalCluster(nodes=[], state_dir=tmp_path / "s", pod_network="loopback", real_node=True)
     with pytest.raises(control_plane.ClusterStartError, match="needs the netns pod network"):
         cluster.start()
@@ -217,11 +218,11 @@ def test_import_image_needs_a_running_real_node_and_reports_ctr_errors(
     assert "no real node runs here" in capsys.readouterr().err
     imported: list[Path] = []
     monkeypatch.setattr(control_plane, "owner_pid", lambda: 4242)
-    monkeypatch.setattr(control_plane.Ctr, "import_archive", lambda self, a: imported.append(a))
+    monkeypatch.setattr(control_plane.Ctr, "import_archive", lambda self, a: imported.append(a) or [])
     assert main(["import-image", "/x.tar"]) == 0
     assert imported == [Path("/x.tar")]
 
-    def broken(self: object, a: Path) -> None:
+    def broken(self: object, a: Path) -> list[str]:
         raise control_plane.CtrError("ctr images import failed: no such file")
 
     monkeypatch.setattr(control_plane.Ctr, "import_archive", broken)

@@ -15,12 +15,17 @@ from cmcp_devkit.cluster import node
 from cmcp_devkit.cluster.node import (
     BRIDGE,
     CNI_NETWORK,
+    FORWARD_GUARD,
     NodeNet,
     NodePaths,
     RealNode,
     cni_conflist,
+    forward_guard_rules,
+    kube_proxy_argv,
+    kube_proxy_config,
     kubelet_argv,
     kubelet_config,
+    node_chain,
 )
 
 PATHS = NodePaths(Path("/d"), Path("/r"))
@@ -108,6 +113,67 @@ def test_kubelet_argv_names_the_node_and_its_dirs() -> None:
     assert argv[0] == "/bin/kubelet"
     assert {"--hostname-override=real-node-1", "--node-ip=198.19.3.65", "--root-dir=/d/kubelet",
             "--config=/d/kubelet-config.yaml", "--kubeconfig=/d/kubelet.kubeconfig"} <= set(argv)
+    assert not any(a.startswith("--register-with-taints") for a in argv)
+
+
+def test_a_tainted_node_registers_with_its_taints() -> None:
+    taints = [{"key": "cmcp.dev/real-node", "value": "true", "effect": "NoSchedule"},
+              {"key": "k", "effect": "NoExecute"}]
+    argv = kubelet_argv(Path("/bin/kubelet"), "real-node-1", NodeNet(3), PATHS, taints)
+    assert "--register-with-taints=cmcp.dev/real-node=true:NoSchedule,k=:NoExecute" in argv
+
+
+def test_kube_proxy_serves_the_node_and_leaves_host_wide_settings_alone() -> None:
+    cfg = yaml.safe_load(kube_proxy_config("real-node-1", NodeNet(3), PATHS))
+    assert cfg["kind"] == "KubeProxyConfiguration" and cfg["mode"] == "iptables"
+    assert cfg["hostnameOverride"] == "real-node-1"
+    assert cfg["clientConnection"]["kubeconfig"] == "/d/kube-proxy.kubeconfig"
+    assert cfg["clusterCIDR"] == "198.19.3.64/26" and cfg["nodePortAddresses"] == ["198.19.3.65/32"]
+    assert cfg["iptables"]["masqueradeAll"] is True  # replies from a pod on the same bridge come back
+    assert cfg["iptables"]["localhostNodePorts"] is False  # would set route_localnet host-wide
+    # zero means "leave the host's conntrack settings as they are"
+    assert set(cfg["conntrack"].values()) == {0, "0s"}
+    for address in (cfg["healthzBindAddress"], cfg["metricsBindAddress"]):
+        assert address.startswith("127.0.0.1:")
+    assert kube_proxy_argv(Path("/bin/kube-proxy"), PATHS) == [
+        "/bin/kube-proxy", "--config=/d/kube-proxy-config.yaml", "--v=1"]
+
+
+def test_the_forward_guard_lets_the_bridge_forward_only_into_itself() -> None:
+    rules = forward_guard_rules()
+    assert rules[-1] == ["-I", "FORWARD", "1", "-j", FORWARD_GUARD]  # jumped to once it is complete
+    in_guard = [r[2:] for r in rules if r[:2] == ["-A", FORWARD_GUARD]]
+    assert in_guard == [["-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"], ["-i", BRIDGE, "-j", "DROP"]]
+
+
+def test_clean_up_takes_the_kubelet_and_kube_proxy_chains_and_jumps_to_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert all(node_chain(c) for c in ("KUBE-SERVICES", "KUBE-SVC-ABC", "KUBE-FIREWALL", FORWARD_GUARD))
+    assert not any(node_chain(c) for c in ("FORWARD", "DOCKER", "CMCP-OTHER"))
+    saved = {
+        "filter": "-P FORWARD ACCEPT\n-N KUBE-FORWARD\n-N CMCP-NODE-FORWARD\n-N OTHER\n"
+                  "-A FORWARD -j CMCP-NODE-FORWARD\n-A FORWARD -m comment --comment \"KUBE-X\" -j OTHER\n"
+                  "-A KUBE-FORWARD -j ACCEPT\n",
+        "nat": "-N KUBE-SERVICES\n-N KUBE-SVC-A\n"
+               "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
+               "-A KUBE-SERVICES -j KUBE-SVC-A\n",
+        "mangle": "",
+    }
+
+    def fake_run(argv: list[str]) -> object:
+        return type("Done", (), {"stdout": saved[argv[3]], "returncode": 0})()
+
+    monkeypatch.setattr(node, "_run", fake_run)
+    assert node._chains("iptables") == [("filter", "KUBE-FORWARD"), ("filter", "CMCP-NODE-FORWARD"),
+                                        ("nat", "KUBE-SERVICES"), ("nat", "KUBE-SVC-A")]
+    # only jumps from chains that are not the node's (those are flushed), by target, not by comment
+    assert node._chain_rules("iptables") == [
+        ("filter", ["-A", "FORWARD", "-j", "CMCP-NODE-FORWARD"]),
+        # a quoted comment stays one word, or the -D that removes the rule would not match it
+        ("nat", ["-A", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals",
+                 "-j", "KUBE-SERVICES"]),
+    ]
 
 
 def test_prerequisites_name_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
