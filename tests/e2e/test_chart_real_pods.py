@@ -85,6 +85,7 @@ def operator_pod(cluster: E2ECluster, real_release: DevRelease) -> Iterator[dict
             "install", REL, str(CHART), "-n", NS, "-f", str(PROFILE), *release_values(real_release),
             *_digest_values(cluster),
             "--set", "gateway.enabled=false",
+            "--set-json", f'operator.watchNamespaces=["{APP}"]',  # namespaced (default): a Role in APP
             # the enclave runs its real tdx provider against the stand-in; its evidence is simulated
             "--set", "attestation.simulateTee=false",
             "--set-json", 'attestation.allowedTeeTypes=["tdx"]',
@@ -160,6 +161,12 @@ def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 19): with the operator's in-cluster login fixed, the bundle becomes Ready on "
+    "the real node, but the route's enclave pod never appears within 240 s (no enclave pod logs, the "
+    "operator's log tail shows only its bundle poll). Strict: remove this marker when it passes",
+)
 def test_a_tdx_route_gets_an_attested_enclave_on_the_real_node(
     local_cluster: E2ECluster, operator_pod: dict[str, Any]
 ) -> None:
