@@ -163,9 +163,9 @@ def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="open (issue 19): with the operator's in-cluster login fixed, the bundle becomes Ready on "
-    "the real node, but the route's enclave pod never appears within 240 s (no enclave pod logs, the "
-    "operator's log tail shows only its bundle poll). Strict: remove this marker when it passes",
+    reason="open (issue 19): the route's enclave pod stays Pending (no node matches its TDX node "
+    "affinity): the session's real node starts with real_node_tee=False, so it has no TDX labels. "
+    "Strict: remove this marker when the node carries them",
 )
 def test_a_tdx_route_gets_an_attested_enclave_on_the_real_node(
     local_cluster: E2ECluster, operator_pod: dict[str, Any]
