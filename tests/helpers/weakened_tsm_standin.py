@@ -16,7 +16,7 @@ from pathlib import Path
 import mfusepy as fuse
 
 from cmcp_core import initdata
-from cmcp_devkit.cluster.tsm_standin import FUSE_EXIT_SIGNALLED, TsmStandin, serve
+from cmcp_devkit.cluster.tsm_standin import TsmStandin, serve
 
 
 class HandedFileStandin(TsmStandin):
@@ -42,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--handed-file", required=True)
     args = p.parse_args(argv)
     print(f"weakened tsm stand-in: measuring {args.handed_file} of the caller", flush=True)
-    try:
-        serve(args.mount, HandedFileStandin(args.registry, args.handed_file))
-    except RuntimeError as exc:
-        if str(exc) != FUSE_EXIT_SIGNALLED:
-            raise
+    serve(args.mount, HandedFileStandin(args.registry, args.handed_file))
     return 0
 
 

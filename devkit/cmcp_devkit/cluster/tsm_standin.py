@@ -222,10 +222,15 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
 
 
 def serve(mount: Path, standin: TsmStandin) -> None:
-    """Mount and serve until unmounted or signalled (libfuse unmounts on SIGTERM/SIGINT)."""
+    """Mount and serve until unmounted or signalled (libfuse unmounts on SIGTERM/SIGINT; a
+    signalled stop returns normally, any other libfuse failure raises)."""
     mount.mkdir(parents=True, exist_ok=True)
-    fuse.FUSE(standin, str(mount), foreground=True, allow_other=True, fsname="cmcp-tsm-standin",
-              attr_timeout=0, entry_timeout=0, negative_timeout=0)
+    try:
+        fuse.FUSE(standin, str(mount), foreground=True, allow_other=True, fsname="cmcp-tsm-standin",
+                  attr_timeout=0, entry_timeout=0, negative_timeout=0)
+    except RuntimeError as exc:
+        if str(exc) != FUSE_EXIT_SIGNALLED:
+            raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,11 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args.registry.mkdir(parents=True, exist_ok=True)
     print(f"cmcp tsm stand-in: serving {args.mount} (registry {args.registry}, pid {os.getpid()})",
           flush=True)
-    try:
-        serve(args.mount, TsmStandin(args.registry))
-    except RuntimeError as exc:
-        if str(exc) != FUSE_EXIT_SIGNALLED:
-            raise
+    serve(args.mount, TsmStandin(args.registry))
     return 0
 
 
