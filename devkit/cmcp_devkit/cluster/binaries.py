@@ -144,16 +144,16 @@ def _ldflags() -> str:
     )
 
 
-def _go_build(go: str, name: str, target: Path) -> None:
-    """``go build`` one ``k8s.io/kubernetes/cmd/<name>`` of the pinned module into ``target`` (atomically)."""
-    _log(f"building {name} v{KUBE_VERSION} (first time only; minutes on 2 cores)")
+def _go_build(go: str, name: str, target: Path, *, package: str | None = None, module_dir: Path = K8SBIN_DIR,
+              ldflags: str | None = None, about: str | None = None, niced: bool = False) -> None:
+    """``go build`` one package (default: ``k8s.io/kubernetes/cmd/<name>`` of the pinned module) into
+    ``target``, atomically: a failed build leaves nothing at ``target``."""
+    _log(about or f"building {name} v{KUBE_VERSION} (first time only; minutes on 2 cores)")
     tmp = target.with_name(f".{name}.partial")
-    proc = subprocess.run(
-        [go, "build", "-trimpath", "-ldflags", _ldflags(), "-o", str(tmp), f"k8s.io/kubernetes/cmd/{name}"],
-        cwd=K8SBIN_DIR,
-        capture_output=True,
-        text=True,
-    )
+    argv = [go, "build", "-trimpath", "-ldflags", ldflags if ldflags is not None else _ldflags(),
+            "-o", str(tmp), package or f"k8s.io/kubernetes/cmd/{name}"]
+    proc = subprocess.run(["nice", "-n", "10", *argv] if niced else argv, cwd=module_dir,
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         raise BinariesError(f"go build {name} failed:\n{proc.stderr[-4000:]}")
     tmp.replace(target)
@@ -230,18 +230,10 @@ def ensure_netpol(go: str | None = None) -> Path:
     if stamp.exists() and binary.is_file():
         return binary
     out_dir.mkdir(parents=True, exist_ok=True)
-    _log(f"building {NETPOL_PROGRAM} ({NETPOL_MODULE} v{NETPOL_VERSION}; first time only, a few minutes)")
     start = time.monotonic()
-    tmp = binary.with_name(f".{NETPOL_PROGRAM}.partial")
-    proc = subprocess.run(
-        ["nice", "-n", "10", go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."],
-        cwd=NETPOLBIN_DIR,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise BinariesError(f"go build {NETPOL_PROGRAM} failed:\n{proc.stderr[-4000:]}")
-    tmp.replace(binary)
+    about = f"building {NETPOL_PROGRAM} ({NETPOL_MODULE} v{NETPOL_VERSION}; first time only, a few minutes)"
+    _go_build(go, NETPOL_PROGRAM, binary, package=".", module_dir=NETPOLBIN_DIR, ldflags="-s -w", niced=True,
+              about=about)
     info = {"netpol_version": NETPOL_VERSION, "go": go_version(go, NETPOLBIN_DIR),
             "build_seconds": time.monotonic() - start}
     stamp.write_text(json.dumps(info) + "\n")
