@@ -82,8 +82,8 @@ def _frames(buf: bytearray) -> list[bytes]:
     return out
 
 
-class _FrameEcho(asyncio.Protocol):
-    """Each frame back as it came: a framed enclave with no work in it."""
+class _Framed(asyncio.Protocol):
+    """Buffers bytes from one connection and hands each whole frame to :meth:`frame_received`."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -95,24 +95,28 @@ class _FrameEcho(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         for frame in _frames(self.buf):
-            self.transport.write(frame)
+            self.frame_received(frame)
+
+    def frame_received(self, frame: bytes) -> None:
+        raise NotImplementedError
 
 
-class _FrameClient(asyncio.Protocol):
+class _FrameEcho(_Framed):
+    """Each frame back as it came: a framed enclave with no work in it."""
+
+    def frame_received(self, frame: bytes) -> None:
+        self.transport.write(frame)
+
+
+class _FrameClient(_Framed):
     """One long-lived connection; answers come in order, each completing the oldest question."""
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        super().__init__()
         self.waiting: deque[asyncio.Future[bytes]] = deque()
-        self.transport: Any = None
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        for frame in _frames(self.buf):
-            self.waiting.popleft().set_result(frame[FRAME.size:])
+    def frame_received(self, frame: bytes) -> None:
+        self.waiting.popleft().set_result(frame[FRAME.size:])
 
     def ask(self, body: bytes) -> asyncio.Future[bytes]:
         answer = asyncio.get_running_loop().create_future()
