@@ -15,7 +15,7 @@ enclave that is not serving).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +206,11 @@ class RouteStatus:
         previous one. Empty while the operator has rendered nothing, so a follower pins nothing
         and trusts no enclave."""
         return frozenset(t.initdata_digest for t in (self.target, self.previous) if t is not None)
+
+
+RouteReader = Callable[[], Awaitable[RouteStatus]]
+"""Where a follower reads a route's status (e.g. ``cmcp_core.route_source.McpRouteSource(...).read``);
+raises when it cannot tell."""
 
 
 def _text(value: Any) -> str | None:

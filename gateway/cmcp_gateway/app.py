@@ -56,20 +56,16 @@ class Gateway:
     async def startup(self) -> None:
         for route in self.config.routes:
             policy = AttestPolicy(appraisal=self.config.appraisal, expected=route.expected())
+            source = McpRouteSource(route.kubernetes).read if route.kubernetes is not None else None
             pool = EnclavePool(route.name, policy, self.limits.decide_timeout_seconds, self.audit,
-                               identity=self.identity)
+                               identity=self.identity, source=source)
             runtime = RouteRuntime(
                 route, pool, UpstreamClient(route.upstream, self.limits.upstream_timeout_seconds)
             )
             self.routes[route.path] = runtime
-            if route.kubernetes is not None:
-                source = McpRouteSource(route.kubernetes)
-
-                async def discover(pool: EnclavePool = pool, source: McpRouteSource = source) -> None:
-                    await pool.follow(await source.read())
-
-                await discover()
-                self.refresher.jobs.append(discover)
+            if source is not None:
+                await pool.discover()
+                self.refresher.jobs.append(pool.discover)
             else:
                 await pool.set_endpoints(route.enclaves)
             self.refresher.jobs.append(pool.refresh)

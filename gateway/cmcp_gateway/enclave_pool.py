@@ -1,8 +1,11 @@
 """A route's enclave endpoints: membership, attestation by the gateway itself, and the calls.
 
-Endpoints come and go with :meth:`EnclavePool.set_endpoints`; each is attested before use and
-re-attested on :meth:`~EnclavePool.refresh` (with a fresh nonce) or as soon as it stops
-answering. Sessions are pinned by :mod:`cmcp_gateway.pinning`; outcomes ride along as
+Endpoints come and go with :meth:`EnclavePool.set_endpoints` (or, for an ``McpRoute``, its
+status: :meth:`~EnclavePool.discover`); each is attested before use and re-attested on
+:meth:`~EnclavePool.refresh` (with a fresh nonce) or as soon as it stops answering. A route
+with no attested enclave, or a session whose enclave is not attested here, first catches up
+(:meth:`~EnclavePool.catch_up`), so a restarted pod serves as soon as it is attested, not a
+refresh period later. Sessions are pinned by :mod:`cmcp_gateway.pinning`; outcomes ride along as
 :mod:`cmcp_gateway.outcomes` describes. ``close_session`` first waits for in-flight outcome
 flushes, then carries the rest (or, to an enclave not yet known to carry, sends them first),
 so the session's Trust Record covers every outcome reported before it; ``close`` flushes all.
@@ -21,6 +24,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,7 +38,7 @@ from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.mcp_target import INPUT_METHODS
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_core.route_status import RouteStatus
+from cmcp_core.route_status import RouteReader, RouteStatus
 from cmcp_gateway import enclave_rpc, pinning
 from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
@@ -43,6 +47,7 @@ from cmcp_gateway.pinning import Pin
 
 log = logging.getLogger("cmcp.gateway")
 MAX_DRAINS = 64  # DrainAudit answers one drain takes at most (the rest wait for the next)
+CATCH_UP_SECONDS = 1.0  # a route catches up at most this often, however many agents ask
 
 
 @dataclass
@@ -67,13 +72,18 @@ class Decision:
 
 class EnclavePool:
     def __init__(self, route_name: str, policy: AttestPolicy, decide_timeout: float,
-                 audit: AuditWriter, *, identity: Ed25519PrivateKey | None = None) -> None:
+                 audit: AuditWriter, *, identity: Ed25519PrivateKey | None = None,
+                 source: RouteReader | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.route_name = route_name
         self.policy = policy
         self.decide_timeout = decide_timeout
         self.audit = audit
         self.identity = identity  # signs every call to an attested enclave (cmcp_core.gateway_identity)
+        self.source = source  # the McpRoute to follow; None: fixed endpoints (set_endpoints)
+        self.clock = clock
         self.endpoints: dict[str, Endpoint] = {}
+        self._caught_up_at = float("-inf")
+        self._catching_up: asyncio.Task[None] | None = None
 
     def _attested_kid(self, address: str) -> str | None:
         endpoint = self.endpoints.get(address)
@@ -111,6 +121,36 @@ class EnclavePool:
         await self.set_endpoints(status.attested_endpoints())
         if changed:
             await self.refresh()
+
+    async def discover(self) -> None:
+        """Follow the route's status once (a pool without a source keeps its fixed endpoints)."""
+        if self.source is not None:
+            await self.follow(await self.source())
+
+    async def catch_up(self) -> None:
+        """Re-read the route's status and re-attest every endpoint not attested now, at once
+        rather than at the next refresh: an enclave that restarted (a new pod, a new key) or
+        whose attestation failed once serves as soon as it attests again.
+
+        At most one round per ``CATCH_UP_SECONDS`` whatever the number of callers (concurrent
+        ones share the round in flight), so agents flooding a closed route cannot turn the
+        gateway into an attestation or API-server amplifier. A failed round leaves the pool as
+        it was; the caller then fails closed with its own code."""
+        if self._catching_up is None or self._catching_up.done():
+            if self.clock() - self._caught_up_at < CATCH_UP_SECONDS:
+                return
+            self._caught_up_at = self.clock()
+            self._catching_up = asyncio.get_running_loop().create_task(self._catch_up_round())
+        await asyncio.shield(self._catching_up)  # a caller that gives up does not stop the round
+
+    async def _catch_up_round(self) -> None:
+        stale = [address for address, e in self.endpoints.items() if e.attested is None]
+        try:
+            await self.discover()
+            again = [self.endpoints[a] for a in stale if a in self.endpoints]
+            await asyncio.gather(*(self._attest(e) for e in again if e.attested is None))
+        except Exception:  # the caller fails closed; this says why
+            log.warning("catching up failed", exc_info=True, extra={"route": self.route_name})
 
     async def _drop(self, address: str) -> None:
         endpoint = self.endpoints.pop(address)
@@ -155,16 +195,32 @@ class EnclavePool:
         return [e for e in self.endpoints.values() if e.attested is not None]
 
     # --- session pinning ------------------------------------------------------------------
-    def pick(self, session_id: str) -> Pin:
-        """``TEE_UNAVAILABLE`` without an attested enclave, naming the codes the others were
-        refused with (``REFERENCE_VALUE_MISMATCH``, ``INITDATA_UNEXPECTED``, ...) but not their
-        addresses: the agent learns why the route is closed, not the cluster's layout."""
-        candidates = [e.attested for e in self.endpoints.values() if e.attested is not None]
+    async def pick(self, principal: str) -> Pin:
+        """The principal's enclave (:func:`pinning.pick`), after catching up if none is attested;
+        then ``TEE_UNAVAILABLE``, naming the codes the others were refused with
+        (``REFERENCE_VALUE_MISMATCH``, ``INITDATA_UNEXPECTED``, ...) but not their addresses: the
+        agent learns why the route is closed, not the cluster's layout."""
+        if not self.attested():
+            await self.catch_up()
+        candidates = self._candidates()
         if not candidates:
             refusals = sorted({str(e.error.code) for e in self.endpoints.values() if e.error is not None})
             why = f" (refused: {', '.join(refusals)})" if refusals else ""
             raise CmcpError(Code.TEE_UNAVAILABLE, f"route {self.route_name}: no attested enclave{why}")
-        return pinning.pick(session_id, candidates, self.route_name)
+        return pinning.pick(principal, candidates, self.route_name)
+
+    async def owner(self, session_id: str, principal: str) -> Pin:
+        """Where an existing session lives (:func:`pinning.owner`); if its enclave is not attested
+        here, after catching up once (a replica that just started, a failed attestation), then
+        ``SESSION_LOST``."""
+        try:
+            return pinning.owner(session_id, principal, self._candidates())
+        except CmcpError:
+            await self.catch_up()
+            return pinning.owner(session_id, principal, self._candidates())
+
+    def _candidates(self) -> list[AttestedEnclave]:
+        return [e.attested for e in self.endpoints.values() if e.attested is not None]
 
     def resolve(self, pin: Pin) -> tuple[Endpoint, AttestedEnclave]:
         endpoint = self.endpoints.get(pin.address)
@@ -199,7 +255,7 @@ class EnclavePool:
     async def authenticate(self, access_token: str) -> tuple[str, float]:
         """The principal ``access_token`` proves and its expiry, asked of an attested enclave of the
         route (rendezvous on the token's digest); the enclave that decides checks it again."""
-        endpoint, _ = self.resolve(self.pick(hashlib.sha256(access_token.encode()).hexdigest()))
+        endpoint, _ = self.resolve(await self.pick(hashlib.sha256(access_token.encode()).hexdigest()))
         request = enclave_pb2.AuthenticateRequest(access_token=access_token)
         resp = await self._rpc(endpoint, "Authenticate", request)
         return resp.principal, float(resp.expires_at)
@@ -359,6 +415,8 @@ class EnclavePool:
         return resp
 
     async def close(self) -> None:
+        if self._catching_up is not None:
+            self._catching_up.cancel()
         await self.flush()
         await self.drain()
         for address in list(self.endpoints):

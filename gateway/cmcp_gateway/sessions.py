@@ -23,7 +23,6 @@ import orjson
 
 from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import CmcpError, Code
-from cmcp_gateway import pinning
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
 
@@ -111,7 +110,7 @@ class SessionTable(Mapping[str, McpSession]):
         slot = object()
         self._opening_slots.add(slot)
         try:
-            pin = runtime.pool.pick(agent)  # the principal's enclave: every replica picks the same
+            pin = await runtime.pool.pick(agent)  # the principal's enclave: every replica picks the same
             session_id = await runtime.pool.open_session(pin, agent, access_token)
         except BaseException:
             self._release(agent)
@@ -132,8 +131,7 @@ class SessionTable(Mapping[str, McpSession]):
         ``SESSION_CLOSED``, ``SESSION_PRINCIPAL_MISMATCH`` otherwise): the id alone is never
         trusted. Adopted sessions count against the same per-agent and total limits."""
         self._check_room(agent)
-        candidates = [e.attested for e in runtime.pool.attested() if e.attested is not None]
-        pin = pinning.owner(session_id, agent, candidates)
+        pin = await runtime.pool.owner(session_id, agent)
         await runtime.pool.list_tools(pin, session_id, agent, access_token)
         known = self._by_id.get(session_id)
         if known is not None:  # adopted meanwhile by a concurrent request: one entry per session

@@ -17,7 +17,7 @@ from cmcp_core.errors import CmcpError
 from cmcp_core.http_front import BoundedHttpToolsProtocol, FrontDoorLimits, bounded
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.route_source import McpRouteSource
-from cmcp_core.route_status import RouteRef
+from cmcp_core.route_status import RouteReader, RouteRef
 from cmcp_core.stop_signals import GRACE_SECONDS, exit_on_stop_signals
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_guard.check import PermitChecker
@@ -26,7 +26,7 @@ from cmcp_guard.metrics import FRONT_DOOR_REFUSALS
 from cmcp_guard.middleware import Guard
 from cmcp_guard.proxy import build_proxy
 from cmcp_guard.spent import MEMORY, SpentPermits, open_spent_store
-from cmcp_guard.trust import DEFAULT_GRACE_SECONDS, DEFAULT_PERMIT_TTL_SECONDS, RouteReader, TrustStore
+from cmcp_guard.trust import DEFAULT_GRACE_SECONDS, DEFAULT_PERMIT_TTL_SECONDS, TrustStore
 
 log = logging.getLogger("cmcp.guard")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import grpc
@@ -33,13 +33,9 @@ from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.proto import enclave_pb2_grpc
-from cmcp_core.route_status import RouteStatus
+from cmcp_core.route_status import RouteReader
 
 log = logging.getLogger("cmcp.guard")
-
-RouteReader = Callable[[], Awaitable[RouteStatus]]
-"""Where to look for enclaves and their pinned initdata (e.g. ``McpRouteSource(...).read``); raises
-when it cannot tell."""
 
 DEFAULT_PERMIT_TTL_SECONDS = 60  # cmcp-enclave --permit-ttl default
 DEFAULT_GRACE_SECONDS = float(DEFAULT_PERMIT_TTL_SECONDS + CLOCK_SKEW_SECONDS)

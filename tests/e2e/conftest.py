@@ -150,7 +150,7 @@ def cluster() -> Iterator[E2ECluster]:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind so finalisers stop every process
     built = _session_images()
-    local = LocalCluster(real_node=True, real_node_tee=False, real_node_tainted=True)
+    local = LocalCluster(real_node=True, real_node_tainted=True)
     try:
         local.start()
         _STARTUP["cold_start_seconds"] = local.startup_seconds or 0.0

@@ -11,9 +11,9 @@ Then a PolicyBundle and a ``tee: tdx`` McpRoute: the operator's enclave pod runs
 (by digest) on the real node through the ``kata-qemu-tdx`` handler, whose OCI hook and TSM stand-in
 give it simulated TDX evidence of its initdata; the enclave runs its real ``tdx`` provider, the
 operator attests it (software-only evidence, accepted because the install allows simulated), and
-``kubectl logs`` of the enclave shows its start-up. Expected to fail until in-cluster configuration is
-fixed in the product (see the marker): the real container shows that Kopf's service-account login
-talks to ``https://kubernetes.default.svc``, a name only cluster DNS resolves.
+``kubectl logs`` of the enclave shows its start-up. The session's real node carries the TDX and SNP
+feature labels (as Node Feature Discovery would set them), so the operator's TDX node affinity
+matches it; its taint keeps every pod that does not ask for it elsewhere.
 
 The release is installed and uninstalled here, before or after the chart tests that still run on the
 node agent (one release per cluster: the webhook configuration's name is fixed).
@@ -161,12 +161,6 @@ def _cond(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 19): the route's enclave pod stays Pending (no node matches its TDX node "
-    "affinity): the session's real node starts with real_node_tee=False, so it has no TDX labels. "
-    "Strict: remove this marker when the node carries them",
-)
 def test_a_tdx_route_gets_an_attested_enclave_on_the_real_node(
     local_cluster: E2ECluster, operator_pod: dict[str, Any]
 ) -> None:

@@ -4,7 +4,6 @@ MCP-handler unit tests of adoption (a session another gateway replica opened).""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,11 +14,6 @@ from cmcp_gateway.pinning import Pin
 from cmcp_gateway.sessions import McpSession
 
 ENCLAVES = [Pin(f"127.0.0.1:5005{i}", f"kid{i}" * 4 + "-rest-of-a-thumbprint") for i in range(3)]
-
-
-@dataclass
-class FakeEndpoint:
-    attested: Pin | None
 
 
 class FakePool:
@@ -35,11 +29,11 @@ class FakePool:
         self.closed: list[tuple[str, str]] = []
         self.asked: list[tuple[Pin, str]] = []
 
-    def pick(self, key: str) -> Pin:
+    async def pick(self, key: str) -> Pin:
         return pinning.pick(key, self.enclaves, "demo")
 
-    def attested(self) -> list[FakeEndpoint]:
-        return [FakeEndpoint(p) for p in self.enclaves]
+    async def owner(self, session_id: str, principal: str) -> Pin:
+        return pinning.owner(session_id, principal, self.enclaves)
 
     async def list_tools(self, pin: Pin, session_id: str, principal: str, _token: str = "") -> list[str]:
         self.asked.append((pin, session_id))

@@ -138,7 +138,7 @@ async def test_an_oversized_request_goes_unary_and_leaves_the_stream_alone(
     pool = EnclavePool("stream", attest_policy(enclave.bundle_hash), 5.0, audit_writer(tmp_path))
     await pool.set_endpoints([address])
     try:
-        pin = pool.pick("agent")
+        pin = await pool.pick("agent")
         session_id = await pool.open_session(pin, "agent")
         endpoint = pool.endpoints[address]
 
@@ -176,7 +176,7 @@ async def test_an_idle_stream_survives_keepalive_pings(tmp_path: Path,
     address = f"127.0.0.1:{port}"
     await pool.set_endpoints([address])
     try:
-        pin = pool.pick("agent")
+        pin = await pool.pick("agent")
         session_id = await pool.open_session(pin, "agent")
         args = {"text": "hi"}
 

@@ -79,7 +79,7 @@ async def test_a_forged_guest_is_never_trusted(
     pool = await _pool(pools, [forged.address], pinned)
     assert _refusal(pool, forged.address) is Code.REFERENCE_VALUE_MISMATCH and not pool.attested()
     with pytest.raises(CmcpError) as closed:  # what the agent is told: why, not where
-        pool.pick("session")
+        await pool.pick("session")
     assert closed.value.code is Code.TEE_UNAVAILABLE and "REFERENCE_VALUE_MISMATCH" in closed.value.detail
     assert forged.address not in closed.value.detail
     # weakened: without the release comparison the same guest is trusted and would decide calls
@@ -147,7 +147,7 @@ async def test_a_session_id_the_enclave_does_not_own_is_refused(
     try:
         pool = await _pool(pools, [mitm.address], Expected(bundle_hashes=frozenset({enclave.bundle_hash})))
         with pytest.raises(CmcpError) as refused:
-            await pool.open_session(pool.pick("agent"), "agent")
+            await pool.open_session(await pool.pick("agent"), "agent")
         assert refused.value.code is Code.DECISION_UNVERIFIED
     finally:
         await mitm.stop()
@@ -160,7 +160,7 @@ async def test_weakened_pool_without_the_owner_check_hands_out_a_foreign_id(
     mitm = await MitmEnclave(enclave.address, tamper="foreign-id").start()
     try:
         pool = await _pool(pools, [mitm.address], Expected(bundle_hashes=frozenset({enclave.bundle_hash})))
-        handed_out = await pool.open_session(pool.pick("agent"), "agent")
+        handed_out = await pool.open_session(await pool.pick("agent"), "agent")
         assert not handed_out.startswith(enclave.kid[:16])
     finally:
         await mitm.stop()

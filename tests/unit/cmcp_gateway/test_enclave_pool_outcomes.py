@@ -72,7 +72,7 @@ def _kinds(pool: EnclavePool, session_id: str) -> list[str]:
 
 
 async def _open(pool: EnclavePool) -> tuple[Pin, str]:
-    pin = pool.pick("agent")
+    pin = await pool.pick("agent")
     return pin, await pool.open_session(pin, "agent")
 
 

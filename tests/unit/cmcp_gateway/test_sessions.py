@@ -30,7 +30,7 @@ class FakePool:
         self.refuse: CmcpError | None = None
         self.gate: asyncio.Event | None = None  # when set, opens wait for it
 
-    def pick(self, key: str) -> Pin:
+    async def pick(self, key: str) -> Pin:
         return Pin("127.0.0.1:50051", KID)
 
     async def open_session(self, pin: Pin, agent: str, access_token: str = "") -> str:
