@@ -5,7 +5,7 @@
 # workspace lock (uv.lock), and runs its console script (cmcp-<COMPONENT>) as user 65532.
 # The enclave image is the one the design trusts: no Kubernetes client, Kopf, Starlette or uvicorn.
 # Build from the repository root (the context must hold pyproject.toml, uv.lock, core/ and the
-# component folders: enclave_pod/, gateway/, guard/, operator/):
+# component folders: enclave_pod/, gateway/, guard/, operator/, devkit/ for the demo's image):
 #   docker build --build-arg COMPONENT=enclave -t ghcr.io/cmcp-k8s/cmcp-enclave:0.1.0 .
 # Both stages use the same exact-tag Python base so the venv's interpreter path matches; pin it
 # further by digest in your registry mirror (e.g. python:3.11.14-slim-bookworm@sha256:...).
@@ -34,24 +34,27 @@ COPY enclave_pod ./enclave_pod
 COPY gateway ./gateway
 COPY guard ./guard
 COPY operator ./operator
+COPY devkit ./devkit
 # Only prebuilt wheels whose hashes the lock names: a dependency that would need a compiler, or
-# one the lock does not pin, fails the build. The two workspace members go in without deps. The
+# one the lock does not pin, fails the build. The workspace members (core, then the image's own:
+# for the demo the dev kit with the enclave and guard it imports) go in without deps. The
 # venv gets no pip (nor its compiled files): the build's pip installs into it. The members' wheels
 # are built with the setuptools uv.lock pins (PIP_CONSTRAINT reaches pip's isolated build): its
 # version is written into their dist-info, so the newest on PyPI would change the image's digest.
 RUN case "${COMPONENT}" in \
-      enclave) folder=enclave_pod ;; \
-      gateway|guard|operator) folder="${COMPONENT}" ;; \
-      *) echo "COMPONENT must be enclave, gateway, guard or operator, not '${COMPONENT}'" >&2; exit 1 ;; \
+      enclave) package=enclave; set -- ./enclave_pod ;; \
+      gateway|guard|operator) package="${COMPONENT}"; set -- "./${COMPONENT}" ;; \
+      demo) package=devkit; set -- ./enclave_pod ./guard ./devkit ;; \
+      *) echo "COMPONENT must be enclave, gateway, guard, operator or demo, not '${COMPONENT}'" >&2; exit 1 ;; \
     esac \
- && /opt/build/bin/uv export --frozen --no-dev --package "cmcp-${COMPONENT}" --no-emit-workspace -o requirements.txt \
+ && /opt/build/bin/uv export --frozen --no-dev --package "cmcp-${package}" --no-emit-workspace -o requirements.txt \
  && sed -n '/^name = "setuptools"$/{n;s/^version = "\(.*\)"$/setuptools==\1/p}' uv.lock > build-constraints.txt \
  && test -s build-constraints.txt \
  && python3 -m venv --without-pip /opt/cmcp \
  && /opt/build/bin/pip --python /opt/cmcp/bin/python install --require-hashes --only-binary=:all: --no-compile \
       -r requirements.txt \
  && PIP_CONSTRAINT=/src/build-constraints.txt \
-    /opt/build/bin/pip --python /opt/cmcp/bin/python install --no-deps --no-compile ./core "./${folder}"
+    /opt/build/bin/pip --python /opt/cmcp/bin/python install --no-deps --no-compile ./core "$@"
 
 FROM ${PYTHON_IMAGE} AS runtime
 # useradd dates the account's last password change (/etc/shadow) by it, not by the build's day:
@@ -92,6 +95,14 @@ LABEL org.opencontainers.image.title="cmcp-operator" \
       org.opencontainers.image.description="cMCP Kopf operator: PolicyBundle/McpRoute, attestation-gated routing"
 EXPOSE 9443 9090
 ENTRYPOINT ["cmcp-operator"]
+
+# The demo's upstream, never shipped with the product: the dev kit's MCP server and the demo's
+# wiretap, for `cmcpctl demo --cluster` and the cluster tests (the guard runs from its own image).
+FROM runtime AS image-demo
+LABEL org.opencontainers.image.title="cmcp-demo" \
+      org.opencontainers.image.description="cMCP demo upstream - the dev kit's MCP server and wiretap (demo and tests only)"
+EXPOSE 8000
+ENTRYPOINT ["python", "-m", "cmcp_devkit.upstream"]
 
 # hadolint ignore=DL3006
 FROM image-${COMPONENT}

@@ -14,8 +14,10 @@ component is deployed the way a platform team would:
    ``demo`` profile), the ``cmcp-guard`` proxy in front of it (``--route``: it follows the
    route's ``status.pods[]`` addresses under its own ServiceAccount, allowed to ``get`` that
    McpRoute only, and attests each enclave itself) and the host's wiretap
-   (:mod:`cmcp_ctl.demo_tap`) between gateway and guard. All three run from the ``cmcp-guard``
-   image, which ships the whole ``cmcp-k8s`` distribution (``guard/Dockerfile``);
+   (:mod:`cmcp_devkit.demo_tap`) between gateway and guard. The guard runs from the ``cmcp-guard``
+   image, the server and the wiretap from the demo's ``cmcp-demo`` image (the Dockerfile's
+   ``COMPONENT=demo``; ``python -m cmcp_devkit.images demo``), both from the chart's registry and
+   ``appVersion``, on the nodes the gateway is placed on;
 4. ``helm upgrade`` adds the gateway for the route;
 5. the story through the gateway with the official ``mcp`` client, the host's direct attempts,
    the Trust Record, audit export and fresh evidence from the enclave (gRPC), verified like the
@@ -27,6 +29,10 @@ Reachability: the demo process talks to the gateway, the upstream pod and the en
 routable from where the demo runs; elsewhere the demo stops with that explanation (no
 ``kubectl port-forward`` fallback). It never reads the default kubeconfig silently: pass
 ``--kubeconfig`` or set ``KUBECONFIG``.
+
+``--values FILE`` (repeatable) goes to every ``helm`` after the profile, as ``helm -f`` would: an image
+registry or digests, node placement, another TEE than the profile's. The demo reads the same merged
+values for the images and placement of the pods it starts itself.
 
 Exit code: 0 only if every expected outcome happened; 1 if any did not; 2 when the cluster, the
 tools or the installation were not usable (the message says what to do next).
@@ -60,6 +66,7 @@ from cmcp_core.verify import AppraisalPolicy
 from cmcp_ctl import demo_story
 from cmcp_ctl.demo_story import AGENT, AUDIENCE, ROUTE, Console, DemoFailure, Run
 from cmcp_devkit.cluster import chart_release
+from cmcp_devkit.cluster.node import NodePaths
 from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.render_bundle import bundle_manifest
 
@@ -76,6 +83,7 @@ WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"  # fixed by the operator: one release 
 MCP_PORT, GUARD_PORT, TAP_PORT = 9001, 8443, 8000  # upstream pod's containers (bound to the pod IP)
 GATEWAY_PORT = 8080  # the chart's gateway.port default
 AUDIT_FILE_IN_POD = "var/lib/cmcp-gateway/audit.sqlite"  # the chart's gateway state dir + audit.sqlite
+REAL_NODE_AUDIT = Path("volumes", "kubernetes.io~empty-dir", "audit", "audit.sqlite")  # in a kubelet pod dir
 WAIT = 180.0  # seconds for each slow step (pods start, enclave attested, rollout)
 
 
@@ -98,6 +106,15 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "--kubectl", metavar="PATH", help="with --cluster: kubectl binary (default: kubectl on PATH)"
     )
     parser.add_argument(
+        "--values",
+        "-f",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="with --cluster: a Helm values file applied after the simulated profile (image registry "
+        "and digests, node placement, ...); repeatable, later files win",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="with --cluster: leave the release, bundle, route and upstream installed afterwards",
@@ -113,10 +130,17 @@ class ToolError(RuntimeError):
     """A helm/kubectl command failed; the message holds the command line and its stderr."""
 
 
-def local_gateway_audit_store(kubeconfig: Path, namespace: str = "*", release: str = "*") -> str | None:
+def local_gateway_audit_store(
+    kubeconfig: Path, namespace: str = "*", release: str = "*", pod_uids: Sequence[str] = (),
+    kubelet_root: Path | None = None,
+) -> str | None:
     """The chart gateway's SQLite audit store, read as an auditor would, when this machine holds
-    it: the dev kit's control plane (state next to its kubeconfig) runs pods from ``pods/``."""
-    found = sorted((kubeconfig.parent / "pods").glob(f"{namespace}_{release}-gateway-*/{AUDIT_FILE_IN_POD}"))
+    it: on the dev kit's real node, the audit emptyDir of a gateway pod in ``pod_uids`` under the
+    kubelet's root dir; on its node agent, the pod's files under ``pods/`` beside the kubeconfig."""
+    pods = (kubelet_root or NodePaths().kubelet_root) / "pods"
+    found = [path for path in (pods / uid / REAL_NODE_AUDIT for uid in pod_uids) if path.is_file()]
+    agent_pods = kubeconfig.parent / "pods"
+    found = found or sorted(agent_pods.glob(f"{namespace}_{release}-gateway-*/{AUDIT_FILE_IN_POD}"))
     return f"sqlite:{found[-1]}" if found else None
 
 
@@ -228,14 +252,45 @@ def install_values(release: DevRelease, replicas: int = 1) -> dict[str, Any]:
     return {**chart_release.chart_values(release), "gateway": {"replicas": replicas, "routes": []}}
 
 
-def enclave_image(chart: Path, profile: Path) -> str:
+def merged_values(chart: Path, *files: Path) -> dict[str, Any]:
+    """The chart's values with ``files`` applied in order, merged as Helm merges ``-f`` files
+    (maps key by key, anything else replaced)."""
+
+    def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in top.items():
+            nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = merge(out[key], value) if nested else value
+        return out
+
+    values: dict[str, Any] = yaml.safe_load((chart / "values.yaml").read_text(encoding="utf-8"))
+    for path in files:
+        values = merge(values, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return values
+
+
+def _registry(values: dict[str, Any]) -> str:
+    registry = str(values.get("imageRegistry") or "").rstrip("/")
+    return f"{registry}/" if registry else ""
+
+
+def enclave_image(values: dict[str, Any]) -> str:
     """The enclave image (by digest) the chart makes the operator run, as the release must name it."""
-    values = yaml.safe_load((chart / "values.yaml").read_text(encoding="utf-8"))
-    override = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
-    registry = str(override.get("imageRegistry", values.get("imageRegistry")) or "").rstrip("/")
-    image = {**values["enclave"]["image"], **(override.get("enclave", {}).get("image") or {})}
-    name = f"{registry}/{image['repository']}" if registry else str(image["repository"])
-    return f"{name}@{image['digest']}"
+    image = values["enclave"]["image"]
+    return f"{_registry(values)}{image['repository']}@{image['digest']}"
+
+
+def demo_image(values: dict[str, Any], chart: Path, name: str) -> str:
+    """``cmcp-<name>`` from the chart's registry at its ``appVersion``: the guard's and the demo
+    upstream's images, which the chart itself does not run."""
+    app_version = yaml.safe_load((chart / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
+    return f"{_registry(values)}cmcp-{name}:{app_version}"
+
+
+def placement(values: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's ``nodeSelector`` and ``tolerations``: where the demo's upstream pod goes too."""
+    gateway = values.get("gateway") or {}
+    return {key: gateway[key] for key in ("nodeSelector", "tolerations") if gateway.get(key)}
 
 
 def gateway_values(namespace: str, upstream: str) -> dict[str, Any]:
@@ -334,6 +389,7 @@ def _token_volume() -> dict[str, Any]:
 def upstream_pod(
     namespace: str,
     image: str,
+    guard_image: str,
     enclave: str,
     bundle_hash: str,
     *,
@@ -345,11 +401,13 @@ def upstream_pod(
     route: str | None = None,
     service_account: str = GUARD_SA,
     modes: Sequence[str] = ("enforce",),
+    where: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The guarded upstream: mcp server, cmcp-guard in front, the host's wiretap in front of that.
 
-    One pod, three containers from the ``cmcp-guard`` image (it carries the whole distribution,
-    so ``python -m cmcp_devkit.upstream`` runs there too). The mcp server listens on loopback
+    One pod, three containers: the server and the wiretap from ``image`` (the demo's, which ships
+    the dev kit), the guard from ``guard_image``; ``where``: its ``nodeSelector``/``tolerations``
+    (:func:`placement`). The mcp server listens on loopback
     only: nothing outside the pod reaches it except through the guard (and the SDK's DNS-rebinding
     protection, on for a loopback server, accepts the guard's ``Host: 127.0.0.1``). Guard and
     wiretap bind the pod IP. Its ``GET /calls`` counter is read through the guard, which relays
@@ -375,7 +433,8 @@ def upstream_pod(
         "capabilities": {"drop": ["ALL"]},
     }
 
-    def container(name: str, command: list[str], port: int, loopback: bool = False) -> dict[str, Any]:
+    def container(name: str, command: list[str], port: int, loopback: bool = False,
+                  image: str = image) -> dict[str, Any]:
         # a kubelet's tcpSocket probe dials the pod IP: a loopback listener is probed from inside
         connect = f"import socket; socket.create_connection(('127.0.0.1', {port}), 2)"
         probe: dict[str, Any] = (
@@ -421,6 +480,7 @@ def upstream_pod(
                 "5",
             ],
             GUARD_PORT,
+            image=guard_image,
         ),
     ]
     if route is not None:
@@ -432,7 +492,7 @@ def upstream_pod(
                 [
                     "python",
                     "-m",
-                    "cmcp_ctl.demo_tap",
+                    "cmcp_devkit.demo_tap",
                     "--listen",
                     f"$(POD_IP):{TAP_PORT}",
                     "--forward",
@@ -449,6 +509,7 @@ def upstream_pod(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": containers,
+        **(where or {}),
     }
     if route is not None:
         spec["serviceAccountName"] = service_account
@@ -494,6 +555,14 @@ class Settings:
     profile: Path
     bundle_dir: Path
     keep: bool
+    values: tuple[Path, ...] = ()  # --values files, after the profile
+
+    def helm_values(self) -> list[str]:
+        """``-f`` for the profile and each ``--values`` file, in order."""
+        return [arg for path in (self.profile, *self.values) for arg in ("-f", str(path))]
+
+    def merged(self) -> dict[str, Any]:
+        return merged_values(self.chart, self.profile, *self.values)
 
 
 @dataclass
@@ -519,7 +588,7 @@ class ClusterDemo:
         """The signed dev release (the genuine simulated guest, the chart's enclave image) the
         operator, gateway, guard and the auditor's commands trust; written on first use."""
         if self._enclave_release is None:
-            image = enclave_image(self.settings.chart, self.settings.profile)
+            image = enclave_image(self.settings.merged())
             self._enclave_release = write_dev_release(self.out / "run" / "release", image=image)
         return self._enclave_release
 
@@ -672,22 +741,15 @@ class ClusterDemo:
             tools.kubectl("apply", "-f", "-", input=json.dumps(secret))
         values = run_dir / "values-install.yaml"
         values.write_text(yaml.safe_dump(install_values(self.enclave_release)), encoding="utf-8")
-        chart, profile = self.settings.chart, self.settings.profile
+        chart, files = self.settings.chart, [self.settings.profile, *self.settings.values]
         with console.progress(
-            f"helm upgrade --install {self.release} {demo_story._rel(chart)} -f {profile.name}"
+            f"helm upgrade --install {self.release} {demo_story._rel(chart)} "
+            + " ".join(f"-f {path.name}" for path in files)
         ):
             self.installed = True  # from here on, teardown uninstalls (even a half-done install)
             tools.helm(
-                "upgrade",
-                "--install",
-                self.release,
-                str(chart),
-                "-n",
-                self.ns,
-                "-f",
-                str(profile),
-                "-f",
-                str(values),
+                "upgrade", "--install", self.release, str(chart), "-n", self.ns,
+                *self.settings.helm_values(), "-f", str(values),
             )
         with console.progress("operator available and serving its admission webhook"):
             wait_for(
@@ -781,8 +843,9 @@ class ClusterDemo:
     ) -> None:
         """Run the demo's upstream pod (or ``pod_doc``, an :func:`upstream_pod` of the caller's),
         after the guard's identity allowed to read ``guard_routes`` (none: no identity)."""
-        image = self._guard_image()
-        doc = mount_release(pod_doc or upstream_pod(self.ns, image, enclave, bundle_hash, route=ROUTE),
+        image, guard = self.image("demo"), self.image("guard")
+        doc = mount_release(pod_doc or upstream_pod(self.ns, image, guard, enclave, bundle_hash, route=ROUTE,
+                                                    where=self.upstream_placement()),
                             self.release)
         if guard_routes:
             names = ", ".join(guard_routes)
@@ -801,12 +864,15 @@ class ClusterDemo:
                 f"the pod {name} to be Ready",
                 lambda: self._pod_ready(self.tools.get("pod", name, self.ns)),
                 WAIT,
-                self.hint(f"image {image} must run cmcp-guard and ship cmcp_devkit (guard/Dockerfile)"),
+                self.hint(f"images {image} and {guard} must be pullable on the node "
+                          "(`python -m cmcp_devkit.images demo guard` builds them)"),
             )
         self.endpoints["upstream"] = str(pod["status"]["podIP"])
 
     def _gateway_audit_store(self) -> str | None:
-        return local_gateway_audit_store(self.tools.kubeconfig, self.ns, self.release)
+        selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=gateway"
+        uids = [str(p["metadata"]["uid"]) for p in self.tools.list("pods", self.ns, selector)]
+        return local_gateway_audit_store(self.tools.kubeconfig, self.ns, self.release, uids)
 
     def _gateway_key(self) -> Ed25519PrivateKey:
         """The chart's gateway identity (its Secret): the demo's auditor asks the enclave for the
@@ -828,22 +894,12 @@ class ClusterDemo:
         names = ", ".join(str(r["name"]) for r in routes)
         values = self.out / "run" / "values-gateway.yaml"
         values.write_text(yaml.safe_dump(doc), encoding="utf-8")
-        chart, profile = self.settings.chart, self.settings.profile
         install = self.out / "run" / "values-install.yaml"
         label = "route" if len(routes) == 1 else "routes"
         with self.console.progress(f"helm upgrade {self.release}: the gateway for {label} {names}"):
             self.tools.helm(
-                "upgrade",
-                self.release,
-                str(chart),
-                "-n",
-                self.ns,
-                "-f",
-                str(profile),
-                "-f",
-                str(install),
-                "-f",
-                str(values),
+                "upgrade", self.release, str(self.settings.chart), "-n", self.ns,
+                *self.settings.helm_values(), "-f", str(install), "-f", str(values),
             )
             wait_for(
                 "the gateway Deployment to be available",
@@ -881,13 +937,13 @@ class ClusterDemo:
         self.endpoints["gateway"] = f"http://{ip}:{GATEWAY_PORT}"
         return self.endpoints["gateway"]
 
-    def _guard_image(self) -> str:
-        """The ``cmcp-guard`` image of the chart's registry and appVersion (same build as the rest)."""
-        chart = yaml.safe_load((self.settings.chart / "Chart.yaml").read_text(encoding="utf-8"))
-        values = yaml.safe_load((self.settings.chart / "values.yaml").read_text(encoding="utf-8"))
-        registry = str(values.get("imageRegistry") or "").rstrip("/")
-        name = f"{registry}/cmcp-guard" if registry else "cmcp-guard"
-        return f"{name}:{chart['appVersion']}"
+    def image(self, name: str) -> str:
+        """The ``cmcp-<name>`` image (guard, demo) from the merged values' registry (:func:`demo_image`)."""
+        return demo_image(self.settings.merged(), self.settings.chart, name)
+
+    def upstream_placement(self) -> dict[str, Any]:
+        """Where the upstream pod goes: the gateway's placement in the merged values."""
+        return placement(self.settings.merged())
 
     # --- probes -------------------------------------------------------------------------
 
@@ -1013,6 +1069,14 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     bundle_dir = Path(bundle_arg).resolve() if bundle_arg else demo_story.default_bundle_dir()
     if not (bundle_dir / "manifest.json").is_file():
         raise DemoFailure(f"no policy bundle at {bundle_dir}", "pass --bundle DIR (e.g. examples/realistic)")
+    values = tuple(Path(v).resolve() for v in getattr(args, "values", None) or ())
+    for path in values:
+        try:
+            if not isinstance(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, dict):
+                raise ValueError("not a mapping")
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise DemoFailure(f"--values {path}: {exc}",
+                              "pass a readable Helm values file (a YAML mapping)") from exc
     return Settings(
         tools=Tools(found["kubectl"], found["helm"], Path(kubeconfig).resolve()),
         namespace=str(getattr(args, "namespace", None) or DEFAULT_NAMESPACE),
@@ -1020,6 +1084,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         profile=profile,
         bundle_dir=bundle_dir,
         keep=bool(getattr(args, "keep", False)),
+        values=values,
     )
 
 

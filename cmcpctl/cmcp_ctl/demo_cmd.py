@@ -76,12 +76,12 @@ class DemoDeployment(LocalStack):
         self.start_enclave_on(ROUTE, self.bundle_dir, initdata)
 
     def start_tap(self) -> str:
-        """The host's wiretap between gateway and guard (see :mod:`cmcp_ctl.demo_tap`)."""
+        """The host's wiretap between gateway and guard (see :mod:`cmcp_devkit.demo_tap`)."""
         guard_base = self.upstream_url.rsplit("/mcp", 1)[0]
         argv = [
             sys.executable,
             "-m",
-            "cmcp_ctl.demo_tap",
+            "cmcp_devkit.demo_tap",
             "--listen",
             "127.0.0.1:0",
             "--forward",

@@ -1,4 +1,5 @@
-"""Build the enclave, gateway, guard and operator images from the one Dockerfile, reproducibly.
+"""Build the enclave, gateway, guard and operator images (and the demo's upstream) from the one
+Dockerfile, reproducibly.
 
 ``python -m cmcp_devkit.images`` (``make images``) builds each with ``buildah`` (no Docker
 engine) from the repository's ``Dockerfile`` (build argument ``COMPONENT`` selects the image),
@@ -44,7 +45,10 @@ COMPONENTS = {
     "guard": "guard",
     "operator": "operator",
 }
-DOCKERFILES = dict.fromkeys(COMPONENTS, DOCKERFILE)  # image name -> the Dockerfile it is built from
+# the demo's upstream (the dev kit's MCP server and wiretap; the Dockerfile's COMPONENT=demo): built
+# on request, for `cmcpctl demo --cluster` and the e2e session, never shipped with the product
+DEMO_COMPONENTS = {"demo": "devkit"}
+DOCKERFILES = dict.fromkeys([*COMPONENTS, *DEMO_COMPONENTS], DOCKERFILE)  # image name -> its Dockerfile
 # images only the tests run (never shipped): built on request, e.g. by the e2e session
 TEST_DOCKERFILES = {
     "test-http-echo": "devkit/cmcp_devkit/cluster/http_echo.Dockerfile",
@@ -52,7 +56,7 @@ TEST_DOCKERFILES = {
 ALL_DOCKERFILES = {**DOCKERFILES, **TEST_DOCKERFILES}
 # what the Dockerfiles copy from the build context: the inputs of :func:`ensure_images`' cache key
 CONTEXT_PATHS = ("pyproject.toml", "uv.lock", ".dockerignore", "core", "enclave_pod", "gateway", "guard",
-                 "operator", "devkit/cmcp_devkit/cluster/http_echo.py",
+                 "operator", "devkit",
                  *sorted(set(ALL_DOCKERFILES.values())))
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 _MOUNTED_CA = "/etc/ssl/cmcp-build-ca.crt"
@@ -147,7 +151,7 @@ def build(name: str, out_dir: Path, *, epoch: int, base: str = BASE_REF, tag: st
     argv = ["buildah", "build", "--quiet", "--layers=false", "--isolation", "chroot", "--network", "host",
             "--timestamp", str(epoch), "--build-arg", f"PYTHON_IMAGE={base}",
             "--build-arg", f"SOURCE_DATE_EPOCH={epoch}",  # useradd's /etc/shadow date: not the build's day
-            *(["--build-arg", f"COMPONENT={name}"] if name in COMPONENTS else []),  # selects the image
+            *(["--build-arg", f"COMPONENT={name}"] if name in DOCKERFILES else []),  # selects the image
             "-f", ALL_DOCKERFILES[name], "-t", local]
     if HOST_CA.is_file():
         argv += ["--volume", f"{HOST_CA}:{_MOUNTED_CA}:ro", "--build-arg", f"PIP_CERT={_MOUNTED_CA}"]
@@ -241,7 +245,8 @@ def _prune(cache: Path, keep: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmcp_devkit.images", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"images to build (default: all of {', '.join(DOCKERFILES)}; "
+                        help=f"images to build (default: the product's, {', '.join(COMPONENTS)}; "
+                        f"also the demo's: {', '.join(DEMO_COMPONENTS)}; "
                         f"test images: {', '.join(TEST_DOCKERFILES)})")
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "images",
                         help="where the OCI archives and images.json go (default: .cache/images)")

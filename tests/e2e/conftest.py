@@ -12,6 +12,7 @@ gives every test its own namespace, deleted afterwards, so tests do not see each
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -60,6 +61,37 @@ class E2ECluster:
     def real_pods(self) -> dict[str, Any]:
         """Pod spec fields that put a pod on the local plane's real node (none on another cluster)."""
         return copy.deepcopy(REAL_NODE_PLACEMENT) if self.local is not None else {}
+
+    def real_chart_values(self, tdx_runtime_class: str) -> dict[str, Any]:
+        """Helm values that run the chart's pods as real containers on the real node, from this run's
+        images by digest: operator and gateway placed there, the enclave pods through
+        ``tdx_runtime_class`` (:meth:`real_tdx_runtime_class`: the ``kata-qemu-tdx`` handler, whose
+        hook and TSM stand-in give the enclave simulated TDX evidence of its own initdata), which its
+        real ``tdx`` provider reads (``simulateTee: false``); the evidence stays software-only."""
+        values: dict[str, Any] = {
+            "imageRegistry": "localhost",
+            "attestation": {"simulateTee": False, "allowedTeeTypes": ["tdx"],
+                            "runtimeClasses": {"tdx": tdx_runtime_class}},
+        }
+        for component in ("operator", "gateway", "enclave"):
+            values[component] = {"image": {"repository": f"cmcp-{component}",
+                                           "digest": self.images[component].digest}}
+        for component in ("operator", "gateway"):
+            values[component].update(self.real_pods)
+        return values
+
+    @contextlib.contextmanager
+    def real_tdx_runtime_class(self, name: str) -> Iterator[str]:
+        """A RuntimeClass ``name`` of the ``kata-qemu-tdx`` handler scheduled onto the tainted real node
+        (its ``scheduling`` adds the node selector and toleration to every pod that names it)."""
+        self.kube.create("/apis/node.k8s.io/v1/runtimeclasses", {
+            "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name},
+            "handler": "kata-qemu-tdx", "scheduling": REAL_NODE_PLACEMENT,
+        })
+        try:
+            yield name
+        finally:
+            self.kube.delete(f"/apis/node.k8s.io/v1/runtimeclasses/{name}")
 
     @property
     def server(self) -> str:

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import API_PATH
-from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, REAL_NODE_PLACEMENT
+from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME
 from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.render_bundle import bundle_manifest
 
@@ -52,15 +53,6 @@ BUNDLE, ROUTE = "realistic", "payments"
 REAL_TDX_CLASS = f"kata-qemu-tdx-real-{SUFFIX}"
 
 
-def _digest_values(cluster: E2ECluster) -> list[str]:
-    """``--set`` flags naming each component's built image by repository and digest."""
-    flags = ["--set", "imageRegistry=localhost"]
-    for component in ("operator", "gateway", "enclave"):
-        flags += ["--set", f"{component}.image.repository=cmcp-{component}",
-                  "--set", f"{component}.image.digest={cluster.images[component].digest}"]
-    return flags
-
-
 @pytest.fixture(scope="module")
 def real_release(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
     """The dev release with the enclave image this run built (what the operator and gateway pin)."""
@@ -71,47 +63,40 @@ def real_release(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def operator_pod(cluster: E2ECluster, real_release: DevRelease) -> Iterator[dict[str, Any]]:
+def operator_pod(
+    cluster: E2ECluster, real_release: DevRelease, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     kube = cluster.kube
-    placement = cluster.real_pods
     for ns in (NS, APP):
         kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    kube.create("/apis/node.k8s.io/v1/runtimeclasses", {
-        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": REAL_TDX_CLASS},
-        "handler": "kata-qemu-tdx", "scheduling": REAL_NODE_PLACEMENT,
-    })
-    try:
-        cluster.helm(
-            "install", REL, str(CHART), "-n", NS, "-f", str(PROFILE), *release_values(real_release),
-            *_digest_values(cluster),
-            "--set", "gateway.enabled=false",
-            "--set-json", f'operator.watchNamespaces=["{APP}"]',  # namespaced (default): a Role in APP
-            # the enclave runs its real tdx provider against the stand-in; its evidence is simulated
-            "--set", "attestation.simulateTee=false",
-            "--set-json", 'attestation.allowedTeeTypes=["tdx"]',
-            "--set", f"attestation.runtimeClasses.tdx={REAL_TDX_CLASS}",
-            "--set-json", f"operator.nodeSelector={json.dumps(placement['nodeSelector'])}",
-            "--set-json", f"operator.tolerations={json.dumps(placement['tolerations'])}",
-        )
+    real_pods = tmp_path_factory.mktemp("values") / "real-pods.yaml"
+    real_pods.write_text(yaml.safe_dump(cluster.real_chart_values(REAL_TDX_CLASS)), encoding="utf-8")
+    with cluster.real_tdx_runtime_class(REAL_TDX_CLASS):
+        try:
+            cluster.helm(
+                "install", REL, str(CHART), "-n", NS, "-f", str(PROFILE), "-f", str(real_pods),
+                *release_values(real_release),
+                "--set", "gateway.enabled=false",
+                "--set-json", f'operator.watchNamespaces=["{APP}"]',  # namespaced (default): a Role in APP
+            )
 
-        def ready_operator() -> dict[str, Any] | None:
-            found = [p for p in pods(kube, NS, "app.kubernetes.io/component=operator") if is_ready(p)]
-            return found[0] if found else None
+            def ready_operator() -> dict[str, Any] | None:
+                found = [p for p in pods(kube, NS, "app.kubernetes.io/component=operator") if is_ready(p)]
+                return found[0] if found else None
 
-        def diag() -> str:
-            logs = cluster.kubectl("logs", "-n", NS, "-l", "app.kubernetes.io/component=operator",
-                                   "--tail=40", check=False)
-            return f"{cluster.diagnostics()}\n--- operator ---\n{logs.stdout}{logs.stderr}"
+            def diag() -> str:
+                logs = cluster.kubectl("logs", "-n", NS, "-l", "app.kubernetes.io/component=operator",
+                                       "--tail=40", check=False)
+                return f"{cluster.diagnostics()}\n--- operator ---\n{logs.stdout}{logs.stderr}"
 
-        yield kube.wait_for("the operator pod to be Ready", ready_operator, timeout=240, on_timeout=diag)
-    finally:
-        for path in (f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}",
-                     f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}"):
-            kube.delete(path)
-        cluster.helm("uninstall", REL, "-n", NS, "--wait", "--timeout", "120s", check=False)
-        for ns in (NS, APP):
-            kube.delete(f"/api/v1/namespaces/{ns}")
-        kube.delete(f"/apis/node.k8s.io/v1/runtimeclasses/{REAL_TDX_CLASS}")
+            yield kube.wait_for("the operator pod to be Ready", ready_operator, timeout=240, on_timeout=diag)
+        finally:
+            for path in (f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}",
+                         f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}"):
+                kube.delete(path)
+            cluster.helm("uninstall", REL, "-n", NS, "--wait", "--timeout", "120s", check=False)
+            for ns in (NS, APP):
+                kube.delete(f"/api/v1/namespaces/{ns}")
 
 
 def test_the_operator_runs_from_its_image_by_digest_on_the_real_node(

@@ -1,16 +1,20 @@
 """`cmcpctl conformance` against the chart installed on the real control plane (issue 8).
 
 The acceptance item: "CI runs the suite ... in the e2e job, against the chart installed on the
-real control plane; every MUST passes". The fixture installs charts/cmcp with helm (the
-simulated-TEE profile) through cmcpctl's own cluster installer (cmcp_ctl.demo_cluster, under
-another release name and namespace), then:
+real control plane; every MUST passes". Every pod is a real container on the real node, from the
+images built in this run: the fixture installs charts/cmcp with helm (the simulated-TEE profile,
+then `--values` naming the images by digest, placing the pods on the real node and making the
+enclave pods `tee: tdx` through the node's kata-qemu-tdx handler, whose OCI hook and TSM stand-in
+give the enclave's real tdx provider software-only evidence of its own initdata) through
+cmcpctl's own cluster installer (cmcp_ctl.demo_cluster, under another release name and
+namespace), then:
 
 * applies two PolicyBundles holding the conformance bundle (`cmcpctl conformance
   --write-bundle`): enforce mode, and the same policies measured in advisory mode;
-* applies an McpRoute for each (tee: simulated); the operator starts and attests the enclave pods;
-* runs the conformance upstream (`python -m cmcp_devkit.upstream --profile conformance`, an official `mcp` SDK
-  server with its call counter) behind `cmcp-guard` as one pod, the way the demo runs its
-  upstream; the guard attests both routes' enclaves itself;
+* applies an McpRoute for each (tee: tdx); the operator starts and attests the enclave pods;
+* runs the conformance upstream (`python -m cmcp_devkit.upstream --profile conformance`, an official
+  `mcp` SDK server with its call counter, from the demo image) behind `cmcp-guard` (its own image)
+  as one pod, the way the demo runs its upstream; the guard attests both routes' enclaves itself;
 * adds the gateway with `helm upgrade`, one gateway route per McpRoute, both to that guard;
 
 and runs `cmcpctl conformance --target <gateway URL> --kubeconfig --route ... --allow-disruption`
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cmcp_conformance import catalogue
 from cmcp_core.bundle import load_bundle
@@ -59,6 +64,7 @@ RELEASE = "cmcp-conformance"  # contains the chart name: objects are cmcp-confor
 NS = f"cmcp-conformance-{uuid.uuid4().hex[:6]}"
 ENFORCE, ADVISORY = "conformance", "conformance-advisory"  # bundle, McpRoute and gateway route names
 UPSTREAM_POD = "cmcp-conformance-upstream"
+TDX_CLASS = f"kata-qemu-tdx-{NS}"  # the kata-qemu-tdx handler, placed on the real node
 
 # Only REPLICA-001 may SKIP on the cluster (the chart's Service does not let the suite address
 # one gateway replica, nor does the cluster target name a second agent): FAIL-001's only check
@@ -114,7 +120,7 @@ def _route(name: str) -> dict[str, Any]:
             "policyBundleRef": {"name": name},
             "upstream": {"url": f"http://{UPSTREAM_POD}.{NS}.svc:{demo_cluster.GUARD_PORT}/mcp"},
             "audience": AUDIENCE,
-            "tee": "simulated",
+            "tee": "tdx",
             "replicas": 1,
         },
     }
@@ -149,7 +155,7 @@ def conformance_run(
     cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ConformanceRun]:
     if not cluster.is_local:
-        pytest.skip("needs the local node agent to run the chart's pods (no images for a real cluster)")
+        pytest.skip("needs the local plane's real node (images built in the run, the TSM stand-in)")
     cluster.kube.wait_for(
         "no other cMCP release in the cluster (one per cluster)",
         lambda: _webhook_owner(cluster) is None,
@@ -169,6 +175,8 @@ def conformance_run(
     advisory_hash = load_bundle(advisory_dir).bundle_hash
     assert enforce_hash != advisory_hash  # the mode is measured
 
+    real_pods = work / "values-real-pods.yaml"
+    real_pods.write_text(yaml.safe_dump(cluster.real_chart_values(TDX_CLASS)), encoding="utf-8")
     settings = demo_cluster.resolve_settings(
         argparse.Namespace(
             kubeconfig=str(cluster.kubeconfig),
@@ -176,6 +184,7 @@ def conformance_run(
             helm=str(cluster.helm_bin),
             kubectl=str(cluster.kubectl_bin),
             bundle=str(enforce_dir),
+            values=[str(real_pods)],
             keep=False,
         )
     )
@@ -184,98 +193,105 @@ def conformance_run(
     console_log = (out / "run" / "install.txt").open("w", encoding="utf-8")
     demo = demo_cluster.ClusterDemo(Console(console_log), settings, out, release=RELEASE)
     run: ConformanceRun | None = None
-    try:
-        demo._preflight()
-        demo._install()
-        enclave = demo._apply_bundle_and_route(
-            enforce_hash, bundle_dir=enforce_dir, bundle_name=ENFORCE, route=_route(ENFORCE)
-        )
-        advisory_enclave = demo._apply_bundle_and_route(
-            advisory_hash, bundle_dir=advisory_dir, bundle_name=ADVISORY, route=_route(ADVISORY)
-        )
-        pod = demo_cluster.upstream_pod(
-            NS,
-            demo._guard_image(),
-            enclave,
-            enforce_hash,
-            name=UPSTREAM_POD,
-            server_module="cmcp_devkit.upstream",
-            # unguarded: the guard is the pod's cmcp-guard container
-            server_args=["--profile", "conformance"],
-            more_enclaves=[(advisory_enclave, advisory_hash)],
-            wiretap=False,
-            route=ENFORCE,  # the guard follows the enforce route's pods; the advisory one is fixed
-            modes=("enforce", "advisory"),
-        )
-        demo._start_upstream(enclave, enforce_hash, pod_doc=pod, guard_routes=[ENFORCE])
-        guard = f"http://{demo.endpoints['upstream']}:{demo_cluster.GUARD_PORT}"
-        gateway = demo._add_gateway(
-            routes=[
-                {
-                    "name": name,
-                    "mcpRoute": {"name": name, "namespace": NS},
-                    "upstream": f"{guard}/mcp",
-                    "audience": AUDIENCE,
-                    "enforcementModes": [mode],
-                }
-                for name, mode in ((ENFORCE, "enforce"), (ADVISORY, "advisory"))
-            ]
-        )
-        junit = work / "conformance.xml"
-        # the chart's gateway identity: the checks that play a compromised gateway need its key
-        key_b64 = cluster.kubectl("get", "secret", f"{RELEASE}-gateway-identity", "-n", NS, "-o",
-                                  "jsonpath={.data.gateway-key\\.pem}").stdout
-        gateway_key = work / "gateway-key.pem"
-        gateway_key.write_bytes(base64.b64decode(key_b64.strip()))
-        route_before = _read_route(cluster)
-        proc = subprocess.run(
-            [
-                str(CMCPCTL),
-                "conformance",
-                "--target",
-                f"{gateway}/mcp/{ENFORCE}",
-                "--kubeconfig",
-                str(cluster.kubeconfig),
-                "--route",
-                f"{NS}/{ENFORCE}",
-                f"--token={demo.token}",  # one word: a generated token may start with "-"
-                "--gateway-key",
-                str(gateway_key),
-                "--advisory-url",
-                f"{gateway}/mcp/{ADVISORY}",
-                "--advisory-enclave",
-                advisory_enclave,
-                "--upstream",
-                f"{guard}/mcp",
-                "--upstream-counter",
-                f"{guard}/calls",
-                "--allow-simulated",
-                *demo.enclave_release.argv(),  # the release the chart's operator and gateway trust
-                "--allow-disruption",
-                "--junit",
-                str(junit),
-            ],
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            timeout=900,
-            cwd=ROOT,
-        )
-        route_after = _read_route(cluster)
-        run = ConformanceRun(
-            proc, junit, enclave, advisory_enclave, settings.tools.log, route_before, route_after
-        )
-        if proc.returncode != 0:
+    with cluster.real_tdx_runtime_class(TDX_CLASS):
+        try:
+            demo._preflight()
+            demo._install()
+            enclave = demo._apply_bundle_and_route(
+                enforce_hash, bundle_dir=enforce_dir, bundle_name=ENFORCE, route=_route(ENFORCE)
+            )
+            advisory_enclave = demo._apply_bundle_and_route(
+                advisory_hash, bundle_dir=advisory_dir, bundle_name=ADVISORY, route=_route(ADVISORY)
+            )
+            pod = demo_cluster.upstream_pod(
+                NS,
+                demo.image("demo"),
+                demo.image("guard"),
+                enclave,
+                enforce_hash,
+                name=UPSTREAM_POD,
+                server_module="cmcp_devkit.upstream",
+                # unguarded: the guard is the pod's cmcp-guard container
+                server_args=["--profile", "conformance"],
+                more_enclaves=[(advisory_enclave, advisory_hash)],
+                wiretap=False,
+                route=ENFORCE,  # the guard follows the enforce route's pods; the advisory one is fixed
+                modes=("enforce", "advisory"),
+                where=demo.upstream_placement(),
+            )
+            demo._start_upstream(enclave, enforce_hash, pod_doc=pod, guard_routes=[ENFORCE])
+            guard = f"http://{demo.endpoints['upstream']}:{demo_cluster.GUARD_PORT}"
+            gateway = demo._add_gateway(
+                routes=[
+                    {
+                        "name": name,
+                        "mcpRoute": {"name": name, "namespace": NS},
+                        "upstream": f"{guard}/mcp",
+                        "audience": AUDIENCE,
+                        "enforcementModes": [mode],
+                    }
+                    for name, mode in ((ENFORCE, "enforce"), (ADVISORY, "advisory"))
+                ]
+            )
+            junit = work / "conformance.xml"
+            # the chart's gateway identity: the checks that play a compromised gateway need its key
+            key_b64 = cluster.kubectl("get", "secret", f"{RELEASE}-gateway-identity", "-n", NS, "-o",
+                                      "jsonpath={.data.gateway-key\\.pem}").stdout
+            gateway_key = work / "gateway-key.pem"
+            gateway_key.write_bytes(base64.b64decode(key_b64.strip()))
+            audit_store = demo._gateway_audit_store()
+            assert audit_store, "the gateway pod's audit store is not on this machine's disk"
+            route_before = _read_route(cluster)
+            proc = subprocess.run(
+                [
+                    str(CMCPCTL),
+                    "conformance",
+                    "--target",
+                    f"{gateway}/mcp/{ENFORCE}",
+                    "--kubeconfig",
+                    str(cluster.kubeconfig),
+                    "--route",
+                    f"{NS}/{ENFORCE}",
+                    f"--token={demo.token}",  # one word: a generated token may start with "-"
+                    "--gateway-key",
+                    str(gateway_key),
+                    "--advisory-url",
+                    f"{gateway}/mcp/{ADVISORY}",
+                    "--advisory-enclave",
+                    advisory_enclave,
+                    "--upstream",
+                    f"{guard}/mcp",
+                    "--upstream-counter",
+                    f"{guard}/calls",
+                    "--allow-simulated",
+                    *demo.enclave_release.argv(),  # the release the chart's operator and gateway trust
+                    "--allow-disruption",
+                    # the gateway pod's audit store, as an auditor reads it (on the real node's disk)
+                    f"--audit-store={audit_store}",
+                    "--junit",
+                    str(junit),
+                ],
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                timeout=900,
+                cwd=ROOT,
+            )
+            route_after = _read_route(cluster)
+            run = ConformanceRun(
+                proc, junit, enclave, advisory_enclave, settings.tools.log, route_before, route_after
+            )
+            if proc.returncode != 0:
+                demo._save_state()
+        except BaseException:
             demo._save_state()
-    except BaseException:
-        demo._save_state()
-        raise
-    finally:
-        problems = _delete_ours(demo)
-        problems += demo._teardown()
-        console_log.close()
-        if run is not None:
-            run.cleanup_problems = problems
+            raise
+        finally:
+            problems = _delete_ours(demo)
+            problems += demo._teardown()
+            console_log.close()
+            if run is not None:
+                run.cleanup_problems = problems
     assert run is not None
     yield run
 

@@ -899,10 +899,11 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
         pytest.skip("uv not installed (scripts/setup.sh installs it)")
     text = DOCKERFILE.read_text()
     name = IMAGE_SCRIPTS[component].removeprefix("cmcp-")
-    folder = re.search(rf"^ +{name}\) folder=(\S+) ;;"
-                       rf"|^ +(?:\w+\|)*{name}(?:\|\w+)*\) folder=\"\$\{{COMPONENT\}}\" ;;", text, re.M)
-    assert folder is not None, f"the Dockerfile does not map COMPONENT={name} to a folder"
-    assert (folder.group(1) or name) == component
+    mapping = re.search(rf"^ +(?:\w+\|)*{name}(?:\|\w+)*\) package=(\S+); set -- (.+?) ;;", text, re.M)
+    assert mapping is not None, f"the Dockerfile does not map COMPONENT={name} to a package and folders"
+    package = mapping.group(1).strip('"').replace("${COMPONENT}", name)
+    members = [m.strip('"').replace("${COMPONENT}", name) for m in mapping.group(2).split()]
+    assert (package, members) == (name, [f"./{component}"])  # its own distribution, nothing else
     ctx = tmp_path / "ctx"
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
         *sources, _dest = line.split()
@@ -917,7 +918,7 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
                 shutil.copy2(path, target)
     dist = IMAGE_SCRIPTS[component]
     (export,) = re.findall(r"uv export (.+?) -o requirements\.txt", text)
-    export = export.replace('"cmcp-${COMPONENT}"', dist)
+    export = export.replace('"cmcp-${package}"', dist)
     assert f"--package {dist}" in export and "--frozen" in export
     proc = subprocess.run(
         [uv, "export", *export.split()], cwd=ctx, capture_output=True, text=True, timeout=120
@@ -929,7 +930,7 @@ def test_dockerfile_build_context_builds_the_component(component: str, tmp_path:
     assert not {n for n in names if n.startswith("cmcp")}, "workspace members are installed from source"
     assert not names & IMAGE_FORBIDDEN.get(dist, set())
     installs = re.findall(r"pip (?:--python \S+ )?install --no-deps --no-compile (.+?)(?: \\)?$", text, re.M)
-    assert installs == ['./core "./${folder}"']  # core and the selected component, nothing else
+    assert installs == ['./core "$@"']  # core and the selected members (above), nothing else
     proc = subprocess.run(
         [
             sys.executable,

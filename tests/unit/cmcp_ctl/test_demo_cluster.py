@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 
 from cmcp_core import release
 from cmcp_core.crd import GROUP
@@ -32,11 +33,14 @@ from cmcp_ctl.demo_cluster import (
     DemoFailure,
     ToolError,
     Tools,
+    demo_image,
     enclave_image,
     guard_rbac,
     install_values,
     mcp_route,
+    merged_values,
     mount_release,
+    placement,
     upstream_pod,
     wait_for,
 )
@@ -94,10 +98,10 @@ def _args_after(command: list[str], flag: str) -> list[str]:
 
 def test_upstream_pod_with_fixed_enclave_addresses() -> None:
     more = [("10.0.0.10:50051", "sha256:c")]
-    pod = upstream_pod("ns1", "img:1", "10.0.0.9:50051", HASH, more_enclaves=more)
+    pod = upstream_pod("ns1", "img:1", "guard:1", "10.0.0.9:50051", HASH, more_enclaves=more)
     containers = _containers(pod)
     assert list(containers) == ["mcp", "guard", "tap"]
-    assert all(c["image"] == "img:1" for c in containers.values())
+    assert [c["image"] for c in containers.values()] == ["img:1", "guard:1", "img:1"]
     mcp, guard, tap = containers["mcp"], containers["guard"], containers["tap"]
     assert f"127.0.0.1:{MCP_PORT}" in mcp["command"], "the MCP server listens on loopback only"
     assert "exec" in mcp["readinessProbe"] and "tcpSocket" in guard["readinessProbe"]
@@ -112,7 +116,7 @@ def test_upstream_pod_with_fixed_enclave_addresses() -> None:
 
 
 def test_upstream_pod_following_a_route_mounts_the_token_into_the_guard_only() -> None:
-    pod = upstream_pod("ns1", "img:1", "ignored:1", HASH, route="demo", wiretap=False)
+    pod = upstream_pod("ns1", "img:1", "guard:1", "ignored:1", HASH, route="demo", wiretap=False)
     containers = _containers(pod)
     assert list(containers) == ["mcp", "guard"]
     guard = containers["guard"]
@@ -130,7 +134,7 @@ def test_upstream_pod_following_a_route_mounts_the_token_into_the_guard_only() -
 
 
 def test_every_container_is_hardened_and_the_pod_runs_as_non_root() -> None:
-    pod = upstream_pod("ns1", "img:1", "10.0.0.9:50051", HASH)
+    pod = upstream_pod("ns1", "img:1", "guard:1", "10.0.0.9:50051", HASH)
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     for container in pod["spec"]["containers"]:
         ctx = container["securityContext"]
@@ -139,7 +143,7 @@ def test_every_container_is_hardened_and_the_pod_runs_as_non_root() -> None:
 
 
 def test_another_server_module_and_args() -> None:
-    pod = upstream_pod("ns1", "img:1", "10.0.0.9:50051", HASH, server_module="pkg.server",
+    pod = upstream_pod("ns1", "img:1", "guard:1", "10.0.0.9:50051", HASH, server_module="pkg.server",
                        server_args=("--profile", "conformance"), name="up2")
     mcp = _containers(pod)["mcp"]
     assert mcp["command"][:3] == ["python", "-m", "pkg.server"] and mcp["command"][-2:] == [
@@ -292,11 +296,31 @@ CHART = ROOT / "charts" / "cmcp"
 
 
 def test_release_names_the_enclave_image_the_chart_runs(tmp_path: Path) -> None:
-    assert enclave_image(CHART, CHART / "ci" / "simulated-values.yaml") == DEFAULT_IMAGE
-    profile = tmp_path / "profile.yaml"
+    profile = CHART / "ci" / "simulated-values.yaml"
+    assert enclave_image(merged_values(CHART, profile)) == DEFAULT_IMAGE
+    extra = tmp_path / "extra.yaml"
     digest = "sha256:" + "1" * 64
-    profile.write_text(f"imageRegistry: registry.local:5000\nenclave:\n  image:\n    digest: {digest}\n")
-    assert enclave_image(CHART, profile) == f"registry.local:5000/cmcp-enclave@{digest}"
+    extra.write_text(f"imageRegistry: registry.local:5000\nenclave:\n  image:\n    digest: {digest}\n")
+    values = merged_values(CHART, profile, extra)
+    assert enclave_image(values) == f"registry.local:5000/cmcp-enclave@{digest}"
+    assert values["enclave"]["image"]["repository"] == "cmcp-enclave"  # merged key by key, not replaced
+
+
+def test_the_demos_own_pods_follow_the_merged_values(tmp_path: Path) -> None:
+    """--values files reach the pods the demo starts itself: registry, and the gateway's placement."""
+    extra = tmp_path / "extra.yaml"
+    tolerations = [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]
+    extra.write_text(yaml.safe_dump({"imageRegistry": "localhost", "gateway": {
+        "nodeSelector": {"kubernetes.io/hostname": "n1"}, "tolerations": tolerations}}))
+    values = merged_values(CHART, CHART / "ci" / "simulated-values.yaml", extra)
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert demo_image(values, CHART, "guard") == f"localhost/cmcp-guard:{app_version}"
+    where = placement(values)
+    assert where == {"nodeSelector": {"kubernetes.io/hostname": "n1"}, "tolerations": tolerations}
+    pod = upstream_pod("ns", "img", "guard", "10.0.0.1:50051", HASH, where=where)
+    assert pod["spec"]["nodeSelector"] == where["nodeSelector"]
+    assert pod["spec"]["tolerations"] == tolerations
+    assert placement(merged_values(CHART)) == {}  # the chart's defaults place nothing
 
 
 def test_install_values_carry_the_signed_release(tmp_path: Path) -> None:
@@ -309,7 +333,7 @@ def test_install_values_carry_the_signed_release(tmp_path: Path) -> None:
 
 
 def test_guard_reads_the_charts_release_and_pins_modes() -> None:
-    pod = upstream_pod("ns", "img", "10.0.0.1:50051", "sha256:" + "ab" * 32, route="demo",
+    pod = upstream_pod("ns", "img", "guard", "10.0.0.1:50051", "sha256:" + "ab" * 32, route="demo",
                        modes=("enforce", "advisory"))
     pod = mount_release(pod, "cmcp-demo")
     guard = next(c for c in pod["spec"]["containers"] if c["name"] == "guard")
@@ -325,8 +349,8 @@ def test_guard_reads_the_charts_release_and_pins_modes() -> None:
 def test_the_auditor_reads_the_gateway_store_the_local_control_plane_holds(tmp_path: Path) -> None:
     """On the dev kit's control plane the gateway pod's files are on this machine: the demo's
     audit export comes from the gateway's own SQLite store, as an auditor's would."""
-    demo = SimpleNamespace(tools=SimpleNamespace(kubeconfig=tmp_path / "admin.kubeconfig"), ns="demo-ns",
-                           release="cmcp-demo")
+    tools = SimpleNamespace(kubeconfig=tmp_path / "admin.kubeconfig", list=lambda *_args: [])
+    demo = SimpleNamespace(tools=tools, ns="demo-ns", release="cmcp-demo")
     assert ClusterDemo._gateway_audit_store(demo) is None  # type: ignore[arg-type]
     store = tmp_path / "pods" / "demo-ns_cmcp-demo-gateway-abc-123_0a1b2c3d" / AUDIT_FILE_IN_POD
     store.parent.mkdir(parents=True)
@@ -335,3 +359,17 @@ def test_the_auditor_reads_the_gateway_store_the_local_control_plane_holds(tmp_p
     other.parent.mkdir(parents=True)
     other.write_bytes(b"")
     assert ClusterDemo._gateway_audit_store(demo) == f"sqlite:{store}"  # type: ignore[arg-type]
+
+
+def test_the_auditor_reads_the_gateway_store_on_the_real_node_by_pod_uid(tmp_path: Path) -> None:
+    """A real container's emptyDir lives in the kubelet's pod dir, named by the pod's uid."""
+    kubelet = tmp_path / "kubelet"
+    store = kubelet / "pods" / "uid-1" / demo_cluster.REAL_NODE_AUDIT
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"")
+    (kubelet / "pods" / "uid-2").mkdir()  # another pod: no audit volume
+    kubeconfig = tmp_path / "admin.kubeconfig"
+    assert demo_cluster.local_gateway_audit_store(kubeconfig, pod_uids=["uid-2", "uid-1"],
+                                                  kubelet_root=kubelet) == f"sqlite:{store}"
+    assert demo_cluster.local_gateway_audit_store(kubeconfig, pod_uids=["uid-2"],
+                                                  kubelet_root=kubelet) is None

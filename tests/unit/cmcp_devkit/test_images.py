@@ -152,3 +152,12 @@ def test_the_test_images_build_from_their_own_dockerfiles_and_never_ship() -> No
     for dockerfile in images.TEST_DOCKERFILES.values():
         assert (images.ROOT / dockerfile).is_file()
         assert dockerfile in images.CONTEXT_PATHS
+
+
+def test_the_demo_image_comes_from_the_same_dockerfile_and_never_with_the_product() -> None:
+    """The demo's upstream (dev kit server and wiretap) is built on request only: the product's
+    images and `make images` stay the four components."""
+    text = (images.ROOT / images.DOCKERFILE).read_text()
+    assert "FROM runtime AS image-demo\n" in text
+    assert "demo) package=devkit; set -- ./enclave_pod ./guard ./devkit ;;" in text
+    assert images.DOCKERFILES["demo"] == images.DOCKERFILE and "demo" not in images.COMPONENTS

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from cmcp_core.permit import PERMIT_HEADER
-from cmcp_ctl import demo_tap
+from cmcp_devkit import demo_tap
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.serving import server_config, serving
 from cmcp_devkit.upstream import CallCounter, run_upstream

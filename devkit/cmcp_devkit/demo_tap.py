@@ -8,7 +8,7 @@ straight at the guarded upstream; the guard must refuse it (``PERMIT_REPLAYED``)
 must not run again.
 
 ``GET /_tap/permits`` returns what was captured (it is the attacker's notebook, not part of the
-MCP traffic). Run: ``python -m cmcp_ctl.demo_tap --listen 127.0.0.1:0 --forward BASE_URL``;
+MCP traffic). Run: ``python -m cmcp_devkit.demo_tap --listen 127.0.0.1:0 --forward BASE_URL``;
 prints ``READY <base url>`` once serving.
 """
 
