@@ -8,8 +8,8 @@ component is deployed the way a platform team would:
    (operator only: the gateway needs a route to serve);
 2. ``kubectl apply`` of a ``PolicyBundle`` rendered from ``examples/realistic`` by the operator's
    own renderer (:func:`cmcp_operator.render_bundle.bundle_manifest`) and of an ``McpRoute``
-   (``tee: simulated``); the operator starts the enclave pod and attests it, and the demo waits
-   for ``status.pods[].attested``;
+   (``tee: simulated``, or the TEE ``--values`` allows); the operator starts the enclave pod and
+   attests it, and the demo waits for ``status.pods[].attested``;
 3. a guarded upstream pod: the dev kit's ``mcp`` SDK server (:mod:`cmcp_devkit.upstream`,
    ``demo`` profile), the ``cmcp-guard`` proxy in front of it (``--route``: it follows the
    route's ``status.pods[]`` addresses under its own ServiceAccount, allowed to ``get`` that
@@ -310,8 +310,17 @@ def gateway_values(namespace: str, upstream: str) -> dict[str, Any]:
     }
 
 
-def mcp_route(namespace: str) -> dict[str, Any]:
-    """One simulated-TEE enclave for the bundle; the permit audience the guard will check.
+def route_tee(values: dict[str, Any]) -> str:
+    """The TEE the demo's route asks for: ``simulated`` under the profile's simulated TEE, else the
+    first TEE type the merged values allow (a ``--values`` file that runs the enclave's real
+    ``tdx`` provider, e.g. on the dev kit's real node)."""
+    attestation = values.get("attestation") or {}
+    allowed = attestation.get("allowedTeeTypes") or []
+    return "simulated" if attestation.get("simulateTee") or not allowed else str(allowed[0])
+
+
+def mcp_route(namespace: str, tee: str = "simulated") -> dict[str, Any]:
+    """One enclave for the bundle (``tee``: :func:`route_tee`); the permit audience the guard will check.
 
     ``upstream.url`` names where the upstream would sit behind a Service; the operator only
     derives the default audience from it, and ``audience`` is set explicitly (it is measured into
@@ -324,7 +333,7 @@ def mcp_route(namespace: str) -> dict[str, Any]:
             "policyBundleRef": {"name": BUNDLE_NAME},
             "upstream": {"url": f"http://{UPSTREAM_POD}.{namespace}.svc:{TAP_PORT}/mcp"},
             "audience": AUDIENCE,
-            "tee": "simulated",
+            "tee": tee,
             "replicas": 1,
         },
     }
@@ -596,6 +605,10 @@ class ClusterDemo:
     def ns(self) -> str:
         return self.settings.namespace
 
+    @property
+    def tee(self) -> str:
+        return route_tee(self.settings.merged())
+
     def hint(self, extra: str = "") -> str:
         """The next action after a failed step: where the cluster-side evidence is."""
         return (
@@ -654,7 +667,7 @@ class ClusterDemo:
                         f"{self.release}-operator ({self.ns})",
                         "attested the enclave (McpRoute status)",
                     ],
-                    ["enclave pod", enclave, f"bundle {run.bundle_hash[:23]}…, tee simulated"],
+                    ["enclave pod", enclave, f"bundle {run.bundle_hash[:23]}…, tee {self.tee}"],
                     [
                         "guarded upstream",
                         str(target.upstream_url),
@@ -780,7 +793,7 @@ class ClusterDemo:
         Defaults: the demo's bundle and route; the conformance e2e test passes its own."""
         console, tools, run_dir = self.console, self.tools, self.out / "run"
         bundle_dir = bundle_dir or self.settings.bundle_dir
-        route = route or mcp_route(self.ns)
+        route = route or mcp_route(self.ns, self.tee)
         route_name = str(route["metadata"]["name"])
         bundle_file = (
             "policybundle.yaml" if bundle_name == BUNDLE_NAME else f"policybundle-{bundle_name}.yaml"
@@ -811,7 +824,8 @@ class ClusterDemo:
                 f"the cluster computed bundle hash {reported}, the local files hash to {bundle_hash}",
                 self.hint("apply the bundle again; the operator and cmcpctl must be the same version"),
             )
-        with console.progress(f"kubectl apply McpRoute {route_name} (tee: simulated); enclave pod attested"):
+        tee = route["spec"]["tee"]
+        with console.progress(f"kubectl apply McpRoute {route_name} (tee: {tee}); enclave pod attested"):
             tools.apply(route, run_dir / route_file)
 
             def attested() -> dict[str, Any] | None:

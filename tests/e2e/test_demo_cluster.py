@@ -2,9 +2,12 @@
 
 The command installs charts/cmcp with helm, applies a PolicyBundle and an McpRoute with kubectl,
 runs the guarded upstream as a pod and adds the gateway with `helm upgrade`; then it tells the
-local demo's story through the in-cluster gateway and uninstalls. Here we check what it printed
-(every step's expected == actual, and whether the upstream ran), the files it wrote (and that
-they verify), and that the uninstall left nothing cluster-scoped behind but the CRDs.
+local demo's story through the in-cluster gateway and uninstalls. Every pod is a real container on
+the real node from the images built in this run: `--values` names them by digest, places the pods
+there and makes the route `tee: tdx` through the node's kata-qemu-tdx handler (its TSM stand-in).
+Here we check what it printed (every step's expected == actual, and whether the upstream ran), the
+files it wrote (and that they verify), and that the uninstall left nothing cluster-scoped behind but
+the CRDs.
 
 One cMCP release per cluster (the operator's webhook configuration has a fixed name), and
 test_chart_install.py installs the chart in the same session cluster: the fixture waits until
@@ -21,9 +24,11 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cmcp_core.verify import verify_audit_export
 from cmcp_devkit.cluster.kube import KubeError
@@ -38,6 +43,7 @@ NS = f"cmcp-demo-{uuid.uuid4().hex[:6]}"
 RELEASE = "cmcp-demo"
 WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"
 KINDS = ("validatingwebhookconfigurations", "mutatingwebhookconfigurations")
+TDX_CLASS = f"kata-qemu-tdx-{NS}"  # the kata-qemu-tdx handler, placed on the real node
 
 # (step number, tool, expected outcome, upstream ran) exactly as the local demo defines them
 STORY = [
@@ -73,39 +79,44 @@ def _webhook_owner(cluster: E2ECluster) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def demo(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Demo:
+def demo(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     if not cluster.is_local:
-        pytest.skip("needs the local node agent to run the chart's pods (no images for a real cluster)")
+        pytest.skip("needs the local plane's real node (images built in the run, the TSM stand-in)")
     cluster.kube.wait_for(
         "no other cMCP release in the cluster (one per cluster)",
         lambda: _webhook_owner(cluster) is None,
         timeout=240,
         on_timeout=lambda: f"still installed: {_webhook_owner(cluster)}",
     )
-    out = tmp_path_factory.mktemp("demo-cluster") / "out"
-    proc = subprocess.run(
-        [
-            str(CMCPCTL),
-            "demo",
-            "--cluster",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--namespace",
-            NS,
-            "--out",
-            str(out),
-            "--helm",
-            str(cluster.helm_bin),
-            "--kubectl",
-            str(cluster.kubectl_bin),
-        ],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=780,
-        cwd=ROOT,
-    )
-    return proc, out
+    work = tmp_path_factory.mktemp("demo-cluster")
+    out, real_pods = work / "out", work / "real-pods.yaml"
+    real_pods.write_text(yaml.safe_dump(cluster.real_chart_values(TDX_CLASS)), encoding="utf-8")
+    with cluster.real_tdx_runtime_class(TDX_CLASS):
+        proc = subprocess.run(
+            [
+                str(CMCPCTL),
+                "demo",
+                "--cluster",
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "--namespace",
+                NS,
+                "--out",
+                str(out),
+                "--helm",
+                str(cluster.helm_bin),
+                "--kubectl",
+                str(cluster.kubectl_bin),
+                "--values",
+                str(real_pods),
+            ],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=780,
+            cwd=ROOT,
+        )
+        yield proc, out
 
 
 def test_demo_cluster_exits_zero_and_tells_the_story(demo: Demo) -> None:
@@ -116,9 +127,9 @@ def test_demo_cluster_exits_zero_and_tells_the_story(demo: Demo) -> None:
     text = proc.stdout
     # Installed the way a platform team would, in this order.
     order = [
-        f"helm upgrade --install {RELEASE} charts/cmcp -f simulated-values.yaml",
+        f"helm upgrade --install {RELEASE} charts/cmcp -f simulated-values.yaml -f real-pods.yaml",
         "kubectl apply PolicyBundle demo-realistic (examples/realistic)",
-        "kubectl apply McpRoute demo (tee: simulated); enclave pod attested",
+        "kubectl apply McpRoute demo (tee: tdx); enclave pod attested",
         "kubectl apply Pod cmcp-demo-upstream",
         f"helm upgrade {RELEASE}: the gateway for route demo",
         f"helm uninstall {RELEASE}",

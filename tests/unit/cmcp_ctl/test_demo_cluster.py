@@ -51,6 +51,7 @@ from cmcp_operator.config import DEFAULT_IMAGE
 from tests.paths import EXAMPLES, ROOT
 
 HASH = "sha256:" + "b" * 64
+CHART = ROOT / "charts" / "cmcp"
 
 
 def test_install_values_defer_the_gateway_until_there_is_a_route(tmp_path: Path) -> None:
@@ -71,8 +72,17 @@ def test_mcp_route_is_simulated_and_pins_the_audience() -> None:
     assert route["metadata"] == {"name": ROUTE, "namespace": "ns1"}
     spec = route["spec"]
     assert spec["tee"] == "simulated" and spec["audience"] == AUDIENCE and spec["replicas"] == 1
+    assert mcp_route("ns1", "tdx")["spec"]["tee"] == "tdx"
     assert spec["policyBundleRef"] == {"name": demo_cluster.BUNDLE_NAME}
     assert spec["upstream"]["url"] == f"http://{demo_cluster.UPSTREAM_POD}.ns1.svc:{TAP_PORT}/mcp"
+
+
+def test_the_route_asks_for_the_tee_the_merged_values_run() -> None:
+    profile = merged_values(CHART, CHART / "ci" / "simulated-values.yaml")
+    assert demo_cluster.route_tee(profile) == "simulated"
+    real = {**profile, "attestation": {**profile["attestation"], "simulateTee": False,
+                                       "allowedTeeTypes": ["tdx", "snp"]}}
+    assert demo_cluster.route_tee(real) == "tdx"
 
 
 def test_guard_rbac_grants_get_on_exactly_the_followed_routes() -> None:
@@ -292,7 +302,6 @@ def test_tools_run_kubectl_with_the_kubeconfig_and_log_every_command(tmp_path: P
 
 # --- the signed release: the chart, the guard and the auditor trust one ---------------------
 
-CHART = ROOT / "charts" / "cmcp"
 
 
 def test_release_names_the_enclave_image_the_chart_runs(tmp_path: Path) -> None:
