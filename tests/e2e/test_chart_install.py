@@ -1,16 +1,17 @@
 """`helm install charts/cmcp` on the real control plane, end to end.
 
-The node agent runs the chart's operator and gateway pods (images */cmcp-operator and
-*/cmcp-gateway map to our console scripts) under the chart's ServiceAccounts: their only
-credential is the pod's own projected ServiceAccount token, so the apiserver enforces the chart's
-RBAC on every call they make. Then: a PolicyBundle and an McpRoute (simulated TEE) -> the
-operator attests the enclave pod -> the gateway (added by `helm upgrade`) routes an `mcp` SDK
+The chart's operator, gateway and enclave pods are real containers on the real node, from the
+images built in this run (by digest), under the chart's ServiceAccounts: their only credential is
+the projected ServiceAccount token the kubelet mounts, read by the in-cluster configuration, so the
+apiserver enforces the chart's RBAC on every call they make. Then: a PolicyBundle and an McpRoute
+(``tee: tdx``, through the real node's kata-qemu-tdx handler and its TSM stand-in) -> the operator
+attests the enclave pod -> the gateway (added by `helm upgrade`) routes an `mcp` SDK
 client's allowed call to a guard-protected `mcp` upstream and refuses the denied one; another
 `helm upgrade` with a changed value rolls the gateway; the operator's RBAC is shown to be
 minimal; `helm uninstall` leaves no cluster-scoped object behind except the CRDs.
 
 The tests run in file order and share one installation (module fixture), like a release's life.
-Local control plane only (real clusters have no images for these components).
+Local control plane only (the images are built and imported there).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import API_PATH
 from cmcp_devkit.cluster.control_plane import free_port
 from cmcp_devkit.cluster.kube import Kube, KubeError
-from cmcp_devkit.release import DevRelease
+from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.render_bundle import bundle_manifest
 from tests.helpers.gateway_stack import agent
 
@@ -57,6 +58,7 @@ NS = f"cmcp-system-{SUFFIX}"  # the release
 APP = f"cmcp-apps-{SUFFIX}"  # where a team keeps its bundle and route
 BUNDLE, ROUTE = "realistic", "payments"
 OPERATOR_SA, GATEWAY_SA = f"{REL}-operator", f"{REL}-gateway"
+TDX_CLASS = f"kata-qemu-tdx-{SUFFIX}"  # the kata-qemu-tdx handler, placed on the real node
 WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"
 TOKEN = "tok-alice"  # agent "alice"
 TRANSFER = {"amount": 100, "currency": "EUR", "to": "acct-1"}
@@ -85,13 +87,12 @@ class Install:
         return args
 
     def diag(self) -> str:
+        """The control plane's log tails and the chart's pods' own logs (``kubectl logs``)."""
         parts = [self.cluster.diagnostics()]
-        local = self.cluster.local
-        if local is not None:
-            for log in sorted(local.state_dir.rglob("*.logs/*.log")):
-                if f"{NS}_" in log.parent.name or f"{APP}_" in log.parent.name:
-                    lines = log.read_text(errors="replace").splitlines()[-30:]
-                    parts.append(f"--- {log.parent.name}/{log.name} ---\n" + "\n".join(lines))
+        for ns, selector in ((NS, "app.kubernetes.io/component in (operator,gateway)"),
+                             (APP, "app.kubernetes.io/component=enclave")):
+            out = self.cluster.kubectl("logs", "-n", ns, "-l", selector, "--prefix", "--tail=30", check=False)
+            parts.append(f"--- kubectl logs -n {ns} -l {selector} ---\n{out.stdout}{out.stderr}")
         return "\n".join(parts)
 
 
@@ -225,11 +226,18 @@ def _clear_foreign_webhook_configs(kube: Kube) -> None:
 
 
 @pytest.fixture(scope="module")
-def install(
-    cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory, dev_release: DevRelease
-) -> Iterator[Install]:
+def real_release(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
+    """The dev release naming the enclave image this run built (what the operator and gateway pin)."""
     if not cluster.is_local:
-        pytest.skip("needs the local node agent to run the chart's pods (no images for a real cluster)")
+        pytest.skip("needs the local plane's real node (images built in the run, the TSM stand-in)")
+    image = f"localhost/cmcp-enclave@{cluster.images['enclave'].digest}"
+    return write_dev_release(tmp_path_factory.mktemp("real-release"), image=image)
+
+
+@pytest.fixture(scope="module")
+def install(
+    cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory, real_release: DevRelease
+) -> Iterator[Install]:
     kube = cluster.kube
     assert cluster.local is not None and cluster.local.net is not None
     tmp = tmp_path_factory.mktemp("chart")
@@ -245,37 +253,39 @@ def install(
             "stringData": {"alice": TOKEN},
         },
     )
-    chart_service_accounts(cluster, NS)
-    harness = tmp / "harness-values.yaml"
-    harness.write_text(yaml.safe_dump(_harness_values()))
+    real_pods = tmp / "real-pods.yaml"
+    real_pods.write_text(yaml.safe_dump(cluster.real_chart_values(TDX_CLASS)))
+    no_gateway = tmp / "no-gateway.yaml"  # a later `helm upgrade` adds it once the route exists
+    no_gateway.write_text(yaml.safe_dump({"gateway": {"replicas": 1, "routes": []}}))
     host = cluster.local.net.host_ip  # reachable from the pod network, like a Service outside the cluster
     upstream_url = f"http://{host}:{free_port(host)}/mcp"
-    inst = Install(cluster, [PROFILE, harness], upstream_url, dev_release)
+    inst = Install(cluster, [PROFILE, real_pods, no_gateway], upstream_url, real_release)
     inst.extra_sets.append(f'operator.watchNamespaces=["{APP}"]')  # namespaced (default): a Role in APP
-    try:
-        cluster.helm("install", REL, str(CHART), *inst.helm_args())
-        kube.wait_for(
-            "the operator Deployment to be available",
-            lambda: _deployment_available(kube, f"{REL}-operator"),
-            timeout=180,
-            on_timeout=inst.diag,
-        )
-        yield inst
-    finally:
-        if inst.upstream is not None:
-            inst.upstream.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                inst.upstream.wait(10)
-        if os.environ.get("CMCP_E2E_KEEP_STATE") is None:
-            # Best effort if a test failed half-way; the last test does this and asserts on it.
-            for path in (
-                f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}",
-                f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}",
-            ):
-                kube.delete(path)
-            cluster.helm("uninstall", REL, "-n", NS, "--wait", "--timeout", "120s", check=False)
-            for ns in (NS, APP):
-                kube.delete(f"/api/v1/namespaces/{ns}")
+    with cluster.real_tdx_runtime_class(TDX_CLASS):
+        try:
+            cluster.helm("install", REL, str(CHART), *inst.helm_args())
+            kube.wait_for(
+                "the operator Deployment to be available",
+                lambda: _deployment_available(kube, f"{REL}-operator"),
+                timeout=180,
+                on_timeout=inst.diag,
+            )
+            yield inst
+        finally:
+            if inst.upstream is not None:
+                inst.upstream.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    inst.upstream.wait(10)
+            if os.environ.get("CMCP_E2E_KEEP_STATE") is None:
+                # Best effort if a test failed half-way; the last test does this and asserts on it.
+                for path in (
+                    f"{API_PATH}/namespaces/{APP}/mcproutes/{ROUTE}",
+                    f"{API_PATH}/namespaces/{APP}/policybundles/{BUNDLE}",
+                ):
+                    kube.delete(path)
+                cluster.helm("uninstall", REL, "-n", NS, "--wait", "--timeout", "120s", check=False)
+                for ns in (NS, APP):
+                    kube.delete(f"/api/v1/namespaces/{ns}")
 
 
 def serve_upstream(argv: list[str]) -> None:
@@ -368,15 +378,15 @@ def test_bundle_and_route_get_attested(install: Install) -> None:
         "spec": {
             "policyBundleRef": {"name": BUNDLE},
             "upstream": {"url": install.upstream_url},
-            "tee": "simulated",
+            "tee": "tdx",
             "replicas": 1,
         },
     }
-    # The chart's admission policy refuses hardware TEE types this (simulated-only) install does not allow.
+    # The chart's admission policy refuses TEE types this (tdx-only) install does not allow.
     refused = cluster.kubectl(
-        "apply", "-f", "-", check=False, input=json.dumps({**route, "spec": {**route["spec"], "tee": "tdx"}})
+        "apply", "-f", "-", check=False, input=json.dumps({**route, "spec": {**route["spec"], "tee": "snp"}})
     )
-    assert refused.returncode != 0 and "spec.tee tdx is not allowed" in refused.stderr, refused.stderr
+    assert refused.returncode != 0 and "spec.tee snp is not allowed" in refused.stderr, refused.stderr
     cluster.kubectl("apply", "-f", "-", input=json.dumps(route))
 
     def attested() -> dict[str, Any] | None:
