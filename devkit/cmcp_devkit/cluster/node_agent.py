@@ -10,9 +10,10 @@ a kubelet reports them. Each node talks to the apiserver with its own client cer
 Rules this agent implements (documented in README.md beside this module):
 
 * Images: a repository ending in ``cmcp-enclave``/``cmcp-gateway``/``cmcp-guard``/
-  ``cmcp-operator`` runs that console script from this venv; ``cmcp-test/http-echo`` runs
-  ``cmcp_devkit.cluster.http_echo``; anything else fails the pod (``ErrImagePull``). ``command``
-  overrides the entry point (``command[0]`` looked up in the venv's bin dir, then PATH).
+  ``cmcp-operator`` runs that console script from this venv, ``cmcp-demo`` the dev kit's
+  upstream; ``cmcp-test/http-echo`` runs ``cmcp_devkit.cluster.http_echo``; anything else fails
+  the pod (``ErrImagePull``). ``command`` overrides the entry point (``command[0]`` looked up in
+  the venv's bin dir, then PATH).
 * Filesystem: every pod has a root dir; each volume is materialised under
   ``<root>/volumes/<name>`` and a volumeMount ``/a/b`` becomes the symlink ``<root>/a/b``.
   In env values and in command/args, a string that starts with a mountPath (or has it
@@ -61,6 +62,7 @@ from .podnet import enter_netns, set_pdeathsig
 Obj = dict[str, Any]
 
 KNOWN_IMAGES = ("cmcp-enclave", "cmcp-gateway", "cmcp-guard", "cmcp-operator")
+DEMO_IMAGE = "cmcp-demo"  # the demo's upstream image: the dev kit's modules, from this venv
 TEST_IMAGE = "cmcp-test/http-echo"
 BUILT_TEST_IMAGE = "cmcp-test-http-echo"  # the same server as a real image (cmcp_devkit.images)
 INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
@@ -373,13 +375,15 @@ class PodWorker:
             entry = [self.agent.python, "-m", "cmcp_devkit.cluster.http_echo"]
         elif last in KNOWN_IMAGES:
             entry = [str(Path(self.agent.bin_dir) / last)]
+        elif last == DEMO_IMAGE:
+            entry = [self.agent.python, "-m", "cmcp_devkit.upstream"]
         else:
             entry = None
         if entry is None:
             raise _PodFailure(
                 "ErrImagePull",
                 f'image "{image}" is unknown to the e2e node agent '
-                f"(known: */{', */'.join(KNOWN_IMAGES)}, {TEST_IMAGE})",
+                f"(known: */{', */'.join(KNOWN_IMAGES)}, */{DEMO_IMAGE}, {TEST_IMAGE})",
             )
         command = cspec.get("command")
         args = list(cspec.get("args", []))

@@ -226,6 +226,8 @@ def test_argv_for_known_images_test_image_and_commands(agent: NodeAgent) -> None
         assert entry == [str(Path(agent.bin_dir) / name)] and args == ["--a"]
     entry, _ = worker._argv_base({"image": "cmcp-test/http-echo:latest"})
     assert entry == ["/py", "-m", "cmcp_devkit.cluster.http_echo"]
+    entry, _ = worker._argv_base({"image": "localhost/cmcp-demo:0.1.0"})
+    assert entry == ["/py", "-m", "cmcp_devkit.upstream"]
     assert worker._argv_base({"image": "cmcp-guard", "command": ["python3", "-m", "x"], "args": ["y"]}) == (
         ["/py"], ["-m", "x", "y"])
     assert worker._argv_base({"image": "cmcp-guard", "command": ["/bin/tool", "a"]}) == (
