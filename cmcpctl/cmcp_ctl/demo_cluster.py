@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -570,7 +571,9 @@ class Settings:
         """``-f`` for the profile and each ``--values`` file, in order."""
         return [arg for path in (self.profile, *self.values) for arg in ("-f", str(path))]
 
+    @functools.cached_property
     def merged(self) -> dict[str, Any]:
+        """The values every helm call of the run sees (read once: the files do not change mid-run)."""
         return merged_values(self.chart, self.profile, *self.values)
 
 
@@ -597,7 +600,7 @@ class ClusterDemo:
         """The signed dev release (the genuine simulated guest, the chart's enclave image) the
         operator, gateway, guard and the auditor's commands trust; written on first use."""
         if self._enclave_release is None:
-            image = enclave_image(self.settings.merged())
+            image = enclave_image(self.settings.merged)
             self._enclave_release = write_dev_release(self.out / "run" / "release", image=image)
         return self._enclave_release
 
@@ -607,7 +610,7 @@ class ClusterDemo:
 
     @property
     def tee(self) -> str:
-        return route_tee(self.settings.merged())
+        return route_tee(self.settings.merged)
 
     def hint(self, extra: str = "") -> str:
         """The next action after a failed step: where the cluster-side evidence is."""
@@ -953,11 +956,11 @@ class ClusterDemo:
 
     def image(self, name: str) -> str:
         """The ``cmcp-<name>`` image (guard, demo) from the merged values' registry (:func:`demo_image`)."""
-        return demo_image(self.settings.merged(), self.settings.chart, name)
+        return demo_image(self.settings.merged, self.settings.chart, name)
 
     def upstream_placement(self) -> dict[str, Any]:
         """Where the upstream pod goes: the gateway's placement in the merged values."""
-        return placement(self.settings.merged())
+        return placement(self.settings.merged)
 
     # --- probes -------------------------------------------------------------------------
 
