@@ -132,3 +132,20 @@ async def test_weakened_pool_without_the_rate_limit_amplifies_the_flood(
         with pytest.raises(CmcpError):
             await pool.pick(f"b{i}")
     assert route.reads == 1 + 20  # every agent's attempt costs an API read and a dial
+
+
+async def test_a_status_read_that_fails_leaves_the_route_closed(
+        enclave: EnclaveProcess, pools: list[EnclavePool]) -> None:
+    """The API server down (or refusing) during a catch-up: the call is refused, never let through
+    an endpoint nobody attested."""
+    route, clock = Route(DEAD, sha256_tagged(enclave.initdata)), Clock()
+    pool = await _following(pools, route, clock)
+
+    async def refused() -> RouteStatus:
+        raise RuntimeError("apiserver: 503")
+
+    pool.source = refused
+    clock.now += enclave_pool.CATCH_UP_SECONDS
+    with pytest.raises(CmcpError) as closed:
+        await pool.pick("agent")
+    assert closed.value.code is Code.TEE_UNAVAILABLE and not pool.attested()
