@@ -41,8 +41,11 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--store", required=True, help=STORE_HELP)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=exit_2_on_usage_error("audit", _list))
-    export = sub.add_parser("export", help="One chain from the audit store as JSON lines")
-    export.add_argument("session", help="session id (or ledger:<kid>)")
+    export = sub.add_parser(
+        "export", help="One chain from the audit store as JSON lines",
+        epilog="A session id can begin with '-' (its first characters are the enclave's base64url "
+               "key id): put '--' before it, e.g. cmcpctl audit export --store SPEC -- -AbC.xyz")
+    export.add_argument("session", help="session id (or ledger:<kid>); after '--' when it begins with '-'")
     export.add_argument("--store", required=True, help=STORE_HELP)
     export.add_argument("--out", help="file to write (default stdout)")
     export.set_defaults(func=exit_2_on_usage_error("audit", _export))
