@@ -192,12 +192,10 @@ class DecisionHop:
         log.info("decide hop connecting", extra={"endpoint": f"{self.host}:{self.port}", "kid": kid})
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await loop.create_connection(lambda: _Connection(self._failed),
-                                                         self.host, self.port)
+            _, connection = await loop.create_connection(self._new_connection, self.host, self.port)
         except OSError as exc:
             self._on_broken()
             raise CmcpError(Code.TEE_UNAVAILABLE, f"enclave decide hop unreachable: {exc}") from None
-        self._connection = connection
         hello = await connection.hello
         nonce_text = hello.get("nonce")
         if hello.get("version") != VERSION or hello.get("kid") != kid or not isinstance(nonce_text, str):
@@ -214,6 +212,12 @@ class DecisionHop:
         connection.send(json_frame(Kind.PROOF, {"version": VERSION, "proof": proof}))
         await connection.ready
         return connection
+
+    def _new_connection(self) -> _Connection:
+        """The connection being opened is this hop's from the start: if it breaks before the
+        handshake completes, the endpoint is distrusted as for any other break."""
+        self._connection = _Connection(self._failed)
+        return self._connection
 
     def _failed(self, connection: _Connection) -> None:
         if self._connection is connection:
