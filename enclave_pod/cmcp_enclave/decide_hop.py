@@ -42,6 +42,7 @@ from cmcp_core.digest import b64url
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.gateway_identity import check_proof
 from cmcp_core.proto import enclave_pb2
+from cmcp_enclave.log import log
 
 HANDSHAKE_SECONDS = 10.0
 NONCE_BYTES = 32
@@ -127,6 +128,14 @@ class HopConnection(FramedProtocol):
         self.send(frame(Kind.READY))
         answering = self.answer_stream(self._requests(), self._write)
         self._answering = asyncio.get_running_loop().create_task(answering)
+        self._answering.add_done_callback(self._answering_ended)
+
+    def _answering_ended(self, task: asyncio.Task[None]) -> None:
+        """Answering stops only with the connection; if it fails on its own, the connection
+        closes too, so the gateway's waiting calls fail now instead of at their deadline."""
+        if not task.cancelled() and task.exception() is not None:
+            log("decide hop answering failed", level="error", detail=repr(task.exception()))
+        self.close()
 
     async def _requests(self) -> AsyncIterator[Any]:
         while True:

@@ -301,3 +301,21 @@ async def test_a_flood_past_the_in_flight_bound_stops_the_enclave_reading(
     finally:
         scheduler.gate.set()
         await server.stop(0)
+
+
+async def test_answering_that_fails_closes_the_connection(live: Live,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected failure inside the enclave ends the connection at once (the gateway fails its
+    waiting calls TEE_UNAVAILABLE now, not at their deadline); it never leaves it open and mute."""
+    from cmcp_enclave.server import EnclaveService
+
+    async def broken_reply(self: EnclaveService, request: Any) -> Any:
+        raise RuntimeError("a bug on the decision path")
+
+    monkeypatch.setattr(EnclaveService, "_reply", broken_reply)
+    enclave, _, port = live
+    hop = await RawHop.connect(port)
+    await hop.handshake()
+    assert await hop.read() == (Kind.READY, b"")
+    await hop.send(frame(Kind.DECIDE, decide_request(enclave).SerializeToString()))
+    assert await hop.read() is None
