@@ -239,6 +239,7 @@ class MitmEnclave:
         self.first_decision: Any = None
         self.real_hop_port = 0  # the real enclave's lean hop (learned from its Attest)
         self.hop_port = 0  # this host's relay of it
+        self.hop_decides = 0  # DECIDE frames relayed (the gateway used the hop, not gRPC)
         self.server: Any = None
         self.address = ""
 
@@ -344,6 +345,7 @@ class MitmEnclave:
                     length, kind = decide_frames.HEADER.unpack(header)
                     payload = await src.readexactly(length - 1)
                     if kind == decide_frames.Kind.DECIDE:
+                        self.hop_decides += 1
                         self.decide_seen.set()
                         if self.tamper == "slow":
                             await asyncio.sleep(self.delay)
