@@ -317,3 +317,63 @@ async def test_the_pool_decides_over_the_hop_only_when_attest_offers_it(tmp_path
     finally:
         await pool.close()
         await server.stop(0)
+
+
+async def test_calls_beyond_the_in_flight_bound_wait_for_a_slot_within_their_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the bound reached, the next call is not sent at all: it waits for a slot and, when
+    none frees within its deadline, fails TEE_UNAVAILABLE alone (the connection stays)."""
+    monkeypatch.setattr(decide_hop, "MAX_IN_FLIGHT", 2)
+    seen: list[Any] = []
+
+    async def hold(_: ScriptedHop, writer: asyncio.StreamWriter, ask: Any) -> None:
+        seen.append(ask.session_id)
+
+    scripted = await ScriptedHop(hold).start()
+    broken = Broken()
+    hop = scripted.hop(broken, deadline=0.5)
+    results = await asyncio.gather(*(hop.decide(request(f"s{i}")) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, CmcpError) and r.code is Code.TEE_UNAVAILABLE for r in results)
+    assert sorted(seen) == ["s0", "s1"]  # the third never left the gateway
+    assert broken.count == 0 and hop._connection is not None
+    await hop.close()
+    await scripted.stop()
+
+
+@pytest.mark.parametrize("weakened", [False, True])
+async def test_a_writer_the_enclave_stops_reading_waits_and_fails_at_its_deadline(
+        monkeypatch: pytest.MonkeyPatch, weakened: bool) -> None:
+    """An enclave that stops reading fills the socket: the gateway's transport pauses writing and
+    the next call waits (its bytes are not piled up in memory) until its deadline. The weakened
+    writer (ignores the pause) piles every frame into the transport's buffer, which this catches."""
+    if weakened:
+        async def never_wait(self: Any) -> None:
+            return None
+
+        monkeypatch.setattr(decide_hop._Connection, "writable", never_wait)
+    stop_reading = asyncio.Event()
+
+    async def stall(_: ScriptedHop, writer: asyncio.StreamWriter, ask: Any) -> None:
+        stop_reading.set()
+        await asyncio.Event().wait()  # never reads again
+
+    scripted = await ScriptedHop(stall).start()
+    hop = scripted.hop(Broken(), deadline=2.0)
+    big = "x" * (400 * 1024)
+    calls = [asyncio.ensure_future(hop.decide(request(f"s{i}", text=big))) for i in range(40)]
+    await asyncio.wait_for(stop_reading.wait(), 5)
+    connection = hop._connection
+    assert connection is not None
+    async with asyncio.timeout(5):
+        while connection._writable is None:  # noqa: ASYNC110 - the transport offers no event
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the other calls get their turn to write (or to wait)
+    buffered = connection.transport.get_write_buffer_size() if connection.transport else 0
+    # the waiting calls' frames are not in the transport's buffer (weakened: all of them are)
+    assert (buffered < 2 * len(big)) is not weakened
+    for call in calls:
+        with pytest.raises(CmcpError) as late:
+            await call
+        assert late.value.code is Code.TEE_UNAVAILABLE
+    await hop.close()
+    await scripted.stop()
