@@ -183,6 +183,7 @@ class DecisionHop:
             return connection
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            self._connecting.add_done_callback(_retrieved)  # its callers may all have given up
         return await asyncio.shield(self._connecting)  # a caller that gives up does not stop it
 
     async def _connect(self) -> _Connection:
@@ -238,3 +239,8 @@ class DecisionHop:
 
 def _failure(connection: _Connection) -> CmcpError:
     return connection.failure or CmcpError(Code.TEE_UNAVAILABLE, "enclave decide hop broke")
+
+
+def _retrieved(task: asyncio.Task[_Connection]) -> None:
+    if not task.cancelled():
+        task.exception()
