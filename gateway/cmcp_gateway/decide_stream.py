@@ -21,10 +21,7 @@ from typing import Any
 
 import grpc
 
-from cmcp_core.decide_frames import STREAM_MESSAGE_MAX
 from cmcp_core.errors import CmcpError, Code
-
-__all__ = ["STREAM_MESSAGE_MAX", "DecisionStream", "answered"]
 
 
 def answered(reply: Any) -> Any:

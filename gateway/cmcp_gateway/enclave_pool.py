@@ -42,7 +42,7 @@ from cmcp_core.route_status import RouteReader, RouteStatus
 from cmcp_gateway import enclave_rpc, pinning
 from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.decide_hop import DecisionHop
-from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
+from cmcp_gateway.decide_stream import DecisionStream
 from cmcp_gateway.outcomes import OutcomeQueue, outcome_lost
 from cmcp_gateway.pinning import Pin
 
@@ -364,7 +364,7 @@ class EnclavePool:
             carried = await queue.for_carrier()
             if carried:
                 request.completes.extend(carried)
-            streamed = request.ByteSize() <= STREAM_MESSAGE_MAX
+            streamed = request.ByteSize() <= decide_frames.STREAM_MESSAGE_MAX
             try:
                 if not streamed:
                     resp = await self._rpc(endpoint, "Decide", request)

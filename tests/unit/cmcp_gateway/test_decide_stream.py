@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cmcp_core.decide_frames import STREAM_MESSAGE_MAX
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
@@ -22,7 +23,7 @@ from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
-from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
+from cmcp_gateway.decide_stream import DecisionStream
 from cmcp_gateway.enclave_pool import EnclavePool
 from tests.helpers.gateway_stack import MitmEnclave, attest_policy, audit_writer
 from tests.paths import EXAMPLES
