@@ -207,6 +207,16 @@ def dev_release(tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
     return write_dev_release(tmp_path_factory.mktemp("release"), image=DEFAULT_IMAGE)
 
 
+@pytest.fixture(scope="session")
+def real_release(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
+    """The dev release naming the enclave image this run built, by digest: what the operator and
+    gateway of a chart on the real node pin (:meth:`E2ECluster.real_chart_values`)."""
+    if not cluster.is_local:
+        pytest.skip("the images are built and imported on the local plane only")
+    image = f"localhost/cmcp-enclave@{cluster.images['enclave'].digest}"
+    return write_dev_release(tmp_path_factory.mktemp("real-release"), image=image)
+
+
 def release_values(release: DevRelease) -> list[str]:
     """helm flags putting ``release`` into the chart's ``release.manifests``/``release.keys``."""
     return ["--set-file", f"release.manifests.dev={release.manifest}",

@@ -40,7 +40,7 @@ from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import API_PATH
 from cmcp_devkit.cluster.control_plane import free_port
 from cmcp_devkit.cluster.kube import Kube, KubeError
-from cmcp_devkit.release import DevRelease, write_dev_release
+from cmcp_devkit.release import DevRelease
 from cmcp_operator.render_bundle import bundle_manifest
 from tests.helpers.gateway_stack import agent
 
@@ -225,13 +225,6 @@ def _clear_foreign_webhook_configs(kube: Kube) -> None:
                 kube.delete(path)
 
 
-@pytest.fixture(scope="module")
-def real_release(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
-    """The dev release naming the enclave image this run built (what the operator and gateway pin)."""
-    if not cluster.is_local:
-        pytest.skip("needs the local plane's real node (images built in the run, the TSM stand-in)")
-    image = f"localhost/cmcp-enclave@{cluster.images['enclave'].digest}"
-    return write_dev_release(tmp_path_factory.mktemp("real-release"), image=image)
 
 
 @pytest.fixture(scope="module")

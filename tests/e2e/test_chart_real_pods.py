@@ -33,7 +33,7 @@ import yaml
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import API_PATH
 from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME
-from cmcp_devkit.release import DevRelease, write_dev_release
+from cmcp_devkit.release import DevRelease
 from cmcp_operator.render_bundle import bundle_manifest
 
 from .conftest import E2ECluster, release_values
@@ -53,13 +53,6 @@ BUNDLE, ROUTE = "realistic", "payments"
 REAL_TDX_CLASS = f"kata-qemu-tdx-real-{SUFFIX}"
 
 
-@pytest.fixture(scope="module")
-def real_release(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
-    """The dev release with the enclave image this run built (what the operator and gateway pin)."""
-    if not cluster.is_local:
-        pytest.skip("the images are built and imported on the local plane only")
-    image = f"localhost/cmcp-enclave@{cluster.images['enclave'].digest}"
-    return write_dev_release(tmp_path_factory.mktemp("real-release"), image=image)
 
 
 @pytest.fixture(scope="module")

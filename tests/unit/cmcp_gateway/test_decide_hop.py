@@ -30,6 +30,7 @@ from cmcp_enclave.server import EnclaveServer, serve
 from cmcp_gateway import decide_hop
 from cmcp_gateway.decide_hop import DecisionHop
 from cmcp_gateway.enclave_pool import EnclavePool
+from tests.helpers.decide_requests import decide_request as request
 from tests.helpers.gateway_stack import attest_policy, audit_writer
 from tests.paths import EXAMPLES
 
@@ -51,12 +52,6 @@ class Broken:
         self.event.set()
 
 
-def request(session_id: str = "s", text: str = "hi", digest: str | None = None) -> Any:
-    args = {"text": text}
-    return enclave_pb2.DecideRequest(
-        session_id=session_id, call_id=uuid.uuid4().hex, principal="agent", method="tools/call",
-        tool="echo", arguments_json=json.dumps(args).encode(),
-        arguments_digest=digest or json_digest(args), audience=DEFAULT_AUDIENCE)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ guest's weakened-component row shows the release comparison is what refuses it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -44,13 +44,6 @@ def advisory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProces
     with start_enclave(EXAMPLES / "advisory", tmp_path_factory.mktemp("adv"), audience=AUDIENCE) as proc:
         yield proc
 
-
-@pytest.fixture
-async def pools() -> AsyncIterator[list[EnclavePool]]:
-    made: list[EnclavePool] = []
-    yield made
-    for pool in made:
-        await pool.close()
 
 
 async def _pool(pools: list[EnclavePool], addresses: list[str], expected: Expected) -> EnclavePool:

@@ -12,7 +12,6 @@ concurrent callers share one round. The weakened pools show each test would catc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 import pytest
@@ -49,13 +48,6 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
-
-@pytest.fixture
-async def pools() -> AsyncIterator[list[EnclavePool]]:
-    made: list[EnclavePool] = []
-    yield made
-    for pool in made:
-        await pool.close()
 
 
 async def _following(pools: list[EnclavePool], route: Route, clock: Clock) -> EnclavePool:
