@@ -610,9 +610,9 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
                         "direct_mean_ms": summarize(seq["direct"].call_ms)["mean"] if "direct" in seq
                         else None,
                         "note": "means from cmcp-gateway's Prometheus histograms over the sequential "
-                                "rounds (warm-up included); 'decision' = Decide gRPC round trip + "
-                                "signature check, 'upstream' = gateway -> guard -> upstream tools/call "
-                                "round trip, 'request' = whole handling of every request "
+                                "rounds (warm-up included); 'decision' = Decide round trip (lean hop, "
+                                "ADR 0024) + signature check, 'upstream' = gateway -> guard -> upstream "
+                                "tools/call round trip, 'request' = whole handling of every request "
                                 "(initialize/DELETE included)."}
                 results["overhead"] = overhead(seq)
                 raw["sequential_ms"] = {n: [round(v, 4) for v in s.call_ms] for n, s in seq.items()}

@@ -121,7 +121,8 @@ def _start_enclave_prefixed(bundle: Path, workdir: Path, prefix: list[str], extr
     init_path.write_bytes(data)
     env = {**os.environ, **launcher_env(data)}
     cmd = [*prefix, "-m", "cmcp_enclave.main", "--bundle", str(bundle), "--initdata", str(init_path),
-           "--tee", "simulated", "--listen", "127.0.0.1:0", "--ready-file", str(ready_path), *extra_args]
+           "--tee", "simulated", "--listen", "127.0.0.1:0", "--decide-listen", "127.0.0.1:0",
+           "--ready-file", str(ready_path), *extra_args]
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     deadline = time.monotonic() + timeout

@@ -152,6 +152,7 @@ def start_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str 
     # no wait for a gateway to drain on SIGTERM (a test's stop has none): ``extra_args`` may set one
     cmd = [*launcher, sys.executable, "-m", "cmcp_enclave.main", "--bundle", str(bundle_dir),
            "--initdata", str(init_path), "--tee", tee, "--listen", "127.0.0.1:0",
+           "--decide-listen", "127.0.0.1:0",  # decisions over the lean hop, as the operator runs them
            "--ready-file", str(ready_path), "--shutdown-grace", "0", *extra_args]
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=child_env)

@@ -168,6 +168,8 @@ class LocalStack:
             "simulated",
             "--listen",
             listen,
+            "--decide-listen",  # decisions over the lean hop (docs/adr/0024-lean-decision-hop.md)
+            f"{listen.rsplit(':', 1)[0]}:0",
             "--ready-file",
             str(ready),
             "--permit-ttl",

@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tee", default=env("CMCP_TEE"), choices=TEES, help="TEE provider (env CMCP_TEE)")
     p.add_argument("--listen", default=env("CMCP_LISTEN", "127.0.0.1:50051"),
                    help="gRPC HOST:PORT (env CMCP_LISTEN); port 0 picks a free one")
+    p.add_argument("--decide-listen", default=env("CMCP_DECIDE_LISTEN"),
+                   help="also serve decisions over the lean decision hop on HOST:PORT (env "
+                        "CMCP_DECIDE_LISTEN; off by default; port 0 picks a free one): "
+                        "docs/adr/0024-lean-decision-hop.md")
     p.add_argument("--metrics-listen", default=env("CMCP_METRICS_LISTEN"), help="Prometheus HOST:PORT")
     p.add_argument("--permit-ttl", type=int, default=60, help="permit lifetime in seconds")
     p.add_argument("--idle-timeout", type=float, default=900.0, help="close sessions idle this long")
@@ -113,21 +117,23 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
     # Workers start with the first large call, not here: most routes never need them, and
     # twenty enclaves starting theirs at once on a small node slowed their attestation 3x.
     scheduler = DecisionScheduler(enclave, workers=args.decision_workers)
-    server, port = await serve(enclave, args.listen, metrics, scheduler)
+    server, port = await serve(enclave, args.listen, metrics, scheduler, decide_listen=args.decide_listen)
+    decide_port = server.hop.port if server.hop is not None else 0
     host = args.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
     if args.metrics_listen:
         m_host, m_port = args.metrics_listen.rsplit(":", 1)
         start_http_server(int(m_port), addr=m_host, registry=metrics.registry)
     log("serving", address=address, kid=enclave.kid, bundle_hash=enclave.bundle_hash,
-        mode=enclave.mode, platform=enclave.startup_report.platform,
+        mode=enclave.mode, platform=enclave.startup_report.platform, decide_hop_port=decide_port,
         gateway_keys=len(enclave.entry.gateway_keys))
     if not enclave.entry.gateway_keys:
         log("no gateway key in the initdata: state-changing calls are taken from any caller "
             "(a development set-up; the operator always pins one)", level="warning")
     if args.ready_file:
         _write_ready(args.ready_file, {
-            "address": address, "port": port, "pid": os.getpid(), "kid": enclave.kid,
+            "address": address, "port": port, "decide_hop_port": decide_port, "pid": os.getpid(),
+            "kid": enclave.kid,
             "public_key_jwk": enclave.public_jwk, "bundle_hash": enclave.bundle_hash,
             "catalog_hash": enclave.catalog_hash, "enforcement_mode": enclave.mode,
             "platform": enclave.startup_report.platform})

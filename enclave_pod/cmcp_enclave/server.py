@@ -12,19 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from cmcp_core import decide_frames
 from cmcp_core.digest import jcs
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.gateway_identity import trusted_keys
 from cmcp_core.mcp_target import LIST_METHODS
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_enclave import gateway_auth
+from cmcp_enclave import decide_hop, gateway_auth
 from cmcp_enclave.enclave import Enclave, UpstreamOutcome
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.metrics import Metrics
@@ -34,7 +35,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 # Gateways keep a DecideStream open and ping it every 30 s even when idle (keepalive); accept
 # pings that often, or gRPC would count them as abuse and end the stream with GOAWAY.
 MIN_PING_INTERVAL_MS = 10_000
-MAX_IN_FLIGHT_PER_STREAM = 256  # a gateway connection's decisions in progress at once
+MAX_IN_FLIGHT_PER_STREAM = decide_frames.MAX_IN_FLIGHT  # a gateway connection's decisions in progress at once
 SERVICE_NAME = "cmcp.enclave.v1.Enclave"
 ERROR_METADATA_KEY = "cmcp-error-code"
 
@@ -59,14 +60,16 @@ _STATUS = {
 }
 
 
-def attest_response(enclave: Enclave, nonce: bytes) -> Any:
-    """The ``AttestResponse`` for ``nonce``: fresh evidence plus what it claims to bind."""
+def attest_response(enclave: Enclave, nonce: bytes, decide_hop_port: int = 0) -> Any:
+    """The ``AttestResponse`` for ``nonce``: fresh evidence plus what it claims to bind, and the
+    lean decision hop's port when this enclave serves one (:mod:`cmcp_enclave.decide_hop`)."""
     report, report_data = enclave.attest(nonce)
     return enclave_pb2.AttestResponse(
         platform=report.platform, evidence=report.evidence, aux=report.aux,
         initdata=enclave.initdata_bytes, public_key_jwk=json.dumps(enclave.public_jwk),
         bundle_hash=enclave.bundle_hash, catalog_hash=enclave.catalog_hash,
-        enforcement_mode=enclave.mode, report_data=report_data)
+        enforcement_mode=enclave.mode, report_data=report_data, decide_hop_port=decide_hop_port,
+        decide_hop_version=decide_frames.VERSION if decide_hop_port else 0)
 
 
 class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
@@ -74,6 +77,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.enclave = enclave
         self.metrics = metrics
         self.scheduler = scheduler or DecisionScheduler(enclave)
+        self.decide_hop_port = 0  # advertised in Attest once the hop listens
         enclave.on_refused_outcome = self._outcome_refused
 
     def _outcome_refused(self, code: Code) -> None:
@@ -87,7 +91,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
 
     async def Attest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            response = attest_response(self.enclave, bytes(request.nonce))
+            response = attest_response(self.enclave, bytes(request.nonce), self.decide_hop_port)
         except CmcpError as exc:
             self.metrics.attest_requests.labels("refused").inc()
             await self._refuse(context, "Attest", exc)
@@ -174,21 +178,32 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         return enclave_pb2.DecideReply(call_id=request.call_id, response=response)
 
     async def DecideStream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-        """Decide each message as it arrives: a call that is quick to decide (small arguments, its
-        principal idle) is decided and answered right away; any other waits for its principal's
-        turn or a decision worker in a task of its own, so a slow decision of one principal does
-        not hold up another's (:mod:`cmcp_enclave.scheduler` keeps each principal's in order).
-        Replies go out as decisions finish, each naming its call_id; a refusal is a reply, not
-        the stream's end. Carried outcomes are recorded before the decision that carries them
-        (:meth:`_reply`).
-        """
+        """Decisions over one long-lived gRPC stream (:meth:`answer_stream`)."""
         writing = asyncio.Lock()
+
+        async def write(reply: Any) -> None:
+            async with writing:
+                await context.write(reply)
+
+        await self.answer_stream(requests, write)
+
+    async def answer_stream(self, requests: AsyncIterator[Any],
+                            write: Callable[[Any], Awaitable[None]]) -> None:
+        """Decide each request of one gateway connection as it arrives (the gRPC ``DecideStream``
+        and the lean hop, :mod:`cmcp_enclave.decide_hop`, both come here): a call that is quick to
+        decide (small arguments, its principal idle) is decided and answered right away; any other
+        waits for its principal's turn or a decision worker in a task of its own, so a slow
+        decision of one principal does not hold up another's (:mod:`cmcp_enclave.scheduler` keeps
+        each principal's in order). At most ``MAX_IN_FLIGHT_PER_STREAM`` wait at once; beyond
+        that the next request is not taken until one finishes. Replies go out through ``write``
+        as decisions finish, each naming its call_id; a refusal is a reply, not the stream's end.
+        Carried outcomes are recorded before the decision that carries them (:meth:`_reply`).
+        """
         slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_STREAM)
         answering: set[asyncio.Task[None]] = set()
 
         async def send(reply: Any) -> None:
-            async with writing:
-                await context.write(reply)
+            await write(reply)
             self.enclave.settle()
 
         async def answer(request: Any) -> None:
@@ -278,28 +293,57 @@ def audit_counter(metrics: Metrics) -> Callable[[dict[str, Any]], None]:
     return hook
 
 
+class EnclaveServer:
+    """The gRPC server and, when asked for, the lean decision hop: stopped together."""
+
+    def __init__(self, grpc_server: grpc.aio.Server, hop: decide_hop.DecideHop | None) -> None:
+        self.grpc_server = grpc_server
+        self.hop = hop
+
+    async def stop(self, grace: float | None) -> None:
+        if self.hop is not None:
+            await self.hop.close()
+        await self.grpc_server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
 async def serve(enclave: Enclave, listen: str, metrics: Metrics,
-                scheduler: DecisionScheduler | None = None) -> tuple[grpc.aio.Server, int]:
-    """Bind and start; returns the server and the bound port (``:0`` picks a free one).
-    Decisions go through ``scheduler`` (default: a worker per CPU this process may use)."""
+                scheduler: DecisionScheduler | None = None, *,
+                decide_listen: str | None = None) -> tuple[EnclaveServer, int]:
+    """Bind and start; returns the server and the bound gRPC port (``:0`` picks a free one).
+    Decisions go through ``scheduler`` (default: a worker per CPU this process may use).
+    ``decide_listen`` (``HOST:PORT``) also serves the lean decision hop there and advertises its
+    port in ``Attest``."""
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                ("grpc.keepalive_permit_without_calls", 1)]
     refused = metrics.request_errors
+    trusted = trusted_keys(enclave.entry.gateway_keys)
     server = grpc.aio.server(options=options, interceptors=gateway_auth.interceptors(
-        trusted_keys(enclave.entry.gateway_keys), enclave.kid,
+        trusted, enclave.kid,
         on_refused=lambda rpc: refused.labels(rpc, Code.GATEWAY_UNAUTHENTICATED.value).inc()))
-    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveService(enclave, metrics, scheduler), server)
+    service = EnclaveService(enclave, metrics, scheduler)
+    hop = None
+    if decide_listen:
+        hop = await decide_hop.listen(decide_listen, service.answer_stream, trusted, enclave.kid,
+                                      MAX_IN_FLIGHT_PER_STREAM,
+                                      on_refused=lambda code: refused.labels("DecideHop", code.value).inc())
+        service.decide_hop_port = hop.port
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(service, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_insecure_port(listen)
     if port == 0:
+        if hop is not None:
+            await hop.close()
         raise OSError(f"cannot listen on {listen}")
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+    return EnclaveServer(server, hop), port
 
 
 async def expiry_loop(enclave: Enclave, metrics: Metrics, interval: float) -> None:

@@ -15,9 +15,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-import grpc
-
 from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.server import EnclaveServer
 
 SERVER_GRACE_SECONDS = 2.0  # in-flight RPCs finish within this once the outbox wait is over
 
@@ -28,7 +27,7 @@ class Stopped:
     audit_entries_undelivered: int  # signed entries no answer or drain carried out in time
 
 
-async def shut_down(enclave: Enclave, server: grpc.aio.Server, *, grace: float) -> Stopped:
+async def shut_down(enclave: Enclave, server: EnclaveServer, *, grace: float) -> Stopped:
     """Stop as the module docstring says; returns what was closed and what stayed behind."""
     enclave.stop_accepting()
     closed = enclave.close_all("shutdown")

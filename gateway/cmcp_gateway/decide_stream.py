@@ -23,9 +23,17 @@ import grpc
 
 from cmcp_core.errors import CmcpError, Code
 
-# Larger requests go as unary calls: a message the enclave refuses for size ends the whole
-# stream (RESOURCE_EXHAUSTED), and must not take the other callers' decisions with it.
-STREAM_MESSAGE_MAX = 512 * 1024
+
+def answered(reply: Any) -> Any:
+    """A ``DecideReply``'s decision, or its refusal as the enclave's registered code (an unknown
+    code: ``TEE_UNAVAILABLE``, as the unary path). Shared by the stream and the lean hop."""
+    if reply.error_code:
+        try:
+            code = Code(reply.error_code)
+        except ValueError:
+            code = Code.TEE_UNAVAILABLE  # not a code we know: closed
+        raise CmcpError(code, f"enclave refused Decide: {reply.error_detail}")
+    return reply.response
 
 
 class DecisionStream:
@@ -56,13 +64,7 @@ class DecisionStream:
         finally:
             if self._waiting.get(call_id) is reply:
                 del self._waiting[call_id]
-        if answer.error_code:
-            try:
-                code = Code(answer.error_code)
-            except ValueError:
-                code = Code.TEE_UNAVAILABLE  # not a code we know: as the unary path, closed
-            raise CmcpError(code, f"enclave refused Decide: {answer.error_detail}")
-        return answer.response
+        return answered(answer)
 
     def _open(self) -> Any:
         if self._call is None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cmcp_core import gateway_identity
+from cmcp_core import decide_frames, gateway_identity
 from cmcp_core import session_id as session_ids
 from cmcp_core.attestation import AttestedEnclave, AttestPolicy, attest
 from cmcp_core.decision import verify_decision
@@ -41,7 +41,8 @@ from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.route_status import RouteReader, RouteStatus
 from cmcp_gateway import enclave_rpc, pinning
 from cmcp_gateway.audit_writer import AuditWriter
-from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
+from cmcp_gateway.decide_hop import DecisionHop
+from cmcp_gateway.decide_stream import DecisionStream
 from cmcp_gateway.outcomes import OutcomeQueue, outcome_lost
 from cmcp_gateway.pinning import Pin
 
@@ -56,6 +57,7 @@ class Endpoint:
     channel: Any
     stub: enclave_pb2_grpc.EnclaveStub
     decisions: DecisionStream = field(init=False, repr=False)
+    hop: DecisionHop | None = field(default=None, repr=False)  # the lean hop, when Attest offers it
     outcomes: OutcomeQueue = field(init=False, repr=False)
     attested: AttestedEnclave | None = None
     error: CmcpError | None = None
@@ -158,12 +160,15 @@ class EnclavePool:
             endpoint.reattest.cancel()
         await endpoint.outcomes.abandon()
         await endpoint.decisions.close()
+        if endpoint.hop is not None:
+            await endpoint.hop.close()
         await endpoint.channel.close()
 
     async def _attest(self, endpoint: Endpoint) -> None:
         try:
             attested = await attest(endpoint.stub, endpoint.address, self.policy)
             await self.audit.keep_attestation(attested.kid, attested.nonce, attested.response)
+            await self._offer_hop(endpoint, enclave_pb2.AttestResponse.FromString(attested.response))
             endpoint.attested, endpoint.error = attested, None
         except CmcpError as exc:
             endpoint.attested, endpoint.error = None, exc
@@ -176,6 +181,22 @@ class EnclavePool:
                     "detail": exc.detail,
                 },
             )
+
+    async def _offer_hop(self, endpoint: Endpoint, response: Any) -> None:
+        """Decide over the lean hop (:mod:`cmcp_gateway.decide_hop`) when the attested enclave
+        offers a version this gateway speaks; otherwise over the gRPC stream."""
+        port = response.decide_hop_port if response.decide_hop_version == decide_frames.VERSION else 0
+        old = endpoint.hop
+        if old is not None and old.port == port:
+            return
+        endpoint.hop = None
+        if old is not None:
+            await old.close()
+        if port:
+            endpoint.hop = DecisionHop(
+                endpoint.address.rsplit(":", 1)[0].strip("[]"), port, self.identity,
+                functools.partial(self._attested_kid, endpoint.address),
+                functools.partial(self._suspect, endpoint), self.decide_timeout)
 
     async def refresh(self) -> None:
         """Re-attest every endpoint with a fresh nonce, and take the audit entries no answer
@@ -343,12 +364,12 @@ class EnclavePool:
             carried = await queue.for_carrier()
             if carried:
                 request.completes.extend(carried)
-            streamed = request.ByteSize() <= STREAM_MESSAGE_MAX
+            streamed = request.ByteSize() <= decide_frames.STREAM_MESSAGE_MAX
             try:
                 if not streamed:
                     resp = await self._rpc(endpoint, "Decide", request)
                 else:
-                    resp = await endpoint.decisions.decide(request)
+                    resp = await (endpoint.hop or endpoint.decisions).decide(request)
             except CmcpError as exc:
                 if exc.code is Code.TEE_UNAVAILABLE:  # not known to have arrived
                     queue.requeue(carried)

@@ -31,6 +31,7 @@ BUNDLE_FINALIZER = f"{GROUP}/bundle-in-use"  # ours: a used PolicyBundle waits f
 FIELD_MANAGER = "cmcp-operator"
 
 ENCLAVE_PORT = 50051
+DECIDE_HOP_PORT = 50052  # the lean decision hop (docs/adr/0024-lean-decision-hop.md); gateways only
 METRICS_PORT = 9090
 BUNDLE_MOUNT = "/etc/cmcp/bundle"
 # A downward-API volume of the pod's initdata annotation (a Kata agent does not place the decoded

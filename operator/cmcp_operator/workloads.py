@@ -22,6 +22,7 @@ from cmcp_operator.constants import (
     BUNDLE_MOUNT,
     COMPONENT_ENCLAVE,
     COMPONENT_LABEL,
+    DECIDE_HOP_PORT,
     ENCLAVE_PORT,
     INITDATA_DIGEST_ANNOTATION,
     INITDATA_DIR,
@@ -96,6 +97,7 @@ def enclave_env() -> list[dict[str, Any]]:
     """POD_IP from the downward API, then the listen addresses built from it (order matters)."""
     return [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "CMCP_LISTEN", "value": f"$(POD_IP):{ENCLAVE_PORT}"},
+            {"name": "CMCP_DECIDE_LISTEN", "value": f"$(POD_IP):{DECIDE_HOP_PORT}"},
             {"name": "CMCP_METRICS_LISTEN", "value": f"$(POD_IP):{METRICS_PORT}"}]
 
 
@@ -131,6 +133,7 @@ def launch_env() -> tuple[EnvRule, ...]:
     """Every variable the enclave container gets: image, runtime, and :func:`enclave_env` expanded."""
     pod = (EnvRule("POD_IP", pattern=IP_PATTERN),
            EnvRule("CMCP_LISTEN", pattern=f"{IP_PATTERN}:{ENCLAVE_PORT}"),
+           EnvRule("CMCP_DECIDE_LISTEN", pattern=f"{IP_PATTERN}:{DECIDE_HOP_PORT}"),
            EnvRule("CMCP_METRICS_LISTEN", pattern=f"{IP_PATTERN}:{METRICS_PORT}"))
     return IMAGE_ENV + RUNTIME_ENV + pod
 
@@ -206,6 +209,7 @@ def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision
             "args": list(rev.command[1:]),
             "env": enclave_env(),
             "ports": [{"name": "grpc", "containerPort": ENCLAVE_PORT, "protocol": "TCP"},
+                      {"name": "decide-hop", "containerPort": DECIDE_HOP_PORT, "protocol": "TCP"},
                       {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
             "volumeMounts": [{"name": "bundle", "mountPath": BUNDLE_MOUNT, "readOnly": True},
                              {"name": "initdata", "mountPath": INITDATA_DIR, "readOnly": True}],

@@ -31,6 +31,7 @@ import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from cmcp_core import decide_frames
 from cmcp_core.attestation import ENFORCE_ONLY, AttestPolicy, Expected
 from cmcp_core.audit_store import open_audit_store
 from cmcp_core.digest import json_digest
@@ -226,7 +227,8 @@ class MitmEnclave:
     decision it ever relayed, validly signed but for another call), ``"no-permit"`` (strips the
     permit from an allow), ``"strip-audit"`` (drops the audit entries the answer carries),
     ``"foreign-id"`` (OpenSession answers an id whose owner part names another enclave).
-    ``decide_seen`` is set when a Decide arrives.
+    ``decide_seen`` is set when a Decide arrives. The real enclave's lean decision hop is relayed
+    frame by frame (``Attest`` advertises the relay's port), with the same tampering.
     """
 
     def __init__(self, target: str, tamper: str | None = None, delay: float = 30.0) -> None:
@@ -235,6 +237,9 @@ class MitmEnclave:
         self.delay = delay
         self.decide_seen = asyncio.Event()
         self.first_decision: Any = None
+        self.real_hop_port = 0  # the real enclave's lean hop (learned from its Attest)
+        self.hop_port = 0  # this host's relay of it
+        self.hop_decides = 0  # DECIDE frames relayed (the gateway used the hop, not gRPC)
         self.server: Any = None
         self.address = ""
 
@@ -247,24 +252,15 @@ class MitmEnclave:
             outer.decide_seen.set()
             if outer.tamper == "slow":
                 await asyncio.sleep(outer.delay)
-            resp = await stub.Decide(request)
-            if outer.first_decision is None:
-                outer.first_decision = resp
-            if outer.tamper == "bad-signature":
-                sig = bytearray(resp.signature)
-                sig[0] ^= 1
-                resp.signature = bytes(sig)
-            elif outer.tamper == "other-call":
-                return outer.first_decision
-            elif outer.tamper == "no-permit":
-                resp.permit = ""
-            elif outer.tamper == "strip-audit":
-                del resp.audit_entries[:]
-            return resp
+            return outer.tampered(await stub.Decide(request))
 
         class Servicer(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             async def Attest(self, request: Any, context: Any) -> Any:
-                return await stub.Attest(request)
+                resp = await stub.Attest(request)
+                if resp.decide_hop_port:  # the lean hop goes through this host too
+                    outer.real_hop_port = resp.decide_hop_port
+                    resp.decide_hop_port = outer.hop_port
+                return resp
 
             async def OpenSession(self, request: Any, context: Any) -> Any:
                 try:
@@ -311,6 +307,8 @@ class MitmEnclave:
             async def CloseSession(self, request: Any, context: Any) -> Any:
                 return await stub.CloseSession(request)
 
+        self.hop = await asyncio.start_server(self._relay_hop, "127.0.0.1", 0)
+        self.hop_port = self.hop.sockets[0].getsockname()[1]
         self.server = grpc.aio.server()
         enclave_pb2_grpc.add_EnclaveServicer_to_server(Servicer(), self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
@@ -319,6 +317,52 @@ class MitmEnclave:
         self._channel = channel
         return self
 
+    def tampered(self, resp: Any) -> Any:
+        """A real enclave's ``DecideResponse`` as ``tamper`` changes it (gRPC and hop alike)."""
+        if self.first_decision is None:
+            self.first_decision = resp
+        if self.tamper == "bad-signature":
+            sig = bytearray(resp.signature)
+            sig[0] ^= 1
+            resp.signature = bytes(sig)
+        elif self.tamper == "other-call":
+            return self.first_decision
+        elif self.tamper == "no-permit":
+            resp.permit = ""
+        elif self.tamper == "strip-audit":
+            del resp.audit_entries[:]
+        return resp
+
+    async def _relay_hop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The lean hop, frame by frame, to the real enclave's; decisions as ``tamper`` says."""
+        host = self.target.rsplit(":", 1)[0]
+        up_reader, up_writer = await asyncio.open_connection(host, self.real_hop_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, to_gateway: bool) -> None:
+            try:
+                while True:
+                    header = await src.readexactly(decide_frames.HEADER.size)
+                    length, kind = decide_frames.HEADER.unpack(header)
+                    payload = await src.readexactly(length - 1)
+                    if kind == decide_frames.Kind.DECIDE:
+                        self.hop_decides += 1
+                        self.decide_seen.set()
+                        if self.tamper == "slow":
+                            await asyncio.sleep(self.delay)
+                    elif kind == decide_frames.Kind.REPLY and to_gateway:
+                        reply = enclave_pb2.DecideReply.FromString(payload)
+                        if reply.HasField("response"):
+                            reply.response.CopyFrom(self.tampered(reply.response))
+                        payload = reply.SerializeToString()
+                    dst.write(decide_frames.frame(decide_frames.Kind(kind), payload))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+
     async def stop(self) -> None:
+        self.hop.close()
         await self.server.stop(0)
         await self._channel.close()

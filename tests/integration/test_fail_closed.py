@@ -109,7 +109,7 @@ async def test_enclave_slower_than_the_deadline(mitm: MitmEnclave, enclave: Encl
         with pytest.raises(MCPError) as slow:
             await client.call_tool("web.search", OK_ARGS)
         assert code_of(slow) == "TEE_UNAVAILABLE"
-        assert mitm.decide_seen.is_set()
+        assert mitm.decide_seen.is_set() and mitm.hop_decides == 1  # held on the lean hop
         assert stack.upstream.counter.total() == 0
 
 
@@ -122,6 +122,7 @@ async def test_enclave_answer_that_does_not_verify(mitm: MitmEnclave, enclave: E
                     await client.call_tool("web.search", OK_ARGS)
                 assert code_of(bad) == "DECISION_UNVERIFIED"
         assert stack.upstream.counter.total() == 0
+    assert mitm.hop_decides == 2  # the lies came over the lean decision hop (ADR 0024)
 
 
 @pytest.mark.parametrize("mitm", ["strip-audit"], indirect=True)

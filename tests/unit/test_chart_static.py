@@ -719,6 +719,7 @@ def test_gateway_rolls_when_its_config_changes() -> None:
 
 
 def test_enclave_network_policy_admits_only_gateway_and_operator() -> None:
+    """gRPC from gateway and operator; the lean decision hop from the gateway alone."""
     from cmcp_operator import constants
 
     docs = render("tdx-only-values.yaml")
@@ -742,7 +743,12 @@ def test_enclave_network_policy_admits_only_gateway_and_operator() -> None:
         assert all(
             p["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE} for p in peers
         )
-        assert spec["ingress"][1]["ports"] == [{"protocol": "TCP", "port": constants.METRICS_PORT}]
+        hop = spec["ingress"][1]  # the lean decision hop: the gateway only, not the operator
+        assert hop["ports"] == [{"protocol": "TCP", "port": constants.DECIDE_HOP_PORT}]
+        assert [p["podSelector"]["matchLabels"] for p in hop["from"]] == [gw]
+        in_release = {"kubernetes.io/metadata.name": NAMESPACE}
+        assert hop["from"][0]["namespaceSelector"]["matchLabels"] == in_release
+        assert spec["ingress"][2]["ports"] == [{"protocol": "TCP", "port": constants.METRICS_PORT}]
 
 
 def test_enclave_pods_are_labelled_as_the_network_policy_expects() -> None:

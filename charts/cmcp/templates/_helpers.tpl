@@ -164,6 +164,7 @@ app.kubernetes.io/managed-by: cmcp-operator
 
 {{- define "cmcp.enclave.grpcPort" -}}50051{{- end }}
 {{- define "cmcp.enclave.metricsPort" -}}9090{{- end }}
+{{- define "cmcp.enclave.decideHopPort" -}}50052{{- end }}
 
 {{/*
 The gateway is deployed when enabled and given at least one route (it refuses to start without).

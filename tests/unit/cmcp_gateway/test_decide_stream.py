@@ -15,15 +15,17 @@ from typing import Any
 
 import pytest
 
+from cmcp_core.decide_frames import STREAM_MESSAGE_MAX
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
+from cmcp_core.proto import enclave_pb2_grpc
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.server import serve
-from cmcp_gateway.decide_stream import STREAM_MESSAGE_MAX, DecisionStream
+from cmcp_gateway.decide_stream import DecisionStream
 from cmcp_gateway.enclave_pool import EnclavePool
+from tests.helpers.decide_requests import decide_request as request
 from tests.helpers.gateway_stack import MitmEnclave, attest_policy, audit_writer
 from tests.paths import EXAMPLES
 
@@ -31,12 +33,6 @@ BUNDLE = EXAMPLES / "minimal"
 DEADLINE = 5.0
 
 
-def request(session_id: str, text: str = "hi", digest: str | None = None) -> Any:
-    args = {"text": text}
-    return enclave_pb2.DecideRequest(
-        session_id=session_id, call_id=uuid.uuid4().hex, principal="agent", method="tools/call",
-        tool="echo", arguments_json=json.dumps(args).encode(),
-        arguments_digest=digest or json_digest(args), audience=DEFAULT_AUDIENCE)
 
 
 @pytest.fixture

@@ -39,10 +39,13 @@ ARGS = {"text": "hi"}
 RESULT = {"content": [{"type": "text", "text": "hi"}], "isError": False}
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Enclave, EnclavePool]]:
+@pytest.fixture(params=["grpc-stream", "lean-hop"])
+async def served(tmp_path: Path,
+                 request: pytest.FixtureRequest) -> AsyncIterator[tuple[Enclave, EnclavePool]]:
+    """The same guarantees whichever transport carries the decisions (ADR 0023, ADR 0024)."""
     enclave = inprocess_enclave(BUNDLE, tmp_path)
-    server, port = await serve(enclave, "127.0.0.1:0", Metrics())
+    hop = "127.0.0.1:0" if request.param == "lean-hop" else None
+    server, port = await serve(enclave, "127.0.0.1:0", Metrics(), decide_listen=hop)
     pool = EnclavePool("outcomes", attest_policy(enclave.bundle_hash), 5.0, audit_writer(tmp_path))
     await pool.set_endpoints([f"127.0.0.1:{port}"])
     try:
