@@ -2,7 +2,7 @@
 
 Topology (all 127.0.0.1)::
 
-    load generator -> cmcp-gateway --gRPC--> cmcp-enclave (simulated TDX quote)
+    load generator -> cmcp-gateway --lean decide hop--> cmcp-enclave (simulated TDX quote)
                            |
                            +--HTTP + permit--> upstream (same app as direct) + guard middleware
 

@@ -233,6 +233,11 @@ def _streamed_lines(res: dict[str, Any]) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------- analysis
+def serving_of(cpu: dict[str, float]) -> float:
+    """CPU ms per call of the serving processes (everything but the load generator)."""
+    return sum(v for k, v in cpu.items() if k != "load generator")
+
+
 def _throughput_analysis(thr: dict[str, Any], res: dict[str, Any]) -> str:
     """What bounds throughput, from the measured rates and CPU per call."""
     ratio = thr.get("ours_over_origin") or {}
@@ -242,8 +247,10 @@ def _throughput_analysis(thr: dict[str, Any], res: dict[str, Any]) -> str:
     by = {name: {r["clients"]: r for r in rows} for name, rows in thr.get("paths", {}).items()}
     ours_rows, origin_rows = by.get("ours", {}), by.get("origin", {})
     rt = (thr.get("ours_over_origin-tmpfs") or {}).get(str(top))
+    direct = (thr.get("ours_over_direct") or {}).get(str(top))
     parts = [f"**Throughput** at {top} agents: ours/origin = {_f(ratio.get(str(top)), 2)}x (target 5x)"
-             + (f"; against the origin on tmpfs {_f(rt, 2)}x." if rt is not None else ".")]
+             + (f"; against the origin on tmpfs {_f(rt, 2)}x" if rt is not None else "")
+             + (f"; ours/direct = {_f(direct, 2)}x (target 0.7x)." if direct is not None else ".")]
     if 1 in ours_rows and top in ours_rows:
         parts.append(f"Ours goes from {_f(ours_rows[1]['calls_per_s'], 0)} calls/s with 1 agent to "
                      f"{_f(ours_rows[top]['calls_per_s'], 0)} with {top}.")
@@ -252,7 +259,7 @@ def _throughput_analysis(thr: dict[str, Any], res: dict[str, Any]) -> str:
     ocpu = (origin_rows.get(top) or {}).get("cpu_ms_per_call") or {}
     o_rate = (origin_rows.get(top) or {}).get("calls_per_s")
     if cpu:
-        serving = sum(v for k, v in cpu.items() if k != "load generator")
+        serving = serving_of(cpu)
         loadgen_ms = cpu.get("load generator", 0.0)
         total = serving + loadgen_ms
         cap = cores * 1000 / total
@@ -280,6 +287,15 @@ def _throughput_analysis(thr: dict[str, Any], res: dict[str, Any]) -> str:
                     f"5x the origin ({need:.0f} calls/s) fits in our CPU cost per call ({budget:.2f} ms "
                     "would be allowed), so in this run the shortfall is waiting and background load, "
                     "not our CPU.")
+    dcpu = (by.get("direct", {}).get(top) or {}).get("cpu_ms_per_call") or {}
+    if cpu and dcpu and direct is not None:
+        bound = sum(dcpu.values()) / sum(cpu.values())
+        parts.append(
+            f"Against direct, when both are CPU-bound on the same cores the ratio tends to the direct "
+            f"call's CPU per call over ours, load generator included: {_f(sum(dcpu.values()), 2)} / "
+            f"{_f(sum(cpu.values()), 2)} ms = {_f(bound, 2)}x; 0.7x would need our serving processes to "
+            f"cost at most {_f(sum(dcpu.values()) / 0.7 - sum(cpu.values()) + serving_of(cpu), 2)} ms "
+            "per call on this machine.")
     if ocpu.get("gateway") and o_rate:
         ceiling = cores * 1000 / sum(ocpu.values())
         parts.append(
@@ -288,6 +304,42 @@ def _throughput_analysis(thr: dict[str, Any], res: dict[str, Any]) -> str:
             "shares its single gateway-wide session: 10 calls, then a signed Trust Record and a rotation "
             "during which no call is admitted, so more agents add queueing, not throughput.")
     return " ".join(parts)
+
+
+def _floor_analysis(res: dict[str, Any]) -> str:
+    """The floor of the parts our path runs on, and how much of the overhead is our work above it."""
+    ov = res.get("overhead", {})
+    floor = (res.get("components") or {}).get("floor")
+    if "ours" not in ov or not isinstance(floor, dict) or floor.get("lean_floor_overhead_p50_ms") is None:
+        return ""
+    o = ov["ours"]
+    lean50, lean99 = floor["lean_floor_overhead_p50_ms"], floor["lean_floor_overhead_p99_ms"]
+    http50 = (floor.get("http_hop") or {}).get("overhead_p50_ms")
+    text = (f"**The floor of the parts that remain** (`bench/floor.py`, same run): the HTTP front, one "
+            "frame round trip on a long-lived TCP connection and the pooled forward, with no product work "
+            f"in them, add {_f(lean50, 2)} ms p50 and {_f(lean99, 2)} ms p99 over the same direct call")
+    if http50 is not None:
+        text += (f" ({_f(http50, 2)} ms of the p50 is the HTTP front and forward alone, "
+                 f"{_f(lean50 - http50, 2)} ms the frame round trip)")
+    text += (f". Our product work above that floor is {_f(o['p50_ms'] - lean50, 2)} ms p50 and "
+             f"{_f(o['p99_ms'] - lean99, 2)} ms p99: authentication and JSON-RPC checks, Cedar, Ed25519 "
+             "signing in the enclave and verification in the gateway and the guard, the audit chain and "
+             "its durable write, the guard's replay cache.")
+    if "ours-tmpfs" in ov:
+        fsync = o["p50_ms"] - ov["ours-tmpfs"]["p50_ms"]
+        text += (f" The durable write's fsync on this disk accounts for {_f(fsync, 2)} ms p50 of it "
+                 "(the same path with the trail on tmpfs).")
+    goals = ((1.0, o["p50_ms"], lean50, "p50"), (3.0, o["p99_ms"], lean99, "p99"))
+    for limit, measured, lean, label in goals:
+        if measured <= limit:
+            text += f" The {label} goal ({limit:g} ms) is met."
+        elif lean >= limit:
+            text += (f" The {label} goal ({limit:g} ms) is missed by {_f(measured - limit, 2)} ms and is "
+                     "below what these parts allow on this machine even with no product work.")
+        else:
+            text += (f" The {label} goal ({limit:g} ms) is missed by {_f(measured - limit, 2)} ms: it leaves "
+                     f"{_f(limit - lean, 2)} ms for product work that now takes {_f(measured - lean, 2)} ms.")
+    return text
 
 
 def analysis(res: dict[str, Any]) -> list[str]:
@@ -308,7 +360,7 @@ def analysis(res: dict[str, Any]) -> list[str]:
         if dec is not None and up is not None and direct_mean is not None and ours_mean is not None:
             rest = ours_mean - dec - up
             text += (f" On average ({_f(o['mean_ms'], 2)} ms added): the enclave `Decide` round trip "
-                     "(one message each way on the gateway's gRPC stream to the enclave, the enclave's "
+                     "(one frame each way on the gateway's lean decision hop to the enclave, the enclave's "
                      f"Cedar, signing and audit work, the gateway's signature check) takes {_f(dec, 2)} ms; "
                      f"the gateway → guard → upstream hop takes {_f(up, 2)} ms, "
                      f"against {_f(direct_mean, 2)} ms for the whole direct call as the load generator "
@@ -319,28 +371,20 @@ def analysis(res: dict[str, Any]) -> list[str]:
         for row in enc.get("rows", []) if isinstance(enc, dict) else []:
             if row.get("policies") == 20 and row.get("style") in ("scoped", "-"):
                 text += (f" The decision itself costs {_f(row.get('p50_us'), 0)} µs p50 in-process at 20 "
-                         f"policies, so most of the `Decide` time is the gRPC hop between two Python "
+                         f"policies, so most of the `Decide` time is the hop between two Python "
                          "processes, not Cedar.")
                 cpu = (seq.get("ours") or {}).get("cpu_ms_per_call") or {}
                 if cpu.get("enclave") and cpu.get("gateway"):
                     text += (f" In CPU terms (sequential run) each call costs the enclave "
                              f"{_f(cpu['enclave'], 2)} ms and the gateway {_f(cpu['gateway'], 2)} ms: "
-                             "besides the decision, gRPC plumbing, recording the previous call's outcome "
-                             "(carried on the next Decide) and a share of session open/close (a signed, "
-                             "schema-validated Trust Record every 10 calls).")
+                             "besides the decision, the hop's framing and event loop, recording the "
+                             "previous call's outcome (carried on the next Decide) and a share of session "
+                             "open/close (a signed, schema-validated Trust Record every 10 calls).")
                 break
-        text += (" Both added hops are Python asyncio stacks (uvicorn with a bare ASGI app in front, a "
-                 "grpc.aio stream between gateway and enclave) on a machine where "
-                 f"{m.get('usable_cpus')} CPUs are shared by the load generator, upstream, gateway and "
-                 "enclave.")
-        floor = (res.get("components") or {}).get("floor")
-        if isinstance(floor, dict) and "floor_overhead_p50_ms" in floor:
-            hop = (floor.get("http_hop") or {}).get("overhead_p50_ms")
-            bare = _f(floor["floor_overhead_p50_ms"], 2)
-            text += (f" With no product work in them, those hops alone add {bare} ms p50 here "
-                     f"(`bench/floor.py`: {_f(hop, 2)} ms the HTTP hop, the rest one gRPC "
-                     "stream round trip), so the 1 ms p50 target is below what this stack allows on this "
-                     "machine; the difference to our figure is our own work.")
+        text += (" Both added hops are Python asyncio stacks on uvloop (uvicorn with a bare ASGI app in "
+                 "front, one long-lived framed TCP connection between gateway and enclave) on a machine "
+                 f"where {m.get('usable_cpus')} CPUs are shared by the load generator, upstream, gateway "
+                 "and enclave.")
         ident = ((res.get("components") or {}).get("identity") or {}).get("results")
         rs = ident.get("RS256") if isinstance(ident, dict) else None
         if isinstance(rs, dict) and rs.get("cached") and rs.get("uncached"):
@@ -351,6 +395,9 @@ def analysis(res: dict[str, Any]) -> list[str]:
                      "(see Per-component figures).")
         text += " See the profiles for where the CPU goes."
         out.append(text)
+        floor_text = _floor_analysis(res)
+        if floor_text:
+            out.append(floor_text)
     if "origin" in ov:
         o = ov["origin"]
         st = res.get("paths", {}).get("origin", {}).get("state", res.get("origin_state", "disk"))
@@ -534,7 +581,7 @@ def render_markdown(res: dict[str, Any], plots: dict[str, str], img_rel: str) ->
                     f"{_f(r['latency_ms']['p50'])} | {_f(r['latency_ms']['p99'])} | {r['calls']} | "
                     f"{_errs(r)} |")
         add("")
-        for o in ORIGINS:
+        for o in (*ORIGINS, "direct"):
             ratio = thr.get(f"ours_over_{o}")
             if ratio:
                 add(f"**Ratio (our throughput / {LABELS[o]} throughput):** "
@@ -667,21 +714,22 @@ def render_markdown(res: dict[str, Any], plots: dict[str, str], img_rel: str) ->
             add("")
         floor = comp.get("floor")
         if isinstance(floor, dict) and "floor_overhead_p50_ms" in floor:
-            add("Transport floor (`bench/floor.py`: the same hops — uvicorn + bare ASGI in front, one "
-                "gRPC stream round trip, the pooled HTTP/1.1 forward — with no product work in them): "
+            add("Transport floor with the gRPC stream (`bench/floor.py`: uvicorn + bare ASGI in front, "
+                "one gRPC stream round trip, the pooled HTTP/1.1 forward — with no product work in them; "
+                "the enclave's public API, no longer the decision path): "
                 f"overhead p50 {_f(floor.get('floor_overhead_p50_ms'))} ms, "
-                f"p99 {_f(floor.get('floor_overhead_p99_ms'))} ms over the same direct call. "
-                "No gateway built on these parts goes below this on this machine; the rest of the "
-                "overhead above is the product's own work (authentication, JSON-RPC checks, Cedar, "
-                "Ed25519 signing in the enclave and verification in the gateway and the guard, the audit "
-                "chain, the guard's replay cache).")
+                f"p99 {_f(floor.get('floor_overhead_p99_ms'))} ms over the same direct call.")
             if floor.get("lean_floor_overhead_p50_ms") is not None:
                 add("")
                 add("The same with one length-prefixed frame round trip on a long-lived TCP connection "
-                    "(uvloop at both ends) in place of the gRPC stream, the parts of a lean decision hop "
-                    "(docs/adr/0024-lean-decision-hop.md): overhead p50 "
+                    "(uvloop at both ends) in place of the gRPC stream, the parts of the lean decision hop "
+                    "our path runs on (docs/adr/0024-lean-decision-hop.md): overhead p50 "
                     f"{_f(floor.get('lean_floor_overhead_p50_ms'))} ms, "
-                    f"p99 {_f(floor.get('lean_floor_overhead_p99_ms'))} ms.")
+                    f"p99 {_f(floor.get('lean_floor_overhead_p99_ms'))} ms. No gateway built on these "
+                    "parts goes below this on this machine; the rest of the overhead above is the "
+                    "product's own work (authentication, JSON-RPC checks, Cedar, Ed25519 signing in the "
+                    "enclave and verification in the gateway and the guard, the audit chain, the guard's "
+                    "replay cache).")
             add("")
         ident = comp.get("identity")
         if isinstance(ident, dict):
