@@ -62,6 +62,11 @@ class E2ECluster:
         """Pod spec fields that put a pod on the local plane's real node (none on another cluster)."""
         return copy.deepcopy(REAL_NODE_PLACEMENT) if self.local is not None else {}
 
+    @property
+    def enclave_image(self) -> str:
+        """The enclave image this run built, by digest, as the real node's containerd holds it."""
+        return f"localhost/cmcp-enclave@{self.images['enclave'].digest}"
+
     def real_chart_values(self, tdx_runtime_class: str) -> dict[str, Any]:
         """Helm values that run the chart's pods as real containers on the real node, from this run's
         images by digest: operator and gateway placed there, the enclave pods through
@@ -213,8 +218,7 @@ def real_release(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) 
     gateway of a chart on the real node pin (:meth:`E2ECluster.real_chart_values`)."""
     if not cluster.is_local:
         pytest.skip("the images are built and imported on the local plane only")
-    image = f"localhost/cmcp-enclave@{cluster.images['enclave'].digest}"
-    return write_dev_release(tmp_path_factory.mktemp("real-release"), image=image)
+    return write_dev_release(tmp_path_factory.mktemp("real-release"), image=cluster.enclave_image)
 
 
 def release_values(release: DevRelease) -> list[str]:
