@@ -1,14 +1,21 @@
 """The operator on a real control plane: admission, attestation-gated routing, rollout, restart.
 
 Runs ``cmcp-operator`` as its own process (so it can be SIGKILLed mid-rollout) against the
-dev kit's local cluster, ``cmcp_devkit.cluster`` (real apiserver, scheduler, controller-manager;
-the node agent runs the enclave pods and measures each pod's own initdata annotation in its simulated TEE).
+dev kit's local cluster, ``cmcp_devkit.cluster`` (real apiserver, scheduler, controller-manager).
+Every enclave pod, the operator's and the rogue ones, is a real container of the enclave image built
+in the run (by digest), run by the real node's kubelet, containerd and runc through a RuntimeClass
+of the ``kata-qemu-tdx`` handler: its OCI hook and configfs-tsm stand-in play the hypervisor, so
+the enclave's production ``--tee tdx`` provider gets simulated TDX evidence whose MRCONFIGID is the
+pod's own initdata annotation (software-only, accepted because the operator runs with
+``--allow-simulated``). The host plays the malicious hypervisor for the forged guest: Kata's
+``kernel_params`` annotation adds kernel parameters, which the stand-in measures into RTMR2.
 The tests run in file order and share one namespace: each builds on the state the previous
 one left, like an operator's life.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import secrets
@@ -38,17 +45,18 @@ from cmcp_core.initdata import (
     render,
     tdx_mrconfigid,
 )
+from cmcp_core.launch_policy import LaunchSpec
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_devkit.cluster.control_plane import free_port
 from cmcp_devkit.cluster.kube import Kube, KubeError
+from cmcp_devkit.cluster.tsm_hook import KERNEL_PARAMS_ANNOTATION
 from cmcp_devkit.release import DevRelease
-from cmcp_enclave.simulated import SimulatedGuest, launcher_env
 from cmcp_operator import rbac
-from cmcp_operator.bundles import path_to_key, verify_history
+from cmcp_operator.bundles import path_to_key, verify_history, volume_items
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.render_bundle import bundle_manifest, dump
-from cmcp_operator.workloads import enclave_command, launch_spec
+from cmcp_operator.workloads import enclave_command, launch_spec, workload_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -59,24 +67,29 @@ ROUTE, BUNDLE = "echo", "minimal"
 SVC = f"cmcp-{ROUTE}"
 GROUP_PATH = f"{API_PATH}/namespaces/{NS}"
 TDX_LABEL = "intel.feature.node.kubernetes.io/tdx"
-IMAGE = "ghcr.io/cmcp-k8s/cmcp-enclave@sha256:" + "0" * 64  # by digest: the operator refuses a tag
+# the kata-qemu-tdx handler (its hook and TSM stand-in) on the tainted real node, for this file's pods
+REAL_TDX_CLASS = f"kata-qemu-tdx-real-{NS.rpartition('-')[2]}"
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 
 
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def kube(cluster: Any) -> Kube:
-    """Needs the local plane: the node agent's simulated TEE measures each pod's initdata."""
+    """Needs the local plane: its real node runs the enclave image built in the run, and its kata
+    handler's hook and TSM stand-in measure each pod's own initdata annotation."""
     if not cluster.is_local:
-        pytest.skip("needs the local node agent (enclave images and the simulated TEE)")
+        pytest.skip("needs the local plane's real node (the enclave image built in the run, the kata "
+                    "handler's OCI hook and TSM stand-in)")
     return cluster.kube  # type: ignore[no-any-return]
 
 
 class OperatorProcess:
     """``cmcp-operator`` as a child process; ``kill()`` is SIGKILL (no graceful cleanup)."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, release: DevRelease) -> None:
+    def __init__(self, kubeconfig: Path, log_dir: Path, release: DevRelease, image: str,
+                 runtime_class: str) -> None:
         self.kubeconfig, self.log_dir, self.release = kubeconfig, log_dir, release
+        self.image, self.runtime_class = image, runtime_class
         self.webhook_port, self.metrics_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -85,8 +98,9 @@ class OperatorProcess:
         self.starts += 1
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         argv = [str(Path(sys.executable).with_name("cmcp-operator")), "--namespace", NS,
-                "--allow-simulated", "--simulate-tee", "--reattest-interval", "5",
-                "--enclave-image", IMAGE, *self.release.argv(),
+                "--allow-simulated", "--reattest-interval", "5",
+                "--enclave-image", self.image, "--runtime-class-tdx", self.runtime_class,
+                *self.release.argv(),
                 "--webhook-port", str(self.webhook_port), "--webhook-host", "127.0.0.1",
                 "--webhook-listen", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -113,7 +127,13 @@ class OperatorProcess:
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory,
-             dev_release: DevRelease) -> Iterator[OperatorProcess]:
+             real_release: DevRelease) -> Iterator[OperatorProcess]:
+    with cluster.real_tdx_runtime_class(REAL_TDX_CLASS) as runtime_class:
+        yield from _operator(cluster, kube, tmp_path_factory, real_release, runtime_class)
+
+
+def _operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory,
+              release: DevRelease, runtime_class: str) -> Iterator[OperatorProcess]:
     for crd in sorted((REPO / "crds").glob("*.yaml")):
         cluster.kubectl("apply", "-f", str(crd))
     for crd in ("policybundles.cmcp.dev", "mcproutes.cmcp.dev"):
@@ -132,7 +152,7 @@ def operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory,
     # ClusterRole that cmcp_operator.rbac prints (the chart's watchScope: cluster).
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = _service_account_kubeconfig(cluster, kube, workdir)
-    op = OperatorProcess(kubeconfig, workdir, dev_release)
+    op = OperatorProcess(kubeconfig, workdir, release, cluster.enclave_image, runtime_class)
     op.start()
     # The webhook is registered once the operator is up: an invalid bundle is then refused.
     kube.wait_for("admission webhook registered", lambda: _webhook_ready(kube), timeout=60,
@@ -310,6 +330,13 @@ class EndpointWatcher:
             self._thread.join(10)
 
 
+def operator_launch(image: str) -> LaunchSpec:
+    """The launch policy the operator, as the fixture runs it (``--tee tdx`` enclaves, no simulated
+    provider), renders into the initdata of this route's pods."""
+    config = OperatorConfig(appraisal=AppraisalPolicy(allow_simulated=True), enclave_image=image)
+    return launch_spec(NS, image, enclave_command("tdx", config))
+
+
 def attest_directly(address: str) -> enclave_pb2.AttestResponse:
     with grpc.insecure_channel(f"{address}:50051") as channel:
         return enclave_pb2_grpc.EnclaveStub(channel).Attest(
@@ -346,7 +373,7 @@ def test_route_needs_an_existing_bundle(cluster: Any, operator: OperatorProcess)
 
 def test_pod_wearing_route_label_without_gate_is_refused(kube: Kube, operator: OperatorProcess) -> None:
     pod = {"metadata": {"name": "gateless", "labels": {"cmcp.dev/route": ROUTE}},
-           "spec": {"containers": [{"name": "c", "image": IMAGE}]}}
+           "spec": {"containers": [{"name": "c", "image": operator.image}]}}
     with pytest.raises(KubeError) as info:
         kube.create(f"/api/v1/namespaces/{NS}/pods", pod)
     assert info.value.status in (400, 403, 422) and "readinessGate" in info.value.body
@@ -364,19 +391,20 @@ def test_tdx_route_gets_attested_pods_with_exact_initdata(cluster: Any, kube: Ku
     r = kube.wait_for("route Ready", lambda: route_ready_at(kube, expected_hash), timeout=180,
                       on_timeout=operator.log_tail)
     bundle = load_bundle(EXAMPLES / "minimal")
-    cfg = OperatorConfig(simulate_tee=True, appraisal=AppraisalPolicy(allow_simulated=True),
-                         enclave_image=IMAGE)
     want = render(CmcpEntry(bundle.bundle_hash, bundle.catalog_hash, bundle.enforcement_mode,
                             f"{NS}/{ROUTE}", "http://echo-upstream.example/mcp"),
-                  launch=launch_spec(NS, IMAGE, enclave_command("tdx", cfg)))
+                  launch=operator_launch(cluster.enclave_image))
     pods = enclave_pods(kube)
     assert len(pods) == 2
     nodes = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
     for pod in pods:
         assert nodes[pod["spec"]["nodeName"]]["metadata"]["labels"].get(TDX_LABEL) == "true"
-        assert pod["spec"]["runtimeClassName"] == "kata-qemu-tdx"
+        assert pod["spec"]["runtimeClassName"] == REAL_TDX_CLASS
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == cluster.enclave_image and container["args"][-2:] == ["--tee", "tdx"]
+        assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
         assert decode_annotation(pod["metadata"]["annotations"][ANNOTATION]) == want
-        # The enclave reports the bytes it launched with, and the (simulated) TEE measured them.
+        # The enclave reports the bytes it launched with, and the TEE (the node's stand-in) measured them.
         resp = attest_directly(pod["status"]["podIP"])
         assert resp.initdata == want and resp.bundle_hash == expected_hash
         assert tdx_mrconfigid(want).hex() in resp.evidence.hex()
@@ -397,70 +425,60 @@ def test_tdx_route_gets_attested_pods_with_exact_initdata(cluster: Any, kube: Ku
     assert not [k for k in pb["metadata"].get("annotations", {}) if k.startswith("cmcp.dev/")]
 
 
-def _rogue_pod(name: str, initdata: bytes, configmap: str, files: dict[str, str],
-               launcher: dict[str, str] | None = None) -> dict[str, Any]:
-    """``launcher`` overrides what the node's launcher passes the simulated TEE (another guest)."""
-    return {
-        "metadata": {"name": name,
-                     "labels": {"cmcp.dev/route": ROUTE, "app.kubernetes.io/component": "enclave"},
-                     "annotations": {ANNOTATION: encode_annotation(initdata)}},
-        "spec": {
-            "readinessGates": [{"conditionType": "cmcp.dev/attested"}],
-            "nodeSelector": {TDX_LABEL: "true"},
-            "containers": [{
-                "name": "enclave", "image": IMAGE,
-                "command": ["cmcp-enclave"],
-                "args": ["--bundle", "/etc/cmcp/bundle", "--initdata", "/run/cmcp/initdata.toml", "--tee",
-                         "simulated", "--listen", "$(POD_IP):50051"],
-                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                        *({"name": k, "value": v} for k, v in (launcher or {}).items())],
-                "volumeMounts": [{"name": "bundle", "mountPath": "/etc/cmcp/bundle"},
-                                 {"name": "initdata", "mountPath": "/run/cmcp"}],
-            }],
-            "volumes": [{"name": "bundle", "configMap": {"name": configmap, "items": [
-                {"key": path_to_key(p), "path": p} for p in sorted(files)]}},
-                {"name": "initdata", "emptyDir": {}}],
-        },
-    }
+def _rogue_pod(template: dict[str, Any], name: str, initdata: bytes, configmap: str, files: dict[str, str],
+               kernel_params: str = "") -> dict[str, Any]:
+    """A pod built like the operator's (its Deployment's pod template: the enclave image, ``--tee
+    tdx``, the downward-API initdata of its own annotation, the runtime class) wearing the route's
+    labels, with its own ``initdata`` and ``configmap``'s bundle. ``kernel_params``: the host boots
+    another guest (Kata's annotation; the node's stand-in measures them into RTMR2)."""
+    spec = copy.deepcopy(template["spec"])
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "bundle"] + [
+        {"name": "bundle", "configMap": {"name": configmap, "items": volume_items(files)}}]
+    annotations = {ANNOTATION: encode_annotation(initdata)}
+    if kernel_params:
+        annotations[KERNEL_PARAMS_ANNOTATION] = kernel_params
+    return {"metadata": {"name": name, "annotations": annotations,
+                         "labels": {"cmcp.dev/route": ROUTE, "app.kubernetes.io/component": "enclave"}},
+            "spec": spec}
 
 
-def test_rogue_pods_never_become_ready(kube: Kube, operator: OperatorProcess) -> None:
+def test_rogue_pods_never_become_ready(cluster: Any, kube: Kube, operator: OperatorProcess) -> None:
     """Same labels and readiness gate as ours; one runs another bundle, one forges the audience,
     one is a forged guest: the operator's exact initdata and bundle, booted with another RTMR2."""
     current = route(kube)["status"]["bundleHash"]
+    deployment = kube.get(f"/apis/apps/v1/namespaces/{NS}/deployments/{workload_name(ROUTE)}")
+    template = deployment["spec"]["template"]
+    launch = operator_launch(cluster.enclave_image)
     other_dir = EXAMPLES / "realistic"
     other = load_bundle(other_dir)
     files = read_bundle_files(other_dir)
     kube.create(f"/api/v1/namespaces/{NS}/configmaps", {
         "metadata": {"name": "rogue-bundle"}, "data": {path_to_key(p): t for p, t in files.items()}})
-    cmd = ["cmcp-enclave"]
     other_initdata = render(CmcpEntry(other.bundle_hash, other.catalog_hash, other.enforcement_mode,
-                                      f"{NS}/{ROUTE}", "http://echo-upstream.example/mcp"),
-                            image=IMAGE, command=cmd)
+                                      f"{NS}/{ROUTE}", "http://echo-upstream.example/mcp"), launch=launch)
     ours = load_bundle(EXAMPLES / "minimal")
+    ours_files = read_bundle_files(EXAMPLES / "minimal")
     forged = render(CmcpEntry(ours.bundle_hash, ours.catalog_hash, ours.enforcement_mode, f"{NS}/{ROUTE}",
-                              "http://attacker.example/mcp"), image=IMAGE, command=cmd)
+                              "http://attacker.example/mcp"), launch=launch)
     kube.create(f"/api/v1/namespaces/{NS}/configmaps", {"metadata": {"name": "ours-copy"}, "data": {
-        path_to_key(p): t for p, t in read_bundle_files(EXAMPLES / "minimal").items()}})
+        path_to_key(p): t for p, t in ours_files.items()}})
     watcher = EndpointWatcher(kube, allowed={current}).start()
     try:
         kube.create(f"/api/v1/namespaces/{NS}/pods",
-                    _rogue_pod("rogue-other-bundle", other_initdata, "rogue-bundle", files))
+                    _rogue_pod(template, "rogue-other-bundle", other_initdata, "rogue-bundle", files))
         kube.create(f"/api/v1/namespaces/{NS}/pods", _rogue_pod(
-            "rogue-forged-audience", forged, "ours-copy", read_bundle_files(EXAMPLES / "minimal")))
+            template, "rogue-forged-audience", forged, "ours-copy", ours_files))
         ours_pod = next(p for p in enclave_pods(kube) if not p["metadata"]["name"].startswith("rogue-"))
         genuine = decode_annotation(ours_pod["metadata"]["annotations"][ANNOTATION])
-        forged_guest = SimulatedGuest(rtmrs=(*SimulatedGuest().rtmrs[:2], b"\x66" * 48))
         kube.create(f"/api/v1/namespaces/{NS}/pods", _rogue_pod(
-            "rogue-forged-guest", genuine, "ours-copy", read_bundle_files(EXAMPLES / "minimal"),
-            launcher=launcher_env(genuine, forged_guest)))
+            template, "rogue-forged-guest", genuine, "ours-copy", ours_files, kernel_params="init=/bin/sh"))
 
         def named() -> dict[str, dict[str, Any]] | None:
             entries = {e["pod"]: e for e in route(kube).get("status", {}).get("pods", [])}
             rogues = {k: v for k, v in entries.items() if k.startswith("rogue-") and v.get("platform")}
             return rogues if len(rogues) == 3 else None
 
-        rogues = kube.wait_for("route status names both rogue pods", named, timeout=120,
+        rogues = kube.wait_for("route status names the three rogue pods", named, timeout=180,
                                on_timeout=operator.log_tail)
         assert rogues["rogue-other-bundle"]["reason"] == "BundleHashMismatch"
         assert rogues["rogue-other-bundle"]["reportedBundleHash"] == other.bundle_hash
@@ -472,6 +490,8 @@ def test_rogue_pods_never_become_ready(kube: Kube, operator: OperatorProcess) ->
         time.sleep(6)  # a re-attestation period later, still out
         for name in rogues:
             pod = kube.get(f"/api/v1/namespaces/{NS}/pods/{name}")
+            assert pod["spec"]["runtimeClassName"] == REAL_TDX_CLASS
+            assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
             ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
             assert ready["status"] == "False"
             assert pod["status"]["podIP"] not in ready_addresses(kube)
@@ -627,6 +647,6 @@ def test_graceful_stop_keeps_only_the_pod_gate(kube: Kube, operator: OperatorPro
     names = {w["name"].split(".")[0] for w in cfg.get("webhooks") or []}
     assert names == {"validate-enclave-pod"}, names
     pod = {"metadata": {"name": "gateless-while-down", "labels": {"cmcp.dev/route": ROUTE}},
-           "spec": {"containers": [{"name": "c", "image": IMAGE}]}}
+           "spec": {"containers": [{"name": "c", "image": operator.image}]}}
     with pytest.raises(KubeError):  # the webhook's server is gone: Fail policy refuses
         kube.create(f"/api/v1/namespaces/{NS}/pods", pod)

@@ -8,13 +8,21 @@ spec, see ``containerd.py``) does the host's half, once per container:
 
 1. decodes and parses the annotation the CRI passed into the OCI spec (``pod_annotations``) and
    fails the container when it does not (as Kata fails the sandbox);
-2. registers those exact bytes with the stand-in (:mod:`.tsm_standin`) under the container id;
+2. registers those exact bytes with the stand-in (:mod:`.tsm_standin`) under the container id,
+   with the kernel parameters the host adds to the guest's command line (below);
 3. bind-mounts the stand-in's tree for that container onto ``<rootfs>/sys/kernel``, so the
    container sees ``/sys/kernel/config/tsm/report`` and nothing else of the stand-in.
 
 ``createContainer`` hooks run inside the container's mount namespace before ``pivot_root``
 (host paths still visible), so the mount is the container's own and dies with it. ``poststop``
 removes the registration. Nothing else reaches the container: no file, no variable.
+
+Why kernel parameters: the host, not the guest, picks how the guest boots, and the attestation's
+answer to a host that boots another guest is the boot measurements (RTMR0-2) the release pins. The
+smallest host-side knob a Kata host really has is ``io.katacontainers.config.hypervisor.kernel_params``
+(extra guest kernel parameters, appended by the runtime to the command line); the firmware measures
+the command line into RTMR2, so the stand-in extends RTMR2 with what this hook registers. A pod
+without the annotation boots the genuine guest, whose RTMRs the dev release pins.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+# extra guest kernel parameters a Kata host adds (the runtime's enable_annotations must allow it)
+KERNEL_PARAMS_ANNOTATION = "io.katacontainers.config.hypervisor.kernel_params"
 MS_BIND = 4096
 # Where a guest's configfs lives: the stand-in's per-container tree holds config/tsm/report/.
 GUEST_SYSFS_KERNEL = "sys/kernel"
@@ -48,19 +58,30 @@ def registration_path(registry: Path, container_id: str) -> Path:
     return registry / container_id
 
 
-def register(registry: Path, container_id: str, platform: str, raw: bytes) -> None:
-    """The initdata the stand-in measures for this container; written whole or not at all."""
+class Registration(NamedTuple):
+    """What the host launched one container with: its platform, the initdata it measured and the
+    kernel parameters it added to the guest's command line ("": the genuine guest's)."""
+
+    platform: str
+    initdata: bytes
+    kernel_params: str = ""
+
+
+def register(registry: Path, container_id: str, platform: str, raw: bytes, kernel_params: str = "") -> None:
+    """What the stand-in measures for this container; written whole or not at all."""
     path = registration_path(registry, container_id)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"platform": platform, "initdata": base64.b64encode(raw).decode()}))
+    tmp.write_text(json.dumps({"platform": platform, "initdata": base64.b64encode(raw).decode(),
+                               "kernel_params": kernel_params}))
     os.replace(tmp, path)
 
 
-def registration(registry: Path, container_id: str) -> tuple[str, bytes] | None:
-    """(platform, initdata bytes) the hook registered for a container, or None."""
+def registration(registry: Path, container_id: str) -> Registration | None:
+    """What the hook registered for a container, or None."""
     try:
         doc = json.loads(registration_path(registry, container_id).read_text())
-        return str(doc["platform"]), base64.b64decode(doc["initdata"], validate=True)
+        return Registration(str(doc["platform"]), base64.b64decode(doc["initdata"], validate=True),
+                            str(doc["kernel_params"]))
     except (OSError, ValueError, KeyError, TypeError, HookRefusal):
         return None
 
@@ -105,14 +126,17 @@ def create_container(state: Mapping[str, Any], *, platform: str, mount: Path, re
     raw = measured_initdata(annotations)
     if raw is None:
         return f"{cid[:12]}: no initdata annotation, no TSM (a Kata CoCo guest would have none either)"
-    register(registry, cid, platform, raw)
+    kernel_params = annotations.get(KERNEL_PARAMS_ANNOTATION, "")
+    register(registry, cid, platform, raw, kernel_params)
     if platform not in SERVED_PLATFORMS:
         return f"{cid[:12]}: {platform} initdata of {len(raw)} bytes valid; no {platform} stand-in, no TSM"
     target = _rootfs(state) / GUEST_SYSFS_KERNEL
     if not target.is_dir():
         raise HookRefusal(f"{target} is not a directory (is sysfs mounted in the container?)")
     _bind(mount / cid, target)
-    return f"{cid[:12]}: {platform} initdata of {len(raw)} bytes measured, TSM under /{GUEST_SYSFS_KERNEL}"
+    booted = f", kernel params added {kernel_params!r}" if kernel_params else ""
+    return (f"{cid[:12]}: {platform} initdata of {len(raw)} bytes measured{booted}, "
+            f"TSM under /{GUEST_SYSFS_KERNEL}")
 
 
 def post_stop(state: Mapping[str, Any], *, registry: Path) -> str:

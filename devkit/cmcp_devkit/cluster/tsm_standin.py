@@ -17,6 +17,12 @@ for each container the OCI hook (:mod:`.tsm_hook`) registered; the hook bind-mou
 tree. What is measured is the initdata the hook decoded from the pod's annotation — never a file
 the container holds (:meth:`TsmStandin.measured_initdata` is the one place that decides it).
 
+The guest's boot measurements are the genuine simulated guest's (``SIMULATED_MRTD``/``SIMULATED_RTMRS``,
+what the dev release pins) unless the host booted it differently: kernel parameters the host added
+(the hook registers Kata's ``kernel_params`` annotation) extend RTMR2, as the firmware measures the
+kernel command line into RTMR2 (:func:`guest_rtmrs`). That is how a test plays a host that boots
+another guest, which only the release's reference values refuse.
+
 Only TDX is served: a ``snp`` registration gets no tree (``ENOENT``), so an enclave started with
 ``--tee snp`` fails closed (TEE_PROVIDER_FAILED) until a simulated SNP report path exists in
 ``cmcp_core``.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import os
 import stat
 import sys
@@ -38,7 +45,7 @@ from typing import Any
 import mfusepy as fuse
 
 from cmcp_core import initdata
-from cmcp_core.evidence.simulated import SimulatedQuoteSigner
+from cmcp_core.evidence.simulated import SIMULATED_RTMRS, SimulatedQuoteSigner
 
 from .tsm_hook import registration
 
@@ -47,6 +54,16 @@ FUSE_EXIT_SIGNALLED = "8"  # libfuse3's fuse_main after SIGTERM/SIGINT: a normal
 REPORT_DATA_LEN = 64
 PROVIDER = {"tdx": b"tdx_guest\n"}
 ENTRY_FILES = ("inblob", "outblob", "provider", "generation")
+
+
+def guest_rtmrs(kernel_params: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """RTMR0-3 of the guest the host booted: the genuine simulated guest's, with RTMR2 extended
+    (TDX's ``RTMR = SHA-384(RTMR || digest)``) by the SHA-384 of the kernel parameters the host
+    added; none added, the genuine values (the release's)."""
+    rtmr0, rtmr1, rtmr2 = SIMULATED_RTMRS
+    if kernel_params:
+        rtmr2 = hashlib.sha384(rtmr2 + hashlib.sha384(kernel_params.encode()).digest()).digest()
+    return rtmr0, rtmr1, rtmr2, bytes(48)
 
 
 @dataclass
@@ -78,7 +95,14 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
         found = registration(self.registry, container_id)
         if found is None:
             raise fuse.FuseOSError(errno.ENOENT)
-        return found[1]
+        return found.initdata
+
+    def measured_rtmrs(self, container_id: str) -> tuple[bytes, bytes, bytes, bytes]:
+        """The boot measurements of the guest the host launched for this container."""
+        found = registration(self.registry, container_id)
+        if found is None:
+            raise fuse.FuseOSError(errno.ENOENT)
+        return guest_rtmrs(found.kernel_params)
 
     def quote(self, container_id: str, caller_pid: int, report_data: bytes) -> bytes:
         raw = self.measured_initdata(container_id, caller_pid)
@@ -86,8 +110,8 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
             mrconfigid = initdata.tdx_mrconfigid(raw)
         except initdata.InitdataError as exc:
             raise fuse.FuseOSError(errno.EIO) from exc
-        # the genuine simulated guest's MRTD/RTMRs: the dev release manifest pins them
-        return self.signer.quote(report_data.ljust(REPORT_DATA_LEN, b"\x00"), mrconfigid)
+        return self.signer.quote(report_data.ljust(REPORT_DATA_LEN, b"\x00"), mrconfigid,
+                                 rtmrs=self.measured_rtmrs(container_id))
 
     # ------------------------------------------------------------ path handling
     def _split(self, path: str) -> tuple[str, tuple[str, ...]]:
@@ -97,7 +121,7 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
             return "", ()
         cid, rest = parts[0], parts[1:]
         found = registration(self.registry, cid)
-        if found is None or found[0] not in PROVIDER:
+        if found is None or found.platform not in PROVIDER:
             raise fuse.FuseOSError(errno.ENOENT)
         return cid, rest
 

@@ -67,7 +67,8 @@ def test_sandbox_and_containers_without_initdata_get_nothing(tmp_path: Path) -> 
 def test_snp_is_registered_but_gets_no_tsm(tmp_path: Path) -> None:
     state = _state(tmp_path, {initdata.ANNOTATION: initdata.encode_annotation(DATA)})
     line = tsm_hook.create_container(state, platform="snp", mount=tmp_path / "mnt", registry=tmp_path)
-    assert "no snp stand-in" in line and tsm_hook.registration(tmp_path, CID) == ("snp", DATA)
+    assert "no snp stand-in" in line
+    assert tsm_hook.registration(tmp_path, CID) == tsm_hook.Registration("snp", DATA, "")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a bind mount needs root")
@@ -80,7 +81,7 @@ def test_tdx_registers_the_decoded_bytes_and_binds_the_containers_tree(
     target = tmp_path / "bundle" / "rootfs" / "sys" / "kernel"
     try:
         assert _run(state, tmp_path, monkeypatch=monkeypatch) == 0
-        assert tsm_hook.registration(tmp_path, CID) == ("tdx", DATA)
+        assert tsm_hook.registration(tmp_path, CID) == tsm_hook.Registration("tdx", DATA, "")
         assert sorted(os.listdir(target)) == ["config"]  # the container's /sys/kernel is its tree
     finally:
         ctypes.CDLL(None, use_errno=True).umount2(str(target).encode(), 2)
@@ -94,3 +95,12 @@ def test_tdx_registers_the_decoded_bytes_and_binds_the_containers_tree(
 def test_a_container_id_cannot_name_another_path(cid: str, tmp_path: Path) -> None:
     with pytest.raises(tsm_hook.HookRefusal):
         tsm_hook.register(tmp_path, cid, "tdx", DATA)
+
+
+def test_kernel_params_the_host_adds_are_registered_with_the_initdata(tmp_path: Path) -> None:
+    """The host's knob for booting another guest (Kata's annotation); the stand-in measures it."""
+    state = _state(tmp_path, {initdata.ANNOTATION: initdata.encode_annotation(DATA),
+                              tsm_hook.KERNEL_PARAMS_ANNOTATION: "init=/bin/sh"})
+    tsm_hook.create_container(state, platform="snp", mount=tmp_path / "mnt", registry=tmp_path)
+    assert tsm_hook.registration(tmp_path, CID) == tsm_hook.Registration("snp", DATA, "init=/bin/sh")
+

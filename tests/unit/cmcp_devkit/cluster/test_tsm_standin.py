@@ -20,11 +20,12 @@ import pytest
 
 from cmcp_core import initdata
 from cmcp_core.errors import Code
-from cmcp_core.evidence.simulated import SIMULATED_QE_VENDOR_ID
+from cmcp_core.evidence.simulated import SIMULATED_QE_VENDOR_ID, SIMULATED_RTMRS
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_core.verify.appraise import appraise_response
 from cmcp_devkit.cluster.tsm_hook import register
+from cmcp_devkit.cluster.tsm_standin import guest_rtmrs
 from cmcp_devkit.enclave import render_initdata
 from cmcp_devkit.release import dev_appraisal
 from cmcp_enclave.server import attest_response
@@ -129,6 +130,31 @@ def test_a_stand_in_that_measures_the_handed_file_would_let_the_attacker_in(
     enc = start(bundle_dir=BUNDLE, initdata_path=handed_file, initdata_annotation=True,
                 provider=ConfigfsTsmProvider("tdx", str(_report_dir(mount))))
     assert enc.entry.audience == "urn:attacker"
+
+
+def test_a_guest_booted_with_extra_kernel_params_is_refused_by_the_releases_rtmr2(
+    standin: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The host boots another guest (adds kernel parameters): every initdata check passes, the
+    quote's RTMR2 is no longer the release's, and only that refuses it. The same enclave on the
+    genuine guest (no parameters added) is accepted, so the refusal is the RTMR2's alone."""
+    data = render_initdata(BUNDLE)
+    mount = standin()
+    verdicts = {}
+    for cid, params in ((CID, "init=/bin/sh"), ("5a" * 32, "")):
+        register(tmp_path / "registry", cid, "tdx", data, params)
+        provider = ConfigfsTsmProvider("tdx", str(_report_dir(mount, cid)))
+        enc = start(bundle_dir=BUNDLE, initdata_path=_annotation_file(tmp_path, data),
+                    initdata_annotation=True, provider=provider)
+        nonce = os.urandom(32)
+        response = attest_response(enc, nonce)
+        assert parse_quote(response.evidence).body.rtmrs == guest_rtmrs(params)
+        verdicts[params] = appraise_response(response, nonce, dev_appraisal(), expected_initdata=data)
+    assert guest_rtmrs("")[:3] == SIMULATED_RTMRS  # the genuine guest is the release's
+    forged = verdicts["init=/bin/sh"]
+    assert not forged.ok and forged.code == Code.REFERENCE_VALUE_MISMATCH.value
+    assert "RTMR2" in forged.message, forged.message
+    assert verdicts[""].ok, verdicts[""].message
 
 
 def test_a_container_reaches_only_a_registered_tree(standin: Callable[..., Path], tmp_path: Path) -> None:
