@@ -1,7 +1,8 @@
 """The operator's RBAC is least privilege for real: every grant is needed, nothing else is given.
 
 The operator runs with exactly what the chart gives it: ``helm template`` renders the release
-(default ``watchScope: namespaces``, the simulated profile) into a fresh namespace, the test
+(default ``watchScope: namespaces``, the simulated profile with the real node's values:
+``E2ECluster.real_chart_values``) into a fresh namespace, the test
 applies the rendered ServiceAccount, Role/RoleBinding, ClusterRole/ClusterRoleBinding and webhook
 configurations, and runs ``cmcp-operator`` with the rendered Deployment's scope and attestation
 flags under a token of that ServiceAccount (its only credential). Pod-specific flags (files
@@ -16,8 +17,15 @@ bundle ConfigMap collected, an Event posted, an attested enclave pod). And the o
 token is refused what a compromised operator would want: Deployments in a namespace it does not
 watch, Secrets, another webhook configuration, creating webhook configurations, listing namespaces.
 
-The enclave pods come from the cluster fixture's nodes (node agent today, real kubelets later);
-the operator itself is a host process, so this file needs no change when the nodes change.
+The enclave pods are real: the routes are ``tee: tdx``, so the operator (rendered flags: no
+``--simulate-tee``, this run's enclave image by digest, ``--runtime-class-tdx`` naming a
+RuntimeClass of the real node's ``kata-qemu-tdx`` handler) starts containers of the enclave image on
+the session's real node, whose OCI hook and TSM stand-in give the enclave's real ``tdx`` provider
+simulated TDX evidence of its own initdata (software-only, accepted by ``--allow-simulated``); the
+signed release is ``real_release``, which pins that image. The operator itself stays a host process
+under the ServiceAccount's token: what the apiserver allows depends on that token only, the same one
+a pod's projected token is (the operator as a real container under the chart's roles is
+test_chart_real_pods.py), and the weakened operator below is test code no image carries.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +48,7 @@ import pytest
 import yaml
 
 from cmcp_core.crd import API_PATH
+from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME
 from cmcp_devkit.cluster.kube import Kube, KubeError
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.release import DevRelease
@@ -53,6 +63,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "cmcp"
 PROFILE = CHART / "ci" / "simulated-values.yaml"
 REL = "cmcp"
+REAL_TDX_CLASS = f"kata-qemu-tdx-lp-{uuid.uuid4().hex[:6]}"  # the kata-qemu-tdx handler, on the real node
 BUNDLE, ROUTE = "minimal", "echo"
 STALE_HASH = "sha256:" + "0" * 64  # a revision no history holds: the operator must collect it
 ADMISSION = "/apis/admissionregistration.k8s.io/v1"
@@ -110,6 +121,25 @@ def crds(cluster: E2ECluster) -> Iterator[None]:
         cluster.kube.delete(path)
 
 
+@dataclass(frozen=True)
+class RealPods:
+    """What every render here adds: values putting the enclave pods on the real node, and the
+    signed release pinning the enclave image they run."""
+
+    values: Path
+    release: DevRelease
+
+
+@pytest.fixture(scope="module")
+def real_pods(
+    cluster: E2ECluster, crds: None, real_release: DevRelease, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealPods]:
+    values = tmp_path_factory.mktemp("values") / "real-pods.yaml"
+    values.write_text(yaml.safe_dump(cluster.real_chart_values(REAL_TDX_CLASS)), encoding="utf-8")
+    with cluster.real_tdx_runtime_class(REAL_TDX_CLASS):
+        yield RealPods(values, real_release)
+
+
 @dataclass
 class Release:
     """One rendered release in one namespace: its RBAC objects and its operator's flags."""
@@ -117,10 +147,10 @@ class Release:
     cluster: E2ECluster
     namespace: str
     docs: list[dict[str, Any]]
-    dev_release: DevRelease
+    real: RealPods
 
     @classmethod
-    def render(cls, cluster: E2ECluster, namespace: str, dev_release: DevRelease, *values: str) -> Release:
+    def render(cls, cluster: E2ECluster, namespace: str, real: RealPods, *values: str) -> Release:
         out = cluster.helm(
             "template",
             REL,
@@ -129,10 +159,12 @@ class Release:
             namespace,
             "-f",
             str(PROFILE),
-            *release_values(dev_release),
+            "-f",
+            str(real.values),
+            *release_values(real.release),
             *values,
         ).stdout
-        return cls(cluster, namespace, [d for d in yaml.safe_load_all(out) if d], dev_release)
+        return cls(cluster, namespace, [d for d in yaml.safe_load_all(out) if d], real)
 
     def operator_objects(self, kind: str) -> list[dict[str, Any]]:
         return [
@@ -162,7 +194,7 @@ class Release:
                 ]
                 doc["rules"] = [r for r in doc["rules"] if r != rule] + [r for r in rest if r["verbs"]]
         assert removed, f"the rendered {kind} has no rule {rule}"
-        return Release(self.cluster, self.namespace, docs, self.dev_release)
+        return Release(self.cluster, self.namespace, docs, self.real)
 
     def peering_name(self) -> str:
         return next((d["metadata"]["name"] for d in self.docs if d["kind"] == "KopfPeering"), "")
@@ -185,7 +217,7 @@ class Release:
         rendered = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         return [
             *[a for a in rendered if a.startswith(PORTABLE_FLAGS)],
-            *self.dev_release.argv(),
+            *self.real.release.argv(),
             "--webhook-port",
             str(WEBHOOK_PORT),
             "--webhook-host",
@@ -317,7 +349,7 @@ def start_scenario(cluster: E2ECluster, ns: str) -> None:
                 "upstream": {"url": "http://echo-upstream.example/mcp"},
                 "policyBundleRef": {"name": BUNDLE},
                 "replicas": 1,
-                "tee": "simulated",
+                "tee": "tdx",
             },
         }
     )
@@ -343,15 +375,15 @@ def release_finalizers(kube: Kube, ns: str) -> None:
 
 
 @pytest.fixture
-def release(cluster: E2ECluster, crds: None, namespace: str, dev_release: DevRelease) -> Iterator[Release]:
-    yield Release.render(cluster, namespace, dev_release)
+def release(cluster: E2ECluster, real_pods: RealPods, namespace: str) -> Iterator[Release]:
+    yield Release.render(cluster, namespace, real_pods)
     release_finalizers(cluster.kube, namespace)
     cluster_scoped = {
         "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
         "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
         "ClusterKopfPeering": "/apis/kopf.dev/v1/clusterkopfpeerings",
     }
-    for d in Release.render(cluster, namespace, dev_release, *CLUSTER_MODE).docs:
+    for d in Release.render(cluster, namespace, real_pods, *CLUSTER_MODE).docs:
         if (
             d["kind"] in cluster_scoped
             and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"
@@ -377,7 +409,7 @@ def test_the_full_role_runs_the_whole_scenario(
     release: Release, values: tuple[str, ...], tmp_path: Path
 ) -> None:
     kube, ns = release.cluster.kube, release.namespace
-    release = Release.render(release.cluster, ns, release.dev_release, *values)
+    release = Release.render(release.cluster, ns, release.real, *values)
     release.apply()
     op = Operator(release, tmp_path)
     try:
@@ -413,8 +445,21 @@ def test_the_full_role_runs_the_whole_scenario(
         )
         assert not re.search(r"cannot \w+ resource", op.text()), op.tail()
         assert op.proc.poll() is None
+        assert_real_enclave(release.cluster, ns)
     finally:
         op.stop()
+
+
+def assert_real_enclave(cluster: E2ECluster, ns: str) -> None:
+    """The attested enclave pod is a real container of this run's enclave image on the real node,
+    under the ``kata-qemu-tdx`` class, running the real ``tdx`` provider."""
+    pods = cluster.kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"cmcp.dev/route={ROUTE}")["items"]
+    [pod] = [p for p in pods if _cond(p, "cmcp.dev/attested").get("status") == "True"]
+    assert (pod["spec"]["nodeName"], pod["spec"]["runtimeClassName"]) == (REAL_NODE_NAME, REAL_TDX_CLASS)
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == cluster.enclave_image
+    assert container["args"][container["args"].index("--tee") + 1] == "tdx"
+    assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
 
 
 @pytest.mark.parametrize(
@@ -427,7 +472,7 @@ def test_the_full_role_runs_the_whole_scenario(
 def test_without_each_permission_the_operator_fails_with_a_403(
     release: Release, perm: Permission, values: tuple[str, ...], tmp_path: Path
 ) -> None:
-    weakened = Release.render(release.cluster, release.namespace, release.dev_release, *values).without(perm)
+    weakened = Release.render(release.cluster, release.namespace, release.real, *values).without(perm)
     weakened.apply()
     op = Operator(weakened, tmp_path)
     try:
