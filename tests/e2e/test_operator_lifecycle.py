@@ -86,10 +86,8 @@ def kube(cluster: Any) -> Kube:
 class OperatorProcess:
     """``cmcp-operator`` as a child process; ``kill()`` is SIGKILL (no graceful cleanup)."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, release: DevRelease, image: str,
-                 runtime_class: str) -> None:
-        self.kubeconfig, self.log_dir, self.release = kubeconfig, log_dir, release
-        self.image, self.runtime_class = image, runtime_class
+    def __init__(self, kubeconfig: Path, log_dir: Path, real_node_flags: list[str]) -> None:
+        self.kubeconfig, self.log_dir, self.real_node_flags = kubeconfig, log_dir, real_node_flags
         self.webhook_port, self.metrics_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -98,9 +96,7 @@ class OperatorProcess:
         self.starts += 1
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         argv = [str(Path(sys.executable).with_name("cmcp-operator")), "--namespace", NS,
-                "--allow-simulated", "--reattest-interval", "5",
-                "--enclave-image", self.image, "--runtime-class-tdx", self.runtime_class,
-                *self.release.argv(),
+                "--reattest-interval", "5", *self.real_node_flags,
                 "--webhook-port", str(self.webhook_port), "--webhook-host", "127.0.0.1",
                 "--webhook-listen", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -152,7 +148,7 @@ def _operator(cluster: Any, kube: Kube, tmp_path_factory: pytest.TempPathFactory
     # ClusterRole that cmcp_operator.rbac prints (the chart's watchScope: cluster).
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = _service_account_kubeconfig(cluster, kube, workdir)
-    op = OperatorProcess(kubeconfig, workdir, release, cluster.enclave_image, runtime_class)
+    op = OperatorProcess(kubeconfig, workdir, cluster.real_operator_flags(runtime_class, release))
     op.start()
     # The webhook is registered once the operator is up: an invalid bundle is then refused.
     kube.wait_for("admission webhook registered", lambda: _webhook_ready(kube), timeout=60,
@@ -371,9 +367,10 @@ def test_route_needs_an_existing_bundle(cluster: Any, operator: OperatorProcess)
     assert "exactly one of upstream.url and upstream.service" in proc.stderr, proc.stderr
 
 
-def test_pod_wearing_route_label_without_gate_is_refused(kube: Kube, operator: OperatorProcess) -> None:
+def test_pod_wearing_route_label_without_gate_is_refused(cluster: Any, kube: Kube,
+                                                         operator: OperatorProcess) -> None:
     pod = {"metadata": {"name": "gateless", "labels": {"cmcp.dev/route": ROUTE}},
-           "spec": {"containers": [{"name": "c", "image": operator.image}]}}
+           "spec": {"containers": [{"name": "c", "image": cluster.enclave_image}]}}
     with pytest.raises(KubeError) as info:
         kube.create(f"/api/v1/namespaces/{NS}/pods", pod)
     assert info.value.status in (400, 403, 422) and "readinessGate" in info.value.body
@@ -640,13 +637,13 @@ def test_bundle_in_use_is_protected_then_cleaned_up(kube: Kube, operator: Operat
         f"/apis/apps/v1/namespaces/{NS}/deployments")["items"], timeout=60)
 
 
-def test_graceful_stop_keeps_only_the_pod_gate(kube: Kube, operator: OperatorProcess) -> None:
+def test_graceful_stop_keeps_only_the_pod_gate(cluster: Any, kube: Kube, operator: OperatorProcess) -> None:
     """Runs last: after a clean exit the bundle/route webhooks are gone, the pod gate stays."""
     operator.stop()
     cfg = kube.get(f"{WEBHOOKS}/cmcp-operator.cmcp.dev")
     names = {w["name"].split(".")[0] for w in cfg.get("webhooks") or []}
     assert names == {"validate-enclave-pod"}, names
     pod = {"metadata": {"name": "gateless-while-down", "labels": {"cmcp.dev/route": ROUTE}},
-           "spec": {"containers": [{"name": "c", "image": operator.image}]}}
+           "spec": {"containers": [{"name": "c", "image": cluster.enclave_image}]}}
     with pytest.raises(KubeError):  # the webhook's server is gone: Fail policy refuses
         kube.create(f"/api/v1/namespaces/{NS}/pods", pod)
