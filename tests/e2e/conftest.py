@@ -30,7 +30,7 @@ import yaml
 
 from cmcp_devkit import images as image_builds
 from cmcp_devkit.cluster.binaries import ensure_client_tools
-from cmcp_devkit.cluster.control_plane import REAL_NODE_PLACEMENT, LocalCluster, run_tool
+from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, REAL_NODE_PLACEMENT, LocalCluster, run_tool
 from cmcp_devkit.cluster.kube import Kube
 from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.config import DEFAULT_IMAGE
@@ -106,6 +106,15 @@ class E2ECluster:
         ``release`` (the ``real_release`` fixture) pins that image."""
         return ["--allow-simulated", "--enclave-image", self.enclave_image,
                 "--runtime-class-tdx", tdx_runtime_class, *release.argv()]
+
+    def assert_real_enclave(self, pod: dict[str, Any], runtime_class: str) -> None:
+        """``pod`` is a real container of this run's enclave image on the real node, under
+        ``runtime_class``, running the real ``tdx`` provider (``--tee tdx``)."""
+        assert (pod["spec"]["nodeName"], pod["spec"]["runtimeClassName"]) == (REAL_NODE_NAME, runtime_class)
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == self.enclave_image
+        assert container["args"][container["args"].index("--tee") + 1] == "tdx"
+        assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
 
     @property
     def server(self) -> str:

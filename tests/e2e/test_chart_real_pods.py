@@ -180,11 +180,7 @@ def test_a_tdx_route_gets_an_attested_enclave_on_the_real_node(
     entry = next(p for p in r["status"]["pods"] if p["attested"])
     assert entry["reportedBundleHash"] == expected
     [enclave] = [p for p in pods(kube, APP, "app.kubernetes.io/component=enclave") if is_ready(p)]
-    assert enclave["spec"]["nodeName"] == REAL_NODE_NAME
-    assert enclave["spec"]["runtimeClassName"] == REAL_TDX_CLASS
-    enclave_image = f"localhost/cmcp-enclave@{cluster.images['enclave'].digest}"
-    assert enclave["spec"]["containers"][0]["image"] == enclave_image
-    assert enclave["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+    cluster.assert_real_enclave(enclave, REAL_TDX_CLASS)
     logs = cluster.kubectl("logs", "-n", APP, enclave["metadata"]["name"]).stdout
     serving = [json.loads(line) for line in logs.splitlines() if '"serving"' in line]
     assert serving and serving[0]["bundle_hash"] == expected, logs

@@ -48,7 +48,6 @@ import pytest
 import yaml
 
 from cmcp_core.crd import API_PATH
-from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME
 from cmcp_devkit.cluster.kube import Kube, KubeError
 from cmcp_devkit.ports import free_port
 from cmcp_devkit.release import DevRelease
@@ -451,15 +450,10 @@ def test_the_full_role_runs_the_whole_scenario(
 
 
 def assert_real_enclave(cluster: E2ECluster, ns: str) -> None:
-    """The attested enclave pod is a real container of this run's enclave image on the real node,
-    under the ``kata-qemu-tdx`` class, running the real ``tdx`` provider."""
+    """The attested enclave pod is a real container of this run's enclave image on the real node."""
     pods = cluster.kube.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=f"cmcp.dev/route={ROUTE}")["items"]
     [pod] = [p for p in pods if _cond(p, "cmcp.dev/attested").get("status") == "True"]
-    assert (pod["spec"]["nodeName"], pod["spec"]["runtimeClassName"]) == (REAL_NODE_NAME, REAL_TDX_CLASS)
-    [container] = pod["spec"]["containers"]
-    assert container["image"] == cluster.enclave_image
-    assert container["args"][container["args"].index("--tee") + 1] == "tdx"
-    assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+    cluster.assert_real_enclave(pod, REAL_TDX_CLASS)
 
 
 @pytest.mark.parametrize(

@@ -396,10 +396,7 @@ def test_tdx_route_gets_attested_pods_with_exact_initdata(cluster: Any, kube: Ku
     nodes = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
     for pod in pods:
         assert nodes[pod["spec"]["nodeName"]]["metadata"]["labels"].get(TDX_LABEL) == "true"
-        assert pod["spec"]["runtimeClassName"] == REAL_TDX_CLASS
-        [container] = pod["spec"]["containers"]
-        assert container["image"] == cluster.enclave_image and container["args"][-2:] == ["--tee", "tdx"]
-        assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+        cluster.assert_real_enclave(pod, REAL_TDX_CLASS)
         assert decode_annotation(pod["metadata"]["annotations"][ANNOTATION]) == want
         # The enclave reports the bytes it launched with, and the TEE (the node's stand-in) measured them.
         resp = attest_directly(pod["status"]["podIP"])

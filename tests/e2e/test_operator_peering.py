@@ -25,7 +25,6 @@ import pytest
 
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import API_PATH
-from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME
 from cmcp_devkit.cluster.kube import Kube
 from cmcp_devkit.release import DevRelease
 from cmcp_operator.render_bundle import bundle_manifest, dump
@@ -115,12 +114,7 @@ def _real_enclaves(cluster: E2ECluster, kube: Kube) -> list[dict[str, Any]]:
     ready = [p for p in pods(kube, NS, "cmcp.dev/route=echo") if is_ready(p)]
     expected = load_bundle(EXAMPLE_BUNDLE).bundle_hash
     for pod in ready:
-        assert pod["spec"]["nodeName"] == REAL_NODE_NAME
-        assert pod["spec"]["runtimeClassName"] == TDX_CLASS
-        [container] = pod["spec"]["containers"]
-        assert container["image"] == cluster.enclave_image
-        assert container["args"][container["args"].index("--tee") + 1] == "tdx"  # the real provider
-        assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+        cluster.assert_real_enclave(pod, TDX_CLASS)
         logs = cluster.kubectl("logs", "-n", NS, pod["metadata"]["name"]).stdout
         serving = [json.loads(line) for line in logs.splitlines() if '"serving"' in line]
         assert serving and serving[0]["bundle_hash"] == expected, logs
