@@ -190,22 +190,25 @@ def _match_rims(report: GpuReport, rims: Sequence[Rim]) -> tuple[Rim, Rim]:
 
 
 def _check_measurements(report: GpuReport, driver: Rim, vbios: Rim) -> int:
+    """Every active golden measurement is in the report; returns how many were compared."""
     golden: dict[int, GoldenMeasurement] = dict(driver.measurements)
     clash = sorted(set(golden) & set(vbios.measurements))
     if clash:
         raise VerifyFailure(Code.GPU_RIM_MISMATCH, f"driver and VBIOS RIMs both set measurements {clash}")
     golden.update(vbios.measurements)
     mismatched = []
+    compared = 0
     for index, want in sorted(golden.items()):
         if index == NVDEC0_MEASUREMENT and report.nvdec0_disabled:
             continue
+        compared += 1
         got = report.measurements.get(index + 1)
         if got is None or not any(hmac.compare_digest(got, alt) for alt in want.alternatives):
             mismatched.append(index)
     if mismatched:
         raise VerifyFailure(Code.GPU_MEASUREMENT_MISMATCH,
                             f"GPU measurements {mismatched} (0-based) match none of the RIMs' golden values")
-    return len(golden)
+    return compared
 
 
 def _appraise(
