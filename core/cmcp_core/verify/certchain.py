@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -74,7 +74,18 @@ def verify_chain(
 
     ``require_ca_issuers``: every issuer must say CA in BasicConstraints (off for DICE layer
     certificates such as the GPU's, whose firmware layers sign the next without being CAs).
+    A field that only fails to parse when read (cryptography parses lazily) fails as invalid.
     """
+    try:
+        return _verify_chain(chain, root, now, codes, what, require_ca_issuers)
+    except (ValueError, TypeError, IndexError, UnsupportedAlgorithm) as exc:
+        raise VerifyFailure(codes.invalid, f"{what}: a certificate is malformed: {exc}") from exc
+
+
+def _verify_chain(
+    chain: Sequence[x509.Certificate], root: x509.Certificate, now: int, codes: ChainCodes, what: str,
+    require_ca_issuers: bool,
+) -> list[x509.Certificate]:
     if not chain:
         raise VerifyFailure(codes.invalid, f"{what}: no certificates")
     certs = list(chain)

@@ -148,10 +148,11 @@ def _check_fwid(leaf: x509.Certificate, report: GpuReport) -> None:
     if report.fwid is None:
         return
     try:
-        ext = leaf.extensions.get_extension_for_oid(OID_DICE_TCB_INFO).value
+        value = leaf.extensions.get_extension_for_oid(OID_DICE_TCB_INFO).value.public_bytes()
     except x509.ExtensionNotFound as exc:
         raise VerifyFailure(Code.GPU_CHAIN_INVALID, "GPU leaf certificate has no DICE FWID") from exc
-    value = ext.public_bytes()
+    except ValueError as exc:
+        raise VerifyFailure(Code.GPU_CHAIN_INVALID, f"GPU leaf certificate is malformed: {exc}") from exc
     if len(report.fwid) != FWID_LEN or not hmac.compare_digest(value[-FWID_LEN:], report.fwid):
         raise VerifyFailure(Code.GPU_CHAIN_INVALID, "GPU leaf certificate's FWID is not the report's")
 

@@ -140,7 +140,7 @@ def verify_rim(
     try:
         result = XMLVerifier().verify(doc, x509_cert=chain[0].public_bytes(Encoding.PEM).decode(),
                                       expect_config=config)
-    except (SignXMLException, ValueError) as exc:
+    except (SignXMLException, ValueError, etree.Error) as exc:
         raise VerifyFailure(Code.GPU_RIM_BAD_SIGNATURE, f"RIM signature does not verify: {exc}") from exc
     signed = result.signed_xml if not isinstance(result, list) else None
     if signed is None or signed.tag != f"{{{SWID_NS}}}SoftwareIdentity":

@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -113,6 +115,29 @@ def test_every_tampering_case_fails_with_its_own_code() -> None:
     assert codes["unsupported revocation policy"] == Code.GPU_REVOCATION_UNSUPPORTED
     assert codes["malformed evidence"] == Code.GPU_EVIDENCE_MALFORMED
     assert len(set(codes.values())) == len(codes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=4048), st.integers(min_value=1, max_value=255))
+def test_any_changed_report_byte_fails_as_bad_signature_or_malformed(offset: int, mask: int) -> None:
+    bad = bytearray(gpu_samples.report())
+    bad[offset] ^= mask
+    verdict = _real(gpu_samples.envelope(bytes(bad)))
+    assert verdict.code in {Code.GPU_EVIDENCE_BAD_SIGNATURE, Code.GPU_EVIDENCE_MALFORMED}, verdict.message
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=4), st.data())
+def test_any_changed_certificate_byte_fails_with_a_coded_error(which: int, data: st.DataObject) -> None:
+    certs = list(gpu_samples.chain_der())
+    bad = bytearray(certs[which])
+    offset = data.draw(st.integers(min_value=0, max_value=len(bad) - 1))
+    bad[offset] ^= data.draw(st.integers(min_value=1, max_value=255))
+    certs[which] = bytes(bad)
+    verdict = _real(gpu_samples.envelope(certs=tuple(certs)))
+    assert not verdict.passed
+    assert verdict.code in {Code.GPU_CHAIN_INVALID, Code.GPU_EVIDENCE_MALFORMED, Code.GPU_CERT_EXPIRED,
+                            Code.GPU_EVIDENCE_BAD_SIGNATURE}, verdict.message
 
 
 def test_a_measurement_that_differs_from_its_golden_value_names_its_rim_index() -> None:

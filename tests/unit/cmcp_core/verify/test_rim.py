@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from cmcp_core.errors import Code
@@ -84,3 +86,18 @@ def test_an_unsigned_payload_added_to_a_rim_breaks_its_signature() -> None:
     doc = etree.fromstring(rim)
     assert _code(etree.tostring(doc).replace(b"</SoftwareIdentity>", b"<Payload/></SoftwareIdentity>"),
                  root=gpu.rim_root) == Code.GPU_RIM_BAD_SIGNATURE
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_any_changed_rim_byte_fails_with_a_rim_code(data: st.DataObject) -> None:
+    driver = bytearray(gpu_samples.rims()[0])
+    offset = data.draw(st.integers(min_value=0, max_value=len(driver) - 1))
+    driver[offset] ^= data.draw(st.integers(min_value=1, max_value=255))
+    try:
+        rim = verify_rim(bytes(driver), AT)
+    except VerifyFailure as exc:
+        assert exc.code in {Code.GPU_RIM_INVALID, Code.GPU_RIM_BAD_SIGNATURE, Code.GPU_RIM_CHAIN_INVALID,
+                            Code.GPU_CERT_EXPIRED}, exc.detail
+    else:  # only whitespace between attributes or in base64 is free to change
+        assert rim.measurements == verify_rim(gpu_samples.rims()[0], AT).measurements
