@@ -45,6 +45,10 @@ class Binding:
     def report_data(self) -> bytes:
         return hashlib.sha512(self.preimage()).digest()
 
+    def gpu_nonce(self) -> bytes:
+        """The SPDM nonce of a GPU bound to this enclave and this verifier nonce (:func:`gpu_nonce`)."""
+        return gpu_nonce(self.report_data())
+
 
 def check_nonce(nonce: bytes) -> None:
     """A verifier's nonce must be fresh randomness of a sane size."""

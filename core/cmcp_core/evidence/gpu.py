@@ -119,6 +119,13 @@ class GpuReport:
     def chip_sku(self) -> str:
         return self._text(OPAQUE_CHIP_SKU)
 
+    def rim_ids(self) -> tuple[str, str]:
+        """NVIDIA's ids of the driver and VBIOS RIMs this report needs (its RIM service's names),
+        e.g. ``NV_GPU_DRIVER_GH100_545.00`` and ``NV_GPU_VBIOS_1010_0200_882_96005E0001``."""
+        vbios = self.vbios_version.replace(".", "").upper()
+        board = f"{self.project}_{self.project_sku.upper()}_{self.chip_sku.upper()}"
+        return f"NV_GPU_DRIVER_GH100_{self.driver_version}", f"NV_GPU_VBIOS_{board}_{vbios}"
+
     @property
     def fwid(self) -> bytes | None:
         return self.opaque.get(OPAQUE_FWID)

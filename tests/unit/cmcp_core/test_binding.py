@@ -62,6 +62,7 @@ def test_the_gpu_nonce_is_a_domain_separated_hash_of_the_cpu_report_data() -> No
     assert nonce == hashlib.sha256(GPU_NONCE_DOMAIN + b"\x00" + report_data).digest()
     assert nonce != hashlib.sha256(report_data).digest() and nonce not in report_data
     assert gpu_nonce(bytes(64)) != gpu_nonce(b"\x01" + bytes(63))
+    assert Binding(bytes(32), "sha256:b", "sha256:c", "enforce", b"n" * 16).gpu_nonce() == nonce
 
 
 def test_the_gpu_nonce_needs_a_whole_report_data() -> None:

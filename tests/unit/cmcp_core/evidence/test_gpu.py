@@ -42,6 +42,13 @@ def test_the_real_2_0_report_decodes_to_its_nonce_versions_and_64_measurements()
     assert report.signed_bytes + report.signature == report.raw and len(report.signature) == SIGNATURE_LEN
 
 
+def test_the_rim_ids_name_the_sample_rims() -> None:
+    driver_id, vbios_id = parse_gpu_report(gpu_samples.report()).rim_ids()
+    assert driver_id == "NV_GPU_DRIVER_GH100_545.00"
+    assert vbios_id == "NV_GPU_VBIOS_1010_0200_882_96005E0001"
+    assert gpu_samples.VBIOS_RIM.startswith(vbios_id.removeprefix("NV_GPU_VBIOS_"))
+
+
 def test_the_real_2_7_report_carries_its_fwid_and_newer_versions() -> None:
     report = parse_gpu_report(gpu_samples.report("hopperAttestationReport.txt"))
     assert report.request.nonce == gpu_samples.NONCE_2_7
