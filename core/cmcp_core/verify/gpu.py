@@ -39,7 +39,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.evidence.gpu import GpuEvidence, GpuReport, decode_gpu_evidence, parse_gpu_report
+from cmcp_core.evidence.gpu import (
+    OPAQUE_PROJECT,
+    GpuEvidence,
+    GpuReport,
+    decode_gpu_evidence,
+    parse_gpu_report,
+)
 from cmcp_core.evidence.gpu_simulated import SIMULATOR_ORG
 from cmcp_core.verify.certchain import ChainCodes, check_ocsp, fingerprint, verify_chain
 from cmcp_core.verify.rim import RIM_CHAIN, GoldenMeasurement, Rim, signing_chain, verify_rim
@@ -262,7 +268,7 @@ def _appraise(
         "driver_rim": driver.version,
         "vbios_rim": vbios.version,
         "measurements_matched": str(matched),
-        "project": report.opaque.get(17, b"").split(b"\x00", 1)[0].decode("ascii", "replace"),
+        "project": report.opaque.get(OPAQUE_PROJECT, b"").split(b"\x00", 1)[0].decode("ascii", "replace"),
     })
     if report.fwid is not None:
         st.claims["fwid"] = report.fwid.hex()

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ from cmcp_core.errors import Code
 from cmcp_core.evidence.gpu import REQUEST_LEN
 from cmcp_core.evidence.gpu_simulated import SimulatedGpu, simulated_measurements
 from cmcp_core.verify import gpu as gpu_verify
+from cmcp_core.verify import rim as rim_verify
 from cmcp_core.verify.certchain import fingerprint
 from cmcp_core.verify.gpu import GpuPolicy, GpuVerdict, appraise_gpu
 from tests.helpers import gpu_samples
@@ -199,6 +201,54 @@ def test_a_verifier_that_skips_the_signature_lets_a_tampered_report_through(
     assert _real(tampered).code == Code.GPU_EVIDENCE_BAD_SIGNATURE
     monkeypatch.setattr(gpu_verify, "_check_signature", lambda leaf, report: None)
     assert _real(tampered).passed
+
+
+def _forged_by_a_software_gpu(nonce: bytes) -> bytes:
+    """The attacker's own P-384 key answers a fresh nonce with the real GPU's measurements, under a
+    leaf that names the real issuer: a software GPU pretending to be the sampled Hopper."""
+    certs = [x509.load_der_x509_certificate(c) for c in gpu_samples.chain_der()]
+    key = ec.generate_private_key(ec.SECP384R1())
+    leaf = (x509.CertificateBuilder().subject_name(certs[0].subject).issuer_name(certs[1].subject)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(PINNED - timedelta(days=1))
+            .not_valid_after(PINNED + timedelta(days=1)).sign(key, hashes.SHA384()))
+    raw = gpu_samples.report()
+    signed = raw[:4] + nonce + raw[4 + 32:-96]
+    r, s = decode_dss_signature(key.sign(signed, ec.ECDSA(hashes.SHA384())))
+    report = signed + r.to_bytes(48, "big") + s.to_bytes(48, "big")
+    return gpu_samples.envelope(report, (leaf.public_bytes(Encoding.DER), *gpu_samples.chain_der()[1:]))
+
+
+def test_a_verifier_that_skips_the_chain_accepts_a_software_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    nonce = bytes(range(32))
+    forged = _forged_by_a_software_gpu(nonce)
+    assert _real(forged, nonce=nonce).code == Code.GPU_CHAIN_INVALID
+    monkeypatch.setattr(gpu_verify, "verify_chain", lambda certs, root, *_a, **_k: [*certs])
+    assert _real(forged, nonce=nonce).passed
+
+
+def test_a_verifier_that_skips_the_rim_signature_takes_forged_golden_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attacker who controls the RIM store writes golden values for the firmware it runs."""
+    gpu = SimulatedGpu()
+    changed = simulated_measurements()
+    changed[8] = bytes(48)  # the GPU runs other firmware at block 8 (RIM index 7)...
+    golden = simulated_measurements()[8].hex().encode()
+    forged_rim = gpu.rim("driver").replace(golden, bytes(48).hex().encode())  # ...and the RIM agrees
+    nonce = bytes(range(32))
+    evidence = gpu.evidence(nonce, measurements=changed)
+    rims = [forged_rim, gpu.rim("vbios")]
+    assert appraise_gpu(evidence, nonce=nonce, rims=rims, policy=ALLOW_SIM, now=PINNED).code \
+        == Code.GPU_RIM_BAD_SIGNATURE
+
+    class NoSignatureCheck:
+        def verify(self, doc, **_k):  # type: ignore[no-untyped-def]
+            for sig in doc.findall("{http://www.w3.org/2000/09/xmldsig#}Signature"):
+                doc.remove(sig)
+            return type("Result", (), {"signed_xml": doc})()
+
+    monkeypatch.setattr(rim_verify, "XMLVerifier", NoSignatureCheck)
+    assert appraise_gpu(evidence, nonce=nonce, rims=rims, policy=ALLOW_SIM, now=PINNED).passed
 
 
 def test_a_verifier_that_skips_the_nonce_accepts_replayed_evidence(
