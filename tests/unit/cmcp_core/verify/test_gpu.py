@@ -20,6 +20,7 @@ from cmcp_core.binding import gpu_nonce
 from cmcp_core.errors import Code
 from cmcp_core.evidence.gpu import REQUEST_LEN
 from cmcp_core.evidence.gpu_simulated import SimulatedGpu, simulated_measurements
+from cmcp_core.verify import certchain
 from cmcp_core.verify import gpu as gpu_verify
 from cmcp_core.verify import rim as rim_verify
 from cmcp_core.verify.certchain import fingerprint
@@ -353,8 +354,8 @@ def test_missing_or_stale_ocsp_responses_fail_when_the_policy_asks_for_them() ->
     assert _real(policy=GpuPolicy(revocation="ocsp-stapled")).code == Code.GPU_OCSP_INVALID
 
 
-def test_an_ocsp_response_not_signed_by_the_issuer_fails() -> None:
-    gpu = SimulatedGpu()
+def _forged_good_response(gpu: SimulatedGpu) -> tuple[bytes, x509.Certificate]:
+    """A GOOD response for the attestation key, signed by a key that only names the issuer."""
     forger = ec.generate_private_key(ec.SECP384R1())
     lookalike = (x509.CertificateBuilder().subject_name(gpu.root.subject).issuer_name(gpu.root.subject)
                  .public_key(forger.public_key()).serial_number(7)
@@ -365,6 +366,28 @@ def test_an_ocsp_response_not_signed_by_the_issuer_fails() -> None:
         this_update=SIM_AT - timedelta(hours=1), next_update=SIM_AT + timedelta(days=1),
         revocation_time=None, revocation_reason=None,
     ).responder_id(ocsp.OCSPResponderEncoding.NAME, lookalike).sign(forger, hashes.SHA384())
-    good_rim = gpu.ocsp_responses()[1]
-    verdict = _sim(gpu, (forged.public_bytes(Encoding.DER), good_rim))
+    return forged.public_bytes(Encoding.DER), lookalike
+
+
+def test_an_ocsp_response_not_signed_by_the_issuer_fails() -> None:
+    gpu = SimulatedGpu()
+    forged, _ = _forged_good_response(gpu)
+    verdict = _sim(gpu, (forged, gpu.ocsp_responses()[1]))
     assert verdict.code == Code.GPU_OCSP_INVALID and "signature" in verdict.message
+
+
+def test_a_verifier_that_trusts_whoever_signed_the_response_takes_a_forged_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gpu = SimulatedGpu()
+    forged, lookalike = _forged_good_response(gpu)
+    stapled = (forged, gpu.ocsp_responses()[1])
+    assert _sim(gpu, stapled).code == Code.GPU_OCSP_INVALID
+    real_responder = certchain._responder
+
+    def named_responder(resp: ocsp.OCSPResponse, issuer: x509.Certificate, what: str) -> x509.Certificate:
+        forged_one = resp.serial_number == gpu.leaf.serial_number
+        return lookalike if forged_one else real_responder(resp, issuer, what)
+
+    monkeypatch.setattr(certchain, "_responder", named_responder)
+    assert _sim(gpu, stapled).passed
