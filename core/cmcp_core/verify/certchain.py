@@ -67,24 +67,21 @@ def verify_chain(
     now: int,
     codes: ChainCodes,
     what: str,
-    *,
-    require_ca_issuers: bool = True,
 ) -> list[x509.Certificate]:
     """Verify ``chain`` (leaf first; the root may end it) up to ``root``; return it ending at root.
 
-    ``require_ca_issuers``: every issuer must say CA in BasicConstraints (off for DICE layer
-    certificates such as the GPU's, whose firmware layers sign the next without being CAs).
-    A field that only fails to parse when read (cryptography parses lazily) fails as invalid.
+    Every issuer must say CA in BasicConstraints (NVIDIA's device and RIM chains do), so a leaf
+    key cannot extend the chain. A field that only fails to parse when read (cryptography parses
+    lazily) fails as invalid.
     """
     try:
-        return _verify_chain(chain, root, now, codes, what, require_ca_issuers)
+        return _verify_chain(chain, root, now, codes, what)
     except (ValueError, TypeError, IndexError, UnsupportedAlgorithm) as exc:
         raise VerifyFailure(codes.invalid, f"{what}: a certificate is malformed: {exc}") from exc
 
 
 def _verify_chain(
-    chain: Sequence[x509.Certificate], root: x509.Certificate, now: int, codes: ChainCodes, what: str,
-    require_ca_issuers: bool,
+    chain: Sequence[x509.Certificate], root: x509.Certificate, now: int, codes: ChainCodes, what: str
 ) -> list[x509.Certificate]:
     if not chain:
         raise VerifyFailure(codes.invalid, f"{what}: no certificates")
@@ -97,7 +94,7 @@ def _verify_chain(
     _verify_signed_by(root, root, codes, f"{what} root")  # our own package data, whole
     for index, cert in enumerate(certs[:-1]):
         issuer = certs[index + 1]
-        if require_ca_issuers and not _is_ca(issuer):
+        if not _is_ca(issuer):
             raise VerifyFailure(codes.invalid, f"{what}: certificate {index + 1} issues without being a CA")
         _verify_signed_by(issuer, cert, codes, f"{what} certificate {index}")
     t = _at(now)

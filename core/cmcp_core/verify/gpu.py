@@ -235,7 +235,7 @@ def _appraise(
         root = _simulator_root(certs, policy, DEVICE_CHAIN, "GPU chain")
     else:
         root = pinned_device_root()
-    chain = verify_chain(certs, root, now, DEVICE_CHAIN, "GPU chain", require_ca_issuers=False)
+    chain = verify_chain(certs, root, now, DEVICE_CHAIN, "GPU chain")
     _check_fwid(chain[0], report)
     st.assurance = "software-only" if env.simulated else "hardware"
     st.checks.append("simulator-chain" if env.simulated else "nvidia-device-chain")

@@ -123,13 +123,10 @@ def _golden(signed: etree._Element) -> tuple[str, str, dict[int, GoldenMeasureme
     return str(meta.get("product")), str(meta.get("colloquialVersion")).lower(), out
 
 
-def verify_rim(
-    blob: bytes, now: int, *, root: x509.Certificate | None = None, require_ca_issuers: bool = True
-) -> Rim:
+def verify_rim(blob: bytes, now: int, *, root: x509.Certificate | None = None) -> Rim:
     """Verify a RIM's chain (to ``root``, by default the pinned NVIDIA RIM root) and signature."""
     doc = _parse(blob)
-    chain = verify_chain(_key_info_chain(doc), root or pinned_rim_root(), now, RIM_CHAIN, "RIM signing chain",
-                         require_ca_issuers=require_ca_issuers)
+    chain = verify_chain(_key_info_chain(doc), root or pinned_rim_root(), now, RIM_CHAIN, "RIM signing chain")
     config = SignatureConfiguration(
         location="./",
         expect_references=1,
