@@ -37,6 +37,7 @@ SWID_NS = "http://standards.iso.org/iso/19770/-2/2015/schema.xsd"
 DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
 SHA384_NS = "http://www.w3.org/2001/04/xmlenc#sha384"
 MAX_ALTERNATIVES = 16
+MAX_CHAIN = 8
 # SHA-256 of the DER of cmcp_core/data/nvidia/rim_root.pem ("NVIDIA CoRIM signing Root CA"):
 # the package data must still be the root NVIDIA publishes.
 RIM_ROOT_SHA256 = "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1"
@@ -85,8 +86,8 @@ def _parse(blob: bytes) -> etree._Element:
 def _key_info_chain(root: etree._Element) -> list[x509.Certificate]:
     nodes = root.findall(f"{{{DSIG_NS}}}Signature/{{{DSIG_NS}}}KeyInfo/{{{DSIG_NS}}}X509Data/"
                          f"{{{DSIG_NS}}}X509Certificate")
-    if not nodes:
-        raise VerifyFailure(Code.GPU_RIM_INVALID, "RIM signature carries no certificates")
+    if not 0 < len(nodes) <= MAX_CHAIN:
+        raise VerifyFailure(Code.GPU_RIM_INVALID, f"RIM signature carries {len(nodes)} certificates, not 1..8")
     try:
         ders = [base64.b64decode("".join((n.text or "").split()), validate=True) for n in nodes]
         return [x509.load_der_x509_certificate(der) for der in ders]

@@ -73,6 +73,14 @@ def test_a_rim_without_its_signature_or_not_a_swid_tag_is_invalid() -> None:
     assert _code(b"not xml") == Code.GPU_RIM_INVALID
 
 
+def test_a_rim_carrying_too_many_certificates_is_invalid() -> None:
+    driver = gpu_samples.rims()[0]
+    start = driver.index(b"<ds:X509Certificate>")
+    end = driver.index(b"</ds:X509Certificate>") + len(b"</ds:X509Certificate>")
+    padded = driver[:start] + driver[start:end] * 9 + driver[end:]
+    assert _code(padded) == Code.GPU_RIM_INVALID
+
+
 def test_an_entity_expansion_is_not_resolved() -> None:
     bomb = (b'<?xml version="1.0"?><!DOCTYPE s [<!ENTITY a "aaaaaaaaaa">]>'
             b'<SoftwareIdentity xmlns="http://standards.iso.org/iso/19770/-2/2015/schema.xsd">&a;</SoftwareIdentity>')
