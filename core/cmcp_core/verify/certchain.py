@@ -76,7 +76,7 @@ def verify_chain(
     """
     try:
         return _verify_chain(chain, root, now, codes, what)
-    except (ValueError, TypeError, IndexError, UnsupportedAlgorithm) as exc:
+    except (ValueError, TypeError, IndexError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise VerifyFailure(codes.invalid, f"{what}: a certificate is malformed: {exc}") from exc
 
 

@@ -57,7 +57,8 @@ DEVICE_ROOT_SHA256 = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b
 DEVICE_CHAIN = ChainCodes(invalid=Code.GPU_CHAIN_INVALID, expired=Code.GPU_CERT_EXPIRED)
 OID_DICE_TCB_INFO = x509.ObjectIdentifier("2.23.133.5.4.1")
 FWID_LEN = 48
-# Measurement 35 (0-based) describes NVDEC0; the GPU reports it only while NVDEC0 is enabled.
+# Measurement 35 (0-based) covers NVDEC0: skipped when the report says NVDEC0 is disabled, as
+# NVIDIA's own verifier does.
 NVDEC0_MEASUREMENT = 35
 
 Revocation = Literal["ocsp-good", "not-checked"]
@@ -79,7 +80,7 @@ class GpuVerdict:
     message: str
     assurance: Assurance
     arch: str | None = None
-    revocation: str | None = None  # "ocsp-good" | "not-checked" once the chain verified
+    revocation: Revocation | None = None  # set once every certificate and RIM verified
     driver_version: str | None = None
     vbios_version: str | None = None
     claims: dict[str, str] = field(default_factory=dict)
@@ -113,7 +114,7 @@ def pinned_device_root() -> x509.Certificate:
 class _State:
     assurance: Assurance = "none"
     arch: str | None = None
-    revocation: str | None = None
+    revocation: Revocation | None = None
     report: GpuReport | None = None
     claims: dict[str, str] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
@@ -145,7 +146,7 @@ def _simulator_root(
 def _load_certs(ders: Sequence[bytes]) -> list[x509.Certificate]:
     try:
         return [x509.load_der_x509_certificate(d) for d in ders]
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise VerifyFailure(Code.GPU_EVIDENCE_MALFORMED, f"GPU certificate does not parse: {exc}") from exc
 
 
@@ -182,6 +183,22 @@ def _check_revocation(
 ) -> None:
     for index, cert in enumerate(chain[:-1]):
         check_ocsp(cert, chain[index + 1], responses, now, f"{what} certificate {index}")
+
+
+def _verify_rims(
+    blobs: Sequence[bytes], simulated: bool, stapled: Sequence[bytes], policy: GpuPolicy, now: int
+) -> list[Rim]:
+    """Each RIM's chain (to NVIDIA's RIM root, or the simulator's), signature and revocation."""
+    verified = []
+    for blob in blobs:
+        root = None
+        if simulated:
+            root = _simulator_root(signing_chain(blob), policy, RIM_CHAIN, "RIM signing chain")
+        rim = verify_rim(blob, now, root=root)
+        if policy.revocation == "ocsp-stapled":
+            _check_revocation(rim.chain, stapled, now, "RIM signing chain")
+        verified.append(rim)
+    return verified
 
 
 def _match_rims(report: GpuReport, rims: Sequence[Rim]) -> tuple[Rim, Rim]:
@@ -248,15 +265,7 @@ def _appraise(
     stapled = tuple(env.ocsp) + tuple(rim_ocsp)
     if policy.revocation == "ocsp-stapled":
         _check_revocation(chain, stapled, now, "GPU chain")
-    verified: list[Rim] = []
-    for blob in rims:
-        rim_root = None
-        if env.simulated:
-            rim_root = _simulator_root(signing_chain(blob), policy, RIM_CHAIN, "RIM signing chain")
-        rim = verify_rim(blob, now, root=rim_root)
-        if policy.revocation == "ocsp-stapled":
-            _check_revocation(rim.chain, stapled, now, "RIM signing chain")
-        verified.append(rim)
+    verified = _verify_rims(rims, env.simulated, stapled, policy, now)
     st.revocation = "ocsp-good" if policy.revocation == "ocsp-stapled" else "not-checked"
     st.checks.append(f"revocation:{st.revocation}")
     st.checks.append("rim-signatures")

@@ -91,7 +91,7 @@ def _key_info_chain(root: etree._Element) -> list[x509.Certificate]:
     try:
         ders = [base64.b64decode("".join((n.text or "").split()), validate=True) for n in nodes]
         return [x509.load_der_x509_certificate(der) for der in ders]
-    except (ValueError, binascii.Error) as exc:
+    except (ValueError, binascii.Error, x509.InvalidVersion) as exc:
         raise VerifyFailure(Code.GPU_RIM_INVALID, f"RIM certificate does not parse: {exc}") from exc
 
 
