@@ -246,6 +246,7 @@ def _agent_pod(cluster: E2ECluster, gateway_url: str) -> dict[str, Any]:
         "metadata": {"name": AGENT_POD, "namespace": APP},
         "spec": {
             "serviceAccountName": "agent",
+            "automountServiceAccountToken": False,  # no apiserver token: only the one for RESOURCE
             "restartPolicy": "Never",
             "securityContext": {"runAsNonRoot": True},
             **cluster.real_pods,
@@ -384,6 +385,8 @@ def test_an_agent_pod_authenticates_with_its_service_account_token(
             assert agent["status"]["phase"] == "Succeeded", logs + _diag(cluster, agent=True)
             # It ran as a real container of the demo image on the real node, and exited 0 there.
             assert agent["spec"]["nodeName"] == REAL_NODE_NAME
+            # Its one credential: the projected token (admission added no apiserver token volume).
+            assert [v["name"] for v in agent["spec"]["volumes"]] == ["cmcp-token"]
             [status] = agent["status"]["containerStatuses"]
             assert status["containerID"].startswith("containerd://"), status
             assert cluster.images["demo"].digest in status["imageID"], status
