@@ -45,7 +45,7 @@ MS_BIND = 4096
 # Where a guest's configfs lives: the stand-in's per-container tree holds config/tsm/report/.
 GUEST_SYSFS_KERNEL = "sys/kernel"
 PLATFORMS = ("tdx", "snp")
-SERVED_PLATFORMS = ("tdx",)  # the stand-in answers TDX only (an SNP enclave finds no TSM: fails closed)
+SERVED_PLATFORMS = ("tdx", "snp")  # the platforms the stand-in answers configfs-tsm for
 
 
 class HookRefusal(Exception):
