@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from cmcp_core.errors import Code
 from cmcp_core.evidence import EvidenceError
+from cmcp_core.evidence.simulated_snp import is_simulated_report
 from cmcp_core.evidence.snp import SIGNING_KEY_VCEK, SIGNING_KEY_VLEK, SnpReport, TcbVersion, parse_report
 from cmcp_core.verify.verdict import AppraisalPolicy, VerifyFailure
 
@@ -225,6 +226,8 @@ def _pick_chain(certs: list[x509.Certificate]) -> _Chain:
 def verify_snp_report(raw: bytes, chain_blob: bytes, now: int, policy: AppraisalPolicy) -> SnpAppraisal:
     """Verify the report signature and chain to the pinned ARK; check TCB and chip id."""
     report = parse_report(raw)
+    if is_simulated_report(report):
+        raise EvidenceError(Code.EVIDENCE_UNSUPPORTED, "report is from the cMCP simulator, not an AMD VCEK")
     try:
         return _verify_snp(report, chain_blob, now, policy)
     except (ValueError, TypeError, IndexError) as exc:  # lazily parsed certificate fields
