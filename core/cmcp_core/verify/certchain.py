@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -40,6 +40,43 @@ def _at(now: int) -> datetime:
     return datetime.fromtimestamp(now, UTC)
 
 
+def der_element(buf: bytes, pos: int) -> tuple[int, int]:
+    """Return (start of value, end of element) of the DER element at ``pos``."""
+    if pos + 2 > len(buf):
+        raise ValueError("DER element truncated")
+    first = buf[pos + 1]
+    if first < 0x80:
+        start, length = pos + 2, first
+    else:
+        n = first & 0x7F
+        if n == 0 or n > 4 or pos + 2 + n > len(buf):
+            raise ValueError("bad DER length")
+        start, length = pos + 2 + n, int.from_bytes(buf[pos + 2 : pos + 2 + n], "big")
+    if start + length > len(buf):
+        raise ValueError("DER element overruns its container")
+    return start, start + length
+
+
+def signature_algorithms(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """The outer and the signed (inner, in TBS) AlgorithmIdentifier, as DER.
+
+    Also refuses a signature BIT STRING with unused bits: cryptography ignores that count,
+    so it would be one more unsigned byte an attacker could change.
+    """
+    der = cert.public_bytes(Encoding.DER)
+    body, _ = der_element(der, 0)
+    tbs_body, tbs_end = der_element(der, body)
+    _, outer_end = der_element(der, tbs_end)
+    bits_body, bits_end = der_element(der, outer_end)
+    if der[outer_end] != 0x03 or bits_end != len(der) or bits_body >= bits_end or der[bits_body] != 0:
+        raise ValueError("signature is not a whole-byte BIT STRING ending the certificate")
+    pos = tbs_body
+    if der[pos] == 0xA0:  # explicit version
+        pos = der_element(der, pos)[1]
+    pos = der_element(der, pos)[1]  # serial number
+    return der[tbs_end:outer_end], der[pos : der_element(der, pos)[1]]
+
+
 def _verify_signed_by(issuer: x509.Certificate, cert: x509.Certificate, codes: ChainCodes, what: str) -> None:
     key = issuer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
@@ -48,6 +85,14 @@ def _verify_signed_by(issuer: x509.Certificate, cert: x509.Certificate, codes: C
         raise VerifyFailure(codes.invalid, f"{what}: signature is not ECDSA/SHA-384")
     if cert.issuer != issuer.subject:
         raise VerifyFailure(codes.invalid, f"{what}: issuer name is not its issuer's subject")
+    # The outer AlgorithmIdentifier and the BIT STRING's unused-bits count are not signed: the
+    # first must equal the signed one and the second be zero, so no byte changes unnoticed.
+    try:
+        outer, inner = signature_algorithms(cert)
+    except ValueError as exc:
+        raise VerifyFailure(codes.invalid, f"{what}: {exc}") from exc
+    if outer != inner:
+        raise VerifyFailure(codes.invalid, f"{what}: the outer signature algorithm is not the signed one")
     try:
         key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature as exc:
@@ -76,7 +121,9 @@ def verify_chain(
     """
     try:
         return _verify_chain(chain, root, now, codes, what)
-    except (ValueError, TypeError, IndexError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+    except VerifyFailure:
+        raise
+    except Exception as exc:  # cryptography's lazy parsers raise several unrelated types
         raise VerifyFailure(codes.invalid, f"{what}: a certificate is malformed: {exc}") from exc
 
 

@@ -146,7 +146,7 @@ def _simulator_root(
 def _load_certs(ders: Sequence[bytes]) -> list[x509.Certificate]:
     try:
         return [x509.load_der_x509_certificate(d) for d in ders]
-    except (ValueError, x509.InvalidVersion) as exc:
+    except Exception as exc:  # ValueError, InvalidVersion, ...: cryptography's parse errors
         raise VerifyFailure(Code.GPU_EVIDENCE_MALFORMED, f"GPU certificate does not parse: {exc}") from exc
 
 
@@ -158,7 +158,7 @@ def _check_fwid(leaf: x509.Certificate, report: GpuReport) -> None:
         value = leaf.extensions.get_extension_for_oid(OID_DICE_TCB_INFO).value.public_bytes()
     except x509.ExtensionNotFound as exc:
         raise VerifyFailure(Code.GPU_CHAIN_INVALID, "GPU leaf certificate has no DICE FWID") from exc
-    except ValueError as exc:
+    except Exception as exc:  # a lazily parsed extension list: DuplicateExtension, ValueError, ...
         raise VerifyFailure(Code.GPU_CHAIN_INVALID, f"GPU leaf certificate is malformed: {exc}") from exc
     if len(report.fwid) != FWID_LEN or not hmac.compare_digest(value[-FWID_LEN:], report.fwid):
         raise VerifyFailure(Code.GPU_CHAIN_INVALID, "GPU leaf certificate's FWID is not the report's")
