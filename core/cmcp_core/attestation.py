@@ -51,13 +51,15 @@ class Evidence:
     catalog_hash: str
     enforcement_mode: str
     report_data: bytes
+    gpu_evidence: tuple[bytes, ...] = ()  # one cmcp-gpu-evidence-v1 envelope per GPU
 
     @classmethod
     def from_response(cls, resp: Any) -> Evidence:
         return cls(platform=resp.platform, evidence=resp.evidence, aux=resp.aux, initdata=resp.initdata,
                    public_key_jwk=resp.public_key_jwk, bundle_hash=resp.bundle_hash,
                    catalog_hash=resp.catalog_hash, enforcement_mode=resp.enforcement_mode,
-                   report_data=resp.report_data)
+                   report_data=resp.report_data,
+                   gpu_evidence=tuple(bytes(e) for e in getattr(resp, "gpu_evidence", ())))
 
     @property
     def initdata_digest(self) -> str:
@@ -91,6 +93,9 @@ class Appraisal:
     enforcement_mode: str = ""
     evidence_digest: str = ""
     appraised_at: float = 0.0  # wall clock, seconds
+    # status.pods[].gpu when the route requires GPUs and appraisal reached them:
+    # {attested, code, count, revocation, driverVersion, vbiosVersion}
+    gpu: dict[str, Any] | None = None
 
 
 def sha256_tagged(data: bytes) -> str:

@@ -88,6 +88,7 @@ class PodStatus:
     key_thumbprint: str | None = None
     public_key_jwk: dict[str, str] | None = None
     assurance: str | None = None
+    gpu: dict[str, Any] | None = None  # the route requires GPUs: {attested, code, revocation, ...}
 
     def to_status(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"pod": self.pod, "uid": self.uid, "node": self.node,
@@ -96,7 +97,8 @@ class PodStatus:
                     "reportedBundleHash": self.reported_bundle_hash, "current": self.current,
                     "lastAttested": self.last_attested, "keyThumbprint": self.key_thumbprint,
                     "publicKeyJwk": None if self.public_key_jwk is None else dict(self.public_key_jwk),
-                    "assurance": self.assurance}
+                    "assurance": self.assurance,
+                    "gpu": None if self.gpu is None else dict(self.gpu)}
         entry.update({k: v for k, v in optional.items() if v is not None})
         return entry
 
@@ -115,7 +117,8 @@ class PodStatus:
                    key_thumbprint=_text(doc.get("keyThumbprint")),
                    public_key_jwk=({str(k): str(v) for k, v in jwk.items()} if isinstance(jwk, Mapping)
                                    else None),
-                   assurance=_text(doc.get("assurance")))
+                   assurance=_text(doc.get("assurance")),
+                   gpu=dict(gpu) if isinstance(gpu := doc.get("gpu"), Mapping) else None)
 
     @property
     def endpoint(self) -> str:

@@ -71,7 +71,7 @@ def pod_status(pod: PodView, target: RouteTarget | None) -> PodStatus:
     entry = replace(base, attested=v.attested, platform=v.platform, reported_bundle_hash=v.bundle_hash,
                     reason=v.reason, message=message,
                     current=bool(target and v.initdata_digest == target.initdata_digest),
-                    last_attested=pod.last_attested or None)
+                    last_attested=pod.last_attested or None, gpu=v.gpu)
     if v.attested:
         entry = replace(entry, key_thumbprint=v.thumbprint, public_key_jwk=dict(v.public_jwk),
                         assurance=v.assurance)
