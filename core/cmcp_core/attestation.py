@@ -31,6 +31,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.initdata import CmcpEntry
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy, appraise_response
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 
 ENFORCE_ONLY = frozenset({"enforce"})
 
@@ -157,6 +158,7 @@ class AttestPolicy:
     appraisal: AppraisalPolicy
     expected: Expected
     timeout_seconds: float = 5.0
+    gpu: GpuRequirement | None = None  # the route's GPU requirement (McpRoute status.gpu)
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ async def attest(stub: enclave_pb2_grpc.EnclaveStub, address: str, policy: Attes
         resp = await stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=policy.timeout_seconds)
     except grpc.aio.AioRpcError as exc:
         raise CmcpError(Code.TEE_UNAVAILABLE, f"{address}: Attest failed: {exc.code().name}") from exc
-    verdict = appraise_response(resp, nonce, policy.appraisal)
+    verdict = appraise_response(resp, nonce, policy.appraisal, gpu=policy.gpu)
     if not verdict.passed:
         try:
             code = Code(verdict.code)

@@ -89,6 +89,16 @@ def route_admission_problem(spec: Mapping[str, Any], *, namespace: str, bundle_e
     return None
 
 
+def _published_gpu(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``status.gpu``: the requirement with its defaults filled in (followers apply exactly what
+    the operator applied); a malformed one as written, which followers refuse as the operator does."""
+    try:
+        gpu = GpuRequirement.from_spec(spec.get("gpu"))
+    except ValueError:
+        return dict(spec["gpu"]) if isinstance(spec.get("gpu"), Mapping) else {"malformed": True}
+    return None if gpu is None else gpu.to_spec()
+
+
 class RouteController:
     """Owns every McpRoute's status; ``step`` is one pass, ``run`` the daemon around it.
 
@@ -198,7 +208,7 @@ class RouteController:
             desired=int(spec.get("replicas", 2)), min_attested=spec.get("minAttested"),
             target=target, previous=previous, pods=views,
             ready_pods=sum(1 for p in pods if _pod_ready(p) and not p["metadata"].get("deletionTimestamp")),
-            bundle_problem=problem, mode=mode, catalog_hash=catalog)
+            bundle_problem=problem, mode=mode, catalog_hash=catalog, gpu=_published_gpu(spec))
         old_conditions = list(old.conditions or [])
         workload = workloads.workload_name(name)
         merged = merge_conditions(old_conditions, summary.conditions, generation=generation)

@@ -147,7 +147,7 @@ async def test_missing_bundle_is_named_and_nothing_is_deployed(controller: Route
     assert ready["message"] == "PolicyBundle 'b' not found"
     assert {k: v for k, v in status.items() if k != "conditions"} == {
         "replicas": 0, "attestedReplicas": 0, "readyReplicas": 0, "updatedReplicas": 0,
-        "attestedSummary": "0/1", "pods": [], "previous": None, "observedGeneration": 3,
+        "attestedSummary": "0/1", "pods": [], "previous": None, "gpu": None, "observedGeneration": 3,
         "serviceName": DEPLOY, "deploymentName": DEPLOY}
     assert events.reasons() == ["AttestedFalse", "DegradedTrue", "RolloutInProgressFalse", "ReadyFalse"]
 
