@@ -287,7 +287,8 @@ def test_cli_record_with_cpu_and_gpu_evidence(
     """An auditor holding the record and the AttestResponse (CPU and simulated GPU evidence)."""
     rec = _write(tmp_path, "record.json", closed_gpu.record)
     base = ["verify", "record", rec, "--now", str(closed_gpu.record["iat"]),
-            "--nonce", closed_gpu.nonce.hex(), "--allow-simulated", *release_argv(tmp_path / "release", dev_release())]
+            "--nonce", closed_gpu.nonce.hex(), "--allow-simulated",
+            *release_argv(tmp_path / "release", dev_release())]
     assert cmcpctl([*base, "--response", _gpu_response(closed_gpu, tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["passed"] and "runtime-nonce" in out["checks"] and "gpu:1" in out["checks"]
