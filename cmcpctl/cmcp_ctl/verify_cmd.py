@@ -91,7 +91,7 @@ def _emit(verdict: Verdict, as_json: bool) -> int:
         state = "PASS" if verdict.passed else "FAIL"
         extra = f" tcb={verdict.tcb_status}" if verdict.tcb_status else ""
         if verdict.gpus:
-            revocation = ",".join(sorted({str(g.revocation) for g in verdict.gpus}))
+            revocation = ",".join(sorted({g.revocation or "not-reached" for g in verdict.gpus}))
             extra += f" gpus={len(verdict.gpus)} gpu-revocation={revocation}"
         print(f"{state} {verdict.code} [{verdict.platform}, {verdict.assurance}{extra}] {verdict.message}")
     return 0 if verdict.passed else 1

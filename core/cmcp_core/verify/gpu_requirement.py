@@ -83,7 +83,7 @@ def appraise_gpus(
     """All of ``envelopes`` must verify for ``gpu_nonce(report_data)``, at least ``count`` of them."""
     if len(envelopes) < requirement.count:
         return GpuAppraisal(False, Code.GPU_EVIDENCE_MISSING.value,
-                            f"route requires {requirement.count} GPU(s); the enclave sent evidence for "
+                            f"{requirement.count} GPU(s) required; the enclave sent evidence for "
                             f"{len(envelopes)}")
     if len(envelopes) > MAX_GPUS:
         return GpuAppraisal(False, Code.GPU_EVIDENCE_MALFORMED.value, f"more than {MAX_GPUS} GPU envelopes")
