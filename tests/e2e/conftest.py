@@ -1,11 +1,11 @@
 """Session fixtures for the e2e suite: one real control plane per pytest session.
 
 ``cluster`` starts the local plane (cluster.LocalCluster) once, with the real node (a kubelet,
-containerd and runc) beside the node agent's nodes. Images are built in the run
+containerd and runc: the only node that runs pods, labelled TDX and SNP) and one registered-only
+node (no kubelet, tainted NoSchedule; for scheduling tests). Images are built in the run
 (``cmcp_devkit.images``, cached while their sources are unchanged) and imported into the real node's
-containerd. The real node is tainted: a test's pods run there as real containers when it gives them
-``cluster.real_pods`` (toleration + node selector); the rest still run on the node agent until they
-move. When ``CMCP_E2E_KUBECONFIG`` names a
+containerd; every pod is a real container. ``cluster.real_pods`` (a node selector) pins a pod to the
+real node by name. When ``CMCP_E2E_KUBECONFIG`` names a
 kubeconfig, that cluster is used as is (e.g. kind) and the local-only tests skip. ``namespace``
 gives every test its own namespace, deleted afterwards, so tests do not see each other's objects.
 """
@@ -30,7 +30,13 @@ import yaml
 
 from cmcp_devkit import images as image_builds
 from cmcp_devkit.cluster.binaries import ensure_client_tools
-from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, REAL_NODE_PLACEMENT, LocalCluster, run_tool
+from cmcp_devkit.cluster.control_plane import (
+    REAL_NODE_NAME,
+    REAL_NODE_PLACEMENT,
+    REGISTERED_NODES,
+    LocalCluster,
+    run_tool,
+)
 from cmcp_devkit.cluster.kube import Kube
 from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.config import DEFAULT_IMAGE
@@ -87,8 +93,8 @@ class E2ECluster:
 
     @contextlib.contextmanager
     def real_tdx_runtime_class(self, name: str) -> Iterator[str]:
-        """A RuntimeClass ``name`` of the ``kata-qemu-tdx`` handler scheduled onto the tainted real node
-        (its ``scheduling`` adds the node selector and toleration to every pod that names it)."""
+        """A RuntimeClass ``name`` of the ``kata-qemu-tdx`` handler scheduled onto the real node
+        (its ``scheduling`` adds the node selector to every pod that names it)."""
         self.kube.create("/apis/node.k8s.io/v1/runtimeclasses", {
             "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name},
             "handler": "kata-qemu-tdx", "scheduling": REAL_NODE_PLACEMENT,
@@ -154,7 +160,7 @@ class E2ECluster:
         if self.local is None:
             return ""
         return self.local.log_tail(
-            "kube-scheduler", "kube-controller-manager", "kubelet", "node-agent", "kube-apiserver"
+            "kube-scheduler", "kube-controller-manager", "kubelet", REGISTERED_NODES, "kube-apiserver"
         )
 
     def node_names(self, **labels: str) -> set[str]:
@@ -205,7 +211,7 @@ def cluster() -> Iterator[E2ECluster]:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind so finalisers stop every process
     built = _session_images()
-    local = LocalCluster(real_node=True, real_node_tainted=True)
+    local = LocalCluster(real_node=True)
     try:
         local.start()
         _STARTUP["cold_start_seconds"] = local.startup_seconds or 0.0
@@ -225,8 +231,9 @@ def cluster() -> Iterator[E2ECluster]:
 @pytest.fixture(scope="session")
 def dev_release(tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
     """The signed dev release every relying party in the suite is configured with: the genuine
-    simulated guest (what the node agent's launcher boots) and the operator's enclave image (the
-    chart's default too). Without it the operator, gateway and guard refuse to start."""
+    simulated guest (what ``cmcp_enclave.simulated.launcher_env`` measures for host-process enclaves)
+    and the operator's enclave image (the chart's default too). Without it the operator, gateway and
+    guard refuse to start."""
     return write_dev_release(tmp_path_factory.mktemp("release"), image=DEFAULT_IMAGE)
 
 
