@@ -403,7 +403,7 @@ def components(plan: Plan, work: Path) -> dict[str, Any]:
 
 def operator_figure(plan: Plan) -> dict[str, Any]:
     if not plan.operator_replicas:
-        raise Skip("full runs only (starts a local control plane; the e2e suite covers the operator in CI)")
+        raise Skip("full runs only (starts the local cluster with its real node; the e2e suite covers the operator in CI)")
     result: dict[str, Any] = operator_time.run(
         replicas=list(plan.operator_replicas), quick=plan.mode == "quick", log=log
     )

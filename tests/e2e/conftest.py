@@ -42,8 +42,6 @@ from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.config import DEFAULT_IMAGE
 
 _STARTUP: dict[str, float] = {}
-# the e2e session's image archives, one build per set of sources (a fresh clone of built sources reuses it)
-E2E_IMAGES = image_builds.cache_root() / "e2e"
 
 
 @dataclass
@@ -184,7 +182,7 @@ def _session_images() -> dict[str, image_builds.Built]:
     """The images of this checkout, built (or found cached) once per session."""
     if not _BUILT:
         t0 = time.monotonic()
-        _BUILT.update(image_builds.ensure_images(E2E_IMAGES, list(image_builds.ALL_DOCKERFILES)))
+        _BUILT.update(image_builds.ensure_cluster_images())  # one build per set of sources
         _STARTUP["images_seconds"] = time.monotonic() - t0
     return _BUILT
 
