@@ -60,13 +60,13 @@ def error_frame(code: Code, detail: str) -> bytes:
 
 
 def json_payload(payload: bytes) -> dict[str, Any]:
-    """A handshake or error frame's document; ``MCP_INVALID_REQUEST`` when it is not one."""
+    """A handshake or error frame's document; ``DECIDE_FRAME_INVALID`` when it is not one."""
     try:
         doc = json.loads(payload)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        raise CmcpError(Code.MCP_INVALID_REQUEST, "a decide hop handshake frame is not a JSON object")
+        raise CmcpError(Code.DECIDE_FRAME_INVALID, "a decide hop handshake frame is not a JSON object")
     return doc
 
 

@@ -103,6 +103,8 @@ class Code(StrEnum):
     PRINCIPAL_BUSY = "PRINCIPAL_BUSY"
     DECISION_WORKER_FAILED = "DECISION_WORKER_FAILED"
     GATEWAY_UNAUTHENTICATED = "GATEWAY_UNAUTHENTICATED"
+    DECIDE_FRAME_INVALID = "DECIDE_FRAME_INVALID"
+    DECIDE_HOP_BUSY = "DECIDE_HOP_BUSY"
     SESSION_PRINCIPAL_MISMATCH = "SESSION_PRINCIPAL_MISMATCH"
     SESSION_UNKNOWN = "SESSION_UNKNOWN"
     RESET_UNAUTHORIZED = "RESET_UNAUTHORIZED"
@@ -235,6 +237,10 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.PRINCIPAL_BUSY: CodeInfo(-32000, 429, "Too many of this principal's decisions wait in the enclave."),
     Code.DECISION_WORKER_FAILED: CodeInfo(-32603, 503, "A decision worker failed; nothing was decided."),
     Code.GATEWAY_UNAUTHENTICATED: CodeInfo(-32001, 403, "The caller is not a gateway the initdata names."),
+    Code.DECIDE_FRAME_INVALID: CodeInfo(
+        -32003, 400, "A decide hop frame is too long, undecodable, of another version or unexpected."),
+    Code.DECIDE_HOP_BUSY: CodeInfo(
+        -32003, 503, "Too many decide hop connections await a gateway proof; this one is refused."),
     Code.SESSION_PRINCIPAL_MISMATCH: CodeInfo(-32000, 403, "The session belongs to another principal."),
     Code.SESSION_UNKNOWN: CodeInfo(-32004, 404, "The enclave holds no such session."),
     Code.RESET_UNAUTHORIZED: CodeInfo(-32001, 403, "The session reset is not signed by an operator key."),

@@ -10,7 +10,10 @@ Each connection first proves it is a gateway the measured initdata names: the sa
 :mod:`cmcp_core.gateway_identity` check as :mod:`cmcp_enclave.gateway_auth`, once per connection,
 bound to this enclave's key id and a nonce this connection's ``HELLO`` chose. Anything else first
 (or a wrong version, or no proof within ``HANDSHAKE_SECONDS``) is refused with a coded ``ERROR``
-frame and the connection closes before a decision is read. While ``MAX_IN_FLIGHT_PER_STREAM``
+frame and the connection closes before a decision is read. At most ``MAX_UNPROVEN`` connections may
+wait for their proof at once; a further one is refused at once (``DECIDE_HOP_BUSY``), so
+connections that never prove anything cannot hold the enclave's memory or descriptors. Malformed
+frames are ``DECIDE_FRAME_INVALID``. While ``MAX_IN_FLIGHT_PER_STREAM``
 requests wait undecided the connection stops reading (``pause_reading``): a flood holds its
 sender in TCP, not the enclave's memory.
 """
@@ -45,6 +48,7 @@ from cmcp_core.proto import enclave_pb2
 from cmcp_enclave.log import log
 
 HANDSHAKE_SECONDS = 10.0
+MAX_UNPROVEN = 64  # connections waiting for their gateway proof at once
 NONCE_BYTES = 32
 
 AnswerStream = Callable[[AsyncIterator[Any], Callable[[Any], Awaitable[None]]], Coroutine[Any, Any, None]]
@@ -71,6 +75,9 @@ class HopConnection(FramedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if sum(not c.ready for c in self.registry) >= MAX_UNPROVEN:
+            self.refuse(Code.DECIDE_HOP_BUSY, f"{MAX_UNPROVEN} connections already await a gateway proof")
+            return
         self.registry.add(self)
         self.send(json_frame(Kind.HELLO, {"version": VERSION, "kid": self.kid, "nonce": b64url(self.nonce)}))
         self._handshake_timer = asyncio.get_running_loop().call_later(
@@ -86,7 +93,7 @@ class HopConnection(FramedProtocol):
         self.close()
 
     def frame_too_large(self, length: int) -> None:
-        self.refuse(Code.MCP_INVALID_REQUEST, f"a frame of {length} bytes exceeds {self.max_frame}")
+        self.refuse(Code.DECIDE_FRAME_INVALID, f"a frame of {length} bytes exceeds {self.max_frame}")
 
     def frame_received(self, kind: int, payload: bytes) -> None:
         if not self.ready:
@@ -95,7 +102,7 @@ class HopConnection(FramedProtocol):
             try:
                 request = enclave_pb2.DecideRequest.FromString(payload)
             except DecodeError:
-                self.refuse(Code.MCP_INVALID_REQUEST, "a DECIDE frame is not a DecideRequest")
+                self.refuse(Code.DECIDE_FRAME_INVALID, "a DECIDE frame is not a DecideRequest")
                 return
             self.waiting.append(request)
             if len(self.waiting) >= self.max_waiting and self.transport is not None:
@@ -104,7 +111,7 @@ class HopConnection(FramedProtocol):
         elif kind == Kind.PING:
             self.send(frame(Kind.PONG, payload))
         elif kind != Kind.PONG:
-            self.refuse(Code.MCP_INVALID_REQUEST, f"frame kind {kind} is not expected from a gateway")
+            self.refuse(Code.DECIDE_FRAME_INVALID, f"frame kind {kind} is not expected from a gateway")
 
     def _handshake(self, kind: int, payload: bytes) -> None:
         try:
@@ -113,7 +120,7 @@ class HopConnection(FramedProtocol):
                                 "a decide hop connection starts with a gateway proof")
             doc = json_payload(payload)
             if doc.get("version") != VERSION:
-                raise CmcpError(Code.MCP_INVALID_REQUEST,
+                raise CmcpError(Code.DECIDE_FRAME_INVALID,
                                 f"decide hop version {doc.get('version')!r} is not {VERSION}")
             if self.trusted:  # none in the initdata: a development set-up (see gateway_auth)
                 proof = doc.get("proof")

@@ -17,7 +17,6 @@ Local control plane only (the images are built and imported there).
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
@@ -62,7 +61,6 @@ TDX_CLASS = f"kata-qemu-tdx-{SUFFIX}"  # the kata-qemu-tdx handler, placed on th
 WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"
 TOKEN = "tok-alice"  # agent "alice"
 TRANSFER = {"amount": 100, "currency": "EUR", "to": "acct-1"}
-KUBECONFIG_MOUNT = "/etc/cmcp/kubeconfig"
 
 
 @dataclass
@@ -94,79 +92,6 @@ class Install:
             out = self.cluster.kubectl("logs", "-n", ns, "-l", selector, "--prefix", "--tail=30", check=False)
             parts.append(f"--- kubectl logs -n {ns} -l {selector} ---\n{out.stdout}{out.stderr}")
         return "\n".join(parts)
-
-
-def _sa_kubeconfig(cluster: E2ECluster, sa: str, ns: str = NS) -> str:
-    """A kubeconfig carrying a token of the chart's ServiceAccount ``sa`` and nothing else.
-
-    Why not the pod's projected token file: the node agent materialises it under the pod's own
-    root directory, not at /var/run/secrets/..., and the in-cluster loaders (Kopf's, the
-    kubernetes client's) only look at that absolute path. The identity is the same either way:
-    system:serviceaccount:<release namespace>:<sa>, so the chart's RBAC is what the apiserver
-    enforces on every call the pod makes."""
-    tr = cluster.kube.create(
-        f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 7200},
-        },
-    )
-    ca = base64.b64encode(Path(cluster.ca_file).read_bytes()).decode()
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "in-cluster",
-            "clusters": [
-                {
-                    "name": "in-cluster",
-                    "cluster": {"server": cluster.server, "certificate-authority-data": ca},
-                }
-            ],
-            "users": [{"name": sa, "user": {"token": tr["status"]["token"]}}],
-            "contexts": [{"name": "in-cluster", "context": {"cluster": "in-cluster", "user": sa}}],
-        }
-    )
-
-
-def chart_service_accounts(cluster: E2ECluster, ns: str) -> None:
-    """The chart's operator and gateway ServiceAccounts in ``ns``, each with a kubeconfig Secret
-    carrying its token (see :func:`_sa_kubeconfig`). Created here only so a token can be minted
-    before the install, and marked so that helm adopts them into the release (and deletes them
-    with it)."""
-    helm_owned = {
-        "labels": {"app.kubernetes.io/managed-by": "Helm"},
-        "annotations": {"meta.helm.sh/release-name": REL, "meta.helm.sh/release-namespace": ns},
-    }
-    for component, sa in (("operator", OPERATOR_SA), ("gateway", GATEWAY_SA)):
-        cluster.kube.create(
-            f"/api/v1/namespaces/{ns}/serviceaccounts",
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, **helm_owned}},
-        )
-        cluster.kube.create(
-            f"/api/v1/namespaces/{ns}/secrets",
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": f"e2e-kubeconfig-{component}"},
-                "stringData": {"config": _sa_kubeconfig(cluster, sa, ns)},
-            },
-        )
-
-
-def _harness_values() -> dict[str, Any]:
-    """What the e2e harness adds to the simulated profile: the kubeconfigs above; no gateway yet
-    (a later `helm upgrade` adds it once the route exists)."""
-
-    def pod(component: str) -> dict[str, Any]:
-        return {
-            "extraEnv": [{"name": "KUBECONFIG", "value": f"{KUBECONFIG_MOUNT}/config"}],
-            "extraVolumes": [{"name": "kubeconfig", "secret": {"secretName": f"e2e-kubeconfig-{component}"}}],
-            "extraVolumeMounts": [{"name": "kubeconfig", "mountPath": KUBECONFIG_MOUNT, "readOnly": True}],
-        }
-
-    return {"operator": pod("operator"), "gateway": {**pod("gateway"), "replicas": 1, "routes": []}}
 
 
 def _route_values(upstream_url: str) -> dict[str, Any]:

@@ -47,4 +47,4 @@ def test_a_handshake_frame_that_is_not_a_json_object_is_coded() -> None:
     for payload in (b"not json", b"[1]"):
         with pytest.raises(CmcpError) as bad:
             json_payload(payload)
-        assert bad.value.code is Code.MCP_INVALID_REQUEST
+        assert bad.value.code is Code.DECIDE_FRAME_INVALID

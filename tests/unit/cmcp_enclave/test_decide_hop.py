@@ -205,7 +205,7 @@ async def test_a_wrong_version_is_refused_with_a_code_and_closed(live: Live) -> 
     hop = await RawHop.connect(port)
     await hop.hello()
     await hop.send(json_frame(Kind.PROOF, {"version": VERSION + 1, "proof": "x"}))
-    assert await hop.refusal() == "MCP_INVALID_REQUEST"
+    assert await hop.refusal() == "DECIDE_FRAME_INVALID"
 
 
 async def test_an_oversized_length_prefix_closes_before_the_body(live: Live) -> None:
@@ -216,7 +216,55 @@ async def test_an_oversized_length_prefix_closes_before_the_body(live: Live) -> 
     await hop.handshake()
     assert await hop.read() == (Kind.READY, b"")
     await hop.send(HEADER.pack(decide_frames.MAX_REQUEST_FRAME + 1, Kind.DECIDE))
-    assert await hop.refusal() == "MCP_INVALID_REQUEST"
+    assert await hop.refusal() == "DECIDE_FRAME_INVALID"
+
+
+async def test_a_decide_frame_that_is_not_a_request_or_a_stray_kind_is_refused(live: Live) -> None:
+    enclave, _, port = live
+    for bad in (frame(Kind.DECIDE, b"\xff\xff\xff"), frame(Kind.HELLO, b"{}")):
+        hop = await RawHop.connect(port)
+        await hop.handshake()
+        assert await hop.read() == (Kind.READY, b"")
+        await hop.send(bad)
+        assert await hop.refusal() == "DECIDE_FRAME_INVALID"
+    assert "decision" not in {json.loads(raw)["kind"] for raw in enclave.take_audit()}
+
+
+@pytest.mark.parametrize("weakened", [False, True])
+async def test_connections_that_never_prove_anything_are_capped(
+        live: Live, monkeypatch: pytest.MonkeyPatch, weakened: bool) -> None:
+    """A stranger opens connections and sends nothing: past ``MAX_UNPROVEN`` waiting for a proof,
+    the next is refused at once (``DECIDE_HOP_BUSY``), so they cannot pile up for their 10 s each;
+    a gateway gets in again as soon as they are gone, and proven connections never count. The
+    weakened enclave (no cap) keeps taking them, which the test catches."""
+    enclave, server, port = live
+    assert server.hop is not None
+    cap = 4
+    monkeypatch.setattr(decide_hop, "MAX_UNPROVEN", 1_000_000 if weakened else cap)
+    gateway = await RawHop.connect(port)  # proven first: it must not count against the cap
+    await gateway.handshake()
+    assert await gateway.read() == (Kind.READY, b"")
+    silent = [await RawHop.connect(port) for _ in range(cap)]
+    for hop in silent:
+        await hop.hello()
+    extra = await RawHop.connect(port)
+    if weakened:
+        assert (await extra.hello())["kid"] == enclave.kid  # let in: the cap above matters
+        return
+    assert await extra.refusal() == "DECIDE_HOP_BUSY"
+    await gateway.send(frame(Kind.DECIDE, decide_request(enclave).SerializeToString()))
+    got = await gateway.read()
+    assert got is not None and got[0] == Kind.REPLY  # the proven gateway is served throughout
+    for hop in silent:
+        hop.close()
+    async with asyncio.timeout(5):
+        while len(server.hop.connections) > 1:  # noqa: ASYNC110 - the listener offers no event to wait on
+            await asyncio.sleep(0.01)
+    again = await RawHop.connect(port)
+    await again.handshake()
+    assert await again.read() == (Kind.READY, b"")
+    again.close()
+    gateway.close()
 
 
 @pytest.mark.parametrize("where", ["handshake", "frame"])
