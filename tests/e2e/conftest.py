@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from cmcp_devkit import images as image_builds
+from cmcp_devkit.cluster import real_node_values
 from cmcp_devkit.cluster.binaries import ensure_client_tools
 from cmcp_devkit.cluster.control_plane import (
     REAL_NODE_NAME,
@@ -73,21 +74,10 @@ class E2ECluster:
 
     def real_chart_values(self, tdx_runtime_class: str) -> dict[str, Any]:
         """Helm values that run the chart's pods as real containers on the real node, from this run's
-        images by digest: operator and gateway placed there, the enclave pods through
-        ``tdx_runtime_class`` (:meth:`real_tdx_runtime_class`: the ``kata-qemu-tdx`` handler, whose
-        hook and TSM stand-in give the enclave simulated TDX evidence of its own initdata), which its
-        real ``tdx`` provider reads (``simulateTee: false``); the evidence stays software-only."""
-        values: dict[str, Any] = {
-            "imageRegistry": "localhost",
-            "attestation": {"simulateTee": False, "allowedTeeTypes": ["tdx"],
-                            "runtimeClasses": {"tdx": tdx_runtime_class}},
-        }
-        for component in ("operator", "gateway", "enclave"):
-            values[component] = {"image": {"repository": f"cmcp-{component}",
-                                           "digest": self.images[component].digest}}
-        for component in ("operator", "gateway"):
-            values[component].update(self.real_pods)
-        return values
+        images by digest, the enclave pods through ``tdx_runtime_class``
+        (:meth:`real_tdx_runtime_class`): :func:`cmcp_devkit.cluster.real_node_values.chart_values`,
+        what ``make demo-cluster`` installs too."""
+        return real_node_values.chart_values(self.images, tdx_runtime_class)
 
     @contextlib.contextmanager
     def real_tdx_runtime_class(self, name: str) -> Iterator[str]:
