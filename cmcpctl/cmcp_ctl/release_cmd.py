@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cmcp_core import launch_policy, release
 from cmcp_core.errors import CmcpError
 from cmcp_core.evidence.simulated import SIMULATED_MRTD, SIMULATED_RTMRS
+from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_MEASUREMENT, SIMULATED_SNP_POLICY
 from cmcp_core.verify.reference import SNP_TCB_FIELDS, ReleaseReference, SnpReference, TdxReference
 from cmcp_ctl.usage import UsageError, exit_2_on_usage_error
 
@@ -100,9 +101,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _manifest(args: argparse.Namespace) -> int:
     simulated = TdxReference(mrtd=SIMULATED_MRTD, rtmrs=SIMULATED_RTMRS) if args.simulated else None
+    simulated_snp = (SnpReference(measurement=SIMULATED_SNP_MEASUREMENT, policy=SIMULATED_SNP_POLICY)
+                     if args.simulated else None)
     ref = ReleaseReference(version=args.version, image=args.image,
                            launch_policy_rules=args.launch_policy_rules or launch_policy.rules_digest(),
-                           tdx=_tdx(args), snp=_snp(args), simulated=simulated)
+                           tdx=_tdx(args), snp=_snp(args), simulated=simulated, simulated_snp=simulated_snp)
     try:
         release.from_payload(release.to_payload(ref))  # the checks verify() applies, before signing
         signed = release.sign(ref, release.load_private_key(_read_key(args.signing_key)))
@@ -174,7 +177,7 @@ def register(subparsers: Any) -> None:
                      help="minimum reported TCB: bootloader, tee, snp, microcode")
     man.add_argument("--snp-vmpl", type=int, default=0, help="the VMPL the report must come from (default 0)")
     man.add_argument("--simulated", action="store_true",
-                     help="also admit the genuine simulated guest (development releases only)")
+                     help="also admit the genuine simulated TDX and SNP guests (development releases only)")
     man.add_argument("--signing-key", required=True, metavar="PATH", help="PEM private key to sign with")
     man.add_argument("-o", "--output", default="-", metavar="PATH", help="where to write (default stdout)")
     man.set_defaults(func=_run(_manifest))

@@ -16,7 +16,7 @@ from typing import Any
 
 from cmcp_core import appraisal_options
 from cmcp_core.errors import CmcpError
-from cmcp_core.verify.appraise import appraise_attestation, appraise_evidence, appraise_response
+from cmcp_core.verify.appraise import PLATFORMS, appraise_attestation, appraise_evidence, appraise_response
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_core.verify.verdict import DEFAULT_TCB_STATUSES, AppraisalPolicy, Verdict, VerifyFailure
 from cmcp_ctl.usage import UsageError, exit_2_on_usage_error
@@ -233,7 +233,7 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="verify_command", metavar="<subcommand>")
 
     ev = sub.add_parser("evidence", help="Appraise TDX / SEV-SNP / simulated evidence (and its binding)")
-    ev.add_argument("--platform", choices=("tdx", "snp", "simulated"))
+    ev.add_argument("--platform", choices=PLATFORMS)
     ev.add_argument("--evidence", help="quote / SNP report / SNP evidence JSON file")
     ev.add_argument("--aux", help="SNP certificate table or PEM chain (VCEK, ASK[, ARK])")
     ev.add_argument("--collateral", help="TDX DCAP collateral JSON (QuoteCollateralV3 form)")

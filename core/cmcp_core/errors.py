@@ -95,6 +95,21 @@ class Code(StrEnum):
     RECORD_BUNDLE_MISMATCH = "RECORD_BUNDLE_MISMATCH"
     RECORD_TRANSCRIPT_MISMATCH = "RECORD_TRANSCRIPT_MISMATCH"
     EVIDENCE_REJECTED = "EVIDENCE_REJECTED"
+    # NVIDIA GPU evidence (cmcp_core.evidence.gpu, cmcp_core.verify.gpu)
+    GPU_EVIDENCE_MISSING = "GPU_EVIDENCE_MISSING"
+    GPU_EVIDENCE_MALFORMED = "GPU_EVIDENCE_MALFORMED"
+    GPU_EVIDENCE_BAD_SIGNATURE = "GPU_EVIDENCE_BAD_SIGNATURE"
+    GPU_CHAIN_INVALID = "GPU_CHAIN_INVALID"
+    GPU_CERT_EXPIRED = "GPU_CERT_EXPIRED"
+    GPU_NONCE_MISMATCH = "GPU_NONCE_MISMATCH"
+    GPU_RIM_INVALID = "GPU_RIM_INVALID"
+    GPU_RIM_BAD_SIGNATURE = "GPU_RIM_BAD_SIGNATURE"
+    GPU_RIM_CHAIN_INVALID = "GPU_RIM_CHAIN_INVALID"
+    GPU_RIM_MISMATCH = "GPU_RIM_MISMATCH"
+    GPU_MEASUREMENT_MISMATCH = "GPU_MEASUREMENT_MISMATCH"
+    GPU_REVOCATION_UNSUPPORTED = "GPU_REVOCATION_UNSUPPORTED"
+    GPU_OCSP_INVALID = "GPU_OCSP_INVALID"
+    GPU_CERT_REVOKED = "GPU_CERT_REVOKED"
     # enclave decisions and audit chain (issue 2)
     AUDIENCE_MISMATCH = "AUDIENCE_MISMATCH"
     ARGS_DIGEST_MISMATCH = "ARGS_DIGEST_MISMATCH"
@@ -230,6 +245,27 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.RECORD_BUNDLE_MISMATCH: CodeInfo(-32003, 502, "The Trust Record names another bundle hash."),
     Code.RECORD_TRANSCRIPT_MISMATCH: CodeInfo(-32003, 502, "Transcript hash is not the audit chain tip."),
     Code.EVIDENCE_REJECTED: CodeInfo(-32003, 502, "The evidence failed verification."),
+    Code.GPU_EVIDENCE_MISSING: CodeInfo(-32003, 502, "GPU evidence is required but none was supplied."),
+    Code.GPU_EVIDENCE_MALFORMED: CodeInfo(
+        -32003, 502, "The GPU evidence (envelope, SPDM report, certificate) does not parse."),
+    Code.GPU_EVIDENCE_BAD_SIGNATURE: CodeInfo(
+        -32003, 502, "The GPU's signature over its SPDM transcript does not verify."),
+    Code.GPU_CHAIN_INVALID: CodeInfo(
+        -32003, 502, "The GPU's certificate chain does not lead to the pinned NVIDIA device root."),
+    Code.GPU_CERT_EXPIRED: CodeInfo(
+        -32003, 502, "A GPU or RIM certificate is not valid at the verification time."),
+    Code.GPU_NONCE_MISMATCH: CodeInfo(-32003, 502, "The GPU report answers another nonce."),
+    Code.GPU_RIM_INVALID: CodeInfo(-32003, 502, "A RIM does not parse or is not a GPU RIM."),
+    Code.GPU_RIM_BAD_SIGNATURE: CodeInfo(-32003, 502, "A RIM's XML signature does not verify."),
+    Code.GPU_RIM_CHAIN_INVALID: CodeInfo(
+        -32003, 502, "A RIM's signing chain does not lead to the pinned NVIDIA RIM root."),
+    Code.GPU_RIM_MISMATCH: CodeInfo(-32003, 502, "The RIMs are not for this GPU's driver and VBIOS."),
+    Code.GPU_MEASUREMENT_MISMATCH: CodeInfo(
+        -32003, 502, "A GPU measurement differs from the RIMs' golden values."),
+    Code.GPU_REVOCATION_UNSUPPORTED: CodeInfo(
+        -32003, 400, "The GPU revocation policy is not one the verifier knows."),
+    Code.GPU_OCSP_INVALID: CodeInfo(-32003, 502, "A stapled OCSP response is missing, unsigned or stale."),
+    Code.GPU_CERT_REVOKED: CodeInfo(-32003, 502, "A GPU or RIM certificate is revoked."),
     Code.AUDIENCE_MISMATCH: CodeInfo(-32000, 403, "The call's upstream is not the measured audience."),
     Code.ARGS_DIGEST_MISMATCH: CodeInfo(-32602, 400, "arguments_digest is not the digest of the arguments."),
     Code.ARGS_INVALID: CodeInfo(-32602, 400, "The arguments are not a JSON object Cedar can take."),

@@ -159,7 +159,7 @@ def expected_measurement(toml_bytes: bytes, platform: str) -> bytes:
     """The value the platform's measured config field must hold for these initdata bytes."""
     if platform in ("tdx", "simulated"):
         return tdx_mrconfigid(toml_bytes)
-    if platform == "snp":
+    if platform in ("snp", "simulated-snp"):
         return snp_host_data(toml_bytes)
     raise InitdataError(f"no initdata measurement rule for platform {platform!r}")
 

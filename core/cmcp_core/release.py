@@ -31,6 +31,9 @@ PAYLOAD_TYPE = "application/vnd.cmcp.enclave-release+json"
 API_VERSION = "cmcp.dev/v1alpha1"
 KIND = "EnclaveRelease"
 MAX_MANIFEST_BYTES = 64 * 1024
+# A manifest's platform keys are evidence platforms; ``simulated-snp`` was added after the others,
+# so a manifest without it (every older one) reads as before.
+PLATFORMS = ("tdx", "snp", "simulated", "simulated-snp")
 
 
 def _invalid(message: str) -> CmcpError:
@@ -71,15 +74,15 @@ def _int(doc: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
-def _snp_from(doc: Mapping[str, Any]) -> SnpReference:
+def _snp_from(doc: Mapping[str, Any], where: str) -> SnpReference:
     min_tcb = doc.get("minTcb", {})
     if not isinstance(min_tcb, dict) or set(min_tcb) - set(SNP_TCB_FIELDS):
-        raise _invalid(f"platforms.snp.minTcb may name only {', '.join(SNP_TCB_FIELDS)}")
+        raise _invalid(f"{where}.minTcb may name only {', '.join(SNP_TCB_FIELDS)}")
     return SnpReference(
-        measurement=_hex(doc, "measurement", 48, "platforms.snp"),
-        policy=_int(doc, "policy", "platforms.snp"),
-        min_tcb={name: _int(min_tcb, name, "platforms.snp.minTcb") for name in min_tcb},
-        vmpl=_int(doc, "vmpl", "platforms.snp"),
+        measurement=_hex(doc, "measurement", 48, where),
+        policy=_int(doc, "policy", where),
+        min_tcb={name: _int(min_tcb, name, f"{where}.minTcb") for name in min_tcb},
+        vmpl=_int(doc, "vmpl", where),
     )
 
 
@@ -97,6 +100,8 @@ def to_payload(release: ReleaseReference) -> dict[str, Any]:
         platforms["snp"] = _snp_to(release.snp)
     if release.simulated is not None:
         platforms["simulated"] = _tdx_to(release.simulated)
+    if release.simulated_snp is not None:
+        platforms["simulated-snp"] = _snp_to(release.simulated_snp)
     return {"apiVersion": API_VERSION, "kind": KIND, "version": release.version, "image": release.image,
             "launchPolicyRules": release.launch_policy_rules, "platforms": platforms}
 
@@ -113,17 +118,19 @@ def from_payload(doc: Any, signer: str = "") -> ReleaseReference:
     if not isinstance(rules, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", rules):
         raise _invalid("launchPolicyRules must be sha256:<64 hex>")
     platforms = doc.get("platforms")
-    if not isinstance(platforms, dict) or not platforms or set(platforms) - {"tdx", "snp", "simulated"}:
-        raise _invalid("platforms must name at least one of tdx, snp, simulated and nothing else")
+    if not isinstance(platforms, dict) or not platforms or set(platforms) - set(PLATFORMS):
+        raise _invalid(f"platforms must name at least one of {', '.join(PLATFORMS)} and nothing else")
     for name, entry in platforms.items():
         if not isinstance(entry, dict):
             raise _invalid(f"platforms.{name} must be an object")
     return ReleaseReference(
         version=version, image=image, launch_policy_rules=rules, signer=signer,
         tdx=_tdx_from(platforms["tdx"], "platforms.tdx") if "tdx" in platforms else None,
-        snp=_snp_from(platforms["snp"]) if "snp" in platforms else None,
+        snp=_snp_from(platforms["snp"], "platforms.snp") if "snp" in platforms else None,
         simulated=(_tdx_from(platforms["simulated"], "platforms.simulated")
                    if "simulated" in platforms else None),
+        simulated_snp=(_snp_from(platforms["simulated-snp"], "platforms.simulated-snp")
+                       if "simulated-snp" in platforms else None),
     )
 
 

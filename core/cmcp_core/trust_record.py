@@ -34,6 +34,7 @@ from cmcp_core.crypto import public_bytes
 from cmcp_core.digest import b64url
 
 PLATFORMS = {"tdx": "intel-tdx", "snp": "amd-sev-snp", "simulated": "software-only",
+             "simulated-snp": "software-only",
              "coco-aa": "intel-tdx"}
 SUBJECT_DOMAIN = "cmcp.local"
 SELF_VERIFIER = "urn:cmcp:self-issued"  # appraisal.verifier must be a URI

@@ -1,8 +1,10 @@
-"""A signed development release: the simulated guest's reference values under a throw-away key.
+"""A signed development release: the simulated guests' reference values under a throw-away key.
 
 Every relying party refuses guests without a signed release manifest, in development too, so the
-dev kit signs one for the genuine simulated guest (:class:`~cmcp_enclave.simulated.SimulatedGuest`)
-and the dev image, with a key generated per stack. A launcher that boots another guest (other
+dev kit signs one for the genuine simulated guests (the TDX one,
+:class:`~cmcp_enclave.simulated.SimulatedGuest`, and the SNP one the confidential-node stand-in
+boots, :data:`~cmcp_core.evidence.simulated_snp.SIMULATED_SNP_MEASUREMENT`) and the dev image,
+with a key generated per stack. A launcher that boots another guest (other
 MRTD/RTMRs) is then refused by the same checks as a forged guest on hardware.
 """
 
@@ -15,6 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cmcp_core import launch_policy, release
+from cmcp_core.evidence.simulated_snp import (
+    SIMULATED_SNP_MEASUREMENT,
+    SIMULATED_SNP_PLATFORM,
+    SIMULATED_SNP_POLICY,
+)
 from cmcp_core.evidence.snp import TcbVersion, parse_report
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify import AppraisalPolicy
@@ -31,11 +38,16 @@ def simulated_reference(guest: SimulatedGuest | None = None) -> TdxReference:
     return TdxReference(mrtd=guest.mrtd, rtmrs=guest.rtmrs)
 
 
+def simulated_snp_reference() -> SnpReference:
+    """The genuine simulated SNP guest: its launch digest and Kata's default guest policy, VMPL 0."""
+    return SnpReference(measurement=SIMULATED_SNP_MEASUREMENT, policy=SIMULATED_SNP_POLICY)
+
+
 def dev_release(image: str = TEST_IMAGE, guest: SimulatedGuest | None = None) -> ReleaseReference:
-    """The release the dev kit's launchers start: the simulated guest, ``image``, today's rules."""
+    """The release the dev kit's launchers start: the simulated guests, ``image``, today's rules."""
     return ReleaseReference(version=DEV_VERSION, image=image,
                             launch_policy_rules=launch_policy.rules_digest(),
-                            simulated=simulated_reference(guest))
+                            simulated=simulated_reference(guest), simulated_snp=simulated_snp_reference())
 
 
 def dev_appraisal(image: str = TEST_IMAGE) -> AppraisalPolicy:
@@ -79,12 +91,14 @@ def release_of(platform: str, evidence: bytes, image: str = TEST_IMAGE) -> Relea
     for that guest would say. For the real TEE fixtures (guests we did not build) in tests and
     benchmarks; a deployment takes its values from the guest's build, never from its evidence."""
     rules = launch_policy.rules_digest()
-    if platform == "snp":
+    if platform in ("snp", SIMULATED_SNP_PLATFORM):
         report = parse_report(decode_snp_evidence(evidence).report)
         tcb = TcbVersion.decode(report.reported_tcb)
         snp = SnpReference(measurement=report.measurement, policy=report.policy, vmpl=report.vmpl,
                            min_tcb={name: int(getattr(tcb, name)) for name in SNP_TCB_FIELDS})
-        return ReleaseReference("fixture", image, rules, snp=snp)
+        if platform == "snp":
+            return ReleaseReference("fixture", image, rules, snp=snp)
+        return ReleaseReference("fixture", image, rules, simulated_snp=snp)
     body = parse_quote(evidence).body
     tdx = TdxReference(mrtd=body.mrtd, rtmrs=(body.rtmrs[0], body.rtmrs[1], body.rtmrs[2]),
                        min_tee_tcb_svn=body.tee_tcb_svn, td_attributes=body.td_attributes)

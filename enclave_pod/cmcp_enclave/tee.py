@@ -10,8 +10,9 @@ than against anything the host could have cached.
   :mod:`cmcp_enclave.simulated`.
 * ``tdx`` / ``snp``: Linux configfs-tsm at a configurable root (tests point it at a directory
   served by an emulator). A quote carrying the simulator's markers (the dev kit's confidential-node
-  stand-in serves them at the same path) is labelled ``simulated`` rather than ``tdx``, so a
-  verifier appraises it as software-only evidence, never as hardware.
+  stand-in serves them at the same path) is labelled ``simulated`` rather than ``tdx``, and a
+  simulated SNP report ``simulated-snp`` rather than ``snp``, so a verifier appraises it as
+  software-only evidence, never as hardware.
 * ``coco-aa``: the CoCo attestation agent's HTTP evidence endpoint (TDX evidence form).
 """
 
@@ -34,6 +35,7 @@ from cmcp_core.digest import b64url
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence import EvidenceError
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner, is_simulated
+from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_PLATFORM, is_simulated_report
 from cmcp_core.evidence.snp import parse_report
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_enclave.simulated import ENV_MRCONFIGID, SimulatedGuest, guest_from_env, register
@@ -47,7 +49,7 @@ MAX_EVIDENCE_BYTES = 256 * 1024
 
 @dataclass(frozen=True)
 class Report:
-    platform: str  # tdx | snp | simulated | coco-aa
+    platform: str  # tdx | snp | simulated | simulated-snp | coco-aa
     evidence: bytes
     aux: bytes
     measured_config: bytes  # MRCONFIGID (48) or HOST_DATA (32) read back from this report
@@ -147,7 +149,9 @@ class ConfigfsTsmProvider:
             snp = parse_report(outblob)
         except EvidenceError as exc:
             raise _fail(f"SNP report does not parse: {exc.detail}") from exc
-        return Report(platform="snp", evidence=outblob, aux=aux, measured_config=snp.host_data,
+        # the report says what signed it; the label follows the report (as for a TDX quote)
+        platform = SIMULATED_SNP_PLATFORM if is_simulated_report(snp) else "snp"
+        return Report(platform=platform, evidence=outblob, aux=aux, measured_config=snp.host_data,
                       report_data=snp.report_data)
 
     def _read(self, path: Path) -> bytes:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from cmcp_core.attestation import Appraisal, Evidence, sha256_tagged
 from cmcp_core.crypto import key_from_jwk, thumbprint
+from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_PLATFORM
 from cmcp_core.initdata import InitdataError, parse
 from cmcp_core.verify import AppraisalPolicy, Verdict
 
@@ -51,14 +52,18 @@ def allowed_tee(tee: str, *, allow_simulated: bool) -> tuple[str, ...]:
     """Evidence platforms acceptable for a route's ``spec.tee``.
 
     ``allow_simulated`` is the one switch for software-only evidence: with it, any route also
-    accepts ``simulated`` evidence, which a TDX node's stand-in (the dev kit's) serves at the
-    real TSM path exactly as the ``--simulate-tee`` provider does; without it, never."""
+    accepts ``simulated`` evidence (the simulator's TDX quote, which a TDX node's stand-in, the dev
+    kit's, serves at the real TSM path exactly as the ``--simulate-tee`` provider does), and a
+    route that accepts SNP also accepts ``simulated-snp`` (the simulator's SNP report, which an SNP
+    node's stand-in serves); without it, never."""
     platforms = {"tdx": ("tdx",), "snp": ("snp",), "any": ("tdx", "snp", "coco-aa"),
                  "simulated": ("simulated",)}[tee]
     if tee == "simulated" and not allow_simulated:
         return ()
     if allow_simulated:
         platforms = (*platforms, "simulated")
+        if "snp" in platforms:
+            platforms = (*platforms, SIMULATED_SNP_PLATFORM)
     return tuple(dict.fromkeys(platforms))
 
 

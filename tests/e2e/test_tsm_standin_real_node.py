@@ -6,8 +6,10 @@ reads. The enclave's production ``--tee tdx`` provider asks the TSM at ``/sys/ke
 for a fresh quote, re-hashes the handed file against its MRCONFIGID and refuses to start with
 ``INITDATA_MISMATCH`` (container status and ``kubectl logs``). The same pod with the downward-API
 file of its own annotation starts, and its Attest evidence appraises as ``software-only`` (only
-with ``allow_simulated``). A weakened stand-in (test code) that measures the handed file instead
-lets the attacker's pod start: the refusal above is what catches that hole.
+with ``allow_simulated``). The same holds under the ``kata-qemu-snp`` handler with ``--tee snp``:
+the production SNP provider reads a simulated SNP report whose HOST_DATA is the annotation's
+digest (``simulated-snp`` evidence). A weakened stand-in (test code) that measures the handed file
+instead lets the attacker's pods (TDX and SNP) start: the refusals above are what catch that hole.
 
 The enclave image is built from this checkout (``cmcp_devkit.images``) and imported with ``ctr``.
 """
@@ -29,6 +31,7 @@ import pytest
 
 from cmcp_core import initdata
 from cmcp_core.errors import Code
+from cmcp_core.evidence.simulated_snp import verify_simulated_report
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_core.verify.appraise import appraise_response
@@ -99,9 +102,10 @@ def kube(real: LocalCluster) -> Iterator[Kube]:
     k.close()
 
 
-def _enclave_pod(name: str, *, handed: bool) -> Obj:
-    """An enclave pod as the operator renders it (downward-API initdata, ``--tee tdx``), or with
-    the attacker's file at the initdata path instead."""
+def _enclave_pod(name: str, *, handed: bool, tee: str = "tdx") -> Obj:
+    """An enclave pod as the operator renders it (downward-API initdata, ``--tee tdx`` under
+    ``kata-qemu-tdx``, or ``snp`` under ``kata-qemu-snp``), or with the attacker's file at the
+    initdata path instead."""
     initdata_volume: Obj = (
         {"name": "initdata", "configMap": {"name": "handed-initdata"}} if handed else
         {"name": "initdata", "downwardAPI": {"items": [{"path": INITDATA_FILE, "fieldRef": {
@@ -111,7 +115,7 @@ def _enclave_pod(name: str, *, handed: bool) -> Obj:
         "metadata": {"name": name,
                      "annotations": {initdata.ANNOTATION: initdata.encode_annotation(MEASURED)}},
         "spec": {
-            "runtimeClassName": "kata-qemu-tdx",
+            "runtimeClassName": f"kata-qemu-{tee}",
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": False,
@@ -120,7 +124,7 @@ def _enclave_pod(name: str, *, handed: bool) -> Obj:
             "containers": [{
                 "name": "enclave", "image": IMAGE, "imagePullPolicy": "Never",
                 "args": ["--bundle", "/etc/cmcp/bundle", "--initdata-annotation", INITDATA_PATH,
-                         "--tee", "tdx", "--listen", "$(POD_IP):50051"],
+                         "--tee", tee, "--listen", "$(POD_IP):50051"],
                 "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                 "volumeMounts": [{"name": "bundle", "mountPath": "/etc/cmcp/bundle", "readOnly": True},
                                  {"name": "initdata", "mountPath": INITDATA_DIR, "readOnly": True}],
@@ -200,6 +204,53 @@ def test_enclave_with_its_own_annotation_starts_and_attests_software_only(real: 
     assert not [e for e in env if e.startswith("CMCP_")], env
 
 
+def test_snp_enclave_handed_other_initdata_is_refused_at_start(real: LocalCluster, kube: Kube) -> None:
+    """The attack under ``kata-qemu-snp``: HOST_DATA of the annotation, another file handed."""
+    t0 = time.monotonic()
+    kube.create(f"/api/v1/namespaces/{NS}/pods", _enclave_pod("attacker-snp", handed=True, tee="snp"))
+    pod = wait_pod(kube, NS, "attacker-snp", "to stop", _terminated, timeout=180,
+                   diag=_diag(real, "attacker-snp"))
+    TIMINGS["snp_refused_seconds"] = time.monotonic() - t0
+    assert pod["spec"]["nodeName"] == REAL_NODE_NAME and pod["spec"]["runtimeClassName"] == "kata-qemu-snp"
+    state = _terminated(pod)
+    assert state is not None and state["exitCode"] == 3, state
+    logs = kube.wait_for("kubectl logs attacker-snp",
+                         lambda: real.kubectl("logs", "attacker-snp", check=False).stdout, timeout=30)
+    assert f'"error": "{Code.INITDATA_MISMATCH.value}"' in logs, logs
+    assert "measured config field of a fresh report" in logs  # the SNP TSM answered
+    assert Code.TEE_PROVIDER_FAILED.value not in logs
+
+
+def test_snp_enclave_with_its_own_annotation_starts_and_attests_software_only(real: LocalCluster,
+                                                                              kube: Kube) -> None:
+    t0 = time.monotonic()
+    kube.create(f"/api/v1/namespaces/{NS}/pods", _enclave_pod("honest-snp", handed=False, tee="snp"))
+    kube.wait_for("the honest SNP enclave serving", lambda: _serving(real, "honest-snp"), timeout=180,
+                  on_timeout=_diag(real, "honest-snp"))
+    TIMINGS["snp_serving_seconds"] = time.monotonic() - t0
+    pod = kube.get(f"/api/v1/namespaces/{NS}/pods/honest-snp")
+    assert _terminated(pod) is None and pod["spec"]["nodeName"] == REAL_NODE_NAME
+    response, nonce = _attest(pod)
+    assert response.platform == "simulated-snp"  # the production snp provider, labelling the report
+    assert bytes(response.initdata) == MEASURED
+    report = verify_simulated_report(bytes(response.evidence), bytes(response.aux))
+    assert report.host_data == initdata.snp_host_data(MEASURED)  # its own annotation's digest
+    verdict = appraise_response(response, nonce, dev_appraisal(), expected_initdata=MEASURED)
+    assert verdict.ok and verdict.assurance == "software-only", verdict.message
+    assert verdict.measurements["host_data"] == initdata.snp_host_data(MEASURED).hex()
+    strict = appraise_response(response, nonce, AppraisalPolicy(releases=dev_appraisal().releases))
+    assert not strict.ok and strict.code == Code.SIMULATED_NOT_ALLOWED.value
+    as_hardware = appraise_response(_relabelled(response, "snp"), nonce, dev_appraisal())
+    assert not as_hardware.ok and as_hardware.code == Code.EVIDENCE_UNSUPPORTED.value
+
+
+def _relabelled(response: Any, platform: str) -> Any:
+    copy = enclave_pb2.AttestResponse()
+    copy.CopyFrom(response)
+    copy.platform = platform
+    return copy
+
+
 def _not_started(pod: Obj) -> str | None:
     """``reason: message`` of a container the runtime failed to create or start, else None."""
     for status in pod.get("status", {}).get("containerStatuses") or []:
@@ -242,14 +293,17 @@ def _swap_standin(real: LocalCluster, argv: list[str]) -> subprocess.Popen[bytes
 
 def test_a_stand_in_measuring_the_handed_file_lets_the_attacker_start(real: LocalCluster,
                                                                       kube: Kube) -> None:
-    """Weakened component: the same attack is not refused once the host measures the guest's file."""
+    """Weakened component: the same attack is not refused once the host measures the guest's file,
+    under either handler (this test swaps the node's stand-in, so it runs last)."""
     weak = _swap_standin(real, [sys.executable, "-m", "tests.helpers.weakened_tsm_standin",
                                 "--handed-file", INITDATA_PATH])
     try:
-        kube.create(f"/api/v1/namespaces/{NS}/pods", _enclave_pod("attacker-2", handed=True))
-        kube.wait_for("the attacker's enclave serving", lambda: _serving(real, "attacker-2"), timeout=180,
-                      on_timeout=_diag(real, "attacker-2"))
-        assert _terminated(kube.get(f"/api/v1/namespaces/{NS}/pods/attacker-2")) is None
+        for name, tee in (("attacker-2", "tdx"), ("attacker-snp-2", "snp")):
+            kube.create(f"/api/v1/namespaces/{NS}/pods", _enclave_pod(name, handed=True, tee=tee))
+        for name in ("attacker-2", "attacker-snp-2"):
+            kube.wait_for(f"the attacker's enclave {name} serving", lambda n=name: _serving(real, n),
+                          timeout=180, on_timeout=_diag(real, name))
+            assert _terminated(kube.get(f"/api/v1/namespaces/{NS}/pods/{name}")) is None
     finally:
         weak.terminate()
         weak.wait(20)

@@ -25,6 +25,7 @@ from cmcp_core.errors import CmcpError
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify import appraise_response
+from cmcp_core.verify.appraise import SIMULATED_PLATFORMS
 
 TDX_LIKE = ("tdx", "simulated")
 
@@ -99,7 +100,7 @@ def test_unusable_nonce_is_refused(target: TargetDeployment) -> None:
 def test_simulated_evidence_needs_explicit_consent(target: TargetDeployment, attested: Attested) -> None:
     strict_policy = replace(appraisal_policy(target), allow_simulated=False)
     strict = appraise_response(attested.response, attested.nonce, strict_policy)
-    if attested.response.platform == "simulated":
+    if attested.response.platform in SIMULATED_PLATFORMS:
         assert target.allow_simulated, "the target presents simulated evidence but was not declared simulated"
         assert not strict.passed and strict.code == "SIMULATED_NOT_ALLOWED", (
             f"simulated evidence passed a strict verifier: {strict.code}"

@@ -15,6 +15,7 @@ from cmcp_conformance.suite.sessions import run_session, standard_calls
 from cmcp_conformance.target import TargetDeployment
 from cmcp_core.audit import verify_chain
 from cmcp_core.crypto import public_jwk
+from cmcp_core.verify.appraise import SIMULATED_PLATFORMS
 from cmcp_core.verify.record import verify_trust_record
 
 
@@ -57,7 +58,7 @@ def test_record_states_the_measured_facts(target: TargetDeployment, attested: At
     assert record["policy"]["bundle_hash"] == attested.response.bundle_hash
     assert record["policy"]["enforcement_mode"] == attested.response.enforcement_mode
     assert record["cnf"]["jwk"]["x"] == public_jwk(attested.key)["x"], "cnf.jwk is not the attested key"
-    if attested.response.platform == "simulated":
+    if attested.response.platform in SIMULATED_PLATFORMS:
         assert record["runtime"]["platform"] == "software-only", record["runtime"]
     else:
         assert record["runtime"]["platform"] != "software-only"

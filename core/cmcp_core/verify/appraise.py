@@ -6,7 +6,8 @@ of checks (the first failure is reported):
 
 1. inputs (platform, nonce size, JWK) -> ``VERIFY_INPUT_INVALID``;
 2. evidence authenticity (TDX: dcap-qvl + TCB policy; SNP: VCEK/VLEK chain to the pinned
-   ARK + TCB extensions; simulated: only when allowed, simulator signature);
+   ARK + TCB extensions; simulated TDX quotes and simulated SNP reports: only when allowed,
+   simulator signature);
 3. debug flags;
 4. the measured config field (MRCONFIGID/HOST_DATA) against the initdata digest;
 5. the launch measurements, TCB and attributes, and the image and launch-policy rules the
@@ -31,6 +32,8 @@ from cmcp_core.binding import check_nonce
 from cmcp_core.crypto import key_from_jwk, public_bytes, public_jwk, thumbprint
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.simulated import verify_simulated_quote
+from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_PLATFORM, verify_simulated_report
+from cmcp_core.evidence.snp import SnpReport, TcbVersion
 from cmcp_core.evidence.tdx import TdxQuote
 from cmcp_core.verify.bindings import check_claims, check_initdata, check_report_data
 from cmcp_core.verify.reference import SNP_TCB_FIELDS, SnpLaunch, TdxLaunch, match_release
@@ -38,7 +41,8 @@ from cmcp_core.verify.snp import azure_report_data, decode_snp_evidence, verify_
 from cmcp_core.verify.tdx import verify_tdx_quote
 from cmcp_core.verify.verdict import OK, AppraisalPolicy, Assurance, Verdict, VerifyFailure
 
-PLATFORMS = ("tdx", "snp", "simulated")
+PLATFORMS = ("tdx", "snp", "simulated", SIMULATED_SNP_PLATFORM)
+SIMULATED_PLATFORMS = ("simulated", SIMULATED_SNP_PLATFORM)
 
 
 @dataclass
@@ -87,6 +91,25 @@ def _tdx_launch(q: TdxQuote, policy: AppraisalPolicy) -> TdxLaunch:
     return TdxLaunch(mrtd=b.mrtd, rtmrs=b.rtmrs, tee_tcb_svn=b.tee_tcb_svn, td_attributes=b.td_attributes)
 
 
+def _snp_measurements(r: SnpReport) -> dict[str, str]:
+    return {
+        "measurement": r.measurement.hex(),
+        "host_data": r.host_data.hex(),
+        "chip_id": r.chip_id.hex(),
+        "reported_tcb": f"{r.reported_tcb:016x}",
+        "policy": f"{r.policy:016x}",
+        "vmpl": str(r.vmpl),
+        "report_data": r.report_data.hex(),
+    }
+
+
+def _snp_launch(r: SnpReport, tcb: TcbVersion, policy: AppraisalPolicy) -> SnpLaunch:
+    if r.policy_debug and not policy.allow_debug:
+        raise VerifyFailure(Code.DEBUG_ENABLED, "SNP guest policy has DEBUG set")
+    return SnpLaunch(measurement=r.measurement, policy=r.policy, vmpl=r.vmpl,
+                     tcb={name: int(getattr(tcb, name)) for name in SNP_TCB_FIELDS})
+
+
 @dataclass(frozen=True)
 class _Authentic:
     """What authenticated evidence says: the bound report data, the config field, the launch."""
@@ -100,16 +123,23 @@ def _authenticate(
     st: _State, evidence: bytes, aux: bytes, collateral: Any, now: int, policy: AppraisalPolicy
 ) -> _Authentic:
     """Verify the evidence's signatures and debug flags; nothing about what it runs yet."""
+    if st.platform in SIMULATED_PLATFORMS and not policy.allow_simulated:
+        raise VerifyFailure(
+            Code.SIMULATED_NOT_ALLOWED, "simulated evidence is accepted only when explicitly allowed"
+        )
     if st.platform == "simulated":
-        if not policy.allow_simulated:
-            raise VerifyFailure(
-                Code.SIMULATED_NOT_ALLOWED, "simulated evidence is accepted only when explicitly allowed"
-            )
         q = verify_simulated_quote(evidence, policy.simulator_keys)
         st.assurance = "software-only"
         st.checks.append("simulator-signature")
         st.measurements = _tdx_measurements(q)
         return _Authentic(q.body.report_data, q.body.mrconfigid, _tdx_launch(q, policy))
+    if st.platform == SIMULATED_SNP_PLATFORM:
+        report = verify_simulated_report(evidence, aux, policy.simulator_keys)
+        st.assurance = "software-only"
+        st.checks.append("simulator-signature")
+        st.measurements = _snp_measurements(report)
+        launch = _snp_launch(report, TcbVersion.decode(report.reported_tcb), policy)
+        return _Authentic(report.report_data, report.host_data, launch)
     if st.platform == "tdx":
         tdx = verify_tdx_quote(evidence, collateral, now, policy)
         st.assurance = "hardware"
@@ -126,25 +156,12 @@ def _authenticate(
     r = snp.report
     st.assurance = "hardware"
     st.checks += ["vcek-signature", "amd-chain", "tcb-extensions"]
-    st.measurements = {
-        "measurement": r.measurement.hex(),
-        "host_data": r.host_data.hex(),
-        "chip_id": r.chip_id.hex(),
-        "reported_tcb": f"{r.reported_tcb:016x}",
-        "policy": f"{r.policy:016x}",
-        "vmpl": str(r.vmpl),
-        "report_data": r.report_data.hex(),
-        "product": snp.product,
-        "signing_key": snp.signing_key,
-    }
-    if r.policy_debug and not policy.allow_debug:
-        raise VerifyFailure(Code.DEBUG_ENABLED, "SNP guest policy has DEBUG set")
+    st.measurements = {**_snp_measurements(r), "product": snp.product, "signing_key": snp.signing_key}
+    launch = _snp_launch(r, snp.tcb, policy)
     report_data = r.report_data
     if ev.runtime_data is not None:
         report_data = azure_report_data(r, ev.runtime_data)
         st.checks.append("azure-runtime-data")
-    tcb = {name: int(getattr(snp.tcb, name)) for name in SNP_TCB_FIELDS}
-    launch = SnpLaunch(measurement=r.measurement, policy=r.policy, tcb=tcb, vmpl=r.vmpl)
     return _Authentic(report_data, r.host_data, launch)
 
 

@@ -28,7 +28,7 @@ def check_initdata(initdata: bytes, platform: str, measured: bytes) -> initdata_
     except initdata_mod.InitdataError as exc:
         raise VerifyFailure(Code.INITDATA_MISMATCH, f"initdata is unusable: {exc}") from exc
     if not hmac.compare_digest(expected, measured):
-        field = "HOST_DATA" if platform == "snp" else "MRCONFIGID"
+        field = "HOST_DATA" if platform in ("snp", "simulated-snp") else "MRCONFIGID"
         raise VerifyFailure(
             Code.INITDATA_MISMATCH,
             f"{field} {measured.hex()} is not the {platform} digest of the initdata ({expected.hex()})",

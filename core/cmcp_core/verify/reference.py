@@ -35,6 +35,8 @@ class TdxReference:
 
 @dataclass(frozen=True)
 class SnpReference:
+    """A Kata SEV-SNP guest (and the simulated SNP guest, which speaks the same report layout)."""
+
     measurement: bytes
     policy: int  # exact guest policy (debug, SMT, migration agent, ABI) as released
     min_tcb: Mapping[str, int] = field(default_factory=dict)  # SNP_TCB_FIELDS -> minimum SVN
@@ -50,11 +52,13 @@ class ReleaseReference:
     launch_policy_rules: str  # sha256:... of the launch policy's fixed rules (data differs per pod)
     tdx: TdxReference | None = None
     snp: SnpReference | None = None
-    simulated: TdxReference | None = None
+    simulated: TdxReference | None = None  # the simulated TDX guest (evidence platform ``simulated``)
     signer: str = ""  # the key id that signed the manifest
+    simulated_snp: SnpReference | None = None  # the simulated SNP guest (``simulated-snp``)
 
     def for_platform(self, platform: str) -> TdxReference | SnpReference | None:
-        return {"tdx": self.tdx, "snp": self.snp, "simulated": self.simulated}.get(platform)
+        return {"tdx": self.tdx, "snp": self.snp, "simulated": self.simulated,
+                "simulated-snp": self.simulated_snp}.get(platform)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from cmcp_core.errors import Code
 from cmcp_core.evidence import EvidenceError
+from cmcp_core.evidence.simulated_snp import is_simulated_report
 from cmcp_core.evidence.snp import SIGNING_KEY_VCEK, SIGNING_KEY_VLEK, SnpReport, TcbVersion, parse_report
+from cmcp_core.verify.certchain import signature_algorithms
 from cmcp_core.verify.verdict import AppraisalPolicy, VerifyFailure
 
 PRODUCTS = ("milan", "genoa", "turin")
@@ -110,49 +112,12 @@ def _cn(cert: x509.Certificate) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
-def _tlv(buf: bytes, pos: int) -> tuple[int, int]:
-    """Return (start of value, end of element) of the DER element at ``pos``."""
-    if pos + 2 > len(buf):
-        raise ValueError("DER element truncated")
-    first = buf[pos + 1]
-    if first < 0x80:
-        start, length = pos + 2, first
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4 or pos + 2 + n > len(buf):
-            raise ValueError("bad DER length")
-        start, length = pos + 2 + n, int.from_bytes(buf[pos + 2 : pos + 2 + n], "big")
-    if start + length > len(buf):
-        raise ValueError("DER element overruns its container")
-    return start, start + length
-
-
-def _signature_algorithms(cert: x509.Certificate) -> tuple[bytes, bytes]:
-    """The outer and the signed (inner, in TBS) AlgorithmIdentifier, as DER.
-
-    Also refuses a signature BIT STRING with unused bits: cryptography ignores that count,
-    so it would be one more unsigned byte an attacker could change.
-    """
-    der = cert.public_bytes(Encoding.DER)
-    body, _ = _tlv(der, 0)
-    tbs_body, tbs_end = _tlv(der, body)
-    _, outer_end = _tlv(der, tbs_end)
-    bits_body, bits_end = _tlv(der, outer_end)
-    if der[outer_end] != 0x03 or bits_end != len(der) or bits_body >= bits_end or der[bits_body] != 0:
-        raise ValueError("signature is not a whole-byte BIT STRING ending the certificate")
-    pos = tbs_body
-    if der[pos] == 0xA0:  # explicit version
-        pos = _tlv(der, pos)[1]
-    pos = _tlv(der, pos)[1]  # serial number
-    return der[tbs_end:outer_end], der[pos : _tlv(der, pos)[1]]
-
-
 def _verify_pss(issuer: x509.Certificate, cert: x509.Certificate, what: str) -> None:
     if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
         raise VerifyFailure(Code.EVIDENCE_CHAIN_INVALID, f"{what} is not signed with RSASSA-PSS")
     # The outer AlgorithmIdentifier is not covered by the signature: it must equal the signed
     # one (and name SHA-384), so no unsigned byte of a certificate can be altered unnoticed.
-    outer, inner = _signature_algorithms(cert)
+    outer, inner = signature_algorithms(cert)
     if outer != inner or not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
         raise VerifyFailure(Code.EVIDENCE_CHAIN_INVALID, f"{what} signature algorithm is not PSS/SHA-384")
     key = issuer.public_key()
@@ -225,6 +190,8 @@ def _pick_chain(certs: list[x509.Certificate]) -> _Chain:
 def verify_snp_report(raw: bytes, chain_blob: bytes, now: int, policy: AppraisalPolicy) -> SnpAppraisal:
     """Verify the report signature and chain to the pinned ARK; check TCB and chip id."""
     report = parse_report(raw)
+    if is_simulated_report(report):
+        raise EvidenceError(Code.EVIDENCE_UNSUPPORTED, "report is from the cMCP simulator, not an AMD VCEK")
     try:
         return _verify_snp(report, chain_blob, now, policy)
     except (ValueError, TypeError, IndexError) as exc:  # lazily parsed certificate fields

@@ -38,7 +38,7 @@ class AppraisalPolicy:
     rejected_advisories: frozenset[str] = frozenset()
     allow_simulated: bool = False
     allow_debug: bool = False
-    accepted_platforms: frozenset[str] = frozenset({"tdx", "snp", "simulated"})
+    accepted_platforms: frozenset[str] = frozenset({"tdx", "snp", "simulated", "simulated-snp"})
     releases: tuple[ReleaseReference, ...] = ()
     collateral_dir: str | None = None
     pccs_url: str | None = None

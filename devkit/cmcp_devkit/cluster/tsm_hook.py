@@ -18,11 +18,13 @@ spec, see ``containerd.py``) does the host's half, once per container:
 removes the registration. Nothing else reaches the container: no file, no variable.
 
 Why kernel parameters: the host, not the guest, picks how the guest boots, and the attestation's
-answer to a host that boots another guest is the boot measurements (RTMR0-2) the release pins. The
+answer to a host that boots another guest is the boot measurements (RTMR0-2, SNP MEASUREMENT) the
+release pins. The
 smallest host-side knob a Kata host really has is ``io.katacontainers.config.hypervisor.kernel_params``
 (extra guest kernel parameters, appended by the runtime to the command line); the firmware measures
-the command line into RTMR2, so the stand-in extends RTMR2 with what this hook registers. A pod
-without the annotation boots the genuine guest, whose RTMRs the dev release pins.
+the command line into RTMR2 (TDX), and an SNP launch digest covers its hash, so the stand-in extends
+RTMR2 or changes MEASUREMENT with what this hook registers. A pod without the annotation boots the
+genuine guest, whose RTMRs / MEASUREMENT the dev release pins.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ MS_BIND = 4096
 # Where a guest's configfs lives: the stand-in's per-container tree holds config/tsm/report/.
 GUEST_SYSFS_KERNEL = "sys/kernel"
 PLATFORMS = ("tdx", "snp")
-SERVED_PLATFORMS = ("tdx",)  # the stand-in answers TDX only (an SNP enclave finds no TSM: fails closed)
+SERVED_PLATFORMS = ("tdx", "snp")  # the platforms the stand-in answers configfs-tsm for
 
 
 class HookRefusal(Exception):

@@ -1,15 +1,16 @@
 """The confidential-node stand-in: configfs-tsm for each kata container, served over FUSE.
 
-Why FUSE, and why here: on a TDX node the guest kernel answers configfs-tsm
-(``/sys/kernel/config/tsm/report``: ``mkdir`` an entry, write ``inblob``, read ``outblob``)
-synchronously, with a quote whose MRCONFIGID the hypervisor measured from the pod's initdata.
-A file system answers the same way — the quote is made while the enclave reads ``outblob`` — so
-the enclave image runs its production ``--tee tdx`` provider unchanged, and the only simulated
-things left are the device and its signer (quotes carry the simulator's markers, so a verifier
-accepts them only with ``allow_simulated``, as ``software-only``). A directory watched by a
-thread (the unit tests' emulator) would race the reader instead. The binding is ``mfusepy``
-(ctypes over the system's libfuse3: no compiler, maintained; ``pyfuse3`` needs libfuse3 headers
-and Cython at install).
+Why FUSE, and why here: on a TDX or SEV-SNP node the guest kernel answers configfs-tsm
+(``/sys/kernel/config/tsm/report``: ``mkdir`` an entry, write ``inblob``, read ``outblob``, and
+on SNP ``auxblob``, the certificate table) synchronously, with a quote whose MRCONFIGID (TDX) or a
+report whose HOST_DATA (SNP) the hypervisor measured from the pod's initdata. A file system
+answers the same way — the evidence is made when the enclave writes ``inblob`` — so the enclave
+image runs its production ``--tee tdx`` / ``--tee snp`` provider unchanged, and the only
+simulated things left are the device and its signer (quotes and reports carry the simulator's
+markers, so a verifier accepts them only with ``allow_simulated``, as ``software-only``). A
+directory watched by a thread (the unit tests' emulator) would race the reader instead. The
+binding is ``mfusepy`` (ctypes over the system's libfuse3: no compiler, maintained; ``pyfuse3``
+needs libfuse3 headers and Cython at install).
 
 Layout under the mount point (one per node, started with it): ``/<container id>/config/tsm/report/``
 for each container the OCI hook (:mod:`.tsm_hook`) registered; the hook bind-mounts
@@ -17,15 +18,17 @@ for each container the OCI hook (:mod:`.tsm_hook`) registered; the hook bind-mou
 tree. What is measured is the initdata the hook decoded from the pod's annotation — never a file
 the container holds (:meth:`TsmStandin.measured_initdata` is the one place that decides it).
 
-The guest's boot measurements are the genuine simulated guest's (``SIMULATED_MRTD``/``SIMULATED_RTMRS``,
-what the dev release pins) unless the host booted it differently: kernel parameters the host added
-(the hook registers Kata's ``kernel_params`` annotation) extend RTMR2, as the firmware measures the
-kernel command line into RTMR2 (:func:`guest_rtmrs`). That is how a test plays a host that boots
-another guest, which only the release's reference values refuse.
+A registration's platform picks the device: ``tdx`` (provider ``tdx_guest``, a simulated TDX v4
+quote) or ``snp`` (provider ``sev_guest``, a simulated SNP report with HOST_DATA = the initdata's
+SNP digest, and ``auxblob`` = the simulator's certificate table).
 
-Only TDX is served: a ``snp`` registration gets no tree (``ENOENT``), so an enclave started with
-``--tee snp`` fails closed (TEE_PROVIDER_FAILED) until a simulated SNP report path exists in
-``cmcp_core``.
+The guest's boot measurements are the genuine simulated guest's (``SIMULATED_MRTD``/``SIMULATED_RTMRS``,
+``SIMULATED_SNP_MEASUREMENT``: what the dev release pins) unless the host booted it differently:
+kernel parameters the host added (the hook registers Kata's ``kernel_params`` annotation) extend
+RTMR2, as the firmware measures the kernel command line into RTMR2 (:func:`guest_rtmrs`), and on
+SNP change the launch MEASUREMENT, which covers the command line's hash with measured direct boot
+(:func:`guest_snp_measurement`). That is how a test plays a host that boots another guest, which
+only the release's reference values refuse.
 """
 
 from __future__ import annotations
@@ -46,14 +49,16 @@ import mfusepy as fuse
 
 from cmcp_core import initdata
 from cmcp_core.evidence.simulated import SIMULATED_RTMRS, SimulatedQuoteSigner
+from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_MEASUREMENT, SimulatedReportSigner
 
 from .tsm_hook import registration
 
 REPORT_DIR = ("config", "tsm", "report")
 FUSE_EXIT_SIGNALLED = "8"  # libfuse3's fuse_main after SIGTERM/SIGINT: a normal stop here
 REPORT_DATA_LEN = 64
-PROVIDER = {"tdx": b"tdx_guest\n"}
-ENTRY_FILES = ("inblob", "outblob", "provider", "generation")
+PROVIDER = {"tdx": b"tdx_guest\n", "snp": b"sev_guest\n"}
+ENTRY_FILES = {"tdx": ("inblob", "outblob", "provider", "generation"),
+               "snp": ("inblob", "outblob", "auxblob", "provider", "generation")}
 
 
 def guest_rtmrs(kernel_params: str) -> tuple[bytes, bytes, bytes, bytes]:
@@ -66,24 +71,37 @@ def guest_rtmrs(kernel_params: str) -> tuple[bytes, bytes, bytes, bytes]:
     return rtmr0, rtmr1, rtmr2, bytes(48)
 
 
+def guest_snp_measurement(kernel_params: str) -> bytes:
+    """The SNP launch MEASUREMENT of the guest the host booted: the genuine simulated guest's, or,
+    with kernel parameters added, SHA-384 of it and their SHA-384 (the launch digest covers the
+    command line's hash, so any change gives another digest); none added, the release's."""
+    if not kernel_params:
+        return SIMULATED_SNP_MEASUREMENT
+    added = hashlib.sha384(kernel_params.encode()).digest()
+    return hashlib.sha384(SIMULATED_SNP_MEASUREMENT + added).digest()
+
+
 @dataclass
 class _Entry:
     """One report request (a ``mkdir`` under ``report/``), as configfs-tsm keeps it."""
 
     inblob: bytes = b""
     outblob: bytes = b""
+    auxblob: bytes = b""
     generation: int = 0
     created: float = field(default_factory=time.time)
 
 
 class TsmStandin(fuse.Operations):  # type: ignore[misc]
-    """configfs-tsm answers for registered containers; quotes from one simulator key per node."""
+    """configfs-tsm answers for registered containers; one simulator key per node and platform."""
 
     use_ns = True
 
-    def __init__(self, registry: Path, signer: SimulatedQuoteSigner | None = None) -> None:
+    def __init__(self, registry: Path, signer: SimulatedQuoteSigner | None = None,
+                 snp_signer: SimulatedReportSigner | None = None) -> None:
         self.registry = registry
         self.signer = signer or SimulatedQuoteSigner()
+        self.snp_signer = snp_signer or SimulatedReportSigner()
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._lock = threading.Lock()
 
@@ -104,6 +122,13 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
             raise fuse.FuseOSError(errno.ENOENT)
         return guest_rtmrs(found.kernel_params)
 
+    def measured_snp(self, container_id: str) -> bytes:
+        """The SNP launch MEASUREMENT of the guest the host launched for this container."""
+        found = registration(self.registry, container_id)
+        if found is None:
+            raise fuse.FuseOSError(errno.ENOENT)
+        return guest_snp_measurement(found.kernel_params)
+
     def quote(self, container_id: str, caller_pid: int, report_data: bytes) -> bytes:
         raw = self.measured_initdata(container_id, caller_pid)
         try:
@@ -113,17 +138,36 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
         return self.signer.quote(report_data.ljust(REPORT_DATA_LEN, b"\x00"), mrconfigid,
                                  rtmrs=self.measured_rtmrs(container_id))
 
+    def snp_report(self, container_id: str, caller_pid: int, report_data: bytes) -> bytes:
+        """A simulated SNP report: HOST_DATA the SNP digest of the measured initdata."""
+        raw = self.measured_initdata(container_id, caller_pid)
+        try:
+            host_data = initdata.snp_host_data(raw)
+        except initdata.InitdataError as exc:
+            raise fuse.FuseOSError(errno.EIO) from exc
+        return self.snp_signer.report(report_data.ljust(REPORT_DATA_LEN, b"\x00"), host_data,
+                                      measurement=self.measured_snp(container_id))
+
+    def evidence(self, container_id: str, caller_pid: int, report_data: bytes) -> tuple[bytes, bytes]:
+        """(outblob, auxblob) for the registration's platform."""
+        if self._platform(container_id) == "snp":
+            return self.snp_report(container_id, caller_pid, report_data), self.snp_signer.cert_table
+        return self.quote(container_id, caller_pid, report_data), b""
+
+    def _platform(self, container_id: str) -> str:
+        found = registration(self.registry, container_id)
+        if found is None or found.platform not in PROVIDER:
+            raise fuse.FuseOSError(errno.ENOENT)
+        return found.platform
+
     # ------------------------------------------------------------ path handling
     def _split(self, path: str) -> tuple[str, tuple[str, ...]]:
         """(container id, the rest) for a path under the mount; ENOENT for unknown containers."""
         parts = tuple(p for p in path.split("/") if p)
         if not parts:
             return "", ()
-        cid, rest = parts[0], parts[1:]
-        found = registration(self.registry, cid)
-        if found is None or found.platform not in PROVIDER:
-            raise fuse.FuseOSError(errno.ENOENT)
-        return cid, rest
+        self._platform(parts[0])
+        return parts[0], parts[1:]
 
     def _entry(self, cid: str, rest: tuple[str, ...]) -> tuple[_Entry, str | None] | None:
         """The report entry a path names (and the file in it), or None for the directories above."""
@@ -133,7 +177,8 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
                 return None
             raise fuse.FuseOSError(errno.ENOENT)
         entry = self._entries.get((cid, rest[n]))
-        if entry is None or len(rest) > n + 2 or (len(rest) == n + 2 and rest[n + 1] not in ENTRY_FILES):
+        files = ENTRY_FILES[self._platform(cid)]
+        if entry is None or len(rest) > n + 2 or (len(rest) == n + 2 and rest[n + 1] not in files):
             raise fuse.FuseOSError(errno.ENOENT)
         return entry, rest[n + 1] if len(rest) == n + 2 else None
 
@@ -147,9 +192,11 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
         if name == "inblob":
             return entry.inblob
         if name == "provider":
-            return PROVIDER["tdx"]
+            return PROVIDER[self._platform(cid)]
         if name == "generation":
             return f"{entry.generation}\n".encode()
+        if name == "auxblob":
+            return entry.auxblob
         return entry.outblob
 
     # ------------------------------------------------------------ FUSE operations
@@ -183,7 +230,7 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
                 return [".", "..", REPORT_DIR[len(rest)]]
             if found[1] is not None:
                 raise fuse.FuseOSError(errno.ENOTDIR)
-        return [".", "..", *ENTRY_FILES]
+        return [".", "..", *ENTRY_FILES[self._platform(cid)]]
 
     def mkdir(self, path: str, mode: int) -> int:
         cid, rest = self._split(path)
@@ -218,8 +265,9 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        """``inblob`` only, at most 64 bytes; the quote is made now, so ``outblob``'s size is
-        right when the reader stats it (a FUSE read stops at the size the kernel was told)."""
+        """``inblob`` only, at most 64 bytes; the evidence is made now, so ``outblob``'s (and
+        ``auxblob``'s) size is right when the reader stats it (a FUSE read stops at the size the
+        kernel was told)."""
         cid, rest = self._split(path)
         caller_pid = fuse.fuse_get_context()[2]
         with self._lock:
@@ -231,7 +279,7 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
             if len(blob) > REPORT_DATA_LEN:
                 raise fuse.FuseOSError(errno.EINVAL)
             entry.inblob = blob
-            entry.outblob = self.quote(cid, caller_pid, blob)
+            entry.outblob, entry.auxblob = self.evidence(cid, caller_pid, blob)
             entry.generation += 1
         return len(data)
 

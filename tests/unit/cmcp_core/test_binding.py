@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from cmcp_core.binding import Binding, check_nonce
+from cmcp_core.binding import GPU_NONCE_DOMAIN, Binding, check_nonce, gpu_nonce
 from cmcp_core.digest import b64url, b64url_decode, jcs, json_digest
 
 
@@ -53,3 +53,19 @@ def test_nonce_size_is_bounded() -> None:
     for bad in (b"", b"\x00" * 15, b"\x00" * 65):
         with pytest.raises(ValueError):
             check_nonce(bad)
+
+
+def test_the_gpu_nonce_is_a_domain_separated_hash_of_the_cpu_report_data() -> None:
+    report_data = Binding(bytes(32), "sha256:b", "sha256:c", "enforce", b"n" * 16).report_data()
+    nonce = gpu_nonce(report_data)
+    assert len(nonce) == 32
+    assert nonce == hashlib.sha256(GPU_NONCE_DOMAIN + b"\x00" + report_data).digest()
+    assert nonce != hashlib.sha256(report_data).digest() and nonce not in report_data
+    assert gpu_nonce(bytes(64)) != gpu_nonce(b"\x01" + bytes(63))
+    assert Binding(bytes(32), "sha256:b", "sha256:c", "enforce", b"n" * 16).gpu_nonce() == nonce
+
+
+def test_the_gpu_nonce_needs_a_whole_report_data() -> None:
+    for size in (0, 32, 63, 65):
+        with pytest.raises(ValueError):
+            gpu_nonce(bytes(size))

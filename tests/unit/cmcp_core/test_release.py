@@ -28,6 +28,7 @@ FULL = ReleaseReference(
                      min_tee_tcb_svn=bytes(range(16)), td_attributes=b"\x00\x00\x00\x10\x00\x00\x00\x00"),
     snp=SnpReference(measurement=b"\x05" * 48, policy=0x30000, min_tcb={"snp": 0x18, "microcode": 0xDB}),
     simulated=TdxReference(mrtd=b"\x06" * 48, rtmrs=(bytes(48),) * 3),
+    simulated_snp=SnpReference(measurement=b"\x07" * 48, policy=0x30000),
 )
 
 
@@ -84,6 +85,11 @@ def test_another_payload_type_is_refused_even_if_signed() -> None:
         (lambda p: p["platforms"]["snp"].update(policy=-1), "platforms.snp.policy"),
         (lambda p: p["platforms"]["snp"].update(vmpl=True), "platforms.snp.vmpl"),
         (lambda p: p["platforms"]["snp"]["minTcb"].update(fmc=1), "minTcb"),
+        (lambda p: p["platforms"]["simulated-snp"].update(measurement="07" * 32),
+         "platforms.simulated-snp.measurement"),
+        (lambda p: p["platforms"]["simulated-snp"].update(policy="0x30000"),
+         "platforms.simulated-snp.policy"),
+        (lambda p: p["platforms"].update(simulatedSnp={}), "platforms"),
     ],
 )
 def test_a_malformed_payload_names_its_field(edit: object, field: str) -> None:
@@ -92,6 +98,22 @@ def test_a_malformed_payload_names_its_field(edit: object, field: str) -> None:
     with pytest.raises(CmcpError) as err:
         release.from_payload(payload)
     assert err.value.code is Code.RELEASE_MANIFEST_INVALID and field in err.value.detail
+
+
+def test_a_manifest_from_before_simulated_snp_reads_as_before() -> None:
+    """Backward compatible: a payload without ``simulated-snp`` (every older manifest) loads,
+    with no simulated SNP guest admitted."""
+    older = dataclasses.replace(FULL, simulated_snp=None)
+    payload = release.to_payload(older)
+    assert set(payload["platforms"]) == {"tdx", "snp", "simulated"}
+    got = release.from_payload(payload)
+    assert got == older and got.for_platform("simulated-snp") is None
+
+
+def test_the_dev_release_admits_both_simulated_guests() -> None:
+    dev = dev_release()
+    assert dev.for_platform("simulated") is not None and dev.for_platform("simulated-snp") is not None
+    assert release.from_payload(release.to_payload(dev)) == dev
 
 
 def test_garbage_is_a_coded_error_not_a_crash() -> None:

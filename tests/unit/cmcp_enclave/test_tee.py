@@ -19,6 +19,7 @@ from cmcp_core import initdata
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.simulated import SIMULATED_QE_VENDOR_ID, SimulatedQuoteSigner
+from cmcp_core.evidence.simulated_snp import SimulatedReportSigner, is_simulated_report
 from cmcp_core.evidence.snp import parse_report
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_devkit.enclave import NO_TRAIL, render_initdata
@@ -43,11 +44,12 @@ class TsmEmulator:
     platform: str  # tdx | snp
     measured: bytes  # MRCONFIGID (48) or HOST_DATA (32)
     provider_name: str | None = None
-    simulator: bool = False  # TDX: sign with the simulator (its markers) instead of patching Intel's quote
+    simulator: bool = False  # sign with the simulator (its markers) instead of patching the vendor's evidence
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
         self.signer = SimulatedQuoteSigner()
+        self.snp_signer = SimulatedReportSigner()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _answer(self, entry: Path) -> None:
@@ -59,6 +61,8 @@ class TsmEmulator:
             quote[TDX_MRCONFIGID_AT:TDX_MRCONFIGID_AT + 48] = self.measured
             quote[TDX_REPORT_DATA_AT:TDX_REPORT_DATA_AT + 64] = inblob
             out, aux = bytes(quote), b""
+        elif self.simulator:
+            out, aux = self.snp_signer.report(inblob, self.measured), self.snp_signer.cert_table
         else:
             out = bytearray(SNP_REPORT)
             out[0x50:0x90] = inblob
@@ -141,6 +145,24 @@ def test_snp_over_configfs_tsm_checks_host_data(tsm: object, tmp_path: Path) -> 
     enc.decide(session_id=session, call_id="c", principal="a", method="tools/call", tool="web.search",
                arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
     assert enc.close(session).record["runtime"]["platform"] == "amd-sev-snp"
+
+
+def test_simulator_signed_snp_report_at_the_tsm_is_labelled_simulated_snp(tsm: object,
+                                                                         tmp_path: Path) -> None:
+    """An SNP node stand-in's reports are not passed on as ``snp`` (hardware) evidence either."""
+    data = render_initdata(EXAMPLES / "realistic")
+    emu = tsm("snp", initdata.snp_host_data(data), simulator=True)  # type: ignore[operator]
+    (tmp_path / "i.toml").write_bytes(data)
+    enc = start(bundle_dir=EXAMPLES / "realistic", initdata_path=tmp_path / "i.toml",
+                provider=ConfigfsTsmProvider("snp", str(emu.root)))
+    report, report_data = enc.attest(os.urandom(32))
+    assert enc.startup_report.platform == report.platform == "simulated-snp"
+    assert is_simulated_report(parse_report(report.evidence)) and report.report_data == report_data
+    assert report.aux == emu.snp_signer.cert_table
+    session = enc.open_session("a", trail=NO_TRAIL)
+    enc.decide(session_id=session, call_id="c", principal="a", method="tools/call", tool="web.search",
+               arguments_json=b"{}", arguments_digest=json_digest({}), audience="urn:cmcp:test-upstream")
+    assert enc.close(session).record["runtime"]["platform"] == "software-only"
 
 
 def test_snp_host_data_mismatch_refuses(tsm: object, tmp_path: Path) -> None:

@@ -121,7 +121,9 @@ def test_previous_revision_accepted_only_when_listed() -> None:
     ("tdx", False, ("tdx",)),
     ("tdx", True, ("tdx", "simulated")),  # a stand-in TDX node's quotes, or --simulate-tee
     ("snp", False, ("snp",)),
+    ("snp", True, ("snp", "simulated", "simulated-snp")),  # and an SNP node stand-in's reports
     ("any", False, ("tdx", "snp", "coco-aa")),
+    ("any", True, ("tdx", "snp", "coco-aa", "simulated", "simulated-snp")),
     ("simulated", True, ("simulated",)),
     ("simulated", False, ()),  # a simulated route without --allow-simulated admits nothing
 ])

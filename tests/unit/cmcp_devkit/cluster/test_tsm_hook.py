@@ -64,24 +64,22 @@ def test_sandbox_and_containers_without_initdata_get_nothing(tmp_path: Path) -> 
     assert tsm_hook.registration(tmp_path, CID) is None
 
 
-def test_snp_is_registered_but_gets_no_tsm(tmp_path: Path) -> None:
-    state = _state(tmp_path, {initdata.ANNOTATION: initdata.encode_annotation(DATA)})
-    line = tsm_hook.create_container(state, platform="snp", mount=tmp_path / "mnt", registry=tmp_path)
-    assert "no snp stand-in" in line
-    assert tsm_hook.registration(tmp_path, CID) == tsm_hook.Registration("snp", DATA, "")
+def test_both_kata_platforms_are_served() -> None:
+    assert tsm_hook.SERVED_PLATFORMS == tsm_hook.PLATFORMS == ("tdx", "snp")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a bind mount needs root")
-def test_tdx_registers_the_decoded_bytes_and_binds_the_containers_tree(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("platform", ["tdx", "snp"])
+def test_the_hook_registers_the_decoded_bytes_and_binds_the_containers_tree(
+    platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mount = tmp_path / "mnt"
     (mount / CID / "config").mkdir(parents=True)
     state = _state(tmp_path, {initdata.ANNOTATION: initdata.encode_annotation(DATA)})
     target = tmp_path / "bundle" / "rootfs" / "sys" / "kernel"
     try:
-        assert _run(state, tmp_path, monkeypatch=monkeypatch) == 0
-        assert tsm_hook.registration(tmp_path, CID) == tsm_hook.Registration("tdx", DATA, "")
+        assert _run(state, tmp_path, platform=platform, monkeypatch=monkeypatch) == 0
+        assert tsm_hook.registration(tmp_path, CID) == tsm_hook.Registration(platform, DATA, "")
         assert sorted(os.listdir(target)) == ["config"]  # the container's /sys/kernel is its tree
     finally:
         ctypes.CDLL(None, use_errno=True).umount2(str(target).encode(), 2)
@@ -97,10 +95,15 @@ def test_a_container_id_cannot_name_another_path(cid: str, tmp_path: Path) -> No
         tsm_hook.register(tmp_path, cid, "tdx", DATA)
 
 
-def test_kernel_params_the_host_adds_are_registered_with_the_initdata(tmp_path: Path) -> None:
+def test_kernel_params_the_host_adds_are_registered_with_the_initdata(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The host's knob for booting another guest (Kata's annotation); the stand-in measures it."""
     state = _state(tmp_path, {initdata.ANNOTATION: initdata.encode_annotation(DATA),
                               tsm_hook.KERNEL_PARAMS_ANNOTATION: "init=/bin/sh"})
-    tsm_hook.create_container(state, platform="snp", mount=tmp_path / "mnt", registry=tmp_path)
+    bound: list[tuple[Path, Path]] = []  # the mount itself is the root-only test's above
+    monkeypatch.setattr(tsm_hook, "_bind", lambda source, target: bound.append((source, target)))
+    line = tsm_hook.create_container(state, platform="snp", mount=tmp_path / "mnt", registry=tmp_path)
+    assert "kernel params added 'init=/bin/sh'" in line
+    assert bound == [(tmp_path / "mnt" / CID, tmp_path / "bundle" / "rootfs" / "sys" / "kernel")]
     assert tsm_hook.registration(tmp_path, CID) == tsm_hook.Registration("snp", DATA, "init=/bin/sh")
 

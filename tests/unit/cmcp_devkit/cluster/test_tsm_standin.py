@@ -1,5 +1,5 @@
 """The confidential-node stand-in, mounted for real (FUSE) without a cluster: the enclave's
-production ``tdx`` provider and start-up check run against it, and an attacker who hands the
+production ``tdx`` and ``snp`` providers and start-up check run against it, and an attacker who hands the
 enclave other initdata than the registered (annotation) one is refused. A weakened stand-in that
 measures the container's own file instead shows the test would catch that hole."""
 
@@ -21,11 +21,17 @@ import pytest
 from cmcp_core import initdata
 from cmcp_core.errors import Code
 from cmcp_core.evidence.simulated import SIMULATED_QE_VENDOR_ID, SIMULATED_RTMRS
+from cmcp_core.evidence.simulated_snp import (
+    SIMULATED_SNP_MEASUREMENT,
+    is_simulated_report,
+    verify_simulated_report,
+)
+from cmcp_core.evidence.snp import parse_report
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_core.verify.appraise import appraise_response
 from cmcp_devkit.cluster.tsm_hook import register
-from cmcp_devkit.cluster.tsm_standin import guest_rtmrs
+from cmcp_devkit.cluster.tsm_standin import guest_rtmrs, guest_snp_measurement
 from cmcp_devkit.enclave import render_initdata
 from cmcp_devkit.release import dev_appraisal
 from cmcp_enclave.server import attest_response
@@ -106,29 +112,54 @@ def test_enclave_starts_on_the_annotations_initdata_and_attests_software_only(
     assert list(_report_dir(mount).iterdir()) == []  # each report's entry was removed after use
 
 
-def test_initdata_other_than_the_annotation_is_refused_at_start(standin: Callable[..., Path],
+def test_snp_enclave_starts_on_the_annotations_initdata_and_attests_software_only(
+    standin: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The production ``snp`` provider: a simulated SNP report with HOST_DATA of the registered
+    initdata and the simulator's certificate table as ``auxblob``, labelled ``simulated-snp``."""
+    data = render_initdata(BUNDLE)
+    mount = standin()
+    register(tmp_path / "registry", CID, "snp", data)
+    enc = start(bundle_dir=BUNDLE, initdata_path=_annotation_file(tmp_path, data), initdata_annotation=True,
+                provider=ConfigfsTsmProvider("snp", str(_report_dir(mount))))
+    nonce = os.urandom(32)
+    report, report_data = enc.attest(nonce)
+    parsed = verify_simulated_report(report.evidence, report.aux)
+    assert report.platform == "simulated-snp" and is_simulated_report(parsed)
+    assert parsed.host_data == initdata.snp_host_data(data) and parsed.report_data == report_data
+    assert parsed.measurement == SIMULATED_SNP_MEASUREMENT
+    response = attest_response(enc, nonce)
+    verdict = appraise_response(response, nonce, dev_appraisal(), expected_initdata=data)
+    assert verdict.ok and verdict.assurance == "software-only", verdict.message
+    strict = appraise_response(response, nonce, AppraisalPolicy(releases=dev_appraisal().releases))
+    assert not strict.ok and strict.code == Code.SIMULATED_NOT_ALLOWED.value
+
+
+@pytest.mark.parametrize("platform", ["tdx", "snp"])
+def test_initdata_other_than_the_annotation_is_refused_at_start(platform: str, standin: Callable[..., Path],
                                                                 tmp_path: Path) -> None:
     """The attacker: the pod's annotation (what the hook registered) says one thing, the file
     the enclave is handed says another."""
     measured, handed = render_initdata(BUNDLE), render_initdata(BUNDLE, audience="urn:attacker")
     mount = standin()
-    register(tmp_path / "registry", CID, "tdx", measured)
+    register(tmp_path / "registry", CID, platform, measured)
     with pytest.raises(StartupError) as err:
         start(bundle_dir=BUNDLE, initdata_path=_annotation_file(tmp_path, handed), initdata_annotation=True,
-              provider=ConfigfsTsmProvider("tdx", str(_report_dir(mount))))
+              provider=ConfigfsTsmProvider(platform, str(_report_dir(mount))))
     assert err.value.code == Code.INITDATA_MISMATCH
 
 
+@pytest.mark.parametrize("platform", ["tdx", "snp"])
 def test_a_stand_in_that_measures_the_handed_file_would_let_the_attacker_in(
-    standin: Callable[..., Path], tmp_path: Path
+    platform: str, standin: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Weakened component: the same attack starts an enclave, so the test above catches the hole."""
     measured, handed = render_initdata(BUNDLE), render_initdata(BUNDLE, audience="urn:attacker")
     handed_file = _annotation_file(tmp_path, handed)
     mount = standin("tests.helpers.weakened_tsm_standin", "--handed-file", str(handed_file))
-    register(tmp_path / "registry", CID, "tdx", measured)
+    register(tmp_path / "registry", CID, platform, measured)
     enc = start(bundle_dir=BUNDLE, initdata_path=handed_file, initdata_annotation=True,
-                provider=ConfigfsTsmProvider("tdx", str(_report_dir(mount))))
+                provider=ConfigfsTsmProvider(platform, str(_report_dir(mount))))
     assert enc.entry.audience == "urn:attacker"
 
 
@@ -157,14 +188,39 @@ def test_a_guest_booted_with_extra_kernel_params_is_refused_by_the_releases_rtmr
     assert verdicts[""].ok, verdicts[""].message
 
 
+def test_an_snp_guest_booted_with_extra_kernel_params_is_refused_by_the_releases_measurement(
+    standin: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SNP's launch digest covers the kernel command line: the host's added parameters give
+    another MEASUREMENT, which only the release refuses; the genuine guest is accepted."""
+    data = render_initdata(BUNDLE)
+    mount = standin()
+    verdicts = {}
+    for cid, params in ((CID, "init=/bin/sh"), ("5a" * 32, "")):
+        register(tmp_path / "registry", cid, "snp", data, params)
+        provider = ConfigfsTsmProvider("snp", str(_report_dir(mount, cid)))
+        enc = start(bundle_dir=BUNDLE, initdata_path=_annotation_file(tmp_path, data),
+                    initdata_annotation=True, provider=provider)
+        nonce = os.urandom(32)
+        response = attest_response(enc, nonce)
+        assert parse_report(response.evidence).measurement == guest_snp_measurement(params)
+        verdicts[params] = appraise_response(response, nonce, dev_appraisal(), expected_initdata=data)
+    assert guest_snp_measurement("") == SIMULATED_SNP_MEASUREMENT  # the genuine guest is the release's
+    forged = verdicts["init=/bin/sh"]
+    assert not forged.ok and forged.code == Code.REFERENCE_VALUE_MISMATCH.value
+    assert "MEASUREMENT" in forged.message, forged.message
+    assert verdicts[""].ok, verdicts[""].message
+
+
 def test_a_container_reaches_only_a_registered_tree(standin: Callable[..., Path], tmp_path: Path) -> None:
     mount = standin()
     register(tmp_path / "registry", CID, "tdx", render_initdata(BUNDLE))
     register(tmp_path / "registry", "5a" * 32, "snp", render_initdata(BUNDLE))
+    register(tmp_path / "registry", "6b" * 32, "sgx", render_initdata(BUNDLE))
     assert os.listdir(mount) == []  # containers are not listed
     assert not (mount / "unregistered").exists()
-    assert not (mount / ("5a" * 32)).exists()  # no SNP stand-in: an SNP enclave finds no TSM
-    assert sorted(os.listdir(mount / CID)) == ["config"]
+    assert not (mount / ("6b" * 32)).exists()  # a platform the stand-in does not serve: no TSM
+    assert sorted(os.listdir(mount / CID)) == sorted(os.listdir(mount / ("5a" * 32))) == ["config"]
 
 
 def test_configfs_rules_for_entries(standin: Callable[..., Path], tmp_path: Path) -> None:
@@ -189,3 +245,17 @@ def test_configfs_rules_for_entries(standin: Callable[..., Path], tmp_path: Path
     with contextlib.suppress(FileNotFoundError):
         (tmp_path / "registry" / CID).unlink()
     assert not (mount / CID).exists()  # unregistered (poststop): the tree is gone
+
+
+def test_configfs_rules_for_snp_entries(standin: Callable[..., Path], tmp_path: Path) -> None:
+    mount = standin()
+    register(tmp_path / "registry", CID, "snp", render_initdata(BUNDLE))
+    entry = _report_dir(mount) / "e1"
+    entry.mkdir()
+    assert sorted(os.listdir(entry)) == ["auxblob", "generation", "inblob", "outblob", "provider"]
+    assert (entry / "provider").read_text() == "sev_guest\n"
+    assert (entry / "outblob").read_bytes() == (entry / "auxblob").read_bytes() == b""  # none before inblob
+    (entry / "inblob").write_bytes(b"\x02" * 64)
+    report = verify_simulated_report((entry / "outblob").read_bytes(), (entry / "auxblob").read_bytes())
+    assert report.report_data == b"\x02" * 64
+    entry.rmdir()
