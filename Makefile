@@ -16,7 +16,7 @@ demo: setup
 demo-cluster: k8s-binaries
 	@$(VENV)/python -m cmcp_devkit.cluster up --real-node || exit 1; \
 	trap '$(VENV)/python -m cmcp_devkit.cluster down' EXIT; trap 'exit 130' INT TERM; \
-	values="$$($(VENV)/python -m cmcp_devkit.cluster import-images)" || exit 1; \
+	values="$$($(VENV)/python -m cmcp_devkit.cluster.real_node_values)" || exit 1; \
 	tools="$$($(VENV)/python -m cmcp_devkit.cluster.binaries)"; \
 	$(VENV)/cmcpctl demo --cluster --out demo-cluster-out --values "$$values" \
 	  --kubeconfig "$$($(VENV)/python -m cmcp_devkit.cluster kubeconfig)" \

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from cmcp_devkit.ports import free_port
 
@@ -731,8 +730,7 @@ def _clean_real_node() -> None:
         print(f"removed what a real node left on the host: {len(found)} items", file=sys.stderr)
 
 
-USAGE = ("usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image ARCHIVE"
-         "|import-images [VALUES]")
+USAGE = "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image ARCHIVE"
 HELP = f"""{USAGE}
 
   up               the control plane and one registered-only node (plain-node-1: a Node object with no
@@ -744,9 +742,10 @@ HELP = f"""{USAGE}
   kubeconfig       print the running cluster's kubeconfig path
   status           up or down, and the nodes with their TDX/SNP labels (the default command)
   import-image A   import an OCI/docker image archive into the real node's containerd
-  import-images [VALUES]  build (or find cached) every image of this checkout, import them into the
-                   real node and write Helm values running the chart there by digest (printed;
-                   default ~/.cache/cmcp-e2e/run/real-node-values.yaml): `make demo-cluster` uses it
+
+  python -m cmcp_devkit.cluster.real_node_values [VALUES] builds (or finds cached) every image of
+  this checkout, imports them into the running real node and writes Helm values running the chart
+  there by digest (make demo-cluster uses it).
 """
 
 
@@ -761,31 +760,6 @@ def cmd_import_image(archive: Path) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"imported {archive} into the real node's containerd", file=sys.stderr)
-    return 0
-
-
-def cmd_import_images(values_out: Path | None = None) -> int:
-    """Every image of this checkout into the running real node, and the chart values naming them."""
-    # imported here: only this command builds images, the others stay light
-    from cmcp_devkit import images
-
-    from .real_node_values import chart_values
-
-    if owner_pid() is None:
-        print("no real node runs here (python -m cmcp_devkit.cluster up --real-node)", file=sys.stderr)
-        return 1
-    try:
-        built = images.ensure_cluster_images()
-        ctr = Ctr(NodePaths().socket)
-        for image in built.values():
-            ctr.import_archive(Path(image.archive))
-    except (images.ImagesError, CtrError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    out = values_out or RUN_DIR / "real-node-values.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(chart_values(built)))
-    print(out)
     return 0
 
 
@@ -824,8 +798,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cmd == "import-image" and len(args) == 2:
         return cmd_import_image(Path(args[1]))
-    if cmd == "import-images" and len(args) <= 2:
-        return cmd_import_images(Path(args[1]) if len(args) == 2 else None)
     print(USAGE, file=sys.stderr)
     return 2
 

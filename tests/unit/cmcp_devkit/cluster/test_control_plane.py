@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cmcp_devkit.cluster import control_plane
 from cmcp_devkit.cluster.control_plane import (
@@ -241,32 +240,3 @@ def test_import_image_needs_a_running_real_node_and_reports_ctr_errors(
     assert main(["import-image", "/x.tar"]) == 1
     assert "no such file" in capsys.readouterr().err
 
-
-def test_import_images_needs_a_real_node_then_imports_every_image_and_writes_the_values(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from cmcp_devkit import images
-
-    monkeypatch.setattr(control_plane, "owner_pid", lambda: None)
-    assert main(["import-images"]) == 1
-    assert "no real node runs here" in capsys.readouterr().err
-
-    built = {n: images.Built(n, f"localhost/cmcp-{n}:0.1.0", "sha256:" + "ab" * 32, 1, f"/a/{n}.tar")
-             for n in ("operator", "gateway", "enclave", "test-http-echo")}
-    imported: list[Path] = []
-    monkeypatch.setattr(control_plane, "owner_pid", lambda: 4242)
-    monkeypatch.setattr(images, "ensure_cluster_images", lambda: built)
-    monkeypatch.setattr(control_plane.Ctr, "import_archive", lambda self, a: imported.append(a) or [])
-    out = tmp_path / "values.yaml"
-    assert main(["import-images", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == str(out)
-    assert imported == [Path(b.archive) for b in built.values()]
-    values = yaml.safe_load(out.read_text())
-    assert values["enclave"]["image"]["digest"] == "sha256:" + "ab" * 32
-
-    def broken() -> dict[str, images.Built]:
-        raise images.ImagesError("buildah is missing")
-
-    monkeypatch.setattr(images, "ensure_cluster_images", broken)
-    assert main(["import-images", str(out)]) == 1
-    assert "buildah is missing" in capsys.readouterr().err
