@@ -9,13 +9,16 @@ setup:
 demo: setup
 	$(VENV)/cmcpctl demo --out demo-out
 
-# The same story on the dev kit's local control plane (cmcp_devkit.cluster): helm install + kubectl apply.
-# The cluster is stopped afterwards (also after a failure or Ctrl-C); the demo's exit code is kept.
+# The same story on the dev kit's local cluster (cmcp_devkit.cluster) with its real node (root: kubelet,
+# containerd, runc): this checkout's images are built (cached while unchanged), imported and installed
+# by digest, so every pod is a real container. helm install + kubectl apply. The cluster is stopped
+# afterwards (also after a failure or Ctrl-C); the demo's exit code is kept.
 demo-cluster: k8s-binaries
-	@$(VENV)/python -m cmcp_devkit.cluster up || exit 1; \
+	@$(VENV)/python -m cmcp_devkit.cluster up --real-node || exit 1; \
 	trap '$(VENV)/python -m cmcp_devkit.cluster down' EXIT; trap 'exit 130' INT TERM; \
+	values="$$($(VENV)/python -m cmcp_devkit.cluster.real_node_values)" || exit 1; \
 	tools="$$($(VENV)/python -m cmcp_devkit.cluster.binaries)"; \
-	$(VENV)/cmcpctl demo --cluster --out demo-cluster-out \
+	$(VENV)/cmcpctl demo --cluster --out demo-cluster-out --values "$$values" \
 	  --kubeconfig "$$($(VENV)/python -m cmcp_devkit.cluster kubeconfig)" \
 	  --helm "$$(echo "$$tools" | sed -n 's/^helm=//p')" \
 	  --kubectl "$$(echo "$$tools" | sed -n 's/^kubectl=//p')"

@@ -12,7 +12,7 @@ Order of a run:
    beside the plain one, each directly and through ours, interleaved in rounds (``streamed``);
 5. enclave decision latency at 20 .. 10,000 policies (``bench/enclave.py``);
 6. gateway and enclave RSS with 1, 1,000 and 10,000 open sessions (fresh stack);
-7. operator apply-to-routed time (local control plane), if its harness is there;
+7. operator apply-to-routed time (local cluster with its real node), if its harness is there;
 8. (full runs) pyinstrument profile of our gateway under 16-agent load.
 
 Each section records ``ok`` / ``skipped`` / ``failed`` with the reason; a
@@ -403,7 +403,8 @@ def components(plan: Plan, work: Path) -> dict[str, Any]:
 
 def operator_figure(plan: Plan) -> dict[str, Any]:
     if not plan.operator_replicas:
-        raise Skip("full runs only (starts a local control plane; the e2e suite covers the operator in CI)")
+        raise Skip("full runs only (starts the local cluster with its real node; "
+                   "the e2e suite covers the operator in CI)")
     result: dict[str, Any] = operator_time.run(
         replicas=list(plan.operator_replicas), quick=plan.mode == "quick", log=log
     )

@@ -22,7 +22,6 @@ from cmcp_core import appraisal_options, gateway_identity
 from cmcp_core.errors import CmcpError
 from cmcp_core.route_status import RouteRef
 from cmcp_core.verify.gpu_requirement import GpuRequirement
-from cmcp_ctl.demo_cluster import local_gateway_audit_store
 
 
 def _gpu(count: int, route_gpu: Any) -> GpuRequirement | None:
@@ -126,8 +125,7 @@ def _remote_target(args: argparse.Namespace) -> Any:
         advisory_mcp_url=args.advisory_url,
         advisory_enclave_address=args.advisory_enclave,
         enclave_address=enclave,
-        audit_store=args.audit_store or (local_gateway_audit_store(Path(args.kubeconfig))
-                                         if args.kubeconfig else None),
+        audit_store=args.audit_store,
         gateway_key=gateway_identity.load_private_key(Path(args.gateway_key)) if args.gateway_key else None,
         upstream_url=args.upstream,
         upstream_audience=audience,

@@ -83,7 +83,6 @@ TOKENS_SECRET = "cmcp-gateway-tokens"  # noqa: S105 - a Secret's name; the chart
 WEBHOOK_CONFIG = "cmcp-operator.cmcp.dev"  # fixed by the operator: one release per cluster
 MCP_PORT, GUARD_PORT, TAP_PORT = 9001, 8443, 8000  # upstream pod's containers (bound to the pod IP)
 GATEWAY_PORT = 8080  # the chart's gateway.port default
-AUDIT_FILE_IN_POD = "var/lib/cmcp-gateway/audit.sqlite"  # the chart's gateway state dir + audit.sqlite
 REAL_NODE_AUDIT = Path("volumes", "kubernetes.io~empty-dir", "audit", "audit.sqlite")  # in a kubelet pod dir
 WAIT = 180.0  # seconds for each slow step (pods start, enclave attested, rollout)
 
@@ -131,17 +130,12 @@ class ToolError(RuntimeError):
     """A helm/kubectl command failed; the message holds the command line and its stderr."""
 
 
-def local_gateway_audit_store(
-    kubeconfig: Path, namespace: str = "*", release: str = "*", pod_uids: Sequence[str] = (),
-    kubelet_root: Path | None = None,
-) -> str | None:
+def local_gateway_audit_store(pod_uids: Sequence[str], kubelet_root: Path | None = None) -> str | None:
     """The chart gateway's SQLite audit store, read as an auditor would, when this machine holds
     it: on the dev kit's real node, the audit emptyDir of a gateway pod in ``pod_uids`` under the
-    kubelet's root dir; on its node agent, the pod's files under ``pods/`` beside the kubeconfig."""
+    kubelet's root dir."""
     pods = (kubelet_root or NodePaths().kubelet_root) / "pods"
     found = [path for path in (pods / uid / REAL_NODE_AUDIT for uid in pod_uids) if path.is_file()]
-    agent_pods = kubeconfig.parent / "pods"
-    found = found or sorted(agent_pods.glob(f"{namespace}_{release}-gateway-*/{AUDIT_FILE_IN_POD}"))
     return f"sqlite:{found[-1]}" if found else None
 
 
@@ -889,7 +883,7 @@ class ClusterDemo:
     def _gateway_audit_store(self) -> str | None:
         selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=gateway"
         uids = [str(p["metadata"]["uid"]) for p in self.tools.list("pods", self.ns, selector)]
-        return local_gateway_audit_store(self.tools.kubeconfig, self.ns, self.release, uids)
+        return local_gateway_audit_store(uids)
 
     def _gateway_key(self) -> Ed25519PrivateKey:
         """The chart's gateway identity (its Secret): the demo's auditor asks the enclave for the

@@ -237,7 +237,7 @@ def register(subparsers: Any) -> None:
         "--cluster",
         action="store_true",
         help="run the story on a Kubernetes cluster (helm install + kubectl apply); `make demo-cluster` "
-        "starts the local control plane for it",
+        "starts the local cluster with its real node and installs this checkout's images for it",
     )
     add_cluster_arguments(parser)
     parser.add_argument("--bundle", metavar="DIR", help="policy bundle (default: examples/realistic)")

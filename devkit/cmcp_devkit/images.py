@@ -206,6 +206,13 @@ def inputs_key(names: list[str]) -> str:
     return digest.hexdigest()
 
 
+def ensure_cluster_images() -> dict[str, Built]:
+    """Every image the local cluster's real node runs (the components, the demo's upstream, the test
+    images), from one cache the e2e session and the operator benchmark share, so whichever runs
+    first builds them and the other finds them (:func:`ensure_images`)."""
+    return ensure_images(cache_root() / "e2e", list(ALL_DOCKERFILES))
+
+
 def ensure_images(cache: Path, names: list[str], *, keep: int = 2) -> dict[str, Built]:
     """``names`` built into ``cache/<inputs key>``, or the archives already there when nothing they are
     built from changed (warm e2e sessions, also from a fresh clone of the same sources). Keyed by

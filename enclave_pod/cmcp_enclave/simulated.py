@@ -1,4 +1,4 @@
-"""Launcher side of the simulated TEE: what a node agent / demo / test hands the enclave.
+"""Launcher side of the simulated TEE: what a host-process launcher (dev stack, demo, test) hands the enclave.
 
 On hardware the platform measures the guest's firmware and boot chain (MRTD, RTMR0-2) and the
 initdata (MRCONFIGID) before the guest runs; in simulation the *launcher* plays that role and

@@ -1,11 +1,11 @@
 """Session fixtures for the e2e suite: one real control plane per pytest session.
 
 ``cluster`` starts the local plane (cluster.LocalCluster) once, with the real node (a kubelet,
-containerd and runc) beside the node agent's nodes. Images are built in the run
+containerd and runc: the only node that runs pods, labelled TDX and SNP) and one registered-only
+node (no kubelet, tainted NoSchedule; for scheduling tests). Images are built in the run
 (``cmcp_devkit.images``, cached while their sources are unchanged) and imported into the real node's
-containerd. The real node is tainted: a test's pods run there as real containers when it gives them
-``cluster.real_pods`` (toleration + node selector); the rest still run on the node agent until they
-move. When ``CMCP_E2E_KUBECONFIG`` names a
+containerd; every pod is a real container. ``cluster.real_pods`` (a node selector) pins a pod to the
+real node by name. When ``CMCP_E2E_KUBECONFIG`` names a
 kubeconfig, that cluster is used as is (e.g. kind) and the local-only tests skip. ``namespace``
 gives every test its own namespace, deleted afterwards, so tests do not see each other's objects.
 """
@@ -29,15 +29,20 @@ import pytest
 import yaml
 
 from cmcp_devkit import images as image_builds
+from cmcp_devkit.cluster import real_node_values
 from cmcp_devkit.cluster.binaries import ensure_client_tools
-from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, REAL_NODE_PLACEMENT, LocalCluster, run_tool
+from cmcp_devkit.cluster.control_plane import (
+    REAL_NODE_NAME,
+    REAL_NODE_PLACEMENT,
+    REGISTERED_NODES,
+    LocalCluster,
+    run_tool,
+)
 from cmcp_devkit.cluster.kube import Kube
 from cmcp_devkit.release import DevRelease, write_dev_release
 from cmcp_operator.config import DEFAULT_IMAGE
 
 _STARTUP: dict[str, float] = {}
-# the e2e session's image archives, one build per set of sources (a fresh clone of built sources reuses it)
-E2E_IMAGES = image_builds.cache_root() / "e2e"
 
 
 @dataclass
@@ -69,26 +74,15 @@ class E2ECluster:
 
     def real_chart_values(self, tdx_runtime_class: str) -> dict[str, Any]:
         """Helm values that run the chart's pods as real containers on the real node, from this run's
-        images by digest: operator and gateway placed there, the enclave pods through
-        ``tdx_runtime_class`` (:meth:`real_tdx_runtime_class`: the ``kata-qemu-tdx`` handler, whose
-        hook and TSM stand-in give the enclave simulated TDX evidence of its own initdata), which its
-        real ``tdx`` provider reads (``simulateTee: false``); the evidence stays software-only."""
-        values: dict[str, Any] = {
-            "imageRegistry": "localhost",
-            "attestation": {"simulateTee": False, "allowedTeeTypes": ["tdx"],
-                            "runtimeClasses": {"tdx": tdx_runtime_class}},
-        }
-        for component in ("operator", "gateway", "enclave"):
-            values[component] = {"image": {"repository": f"cmcp-{component}",
-                                           "digest": self.images[component].digest}}
-        for component in ("operator", "gateway"):
-            values[component].update(self.real_pods)
-        return values
+        images by digest, the enclave pods through ``tdx_runtime_class``
+        (:meth:`real_tdx_runtime_class`): :func:`cmcp_devkit.cluster.real_node_values.chart_values`,
+        what ``make demo-cluster`` installs too."""
+        return real_node_values.chart_values(self.images, tdx_runtime_class)
 
     @contextlib.contextmanager
     def real_tdx_runtime_class(self, name: str) -> Iterator[str]:
-        """A RuntimeClass ``name`` of the ``kata-qemu-tdx`` handler scheduled onto the tainted real node
-        (its ``scheduling`` adds the node selector and toleration to every pod that names it)."""
+        """A RuntimeClass ``name`` of the ``kata-qemu-tdx`` handler scheduled onto the real node
+        (its ``scheduling`` adds the node selector to every pod that names it)."""
         self.kube.create("/apis/node.k8s.io/v1/runtimeclasses", {
             "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name},
             "handler": "kata-qemu-tdx", "scheduling": REAL_NODE_PLACEMENT,
@@ -154,7 +148,7 @@ class E2ECluster:
         if self.local is None:
             return ""
         return self.local.log_tail(
-            "kube-scheduler", "kube-controller-manager", "kubelet", "node-agent", "kube-apiserver"
+            "kube-scheduler", "kube-controller-manager", "kubelet", REGISTERED_NODES, "kube-apiserver"
         )
 
     def node_names(self, **labels: str) -> set[str]:
@@ -178,7 +172,7 @@ def _session_images() -> dict[str, image_builds.Built]:
     """The images of this checkout, built (or found cached) once per session."""
     if not _BUILT:
         t0 = time.monotonic()
-        _BUILT.update(image_builds.ensure_images(E2E_IMAGES, list(image_builds.ALL_DOCKERFILES)))
+        _BUILT.update(image_builds.ensure_cluster_images())  # one build per set of sources
         _STARTUP["images_seconds"] = time.monotonic() - t0
     return _BUILT
 
@@ -205,7 +199,7 @@ def cluster() -> Iterator[E2ECluster]:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind so finalisers stop every process
     built = _session_images()
-    local = LocalCluster(real_node=True, real_node_tainted=True)
+    local = LocalCluster(real_node=True)
     try:
         local.start()
         _STARTUP["cold_start_seconds"] = local.startup_seconds or 0.0
@@ -225,8 +219,9 @@ def cluster() -> Iterator[E2ECluster]:
 @pytest.fixture(scope="session")
 def dev_release(tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
     """The signed dev release every relying party in the suite is configured with: the genuine
-    simulated guest (what the node agent's launcher boots) and the operator's enclave image (the
-    chart's default too). Without it the operator, gateway and guard refuse to start."""
+    simulated guest (what ``cmcp_enclave.simulated.launcher_env`` measures for host-process enclaves)
+    and the operator's enclave image (the chart's default too). Without it the operator, gateway and
+    guard refuse to start."""
     return write_dev_release(tmp_path_factory.mktemp("release"), image=DEFAULT_IMAGE)
 
 

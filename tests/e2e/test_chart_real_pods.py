@@ -13,10 +13,10 @@ give it simulated TDX evidence of its initdata; the enclave runs its real ``tdx`
 operator attests it (software-only evidence, accepted because the install allows simulated), and
 ``kubectl logs`` of the enclave shows its start-up. The session's real node carries the TDX and SNP
 feature labels (as Node Feature Discovery would set them), so the operator's TDX node affinity
-matches it; its taint keeps every pod that does not ask for it elsewhere.
+matches it; it is the only node that runs pods (the session's other node is registered-only).
 
-The release is installed and uninstalled here, before or after the chart tests that still run on the
-node agent (one release per cluster: the webhook configuration's name is fixed).
+The release is installed and uninstalled here, before or after the other chart tests (one release
+per cluster: the webhook configuration's name is fixed).
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ NS = f"cmcp-real-{SUFFIX}"
 APP = f"cmcp-real-apps-{SUFFIX}"
 EXAMPLE_BUNDLE = ROOT / "examples" / "realistic"
 BUNDLE, ROUTE = "realistic", "payments"
-# kata-qemu-tdx's handler (the hook and the TSM stand-in), scheduled onto the tainted real node:
-# the session's node-agent TDX nodes still carry the kata-qemu-tdx RuntimeClass's pods
+# kata-qemu-tdx's handler (the hook and the TSM stand-in), scheduled onto the real node by name
 REAL_TDX_CLASS = f"kata-qemu-tdx-real-{SUFFIX}"
 
 

@@ -57,8 +57,6 @@ def test_helm_install_runs_on_the_cluster(cluster: E2ECluster, namespace: str) -
         "replicaCount=2",
         "--set-json",
         f"nodeSelector={json.dumps(placement['nodeSelector'])}",
-        "--set-json",
-        f"tolerations={json.dumps(placement['tolerations'])}",
         "--wait",
         "--timeout",
         "120s",

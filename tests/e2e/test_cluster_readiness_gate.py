@@ -52,7 +52,7 @@ def test_readiness_gate_keeps_pod_out_of_endpoints_until_true(
         "the gated pod to join the EndpointSlice", lambda: ready_endpoint_ips(kube, ns, "gated") == {ip}
     )
 
-    # The node agent keeps reporting (status patches) without clobbering the gate condition.
+    # The kubelet keeps reporting (status patches) without clobbering the gate condition.
     gate = condition(pod, GATE)
     assert gate is not None and gate["status"] == "True" and gate["reason"] == "E2ETest"
 

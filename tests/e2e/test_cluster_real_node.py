@@ -1,4 +1,4 @@
-"""The real node: a kubelet v1.35.4 with its own containerd and runc, beside a node-agent node.
+"""The real node: a kubelet v1.35.4 with its own containerd and runc, beside a registered-only node.
 
 A pod of RuntimeClass ``kata-qemu-tdx`` lands on it (the only TDX-labelled node here) and runs
 under runc as uid 65532 with a read-only root, which the host sees in /proc; the pod's
@@ -26,7 +26,7 @@ import pytest
 
 from cmcp_devkit.cluster import netpol
 from cmcp_devkit.cluster.binaries import PAUSE_IMAGE
-from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, LocalCluster, NodeSpec
+from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME, LocalCluster
 from cmcp_devkit.cluster.kube import Kube
 from cmcp_devkit.cluster.node import (
     BRIDGE,
@@ -117,7 +117,7 @@ def before() -> set[Path]:
 
 @pytest.fixture(scope="module")
 def real(before: set[Path]) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(nodes=[NodeSpec("plain-node-1")], real_node=True)
+    cluster = LocalCluster(real_node=True)  # and the default registered-only plain-node-1
     try:
         cluster.start()
         TIMINGS["cluster_usable_seconds"] = cluster.startup_seconds or 0.0

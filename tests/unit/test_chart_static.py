@@ -114,8 +114,8 @@ def with_pod_ip(args: list[str], ip: str = "198.18.0.10") -> list[str]:
 
 def pod_root(docs: list[dict[str, Any]], root: Path) -> Path:
     """Materialise the release ConfigMap at ROOT/etc/cmcp/release and the gateway identity Secret
-    at ROOT/etc/cmcp/gateway-identity, as the kubelet (or the e2e node agent, which roots each
-    pod's files in a directory) would."""
+    at ROOT/etc/cmcp/gateway-identity, as the kubelet would, under a directory standing for the
+    container's root."""
     cm = one(docs, "ConfigMap", "release")
     target = root / "etc" / "cmcp" / "release"
     target.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,7 @@ def test_pods_are_hardened(profile: str | None) -> None:
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
         assert c["readinessProbe"] and c["livenessProbe"]
-        # Processes bind the pod IP (downward API), as in a real pod and under the e2e node agent.
+        # Processes bind the pod IP (downward API), as in a real pod.
         env = {e["name"]: e for e in c["env"]}
         assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
@@ -1004,7 +1004,7 @@ def test_the_gateway_audit_store_defaults_to_sqlite_on_a_claim() -> None:
     assert volumes["audit"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     config = json.loads(one(docs, "ConfigMap", "gateway")["data"]["gateway.json"])
-    # the mount, relative to the container's workingDir "/" (so the e2e node agent keeps it per pod)
+    # the mount, relative to the container's workingDir "/" (so a test's per-pod root keeps it)
     assert config["audit"] == {"store": f"sqlite:{mounts['audit'].lstrip('/')}/audit.sqlite"}
 
 

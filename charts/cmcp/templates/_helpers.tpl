@@ -194,7 +194,7 @@ because they carry $(POD_IP).
 {{- $l := $gw.limits -}}
 {{- $limits := dict "max_body_bytes" $l.maxBodyBytes "max_depth" $l.maxDepth "max_string" $l.maxString "max_concurrent_per_agent" $l.maxConcurrentPerAgent "decide_timeout_seconds" $l.decideTimeoutSeconds "upstream_timeout_seconds" $l.upstreamTimeoutSeconds "session_idle_seconds" $l.sessionIdleSeconds "max_sessions" $l.maxSessions "max_sessions_per_agent" $l.maxSessionsPerAgent "max_header_bytes" $l.maxHeaderBytes "max_headers" $l.maxHeaders "header_timeout_seconds" $l.headerTimeoutSeconds "body_timeout_seconds" $l.bodyTimeoutSeconds "max_connections" $l.maxConnections -}}
 {{- /* tokens_dir is relative to the container's workingDir "/" (set in the Deployment), so it also
-resolves for a process whose filesystem is rooted elsewhere (the e2e node agent). */ -}}
+resolves for a process whose filesystem is rooted elsewhere (a test running the config on a host). */ -}}
 {{- $identity := dict "key_file" (include "cmcp.gatewayIdentity.keyFile" . | trimPrefix "/") -}}
 {{- $cfg := dict "listen" (printf "0.0.0.0:%v" $gw.port) "allow_simulated" .Values.attestation.allowSimulated "auth" (dict "tokens_dir" "etc/cmcp/gateway-auth") "identity" $identity "limits" $limits "attest_refresh_seconds" $gw.attestRefreshSeconds "routes" $routes -}}
 {{- $_ := set $cfg "state_dir" (include "cmcp.gateway.stateDir" .) -}}
@@ -257,7 +257,7 @@ attest nothing.
 {{- end }}
 
 {{/* The same settings as gateway config keys. Paths are relative to the container's workingDir
-"/" (like tokens_dir), so they also resolve under the e2e node agent's per-pod root. */}}
+"/" (like tokens_dir), so they also resolve under a per-pod root a test gives them. */}}
 {{- define "cmcp.appraisal.gatewayConfig" -}}
 {{- $files := include "cmcp.release.files" . | fromJson -}}
 {{- $dir := include "cmcp.release.mountPath" . | trimPrefix "/" -}}
@@ -340,8 +340,8 @@ than one replica needs PostgreSQL: the chart refuses to render that combination.
 {{- if gt (int .Values.gateway.replicas) 1 -}}
 {{- fail "gateway.audit.store sqlite keeps the audit trail on one volume: with gateway.replicas > 1 set gateway.audit.store=postgresql (and gateway.audit.postgresql.existingSecret)" -}}
 {{- end -}}
-{{- /* relative to the container's workingDir "/" (like tokens_dir), so it also resolves under the
-e2e node agent's per-pod root instead of the host's /var/lib */ -}}
+{{- /* relative to the container's workingDir "/" (like tokens_dir), so it also resolves under a
+per-pod root a test gives it instead of the host's /var/lib */ -}}
 {{- toJson (dict "store" (printf "sqlite:%s/audit.sqlite" (include "cmcp.gateway.stateDir" . | trimPrefix "/"))) -}}
 {{- end -}}
 {{- end }}

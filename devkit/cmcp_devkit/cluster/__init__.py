@@ -1,4 +1,5 @@
-"""The local Kubernetes cluster: a real control plane whose node agent runs pods as local processes.
+"""The local Kubernetes cluster: a real control plane whose one real node (kubelet, containerd, runc)
+runs the pods.
 
 Used by the e2e tests, ``make demo-cluster`` and the operator benchmark. Entry points:
 ``python -m cmcp_devkit.cluster up|down|kubeconfig|status`` (:mod:`.control_plane`) and

@@ -10,10 +10,13 @@ What runs, all as local processes in their own process groups (killed on stop, a
 SIGTERM, and via PDEATHSIG if this process dies hard): etcd on 127.0.0.1; kube-apiserver
 on the pod network's host address (see podnet.py) with per-run certs, Node+RBAC
 authorization, NodeRestriction and RuntimeClass admission, SA token signing; the
-controller-manager and the scheduler; the node agent (node_agent.py) that plays kubelet for
-the fake Nodes; with ``real_node=True`` (``up --real-node``) also one real node (node.py: a
-kubelet with its own containerd and runc), and with ``network_policy=True`` its NetworkPolicy
-engine (netpol.py: kube-network-policies, nftables + nfqueue). ``up`` runs all of that under a detached
+controller-manager and the scheduler; the registered-only nodes (registered_nodes.py: Node
+objects without a kubelet, tainted so no pod lands there, for scheduling tests); with
+``real_node=True`` (``up --real-node``) the one node that runs pods (node.py: a kubelet with its
+own containerd and runc, carrying both the TDX and the SNP labels), and with
+``network_policy=True`` its NetworkPolicy engine (netpol.py: kube-network-policies, nftables +
+nfqueue). Without the real node the plane runs no pod: it serves tests that need only the API
+(RBAC, admission, CRDs, scheduling decisions). ``up`` runs all of that under a detached
 supervisor (``_serve``) and records its state under ``~/.cache/cmcp-e2e/run/`` so that ``down`` can find it.
 """
 
@@ -30,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ from .kube import Kube, ssl_context
 from .node import KUBE_PROXY_HEALTHZ, NodePaths, RealNode, clean_if_abandoned, owner_pid
 from .pki import ClusterPKI, kubeconfig_yaml
 from .podnet import PodNetwork, set_pdeathsig
+from .registered_nodes import NodeSpec as NodeSpec  # re-exported: LocalCluster(nodes=[NodeSpec(...)])
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -70,39 +74,20 @@ RUNTIME_CLASSES = {
     "kata-qemu-tdx": {"intel.feature.node.kubernetes.io/tdx": "true"},
     "kata-qemu-snp": {"amd.feature.node.kubernetes.io/snp": "true"},
 }
-# The real node (node.py) carries both feature label sets, so pods of either RuntimeClass land on it;
-# its containerd maps both handlers to runc.
+# The real node (node.py) is the only node that runs pods: it carries both feature label sets, so pods
+# of either RuntimeClass land on it, and its containerd maps both handlers to runc.
 REAL_NODE_NAME = "real-node-1"
 REAL_NODE_LABELS = {**TDX_LABELS, **SNP_LABELS}
-# With ``real_node_tainted=True`` the real node registers with this taint, so only pods that tolerate it
-# and select it (REAL_NODE_PLACEMENT) land on it while node-agent nodes run everything else.
-REAL_NODE_TAINT = {"key": "cmcp.dev/real-node", "value": "true", "effect": "NoSchedule"}
-REAL_NODE_PLACEMENT: dict[str, Any] = {
-    "nodeSelector": {"kubernetes.io/hostname": REAL_NODE_NAME},
-    "tolerations": [{"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
-}
+# Pins a pod to the real node by name (the registered-only nodes' taint already keeps pods off them;
+# this also keeps a test's pods off any other node of a cluster it does not own).
+REAL_NODE_PLACEMENT: dict[str, Any] = {"nodeSelector": {"kubernetes.io/hostname": REAL_NODE_NAME}}
 NETWORK_POLICY_ENGINE = "network-policy-engine"  # its process (and log) name in the cluster
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One fake Node the node agent registers and runs pods for."""
-
-    name: str
-    labels: dict[str, str] = field(default_factory=dict)
-    tee: str = "none"  # tdx | snp | none: what the simulated TEE on this node reports
-    cpu: str = "8"
-    memory: str = "32Gi"
-    pods: str = "110"
+REGISTERED_NODES = "registered-nodes"  # the process (and log) that keeps the registered-only nodes
 
 
 def default_nodes() -> list[NodeSpec]:
-    return [
-        NodeSpec("tdx-node-1", dict(TDX_LABELS), "tdx"),
-        NodeSpec("tdx-node-2", dict(TDX_LABELS), "tdx"),
-        NodeSpec("snp-node-1", dict(SNP_LABELS), "snp"),
-        NodeSpec("plain-node-1", {}, "none"),
-    ]
+    """One plain registered-only node: eligible for a pod that tolerates its taint, never TDX or SNP."""
+    return [NodeSpec("plain-node-1")]
 
 
 class ClusterStartError(RuntimeError):
@@ -129,7 +114,8 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 class LocalCluster:
-    """etcd + kube-apiserver + controller-manager + scheduler + node agent on this machine.
+    """etcd + kube-apiserver + controller-manager + scheduler + registered-only nodes on this machine,
+    with ``real_node=True`` also the real node that runs the pods.
 
     ``start()`` returns once the cluster is usable: apiserver ready, default ServiceAccount
     created, every node Ready, RuntimeClasses present. ``stop()`` is idempotent.
@@ -142,7 +128,6 @@ class LocalCluster:
         pod_network: str | None = None,
         real_node: bool = False,
         real_node_tee: bool = True,
-        real_node_tainted: bool = False,
         network_policy: bool = False,
     ) -> None:
         if network_policy and not real_node:
@@ -151,7 +136,6 @@ class LocalCluster:
         self.real_node: RealNode | None = None
         self._want_real_node = real_node
         self._real_node_labels = dict(REAL_NODE_LABELS) if real_node_tee else {}  # NFD's TDX+SNP labels
-        self._real_node_taints = [REAL_NODE_TAINT] if real_node_tainted else []
         self._want_network_policy = network_policy
         self.network_policy_ready_seconds: float | None = None  # engine spawn -> table + queue bound
         self.node_ready_seconds: float | None = None  # kubelet start -> every node Ready (real node only)
@@ -334,26 +318,21 @@ class LocalCluster:
             ],
         )
 
-        # node agent
-        agent_cfg = {
-            "server": self.server,
-            "ca": str(pki.ca.cert),
-            "admin": {"cert": str(admin.cert), "key": str(admin.key)},
-            "nodes": [
-                {**asdict(n), "cert": str(node_certs[n.name].cert), "key": str(node_certs[n.name].key)}
-                for n in self.nodes
-            ],
-            "runtime_classes": RUNTIME_CLASSES,
-            "network": net.to_json(),
-            "pods_dir": str(self.state_dir / "pods"),
-            "bin_dir": str(Path(sys.executable).parent),
-            "python": sys.executable,
-            "repo_root": str(REPO_ROOT),
-        }
-        cfg_path = self.state_dir / "node-agent.json"
-        cfg_path.write_text(json.dumps(agent_cfg, indent=2))
-        agent_argv = [sys.executable, "-m", "cmcp_devkit.cluster.node_agent", str(cfg_path)]
-        self._spawn("node-agent", agent_argv, cwd=REPO_ROOT)
+        _create_runtime_classes(Kube.from_kubeconfig(self.kubeconfig))
+        if self.nodes:
+            nodes_cfg = {
+                "server": self.server,
+                "ca": str(pki.ca.cert),
+                "admin": {"cert": str(admin.cert), "key": str(admin.key)},
+                "nodes": [
+                    {**asdict(n), "cert": str(node_certs[n.name].cert), "key": str(node_certs[n.name].key)}
+                    for n in self.nodes
+                ],
+            }
+            cfg_path = self.state_dir / "registered-nodes.json"
+            cfg_path.write_text(json.dumps(nodes_cfg, indent=2))
+            self._spawn(REGISTERED_NODES, [sys.executable, "-m", "cmcp_devkit.cluster.registered_nodes",
+                                           str(cfg_path)], cwd=REPO_ROOT)
         if kubelet is not None and kube_proxy is not None:
             self._start_real_node(pki, kubelet, kube_proxy)
         if engine is not None:
@@ -398,16 +377,10 @@ class LocalCluster:
                 "all nodes Ready and untainted",
                 nodes_ready,
                 90,
-                logs=("node-agent", "kube-controller-manager"),
+                logs=(REGISTERED_NODES, "kubelet", "kube-controller-manager"),
             )
             if self.real_node is not None:
                 self.node_ready_seconds = time.monotonic() - self._kubelet_started
-            self._wait(
-                "RuntimeClasses",
-                lambda: all(kube.get(f"/apis/node.k8s.io/v1/runtimeclasses/{rc}") for rc in RUNTIME_CLASSES),
-                60,
-                logs=("node-agent",),
-            )
         finally:
             kube.close()
 
@@ -433,7 +406,7 @@ class LocalCluster:
         self._wait("containerd", node.containerd_ready, 30, logs=("containerd",))
         node.import_images([ensure_pause_image()])
         self._kubelet_started = time.monotonic()
-        self._spawn("kubelet", node.kubelet_argv(kubelet, self._real_node_taints))
+        self._spawn("kubelet", node.kubelet_argv(kubelet))
         self._spawn("kube-proxy", node.kube_proxy_argv(kube_proxy))
         kube = Kube.from_kubeconfig(self.kubeconfig)
         try:
@@ -530,12 +503,13 @@ class LocalCluster:
         return "\n".join(f"--- {n} ---\n{_tail(self.logs / f'{n}.log', lines)}" for n in chosen)
 
     def stop(self) -> None:
-        """Node agent first (it stops the pods), then the control plane, etcd, the pod network."""
+        """In reverse start order (the real node's kubelet and containerd before the control plane),
+        then what the real node left on the host, then the pod network."""
         if self._stopped:
             return
         self._stopped = True
         for proc in reversed(self.procs):
-            _terminate_group(proc.popen, 20.0 if proc.name == "node-agent" else 10.0)
+            _terminate_group(proc.popen, 10.0)
         self.procs.clear()
         if self.real_node is not None:
             self.real_node.cleanup()  # containers, mounts, cgroups, iptables chains, bridge, dirs
@@ -560,6 +534,19 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _create_runtime_classes(kube: Kube) -> None:
+    """``kata-qemu-tdx``/``kata-qemu-snp``, each scheduled onto nodes with its TEE's label, as the Kata
+    operator installs them; the real node's containerd runs both handlers (runc with the TSM hook)."""
+    try:
+        for name, selector in RUNTIME_CLASSES.items():
+            kube.apply(f"/apis/node.k8s.io/v1/runtimeclasses/{name}", {
+                "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name},
+                "handler": name, "scheduling": {"nodeSelector": selector},
+            }, manager="cmcp-local-cluster")
+    finally:
+        kube.close()
 
 
 def run_tool(
@@ -744,6 +731,22 @@ def _clean_real_node() -> None:
 
 
 USAGE = "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image ARCHIVE"
+HELP = f"""{USAGE}
+
+  up               the control plane and one registered-only node (plain-node-1: a Node object with no
+                   kubelet, tainted NoSchedule). No pod runs: enough for kubectl, RBAC, CRDs, webhooks'
+                   objects and scheduling decisions, and needs no root.
+  up --real-node   also the real node real-node-1 (kubelet + containerd + runc, root), labelled TDX and
+                   SNP: the only node that runs pods (the chart, the operator's enclave pods, the demo).
+  down             stop the cluster and remove what a real node left on the host (also after a crash)
+  kubeconfig       print the running cluster's kubeconfig path
+  status           up or down, and the nodes with their TDX/SNP labels (the default command)
+  import-image A   import an OCI/docker image archive into the real node's containerd
+
+  python -m cmcp_devkit.cluster.real_node_values [VALUES] builds (or finds cached) every image of
+  this checkout, imports them into the running real node and writes Helm values running the chart
+  there by digest (make demo-cluster uses it).
+"""
 
 
 def cmd_import_image(archive: Path) -> int:
@@ -763,6 +766,9 @@ def cmd_import_image(archive: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     cmd = args[0] if args else "status"
+    if cmd in {"help", "-h", "--help"}:
+        print(HELP)
+        return 0
     if cmd == "up":
         return cmd_up(real_node="--real-node" in args[1:])
     if cmd == "down":

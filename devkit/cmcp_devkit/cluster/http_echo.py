@@ -1,13 +1,11 @@
 """The ``cmcp-test/http-echo`` test image: a tiny HTTP server whose readiness a test can flip.
 
 Why: e2e tests need a pod that really listens, answers a readiness probe, and can be made
-unready on demand to watch it leave the EndpointSlice — without any container runtime.
+unready on demand to watch it leave the EndpointSlice, from an image built in the run.
 
 Listens on ``--listen HOST:PORT`` (default ``$POD_IP:8080``). Endpoints:
 ``GET /healthz`` 200 unless readiness was failed (then 503); ``GET /`` echoes the pod name
-and the request path; ``GET /env`` returns the process environment and ``GET /read?path=P``
-a file below the pod root (symlinked volumes resolve into ``<root>/volumes``), so tests can
-see exactly what the node agent materialised; ``POST /fail-ready`` and ``POST /recover-ready``
+and the request path; ``POST /fail-ready`` and ``POST /recover-ready``
 flip readiness (also the file ``--fail-file`` when it exists makes /healthz fail);
 ``POST /validate`` is a validating admission webhook (denies objects whose ``data`` has the
 key ``forbidden``; serve it with ``--tls-cert/--tls-key``); SIGTERM stops it cleanly.
@@ -25,7 +23,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 
 class _State:
@@ -65,12 +63,6 @@ class Handler(BaseHTTPRequestHandler):
             ok = self._ready()
             self._send(200 if ok else 503, {"ready": ok})
             return
-        if self.path == "/env":
-            self._send(200, dict(os.environ))
-            return
-        if self.path.startswith("/read?path="):
-            self._read(unquote(self.path.split("=", 1)[1]))
-            return
         self._send(
             200,
             {
@@ -79,20 +71,6 @@ class Handler(BaseHTTPRequestHandler):
                 "env": {k: v for k, v in os.environ.items() if k.startswith("ECHO_")},
             },
         )
-
-    def _read(self, path: str) -> None:
-        """Return a file's text, only from inside this pod's root (test image, not a file server)."""
-        root = Path(os.environ.get("CMCP_POD_ROOT", os.getcwd())).resolve()
-        target = (
-            (root / path.lstrip("/")).resolve() if not path.startswith(str(root)) else Path(path).resolve()
-        )
-        if root not in target.parents:
-            self._send(403, {"error": "outside the pod root"})
-            return
-        try:
-            self._send(200, {"path": str(target), "text": target.read_text()})
-        except OSError as exc:
-            self._send(404, {"error": str(exc)})
 
     def _validate(self) -> None:
         """A ValidatingAdmissionWebhook: deny objects whose data has the key "forbidden"."""

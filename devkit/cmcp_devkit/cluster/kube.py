@@ -1,5 +1,5 @@
-"""The dev kit's Kubernetes REST client: :class:`Kube` (synchronous, built from a kubeconfig) for the
-e2e tests and the operator benchmark, :class:`AsyncKube` (requests and watches) for the node agent.
+"""The dev kit's Kubernetes REST client: :class:`Kube` (synchronous, built from a kubeconfig or a client
+certificate) for the e2e tests, the operator benchmark and the registered-only nodes.
 
 Why not kubernetes_asyncio here: test bodies read better synchronously, and a thin client over
 httpx shows the exact HTTP the apiserver answers (status codes such as 403/409 are the point
@@ -12,11 +12,10 @@ conformance suite's route reader) stay on kubernetes_asyncio and never import th
 from __future__ import annotations
 
 import base64
-import json
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -151,33 +150,3 @@ class Kube:
                 )
             time.sleep(interval)
 
-
-class AsyncKube:
-    """Async REST verbs and watches for one client-certificate identity (a node, or the admin)."""
-
-    def __init__(self, server: str, ca: str, cert: str, key: str) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=server, verify=ssl_context(ca, cert, key), timeout=httpx.Timeout(30.0)
-        )
-
-    async def req(
-        self, method: str, path: str, body: Any = None, ctype: str | None = None, **params: Any
-    ) -> Any:
-        headers = {"Content-Type": ctype} if ctype else {}
-        resp = await self.http.request(method, path, json=body, params=params or None, headers=headers)
-        if resp.status_code >= 300:
-            raise KubeError(method, path, resp.status_code, resp.text)
-        return resp.json() if resp.content else None
-
-    async def watch(self, path: str, **params: Any) -> AsyncIterator[Any]:
-        """Yield watch events (dicts) until the server closes the stream."""
-        params = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "240"}
-        async with self.http.stream(
-            "GET", path, params=params, timeout=httpx.Timeout(30.0, read=300.0)
-        ) as resp:
-            if resp.status_code >= 300:
-                body = (await resp.aread()).decode(errors="replace")
-                raise KubeError("WATCH", path, resp.status_code, body)
-            async for line in resp.aiter_lines():
-                if line.strip():
-                    yield json.loads(line)

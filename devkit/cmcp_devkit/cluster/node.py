@@ -1,9 +1,10 @@
 """A real node for the local cluster: a kubelet running pods through its own containerd and runc.
 
-Why: the node agent (``node_agent.py``) fakes the kubelet; images, users, read-only roots and the
-OCI spec a Kata shim would read only behave like production with the real kubelet (v1.35.4, from
-the same pinned module as the apiserver), containerd and runc. ``LocalCluster(real_node=True)``
-(``cluster up --real-node``) starts one beside the node-agent nodes.
+Why: images, users, read-only roots, PID 1 signals and the OCI spec a Kata shim would read only
+behave like production with the real kubelet (v1.35.4, from the same pinned module as the
+apiserver), containerd and runc. ``LocalCluster(real_node=True)`` (``cluster up --real-node``)
+starts one: the only node of the local cluster that runs pods (the others are registered-only,
+``registered_nodes.py``).
 
 What it changes on the host, and what :func:`clean_host` (run by ``stop``, by ``cluster down``
 and before every start, so a crashed run's leftovers go) takes back:
@@ -291,12 +292,7 @@ def kubelet_config(net: NodeNet, paths: NodePaths, ca_file: Path) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def kubelet_argv(
-    kubelet: Path, name: str, net: NodeNet, paths: NodePaths, taints: list[dict[str, str]] | None = None
-) -> list[str]:
-    taint_flag = [
-        "--register-with-taints=" + ",".join(f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in taints)
-    ] if taints else []
+def kubelet_argv(kubelet: Path, name: str, net: NodeNet, paths: NodePaths) -> list[str]:
     return [
         str(kubelet),
         f"--config={paths.kubelet_config}",
@@ -305,7 +301,6 @@ def kubelet_argv(
         f"--cert-dir={paths.kubelet_root / 'pki'}",
         f"--hostname-override={name}",
         f"--node-ip={net.node_ip}",
-        *taint_flag,
         "--v=1",
     ]
 
@@ -790,8 +785,8 @@ class RealNode:
                 return True
         return False
 
-    def kubelet_argv(self, kubelet: Path, taints: list[dict[str, str]] | None = None) -> list[str]:
-        return kubelet_argv(kubelet, self.name, self.net, self.paths, taints)
+    def kubelet_argv(self, kubelet: Path) -> list[str]:
+        return kubelet_argv(kubelet, self.name, self.net, self.paths)
 
     def containerd_ready(self) -> bool:
         self.ctr.run("version", timeout=5)

@@ -1,8 +1,8 @@
-"""The pod network of the local cluster: one private network namespace joined to the host by a veth.
+"""The host side of the local cluster's network: one private network namespace joined to the host by a veth.
 
-Why not pod IPs on 127.0.0.x: the apiserver rejects loopback addresses in EndpointSlices
-(``ValidateEndpointIP``: "may not be in the loopback range"), so the EndpointSlice
-controller could never publish such pods. Instead, per cluster index N:
+Why: the apiserver binds an address the real node's pods reach and that is not loopback (the apiserver
+rejects loopback addresses in EndpointSlices, ``ValidateEndpointIP``), in a range that never leaves
+the machine. Per cluster index N:
 
 * a holder process (``sleep``) owns a fresh network namespace; the namespace, its veth and
   the host route vanish with it, so a crash leaves nothing behind;
@@ -10,14 +10,14 @@ controller could never publish such pods. Instead, per cluster index N:
   namespace end ``eth0`` = 198.19.N.2/30; no default route inside, so anything else (DNS
   included) fails at once with "network unreachable" instead of timing out, and no pod
   traffic can leave the machine (the host does not forward either);
-* pod IPs 198.18.N.10-250: a ``local`` route for 198.18.N.0/24 inside the namespace lets
-  every pod process bind its own IP without per-pod address set-up;
-* Service ClusterIPs 198.19.N.128/25 (no kube-proxy: they answer with a reset, quickly);
-* the host routes 198.18.N.0/24 and 198.19.N.128/25 into the namespace.
+* Service ClusterIPs 198.19.N.128/25 (kube-proxy on the real node turns them into its pods' IPs);
+* the host routes 198.19.N.128/25 into the namespace (the real node's own pod bridge, node.py,
+  uses 198.19.N.64/26).
 
 198.18.0.0/15 is the RFC 2544 benchmarking range: never routed on the internet, and all of
 the traffic stays inside this machine. Needs CAP_NET_ADMIN (root) and iproute2; without
-them ``mode="loopback"`` gives 127.<N>.0.x pod IPs (processes run, EndpointSlices stay empty).
+them ``mode="loopback"`` binds the apiserver to 127.0.0.1: a control plane with registered-only
+nodes and no pod (the real node needs ``netns``).
 """
 
 from __future__ import annotations
@@ -50,17 +50,6 @@ def unshare_net() -> None:
         raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
 
 
-def enter_netns(path: str) -> None:
-    """In a child before exec: join the pod network namespace at ``path``."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 def _holder_preexec() -> None:
     set_pdeathsig()
     unshare_net()
@@ -68,19 +57,14 @@ def _holder_preexec() -> None:
 
 @dataclass
 class PodNetwork:
-    """Addresses and namespace the cluster and the node agent agree on."""
+    """The apiserver's address, the Service range and the namespace holding them (netns mode)."""
 
     mode: str
     index: int
     host_ip: str
-    pod_prefix: str
     service_cidr: str
     netns_path: str | None = None
     holder: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def pod_ip(self, slot: int) -> str:
-        """Slot 0.. maps to .10..; the node agent hands slots out."""
-        return f"{self.pod_prefix}{10 + slot}"
 
     @property
     def first_service_ip(self) -> str:
@@ -88,22 +72,12 @@ class PodNetwork:
         a, b, c, d = (int(x) for x in base.split("."))
         return f"{a}.{b}.{c}.{d + 1}"
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "mode": self.mode,
-            "index": self.index,
-            "host_ip": self.host_ip,
-            "pod_prefix": self.pod_prefix,
-            "service_cidr": self.service_cidr,
-            "netns_path": self.netns_path,
-        }
-
     @classmethod
     def create(cls, mode: str | None = None) -> PodNetwork:
         mode = mode or os.environ.get("CMCP_E2E_POD_NETWORK") or ("netns" if _can_netns() else "loopback")
         if mode == "loopback":
             idx = 100 + os.getpid() % 150
-            return cls("loopback", idx, "127.0.0.1", f"127.{idx}.0.", f"198.19.{idx}.128/25")
+            return cls("loopback", idx, "127.0.0.1", f"198.19.{idx}.128/25")
         if mode != "netns":
             raise PodNetworkError(f"unknown pod network mode {mode!r} (netns or loopback)")
         used = set(re.findall(r"inet 198\.19\.(\d+)\.1/", _run(["ip", "-4", "-o", "addr"]).stdout))
@@ -135,7 +109,6 @@ class PodNetwork:
             "netns",
             idx,
             f"198.19.{idx}.1",
-            f"198.18.{idx}.",
             f"198.19.{idx}.128/25",
             ns,
             holder,
@@ -148,9 +121,7 @@ class PodNetwork:
             [*inside, "ip", "link", "set", "lo", "up"],
             [*inside, "ip", "addr", "add", f"198.19.{idx}.2/30", "dev", "eth0"],
             [*inside, "ip", "link", "set", "eth0", "up"],
-            [*inside, "ip", "route", "add", "local", f"198.18.{idx}.0/24", "dev", "lo"],
             [*inside, "ip", "route", "add", "local", f"198.19.{idx}.128/25", "dev", "lo"],
-            ["ip", "route", "add", f"198.18.{idx}.0/24", "via", f"198.19.{idx}.2"],
             ["ip", "route", "add", f"198.19.{idx}.128/25", "via", f"198.19.{idx}.2"],
         ]
         for step in steps:

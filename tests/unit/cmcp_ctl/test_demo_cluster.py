@@ -13,7 +13,6 @@ import io
 import shutil
 import stat
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,12 +23,10 @@ from cmcp_core.crd import GROUP
 from cmcp_ctl import demo_cluster
 from cmcp_ctl.demo_cluster import (
     AUDIENCE,
-    AUDIT_FILE_IN_POD,
     GUARD_PORT,
     MCP_PORT,
     ROUTE,
     TAP_PORT,
-    ClusterDemo,
     DemoFailure,
     ToolError,
     Tools,
@@ -355,21 +352,6 @@ def test_guard_reads_the_charts_release_and_pins_modes() -> None:
     assert all("--release-manifest" not in " ".join(c["command"]) for c in others)
 
 
-def test_the_auditor_reads_the_gateway_store_the_local_control_plane_holds(tmp_path: Path) -> None:
-    """On the dev kit's control plane the gateway pod's files are on this machine: the demo's
-    audit export comes from the gateway's own SQLite store, as an auditor's would."""
-    tools = SimpleNamespace(kubeconfig=tmp_path / "admin.kubeconfig", list=lambda *_args: [])
-    demo = SimpleNamespace(tools=tools, ns="demo-ns", release="cmcp-demo")
-    assert ClusterDemo._gateway_audit_store(demo) is None  # type: ignore[arg-type]
-    store = tmp_path / "pods" / "demo-ns_cmcp-demo-gateway-abc-123_0a1b2c3d" / AUDIT_FILE_IN_POD
-    store.parent.mkdir(parents=True)
-    store.write_bytes(b"")
-    other = tmp_path / "pods" / "other-ns_cmcp-demo-gateway-x_00000000" / AUDIT_FILE_IN_POD
-    other.parent.mkdir(parents=True)
-    other.write_bytes(b"")
-    assert ClusterDemo._gateway_audit_store(demo) == f"sqlite:{store}"  # type: ignore[arg-type]
-
-
 def test_the_auditor_reads_the_gateway_store_on_the_real_node_by_pod_uid(tmp_path: Path) -> None:
     """A real container's emptyDir lives in the kubelet's pod dir, named by the pod's uid."""
     kubelet = tmp_path / "kubelet"
@@ -377,8 +359,6 @@ def test_the_auditor_reads_the_gateway_store_on_the_real_node_by_pod_uid(tmp_pat
     store.parent.mkdir(parents=True)
     store.write_bytes(b"")
     (kubelet / "pods" / "uid-2").mkdir()  # another pod: no audit volume
-    kubeconfig = tmp_path / "admin.kubeconfig"
-    assert demo_cluster.local_gateway_audit_store(kubeconfig, pod_uids=["uid-2", "uid-1"],
-                                                  kubelet_root=kubelet) == f"sqlite:{store}"
-    assert demo_cluster.local_gateway_audit_store(kubeconfig, pod_uids=["uid-2"],
-                                                  kubelet_root=kubelet) is None
+    found = demo_cluster.local_gateway_audit_store(["uid-2", "uid-1"], kubelet_root=kubelet)
+    assert found == f"sqlite:{store}"
+    assert demo_cluster.local_gateway_audit_store(["uid-2"], kubelet_root=kubelet) is None

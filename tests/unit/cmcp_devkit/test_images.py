@@ -141,6 +141,21 @@ def test_only_the_most_recently_used_builds_stay(tmp_path: Path, monkeypatch: py
     assert sorted(d.name for d in tmp_path.iterdir()) == ["k2", "k3"]
 
 
+def test_the_cluster_images_are_every_image_in_the_one_shared_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The e2e session and the operator benchmark ask for the same set in the same place: whichever
+    runs first builds, the other reuses (a different set would be another key, a second build)."""
+    monkeypatch.setenv("CMCP_IMAGES_CACHE", str(tmp_path))
+    monkeypatch.setattr(images, "build_all", _fake_build)
+    monkeypatch.setattr(images, "inputs_key", lambda names: "k1")
+    _fake_build.calls = 0  # type: ignore[attr-defined]
+    built = images.ensure_cluster_images()
+    assert set(built) == set(images.ALL_DOCKERFILES)
+    assert Path(built["enclave"].archive).parent.parent == tmp_path / "e2e"
+    assert images.ensure_cluster_images() == built and _fake_build.calls == 1  # type: ignore[attr-defined]
+
+
 def test_the_inputs_key_follows_the_build_context_and_the_names() -> None:
     key = images.inputs_key(["enclave"])
     assert key == images.inputs_key(["enclave"])

@@ -69,7 +69,7 @@ def test_missing_required_inputs_exit_2_naming_them(capsys: pytest.CaptureFixtur
 def test_the_annotation_flag_wins_over_a_launchers_initdata_variable(
     initdata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A launcher's CMCP_INITDATA (the node agent sets one) must not replace the pinned flag."""
+    """A launcher's CMCP_INITDATA (a host-process launcher may set one) must not replace the pinned flag."""
     monkeypatch.setenv("CMCP_INITDATA", str(initdata_file))
     for name, value in launcher_env(initdata_file.read_bytes()).items():
         monkeypatch.setenv(name, value)

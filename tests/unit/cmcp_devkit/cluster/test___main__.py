@@ -15,7 +15,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_unknown_command_exits_2_with_usage(tmp_path: Path) -> None:
-    proc = _run(tmp_path, "--help")
+    proc = _run(tmp_path, "--frobnicate")
     assert proc.returncode == 2
     assert "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image" in (
         proc.stderr

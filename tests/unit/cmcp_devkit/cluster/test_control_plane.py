@@ -16,6 +16,9 @@ import pytest
 
 from cmcp_devkit.cluster import control_plane
 from cmcp_devkit.cluster.control_plane import (
+    REAL_NODE_LABELS,
+    REAL_NODE_NAME,
+    REAL_NODE_PLACEMENT,
     RUNTIME_CLASSES,
     SNP_LABELS,
     TDX_LABELS,
@@ -39,23 +42,31 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_default_nodes_cover_every_tee_and_match_the_runtime_classes() -> None:
-    nodes = default_nodes()
-    assert len({n.name for n in nodes}) == len(nodes)
-    assert {n.tee for n in nodes} == {"tdx", "snp", "none"}
-    for node in nodes:
-        expected = {"tdx": TDX_LABELS, "snp": SNP_LABELS, "none": {}}[node.tee]
-        assert node.labels == expected
-        schedulable = [rc for rc, sel in RUNTIME_CLASSES.items() if sel.items() <= node.labels.items()]
-        assert len(schedulable) == (0 if node.tee == "none" else 1)
-    nodes[0].labels["x"] = "y"
-    assert "x" not in TDX_LABELS  # each node has its own copy of the labels
+def test_the_real_node_takes_both_runtime_classes_and_the_default_registered_node_neither() -> None:
+    """Pods of either kata class must be able to run (only the real node runs pods), while the plain
+    registered-only node is the eligible non-TEE node the scheduling tests need."""
+    for rc, selector in RUNTIME_CLASSES.items():
+        assert selector.items() <= REAL_NODE_LABELS.items(), rc
+        assert not any(selector.items() <= n.labels.items() for n in default_nodes()), rc
+    assert REAL_NODE_LABELS == {**TDX_LABELS, **SNP_LABELS}
+    assert REAL_NODE_PLACEMENT == {"nodeSelector": {"kubernetes.io/hostname": REAL_NODE_NAME}}
+    assert "tolerations" not in REAL_NODE_PLACEMENT  # the real node is untainted: every pod may run there
 
 
 def test_unknown_command_prints_usage(run_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["frobnicate"]) == 2
     usage = "usage: python -m cmcp_devkit.cluster up [--real-node]|down|kubeconfig|status|import-image"
     assert usage in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["help", "-h", "--help"])
+def test_help_says_what_up_runs_with_and_without_the_real_node(
+    flag: str, run_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([flag]) == 0
+    out = capsys.readouterr().out
+    assert "No pod runs" in out and "registered-only" in out  # up alone
+    assert "the only node that runs pods" in out  # up --real-node
 
 
 def test_kubeconfig_and_status_without_a_cluster(run_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -228,3 +239,4 @@ def test_import_image_needs_a_running_real_node_and_reports_ctr_errors(
     monkeypatch.setattr(control_plane.Ctr, "import_archive", broken)
     assert main(["import-image", "/x.tar"]) == 1
     assert "no such file" in capsys.readouterr().err
+

@@ -1,4 +1,4 @@
-"""cmcp_devkit.cluster.http_echo: the e2e test image's HTTP server (readiness, echo, reads, webhook)."""
+"""cmcp_devkit.cluster.http_echo: the e2e test image's HTTP server (readiness, echo, webhook)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ def echo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(http_echo._State, "fail_file", None)
     monkeypatch.setenv("POD_NAME", "pod-1")
     monkeypatch.setenv("ECHO_GREETING", "hi")
-    monkeypatch.setenv("CMCP_POD_ROOT", str(tmp_path / "root"))
-    (tmp_path / "root" / "volumes").mkdir(parents=True)
     server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -52,25 +50,6 @@ def test_fail_file_makes_healthz_fail(echo: str, tmp_path: Path) -> None:
     assert httpx.get(f"{echo}/healthz").status_code == 200
     (tmp_path / "fail").touch()
     assert httpx.get(f"{echo}/healthz").status_code == 503
-
-
-def test_env_returns_the_environment(echo: str) -> None:
-    assert httpx.get(f"{echo}/env").json()["POD_NAME"] == "pod-1"
-
-
-def test_read_serves_files_below_the_pod_root_only(echo: str, tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "volumes" / "cfg").write_text("value")
-    ok = httpx.get(f"{echo}/read?path=/volumes/cfg")
-    assert ok.status_code == 200 and ok.json()["text"] == "value"
-    absolute = httpx.get(f"{echo}/read?path={root}/volumes/cfg")
-    assert absolute.json()["text"] == "value"
-    assert httpx.get(f"{echo}/read?path=/volumes/missing").status_code == 404
-    (tmp_path / "secret").write_text("outside")
-    assert httpx.get(f"{echo}/read?path=../secret").status_code == 403
-    assert httpx.get(f"{echo}/read?path={root}/../secret").status_code == 403
-    (root / "volumes" / "link").symlink_to(tmp_path / "secret")
-    assert httpx.get(f"{echo}/read?path=/volumes/link").status_code == 403  # symlinks resolve first
 
 
 def _review(data: dict[str, str]) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""cmcp_devkit.cluster.kube: the dev kit's thin Kubernetes REST client (kubeconfig, verbs, errors, watch).
+"""cmcp_devkit.cluster.kube: the dev kit's thin Kubernetes REST client (kubeconfig, verbs, errors).
 
 The apiserver's answers come from an ``httpx.MockTransport``: the subject is which HTTP the
 client sends and how it reads answers; the real apiserver is exercised by ``tests/e2e``."""
@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from cmcp_devkit.cluster.kube import AsyncKube, Kube, KubeError
+from cmcp_devkit.cluster.kube import Kube, KubeError
 from cmcp_devkit.cluster.pki import ClusterPKI, kubeconfig_yaml
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -133,49 +133,3 @@ def test_wait_for_times_out_with_the_last_error_and_a_hint() -> None:
         kube.wait_for("the pod", probe, timeout=0.0, interval=0.0, on_timeout=lambda: "LOGS HERE")
     assert "LOGS HERE" in str(info.value)
 
-
-def _async_kube(pki: ClusterPKI, handler: Handler) -> AsyncKube:
-    client = pki.issue("node", "system:node:n1")
-    kube = AsyncKube("https://api", str(pki.ca.cert), str(client.cert), str(client.key))
-    kube.http = httpx.AsyncClient(base_url="https://api", transport=httpx.MockTransport(handler))
-    return kube
-
-
-async def test_watch_yields_events_and_asks_for_bookmarks(pki: ClusterPKI) -> None:
-    seen: list[httpx.Request] = []
-    events = [{"type": "ADDED", "object": {"n": 1}}, {"type": "BOOKMARK", "object": {}}]
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, text="\n".join(json.dumps(e) for e in events) + "\n\n")
-
-    kube = _async_kube(pki, handler)
-    got = [e async for e in kube.watch("/api/v1/pods", fieldSelector="spec.nodeName=n1")]
-    assert got == events
-    params = seen[0].url.params
-    assert params["watch"] == "1" and params["allowWatchBookmarks"] == "true"
-    assert params["fieldSelector"] == "spec.nodeName=n1"
-
-
-async def test_watch_and_req_raise_on_refusal(pki: ClusterPKI) -> None:
-    kube = _async_kube(pki, lambda r: httpx.Response(403, text="nodes cannot"))
-    with pytest.raises(KubeError) as info:
-        async for _ in kube.watch("/api/v1/secrets"):
-            pass
-    assert info.value.status == 403 and str(info.value).startswith("WATCH /api/v1/secrets -> 403")
-    with pytest.raises(KubeError):
-        await kube.req("POST", "/api/v1/x", {"a": 1}, ctype="application/json")
-
-
-async def test_req_sends_body_type_and_params(pki: ClusterPKI) -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(201, json={"created": True})
-
-    kube = _async_kube(pki, handler)
-    out = await kube.req("PATCH", "/status", {"s": 1}, ctype="application/merge-patch+json", dryRun="All")
-    assert out == {"created": True}
-    assert seen[0].headers["Content-Type"] == "application/merge-patch+json"
-    assert seen[0].url.params["dryRun"] == "All" and json.loads(seen[0].content) == {"s": 1}

@@ -113,14 +113,7 @@ def test_kubelet_argv_names_the_node_and_its_dirs() -> None:
     assert argv[0] == "/bin/kubelet"
     assert {"--hostname-override=real-node-1", "--node-ip=198.19.3.65", "--root-dir=/d/kubelet",
             "--config=/d/kubelet-config.yaml", "--kubeconfig=/d/kubelet.kubeconfig"} <= set(argv)
-    assert not any(a.startswith("--register-with-taints") for a in argv)
-
-
-def test_a_tainted_node_registers_with_its_taints() -> None:
-    taints = [{"key": "cmcp.dev/real-node", "value": "true", "effect": "NoSchedule"},
-              {"key": "k", "effect": "NoExecute"}]
-    argv = kubelet_argv(Path("/bin/kubelet"), "real-node-1", NodeNet(3), PATHS, taints)
-    assert "--register-with-taints=cmcp.dev/real-node=true:NoSchedule,k=:NoExecute" in argv
+    assert not any(a.startswith("--register-with-taints") for a in argv)  # the node that runs every pod
 
 
 def test_kube_proxy_serves_the_node_and_leaves_host_wide_settings_alone() -> None:
