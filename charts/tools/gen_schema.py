@@ -224,6 +224,22 @@ ATTESTATION = obj(
             },
             required=["tdx", "snp", "any", "simulated"],
         ),
+        # McpRoutes with spec.gpu: Kata's GPU runtime classes, the device plugin's resource, --gpu.
+        "gpu": obj(
+            {
+                "runtimeClasses": obj(
+                    {
+                        tee: {"anyOf": [{"const": ""}, {"type": "string", "pattern": DNS_SUBDOMAIN}]}
+                        for tee in ("tdx", "snp")
+                    },
+                    required=["tdx", "snp"],
+                ),
+                "resource": string("Extended resource a GPU route's enclave requests.",
+                                   pattern=r"^[a-z0-9.-]+/[A-Za-z0-9_.-]+$"),
+                "provider": {"enum": ["nvidia", "simulated"]},
+            },
+            required=["runtimeClasses", "resource", "provider"],
+        ),
     },
     required=[
         "allowedTeeTypes",
@@ -241,6 +257,13 @@ ATTESTATION = obj(
         # The simulated provider on TEE nodes only makes sense when simulated evidence is accepted.
         {
             "if": {"properties": {"simulateTee": {"const": True}}, "required": ["simulateTee"]},
+            "then": {"properties": {"allowSimulated": {"const": True}}},
+        },
+        # A simulated GPU is software-only evidence too.
+        {
+            "if": {"properties": {"gpu": {"properties": {"provider": {"const": "simulated"}},
+                                          "required": ["provider"]}},
+                   "required": ["gpu"]},
             "then": {"properties": {"allowSimulated": {"const": True}}},
         },
     ],

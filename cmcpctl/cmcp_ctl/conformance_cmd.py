@@ -21,7 +21,14 @@ from cmcp_conformance.cluster import RouteOutage
 from cmcp_core import appraisal_options, gateway_identity
 from cmcp_core.errors import CmcpError
 from cmcp_core.route_status import RouteRef
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 
+
+def _gpu(count: int, route_gpu: Any) -> GpuRequirement | None:
+    """``--require-gpu N`` wins; else what the McpRoute status says the operator required."""
+    if count:
+        return GpuRequirement(count=count)
+    return GpuRequirement.from_spec(route_gpu) if isinstance(route_gpu, dict) else None
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -55,6 +62,9 @@ def register(subparsers: Any) -> None:
                         "that play a compromised gateway call the enclave with it")
     p.add_argument("--upstream", help="the guarded upstream's MCP URL, reachable directly (bypass tests)")
     p.add_argument("--upstream-counter", help="URL returning the upstream's tool-call counter as JSON")
+    p.add_argument("--require-gpu", type=int, default=0, metavar="N",
+                   help="the enforce enclave must prove N confidential GPUs (ATTEST-007; default: the "
+                        "route's status.gpu with --route, else none)")
     p.add_argument("--audience", help="permit audience of the upstream (default: from the route)")
     # how the suite appraises a remote target's evidence, spelt as for every relying party: the
     # signed release manifests it trusts (required for a URL target), collateral, simulated consent
@@ -121,6 +131,7 @@ def _remote_target(args: argparse.Namespace) -> Any:
         upstream_audience=audience,
         upstream_counter_url=args.upstream_counter,
         allow_simulated=args.allow_simulated,
+        gpu=_gpu(args.require_gpu, status.get("gpu")),
         appraisal=appraisal,
         expected_bundle_hash=status.get("bundleHash"),
         route_status=route,

@@ -2,6 +2,11 @@
 
 Exit codes: 0 the check passed, 1 it failed (the verdict's code says why), 2 usage (bad
 flags, unreadable files). ``--json`` prints the verdict object; otherwise one summary line.
+
+GPU evidence an ``AttestResponse`` carries is never ignored: with ``--response`` every envelope
+in it is appraised (at least ``--require-gpu`` of them must be there), for the nonce derived from
+the verified REPORT_DATA, against the pinned NVIDIA roots at ``--now``/``--evidence-now``, under
+``--gpu-revocation``; the summary line names the GPU count and the revocation state.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 from cmcp_core import appraisal_options
 from cmcp_core.errors import CmcpError
 from cmcp_core.verify.appraise import PLATFORMS, appraise_attestation, appraise_evidence, appraise_response
+from cmcp_core.verify.gpu import REVOCATION_POLICIES
+from cmcp_core.verify.gpu_requirement import MAX_GPUS, GpuRequirement
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_core.verify.verdict import DEFAULT_TCB_STATUSES, AppraisalPolicy, Verdict, VerifyFailure
 from cmcp_ctl.usage import UsageError, exit_2_on_usage_error
@@ -83,6 +90,9 @@ def _emit(verdict: Verdict, as_json: bool) -> int:
     else:
         state = "PASS" if verdict.passed else "FAIL"
         extra = f" tcb={verdict.tcb_status}" if verdict.tcb_status else ""
+        if verdict.gpus:
+            revocation = ",".join(sorted({g.revocation or "not-reached" for g in verdict.gpus}))
+            extra += f" gpus={len(verdict.gpus)} gpu-revocation={revocation}"
         print(f"{state} {verdict.code} [{verdict.platform}, {verdict.assurance}{extra}] {verdict.message}")
     return 0 if verdict.passed else 1
 
@@ -105,6 +115,16 @@ def _load_response(path: str) -> Any:
         raise UsageError(f"--response is not an AttestResponse JSON: {exc}") from exc
 
 
+def _gpu(args: argparse.Namespace, response: Any) -> GpuRequirement | None:
+    """What the response's GPU envelopes are appraised under: all of them, at least ``--require-gpu``."""
+    count = max(args.require_gpu, len(response.gpu_evidence))
+    if count == 0:
+        return None
+    if count > MAX_GPUS:
+        raise UsageError(f"at most {MAX_GPUS} GPUs")
+    return GpuRequirement(count=count, revocation=args.gpu_revocation)
+
+
 def _evidence(args: argparse.Namespace) -> int:
     policy = _policy(args)
     now = _now(args.now)
@@ -124,6 +144,7 @@ def _evidence(args: argparse.Namespace) -> int:
             expected_public_key_jwk=_json_arg(args.expected_key) if args.expected_key else None,
             collateral=collateral,
             now=now,
+            gpu=_gpu(args, resp),
         )
         return _emit(verdict, args.json)
     if not args.platform or not args.evidence:
@@ -175,13 +196,15 @@ def _record(args: argparse.Namespace) -> int:
         if nonce is None:
             raise UsageError("--response needs --nonce (the nonce the verifier sent)")
         collateral = _read(args.collateral) if args.collateral else None
+        resp = _load_response(args.response)
         verdict_in = appraise_response(
-            _load_response(args.response),
+            resp,
             nonce,
             _policy(args),
             expected_bundle_hash=args.bundle_hash,
             collateral=collateral,
             now=_now(args.evidence_now),
+            gpu=_gpu(args, resp),
         )
         if not verdict_in.passed:
             return _emit(verdict_in, args.json)
@@ -211,6 +234,15 @@ def _audit(args: argparse.Namespace) -> int:
     except VerifyFailure as exc:
         raise UsageError(exc.detail) from exc
     return _emit(verify_audit_export(entries, _json_arg(args.key), expected_tip=args.tip), args.json)
+
+
+def _gpu_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--require-gpu", type=int, default=0, metavar="N",
+                   help="the --response must carry GPU evidence for at least N GPUs (every envelope it "
+                        "carries is appraised anyway)")
+    p.add_argument("--gpu-revocation", choices=REVOCATION_POLICIES, default="not-checked",
+                   help="ocsp-stapled: every GPU and RIM certificate needs a stapled GOOD OCSP response; "
+                        "not-checked: reported as such (default)")
 
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
@@ -250,6 +282,7 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--now", help="verification time: Unix seconds or ISO 8601 (default: now)")
     ev.add_argument("--json", action="store_true")
     _policy_flags(ev)
+    _gpu_flags(ev)
     ev.set_defaults(func=_run(_evidence))
 
     rec = sub.add_parser("record", help="Verify a TRACE Trust Record against a pinned enclave key")
@@ -267,6 +300,7 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--now", help="verification time: Unix seconds or ISO 8601")
     rec.add_argument("--json", action="store_true")
     _policy_flags(rec)
+    _gpu_flags(rec)
     rec.set_defaults(func=_run(_record))
 
     aud = sub.add_parser("audit", help="Verify an exported audit chain offline")

@@ -76,6 +76,14 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "measurements); its evidence must fail appraisal against the target's signed releases "
         "with REFERENCE_VALUE_MISMATCH.",
     ),
+    Requirement(
+        "ATTEST-007",
+        _M,
+        "GPU evidence is bound to the enclave's attestation",
+        "For a target that must prove GPUs: every Attest carries one GPU envelope per GPU whose "
+        "SPDM nonce is derived from that Attest's REPORT_DATA and which appraises; GPU evidence "
+        "replayed from another attestation, or stripped, fails the whole attestation with its GPU code.",
+    ),
     # --- policy ------------------------------------------------------------------------
     Requirement(
         "POLICY-001",

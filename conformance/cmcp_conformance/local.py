@@ -25,6 +25,7 @@ from cmcp_conformance import bundle as conformance_bundle
 from cmcp_conformance.target import IdentityAccess, LaunchResult, Profile, TargetDeployment
 from cmcp_core.gateway_identity import load_private_key
 from cmcp_core.verify import AppraisalPolicy
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_devkit.initdata import render_initdata as devkit_render_initdata
 from cmcp_devkit.issuer import DevIssuer, identity_section
@@ -67,6 +68,12 @@ class LocalDeployment(LocalStack):
     upstream_profile: str = "conformance"
     tokens: dict[str, str] = field(default_factory=lambda: {REPLICA_TOKEN: REPLICA_AGENT})
     issuer: DevIssuer = field(default_factory=lambda: DevIssuer("https://issuer.conformance.example"))
+
+    gpu: str = "simulated"  # every enclave here has a simulated GPU beside it (ATTEST-007)
+
+    def enclave_argv(self, bundle_dir: Path, initdata_path: Path, listen: str, ready: Path) -> list[str]:
+        argv = super().enclave_argv(bundle_dir, initdata_path, listen, ready)
+        return argv if self.gpu == "none" else [*argv, "--gpu", self.gpu]
 
     def launch_enclave(
         self, bundle_dir: Path, initdata_bytes: bytes, *, measured: bytes | None = None, timeout: float = 20.0
@@ -149,6 +156,7 @@ class LocalDeployment(LocalStack):
             upstream_audience=self.audience,
             upstream_counter_url=f"{self.raw_upstream_base}/calls",
             allow_simulated=True,
+            gpu=None if self.gpu == "none" else GpuRequirement(),
             appraisal=AppraisalPolicy(releases=(self.release.release,)),
             expected_bundle_hash=str(enforce.ready["bundle_hash"]),
             bundle_dir=enforce.bundle_dir,

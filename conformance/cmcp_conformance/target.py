@@ -47,6 +47,7 @@ from cmcp_core.audit_store import chain_entries, open_audit_store, rows_of, trai
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 
 GRPC_TIMEOUT_SECONDS = 10.0
 
@@ -129,6 +130,9 @@ class TargetDeployment:
     upstream_audience: str | None = None
     upstream_counter_url: str | None = None
     allow_simulated: bool = False
+    # The GPUs the enforce route's enclave must prove (ATTEST-007): an McpRoute's status.gpu, or
+    # --require-gpu; None skips the GPU checks.
+    gpu: GpuRequirement | None = None
     appraisal: AppraisalPolicy = field(default_factory=AppraisalPolicy)  # releases the tester trusts
     expected_bundle_hash: str | None = None
     bundle_dir: Path | None = None

@@ -31,6 +31,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.initdata import CmcpEntry
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import AppraisalPolicy, appraise_response
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 
 ENFORCE_ONLY = frozenset({"enforce"})
 
@@ -51,13 +52,15 @@ class Evidence:
     catalog_hash: str
     enforcement_mode: str
     report_data: bytes
+    gpu_evidence: tuple[bytes, ...] = ()  # one cmcp-gpu-evidence-v1 envelope per GPU
 
     @classmethod
     def from_response(cls, resp: Any) -> Evidence:
         return cls(platform=resp.platform, evidence=resp.evidence, aux=resp.aux, initdata=resp.initdata,
                    public_key_jwk=resp.public_key_jwk, bundle_hash=resp.bundle_hash,
                    catalog_hash=resp.catalog_hash, enforcement_mode=resp.enforcement_mode,
-                   report_data=resp.report_data)
+                   report_data=resp.report_data,
+                   gpu_evidence=tuple(bytes(e) for e in getattr(resp, "gpu_evidence", ())))
 
     @property
     def initdata_digest(self) -> str:
@@ -91,6 +94,9 @@ class Appraisal:
     enforcement_mode: str = ""
     evidence_digest: str = ""
     appraised_at: float = 0.0  # wall clock, seconds
+    # status.pods[].gpu when the route requires GPUs and appraisal reached them:
+    # {attested, code, count, revocation, driverVersion, vbiosVersion}
+    gpu: dict[str, Any] | None = None
 
 
 def sha256_tagged(data: bytes) -> str:
@@ -152,6 +158,7 @@ class AttestPolicy:
     appraisal: AppraisalPolicy
     expected: Expected
     timeout_seconds: float = 5.0
+    gpu: GpuRequirement | None = None  # the route's GPU requirement (McpRoute status.gpu)
 
 
 @dataclass(frozen=True)
@@ -207,7 +214,7 @@ async def attest(stub: enclave_pb2_grpc.EnclaveStub, address: str, policy: Attes
         resp = await stub.Attest(enclave_pb2.AttestRequest(nonce=nonce), timeout=policy.timeout_seconds)
     except grpc.aio.AioRpcError as exc:
         raise CmcpError(Code.TEE_UNAVAILABLE, f"{address}: Attest failed: {exc.code().name}") from exc
-    verdict = appraise_response(resp, nonce, policy.appraisal)
+    verdict = appraise_response(resp, nonce, policy.appraisal, gpu=policy.gpu)
     if not verdict.passed:
         try:
             code = Code(verdict.code)

@@ -88,6 +88,7 @@ class PodStatus:
     key_thumbprint: str | None = None
     public_key_jwk: dict[str, str] | None = None
     assurance: str | None = None
+    gpu: dict[str, Any] | None = None  # the route requires GPUs: {attested, code, revocation, ...}
 
     def to_status(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"pod": self.pod, "uid": self.uid, "node": self.node,
@@ -96,7 +97,8 @@ class PodStatus:
                     "reportedBundleHash": self.reported_bundle_hash, "current": self.current,
                     "lastAttested": self.last_attested, "keyThumbprint": self.key_thumbprint,
                     "publicKeyJwk": None if self.public_key_jwk is None else dict(self.public_key_jwk),
-                    "assurance": self.assurance}
+                    "assurance": self.assurance,
+                    "gpu": None if self.gpu is None else dict(self.gpu)}
         entry.update({k: v for k, v in optional.items() if v is not None})
         return entry
 
@@ -115,7 +117,8 @@ class PodStatus:
                    key_thumbprint=_text(doc.get("keyThumbprint")),
                    public_key_jwk=({str(k): str(v) for k, v in jwk.items()} if isinstance(jwk, Mapping)
                                    else None),
-                   assurance=_text(doc.get("assurance")))
+                   assurance=_text(doc.get("assurance")),
+                   gpu=dict(gpu) if isinstance(gpu := doc.get("gpu"), Mapping) else None)
 
     @property
     def endpoint(self) -> str:
@@ -142,6 +145,10 @@ class RouteStatus:
     service_name: str | None = None
     deployment_name: str | None = None
     conditions: tuple[dict[str, Any], ...] | None = None  # Kubernetes conditions, as merged
+    # The GPU requirement (spec.gpu) the operator appraised the pods under: followers (the
+    # gateway) require the same GPU evidence when they attest the pods themselves. Written as
+    # null when the route requires none, so a removed requirement clears.
+    gpu: dict[str, Any] | None = None
 
     def to_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -161,6 +168,7 @@ class RouteStatus:
         if self.catalog_hash:
             status["catalogHash"] = self.catalog_hash
         status["previous"] = self.previous.to_status() if self.previous else None
+        status["gpu"] = None if self.gpu is None else dict(self.gpu)
         if self.observed_generation is not None:
             status["observedGeneration"] = self.observed_generation
         if self.service_name is not None:
@@ -195,7 +203,8 @@ class RouteStatus:
             else None,
             service_name=_text(doc.get("serviceName")), deployment_name=_text(doc.get("deploymentName")),
             conditions=(tuple(dict(c) for c in conditions if isinstance(c, Mapping))
-                        if isinstance(conditions, list) else None))
+                        if isinstance(conditions, list) else None),
+            gpu=_gpu(doc.get("gpu")))
 
     def attested_endpoints(self) -> list[str]:
         """The ``HOST:PORT`` of every pod the operator marked attested, in status order."""
@@ -211,6 +220,14 @@ class RouteStatus:
 RouteReader = Callable[[], Awaitable[RouteStatus]]
 """Where a follower reads a route's status (e.g. ``cmcp_core.route_source.McpRouteSource(...).read``);
 raises when it cannot tell."""
+
+
+def _gpu(value: Any) -> dict[str, Any] | None:
+    """Absent or null: no GPU required. Anything else is kept as is, for the follower to parse
+    (``cmcp_core.verify.gpu_requirement.GpuRequirement.from_spec``) and refuse if malformed."""
+    if value is None:
+        return None
+    return dict(value) if isinstance(value, Mapping) else {"malformed": True}
 
 
 def _text(value: Any) -> str | None:

@@ -26,6 +26,7 @@ from cmcp_core.crypto import key_from_jwk
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.stop_signals import GRACE_SECONDS, STOP_SIGNALS, exit_on_stop_signals
 from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.gpu import GPUS, make_gpu_provider, with_gpus
 from cmcp_enclave.log import log
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.scheduler import DecisionScheduler
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file holding the pod's cc_init_data annotation (base64 of gzip), e.g. a downward-"
                         "API volume: how a Kata pod sees its initdata (env CMCP_INITDATA_ANNOTATION)")
     p.add_argument("--tee", default=env("CMCP_TEE"), choices=TEES, help="TEE provider (env CMCP_TEE)")
+    p.add_argument("--gpu", default=env("CMCP_GPU", "none"), choices=GPUS,
+                   help="confidential GPUs whose evidence every Attest carries (env CMCP_GPU; default none)")
+    p.add_argument("--gpu-rim-dir", default=env("CMCP_GPU_RIM_DIR"),
+                   help="signed NVIDIA RIMs (*.swidtag) to staple to --gpu nvidia evidence")
     p.add_argument("--listen", default=env("CMCP_LISTEN", "127.0.0.1:50051"),
                    help="gRPC HOST:PORT (env CMCP_LISTEN); port 0 picks a free one")
     p.add_argument("--decide-listen", default=env("CMCP_DECIDE_LISTEN"),
@@ -178,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"cmcp-enclave: bad --operator-key/--bundle-signer: {exc}\n")
         return 2
     try:
-        provider = make_provider(args.tee, tsm_root=args.tsm_root, aa_url=args.aa_url)
+        provider = with_gpus(make_provider(args.tee, tsm_root=args.tsm_root, aa_url=args.aa_url),
+                             make_gpu_provider(args.gpu, rim_dir=args.gpu_rim_dir))
         limits = EnclaveLimits(permit_ttl=args.permit_ttl, idle_timeout=args.idle_timeout,
                                max_sessions=args.max_sessions, max_principals=args.max_principals,
                                outbox_bytes=args.outbox_mb * 1024 * 1024)

@@ -69,7 +69,8 @@ def attest_response(enclave: Enclave, nonce: bytes, decide_hop_port: int = 0) ->
         initdata=enclave.initdata_bytes, public_key_jwk=json.dumps(enclave.public_jwk),
         bundle_hash=enclave.bundle_hash, catalog_hash=enclave.catalog_hash,
         enforcement_mode=enclave.mode, report_data=report_data, decide_hop_port=decide_hop_port,
-        decide_hop_version=decide_frames.VERSION if decide_hop_port else 0)
+        decide_hop_version=decide_frames.VERSION if decide_hop_port else 0,
+        gpu_evidence=list(report.gpu_evidence))
 
 
 class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]

@@ -14,6 +14,9 @@ than against anything the host could have cached.
   simulated SNP report ``simulated-snp`` rather than ``snp``, so a verifier appraises it as
   software-only evidence, never as hardware.
 * ``coco-aa``: the CoCo attestation agent's HTTP evidence endpoint (TDX evidence form).
+
+A GPU beside the enclave answers through :mod:`cmcp_enclave.gpu`, which wraps a provider here so
+that each :class:`Report` also carries ``gpu_evidence`` (one envelope per GPU).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Report:
     aux: bytes
     measured_config: bytes  # MRCONFIGID (48) or HOST_DATA (32) read back from this report
     report_data: bytes  # REPORT_DATA read back from this report
+    gpu_evidence: tuple[bytes, ...] = ()  # cmcp-gpu-evidence-v1 envelopes, nonce gpu_nonce(report_data)
 
     @property
     def measurement_platform(self) -> str:

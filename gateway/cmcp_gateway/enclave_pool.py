@@ -39,6 +39,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.mcp_target import INPUT_METHODS
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.route_status import RouteReader, RouteStatus
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 from cmcp_gateway import enclave_rpc, pinning
 from cmcp_gateway.audit_writer import AuditWriter
 from cmcp_gateway.decide_hop import DecisionHop
@@ -116,11 +117,20 @@ class EnclavePool:
     async def follow(self, status: RouteStatus) -> None:
         """Track an ``McpRoute``: its attested pods, pinned to the initdata of its target and, mid
         rollout, previous revision. Every endpoint is re-appraised against the new pins, so a pod
-        of a revision the route left stops serving at once."""
+        of a revision the route left stops serving at once; likewise for the route's GPU
+        requirement (``status.gpu``): each endpoint must then send good GPU evidence to this gateway
+        too, not only to the operator."""
         expected = replace(self.policy.expected, initdata_digests=status.pinned_initdata())
-        changed = expected != self.policy.expected
-        self.policy = replace(self.policy, expected=expected)
-        await self.set_endpoints(status.attested_endpoints())
+        endpoints = status.attested_endpoints()
+        try:
+            gpu = GpuRequirement.from_spec(status.gpu)
+        except ValueError as exc:  # fail closed: no endpoint of a route whose GPU requirement we cannot read
+            log.warning("route GPU requirement unreadable",
+                        extra={"route": self.route_name, "detail": str(exc)})
+            gpu, endpoints = self.policy.gpu, []
+        changed = expected != self.policy.expected or gpu != self.policy.gpu
+        self.policy = replace(self.policy, expected=expected, gpu=gpu)
+        await self.set_endpoints(endpoints)
         if changed:
             await self.refresh()
 

@@ -34,6 +34,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_core.permit import CLOCK_SKEW_SECONDS
 from cmcp_core.proto import enclave_pb2_grpc
 from cmcp_core.route_status import RouteReader
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 
 log = logging.getLogger("cmcp.guard")
 
@@ -68,6 +69,7 @@ class TrustStore:
         # comes from a failed read, and known enclaves are still re-attested every round)
         self.source_addresses: list[str] = []
         self.route_pins: frozenset[str] = frozenset()  # the route's target/previous initdata digests
+        self.route_gpu: GpuRequirement | None = None  # the route's status.gpu: listed pods prove it too
         # source-listed enclaves that left the listing: last self-appraised record + deadline
         self.departed: dict[str, tuple[AttestedEnclave, float]] = {}
         self._next_expiry = float("inf")
@@ -94,7 +96,8 @@ class TrustStore:
         configured for it (a fixed address the route also lists must satisfy the route too)."""
         expected = self.policy.expected
         if address in self.source_addresses:
-            return replace(self.policy, expected=replace(expected, initdata_digests=self.route_pins))
+            return replace(self.policy, expected=replace(expected, initdata_digests=self.route_pins),
+                           gpu=self.route_gpu)
         # a fixed endpoint may serve another route (e.g. that route's advisory twin): its own pins
         return replace(self.policy, expected=replace(expected, route=None, initdata_digests=frozenset()))
 
@@ -117,6 +120,11 @@ class TrustStore:
             return
         listed = list(dict.fromkeys(status.attested_endpoints()))
         self.route_pins = status.pinned_initdata()
+        try:
+            self.route_gpu = GpuRequirement.from_spec(status.gpu)
+        except ValueError as exc:  # fail closed: no listed pod of a route with an unreadable GPU need
+            log.warning("route GPU requirement unreadable", extra={"detail": str(exc)})
+            listed = []
         if len(listed) > MAX_SOURCE_ADDRESSES:
             log.warning("address source listed too many enclaves", extra={"detail": str(len(listed))})
             listed = listed[:MAX_SOURCE_ADDRESSES]

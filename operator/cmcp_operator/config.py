@@ -28,6 +28,12 @@ class OperatorConfig:
     enclave_image: str = DEFAULT_IMAGE
     runtime_classes: dict[str, str] = field(default_factory=lambda: {
         "tdx": "kata-qemu-tdx", "snp": "kata-qemu-snp", "any": "kata-cc", "simulated": ""})
+    # Routes with spec.gpu: Kata's GPU passthrough runtime classes (by TEE), the device plugin's
+    # resource name, and what the enclave collects evidence from (simulated: --allow-simulated only).
+    gpu_runtime_classes: dict[str, str] = field(default_factory=lambda: {
+        "tdx": "kata-qemu-nvidia-gpu-tdx", "snp": "kata-qemu-nvidia-gpu-snp"})
+    gpu_resource: str = "nvidia.com/pgpu"
+    gpu_provider: str = "nvidia"
     initdata_algorithm: str = "sha384"
     gateway_keys: tuple[str, ...] = ()  # pinned into every initdata (cmcp_core.gateway_identity)
     webhook_port: int | None = None
@@ -46,5 +52,9 @@ class OperatorConfig:
         """Simulated evidence and ``tee: simulated`` routes are accepted (development only)."""
         return self.appraisal.allow_simulated
 
-    def runtime_class(self, tee: str, override: str | None) -> str | None:
-        return override or self.runtime_classes.get(tee) or None
+    def runtime_class(self, tee: str, override: str | None, *, gpu: bool = False) -> str | None:
+        if override:
+            return override
+        if gpu and tee in self.gpu_runtime_classes:
+            return self.gpu_runtime_classes[tee] or None
+        return self.runtime_classes.get(tee) or None

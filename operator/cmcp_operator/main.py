@@ -42,6 +42,15 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     p.add_argument("--runtime-class-any", default="kata-cc")
     p.add_argument("--runtime-class-simulated", default="",
                    help="runtime class for tee: simulated routes (default: none)")
+    p.add_argument("--runtime-class-gpu-tdx", default="kata-qemu-nvidia-gpu-tdx",
+                   help="runtime class for tee: tdx routes with spec.gpu")
+    p.add_argument("--runtime-class-gpu-snp", default="kata-qemu-nvidia-gpu-snp",
+                   help="runtime class for tee: snp routes with spec.gpu")
+    p.add_argument("--gpu-resource", default="nvidia.com/pgpu",
+                   help="extended resource a spec.gpu route's enclave requests (the Kata sandbox device "
+                        "plugin's name; model-specific names such as nvidia.com/GH100_H100_PCIE also work)")
+    p.add_argument("--gpu-provider", default="nvidia", choices=["nvidia", "simulated"],
+                   help="what spec.gpu enclaves attest (--gpu); simulated needs --allow-simulated")
     p.add_argument("--initdata-algorithm", default="sha384", choices=["sha256", "sha384", "sha512"])
     p.add_argument("--gateway-key-file", action="append", default=[], metavar="PEM",
                    help="a gateway's Ed25519 key (PEM); its public half goes into every enclave's "
@@ -66,6 +75,9 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     a = p.parse_args(argv)
     if a.simulate_tee and not a.allow_simulated:
         p.error("--simulate-tee needs --allow-simulated (simulated evidence must be accepted explicitly)")
+    if a.gpu_provider == "simulated" and not a.allow_simulated:
+        p.error("--gpu-provider simulated needs --allow-simulated (simulated evidence must be accepted "
+                "explicitly)")
     if not a.namespace and not a.all_namespaces:
         p.error("give --namespace NS (repeatable) or --all-namespaces")
     patterns = [n for n in a.namespace if not NAMESPACE_NAME.fullmatch(n)]
@@ -90,6 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
         enclave_image=a.enclave_image,
         runtime_classes={"tdx": a.runtime_class_tdx, "snp": a.runtime_class_snp, "any": a.runtime_class_any,
                          "simulated": a.runtime_class_simulated},
+        gpu_runtime_classes={"tdx": a.runtime_class_gpu_tdx, "snp": a.runtime_class_gpu_snp},
+        gpu_resource=a.gpu_resource, gpu_provider=a.gpu_provider,
         initdata_algorithm=a.initdata_algorithm, gateway_keys=gateway_keys,
         webhook_port=a.webhook_port, webhook_host=a.webhook_host, webhook_listen=a.webhook_listen,
         webhook_cert_dir=a.webhook_cert_dir, webhook_service=a.webhook_service,

@@ -6,6 +6,10 @@ On top of that the operator checks what only it knows: the initdata the enclave 
 byte for byte the initdata the operator rendered into *that pod's* annotation, and that
 initdata is one of the route's accepted revisions (the current bundle, or the previous one
 while a rollout is in progress). Anything else — including a missing verifier — is a refusal.
+
+A route with ``spec.gpu`` has its pods' GPU evidence appraised in the same verdict (the verifier
+library derives the GPU nonce from the verified REPORT_DATA); the per-pod GPU result goes to
+``status.pods[].gpu``, and a pod whose GPU evidence is missing or fails is not attested.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cmcp_core.attestation import Appraisal, Evidence, sha256_tagged
 from cmcp_core.crypto import key_from_jwk, thumbprint
 from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_PLATFORM
 from cmcp_core.initdata import InitdataError, parse
 from cmcp_core.verify import AppraisalPolicy, Verdict
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class AppraisalSettings:
 
     allowed_tee: tuple[str, ...]
     policy: AppraisalPolicy
+    gpu: GpuRequirement | None = None  # the route's spec.gpu
+    gpu_problem: str | None = None  # spec.gpu did not parse: every pod is refused
 
 
 class VerifierFn(Protocol):
@@ -67,15 +74,33 @@ def allowed_tee(tee: str, *, allow_simulated: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(platforms))
 
 
+def gpu_status(verdict: Verdict, required: GpuRequirement | None) -> dict[str, Any] | None:
+    """``status.pods[].gpu``: the first failing GPU's result (or the first GPU's), once appraisal
+    reached the GPUs; ``None`` when the route requires none or the CPU evidence failed first."""
+    if required is None or not (verdict.gpus or verdict.code.startswith("GPU_")):
+        return None
+    failing = [g for g in verdict.gpus if not g.passed]
+    entry: dict[str, Any] = {"attested": verdict.ok, "code": verdict.code, "count": len(verdict.gpus)}
+    if verdict.gpus:
+        shown = (failing or list(verdict.gpus))[0]
+        optional = {"revocation": shown.revocation, "driverVersion": shown.driver_version,
+                    "vbiosVersion": shown.vbios_version}
+        entry.update({k: v for k, v in optional.items() if v is not None})
+    return entry
+
+
 def appraise_pod(ev: Evidence, *, nonce: bytes, pod_initdata: bytes | None, route: str,
                  accepted: Mapping[str, str], settings: AppraisalSettings,
                  verifier: VerifierFn | None) -> Appraisal:
     """``accepted`` maps initdata digest -> bundle hash for the revisions allowed to serve."""
-    def fail(reason: str, message: str) -> Appraisal:
+    def fail(reason: str, message: str, gpu: dict[str, Any] | None = None) -> Appraisal:
         return Appraisal(False, reason, message, platform=ev.platform, bundle_hash=ev.bundle_hash,
                          initdata_digest=ev.initdata_digest, catalog_hash=ev.catalog_hash,
                          enforcement_mode=ev.enforcement_mode, evidence_digest=ev.evidence_digest,
-                         appraised_at=time.time())
+                         appraised_at=time.time(), gpu=gpu)
+
+    if settings.gpu_problem is not None:
+        return fail("GpuRequirementInvalid", settings.gpu_problem)
 
     if pod_initdata is None:
         return fail("InitdataAnnotationMissing", "pod has no decodable initdata annotation")
@@ -109,14 +134,15 @@ def appraise_pod(ev: Evidence, *, nonce: bytes, pod_initdata: bytes | None, rout
                            expected_initdata=pod_initdata)
     except Exception as exc:  # the verifier crashing is a refusal, never an accept
         return fail("VerifierError", f"{type(exc).__name__}: {exc}")
+    gpu = gpu_status(verdict, settings.gpu)
     if not verdict.ok:
-        return fail(camel(verdict.code) or "EvidenceRejected", verdict.message)
+        return fail(camel(verdict.code) or "EvidenceRejected", verdict.message, gpu)
     return Appraisal(True, "Attested", f"evidence verified ({verdict.assurance or 'ok'})",
                      platform=ev.platform, bundle_hash=expected_hash, initdata_digest=digest,
                      thumbprint=thumbprint(key), public_jwk={k: str(v) for k, v in jwk.items()},
                      assurance=verdict.assurance, catalog_hash=ev.catalog_hash,
                      enforcement_mode=ev.enforcement_mode, evidence_digest=ev.evidence_digest,
-                     appraised_at=time.time())
+                     appraised_at=time.time(), gpu=gpu)
 
 
 VerifierLoader = Callable[[], VerifierFn | None]

@@ -23,6 +23,7 @@ from cmcp_core.digest import json_digest
 from cmcp_core.initdata import ANNOTATION, InitdataError, decode_annotation
 from cmcp_core.launch_policy import IMAGE_DIGEST_RE, LaunchPolicyError
 from cmcp_core.route_status import RouteStatus, RouteTarget
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 from cmcp_operator import metrics, workloads
 from cmcp_operator.attestor import EnclaveUnreachable, EvidenceFetcher, fetch_evidence
 from cmcp_operator.bundles import key_to_path
@@ -78,10 +79,24 @@ def route_admission_problem(spec: Mapping[str, Any], *, namespace: str, bundle_e
     if image is not None and not IMAGE_DIGEST_RE.fullmatch(str(image)):
         return (f"image: {str(image)[:80]!r} is refused: the enclave image must be pinned by digest "
                 "(<name>@sha256:<64 lowercase hex>), a tag can be re-pointed after the policy is measured")
+    try:
+        GpuRequirement.from_spec(spec.get("gpu"))
+    except ValueError as exc:
+        return f"gpu: {exc}"
     if not bundle_exists:
         ref = spec.get("policyBundleRef", {}).get("name", "")
         return f"policyBundleRef: PolicyBundle {ref!r} not found in namespace {namespace!r}"
     return None
+
+
+def _published_gpu(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``status.gpu``: the requirement with its defaults filled in (followers apply exactly what
+    the operator applied); a malformed one as written, which followers refuse as the operator does."""
+    try:
+        gpu = GpuRequirement.from_spec(spec.get("gpu"))
+    except ValueError:
+        return dict(spec["gpu"]) if isinstance(spec.get("gpu"), Mapping) else {"malformed": True}
+    return None if gpu is None else gpu.to_spec()
 
 
 class RouteController:
@@ -193,7 +208,7 @@ class RouteController:
             desired=int(spec.get("replicas", 2)), min_attested=spec.get("minAttested"),
             target=target, previous=previous, pods=views,
             ready_pods=sum(1 for p in pods if _pod_ready(p) and not p["metadata"].get("deletionTimestamp")),
-            bundle_problem=problem, mode=mode, catalog_hash=catalog)
+            bundle_problem=problem, mode=mode, catalog_hash=catalog, gpu=_published_gpu(spec))
         old_conditions = list(old.conditions or [])
         workload = workloads.workload_name(name)
         merged = merge_conditions(old_conditions, summary.conditions, generation=generation)
@@ -251,9 +266,14 @@ class RouteController:
     async def _attest_all(self, namespace: str, name: str, spec: Mapping[str, Any],
                           pods: list[dict[str, Any]], accepted: dict[str, str]) -> list[PodView]:
         tee = str(spec.get("tee", "tdx"))
+        gpu, gpu_problem = None, None
+        try:
+            gpu = GpuRequirement.from_spec(spec.get("gpu"))
+        except ValueError as exc:  # the CRD schema and the webhook refuse it first; fail closed anyway
+            gpu_problem = f"spec.gpu: {exc}"
         settings = AppraisalSettings(
             allowed_tee=allowed_tee(tee, allow_simulated=self.config.allow_simulated),
-            policy=self.config.appraisal)
+            policy=self.config.appraisal, gpu=gpu, gpu_problem=gpu_problem)
         deploy = workloads.workload_name(name)
         return list(await asyncio.gather(*(
             self._attest_one(namespace, name, pod, accepted, settings, _owned(pod, deploy)) for pod in pods)))

@@ -71,7 +71,7 @@ def pod_status(pod: PodView, target: RouteTarget | None) -> PodStatus:
     entry = replace(base, attested=v.attested, platform=v.platform, reported_bundle_hash=v.bundle_hash,
                     reason=v.reason, message=message,
                     current=bool(target and v.initdata_digest == target.initdata_digest),
-                    last_attested=pod.last_attested or None)
+                    last_attested=pod.last_attested or None, gpu=v.gpu)
     if v.attested:
         entry = replace(entry, key_thumbprint=v.thumbprint, public_key_jwk=dict(v.public_jwk),
                         assurance=v.assurance)
@@ -92,7 +92,7 @@ class RouteSummary:
 
 def summarise(*, desired: int, min_attested: int | None, target: RouteTarget | None,
               previous: RouteTarget | None, pods: list[PodView], ready_pods: int, bundle_problem: str | None,
-              mode: str = "", catalog_hash: str = "") -> RouteSummary:
+              mode: str = "", catalog_hash: str = "", gpu: dict[str, Any] | None = None) -> RouteSummary:
     entries = [pod_status(p, target) for p in sorted(pods, key=lambda p: p.name)]
     live = [e for e in entries if e.reason != "PodTerminating"]
     attested = [e for e in live if e.attested]
@@ -154,7 +154,7 @@ def summarise(*, desired: int, min_attested: int | None, target: RouteTarget | N
         replicas=len(live), attested_replicas=n_current, ready_replicas=ready_pods,
         updated_replicas=len([e for e in live if e.current]), attested_summary=f"{n_current}/{desired}",
         pods=tuple(entries[:256]), target=target, enforcement_mode=mode, catalog_hash=catalog_hash,
-        previous=previous)
+        previous=previous, gpu=gpu)
     # Poll fast only while our own pods settle; a rejected stranger is re-checked on the slow clock.
     owned_live = [p for p in pods if p.owned and not p.terminating]
     pending = rollout or len(owned_live) != desired or any(

@@ -23,7 +23,7 @@ def core_verifier() -> VerifierFn:
         platforms = settings.policy.accepted_platforms & frozenset(settings.allowed_tee)
         policy = replace(settings.policy, accepted_platforms=platforms)
         return appraise_response(ev, nonce, policy, expected_bundle_hash=expected_bundle_hash,
-                                 expected_initdata=expected_initdata)
+                                 expected_initdata=expected_initdata, gpu=settings.gpu)
 
     return verify
 

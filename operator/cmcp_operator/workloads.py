@@ -76,14 +76,17 @@ def audience(spec: Mapping[str, Any], namespace: str) -> str:
     return f"{svc.get('scheme', 'http')}://{svc['name']}.{ns}.svc:{svc['port']}{svc.get('path', '/mcp')}"
 
 
-def enclave_command(tee: str, config: OperatorConfig) -> list[str]:
+def enclave_command(tee: str, config: OperatorConfig, gpu: Mapping[str, Any] | None = None) -> list[str]:
     """The exact argv the measured agent policy pins. No ``$(POD_IP)`` here: the kubelet would
     expand it, so the OCI args would no longer equal the pinned ones; the listen addresses come
     from the environment instead (see :func:`enclave_env`). The initdata is the downward-API file
     of the pod's annotation (:func:`initdata_volume`), decoded and re-hashed by the enclave."""
     provider = "simulated" if config.simulate_tee else TEE_PROVIDER[tee]
-    return ["cmcp-enclave", "--bundle", BUNDLE_MOUNT, "--initdata-annotation", INITDATA_PATH,
-            "--tee", provider]
+    command = ["cmcp-enclave", "--bundle", BUNDLE_MOUNT, "--initdata-annotation", INITDATA_PATH,
+               "--tee", provider]
+    if gpu is not None:  # measured with the rest of the argv: the GPU mode is part of the launch policy
+        command += ["--gpu", config.gpu_provider]
+    return command
 
 
 def initdata_volume() -> dict[str, Any]:
@@ -150,7 +153,7 @@ def revision(namespace: str, name: str, spec: Mapping[str, Any], bundle_status: 
     """Render the initdata for the bundle the PolicyBundle currently carries."""
     tee = str(spec.get("tee", "tdx"))
     image = str(spec.get("image") or config.enclave_image)
-    command = enclave_command(tee, config)
+    command = enclave_command(tee, config, spec.get("gpu"))
     entry = CmcpEntry(
         bundle_hash=str(bundle_status["bundleHash"]),
         catalog_hash=str(bundle_status["catalogHash"]),
@@ -222,7 +225,14 @@ def deployment(namespace: str, name: str, spec: Mapping[str, Any], rev: Revision
             "name": rev.configmap, "items": volume_items(dict.fromkeys(rev.files, ""))}},
             initdata_volume()],
     }
-    runtime = config.runtime_class(tee, spec.get("runtimeClassName"))
+    gpu = spec.get("gpu")
+    if gpu is not None and config.gpu_provider == "nvidia":
+        count = str(int(gpu.get("count", 1)))
+        pod_spec["containers"][0]["resources"] = {
+            "requests": {**ENCLAVE_RESOURCES["requests"], config.gpu_resource: count},
+            "limits": {**ENCLAVE_RESOURCES["limits"], config.gpu_resource: count}}
+    runtime = config.runtime_class(tee, spec.get("runtimeClassName"),
+                                   gpu=gpu is not None and config.gpu_provider == "nvidia")
     if runtime:
         pod_spec["runtimeClassName"] = runtime
     affinity = node_affinity(tee)

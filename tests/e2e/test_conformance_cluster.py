@@ -75,8 +75,11 @@ _POWER = "needs local powers ({}); not available on a remote target"
 # IDENT-001/002 need a route whose bundle trusts a token issuer and a way to mint its tokens; the
 # cluster target does not deploy one (agent identity on the cluster: test_agent_identity_cluster.py).
 _NO_IDENTITY_ROUTE = "target has no route whose bundle trusts a token issuer (identity)"
-SKIPPED_IDS = {"REPLICA-001", "IDENT-001", "IDENT-002"}
+SKIPPED_IDS = {"REPLICA-001", "IDENT-001", "IDENT-002", "ATTEST-007"}
+_NO_GPU = "target requires no GPU (pass --require-gpu N, or --route for its status.gpu)"
 LOCAL_ONLY_CHECKS = {
+    "test_gpu_evidence_answers_this_attestation": _NO_GPU,  # ATTEST-007: the demo route has no spec.gpu
+    "test_gpu_evidence_of_another_attestation_or_none_fails_the_whole_attestation": _NO_GPU,  # ATTEST-007
     "test_any_replica_serves_any_session_and_sheds_nothing": (
         "target names no second gateway replica and agent for it (the local target has both)"
     ),  # REPLICA-001

@@ -52,6 +52,7 @@ POLICY_TEE = ["POLICY-TEE-001", "POLICY-TEE-002", "POLICY-TEE-003", "POLICY-TEE-
 RELEASE_IDS = ["ATTEST-006", "POLICY-TEE-006"]  # a forged guest; the measured launch policy
 IDENT_IDS = ["IDENT-001", "IDENT-002", "IDENT-003"]
 METHOD_IDS = ["METHOD-001", "METHOD-002", "METHOD-003"]
+GPU_IDS = ["ATTEST-007"]  # the local enclaves run with a simulated GPU
 
 
 # ------------------------------------------------------------------------------------------
@@ -105,7 +106,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
 
 
 def test_baseline_policy_tee_ids_pass_on_the_intact_deployment(deployment: LocalDeployment) -> None:
-    report = runner.run(deployment.target(), ids=[*POLICY_TEE, *RELEASE_IDS, *IDENT_IDS, *METHOD_IDS])
+    ids = [*POLICY_TEE, *RELEASE_IDS, *IDENT_IDS, *METHOD_IDS, *GPU_IDS]
+    report = runner.run(deployment.target(), ids=ids)
     assert all(o is CheckResult.PASS for o in outcomes(report).values()), reasons(report)
 
 
@@ -606,6 +608,21 @@ def test_appraisal_without_the_release_check_fails_attest_006(
     monkeypatch.setattr(appraise_module, "match_release", any_release)
     report = runner.run(deployment.target(), ids=["ATTEST-006"])
     assert outcomes(report) == {"ATTEST-006": CheckResult.FAIL}, reasons(report)
+
+
+def test_appraisal_without_the_gpu_check_fails_attest_007(
+    deployment: LocalDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verifier with the route's GPU requirement dropped: replayed or stripped GPU evidence
+    then appraises, and ATTEST-007 says so."""
+    real = appraise_module.appraise_attestation
+
+    def without_gpu(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, **{**kwargs, "gpu": None})
+
+    monkeypatch.setattr(appraise_module, "appraise_attestation", without_gpu)
+    report = runner.run(deployment.target(), ids=GPU_IDS)
+    assert outcomes(report) == {"ATTEST-007": CheckResult.FAIL}, reasons(report)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""ATTEST-001..006: the evidence binds what it must, is fresh, is not forgeable, names the key
-that actually signs decisions, and a guest that is not a signed release is refused."""
+"""ATTEST-001..007: the evidence binds what it must, is fresh, is not forgeable, names the key
+that actually signs decisions, a guest that is not a signed release is refused, and GPU evidence
+answers the very attestation it comes with."""
 
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ from cmcp_conformance.agent import agent
 from cmcp_conformance.local import FORGED_GUEST
 from cmcp_conformance.suite.conftest import Attested, appraisal_policy, attest, need_enclave
 from cmcp_conformance.target import TargetDeployment
-from cmcp_core.binding import Binding
+from cmcp_core.binding import Binding, gpu_nonce
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError
+from cmcp_core.evidence.gpu import decode_gpu_evidence, parse_gpu_report
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_core.verify import appraise_response
 from cmcp_core.verify.appraise import SIMULATED_PLATFORMS
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 
 TDX_LIKE = ("tdx", "simulated")
 
@@ -211,3 +214,53 @@ def test_forged_guest_is_refused(target: TargetDeployment, attested: Attested) -
                                 expected_bundle_hash=target.expected_bundle_hash)
     assert not verdict.passed, "a guest whose launch measurements match no signed release appraised"
     assert verdict.code == "REFERENCE_VALUE_MISMATCH", f"refused for another reason: {verdict.code}"
+
+
+def _need_gpu(target: TargetDeployment) -> GpuRequirement:
+    if target.gpu is None:
+        pytest.skip("target requires no GPU (pass --require-gpu N, or --route for its status.gpu)")
+    return target.gpu
+
+
+def _with_gpu_evidence(response: Any, envelopes: list[bytes]) -> Any:
+    out = copy.deepcopy(response)
+    del out.gpu_evidence[:]
+    out.gpu_evidence.extend(envelopes)
+    return out
+
+
+@pytest.mark.conformance("ATTEST-007")
+def test_gpu_evidence_answers_this_attestation(target: TargetDeployment, attested: Attested) -> None:
+    """Re-derived here, not taken from the verifier: each GPU report's SPDM request carries the nonce
+    derived from the REPORT_DATA the CPU evidence binds to our nonce."""
+    gpu = _need_gpu(target)
+    resp = attested.response
+    envelopes = [bytes(e) for e in resp.gpu_evidence]
+    assert len(envelopes) >= gpu.count, f"{len(envelopes)} GPU envelope(s); the target requires {gpu.count}"
+    report_data = Binding(public_bytes(attested.key), resp.bundle_hash, resp.catalog_hash,
+                          resp.enforcement_mode, attested.nonce).report_data()
+    for envelope in envelopes:
+        report = parse_gpu_report(decode_gpu_evidence(envelope).report)
+        assert report.request.nonce == gpu_nonce(report_data), "a GPU report answers another nonce"
+    verdict = appraise_response(resp, attested.nonce, appraisal_policy(target), gpu=gpu)
+    assert verdict.passed, f"CPU and GPU evidence do not appraise together: {verdict.code} {verdict.message}"
+    assert len(verdict.gpus) == len(envelopes) and all(g.passed for g in verdict.gpus)
+    if any(decode_gpu_evidence(e).simulated for e in envelopes):
+        strict = replace(appraisal_policy(target), allow_simulated=False)
+        assert appraise_response(resp, attested.nonce, strict, gpu=gpu).code == "SIMULATED_NOT_ALLOWED"
+
+
+@pytest.mark.conformance("ATTEST-007")
+def test_gpu_evidence_of_another_attestation_or_none_fails_the_whole_attestation(
+    target: TargetDeployment,
+) -> None:
+    gpu = _need_gpu(target)
+    first, second = attest(target), attest(target)
+    policy = appraisal_policy(target)
+    replayed = _with_gpu_evidence(second.response, [bytes(e) for e in first.response.gpu_evidence])
+    verdict = appraise_response(replayed, second.nonce, policy, gpu=gpu)
+    assert not verdict.passed and verdict.code == "GPU_NONCE_MISMATCH", (
+        f"GPU evidence of another attestation appraised: {verdict.code}")
+    stripped = appraise_response(_with_gpu_evidence(second.response, []), second.nonce, policy, gpu=gpu)
+    assert not stripped.passed and stripped.code == "GPU_EVIDENCE_MISSING", (
+        f"an attestation without GPU evidence appraised for a GPU target: {stripped.code}")

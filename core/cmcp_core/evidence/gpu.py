@@ -20,7 +20,9 @@ Layouts (little-endian):
   and the FWID (20) that the leaf certificate also carries.
 
 The *envelope* is what the enclave sends: ``{"format": "cmcp-gpu-evidence-v1", "arch", "report",
-"certs" (DER, leaf first), "ocsp" (stapled DER OCSP responses), "simulated"}`` with base64 bytes.
+"certs" (DER, leaf first), "ocsp" (stapled DER OCSP responses), "rims" (stapled signed RIMs, the
+XML bytes: they carry their own signature to the pinned RIM root, so a record verifies offline),
+"simulated"}`` with base64 bytes.
 Parsers only decode and bound-check; trust decisions live in :mod:`cmcp_core.verify.gpu`.
 """
 
@@ -50,6 +52,7 @@ MAX_REPORT_BYTES = 64 * 1024
 MAX_ENVELOPE_BYTES = 256 * 1024
 MAX_CERTS = 8
 MAX_OCSP = 16
+MAX_RIMS = 4
 ENVELOPE_FORMAT = "cmcp-gpu-evidence-v1"
 ARCHES = ("hopper",)
 
@@ -221,6 +224,7 @@ class GpuEvidence:
     ocsp: tuple[bytes, ...] = ()
     arch: str = "hopper"
     simulated: bool = False
+    rims: tuple[bytes, ...] = ()
 
     def encode(self) -> bytes:
         def b64(b: bytes) -> str:
@@ -232,6 +236,7 @@ class GpuEvidence:
             "report": b64(self.report),
             "certs": [b64(c) for c in self.certs],
             "ocsp": [b64(o) for o in self.ocsp],
+            "rims": [b64(r) for r in self.rims],
             "simulated": self.simulated,
         }, sort_keys=True).encode()
 
@@ -256,17 +261,20 @@ def decode_gpu_evidence(blob: bytes) -> GpuEvidence:
     if not isinstance(doc, dict) or doc.get("format") != ENVELOPE_FORMAT:
         raise _malformed(f"GPU evidence is not {ENVELOPE_FORMAT}")
     arch, simulated = doc.get("arch"), doc.get("simulated", False)
-    certs, ocsp = doc.get("certs"), doc.get("ocsp", [])
+    certs, ocsp, rims = doc.get("certs"), doc.get("ocsp", []), doc.get("rims", [])
     if arch not in ARCHES or not isinstance(simulated, bool):
         raise _malformed(f"GPU architecture {arch!r} or the simulated flag is not supported")
     if not isinstance(certs, list) or not 1 <= len(certs) <= MAX_CERTS:
         raise _malformed("GPU evidence needs 1..8 certificates")
     if not isinstance(ocsp, list) or len(ocsp) > MAX_OCSP:
         raise _malformed("GPU evidence carries too many OCSP responses")
+    if not isinstance(rims, list) or len(rims) > MAX_RIMS:
+        raise _malformed("GPU evidence carries too many RIMs")
     return GpuEvidence(
         report=_b64(doc.get("report"), "report"),
         certs=tuple(_b64(c, "certificate") for c in certs),
         ocsp=tuple(_b64(o, "OCSP response") for o in ocsp),
+        rims=tuple(_b64(r, "RIM") for r in rims),
         arch=arch,
         simulated=simulated,
     )

@@ -132,14 +132,17 @@ class SimulatedGpu:
         return signed + r.to_bytes(48, "big") + s.to_bytes(48, "big")
 
     def evidence(
-        self, nonce: bytes, *, measurements: dict[int, bytes] | None = None, ocsp: tuple[bytes, ...] = ()
+        self, nonce: bytes, *, measurements: dict[int, bytes] | None = None, ocsp: tuple[bytes, ...] = (),
+        rims: tuple[bytes, ...] = (),
     ) -> bytes:
-        """The envelope the enclave would send: report, chain (leaf first), stapled OCSP, marked simulated."""
+        """The envelope the enclave would send: report, chain (leaf first), stapled OCSP and RIMs,
+        marked simulated."""
         return GpuEvidence(
             report=self.report(nonce, measurements=measurements),
             certs=(self.leaf.public_bytes(Encoding.DER), self.root.public_bytes(Encoding.DER)),
             ocsp=ocsp,
             simulated=True,
+            rims=rims,
         ).encode()
 
     def rim(self, kind: str) -> bytes:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63mcp_core/proto/enclave.proto\x12\x0f\x63mcp.enclave.v1\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\xfa\x01\n\x0e\x41ttestResponse\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x10\n\x08\x65vidence\x18\x02 \x01(\x0c\x12\x0b\n\x03\x61ux\x18\x03 \x01(\x0c\x12\x10\n\x08initdata\x18\x04 \x01(\x0c\x12\x16\n\x0epublic_key_jwk\x18\x05 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61talog_hash\x18\x07 \x01(\t\x12\x18\n\x10\x65nforcement_mode\x18\x08 \x01(\t\x12\x13\n\x0breport_data\x18\t \x01(\x0c\x12\x17\n\x0f\x64\x65\x63ide_hop_port\x18\n \x01(\r\x12\x1a\n\x12\x64\x65\x63ide_hop_version\x18\x0b \x01(\r\"m\n\x12OpenSessionRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12.\n\x05trail\x18\x03 \x01(\x0b\x32\x1f.cmcp.enclave.v1.PrincipalTrail\"d\n\x0ePrincipalTrail\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\x0c\x12/\n\x05peers\x18\x02 \x03(\x0b\x32 .cmcp.enclave.v1.PeerAttestation\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\"V\n\x0fPeerAttestation\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x34\n\x0b\x61ttestation\x18\x02 \x01(\x0b\x32\x1f.cmcp.enclave.v1.AttestResponse\"+\n\x13\x41uthenticateRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"M\n\x14\x41uthenticateResponse\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"@\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\raudit_entries\x18\x02 \x03(\x0c\"\x88\x02\n\rDecideRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x06 \x01(\x0c\x12\x18\n\x10\x61rguments_digest\x18\x07 \x01(\t\x12\x10\n\x08\x61udience\x18\x08 \x01(\t\x12\x33\n\tcompletes\x18\t \x03(\x0b\x32 .cmcp.enclave.v1.CompleteRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\n \x01(\t\x12\x12\n\ninput_json\x18\x0b \x01(\x0c\"|\n\x0e\x44\x65\x63ideResponse\x12\x15\n\rdecision_json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06permit\x18\x03 \x01(\t\x12\x19\n\x11\x63ompletes_handled\x18\x04 \x01(\r\x12\x15\n\raudit_entries\x18\x05 \x03(\x0c\"{\n\x0b\x44\x65\x63ideReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x31\n\x08response\x18\x02 \x01(\x0b\x32\x1f.cmcp.enclave.v1.DecideResponse\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x14\n\x0c\x65rror_detail\x18\x04 \x01(\t\"\x8d\x01\n\x0f\x43ompleteRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x17\n\x0fresponse_digest\x18\x03 \x01(\t\x12\x16\n\x0eresponse_bytes\x18\x04 \x01(\x03\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x10\n\x08is_error\x18\x06 \x01(\x08\"=\n\x10\x43ompleteResponse\x12\x12\n\nentry_hash\x18\x01 \x01(\t\x12\x15\n\raudit_entries\x18\x02 \x03(\x0c\"_\n\x10ListToolsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"8\n\x11ListToolsResponse\x12\r\n\x05tools\x18\x01 \x03(\t\x12\x14\n\x0c\x63\x61talog_json\x18\x02 \x01(\x0c\"n\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x33\n\tcompletes\x18\x03 \x03(\x0b\x32 .cmcp.enclave.v1.CompleteRequest\"\x87\x01\n\x14\x43loseSessionResponse\x12\x19\n\x11trust_record_json\x18\x01 \x01(\x0c\x12\x11\n\tchain_tip\x18\x02 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletes_handled\x18\x04 \x01(\r\x12\x15\n\raudit_entries\x18\x05 \x03(\x0c\"\x13\n\x11\x44rainAuditRequest\"+\n\x12\x44rainAuditResponse\x12\x15\n\raudit_entries\x18\x01 \x03(\x0c\"d\n\x13ResetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x1a\n\x12operator_signature\x18\x04 \x01(\x0c\"A\n\x14ResetSessionResponse\x12\x12\n\nentry_hash\x18\x01 \x01(\t\x12\x15\n\raudit_entries\x18\x02 \x03(\x0c\x32\xde\x06\n\x07\x45nclave\x12I\n\x06\x41ttest\x12\x1e.cmcp.enclave.v1.AttestRequest\x1a\x1f.cmcp.enclave.v1.AttestResponse\x12X\n\x0bOpenSession\x12#.cmcp.enclave.v1.OpenSessionRequest\x1a$.cmcp.enclave.v1.OpenSessionResponse\x12[\n\x0c\x41uthenticate\x12$.cmcp.enclave.v1.AuthenticateRequest\x1a%.cmcp.enclave.v1.AuthenticateResponse\x12I\n\x06\x44\x65\x63ide\x12\x1e.cmcp.enclave.v1.DecideRequest\x1a\x1f.cmcp.enclave.v1.DecideResponse\x12P\n\x0c\x44\x65\x63ideStream\x12\x1e.cmcp.enclave.v1.DecideRequest\x1a\x1c.cmcp.enclave.v1.DecideReply(\x01\x30\x01\x12O\n\x08\x43omplete\x12 .cmcp.enclave.v1.CompleteRequest\x1a!.cmcp.enclave.v1.CompleteResponse\x12R\n\tListTools\x12!.cmcp.enclave.v1.ListToolsRequest\x1a\".cmcp.enclave.v1.ListToolsResponse\x12[\n\x0c\x43loseSession\x12$.cmcp.enclave.v1.CloseSessionRequest\x1a%.cmcp.enclave.v1.CloseSessionResponse\x12U\n\nDrainAudit\x12\".cmcp.enclave.v1.DrainAuditRequest\x1a#.cmcp.enclave.v1.DrainAuditResponse\x12[\n\x0cResetSession\x12$.cmcp.enclave.v1.ResetSessionRequest\x1a%.cmcp.enclave.v1.ResetSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63mcp_core/proto/enclave.proto\x12\x0f\x63mcp.enclave.v1\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x90\x02\n\x0e\x41ttestResponse\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x10\n\x08\x65vidence\x18\x02 \x01(\x0c\x12\x0b\n\x03\x61ux\x18\x03 \x01(\x0c\x12\x10\n\x08initdata\x18\x04 \x01(\x0c\x12\x16\n\x0epublic_key_jwk\x18\x05 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61talog_hash\x18\x07 \x01(\t\x12\x18\n\x10\x65nforcement_mode\x18\x08 \x01(\t\x12\x13\n\x0breport_data\x18\t \x01(\x0c\x12\x17\n\x0f\x64\x65\x63ide_hop_port\x18\n \x01(\r\x12\x1a\n\x12\x64\x65\x63ide_hop_version\x18\x0b \x01(\r\x12\x14\n\x0cgpu_evidence\x18\x0c \x03(\x0c\"m\n\x12OpenSessionRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12.\n\x05trail\x18\x03 \x01(\x0b\x32\x1f.cmcp.enclave.v1.PrincipalTrail\"d\n\x0ePrincipalTrail\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\x0c\x12/\n\x05peers\x18\x02 \x03(\x0b\x32 .cmcp.enclave.v1.PeerAttestation\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\"V\n\x0fPeerAttestation\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x34\n\x0b\x61ttestation\x18\x02 \x01(\x0b\x32\x1f.cmcp.enclave.v1.AttestResponse\"+\n\x13\x41uthenticateRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"M\n\x14\x41uthenticateResponse\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"@\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\raudit_entries\x18\x02 \x03(\x0c\"\x88\x02\n\rDecideRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x06 \x01(\x0c\x12\x18\n\x10\x61rguments_digest\x18\x07 \x01(\t\x12\x10\n\x08\x61udience\x18\x08 \x01(\t\x12\x33\n\tcompletes\x18\t \x03(\x0b\x32 .cmcp.enclave.v1.CompleteRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\n \x01(\t\x12\x12\n\ninput_json\x18\x0b \x01(\x0c\"|\n\x0e\x44\x65\x63ideResponse\x12\x15\n\rdecision_json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06permit\x18\x03 \x01(\t\x12\x19\n\x11\x63ompletes_handled\x18\x04 \x01(\r\x12\x15\n\raudit_entries\x18\x05 \x03(\x0c\"{\n\x0b\x44\x65\x63ideReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x31\n\x08response\x18\x02 \x01(\x0b\x32\x1f.cmcp.enclave.v1.DecideResponse\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x14\n\x0c\x65rror_detail\x18\x04 \x01(\t\"\x8d\x01\n\x0f\x43ompleteRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x17\n\x0fresponse_digest\x18\x03 \x01(\t\x12\x16\n\x0eresponse_bytes\x18\x04 \x01(\x03\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x10\n\x08is_error\x18\x06 \x01(\x08\"=\n\x10\x43ompleteResponse\x12\x12\n\nentry_hash\x18\x01 \x01(\t\x12\x15\n\raudit_entries\x18\x02 \x03(\x0c\"_\n\x10ListToolsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"8\n\x11ListToolsResponse\x12\r\n\x05tools\x18\x01 \x03(\t\x12\x14\n\x0c\x63\x61talog_json\x18\x02 \x01(\x0c\"n\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x33\n\tcompletes\x18\x03 \x03(\x0b\x32 .cmcp.enclave.v1.CompleteRequest\"\x87\x01\n\x14\x43loseSessionResponse\x12\x19\n\x11trust_record_json\x18\x01 \x01(\x0c\x12\x11\n\tchain_tip\x18\x02 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletes_handled\x18\x04 \x01(\r\x12\x15\n\raudit_entries\x18\x05 \x03(\x0c\"\x13\n\x11\x44rainAuditRequest\"+\n\x12\x44rainAuditResponse\x12\x15\n\raudit_entries\x18\x01 \x03(\x0c\"d\n\x13ResetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x1a\n\x12operator_signature\x18\x04 \x01(\x0c\"A\n\x14ResetSessionResponse\x12\x12\n\nentry_hash\x18\x01 \x01(\t\x12\x15\n\raudit_entries\x18\x02 \x03(\x0c\x32\xde\x06\n\x07\x45nclave\x12I\n\x06\x41ttest\x12\x1e.cmcp.enclave.v1.AttestRequest\x1a\x1f.cmcp.enclave.v1.AttestResponse\x12X\n\x0bOpenSession\x12#.cmcp.enclave.v1.OpenSessionRequest\x1a$.cmcp.enclave.v1.OpenSessionResponse\x12[\n\x0c\x41uthenticate\x12$.cmcp.enclave.v1.AuthenticateRequest\x1a%.cmcp.enclave.v1.AuthenticateResponse\x12I\n\x06\x44\x65\x63ide\x12\x1e.cmcp.enclave.v1.DecideRequest\x1a\x1f.cmcp.enclave.v1.DecideResponse\x12P\n\x0c\x44\x65\x63ideStream\x12\x1e.cmcp.enclave.v1.DecideRequest\x1a\x1c.cmcp.enclave.v1.DecideReply(\x01\x30\x01\x12O\n\x08\x43omplete\x12 .cmcp.enclave.v1.CompleteRequest\x1a!.cmcp.enclave.v1.CompleteResponse\x12R\n\tListTools\x12!.cmcp.enclave.v1.ListToolsRequest\x1a\".cmcp.enclave.v1.ListToolsResponse\x12[\n\x0c\x43loseSession\x12$.cmcp.enclave.v1.CloseSessionRequest\x1a%.cmcp.enclave.v1.CloseSessionResponse\x12U\n\nDrainAudit\x12\".cmcp.enclave.v1.DrainAuditRequest\x1a#.cmcp.enclave.v1.DrainAuditResponse\x12[\n\x0cResetSession\x12$.cmcp.enclave.v1.ResetSessionRequest\x1a%.cmcp.enclave.v1.ResetSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,45 +34,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTESTREQUEST']._serialized_start=50
   _globals['_ATTESTREQUEST']._serialized_end=80
   _globals['_ATTESTRESPONSE']._serialized_start=83
-  _globals['_ATTESTRESPONSE']._serialized_end=333
-  _globals['_OPENSESSIONREQUEST']._serialized_start=335
-  _globals['_OPENSESSIONREQUEST']._serialized_end=444
-  _globals['_PRINCIPALTRAIL']._serialized_start=446
-  _globals['_PRINCIPALTRAIL']._serialized_end=546
-  _globals['_PEERATTESTATION']._serialized_start=548
-  _globals['_PEERATTESTATION']._serialized_end=634
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=636
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=679
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=681
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=758
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=760
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=824
-  _globals['_DECIDEREQUEST']._serialized_start=827
-  _globals['_DECIDEREQUEST']._serialized_end=1091
-  _globals['_DECIDERESPONSE']._serialized_start=1093
-  _globals['_DECIDERESPONSE']._serialized_end=1217
-  _globals['_DECIDEREPLY']._serialized_start=1219
-  _globals['_DECIDEREPLY']._serialized_end=1342
-  _globals['_COMPLETEREQUEST']._serialized_start=1345
-  _globals['_COMPLETEREQUEST']._serialized_end=1486
-  _globals['_COMPLETERESPONSE']._serialized_start=1488
-  _globals['_COMPLETERESPONSE']._serialized_end=1549
-  _globals['_LISTTOOLSREQUEST']._serialized_start=1551
-  _globals['_LISTTOOLSREQUEST']._serialized_end=1646
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=1648
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=1704
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1706
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1816
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1819
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1954
-  _globals['_DRAINAUDITREQUEST']._serialized_start=1956
-  _globals['_DRAINAUDITREQUEST']._serialized_end=1975
-  _globals['_DRAINAUDITRESPONSE']._serialized_start=1977
-  _globals['_DRAINAUDITRESPONSE']._serialized_end=2020
-  _globals['_RESETSESSIONREQUEST']._serialized_start=2022
-  _globals['_RESETSESSIONREQUEST']._serialized_end=2122
-  _globals['_RESETSESSIONRESPONSE']._serialized_start=2124
-  _globals['_RESETSESSIONRESPONSE']._serialized_end=2189
-  _globals['_ENCLAVE']._serialized_start=2192
-  _globals['_ENCLAVE']._serialized_end=3054
+  _globals['_ATTESTRESPONSE']._serialized_end=355
+  _globals['_OPENSESSIONREQUEST']._serialized_start=357
+  _globals['_OPENSESSIONREQUEST']._serialized_end=466
+  _globals['_PRINCIPALTRAIL']._serialized_start=468
+  _globals['_PRINCIPALTRAIL']._serialized_end=568
+  _globals['_PEERATTESTATION']._serialized_start=570
+  _globals['_PEERATTESTATION']._serialized_end=656
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=658
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=701
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=703
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=780
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=782
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=846
+  _globals['_DECIDEREQUEST']._serialized_start=849
+  _globals['_DECIDEREQUEST']._serialized_end=1113
+  _globals['_DECIDERESPONSE']._serialized_start=1115
+  _globals['_DECIDERESPONSE']._serialized_end=1239
+  _globals['_DECIDEREPLY']._serialized_start=1241
+  _globals['_DECIDEREPLY']._serialized_end=1364
+  _globals['_COMPLETEREQUEST']._serialized_start=1367
+  _globals['_COMPLETEREQUEST']._serialized_end=1508
+  _globals['_COMPLETERESPONSE']._serialized_start=1510
+  _globals['_COMPLETERESPONSE']._serialized_end=1571
+  _globals['_LISTTOOLSREQUEST']._serialized_start=1573
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1668
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1670
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1726
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1728
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1838
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1841
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1976
+  _globals['_DRAINAUDITREQUEST']._serialized_start=1978
+  _globals['_DRAINAUDITREQUEST']._serialized_end=1997
+  _globals['_DRAINAUDITRESPONSE']._serialized_start=1999
+  _globals['_DRAINAUDITRESPONSE']._serialized_end=2042
+  _globals['_RESETSESSIONREQUEST']._serialized_start=2044
+  _globals['_RESETSESSIONREQUEST']._serialized_end=2144
+  _globals['_RESETSESSIONRESPONSE']._serialized_start=2146
+  _globals['_RESETSESSIONRESPONSE']._serialized_end=2211
+  _globals['_ENCLAVE']._serialized_start=2214
+  _globals['_ENCLAVE']._serialized_end=3076
 # @@protoc_insertion_point(module_scope)

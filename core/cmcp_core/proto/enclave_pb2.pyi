@@ -13,7 +13,7 @@ class AttestRequest(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class AttestResponse(_message.Message):
-    __slots__ = ("platform", "evidence", "aux", "initdata", "public_key_jwk", "bundle_hash", "catalog_hash", "enforcement_mode", "report_data", "decide_hop_port", "decide_hop_version")
+    __slots__ = ("platform", "evidence", "aux", "initdata", "public_key_jwk", "bundle_hash", "catalog_hash", "enforcement_mode", "report_data", "decide_hop_port", "decide_hop_version", "gpu_evidence")
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     AUX_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class AttestResponse(_message.Message):
     REPORT_DATA_FIELD_NUMBER: _ClassVar[int]
     DECIDE_HOP_PORT_FIELD_NUMBER: _ClassVar[int]
     DECIDE_HOP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GPU_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     platform: str
     evidence: bytes
     aux: bytes
@@ -36,7 +37,8 @@ class AttestResponse(_message.Message):
     report_data: bytes
     decide_hop_port: int
     decide_hop_version: int
-    def __init__(self, platform: _Optional[str] = ..., evidence: _Optional[bytes] = ..., aux: _Optional[bytes] = ..., initdata: _Optional[bytes] = ..., public_key_jwk: _Optional[str] = ..., bundle_hash: _Optional[str] = ..., catalog_hash: _Optional[str] = ..., enforcement_mode: _Optional[str] = ..., report_data: _Optional[bytes] = ..., decide_hop_port: _Optional[int] = ..., decide_hop_version: _Optional[int] = ...) -> None: ...
+    gpu_evidence: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, platform: _Optional[str] = ..., evidence: _Optional[bytes] = ..., aux: _Optional[bytes] = ..., initdata: _Optional[bytes] = ..., public_key_jwk: _Optional[str] = ..., bundle_hash: _Optional[str] = ..., catalog_hash: _Optional[str] = ..., enforcement_mode: _Optional[str] = ..., report_data: _Optional[bytes] = ..., decide_hop_port: _Optional[int] = ..., decide_hop_version: _Optional[int] = ..., gpu_evidence: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("principal", "access_token", "trail")

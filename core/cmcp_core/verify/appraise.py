@@ -13,7 +13,12 @@ of checks (the first failure is reported):
 5. the launch measurements, TCB and attributes, and the image and launch-policy rules the
    initdata pins, against a verified release manifest (:mod:`cmcp_core.verify.reference`);
 6. claimed bundle/catalog/mode against the measured initdata, then the expected bundle;
-7. REPORT_DATA against the binding of key, bundle, catalog, mode and nonce.
+7. REPORT_DATA against the binding of key, bundle, catalog, mode and nonce;
+8. when the caller requires GPUs (``gpu``, the route's ``spec.gpu``): the GPU envelopes the enclave
+   sent, each for the nonce derived from the REPORT_DATA just verified
+   (:mod:`cmcp_core.verify.gpu_requirement`); too few -> ``GPU_EVIDENCE_MISSING``, any failed
+   GPU verdict fails the whole attestation with its ``GPU_*`` code. Simulated GPU evidence only when
+   simulated evidence is allowed, and a software-only GPU makes the whole verdict software-only.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +41,8 @@ from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_PLATFORM, verify_simu
 from cmcp_core.evidence.snp import SnpReport, TcbVersion
 from cmcp_core.evidence.tdx import TdxQuote
 from cmcp_core.verify.bindings import check_claims, check_initdata, check_report_data
+from cmcp_core.verify.gpu import GpuVerdict
+from cmcp_core.verify.gpu_requirement import GpuRequirement, appraise_gpus
 from cmcp_core.verify.reference import SNP_TCB_FIELDS, SnpLaunch, TdxLaunch, match_release
 from cmcp_core.verify.snp import azure_report_data, decode_snp_evidence, verify_snp_report
 from cmcp_core.verify.tdx import verify_tdx_quote
@@ -53,6 +60,7 @@ class _State:
     tcb_status: str | None = None
     advisories: tuple[str, ...] = ()
     measurements: dict[str, str] = field(default_factory=dict)
+    gpus: tuple[GpuVerdict, ...] = ()
 
 
 def _now(now: int | float | datetime | None) -> int:
@@ -182,13 +190,16 @@ def appraise_attestation(
     expected_public_key_jwk: str | Mapping[str, Any] | None = None,
     collateral: Any = None,
     now: int | float | datetime | None = None,
+    gpu_evidence: Sequence[bytes] = (),
+    gpu: GpuRequirement | None = None,
 ) -> Verdict:
     """Appraise one enclave's attestation. Never raises; see the module docstring for the order.
 
     ``platform``/``evidence``/``aux``/``initdata``/``public_key_jwk``/the three claimed values and
     ``claimed_report_data`` are what the enclave sent (``AttestResponse``); ``nonce`` is the one
     the verifier chose; ``collateral`` is TDX DCAP collateral (``QuoteCollateralV3`` or JSON) or an
-    SNP PEM chain; ``now`` pins the verification time (Unix seconds or datetime).
+    SNP PEM chain; ``now`` pins the verification time (Unix seconds or datetime); ``gpu_evidence``
+    are the enclave's GPU envelopes, appraised only when ``gpu`` (the route's requirement) is given.
     """
     policy = policy or AppraisalPolicy()
     st = _State(platform=str(platform))
@@ -239,6 +250,8 @@ def appraise_attestation(
             expected_public_key=pinned,
         )
         st.checks.append("report-data-binding")
+        if gpu is not None:
+            _check_gpus(st, gpu_evidence, gpu, authentic.report_data, policy, now)
     except CmcpError as exc:
         return _verdict(st, False, exc.code.value, exc.detail, jwk, kid, None, None, None)
     except Exception as exc:  # fail closed on anything unforeseen, never propagate
@@ -264,6 +277,22 @@ def appraise_attestation(
         catalog_hash,
         enforcement_mode,
     )
+
+
+def _check_gpus(
+    st: _State, envelopes: Sequence[bytes], requirement: GpuRequirement, report_data: bytes,
+    policy: AppraisalPolicy, now: int | float | datetime | None,
+) -> None:
+    if isinstance(envelopes, bytes | bytearray | str):
+        raise VerifyFailure(Code.VERIFY_INPUT_INVALID, "gpu_evidence must be a list of envelopes")
+    gpus = appraise_gpus([bytes(e) for e in envelopes], requirement, report_data=report_data,
+                         allow_simulated=policy.allow_simulated, now=_now(now))
+    st.gpus = gpus.verdicts
+    if not gpus.passed:
+        raise VerifyFailure(Code(gpus.code), gpus.message)
+    if any(v.assurance != "hardware" for v in gpus.verdicts):
+        st.assurance = "software-only"
+    st.checks.append(f"gpu:{len(gpus.verdicts)}")
 
 
 def _verdict(
@@ -292,6 +321,7 @@ def _verdict(
         advisories=st.advisories,
         measurements=dict(st.measurements),
         checks=tuple(st.checks),
+        gpus=st.gpus,
     )
 
 
@@ -305,6 +335,7 @@ def appraise_response(
     expected_public_key_jwk: str | Mapping[str, Any] | None = None,
     collateral: Any = None,
     now: int | float | datetime | None = None,
+    gpu: GpuRequirement | None = None,
 ) -> Verdict:
     """Appraise an ``enclave_pb2.AttestResponse`` (or anything with its fields).
 
@@ -337,6 +368,8 @@ def appraise_response(
             expected_public_key_jwk=expected_public_key_jwk,
             collateral=collateral,
             now=now,
+            gpu_evidence=[bytes(e) for e in getattr(response, "gpu_evidence", ())],
+            gpu=gpu,
         )
     except Exception as exc:
         return Verdict(

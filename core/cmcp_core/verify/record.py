@@ -6,7 +6,9 @@ for the enclave that was attested: ``cnf.jwk`` is the key bound in the evidence,
 ``policy.bundle_hash``/``enforcement_mode`` are the measured values (and an optional pinned
 hash), ``runtime.nonce`` recomputes from the attested values and the chain tip, and
 ``tool_transcript.hash`` is the tip of the supplied audit export (checked with
-:func:`cmcp_core.audit.verify_chain`).
+:func:`cmcp_core.audit.verify_chain`). GPU evidence the attestation carried was appraised with
+it (:mod:`cmcp_core.verify.gpu_requirement`); the record's verdict repeats those GPU verdicts,
+since the record speaks for the key that CPU and GPU evidence both name.
 """
 
 from __future__ import annotations
@@ -196,7 +198,8 @@ def verify_trust_record(
         bundle_hash=str(bundle),
         mode=str(mode),
         catalog_hash=verdict.catalog_hash if verdict else None,
-        checks=tuple(checks),
+        checks=tuple(checks) + (tuple(c for c in verdict.checks if c.startswith("gpu:")) if verdict else ()),
+        gpus=verdict.gpus if verdict else (),
     )
 
 

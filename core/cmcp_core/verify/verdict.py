@@ -10,10 +10,13 @@ consistent" and "signature failed" can therefore never be confused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.verify.reference import ReleaseReference
+
+if TYPE_CHECKING:
+    from cmcp_core.verify.gpu import GpuVerdict  # verify.gpu imports this module
 
 Assurance = Literal["hardware", "software-only", "none"]
 OK = "OK"
@@ -61,6 +64,7 @@ class Verdict:
     advisories: tuple[str, ...] = ()
     measurements: dict[str, str] = field(default_factory=dict)
     checks: tuple[str, ...] = ()  # checks that passed, in order
+    gpus: tuple[GpuVerdict, ...] = ()  # one per GPU envelope, when the caller required GPUs
 
     @property
     def ok(self) -> bool:
@@ -82,6 +86,7 @@ class Verdict:
             "advisories": list(self.advisories),
             "measurements": dict(self.measurements),
             "checks": list(self.checks),
+            **({"gpus": [g.to_json() for g in self.gpus]} if self.gpus else {}),
         }
 
 

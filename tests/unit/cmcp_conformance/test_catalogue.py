@@ -32,7 +32,7 @@ def test_ids_are_unique_and_well_formed() -> None:
     expected = {
         f"{group}-{n:03d}"
         for group, count in (
-            ("ATTEST", 6),
+            ("ATTEST", 7),
             ("POLICY", 5),
             ("AUDIT", 6),
             ("FAIL", 3),

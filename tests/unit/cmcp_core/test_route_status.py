@@ -72,7 +72,7 @@ def test_round_trip_through_the_status_dict() -> None:
 def test_zero_status_still_writes_counts_and_clears_previous() -> None:
     doc = RouteStatus().to_status()
     assert doc == {"replicas": 0, "attestedReplicas": 0, "readyReplicas": 0, "updatedReplicas": 0,
-                   "attestedSummary": "", "pods": [], "previous": None}
+                   "attestedSummary": "", "pods": [], "previous": None, "gpu": None}
     assert RouteStatus.from_status(doc) == RouteStatus()
 
 

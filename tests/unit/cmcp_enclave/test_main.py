@@ -24,7 +24,7 @@ BUNDLE = EXAMPLES / "minimal"
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("CMCP_BUNDLE", "CMCP_INITDATA", "CMCP_TEE", "CMCP_LISTEN", "CMCP_READY_FILE",
-                 ENV_MRCONFIGID):
+                 "CMCP_GPU", ENV_MRCONFIGID):
         monkeypatch.delenv(name, raising=False)
     logger = logging.getLogger("cmcp")  # main() installs the JSON handler: put the logger back
     saved = (logger.handlers[:], logger.level, logger.propagate)
@@ -116,6 +116,20 @@ def test_no_launcher_measurement_refuses_with_tee_provider_failed(
 ) -> None:
     assert main(_args(initdata_file)) == EXIT_REFUSED == 3
     assert _refusal(capsys)["error"] == "TEE_PROVIDER_FAILED"
+
+
+def test_an_nvidia_gpu_that_is_not_there_refuses_to_start(
+    initdata_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No GPU on this machine: --gpu nvidia never serves CPU evidence alone."""
+    for name, value in launcher_env(render_initdata(BUNDLE)).items():
+        monkeypatch.setenv(name, value)  # an honest launcher: only the GPU is missing
+    assert main(_args(initdata_file, "--gpu", "nvidia")) == EXIT_REFUSED
+    refusal = _refusal(capsys)
+    assert refusal["error"] == "TEE_PROVIDER_FAILED" and "NVML" in refusal["detail"]
+    monkeypatch.setenv("CMCP_GPU", "simulated")
+    assert build_parser().parse_args([]).gpu == "simulated"
+    assert build_parser().parse_args(["--gpu", "none"]).gpu == "none"
 
 
 def test_initdata_other_than_measured_refuses(

@@ -126,6 +126,45 @@ async def test_a_followed_route_pins_its_target_and_previous_initdata(
     assert _refusal(pool, enclave.address) is Code.ATTESTED_BUNDLE_UNEXPECTED
 
 
+@pytest.fixture(scope="module")
+def gpu_enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnclaveProcess]:
+    """The honest enclave with a simulated GPU beside it (``--gpu simulated``, from the environment)."""
+    with start_enclave(EXAMPLES / "realistic", tmp_path_factory.mktemp("gpu"), audience=AUDIENCE,
+                       env={"CMCP_GPU": "simulated"}) as proc:
+        yield proc
+
+
+GPU = {"vendor": "nvidia", "count": 1, "revocation": "not-checked"}
+
+
+async def test_a_route_requiring_a_gpu_trusts_only_enclaves_that_prove_one(
+    enclave: EnclaveProcess, gpu_enclave: EnclaveProcess, pools: list[EnclavePool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator marked both pods attested; the gateway re-attests them itself under the route's
+    GPU requirement (status.gpu), so a pod that sends no GPU evidence never decides a call."""
+    pool = await _pool(pools, [], Expected())
+    without = replace(_status(enclave.address, enclave_initdata_digest(enclave)), gpu=GPU)
+    await pool.follow(without)
+    assert _refusal(pool, enclave.address) is Code.GPU_EVIDENCE_MISSING and not pool.attested()
+    with_gpu = replace(_status(gpu_enclave.address, enclave_initdata_digest(gpu_enclave)), gpu=GPU)
+    await pool.follow(with_gpu)
+    assert [e.address for e in pool.attested()] == [gpu_enclave.address]
+    # weakened: a gateway that ignores the route's GPU requirement trusts the enclave without a GPU
+    monkeypatch.setattr(enclave_pool.GpuRequirement, "from_spec", staticmethod(lambda _spec: None))
+    await pool.follow(without)
+    assert [e.address for e in pool.attested()] == [enclave.address]
+
+
+async def test_an_unreadable_gpu_requirement_trusts_no_endpoint(
+    gpu_enclave: EnclaveProcess, pools: list[EnclavePool]
+) -> None:
+    pool = await _pool(pools, [], Expected())
+    status = replace(_status(gpu_enclave.address, enclave_initdata_digest(gpu_enclave)), gpu={"count": 0})
+    await pool.follow(status)
+    assert not pool.endpoints and not pool.attested()
+
+
 def test_the_forged_guest_got_the_genuine_initdata(forged: EnclaveProcess, enclave: EnclaveProcess) -> None:
     """So the refusal above comes from the launch measurements alone."""
     assert forged.initdata == enclave.initdata

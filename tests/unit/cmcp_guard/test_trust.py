@@ -19,6 +19,7 @@ from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget
 from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
 from cmcp_devkit.release import dev_appraisal, write_dev_release
 from cmcp_devkit.upstream import free_port, run_upstream
+from cmcp_guard import trust as trust_module
 from cmcp_guard.main import build_guard, main
 from cmcp_guard.trust import TrustStore
 from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, PERMIT_ARGS, PERMIT_TOOL, get_permit
@@ -54,6 +55,7 @@ class FakeRoute:
     def __init__(self) -> None:
         self.addresses: list[str] = []
         self.targets: list[str] = [GENUINE]
+        self.gpu: dict[str, object] | None = None
         self.fail = False
         self.reads = 0
 
@@ -65,7 +67,7 @@ class FakeRoute:
                      for i, a in enumerate(self.addresses))
         revisions = [RouteTarget("sha256:" + "ab" * 32, digest) for digest in self.targets]
         return RouteStatus(pods=pods, target=revisions[0] if revisions else None,
-                           previous=revisions[1] if len(revisions) > 1 else None)
+                           previous=revisions[1] if len(revisions) > 1 else None, gpu=self.gpu)
 
 
 def store(route: FakeRoute, clock: FakeClock, grace: float = 65.0) -> TrustStore:
@@ -259,3 +261,25 @@ async def test_fixed_endpoints_keep_their_own_pins_beside_a_followed_route(encla
     route.addresses = [enclave.address]  # now the route lists it too: the route's pins apply
     await trust.refresh()
     assert dict(trust.keys()) == {} and trust.failures[enclave.address].code.value == "INITDATA_UNEXPECTED"
+
+
+async def test_a_route_requiring_a_gpu_trusts_only_pods_that_prove_one(
+        enclave: EnclaveProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route's status.gpu holds for the guard too: a listed pod without GPU evidence never
+    gets its permits honoured; one with a (simulated) GPU does; an unreadable requirement trusts none."""
+    route, clock = FakeRoute(), FakeClock()
+    trust = store(route, clock)
+    route.gpu = {"vendor": "nvidia", "count": 1, "revocation": "not-checked"}
+    with start_enclave(BUNDLE, tmp_path / "gpu", audience=AUDIENCE, env={"CMCP_GPU": "simulated"}) as gpu:
+        route.addresses = [enclave.address, gpu.address]
+        await trust.refresh()
+        assert set(trust.keys()) == {gpu.kid}
+        assert trust.failures[enclave.address].code.value == "GPU_EVIDENCE_MISSING"
+        route.gpu = {"count": 0}
+        await trust.refresh()
+        assert gpu.address not in trust.enclaves and enclave.address not in trust.enclaves
+        # weakened: a guard that ignores the route's GPU requirement honours the pod without a GPU
+        route.gpu = {"count": 1}
+        monkeypatch.setattr(trust_module.GpuRequirement, "from_spec", staticmethod(lambda _spec: None))
+        await trust.refresh()
+        assert enclave.address in trust.enclaves

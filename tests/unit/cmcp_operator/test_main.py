@@ -154,3 +154,18 @@ def test_cli_takes_gateway_keys_and_refuses_a_key_that_is_not_ed25519(release: D
     for bad in (rsa, tmp_path / "absent.pem"):
         with pytest.raises(SystemExit):
             parse_args(["-A", "--gateway-key-file", str(bad), *release.argv()])
+
+
+def test_gpu_flags_reach_the_config_and_a_simulated_gpu_needs_allow_simulated(
+        release: DevRelease, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = parse_args(["-n", "team-a", *release.argv(), "--runtime-class-gpu-tdx", "gpu-tdx",
+                      "--gpu-resource", "nvidia.com/GH100_H100_PCIE"])
+    assert cfg.gpu_provider == "nvidia" and cfg.gpu_resource == "nvidia.com/GH100_H100_PCIE"
+    assert cfg.runtime_class("tdx", None, gpu=True) == "gpu-tdx"
+    assert cfg.runtime_class("snp", None, gpu=True) == "kata-qemu-nvidia-gpu-snp"
+    assert cfg.runtime_class("tdx", None) == "kata-qemu-tdx"
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["-n", "team-a", *[a for a in release.argv() if a != "--allow-simulated"],
+                    "--gpu-provider", "simulated"])
+    assert exit_.value.code == 2
+    assert "--gpu-provider simulated needs --allow-simulated" in capsys.readouterr().err

@@ -5,7 +5,10 @@ readiness-gate patches and Events."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import os
 import re
 from typing import Any
 
@@ -13,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.attestation import Evidence
-from cmcp_core.binding import Binding
+from cmcp_core.binding import Binding, gpu_nonce
 from cmcp_core.bundle import read_bundle_files
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
@@ -29,12 +32,13 @@ from cmcp_core.initdata import (
 from cmcp_core.verify import appraise as core_appraise
 from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_devkit.release import dev_appraisal, dev_release
+from cmcp_enclave.gpu import SimulatedGpuProvider
 from cmcp_enclave.simulated import SimulatedGuest
 from cmcp_operator import route_controller
 from cmcp_operator.bundle_controller import BundleController
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import BUNDLE_PLURAL, ROUTE_LABEL, ROUTE_PLURAL
-from cmcp_operator.pod_appraisal import initdata_digest
+from cmcp_operator.pod_appraisal import camel, initdata_digest
 from cmcp_operator.route_controller import FAST_POLL, RouteController
 from cmcp_operator.verifier import core_verifier
 from tests.paths import EXAMPLES
@@ -143,7 +147,7 @@ async def test_missing_bundle_is_named_and_nothing_is_deployed(controller: Route
     assert ready["message"] == "PolicyBundle 'b' not found"
     assert {k: v for k, v in status.items() if k != "conditions"} == {
         "replicas": 0, "attestedReplicas": 0, "readyReplicas": 0, "updatedReplicas": 0,
-        "attestedSummary": "0/1", "pods": [], "previous": None, "observedGeneration": 3,
+        "attestedSummary": "0/1", "pods": [], "previous": None, "gpu": None, "observedGeneration": 3,
         "serviceName": DEPLOY, "deploymentName": DEPLOY}
     assert events.reasons() == ["AttestedFalse", "DegradedTrue", "RolloutInProgressFalse", "ReadyFalse"]
 
@@ -306,3 +310,105 @@ async def test_weakened_admission_would_admit_the_hostile_image(controller: Rout
     monkeypatch.setattr(route_controller, "IMAGE_DIGEST_RE", re.compile(".*", re.S))
     hostile = 'reg/e@sha256:' + "0" * 64 + '"\nExecProcessRequest := true\n#'
     assert await controller.admission({**SPEC, "image": hostile}, NS) is None
+
+
+# --- spec.gpu: the GPU evidence beside the CPU evidence ---------------------------------------
+
+GPU_SPEC = {**SPEC, "gpu": {"vendor": "nvidia", "count": 1, "revocation": "not-checked"}}
+GPU_CONFIG = dataclasses.replace(CONFIG, gpu_provider="simulated")
+
+
+class GpuEnclaves(SimulatedEnclaves):
+    """An honest simulated enclave with a simulated GPU; ``attack`` makes its GPU evidence
+    missing (``none``), answer another attestation's nonce (``replay``) or flips a report byte."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        super().__init__(kube)
+        self.gpu = SimulatedGpuProvider()
+        self.attack = ""
+
+    async def __call__(self, address: str, *, deadline: float) -> tuple[bytes, Evidence]:
+        nonce, ev = await super().__call__(address, deadline=deadline)
+        envelopes: tuple[bytes, ...] = self.gpu.evidence(gpu_nonce(ev.report_data))
+        if self.attack == "none":
+            envelopes = ()
+        elif self.attack == "replay":
+            envelopes = self.gpu.evidence(gpu_nonce(os.urandom(64)))
+        elif self.attack == "tampered":
+            doc = json.loads(envelopes[0])
+            report = bytearray(base64.b64decode(doc["report"]))
+            report[60] ^= 1
+            doc["report"] = base64.b64encode(bytes(report)).decode()
+            envelopes = (json.dumps(doc).encode(),)
+        return nonce, dataclasses.replace(ev, gpu_evidence=envelopes)
+
+
+@pytest.fixture
+def gpu_route(kube: FakeKube, events: FakeEvents) -> tuple[RouteController, GpuEnclaves]:
+    kube.custom[(ROUTE_PLURAL, NS, ROUTE)]["spec"] = GPU_SPEC
+    enclaves = GpuEnclaves(kube)
+    return RouteController(kube, GPU_CONFIG, core_verifier(), events, fetch=enclaves), enclaves  # type: ignore[arg-type]
+
+
+async def test_a_gpu_route_attests_cpu_and_gpu_and_reports_the_gpu(
+        gpu_route: tuple[RouteController, GpuEnclaves], kube: FakeKube) -> None:
+    controller, _ = gpu_route
+    await publish_bundle(kube)
+    await controller.step(NS, ROUTE)
+    template = kube.applied[("Deployment", NS, DEPLOY)]["spec"]["template"]
+    assert template["spec"]["containers"][0]["args"][-2:] == ["--gpu", "simulated"]
+    pod = start_pod(kube)
+    await controller.step(NS, ROUTE)
+    name = pod["metadata"]["name"]
+    assert kube.writes("set_attested_condition")[-1] == ("set_attested_condition", NS, name, True, "Attested")
+    entry = route_status(kube)["pods"][0]
+    assert entry["gpu"] == {"attested": True, "code": "OK", "count": 1, "revocation": "not-checked",
+                            "driverVersion": "550.90.07", "vbiosVersion": "96.00.9f.00.01"}
+    assert route_status(kube)["attestedReplicas"] == 1
+
+
+@pytest.mark.parametrize("attack, code", [
+    ("none", "GPU_EVIDENCE_MISSING"), ("replay", "GPU_NONCE_MISMATCH"),
+    ("tampered", "GPU_EVIDENCE_BAD_SIGNATURE"),
+])
+async def test_a_gpu_route_never_routes_to_a_pod_without_good_gpu_evidence(
+        gpu_route: tuple[RouteController, GpuEnclaves], kube: FakeKube, attack: str, code: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    controller, enclaves = gpu_route
+    enclaves.attack = attack
+    await publish_bundle(kube)
+    await controller.step(NS, ROUTE)
+    pod = start_pod(kube)
+    assert await controller.step(NS, ROUTE) == FAST_POLL
+    reason = camel(code)
+    name = pod["metadata"]["name"]
+    assert kube.writes("set_attested_condition")[-1] == ("set_attested_condition", NS, name, False, reason)
+    entry = route_status(kube)["pods"][0]
+    assert entry["attested"] is False and entry["reason"] == reason
+    assert entry["gpu"]["attested"] is False and entry["gpu"]["code"] == code
+    assert "keyThumbprint" not in entry and route_status(kube)["attestedReplicas"] == 0
+    # Weakened: an operator that forgets the route's GPU requirement attests and routes the pod.
+    monkeypatch.setattr(route_controller.GpuRequirement, "from_spec", staticmethod(lambda _spec: None))
+    controller.pods.clear()
+    await controller.step(NS, ROUTE)
+    assert route_status(kube)["pods"][0]["attested"] is True
+
+
+async def test_admission_refuses_a_gpu_requirement_it_does_not_know(controller: RouteController,
+                                                                   kube: FakeKube) -> None:
+    await publish_bundle(kube)
+    problem = await controller.admission({**SPEC, "gpu": {"vendor": "amd"}}, NS)
+    assert problem is not None and problem.startswith("gpu: gpu.vendor")
+    assert await controller.admission(GPU_SPEC, NS) is None
+
+
+async def test_a_malformed_gpu_requirement_fails_every_pod_closed(
+        gpu_route: tuple[RouteController, GpuEnclaves], kube: FakeKube) -> None:
+    controller, _ = gpu_route
+    await publish_bundle(kube)
+    await controller.step(NS, ROUTE)
+    start_pod(kube)
+    kube.custom[(ROUTE_PLURAL, NS, ROUTE)]["spec"] = {**SPEC, "gpu": {"count": 0}}
+    await controller.step(NS, ROUTE)
+    entry = route_status(kube)["pods"][0]
+    assert entry["attested"] is False and entry["reason"] == "GpuRequirementInvalid"

@@ -12,6 +12,8 @@ from cmcp_core.gateway_identity import initdata_value
 from cmcp_core.initdata import ANNOTATION, CmcpEntry, decode_annotation, parse, render
 from cmcp_core.launch_policy import IMAGE_DIGEST_PATTERN, LaunchPolicyError
 from cmcp_core.verify import AppraisalPolicy
+from cmcp_core.verify.gpu import REVOCATION_POLICIES
+from cmcp_core.verify.gpu_requirement import MAX_GPUS, VENDORS
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import ATTESTED_CONDITION, KATA_TDX, NFD_SNP, NFD_TDX, ROUTE_LABEL
 from cmcp_operator.workloads import audience, deployment, launch_spec, revision, service
@@ -168,3 +170,43 @@ def test_the_gateway_keys_the_operator_holds_are_pinned_in_every_initdata() -> N
     unpinned = revision("ns", "r", spec(), BSTATUS, [], OperatorConfig(enclave_image=IMAGE))
     assert parse(pinned.initdata).cmcp.gateway_keys == keys
     assert parse(unpinned.initdata).cmcp.gateway_keys == ()
+
+
+@pytest.mark.parametrize(("tee", "runtime"), [("tdx", "kata-qemu-nvidia-gpu-tdx"),
+                                              ("snp", "kata-qemu-nvidia-gpu-snp")])
+def test_a_gpu_route_gets_the_gpu_runtime_class_the_device_and_a_measured_gpu_flag(
+        tee: str, runtime: str) -> None:
+    cfg = OperatorConfig()
+    gpu_spec = spec(tee=tee, gpu={"vendor": "nvidia", "count": 2})
+    rev = revision("ns", "r", gpu_spec, BSTATUS, [], cfg)
+    assert rev.command[-2:] == ("--gpu", "nvidia")
+    # the flag is in the argv the initdata's launch policy pins
+    assert "--gpu" in decode_annotation(deployment("ns", "r", gpu_spec, rev, cfg, OWNER)["spec"]["template"]
+                                        ["metadata"]["annotations"][ANNOTATION]).decode()
+    pod = deployment("ns", "r", gpu_spec, rev, cfg, OWNER)["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == runtime
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/pgpu"] == resources["limits"]["nvidia.com/pgpu"] == "2"
+    plain = revision("ns", "r", spec(tee=tee), BSTATUS, [], cfg)
+    assert "--gpu" not in plain.command
+
+
+def test_a_simulated_gpu_needs_no_device_and_keeps_the_tee_runtime_class() -> None:
+    cfg = OperatorConfig(appraisal=AppraisalPolicy(allow_simulated=True), gpu_provider="simulated",
+                         gpu_resource="nvidia.com/GH100_H100_PCIE")
+    gpu_spec = spec(gpu={"count": 1})
+    rev = revision("ns", "r", gpu_spec, BSTATUS, [], cfg)
+    assert rev.command[-2:] == ("--gpu", "simulated")
+    pod = deployment("ns", "r", gpu_spec, rev, cfg, OWNER)["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "kata-qemu-tdx"
+    assert "nvidia.com/GH100_H100_PCIE" not in pod["containers"][0]["resources"]["requests"]
+
+
+def test_crd_gpu_schema_matches_the_requirement() -> None:
+    crd = yaml.safe_load((ROOT / "crds" / "mcproutes.cmcp.dev.yaml").read_text())
+    gpu = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["gpu"]
+    assert gpu["properties"]["vendor"]["enum"] == list(VENDORS)
+    assert gpu["properties"]["revocation"]["enum"] == list(REVOCATION_POLICIES)
+    assert gpu["properties"]["count"]["maximum"] == MAX_GPUS
+    chart = yaml.safe_load((ROOT / "charts" / "cmcp" / "crds" / "mcproutes.cmcp.dev.yaml").read_text())
+    assert chart == crd

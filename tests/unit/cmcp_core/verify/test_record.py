@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import json_format
 
 from cmcp_core import initdata
+from cmcp_core.binding import gpu_nonce
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crypto import public_jwk
 from cmcp_core.digest import json_digest
@@ -27,6 +29,7 @@ from cmcp_ctl.main import main as cmcpctl
 from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_devkit.release import dev_appraisal, dev_release, release_argv
 from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.gpu import SimulatedGpuProvider, with_gpus
 from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
 from tests.helpers.enclave_calls import exported, known, sid
@@ -48,17 +51,28 @@ class Closed:
 @pytest.fixture(scope="module")
 def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
     """A simulated enclave attested by the verifier, one allowed call, then session close."""
+    return _closed_session(tmp_path_factory.mktemp("enclave"))
+
+
+@pytest.fixture(scope="module")
+def closed_gpu(tmp_path_factory: pytest.TempPathFactory) -> Closed:
+    """The same with a simulated GPU: its AttestResponse carries CPU and GPU evidence."""
+    return _closed_session(tmp_path_factory.mktemp("enclave-gpu"), gpu=True)
+
+
+def _closed_session(workdir: Path, gpu: bool = False) -> Closed:
     bundle = load_bundle(BUNDLE_DIR)
     entry = initdata.CmcpEntry(
         bundle.bundle_hash, bundle.catalog_hash, bundle.enforcement_mode, "team/route", "http://upstream"
     )
     toml = initdata.render(entry, image=TEST_IMAGE, command=["cmcp-enclave"])
-    path = tmp_path_factory.mktemp("enclave") / "initdata.toml"
+    path = workdir / "initdata.toml"
     path.write_bytes(toml)
+    cpu = SimulatedProvider(initdata.tdx_mrconfigid(toml).hex())
     enc = start(
         bundle_dir=BUNDLE_DIR,
         initdata_path=path,
-        provider=SimulatedProvider(initdata.tdx_mrconfigid(toml).hex()),
+        provider=with_gpus(cpu, SimulatedGpuProvider() if gpu else None),
     )
     nonce = os.urandom(32)
     report, report_data = enc.attest(nonce)
@@ -99,6 +113,7 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Closed:
         catalog_hash=enc.catalog_hash,
         enforcement_mode=enc.mode,
         report_data=report_data,
+        gpu_evidence=list(report.gpu_evidence),
     )
     return Closed(enc, done.record, exported(enc, "s1"), verdict, response, nonce)
 
@@ -253,3 +268,65 @@ def test_cli_record_against_the_attest_response(
     assert cmcpctl([*base, "--nonce", os.urandom(32).hex(), "--allow-simulated"]) == 1  # other nonce
     assert cmcpctl(base) == 2
     assert cmcpctl(["verify", "record", rec]) == 2  # neither a key nor a response
+
+
+def _gpu_response(closed: Closed, tmp_path: Path, envelopes: list[bytes] | None = None) -> str:
+    resp = enclave_pb2.AttestResponse()
+    resp.CopyFrom(closed.response)
+    if envelopes is not None:
+        del resp.gpu_evidence[:]
+        resp.gpu_evidence.extend(envelopes)
+    path = tmp_path / f"attest-{os.urandom(4).hex()}.json"
+    path.write_text(json_format.MessageToJson(resp))
+    return str(path)
+
+
+def test_cli_record_with_cpu_and_gpu_evidence(
+    closed_gpu: Closed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An auditor holding the record and the AttestResponse (CPU and simulated GPU evidence)."""
+    rec = _write(tmp_path, "record.json", closed_gpu.record)
+    base = ["verify", "record", rec, "--now", str(closed_gpu.record["iat"]),
+            "--nonce", closed_gpu.nonce.hex(), "--allow-simulated",
+            *release_argv(tmp_path / "release", dev_release())]
+    assert cmcpctl([*base, "--response", _gpu_response(closed_gpu, tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] and "runtime-nonce" in out["checks"] and "gpu:1" in out["checks"]
+    assert out["gpus"][0]["revocation"] == "not-checked" and out["gpus"][0]["assurance"] == "software-only"
+    assert cmcpctl([*base, "--response", _gpu_response(closed_gpu, tmp_path)]) == 0
+    assert "gpus=1 gpu-revocation=not-checked" in capsys.readouterr().out
+
+    def code(*extra: str, envelopes: list[bytes] | None = None) -> str:
+        assert cmcpctl([*base, "--response", _gpu_response(closed_gpu, tmp_path, envelopes), "--json",
+                        *extra]) == 1
+        return str(json.loads(capsys.readouterr().out)["code"])
+
+    genuine = bytes(closed_gpu.response.gpu_evidence[0])
+    doc = json.loads(genuine)
+    report = bytearray(base64.b64decode(doc["report"]))
+    report[60] ^= 1
+    flipped = json.dumps({**doc, "report": base64.b64encode(bytes(report)).decode()}).encode()
+    other_gpu = SimulatedGpuProvider().evidence(gpu_nonce(closed_gpu.response.report_data))[0]
+    replayed = SimulatedGpuProvider().evidence(gpu_nonce(os.urandom(64)))[0]
+    assert code(envelopes=[flipped]) == "GPU_EVIDENCE_BAD_SIGNATURE"
+    assert code(envelopes=[replayed]) == "GPU_NONCE_MISMATCH"
+    assert code("--require-gpu", "1", envelopes=[]) == "GPU_EVIDENCE_MISSING"
+    assert code("--require-gpu", "2") == "GPU_EVIDENCE_MISSING"
+    assert code("--gpu-revocation", "ocsp-stapled") == "GPU_OCSP_INVALID"
+    # another (simulated) GPU answering this very nonce passes: simulator roots are not pinned here
+    assert cmcpctl([*base, "--response", _gpu_response(closed_gpu, tmp_path, [other_gpu])]) == 0
+    capsys.readouterr()
+    # without --require-gpu a response stripped of its GPU evidence is only CPU evidence: said so
+    assert cmcpctl([*base, "--response", _gpu_response(closed_gpu, tmp_path, []), "--json"]) == 0
+    assert "gpus" not in json.loads(capsys.readouterr().out)
+
+
+def test_cli_evidence_response_with_gpu(
+    closed_gpu: Closed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["verify", "evidence", "--response", _gpu_response(closed_gpu, tmp_path), "--nonce",
+            closed_gpu.nonce.hex(), *release_argv(tmp_path / "release", dev_release()), "--json"]
+    assert cmcpctl([*base, "--allow-simulated"]) == 0
+    assert json.loads(capsys.readouterr().out)["gpus"][0]["passed"] is True
+    assert cmcpctl(base) == 1
+    assert json.loads(capsys.readouterr().out)["code"] == "SIMULATED_NOT_ALLOWED"
