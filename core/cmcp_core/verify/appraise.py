@@ -41,12 +41,11 @@ from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_PLATFORM, verify_simu
 from cmcp_core.evidence.snp import SnpReport, TcbVersion
 from cmcp_core.evidence.tdx import TdxQuote
 from cmcp_core.verify.bindings import check_claims, check_initdata, check_report_data
-from cmcp_core.verify.gpu import GpuVerdict
 from cmcp_core.verify.gpu_requirement import GpuRequirement, appraise_gpus
 from cmcp_core.verify.reference import SNP_TCB_FIELDS, SnpLaunch, TdxLaunch, match_release
 from cmcp_core.verify.snp import azure_report_data, decode_snp_evidence, verify_snp_report
 from cmcp_core.verify.tdx import verify_tdx_quote
-from cmcp_core.verify.verdict import OK, AppraisalPolicy, Assurance, Verdict, VerifyFailure
+from cmcp_core.verify.verdict import OK, AppraisalPolicy, Assurance, GpuVerdict, Verdict, VerifyFailure
 
 PLATFORMS = ("tdx", "snp", "simulated", SIMULATED_SNP_PLATFORM)
 SIMULATED_PLATFORMS = ("simulated", SIMULATED_SNP_PLATFORM)

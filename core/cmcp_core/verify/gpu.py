@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -49,7 +48,7 @@ from cmcp_core.evidence.gpu import (
 from cmcp_core.evidence.gpu_simulated import SIMULATOR_ORG
 from cmcp_core.verify.certchain import ChainCodes, check_ocsp, fingerprint, verify_chain
 from cmcp_core.verify.rim import RIM_CHAIN, GoldenMeasurement, Rim, signing_chain, verify_rim
-from cmcp_core.verify.verdict import OK, Assurance, VerifyFailure
+from cmcp_core.verify.verdict import OK, Assurance, GpuVerdict, Revocation, VerifyFailure
 
 REVOCATION_POLICIES = ("ocsp-stapled", "not-checked")
 # SHA-256 of the DER of cmcp_core/data/nvidia/device_root.pem ("NVIDIA Device Identity CA").
@@ -61,9 +60,6 @@ FWID_LEN = 48
 # NVIDIA's own verifier does.
 NVDEC0_MEASUREMENT = 35
 
-Revocation = Literal["ocsp-good", "not-checked"]
-
-
 @dataclass(frozen=True)
 class GpuPolicy:
     """What a GPU appraiser accepts. ``simulator_roots`` pins simulator roots by SHA-256 fingerprint."""
@@ -71,34 +67,6 @@ class GpuPolicy:
     revocation: str = "not-checked"
     allow_simulated: bool = False
     simulator_roots: frozenset[str] | None = None
-
-
-@dataclass(frozen=True)
-class GpuVerdict:
-    passed: bool
-    code: str
-    message: str
-    assurance: Assurance
-    arch: str | None = None
-    revocation: Revocation | None = None  # set once every certificate and RIM verified
-    driver_version: str | None = None
-    vbios_version: str | None = None
-    claims: dict[str, str] = field(default_factory=dict)
-    checks: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "code": self.code,
-            "message": self.message,
-            "assurance": self.assurance,
-            "arch": self.arch,
-            "revocation": self.revocation,
-            "driver_version": self.driver_version,
-            "vbios_version": self.vbios_version,
-            "claims": dict(self.claims),
-            "checks": list(self.checks),
-        }
 
 
 @cache

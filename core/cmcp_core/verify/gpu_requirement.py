@@ -17,8 +17,8 @@ from typing import Any
 from cmcp_core.binding import gpu_nonce
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.gpu import decode_gpu_evidence
-from cmcp_core.verify.gpu import REVOCATION_POLICIES, GpuPolicy, GpuVerdict, appraise_gpu
-from cmcp_core.verify.verdict import OK
+from cmcp_core.verify.gpu import REVOCATION_POLICIES, GpuPolicy, appraise_gpu
+from cmcp_core.verify.verdict import OK, GpuVerdict
 
 VENDORS = ("nvidia",)
 MAX_GPUS = 8

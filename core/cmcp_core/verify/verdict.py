@@ -10,21 +10,50 @@ consistent" and "signature failed" can therefore never be confused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.verify.reference import ReleaseReference
 
-if TYPE_CHECKING:
-    from cmcp_core.verify.gpu import GpuVerdict  # verify.gpu imports this module
-
 Assurance = Literal["hardware", "software-only", "none"]
+Revocation = Literal["ocsp-good", "not-checked"]  # how a GPU's certificates' revocation was judged
 OK = "OK"
 DEFAULT_TCB_STATUSES: frozenset[str] = frozenset({"UpToDate"})
 
 
 class VerifyFailure(CmcpError):
     """Raised inside the verifier for a failed check; the public entry points turn it into a Verdict."""
+
+
+@dataclass(frozen=True)
+class GpuVerdict:
+    """One GPU's appraisal (:func:`cmcp_core.verify.gpu.appraise_gpu`); kept here, beside
+    :class:`Verdict` that carries them, so the two modules do not import each other."""
+
+    passed: bool
+    code: str
+    message: str
+    assurance: Assurance
+    arch: str | None = None
+    revocation: Revocation | None = None  # set once every certificate and RIM verified
+    driver_version: str | None = None
+    vbios_version: str | None = None
+    claims: dict[str, str] = field(default_factory=dict)
+    checks: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "code": self.code,
+            "message": self.message,
+            "assurance": self.assurance,
+            "arch": self.arch,
+            "revocation": self.revocation,
+            "driver_version": self.driver_version,
+            "vbios_version": self.vbios_version,
+            "claims": dict(self.claims),
+            "checks": list(self.checks),
+        }
 
 
 @dataclass(frozen=True)

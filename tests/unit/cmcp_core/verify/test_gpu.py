@@ -24,7 +24,8 @@ from cmcp_core.verify import certchain
 from cmcp_core.verify import gpu as gpu_verify
 from cmcp_core.verify import rim as rim_verify
 from cmcp_core.verify.certchain import fingerprint
-from cmcp_core.verify.gpu import GpuPolicy, GpuVerdict, appraise_gpu
+from cmcp_core.verify.gpu import GpuPolicy, appraise_gpu
+from cmcp_core.verify.verdict import GpuVerdict
 from tests.helpers import gpu_samples
 from tests.helpers.gpu_samples import NONCE_2_0, PINNED
 
