@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -34,6 +35,15 @@ class ChainCodes:
 
 def fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def pinned_root(package: str, name: str, sha256: str, what: str) -> x509.Certificate:
+    """A root certificate shipped as package data, refused unless it is still the pinned one."""
+    pem = resources.files(package).joinpath(name).read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    if fingerprint(cert) != sha256:
+        raise VerifyFailure(Code.VERIFY_INTERNAL_ERROR, f"packaged {what} is not the pinned one")
+    return cert
 
 
 def _at(now: int) -> datetime:

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from importlib import resources
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -46,7 +45,7 @@ from cmcp_core.evidence.gpu import (
     parse_gpu_report,
 )
 from cmcp_core.evidence.gpu_simulated import SIMULATOR_ORG
-from cmcp_core.verify.certchain import ChainCodes, check_ocsp, fingerprint, verify_chain
+from cmcp_core.verify.certchain import ChainCodes, check_ocsp, fingerprint, pinned_root, verify_chain
 from cmcp_core.verify.rim import RIM_CHAIN, GoldenMeasurement, Rim, signing_chain, verify_rim
 from cmcp_core.verify.verdict import OK, Assurance, GpuVerdict, Revocation, VerifyFailure
 
@@ -71,11 +70,7 @@ class GpuPolicy:
 
 @cache
 def pinned_device_root() -> x509.Certificate:
-    pem = resources.files("cmcp_core.data.nvidia").joinpath("device_root.pem").read_bytes()
-    cert = x509.load_pem_x509_certificate(pem)
-    if fingerprint(cert) != DEVICE_ROOT_SHA256:
-        raise VerifyFailure(Code.VERIFY_INTERNAL_ERROR, "packaged NVIDIA device root is not the pinned one")
-    return cert
+    return pinned_root("cmcp_core.data.nvidia", "device_root.pem", DEVICE_ROOT_SHA256, "NVIDIA device root")
 
 
 @dataclass

@@ -19,7 +19,6 @@ import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from importlib import resources
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -28,7 +27,7 @@ from signxml import DigestAlgorithm, SignatureConfiguration, SignatureMethod, XM
 from signxml.exceptions import SignXMLException
 
 from cmcp_core.errors import Code
-from cmcp_core.verify.certchain import ChainCodes, fingerprint, verify_chain
+from cmcp_core.verify.certchain import ChainCodes, pinned_root, verify_chain
 from cmcp_core.verify.verdict import VerifyFailure
 
 MAX_RIM_BYTES = 512 * 1024
@@ -45,11 +44,7 @@ RIM_CHAIN = ChainCodes(invalid=Code.GPU_RIM_CHAIN_INVALID, expired=Code.GPU_CERT
 
 @cache
 def pinned_rim_root() -> x509.Certificate:
-    pem = resources.files("cmcp_core.data.nvidia").joinpath("rim_root.pem").read_bytes()
-    cert = x509.load_pem_x509_certificate(pem)
-    if fingerprint(cert) != RIM_ROOT_SHA256:
-        raise VerifyFailure(Code.VERIFY_INTERNAL_ERROR, "packaged NVIDIA RIM root is not the pinned one")
-    return cert
+    return pinned_root("cmcp_core.data.nvidia", "rim_root.pem", RIM_ROOT_SHA256, "NVIDIA RIM root")
 
 
 @dataclass(frozen=True)
