@@ -129,22 +129,22 @@ class TsmStandin(fuse.Operations):  # type: ignore[misc]
             raise fuse.FuseOSError(errno.ENOENT)
         return guest_snp_measurement(found.kernel_params)
 
-    def quote(self, container_id: str, caller_pid: int, report_data: bytes) -> bytes:
+    def _measured_config(self, container_id: str, caller_pid: int, platform: str) -> bytes:
+        """The platform's config field (TDX MRCONFIGID, SNP HOST_DATA) for the measured initdata."""
         raw = self.measured_initdata(container_id, caller_pid)
         try:
-            mrconfigid = initdata.tdx_mrconfigid(raw)
+            return initdata.expected_measurement(raw, platform)
         except initdata.InitdataError as exc:
             raise fuse.FuseOSError(errno.EIO) from exc
+
+    def quote(self, container_id: str, caller_pid: int, report_data: bytes) -> bytes:
+        mrconfigid = self._measured_config(container_id, caller_pid, "tdx")
         return self.signer.quote(report_data.ljust(REPORT_DATA_LEN, b"\x00"), mrconfigid,
                                  rtmrs=self.measured_rtmrs(container_id))
 
     def snp_report(self, container_id: str, caller_pid: int, report_data: bytes) -> bytes:
         """A simulated SNP report: HOST_DATA the SNP digest of the measured initdata."""
-        raw = self.measured_initdata(container_id, caller_pid)
-        try:
-            host_data = initdata.snp_host_data(raw)
-        except initdata.InitdataError as exc:
-            raise fuse.FuseOSError(errno.EIO) from exc
+        host_data = self._measured_config(container_id, caller_pid, "snp")
         return self.snp_signer.report(report_data.ljust(REPORT_DATA_LEN, b"\x00"), host_data,
                                       measurement=self.measured_snp(container_id))
 
