@@ -390,7 +390,8 @@ class Conversation:
         timeout = self._runtime.upstream.timeout
         for key, future in waiting.items():
             try:
-                reply = await asyncio.wait_for(future, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation
+                    reply = await future
             except TimeoutError:
                 raise CmcpError(Code.AGENT_GONE, f"the agent did not answer the upstream's input request "
                                 f"within {timeout:g} s") from None

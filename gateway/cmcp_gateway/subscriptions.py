@@ -68,13 +68,14 @@ class SessionEvents:
             return
         changed = asyncio.ensure_future(session.subscriptions_changed.wait())
         iterator = aiter(events)
+        following: asyncio.Future[bytes] | None = None  # the next event's read, kept across keepalives
         try:
             while True:
-                following = asyncio.ensure_future(anext(iterator))
+                if following is None:
+                    following = asyncio.ensure_future(anext(iterator))
                 done, _ = await asyncio.wait({following, changed}, timeout=KEEPALIVE_SECONDS,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if following not in done:
-                    following.cancel()
                     if changed in done:
                         return
                     session.last_used = time.monotonic()
@@ -84,10 +85,13 @@ class SessionEvents:
                     event = following.result()
                 except StopAsyncIteration:
                     return
+                following = None
                 if _is_update(event):
                     yield event
         finally:
             changed.cancel()
+            if following is not None:
+                following.cancel()  # the read still pending when the subscriptions changed or the agent left
             await events.aclose()
 
     async def aclose(self) -> None:
@@ -95,8 +99,12 @@ class SessionEvents:
 
 
 async def _changed_within(session: McpSession, seconds: float) -> bool:
+    """Whether the session's subscriptions change within ``seconds``. ``asyncio.timeout``, not
+    ``wait_for``: on Python 3.11, ``wait_for`` swallows a cancellation that arrives in the loop
+    turn its event is set (an agent that unsubscribes as it leaves), and this stream went on."""
     try:
-        await asyncio.wait_for(session.subscriptions_changed.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await session.subscriptions_changed.wait()
     except TimeoutError:
         return False
     return True

@@ -10,12 +10,12 @@ docs/adr/0001-bare-asgi-front.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
 from starlette.types import Receive, Scope, Send
 
 from cmcp_core.asgi import ClientGone, read_body
@@ -63,21 +63,33 @@ class Response:
             await send({"type": "http.response.start", "status": self.status, "headers": raw})
             if receive is None:
                 await _pump(stream, send)
-                return
-            pump = asyncio.ensure_future(_pump(stream, send))
-            gone = asyncio.ensure_future(_disconnected(receive))
-            try:
-                await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-                if not pump.done():  # the client left mid-stream (an idle one, too)
-                    pump.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await pump
-            if pump.done() and not pump.cancelled():
-                pump.result()
+            else:
+                await _pump_until_gone(stream, send, receive)
         finally:
             await stream.aclose()
+
+
+async def _pump_until_gone(stream: BodyStream, send: Send, receive: Receive) -> None:
+    """Pump ``stream`` until it ends or the client is gone, whichever comes first.
+
+    The client's leaving cancels the pump through an anyio cancel scope, whose cancellation is
+    level-triggered: delivered again on every loop turn until the pump has left the scope. A
+    single ``Task.cancel`` is edge-triggered: one ``except CancelledError`` or one
+    ``asyncio.wait_for`` that loses the race to its own result anywhere in the stream's code
+    swallows it, and a stream that loops (an idle GET stream's keepalives) then runs forever,
+    holding its upstream listen and the server's graceful shutdown.
+    """
+    with anyio.CancelScope() as scope:
+        def client_left(watch: asyncio.Future[None]) -> None:
+            scope.cancel("the client is gone")
+
+        gone = asyncio.ensure_future(_disconnected(receive))
+        gone.add_done_callback(client_left)
+        try:
+            await _pump(stream, send)
+        finally:
+            gone.remove_done_callback(client_left)
+            gone.cancel()
 
 
 async def _pump(stream: BodyStream, send: Send) -> None:

@@ -9,6 +9,7 @@ read raw so header and body bytes are checked exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from cmcp_devkit.ports import free_port
 from cmcp_gateway.app import Gateway, build
 from cmcp_gateway.config import GatewayConfig, GatewayLimits, RouteConfig
 from cmcp_gateway.metrics import REQUESTS
+from cmcp_gateway.transport import Response, _pump
 from tests.helpers.gateway_stack import gateway_config, serve
 
 LIMIT = 64
@@ -198,3 +200,104 @@ async def test_lifespan_shutdown_failure_is_reported() -> None:
     sent = await _lifespan(_ShutdownFails(_config()))
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.failed"]
     assert "RuntimeError: shutdown broke: the exception text" in sent[1]["message"]
+
+
+class _SwallowsOneCancel:
+    """An endless stream (an idle GET stream's keepalives) with one place that swallows a
+    cancellation once, as Python 3.11's ``asyncio.wait_for`` does when the cancellation arrives
+    in the loop turn its own result does."""
+
+    def __init__(self) -> None:
+        self.swallowed = 0
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if self.swallowed:
+                    raise
+                self.swallowed += 1
+            yield b": keepalive\r\n\r\n"
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def _client_leaves_after(seconds: float) -> dict[str, Any]:
+    await asyncio.sleep(seconds)
+    return {"type": "http.disconnect"}
+
+
+async def test_a_stream_stops_when_its_client_leaves_even_past_a_swallowed_cancellation() -> None:
+    stream, sent = _SwallowsOneCancel(), []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    response = Response(stream=stream, media_type="text/event-stream")
+    sending = asyncio.ensure_future(response.send(send, lambda: _client_leaves_after(0.05)))
+    try:
+        # Not asyncio.timeout: its cancellation would reach the pump through the await chain
+        # and stop it a second time, which the server (waiting for its requests) never does.
+        done, _ = await asyncio.wait({sending}, timeout=5)
+        assert sending in done, "the stream is still pumping after its client left"
+    finally:
+        sending.cancel()
+    sending.result()
+    streamed = len(sent)
+    await asyncio.sleep(0.1)
+    assert len(sent) == streamed  # nothing pumps on behind the answer
+    assert stream.swallowed == 1 and stream.closed
+    assert sent[0]["type"] == "http.response.start" and sent[1]["body"] == b": keepalive\r\n\r\n"
+    assert all(m.get("more_body") for m in sent[1:])  # cut off: no closing empty body
+
+
+async def test_the_attack_one_cancel_of_the_pump_is_lost_to_such_a_stream() -> None:
+    """The weakened transport, as it was: one ``Task.cancel`` of the pump when the client leaves.
+    The stream swallows it and streams on (into a connection nobody reads) forever."""
+    stream, sent = _SwallowsOneCancel(), []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    pump = asyncio.ensure_future(_pump(stream, send))
+    await asyncio.sleep(0.05)
+    pump.cancel()
+    await asyncio.sleep(0.2)
+    streamed = len(sent)
+    await asyncio.sleep(0.2)
+    assert stream.swallowed == 1 and not pump.done() and len(sent) > streamed
+    pump.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pump
+    assert pump.cancelled()
+
+
+async def test_a_stream_that_ends_is_sent_whole_and_a_failing_one_raises() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    class _Chunks:
+        def __init__(self, *chunks: bytes | Exception) -> None:
+            self.chunks, self.closed = chunks, False
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for chunk in self.chunks:
+                if isinstance(chunk, Exception):
+                    raise chunk
+                yield chunk
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    whole = _Chunks(b"a", b"b")
+    await Response(stream=whole).send(send, lambda: _client_leaves_after(60))
+    assert [m.get("body") for m in sent[1:]] == [b"a", b"b", b""] and whole.closed
+    failing = _Chunks(b"a", RuntimeError("upstream broke"))
+    with pytest.raises(RuntimeError, match="upstream broke"):
+        await Response(stream=failing).send(send, lambda: _client_leaves_after(60))
+    assert failing.closed
