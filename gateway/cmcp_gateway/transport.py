@@ -76,8 +76,8 @@ async def _pump_until_gone(stream: BodyStream, send: Send, receive: Receive) -> 
     level-triggered: delivered again on every loop turn until the pump has left the scope. A
     single ``Task.cancel`` is edge-triggered: one ``except CancelledError`` or one
     ``asyncio.wait_for`` that loses the race to its own result anywhere in the stream's code
-    swallows it, and a stream that loops (an idle GET stream's keepalives) then runs forever,
-    holding its upstream listen and the server's graceful shutdown.
+    swallows it, and a stream that loops (an idle GET stream's keepalives) then runs forever:
+    it holds its upstream listen, and a graceful shutdown waits for it until its deadline.
     """
     with anyio.CancelScope() as scope:
         def client_left(watch: asyncio.Future[None]) -> None:
