@@ -74,6 +74,16 @@ async def test_a_handshake_era_agent_hears_updates_of_what_it_subscribed_to(encl
     assert heard == [WATCHED]
 
 
+
+async def test_an_agent_that_leaves_subscribed_ends_the_gateways_listen(enclave: EnclaveProcess) -> None:
+    """The agent goes without unsubscribing: its GET stream, and the listen upstream that fed it,
+    end with it (the stream once looped on after its client left, holding the listen open)."""
+    async with everything_stack(enclave) as (url, up):
+        async with agent(url, token=None, mode="legacy") as client:
+            await client.subscribe_resource(WATCHED)
+            await _until(lambda: up.state.bus.listening == 1)
+        await _until(lambda: up.state.bus.listening == 0)
+
 async def test_a_2026_agent_listens_through_the_gateway(enclave: EnclaveProcess) -> None:
     async with (
         everything_stack(enclave) as (url, up),
