@@ -8,7 +8,6 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -19,68 +18,14 @@ from cmcp_core import initdata
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.simulated import SIMULATED_QE_VENDOR_ID, SimulatedQuoteSigner
-from cmcp_core.evidence.simulated_snp import SimulatedReportSigner, is_simulated_report
+from cmcp_core.evidence.simulated_snp import is_simulated_report
 from cmcp_core.evidence.snp import parse_report
 from cmcp_core.evidence.tdx import parse_quote
 from cmcp_devkit.enclave import NO_TRAIL, render_initdata
 from cmcp_enclave.startup import StartupError, start
 from cmcp_enclave.tee import CocoAaProvider, ConfigfsTsmProvider
-from tests.paths import DATA, EXAMPLES
-
-# A real SNP report (Azure, Milan) from ../shared/fixtures; the emulator patches REPORT_DATA and
-# HOST_DATA into it. Its signature then no longer verifies, which the enclave never checks on
-# its own report (the verifier does).
-SNP_REPORT = (DATA / "snp" / "azure_snp_report.bin").read_bytes()
-# A real Intel TDX quote; the emulator patches MRCONFIGID and REPORT_DATA into its body the same way.
-TDX_QUOTE = (DATA / "tdx" / "tdx_quote").read_bytes()
-TDX_MRCONFIGID_AT, TDX_REPORT_DATA_AT = 48 + 184, 48 + 520  # header, then the TD report body
-
-
-@dataclass
-class TsmEmulator:
-    """Plays the kernel: answers every configfs-tsm entry that received an inblob."""
-
-    root: Path
-    platform: str  # tdx | snp
-    measured: bytes  # MRCONFIGID (48) or HOST_DATA (32)
-    provider_name: str | None = None
-    simulator: bool = False  # sign with the simulator (its markers) instead of patching the vendor's evidence
-
-    def __post_init__(self) -> None:
-        self.stop = threading.Event()
-        self.signer = SimulatedQuoteSigner()
-        self.snp_signer = SimulatedReportSigner()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _answer(self, entry: Path) -> None:
-        inblob = (entry / "inblob").read_bytes()
-        if self.platform == "tdx" and self.simulator:
-            out, aux = self.signer.quote(inblob, self.measured), b""
-        elif self.platform == "tdx":
-            quote = bytearray(TDX_QUOTE)
-            quote[TDX_MRCONFIGID_AT:TDX_MRCONFIGID_AT + 48] = self.measured
-            quote[TDX_REPORT_DATA_AT:TDX_REPORT_DATA_AT + 64] = inblob
-            out, aux = bytes(quote), b""
-        elif self.simulator:
-            out, aux = self.snp_signer.report(inblob, self.measured), self.snp_signer.cert_table
-        else:
-            out = bytearray(SNP_REPORT)
-            out[0x50:0x90] = inblob
-            out[0xC0:0xE0] = self.measured
-            out, aux = bytes(out), b"certificate-table"
-        name = self.provider_name or {"tdx": "tdx_guest", "snp": "sev_guest"}[self.platform]
-        for fname, data in (("provider", name.encode() + b"\n"), ("auxblob", aux), ("outblob", out)):
-            tmp = entry / f".{fname}.tmp"
-            tmp.write_bytes(data)
-            tmp.rename(entry / fname)
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.005):
-            for entry in self.root.iterdir():
-                inblob = entry / "inblob"
-                # the enclave's write may still be in flight: answer only a complete 64-byte inblob
-                if inblob.exists() and inblob.stat().st_size == 64 and not (entry / "outblob").exists():
-                    self._answer(entry)
+from tests.helpers.tsm_emulator import TsmEmulator
+from tests.paths import EXAMPLES
 
 
 @pytest.fixture
