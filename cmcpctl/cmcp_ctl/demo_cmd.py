@@ -69,6 +69,11 @@ class DemoDeployment(LocalStack):
     bundle_dir: Path = field(default_factory=default_bundle_dir)
     tap_base: str = ""
     upstream_profile: str = "demo"
+    gpu: str = "none"  # --gpu simulated: the enclave has a simulated GPU beside it
+
+    def enclave_argv(self, bundle_dir: Path, initdata_path: Path, listen: str, ready: Path) -> list[str]:
+        argv = super().enclave_argv(bundle_dir, initdata_path, listen, ready)
+        return argv if self.gpu == "none" else [*argv, "--gpu", self.gpu]
 
     def start_enclave(self) -> None:
         initdata = render_initdata(self.bundle_dir, route=f"demo/{ROUTE}", audience=self.audience,
@@ -98,7 +103,7 @@ class DemoDeployment(LocalStack):
         return config
 
 
-def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
+def run_local(console: Console, out: Path, bundle_dir: Path, gpu: str = "none") -> Run:
     """Bring the deployment up, tell the story, verify, write the files.
 
     Whatever happens after the first process started (a failure, Ctrl-C), every process is
@@ -129,12 +134,15 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
         run.bundle_hash = loaded.bundle_hash
 
     deployment = DemoDeployment(
-        workdir=workdir, audience=AUDIENCE, agent=AGENT, permit_ttl=DEMO_PERMIT_TTL, bundle_dir=bundle_dir
+        workdir=workdir, audience=AUDIENCE, agent=AGENT, permit_ttl=DEMO_PERMIT_TTL, bundle_dir=bundle_dir,
+        gpu=gpu,
     )
     try:
         stage = "enclave"
         try:
-            with console.progress("enclave on the simulated TEE (initdata measured into MRCONFIGID)"):
+            beside = ", a simulated GPU beside it" if gpu != "none" else ""
+            with console.progress(f"enclave on the simulated TEE (initdata measured into MRCONFIGID)"
+                                  f"{beside}"):
                 deployment.start_enclave()
             stage = "upstream"
             with console.progress("mcp SDK upstream behind the cmcp-guard proxy (guard attests the enclave)"):
@@ -194,6 +202,10 @@ def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:
     """Entry point for ``cmcpctl demo``; returns the exit code."""
     console = console or Console()
     if args.cluster:  # the same story on a Kubernetes cluster: helm install + kubectl apply
+        if args.gpu != "none":
+            console.line(f"{console.fail_mark} --gpu is for the local demo only")
+            console.line("  next: drop --gpu, or run without --cluster")
+            return 2
         return run_cluster(args, console)
     bundle_dir = Path(args.bundle).resolve() if args.bundle else default_bundle_dir()
     if not (bundle_dir / "manifest.json").is_file():
@@ -206,7 +218,7 @@ def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:
     console.line("the upstream's guard runs nothing without a permit the attested enclave signed.")
     console.line(f"Output folder: {_rel(out)}")
     try:
-        run = run_local(console, out, bundle_dir)
+        run = run_local(console, out, bundle_dir, gpu=args.gpu)
     except DemoFailure as exc:
         return report_stop(console, str(exc), exc.hint, exit_code=2)
     except (httpx.HTTPError, OSError, RuntimeError) as exc:
@@ -241,6 +253,13 @@ def register(subparsers: Any) -> None:
     )
     add_cluster_arguments(parser)
     parser.add_argument("--bundle", metavar="DIR", help="policy bundle (default: examples/realistic)")
+    parser.add_argument(
+        "--gpu",
+        choices=("none", "simulated"),
+        default="none",
+        help="simulated: the enclave runs with a simulated GPU beside it (cmcp-enclave --gpu simulated); "
+        "the Trust Record names its GPU evidence, written to <session>.gpu-evidence.json in --out",
+    )
     parser.set_defaults(func=run_demo)
 
 

@@ -5,9 +5,10 @@ requests (2026-07-28 clients, or no ``Mcp-Session-Id``) share one implicit sessi
 and route. The enclave mints every session id (``OpenSession``; its owner is in the id, see
 :mod:`cmcp_core.session_id`) and holds the session's chain tip; closing it there returns the
 session's signed Trust Record (with ``trust_record_dir``: ``<id>.json``, and beside GPUs the
-envelopes it names in ``<id>.gpu-evidence.json``; untrusted storage, both are checked offline). The table is a cache, not the truth: a session this replica
-never saw (opened on another replica, or before a restart) is adopted on first use, and the
-enclave that holds it judges whether it exists and is this agent's.
+envelopes it names in ``<id>.gpu-evidence.json``; untrusted storage, both are checked offline).
+The table is a cache, not the truth: a session this replica never saw (opened on another
+replica, or before a restart) is adopted on first use, and the enclave that holds it judges
+whether it exists and is this agent's.
 """
 
 from __future__ import annotations
