@@ -29,15 +29,31 @@ def test_cluster_flag_without_a_kubeconfig_says_what_to_do(monkeypatch: pytest.M
     (The cluster run itself: tests/e2e/test_demo_cluster.py.)"""
     monkeypatch.delenv("KUBECONFIG", raising=False)
     stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None, kubeconfig=None)
+    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None, kubeconfig=None, gpu="none")
     assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
     assert "no kubeconfig" in stream.getvalue()
     assert "next: run `make demo-cluster`" in stream.getvalue() and "--kubeconfig" in stream.getvalue()
 
 
+def test_a_gpu_on_the_cluster_demo_is_a_usage_error() -> None:
+    stream = io.StringIO()
+    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None, kubeconfig="kc", gpu="simulated")
+    assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
+    assert "--gpu is for the local demo only" in stream.getvalue()
+
+
+def test_the_demo_enclave_runs_with_the_gpu_asked_for(tmp_path: Path) -> None:
+    plain = demo_cmd.DemoDeployment(workdir=tmp_path)
+    gpu = demo_cmd.DemoDeployment(workdir=tmp_path, gpu="simulated")
+    argv = ("b", tmp_path / "i", "127.0.0.1:0", tmp_path / "r")
+    assert "--gpu" not in plain.enclave_argv(*argv)  # type: ignore[arg-type]
+    assert gpu.enclave_argv(*argv)[-2:] == ["--gpu", "simulated"]  # type: ignore[arg-type]
+
+
 def test_missing_bundle_is_a_usage_error(tmp_path: Path) -> None:
     stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(tmp_path / "none"))
+    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(tmp_path / "none"),
+                                         gpu="none")
     assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
     assert "next:" in stream.getvalue()
 
@@ -49,7 +65,7 @@ def test_invalid_bundle_stops_before_starting_anything(tmp_path: Path) -> None:
         "forbid (principal, action, resource) when { context.nope == 1 };\n", encoding="utf-8"
     )
     stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(bundle))
+    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(bundle), gpu="none")
     assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
     assert "validation error" in stream.getvalue()
     assert "next: run `cmcpctl bundle validate" in stream.getvalue()
@@ -59,7 +75,10 @@ def test_invalid_bundle_stops_before_starting_anything(tmp_path: Path) -> None:
 
 def test_the_parser_defaults_to_a_local_run_on_the_example_bundle() -> None:
     args = build_parser().parse_args(["demo"])
-    assert (args.cluster, args.bundle, args.out, args.keep) == (False, None, None, False)
+    assert (args.cluster, args.bundle, args.out, args.keep, args.gpu) == (False, None, None, False, "none")
+    assert build_parser().parse_args(["demo", "--gpu", "simulated"]).gpu == "simulated"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--gpu", "nvidia"])  # the demo has no real GPU to offer
     assert args.namespace == DEFAULT_NAMESPACE and args.func is demo_cmd.run_demo
     cluster = build_parser().parse_args(["demo", "--cluster", "--kubeconfig", "kc", "--namespace", "ns"])
     assert (cluster.cluster, cluster.kubeconfig, cluster.namespace) == (True, "kc", "ns")
