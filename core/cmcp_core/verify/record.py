@@ -103,8 +103,8 @@ def check_record_gpu_references(record: Mapping[str, Any], envelopes: Sequence[b
                             f"the record names {len(named)} more GPU envelope(s) than were supplied")
 
 
-def record_gpu_nonce_source(record: Mapping[str, Any]) -> bytes:
-    """The record's REPORT_DATA (``runtime.nonce``); call only after the record verified."""
+def signed_report_data(record: Mapping[str, Any]) -> bytes:
+    """The REPORT_DATA the record signed (``runtime.nonce``); read only after the record verified."""
     try:
         report_data = b64url_decode(str(_get(record, "runtime", "nonce") or ""))
     except ValueError as exc:
@@ -227,7 +227,7 @@ def verify_trust_record(
                                     f"{required.count} GPU(s) required; the record names {len(gpu_evidence)}")
             result = appraise_gpus(
                 gpu_evidence, GpuRequirement(count=len(gpu_evidence), revocation=required.revocation),
-                report_data=record_gpu_nonce_source(record), allow_simulated=allow_simulated,
+                report_data=signed_report_data(record), allow_simulated=allow_simulated,
                 now=gpu_now if gpu_now is not None else now)
             record_gpus = result.verdicts
             if not result.passed:
