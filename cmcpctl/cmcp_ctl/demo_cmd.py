@@ -26,6 +26,7 @@ target, the benchmarks and ``cmcpctl dev up`` use); the demo only adds its own b
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from typing import Any
 import httpx
 
 from cmcp_core.bundle import load_bundle
+from cmcp_core.errors import CmcpError
+from cmcp_core.evidence.gpu import GPU_EVIDENCE_SUFFIX, read_gpu_evidence_file
 from cmcp_core.validation import validate_bundle
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_ctl.demo_cluster import add_cluster_arguments, run_cluster
@@ -71,6 +74,10 @@ class DemoDeployment(LocalStack):
     upstream_profile: str = "demo"
     gpu: str = "none"  # --gpu simulated: the enclave has a simulated GPU beside it
 
+    @property
+    def records_dir(self) -> Path:
+        return self.workdir / "records"
+
     def enclave_argv(self, bundle_dir: Path, initdata_path: Path, listen: str, ready: Path) -> list[str]:
         argv = super().enclave_argv(bundle_dir, initdata_path, listen, ready)
         return argv if self.gpu == "none" else [*argv, "--gpu", self.gpu]
@@ -97,6 +104,8 @@ class DemoDeployment(LocalStack):
 
     def gateway_config(self, port: int) -> dict[str, Any]:
         config: dict[str, Any] = super().gateway_config(port)
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        config["trust_record_dir"] = str(self.records_dir)  # the gateway's copies, checked after
         if self.tap_base:  # the gateway forwards through the wiretap; the guard is behind it
             for route in config["routes"]:
                 route["upstream"] = f"{self.tap_base}/mcp"
@@ -190,12 +199,30 @@ def run_local(console: Console, out: Path, bundle_dir: Path, gpu: str = "none") 
         )
 
         tell_story(console, run, target, deployment.upstream_url, deployment.tap_base)
+        check_gateway_files(run, deployment.records_dir)
     finally:
         with console.progress("stopping the processes"):
             deployment.close()
 
     auditor_commands(console, run)
     return run
+
+
+def check_gateway_files(run: Run, records: Path) -> None:
+    """What the gateway wrote at DELETE (``trust_record_dir``) is the record the enclave returns,
+    and, beside GPUs, the GPU evidence it names (``<session>.gpu-evidence.json``)."""
+    record_file = records / f"{run.session_id}.json"
+    gpu_file = records / f"{run.session_id}{GPU_EVIDENCE_SUFFIX}"
+    try:
+        same = json.loads(record_file.read_bytes()) == run.record
+        if run.gpu_evidence:
+            same = same and read_gpu_evidence_file(gpu_file.read_bytes()) == run.gpu_evidence
+        else:
+            same = same and not gpu_file.exists()
+        detail = f"{_rel(record_file)}" + (f" + {gpu_file.name}" if run.gpu_evidence else "")
+    except (OSError, ValueError, CmcpError) as exc:
+        same, detail = False, f"{type(exc).__name__}: {exc}"
+    run.checks.append(("the gateway's copies (trust_record_dir) are the enclave's", same, detail))
 
 
 def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:

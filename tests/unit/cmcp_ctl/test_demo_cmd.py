@@ -8,12 +8,14 @@ The full demo with real processes is ``tests/integration/test_demo.py``; the clu
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cmcp_core.evidence.gpu import gpu_evidence_file
 from cmcp_ctl import demo_cmd
 from cmcp_ctl.demo_cluster import DEFAULT_NAMESPACE
 from cmcp_ctl.demo_story import ROUTE
@@ -133,3 +135,25 @@ def test_start_tap_spawns_a_wiretap_in_front_of_the_guard(tmp_path: Path) -> Non
     finally:
         deployment.close()
     assert not tap.alive(), "close() stops the wiretap"
+
+
+def test_the_gateways_copies_must_be_the_enclaves(tmp_path: Path) -> None:
+    """The demo checks what its gateway wrote to trust_record_dir: the record, and its GPU evidence."""
+    record, envelopes = {"subject": "s"}, (b'{"gpu": 0}',)
+
+    def check(files: dict[str, bytes], evidence: tuple[bytes, ...] = envelopes) -> bool:
+        records = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        records.mkdir()
+        for name, data in files.items():
+            (records / name).write_bytes(data)
+        run = demo_cmd.Run(out=tmp_path, session_id="sid", record=record, gpu_evidence=evidence)
+        demo_cmd.check_gateway_files(run, records)
+        return run.checks[-1][1]
+
+    good = {"sid.json": json.dumps(record).encode(), "sid.gpu-evidence.json": gpu_evidence_file(envelopes)}
+    assert check(good)
+    assert not check({"sid.json": good["sid.json"]})  # the GPU evidence not written
+    assert not check({**good, "sid.gpu-evidence.json": gpu_evidence_file([b'{"gpu": 1}'])})
+    assert not check({**good, "sid.json": b'{"subject": "other"}'})
+    assert check({"sid.json": good["sid.json"]}, evidence=())  # no GPU: no side file
+    assert not check(good, evidence=())  # a side file for a record without GPUs
