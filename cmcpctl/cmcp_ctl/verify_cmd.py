@@ -266,7 +266,8 @@ def _audit(args: argparse.Namespace) -> int:
 def _gpu_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-gpu", type=int, default=0, metavar="N",
                    help="the --response must carry GPU evidence for at least N GPUs (every envelope it "
-                        "carries is appraised anyway)")
+                        "carries is appraised anyway); for verify record, N of the record's GPUs must "
+                        "verify too (--gpu-evidence)")
     p.add_argument("--gpu-revocation", choices=REVOCATION_POLICIES, default="not-checked",
                    help="ocsp-stapled: every GPU and RIM certificate needs a stapled GOOD OCSP response; "
                         "not-checked: reported as such (default)")
