@@ -26,6 +26,7 @@ target, the benchmarks and ``cmcpctl dev up`` use); the demo only adds its own b
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from typing import Any
 import httpx
 
 from cmcp_core.bundle import load_bundle
+from cmcp_core.errors import CmcpError
+from cmcp_core.evidence.gpu import GPU_EVIDENCE_SUFFIX, read_gpu_evidence_file
 from cmcp_core.validation import validate_bundle
 from cmcp_core.verify import AppraisalPolicy
 from cmcp_ctl.demo_cluster import add_cluster_arguments, run_cluster
@@ -69,6 +72,15 @@ class DemoDeployment(LocalStack):
     bundle_dir: Path = field(default_factory=default_bundle_dir)
     tap_base: str = ""
     upstream_profile: str = "demo"
+    gpu: str = "none"  # --gpu simulated: the enclave has a simulated GPU beside it
+
+    @property
+    def records_dir(self) -> Path:
+        return self.workdir / "records"
+
+    def enclave_argv(self, bundle_dir: Path, initdata_path: Path, listen: str, ready: Path) -> list[str]:
+        argv = super().enclave_argv(bundle_dir, initdata_path, listen, ready)
+        return argv if self.gpu == "none" else [*argv, "--gpu", self.gpu]
 
     def start_enclave(self) -> None:
         initdata = render_initdata(self.bundle_dir, route=f"demo/{ROUTE}", audience=self.audience,
@@ -92,13 +104,15 @@ class DemoDeployment(LocalStack):
 
     def gateway_config(self, port: int) -> dict[str, Any]:
         config: dict[str, Any] = super().gateway_config(port)
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        config["trust_record_dir"] = str(self.records_dir)  # the gateway's copies, checked after
         if self.tap_base:  # the gateway forwards through the wiretap; the guard is behind it
             for route in config["routes"]:
                 route["upstream"] = f"{self.tap_base}/mcp"
         return config
 
 
-def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
+def run_local(console: Console, out: Path, bundle_dir: Path, gpu: str = "none") -> Run:
     """Bring the deployment up, tell the story, verify, write the files.
 
     Whatever happens after the first process started (a failure, Ctrl-C), every process is
@@ -129,12 +143,15 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
         run.bundle_hash = loaded.bundle_hash
 
     deployment = DemoDeployment(
-        workdir=workdir, audience=AUDIENCE, agent=AGENT, permit_ttl=DEMO_PERMIT_TTL, bundle_dir=bundle_dir
+        workdir=workdir, audience=AUDIENCE, agent=AGENT, permit_ttl=DEMO_PERMIT_TTL, bundle_dir=bundle_dir,
+        gpu=gpu,
     )
     try:
         stage = "enclave"
         try:
-            with console.progress("enclave on the simulated TEE (initdata measured into MRCONFIGID)"):
+            beside = ", a simulated GPU beside it" if gpu != "none" else ""
+            with console.progress(f"enclave on the simulated TEE (initdata measured into MRCONFIGID)"
+                                  f"{beside}"):
                 deployment.start_enclave()
             stage = "upstream"
             with console.progress("mcp SDK upstream behind the cmcp-guard proxy (guard attests the enclave)"):
@@ -182,6 +199,7 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
         )
 
         tell_story(console, run, target, deployment.upstream_url, deployment.tap_base)
+        check_gateway_files(run, deployment.records_dir)
     finally:
         with console.progress("stopping the processes"):
             deployment.close()
@@ -190,10 +208,31 @@ def run_local(console: Console, out: Path, bundle_dir: Path) -> Run:
     return run
 
 
+def check_gateway_files(run: Run, records: Path) -> None:
+    """What the gateway wrote at DELETE (``trust_record_dir``) is the record the enclave returns,
+    and, beside GPUs, the GPU evidence it names (``<session>.gpu-evidence.json``)."""
+    record_file = records / f"{run.session_id}.json"
+    gpu_file = records / f"{run.session_id}{GPU_EVIDENCE_SUFFIX}"
+    try:
+        same = json.loads(record_file.read_bytes()) == run.record
+        if run.gpu_evidence:
+            same = same and read_gpu_evidence_file(gpu_file.read_bytes()) == run.gpu_evidence
+        else:
+            same = same and not gpu_file.exists()
+        detail = f"{_rel(record_file)}" + (f" + {gpu_file.name}" if run.gpu_evidence else "")
+    except (OSError, ValueError, CmcpError) as exc:
+        same, detail = False, f"{type(exc).__name__}: {exc}"
+    run.checks.append(("the gateway's copies (trust_record_dir) are the enclave's", same, detail))
+
+
 def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:
     """Entry point for ``cmcpctl demo``; returns the exit code."""
     console = console or Console()
     if args.cluster:  # the same story on a Kubernetes cluster: helm install + kubectl apply
+        if args.gpu != "none":
+            console.line(f"{console.fail_mark} --gpu is for the local demo only")
+            console.line("  next: drop --gpu, or run without --cluster")
+            return 2
         return run_cluster(args, console)
     bundle_dir = Path(args.bundle).resolve() if args.bundle else default_bundle_dir()
     if not (bundle_dir / "manifest.json").is_file():
@@ -206,7 +245,7 @@ def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:
     console.line("the upstream's guard runs nothing without a permit the attested enclave signed.")
     console.line(f"Output folder: {_rel(out)}")
     try:
-        run = run_local(console, out, bundle_dir)
+        run = run_local(console, out, bundle_dir, gpu=args.gpu)
     except DemoFailure as exc:
         return report_stop(console, str(exc), exc.hint, exit_code=2)
     except (httpx.HTTPError, OSError, RuntimeError) as exc:
@@ -241,6 +280,13 @@ def register(subparsers: Any) -> None:
     )
     add_cluster_arguments(parser)
     parser.add_argument("--bundle", metavar="DIR", help="policy bundle (default: examples/realistic)")
+    parser.add_argument(
+        "--gpu",
+        choices=("none", "simulated"),
+        default="none",
+        help="simulated: the enclave runs with a simulated GPU beside it (cmcp-enclave --gpu simulated); "
+        "the Trust Record names its GPU evidence, written to <session>.gpu-evidence.json in --out",
+    )
     parser.set_defaults(func=run_demo)
 
 

@@ -29,7 +29,9 @@ import httpx
 from cmcp_core.crypto import key_from_jwk
 from cmcp_core.decision import verify_decision
 from cmcp_core.errors import CmcpError
+from cmcp_core.evidence.gpu import GPU_EVIDENCE_SUFFIX, gpu_evidence_file
 from cmcp_core.verify import AppraisalPolicy, appraise_response, verify_audit_export, verify_trust_record
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 from cmcp_ctl.main import main as cmcpctl_main
 from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_devkit.release import DevRelease
@@ -254,6 +256,7 @@ class Run:
     nonce_hex: str = ""
     key_jwk: dict[str, Any] = field(default_factory=dict)
     bundle_hash: str = ""
+    gpu_evidence: tuple[bytes, ...] = ()  # the record's GPU evidence (an enclave beside GPUs)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, detail)
     files: dict[str, Path] = field(default_factory=dict)
     # --release-manifest/--release-key of the signed release the deployment trusts: the auditor
@@ -412,6 +415,8 @@ def verify_commands(run: Run) -> list[list[str]]:
             run.bundle_hash,
             "--audit",
             str(files["audit"]),
+            *(["--gpu-evidence", str(files["gpu"]), "--require-gpu", str(len(run.gpu_evidence))]
+              if "gpu" in files else []),
             *run.release_argv,
         ],
         [
@@ -430,7 +435,9 @@ def verify_run(run: Run, attest_response: Any, nonce: bytes, policy: AppraisalPo
     """Appraise the evidence (against ``policy``'s signed releases) and verify record and chain
     with the library; record each check."""
 
-    evidence = appraise_response(attest_response, nonce, policy, expected_bundle_hash=run.bundle_hash)
+    gpu = GpuRequirement(count=len(run.gpu_evidence)) if run.gpu_evidence else None
+    evidence = appraise_response(attest_response, nonce, policy, expected_bundle_hash=run.bundle_hash,
+                                 gpu=gpu)
     run.checks.append(
         (
             "evidence appraised: release, binding + initdata",
@@ -439,11 +446,16 @@ def verify_run(run: Run, attest_response: Any, nonce: bytes, policy: AppraisalPo
         )
     )
     record = verify_trust_record(
-        run.record, verdict=evidence, pinned_bundle_hash=run.bundle_hash, audit_entries=run.entries
+        run.record, verdict=evidence, pinned_bundle_hash=run.bundle_hash, audit_entries=run.entries,
+        gpu_evidence=run.gpu_evidence if gpu else None, gpu=gpu, allow_simulated=policy.allow_simulated,
     )
     run.checks.append(
         ("Trust Record: key from evidence, bundle pinned", record.passed, f"{record.code}: {record.message}")
     )
+    if gpu:
+        run.checks.append(("the record's GPU evidence: named by it, answers its nonce",
+                           record.passed and len(record.gpus) == len(run.gpu_evidence),
+                           f"{len(record.gpus)} GPU(s), {record.code}"))
     # Denies reach the agent through the untrusted gateway, so they carry the enclave's signed
     # decision: check each against the key the evidence bound (not a key the gateway named).
 
@@ -540,7 +552,8 @@ def prepare_out(out_arg: str | None) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(out_arg) if out_arg else Path(f"cmcp-demo-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
-    for old in itertools.chain(out.glob("*.trust-record.json"), out.glob("*.audit.json")):
+    for old in itertools.chain(out.glob("*.trust-record.json"), out.glob("*.audit.json"),
+                               out.glob(f"*{GPU_EVIDENCE_SUFFIX}")):
         old.unlink()
     shutil.rmtree(out / "run", ignore_errors=True)
     (out / "run").mkdir()
@@ -604,7 +617,9 @@ def tell_story(console: Console, run: Run, target: Any, upstream_url: str, tap_b
         ).status_code
     run.checks.append(("session closed (HTTP DELETE)", run.close_status == 200, f"HTTP {run.close_status}"))
     with console.progress("Trust Record, audit export and fresh evidence from the enclave"):
-        run.record = target.close_session(run.session_id)  # idempotent: returns the stored record
+        closed = target.close_session_response(run.session_id)  # idempotent: the stored record
+        run.record = json.loads(closed.trust_record_json)
+        run.gpu_evidence = tuple(bytes(e) for e in closed.gpu_evidence)
         run.entries = target.export_audit(run.session_id)
         nonce = secrets.token_bytes(32)
         response = target.attest(nonce)
@@ -619,6 +634,9 @@ def tell_story(console: Console, run: Run, target: Any, upstream_url: str, tap_b
         "key": _write_json(run.out / "enclave-key.jwk.json", run.key_jwk),
     }
     run.files["attest"].write_text(run.attest_json + "\n", encoding="utf-8")
+    if run.gpu_evidence:  # the file a gateway writes beside the record (trust_record_dir)
+        run.files["gpu"] = run.out / f"{stem}{GPU_EVIDENCE_SUFFIX}"
+        run.files["gpu"].write_bytes(gpu_evidence_file(run.gpu_evidence))
     run.files["nonce"] = run.out / "enclave.nonce.hex"  # the nonce that AttestResponse answers
     run.files["nonce"].write_text(run.nonce_hex + "\n", encoding="utf-8")
     with console.progress("verifying with the verifier library"):
@@ -748,6 +766,8 @@ def report_success(console: Console, run: Run, elapsed: float, where: str = "") 
     )
     console.line(f"  Trust Record: {_rel(run.files['record'])}")
     console.line(f"  Audit export: {_rel(run.files['audit'])}")
+    if "gpu" in run.files:
+        console.line(f"  GPU evidence: {_rel(run.files['gpu'])} (named by the record)")
     console.line("  Verify them again any time with the commands in section 4 (docs/verification.md).")
     return True
 

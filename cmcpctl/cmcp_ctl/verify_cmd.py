@@ -7,6 +7,11 @@ GPU evidence an ``AttestResponse`` carries is never ignored: with ``--response``
 in it is appraised (at least ``--require-gpu`` of them must be there), for the nonce derived from
 the verified REPORT_DATA, against the pinned NVIDIA roots at ``--now``/``--evidence-now``, under
 ``--gpu-revocation``; the summary line names the GPU count and the revocation state.
+
+``verify record --gpu-evidence FILE`` checks the record's own GPU evidence (the gateway's
+``<session>.gpu-evidence.json``, ADR 0031): each envelope must be one the signed record names by
+digest, and is appraised for the nonce derived from the record's verified ``runtime.nonce``, at
+``--evidence-now`` (else ``--now``); ``--require-gpu N`` then also needs N of the record's GPUs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from cmcp_core import appraisal_options
 from cmcp_core.errors import CmcpError
+from cmcp_core.evidence.gpu import read_gpu_evidence_file
 from cmcp_core.verify.appraise import PLATFORMS, appraise_attestation, appraise_evidence, appraise_response
 from cmcp_core.verify.gpu import REVOCATION_POLICIES
 from cmcp_core.verify.gpu_requirement import MAX_GPUS, GpuRequirement
@@ -216,6 +222,7 @@ def _record(args: argparse.Namespace) -> int:
             entries = load_audit_export(_read(args.audit))
         except VerifyFailure as exc:
             raise UsageError(exc.detail) from exc
+    gpu_evidence, record_gpu = _record_gpu(args)
     verdict = verify_trust_record(
         record,
         key=key,
@@ -224,8 +231,28 @@ def _record(args: argparse.Namespace) -> int:
         audit_entries=entries,
         max_age_seconds=None if args.max_age <= 0 else args.max_age,
         now=_now(args.now),
+        gpu_evidence=gpu_evidence,
+        gpu=record_gpu,
+        allow_simulated=args.allow_simulated,
+        gpu_now=_now(args.evidence_now),
     )
     return _emit(verdict, args.json)
+
+
+def _record_gpu(args: argparse.Namespace) -> tuple[tuple[bytes, ...] | None, GpuRequirement | None]:
+    """The record's GPU evidence (``--gpu-evidence``) and what its GPUs must satisfy."""
+    evidence = None
+    if args.gpu_evidence:
+        try:
+            evidence = read_gpu_evidence_file(_read(args.gpu_evidence))
+        except CmcpError as exc:
+            raise UsageError(f"--gpu-evidence: {exc.code.value}: {exc.detail}") from exc
+    if evidence is None and args.require_gpu <= 0:
+        return None, None
+    try:
+        return evidence, GpuRequirement(count=max(1, args.require_gpu), revocation=args.gpu_revocation)
+    except ValueError as exc:
+        raise UsageError(f"--require-gpu: {exc}") from exc
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -239,7 +266,8 @@ def _audit(args: argparse.Namespace) -> int:
 def _gpu_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-gpu", type=int, default=0, metavar="N",
                    help="the --response must carry GPU evidence for at least N GPUs (every envelope it "
-                        "carries is appraised anyway)")
+                        "carries is appraised anyway); for verify record, N of the record's GPUs must "
+                        "verify too (--gpu-evidence)")
     p.add_argument("--gpu-revocation", choices=REVOCATION_POLICIES, default="not-checked",
                    help="ocsp-stapled: every GPU and RIM certificate needs a stapled GOOD OCSP response; "
                         "not-checked: reported as such (default)")
@@ -296,6 +324,9 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--evidence-now", help="verification time for --response evidence (default: now)")
     rec.add_argument("--bundle-hash", help="pinned bundle hash the record must name")
     rec.add_argument("--audit", help="audit export whose chain tip must equal tool_transcript.hash")
+    rec.add_argument("--gpu-evidence", metavar="FILE",
+                     help="the record's GPU evidence ({\"gpuEvidence\": [...]}, the gateway's "
+                          "<session>.gpu-evidence.json): every envelope must be one the record names")
     rec.add_argument("--max-age", type=int, default=86400, help="freshness window in seconds (0 = off)")
     rec.add_argument("--now", help="verification time: Unix seconds or ISO 8601")
     rec.add_argument("--json", action="store_true")

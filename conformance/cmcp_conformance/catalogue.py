@@ -82,7 +82,9 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "GPU evidence is bound to the enclave's attestation",
         "For a target that must prove GPUs: every Attest carries one GPU envelope per GPU whose "
         "SPDM nonce is derived from that Attest's REPORT_DATA and which appraises; GPU evidence "
-        "replayed from another attestation, or stripped, fails the whole attestation with its GPU code.",
+        "replayed from another attestation, or stripped, fails the whole attestation with its GPU code; "
+        "a session's Trust Record names by digest GPU evidence answering the nonce derived from the "
+        "record's REPORT_DATA, and an Attest's GPU evidence in its place is GPU_EVIDENCE_UNREFERENCED.",
     ),
     # --- policy ------------------------------------------------------------------------
     Requirement(

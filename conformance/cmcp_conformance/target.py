@@ -196,6 +196,12 @@ class TargetDeployment:
 
     def close_session(self, session_id: str, *, address: str | None = None) -> dict[str, Any]:
         """Close a session at the enclave and return its Trust Record (JSON object)."""
+        record: dict[str, Any] = json.loads(self.close_session_response(session_id, address=address)
+                                            .trust_record_json)
+        return record
+
+    def close_session_response(self, session_id: str, *, address: str | None = None) -> Any:
+        """Close a session at the enclave: the whole ``CloseSessionResponse`` (record, GPU evidence)."""
         channel, stub = self._stub(address)
         with channel:
             resp = stub.CloseSession(
@@ -203,8 +209,7 @@ class TargetDeployment:
                 timeout=GRPC_TIMEOUT_SECONDS,
             )
         self.keep_trail(resp.audit_entries)
-        record: dict[str, Any] = json.loads(resp.trust_record_json)
-        return record
+        return resp
 
     def principal_trail(self, principal: str) -> enclave_pb2.PrincipalTrail:
         """What a gateway hands an enclave with the first session of ``principal`` there: its trail

@@ -98,6 +98,7 @@ class Code(StrEnum):
     # NVIDIA GPU evidence (cmcp_core.evidence.gpu, cmcp_core.verify.gpu)
     GPU_EVIDENCE_MISSING = "GPU_EVIDENCE_MISSING"
     GPU_EVIDENCE_MALFORMED = "GPU_EVIDENCE_MALFORMED"
+    GPU_EVIDENCE_UNREFERENCED = "GPU_EVIDENCE_UNREFERENCED"
     GPU_EVIDENCE_BAD_SIGNATURE = "GPU_EVIDENCE_BAD_SIGNATURE"
     GPU_CHAIN_INVALID = "GPU_CHAIN_INVALID"
     GPU_CERT_EXPIRED = "GPU_CERT_EXPIRED"
@@ -248,6 +249,8 @@ REGISTRY: dict[Code, CodeInfo] = {
     Code.GPU_EVIDENCE_MISSING: CodeInfo(-32003, 502, "GPU evidence is required but none was supplied."),
     Code.GPU_EVIDENCE_MALFORMED: CodeInfo(
         -32003, 502, "The GPU evidence (envelope, SPDM report, certificate) does not parse."),
+    Code.GPU_EVIDENCE_UNREFERENCED: CodeInfo(
+        -32003, 502, "The GPU evidence is not what the Trust Record names by digest."),
     Code.GPU_EVIDENCE_BAD_SIGNATURE: CodeInfo(
         -32003, 502, "The GPU's signature over its SPDM transcript does not verify."),
     Code.GPU_CHAIN_INVALID: CodeInfo(

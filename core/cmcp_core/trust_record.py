@@ -16,13 +16,18 @@ enclave key pinned accepts them. Field choices (see docs/policy-authoring.md):
 * ``references``: one ``rel`` ``cmcp-session-ledger`` entry naming the enclave's ledger chain
   (``id`` ``ledger:<kid>#<count>``, ``digest`` the ledger tip right after this session's close),
   so a verifier holding the store checks that the ledger it reads is the one the record commits
-  to, and that no session is withheld or forked (``cmcpctl audit verify``).
+  to, and that no session is withheld or forked (``cmcpctl audit verify``); beside GPUs, one
+  ``rel`` ``gpu-attestation`` entry per GPU (``id`` ``gpu-<index>``, ``digest`` SHA-256 of the
+  ``cmcp-gpu-evidence-v1`` envelope bytes), whose GPU report answers
+  ``binding.gpu_nonce(REPORT_DATA)`` of this record: TRACE has no evidence slot, so the record
+  signs a pointer and the nonce binds the evidence to the record (ADR 0031).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +45,9 @@ SUBJECT_DOMAIN = "cmcp.local"
 SELF_VERIFIER = "urn:cmcp:self-issued"  # appraisal.verifier must be a URI
 LEDGER_REL = "cmcp-session-ledger"
 LEDGER_RESOLVER = "urn:cmcp:audit-store"  # the party that keeps the ledger: the deployment's audit store
+GPU_REL = "gpu-attestation"
+# Who hands the GPU evidence over: the gateway writes it beside the record (trust_record_dir)
+GPU_RESOLVER = "urn:cmcp:trust-record-store"
 
 
 def record_nonce(chain_tip: str) -> bytes:
@@ -72,6 +80,22 @@ def record_ledger(record: dict[str, Any]) -> tuple[str, int, str] | None:
     return None
 
 
+def gpu_evidence_digest(envelope: bytes) -> str:
+    """``sha256:<hex>`` of one GPU envelope, as carried (the bytes, not a re-encoding)."""
+    return "sha256:" + hashlib.sha256(bytes(envelope)).hexdigest()
+
+
+def gpu_reference(index: int, envelope: bytes) -> dict[str, str]:
+    return {"rel": GPU_REL, "id": f"gpu-{index}", "resolver": GPU_RESOLVER,
+            "digest": gpu_evidence_digest(envelope)}
+
+
+def record_gpu_digests(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """The GPU envelope digests a record names, in its order (empty for a record without GPUs)."""
+    return tuple(str(ref.get("digest", "")) for ref in record.get("references") or ()
+                 if isinstance(ref, dict) and ref.get("rel") == GPU_REL)
+
+
 def subject_for(route: str, session_id: str) -> str:
     return f"spiffe://{SUBJECT_DOMAIN}/route/{quote(route, safe='')}/session/{quote(session_id, safe='')}"
 
@@ -80,8 +104,12 @@ def build_record(key: Ed25519PrivateKey, *, platform: str, initdata_bytes: bytes
                  initdata_algorithm: str, bundle_hash: str, catalog_hash: str,
                  enforcement_mode: str, bundle_version: str | None, chain_tip: str,
                  call_count: int, route: str, session_id: str, data_class: str,
-                 ledger: tuple[str, int, str] | None = None, iat: int | None = None) -> dict[str, Any]:
-    """Assemble, schema-check and sign one record; returns the signed JSON object."""
+                 ledger: tuple[str, int, str] | None = None, iat: int | None = None,
+                 gpu_evidence: Sequence[bytes] = ()) -> dict[str, Any]:
+    """Assemble, schema-check and sign one record; returns the signed JSON object.
+
+    ``gpu_evidence``: the envelopes collected for ``gpu_nonce`` of this record's REPORT_DATA
+    (:func:`record_report_data`); each is named by digest in ``references``."""
 
     report_data = record_report_data(public_bytes(key.public_key()), bundle_hash, catalog_hash,
                                      enforcement_mode, chain_tip)
@@ -106,8 +134,10 @@ def build_record(key: Ed25519PrivateKey, *, platform: str, initdata_bytes: bytes
         "appraisal": {"status": "none", "verifier": SELF_VERIFIER},
         "cnf": {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": ""}},  # replaced by sign_record
     }
-    if ledger is not None:
-        record["references"] = [ledger_reference(*ledger)]
+    references = [ledger_reference(*ledger)] if ledger is not None else []
+    references += [gpu_reference(i, e) for i, e in enumerate(gpu_evidence)]
+    if references:
+        record["references"] = references
     signed = sign_record(record, key)
     TrustRecord.model_validate(signed)  # model and JSON schema checks before it leaves the enclave
     validate_json(signed)

@@ -39,6 +39,7 @@ from cmcp_core import initdata
 from cmcp_core.crypto import key_from_jwk
 from cmcp_core.proto import enclave_pb2
 from cmcp_devkit.initdata import DEFAULT_AUDIENCE, DEFAULT_ROUTE, ENCLAVE_COMMAND, TEST_IMAGE, render_initdata
+from cmcp_enclave.gpu import with_gpus
 from cmcp_enclave.simulated import launcher_env
 from cmcp_enclave.startup import start
 from cmcp_enclave.tee import SimulatedProvider
@@ -176,15 +177,16 @@ def start_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str 
 def inprocess_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: str = DEFAULT_AUDIENCE,
                       route: str = DEFAULT_ROUTE, limits: Any = None,
                       operator_keys: list[Ed25519PublicKey] | None = None,
-                      gateway_keys: Sequence[str] = ()) -> Any:
+                      gateway_keys: Sequence[str] = (), gpus: Any = None) -> Any:
     """The same start-up path as the process (``cmcp_enclave.startup.start``), in this process.
 
-    Returns a ``cmcp_enclave.enclave.Enclave`` on the simulated TEE with an honest launcher.
+    Returns a ``cmcp_enclave.enclave.Enclave`` on the simulated TEE with an honest launcher;
+    ``gpus`` (a ``cmcp_enclave.gpu.GpuProvider``) puts GPUs beside it, as ``--gpu`` does.
     """
     data = render_initdata(bundle_dir, audience=audience, route=route, gateway_keys=gateway_keys)
     path = Path(workdir) / f"initdata-{time.monotonic_ns()}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    provider = SimulatedProvider(initdata.tdx_mrconfigid(data).hex())
+    provider = with_gpus(SimulatedProvider(initdata.tdx_mrconfigid(data).hex()), gpus)
     return start(bundle_dir=bundle_dir, initdata_path=path, provider=provider, limits=limits,
                  operator_keys=operator_keys)

@@ -36,11 +36,12 @@ from cmcp_core.decision import DECISION_VERSION, sign_decision
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.identity import Identity, IdentityConfigError, IdentityPolicy
 from cmcp_core.mcp_target import INPUT_METHODS, LIST_METHODS, STATEFUL_METHODS, TOOL, TOOLS_CALL
-from cmcp_core.trust_record import build_record
+from cmcp_core.trust_record import build_record, record_report_data
 from cmcp_core.validation import state_window_seconds
 from cmcp_core.verify.peer import appraise_peer
 from cmcp_enclave import handover, judging
 from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts
+from cmcp_enclave.gpu import gpu_evidence, gpus_of
 from cmcp_enclave.judging import MAX_ID_LEN, Call, RequestError, Verdict, check_id
 from cmcp_enclave.outbox import AuditOutbox
 from cmcp_enclave.principals import PrincipalState, PrincipalTable
@@ -101,6 +102,7 @@ class Enclave:
         self.initdata = initdata_mod.parse(initdata_bytes)
         self.entry = self.initdata.cmcp
         self.provider = provider
+        self.gpus = gpus_of(provider)  # asked again at each close, for the record's own nonce
         self.startup_report = startup_report
         self.limits = limits or EnclaveLimits()
         self.operator_keys = operator_keys or []
@@ -496,27 +498,48 @@ class Enclave:
 
     @_settled
     def close(self, session_id: str, reason: str = "closed") -> ClosedSession:
+        """End the session (its close entry, the ledger's), then issue its Trust Record.
+
+        Beside GPUs the record is signed only with every GPU's evidence for its own REPORT_DATA;
+        when a GPU cannot answer, ``RequestError`` with the provider's code (as Attest fails), the
+        session stays closed (no call is decided in it again) and its record pending: a later
+        ``CloseSession`` asks the GPUs again for the same record. Never a record without them."""
         check_id("session_id", session_id)
         done = self.closed.get(session_id)
-        if done is not None:
-            return done
-        session = self._session(session_id, "")
-        self._append(session, "close", {"reason": reason[:MAX_ID_LEN], "call_count": session.call_count})
-        self._ledger("close", {"session_id": session_id, "tip": session.tip, "entries": session.seq})
-        record = build_record(
+        if done is None:
+            session = self._session(session_id, "")
+            self._append(session, "close", {"reason": reason[:MAX_ID_LEN], "call_count": session.call_count})
+            self._ledger("close", {"session_id": session_id, "tip": session.tip, "entries": session.seq})
+            done = ClosedSession(tip=session.tip, entries=session.seq, call_count=session.call_count,
+                                 data_class=self.engine.levels[session.max_rank],
+                                 ledger=(self.ledger_id, self.ledger_seq, self.ledger_tip))
+            del self.sessions[session_id]
+            self.closed[session_id] = done
+            while len(self.closed) > self.limits.closed_kept:
+                self.closed.popitem(last=False)
+        if done.record is None:
+            self._issue_record(session_id, done)
+        return done
+
+    def _issue_record(self, session_id: str, done: ClosedSession) -> None:
+        report_data = record_report_data(public_bytes(self.public_key), self.bundle_hash,
+                                         self.catalog_hash, self.mode, done.tip)
+        evidence: tuple[bytes, ...] = ()
+        if self.gpus is not None:
+            try:
+                evidence = gpu_evidence(self.gpus, report_data)
+            except CmcpError as exc:
+                raise RequestError(exc.code, f"no Trust Record without the GPU evidence for it: "
+                                   f"{exc.detail}") from exc
+        done.record = build_record(
             self._key, platform=self.startup_report.platform, initdata_bytes=self.initdata_bytes,
             initdata_algorithm=self.initdata.algorithm, bundle_hash=self.bundle_hash,
             catalog_hash=self.catalog_hash, enforcement_mode=self.mode,
             bundle_version=str(self.bundle.manifest.get("version", "")) or None,
-            chain_tip=session.tip, call_count=session.call_count, route=self.entry.route,
-            session_id=session_id, data_class=self.engine.levels[session.max_rank],
-            ledger=(self.ledger_id, self.ledger_seq, self.ledger_tip), iat=int(self.clock()))
-        done = ClosedSession(record=record, tip=session.tip, entries=session.seq)
-        del self.sessions[session_id]
-        self.closed[session_id] = done
-        while len(self.closed) > self.limits.closed_kept:
-            self.closed.popitem(last=False)
-        return done
+            chain_tip=done.tip, call_count=done.call_count, route=self.entry.route,
+            session_id=session_id, data_class=done.data_class, ledger=done.ledger,
+            iat=int(self.clock()), gpu_evidence=evidence)
+        done.gpu_evidence = evidence
 
     def stop_accepting(self) -> None:
         """Open no new session (shutdown): the gateway opens its next one on another enclave."""
@@ -529,7 +552,8 @@ class Enclave:
         does not wait for a full outbox: the process is ending, memory is not the concern."""
         open_ids = list(self.sessions)
         for session_id in open_ids:
-            self.close(session_id, reason)
+            with contextlib.suppress(RequestError):  # closed; its record waits for its GPUs
+                self.close(session_id, reason)
         return len(open_ids)
 
     @_settled
@@ -541,7 +565,8 @@ class Enclave:
         for sid in idle:
             if self.outbox.full:  # the rest wait until the entries so far have left
                 break
-            self.close(sid, "idle-timeout")
+            with contextlib.suppress(RequestError):  # closed; its record waits for its GPUs
+                self.close(sid, "idle-timeout")
             closed.append(sid)
         return closed
 

@@ -5,6 +5,8 @@ the SPDM nonce :func:`cmcp_core.binding.gpu_nonce` derives from the very REPORT_
 carries. :class:`WithGpus` wraps a TEE provider so that every report (the start-up check's and
 every Attest's) carries both, or fails closed: an enclave configured with a GPU never answers with
 CPU evidence alone. The GPU evidence is bound to the CPU evidence through that nonce only.
+At session close the enclave asks the same provider (:func:`gpus_of`) for evidence answering
+``gpu_nonce`` of the Trust Record's own REPORT_DATA, which the record names by digest (ADR 0031).
 
 * ``simulated``: :class:`cmcp_core.evidence.gpu_simulated.SimulatedGpu` (its own in-memory roots,
   evidence marked simulated, refused by verifiers that do not allow simulated evidence): the
@@ -143,13 +145,28 @@ class WithGpus:
         self._cpu = cpu
         self._gpus = gpus
 
+    @property
+    def gpus(self) -> GpuProvider:
+        return self._gpus
+
     def report(self, report_data: bytes) -> Report:
         report = self._cpu.report(report_data)
-        evidence = self._gpus.evidence(gpu_nonce(report.report_data))
-        if not evidence:
-            raise CmcpError(Code.GPU_EVIDENCE_MISSING, "the GPU provider returned no evidence")
-        return dataclasses.replace(report, gpu_evidence=evidence)
+        return dataclasses.replace(report, gpu_evidence=gpu_evidence(self._gpus, report.report_data))
+
+
+def gpu_evidence(gpus: GpuProvider, report_data: bytes) -> tuple[bytes, ...]:
+    """Every GPU's envelope for ``gpu_nonce(report_data)``; ``CmcpError`` when any GPU cannot
+    answer (``TEE_PROVIDER_FAILED``) or none does (``GPU_EVIDENCE_MISSING``): never fewer silently."""
+    evidence = gpus.evidence(gpu_nonce(report_data))
+    if not evidence:
+        raise CmcpError(Code.GPU_EVIDENCE_MISSING, "the GPU provider returned no evidence")
+    return evidence
 
 
 def with_gpus(cpu: TeeProvider, gpus: GpuProvider | None) -> TeeProvider:
     return cpu if gpus is None else WithGpus(cpu, gpus)
+
+
+def gpus_of(provider: TeeProvider) -> GpuProvider | None:
+    """The GPU provider a TEE provider was wrapped with (:func:`with_gpus`), if any."""
+    return provider.gpus if isinstance(provider, WithGpus) else None

@@ -268,7 +268,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self._gauges()
         return enclave_pb2.CloseSessionResponse(trust_record_json=jcs(done.record), chain_tip=done.tip,
                                                 entries=done.entries, completes_handled=handled,
-                                                audit_entries=self.enclave.take_audit(mark))
+                                                audit_entries=self.enclave.take_audit(mark),
+                                                gpu_evidence=list(done.gpu_evidence))
 
     async def ResetSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         mark = self.enclave.audit_mark()

@@ -52,10 +52,18 @@ class PolicySession:
     asked: dict[tuple[str, str, str], None] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClosedSession:
-    """What stays of a session after Close, for a while: its Trust Record (Close is idempotent)."""
+    """What stays of a session after Close, for a while: its Trust Record (Close is idempotent).
 
-    record: dict[str, Any]
+    ``record`` is ``None`` while the record is not issued: an enclave with GPUs signs it only
+    with every GPU's evidence for it, so a GPU that cannot answer leaves the session closed and its
+    record pending; the next ``CloseSession`` asks the GPUs again (ADR 0031)."""
+
     tip: str
     entries: int
+    call_count: int = 0
+    data_class: str = ""
+    ledger: tuple[str, int, str] | None = None  # the ledger tip right after this session's close
+    record: dict[str, Any] | None = None
+    gpu_evidence: tuple[bytes, ...] = ()  # the envelopes the record names, in its order

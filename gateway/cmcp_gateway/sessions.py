@@ -4,9 +4,11 @@ A stateful session is opened by ``initialize`` and named by ``Mcp-Session-Id``; 
 requests (2026-07-28 clients, or no ``Mcp-Session-Id``) share one implicit session per agent
 and route. The enclave mints every session id (``OpenSession``; its owner is in the id, see
 :mod:`cmcp_core.session_id`) and holds the session's chain tip; closing it there returns the
-session's signed Trust Record. The table is a cache, not the truth: a session this replica
-never saw (opened on another replica, or before a restart) is adopted on first use, and the
-enclave that holds it judges whether it exists and is this agent's.
+session's signed Trust Record (with ``trust_record_dir``: ``<id>.json``, and beside GPUs the
+envelopes it names in ``<id>.gpu-evidence.json``; untrusted storage, both are checked offline).
+The table is a cache, not the truth: a session this replica never saw (opened on another
+replica, or before a restart) is adopted on first use, and the enclave that holds it judges
+whether it exists and is this agent's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import orjson
 
 from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.evidence.gpu import GPU_EVIDENCE_SUFFIX, gpu_evidence_file
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
 
@@ -208,6 +211,9 @@ class SessionTable(Mapping[str, McpSession]):
         if self.trust_record_dir:
             path = Path(self.trust_record_dir, f"{session.id}.json")
             await asyncio.to_thread(path.write_bytes, record)
+            if resp.gpu_evidence:  # what the record's gpu-attestation references name, beside it
+                side = Path(self.trust_record_dir, f"{session.id}{GPU_EVIDENCE_SUFFIX}")
+                await asyncio.to_thread(side.write_bytes, gpu_evidence_file(resp.gpu_evidence))
         log.info(
             "session closed",
             extra={

@@ -80,6 +80,7 @@ _NO_GPU = "target requires no GPU (pass --require-gpu N, or --route for its stat
 LOCAL_ONLY_CHECKS = {
     "test_gpu_evidence_answers_this_attestation": _NO_GPU,  # ATTEST-007: the demo route has no spec.gpu
     "test_gpu_evidence_of_another_attestation_or_none_fails_the_whole_attestation": _NO_GPU,  # ATTEST-007
+    "test_a_trust_record_names_gpu_evidence_for_its_own_nonce": _NO_GPU,  # ATTEST-007
     "test_any_replica_serves_any_session_and_sheds_nothing": (
         "target names no second gateway replica and agent for it (the local target has both)"
     ),  # REPLICA-001

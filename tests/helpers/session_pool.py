@@ -4,10 +4,10 @@ MCP-handler unit tests of adoption (a session another gateway replica opened).""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.proto import enclave_pb2
 from cmcp_core.session_id import mint
 from cmcp_gateway import pinning
 from cmcp_gateway.pinning import Pin
@@ -49,7 +49,7 @@ class FakePool:
     async def close_session(self, pin: Pin, session_id: str, reason: str) -> Any:
         self.closed.append((session_id, reason))
         record = json.dumps({"session": session_id}).encode()
-        return SimpleNamespace(trust_record_json=record, chain_tip="tip", entries=2)
+        return enclave_pb2.CloseSessionResponse(trust_record_json=record, chain_tip="tip", entries=2)
 
     async def open_session(self, pin: Pin, principal: str, access_token: str = "") -> str:
         """OpenSession: the enclave mints the id and holds the session from then on."""

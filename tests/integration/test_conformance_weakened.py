@@ -42,6 +42,7 @@ from cmcp_core.audit import entry_hash
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.mcp_target import args_digest
 from cmcp_core.verify import appraise as appraise_module
+from cmcp_core.verify import record as record_module
 from cmcp_guard import middleware as guard_middleware
 from cmcp_guard.check import PermitChecker
 from cmcp_guard.main import build_guard
@@ -621,6 +622,16 @@ def test_appraisal_without_the_gpu_check_fails_attest_007(
         return real(*args, **{**kwargs, "gpu": None})
 
     monkeypatch.setattr(appraise_module, "appraise_attestation", without_gpu)
+    report = runner.run(deployment.target(), ids=GPU_IDS)
+    assert outcomes(report) == {"ATTEST-007": CheckResult.FAIL}, reasons(report)
+
+
+def test_record_verifier_without_the_gpu_digest_check_fails_attest_007(
+    deployment: LocalDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record verifier with the digest check dropped (ADR 0031): an Attest's GPU evidence is
+    then appraised for the record, and ATTEST-007 notices it is not refused as unreferenced."""
+    monkeypatch.setattr(record_module, "check_record_gpu_references", lambda _record, _envelopes: None)
     report = runner.run(deployment.target(), ids=GPU_IDS)
     assert outcomes(report) == {"ATTEST-007": CheckResult.FAIL}, reasons(report)
 

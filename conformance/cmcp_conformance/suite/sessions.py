@@ -9,6 +9,7 @@ host provides; that is the untrusted path the checks are about.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ class RecordedSession:
     calls: list[tuple[str, dict[str, Any], CallOutcome]] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
+    gpu_evidence: tuple[bytes, ...] = ()  # what CloseSession returned beside the record (GPUs)
 
     def decision_entries(self) -> list[dict[str, Any]]:
         return [e for e in self.entries if e.get("kind") == "decision"]
@@ -47,7 +49,9 @@ def run_session(
 
     recorded = asyncio.run(scenario())
     await_completions(target, recorded.session_id, sum(1 for _, _, out in recorded.calls if out.ok), address)
-    recorded.record = target.close_session(recorded.session_id, address=address)
+    closed = target.close_session_response(recorded.session_id, address=address)
+    recorded.record = json.loads(closed.trust_record_json)
+    recorded.gpu_evidence = tuple(bytes(e) for e in closed.gpu_evidence)
     recorded.entries = target.export_audit(recorded.session_id, address=address)
     return recorded
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cmcp_conformance.agent import agent
 from cmcp_conformance.local import FORGED_GUEST
 from cmcp_conformance.suite.conftest import Attested, appraisal_policy, attest, need_enclave
+from cmcp_conformance.suite.sessions import run_session, standard_calls
 from cmcp_conformance.target import TargetDeployment
 from cmcp_core.binding import Binding, gpu_nonce
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
@@ -26,9 +27,11 @@ from cmcp_core.errors import CmcpError
 from cmcp_core.evidence.gpu import decode_gpu_evidence, parse_gpu_report
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.evidence.tdx import parse_quote
+from cmcp_core.trust_record import gpu_evidence_digest, record_gpu_digests, record_report_data
 from cmcp_core.verify import appraise_response
 from cmcp_core.verify.appraise import SIMULATED_PLATFORMS
 from cmcp_core.verify.gpu_requirement import GpuRequirement
+from cmcp_core.verify.record import verify_trust_record
 
 TDX_LIKE = ("tdx", "simulated")
 
@@ -264,3 +267,35 @@ def test_gpu_evidence_of_another_attestation_or_none_fails_the_whole_attestation
     stripped = appraise_response(_with_gpu_evidence(second.response, []), second.nonce, policy, gpu=gpu)
     assert not stripped.passed and stripped.code == "GPU_EVIDENCE_MISSING", (
         f"an attestation without GPU evidence appraised for a GPU target: {stripped.code}")
+
+
+@pytest.mark.conformance("ATTEST-007")
+def test_a_trust_record_names_gpu_evidence_for_its_own_nonce(
+    target: TargetDeployment, attested: Attested
+) -> None:
+    """The record of a session names, by digest, GPU evidence answering the nonce the suite derives
+    itself from the record's REPORT_DATA; it verifies with the record, another Attest's does not."""
+    gpu = _need_gpu(target)
+    session = run_session(target, standard_calls(target))
+    record, envelopes = session.record, list(session.gpu_evidence)
+    assert len(envelopes) >= gpu.count, f"the record came with {len(envelopes)} GPU envelope(s)"
+    assert sorted(gpu_evidence_digest(e) for e in envelopes) == sorted(record_gpu_digests(record)), (
+        "the GPU evidence returned is not what the signed record names")
+    resp = attested.response
+    report_data = record_report_data(public_bytes(attested.key), resp.bundle_hash, resp.catalog_hash,
+                                     resp.enforcement_mode, record["tool_transcript"]["hash"])
+    for envelope in envelopes:
+        report = parse_gpu_report(decode_gpu_evidence(envelope).report)
+        assert report.request.nonce == gpu_nonce(report_data), "a record's GPU report answers another nonce"
+    allow = appraisal_policy(target).allow_simulated
+
+    def check(evidence: list[bytes] | None) -> Any:
+        return verify_trust_record(record, verdict=attested.verdict, gpu_evidence=evidence, gpu=gpu,
+                                   allow_simulated=allow)
+
+    verdict = check(envelopes)
+    assert verdict.passed, f"the record with its GPU evidence: {verdict.code} {verdict.message}"
+    swapped = check([bytes(e) for e in resp.gpu_evidence]).code
+    assert swapped == "GPU_EVIDENCE_UNREFERENCED", f"an Attest's GPU evidence passed for a record: {swapped}"
+    missing = check(None).code
+    assert missing == "GPU_EVIDENCE_MISSING", f"a record without its required GPU evidence: {missing}"

@@ -23,6 +23,9 @@ The *envelope* is what the enclave sends: ``{"format": "cmcp-gpu-evidence-v1", "
 "certs" (DER, leaf first), "ocsp" (stapled DER OCSP responses), "rims" (stapled signed RIMs, the
 XML bytes: they carry their own signature to the pinned RIM root, so a record verifies offline),
 "simulated"}`` with base64 bytes.
+A *GPU evidence file* holds envelopes as ``{"gpuEvidence": [base64, ...]}``: the shape of the
+field in an ``AttestResponse``'s (and ``CloseSessionResponse``'s) protobuf JSON, so one reader
+(:func:`read_gpu_evidence_file`) serves an Attest response and a record's side file.
 Parsers only decode and bound-check; trust decisions live in :mod:`cmcp_core.verify.gpu`.
 """
 
@@ -286,3 +289,33 @@ def report_from_hex(text: str) -> bytes:
         return bytes.fromhex(text.strip())
     except ValueError as exc:
         raise _malformed(f"GPU report is not hex: {exc}") from exc
+
+
+GPU_EVIDENCE_FIELD = "gpuEvidence"  # protobuf's JSON name of gpu_evidence
+GPU_EVIDENCE_SUFFIX = ".gpu-evidence.json"  # <session id><suffix>, beside <session id>.json
+MAX_GPU_EVIDENCE_FILE_BYTES = 16 * MAX_ENVELOPE_BYTES
+
+
+def gpu_evidence_file(envelopes: Any) -> bytes:
+    """The side file the gateway writes beside a record: ``{"gpuEvidence": [base64, ...]}``."""
+    items = [base64.b64encode(bytes(e)).decode("ascii") for e in envelopes]
+    return json.dumps({GPU_EVIDENCE_FIELD: items}, indent=2).encode() + b"\n"
+
+
+def read_gpu_evidence_file(raw: bytes) -> tuple[bytes, ...]:
+    """The envelopes of a GPU evidence file or of an ``AttestResponse`` JSON (``gpuEvidence``;
+    base64 or base64url, as protobuf's JSON mapping accepts). Envelopes are not decoded here."""
+    if len(raw) > MAX_GPU_EVIDENCE_FILE_BYTES:
+        raise _malformed("GPU evidence file is too large")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _malformed(f"GPU evidence file is not JSON: {exc}") from exc
+    items = doc.get(GPU_EVIDENCE_FIELD, []) if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise _malformed(f"GPU evidence file needs {GPU_EVIDENCE_FIELD!r}: a list of base64 strings")
+    out = []
+    for index, item in enumerate(items):
+        text = item.replace("-", "+").replace("_", "/")
+        out.append(_b64(text + "=" * (-len(text) % 4), f"GPU evidence {index}"))
+    return tuple(out)

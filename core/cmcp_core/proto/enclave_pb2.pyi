@@ -199,18 +199,20 @@ class CloseSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
 
 class CloseSessionResponse(_message.Message):
-    __slots__ = ("trust_record_json", "chain_tip", "entries", "completes_handled", "audit_entries")
+    __slots__ = ("trust_record_json", "chain_tip", "entries", "completes_handled", "audit_entries", "gpu_evidence")
     TRUST_RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
     CHAIN_TIP_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMPLETES_HANDLED_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    GPU_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     trust_record_json: bytes
     chain_tip: str
     entries: int
     completes_handled: int
     audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ..., completes_handled: _Optional[int] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    gpu_evidence: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ..., completes_handled: _Optional[int] = ..., audit_entries: _Optional[_Iterable[bytes]] = ..., gpu_evidence: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class DrainAuditRequest(_message.Message):
     __slots__ = ()

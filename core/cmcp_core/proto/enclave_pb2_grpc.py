@@ -147,7 +147,8 @@ class EnclaveServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Ends a session and returns its signed TRACE v0.2 Trust Record.
+        """Ends a session and returns its signed TRACE v0.2 Trust Record (and, beside GPUs, the GPU
+        evidence the record names).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,8 +7,16 @@ for the enclave that was attested: ``cnf.jwk`` is the key bound in the evidence,
 hash), ``runtime.nonce`` recomputes from the attested values and the chain tip, and
 ``tool_transcript.hash`` is the tip of the supplied audit export (checked with
 :func:`cmcp_core.audit.verify_chain`). GPU evidence the attestation carried was appraised with
-it (:mod:`cmcp_core.verify.gpu_requirement`); the record's verdict repeats those GPU verdicts,
-since the record speaks for the key that CPU and GPU evidence both name.
+it (:mod:`cmcp_core.verify.gpu_requirement`).
+
+The record's own GPU evidence (ADR 0031) comes beside it, never in it: each envelope's SHA-256
+must be one the signed record names in a ``gpu-attestation`` reference
+(``GPU_EVIDENCE_UNREFERENCED``), every named one must be there (``GPU_EVIDENCE_MISSING``), and each
+is appraised for ``gpu_nonce`` of the record's REPORT_DATA, its ``runtime.nonce`` after the
+signature (and, with a verdict, its recomputation from the attested values) verified. Only then
+do the record's GPUs count towards a required number; TRACE 3.1.2 forbids rejecting a record for
+a reference nobody resolved, so without a GPU requirement a record whose evidence is absent passes
+as a CPU record.
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core.audit import ChainResult, verify_chain
 from cmcp_core.crypto import key_from_jwk, public_bytes, public_jwk, thumbprint
-from cmcp_core.digest import b64url
+from cmcp_core.digest import b64url, b64url_decode
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.trust_record import PLATFORMS, record_report_data
-from cmcp_core.verify.verdict import OK, Assurance, Verdict, VerifyFailure
+from cmcp_core.trust_record import PLATFORMS, gpu_evidence_digest, record_gpu_digests, record_report_data
+from cmcp_core.verify.gpu_requirement import MAX_GPUS, GpuRequirement, appraise_gpus
+from cmcp_core.verify.verdict import OK, Assurance, GpuVerdict, Verdict, VerifyFailure
 
 DEFAULT_MAX_AGE_SECONDS = 86400
 
@@ -78,6 +87,33 @@ def _get(record: Mapping[str, Any], *path: str) -> Any:
     return node
 
 
+def check_record_gpu_references(record: Mapping[str, Any], envelopes: Sequence[bytes]) -> None:
+    """Each envelope is one the signed record names by digest, and every one it names is here."""
+    named = list(record_gpu_digests(record))
+    if len(envelopes) > MAX_GPUS:
+        raise VerifyFailure(Code.GPU_EVIDENCE_MALFORMED, f"more than {MAX_GPUS} GPU envelopes")
+    for index, envelope in enumerate(envelopes):
+        digest = gpu_evidence_digest(envelope)
+        if digest not in named:
+            raise VerifyFailure(Code.GPU_EVIDENCE_UNREFERENCED,
+                                f"GPU evidence {index} ({digest}) is not named by the record")
+        named.remove(digest)
+    if named:
+        raise VerifyFailure(Code.GPU_EVIDENCE_MISSING,
+                            f"the record names {len(named)} more GPU envelope(s) than were supplied")
+
+
+def signed_report_data(record: Mapping[str, Any]) -> bytes:
+    """The REPORT_DATA the record signed (``runtime.nonce``); read only after the record verified."""
+    try:
+        report_data = b64url_decode(str(_get(record, "runtime", "nonce") or ""))
+    except ValueError as exc:
+        raise VerifyFailure(Code.RECORD_INVALID, f"runtime.nonce is not base64url: {exc}") from exc
+    if len(report_data) != 64:
+        raise VerifyFailure(Code.RECORD_INVALID, "runtime.nonce is not 64 bytes of REPORT_DATA")
+    return report_data
+
+
 def verify_trust_record(
     record: Mapping[str, Any],
     *,
@@ -87,13 +123,21 @@ def verify_trust_record(
     audit_entries: Sequence[Mapping[str, Any]] | None = None,
     max_age_seconds: int | None = DEFAULT_MAX_AGE_SECONDS,
     now: int | None = None,
+    gpu_evidence: Sequence[bytes] | None = None,
+    gpu: GpuRequirement | None = None,
+    allow_simulated: bool = False,
+    gpu_now: int | None = None,
 ) -> Verdict:
     """Verify a Trust Record; never raises. The key is pinned from ``key`` or a passing ``verdict``.
 
     With ``verdict`` (an :func:`appraise_attestation` result) the record must name the same key,
     bundle, mode and platform class, and its ``runtime.nonce`` must recompute from them.
+    ``gpu_evidence``: the envelopes handed over beside the record (its side file), appraised under
+    ``gpu``'s revocation policy at ``gpu_now`` (default ``now``); ``gpu``: at least ``count`` of
+    the record's GPUs must verify (``None``: none required).
     """
     checks: list[str] = []
+    record_gpus: tuple[GpuVerdict, ...] = ()  # the record's own GPUs, once appraised
     platform = str(_get(record, "runtime", "platform") or "unknown")
     assurance: Assurance = "none"
     kid: str | None = None
@@ -169,6 +213,28 @@ def verify_trust_record(
                 raise VerifyFailure(Code.RECORD_INVALID, "record has no tool_transcript.hash")
             check_audit(audit_entries, pinned, expected_tip=tip)
             checks.append("audit-chain-tip")
+        if gpu_evidence is None and gpu is not None:
+            named = len(record_gpu_digests(record))
+            raise VerifyFailure(Code.GPU_EVIDENCE_MISSING,
+                                f"{gpu.count} GPU(s) required; the record names {named} GPU envelope(s) "
+                                "and none was supplied")
+        if gpu_evidence is not None:
+            check_record_gpu_references(record, gpu_evidence)
+            checks.append("gpu-references")
+            required = gpu or GpuRequirement()
+            if len(gpu_evidence) < (gpu.count if gpu else 1):
+                raise VerifyFailure(Code.GPU_EVIDENCE_MISSING,
+                                    f"{required.count} GPU(s) required; the record names {len(gpu_evidence)}")
+            result = appraise_gpus(
+                gpu_evidence, GpuRequirement(count=len(gpu_evidence), revocation=required.revocation),
+                report_data=signed_report_data(record), allow_simulated=allow_simulated,
+                now=gpu_now if gpu_now is not None else now)
+            record_gpus = result.verdicts
+            if not result.passed:
+                raise VerifyFailure(Code(result.code), result.message)
+            if any(g.assurance == "software-only" for g in record_gpus) and assurance == "hardware":
+                assurance = "software-only"
+            checks.append(f"record-gpus:{len(record_gpus)}")
     except CmcpError as exc:
         return Verdict(
             passed=False,
@@ -177,6 +243,7 @@ def verify_trust_record(
             assurance=assurance,
             platform=platform,
             checks=tuple(checks),
+            gpus=record_gpus,
         )
     except Exception as exc:
         return Verdict(
@@ -199,7 +266,7 @@ def verify_trust_record(
         mode=str(mode),
         catalog_hash=verdict.catalog_hash if verdict else None,
         checks=tuple(checks) + (tuple(c for c in verdict.checks if c.startswith("gpu:")) if verdict else ()),
-        gpus=verdict.gpus if verdict else (),
+        gpus=record_gpus if gpu_evidence is not None else (verdict.gpus if verdict else ()),
     )
 
 

@@ -4,6 +4,7 @@ key pinned (also for non-ASCII tool and session names) and rejects tampering or 
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.crypto import public_bytes, public_jwk
 from cmcp_core.digest import b64url, jcs
-from cmcp_core.trust_record import LEDGER_REL, record_ledger, record_report_data
+from cmcp_core.trust_record import (
+    GPU_REL,
+    LEDGER_REL,
+    build_record,
+    gpu_evidence_digest,
+    record_gpu_digests,
+    record_ledger,
+    record_report_data,
+)
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
 from tests.helpers.enclave_calls import decide, exported, known
@@ -89,3 +98,23 @@ def test_record_references_the_ledger_it_was_closed_in(closed: tuple[Enclave, di
     TrustRecord.model_validate(record)  # references is the schema's place for it
     assert record_ledger({**record, "references": []}) is None
     assert record_ledger({**record, "references": [{"rel": LEDGER_REL, "id": "no-count"}]}) is None
+
+
+def test_gpu_evidence_is_named_by_digest_in_the_schemas_references() -> None:
+    """One gpu-attestation pointer per envelope, after the ledger's, with only the schema's fields
+    (references has additionalProperties: false): the record signs the digest, not the evidence."""
+    key = Ed25519PrivateKey.generate()
+    envelopes = [b'{"gpu": 0}', b'{"gpu": 1}']
+    record = build_record(key, platform="simulated", initdata_bytes=b"x", initdata_algorithm="sha256",
+                          bundle_hash="sha256:" + "a" * 64, catalog_hash="sha256:" + "b" * 64,
+                          enforcement_mode="enforce", bundle_version=None, chain_tip="sha256:" + "c" * 64,
+                          call_count=0, route="r", session_id="s", data_class="public",
+                          ledger=("ledger:k", 2, "sha256:" + "d" * 64), gpu_evidence=envelopes)
+    TrustRecord.model_validate(record)
+    verify_record(record, key.public_key(), max_age_seconds=None)
+    assert [r["rel"] for r in record["references"]] == [LEDGER_REL, GPU_REL, GPU_REL]
+    assert [r["id"] for r in record["references"][1:]] == ["gpu-0", "gpu-1"]
+    assert record_gpu_digests(record) == tuple(gpu_evidence_digest(e) for e in envelopes)
+    assert gpu_evidence_digest(envelopes[0]) == "sha256:" + hashlib.sha256(envelopes[0]).hexdigest()
+    assert record_ledger(record) == ("ledger:k", 2, "sha256:" + "d" * 64)  # the ledger still found
+    assert record_gpu_digests({}) == () and record_gpu_digests({"references": ["junk"]}) == ()

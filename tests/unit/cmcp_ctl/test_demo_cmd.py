@@ -8,12 +8,14 @@ The full demo with real processes is ``tests/integration/test_demo.py``; the clu
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cmcp_core.evidence.gpu import gpu_evidence_file
 from cmcp_ctl import demo_cmd
 from cmcp_ctl.demo_cluster import DEFAULT_NAMESPACE
 from cmcp_ctl.demo_story import ROUTE
@@ -29,15 +31,31 @@ def test_cluster_flag_without_a_kubeconfig_says_what_to_do(monkeypatch: pytest.M
     (The cluster run itself: tests/e2e/test_demo_cluster.py.)"""
     monkeypatch.delenv("KUBECONFIG", raising=False)
     stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None, kubeconfig=None)
+    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None, kubeconfig=None, gpu="none")
     assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
     assert "no kubeconfig" in stream.getvalue()
     assert "next: run `make demo-cluster`" in stream.getvalue() and "--kubeconfig" in stream.getvalue()
 
 
+def test_a_gpu_on_the_cluster_demo_is_a_usage_error() -> None:
+    stream = io.StringIO()
+    args = demo_cmd.argparse.Namespace(cluster=True, out=None, bundle=None, kubeconfig="kc", gpu="simulated")
+    assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
+    assert "--gpu is for the local demo only" in stream.getvalue()
+
+
+def test_the_demo_enclave_runs_with_the_gpu_asked_for(tmp_path: Path) -> None:
+    plain = demo_cmd.DemoDeployment(workdir=tmp_path)
+    gpu = demo_cmd.DemoDeployment(workdir=tmp_path, gpu="simulated")
+    argv = ("b", tmp_path / "i", "127.0.0.1:0", tmp_path / "r")
+    assert "--gpu" not in plain.enclave_argv(*argv)  # type: ignore[arg-type]
+    assert gpu.enclave_argv(*argv)[-2:] == ["--gpu", "simulated"]  # type: ignore[arg-type]
+
+
 def test_missing_bundle_is_a_usage_error(tmp_path: Path) -> None:
     stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(tmp_path / "none"))
+    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(tmp_path / "none"),
+                                         gpu="none")
     assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
     assert "next:" in stream.getvalue()
 
@@ -49,7 +67,7 @@ def test_invalid_bundle_stops_before_starting_anything(tmp_path: Path) -> None:
         "forbid (principal, action, resource) when { context.nope == 1 };\n", encoding="utf-8"
     )
     stream = io.StringIO()
-    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(bundle))
+    args = demo_cmd.argparse.Namespace(cluster=False, out=str(tmp_path / "o"), bundle=str(bundle), gpu="none")
     assert demo_cmd.run_demo(args, demo_cmd.Console(stream)) == 2
     assert "validation error" in stream.getvalue()
     assert "next: run `cmcpctl bundle validate" in stream.getvalue()
@@ -59,7 +77,10 @@ def test_invalid_bundle_stops_before_starting_anything(tmp_path: Path) -> None:
 
 def test_the_parser_defaults_to_a_local_run_on_the_example_bundle() -> None:
     args = build_parser().parse_args(["demo"])
-    assert (args.cluster, args.bundle, args.out, args.keep) == (False, None, None, False)
+    assert (args.cluster, args.bundle, args.out, args.keep, args.gpu) == (False, None, None, False, "none")
+    assert build_parser().parse_args(["demo", "--gpu", "simulated"]).gpu == "simulated"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--gpu", "nvidia"])  # the demo has no real GPU to offer
     assert args.namespace == DEFAULT_NAMESPACE and args.func is demo_cmd.run_demo
     cluster = build_parser().parse_args(["demo", "--cluster", "--kubeconfig", "kc", "--namespace", "ns"])
     assert (cluster.cluster, cluster.kubeconfig, cluster.namespace) == (True, "kc", "ns")
@@ -114,3 +135,25 @@ def test_start_tap_spawns_a_wiretap_in_front_of_the_guard(tmp_path: Path) -> Non
     finally:
         deployment.close()
     assert not tap.alive(), "close() stops the wiretap"
+
+
+def test_the_gateways_copies_must_be_the_enclaves(tmp_path: Path) -> None:
+    """The demo checks what its gateway wrote to trust_record_dir: the record, and its GPU evidence."""
+    record, envelopes = {"subject": "s"}, (b'{"gpu": 0}',)
+
+    def check(files: dict[str, bytes], evidence: tuple[bytes, ...] = envelopes) -> bool:
+        records = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        records.mkdir()
+        for name, data in files.items():
+            (records / name).write_bytes(data)
+        run = demo_cmd.Run(out=tmp_path, session_id="sid", record=record, gpu_evidence=evidence)
+        demo_cmd.check_gateway_files(run, records)
+        return run.checks[-1][1]
+
+    good = {"sid.json": json.dumps(record).encode(), "sid.gpu-evidence.json": gpu_evidence_file(envelopes)}
+    assert check(good)
+    assert not check({"sid.json": good["sid.json"]})  # the GPU evidence not written
+    assert not check({**good, "sid.gpu-evidence.json": gpu_evidence_file([b'{"gpu": 1}'])})
+    assert not check({**good, "sid.json": b'{"subject": "other"}'})
+    assert check({"sid.json": good["sid.json"]}, evidence=())  # no GPU: no side file
+    assert not check(good, evidence=())  # a side file for a record without GPUs

@@ -24,6 +24,7 @@ from cmcp_ctl.demo_story import Console, Run, Step
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_devkit.release import dev_appraisal
 from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.gpu import SimulatedGpuProvider
 from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
@@ -317,3 +318,30 @@ def test_explain_failures_names_each_failed_step_and_check_with_a_next_step(tmp_
     assert "step 'replay': expected PERMIT_REPLAYED (upstream ran: False), got nothing to replay." in text
     assert "gateway.log" in text and "guard.log" in text and "- audit chain: AUDIT_SEQ_GAP" in text
     assert "'fine'" not in text
+
+
+def test_verify_run_checks_the_records_gpu_evidence(tmp_path: Path) -> None:
+    """`cmcpctl demo --gpu simulated`: the record's GPU evidence is checked; evidence the record does
+    not name (here the Attest's, same GPU) fails the record and the GPU check."""
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, gpus=SimulatedGpuProvider())
+    decide(enc, "crm.lookup_customer", {"customer_id": "C-1042"}, session="gpu")
+    done = enc.close(known(enc, "gpu"))
+    nonce = os.urandom(32)
+    report, report_data = enc.attest(nonce)
+    response = enclave_pb2.AttestResponse(
+        platform=report.platform, evidence=report.evidence, aux=report.aux, initdata=enc.initdata_bytes,
+        public_key_jwk=json.dumps(enc.public_jwk), bundle_hash=enc.bundle_hash,
+        catalog_hash=enc.catalog_hash, enforcement_mode=enc.mode, report_data=report_data,
+        gpu_evidence=list(report.gpu_evidence))
+    gpu_check = "the record's GPU evidence: named by it, answers its nonce"
+
+    def checks(evidence: tuple[bytes, ...]) -> dict[str, bool]:
+        run = Run(out=tmp_path, record=done.record or {}, entries=exported(enc, "gpu"),
+                  key_jwk=dict(enc.public_jwk), bundle_hash=enc.bundle_hash, gpu_evidence=evidence)
+        demo_story.verify_run(run, response, nonce, dev_appraisal())
+        return {name: ok for name, ok, _ in run.checks}
+
+    honest = checks(done.gpu_evidence)
+    assert honest[gpu_check] and honest["Trust Record: key from evidence, bundle pinned"]
+    swapped = checks(tuple(report.gpu_evidence))
+    assert not swapped[gpu_check] and not swapped["Trust Record: key from evidence, bundle pinned"]

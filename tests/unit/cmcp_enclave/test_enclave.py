@@ -3,6 +3,8 @@ advisory and silent modes, catalog and audience refusal, the phase1 compatibilit
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
 import shutil
@@ -11,12 +13,20 @@ from pathlib import Path
 import pytest
 
 from cmcp_core import permit
+from cmcp_core.binding import gpu_nonce
+from cmcp_core.crypto import public_bytes
 from cmcp_core.decision import verify_decision
-from cmcp_core.digest import json_digest
+from cmcp_core.digest import b64url_decode, json_digest
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.evidence.gpu import decode_gpu_evidence, parse_gpu_report
+from cmcp_core.proto import enclave_pb2
+from cmcp_core.trust_record import gpu_evidence_digest, record_gpu_digests, record_report_data
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
+from cmcp_enclave.gpu import SimulatedGpuProvider
 from cmcp_enclave.judging import RequestError
+from cmcp_enclave.metrics import Metrics
+from cmcp_enclave.server import EnclaveService
 from tests.helpers.enclave_calls import decide, exported, known, sid
 from tests.paths import EXAMPLES, ROOT
 
@@ -259,3 +269,98 @@ def test_arguments_over_the_tools_bound_are_refused_before_they_are_parsed(tmp_p
         decide(enclave, "web.search", too_big)
     assert err.value.code is Code.ARGS_TOO_LARGE
     assert decide(enclave, "crm.lookup_customer", {"customer_id": "c" * 100}).document["effective"] == "allow"
+
+
+# ---- the Trust Record of an enclave beside GPUs (ADR 0031) -----------------------------------
+
+
+class FlakyGpu:
+    """A GPU provider the test switches: answers like the simulated GPU, fails, or answers nothing."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.gpu = SimulatedGpuProvider()
+        self.mode = "answer"
+        self.asked: list[bytes] = []
+
+    def evidence(self, nonce: bytes) -> tuple[bytes, ...]:
+        self.asked.append(nonce)
+        if self.mode == "fail":
+            raise CmcpError(Code.TEE_PROVIDER_FAILED, "NVML: GPU is lost")
+        if self.mode == "nothing":
+            return ()
+        return self.gpu.evidence(nonce)
+
+
+def test_a_gpu_enclave_signs_the_digest_of_evidence_for_the_records_own_nonce(tmp_path: Path) -> None:
+    gpus = FlakyGpu()
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, gpus=gpus)
+    decide(enc, "crm.lookup_customer", {"customer_id": "c-42"})
+    done = enc.close(known(enc, "s1"))
+    assert done.record is not None and len(done.gpu_evidence) == 1
+    envelope = done.gpu_evidence[0]
+    report_data = record_report_data(public_bytes(enc.public_key), enc.bundle_hash, enc.catalog_hash,
+                                     enc.mode, done.tip)
+    assert b64url_decode(done.record["runtime"]["nonce"]) == report_data
+    request = parse_gpu_report(decode_gpu_evidence(envelope).report).request
+    assert request.nonce == gpu_nonce(report_data) == gpus.asked[-1]  # this record's, not an Attest's
+    refs = [r for r in done.record["references"] if r["rel"] == "gpu-attestation"]
+    assert refs == [{"rel": "gpu-attestation", "id": "gpu-0", "resolver": "urn:cmcp:trust-record-store",
+                     "digest": "sha256:" + hashlib.sha256(envelope).hexdigest()}]
+    assert record_gpu_digests(done.record) == (refs[0]["digest"],)
+    assert enc.close(known(enc, "s1")) is done  # idempotent: the same record and evidence, GPUs not asked
+    assert len(gpus.asked) == 2  # start-up probe, then the record
+
+
+def test_an_enclave_without_gpus_names_no_gpu_evidence(realistic: Enclave) -> None:
+    decide(realistic, "crm.lookup_customer", {"customer_id": "c-42"})
+    done = realistic.close(known(realistic, "s1"))
+    assert done.gpu_evidence == () and record_gpu_digests(done.record or {}) == ()
+    assert [r["rel"] for r in (done.record or {})["references"]] == ["cmcp-session-ledger"]
+
+
+@pytest.mark.parametrize(("mode", "code"), [("fail", Code.TEE_PROVIDER_FAILED),
+                                            ("nothing", Code.GPU_EVIDENCE_MISSING)])
+def test_a_gpu_that_cannot_answer_fails_the_close_and_no_record_omits_it(
+        tmp_path: Path, mode: str, code: Code) -> None:
+    """Fail closed: no record without the GPU; the session stays closed, and the next close (the
+    GPU answering again) signs the record for the same chain tip, with one close entry only."""
+    gpus = FlakyGpu()
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, gpus=gpus)
+    decide(enc, "crm.lookup_customer", {"customer_id": "c-42"})
+    session = known(enc, "s1")
+    gpus.mode = mode
+    with pytest.raises(RequestError) as refused:
+        enc.close(session)
+    assert refused.value.code is code
+    assert enc.closed[session].record is None
+    with pytest.raises(RequestError) as again:
+        decide(enc, "crm.lookup_customer", {"customer_id": "c-42"})
+    assert again.value.code is Code.SESSION_CLOSED  # closed, not reopened by the failure
+    gpus.mode = "answer"
+    done = enc.close(session)
+    assert done.record is not None and len(record_gpu_digests(done.record)) == 1
+    entries = exported(enc, "s1")
+    assert [e["kind"] for e in entries].count("close") == 1
+    assert done.record["tool_transcript"]["hash"] == entries[-1]["hash"] == done.tip
+
+
+def test_idle_and_shutdown_closes_go_on_past_a_failing_gpu(tmp_path: Path) -> None:
+    gpus = FlakyGpu()
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, gpus=gpus)
+    decide(enc, "crm.lookup_customer", {"customer_id": "c-42"}, session="a")
+    decide(enc, "crm.lookup_customer", {"customer_id": "c-43"}, session="b")
+    gpus.mode = "fail"
+    assert enc.close_all() == 2 and not enc.sessions
+    assert all(enc.closed[known(enc, n)].record is None for n in ("a", "b"))
+
+
+def test_close_session_response_carries_the_envelopes_the_record_names(tmp_path: Path) -> None:
+    enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, gpus=FlakyGpu())
+    decide(enc, "crm.lookup_customer", {"customer_id": "c-42"})
+    service = EnclaveService(enc, Metrics())
+    resp = asyncio.run(service.CloseSession(
+        enclave_pb2.CloseSessionRequest(session_id=known(enc, "s1")), None))
+    record = json.loads(resp.trust_record_json)
+    assert tuple(gpu_evidence_digest(e) for e in resp.gpu_evidence) == record_gpu_digests(record) != ()

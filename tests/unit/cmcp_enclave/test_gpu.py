@@ -21,6 +21,7 @@ from cmcp_enclave.gpu import (
     NvmlGpuProvider,
     SimulatedGpuProvider,
     WithGpus,
+    gpus_of,
     make_gpu_provider,
     read_rims,
     with_gpus,
@@ -64,6 +65,12 @@ def test_no_gpu_means_the_cpu_provider_unchanged() -> None:
     assert make_gpu_provider("none") is None
     assert with_gpus(cpu, None) is cpu
     assert cpu.report(bytes(64)).gpu_evidence == ()
+
+
+def test_the_enclave_finds_the_gpus_it_asks_again_at_each_close() -> None:
+    cpu, gpus = SimulatedProvider("00" * 48), SimulatedGpuProvider()
+    assert gpus_of(with_gpus(cpu, gpus)) is gpus
+    assert gpus_of(cpu) is None
 
 
 def test_a_gpu_provider_that_answers_nothing_fails_closed() -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from cmcp_core import session_id as session_ids
 from cmcp_core.errors import CmcpError, Code
+from cmcp_core.evidence.gpu import read_gpu_evidence_file
+from cmcp_core.proto import enclave_pb2
 from cmcp_gateway.config import RouteConfig
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
@@ -29,6 +30,7 @@ class FakePool:
         self.opened: list[str] = []
         self.refuse: CmcpError | None = None
         self.gate: asyncio.Event | None = None  # when set, opens wait for it
+        self.gpu_evidence: list[bytes] = []  # what an enclave beside GPUs returns with the record
 
     async def pick(self, key: str) -> Pin:
         return Pin("127.0.0.1:50051", KID)
@@ -44,7 +46,8 @@ class FakePool:
     async def close_session(self, pin: Pin, session_id: str, reason: str) -> Any:
         self.closed.append((session_id, reason))
         record = json.dumps({"session": session_id}).encode()
-        return SimpleNamespace(trust_record_json=record, chain_tip="tip", entries=2)
+        return enclave_pb2.CloseSessionResponse(trust_record_json=record, chain_tip="tip", entries=2,
+                                                gpu_evidence=self.gpu_evidence)
 
 
 def _route(name: str = "demo") -> RouteRuntime:
@@ -76,6 +79,19 @@ async def test_idle_sessions_are_closed_and_their_records_kept(tmp_path: Path) -
     await table.reap_idle([route])
     assert table == {} and route.pool.closed == [(session.id, "idle")]  # type: ignore[attr-defined]
     assert json.loads((tmp_path / f"{session.id}.json").read_text()) == {"session": session.id}
+    assert not (tmp_path / f"{session.id}.gpu-evidence.json").exists()  # no GPU, no side file
+
+
+async def test_a_records_gpu_evidence_is_written_beside_it(tmp_path: Path) -> None:
+    """The envelopes the record names, byte for byte, in the file `verify record --gpu-evidence`
+    (and `--response`'s reader) takes: its digests must still match the record's references."""
+    table, route = SessionTable(10, 60.0, str(tmp_path)), _route()
+    envelopes = [b'{"format": "cmcp-gpu-evidence-v1", "n": 0}', bytes(range(256))]
+    route.pool.gpu_evidence = envelopes  # type: ignore[attr-defined]
+    session = await table.open(route, "alice", stateful=True)
+    await table.close(route, session, "done")
+    side = tmp_path / f"{session.id}.gpu-evidence.json"
+    assert read_gpu_evidence_file(side.read_bytes()) == tuple(envelopes)
 
 
 async def test_one_agents_flood_of_sessions_leaves_room_for_the_others() -> None:

@@ -18,7 +18,9 @@ from cmcp_core.evidence.gpu import (
     SIGNATURE_LEN,
     GpuEvidence,
     decode_gpu_evidence,
+    gpu_evidence_file,
     parse_gpu_report,
+    read_gpu_evidence_file,
     report_from_hex,
 )
 from tests.helpers import gpu_samples
@@ -145,4 +147,23 @@ def test_an_oversized_or_non_json_envelope_is_malformed() -> None:
 def test_report_hex_that_is_not_hex_is_malformed() -> None:
     with pytest.raises(EvidenceError) as info:
         report_from_hex("11e0zz")
+    assert info.value.code == Code.GPU_EVIDENCE_MALFORMED
+
+
+def test_the_gpu_evidence_file_round_trips_the_exact_bytes_and_reads_an_attest_response() -> None:
+    """The bytes come back as carried (their digests are what a record names), and an
+    AttestResponse's protobuf JSON (base64url too, as protobuf's parser accepts) reads the same."""
+    envelopes = (b'{"format": "cmcp-gpu-evidence-v1"}', bytes(range(256)), b"")
+    assert read_gpu_evidence_file(gpu_evidence_file(envelopes)) == envelopes
+    urlsafe = json.dumps({"platform": "simulated", "gpuEvidence": [
+        base64.urlsafe_b64encode(e).decode().rstrip("=") for e in envelopes]}).encode()
+    assert read_gpu_evidence_file(urlsafe) == envelopes
+    assert read_gpu_evidence_file(b'{"platform": "simulated"}') == ()  # a response without GPUs
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"gpuEvidence": "x"}', b'{"gpuEvidence": [1]}',
+                                 b'{"gpuEvidence": ["***"]}', b" " * (16 * MAX_ENVELOPE_BYTES + 1)])
+def test_a_bad_gpu_evidence_file_is_malformed(raw: bytes) -> None:
+    with pytest.raises(EvidenceError) as info:
+        read_gpu_evidence_file(raw)
     assert info.value.code == Code.GPU_EVIDENCE_MALFORMED

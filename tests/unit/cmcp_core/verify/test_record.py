@@ -22,10 +22,15 @@ from cmcp_core.bundle import load_bundle
 from cmcp_core.crypto import public_jwk
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import Code
+from cmcp_core.evidence.gpu import decode_gpu_evidence, gpu_evidence_file, parse_gpu_report
 from cmcp_core.proto import enclave_pb2
+from cmcp_core.trust_record import record_gpu_digests
 from cmcp_core.verify import Verdict, appraise_attestation
+from cmcp_core.verify import record as record_module
+from cmcp_core.verify.gpu_requirement import GpuRequirement
 from cmcp_core.verify.record import load_audit_export, verify_audit_export, verify_trust_record
 from cmcp_ctl.main import main as cmcpctl
+from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_devkit.initdata import TEST_IMAGE
 from cmcp_devkit.release import dev_appraisal, dev_release, release_argv
 from cmcp_enclave.enclave import Enclave
@@ -46,6 +51,7 @@ class Closed:
     verdict: Verdict
     response: enclave_pb2.AttestResponse
     nonce: bytes
+    record_gpu: tuple[bytes, ...] = ()  # the GPU evidence the record names (CloseSessionResponse)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +121,8 @@ def _closed_session(workdir: Path, gpu: bool = False) -> Closed:
         report_data=report_data,
         gpu_evidence=list(report.gpu_evidence),
     )
-    return Closed(enc, done.record, exported(enc, "s1"), verdict, response, nonce)
+    assert done.record is not None
+    return Closed(enc, done.record, exported(enc, "s1"), verdict, response, nonce, done.gpu_evidence)
 
 
 def _leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -330,3 +337,226 @@ def test_cli_evidence_response_with_gpu(
     assert json.loads(capsys.readouterr().out)["gpus"][0]["passed"] is True
     assert cmcpctl(base) == 1
     assert json.loads(capsys.readouterr().out)["code"] == "SIMULATED_NOT_ALLOWED"
+
+
+# ---- the record's own GPU evidence (ADR 0031) -------------------------------------------------
+
+
+def _record_gpu(c: Closed, envelopes: Any = None, record: dict[str, Any] | None = None, **kw: Any) -> Verdict:
+    """The record, its verified attestation and GPU evidence, a simulated GPU allowed."""
+    kw.setdefault("verdict", c.verdict)
+    kw.setdefault("gpu", GpuRequirement())
+    kw.setdefault("allow_simulated", True)
+    kw.setdefault("gpu_evidence", c.record_gpu if envelopes is None else envelopes)
+    return _verify(c, record, **kw)
+
+
+def _report_data(c: Closed) -> bytes:
+    return base64.urlsafe_b64decode(c.record["runtime"]["nonce"] + "==")
+
+
+def _other_session_evidence(c: Closed) -> bytes:
+    """GPU evidence the same enclave signed into the record of another session."""
+    other = c.enclave.close(sid(c.enclave, f"other-{os.urandom(4).hex()}", "agent"))
+    return other.gpu_evidence[0]
+
+
+def _enclave_with_gpus(tmp_path: Path, gpus: Any) -> tuple[Enclave, dict[str, Any], Verdict]:
+    """An enclave whose GPU provider is ``gpus``, attested, one session closed: its record."""
+    enc = inprocess_enclave(BUNDLE_DIR, tmp_path, gpus=gpus)
+    nonce = os.urandom(32)
+    report, report_data = enc.attest(nonce)
+    verdict = appraise_attestation(
+        report.platform, report.evidence, aux=report.aux, initdata=enc.initdata_bytes,
+        public_key_jwk=enc.public_jwk, bundle_hash=enc.bundle_hash, catalog_hash=enc.catalog_hash,
+        enforcement_mode=enc.mode, nonce=nonce, claimed_report_data=report_data,
+        policy=dev_appraisal())
+    assert verdict.passed, verdict.message
+    done = enc.close(sid(enc, "s", "agent"))
+    assert done.record is not None
+    return enc, done.record, verdict
+
+
+def test_the_records_gpu_evidence_verifies(closed_gpu: Closed) -> None:
+    v = _record_gpu(closed_gpu)
+    assert v.passed, v.message
+    assert {"gpu-references", "record-gpus:1", "runtime-nonce"} <= set(v.checks)
+    assert len(v.gpus) == 1 and v.gpus[0].assurance == "software-only"
+    key_only = _record_gpu(closed_gpu, verdict=None)  # the signed runtime.nonce, under the pinned key
+    assert key_only.passed and key_only.assurance == "none" and len(key_only.gpus) == 1
+
+
+def test_gpu_evidence_the_record_does_not_name_is_refused(closed_gpu: Closed) -> None:
+    """Another session's, an Attest's (same GPU, other nonce), and another GPU's for this very
+    record's nonce (a valid report the enclave never saw): none is named by the record."""
+    foreign = SimulatedGpuProvider().evidence(gpu_nonce(_report_data(closed_gpu)))[0]
+    attest = bytes(closed_gpu.response.gpu_evidence[0])
+    for envelope in (_other_session_evidence(closed_gpu), attest, foreign):
+        v = _record_gpu(closed_gpu, [envelope])
+        assert (v.passed, v.code) == (False, "GPU_EVIDENCE_UNREFERENCED"), v.message
+    v = _record_gpu(closed_gpu, [*closed_gpu.record_gpu, foreign])  # one extra beside the genuine
+    assert v.code == "GPU_EVIDENCE_UNREFERENCED"
+    v = _record_gpu(closed_gpu, [closed_gpu.record_gpu[0], closed_gpu.record_gpu[0]])  # named once
+    assert v.code == "GPU_EVIDENCE_UNREFERENCED"
+
+
+def test_a_gpu_reference_removed_or_edited_breaks_the_record_signature(closed_gpu: Closed) -> None:
+    gpu_ref = next(i for i, r in enumerate(closed_gpu.record["references"]) if r["rel"] == "gpu-attestation")
+    removed = copy.deepcopy(closed_gpu.record)
+    del removed["references"][gpu_ref]
+    edited = _edit(closed_gpu.record, ("references", gpu_ref, "digest"))
+    for record in (removed, edited):
+        v = _record_gpu(closed_gpu, record=record)
+        assert (v.passed, v.code) == (False, "RECORD_INVALID"), v.message
+
+
+def test_required_gpu_evidence_must_be_supplied(closed_gpu: Closed, closed: Closed) -> None:
+    v = _record_gpu(closed_gpu, gpu_evidence=None)
+    assert (v.passed, v.code) == (False, "GPU_EVIDENCE_MISSING")
+    assert _verify(closed_gpu, verdict=closed_gpu.verdict).passed  # not required: TRACE 3.1.2
+    assert _record_gpu(closed_gpu, [], gpu=None).code == "GPU_EVIDENCE_MISSING"  # named, not supplied
+    assert _record_gpu(closed_gpu, gpu=GpuRequirement(count=2)).code == "GPU_EVIDENCE_MISSING"
+    assert _record_gpu(closed, [], verdict=closed.verdict).code == "GPU_EVIDENCE_MISSING"  # none named
+    assert _record_gpu(closed_gpu, allow_simulated=False).code == "SIMULATED_NOT_ALLOWED"
+    ocsp = _record_gpu(closed_gpu, gpu=GpuRequirement(revocation="ocsp-stapled"))
+    assert ocsp.code == "GPU_OCSP_INVALID" and len(ocsp.gpus) == 1
+
+
+def test_two_gpus_both_named_both_needed(tmp_path: Path) -> None:
+    two = _TwoGpus()
+    enc, record, verdict = _enclave_with_gpus(tmp_path, two)
+    evidence = two.last
+    assert len(record_gpu_digests(record)) == 2
+    base = {"key": enc.public_jwk, "verdict": verdict, "now": record["iat"], "allow_simulated": True}
+    assert verify_trust_record(record, gpu_evidence=evidence, gpu=GpuRequirement(count=2), **base).passed
+    assert verify_trust_record(record, gpu_evidence=evidence[::-1], **base).passed  # any order
+    v = verify_trust_record(record, gpu_evidence=evidence[:1], **base)  # one of the two withheld
+    assert (v.passed, v.code) == (False, "GPU_EVIDENCE_MISSING")
+
+
+class _TwoGpus:
+    name = "two"
+
+    def __init__(self) -> None:
+        self.gpus = (SimulatedGpuProvider(), SimulatedGpuProvider())
+        self.last: tuple[bytes, ...] = ()
+
+    def evidence(self, nonce: bytes) -> tuple[bytes, ...]:
+        self.last = tuple(g.evidence(nonce)[0] for g in self.gpus)
+        return self.last
+
+
+class _HostFedGpu:
+    """The host feeds the enclave's GPU channel: stale evidence of the same GPU (another nonce), or
+    a report with one bit flipped. The enclave does not appraise it; it names what it was given."""
+
+    name = "host-fed"
+
+    def __init__(self, how: str) -> None:
+        self.gpu, self.how = SimulatedGpuProvider(), how
+
+    def evidence(self, nonce: bytes) -> tuple[bytes, ...]:
+        if self.how == "stale":
+            return self.gpu.evidence(gpu_nonce(os.urandom(64)))
+        doc = json.loads(self.gpu.evidence(nonce)[0])
+        report = bytearray(base64.b64decode(doc["report"]))
+        report[60] ^= 1
+        return (json.dumps({**doc, "report": base64.b64encode(bytes(report)).decode()}).encode(),)
+
+
+@pytest.mark.parametrize(("how", "code"), [("stale", "GPU_NONCE_MISMATCH"),
+                                           ("flipped", "GPU_EVIDENCE_BAD_SIGNATURE")])
+def test_named_gpu_evidence_still_has_to_appraise(tmp_path: Path, how: str, code: str) -> None:
+    """The digest says what the enclave was given, not that it is good: stale or forged evidence
+    the host fed it fails on its own (nonce derived from the record, signature)."""
+    gpus = _HostFedGpu(how)
+    enc, record, verdict = _enclave_with_gpus(tmp_path, gpus)
+    envelopes = enc.closed[sid(enc, "s", "agent")].gpu_evidence
+    v = verify_trust_record(record, key=enc.public_jwk, verdict=verdict, now=record["iat"],
+                            gpu_evidence=envelopes, gpu=GpuRequirement(), allow_simulated=True)
+    assert (v.passed, v.code) == (False, code), v.message
+    assert "gpu-references" in v.checks  # it was named: the GPU's own check caught it
+
+
+# ---- weakened verifiers: each check is the one that catches its attack -----------------------
+
+
+def _weak_appraise_gpus(envelopes: Any, requirement: Any, *, report_data: bytes, **kw: Any) -> Any:
+    """Takes each GPU report's nonce from the report itself instead of deriving it from the record."""
+    from cmcp_core.verify import gpu_requirement
+
+    first = parse_gpu_report(decode_gpu_evidence(bytes(envelopes[0])).report).request.nonce
+    real_nonce = gpu_requirement.gpu_nonce
+    try:
+        gpu_requirement.gpu_nonce = lambda _rd: first  # type: ignore[assignment]
+        return gpu_requirement.appraise_gpus(envelopes, requirement, report_data=report_data, **kw)
+    finally:
+        gpu_requirement.gpu_nonce = real_nonce  # type: ignore[assignment]
+
+
+def test_weakened_verifier_without_the_digest_check_takes_another_gpus_evidence(
+        closed_gpu: Closed, monkeypatch: pytest.MonkeyPatch) -> None:
+    foreign = SimulatedGpuProvider().evidence(gpu_nonce(_report_data(closed_gpu)))[0]
+    monkeypatch.setattr(record_module, "check_record_gpu_references", lambda _r, _e: None)
+    v = _record_gpu(closed_gpu, [foreign])
+    assert v.passed, "without the digest check a GPU the enclave never used speaks for the record"
+
+
+def test_weakened_verifier_trusting_the_reports_nonce_takes_stale_evidence(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    enc, record, verdict = _enclave_with_gpus(tmp_path, _HostFedGpu("stale"))
+    envelopes = enc.closed[sid(enc, "s", "agent")].gpu_evidence
+    monkeypatch.setattr(record_module, "appraise_gpus", _weak_appraise_gpus)
+    v = verify_trust_record(record, key=enc.public_jwk, verdict=verdict, now=record["iat"],
+                            gpu_evidence=envelopes, gpu=GpuRequirement(), allow_simulated=True)
+    assert v.passed, "with the report's own nonce, stale GPU evidence passes for this record"
+
+
+def test_weakened_verifier_with_neither_check_takes_another_sessions_evidence(
+        closed_gpu: Closed, monkeypatch: pytest.MonkeyPatch) -> None:
+    swapped = _other_session_evidence(closed_gpu)
+    assert _record_gpu(closed_gpu, [swapped]).code == "GPU_EVIDENCE_UNREFERENCED"
+    monkeypatch.setattr(record_module, "check_record_gpu_references", lambda _r, _e: None)
+    assert _record_gpu(closed_gpu, [swapped]).code == "GPU_NONCE_MISMATCH"  # the nonce still catches it
+    monkeypatch.setattr(record_module, "appraise_gpus", _weak_appraise_gpus)
+    assert _record_gpu(closed_gpu, [swapped]).passed, "another session's GPU evidence passes"
+
+
+# ---- cmcpctl verify record --gpu-evidence -----------------------------------------------------
+
+
+def test_cli_record_with_its_gpu_evidence(
+    closed_gpu: Closed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = _write(tmp_path, "record.json", closed_gpu.record)
+    side = tmp_path / "s.gpu-evidence.json"
+    side.write_bytes(gpu_evidence_file(closed_gpu.record_gpu))
+    attest = _gpu_response(closed_gpu, tmp_path)
+    base = ["verify", "record", rec, "--now", str(closed_gpu.record["iat"]), "--response", attest,
+            "--nonce", closed_gpu.nonce.hex(), "--allow-simulated",
+            *release_argv(tmp_path / "release", dev_release())]
+    assert cmcpctl([*base, "--gpu-evidence", str(side), "--require-gpu", "1"]) == 0
+    summary = "PASS OK [software-only, software-only gpus=1 gpu-revocation=not-checked]"
+    assert summary in capsys.readouterr().out
+    assert cmcpctl([*base, "--gpu-evidence", str(side), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "record-gpus:1" in out["checks"] and out["gpus"][0]["checks"][-1] == "measurements"
+
+    def code(*extra: str) -> str:
+        assert cmcpctl([*base, "--json", *extra]) == 1
+        return str(json.loads(capsys.readouterr().out)["code"])
+
+    assert code("--gpu-evidence", attest) == "GPU_EVIDENCE_UNREFERENCED"  # the Attest's, one reader
+    assert code("--require-gpu", "1") == "GPU_EVIDENCE_MISSING"
+    assert code("--gpu-evidence", str(side), "--gpu-revocation", "ocsp-stapled") == "GPU_OCSP_INVALID"
+    key = ["verify", "record", rec, "--now", str(closed_gpu.record["iat"]), "--key",
+           json.dumps(closed_gpu.enclave.public_jwk), "--gpu-evidence", str(side), "--json"]
+    assert cmcpctl(key) == 1
+    assert json.loads(capsys.readouterr().out)["code"] == "SIMULATED_NOT_ALLOWED"
+    assert cmcpctl([*key, "--allow-simulated"]) == 0
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"gpuEvidence": "not a list"}')
+    assert cmcpctl([*base, "--gpu-evidence", str(bad)]) == 2  # usage: not a GPU evidence file
+    assert cmcpctl([*base, "--gpu-evidence", str(tmp_path / "absent.json")]) == 2
+    assert cmcpctl([*key, "--require-gpu", "9"]) == 2  # at most 8
