@@ -5,7 +5,7 @@ kube-apiserver, controller-manager and scheduler; a kubelet with containerd and 
 ``cmcp-operator`` as its own process. Every enclave pod is a real container of the enclave
 image built from this checkout (``cmcp_devkit.images``, by digest), started through the
 ``kata-qemu-tdx`` handler, whose OCI hook and TSM stand-in give it simulated TDX evidence
-of its own initdata; the enclave runs its real ``tdx`` provider (no ``--simulate-tee``)
+of its own initdata; the enclave runs its real ``tdx`` provider
 and the operator appraises that software-only evidence against the dev release pinning
 the image.
 

@@ -213,7 +213,6 @@ ATTESTATION = obj(
         },
         "allowSimulated": {"type": "boolean", "description": "Accept the software-only simulated TEE."},
         "acceptedTcbStatuses": {"type": "array", "uniqueItems": True, "minItems": 1, "items": {"enum": TCB}},
-        "simulateTee": {"type": "boolean", "description": "Dev/test: simulated provider on TEE nodes."},
         "reattestIntervalSeconds": {"type": "number", "minimum": 1, "maximum": 86400},
         "attestTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
         "initdataAlgorithm": {"enum": ["sha256", "sha384", "sha512"]},
@@ -253,11 +252,6 @@ ATTESTATION = obj(
         {
             "if": {"properties": {"allowSimulated": {"const": False}}},
             "then": {"properties": {"allowedTeeTypes": {"minItems": 1}}},
-        },
-        # The simulated provider on TEE nodes only makes sense when simulated evidence is accepted.
-        {
-            "if": {"properties": {"simulateTee": {"const": True}}, "required": ["simulateTee"]},
-            "then": {"properties": {"allowSimulated": {"const": True}}},
         },
         # A simulated GPU is software-only evidence too.
         {

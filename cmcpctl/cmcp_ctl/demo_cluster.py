@@ -306,12 +306,11 @@ def gateway_values(namespace: str, upstream: str) -> dict[str, Any]:
 
 
 def route_tee(values: dict[str, Any]) -> str:
-    """The TEE the demo's route asks for: ``simulated`` under the profile's simulated TEE, else the
-    first TEE type the merged values allow (a ``--values`` file that runs the enclave's real
-    ``tdx`` provider, e.g. on the dev kit's real node)."""
-    attestation = values.get("attestation") or {}
-    allowed = attestation.get("allowedTeeTypes") or []
-    return "simulated" if attestation.get("simulateTee") or not allowed else str(allowed[0])
+    """The TEE the demo's route asks for: the first TEE type the merged values allow (a ``--values``
+    file that runs the enclave's real ``tdx`` provider, e.g. on the dev kit's real node), else
+    ``simulated`` (the simulated profile allows no hardware type)."""
+    allowed = (values.get("attestation") or {}).get("allowedTeeTypes") or []
+    return str(allowed[0]) if allowed else "simulated"
 
 
 def mcp_route(namespace: str, tee: str = "simulated") -> dict[str, Any]:

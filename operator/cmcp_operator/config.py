@@ -18,11 +18,6 @@ class OperatorConfig:
     # Built by cmcp_core.appraisal_options from --release-manifest/--release-key/...; the default
     # has no release, so every guest is refused (REFERENCE_VALUES_MISSING) until one is configured.
     appraisal: AppraisalPolicy = field(default_factory=AppraisalPolicy)
-    # Test/dev only, for nodes whose launcher sets the simulated TEE's CMCP_SIM_* registers: start
-    # enclaves with the simulated TEE provider even on TDX/SNP nodes. On the dev kit's real node the
-    # enclaves keep --tee tdx (ADR 0019); either way only allow_simulated lets their software-only
-    # evidence pass.
-    simulate_tee: bool = False
     reattest_interval: float = 30.0
     attest_timeout: float = 5.0
     enclave_image: str = DEFAULT_IMAGE

@@ -31,9 +31,6 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
                             "per namespace, and it never lists namespaces)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
     appraisal_options.add_arguments(p)  # --release-manifest/--release-key/--allow-simulated/...
-    p.add_argument("--simulate-tee", action="store_true",
-                   help="dev/test stacks without a node stand-in: enclaves use --tee simulated on TDX/SNP "
-                        "nodes (needs --allow-simulated)")
     p.add_argument("--reattest-interval", type=float, default=30.0, metavar="S")
     p.add_argument("--attest-timeout", type=float, default=5.0, metavar="S")
     p.add_argument("--enclave-image", default=DEFAULT_IMAGE)
@@ -73,8 +70,6 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     p.add_argument("--liveness", default=None, metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--verbose", "-v", action="store_true")
     a = p.parse_args(argv)
-    if a.simulate_tee and not a.allow_simulated:
-        p.error("--simulate-tee needs --allow-simulated (simulated evidence must be accepted explicitly)")
     if a.gpu_provider == "simulated" and not a.allow_simulated:
         p.error("--gpu-provider simulated needs --allow-simulated (simulated evidence must be accepted "
                 "explicitly)")
@@ -97,7 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
         a, p, accepted_tcb_statuses=tuple(s for s in a.acceptable_tcb.split(",") if s))
     return OperatorConfig(
         namespaces=tuple(a.namespace), all_namespaces=a.all_namespaces,
-        appraisal=appraisal, simulate_tee=a.simulate_tee,
+        appraisal=appraisal,
         reattest_interval=a.reattest_interval, attest_timeout=a.attest_timeout,
         enclave_image=a.enclave_image,
         runtime_classes={"tdx": a.runtime_class_tdx, "snp": a.runtime_class_snp, "any": a.runtime_class_any,

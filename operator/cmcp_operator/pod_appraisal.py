@@ -60,7 +60,7 @@ def allowed_tee(tee: str, *, allow_simulated: bool) -> tuple[str, ...]:
 
     ``allow_simulated`` is the one switch for software-only evidence: with it, any route also
     accepts ``simulated`` evidence (the simulator's TDX quote, which a TDX node's stand-in, the dev
-    kit's, serves at the real TSM path exactly as the ``--simulate-tee`` provider does), and a
+    kit's, serves at the real TSM path to the enclave's real ``tdx`` provider, ADR 0019), and a
     route that accepts SNP also accepts ``simulated-snp`` (the simulator's SNP report, which an SNP
     node's stand-in serves); without it, never."""
     platforms = {"tdx": ("tdx",), "snp": ("snp",), "any": ("tdx", "snp", "coco-aa"),

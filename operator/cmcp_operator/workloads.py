@@ -80,10 +80,11 @@ def enclave_command(tee: str, config: OperatorConfig, gpu: Mapping[str, Any] | N
     """The exact argv the measured agent policy pins. No ``$(POD_IP)`` here: the kubelet would
     expand it, so the OCI args would no longer equal the pinned ones; the listen addresses come
     from the environment instead (see :func:`enclave_env`). The initdata is the downward-API file
-    of the pod's annotation (:func:`initdata_volume`), decoded and re-hashed by the enclave."""
-    provider = "simulated" if config.simulate_tee else TEE_PROVIDER[tee]
+    of the pod's annotation (:func:`initdata_volume`), decoded and re-hashed by the enclave.
+    The ``--tee`` provider follows ``spec.tee`` alone: on a cluster the evidence comes from the node's
+    TSM (a confidential node's, or the stand-in's, ADR 0019), never from launcher variables."""
     command = ["cmcp-enclave", "--bundle", BUNDLE_MOUNT, "--initdata-annotation", INITDATA_PATH,
-               "--tee", provider]
+               "--tee", TEE_PROVIDER[tee]]
     if gpu is not None:  # measured with the rest of the argv: the GPU mode is part of the launch policy
         command += ["--gpu", config.gpu_provider]
     return command

@@ -95,9 +95,9 @@ class E2ECluster:
     def real_operator_flags(self, tdx_runtime_class: str, release: DevRelease) -> list[str]:
         """``cmcp-operator`` flags (beside scope and peering) for an operator whose ``tee: tdx`` enclave
         pods run on the real node: this run's enclave image by digest, through ``tdx_runtime_class``
-        (:meth:`real_tdx_runtime_class`), with the enclave's real ``tdx`` provider (no
-        ``--simulate-tee``); its evidence is software-only, so ``--allow-simulated`` stays, and
-        ``release`` (the ``real_release`` fixture) pins that image."""
+        (:meth:`real_tdx_runtime_class`), with the enclave's real ``tdx`` provider (the node's TSM
+        stand-in serves its evidence, ADR 0019); that evidence is software-only, so
+        ``--allow-simulated`` stays, and ``release`` (the ``real_release`` fixture) pins that image."""
         return ["--allow-simulated", "--enclave-image", self.enclave_image,
                 "--runtime-class-tdx", tdx_runtime_class, *release.argv()]
 

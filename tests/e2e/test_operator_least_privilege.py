@@ -17,9 +17,9 @@ bundle ConfigMap collected, an Event posted, an attested enclave pod). And the o
 token is refused what a compromised operator would want: Deployments in a namespace it does not
 watch, Secrets, another webhook configuration, creating webhook configurations, listing namespaces.
 
-The enclave pods are real: the routes are ``tee: tdx``, so the operator (rendered flags: no
-``--simulate-tee``, this run's enclave image by digest, ``--runtime-class-tdx`` naming a
-RuntimeClass of the real node's ``kata-qemu-tdx`` handler) starts containers of the enclave image on
+The enclave pods are real: the routes are ``tee: tdx``, so the operator (rendered flags: this run's
+enclave image by digest, ``--runtime-class-tdx`` naming a RuntimeClass of the real node's
+``kata-qemu-tdx`` handler) starts containers of the enclave image on
 the session's real node, whose OCI hook and TSM stand-in give the enclave's real ``tdx`` provider
 simulated TDX evidence of its own initdata (software-only, accepted by ``--allow-simulated``); the
 signed release is ``real_release``, which pins that image. The operator itself stays a host process
@@ -73,7 +73,6 @@ PORTABLE_FLAGS = (
     "--namespace=",
     "--all-namespaces",
     "--allow-simulated",
-    "--simulate-tee",
     "--acceptable-tcb=",
     "--reattest-interval=",
     "--attest-timeout=",

@@ -233,7 +233,6 @@ NONSENSE = {
         "/attestation/acceptedTcbStatuses/0",
     ),
     "nothing attestable": ("json:attestation.allowedTeeTypes=[]", "/attestation/allowedTeeTypes"),
-    "simulate without allow": ("attestation.simulateTee=true", "/attestation/allowSimulated"),
     "typo in a key": ("operator.replica=2", "/operator"),
     "privilege escalation": (
         "operator.securityContext.allowPrivilegeEscalation=true",
@@ -275,6 +274,21 @@ def test_schema_rejects_nonsense(case: str) -> None:
     assert proc.returncode != 0, f"{case}: accepted\n{proc.stdout[:500]}"
     assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
     assert f"at '{path}'" in proc.stderr, proc.stderr
+
+
+def test_an_old_values_file_with_the_retired_simulate_tee_key_is_refused(tmp_path: Path) -> None:
+    """``attestation.simulateTee`` is gone (ADR 0028): an old values file that still sets it, to any
+    value, must fail at install naming the key, not install as if it were honoured."""
+    old = tmp_path / "old-values.yaml"
+    old.write_text("attestation:\n  allowSimulated: true\n  simulateTee: true\n", encoding="utf-8")
+    proc = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *values_args(None), "-f", str(old))
+    assert proc.returncode != 0, proc.stdout[:500]
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert "at '/attestation'" in proc.stderr and "'simulateTee' not allowed" in proc.stderr, proc.stderr
+    # The control: the same file without the key renders.
+    old.write_text("attestation:\n  allowSimulated: true\n", encoding="utf-8")
+    proc = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *values_args(None), "-f", str(old))
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("missing", ["manifests", "keys"])
@@ -618,7 +632,6 @@ def test_operator_args_are_accepted_by_the_operator(profile: str | None, tmp_pat
     prof = yaml.safe_load((CHART / "ci" / profile).read_text()) if profile else {}
     att = {**values["attestation"], **prof.get("attestation", {})}
     assert cfg.allow_simulated is att["allowSimulated"]
-    assert cfg.simulate_tee is att["simulateTee"]
     assert cfg.appraisal.accepted_tcb_statuses == frozenset(att["acceptedTcbStatuses"])
     # The chart's release manifest, verified with the chart's key, is the operator's reference.
     assert [r.signer for r in cfg.appraisal.releases] == [dev_release().release.signer]

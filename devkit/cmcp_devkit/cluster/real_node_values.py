@@ -11,7 +11,7 @@ digest under ``imageRegistry=localhost`` (what the node's containerd holds after
 nothing is pulled), the operator and gateway pinned to the real node, and the enclave pods of
 ``tee: tdx`` through a RuntimeClass of the ``kata-qemu-tdx`` handler, whose OCI hook and TSM stand-in
 give the enclave's real ``tdx`` provider simulated TDX evidence of its own initdata
-(``simulateTee: false``). That evidence is software-only, so the chart's ``allowSimulated`` (the
+(ADR 0019). That evidence is software-only, so the chart's ``allowSimulated`` (the
 simulated profile's) stays on.
 """
 
@@ -42,8 +42,7 @@ def chart_values(images: Mapping[str, Built], tdx_runtime_class: str = DEFAULT_T
     """Values naming ``images`` (name -> build, at least the three components) by digest."""
     values: dict[str, Any] = {
         "imageRegistry": "localhost",
-        "attestation": {"simulateTee": False, "allowedTeeTypes": ["tdx"],
-                        "runtimeClasses": {"tdx": tdx_runtime_class}},
+        "attestation": {"allowedTeeTypes": ["tdx"], "runtimeClasses": {"tdx": tdx_runtime_class}},
     }
     for component in COMPONENTS:
         values[component] = {"image": {"repository": f"cmcp-{component}", "digest": images[component].digest}}

@@ -77,8 +77,7 @@ def test_mcp_route_is_simulated_and_pins_the_audience() -> None:
 def test_the_route_asks_for_the_tee_the_merged_values_run() -> None:
     profile = merged_values(CHART, CHART / "ci" / "simulated-values.yaml")
     assert demo_cluster.route_tee(profile) == "simulated"
-    real = {**profile, "attestation": {**profile["attestation"], "simulateTee": False,
-                                       "allowedTeeTypes": ["tdx", "snp"]}}
+    real = {**profile, "attestation": {**profile["attestation"], "allowedTeeTypes": ["tdx", "snp"]}}
     assert demo_cluster.route_tee(real) == "tdx"
 
 

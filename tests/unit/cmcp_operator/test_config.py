@@ -21,7 +21,7 @@ def test_default_image_is_pinned_but_names_no_image() -> None:
 def test_defaults_accept_no_guest() -> None:
     """Without a configured release nothing is accepted, simulated evidence least of all."""
     cfg = OperatorConfig()
-    assert cfg.appraisal.releases == () and not cfg.allow_simulated and not cfg.simulate_tee
+    assert cfg.appraisal.releases == () and not cfg.allow_simulated
     assert not cfg.all_namespaces and cfg.namespaces == ()
     assert cfg.webhook_port is None and cfg.peering is None
 
@@ -44,6 +44,6 @@ def test_runtime_class_prefers_the_route_override_then_the_tee_default() -> None
 def test_config_is_frozen_and_instances_do_not_share_mutable_defaults() -> None:
     a, b = OperatorConfig(), OperatorConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        a.simulate_tee = True  # type: ignore[misc]
+        a.verbose = True  # type: ignore[misc]
     a.runtime_classes["tdx"] = "changed"
     assert b.runtime_class("tdx", None) == "kata-qemu-tdx"

@@ -21,14 +21,12 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> DevRelease:
     return write_dev_release(tmp_path_factory.mktemp("release"))
 
 
-def test_cli_requires_scope_and_explicit_simulation(release: DevRelease) -> None:
+def test_cli_requires_a_scope_and_reads_its_flags(release: DevRelease) -> None:
     with pytest.raises(SystemExit):
         parse_args(release.argv())
-    with pytest.raises(SystemExit):
-        parse_args(["-n", "a", "--simulate-tee", *release.argv()])
-    cfg = parse_args(["-n", "a", "-n", "b", "--allow-simulated", "--simulate-tee", "--runtime-class-tdx", "x",
+    cfg = parse_args(["-n", "a", "-n", "b", "--allow-simulated", "--runtime-class-tdx", "x",
                       "--reattest-interval", "7", "--priority", "5", *release.argv()])
-    assert cfg.namespaces == ("a", "b") and cfg.simulate_tee and cfg.reattest_interval == 7
+    assert cfg.namespaces == ("a", "b") and cfg.reattest_interval == 7
     assert cfg.runtime_class("tdx", None) == "x" and cfg.priority == 5
     assert cfg.allow_simulated and cfg.appraisal.releases == (release.release,)
     assert parse_args(["-A", *release.argv()]).all_namespaces
@@ -85,8 +83,6 @@ def test_help_describes_the_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_usage_errors_say_what_is_wrong(release: DevRelease, capsys: pytest.CaptureFixture[str]) -> None:
     assert "give --namespace NS (repeatable) or --all-namespaces" in _usage_error(release.argv(), capsys)
-    assert "--simulate-tee needs --allow-simulated" in _usage_error(
-        ["-A", "--simulate-tee", *release.argv()], capsys)
     err = _usage_error(["-A", "--enclave-image", "img:latest", *release.argv()], capsys)
     assert "'img:latest' must be pinned by digest" in err
     # A namespace list and the whole cluster are exclusive scopes.
@@ -94,6 +90,17 @@ def test_usage_errors_say_what_is_wrong(release: DevRelease, capsys: pytest.Capt
     assert "invalid choice: 'md5'" in _usage_error(["-A", "--initdata-algorithm", "md5", *release.argv()],
                                                    capsys)
     assert "invalid int value" in _usage_error(["-A", "--webhook-port", "x", *release.argv()], capsys)
+
+
+def test_an_old_command_line_with_the_retired_tee_flag_fails_at_start(
+        release: DevRelease, capsys: pytest.CaptureFixture[str]) -> None:
+    """The flag that started enclaves with the simulated provider is gone (ADR 0028: on a cluster the
+    evidence comes from the node's TSM, a stand-in's on dev clusters): an operator still given it
+    must stop with a usage error naming it, not run as if it were honoured."""
+    err = _usage_error(["-A", "--allow-simulated", "--simulate-tee", *release.argv()], capsys)
+    assert "cmcp-operator: error: unrecognized arguments: --simulate-tee" in err
+    # The control: the same command line without it starts (--allow-simulated stays).
+    assert parse_args(["-A", "--allow-simulated", *release.argv()]).allow_simulated
 
 
 def test_defaults_match_the_config_defaults(release: DevRelease) -> None:
@@ -106,7 +113,7 @@ def test_defaults_match_the_config_defaults(release: DevRelease) -> None:
     assert cfg.initdata_algorithm == bare.initdata_algorithm
     assert (cfg.webhook_port, cfg.webhook_listen, cfg.metrics_port, cfg.peering) == (
         None, "0.0.0.0", None, None)
-    assert not cfg.allow_simulated and not cfg.simulate_tee and not cfg.verbose
+    assert not cfg.allow_simulated and not cfg.verbose
     assert 0 <= cfg.priority < 2**31
 
 

@@ -119,7 +119,7 @@ def test_previous_revision_accepted_only_when_listed() -> None:
 
 @pytest.mark.parametrize(("tee", "allow", "expected"), [
     ("tdx", False, ("tdx",)),
-    ("tdx", True, ("tdx", "simulated")),  # a stand-in TDX node's quotes, or --simulate-tee
+    ("tdx", True, ("tdx", "simulated")),  # a stand-in TDX node's quotes
     ("snp", False, ("snp",)),
     ("snp", True, ("snp", "simulated", "simulated-snp")),  # and an SNP node stand-in's reports
     ("any", False, ("tdx", "snp", "coco-aa")),

@@ -118,15 +118,26 @@ def test_runtime_class_and_node_affinity(tee: str, runtime: str | None, labels: 
         assert NFD_SNP not in keys
 
 
-def test_runtime_class_override_and_simulate_tee() -> None:
-    cfg = OperatorConfig(appraisal=AppraisalPolicy(allow_simulated=True), simulate_tee=True,
+def test_runtime_class_override() -> None:
+    cfg = OperatorConfig(appraisal=AppraisalPolicy(allow_simulated=True),
                          runtime_classes={"tdx": "custom-tdx", "snp": "s", "any": "a", "simulated": ""})
     rev = revision("ns", "r", spec(), BSTATUS, [], cfg)
-    assert rev.command[rev.command.index("--tee") + 1] == "simulated"
     pod = deployment("ns", "r", spec(), rev, cfg, OWNER)["spec"]["template"]["spec"]
     assert pod["runtimeClassName"] == "custom-tdx"
     pod2 = deployment("ns", "r", spec(runtimeClassName="mine"), rev, cfg, OWNER)["spec"]["template"]["spec"]
     assert pod2["runtimeClassName"] == "mine"
+
+
+@pytest.mark.parametrize(("tee", "provider"),
+                         [("tdx", "tdx"), ("snp", "snp"), ("any", "coco-aa"), ("simulated", "simulated")])
+def test_the_enclave_provider_follows_the_route_tee_even_when_simulated_evidence_is_accepted(
+        tee: str, provider: str) -> None:
+    """On a cluster the node's TSM (a stand-in's on dev clusters) supplies the evidence: accepting
+    simulated evidence never switches a TDX/SNP route's enclave to the simulated provider."""
+    for allow in (False, True):
+        cfg = OperatorConfig(appraisal=AppraisalPolicy(allow_simulated=allow))
+        rev = revision("ns", "r", spec(tee=tee), BSTATUS, [], cfg)
+        assert rev.command[rev.command.index("--tee") + 1] == provider
 
 
 def test_audience_forms_and_service() -> None:

@@ -31,7 +31,9 @@ def test_every_component_by_digest_from_the_nodes_own_store() -> None:
 
 def test_the_enclave_runs_its_real_tdx_provider_through_the_kata_tdx_handler() -> None:
     attestation = chart_values(IMAGES)["attestation"]
-    assert attestation["simulateTee"] is False  # the stand-in serves the TSM: no launcher variables
+    # only what the real node changes: allowSimulated stays the simulated profile's (the stand-in's
+    # evidence is software-only), and the provider follows spec.tee (no launcher variables)
+    assert set(attestation) == {"allowedTeeTypes", "runtimeClasses"}
     assert attestation["allowedTeeTypes"] == ["tdx"]
     assert attestation["runtimeClasses"] == {"tdx": DEFAULT_TDX_RUNTIME_CLASS}
     assert DEFAULT_TDX_RUNTIME_CLASS in RUNTIME_CLASSES
