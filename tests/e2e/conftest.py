@@ -92,6 +92,34 @@ class E2ECluster:
         finally:
             self.kube.delete(f"/apis/node.k8s.io/v1/runtimeclasses/{name}")
 
+    @contextlib.contextmanager
+    def real_node_extended_resource(self, resource: str, count: int) -> Iterator[str]:
+        """The real node advertises ``count`` of the node-level extended resource ``resource`` (e.g.
+        ``nvidia.com/pgpu``, what a GPU device plugin would publish) as Kubernetes documents it: a
+        JSON patch of the Node's ``status.capacity``; the kubelet mirrors it into allocatable and
+        admits pods that request it (no device plugin manages it, so nothing is attached)."""
+        if self.local is None:
+            raise RuntimeError("only the local plane's real node can be given an extended resource")
+        path = f"/api/v1/nodes/{REAL_NODE_NAME}/status"
+        key = resource.replace("~", "~0").replace("/", "~1")
+        self.kube.patch(path, [{"op": "add", "path": f"/status/capacity/{key}", "value": str(count)}],
+                        kind="json")
+
+        def allocatable() -> bool:
+            node = self.kube.get(f"/api/v1/nodes/{REAL_NODE_NAME}")
+            return bool((node["status"].get("allocatable") or {}).get(resource) == str(count))
+
+        self.kube.wait_for(f"{resource} allocatable on {REAL_NODE_NAME}", allocatable, timeout=60,
+                           on_timeout=self.diagnostics)
+        try:
+            yield resource
+        finally:
+            node = self.kube.get(f"/api/v1/nodes/{REAL_NODE_NAME}")["status"]
+            ops = [{"op": "remove", "path": f"/status/{field}/{key}"}
+                   for field in ("capacity", "allocatable") if resource in (node.get(field) or {})]
+            if ops:
+                self.kube.patch(path, ops, kind="json")
+
     def real_operator_flags(self, tdx_runtime_class: str, release: DevRelease) -> list[str]:
         """``cmcp-operator`` flags (beside scope and peering) for an operator whose ``tee: tdx`` enclave
         pods run on the real node: this run's enclave image by digest, through ``tdx_runtime_class``
