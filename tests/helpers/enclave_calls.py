@@ -19,6 +19,7 @@ from cmcp_core.mcp_target import bound_digest
 from cmcp_core.proto import enclave_pb2
 from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL
 from cmcp_enclave.enclave import DecideResult, Enclave
+from cmcp_enclave.server import attest_response
 
 _calls = itertools.count()
 _names: weakref.WeakKeyDictionary[Enclave, dict[str, str]] = weakref.WeakKeyDictionary()
@@ -71,8 +72,4 @@ def exported(enc: Enclave, name: str) -> list[dict[str, Any]]:
 
 def peer_attestation(enc: Enclave, nonce: bytes = bytes(32)) -> enclave_pb2.PeerAttestation:
     """``enc``'s attestation as the gateway keeps it in the audit store for a later takeover."""
-    report, _ = enc.attest(nonce)
-    return enclave_pb2.PeerAttestation(nonce=nonce, attestation=enclave_pb2.AttestResponse(
-        platform=report.platform, evidence=report.evidence, aux=report.aux, initdata=enc.initdata_bytes,
-        public_key_jwk=json.dumps(enc.public_jwk), bundle_hash=enc.bundle_hash,
-        catalog_hash=enc.catalog_hash, enforcement_mode=enc.mode, report_data=report.report_data))
+    return enclave_pb2.PeerAttestation(nonce=nonce, attestation=attest_response(enc, nonce))

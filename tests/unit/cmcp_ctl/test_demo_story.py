@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from cmcp_core.proto import enclave_pb2
 from cmcp_ctl import demo_story
 from cmcp_ctl.demo_story import Console, Run, Step
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_devkit.release import dev_appraisal
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.gpu import SimulatedGpuProvider
+from cmcp_enclave.server import attest_response
 from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
@@ -94,12 +94,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
             step.signed_decision = (res.decision_json, res.signature)
     done = enc.close(known(enc, "demo"))
     nonce = os.urandom(32)
-    report, report_data = enc.attest(nonce)
-    response = enclave_pb2.AttestResponse(
-        platform=report.platform, evidence=report.evidence, aux=report.aux, initdata=enc.initdata_bytes,
-        public_key_jwk=json.dumps(enc.public_jwk), bundle_hash=enc.bundle_hash,
-        catalog_hash=enc.catalog_hash, enforcement_mode=enc.mode, report_data=report_data,
-    )
+    response = attest_response(enc, nonce)
     run = Run(out=work, steps=steps, session_id="demo", record=done.record,
               entries=exported(enc, "demo"), key_jwk=dict(enc.public_jwk),
               bundle_hash=enc.bundle_hash)
@@ -327,12 +322,7 @@ def test_verify_run_checks_the_records_gpu_evidence(tmp_path: Path) -> None:
     decide(enc, "crm.lookup_customer", {"customer_id": "C-1042"}, session="gpu")
     done = enc.close(known(enc, "gpu"))
     nonce = os.urandom(32)
-    report, report_data = enc.attest(nonce)
-    response = enclave_pb2.AttestResponse(
-        platform=report.platform, evidence=report.evidence, aux=report.aux, initdata=enc.initdata_bytes,
-        public_key_jwk=json.dumps(enc.public_jwk), bundle_hash=enc.bundle_hash,
-        catalog_hash=enc.catalog_hash, enforcement_mode=enc.mode, report_data=report_data,
-        gpu_evidence=list(report.gpu_evidence))
+    response = attest_response(enc, nonce)
     gpu_check = "the record's GPU evidence: named by it, answers its nonce"
 
     def checks(evidence: tuple[bytes, ...]) -> dict[str, bool]:
@@ -343,5 +333,5 @@ def test_verify_run_checks_the_records_gpu_evidence(tmp_path: Path) -> None:
 
     honest = checks(done.gpu_evidence)
     assert honest[gpu_check] and honest["Trust Record: key from evidence, bundle pinned"]
-    swapped = checks(tuple(report.gpu_evidence))
+    swapped = checks(tuple(response.gpu_evidence))
     assert not swapped[gpu_check] and not swapped["Trust Record: key from evidence, bundle pinned"]
