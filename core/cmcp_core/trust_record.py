@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.binding import Binding
 from cmcp_core.crypto import public_bytes
-from cmcp_core.digest import b64url
+from cmcp_core.digest import b64url, tagged_sha256
 
 PLATFORMS = {"tdx": "intel-tdx", "snp": "amd-sev-snp", "simulated": "software-only",
              "simulated-snp": "software-only",
@@ -82,7 +82,7 @@ def record_ledger(record: dict[str, Any]) -> tuple[str, int, str] | None:
 
 def gpu_evidence_digest(envelope: bytes) -> str:
     """``sha256:<hex>`` of one GPU envelope, as carried (the bytes, not a re-encoding)."""
-    return "sha256:" + hashlib.sha256(bytes(envelope)).hexdigest()
+    return tagged_sha256(bytes(envelope))
 
 
 def gpu_reference(index: int, envelope: bytes) -> dict[str, str]:
@@ -130,7 +130,7 @@ def build_record(key: Ed25519PrivateKey, *, platform: str, initdata_bytes: bytes
         "data_class": data_class,
         "tool_transcript": {"hash": chain_tip, "call_count": call_count},
         "build_provenance": {"slsa_level": 0, "builder": "kata-initdata",
-                             "digest": "sha256:" + hashlib.sha256(initdata_bytes).hexdigest()},
+                             "digest": tagged_sha256(initdata_bytes)},
         "appraisal": {"status": "none", "verifier": SELF_VERIFIER},
         "cnf": {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": ""}},  # replaced by sign_record
     }
