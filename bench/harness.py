@@ -6,7 +6,8 @@ Order of a run:
    mode) in front of it, and our stack (gateway + simulated-TEE enclave +
    guarded upstream of the same code);
 2. sequential latency: the three paths interleaved in rounds (direct, ours,
-   origin, direct, ...), so background noise lands on all of them alike;
+   origin, direct, ...), so background noise lands on all of them alike; full runs add our trail
+   on tmpfs and on PostgreSQL, and the product before the trail (``bench/baseline.py``);
 3. throughput at 1, 4 and 16 concurrent agents, paths interleaved per level;
 4. a streamed tool call (an SSE upstream of its own, 3 progress notifications, then the result)
    beside the plain one, each directly and through ours, interleaved in rounds (``streamed``);
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, memory, operator_time, origin, ours, profile_gateway, report
+from bench import baseline, loadgen, memory, operator_time, origin, ours, profile_gateway, report
 from bench.common import (
     REPO_ROOT,
     RESULTS_DIR,
@@ -49,14 +50,18 @@ from bench.common import (
     utc_now,
     write_json,
 )
+from cmcp_core.audit_store_rows import Row
+from cmcp_core.audit_store_sqlite import SqliteAuditStore
 from cmcp_devkit import procs
 from cmcp_devkit.postgres import PostgresServer, start_postgres
 from cmcp_devkit.upstream import BENCH_STREAM_PROGRESS, BENCH_STREAM_TOOL
 
-PATHS = ("direct", "ours", "ours-tmpfs", "ours-postgres", "origin", "origin-tmpfs")
+PATHS = ("direct", "ours", "baseline", "ours-tmpfs", "ours-postgres", "origin", "origin-tmpfs")
 # Our audit trail on SQLite on disk (the default), on SQLite on tmpfs (the fsync cost apart, as
 # origin-tmpfs does for the origin) and on PostgreSQL (several replicas).
 OURS = ("ours", "ours-tmpfs", "ours-postgres")
+# Full runs: ours as it was when issue 16 set its latency target (bench/baseline.py).
+BASELINE = "baseline"
 ORIGINS = ("origin", "origin-tmpfs")
 
 
@@ -162,10 +167,14 @@ def overhead(seq: dict[str, loadgen.Samples]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "direct" not in seq or not seq["direct"].call_ms:
         return out
-    for name in (*OURS, *ORIGINS):
+    for name in (*OURS, BASELINE, *ORIGINS):
         if name not in seq or not seq[name].call_ms:
             continue
         out[name] = added(seq[name].call_ms, seq["direct"].call_ms)
+    if "ours" in out and BASELINE in seq and seq[BASELINE].call_ms:  # same direct: the paths' own p50s
+        out["ours_minus_baseline"] = {
+            "p50_ms": out["ours"]["p50_ms"] - out[BASELINE]["p50_ms"],
+            "p50_ci95_ms": bootstrap_median_diff(seq["ours"].call_ms, seq[BASELINE].call_ms)}
     for o in ORIGINS:
         if "ours" in out and o in out:
             out[f"{o}_over_ours"] = {
@@ -420,6 +429,20 @@ def targets_table(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "limit_ms": 1.0, "met": ov["p50_ms"] <= 1.0, "miss_by_ms": max(0.0, ov["p50_ms"] - 1.0)})
         rows.append({"target": "gateway+enclave overhead p99 <= 3 ms", "measured_ms": ov["p99_ms"],
                      "limit_ms": 3.0, "met": ov["p99_ms"] <= 3.0, "miss_by_ms": max(0.0, ov["p99_ms"] - 3.0)})
+    base = results.get("overhead", {}).get(BASELINE)
+    if ov and base:  # issue 16: the durable trail costs no added latency over the product before it
+        limit = base["p50_ms"]
+        rows.append({"target": f"added p50 <= the product's at {baseline.BASELINE_REV[:7]} (before the "
+                               f"durable trail) in this run, {limit:.3f} ms",
+                     "measured_ms": ov["p50_ms"], "limit_ms": limit, "met": ov["p50_ms"] <= limit,
+                     "miss_by_ms": max(0.0, ov["p50_ms"] - limit)})
+    if ov:
+        rows.append({"target": f"added p50 <= {baseline.BASELINE_ADDED_P50_MS} ms, as read at "
+                               f"{baseline.BASELINE_REV[:7]} on a machine whose direct p50 was "
+                               f"{baseline.BASELINE_DIRECT_P50_MS} ms",
+                     "measured_ms": ov["p50_ms"], "limit_ms": baseline.BASELINE_ADDED_P50_MS,
+                     "met": ov["p50_ms"] <= baseline.BASELINE_ADDED_P50_MS,
+                     "miss_by_ms": max(0.0, ov["p50_ms"] - baseline.BASELINE_ADDED_P50_MS)})
     thr = results.get("throughput", {}).get("ours_over_origin", {})
     if "16" in thr:
         rows.append({"target": "throughput at 16 clients >= 5x origin", "measured_ratio": thr["16"],
@@ -487,6 +510,26 @@ def commit_probe_ms(directory: Path, n: int = 30) -> dict[str, float]:
     return {"p50_ms": statistics.median(times), "max_ms": max(times)}
 
 
+def trail_commit_probe_ms(directory: Path, n: int = 200) -> dict[str, float]:
+    """Our trail's commit latency in ``directory`` (p50/p90 ms): the product's SQLite store, two
+    ~1.4 KB entries per transaction as a call's decision and carried outcome, standalone."""
+    store = SqliteAuditStore(directory / "commit-probe.sqlite")
+    times = []
+    try:
+        for i in range(n):
+            rows = [Row("probe", "probe", 2 * i + k, f"sha256:{2 * i + k:064x}", "decision", int(time.time()),
+                        random.randbytes(1400)) for k in (1, 2)]
+            t0 = time.perf_counter()
+            store.append(rows)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        store.close()
+        for leftover in directory.glob("commit-probe.sqlite*"):
+            leftover.unlink()
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    return {"p50_ms": statistics.median(times), "p90_ms": q[8]}
+
+
 def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
         only: frozenset[str] | None = None, origin_state: str = "disk") -> dict[str, Any]:
     """Run the plan (or just the sections in ``only``) and write JSON + Markdown + plots."""
@@ -509,6 +552,7 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
     stack: ours.OursStack | None = None
     pg_stack: ours.OursStack | None = None
     tmpfs_stack: ours.OursStack | None = None
+    base_stack: baseline.BaselineStack | None = None
     pg_server: PostgresServer | None = None
     tool_def: dict[str, Any] | None = None
     paths_info: dict[str, Any] = {}
@@ -572,6 +616,7 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             stack = ours.start_stack(work / "ours", log_dir, tool_def=tool_def)
             targets["ours"] = loadgen.LoadTarget("ours", stack.url, pids=stack.pids())
             paths_info["ours"] = {"url": stack.url, "pids": stack.pids(), "bundle_hash": stack.bundle_hash,
+                                  "trail_commit_probe": trail_commit_probe_ms(work / "ours"),
                                   "what": "cmcp-gateway -> cmcp-enclave (simulated TDX) ; "
                                           "upstream + cmcp guard middleware"}
             # smoke: one call must work before we measure
@@ -579,6 +624,17 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             if s.errors:
                 raise RuntimeError(f"our path fails its smoke calls: {s.error_examples}")
         if plan.mode == "full" and side_by_side:
+            with sections.run("setup:baseline"):
+                base_stack = baseline.start(work / "baseline", log_dir, log=log)
+                base_target = loadgen.LoadTarget(BASELINE, base_stack.url, pids=base_stack.pids)
+                s = asyncio.run(loadgen.run_sequential(base_target, 3, 2))
+                if s.errors:
+                    raise RuntimeError(f"the baseline path fails its smoke calls: {s.error_examples}")
+                targets[BASELINE] = base_target
+                paths_info[BASELINE] = {"url": base_stack.url, "pids": base_stack.pids, "rev": base_stack.rev,
+                                        "what": "ours at the commit that set issue 16's latency target "
+                                                "(no durable audit trail, gRPC decide stream), its own "
+                                                "enclave, guarded upstream and gateway"}
             with sections.run("setup:ours-tmpfs"):
                 shm = Path(tempfile.mkdtemp(prefix="cmcp-bench-ours-", dir="/dev/shm"))
                 cleanup.append(shm)
@@ -653,6 +709,8 @@ def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
             pg_stack.stop()
         if tmpfs_stack is not None:
             tmpfs_stack.stop()
+        if base_stack is not None:
+            base_stack.stop()
         if pg_server is not None:
             pg_server.stop()
         for p in reversed(running):

@@ -16,10 +16,11 @@ from bench.common import REPO_ROOT, RESULTS_DIR
 DOCS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 DOCS_IMG = REPO_ROOT / "docs" / "img"
 COLORS = {"direct": "#4c72b0", "ours": "#55a868", "ours-tmpfs": "#64b5cd", "ours-postgres": "#8172b3",
-          "origin": "#c44e52", "origin-tmpfs": "#dd8452"}
+          "baseline": "#937860", "origin": "#c44e52", "origin-tmpfs": "#dd8452"}
 LABELS = {"direct": "direct (no gateway)", "ours": "ours: gateway + enclave + guard",
           "ours-tmpfs": "ours, audit trail SQLite on tmpfs",
           "ours-postgres": "ours, audit trail on PostgreSQL",
+          "baseline": "ours before the durable trail (5c14bc2)",
           "origin": "origin cmcp-runtime 0.7.1", "origin-tmpfs": "origin, SQLite on tmpfs"}
 ORIGINS = ("origin", "origin-tmpfs")
 
@@ -159,6 +160,16 @@ def _plots(res: dict[str, Any], img_dir: Path, prefix: str) -> dict[str, str]:
         plt.close(fig)
         out["memory"] = path.name
     return out
+
+
+def _trail_commit(res: dict[str, Any]) -> str:
+    """What one commit of our trail costs on this run's disk, standalone (the fsync under the guarantee)."""
+    probe = res.get("paths", {}).get("ours", {}).get("trail_commit_probe")
+    if not probe:
+        return ""
+    return (f" One commit of our trail on this disk (SQLite WAL, `synchronous=FULL`, a call's two entries, "
+            f"measured alone before the rounds) takes {_f(probe['p50_ms'])} ms p50, {_f(probe['p90_ms'])} ms "
+            "p90: the baseline has no durable write, ours waits for one per call before it forwards.")
 
 
 def _cpu_rows(res: dict[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
@@ -515,6 +526,13 @@ def render_markdown(res: dict[str, Any], plots: dict[str, str], img_rel: str) ->
             "PostgreSQL server, as several gateway replicas would share). The `origin-tmpfs` path "
             "(same origin, its state directory on /dev/shm) separates the origin's compute from its "
             "fsync cost; the as-shipped `origin` path is the one the targets use.")
+    if "baseline" in res.get("paths", {}):
+        rev = str(res["paths"]["baseline"].get("rev", ""))[:7]
+        add(f"- `baseline` (full runs): our product at git {rev}, the commit whose benchmark page set issue "
+            "16's latency target, before the durable audit trail, started from that commit's own tree and "
+            "harness code (`bench/baseline.py`) with its own enclave, guarded upstream and gateway. It "
+            "answers whether the trail and everything since cost added latency, on this machine, in this "
+            "run (docs/adr/0032-latency-target-against-the-baseline.md).")
     add("- Paths are interleaved in rounds (direct, ours, origin, then reversed) so background load hits "
         "all of them; warm-up calls are excluded. Percentiles: `statistics.quantiles(method='inclusive')`.")
     for n in res.get("notes", []):
@@ -540,13 +558,21 @@ def render_markdown(res: dict[str, Any], plots: dict[str, str], img_rel: str) ->
             add("")
             add("| path | p50 ms | p50 95% CI (bootstrap) | p95 ms | p99 ms | mean ms |")
             add("|---|---|---|---|---|---|")
-            for name in ("ours", "ours-tmpfs", "ours-postgres", *ORIGINS):
+            for name in ("ours", "ours-tmpfs", "ours-postgres", "baseline", *ORIGINS):
                 if name in ov:
                     r = ov[name]
                     ci = r.get("p50_ci95_ms") or [None, None]
                     add(f"| {LABELS[name]} | {_f(r['p50_ms'])} | [{_f(ci[0])}, {_f(ci[1])}] | "
                         f"{_f(r['p95_ms'])} | {_f(r['p99_ms'])} | {_f(r['mean_ms'])} |")
             add("")
+            if "ours_minus_baseline" in ov:
+                d = ov["ours_minus_baseline"]
+                ci = d.get("p50_ci95_ms") or [None, None]
+                rev = str(res.get("paths", {}).get("baseline", {}).get("rev", ""))[:7]
+                add(f"**Against the product before the durable trail** (`baseline`, git {rev}, the commit "
+                    f"that set issue 16's target, run beside ours): ours adds {_f(d['p50_ms'])} ms p50 more "
+                    f"(95% CI [{_f(ci[0])}, {_f(ci[1])}]; negative is faster).{_trail_commit(res)}")
+                add("")
             for o in ORIGINS:
                 if f"{o}_over_ours" in ov:
                     r = ov[f"{o}_over_ours"]
