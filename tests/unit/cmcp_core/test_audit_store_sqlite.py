@@ -58,3 +58,41 @@ def test_a_closed_database_is_a_coded_error(tmp_path: Path) -> None:
         with pytest.raises(CmcpError) as err:
             call()
         assert err.value.code is Code.AUDIT_STORE_UNAVAILABLE
+
+
+def _decision_sized(seq: int) -> Row:
+    """A row the size of a real decision entry (~1.5 KB: the signed decision, its signature, hashes)."""
+    raw = json.dumps({"kid": "k", "seq": seq, "data": {"policies": ["p" * 40] * 30}}).encode()
+    return Row(kid="k", chain="s", seq=seq, hash=f"h{seq}", kind="decision", ts=seq, entry=raw)
+
+
+def _file_bytes_per_entry(path: Path, entries: int) -> float:
+    db = sqlite3.connect(path)
+    pages, size = db.execute("PRAGMA page_count").fetchone()[0], db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    return pages * size / entries
+
+
+def test_decision_sized_entries_stay_in_their_leaf_pages(tmp_path: Path) -> None:
+    store = SqliteAuditStore(tmp_path / "audit.sqlite")
+    rows = [_decision_sized(seq) for seq in range(300)]
+    assert 1300 < len(rows[0].entry) < 1700
+    for i in range(0, 300, 2):  # one transaction per call, as the gateway writes
+        store.append(rows[i:i + 2])
+    store.close()
+    assert _file_bytes_per_entry(tmp_path / "audit.sqlite", 300) < 2 * len(rows[0].entry)
+
+
+def test_a_without_rowid_table_would_spill_every_entry_into_an_overflow_page(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weakened store (the table before ADR 0032) fails the check above."""
+    import cmcp_core.audit_store_sqlite as module
+
+    monkeypatch.setattr(module, "_SCHEMA", module._SCHEMA.replace(
+        "UNIQUE (kid, chain, seq))", "PRIMARY KEY (kid, chain, seq)) WITHOUT ROWID"))
+    store = module.SqliteAuditStore(tmp_path / "audit.sqlite")
+    rows = [_decision_sized(seq) for seq in range(300)]
+    for i in range(0, 300, 2):
+        store.append(rows[i:i + 2])
+    store.close()
+    assert _file_bytes_per_entry(tmp_path / "audit.sqlite", 300) > 2.5 * len(rows[0].entry)
