@@ -15,7 +15,6 @@ initdata refuses every enclave.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cmcp_core import initdata as initdata_mod
 from cmcp_core.crypto import key_from_jwk, thumbprint
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.initdata import CmcpEntry
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
@@ -65,11 +65,11 @@ class Evidence:
     @property
     def initdata_digest(self) -> str:
         """The measured configuration, as the operator pins it in route status."""
-        return sha256_tagged(self.initdata)
+        return tagged_sha256(self.initdata)
 
     @property
     def evidence_digest(self) -> str:
-        return sha256_tagged(self.evidence)
+        return tagged_sha256(self.evidence)
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,6 @@ class Appraisal:
     # status.pods[].gpu when the route requires GPUs and appraisal reached them:
     # {attested, code, count, revocation, driverVersion, vbiosVersion}
     gpu: dict[str, Any] | None = None
-
-
-def sha256_tagged(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ entries; truncation of the tail is caught against the tip the Trust Record names
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cmcp_core.crypto import AUDIT_CONTEXT, DECISION_CONTEXT, sign, thumbprint, verify_payload
-from cmcp_core.digest import b64url, b64url_decode, canonical, jcs
+from cmcp_core.digest import b64url, b64url_decode, canonical, jcs, tagged_sha256
 from cmcp_core.errors import Code
 from cmcp_core.mcp_target import STATEFUL_METHODS
 
@@ -49,7 +48,7 @@ def ledger_id(kid: str) -> str:
 def entry_hash(entry: Mapping[str, Any]) -> str:
     """``sha256:<hex>`` of the JCS form of the entry minus its ``hash`` member."""
     body = {k: v for k, v in entry.items() if k != "hash"}
-    return "sha256:" + hashlib.sha256(canonical(body)).hexdigest()
+    return tagged_sha256(canonical(body))
 
 
 def _signed_part(entry: Mapping[str, Any]) -> bytes:
@@ -88,7 +87,7 @@ def decision_entry(decision_json: bytes, signature: bytes,
             "seq": document["seq"], "session_id": document["session_id"], "sig": b64url(signature),
             "ts": document["ts"], "v": ENTRY_VERSION}
     tail = canonical(rest)[1:]  # without the opening brace
-    digest = "sha256:" + hashlib.sha256(b'{"data":' + decision_json + b"," + tail).hexdigest()
+    digest = tagged_sha256(b'{"data":' + decision_json + b"," + tail)
     raw = b'{"data":' + decision_json + b',"hash":"' + digest.encode("ascii") + b'",' + tail
     return {**rest, "data": dict(document), "hash": digest}, raw
 

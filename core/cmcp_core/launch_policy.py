@@ -9,11 +9,12 @@ author writes can ever become Rego source.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from cmcp_core.digest import tagged_sha256
 
 # <registry[:port]>/<path>@sha256:<64 hex>, lowercase, no tag; the CRD and chart schema carry it too.
 _COMPONENT = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
@@ -337,7 +338,7 @@ def render(spec: LaunchSpec) -> str:
 
 def digest(policy: str) -> str:
     """What relying parties compare: ``sha256:<hex>`` of the exact policy text in initdata."""
-    return "sha256:" + hashlib.sha256(policy.encode("utf-8")).hexdigest()
+    return tagged_sha256(policy.encode("utf-8"))
 
 
 def rules_digest() -> str:

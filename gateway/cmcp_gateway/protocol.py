@@ -10,7 +10,6 @@ here; ``tools/list`` and ``tools/call`` go to :mod:`cmcp_gateway.pipeline`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ import orjson
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, decode_header_value
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import REGISTRY, CmcpError, Code
 from cmcp_core.mcp_target import GATED_METHODS, LIST_METHODS
 from cmcp_gateway import jsonrpc, oauth, pipeline
@@ -56,10 +56,6 @@ def relayed_capabilities(upstream: Mapping[str, Any], modern: bool) -> dict[str,
         if isinstance(upstream.get(name), dict):
             offered[name] = {}
     return offered
-
-
-def _payload_hash(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 class McpHandler:
@@ -186,7 +182,7 @@ class McpHandler:
             except orjson.JSONDecodeError:
                 raise FailedRequest(
                     jsonrpc.error_response(
-                        None, Code.MCP_PARSE_FAILURE, "Parse error", {"payload_hash": _payload_hash(body)}
+                        None, Code.MCP_PARSE_FAILURE, "Parse error", {"payload_hash": tagged_sha256(body)}
                     ),
                     str(Code.MCP_PARSE_FAILURE),
                 ) from None

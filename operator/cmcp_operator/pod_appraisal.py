@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cmcp_core.attestation import Appraisal, Evidence, sha256_tagged
+from cmcp_core.attestation import Appraisal, Evidence
 from cmcp_core.crypto import key_from_jwk, thumbprint
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_PLATFORM
 from cmcp_core.initdata import InitdataError, parse
 from cmcp_core.verify import AppraisalPolicy, Verdict
@@ -52,7 +53,7 @@ def camel(code: str) -> str:
 
 
 def initdata_digest(data: bytes) -> str:
-    return sha256_tagged(data)
+    return tagged_sha256(data)
 
 
 def allowed_tee(tee: str, *, allow_simulated: bool) -> tuple[str, ...]:

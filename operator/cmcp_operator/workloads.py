@@ -6,11 +6,11 @@ inputs give the same pod template, the same initdata bytes and so the same measu
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.initdata import ANNOTATION, CmcpEntry, encode_annotation, render
 from cmcp_core.launch_policy import EnvRule, LaunchSpec, require_digest
 from cmcp_operator.bundles import volume_items
@@ -57,7 +57,7 @@ class Revision:
 
     @property
     def initdata_digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.initdata).hexdigest()
+        return tagged_sha256(self.initdata)
 
 
 def workload_name(route: str) -> str:

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from cmcp_core.attestation import Expected, sha256_tagged
+from cmcp_core.attestation import Expected
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget
 from cmcp_core.verify import appraise
@@ -100,7 +101,7 @@ async def test_an_enclave_measured_for_another_upstream_is_refused(
 
 
 def enclave_initdata_digest(enclave: EnclaveProcess) -> str:
-    return sha256_tagged(enclave.initdata)
+    return tagged_sha256(enclave.initdata)
 
 
 def _status(address: str, *targets: str) -> RouteStatus:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from cmcp_core.attestation import Expected, sha256_tagged
+from cmcp_core.attestation import Expected
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget
 from cmcp_devkit.enclave import EnclaveProcess
@@ -60,7 +61,7 @@ async def _following(pools: list[EnclavePool], route: Route, clock: Clock) -> En
 
 async def test_a_restarted_enclave_serves_at_the_first_call(
         enclave: EnclaveProcess, pools: list[EnclavePool]) -> None:
-    route, clock = Route(DEAD, sha256_tagged(enclave.initdata)), Clock()
+    route, clock = Route(DEAD, tagged_sha256(enclave.initdata)), Clock()
     pool = await _following(pools, route, clock)
     assert not pool.attested()
     route.address = enclave.address  # the new pod is attested by the operator
@@ -75,7 +76,7 @@ async def test_weakened_pool_without_catching_up_stays_closed(
         return None
 
     monkeypatch.setattr(EnclavePool, "catch_up", never)
-    route, clock = Route(DEAD, sha256_tagged(enclave.initdata)), Clock()
+    route, clock = Route(DEAD, tagged_sha256(enclave.initdata)), Clock()
     pool = await _following(pools, route, clock)
     route.address = enclave.address
     clock.now += enclave_pool.CATCH_UP_SECONDS
@@ -87,7 +88,7 @@ async def test_weakened_pool_without_catching_up_stays_closed(
 async def test_a_session_another_replica_opened_is_found_after_catching_up(
         enclave: EnclaveProcess, pools: list[EnclavePool]) -> None:
     """A replica that has not attested the session's enclave yet looks again before SESSION_LOST."""
-    digest = sha256_tagged(enclave.initdata)
+    digest = tagged_sha256(enclave.initdata)
     opener = await _following(pools, Route(enclave.address, digest), Clock())
     session_id = await opener.open_session(await opener.pick("agent"), "agent")
     route, clock = Route(DEAD, digest), Clock()
@@ -138,7 +139,7 @@ async def test_a_status_read_that_fails_leaves_the_route_closed(
         enclave: EnclaveProcess, pools: list[EnclavePool]) -> None:
     """The API server down (or refusing) during a catch-up: the call is refused, never let through
     an endpoint nobody attested."""
-    route, clock = Route(DEAD, sha256_tagged(enclave.initdata)), Clock()
+    route, clock = Route(DEAD, tagged_sha256(enclave.initdata)), Clock()
     pool = await _following(pools, route, clock)
 
     async def refused() -> RouteStatus:

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cmcp_core.attestation import AttestPolicy, Expected, sha256_tagged
+from cmcp_core.attestation import AttestPolicy, Expected
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.permit import PERMIT_HEADER
 from cmcp_core.route_status import PodStatus, RouteStatus, RouteTarget
 from cmcp_devkit.enclave import EnclaveProcess, render_initdata, start_enclave
@@ -26,7 +27,7 @@ from tests.helpers.gateway_stack import AUDIENCE, MODERN_META, PERMIT_ARGS, PERM
 from tests.paths import ROOT
 
 BUNDLE = ROOT / "examples/realistic"
-GENUINE = sha256_tagged(render_initdata(BUNDLE, audience=AUDIENCE))  # what the route's target pins
+GENUINE = tagged_sha256(render_initdata(BUNDLE, audience=AUDIENCE))  # what the route's target pins
 POLICY = AttestPolicy(appraisal=dev_appraisal(), expected=Expected(audience=AUDIENCE))
 
 
