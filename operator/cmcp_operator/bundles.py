@@ -18,7 +18,7 @@ from cmcp_core.bundle import (
     bundle_from_files,
     verify_signature,
 )
-from cmcp_core.digest import b64url_decode, jcs, sha256_hex
+from cmcp_core.digest import b64url_decode, jcs, tagged_sha256
 from cmcp_core.validation import validate_bundle
 from cmcp_operator.constants import BUNDLE_LABEL, COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
@@ -193,7 +193,7 @@ def volume_items(files: Mapping[str, str]) -> list[dict[str, str]]:
 
 def chain_entry(bundle_hash: str, at: str, prev: str) -> dict[str, str]:
     body = {"at": at, "bundleHash": bundle_hash, "prev": prev}
-    return {**body, "hash": "sha256:" + sha256_hex(jcs(body))}
+    return {**body, "hash": tagged_sha256(jcs(body))}
 
 
 def extend_history(status: Mapping[str, Any], bundle_hash: str, at: str,
