@@ -41,14 +41,22 @@ BASELINE_DIRECT_P50_MS = 1.556
 _PACKAGE_DIRS = ("core", "enclave_pod", "gateway", "guard", "operator", "cmcpctl", "conformance")
 _READY_SECONDS = 120.0
 
-# Runs in the baseline's tree, on its own code only: start its stack, say where it is, wait.
+# Runs in the baseline's tree, on its own code only: start its stack, say where it is, wait until
+# told to stop. Its own handlers: a process started in the background by a shell inherits SIGINT
+# ignored, and Python then raises no KeyboardInterrupt, so the stack would outlive a killed launcher.
 _LAUNCHER = """
 import json, signal, sys
 from pathlib import Path
 from bench import ours
+
+def stop(signum, frame):
+    raise SystemExit(0)
+
 work, logs, ready = map(Path, sys.argv[1:4])
 stack = ours.start_stack(work, logs)
 try:
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     ready.with_suffix(".part").write_text(json.dumps({"url": stack.url, "pids": stack.pids()}))
     ready.with_suffix(".part").rename(ready)
     while True:
