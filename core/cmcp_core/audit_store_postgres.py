@@ -16,7 +16,7 @@ import psycopg
 
 from cmcp_core.audit_store_rows import ChainSummary, Row, principal_of
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.postgres import PostgresConnection
+from cmcp_core.postgres import PostgresConnection, create_schema
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS cmcp_audit_entries (kid TEXT NOT NULL, chain TEXT NOT NULL,"
@@ -34,8 +34,7 @@ class PostgresAuditStore:
         self._db = PostgresConnection(dsn)
         self._lock = threading.Lock()
         with self._using() as conn:  # a bad DSN fails start-up, not the first call
-            conn.execute(_SCHEMA)
-            conn.execute(_ATTESTATIONS)
+            create_schema(conn, _SCHEMA, _ATTESTATIONS)
 
     @property
     def where(self) -> str:

@@ -11,6 +11,20 @@ from __future__ import annotations
 import psycopg
 
 CONNECT_TIMEOUT_SECONDS = 5
+# Any fixed key: the advisory lock every cMCP store takes around its CREATE TABLE statements.
+_SCHEMA_LOCK_KEY = 0x634D4350
+
+
+def create_schema(conn: psycopg.Connection[tuple[object, ...]], *statements: str) -> None:
+    """Run ``CREATE TABLE IF NOT EXISTS`` statements that replicas starting together may race on.
+
+    PostgreSQL's ``IF NOT EXISTS`` is not safe against a concurrent create: the loser fails with a
+    unique violation on ``pg_type`` and its replica would not start. One transaction-level advisory
+    lock makes them take turns; the second finds the tables there."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
 
 
 class PostgresConnection:

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import errors
 
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.postgres import PostgresConnection
+from cmcp_core.postgres import PostgresConnection, create_schema
 
 PURGE_INTERVAL_SECONDS = 60.0
 _SCHEMA = "CREATE TABLE IF NOT EXISTS cmcp_spent_permits (nonce TEXT PRIMARY KEY, expires BIGINT NOT NULL)"
@@ -32,7 +32,7 @@ class PostgresSpentPermits:
         self._next_purge = 0.0
         with self._lock:
             try:
-                self._db.get().execute(_SCHEMA)  # fails start-up, not the first call, on a bad DSN
+                create_schema(self._db.get(), _SCHEMA)  # fails start-up, not the first call, on a bad DSN
             except psycopg.Error as exc:
                 self._db.drop()
                 raise CmcpError(Code.SPENT_STORE_UNAVAILABLE,

@@ -31,3 +31,45 @@ def test_an_unreachable_server_raises_at_get() -> None:
     link = PostgresConnection("postgresql://cmcp@127.0.0.1:9/none?connect_timeout=1")
     with pytest.raises(psycopg.OperationalError):  # the caller turns it into its own code
         link.get()
+
+
+def _race(dsn: str, table: str, create: object) -> list[BaseException]:
+    """Eight replicas create ``table`` at the same moment; the errors they raised."""
+    import threading
+
+    statement = f"CREATE TABLE IF NOT EXISTS {table} (k TEXT PRIMARY KEY)"
+    start, errors = threading.Barrier(8), []
+
+    def replica() -> None:
+        link = PostgresConnection(dsn)
+        try:
+            start.wait()
+            create(link.get(), statement)  # type: ignore[operator]
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            link.drop()
+
+    threads = [threading.Thread(target=replica) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_replicas_starting_together_all_create_their_schema(postgres_server: PostgresServer) -> None:
+    """Two guard replicas started together once failed: one lost the CREATE TABLE race."""
+    from cmcp_core.postgres import create_schema
+
+    for attempt in range(20):
+        assert _race(postgres_server.dsn, f"cmcp_race_{attempt}", create_schema) == []
+
+
+def test_weakened_without_the_lock_a_replica_loses_the_race(postgres_server: PostgresServer) -> None:
+    def unlocked(conn: psycopg.Connection[tuple[object, ...]], statement: str) -> None:
+        conn.execute(statement)  # type: ignore[arg-type]
+
+    lost = [e for attempt in range(40)
+            for e in _race(postgres_server.dsn, f"cmcp_unlocked_{attempt}", unlocked)]
+    assert any(isinstance(e, psycopg.errors.UniqueViolation) for e in lost)  # what the guard hit
