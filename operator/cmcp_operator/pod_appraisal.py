@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 from cmcp_core.attestation import Appraisal, Evidence
 from cmcp_core.crypto import key_from_jwk, thumbprint
-from cmcp_core.digest import tagged_sha256
 from cmcp_core.evidence.simulated_snp import SIMULATED_SNP_PLATFORM
 from cmcp_core.initdata import InitdataError, parse
 from cmcp_core.verify import AppraisalPolicy, Verdict
@@ -50,10 +49,6 @@ class VerifierFn(Protocol):
 def camel(code: str) -> str:
     """POLICY_DENY -> PolicyDeny: condition reasons are CamelCase by API convention."""
     return "".join(part.capitalize() for part in code.lower().split("_") if part)
-
-
-def initdata_digest(data: bytes) -> str:
-    return tagged_sha256(data)
 
 
 def allowed_tee(tee: str, *, allow_simulated: bool) -> tuple[str, ...]:

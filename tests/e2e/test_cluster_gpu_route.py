@@ -39,6 +39,7 @@ import pytest
 from cmcp_core.attestation import Evidence
 from cmcp_core.bundle import load_bundle
 from cmcp_core.crd import API_PATH
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.initdata import ANNOTATION, decode_annotation
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
 from cmcp_core.verify import appraise_response
@@ -47,7 +48,7 @@ from cmcp_devkit.cluster.control_plane import REAL_NODE_NAME
 from cmcp_devkit.cluster.kube import Kube
 from cmcp_devkit.release import DevRelease
 from cmcp_operator.main import parse_args
-from cmcp_operator.pod_appraisal import AppraisalSettings, allowed_tee, appraise_pod, initdata_digest
+from cmcp_operator.pod_appraisal import AppraisalSettings, allowed_tee, appraise_pod
 from cmcp_operator.render_bundle import bundle_manifest, dump
 from cmcp_operator.verifier import core_verifier
 from cmcp_operator.workloads import workload_name
@@ -297,7 +298,7 @@ def test_pod_whose_gpu_evidence_is_missing_or_fails_is_never_routed(cluster: E2E
     config = parse_args(operator.flags)
     initdata = decode_annotation(genuine)
     bundle = load_bundle(BUNDLE_DIR)
-    accepted = {initdata_digest(initdata): bundle.bundle_hash}  # the one revision the route serves
+    accepted = {tagged_sha256(initdata): bundle.bundle_hash}  # the one revision the route serves
     for name, (reason, _) in ROGUES.items():
         nonce = secrets.token_bytes(32)
         ev = Evidence.from_response(attest(live[name]["status"]["podIP"], nonce))

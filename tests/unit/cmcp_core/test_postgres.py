@@ -3,10 +3,13 @@ opened afresh after :meth:`drop` (what a store does after any database error).""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import psycopg
 import pytest
 
-from cmcp_core.postgres import PostgresConnection
+from cmcp_core.postgres import PostgresConnection, create_schema
 from cmcp_devkit.postgres import PostgresServer
 
 
@@ -33,18 +36,19 @@ def test_an_unreachable_server_raises_at_get() -> None:
         link.get()
 
 
-def _race(dsn: str, table: str, create: object) -> list[BaseException]:
-    """Eight replicas create ``table`` at the same moment; the errors they raised."""
-    import threading
+Create = Callable[[psycopg.Connection[tuple[object, ...]], str], None]
 
+
+def _race(dsn: str, table: str, create: Create) -> list[BaseException]:
+    """Eight replicas create ``table`` at the same moment; the errors they raised."""
     statement = f"CREATE TABLE IF NOT EXISTS {table} (k TEXT PRIMARY KEY)"
-    start, errors = threading.Barrier(8), []
+    start, errors = threading.Barrier(8), list[BaseException]()
 
     def replica() -> None:
         link = PostgresConnection(dsn)
         try:
             start.wait()
-            create(link.get(), statement)  # type: ignore[operator]
+            create(link.get(), statement)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -60,8 +64,6 @@ def _race(dsn: str, table: str, create: object) -> list[BaseException]:
 
 def test_replicas_starting_together_all_create_their_schema(postgres_server: PostgresServer) -> None:
     """Two guard replicas started together once failed: one lost the CREATE TABLE race."""
-    from cmcp_core.postgres import create_schema
-
     for attempt in range(20):
         assert _race(postgres_server.dsn, f"cmcp_race_{attempt}", create_schema) == []
 

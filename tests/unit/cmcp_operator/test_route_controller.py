@@ -19,6 +19,7 @@ from cmcp_core.attestation import Evidence
 from cmcp_core.binding import Binding, gpu_nonce
 from cmcp_core.bundle import read_bundle_files
 from cmcp_core.crypto import public_bytes, public_jwk, thumbprint
+from cmcp_core.digest import tagged_sha256
 from cmcp_core.evidence.simulated import SimulatedQuoteSigner
 from cmcp_core.initdata import (
     ANNOTATION,
@@ -38,7 +39,7 @@ from cmcp_operator import route_controller
 from cmcp_operator.bundle_controller import BundleController
 from cmcp_operator.config import OperatorConfig
 from cmcp_operator.constants import BUNDLE_PLURAL, ROUTE_LABEL, ROUTE_PLURAL
-from cmcp_operator.pod_appraisal import camel, initdata_digest
+from cmcp_operator.pod_appraisal import camel
 from cmcp_operator.route_controller import FAST_POLL, RouteController
 from cmcp_operator.verifier import core_verifier
 from tests.paths import EXAMPLES
@@ -175,7 +176,7 @@ async def test_ready_bundle_deploys_and_waits_for_pods(controller: RouteControll
 
     status = route_status(kube)
     assert status["bundleHash"] == bundle["bundleHash"]
-    assert status["initdataDigest"] == initdata_digest(toml)
+    assert status["initdataDigest"] == tagged_sha256(toml)
     assert status["catalogHash"] == bundle["catalogHash"] and status["enforcementMode"] == "enforce"
     assert conditions(status) == {
         "Attested": ("False", "AttestationIncomplete", 3),
@@ -183,7 +184,7 @@ async def test_ready_bundle_deploys_and_waits_for_pods(controller: RouteControll
         "RolloutInProgress": ("False", "Complete", 3),
         "Ready": ("False", "NotEnoughAttested", 3)}
     assert events.posted[0] == ("McpRoute", ROUTE, "Normal", "RolloutStarted",
-                                f"expected bundle {bundle['bundleHash']} (initdata {initdata_digest(toml)})")
+                                f"expected bundle {bundle['bundleHash']} (initdata {tagged_sha256(toml)})")
 
 
 async def test_attested_pod_is_gated_in_and_published(
