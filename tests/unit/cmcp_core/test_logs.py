@@ -15,8 +15,12 @@ from cmcp_core.logs import JsonFormatter, setup
 def restore_cmcp_logger() -> Iterator[None]:
     logger = logging.getLogger("cmcp")
     saved = (logger.handlers[:], logger.level, logger.propagate)
+    switches = {name: getattr(logging, name) for name in ("_srcfile", "logThreads", "logProcesses",
+                                                          "logMultiprocessing")}
     yield
     logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    for name, value in switches.items():
+        setattr(logging, name, value)
 
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -60,3 +64,27 @@ def test_setup_sends_cmcp_loggers_to_stderr_as_json(
     assert [json.loads(x)["msg"] for x in lines] == ["kept"]
     assert json.loads(lines[0])["session_id"] == "s9"
     assert logging.getLogger("cmcp").propagate is False
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_setup_stops_records_gathering_what_no_line_shows(
+    restore_cmcp_logger: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Caller frame, thread and process cost half a record and never reach a line: not gathered."""
+    setup("INFO")
+    kept = _Kept()
+    logging.getLogger("cmcp").addHandler(kept)
+    logging.getLogger("cmcp.gateway").info("call forwarded", extra={"call_id": "c1"})
+    (record,) = kept.records
+    assert (record.funcName, record.lineno) == ("(unknown function)", 0)
+    assert record.thread is None and record.process is None and record.processName is None
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["call_id"] == "c1"
