@@ -510,13 +510,18 @@ def commit_probe_ms(directory: Path, n: int = 30) -> dict[str, float]:
     return {"p50_ms": statistics.median(times), "max_ms": max(times)}
 
 
-def trail_commit_probe_ms(directory: Path, n: int = 200) -> dict[str, float]:
+def trail_commit_probe_ms(directory: Path, n: int = 200, warmup: int = 500) -> dict[str, float]:
     """Our trail's commit latency in ``directory`` (p50/p90 ms): the product's SQLite store, two
-    ~1.4 KB entries per transaction as a call's decision and carried outcome, standalone."""
+    ~1.4 KB entries per transaction as a call's decision and carried outcome, standalone; and the
+    disk's own flush under it (``flush_*``: a 4 KiB overwrite and ``fdatasync``, no SQLite).
+
+    Timed after ``warmup`` commits: a new WAL grows to its checkpoint size (1,000 pages, about 250
+    commits) and an ``fdatasync`` that extends a file also commits the filesystem's journal, so a
+    fresh file's commits cost ~1.5x those of a gateway that has run a while (ADR 0032)."""
     store = SqliteAuditStore(directory / "commit-probe.sqlite")
     times = []
     try:
-        for i in range(n):
+        for i in range(warmup + n):
             rows = [Row("probe", "probe", 2 * i + k, f"sha256:{2 * i + k:064x}", "decision", int(time.time()),
                         random.randbytes(1400)) for k in (1, 2)]
             t0 = time.perf_counter()
@@ -526,8 +531,30 @@ def trail_commit_probe_ms(directory: Path, n: int = 200) -> dict[str, float]:
         store.close()
         for leftover in directory.glob("commit-probe.sqlite*"):
             leftover.unlink()
-    q = statistics.quantiles(times, n=10, method="inclusive")
-    return {"p50_ms": statistics.median(times), "p90_ms": q[8]}
+    flushes = _flush_probe_ms(directory / "flush-probe.bin", n)
+    q = statistics.quantiles(times[warmup:], n=10, method="inclusive")
+    f = statistics.quantiles(flushes, n=10, method="inclusive")
+    return {"p50_ms": statistics.median(times[warmup:]), "p90_ms": q[8],
+            "flush_p50_ms": statistics.median(flushes), "flush_p90_ms": f[8]}
+
+
+def _flush_probe_ms(path: Path, n: int) -> list[float]:
+    """``n`` flushes of a 4 KiB overwrite in a file already on disk: the floor under any commit here."""
+    block = random.randbytes(4096)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, bytes(4096 * 16))
+        os.fsync(fd)
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            os.pwrite(fd, block, 4096 * (i % 16))
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+    finally:
+        os.close(fd)
+        path.unlink()
 
 
 def run(plan: Plan, out_dir: Path = RESULTS_DIR, write_docs: bool | None = None,
