@@ -25,7 +25,12 @@ import orjson
 
 from cmcp_core.digest import tagged_sha256
 from cmcp_core.errors import CmcpError, Code
-from cmcp_core.evidence.gpu import GPU_EVIDENCE_SUFFIX, gpu_evidence_file
+from cmcp_core.evidence.gpu import (
+    GPU_EVIDENCE_FIELD,
+    GPU_EVIDENCE_SUFFIX,
+    gpu_evidence_file,
+    gpu_evidence_items,
+)
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
 
@@ -200,7 +205,8 @@ class SessionTable(Mapping[str, McpSession]):
             del self._implicit[key]
 
     async def close(self, runtime: RouteRuntime, session: McpSession, reason: str) -> dict[str, Any] | None:
-        """Close at the enclave; returns the session's signed Trust Record summary (None on failure)."""
+        """Close at the enclave; returns the session's signed Trust Record summary (None on failure),
+        with the GPU evidence the record names, if any, under ``gpuEvidence``."""
         self.forget(session)
         try:  # close_session carries the queued outcomes first: the Trust Record covers every call
             resp = await runtime.pool.close_session(session.pin, session.id, reason)
@@ -224,12 +230,15 @@ class SessionTable(Mapping[str, McpSession]):
                 "trust_record_digest": tagged_sha256(record),
             },
         )
-        return {
+        closed = {
             "session_id": session.id,
             "chain_tip": resp.chain_tip,
             "entries": resp.entries,
             "trust_record": orjson.loads(record) if record else None,
         }
+        if resp.gpu_evidence:  # the envelopes the record names: this answer is also a --gpu-evidence file
+            closed[GPU_EVIDENCE_FIELD] = gpu_evidence_items(resp.gpu_evidence)
+        return closed
 
     async def reap_idle(self, routes: Iterable[RouteRuntime]) -> None:
         """Close every session unused for ``idle_seconds``."""

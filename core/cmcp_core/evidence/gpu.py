@@ -296,10 +296,14 @@ GPU_EVIDENCE_SUFFIX = ".gpu-evidence.json"  # <session id><suffix>, beside <sess
 MAX_GPU_EVIDENCE_FILE_BYTES = 16 * MAX_ENVELOPE_BYTES
 
 
+def gpu_evidence_items(envelopes: Any) -> list[str]:
+    """The envelopes as ``gpuEvidence`` holds them (base64), in a file or in a ``DELETE`` answer."""
+    return [base64.b64encode(bytes(e)).decode("ascii") for e in envelopes]
+
+
 def gpu_evidence_file(envelopes: Any) -> bytes:
     """The side file the gateway writes beside a record: ``{"gpuEvidence": [base64, ...]}``."""
-    items = [base64.b64encode(bytes(e)).decode("ascii") for e in envelopes]
-    return json.dumps({GPU_EVIDENCE_FIELD: items}, indent=2).encode() + b"\n"
+    return json.dumps({GPU_EVIDENCE_FIELD: gpu_evidence_items(envelopes)}, indent=2).encode() + b"\n"
 
 
 def read_gpu_evidence_file(raw: bytes) -> tuple[bytes, ...]:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from cmcp_core import session_id as session_ids
@@ -89,9 +90,17 @@ async def test_a_records_gpu_evidence_is_written_beside_it(tmp_path: Path) -> No
     envelopes = [b'{"format": "cmcp-gpu-evidence-v1", "n": 0}', bytes(range(256))]
     route.pool.gpu_evidence = envelopes  # type: ignore[attr-defined]
     session = await table.open(route, "alice", stateful=True)
-    await table.close(route, session, "done")
+    closed = await table.close(route, session, "done")
     side = tmp_path / f"{session.id}.gpu-evidence.json"
     assert read_gpu_evidence_file(side.read_bytes()) == tuple(envelopes)
+    # the DELETE answer carries them too: a client that saved it holds the same --gpu-evidence file
+    assert read_gpu_evidence_file(orjson.dumps(closed)) == tuple(envelopes)
+
+
+async def test_a_record_without_gpus_is_answered_without_gpu_evidence() -> None:
+    table, route = SessionTable(10, 60.0, None), _route()
+    closed = await table.close(route, await table.open(route, "alice", stateful=True), "done")
+    assert closed is not None and set(closed) == {"session_id", "chain_tip", "entries", "trust_record"}
 
 
 async def test_one_agents_flood_of_sessions_leaves_room_for_the_others() -> None:
