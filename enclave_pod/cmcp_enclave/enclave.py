@@ -18,7 +18,7 @@ import contextlib
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -43,7 +43,7 @@ from cmcp_enclave import handover, judging
 from cmcp_enclave.engine import CedarEngine, SessionView, StateFacts
 from cmcp_enclave.gpu import gpu_evidence, gpus_of
 from cmcp_enclave.judging import MAX_ID_LEN, Call, RequestError, Verdict, check_id
-from cmcp_enclave.outbox import AuditOutbox
+from cmcp_enclave.outbox import AuditOutbox, Delivery
 from cmcp_enclave.principals import PrincipalState, PrincipalTable
 from cmcp_enclave.sessions import ClosedSession, EnclaveLimits, PolicySession
 from cmcp_enclave.tee import Report, TeeProvider
@@ -124,7 +124,7 @@ class Enclave:
         self.principals = PrincipalTable(state_window_seconds(bundle), self.limits.max_principals)
         self.closed: OrderedDict[str, ClosedSession] = OrderedDict()
         self.audit_entries_total = 0
-        self.outbox = AuditOutbox(self.limits.outbox_bytes)
+        self.outbox = AuditOutbox(self.limits.outbox_bytes, redeliver_seconds=self.limits.redeliver_seconds)
         self.ledger_id = ledger_id(self.kid)
         self.ledger_seq = 0  # entries in the ledger chain (session opens and closes)
         self.ledger_tip = GENESIS
@@ -309,12 +309,17 @@ class Enclave:
         """A mark for :meth:`take_audit`: entries queued after it are the current call's own."""
         return self.outbox.appended
 
-    def take_audit(self, since: int | None = None) -> list[bytes]:
-        """The entries the next answer carries (see :mod:`cmcp_enclave.outbox`)."""
+    def take_audit(self, since: int | None = None) -> Delivery:
+        """The entries the next answer carries, as one delivery (see :mod:`cmcp_enclave.outbox`)."""
         taken = self.outbox.take(since)
         if self.on_outbox_emptied is not None and not len(self.outbox):
             self.on_outbox_emptied()
         return taken
+
+    def acknowledge_audit(self, deliveries: Collection[int]) -> None:
+        """The gateway stored these deliveries; they will not be carried again."""
+        if deliveries:
+            self.outbox.acknowledge(deliveries)
 
     # ---- decisions -----------------------------------------------------------------------
     # A decision is admit (stateless checks) -> prepare (state read) -> judge (Cedar) -> commit

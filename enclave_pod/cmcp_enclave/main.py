@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes deciding calls whose arguments are not small "
                         "(default: the CPUs this process may use)")
     p.add_argument("--outbox-mb", type=int, default=64,
-                   help="memory for signed audit entries no answer carried yet (full: no new session)")
+                   help="memory for signed audit entries no gateway has stored yet (full: no new session)")
+    p.add_argument("--audit-redeliver-seconds", type=float, default=EnclaveLimits.redeliver_seconds,
+                   metavar="S",
+                   help="audit entries whose answer no gateway acknowledged as stored within S seconds "
+                        "leave again with a later answer (the answer was lost on its way)")
     p.add_argument("--shutdown-grace", type=float, default=float(GRACE_SECONDS), metavar="S",
                    help="on SIGTERM, wait at most this long for the gateway to take the audit entries "
                         "of the sessions it closes (keep it below the pod's terminationGracePeriodSeconds)")
@@ -157,6 +161,7 @@ async def _run(enclave: Enclave, metrics: Metrics, args: argparse.Namespace) -> 
     metrics.sessions_closed.labels("shutdown").inc(stopped.sessions_closed)
     log("stopped", sessions_closed=stopped.sessions_closed,
         audit_entries_undelivered=stopped.audit_entries_undelivered,
+        audit_entries_unacknowledged=stopped.audit_entries_unacknowledged,
         level="warning" if stopped.audit_entries_undelivered else "info")
     return 0
 
@@ -187,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              make_gpu_provider(args.gpu, rim_dir=args.gpu_rim_dir))
         limits = EnclaveLimits(permit_ttl=args.permit_ttl, idle_timeout=args.idle_timeout,
                                max_sessions=args.max_sessions, max_principals=args.max_principals,
-                               outbox_bytes=args.outbox_mb * 1024 * 1024)
+                               outbox_bytes=args.outbox_mb * 1024 * 1024,
+                               redeliver_seconds=args.audit_redeliver_seconds)
         enclave = start(bundle_dir=args.bundle, initdata_path=args.initdata or args.initdata_annotation,
                         provider=provider, limits=limits, operator_keys=operator_keys,
                         bundle_signers=signers, on_audit=audit_counter(metrics),

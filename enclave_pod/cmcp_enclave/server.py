@@ -4,7 +4,8 @@ A request the enclave will not decide on gets a gRPC error whose details start w
 registered code (``"ARGS_DIGEST_MISMATCH: ..."``) and whose trailing metadata carries
 ``cmcp-error-code``; it never gets a decision. Message sizes are capped on both directions.
 Every answer carries the audit entries produced since the last one (``audit_entries``), its own
-call's always included: the enclave keeps none (:mod:`cmcp_enclave.outbox`).
+call's always included, as one delivery the gateway acknowledges once stored (``audit_acks``):
+the enclave keeps none past that (:mod:`cmcp_enclave.outbox`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         return response
 
     async def OpenSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.enclave.acknowledge_audit(request.audit_acks)
         mark = self.enclave.audit_mark()
         try:
             session_id = self.enclave.open_session(
@@ -110,8 +112,9 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             await self._refuse(context, "OpenSession", exc)
             raise
         self._gauges()
-        return enclave_pb2.OpenSessionResponse(session_id=session_id,
-                                               audit_entries=self.enclave.take_audit(mark))
+        delivery = self.enclave.take_audit(mark)
+        return enclave_pb2.OpenSessionResponse(session_id=session_id, audit_entries=delivery.entries,
+                                               audit_delivery=delivery.id)
 
     async def Authenticate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -124,7 +127,9 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
                                                 scopes=sorted(identity.scopes))
 
     async def DrainAudit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return enclave_pb2.DrainAuditResponse(audit_entries=self.enclave.take_audit())
+        self.enclave.acknowledge_audit(request.audit_acks)
+        delivery = self.enclave.take_audit()
+        return enclave_pb2.DrainAuditResponse(audit_entries=delivery.entries, audit_delivery=delivery.id)
 
     def _carry(self, completes: Any) -> int:
         """Queue outcomes riding on a Decide / CloseSession; the enclave records them (as Complete
@@ -141,6 +146,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         the enclave refuses. The entries are taken right after the decision commits, with no
         await in between, so they include this decision's own."""
         started = time.perf_counter()
+        self.enclave.acknowledge_audit(request.audit_acks)
         mark = self.enclave.audit_mark()
         result = await self.scheduler.decide(
             session_id=request.session_id, call_id=request.call_id, principal=request.principal,
@@ -151,8 +157,10 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.decisions.labels(doc["decision"], doc["effective"], doc["mode"]).inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._gauges()
+        delivery = self.enclave.take_audit(mark)
         return enclave_pb2.DecideResponse(decision_json=result.decision_json, signature=result.signature,
-                                          permit=result.permit, audit_entries=self.enclave.take_audit(mark))
+                                          permit=result.permit, audit_entries=delivery.entries,
+                                          audit_delivery=delivery.id)
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         handled = self._carry(request.completes) if request.completes else 0  # recorded first
@@ -241,8 +249,9 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             await self._refuse(context, "Complete", exc)
             raise
         self._gauges()
-        return enclave_pb2.CompleteResponse(entry_hash=entry_hash,
-                                            audit_entries=self.enclave.take_audit(mark))
+        delivery = self.enclave.take_audit(mark)
+        return enclave_pb2.CompleteResponse(entry_hash=entry_hash, audit_entries=delivery.entries,
+                                            audit_delivery=delivery.id)
 
     async def ListTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -257,6 +266,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         return enclave_pb2.ListToolsResponse(tools=tools, catalog_json=jcs([entries[kind, t] for t in tools]))
 
     async def CloseSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.enclave.acknowledge_audit(request.audit_acks)
         mark = self.enclave.audit_mark()
         handled = self._carry(request.completes) if request.completes else 0  # recorded first
         try:
@@ -266,9 +276,10 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             raise
         self.metrics.sessions_closed.labels("request").inc()
         self._gauges()
+        delivery = self.enclave.take_audit(mark)
         return enclave_pb2.CloseSessionResponse(trust_record_json=jcs(done.record), chain_tip=done.tip,
                                                 entries=done.entries, completes_handled=handled,
-                                                audit_entries=self.enclave.take_audit(mark),
+                                                audit_entries=delivery.entries, audit_delivery=delivery.id,
                                                 gpu_evidence=list(done.gpu_evidence))
 
     async def ResetSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -281,8 +292,9 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             await self._refuse(context, "ResetSession", exc)
             raise
         self._gauges()
-        return enclave_pb2.ResetSessionResponse(entry_hash=entry_hash,
-                                                audit_entries=self.enclave.take_audit(mark))
+        delivery = self.enclave.take_audit(mark)
+        return enclave_pb2.ResetSessionResponse(entry_hash=entry_hash, audit_entries=delivery.entries,
+                                                audit_delivery=delivery.id)
 
     def _gauges(self) -> None:
         self.metrics.active_sessions.set(len(self.enclave.sessions))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcp_core.audit import GENESIS
+from cmcp_enclave.outbox import REDELIVER_SECONDS
 
 
 @dataclass
@@ -25,7 +26,8 @@ class EnclaveLimits:
     max_sessions: int = 10_000
     max_principals: int = 100_000  # principals with windowed state (cmcp_enclave.principals)
     closed_kept: int = 1024  # closed sessions whose Trust Record is still returned (then SESSION_UNKNOWN)
-    outbox_bytes: int = 64 * 1024 * 1024  # audit entries no answer carried yet (cmcp_enclave.outbox)
+    outbox_bytes: int = 64 * 1024 * 1024  # audit entries not yet stored by a gateway (cmcp_enclave.outbox)
+    redeliver_seconds: float = REDELIVER_SECONDS  # an unacknowledged delivery leaves again after this
 
 
 @dataclass(slots=True)

@@ -25,6 +25,9 @@ SERVER_GRACE_SECONDS = 2.0  # in-flight RPCs finish within this once the outbox 
 class Stopped:
     sessions_closed: int
     audit_entries_undelivered: int  # signed entries no answer or drain carried out in time
+    # carried out, their storing not yet acknowledged (the acknowledgement rides on a gateway's
+    # next request): stored unless that answer was lost on its way
+    audit_entries_unacknowledged: int = 0
 
 
 async def shut_down(enclave: Enclave, server: EnclaveServer, *, grace: float) -> Stopped:
@@ -38,4 +41,5 @@ async def shut_down(enclave: Enclave, server: EnclaveServer, *, grace: float) ->
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(emptied.wait(), grace)
     await server.stop(grace=SERVER_GRACE_SECONDS)
-    return Stopped(sessions_closed=closed, audit_entries_undelivered=len(enclave.outbox))
+    return Stopped(sessions_closed=closed, audit_entries_undelivered=len(enclave.outbox),
+                   audit_entries_unacknowledged=enclave.outbox.unacknowledged)

@@ -74,6 +74,8 @@ class Gateway:
 
     async def shutdown(self) -> None:
         await self.refresher.stop()
+        await self.sessions.retry_closes(self.routes.values())  # a last time, while the pools are up
+        self.sessions.give_up_closes()
         for runtime in self.routes.values():
             await runtime.pool.close()
         for runtime in self.routes.values():
@@ -82,6 +84,8 @@ class Gateway:
         self.audit.store.close()
 
     async def reap_idle(self) -> None:
+        """Close idle sessions, and ask again for the closes that failed."""
+        await self.sessions.retry_closes(self.routes.values())
         await self.sessions.reap_idle(self.routes.values())
 
     def app(self) -> ASGIApp:

@@ -63,6 +63,17 @@ class Endpoint:
     attested: AttestedEnclave | None = None
     error: CmcpError | None = None
     reattest: asyncio.Task[None] | None = field(default=None, repr=False)
+    # the enclave's audit deliveries this gateway stored and has not yet acknowledged: they ride
+    # on the next request to it (lost with that request, the enclave just carries them again)
+    acks: list[int] = field(default_factory=list, repr=False)
+
+    def stored(self, delivery: int) -> None:
+        if delivery:
+            self.acks.append(delivery)
+
+    def take_acks(self) -> list[int]:
+        acks, self.acks = self.acks, []
+        return acks
 
 
 @dataclass(frozen=True)
@@ -261,17 +272,20 @@ class EnclavePool:
         return endpoint, attested
 
     # --- audit --------------------------------------------------------------------------
-    async def _recorded(self, resp: Any) -> None:
-        """Store an answer's entries before anything uses it (fail closed)."""
+    async def _recorded(self, endpoint: Endpoint, resp: Any) -> None:
+        """Store an answer's entries before anything uses it (fail closed); once they are stored,
+        the enclave may forget them (the next request acknowledges the delivery)."""
         await self.audit.submit(resp.audit_entries)
+        endpoint.stored(resp.audit_delivery)
 
     async def _drain(self, endpoint: Endpoint) -> None:
         """Ask the enclave for the entries no answer carried, and store them."""
         try:
             for _ in range(MAX_DRAINS):  # each answer is bounded; a long backlog takes several
-                resp = await enclave_rpc.unary(endpoint.stub, "DrainAudit", enclave_pb2.DrainAuditRequest(),
-                                               self.decide_timeout, None)
-                await self._recorded(resp)
+                request = enclave_pb2.DrainAuditRequest(audit_acks=endpoint.take_acks())
+                resp = await enclave_rpc.unary(endpoint.stub, "DrainAudit", request, self.decide_timeout,
+                                               None)
+                await self._recorded(endpoint, resp)
                 if not resp.audit_entries:
                     break
         except CmcpError as exc:
@@ -297,7 +311,7 @@ class EnclavePool:
         endpoint, attested = self.resolve(pin)
         try:
             resp = await self._rpc(endpoint, "OpenSession", enclave_pb2.OpenSessionRequest(
-                principal=agent, access_token=access_token))
+                principal=agent, access_token=access_token, audit_acks=endpoint.take_acks()))
         except CmcpError as exc:
             if exc.code is not Code.PRINCIPAL_NOT_HELD:
                 raise
@@ -306,7 +320,7 @@ class EnclavePool:
             resp = await self._rpc(endpoint, "OpenSession",
                                    enclave_pb2.OpenSessionRequest(principal=agent, trail=trail,
                                                                   access_token=access_token))
-        await self._recorded(resp)
+        await self._recorded(endpoint, resp)
         if not session_ids.owned_by(resp.session_id, attested.kid):
             raise CmcpError(Code.DECISION_UNVERIFIED, "the enclave answered a session id it does not own")
         return str(resp.session_id)
@@ -323,7 +337,7 @@ class EnclavePool:
         if self.endpoints.get(endpoint.address) is not endpoint:
             raise pinning.session_lost()
         resp = await enclave_rpc.unary(endpoint.stub, "Complete", request, self.decide_timeout, None)
-        await self._recorded(resp)
+        await self._recorded(endpoint, resp)
 
     def report(self, pin: Pin, session_id: str, call_id: str, result: Any, error_code: str) -> None:
         """Queue an allowed call's outcome for the pinned enclave (cheap: digests come later)."""
@@ -369,6 +383,7 @@ class EnclavePool:
                 audience=audience,
                 access_token=access_token,
                 input_json=input_json,
+                audit_acks=endpoint.take_acks(),
             )
             queue = endpoint.outcomes
             carried = await queue.for_carrier()
@@ -402,11 +417,12 @@ class EnclavePool:
                     await stored
                 raise
             await stored
+            endpoint.stored(resp.audit_delivery)  # only a verified answer's: a doubtful one comes again
             return Decision(document, bytes(resp.decision_json), bytes(resp.signature), resp.permit)
 
     async def complete(self, pin: Pin, request: Any) -> None:
         endpoint, _ = self.resolve(pin)
-        await self._recorded(await self._rpc(endpoint, "Complete", request))
+        await self._recorded(endpoint, await self._rpc(endpoint, "Complete", request))
 
     async def list_tools(
         self, pin: Pin, session_id: str, principal: str, access_token: str = "",
@@ -431,7 +447,8 @@ class EnclavePool:
         await endpoint.outcomes.settle()
         endpoint, _ = self.resolve(pin)
         queue = endpoint.outcomes
-        request = enclave_pb2.CloseSessionRequest(session_id=session_id, reason=reason)
+        request = enclave_pb2.CloseSessionRequest(session_id=session_id, reason=reason,
+                                                  audit_acks=endpoint.take_acks())
         carried = queue.take(None) if queue.carries is True else []
         if carried:
             request.completes.extend(carried)
@@ -442,7 +459,7 @@ class EnclavePool:
                 queue.requeue(carried)
             raise
         queue.closed_without(carried, resp.completes_handled)
-        await self._recorded(resp)
+        await self._recorded(endpoint, resp)
         return resp
 
     async def close(self) -> None:

@@ -35,6 +35,10 @@ from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
 
 log = logging.getLogger("cmcp.gateway")
+# A close the enclave did not answer (unreachable, a GPU that could not attest, not attested right
+# now) is asked again on every refresh for this long; the enclave closes once and answers a repeat
+# with the same record, so a retry never forks one.
+CLOSE_RETRY_SECONDS = 600.0
 
 
 @dataclass
@@ -77,6 +81,24 @@ class McpSession:
         self.subscriptions_changed.set()
 
 
+@dataclass
+class _Unclosed:
+    """A session whose close failed: asked again until ``until`` (monotonic)."""
+
+    session: McpSession
+    reason: str
+    until: float
+    error: CmcpError  # the last answer
+
+
+def _given_up(unclosed: _Unclosed) -> None:
+    """The one line an operator looks for: this session has no Trust Record and will not get one
+    from this gateway (its entries are in the audit store; the enclave's ledger shows it open)."""
+    log.error("session left without a Trust Record",
+              extra={"session_id": unclosed.session.id, "route": unclosed.session.route,
+                     "code": str(unclosed.error.code), "detail": unclosed.error.detail})
+
+
 class SessionTable(Mapping[str, McpSession]):
     """Open sessions by id (a read-only mapping; changed only through the methods).
 
@@ -94,6 +116,7 @@ class SessionTable(Mapping[str, McpSession]):
         self._opening: dict[tuple[str, str], asyncio.Future[McpSession]] = {}  # implicit ones under way
         self._per_agent: dict[str, int] = {}
         self._opening_slots: set[object] = set()  # opens waiting for their enclave
+        self._unclosed: dict[str, _Unclosed] = {}  # closes to ask again (retry_closes), oldest first
 
     def __getitem__(self, session_id: str) -> McpSession:
         return self._by_id[session_id]
@@ -206,13 +229,15 @@ class SessionTable(Mapping[str, McpSession]):
 
     async def close(self, runtime: RouteRuntime, session: McpSession, reason: str) -> dict[str, Any] | None:
         """Close at the enclave; returns the session's signed Trust Record summary (None on failure),
-        with the GPU evidence the record names, if any, under ``gpuEvidence``."""
+        with the GPU evidence the record names, if any, under ``gpuEvidence``. A close that fails
+        is asked again by :meth:`retry_closes` (``CLOSE_RETRY_SECONDS``)."""
         self.forget(session)
         try:  # close_session carries the queued outcomes first: the Trust Record covers every call
             resp = await runtime.pool.close_session(session.pin, session.id, reason)
         except CmcpError as exc:
-            log.warning("session close failed", extra={"session_id": session.id, "code": str(exc.code)})
+            self._close_failed(session, reason, exc)
             return None
+        self._unclosed.pop(session.id, None)
         record = bytes(resp.trust_record_json)
         if self.trust_record_dir:
             path = Path(self.trust_record_dir, f"{session.id}.json")
@@ -239,6 +264,41 @@ class SessionTable(Mapping[str, McpSession]):
         if resp.gpu_evidence:  # the envelopes the record names: this answer is also a --gpu-evidence file
             closed[GPU_EVIDENCE_FIELD] = gpu_evidence_items(resp.gpu_evidence)
         return closed
+
+    def _close_failed(self, session: McpSession, reason: str, exc: CmcpError) -> None:
+        """Keep the close to ask again, unless the enclave does not know the session (it never
+        will) or the retry window is over; bounded by ``max_sessions``, the oldest given up first."""
+        kept = self._unclosed.pop(session.id, None)
+        until = kept.until if kept is not None else time.monotonic() + CLOSE_RETRY_SECONDS
+        unclosed = _Unclosed(session, reason, until, exc)
+        if exc.code is Code.SESSION_UNKNOWN or time.monotonic() >= until:
+            _given_up(unclosed)
+            return
+        self._unclosed[session.id] = unclosed
+        log.warning("session close failed; asked again on the next refresh",
+                    extra={"session_id": session.id, "code": str(exc.code), "detail": exc.detail})
+        while len(self._unclosed) > self.max_sessions:
+            _given_up(self._unclosed.pop(next(iter(self._unclosed))))
+
+    def give_up_closes(self) -> None:
+        """Stop asking (the gateway stops): each session still unclosed is logged as an error."""
+        for unclosed in self._unclosed.values():
+            _given_up(unclosed)
+        self._unclosed.clear()
+
+    @property
+    def unclosed(self) -> list[str]:
+        """Sessions whose close failed and is asked again (oldest first)."""
+        return list(self._unclosed)
+
+    async def retry_closes(self, routes: Iterable[RouteRuntime]) -> None:
+        """Ask the enclave again for every close that failed; each success keeps its record as
+        :meth:`close` does."""
+        by_name = {r.config.name: r for r in routes}
+        for unclosed in list(self._unclosed.values()):
+            runtime = by_name.get(unclosed.session.route)
+            if runtime is not None:
+                await self.close(runtime, unclosed.session, unclosed.reason)
 
     async def reap_idle(self, routes: Iterable[RouteRuntime]) -> None:
         """Close every session unused for ``idle_seconds``."""

@@ -2,8 +2,9 @@
 
 Tests name sessions ("s1", "t"); the enclave mints the real ids. :func:`sid` opens a session the
 first time a test names it (for the principal given then) and returns its minted id; an actual
-minted id passes through. :func:`exported` plays the gateway's audit store: it takes what the
-enclave hands out (``take_audit``) and returns one chain's entries in seq order.
+minted id passes through. :func:`carried` plays one answer that reached a gateway which stored
+it (taken and acknowledged); :func:`exported` plays the gateway's audit store: it takes what the
+enclave hands out and returns one chain's entries in seq order.
 """
 
 from __future__ import annotations
@@ -54,11 +55,18 @@ def decide(enc: Enclave, tool: str, args: dict[str, Any] | None = None, *, sessi
                       audience=audience, input_json=json.dumps(input).encode() if input is not None else b"")
 
 
+def carried(enc: Enclave, since: int | None = None) -> list[bytes]:
+    """The entries one answer carries, stored and acknowledged as a gateway does."""
+    delivery = enc.take_audit(since)
+    enc.acknowledge_audit([delivery.id])
+    return delivery.entries
+
+
 def drained(enc: Enclave) -> dict[str, dict[int, dict[str, Any]]]:
     """Everything the enclave handed out so far, by chain id then seq (a test's audit store)."""
     held = _stores.setdefault(enc, {})
     while len(enc.outbox):  # each take is bounded, as one answer is
-        for raw in enc.take_audit():
+        for raw in carried(enc):
             entry = json.loads(raw)
             held.setdefault(entry["session_id"], {})[entry["seq"]] = entry
     return held

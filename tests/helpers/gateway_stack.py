@@ -226,7 +226,8 @@ class MitmEnclave:
     ``"bad-signature"`` (one signature bit flipped), ``"other-call"`` (answers with the first
     decision it ever relayed, validly signed but for another call), ``"no-permit"`` (strips the
     permit from an allow), ``"strip-audit"`` (drops the audit entries the answer carries),
-    ``"foreign-id"`` (OpenSession answers an id whose owner part names another enclave).
+    ``"foreign-id"`` (OpenSession answers an id whose owner part names another enclave),
+    ``"drop-close"`` (the first CloseSession never reaches the enclave: ``UNAVAILABLE``).
     ``decide_seen`` is set when a Decide arrives. The real enclave's lean decision hop is relayed
     frame by frame (``Attest`` advertises the relay's port), with the same tampering.
     """
@@ -240,6 +241,7 @@ class MitmEnclave:
         self.real_hop_port = 0  # the real enclave's lean hop (learned from its Attest)
         self.hop_port = 0  # this host's relay of it
         self.hop_decides = 0  # DECIDE frames relayed (the gateway used the hop, not gRPC)
+        self.closes_seen = 0  # CloseSession calls that reached this host
         self.server: Any = None
         self.address = ""
 
@@ -305,6 +307,9 @@ class MitmEnclave:
                 return await stub.ListTools(request)
 
             async def CloseSession(self, request: Any, context: Any) -> Any:
+                outer.closes_seen += 1
+                if outer.tamper == "drop-close" and outer.closes_seen == 1:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the host dropped this close")
                 return await stub.CloseSession(request)
 
         self.hop = await asyncio.start_server(self._relay_hop, "127.0.0.1", 0)

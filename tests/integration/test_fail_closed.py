@@ -13,8 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from agentrust_trace import verify_record
 from mcp.shared.exceptions import MCPError
 
+from cmcp_core.audit_store_verify import verify_store
+from cmcp_core.crypto import public_jwk
 from cmcp_devkit.enclave import EnclaveProcess, start_enclave
 from cmcp_devkit.ports import free_port
 from cmcp_gateway import enclave_pool
@@ -241,3 +244,67 @@ async def test_limits_each_have_their_code(enclave: EnclaveProcess) -> None:
             chunked = await http.post(stack.url, content=chunks(), headers=ALICE)
             assert chunked.json()["error"]["data"]["error_code"] == "BODY_TOO_LARGE"
         assert stack.upstream.counter.total() == 0
+
+
+async def test_a_close_the_host_dropped_is_asked_again_and_the_record_kept(tmp_path: Path) -> None:
+    """The host drops the agent's close: the agent is told the session ended (nothing runs in it
+    again), and the gateway asks the enclave again on its next refresh, so the session still
+    gets its Trust Record and its chain is whole in the store. (An enclave of its own: the
+    store is checked whole, ledger included.)"""
+    with start_enclave(BUNDLE, tmp_path / "enclave", audience=AUDIENCE) as enclave:
+        mitm = await MitmEnclave(enclave.address, tamper="drop-close").start()
+        try:
+            async with run_stack([mitm.address], audience=AUDIENCE, guard_enclaves=[enclave]) as stack:
+                stack.gateway.sessions.trust_record_dir = str(tmp_path)
+                async with agent(stack.url, mode="legacy") as client:
+                    await client.call_tool("web.search", OK_ARGS)
+                    (session_id,) = stack.gateway.sessions
+                assert mitm.closes_seen == 1 and stack.gateway.sessions.unclosed == [session_id]
+                assert not (tmp_path / f"{session_id}.json").exists()
+                for job in stack.gateway.refresher.jobs:  # a refresh: re-attest, then retry
+                    await job()
+                assert mitm.closes_seen == 2 and stack.gateway.sessions.unclosed == []
+                record = json.loads((tmp_path / f"{session_id}.json").read_bytes())
+                verify_record(record, public_jwk(enclave.public_key))
+                findings = verify_store(stack.gateway.audit.store, {enclave.kid: enclave.public_key})
+                assert [(f.chain, f.code) for f in findings if not f.ok] == []
+                assert session_id in {f.chain for f in findings}
+                assert stack.upstream.counter.total() == 1
+        finally:
+            await mitm.stop()
+
+
+@pytest.mark.parametrize(("redeliver_seconds", "weakened"), [(1.0, False), (3600.0, True)])
+async def test_a_decision_whose_answer_was_lost_is_still_stored(
+        tmp_path: Path, redeliver_seconds: float, weakened: bool) -> None:
+    """The host holds a Decide past the gateway's deadline: the call fails closed and nothing runs,
+    but the enclave decided it, and its answer reaches a gateway that no longer waits for it. The
+    enclave carries that decision's entry again once no acknowledgement came, so the store holds
+    it and the closed session's chain verifies. The weakened enclave (it never carries an entry
+    twice: redelivery after an hour) leaves a hole in the chain, which the offline check finds."""
+    with start_enclave(BUNDLE, tmp_path, audience=AUDIENCE,
+                       extra_args=["--audit-redeliver-seconds", str(redeliver_seconds)]) as enclave:
+        box = await MitmEnclave(enclave.address, tamper="slow", delay=1.0).start()
+        try:
+            limits = GatewayLimits(decide_timeout_seconds=0.3)
+            async with run_stack([box.address], audience=AUDIENCE, guard_enclaves=[enclave],
+                                 limits=limits) as stack:
+                async with agent(stack.url, mode="legacy") as client:
+                    with pytest.raises(MCPError) as late:
+                        await client.call_tool("web.search", OK_ARGS)
+                    assert code_of(late) == "TEE_UNAVAILABLE"
+                    (session_id,) = stack.gateway.sessions
+                    await asyncio.sleep(3.0)  # the enclave decides at ~1 s; its delivery is overdue at ~2 s
+                    for job in stack.gateway.refresher.jobs:  # one refresh: re-attest, DrainAudit
+                        await job()
+                store = stack.gateway.audit.store  # the agent's DELETE closed the session meanwhile
+                kinds = [json.loads(raw)["kind"] for raw in store.entries(enclave.kid, session_id)]
+                findings = {f.chain: f for f in verify_store(store, {enclave.kid: enclave.public_key})}
+        finally:
+            await box.stop()
+    assert stack.upstream.counter.total() == 0
+    if weakened:
+        assert kinds == ["open", "close"] and not findings[session_id].ok
+    else:
+        assert kinds == ["open", "decision", "close"]
+        assert [(chain, f.code) for chain, f in findings.items() if not f.ok] == []

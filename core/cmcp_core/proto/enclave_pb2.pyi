@@ -41,14 +41,16 @@ class AttestResponse(_message.Message):
     def __init__(self, platform: _Optional[str] = ..., evidence: _Optional[bytes] = ..., aux: _Optional[bytes] = ..., initdata: _Optional[bytes] = ..., public_key_jwk: _Optional[str] = ..., bundle_hash: _Optional[str] = ..., catalog_hash: _Optional[str] = ..., enforcement_mode: _Optional[str] = ..., report_data: _Optional[bytes] = ..., decide_hop_port: _Optional[int] = ..., decide_hop_version: _Optional[int] = ..., gpu_evidence: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("principal", "access_token", "trail")
+    __slots__ = ("principal", "access_token", "trail", "audit_acks")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     TRAIL_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ACKS_FIELD_NUMBER: _ClassVar[int]
     principal: str
     access_token: str
     trail: PrincipalTrail
-    def __init__(self, principal: _Optional[str] = ..., access_token: _Optional[str] = ..., trail: _Optional[_Union[PrincipalTrail, _Mapping]] = ...) -> None: ...
+    audit_acks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, principal: _Optional[str] = ..., access_token: _Optional[str] = ..., trail: _Optional[_Union[PrincipalTrail, _Mapping]] = ..., audit_acks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PrincipalTrail(_message.Message):
     __slots__ = ("entries", "peers", "since_ms")
@@ -85,15 +87,17 @@ class AuthenticateResponse(_message.Message):
     def __init__(self, principal: _Optional[str] = ..., expires_at: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session_id", "audit_entries")
+    __slots__ = ("session_id", "audit_entries", "audit_delivery")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, session_id: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    audit_delivery: int
+    def __init__(self, session_id: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ..., audit_delivery: _Optional[int] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience", "completes", "access_token", "input_json")
+    __slots__ = ("session_id", "call_id", "principal", "method", "tool", "arguments_json", "arguments_digest", "audience", "completes", "access_token", "input_json", "audit_acks")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +109,7 @@ class DecideRequest(_message.Message):
     COMPLETES_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ACKS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     call_id: str
     principal: str
@@ -116,21 +121,24 @@ class DecideRequest(_message.Message):
     completes: _containers.RepeatedCompositeFieldContainer[CompleteRequest]
     access_token: str
     input_json: bytes
-    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ..., access_token: _Optional[str] = ..., input_json: _Optional[bytes] = ...) -> None: ...
+    audit_acks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., method: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., arguments_digest: _Optional[str] = ..., audience: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ..., access_token: _Optional[str] = ..., input_json: _Optional[bytes] = ..., audit_acks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_json", "signature", "permit", "completes_handled", "audit_entries")
+    __slots__ = ("decision_json", "signature", "permit", "completes_handled", "audit_entries", "audit_delivery")
     DECISION_JSON_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     PERMIT_FIELD_NUMBER: _ClassVar[int]
     COMPLETES_HANDLED_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     decision_json: bytes
     signature: bytes
     permit: str
     completes_handled: int
     audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, decision_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., permit: _Optional[str] = ..., completes_handled: _Optional[int] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    audit_delivery: int
+    def __init__(self, decision_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., permit: _Optional[str] = ..., completes_handled: _Optional[int] = ..., audit_entries: _Optional[_Iterable[bytes]] = ..., audit_delivery: _Optional[int] = ...) -> None: ...
 
 class DecideReply(_message.Message):
     __slots__ = ("call_id", "response", "error_code", "error_detail")
@@ -161,12 +169,14 @@ class CompleteRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., response_digest: _Optional[str] = ..., response_bytes: _Optional[int] = ..., error_code: _Optional[str] = ..., is_error: _Optional[bool] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("entry_hash", "audit_entries")
+    __slots__ = ("entry_hash", "audit_entries", "audit_delivery")
     ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     entry_hash: str
     audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, entry_hash: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    audit_delivery: int
+    def __init__(self, entry_hash: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ..., audit_delivery: _Optional[int] = ...) -> None: ...
 
 class ListToolsRequest(_message.Message):
     __slots__ = ("session_id", "principal", "access_token", "method")
@@ -189,40 +199,48 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[str]] = ..., catalog_json: _Optional[bytes] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
-    __slots__ = ("session_id", "reason", "completes")
+    __slots__ = ("session_id", "reason", "completes", "audit_acks")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     COMPLETES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ACKS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     reason: str
     completes: _containers.RepeatedCompositeFieldContainer[CompleteRequest]
-    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
+    audit_acks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ..., audit_acks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CloseSessionResponse(_message.Message):
-    __slots__ = ("trust_record_json", "chain_tip", "entries", "completes_handled", "audit_entries", "gpu_evidence")
+    __slots__ = ("trust_record_json", "chain_tip", "entries", "completes_handled", "audit_entries", "gpu_evidence", "audit_delivery")
     TRUST_RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
     CHAIN_TIP_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMPLETES_HANDLED_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     GPU_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     trust_record_json: bytes
     chain_tip: str
     entries: int
     completes_handled: int
     audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
     gpu_evidence: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ..., completes_handled: _Optional[int] = ..., audit_entries: _Optional[_Iterable[bytes]] = ..., gpu_evidence: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    audit_delivery: int
+    def __init__(self, trust_record_json: _Optional[bytes] = ..., chain_tip: _Optional[str] = ..., entries: _Optional[int] = ..., completes_handled: _Optional[int] = ..., audit_entries: _Optional[_Iterable[bytes]] = ..., gpu_evidence: _Optional[_Iterable[bytes]] = ..., audit_delivery: _Optional[int] = ...) -> None: ...
 
 class DrainAuditRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("audit_acks",)
+    AUDIT_ACKS_FIELD_NUMBER: _ClassVar[int]
+    audit_acks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, audit_acks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DrainAuditResponse(_message.Message):
-    __slots__ = ("audit_entries",)
+    __slots__ = ("audit_entries", "audit_delivery")
     AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    audit_delivery: int
+    def __init__(self, audit_entries: _Optional[_Iterable[bytes]] = ..., audit_delivery: _Optional[int] = ...) -> None: ...
 
 class ResetSessionRequest(_message.Message):
     __slots__ = ("session_id", "actor", "reason", "operator_signature")
@@ -237,9 +255,11 @@ class ResetSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., operator_signature: _Optional[bytes] = ...) -> None: ...
 
 class ResetSessionResponse(_message.Message):
-    __slots__ = ("entry_hash", "audit_entries")
+    __slots__ = ("entry_hash", "audit_entries", "audit_delivery")
     ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     entry_hash: str
     audit_entries: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, entry_hash: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    audit_delivery: int
+    def __init__(self, entry_hash: _Optional[str] = ..., audit_entries: _Optional[_Iterable[bytes]] = ..., audit_delivery: _Optional[int] = ...) -> None: ...

@@ -16,7 +16,7 @@ from cmcp_core.audit import GENESIS, entry_hash, make_entry, verify_chain, verif
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide, exported, known
+from tests.helpers.enclave_calls import carried, decide, exported, known
 from tests.paths import EXAMPLES
 
 
@@ -118,7 +118,7 @@ def test_decision_entries_carry_the_decision_signature_the_gateway_saw(tmp_path:
 
     enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path)
     res = decide(enc, "web.search", {"query": "q"}, session="g")
-    answer = enc.take_audit()  # what the Decide answer carries: the opens, then the decision
+    answer = carried(enc)  # what the Decide answer carries: the opens, then the decision
     raw = answer[-1]
     entry = json.loads(raw)
     assert entry["kind"] == "decision" and entry["sig"] == b64url(res.signature)

@@ -17,7 +17,7 @@ from cmcp_core.errors import CmcpError, Code
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_devkit.postgres import PostgresServer
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide, sid
+from tests.helpers.enclave_calls import carried, decide, sid
 from tests.paths import EXAMPLES
 
 
@@ -43,7 +43,7 @@ def _answer(enc: Enclave) -> list[bytes]:
     """What the enclave's next answer would carry."""
     taken: list[bytes] = []
     while len(enc.outbox):
-        taken.extend(enc.take_audit())
+        taken.extend(carried(enc))
     return taken
 
 

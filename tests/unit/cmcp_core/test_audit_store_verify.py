@@ -18,7 +18,7 @@ from cmcp_core.audit_store_verify import verify_store
 from cmcp_core.errors import Code
 from cmcp_devkit.enclave import NO_TRAIL, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide, known, peer_attestation
+from tests.helpers.enclave_calls import carried, decide, known, peer_attestation
 from tests.paths import EXAMPLES
 
 
@@ -29,7 +29,7 @@ def _trail(tmp_path: Path, *, drop_ledger: bool = False) -> tuple[Enclave, Audit
     enc.close(known(enc, "a"))
     store = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
     while len(enc.outbox):
-        rows = rows_of(enc.take_audit())
+        rows = rows_of(carried(enc))
         store.append([r for r in rows if not (drop_ledger and r.chain == enc.ledger_id)])
     return enc, store
 
@@ -79,14 +79,14 @@ def _takeover(tmp_path: Path, *, withheld: bool,
         keys[other.kid] = other.public_key
     for enc in enclaves:
         while len(enc.outbox):
-            store.append(rows_of(enc.take_audit()))
+            store.append(rows_of(carried(enc)))
     seen = peer_attestation(old)
     store.put_attestation(old.kid, seen.nonce, seen.attestation.SerializeToString())
     whole = trail_for(store, "agent-a", owner=new.kid, bundle_hash=new.bundle_hash, now=new.clock())
     trail = NO_TRAIL if withheld else whole
     new.open_session("agent-a", trail=trail)
     while len(new.outbox):
-        store.append(rows_of(new.take_audit()))
+        store.append(rows_of(carried(new)))
     return store, keys
 
 

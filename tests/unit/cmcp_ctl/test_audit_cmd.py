@@ -22,7 +22,7 @@ from cmcp_core.crypto import public_jwk
 from cmcp_ctl.main import main as cmcpctl
 from cmcp_devkit.enclave import inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import decide, exported, known
+from tests.helpers.enclave_calls import carried, decide, exported, known
 from tests.paths import EXAMPLES
 
 Chain = tuple[Enclave, list[dict[str, Any]]]
@@ -187,7 +187,7 @@ def _stored_trail(tmp_path: Path) -> tuple[Enclave, str, dict[str, str]]:
     spec = f"sqlite:{tmp_path / 'audit.sqlite'}"
     store = open_audit_store(spec)
     while len(enc.outbox):
-        store.append(rows_of(enc.take_audit()))
+        store.append(rows_of(carried(enc)))
     store.close()
     return enc, spec, {"closed": known(enc, "closed"), "open": known(enc, "open")}
 

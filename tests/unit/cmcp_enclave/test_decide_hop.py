@@ -30,6 +30,7 @@ from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.scheduler import DecisionScheduler
 from cmcp_enclave.server import EnclaveServer, serve
+from tests.helpers.enclave_calls import carried
 from tests.paths import EXAMPLES
 
 Live = tuple[Enclave, EnclaveServer, int]
@@ -174,7 +175,7 @@ async def test_a_stranger_without_a_gateway_proof_is_refused_and_closed(
     await hop.hello()
     await hop.send(frame(Kind.DECIDE, decide_request(enclave).SerializeToString()))
     assert await hop.refusal() == "GATEWAY_UNAUTHENTICATED"
-    assert "decision" not in {json.loads(raw)["kind"] for raw in enclave.take_audit()}
+    assert "decision" not in {json.loads(raw)["kind"] for raw in carried(enclave)}
 
 
 @pytest.mark.parametrize("weakened", [False, True])
@@ -227,7 +228,7 @@ async def test_a_decide_frame_that_is_not_a_request_or_a_stray_kind_is_refused(l
         assert await hop.read() == (Kind.READY, b"")
         await hop.send(bad)
         assert await hop.refusal() == "DECIDE_FRAME_INVALID"
-    assert "decision" not in {json.loads(raw)["kind"] for raw in enclave.take_audit()}
+    assert "decision" not in {json.loads(raw)["kind"] for raw in carried(enclave)}
 
 
 @pytest.mark.parametrize("weakened", [False, True])
@@ -283,7 +284,7 @@ async def test_a_connection_cut_mid_frame_is_dropped(live: Live, where: str) -> 
     async with asyncio.timeout(5):
         while server.hop.connections:  # noqa: ASYNC110 - the listener offers no event to wait on
             await asyncio.sleep(0.01)
-    assert "decision" not in {json.loads(raw)["kind"] for raw in enclave.take_audit()}
+    assert "decision" not in {json.loads(raw)["kind"] for raw in carried(enclave)}
 
 
 class GatedScheduler(DecisionScheduler):

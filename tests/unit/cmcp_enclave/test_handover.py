@@ -24,7 +24,7 @@ from cmcp_devkit.enclave import NO_TRAIL, inprocess_enclave
 from cmcp_enclave import handover
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.judging import RequestError
-from tests.helpers.enclave_calls import decide, exported, peer_attestation
+from tests.helpers.enclave_calls import carried, decide, exported, peer_attestation
 from tests.paths import EXAMPLES
 
 MAIL = {"to": ["bob@partner.example"]}
@@ -39,7 +39,7 @@ def _tainted_trail(enc: Enclave, tmp_path: Path, *, as_resource: bool = False) -
     assert read.document["decision"] == "allow"
     store = open_audit_store(f"sqlite:{tmp_path / 'audit.sqlite'}")
     while len(enc.outbox):
-        store.append(rows_of(enc.take_audit()))
+        store.append(rows_of(carried(enc)))
     report_nonce = peer_attestation(enc)
     store.put_attestation(enc.kid, report_nonce.nonce, report_nonce.attestation.SerializeToString())
     try:

@@ -20,7 +20,7 @@ from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
 from cmcp_enclave.enclave import Enclave, UpstreamOutcome
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.sessions import EnclaveLimits, PolicySession
-from tests.helpers.enclave_calls import decide, drained, exported, known, sid
+from tests.helpers.enclave_calls import carried, decide, drained, exported, known, sid
 from tests.paths import EXAMPLES
 
 
@@ -237,7 +237,7 @@ def test_memory_per_open_session_is_under_2_kib(tmp_path: Path) -> None:
     enc = inprocess_enclave(EXAMPLES / "realistic", tmp_path, limits=EnclaveLimits(max_sessions=20_000))
     sessions = 10_000
     decide(enc, "web.search", {"query": "warm"}, session="warm-up")
-    enc.take_audit()
+    carried(enc)
     gc.collect()
     tracemalloc.start()
     try:
@@ -248,7 +248,7 @@ def test_memory_per_open_session_is_under_2_kib(tmp_path: Path) -> None:
             enc.decide(session_id=session, call_id=f"call-{i:08d}-{'x' * 20}", principal=principal,
                        method="tools/call", tool="web.search", arguments_json=b'{"query":"q"}',
                        arguments_digest=json_digest({"query": "q"}), audience=DEFAULT_AUDIENCE)
-            enc.take_audit()  # the answer carried the entries away
+            carried(enc)  # the answer carried the entries away
         gc.collect()
         per_session = (tracemalloc.get_traced_memory()[0] - base) / sessions
     finally:

@@ -1,10 +1,12 @@
 """The session table: ids from the enclave, the session limit, one implicit session per agent and
-route, idle reaping."""
+route, idle reaping, closes asked again until the record is kept."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from cmcp_core import session_id as session_ids
 from cmcp_core.errors import CmcpError, Code
 from cmcp_core.evidence.gpu import read_gpu_evidence_file
 from cmcp_core.proto import enclave_pb2
+from cmcp_gateway import sessions as sessions_module
 from cmcp_gateway.config import RouteConfig
 from cmcp_gateway.pinning import Pin
 from cmcp_gateway.routes import RouteRuntime
@@ -32,6 +35,7 @@ class FakePool:
         self.refuse: CmcpError | None = None
         self.gate: asyncio.Event | None = None  # when set, opens wait for it
         self.gpu_evidence: list[bytes] = []  # what an enclave beside GPUs returns with the record
+        self.close_failures: list[CmcpError] = []  # what the next closes fail with, in turn
 
     async def pick(self, key: str) -> Pin:
         return Pin("127.0.0.1:50051", KID)
@@ -46,6 +50,8 @@ class FakePool:
 
     async def close_session(self, pin: Pin, session_id: str, reason: str) -> Any:
         self.closed.append((session_id, reason))
+        if self.close_failures:
+            raise self.close_failures.pop(0)
         record = json.dumps({"session": session_id}).encode()
         return enclave_pb2.CloseSessionResponse(trust_record_json=record, chain_tip="tip", entries=2,
                                                 gpu_evidence=self.gpu_evidence)
@@ -166,3 +172,75 @@ async def test_concurrent_stateless_requests_share_the_implicit_session_under_wa
     route.pool.gate.set()  # type: ignore[attr-defined]
     sessions = await asyncio.gather(*tasks)
     assert len({s.id for s in sessions}) == 1 and route.pool.opened == ["alice"]  # type: ignore[attr-defined]
+
+
+async def test_a_failed_close_is_asked_again_until_the_record_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An enclave that did not answer a close (unreachable, a GPU that could not attest): the
+    gateway asks again on each refresh, so the session still gets its Trust Record."""
+    table, route = SessionTable(10, 60.0, str(tmp_path)), _route()
+    pool: FakePool = route.pool  # type: ignore[assignment]
+    pool.close_failures = [CmcpError(Code.TEE_UNAVAILABLE, "enclave unreachable"),
+                           CmcpError(Code.GPU_EVIDENCE_MISSING, "GPU 0 did not answer")]
+    session = await table.open(route, "alice", stateful=True)
+    assert await table.close(route, session, "client closed") is None
+    assert table.unclosed == [session.id] and session.id not in table
+    await table.retry_closes([route])
+    assert table.unclosed == [session.id] and not (tmp_path / f"{session.id}.json").exists()
+    await table.retry_closes([route])
+    assert table.unclosed == []
+    assert json.loads((tmp_path / f"{session.id}.json").read_text()) == {"session": session.id}
+    assert pool.closed == [(session.id, "client closed")] * 3  # the first reason, every time
+    await table.retry_closes([route])
+    assert len(pool.closed) == 3  # asked no more once kept
+    assert "session left without a Trust Record" not in caplog.text
+
+
+async def test_a_close_the_enclave_cannot_know_is_given_up_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    table, route = SessionTable(10, 60.0, None), _route()
+    route.pool.close_failures = [CmcpError(Code.SESSION_UNKNOWN, "no such session")]  # type: ignore[attr-defined]
+    session = await table.open(route, "alice", stateful=True)
+    with caplog.at_level(logging.ERROR, logger="cmcp.gateway"):
+        await table.close(route, session, "done")
+    assert table.unclosed == []
+    (given_up,) = [r for r in caplog.records if r.getMessage() == "session left without a Trust Record"]
+    assert given_up.__dict__["session_id"] == session.id and given_up.__dict__["code"] == "SESSION_UNKNOWN"
+
+
+async def test_failed_closes_are_given_up_after_the_window_or_past_the_bound(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    table, route = SessionTable(2, 60.0, None), _route()
+    pool: FakePool = route.pool  # type: ignore[assignment]
+    sessions = [await table.open(route, "alice", stateful=True) for _ in range(2)]
+    for session in sessions:
+        table.forget(session)  # room for a third while two closes are kept
+    third = await table.open(route, "bob", stateful=True)
+    pool.close_failures = [CmcpError(Code.TEE_UNAVAILABLE, "down")] * 3
+    for session in [*sessions, third]:
+        await table.close(route, session, "done")
+    assert table.unclosed == [sessions[1].id, third.id]  # bounded: the oldest was given up
+    now = time.monotonic()
+    monkeypatch.setattr(sessions_module.time, "monotonic", lambda: now + sessions_module.CLOSE_RETRY_SECONDS)
+    pool.close_failures = [CmcpError(Code.TEE_UNAVAILABLE, "still down")] * 2
+    with caplog.at_level(logging.ERROR, logger="cmcp.gateway"):
+        await table.retry_closes([route])
+    assert table.unclosed == []
+    given_up = [r.__dict__["session_id"] for r in caplog.records
+                if r.getMessage() == "session left without a Trust Record"]
+    assert given_up == [sessions[0].id, sessions[1].id, third.id]
+
+
+async def test_closes_still_failing_when_the_gateway_stops_are_logged_as_errors(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    table, route = SessionTable(10, 60.0, None), _route()
+    route.pool.close_failures = [CmcpError(Code.TEE_UNAVAILABLE, "down")]  # type: ignore[attr-defined]
+    session = await table.open(route, "alice", stateful=True)
+    await table.close(route, session, "done")
+    with caplog.at_level(logging.ERROR, logger="cmcp.gateway"):
+        table.give_up_closes()
+    assert table.unclosed == []
+    assert [r.__dict__["session_id"] for r in caplog.records
+            if r.getMessage() == "session left without a Trust Record"] == [session.id]
