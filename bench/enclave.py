@@ -50,6 +50,12 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def _carried(enc: Enclave) -> None:
+    """What the gRPC server and the gateway do with an answer's entries: carry them away and,
+    once stored, acknowledge them (else the enclave keeps them: ADR 0033)."""
+    enc.acknowledge_audit([enc.take_audit().id])
+
+
 def make_bundle(dest: Path, policies: int, style: str = "scoped") -> Path:
     """Realistic example + generated forbids (never matching) up to ``policies`` in total."""
     shutil.copytree(BASE, dest)
@@ -87,7 +93,7 @@ def bench_inprocess(enc: Enclave, iterations: int) -> dict[str, Any]:
         t0 = time.perf_counter_ns()
         enc.decide(session_id=session, call_id=f"c{i}", principal=f"agent-{slot}", method="tools/call",
                    tool=tool, arguments_json=raw, arguments_digest=digest, audience=AUDIENCE)
-        enc.take_audit()  # the answer carries the entries away, as the gRPC server does
+        _carried(enc)
         t1 = time.perf_counter_ns()
         c1 = time.thread_time_ns()
         if i >= 200:
@@ -98,7 +104,7 @@ def bench_inprocess(enc: Enclave, iterations: int) -> dict[str, Any]:
             enc.closed.clear()
             enc.principals.reset(f"agent-{slot}")  # the principal's budget too (bench only)
             slots[slot] = enc.open_session(f"agent-{slot}", trail=NO_TRAIL)
-            enc.take_audit()
+            _carried(enc)
     total_s = sum(samples) / 1e6
     # CPU time the decision thread actually ran: on a shared, overloaded machine wall-clock
     # latency includes waiting for a core; this is the cost of the work itself.
@@ -272,7 +278,7 @@ def bench_memory(bundle: Path, work: Path, sessions: int) -> dict[str, Any]:
         session = enc.open_session(principal, trail=NO_TRAIL)
         enc.decide(session_id=session, call_id="c", principal=principal, method="tools/call", tool=tool,
                    arguments_json=raw, arguments_digest=digest, audience=AUDIENCE)
-        enc.take_audit()
+        _carried(enc)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
