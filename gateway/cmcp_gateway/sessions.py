@@ -297,8 +297,10 @@ class SessionTable(Mapping[str, McpSession]):
         by_name = {r.config.name: r for r in routes}
         for unclosed in list(self._unclosed.values()):
             runtime = by_name.get(unclosed.session.route)
-            if runtime is not None:
-                await self.close(runtime, unclosed.session, unclosed.reason)
+            if runtime is None or time.monotonic() >= unclosed.until:  # its route is gone, or its window
+                _given_up(self._unclosed.pop(unclosed.session.id))
+                continue
+            await self.close(runtime, unclosed.session, unclosed.reason)
 
     async def reap_idle(self, routes: Iterable[RouteRuntime]) -> None:
         """Close every session unused for ``idle_seconds``."""

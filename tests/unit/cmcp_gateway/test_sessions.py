@@ -244,3 +244,15 @@ async def test_closes_still_failing_when_the_gateway_stops_are_logged_as_errors(
     assert table.unclosed == []
     assert [r.__dict__["session_id"] for r in caplog.records
             if r.getMessage() == "session left without a Trust Record"] == [session.id]
+
+
+async def test_a_close_whose_route_is_gone_is_given_up(caplog: pytest.LogCaptureFixture) -> None:
+    table, route = SessionTable(10, 60.0, None), _route()
+    route.pool.close_failures = [CmcpError(Code.TEE_UNAVAILABLE, "down")]  # type: ignore[attr-defined]
+    session = await table.open(route, "alice", stateful=True)
+    await table.close(route, session, "done")
+    with caplog.at_level(logging.ERROR, logger="cmcp.gateway"):
+        await table.retry_closes([])  # the route was removed from the configuration
+    assert table.unclosed == []
+    assert [r.__dict__["session_id"] for r in caplog.records
+            if r.getMessage() == "session left without a Trust Record"] == [session.id]
