@@ -30,6 +30,7 @@ from cmcp_enclave import decide_hop, gateway_auth
 from cmcp_enclave.enclave import Enclave, UpstreamOutcome
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.metrics import Metrics
+from cmcp_enclave.outbox import Delivery
 from cmcp_enclave.scheduler import DecisionScheduler
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -74,6 +75,14 @@ def attest_response(enclave: Enclave, nonce: bytes, decide_hop_port: int = 0) ->
         gpu_evidence=list(report.gpu_evidence))
 
 
+def _carrying(response: Any, delivery: Delivery) -> Any:
+    """``response`` with one delivery's entries and the id the gateway acknowledges them by: the
+    two always travel together, or entries would come again forever (ADR 0033)."""
+    response.audit_entries.extend(delivery.entries)
+    response.audit_delivery = delivery.id
+    return response
+
+
 class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
     def __init__(self, enclave: Enclave, metrics: Metrics, scheduler: DecisionScheduler | None = None):
         self.enclave = enclave
@@ -112,9 +121,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             await self._refuse(context, "OpenSession", exc)
             raise
         self._gauges()
-        delivery = self.enclave.take_audit(mark)
-        return enclave_pb2.OpenSessionResponse(session_id=session_id, audit_entries=delivery.entries,
-                                               audit_delivery=delivery.id)
+        response = enclave_pb2.OpenSessionResponse(session_id=session_id)
+        return _carrying(response, self.enclave.take_audit(mark))
 
     async def Authenticate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -128,8 +136,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
 
     async def DrainAudit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.enclave.acknowledge_audit(request.audit_acks)
-        delivery = self.enclave.take_audit()
-        return enclave_pb2.DrainAuditResponse(audit_entries=delivery.entries, audit_delivery=delivery.id)
+        return _carrying(enclave_pb2.DrainAuditResponse(), self.enclave.take_audit())
 
     def _carry(self, completes: Any) -> int:
         """Queue outcomes riding on a Decide / CloseSession; the enclave records them (as Complete
@@ -157,10 +164,9 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
         self.metrics.decisions.labels(doc["decision"], doc["effective"], doc["mode"]).inc()
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._gauges()
-        delivery = self.enclave.take_audit(mark)
-        return enclave_pb2.DecideResponse(decision_json=result.decision_json, signature=result.signature,
-                                          permit=result.permit, audit_entries=delivery.entries,
-                                          audit_delivery=delivery.id)
+        response = enclave_pb2.DecideResponse(decision_json=result.decision_json, signature=result.signature,
+                                              permit=result.permit)
+        return _carrying(response, self.enclave.take_audit(mark))
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         handled = self._carry(request.completes) if request.completes else 0  # recorded first
@@ -249,9 +255,7 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             await self._refuse(context, "Complete", exc)
             raise
         self._gauges()
-        delivery = self.enclave.take_audit(mark)
-        return enclave_pb2.CompleteResponse(entry_hash=entry_hash, audit_entries=delivery.entries,
-                                            audit_delivery=delivery.id)
+        return _carrying(enclave_pb2.CompleteResponse(entry_hash=entry_hash), self.enclave.take_audit(mark))
 
     async def ListTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -276,11 +280,10 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             raise
         self.metrics.sessions_closed.labels("request").inc()
         self._gauges()
-        delivery = self.enclave.take_audit(mark)
-        return enclave_pb2.CloseSessionResponse(trust_record_json=jcs(done.record), chain_tip=done.tip,
-                                                entries=done.entries, completes_handled=handled,
-                                                audit_entries=delivery.entries, audit_delivery=delivery.id,
-                                                gpu_evidence=list(done.gpu_evidence))
+        response = enclave_pb2.CloseSessionResponse(trust_record_json=jcs(done.record), chain_tip=done.tip,
+                                                    entries=done.entries, completes_handled=handled,
+                                                    gpu_evidence=list(done.gpu_evidence))
+        return _carrying(response, self.enclave.take_audit(mark))
 
     async def ResetSession(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         mark = self.enclave.audit_mark()
@@ -292,9 +295,8 @@ class EnclaveService(enclave_pb2_grpc.EnclaveServicer):  # type: ignore[misc]
             await self._refuse(context, "ResetSession", exc)
             raise
         self._gauges()
-        delivery = self.enclave.take_audit(mark)
-        return enclave_pb2.ResetSessionResponse(entry_hash=entry_hash, audit_entries=delivery.entries,
-                                                audit_delivery=delivery.id)
+        response = enclave_pb2.ResetSessionResponse(entry_hash=entry_hash)
+        return _carrying(response, self.enclave.take_audit(mark))
 
     def _gauges(self) -> None:
         self.metrics.active_sessions.set(len(self.enclave.sessions))
