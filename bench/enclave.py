@@ -33,7 +33,7 @@ import grpc
 from bench.common import RESULTS_DIR, machine_description, summarize, utc_now, write_json
 from cmcp_core.digest import json_digest
 from cmcp_core.proto import enclave_pb2, enclave_pb2_grpc
-from cmcp_devkit.enclave import NO_TRAIL, inprocess_enclave, start_enclave
+from cmcp_devkit.enclave import NO_TRAIL, carried, inprocess_enclave, start_enclave
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.engine import SessionView, StateFacts
 from cmcp_enclave.sessions import EnclaveLimits
@@ -48,12 +48,6 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
     ("slack.post_internal", {"channel": "ops", "body": "done"}),
     ("payments.transfer", {"amount": 50_000, "currency": "EUR", "to": "acct-9"}),  # deny
 ]
-
-
-def _carried(enc: Enclave) -> None:
-    """What the gRPC server and the gateway do with an answer's entries: carry them away and,
-    once stored, acknowledge them (else the enclave keeps them: ADR 0033)."""
-    enc.acknowledge_audit([enc.take_audit().id])
 
 
 def make_bundle(dest: Path, policies: int, style: str = "scoped") -> Path:
@@ -93,7 +87,7 @@ def bench_inprocess(enc: Enclave, iterations: int) -> dict[str, Any]:
         t0 = time.perf_counter_ns()
         enc.decide(session_id=session, call_id=f"c{i}", principal=f"agent-{slot}", method="tools/call",
                    tool=tool, arguments_json=raw, arguments_digest=digest, audience=AUDIENCE)
-        _carried(enc)
+        carried(enc)
         t1 = time.perf_counter_ns()
         c1 = time.thread_time_ns()
         if i >= 200:
@@ -104,7 +98,7 @@ def bench_inprocess(enc: Enclave, iterations: int) -> dict[str, Any]:
             enc.closed.clear()
             enc.principals.reset(f"agent-{slot}")  # the principal's budget too (bench only)
             slots[slot] = enc.open_session(f"agent-{slot}", trail=NO_TRAIL)
-            _carried(enc)
+            carried(enc)
     total_s = sum(samples) / 1e6
     # CPU time the decision thread actually ran: on a shared, overloaded machine wall-clock
     # latency includes waiting for a core; this is the cost of the work itself.
@@ -278,7 +272,7 @@ def bench_memory(bundle: Path, work: Path, sessions: int) -> dict[str, Any]:
         session = enc.open_session(principal, trail=NO_TRAIL)
         enc.decide(session_id=session, call_id="c", principal=principal, method="tools/call", tool=tool,
                    arguments_json=raw, arguments_digest=digest, audience=AUDIENCE)
-        _carried(enc)
+        carried(enc)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))

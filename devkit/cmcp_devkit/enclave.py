@@ -16,9 +16,9 @@ API:
     operator_keys=None) -> cmcp_enclave.enclave.Enclave`` — same start-up path in this process
     (simulated TEE, honest launcher); drive it with ``.open_session(principal, trail=NO_TRAIL)``
     (the enclave mints the id; ``NO_TRAIL``: the first session of a principal the audit store
-    holds nothing of), ``.decide(...)``, ``.close(...)`` and ``.take_audit()`` (the entries an answer
-    would carry), or serve it with ``cmcp_enclave.server.serve(enclave, "127.0.0.1:0",
-    Metrics())``.
+    holds nothing of), ``.decide(...)``, ``.close(...)`` and ``carried(enclave)`` (the entries an
+    answer would carry, acknowledged as a gateway does once it stored them), or serve it with
+    ``cmcp_enclave.server.serve(enclave, "127.0.0.1:0", Metrics())``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from cmcp_core import initdata
 from cmcp_core.crypto import key_from_jwk
 from cmcp_core.proto import enclave_pb2
 from cmcp_devkit.initdata import DEFAULT_AUDIENCE, DEFAULT_ROUTE, ENCLAVE_COMMAND, TEST_IMAGE, render_initdata
+from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.gpu import with_gpus
 from cmcp_enclave.simulated import launcher_env
 from cmcp_enclave.startup import start
@@ -190,3 +191,11 @@ def inprocess_enclave(bundle_dir: str | Path, workdir: str | Path, *, audience: 
     provider = with_gpus(SimulatedProvider(initdata.tdx_mrconfigid(data).hex()), gpus)
     return start(bundle_dir=bundle_dir, initdata_path=path, provider=provider, limits=limits,
                  operator_keys=operator_keys)
+
+
+def carried(enclave: Enclave, since: int | None = None) -> list[bytes]:
+    """The entries one answer carries, taken and acknowledged as the gRPC server and a gateway
+    that stored them do; without the acknowledgement the enclave keeps them (ADR 0033)."""
+    delivery = enclave.take_audit(since)
+    enclave.acknowledge_audit([delivery.id])
+    return delivery.entries

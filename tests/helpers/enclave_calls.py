@@ -2,9 +2,8 @@
 
 Tests name sessions ("s1", "t"); the enclave mints the real ids. :func:`sid` opens a session the
 first time a test names it (for the principal given then) and returns its minted id; an actual
-minted id passes through. :func:`carried` plays one answer that reached a gateway which stored
-it (taken and acknowledged); :func:`exported` plays the gateway's audit store: it takes what the
-enclave hands out and returns one chain's entries in seq order.
+minted id passes through. :func:`exported` plays the gateway's audit store: it takes what the
+enclave hands out (``cmcp_devkit.enclave.carried``) and returns one chain's entries in seq order.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from cmcp_core import session_id as session_ids
 from cmcp_core.digest import json_digest
 from cmcp_core.mcp_target import bound_digest
 from cmcp_core.proto import enclave_pb2
-from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, carried
 from cmcp_enclave.enclave import DecideResult, Enclave
 from cmcp_enclave.server import attest_response
 
@@ -53,13 +52,6 @@ def decide(enc: Enclave, tool: str, args: dict[str, Any] | None = None, *, sessi
                       principal=principal, method=method, tool=tool,
                       arguments_json=json.dumps(args).encode(), arguments_digest=digest,
                       audience=audience, input_json=json.dumps(input).encode() if input is not None else b"")
-
-
-def carried(enc: Enclave, since: int | None = None) -> list[bytes]:
-    """The entries one answer carries, stored and acknowledged as a gateway does."""
-    delivery = enc.take_audit(since)
-    enc.acknowledge_audit([delivery.id])
-    return delivery.entries
 
 
 def drained(enc: Enclave) -> dict[str, dict[int, dict[str, Any]]]:

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cmcp_core.audit import GENESIS, entry_hash, make_entry, verify_chain, verify_entry
 from cmcp_core.errors import Code
-from cmcp_devkit.enclave import inprocess_enclave
+from cmcp_devkit.enclave import carried, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import carried, decide, exported, known
+from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
 

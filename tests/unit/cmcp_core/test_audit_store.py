@@ -14,10 +14,10 @@ from cmcp_core.audit_store import AuditStore, chain_entries, open_audit_store, p
 from cmcp_core.audit_store_postgres import PostgresAuditStore
 from cmcp_core.audit_store_sqlite import SqliteAuditStore
 from cmcp_core.errors import CmcpError, Code
-from cmcp_devkit.enclave import inprocess_enclave
+from cmcp_devkit.enclave import carried, inprocess_enclave
 from cmcp_devkit.postgres import PostgresServer
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import carried, decide, sid
+from tests.helpers.enclave_calls import decide, sid
 from tests.paths import EXAMPLES
 
 

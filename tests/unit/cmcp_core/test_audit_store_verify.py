@@ -16,9 +16,9 @@ from cmcp_core import audit_store_verify as verify_mod
 from cmcp_core.audit_store import AuditStore, open_audit_store, rows_of, trail_for
 from cmcp_core.audit_store_verify import verify_store
 from cmcp_core.errors import Code
-from cmcp_devkit.enclave import NO_TRAIL, inprocess_enclave
+from cmcp_devkit.enclave import NO_TRAIL, carried, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import carried, decide, known, peer_attestation
+from tests.helpers.enclave_calls import decide, known, peer_attestation
 from tests.paths import EXAMPLES
 
 

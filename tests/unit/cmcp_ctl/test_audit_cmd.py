@@ -20,9 +20,9 @@ from cmcp_core.audit import verify_chain
 from cmcp_core.audit_store import chain_entries, open_audit_store, rows_of
 from cmcp_core.crypto import public_jwk
 from cmcp_ctl.main import main as cmcpctl
-from cmcp_devkit.enclave import inprocess_enclave
+from cmcp_devkit.enclave import carried, inprocess_enclave
 from cmcp_enclave.enclave import Enclave
-from tests.helpers.enclave_calls import carried, decide, exported, known
+from tests.helpers.enclave_calls import decide, exported, known
 from tests.paths import EXAMPLES
 
 Chain = tuple[Enclave, list[dict[str, Any]]]

@@ -24,13 +24,12 @@ from cmcp_core.decision import verify_decision
 from cmcp_core.digest import b64url_decode, json_digest
 from cmcp_core.gateway_identity import initdata_value, make_proof
 from cmcp_core.proto import enclave_pb2
-from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, carried, inprocess_enclave
 from cmcp_enclave import decide_hop
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.metrics import Metrics
 from cmcp_enclave.scheduler import DecisionScheduler
 from cmcp_enclave.server import EnclaveServer, serve
-from tests.helpers.enclave_calls import carried
 from tests.paths import EXAMPLES
 
 Live = tuple[Enclave, EnclaveServer, int]

@@ -20,11 +20,11 @@ import pytest
 from cmcp_core.audit_store import open_audit_store, rows_of, trail_for
 from cmcp_core.errors import Code
 from cmcp_core.proto import enclave_pb2
-from cmcp_devkit.enclave import NO_TRAIL, inprocess_enclave
+from cmcp_devkit.enclave import NO_TRAIL, carried, inprocess_enclave
 from cmcp_enclave import handover
 from cmcp_enclave.enclave import Enclave
 from cmcp_enclave.judging import RequestError
-from tests.helpers.enclave_calls import carried, decide, exported, peer_attestation
+from tests.helpers.enclave_calls import decide, exported, peer_attestation
 from tests.paths import EXAMPLES
 
 MAIL = {"to": ["bob@partner.example"]}

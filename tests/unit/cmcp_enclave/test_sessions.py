@@ -16,11 +16,11 @@ from cmcp_core.audit import reset_payload, verify_chain
 from cmcp_core.digest import json_digest
 from cmcp_core.errors import Code
 from cmcp_core.trust_record import record_ledger
-from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, inprocess_enclave
+from cmcp_devkit.enclave import DEFAULT_AUDIENCE, NO_TRAIL, carried, inprocess_enclave
 from cmcp_enclave.enclave import Enclave, UpstreamOutcome
 from cmcp_enclave.judging import RequestError
 from cmcp_enclave.sessions import EnclaveLimits, PolicySession
-from tests.helpers.enclave_calls import carried, decide, drained, exported, known, sid
+from tests.helpers.enclave_calls import decide, drained, exported, known, sid
 from tests.paths import EXAMPLES
 
 
